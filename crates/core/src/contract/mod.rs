@@ -1,0 +1,1 @@
+//! Port contract scenarios, written once and run against every adapter.

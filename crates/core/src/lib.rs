@@ -1,0 +1,28 @@
+//! orderflow's core: the ports (traits) the application talks to, and the use
+//! cases built on them. Nothing here knows SQLite, PostgreSQL, Redis or Kafka;
+//! adapters in `orderflow-adapters` implement the ports.
+//!
+//! Map of the crate:
+//! - [`ports`]: the traits, one module per port.
+//!   - [`ports::store`]: the database (users, sessions, products, orders, outbox,
+//!     idempotency, processed events, read models) and its unit of work,
+//!     [`ports::store::StoreTx`]: everything a use case or a consumer writes
+//!     commits in one transaction, together with the events it causes.
+//!   - [`ports::log`]: the event log as consumer groups see it (poll, commit, lag).
+//!   - [`ports::providers`]: payment, e-mail, SMS and push providers.
+//!   - [`ports::revocations`]: revoked access-token ids.
+//!   - [`ports::rate_limit`]: rate-limit decisions.
+//! - [`services`]: the use cases: [`services::auth`], [`services::catalog`] (cache-aside
+//!   with request collapsing), [`services::orders`] (placement, both side-effect
+//!   modes), [`services::effects`] (the side effects shared by the consumers and
+//!   inline mode), [`services::queries`] (notifications, points, leaderboard).
+//!   The consumer groups themselves run in `orderflow-workers`.
+//! - [`contract`]: port scenarios written once, run by every adapter's tests.
+//! - [`error`]: [`CoreError`], the one error type use cases return.
+
+pub mod contract;
+pub mod error;
+pub mod ports;
+pub mod services;
+
+pub use error::CoreError;

@@ -1,0 +1,291 @@
+//! The database port.
+//!
+//! Reads that stand alone are methods of [`Store`]. Everything that writes goes
+//! through a unit of work, [`StoreTx`], obtained from [`Store::begin`]: a use
+//! case or consumer does its effect, appends the events it causes to the outbox
+//! ([`StoreTx::append`]) and marks the event it handled as processed
+//! ([`StoreTx::mark_processed`]), then commits once. That single commit is what
+//! makes "at-least-once delivery, exactly-once effect" true (DESIGN.md §4).
+//!
+//! Dropping a `StoreTx` without calling [`StoreTx::commit`] rolls it back.
+
+use async_trait::async_trait;
+use orderflow_domain::events::Envelope;
+use orderflow_domain::notification::{Channel, NotificationKind};
+use orderflow_domain::order::{HistoryEntry, Order, OrderStatus};
+use orderflow_domain::product::{Product, ProductDraft};
+use orderflow_domain::user::Role;
+use orderflow_domain::{EventId, OrderId, ProductId, Timestamp, UserId};
+use serde::{Deserialize, Serialize};
+
+/// Storage failures. `Conflict` is the only one callers branch on; the rest
+/// are reported as 500/503.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A unique constraint refused the write; the string names what was taken.
+    #[error("already exists: {0}")]
+    Conflict(String),
+    /// The database could not be reached or timed out.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else the database said.
+    #[error("database error: {0}")]
+    Database(String),
+    /// Stored data could not be decoded (a bug or a manual edit).
+    #[error("corrupt stored data: {0}")]
+    Corrupt(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A user as stored. The password hash is a PHC string (argon2id).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRecord {
+    pub id: UserId,
+    pub email: String,
+    pub name: String,
+    pub password_hash: String,
+    pub role: Role,
+    pub created_at: Timestamp,
+}
+
+/// A login on one device. Refresh tokens are opaque; only their SHA-256 is stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    pub id: uuid::Uuid,
+    pub user_id: UserId,
+    pub device: String,
+    pub created_at: Timestamp,
+    pub last_used_at: Timestamp,
+    pub expires_at: Timestamp,
+    pub revoked_at: Option<Timestamp>,
+}
+
+/// What happened when a refresh token was presented.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RefreshRotation {
+    /// The token was current: it is now replaced by the new hash.
+    Rotated { session: SessionRecord },
+    /// The token was already rotated away: someone replayed it. The whole
+    /// session was revoked.
+    ReuseDetected { session_id: uuid::Uuid, user_id: UserId },
+    /// Unknown, expired, or its session was revoked.
+    Invalid,
+}
+
+/// A saved answer to an idempotent request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyRecord {
+    /// SHA-256 of the canonical request, to tell "same request" from "key reuse".
+    pub request_hash: String,
+    pub response_status: u16,
+    pub response_body: serde_json::Value,
+}
+
+/// Outcome of claiming an idempotency key inside a transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdempotencyClaim {
+    /// The key is new and now belongs to this transaction.
+    Claimed,
+    /// The key was used before; here is what was answered then.
+    Existing(IdempotencyRecord),
+}
+
+/// Outcome of reserving the stock of an order, all lines or none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reservation {
+    Reserved,
+    /// This order's stock was reserved before (a redelivery); nothing changed.
+    AlreadyReserved,
+    /// Not enough stock for this product; nothing was changed.
+    Insufficient { product_id: ProductId, available: i64, requested: u32 },
+    /// The product no longer exists.
+    UnknownProduct { product_id: ProductId },
+}
+
+/// A notification that was sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotificationRecord {
+    pub user_id: UserId,
+    pub channel: Channel,
+    pub kind: NotificationKind,
+    pub order_id: Option<OrderId>,
+    pub sent_at: Timestamp,
+}
+
+/// A payment attempt's result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PaymentRecord {
+    pub order_id: OrderId,
+    pub succeeded: bool,
+    /// Provider reference when it succeeded, reason when it failed.
+    pub reference: String,
+    pub amount_cents: i64,
+    pub currency: String,
+    pub at: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaderboardEntry {
+    pub user_id: UserId,
+    pub name: String,
+    pub points: i64,
+    pub rank: i64,
+}
+
+/// Points and rank (1 = most points; users without points have no rank).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PointsStanding {
+    pub points: i64,
+    pub rank: Option<i64>,
+}
+
+/// Revenue and orders of one UTC day, from confirmed orders.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DailySales {
+    pub day: chrono::NaiveDate,
+    pub currency: String,
+    pub orders: i64,
+    pub revenue_cents: i64,
+}
+
+/// A message a consumer group gave up on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// The id of the dead-letter record (also the `failed.messages` event id).
+    pub id: uuid::Uuid,
+    pub group: String,
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub error: String,
+    pub attempts: u32,
+    pub event: Envelope,
+    pub failed_at: Timestamp,
+    pub replayed_at: Option<Timestamp>,
+}
+
+/// The database port: stand-alone reads, and [`Store::begin`] for writes.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Applies pending migrations; safe to call on every start.
+    async fn migrate(&self) -> StoreResult<()>;
+    /// A cheap round trip, for `/readyz`.
+    async fn ping(&self) -> StoreResult<()>;
+    /// Starts a unit of work. Writers that must not interleave (stock,
+    /// idempotency) are serialized by the adapter (row locks, or SQLite's
+    /// single writer).
+    async fn begin(&self) -> StoreResult<Box<dyn StoreTx>>;
+
+    // --- users and sessions ---
+    async fn user_by_email(&self, email: &str) -> StoreResult<Option<UserRecord>>;
+    async fn user_by_id(&self, id: UserId) -> StoreResult<Option<UserRecord>>;
+    /// Creates a session holding the hash of its first refresh token.
+    async fn create_session(&self, session: &SessionRecord, refresh_hash: &str) -> StoreResult<()>;
+    /// Atomically swaps `presented_hash` for `new_hash` if it is the session's
+    /// current token; detects reuse of an already rotated one.
+    async fn rotate_refresh_token(
+        &self,
+        presented_hash: &str,
+        new_hash: &str,
+        now: Timestamp,
+        new_expires_at: Timestamp,
+    ) -> StoreResult<RefreshRotation>;
+    async fn session(&self, id: uuid::Uuid) -> StoreResult<Option<SessionRecord>>;
+    async fn sessions_of_user(&self, user_id: UserId) -> StoreResult<Vec<SessionRecord>>;
+    /// Revokes one session; false when it did not exist or was revoked already.
+    async fn revoke_session(&self, id: uuid::Uuid, now: Timestamp) -> StoreResult<bool>;
+    /// Revokes every session of the user; returns how many.
+    async fn revoke_all_sessions(&self, user_id: UserId, now: Timestamp) -> StoreResult<u64>;
+
+    // --- revoked access tokens (by jti; the token itself is never stored) ---
+    async fn insert_revocation(&self, jti: &str, expires_at: Timestamp) -> StoreResult<()>;
+    async fn is_revoked(&self, jti: &str, now: Timestamp) -> StoreResult<bool>;
+    /// Revocations still in force, to warm an in-memory or Redis copy.
+    async fn active_revocations(&self, now: Timestamp) -> StoreResult<Vec<(String, Timestamp)>>;
+    /// Users whose every token issued before a point in time is revoked (logout-all).
+    async fn set_tokens_valid_after(&self, user_id: UserId, after: Timestamp) -> StoreResult<()>;
+    async fn tokens_valid_after(&self, user_id: UserId) -> StoreResult<Option<Timestamp>>;
+
+    // --- catalog ---
+    /// Products ordered by id, after the cursor.
+    async fn list_products(&self, after: Option<ProductId>, limit: u32) -> StoreResult<Vec<Product>>;
+    async fn product(&self, id: ProductId) -> StoreResult<Option<Product>>;
+    async fn products_by_ids(&self, ids: &[ProductId]) -> StoreResult<Vec<Product>>;
+    async fn count_products(&self) -> StoreResult<i64>;
+    /// `Conflict` when the SKU is taken.
+    async fn insert_product(&self, id: ProductId, draft: &ProductDraft, now: Timestamp) -> StoreResult<Product>;
+    /// `None` when the product does not exist; `Conflict` when the SKU is taken.
+    async fn update_product(&self, id: ProductId, draft: &ProductDraft, now: Timestamp) -> StoreResult<Option<Product>>;
+
+    // --- orders ---
+    async fn order(&self, id: OrderId) -> StoreResult<Option<(Order, Vec<HistoryEntry>)>>;
+    /// The user's orders, newest first, created strictly before `before` when given.
+    async fn orders_of_user(&self, user_id: UserId, before: Option<OrderId>, limit: u32) -> StoreResult<Vec<Order>>;
+    async fn count_orders_by_status(&self) -> StoreResult<Vec<(OrderStatus, i64)>>;
+
+    // --- read models filled by consumers ---
+    /// Newest first.
+    async fn notifications_of_user(&self, user_id: UserId, limit: u32) -> StoreResult<Vec<NotificationRecord>>;
+    async fn points(&self, user_id: UserId) -> StoreResult<PointsStanding>;
+    async fn leaderboard(&self, limit: u32) -> StoreResult<Vec<LeaderboardEntry>>;
+    async fn daily_sales(&self, days: u32) -> StoreResult<Vec<DailySales>>;
+    /// Whether a group already handled an event (a cheap pre-check; the
+    /// authoritative check is [`StoreTx::mark_processed`]).
+    async fn is_processed(&self, group: &str, event_id: EventId) -> StoreResult<bool>;
+
+    // --- dead letters ---
+    /// Newest first; `include_replayed` shows the replayed ones too.
+    async fn dead_letters(&self, limit: u32, include_replayed: bool) -> StoreResult<Vec<DeadLetter>>;
+    async fn dead_letter(&self, id: uuid::Uuid) -> StoreResult<Option<DeadLetter>>;
+    async fn count_dead_letters(&self) -> StoreResult<i64>;
+}
+
+/// A unit of work. All writes of a use case or a consumer go through one.
+#[async_trait]
+pub trait StoreTx: Send {
+    /// `Conflict` when the e-mail is taken.
+    async fn insert_user(&mut self, user: &UserRecord) -> StoreResult<()>;
+    /// Makes an existing user an admin or creates the admin (bootstrap).
+    async fn upsert_admin(&mut self, user: &UserRecord) -> StoreResult<()>;
+
+    /// Claims `(user, key)`. Concurrent claims of one key are serialized: the
+    /// loser waits for the winner's commit and then sees `Existing`.
+    async fn claim_idempotency_key(&mut self, user_id: UserId, key: &str, request_hash: &str) -> StoreResult<IdempotencyClaim>;
+    /// Saves the answer for a key claimed in this transaction.
+    async fn complete_idempotency_key(&mut self, user_id: UserId, key: &str, status: u16, body: &serde_json::Value) -> StoreResult<()>;
+
+    /// Inserts a new order with its lines and its first history entry.
+    async fn insert_order(&mut self, order: &Order) -> StoreResult<()>;
+    /// Reads an order and locks it against concurrent transitions until commit.
+    async fn order_for_update(&mut self, id: OrderId) -> StoreResult<Option<Order>>;
+    /// Moves the order through `steps` (the last is the new status), adding one
+    /// history entry per step.
+    async fn set_order_status(&mut self, id: OrderId, steps: &[OrderStatus], at: Timestamp) -> StoreResult<()>;
+
+    /// Reserves every line or none; stock never goes below zero.
+    async fn reserve_stock(&mut self, order_id: OrderId, lines: &[(ProductId, u32)]) -> StoreResult<Reservation>;
+    /// Gives an order's reserved stock back; false when nothing was reserved
+    /// or it was released already (so a redelivery releases once).
+    async fn release_stock(&mut self, order_id: OrderId) -> StoreResult<bool>;
+
+    async fn record_payment(&mut self, payment: &PaymentRecord) -> StoreResult<()>;
+    async fn record_notification(&mut self, notification: &NotificationRecord) -> StoreResult<()>;
+    /// Adds (or with a negative value removes) loyalty points.
+    async fn add_points(&mut self, user_id: UserId, points: i64) -> StoreResult<()>;
+    /// Adds a confirmed order to the day's revenue and the product sales.
+    async fn record_sale(&mut self, order: &Order, day: chrono::NaiveDate) -> StoreResult<()>;
+
+    /// Marks `(group, event)` handled. False when it was already: the caller
+    /// must then drop the transaction, since the effect happened before.
+    async fn mark_processed(&mut self, group: &str, event_id: EventId) -> StoreResult<bool>;
+    /// Appends events to the outbox; they become visible to consumers when,
+    /// and only when, this transaction commits.
+    async fn append(&mut self, events: &[Envelope]) -> StoreResult<()>;
+    /// Stores a dead letter (its `failed.messages` event is appended separately).
+    async fn insert_dead_letter(&mut self, dead_letter: &DeadLetter) -> StoreResult<()>;
+    /// Marks a dead letter replayed; false when it was already.
+    async fn mark_dead_letter_replayed(&mut self, id: uuid::Uuid, at: Timestamp) -> StoreResult<bool>;
+
+    async fn commit(self: Box<Self>) -> StoreResult<()>;
+}

@@ -1,0 +1,7 @@
+//! Use cases, built only on [`crate::ports`].
+
+pub mod auth;
+pub mod catalog;
+pub mod effects;
+pub mod orders;
+pub mod queries;

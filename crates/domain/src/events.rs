@@ -1,0 +1,324 @@
+//! Events: one envelope (CloudEvents 1.0 attributes) around typed payloads.
+//!
+//! The envelope's `key` decides the partition (always the user id, so one
+//! shopper's events keep their order) and `traceparent` carries the W3C trace
+//! context across the log. On the wire an event is a structured-mode
+//! CloudEvent in JSON: `{"specversion":"1.0","id":…,"type":…,"data":{…}}`.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::order::OrderLine;
+use crate::{EventId, OrderId, ProductId, Timestamp, UserId};
+
+/// Topic names (DESIGN.md §4).
+pub mod topics {
+    pub const ORDER_EVENTS: &str = "order.events";
+    pub const STOCK_EVENTS: &str = "stock.events";
+    pub const PAYMENT_EVENTS: &str = "payment.events";
+    pub const USER_EVENTS: &str = "user.events";
+    pub const FAILED_MESSAGES: &str = "failed.messages";
+    pub const ALL: [&str; 5] = [ORDER_EVENTS, STOCK_EVENTS, PAYMENT_EVENTS, USER_EVENTS, FAILED_MESSAGES];
+}
+
+/// The `source` attribute of every event orderflow emits.
+pub const SOURCE: &str = "urn:orderflow";
+
+/// What happened, with the facts a consumer needs to act without a lookup
+/// where that is cheap to carry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data")]
+pub enum EventData {
+    #[serde(rename = "orderflow.order.placed")]
+    OrderPlaced {
+        order_id: OrderId,
+        user_id: UserId,
+        items: Vec<OrderLine>,
+        total_cents: i64,
+        currency: String,
+    },
+    #[serde(rename = "orderflow.order.confirmed")]
+    OrderConfirmed {
+        order_id: OrderId,
+        user_id: UserId,
+        items: Vec<OrderLine>,
+        total_cents: i64,
+        currency: String,
+    },
+    #[serde(rename = "orderflow.order.rejected")]
+    OrderRejected { order_id: OrderId, user_id: UserId, reason: String },
+    #[serde(rename = "orderflow.order.payment_failed")]
+    OrderPaymentFailed { order_id: OrderId, user_id: UserId, reason: String },
+    #[serde(rename = "orderflow.stock.reserved")]
+    StockReserved {
+        order_id: OrderId,
+        user_id: UserId,
+        total_cents: i64,
+        currency: String,
+    },
+    #[serde(rename = "orderflow.stock.rejected")]
+    StockRejected {
+        order_id: OrderId,
+        user_id: UserId,
+        product_id: Option<ProductId>,
+        reason: String,
+    },
+    #[serde(rename = "orderflow.payment.succeeded")]
+    PaymentSucceeded { order_id: OrderId, user_id: UserId, payment_id: String },
+    #[serde(rename = "orderflow.payment.failed")]
+    PaymentFailed { order_id: OrderId, user_id: UserId, reason: String },
+    #[serde(rename = "orderflow.user.registered")]
+    UserRegistered { user_id: UserId, email: String, name: String },
+    /// A message a consumer group gave up on, with where it came from.
+    #[serde(rename = "orderflow.message.failed")]
+    MessageFailed {
+        group: String,
+        topic: String,
+        partition: i32,
+        offset: i64,
+        error: String,
+        attempts: u32,
+        original: Box<Envelope>,
+    },
+}
+
+impl EventData {
+    /// The CloudEvents `type` attribute.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            EventData::OrderPlaced { .. } => "orderflow.order.placed",
+            EventData::OrderConfirmed { .. } => "orderflow.order.confirmed",
+            EventData::OrderRejected { .. } => "orderflow.order.rejected",
+            EventData::OrderPaymentFailed { .. } => "orderflow.order.payment_failed",
+            EventData::StockReserved { .. } => "orderflow.stock.reserved",
+            EventData::StockRejected { .. } => "orderflow.stock.rejected",
+            EventData::PaymentSucceeded { .. } => "orderflow.payment.succeeded",
+            EventData::PaymentFailed { .. } => "orderflow.payment.failed",
+            EventData::UserRegistered { .. } => "orderflow.user.registered",
+            EventData::MessageFailed { .. } => "orderflow.message.failed",
+        }
+    }
+
+    /// The topic this kind of event is published on.
+    pub fn topic(&self) -> &'static str {
+        match self {
+            EventData::OrderPlaced { .. }
+            | EventData::OrderConfirmed { .. }
+            | EventData::OrderRejected { .. }
+            | EventData::OrderPaymentFailed { .. } => topics::ORDER_EVENTS,
+            EventData::StockReserved { .. } | EventData::StockRejected { .. } => topics::STOCK_EVENTS,
+            EventData::PaymentSucceeded { .. } | EventData::PaymentFailed { .. } => topics::PAYMENT_EVENTS,
+            EventData::UserRegistered { .. } => topics::USER_EVENTS,
+            EventData::MessageFailed { .. } => topics::FAILED_MESSAGES,
+        }
+    }
+
+    /// The partition key: the user the event is about.
+    fn key_and_subject(&self) -> (String, String) {
+        match self {
+            EventData::OrderPlaced { order_id, user_id, .. }
+            | EventData::OrderConfirmed { order_id, user_id, .. }
+            | EventData::OrderRejected { order_id, user_id, .. }
+            | EventData::OrderPaymentFailed { order_id, user_id, .. }
+            | EventData::StockReserved { order_id, user_id, .. }
+            | EventData::StockRejected { order_id, user_id, .. }
+            | EventData::PaymentSucceeded { order_id, user_id, .. }
+            | EventData::PaymentFailed { order_id, user_id, .. } => {
+                (user_id.to_string(), format!("orders/{order_id}"))
+            }
+            EventData::UserRegistered { user_id, .. } => (user_id.to_string(), format!("users/{user_id}")),
+            EventData::MessageFailed { original, group, .. } => {
+                (original.key.clone(), format!("groups/{group}/events/{}", original.id))
+            }
+        }
+    }
+}
+
+/// An event with its CloudEvents attributes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    pub id: EventId,
+    pub source: String,
+    pub time: Timestamp,
+    pub subject: String,
+    /// Partition key; not a CloudEvents attribute but carried as the
+    /// `partitionkey` extension (CloudEvents "Partitioning" extension).
+    pub key: String,
+    /// W3C trace context of the request that caused the event.
+    pub traceparent: Option<String>,
+    pub data: EventData,
+}
+
+/// Decoding failures: the one error type of event encoding.
+#[derive(Debug, thiserror::Error)]
+pub enum EnvelopeError {
+    #[error("event is not valid JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("event is missing attribute `{0}`")]
+    Missing(&'static str),
+    #[error("unsupported specversion {0}")]
+    SpecVersion(String),
+}
+
+impl Envelope {
+    /// A new event now, with a fresh UUID v7 id.
+    pub fn new(data: EventData, traceparent: Option<String>) -> Self {
+        let (key, subject) = data.key_and_subject();
+        Self {
+            id: uuid::Uuid::now_v7(),
+            source: SOURCE.to_owned(),
+            time: chrono::Utc::now(),
+            subject,
+            key,
+            traceparent,
+            data,
+        }
+    }
+
+    pub fn type_name(&self) -> &'static str {
+        self.data.type_name()
+    }
+
+    pub fn topic(&self) -> &'static str {
+        self.data.topic()
+    }
+
+    /// Structured-mode CloudEvents JSON.
+    pub fn to_json(&self) -> Value {
+        let tagged = serde_json::to_value(&self.data).expect("event payloads always serialize");
+        let data = tagged.get("data").cloned().unwrap_or(Value::Null);
+        let mut object = Map::new();
+        object.insert("specversion".into(), "1.0".into());
+        object.insert("id".into(), self.id.to_string().into());
+        object.insert("type".into(), self.type_name().into());
+        object.insert("source".into(), self.source.clone().into());
+        object.insert("time".into(), self.time.to_rfc3339().into());
+        object.insert("subject".into(), self.subject.clone().into());
+        object.insert("datacontenttype".into(), "application/json".into());
+        object.insert("partitionkey".into(), self.key.clone().into());
+        if let Some(traceparent) = &self.traceparent {
+            object.insert("traceparent".into(), traceparent.clone().into());
+        }
+        object.insert("data".into(), data);
+        Value::Object(object)
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(&self.to_json()).expect("JSON values always serialize")
+    }
+
+    pub fn from_json(value: Value) -> Result<Self, EnvelopeError> {
+        let Value::Object(mut object) = value else {
+            return Err(EnvelopeError::Missing("specversion"));
+        };
+        let mut take_str = |name: &'static str| -> Result<String, EnvelopeError> {
+            match object.remove(name) {
+                Some(Value::String(s)) => Ok(s),
+                _ => Err(EnvelopeError::Missing(name)),
+            }
+        };
+        let spec = take_str("specversion")?;
+        if spec != "1.0" {
+            return Err(EnvelopeError::SpecVersion(spec));
+        }
+        let id = take_str("id")?.parse().map_err(|_| EnvelopeError::Missing("id"))?;
+        let type_name = take_str("type")?;
+        let source = take_str("source")?;
+        let time = chrono::DateTime::parse_from_rfc3339(&take_str("time")?)
+            .map_err(|_| EnvelopeError::Missing("time"))?
+            .with_timezone(&chrono::Utc);
+        let subject = take_str("subject").unwrap_or_default();
+        let key = take_str("partitionkey").unwrap_or_default();
+        let traceparent = take_str("traceparent").ok();
+        let data = object.remove("data").unwrap_or(Value::Null);
+        let mut tagged = Map::new();
+        tagged.insert("type".into(), Value::String(type_name));
+        tagged.insert("data".into(), data);
+        let data: EventData = serde_json::from_value(Value::Object(tagged))?;
+        Ok(Self { id, source, time, subject, key, traceparent, data })
+    }
+
+    pub fn from_slice(bytes: &[u8]) -> Result<Self, EnvelopeError> {
+        Self::from_json(serde_json::from_slice(bytes)?)
+    }
+}
+
+impl Serialize for Envelope {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.to_json().serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Envelope {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = Value::deserialize(deserializer)?;
+        Envelope::from_json(value).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use uuid::Uuid;
+
+    #[test]
+    fn envelope_round_trips_as_a_structured_cloudevent() {
+        let user_id = Uuid::now_v7();
+        let order_id = Uuid::now_v7();
+        let event = Envelope::new(
+            EventData::StockReserved { order_id, user_id, total_cents: 1299, currency: "EUR".into() },
+            Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
+        );
+        let json = event.to_json();
+        assert_eq!(json["specversion"], "1.0");
+        assert_eq!(json["type"], "orderflow.stock.reserved");
+        assert_eq!(json["data"]["total_cents"], 1299);
+        assert_eq!(json["partitionkey"], user_id.to_string());
+        assert_eq!(json["subject"], format!("orders/{order_id}"));
+        let back = Envelope::from_slice(&event.to_bytes()).unwrap();
+        assert_eq!(back, Envelope { time: back.time, ..event.clone() });
+        assert_eq!(back.time.timestamp_micros(), event.time.timestamp_micros());
+        assert_eq!(back.topic(), topics::STOCK_EVENTS);
+    }
+
+    #[test]
+    fn dead_letters_carry_the_original() {
+        let original = Envelope::new(
+            EventData::UserRegistered { user_id: Uuid::now_v7(), email: "a@b.c".into(), name: "A".into() },
+            None,
+        );
+        let failed = Envelope::new(
+            EventData::MessageFailed {
+                group: "email".into(),
+                topic: topics::USER_EVENTS.into(),
+                partition: 3,
+                offset: 7,
+                error: "smtp down".into(),
+                attempts: 5,
+                original: Box::new(original.clone()),
+            },
+            None,
+        );
+        assert_eq!(failed.topic(), topics::FAILED_MESSAGES);
+        assert_eq!(failed.key, original.key);
+        let back = Envelope::from_slice(&failed.to_bytes()).unwrap();
+        let EventData::MessageFailed { original: back_original, attempts, .. } = back.data else {
+            panic!("wrong type");
+        };
+        assert_eq!(attempts, 5);
+        assert_eq!(back_original.id, original.id);
+    }
+
+    #[test]
+    fn bad_events_are_refused_with_a_reason() {
+        assert!(matches!(Envelope::from_slice(b"{}"), Err(EnvelopeError::Missing("specversion"))));
+        assert!(matches!(Envelope::from_slice(b"nope"), Err(EnvelopeError::Json(_))));
+        let mut json = Envelope::new(
+            EventData::UserRegistered { user_id: Uuid::now_v7(), email: "a@b.c".into(), name: "A".into() },
+            None,
+        )
+        .to_json();
+        json["type"] = "orderflow.unknown".into();
+        assert!(Envelope::from_json(json).is_err());
+    }
+}

@@ -1,0 +1,70 @@
+//! Shopper notifications: which channel, and what they are about.
+
+use serde::{Deserialize, Serialize};
+
+/// The three channels the notes name; each has its own consumer group and provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Channel {
+    Email,
+    Sms,
+    Push,
+}
+
+impl Channel {
+    pub const ALL: [Channel; 3] = [Channel::Email, Channel::Sms, Channel::Push];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channel::Email => "email",
+            Channel::Sms => "sms",
+            Channel::Push => "push",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.as_str() == value)
+    }
+}
+
+/// What a notification tells the shopper.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NotificationKind {
+    Welcome,
+    OrderConfirmed,
+    OrderRejected,
+    PaymentFailed,
+}
+
+impl NotificationKind {
+    pub const ALL: [NotificationKind; 4] = [
+        NotificationKind::Welcome,
+        NotificationKind::OrderConfirmed,
+        NotificationKind::OrderRejected,
+        NotificationKind::PaymentFailed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotificationKind::Welcome => "welcome",
+            NotificationKind::OrderConfirmed => "order_confirmed",
+            NotificationKind::OrderRejected => "order_rejected",
+            NotificationKind::PaymentFailed => "payment_failed",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == value)
+    }
+
+    /// A short human text for the message body.
+    pub fn subject(self) -> &'static str {
+        match self {
+            NotificationKind::Welcome => "Welcome to the shop",
+            NotificationKind::OrderConfirmed => "Your order is confirmed",
+            NotificationKind::OrderRejected => "Your order could not be fulfilled",
+            NotificationKind::PaymentFailed => "Your payment did not go through",
+        }
+    }
+}
