@@ -24,6 +24,12 @@ pub enum CoreError {
     /// Authenticated but not allowed.
     #[error("{0}")]
     Forbidden(String),
+    /// Not enough stock (inline mode answers this synchronously).
+    #[error("product {product_id} has {available} left, {requested} requested")]
+    OutOfStock { product_id: uuid::Uuid, available: i64, requested: u32 },
+    /// The payment provider declined the charge (inline mode).
+    #[error("payment declined: {0}")]
+    PaymentDeclined(String),
     /// The same idempotency key was used with a different request body.
     #[error("Idempotency-Key was already used with a different request")]
     IdempotencyMismatch,
@@ -37,4 +43,82 @@ pub enum CoreError {
     /// Anything else that is our fault; never shown to clients.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// An RFC 9457 problem: what the HTTP layer renders for an error. The `type`
+/// slugs are part of the API contract and never change meaning.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Problem {
+    /// Stable slug; rendered as `https://orderflow.dev/problems/{slug}`.
+    pub slug: &'static str,
+    pub title: &'static str,
+    pub status: u16,
+    pub detail: String,
+    /// The offending input field, for validation problems.
+    pub field: Option<String>,
+}
+
+pub const PROBLEM_BASE: &str = "https://orderflow.dev/problems/";
+
+impl Problem {
+    /// The problem document as JSON (`application/problem+json`).
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut body = serde_json::json!({
+            "type": format!("{PROBLEM_BASE}{}", self.slug),
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+        });
+        if let Some(field) = &self.field {
+            body["field"] = field.clone().into();
+        }
+        body
+    }
+}
+
+impl CoreError {
+    /// The one place errors become problems. Internal details are logged by
+    /// the caller and never put in the detail of a 5xx.
+    pub fn problem(&self) -> Problem {
+        let p = |slug, title, status, detail: String| Problem { slug, title, status, detail, field: None };
+        match self {
+            CoreError::Validation(e) => Problem {
+                slug: "validation",
+                title: "Request is not valid",
+                status: 422,
+                detail: e.to_string(),
+                field: Some(e.field.clone()),
+            },
+            CoreError::NotFound(what) => p("not-found", "Not found", 404, format!("{what} not found")),
+            CoreError::Conflict(detail) => p("conflict", "Conflict", 409, detail.clone()),
+            CoreError::Unauthorized(detail) => p("unauthorized", "Authentication required", 401, detail.clone()),
+            CoreError::Forbidden(detail) => p("forbidden", "Forbidden", 403, detail.clone()),
+            CoreError::OutOfStock { .. } => p("out-of-stock", "Out of stock", 409, self.to_string()),
+            CoreError::PaymentDeclined(reason) => {
+                p("payment-declined", "Payment declined", 402, format!("the payment was declined: {reason}"))
+            }
+            CoreError::IdempotencyMismatch => Problem {
+                slug: "idempotency-key-reused",
+                title: "Idempotency-Key reused",
+                status: 422,
+                detail: self.to_string(),
+                field: Some("Idempotency-Key".into()),
+            },
+            CoreError::Provider(e) => p(
+                "provider-failed",
+                "An outside provider failed",
+                502,
+                format!("the {} provider failed; nothing was charged or kept", e.provider),
+            ),
+            CoreError::Store(StoreError::Unavailable(_)) | CoreError::Log(LogError::Unavailable(_)) => p(
+                "unavailable",
+                "Service unavailable",
+                503,
+                "a dependency is unavailable; try again shortly".into(),
+            ),
+            CoreError::Store(_) | CoreError::Log(_) | CoreError::Internal(_) => {
+                p("internal", "Internal error", 500, "something went wrong on our side".into())
+            }
+        }
+    }
 }

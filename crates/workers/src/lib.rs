@@ -1,1 +1,51 @@
-//! (in progress)
+//! orderflow's consumer groups: the runtime that honours the consumer contract
+//! (DESIGN.md §4) and one handler per group.
+//!
+//! Map of the crate:
+//! - [`runtime`]: the [`Handler`] trait every group implements, and
+//!   [`Consumer`], one group member: poll a batch, handle each delivery with
+//!   bounded retries (backoff + jitter), dead-letter what keeps failing
+//!   (`failed.messages`), commit offsets only once every effect is durable.
+//!   [`Consumer::process_batch`] is the single step tests drive;
+//!   [`Consumer::run`] loops it until a shutdown token is cancelled.
+//! - [`handlers`]: the eight groups ([`GROUPS`]): inventory, payment, orders,
+//!   email, sms, push, loyalty, analytics; and [`WorkerDeps`], which builds
+//!   their consumers from the store, the event log and the providers.
+//! - [`error`]: [`WorkerError`], the one error type of this layer.
+//!
+//! The pieces of logic the consumers share with the synchronous "inline" order
+//! path (points, message texts, charge requests, [`RetryPolicy`]) live in
+//! `orderflow_core::services::effects`, so both architectures behave the same.
+//!
+//! Typical use (`orderflow worker GROUP` or `orderflow serve`):
+//!
+//! ```no_run
+//! # async fn example(deps: orderflow_workers::WorkerDeps) -> Result<(), orderflow_workers::WorkerError> {
+//! let shutdown = tokio_util::sync::CancellationToken::new();
+//! let consumers = deps.all_consumers().await?;
+//! orderflow_workers::run_consumers(consumers, shutdown.clone()).await;
+//! # Ok(()) }
+//! ```
+
+pub mod error;
+pub mod handlers;
+pub mod runtime;
+
+pub use error::WorkerError;
+pub use handlers::{GROUPS, WorkerDeps};
+pub use orderflow_core::services::effects::{Notifiers, RetryPolicy};
+pub use runtime::{BatchReport, Consumer, Handled, Handler};
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Runs every consumer on its own task until `shutdown` is cancelled, then
+/// waits for each to finish and commit the batch it holds.
+pub async fn run_consumers(consumers: Vec<Consumer>, shutdown: CancellationToken) {
+    let tracker = TaskTracker::new();
+    for consumer in consumers {
+        tracker.spawn(consumer.run(shutdown.clone()));
+    }
+    tracker.close();
+    tracker.wait().await;
+}

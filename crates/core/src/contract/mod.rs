@@ -1,1 +1,144 @@
 //! Port contract scenarios, written once and run against every adapter.
+//!
+//! Each scenario is a `pub async fn` that drives a port only through its trait
+//! object and panics with a message naming the broken promise. An adapter's
+//! test file instantiates every scenario against a fresh instance, one test
+//! per scenario (see `crates/adapters/tests/contract_sqlite.rs`):
+//!
+//! ```ignore
+//! #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+//! async fn store_users() {
+//!     let store = fresh_store().await; // migrated and empty
+//!     orderflow_core::contract::store::users(store).await;
+//! }
+//! ```
+//!
+//! - [`store`]: the database port ([`Store`] and [`StoreTx`](crate::ports::store::StoreTx)).
+//! - [`log`]: the event-log port ([`EventLog`](crate::ports::log::EventLog)),
+//!   with events appended through a [`Store`] unit of work, as in production.
+//!
+//! Rules the scenarios keep, so that every adapter can run them:
+//! - Each scenario expects a freshly migrated, empty store (and log): counts,
+//!   leaderboards and offsets are asserted exactly.
+//! - Timestamps are made with microsecond precision ([`now`]), the precision
+//!   every supported database keeps.
+//! - Nothing sleeps to wait for something to happen; the only sleeps are in
+//!   scenarios that test a wait itself, or that widen a race window on
+//!   purpose, and each says so. Timing bounds are generous (seconds): these
+//!   are correctness tests, and speed is measured by benchmarks.
+
+pub mod log;
+pub mod store;
+
+use std::sync::Arc;
+
+use chrono::SubsecRound;
+use orderflow_domain::events::{Envelope, EventData};
+use orderflow_domain::money::Currency;
+use orderflow_domain::order::{Order, OrderLine, OrderStatus};
+use orderflow_domain::product::{Product, ProductDraft};
+use orderflow_domain::user::Role;
+use orderflow_domain::{Timestamp, UserId};
+
+use crate::ports::store::{Store, UserRecord};
+
+/// Now, truncated to microseconds (what the databases keep).
+pub fn now() -> Timestamp {
+    chrono::Utc::now().trunc_subsecs(6)
+}
+
+/// A shopper with a unique e-mail address.
+pub fn shopper(name: &str) -> UserRecord {
+    let id = uuid::Uuid::now_v7();
+    UserRecord {
+        id,
+        email: format!("{}-{id}@example.com", name.to_lowercase()),
+        name: name.to_owned(),
+        password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo".to_owned(),
+        role: Role::Shopper,
+        created_at: now(),
+    }
+}
+
+/// Inserts and commits a shopper.
+pub async fn given_user(store: &Arc<dyn Store>, name: &str) -> UserRecord {
+    let user = shopper(name);
+    let mut tx = store.begin().await.expect("begin");
+    tx.insert_user(&user).await.expect("insert a new user");
+    tx.commit().await.expect("commit the new user");
+    user
+}
+
+/// A valid product draft with a unique SKU.
+pub fn draft(name: &str, price_cents: i64, stock: i64) -> ProductDraft {
+    let sku = format!("SKU-{}", uuid::Uuid::now_v7().simple());
+    ProductDraft::new(&sku, name, price_cents, "EUR", stock).expect("a valid draft")
+}
+
+/// Inserts a product with `stock` units at 2.50 EUR.
+pub async fn given_product(store: &Arc<dyn Store>, stock: i64) -> Product {
+    store
+        .insert_product(uuid::Uuid::now_v7(), &draft("Mug", 250, stock), now())
+        .await
+        .expect("insert a product")
+}
+
+/// A pending order of `lines`, priced from the products, created at `at`.
+pub fn order_of(user_id: UserId, lines: &[(&Product, u32)], at: Timestamp) -> Order {
+    let items: Vec<OrderLine> = lines
+        .iter()
+        .map(|(product, quantity)| OrderLine {
+            product_id: product.id,
+            sku: product.sku.clone(),
+            name: product.name.clone(),
+            quantity: *quantity,
+            unit_price_cents: product.price_cents,
+            line_total_cents: product.price_cents * i64::from(*quantity),
+        })
+        .collect();
+    Order {
+        id: uuid::Uuid::now_v7(),
+        user_id,
+        status: OrderStatus::Pending,
+        total_cents: items.iter().map(|line| line.line_total_cents).sum(),
+        currency: lines
+            .first()
+            .map(|(product, _)| product.currency.clone())
+            .unwrap_or_else(|| Currency::parse("EUR").expect("EUR")),
+        items,
+        created_at: at,
+        updated_at: at,
+    }
+}
+
+/// Inserts and commits a pending order.
+pub async fn given_order(store: &Arc<dyn Store>, user_id: UserId, lines: &[(&Product, u32)]) -> Order {
+    let order = order_of(user_id, lines, now());
+    let mut tx = store.begin().await.expect("begin");
+    tx.insert_order(&order).await.expect("insert an order");
+    tx.commit().await.expect("commit the order");
+    order
+}
+
+/// A `user.events` event keyed by `user_id`.
+pub fn user_registered(user_id: UserId) -> Envelope {
+    Envelope::new(
+        EventData::UserRegistered { user_id, email: format!("{user_id}@example.com"), name: "Ann".into() },
+        None,
+    )
+}
+
+/// An `order.events` event keyed by `user_id`.
+pub fn order_rejected(user_id: UserId) -> Envelope {
+    Envelope::new(
+        EventData::OrderRejected { order_id: uuid::Uuid::now_v7(), user_id, reason: "out of stock".into() },
+        None,
+    )
+}
+
+/// Appends `events` in one unit of work and commits it.
+pub async fn append_committed(store: &Arc<dyn Store>, events: &[Envelope]) {
+    let mut tx = store.begin().await.expect("begin");
+    tx.append(events).await.expect("append events");
+    tx.commit().await.expect("commit the appended events");
+}

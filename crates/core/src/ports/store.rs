@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 /// Storage failures. `Conflict` is the only one callers branch on; the rest
 /// are reported as 500/503.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// A unique constraint refused the write; the string names what was taken.
     #[error("already exists: {0}")]

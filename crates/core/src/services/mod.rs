@@ -1,5 +1,6 @@
 //! Use cases, built only on [`crate::ports`].
 
+pub mod admin;
 pub mod auth;
 pub mod catalog;
 pub mod effects;

@@ -1,1 +1,326 @@
-//! (in progress)
+//! Placing and reading orders.
+//!
+//! Events mode (the default, the notes' version 2): one transaction writes the
+//! order (pending), its lines, its first history entry, the `OrderPlaced`
+//! event (outbox) and the idempotency record; the request answers 201 at once
+//! and the consumer groups do the rest.
+//!
+//! Inline mode (`ORDERFLOW_SIDE_EFFECTS=inline`, the notes' version 1, done
+//! honestly): the request itself reserves stock, charges, sends e-mail, SMS
+//! and push and adds points before it answers. A failing provider fails the
+//! request (502) after compensating what was done: the payment is refunded,
+//! the stock released, and the order kept as `payment_failed` or `cancelled`.
+//!
+//! Idempotency: with an `Idempotency-Key`, the answer is saved with the work.
+//! The same key with the same body gets the saved answer again; with another
+//! body it is refused; two concurrent requests with one key make one order,
+//! because claiming the key is serialized by the database.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use orderflow_domain::events::{Envelope, EventData};
+use orderflow_domain::notification::{Channel, NotificationKind};
+use orderflow_domain::order::{self, HistoryEntry, Order, OrderStatus, RequestedLine};
+use orderflow_domain::{OrderId, UserId, ValidationError};
+
+use crate::CoreError;
+use crate::ports::providers::{ChargeOutcome, PaymentGateway};
+use crate::ports::store::{IdempotencyClaim, NotificationRecord, PaymentRecord, Reservation, Store, StoreTx};
+use crate::services::auth::sha256_hex;
+use crate::services::catalog::CatalogService;
+use crate::services::effects::{self, Notifiers};
+
+pub const MAX_IDEMPOTENCY_KEY_CHARS: usize = 255;
+pub const MAX_ORDERS_PAGE: u32 = 100;
+
+/// How the side effects of an order happen.
+pub enum SideEffects {
+    /// Consumers do them after the order is accepted.
+    Events,
+    /// The request does them before it answers.
+    Inline { payment: Arc<dyn PaymentGateway>, notifiers: Notifiers },
+}
+
+/// A request to place an order.
+#[derive(Debug, Clone)]
+pub struct PlaceOrder {
+    pub user_id: UserId,
+    pub idempotency_key: Option<String>,
+    pub lines: Vec<RequestedLine>,
+    /// W3C trace context of the request, carried into the event.
+    pub traceparent: Option<String>,
+}
+
+/// The answer to a placed order: the HTTP status and body to send, which are
+/// also what an idempotent retry gets back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OrderAnswer {
+    pub status: u16,
+    pub body: serde_json::Value,
+    /// True when this is a saved answer to an earlier request with the same key.
+    pub replayed: bool,
+}
+
+pub struct OrderService {
+    store: Arc<dyn Store>,
+    catalog: Arc<CatalogService>,
+    side_effects: SideEffects,
+}
+
+impl OrderService {
+    pub fn new(store: Arc<dyn Store>, catalog: Arc<CatalogService>, side_effects: SideEffects) -> Self {
+        Self { store, catalog, side_effects }
+    }
+
+    pub fn is_inline(&self) -> bool {
+        matches!(self.side_effects, SideEffects::Inline { .. })
+    }
+
+    /// Validates, prices and places an order.
+    pub async fn place(&self, request: PlaceOrder) -> Result<OrderAnswer, CoreError> {
+        if let Some(key) = &request.idempotency_key {
+            check_idempotency_key(key)?;
+        }
+        let merged = order::validate_request(&request.lines)?;
+        let ids: Vec<_> = merged.iter().map(|(id, _)| *id).collect();
+        let catalog: HashMap<_, _> =
+            self.catalog.products(&ids).await?.into_iter().map(|p| (p.id, p)).collect();
+        let (lines, total) = order::price(&merged, &catalog)?;
+        let now = chrono::Utc::now();
+        let order = Order {
+            id: uuid::Uuid::now_v7(),
+            user_id: request.user_id,
+            status: OrderStatus::Pending,
+            total_cents: total.cents,
+            currency: total.currency,
+            items: lines,
+            created_at: now,
+            updated_at: now,
+        };
+        let request_hash = sha256_hex(&serde_json::to_string(&request.lines).unwrap_or_default());
+
+        let mut tx = self.store.begin().await?;
+        if let Some(key) = &request.idempotency_key {
+            if let Some(saved) = claim(&mut *tx, request.user_id, key, &request_hash).await? {
+                return Ok(saved);
+            }
+        }
+        tx.insert_order(&order).await?;
+        match &self.side_effects {
+            SideEffects::Events => {
+                tx.append(&[Envelope::new(
+                    EventData::OrderPlaced {
+                        order_id: order.id,
+                        user_id: order.user_id,
+                        items: order.items.clone(),
+                        total_cents: order.total_cents,
+                        currency: order.currency.to_string(),
+                    },
+                    request.traceparent.clone(),
+                )])
+                .await?;
+                let body = order_body(&order);
+                if let Some(key) = &request.idempotency_key {
+                    tx.complete_idempotency_key(order.user_id, key, 201, &body).await?;
+                }
+                tx.commit().await?;
+                metrics::counter!("orderflow_orders_placed_total", "mode" => "events").increment(1);
+                Ok(OrderAnswer { status: 201, body, replayed: false })
+            }
+            SideEffects::Inline { payment, notifiers } => {
+                metrics::counter!("orderflow_orders_placed_total", "mode" => "inline").increment(1);
+                self.place_inline(tx, order, request.idempotency_key.as_deref(), payment.as_ref(), notifiers).await
+            }
+        }
+    }
+
+    /// The synchronous path. `tx` holds the claimed key and the inserted order.
+    async fn place_inline(
+        &self,
+        mut tx: Box<dyn StoreTx>,
+        mut order: Order,
+        key: Option<&str>,
+        payment: &dyn PaymentGateway,
+        notifiers: &Notifiers,
+    ) -> Result<OrderAnswer, CoreError> {
+        let lines: Vec<_> = order.items.iter().map(|l| (l.product_id, l.quantity)).collect();
+        match tx.reserve_stock(order.id, &lines).await? {
+            Reservation::Reserved | Reservation::AlreadyReserved => {}
+            Reservation::Insufficient { product_id, available, requested } => {
+                let error = CoreError::OutOfStock { product_id, available, requested };
+                return self.fail_inline(tx, &order, key, &[OrderStatus::Rejected], error).await;
+            }
+            Reservation::UnknownProduct { product_id } => {
+                let error = ValidationError::new("items", format!("unknown product {product_id}")).into();
+                return self.fail_inline(tx, &order, key, &[OrderStatus::Rejected], error).await;
+            }
+        }
+        tx.set_order_status(order.id, &[OrderStatus::Reserved], chrono::Utc::now()).await?;
+        // The reservation must be visible to other requests while we wait for
+        // the providers, so it commits now; the key stays claimed (in progress).
+        tx.commit().await?;
+
+        let charge = effects::charge_request(&order, format!("order:{}", order.id));
+        let payment_id = match payment.charge(&charge).await {
+            Ok(ChargeOutcome::Approved { payment_id }) => payment_id,
+            Ok(ChargeOutcome::Declined { reason }) => {
+                let tx = self.store.begin().await?;
+                return self
+                    .compensate(tx, &order, key, None, OrderStatus::PaymentFailed, CoreError::PaymentDeclined(reason))
+                    .await;
+            }
+            Err(error) => {
+                let tx = self.store.begin().await?;
+                return self.compensate(tx, &order, key, None, OrderStatus::PaymentFailed, error.into()).await;
+            }
+        };
+
+        let user = self.store.user_by_id(order.user_id).await?.ok_or(CoreError::NotFound("user"))?;
+        for channel in Channel::ALL {
+            let message = effects::notification_message(
+                NotificationKind::OrderConfirmed,
+                &user,
+                Some(order.id),
+                format!("inline:{}:{}", channel.as_str(), order.id),
+            );
+            if let Err(error) = notifiers.get(channel).send(&message).await {
+                let tx = self.store.begin().await?;
+                return self
+                    .compensate(tx, &order, key, Some((payment, &payment_id)), OrderStatus::Cancelled, error.into())
+                    .await;
+            }
+        }
+
+        let now = chrono::Utc::now();
+        let mut tx = self.store.begin().await?;
+        tx.record_payment(&PaymentRecord {
+            order_id: order.id,
+            succeeded: true,
+            reference: payment_id,
+            amount_cents: order.total_cents,
+            currency: order.currency.to_string(),
+            at: now,
+        })
+        .await?;
+        tx.set_order_status(order.id, &[OrderStatus::Paid, OrderStatus::Confirmed], now).await?;
+        for channel in Channel::ALL {
+            tx.record_notification(&NotificationRecord {
+                user_id: order.user_id,
+                channel,
+                kind: NotificationKind::OrderConfirmed,
+                order_id: Some(order.id),
+                sent_at: now,
+            })
+            .await?;
+        }
+        tx.add_points(order.user_id, effects::points_for(&order.total())).await?;
+        tx.record_sale(&order, now.date_naive()).await?;
+        order.status = OrderStatus::Confirmed;
+        order.updated_at = now;
+        let body = order_body(&order);
+        if let Some(key) = key {
+            tx.complete_idempotency_key(order.user_id, key, 201, &body).await?;
+        }
+        tx.commit().await?;
+        metrics::counter!("orderflow_orders_confirmed_total").increment(1);
+        Ok(OrderAnswer { status: 201, body, replayed: false })
+    }
+
+    /// Undoes an inline order after a provider failed or declined.
+    async fn compensate(
+        &self,
+        mut tx: Box<dyn StoreTx>,
+        order: &Order,
+        key: Option<&str>,
+        refund: Option<(&dyn PaymentGateway, &str)>,
+        final_status: OrderStatus,
+        error: CoreError,
+    ) -> Result<OrderAnswer, CoreError> {
+        if let Some((payment, payment_id)) = refund {
+            // If the refund itself fails the order is still cancelled; the
+            // failure is logged loudly for an operator to settle by hand.
+            if let Err(refund_error) = payment.refund(payment_id, &format!("refund:{}", order.id)).await {
+                tracing::error!(order_id = %order.id, %payment_id, error = %refund_error, "refund failed; settle manually");
+                metrics::counter!("orderflow_refunds_failed_total").increment(1);
+            }
+        }
+        tx.release_stock(order.id).await?;
+        self.fail_inline(tx, order, key, &[final_status], error).await
+    }
+
+    /// Records the final state of a failed inline order and saves the problem
+    /// as the idempotent answer, then returns the error.
+    async fn fail_inline(
+        &self,
+        mut tx: Box<dyn StoreTx>,
+        order: &Order,
+        key: Option<&str>,
+        steps: &[OrderStatus],
+        error: CoreError,
+    ) -> Result<OrderAnswer, CoreError> {
+        tx.set_order_status(order.id, steps, chrono::Utc::now()).await?;
+        if let Some(key) = key {
+            let problem = error.problem();
+            let mut body = problem.to_json();
+            body["order_id"] = order.id.to_string().into();
+            tx.complete_idempotency_key(order.user_id, key, problem.status, &body).await?;
+        }
+        tx.commit().await?;
+        metrics::counter!("orderflow_orders_failed_inline_total", "status" => steps.last().map(|s| s.as_str()).unwrap_or("unknown")).increment(1);
+        Err(error)
+    }
+
+    /// One order with its history; another shopper's order is "not found".
+    pub async fn get(&self, user_id: UserId, order_id: OrderId) -> Result<(Order, Vec<HistoryEntry>), CoreError> {
+        match self.store.order(order_id).await? {
+            Some((order, history)) if order.user_id == user_id => Ok((order, history)),
+            _ => Err(CoreError::NotFound("order")),
+        }
+    }
+
+    /// The shopper's own orders, newest first.
+    pub async fn list(&self, user_id: UserId, before: Option<OrderId>, limit: Option<u32>) -> Result<Vec<Order>, CoreError> {
+        let limit = limit.unwrap_or(20).clamp(1, MAX_ORDERS_PAGE);
+        Ok(self.store.orders_of_user(user_id, before, limit).await?)
+    }
+}
+
+/// Claims the key; returns the saved answer when the key was used before.
+async fn claim(
+    tx: &mut dyn StoreTx,
+    user_id: UserId,
+    key: &str,
+    request_hash: &str,
+) -> Result<Option<OrderAnswer>, CoreError> {
+    match tx.claim_idempotency_key(user_id, key, request_hash).await? {
+        IdempotencyClaim::Claimed => Ok(None),
+        IdempotencyClaim::Existing(saved) if saved.request_hash != request_hash => Err(CoreError::IdempotencyMismatch),
+        IdempotencyClaim::Existing(saved) if saved.response_status == 0 => Err(CoreError::Conflict(
+            "a request with this Idempotency-Key is still being processed".into(),
+        )),
+        IdempotencyClaim::Existing(saved) => {
+            metrics::counter!("orderflow_idempotent_replays_total").increment(1);
+            Ok(Some(OrderAnswer { status: saved.response_status, body: saved.response_body, replayed: true }))
+        }
+    }
+}
+
+fn check_idempotency_key(key: &str) -> Result<(), ValidationError> {
+    let ok = !key.is_empty()
+        && key.chars().count() <= MAX_IDEMPOTENCY_KEY_CHARS
+        && key.chars().all(|c| c.is_ascii_graphic());
+    if ok {
+        Ok(())
+    } else {
+        Err(ValidationError::new(
+            "Idempotency-Key",
+            format!("must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} visible ASCII characters"),
+        ))
+    }
+}
+
+/// The JSON shape of an order in answers (and saved idempotent answers).
+pub fn order_body(order: &Order) -> serde_json::Value {
+    serde_json::to_value(order).expect("orders always serialize")
+}

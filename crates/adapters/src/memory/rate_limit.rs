@@ -1,0 +1,370 @@
+//! The embedded rate limiter: per-key counters held in process.
+//!
+//! With one process (the embedded setup) every request passes through the
+//! same memory, so the limiter needs no shared store; the Redis adapter exists
+//! for when several API processes must share one budget. Losing this state on
+//! a restart only gives clients a fresh budget, which DESIGN.md §3 allows.
+//!
+//! Both algorithms of the port:
+//! - **Fixed window**: at most `limit` requests per `window`. A key's window
+//!   starts at its first request and lasts `window` (the same semantics as the
+//!   usual Redis `INCR` + `PEXPIRE`), so `reset_after` is exact.
+//! - **Token bucket**: bursts up to `capacity`, refilled at `refill_per_second`.
+//!   It is implemented as GCRA (the "generic cell rate algorithm"): instead of
+//!   a token count it keeps the *theoretical arrival time* (TAT) at which the
+//!   bucket will be full again. That is one duration per key, refilling is
+//!   implicit, and all arithmetic is on whole nanoseconds, so the
+//!   `retry_after` it answers is exactly when the next request passes.
+//!
+//! Memory is bounded. A key whose window has ended, or whose bucket is full
+//! again, carries no information: dropping it changes no future decision.
+//! Such idle keys are swept once a minute. If more than `max_keys` keys are
+//! busy at once (a flood of distinct client IPs), the least recently seen are
+//! evicted, which at worst hands those clients a fresh budget early.
+//!
+//! Time is `tokio::time::Instant`, so tests drive the limiter with paused time.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use orderflow_core::ports::rate_limit::{Algorithm, RateDecision, RateLimiter, RatePolicy};
+use tokio::time::Instant;
+
+/// How many keys are tracked by default, across all policies.
+pub const DEFAULT_MAX_KEYS: usize = 100_000;
+/// How often each shard drops its idle keys.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+/// Shards split the lock so concurrent requests on different keys rarely
+/// wait for each other. Small limiters use one shard so the bound is exact.
+const SHARDS: usize = 16;
+const SHARDED_ABOVE: usize = 1_024;
+/// The emission interval of a bucket that never refills (a zero or invalid
+/// rate): long enough to mean "never", small enough to add without overflow.
+const NEVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// A rate limiter for one process. Cheap to share behind an `Arc`.
+#[derive(Debug)]
+pub struct InProcessRateLimiter {
+    /// Times are kept as offsets from this instant: plain durations, no
+    /// overflow-prone `Instant` arithmetic.
+    epoch: Instant,
+    shards: Box<[Mutex<Shard>]>,
+    shard_capacity: usize,
+    hasher: RandomState,
+}
+
+#[derive(Debug, Default)]
+struct Shard {
+    /// `"{policy}\u{1f}{key}"` → state.
+    entries: HashMap<String, Entry>,
+    last_sweep: Duration,
+}
+
+#[derive(Debug)]
+struct Entry {
+    state: State,
+    last_seen: Duration,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum State {
+    /// The current window ends at `ends` and has let `count` requests pass.
+    Window { ends: Duration, count: u32 },
+    /// When the bucket will be full again (GCRA's theoretical arrival time).
+    Bucket { tat: Duration },
+}
+
+impl State {
+    /// True when forgetting this state changes no decision: the window is
+    /// over, or the bucket is full again.
+    fn is_idle(&self, now: Duration) -> bool {
+        match *self {
+            State::Window { ends, .. } => ends <= now,
+            State::Bucket { tat } => tat <= now,
+        }
+    }
+}
+
+impl Default for InProcessRateLimiter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl InProcessRateLimiter {
+    /// Tracks up to [`DEFAULT_MAX_KEYS`] keys.
+    pub fn new() -> Self {
+        Self::with_max_keys(DEFAULT_MAX_KEYS)
+    }
+
+    /// Tracks up to `max_keys` keys (at least one).
+    pub fn with_max_keys(max_keys: usize) -> Self {
+        let max_keys = max_keys.max(1);
+        let shard_count = if max_keys > SHARDED_ABOVE { SHARDS } else { 1 };
+        let shards = (0..shard_count)
+            .map(|_| Mutex::new(Shard::default()))
+            .collect();
+        Self {
+            epoch: Instant::now(),
+            shards,
+            shard_capacity: max_keys.div_ceil(shard_count),
+            hasher: RandomState::new(),
+        }
+    }
+
+    /// How many keys are tracked now (idle ones included until swept).
+    pub fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|shard| lock(shard).entries.len())
+            .sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn now(&self) -> Duration {
+        Instant::now().saturating_duration_since(self.epoch)
+    }
+
+    /// The decision for `key` under `policy` at `now` (an offset from the epoch).
+    fn decide(&self, policy: &RatePolicy, key: &str, now: Duration) -> RateDecision {
+        let id = format!("{}\u{1f}{key}", policy.name);
+        let shard = &self.shards[self.hasher.hash_one(&id) as usize % self.shards.len()];
+        let mut shard = lock(shard);
+        shard.sweep_if_due(now);
+        if !shard.entries.contains_key(&id) && shard.entries.len() >= self.shard_capacity {
+            shard.make_room(now, self.shard_capacity);
+        }
+        let entry = shard.entries.entry(id).or_insert(Entry {
+            state: fresh(&policy.algorithm, now),
+            last_seen: now,
+        });
+        entry.last_seen = now;
+        match &policy.algorithm {
+            Algorithm::FixedWindow { limit, window } => {
+                fixed_window(&mut entry.state, *limit, *window, now)
+            }
+            Algorithm::TokenBucket {
+                capacity,
+                refill_per_second,
+            } => token_bucket(&mut entry.state, *capacity, *refill_per_second, now),
+        }
+    }
+}
+
+#[async_trait]
+impl RateLimiter for InProcessRateLimiter {
+    async fn check(&self, policy: &RatePolicy, key: &str) -> RateDecision {
+        self.decide(policy, key, self.now())
+    }
+}
+
+impl Shard {
+    fn sweep_if_due(&mut self, now: Duration) {
+        if now.saturating_sub(self.last_sweep) >= SWEEP_INTERVAL {
+            self.sweep(now);
+        }
+    }
+
+    /// Drops idle keys; lossless.
+    fn sweep(&mut self, now: Duration) {
+        self.last_sweep = now;
+        self.entries.retain(|_, entry| !entry.state.is_idle(now));
+    }
+
+    /// Frees room for one more key: first the idle ones, then, if every key
+    /// is busy, the least recently seen eighth (so a flood of new keys pays
+    /// for this scan once per many insertions, not on each).
+    fn make_room(&mut self, now: Duration, capacity: usize) {
+        self.sweep(now);
+        if self.entries.len() < capacity {
+            return;
+        }
+        let evict = (self.entries.len() + 1 - capacity)
+            .max(capacity / 8)
+            .min(self.entries.len());
+        let mut by_age: Vec<(Duration, String)> = self
+            .entries
+            .iter()
+            .map(|(id, entry)| (entry.last_seen, id.clone()))
+            .collect();
+        by_age.select_nth_unstable_by_key(evict - 1, |(last_seen, _)| *last_seen);
+        for (_, id) in by_age.into_iter().take(evict) {
+            self.entries.remove(&id);
+        }
+        metrics::counter!("orderflow_rate_limit_evictions_total").increment(evict as u64);
+    }
+}
+
+/// The state of a key seen for the first time: an ended window, a full bucket.
+fn fresh(algorithm: &Algorithm, now: Duration) -> State {
+    match algorithm {
+        Algorithm::FixedWindow { .. } => State::Window {
+            ends: now,
+            count: 0,
+        },
+        Algorithm::TokenBucket { .. } => State::Bucket { tat: now },
+    }
+}
+
+fn fixed_window(state: &mut State, limit: u32, window: Duration, now: Duration) -> RateDecision {
+    // A new key, or a policy that changed algorithm under the same name,
+    // starts with an ended window.
+    let (mut ends, mut count) = match *state {
+        State::Window { ends, count } => (ends, count),
+        State::Bucket { .. } => (now, 0),
+    };
+    if ends <= now {
+        ends = now.saturating_add(window);
+        count = 0;
+    }
+    let reset_after = ends - now;
+    let decision = if count < limit {
+        count += 1;
+        RateDecision {
+            allowed: true,
+            limit,
+            remaining: limit - count,
+            retry_after: Duration::ZERO,
+            reset_after,
+        }
+    } else {
+        RateDecision {
+            allowed: false,
+            limit,
+            remaining: 0,
+            retry_after: reset_after,
+            reset_after,
+        }
+    };
+    *state = State::Window { ends, count };
+    decision
+}
+
+fn token_bucket(
+    state: &mut State,
+    capacity: u32,
+    refill_per_second: f64,
+    now: Duration,
+) -> RateDecision {
+    // A new key (or one that was a window) has a full bucket: its TAT is now.
+    let tat = match *state {
+        State::Bucket { tat } => tat,
+        State::Window { .. } => now,
+    };
+    // One token's worth of time, and the whole bucket's.
+    let interval = emission_interval(refill_per_second);
+    let burst = interval.saturating_mul(capacity);
+    let base = tat.max(now);
+    let new_tat = base.saturating_add(interval);
+    // The request passes when, after taking its token, the bucket is not
+    // "more than empty": the new TAT is at most one burst ahead of now.
+    let allowed_from = new_tat.saturating_sub(burst);
+    if now >= allowed_from {
+        *state = State::Bucket { tat: new_tat };
+        let ahead = new_tat - now;
+        let remaining = (burst.saturating_sub(ahead).as_nanos() / interval.as_nanos()) as u32;
+        RateDecision {
+            allowed: true,
+            limit: capacity,
+            remaining,
+            retry_after: Duration::ZERO,
+            reset_after: ahead,
+        }
+    } else {
+        *state = State::Bucket { tat: base };
+        RateDecision {
+            allowed: false,
+            limit: capacity,
+            remaining: 0,
+            retry_after: allowed_from - now,
+            reset_after: base - now,
+        }
+    }
+}
+
+/// `1 / rate` seconds, at least a nanosecond; [`NEVER`] for a rate that is
+/// zero, negative or not a number.
+fn emission_interval(refill_per_second: f64) -> Duration {
+    if !(refill_per_second.is_finite() && refill_per_second > 0.0) {
+        return NEVER;
+    }
+    Duration::try_from_secs_f64(1.0 / refill_per_second)
+        .map_or(NEVER, |d| d.clamp(Duration::from_nanos(1), NEVER))
+}
+
+/// Locks, ignoring poisoning: every update leaves an entry consistent.
+fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
+    shard
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bucket(capacity: u32, rate: f64) -> RatePolicy {
+        RatePolicy {
+            name: "b".into(),
+            algorithm: Algorithm::TokenBucket {
+                capacity,
+                refill_per_second: rate,
+            },
+        }
+    }
+
+    #[test]
+    fn a_zero_rate_bucket_never_refills_and_never_panics() {
+        let limiter = InProcessRateLimiter::new();
+        let policy = bucket(2, 0.0);
+        assert!(limiter.decide(&policy, "k", Duration::ZERO).allowed);
+        assert!(limiter.decide(&policy, "k", Duration::ZERO).allowed);
+        let denied = limiter.decide(&policy, "k", Duration::from_secs(3600));
+        assert!(!denied.allowed);
+        assert!(denied.retry_after > Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn sub_nanosecond_intervals_do_not_divide_by_zero() {
+        let limiter = InProcessRateLimiter::new();
+        let decision = limiter.decide(&bucket(3, 1e12), "k", Duration::ZERO);
+        assert!(decision.allowed);
+        assert_eq!(decision.remaining, 2);
+    }
+
+    #[test]
+    fn a_policy_that_changes_algorithm_starts_afresh() {
+        let limiter = InProcessRateLimiter::new();
+        let window = RatePolicy {
+            name: "b".into(),
+            algorithm: Algorithm::FixedWindow {
+                limit: 1,
+                window: Duration::from_secs(60),
+            },
+        };
+        assert!(limiter.decide(&window, "k", Duration::ZERO).allowed);
+        assert!(!limiter.decide(&window, "k", Duration::ZERO).allowed);
+        let decision = limiter.decide(&bucket(5, 1.0), "k", Duration::ZERO);
+        assert!(decision.allowed);
+        assert_eq!(decision.remaining, 4);
+    }
+
+    #[test]
+    fn idle_keys_are_swept_once_a_minute() {
+        let limiter = InProcessRateLimiter::new();
+        let policy = bucket(5, 10.0);
+        for key in ["a", "b", "c"] {
+            limiter.decide(&policy, key, Duration::from_secs(1));
+        }
+        assert_eq!(limiter.len(), 3);
+        // Long after the buckets refilled, the next check sweeps them out.
+        limiter.decide(&policy, "d", Duration::from_secs(120));
+        assert_eq!(limiter.len(), 1);
+    }
+}

@@ -1,0 +1,98 @@
+//! Registration, login, refresh and logout.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::AppState;
+use crate::extract::{ApiJson, Caller};
+use crate::problem::ApiResult;
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct RegisterRequest {
+    pub email: String,
+    pub password: String,
+    pub name: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct UserView {
+    pub id: uuid::Uuid,
+    pub email: String,
+    pub name: String,
+}
+
+#[derive(Deserialize, ToSchema)]
+pub struct LoginRequest {
+    pub email: String,
+    pub password: String,
+    /// A name for this device's session, e.g. "phone".
+    pub device: Option<String>,
+}
+
+#[derive(Deserialize, ToSchema)]
+pub struct RefreshRequest {
+    pub refresh_token: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TokenPairView {
+    pub access_token: String,
+    pub refresh_token: String,
+    /// Always `Bearer`.
+    pub token_type: String,
+    /// Seconds until the access token expires.
+    pub expires_in: u64,
+}
+
+impl From<orderflow_core::services::auth::TokenPair> for TokenPairView {
+    fn from(pair: orderflow_core::services::auth::TokenPair) -> Self {
+        Self {
+            access_token: pair.access_token,
+            refresh_token: pair.refresh_token,
+            token_type: pair.token_type,
+            expires_in: pair.expires_in,
+        }
+    }
+}
+
+/// Creates a shopper account.
+#[utoipa::path(post, path = "/api/v1/auth/register", tag = "auth", request_body = RegisterRequest, responses(
+    (status = 201, body = UserView),
+    (status = 409, description = "e-mail taken", content_type = "application/problem+json"),
+    (status = 422, description = "bad e-mail, weak password or bad name", content_type = "application/problem+json")))]
+pub async fn register(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<RegisterRequest>,
+) -> ApiResult<(StatusCode, Json<UserView>)> {
+    let user = state.auth.register(&body.email, &body.password, &body.name).await?;
+    Ok((StatusCode::CREATED, Json(UserView { id: user.id, email: user.email, name: user.name })))
+}
+
+/// Logs in on a device: an access token and a refresh token.
+#[utoipa::path(post, path = "/api/v1/auth/login", tag = "auth", request_body = LoginRequest, responses(
+    (status = 200, body = TokenPairView),
+    (status = 401, description = "wrong e-mail or password", content_type = "application/problem+json")))]
+pub async fn login(State(state): State<AppState>, ApiJson(body): ApiJson<LoginRequest>) -> ApiResult<Json<TokenPairView>> {
+    let pair = state.auth.login(&body.email, &body.password, body.device.as_deref()).await?;
+    Ok(Json(pair.into()))
+}
+
+/// Swaps a refresh token for a new pair; the old refresh token stops working.
+#[utoipa::path(post, path = "/api/v1/auth/refresh", tag = "auth", request_body = RefreshRequest, responses(
+    (status = 200, body = TokenPairView),
+    (status = 401, description = "unknown, expired, revoked or reused refresh token", content_type = "application/problem+json")))]
+pub async fn refresh(State(state): State<AppState>, ApiJson(body): ApiJson<RefreshRequest>) -> ApiResult<Json<TokenPairView>> {
+    Ok(Json(state.auth.refresh(&body.refresh_token).await?.into()))
+}
+
+/// Logs this device out: the access token is revoked until it would expire.
+#[utoipa::path(post, path = "/api/v1/auth/logout", tag = "auth", security(("bearer" = [])), responses(
+    (status = 204, description = "logged out"),
+    (status = 401, description = "no valid token", content_type = "application/problem+json")))]
+pub async fn logout(State(state): State<AppState>, Caller(principal): Caller) -> ApiResult<StatusCode> {
+    state.auth.logout(&principal).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,34 @@
+//! Liveness and readiness.
+
+use axum::Json;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::AppState;
+use crate::problem::{problem_response, status_problem};
+
+/// The process is up and serving.
+#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, description = "alive")))]
+pub async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// Every dependency (database, event log) answers.
+#[utoipa::path(get, path = "/readyz", tag = "health", responses(
+    (status = 200, description = "ready"),
+    (status = 503, description = "a dependency is down", content_type = "application/problem+json")))]
+pub async fn readyz(State(state): State<AppState>) -> Response {
+    let database = state.store.ping().await;
+    let log = state.log.ping().await;
+    if database.is_ok() && log.is_ok() {
+        return Json(json!({ "status": "ready", "checks": { "database": "ok", "event_log": "ok" } })).into_response();
+    }
+    let describe = |ok: bool| if ok { "ok" } else { "down" };
+    let detail = format!(
+        "database: {}, event log: {}",
+        describe(database.is_ok()),
+        describe(log.is_ok())
+    );
+    problem_response(&status_problem(axum::http::StatusCode::SERVICE_UNAVAILABLE, detail))
+}

@@ -1,0 +1,56 @@
+//! Routes, one module per resource, and the middleware stack.
+
+pub mod admin;
+pub mod auth;
+pub mod health;
+pub mod me;
+pub mod orders;
+pub mod products;
+
+use axum::Router;
+use axum::routing::{get, post};
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::AppState;
+use crate::observe::{metrics_endpoint, problem_fallback, rate_limit, track_requests};
+use crate::openapi::ApiDoc;
+
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/auth/register", post(auth::register))
+        .route("/auth/login", post(auth::login))
+        .route("/auth/refresh", post(auth::refresh))
+        .route("/auth/logout", post(auth::logout))
+        .route("/products", get(products::list).post(products::create))
+        .route("/products/{id}", get(products::get_one).put(products::update))
+        .route("/orders", get(orders::list).post(orders::place))
+        .route("/orders/{id}", get(orders::get_one))
+        .route("/me/notifications", get(me::notifications))
+        .route("/me/points", get(me::points))
+        .route("/leaderboard", get(me::leaderboard))
+        .route("/admin/consumers", get(admin::consumers))
+        .route("/admin/dlq", get(admin::dead_letters))
+        .route("/admin/dlq/{id}", get(admin::dead_letter))
+        .route("/admin/dlq/{id}/replay", post(admin::replay));
+
+    let limits = state.http_limits.clone();
+    Router::new()
+        .nest("/api/v1", api)
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(metrics_endpoint))
+        .merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), rate_limit))
+        .layer(axum::middleware::from_fn(track_requests))
+        .layer(RequestBodyLimitLayer::new(limits.max_body_bytes))
+        .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::REQUEST_TIMEOUT, limits.request_timeout))
+        .layer(axum::middleware::from_fn(problem_fallback))
+        .layer(CatchPanicLayer::new())
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}

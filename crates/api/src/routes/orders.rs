@@ -1,0 +1,179 @@
+//! Placing and reading orders.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use orderflow_core::services::orders::PlaceOrder;
+use orderflow_domain::order::{HistoryEntry, Order, RequestedLine};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::AppState;
+use crate::extract::{ApiJson, ApiQuery, Caller};
+use crate::problem::{ApiResult, PROBLEM_JSON};
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct OrderLineInput {
+    pub product_id: uuid::Uuid,
+    /// 1..=100.
+    pub quantity: i64,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct PlaceOrderRequest {
+    /// 1..=50 lines.
+    pub items: Vec<OrderLineInput>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct OrderLineView {
+    pub product_id: uuid::Uuid,
+    pub sku: String,
+    pub name: String,
+    pub quantity: u32,
+    pub unit_price_cents: i64,
+    pub line_total_cents: i64,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct HistoryView {
+    pub status: String,
+    pub at: chrono::DateTime<chrono::Utc>,
+}
+
+/// An order. `status` is one of pending, reserved, paid, confirmed, rejected,
+/// payment_failed, cancelled.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct OrderView {
+    pub id: uuid::Uuid,
+    pub user_id: uuid::Uuid,
+    pub status: String,
+    pub total_cents: i64,
+    pub currency: String,
+    pub items: Vec<OrderLineView>,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub updated_at: chrono::DateTime<chrono::Utc>,
+    /// Present on `GET /orders/{id}`: every state the order went through.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub history: Option<Vec<HistoryView>>,
+}
+
+impl OrderView {
+    fn new(order: Order, history: Option<Vec<HistoryEntry>>) -> Self {
+        Self {
+            id: order.id,
+            user_id: order.user_id,
+            status: order.status.to_string(),
+            total_cents: order.total_cents,
+            currency: order.currency.to_string(),
+            items: order
+                .items
+                .into_iter()
+                .map(|l| OrderLineView {
+                    product_id: l.product_id,
+                    sku: l.sku,
+                    name: l.name,
+                    quantity: l.quantity,
+                    unit_price_cents: l.unit_price_cents,
+                    line_total_cents: l.line_total_cents,
+                })
+                .collect(),
+            created_at: order.created_at,
+            updated_at: order.updated_at,
+            history: history.map(|h| h.into_iter().map(|e| HistoryView { status: e.status.to_string(), at: e.at }).collect()),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct OrderListView {
+    pub items: Vec<OrderView>,
+    /// Pass as `before` for older orders; absent on the last page.
+    pub next_cursor: Option<uuid::Uuid>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct ListParams {
+    /// 1..=100, default 20.
+    pub limit: Option<u32>,
+    /// Orders older than this order id.
+    pub before: Option<uuid::Uuid>,
+}
+
+/// Places an order. With `Idempotency-Key`, retries of the same request get
+/// the same answer and never make a second order.
+#[utoipa::path(post, path = "/api/v1/orders", tag = "orders", request_body = PlaceOrderRequest, security(("bearer" = [])),
+    params(("Idempotency-Key" = Option<String>, Header, description = "1..=255 visible ASCII characters")),
+    responses(
+        (status = 201, body = OrderView),
+        (status = 401, description = "no valid token", content_type = "application/problem+json"),
+        (status = 402, description = "payment declined (inline mode)", content_type = "application/problem+json"),
+        (status = 409, description = "out of stock (inline mode), or the same key still in progress", content_type = "application/problem+json"),
+        (status = 422, description = "invalid lines, unknown product, or Idempotency-Key reused with another body", content_type = "application/problem+json"),
+        (status = 502, description = "a provider failed (inline mode)", content_type = "application/problem+json")))]
+pub async fn place(
+    State(state): State<AppState>,
+    Caller(principal): Caller,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<PlaceOrderRequest>,
+) -> ApiResult<Response> {
+    let idempotency_key = headers.get("idempotency-key").map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    let traceparent = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| is_traceparent(v))
+        .map(str::to_owned)
+        .unwrap_or_else(new_traceparent);
+    let answer = state
+        .orders
+        .place(PlaceOrder {
+            user_id: principal.user_id,
+            idempotency_key,
+            lines: body.items.into_iter().map(|l| RequestedLine { product_id: l.product_id, quantity: l.quantity }).collect(),
+            traceparent: Some(traceparent),
+        })
+        .await?;
+    let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = (status, Json(answer.body)).into_response();
+    if status.as_u16() >= 400 {
+        response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+    }
+    if answer.replayed {
+        response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(response)
+}
+
+/// One of the caller's orders, with its history. Another shopper's order is 404.
+#[utoipa::path(get, path = "/api/v1/orders/{id}", tag = "orders", security(("bearer" = [])),
+    params(("id" = uuid::Uuid, Path, description = "order id")), responses(
+    (status = 200, body = OrderView),
+    (status = 404, description = "no such order for this shopper", content_type = "application/problem+json")))]
+pub async fn get_one(State(state): State<AppState>, Caller(principal): Caller, Path(id): Path<uuid::Uuid>) -> ApiResult<Json<OrderView>> {
+    let (order, history) = state.orders.get(principal.user_id, id).await?;
+    Ok(Json(OrderView::new(order, Some(history))))
+}
+
+/// The caller's orders, newest first.
+#[utoipa::path(get, path = "/api/v1/orders", tag = "orders", security(("bearer" = [])), params(ListParams), responses((status = 200, body = OrderListView)))]
+pub async fn list(State(state): State<AppState>, Caller(principal): Caller, ApiQuery(params): ApiQuery<ListParams>) -> ApiResult<Json<OrderListView>> {
+    let limit = params.limit.unwrap_or(20).clamp(1, 100);
+    let orders = state.orders.list(principal.user_id, params.before, Some(limit)).await?;
+    let next_cursor = if orders.len() == limit as usize { orders.last().map(|o| o.id) } else { None };
+    Ok(Json(OrderListView { items: orders.into_iter().map(|o| OrderView::new(o, None)).collect(), next_cursor }))
+}
+
+/// `00-<32 hex>-<16 hex>-<2 hex>` (W3C Trace Context, version 00).
+fn is_traceparent(value: &str) -> bool {
+    let parts: Vec<_> = value.split('-').collect();
+    parts.len() == 4
+        && [2usize, 32, 16, 2].iter().zip(&parts).all(|(len, part)| part.len() == *len && part.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// A new root trace context for requests that did not bring one.
+fn new_traceparent() -> String {
+    let trace = uuid::Uuid::new_v4().simple().to_string();
+    let span = &uuid::Uuid::new_v4().simple().to_string()[..16];
+    format!("00-{trace}-{span}-01")
+}

@@ -1,0 +1,129 @@
+//! The catalog: paged listing, one product with conditional GET, admin writes.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use orderflow_core::CoreError;
+use orderflow_domain::ValidationError;
+use orderflow_domain::product::{Product, ProductDraft};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::AppState;
+use crate::extract::{AdminCaller, ApiJson, ApiQuery};
+use crate::problem::ApiResult;
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ProductView {
+    pub id: uuid::Uuid,
+    pub sku: String,
+    pub name: String,
+    pub price_cents: i64,
+    /// ISO 4217 code.
+    pub currency: String,
+    pub stock: i64,
+}
+
+impl From<Product> for ProductView {
+    fn from(p: Product) -> Self {
+        Self { id: p.id, sku: p.sku, name: p.name, price_cents: p.price_cents, currency: p.currency.to_string(), stock: p.stock }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ProductPageView {
+    pub items: Vec<ProductView>,
+    /// Pass as `cursor` to get the next page; absent on the last page.
+    pub next_cursor: Option<uuid::Uuid>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct ListParams {
+    /// 1..=100, default 20.
+    pub limit: Option<u32>,
+    pub cursor: Option<uuid::Uuid>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct ProductInput {
+    pub sku: String,
+    pub name: String,
+    pub price_cents: i64,
+    pub currency: String,
+    pub stock: i64,
+}
+
+impl ProductInput {
+    fn draft(&self) -> Result<ProductDraft, ValidationError> {
+        ProductDraft::new(&self.sku, &self.name, self.price_cents, &self.currency, self.stock)
+    }
+}
+
+/// Lists products in a stable order, a page at a time.
+#[utoipa::path(get, path = "/api/v1/products", tag = "catalog", params(ListParams), responses((status = 200, body = ProductPageView)))]
+pub async fn list(State(state): State<AppState>, ApiQuery(params): ApiQuery<ListParams>) -> ApiResult<Json<ProductPageView>> {
+    let page = state.catalog.list(params.cursor, params.limit).await?;
+    Ok(Json(ProductPageView { items: page.items.into_iter().map(Into::into).collect(), next_cursor: page.next_cursor }))
+}
+
+/// One product. Answers 304 when `If-None-Match` carries the current `ETag`.
+#[utoipa::path(get, path = "/api/v1/products/{id}", tag = "catalog", params(("id" = uuid::Uuid, Path, description = "product id")), responses(
+    (status = 200, body = ProductView, headers(("ETag" = String), ("Cache-Control" = String))),
+    (status = 304, description = "not modified"),
+    (status = 404, description = "unknown product", content_type = "application/problem+json")))]
+pub async fn get_one(State(state): State<AppState>, Path(id): Path<uuid::Uuid>, headers: HeaderMap) -> ApiResult<Response> {
+    let product = state.catalog.product(id).await?.ok_or(CoreError::NotFound("product"))?;
+    let view = ProductView::from(product);
+    let body = serde_json::to_vec(&view).map_err(|e| CoreError::Internal(e.to_string()))?;
+    let etag = format!("\"{}\"", &hex::encode(Sha256::digest(&body))[..32]);
+    let matches = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|candidate| {
+            let candidate = candidate.trim();
+            candidate == "*" || candidate.trim_start_matches("W/") == etag
+        }));
+    let mut response = if matches {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+    };
+    let headers = response.headers_mut();
+    headers.insert(header::ETAG, HeaderValue::from_str(&etag).expect("hex is a valid header"));
+    // Short: stock changes as orders come in; revalidation is cheap with the ETag.
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=5, must-revalidate"));
+    Ok(response)
+}
+
+/// Adds a product (admin).
+#[utoipa::path(post, path = "/api/v1/products", tag = "catalog", request_body = ProductInput, security(("bearer" = [])), responses(
+    (status = 201, body = ProductView),
+    (status = 403, description = "not an admin", content_type = "application/problem+json"),
+    (status = 409, description = "SKU taken", content_type = "application/problem+json"),
+    (status = 422, description = "invalid field", content_type = "application/problem+json")))]
+pub async fn create(
+    State(state): State<AppState>,
+    AdminCaller(_admin): AdminCaller,
+    ApiJson(input): ApiJson<ProductInput>,
+) -> ApiResult<(StatusCode, Json<ProductView>)> {
+    let product = state.catalog.create(input.draft()?).await?;
+    Ok((StatusCode::CREATED, Json(product.into())))
+}
+
+/// Replaces a product's fields (admin); cached copies are invalidated.
+#[utoipa::path(put, path = "/api/v1/products/{id}", tag = "catalog", request_body = ProductInput, security(("bearer" = [])),
+    params(("id" = uuid::Uuid, Path, description = "product id")), responses(
+    (status = 200, body = ProductView),
+    (status = 403, description = "not an admin", content_type = "application/problem+json"),
+    (status = 404, description = "unknown product", content_type = "application/problem+json"),
+    (status = 422, description = "invalid field", content_type = "application/problem+json")))]
+pub async fn update(
+    State(state): State<AppState>,
+    AdminCaller(_admin): AdminCaller,
+    Path(id): Path<uuid::Uuid>,
+    ApiJson(input): ApiJson<ProductInput>,
+) -> ApiResult<Json<ProductView>> {
+    Ok(Json(state.catalog.update(id, input.draft()?).await?.into()))
+}

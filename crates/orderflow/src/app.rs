@@ -1,0 +1,251 @@
+//! The composition root: settings in, adapters chosen, use cases wired, the
+//! HTTP server and the consumer groups started and stopped.
+//!
+//! `App::build` does everything that can fail at start (connect, migrate,
+//! load keys, bootstrap the admin) before anything listens, so a bad setting
+//! stops the process with a clear message instead of a half-started server.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use orderflow_adapters::memory::{DbBackedRevocations, InProcessRateLimiter};
+use orderflow_adapters::providers::{
+    SimulatedNotifier, SimulatedPayment, SimulatedProviders, SimulationSettings, SmtpNotifier, SmtpSettings,
+    WebhookNotifier, WebhookPayment, WebhookSettings,
+};
+use orderflow_adapters::sqlite::SqliteStore;
+use orderflow_api::{AppState, HttpLimits, RateLimits};
+use orderflow_core::ports::log::EventLog;
+use orderflow_core::ports::providers::{Notifier, PaymentGateway};
+use orderflow_core::ports::rate_limit::{Algorithm, RatePolicy};
+use orderflow_core::ports::store::Store;
+use orderflow_core::services::admin::Operations;
+use orderflow_core::services::auth::{AuthService, AuthSettings};
+use orderflow_core::services::catalog::{CacheSettings, CatalogService};
+use orderflow_core::services::effects::{Notifiers, RetryPolicy};
+use orderflow_core::services::orders::{OrderService, SideEffects};
+use orderflow_core::services::queries::ShopperQueries;
+use orderflow_domain::notification::Channel;
+use orderflow_workers::WorkerDeps;
+use secrecy::ExposeSecret;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::keys;
+use crate::settings::{CacheMode, Settings, SideEffectsMode, SmtpTls};
+use crate::telemetry;
+
+/// Every part of a running orderflow.
+pub struct App {
+    pub settings: Settings,
+    pub store: Arc<dyn Store>,
+    pub log: Arc<dyn EventLog>,
+    pub auth: Arc<AuthService>,
+    pub catalog: Arc<CatalogService>,
+    pub orders: Arc<OrderService>,
+    pub queries: Arc<ShopperQueries>,
+    pub operations: Arc<Operations>,
+    /// The simulated providers (their controls let a demo or a test change
+    /// latency and failure rate at run time). Unused for a channel that has a
+    /// real adapter configured.
+    pub simulated: SimulatedProviders,
+    pub workers: WorkerDeps,
+    pub state: AppState,
+}
+
+impl App {
+    /// Connects, migrates, loads the signing keys, wires the use cases and
+    /// bootstraps the admin.
+    pub async fn build(settings: Settings) -> anyhow::Result<App> {
+        std::fs::create_dir_all(&settings.data_dir)
+            .with_context(|| format!("creating the data dir {}", settings.data_dir.display()))?;
+        let url = settings.database_url();
+        anyhow::ensure!(
+            url.starts_with("sqlite:"),
+            "ORDERFLOW_DATABASE_URL must be a sqlite:// URL in this version (got a {} URL)",
+            url.split(':').next().unwrap_or("schemeless")
+        );
+        let sqlite = SqliteStore::connect_with(&url, settings.database_max_connections, settings.log_partitions)
+            .await
+            .with_context(|| "opening the database")?;
+        sqlite.migrate().await.context("migrating the database")?;
+        let log: Arc<dyn EventLog> = Arc::new(sqlite.event_log());
+        let store: Arc<dyn Store> = Arc::new(sqlite);
+
+        let key_set = keys::load_or_create(&settings.data_dir)?;
+        let revocations = Arc::new(DbBackedRevocations::load(store.clone()).await.context("loading revocations")?);
+        let auth = Arc::new(AuthService::new(store.clone(), revocations, &key_set, AuthSettings::default())?);
+
+        let cache = CacheSettings {
+            enabled: settings.cache == CacheMode::On,
+            ttl: Duration::from_secs(settings.cache_ttl_secs),
+            ttl_jitter: Duration::from_secs(settings.cache_ttl_secs / 4),
+            ..CacheSettings::default()
+        };
+        let catalog = Arc::new(CatalogService::new(store.clone(), &cache));
+
+        let simulated = simulated_providers(&settings);
+        let (payment, notifiers) = providers(&settings, &simulated)?;
+        let side_effects = match settings.side_effects {
+            SideEffectsMode::Events => SideEffects::Events,
+            SideEffectsMode::Inline => SideEffects::Inline { payment: payment.clone(), notifiers: notifiers.clone() },
+        };
+        let orders = Arc::new(OrderService::new(store.clone(), catalog.clone(), side_effects));
+        let queries = Arc::new(ShopperQueries::new(store.clone()));
+        let operations = Arc::new(Operations::new(store.clone(), log.clone()));
+        let retry = RetryPolicy::new(
+            settings.retry_max_attempts.max(1),
+            Duration::from_millis(settings.retry_base_ms),
+            Duration::from_millis(settings.retry_max_ms),
+        );
+        let workers = WorkerDeps::new(store.clone(), log.clone(), payment, notifiers, retry);
+
+        let state = AppState {
+            store: store.clone(),
+            log: log.clone(),
+            auth: auth.clone(),
+            catalog: catalog.clone(),
+            orders: orders.clone(),
+            queries: queries.clone(),
+            operations: operations.clone(),
+            metrics: telemetry::prometheus(),
+            limiter: Arc::new(InProcessRateLimiter::new()),
+            rate_limits: rate_limits(&settings),
+            http_limits: HttpLimits {
+                max_body_bytes: settings.max_body_bytes,
+                request_timeout: settings.request_timeout(),
+            },
+        };
+
+        if let (Some(email), Some(password)) = (&settings.admin_email, &settings.admin_password) {
+            auth.ensure_admin(email, password.expose_secret())
+                .await
+                .context("bootstrapping the admin from ORDERFLOW_ADMIN_EMAIL / ORDERFLOW_ADMIN_PASSWORD")?;
+        }
+
+        Ok(App { settings, store, log, auth, catalog, orders, queries, operations, simulated, workers, state })
+    }
+
+    /// The HTTP API.
+    pub fn router(&self) -> axum::Router {
+        orderflow_api::router(self.state.clone())
+    }
+
+    /// Binds the configured listen address.
+    pub async fn bind(&self) -> anyhow::Result<TcpListener> {
+        TcpListener::bind(self.settings.listen)
+            .await
+            .with_context(|| format!("listening on {}", self.settings.listen))
+    }
+
+    /// Serves HTTP on `listener` and, when `run_workers`, one member of every
+    /// consumer group, until `shutdown` is cancelled. Then the server stops
+    /// accepting, finishes in-flight requests, each worker finishes and
+    /// commits its batch, and this returns.
+    pub async fn run(&self, listener: TcpListener, run_workers: bool, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let tracker = TaskTracker::new();
+        if run_workers {
+            for consumer in self.workers.all_consumers().await.context("starting the consumer groups")? {
+                tracker.spawn(consumer.run(shutdown.clone()));
+            }
+        }
+        tracker.close();
+        let server = axum::serve(listener, self.router().into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        let served = server.await.context("serving HTTP");
+        // The server only returns on shutdown or error; make sure workers stop too.
+        shutdown.cancel();
+        tracker.wait().await;
+        served
+    }
+
+    /// Runs only consumer groups (`orderflow worker GROUP…`), until `shutdown`.
+    pub async fn run_workers(&self, groups: &[String], shutdown: CancellationToken) -> anyhow::Result<()> {
+        let tracker = TaskTracker::new();
+        for group in groups {
+            let consumer = self.workers.consumer(group).await.with_context(|| format!("starting group {group}"))?;
+            tracker.spawn(consumer.run(shutdown.clone()));
+        }
+        tracker.close();
+        tracker.wait().await;
+        Ok(())
+    }
+}
+
+fn simulated_providers(settings: &Settings) -> SimulatedProviders {
+    let p = &settings.providers;
+    let sim = |latency_ms: u64, failure_rate: f64| {
+        SimulationSettings::new(Duration::from_millis(latency_ms), failure_rate.clamp(0.0, 1.0))
+    };
+    SimulatedProviders {
+        email: Arc::new(SimulatedNotifier::new(Channel::Email, sim(p.sim_email_latency_ms, p.sim_email_failure_rate))),
+        sms: Arc::new(SimulatedNotifier::new(Channel::Sms, sim(p.sim_sms_latency_ms, p.sim_sms_failure_rate))),
+        push: Arc::new(SimulatedNotifier::new(Channel::Push, sim(p.sim_push_latency_ms, p.sim_push_failure_rate))),
+        payment: Arc::new(SimulatedPayment::new(
+            sim(p.sim_payment_latency_ms, p.sim_payment_failure_rate),
+            p.sim_payment_decline_above_cents,
+        )),
+    }
+}
+
+/// Real adapters where configured, the simulated provider elsewhere.
+fn providers(
+    settings: &Settings,
+    simulated: &SimulatedProviders,
+) -> anyhow::Result<(Arc<dyn PaymentGateway>, Notifiers)> {
+    let p = &settings.providers;
+    let webhook = |url: &str| {
+        let mut s = WebhookSettings::new(url);
+        if let Some(token) = &p.webhook_token {
+            s = s.with_bearer_token(token.clone());
+        }
+        s
+    };
+    let email: Arc<dyn Notifier> = match &p.smtp_host {
+        Some(host) => {
+            let tls = match p.smtp_tls {
+                SmtpTls::None => orderflow_adapters::providers::SmtpTls::None,
+                SmtpTls::Starttls => orderflow_adapters::providers::SmtpTls::StartTls,
+                SmtpTls::Tls => orderflow_adapters::providers::SmtpTls::Tls,
+            };
+            let mut smtp = SmtpSettings::new(host.clone(), p.smtp_port, tls, p.smtp_from.clone());
+            if let (Some(user), Some(password)) = (&p.smtp_username, &p.smtp_password) {
+                smtp = smtp.with_credentials(user.clone(), password.clone());
+            }
+            Arc::new(SmtpNotifier::new(smtp).context("configuring SMTP")?)
+        }
+        None => simulated.email.clone(),
+    };
+    let sms: Arc<dyn Notifier> = match &p.sms_webhook_url {
+        Some(url) => Arc::new(WebhookNotifier::new(Channel::Sms, webhook(url)).context("configuring the SMS webhook")?),
+        None => simulated.sms.clone(),
+    };
+    let push: Arc<dyn Notifier> = match &p.push_webhook_url {
+        Some(url) => Arc::new(WebhookNotifier::new(Channel::Push, webhook(url)).context("configuring the push webhook")?),
+        None => simulated.push.clone(),
+    };
+    let payment: Arc<dyn PaymentGateway> = match &p.payment_webhook_url {
+        Some(url) => Arc::new(WebhookPayment::new(webhook(url)).context("configuring the payment webhook")?),
+        None => simulated.payment.clone(),
+    };
+    Ok((payment, Notifiers::new(email, sms, push)))
+}
+
+fn rate_limits(settings: &Settings) -> RateLimits {
+    let bucket = |name: &str, per_sec: f64, burst_factor: f64| {
+        (per_sec > 0.0).then(|| RatePolicy {
+            name: name.to_owned(),
+            algorithm: Algorithm::TokenBucket {
+                capacity: (per_sec * burst_factor).ceil().max(1.0) as u32,
+                refill_per_second: per_sec,
+            },
+        })
+    };
+    RateLimits {
+        auth: bucket("auth", settings.auth_rate_per_sec, 10.0),
+        general: bucket("general", settings.rate_per_sec, 2.0),
+    }
+}

@@ -1,0 +1,209 @@
+//! The commands. Each builds the [`App`] from the same settings, so every
+//! command sees the same database and event log.
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::app::App;
+use crate::seed;
+use crate::settings::Settings;
+
+#[derive(Debug, Parser)]
+#[command(name = "orderflow", version, about = "Event-driven order platform: HTTP API, catalog cache, consumer groups over an event log")]
+pub struct Cli {
+    #[command(flatten)]
+    pub settings: Settings,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Every role in one process: the HTTP API and one member of every consumer group.
+    Serve {
+        /// Seed a demo catalog and demo shoppers when the database is empty.
+        #[arg(long)]
+        demo: bool,
+    },
+    /// Only the HTTP API.
+    Api,
+    /// Only consumer groups (all of them when none is named).
+    Worker {
+        /// inventory, payment, orders, email, sms, push, loyalty, analytics
+        groups: Vec<String>,
+    },
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Seed the demo catalog and shoppers (existing ones are left alone).
+    Seed,
+    /// Each consumer group: committed offset, end offset and lag per partition.
+    Consumers,
+    /// The dead-letter queue.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// Dead letters, newest first.
+    List {
+        /// Include the ones already replayed.
+        #[arg(long)]
+        all: bool,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// One dead letter with its original event.
+    Show { id: uuid::Uuid },
+    /// Put the original event back on its topic.
+    Replay { id: uuid::Uuid },
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let app = App::build(cli.settings).await?;
+    match cli.command {
+        Command::Serve { demo } => {
+            if demo {
+                if let Some(report) = seed::seed_if_empty(&app).await? {
+                    println!(
+                        "seeded {} demo products and {} demo shoppers (password: {})",
+                        report.products_created,
+                        report.shoppers_created,
+                        seed::DEMO_PASSWORD
+                    );
+                }
+            }
+            let listener = app.bind().await?;
+            print_urls(&listener)?;
+            app.run(listener, true, shutdown_on_signal()).await?;
+            println!("orderflow stopped cleanly");
+        }
+        Command::Api => {
+            let listener = app.bind().await?;
+            print_urls(&listener)?;
+            app.run(listener, false, shutdown_on_signal()).await?;
+        }
+        Command::Worker { groups } => {
+            let groups = if groups.is_empty() {
+                orderflow_workers::GROUPS.iter().map(|g| g.to_string()).collect()
+            } else {
+                groups
+            };
+            println!("running consumer groups: {}", groups.join(", "));
+            app.run_workers(&groups, shutdown_on_signal()).await?;
+        }
+        Command::Migrate => println!("database is migrated: {}", redact_url(&app.settings.database_url())),
+        Command::Seed => {
+            let report = seed::seed(&app).await?;
+            println!(
+                "seeded {} products and {} shoppers (demo password: {})",
+                report.products_created,
+                report.shoppers_created,
+                seed::DEMO_PASSWORD
+            );
+        }
+        Command::Consumers => print_consumers(&app).await?,
+        Command::Dlq { command } => dlq(&app, command).await?,
+    }
+    Ok(())
+}
+
+fn print_urls(listener: &tokio::net::TcpListener) -> anyhow::Result<()> {
+    let addr = listener.local_addr()?;
+    println!("orderflow listening on http://{addr}");
+    println!("  API      http://{addr}/api/v1");
+    println!("  docs     http://{addr}/docs");
+    println!("  OpenAPI  http://{addr}/openapi.json");
+    println!("  metrics  http://{addr}/metrics");
+    println!("press Ctrl-C to stop");
+    Ok(())
+}
+
+/// Cancelled on SIGINT or SIGTERM.
+fn shutdown_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("installing a SIGTERM handler");
+            tokio::select! {
+                _ = ctrl_c => {},
+                _ = term.recv() => {},
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        tracing::info!("shutting down: finishing in-flight requests and batches");
+        cancel.cancel();
+    });
+    token
+}
+
+async fn print_consumers(app: &App) -> anyhow::Result<()> {
+    let lags = app.operations.consumer_lag().await?;
+    println!("{:<10} {:<16} {:>9} {:>10} {:>10} {:>8}", "GROUP", "TOPIC", "PARTITION", "COMMITTED", "END", "LAG");
+    for lag in &lags {
+        println!(
+            "{:<10} {:<16} {:>9} {:>10} {:>10} {:>8}",
+            lag.group, lag.topic, lag.partition, lag.committed, lag.end, lag.lag
+        );
+    }
+    let mut totals: std::collections::BTreeMap<&str, i64> = Default::default();
+    for lag in &lags {
+        *totals.entry(lag.group.as_str()).or_default() += lag.lag;
+    }
+    println!();
+    for (group, lag) in totals {
+        println!("{group:<10} total lag {lag}");
+    }
+    Ok(())
+}
+
+async fn dlq(app: &App, command: DlqCommand) -> anyhow::Result<()> {
+    match command {
+        DlqCommand::List { all, limit } => {
+            let items = app.operations.dead_letters(Some(limit), all).await?;
+            if items.is_empty() {
+                println!("the dead-letter queue is empty");
+            }
+            for d in items {
+                println!(
+                    "{}  {:<9} {:<32} attempts={} {}  {}",
+                    d.id,
+                    d.group,
+                    d.event.type_name(),
+                    d.attempts,
+                    d.failed_at.format("%Y-%m-%d %H:%M:%S"),
+                    if d.replayed_at.is_some() { "replayed" } else { &d.error }
+                );
+            }
+        }
+        DlqCommand::Show { id } => {
+            let d = app.operations.dead_letter(id).await?;
+            let view = serde_json::json!({
+                "id": d.id, "group": d.group, "topic": d.topic, "partition": d.partition,
+                "offset": d.offset, "error": d.error, "attempts": d.attempts,
+                "failed_at": d.failed_at, "replayed_at": d.replayed_at, "event": d.event.to_json(),
+            });
+            println!("{}", serde_json::to_string_pretty(&view)?);
+        }
+        DlqCommand::Replay { id } => {
+            let d = app.operations.replay(id).await?;
+            println!("replayed {} ({}) to {} for group {}", d.event.id, d.event.type_name(), d.topic, d.group);
+        }
+    }
+    Ok(())
+}
+
+/// Hides a password in a database URL before printing it.
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => format!("{}://***{}", &url[..scheme], &url[at..]),
+        _ => url.to_owned(),
+    }
+}

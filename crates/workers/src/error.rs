@@ -1,0 +1,54 @@
+//! [`WorkerError`], the one error type of the consumer layer.
+//!
+//! The runtime branches on two questions only, so they are methods here rather
+//! than knowledge spread over the handlers: is the store down (stop the batch,
+//! keep the offsets, back off: [`WorkerError::is_store_unavailable`]), and is
+//! another attempt worth it ([`WorkerError::is_retryable`]).
+
+use orderflow_core::ports::log::LogError;
+use orderflow_core::ports::providers::ProviderError;
+use orderflow_core::ports::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Log(#[from] LogError),
+    /// An outside provider (payment, e-mail, SMS, push) failed.
+    #[error(transparent)]
+    Provider(#[from] ProviderError),
+    /// The event names something the database does not have (an order, a
+    /// user). Retrying cannot help: the event goes to the dead-letter queue.
+    #[error("{0} not found")]
+    Missing(String),
+    /// The event cannot be acted on as it is (for example an invalid currency).
+    #[error("invalid event: {0}")]
+    InvalidEvent(String),
+    /// `worker GROUP` was given a name that is not one of [`crate::GROUPS`].
+    #[error("unknown consumer group `{0}`; expected one of {groups}", groups = crate::GROUPS.join(", "))]
+    UnknownGroup(String),
+}
+
+impl WorkerError {
+    /// The database cannot be reached: the consumer must not dead-letter (the
+    /// dead letter could not be written either, and the event is fine), but
+    /// stop, keep its offsets and try again later; redelivery is safe.
+    pub fn is_store_unavailable(&self) -> bool {
+        matches!(self, WorkerError::Store(StoreError::Unavailable(_)))
+    }
+
+    /// Whether another attempt may succeed. Permanent provider errors (a 4xx,
+    /// a bad address), missing rows and malformed events go straight to the
+    /// dead-letter queue instead of burning the retry budget.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            WorkerError::Provider(error) => error.retryable,
+            WorkerError::Store(StoreError::Corrupt(_)) => false,
+            WorkerError::Store(_) | WorkerError::Log(_) => true,
+            WorkerError::Missing(_)
+            | WorkerError::InvalidEvent(_)
+            | WorkerError::UnknownGroup(_) => false,
+        }
+    }
+}

@@ -1,0 +1,143 @@
+//! One [`Handler`] per consumer group (DESIGN.md §4), and [`WorkerDeps`],
+//! which builds them and their [`Consumer`]s.
+//!
+//! | group | topics | reacts to | effect |
+//! | --- | --- | --- | --- |
+//! | `inventory` | order.events | OrderPlaced | reserve stock → StockReserved / StockRejected |
+//! | `payment` | stock.events | StockReserved | charge → PaymentSucceeded / PaymentFailed |
+//! | `orders` | stock.events, payment.events | stock and payment results | state machine; release stock on payment failure; OrderConfirmed / OrderRejected / OrderPaymentFailed |
+//! | `email` | order.events, user.events | order outcomes, UserRegistered | e-mail + notification record |
+//! | `sms`, `push` | order.events | order outcomes | SMS / push + notification record |
+//! | `loyalty` | order.events | OrderConfirmed | points |
+//! | `analytics` | order.events | OrderConfirmed | daily sales, product sales |
+
+use std::sync::Arc;
+
+use orderflow_core::ports::log::EventLog;
+use orderflow_core::ports::providers::PaymentGateway;
+use orderflow_core::ports::store::{Store, StoreTx};
+use orderflow_core::services::effects::{Notifiers, RetryPolicy};
+use orderflow_domain::EventId;
+use orderflow_domain::notification::Channel;
+
+use crate::error::WorkerError;
+use crate::runtime::{Consumer, Handler};
+
+mod analytics;
+mod inventory;
+mod loyalty;
+mod notify;
+mod orders;
+mod payment;
+
+pub use analytics::AnalyticsHandler;
+pub use inventory::InventoryHandler;
+pub use loyalty::LoyaltyHandler;
+pub use notify::NotifyHandler;
+pub use orders::OrdersHandler;
+pub use payment::PaymentHandler;
+
+/// Every consumer group, in the order an order flows through them.
+pub const GROUPS: [&str; 8] = [
+    "inventory",
+    "payment",
+    "orders",
+    "email",
+    "sms",
+    "push",
+    "loyalty",
+    "analytics",
+];
+
+/// What the consumer groups need: the database, the event log, the providers
+/// and the retry policy. Cheap to clone.
+#[derive(Clone)]
+pub struct WorkerDeps {
+    pub store: Arc<dyn Store>,
+    pub log: Arc<dyn EventLog>,
+    pub payment: Arc<dyn PaymentGateway>,
+    pub notifiers: Notifiers,
+    pub retry: RetryPolicy,
+}
+
+impl std::fmt::Debug for WorkerDeps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerDeps")
+            .field("notifiers", &self.notifiers)
+            .field("retry", &self.retry)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WorkerDeps {
+    pub fn new(
+        store: Arc<dyn Store>,
+        log: Arc<dyn EventLog>,
+        payment: Arc<dyn PaymentGateway>,
+        notifiers: Notifiers,
+        retry: RetryPolicy,
+    ) -> Self {
+        Self {
+            store,
+            log,
+            payment,
+            notifiers,
+            retry,
+        }
+    }
+
+    /// The handler of one group; [`WorkerError::UnknownGroup`] for a name not
+    /// in [`GROUPS`].
+    pub fn handler(&self, group: &str) -> Result<Arc<dyn Handler>, WorkerError> {
+        let store = self.store.clone();
+        let notify = |channel: Channel| -> Arc<dyn Handler> {
+            Arc::new(NotifyHandler::new(
+                channel,
+                store.clone(),
+                self.notifiers.get(channel).clone(),
+            ))
+        };
+        Ok(match group {
+            "inventory" => Arc::new(InventoryHandler::new(store)),
+            "payment" => Arc::new(PaymentHandler::new(store, self.payment.clone())),
+            "orders" => Arc::new(OrdersHandler::new(store)),
+            "email" => notify(Channel::Email),
+            "sms" => notify(Channel::Sms),
+            "push" => notify(Channel::Push),
+            "loyalty" => Arc::new(LoyaltyHandler::new(store)),
+            "analytics" => Arc::new(AnalyticsHandler::new(store)),
+            other => return Err(WorkerError::UnknownGroup(other.to_owned())),
+        })
+    }
+
+    /// A member of one group, subscribed (`orderflow worker GROUP`).
+    pub async fn consumer(&self, group: &str) -> Result<Consumer, WorkerError> {
+        let handler = self.handler(group)?;
+        Consumer::subscribe(handler, self.store.clone(), self.log.as_ref(), self.retry).await
+    }
+
+    /// One member of every group, in [`GROUPS`] order (`orderflow serve`).
+    pub async fn all_consumers(&self) -> Result<Vec<Consumer>, WorkerError> {
+        let mut consumers = Vec::with_capacity(GROUPS.len());
+        for group in GROUPS {
+            consumers.push(self.consumer(group).await?);
+        }
+        Ok(consumers)
+    }
+}
+
+/// Starts a handler's transaction and claims the event for the group.
+/// `None` means the group handled it before: the transaction is dropped
+/// (rolled back) and the caller reports [`crate::Handled::Duplicate`].
+async fn claim(
+    store: &dyn Store,
+    group: &str,
+    event_id: EventId,
+) -> Result<Option<Box<dyn StoreTx>>, WorkerError> {
+    let mut tx = store.begin().await?;
+    if tx.mark_processed(group, event_id).await? {
+        Ok(Some(tx))
+    } else {
+        Ok(None)
+    }
+}

@@ -1,0 +1,110 @@
+//! `orders`: drives the order state machine from stock and payment results.
+//!
+//! The two results travel on different topics, so they can arrive in either
+//! order; [`OrderStatus::on`](orderflow_domain::order::OrderStatus::on) copes
+//! with that, and refuses facts that no longer fit (answered as
+//! [`Handled::Stale`]: marked processed, no effect, counted).
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use orderflow_core::ports::log::Delivery;
+use orderflow_core::ports::store::Store;
+use orderflow_domain::events::{Envelope, EventData, topics};
+use orderflow_domain::order::{OrderFact, OrderStatus, Transition};
+
+use super::claim;
+use crate::error::WorkerError;
+use crate::runtime::{Handled, Handler};
+
+pub struct OrdersHandler {
+    store: Arc<dyn Store>,
+}
+
+impl OrdersHandler {
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Self { store }
+    }
+}
+
+#[async_trait]
+impl Handler for OrdersHandler {
+    fn group(&self) -> &'static str {
+        "orders"
+    }
+
+    fn topics(&self) -> &'static [&'static str] {
+        &[topics::STOCK_EVENTS, topics::PAYMENT_EVENTS]
+    }
+
+    async fn handle(&self, delivery: &Delivery) -> Result<Handled, WorkerError> {
+        let event = &delivery.envelope;
+        let (order_id, fact, reason) = match &event.data {
+            EventData::StockReserved { order_id, .. } => {
+                (*order_id, OrderFact::StockReserved, None)
+            }
+            EventData::StockRejected {
+                order_id, reason, ..
+            } => (*order_id, OrderFact::StockRejected, Some(reason)),
+            EventData::PaymentSucceeded { order_id, .. } => {
+                (*order_id, OrderFact::PaymentSucceeded, None)
+            }
+            EventData::PaymentFailed {
+                order_id, reason, ..
+            } => (*order_id, OrderFact::PaymentFailed, Some(reason)),
+            _ => return Ok(Handled::Ignored),
+        };
+        let Some(mut tx) = claim(self.store.as_ref(), self.group(), event.id).await? else {
+            return Ok(Handled::Duplicate);
+        };
+        // Locked until commit, so two members racing on one order's events
+        // apply their facts one after the other.
+        let Some(order) = tx.order_for_update(order_id).await? else {
+            return Err(WorkerError::Missing(format!("order {order_id}")));
+        };
+        let steps = match order.status.on(fact) {
+            Transition::Apply(steps) => steps,
+            Transition::Ignored { from, fact } => {
+                tracing::info!(%order_id, %from, ?fact, event_id = %event.id, "transition does not fit; ignored");
+                tx.commit().await?;
+                return Ok(Handled::Stale);
+            }
+        };
+        tx.set_order_status(order_id, &steps, chrono::Utc::now())
+            .await?;
+        let reason = || reason.cloned().unwrap_or_default();
+        let user_id = order.user_id;
+        let caused = match steps.last() {
+            Some(OrderStatus::Confirmed) => Some(EventData::OrderConfirmed {
+                order_id,
+                user_id,
+                items: order.items.clone(),
+                total_cents: order.total_cents,
+                currency: order.currency.to_string(),
+            }),
+            Some(OrderStatus::Rejected) => Some(EventData::OrderRejected {
+                order_id,
+                user_id,
+                reason: reason(),
+            }),
+            Some(OrderStatus::PaymentFailed) => {
+                // False when nothing is reserved any more; the processed mark
+                // already guarantees this runs once per event.
+                let released = tx.release_stock(order_id).await?;
+                tracing::debug!(%order_id, released, "payment failed; stock released");
+                Some(EventData::OrderPaymentFailed {
+                    order_id,
+                    user_id,
+                    reason: reason(),
+                })
+            }
+            _ => None,
+        };
+        if let Some(data) = caused {
+            tx.append(&[Envelope::new(data, event.traceparent.clone())])
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(Handled::Applied)
+    }
+}
