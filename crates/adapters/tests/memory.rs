@@ -16,20 +16,41 @@ use tokio::time::advance;
 fn fixed(limit: u32, window_secs: u64) -> RatePolicy {
     RatePolicy {
         name: "fixed".into(),
-        algorithm: Algorithm::FixedWindow { limit, window: Duration::from_secs(window_secs) },
+        algorithm: Algorithm::FixedWindow {
+            limit,
+            window: Duration::from_secs(window_secs),
+        },
     }
 }
 
 fn bucket(capacity: u32, refill_per_second: f64) -> RatePolicy {
-    RatePolicy { name: "bucket".into(), algorithm: Algorithm::TokenBucket { capacity, refill_per_second } }
+    RatePolicy {
+        name: "bucket".into(),
+        algorithm: Algorithm::TokenBucket {
+            capacity,
+            refill_per_second,
+        },
+    }
 }
 
 fn allowed(limit: u32, remaining: u32, reset_after: Duration) -> RateDecision {
-    RateDecision { allowed: true, limit, remaining, retry_after: Duration::ZERO, reset_after }
+    RateDecision {
+        allowed: true,
+        limit,
+        remaining,
+        retry_after: Duration::ZERO,
+        reset_after,
+    }
 }
 
 fn denied(limit: u32, retry_after: Duration, reset_after: Duration) -> RateDecision {
-    RateDecision { allowed: false, limit, remaining: 0, retry_after, reset_after }
+    RateDecision {
+        allowed: false,
+        limit,
+        remaining: 0,
+        retry_after,
+        reset_after,
+    }
 }
 
 const MS: fn(u64) -> Duration = Duration::from_millis;
@@ -69,8 +90,14 @@ async fn fixed_window_edges_are_exact() {
 #[tokio::test(start_paused = true)]
 async fn fixed_window_keys_and_policies_are_independent() {
     let limiter = InProcessRateLimiter::new();
-    let login = RatePolicy { name: "login".into(), ..fixed(1, 60) };
-    let orders = RatePolicy { name: "orders".into(), ..fixed(1, 60) };
+    let login = RatePolicy {
+        name: "login".into(),
+        ..fixed(1, 60)
+    };
+    let orders = RatePolicy {
+        name: "orders".into(),
+        ..fixed(1, 60)
+    };
     assert!(limiter.check(&login, "10.0.0.1").await.allowed);
     assert!(!limiter.check(&login, "10.0.0.1").await.allowed);
     assert!(limiter.check(&login, "10.0.0.2").await.allowed);
@@ -80,7 +107,10 @@ async fn fixed_window_keys_and_policies_are_independent() {
 #[tokio::test(start_paused = true)]
 async fn a_zero_limit_refuses_everything() {
     let limiter = InProcessRateLimiter::new();
-    assert_eq!(limiter.check(&fixed(0, 5), "k").await, denied(0, S(5), S(5)));
+    assert_eq!(
+        limiter.check(&fixed(0, 5), "k").await,
+        denied(0, S(5), S(5))
+    );
 }
 
 // --- token bucket ---
@@ -108,7 +138,10 @@ async fn token_bucket_refills_at_its_rate() {
     }
     assert_eq!(limiter.check(&policy, "k").await, denied(4, MS(500), S(2)));
     advance(MS(499)).await;
-    assert_eq!(limiter.check(&policy, "k").await, denied(4, MS(1), MS(1501)));
+    assert_eq!(
+        limiter.check(&policy, "k").await,
+        denied(4, MS(1), MS(1501))
+    );
     // Exactly when `retry_after` said.
     advance(MS(1)).await;
     assert_eq!(limiter.check(&policy, "k").await, allowed(4, 0, S(2)));
@@ -204,7 +237,10 @@ async fn a_revoked_token_is_revoked_until_it_expires() {
     let revocations = DbBackedRevocations::load(store.clone()).await.unwrap();
     assert!(!revocations.is_revoked("jti-1").await.unwrap());
 
-    revocations.revoke("jti-1", Utc::now() + TimeDelta::minutes(15)).await.unwrap();
+    revocations
+        .revoke("jti-1", Utc::now() + TimeDelta::minutes(15))
+        .await
+        .unwrap();
     assert!(revocations.is_revoked("jti-1").await.unwrap());
     assert!(!revocations.is_revoked("jti-2").await.unwrap());
     // Written to the database, the source of truth.
@@ -215,7 +251,10 @@ async fn a_revoked_token_is_revoked_until_it_expires() {
 async fn a_token_already_expired_is_not_kept() {
     let (_dir, store) = store().await;
     let revocations = DbBackedRevocations::load(store.clone()).await.unwrap();
-    revocations.revoke("old", Utc::now() - TimeDelta::seconds(1)).await.unwrap();
+    revocations
+        .revoke("old", Utc::now() - TimeDelta::seconds(1))
+        .await
+        .unwrap();
     assert!(!revocations.is_revoked("old").await.unwrap());
     assert!(revocations.is_empty());
 }
@@ -224,8 +263,14 @@ async fn a_token_already_expired_is_not_kept() {
 async fn a_restart_remembers_revocations_from_the_database() {
     let (_dir, store) = store().await;
     let first = DbBackedRevocations::load(store.clone()).await.unwrap();
-    first.revoke("jti-a", Utc::now() + TimeDelta::minutes(15)).await.unwrap();
-    first.revoke("jti-b", Utc::now() + TimeDelta::minutes(5)).await.unwrap();
+    first
+        .revoke("jti-a", Utc::now() + TimeDelta::minutes(15))
+        .await
+        .unwrap();
+    first
+        .revoke("jti-b", Utc::now() + TimeDelta::minutes(5))
+        .await
+        .unwrap();
     drop(first);
 
     // A new process: memory is empty until warmed from the database.
@@ -240,7 +285,10 @@ async fn refresh_picks_up_revocations_made_elsewhere() {
     let (_dir, store) = store().await;
     let revocations = DbBackedRevocations::load(store.clone()).await.unwrap();
     // Another process (same database) revokes a token.
-    store.insert_revocation("elsewhere", Utc::now() + TimeDelta::minutes(15)).await.unwrap();
+    store
+        .insert_revocation("elsewhere", Utc::now() + TimeDelta::minutes(15))
+        .await
+        .unwrap();
     assert!(!revocations.is_revoked("elsewhere").await.unwrap());
     assert_eq!(revocations.refresh().await.unwrap(), 1);
     assert!(revocations.is_revoked("elsewhere").await.unwrap());
@@ -250,13 +298,21 @@ async fn refresh_picks_up_revocations_made_elsewhere() {
 async fn lookups_are_served_from_memory_and_a_failed_write_revokes_nothing() {
     let (_dir, store) = store().await;
     let revocations = DbBackedRevocations::load(store.clone()).await.unwrap();
-    revocations.revoke("before", Utc::now() + TimeDelta::minutes(15)).await.unwrap();
+    revocations
+        .revoke("before", Utc::now() + TimeDelta::minutes(15))
+        .await
+        .unwrap();
 
     // The database goes away.
     store.pool().close().await;
     // Lookups need no query...
     assert!(revocations.is_revoked("before").await.unwrap());
     // ...and a revocation the database did not take is reported, not faked.
-    assert!(revocations.revoke("after", Utc::now() + TimeDelta::minutes(15)).await.is_err());
+    assert!(
+        revocations
+            .revoke("after", Utc::now() + TimeDelta::minutes(15))
+            .await
+            .is_err()
+    );
     assert!(!revocations.is_revoked("after").await.unwrap());
 }

@@ -9,7 +9,7 @@ use crate::seed;
 use crate::settings::Settings;
 
 #[derive(Debug, Parser)]
-#[command(name = "orderflow", version, about = "Event-driven order platform: HTTP API, catalog cache, consumer groups over an event log")]
+#[command(name = "orderflow", version, args_override_self = true, about = "Event-driven order platform: HTTP API, catalog cache, consumer groups over an event log")]
 pub struct Cli {
     #[command(flatten)]
     pub settings: Settings,

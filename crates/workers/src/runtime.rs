@@ -353,7 +353,11 @@ impl Consumer {
     }
 
     /// Handles one delivery: attempts with backoff, then a dead letter.
-    async fn finish_one(&mut self, delivery: &Delivery, report: &mut BatchReport) -> Result<(), Stop> {
+    async fn finish_one(
+        &mut self,
+        delivery: &Delivery,
+        report: &mut BatchReport,
+    ) -> Result<(), Stop> {
         let group = self.group();
         let started = Instant::now();
         let mut attempt = 1;

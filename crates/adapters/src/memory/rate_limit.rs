@@ -357,7 +357,8 @@ mod tests {
 
     #[test]
     fn idle_keys_are_swept_once_a_minute() {
-        let limiter = InProcessRateLimiter::new();
+        // One shard, so the sweep sees every key.
+        let limiter = InProcessRateLimiter::with_max_keys(10);
         let policy = bucket(5, 10.0);
         for key in ["a", "b", "c"] {
             limiter.decide(&policy, key, Duration::from_secs(1));

@@ -210,9 +210,13 @@ impl Endpoint {
     /// (a header it refuses) will fail the same way next time.
     fn request_failed(&self, error: &reqwest::Error) -> ProviderError {
         let message = if error.is_timeout() {
-            format!("timed out after {:?}: {error}", self.settings.timeout)
+            format!(
+                "timed out after {:?}: {}",
+                self.settings.timeout,
+                with_causes(error)
+            )
         } else {
-            format!("request failed: {error}")
+            format!("request failed: {}", with_causes(error))
         };
         if error.is_builder() {
             ProviderError::permanent(self.provider, message)
@@ -220,6 +224,23 @@ impl Endpoint {
             ProviderError::transient(self.provider, message)
         }
     }
+}
+
+/// The error and its sources, `outer: inner: root`. reqwest's own message
+/// ("error sending request") hides the part an operator needs ("connection
+/// refused", "missing field `status`").
+fn with_causes(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// 5xx, 408 (request timeout) and 429 (too many requests) may pass.
@@ -230,7 +251,11 @@ fn retryable_status(status: StatusCode) -> bool {
 }
 
 async fn body_excerpt(response: reqwest::Response) -> String {
-    let text = response.text().await.unwrap_or_default();
+    excerpt(&response.text().await.unwrap_or_default())
+}
+
+/// The start of a response body, for an error message.
+fn excerpt(text: &str) -> String {
     let text = text.trim();
     match text.char_indices().nth(BODY_EXCERPT) {
         Some((cut, _)) => format!("{}…", &text[..cut]),
@@ -318,8 +343,13 @@ impl WebhookPayment {
             )
             .await?;
         let status = response.status();
-        let reply = response.json::<ChargeReply>().await;
-        match (status, reply) {
+        let body = response.bytes().await.map_err(|error| {
+            ProviderError::transient(
+                PAYMENT,
+                format!("reading the charge reply failed: {}", with_causes(&error)),
+            )
+        })?;
+        match (status, serde_json::from_slice::<ChargeReply>(&body)) {
             (_, Ok(ChargeReply::Approved { payment_id })) if status.is_success() => {
                 Ok(ChargeOutcome::Approved { payment_id })
             }
@@ -332,7 +362,10 @@ impl WebhookPayment {
             // safe and will tell.
             (_, Err(error)) => Err(ProviderError::transient(
                 PAYMENT,
-                format!("unreadable charge reply: {error}"),
+                format!(
+                    "unreadable charge reply ({error}): {}",
+                    excerpt(&String::from_utf8_lossy(&body))
+                ),
             )),
             (_, Ok(ChargeReply::Approved { .. })) => Err(ProviderError::permanent(
                 PAYMENT,

@@ -24,7 +24,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use orderflow_core::ports::log::{Delivery, EventLog, LogError, LogResult, PartitionLag, Subscription};
+use orderflow_core::ports::log::{
+    Delivery, EventLog, LogError, LogResult, PartitionLag, Subscription,
+};
 use orderflow_core::ports::store::StoreError;
 use sqlx::sqlite::SqliteRow;
 use tokio::sync::watch;
@@ -43,9 +45,9 @@ const PARTITIONS_PER_STATEMENT: usize = 100;
 pub fn partition_for(key: &str, partitions: i32) -> i32 {
     const OFFSET_BASIS: u32 = 0x811c_9dc5;
     const PRIME: u32 = 0x0100_0193;
-    let hash = key
-        .bytes()
-        .fold(OFFSET_BASIS, |hash, byte| (hash ^ u32::from(byte)).wrapping_mul(PRIME));
+    let hash = key.bytes().fold(OFFSET_BASIS, |hash, byte| {
+        (hash ^ u32::from(byte)).wrapping_mul(PRIME)
+    });
     let partitions = partitions.max(1) as u32;
     (hash % partitions) as i32
 }
@@ -169,7 +171,10 @@ impl EventLog for SqliteEventLog {
 
     async fn ping(&self) -> LogResult<()> {
         count("ping");
-        sqlx::query("SELECT 1").execute(&self.inner.pool).await.map_err(sql_err)?;
+        sqlx::query("SELECT 1")
+            .execute(&self.inner.pool)
+            .await
+            .map_err(sql_err)?;
         Ok(())
     }
 }
@@ -203,8 +208,8 @@ fn int(row: &SqliteRow, column: &str) -> LogResult<i64> {
 fn partition_key(row: &SqliteRow) -> LogResult<(String, i32)> {
     let topic = rows::text(row, "topic").map_err(log_err)?;
     let partition = int(row, "partition")?;
-    let partition =
-        i32::try_from(partition).map_err(|_| LogError::Backend(format!("partition {partition} out of range")))?;
+    let partition = i32::try_from(partition)
+        .map_err(|_| LogError::Backend(format!("partition {partition} out of range")))?;
     Ok((topic, partition))
 }
 
@@ -227,7 +232,11 @@ impl SqliteSubscription {
         for row in &ends {
             let (topic, partition) = partition_key(row)?;
             let end = int(row, "next_offset")?;
-            let from = self.positions.get(&(topic.clone(), partition)).copied().unwrap_or(0);
+            let from = self
+                .positions
+                .get(&(topic.clone(), partition))
+                .copied()
+                .unwrap_or(0);
             if end > from {
                 ready.push((topic, partition, from));
             }
@@ -246,21 +255,42 @@ impl SqliteSubscription {
             let one = r#"SELECT * FROM (SELECT seq, topic, "partition", "offset", payload FROM event_log
                           WHERE topic = ? AND "partition" = ? AND "offset" >= ?
                           ORDER BY "offset" LIMIT ?)"#;
-            let sql = format!("{} ORDER BY seq LIMIT ?", vec![one; chunk.len()].join(" UNION ALL "));
+            let sql = format!(
+                "{} ORDER BY seq LIMIT ?",
+                vec![one; chunk.len()].join(" UNION ALL ")
+            );
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
             for (topic, partition, from) in chunk {
-                query = query.bind(topic.clone()).bind(*partition).bind(*from).bind(limit);
+                query = query
+                    .bind(topic.clone())
+                    .bind(*partition)
+                    .bind(*from)
+                    .bind(limit);
             }
             count("log_read");
-            let rows = query.bind(limit).fetch_all(&self.inner.pool).await.map_err(sql_err)?;
+            let rows = query
+                .bind(limit)
+                .fetch_all(&self.inner.pool)
+                .await
+                .map_err(sql_err)?;
             for row in &rows {
                 let (topic, partition) = partition_key(row)?;
                 let offset = int(row, "offset")?;
                 let payload = rows::text(row, "payload").map_err(log_err)?;
                 let envelope = rows::envelope(&payload).map_err(|e| {
-                    LogError::Backend(format!("event at {topic}/{partition}/{offset} cannot be decoded: {e}"))
+                    LogError::Backend(format!(
+                        "event at {topic}/{partition}/{offset} cannot be decoded: {e}"
+                    ))
                 })?;
-                found.push((int(row, "seq")?, Delivery { topic, partition, offset, envelope }));
+                found.push((
+                    int(row, "seq")?,
+                    Delivery {
+                        topic,
+                        partition,
+                        offset,
+                        envelope,
+                    },
+                ));
             }
         }
         found.sort_by_key(|(seq, _)| *seq);
@@ -283,8 +313,10 @@ impl Subscription for SqliteSubscription {
             let batch = self.fetch(max).await?;
             if !batch.is_empty() {
                 for delivery in &batch {
-                    self.positions
-                        .insert((delivery.topic.clone(), delivery.partition), delivery.offset + 1);
+                    self.positions.insert(
+                        (delivery.topic.clone(), delivery.partition),
+                        delivery.offset + 1,
+                    );
                 }
                 return Ok(batch);
             }
@@ -307,7 +339,9 @@ impl Subscription for SqliteSubscription {
     async fn commit(&mut self, deliveries: &[Delivery]) -> LogResult<()> {
         let mut next: BTreeMap<(&str, i32), i64> = BTreeMap::new();
         for delivery in deliveries {
-            let entry = next.entry((delivery.topic.as_str(), delivery.partition)).or_insert(0);
+            let entry = next
+                .entry((delivery.topic.as_str(), delivery.partition))
+                .or_insert(0);
             *entry = (*entry).max(delivery.offset + 1);
         }
         if next.is_empty() {
@@ -336,7 +370,10 @@ impl Subscription for SqliteSubscription {
         }
         w.commit().await.map_err(log_err)?;
         for ((topic, partition), next_offset) in next {
-            let position = self.positions.entry((topic.to_owned(), partition)).or_insert(0);
+            let position = self
+                .positions
+                .entry((topic.to_owned(), partition))
+                .or_insert(0);
             *position = (*position).max(next_offset);
         }
         Ok(())
@@ -352,9 +389,18 @@ mod tests {
         // FNV-1a 32-bit reference values: "" -> 0x811c9dc5, "a" -> 0xe40c292c,
         // "foobar" -> 0xbf9cf968. Modulo i32::MAX partitions shows the raw
         // hash (reduced the same way on both sides).
-        assert_eq!(partition_for("", i32::MAX), (0x811c_9dc5_u32 % i32::MAX as u32) as i32);
-        assert_eq!(partition_for("a", i32::MAX), (0xe40c_292c_u32 % i32::MAX as u32) as i32);
-        assert_eq!(partition_for("foobar", i32::MAX), (0xbf9c_f968_u32 % i32::MAX as u32) as i32);
+        assert_eq!(
+            partition_for("", i32::MAX),
+            (0x811c_9dc5_u32 % i32::MAX as u32) as i32
+        );
+        assert_eq!(
+            partition_for("a", i32::MAX),
+            (0xe40c_292c_u32 % i32::MAX as u32) as i32
+        );
+        assert_eq!(
+            partition_for("foobar", i32::MAX),
+            (0xbf9c_f968_u32 % i32::MAX as u32) as i32
+        );
     }
 
     #[test]
@@ -367,6 +413,10 @@ mod tests {
                 assert!((0..partitions).contains(&p));
             }
         }
-        assert_eq!(partition_for("anything", 0), 0, "a bad count degrades to one partition");
+        assert_eq!(
+            partition_for("anything", 0),
+            0,
+            "a bad count degrades to one partition"
+        );
     }
 }

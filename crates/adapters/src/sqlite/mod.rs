@@ -44,7 +44,9 @@ use std::time::Duration;
 use orderflow_core::ports::store::{StoreError, StoreResult};
 use orderflow_domain::Timestamp;
 use orderflow_domain::events::topics;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 use sqlx::{Sqlite, Transaction};
 use tokio::sync::{Mutex, OwnedMutexGuard, watch};
 
@@ -111,7 +113,11 @@ impl SqliteStore {
     ///
     /// `max_connections` is raised to at least 2, so that a read made while a
     /// unit of work holds a connection never waits for that unit of work.
-    pub async fn connect_with(url: &str, max_connections: u32, partitions: i32) -> StoreResult<SqliteStore> {
+    pub async fn connect_with(
+        url: &str,
+        max_connections: u32,
+        partitions: i32,
+    ) -> StoreResult<SqliteStore> {
         if partitions < 1 {
             return Err(StoreError::Database(format!(
                 "the event log needs at least one partition per topic, got {partitions}"
@@ -135,7 +141,12 @@ impl SqliteStore {
             .map_err(db_err)?;
         let (wake, _) = watch::channel(0);
         Ok(SqliteStore {
-            inner: Arc::new(Inner { pool, partitions, writer: Arc::new(Mutex::new(())), wake }),
+            inner: Arc::new(Inner {
+                pool,
+                partitions,
+                writer: Arc::new(Mutex::new(())),
+                wake,
+            }),
         })
     }
 
@@ -168,7 +179,9 @@ impl Inner {
     pub(crate) async fn write_lock(&self) -> StoreResult<OwnedMutexGuard<()>> {
         tokio::time::timeout(WRITER_LOCK_TIMEOUT, self.writer.clone().lock_owned())
             .await
-            .map_err(|_| StoreError::Unavailable("timed out waiting for the database writer lock".into()))
+            .map_err(|_| {
+                StoreError::Unavailable("timed out waiting for the database writer lock".into())
+            })
     }
 
     /// Starts a write transaction: waits for this process's writer lock, then
@@ -176,13 +189,18 @@ impl Inner {
     pub(crate) async fn begin_write(&self) -> StoreResult<Writer> {
         let guard = self.write_lock().await?;
         count("begin");
-        let tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db_err)?;
+        let tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db_err)?;
         Ok(Writer { tx, _guard: guard })
     }
 
     /// Wakes every subscription of this process (after a commit that appended).
     pub(crate) fn wake_subscribers(&self) {
-        self.wake.send_modify(|version| *version = version.wrapping_add(1));
+        self.wake
+            .send_modify(|version| *version = version.wrapping_add(1));
     }
 
     /// Makes sure every topic has its partitions in `log_partitions`, so lag
@@ -260,7 +278,10 @@ pub(crate) fn db_err(error: sqlx::Error) -> StoreError {
             }
             // Primary result codes 5 (SQLITE_BUSY) and 6 (SQLITE_LOCKED): the
             // busy timeout ran out while another process held the database.
-            let primary = db.code().and_then(|c| c.parse::<i32>().ok()).map(|c| c & 0xff);
+            let primary = db
+                .code()
+                .and_then(|c| c.parse::<i32>().ok())
+                .map(|c| c & 0xff);
             if matches!(primary, Some(5 | 6)) {
                 return StoreError::Unavailable(db.message().to_owned());
             }
@@ -271,7 +292,9 @@ pub(crate) fn db_err(error: sqlx::Error) -> StoreError {
         | sqlx::Error::Io(_)
         | sqlx::Error::WorkerCrashed
         | sqlx::Error::Tls(_) => StoreError::Unavailable(error.to_string()),
-        sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) => StoreError::Corrupt(error.to_string()),
+        sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) => {
+            StoreError::Corrupt(error.to_string())
+        }
         other => StoreError::Database(other.to_string()),
     }
 }

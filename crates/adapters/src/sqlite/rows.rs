@@ -122,14 +122,18 @@ pub(crate) fn order_line(row: &SqliteRow) -> StoreResult<OrderLine> {
         product_id: uuid(row, "product_id")?,
         sku: text(row, "sku")?,
         name: text(row, "name")?,
-        quantity: u32::try_from(quantity).map_err(|_| corrupt(format!("line quantity {quantity}")))?,
+        quantity: u32::try_from(quantity)
+            .map_err(|_| corrupt(format!("line quantity {quantity}")))?,
         unit_price_cents: int(row, "unit_price_cents")?,
         line_total_cents: int(row, "line_total_cents")?,
     })
 }
 
 pub(crate) fn history_entry(row: &SqliteRow) -> StoreResult<HistoryEntry> {
-    Ok(HistoryEntry { status: status(row, "status")?, at: time(row, "at")? })
+    Ok(HistoryEntry {
+        status: status(row, "status")?,
+        at: time(row, "at")?,
+    })
 }
 
 pub(crate) fn notification(row: &SqliteRow) -> StoreResult<NotificationRecord> {
@@ -137,7 +141,8 @@ pub(crate) fn notification(row: &SqliteRow) -> StoreResult<NotificationRecord> {
     let kind = text(row, "kind")?;
     Ok(NotificationRecord {
         user_id: uuid(row, "user_id")?,
-        channel: Channel::parse(&channel).ok_or_else(|| corrupt(format!("unknown channel {channel:?}")))?,
+        channel: Channel::parse(&channel)
+            .ok_or_else(|| corrupt(format!("unknown channel {channel:?}")))?,
         kind: NotificationKind::parse(&kind)
             .ok_or_else(|| corrupt(format!("unknown notification kind {kind:?}")))?,
         order_id: opt_uuid(row, "order_id")?,
@@ -157,7 +162,8 @@ pub(crate) fn dead_letter(row: &SqliteRow) -> StoreResult<DeadLetter> {
         id: uuid(row, "id")?,
         group: text(row, "group_name")?,
         topic: text(row, "topic")?,
-        partition: i32::try_from(partition).map_err(|_| corrupt(format!("partition {partition}")))?,
+        partition: i32::try_from(partition)
+            .map_err(|_| corrupt(format!("partition {partition}")))?,
         offset: int(row, "offset")?,
         error: text(row, "error")?,
         attempts: u32::try_from(attempts).map_err(|_| corrupt(format!("attempts {attempts}")))?,

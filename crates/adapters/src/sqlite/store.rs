@@ -20,15 +20,21 @@ use super::rows;
 use super::tx::SqliteTx;
 use super::{SqliteStore, count, db_err, json_ids, micros, uid};
 
-const USER_BY_EMAIL: &str = "SELECT id, email, name, password_hash, role, created_at FROM users WHERE email = ?";
-const USER_BY_ID: &str = "SELECT id, email, name, password_hash, role, created_at FROM users WHERE id = ?";
+const USER_BY_EMAIL: &str =
+    "SELECT id, email, name, password_hash, role, created_at FROM users WHERE email = ?";
+const USER_BY_ID: &str =
+    "SELECT id, email, name, password_hash, role, created_at FROM users WHERE id = ?";
 
-const SESSION_BY_REFRESH_HASH: &str = "SELECT id, user_id, device, created_at, last_used_at, expires_at, revoked_at
+const SESSION_BY_REFRESH_HASH: &str =
+    "SELECT id, user_id, device, created_at, last_used_at, expires_at, revoked_at
      FROM sessions WHERE refresh_hash = ?";
 
 /// Loads the lines of `orders` (one query for all of them) and attaches them
 /// in line order.
-pub(crate) async fn attach_items(conn: &mut SqliteConnection, orders: &mut [Order]) -> StoreResult<()> {
+pub(crate) async fn attach_items(
+    conn: &mut SqliteConnection,
+    orders: &mut [Order],
+) -> StoreResult<()> {
     if orders.is_empty() {
         return Ok(());
     }
@@ -56,7 +62,10 @@ pub(crate) async fn attach_items(conn: &mut SqliteConnection, orders: &mut [Orde
 
 /// One order with its lines, read on `conn` (a pooled connection or the
 /// connection of a unit of work).
-pub(crate) async fn load_order(conn: &mut SqliteConnection, id: OrderId) -> StoreResult<Option<Order>> {
+pub(crate) async fn load_order(
+    conn: &mut SqliteConnection,
+    id: OrderId,
+) -> StoreResult<Option<Order>> {
     count("order");
     let row = sqlx::query(
         "SELECT id, user_id, status, total_cents, currency, created_at, updated_at FROM orders WHERE id = ?",
@@ -77,7 +86,12 @@ impl SqliteStore {
         self.inner().pool.acquire().await.map_err(db_err)
     }
 
-    async fn user_where(&self, op: &'static str, sql: &'static str, value: String) -> StoreResult<Option<UserRecord>> {
+    async fn user_where(
+        &self,
+        op: &'static str,
+        sql: &'static str,
+        value: String,
+    ) -> StoreResult<Option<UserRecord>> {
         count(op);
         let row = sqlx::query(sql)
             .bind(value)
@@ -96,7 +110,10 @@ impl Store for SqliteStore {
 
     async fn ping(&self) -> StoreResult<()> {
         count("ping");
-        sqlx::query("SELECT 1").execute(&self.inner().pool).await.map_err(db_err)?;
+        sqlx::query("SELECT 1")
+            .execute(&self.inner().pool)
+            .await
+            .map_err(db_err)?;
         Ok(())
     }
 
@@ -108,11 +125,13 @@ impl Store for SqliteStore {
     // --- users and sessions ---
 
     async fn user_by_email(&self, email: &str) -> StoreResult<Option<UserRecord>> {
-        self.user_where("user_by_email", USER_BY_EMAIL, email.to_owned()).await
+        self.user_where("user_by_email", USER_BY_EMAIL, email.to_owned())
+            .await
     }
 
     async fn user_by_id(&self, id: UserId) -> StoreResult<Option<UserRecord>> {
-        self.user_where("user_by_id", USER_BY_ID, id.to_string()).await
+        self.user_where("user_by_id", USER_BY_ID, id.to_string())
+            .await
     }
 
     async fn create_session(&self, session: &SessionRecord, refresh_hash: &str) -> StoreResult<()> {
@@ -206,7 +225,10 @@ impl Store for SqliteStore {
             .await
             .map_err(db_err)?;
         w.commit().await?;
-        Ok(RefreshRotation::ReuseDetected { session_id, user_id })
+        Ok(RefreshRotation::ReuseDetected {
+            session_id,
+            user_id,
+        })
     }
 
     async fn session(&self, id: uuid::Uuid) -> StoreResult<Option<SessionRecord>> {
@@ -238,24 +260,27 @@ impl Store for SqliteStore {
     async fn revoke_session(&self, id: uuid::Uuid, now: Timestamp) -> StoreResult<bool> {
         let _writer = self.inner().write_lock().await?;
         count("revoke_session");
-        let done = sqlx::query("UPDATE sessions SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL")
-            .bind(micros(now))
-            .bind(uid(id))
-            .execute(&self.inner().pool)
-            .await
-            .map_err(db_err)?;
+        let done =
+            sqlx::query("UPDATE sessions SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL")
+                .bind(micros(now))
+                .bind(uid(id))
+                .execute(&self.inner().pool)
+                .await
+                .map_err(db_err)?;
         Ok(done.rows_affected() == 1)
     }
 
     async fn revoke_all_sessions(&self, user_id: UserId, now: Timestamp) -> StoreResult<u64> {
         let _writer = self.inner().write_lock().await?;
         count("revoke_all_sessions");
-        let done = sqlx::query("UPDATE sessions SET revoked_at = ? WHERE user_id = ? AND revoked_at IS NULL")
-            .bind(micros(now))
-            .bind(uid(user_id))
-            .execute(&self.inner().pool)
-            .await
-            .map_err(db_err)?;
+        let done = sqlx::query(
+            "UPDATE sessions SET revoked_at = ? WHERE user_id = ? AND revoked_at IS NULL",
+        )
+        .bind(micros(now))
+        .bind(uid(user_id))
+        .execute(&self.inner().pool)
+        .await
+        .map_err(db_err)?;
         Ok(done.rows_affected())
     }
 
@@ -287,21 +312,25 @@ impl Store for SqliteStore {
 
     async fn is_revoked(&self, jti: &str, now: Timestamp) -> StoreResult<bool> {
         count("is_revoked");
-        sqlx::query_scalar::<_, bool>("SELECT EXISTS (SELECT 1 FROM revoked_tokens WHERE jti = ? AND expires_at > ?)")
-            .bind(jti)
-            .bind(micros(now))
-            .fetch_one(&self.inner().pool)
-            .await
-            .map_err(db_err)
+        sqlx::query_scalar::<_, bool>(
+            "SELECT EXISTS (SELECT 1 FROM revoked_tokens WHERE jti = ? AND expires_at > ?)",
+        )
+        .bind(jti)
+        .bind(micros(now))
+        .fetch_one(&self.inner().pool)
+        .await
+        .map_err(db_err)
     }
 
     async fn active_revocations(&self, now: Timestamp) -> StoreResult<Vec<(String, Timestamp)>> {
         count("active_revocations");
-        let rows = sqlx::query("SELECT jti, expires_at FROM revoked_tokens WHERE expires_at > ? ORDER BY expires_at")
-            .bind(micros(now))
-            .fetch_all(&self.inner().pool)
-            .await
-            .map_err(db_err)?;
+        let rows = sqlx::query(
+            "SELECT jti, expires_at FROM revoked_tokens WHERE expires_at > ? ORDER BY expires_at",
+        )
+        .bind(micros(now))
+        .fetch_all(&self.inner().pool)
+        .await
+        .map_err(db_err)?;
         rows.iter()
             .map(|row| Ok((rows::text(row, "jti")?, rows::time(row, "expires_at")?)))
             .collect()
@@ -334,7 +363,11 @@ impl Store for SqliteStore {
 
     // --- catalog ---
 
-    async fn list_products(&self, after: Option<ProductId>, limit: u32) -> StoreResult<Vec<Product>> {
+    async fn list_products(
+        &self,
+        after: Option<ProductId>,
+        limit: u32,
+    ) -> StoreResult<Vec<Product>> {
         count("list_products");
         // Keyset paging on the primary key: each page is an index range scan,
         // however deep the cursor.
@@ -392,7 +425,12 @@ impl Store for SqliteStore {
             .map_err(db_err)
     }
 
-    async fn insert_product(&self, id: ProductId, draft: &ProductDraft, now: Timestamp) -> StoreResult<Product> {
+    async fn insert_product(
+        &self,
+        id: ProductId,
+        draft: &ProductDraft,
+        now: Timestamp,
+    ) -> StoreResult<Product> {
         let _writer = self.inner().write_lock().await?;
         count("insert_product");
         let row = sqlx::query(
@@ -415,7 +453,12 @@ impl Store for SqliteStore {
 
     /// Replaces every field, stock included (an admin's stock count wins over
     /// whatever reservations did before it).
-    async fn update_product(&self, id: ProductId, draft: &ProductDraft, now: Timestamp) -> StoreResult<Option<Product>> {
+    async fn update_product(
+        &self,
+        id: ProductId,
+        draft: &ProductDraft,
+        now: Timestamp,
+    ) -> StoreResult<Option<Product>> {
         let _writer = self.inner().write_lock().await?;
         count("update_product");
         let row = sqlx::query(
@@ -444,16 +487,25 @@ impl Store for SqliteStore {
             return Ok(None);
         };
         count("order_history");
-        let rows = sqlx::query("SELECT status, at FROM order_history WHERE order_id = ? ORDER BY seq")
-            .bind(uid(id))
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(db_err)?;
-        let history = rows.iter().map(rows::history_entry).collect::<StoreResult<Vec<_>>>()?;
+        let rows =
+            sqlx::query("SELECT status, at FROM order_history WHERE order_id = ? ORDER BY seq")
+                .bind(uid(id))
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(db_err)?;
+        let history = rows
+            .iter()
+            .map(rows::history_entry)
+            .collect::<StoreResult<Vec<_>>>()?;
         Ok(Some((order, history)))
     }
 
-    async fn orders_of_user(&self, user_id: UserId, before: Option<OrderId>, limit: u32) -> StoreResult<Vec<Order>> {
+    async fn orders_of_user(
+        &self,
+        user_id: UserId,
+        before: Option<OrderId>,
+        limit: u32,
+    ) -> StoreResult<Vec<Order>> {
         let mut conn = self.conn().await?;
         let limit = i64::from(limit);
         let rows = match before {
@@ -475,55 +527,56 @@ impl Store for SqliteStore {
                 // names no order (deleted, or made up) falls back to comparing
                 // ids, which for UUID v7 ids also means "created earlier".
                 count("order_cursor");
-                let cursor = sqlx::query_scalar::<_, i64>("SELECT created_at FROM orders WHERE id = ?")
-                    .bind(uid(before))
-                    .fetch_optional(&mut *conn)
-                    .await
-                    .map_err(db_err)?;
+                let cursor =
+                    sqlx::query_scalar::<_, i64>("SELECT created_at FROM orders WHERE id = ?")
+                        .bind(uid(before))
+                        .fetch_optional(&mut *conn)
+                        .await
+                        .map_err(db_err)?;
                 count("orders_of_user");
                 match cursor {
-                    Some(created_at) => {
-                        sqlx::query(
-                            "SELECT id, user_id, status, total_cents, currency, created_at, updated_at
+                    Some(created_at) => sqlx::query(
+                        "SELECT id, user_id, status, total_cents, currency, created_at, updated_at
                              FROM orders
                              WHERE user_id = ? AND (created_at, id) < (?, ?)
                              ORDER BY created_at DESC, id DESC LIMIT ?",
-                        )
-                        .bind(uid(user_id))
-                        .bind(created_at)
-                        .bind(uid(before))
-                        .bind(limit)
-                        .fetch_all(&mut *conn)
-                        .await
-                    }
-                    None => {
-                        sqlx::query(
-                            "SELECT id, user_id, status, total_cents, currency, created_at, updated_at
+                    )
+                    .bind(uid(user_id))
+                    .bind(created_at)
+                    .bind(uid(before))
+                    .bind(limit)
+                    .fetch_all(&mut *conn)
+                    .await,
+                    None => sqlx::query(
+                        "SELECT id, user_id, status, total_cents, currency, created_at, updated_at
                              FROM orders
                              WHERE user_id = ? AND id < ?
                              ORDER BY created_at DESC, id DESC LIMIT ?",
-                        )
-                        .bind(uid(user_id))
-                        .bind(uid(before))
-                        .bind(limit)
-                        .fetch_all(&mut *conn)
-                        .await
-                    }
+                    )
+                    .bind(uid(user_id))
+                    .bind(uid(before))
+                    .bind(limit)
+                    .fetch_all(&mut *conn)
+                    .await,
                 }
             }
         }
         .map_err(db_err)?;
-        let mut orders = rows.iter().map(rows::order_head).collect::<StoreResult<Vec<_>>>()?;
+        let mut orders = rows
+            .iter()
+            .map(rows::order_head)
+            .collect::<StoreResult<Vec<_>>>()?;
         attach_items(&mut conn, &mut orders).await?;
         Ok(orders)
     }
 
     async fn count_orders_by_status(&self) -> StoreResult<Vec<(OrderStatus, i64)>> {
         count("count_orders_by_status");
-        let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM orders GROUP BY status ORDER BY status")
-            .fetch_all(&self.inner().pool)
-            .await
-            .map_err(db_err)?;
+        let rows =
+            sqlx::query("SELECT status, COUNT(*) AS n FROM orders GROUP BY status ORDER BY status")
+                .fetch_all(&self.inner().pool)
+                .await
+                .map_err(db_err)?;
         rows.iter()
             .map(|row| Ok((rows::status(row, "status")?, rows::int(row, "n")?)))
             .collect()
@@ -531,7 +584,11 @@ impl Store for SqliteStore {
 
     // --- read models ---
 
-    async fn notifications_of_user(&self, user_id: UserId, limit: u32) -> StoreResult<Vec<NotificationRecord>> {
+    async fn notifications_of_user(
+        &self,
+        user_id: UserId,
+        limit: u32,
+    ) -> StoreResult<Vec<NotificationRecord>> {
         count("notifications_of_user");
         let rows = sqlx::query(
             "SELECT user_id, channel, kind, order_id, sent_at FROM notifications
@@ -559,10 +616,15 @@ impl Store for SqliteStore {
         .await
         .map_err(db_err)?;
         let Some(row) = row else {
-            return Ok(PointsStanding { points: 0, rank: None });
+            return Ok(PointsStanding {
+                points: 0,
+                rank: None,
+            });
         };
         let points = rows::int(&row, "points")?;
-        let rank = (points > 0).then(|| rows::int(&row, "ahead").map(|ahead| ahead + 1)).transpose()?;
+        let rank = (points > 0)
+            .then(|| rows::int(&row, "ahead").map(|ahead| ahead + 1))
+            .transpose()?;
         Ok(PointsStanding { points, rank })
     }
 
@@ -616,9 +678,9 @@ impl Store for SqliteStore {
             .map(|row| {
                 let day = rows::text(row, "day")?;
                 Ok(DailySales {
-                    day: day
-                        .parse()
-                        .map_err(|_| StoreError::Corrupt(format!("daily_sales.day holds {day:?}")))?,
+                    day: day.parse().map_err(|_| {
+                        StoreError::Corrupt(format!("daily_sales.day holds {day:?}"))
+                    })?,
                     currency: rows::text(row, "currency")?,
                     orders: rows::int(row, "orders")?,
                     revenue_cents: rows::int(row, "revenue_cents")?,
@@ -641,7 +703,11 @@ impl Store for SqliteStore {
 
     // --- dead letters ---
 
-    async fn dead_letters(&self, limit: u32, include_replayed: bool) -> StoreResult<Vec<DeadLetter>> {
+    async fn dead_letters(
+        &self,
+        limit: u32,
+        include_replayed: bool,
+    ) -> StoreResult<Vec<DeadLetter>> {
         count("dead_letters");
         let query = if include_replayed {
             sqlx::query(

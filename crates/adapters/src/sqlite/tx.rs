@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use orderflow_core::ports::store::{
-    DeadLetter, IdempotencyClaim, IdempotencyRecord, NotificationRecord, PaymentRecord, Reservation, StoreError,
-    StoreResult, StoreTx, UserRecord,
+    DeadLetter, IdempotencyClaim, IdempotencyRecord, NotificationRecord, PaymentRecord,
+    Reservation, StoreError, StoreResult, StoreTx, UserRecord,
 };
 use orderflow_domain::events::Envelope;
 use orderflow_domain::order::{Order, OrderStatus};
@@ -35,7 +35,11 @@ pub struct SqliteTx {
 
 impl SqliteTx {
     pub(crate) fn new(inner: Arc<Inner>, writer: Writer) -> Self {
-        Self { writer, inner, appended: Vec::new() }
+        Self {
+            writer,
+            inner,
+            appended: Vec::new(),
+        }
     }
 }
 
@@ -205,7 +209,12 @@ impl StoreTx for SqliteTx {
         load_order(&mut self.writer.tx, id).await
     }
 
-    async fn set_order_status(&mut self, id: OrderId, steps: &[OrderStatus], at: Timestamp) -> StoreResult<()> {
+    async fn set_order_status(
+        &mut self,
+        id: OrderId,
+        steps: &[OrderStatus],
+        at: Timestamp,
+    ) -> StoreResult<()> {
         let Some(last) = steps.last() else {
             return Ok(());
         };
@@ -233,7 +242,11 @@ impl StoreTx for SqliteTx {
         Ok(())
     }
 
-    async fn reserve_stock(&mut self, order_id: OrderId, lines: &[(ProductId, u32)]) -> StoreResult<Reservation> {
+    async fn reserve_stock(
+        &mut self,
+        order_id: OrderId,
+        lines: &[(ProductId, u32)],
+    ) -> StoreResult<Reservation> {
         // A redelivered "order placed" must not take stock twice: any earlier
         // reservation of this order (even one released since) settles it.
         count("reservation_exists");
@@ -264,7 +277,11 @@ impl StoreTx for SqliteTx {
                 .await
                 .map_err(db_err)?;
             match stock {
-                None => return Ok(Reservation::UnknownProduct { product_id: *product_id }),
+                None => {
+                    return Ok(Reservation::UnknownProduct {
+                        product_id: *product_id,
+                    });
+                }
                 Some(available) if available < i64::from(*quantity) => {
                     return Ok(Reservation::Insufficient {
                         product_id: *product_id,
@@ -282,12 +299,13 @@ impl StoreTx for SqliteTx {
             // broken caller could not take stock below zero (the CHECK
             // constraint is the last line).
             count("take_stock");
-            let taken = sqlx::query("UPDATE products SET stock = stock - ?1 WHERE id = ?2 AND stock >= ?1")
-                .bind(i64::from(*quantity))
-                .bind(uid(*product_id))
-                .execute(&mut *self.writer.tx)
-                .await
-                .map_err(db_err)?;
+            let taken =
+                sqlx::query("UPDATE products SET stock = stock - ?1 WHERE id = ?2 AND stock >= ?1")
+                    .bind(i64::from(*quantity))
+                    .bind(uid(*product_id))
+                    .execute(&mut *self.writer.tx)
+                    .await
+                    .map_err(db_err)?;
             if taken.rows_affected() != 1 {
                 return Err(StoreError::Database(format!(
                     "stock of product {product_id} changed during its reservation"
@@ -492,23 +510,34 @@ impl StoreTx for SqliteTx {
         Ok(())
     }
 
-    async fn mark_dead_letter_replayed(&mut self, id: uuid::Uuid, at: Timestamp) -> StoreResult<bool> {
+    async fn mark_dead_letter_replayed(
+        &mut self,
+        id: uuid::Uuid,
+        at: Timestamp,
+    ) -> StoreResult<bool> {
         count("mark_dead_letter_replayed");
-        let done = sqlx::query("UPDATE dead_letters SET replayed_at = ? WHERE id = ? AND replayed_at IS NULL")
-            .bind(micros(at))
-            .bind(uid(id))
-            .execute(&mut *self.writer.tx)
-            .await
-            .map_err(db_err)?;
+        let done = sqlx::query(
+            "UPDATE dead_letters SET replayed_at = ? WHERE id = ? AND replayed_at IS NULL",
+        )
+        .bind(micros(at))
+        .bind(uid(id))
+        .execute(&mut *self.writer.tx)
+        .await
+        .map_err(db_err)?;
         Ok(done.rows_affected() == 1)
     }
 
     async fn commit(self: Box<Self>) -> StoreResult<()> {
-        let SqliteTx { writer, inner, appended } = *self;
+        let SqliteTx {
+            writer,
+            inner,
+            appended,
+        } = *self;
         writer.commit().await?;
         if !appended.is_empty() {
             for topic in appended {
-                metrics::counter!("orderflow_events_published_total", "topic" => topic).increment(1);
+                metrics::counter!("orderflow_events_published_total", "topic" => topic)
+                    .increment(1);
             }
             // Only now are the events visible to readers; wake the waiting
             // subscriptions so delivery does not wait for their poll timeout.

@@ -112,7 +112,11 @@ pub fn order_of(user_id: UserId, lines: &[(&Product, u32)], at: Timestamp) -> Or
 }
 
 /// Inserts and commits a pending order.
-pub async fn given_order(store: &Arc<dyn Store>, user_id: UserId, lines: &[(&Product, u32)]) -> Order {
+pub async fn given_order(
+    store: &Arc<dyn Store>,
+    user_id: UserId,
+    lines: &[(&Product, u32)],
+) -> Order {
     let order = order_of(user_id, lines, now());
     let mut tx = store.begin().await.expect("begin");
     tx.insert_order(&order).await.expect("insert an order");
@@ -123,7 +127,11 @@ pub async fn given_order(store: &Arc<dyn Store>, user_id: UserId, lines: &[(&Pro
 /// A `user.events` event keyed by `user_id`.
 pub fn user_registered(user_id: UserId) -> Envelope {
     Envelope::new(
-        EventData::UserRegistered { user_id, email: format!("{user_id}@example.com"), name: "Ann".into() },
+        EventData::UserRegistered {
+            user_id,
+            email: format!("{user_id}@example.com"),
+            name: "Ann".into(),
+        },
         None,
     )
 }
@@ -131,7 +139,11 @@ pub fn user_registered(user_id: UserId) -> Envelope {
 /// An `order.events` event keyed by `user_id`.
 pub fn order_rejected(user_id: UserId) -> Envelope {
     Envelope::new(
-        EventData::OrderRejected { order_id: uuid::Uuid::now_v7(), user_id, reason: "out of stock".into() },
+        EventData::OrderRejected {
+            order_id: uuid::Uuid::now_v7(),
+            user_id,
+            reason: "out of stock".into(),
+        },
         None,
     )
 }

@@ -227,7 +227,8 @@ impl OrderService {
         Ok(OrderAnswer { status: 201, body, replayed: false })
     }
 
-    /// Undoes an inline order after a provider failed or declined.
+    /// Undoes an inline order after a provider failed or declined, and
+    /// answers with the problem.
     async fn compensate(
         &self,
         mut tx: Box<dyn StoreTx>,
@@ -249,8 +250,8 @@ impl OrderService {
         self.fail_inline(tx, order, key, &[final_status], error).await
     }
 
-    /// Records the final state of a failed inline order and saves the problem
-    /// as the idempotent answer, then returns the error.
+    /// Records the final state of a failed inline order and answers with the
+    /// problem (naming the order), which is also saved as the idempotent answer.
     async fn fail_inline(
         &self,
         mut tx: Box<dyn StoreTx>,
@@ -260,15 +261,17 @@ impl OrderService {
         error: CoreError,
     ) -> Result<OrderAnswer, CoreError> {
         tx.set_order_status(order.id, steps, chrono::Utc::now()).await?;
+        let problem = error.problem();
+        let mut body = problem.to_json();
+        body["order_id"] = order.id.to_string().into();
         if let Some(key) = key {
-            let problem = error.problem();
-            let mut body = problem.to_json();
-            body["order_id"] = order.id.to_string().into();
             tx.complete_idempotency_key(order.user_id, key, problem.status, &body).await?;
         }
         tx.commit().await?;
-        metrics::counter!("orderflow_orders_failed_inline_total", "status" => steps.last().map(|s| s.as_str()).unwrap_or("unknown")).increment(1);
-        Err(error)
+        let status = steps.last().map(|s| s.as_str()).unwrap_or("unknown");
+        metrics::counter!("orderflow_orders_failed_inline_total", "status" => status).increment(1);
+        tracing::info!(order_id = %order.id, %error, status, "inline order failed");
+        Ok(OrderAnswer { status: problem.status, body, replayed: false })
     }
 
     /// One order with its history; another shopper's order is "not found".

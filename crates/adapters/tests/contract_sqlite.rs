@@ -1,0 +1,185 @@
+//! The port contract scenarios (`orderflow_core::contract`) against the
+//! embedded SQLite adapter: every scenario gets a fresh database file in its
+//! own temporary directory. A few SQLite-specific checks follow at the end.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use orderflow_adapters::sqlite::SqliteStore;
+use orderflow_core::contract::{self, log as log_contract, store as store_contract};
+use orderflow_core::ports::log::EventLog;
+use orderflow_core::ports::store::Store;
+use orderflow_domain::events::topics;
+use tempfile::TempDir;
+
+/// A migrated store on a new file. Keep the `TempDir` alive for the test.
+async fn fresh() -> (TempDir, SqliteStore) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}", dir.path().join("orderflow.db").display());
+    let store = SqliteStore::connect(&url, 8).await.expect("connect");
+    store.migrate().await.expect("migrate");
+    (dir, store)
+}
+
+macro_rules! store_scenario {
+    ($($name:ident),* $(,)?) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn $name() {
+            let (_dir, store) = fresh().await;
+            store_contract::$name(Arc::new(store)).await;
+        }
+    )*};
+}
+
+macro_rules! log_scenario {
+    ($($name:ident),* $(,)?) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn $name() {
+            let (_dir, store) = fresh().await;
+            let log: Arc<dyn EventLog> = Arc::new(store.event_log());
+            log_contract::$name(log, Arc::new(store)).await;
+        }
+    )*};
+}
+
+mod store {
+    use super::*;
+
+    store_scenario!(
+        migrate_is_repeatable,
+        users,
+        refresh_rotation_and_reuse,
+        revoke_sessions,
+        token_revocations,
+        products,
+        orders,
+        idempotency,
+        concurrent_idempotency_claims,
+        stock_reservation,
+        concurrent_reservations,
+        processed_marks,
+        read_models,
+        dead_letters,
+    );
+}
+
+mod log {
+    use super::*;
+
+    log_scenario!(
+        append_visible_only_after_commit,
+        poll_order_commit_and_resume,
+        groups_are_independent,
+        lag,
+        poll_wakes_on_commit,
+        poll_waits_at_most_wait,
+        ping,
+    );
+}
+
+// --- SQLite-specific ------------------------------------------------------
+
+/// Another process (here: a second pool with its own wake-up channel) appends;
+/// nothing signals this process, but a poll still sees the event once its
+/// wait runs out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn poll_sees_other_processes_after_wait() {
+    let (dir, store) = fresh().await;
+    let url = format!("sqlite://{}", dir.path().join("orderflow.db").display());
+    let other: Arc<dyn Store> = Arc::new(
+        SqliteStore::connect(&url, 2)
+            .await
+            .expect("second connection"),
+    );
+
+    let mut sub = store
+        .event_log()
+        .subscribe("far", &[topics::USER_EVENTS])
+        .await
+        .unwrap();
+    let waiting = tokio::spawn(async move { sub.poll(10, Duration::from_millis(500)).await });
+    let event = contract::user_registered(uuid::Uuid::now_v7());
+    contract::append_committed(&other, std::slice::from_ref(&event)).await;
+    let batch = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("poll returns after its wait")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        batch.len(),
+        1,
+        "the other process's event is found at the end of the wait"
+    );
+    assert_eq!(batch[0].envelope.id, event.id);
+}
+
+/// The partition count is the store's: events land in 0..partitions, the
+/// same key always in the same partition, and every partition of every topic
+/// is registered for lag from the start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn partitions_follow_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("p.db").display());
+    let store = SqliteStore::connect_with(&url, 4, 3).await.unwrap();
+    store.migrate().await.unwrap();
+    assert_eq!(store.partitions(), 3);
+    let shared: Arc<dyn Store> = Arc::new(store.clone());
+    let key = uuid::Uuid::now_v7();
+    let events: Vec<_> = (0..4).map(|_| contract::user_registered(key)).collect();
+    contract::append_committed(&shared, &events).await;
+
+    let log = store.event_log();
+    let mut sub = log.subscribe("p", &[topics::USER_EVENTS]).await.unwrap();
+    let batch = sub.poll(10, Duration::from_secs(10)).await.unwrap();
+    assert_eq!(batch.len(), 4);
+    let expected = orderflow_adapters::sqlite::partition_for(&key.to_string(), 3);
+    assert!(
+        batch.iter().all(|d| d.partition == expected),
+        "one key, one partition"
+    );
+    assert_eq!(
+        batch.iter().map(|d| d.offset).collect::<Vec<_>>(),
+        vec![0, 1, 2, 3]
+    );
+
+    let lag = log.lag().await.unwrap();
+    assert_eq!(
+        lag.len(),
+        3,
+        "one row per partition of the subscribed topic"
+    );
+    let ends: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM log_partitions")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(
+        ends,
+        3 * topics::ALL.len() as i64,
+        "migrate registers every topic's partitions"
+    );
+    assert!(
+        SqliteStore::connect_with(&url, 4, 0).await.is_err(),
+        "zero partitions are refused"
+    );
+}
+
+/// The database file is created on first connect, in WAL mode.
+#[tokio::test]
+async fn creates_the_file_in_wal_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("new.db");
+    let store = SqliteStore::connect(&format!("sqlite://{}", path.display()), 2)
+        .await
+        .unwrap();
+    assert!(path.exists(), "the file is created when missing");
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(mode, "wal");
+    let fks: i64 = sqlx::query_scalar("PRAGMA foreign_keys")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(fks, 1);
+}

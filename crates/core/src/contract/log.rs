@@ -1,0 +1,414 @@
+//! Scenarios for the event-log port ([`EventLog`] and [`Subscription`]).
+//!
+//! Events are appended through a [`Store`] unit of work, as producers do in
+//! production: for the embedded log that is the log itself; for Kafka the
+//! adapter's test passes a store whose outbox the relay drains. Every
+//! function takes a fresh log (no groups, no events) and its store.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use orderflow_domain::events::{Envelope, topics};
+
+use super::{append_committed, order_rejected, user_registered};
+use crate::ports::log::{Delivery, EventLog, Subscription};
+use crate::ports::store::Store;
+
+/// A wait long enough that a correct adapter never hits it while events are
+/// there; poll returns as soon as it has something.
+const GENEROUS: Duration = Duration::from_secs(10);
+/// A short wait, for polls that are expected to come back empty.
+const SHORT: Duration = Duration::from_millis(200);
+
+/// Polls until `count` deliveries arrived (each poll may return fewer).
+async fn poll_exactly(sub: &mut dyn Subscription, count: usize, max: usize) -> Vec<Delivery> {
+    let mut got = Vec::new();
+    while got.len() < count {
+        let batch = sub.poll(max, GENEROUS).await.expect("poll");
+        assert!(
+            !batch.is_empty(),
+            "expected {count} deliveries, the log ran dry after {}",
+            got.len()
+        );
+        assert!(
+            batch.len() <= max,
+            "poll returned {} deliveries, more than max {max}",
+            batch.len()
+        );
+        got.extend(batch);
+    }
+    assert_eq!(got.len(), count, "more deliveries than were appended");
+    got
+}
+
+fn ids(deliveries: &[Delivery]) -> Vec<uuid::Uuid> {
+    deliveries.iter().map(|d| d.envelope.id).collect()
+}
+
+fn positions(deliveries: &[Delivery]) -> BTreeSet<(String, i32, i64)> {
+    deliveries
+        .iter()
+        .map(|d| (d.topic.clone(), d.partition, d.offset))
+        .collect()
+}
+
+/// Appended events are visible when the transaction commits, never before,
+/// and never when it rolls back.
+pub async fn append_visible_only_after_commit(log: Arc<dyn EventLog>, store: Arc<dyn Store>) {
+    let mut sub = log
+        .subscribe("visibility", &[topics::USER_EVENTS])
+        .await
+        .expect("subscribe");
+    let user = uuid::Uuid::now_v7();
+
+    let rolled_back = user_registered(user);
+    let mut tx = store.begin().await.unwrap();
+    tx.append(std::slice::from_ref(&rolled_back)).await.unwrap();
+    let seen = sub.poll(10, Duration::ZERO).await.unwrap();
+    assert!(
+        seen.is_empty(),
+        "an uncommitted event was delivered: {seen:?}"
+    );
+    drop(tx);
+    let seen = sub.poll(10, SHORT).await.unwrap();
+    assert!(
+        seen.is_empty(),
+        "a rolled-back event was delivered: {seen:?}"
+    );
+
+    let committed = user_registered(user);
+    let mut tx = store.begin().await.unwrap();
+    tx.append(std::slice::from_ref(&committed)).await.unwrap();
+    tx.commit().await.unwrap();
+    let seen = poll_exactly(sub.as_mut(), 1, 10).await;
+    assert_eq!(
+        seen[0].envelope, committed,
+        "the delivered envelope is the appended one"
+    );
+    assert_eq!(seen[0].topic, topics::USER_EVENTS);
+    assert_eq!(
+        seen[0].offset, 0,
+        "the rolled-back append must not use up an offset"
+    );
+    assert!(
+        sub.poll(10, SHORT).await.unwrap().is_empty(),
+        "nothing else"
+    );
+}
+
+/// Per-partition order, commit, and resume: a new member of the group starts
+/// at the committed offsets and gets the uncommitted deliveries again.
+pub async fn poll_order_commit_and_resume(log: Arc<dyn EventLog>, store: Arc<dyn Store>) {
+    let users: Vec<uuid::Uuid> = (0..4).map(|_| uuid::Uuid::now_v7()).collect();
+    let mut appended: Vec<Envelope> = Vec::new();
+    // Interleave users; some transactions append several events at once.
+    for round in 0..5 {
+        let batch: Vec<Envelope> = users.iter().map(|u| user_registered(*u)).collect();
+        if round % 2 == 0 {
+            append_committed(&store, &batch).await;
+        } else {
+            for event in &batch {
+                append_committed(&store, std::slice::from_ref(event)).await;
+            }
+        }
+        appended.extend(batch);
+    }
+    // Events of another topic must not show up.
+    append_committed(&store, &[order_rejected(users[0])]).await;
+
+    let mut first = log
+        .subscribe("resume", &[topics::USER_EVENTS])
+        .await
+        .unwrap();
+    let delivered = poll_exactly(first.as_mut(), appended.len(), 7).await;
+    assert!(
+        delivered.iter().all(|d| d.topic == topics::USER_EVENTS),
+        "only subscribed topics"
+    );
+    let mut got = ids(&delivered);
+    got.sort();
+    let mut want = ids_of(&appended);
+    want.sort();
+    assert_eq!(got, want, "every appended event exactly once");
+
+    // Offsets per partition: 0, 1, 2, ... in delivery order.
+    let mut per_partition: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
+    let mut partition_of_key: HashMap<String, i32> = HashMap::new();
+    for d in &delivered {
+        per_partition.entry(d.partition).or_default().push(d.offset);
+        let p = *partition_of_key
+            .entry(d.envelope.key.clone())
+            .or_insert(d.partition);
+        assert_eq!(p, d.partition, "all events of one key go to one partition");
+    }
+    for (partition, offsets) in &per_partition {
+        let expected: Vec<i64> = (0..offsets.len() as i64).collect();
+        assert_eq!(
+            offsets, &expected,
+            "partition {partition} delivered out of order or with gaps"
+        );
+    }
+    // Per key, delivery order is append order.
+    for user in &users {
+        let key = user.to_string();
+        let sent: Vec<_> = appended
+            .iter()
+            .filter(|e| e.key == key)
+            .map(|e| e.id)
+            .collect();
+        let seen: Vec<_> = delivered
+            .iter()
+            .filter(|d| d.envelope.key == key)
+            .map(|d| d.envelope.id)
+            .collect();
+        assert_eq!(seen, sent, "events of key {key} out of order");
+    }
+
+    // Handed out but not committed: the same member does not get them again.
+    assert!(
+        first.poll(10, SHORT).await.unwrap().is_empty(),
+        "a member must not redeliver to itself"
+    );
+
+    // Commit a prefix; a new member resumes right after it.
+    let (done, pending) = delivered.split_at(12);
+    first.commit(done).await.expect("commit");
+    drop(first);
+    let mut second = log
+        .subscribe("resume", &[topics::USER_EVENTS])
+        .await
+        .unwrap();
+    let redelivered = poll_exactly(second.as_mut(), pending.len(), 100).await;
+    assert_eq!(
+        positions(&redelivered),
+        positions(pending),
+        "a new member resumes at the committed offsets"
+    );
+    assert!(second.poll(10, SHORT).await.unwrap().is_empty());
+
+    // Committing an older batch again never moves the group backwards.
+    second.commit(&redelivered).await.unwrap();
+    second.commit(done).await.unwrap();
+    second
+        .commit(&[])
+        .await
+        .expect("an empty commit is a no-op");
+    drop(second);
+    let mut third = log
+        .subscribe("resume", &[topics::USER_EVENTS])
+        .await
+        .unwrap();
+    assert!(
+        third.poll(100, SHORT).await.unwrap().is_empty(),
+        "everything was committed"
+    );
+
+    // And it picks up new events after the committed end.
+    let late = user_registered(users[1]);
+    append_committed(&store, std::slice::from_ref(&late)).await;
+    let next = poll_exactly(third.as_mut(), 1, 10).await;
+    assert_eq!(next[0].envelope.id, late.id);
+}
+
+fn ids_of(events: &[Envelope]) -> Vec<uuid::Uuid> {
+    events.iter().map(|e| e.id).collect()
+}
+
+/// Two groups read the same events independently.
+pub async fn groups_are_independent(log: Arc<dyn EventLog>, store: Arc<dyn Store>) {
+    let events: Vec<Envelope> = (0..3)
+        .map(|_| user_registered(uuid::Uuid::now_v7()))
+        .collect();
+    append_committed(&store, &events).await;
+
+    let mut email = log
+        .subscribe("email", &[topics::USER_EVENTS])
+        .await
+        .unwrap();
+    let mut sms = log.subscribe("sms", &[topics::USER_EVENTS]).await.unwrap();
+    let by_email = poll_exactly(email.as_mut(), 3, 10).await;
+    email.commit(&by_email).await.unwrap();
+    let by_sms = poll_exactly(sms.as_mut(), 3, 10).await;
+    let mut a = ids(&by_email);
+    let mut b = ids(&by_sms);
+    a.sort();
+    b.sort();
+    assert_eq!(a, b, "each group gets every event");
+    // sms never commits.
+    drop((email, sms));
+
+    let mut email = log
+        .subscribe("email", &[topics::USER_EVENTS])
+        .await
+        .unwrap();
+    assert!(
+        email.poll(10, SHORT).await.unwrap().is_empty(),
+        "email committed everything"
+    );
+    let mut sms = log.subscribe("sms", &[topics::USER_EVENTS]).await.unwrap();
+    assert_eq!(
+        poll_exactly(sms.as_mut(), 3, 10).await.len(),
+        3,
+        "sms did not commit: all again"
+    );
+
+    // A group that joins late still reads from the beginning.
+    let mut late = log
+        .subscribe("analytics", &[topics::USER_EVENTS])
+        .await
+        .unwrap();
+    assert_eq!(
+        poll_exactly(late.as_mut(), 3, 10).await.len(),
+        3,
+        "a new group starts at the beginning"
+    );
+}
+
+/// Lag per group and partition: committed, end, and their difference.
+pub async fn lag(log: Arc<dyn EventLog>, store: Arc<dyn Store>) {
+    let events: Vec<Envelope> = (0..5)
+        .map(|_| user_registered(uuid::Uuid::now_v7()))
+        .collect();
+    append_committed(&store, &events).await;
+    assert!(
+        log.lag()
+            .await
+            .unwrap()
+            .iter()
+            .all(|l| l.group != "loyalty"),
+        "a group that never subscribed has no lag rows"
+    );
+
+    let mut sub = log
+        .subscribe("loyalty", &[topics::USER_EVENTS, topics::ORDER_EVENTS])
+        .await
+        .unwrap();
+    let rows = |all: Vec<crate::ports::log::PartitionLag>| -> Vec<_> {
+        all.into_iter().filter(|l| l.group == "loyalty").collect()
+    };
+    let before = rows(log.lag().await.unwrap());
+    assert!(
+        before.iter().any(|l| l.topic == topics::ORDER_EVENTS),
+        "every subscribed topic is listed"
+    );
+    assert!(
+        before
+            .iter()
+            .all(|l| l.lag == l.end - l.committed && l.committed == 0)
+    );
+    let user_rows: Vec<_> = before
+        .iter()
+        .filter(|l| l.topic == topics::USER_EVENTS)
+        .collect();
+    assert_eq!(
+        user_rows.iter().map(|l| l.end).sum::<i64>(),
+        5,
+        "ends add up to the appended events"
+    );
+    assert_eq!(user_rows.iter().map(|l| l.lag).sum::<i64>(), 5);
+
+    let delivered = poll_exactly(sub.as_mut(), 5, 10).await;
+    assert!(
+        rows(log.lag().await.unwrap())
+            .iter()
+            .map(|l| l.lag)
+            .sum::<i64>()
+            == 5,
+        "polling without committing does not reduce lag"
+    );
+    sub.commit(&delivered[..2]).await.unwrap();
+    let after = rows(log.lag().await.unwrap());
+    let mut committed_next: HashMap<i32, i64> = HashMap::new();
+    for d in &delivered[..2] {
+        let next = committed_next.entry(d.partition).or_default();
+        *next = (*next).max(d.offset + 1);
+    }
+    for l in after.iter().filter(|l| l.topic == topics::USER_EVENTS) {
+        assert_eq!(
+            l.committed,
+            committed_next.get(&l.partition).copied().unwrap_or(0),
+            "committed of {l:?}"
+        );
+        assert_eq!(l.lag, l.end - l.committed, "lag = end - committed in {l:?}");
+    }
+    assert_eq!(
+        after.iter().map(|l| l.lag).sum::<i64>(),
+        3,
+        "two of five committed"
+    );
+}
+
+/// A waiting poll returns when a commit appends, long before its `wait`.
+pub async fn poll_wakes_on_commit(log: Arc<dyn EventLog>, store: Arc<dyn Store>) {
+    let mut sub = log.subscribe("wake", &[topics::USER_EVENTS]).await.unwrap();
+    let waiting = tokio::spawn(async move {
+        let batch = sub.poll(10, Duration::from_secs(60)).await.expect("poll");
+        (sub, batch)
+    });
+    // Deliberate: give the poll time to park on its wait, so the commit below
+    // exercises the wake-up rather than an immediate read.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let event = user_registered(uuid::Uuid::now_v7());
+    append_committed(&store, std::slice::from_ref(&event)).await;
+    let (_sub, batch) = tokio::time::timeout(GENEROUS, waiting)
+        .await
+        .expect(
+            "a poll waiting 60 s must wake when an event is committed, not wait out its timeout",
+        )
+        .expect("poll task");
+    assert_eq!(ids(&batch), vec![event.id]);
+}
+
+/// An empty poll comes back after about `wait`, also when events arrive on
+/// topics it does not read.
+pub async fn poll_waits_at_most_wait(log: Arc<dyn EventLog>, store: Arc<dyn Store>) {
+    let mut sub = log
+        .subscribe("idle", &[topics::PAYMENT_EVENTS])
+        .await
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    assert!(
+        sub.poll(10, Duration::from_millis(300))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        started.elapsed() < GENEROUS,
+        "poll must return when its wait is over"
+    );
+
+    let waiting = tokio::spawn(async move {
+        let batch = sub
+            .poll(10, Duration::from_millis(500))
+            .await
+            .expect("poll");
+        (sub, batch)
+    });
+    append_committed(&store, &[user_registered(uuid::Uuid::now_v7())]).await;
+    let (_sub, batch) = tokio::time::timeout(GENEROUS, waiting)
+        .await
+        .expect("poll returns")
+        .unwrap();
+    assert!(
+        batch.is_empty(),
+        "events of other topics are not delivered: {batch:?}"
+    );
+
+    // A zero wait looks once and returns.
+    let mut zero = log
+        .subscribe("zero", &[topics::STOCK_EVENTS])
+        .await
+        .unwrap();
+    let batch = tokio::time::timeout(GENEROUS, zero.poll(10, Duration::ZERO))
+        .await
+        .expect("a zero wait returns at once")
+        .unwrap();
+    assert!(batch.is_empty());
+}
+
+/// `ping` answers.
+pub async fn ping(log: Arc<dyn EventLog>, _store: Arc<dyn Store>) {
+    log.ping().await.expect("ping");
+}

@@ -1,0 +1,1254 @@
+//! Scenarios for the database port ([`Store`] and [`StoreTx`]).
+//!
+//! Every function takes a freshly migrated, empty store.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use orderflow_domain::notification::{Channel, NotificationKind};
+use orderflow_domain::order::{HistoryEntry, OrderStatus};
+use orderflow_domain::product::ProductDraft;
+use orderflow_domain::user::Role;
+use tokio::sync::{Barrier, oneshot};
+
+use super::{
+    draft, given_order, given_product, given_user, now, order_of, shopper, user_registered,
+};
+use crate::ports::store::{
+    DeadLetter, IdempotencyClaim, IdempotencyRecord, NotificationRecord, PaymentRecord,
+    RefreshRotation, Reservation, SessionRecord, Store, StoreError,
+};
+
+fn secs(n: i64) -> chrono::Duration {
+    chrono::Duration::seconds(n)
+}
+
+/// `migrate` can run on every start, and `ping` answers.
+pub async fn migrate_is_repeatable(store: Arc<dyn Store>) {
+    store
+        .migrate()
+        .await
+        .expect("a second migrate must be a no-op");
+    store.ping().await.expect("ping after migrate");
+    let user = given_user(&store, "Ann").await;
+    store.migrate().await.expect("migrate with data present");
+    assert!(
+        store.user_by_id(user.id).await.unwrap().is_some(),
+        "migrate must keep the data"
+    );
+}
+
+/// Users: insert, lookups, duplicate e-mail is `Conflict`, admin bootstrap.
+pub async fn users(store: Arc<dyn Store>) {
+    let ann = given_user(&store, "Ann").await;
+    assert_eq!(
+        store.user_by_email(&ann.email).await.unwrap(),
+        Some(ann.clone()),
+        "lookup by e-mail"
+    );
+    assert_eq!(
+        store.user_by_id(ann.id).await.unwrap(),
+        Some(ann.clone()),
+        "lookup by id"
+    );
+    assert_eq!(
+        store.user_by_email("nobody@example.com").await.unwrap(),
+        None
+    );
+    assert_eq!(store.user_by_id(uuid::Uuid::now_v7()).await.unwrap(), None);
+
+    // Same e-mail, another id: refused, and the refusal is a Conflict.
+    let twin = crate::ports::store::UserRecord {
+        id: uuid::Uuid::now_v7(),
+        ..ann.clone()
+    };
+    let mut tx = store.begin().await.unwrap();
+    match tx.insert_user(&twin).await {
+        Err(StoreError::Conflict(what)) => assert!(
+            what.contains("email"),
+            "conflict should name the e-mail: {what}"
+        ),
+        other => panic!("a duplicate e-mail must be Conflict, got {other:?}"),
+    }
+    drop(tx);
+    assert_eq!(
+        store.user_by_email(&ann.email).await.unwrap().unwrap().id,
+        ann.id
+    );
+
+    // upsert_admin creates a missing admin...
+    let mut admin = shopper("Root");
+    admin.role = Role::Admin;
+    let mut tx = store.begin().await.unwrap();
+    tx.upsert_admin(&admin).await.expect("create the admin");
+    tx.commit().await.unwrap();
+    let stored = store
+        .user_by_email(&admin.email)
+        .await
+        .unwrap()
+        .expect("admin created");
+    assert_eq!(stored.role, Role::Admin);
+
+    // ...and promotes an existing user without touching the rest.
+    let mut promote = shopper("Other");
+    promote.email = ann.email.clone();
+    promote.role = Role::Admin;
+    let mut tx = store.begin().await.unwrap();
+    tx.upsert_admin(&promote)
+        .await
+        .expect("promote an existing user");
+    tx.upsert_admin(&promote)
+        .await
+        .expect("upsert_admin is repeatable");
+    tx.commit().await.unwrap();
+    let promoted = store.user_by_email(&ann.email).await.unwrap().unwrap();
+    assert_eq!(
+        promoted.role,
+        Role::Admin,
+        "the existing user became an admin"
+    );
+    assert_eq!(promoted.id, ann.id, "promotion keeps the user's id");
+    assert_eq!(
+        promoted.password_hash, ann.password_hash,
+        "promotion keeps the password"
+    );
+}
+
+fn session_of(user_id: uuid::Uuid, device: &str, expires_in: chrono::Duration) -> SessionRecord {
+    let at = now();
+    SessionRecord {
+        id: uuid::Uuid::now_v7(),
+        user_id,
+        device: device.to_owned(),
+        created_at: at,
+        last_used_at: at,
+        expires_at: at + expires_in,
+        revoked_at: None,
+    }
+}
+
+/// Sessions: refresh rotation, reuse detection revokes the session,
+/// expired and revoked sessions refuse their token.
+pub async fn refresh_rotation_and_reuse(store: Arc<dyn Store>) {
+    let user = given_user(&store, "Ann").await;
+    let session = session_of(user.id, "phone", chrono::Duration::days(30));
+    store
+        .create_session(&session, "hash-1")
+        .await
+        .expect("create session");
+    assert_eq!(
+        store.session(session.id).await.unwrap(),
+        Some(session.clone()),
+        "session round-trips"
+    );
+
+    let used_at = now() + secs(5);
+    let expires = used_at + chrono::Duration::days(30);
+    match store
+        .rotate_refresh_token("hash-1", "hash-2", used_at, expires)
+        .await
+        .unwrap()
+    {
+        RefreshRotation::Rotated { session: rotated } => {
+            assert_eq!(rotated.id, session.id);
+            assert_eq!(rotated.user_id, user.id);
+            assert_eq!(rotated.last_used_at, used_at, "rotation records the use");
+            assert_eq!(rotated.expires_at, expires, "rotation extends the session");
+            assert_eq!(rotated.revoked_at, None);
+        }
+        other => panic!("the current token must rotate, got {other:?}"),
+    }
+    let stored = store.session(session.id).await.unwrap().unwrap();
+    assert_eq!(
+        (stored.last_used_at, stored.expires_at),
+        (used_at, expires),
+        "rotation is stored"
+    );
+
+    // The new token rotates again.
+    assert!(
+        matches!(
+            store
+                .rotate_refresh_token("hash-2", "hash-3", used_at, expires)
+                .await
+                .unwrap(),
+            RefreshRotation::Rotated { .. }
+        ),
+        "the token handed out by a rotation must be usable"
+    );
+
+    // Replaying a rotated-away token: reuse detected, the session dies.
+    let replay_at = used_at + secs(1);
+    match store
+        .rotate_refresh_token("hash-1", "hash-x", replay_at, expires)
+        .await
+        .unwrap()
+    {
+        RefreshRotation::ReuseDetected {
+            session_id,
+            user_id,
+        } => {
+            assert_eq!((session_id, user_id), (session.id, user.id));
+        }
+        other => panic!("a replayed token must be detected, got {other:?}"),
+    }
+    let revoked = store.session(session.id).await.unwrap().unwrap();
+    assert_eq!(
+        revoked.revoked_at,
+        Some(replay_at),
+        "reuse revokes the session"
+    );
+    assert_eq!(
+        store
+            .rotate_refresh_token("hash-3", "hash-4", replay_at, expires)
+            .await
+            .unwrap(),
+        RefreshRotation::Invalid,
+        "after reuse, even the latest token of the session is dead"
+    );
+
+    assert_eq!(
+        store
+            .rotate_refresh_token("never-issued", "hash-y", now(), expires)
+            .await
+            .unwrap(),
+        RefreshRotation::Invalid,
+        "unknown tokens are invalid"
+    );
+
+    // An expired session refuses its (current) token.
+    let old = session_of(user.id, "laptop", chrono::Duration::seconds(-1));
+    store.create_session(&old, "old-hash").await.unwrap();
+    assert_eq!(
+        store
+            .rotate_refresh_token("old-hash", "old-hash-2", now(), expires)
+            .await
+            .unwrap(),
+        RefreshRotation::Invalid,
+        "an expired session's token is invalid"
+    );
+
+    // Two presentations of one token racing: exactly one rotates.
+    let raced = session_of(user.id, "tablet", chrono::Duration::days(1));
+    store.create_session(&raced, "race-0").await.unwrap();
+    let (a, b) = tokio::join!(
+        store.rotate_refresh_token("race-0", "race-a", now(), expires),
+        store.rotate_refresh_token("race-0", "race-b", now(), expires),
+    );
+    let rotated = [a.unwrap(), b.unwrap()]
+        .into_iter()
+        .filter(|r| matches!(r, RefreshRotation::Rotated { .. }))
+        .count();
+    assert_eq!(
+        rotated, 1,
+        "one refresh token must rotate once, however many present it at once"
+    );
+}
+
+/// Logout of one device, and of all devices.
+pub async fn revoke_sessions(store: Arc<dyn Store>) {
+    let user = given_user(&store, "Ann").await;
+    let other = given_user(&store, "Bob").await;
+    let phone = session_of(user.id, "phone", chrono::Duration::days(1));
+    let laptop = session_of(user.id, "laptop", chrono::Duration::days(1));
+    let tablet = session_of(user.id, "tablet", chrono::Duration::days(1));
+    let bobs = session_of(other.id, "phone", chrono::Duration::days(1));
+    for (session, hash) in [
+        (&phone, "h-phone"),
+        (&laptop, "h-laptop"),
+        (&tablet, "h-tablet"),
+        (&bobs, "h-bob"),
+    ] {
+        store.create_session(session, hash).await.unwrap();
+    }
+    let mut listed: Vec<_> = store
+        .sessions_of_user(user.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
+    listed.sort();
+    let mut expected = vec![phone.id, laptop.id, tablet.id];
+    expected.sort();
+    assert_eq!(
+        listed, expected,
+        "sessions_of_user lists exactly the user's sessions"
+    );
+
+    let at = now();
+    assert!(
+        store.revoke_session(phone.id, at).await.unwrap(),
+        "revoking a live session"
+    );
+    assert!(
+        !store.revoke_session(phone.id, at).await.unwrap(),
+        "revoking twice reports false"
+    );
+    assert!(
+        !store
+            .revoke_session(uuid::Uuid::now_v7(), at)
+            .await
+            .unwrap(),
+        "unknown session reports false"
+    );
+    assert_eq!(
+        store.session(phone.id).await.unwrap().unwrap().revoked_at,
+        Some(at)
+    );
+    assert_eq!(
+        store
+            .rotate_refresh_token("h-phone", "h-phone-2", now(), now() + secs(60))
+            .await
+            .unwrap(),
+        RefreshRotation::Invalid,
+        "a revoked session's token is invalid"
+    );
+
+    assert_eq!(
+        store.revoke_all_sessions(user.id, at).await.unwrap(),
+        2,
+        "the two still live sessions"
+    );
+    assert_eq!(store.revoke_all_sessions(user.id, at).await.unwrap(), 0);
+    assert!(
+        store
+            .sessions_of_user(user.id)
+            .await
+            .unwrap()
+            .iter()
+            .all(|s| s.revoked_at.is_some())
+    );
+    assert_eq!(
+        store.session(bobs.id).await.unwrap().unwrap().revoked_at,
+        None,
+        "other users keep theirs"
+    );
+}
+
+/// Revoked access tokens: in force until they expire; logout-all instant.
+pub async fn token_revocations(store: Arc<dyn Store>) {
+    let at = now();
+    store
+        .insert_revocation("jti-live", at + secs(3600))
+        .await
+        .unwrap();
+    store
+        .insert_revocation("jti-expired", at - secs(1))
+        .await
+        .unwrap();
+    store
+        .insert_revocation("jti-live", at + secs(60))
+        .await
+        .expect("revoking twice is fine");
+
+    assert!(store.is_revoked("jti-live", at).await.unwrap());
+    assert!(
+        !store.is_revoked("jti-expired", at).await.unwrap(),
+        "an expired revocation is not in force"
+    );
+    assert!(!store.is_revoked("jti-unknown", at).await.unwrap());
+    assert!(
+        !store.is_revoked("jti-live", at + secs(7200)).await.unwrap(),
+        "after the token's expiry the revocation no longer matters"
+    );
+    let active = store.active_revocations(at).await.unwrap();
+    let jtis: Vec<&str> = active.iter().map(|(jti, _)| jti.as_str()).collect();
+    assert_eq!(jtis, vec!["jti-live"], "only revocations still in force");
+    assert_eq!(
+        active[0].1,
+        at + secs(3600),
+        "revoking twice keeps the later expiry"
+    );
+
+    let user = given_user(&store, "Ann").await;
+    assert_eq!(store.tokens_valid_after(user.id).await.unwrap(), None);
+    store.set_tokens_valid_after(user.id, at).await.unwrap();
+    assert_eq!(store.tokens_valid_after(user.id).await.unwrap(), Some(at));
+    assert_eq!(
+        store
+            .tokens_valid_after(uuid::Uuid::now_v7())
+            .await
+            .unwrap(),
+        None
+    );
+}
+
+/// Catalog: insert, read, keyset paging, update, duplicate SKU, batch lookup.
+pub async fn products(store: Arc<dyn Store>) {
+    let mut inserted = Vec::new();
+    for i in 0..5 {
+        let at = now();
+        let id = uuid::Uuid::now_v7();
+        let d = draft(&format!("Thing {i}"), 100 + i, 10 * i);
+        let product = store
+            .insert_product(id, &d, at)
+            .await
+            .expect("insert product");
+        assert_eq!(
+            (
+                product.id,
+                &product.sku,
+                &product.name,
+                product.price_cents,
+                &product.currency,
+                product.stock
+            ),
+            (id, &d.sku, &d.name, d.price_cents, &d.currency, d.stock),
+            "insert_product returns what was stored"
+        );
+        assert_eq!(product.updated_at, at);
+        assert_eq!(store.product(id).await.unwrap(), Some(product.clone()));
+        inserted.push(product);
+    }
+    assert_eq!(store.count_products().await.unwrap(), 5);
+    assert_eq!(store.product(uuid::Uuid::now_v7()).await.unwrap(), None);
+
+    // Pages of two, by id, follow each other without gaps or repeats.
+    let mut paged = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = store.list_products(cursor, 2).await.unwrap();
+        assert!(page.len() <= 2, "limit respected");
+        let Some(last) = page.last() else { break };
+        cursor = Some(last.id);
+        paged.extend(page);
+    }
+    let mut by_id = inserted.clone();
+    by_id.sort_by_key(|p| p.id);
+    assert_eq!(paged, by_id, "paging walks every product once, in id order");
+
+    // Update replaces the fields.
+    let target = &inserted[1];
+    let changed = ProductDraft::new("SKU-NEW-1", "Big mug", 999, "USD", 3).unwrap();
+    let later = now() + secs(10);
+    let updated = store
+        .update_product(target.id, &changed, later)
+        .await
+        .unwrap()
+        .expect("exists");
+    assert_eq!(
+        (
+            updated.sku.as_str(),
+            updated.name.as_str(),
+            updated.price_cents,
+            updated.currency.as_str(),
+            updated.stock
+        ),
+        ("SKU-NEW-1", "Big mug", 999, "USD", 3)
+    );
+    assert_eq!(updated.updated_at, later);
+    assert_eq!(store.product(target.id).await.unwrap(), Some(updated));
+    assert_eq!(
+        store
+            .update_product(uuid::Uuid::now_v7(), &changed, later)
+            .await
+            .unwrap(),
+        None
+    );
+
+    // SKUs are unique, on insert and on update.
+    let taken = ProductDraft::new(&inserted[0].sku, "Copy", 1, "EUR", 1).unwrap();
+    match store
+        .insert_product(uuid::Uuid::now_v7(), &taken, now())
+        .await
+    {
+        Err(StoreError::Conflict(what)) => {
+            assert!(what.contains("sku"), "conflict should name the SKU: {what}")
+        }
+        other => panic!("a duplicate SKU must be Conflict, got {other:?}"),
+    }
+    match store.update_product(inserted[2].id, &taken, now()).await {
+        Err(StoreError::Conflict(_)) => {}
+        other => panic!("updating to a taken SKU must be Conflict, got {other:?}"),
+    }
+    assert_eq!(store.count_products().await.unwrap(), 5);
+
+    let wanted = [inserted[3].id, uuid::Uuid::now_v7(), inserted[0].id];
+    let mut found: Vec<_> = store
+        .products_by_ids(&wanted)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.id)
+        .collect();
+    found.sort();
+    let mut expected = vec![inserted[0].id, inserted[3].id];
+    expected.sort();
+    assert_eq!(
+        found, expected,
+        "products_by_ids returns the known ones and skips unknown ids"
+    );
+    assert!(store.products_by_ids(&[]).await.unwrap().is_empty());
+}
+
+/// Orders: insert with lines and first history entry, status steps,
+/// newest-first listing with a cursor, counts per status.
+pub async fn orders(store: Arc<dyn Store>) {
+    let ann = given_user(&store, "Ann").await;
+    let bob = given_user(&store, "Bob").await;
+    let mug = given_product(&store, 10).await;
+    let cup = given_product(&store, 10).await;
+
+    let t0 = now();
+    let first = order_of(ann.id, &[(&mug, 2), (&cup, 1)], t0);
+    let second = order_of(ann.id, &[(&mug, 1)], t0 + secs(1));
+    let third = order_of(ann.id, &[(&cup, 3)], t0 + secs(2));
+    let bobs = order_of(bob.id, &[(&cup, 1)], t0 + secs(3));
+    let mut tx = store.begin().await.unwrap();
+    for order in [&first, &second, &third, &bobs] {
+        tx.insert_order(order).await.expect("insert order");
+    }
+    tx.commit().await.unwrap();
+
+    let (stored, history) = store.order(first.id).await.unwrap().expect("order exists");
+    assert_eq!(stored, first, "order and its lines round-trip");
+    assert_eq!(
+        history,
+        vec![HistoryEntry {
+            status: OrderStatus::Pending,
+            at: t0
+        }],
+        "first history entry"
+    );
+    assert!(store.order(uuid::Uuid::now_v7()).await.unwrap().is_none());
+
+    // Walk the first order to confirmed in one transition of three steps.
+    let at = t0 + secs(30);
+    let mut tx = store.begin().await.unwrap();
+    let locked = tx
+        .order_for_update(first.id)
+        .await
+        .unwrap()
+        .expect("order_for_update finds it");
+    assert_eq!(
+        locked, first,
+        "order_for_update returns the order with its lines"
+    );
+    assert!(
+        tx.order_for_update(uuid::Uuid::now_v7())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let steps = [
+        OrderStatus::Reserved,
+        OrderStatus::Paid,
+        OrderStatus::Confirmed,
+    ];
+    tx.set_order_status(first.id, &steps, at).await.unwrap();
+    tx.commit().await.unwrap();
+    let (stored, history) = store.order(first.id).await.unwrap().unwrap();
+    assert_eq!(stored.status, OrderStatus::Confirmed);
+    assert_eq!(stored.updated_at, at);
+    assert_eq!(stored.created_at, t0, "created_at never changes");
+    let walked: Vec<_> = history.iter().map(|h| h.status).collect();
+    assert_eq!(
+        walked,
+        vec![
+            OrderStatus::Pending,
+            OrderStatus::Reserved,
+            OrderStatus::Paid,
+            OrderStatus::Confirmed
+        ],
+        "one history entry per step, in order"
+    );
+    assert!(history[1..].iter().all(|h| h.at == at));
+
+    // A rolled-back transition leaves no trace.
+    let mut tx = store.begin().await.unwrap();
+    tx.set_order_status(second.id, &[OrderStatus::Cancelled], at)
+        .await
+        .unwrap();
+    drop(tx);
+    let (stored, history) = store.order(second.id).await.unwrap().unwrap();
+    assert_eq!(
+        (stored.status, history.len()),
+        (OrderStatus::Pending, 1),
+        "rollback undoes the transition"
+    );
+
+    // Newest first, only the user's own, paged by an order id cursor.
+    let ids = |orders: Vec<orderflow_domain::order::Order>| {
+        orders.into_iter().map(|o| o.id).collect::<Vec<_>>()
+    };
+    let all = store.orders_of_user(ann.id, None, 10).await.unwrap();
+    assert_eq!(
+        all.iter().find(|o| o.id == third.id),
+        Some(&third),
+        "listed orders carry their lines"
+    );
+    assert_eq!(
+        ids(all),
+        vec![third.id, second.id, first.id],
+        "newest first, own orders only"
+    );
+    let page = store.orders_of_user(ann.id, None, 2).await.unwrap();
+    assert_eq!(ids(page), vec![third.id, second.id]);
+    let next = store
+        .orders_of_user(ann.id, Some(second.id), 2)
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(next),
+        vec![first.id],
+        "orders created strictly before the cursor"
+    );
+    assert!(
+        store
+            .orders_of_user(ann.id, Some(first.id), 2)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .orders_of_user(uuid::Uuid::now_v7(), None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let mut counts = store.count_orders_by_status().await.unwrap();
+    counts.sort_by_key(|(status, _)| status.as_str());
+    assert_eq!(
+        counts,
+        vec![(OrderStatus::Confirmed, 1), (OrderStatus::Pending, 3)]
+    );
+}
+
+/// Idempotency keys: claimed once, then the saved answer comes back.
+pub async fn idempotency(store: Arc<dyn Store>) {
+    let user = given_user(&store, "Ann").await;
+    let other = given_user(&store, "Bob").await;
+    let body = serde_json::json!({"order_id": "x", "status": "pending"});
+
+    let mut tx = store.begin().await.unwrap();
+    assert_eq!(
+        tx.claim_idempotency_key(user.id, "k1", "hash-a")
+            .await
+            .unwrap(),
+        IdempotencyClaim::Claimed
+    );
+    tx.complete_idempotency_key(user.id, "k1", 201, &body)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    let mut tx = store.begin().await.unwrap();
+    let expected = IdempotencyRecord {
+        request_hash: "hash-a".into(),
+        response_status: 201,
+        response_body: body.clone(),
+    };
+    assert_eq!(
+        tx.claim_idempotency_key(user.id, "k1", "hash-a")
+            .await
+            .unwrap(),
+        IdempotencyClaim::Existing(expected.clone()),
+        "a used key answers with what was saved"
+    );
+    assert_eq!(
+        tx.claim_idempotency_key(user.id, "k1", "hash-b")
+            .await
+            .unwrap(),
+        IdempotencyClaim::Existing(expected),
+        "the saved request hash comes back, so callers can tell key reuse"
+    );
+    assert_eq!(
+        tx.claim_idempotency_key(other.id, "k1", "hash-a")
+            .await
+            .unwrap(),
+        IdempotencyClaim::Claimed,
+        "keys are per user"
+    );
+    drop(tx);
+
+    // A claim that is rolled back is forgotten.
+    let mut tx = store.begin().await.unwrap();
+    assert_eq!(
+        tx.claim_idempotency_key(user.id, "k2", "hash-c")
+            .await
+            .unwrap(),
+        IdempotencyClaim::Claimed
+    );
+    drop(tx);
+    let mut tx = store.begin().await.unwrap();
+    assert_eq!(
+        tx.claim_idempotency_key(user.id, "k2", "hash-c")
+            .await
+            .unwrap(),
+        IdempotencyClaim::Claimed,
+        "a rolled-back claim must not hold the key"
+    );
+    drop(tx);
+}
+
+async fn claim_and_answer(
+    store: Arc<dyn Store>,
+    user_id: uuid::Uuid,
+    key: String,
+    claimed_tx: Option<oneshot::Sender<()>>,
+) -> IdempotencyClaim {
+    let mut tx = store.begin().await.expect("begin");
+    let claim = tx
+        .claim_idempotency_key(user_id, &key, "hash")
+        .await
+        .expect("claim");
+    if claim == IdempotencyClaim::Claimed {
+        if let Some(claimed) = claimed_tx {
+            let _ = claimed.send(());
+            // Deliberate: keep the claim open a moment so the other task's
+            // claim really runs while this transaction is uncommitted.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tx.complete_idempotency_key(user_id, &key, 201, &serde_json::json!({ "key": key }))
+            .await
+            .expect("complete");
+    }
+    tx.commit().await.expect("commit");
+    claim
+}
+
+/// Two requests with one key at once: exactly one is `Claimed`; the other
+/// waits for it and sees its answer.
+pub async fn concurrent_idempotency_claims(store: Arc<dyn Store>) {
+    let user = given_user(&store, "Ann").await;
+
+    // The loser starts while the winner's claim is open and uncommitted.
+    let (claimed, wait_for_claim) = oneshot::channel();
+    let winner = tokio::spawn(claim_and_answer(
+        store.clone(),
+        user.id,
+        "overlap".into(),
+        Some(claimed),
+    ));
+    wait_for_claim.await.expect("the first task claims the key");
+    let loser = claim_and_answer(store.clone(), user.id, "overlap".into(), None).await;
+    assert_eq!(winner.await.unwrap(), IdempotencyClaim::Claimed);
+    match loser {
+        IdempotencyClaim::Existing(record) => assert_eq!(
+            (record.response_status, record.response_body),
+            (201, serde_json::json!({"key": "overlap"})),
+            "the loser must see the winner's committed answer"
+        ),
+        other => panic!("a second claim of an open key must end as Existing, got {other:?}"),
+    }
+
+    // Free-for-all: two tasks released together, ten keys.
+    for round in 0..10 {
+        let key = format!("race-{round}");
+        let barrier = Arc::new(Barrier::new(2));
+        let tasks: Vec<_> = (0..2)
+            .map(|_| {
+                let (store, barrier, key) = (store.clone(), barrier.clone(), key.clone());
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    claim_and_answer(store, user.id, key, None).await
+                })
+            })
+            .collect();
+        let mut results = Vec::new();
+        for task in tasks {
+            results.push(task.await.expect("claim task"));
+        }
+        let claimed = results
+            .iter()
+            .filter(|r| **r == IdempotencyClaim::Claimed)
+            .count();
+        assert_eq!(claimed, 1, "exactly one claim of {key} wins: {results:?}");
+        assert!(
+            results.iter().any(
+                |r| matches!(r, IdempotencyClaim::Existing(rec) if rec.response_status == 201)
+            ),
+            "the other sees the completed answer: {results:?}"
+        );
+    }
+}
+
+async fn stock_of(store: &Arc<dyn Store>, product_id: uuid::Uuid) -> i64 {
+    store
+        .product(product_id)
+        .await
+        .unwrap()
+        .expect("product exists")
+        .stock
+}
+
+/// Stock: all lines or none, never below zero, once per order, released once.
+pub async fn stock_reservation(store: Arc<dyn Store>) {
+    let user = given_user(&store, "Ann").await;
+    let mug = given_product(&store, 5).await;
+    let cup = given_product(&store, 2).await;
+    let order = given_order(&store, user.id, &[(&mug, 3), (&cup, 2)]).await;
+
+    let reserve = |lines: Vec<(uuid::Uuid, u32)>, order_id: uuid::Uuid| {
+        let store = store.clone();
+        async move {
+            let mut tx = store.begin().await.unwrap();
+            let outcome = tx.reserve_stock(order_id, &lines).await.unwrap();
+            tx.commit().await.unwrap();
+            outcome
+        }
+    };
+
+    // One line short: nothing changes.
+    assert_eq!(
+        reserve(vec![(mug.id, 3), (cup.id, 3)], order.id).await,
+        Reservation::Insufficient {
+            product_id: cup.id,
+            available: 2,
+            requested: 3
+        }
+    );
+    assert_eq!(
+        (
+            stock_of(&store, mug.id).await,
+            stock_of(&store, cup.id).await
+        ),
+        (5, 2),
+        "all or nothing"
+    );
+
+    let unknown = uuid::Uuid::now_v7();
+    assert_eq!(
+        reserve(vec![(mug.id, 1), (unknown, 1)], order.id).await,
+        Reservation::UnknownProduct {
+            product_id: unknown
+        }
+    );
+    assert_eq!(
+        stock_of(&store, mug.id).await,
+        5,
+        "an unknown product changes nothing"
+    );
+
+    // A rolled-back reservation gives everything back.
+    let mut tx = store.begin().await.unwrap();
+    assert_eq!(
+        tx.reserve_stock(order.id, &[(mug.id, 3), (cup.id, 2)])
+            .await
+            .unwrap(),
+        Reservation::Reserved
+    );
+    drop(tx);
+    assert_eq!(
+        (
+            stock_of(&store, mug.id).await,
+            stock_of(&store, cup.id).await
+        ),
+        (5, 2),
+        "rollback"
+    );
+
+    // Exactly to zero is fine.
+    assert_eq!(
+        reserve(vec![(mug.id, 3), (cup.id, 2)], order.id).await,
+        Reservation::Reserved
+    );
+    assert_eq!(
+        (
+            stock_of(&store, mug.id).await,
+            stock_of(&store, cup.id).await
+        ),
+        (2, 0)
+    );
+
+    // A redelivery does not take stock again.
+    assert_eq!(
+        reserve(vec![(mug.id, 3), (cup.id, 2)], order.id).await,
+        Reservation::AlreadyReserved
+    );
+    assert_eq!(
+        (
+            stock_of(&store, mug.id).await,
+            stock_of(&store, cup.id).await
+        ),
+        (2, 0)
+    );
+
+    // Another order cannot go below zero.
+    let second = given_order(&store, user.id, &[(&cup, 1)]).await;
+    assert_eq!(
+        reserve(vec![(cup.id, 1)], second.id).await,
+        Reservation::Insufficient {
+            product_id: cup.id,
+            available: 0,
+            requested: 1
+        }
+    );
+
+    // Release gives back exactly what was taken, once.
+    let mut tx = store.begin().await.unwrap();
+    assert!(tx.release_stock(order.id).await.unwrap(), "first release");
+    assert!(
+        !tx.release_stock(order.id).await.unwrap(),
+        "second release in the same transaction"
+    );
+    tx.commit().await.unwrap();
+    assert_eq!(
+        (
+            stock_of(&store, mug.id).await,
+            stock_of(&store, cup.id).await
+        ),
+        (5, 2)
+    );
+    let mut tx = store.begin().await.unwrap();
+    assert!(
+        !tx.release_stock(order.id).await.unwrap(),
+        "a redelivered release gives nothing back"
+    );
+    assert!(
+        !tx.release_stock(second.id).await.unwrap(),
+        "nothing reserved, nothing released"
+    );
+    tx.commit().await.unwrap();
+    assert_eq!(
+        (
+            stock_of(&store, mug.id).await,
+            stock_of(&store, cup.id).await
+        ),
+        (5, 2)
+    );
+
+    // A released order stays settled: a late redelivery does not re-reserve.
+    assert_eq!(
+        reserve(vec![(mug.id, 3)], order.id).await,
+        Reservation::AlreadyReserved
+    );
+    assert_eq!(stock_of(&store, mug.id).await, 5);
+}
+
+/// Many orders racing for the last units: never oversold.
+pub async fn concurrent_reservations(store: Arc<dyn Store>) {
+    let user = given_user(&store, "Ann").await;
+    for (stock, per_order, orders, expected_reserved) in
+        [(5_i64, 1_u32, 20_usize, 5_usize), (7, 2, 10, 3)]
+    {
+        let product = given_product(&store, stock).await;
+        let mut order_ids = Vec::new();
+        for _ in 0..orders {
+            order_ids.push(
+                given_order(&store, user.id, &[(&product, per_order)])
+                    .await
+                    .id,
+            );
+        }
+        let barrier = Arc::new(Barrier::new(orders));
+        let tasks: Vec<_> = order_ids
+            .into_iter()
+            .map(|order_id| {
+                let (store, barrier) = (store.clone(), barrier.clone());
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    let mut tx = store.begin().await.expect("begin");
+                    let outcome = tx
+                        .reserve_stock(order_id, &[(product.id, per_order)])
+                        .await
+                        .expect("reserve");
+                    tx.commit().await.expect("commit");
+                    outcome
+                })
+            })
+            .collect();
+        let mut reserved = 0;
+        for task in tasks {
+            match task.await.expect("reservation task") {
+                Reservation::Reserved => reserved += 1,
+                Reservation::Insufficient { .. } => {}
+                other => panic!("unexpected outcome {other:?}"),
+            }
+        }
+        assert_eq!(
+            reserved, expected_reserved,
+            "{stock} units, {per_order} per order"
+        );
+        let left = stock_of(&store, product.id).await;
+        assert_eq!(
+            left,
+            stock - i64::from(per_order) * expected_reserved as i64,
+            "never oversold"
+        );
+        assert!(left >= 0);
+    }
+}
+
+/// Processed marks: first true, then false; per group; rolled back = absent.
+pub async fn processed_marks(store: Arc<dyn Store>) {
+    let event = uuid::Uuid::now_v7();
+    assert!(!store.is_processed("email", event).await.unwrap());
+
+    let mut tx = store.begin().await.unwrap();
+    assert!(
+        tx.mark_processed("email", event).await.unwrap(),
+        "first mark"
+    );
+    drop(tx);
+    assert!(
+        !store.is_processed("email", event).await.unwrap(),
+        "a rolled-back mark is not kept"
+    );
+
+    let mut tx = store.begin().await.unwrap();
+    assert!(
+        tx.mark_processed("email", event).await.unwrap(),
+        "first mark"
+    );
+    assert!(
+        !tx.mark_processed("email", event).await.unwrap(),
+        "second mark in the same transaction"
+    );
+    tx.commit().await.unwrap();
+    assert!(store.is_processed("email", event).await.unwrap());
+
+    let mut tx = store.begin().await.unwrap();
+    assert!(
+        !tx.mark_processed("email", event).await.unwrap(),
+        "redelivered event is recognised"
+    );
+    assert!(
+        tx.mark_processed("sms", event).await.unwrap(),
+        "groups are independent"
+    );
+    tx.commit().await.unwrap();
+    assert!(store.is_processed("sms", event).await.unwrap());
+    assert!(!store.is_processed("push", event).await.unwrap());
+}
+
+/// Read models: notifications, payments, points, leaderboard, daily sales.
+pub async fn read_models(store: Arc<dyn Store>) {
+    let ann = given_user(&store, "Ann").await;
+    let bob = given_user(&store, "Bob").await;
+    let cid = given_user(&store, "Cid").await;
+    let dee = given_user(&store, "Dee").await;
+    let mug = given_product(&store, 100).await;
+    let order = given_order(&store, ann.id, &[(&mug, 4)]).await;
+
+    // Notifications, newest first.
+    let t0 = now();
+    let note = |user_id, channel, kind, order_id, at| NotificationRecord {
+        user_id,
+        channel,
+        kind,
+        order_id,
+        sent_at: at,
+    };
+    let n1 = note(ann.id, Channel::Email, NotificationKind::Welcome, None, t0);
+    let n2 = note(
+        ann.id,
+        Channel::Sms,
+        NotificationKind::OrderConfirmed,
+        Some(order.id),
+        t0 + secs(1),
+    );
+    let n3 = note(
+        ann.id,
+        Channel::Push,
+        NotificationKind::OrderConfirmed,
+        Some(order.id),
+        t0 + secs(2),
+    );
+    let n4 = note(bob.id, Channel::Email, NotificationKind::Welcome, None, t0);
+    let mut tx = store.begin().await.unwrap();
+    for n in [&n1, &n2, &n3, &n4] {
+        tx.record_notification(n).await.unwrap();
+    }
+    tx.record_payment(&PaymentRecord {
+        order_id: order.id,
+        succeeded: true,
+        reference: "pay_123".into(),
+        amount_cents: order.total_cents,
+        currency: "EUR".into(),
+        at: t0,
+    })
+    .await
+    .expect("record a payment");
+    tx.commit().await.unwrap();
+    assert_eq!(
+        store.notifications_of_user(ann.id, 10).await.unwrap(),
+        vec![n3.clone(), n2.clone(), n1]
+    );
+    assert_eq!(
+        store.notifications_of_user(ann.id, 2).await.unwrap(),
+        vec![n3, n2],
+        "limit"
+    );
+    assert_eq!(
+        store.notifications_of_user(bob.id, 10).await.unwrap(),
+        vec![n4]
+    );
+
+    // Points: Bob 120, Ann 50, Cid 50 (tied), Dee back to 0.
+    let mut tx = store.begin().await.unwrap();
+    tx.add_points(ann.id, 30).await.unwrap();
+    tx.add_points(ann.id, 20).await.unwrap();
+    tx.add_points(bob.id, 120).await.unwrap();
+    tx.add_points(cid.id, 50).await.unwrap();
+    tx.add_points(dee.id, 10).await.unwrap();
+    tx.add_points(dee.id, -10).await.unwrap();
+    tx.commit().await.unwrap();
+    let standing = |points, rank| crate::ports::store::PointsStanding { points, rank };
+    assert_eq!(store.points(bob.id).await.unwrap(), standing(120, Some(1)));
+    assert_eq!(store.points(ann.id).await.unwrap(), standing(50, Some(2)));
+    assert_eq!(
+        store.points(cid.id).await.unwrap(),
+        standing(50, Some(2)),
+        "ties share a rank"
+    );
+    assert_eq!(
+        store.points(dee.id).await.unwrap(),
+        standing(0, None),
+        "no points, no rank"
+    );
+    assert_eq!(
+        store.points(uuid::Uuid::now_v7()).await.unwrap(),
+        standing(0, None)
+    );
+
+    let board = store.leaderboard(10).await.unwrap();
+    let (first_tied, second_tied) = if ann.id < cid.id {
+        (&ann, &cid)
+    } else {
+        (&cid, &ann)
+    };
+    let rows: Vec<_> = board
+        .iter()
+        .map(|e| (e.user_id, e.name.as_str(), e.points, e.rank))
+        .collect();
+    assert_eq!(
+        rows,
+        vec![
+            (bob.id, "Bob", 120, 1),
+            (first_tied.id, first_tied.name.as_str(), 50, 2),
+            (second_tied.id, second_tied.name.as_str(), 50, 2),
+        ],
+        "points desc, then user id; users without points are left out"
+    );
+    assert_eq!(store.leaderboard(1).await.unwrap().len(), 1, "limit");
+
+    // Daily sales: the last N UTC days, per currency.
+    let today = chrono::Utc::now().date_naive();
+    let yesterday = today.pred_opt().unwrap();
+    let long_ago = today - chrono::Days::new(30);
+    let usd = {
+        let mut o = order_of(ann.id, &[(&mug, 1)], now());
+        o.currency = orderflow_domain::money::Currency::parse("USD").unwrap();
+        o.total_cents = 700;
+        o
+    };
+    let mut tx = store.begin().await.unwrap();
+    tx.record_sale(&order, today).await.unwrap();
+    tx.record_sale(&order, today).await.unwrap();
+    tx.record_sale(&usd, today).await.unwrap();
+    tx.record_sale(&order, yesterday).await.unwrap();
+    tx.record_sale(&order, long_ago).await.unwrap();
+    tx.commit().await.unwrap();
+    let mut sales: Vec<_> = store
+        .daily_sales(7)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| (d.day, d.currency, d.orders, d.revenue_cents))
+        .collect();
+    sales.sort();
+    let total = order.total_cents;
+    let mut expected = vec![
+        (today, "EUR".to_owned(), 2, 2 * total),
+        (today, "USD".to_owned(), 1, 700),
+        (yesterday, "EUR".to_owned(), 1, total),
+    ];
+    expected.sort();
+    assert_eq!(
+        sales, expected,
+        "daily_sales(7) sums per day and currency over the last 7 days"
+    );
+    assert!(
+        store
+            .daily_sales(1)
+            .await
+            .unwrap()
+            .iter()
+            .all(|d| d.day == today),
+        "daily_sales(1) is today only"
+    );
+}
+
+fn dead_letter_of(group: &str, offset: i64, at: orderflow_domain::Timestamp) -> DeadLetter {
+    DeadLetter {
+        id: uuid::Uuid::now_v7(),
+        group: group.to_owned(),
+        topic: "user.events".into(),
+        partition: 3,
+        offset,
+        error: "smtp down".into(),
+        attempts: 5,
+        event: user_registered(uuid::Uuid::now_v7()),
+        failed_at: at,
+        replayed_at: None,
+    }
+}
+
+/// Dead letters: stored with their original event, listed newest first,
+/// replayed once.
+pub async fn dead_letters(store: Arc<dyn Store>) {
+    let t0 = now();
+    let older = dead_letter_of("email", 7, t0);
+    let newer = dead_letter_of("sms", 8, t0 + secs(1));
+    let mut tx = store.begin().await.unwrap();
+    tx.insert_dead_letter(&older).await.unwrap();
+    tx.insert_dead_letter(&newer).await.unwrap();
+    tx.commit().await.unwrap();
+
+    assert_eq!(
+        store.dead_letter(older.id).await.unwrap(),
+        Some(older.clone()),
+        "round-trip, event included"
+    );
+    assert_eq!(store.dead_letter(uuid::Uuid::now_v7()).await.unwrap(), None);
+    assert_eq!(
+        store.dead_letters(10, false).await.unwrap(),
+        vec![newer.clone(), older.clone()],
+        "newest first"
+    );
+    assert_eq!(
+        store.dead_letters(1, false).await.unwrap(),
+        vec![newer.clone()],
+        "limit"
+    );
+    assert_eq!(store.count_dead_letters().await.unwrap(), 2);
+
+    let replayed_at = t0 + secs(60);
+    let mut tx = store.begin().await.unwrap();
+    assert!(
+        tx.mark_dead_letter_replayed(older.id, replayed_at)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !tx.mark_dead_letter_replayed(older.id, replayed_at)
+            .await
+            .unwrap(),
+        "replayed once"
+    );
+    assert!(
+        !tx.mark_dead_letter_replayed(uuid::Uuid::now_v7(), replayed_at)
+            .await
+            .unwrap()
+    );
+    tx.commit().await.unwrap();
+
+    assert_eq!(
+        store.dead_letters(10, false).await.unwrap(),
+        vec![newer.clone()],
+        "replayed ones are hidden"
+    );
+    let all = store.dead_letters(10, true).await.unwrap();
+    assert_eq!(all.len(), 2, "include_replayed shows them");
+    assert_eq!(all[1].id, older.id);
+    assert_eq!(all[1].replayed_at, Some(replayed_at));
+    assert_eq!(
+        store.count_dead_letters().await.unwrap(),
+        1,
+        "counts the ones still waiting"
+    );
+}

@@ -1,0 +1,311 @@
+//! `spawn_app()` and the typed test client.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use orderflow::App;
+use orderflow::cli::Cli;
+use orderflow_api::routes::auth::{TokenPairView, UserView};
+use orderflow_api::routes::orders::OrderView;
+use orderflow_api::routes::products::{ProductPageView, ProductView};
+use orderflow_workers::Consumer;
+use reqwest::{Response, StatusCode};
+use serde_json::{Value, json};
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+
+pub const ADMIN_EMAIL: &str = "admin@example.com";
+pub const ADMIN_PASSWORD: &str = "admin-password-for-tests";
+pub const PASSWORD: &str = "a long enough password";
+
+/// A running app with its own data dir, and the consumer groups, which the
+/// test steps itself.
+pub struct TestApp {
+    pub address: String,
+    pub http: reqwest::Client,
+    pub app: Arc<App>,
+    consumers: Mutex<Vec<Consumer>>,
+    shutdown: CancellationToken,
+    server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    _data_dir: tempfile::TempDir,
+}
+
+/// Settings for a test: instant simulated providers, fast retries, no rate
+/// limits (tests that check limits turn them on with `extra`).
+pub async fn spawn_app_with(extra: &[&str]) -> TestApp {
+    let data_dir = tempfile::tempdir().expect("temp dir");
+    let dir = data_dir.path().to_str().unwrap().to_owned();
+    let mut args: Vec<String> = [
+        "orderflow",
+        "--data-dir",
+        &dir,
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-email",
+        ADMIN_EMAIL,
+        "--admin-password",
+        ADMIN_PASSWORD,
+        "--sim-email-latency-ms",
+        "0",
+        "--sim-sms-latency-ms",
+        "0",
+        "--sim-push-latency-ms",
+        "0",
+        "--sim-payment-latency-ms",
+        "0",
+        "--retry-max-attempts",
+        "3",
+        "--retry-base-ms",
+        "1",
+        "--retry-max-ms",
+        "2",
+        "--auth-rate-per-sec",
+        "0",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args.push("serve".into());
+    let cli = Cli::try_parse_from(args).expect("test settings parse");
+    let app = Arc::new(App::build(cli.settings).await.expect("app builds"));
+    let listener = app.bind().await.expect("bind port 0");
+    let address = format!("http://{}", listener.local_addr().unwrap());
+    let consumers = app.workers.all_consumers().await.expect("consumers subscribe");
+    let shutdown = CancellationToken::new();
+    let server = {
+        let app = app.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move { app.run(listener, false, shutdown).await })
+    };
+    TestApp {
+        address,
+        http: reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap(),
+        app,
+        consumers: Mutex::new(consumers),
+        shutdown,
+        server: Some(server),
+        _data_dir: data_dir,
+    }
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(&[]).await
+}
+
+/// A registered, logged-in shopper.
+pub struct Shopper {
+    pub id: uuid::Uuid,
+    pub email: String,
+    pub token: String,
+    pub refresh_token: String,
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.address, path)
+    }
+
+    /// Steps every consumer group until a whole round handles nothing: the
+    /// deterministic replacement for "wait until the workers are done".
+    pub async fn drain(&self) {
+        let mut consumers = self.consumers.lock().await;
+        for _round in 0..100 {
+            let mut progressed = false;
+            for consumer in consumers.iter_mut() {
+                let report = consumer.process_batch(Duration::ZERO).await.expect("consumer batch");
+                progressed |= !report.is_idle();
+            }
+            if !progressed {
+                return;
+            }
+        }
+        panic!("consumers still busy after 100 rounds");
+    }
+
+    /// Stops the server (graceful) and checks it exited cleanly.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(server) = self.server.take() {
+            server.await.expect("server task").expect("server stopped cleanly");
+        }
+    }
+
+    // --- auth ---
+
+    pub async fn register(&self, email: &str, password: &str, name: &str) -> Response {
+        self.http
+            .post(self.url("/api/v1/auth/register"))
+            .json(&json!({"email": email, "password": password, "name": name}))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn login(&self, email: &str, password: &str, device: Option<&str>) -> Response {
+        self.http
+            .post(self.url("/api/v1/auth/login"))
+            .json(&json!({"email": email, "password": password, "device": device}))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn refresh(&self, refresh_token: &str) -> Response {
+        self.http
+            .post(self.url("/api/v1/auth/refresh"))
+            .json(&json!({"refresh_token": refresh_token}))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn logout(&self, token: &str) -> Response {
+        self.http.post(self.url("/api/v1/auth/logout")).bearer_auth(token).send().await.unwrap()
+    }
+
+    /// Registers and logs in a new shopper with a unique e-mail.
+    pub async fn shopper(&self, name: &str) -> Shopper {
+        let email = format!("{}-{}@example.com", name.to_lowercase(), uuid::Uuid::new_v4().simple());
+        let response = self.register(&email, PASSWORD, name).await;
+        assert_eq!(response.status(), StatusCode::CREATED, "register {email}");
+        let user: UserView = response.json().await.unwrap();
+        let pair = self.tokens(&email, PASSWORD).await;
+        Shopper { id: user.id, email, token: pair.access_token, refresh_token: pair.refresh_token }
+    }
+
+    pub async fn tokens(&self, email: &str, password: &str) -> TokenPairView {
+        let response = self.login(email, password, Some("test")).await;
+        assert_eq!(response.status(), StatusCode::OK, "login {email}");
+        response.json().await.unwrap()
+    }
+
+    pub async fn admin_token(&self) -> String {
+        self.tokens(ADMIN_EMAIL, ADMIN_PASSWORD).await.access_token
+    }
+
+    // --- catalog ---
+
+    pub async fn products(&self, limit: Option<u32>, cursor: Option<uuid::Uuid>) -> ProductPageView {
+        let mut request = self.http.get(self.url("/api/v1/products"));
+        if let Some(limit) = limit {
+            request = request.query(&[("limit", limit.to_string())]);
+        }
+        if let Some(cursor) = cursor {
+            request = request.query(&[("cursor", cursor.to_string())]);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        response.json().await.unwrap()
+    }
+
+    pub async fn get_product(&self, id: uuid::Uuid, if_none_match: Option<&str>) -> Response {
+        let mut request = self.http.get(self.url(&format!("/api/v1/products/{id}")));
+        if let Some(etag) = if_none_match {
+            request = request.header("if-none-match", etag);
+        }
+        request.send().await.unwrap()
+    }
+
+    pub async fn product(&self, id: uuid::Uuid) -> ProductView {
+        let response = self.get_product(id, None).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        response.json().await.unwrap()
+    }
+
+    pub async fn post_product(&self, token: &str, body: &Value) -> Response {
+        self.http.post(self.url("/api/v1/products")).bearer_auth(token).json(body).send().await.unwrap()
+    }
+
+    pub async fn put_product(&self, token: &str, id: uuid::Uuid, body: &Value) -> Response {
+        self.http.put(self.url(&format!("/api/v1/products/{id}"))).bearer_auth(token).json(body).send().await.unwrap()
+    }
+
+    /// Creates a product as admin and returns it.
+    pub async fn create_product(&self, sku: &str, price_cents: i64, stock: i64) -> ProductView {
+        let admin = self.admin_token().await;
+        let response = self
+            .post_product(&admin, &json!({"sku": sku, "name": format!("Product {sku}"), "price_cents": price_cents, "currency": "EUR", "stock": stock}))
+            .await;
+        assert_eq!(response.status(), StatusCode::CREATED);
+        response.json().await.unwrap()
+    }
+
+    // --- orders ---
+
+    pub async fn place_order(&self, token: &str, key: Option<&str>, body: &Value) -> Response {
+        let mut request = self.http.post(self.url("/api/v1/orders")).bearer_auth(token).json(body);
+        if let Some(key) = key {
+            request = request.header("idempotency-key", key);
+        }
+        request.send().await.unwrap()
+    }
+
+    /// Places a one-line order and expects 201.
+    pub async fn order_one(&self, shopper: &Shopper, product_id: uuid::Uuid, quantity: i64) -> OrderView {
+        let response = self
+            .place_order(&shopper.token, None, &json!({"items": [{"product_id": product_id, "quantity": quantity}]}))
+            .await;
+        assert_eq!(response.status(), StatusCode::CREATED, "{}", response.text().await.unwrap());
+        response.json().await.unwrap()
+    }
+
+    pub async fn get_order(&self, token: &str, id: uuid::Uuid) -> Response {
+        self.http.get(self.url(&format!("/api/v1/orders/{id}"))).bearer_auth(token).send().await.unwrap()
+    }
+
+    pub async fn order(&self, token: &str, id: uuid::Uuid) -> OrderView {
+        let response = self.get_order(token, id).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        response.json().await.unwrap()
+    }
+
+    pub async fn orders(&self, token: &str) -> Value {
+        self.get_json(token, "/api/v1/orders").await
+    }
+
+    // --- me, leaderboard, admin ---
+
+    pub async fn get_json(&self, token: &str, path: &str) -> Value {
+        let response = self.http.get(self.url(path)).bearer_auth(token).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "GET {path}");
+        response.json().await.unwrap()
+    }
+
+    pub async fn notifications(&self, token: &str) -> Vec<Value> {
+        self.get_json(token, "/api/v1/me/notifications").await["items"].as_array().unwrap().clone()
+    }
+
+    pub async fn points(&self, token: &str) -> Value {
+        self.get_json(token, "/api/v1/me/points").await
+    }
+
+    pub async fn leaderboard(&self) -> Value {
+        self.http.get(self.url("/api/v1/leaderboard?limit=10")).send().await.unwrap().json().await.unwrap()
+    }
+
+    pub async fn dead_letters(&self, admin: &str) -> Vec<Value> {
+        self.get_json(admin, "/api/v1/admin/dlq").await["items"].as_array().unwrap().clone()
+    }
+
+    pub async fn replay(&self, admin: &str, id: &str) -> Response {
+        self.http.post(self.url(&format!("/api/v1/admin/dlq/{id}/replay"))).bearer_auth(admin).send().await.unwrap()
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.http.get(self.url("/metrics")).send().await.unwrap().text().await.unwrap()
+    }
+}
+
+/// Asserts a problem+json answer with the given status and `type` slug.
+pub async fn assert_problem(response: Response, status: u16, slug: &str) -> Value {
+    assert_eq!(response.status().as_u16(), status, "status");
+    let content_type = response.headers().get("content-type").map(|v| v.to_str().unwrap().to_owned());
+    assert_eq!(content_type.as_deref(), Some("application/problem+json"), "content type");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["type"], format!("https://orderflow.dev/problems/{slug}"), "problem type in {body}");
+    assert_eq!(body["status"], status);
+    assert!(body["title"].is_string() && body["detail"].is_string(), "title and detail in {body}");
+    body
+}

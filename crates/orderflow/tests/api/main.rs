@@ -1,0 +1,12 @@
+//! API tests: the app built in-process on port 0 with a fresh SQLite database
+//! per test, driven through a typed HTTP client. Consumer groups are stepped
+//! by the test (`TestApp::drain`), never waited for with sleeps.
+
+mod helpers;
+
+mod auth;
+mod catalog;
+mod flow;
+mod http;
+mod inline;
+mod orders;

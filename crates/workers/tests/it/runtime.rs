@@ -1,0 +1,374 @@
+//! The consumer runtime with a scripted handler: retries, dead letters, a
+//! database outage, and shutdown.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use orderflow_core::ports::log::Delivery;
+use orderflow_core::ports::providers::ProviderError;
+use orderflow_core::ports::store::{Store, StoreError};
+use orderflow_domain::EventId;
+use orderflow_domain::events::{Envelope, EventData, topics};
+use orderflow_workers::{Consumer, Handled, Handler, RetryPolicy, WorkerError};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::support::{Harness, tiny_retry};
+
+const GROUP: &str = "scripted";
+
+type MakeError = fn() -> WorkerError;
+
+fn outage() -> WorkerError {
+    ProviderError::transient("email", "simulated outage").into()
+}
+
+fn bad_address() -> WorkerError {
+    ProviderError::permanent("email", "invalid recipient").into()
+}
+
+fn database_down() -> WorkerError {
+    StoreError::Unavailable("connection refused".into()).into()
+}
+
+/// A handler that fails on demand. On success it does what every real
+/// handler does: mark processed and commit, in one transaction.
+struct Scripted {
+    store: Arc<dyn Store>,
+    /// Failures still to return per event: (how many, which error).
+    failures: Mutex<HashMap<EventId, (u32, MakeError)>>,
+    /// Every call, in order.
+    calls: Mutex<Vec<EventId>>,
+    /// Told about every applied event and every failure, for tests that
+    /// wait on `run`.
+    events: Option<mpsc::UnboundedSender<Result<EventId, EventId>>>,
+}
+
+impl Scripted {
+    fn new(store: Arc<dyn Store>) -> Self {
+        Self {
+            store,
+            failures: Mutex::default(),
+            calls: Mutex::default(),
+            events: None,
+        }
+    }
+
+    fn fail(self, event: &Envelope, times: u32, error: MakeError) -> Self {
+        self.failures
+            .lock()
+            .unwrap()
+            .insert(event.id, (times, error));
+        self
+    }
+
+    fn calls(&self) -> Vec<EventId> {
+        self.calls.lock().unwrap().clone()
+    }
+
+    fn calls_for(&self, event: &Envelope) -> usize {
+        self.calls().iter().filter(|id| **id == event.id).count()
+    }
+}
+
+#[async_trait]
+impl Handler for Scripted {
+    fn group(&self) -> &'static str {
+        GROUP
+    }
+
+    fn topics(&self) -> &'static [&'static str] {
+        &[topics::USER_EVENTS]
+    }
+
+    async fn handle(&self, delivery: &Delivery) -> Result<Handled, WorkerError> {
+        let id = delivery.envelope.id;
+        if !matches!(delivery.envelope.data, EventData::UserRegistered { .. }) {
+            return Ok(Handled::Ignored);
+        }
+        self.calls.lock().unwrap().push(id);
+        let failure = {
+            let mut failures = self.failures.lock().unwrap();
+            match failures.get_mut(&id) {
+                Some((remaining, make)) if *remaining > 0 => {
+                    *remaining -= 1;
+                    Some(make())
+                }
+                _ => None,
+            }
+        };
+        if let Some(error) = failure {
+            if let Some(events) = &self.events {
+                let _ = events.send(Err(id));
+            }
+            return Err(error);
+        }
+        let mut tx = self.store.begin().await?;
+        if !tx.mark_processed(GROUP, id).await? {
+            return Ok(Handled::Duplicate);
+        }
+        tx.commit().await?;
+        if let Some(events) = &self.events {
+            let _ = events.send(Ok(id));
+        }
+        Ok(Handled::Applied)
+    }
+}
+
+/// A UserRegistered event; events of one `user` share a partition.
+fn registered(user: uuid::Uuid) -> Envelope {
+    Envelope::new(
+        EventData::UserRegistered {
+            user_id: user,
+            email: "a@example.com".into(),
+            name: "A".into(),
+        },
+        None,
+    )
+}
+
+/// The next thing the handler reports; a generous time-out only turns a hang
+/// into a failure, it is not a wait for the worker.
+async fn next(
+    rx: &mut mpsc::UnboundedReceiver<Result<EventId, EventId>>,
+) -> Result<EventId, EventId> {
+    tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("in time")
+        .expect("handler alive")
+}
+
+async fn consumer(h: &Harness, handler: Arc<Scripted>, retry: RetryPolicy) -> Consumer {
+    Consumer::subscribe(handler, h.store.clone(), h.log.as_ref(), retry)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_flaky_handler_is_retried_until_it_succeeds() {
+    let h = Harness::new(None, tiny_retry(5)).await;
+    let event = registered(uuid::Uuid::now_v7());
+    let handler = Arc::new(Scripted::new(h.store.clone()).fail(&event, 2, outage));
+    let mut consumer = consumer(&h, handler.clone(), tiny_retry(5)).await;
+    h.append(std::slice::from_ref(&event)).await;
+
+    let report = consumer.process_batch(Duration::ZERO).await.unwrap();
+    assert_eq!(
+        (
+            report.polled,
+            report.handled,
+            report.retries,
+            report.dead_lettered
+        ),
+        (1, 1, 2, 0)
+    );
+    assert_eq!(handler.calls_for(&event), 3);
+    assert!(h.store.is_processed(GROUP, event.id).await.unwrap());
+    assert_eq!(h.lag(GROUP).await, 0);
+    assert!(
+        consumer
+            .process_batch(Duration::ZERO)
+            .await
+            .unwrap()
+            .is_idle()
+    );
+}
+
+#[tokio::test]
+async fn a_handler_that_keeps_failing_is_dead_lettered_and_the_group_moves_on() {
+    let h = Harness::new(None, tiny_retry(3)).await;
+    let user = uuid::Uuid::now_v7();
+    let (bad, good) = (registered(user), registered(user));
+    let handler = Arc::new(Scripted::new(h.store.clone()).fail(&bad, u32::MAX, outage));
+    let mut consumer = consumer(&h, handler.clone(), tiny_retry(3)).await;
+    h.append(&[bad.clone(), good.clone()]).await;
+
+    let report = consumer.process_batch(Duration::ZERO).await.unwrap();
+    assert_eq!(
+        (
+            report.polled,
+            report.handled,
+            report.retries,
+            report.dead_lettered
+        ),
+        (2, 1, 2, 1)
+    );
+    assert_eq!(handler.calls_for(&bad), 3, "max_attempts attempts in total");
+    assert_eq!(
+        handler.calls_for(&good),
+        1,
+        "the event after it is handled in the same batch"
+    );
+    assert_eq!(h.lag(GROUP).await, 0, "offsets move past the dead letter");
+    assert!(
+        !h.store.is_processed(GROUP, bad.id).await.unwrap(),
+        "not marked, so a replay can succeed"
+    );
+
+    let dead = h.store.dead_letters(10, false).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    let dead = &dead[0];
+    assert_eq!(
+        (dead.group.as_str(), dead.topic.as_str(), dead.attempts),
+        (GROUP, topics::USER_EVENTS, 3)
+    );
+    assert_eq!(dead.event, bad);
+    assert!(dead.error.contains("simulated outage"), "{}", dead.error);
+    assert_eq!(dead.replayed_at, None);
+
+    let failed = h.events_on(topics::FAILED_MESSAGES).await;
+    assert_eq!(failed.len(), 1);
+    assert_eq!(
+        failed[0].envelope.id, dead.id,
+        "the record and its event share an id"
+    );
+    let EventData::MessageFailed {
+        group,
+        topic,
+        partition,
+        offset,
+        attempts,
+        original,
+        error,
+    } = &failed[0].envelope.data
+    else {
+        panic!("expected MessageFailed, got {:?}", failed[0].envelope.data);
+    };
+    assert_eq!(
+        (group.as_str(), topic.as_str(), *attempts),
+        (GROUP, topics::USER_EVENTS, 3)
+    );
+    assert_eq!((*partition, *offset), (dead.partition, dead.offset));
+    assert_eq!(**original, bad);
+    assert_eq!(error, &dead.error);
+}
+
+#[tokio::test]
+async fn permanent_errors_are_dead_lettered_without_retries() {
+    let h = Harness::new(None, tiny_retry(5)).await;
+    let event = registered(uuid::Uuid::now_v7());
+    let handler = Arc::new(Scripted::new(h.store.clone()).fail(&event, u32::MAX, bad_address));
+    let mut consumer = consumer(&h, handler.clone(), tiny_retry(5)).await;
+    h.append(std::slice::from_ref(&event)).await;
+
+    let report = consumer.process_batch(Duration::ZERO).await.unwrap();
+    assert_eq!((report.retries, report.dead_lettered), (0, 1));
+    assert_eq!(handler.calls_for(&event), 1);
+    assert_eq!(
+        h.store.dead_letters(10, false).await.unwrap()[0].attempts,
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_database_outage_stops_the_batch_uncommitted_and_the_next_call_resumes_it() {
+    let h = Harness::new(None, tiny_retry(5)).await;
+    let user = uuid::Uuid::now_v7();
+    let events = [registered(user), registered(user), registered(user)];
+    let handler = Arc::new(Scripted::new(h.store.clone()).fail(&events[1], 1, database_down));
+    let mut consumer = consumer(&h, handler.clone(), tiny_retry(5)).await;
+    h.append(&events).await;
+
+    let error = consumer.process_batch(Duration::ZERO).await.unwrap_err();
+    assert!(error.is_store_unavailable(), "{error}");
+    assert_eq!(h.lag(GROUP).await, 3, "nothing committed");
+    assert_eq!(
+        h.store.count_dead_letters().await.unwrap(),
+        0,
+        "an outage is not the event's fault"
+    );
+    assert!(
+        h.store.is_processed(GROUP, events[0].id).await.unwrap(),
+        "the first effect is durable"
+    );
+
+    // The next call resumes the batch in hand instead of polling past it.
+    let report = consumer.process_batch(Duration::ZERO).await.unwrap();
+    assert_eq!((report.polled, report.handled, report.retries), (0, 2, 0));
+    assert_eq!(h.lag(GROUP).await, 0);
+    let ids: Vec<_> = events.iter().map(|e| e.id).collect();
+    assert_eq!(
+        handler.calls(),
+        [ids[0], ids[1], ids[1], ids[2]],
+        "the first event is not handled again"
+    );
+}
+
+#[tokio::test]
+async fn ignored_events_are_committed_without_a_mark() {
+    let h = Harness::new(None, tiny_retry(3)).await;
+    // sms does not care about OrderPlaced: it reads past it without a mark.
+    let mut sms = h.deps.consumer("sms").await.unwrap();
+    let ann = h.user("Ann").await;
+    let mug = h.product(500, 3).await;
+    let (_, placed) = h.place_order(&ann, &[(&mug, 1)]).await;
+    let report = sms.process_batch(Duration::ZERO).await.unwrap();
+    assert_eq!((report.polled, report.ignored), (1, 1));
+    assert!(!h.store.is_processed("sms", placed.id).await.unwrap());
+    assert_eq!(h.lag("sms").await, 0);
+}
+
+#[tokio::test]
+async fn run_handles_events_as_they_come_and_stops_on_shutdown() {
+    let h = Harness::new(None, tiny_retry(3)).await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let handler = Arc::new(Scripted {
+        events: Some(tx),
+        ..Scripted::new(h.store.clone())
+    });
+    let consumer = consumer(&h, handler.clone(), tiny_retry(3)).await;
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(consumer.run(shutdown.clone()));
+
+    let user = uuid::Uuid::now_v7();
+    let events = [registered(user), registered(user)];
+    h.append(&events).await;
+    for event in &events {
+        assert_eq!(next(&mut rx).await, Ok(event.id));
+    }
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(10), running)
+        .await
+        .expect("stops promptly")
+        .unwrap();
+    assert_eq!(
+        h.lag(GROUP).await,
+        0,
+        "the batch in hand was committed before returning"
+    );
+}
+
+#[tokio::test]
+async fn shutdown_during_a_retry_wait_commits_the_finished_part_of_the_batch() {
+    let h = Harness::new(None, tiny_retry(3)).await;
+    let user = uuid::Uuid::now_v7();
+    let (good, bad) = (registered(user), registered(user));
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let handler = Arc::new(Scripted {
+        events: Some(tx),
+        ..Scripted::new(h.store.clone()).fail(&bad, u32::MAX, outage)
+    });
+    // Waits of up to an hour: only shutdown can end them in time.
+    let patient = RetryPolicy::new(5, Duration::from_secs(3600), Duration::from_secs(3600));
+    let consumer = consumer(&h, handler.clone(), patient).await;
+    h.append(&[good.clone(), bad.clone()]).await;
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(consumer.run(shutdown.clone()));
+
+    assert_eq!(next(&mut rx).await, Ok(good.id));
+    assert_eq!(next(&mut rx).await, Err(bad.id));
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(10), running)
+        .await
+        .expect("stops promptly")
+        .unwrap();
+
+    assert_eq!(
+        h.lag(GROUP).await,
+        1,
+        "the handled event is committed, the failing one is left for redelivery"
+    );
+    assert_eq!(h.store.count_dead_letters().await.unwrap(), 0);
+}
