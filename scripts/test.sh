@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Runs orderflow's whole test suite on a fresh machine.
+#
+# Installs what is missing first (the Rust toolchain must exist; everything
+# else the tests need is installed here), then checks formatting and lints and
+# runs every test. Tests start their own servers on free loopback ports; none
+# expects a service to be running already.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+need_cmd() { command -v "$1" >/dev/null 2>&1; }
+
+step "checking prerequisites"
+if ! need_cmd cargo; then
+  echo "cargo is missing: install the Rust toolchain (https://rustup.rs) and run this again" >&2
+  exit 1
+fi
+# librdkafka and libsqlite3 are built from source by their crates; they need a C toolchain.
+missing=()
+need_cmd cc || missing+=(build-essential)
+need_cmd make || missing+=(make)
+need_cmd pkg-config || missing+=(pkg-config)
+if ((${#missing[@]})); then
+  if need_cmd apt-get && [ "$(id -u)" = 0 ]; then
+    step "installing ${missing[*]}"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+  else
+    echo "missing: ${missing[*]} (install them with your package manager)" >&2
+    exit 1
+  fi
+fi
+rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup component add rustfmt clippy 2>/dev/null || true
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy (warnings are errors)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "cargo test (every crate, every test)"
+cargo test --workspace --locked --no-fail-fast
+
+step "all tests passed"
