@@ -453,7 +453,7 @@ async fn webhook_server_errors_are_retryable_and_client_errors_are_not() {
         let sms = WebhookNotifier::new(Channel::Sms, WebhookSettings::new(format!("{url}/notify")))
             .unwrap();
         let error = sms.send(&message("k")).await.unwrap_err();
-        eprintln!("MSG: {error}"); assert_eq!(error.retryable, retryable, "{status}: {error}");
+        assert_eq!(error.retryable, retryable, "{status}: {error}");
         assert_eq!(error.provider, "sms");
         assert!(error.message.contains(status.as_str()), "{error}");
         assert!(
@@ -579,7 +579,7 @@ async fn charge_failures_are_sorted_by_retryability() {
         let url = fake.clone().start().await;
         let payment = WebhookPayment::new(WebhookSettings::new(format!("{url}/pay"))).unwrap();
         let error = payment.charge(&charge("k", 100)).await.unwrap_err();
-        eprintln!("MSG: {error}"); assert_eq!(error.retryable, retryable, "{status}: {error}");
+        assert_eq!(error.retryable, retryable, "{status}: {error}");
         assert_eq!(error.provider, "payment");
     }
 }

@@ -7,8 +7,9 @@
 //! - this file: [`SqliteStore`] (connect, pool settings, the writer lock) and
 //!   the helpers every query uses (error mapping, id and time encoding,
 //!   metrics).
-//! - [`store`]: `impl Store for SqliteStore`: stand-alone reads, plus the few
-//!   session writes the port puts outside a unit of work.
+//! - [`store`]: `impl Store for SqliteStore`: stand-alone reads, plus the
+//!   session, revocation and catalog writes the port keeps outside a unit of
+//!   work.
 //! - [`tx`]: [`SqliteTx`], the unit of work (`impl StoreTx`): users, orders,
 //!   stock, idempotency, read models, the outbox append.
 //! - [`log`]: [`SqliteEventLog`] and [`SqliteSubscription`]: consumer groups
@@ -27,6 +28,11 @@
 //! contention); the busy timeout is then only needed against other processes.
 //! Reads never take the lock: in WAL mode they see the last committed state
 //! without blocking the writer.
+//!
+//! One consequence for callers: a task that holds a unit of work must not
+//! call a *writing* `Store` method (or begin a second unit of work) before it
+//! commits or drops the first; that call waits for the lock the task itself
+//! holds, and fails with `Unavailable` after 30 s. Reads are fine.
 //!
 //! Encoding, the same in every table (see the migration): UUIDs are lower-case
 //! hyphenated TEXT (UUID v7 ids sort by time as text), timestamps are INTEGER
@@ -53,8 +59,7 @@ use tokio::sync::{Mutex, OwnedMutexGuard, watch};
 pub use log::{SqliteEventLog, SqliteSubscription, partition_for};
 pub use tx::SqliteTx;
 
-/// Partitions per topic when the caller does not choose (as many as a small
-/// Kafka topic would get; enough for six workers of one group).
+/// Partitions per topic when the caller does not choose.
 pub const DEFAULT_PARTITIONS: i32 = 6;
 
 /// How long SQLite itself retries when another *process* holds the write lock.
