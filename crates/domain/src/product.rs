@@ -31,7 +31,7 @@ pub struct ProductDraft {
 pub const MAX_SKU_CHARS: usize = 64;
 pub const MAX_PRODUCT_NAME_CHARS: usize = 200;
 /// A price cap well below `i64::MAX / (100 * 50)`, so a full order can never overflow.
-pub const MAX_PRICE_CENTS: i64 = 100_000_000_00;
+pub const MAX_PRICE_CENTS: i64 = 10_000_000_000;
 pub const MAX_STOCK: i64 = 1_000_000_000;
 
 impl ProductDraft {

@@ -1,4 +1,4 @@
-//! Scenarios for the database port ([`Store`] and [`StoreTx`]).
+//! Scenarios for the database port ([`Store`] and [`StoreTx`](crate::ports::store::StoreTx)).
 //!
 //! Every function takes a freshly migrated, empty store.
 
