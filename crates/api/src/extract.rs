@@ -22,7 +22,10 @@ pub struct Caller(pub Principal);
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let value = parts
             .headers
             .get(header::AUTHORIZATION)
@@ -30,10 +33,15 @@ impl FromRequestParts<AppState> for Caller {
         let token = value
             .to_str()
             .ok()
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
             .map(str::trim)
             .filter(|t| !t.is_empty())
-            .ok_or_else(|| CoreError::Unauthorized("Authorization must be `Bearer <token>`".into()))?;
+            .ok_or_else(|| {
+                CoreError::Unauthorized("Authorization must be `Bearer <token>`".into())
+            })?;
         Ok(Caller(state.auth.authenticate(token).await?))
     }
 }
@@ -45,7 +53,10 @@ pub struct AdminCaller(pub Principal);
 impl FromRequestParts<AppState> for AdminCaller {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let Caller(principal) = Caller::from_request_parts(parts, state).await?;
         principal.require_admin()?;
         Ok(AdminCaller(principal))
@@ -66,7 +77,10 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
                 status: axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 detail: "send the body as Content-Type: application/json".into(),
             }),
-            Err(JsonRejection::BytesRejection(e)) => Err(ApiError::Status { status: e.status(), detail: e.body_text() }),
+            Err(JsonRejection::BytesRejection(e)) => Err(ApiError::Status {
+                status: e.status(),
+                detail: e.body_text(),
+            }),
             Err(rejection) => Err(ApiError::BadJson(rejection.body_text())),
         }
     }
@@ -90,5 +104,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
 /// The client's IP: the socket peer. (Behind a proxy, a later change can trust
 /// `X-Forwarded-For` from configured proxies only.)
 pub fn client_ip(parts_extensions: &axum::http::Extensions) -> Option<IpAddr> {
-    parts_extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip())
+    parts_extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
 }

@@ -54,7 +54,10 @@ pub struct HttpLimits {
 
 impl Default for HttpLimits {
     fn default() -> Self {
-        Self { max_body_bytes: 64 * 1024, request_timeout: Duration::from_secs(30) }
+        Self {
+            max_body_bytes: 64 * 1024,
+            request_timeout: Duration::from_secs(30),
+        }
     }
 }
 

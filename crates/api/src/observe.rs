@@ -69,13 +69,22 @@ pub async fn problem_fallback(request: Request, next: Next) -> Response {
 /// `RateLimit-Policy` / `RateLimit` headers (IETF draft) on every answer.
 pub async fn rate_limit(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let is_auth = request.uri().path().starts_with("/api/v1/auth/");
-    let policy = if is_auth { &state.rate_limits.auth } else { &state.rate_limits.general };
+    let policy = if is_auth {
+        &state.rate_limits.auth
+    } else {
+        &state.rate_limits.general
+    };
     let (Some(policy), Some(ip)) = (policy.as_ref(), client_ip(request.extensions())) else {
         return next.run(request).await;
     };
     let decision = state.limiter.check(policy, &ip.to_string()).await;
     let (limit, window) = policy.quota();
-    let policy_header = format!("\"{}\";q={};w={}", policy.name, limit, window.as_secs().max(1));
+    let policy_header = format!(
+        "\"{}\";q={};w={}",
+        policy.name,
+        limit,
+        window.as_secs().max(1)
+    );
     let state_header = format!(
         "\"{}\";r={};t={}",
         policy.name,
@@ -85,14 +94,18 @@ pub async fn rate_limit(State(state): State<AppState>, request: Request, next: N
     let mut response = if decision.allowed {
         next.run(request).await
     } else {
-        metrics::counter!("orderflow_rate_limited_total", "policy" => policy.name.clone()).increment(1);
+        metrics::counter!("orderflow_rate_limited_total", "policy" => policy.name.clone())
+            .increment(1);
         ApiError::RateLimited {
             policy: policy.name.clone(),
             retry_after_secs: decision.retry_after.as_secs_f64().ceil().max(1.0) as u64,
         }
         .into_response()
     };
-    if let (Ok(p), Ok(s)) = (HeaderValue::from_str(&policy_header), HeaderValue::from_str(&state_header)) {
+    if let (Ok(p), Ok(s)) = (
+        HeaderValue::from_str(&policy_header),
+        HeaderValue::from_str(&state_header),
+    ) {
         response.headers_mut().insert("ratelimit-policy", p);
         response.headers_mut().insert("ratelimit", s);
     }
@@ -121,5 +134,12 @@ pub async fn metrics_endpoint(State(state): State<AppState>) -> Response {
         Err(error) => tracing::warn!(%error, "could not count dead letters for /metrics"),
     }
     let body = state.metrics.render();
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
 }

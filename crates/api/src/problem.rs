@@ -24,7 +24,10 @@ pub enum ApiError {
     BadQuery(String),
     /// The request is over a rate limit.
     #[error("rate limit exceeded for {policy}; retry after {retry_after_secs} s")]
-    RateLimited { policy: String, retry_after_secs: u64 },
+    RateLimited {
+        policy: String,
+        retry_after_secs: u64,
+    },
     /// Any other status produced by the stack (404 route, 405, 413, 408...).
     #[error("{detail}")]
     Status { status: StatusCode, detail: String },
@@ -74,14 +77,22 @@ pub fn status_problem(status: StatusCode, detail: String) -> Problem {
         s if s.is_server_error() => ("internal", "Internal error"),
         _ => ("http-error", "Request failed"),
     };
-    Problem { slug, title, status: status.as_u16(), detail, field: None }
+    Problem {
+        slug,
+        title,
+        status: status.as_u16(),
+        detail,
+        field: None,
+    }
 }
 
 /// Renders a problem document with the right status and content type.
 pub fn problem_response(problem: &Problem) -> Response {
     let status = StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut response = (status, axum::Json(problem.to_json())).into_response();
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
     response
 }
 
@@ -92,11 +103,18 @@ impl IntoResponse for ApiError {
             tracing::error!(error = %self, "request failed");
         }
         let mut response = problem_response(&problem);
-        if let ApiError::RateLimited { retry_after_secs, .. } = &self {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+        if let ApiError::RateLimited {
+            retry_after_secs, ..
+        } = &self
+        {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
         }
         if problem.status == 401 {
-            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
     }

@@ -26,7 +26,11 @@ pub enum CoreError {
     Forbidden(String),
     /// Not enough stock (inline mode answers this synchronously).
     #[error("product {product_id} has {available} left, {requested} requested")]
-    OutOfStock { product_id: uuid::Uuid, available: i64, requested: u32 },
+    OutOfStock {
+        product_id: uuid::Uuid,
+        available: i64,
+        requested: u32,
+    },
     /// The payment provider declined the charge (inline mode).
     #[error("payment declined: {0}")]
     PaymentDeclined(String),
@@ -80,7 +84,13 @@ impl CoreError {
     /// The one place errors become problems. Internal details are logged by
     /// the caller and never put in the detail of a 5xx.
     pub fn problem(&self) -> Problem {
-        let p = |slug, title, status, detail: String| Problem { slug, title, status, detail, field: None };
+        let p = |slug, title, status, detail: String| Problem {
+            slug,
+            title,
+            status,
+            detail,
+            field: None,
+        };
         match self {
             CoreError::Validation(e) => Problem {
                 slug: "validation",
@@ -89,14 +99,26 @@ impl CoreError {
                 detail: e.to_string(),
                 field: Some(e.field.clone()),
             },
-            CoreError::NotFound(what) => p("not-found", "Not found", 404, format!("{what} not found")),
-            CoreError::Conflict(detail) => p("conflict", "Conflict", 409, detail.clone()),
-            CoreError::Unauthorized(detail) => p("unauthorized", "Authentication required", 401, detail.clone()),
-            CoreError::Forbidden(detail) => p("forbidden", "Forbidden", 403, detail.clone()),
-            CoreError::OutOfStock { .. } => p("out-of-stock", "Out of stock", 409, self.to_string()),
-            CoreError::PaymentDeclined(reason) => {
-                p("payment-declined", "Payment declined", 402, format!("the payment was declined: {reason}"))
+            CoreError::NotFound(what) => {
+                p("not-found", "Not found", 404, format!("{what} not found"))
             }
+            CoreError::Conflict(detail) => p("conflict", "Conflict", 409, detail.clone()),
+            CoreError::Unauthorized(detail) => p(
+                "unauthorized",
+                "Authentication required",
+                401,
+                detail.clone(),
+            ),
+            CoreError::Forbidden(detail) => p("forbidden", "Forbidden", 403, detail.clone()),
+            CoreError::OutOfStock { .. } => {
+                p("out-of-stock", "Out of stock", 409, self.to_string())
+            }
+            CoreError::PaymentDeclined(reason) => p(
+                "payment-declined",
+                "Payment declined",
+                402,
+                format!("the payment was declined: {reason}"),
+            ),
             CoreError::IdempotencyMismatch => Problem {
                 slug: "idempotency-key-reused",
                 title: "Idempotency-Key reused",
@@ -108,17 +130,24 @@ impl CoreError {
                 "provider-failed",
                 "An outside provider failed",
                 502,
-                format!("the {} provider failed; nothing was charged or kept", e.provider),
+                format!(
+                    "the {} provider failed; nothing was charged or kept",
+                    e.provider
+                ),
             ),
-            CoreError::Store(StoreError::Unavailable(_)) | CoreError::Log(LogError::Unavailable(_)) => p(
+            CoreError::Store(StoreError::Unavailable(_))
+            | CoreError::Log(LogError::Unavailable(_)) => p(
                 "unavailable",
                 "Service unavailable",
                 503,
                 "a dependency is unavailable; try again shortly".into(),
             ),
-            CoreError::Store(_) | CoreError::Log(_) | CoreError::Internal(_) => {
-                p("internal", "Internal error", 500, "something went wrong on our side".into())
-            }
+            CoreError::Store(_) | CoreError::Log(_) | CoreError::Internal(_) => p(
+                "internal",
+                "Internal error",
+                500,
+                "something went wrong on our side".into(),
+            ),
         }
     }
 }

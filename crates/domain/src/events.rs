@@ -18,7 +18,13 @@ pub mod topics {
     pub const PAYMENT_EVENTS: &str = "payment.events";
     pub const USER_EVENTS: &str = "user.events";
     pub const FAILED_MESSAGES: &str = "failed.messages";
-    pub const ALL: [&str; 5] = [ORDER_EVENTS, STOCK_EVENTS, PAYMENT_EVENTS, USER_EVENTS, FAILED_MESSAGES];
+    pub const ALL: [&str; 5] = [
+        ORDER_EVENTS,
+        STOCK_EVENTS,
+        PAYMENT_EVENTS,
+        USER_EVENTS,
+        FAILED_MESSAGES,
+    ];
 }
 
 /// The `source` attribute of every event orderflow emits.
@@ -46,9 +52,17 @@ pub enum EventData {
         currency: String,
     },
     #[serde(rename = "orderflow.order.rejected")]
-    OrderRejected { order_id: OrderId, user_id: UserId, reason: String },
+    OrderRejected {
+        order_id: OrderId,
+        user_id: UserId,
+        reason: String,
+    },
     #[serde(rename = "orderflow.order.payment_failed")]
-    OrderPaymentFailed { order_id: OrderId, user_id: UserId, reason: String },
+    OrderPaymentFailed {
+        order_id: OrderId,
+        user_id: UserId,
+        reason: String,
+    },
     #[serde(rename = "orderflow.stock.reserved")]
     StockReserved {
         order_id: OrderId,
@@ -64,11 +78,23 @@ pub enum EventData {
         reason: String,
     },
     #[serde(rename = "orderflow.payment.succeeded")]
-    PaymentSucceeded { order_id: OrderId, user_id: UserId, payment_id: String },
+    PaymentSucceeded {
+        order_id: OrderId,
+        user_id: UserId,
+        payment_id: String,
+    },
     #[serde(rename = "orderflow.payment.failed")]
-    PaymentFailed { order_id: OrderId, user_id: UserId, reason: String },
+    PaymentFailed {
+        order_id: OrderId,
+        user_id: UserId,
+        reason: String,
+    },
     #[serde(rename = "orderflow.user.registered")]
-    UserRegistered { user_id: UserId, email: String, name: String },
+    UserRegistered {
+        user_id: UserId,
+        email: String,
+        name: String,
+    },
     /// A message a consumer group gave up on, with where it came from.
     #[serde(rename = "orderflow.message.failed")]
     MessageFailed {
@@ -106,8 +132,12 @@ impl EventData {
             | EventData::OrderConfirmed { .. }
             | EventData::OrderRejected { .. }
             | EventData::OrderPaymentFailed { .. } => topics::ORDER_EVENTS,
-            EventData::StockReserved { .. } | EventData::StockRejected { .. } => topics::STOCK_EVENTS,
-            EventData::PaymentSucceeded { .. } | EventData::PaymentFailed { .. } => topics::PAYMENT_EVENTS,
+            EventData::StockReserved { .. } | EventData::StockRejected { .. } => {
+                topics::STOCK_EVENTS
+            }
+            EventData::PaymentSucceeded { .. } | EventData::PaymentFailed { .. } => {
+                topics::PAYMENT_EVENTS
+            }
             EventData::UserRegistered { .. } => topics::USER_EVENTS,
             EventData::MessageFailed { .. } => topics::FAILED_MESSAGES,
         }
@@ -116,20 +146,39 @@ impl EventData {
     /// The partition key: the user the event is about.
     fn key_and_subject(&self) -> (String, String) {
         match self {
-            EventData::OrderPlaced { order_id, user_id, .. }
-            | EventData::OrderConfirmed { order_id, user_id, .. }
-            | EventData::OrderRejected { order_id, user_id, .. }
-            | EventData::OrderPaymentFailed { order_id, user_id, .. }
-            | EventData::StockReserved { order_id, user_id, .. }
-            | EventData::StockRejected { order_id, user_id, .. }
-            | EventData::PaymentSucceeded { order_id, user_id, .. }
-            | EventData::PaymentFailed { order_id, user_id, .. } => {
-                (user_id.to_string(), format!("orders/{order_id}"))
+            EventData::OrderPlaced {
+                order_id, user_id, ..
             }
-            EventData::UserRegistered { user_id, .. } => (user_id.to_string(), format!("users/{user_id}")),
-            EventData::MessageFailed { original, group, .. } => {
-                (original.key.clone(), format!("groups/{group}/events/{}", original.id))
+            | EventData::OrderConfirmed {
+                order_id, user_id, ..
             }
+            | EventData::OrderRejected {
+                order_id, user_id, ..
+            }
+            | EventData::OrderPaymentFailed {
+                order_id, user_id, ..
+            }
+            | EventData::StockReserved {
+                order_id, user_id, ..
+            }
+            | EventData::StockRejected {
+                order_id, user_id, ..
+            }
+            | EventData::PaymentSucceeded {
+                order_id, user_id, ..
+            }
+            | EventData::PaymentFailed {
+                order_id, user_id, ..
+            } => (user_id.to_string(), format!("orders/{order_id}")),
+            EventData::UserRegistered { user_id, .. } => {
+                (user_id.to_string(), format!("users/{user_id}"))
+            }
+            EventData::MessageFailed {
+                original, group, ..
+            } => (
+                original.key.clone(),
+                format!("groups/{group}/events/{}", original.id),
+            ),
         }
     }
 }
@@ -221,7 +270,9 @@ impl Envelope {
         if spec != "1.0" {
             return Err(EnvelopeError::SpecVersion(spec));
         }
-        let id = take_str("id")?.parse().map_err(|_| EnvelopeError::Missing("id"))?;
+        let id = take_str("id")?
+            .parse()
+            .map_err(|_| EnvelopeError::Missing("id"))?;
         let type_name = take_str("type")?;
         let source = take_str("source")?;
         let time = chrono::DateTime::parse_from_rfc3339(&take_str("time")?)
@@ -235,7 +286,15 @@ impl Envelope {
         tagged.insert("type".into(), Value::String(type_name));
         tagged.insert("data".into(), data);
         let data: EventData = serde_json::from_value(Value::Object(tagged))?;
-        Ok(Self { id, source, time, subject, key, traceparent, data })
+        Ok(Self {
+            id,
+            source,
+            time,
+            subject,
+            key,
+            traceparent,
+            data,
+        })
     }
 
     pub fn from_slice(bytes: &[u8]) -> Result<Self, EnvelopeError> {
@@ -266,7 +325,12 @@ mod tests {
         let user_id = Uuid::now_v7();
         let order_id = Uuid::now_v7();
         let event = Envelope::new(
-            EventData::StockReserved { order_id, user_id, total_cents: 1299, currency: "EUR".into() },
+            EventData::StockReserved {
+                order_id,
+                user_id,
+                total_cents: 1299,
+                currency: "EUR".into(),
+            },
             Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
         );
         let json = event.to_json();
@@ -276,7 +340,13 @@ mod tests {
         assert_eq!(json["partitionkey"], user_id.to_string());
         assert_eq!(json["subject"], format!("orders/{order_id}"));
         let back = Envelope::from_slice(&event.to_bytes()).unwrap();
-        assert_eq!(back, Envelope { time: back.time, ..event.clone() });
+        assert_eq!(
+            back,
+            Envelope {
+                time: back.time,
+                ..event.clone()
+            }
+        );
         assert_eq!(back.time.timestamp_micros(), event.time.timestamp_micros());
         assert_eq!(back.topic(), topics::STOCK_EVENTS);
     }
@@ -284,7 +354,11 @@ mod tests {
     #[test]
     fn dead_letters_carry_the_original() {
         let original = Envelope::new(
-            EventData::UserRegistered { user_id: Uuid::now_v7(), email: "a@b.c".into(), name: "A".into() },
+            EventData::UserRegistered {
+                user_id: Uuid::now_v7(),
+                email: "a@b.c".into(),
+                name: "A".into(),
+            },
             None,
         );
         let failed = Envelope::new(
@@ -302,7 +376,12 @@ mod tests {
         assert_eq!(failed.topic(), topics::FAILED_MESSAGES);
         assert_eq!(failed.key, original.key);
         let back = Envelope::from_slice(&failed.to_bytes()).unwrap();
-        let EventData::MessageFailed { original: back_original, attempts, .. } = back.data else {
+        let EventData::MessageFailed {
+            original: back_original,
+            attempts,
+            ..
+        } = back.data
+        else {
             panic!("wrong type");
         };
         assert_eq!(attempts, 5);
@@ -311,10 +390,20 @@ mod tests {
 
     #[test]
     fn bad_events_are_refused_with_a_reason() {
-        assert!(matches!(Envelope::from_slice(b"{}"), Err(EnvelopeError::Missing("specversion"))));
-        assert!(matches!(Envelope::from_slice(b"nope"), Err(EnvelopeError::Json(_))));
+        assert!(matches!(
+            Envelope::from_slice(b"{}"),
+            Err(EnvelopeError::Missing("specversion"))
+        ));
+        assert!(matches!(
+            Envelope::from_slice(b"nope"),
+            Err(EnvelopeError::Json(_))
+        ));
         let mut json = Envelope::new(
-            EventData::UserRegistered { user_id: Uuid::now_v7(), email: "a@b.c".into(), name: "A".into() },
+            EventData::UserRegistered {
+                user_id: Uuid::now_v7(),
+                email: "a@b.c".into(),
+                name: "A".into(),
+            },
             None,
         )
         .to_json();

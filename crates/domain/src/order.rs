@@ -60,7 +60,10 @@ impl OrderStatus {
     pub fn is_final(self) -> bool {
         matches!(
             self,
-            OrderStatus::Confirmed | OrderStatus::Rejected | OrderStatus::PaymentFailed | OrderStatus::Cancelled
+            OrderStatus::Confirmed
+                | OrderStatus::Rejected
+                | OrderStatus::PaymentFailed
+                | OrderStatus::Cancelled
         )
     }
 
@@ -161,7 +164,10 @@ pub struct HistoryEntry {
 /// stock is reserved once per product.
 pub fn validate_request(lines: &[RequestedLine]) -> Result<Vec<(ProductId, u32)>, ValidationError> {
     if lines.is_empty() {
-        return Err(ValidationError::new("items", "must contain at least one line"));
+        return Err(ValidationError::new(
+            "items",
+            "must contain at least one line",
+        ));
     }
     if lines.len() > MAX_LINES {
         return Err(ValidationError::new(
@@ -235,7 +241,8 @@ pub fn price(
             line_total_cents: line_total.cents,
         });
     }
-    let total = total.ok_or_else(|| ValidationError::new("items", "must contain at least one line"))?;
+    let total =
+        total.ok_or_else(|| ValidationError::new("items", "must contain at least one line"))?;
     Ok((priced, total))
 }
 
@@ -259,7 +266,10 @@ mod tests {
     #[test]
     fn happy_path_walks_to_confirmed() {
         let s = OrderStatus::Pending;
-        assert_eq!(s.on(OrderFact::StockReserved), Transition::Apply(vec![OrderStatus::Reserved]));
+        assert_eq!(
+            s.on(OrderFact::StockReserved),
+            Transition::Apply(vec![OrderStatus::Reserved])
+        );
         assert_eq!(
             OrderStatus::Reserved.on(OrderFact::PaymentSucceeded),
             Transition::Apply(vec![OrderStatus::Paid, OrderStatus::Confirmed])
@@ -270,7 +280,11 @@ mod tests {
     fn payment_result_overtaking_stock_result_still_walks_every_state() {
         assert_eq!(
             OrderStatus::Pending.on(OrderFact::PaymentSucceeded),
-            Transition::Apply(vec![OrderStatus::Reserved, OrderStatus::Paid, OrderStatus::Confirmed])
+            Transition::Apply(vec![
+                OrderStatus::Reserved,
+                OrderStatus::Paid,
+                OrderStatus::Confirmed
+            ])
         );
         // ...and the late stock result is then ignored.
         assert!(matches!(
@@ -289,52 +303,90 @@ mod tests {
                 OrderFact::PaymentFailed,
                 OrderFact::Cancel,
             ] {
-                assert!(matches!(status.on(fact), Transition::Ignored { .. }), "{status} on {fact:?}");
+                assert!(
+                    matches!(status.on(fact), Transition::Ignored { .. }),
+                    "{status} on {fact:?}"
+                );
             }
         }
     }
 
     #[test]
     fn duplicates_are_ignored() {
-        assert!(matches!(OrderStatus::Reserved.on(OrderFact::StockReserved), Transition::Ignored { .. }));
-        assert!(matches!(OrderStatus::Reserved.on(OrderFact::StockRejected), Transition::Ignored { .. }));
+        assert!(matches!(
+            OrderStatus::Reserved.on(OrderFact::StockReserved),
+            Transition::Ignored { .. }
+        ));
+        assert!(matches!(
+            OrderStatus::Reserved.on(OrderFact::StockRejected),
+            Transition::Ignored { .. }
+        ));
         assert_eq!(
             OrderStatus::Reserved.on(OrderFact::PaymentFailed),
             Transition::Apply(vec![OrderStatus::PaymentFailed])
         );
-        assert_eq!(OrderStatus::Pending.on(OrderFact::StockRejected), Transition::Apply(vec![OrderStatus::Rejected]));
+        assert_eq!(
+            OrderStatus::Pending.on(OrderFact::StockRejected),
+            Transition::Apply(vec![OrderStatus::Rejected])
+        );
     }
 
     #[test]
     fn request_shape_is_checked() {
         let id = Uuid::now_v7();
-        let line = |quantity| RequestedLine { product_id: id, quantity };
+        let line = |quantity| RequestedLine {
+            product_id: id,
+            quantity,
+        };
         assert_eq!(validate_request(&[]).unwrap_err().field, "items");
-        assert_eq!(validate_request(&[line(0)]).unwrap_err().field, "items[0].quantity");
-        assert_eq!(validate_request(&[line(101)]).unwrap_err().field, "items[0].quantity");
+        assert_eq!(
+            validate_request(&[line(0)]).unwrap_err().field,
+            "items[0].quantity"
+        );
+        assert_eq!(
+            validate_request(&[line(101)]).unwrap_err().field,
+            "items[0].quantity"
+        );
         let many: Vec<_> = (0..51)
-            .map(|_| RequestedLine { product_id: Uuid::now_v7(), quantity: 1 })
+            .map(|_| RequestedLine {
+                product_id: Uuid::now_v7(),
+                quantity: 1,
+            })
             .collect();
         assert_eq!(validate_request(&many).unwrap_err().field, "items");
-        assert_eq!(validate_request(&[line(2), line(3)]).unwrap(), vec![(id, 5)]);
-        assert_eq!(validate_request(&[line(60), line(60)]).unwrap_err().field, "items[1].quantity");
+        assert_eq!(
+            validate_request(&[line(2), line(3)]).unwrap(),
+            vec![(id, 5)]
+        );
+        assert_eq!(
+            validate_request(&[line(60), line(60)]).unwrap_err().field,
+            "items[1].quantity"
+        );
     }
 
     #[test]
     fn pricing_sums_lines_and_names_unknown_products() {
         let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
-        let catalog: HashMap<_, _> = [(a, product(a, 250, "EUR")), (b, product(b, 1000, "EUR"))].into();
+        let catalog: HashMap<_, _> =
+            [(a, product(a, 250, "EUR")), (b, product(b, 1000, "EUR"))].into();
         let (lines, total) = price(&[(a, 3), (b, 1)], &catalog).unwrap();
         assert_eq!(total.cents, 1750);
         assert_eq!(lines[0].line_total_cents, 750);
         let unknown = Uuid::now_v7();
-        assert_eq!(price(&[(a, 1), (unknown, 1)], &catalog).unwrap_err().field, "items[1].product_id");
+        assert_eq!(
+            price(&[(a, 1), (unknown, 1)], &catalog).unwrap_err().field,
+            "items[1].product_id"
+        );
     }
 
     #[test]
     fn mixed_currencies_are_refused() {
         let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
-        let catalog: HashMap<_, _> = [(a, product(a, 250, "EUR")), (b, product(b, 1000, "USD"))].into();
-        assert_eq!(price(&[(a, 1), (b, 1)], &catalog).unwrap_err().field, "items[1].product_id");
+        let catalog: HashMap<_, _> =
+            [(a, product(a, 250, "EUR")), (b, product(b, 1000, "USD"))].into();
+        assert_eq!(
+            price(&[(a, 1), (b, 1)], &catalog).unwrap_err().field,
+            "items[1].product_id"
+        );
     }
 }

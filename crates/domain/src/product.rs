@@ -52,12 +52,17 @@ impl ProductDraft {
         {
             return Err(ValidationError::new(
                 "sku",
-                format!("must be 1 to {MAX_SKU_CHARS} characters of A-Z, a-z, 0-9, '-', '_' or '.'"),
+                format!(
+                    "must be 1 to {MAX_SKU_CHARS} characters of A-Z, a-z, 0-9, '-', '_' or '.'"
+                ),
             ));
         }
         let name = name.trim();
         let name_chars = name.chars().count();
-        if name_chars == 0 || name_chars > MAX_PRODUCT_NAME_CHARS || name.chars().any(char::is_control) {
+        if name_chars == 0
+            || name_chars > MAX_PRODUCT_NAME_CHARS
+            || name.chars().any(char::is_control)
+        {
             return Err(ValidationError::new(
                 "name",
                 format!("must be 1 to {MAX_PRODUCT_NAME_CHARS} printable characters"),
@@ -70,7 +75,10 @@ impl ProductDraft {
             ));
         }
         if !(0..=MAX_STOCK).contains(&stock) {
-            return Err(ValidationError::new("stock", format!("must be between 0 and {MAX_STOCK}")));
+            return Err(ValidationError::new(
+                "stock",
+                format!("must be between 0 and {MAX_STOCK}"),
+            ));
         }
         Ok(Self {
             sku: sku.to_owned(),
@@ -89,11 +97,37 @@ mod tests {
     #[test]
     fn drafts_are_validated_field_by_field() {
         assert!(ProductDraft::new("SKU-1", "Mug", 1299, "EUR", 10).is_ok());
-        assert_eq!(ProductDraft::new("", "Mug", 1, "EUR", 1).unwrap_err().field, "sku");
-        assert_eq!(ProductDraft::new("a b", "Mug", 1, "EUR", 1).unwrap_err().field, "sku");
-        assert_eq!(ProductDraft::new("S", " ", 1, "EUR", 1).unwrap_err().field, "name");
-        assert_eq!(ProductDraft::new("S", "Mug", -1, "EUR", 1).unwrap_err().field, "price_cents");
-        assert_eq!(ProductDraft::new("S", "Mug", 1, "euro", 1).unwrap_err().field, "currency");
-        assert_eq!(ProductDraft::new("S", "Mug", 1, "EUR", -5).unwrap_err().field, "stock");
+        assert_eq!(
+            ProductDraft::new("", "Mug", 1, "EUR", 1).unwrap_err().field,
+            "sku"
+        );
+        assert_eq!(
+            ProductDraft::new("a b", "Mug", 1, "EUR", 1)
+                .unwrap_err()
+                .field,
+            "sku"
+        );
+        assert_eq!(
+            ProductDraft::new("S", " ", 1, "EUR", 1).unwrap_err().field,
+            "name"
+        );
+        assert_eq!(
+            ProductDraft::new("S", "Mug", -1, "EUR", 1)
+                .unwrap_err()
+                .field,
+            "price_cents"
+        );
+        assert_eq!(
+            ProductDraft::new("S", "Mug", 1, "euro", 1)
+                .unwrap_err()
+                .field,
+            "currency"
+        );
+        assert_eq!(
+            ProductDraft::new("S", "Mug", 1, "EUR", -5)
+                .unwrap_err()
+                .field,
+            "stock"
+        );
     }
 }

@@ -12,8 +12,8 @@ use std::time::Duration;
 use anyhow::Context;
 use orderflow_adapters::memory::{DbBackedRevocations, InProcessRateLimiter};
 use orderflow_adapters::providers::{
-    SimulatedNotifier, SimulatedPayment, SimulatedProviders, SimulationSettings, SmtpNotifier, SmtpSettings,
-    WebhookNotifier, WebhookPayment, WebhookSettings,
+    SimulatedNotifier, SimulatedPayment, SimulatedProviders, SimulationSettings, SmtpNotifier,
+    SmtpSettings, WebhookNotifier, WebhookPayment, WebhookSettings,
 };
 use orderflow_adapters::sqlite::SqliteStore;
 use orderflow_api::{AppState, HttpLimits, RateLimits};
@@ -68,16 +68,29 @@ impl App {
             "ORDERFLOW_DATABASE_URL must be a sqlite:// URL in this version (got a {} URL)",
             url.split(':').next().unwrap_or("schemeless")
         );
-        let sqlite = SqliteStore::connect_with(&url, settings.database_max_connections, settings.log_partitions)
-            .await
-            .with_context(|| "opening the database")?;
+        let sqlite = SqliteStore::connect_with(
+            &url,
+            settings.database_max_connections,
+            settings.log_partitions,
+        )
+        .await
+        .with_context(|| "opening the database")?;
         sqlite.migrate().await.context("migrating the database")?;
         let log: Arc<dyn EventLog> = Arc::new(sqlite.event_log());
         let store: Arc<dyn Store> = Arc::new(sqlite);
 
         let key_set = keys::load_or_create(&settings.data_dir)?;
-        let revocations = Arc::new(DbBackedRevocations::load(store.clone()).await.context("loading revocations")?);
-        let auth = Arc::new(AuthService::new(store.clone(), revocations, &key_set, AuthSettings::default())?);
+        let revocations = Arc::new(
+            DbBackedRevocations::load(store.clone())
+                .await
+                .context("loading revocations")?,
+        );
+        let auth = Arc::new(AuthService::new(
+            store.clone(),
+            revocations,
+            &key_set,
+            AuthSettings::default(),
+        )?);
 
         let cache = CacheSettings {
             enabled: settings.cache == CacheMode::On,
@@ -91,9 +104,16 @@ impl App {
         let (payment, notifiers) = providers(&settings, &simulated)?;
         let side_effects = match settings.side_effects {
             SideEffectsMode::Events => SideEffects::Events,
-            SideEffectsMode::Inline => SideEffects::Inline { payment: payment.clone(), notifiers: notifiers.clone() },
+            SideEffectsMode::Inline => SideEffects::Inline {
+                payment: payment.clone(),
+                notifiers: notifiers.clone(),
+            },
         };
-        let orders = Arc::new(OrderService::new(store.clone(), catalog.clone(), side_effects));
+        let orders = Arc::new(OrderService::new(
+            store.clone(),
+            catalog.clone(),
+            side_effects,
+        ));
         let queries = Arc::new(ShopperQueries::new(store.clone()));
         let operations = Arc::new(Operations::new(store.clone(), log.clone()));
         let retry = RetryPolicy::new(
@@ -123,10 +143,24 @@ impl App {
         if let (Some(email), Some(password)) = (&settings.admin_email, &settings.admin_password) {
             auth.ensure_admin(email, password.expose_secret())
                 .await
-                .context("bootstrapping the admin from ORDERFLOW_ADMIN_EMAIL / ORDERFLOW_ADMIN_PASSWORD")?;
+                .context(
+                    "bootstrapping the admin from ORDERFLOW_ADMIN_EMAIL / ORDERFLOW_ADMIN_PASSWORD",
+                )?;
         }
 
-        Ok(App { settings, store, log, auth, catalog, orders, queries, operations, simulated, workers, state })
+        Ok(App {
+            settings,
+            store,
+            log,
+            auth,
+            catalog,
+            orders,
+            queries,
+            operations,
+            simulated,
+            workers,
+            state,
+        })
     }
 
     /// The HTTP API.
@@ -145,16 +179,30 @@ impl App {
     /// consumer group, until `shutdown` is cancelled. Then the server stops
     /// accepting, finishes in-flight requests, each worker finishes and
     /// commits its batch, and this returns.
-    pub async fn run(&self, listener: TcpListener, run_workers: bool, shutdown: CancellationToken) -> anyhow::Result<()> {
+    pub async fn run(
+        &self,
+        listener: TcpListener,
+        run_workers: bool,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
         let tracker = TaskTracker::new();
         if run_workers {
-            for consumer in self.workers.all_consumers().await.context("starting the consumer groups")? {
+            for consumer in self
+                .workers
+                .all_consumers()
+                .await
+                .context("starting the consumer groups")?
+            {
                 tracker.spawn(consumer.run(shutdown.clone()));
             }
         }
         tracker.close();
-        let server = axum::serve(listener, self.router().into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        let server = axum::serve(
+            listener,
+            self.router()
+                .into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
         let served = server.await.context("serving HTTP");
         // The server only returns on shutdown or error; make sure workers stop too.
         shutdown.cancel();
@@ -163,10 +211,18 @@ impl App {
     }
 
     /// Runs only consumer groups (`orderflow worker GROUP…`), until `shutdown`.
-    pub async fn run_workers(&self, groups: &[String], shutdown: CancellationToken) -> anyhow::Result<()> {
+    pub async fn run_workers(
+        &self,
+        groups: &[String],
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
         let tracker = TaskTracker::new();
         for group in groups {
-            let consumer = self.workers.consumer(group).await.with_context(|| format!("starting group {group}"))?;
+            let consumer = self
+                .workers
+                .consumer(group)
+                .await
+                .with_context(|| format!("starting group {group}"))?;
             tracker.spawn(consumer.run(shutdown.clone()));
         }
         tracker.close();
@@ -178,12 +234,24 @@ impl App {
 fn simulated_providers(settings: &Settings) -> SimulatedProviders {
     let p = &settings.providers;
     let sim = |latency_ms: u64, failure_rate: f64| {
-        SimulationSettings::new(Duration::from_millis(latency_ms), failure_rate.clamp(0.0, 1.0))
+        SimulationSettings::new(
+            Duration::from_millis(latency_ms),
+            failure_rate.clamp(0.0, 1.0),
+        )
     };
     SimulatedProviders {
-        email: Arc::new(SimulatedNotifier::new(Channel::Email, sim(p.sim_email_latency_ms, p.sim_email_failure_rate))),
-        sms: Arc::new(SimulatedNotifier::new(Channel::Sms, sim(p.sim_sms_latency_ms, p.sim_sms_failure_rate))),
-        push: Arc::new(SimulatedNotifier::new(Channel::Push, sim(p.sim_push_latency_ms, p.sim_push_failure_rate))),
+        email: Arc::new(SimulatedNotifier::new(
+            Channel::Email,
+            sim(p.sim_email_latency_ms, p.sim_email_failure_rate),
+        )),
+        sms: Arc::new(SimulatedNotifier::new(
+            Channel::Sms,
+            sim(p.sim_sms_latency_ms, p.sim_sms_failure_rate),
+        )),
+        push: Arc::new(SimulatedNotifier::new(
+            Channel::Push,
+            sim(p.sim_push_latency_ms, p.sim_push_failure_rate),
+        )),
         payment: Arc::new(SimulatedPayment::new(
             sim(p.sim_payment_latency_ms, p.sim_payment_failure_rate),
             p.sim_payment_decline_above_cents,
@@ -220,15 +288,23 @@ fn providers(
         None => simulated.email.clone(),
     };
     let sms: Arc<dyn Notifier> = match &p.sms_webhook_url {
-        Some(url) => Arc::new(WebhookNotifier::new(Channel::Sms, webhook(url)).context("configuring the SMS webhook")?),
+        Some(url) => Arc::new(
+            WebhookNotifier::new(Channel::Sms, webhook(url))
+                .context("configuring the SMS webhook")?,
+        ),
         None => simulated.sms.clone(),
     };
     let push: Arc<dyn Notifier> = match &p.push_webhook_url {
-        Some(url) => Arc::new(WebhookNotifier::new(Channel::Push, webhook(url)).context("configuring the push webhook")?),
+        Some(url) => Arc::new(
+            WebhookNotifier::new(Channel::Push, webhook(url))
+                .context("configuring the push webhook")?,
+        ),
         None => simulated.push.clone(),
     };
     let payment: Arc<dyn PaymentGateway> = match &p.payment_webhook_url {
-        Some(url) => Arc::new(WebhookPayment::new(webhook(url)).context("configuring the payment webhook")?),
+        Some(url) => {
+            Arc::new(WebhookPayment::new(webhook(url)).context("configuring the payment webhook")?)
+        }
         None => simulated.payment.clone(),
     };
     Ok((payment, Notifiers::new(email, sms, push)))

@@ -9,7 +9,12 @@ use crate::seed;
 use crate::settings::Settings;
 
 #[derive(Debug, Parser)]
-#[command(name = "orderflow", version, args_override_self = true, about = "Event-driven order platform: HTTP API, catalog cache, consumer groups over an event log")]
+#[command(
+    name = "orderflow",
+    version,
+    args_override_self = true,
+    about = "Event-driven order platform: HTTP API, catalog cache, consumer groups over an event log"
+)]
 pub struct Cli {
     #[command(flatten)]
     pub settings: Settings,
@@ -65,15 +70,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let app = App::build(cli.settings).await?;
     match cli.command {
         Command::Serve { demo } => {
-            if demo {
-                if let Some(report) = seed::seed_if_empty(&app).await? {
-                    println!(
-                        "seeded {} demo products and {} demo shoppers (password: {})",
-                        report.products_created,
-                        report.shoppers_created,
-                        seed::DEMO_PASSWORD
-                    );
-                }
+            if demo && let Some(report) = seed::seed_if_empty(&app).await? {
+                println!(
+                    "seeded {} demo products and {} demo shoppers (password: {})",
+                    report.products_created,
+                    report.shoppers_created,
+                    seed::DEMO_PASSWORD
+                );
             }
             let listener = app.bind().await?;
             print_urls(&listener)?;
@@ -87,14 +90,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Worker { groups } => {
             let groups = if groups.is_empty() {
-                orderflow_workers::GROUPS.iter().map(|g| g.to_string()).collect()
+                orderflow_workers::GROUPS
+                    .iter()
+                    .map(|g| g.to_string())
+                    .collect()
             } else {
                 groups
             };
             println!("running consumer groups: {}", groups.join(", "));
             app.run_workers(&groups, shutdown_on_signal()).await?;
         }
-        Command::Migrate => println!("database is migrated: {}", redact_url(&app.settings.database_url())),
+        Command::Migrate => println!(
+            "database is migrated: {}",
+            redact_url(&app.settings.database_url())
+        ),
         Command::Seed => {
             let report = seed::seed(&app).await?;
             println!(
@@ -129,8 +138,9 @@ fn shutdown_on_signal() -> CancellationToken {
         let ctrl_c = tokio::signal::ctrl_c();
         #[cfg(unix)]
         {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .expect("installing a SIGTERM handler");
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("installing a SIGTERM handler");
             tokio::select! {
                 _ = ctrl_c => {},
                 _ = term.recv() => {},
@@ -146,7 +156,10 @@ fn shutdown_on_signal() -> CancellationToken {
 
 async fn print_consumers(app: &App) -> anyhow::Result<()> {
     let lags = app.operations.consumer_lag().await?;
-    println!("{:<10} {:<16} {:>9} {:>10} {:>10} {:>8}", "GROUP", "TOPIC", "PARTITION", "COMMITTED", "END", "LAG");
+    println!(
+        "{:<10} {:<16} {:>9} {:>10} {:>10} {:>8}",
+        "GROUP", "TOPIC", "PARTITION", "COMMITTED", "END", "LAG"
+    );
     for lag in &lags {
         println!(
             "{:<10} {:<16} {:>9} {:>10} {:>10} {:>8}",
@@ -179,7 +192,11 @@ async fn dlq(app: &App, command: DlqCommand) -> anyhow::Result<()> {
                     d.event.type_name(),
                     d.attempts,
                     d.failed_at.format("%Y-%m-%d %H:%M:%S"),
-                    if d.replayed_at.is_some() { "replayed" } else { &d.error }
+                    if d.replayed_at.is_some() {
+                        "replayed"
+                    } else {
+                        &d.error
+                    }
                 );
             }
         }
@@ -194,7 +211,13 @@ async fn dlq(app: &App, command: DlqCommand) -> anyhow::Result<()> {
         }
         DlqCommand::Replay { id } => {
             let d = app.operations.replay(id).await?;
-            println!("replayed {} ({}) to {} for group {}", d.event.id, d.event.type_name(), d.topic, d.group);
+            println!(
+                "replayed {} ({}) to {} for group {}",
+                d.event.id,
+                d.event.type_name(),
+                d.topic,
+                d.group
+            );
         }
     }
     Ok(())
@@ -203,7 +226,9 @@ async fn dlq(app: &App, command: DlqCommand) -> anyhow::Result<()> {
 /// Hides a password in a database URL before printing it.
 fn redact_url(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => format!("{}://***{}", &url[..scheme], &url[at..]),
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://***{}", &url[..scheme], &url[at..])
+        }
         _ => url.to_owned(),
     }
 }

@@ -14,13 +14,18 @@ pub const KEY_FILE: &str = "jwt-keys.json";
 pub fn load_or_create(data_dir: &Path) -> anyhow::Result<KeySet> {
     let path = data_dir.join(KEY_FILE);
     if path.exists() {
-        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-        let keys: KeySet = serde_json::from_str(&text).with_context(|| format!("{} is not a key set", path.display()))?;
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let keys: KeySet = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a key set", path.display()))?;
         anyhow::ensure!(!keys.keys.is_empty(), "{} holds no keys", path.display());
         return Ok(keys);
     }
-    std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
-    let keys = KeySet { keys: vec![SigningKey::generate()] };
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+    let keys = KeySet {
+        keys: vec![SigningKey::generate()],
+    };
     let text = serde_json::to_string_pretty(&keys)?;
     // Write to a temporary file and rename, so a crash never leaves half a key file.
     let tmp = data_dir.join(format!("{KEY_FILE}.tmp"));
@@ -58,7 +63,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(dir.path().join(KEY_FILE)).unwrap().permissions().mode();
+            let mode = std::fs::metadata(dir.path().join(KEY_FILE))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
     }

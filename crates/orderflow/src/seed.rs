@@ -18,21 +18,60 @@ pub const DEMO_SHOPPERS: [(&str, &str); 5] = [
 ];
 
 const ADJECTIVES: [&str; 12] = [
-    "Classic", "Compact", "Deluxe", "Eco", "Everyday", "Heavy-duty", "Handmade", "Mini", "Pro", "Smart", "Travel", "Vintage",
+    "Classic",
+    "Compact",
+    "Deluxe",
+    "Eco",
+    "Everyday",
+    "Heavy-duty",
+    "Handmade",
+    "Mini",
+    "Pro",
+    "Smart",
+    "Travel",
+    "Vintage",
 ];
 const NOUNS: [&str; 20] = [
-    "Backpack", "Bottle", "Candle", "Chair", "Coffee Mug", "Desk Lamp", "Headphones", "Jacket", "Keyboard", "Kettle",
-    "Notebook", "Pan", "Pillow", "Plant Pot", "Scarf", "Sneakers", "Speaker", "Tea Set", "Umbrella", "Watch",
+    "Backpack",
+    "Bottle",
+    "Candle",
+    "Chair",
+    "Coffee Mug",
+    "Desk Lamp",
+    "Headphones",
+    "Jacket",
+    "Keyboard",
+    "Kettle",
+    "Notebook",
+    "Pan",
+    "Pillow",
+    "Plant Pot",
+    "Scarf",
+    "Sneakers",
+    "Speaker",
+    "Tea Set",
+    "Umbrella",
+    "Watch",
 ];
 
 /// The `index`-th demo product.
 pub fn demo_product(index: usize) -> ProductDraft {
-    let name = format!("{} {}", ADJECTIVES[index % ADJECTIVES.len()], NOUNS[(index / ADJECTIVES.len()) % NOUNS.len()]);
+    let name = format!(
+        "{} {}",
+        ADJECTIVES[index % ADJECTIVES.len()],
+        NOUNS[(index / ADJECTIVES.len()) % NOUNS.len()]
+    );
     // Prices from 1.99 to about 250.00, stock from 20 to 500: varied but reproducible.
     let price_cents = 199 + ((index as i64 * 7_919) % 24_800);
     let stock = 20 + ((index as i64 * 104_729) % 481);
-    ProductDraft::new(&format!("DEMO-{:04}", index + 1), &name, price_cents, "EUR", stock)
-        .expect("demo products are valid")
+    ProductDraft::new(
+        &format!("DEMO-{:04}", index + 1),
+        &name,
+        price_cents,
+        "EUR",
+        stock,
+    )
+    .expect("demo products are valid")
 }
 
 /// What [`seed`] did.
@@ -77,7 +116,8 @@ mod tests {
 
     #[test]
     fn demo_products_are_valid_and_unique() {
-        let skus: std::collections::HashSet<_> = (0..DEMO_PRODUCTS).map(|i| demo_product(i).sku).collect();
+        let skus: std::collections::HashSet<_> =
+            (0..DEMO_PRODUCTS).map(|i| demo_product(i).sku).collect();
         assert_eq!(skus.len(), DEMO_PRODUCTS);
         assert!((0..DEMO_PRODUCTS).all(|i| demo_product(i).stock >= 20));
     }

@@ -42,11 +42,21 @@ pub enum SmtpTls {
 #[derive(Debug, Clone, Args)]
 pub struct Settings {
     /// Address the HTTP API listens on.
-    #[arg(long, env = "ORDERFLOW_LISTEN", default_value = "127.0.0.1:8080", global = true)]
+    #[arg(
+        long,
+        env = "ORDERFLOW_LISTEN",
+        default_value = "127.0.0.1:8080",
+        global = true
+    )]
     pub listen: SocketAddr,
 
     /// Directory for the SQLite database and the JWT signing keys.
-    #[arg(long, env = "ORDERFLOW_DATA_DIR", default_value = "./data", global = true)]
+    #[arg(
+        long,
+        env = "ORDERFLOW_DATA_DIR",
+        default_value = "./data",
+        global = true
+    )]
     pub data_dir: PathBuf,
 
     /// `sqlite://path` (default: a file in the data dir). PostgreSQL arrives with the scaled adapters.
@@ -54,53 +64,110 @@ pub struct Settings {
     pub database_url: Option<String>,
 
     /// Database connection pool size.
-    #[arg(long, env = "ORDERFLOW_DATABASE_MAX_CONNECTIONS", default_value_t = 8, global = true)]
+    #[arg(
+        long,
+        env = "ORDERFLOW_DATABASE_MAX_CONNECTIONS",
+        default_value_t = 8,
+        global = true
+    )]
     pub database_max_connections: u32,
 
     /// Partitions per topic of the embedded event log.
-    #[arg(long, env = "ORDERFLOW_LOG_PARTITIONS", default_value_t = 6, global = true)]
+    #[arg(
+        long,
+        env = "ORDERFLOW_LOG_PARTITIONS",
+        default_value_t = 6,
+        global = true
+    )]
     pub log_partitions: i32,
 
     /// Bootstrap admin e-mail (created or promoted at start, with the password below).
     #[arg(long, env = "ORDERFLOW_ADMIN_EMAIL", global = true)]
     pub admin_email: Option<String>,
 
-    #[arg(long, env = "ORDERFLOW_ADMIN_PASSWORD", hide_env_values = true, global = true)]
+    #[arg(
+        long,
+        env = "ORDERFLOW_ADMIN_PASSWORD",
+        hide_env_values = true,
+        global = true
+    )]
     pub admin_password: Option<SecretString>,
 
     /// Catalog cache.
-    #[arg(long, env = "ORDERFLOW_CACHE", value_enum, default_value = "on", global = true)]
+    #[arg(
+        long,
+        env = "ORDERFLOW_CACHE",
+        value_enum,
+        default_value = "on",
+        global = true
+    )]
     pub cache: CacheMode,
 
     /// How an order's side effects happen.
-    #[arg(long, env = "ORDERFLOW_SIDE_EFFECTS", value_enum, default_value = "events", global = true)]
+    #[arg(
+        long,
+        env = "ORDERFLOW_SIDE_EFFECTS",
+        value_enum,
+        default_value = "events",
+        global = true
+    )]
     pub side_effects: SideEffectsMode,
 
     /// Catalog cache TTL in seconds (jitter of up to a quarter is added).
-    #[arg(long, env = "ORDERFLOW_CACHE_TTL_SECS", default_value_t = 60, global = true)]
+    #[arg(
+        long,
+        env = "ORDERFLOW_CACHE_TTL_SECS",
+        default_value_t = 60,
+        global = true
+    )]
     pub cache_ttl_secs: u64,
 
     #[command(flatten)]
     pub providers: ProviderSettings,
 
     /// Attempts per event before it goes to the dead-letter queue.
-    #[arg(long, env = "ORDERFLOW_RETRY_MAX_ATTEMPTS", default_value_t = 5, global = true)]
+    #[arg(
+        long,
+        env = "ORDERFLOW_RETRY_MAX_ATTEMPTS",
+        default_value_t = 5,
+        global = true
+    )]
     pub retry_max_attempts: u32,
 
     /// First retry delay in milliseconds (doubles each attempt, with jitter).
-    #[arg(long, env = "ORDERFLOW_RETRY_BASE_MS", default_value_t = 100, global = true)]
+    #[arg(
+        long,
+        env = "ORDERFLOW_RETRY_BASE_MS",
+        default_value_t = 100,
+        global = true
+    )]
     pub retry_base_ms: u64,
 
     /// Longest retry delay in milliseconds.
-    #[arg(long, env = "ORDERFLOW_RETRY_MAX_MS", default_value_t = 5_000, global = true)]
+    #[arg(
+        long,
+        env = "ORDERFLOW_RETRY_MAX_MS",
+        default_value_t = 5_000,
+        global = true
+    )]
     pub retry_max_ms: u64,
 
     /// Requests per second per client IP on the auth routes (bursts of 10x allowed); 0 turns the limit off.
-    #[arg(long, env = "ORDERFLOW_AUTH_RATE_PER_SEC", default_value_t = 5.0, global = true)]
+    #[arg(
+        long,
+        env = "ORDERFLOW_AUTH_RATE_PER_SEC",
+        default_value_t = 5.0,
+        global = true
+    )]
     pub auth_rate_per_sec: f64,
 
     /// Requests per second per client IP on every other route (bursts of 2x allowed); 0 turns the limit off.
-    #[arg(long, env = "ORDERFLOW_RATE_PER_SEC", default_value_t = 0.0, global = true)]
+    #[arg(
+        long,
+        env = "ORDERFLOW_RATE_PER_SEC",
+        default_value_t = 0.0,
+        global = true
+    )]
     pub rate_per_sec: f64,
 
     /// Largest accepted request body, in bytes.
@@ -108,11 +175,22 @@ pub struct Settings {
     pub max_body_bytes: usize,
 
     /// Requests taking longer than this are answered 408.
-    #[arg(long, env = "ORDERFLOW_REQUEST_TIMEOUT_SECS", default_value_t = 30, global = true)]
+    #[arg(
+        long,
+        env = "ORDERFLOW_REQUEST_TIMEOUT_SECS",
+        default_value_t = 30,
+        global = true
+    )]
     pub request_timeout_secs: u64,
 
     /// `text` for terminals, `json` for log collectors.
-    #[arg(long, env = "ORDERFLOW_LOG_FORMAT", value_enum, default_value = "text", global = true)]
+    #[arg(
+        long,
+        env = "ORDERFLOW_LOG_FORMAT",
+        value_enum,
+        default_value = "text",
+        global = true
+    )]
     pub log_format: LogFormat,
 }
 
@@ -120,21 +198,61 @@ pub struct Settings {
 /// the notes' latencies and a configurable failure rate.
 #[derive(Debug, Clone, Args)]
 pub struct ProviderSettings {
-    #[arg(long, env = "ORDERFLOW_SIM_EMAIL_LATENCY_MS", default_value_t = 200, global = true)]
+    #[arg(
+        long,
+        env = "ORDERFLOW_SIM_EMAIL_LATENCY_MS",
+        default_value_t = 200,
+        global = true
+    )]
     pub sim_email_latency_ms: u64,
-    #[arg(long, env = "ORDERFLOW_SIM_EMAIL_FAILURE_RATE", default_value_t = 0.0, global = true)]
+    #[arg(
+        long,
+        env = "ORDERFLOW_SIM_EMAIL_FAILURE_RATE",
+        default_value_t = 0.0,
+        global = true
+    )]
     pub sim_email_failure_rate: f64,
-    #[arg(long, env = "ORDERFLOW_SIM_SMS_LATENCY_MS", default_value_t = 300, global = true)]
+    #[arg(
+        long,
+        env = "ORDERFLOW_SIM_SMS_LATENCY_MS",
+        default_value_t = 300,
+        global = true
+    )]
     pub sim_sms_latency_ms: u64,
-    #[arg(long, env = "ORDERFLOW_SIM_SMS_FAILURE_RATE", default_value_t = 0.0, global = true)]
+    #[arg(
+        long,
+        env = "ORDERFLOW_SIM_SMS_FAILURE_RATE",
+        default_value_t = 0.0,
+        global = true
+    )]
     pub sim_sms_failure_rate: f64,
-    #[arg(long, env = "ORDERFLOW_SIM_PUSH_LATENCY_MS", default_value_t = 100, global = true)]
+    #[arg(
+        long,
+        env = "ORDERFLOW_SIM_PUSH_LATENCY_MS",
+        default_value_t = 100,
+        global = true
+    )]
     pub sim_push_latency_ms: u64,
-    #[arg(long, env = "ORDERFLOW_SIM_PUSH_FAILURE_RATE", default_value_t = 0.0, global = true)]
+    #[arg(
+        long,
+        env = "ORDERFLOW_SIM_PUSH_FAILURE_RATE",
+        default_value_t = 0.0,
+        global = true
+    )]
     pub sim_push_failure_rate: f64,
-    #[arg(long, env = "ORDERFLOW_SIM_PAYMENT_LATENCY_MS", default_value_t = 50, global = true)]
+    #[arg(
+        long,
+        env = "ORDERFLOW_SIM_PAYMENT_LATENCY_MS",
+        default_value_t = 50,
+        global = true
+    )]
     pub sim_payment_latency_ms: u64,
-    #[arg(long, env = "ORDERFLOW_SIM_PAYMENT_FAILURE_RATE", default_value_t = 0.0, global = true)]
+    #[arg(
+        long,
+        env = "ORDERFLOW_SIM_PAYMENT_FAILURE_RATE",
+        default_value_t = 0.0,
+        global = true
+    )]
     pub sim_payment_failure_rate: f64,
     /// The simulated card limit: charges above it are declined.
     #[arg(long, env = "ORDERFLOW_SIM_PAYMENT_DECLINE_ABOVE_CENTS", global = true)]
@@ -143,15 +261,36 @@ pub struct ProviderSettings {
     /// SMTP server for real e-mail; unset keeps the simulated provider.
     #[arg(long, env = "ORDERFLOW_SMTP_HOST", global = true)]
     pub smtp_host: Option<String>,
-    #[arg(long, env = "ORDERFLOW_SMTP_PORT", default_value_t = 587, global = true)]
+    #[arg(
+        long,
+        env = "ORDERFLOW_SMTP_PORT",
+        default_value_t = 587,
+        global = true
+    )]
     pub smtp_port: u16,
-    #[arg(long, env = "ORDERFLOW_SMTP_TLS", value_enum, default_value = "starttls", global = true)]
+    #[arg(
+        long,
+        env = "ORDERFLOW_SMTP_TLS",
+        value_enum,
+        default_value = "starttls",
+        global = true
+    )]
     pub smtp_tls: SmtpTls,
     #[arg(long, env = "ORDERFLOW_SMTP_USERNAME", global = true)]
     pub smtp_username: Option<String>,
-    #[arg(long, env = "ORDERFLOW_SMTP_PASSWORD", hide_env_values = true, global = true)]
+    #[arg(
+        long,
+        env = "ORDERFLOW_SMTP_PASSWORD",
+        hide_env_values = true,
+        global = true
+    )]
     pub smtp_password: Option<SecretString>,
-    #[arg(long, env = "ORDERFLOW_SMTP_FROM", default_value = "orderflow <orders@localhost>", global = true)]
+    #[arg(
+        long,
+        env = "ORDERFLOW_SMTP_FROM",
+        default_value = "orderflow <orders@localhost>",
+        global = true
+    )]
     pub smtp_from: String,
 
     /// Webhook for real SMS delivery; unset keeps the simulated provider.
@@ -164,7 +303,12 @@ pub struct ProviderSettings {
     #[arg(long, env = "ORDERFLOW_PAYMENT_WEBHOOK_URL", global = true)]
     pub payment_webhook_url: Option<String>,
     /// Bearer token sent to the webhooks.
-    #[arg(long, env = "ORDERFLOW_WEBHOOK_TOKEN", hide_env_values = true, global = true)]
+    #[arg(
+        long,
+        env = "ORDERFLOW_WEBHOOK_TOKEN",
+        hide_env_values = true,
+        global = true
+    )]
     pub webhook_token: Option<SecretString>,
 }
 

@@ -9,7 +9,15 @@ use orderflow_domain::product::ProductDraft;
 
 async fn app(cache: &str) -> (App, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let cli = Cli::try_parse_from(["orderflow", "--data-dir", dir.path().to_str().unwrap(), "--cache", cache, "serve"]).unwrap();
+    let cli = Cli::try_parse_from([
+        "orderflow",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+        "--cache",
+        cache,
+        "serve",
+    ])
+    .unwrap();
     (App::build(cli.settings).await.unwrap(), dir)
 }
 
@@ -29,7 +37,11 @@ async fn cache_collapses_concurrent_misses_and_cache_off_reads_the_database_ever
     // With the cache: 50 concurrent reads of a cold key make one query,
     // and further reads make none.
     let (cached, _dir1) = app("on").await;
-    let product = cached.catalog.create(ProductDraft::new("BURST-1", "Burst", 100, "EUR", 1).unwrap()).await.unwrap();
+    let product = cached
+        .catalog
+        .create(ProductDraft::new("BURST-1", "Burst", 100, "EUR", 1).unwrap())
+        .await
+        .unwrap();
     let before = product_queries(&cached);
     let reads: Vec<_> = (0..50)
         .map(|_| {
@@ -40,7 +52,11 @@ async fn cache_collapses_concurrent_misses_and_cache_off_reads_the_database_ever
     for read in reads {
         assert_eq!(read.await.unwrap(), product.id);
     }
-    assert_eq!(product_queries(&cached) - before, 1.0, "one query for a burst of 50 misses");
+    assert_eq!(
+        product_queries(&cached) - before,
+        1.0,
+        "one query for a burst of 50 misses"
+    );
     for _ in 0..10 {
         cached.catalog.product(product.id).await.unwrap().unwrap();
     }
@@ -52,14 +68,26 @@ async fn cache_collapses_concurrent_misses_and_cache_off_reads_the_database_ever
     for _ in 0..5 {
         assert!(cached.catalog.product(unknown).await.unwrap().is_none());
     }
-    assert_eq!(product_queries(&cached) - before, 1.0, "a missing id is looked up once");
+    assert_eq!(
+        product_queries(&cached) - before,
+        1.0,
+        "a missing id is looked up once"
+    );
 
     // Without the cache (the notes' version 1) every read is a query.
     let (uncached, _dir2) = app("off").await;
-    let product = uncached.catalog.create(ProductDraft::new("BURST-2", "Burst", 100, "EUR", 1).unwrap()).await.unwrap();
+    let product = uncached
+        .catalog
+        .create(ProductDraft::new("BURST-2", "Burst", 100, "EUR", 1).unwrap())
+        .await
+        .unwrap();
     let before = product_queries(&uncached);
     for _ in 0..10 {
         uncached.catalog.product(product.id).await.unwrap().unwrap();
     }
-    assert_eq!(product_queries(&uncached) - before, 10.0, "cache off: one query per read");
+    assert_eq!(
+        product_queries(&uncached) - before,
+        10.0,
+        "cache off: one query per read"
+    );
 }

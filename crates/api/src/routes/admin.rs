@@ -85,16 +85,29 @@ pub struct DeadLetterParams {
 #[utoipa::path(get, path = "/api/v1/admin/consumers", tag = "admin", security(("bearer" = [])), responses(
     (status = 200, body = ConsumersView),
     (status = 403, description = "not an admin", content_type = "application/problem+json")))]
-pub async fn consumers(State(state): State<AppState>, AdminCaller(_admin): AdminCaller) -> ApiResult<Json<ConsumersView>> {
+pub async fn consumers(
+    State(state): State<AppState>,
+    AdminCaller(_admin): AdminCaller,
+) -> ApiResult<Json<ConsumersView>> {
     let mut groups: Vec<GroupLagView> = Vec::new();
     for lag in state.operations.consumer_lag().await? {
-        let partition = PartitionLagView { topic: lag.topic, partition: lag.partition, committed: lag.committed, end: lag.end, lag: lag.lag };
+        let partition = PartitionLagView {
+            topic: lag.topic,
+            partition: lag.partition,
+            committed: lag.committed,
+            end: lag.end,
+            lag: lag.lag,
+        };
         match groups.iter_mut().find(|g| g.group == lag.group) {
             Some(group) => {
                 group.lag += partition.lag;
                 group.partitions.push(partition);
             }
-            None => groups.push(GroupLagView { group: lag.group, lag: partition.lag, partitions: vec![partition] }),
+            None => groups.push(GroupLagView {
+                group: lag.group,
+                lag: partition.lag,
+                partitions: vec![partition],
+            }),
         }
     }
     Ok(Json(ConsumersView { groups }))
@@ -104,9 +117,18 @@ pub async fn consumers(State(state): State<AppState>, AdminCaller(_admin): Admin
 #[utoipa::path(get, path = "/api/v1/admin/dlq", tag = "admin", security(("bearer" = [])), params(DeadLetterParams), responses(
     (status = 200, body = DeadLetterListView),
     (status = 403, description = "not an admin", content_type = "application/problem+json")))]
-pub async fn dead_letters(State(state): State<AppState>, AdminCaller(_admin): AdminCaller, ApiQuery(params): ApiQuery<DeadLetterParams>) -> ApiResult<Json<DeadLetterListView>> {
-    let items = state.operations.dead_letters(params.limit, params.all).await?;
-    Ok(Json(DeadLetterListView { items: items.into_iter().map(Into::into).collect() }))
+pub async fn dead_letters(
+    State(state): State<AppState>,
+    AdminCaller(_admin): AdminCaller,
+    ApiQuery(params): ApiQuery<DeadLetterParams>,
+) -> ApiResult<Json<DeadLetterListView>> {
+    let items = state
+        .operations
+        .dead_letters(params.limit, params.all)
+        .await?;
+    Ok(Json(DeadLetterListView {
+        items: items.into_iter().map(Into::into).collect(),
+    }))
 }
 
 /// One dead letter.
@@ -114,7 +136,11 @@ pub async fn dead_letters(State(state): State<AppState>, AdminCaller(_admin): Ad
     params(("id" = uuid::Uuid, Path, description = "dead letter id")), responses(
     (status = 200, body = DeadLetterView),
     (status = 404, description = "unknown id", content_type = "application/problem+json")))]
-pub async fn dead_letter(State(state): State<AppState>, AdminCaller(_admin): AdminCaller, Path(id): Path<uuid::Uuid>) -> ApiResult<Json<DeadLetterView>> {
+pub async fn dead_letter(
+    State(state): State<AppState>,
+    AdminCaller(_admin): AdminCaller,
+    Path(id): Path<uuid::Uuid>,
+) -> ApiResult<Json<DeadLetterView>> {
     Ok(Json(state.operations.dead_letter(id).await?.into()))
 }
 
@@ -124,7 +150,11 @@ pub async fn dead_letter(State(state): State<AppState>, AdminCaller(_admin): Adm
     (status = 200, body = DeadLetterView),
     (status = 404, description = "unknown id", content_type = "application/problem+json"),
     (status = 409, description = "already replayed", content_type = "application/problem+json")))]
-pub async fn replay(State(state): State<AppState>, AdminCaller(_admin): AdminCaller, Path(id): Path<uuid::Uuid>) -> ApiResult<Json<DeadLetterView>> {
+pub async fn replay(
+    State(state): State<AppState>,
+    AdminCaller(_admin): AdminCaller,
+    Path(id): Path<uuid::Uuid>,
+) -> ApiResult<Json<DeadLetterView>> {
     let mut view: DeadLetterView = state.operations.replay(id).await?.into();
     view.replayed_at = Some(chrono::Utc::now());
     Ok(Json(view))

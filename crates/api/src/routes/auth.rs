@@ -67,16 +67,32 @@ pub async fn register(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<RegisterRequest>,
 ) -> ApiResult<(StatusCode, Json<UserView>)> {
-    let user = state.auth.register(&body.email, &body.password, &body.name).await?;
-    Ok((StatusCode::CREATED, Json(UserView { id: user.id, email: user.email, name: user.name })))
+    let user = state
+        .auth
+        .register(&body.email, &body.password, &body.name)
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(UserView {
+            id: user.id,
+            email: user.email,
+            name: user.name,
+        }),
+    ))
 }
 
 /// Logs in on a device: an access token and a refresh token.
 #[utoipa::path(post, path = "/api/v1/auth/login", tag = "auth", request_body = LoginRequest, responses(
     (status = 200, body = TokenPairView),
     (status = 401, description = "wrong e-mail or password", content_type = "application/problem+json")))]
-pub async fn login(State(state): State<AppState>, ApiJson(body): ApiJson<LoginRequest>) -> ApiResult<Json<TokenPairView>> {
-    let pair = state.auth.login(&body.email, &body.password, body.device.as_deref()).await?;
+pub async fn login(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<LoginRequest>,
+) -> ApiResult<Json<TokenPairView>> {
+    let pair = state
+        .auth
+        .login(&body.email, &body.password, body.device.as_deref())
+        .await?;
     Ok(Json(pair.into()))
 }
 
@@ -84,7 +100,10 @@ pub async fn login(State(state): State<AppState>, ApiJson(body): ApiJson<LoginRe
 #[utoipa::path(post, path = "/api/v1/auth/refresh", tag = "auth", request_body = RefreshRequest, responses(
     (status = 200, body = TokenPairView),
     (status = 401, description = "unknown, expired, revoked or reused refresh token", content_type = "application/problem+json")))]
-pub async fn refresh(State(state): State<AppState>, ApiJson(body): ApiJson<RefreshRequest>) -> ApiResult<Json<TokenPairView>> {
+pub async fn refresh(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<RefreshRequest>,
+) -> ApiResult<Json<TokenPairView>> {
     Ok(Json(state.auth.refresh(&body.refresh_token).await?.into()))
 }
 
@@ -92,7 +111,10 @@ pub async fn refresh(State(state): State<AppState>, ApiJson(body): ApiJson<Refre
 #[utoipa::path(post, path = "/api/v1/auth/logout", tag = "auth", security(("bearer" = [])), responses(
     (status = 204, description = "logged out"),
     (status = 401, description = "no valid token", content_type = "application/problem+json")))]
-pub async fn logout(State(state): State<AppState>, Caller(principal): Caller) -> ApiResult<StatusCode> {
+pub async fn logout(
+    State(state): State<AppState>,
+    Caller(principal): Caller,
+) -> ApiResult<StatusCode> {
     state.auth.logout(&principal).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -22,7 +22,10 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     let database = state.store.ping().await;
     let log = state.log.ping().await;
     if database.is_ok() && log.is_ok() {
-        return Json(json!({ "status": "ready", "checks": { "database": "ok", "event_log": "ok" } })).into_response();
+        return Json(
+            json!({ "status": "ready", "checks": { "database": "ok", "event_log": "ok" } }),
+        )
+        .into_response();
     }
     let describe = |ok: bool| if ok { "ok" } else { "down" };
     let detail = format!(
@@ -30,5 +33,8 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         describe(database.is_ok()),
         describe(log.is_ok())
     );
-    problem_response(&status_problem(axum::http::StatusCode::SERVICE_UNAVAILABLE, detail))
+    problem_response(&status_problem(
+        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        detail,
+    ))
 }

@@ -51,31 +51,57 @@ pub struct LimitParams {
 
 /// The caller's notifications, newest first.
 #[utoipa::path(get, path = "/api/v1/me/notifications", tag = "me", security(("bearer" = [])), params(LimitParams), responses((status = 200, body = NotificationListView)))]
-pub async fn notifications(State(state): State<AppState>, Caller(principal): Caller, ApiQuery(params): ApiQuery<LimitParams>) -> ApiResult<Json<NotificationListView>> {
-    let items = state.queries.notifications(principal.user_id, params.limit).await?;
+pub async fn notifications(
+    State(state): State<AppState>,
+    Caller(principal): Caller,
+    ApiQuery(params): ApiQuery<LimitParams>,
+) -> ApiResult<Json<NotificationListView>> {
+    let items = state
+        .queries
+        .notifications(principal.user_id, params.limit)
+        .await?;
     Ok(Json(NotificationListView {
         items: items
             .into_iter()
-            .map(|n| NotificationView { channel: n.channel.as_str().into(), kind: n.kind.as_str().into(), order_id: n.order_id, sent_at: n.sent_at })
+            .map(|n| NotificationView {
+                channel: n.channel.as_str().into(),
+                kind: n.kind.as_str().into(),
+                order_id: n.order_id,
+                sent_at: n.sent_at,
+            })
             .collect(),
     }))
 }
 
 /// The caller's loyalty points and rank.
 #[utoipa::path(get, path = "/api/v1/me/points", tag = "me", security(("bearer" = [])), responses((status = 200, body = PointsView)))]
-pub async fn points(State(state): State<AppState>, Caller(principal): Caller) -> ApiResult<Json<PointsView>> {
+pub async fn points(
+    State(state): State<AppState>,
+    Caller(principal): Caller,
+) -> ApiResult<Json<PointsView>> {
     let standing = state.queries.points(principal.user_id).await?;
-    Ok(Json(PointsView { points: standing.points, rank: standing.rank }))
+    Ok(Json(PointsView {
+        points: standing.points,
+        rank: standing.rank,
+    }))
 }
 
 /// Shoppers with the most points.
 #[utoipa::path(get, path = "/api/v1/leaderboard", tag = "me", params(LimitParams), responses((status = 200, body = LeaderboardView)))]
-pub async fn leaderboard(State(state): State<AppState>, ApiQuery(params): ApiQuery<LimitParams>) -> ApiResult<Json<LeaderboardView>> {
+pub async fn leaderboard(
+    State(state): State<AppState>,
+    ApiQuery(params): ApiQuery<LimitParams>,
+) -> ApiResult<Json<LeaderboardView>> {
     let entries = state.queries.leaderboard(params.limit).await?;
     Ok(Json(LeaderboardView {
         items: entries
             .into_iter()
-            .map(|e| LeaderboardEntryView { user_id: e.user_id, name: e.name, points: e.points, rank: e.rank })
+            .map(|e| LeaderboardEntryView {
+                user_id: e.user_id,
+                name: e.name,
+                points: e.points,
+                rank: e.rank,
+            })
             .collect(),
     }))
 }

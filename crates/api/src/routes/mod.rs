@@ -27,7 +27,10 @@ pub fn router(state: AppState) -> Router {
         .route("/auth/refresh", post(auth::refresh))
         .route("/auth/logout", post(auth::logout))
         .route("/products", get(products::list).post(products::create))
-        .route("/products/{id}", get(products::get_one).put(products::update))
+        .route(
+            "/products/{id}",
+            get(products::get_one).put(products::update),
+        )
         .route("/orders", get(orders::list).post(orders::place))
         .route("/orders/{id}", get(orders::get_one))
         .route("/me/notifications", get(me::notifications))
@@ -45,10 +48,16 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics_endpoint))
         .merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), rate_limit))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            rate_limit,
+        ))
         .layer(axum::middleware::from_fn(track_requests))
         .layer(RequestBodyLimitLayer::new(limits.max_body_bytes))
-        .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::REQUEST_TIMEOUT, limits.request_timeout))
+        .layer(TimeoutLayer::with_status_code(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            limits.request_timeout,
+        ))
         .layer(axum::middleware::from_fn(problem_fallback))
         .layer(CatchPanicLayer::new())
         .layer(TraceLayer::new_for_http())

@@ -81,7 +81,14 @@ impl OrderView {
                 .collect(),
             created_at: order.created_at,
             updated_at: order.updated_at,
-            history: history.map(|h| h.into_iter().map(|e| HistoryView { status: e.status.to_string(), at: e.at }).collect()),
+            history: history.map(|h| {
+                h.into_iter()
+                    .map(|e| HistoryView {
+                        status: e.status.to_string(),
+                        at: e.at,
+                    })
+                    .collect()
+            }),
         }
     }
 }
@@ -118,7 +125,9 @@ pub async fn place(
     headers: HeaderMap,
     ApiJson(body): ApiJson<PlaceOrderRequest>,
 ) -> ApiResult<Response> {
-    let idempotency_key = headers.get("idempotency-key").map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    let idempotency_key = headers
+        .get("idempotency-key")
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
     let traceparent = headers
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
@@ -130,17 +139,28 @@ pub async fn place(
         .place(PlaceOrder {
             user_id: principal.user_id,
             idempotency_key,
-            lines: body.items.into_iter().map(|l| RequestedLine { product_id: l.product_id, quantity: l.quantity }).collect(),
+            lines: body
+                .items
+                .into_iter()
+                .map(|l| RequestedLine {
+                    product_id: l.product_id,
+                    quantity: l.quantity,
+                })
+                .collect(),
             traceparent: Some(traceparent),
         })
         .await?;
     let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut response = (status, Json(answer.body)).into_response();
     if status.as_u16() >= 400 {
-        response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
     }
     if answer.replayed {
-        response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
     Ok(response)
 }
@@ -150,25 +170,49 @@ pub async fn place(
     params(("id" = uuid::Uuid, Path, description = "order id")), responses(
     (status = 200, body = OrderView),
     (status = 404, description = "no such order for this shopper", content_type = "application/problem+json")))]
-pub async fn get_one(State(state): State<AppState>, Caller(principal): Caller, Path(id): Path<uuid::Uuid>) -> ApiResult<Json<OrderView>> {
+pub async fn get_one(
+    State(state): State<AppState>,
+    Caller(principal): Caller,
+    Path(id): Path<uuid::Uuid>,
+) -> ApiResult<Json<OrderView>> {
     let (order, history) = state.orders.get(principal.user_id, id).await?;
     Ok(Json(OrderView::new(order, Some(history))))
 }
 
 /// The caller's orders, newest first.
 #[utoipa::path(get, path = "/api/v1/orders", tag = "orders", security(("bearer" = [])), params(ListParams), responses((status = 200, body = OrderListView)))]
-pub async fn list(State(state): State<AppState>, Caller(principal): Caller, ApiQuery(params): ApiQuery<ListParams>) -> ApiResult<Json<OrderListView>> {
+pub async fn list(
+    State(state): State<AppState>,
+    Caller(principal): Caller,
+    ApiQuery(params): ApiQuery<ListParams>,
+) -> ApiResult<Json<OrderListView>> {
     let limit = params.limit.unwrap_or(20).clamp(1, 100);
-    let orders = state.orders.list(principal.user_id, params.before, Some(limit)).await?;
-    let next_cursor = if orders.len() == limit as usize { orders.last().map(|o| o.id) } else { None };
-    Ok(Json(OrderListView { items: orders.into_iter().map(|o| OrderView::new(o, None)).collect(), next_cursor }))
+    let orders = state
+        .orders
+        .list(principal.user_id, params.before, Some(limit))
+        .await?;
+    let next_cursor = if orders.len() == limit as usize {
+        orders.last().map(|o| o.id)
+    } else {
+        None
+    };
+    Ok(Json(OrderListView {
+        items: orders
+            .into_iter()
+            .map(|o| OrderView::new(o, None))
+            .collect(),
+        next_cursor,
+    }))
 }
 
 /// `00-<32 hex>-<16 hex>-<2 hex>` (W3C Trace Context, version 00).
 fn is_traceparent(value: &str) -> bool {
     let parts: Vec<_> = value.split('-').collect();
     parts.len() == 4
-        && [2usize, 32, 16, 2].iter().zip(&parts).all(|(len, part)| part.len() == *len && part.bytes().all(|b| b.is_ascii_hexdigit()))
+        && [2usize, 32, 16, 2]
+            .iter()
+            .zip(&parts)
+            .all(|(len, part)| part.len() == *len && part.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 /// A new root trace context for requests that did not bring one.

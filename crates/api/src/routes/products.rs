@@ -28,7 +28,14 @@ pub struct ProductView {
 
 impl From<Product> for ProductView {
     fn from(p: Product) -> Self {
-        Self { id: p.id, sku: p.sku, name: p.name, price_cents: p.price_cents, currency: p.currency.to_string(), stock: p.stock }
+        Self {
+            id: p.id,
+            sku: p.sku,
+            name: p.name,
+            price_cents: p.price_cents,
+            currency: p.currency.to_string(),
+            stock: p.stock,
+        }
     }
 }
 
@@ -57,15 +64,27 @@ pub struct ProductInput {
 
 impl ProductInput {
     fn draft(&self) -> Result<ProductDraft, ValidationError> {
-        ProductDraft::new(&self.sku, &self.name, self.price_cents, &self.currency, self.stock)
+        ProductDraft::new(
+            &self.sku,
+            &self.name,
+            self.price_cents,
+            &self.currency,
+            self.stock,
+        )
     }
 }
 
 /// Lists products in a stable order, a page at a time.
 #[utoipa::path(get, path = "/api/v1/products", tag = "catalog", params(ListParams), responses((status = 200, body = ProductPageView)))]
-pub async fn list(State(state): State<AppState>, ApiQuery(params): ApiQuery<ListParams>) -> ApiResult<Json<ProductPageView>> {
+pub async fn list(
+    State(state): State<AppState>,
+    ApiQuery(params): ApiQuery<ListParams>,
+) -> ApiResult<Json<ProductPageView>> {
     let page = state.catalog.list(params.cursor, params.limit).await?;
-    Ok(Json(ProductPageView { items: page.items.into_iter().map(Into::into).collect(), next_cursor: page.next_cursor }))
+    Ok(Json(ProductPageView {
+        items: page.items.into_iter().map(Into::into).collect(),
+        next_cursor: page.next_cursor,
+    }))
 }
 
 /// One product. Answers 304 when `If-None-Match` carries the current `ETag`.
@@ -73,27 +92,43 @@ pub async fn list(State(state): State<AppState>, ApiQuery(params): ApiQuery<List
     (status = 200, body = ProductView, headers(("ETag" = String), ("Cache-Control" = String))),
     (status = 304, description = "not modified"),
     (status = 404, description = "unknown product", content_type = "application/problem+json")))]
-pub async fn get_one(State(state): State<AppState>, Path(id): Path<uuid::Uuid>, headers: HeaderMap) -> ApiResult<Response> {
-    let product = state.catalog.product(id).await?.ok_or(CoreError::NotFound("product"))?;
+pub async fn get_one(
+    State(state): State<AppState>,
+    Path(id): Path<uuid::Uuid>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let product = state
+        .catalog
+        .product(id)
+        .await?
+        .ok_or(CoreError::NotFound("product"))?;
     let view = ProductView::from(product);
     let body = serde_json::to_vec(&view).map_err(|e| CoreError::Internal(e.to_string()))?;
     let etag = format!("\"{}\"", &hex::encode(Sha256::digest(&body))[..32]);
     let matches = headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|candidate| {
-            let candidate = candidate.trim();
-            candidate == "*" || candidate.trim_start_matches("W/") == etag
-        }));
+        .is_some_and(|v| {
+            v.split(',').any(|candidate| {
+                let candidate = candidate.trim();
+                candidate == "*" || candidate.trim_start_matches("W/") == etag
+            })
+        });
     let mut response = if matches {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
         ([(header::CONTENT_TYPE, "application/json")], body).into_response()
     };
     let headers = response.headers_mut();
-    headers.insert(header::ETAG, HeaderValue::from_str(&etag).expect("hex is a valid header"));
+    headers.insert(
+        header::ETAG,
+        HeaderValue::from_str(&etag).expect("hex is a valid header"),
+    );
     // Short: stock changes as orders come in; revalidation is cheap with the ETag.
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=5, must-revalidate"));
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=5, must-revalidate"),
+    );
     Ok(response)
 }
 

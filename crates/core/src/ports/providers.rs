@@ -21,11 +21,19 @@ pub struct ProviderError {
 
 impl ProviderError {
     pub fn transient(provider: &'static str, message: impl Into<String>) -> Self {
-        Self { provider, message: message.into(), retryable: true }
+        Self {
+            provider,
+            message: message.into(),
+            retryable: true,
+        }
     }
 
     pub fn permanent(provider: &'static str, message: impl Into<String>) -> Self {
-        Self { provider, message: message.into(), retryable: false }
+        Self {
+            provider,
+            message: message.into(),
+            retryable: false,
+        }
     }
 }
 

@@ -10,7 +10,10 @@ pub enum Algorithm {
     /// At most `limit` requests per `window`, counted in fixed windows.
     FixedWindow { limit: u32, window: Duration },
     /// Bursts up to `capacity`, refilled at `refill_per_second`.
-    TokenBucket { capacity: u32, refill_per_second: f64 },
+    TokenBucket {
+        capacity: u32,
+        refill_per_second: f64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -25,7 +28,10 @@ impl RatePolicy {
     pub fn quota(&self) -> (u32, Duration) {
         match &self.algorithm {
             Algorithm::FixedWindow { limit, window } => (*limit, *window),
-            Algorithm::TokenBucket { capacity, refill_per_second } => {
+            Algorithm::TokenBucket {
+                capacity,
+                refill_per_second,
+            } => {
                 let seconds = (*capacity as f64 / refill_per_second.max(f64::MIN_POSITIVE)).ceil();
                 (*capacity, Duration::from_secs_f64(seconds.max(1.0)))
             }

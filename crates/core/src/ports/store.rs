@@ -68,7 +68,10 @@ pub enum RefreshRotation {
     Rotated { session: SessionRecord },
     /// The token was already rotated away: someone replayed it. The whole
     /// session was revoked.
-    ReuseDetected { session_id: uuid::Uuid, user_id: UserId },
+    ReuseDetected {
+        session_id: uuid::Uuid,
+        user_id: UserId,
+    },
     /// Unknown, expired, or its session was revoked.
     Invalid,
 }
@@ -98,9 +101,15 @@ pub enum Reservation {
     /// This order's stock was reserved before (a redelivery); nothing changed.
     AlreadyReserved,
     /// Not enough stock for this product; nothing was changed.
-    Insufficient { product_id: ProductId, available: i64, requested: u32 },
+    Insufficient {
+        product_id: ProductId,
+        available: i64,
+        requested: u32,
+    },
     /// The product no longer exists.
-    UnknownProduct { product_id: ProductId },
+    UnknownProduct {
+        product_id: ProductId,
+    },
 }
 
 /// A notification that was sent.
@@ -209,24 +218,47 @@ pub trait Store: Send + Sync + 'static {
 
     // --- catalog ---
     /// Products ordered by id, after the cursor.
-    async fn list_products(&self, after: Option<ProductId>, limit: u32) -> StoreResult<Vec<Product>>;
+    async fn list_products(
+        &self,
+        after: Option<ProductId>,
+        limit: u32,
+    ) -> StoreResult<Vec<Product>>;
     async fn product(&self, id: ProductId) -> StoreResult<Option<Product>>;
     async fn products_by_ids(&self, ids: &[ProductId]) -> StoreResult<Vec<Product>>;
     async fn count_products(&self) -> StoreResult<i64>;
     /// `Conflict` when the SKU is taken.
-    async fn insert_product(&self, id: ProductId, draft: &ProductDraft, now: Timestamp) -> StoreResult<Product>;
+    async fn insert_product(
+        &self,
+        id: ProductId,
+        draft: &ProductDraft,
+        now: Timestamp,
+    ) -> StoreResult<Product>;
     /// `None` when the product does not exist; `Conflict` when the SKU is taken.
-    async fn update_product(&self, id: ProductId, draft: &ProductDraft, now: Timestamp) -> StoreResult<Option<Product>>;
+    async fn update_product(
+        &self,
+        id: ProductId,
+        draft: &ProductDraft,
+        now: Timestamp,
+    ) -> StoreResult<Option<Product>>;
 
     // --- orders ---
     async fn order(&self, id: OrderId) -> StoreResult<Option<(Order, Vec<HistoryEntry>)>>;
     /// The user's orders, newest first, created strictly before `before` when given.
-    async fn orders_of_user(&self, user_id: UserId, before: Option<OrderId>, limit: u32) -> StoreResult<Vec<Order>>;
+    async fn orders_of_user(
+        &self,
+        user_id: UserId,
+        before: Option<OrderId>,
+        limit: u32,
+    ) -> StoreResult<Vec<Order>>;
     async fn count_orders_by_status(&self) -> StoreResult<Vec<(OrderStatus, i64)>>;
 
     // --- read models filled by consumers ---
     /// Newest first.
-    async fn notifications_of_user(&self, user_id: UserId, limit: u32) -> StoreResult<Vec<NotificationRecord>>;
+    async fn notifications_of_user(
+        &self,
+        user_id: UserId,
+        limit: u32,
+    ) -> StoreResult<Vec<NotificationRecord>>;
     async fn points(&self, user_id: UserId) -> StoreResult<PointsStanding>;
     async fn leaderboard(&self, limit: u32) -> StoreResult<Vec<LeaderboardEntry>>;
     async fn daily_sales(&self, days: u32) -> StoreResult<Vec<DailySales>>;
@@ -236,7 +268,11 @@ pub trait Store: Send + Sync + 'static {
 
     // --- dead letters ---
     /// Newest first; `include_replayed` shows the replayed ones too.
-    async fn dead_letters(&self, limit: u32, include_replayed: bool) -> StoreResult<Vec<DeadLetter>>;
+    async fn dead_letters(
+        &self,
+        limit: u32,
+        include_replayed: bool,
+    ) -> StoreResult<Vec<DeadLetter>>;
     async fn dead_letter(&self, id: uuid::Uuid) -> StoreResult<Option<DeadLetter>>;
     async fn count_dead_letters(&self) -> StoreResult<i64>;
 }
@@ -251,9 +287,20 @@ pub trait StoreTx: Send {
 
     /// Claims `(user, key)`. Concurrent claims of one key are serialized: the
     /// loser waits for the winner's commit and then sees `Existing`.
-    async fn claim_idempotency_key(&mut self, user_id: UserId, key: &str, request_hash: &str) -> StoreResult<IdempotencyClaim>;
+    async fn claim_idempotency_key(
+        &mut self,
+        user_id: UserId,
+        key: &str,
+        request_hash: &str,
+    ) -> StoreResult<IdempotencyClaim>;
     /// Saves the answer for a key claimed in this transaction.
-    async fn complete_idempotency_key(&mut self, user_id: UserId, key: &str, status: u16, body: &serde_json::Value) -> StoreResult<()>;
+    async fn complete_idempotency_key(
+        &mut self,
+        user_id: UserId,
+        key: &str,
+        status: u16,
+        body: &serde_json::Value,
+    ) -> StoreResult<()>;
 
     /// Inserts a new order with its lines and its first history entry.
     async fn insert_order(&mut self, order: &Order) -> StoreResult<()>;
@@ -261,10 +308,19 @@ pub trait StoreTx: Send {
     async fn order_for_update(&mut self, id: OrderId) -> StoreResult<Option<Order>>;
     /// Moves the order through `steps` (the last is the new status), adding one
     /// history entry per step.
-    async fn set_order_status(&mut self, id: OrderId, steps: &[OrderStatus], at: Timestamp) -> StoreResult<()>;
+    async fn set_order_status(
+        &mut self,
+        id: OrderId,
+        steps: &[OrderStatus],
+        at: Timestamp,
+    ) -> StoreResult<()>;
 
     /// Reserves every line or none; stock never goes below zero.
-    async fn reserve_stock(&mut self, order_id: OrderId, lines: &[(ProductId, u32)]) -> StoreResult<Reservation>;
+    async fn reserve_stock(
+        &mut self,
+        order_id: OrderId,
+        lines: &[(ProductId, u32)],
+    ) -> StoreResult<Reservation>;
     /// Gives an order's reserved stock back; false when nothing was reserved
     /// or it was released already (so a redelivery releases once).
     async fn release_stock(&mut self, order_id: OrderId) -> StoreResult<bool>;
@@ -285,7 +341,11 @@ pub trait StoreTx: Send {
     /// Stores a dead letter (its `failed.messages` event is appended separately).
     async fn insert_dead_letter(&mut self, dead_letter: &DeadLetter) -> StoreResult<()>;
     /// Marks a dead letter replayed; false when it was already.
-    async fn mark_dead_letter_replayed(&mut self, id: uuid::Uuid, at: Timestamp) -> StoreResult<bool>;
+    async fn mark_dead_letter_replayed(
+        &mut self,
+        id: uuid::Uuid,
+        at: Timestamp,
+    ) -> StoreResult<bool>;
 
     async fn commit(self: Box<Self>) -> StoreResult<()>;
 }

@@ -19,16 +19,28 @@ impl Operations {
     /// Committed offset, end offset and lag of every group on every partition.
     pub async fn consumer_lag(&self) -> Result<Vec<PartitionLag>, CoreError> {
         let mut lag = self.log.lag().await?;
-        lag.sort_by(|a, b| (&a.group, &a.topic, a.partition).cmp(&(&b.group, &b.topic, b.partition)));
+        lag.sort_by(|a, b| {
+            (&a.group, &a.topic, a.partition).cmp(&(&b.group, &b.topic, b.partition))
+        });
         Ok(lag)
     }
 
-    pub async fn dead_letters(&self, limit: Option<u32>, include_replayed: bool) -> Result<Vec<DeadLetter>, CoreError> {
-        Ok(self.store.dead_letters(limit.unwrap_or(50).clamp(1, 500), include_replayed).await?)
+    pub async fn dead_letters(
+        &self,
+        limit: Option<u32>,
+        include_replayed: bool,
+    ) -> Result<Vec<DeadLetter>, CoreError> {
+        Ok(self
+            .store
+            .dead_letters(limit.unwrap_or(50).clamp(1, 500), include_replayed)
+            .await?)
     }
 
     pub async fn dead_letter(&self, id: uuid::Uuid) -> Result<DeadLetter, CoreError> {
-        self.store.dead_letter(id).await?.ok_or(CoreError::NotFound("dead letter"))
+        self.store
+            .dead_letter(id)
+            .await?
+            .ok_or(CoreError::NotFound("dead letter"))
     }
 
     /// Puts a dead letter's original event back on its topic.
@@ -40,7 +52,9 @@ impl Operations {
         let dead_letter = self.dead_letter(id).await?;
         let mut tx = self.store.begin().await?;
         if !tx.mark_dead_letter_replayed(id, chrono::Utc::now()).await? {
-            return Err(CoreError::Conflict("this dead letter was already replayed".into()));
+            return Err(CoreError::Conflict(
+                "this dead letter was already replayed".into(),
+            ));
         }
         tx.append(std::slice::from_ref(&dead_letter.event)).await?;
         tx.commit().await?;

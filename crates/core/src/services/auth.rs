@@ -10,8 +10,10 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString, rand_core::OsRng};
 use argon2::Argon2;
+use argon2::password_hash::{
+    PasswordHash, PasswordHasher, PasswordVerifier, SaltString, rand_core::OsRng,
+};
 use base64::Engine;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use orderflow_domain::events::{Envelope, EventData};
@@ -156,13 +158,18 @@ impl AuthService {
         let mut keys = Vec::with_capacity(key_set.keys.len());
         // Newest first: the first key signs.
         let mut sorted = key_set.keys.clone();
-        sorted.sort_by(|a, b| b.created_at.cmp(&a.created_at));
+        sorted.sort_by_key(|key| std::cmp::Reverse(key.created_at));
         for key in sorted {
             let secret = base64::engine::general_purpose::STANDARD
                 .decode(&key.secret_b64)
-                .map_err(|e| CoreError::Internal(format!("signing key {} is not base64: {e}", key.kid)))?;
+                .map_err(|e| {
+                    CoreError::Internal(format!("signing key {} is not base64: {e}", key.kid))
+                })?;
             if secret.len() < 32 {
-                return Err(CoreError::Internal(format!("signing key {} is shorter than 32 bytes", key.kid)));
+                return Err(CoreError::Internal(format!(
+                    "signing key {} is shorter than 32 bytes",
+                    key.kid
+                )));
             }
             keys.push(LoadedKey {
                 kid: key.kid,
@@ -173,7 +180,12 @@ impl AuthService {
         if keys.is_empty() {
             return Err(CoreError::Internal("the signing key set is empty".into()));
         }
-        Ok(Self { store, revocations, keys, settings })
+        Ok(Self {
+            store,
+            revocations,
+            keys,
+            settings,
+        })
     }
 
     pub fn settings(&self) -> &AuthSettings {
@@ -181,7 +193,12 @@ impl AuthService {
     }
 
     /// Creates a shopper; the `UserRegistered` event (welcome e-mail) commits with it.
-    pub async fn register(&self, email: &str, password: &str, name: &str) -> Result<UserRecord, CoreError> {
+    pub async fn register(
+        &self,
+        email: &str,
+        password: &str,
+        name: &str,
+    ) -> Result<UserRecord, CoreError> {
         let email = user::normalize_email(email)?;
         let name = user::normalize_name(name)?;
         user::check_password(password)?;
@@ -197,12 +214,18 @@ impl AuthService {
         let mut tx = self.store.begin().await?;
         match tx.insert_user(&record).await {
             Err(StoreError::Conflict(_)) => {
-                return Err(CoreError::Conflict("an account with this e-mail already exists".into()));
+                return Err(CoreError::Conflict(
+                    "an account with this e-mail already exists".into(),
+                ));
             }
             other => other?,
         }
         tx.append(&[Envelope::new(
-            EventData::UserRegistered { user_id: record.id, email: record.email.clone(), name: record.name.clone() },
+            EventData::UserRegistered {
+                user_id: record.id,
+                email: record.email.clone(),
+                name: record.name.clone(),
+            },
             None,
         )])
         .await?;
@@ -218,12 +241,21 @@ impl AuthService {
         let password_hash = hash_password(password.to_owned()).await?;
         let existing = self.store.user_by_email(&email).await?;
         let record = UserRecord {
-            id: existing.as_ref().map(|u| u.id).unwrap_or_else(uuid::Uuid::now_v7),
-            name: existing.as_ref().map(|u| u.name.clone()).unwrap_or_else(|| "Administrator".into()),
+            id: existing
+                .as_ref()
+                .map(|u| u.id)
+                .unwrap_or_else(uuid::Uuid::now_v7),
+            name: existing
+                .as_ref()
+                .map(|u| u.name.clone())
+                .unwrap_or_else(|| "Administrator".into()),
             email,
             password_hash,
             role: Role::Admin,
-            created_at: existing.as_ref().map(|u| u.created_at).unwrap_or_else(chrono::Utc::now),
+            created_at: existing
+                .as_ref()
+                .map(|u| u.created_at)
+                .unwrap_or_else(chrono::Utc::now),
         };
         let mut tx = self.store.begin().await?;
         tx.upsert_admin(&record).await?;
@@ -236,12 +268,20 @@ impl AuthService {
     /// An unknown e-mail is answered exactly like a wrong password, after
     /// verifying against a dummy hash, so the answer and its timing do not tell
     /// which e-mails have accounts.
-    pub async fn login(&self, email: &str, password: &str, device: Option<&str>) -> Result<TokenPair, CoreError> {
+    pub async fn login(
+        &self,
+        email: &str,
+        password: &str,
+        device: Option<&str>,
+    ) -> Result<TokenPair, CoreError> {
         let user = match user::normalize_email(email) {
             Ok(email) => self.store.user_by_email(&email).await?,
             Err(_) => None,
         };
-        let hash = user.as_ref().map(|u| u.password_hash.clone()).unwrap_or_else(|| dummy_hash().to_owned());
+        let hash = user
+            .as_ref()
+            .map(|u| u.password_hash.clone())
+            .unwrap_or_else(|| dummy_hash().to_owned());
         let matches = verify_password(password.to_owned(), hash).await?;
         let Some(user) = user.filter(|_| matches) else {
             metrics::counter!("orderflow_logins_total", "outcome" => "failed").increment(1);
@@ -251,14 +291,22 @@ impl AuthService {
         let session = SessionRecord {
             id: uuid::Uuid::now_v7(),
             user_id: user.id,
-            device: device.map(str::trim).filter(|d| !d.is_empty()).unwrap_or("unknown").chars().take(100).collect(),
+            device: device
+                .map(str::trim)
+                .filter(|d| !d.is_empty())
+                .unwrap_or("unknown")
+                .chars()
+                .take(100)
+                .collect(),
             created_at: now,
             last_used_at: now,
             expires_at: now + self.settings.refresh_token_ttl,
             revoked_at: None,
         };
         let refresh_token = new_refresh_token();
-        self.store.create_session(&session, &sha256_hex(&refresh_token)).await?;
+        self.store
+            .create_session(&session, &sha256_hex(&refresh_token))
+            .await?;
         metrics::counter!("orderflow_logins_total", "outcome" => "ok").increment(1);
         self.issue(&user, session.id, refresh_token)
     }
@@ -285,19 +333,30 @@ impl AuthService {
                     .ok_or_else(|| CoreError::Unauthorized("refresh token is not valid".into()))?;
                 self.issue(&user, session.id, new_refresh)
             }
-            RefreshRotation::ReuseDetected { session_id, user_id } => {
+            RefreshRotation::ReuseDetected {
+                session_id,
+                user_id,
+            } => {
                 tracing::warn!(%session_id, %user_id, "refresh token reuse detected; session revoked");
                 metrics::counter!("orderflow_refresh_reuse_detected_total").increment(1);
-                Err(CoreError::Unauthorized("refresh token was already used; the session is revoked".into()))
+                Err(CoreError::Unauthorized(
+                    "refresh token was already used; the session is revoked".into(),
+                ))
             }
-            RefreshRotation::Invalid => Err(CoreError::Unauthorized("refresh token is not valid".into())),
+            RefreshRotation::Invalid => {
+                Err(CoreError::Unauthorized("refresh token is not valid".into()))
+            }
         }
     }
 
     /// Revokes the access token (by `jti`, until its expiry) and its session.
     pub async fn logout(&self, principal: &Principal) -> Result<(), CoreError> {
-        self.revocations.revoke(&principal.jti, principal.expires_at).await?;
-        self.store.revoke_session(principal.session_id, chrono::Utc::now()).await?;
+        self.revocations
+            .revoke(&principal.jti, principal.expires_at)
+            .await?;
+        self.store
+            .revoke_session(principal.session_id, chrono::Utc::now())
+            .await?;
         Ok(())
     }
 
@@ -305,11 +364,14 @@ impl AuthService {
     /// algorithm pinned to HS256, `iss`, `aud`, `exp`, `nbf`, then revocation.
     pub async fn authenticate(&self, token: &str) -> Result<Principal, CoreError> {
         let unauthorized = |why: &str| CoreError::Unauthorized(why.to_owned());
-        let header = jsonwebtoken::decode_header(token).map_err(|_| unauthorized("access token is malformed"))?;
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|_| unauthorized("access token is malformed"))?;
         if header.alg != Algorithm::HS256 {
             return Err(unauthorized("access token uses an unsupported algorithm"));
         }
-        let kid = header.kid.ok_or_else(|| unauthorized("access token has no key id"))?;
+        let kid = header
+            .kid
+            .ok_or_else(|| unauthorized("access token has no key id"))?;
         let key = self
             .keys
             .iter()
@@ -323,7 +385,9 @@ impl AuthService {
         validation.leeway = self.settings.clock_skew.as_secs();
         let claims = jsonwebtoken::decode::<Claims>(token, &key.decoding, &validation)
             .map_err(|e| match e.kind() {
-                jsonwebtoken::errors::ErrorKind::ExpiredSignature => unauthorized("access token has expired"),
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => {
+                    unauthorized("access token has expired")
+                }
                 _ => unauthorized("access token is not valid"),
             })?
             .claims;
@@ -333,10 +397,21 @@ impl AuthService {
         }
         let expires_at = chrono::DateTime::from_timestamp(claims.exp, 0)
             .ok_or_else(|| unauthorized("access token is not valid"))?;
-        Ok(Principal { user_id: claims.sub, role: claims.role, session_id: claims.sid, jti: claims.jti, expires_at })
+        Ok(Principal {
+            user_id: claims.sub,
+            role: claims.role,
+            session_id: claims.sid,
+            jti: claims.jti,
+            expires_at,
+        })
     }
 
-    fn issue(&self, user: &UserRecord, session_id: uuid::Uuid, refresh_token: String) -> Result<TokenPair, CoreError> {
+    fn issue(
+        &self,
+        user: &UserRecord,
+        session_id: uuid::Uuid,
+        refresh_token: String,
+    ) -> Result<TokenPair, CoreError> {
         let now = chrono::Utc::now().timestamp();
         let ttl = self.settings.access_token_ttl.as_secs();
         let claims = Claims {
@@ -355,7 +430,12 @@ impl AuthService {
         header.kid = Some(signer.kid.clone());
         let access_token = jsonwebtoken::encode(&header, &claims, &signer.encoding)
             .map_err(|e| CoreError::Internal(format!("signing a token failed: {e}")))?;
-        Ok(TokenPair { access_token, refresh_token, token_type: "Bearer".into(), expires_in: ttl })
+        Ok(TokenPair {
+            access_token,
+            refresh_token,
+            token_type: "Bearer".into(),
+            expires_in: ttl,
+        })
     }
 }
 
@@ -375,8 +455,11 @@ pub async fn hash_password(password: String) -> Result<String, CoreError> {
 
 async fn verify_password(password: String, hash: String) -> Result<bool, CoreError> {
     tokio::task::spawn_blocking(move || {
-        let parsed = PasswordHash::new(&hash).map_err(|e| CoreError::Internal(format!("stored hash is invalid: {e}")))?;
-        Ok(Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
+        let parsed = PasswordHash::new(&hash)
+            .map_err(|e| CoreError::Internal(format!("stored hash is invalid: {e}")))?;
+        Ok(Argon2::default()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok())
     })
     .await
     .map_err(|e| CoreError::Internal(format!("password check task failed: {e}")))?
@@ -413,8 +496,16 @@ mod tests {
     async fn password_hashes_verify_only_the_right_password() {
         let hash = hash_password("correct horse battery".into()).await.unwrap();
         assert!(hash.starts_with("$argon2id$"));
-        assert!(verify_password("correct horse battery".into(), hash.clone()).await.unwrap());
-        assert!(!verify_password("wrong horse battery".into(), hash).await.unwrap());
+        assert!(
+            verify_password("correct horse battery".into(), hash.clone())
+                .await
+                .unwrap()
+        );
+        assert!(
+            !verify_password("wrong horse battery".into(), hash)
+                .await
+                .unwrap()
+        );
     }
 
     #[test]

@@ -68,22 +68,34 @@ struct EntryLifetime {
 }
 
 impl Expiry<ProductId, Option<Arc<Product>>> for EntryLifetime {
-    fn expire_after_create(&self, _key: &ProductId, value: &Option<Arc<Product>>, _now: Instant) -> Option<Duration> {
+    fn expire_after_create(
+        &self,
+        _key: &ProductId,
+        value: &Option<Arc<Product>>,
+        _now: Instant,
+    ) -> Option<Duration> {
         Some(match value {
             None => self.negative_ttl,
             Some(_) => {
                 let jitter_ms = self.jitter.as_millis() as u64;
-                let extra = if jitter_ms == 0 { 0 } else { rand::random_range(0..=jitter_ms) };
+                let extra = if jitter_ms == 0 {
+                    0
+                } else {
+                    rand::random_range(0..=jitter_ms)
+                };
                 self.ttl + Duration::from_millis(extra)
             }
         })
     }
 }
 
+/// A page is cached by (cursor, page size).
+type PageKey = (Option<ProductId>, u32);
+
 pub struct CatalogService {
     store: Arc<dyn Store>,
     products: Option<Cache<ProductId, Option<Arc<Product>>>>,
-    pages: Option<Cache<(Option<ProductId>, u32), Arc<ProductPage>>>,
+    pages: Option<Cache<PageKey, Arc<ProductPage>>>,
 }
 
 pub const MAX_PAGE_SIZE: u32 = 100;
@@ -92,7 +104,11 @@ pub const DEFAULT_PAGE_SIZE: u32 = 20;
 impl CatalogService {
     pub fn new(store: Arc<dyn Store>, settings: &CacheSettings) -> Self {
         if !settings.enabled {
-            return Self { store, products: None, pages: None };
+            return Self {
+                store,
+                products: None,
+                pages: None,
+            };
         }
         let products = Cache::builder()
             .max_capacity(settings.max_products)
@@ -103,12 +119,20 @@ impl CatalogService {
             })
             .eviction_listener(|_, _, cause| {
                 if cause.was_evicted() {
-                    metrics::counter!("orderflow_cache_evictions_total", "layer" => "l1").increment(1);
+                    metrics::counter!("orderflow_cache_evictions_total", "layer" => "l1")
+                        .increment(1);
                 }
             })
             .build();
-        let pages = Cache::builder().max_capacity(1_000).time_to_live(settings.page_ttl).build();
-        Self { store, products: Some(products), pages: Some(pages) }
+        let pages = Cache::builder()
+            .max_capacity(1_000)
+            .time_to_live(settings.page_ttl)
+            .build();
+        Self {
+            store,
+            products: Some(products),
+            pages: Some(pages),
+        }
     }
 
     pub fn cache_enabled(&self) -> bool {
@@ -121,10 +145,12 @@ impl CatalogService {
             return Ok(self.store.product(id).await?);
         };
         if let Some(hit) = cache.get(&id).await {
-            metrics::counter!("orderflow_cache_hits_total", "layer" => "l1", "kind" => "product").increment(1);
+            metrics::counter!("orderflow_cache_hits_total", "layer" => "l1", "kind" => "product")
+                .increment(1);
             return Ok(hit.map(|p| (*p).clone()));
         }
-        metrics::counter!("orderflow_cache_misses_total", "layer" => "l1", "kind" => "product").increment(1);
+        metrics::counter!("orderflow_cache_misses_total", "layer" => "l1", "kind" => "product")
+            .increment(1);
         let store = self.store.clone();
         let loaded = cache
             .try_get_with(id, async move {
@@ -151,24 +177,36 @@ impl CatalogService {
     }
 
     /// A page of products ordered by id, after `cursor`.
-    pub async fn list(&self, cursor: Option<ProductId>, limit: Option<u32>) -> Result<ProductPage, CoreError> {
+    pub async fn list(
+        &self,
+        cursor: Option<ProductId>,
+        limit: Option<u32>,
+    ) -> Result<ProductPage, CoreError> {
         let limit = limit.unwrap_or(DEFAULT_PAGE_SIZE).clamp(1, MAX_PAGE_SIZE);
         let Some(pages) = &self.pages else {
             return self.load_page(cursor, limit).await;
         };
         if let Some(hit) = pages.get(&(cursor, limit)).await {
-            metrics::counter!("orderflow_cache_hits_total", "layer" => "l1", "kind" => "page").increment(1);
+            metrics::counter!("orderflow_cache_hits_total", "layer" => "l1", "kind" => "page")
+                .increment(1);
             return Ok((*hit).clone());
         }
-        metrics::counter!("orderflow_cache_misses_total", "layer" => "l1", "kind" => "page").increment(1);
+        metrics::counter!("orderflow_cache_misses_total", "layer" => "l1", "kind" => "page")
+            .increment(1);
         let page = pages
-            .try_get_with((cursor, limit), async move { self.load_page(cursor, limit).await.map(Arc::new) })
+            .try_get_with((cursor, limit), async move {
+                self.load_page(cursor, limit).await.map(Arc::new)
+            })
             .await
             .map_err(|e: Arc<CoreError>| CoreError::Internal(e.to_string()))?;
         Ok((*page).clone())
     }
 
-    async fn load_page(&self, cursor: Option<ProductId>, limit: u32) -> Result<ProductPage, CoreError> {
+    async fn load_page(
+        &self,
+        cursor: Option<ProductId>,
+        limit: u32,
+    ) -> Result<ProductPage, CoreError> {
         // One extra row tells whether another page follows.
         let mut items = self.store.list_products(cursor, limit + 1).await?;
         let next_cursor = if items.len() > limit as usize {
@@ -216,7 +254,9 @@ impl CatalogService {
 
 fn sku_conflict(error: StoreError) -> CoreError {
     match error {
-        StoreError::Conflict(_) => CoreError::Conflict("a product with this SKU already exists".into()),
+        StoreError::Conflict(_) => {
+            CoreError::Conflict("a product with this SKU already exists".into())
+        }
         other => CoreError::Store(other),
     }
 }

@@ -26,7 +26,9 @@ use orderflow_domain::{OrderId, UserId, ValidationError};
 
 use crate::CoreError;
 use crate::ports::providers::{ChargeOutcome, PaymentGateway};
-use crate::ports::store::{IdempotencyClaim, NotificationRecord, PaymentRecord, Reservation, Store, StoreTx};
+use crate::ports::store::{
+    IdempotencyClaim, NotificationRecord, PaymentRecord, Reservation, Store, StoreTx,
+};
 use crate::services::auth::sha256_hex;
 use crate::services::catalog::CatalogService;
 use crate::services::effects::{self, Notifiers};
@@ -39,7 +41,10 @@ pub enum SideEffects {
     /// Consumers do them after the order is accepted.
     Events,
     /// The request does them before it answers.
-    Inline { payment: Arc<dyn PaymentGateway>, notifiers: Notifiers },
+    Inline {
+        payment: Arc<dyn PaymentGateway>,
+        notifiers: Notifiers,
+    },
 }
 
 /// A request to place an order.
@@ -69,8 +74,16 @@ pub struct OrderService {
 }
 
 impl OrderService {
-    pub fn new(store: Arc<dyn Store>, catalog: Arc<CatalogService>, side_effects: SideEffects) -> Self {
-        Self { store, catalog, side_effects }
+    pub fn new(
+        store: Arc<dyn Store>,
+        catalog: Arc<CatalogService>,
+        side_effects: SideEffects,
+    ) -> Self {
+        Self {
+            store,
+            catalog,
+            side_effects,
+        }
     }
 
     pub fn is_inline(&self) -> bool {
@@ -84,8 +97,13 @@ impl OrderService {
         }
         let merged = order::validate_request(&request.lines)?;
         let ids: Vec<_> = merged.iter().map(|(id, _)| *id).collect();
-        let catalog: HashMap<_, _> =
-            self.catalog.products(&ids).await?.into_iter().map(|p| (p.id, p)).collect();
+        let catalog: HashMap<_, _> = self
+            .catalog
+            .products(&ids)
+            .await?
+            .into_iter()
+            .map(|p| (p.id, p))
+            .collect();
         let (lines, total) = order::price(&merged, &catalog)?;
         let now = chrono::Utc::now();
         let order = Order {
@@ -101,10 +119,10 @@ impl OrderService {
         let request_hash = sha256_hex(&serde_json::to_string(&request.lines).unwrap_or_default());
 
         let mut tx = self.store.begin().await?;
-        if let Some(key) = &request.idempotency_key {
-            if let Some(saved) = claim(&mut *tx, request.user_id, key, &request_hash).await? {
-                return Ok(saved);
-            }
+        if let Some(key) = &request.idempotency_key
+            && let Some(saved) = claim(&mut *tx, request.user_id, key, &request_hash).await?
+        {
+            return Ok(saved);
         }
         tx.insert_order(&order).await?;
         match &self.side_effects {
@@ -122,15 +140,27 @@ impl OrderService {
                 .await?;
                 let body = order_body(&order);
                 if let Some(key) = &request.idempotency_key {
-                    tx.complete_idempotency_key(order.user_id, key, 201, &body).await?;
+                    tx.complete_idempotency_key(order.user_id, key, 201, &body)
+                        .await?;
                 }
                 tx.commit().await?;
                 metrics::counter!("orderflow_orders_placed_total", "mode" => "events").increment(1);
-                Ok(OrderAnswer { status: 201, body, replayed: false })
+                Ok(OrderAnswer {
+                    status: 201,
+                    body,
+                    replayed: false,
+                })
             }
             SideEffects::Inline { payment, notifiers } => {
                 metrics::counter!("orderflow_orders_placed_total", "mode" => "inline").increment(1);
-                self.place_inline(tx, order, request.idempotency_key.as_deref(), payment.as_ref(), notifiers).await
+                self.place_inline(
+                    tx,
+                    order,
+                    request.idempotency_key.as_deref(),
+                    payment.as_ref(),
+                    notifiers,
+                )
+                .await
             }
         }
     }
@@ -144,39 +174,77 @@ impl OrderService {
         payment: &dyn PaymentGateway,
         notifiers: &Notifiers,
     ) -> Result<OrderAnswer, CoreError> {
-        let lines: Vec<_> = order.items.iter().map(|l| (l.product_id, l.quantity)).collect();
+        let lines: Vec<_> = order
+            .items
+            .iter()
+            .map(|l| (l.product_id, l.quantity))
+            .collect();
         match tx.reserve_stock(order.id, &lines).await? {
             Reservation::Reserved | Reservation::AlreadyReserved => {}
-            Reservation::Insufficient { product_id, available, requested } => {
-                let error = CoreError::OutOfStock { product_id, available, requested };
-                return self.fail_inline(tx, &order, key, &[OrderStatus::Rejected], error).await;
+            Reservation::Insufficient {
+                product_id,
+                available,
+                requested,
+            } => {
+                let error = CoreError::OutOfStock {
+                    product_id,
+                    available,
+                    requested,
+                };
+                return self
+                    .fail_inline(tx, &order, key, &[OrderStatus::Rejected], error)
+                    .await;
             }
             Reservation::UnknownProduct { product_id } => {
-                let error = ValidationError::new("items", format!("unknown product {product_id}")).into();
-                return self.fail_inline(tx, &order, key, &[OrderStatus::Rejected], error).await;
+                let error =
+                    ValidationError::new("items", format!("unknown product {product_id}")).into();
+                return self
+                    .fail_inline(tx, &order, key, &[OrderStatus::Rejected], error)
+                    .await;
             }
         }
-        tx.set_order_status(order.id, &[OrderStatus::Reserved], chrono::Utc::now()).await?;
+        tx.set_order_status(order.id, &[OrderStatus::Reserved], chrono::Utc::now())
+            .await?;
         // The reservation must be visible to other requests while we wait for
         // the providers, so it commits now; the key stays claimed (in progress).
         tx.commit().await?;
 
-        let charge = effects::charge_request(&order, format!("order:{}", order.id));
+        let charge = effects::charge_request(&order, effects::payment_idempotency_key(order.id));
         let payment_id = match payment.charge(&charge).await {
             Ok(ChargeOutcome::Approved { payment_id }) => payment_id,
             Ok(ChargeOutcome::Declined { reason }) => {
                 let tx = self.store.begin().await?;
                 return self
-                    .compensate(tx, &order, key, None, OrderStatus::PaymentFailed, CoreError::PaymentDeclined(reason))
+                    .compensate(
+                        tx,
+                        &order,
+                        key,
+                        None,
+                        OrderStatus::PaymentFailed,
+                        CoreError::PaymentDeclined(reason),
+                    )
                     .await;
             }
             Err(error) => {
                 let tx = self.store.begin().await?;
-                return self.compensate(tx, &order, key, None, OrderStatus::PaymentFailed, error.into()).await;
+                return self
+                    .compensate(
+                        tx,
+                        &order,
+                        key,
+                        None,
+                        OrderStatus::PaymentFailed,
+                        error.into(),
+                    )
+                    .await;
             }
         };
 
-        let user = self.store.user_by_id(order.user_id).await?.ok_or(CoreError::NotFound("user"))?;
+        let user = self
+            .store
+            .user_by_id(order.user_id)
+            .await?
+            .ok_or(CoreError::NotFound("user"))?;
         for channel in Channel::ALL {
             let message = effects::notification_message(
                 NotificationKind::OrderConfirmed,
@@ -187,7 +255,14 @@ impl OrderService {
             if let Err(error) = notifiers.get(channel).send(&message).await {
                 let tx = self.store.begin().await?;
                 return self
-                    .compensate(tx, &order, key, Some((payment, &payment_id)), OrderStatus::Cancelled, error.into())
+                    .compensate(
+                        tx,
+                        &order,
+                        key,
+                        Some((payment, &payment_id)),
+                        OrderStatus::Cancelled,
+                        error.into(),
+                    )
                     .await;
             }
         }
@@ -203,7 +278,8 @@ impl OrderService {
             at: now,
         })
         .await?;
-        tx.set_order_status(order.id, &[OrderStatus::Paid, OrderStatus::Confirmed], now).await?;
+        tx.set_order_status(order.id, &[OrderStatus::Paid, OrderStatus::Confirmed], now)
+            .await?;
         for channel in Channel::ALL {
             tx.record_notification(&NotificationRecord {
                 user_id: order.user_id,
@@ -214,17 +290,23 @@ impl OrderService {
             })
             .await?;
         }
-        tx.add_points(order.user_id, effects::points_for(&order.total())).await?;
+        tx.add_points(order.user_id, effects::points_for(&order.total()))
+            .await?;
         tx.record_sale(&order, now.date_naive()).await?;
         order.status = OrderStatus::Confirmed;
         order.updated_at = now;
         let body = order_body(&order);
         if let Some(key) = key {
-            tx.complete_idempotency_key(order.user_id, key, 201, &body).await?;
+            tx.complete_idempotency_key(order.user_id, key, 201, &body)
+                .await?;
         }
         tx.commit().await?;
         metrics::counter!("orderflow_orders_confirmed_total").increment(1);
-        Ok(OrderAnswer { status: 201, body, replayed: false })
+        Ok(OrderAnswer {
+            status: 201,
+            body,
+            replayed: false,
+        })
     }
 
     /// Undoes an inline order after a provider failed or declined, and
@@ -241,13 +323,17 @@ impl OrderService {
         if let Some((payment, payment_id)) = refund {
             // If the refund itself fails the order is still cancelled; the
             // failure is logged loudly for an operator to settle by hand.
-            if let Err(refund_error) = payment.refund(payment_id, &format!("refund:{}", order.id)).await {
+            if let Err(refund_error) = payment
+                .refund(payment_id, &format!("refund:{}", order.id))
+                .await
+            {
                 tracing::error!(order_id = %order.id, %payment_id, error = %refund_error, "refund failed; settle manually");
                 metrics::counter!("orderflow_refunds_failed_total").increment(1);
             }
         }
         tx.release_stock(order.id).await?;
-        self.fail_inline(tx, order, key, &[final_status], error).await
+        self.fail_inline(tx, order, key, &[final_status], error)
+            .await
     }
 
     /// Records the final state of a failed inline order and answers with the
@@ -260,22 +346,32 @@ impl OrderService {
         steps: &[OrderStatus],
         error: CoreError,
     ) -> Result<OrderAnswer, CoreError> {
-        tx.set_order_status(order.id, steps, chrono::Utc::now()).await?;
+        tx.set_order_status(order.id, steps, chrono::Utc::now())
+            .await?;
         let problem = error.problem();
         let mut body = problem.to_json();
         body["order_id"] = order.id.to_string().into();
         if let Some(key) = key {
-            tx.complete_idempotency_key(order.user_id, key, problem.status, &body).await?;
+            tx.complete_idempotency_key(order.user_id, key, problem.status, &body)
+                .await?;
         }
         tx.commit().await?;
         let status = steps.last().map(|s| s.as_str()).unwrap_or("unknown");
         metrics::counter!("orderflow_orders_failed_inline_total", "status" => status).increment(1);
         tracing::info!(order_id = %order.id, %error, status, "inline order failed");
-        Ok(OrderAnswer { status: problem.status, body, replayed: false })
+        Ok(OrderAnswer {
+            status: problem.status,
+            body,
+            replayed: false,
+        })
     }
 
     /// One order with its history; another shopper's order is "not found".
-    pub async fn get(&self, user_id: UserId, order_id: OrderId) -> Result<(Order, Vec<HistoryEntry>), CoreError> {
+    pub async fn get(
+        &self,
+        user_id: UserId,
+        order_id: OrderId,
+    ) -> Result<(Order, Vec<HistoryEntry>), CoreError> {
         match self.store.order(order_id).await? {
             Some((order, history)) if order.user_id == user_id => Ok((order, history)),
             _ => Err(CoreError::NotFound("order")),
@@ -283,7 +379,12 @@ impl OrderService {
     }
 
     /// The shopper's own orders, newest first.
-    pub async fn list(&self, user_id: UserId, before: Option<OrderId>, limit: Option<u32>) -> Result<Vec<Order>, CoreError> {
+    pub async fn list(
+        &self,
+        user_id: UserId,
+        before: Option<OrderId>,
+        limit: Option<u32>,
+    ) -> Result<Vec<Order>, CoreError> {
         let limit = limit.unwrap_or(20).clamp(1, MAX_ORDERS_PAGE);
         Ok(self.store.orders_of_user(user_id, before, limit).await?)
     }
@@ -298,13 +399,21 @@ async fn claim(
 ) -> Result<Option<OrderAnswer>, CoreError> {
     match tx.claim_idempotency_key(user_id, key, request_hash).await? {
         IdempotencyClaim::Claimed => Ok(None),
-        IdempotencyClaim::Existing(saved) if saved.request_hash != request_hash => Err(CoreError::IdempotencyMismatch),
-        IdempotencyClaim::Existing(saved) if saved.response_status == 0 => Err(CoreError::Conflict(
-            "a request with this Idempotency-Key is still being processed".into(),
-        )),
+        IdempotencyClaim::Existing(saved) if saved.request_hash != request_hash => {
+            Err(CoreError::IdempotencyMismatch)
+        }
+        IdempotencyClaim::Existing(saved) if saved.response_status == 0 => {
+            Err(CoreError::Conflict(
+                "a request with this Idempotency-Key is still being processed".into(),
+            ))
+        }
         IdempotencyClaim::Existing(saved) => {
             metrics::counter!("orderflow_idempotent_replays_total").increment(1);
-            Ok(Some(OrderAnswer { status: saved.response_status, body: saved.response_body, replayed: true }))
+            Ok(Some(OrderAnswer {
+                status: saved.response_status,
+                body: saved.response_body,
+                replayed: true,
+            }))
         }
     }
 }

@@ -21,7 +21,11 @@ impl ShopperQueries {
     }
 
     /// Newest first.
-    pub async fn notifications(&self, user_id: UserId, limit: Option<u32>) -> Result<Vec<NotificationRecord>, CoreError> {
+    pub async fn notifications(
+        &self,
+        user_id: UserId,
+        limit: Option<u32>,
+    ) -> Result<Vec<NotificationRecord>, CoreError> {
         let limit = limit.unwrap_or(50).clamp(1, MAX_NOTIFICATIONS);
         Ok(self.store.notifications_of_user(user_id, limit).await?)
     }
@@ -30,7 +34,10 @@ impl ShopperQueries {
         Ok(self.store.points(user_id).await?)
     }
 
-    pub async fn leaderboard(&self, limit: Option<u32>) -> Result<Vec<LeaderboardEntry>, CoreError> {
+    pub async fn leaderboard(
+        &self,
+        limit: Option<u32>,
+    ) -> Result<Vec<LeaderboardEntry>, CoreError> {
         let limit = limit.unwrap_or(10).clamp(1, MAX_LEADERBOARD);
         Ok(self.store.leaderboard(limit).await?)
     }

@@ -22,11 +22,26 @@ async fn register_answers_201_then_409_for_the_same_email() {
 #[tokio::test]
 async fn weak_password_and_bad_email_are_422_naming_the_field() {
     let app = spawn_app().await;
-    let weak = assert_problem(app.register("bob@example.com", "short", "Bob").await, 422, "validation").await;
+    let weak = assert_problem(
+        app.register("bob@example.com", "short", "Bob").await,
+        422,
+        "validation",
+    )
+    .await;
     assert_eq!(weak["field"], "password");
-    let common = assert_problem(app.register("bob@example.com", "password123", "Bob").await, 422, "validation").await;
+    let common = assert_problem(
+        app.register("bob@example.com", "password123", "Bob").await,
+        422,
+        "validation",
+    )
+    .await;
     assert_eq!(common["field"], "password");
-    let email = assert_problem(app.register("not-an-email", PASSWORD, "Bob").await, 422, "validation").await;
+    let email = assert_problem(
+        app.register("not-an-email", PASSWORD, "Bob").await,
+        422,
+        "validation",
+    )
+    .await;
     assert_eq!(email["field"], "email");
     let missing = app
         .http
@@ -36,7 +51,10 @@ async fn weak_password_and_bad_email_are_422_naming_the_field() {
         .await
         .unwrap();
     let body = assert_problem(missing, 422, "malformed-body").await;
-    assert!(body["detail"].as_str().unwrap().contains("password"), "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("password"),
+        "{body}"
+    );
 }
 
 #[tokio::test]
@@ -48,9 +66,22 @@ async fn login_gives_tokens_and_wrong_credentials_get_one_answer() {
     assert_eq!(pair.expires_in, 900);
     assert_eq!(pair.access_token.split('.').count(), 3, "a JWT");
 
-    let wrong_password = assert_problem(app.login(&shopper.email, "wrong password!!", None).await, 401, "unauthorized").await;
-    let unknown_email = assert_problem(app.login("nobody@example.com", PASSWORD, None).await, 401, "unauthorized").await;
-    assert_eq!(wrong_password["detail"], unknown_email["detail"], "an unknown e-mail is indistinguishable");
+    let wrong_password = assert_problem(
+        app.login(&shopper.email, "wrong password!!", None).await,
+        401,
+        "unauthorized",
+    )
+    .await;
+    let unknown_email = assert_problem(
+        app.login("nobody@example.com", PASSWORD, None).await,
+        401,
+        "unauthorized",
+    )
+    .await;
+    assert_eq!(
+        wrong_password["detail"], unknown_email["detail"],
+        "an unknown e-mail is indistinguishable"
+    );
 }
 
 #[tokio::test]
@@ -62,12 +93,28 @@ async fn refresh_rotates_and_a_reused_refresh_token_revokes_the_session() {
     assert_eq!(response.status(), StatusCode::OK);
     let rotated: orderflow_api::routes::auth::TokenPairView = response.json().await.unwrap();
     assert_ne!(rotated.refresh_token, shopper.refresh_token);
-    assert_eq!(app.get_order(&rotated.access_token, uuid::Uuid::now_v7()).await.status(), StatusCode::NOT_FOUND, "new access token works");
+    assert_eq!(
+        app.get_order(&rotated.access_token, uuid::Uuid::now_v7())
+            .await
+            .status(),
+        StatusCode::NOT_FOUND,
+        "new access token works"
+    );
 
     // The old refresh token stops working, and replaying it is treated as theft:
     // the session is revoked, so the new refresh token dies too.
-    assert_problem(app.refresh(&shopper.refresh_token).await, 401, "unauthorized").await;
-    assert_problem(app.refresh(&rotated.refresh_token).await, 401, "unauthorized").await;
+    assert_problem(
+        app.refresh(&shopper.refresh_token).await,
+        401,
+        "unauthorized",
+    )
+    .await;
+    assert_problem(
+        app.refresh(&rotated.refresh_token).await,
+        401,
+        "unauthorized",
+    )
+    .await;
     assert_problem(app.refresh("made-up-token").await, 401, "unauthorized").await;
 }
 
@@ -77,28 +124,63 @@ async fn logout_revokes_the_access_token_and_the_session() {
     let shopper = app.shopper("Emma").await;
     let other_device = app.tokens(&shopper.email, PASSWORD).await;
 
-    assert_eq!(app.logout(&shopper.token).await.status(), StatusCode::NO_CONTENT);
-    let body = assert_problem(app.get_order(&shopper.token, uuid::Uuid::now_v7()).await, 401, "unauthorized").await;
-    assert!(body["detail"].as_str().unwrap().contains("revoked"), "{body}");
-    assert_problem(app.refresh(&shopper.refresh_token).await, 401, "unauthorized").await;
+    assert_eq!(
+        app.logout(&shopper.token).await.status(),
+        StatusCode::NO_CONTENT
+    );
+    let body = assert_problem(
+        app.get_order(&shopper.token, uuid::Uuid::now_v7()).await,
+        401,
+        "unauthorized",
+    )
+    .await;
+    assert!(
+        body["detail"].as_str().unwrap().contains("revoked"),
+        "{body}"
+    );
+    assert_problem(
+        app.refresh(&shopper.refresh_token).await,
+        401,
+        "unauthorized",
+    )
+    .await;
 
     // Only that device is logged out.
-    assert_eq!(app.get_order(&other_device.access_token, uuid::Uuid::now_v7()).await.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        app.get_order(&other_device.access_token, uuid::Uuid::now_v7())
+            .await
+            .status(),
+        StatusCode::NOT_FOUND
+    );
 }
 
 #[tokio::test]
 async fn revocations_survive_a_restart_of_the_process() {
     let app = spawn_app().await;
     let shopper = app.shopper("Fatma").await;
-    assert_eq!(app.logout(&shopper.token).await.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        app.logout(&shopper.token).await.status(),
+        StatusCode::NO_CONTENT
+    );
     // A second app on the same data dir: same keys, revocations loaded from the database.
     let settings = app.app.settings.clone();
     let restarted = orderflow::App::build(settings).await.unwrap();
-    let error = restarted.auth.authenticate(&shopper.token).await.unwrap_err();
+    let error = restarted
+        .auth
+        .authenticate(&shopper.token)
+        .await
+        .unwrap_err();
     assert!(error.to_string().contains("revoked"), "{error}");
     let fresh = app.tokens(&shopper.email, PASSWORD).await;
-    let principal = restarted.auth.authenticate(&fresh.access_token).await.unwrap();
-    assert_eq!(principal.user_id, shopper.id, "tokens signed before the restart still verify");
+    let principal = restarted
+        .auth
+        .authenticate(&fresh.access_token)
+        .await
+        .unwrap();
+    assert_eq!(
+        principal.user_id, shopper.id,
+        "tokens signed before the restart still verify"
+    );
 }
 
 #[tokio::test]
@@ -111,15 +193,31 @@ async fn bad_tokens_are_401() {
     assert!(body["detail"].as_str().unwrap().contains("Bearer"));
     let mut tampered = shopper.token.clone();
     tampered.pop();
-    tampered.push(if shopper.token.ends_with('A') { 'B' } else { 'A' });
+    tampered.push(if shopper.token.ends_with('A') {
+        'B'
+    } else {
+        'A'
+    });
     for token in [tampered.as_str(), "not.a.jwt", "garbage"] {
-        let response = app.http.get(app.url(path)).bearer_auth(token).send().await.unwrap();
+        let response = app
+            .http
+            .get(app.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
         assert_problem(response, 401, "unauthorized").await;
     }
     // alg: none with the same claims.
     let payload = shopper.token.split('.').nth(1).unwrap();
     let none = format!("eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.{payload}.");
-    let response = app.http.get(app.url(path)).bearer_auth(none).send().await.unwrap();
+    let response = app
+        .http
+        .get(app.url(path))
+        .bearer_auth(none)
+        .send()
+        .await
+        .unwrap();
     assert_problem(response, 401, "unauthorized").await;
 }
 
@@ -129,12 +227,26 @@ async fn login_is_rate_limited_per_ip_with_headers() {
     // A bucket of 10 refilled at 1 per second: 20 attempts at once cannot all pass.
     let attempts = (0..20).map(|_| app.login("nobody@example.com", PASSWORD, None));
     let responses = futures::future::join_all(attempts).await;
-    let (limited, passed): (Vec<_>, Vec<_>) =
-        responses.into_iter().partition(|r| r.status() == StatusCode::TOO_MANY_REQUESTS);
-    assert!(!limited.is_empty() && passed.len() >= 10, "{} limited, {} passed", limited.len(), passed.len());
-    assert!(passed.iter().all(|r| r.headers().contains_key("ratelimit")), "every answer carries RateLimit");
+    let (limited, passed): (Vec<_>, Vec<_>) = responses
+        .into_iter()
+        .partition(|r| r.status() == StatusCode::TOO_MANY_REQUESTS);
+    assert!(
+        !limited.is_empty() && passed.len() >= 10,
+        "{} limited, {} passed",
+        limited.len(),
+        passed.len()
+    );
+    assert!(
+        passed.iter().all(|r| r.headers().contains_key("ratelimit")),
+        "every answer carries RateLimit"
+    );
     let response = limited.into_iter().next().unwrap();
     assert!(response.headers().contains_key("retry-after"));
-    assert!(response.headers()["ratelimit-policy"].to_str().unwrap().contains("\"auth\""));
+    assert!(
+        response.headers()["ratelimit-policy"]
+            .to_str()
+            .unwrap()
+            .contains("\"auth\"")
+    );
     assert_problem(response, 429, "rate-limited").await;
 }

@@ -17,11 +17,20 @@ async fn products_are_paged_with_a_cursor() {
     let third = app.products(Some(2), second.next_cursor).await;
     assert_eq!(third.items.len(), 1);
     assert!(third.next_cursor.is_none(), "last page has no cursor");
-    let mut ids: Vec<_> = [first.items, second.items, third.items].concat().into_iter().map(|p| p.id).collect();
+    let mut ids: Vec<_> = [first.items, second.items, third.items]
+        .concat()
+        .into_iter()
+        .map(|p| p.id)
+        .collect();
     ids.dedup();
     assert_eq!(ids.len(), 5, "every product exactly once");
 
-    let bad = app.http.get(app.url("/api/v1/products?limit=abc")).send().await.unwrap();
+    let bad = app
+        .http
+        .get(app.url("/api/v1/products?limit=abc"))
+        .send()
+        .await
+        .unwrap();
     assert_problem(bad, 400, "malformed-query").await;
 }
 
@@ -32,17 +41,40 @@ async fn product_has_etag_and_answers_304() {
     let response = app.get_product(product.id, None).await;
     assert_eq!(response.status(), StatusCode::OK);
     let etag = response.headers()["etag"].to_str().unwrap().to_owned();
-    assert!(response.headers()["cache-control"].to_str().unwrap().contains("max-age"));
+    assert!(
+        response.headers()["cache-control"]
+            .to_str()
+            .unwrap()
+            .contains("max-age")
+    );
     let body: serde_json::Value = response.json().await.unwrap();
-    assert_eq!(body, json!({"id": product.id, "sku": "ETAG-1", "name": "Product ETAG-1", "price_cents": 1299, "currency": "EUR", "stock": 7}));
+    assert_eq!(
+        body,
+        json!({"id": product.id, "sku": "ETAG-1", "name": "Product ETAG-1", "price_cents": 1299, "currency": "EUR", "stock": 7})
+    );
 
     let not_modified = app.get_product(product.id, Some(&etag)).await;
     assert_eq!(not_modified.status(), StatusCode::NOT_MODIFIED);
     assert_eq!(not_modified.headers()["etag"].to_str().unwrap(), etag);
-    assert_eq!(app.get_product(product.id, Some("\"other\"")).await.status(), StatusCode::OK);
+    assert_eq!(
+        app.get_product(product.id, Some("\"other\""))
+            .await
+            .status(),
+        StatusCode::OK
+    );
 
-    assert_problem(app.get_product(uuid::Uuid::now_v7(), None).await, 404, "not-found").await;
-    let bad_id = app.http.get(app.url("/api/v1/products/not-a-uuid")).send().await.unwrap();
+    assert_problem(
+        app.get_product(uuid::Uuid::now_v7(), None).await,
+        404,
+        "not-found",
+    )
+    .await;
+    let bad_id = app
+        .http
+        .get(app.url("/api/v1/products/not-a-uuid"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(bad_id.status().as_u16() / 100, 4);
     assert_eq!(bad_id.headers()["content-type"], "application/problem+json");
 }
@@ -58,18 +90,43 @@ async fn catalog_writes_need_the_admin_role_and_invalidate_the_cache() {
     let response = app.put_product(&admin, product.id, &update).await;
     assert_eq!(response.status(), StatusCode::OK);
     let read = app.product(product.id).await;
-    assert_eq!((read.name.as_str(), read.price_cents, read.stock), ("Renamed", 650, 9));
+    assert_eq!(
+        (read.name.as_str(), read.price_cents, read.stock),
+        ("Renamed", 650, 9)
+    );
 
     let shopper = app.shopper("Hakan").await;
-    assert_problem(app.post_product(&shopper.token, &update).await, 403, "forbidden").await;
-    assert_problem(app.put_product(&shopper.token, product.id, &update).await, 403, "forbidden").await;
-    let anonymous = app.http.post(app.url("/api/v1/products")).json(&update).send().await.unwrap();
+    assert_problem(
+        app.post_product(&shopper.token, &update).await,
+        403,
+        "forbidden",
+    )
+    .await;
+    assert_problem(
+        app.put_product(&shopper.token, product.id, &update).await,
+        403,
+        "forbidden",
+    )
+    .await;
+    let anonymous = app
+        .http
+        .post(app.url("/api/v1/products"))
+        .json(&update)
+        .send()
+        .await
+        .unwrap();
     assert_problem(anonymous, 401, "unauthorized").await;
 
     let duplicate = app.post_product(&admin, &update).await;
     assert_problem(duplicate, 409, "conflict").await;
-    let negative = json!({"sku": "NEG", "name": "x", "price_cents": -1, "currency": "EUR", "stock": 1});
+    let negative =
+        json!({"sku": "NEG", "name": "x", "price_cents": -1, "currency": "EUR", "stock": 1});
     let body = assert_problem(app.post_product(&admin, &negative).await, 422, "validation").await;
     assert_eq!(body["field"], "price_cents");
-    assert_problem(app.put_product(&admin, uuid::Uuid::now_v7(), &update).await, 404, "not-found").await;
+    assert_problem(
+        app.put_product(&admin, uuid::Uuid::now_v7(), &update).await,
+        404,
+        "not-found",
+    )
+    .await;
 }

@@ -9,7 +9,12 @@ fn kinds(notifications: &[serde_json::Value], order_id: uuid::Uuid) -> Vec<(Stri
     let mut kinds: Vec<_> = notifications
         .iter()
         .filter(|n| n["order_id"] == order_id.to_string())
-        .map(|n| (n["channel"].as_str().unwrap().to_owned(), n["kind"].as_str().unwrap().to_owned()))
+        .map(|n| {
+            (
+                n["channel"].as_str().unwrap().to_owned(),
+                n["kind"].as_str().unwrap().to_owned(),
+            )
+        })
         .collect();
     kinds.sort();
     kinds
@@ -27,17 +32,43 @@ async fn an_order_is_confirmed_with_three_notifications_stock_and_points() {
 
     let order = app.order(&shopper.token, order.id).await;
     assert_eq!(order.status, "confirmed");
-    let history: Vec<_> = order.history.unwrap().into_iter().map(|h| h.status).collect();
+    let history: Vec<_> = order
+        .history
+        .unwrap()
+        .into_iter()
+        .map(|h| h.status)
+        .collect();
     assert_eq!(history, ["pending", "reserved", "paid", "confirmed"]);
     assert_eq!(
         kinds(&app.notifications(&shopper.token).await, order.id),
-        [("email", "order_confirmed"), ("push", "order_confirmed"), ("sms", "order_confirmed")]
-            .map(|(c, k)| (c.to_owned(), k.to_owned()))
+        [
+            ("email", "order_confirmed"),
+            ("push", "order_confirmed"),
+            ("sms", "order_confirmed")
+        ]
+        .map(|(c, k)| (c.to_owned(), k.to_owned()))
     );
     let all = app.notifications(&shopper.token).await;
-    assert!(all.iter().any(|n| n["kind"] == "welcome" && n["channel"] == "email"), "welcome e-mail: {all:?}");
-    assert_eq!(app.app.store.product(product.id).await.unwrap().unwrap().stock, 8, "stock decreased");
-    assert_eq!(app.points(&shopper.token).await, json!({"points": 51, "rank": 1}));
+    assert!(
+        all.iter()
+            .any(|n| n["kind"] == "welcome" && n["channel"] == "email"),
+        "welcome e-mail: {all:?}"
+    );
+    assert_eq!(
+        app.app
+            .store
+            .product(product.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .stock,
+        8,
+        "stock decreased"
+    );
+    assert_eq!(
+        app.points(&shopper.token).await,
+        json!({"points": 51, "rank": 1})
+    );
     let board = app.leaderboard().await;
     assert_eq!(board["items"][0]["user_id"], shopper.id.to_string());
     assert_eq!(board["items"][0]["points"], 51);
@@ -57,10 +88,29 @@ async fn out_of_stock_is_rejected_and_stock_is_untouched() {
     app.drain().await;
     let order = app.order(&shopper.token, order.id).await;
     assert_eq!(order.status, "rejected");
-    assert_eq!(app.app.store.product(product.id).await.unwrap().unwrap().stock, 1);
-    assert_eq!(kinds(&app.notifications(&shopper.token).await, order.id).len(), 3);
-    assert!(kinds(&app.notifications(&shopper.token).await, order.id).iter().all(|(_, k)| k == "order_rejected"));
-    assert_eq!(app.points(&shopper.token).await, json!({"points": 0, "rank": null}));
+    assert_eq!(
+        app.app
+            .store
+            .product(product.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .stock,
+        1
+    );
+    assert_eq!(
+        kinds(&app.notifications(&shopper.token).await, order.id).len(),
+        3
+    );
+    assert!(
+        kinds(&app.notifications(&shopper.token).await, order.id)
+            .iter()
+            .all(|(_, k)| k == "order_rejected")
+    );
+    assert_eq!(
+        app.points(&shopper.token).await,
+        json!({"points": 0, "rank": null})
+    );
 }
 
 #[tokio::test]
@@ -72,10 +122,29 @@ async fn a_declined_payment_fails_the_order_and_releases_the_stock_once() {
     app.drain().await;
     let order = app.order(&shopper.token, order.id).await;
     assert_eq!(order.status, "payment_failed");
-    let history: Vec<_> = order.history.unwrap().into_iter().map(|h| h.status).collect();
+    let history: Vec<_> = order
+        .history
+        .unwrap()
+        .into_iter()
+        .map(|h| h.status)
+        .collect();
     assert_eq!(history, ["pending", "reserved", "payment_failed"]);
-    assert_eq!(app.app.store.product(product.id).await.unwrap().unwrap().stock, 5, "released");
-    assert!(kinds(&app.notifications(&shopper.token).await, order.id).iter().all(|(_, k)| k == "payment_failed"));
+    assert_eq!(
+        app.app
+            .store
+            .product(product.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .stock,
+        5,
+        "released"
+    );
+    assert!(
+        kinds(&app.notifications(&shopper.token).await, order.id)
+            .iter()
+            .all(|(_, k)| k == "payment_failed")
+    );
 }
 
 #[tokio::test]
@@ -88,10 +157,20 @@ async fn a_failing_provider_is_retried_dead_lettered_and_replayed_to_success() {
     app.drain().await;
 
     // The order is confirmed; only the SMS is missing.
-    assert_eq!(app.order(&shopper.token, order.id).await.status, "confirmed");
-    let channels: Vec<_> = kinds(&app.notifications(&shopper.token).await, order.id).into_iter().map(|(c, _)| c).collect();
+    assert_eq!(
+        app.order(&shopper.token, order.id).await.status,
+        "confirmed"
+    );
+    let channels: Vec<_> = kinds(&app.notifications(&shopper.token).await, order.id)
+        .into_iter()
+        .map(|(c, _)| c)
+        .collect();
     assert_eq!(channels, ["email", "push"]);
-    assert_eq!(app.app.simulated.sms.controls().calls(), 3, "max_attempts calls");
+    assert_eq!(
+        app.app.simulated.sms.controls().calls(),
+        3,
+        "max_attempts calls"
+    );
 
     let admin = app.admin_token().await;
     let dead = app.dead_letters(&admin).await;
@@ -100,11 +179,21 @@ async fn a_failing_provider_is_retried_dead_lettered_and_replayed_to_success() {
     assert_eq!(dead[0]["attempts"], 3);
     assert!(dead[0]["error"].as_str().unwrap().contains("simulated"));
     // The failure is also an event on failed.messages, for any tool that follows that topic.
-    let mut audit = app.app.log.subscribe("dlq-audit", &["failed.messages"]).await.unwrap();
+    let mut audit = app
+        .app
+        .log
+        .subscribe("dlq-audit", &["failed.messages"])
+        .await
+        .unwrap();
     let failed = audit.poll(10, std::time::Duration::ZERO).await.unwrap();
     assert_eq!(failed.len(), 1);
     match &failed[0].envelope.data {
-        orderflow_domain::events::EventData::MessageFailed { group, attempts, original, .. } => {
+        orderflow_domain::events::EventData::MessageFailed {
+            group,
+            attempts,
+            original,
+            ..
+        } => {
             assert_eq!((group.as_str(), *attempts), ("sms", 3));
             assert_eq!(original.type_name(), "orderflow.order.confirmed");
         }
@@ -114,13 +203,27 @@ async fn a_failing_provider_is_retried_dead_lettered_and_replayed_to_success() {
     // The provider recovers; the operator replays.
     app.app.simulated.sms.controls().set_failure_rate(0.0);
     let id = dead[0]["id"].as_str().unwrap();
-    assert_eq!(app.replay(&admin, id).await.status(), reqwest::StatusCode::OK);
-    assert_eq!(app.replay(&admin, id).await.status(), reqwest::StatusCode::CONFLICT, "a replay happens once");
+    assert_eq!(
+        app.replay(&admin, id).await.status(),
+        reqwest::StatusCode::OK
+    );
+    assert_eq!(
+        app.replay(&admin, id).await.status(),
+        reqwest::StatusCode::CONFLICT,
+        "a replay happens once"
+    );
     app.drain().await;
 
-    let channels: Vec<_> = kinds(&app.notifications(&shopper.token).await, order.id).into_iter().map(|(c, _)| c).collect();
+    let channels: Vec<_> = kinds(&app.notifications(&shopper.token).await, order.id)
+        .into_iter()
+        .map(|(c, _)| c)
+        .collect();
     assert_eq!(channels, ["email", "push", "sms"]);
-    assert_eq!(app.dead_letters(&admin).await.len(), 0, "replayed letters leave the default list");
+    assert_eq!(
+        app.dead_letters(&admin).await.len(),
+        0,
+        "replayed letters leave the default list"
+    );
     // The replayed event reached every group again; the others skipped it.
     assert_eq!(app.points(&shopper.token).await["points"], 10);
 }
@@ -133,7 +236,8 @@ async fn concurrent_orders_for_the_last_units_never_oversell() {
     for i in 0..8 {
         shoppers.push(app.shopper(&format!("Buyer{i}")).await);
     }
-    let orders = futures::future::join_all(shoppers.iter().map(|s| app.order_one(s, product.id, 1))).await;
+    let orders =
+        futures::future::join_all(shoppers.iter().map(|s| app.order_one(s, product.id, 1))).await;
     app.drain().await;
     let mut confirmed = 0;
     for (shopper, order) in shoppers.iter().zip(&orders) {
@@ -144,7 +248,16 @@ async fn concurrent_orders_for_the_last_units_never_oversell() {
         }
     }
     assert_eq!(confirmed, 3);
-    assert_eq!(app.app.store.product(product.id).await.unwrap().unwrap().stock, 0);
+    assert_eq!(
+        app.app
+            .store
+            .product(product.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .stock,
+        0
+    );
 }
 
 #[tokio::test]
@@ -155,7 +268,12 @@ async fn consumer_lag_shows_work_waiting_and_drains_to_zero() {
     app.order_one(&shopper, product.id, 1).await;
     let admin = app.admin_token().await;
     let before = app.get_json(&admin, "/api/v1/admin/consumers").await;
-    let inventory = before["groups"].as_array().unwrap().iter().find(|g| g["group"] == "inventory").unwrap();
+    let inventory = before["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["group"] == "inventory")
+        .unwrap();
     assert!(inventory["lag"].as_i64().unwrap() >= 1, "{inventory}");
     app.drain().await;
     let after = app.get_json(&admin, "/api/v1/admin/consumers").await;
@@ -163,7 +281,10 @@ async fn consumer_lag_shows_work_waiting_and_drains_to_zero() {
         assert_eq!(group["lag"], 0, "{group}");
     }
     let metrics = app.metrics().await;
-    assert!(metrics.contains("orderflow_consumer_lag{"), "lag per partition is exported");
+    assert!(
+        metrics.contains("orderflow_consumer_lag{"),
+        "lag per partition is exported"
+    );
     assert!(metrics.contains("orderflow_events_consumed_total{"));
     assert!(metrics.contains("orderflow_events_published_total{"));
 }
@@ -174,14 +295,35 @@ async fn the_server_with_its_workers_stops_cleanly_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     use clap::Parser;
     let cli = orderflow::cli::Cli::try_parse_from([
-        "orderflow", "--data-dir", dir.path().to_str().unwrap(), "--listen", "127.0.0.1:0",
-        "--sim-email-latency-ms", "0", "--sim-sms-latency-ms", "0", "--sim-push-latency-ms", "0",
-        "--sim-payment-latency-ms", "0", "serve",
+        "orderflow",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--sim-email-latency-ms",
+        "0",
+        "--sim-sms-latency-ms",
+        "0",
+        "--sim-push-latency-ms",
+        "0",
+        "--sim-payment-latency-ms",
+        "0",
+        "serve",
     ])
     .unwrap();
     let app = std::sync::Arc::new(orderflow::App::build(cli.settings.clone()).await.unwrap());
-    let product = app.catalog.create(orderflow_domain::product::ProductDraft::new("STOP-1", "Stop", 100, "EUR", 50).unwrap()).await.unwrap();
-    let user = app.auth.register("stop@example.com", "a long enough password", "Stop").await.unwrap();
+    let product = app
+        .catalog
+        .create(
+            orderflow_domain::product::ProductDraft::new("STOP-1", "Stop", 100, "EUR", 50).unwrap(),
+        )
+        .await
+        .unwrap();
+    let user = app
+        .auth
+        .register("stop@example.com", "a long enough password", "Stop")
+        .await
+        .unwrap();
     let listener = app.bind().await.unwrap();
     let shutdown = tokio_util::sync::CancellationToken::new();
     let server = tokio::spawn({
@@ -195,12 +337,21 @@ async fn the_server_with_its_workers_stops_cleanly_and_loses_nothing() {
             .place(orderflow_core::services::orders::PlaceOrder {
                 user_id: user.id,
                 idempotency_key: None,
-                lines: vec![orderflow_domain::order::RequestedLine { product_id: product.id, quantity: 1 }],
+                lines: vec![orderflow_domain::order::RequestedLine {
+                    product_id: product.id,
+                    quantity: 1,
+                }],
                 traceparent: None,
             })
             .await
             .unwrap();
-        placed.push(answer.body["id"].as_str().unwrap().parse::<uuid::Uuid>().unwrap());
+        placed.push(
+            answer.body["id"]
+                .as_str()
+                .unwrap()
+                .parse::<uuid::Uuid>()
+                .unwrap(),
+        );
     }
     shutdown.cancel();
     server.await.unwrap().unwrap();
@@ -212,7 +363,11 @@ async fn the_server_with_its_workers_stops_cleanly_and_loses_nothing() {
     loop {
         let mut progressed = false;
         for consumer in consumers.iter_mut() {
-            progressed |= !consumer.process_batch(std::time::Duration::ZERO).await.unwrap().is_idle();
+            progressed |= !consumer
+                .process_batch(std::time::Duration::ZERO)
+                .await
+                .unwrap()
+                .is_idle();
         }
         if !progressed {
             break;

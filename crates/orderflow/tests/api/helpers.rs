@@ -72,7 +72,11 @@ pub async fn spawn_app_with(extra: &[&str]) -> TestApp {
     let app = Arc::new(App::build(cli.settings).await.expect("app builds"));
     let listener = app.bind().await.expect("bind port 0");
     let address = format!("http://{}", listener.local_addr().unwrap());
-    let consumers = app.workers.all_consumers().await.expect("consumers subscribe");
+    let consumers = app
+        .workers
+        .all_consumers()
+        .await
+        .expect("consumers subscribe");
     let shutdown = CancellationToken::new();
     let server = {
         let app = app.clone();
@@ -81,7 +85,10 @@ pub async fn spawn_app_with(extra: &[&str]) -> TestApp {
     };
     TestApp {
         address,
-        http: reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap(),
+        http: reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap(),
         app,
         consumers: Mutex::new(consumers),
         shutdown,
@@ -114,7 +121,10 @@ impl TestApp {
         for _round in 0..100 {
             let mut progressed = false;
             for consumer in consumers.iter_mut() {
-                let report = consumer.process_batch(Duration::ZERO).await.expect("consumer batch");
+                let report = consumer
+                    .process_batch(Duration::ZERO)
+                    .await
+                    .expect("consumer batch");
                 progressed |= !report.is_idle();
             }
             if !progressed {
@@ -128,7 +138,10 @@ impl TestApp {
     pub async fn stop(mut self) {
         self.shutdown.cancel();
         if let Some(server) = self.server.take() {
-            server.await.expect("server task").expect("server stopped cleanly");
+            server
+                .await
+                .expect("server task")
+                .expect("server stopped cleanly");
         }
     }
 
@@ -162,17 +175,31 @@ impl TestApp {
     }
 
     pub async fn logout(&self, token: &str) -> Response {
-        self.http.post(self.url("/api/v1/auth/logout")).bearer_auth(token).send().await.unwrap()
+        self.http
+            .post(self.url("/api/v1/auth/logout"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
     }
 
     /// Registers and logs in a new shopper with a unique e-mail.
     pub async fn shopper(&self, name: &str) -> Shopper {
-        let email = format!("{}-{}@example.com", name.to_lowercase(), uuid::Uuid::new_v4().simple());
+        let email = format!(
+            "{}-{}@example.com",
+            name.to_lowercase(),
+            uuid::Uuid::new_v4().simple()
+        );
         let response = self.register(&email, PASSWORD, name).await;
         assert_eq!(response.status(), StatusCode::CREATED, "register {email}");
         let user: UserView = response.json().await.unwrap();
         let pair = self.tokens(&email, PASSWORD).await;
-        Shopper { id: user.id, email, token: pair.access_token, refresh_token: pair.refresh_token }
+        Shopper {
+            id: user.id,
+            email,
+            token: pair.access_token,
+            refresh_token: pair.refresh_token,
+        }
     }
 
     pub async fn tokens(&self, email: &str, password: &str) -> TokenPairView {
@@ -187,7 +214,11 @@ impl TestApp {
 
     // --- catalog ---
 
-    pub async fn products(&self, limit: Option<u32>, cursor: Option<uuid::Uuid>) -> ProductPageView {
+    pub async fn products(
+        &self,
+        limit: Option<u32>,
+        cursor: Option<uuid::Uuid>,
+    ) -> ProductPageView {
         let mut request = self.http.get(self.url("/api/v1/products"));
         if let Some(limit) = limit {
             request = request.query(&[("limit", limit.to_string())]);
@@ -215,11 +246,23 @@ impl TestApp {
     }
 
     pub async fn post_product(&self, token: &str, body: &Value) -> Response {
-        self.http.post(self.url("/api/v1/products")).bearer_auth(token).json(body).send().await.unwrap()
+        self.http
+            .post(self.url("/api/v1/products"))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
     }
 
     pub async fn put_product(&self, token: &str, id: uuid::Uuid, body: &Value) -> Response {
-        self.http.put(self.url(&format!("/api/v1/products/{id}"))).bearer_auth(token).json(body).send().await.unwrap()
+        self.http
+            .put(self.url(&format!("/api/v1/products/{id}")))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
     }
 
     /// Creates a product as admin and returns it.
@@ -235,7 +278,11 @@ impl TestApp {
     // --- orders ---
 
     pub async fn place_order(&self, token: &str, key: Option<&str>, body: &Value) -> Response {
-        let mut request = self.http.post(self.url("/api/v1/orders")).bearer_auth(token).json(body);
+        let mut request = self
+            .http
+            .post(self.url("/api/v1/orders"))
+            .bearer_auth(token)
+            .json(body);
         if let Some(key) = key {
             request = request.header("idempotency-key", key);
         }
@@ -243,16 +290,35 @@ impl TestApp {
     }
 
     /// Places a one-line order and expects 201.
-    pub async fn order_one(&self, shopper: &Shopper, product_id: uuid::Uuid, quantity: i64) -> OrderView {
+    pub async fn order_one(
+        &self,
+        shopper: &Shopper,
+        product_id: uuid::Uuid,
+        quantity: i64,
+    ) -> OrderView {
         let response = self
-            .place_order(&shopper.token, None, &json!({"items": [{"product_id": product_id, "quantity": quantity}]}))
+            .place_order(
+                &shopper.token,
+                None,
+                &json!({"items": [{"product_id": product_id, "quantity": quantity}]}),
+            )
             .await;
-        assert_eq!(response.status(), StatusCode::CREATED, "{}", response.text().await.unwrap());
+        assert_eq!(
+            response.status(),
+            StatusCode::CREATED,
+            "{}",
+            response.text().await.unwrap()
+        );
         response.json().await.unwrap()
     }
 
     pub async fn get_order(&self, token: &str, id: uuid::Uuid) -> Response {
-        self.http.get(self.url(&format!("/api/v1/orders/{id}"))).bearer_auth(token).send().await.unwrap()
+        self.http
+            .get(self.url(&format!("/api/v1/orders/{id}")))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
     }
 
     pub async fn order(&self, token: &str, id: uuid::Uuid) -> OrderView {
@@ -268,13 +334,22 @@ impl TestApp {
     // --- me, leaderboard, admin ---
 
     pub async fn get_json(&self, token: &str, path: &str) -> Value {
-        let response = self.http.get(self.url(path)).bearer_auth(token).send().await.unwrap();
+        let response = self
+            .http
+            .get(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(response.status(), StatusCode::OK, "GET {path}");
         response.json().await.unwrap()
     }
 
     pub async fn notifications(&self, token: &str) -> Vec<Value> {
-        self.get_json(token, "/api/v1/me/notifications").await["items"].as_array().unwrap().clone()
+        self.get_json(token, "/api/v1/me/notifications").await["items"]
+            .as_array()
+            .unwrap()
+            .clone()
     }
 
     pub async fn points(&self, token: &str) -> Value {
@@ -282,30 +357,66 @@ impl TestApp {
     }
 
     pub async fn leaderboard(&self) -> Value {
-        self.http.get(self.url("/api/v1/leaderboard?limit=10")).send().await.unwrap().json().await.unwrap()
+        self.http
+            .get(self.url("/api/v1/leaderboard?limit=10"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
     }
 
     pub async fn dead_letters(&self, admin: &str) -> Vec<Value> {
-        self.get_json(admin, "/api/v1/admin/dlq").await["items"].as_array().unwrap().clone()
+        self.get_json(admin, "/api/v1/admin/dlq").await["items"]
+            .as_array()
+            .unwrap()
+            .clone()
     }
 
     pub async fn replay(&self, admin: &str, id: &str) -> Response {
-        self.http.post(self.url(&format!("/api/v1/admin/dlq/{id}/replay"))).bearer_auth(admin).send().await.unwrap()
+        self.http
+            .post(self.url(&format!("/api/v1/admin/dlq/{id}/replay")))
+            .bearer_auth(admin)
+            .send()
+            .await
+            .unwrap()
     }
 
     pub async fn metrics(&self) -> String {
-        self.http.get(self.url("/metrics")).send().await.unwrap().text().await.unwrap()
+        self.http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
     }
 }
 
 /// Asserts a problem+json answer with the given status and `type` slug.
 pub async fn assert_problem(response: Response, status: u16, slug: &str) -> Value {
     assert_eq!(response.status().as_u16(), status, "status");
-    let content_type = response.headers().get("content-type").map(|v| v.to_str().unwrap().to_owned());
-    assert_eq!(content_type.as_deref(), Some("application/problem+json"), "content type");
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned());
+    assert_eq!(
+        content_type.as_deref(),
+        Some("application/problem+json"),
+        "content type"
+    );
     let body: Value = response.json().await.unwrap();
-    assert_eq!(body["type"], format!("https://orderflow.dev/problems/{slug}"), "problem type in {body}");
+    assert_eq!(
+        body["type"],
+        format!("https://orderflow.dev/problems/{slug}"),
+        "problem type in {body}"
+    );
     assert_eq!(body["status"], status);
-    assert!(body["title"].is_string() && body["detail"].is_string(), "title and detail in {body}");
+    assert!(
+        body["title"].is_string() && body["detail"].is_string(),
+        "title and detail in {body}"
+    );
     body
 }

@@ -7,8 +7,18 @@ use crate::helpers::{assert_problem, spawn_app};
 #[tokio::test]
 async fn unknown_routes_wrong_methods_and_big_bodies_are_problems() {
     let app = spawn_app().await;
-    assert_problem(app.http.get(app.url("/nope")).send().await.unwrap(), 404, "not-found").await;
-    let wrong_method = app.http.delete(app.url("/api/v1/products")).send().await.unwrap();
+    assert_problem(
+        app.http.get(app.url("/nope")).send().await.unwrap(),
+        404,
+        "not-found",
+    )
+    .await;
+    let wrong_method = app
+        .http
+        .delete(app.url("/api/v1/products"))
+        .send()
+        .await
+        .unwrap();
     assert_problem(wrong_method, 405, "method-not-allowed").await;
     let big = "x".repeat(200 * 1024);
     let response = app
@@ -20,7 +30,13 @@ async fn unknown_routes_wrong_methods_and_big_bodies_are_problems() {
         .await
         .unwrap();
     assert_problem(response, 413, "payload-too-large").await;
-    let not_json = app.http.post(app.url("/api/v1/auth/login")).body("email=a").send().await.unwrap();
+    let not_json = app
+        .http
+        .post(app.url("/api/v1/auth/login"))
+        .body("email=a")
+        .send()
+        .await
+        .unwrap();
     assert_problem(not_json, 415, "unsupported-media-type").await;
     let broken = app
         .http
@@ -38,26 +54,62 @@ async fn health_readiness_metrics_and_docs_answer() {
     let app = spawn_app().await;
     let health = app.http.get(app.url("/healthz")).send().await.unwrap();
     assert_eq!(health.status(), StatusCode::OK);
-    let ready: serde_json::Value = app.http.get(app.url("/readyz")).send().await.unwrap().json().await.unwrap();
+    let ready: serde_json::Value = app
+        .http
+        .get(app.url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(ready["checks"]["database"], "ok");
     assert_eq!(ready["checks"]["event_log"], "ok");
 
     app.products(None, None).await;
     let metrics = app.metrics().await;
-    assert!(metrics.contains("orderflow_http_requests_total{"), "request counter");
-    assert!(metrics.contains("route=\"/api/v1/products\""), "labelled by route template");
-    assert!(metrics.contains("orderflow_http_request_duration_seconds_bucket{"), "latency histogram");
-    assert!(metrics.contains("orderflow_db_queries_total{"), "database queries");
+    assert!(
+        metrics.contains("orderflow_http_requests_total{"),
+        "request counter"
+    );
+    assert!(
+        metrics.contains("route=\"/api/v1/products\""),
+        "labelled by route template"
+    );
+    assert!(
+        metrics.contains("orderflow_http_request_duration_seconds_bucket{"),
+        "latency histogram"
+    );
+    assert!(
+        metrics.contains("orderflow_db_queries_total{"),
+        "database queries"
+    );
     assert!(metrics.contains("orderflow_dead_letters "), "DLQ size");
 
-    let openapi: serde_json::Value = app.http.get(app.url("/openapi.json")).send().await.unwrap().json().await.unwrap();
+    let openapi: serde_json::Value = app
+        .http
+        .get(app.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert!(openapi["openapi"].as_str().unwrap().starts_with("3."));
-    for path in ["/api/v1/orders", "/api/v1/products/{id}", "/api/v1/auth/login", "/api/v1/admin/dlq/{id}/replay"] {
+    for path in [
+        "/api/v1/orders",
+        "/api/v1/products/{id}",
+        "/api/v1/auth/login",
+        "/api/v1/admin/dlq/{id}/replay",
+    ] {
         assert!(openapi["paths"].get(path).is_some(), "{path} documented");
     }
     let docs = app.http.get(app.url("/docs/")).send().await.unwrap();
     assert_eq!(docs.status(), StatusCode::OK);
-    assert!(docs.text().await.unwrap().contains("swagger"), "Swagger UI is served");
+    assert!(
+        docs.text().await.unwrap().contains("swagger"),
+        "Swagger UI is served"
+    );
 }
 
 #[tokio::test]
@@ -65,7 +117,13 @@ async fn admin_routes_need_the_admin_role() {
     let app = spawn_app().await;
     let shopper = app.shopper("Pinar").await;
     for path in ["/api/v1/admin/consumers", "/api/v1/admin/dlq"] {
-        let response = app.http.get(app.url(path)).bearer_auth(&shopper.token).send().await.unwrap();
+        let response = app
+            .http
+            .get(app.url(path))
+            .bearer_auth(&shopper.token)
+            .send()
+            .await
+            .unwrap();
         assert_problem(response, 403, "forbidden").await;
     }
     let admin = app.admin_token().await;

@@ -12,10 +12,23 @@ async fn inline_orders_are_confirmed_before_the_answer() {
     let shopper = app.shopper("Mert").await;
     let order = app.order_one(&shopper, product.id, 1).await;
     assert_eq!(order.status, "confirmed", "no consumer needed");
-    let history: Vec<_> = app.order(&shopper.token, order.id).await.history.unwrap().into_iter().map(|h| h.status).collect();
+    let history: Vec<_> = app
+        .order(&shopper.token, order.id)
+        .await
+        .history
+        .unwrap()
+        .into_iter()
+        .map(|h| h.status)
+        .collect();
     assert_eq!(history, ["pending", "reserved", "paid", "confirmed"]);
     let notifications = app.notifications(&shopper.token).await;
-    assert_eq!(notifications.iter().filter(|n| n["order_id"] == order.id.to_string()).count(), 3);
+    assert_eq!(
+        notifications
+            .iter()
+            .filter(|n| n["order_id"] == order.id.to_string())
+            .count(),
+        3
+    );
     assert_eq!(app.points(&shopper.token).await["points"], 19);
     assert_eq!(app.product(product.id).await.stock, 3);
 }
@@ -27,33 +40,69 @@ async fn a_failing_provider_fails_the_inline_request_after_compensating() {
     let shopper = app.shopper("Nur").await;
     app.app.simulated.sms.controls().set_failure_rate(1.0);
     let body = json!({"items": [{"product_id": product.id, "quantity": 2}]});
-    let response = app.place_order(&shopper.token, Some("inline-key"), &body).await;
+    let response = app
+        .place_order(&shopper.token, Some("inline-key"), &body)
+        .await;
     let problem = assert_problem(response, 502, "provider-failed").await;
     let order_id: uuid::Uuid = problem["order_id"].as_str().unwrap().parse().unwrap();
 
     let order = app.order(&shopper.token, order_id).await;
     assert_eq!(order.status, "cancelled");
     assert_eq!(app.product(product.id).await.stock, 4, "stock released");
-    assert_eq!(app.app.simulated.payment.refunds().len(), 1, "payment refunded");
+    assert_eq!(
+        app.app.simulated.payment.refunds().len(),
+        1,
+        "payment refunded"
+    );
     assert_eq!(app.points(&shopper.token).await["points"], 0);
 
     // The same key gets the same failure back, and no second charge.
-    let again = app.place_order(&shopper.token, Some("inline-key"), &body).await;
+    let again = app
+        .place_order(&shopper.token, Some("inline-key"), &body)
+        .await;
     assert_eq!(again.status(), StatusCode::BAD_GATEWAY);
     assert_eq!(app.app.simulated.payment.charge_count(), 1);
 }
 
 #[tokio::test]
 async fn inline_out_of_stock_and_declines_answer_at_once() {
-    let app = spawn_app_with(&["--side-effects", "inline", "--sim-payment-decline-above-cents", "1000"]).await;
+    let app = spawn_app_with(&[
+        "--side-effects",
+        "inline",
+        "--sim-payment-decline-above-cents",
+        "1000",
+    ])
+    .await;
     let product = app.create_product("INL-3", 600, 1).await;
     let shopper = app.shopper("Oya").await;
     let body = json!({"items": [{"product_id": product.id, "quantity": 2}]});
-    assert_problem(app.place_order(&shopper.token, None, &body).await, 409, "out-of-stock").await;
+    assert_problem(
+        app.place_order(&shopper.token, None, &body).await,
+        409,
+        "out-of-stock",
+    )
+    .await;
     let expensive = app.create_product("INL-4", 600, 5).await;
     let body = json!({"items": [{"product_id": expensive.id, "quantity": 2}]});
-    let problem = assert_problem(app.place_order(&shopper.token, None, &body).await, 402, "payment-declined").await;
+    let problem = assert_problem(
+        app.place_order(&shopper.token, None, &body).await,
+        402,
+        "payment-declined",
+    )
+    .await;
     let order_id: uuid::Uuid = problem["order_id"].as_str().unwrap().parse().unwrap();
-    assert_eq!(app.order(&shopper.token, order_id).await.status, "payment_failed");
-    assert_eq!(app.app.store.product(expensive.id).await.unwrap().unwrap().stock, 5);
+    assert_eq!(
+        app.order(&shopper.token, order_id).await.status,
+        "payment_failed"
+    );
+    assert_eq!(
+        app.app
+            .store
+            .product(expensive.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .stock,
+        5
+    );
 }

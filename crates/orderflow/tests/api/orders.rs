@@ -12,10 +12,14 @@ async fn an_order_is_accepted_pending_with_its_lines_and_total() {
     let pen = app.create_product("PEN-1", 199, 10).await;
     let shopper = app.shopper("Ayse").await;
     let response = app
-        .place_order(&shopper.token, None, &json!({"items": [
-            {"product_id": mug.id, "quantity": 2},
-            {"product_id": pen.id, "quantity": 3},
-        ]}))
+        .place_order(
+            &shopper.token,
+            None,
+            &json!({"items": [
+                {"product_id": mug.id, "quantity": 2},
+                {"product_id": pen.id, "quantity": 3},
+            ]}),
+        )
         .await;
     assert_eq!(response.status(), StatusCode::CREATED);
     let order: Value = response.json().await.unwrap();
@@ -44,16 +48,40 @@ async fn invalid_orders_are_422_naming_what_is_wrong() {
         (json!({"items": []}), "items"),
         (json!({"items": [line(0)]}), "items[0].quantity"),
         (json!({"items": [line(101)]}), "items[0].quantity"),
-        (json!({"items": [{"product_id": uuid::Uuid::now_v7(), "quantity": 1}]}), "items[0].product_id"),
-        (json!({"items": (0..51).map(|_| json!({"product_id": uuid::Uuid::now_v7(), "quantity": 1})).collect::<Vec<_>>()}), "items"),
+        (
+            json!({"items": [{"product_id": uuid::Uuid::now_v7(), "quantity": 1}]}),
+            "items[0].product_id",
+        ),
+        (
+            json!({"items": (0..51).map(|_| json!({"product_id": uuid::Uuid::now_v7(), "quantity": 1})).collect::<Vec<_>>()}),
+            "items",
+        ),
     ];
     for (body, field) in cases {
-        let problem = assert_problem(app.place_order(&shopper.token, None, &body).await, 422, "validation").await;
+        let problem = assert_problem(
+            app.place_order(&shopper.token, None, &body).await,
+            422,
+            "validation",
+        )
+        .await;
         assert_eq!(problem["field"], field, "{body}");
     }
-    let malformed = assert_problem(app.place_order(&shopper.token, None, &json!({"items": "many"})).await, 422, "malformed-body").await;
+    let malformed = assert_problem(
+        app.place_order(&shopper.token, None, &json!({"items": "many"}))
+            .await,
+        422,
+        "malformed-body",
+    )
+    .await;
     assert!(malformed["detail"].as_str().unwrap().contains("items"));
-    assert_eq!(app.orders(&shopper.token).await["items"].as_array().unwrap().len(), 0, "nothing was stored");
+    assert_eq!(
+        app.orders(&shopper.token).await["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0,
+        "nothing was stored"
+    );
     assert_eq!(app.product(product.id).await.stock, 10);
 }
 
@@ -70,20 +98,39 @@ async fn idempotency_key_replays_the_saved_answer_and_refuses_another_body() {
     let again = app.place_order(&shopper.token, Some("key-1"), &body).await;
     assert_eq!(again.status(), StatusCode::CREATED);
     assert_eq!(again.headers()["idempotent-replayed"], "true");
-    assert_eq!(again.json::<Value>().await.unwrap(), first, "the same answer");
+    assert_eq!(
+        again.json::<Value>().await.unwrap(),
+        first,
+        "the same answer"
+    );
 
     let other = json!({"items": [{"product_id": product.id, "quantity": 2}]});
-    let problem = assert_problem(app.place_order(&shopper.token, Some("key-1"), &other).await, 422, "idempotency-key-reused").await;
+    let problem = assert_problem(
+        app.place_order(&shopper.token, Some("key-1"), &other).await,
+        422,
+        "idempotency-key-reused",
+    )
+    .await;
     assert_eq!(problem["field"], "Idempotency-Key");
 
     // Keys belong to a shopper: another shopper's same key is a new order.
     let other_shopper = app.shopper("Deniz").await;
-    let theirs = app.place_order(&other_shopper.token, Some("key-1"), &body).await;
+    let theirs = app
+        .place_order(&other_shopper.token, Some("key-1"), &body)
+        .await;
     assert_eq!(theirs.status(), StatusCode::CREATED);
     assert_ne!(theirs.json::<Value>().await.unwrap()["id"], first["id"]);
 
-    assert_eq!(app.orders(&shopper.token).await["items"].as_array().unwrap().len(), 1);
-    let bad_key = app.place_order(&shopper.token, Some(&"k".repeat(300)), &body).await;
+    assert_eq!(
+        app.orders(&shopper.token).await["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    let bad_key = app
+        .place_order(&shopper.token, Some(&"k".repeat(300)), &body)
+        .await;
     assert_problem(bad_key, 422, "validation").await;
 }
 
@@ -98,10 +145,21 @@ async fn concurrent_requests_with_one_key_make_one_order() {
     let mut ids = std::collections::HashSet::new();
     for response in responses {
         assert_eq!(response.status(), StatusCode::CREATED);
-        ids.insert(response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned());
+        ids.insert(
+            response.json::<Value>().await.unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
     }
     assert_eq!(ids.len(), 1, "one order for one key");
-    assert_eq!(app.orders(&shopper.token).await["items"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        app.orders(&shopper.token).await["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
 }
 
 #[tokio::test]
@@ -113,16 +171,37 @@ async fn shoppers_see_only_their_own_orders_newest_first() {
     let first = app.order_one(&owner, product.id, 1).await;
     let second = app.order_one(&owner, product.id, 2).await;
 
-    assert_problem(app.get_order(&stranger.token, first.id).await, 404, "not-found").await;
-    assert_eq!(app.orders(&stranger.token).await["items"].as_array().unwrap().len(), 0);
+    assert_problem(
+        app.get_order(&stranger.token, first.id).await,
+        404,
+        "not-found",
+    )
+    .await;
+    assert_eq!(
+        app.orders(&stranger.token).await["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
 
     let list = app.orders(&owner.token).await;
-    let ids: Vec<_> = list["items"].as_array().unwrap().iter().map(|o| o["id"].as_str().unwrap().to_owned()).collect();
+    let ids: Vec<_> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["id"].as_str().unwrap().to_owned())
+        .collect();
     assert_eq!(ids, vec![second.id.to_string(), first.id.to_string()]);
 
     let page = app.get_json(&owner.token, "/api/v1/orders?limit=1").await;
     assert_eq!(page["items"].as_array().unwrap().len(), 1);
     let next = page["next_cursor"].as_str().unwrap();
-    let older = app.get_json(&owner.token, &format!("/api/v1/orders?limit=1&before={next}")).await;
+    let older = app
+        .get_json(
+            &owner.token,
+            &format!("/api/v1/orders?limit=1&before={next}"),
+        )
+        .await;
     assert_eq!(older["items"][0]["id"], first.id.to_string());
 }
