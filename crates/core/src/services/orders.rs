@@ -210,32 +210,16 @@ impl OrderService {
         tx.commit().await?;
 
         let charge = effects::charge_request(&order, effects::payment_idempotency_key(order.id));
-        let payment_id = match payment.charge(&charge).await {
-            Ok(ChargeOutcome::Approved { payment_id }) => payment_id,
-            Ok(ChargeOutcome::Declined { reason }) => {
-                let tx = self.store.begin().await?;
-                return self
-                    .compensate(
-                        tx,
-                        &order,
-                        key,
-                        None,
-                        OrderStatus::PaymentFailed,
-                        CoreError::PaymentDeclined(reason),
-                    )
-                    .await;
-            }
+        let charged = match payment.charge(&charge).await {
+            Ok(ChargeOutcome::Approved { payment_id }) => Ok(payment_id),
+            Ok(ChargeOutcome::Declined { reason }) => Err(CoreError::PaymentDeclined(reason)),
+            Err(error) => Err(CoreError::from(error)),
+        };
+        let payment_id = match charged {
+            Ok(payment_id) => payment_id,
             Err(error) => {
-                let tx = self.store.begin().await?;
                 return self
-                    .compensate(
-                        tx,
-                        &order,
-                        key,
-                        None,
-                        OrderStatus::PaymentFailed,
-                        error.into(),
-                    )
+                    .compensate(&order, key, None, OrderStatus::PaymentFailed, error)
                     .await;
             }
         };
@@ -253,16 +237,9 @@ impl OrderService {
                 format!("inline:{}:{}", channel.as_str(), order.id),
             );
             if let Err(error) = notifiers.get(channel).send(&message).await {
-                let tx = self.store.begin().await?;
+                let refund = Some((payment, payment_id.as_str()));
                 return self
-                    .compensate(
-                        tx,
-                        &order,
-                        key,
-                        Some((payment, &payment_id)),
-                        OrderStatus::Cancelled,
-                        error.into(),
-                    )
+                    .compensate(&order, key, refund, OrderStatus::Cancelled, error.into())
                     .await;
             }
         }
@@ -313,13 +290,14 @@ impl OrderService {
     /// answers with the problem.
     async fn compensate(
         &self,
-        mut tx: Box<dyn StoreTx>,
         order: &Order,
         key: Option<&str>,
         refund: Option<(&dyn PaymentGateway, &str)>,
         final_status: OrderStatus,
         error: CoreError,
     ) -> Result<OrderAnswer, CoreError> {
+        // Refund first, outside any transaction: the database is not held
+        // while a provider answers.
         if let Some((payment, payment_id)) = refund {
             // If the refund itself fails the order is still cancelled; the
             // failure is logged loudly for an operator to settle by hand.
@@ -331,6 +309,7 @@ impl OrderService {
                 metrics::counter!("orderflow_refunds_failed_total").increment(1);
             }
         }
+        let mut tx = self.store.begin().await?;
         tx.release_stock(order.id).await?;
         self.fail_inline(tx, order, key, &[final_status], error)
             .await

@@ -3,7 +3,7 @@
 
 use serde_json::json;
 
-use crate::helpers::{spawn_app, spawn_app_with};
+use crate::helpers::{drain_consumers, spawn_app, spawn_app_with};
 
 fn kinds(notifications: &[serde_json::Value], order_id: uuid::Uuid) -> Vec<(String, String)> {
     let mut kinds: Vec<_> = notifications
@@ -32,12 +32,7 @@ async fn an_order_is_confirmed_with_three_notifications_stock_and_points() {
 
     let order = app.order(&shopper.token, order.id).await;
     assert_eq!(order.status, "confirmed");
-    let history: Vec<_> = order
-        .history
-        .unwrap()
-        .into_iter()
-        .map(|h| h.status)
-        .collect();
+    let history = app.history(&shopper.token, order.id).await;
     assert_eq!(history, ["pending", "reserved", "paid", "confirmed"]);
     assert_eq!(
         kinds(&app.notifications(&shopper.token).await, order.id),
@@ -54,17 +49,7 @@ async fn an_order_is_confirmed_with_three_notifications_stock_and_points() {
             .any(|n| n["kind"] == "welcome" && n["channel"] == "email"),
         "welcome e-mail: {all:?}"
     );
-    assert_eq!(
-        app.app
-            .store
-            .product(product.id)
-            .await
-            .unwrap()
-            .unwrap()
-            .stock,
-        8,
-        "stock decreased"
-    );
+    assert_eq!(app.stock(product.id).await, 8, "stock decreased");
     assert_eq!(
         app.points(&shopper.token).await,
         json!({"points": 51, "rank": 1})
@@ -88,16 +73,7 @@ async fn out_of_stock_is_rejected_and_stock_is_untouched() {
     app.drain().await;
     let order = app.order(&shopper.token, order.id).await;
     assert_eq!(order.status, "rejected");
-    assert_eq!(
-        app.app
-            .store
-            .product(product.id)
-            .await
-            .unwrap()
-            .unwrap()
-            .stock,
-        1
-    );
+    assert_eq!(app.stock(product.id).await, 1);
     assert_eq!(
         kinds(&app.notifications(&shopper.token).await, order.id).len(),
         3
@@ -122,24 +98,9 @@ async fn a_declined_payment_fails_the_order_and_releases_the_stock_once() {
     app.drain().await;
     let order = app.order(&shopper.token, order.id).await;
     assert_eq!(order.status, "payment_failed");
-    let history: Vec<_> = order
-        .history
-        .unwrap()
-        .into_iter()
-        .map(|h| h.status)
-        .collect();
+    let history = app.history(&shopper.token, order.id).await;
     assert_eq!(history, ["pending", "reserved", "payment_failed"]);
-    assert_eq!(
-        app.app
-            .store
-            .product(product.id)
-            .await
-            .unwrap()
-            .unwrap()
-            .stock,
-        5,
-        "released"
-    );
+    assert_eq!(app.stock(product.id).await, 5, "released");
     assert!(
         kinds(&app.notifications(&shopper.token).await, order.id)
             .iter()
@@ -248,16 +209,7 @@ async fn concurrent_orders_for_the_last_units_never_oversell() {
         }
     }
     assert_eq!(confirmed, 3);
-    assert_eq!(
-        app.app
-            .store
-            .product(product.id)
-            .await
-            .unwrap()
-            .unwrap()
-            .stock,
-        0
-    );
+    assert_eq!(app.stock(product.id).await, 0);
 }
 
 #[tokio::test]
@@ -359,20 +311,7 @@ async fn the_server_with_its_workers_stops_cleanly_and_loses_nothing() {
     // Whatever the workers did not finish is still in the log, uncommitted:
     // a restarted process finishes every order.
     let restarted = orderflow::App::build(cli.settings).await.unwrap();
-    let mut consumers = restarted.workers.all_consumers().await.unwrap();
-    loop {
-        let mut progressed = false;
-        for consumer in consumers.iter_mut() {
-            progressed |= !consumer
-                .process_batch(std::time::Duration::ZERO)
-                .await
-                .unwrap()
-                .is_idle();
-        }
-        if !progressed {
-            break;
-        }
-    }
+    drain_consumers(&mut restarted.workers.all_consumers().await.unwrap()).await;
     for id in placed {
         let (order, _) = restarted.store.order(id).await.unwrap().unwrap();
         assert_eq!(order.status.as_str(), "confirmed");

@@ -117,21 +117,7 @@ impl TestApp {
     /// Steps every consumer group until a whole round handles nothing: the
     /// deterministic replacement for "wait until the workers are done".
     pub async fn drain(&self) {
-        let mut consumers = self.consumers.lock().await;
-        for _round in 0..100 {
-            let mut progressed = false;
-            for consumer in consumers.iter_mut() {
-                let report = consumer
-                    .process_batch(Duration::ZERO)
-                    .await
-                    .expect("consumer batch");
-                progressed |= !report.is_idle();
-            }
-            if !progressed {
-                return;
-            }
-        }
-        panic!("consumers still busy after 100 rounds");
+        drain_consumers(&mut self.consumers.lock().await).await;
     }
 
     /// Stops the server (graceful) and checks it exited cleanly.
@@ -327,6 +313,28 @@ impl TestApp {
         response.json().await.unwrap()
     }
 
+    /// The statuses an order went through, oldest first.
+    pub async fn history(&self, token: &str, id: uuid::Uuid) -> Vec<String> {
+        let order = self.order(token, id).await;
+        order
+            .history
+            .unwrap_or_default()
+            .into_iter()
+            .map(|h| h.status)
+            .collect()
+    }
+
+    /// The stock as the database has it (the API's view may be cached).
+    pub async fn stock(&self, product_id: uuid::Uuid) -> i64 {
+        self.app
+            .store
+            .product(product_id)
+            .await
+            .unwrap()
+            .expect("product exists")
+            .stock
+    }
+
     pub async fn orders(&self, token: &str) -> Value {
         self.get_json(token, "/api/v1/orders").await
     }
@@ -419,4 +427,22 @@ pub async fn assert_problem(response: Response, status: u16, slug: &str) -> Valu
         "title and detail in {body}"
     );
     body
+}
+
+/// Steps consumers until a whole round handles nothing.
+pub async fn drain_consumers(consumers: &mut [Consumer]) {
+    for _round in 0..100 {
+        let mut progressed = false;
+        for consumer in consumers.iter_mut() {
+            let report = consumer
+                .process_batch(Duration::ZERO)
+                .await
+                .expect("consumer batch");
+            progressed |= !report.is_idle();
+        }
+        if !progressed {
+            return;
+        }
+    }
+    panic!("consumers still busy after 100 rounds");
 }

@@ -12,14 +12,7 @@ async fn inline_orders_are_confirmed_before_the_answer() {
     let shopper = app.shopper("Mert").await;
     let order = app.order_one(&shopper, product.id, 1).await;
     assert_eq!(order.status, "confirmed", "no consumer needed");
-    let history: Vec<_> = app
-        .order(&shopper.token, order.id)
-        .await
-        .history
-        .unwrap()
-        .into_iter()
-        .map(|h| h.status)
-        .collect();
+    let history = app.history(&shopper.token, order.id).await;
     assert_eq!(history, ["pending", "reserved", "paid", "confirmed"]);
     let notifications = app.notifications(&shopper.token).await;
     assert_eq!(
@@ -95,14 +88,5 @@ async fn inline_out_of_stock_and_declines_answer_at_once() {
         app.order(&shopper.token, order_id).await.status,
         "payment_failed"
     );
-    assert_eq!(
-        app.app
-            .store
-            .product(expensive.id)
-            .await
-            .unwrap()
-            .unwrap()
-            .stock,
-        5
-    );
+    assert_eq!(app.stock(expensive.id).await, 5);
 }
