@@ -175,8 +175,8 @@ pub struct Consumer {
     poll_wait: Duration,
     /// The batch being worked on; empty when the next call must poll.
     in_hand: Vec<Delivery>,
-    /// Index of the first delivery of `in_hand` not finished yet.
-    next: usize,
+    /// Which deliveries of `in_hand` are finished (handled or dead-lettered).
+    done: Vec<bool>,
     /// Set by [`Consumer::run`]; cuts retry waits short on shutdown.
     shutdown: CancellationToken,
 }
@@ -187,7 +187,7 @@ impl std::fmt::Debug for Consumer {
             .field("group", &self.group())
             .field("retry", &self.retry)
             .field("batch_size", &self.batch_size)
-            .field("in_hand", &(self.in_hand.len() - self.next))
+            .field("in_hand", &self.done.iter().filter(|d| !**d).count())
             .finish_non_exhaustive()
     }
 }
@@ -220,7 +220,7 @@ impl Consumer {
             batch_size: DEFAULT_BATCH_SIZE,
             poll_wait: DEFAULT_POLL_WAIT,
             in_hand: Vec::new(),
-            next: 0,
+            done: Vec::new(),
             shutdown: CancellationToken::new(),
         }
     }
@@ -318,47 +318,126 @@ impl Consumer {
     /// Polls a new batch into `in_hand`; returns how many deliveries came.
     async fn fetch(&mut self, wait: Duration) -> Result<usize, WorkerError> {
         let batch = self.subscription.poll(self.batch_size, wait).await?;
+        self.done = vec![false; batch.len()];
         self.in_hand = batch;
-        self.next = 0;
         Ok(self.in_hand.len())
     }
 
     /// Handles the rest of `in_hand`, then commits it.
+    ///
+    /// Deliveries with the same key (the user id) are handled one after the
+    /// other in offset order, so one shopper's events keep their order;
+    /// different keys are handled concurrently. A group whose handler waits
+    /// on a provider (e-mail takes 200 ms) therefore keeps up with the order
+    /// rate instead of handling one event at a time.
     async fn finish_in_hand(&mut self) -> Result<BatchReport, WorkerError> {
-        let mut report = BatchReport::default();
-        while self.next < self.in_hand.len() {
-            let delivery = self.in_hand[self.next].clone();
-            match self.finish_one(&delivery, &mut report).await {
-                Ok(()) => self.next += 1,
-                Err(Stop::Error(error)) => return Err(error),
-                Err(Stop::Shutdown) => {
-                    // Deliveries are in offset order per partition, so the
-                    // finished prefix can be committed on its own.
-                    let done = self.in_hand[..self.next].to_vec();
-                    if !done.is_empty() {
-                        self.subscription.commit(&done).await?;
-                    }
-                    self.in_hand.clear();
-                    self.next = 0;
-                    return Ok(report);
-                }
+        let mut lanes: Vec<(String, Vec<usize>)> = Vec::new();
+        for (index, delivery) in self.in_hand.iter().enumerate() {
+            if self.done[index] {
+                continue;
+            }
+            match lanes.iter_mut().find(|(key, _)| *key == delivery.envelope.key) {
+                Some((_, indexes)) => indexes.push(index),
+                None => lanes.push((delivery.envelope.key.clone(), vec![index])),
             }
         }
-        if !self.in_hand.is_empty() {
-            self.subscription.commit(&self.in_hand).await?;
-            self.in_hand.clear();
-            self.next = 0;
+        let lanes_context = Lanes {
+            handler: &self.handler,
+            store: &self.store,
+            retry: self.retry,
+            shutdown: &self.shutdown,
+        };
+        let (this, in_hand) = (&lanes_context, &self.in_hand);
+        let outcomes = futures::future::join_all(lanes.into_iter().map(|(_, indexes)| async move {
+            let mut report = BatchReport::default();
+            let mut finished = Vec::new();
+            for index in indexes {
+                match this.finish_one(&in_hand[index], &mut report).await {
+                    Ok(()) => finished.push(index),
+                    // The rest of this key waits for the next call.
+                    Err(stop) => return (report, finished, Some(stop)),
+                }
+            }
+            (report, finished, None)
+        }))
+        .await;
+
+        let mut report = BatchReport::default();
+        let mut stop = None;
+        for (lane_report, finished, lane_stop) in outcomes {
+            report += lane_report;
+            for index in finished {
+                self.done[index] = true;
+            }
+            match (&stop, lane_stop) {
+                (_, Some(Stop::Error(error))) => stop = Some(Stop::Error(error)),
+                (None, Some(Stop::Shutdown)) => stop = Some(Stop::Shutdown),
+                _ => {}
+            }
         }
-        Ok(report)
+        match stop {
+            Some(Stop::Error(error)) => Err(error),
+            Some(Stop::Shutdown) => {
+                // Commit, per partition, only the finished prefix; the rest is
+                // redelivered at the next start (and skipped where it was done).
+                let prefix = self.finished_prefix();
+                if !prefix.is_empty() {
+                    self.subscription.commit(&prefix).await?;
+                }
+                self.in_hand.clear();
+                self.done.clear();
+                Ok(report)
+            }
+            None => {
+                if !self.in_hand.is_empty() {
+                    self.subscription.commit(&self.in_hand).await?;
+                    self.in_hand.clear();
+                    self.done.clear();
+                }
+                Ok(report)
+            }
+        }
     }
 
+    /// The deliveries that are finished with every earlier delivery of their
+    /// partition finished too (deliveries are in offset order per partition).
+    fn finished_prefix(&self) -> Vec<Delivery> {
+        let mut blocked: Vec<(&str, i32)> = Vec::new();
+        let mut prefix = Vec::new();
+        for (delivery, done) in self.in_hand.iter().zip(&self.done) {
+            let partition = (delivery.topic.as_str(), delivery.partition);
+            if blocked.contains(&partition) {
+                continue;
+            }
+            if *done {
+                prefix.push(delivery.clone());
+            } else {
+                blocked.push(partition);
+            }
+        }
+        prefix
+    }
+
+}
+
+/// What handling one delivery needs, borrowed from the [`Consumer`] so that
+/// deliveries of different keys can be handled concurrently (the consumer's
+/// subscription is not shared between them).
+struct Lanes<'a> {
+    handler: &'a Arc<dyn Handler>,
+    store: &'a Arc<dyn Store>,
+    retry: RetryPolicy,
+    shutdown: &'a CancellationToken,
+}
+
+impl Lanes<'_> {
     /// Handles one delivery: attempts with backoff, then a dead letter.
     async fn finish_one(
-        &mut self,
+        &self,
         delivery: &Delivery,
         report: &mut BatchReport,
     ) -> Result<(), Stop> {
-        let group = self.group();
+        let group = self.handler.group();
         let started = Instant::now();
         let mut attempt = 1;
         let outcome = loop {
@@ -417,12 +496,12 @@ impl Consumer {
     /// transaction. The original event is deliberately not marked processed,
     /// so `orderflow dlq replay` can bring it back to this group.
     async fn dead_letter(
-        &mut self,
+        &self,
         delivery: &Delivery,
         error: &WorkerError,
         attempts: u32,
     ) -> Result<(), WorkerError> {
-        let group = self.group();
+        let group = self.handler.group();
         let dead_letter = DeadLetter {
             id: uuid::Uuid::now_v7(),
             group: group.to_owned(),

@@ -1,0 +1,454 @@
+//! `orderflow bench`: the comparison the notes promise, measured.
+//!
+//! The notes end with a table (the same order system without Redis and Kafka,
+//! then with them) whose numbers were expected, never measured. This crate
+//! measures them on the user's own machine: it starts the system under test
+//! once per architecture (v1: cache off, inline side effects; v2: cache on,
+//! events), seeds the same catalog and shoppers, runs the same seeded
+//! workload, reads the server's own metrics, and prints the table.
+//!
+//! Map of the crate:
+//! - [`sut`]: the system under test (a child `orderflow serve --demo`, or `--target URL`).
+//! - [`shop`]: the HTTP client: setup, workload requests, follow-up reads, `/metrics`.
+//! - [`load`]: workloads (browse with Zipf popularity, order, mixed) and pacing
+//!   (closed loop; open loop measured from the intended send time).
+//! - [`stats`]: HdrHistogram latencies, throughput and ratio arithmetic (unit-tested).
+//! - [`report`]: the per-architecture report, the table, the JSON.
+//! - [`plot`]: SVG and PNG plots.
+//! - [`BenchError`]: the one error type of this crate.
+
+pub mod load;
+pub mod plot;
+pub mod report;
+pub mod shop;
+pub mod stats;
+pub mod sut;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::load::{Pacing, PhaseResult, Plan, Targets, Workload};
+use crate::report::{ArchitectureReport, BenchReport, Machine, SweepStep};
+use crate::shop::{MetricsSnapshot, Shop};
+use crate::stats::{Latencies, ratio};
+use crate::sut::{Architecture, FailSpec, Server, V1, V2};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("system under test: {0}")]
+    Server(String),
+    #[error("setup: {0}")]
+    Setup(String),
+    #[error("HTTP: {0}")]
+    Http(#[from] reqwest::Error),
+    #[error("writing results: {0}")]
+    Output(String),
+}
+
+/// `orderflow bench` options.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// Benchmark a running orderflow at this URL instead of starting one per architecture.
+    #[arg(long)]
+    pub target: Option<String>,
+    /// Which architectures to run: v1 (cache off, inline), v2 (cache on, events).
+    #[arg(long, value_delimiter = ',', default_value = "v1,v2")]
+    pub architectures: Vec<String>,
+    #[arg(long, value_enum, default_value = "mixed")]
+    pub workload: Workload,
+    /// Share of browse requests in the mixed workload.
+    #[arg(long, default_value_t = 90, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub browse_percent: u8,
+    /// Closed loop: this many simulated users, each waiting for its answer.
+    #[arg(long, default_value_t = 32)]
+    pub users: usize,
+    /// Open loop: this many requests per second, whatever the server does (replaces --users).
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Measured seconds per architecture.
+    #[arg(long, default_value_t = 15)]
+    pub duration_secs: u64,
+    /// Unmeasured seconds before (fills caches and connection pools).
+    #[arg(long, default_value_t = 3)]
+    pub warmup_secs: u64,
+    /// Shoppers registered for the order requests.
+    #[arg(long, default_value_t = 16)]
+    pub shoppers: usize,
+    /// Accepted orders followed to `confirmed` and to the e-mail, per architecture.
+    #[arg(long, default_value_t = 40)]
+    pub follow_orders: usize,
+    /// A failing provider for the failure phase (repeatable): PROVIDER=RATE.
+    #[arg(long = "fail", default_values = ["sms=0.05"])]
+    pub fail: Vec<FailSpec>,
+    /// Seconds of order traffic with the failing provider; 0 skips the phase.
+    #[arg(long, default_value_t = 6)]
+    pub fail_secs: u64,
+    /// Step the open-loop load up until p99 passes the target or errors pass 1%.
+    #[arg(long)]
+    pub sweep: bool,
+    #[arg(long, default_value_t = 100.0)]
+    pub sweep_p99_target_ms: f64,
+    #[arg(long, default_value_t = 4)]
+    pub sweep_step_secs: u64,
+    /// Where report.json and the plots go.
+    #[arg(long, default_value = "bench-results")]
+    pub out: PathBuf,
+    /// Seed of the workload's random choices (same seed, same requests).
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+}
+
+/// Runs the benchmark; `server_binary` is the `orderflow` executable to start.
+pub async fn run(args: &BenchArgs, server_binary: PathBuf) -> Result<BenchReport, BenchError> {
+    let architectures = selected_architectures(&args.architectures)?;
+    let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+    let mut notes = Vec::new();
+    let mut reports = Vec::new();
+    for architecture in &architectures {
+        println!("\n▶ {}", architecture.label);
+        let mut report = measure(args, &server_binary, architecture, &run_id).await?;
+        if args.fail_secs > 0 {
+            if args.target.is_some() {
+                notes.push("failure phase skipped: a --target server's providers cannot be made to fail from here".into());
+            } else {
+                failure_phase(args, &server_binary, architecture, &run_id, &mut report).await?;
+            }
+        }
+        if args.sweep {
+            sweep(args, &server_binary, architecture, &run_id, &mut report).await?;
+        }
+        if report.generator_saturated {
+            notes.push(format!(
+                "{}: the load generator used {:.2} of {} cores; it may have been the bottleneck",
+                architecture.name,
+                report.generator_cpu_cores,
+                Machine::this().cpus
+            ));
+        }
+        reports.push(report);
+    }
+    let report = BenchReport {
+        started_at: chrono::Utc::now(),
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        machine: Machine::this(),
+        settings: serde_json::json!({
+            "workload": args.workload, "browse_percent": args.browse_percent, "users": args.users,
+            "rate": args.rate, "duration_secs": args.duration_secs, "warmup_secs": args.warmup_secs,
+            "shoppers": args.shoppers, "fail": args.fail.iter().map(|f| f.to_string()).collect::<Vec<_>>(),
+            "fail_secs": args.fail_secs, "sweep": args.sweep, "sweep_p99_target_ms": args.sweep_p99_target_ms,
+            "seed": args.seed, "target": args.target,
+        }),
+        architectures: reports,
+        notes,
+    };
+    std::fs::create_dir_all(&args.out).map_err(|e| BenchError::Output(format!("{}: {e}", args.out.display())))?;
+    let json_path = args.out.join("report.json");
+    std::fs::write(&json_path, serde_json::to_vec_pretty(&report).expect("reports serialize"))
+        .map_err(|e| BenchError::Output(format!("{}: {e}", json_path.display())))?;
+    let plots = plot::write_all(&report, &args.out)?;
+    println!("\n{}", report.table());
+    for note in &report.notes {
+        println!("note: {note}");
+    }
+    println!("\nreport: {}", json_path.display());
+    for plot in plots {
+        println!("plot:   {}", plot.display());
+    }
+    Ok(report)
+}
+
+fn selected_architectures(names: &[String]) -> Result<Vec<Architecture>, BenchError> {
+    names
+        .iter()
+        .map(|name| match name.trim() {
+            "v1" => Ok(V1),
+            "v2" => Ok(V2),
+            other => Err(BenchError::Setup(format!("unknown architecture {other:?}: use v1 and/or v2"))),
+        })
+        .collect()
+}
+
+/// The server for one phase, the client and the targets, set up.
+struct Session {
+    server: Server,
+    shop: Shop,
+    targets: Arc<Targets>,
+}
+
+async fn start_session(
+    args: &BenchArgs,
+    binary: &std::path::Path,
+    architecture: &Architecture,
+    failures: &[FailSpec],
+    shoppers: usize,
+    run_id: &str,
+) -> Result<Session, BenchError> {
+    let spinner = spinner("starting the server and seeding");
+    let server = match &args.target {
+        Some(url) => Server::external(url),
+        None => Server::start(binary, architecture, failures).await?,
+    };
+    let shop = Shop::new(&server.base_url, args.users.max(64));
+    spinner.set_message(format!("registering {shoppers} shoppers"));
+    let products = shop.product_ids().await?;
+    let tokens = shop.shoppers(shoppers.max(1), run_id).await?;
+    spinner.finish_and_clear();
+    Ok(Session { server, shop, targets: Arc::new(Targets::new(products, tokens)) })
+}
+
+fn plan(args: &BenchArgs, workload: Workload, pacing: Pacing, duration: Duration) -> Plan {
+    Plan { workload, browse_percent: args.browse_percent, pacing, duration, seed: args.seed }
+}
+
+fn pacing(args: &BenchArgs) -> Pacing {
+    match args.rate {
+        Some(rate) => Pacing::Open { rate_per_sec: rate },
+        None => Pacing::Closed { users: args.users },
+    }
+}
+
+/// The main phase: warm-up, measured load, metrics, follow-up.
+async fn measure(
+    args: &BenchArgs,
+    binary: &std::path::Path,
+    architecture: &Architecture,
+    run_id: &str,
+) -> Result<ArchitectureReport, BenchError> {
+    let session = start_session(args, binary, architecture, &[], args.shoppers, run_id).await?;
+    let pacing = pacing(args);
+    if args.warmup_secs > 0 {
+        let bar = load_bar("warming up", None);
+        load::run(&session.shop, session.targets.clone(), &plan(args, args.workload, pacing, Duration::from_secs(args.warmup_secs)), &bar).await;
+        bar.finish_and_clear();
+    }
+    let before = session.shop.metrics().await?;
+    let expected = match pacing {
+        Pacing::Open { rate_per_sec } => Some((rate_per_sec * args.duration_secs as f64) as u64),
+        Pacing::Closed { .. } => None,
+    };
+    let bar = load_bar(&format!("{} load", architecture.name), expected);
+    let phase = load::run(&session.shop, session.targets.clone(), &plan(args, args.workload, pacing, Duration::from_secs(args.duration_secs)), &bar).await;
+    bar.finish_and_clear();
+    let after = session.shop.metrics().await?;
+    let (confirm, email) = follow_up(&session, &phase, args.follow_orders).await;
+    session.server.stop().await?;
+    let report = architecture_report(architecture, &phase, &after.since(&before), &confirm, &email);
+    println!(
+        "  {} requests in {:.1} s: {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, errors {:.2}%",
+        phase.requests,
+        phase.elapsed.as_secs_f64(),
+        report.throughput_rps,
+        report.latency.p50_ms,
+        report.latency.p99_ms,
+        report.error_rate * 100.0
+    );
+    Ok(report)
+}
+
+fn architecture_report(
+    architecture: &Architecture,
+    phase: &PhaseResult,
+    metrics: &MetricsSnapshot,
+    confirm: &Latencies,
+    email: &Latencies,
+) -> ArchitectureReport {
+    let cores = phase.generator_cpu.as_secs_f64() / phase.elapsed.as_secs_f64().max(f64::MIN_POSITIVE);
+    let browse_requests = phase.browse.count() as f64;
+    let optional = |l: &Latencies, q: f64| (l.count() > 0).then(|| l.quantile_ms(q));
+    ArchitectureReport {
+        name: architecture.name.into(),
+        label: architecture.label.into(),
+        latency: phase.all.summary(),
+        percentiles: phase.all.percentile_curve(),
+        browse_latency: phase.browse.summary(),
+        order_latency: phase.order.summary(),
+        requests: phase.requests,
+        throughput_rps: stats::throughput(phase.requests, phase.elapsed),
+        error_rate: phase.error_rate(),
+        db_queries_per_request: ratio(metrics.db_queries, phase.requests as f64),
+        catalog_reads_from_db: ratio(metrics.catalog_db_reads, browse_requests).min(1.0),
+        cache_hit_ratio: ratio(metrics.cache_hits, metrics.cache_hits + metrics.cache_misses),
+        confirm_p50_ms: optional(confirm, 0.5),
+        confirm_p99_ms: optional(confirm, 0.99),
+        email_p50_ms: optional(email, 0.5),
+        email_p99_ms: optional(email, 0.99),
+        followed_orders: confirm.count() as usize,
+        generator_cpu_cores: cores,
+        generator_saturated: cores >= 0.9 * Machine::this().cpus as f64,
+        ..Default::default()
+    }
+}
+
+/// Follows a sample of accepted orders to their final state and their
+/// e-mail; returns (accepted → confirmed, accepted → e-mail) latencies.
+async fn follow_up(session: &Session, phase: &PhaseResult, sample: usize) -> (Latencies, Latencies) {
+    let mut confirm = Latencies::new();
+    let mut email = Latencies::new();
+    if sample == 0 || phase.accepted_orders.is_empty() {
+        return (confirm, email);
+    }
+    let step = (phase.accepted_orders.len() / sample).max(1);
+    let chosen: Vec<_> = phase.accepted_orders.iter().step_by(step).take(sample).copied().collect();
+    let bar = spinner(&format!("following {} orders to confirmed and e-mailed", chosen.len()));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut created: Vec<(usize, uuid::Uuid, chrono::DateTime<chrono::Utc>)> = Vec::new();
+    for (shopper, id) in chosen {
+        let token = &session.targets.tokens[shopper];
+        loop {
+            let Ok(order) = session.shop.get_order(token, id).await else { break };
+            let status = order["status"].as_str().unwrap_or("");
+            let final_state = ["confirmed", "rejected", "payment_failed", "cancelled"].contains(&status);
+            if final_state || std::time::Instant::now() > deadline {
+                let at = |s: &str| -> Option<chrono::DateTime<chrono::Utc>> {
+                    order["history"].as_array()?.iter().find(|h| h["status"] == s)?["at"].as_str()?.parse().ok()
+                };
+                if let (Some(placed), Some(confirmed)) = (at("pending"), at("confirmed")) {
+                    confirm.record((confirmed - placed).to_std().unwrap_or_default());
+                    created.push((shopper, id, placed));
+                }
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+    // E-mails are sent after confirmation; give the email group a moment, then read each shopper's list once.
+    let mut by_shopper: std::collections::HashMap<usize, serde_json::Value> = Default::default();
+    for (shopper, id, placed) in created {
+        loop {
+            if !by_shopper.contains_key(&shopper) {
+                match session.shop.notifications(&session.targets.tokens[shopper]).await {
+                    Ok(list) => {
+                        by_shopper.insert(shopper, list);
+                    }
+                    Err(_) => break,
+                }
+            }
+            let sent = by_shopper[&shopper]["items"].as_array().and_then(|items| {
+                items
+                    .iter()
+                    .find(|n| n["channel"] == "email" && n["order_id"] == id.to_string())
+                    .and_then(|n| n["sent_at"].as_str()?.parse::<chrono::DateTime<chrono::Utc>>().ok())
+            });
+            match sent {
+                Some(sent) => {
+                    email.record((sent - placed).to_std().unwrap_or_default());
+                    break;
+                }
+                None if std::time::Instant::now() < deadline => {
+                    by_shopper.remove(&shopper);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                None => break,
+            }
+        }
+    }
+    bar.finish_and_clear();
+    (confirm, email)
+}
+
+/// Order traffic with a failing provider: v1 fails the order, v2 accepts it
+/// and retries the provider in the background.
+async fn failure_phase(
+    args: &BenchArgs,
+    binary: &std::path::Path,
+    architecture: &Architecture,
+    run_id: &str,
+    report: &mut ArchitectureReport,
+) -> Result<(), BenchError> {
+    let specs: Vec<String> = args.fail.iter().map(|f| f.to_string()).collect();
+    let session = start_session(args, binary, architecture, &args.fail, args.shoppers, &format!("{run_id}f")).await?;
+    let bar = load_bar(&format!("{} orders with {}", architecture.name, specs.join(", ")), None);
+    let users = args.users.min(16).max(1);
+    let phase = load::run(
+        &session.shop,
+        session.targets.clone(),
+        &plan(args, Workload::Order, Pacing::Closed { users }, Duration::from_secs(args.fail_secs)),
+        &bar,
+    )
+    .await;
+    bar.finish_and_clear();
+    session.server.stop().await?;
+    println!(
+        "  failing {}: {} orders, {:.2}% failed",
+        specs.join(", "),
+        phase.order_requests,
+        phase.order_failure_rate() * 100.0
+    );
+    report.failure_spec = specs;
+    report.failing_phase_orders = phase.order_requests;
+    report.order_failure_rate_with_failing_provider = Some(phase.order_failure_rate());
+    Ok(())
+}
+
+/// Open-loop steps, doubling the rate, until p99 passes the target or errors pass 1%.
+async fn sweep(
+    args: &BenchArgs,
+    binary: &std::path::Path,
+    architecture: &Architecture,
+    run_id: &str,
+    report: &mut ArchitectureReport,
+) -> Result<(), BenchError> {
+    let session = start_session(args, binary, architecture, &[], args.shoppers, &format!("{run_id}s")).await?;
+    let mut rate = 25.0;
+    let step = Duration::from_secs(args.sweep_step_secs.max(1));
+    while rate <= 25_600.0 {
+        let bar = load_bar(&format!("{} sweep at {rate:.0} req/s", architecture.name), Some((rate * step.as_secs_f64()) as u64));
+        let phase = load::run(&session.shop, session.targets.clone(), &plan(args, args.workload, Pacing::Open { rate_per_sec: rate }, step), &bar).await;
+        bar.finish_and_clear();
+        let p99 = phase.all.quantile_ms(0.99);
+        let held = p99 <= args.sweep_p99_target_ms && phase.error_rate() <= 0.01;
+        println!(
+            "  sweep {rate:>6.0} req/s offered: {:>7.0} achieved, p99 {p99:>8.2} ms, errors {:.2}% {}",
+            stats::throughput(phase.requests, phase.elapsed),
+            phase.error_rate() * 100.0,
+            if held { "held" } else { "NOT held" }
+        );
+        report.sweep.push(SweepStep {
+            offered_rps: rate,
+            achieved_rps: stats::throughput(phase.requests, phase.elapsed),
+            p99_ms: p99,
+            error_rate: phase.error_rate(),
+            held,
+        });
+        if !held {
+            break;
+        }
+        report.max_held_rps = Some(rate);
+        rate *= 2.0;
+    }
+    session.server.stop().await?;
+    Ok(())
+}
+
+fn spinner(message: &str) -> ProgressBar {
+    let bar = ProgressBar::new_spinner();
+    bar.set_style(ProgressStyle::with_template("  {spinner} {msg} [{elapsed}]").expect("valid template"));
+    bar.set_message(message.to_owned());
+    bar.enable_steady_tick(Duration::from_millis(120));
+    bar
+}
+
+fn load_bar(message: &str, length: Option<u64>) -> ProgressBar {
+    let bar = match length {
+        Some(n) => {
+            let bar = ProgressBar::new(n);
+            bar.set_style(
+                ProgressStyle::with_template("  {msg} [{bar:30}] {pos}/{len} ({per_sec}, {elapsed})")
+                    .expect("valid template")
+                    .progress_chars("=> "),
+            );
+            bar
+        }
+        None => {
+            let bar = ProgressBar::new_spinner();
+            bar.set_style(ProgressStyle::with_template("  {spinner} {msg}: {pos} requests ({per_sec}, {elapsed})").expect("valid template"));
+            bar
+        }
+    };
+    bar.set_message(message.to_owned());
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}

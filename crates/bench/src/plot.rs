@@ -1,0 +1,171 @@
+//! Plots, as SVG and PNG: latency percentiles per architecture, and for the
+//! sweep, achieved throughput and p99 against the offered load.
+//!
+//! PNG text needs a font; DejaVu Sans is bundled (assets/, with its licence)
+//! so plots render the same on a machine without fonts.
+
+use std::path::{Path, PathBuf};
+use std::sync::Once;
+
+use plotters::coord::Shift;
+use plotters::prelude::*;
+
+use crate::BenchError;
+use crate::report::BenchReport;
+
+static FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
+const SIZE: (u32, u32) = (960, 540);
+const COLORS: [RGBColor; 2] = [RGBColor(214, 69, 65), RGBColor(38, 115, 191)];
+
+fn register_font() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let registered = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT).is_ok();
+        assert!(registered, "the bundled font parses");
+    });
+}
+
+/// Writes every plot the report has data for; returns the files written.
+pub fn write_all(report: &BenchReport, dir: &Path) -> Result<Vec<PathBuf>, BenchError> {
+    register_font();
+    std::fs::create_dir_all(dir).map_err(|e| BenchError::Output(format!("{}: {e}", dir.display())))?;
+    let mut written = Vec::new();
+    written.extend(both(dir, "latency-percentiles", |r| latency_chart(report, r), |r| latency_chart(report, r))?);
+    if report.architectures.iter().any(|a| !a.sweep.is_empty()) {
+        let (throughput, p99) = (SweepAxis::Throughput, SweepAxis::P99);
+        written.extend(both(dir, "sweep-throughput", |r| sweep_chart(report, r, throughput), |r| sweep_chart(report, r, throughput))?);
+        written.extend(both(dir, "sweep-p99", |r| sweep_chart(report, r, p99), |r| sweep_chart(report, r, p99))?);
+    }
+    Ok(written)
+}
+
+/// Draws one chart into an SVG and a PNG file.
+/// (Two closures because one closure cannot be generic over the backend.)
+fn both(
+    dir: &Path,
+    name: &str,
+    draw_svg: impl Fn(&DrawingArea<SVGBackend, Shift>) -> Result<(), String>,
+    draw_png: impl Fn(&DrawingArea<BitMapBackend, Shift>) -> Result<(), String>,
+) -> Result<Vec<PathBuf>, BenchError> {
+    let svg = dir.join(format!("{name}.svg"));
+    let png = dir.join(format!("{name}.png"));
+    {
+        let root = SVGBackend::new(&svg, SIZE).into_drawing_area();
+        draw_svg(&root).map_err(BenchError::Output)?;
+        root.present().map_err(|e| BenchError::Output(e.to_string()))?;
+    }
+    {
+        let root = BitMapBackend::new(&png, SIZE).into_drawing_area();
+        draw_png(&root).map_err(BenchError::Output)?;
+        root.present().map_err(|e| BenchError::Output(e.to_string()))?;
+    }
+    Ok(vec![svg, png])
+}
+
+const PERCENTILES: [f64; 8] = [50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 100.0];
+
+fn latency_chart<DB: DrawingBackend>(report: &BenchReport, root: &DrawingArea<DB, Shift>) -> Result<(), String> {
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    let max = report
+        .architectures
+        .iter()
+        .flat_map(|a| a.percentiles.iter().map(|(_, v)| *v))
+        .fold(1.0f64, f64::max);
+    let min = report
+        .architectures
+        .iter()
+        .flat_map(|a| a.percentiles.iter().map(|(_, v)| *v))
+        .filter(|v| *v > 0.0)
+        .fold(max, f64::min);
+    let mut chart = ChartBuilder::on(root)
+        .caption("Response time by percentile (lower is better)", ("sans-serif", 24))
+        .margin(16)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0usize..PERCENTILES.len() - 1, ((min * 0.8).max(0.01)..max * 1.25).log_scale())
+        .map_err(|e| e.to_string())?;
+    chart
+        .configure_mesh()
+        .x_labels(PERCENTILES.len())
+        .x_label_formatter(&|i| PERCENTILES.get(*i).map(|p| format!("p{p}")).unwrap_or_default())
+        .y_desc("milliseconds (log scale)")
+        .x_desc("percentile")
+        .label_style(("sans-serif", 14))
+        .draw()
+        .map_err(|e| e.to_string())?;
+    for (index, arch) in report.architectures.iter().enumerate() {
+        let color = COLORS[index % COLORS.len()];
+        let points: Vec<(usize, f64)> = arch.percentiles.iter().enumerate().map(|(i, (_, v))| (i, v.max(0.01))).collect();
+        chart
+            .draw_series(LineSeries::new(points.clone(), color.stroke_width(3)))
+            .map_err(|e| e.to_string())?
+            .label(arch.label.clone())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3)));
+        chart
+            .draw_series(points.into_iter().map(|p| Circle::new(p, 4, color.filled())))
+            .map_err(|e| e.to_string())?;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 16))
+        .position(SeriesLabelPosition::UpperLeft)
+        .draw()
+        .map_err(|e| e.to_string())
+}
+
+#[derive(Clone, Copy)]
+enum SweepAxis {
+    Throughput,
+    P99,
+}
+
+fn sweep_chart<DB: DrawingBackend>(report: &BenchReport, root: &DrawingArea<DB, Shift>, axis: SweepAxis) -> Result<(), String> {
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    let steps = report.architectures.iter().flat_map(|a| a.sweep.iter());
+    let max_offered = steps.clone().map(|s| s.offered_rps).fold(1.0f64, f64::max);
+    let value = |s: &crate::report::SweepStep| match axis {
+        SweepAxis::Throughput => s.achieved_rps,
+        SweepAxis::P99 => s.p99_ms,
+    };
+    let max_value = steps.map(value).fold(1.0f64, f64::max);
+    let (caption, y_desc) = match axis {
+        SweepAxis::Throughput => ("Achieved throughput against offered load", "achieved requests/s"),
+        SweepAxis::P99 => ("p99 response time against offered load", "p99 milliseconds (log scale)"),
+    };
+    let mut chart = ChartBuilder::on(root)
+        .caption(caption, ("sans-serif", 24))
+        .margin(16)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d((1.0f64..max_offered * 1.5).log_scale(), (0.1f64..max_value * 1.5).log_scale())
+        .map_err(|e| e.to_string())?;
+    chart
+        .configure_mesh()
+        .x_desc("offered load, requests/s (log scale)")
+        .y_desc(y_desc)
+        .label_style(("sans-serif", 14))
+        .draw()
+        .map_err(|e| e.to_string())?;
+    for (index, arch) in report.architectures.iter().enumerate() {
+        let color = COLORS[index % COLORS.len()];
+        let points: Vec<(f64, f64)> = arch.sweep.iter().map(|s| (s.offered_rps, value(s).max(0.1))).collect();
+        chart
+            .draw_series(LineSeries::new(points.clone(), color.stroke_width(3)))
+            .map_err(|e| e.to_string())?
+            .label(arch.label.clone())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3)));
+        chart
+            .draw_series(points.into_iter().map(|p| Circle::new(p, 4, color.filled())))
+            .map_err(|e| e.to_string())?;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 16))
+        .position(SeriesLabelPosition::UpperLeft)
+        .draw()
+        .map_err(|e| e.to_string())
+}

@@ -1,0 +1,177 @@
+//! The system under test: an `orderflow serve --demo` child process with a
+//! fresh data dir and port per architecture, or a server that is already
+//! running (`--target URL`).
+//!
+//! A child process, not an in-process app, so the load generator's own work
+//! is measured apart from the server's and a stalled server cannot stall the
+//! generator's clock.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tokio::process::{Child, Command};
+
+use crate::BenchError;
+
+/// One of the two architectures the notes compare.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Architecture {
+    /// `v1` or `v2`.
+    pub name: &'static str,
+    pub label: &'static str,
+    pub cache: &'static str,
+    pub side_effects: &'static str,
+}
+
+/// The notes' version 1: no cache, no queue.
+pub const V1: Architecture = Architecture {
+    name: "v1",
+    label: "v1: cache off, inline side effects",
+    cache: "off",
+    side_effects: "inline",
+};
+
+/// The notes' version 2: cache and events.
+pub const V2: Architecture = Architecture {
+    name: "v2",
+    label: "v2: cache on, events",
+    cache: "on",
+    side_effects: "events",
+};
+
+/// A provider made to fail part of its calls: `sms=0.05`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FailSpec {
+    pub provider: String,
+    pub rate: f64,
+}
+
+impl std::str::FromStr for FailSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (provider, rate) = s.split_once('=').ok_or("expected PROVIDER=RATE, e.g. sms=0.05")?;
+        let provider = provider.trim().to_lowercase();
+        if !["email", "sms", "push", "payment"].contains(&provider.as_str()) {
+            return Err(format!("unknown provider {provider:?}: use email, sms, push or payment"));
+        }
+        let rate: f64 = rate.trim().parse().map_err(|_| format!("{rate:?} is not a number"))?;
+        if !(0.0..=1.0).contains(&rate) {
+            return Err("the rate must be between 0 and 1".into());
+        }
+        Ok(Self { provider, rate })
+    }
+}
+
+impl std::fmt::Display for FailSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}={}", self.provider, self.rate)
+    }
+}
+
+/// A running server the bench talks to.
+pub struct Server {
+    pub base_url: String,
+    child: Option<Child>,
+    data_dir: Option<tempfile::TempDir>,
+}
+
+impl Server {
+    /// A server that is already running; the bench neither starts nor stops it.
+    pub fn external(base_url: &str) -> Self {
+        Self { base_url: base_url.trim_end_matches('/').to_owned(), child: None, data_dir: None }
+    }
+
+    /// Starts `binary serve --demo` for `architecture` on a free loopback
+    /// port with a fresh data dir, and waits until `/readyz` answers.
+    pub async fn start(binary: &Path, architecture: &Architecture, failures: &[FailSpec]) -> Result<Self, BenchError> {
+        let data_dir = tempfile::tempdir().map_err(|e| BenchError::Server(format!("temp dir: {e}")))?;
+        let port = free_port()?;
+        let log_path = data_dir.path().join("server.log");
+        let log = std::fs::File::create(&log_path).map_err(|e| BenchError::Server(format!("log file: {e}")))?;
+        let mut command = Command::new(binary);
+        command
+            .arg("serve")
+            .arg("--demo")
+            .env("ORDERFLOW_DATA_DIR", data_dir.path())
+            .env("ORDERFLOW_LISTEN", format!("127.0.0.1:{port}"))
+            .env("ORDERFLOW_CACHE", architecture.cache)
+            .env("ORDERFLOW_SIDE_EFFECTS", architecture.side_effects)
+            // The bench registers its shoppers from one IP: no per-IP limits.
+            .env("ORDERFLOW_AUTH_RATE_PER_SEC", "0")
+            .env("ORDERFLOW_RATE_PER_SEC", "0")
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log.try_clone().map_err(|e| BenchError::Server(e.to_string()))?))
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true);
+        for failure in failures {
+            command.env(format!("ORDERFLOW_SIM_{}_FAILURE_RATE", failure.provider.to_uppercase()), failure.rate.to_string());
+        }
+        let child = command
+            .spawn()
+            .map_err(|e| BenchError::Server(format!("starting {}: {e}", binary.display())))?;
+        let server = Self { base_url: format!("http://127.0.0.1:{port}"), child: Some(child), data_dir: Some(data_dir) };
+        server.wait_ready(Duration::from_secs(60), &log_path).await?;
+        Ok(server)
+    }
+
+    async fn wait_ready(&self, timeout: Duration, log: &Path) -> Result<(), BenchError> {
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(response) = client.get(format!("{}/readyz", self.base_url)).send().await
+                && response.status().is_success()
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let tail = std::fs::read_to_string(log).unwrap_or_default();
+                let tail: String = tail.lines().rev().take(20).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+                return Err(BenchError::Server(format!("the server did not become ready in {timeout:?}; its log:\n{tail}")));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Where the server keeps its data (None for an external server).
+    pub fn data_dir(&self) -> Option<PathBuf> {
+        self.data_dir.as_ref().map(|d| d.path().to_owned())
+    }
+
+    /// Stops a started server with SIGTERM (it drains and exits), SIGKILL
+    /// after 10 s.
+    pub async fn stop(mut self) -> Result<(), BenchError> {
+        let Some(mut child) = self.child.take() else { return Ok(()) };
+        if let Some(pid) = child.id() {
+            let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status().await;
+        }
+        match tokio::time::timeout(Duration::from_secs(10), child.wait()).await {
+            Ok(_) => Ok(()),
+            Err(_) => {
+                let _ = child.kill().await;
+                Err(BenchError::Server("the server did not stop within 10 s of SIGTERM; killed".into()))
+            }
+        }
+    }
+}
+
+fn free_port() -> Result<u16, BenchError> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| BenchError::Server(format!("no free port: {e}")))?;
+    Ok(listener.local_addr().map_err(|e| BenchError::Server(e.to_string()))?.port())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fail_specs_parse_and_refuse_nonsense() {
+        let spec: FailSpec = "SMS=0.05".parse().unwrap();
+        assert_eq!(spec, FailSpec { provider: "sms".into(), rate: 0.05 });
+        assert!("sms".parse::<FailSpec>().is_err());
+        assert!("fax=0.1".parse::<FailSpec>().is_err());
+        assert!("sms=2".parse::<FailSpec>().is_err());
+        assert!("sms=lots".parse::<FailSpec>().is_err());
+    }
+}
