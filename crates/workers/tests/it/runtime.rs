@@ -372,3 +372,76 @@ async fn shutdown_during_a_retry_wait_commits_the_finished_part_of_the_batch() {
     );
     assert_eq!(h.store.count_dead_letters().await.unwrap(), 0);
 }
+
+/// Records when each event's handling started and ended, taking 50 ms each.
+struct Timed {
+    log: Mutex<Vec<(EventId, std::time::Instant, std::time::Instant)>>,
+}
+
+#[async_trait]
+impl Handler for Timed {
+    fn group(&self) -> &'static str {
+        "timed"
+    }
+
+    fn topics(&self) -> &'static [&'static str] {
+        &[topics::USER_EVENTS]
+    }
+
+    async fn handle(&self, delivery: &Delivery) -> Result<Handled, WorkerError> {
+        let started = std::time::Instant::now();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        self.log
+            .lock()
+            .unwrap()
+            .push((delivery.envelope.id, started, std::time::Instant::now()));
+        Ok(Handled::Applied)
+    }
+}
+
+#[tokio::test]
+async fn one_keys_events_are_handled_in_order_while_other_keys_run_alongside() {
+    let h = Harness::new(None, tiny_retry(3)).await;
+    let (ann, bob) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+    let ann_events = [registered(ann), registered(ann), registered(ann)];
+    let bob_event = registered(bob);
+    h.append(&ann_events).await;
+    h.append(std::slice::from_ref(&bob_event)).await;
+    let handler = Arc::new(Timed {
+        log: Mutex::default(),
+    });
+    let mut consumer = Consumer::subscribe(
+        handler.clone(),
+        h.store.clone(),
+        h.log.as_ref(),
+        tiny_retry(3),
+    )
+    .await
+    .unwrap();
+
+    let report = consumer.process_batch(Duration::ZERO).await.unwrap();
+    assert_eq!((report.polled, report.handled), (4, 4));
+    let log = handler.log.lock().unwrap().clone();
+    let span = |id: EventId| {
+        log.iter()
+            .find(|(e, _, _)| *e == id)
+            .map(|(_, s, e)| (*s, *e))
+            .unwrap()
+    };
+    // One user's events: strictly one after the other, in offset order.
+    for pair in ann_events.windows(2) {
+        let (first, second) = (span(pair[0].id), span(pair[1].id));
+        assert!(
+            second.0 >= first.1,
+            "the second event of a key starts after the first ended"
+        );
+    }
+    // Another user's event does not wait for them.
+    let (bob_start, _) = span(bob_event.id);
+    let (_, ann_first_end) = span(ann_events[0].id);
+    assert!(
+        bob_start < ann_first_end,
+        "different keys are handled concurrently"
+    );
+    assert_eq!(h.lag("timed").await, 0, "the whole batch was committed");
+}
