@@ -9,10 +9,10 @@ use crate::routes::{admin, auth, health, me, orders, products};
 #[openapi(
     info(title = "orderflow", description = "Event-driven order platform. Every error is application/problem+json (RFC 9457) with a stable `type`."),
     paths(
-        auth::register, auth::login, auth::refresh, auth::logout,
+        auth::register, auth::login, auth::refresh, auth::logout, auth::logout_all,
         products::list, products::get_one, products::create, products::update,
         orders::place, orders::get_one, orders::list,
-        me::notifications, me::points, me::leaderboard,
+        me::notifications, me::points, me::sessions, me::end_session, me::leaderboard,
         admin::consumers, admin::dead_letters, admin::dead_letter, admin::replay,
         health::healthz, health::readyz,
     ),

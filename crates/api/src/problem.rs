@@ -19,6 +19,9 @@ pub enum ApiError {
     /// The body is not the JSON the route expects (syntax, types, missing fields).
     #[error("{0}")]
     BadJson(String),
+    /// The body crosses a hostile-input limit (JSON depth, string length).
+    #[error("{0}")]
+    InputLimit(String),
     /// The query string does not parse.
     #[error("{0}")]
     BadQuery(String),
@@ -40,6 +43,13 @@ impl ApiError {
             ApiError::BadJson(detail) => Problem {
                 slug: "malformed-body",
                 title: "Body is not valid JSON for this route",
+                status: 422,
+                detail: detail.clone(),
+                field: None,
+            },
+            ApiError::InputLimit(detail) => Problem {
+                slug: "input-limit",
+                title: "Input is over a limit",
                 status: 422,
                 detail: detail.clone(),
                 field: None,
@@ -103,13 +113,19 @@ impl IntoResponse for ApiError {
             tracing::error!(error = %self, "request failed");
         }
         let mut response = problem_response(&problem);
-        if let ApiError::RateLimited {
-            retry_after_secs, ..
-        } = &self
-        {
+        let retry_after_secs = match &self {
+            ApiError::RateLimited {
+                retry_after_secs, ..
+            } => Some(*retry_after_secs),
+            ApiError::Core(CoreError::TooManyAttempts { retry_after }) => {
+                Some(retry_after.as_secs_f64().ceil().max(1.0) as u64)
+            }
+            _ => None,
+        };
+        if let Some(secs) = retry_after_secs {
             response
                 .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         if problem.status == 401 {
             response

@@ -24,6 +24,9 @@ pub enum CoreError {
     /// Authenticated but not allowed.
     #[error("{0}")]
     Forbidden(String),
+    /// Too many failed attempts (logins): locked out for a while.
+    #[error("too many failed attempts; retry after {} s", retry_after.as_secs_f64().ceil())]
+    TooManyAttempts { retry_after: std::time::Duration },
     /// Not enough stock (inline mode answers this synchronously).
     #[error("product {product_id} has {available} left, {requested} requested")]
     OutOfStock {
@@ -110,6 +113,9 @@ impl CoreError {
                 detail.clone(),
             ),
             CoreError::Forbidden(detail) => p("forbidden", "Forbidden", 403, detail.clone()),
+            CoreError::TooManyAttempts { .. } => {
+                p("rate-limited", "Too many requests", 429, self.to_string())
+            }
             CoreError::OutOfStock { .. } => {
                 p("out-of-stock", "Out of stock", 409, self.to_string())
             }

@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
+use crate::keys;
 use crate::seed;
 use crate::settings::Settings;
 
@@ -43,11 +44,33 @@ pub enum Command {
     Seed,
     /// Each consumer group: committed offset, end offset and lag per partition.
     Consumers,
+    /// Measure v1 (no cache, inline side effects) against v2 (cache, events) on this machine.
+    Bench(orderflow_bench::BenchArgs),
     /// The dead-letter queue.
     Dlq {
         #[command(subcommand)]
         command: DlqCommand,
     },
+    /// The JWT signing keys in the data dir (a running server reads them at start).
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// kid, algorithm, creation time and which key signs; never the secrets.
+    List,
+    /// Add a key that signs from now on; old keys keep verifying until their
+    /// tokens expire. Restart the server afterwards.
+    Rotate {
+        /// eddsa (Ed25519) or hs256 (HMAC-SHA256).
+        #[arg(long, default_value = "eddsa")]
+        alg: orderflow_core::services::auth::KeyAlgorithm,
+    },
+    /// Drop keys that stopped signing longer ago than the access-token TTL + skew.
+    Prune,
 }
 
 #[derive(Debug, Subcommand)]
@@ -67,6 +90,16 @@ pub enum DlqCommand {
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    // The bench starts its own servers (this same binary) with fresh data dirs.
+    if let Command::Bench(args) = &cli.command {
+        let binary = std::env::current_exe()?;
+        orderflow_bench::run(args, binary).await?;
+        return Ok(());
+    }
+    // Key commands touch only the key file: no database, no server.
+    if let Command::Keys { command } = &cli.command {
+        return keys_command(&cli.settings, command);
+    }
     let app = App::build(cli.settings).await?;
     match cli.command {
         Command::Serve { demo } => {
@@ -114,7 +147,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             );
         }
         Command::Consumers => print_consumers(&app).await?,
+        Command::Bench(_) => unreachable!("handled before the app is built"),
         Command::Dlq { command } => dlq(&app, command).await?,
+        // Handled above, before the app is built.
+        Command::Keys { command } => keys_command(&app.settings, &command)?,
     }
     Ok(())
 }
@@ -218,6 +254,51 @@ async fn dlq(app: &App, command: DlqCommand) -> anyhow::Result<()> {
                 d.topic,
                 d.group
             );
+        }
+    }
+    Ok(())
+}
+
+fn keys_command(settings: &Settings, command: &KeysCommand) -> anyhow::Result<()> {
+    let dir = &settings.data_dir;
+    let keep_for = orderflow_core::services::auth::AuthSettings::default().key_retention();
+    match command {
+        KeysCommand::List => {
+            let set = keys::load_or_create(dir)?;
+            let signing = set.signing_key().map(|k| k.kid.clone());
+            let mut sorted = set.keys.clone();
+            sorted.sort_by_key(|k| k.created_at);
+            println!("{:<14} {:<6} {:<20} SIGNS", "KID", "ALG", "CREATED");
+            for key in sorted {
+                println!(
+                    "{:<14} {:<6} {:<20} {}",
+                    key.kid,
+                    key.alg.as_str(),
+                    key.created_at.format("%Y-%m-%d %H:%M:%S"),
+                    if Some(&key.kid) == signing.as_ref() {
+                        "yes"
+                    } else {
+                        "no (verifies only)"
+                    }
+                );
+            }
+        }
+        KeysCommand::Rotate { alg } => {
+            let (key, dropped) = keys::rotate(dir, *alg, keep_for)?;
+            println!("new signing key {} ({})", key.kid, key.alg.as_str());
+            for kid in dropped {
+                println!("dropped expired key {kid}");
+            }
+            println!("restart orderflow to sign with it; tokens signed before keep working");
+        }
+        KeysCommand::Prune => {
+            let dropped = keys::prune(dir, keep_for)?;
+            if dropped.is_empty() {
+                println!("no key to drop");
+            }
+            for kid in dropped {
+                println!("dropped expired key {kid}");
+            }
         }
     }
     Ok(())

@@ -1,39 +1,94 @@
 //! The JWT signing key set, kept in the data dir so tokens survive a restart.
 //!
-//! Generated on first start (`jwt-keys.json`, mode 0600). The file holds the
-//! secrets; nothing else ever prints them.
+//! Generated on first start (`jwt-keys.json`, mode 0600, one Ed25519 key).
+//! The file holds the secrets; nothing else ever prints them (`keys list`
+//! shows kid, algorithm, age and which key signs).
+//!
+//! Rotation (`orderflow keys rotate`) adds a key that signs from then on;
+//! older keys keep verifying until every token they signed has expired
+//! (access-token TTL + clock skew after they stopped signing), and are
+//! dropped by the next `keys rotate` or `keys prune`. A running server reads
+//! the file at start: restart it (one process at a time when there are
+//! several) after a rotation.
 
 use std::path::Path;
+use std::time::Duration;
 
 use anyhow::Context;
-use orderflow_core::services::auth::{KeySet, SigningKey};
+use orderflow_core::services::auth::{KeyAlgorithm, KeySet, SigningKey};
 
 pub const KEY_FILE: &str = "jwt-keys.json";
+
+/// The algorithm of the first key of a new data dir.
+pub const DEFAULT_ALGORITHM: KeyAlgorithm = KeyAlgorithm::EdDSA;
+
+/// Reads the key set; an error if the file is missing or holds no keys.
+pub fn load(data_dir: &Path) -> anyhow::Result<KeySet> {
+    let path = data_dir.join(KEY_FILE);
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let keys: KeySet = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a key set", path.display()))?;
+    anyhow::ensure!(!keys.keys.is_empty(), "{} holds no keys", path.display());
+    Ok(keys)
+}
+
+/// Adds a key that signs from now on and drops keys whose tokens have all
+/// expired. Returns the new key and the kids dropped.
+pub fn rotate(
+    data_dir: &Path,
+    alg: KeyAlgorithm,
+    keep_for: Duration,
+) -> anyhow::Result<(SigningKey, Vec<String>)> {
+    let mut keys = load_or_create(data_dir)?;
+    let before: Vec<String> = keys.keys.iter().map(|k| k.kid.clone()).collect();
+    let key = keys.rotate(alg, keep_for);
+    let dropped_kids: Vec<String> = before
+        .into_iter()
+        .filter(|kid| !keys.keys.iter().any(|k| &k.kid == kid))
+        .collect();
+    save(data_dir, &keys)?;
+    tracing::info!(kid = %key.kid, alg = key.alg.as_str(), dropped = ?dropped_kids, "rotated the JWT signing key");
+    Ok((key, dropped_kids))
+}
+
+/// Drops the keys that no longer have live tokens; returns their kids.
+pub fn prune(data_dir: &Path, keep_for: Duration) -> anyhow::Result<Vec<String>> {
+    let mut keys = load(data_dir)?;
+    let dropped = keys.prune(keep_for, chrono::Utc::now());
+    if !dropped.is_empty() {
+        save(data_dir, &keys)?;
+    }
+    Ok(dropped)
+}
 
 /// Loads the key set, creating it with one fresh key when missing.
 pub fn load_or_create(data_dir: &Path) -> anyhow::Result<KeySet> {
     let path = data_dir.join(KEY_FILE);
     if path.exists() {
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("reading {}", path.display()))?;
-        let keys: KeySet = serde_json::from_str(&text)
-            .with_context(|| format!("{} is not a key set", path.display()))?;
-        anyhow::ensure!(!keys.keys.is_empty(), "{} holds no keys", path.display());
-        return Ok(keys);
+        return load(data_dir);
     }
+    let keys = KeySet {
+        keys: vec![SigningKey::generate(DEFAULT_ALGORITHM)],
+    };
+    save(data_dir, &keys)?;
+    tracing::info!(path = %path.display(), "generated a new JWT signing key");
+    Ok(keys)
+}
+
+/// Writes the key set (mode 0600) through a temporary file and a rename,
+/// so a crash never leaves half a key file.
+fn save(data_dir: &Path, keys: &KeySet) -> anyhow::Result<()> {
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
-    let keys = KeySet {
-        keys: vec![SigningKey::generate()],
-    };
-    let text = serde_json::to_string_pretty(&keys)?;
+    let path = data_dir.join(KEY_FILE);
+    let text = serde_json::to_string_pretty(keys)?;
     // Write to a temporary file and rename, so a crash never leaves half a key file.
     let tmp = data_dir.join(format!("{KEY_FILE}.tmp"));
     std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
     restrict_permissions(&tmp)?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("creating {}", path.display()))?;
-    tracing::info!(path = %path.display(), "generated a new JWT signing key");
-    Ok(keys)
+    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
 }
 
 #[cfg(unix)]
@@ -60,6 +115,7 @@ mod tests {
         assert_eq!(first.keys.len(), 1);
         assert_eq!(first.keys[0].kid, second.keys[0].kid);
         assert_eq!(first.keys[0].secret_b64, second.keys[0].secret_b64);
+        assert_eq!(first.keys[0].alg, DEFAULT_ALGORITHM);
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
@@ -69,5 +125,24 @@ mod tests {
                 .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
+    }
+
+    #[test]
+    fn rotate_adds_a_signing_key_and_keeps_the_old_one_verifying() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = load_or_create(dir.path()).unwrap();
+        let ttl = Duration::from_secs(930);
+        let (key, dropped) = rotate(dir.path(), KeyAlgorithm::HS256, ttl).unwrap();
+        assert!(dropped.is_empty());
+        let now = load(dir.path()).unwrap();
+        assert_eq!(now.keys.len(), 2);
+        assert_eq!(now.signing_key().unwrap().kid, key.kid);
+        assert!(now.keys.iter().any(|k| k.kid == first.keys[0].kid));
+        // With no retention, the superseded key is pruned.
+        assert_eq!(
+            prune(dir.path(), Duration::ZERO).unwrap(),
+            vec![first.keys[0].kid.clone()]
+        );
+        assert_eq!(load(dir.path()).unwrap().keys.len(), 1);
     }
 }

@@ -1,13 +1,14 @@
-//! Registration, login, refresh and logout.
+//! Registration, login, refresh, logout of one device and of all of them.
 
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::http::request::Parts;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::AppState;
-use crate::extract::{ApiJson, Caller};
+use crate::extract::{ApiJson, Caller, client_ip};
 use crate::problem::ApiResult;
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -82,16 +83,28 @@ pub async fn register(
 }
 
 /// Logs in on a device: an access token and a refresh token.
+///
+/// Failed attempts are counted per account and per client IP; past a few,
+/// further attempts are refused with 429 and `Retry-After` for a window that
+/// doubles with each failure.
 #[utoipa::path(post, path = "/api/v1/auth/login", tag = "auth", request_body = LoginRequest, responses(
     (status = 200, body = TokenPairView),
-    (status = 401, description = "wrong e-mail or password", content_type = "application/problem+json")))]
+    (status = 401, description = "wrong e-mail or password", content_type = "application/problem+json"),
+    (status = 429, description = "too many failed attempts for this account or address", content_type = "application/problem+json")))]
 pub async fn login(
     State(state): State<AppState>,
+    parts: Parts,
     ApiJson(body): ApiJson<LoginRequest>,
 ) -> ApiResult<Json<TokenPairView>> {
+    let ip = client_ip(&parts.extensions).map(|ip| ip.to_string());
     let pair = state
         .auth
-        .login(&body.email, &body.password, body.device.as_deref())
+        .login(
+            &body.email,
+            &body.password,
+            body.device.as_deref(),
+            ip.as_deref(),
+        )
         .await?;
     Ok(Json(pair.into()))
 }
@@ -116,5 +129,18 @@ pub async fn logout(
     Caller(principal): Caller,
 ) -> ApiResult<StatusCode> {
     state.auth.logout(&principal).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Logs out every device of the caller: every refresh token dies, and every
+/// access token stops working at once.
+#[utoipa::path(post, path = "/api/v1/auth/logout-all", tag = "auth", security(("bearer" = [])), responses(
+    (status = 204, description = "every session ended"),
+    (status = 401, description = "no valid token", content_type = "application/problem+json")))]
+pub async fn logout_all(
+    State(state): State<AppState>,
+    Caller(principal): Caller,
+) -> ApiResult<StatusCode> {
+    state.auth.logout_all(&principal).await?;
     Ok(StatusCode::NO_CONTENT)
 }

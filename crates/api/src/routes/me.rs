@@ -1,7 +1,9 @@
-//! What a shopper reads about themselves, and the public leaderboard.
+//! What a shopper reads about themselves (notifications, points, sessions
+//! per device), and the public leaderboard.
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -104,4 +106,62 @@ pub async fn leaderboard(
             })
             .collect(),
     }))
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SessionView {
+    pub id: uuid::Uuid,
+    /// The name given at login ("unknown" when none was).
+    pub device: String,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    /// When its refresh token was last used.
+    pub last_used_at: chrono::DateTime<chrono::Utc>,
+    /// True for the session of the token making this request.
+    pub current: bool,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SessionListView {
+    pub items: Vec<SessionView>,
+}
+
+/// The caller's signed-in devices, newest first.
+#[utoipa::path(get, path = "/api/v1/me/sessions", tag = "me", security(("bearer" = [])), responses(
+    (status = 200, body = SessionListView),
+    (status = 401, description = "no valid token", content_type = "application/problem+json")))]
+pub async fn sessions(
+    State(state): State<AppState>,
+    Caller(principal): Caller,
+) -> ApiResult<Json<SessionListView>> {
+    let sessions = state.auth.sessions(&principal).await?;
+    Ok(Json(SessionListView {
+        items: sessions
+            .into_iter()
+            .map(|s| SessionView {
+                current: s.id == principal.session_id,
+                id: s.id,
+                device: s.device,
+                created_at: s.created_at,
+                last_used_at: s.last_used_at,
+            })
+            .collect(),
+    }))
+}
+
+/// Logs one device out: its refresh token dies and its access tokens stop
+/// working at once.
+#[utoipa::path(delete, path = "/api/v1/me/sessions/{id}", tag = "me", security(("bearer" = [])),
+    params(("id" = uuid::Uuid, Path, description = "session id")),
+    responses(
+    (status = 204, description = "the session ended"),
+    (status = 400, description = "the id is not a UUID", content_type = "application/problem+json"),
+    (status = 401, description = "no valid token", content_type = "application/problem+json"),
+    (status = 404, description = "no such session of the caller", content_type = "application/problem+json")))]
+pub async fn end_session(
+    State(state): State<AppState>,
+    Caller(principal): Caller,
+    Path(id): Path<uuid::Uuid>,
+) -> ApiResult<StatusCode> {
+    state.auth.revoke_session(&principal, id).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

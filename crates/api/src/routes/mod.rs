@@ -26,6 +26,7 @@ pub fn router(state: AppState) -> Router {
         .route("/auth/login", post(auth::login))
         .route("/auth/refresh", post(auth::refresh))
         .route("/auth/logout", post(auth::logout))
+        .route("/auth/logout-all", post(auth::logout_all))
         .route("/products", get(products::list).post(products::create))
         .route(
             "/products/{id}",
@@ -35,6 +36,8 @@ pub fn router(state: AppState) -> Router {
         .route("/orders/{id}", get(orders::get_one))
         .route("/me/notifications", get(me::notifications))
         .route("/me/points", get(me::points))
+        .route("/me/sessions", get(me::sessions))
+        .route("/me/sessions/{id}", axum::routing::delete(me::end_session))
         .route("/leaderboard", get(me::leaderboard))
         .route("/admin/consumers", get(admin::consumers))
         .route("/admin/dlq", get(admin::dead_letters))

@@ -1,11 +1,15 @@
 //! Registration, login, token refresh and logout.
 //!
-//! Access tokens are short-lived JWTs (HS256 with a `kid` chosen from a key
-//! set, algorithm pinned, `iss`/`aud`/`exp`/`nbf` checked). Refresh tokens are
+//! Access tokens are short-lived JWTs signed with the newest key of a key set
+//! (EdDSA or HS256, named by `kid`; the algorithm is pinned per key),
+//! `iss`/`aud`/`exp`/`nbf`/`iat` checked with a small clock skew. Refresh tokens are
 //! opaque random strings; only their SHA-256 is stored, and each use rotates
 //! them, so a stolen refresh token that is replayed after the real client used
 //! it revokes the whole session. Logout revokes the access token's `jti` until
-//! the token's own expiry; the token itself is never stored.
+//! the token's own expiry, and the session's id (`sid:<id>`), which every
+//! access token carries, so a device logged out from elsewhere stops at once;
+//! tokens themselves are never stored. Failed logins are throttled per
+//! account and per client IP with a growing lockout.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -26,11 +30,56 @@ use crate::CoreError;
 use crate::ports::revocations::RevocationList;
 use crate::ports::store::{RefreshRotation, SessionRecord, Store, StoreError, UserRecord};
 
-/// One HMAC signing key. The secret never prints.
+/// The signature algorithm of a key. Pinned per key: a token is verified only
+/// with the algorithm of the key its `kid` names, whatever its header claims,
+/// so an attacker cannot pick `none`, or sign with an EdDSA public key used
+/// as an HMAC secret (the classic HS/RS confusion).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum KeyAlgorithm {
+    /// HMAC-SHA256 with a 32-byte shared secret. Key files written before
+    /// algorithms were recorded hold HMAC keys, hence the default.
+    #[default]
+    HS256,
+    /// Ed25519 signatures: only the holder of the private key can sign.
+    EdDSA,
+}
+
+impl KeyAlgorithm {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyAlgorithm::HS256 => "HS256",
+            KeyAlgorithm::EdDSA => "EdDSA",
+        }
+    }
+
+    fn jwt(self) -> Algorithm {
+        match self {
+            KeyAlgorithm::HS256 => Algorithm::HS256,
+            KeyAlgorithm::EdDSA => Algorithm::EdDSA,
+        }
+    }
+}
+
+impl std::str::FromStr for KeyAlgorithm {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        match value.to_ascii_lowercase().as_str() {
+            "hs256" => Ok(KeyAlgorithm::HS256),
+            "eddsa" | "ed25519" => Ok(KeyAlgorithm::EdDSA),
+            other => Err(format!("unknown key algorithm {other:?} (eddsa or hs256)")),
+        }
+    }
+}
+
+/// One signing key of the key set. The secret never prints.
 #[derive(Clone, Serialize, Deserialize)]
 pub struct SigningKey {
     pub kid: String,
-    /// Base64 (standard alphabet) of at least 32 random bytes.
+    #[serde(default)]
+    pub alg: KeyAlgorithm,
+    /// Base64 (standard alphabet): the HMAC secret (at least 32 random
+    /// bytes) or the Ed25519 private key seed (32 bytes).
     pub secret_b64: String,
     pub created_at: Timestamp,
 }
@@ -39,6 +88,7 @@ impl std::fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SigningKey")
             .field("kid", &self.kid)
+            .field("alg", &self.alg)
             .field("secret_b64", &"[redacted]")
             .field("created_at", &self.created_at)
             .finish()
@@ -47,15 +97,79 @@ impl std::fmt::Debug for SigningKey {
 
 impl SigningKey {
     /// A fresh key with 32 random bytes and a random `kid`.
-    pub fn generate() -> Self {
+    pub fn generate(alg: KeyAlgorithm) -> Self {
         let mut secret = [0u8; 32];
         rand::fill(&mut secret);
         Self {
             kid: uuid::Uuid::new_v4().simple().to_string()[..12].to_owned(),
+            alg,
             secret_b64: base64::engine::general_purpose::STANDARD.encode(secret),
             created_at: chrono::Utc::now(),
         }
     }
+
+    /// The JWT algorithm and the keys to sign and verify with (tools and
+    /// tests that craft tokens need them; the service uses [`AuthService::new`]).
+    pub fn jwt_keys(&self) -> Result<(Algorithm, EncodingKey, DecodingKey), CoreError> {
+        let key = self.load()?;
+        Ok((key.alg, key.encoding, key.decoding))
+    }
+
+    /// The key as the service uses it.
+    fn load(&self) -> Result<LoadedKey, CoreError> {
+        let secret = base64::engine::general_purpose::STANDARD
+            .decode(&self.secret_b64)
+            .map_err(|e| {
+                CoreError::Internal(format!("signing key {} is not base64: {e}", self.kid))
+            })?;
+        let (encoding, decoding) = match self.alg {
+            KeyAlgorithm::HS256 => {
+                if secret.len() < 32 {
+                    return Err(CoreError::Internal(format!(
+                        "signing key {} is shorter than 32 bytes",
+                        self.kid
+                    )));
+                }
+                (
+                    EncodingKey::from_secret(&secret),
+                    DecodingKey::from_secret(&secret),
+                )
+            }
+            KeyAlgorithm::EdDSA => {
+                let seed: [u8; 32] = secret.as_slice().try_into().map_err(|_| {
+                    CoreError::Internal(format!(
+                        "signing key {} is not a 32-byte Ed25519 seed",
+                        self.kid
+                    ))
+                })?;
+                let private = ed25519_dalek::SigningKey::from_bytes(&seed);
+                let public = private.verifying_key().to_bytes();
+                (
+                    EncodingKey::from_ed_der(&ed25519_pkcs8(&seed)),
+                    DecodingKey::from_ed_der(&public),
+                )
+            }
+        };
+        Ok(LoadedKey {
+            kid: self.kid.clone(),
+            alg: self.alg.jwt(),
+            encoding,
+            decoding,
+        })
+    }
+}
+
+/// The PKCS#8 v1 document of an Ed25519 private key (RFC 8410): a fixed
+/// 16-byte prefix followed by the 32-byte seed, which is what
+/// `jsonwebtoken` signs with.
+fn ed25519_pkcs8(seed: &[u8; 32]) -> Vec<u8> {
+    const PREFIX: [u8; 16] = [
+        0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04,
+        0x20,
+    ];
+    let mut der = PREFIX.to_vec();
+    der.extend_from_slice(seed);
+    der
 }
 
 /// The key set: tokens are signed with the newest key and verified with any
@@ -65,8 +179,49 @@ pub struct KeySet {
     pub keys: Vec<SigningKey>,
 }
 
+impl KeySet {
+    /// The key that signs: the newest.
+    pub fn signing_key(&self) -> Option<&SigningKey> {
+        self.keys.iter().max_by_key(|key| key.created_at)
+    }
+
+    /// Adds a fresh key, which signs from now on, and drops the keys that can
+    /// no longer have live tokens (see [`KeySet::prune`]). Returns the new key.
+    pub fn rotate(&mut self, alg: KeyAlgorithm, keep_for: Duration) -> SigningKey {
+        let key = SigningKey::generate(alg);
+        self.keys.push(key.clone());
+        self.prune(keep_for, key.created_at);
+        key
+    }
+
+    /// Drops every key that is not the newest and was superseded more than
+    /// `keep_for` ago (the access-token lifetime plus clock skew): every token
+    /// it signed has expired. Returns the dropped kids.
+    pub fn prune(&mut self, keep_for: Duration, now: Timestamp) -> Vec<String> {
+        let mut by_age: Vec<Timestamp> = self.keys.iter().map(|k| k.created_at).collect();
+        by_age.sort();
+        let newest = by_age.last().copied();
+        let keep_for = chrono::Duration::from_std(keep_for).unwrap_or(chrono::Duration::MAX);
+        // A key stops signing when the next one is created; its tokens live
+        // at most `keep_for` after that.
+        let superseded_at = |created: Timestamp| by_age.iter().copied().find(|t| *t > created);
+        let mut dropped = Vec::new();
+        self.keys.retain(|key| {
+            let keep = Some(key.created_at) == newest
+                || superseded_at(key.created_at)
+                    .is_none_or(|at| at.checked_add_signed(keep_for).is_none_or(|end| end > now));
+            if !keep {
+                dropped.push(key.kid.clone());
+            }
+            keep
+        });
+        dropped
+    }
+}
+
 struct LoadedKey {
     kid: String,
+    alg: Algorithm,
     encoding: EncodingKey,
     decoding: DecodingKey,
 }
@@ -80,6 +235,16 @@ pub struct AuthSettings {
     pub refresh_token_ttl: Duration,
     /// Tolerated clock difference between machines when checking `exp`/`nbf`.
     pub clock_skew: Duration,
+    /// How failed logins slow down password guessing.
+    pub login_throttle: ThrottleSettings,
+}
+
+impl AuthSettings {
+    /// How long a key that stopped signing must keep verifying: until the
+    /// last token it signed has expired, clock skew included.
+    pub fn key_retention(&self) -> Duration {
+        self.access_token_ttl + self.clock_skew
+    }
 }
 
 impl Default for AuthSettings {
@@ -90,6 +255,7 @@ impl Default for AuthSettings {
             access_token_ttl: Duration::from_secs(15 * 60),
             refresh_token_ttl: Duration::from_secs(30 * 24 * 3600),
             clock_skew: Duration::from_secs(30),
+            login_throttle: ThrottleSettings::default(),
         }
     }
 }
@@ -142,11 +308,20 @@ pub struct TokenPair {
 pub struct AuthService {
     store: Arc<dyn Store>,
     revocations: Arc<dyn RevocationList>,
+    /// Newest first: the first key signs.
     keys: Vec<LoadedKey>,
     settings: AuthSettings,
+    throttle: LoginThrottle,
 }
 
 const WRONG_CREDENTIALS: &str = "e-mail or password is wrong";
+
+/// The revocation-list entry that kills every access token of a session.
+/// Tokens carry their session id (`sid`), so checking this id next to the
+/// `jti` logs a device out at once without a database query per request.
+fn session_revocation_id(session_id: uuid::Uuid) -> String {
+    format!("sid:{session_id}")
+}
 
 impl AuthService {
     pub fn new(
@@ -155,28 +330,12 @@ impl AuthService {
         key_set: &KeySet,
         settings: AuthSettings,
     ) -> Result<Self, CoreError> {
-        let mut keys = Vec::with_capacity(key_set.keys.len());
-        // Newest first: the first key signs.
         let mut sorted = key_set.keys.clone();
         sorted.sort_by_key(|key| std::cmp::Reverse(key.created_at));
-        for key in sorted {
-            let secret = base64::engine::general_purpose::STANDARD
-                .decode(&key.secret_b64)
-                .map_err(|e| {
-                    CoreError::Internal(format!("signing key {} is not base64: {e}", key.kid))
-                })?;
-            if secret.len() < 32 {
-                return Err(CoreError::Internal(format!(
-                    "signing key {} is shorter than 32 bytes",
-                    key.kid
-                )));
-            }
-            keys.push(LoadedKey {
-                kid: key.kid,
-                encoding: EncodingKey::from_secret(&secret),
-                decoding: DecodingKey::from_secret(&secret),
-            });
-        }
+        let keys = sorted
+            .iter()
+            .map(SigningKey::load)
+            .collect::<Result<Vec<_>, _>>()?;
         if keys.is_empty() {
             return Err(CoreError::Internal("the signing key set is empty".into()));
         }
@@ -184,8 +343,14 @@ impl AuthService {
             store,
             revocations,
             keys,
+            throttle: LoginThrottle::new(settings.login_throttle.clone()),
             settings,
         })
+    }
+
+    /// The kid of the key that signs new tokens.
+    pub fn signing_kid(&self) -> &str {
+        &self.keys[0].kid
     }
 
     pub fn settings(&self) -> &AuthSettings {
@@ -267,16 +432,29 @@ impl AuthService {
     ///
     /// An unknown e-mail is answered exactly like a wrong password, after
     /// verifying against a dummy hash, so the answer and its timing do not tell
-    /// which e-mails have accounts.
+    /// which e-mails have accounts. Failures are counted per account (the
+    /// e-mail as typed, normalized, whether or not it exists) and per client
+    /// IP; past a few, that account or IP is locked out for a window that
+    /// doubles with each further failure ([`CoreError::TooManyAttempts`]).
     pub async fn login(
         &self,
         email: &str,
         password: &str,
         device: Option<&str>,
+        client_ip: Option<&str>,
     ) -> Result<TokenPair, CoreError> {
-        let user = match user::normalize_email(email) {
-            Ok(email) => self.store.user_by_email(&email).await?,
-            Err(_) => None,
+        let normalized = user::normalize_email(email).ok();
+        let account_key = format!("account:{}", normalized.as_deref().unwrap_or(email.trim()));
+        let ip_key = client_ip.map(|ip| format!("ip:{ip}"));
+        self.throttle
+            .check(&account_key, ip_key.as_deref())
+            .map_err(|retry_after| {
+                metrics::counter!("orderflow_logins_total", "outcome" => "locked").increment(1);
+                CoreError::TooManyAttempts { retry_after }
+            })?;
+        let user = match &normalized {
+            Some(email) => self.store.user_by_email(email).await?,
+            None => None,
         };
         let hash = user
             .as_ref()
@@ -285,8 +463,11 @@ impl AuthService {
         let matches = verify_password(password.to_owned(), hash).await?;
         let Some(user) = user.filter(|_| matches) else {
             metrics::counter!("orderflow_logins_total", "outcome" => "failed").increment(1);
+            self.throttle
+                .record_failure(&account_key, ip_key.as_deref());
             return Err(CoreError::Unauthorized(WRONG_CREDENTIALS.into()));
         };
+        self.throttle.record_success(&account_key);
         let now = chrono::Utc::now();
         let session = SessionRecord {
             id: uuid::Uuid::now_v7(),
@@ -349,26 +530,95 @@ impl AuthService {
         }
     }
 
-    /// Revokes the access token (by `jti`, until its expiry) and its session.
+    /// Logs the caller's device out: the access token's `jti` is revoked until
+    /// its expiry, and the session with every other access token it issued.
     pub async fn logout(&self, principal: &Principal) -> Result<(), CoreError> {
         self.revocations
             .revoke(&principal.jti, principal.expires_at)
             .await?;
+        self.end_session(principal.session_id).await
+    }
+
+    /// The caller's sessions still in force (not revoked, not expired),
+    /// most recently created first.
+    pub async fn sessions(&self, principal: &Principal) -> Result<Vec<SessionRecord>, CoreError> {
+        let now = chrono::Utc::now();
+        let mut sessions = self.store.sessions_of_user(principal.user_id).await?;
+        sessions.retain(|s| s.revoked_at.is_none() && s.expires_at > now);
+        Ok(sessions)
+    }
+
+    /// Logs one of the caller's devices out. Another user's session, or one
+    /// already ended, is "not found": ids of others are never confirmed.
+    pub async fn revoke_session(
+        &self,
+        principal: &Principal,
+        session_id: uuid::Uuid,
+    ) -> Result<(), CoreError> {
+        let now = chrono::Utc::now();
+        match self.store.session(session_id).await? {
+            Some(session)
+                if session.user_id == principal.user_id
+                    && session.revoked_at.is_none()
+                    && session.expires_at > now =>
+            {
+                self.end_session(session_id).await
+            }
+            _ => Err(CoreError::NotFound("session")),
+        }
+    }
+
+    /// Logs out every device of the caller; returns how many sessions ended.
+    pub async fn logout_all(&self, principal: &Principal) -> Result<usize, CoreError> {
+        let sessions = self.sessions(principal).await?;
+        // Revoke the ids first: once the store marks the sessions revoked,
+        // `sessions` no longer lists them, so a failure half-way must leave
+        // the access tokens dead rather than alive.
+        let until = self.session_revocation_expiry();
+        for session in &sessions {
+            self.revocations
+                .revoke(&session_revocation_id(session.id), until)
+                .await?;
+        }
         self.store
-            .revoke_session(principal.session_id, chrono::Utc::now())
+            .revoke_all_sessions(principal.user_id, chrono::Utc::now())
             .await?;
+        metrics::counter!("orderflow_logouts_total", "scope" => "all").increment(1);
+        Ok(sessions.len())
+    }
+
+    /// Ends a session: its refresh token stops working (store), and every
+    /// access token it issued stops at once (its `sid` revoked until the
+    /// newest of them would have expired anyway).
+    async fn end_session(&self, session_id: uuid::Uuid) -> Result<(), CoreError> {
+        self.revocations
+            .revoke(
+                &session_revocation_id(session_id),
+                self.session_revocation_expiry(),
+            )
+            .await?;
+        self.store
+            .revoke_session(session_id, chrono::Utc::now())
+            .await?;
+        metrics::counter!("orderflow_logouts_total", "scope" => "session").increment(1);
         Ok(())
     }
 
-    /// Verifies a bearer token: signature with the key named by `kid`,
-    /// algorithm pinned to HS256, `iss`, `aud`, `exp`, `nbf`, then revocation.
+    /// An access token issued now expires (skew included) by then.
+    fn session_revocation_expiry(&self) -> Timestamp {
+        chrono::Utc::now()
+            + chrono::Duration::from_std(self.settings.key_retention())
+                .unwrap_or(chrono::Duration::days(1))
+    }
+
+    /// Verifies a bearer token: the key named by `kid`, with that key's own
+    /// algorithm (the header's `alg` must match it), then `iss`, `aud`,
+    /// `exp`, `nbf`, `iat`, then revocation of the token (`jti`) and of its
+    /// session (`sid`), both answered from memory.
     pub async fn authenticate(&self, token: &str) -> Result<Principal, CoreError> {
         let unauthorized = |why: &str| CoreError::Unauthorized(why.to_owned());
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| unauthorized("access token is malformed"))?;
-        if header.alg != Algorithm::HS256 {
-            return Err(unauthorized("access token uses an unsupported algorithm"));
-        }
         let kid = header
             .kid
             .ok_or_else(|| unauthorized("access token has no key id"))?;
@@ -377,7 +627,12 @@ impl AuthService {
             .iter()
             .find(|k| k.kid == kid)
             .ok_or_else(|| unauthorized("access token was signed with an unknown key"))?;
-        let mut validation = Validation::new(Algorithm::HS256);
+        if header.alg != key.alg {
+            return Err(unauthorized(
+                "access token's algorithm does not match its key",
+            ));
+        }
+        let mut validation = Validation::new(key.alg);
         validation.set_issuer(&[&self.settings.issuer]);
         validation.set_audience(&[&self.settings.audience]);
         validation.set_required_spec_claims(&["exp", "nbf", "iat", "iss", "aud", "sub"]);
@@ -391,8 +646,18 @@ impl AuthService {
                 _ => unauthorized("access token is not valid"),
             })?
             .claims;
+        // `iat` in the future (beyond the skew) means a forged or broken clock.
+        let skew = self.settings.clock_skew.as_secs() as i64;
+        if claims.iat > chrono::Utc::now().timestamp() + skew {
+            return Err(unauthorized("access token is not valid yet"));
+        }
         metrics::counter!("orderflow_revocation_checks_total").increment(1);
-        if self.revocations.is_revoked(&claims.jti).await? {
+        if self.revocations.is_revoked(&claims.jti).await?
+            || self
+                .revocations
+                .is_revoked(&session_revocation_id(claims.sid))
+                .await?
+        {
             return Err(unauthorized("access token was revoked"));
         }
         let expires_at = chrono::DateTime::from_timestamp(claims.exp, 0)
@@ -426,7 +691,7 @@ impl AuthService {
             aud: self.settings.audience.clone(),
         };
         let signer = &self.keys[0];
-        let mut header = Header::new(Algorithm::HS256);
+        let mut header = Header::new(signer.alg);
         header.kid = Some(signer.kid.clone());
         let access_token = jsonwebtoken::encode(&header, &claims, &signer.encoding)
             .map_err(|e| CoreError::Internal(format!("signing a token failed: {e}")))?;
@@ -439,12 +704,144 @@ impl AuthService {
     }
 }
 
-/// argon2id with the OWASP-recommended parameters (the crate's defaults:
-/// 19 MiB, 2 iterations, 1 lane), off the async runtime because it is meant to be slow.
+/// How failed logins are throttled. The first few failures cost nothing
+/// (people mistype); after `free_failures` the key is locked out for
+/// `base_lockout`, doubling with each further failure up to `max_lockout`.
+/// A key with no failure for `forget_after` starts over.
+#[derive(Debug, Clone)]
+pub struct ThrottleSettings {
+    /// Failures allowed per account before lockouts begin.
+    pub account_free_failures: u32,
+    /// Failures allowed per client IP (across accounts) before lockouts begin;
+    /// higher, since one IP may be a whole office behind NAT.
+    pub ip_free_failures: u32,
+    pub base_lockout: Duration,
+    pub max_lockout: Duration,
+    pub forget_after: Duration,
+    /// Most keys tracked at once (memory bound under a flood of addresses).
+    pub max_keys: usize,
+}
+
+impl Default for ThrottleSettings {
+    fn default() -> Self {
+        Self {
+            account_free_failures: 5,
+            ip_free_failures: 20,
+            base_lockout: Duration::from_secs(1),
+            max_lockout: Duration::from_secs(15 * 60),
+            forget_after: Duration::from_secs(15 * 60),
+            max_keys: 100_000,
+        }
+    }
+}
+
+/// Failed-login bookkeeping, per account and per client IP, in process.
+///
+/// This is the embedded setup's store of failures; with several API
+/// processes the same counters belong in Redis (the algorithm is the same:
+/// a failure count and a locked-until time per key). Time is
+/// `tokio::time::Instant`, so tests drive it with paused time.
+struct LoginThrottle {
+    settings: ThrottleSettings,
+    entries: std::sync::Mutex<std::collections::HashMap<String, Failures>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Failures {
+    count: u32,
+    locked_until: tokio::time::Instant,
+    last_failure: tokio::time::Instant,
+}
+
+impl LoginThrottle {
+    fn new(settings: ThrottleSettings) -> Self {
+        Self {
+            settings,
+            entries: Default::default(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Failures>> {
+        self.entries
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// `Err(retry_after)` while the account or the IP is locked out.
+    fn check(&self, account: &str, ip: Option<&str>) -> Result<(), Duration> {
+        let now = tokio::time::Instant::now();
+        let entries = self.lock();
+        let wait = [Some(account), ip]
+            .into_iter()
+            .flatten()
+            .filter_map(|key| entries.get(key))
+            .map(|f| f.locked_until.saturating_duration_since(now))
+            .max()
+            .unwrap_or_default();
+        if wait.is_zero() { Ok(()) } else { Err(wait) }
+    }
+
+    fn record_failure(&self, account: &str, ip: Option<&str>) {
+        let now = tokio::time::Instant::now();
+        let mut entries = self.lock();
+        if entries.len() >= self.settings.max_keys {
+            let forget_after = self.settings.forget_after;
+            entries.retain(|_, f| now.saturating_duration_since(f.last_failure) < forget_after);
+            if entries.len() >= self.settings.max_keys {
+                // Every key is recent: a flood. Forgetting is the lesser evil
+                // than growing without bound; the per-IP route limit still holds.
+                entries.clear();
+            }
+        }
+        let keys = [
+            Some((account, self.settings.account_free_failures)),
+            ip.map(|ip| (ip, self.settings.ip_free_failures)),
+        ];
+        for (key, free) in keys.into_iter().flatten() {
+            let entry = entries.entry(key.to_owned()).or_insert(Failures {
+                count: 0,
+                locked_until: now,
+                last_failure: now,
+            });
+            if now.saturating_duration_since(entry.last_failure) >= self.settings.forget_after {
+                entry.count = 0;
+            }
+            entry.count = entry.count.saturating_add(1);
+            entry.last_failure = now;
+            if entry.count > free {
+                let doublings = (entry.count - free - 1).min(30);
+                let lockout = self
+                    .settings
+                    .base_lockout
+                    .saturating_mul(1 << doublings)
+                    .min(self.settings.max_lockout);
+                entry.locked_until = now + lockout;
+            }
+        }
+    }
+
+    /// A successful login clears the account's failures (not the IP's: one
+    /// right password must not reset a spray over many accounts).
+    fn record_success(&self, account: &str) {
+        self.lock().remove(account);
+    }
+}
+
+/// argon2id with the parameters of the OWASP Password Storage Cheat Sheet:
+/// 19 MiB of memory, 2 iterations, 1 lane. Spelled out rather than left to
+/// the crate's defaults, so a dependency update cannot weaken them silently.
+fn argon2() -> Argon2<'static> {
+    let params =
+        argon2::Params::new(19 * 1024, 2, 1, None).expect("the OWASP argon2 parameters are valid");
+    Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
+}
+
+/// Hashes a password off the async runtime, because it is meant to be slow
+/// (tens of milliseconds of CPU) and would stall every other request.
 pub async fn hash_password(password: String) -> Result<String, CoreError> {
     tokio::task::spawn_blocking(move || {
         let salt = SaltString::generate(&mut OsRng);
-        Argon2::default()
+        argon2()
             .hash_password(password.as_bytes(), &salt)
             .map(|h| h.to_string())
             .map_err(|e| CoreError::Internal(format!("password hashing failed: {e}")))
@@ -457,7 +854,8 @@ async fn verify_password(password: String, hash: String) -> Result<bool, CoreErr
     tokio::task::spawn_blocking(move || {
         let parsed = PasswordHash::new(&hash)
             .map_err(|e| CoreError::Internal(format!("stored hash is invalid: {e}")))?;
-        Ok(Argon2::default()
+        // Verification reads the parameters from the stored hash itself.
+        Ok(argon2()
             .verify_password(password.as_bytes(), &parsed)
             .is_ok())
     })
@@ -470,7 +868,7 @@ fn dummy_hash() -> &'static str {
     static DUMMY: OnceLock<String> = OnceLock::new();
     DUMMY.get_or_init(|| {
         let salt = SaltString::generate(&mut OsRng);
-        Argon2::default()
+        argon2()
             .hash_password(uuid::Uuid::new_v4().to_string().as_bytes(), &salt)
             .expect("hashing a fixed-size password cannot fail")
             .to_string()
@@ -508,9 +906,99 @@ mod tests {
         );
     }
 
+    fn throttle() -> LoginThrottle {
+        LoginThrottle::new(ThrottleSettings {
+            account_free_failures: 3,
+            ip_free_failures: 5,
+            ..ThrottleSettings::default()
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn lockouts_start_after_the_free_failures_and_double() {
+        let throttle = throttle();
+        for _ in 0..3 {
+            assert!(throttle.check("a", None).is_ok());
+            throttle.record_failure("a", None);
+        }
+        assert!(throttle.check("a", None).is_ok(), "three mistakes are free");
+        throttle.record_failure("a", None);
+        assert_eq!(throttle.check("a", None), Err(Duration::from_secs(1)));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(throttle.check("a", None).is_ok());
+        throttle.record_failure("a", None);
+        assert_eq!(throttle.check("a", None), Err(Duration::from_secs(2)));
+        tokio::time::advance(Duration::from_secs(2)).await;
+        throttle.record_failure("a", None);
+        assert_eq!(throttle.check("a", None), Err(Duration::from_secs(4)));
+        // Another account is not affected; a success clears the account.
+        assert!(throttle.check("b", None).is_ok());
+        throttle.record_success("a");
+        assert!(throttle.check("a", None).is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_ip_spraying_many_accounts_is_locked_out() {
+        let throttle = throttle();
+        for i in 0..5 {
+            throttle.record_failure(&format!("user-{i}"), Some("ip:10.0.0.1"));
+        }
+        assert!(throttle.check("fresh", Some("ip:10.0.0.1")).is_ok());
+        throttle.record_failure("user-5", Some("ip:10.0.0.1"));
+        assert!(throttle.check("fresh", Some("ip:10.0.0.1")).is_err());
+        assert!(throttle.check("fresh", Some("ip:10.0.0.2")).is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn lockouts_are_capped_and_forgotten() {
+        let throttle = throttle();
+        for _ in 0..40 {
+            throttle.record_failure("a", None);
+        }
+        assert_eq!(throttle.check("a", None), Err(Duration::from_secs(15 * 60)));
+        tokio::time::advance(Duration::from_secs(15 * 60)).await;
+        throttle.record_failure("a", None);
+        assert!(throttle.check("a", None).is_ok(), "counting starts over");
+    }
+
+    #[test]
+    fn rotation_keeps_old_keys_until_their_tokens_expired() {
+        let ttl = Duration::from_secs(930);
+        let mut set = KeySet {
+            keys: vec![SigningKey::generate(KeyAlgorithm::HS256)],
+        };
+        let first = set.keys[0].kid.clone();
+        let second = set.rotate(KeyAlgorithm::EdDSA, ttl);
+        assert_eq!(set.keys.len(), 2, "the old key still verifies");
+        assert_eq!(set.signing_key().unwrap().kid, second.kid);
+        // Long after the second key took over, the first one is dropped.
+        let later = second.created_at + chrono::Duration::seconds(931);
+        assert_eq!(set.prune(ttl, later), vec![first]);
+        assert_eq!(set.keys.len(), 1);
+        // The newest key is never dropped, however old.
+        assert!(
+            set.prune(ttl, later + chrono::Duration::days(365))
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn ed25519_keys_load_and_sign() {
+        let key = SigningKey::generate(KeyAlgorithm::EdDSA).load().unwrap();
+        let token = jsonwebtoken::encode(
+            &Header::new(Algorithm::EdDSA),
+            &serde_json::json!({"sub": "x", "exp": 4_000_000_000u64}),
+            &key.encoding,
+        )
+        .unwrap();
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.set_required_spec_claims(&["exp"]);
+        jsonwebtoken::decode::<serde_json::Value>(&token, &key.decoding, &validation).unwrap();
+    }
+
     #[test]
     fn signing_keys_never_print_their_secret() {
-        let key = SigningKey::generate();
+        let key = SigningKey::generate(KeyAlgorithm::EdDSA);
         let printed = format!("{key:?}");
         assert!(!printed.contains(&key.secret_b64));
         assert!(printed.contains("redacted"));
