@@ -40,6 +40,7 @@ fn allowed(limit: u32, remaining: u32, reset_after: Duration) -> RateDecision {
         remaining,
         retry_after: Duration::ZERO,
         reset_after,
+        delay: Duration::ZERO,
     }
 }
 
@@ -50,6 +51,29 @@ fn denied(limit: u32, retry_after: Duration, reset_after: Duration) -> RateDecis
         remaining: 0,
         retry_after,
         reset_after,
+        delay: Duration::ZERO,
+    }
+}
+
+fn leaky(rate_per_second: f64, queue: u32) -> RatePolicy {
+    RatePolicy {
+        name: "leaky".into(),
+        algorithm: Algorithm::LeakyBucket {
+            rate_per_second,
+            queue,
+        },
+    }
+}
+
+/// An allowed leaky-bucket decision that waits `delay` in the queue.
+fn queued(queue: u32, remaining: u32, delay: Duration, reset_after: Duration) -> RateDecision {
+    RateDecision {
+        allowed: true,
+        limit: queue,
+        remaining,
+        retry_after: Duration::ZERO,
+        reset_after,
+        delay,
     }
 }
 
@@ -176,6 +200,91 @@ async fn token_bucket_reports_time_until_full_as_reset() {
     advance(MS(100)).await;
     // Half a token refilled: still 8 whole ones left after this request's.
     assert_eq!(limiter.check(&policy, "k").await, allowed(10, 7, MS(500)));
+}
+
+// --- leaky bucket ---
+
+#[tokio::test(start_paused = true)]
+async fn leaky_bucket_queues_requests_over_the_rate_instead_of_refusing() {
+    let limiter = InProcessRateLimiter::new();
+    let policy = leaky(2.0, 3); // one every 500 ms, three may wait
+    // The first passes at once; the next three wait their turn, evenly spaced.
+    assert_eq!(
+        limiter.check(&policy, "u").await,
+        queued(3, 3, S(0), MS(500))
+    );
+    assert_eq!(
+        limiter.check(&policy, "u").await,
+        queued(3, 2, MS(500), S(1))
+    );
+    assert_eq!(
+        limiter.check(&policy, "u").await,
+        queued(3, 1, S(1), MS(1500))
+    );
+    assert_eq!(
+        limiter.check(&policy, "u").await,
+        queued(3, 0, MS(1500), S(2))
+    );
+    // The queue is full: refused until the first queued one leaves.
+    assert_eq!(limiter.check(&policy, "u").await, denied(3, MS(500), S(2)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn leaky_bucket_frees_a_place_exactly_when_one_leaves() {
+    let limiter = InProcessRateLimiter::new();
+    let policy = leaky(4.0, 1); // one every 250 ms, one may wait
+    assert!(limiter.check(&policy, "u").await.allowed);
+    assert_eq!(limiter.check(&policy, "u").await.delay, MS(250));
+    assert_eq!(
+        limiter.check(&policy, "u").await,
+        denied(1, MS(250), MS(500))
+    );
+    advance(MS(249)).await;
+    assert_eq!(limiter.check(&policy, "u").await, denied(1, MS(1), MS(251)));
+    advance(MS(1)).await;
+    // Its place in the queue: behind the one leaving at 500 ms.
+    assert_eq!(
+        limiter.check(&policy, "u").await,
+        queued(1, 0, MS(250), MS(500))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn leaky_bucket_output_is_smooth_whatever_the_arrivals() {
+    let limiter = InProcessRateLimiter::new();
+    let policy = leaky(10.0, 100);
+    // A burst of 20 at once leaves as one request every 100 ms.
+    let mut leaves = Vec::new();
+    for _ in 0..20 {
+        let decision = limiter.check(&policy, "u").await;
+        assert!(decision.allowed);
+        leaves.push(decision.delay);
+    }
+    for (i, delay) in leaves.iter().enumerate() {
+        assert_eq!(*delay, MS(100 * i as u64));
+    }
+    // Idle for long enough, the queue is empty and nothing waits.
+    advance(S(2)).await;
+    assert_eq!(limiter.check(&policy, "u").await.delay, S(0));
+    // Requests spaced at the rate never wait.
+    for _ in 0..5 {
+        advance(MS(100)).await;
+        assert_eq!(limiter.check(&policy, "u").await.delay, S(0));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_leaky_bucket_without_a_queue_is_a_strict_rate() {
+    let limiter = InProcessRateLimiter::new();
+    let policy = leaky(1.0, 0);
+    assert!(limiter.check(&policy, "u").await.allowed);
+    assert_eq!(limiter.check(&policy, "u").await, denied(0, S(1), S(1)));
+    advance(S(1)).await;
+    assert_eq!(limiter.check(&policy, "u").await, queued(0, 0, S(0), S(1)));
+    // A zero rate never drains, so nothing may queue for it.
+    let never = leaky(0.0, 5);
+    assert!(limiter.check(&never, "v").await.allowed);
+    assert!(!limiter.check(&never, "v").await.allowed);
 }
 
 // --- memory bound ---

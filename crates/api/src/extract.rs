@@ -13,6 +13,7 @@ use orderflow_core::services::auth::Principal;
 use serde::de::DeserializeOwned;
 
 use crate::AppState;
+use crate::hostile::check_json;
 use crate::problem::ApiError;
 
 /// The authenticated caller (any role), from `Authorization: Bearer …`.
@@ -26,24 +27,32 @@ impl FromRequestParts<AppState> for Caller {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
+        // The per-user rate limit already verified this request's token.
+        if let Some(principal) = parts.extensions.get::<Principal>() {
+            return Ok(Caller(principal.clone()));
+        }
         let value = parts
             .headers
             .get(header::AUTHORIZATION)
             .ok_or_else(|| CoreError::Unauthorized("missing Authorization: Bearer token".into()))?;
-        let token = value
-            .to_str()
-            .ok()
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| {
-                CoreError::Unauthorized("Authorization must be `Bearer <token>`".into())
-            })?;
+        let token = bearer_token(value).ok_or_else(|| {
+            CoreError::Unauthorized("Authorization must be `Bearer <token>`".into())
+        })?;
         Ok(Caller(state.auth.authenticate(token).await?))
     }
+}
+
+/// The token of an `Authorization: Bearer …` header value.
+pub fn bearer_token(value: &axum::http::HeaderValue) -> Option<&str> {
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
 }
 
 /// The authenticated caller, who must be an admin (403 otherwise).
@@ -64,13 +73,28 @@ impl FromRequestParts<AppState> for AdminCaller {
 }
 
 /// A JSON body whose rejections are problems (422 with what is wrong).
+///
+/// Before deserializing, the raw body is checked against the nesting-depth and
+/// string-length limits of [`crate::HttpLimits`] (422 naming the limit).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ApiJson<T>(pub T);
 
-impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let (parts, body) = req.into_parts();
+        let bytes =
+            axum::body::Bytes::from_request(Request::from_parts(parts.clone(), body), state)
+                .await
+                .map_err(|e| ApiError::Status {
+                    status: e.status(),
+                    detail: e.body_text(),
+                })?;
+        let limits = &state.http_limits;
+        check_json(&bytes, limits.max_json_depth, limits.max_json_string_chars)
+            .map_err(|limit| ApiError::InputLimit(limit.to_string()))?;
+        let req = Request::from_parts(parts, axum::body::Body::from(bytes));
         match axum::Json::<T>::from_request(req, state).await {
             Ok(axum::Json(value)) => Ok(ApiJson(value)),
             Err(JsonRejection::MissingJsonContentType(_)) => Err(ApiError::Status {

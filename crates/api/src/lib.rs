@@ -9,12 +9,20 @@
 //!   [`extract::AdminCaller`]), JSON bodies and query strings whose rejections
 //!   are problems too, and the client IP.
 //! - [`observe`]: request metrics (per route template), `/metrics`, and the
-//!   rate-limit middleware.
+//!   rate-limit middleware (every policy that applies, per IP or per user;
+//!   429 with `Retry-After`, `RateLimit-Policy` and `RateLimit` headers; a
+//!   leaky bucket's queued requests wait here).
+//! - [`limits`]: rate-limit policies per route group, parsed from the
+//!   compact `ORDERFLOW_RATE_LIMITS` spec.
+//! - [`hostile`]: limits on hostile input that the body-size limit does not
+//!   cover: JSON nesting depth and string length.
 //! - [`routes`]: one module per resource: auth, products, orders, me
 //!   (notifications, points), leaderboard, admin, health.
 //! - [`openapi`]: the OpenAPI document served at `/openapi.json` and `/docs`.
 
 pub mod extract;
+pub mod hostile;
+pub mod limits;
 pub mod observe;
 pub mod openapi;
 pub mod problem;
@@ -36,20 +44,31 @@ use orderflow_core::services::queries::ShopperQueries;
 
 pub use problem::ApiError;
 
-/// Rate-limit policies applied per client IP; `None` switches a limit off.
+/// Rate-limit policies; `None` (or no entry) switches a limit off. A request
+/// must pass every policy that applies to it.
 #[derive(Debug, Clone, Default)]
 pub struct RateLimits {
-    /// Login, register, refresh: the routes attackers guess passwords on.
+    /// Per client IP on login, register, refresh: the routes attackers guess
+    /// passwords on.
     pub auth: Option<RatePolicy>,
-    /// Everything else.
+    /// Per client IP on everything else.
     pub general: Option<RatePolicy>,
+    /// Per route group, per IP or per user ([`limits::parse_spec`]).
+    pub routes: Vec<limits::RoutePolicy>,
 }
 
-/// HTTP-level limits against oversized or slow requests.
+/// HTTP-level limits against oversized, deeply nested or slow requests.
 #[derive(Debug, Clone)]
 pub struct HttpLimits {
     pub max_body_bytes: usize,
     pub request_timeout: Duration,
+    /// Deepest nesting of arrays and objects a JSON body may have.
+    pub max_json_depth: usize,
+    /// Longest string (in characters) a JSON body may hold, keys included.
+    pub max_json_string_chars: usize,
+    /// How long a client may take to send the request line and headers
+    /// before the connection is closed (slow-loris).
+    pub header_read_timeout: Duration,
 }
 
 impl Default for HttpLimits {
@@ -57,6 +76,9 @@ impl Default for HttpLimits {
         Self {
             max_body_bytes: 64 * 1024,
             request_timeout: Duration::from_secs(30),
+            max_json_depth: 32,
+            max_json_string_chars: 4096,
+            header_read_timeout: Duration::from_secs(10),
         }
     }
 }

@@ -8,8 +8,12 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
+use orderflow_core::ports::rate_limit::RatePolicy;
+use orderflow_core::services::auth::Principal;
+
 use crate::AppState;
-use crate::extract::client_ip;
+use crate::extract::{bearer_token, client_ip};
+use crate::limits::{Scope, group_of};
 use crate::problem::{ApiError, PROBLEM_JSON, problem_response, status_problem};
 
 /// Counts and times every request by route template (never the raw path, so
@@ -65,51 +69,115 @@ pub async fn problem_fallback(request: Request, next: Next) -> Response {
     fixed
 }
 
-/// Applies the per-IP rate-limit policy of the route and sets the
-/// `RateLimit-Policy` / `RateLimit` headers (IETF draft) on every answer.
-pub async fn rate_limit(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let is_auth = request.uri().path().starts_with("/api/v1/auth/");
-    let policy = if is_auth {
-        &state.rate_limits.auth
-    } else {
-        &state.rate_limits.general
-    };
-    let (Some(policy), Some(ip)) = (policy.as_ref(), client_ip(request.extensions())) else {
+/// Applies every rate-limit policy of the request (the per-IP auth or
+/// general policy, and its route group's policy, per IP or per user) and sets
+/// the `RateLimit-Policy` / `RateLimit` headers (IETF draft) on the answer,
+/// one list item per policy.
+///
+/// A refused request is answered 429 with `Retry-After` (the longest wait
+/// any refusing policy asks for). An allowed request that a leaky bucket
+/// queued waits here for its turn before it reaches the handler; the queue
+/// is bounded by the policy, so the wait is too.
+pub async fn rate_limit(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let Some(ip) = client_ip(request.extensions()) else {
         return next.run(request).await;
     };
-    let decision = state.limiter.check(policy, &ip.to_string()).await;
-    let (limit, window) = policy.quota();
-    let policy_header = format!(
-        "\"{}\";q={};w={}",
-        policy.name,
-        limit,
-        window.as_secs().max(1)
-    );
-    let state_header = format!(
-        "\"{}\";r={};t={}",
-        policy.name,
-        decision.remaining,
-        decision.reset_after.as_secs_f64().ceil() as u64
-    );
-    let mut response = if decision.allowed {
-        next.run(request).await
+    let ip = ip.to_string();
+    let group = group_of(request.method(), request.uri().path());
+    let per_ip = if group == Some("login") || group == Some("auth") {
+        state.rate_limits.auth.as_ref()
     } else {
-        metrics::counter!("orderflow_rate_limited_total", "policy" => policy.name.clone())
-            .increment(1);
-        ApiError::RateLimited {
-            policy: policy.name.clone(),
-            retry_after_secs: decision.retry_after.as_secs_f64().ceil().max(1.0) as u64,
+        state.rate_limits.general.as_ref()
+    };
+    let mut checks: Vec<(&RatePolicy, String)> = Vec::new();
+    if let Some(policy) = per_ip {
+        checks.push((policy, format!("ip:{ip}")));
+    }
+    if let Some(route) = group.and_then(|g| state.rate_limits.routes.iter().find(|r| r.group == g))
+    {
+        let key = match route.scope {
+            Scope::Ip => format!("ip:{ip}"),
+            Scope::User => match caller(&state, request.headers()).await {
+                Some(principal) => {
+                    let key = format!("user:{}", principal.user_id);
+                    // The handler's `Caller` reuses it: one verification per request.
+                    request.extensions_mut().insert(principal);
+                    key
+                }
+                None => format!("ip:{ip}"),
+            },
+        };
+        checks.push((&route.policy, key));
+    }
+    if checks.is_empty() {
+        return next.run(request).await;
+    }
+
+    let mut policies = Vec::with_capacity(checks.len());
+    let mut states = Vec::with_capacity(checks.len());
+    let mut refused: Option<(String, std::time::Duration)> = None;
+    let mut delay = std::time::Duration::ZERO;
+    for (policy, key) in checks {
+        let decision = state.limiter.check(policy, &key).await;
+        let (limit, window) = policy.quota();
+        policies.push(format!(
+            "\"{}\";q={};w={}",
+            policy.name,
+            limit,
+            window.as_secs().max(1)
+        ));
+        states.push(format!(
+            "\"{}\";r={};t={}",
+            policy.name,
+            decision.remaining,
+            decision.reset_after.as_secs_f64().ceil() as u64
+        ));
+        if decision.allowed {
+            delay = delay.max(decision.delay);
+        } else {
+            metrics::counter!("orderflow_rate_limited_total", "policy" => policy.name.clone())
+                .increment(1);
+            if refused
+                .as_ref()
+                .is_none_or(|(_, wait)| decision.retry_after > *wait)
+            {
+                refused = Some((policy.name.clone(), decision.retry_after));
+            }
         }
-        .into_response()
+    }
+    let mut response = match refused {
+        Some((policy, retry_after)) => ApiError::RateLimited {
+            policy,
+            retry_after_secs: retry_after.as_secs_f64().ceil().max(1.0) as u64,
+        }
+        .into_response(),
+        None => {
+            if !delay.is_zero() {
+                metrics::histogram!("orderflow_rate_limit_queue_wait_seconds")
+                    .record(delay.as_secs_f64());
+                tokio::time::sleep(delay).await;
+            }
+            next.run(request).await
+        }
     };
     if let (Ok(p), Ok(s)) = (
-        HeaderValue::from_str(&policy_header),
-        HeaderValue::from_str(&state_header),
+        HeaderValue::from_str(&policies.join(", ")),
+        HeaderValue::from_str(&states.join(", ")),
     ) {
         response.headers_mut().insert("ratelimit-policy", p);
         response.headers_mut().insert("ratelimit", s);
     }
     response
+}
+
+/// The verified caller of a request, if it carries a valid bearer token.
+async fn caller(state: &AppState, headers: &axum::http::HeaderMap) -> Option<Principal> {
+    let token = bearer_token(headers.get(header::AUTHORIZATION)?)?.to_owned();
+    state.auth.authenticate(&token).await.ok()
 }
 
 /// `GET /metrics`: Prometheus text. Gauges that are cheaper to read than to

@@ -5,7 +5,6 @@
 //! load keys, bootstrap the admin) before anything listens, so a bad setting
 //! stops the process with a clear message instead of a half-started server.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -133,10 +132,13 @@ impl App {
             operations: operations.clone(),
             metrics: telemetry::prometheus(),
             limiter: Arc::new(InProcessRateLimiter::new()),
-            rate_limits: rate_limits(&settings),
+            rate_limits: rate_limits(&settings)?,
             http_limits: HttpLimits {
                 max_body_bytes: settings.max_body_bytes,
                 request_timeout: settings.request_timeout(),
+                max_json_depth: settings.max_json_depth,
+                max_json_string_chars: settings.max_json_string_chars,
+                header_read_timeout: Duration::from_secs(settings.header_read_timeout_secs.max(1)),
             },
         };
 
@@ -197,13 +199,14 @@ impl App {
             }
         }
         tracker.close();
-        let server = axum::serve(
+        let served = serve_http(
             listener,
-            self.router()
-                .into_make_service_with_connect_info::<SocketAddr>(),
+            self.router(),
+            self.state.http_limits.header_read_timeout,
+            shutdown.clone(),
         )
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-        let served = server.await.context("serving HTTP");
+        .await
+        .context("serving HTTP");
         // The server only returns on shutdown or error; make sure workers stop too.
         shutdown.cancel();
         tracker.wait().await;
@@ -229,6 +232,70 @@ impl App {
         tracker.wait().await;
         Ok(())
     }
+}
+
+/// Serves `router` on `listener` until `shutdown`, then lets in-flight
+/// requests finish.
+///
+/// This is `axum::serve` plus what it does not expose: a deadline for the
+/// request line and headers (HTTP/1), so a slow client that trickles a
+/// request byte by byte (slow-loris) is disconnected after
+/// `header_read_timeout` instead of holding a connection forever. Bodies are
+/// covered by the router's request timeout (408).
+async fn serve_http(
+    listener: TcpListener,
+    router: axum::Router,
+    header_read_timeout: Duration,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto::Builder;
+    use hyper_util::server::graceful::GracefulShutdown;
+    use tower::ServiceExt;
+
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout);
+    let graceful = GracefulShutdown::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors and the like: wait, do not spin.
+                    tracing::warn!(%error, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => break,
+        };
+        let service = router.clone().map_request(
+            move |mut request: axum::http::Request<hyper::body::Incoming>| {
+                request
+                    .extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+                request
+            },
+        );
+        let connection = builder
+            .serve_connection_with_upgrades(
+                TokioIo::new(stream),
+                hyper_util::service::TowerToHyperService::new(service),
+            )
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%peer, %error, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
 }
 
 fn simulated_providers(settings: &Settings) -> SimulatedProviders {
@@ -310,7 +377,7 @@ fn providers(
     Ok((payment, Notifiers::new(email, sms, push)))
 }
 
-fn rate_limits(settings: &Settings) -> RateLimits {
+fn rate_limits(settings: &Settings) -> anyhow::Result<RateLimits> {
     let bucket = |name: &str, per_sec: f64, burst_factor: f64| {
         (per_sec > 0.0).then(|| RatePolicy {
             name: name.to_owned(),
@@ -320,8 +387,10 @@ fn rate_limits(settings: &Settings) -> RateLimits {
             },
         })
     };
-    RateLimits {
+    Ok(RateLimits {
         auth: bucket("auth", settings.auth_rate_per_sec, 10.0),
         general: bucket("general", settings.rate_per_sec, 2.0),
-    }
+        routes: orderflow_api::limits::parse_spec(&settings.rate_limits)
+            .map_err(|e| anyhow::anyhow!("ORDERFLOW_RATE_LIMITS: {e}"))?,
+    })
 }

@@ -170,6 +170,44 @@ pub struct Settings {
     )]
     pub rate_per_sec: f64,
 
+    /// Rate-limit policies per route group, per client IP or per user:
+    /// `GROUP=SCOPE:ALGORITHM:NUMBERS;…` (README, "Security"); `off` for none.
+    #[arg(
+        long,
+        env = "ORDERFLOW_RATE_LIMITS",
+        default_value = orderflow_api::limits::DEFAULT_SPEC,
+        global = true
+    )]
+    pub rate_limits: String,
+
+    /// Deepest nesting of arrays and objects accepted in a JSON body.
+    #[arg(
+        long,
+        env = "ORDERFLOW_MAX_JSON_DEPTH",
+        default_value_t = 32,
+        global = true
+    )]
+    pub max_json_depth: usize,
+
+    /// Longest string (in characters) accepted in a JSON body.
+    #[arg(
+        long,
+        env = "ORDERFLOW_MAX_JSON_STRING_CHARS",
+        default_value_t = 4096,
+        global = true
+    )]
+    pub max_json_string_chars: usize,
+
+    /// Seconds a client may take to send a request's line and headers
+    /// before the connection is closed (slow-client protection).
+    #[arg(
+        long,
+        env = "ORDERFLOW_HEADER_READ_TIMEOUT_SECS",
+        default_value_t = 10,
+        global = true
+    )]
+    pub header_read_timeout_secs: u64,
+
     /// Largest accepted request body, in bytes.
     #[arg(long, env = "ORDERFLOW_MAX_BODY_BYTES", default_value_t = 64 * 1024, global = true)]
     pub max_body_bytes: usize,

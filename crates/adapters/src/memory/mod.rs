@@ -3,8 +3,8 @@
 //!
 //! - [`DbBackedRevocations`]: revoked access-token ids, answered from memory
 //!   and stored in the database, so a restart forgets nothing.
-//! - [`InProcessRateLimiter`]: fixed-window and token-bucket limits per
-//!   (policy, key), with bounded memory.
+//! - [`InProcessRateLimiter`]: fixed-window, token-bucket and leaky-bucket
+//!   limits per (policy, key), with bounded memory.
 //!
 //! With one process, memory is as good as a shared store, and costs no setup.
 

@@ -5,7 +5,7 @@
 //! for when several API processes must share one budget. Losing this state on
 //! a restart only gives clients a fresh budget, which DESIGN.md §3 allows.
 //!
-//! Both algorithms of the port:
+//! The three algorithms of the port:
 //! - **Fixed window**: at most `limit` requests per `window`. A key's window
 //!   starts at its first request and lasts `window` (the same semantics as the
 //!   usual Redis `INCR` + `PEXPIRE`), so `reset_after` is exact.
@@ -15,6 +15,13 @@
 //!   bucket will be full again. That is one duration per key, refilling is
 //!   implicit, and all arithmetic is on whole nanoseconds, so the
 //!   `retry_after` it answers is exactly when the next request passes.
+//! - **Leaky bucket** (as a queue): requests leave at `rate_per_second`,
+//!   evenly spaced. The state is one duration per key, the time the next
+//!   request may leave (`next`). A request arriving at `now` leaves at
+//!   `max(now, next)`: it is allowed with that wait as its `delay` if at most
+//!   `queue` requests are ahead of it, otherwise refused with the time until
+//!   a place frees up. Like GCRA it needs no timer and no task: waiting is
+//!   the caller's (the middleware sleeps `delay`).
 //!
 //! Memory is bounded. A key whose window has ended, or whose bucket is full
 //! again, carries no information: dropping it changes no future decision.
@@ -75,6 +82,8 @@ enum State {
     Window { ends: Duration, count: u32 },
     /// When the bucket will be full again (GCRA's theoretical arrival time).
     Bucket { tat: Duration },
+    /// When the next request may leave the queue.
+    Queue { next: Duration },
 }
 
 impl State {
@@ -84,6 +93,7 @@ impl State {
         match *self {
             State::Window { ends, .. } => ends <= now,
             State::Bucket { tat } => tat <= now,
+            State::Queue { next } => next <= now,
         }
     }
 }
@@ -153,6 +163,10 @@ impl InProcessRateLimiter {
                 capacity,
                 refill_per_second,
             } => token_bucket(&mut entry.state, *capacity, *refill_per_second, now),
+            Algorithm::LeakyBucket {
+                rate_per_second,
+                queue,
+            } => leaky_bucket(&mut entry.state, *rate_per_second, *queue, now),
         }
     }
 }
@@ -209,6 +223,7 @@ fn fresh(algorithm: &Algorithm, now: Duration) -> State {
             count: 0,
         },
         Algorithm::TokenBucket { .. } => State::Bucket { tat: now },
+        Algorithm::LeakyBucket { .. } => State::Queue { next: now },
     }
 }
 
@@ -217,7 +232,7 @@ fn fixed_window(state: &mut State, limit: u32, window: Duration, now: Duration) 
     // starts with an ended window.
     let (mut ends, mut count) = match *state {
         State::Window { ends, count } => (ends, count),
-        State::Bucket { .. } => (now, 0),
+        State::Bucket { .. } | State::Queue { .. } => (now, 0),
     };
     if ends <= now {
         ends = now.saturating_add(window);
@@ -232,6 +247,7 @@ fn fixed_window(state: &mut State, limit: u32, window: Duration, now: Duration) 
             remaining: limit - count,
             retry_after: Duration::ZERO,
             reset_after,
+            delay: Duration::ZERO,
         }
     } else {
         RateDecision {
@@ -240,6 +256,7 @@ fn fixed_window(state: &mut State, limit: u32, window: Duration, now: Duration) 
             remaining: 0,
             retry_after: reset_after,
             reset_after,
+            delay: Duration::ZERO,
         }
     };
     *state = State::Window { ends, count };
@@ -255,7 +272,7 @@ fn token_bucket(
     // A new key (or one that was a window) has a full bucket: its TAT is now.
     let tat = match *state {
         State::Bucket { tat } => tat,
-        State::Window { .. } => now,
+        State::Window { .. } | State::Queue { .. } => now,
     };
     // One token's worth of time, and the whole bucket's.
     let interval = emission_interval(refill_per_second);
@@ -275,6 +292,7 @@ fn token_bucket(
             remaining,
             retry_after: Duration::ZERO,
             reset_after: ahead,
+            delay: Duration::ZERO,
         }
     } else {
         *state = State::Bucket { tat: base };
@@ -284,6 +302,53 @@ fn token_bucket(
             remaining: 0,
             retry_after: allowed_from - now,
             reset_after: base - now,
+            delay: Duration::ZERO,
+        }
+    }
+}
+
+fn leaky_bucket(
+    state: &mut State,
+    rate_per_second: f64,
+    queue: u32,
+    now: Duration,
+) -> RateDecision {
+    let next = match *state {
+        State::Queue { next } => next,
+        State::Window { .. } | State::Bucket { .. } => now,
+    };
+    let interval = emission_interval(rate_per_second);
+    // A queue that never drains must not hold anyone: refuse instead.
+    let queue = if interval >= NEVER { 0 } else { queue };
+    // This request leaves when the queue ahead of it has drained.
+    let leaves_at = next.max(now);
+    let delay = leaves_at - now;
+    // Requests ahead of it: each holds the queue for one interval.
+    let ahead = delay.as_nanos().div_ceil(interval.as_nanos());
+    if ahead <= u128::from(queue) {
+        let next = leaves_at.saturating_add(interval);
+        *state = State::Queue { next };
+        // Places left for requests arriving now, after this one.
+        let waiting = (next - now).as_nanos().div_ceil(interval.as_nanos()) - 1;
+        RateDecision {
+            allowed: true,
+            limit: queue,
+            remaining: u32::try_from(u128::from(queue).saturating_sub(waiting)).unwrap_or(0),
+            retry_after: Duration::ZERO,
+            reset_after: next - now,
+            delay,
+        }
+    } else {
+        *state = State::Queue { next: leaves_at };
+        // A place frees when the request `queue` places ahead leaves.
+        let full_until = leaves_at.saturating_sub(interval.saturating_mul(queue));
+        RateDecision {
+            allowed: false,
+            limit: queue,
+            remaining: 0,
+            retry_after: full_until.saturating_sub(now).max(Duration::from_nanos(1)),
+            reset_after: delay,
+            delay: Duration::ZERO,
         }
     }
 }

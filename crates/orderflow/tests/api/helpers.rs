@@ -32,7 +32,8 @@ pub struct TestApp {
 }
 
 /// Settings for a test: instant simulated providers, fast retries, no rate
-/// limits (tests that check limits turn them on with `extra`).
+/// limits (tests that check limits turn them on with `extra`; a later flag
+/// overrides an earlier one).
 pub async fn spawn_app_with(extra: &[&str]) -> TestApp {
     let data_dir = tempfile::tempdir().expect("temp dir");
     let dir = data_dir.path().to_str().unwrap().to_owned();
@@ -62,6 +63,8 @@ pub async fn spawn_app_with(extra: &[&str]) -> TestApp {
         "2",
         "--auth-rate-per-sec",
         "0",
+        "--rate-limits",
+        "off",
     ]
     .iter()
     .map(|s| s.to_string())

@@ -10,3 +10,4 @@ mod flow;
 mod http;
 mod inline;
 mod orders;
+mod security;

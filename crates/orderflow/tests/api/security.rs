@@ -1,0 +1,773 @@
+//! Security: hostile tokens, key rotation, sessions per device, brute force,
+//! ownership and roles, SQL metacharacters, rate-limit headers per algorithm,
+//! hostile input (JSON depth and string length, slow clients).
+//!
+//! Tokens are crafted with `jsonwebtoken` and the key file in the test's own
+//! data dir, so each attack is signed exactly as an attacker who knows (or
+//! guesses) part of the setup would sign it.
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use orderflow::keys;
+use orderflow_core::services::auth::{KeyAlgorithm, KeySet};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::{PASSWORD, TestApp, assert_problem, spawn_app, spawn_app_with};
+
+const PROTECTED: &str = "/api/v1/orders";
+
+fn key_set(app: &TestApp) -> KeySet {
+    keys::load(&app.app.settings.data_dir).expect("key file")
+}
+
+/// The claims a real token of `shopper` has, as JSON (so tests can break any of them).
+fn claims_of(token: &str) -> Value {
+    use base64::Engine;
+    let payload = token.split('.').nth(1).unwrap();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .unwrap();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+/// Signs `claims` with the app's signing key (its own algorithm and kid).
+fn sign(app: &TestApp, claims: &Value) -> String {
+    let set = key_set(app);
+    let key = set.signing_key().unwrap();
+    let (alg, encoding, _) = key.jwt_keys().unwrap();
+    let mut header = Header::new(alg);
+    header.kid = Some(key.kid.clone());
+    jsonwebtoken::encode(&header, claims, &encoding).unwrap()
+}
+
+async fn get_with(app: &TestApp, token: &str) -> reqwest::Response {
+    app.http
+        .get(app.url(PROTECTED))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn assert_refused(app: &TestApp, token: &str, why: &str) -> Value {
+    let body = assert_problem(get_with(app, token).await, 401, "unauthorized").await;
+    eprintln!("{why}: {}", body["detail"]);
+    body
+}
+
+#[tokio::test]
+async fn crafted_tokens_are_refused_and_a_well_signed_one_is_accepted() {
+    let app = spawn_app().await;
+    let shopper = app.shopper("Hale").await;
+    let claims = claims_of(&shopper.token);
+    let now = chrono::Utc::now().timestamp();
+
+    // Control: the same claims signed with the real key pass, so every
+    // refusal below is about the one thing each case breaks.
+    assert_eq!(
+        get_with(&app, &sign(&app, &claims)).await.status(),
+        StatusCode::OK
+    );
+
+    let mut expired = claims.clone();
+    expired["iat"] = (now - 3600).into();
+    expired["nbf"] = (now - 3600).into();
+    expired["exp"] = (now - 120).into(); // beyond the 30 s skew
+    let body = assert_refused(&app, &sign(&app, &expired), "expired").await;
+    assert!(body["detail"].as_str().unwrap().contains("expired"));
+
+    let mut wrong_aud = claims.clone();
+    wrong_aud["aud"] = "another-api".into();
+    assert_refused(&app, &sign(&app, &wrong_aud), "wrong aud").await;
+
+    let mut wrong_iss = claims.clone();
+    wrong_iss["iss"] = "someone-else".into();
+    assert_refused(&app, &sign(&app, &wrong_iss), "wrong iss").await;
+
+    let mut not_yet = claims.clone();
+    not_yet["nbf"] = (now + 3600).into();
+    assert_refused(&app, &sign(&app, &not_yet), "nbf in the future").await;
+
+    let mut from_the_future = claims.clone();
+    from_the_future["iat"] = (now + 3600).into();
+    assert_refused(&app, &sign(&app, &from_the_future), "iat in the future").await;
+
+    // Tampered: the payload says admin, the signature is the shopper's.
+    let mut admin = claims.clone();
+    admin["role"] = "admin".into();
+    let parts: Vec<&str> = shopper.token.split('.').collect();
+    let forged_payload = {
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(admin.to_string())
+    };
+    let tampered = format!("{}.{}.{}", parts[0], forged_payload, parts[2]);
+    assert_refused(&app, &tampered, "tampered").await;
+
+    // Unknown kid, and no kid at all.
+    let set = key_set(&app);
+    let (alg, encoding, _) = set.signing_key().unwrap().jwt_keys().unwrap();
+    let mut header = Header::new(alg);
+    header.kid = Some("not-a-key".into());
+    let wrong_kid = jsonwebtoken::encode(&header, &claims, &encoding).unwrap();
+    let body = assert_refused(&app, &wrong_kid, "unknown kid").await;
+    assert!(body["detail"].as_str().unwrap().contains("unknown key"));
+    let no_kid = jsonwebtoken::encode(&Header::new(alg), &claims, &encoding).unwrap();
+    assert_refused(&app, &no_kid, "no kid").await;
+
+    // alg: none, with and without the real kid.
+    let kid = &set.signing_key().unwrap().kid;
+    for header in [
+        json!({"alg": "none", "typ": "JWT"}),
+        json!({"alg": "none", "typ": "JWT", "kid": kid}),
+    ] {
+        use base64::Engine;
+        let b64 =
+            |v: &Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+        let token = format!("{}.{}.", b64(&header), b64(&claims));
+        assert_refused(&app, &token, "alg none").await;
+    }
+}
+
+#[tokio::test]
+async fn algorithm_confusion_between_hmac_and_eddsa_is_refused() {
+    let app = spawn_app().await;
+    let shopper = app.shopper("Ilker").await;
+    let claims = claims_of(&shopper.token);
+    let set = key_set(&app);
+    let ed_key = set.signing_key().unwrap();
+    assert_eq!(
+        ed_key.alg,
+        KeyAlgorithm::EdDSA,
+        "new data dirs sign with Ed25519"
+    );
+
+    // HS256 "signed" with the Ed25519 public key as the HMAC secret, under the
+    // Ed25519 key's kid: the classic confusion attack (the public key is,
+    // by design, not a secret).
+    let (_, _, ed_decoding) = ed_key.jwt_keys().unwrap();
+    let public = ed_decoding.as_bytes().to_vec();
+    assert_eq!(public.len(), 32, "the raw Ed25519 public key");
+    let mut header = Header::new(Algorithm::HS256);
+    header.kid = Some(ed_key.kid.clone());
+    let confused =
+        jsonwebtoken::encode(&header, &claims, &EncodingKey::from_secret(&public)).unwrap();
+    let body = assert_refused(&app, &confused, "HS256 under an EdDSA kid").await;
+    assert!(body["detail"].as_str().unwrap().contains("algorithm"));
+
+    // The other way: an HMAC key in the set, a token claiming EdDSA under its kid.
+    let (hs_key, _) = keys::rotate(
+        &app.app.settings.data_dir,
+        KeyAlgorithm::HS256,
+        std::time::Duration::from_secs(930),
+    )
+    .unwrap();
+    let restarted = orderflow::App::build(app.app.settings.clone())
+        .await
+        .unwrap();
+    let (_, ed_encoding, _) = ed_key.jwt_keys().unwrap();
+    let mut header = Header::new(Algorithm::EdDSA);
+    header.kid = Some(hs_key.kid.clone());
+    let confused = jsonwebtoken::encode(&header, &claims, &ed_encoding).unwrap();
+    let error = restarted.auth.authenticate(&confused).await.unwrap_err();
+    assert!(error.to_string().contains("algorithm"), "{error}");
+}
+
+#[tokio::test]
+async fn key_rotation_signs_with_the_new_key_and_old_tokens_keep_working() {
+    let app = spawn_app().await;
+    let shopper = app.shopper("Jale").await;
+    let old_kid = key_set(&app).signing_key().unwrap().kid.clone();
+
+    let (new_key, dropped) = keys::rotate(
+        &app.app.settings.data_dir,
+        KeyAlgorithm::EdDSA,
+        std::time::Duration::from_secs(930),
+    )
+    .unwrap();
+    assert!(dropped.is_empty(), "the old key still has live tokens");
+    // A restart picks the new key up.
+    let restarted = orderflow::App::build(app.app.settings.clone())
+        .await
+        .unwrap();
+    assert_eq!(restarted.auth.signing_kid(), new_key.kid);
+    let principal = restarted.auth.authenticate(&shopper.token).await.unwrap();
+    assert_eq!(
+        principal.user_id, shopper.id,
+        "a token of the old key verifies"
+    );
+    let pair = restarted
+        .auth
+        .login(&shopper.email, PASSWORD, Some("after rotation"), None)
+        .await
+        .unwrap();
+    let header = jsonwebtoken::decode_header(&pair.access_token).unwrap();
+    assert_eq!(header.kid.as_deref(), Some(new_key.kid.as_str()));
+    assert_ne!(header.kid.as_deref(), Some(old_kid.as_str()));
+
+    // Once the old key's tokens have all expired, pruning drops it and its
+    // tokens stop verifying.
+    assert_eq!(
+        keys::prune(&app.app.settings.data_dir, std::time::Duration::ZERO).unwrap(),
+        vec![old_kid]
+    );
+    let pruned = orderflow::App::build(app.app.settings.clone())
+        .await
+        .unwrap();
+    assert!(pruned.auth.authenticate(&shopper.token).await.is_err());
+    assert!(pruned.auth.authenticate(&pair.access_token).await.is_ok());
+}
+
+#[tokio::test]
+async fn logged_out_tokens_are_refused() {
+    let app = spawn_app().await;
+    let shopper = app.shopper("Kaan").await;
+    assert_eq!(
+        app.logout(&shopper.token).await.status(),
+        StatusCode::NO_CONTENT
+    );
+    let body = assert_refused(&app, &shopper.token, "revoked").await;
+    assert!(body["detail"].as_str().unwrap().contains("revoked"));
+}
+
+async fn sessions(app: &TestApp, token: &str) -> Vec<Value> {
+    app.get_json(token, "/api/v1/me/sessions").await["items"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+#[tokio::test]
+async fn sessions_are_listed_per_device_and_one_can_be_logged_out() {
+    let app = spawn_app().await;
+    let shopper = app.shopper("Leyla").await; // device "test"
+    let phone: orderflow_api::routes::auth::TokenPairView = app
+        .login(&shopper.email, PASSWORD, Some("phone"))
+        .await
+        .json()
+        .await
+        .unwrap();
+
+    let listed = sessions(&app, &phone.access_token).await;
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    let phone_session = listed.iter().find(|s| s["device"] == "phone").unwrap();
+    let laptop_session = listed.iter().find(|s| s["device"] == "test").unwrap();
+    assert_eq!(phone_session["current"], true);
+    assert_eq!(laptop_session["current"], false);
+    for s in &listed {
+        assert!(
+            s["id"].is_string() && s["created_at"].is_string() && s["last_used_at"].is_string()
+        );
+    }
+
+    // The phone logs the laptop out: its access token stops at once, its
+    // refresh token dies, and the phone is unaffected.
+    let laptop_id = laptop_session["id"].as_str().unwrap();
+    let response = app
+        .http
+        .delete(app.url(&format!("/api/v1/me/sessions/{laptop_id}")))
+        .bearer_auth(&phone.access_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    assert_refused(&app, &shopper.token, "session deleted").await;
+    assert_problem(
+        app.refresh(&shopper.refresh_token).await,
+        401,
+        "unauthorized",
+    )
+    .await;
+    assert_eq!(
+        get_with(&app, &phone.access_token).await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(sessions(&app, &phone.access_token).await.len(), 1);
+
+    // Deleting it again, or another shopper's session, is 404.
+    let again = app
+        .http
+        .delete(app.url(&format!("/api/v1/me/sessions/{laptop_id}")))
+        .bearer_auth(&phone.access_token)
+        .send()
+        .await
+        .unwrap();
+    assert_problem(again, 404, "not-found").await;
+    let other = app.shopper("Mert").await;
+    let phone_id = phone_session["id"].as_str().unwrap();
+    let foreign = app
+        .http
+        .delete(app.url(&format!("/api/v1/me/sessions/{phone_id}")))
+        .bearer_auth(&other.token)
+        .send()
+        .await
+        .unwrap();
+    assert_problem(foreign, 404, "not-found").await;
+    assert_eq!(
+        get_with(&app, &phone.access_token).await.status(),
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn logout_all_ends_every_device_including_refreshed_tokens() {
+    let app = spawn_app().await;
+    let shopper = app.shopper("Nur").await;
+    let second = app.tokens(&shopper.email, PASSWORD).await;
+    // A refreshed pair is still the same session: it must die too.
+    let refreshed: orderflow_api::routes::auth::TokenPairView = app
+        .refresh(&second.refresh_token)
+        .await
+        .json()
+        .await
+        .unwrap();
+
+    let response = app
+        .http
+        .post(app.url("/api/v1/auth/logout-all"))
+        .bearer_auth(&shopper.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    for token in [
+        &shopper.token,
+        &second.access_token,
+        &refreshed.access_token,
+    ] {
+        assert_refused(&app, token, "logout-all").await;
+    }
+    for refresh in [&shopper.refresh_token, &refreshed.refresh_token] {
+        assert_problem(app.refresh(refresh).await, 401, "unauthorized").await;
+    }
+    // Logging in again works and starts a fresh session.
+    let fresh = app.tokens(&shopper.email, PASSWORD).await;
+    assert_eq!(sessions(&app, &fresh.access_token).await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_reused_refresh_token_revokes_the_family_and_its_access_tokens() {
+    let app = spawn_app().await;
+    let shopper = app.shopper("Oya").await;
+    let rotated: orderflow_api::routes::auth::TokenPairView = app
+        .refresh(&shopper.refresh_token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    // The thief replays the first refresh token.
+    assert_problem(
+        app.refresh(&shopper.refresh_token).await,
+        401,
+        "unauthorized",
+    )
+    .await;
+    // The whole family is dead: the rotated refresh token...
+    assert_problem(
+        app.refresh(&rotated.refresh_token).await,
+        401,
+        "unauthorized",
+    )
+    .await;
+    // ...and the session is gone from the list.
+    let fresh = app.tokens(&shopper.email, PASSWORD).await;
+    let listed = sessions(&app, &fresh.access_token).await;
+    assert_eq!(listed.len(), 1, "only the new login: {listed:?}");
+}
+
+#[tokio::test]
+async fn failed_logins_lock_the_account_out_with_a_growing_delay() {
+    let app = spawn_app().await;
+    let shopper = app.shopper("Pelin").await;
+    for _ in 0..5 {
+        assert_problem(
+            app.login(&shopper.email, "wrong password!!", None).await,
+            401,
+            "unauthorized",
+        )
+        .await;
+    }
+    // The sixth failure locks the account for a second; the right password
+    // is refused too while it is locked.
+    app.login(&shopper.email, "wrong password!!", None).await;
+    let locked = app.login(&shopper.email, PASSWORD, None).await;
+    let retry: u64 = locked.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&retry), "retry-after {retry}");
+    assert_problem(locked, 429, "rate-limited").await;
+
+    // An unknown e-mail goes through exactly the same steps.
+    for _ in 0..6 {
+        assert_problem(
+            app.login("ghost@example.com", "wrong password!!", None)
+                .await,
+            401,
+            "unauthorized",
+        )
+        .await;
+    }
+    assert_problem(
+        app.login("ghost@example.com", "wrong password!!", None)
+            .await,
+        429,
+        "rate-limited",
+    )
+    .await;
+
+    // After the lockout the right password works again and clears the count.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(
+        app.login(&shopper.email, PASSWORD, None).await.status(),
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn unknown_email_and_wrong_password_take_the_same_time() {
+    let app = spawn_app().await;
+    let shopper = app.shopper("Rana").await;
+    let time = |email: String| {
+        let app = &app;
+        async move {
+            let started = std::time::Instant::now();
+            let status = app.login(&email, "wrong password!!", None).await.status();
+            assert_eq!(status, StatusCode::UNAUTHORIZED);
+            started.elapsed()
+        }
+    };
+    // Warm up (the dummy hash is computed once), then compare medians of a few
+    // attempts each, staying under the lockout threshold.
+    time("warm@example.com".into()).await;
+    let mut known = Vec::new();
+    let mut unknown = Vec::new();
+    for i in 0..4 {
+        known.push(time(shopper.email.clone()).await);
+        unknown.push(time(format!("nobody-{i}@example.com")).await);
+    }
+    known.sort();
+    unknown.sort();
+    let (k, u) = (known[2].as_secs_f64(), unknown[2].as_secs_f64());
+    assert!(
+        (k / u) < 2.0 && (u / k) < 2.0,
+        "known {k:.4}s vs unknown {u:.4}s"
+    );
+}
+
+#[tokio::test]
+async fn another_shoppers_order_is_404_and_admin_routes_are_403() {
+    let app = spawn_app().await;
+    let product = app.create_product("SEC-1", 1000, 5).await;
+    let owner = app.shopper("Selin").await;
+    let other = app.shopper("Tarik").await;
+    let order = app.order_one(&owner, product.id, 1).await;
+    assert_problem(
+        app.get_order(&other.token, order.id).await,
+        404,
+        "not-found",
+    )
+    .await;
+    let listed = app.orders(&other.token).await;
+    assert_eq!(listed["items"].as_array().unwrap().len(), 0);
+
+    for (method, path) in [
+        ("GET", "/api/v1/admin/consumers"),
+        ("GET", "/api/v1/admin/dlq"),
+        ("POST", "/api/v1/products"),
+    ] {
+        let request = match method {
+            "GET" => app.http.get(app.url(path)),
+            _ => app.http.post(app.url(path)).json(
+                &json!({"sku": "X-1", "name": "x", "price_cents": 1, "currency": "EUR", "stock": 1}),
+            ),
+        };
+        let response = request.bearer_auth(&owner.token).send().await.unwrap();
+        assert_problem(response, 403, "forbidden").await;
+    }
+}
+
+#[tokio::test]
+async fn sql_metacharacters_are_stored_and_returned_as_text() {
+    let app = spawn_app().await;
+    let evil = "Robert'); DROP TABLE users;-- \" OR '1'='1";
+    // Name.
+    let email = "o'brien+x--@example.com";
+    let response = app.register(email, PASSWORD, evil).await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let user: Value = response.json().await.unwrap();
+    assert_eq!(user["name"], evil);
+    assert_eq!(user["email"], email);
+    // E-mail local part and device.
+    let pair: orderflow_api::routes::auth::TokenPairView = app
+        .login(email, PASSWORD, Some("phone'; DELETE FROM sessions;--"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let listed = sessions(&app, &pair.access_token).await;
+    assert_eq!(listed[0]["device"], "phone'; DELETE FROM sessions;--");
+    // An e-mail that is an injection attempt is just a wrong login.
+    assert_problem(
+        app.login("' OR 1=1 --@example.com", PASSWORD, None).await,
+        401,
+        "unauthorized",
+    )
+    .await;
+
+    // Product sku and name. A sku has a strict alphabet: quotes and
+    // semicolons are refused by validation, naming the field...
+    let admin = app.admin_token().await;
+    let refused = app
+        .post_product(
+            &admin,
+            &json!({"sku": "X';DROP TABLE products;--", "name": "x", "price_cents": 500, "currency": "EUR", "stock": 3}),
+        )
+        .await;
+    assert_eq!(
+        assert_problem(refused, 422, "validation").await["field"],
+        "sku"
+    );
+    // ...and the metacharacters it allows (a SQL comment) are just text.
+    let sku = "SKU--DROP.TABLE_1";
+    let response = app
+        .post_product(
+            &admin,
+            &json!({"sku": sku, "name": evil, "price_cents": 500, "currency": "EUR", "stock": 3}),
+        )
+        .await;
+    let status = response.status();
+    let product: Value = response.json().await.unwrap();
+    assert_eq!(status, StatusCode::CREATED, "{product}");
+    assert_eq!(product["sku"], sku);
+    assert_eq!(product["name"], evil);
+    let id: uuid::Uuid = product["id"].as_str().unwrap().parse().unwrap();
+    let fetched = app.product(id).await;
+    assert_eq!(fetched.name, evil);
+
+    // Idempotency-Key.
+    let key = "k';DROP/**/TABLE/**/orders;--";
+    let body = json!({"items": [{"product_id": id, "quantity": 1}]});
+    let first = app.place_order(&pair.access_token, Some(key), &body).await;
+    assert_eq!(first.status(), StatusCode::CREATED);
+    let first: Value = first.json().await.unwrap();
+    let replay = app.place_order(&pair.access_token, Some(key), &body).await;
+    assert_eq!(replay.status(), StatusCode::CREATED);
+    let replay: Value = replay.json().await.unwrap();
+    assert_eq!(first["id"], replay["id"], "the key was matched as text");
+
+    // Everything is still there.
+    assert_eq!(app.tokens(email, PASSWORD).await.token_type, "Bearer");
+    assert_eq!(
+        app.orders(&pair.access_token).await["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+// --- rate limits: one policy per algorithm, and their headers ---
+
+fn header(response: &reqwest::Response, name: &str) -> String {
+    response
+        .headers()
+        .get(name)
+        .unwrap_or_else(|| panic!("no {name} header"))
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn a_fixed_window_on_login_answers_429_with_every_header() {
+    let app = spawn_app_with(&["--rate-limits", "login=ip:fixed:3/1m"]).await;
+    for remaining in (0..3).rev() {
+        let response = app.login("nobody@example.com", "wrong password!!", None).await;
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(header(&response, "ratelimit-policy"), "\"login\";q=3;w=60");
+        assert_eq!(
+            header(&response, "ratelimit"),
+            format!("\"login\";r={remaining};t=60")
+        );
+    }
+    let refused = app.login("nobody@example.com", "wrong password!!", None).await;
+    assert_eq!(header(&refused, "ratelimit-policy"), "\"login\";q=3;w=60");
+    assert_eq!(header(&refused, "ratelimit"), "\"login\";r=0;t=60");
+    let retry: u64 = header(&refused, "retry-after").parse().unwrap();
+    assert!((59..=60).contains(&retry), "retry-after {retry}");
+    let body = assert_problem(refused, 429, "rate-limited").await;
+    assert!(body["detail"].as_str().unwrap().contains("login"), "{body}");
+    // Other groups are not limited by it.
+    let products = app.http.get(app.url("/api/v1/products")).send().await.unwrap();
+    assert_eq!(products.status(), StatusCode::OK);
+    assert!(products.headers().get("ratelimit").is_none());
+}
+
+#[tokio::test]
+async fn a_token_bucket_on_the_catalog_allows_a_burst_then_refills() {
+    let app = spawn_app_with(&["--rate-limits", "catalog=ip:bucket:1/s,burst=3"]).await;
+    let get = || app.http.get(app.url("/api/v1/products")).send();
+    for remaining in (0..3).rev() {
+        let response = get().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(header(&response, "ratelimit-policy"), "\"catalog\";q=3;w=3");
+        assert!(
+            header(&response, "ratelimit").starts_with(&format!("\"catalog\";r={remaining};t=")),
+            "{}",
+            header(&response, "ratelimit")
+        );
+    }
+    let refused = get().await.unwrap();
+    assert_eq!(header(&refused, "retry-after"), "1");
+    assert_problem(refused, 429, "rate-limited").await;
+    // One token per second comes back.
+    tokio::time::sleep(std::time::Duration::from_millis(1050)).await;
+    assert_eq!(get().await.unwrap().status(), StatusCode::OK);
+    assert_eq!(get().await.unwrap().status(), StatusCode::TOO_MANY_REQUESTS);
+}
+
+#[tokio::test]
+async fn a_leaky_bucket_on_orders_queues_per_user_and_refuses_only_a_full_queue() {
+    let app = spawn_app_with(&["--rate-limits", "orders=user:leaky:4/s,queue=2"]).await;
+    let ann = app.shopper("Ann").await;
+    let bob = app.shopper("Bob").await;
+    let list = |token: String| {
+        let app = &app;
+        async move {
+            let started = std::time::Instant::now();
+            let response = app
+                .http
+                .get(app.url("/api/v1/orders"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap();
+            (response, started.elapsed())
+        }
+    };
+    // Four at once: one passes, two wait their turn (250 ms apart), one is refused.
+    let answers = futures::future::join_all((0..4).map(|_| list(ann.token.clone()))).await;
+    let mut passed: Vec<_> = answers
+        .iter()
+        .filter(|(r, _)| r.status() == StatusCode::OK)
+        .map(|(_, took)| *took)
+        .collect();
+    passed.sort();
+    assert_eq!(passed.len(), 3, "{answers:?}");
+    assert!(
+        passed[2] >= std::time::Duration::from_millis(450),
+        "the last queued one waited two places: {passed:?}"
+    );
+    let (refused, _) = answers
+        .into_iter()
+        .find(|(r, _)| r.status() == StatusCode::TOO_MANY_REQUESTS)
+        .expect("one refused");
+    assert_eq!(header(&refused, "ratelimit-policy"), "\"orders\";q=4;w=1");
+    assert!(header(&refused, "ratelimit").starts_with("\"orders\";r=0;"));
+    assert!(header(&refused, "retry-after").parse::<u64>().unwrap() >= 1);
+    assert_problem(refused, 429, "rate-limited").await;
+
+    // Per user: Bob's budget is his own, and he does not wait.
+    let (response, took) = list(bob.token.clone()).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(took < std::time::Duration::from_millis(200), "{took:?}");
+    assert_eq!(header(&response, "ratelimit"), "\"orders\";r=2;t=1");
+}
+
+// --- hostile input ---
+
+#[tokio::test]
+async fn deep_json_and_long_strings_are_422_naming_the_limit() {
+    let app = spawn_app().await;
+    let deep = format!(
+        r#"{{"email":{}1{},"password":"x","name":"y"}}"#,
+        "[".repeat(100),
+        "]".repeat(100)
+    );
+    let response = app
+        .http
+        .post(app.url("/api/v1/auth/register"))
+        .header("content-type", "application/json")
+        .body(deep)
+        .send()
+        .await
+        .unwrap();
+    let body = assert_problem(response, 422, "input-limit").await;
+    assert!(body["detail"].as_str().unwrap().contains("deeper than 32"), "{body}");
+
+    let long = app
+        .register("long@example.com", PASSWORD, &"n".repeat(5000))
+        .await;
+    let body = assert_problem(long, 422, "input-limit").await;
+    assert!(body["detail"].as_str().unwrap().contains("longer than 4096"), "{body}");
+
+    // Just under the limits, the ordinary rules answer (the name is too long
+    // for a user, which validation names).
+    let name = app
+        .register("long@example.com", PASSWORD, &"n".repeat(4000))
+        .await;
+    assert_eq!(assert_problem(name, 422, "validation").await["field"], "name");
+}
+
+/// Reads what the server sends until it closes the connection or `limit` passes.
+async fn read_until_closed(
+    stream: &mut tokio::net::TcpStream,
+    limit: std::time::Duration,
+) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(limit, stream.read_to_end(&mut answer)).await;
+    read.ok().map(|_| String::from_utf8_lossy(&answer).into_owned())
+}
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_headers_is_disconnected() {
+    use tokio::io::AsyncWriteExt;
+    let app = spawn_app_with(&["--header-read-timeout-secs", "1"]).await;
+    let address = app.address.trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+    // Half a request: the request line and one header, never the blank line.
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let answer = read_until_closed(&mut stream, std::time::Duration::from_secs(5))
+        .await
+        .expect("the server closed the connection");
+    let took = started.elapsed();
+    assert!(
+        took >= std::time::Duration::from_millis(900) && took < std::time::Duration::from_secs(3),
+        "closed after {took:?}"
+    );
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+        "{answer:?}"
+    );
+    // The server is fine for everyone else.
+    let health = app.http.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_body_that_never_arrives_is_answered_408_as_a_problem() {
+    use tokio::io::AsyncWriteExt;
+    let app = spawn_app_with(&["--request-timeout-secs", "1"]).await;
+    let address = app.address.trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+    stream
+        .write_all(
+            b"POST /api/v1/auth/register HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\nconnection: close\r\n\r\n{\"email\":",
+        )
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let answer = read_until_closed(&mut stream, std::time::Duration::from_secs(5))
+        .await
+        .expect("answered and closed");
+    assert!(started.elapsed() < std::time::Duration::from_secs(3));
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("application/problem+json"), "{answer}");
+    assert!(answer.contains("request-timeout"), "{answer}");
+}
