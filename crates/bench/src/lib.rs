@@ -144,10 +144,14 @@ pub async fn run(args: &BenchArgs, server_binary: PathBuf) -> Result<BenchReport
         architectures: reports,
         notes,
     };
-    std::fs::create_dir_all(&args.out).map_err(|e| BenchError::Output(format!("{}: {e}", args.out.display())))?;
+    std::fs::create_dir_all(&args.out)
+        .map_err(|e| BenchError::Output(format!("{}: {e}", args.out.display())))?;
     let json_path = args.out.join("report.json");
-    std::fs::write(&json_path, serde_json::to_vec_pretty(&report).expect("reports serialize"))
-        .map_err(|e| BenchError::Output(format!("{}: {e}", json_path.display())))?;
+    std::fs::write(
+        &json_path,
+        serde_json::to_vec_pretty(&report).expect("reports serialize"),
+    )
+    .map_err(|e| BenchError::Output(format!("{}: {e}", json_path.display())))?;
     let plots = plot::write_all(&report, &args.out)?;
     println!("\n{}", report.table());
     for note in &report.notes {
@@ -166,7 +170,9 @@ fn selected_architectures(names: &[String]) -> Result<Vec<Architecture>, BenchEr
         .map(|name| match name.trim() {
             "v1" => Ok(V1),
             "v2" => Ok(V2),
-            other => Err(BenchError::Setup(format!("unknown architecture {other:?}: use v1 and/or v2"))),
+            other => Err(BenchError::Setup(format!(
+                "unknown architecture {other:?}: use v1 and/or v2"
+            ))),
         })
         .collect()
 }
@@ -196,11 +202,21 @@ async fn start_session(
     let products = shop.product_ids().await?;
     let tokens = shop.shoppers(shoppers.max(1), run_id).await?;
     spinner.finish_and_clear();
-    Ok(Session { server, shop, targets: Arc::new(Targets::new(products, tokens)) })
+    Ok(Session {
+        server,
+        shop,
+        targets: Arc::new(Targets::new(products, tokens)),
+    })
 }
 
 fn plan(args: &BenchArgs, workload: Workload, pacing: Pacing, duration: Duration) -> Plan {
-    Plan { workload, browse_percent: args.browse_percent, pacing, duration, seed: args.seed }
+    Plan {
+        workload,
+        browse_percent: args.browse_percent,
+        pacing,
+        duration,
+        seed: args.seed,
+    }
 }
 
 fn pacing(args: &BenchArgs) -> Pacing {
@@ -221,7 +237,18 @@ async fn measure(
     let pacing = pacing(args);
     if args.warmup_secs > 0 {
         let bar = load_bar("warming up", None);
-        load::run(&session.shop, session.targets.clone(), &plan(args, args.workload, pacing, Duration::from_secs(args.warmup_secs)), &bar).await;
+        load::run(
+            &session.shop,
+            session.targets.clone(),
+            &plan(
+                args,
+                args.workload,
+                pacing,
+                Duration::from_secs(args.warmup_secs),
+            ),
+            &bar,
+        )
+        .await;
         bar.finish_and_clear();
     }
     let before = session.shop.metrics().await?;
@@ -230,20 +257,38 @@ async fn measure(
         Pacing::Closed { .. } => None,
     };
     let bar = load_bar(&format!("{} load", architecture.name), expected);
-    let phase = load::run(&session.shop, session.targets.clone(), &plan(args, args.workload, pacing, Duration::from_secs(args.duration_secs)), &bar).await;
+    let phase = load::run(
+        &session.shop,
+        session.targets.clone(),
+        &plan(
+            args,
+            args.workload,
+            pacing,
+            Duration::from_secs(args.duration_secs),
+        ),
+        &bar,
+    )
+    .await;
     bar.finish_and_clear();
     let after = session.shop.metrics().await?;
     let (confirm, email) = follow_up(&session, &phase, args.follow_orders).await;
     session.server.stop().await?;
-    let report = architecture_report(architecture, &phase, &after.since(&before), &confirm, &email);
+    let report = architecture_report(
+        architecture,
+        &phase,
+        &after.since(&before),
+        &confirm,
+        &email,
+    );
     println!(
-        "  {} requests in {:.1} s: {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, errors {:.2}%",
+        "  {} requests in {:.1} s: {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, errors {:.2}%; load generator used {:.2} CPU cores",
         phase.requests,
         phase.elapsed.as_secs_f64(),
         report.throughput_rps,
         report.latency.p50_ms,
         report.latency.p99_ms,
-        report.error_rate * 100.0
+        report.error_rate * 100.0,
+        report.generator_cpu_cores
     );
     Ok(report)
 }
@@ -255,7 +300,8 @@ fn architecture_report(
     confirm: &Latencies,
     email: &Latencies,
 ) -> ArchitectureReport {
-    let cores = phase.generator_cpu.as_secs_f64() / phase.elapsed.as_secs_f64().max(f64::MIN_POSITIVE);
+    let cores =
+        phase.generator_cpu.as_secs_f64() / phase.elapsed.as_secs_f64().max(f64::MIN_POSITIVE);
     let browse_requests = phase.browse.count() as f64;
     let optional = |l: &Latencies, q: f64| (l.count() > 0).then(|| l.quantile_ms(q));
     ArchitectureReport {
@@ -270,7 +316,10 @@ fn architecture_report(
         error_rate: phase.error_rate(),
         db_queries_per_request: ratio(metrics.db_queries, phase.requests as f64),
         catalog_reads_from_db: ratio(metrics.catalog_db_reads, browse_requests).min(1.0),
-        cache_hit_ratio: ratio(metrics.cache_hits, metrics.cache_hits + metrics.cache_misses),
+        cache_hit_ratio: ratio(
+            metrics.cache_hits,
+            metrics.cache_hits + metrics.cache_misses,
+        ),
         confirm_p50_ms: optional(confirm, 0.5),
         confirm_p99_ms: optional(confirm, 0.99),
         email_p50_ms: optional(email, 0.5),
@@ -284,26 +333,48 @@ fn architecture_report(
 
 /// Follows a sample of accepted orders to their final state and their
 /// e-mail; returns (accepted → confirmed, accepted → e-mail) latencies.
-async fn follow_up(session: &Session, phase: &PhaseResult, sample: usize) -> (Latencies, Latencies) {
+async fn follow_up(
+    session: &Session,
+    phase: &PhaseResult,
+    sample: usize,
+) -> (Latencies, Latencies) {
     let mut confirm = Latencies::new();
     let mut email = Latencies::new();
     if sample == 0 || phase.accepted_orders.is_empty() {
         return (confirm, email);
     }
     let step = (phase.accepted_orders.len() / sample).max(1);
-    let chosen: Vec<_> = phase.accepted_orders.iter().step_by(step).take(sample).copied().collect();
-    let bar = spinner(&format!("following {} orders to confirmed and e-mailed", chosen.len()));
+    let chosen: Vec<_> = phase
+        .accepted_orders
+        .iter()
+        .step_by(step)
+        .take(sample)
+        .copied()
+        .collect();
+    let bar = spinner(&format!(
+        "following {} orders to confirmed and e-mailed",
+        chosen.len()
+    ));
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let mut created: Vec<(usize, uuid::Uuid, chrono::DateTime<chrono::Utc>)> = Vec::new();
     for (shopper, id) in chosen {
         let token = &session.targets.tokens[shopper];
         loop {
-            let Ok(order) = session.shop.get_order(token, id).await else { break };
+            let Ok(order) = session.shop.get_order(token, id).await else {
+                break;
+            };
             let status = order["status"].as_str().unwrap_or("");
-            let final_state = ["confirmed", "rejected", "payment_failed", "cancelled"].contains(&status);
+            let final_state =
+                ["confirmed", "rejected", "payment_failed", "cancelled"].contains(&status);
             if final_state || std::time::Instant::now() > deadline {
                 let at = |s: &str| -> Option<chrono::DateTime<chrono::Utc>> {
-                    order["history"].as_array()?.iter().find(|h| h["status"] == s)?["at"].as_str()?.parse().ok()
+                    order["history"]
+                        .as_array()?
+                        .iter()
+                        .find(|h| h["status"] == s)?["at"]
+                        .as_str()?
+                        .parse()
+                        .ok()
                 };
                 if let (Some(placed), Some(confirmed)) = (at("pending"), at("confirmed")) {
                     confirm.record((confirmed - placed).to_std().unwrap_or_default());
@@ -319,7 +390,11 @@ async fn follow_up(session: &Session, phase: &PhaseResult, sample: usize) -> (La
     for (shopper, id, placed) in created {
         loop {
             if !by_shopper.contains_key(&shopper) {
-                match session.shop.notifications(&session.targets.tokens[shopper]).await {
+                match session
+                    .shop
+                    .notifications(&session.targets.tokens[shopper])
+                    .await
+                {
                     Ok(list) => {
                         by_shopper.insert(shopper, list);
                     }
@@ -330,7 +405,12 @@ async fn follow_up(session: &Session, phase: &PhaseResult, sample: usize) -> (La
                 items
                     .iter()
                     .find(|n| n["channel"] == "email" && n["order_id"] == id.to_string())
-                    .and_then(|n| n["sent_at"].as_str()?.parse::<chrono::DateTime<chrono::Utc>>().ok())
+                    .and_then(|n| {
+                        n["sent_at"]
+                            .as_str()?
+                            .parse::<chrono::DateTime<chrono::Utc>>()
+                            .ok()
+                    })
             });
             match sent {
                 Some(sent) => {
@@ -359,13 +439,29 @@ async fn failure_phase(
     report: &mut ArchitectureReport,
 ) -> Result<(), BenchError> {
     let specs: Vec<String> = args.fail.iter().map(|f| f.to_string()).collect();
-    let session = start_session(args, binary, architecture, &args.fail, args.shoppers, &format!("{run_id}f")).await?;
-    let bar = load_bar(&format!("{} orders with {}", architecture.name, specs.join(", ")), None);
+    let session = start_session(
+        args,
+        binary,
+        architecture,
+        &args.fail,
+        args.shoppers,
+        &format!("{run_id}f"),
+    )
+    .await?;
+    let bar = load_bar(
+        &format!("{} orders with {}", architecture.name, specs.join(", ")),
+        None,
+    );
     let users = args.users.min(16).max(1);
     let phase = load::run(
         &session.shop,
         session.targets.clone(),
-        &plan(args, Workload::Order, Pacing::Closed { users }, Duration::from_secs(args.fail_secs)),
+        &plan(
+            args,
+            Workload::Order,
+            Pacing::Closed { users },
+            Duration::from_secs(args.fail_secs),
+        ),
         &bar,
     )
     .await;
@@ -391,12 +487,34 @@ async fn sweep(
     run_id: &str,
     report: &mut ArchitectureReport,
 ) -> Result<(), BenchError> {
-    let session = start_session(args, binary, architecture, &[], args.shoppers, &format!("{run_id}s")).await?;
+    let session = start_session(
+        args,
+        binary,
+        architecture,
+        &[],
+        args.shoppers,
+        &format!("{run_id}s"),
+    )
+    .await?;
     let mut rate = 25.0;
     let step = Duration::from_secs(args.sweep_step_secs.max(1));
     while rate <= 25_600.0 {
-        let bar = load_bar(&format!("{} sweep at {rate:.0} req/s", architecture.name), Some((rate * step.as_secs_f64()) as u64));
-        let phase = load::run(&session.shop, session.targets.clone(), &plan(args, args.workload, Pacing::Open { rate_per_sec: rate }, step), &bar).await;
+        let bar = load_bar(
+            &format!("{} sweep at {rate:.0} req/s", architecture.name),
+            Some((rate * step.as_secs_f64()) as u64),
+        );
+        let phase = load::run(
+            &session.shop,
+            session.targets.clone(),
+            &plan(
+                args,
+                args.workload,
+                Pacing::Open { rate_per_sec: rate },
+                step,
+            ),
+            &bar,
+        )
+        .await;
         bar.finish_and_clear();
         let p99 = phase.all.quantile_ms(0.99);
         let held = p99 <= args.sweep_p99_target_ms && phase.error_rate() <= 0.01;
@@ -425,7 +543,9 @@ async fn sweep(
 
 fn spinner(message: &str) -> ProgressBar {
     let bar = ProgressBar::new_spinner();
-    bar.set_style(ProgressStyle::with_template("  {spinner} {msg} [{elapsed}]").expect("valid template"));
+    bar.set_style(
+        ProgressStyle::with_template("  {spinner} {msg} [{elapsed}]").expect("valid template"),
+    );
     bar.set_message(message.to_owned());
     bar.enable_steady_tick(Duration::from_millis(120));
     bar
@@ -436,15 +556,22 @@ fn load_bar(message: &str, length: Option<u64>) -> ProgressBar {
         Some(n) => {
             let bar = ProgressBar::new(n);
             bar.set_style(
-                ProgressStyle::with_template("  {msg} [{bar:30}] {pos}/{len} ({per_sec}, {elapsed})")
-                    .expect("valid template")
-                    .progress_chars("=> "),
+                ProgressStyle::with_template(
+                    "  {msg} [{bar:30}] {pos}/{len} ({per_sec}, {elapsed})",
+                )
+                .expect("valid template")
+                .progress_chars("=> "),
             );
             bar
         }
         None => {
             let bar = ProgressBar::new_spinner();
-            bar.set_style(ProgressStyle::with_template("  {spinner} {msg}: {pos} requests ({per_sec}, {elapsed})").expect("valid template"));
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "  {spinner} {msg}: {pos} requests ({per_sec}, {elapsed})",
+                )
+                .expect("valid template"),
+            );
             bar
         }
     };

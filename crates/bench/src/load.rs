@@ -59,7 +59,11 @@ impl Targets {
     pub fn new(products: Vec<uuid::Uuid>, tokens: Vec<String>) -> Self {
         // s = 1.0: the classic web-cache popularity curve.
         let zipf = Zipf::new(products.len().max(1) as f64, 1.0).expect("n >= 1 and s > 0");
-        Self { products, tokens, zipf }
+        Self {
+            products,
+            tokens,
+            zipf,
+        }
     }
 
     fn popular_product(&self, rng: &mut StdRng) -> uuid::Uuid {
@@ -102,7 +106,13 @@ pub struct PhaseResult {
 }
 
 impl PhaseResult {
-    fn add(&mut self, kind: Kind, latency: Duration, outcome: Outcome, order: Option<(usize, uuid::Uuid)>) {
+    fn add(
+        &mut self,
+        kind: Kind,
+        latency: Duration,
+        outcome: Outcome,
+        order: Option<(usize, uuid::Uuid)>,
+    ) {
         self.all.record(latency);
         self.requests += 1;
         match outcome {
@@ -147,12 +157,21 @@ impl PhaseResult {
 }
 
 /// One request of the workload, chosen with `rng`.
-async fn one_request(shop: &Shop, targets: &Targets, plan: &Plan, rng: &mut StdRng) -> (Kind, Outcome, Option<(usize, uuid::Uuid)>) {
+async fn one_request(
+    shop: &Shop,
+    targets: &Targets,
+    plan: &Plan,
+    rng: &mut StdRng,
+) -> (Kind, Outcome, Option<(usize, uuid::Uuid)>) {
     let kind = match plan.workload {
         Workload::Browse => Kind::Browse,
         Workload::Order => Kind::Order,
         Workload::Mixed => {
-            if rng.random_range(0..100u8) < plan.browse_percent { Kind::Browse } else { Kind::Order }
+            if rng.random_range(0..100u8) < plan.browse_percent {
+                Kind::Browse
+            } else {
+                Kind::Order
+            }
         }
     };
     match kind {
@@ -167,22 +186,42 @@ async fn one_request(shop: &Shop, targets: &Targets, plan: &Plan, rng: &mut StdR
 }
 
 /// Runs one phase and returns what it measured.
-pub async fn run(shop: &Shop, targets: Arc<Targets>, plan: &Plan, progress: &ProgressBar) -> PhaseResult {
+pub async fn run(
+    shop: &Shop,
+    targets: Arc<Targets>,
+    plan: &Plan,
+    progress: &ProgressBar,
+) -> PhaseResult {
     let cpu_before = cpu_time::ProcessTime::try_now().ok();
     let started = Instant::now();
     let mut result = match plan.pacing {
         Pacing::Closed { users } => closed_loop(shop, targets, plan, users, progress).await,
-        Pacing::Open { rate_per_sec } => open_loop(shop, targets, plan, rate_per_sec, progress).await,
+        Pacing::Open { rate_per_sec } => {
+            open_loop(shop, targets, plan, rate_per_sec, progress).await
+        }
     };
     result.elapsed = started.elapsed();
-    result.generator_cpu = cpu_before.and_then(|t| t.try_elapsed().ok()).unwrap_or_default();
+    result.generator_cpu = cpu_before
+        .and_then(|t| t.try_elapsed().ok())
+        .unwrap_or_default();
     result
 }
 
-async fn closed_loop(shop: &Shop, targets: Arc<Targets>, plan: &Plan, users: usize, progress: &ProgressBar) -> PhaseResult {
+async fn closed_loop(
+    shop: &Shop,
+    targets: Arc<Targets>,
+    plan: &Plan,
+    users: usize,
+    progress: &ProgressBar,
+) -> PhaseResult {
     let deadline = Instant::now() + plan.duration;
     let workers = (0..users.max(1)).map(|user| {
-        let (shop, targets, plan, progress) = (shop.clone(), targets.clone(), plan.clone(), progress.clone());
+        let (shop, targets, plan, progress) = (
+            shop.clone(),
+            targets.clone(),
+            plan.clone(),
+            progress.clone(),
+        );
         tokio::spawn(async move {
             let mut rng = StdRng::seed_from_u64(plan.seed.wrapping_add(user as u64));
             let mut result = PhaseResult::default();
@@ -206,7 +245,13 @@ async fn closed_loop(shop: &Shop, targets: Arc<Targets>, plan: &Plan, users: usi
 /// requests wait (and their wait counts in their latency).
 const OPEN_LOOP_MAX_IN_FLIGHT: usize = 2_048;
 
-async fn open_loop(shop: &Shop, targets: Arc<Targets>, plan: &Plan, rate: f64, progress: &ProgressBar) -> PhaseResult {
+async fn open_loop(
+    shop: &Shop,
+    targets: Arc<Targets>,
+    plan: &Plan,
+    rate: f64,
+    progress: &ProgressBar,
+) -> PhaseResult {
     let interval = Duration::from_secs_f64(1.0 / rate.max(0.001));
     let start = tokio::time::Instant::now();
     let total_requests = (plan.duration.as_secs_f64() * rate).floor() as u64;
@@ -219,11 +264,22 @@ async fn open_loop(shop: &Shop, targets: Arc<Targets>, plan: &Plan, rate: f64, p
         let intended = start + interval.mul_f64(i as f64);
         tokio::time::sleep_until(intended).await;
         backlog_peak = backlog_peak.max(OPEN_LOOP_MAX_IN_FLIGHT - permits.available_permits());
-        let permit = permits.clone().acquire_owned().await.expect("semaphore is never closed");
-        let (shop, targets, plan, shared, progress) = (shop.clone(), targets.clone(), plan.clone(), shared.clone(), progress.clone());
+        let permit = permits
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("semaphore is never closed");
+        let (shop, targets, plan, shared, progress) = (
+            shop.clone(),
+            targets.clone(),
+            plan.clone(),
+            shared.clone(),
+            progress.clone(),
+        );
         let mut request_rng = StdRng::seed_from_u64(rng.random());
         tasks.spawn(async move {
-            let (kind, outcome, order) = one_request(&shop, &targets, &plan, &mut request_rng).await;
+            let (kind, outcome, order) =
+                one_request(&shop, &targets, &plan, &mut request_rng).await;
             // From the intended send time, not the actual one.
             let latency = intended.elapsed();
             shared.lock().await.add(kind, latency, outcome, order);

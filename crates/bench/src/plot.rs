@@ -20,7 +20,8 @@ const COLORS: [RGBColor; 2] = [RGBColor(214, 69, 65), RGBColor(38, 115, 191)];
 fn register_font() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
-        let registered = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT).is_ok();
+        let registered =
+            plotters::style::register_font("sans-serif", FontStyle::Normal, FONT).is_ok();
         assert!(registered, "the bundled font parses");
     });
 }
@@ -28,13 +29,29 @@ fn register_font() {
 /// Writes every plot the report has data for; returns the files written.
 pub fn write_all(report: &BenchReport, dir: &Path) -> Result<Vec<PathBuf>, BenchError> {
     register_font();
-    std::fs::create_dir_all(dir).map_err(|e| BenchError::Output(format!("{}: {e}", dir.display())))?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| BenchError::Output(format!("{}: {e}", dir.display())))?;
     let mut written = Vec::new();
-    written.extend(both(dir, "latency-percentiles", |r| latency_chart(report, r), |r| latency_chart(report, r))?);
+    written.extend(both(
+        dir,
+        "latency-percentiles",
+        |r| latency_chart(report, r),
+        |r| latency_chart(report, r),
+    )?);
     if report.architectures.iter().any(|a| !a.sweep.is_empty()) {
         let (throughput, p99) = (SweepAxis::Throughput, SweepAxis::P99);
-        written.extend(both(dir, "sweep-throughput", |r| sweep_chart(report, r, throughput), |r| sweep_chart(report, r, throughput))?);
-        written.extend(both(dir, "sweep-p99", |r| sweep_chart(report, r, p99), |r| sweep_chart(report, r, p99))?);
+        written.extend(both(
+            dir,
+            "sweep-throughput",
+            |r| sweep_chart(report, r, throughput),
+            |r| sweep_chart(report, r, throughput),
+        )?);
+        written.extend(both(
+            dir,
+            "sweep-p99",
+            |r| sweep_chart(report, r, p99),
+            |r| sweep_chart(report, r, p99),
+        )?);
     }
     Ok(written)
 }
@@ -52,19 +69,24 @@ fn both(
     {
         let root = SVGBackend::new(&svg, SIZE).into_drawing_area();
         draw_svg(&root).map_err(BenchError::Output)?;
-        root.present().map_err(|e| BenchError::Output(e.to_string()))?;
+        root.present()
+            .map_err(|e| BenchError::Output(e.to_string()))?;
     }
     {
         let root = BitMapBackend::new(&png, SIZE).into_drawing_area();
         draw_png(&root).map_err(BenchError::Output)?;
-        root.present().map_err(|e| BenchError::Output(e.to_string()))?;
+        root.present()
+            .map_err(|e| BenchError::Output(e.to_string()))?;
     }
     Ok(vec![svg, png])
 }
 
 const PERCENTILES: [f64; 8] = [50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 100.0];
 
-fn latency_chart<DB: DrawingBackend>(report: &BenchReport, root: &DrawingArea<DB, Shift>) -> Result<(), String> {
+fn latency_chart<DB: DrawingBackend>(
+    report: &BenchReport,
+    root: &DrawingArea<DB, Shift>,
+) -> Result<(), String> {
     root.fill(&WHITE).map_err(|e| e.to_string())?;
     let max = report
         .architectures
@@ -78,16 +100,27 @@ fn latency_chart<DB: DrawingBackend>(report: &BenchReport, root: &DrawingArea<DB
         .filter(|v| *v > 0.0)
         .fold(max, f64::min);
     let mut chart = ChartBuilder::on(root)
-        .caption("Response time by percentile (lower is better)", ("sans-serif", 24))
+        .caption(
+            "Response time by percentile (lower is better)",
+            ("sans-serif", 24),
+        )
         .margin(16)
         .x_label_area_size(40)
         .y_label_area_size(70)
-        .build_cartesian_2d(0usize..PERCENTILES.len() - 1, ((min * 0.8).max(0.01)..max * 1.25).log_scale())
+        .build_cartesian_2d(
+            0usize..PERCENTILES.len() - 1,
+            ((min * 0.8).max(0.01)..max * 1.25).log_scale(),
+        )
         .map_err(|e| e.to_string())?;
     chart
         .configure_mesh()
         .x_labels(PERCENTILES.len())
-        .x_label_formatter(&|i| PERCENTILES.get(*i).map(|p| format!("p{p}")).unwrap_or_default())
+        .x_label_formatter(&|i| {
+            PERCENTILES
+                .get(*i)
+                .map(|p| format!("p{p}"))
+                .unwrap_or_default()
+        })
         .y_desc("milliseconds (log scale)")
         .x_desc("percentile")
         .label_style(("sans-serif", 14))
@@ -95,14 +128,25 @@ fn latency_chart<DB: DrawingBackend>(report: &BenchReport, root: &DrawingArea<DB
         .map_err(|e| e.to_string())?;
     for (index, arch) in report.architectures.iter().enumerate() {
         let color = COLORS[index % COLORS.len()];
-        let points: Vec<(usize, f64)> = arch.percentiles.iter().enumerate().map(|(i, (_, v))| (i, v.max(0.01))).collect();
+        let points: Vec<(usize, f64)> = arch
+            .percentiles
+            .iter()
+            .enumerate()
+            .map(|(i, (_, v))| (i, v.max(0.01)))
+            .collect();
         chart
             .draw_series(LineSeries::new(points.clone(), color.stroke_width(3)))
             .map_err(|e| e.to_string())?
             .label(arch.label.clone())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3))
+            });
         chart
-            .draw_series(points.into_iter().map(|p| Circle::new(p, 4, color.filled())))
+            .draw_series(
+                points
+                    .into_iter()
+                    .map(|p| Circle::new(p, 4, color.filled())),
+            )
             .map_err(|e| e.to_string())?;
     }
     chart
@@ -121,7 +165,11 @@ enum SweepAxis {
     P99,
 }
 
-fn sweep_chart<DB: DrawingBackend>(report: &BenchReport, root: &DrawingArea<DB, Shift>, axis: SweepAxis) -> Result<(), String> {
+fn sweep_chart<DB: DrawingBackend>(
+    report: &BenchReport,
+    root: &DrawingArea<DB, Shift>,
+    axis: SweepAxis,
+) -> Result<(), String> {
     root.fill(&WHITE).map_err(|e| e.to_string())?;
     let steps = report.architectures.iter().flat_map(|a| a.sweep.iter());
     let max_offered = steps.clone().map(|s| s.offered_rps).fold(1.0f64, f64::max);
@@ -131,15 +179,24 @@ fn sweep_chart<DB: DrawingBackend>(report: &BenchReport, root: &DrawingArea<DB, 
     };
     let max_value = steps.map(value).fold(1.0f64, f64::max);
     let (caption, y_desc) = match axis {
-        SweepAxis::Throughput => ("Achieved throughput against offered load", "achieved requests/s"),
-        SweepAxis::P99 => ("p99 response time against offered load", "p99 milliseconds (log scale)"),
+        SweepAxis::Throughput => (
+            "Achieved throughput against offered load",
+            "achieved requests/s",
+        ),
+        SweepAxis::P99 => (
+            "p99 response time against offered load",
+            "p99 milliseconds (log scale)",
+        ),
     };
     let mut chart = ChartBuilder::on(root)
         .caption(caption, ("sans-serif", 24))
         .margin(16)
         .x_label_area_size(40)
         .y_label_area_size(70)
-        .build_cartesian_2d((1.0f64..max_offered * 1.5).log_scale(), (0.1f64..max_value * 1.5).log_scale())
+        .build_cartesian_2d(
+            (1.0f64..max_offered * 1.5).log_scale(),
+            (0.1f64..max_value * 1.5).log_scale(),
+        )
         .map_err(|e| e.to_string())?;
     chart
         .configure_mesh()
@@ -150,14 +207,24 @@ fn sweep_chart<DB: DrawingBackend>(report: &BenchReport, root: &DrawingArea<DB, 
         .map_err(|e| e.to_string())?;
     for (index, arch) in report.architectures.iter().enumerate() {
         let color = COLORS[index % COLORS.len()];
-        let points: Vec<(f64, f64)> = arch.sweep.iter().map(|s| (s.offered_rps, value(s).max(0.1))).collect();
+        let points: Vec<(f64, f64)> = arch
+            .sweep
+            .iter()
+            .map(|s| (s.offered_rps, value(s).max(0.1)))
+            .collect();
         chart
             .draw_series(LineSeries::new(points.clone(), color.stroke_width(3)))
             .map_err(|e| e.to_string())?
             .label(arch.label.clone())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3))
+            });
         chart
-            .draw_series(points.into_iter().map(|p| Circle::new(p, 4, color.filled())))
+            .draw_series(
+                points
+                    .into_iter()
+                    .map(|p| Circle::new(p, 4, color.filled())),
+            )
             .map_err(|e| e.to_string())?;
     }
     chart

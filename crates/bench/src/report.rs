@@ -71,7 +71,9 @@ pub struct Machine {
 impl Machine {
     pub fn this() -> Self {
         Self {
-            cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            cpus: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
             os: std::env::consts::OS.to_owned(),
             arch: std::env::consts::ARCH.to_owned(),
         }
@@ -87,7 +89,11 @@ struct Row {
 }
 
 fn ms(v: f64) -> String {
-    if v >= 100.0 { format!("{v:.0} ms") } else { format!("{v:.2} ms") }
+    if v >= 100.0 {
+        format!("{v:.0} ms")
+    } else {
+        format!("{v:.2} ms")
+    }
 }
 fn rps(v: f64) -> String {
     format!("{v:.0} req/s")
@@ -100,32 +106,122 @@ fn num(v: f64) -> String {
 }
 
 const ROWS: &[Row] = &[
-    Row { metric: "response time p50", value: |r| Some(r.latency.p50_ms), format: ms, lower_is_better: true },
-    Row { metric: "response time p95", value: |r| Some(r.latency.p95_ms), format: ms, lower_is_better: true },
-    Row { metric: "response time p99", value: |r| Some(r.latency.p99_ms), format: ms, lower_is_better: true },
-    Row { metric: "response time max", value: |r| Some(r.latency.max_ms), format: ms, lower_is_better: true },
-    Row { metric: "order request p99", value: |r| Some(r.order_latency.p99_ms), format: ms, lower_is_better: true },
-    Row { metric: "throughput", value: |r| Some(r.throughput_rps), format: rps, lower_is_better: false },
-    Row { metric: "error rate", value: |r| Some(r.error_rate), format: pct, lower_is_better: true },
-    Row { metric: "catalog reads hitting the DB", value: |r| Some(r.catalog_reads_from_db), format: pct, lower_is_better: true },
-    Row { metric: "DB queries per request (all)", value: |r| Some(r.db_queries_per_request), format: num, lower_is_better: true },
-    Row { metric: "cache hit ratio", value: |r| Some(r.cache_hit_ratio), format: pct, lower_is_better: false },
-    Row { metric: "accepted → confirmed p50", value: |r| r.confirm_p50_ms, format: ms, lower_is_better: true },
-    Row { metric: "accepted → confirmed p99", value: |r| r.confirm_p99_ms, format: ms, lower_is_better: true },
-    Row { metric: "accepted → e-mail sent p50", value: |r| r.email_p50_ms, format: ms, lower_is_better: true },
-    Row { metric: "accepted → e-mail sent p99", value: |r| r.email_p99_ms, format: ms, lower_is_better: true },
-    Row { metric: "orders failed, failing provider", value: |r| r.order_failure_rate_with_failing_provider, format: pct, lower_is_better: true },
-    Row { metric: "highest load held (sweep)", value: |r| r.max_held_rps, format: rps, lower_is_better: false },
+    Row {
+        metric: "response time p50",
+        value: |r| Some(r.latency.p50_ms),
+        format: ms,
+        lower_is_better: true,
+    },
+    Row {
+        metric: "response time p95",
+        value: |r| Some(r.latency.p95_ms),
+        format: ms,
+        lower_is_better: true,
+    },
+    Row {
+        metric: "response time p99",
+        value: |r| Some(r.latency.p99_ms),
+        format: ms,
+        lower_is_better: true,
+    },
+    Row {
+        metric: "response time max",
+        value: |r| Some(r.latency.max_ms),
+        format: ms,
+        lower_is_better: true,
+    },
+    Row {
+        metric: "order request p99",
+        value: |r| Some(r.order_latency.p99_ms),
+        format: ms,
+        lower_is_better: true,
+    },
+    Row {
+        metric: "throughput",
+        value: |r| Some(r.throughput_rps),
+        format: rps,
+        lower_is_better: false,
+    },
+    Row {
+        metric: "error rate",
+        value: |r| Some(r.error_rate),
+        format: pct,
+        lower_is_better: true,
+    },
+    Row {
+        metric: "catalog reads hitting the DB",
+        value: |r| Some(r.catalog_reads_from_db),
+        format: pct,
+        lower_is_better: true,
+    },
+    Row {
+        metric: "DB queries per request (all)",
+        value: |r| Some(r.db_queries_per_request),
+        format: num,
+        lower_is_better: true,
+    },
+    Row {
+        metric: "cache hit ratio",
+        value: |r| Some(r.cache_hit_ratio),
+        format: pct,
+        lower_is_better: false,
+    },
+    Row {
+        metric: "accepted → confirmed p50",
+        value: |r| r.confirm_p50_ms,
+        format: ms,
+        lower_is_better: true,
+    },
+    Row {
+        metric: "accepted → confirmed p99",
+        value: |r| r.confirm_p99_ms,
+        format: ms,
+        lower_is_better: true,
+    },
+    Row {
+        metric: "accepted → e-mail sent p50",
+        value: |r| r.email_p50_ms,
+        format: ms,
+        lower_is_better: true,
+    },
+    Row {
+        metric: "accepted → e-mail sent p99",
+        value: |r| r.email_p99_ms,
+        format: ms,
+        lower_is_better: true,
+    },
+    Row {
+        metric: "orders failed, failing provider",
+        value: |r| r.order_failure_rate_with_failing_provider,
+        format: pct,
+        lower_is_better: true,
+    },
+    Row {
+        metric: "highest load held (sweep)",
+        value: |r| r.max_held_rps,
+        format: rps,
+        lower_is_better: false,
+    },
 ];
 
 impl BenchReport {
     /// The notes' table: metric, v1, v2, improvement.
     pub fn table(&self) -> String {
-        let (Some(before), Some(after)) = (self.architectures.first(), self.architectures.get(1)) else {
-            return self.architectures.iter().map(|a| format!("{a:#?}")).collect();
+        let (Some(before), Some(after)) = (self.architectures.first(), self.architectures.get(1))
+        else {
+            return self
+                .architectures
+                .iter()
+                .map(|a| format!("{a:#?}"))
+                .collect();
         };
         let mut lines = Vec::new();
-        let header = ["metric", before.name.as_str(), after.name.as_str(), "improvement"];
+        let header = [
+            "metric",
+            before.name.as_str(),
+            after.name.as_str(),
+            "improvement",
+        ];
         let mut rows: Vec<[String; 4]> = Vec::new();
         for row in ROWS {
             let (b, a) = ((row.value)(before), (row.value)(after));
@@ -142,17 +238,36 @@ impl BenchReport {
             rows.push([row.metric.to_owned(), show(b), show(a), factor]);
         }
         let widths: Vec<usize> = (0..4)
-            .map(|i| rows.iter().map(|r| r[i].chars().count()).chain([header[i].chars().count()]).max().unwrap_or(0))
+            .map(|i| {
+                rows.iter()
+                    .map(|r| r[i].chars().count())
+                    .chain([header[i].chars().count()])
+                    .max()
+                    .unwrap_or(0)
+            })
             .collect();
         let line = |cells: [&str; 4]| {
             format!(
                 "│ {:<w0$} │ {:>w1$} │ {:>w2$} │ {:>w3$} │",
-                cells[0], cells[1], cells[2], cells[3],
-                w0 = widths[0], w1 = widths[1], w2 = widths[2], w3 = widths[3]
+                cells[0],
+                cells[1],
+                cells[2],
+                cells[3],
+                w0 = widths[0],
+                w1 = widths[1],
+                w2 = widths[2],
+                w3 = widths[3]
             )
         };
         let rule = |l: &str, m: &str, r: &str| {
-            format!("{l}{}{r}", widths.iter().map(|w| "─".repeat(w + 2)).collect::<Vec<_>>().join(m))
+            format!(
+                "{l}{}{r}",
+                widths
+                    .iter()
+                    .map(|w| "─".repeat(w + 2))
+                    .collect::<Vec<_>>()
+                    .join(m)
+            )
         };
         lines.push(rule("┌", "┬", "┐"));
         lines.push(line(header));
@@ -176,7 +291,13 @@ mod tests {
         let v1 = ArchitectureReport {
             name: "v1".into(),
             label: "before".into(),
-            latency: LatencySummary { count: 10, p50_ms: 800.0, p95_ms: 900.0, p99_ms: 1000.0, max_ms: 1200.0 },
+            latency: LatencySummary {
+                count: 10,
+                p50_ms: 800.0,
+                p95_ms: 900.0,
+                p99_ms: 1000.0,
+                max_ms: 1200.0,
+            },
             throughput_rps: 100.0,
             error_rate: 0.05,
             ..Default::default()
@@ -184,7 +305,13 @@ mod tests {
         let v2 = ArchitectureReport {
             name: "v2".into(),
             label: "after".into(),
-            latency: LatencySummary { count: 10, p50_ms: 8.0, p95_ms: 9.0, p99_ms: 10.0, max_ms: 12.0 },
+            latency: LatencySummary {
+                count: 10,
+                p50_ms: 8.0,
+                p95_ms: 9.0,
+                p99_ms: 10.0,
+                max_ms: 12.0,
+            },
             throughput_rps: 5000.0,
             error_rate: 0.0,
             ..Default::default()
@@ -199,9 +326,15 @@ mod tests {
         };
         let table = report.table();
         assert!(table.contains("response time p50"), "{table}");
-        assert!(table.contains("800 ms") && table.contains("8.00 ms") && table.contains("100.0×"), "{table}");
+        assert!(
+            table.contains("800 ms") && table.contains("8.00 ms") && table.contains("100.0×"),
+            "{table}"
+        );
         assert!(table.contains("50.0×"), "throughput factor: {table}");
-        assert!(!table.contains("highest load held"), "rows without data are left out: {table}");
+        assert!(
+            !table.contains("highest load held"),
+            "rows without data are left out: {table}"
+        );
         let json = serde_json::to_value(&report).unwrap();
         assert_eq!(json["architectures"][1]["throughput_rps"], 5000.0);
     }

@@ -44,7 +44,10 @@ impl Shop {
             .tcp_nodelay(true)
             .build()
             .expect("a default HTTP client builds");
-        Self { http, base: base.trim_end_matches('/').to_owned() }
+        Self {
+            http,
+            base: base.trim_end_matches('/').to_owned(),
+        }
     }
 
     fn url(&self, path: &str) -> String {
@@ -60,7 +63,14 @@ impl Shop {
             if let Some(c) = &cursor {
                 url.push_str(&format!("&cursor={c}"));
             }
-            let page: Value = self.http.get(url).send().await?.error_for_status()?.json().await?;
+            let page: Value = self
+                .http
+                .get(url)
+                .send()
+                .await?
+                .error_for_status()?
+                .json()
+                .await?;
             for item in page["items"].as_array().into_iter().flatten() {
                 if let Some(id) = item["id"].as_str().and_then(|s| s.parse().ok()) {
                     ids.push(id);
@@ -72,7 +82,9 @@ impl Shop {
             }
         }
         if ids.is_empty() {
-            return Err(BenchError::Setup("the catalog is empty; seed it (`orderflow seed`)".into()));
+            return Err(BenchError::Setup(
+                "the catalog is empty; seed it (`orderflow seed`)".into(),
+            ));
         }
         Ok(ids)
     }
@@ -112,7 +124,12 @@ impl Shop {
     }
 
     pub async fn browse(&self, product_id: uuid::Uuid) -> Outcome {
-        match self.http.get(self.url(&format!("/api/v1/products/{product_id}"))).send().await {
+        match self
+            .http
+            .get(self.url(&format!("/api/v1/products/{product_id}")))
+            .send()
+            .await
+        {
             Ok(response) => {
                 let outcome = Outcome::of(response.status());
                 // Read the body so the connection is reused.
@@ -124,7 +141,12 @@ impl Shop {
     }
 
     /// Places a one-line order; the order id when it was accepted.
-    pub async fn order(&self, token: &str, product_id: uuid::Uuid, quantity: u32) -> (Outcome, Option<uuid::Uuid>) {
+    pub async fn order(
+        &self,
+        token: &str,
+        product_id: uuid::Uuid,
+        quantity: u32,
+    ) -> (Outcome, Option<uuid::Uuid>) {
         let response = self
             .http
             .post(self.url("/api/v1/orders"))
@@ -137,7 +159,9 @@ impl Shop {
             Ok(response) => {
                 let outcome = Outcome::of(response.status());
                 let id = match response.json::<Value>().await {
-                    Ok(body) if outcome == Outcome::Ok => body["id"].as_str().and_then(|s| s.parse().ok()),
+                    Ok(body) if outcome == Outcome::Ok => {
+                        body["id"].as_str().and_then(|s| s.parse().ok())
+                    }
                     _ => None,
                 };
                 (outcome, id)
@@ -147,7 +171,15 @@ impl Shop {
     }
 
     pub async fn get_order(&self, token: &str, id: uuid::Uuid) -> Result<Value, BenchError> {
-        Ok(self.http.get(self.url(&format!("/api/v1/orders/{id}"))).bearer_auth(token).send().await?.error_for_status()?.json().await?)
+        Ok(self
+            .http
+            .get(self.url(&format!("/api/v1/orders/{id}")))
+            .bearer_auth(token)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?)
     }
 
     pub async fn notifications(&self, token: &str) -> Result<Value, BenchError> {
@@ -163,7 +195,14 @@ impl Shop {
     }
 
     pub async fn metrics(&self) -> Result<MetricsSnapshot, BenchError> {
-        let text = self.http.get(self.url("/metrics")).send().await?.error_for_status()?.text().await?;
+        let text = self
+            .http
+            .get(self.url("/metrics"))
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await?;
         Ok(MetricsSnapshot::parse(&text))
     }
 }
@@ -183,15 +222,29 @@ impl MetricsSnapshot {
     /// Parses Prometheus text format (only the samples, not the comments).
     pub fn parse(text: &str) -> Self {
         let mut snapshot = MetricsSnapshot::default();
-        for line in text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
-            let Some((series, value)) = line.rsplit_once(' ') else { continue };
-            let Ok(value) = value.parse::<f64>() else { continue };
+        for line in text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        {
+            let Some((series, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            let Ok(value) = value.parse::<f64>() else {
+                continue;
+            };
             let name = series.split('{').next().unwrap_or(series);
             *snapshot.by_name.entry(name.to_owned()).or_default() += value;
             match name {
                 "orderflow_db_queries_total" => {
                     snapshot.db_queries += value;
-                    if ["op=\"product\"", "op=\"products_by_ids\"", "op=\"list_products\""].iter().any(|op| series.contains(op)) {
+                    if [
+                        "op=\"product\"",
+                        "op=\"products_by_ids\"",
+                        "op=\"list_products\"",
+                    ]
+                    .iter()
+                    .any(|op| series.contains(op))
+                    {
                         snapshot.catalog_db_reads += value;
                     }
                 }
@@ -213,7 +266,12 @@ impl MetricsSnapshot {
             by_name: self
                 .by_name
                 .iter()
-                .map(|(k, v)| (k.clone(), v - earlier.by_name.get(k).copied().unwrap_or(0.0)))
+                .map(|(k, v)| {
+                    (
+                        k.clone(),
+                        v - earlier.by_name.get(k).copied().unwrap_or(0.0),
+                    )
+                })
                 .collect(),
         }
     }

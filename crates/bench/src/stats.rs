@@ -25,13 +25,16 @@ impl Default for Latencies {
 impl Latencies {
     pub fn new() -> Self {
         Self {
-            histogram: Histogram::new_with_bounds(1, MAX_TRACKED_MICROS, 3).expect("valid histogram bounds"),
+            histogram: Histogram::new_with_bounds(1, MAX_TRACKED_MICROS, 3)
+                .expect("valid histogram bounds"),
         }
     }
 
     pub fn record(&mut self, latency: Duration) {
         let micros = (latency.as_micros() as u64).clamp(1, MAX_TRACKED_MICROS);
-        self.histogram.record(micros).expect("value is within bounds");
+        self.histogram
+            .record(micros)
+            .expect("value is within bounds");
     }
 
     pub fn merge(&mut self, other: &Latencies) {
@@ -51,7 +54,11 @@ impl Latencies {
     }
 
     pub fn max_ms(&self) -> f64 {
-        if self.histogram.is_empty() { 0.0 } else { self.histogram.max() as f64 / 1000.0 }
+        if self.histogram.is_empty() {
+            0.0
+        } else {
+            self.histogram.max() as f64 / 1000.0
+        }
     }
 
     pub fn summary(&self) -> LatencySummary {
@@ -85,7 +92,11 @@ pub struct LatencySummary {
 /// Requests per second over a wall-clock span.
 pub fn throughput(requests: u64, elapsed: Duration) -> f64 {
     let seconds = elapsed.as_secs_f64();
-    if seconds <= 0.0 { 0.0 } else { requests as f64 / seconds }
+    if seconds <= 0.0 {
+        0.0
+    } else {
+        requests as f64 / seconds
+    }
 }
 
 /// `part / whole`, 0 when `whole` is 0.
@@ -97,7 +108,11 @@ pub fn ratio(part: f64, whole: f64) -> f64 {
 /// metrics (latency, errors, queries) that is before/after, otherwise
 /// after/before. `None` when the division means nothing (a zero).
 pub fn improvement(before: f64, after: f64, lower_is_better: bool) -> Option<f64> {
-    let (numerator, denominator) = if lower_is_better { (before, after) } else { (after, before) };
+    let (numerator, denominator) = if lower_is_better {
+        (before, after)
+    } else {
+        (after, before)
+    };
     (numerator > 0.0 && denominator > 0.0).then(|| numerator / denominator)
 }
 
@@ -140,7 +155,10 @@ mod tests {
         latencies.record(Duration::ZERO);
         latencies.record(Duration::from_secs(3600));
         assert_eq!(latencies.count(), 2);
-        assert!((latencies.max_ms() - 60_000.0).abs() / 60_000.0 < 0.001, "clamped to 60 s");
+        assert!(
+            (latencies.max_ms() - 60_000.0).abs() / 60_000.0 < 0.001,
+            "clamped to 60 s"
+        );
     }
 
     #[test]

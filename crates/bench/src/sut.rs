@@ -50,12 +50,19 @@ pub struct FailSpec {
 impl std::str::FromStr for FailSpec {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (provider, rate) = s.split_once('=').ok_or("expected PROVIDER=RATE, e.g. sms=0.05")?;
+        let (provider, rate) = s
+            .split_once('=')
+            .ok_or("expected PROVIDER=RATE, e.g. sms=0.05")?;
         let provider = provider.trim().to_lowercase();
         if !["email", "sms", "push", "payment"].contains(&provider.as_str()) {
-            return Err(format!("unknown provider {provider:?}: use email, sms, push or payment"));
+            return Err(format!(
+                "unknown provider {provider:?}: use email, sms, push or payment"
+            ));
         }
-        let rate: f64 = rate.trim().parse().map_err(|_| format!("{rate:?} is not a number"))?;
+        let rate: f64 = rate
+            .trim()
+            .parse()
+            .map_err(|_| format!("{rate:?} is not a number"))?;
         if !(0.0..=1.0).contains(&rate) {
             return Err("the rate must be between 0 and 1".into());
         }
@@ -79,16 +86,26 @@ pub struct Server {
 impl Server {
     /// A server that is already running; the bench neither starts nor stops it.
     pub fn external(base_url: &str) -> Self {
-        Self { base_url: base_url.trim_end_matches('/').to_owned(), child: None, data_dir: None }
+        Self {
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            child: None,
+            data_dir: None,
+        }
     }
 
     /// Starts `binary serve --demo` for `architecture` on a free loopback
     /// port with a fresh data dir, and waits until `/readyz` answers.
-    pub async fn start(binary: &Path, architecture: &Architecture, failures: &[FailSpec]) -> Result<Self, BenchError> {
-        let data_dir = tempfile::tempdir().map_err(|e| BenchError::Server(format!("temp dir: {e}")))?;
+    pub async fn start(
+        binary: &Path,
+        architecture: &Architecture,
+        failures: &[FailSpec],
+    ) -> Result<Self, BenchError> {
+        let data_dir =
+            tempfile::tempdir().map_err(|e| BenchError::Server(format!("temp dir: {e}")))?;
         let port = free_port()?;
         let log_path = data_dir.path().join("server.log");
-        let log = std::fs::File::create(&log_path).map_err(|e| BenchError::Server(format!("log file: {e}")))?;
+        let log = std::fs::File::create(&log_path)
+            .map_err(|e| BenchError::Server(format!("log file: {e}")))?;
         let mut command = Command::new(binary);
         command
             .arg("serve")
@@ -100,19 +117,35 @@ impl Server {
             // The bench registers its shoppers from one IP: no per-IP limits.
             .env("ORDERFLOW_AUTH_RATE_PER_SEC", "0")
             .env("ORDERFLOW_RATE_PER_SEC", "0")
+            .env("ORDERFLOW_RATE_LIMITS", "off")
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
-            .stdout(Stdio::from(log.try_clone().map_err(|e| BenchError::Server(e.to_string()))?))
+            .stdout(Stdio::from(
+                log.try_clone()
+                    .map_err(|e| BenchError::Server(e.to_string()))?,
+            ))
             .stderr(Stdio::from(log))
             .kill_on_drop(true);
         for failure in failures {
-            command.env(format!("ORDERFLOW_SIM_{}_FAILURE_RATE", failure.provider.to_uppercase()), failure.rate.to_string());
+            command.env(
+                format!(
+                    "ORDERFLOW_SIM_{}_FAILURE_RATE",
+                    failure.provider.to_uppercase()
+                ),
+                failure.rate.to_string(),
+            );
         }
         let child = command
             .spawn()
             .map_err(|e| BenchError::Server(format!("starting {}: {e}", binary.display())))?;
-        let server = Self { base_url: format!("http://127.0.0.1:{port}"), child: Some(child), data_dir: Some(data_dir) };
-        server.wait_ready(Duration::from_secs(60), &log_path).await?;
+        let server = Self {
+            base_url: format!("http://127.0.0.1:{port}"),
+            child: Some(child),
+            data_dir: Some(data_dir),
+        };
+        server
+            .wait_ready(Duration::from_secs(60), &log_path)
+            .await?;
         Ok(server)
     }
 
@@ -127,8 +160,18 @@ impl Server {
             }
             if Instant::now() > deadline {
                 let tail = std::fs::read_to_string(log).unwrap_or_default();
-                let tail: String = tail.lines().rev().take(20).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
-                return Err(BenchError::Server(format!("the server did not become ready in {timeout:?}; its log:\n{tail}")));
+                let tail: String = tail
+                    .lines()
+                    .rev()
+                    .take(20)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                return Err(BenchError::Server(format!(
+                    "the server did not become ready in {timeout:?}; its log:\n{tail}"
+                )));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -142,23 +185,35 @@ impl Server {
     /// Stops a started server with SIGTERM (it drains and exits), SIGKILL
     /// after 10 s.
     pub async fn stop(mut self) -> Result<(), BenchError> {
-        let Some(mut child) = self.child.take() else { return Ok(()) };
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
         if let Some(pid) = child.id() {
-            let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status().await;
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(pid.to_string())
+                .status()
+                .await;
         }
         match tokio::time::timeout(Duration::from_secs(10), child.wait()).await {
             Ok(_) => Ok(()),
             Err(_) => {
                 let _ = child.kill().await;
-                Err(BenchError::Server("the server did not stop within 10 s of SIGTERM; killed".into()))
+                Err(BenchError::Server(
+                    "the server did not stop within 10 s of SIGTERM; killed".into(),
+                ))
             }
         }
     }
 }
 
 fn free_port() -> Result<u16, BenchError> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| BenchError::Server(format!("no free port: {e}")))?;
-    Ok(listener.local_addr().map_err(|e| BenchError::Server(e.to_string()))?.port())
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")
+        .map_err(|e| BenchError::Server(format!("no free port: {e}")))?;
+    Ok(listener
+        .local_addr()
+        .map_err(|e| BenchError::Server(e.to_string()))?
+        .port())
 }
 
 #[cfg(test)]
@@ -168,7 +223,13 @@ mod tests {
     #[test]
     fn fail_specs_parse_and_refuse_nonsense() {
         let spec: FailSpec = "SMS=0.05".parse().unwrap();
-        assert_eq!(spec, FailSpec { provider: "sms".into(), rate: 0.05 });
+        assert_eq!(
+            spec,
+            FailSpec {
+                provider: "sms".into(),
+                rate: 0.05
+            }
+        );
         assert!("sms".parse::<FailSpec>().is_err());
         assert!("fax=0.1".parse::<FailSpec>().is_err());
         assert!("sms=2".parse::<FailSpec>().is_err());

@@ -9,35 +9,81 @@ fn a_short_bench_run_reports_every_field_and_writes_plots() {
     let out = tempfile::tempdir().unwrap();
     let output = Command::new(env!("CARGO_BIN_EXE_orderflow"))
         .args([
-            "bench", "--duration-secs", "2", "--warmup-secs", "1", "--users", "4", "--shoppers", "3",
-            "--follow-orders", "3", "--fail-secs", "2", "--fail", "sms=0.5", "--browse-percent", "70", "--out",
+            "bench",
+            "--duration-secs",
+            "2",
+            "--warmup-secs",
+            "1",
+            "--users",
+            "4",
+            "--shoppers",
+            "3",
+            "--follow-orders",
+            "3",
+            "--fail-secs",
+            "2",
+            "--fail",
+            "sms=0.5",
+            "--browse-percent",
+            "70",
+            "--out",
         ])
         .arg(out.path())
         .env("RUST_LOG", "warn")
         .output()
         .expect("orderflow bench runs");
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "bench failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
-    for metric in ["response time p99", "throughput", "catalog reads hitting the DB", "orders failed, failing provider"] {
+    assert!(
+        output.status.success(),
+        "bench failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for metric in [
+        "response time p99",
+        "throughput",
+        "catalog reads hitting the DB",
+        "orders failed, failing provider",
+    ] {
         assert!(stdout.contains(metric), "the table has {metric}:\n{stdout}");
     }
 
-    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(out.path().join("report.json")).unwrap()).unwrap();
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("report.json")).unwrap()).unwrap();
     let architectures = report["architectures"].as_array().unwrap();
     assert_eq!(architectures.len(), 2);
     let (v1, v2) = (&architectures[0], &architectures[1]);
-    assert_eq!((v1["name"].as_str(), v2["name"].as_str()), (Some("v1"), Some("v2")));
+    assert_eq!(
+        (v1["name"].as_str(), v2["name"].as_str()),
+        (Some("v1"), Some("v2"))
+    );
     for arch in architectures {
         assert!(arch["requests"].as_u64().unwrap() > 0, "{arch}");
         assert!(arch["throughput_rps"].as_f64().unwrap() > 0.0);
         let latency = &arch["latency"];
-        let (p50, p99, max) = (latency["p50_ms"].as_f64().unwrap(), latency["p99_ms"].as_f64().unwrap(), latency["max_ms"].as_f64().unwrap());
+        let (p50, p99, max) = (
+            latency["p50_ms"].as_f64().unwrap(),
+            latency["p99_ms"].as_f64().unwrap(),
+            latency["max_ms"].as_f64().unwrap(),
+        );
         assert!(0.0 < p50 && p50 <= p99 && p99 <= max, "{latency}");
-        assert!(arch["error_rate"].as_f64().unwrap() <= 0.01, "no errors without failing providers: {arch}");
+        assert!(
+            arch["error_rate"].as_f64().unwrap() <= 0.01,
+            "no errors without failing providers: {arch}"
+        );
         assert!(arch["db_queries_per_request"].as_f64().unwrap() > 0.0);
-        assert!(arch["confirm_p50_ms"].as_f64().unwrap() > 0.0, "orders were followed to confirmed: {arch}");
-        assert!(arch["email_p50_ms"].as_f64().is_some(), "and to their e-mail: {arch}");
-        assert!(arch["order_failure_rate_with_failing_provider"].as_f64().is_some());
+        assert!(
+            arch["confirm_p50_ms"].as_f64().unwrap() > 0.0,
+            "orders were followed to confirmed: {arch}"
+        );
+        assert!(
+            arch["email_p50_ms"].as_f64().is_some(),
+            "and to their e-mail: {arch}"
+        );
+        assert!(
+            arch["order_failure_rate_with_failing_provider"]
+                .as_f64()
+                .is_some()
+        );
         assert!(arch["failing_phase_orders"].as_u64().unwrap() > 0);
     }
     // The architectures differ the way they must: v1 reads the catalog from the
@@ -46,12 +92,28 @@ fn a_short_bench_run_reports_every_field_and_writes_plots() {
     assert_eq!(v1["catalog_reads_from_db"].as_f64().unwrap(), 1.0);
     assert_eq!(v1["cache_hit_ratio"].as_f64().unwrap(), 0.0);
     assert!(v2["cache_hit_ratio"].as_f64().unwrap() > 0.5, "{v2}");
-    assert!(v1["order_failure_rate_with_failing_provider"].as_f64().unwrap() > 0.0, "{v1}");
-    assert_eq!(v2["order_failure_rate_with_failing_provider"].as_f64().unwrap(), 0.0, "{v2}");
+    assert!(
+        v1["order_failure_rate_with_failing_provider"]
+            .as_f64()
+            .unwrap()
+            > 0.0,
+        "{v1}"
+    );
+    assert_eq!(
+        v2["order_failure_rate_with_failing_provider"]
+            .as_f64()
+            .unwrap(),
+        0.0,
+        "{v2}"
+    );
 
     for plot in ["latency-percentiles.svg", "latency-percentiles.png"] {
         let bytes = std::fs::read(out.path().join(plot)).unwrap();
         assert!(bytes.len() > 1_000, "{plot} has content");
     }
-    assert!(std::fs::read(out.path().join("latency-percentiles.png")).unwrap().starts_with(b"\x89PNG"));
+    assert!(
+        std::fs::read(out.path().join("latency-percentiles.png"))
+            .unwrap()
+            .starts_with(b"\x89PNG")
+    );
 }

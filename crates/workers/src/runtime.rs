@@ -336,7 +336,10 @@ impl Consumer {
             if self.done[index] {
                 continue;
             }
-            match lanes.iter_mut().find(|(key, _)| *key == delivery.envelope.key) {
+            match lanes
+                .iter_mut()
+                .find(|(key, _)| *key == delivery.envelope.key)
+            {
                 Some((_, indexes)) => indexes.push(index),
                 None => lanes.push((delivery.envelope.key.clone(), vec![index])),
             }
@@ -348,19 +351,20 @@ impl Consumer {
             shutdown: &self.shutdown,
         };
         let (this, in_hand) = (&lanes_context, &self.in_hand);
-        let outcomes = futures::future::join_all(lanes.into_iter().map(|(_, indexes)| async move {
-            let mut report = BatchReport::default();
-            let mut finished = Vec::new();
-            for index in indexes {
-                match this.finish_one(&in_hand[index], &mut report).await {
-                    Ok(()) => finished.push(index),
-                    // The rest of this key waits for the next call.
-                    Err(stop) => return (report, finished, Some(stop)),
+        let outcomes =
+            futures::future::join_all(lanes.into_iter().map(|(_, indexes)| async move {
+                let mut report = BatchReport::default();
+                let mut finished = Vec::new();
+                for index in indexes {
+                    match this.finish_one(&in_hand[index], &mut report).await {
+                        Ok(()) => finished.push(index),
+                        // The rest of this key waits for the next call.
+                        Err(stop) => return (report, finished, Some(stop)),
+                    }
                 }
-            }
-            (report, finished, None)
-        }))
-        .await;
+                (report, finished, None)
+            }))
+            .await;
 
         let mut report = BatchReport::default();
         let mut stop = None;
@@ -417,7 +421,6 @@ impl Consumer {
         }
         prefix
     }
-
 }
 
 /// What handling one delivery needs, borrowed from the [`Consumer`] so that
@@ -432,11 +435,7 @@ struct Lanes<'a> {
 
 impl Lanes<'_> {
     /// Handles one delivery: attempts with backoff, then a dead letter.
-    async fn finish_one(
-        &self,
-        delivery: &Delivery,
-        report: &mut BatchReport,
-    ) -> Result<(), Stop> {
+    async fn finish_one(&self, delivery: &Delivery, report: &mut BatchReport) -> Result<(), Stop> {
         let group = self.handler.group();
         let started = Instant::now();
         let mut attempt = 1;
