@@ -33,6 +33,31 @@ if ((${#missing[@]})); then
 fi
 rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup component add rustfmt clippy 2>/dev/null || true
 
+# The API fuzz test (crates/orderflow/tests/fuzz.rs) runs schemathesis from
+# PyPI against the app's OpenAPI document; it fails, never skips, without it.
+SCHEMATHESIS_VERSION=4.32.5
+if ! schemathesis --version 2>/dev/null | grep -q "version $SCHEMATHESIS_VERSION\$"; then
+  if ! need_cmd python3 || ! python3 -m pip --version >/dev/null 2>&1; then
+    if need_cmd apt-get && [ "$(id -u)" = 0 ]; then
+      step "installing python3 and pip"
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-pip
+    else
+      echo "missing: python3 with pip (needed to install schemathesis for the fuzz test)" >&2
+      exit 1
+    fi
+  fi
+  step "installing schemathesis $SCHEMATHESIS_VERSION"
+  python3 -m pip install --quiet "schemathesis==$SCHEMATHESIS_VERSION" ||
+    python3 -m pip install --quiet --break-system-packages "schemathesis==$SCHEMATHESIS_VERSION"
+  hash -r
+  if ! need_cmd schemathesis; then
+    # pip's user or system script dir may not be on PATH yet.
+    PATH="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$HOME/.local/bin:$PATH"
+    export PATH
+  fi
+  schemathesis --version
+fi
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

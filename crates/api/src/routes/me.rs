@@ -47,7 +47,11 @@ pub struct LeaderboardView {
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct LimitParams {
+    /// (Larger values are accepted and clamped to the route's page size; the
+    /// documented range is what parses.)
+    #[param(value_type = Option<i64>, minimum = 0, maximum = 4294967295_i64)]
     pub limit: Option<u32>,
 }
 

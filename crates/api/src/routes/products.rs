@@ -47,8 +47,12 @@ pub struct ProductPageView {
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListParams {
     /// 1..=100, default 20.
+    /// (Larger values are accepted and clamped to the route's page size; the
+    /// documented range is what parses.)
+    #[param(value_type = Option<i64>, minimum = 0, maximum = 4294967295_i64)]
     pub limit: Option<u32>,
     pub cursor: Option<uuid::Uuid>,
 }
