@@ -34,37 +34,20 @@ pub const MAX_PASSWORD_CHARS: usize = 256;
 pub const MAX_NAME_CHARS: usize = 100;
 pub const MAX_EMAIL_CHARS: usize = 254;
 
-/// A small list of passwords that appear at the top of every breach corpus;
-/// they pass the length rule but must still be refused.
-const COMMON_PASSWORDS: &[&str] = &[
-    "1234567890",
-    "12345678910",
-    "123456789a",
-    "0987654321",
-    "1q2w3e4r5t",
-    "qwertyuiop",
-    "1qaz2wsx3edc",
-    "password123",
-    "password1234",
-    "passw0rd123",
-    "iloveyou123",
-    "qwerty12345",
-    "qwerty123456",
-    "abcdefghij",
-    "letmein123",
-    "welcome123",
-    "administrator",
-    "football123",
-    "baseball123",
-    "sunshine123",
-    "princess123",
-    "monkey12345",
-    "dragon12345",
-    "aaaaaaaaaa",
-    "1111111111",
-    "0000000000",
-    "changeme123",
-];
+/// A few hundred passwords (10+ characters, so they pass the length rule)
+/// from the top of public breach corpora, bundled with the binary: checked
+/// in memory, never sent anywhere.
+const COMMON_PASSWORDS: &str = include_str!("common-passwords.txt");
+
+/// True when `password` (any case) is on the bundled list.
+pub fn is_common_password(password: &str) -> bool {
+    let lowered = password.to_lowercase();
+    COMMON_PASSWORDS
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .any(|common| common == lowered)
+}
 
 /// Normalizes and checks an e-mail address: trimmed, lower-cased, one `@`
 /// with something on both sides and a dot in the domain.
@@ -100,8 +83,7 @@ pub fn check_password(password: &str) -> Result<(), ValidationError> {
             format!("must be at most {MAX_PASSWORD_CHARS} characters"),
         ));
     }
-    let lowered = password.to_lowercase();
-    if COMMON_PASSWORDS.contains(&lowered.as_str()) {
+    if is_common_password(password) {
         return Err(ValidationError::new(
             "password",
             "is one of the most common passwords; choose another",
@@ -152,6 +134,24 @@ mod tests {
         assert_eq!(check_password("short").unwrap_err().field, "password");
         assert_eq!(check_password("Password123").unwrap_err().field, "password");
         assert!(check_password("correct horse battery staple").is_ok());
+    }
+
+    #[test]
+    fn the_bundled_list_is_a_few_hundred_long_enough_passwords() {
+        let entries: Vec<&str> = COMMON_PASSWORDS
+            .lines()
+            .filter(|line| !line.is_empty() && !line.starts_with('#'))
+            .collect();
+        assert!(entries.len() >= 300, "{} entries", entries.len());
+        for entry in &entries {
+            assert!(entry.chars().count() >= MIN_PASSWORD_CHARS, "{entry:?}");
+            assert_eq!(*entry, entry.to_lowercase(), "{entry:?} is lower case");
+        }
+        for common in ["Qwertyuiop123", "liverpool2024", "SUNSHINE123!", "iloveyou2025"] {
+            assert!(is_common_password(common), "{common}");
+            assert_eq!(check_password(common).unwrap_err().field, "password");
+        }
+        assert!(!is_common_password("a long enough password"));
     }
 
     #[test]
