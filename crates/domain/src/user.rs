@@ -147,7 +147,12 @@ mod tests {
             assert!(entry.chars().count() >= MIN_PASSWORD_CHARS, "{entry:?}");
             assert_eq!(*entry, entry.to_lowercase(), "{entry:?} is lower case");
         }
-        for common in ["Qwertyuiop123", "liverpool2024", "SUNSHINE123!", "iloveyou2025"] {
+        for common in [
+            "Qwertyuiop123",
+            "liverpool2024",
+            "SUNSHINE123!",
+            "iloveyou2025",
+        ] {
             assert!(is_common_password(common), "{common}");
             assert_eq!(check_password(common).unwrap_err().field, "password");
         }

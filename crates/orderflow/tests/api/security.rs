@@ -583,7 +583,9 @@ fn header(response: &reqwest::Response, name: &str) -> String {
 async fn a_fixed_window_on_login_answers_429_with_every_header() {
     let app = spawn_app_with(&["--rate-limits", "login=ip:fixed:3/1m"]).await;
     for remaining in (0..3).rev() {
-        let response = app.login("nobody@example.com", "wrong password!!", None).await;
+        let response = app
+            .login("nobody@example.com", "wrong password!!", None)
+            .await;
         assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
         assert_eq!(header(&response, "ratelimit-policy"), "\"login\";q=3;w=60");
         assert_eq!(
@@ -591,7 +593,9 @@ async fn a_fixed_window_on_login_answers_429_with_every_header() {
             format!("\"login\";r={remaining};t=60")
         );
     }
-    let refused = app.login("nobody@example.com", "wrong password!!", None).await;
+    let refused = app
+        .login("nobody@example.com", "wrong password!!", None)
+        .await;
     assert_eq!(header(&refused, "ratelimit-policy"), "\"login\";q=3;w=60");
     assert_eq!(header(&refused, "ratelimit"), "\"login\";r=0;t=60");
     let retry: u64 = header(&refused, "retry-after").parse().unwrap();
@@ -599,7 +603,12 @@ async fn a_fixed_window_on_login_answers_429_with_every_header() {
     let body = assert_problem(refused, 429, "rate-limited").await;
     assert!(body["detail"].as_str().unwrap().contains("login"), "{body}");
     // Other groups are not limited by it.
-    let products = app.http.get(app.url("/api/v1/products")).send().await.unwrap();
+    let products = app
+        .http
+        .get(app.url("/api/v1/products"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(products.status(), StatusCode::OK);
     assert!(products.headers().get("ratelimit").is_none());
 }
@@ -694,20 +703,32 @@ async fn deep_json_and_long_strings_are_422_naming_the_limit() {
         .await
         .unwrap();
     let body = assert_problem(response, 422, "input-limit").await;
-    assert!(body["detail"].as_str().unwrap().contains("deeper than 32"), "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("deeper than 32"),
+        "{body}"
+    );
 
     let long = app
         .register("long@example.com", PASSWORD, &"n".repeat(5000))
         .await;
     let body = assert_problem(long, 422, "input-limit").await;
-    assert!(body["detail"].as_str().unwrap().contains("longer than 4096"), "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("longer than 4096"),
+        "{body}"
+    );
 
     // Just under the limits, the ordinary rules answer (the name is too long
     // for a user, which validation names).
     let name = app
         .register("long@example.com", PASSWORD, &"n".repeat(4000))
         .await;
-    assert_eq!(assert_problem(name, 422, "validation").await["field"], "name");
+    assert_eq!(
+        assert_problem(name, 422, "validation").await["field"],
+        "name"
+    );
 }
 
 /// Reads what the server sends until it closes the connection or `limit` passes.
@@ -718,7 +739,8 @@ async fn read_until_closed(
     use tokio::io::AsyncReadExt;
     let mut answer = Vec::new();
     let read = tokio::time::timeout(limit, stream.read_to_end(&mut answer)).await;
-    read.ok().map(|_| String::from_utf8_lossy(&answer).into_owned())
+    read.ok()
+        .map(|_| String::from_utf8_lossy(&answer).into_owned())
 }
 
 #[tokio::test]
