@@ -63,7 +63,7 @@ pub enum KeysCommand {
     /// kid, algorithm, creation time and which key signs; never the secrets.
     List,
     /// Add a key that signs from now on; old keys keep verifying until their
-    /// tokens expire. Restart the server afterwards.
+    /// tokens expire. Then send the server SIGHUP (or restart it).
     Rotate {
         /// eddsa (Ed25519) or hs256 (HMAC-SHA256).
         #[arg(long, default_value = "eddsa")]
@@ -113,12 +113,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let listener = app.bind().await?;
             print_urls(&listener)?;
+            keys::reload_on_sighup(app.auth.clone(), app.settings.data_dir.clone());
             app.run(listener, true, shutdown_on_signal()).await?;
             println!("orderflow stopped cleanly");
         }
         Command::Api => {
             let listener = app.bind().await?;
             print_urls(&listener)?;
+            keys::reload_on_sighup(app.auth.clone(), app.settings.data_dir.clone());
             app.run(listener, false, shutdown_on_signal()).await?;
         }
         Command::Worker { groups } => {
@@ -289,7 +291,9 @@ fn keys_command(settings: &Settings, command: &KeysCommand) -> anyhow::Result<()
             for kid in dropped {
                 println!("dropped expired key {kid}");
             }
-            println!("restart orderflow to sign with it; tokens signed before keep working");
+            println!(
+                "send orderflow SIGHUP (or restart it) to sign with it; tokens signed before keep working"
+            );
         }
         KeysCommand::Prune => {
             let dropped = keys::prune(dir, keep_for)?;

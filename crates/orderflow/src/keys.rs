@@ -8,14 +8,16 @@
 //! older keys keep verifying until every token they signed has expired
 //! (access-token TTL + clock skew after they stopped signing), and are
 //! dropped by the next `keys rotate` or `keys prune`. A running server reads
-//! the file at start: restart it (one process at a time when there are
-//! several) after a rotation.
+//! the file at start and again on SIGHUP ([`reload_on_sighup`]): after a
+//! rotation, send it SIGHUP or restart it (every process, when there are
+//! several).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use orderflow_core::services::auth::{KeyAlgorithm, KeySet, SigningKey};
+use orderflow_core::services::auth::{AuthService, KeyAlgorithm, KeySet, SigningKey};
 
 pub const KEY_FILE: &str = "jwt-keys.json";
 
@@ -50,6 +52,37 @@ pub fn rotate(
     save(data_dir, &keys)?;
     tracing::info!(kid = %key.kid, alg = key.alg.as_str(), dropped = ?dropped_kids, "rotated the JWT signing key");
     Ok((key, dropped_kids))
+}
+
+/// Re-reads the key file whenever the process gets SIGHUP, so a rotation
+/// takes effect without a restart. A file that does not load is reported and
+/// the keys in use stay.
+pub fn reload_on_sighup(auth: Arc<AuthService>, data_dir: PathBuf) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP; key rotations need a restart");
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            match reload(&auth, &data_dir) {
+                Ok(kid) => tracing::info!(signing_kid = %kid, "reloaded the JWT signing keys"),
+                Err(error) => {
+                    tracing::error!(error = %format!("{error:#}"), "reloading the JWT signing keys failed; keeping the current ones")
+                }
+            }
+        }
+    });
+    #[cfg(not(unix))]
+    let _ = (auth, data_dir);
+}
+
+/// Loads the key file into a running service; returns the signing kid.
+pub fn reload(auth: &AuthService, data_dir: &Path) -> anyhow::Result<String> {
+    let keys = load(data_dir)?;
+    auth.reload_keys(&keys)?;
+    Ok(auth.signing_kid())
 }
 
 /// Drops the keys that no longer have live tokens; returns their kids.

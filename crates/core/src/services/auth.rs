@@ -308,8 +308,9 @@ pub struct TokenPair {
 pub struct AuthService {
     store: Arc<dyn Store>,
     revocations: Arc<dyn RevocationList>,
-    /// Newest first: the first key signs.
-    keys: Vec<LoadedKey>,
+    /// Newest first: the first key signs. Swapped whole by
+    /// [`AuthService::reload_keys`]; a request clones the `Arc`, never waits.
+    keys: std::sync::RwLock<Arc<Vec<LoadedKey>>>,
     settings: AuthSettings,
     throttle: LoginThrottle,
 }
@@ -323,6 +324,20 @@ fn session_revocation_id(session_id: uuid::Uuid) -> String {
     format!("sid:{session_id}")
 }
 
+/// Loads a key set, newest (the signer) first.
+fn load_keys(key_set: &KeySet) -> Result<Vec<LoadedKey>, CoreError> {
+    let mut sorted = key_set.keys.clone();
+    sorted.sort_by_key(|key| std::cmp::Reverse(key.created_at));
+    let keys = sorted
+        .iter()
+        .map(SigningKey::load)
+        .collect::<Result<Vec<_>, _>>()?;
+    if keys.is_empty() {
+        return Err(CoreError::Internal("the signing key set is empty".into()));
+    }
+    Ok(keys)
+}
+
 impl AuthService {
     pub fn new(
         store: Arc<dyn Store>,
@@ -330,27 +345,37 @@ impl AuthService {
         key_set: &KeySet,
         settings: AuthSettings,
     ) -> Result<Self, CoreError> {
-        let mut sorted = key_set.keys.clone();
-        sorted.sort_by_key(|key| std::cmp::Reverse(key.created_at));
-        let keys = sorted
-            .iter()
-            .map(SigningKey::load)
-            .collect::<Result<Vec<_>, _>>()?;
-        if keys.is_empty() {
-            return Err(CoreError::Internal("the signing key set is empty".into()));
-        }
         Ok(Self {
             store,
             revocations,
-            keys,
+            keys: std::sync::RwLock::new(Arc::new(load_keys(key_set)?)),
             throttle: LoginThrottle::new(settings.login_throttle.clone()),
             settings,
         })
     }
 
     /// The kid of the key that signs new tokens.
-    pub fn signing_kid(&self) -> &str {
-        &self.keys[0].kid
+    pub fn signing_kid(&self) -> String {
+        self.keys()[0].kid.clone()
+    }
+
+    /// Replaces the key set (after `orderflow keys rotate`, on SIGHUP): new
+    /// tokens are signed with its newest key, and only its keys verify. A
+    /// set that does not load leaves the current one in place.
+    pub fn reload_keys(&self, key_set: &KeySet) -> Result<(), CoreError> {
+        let keys = Arc::new(load_keys(key_set)?);
+        *self
+            .keys
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = keys;
+        Ok(())
+    }
+
+    fn keys(&self) -> Arc<Vec<LoadedKey>> {
+        self.keys
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
     }
 
     pub fn settings(&self) -> &AuthSettings {
@@ -622,8 +647,8 @@ impl AuthService {
         let kid = header
             .kid
             .ok_or_else(|| unauthorized("access token has no key id"))?;
-        let key = self
-            .keys
+        let keys = self.keys();
+        let key = keys
             .iter()
             .find(|k| k.kid == kid)
             .ok_or_else(|| unauthorized("access token was signed with an unknown key"))?;
@@ -690,7 +715,8 @@ impl AuthService {
             iss: self.settings.issuer.clone(),
             aud: self.settings.audience.clone(),
         };
-        let signer = &self.keys[0];
+        let keys = self.keys();
+        let signer = &keys[0];
         let mut header = Header::new(signer.alg);
         header.kid = Some(signer.kid.clone());
         let access_token = jsonwebtoken::encode(&header, &claims, &signer.encoding)

@@ -185,7 +185,17 @@ async fn key_rotation_signs_with_the_new_key_and_old_tokens_keep_working() {
     )
     .unwrap();
     assert!(dropped.is_empty(), "the old key still has live tokens");
-    // A restart picks the new key up.
+    // A reload (what SIGHUP does) picks the new key up in the running app...
+    assert_eq!(
+        keys::reload(&app.app.auth, &app.app.settings.data_dir).unwrap(),
+        new_key.kid
+    );
+    let reloaded = app.tokens(&shopper.email, PASSWORD).await;
+    let header = jsonwebtoken::decode_header(&reloaded.access_token).unwrap();
+    assert_eq!(header.kid.as_deref(), Some(new_key.kid.as_str()));
+    assert_eq!(get_with(&app, &shopper.token).await.status(), StatusCode::OK);
+    assert_eq!(get_with(&app, &reloaded.access_token).await.status(), StatusCode::OK);
+    // ...and so does a restart.
     let restarted = orderflow::App::build(app.app.settings.clone())
         .await
         .unwrap();
