@@ -193,8 +193,14 @@ async fn key_rotation_signs_with_the_new_key_and_old_tokens_keep_working() {
     let reloaded = app.tokens(&shopper.email, PASSWORD).await;
     let header = jsonwebtoken::decode_header(&reloaded.access_token).unwrap();
     assert_eq!(header.kid.as_deref(), Some(new_key.kid.as_str()));
-    assert_eq!(get_with(&app, &shopper.token).await.status(), StatusCode::OK);
-    assert_eq!(get_with(&app, &reloaded.access_token).await.status(), StatusCode::OK);
+    assert_eq!(
+        get_with(&app, &shopper.token).await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        get_with(&app, &reloaded.access_token).await.status(),
+        StatusCode::OK
+    );
     // ...and so does a restart.
     let restarted = orderflow::App::build(app.app.settings.clone())
         .await
