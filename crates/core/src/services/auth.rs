@@ -544,6 +544,14 @@ impl AuthService {
                 user_id,
             } => {
                 tracing::warn!(%session_id, %user_id, "refresh token reuse detected; session revoked");
+                // The store revoked the family's refresh token; its access
+                // tokens (the thief's or the owner's) stop now too.
+                self.revocations
+                    .revoke(
+                        &session_revocation_id(session_id),
+                        self.session_revocation_expiry(),
+                    )
+                    .await?;
                 metrics::counter!("orderflow_refresh_reuse_detected_total").increment(1);
                 Err(CoreError::Unauthorized(
                     "refresh token was already used; the session is revoked".into(),

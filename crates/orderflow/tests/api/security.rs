@@ -384,6 +384,9 @@ async fn a_reused_refresh_token_revokes_the_family_and_its_access_tokens() {
         "unauthorized",
     )
     .await;
+    // ...and every access token of the family, at once.
+    assert_refused(&app, &rotated.access_token, "refresh reuse").await;
+    assert_refused(&app, &shopper.token, "refresh reuse").await;
     // ...and the session is gone from the list.
     let fresh = app.tokens(&shopper.email, PASSWORD).await;
     let listed = sessions(&app, &fresh.access_token).await;
