@@ -74,8 +74,9 @@ pub struct BenchArgs {
     /// Unmeasured seconds before (fills caches and connection pools).
     #[arg(long, default_value_t = 3)]
     pub warmup_secs: u64,
-    /// Shoppers registered for the order requests.
-    #[arg(long, default_value_t = 16)]
+    /// Shoppers registered for the order requests (events of one shopper
+    /// are handled in order, so fewer shoppers means less parallelism).
+    #[arg(long, default_value_t = 100)]
     pub shoppers: usize,
     /// Accepted orders followed to `confirmed` and to the e-mail, per architecture.
     #[arg(long, default_value_t = 40)]
@@ -271,15 +272,17 @@ async fn measure(
     .await;
     bar.finish_and_clear();
     let after = session.shop.metrics().await?;
+    let drained = wait_for_backlog(&session).await?;
     let (confirm, email) = follow_up(&session, &phase, args.follow_orders).await;
     session.server.stop().await?;
-    let report = architecture_report(
+    let mut report = architecture_report(
         architecture,
         &phase,
         &after.since(&before),
         &confirm,
         &email,
     );
+    report.backlog_drain_secs = drained;
     println!(
         "  {} requests in {:.1} s: {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, errors {:.2}%; load generator used {:.2} CPU cores",
         phase.requests,
@@ -328,6 +331,34 @@ fn architecture_report(
         generator_cpu_cores: cores,
         generator_saturated: cores >= 0.9 * Machine::this().cpus as f64,
         ..Default::default()
+    }
+}
+
+/// Waits (up to 5 minutes) until every consumer group has caught up, so the
+/// follow-up sees final states; returns how long that took. Only for servers
+/// the bench started (it knows their admin).
+async fn wait_for_backlog(session: &Session) -> Result<Option<f64>, BenchError> {
+    let Some((email, password)) = &session.server.admin else {
+        return Ok(None);
+    };
+    let token = session.shop.login(email, password).await?;
+    let started = std::time::Instant::now();
+    let bar = spinner("waiting for the consumers to catch up");
+    loop {
+        let lag = session.shop.total_lag(&token).await?;
+        bar.set_message(format!(
+            "waiting for the consumers to catch up: {lag} events behind"
+        ));
+        if lag == 0 {
+            bar.finish_and_clear();
+            return Ok(Some(started.elapsed().as_secs_f64()));
+        }
+        if started.elapsed() > Duration::from_secs(300) {
+            bar.finish_and_clear();
+            println!("  the consumers were still {lag} events behind after 5 minutes");
+            return Ok(None);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 
@@ -389,19 +420,20 @@ async fn follow_up(
     let mut by_shopper: std::collections::HashMap<usize, serde_json::Value> = Default::default();
     for (shopper, id, placed) in created {
         loop {
-            if !by_shopper.contains_key(&shopper) {
-                match session
-                    .shop
-                    .notifications(&session.targets.tokens[shopper])
-                    .await
-                {
-                    Ok(list) => {
-                        by_shopper.insert(shopper, list);
+            let list = match by_shopper.entry(shopper) {
+                std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
+                std::collections::hash_map::Entry::Vacant(entry) => {
+                    match session
+                        .shop
+                        .notifications(&session.targets.tokens[shopper])
+                        .await
+                    {
+                        Ok(list) => entry.insert(list),
+                        Err(_) => break,
                     }
-                    Err(_) => break,
                 }
-            }
-            let sent = by_shopper[&shopper]["items"].as_array().and_then(|items| {
+            };
+            let sent = list["items"].as_array().and_then(|items| {
                 items
                     .iter()
                     .find(|n| n["channel"] == "email" && n["order_id"] == id.to_string())
@@ -452,7 +484,7 @@ async fn failure_phase(
         &format!("{} orders with {}", architecture.name, specs.join(", ")),
         None,
     );
-    let users = args.users.min(16).max(1);
+    let users = args.users.clamp(1, 16);
     let phase = load::run(
         &session.shop,
         session.targets.clone(),

@@ -30,6 +30,8 @@ pub struct ArchitectureReport {
     pub email_p50_ms: Option<f64>,
     pub email_p99_ms: Option<f64>,
     pub followed_orders: usize,
+    /// Seconds after the load stopped until every consumer group had caught up.
+    pub backlog_drain_secs: Option<f64>,
     /// The failing-provider phase: share of order requests that failed.
     pub failure_spec: Vec<String>,
     pub order_failure_rate_with_failing_provider: Option<f64>,
@@ -101,6 +103,9 @@ fn rps(v: f64) -> String {
 fn pct(v: f64) -> String {
     format!("{:.2}%", v * 100.0)
 }
+fn secs(v: f64) -> String {
+    format!("{v:.1} s")
+}
 fn num(v: f64) -> String {
     format!("{v:.2}")
 }
@@ -165,6 +170,12 @@ const ROWS: &[Row] = &[
         value: |r| Some(r.cache_hit_ratio),
         format: pct,
         lower_is_better: false,
+    },
+    Row {
+        metric: "consumer backlog drained after",
+        value: |r| r.backlog_drain_secs,
+        format: secs,
+        lower_is_better: true,
     },
     Row {
         metric: "accepted → confirmed p50",

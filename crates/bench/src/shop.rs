@@ -194,6 +194,42 @@ impl Shop {
             .await?)
     }
 
+    /// An admin's access token.
+    pub async fn login(&self, email: &str, password: &str) -> Result<String, BenchError> {
+        let login: Value = self
+            .http
+            .post(self.url("/api/v1/auth/login"))
+            .json(&json!({"email": email, "password": password, "device": "bench"}))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        login["access_token"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| BenchError::Setup("login answered without a token".into()))
+    }
+
+    /// Events not yet handled, summed over every consumer group (admin only).
+    pub async fn total_lag(&self, admin_token: &str) -> Result<i64, BenchError> {
+        let consumers: Value = self
+            .http
+            .get(self.url("/api/v1/admin/consumers"))
+            .bearer_auth(admin_token)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        Ok(consumers["groups"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|g| g["lag"].as_i64())
+            .sum())
+    }
+
     pub async fn metrics(&self) -> Result<MetricsSnapshot, BenchError> {
         let text = self
             .http

@@ -76,9 +76,13 @@ impl std::fmt::Display for FailSpec {
     }
 }
 
+const ADMIN_EMAIL: &str = "bench-admin@example.com";
+
 /// A running server the bench talks to.
 pub struct Server {
     pub base_url: String,
+    /// Admin credentials of a server the bench started (to read consumer lag).
+    pub admin: Option<(String, String)>,
     child: Option<Child>,
     data_dir: Option<tempfile::TempDir>,
 }
@@ -88,6 +92,7 @@ impl Server {
     pub fn external(base_url: &str) -> Self {
         Self {
             base_url: base_url.trim_end_matches('/').to_owned(),
+            admin: None,
             child: None,
             data_dir: None,
         }
@@ -106,6 +111,7 @@ impl Server {
         let log_path = data_dir.path().join("server.log");
         let log = std::fs::File::create(&log_path)
             .map_err(|e| BenchError::Server(format!("log file: {e}")))?;
+        let admin_password = format!("bench-{}", uuid::Uuid::new_v4().simple());
         let mut command = Command::new(binary);
         command
             .arg("serve")
@@ -118,6 +124,8 @@ impl Server {
             .env("ORDERFLOW_AUTH_RATE_PER_SEC", "0")
             .env("ORDERFLOW_RATE_PER_SEC", "0")
             .env("ORDERFLOW_RATE_LIMITS", "off")
+            .env("ORDERFLOW_ADMIN_EMAIL", ADMIN_EMAIL)
+            .env("ORDERFLOW_ADMIN_PASSWORD", &admin_password)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::from(
@@ -140,6 +148,7 @@ impl Server {
             .map_err(|e| BenchError::Server(format!("starting {}: {e}", binary.display())))?;
         let server = Self {
             base_url: format!("http://127.0.0.1:{port}"),
+            admin: Some((ADMIN_EMAIL.to_owned(), admin_password)),
             child: Some(child),
             data_dir: Some(data_dir),
         };

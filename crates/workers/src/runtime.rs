@@ -47,7 +47,7 @@ pub mod metric {
 
 /// How many deliveries one batch takes at most, unless changed with
 /// [`Consumer::with_batch_size`].
-pub const DEFAULT_BATCH_SIZE: usize = 32;
+pub const DEFAULT_BATCH_SIZE: usize = 64;
 /// How long [`Consumer::run`] waits for new events in one poll. The embedded
 /// log wakes up on append, so this bounds idle round trips, not latency.
 pub const DEFAULT_POLL_WAIT: Duration = Duration::from_secs(1);
