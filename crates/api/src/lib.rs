@@ -16,9 +16,12 @@
 //!   compact `ORDERFLOW_RATE_LIMITS` spec.
 //! - [`hostile`]: limits on hostile input that the body-size limit does not
 //!   cover: JSON nesting depth and string length.
-//! - [`routes`]: one module per resource: auth, products, orders, me
-//!   (notifications, points), leaderboard, admin, health.
-//! - [`openapi`]: the OpenAPI document served at `/openapi.json` and `/docs`.
+//! - [`routes`]: one module per resource: auth (incl. logout-all), products,
+//!   orders, me (notifications, points, sessions per device), leaderboard,
+//!   admin, health.
+//! - [`openapi`]: the OpenAPI document served at `/openapi.json` and `/docs`,
+//!   including the problems any operation can answer (400, 401, 403, 413,
+//!   415, 422, 429), which the schemathesis fuzz run holds it to.
 
 pub mod extract;
 pub mod hostile;
