@@ -32,6 +32,8 @@ pub struct ArchitectureReport {
     pub followed_orders: usize,
     /// Seconds after the load stopped until every consumer group had caught up.
     pub backlog_drain_secs: Option<f64>,
+    /// Events still waiting when the bench stopped waiting (0 when drained).
+    pub backlog_left_after_wait: Option<i64>,
     /// The failing-provider phase: share of order requests that failed.
     pub failure_spec: Vec<String>,
     pub order_failure_rate_with_failing_provider: Option<f64>,
@@ -102,6 +104,9 @@ fn rps(v: f64) -> String {
 }
 fn pct(v: f64) -> String {
     format!("{:.2}%", v * 100.0)
+}
+fn count(v: f64) -> String {
+    format!("{v:.0}")
 }
 fn secs(v: f64) -> String {
     format!("{v:.1} s")
@@ -178,6 +183,12 @@ const ROWS: &[Row] = &[
         lower_is_better: true,
     },
     Row {
+        metric: "events still queued after the wait",
+        value: |r| r.backlog_left_after_wait.map(|n| n as f64),
+        format: count,
+        lower_is_better: true,
+    },
+    Row {
         metric: "accepted → confirmed p50",
         value: |r| r.confirm_p50_ms,
         format: ms,
@@ -242,7 +253,13 @@ impl BenchReport {
             let show = |v: Option<f64>| v.map(row.format).unwrap_or_else(|| "n/a".into());
             let factor = match (b, a) {
                 (Some(b), Some(a)) => improvement(b, a, row.lower_is_better)
-                    .map(|f| format!("{f:.1}×"))
+                    .map(|f| {
+                        if f >= 1.0 {
+                            format!("{f:.1}×")
+                        } else {
+                            format!("{:.1}× worse", 1.0 / f)
+                        }
+                    })
                     .unwrap_or_else(|| if a == b { "same".into() } else { "—".into() }),
                 _ => "—".into(),
             };
