@@ -469,7 +469,10 @@ impl AuthService {
         client_ip: Option<&str>,
     ) -> Result<TokenPair, CoreError> {
         let normalized = user::normalize_email(email).ok();
-        let account_key = format!("account:{}", normalized.as_deref().unwrap_or(email.trim()));
+        // Hashed: a fixed-size key however long the typed e-mail, and no
+        // e-mail addresses held in the throttle's memory.
+        let account = normalized.as_deref().unwrap_or(email.trim());
+        let account_key = format!("account:{}", sha256_hex(account));
         let ip_key = client_ip.map(|ip| format!("ip:{ip}"));
         self.throttle
             .check(&account_key, ip_key.as_deref())
