@@ -69,10 +69,10 @@ pub struct BenchArgs {
     #[arg(long)]
     pub rate: Option<f64>,
     /// Measured seconds per architecture.
-    #[arg(long, default_value_t = 15)]
+    #[arg(long, default_value_t = 10)]
     pub duration_secs: u64,
     /// Unmeasured seconds before (fills caches and connection pools).
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 2)]
     pub warmup_secs: u64,
     /// Shoppers registered for the order requests (events of one shopper
     /// are handled in order, so fewer shoppers means less parallelism).
@@ -85,11 +85,11 @@ pub struct BenchArgs {
     #[arg(long = "fail", default_values = ["sms=0.05"])]
     pub fail: Vec<FailSpec>,
     /// Seconds of order traffic with the failing provider; 0 skips the phase.
-    #[arg(long, default_value_t = 6)]
+    #[arg(long, default_value_t = 5)]
     pub fail_secs: u64,
     /// After the load, wait at most this long for the consumers to catch up
     /// before following orders (a backlog left is reported).
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 10)]
     pub drain_timeout_secs: u64,
     /// Step the open-loop load up until p99 passes the target or errors pass 1%.
     #[arg(long)]
@@ -401,7 +401,7 @@ async fn follow_up(
     // Orders still not final at the deadline count with the time waited so
     // far: a lower bound, so a backlog can only make the figure look better
     // than it is by the deadline, never hide it.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
     let mut created: Vec<(usize, uuid::Uuid, chrono::DateTime<chrono::Utc>)> = Vec::new();
     for (shopper, id) in chosen {
         let token = &session.targets.tokens[shopper];
