@@ -102,19 +102,7 @@ impl Shop {
             if !(registered.status() == StatusCode::CREATED || registered.status() == StatusCode::CONFLICT) {
                 return Err(BenchError::Setup(format!("registering {email}: HTTP {}", registered.status())));
             }
-            let login: Value = self
-                .http
-                .post(self.url("/api/v1/auth/login"))
-                .json(&json!({"email": email, "password": SHOPPER_PASSWORD, "device": "bench"}))
-                .send()
-                .await?
-                .error_for_status()?
-                .json()
-                .await?;
-            login["access_token"]
-                .as_str()
-                .map(str::to_owned)
-                .ok_or_else(|| BenchError::Setup("login answered without a token".into()))
+            self.login(&email, SHOPPER_PASSWORD).await
         });
         // A few at a time: password hashing is deliberately slow.
         use futures::StreamExt;
