@@ -15,7 +15,7 @@ fn a_short_bench_run_reports_every_field_and_writes_plots() {
             "--warmup-secs",
             "1",
             "--users",
-            "4",
+            "2",
             "--shoppers",
             "3",
             "--follow-orders",
@@ -25,7 +25,12 @@ fn a_short_bench_run_reports_every_field_and_writes_plots() {
             "--fail",
             "sms=0.5",
             "--browse-percent",
-            "70",
+            "80",
+            // Wait for the consumers to finish everything (bounded), so the
+            // followed orders have their confirmation and e-mail whatever the
+            // machine's speed; the figures themselves are not asserted.
+            "--drain-timeout-secs",
+            "240",
             "--out",
         ])
         .arg(out.path())
