@@ -126,37 +126,15 @@ fn latency_chart<DB: DrawingBackend>(
         .label_style(("sans-serif", 14))
         .draw()
         .map_err(|e| e.to_string())?;
-    for (index, arch) in report.architectures.iter().enumerate() {
-        let color = COLORS[index % COLORS.len()];
-        let points: Vec<(usize, f64)> = arch
+    let lines = report.architectures.iter().map(|arch| {
+        let points = arch
             .percentiles
             .iter()
             .enumerate()
-            .map(|(i, (_, v))| (i, v.max(0.01)))
-            .collect();
-        chart
-            .draw_series(LineSeries::new(points.clone(), color.stroke_width(3)))
-            .map_err(|e| e.to_string())?
-            .label(arch.label.clone())
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3))
-            });
-        chart
-            .draw_series(
-                points
-                    .into_iter()
-                    .map(|p| Circle::new(p, 4, color.filled())),
-            )
-            .map_err(|e| e.to_string())?;
-    }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.9))
-        .border_style(BLACK)
-        .label_font(("sans-serif", 16))
-        .position(SeriesLabelPosition::UpperLeft)
-        .draw()
-        .map_err(|e| e.to_string())
+            .map(|(i, (_, v))| (i, v.max(0.01)));
+        (arch.label.clone(), points.collect())
+    });
+    draw_lines(&mut chart, lines.collect())
 }
 
 #[derive(Clone, Copy)]
@@ -205,17 +183,37 @@ fn sweep_chart<DB: DrawingBackend>(
         .label_style(("sans-serif", 14))
         .draw()
         .map_err(|e| e.to_string())?;
-    for (index, arch) in report.architectures.iter().enumerate() {
-        let color = COLORS[index % COLORS.len()];
-        let points: Vec<(f64, f64)> = arch
+    let lines = report.architectures.iter().map(|arch| {
+        let points = arch
             .sweep
             .iter()
-            .map(|s| (s.offered_rps, value(s).max(0.1)))
-            .collect();
+            .map(|s| (s.offered_rps, value(s).max(0.1)));
+        (arch.label.clone(), points.collect())
+    });
+    draw_lines(&mut chart, lines.collect())
+}
+
+/// A labelled series of (x, y) points.
+type Line<X, Y> = (String, Vec<(X, Y)>);
+
+/// One line with dots per architecture, in the architecture's colour, and the legend.
+fn draw_lines<'a, DB, X, Y>(
+    chart: &mut ChartContext<'a, DB, Cartesian2d<X, Y>>,
+    lines: Vec<Line<X::ValueType, Y::ValueType>>,
+) -> Result<(), String>
+where
+    DB: DrawingBackend + 'a,
+    X: Ranged,
+    Y: Ranged,
+    X::ValueType: Clone + 'static,
+    Y::ValueType: Clone + 'static,
+{
+    for (index, (label, points)) in lines.into_iter().enumerate() {
+        let color = COLORS[index % COLORS.len()];
         chart
             .draw_series(LineSeries::new(points.clone(), color.stroke_width(3)))
             .map_err(|e| e.to_string())?
-            .label(arch.label.clone())
+            .label(label)
             .legend(move |(x, y)| {
                 PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3))
             });
