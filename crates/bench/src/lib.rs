@@ -189,6 +189,23 @@ struct Session {
     targets: Arc<Targets>,
 }
 
+impl Session {
+    /// Runs one load phase behind a progress bar (with a length when the
+    /// open loop knows how many requests are due).
+    async fn run(&self, label: &str, plan: &Plan) -> PhaseResult {
+        let expected = match plan.pacing {
+            Pacing::Open { rate_per_sec } => {
+                Some((rate_per_sec * plan.duration.as_secs_f64()) as u64)
+            }
+            Pacing::Closed { .. } => None,
+        };
+        let bar = load_bar(label, expected);
+        let phase = load::run(&self.shop, self.targets.clone(), plan, &bar).await;
+        bar.finish_and_clear();
+        phase
+    }
+}
+
 async fn start_session(
     args: &BenchArgs,
     binary: &std::path::Path,
@@ -241,40 +258,24 @@ async fn measure(
     let session = start_session(args, binary, architecture, &[], args.shoppers, run_id).await?;
     let pacing = pacing(args);
     if args.warmup_secs > 0 {
-        let bar = load_bar("warming up", None);
-        load::run(
-            &session.shop,
-            session.targets.clone(),
-            &plan(
-                args,
-                args.workload,
-                pacing,
-                Duration::from_secs(args.warmup_secs),
-            ),
-            &bar,
-        )
-        .await;
-        bar.finish_and_clear();
-    }
-    let before = session.shop.metrics().await?;
-    let expected = match pacing {
-        Pacing::Open { rate_per_sec } => Some((rate_per_sec * args.duration_secs as f64) as u64),
-        Pacing::Closed { .. } => None,
-    };
-    let bar = load_bar(&format!("{} load", architecture.name), expected);
-    let phase = load::run(
-        &session.shop,
-        session.targets.clone(),
-        &plan(
+        let warmup = plan(
             args,
             args.workload,
             pacing,
-            Duration::from_secs(args.duration_secs),
-        ),
-        &bar,
-    )
-    .await;
-    bar.finish_and_clear();
+            Duration::from_secs(args.warmup_secs),
+        );
+        session.run("warming up", &warmup).await;
+    }
+    let before = session.shop.metrics().await?;
+    let measured = plan(
+        args,
+        args.workload,
+        pacing,
+        Duration::from_secs(args.duration_secs),
+    );
+    let phase = session
+        .run(&format!("{} load", architecture.name), &measured)
+        .await;
     let after = session.shop.metrics().await?;
     let (drained, left) =
         wait_for_backlog(&session, Duration::from_secs(args.drain_timeout_secs)).await?;
@@ -501,24 +502,15 @@ async fn failure_phase(
         &format!("{run_id}f"),
     )
     .await?;
-    let bar = load_bar(
-        &format!("{} orders with {}", architecture.name, specs.join(", ")),
-        None,
-    );
     let users = args.users.clamp(1, 16);
-    let phase = load::run(
-        &session.shop,
-        session.targets.clone(),
-        &plan(
-            args,
-            Workload::Order,
-            Pacing::Closed { users },
-            Duration::from_secs(args.fail_secs),
-        ),
-        &bar,
-    )
-    .await;
-    bar.finish_and_clear();
+    let orders = plan(
+        args,
+        Workload::Order,
+        Pacing::Closed { users },
+        Duration::from_secs(args.fail_secs),
+    );
+    let label = format!("{} orders with {}", architecture.name, specs.join(", "));
+    let phase = session.run(&label, &orders).await;
     session.server.stop().await?;
     println!(
         "  failing {}: {} orders, {:.2}% failed",
@@ -552,23 +544,14 @@ async fn sweep(
     let mut rate = 25.0;
     let step = Duration::from_secs(args.sweep_step_secs.max(1));
     while rate <= 25_600.0 {
-        let bar = load_bar(
-            &format!("{} sweep at {rate:.0} req/s", architecture.name),
-            Some((rate * step.as_secs_f64()) as u64),
+        let offered = plan(
+            args,
+            args.workload,
+            Pacing::Open { rate_per_sec: rate },
+            step,
         );
-        let phase = load::run(
-            &session.shop,
-            session.targets.clone(),
-            &plan(
-                args,
-                args.workload,
-                Pacing::Open { rate_per_sec: rate },
-                step,
-            ),
-            &bar,
-        )
-        .await;
-        bar.finish_and_clear();
+        let label = format!("{} sweep at {rate:.0} req/s", architecture.name);
+        let phase = session.run(&label, &offered).await;
         let p99 = phase.all.quantile_ms(0.99);
         let held = p99 <= args.sweep_p99_target_ms && phase.error_rate() <= 0.01;
         println!(
