@@ -10,6 +10,9 @@
 //! - [`providers`]: payment, e-mail, SMS and push: real adapters (SMTP, HTTP
 //!   webhooks) and the simulated provider with configurable latency and failure rate.
 
+pub mod kafka;
 pub mod memory;
+pub mod postgres;
 pub mod providers;
+pub mod redis;
 pub mod sqlite;

@@ -3,6 +3,7 @@
 //! scenarios every adapter of a port must pass.
 
 pub mod log;
+pub mod outbox;
 pub mod providers;
 pub mod rate_limit;
 pub mod revocations;

@@ -1,0 +1,67 @@
+//! The outbox, as the relay sees it (only used when the event log is Kafka).
+//!
+//! Use cases and consumers append events inside their own transaction
+//! ([`StoreTx::append`](crate::ports::store::StoreTx::append)). With the
+//! embedded log those rows *are* the log. With Kafka they wait in the outbox
+//! table until a relay publishes them: the relay claims a batch of unsent rows
+//! (rows another relay holds are skipped, so several relays may run at once),
+//! publishes them, and marks them sent only after the broker acknowledged
+//! every one. A relay killed in between leaves the rows unsent; the next one
+//! publishes them again, and consumers skip the duplicates by event id.
+
+use async_trait::async_trait;
+use orderflow_domain::Timestamp;
+use orderflow_domain::events::Envelope;
+use serde::{Deserialize, Serialize};
+
+use crate::ports::store::StoreResult;
+
+/// Where a store puts the events that units of work append.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EventDestination {
+    /// Into the embedded log (a table of the same database): appended rows
+    /// are the log, consumers read them directly. The zero-setup default.
+    #[default]
+    EmbeddedLog,
+    /// Into the outbox table, for a relay to publish to Kafka.
+    Outbox,
+}
+
+/// One unsent outbox row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxEvent {
+    /// Append order (a database sequence): relays publish in this order.
+    pub seq: i64,
+    pub topic: String,
+    /// The partition key (the user id for order events).
+    pub key: String,
+    pub envelope: Envelope,
+    pub created_at: Timestamp,
+}
+
+/// How far behind the relay is.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+pub struct OutboxBacklog {
+    /// Rows not yet acknowledged by the broker.
+    pub unsent: i64,
+    /// Age of the oldest unsent row in seconds (0 when none).
+    pub oldest_age_seconds: f64,
+}
+
+#[async_trait]
+pub trait Outbox: Send + Sync + 'static {
+    /// Claims up to `limit` unsent rows, oldest first. Rows claimed by another
+    /// live batch are skipped (PostgreSQL: `FOR UPDATE SKIP LOCKED`). The claim
+    /// lasts until the batch is marked sent or dropped.
+    async fn claim(&self, limit: usize) -> StoreResult<Box<dyn OutboxBatch>>;
+    async fn backlog(&self) -> StoreResult<OutboxBacklog>;
+}
+
+/// A claimed batch. Dropping it without [`OutboxBatch::mark_sent`] releases
+/// the rows unsent.
+#[async_trait]
+pub trait OutboxBatch: Send {
+    fn events(&self) -> &[OutboxEvent];
+    /// Marks the rows with these `seq`s sent and releases the claim.
+    async fn mark_sent(self: Box<Self>, seqs: &[i64]) -> StoreResult<()>;
+}
