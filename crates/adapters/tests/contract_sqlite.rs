@@ -6,8 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use orderflow_adapters::sqlite::SqliteStore;
-use orderflow_core::contract::{self, log as log_contract, store as store_contract};
+use orderflow_core::contract::{
+    self, log as log_contract, outbox as outbox_contract, store as store_contract,
+};
 use orderflow_core::ports::log::EventLog;
+use orderflow_core::ports::outbox::{EventDestination, Outbox};
 use orderflow_core::ports::store::Store;
 use orderflow_domain::events::topics;
 use tempfile::TempDir;
@@ -77,7 +80,70 @@ mod log {
     );
 }
 
+macro_rules! outbox_scenario {
+    ($($name:ident),* $(,)?) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn $name() {
+            let (_dir, store) = fresh().await;
+            let store = store.with_event_destination(EventDestination::Outbox);
+            let outbox: Arc<dyn Outbox> = Arc::new(store.outbox());
+            outbox_contract::$name(Arc::new(store), outbox).await;
+        }
+    )*};
+}
+
+mod outbox {
+    use super::*;
+
+    outbox_scenario!(
+        claim_sees_only_committed,
+        claim_limit_takes_oldest,
+        marked_rows_never_come_back,
+        dropped_batch_leaves_rows_unsent,
+        live_claims_do_not_overlap,
+        backlog_counts_and_age,
+        relay_marks_only_after_ack,
+    );
+}
+
 // --- SQLite-specific ------------------------------------------------------
+
+/// With the outbox as destination, appended events go to the outbox and not
+/// to the embedded log (and the reverse by default).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn outbox_destination_bypasses_the_embedded_log() {
+    let (_dir, store) = fresh().await;
+    let kafka_mode: Arc<dyn Store> = Arc::new(
+        store
+            .clone()
+            .with_event_destination(EventDestination::Outbox),
+    );
+    let embedded: Arc<dyn Store> = Arc::new(store.clone());
+    let event = contract::user_registered(uuid::Uuid::now_v7());
+    contract::append_committed(&kafka_mode, std::slice::from_ref(&event)).await;
+    let in_log: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM event_log")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(in_log, 0, "outbox mode must not write the embedded log");
+    assert_eq!(store.outbox().backlog().await.unwrap().unsent, 1);
+
+    contract::append_committed(
+        &embedded,
+        &[contract::user_registered(uuid::Uuid::now_v7())],
+    )
+    .await;
+    let in_log: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM event_log")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(in_log, 1, "the default store appends to the embedded log");
+    assert_eq!(
+        store.outbox().backlog().await.unwrap().unsent,
+        1,
+        "and not to the outbox"
+    );
+}
 
 /// Another process (here: a second pool with its own wake-up channel) appends;
 /// nothing signals this process, but a poll still sees the event once its

@@ -14,6 +14,9 @@
 //!   stock, idempotency, read models, the outbox append.
 //! - [`log`]: [`SqliteEventLog`] and [`SqliteSubscription`]: consumer groups
 //!   reading the `event_log` table, with in-process wake-ups on commit.
+//! - [`outbox`]: [`SqliteOutbox`], the `outbox` table that units of work
+//!   append to instead of `event_log` when the log is Kafka
+//!   ([`SqliteStore::with_event_destination`]), drained by the relay.
 //! - `rows`: decoding rows into domain types.
 //!
 //! Why the writes look the way they do: SQLite has a single writer. A
@@ -39,6 +42,7 @@
 //! unix microseconds, money is INTEGER cents.
 
 pub mod log;
+pub mod outbox;
 mod rows;
 pub mod store;
 pub mod tx;
@@ -47,6 +51,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use orderflow_core::ports::outbox::EventDestination;
 use orderflow_core::ports::store::{StoreError, StoreResult};
 use orderflow_domain::Timestamp;
 use orderflow_domain::events::topics;
@@ -57,6 +62,7 @@ use sqlx::{Sqlite, Transaction};
 use tokio::sync::{Mutex, OwnedMutexGuard, watch};
 
 pub use log::{SqliteEventLog, SqliteSubscription, partition_for};
+pub use outbox::SqliteOutbox;
 pub use tx::SqliteTx;
 
 /// Partitions per topic when the caller does not choose.
@@ -92,6 +98,12 @@ pub(crate) struct Inner {
     /// Bumped after every commit that appended events; subscriptions wait on
     /// it instead of polling the table on a timer.
     pub(crate) wake: watch::Sender<u64>,
+    /// Where units of work append events: the `event_log` table (the
+    /// embedded log) or the `outbox` table (for the Kafka relay).
+    pub(crate) destination: EventDestination,
+    /// Outbox rows held by live relay batches of this process (see
+    /// [`outbox`]); shared by every clone so that relays skip each other's rows.
+    pub(crate) claimed: Arc<std::sync::Mutex<std::collections::BTreeSet<i64>>>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -151,8 +163,38 @@ impl SqliteStore {
                 partitions,
                 writer: Arc::new(Mutex::new(())),
                 wake,
+                destination: EventDestination::default(),
+                claimed: Arc::default(),
             }),
         })
+    }
+
+    /// The same database with units of work appending events to
+    /// `destination`: the embedded log (the default) or the outbox, which a
+    /// relay drains to Kafka. The pool, writer lock and wake-ups stay shared
+    /// with `self`'s other clones.
+    pub fn with_event_destination(self, destination: EventDestination) -> Self {
+        let inner = Inner {
+            pool: self.inner.pool.clone(),
+            partitions: self.inner.partitions,
+            writer: self.inner.writer.clone(),
+            wake: self.inner.wake.clone(),
+            destination,
+            claimed: self.inner.claimed.clone(),
+        };
+        SqliteStore {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// Where this store's units of work append events.
+    pub fn event_destination(&self) -> EventDestination {
+        self.inner.destination
+    }
+
+    /// The outbox of this database, as the relay sees it.
+    pub fn outbox(&self) -> SqliteOutbox {
+        SqliteOutbox::new(self.inner.clone())
     }
 
     /// The connection pool, for tools and tests that need raw SQL.

@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use orderflow_core::ports::outbox::EventDestination;
 use orderflow_core::ports::store::{
     DeadLetter, IdempotencyClaim, IdempotencyRecord, NotificationRecord, PaymentRecord,
     Reservation, StoreError, StoreResult, StoreTx, UserRecord,
@@ -449,6 +450,26 @@ impl StoreTx for SqliteTx {
 
     async fn append(&mut self, events: &[Envelope]) -> StoreResult<()> {
         let now = micros(chrono::Utc::now());
+        if self.inner.destination == EventDestination::Outbox {
+            // Kafka mode: the rows wait in the outbox for a relay. Partitions
+            // and offsets are the broker's business, so nothing else to do;
+            // the events count as published once the broker acknowledged them.
+            for event in events {
+                count("append_outbox");
+                sqlx::query(
+                    "INSERT INTO outbox (topic, key, event_id, payload, created_at) VALUES (?, ?, ?, ?, ?)",
+                )
+                .bind(event.topic())
+                .bind(&event.key)
+                .bind(uid(event.id))
+                .bind(event.to_json().to_string())
+                .bind(now)
+                .execute(&mut *self.writer.tx)
+                .await
+                .map_err(db_err)?;
+            }
+            return Ok(());
+        }
         for event in events {
             let topic = event.topic();
             let partition = partition_for(&event.key, self.inner.partitions);

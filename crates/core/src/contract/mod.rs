@@ -16,6 +16,9 @@
 //! - [`store`]: the database port ([`Store`] and [`StoreTx`](crate::ports::store::StoreTx)).
 //! - [`log`]: the event-log port ([`EventLog`](crate::ports::log::EventLog)),
 //!   with events appended through a [`Store`] unit of work, as in production.
+//! - [`outbox`]: the outbox port ([`Outbox`](crate::ports::outbox::Outbox)),
+//!   fed by a [`Store`] whose units of work append to the outbox
+//!   ([`EventDestination::Outbox`](crate::ports::outbox::EventDestination)).
 //!
 //! Rules the scenarios keep, so that every adapter can run them:
 //! - Each scenario expects a freshly migrated, empty store (and log): counts,
@@ -28,6 +31,7 @@
 //!   are correctness tests, and speed is measured by benchmarks.
 
 pub mod log;
+pub mod outbox;
 pub mod store;
 
 use std::sync::Arc;

@@ -14,6 +14,7 @@ use orderflow_domain::Timestamp;
 use orderflow_domain::events::Envelope;
 use serde::{Deserialize, Serialize};
 
+use crate::ports::log::LogResult;
 use crate::ports::store::StoreResult;
 
 /// Where a store puts the events that units of work append.
@@ -64,4 +65,17 @@ pub trait OutboxBatch: Send {
     fn events(&self) -> &[OutboxEvent];
     /// Marks the rows with these `seq`s sent and releases the claim.
     async fn mark_sent(self: Box<Self>, seqs: &[i64]) -> StoreResult<()>;
+}
+
+/// Where the relay sends claimed rows: the event log's producing side (Kafka
+/// in production). Kept apart from [`EventLog`](crate::ports::log::EventLog),
+/// which is the consuming side, so the core never sees a Kafka type.
+#[async_trait]
+pub trait EventPublisher: Send + Sync + 'static {
+    /// Publishes `events` (to `event.topic`, keyed by `event.key`, in the
+    /// given order per key) and returns only once the log acknowledged every
+    /// one of them durably. Any failure fails the whole call: the relay then
+    /// marks nothing, and the rows are published again later (consumers skip
+    /// the copies that did arrive, by event id).
+    async fn publish(&self, events: &[OutboxEvent]) -> LogResult<()>;
 }

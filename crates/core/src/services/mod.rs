@@ -6,3 +6,4 @@ pub mod catalog;
 pub mod effects;
 pub mod orders;
 pub mod queries;
+pub mod relay;

@@ -1,0 +1,169 @@
+//! [`SqliteOutbox`]: the `outbox` table as the relay sees it
+//! ([`Outbox`] port).
+//!
+//! When the event log is Kafka, units of work append their events here
+//! instead of to `event_log` ([`SqliteStore::with_event_destination`](super::SqliteStore::with_event_destination)),
+//! in the same transaction as the effect that caused them. A relay claims a
+//! batch, publishes it, and marks it sent, which *deletes* the rows: once the
+//! broker has acknowledged an event, Kafka is its record, and the table holds
+//! exactly the backlog.
+//!
+//! How claims work, and why. PostgreSQL holds a claim with `FOR UPDATE SKIP
+//! LOCKED` in an open transaction. SQLite has no row locks: holding its one
+//! write lock from claim to mark would stop every order from being placed
+//! while the relay waits for the broker. So a claim here is a plain read
+//! (WAL: it never blocks writers, and sees only committed rows) plus an entry
+//! in an in-process set of held `seq`s that every clone of the store shares;
+//! later claims skip the held rows, and dropping the batch releases them.
+//! Several relays in one process therefore never publish the same row twice.
+//! Relays in *different* processes on one SQLite file do not see each
+//! other's claims and may both publish a row: harmless, since consumers skip
+//! a redelivered event by id, and running several relays only makes sense
+//! with PostgreSQL anyway.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use orderflow_core::ports::outbox::{Outbox, OutboxBacklog, OutboxBatch, OutboxEvent};
+use orderflow_core::ports::store::{StoreError, StoreResult};
+
+use super::{Inner, count, db_err, micros, rows};
+
+/// The outbox of one SQLite database. Made by
+/// [`SqliteStore::outbox`](super::SqliteStore::outbox); cheap to clone.
+#[derive(Clone)]
+pub struct SqliteOutbox {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for SqliteOutbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteOutbox").finish_non_exhaustive()
+    }
+}
+
+impl SqliteOutbox {
+    pub(crate) fn new(inner: Arc<Inner>) -> Self {
+        Self { inner }
+    }
+}
+
+/// Locks the set of held rows. A panic while holding it cannot leave it
+/// inconsistent (every update is a single insert or remove), so a poisoned
+/// lock is simply taken over.
+fn held(claimed: &Mutex<BTreeSet<i64>>) -> std::sync::MutexGuard<'_, BTreeSet<i64>> {
+    claimed
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn json_seqs<'a>(seqs: impl IntoIterator<Item = &'a i64>) -> String {
+    serde_json::Value::from(seqs.into_iter().copied().collect::<Vec<i64>>()).to_string()
+}
+
+#[async_trait]
+impl Outbox for SqliteOutbox {
+    async fn claim(&self, limit: usize) -> StoreResult<Box<dyn OutboxBatch>> {
+        let skip = json_seqs(held(&self.inner.claimed).iter());
+        count("outbox_claim");
+        let found = sqlx::query(
+            r#"SELECT seq, topic, key, payload, created_at FROM outbox
+               WHERE seq NOT IN (SELECT value FROM json_each(?))
+               ORDER BY seq LIMIT ?"#,
+        )
+        .bind(&skip)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.inner.pool)
+        .await
+        .map_err(db_err)?;
+
+        let mut events = Vec::with_capacity(found.len());
+        for row in &found {
+            let seq = rows::int(row, "seq")?;
+            let payload = rows::text(row, "payload")?;
+            let envelope = rows::envelope(&payload).map_err(|e| {
+                StoreError::Corrupt(format!("outbox row {seq} cannot be decoded: {e}"))
+            })?;
+            events.push(OutboxEvent {
+                seq,
+                topic: rows::text(row, "topic")?,
+                key: rows::text(row, "key")?,
+                envelope,
+                created_at: rows::time(row, "created_at")?,
+            });
+        }
+        // Another relay of this process may have claimed some of these rows
+        // between our snapshot of the held set and now: keep only the rows
+        // this batch is the first to hold.
+        {
+            let mut claimed = held(&self.inner.claimed);
+            events.retain(|event| claimed.insert(event.seq));
+        }
+        Ok(Box::new(SqliteOutboxBatch {
+            inner: self.inner.clone(),
+            events,
+        }))
+    }
+
+    async fn backlog(&self) -> StoreResult<OutboxBacklog> {
+        count("outbox_backlog");
+        let row = sqlx::query("SELECT COUNT(*) AS unsent, MIN(created_at) AS oldest FROM outbox")
+            .fetch_one(&self.inner.pool)
+            .await
+            .map_err(db_err)?;
+        let unsent = rows::int(&row, "unsent")?;
+        let oldest: Option<i64> = sqlx::Row::try_get(&row, "oldest").map_err(db_err)?;
+        let oldest_age_seconds = match oldest {
+            Some(oldest) => {
+                let age = micros(chrono::Utc::now()).saturating_sub(oldest);
+                (age.max(0) as f64) / 1e6
+            }
+            None => 0.0,
+        };
+        Ok(OutboxBacklog {
+            unsent,
+            oldest_age_seconds,
+        })
+    }
+}
+
+/// Rows held by one relay until it marks them sent or drops the batch.
+struct SqliteOutboxBatch {
+    inner: Arc<Inner>,
+    events: Vec<OutboxEvent>,
+}
+
+impl Drop for SqliteOutboxBatch {
+    fn drop(&mut self) {
+        let mut claimed = held(&self.inner.claimed);
+        for event in &self.events {
+            claimed.remove(&event.seq);
+        }
+    }
+}
+
+#[async_trait]
+impl OutboxBatch for SqliteOutboxBatch {
+    fn events(&self) -> &[OutboxEvent] {
+        &self.events
+    }
+
+    async fn mark_sent(self: Box<Self>, seqs: &[i64]) -> StoreResult<()> {
+        if seqs.is_empty() {
+            return Ok(());
+        }
+        // One statement: the writer lock alone makes it atomic (see the
+        // module docs of `sqlite`). Deleting a row that is already gone (a
+        // retried mark) deletes nothing, which is what marking twice means.
+        let _writer = self.inner.write_lock().await?;
+        count("outbox_mark_sent");
+        sqlx::query("DELETE FROM outbox WHERE seq IN (SELECT value FROM json_each(?))")
+            .bind(json_seqs(seqs))
+            .execute(&self.inner.pool)
+            .await
+            .map_err(db_err)?;
+        // Dropping `self` releases the claim.
+        Ok(())
+    }
+}
