@@ -425,3 +425,83 @@ async fn lookups_are_served_from_memory_and_a_failed_write_revokes_nothing() {
     );
     assert!(!revocations.is_revoked("after").await.unwrap());
 }
+
+// --- the contract scenarios, on real time ---
+
+mod contract_scenarios {
+    use orderflow_adapters::memory::InProcessSharedCache;
+    use orderflow_core::contract;
+    use orderflow_core::ports::cache::SharedCache;
+
+    use super::*;
+
+    macro_rules! cache_scenario {
+        ($($name:ident),* $(,)?) => {$(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $name() {
+                let cache: Arc<dyn SharedCache> = Arc::new(InProcessSharedCache::new());
+                contract::cache::$name(cache).await;
+            }
+        )*};
+    }
+
+    macro_rules! rate_limit_scenario {
+        ($($name:ident),* $(,)?) => {$(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $name() {
+                let limiter: Arc<dyn RateLimiter> = Arc::new(InProcessRateLimiter::new());
+                contract::rate_limit::$name(limiter).await;
+            }
+        )*};
+    }
+
+    mod cache {
+        use super::*;
+        cache_scenario!(
+            values,
+            values_expire,
+            locks,
+            locks_expire,
+            lock_is_exclusive_under_contention,
+            invalidations_reach_every_subscriber,
+        );
+    }
+
+    mod rate_limit {
+        use super::*;
+        rate_limit_scenario!(
+            fixed_window,
+            token_bucket,
+            leaky_bucket,
+            concurrent_checks_never_overspend,
+        );
+    }
+
+    mod revocations {
+        use super::*;
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn revoke_and_check() {
+            let (_dir, store) = store().await;
+            let list = Arc::new(DbBackedRevocations::load(store.clone()).await.unwrap());
+            contract::revocations::revoke_and_check(list, store).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn entries_follow_the_token_expiry() {
+            let (_dir, store) = store().await;
+            let list = Arc::new(DbBackedRevocations::load(store).await.unwrap());
+            contract::revocations::entries_follow_the_token_expiry(list).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn a_new_instance_remembers() {
+            let (_dir, store) = store().await;
+            let first = Arc::new(DbBackedRevocations::load(store.clone()).await.unwrap());
+            contract::revocations::a_new_instance_remembers(first, || async move {
+                Arc::new(DbBackedRevocations::load(store).await.unwrap()) as Arc<dyn RevocationList>
+            })
+            .await;
+        }
+    }
+}

@@ -5,11 +5,15 @@
 //!   and stored in the database, so a restart forgets nothing.
 //! - [`InProcessRateLimiter`]: fixed-window, token-bucket and leaky-bucket
 //!   limits per (policy, key), with bounded memory.
+//! - [`InProcessSharedCache`]: the shared-cache port (values, locks, pub/sub)
+//!   within one process, so the cache contract has an embedded adapter.
 //!
 //! With one process, memory is as good as a shared store, and costs no setup.
 
+pub mod cache;
 pub mod rate_limit;
 pub mod revocations;
 
+pub use cache::InProcessSharedCache;
 pub use rate_limit::InProcessRateLimiter;
 pub use revocations::DbBackedRevocations;

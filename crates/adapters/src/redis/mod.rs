@@ -1,1 +1,26 @@
-//! (being written)
+//! Redis adapters: the scaled setup's shared cache, rate limiter and
+//! revocation list (DESIGN.md §3), on a standalone server or a cluster.
+//!
+//! Rule kept everywhere (from the notes): Redis may lose everything at any
+//! moment. Nothing here is the source of truth; what must survive is in the
+//! database, and every adapter keeps answering while Redis is down.
+//!
+//! Map:
+//! - [`connection`]: [`RedisSettings`] and [`RedisConnection`], one handle
+//!   for commands, Lua scripts and pub/sub, chosen by URL (`redis://`,
+//!   `rediss://`, `redis+cluster://`), with a key prefix and short timeouts.
+//! - [`cache`]: [`RedisSharedCache`], the catalog's L2 (values, locks for
+//!   request collapsing across processes, invalidations over pub/sub).
+//! - [`rate_limit`]: [`RedisRateLimiter`], each algorithm one atomic script.
+//! - [`revocations`]: [`RedisRevocations`], revoked token ids with `PXAT`,
+//!   backed by the database and rebuilt when Redis comes back empty.
+
+pub mod cache;
+pub mod connection;
+pub mod rate_limit;
+pub mod revocations;
+
+pub use cache::RedisSharedCache;
+pub use connection::{RedisConfigError, RedisConnection, RedisSettings};
+pub use rate_limit::RedisRateLimiter;
+pub use revocations::{RebuildError, RedisRevocations};

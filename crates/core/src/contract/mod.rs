@@ -16,6 +16,13 @@
 //! - [`store`]: the database port ([`Store`] and [`StoreTx`](crate::ports::store::StoreTx)).
 //! - [`log`]: the event-log port ([`EventLog`](crate::ports::log::EventLog)),
 //!   with events appended through a [`Store`] unit of work, as in production.
+//! - [`cache`]: the shared cache ([`SharedCache`](crate::ports::cache::SharedCache)):
+//!   values with a TTL, token-checked locks, invalidations over pub/sub.
+//! - [`rate_limit`]: each algorithm's promises
+//!   ([`RateLimiter`](crate::ports::rate_limit::RateLimiter)), on real time.
+//! - [`revocations`]: the revocation list
+//!   ([`RevocationList`](crate::ports::revocations::RevocationList)) and its
+//!   database backing.
 //! - [`outbox`]: the outbox port ([`Outbox`](crate::ports::outbox::Outbox)),
 //!   fed by a [`Store`] whose units of work append to the outbox
 //!   ([`EventDestination::Outbox`](crate::ports::outbox::EventDestination)).
@@ -30,8 +37,11 @@
 //!   purpose, and each says so. Timing bounds are generous (seconds): these
 //!   are correctness tests, and speed is measured by benchmarks.
 
+pub mod cache;
 pub mod log;
 pub mod outbox;
+pub mod rate_limit;
+pub mod revocations;
 pub mod store;
 
 use std::sync::Arc;

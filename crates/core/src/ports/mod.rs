@@ -2,6 +2,7 @@
 //! zero-setup default) and, later, a scaled one; `crate::contract` holds the
 //! scenarios every adapter of a port must pass.
 
+pub mod cache;
 pub mod log;
 pub mod outbox;
 pub mod providers;

@@ -1,0 +1,154 @@
+//! The shared cache (L2) on Redis: values under `{prefix}cache:{key}`, locks
+//! under `{prefix}lock:{key}`, channels named `{prefix}channel:{name}`.
+//!
+//! - Values: `SET key value PX ttl`, `GET`, `DEL`.
+//! - Locks: `SET lock token NX PX ttl`; the release is a Lua script that
+//!   deletes the lock only if it still holds the caller's token, in one
+//!   atomic step (a `GET` then `DEL` from the client could delete a lock
+//!   someone else took in between). One key per command, so every command is
+//!   valid in a cluster.
+//! - Invalidations: `PUBLISH` / `SUBSCRIBE`, with the reconnecting subscriber
+//!   of [`RedisConnection::subscribe`].
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use orderflow_core::ports::cache::{CacheError, CacheResult, LockToken, SharedCache, Subscription};
+use redis::RedisError;
+
+use super::connection::RedisConnection;
+
+/// Deletes the lock `KEYS[1]` only if its value is the token `ARGV[1]`.
+const RELEASE_LOCK: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+";
+
+/// [`SharedCache`] on Redis (standalone or cluster).
+#[derive(Debug, Clone)]
+pub struct RedisSharedCache {
+    conn: RedisConnection,
+    release: redis::Script,
+}
+
+impl RedisSharedCache {
+    pub fn new(conn: RedisConnection) -> Self {
+        Self {
+            conn,
+            release: redis::Script::new(RELEASE_LOCK),
+        }
+    }
+
+    fn value_key(&self, key: &str) -> String {
+        self.conn.key(&format!("cache:{key}"))
+    }
+
+    fn lock_key(&self, key: &str) -> String {
+        self.conn.key(&format!("lock:{key}"))
+    }
+
+    fn channel(&self, name: &str) -> String {
+        self.conn.key(&format!("channel:{name}"))
+    }
+}
+
+/// Milliseconds for `PX`, at least one (Redis refuses zero).
+pub(crate) fn px(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+/// Maps a Redis failure onto the port's error: connection trouble and
+/// timeouts mean "unavailable", the rest is the server's answer.
+pub(crate) fn cache_error(error: RedisError) -> CacheError {
+    if error.is_io_error()
+        || error.is_timeout()
+        || error.is_connection_dropped()
+        || error.is_connection_refusal()
+        || error.is_unrecoverable_error()
+    {
+        CacheError::Unavailable(error.to_string())
+    } else {
+        CacheError::Backend(error.to_string())
+    }
+}
+
+#[async_trait]
+impl SharedCache for RedisSharedCache {
+    async fn get(&self, key: &str) -> CacheResult<Option<Vec<u8>>> {
+        self.conn
+            .query(redis::cmd("GET").arg(self.value_key(key)))
+            .await
+            .map_err(cache_error)
+    }
+
+    async fn set(&self, key: &str, value: &[u8], ttl: Duration) -> CacheResult<()> {
+        self.conn
+            .query::<()>(
+                redis::cmd("SET")
+                    .arg(self.value_key(key))
+                    .arg(value)
+                    .arg("PX")
+                    .arg(px(ttl)),
+            )
+            .await
+            .map_err(cache_error)
+    }
+
+    async fn delete(&self, key: &str) -> CacheResult<bool> {
+        let deleted: u64 = self
+            .conn
+            .query(redis::cmd("DEL").arg(self.value_key(key)))
+            .await
+            .map_err(cache_error)?;
+        Ok(deleted > 0)
+    }
+
+    async fn try_lock(&self, key: &str, ttl: Duration) -> CacheResult<Option<LockToken>> {
+        let token = LockToken::random();
+        let taken: Option<String> = self
+            .conn
+            .query(
+                redis::cmd("SET")
+                    .arg(self.lock_key(key))
+                    .arg(&token.0)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(px(ttl)),
+            )
+            .await
+            .map_err(cache_error)?;
+        Ok(taken.map(|_| token))
+    }
+
+    async fn unlock(&self, key: &str, token: &LockToken) -> CacheResult<bool> {
+        let released: u64 = self
+            .conn
+            .invoke(self.release.key(self.lock_key(key)).arg(&token.0))
+            .await
+            .map_err(cache_error)?;
+        Ok(released > 0)
+    }
+
+    async fn publish(&self, channel: &str, message: &str) -> CacheResult<()> {
+        self.conn
+            .query::<i64>(
+                redis::cmd("PUBLISH")
+                    .arg(self.channel(channel))
+                    .arg(message),
+            )
+            .await
+            .map(|_| ())
+            .map_err(cache_error)
+    }
+
+    async fn subscribe(&self, channel: &str) -> CacheResult<Subscription> {
+        let events = self
+            .conn
+            .subscribe(&self.channel(channel))
+            .await
+            .map_err(cache_error)?;
+        Ok(Subscription::new(events))
+    }
+}

@@ -1,0 +1,444 @@
+//! The Redis adapters against real `redis-server`s: the port contract
+//! scenarios (`orderflow_core::contract`) on a standalone server and on a
+//! three-master cluster, then what only Redis can do wrong: being flushed,
+//! going down and coming back, and several catalogs (several API processes)
+//! sharing one L2.
+//!
+//! The contract scenarios share one standalone server and one cluster per
+//! test binary (each test has its own key prefix). Tests that stop, restart or
+//! flush Redis start their own server.
+
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use chrono::{TimeDelta, Utc};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use orderflow_adapters::redis::{
+    RedisConnection, RedisRateLimiter, RedisRevocations, RedisSettings, RedisSharedCache,
+};
+use orderflow_adapters::sqlite::SqliteStore;
+use orderflow_core::contract;
+use orderflow_core::ports::cache::{CacheError, CacheEvent, SharedCache};
+use orderflow_core::ports::rate_limit::{Algorithm, RateLimiter, RatePolicy};
+use orderflow_core::ports::revocations::RevocationList;
+use orderflow_core::ports::store::Store;
+use orderflow_core::services::catalog::{CacheSettings, CatalogService};
+use orderflow_domain::product::ProductDraft;
+use orderflow_testkit::redis::{RedisCluster, RedisServer};
+use tempfile::TempDir;
+use tokio_util::sync::CancellationToken;
+
+static STANDALONE: OnceLock<RedisServer> = OnceLock::new();
+static CLUSTER: OnceLock<RedisCluster> = OnceLock::new();
+
+fn standalone_url() -> String {
+    STANDALONE
+        .get_or_init(|| RedisServer::start().expect("starting redis-server"))
+        .url()
+}
+
+fn cluster_url() -> String {
+    CLUSTER
+        .get_or_init(|| RedisCluster::start().expect("starting a Redis cluster"))
+        .url()
+}
+
+/// A connection with a key prefix of its own.
+fn connect(url: &str) -> RedisConnection {
+    let settings = RedisSettings::from_url(url)
+        .with_key_prefix(format!("test-{}:", uuid::Uuid::now_v7().simple()));
+    RedisConnection::open(&settings).expect("a valid Redis URL")
+}
+
+/// A migrated SQLite store in a new directory (the revocations' database).
+async fn store() -> (TempDir, Arc<SqliteStore>) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}", dir.path().join("orderflow.db").display());
+    let store = SqliteStore::connect(&url, 8).await.expect("connect");
+    store.migrate().await.expect("migrate");
+    (dir, Arc::new(store))
+}
+
+macro_rules! cache_scenario {
+    ($url:path; $($name:ident),* $(,)?) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn $name() {
+            let cache: Arc<dyn SharedCache> = Arc::new(RedisSharedCache::new(connect(&$url())));
+            contract::cache::$name(cache).await;
+        }
+    )*};
+}
+
+macro_rules! rate_limit_scenario {
+    ($url:path; $($name:ident),* $(,)?) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn $name() {
+            let limiter: Arc<dyn RateLimiter> = Arc::new(RedisRateLimiter::new(connect(&$url())));
+            contract::rate_limit::$name(limiter).await;
+        }
+    )*};
+}
+
+/// One test per scenario and deployment (`standalone`, `cluster`).
+macro_rules! per_deployment {
+    ($deployment:ident, $url:path) => {
+        mod $deployment {
+            use super::*;
+
+            mod cache {
+                use super::*;
+                cache_scenario!(
+                    $url;
+                    values,
+                    values_expire,
+                    locks,
+                    locks_expire,
+                    lock_is_exclusive_under_contention,
+                    invalidations_reach_every_subscriber,
+                );
+            }
+
+            mod rate_limit {
+                use super::*;
+                rate_limit_scenario!(
+                    $url;
+                    fixed_window,
+                    token_bucket,
+                    leaky_bucket,
+                    concurrent_checks_never_overspend,
+                );
+            }
+
+            mod revocations {
+                use super::*;
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn revoke_and_check() {
+                    let (_dir, store) = store().await;
+                    let list = Arc::new(RedisRevocations::new(connect(&$url()), store.clone()));
+                    contract::revocations::revoke_and_check(list, store).await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn entries_follow_the_token_expiry() {
+                    let (_dir, store) = store().await;
+                    let list = Arc::new(RedisRevocations::new(connect(&$url()), store));
+                    contract::revocations::entries_follow_the_token_expiry(list).await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn a_new_instance_remembers() {
+                    let (_dir, store) = store().await;
+                    let conn = connect(&$url());
+                    let first = Arc::new(RedisRevocations::new(conn.clone(), store.clone()));
+                    contract::revocations::a_new_instance_remembers(first, || async move {
+                        Arc::new(RedisRevocations::new(conn, store)) as Arc<dyn RevocationList>
+                    })
+                    .await;
+                }
+            }
+        }
+    };
+}
+
+per_deployment!(standalone, standalone_url);
+per_deployment!(cluster, cluster_url);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cluster_connections_know_they_are_clustered() {
+    assert!(connect(&cluster_url()).is_cluster());
+    assert!(!connect(&standalone_url()).is_cluster());
+}
+
+// --- Redis flushed, down, back ---
+
+/// How long a call may take while Redis is down: it must fail fast.
+const FAST: Duration = Duration::from_secs(3);
+
+/// Waits (bounded) until the connection answers again: the first command
+/// after a restart may still hit the dead connection and trigger the
+/// reconnection.
+async fn until_answering(conn: &RedisConnection) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while conn.ping().await.is_err() {
+        assert!(Instant::now() < deadline, "Redis never answered again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn dbsize(server: &RedisServer) -> u64 {
+    server
+        .cli(&["DBSIZE"])
+        .expect("DBSIZE")
+        .trim()
+        .parse()
+        .expect("a number")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn revocations_are_rebuilt_from_the_database_after_a_flush() {
+    let server = RedisServer::start().unwrap();
+    let (_dir, store) = store().await;
+    let list = RedisRevocations::new(connect(&server.url()), store.clone());
+    list.revoke("a", Utc::now() + TimeDelta::minutes(15))
+        .await
+        .unwrap();
+    list.revoke("b", Utc::now() + TimeDelta::minutes(15))
+        .await
+        .unwrap();
+    // Revoked in another process that wrote only the database.
+    store
+        .insert_revocation("c", Utc::now() + TimeDelta::minutes(15))
+        .await
+        .unwrap();
+    assert!(list.is_revoked("a").await.unwrap());
+
+    server.flushall().unwrap();
+    assert_eq!(dbsize(&server), 0);
+    assert!(
+        list.is_revoked("b").await.unwrap(),
+        "an empty Redis does not let a revoked token back in"
+    );
+    // The lookup rebuilt Redis: three tokens and sixteen shard markers.
+    assert_eq!(dbsize(&server), 3 + 16);
+    assert!(list.is_revoked("a").await.unwrap());
+    assert!(list.is_revoked("c").await.unwrap());
+    assert!(!list.is_revoked("d").await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn revocations_are_answered_by_the_database_while_redis_is_down() {
+    let mut server = RedisServer::start().unwrap();
+    let (_dir, store) = store().await;
+    let list = RedisRevocations::new(connect(&server.url()), store.clone());
+    list.revoke("before", Utc::now() + TimeDelta::minutes(15))
+        .await
+        .unwrap();
+    assert!(list.is_revoked("before").await.unwrap());
+
+    server.stop();
+    let started = Instant::now();
+    assert!(
+        list.is_revoked("before").await.unwrap(),
+        "from the database"
+    );
+    list.revoke("during", Utc::now() + TimeDelta::minutes(15))
+        .await
+        .expect("the database took it: the logout happened");
+    assert!(list.is_revoked("during").await.unwrap());
+    assert!(!list.is_revoked("never").await.unwrap());
+    assert!(
+        started.elapsed() < FAST,
+        "a dead Redis fails fast: {:?}",
+        started.elapsed()
+    );
+
+    // Back, empty: used again, and refilled from the database.
+    server.restart().unwrap();
+    assert!(list.is_revoked("during").await.unwrap());
+    assert!(list.is_revoked("before").await.unwrap());
+    assert_eq!(dbsize(&server), 2 + 16, "Redis was rebuilt");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_rate_limiter_fails_open_or_closed_while_redis_is_down() {
+    let mut server = RedisServer::start().unwrap();
+    let conn = connect(&server.url());
+    let open = RedisRateLimiter::new(conn.clone());
+    let closed = RedisRateLimiter::new(conn.clone()).fail_closed(true);
+    let policy = RatePolicy {
+        name: "login".into(),
+        algorithm: Algorithm::FixedWindow {
+            limit: 1,
+            window: Duration::from_secs(60),
+        },
+    };
+    assert!(open.check(&policy, "k").await.allowed);
+    assert!(!open.check(&policy, "k").await.allowed, "the limit holds");
+
+    server.stop();
+    let started = Instant::now();
+    assert!(open.check(&policy, "k").await.allowed, "fails open");
+    assert!(!closed.check(&policy, "k").await.allowed, "fails closed");
+    assert!(
+        started.elapsed() < FAST,
+        "a dead Redis fails fast: {:?}",
+        started.elapsed()
+    );
+
+    server.restart().unwrap();
+    until_answering(&conn).await;
+    // Redis came back empty: a fresh budget, and limits apply again.
+    assert!(open.check(&policy, "k").await.allowed);
+    assert!(
+        !open.check(&policy, "k").await.allowed,
+        "used again without a restart"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_cache_reports_redis_down_and_recovers_with_its_subscriptions() {
+    let mut server = RedisServer::start().unwrap();
+    let conn = connect(&server.url());
+    let cache = RedisSharedCache::new(conn.clone());
+    cache.set("k", b"v", Duration::from_secs(60)).await.unwrap();
+    let mut subscription = cache.subscribe("events").await.unwrap();
+
+    server.stop();
+    let started = Instant::now();
+    assert!(matches!(
+        cache.get("k").await,
+        Err(CacheError::Unavailable(_))
+    ));
+    assert!(
+        started.elapsed() < FAST,
+        "a dead Redis fails fast: {:?}",
+        started.elapsed()
+    );
+
+    server.restart().unwrap();
+    until_answering(&conn).await;
+    assert_eq!(
+        cache.get("k").await.unwrap(),
+        None,
+        "back, empty, and used again"
+    );
+    // The subscription came back by itself and says it may have missed
+    // messages.
+    let event = tokio::time::timeout(Duration::from_secs(10), subscription.next())
+        .await
+        .expect("resubscribed within 10 s");
+    assert_eq!(event, Some(CacheEvent::Resubscribed));
+    cache.publish("events", "after").await.unwrap();
+    let event = tokio::time::timeout(Duration::from_secs(5), subscription.next())
+        .await
+        .expect("a message after the restart");
+    assert_eq!(event, Some(CacheEvent::Message("after".into())));
+}
+
+// --- several catalogs (several API processes) on one L2 ---
+
+static METRICS: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// `orderflow_db_queries_total{op="product"}` in this test process. Only the
+/// catalog test below reads products, so nothing else moves it.
+fn product_queries() -> f64 {
+    METRICS
+        .get_or_init(|| {
+            PrometheusBuilder::new()
+                .install_recorder()
+                .expect("installing the metrics recorder")
+        })
+        .render()
+        .lines()
+        .filter(|l| l.starts_with("orderflow_db_queries_total") && l.contains("op=\"product\""))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn catalogs_sharing_redis_query_once_per_key_and_invalidate_each_other() {
+    product_queries();
+    let mut server = RedisServer::start().unwrap();
+    let (_dir, store) = store().await;
+    let settings = RedisSettings::from_url(&server.url())
+        .with_key_prefix(format!("test-{}:", uuid::Uuid::now_v7().simple()));
+    let shutdown = CancellationToken::new();
+    // Three "processes": each its own connection, L1 and listener.
+    let mut catalogs = Vec::new();
+    for _ in 0..3 {
+        let conn = RedisConnection::open(&settings).unwrap();
+        let catalog = Arc::new(CatalogService::with_shared_cache(
+            store.clone(),
+            &CacheSettings::default(),
+            Arc::new(RedisSharedCache::new(conn)),
+        ));
+        assert!(catalog.has_shared_cache());
+        catalog
+            .start_invalidation_listener(shutdown.clone())
+            .await
+            .expect("a listener with an L2");
+        catalogs.push(catalog);
+    }
+    let mut products = Vec::new();
+    for i in 0..3 {
+        let draft = ProductDraft::new(&format!("L2-{i}"), "Mug", 250, "EUR", 10).unwrap();
+        products.push(catalogs[0].create(draft).await.unwrap());
+    }
+
+    // A burst: every catalog reads every product 20 times at once.
+    let before = product_queries();
+    let mut reads = Vec::new();
+    for catalog in &catalogs {
+        for product in &products {
+            for _ in 0..20 {
+                let catalog = Arc::clone(catalog);
+                let id = product.id;
+                reads.push(tokio::spawn(async move {
+                    catalog.product(id).await.unwrap().expect("exists").id
+                }));
+            }
+        }
+    }
+    for read in reads {
+        read.await.unwrap();
+    }
+    assert_eq!(
+        product_queries() - before,
+        3.0,
+        "one database query per key for a burst across three processes"
+    );
+    for catalog in &catalogs {
+        catalog.product(products[0].id).await.unwrap();
+    }
+    assert_eq!(product_queries() - before, 3.0, "L1 hits make no query");
+
+    // An update in one process reaches the L1 of the others.
+    let renamed = ProductDraft::new("L2-0", "Big mug", 400, "EUR", 10).unwrap();
+    catalogs[1].update(products[0].id, renamed).await.unwrap();
+    for catalog in &catalogs {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let seen = catalog.product(products[0].id).await.unwrap().unwrap();
+            if seen.price_cents == 400 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "a stale L1 entry survived the update"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    // Redis down: reads keep working (L1, then the database).
+    server.stop();
+    let started = Instant::now();
+    assert_eq!(
+        catalogs[2]
+            .product(products[1].id)
+            .await
+            .unwrap()
+            .unwrap()
+            .id,
+        products[1].id,
+        "an L1 hit"
+    );
+    catalogs[2].invalidate(products[2].id).await;
+    assert_eq!(
+        catalogs[2]
+            .product(products[2].id)
+            .await
+            .unwrap()
+            .unwrap()
+            .id,
+        products[2].id,
+        "an L1 miss answered by the database"
+    );
+    assert!(
+        started.elapsed() < FAST,
+        "a dead Redis fails fast: {:?}",
+        started.elapsed()
+    );
+    shutdown.cancel();
+}
