@@ -1,1 +1,347 @@
-//! (being written)
+//! The scaled database: PostgreSQL (sqlx) behind the
+//! [`Store`](orderflow_core::ports::store::Store) port, with two ways for the
+//! events that units of work append to leave it: the embedded event log
+//! (tables of the same database, behind
+//! [`EventLog`](orderflow_core::ports::log::EventLog)) or the outbox that a
+//! relay drains into Kafka (behind [`Outbox`](orderflow_core::ports::outbox::Outbox)).
+//!
+//! Map of the module:
+//! - this file: [`PostgresStore`] (connect, pool, event destination, the
+//!   LISTEN task) and the helpers every query uses (error mapping, metrics).
+//! - [`store`]: `impl Store for PostgresStore`: stand-alone reads, plus the
+//!   session, revocation and catalog writes the port keeps outside a unit of
+//!   work.
+//! - [`tx`]: [`PostgresTx`], the unit of work (`impl StoreTx`).
+//! - [`log`]: [`PostgresEventLog`] and [`PostgresSubscription`]: consumer
+//!   groups on the `event_log` table, woken across processes by
+//!   `LISTEN/NOTIFY`.
+//! - [`outbox`]: [`PostgresOutbox`]: relays claim unsent rows with
+//!   `FOR UPDATE SKIP LOCKED`.
+//! - `rows`: decoding rows into domain types.
+//!
+//! Why the writes look the way they do: unlike SQLite, PostgreSQL has many
+//! concurrent writers, possibly in many processes, so there is no writer lock
+//! to lean on. Every read-then-write step that must not interleave takes a
+//! row lock instead, at READ COMMITTED:
+//! - stock: `UPDATE products SET stock = stock - n WHERE id = … AND stock >= n`.
+//!   A concurrent reserver of the same product waits for the row, then
+//!   re-checks `stock >= n` against the committed value, so stock never goes
+//!   below zero (the CHECK constraint is the last line). Lines are taken in
+//!   product-id order (no deadlocks between reservations) inside a savepoint,
+//!   so a short line undoes the ones before it: all lines or none.
+//! - one order's reservation and release: a transaction-scoped advisory lock
+//!   on the order id, so a redelivered event cannot reserve twice.
+//! - idempotency claims: `INSERT … ON CONFLICT DO NOTHING`; a claimer of a key
+//!   another transaction holds uncommitted waits on the primary key, then
+//!   sees the committed answer (or takes the key if the other rolled back).
+//! - orders: `SELECT … FOR UPDATE` in `order_for_update`.
+//! - refresh rotation: `SELECT … FOR UPDATE` on the session row; the loser of
+//!   a race re-reads the row after the winner's commit, finds its token
+//!   rotated away, and reports reuse.
+//!
+//! Deadlocks and serialization failures are reported as
+//! [`StoreError::Unavailable`]: transient, the caller (a consumer's retry, a
+//! client's retry of an idempotent request) tries again.
+//!
+//! Encoding: native types (UUID, TIMESTAMPTZ, BIGINT cents, DATE, BOOLEAN,
+//! JSONB for events and saved bodies); see `migrations/postgres`.
+
+pub mod log;
+pub mod outbox;
+mod rows;
+pub mod store;
+pub mod tx;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use orderflow_core::ports::outbox::EventDestination;
+use orderflow_core::ports::store::{StoreError, StoreResult};
+use orderflow_domain::events::topics;
+use sqlx::postgres::{PgConnectOptions, PgDatabaseError, PgListener, PgPool, PgPoolOptions};
+use tokio::sync::{Mutex, watch};
+use tokio::task::JoinHandle;
+
+pub use crate::sqlite::partition_for;
+pub use log::{PostgresEventLog, PostgresSubscription};
+pub use outbox::{PostgresBatch, PostgresOutbox};
+pub use tx::PostgresTx;
+
+/// Partitions per topic when the caller does not choose (the same as SQLite
+/// and the Kafka default).
+pub const DEFAULT_PARTITIONS: i32 = crate::sqlite::DEFAULT_PARTITIONS;
+
+/// How long a query may wait for a pooled connection before the store
+/// reports itself unavailable.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
+/// The `NOTIFY` channel an appending transaction signals on commit; the
+/// payload is the topic.
+pub(crate) const NOTIFY_CHANNEL: &str = "orderflow_events";
+/// Pause before the LISTEN task retries after an error (server restart).
+const LISTEN_RETRY: Duration = Duration::from_secs(1);
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// The PostgreSQL database. Cheap to clone: clones share one pool, one
+/// LISTEN connection and one wake-up channel.
+#[derive(Clone)]
+pub struct PostgresStore {
+    inner: Arc<Inner>,
+    destination: EventDestination,
+}
+
+/// What the store, its transactions, its event logs and its outbox share.
+pub(crate) struct Inner {
+    pub(crate) pool: PgPool,
+    /// Partitions per topic of the embedded log; fixed for the life of the
+    /// database, since an event's partition is derived from it.
+    pub(crate) partitions: i32,
+    /// Bumped after every commit of this process that appended events, and
+    /// by the LISTEN task for every notification (any process's commit);
+    /// subscriptions wait on it instead of polling on a timer.
+    pub(crate) wake: Arc<watch::Sender<u64>>,
+    /// The LISTEN task, started by the first subscription.
+    listener: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(handle) = self.listener.get_mut().take() {
+            handle.abort();
+        }
+    }
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("partitions", &self.inner.partitions)
+            .field("destination", &self.destination)
+            .field("pool_size", &self.inner.pool.size())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PostgresStore {
+    /// Connects to `url` (`postgres://user:password@host:port/database`)
+    /// with a pool of at most `max_connections` connections (raised to at
+    /// least 2, so a read made while a unit of work holds a connection never
+    /// waits for that unit of work), and `partitions` partitions per topic
+    /// for the embedded log. Opens one connection right away, so a wrong URL
+    /// or a server that is down fails here, as `Unavailable`. Call
+    /// [`Store::migrate`](orderflow_core::ports::store::Store::migrate)
+    /// before use.
+    pub async fn connect(
+        url: &str,
+        max_connections: u32,
+        partitions: i32,
+    ) -> StoreResult<PostgresStore> {
+        if partitions < 1 {
+            return Err(StoreError::Database(format!(
+                "the event log needs at least one partition per topic, got {partitions}"
+            )));
+        }
+        let options: PgConnectOptions = url
+            .parse()
+            .map_err(|e| StoreError::Unavailable(format!("bad PostgreSQL URL: {e}")))?;
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections.max(2))
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options)
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("cannot connect to PostgreSQL: {e}")))?;
+        let (wake, _) = watch::channel(0);
+        Ok(PostgresStore {
+            inner: Arc::new(Inner {
+                pool,
+                partitions,
+                wake: Arc::new(wake),
+                listener: Mutex::new(None),
+            }),
+            destination: EventDestination::default(),
+        })
+    }
+
+    /// Where units of work of this store (and its clones made after this
+    /// call) put appended events: the embedded log (the default) or the
+    /// outbox table for a Kafka relay.
+    pub fn with_event_destination(mut self, destination: EventDestination) -> Self {
+        self.destination = destination;
+        self
+    }
+
+    pub fn event_destination(&self) -> EventDestination {
+        self.destination
+    }
+
+    /// The connection pool, for tools and tests that need raw SQL.
+    pub fn pool(&self) -> &PgPool {
+        &self.inner.pool
+    }
+
+    /// Partitions per topic of the embedded log.
+    pub fn partitions(&self) -> i32 {
+        self.inner.partitions
+    }
+
+    /// The embedded event log over the same database and pool. It reads what
+    /// units of work append with [`EventDestination::EmbeddedLog`].
+    pub fn event_log(&self) -> PostgresEventLog {
+        PostgresEventLog::new(self.inner.clone())
+    }
+
+    /// The outbox, as relays see it. It holds what units of work append with
+    /// [`EventDestination::Outbox`].
+    pub fn outbox(&self) -> PostgresOutbox {
+        PostgresOutbox::new(self.inner.clone())
+    }
+
+    pub(crate) fn inner(&self) -> &Arc<Inner> {
+        &self.inner
+    }
+}
+
+impl Inner {
+    /// Wakes every subscription of this process.
+    pub(crate) fn wake_subscribers(&self) {
+        self.wake
+            .send_modify(|version| *version = version.wrapping_add(1));
+    }
+
+    /// Starts the LISTEN task unless it runs already, and returns once the
+    /// server confirmed the `LISTEN`: from then on, every commit that
+    /// appends, in any process, wakes this process's subscriptions.
+    pub(crate) async fn ensure_listener(&self) -> StoreResult<()> {
+        let mut slot = self.listener.lock().await;
+        if slot.as_ref().is_some_and(|handle| !handle.is_finished()) {
+            return Ok(());
+        }
+        let mut listener = PgListener::connect_with(&self.pool).await.map_err(db_err)?;
+        listener.listen(NOTIFY_CHANNEL).await.map_err(db_err)?;
+        let wake = self.wake.clone();
+        *slot = Some(tokio::spawn(listen(listener, wake)));
+        Ok(())
+    }
+
+    /// Makes sure every topic has its partitions in `log_partitions`, so lag
+    /// shows empty partitions too (append would create them lazily anyway).
+    async fn ensure_partitions(&self) -> StoreResult<()> {
+        let mut topic_list = Vec::new();
+        let mut partition_list = Vec::new();
+        for topic in topics::ALL {
+            for partition in 0..self.partitions {
+                topic_list.push(topic.to_owned());
+                partition_list.push(partition);
+            }
+        }
+        count("ensure_partition");
+        sqlx::query(
+            r#"INSERT INTO log_partitions (topic, "partition", next_offset)
+               SELECT topic, p, 0 FROM unnest($1::text[], $2::int[]) AS t(topic, p)
+               ON CONFLICT (topic, "partition") DO NOTHING"#,
+        )
+        .bind(topic_list)
+        .bind(partition_list)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok(())
+    }
+
+    pub(crate) async fn migrate(&self) -> StoreResult<()> {
+        count("migrate");
+        // sqlx takes an advisory lock around the migration, so processes
+        // starting together migrate once.
+        MIGRATOR.run(&self.pool).await.map_err(|e| match e {
+            sqlx::migrate::MigrateError::Execute(e) => db_err(e),
+            other => StoreError::Database(format!("migration failed: {other}")),
+        })?;
+        self.ensure_partitions().await
+    }
+}
+
+/// The LISTEN loop: every notification bumps the wake-up channel. A lost
+/// connection is re-established by `PgListener` (it re-issues the `LISTEN`);
+/// notifications sent meanwhile are lost, so the loop wakes everyone then,
+/// and they re-read the tables. Ends when the pool is closed (or the task is
+/// aborted with the store).
+async fn listen(mut listener: PgListener, wake: Arc<watch::Sender<u64>>) {
+    let bump = || wake.send_modify(|version| *version = version.wrapping_add(1));
+    loop {
+        match listener.try_recv().await {
+            Ok(Some(_notification)) => bump(),
+            Ok(None) => {
+                tracing::warn!("the LISTEN connection to PostgreSQL was lost; reconnecting");
+                bump();
+            }
+            Err(sqlx::Error::PoolClosed) => return,
+            Err(error) => {
+                tracing::warn!(%error, "LISTEN on PostgreSQL failed; retrying");
+                bump();
+                tokio::time::sleep(LISTEN_RETRY).await;
+            }
+        }
+    }
+}
+
+/// Counts one query in `orderflow_db_queries_total{op}` (the same metric and
+/// operation names as the SQLite adapter, so dashboards work for both).
+pub(crate) fn count(op: &'static str) {
+    crate::sqlite::count(op);
+}
+
+/// Maps sqlx errors onto the port's error. Unique violations become
+/// `Conflict` naming the columns ("email", "sku"), which callers turn into a
+/// 409; anything transient (connection lost, pool exhausted, server shutting
+/// down, deadlock, serialization failure) is `Unavailable` (503).
+pub(crate) fn db_err(error: sqlx::Error) -> StoreError {
+    match error {
+        sqlx::Error::Database(db) => {
+            let Some(pg) = db.try_downcast_ref::<PgDatabaseError>() else {
+                return StoreError::Database(db.message().to_owned());
+            };
+            let code = pg.code();
+            if code == "23505" {
+                return StoreError::Conflict(conflicting_columns(pg));
+            }
+            // 08: connection exceptions; 40001 serialization failure; 40P01
+            // deadlock; 53: insufficient resources (too many connections);
+            // 57P0x: the server is shutting down or restarting.
+            if code.starts_with("08")
+                || code.starts_with("53")
+                || matches!(code, "40001" | "40P01" | "57P01" | "57P02" | "57P03")
+            {
+                return StoreError::Unavailable(format!("{} ({code})", pg.message()));
+            }
+            StoreError::Database(format!("{} ({code})", pg.message()))
+        }
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Tls(_) => StoreError::Unavailable(error.to_string()),
+        sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) => {
+            StoreError::Corrupt(error.to_string())
+        }
+        other => StoreError::Database(other.to_string()),
+    }
+}
+
+/// The columns of a unique violation, from its detail
+/// (`Key (email)=(ann@example.com) already exists.` → `email`), falling back
+/// to the constraint name.
+fn conflicting_columns(error: &PgDatabaseError) -> String {
+    error
+        .detail()
+        .and_then(|detail| detail.strip_prefix("Key ("))
+        .and_then(|rest| rest.split_once(")="))
+        .map(|(columns, _)| {
+            columns
+                .split(',')
+                .map(|c| c.trim().trim_matches('"'))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .or_else(|| error.constraint().map(str::to_owned))
+        .unwrap_or_else(|| error.message().to_owned())
+}
