@@ -1,4 +1,5 @@
-//! Request metrics, the `/metrics` endpoint, the problem fallback and the
+//! Request spans and metrics (with the W3C trace context that the order's
+//! events carry on), the `/metrics` endpoint, the problem fallback and the
 //! rate-limit middleware.
 
 use std::time::Instant;
@@ -10,31 +11,140 @@ use axum::response::{IntoResponse, Response};
 
 use orderflow_core::ports::rate_limit::RatePolicy;
 use orderflow_core::services::auth::Principal;
+use orderflow_domain::events::TraceParent;
+use tracing::Instrument as _;
 
 use crate::AppState;
 use crate::extract::{bearer_token, client_ip};
 use crate::limits::{Scope, group_of};
 use crate::problem::{ApiError, PROBLEM_JSON, problem_response, status_problem};
 
-/// Counts and times every request by route template (never the raw path, so
-/// ids do not explode the label set), method and status.
-pub async fn track_requests(request: Request, next: Next) -> Response {
+/// The span, metrics and trace context of every request.
+///
+/// - Metrics by route template (never the raw path, so ids do not explode
+///   the label set), method, status and status class (`2xx`…), a latency
+///   histogram (100 µs to 10 s buckets, see the binary's telemetry) and the
+///   in-flight gauge.
+/// - The `http.request` span, named `METHOD /route` for trace back ends. It
+///   continues the caller's W3C `traceparent` when one came and is valid,
+///   else it starts a trace.
+/// - The request's `traceparent` header is replaced by this span's own
+///   context, so what the handler writes into the order's events (the
+///   `traceparent` of the envelope) makes every consumer's span a child of
+///   this request: one trace from `POST /orders` through every group.
+pub async fn track_requests(mut request: Request, next: Next) -> Response {
     let route = request
         .extensions()
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".to_owned());
     let method = request.method().as_str().to_owned();
+    let span = tracing::info_span!(
+        "http.request",
+        otel.name = format!("{method} {route}"),
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        http.request.method = %method,
+        http.route = %route,
+        url.path = %request.uri().path(),
+        http.response.status_code = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+    );
+    let incoming = request
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(TraceParent::parse);
+    let context = trace::continue_trace(&span, incoming);
+    span.record("trace_id", context.trace_id_hex());
+    if let Ok(value) = HeaderValue::from_str(&context.to_string()) {
+        request.headers_mut().insert("traceparent", value);
+    }
+
     let started = Instant::now();
-    metrics::gauge!("orderflow_http_requests_in_flight").increment(1.0);
-    let response = next.run(request).await;
-    metrics::gauge!("orderflow_http_requests_in_flight").decrement(1.0);
-    let status = response.status().as_u16().to_string();
-    metrics::counter!("orderflow_http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status)
+    let in_flight = InFlight::enter();
+    let response = next.run(request).instrument(span.clone()).await;
+    drop(in_flight);
+    let status = response.status();
+    span.record("http.response.status_code", status.as_u16());
+    if status.is_server_error() {
+        span.record("otel.status_code", "ERROR");
+    }
+    let class = match status.as_u16() / 100 {
+        1 => "1xx",
+        2 => "2xx",
+        3 => "3xx",
+        4 => "4xx",
+        _ => "5xx",
+    };
+    metrics::counter!("orderflow_http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status.as_u16().to_string(), "status_class" => class)
         .increment(1);
     metrics::histogram!("orderflow_http_request_duration_seconds", "method" => method, "route" => route)
         .record(started.elapsed().as_secs_f64());
     response
+}
+
+/// One request in `orderflow_http_requests_in_flight`; leaving (also by a
+/// dropped future: a client that hung up, a timeout) takes it out again.
+struct InFlight;
+
+impl InFlight {
+    fn enter() -> InFlight {
+        metrics::gauge!("orderflow_http_requests_in_flight").increment(1.0);
+        InFlight
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        metrics::gauge!("orderflow_http_requests_in_flight").decrement(1.0);
+    }
+}
+
+/// W3C trace context for `tracing` spans, with or without OpenTelemetry.
+pub mod trace {
+    use opentelemetry::trace::{
+        SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState,
+    };
+    use orderflow_domain::events::TraceParent;
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+    /// Makes `span` continue `parent` (or start a trace) and returns the
+    /// context to hand on: this span's trace id and span id.
+    ///
+    /// With the OpenTelemetry layer installed (OTLP export on), the ids are
+    /// the exported span's. Without it there is no span to export, but the
+    /// trace id still travels: the caller's, or a fresh random one, with a
+    /// fresh span id, so log lines and events of one order share a trace id
+    /// either way.
+    pub fn continue_trace(span: &tracing::Span, parent: Option<TraceParent>) -> TraceParent {
+        if let Some(parent) = parent {
+            let remote = SpanContext::new(
+                TraceId::from(parent.trace_id),
+                SpanId::from(parent.parent_id),
+                TraceFlags::new(parent.flags),
+                true,
+                TraceState::default(),
+            );
+            // Fails only when no OpenTelemetry layer is installed.
+            let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(remote));
+        }
+        let otel = span.context();
+        let ids = otel.span().span_context().clone();
+        if ids.is_valid() {
+            return TraceParent {
+                trace_id: u128::from_be_bytes(ids.trace_id().to_bytes()),
+                parent_id: u64::from_be_bytes(ids.span_id().to_bytes()),
+                flags: ids.trace_flags().to_u8(),
+            };
+        }
+        let random = uuid::Uuid::new_v4().as_u128();
+        TraceParent {
+            trace_id: parent.map_or_else(|| uuid::Uuid::new_v4().as_u128(), |p| p.trace_id),
+            parent_id: (random as u64).max(1),
+            flags: parent.map_or(1, |p| p.flags),
+        }
+    }
 }
 
 /// Turns any error response that is not already a problem (axum's 404/405,
@@ -181,26 +291,10 @@ async fn caller(state: &AppState, headers: &axum::http::HeaderMap) -> Option<Pri
 }
 
 /// `GET /metrics`: Prometheus text. Gauges that are cheaper to read than to
-/// keep up to date (lag, DLQ size) are refreshed at scrape time.
+/// keep up to date (lag, DLQ size) are refreshed at scrape time, so a scrape
+/// right after an incident shows it.
 pub async fn metrics_endpoint(State(state): State<AppState>) -> Response {
-    match state.operations.consumer_lag().await {
-        Ok(lags) => {
-            let mut per_group: std::collections::BTreeMap<String, i64> = Default::default();
-            for lag in &lags {
-                metrics::gauge!("orderflow_consumer_lag", "group" => lag.group.clone(), "topic" => lag.topic.clone(), "partition" => lag.partition.to_string())
-                    .set(lag.lag as f64);
-                *per_group.entry(lag.group.clone()).or_default() += lag.lag;
-            }
-            for (group, lag) in per_group {
-                metrics::gauge!("orderflow_consumer_group_lag", "group" => group).set(lag as f64);
-            }
-        }
-        Err(error) => tracing::warn!(%error, "could not read consumer lag for /metrics"),
-    }
-    match state.store.count_dead_letters().await {
-        Ok(count) => metrics::gauge!("orderflow_dead_letters").set(count as f64),
-        Err(error) => tracing::warn!(%error, "could not count dead letters for /metrics"),
-    }
+    state.operations.export_gauges().await;
     let body = state.metrics.render();
     (
         [(

@@ -302,6 +302,60 @@ impl Envelope {
     }
 }
 
+/// A W3C Trace Context `traceparent` (version `00`):
+/// `00-<32 hex trace id>-<16 hex parent span id>-<2 hex flags>`.
+///
+/// Kept here, free of any tracing library, because the envelope carries it
+/// across the log and both the API (which starts the trace) and the
+/// consumers (which continue it) read it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceParent {
+    pub trace_id: u128,
+    pub parent_id: u64,
+    pub flags: u8,
+}
+
+impl TraceParent {
+    /// Parses a `traceparent`; `None` for anything malformed, for another
+    /// version than `00`, or for the all-zero ids the spec declares invalid.
+    pub fn parse(value: &str) -> Option<TraceParent> {
+        let mut parts = value.trim().split('-');
+        let (version, trace, parent, flags) =
+            (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        let hex = |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit());
+        if parts.next().is_some()
+            || version != "00"
+            || !hex(trace, 32)
+            || !hex(parent, 16)
+            || !hex(flags, 2)
+        {
+            return None;
+        }
+        let parsed = TraceParent {
+            trace_id: u128::from_str_radix(trace, 16).ok()?,
+            parent_id: u64::from_str_radix(parent, 16).ok()?,
+            flags: u8::from_str_radix(flags, 16).ok()?,
+        };
+        (parsed.trace_id != 0 && parsed.parent_id != 0).then_some(parsed)
+    }
+
+    /// The trace id as 32 lowercase hex digits (what log lines and trace
+    /// back ends show).
+    pub fn trace_id_hex(&self) -> String {
+        format!("{:032x}", self.trace_id)
+    }
+}
+
+impl std::fmt::Display for TraceParent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "00-{:032x}-{:016x}-{:02x}",
+            self.trace_id, self.parent_id, self.flags
+        )
+    }
+}
+
 impl Serialize for Envelope {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         self.to_json().serialize(serializer)
@@ -317,6 +371,25 @@ impl<'de> Deserialize<'de> for Envelope {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn traceparent_round_trips_and_rejects_invalid_ids() {
+        let text = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let parsed = TraceParent::parse(text).expect("valid");
+        assert_eq!(parsed.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(parsed.flags, 1);
+        assert_eq!(parsed.to_string(), text);
+        for bad in [
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-00",
+            "garbage",
+        ] {
+            assert_eq!(TraceParent::parse(bad), None, "{bad}");
+        }
+    }
+
     use super::*;
     use uuid::Uuid;
 

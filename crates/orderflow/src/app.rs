@@ -53,6 +53,9 @@ pub struct App {
     pub simulated: SimulatedProviders,
     pub workers: WorkerDeps,
     pub state: AppState,
+    /// The gauges read from their sources (lag, DLQ, pool, process), which
+    /// [`App::run`] and [`App::run_workers`] refresh on a timer.
+    pub gauges: telemetry::Gauges,
 }
 
 impl App {
@@ -75,6 +78,10 @@ impl App {
         .await
         .with_context(|| "opening the database")?;
         sqlite.migrate().await.context("migrating the database")?;
+        let pool_gauges: telemetry::PoolGauges = {
+            let sqlite = sqlite.clone();
+            Arc::new(move || sqlite.export_pool_gauges())
+        };
         let log: Arc<dyn EventLog> = Arc::new(sqlite.event_log());
         let store: Arc<dyn Store> = Arc::new(sqlite);
 
@@ -150,7 +157,12 @@ impl App {
                 )?;
         }
 
+        let gauges = telemetry::Gauges {
+            operations: operations.clone(),
+            pool: Some(pool_gauges),
+        };
         Ok(App {
+            gauges,
             settings,
             store,
             log,
@@ -188,6 +200,7 @@ impl App {
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
         let tracker = TaskTracker::new();
+        tracker.spawn(self.gauges.clone().spawn(shutdown.clone()));
         if run_workers {
             for consumer in self
                 .workers
@@ -220,6 +233,28 @@ impl App {
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
         let tracker = TaskTracker::new();
+        tracker.spawn(self.gauges.clone().spawn(shutdown.clone()));
+        if let Some(address) = self.settings.metrics_listen {
+            // A worker has no HTTP API; Prometheus scrapes this instead.
+            let listener = TcpListener::bind(address).await.with_context(|| {
+                format!("listening for /metrics on {address} (ORDERFLOW_METRICS_LISTEN)")
+            })?;
+            tracing::info!(address = %listener.local_addr()?, "serving /metrics");
+            let router = axum::Router::new()
+                .route(
+                    "/metrics",
+                    axum::routing::get(orderflow_api::observe::metrics_endpoint),
+                )
+                .route("/healthz", axum::routing::get(|| async { "ok" }))
+                .with_state(self.state.clone());
+            let timeout = self.state.http_limits.header_read_timeout;
+            let stop = shutdown.clone();
+            tracker.spawn(async move {
+                if let Err(error) = serve_http(listener, router, timeout, stop).await {
+                    tracing::error!(%error, "the /metrics listener stopped");
+                }
+            });
+        }
         for group in groups {
             let consumer = self
                 .workers

@@ -89,6 +89,18 @@ pub enum DlqCommand {
     Replay { id: uuid::Uuid },
 }
 
+impl Command {
+    /// The process's role, as traces name it (`orderflow-<role>`).
+    pub fn role(&self) -> &'static str {
+        match self {
+            Command::Serve { .. } => "serve",
+            Command::Api => "api",
+            Command::Worker { .. } => "worker",
+            _ => "cli",
+        }
+    }
+}
+
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     // The bench starts its own servers (this same binary) with fresh data dirs.
     if let Command::Bench(args) = &cli.command {

@@ -3,7 +3,8 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = orderflow::cli::Cli::parse();
-    orderflow::telemetry::init_logging(cli.settings.log_format);
+    // Kept until the end of main: dropping it flushes the spans still buffered.
+    let _telemetry = orderflow::telemetry::init(cli.settings.log_format, cli.command.role());
     match orderflow::cli::run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {

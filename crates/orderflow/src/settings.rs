@@ -230,6 +230,12 @@ pub struct Settings {
         global = true
     )]
     pub log_format: LogFormat,
+
+    /// Where a process without the HTTP API (`orderflow worker`) serves
+    /// `/metrics` for Prometheus, e.g. `0.0.0.0:9464`. Unset: no listener
+    /// (the API roles serve `/metrics` on their own address anyway).
+    #[arg(long, env = "ORDERFLOW_METRICS_LISTEN", global = true)]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Which provider adapters to use. Simulated ones are the default: they have

@@ -1,25 +1,263 @@
-//! Logging and the Prometheus recorder.
+//! Logs, traces and the Prometheus recorder: everything an operator sees
+//! without reading code.
+//!
+//! - [`init`] installs the `tracing` subscriber once per process: log lines
+//!   (human-readable text, or JSON with `ORDERFLOW_LOG_FORMAT=json`), each
+//!   inside the request or event-handling span that carries the `trace_id`;
+//!   and, only when `OTEL_EXPORTER_OTLP_ENDPOINT` (or
+//!   `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set, an OpenTelemetry layer that
+//!   exports every span over OTLP/HTTP (protobuf). The exporter reads the
+//!   standard `OTEL_*` variables itself (endpoint, headers, timeout);
+//!   `OTEL_SERVICE_NAME` and `OTEL_RESOURCE_ATTRIBUTES` name the process,
+//!   `OTEL_SDK_DISABLED=true` or `OTEL_TRACES_EXPORTER=none` switch it off.
+//!   When unset nothing OpenTelemetry is installed, so spans cost what plain
+//!   `tracing` spans cost.
+//! - [`prometheus`] is the process-wide recorder behind `/metrics`, with
+//!   latency buckets that resolve 100 µs to 10 s.
+//! - [`Gauges`] refreshes the gauges that are read rather than kept (consumer
+//!   lag, dead letters, outbox backlog, pool use, the `process_*` metrics)
+//!   on a timer, so a worker-only process exports them too.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use tracing_subscriber::EnvFilter;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use orderflow_core::services::admin::Operations;
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer, Registry};
 
 use crate::settings::LogFormat;
 
-/// Installs the tracing subscriber (`RUST_LOG` overrides the default level).
-pub fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,tower_http=info,hyper=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false);
-    // `try_init` so that tests, which build several apps in one process, can call it again.
-    let _ = match format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Text => builder.try_init(),
-    };
+/// The installed telemetry; dropping it flushes the spans still buffered
+/// for export (keep it alive until the process ends).
+#[must_use = "dropping Telemetry shuts the span exporter down"]
+pub struct Telemetry {
+    tracer_provider: Option<SdkTracerProvider>,
 }
+
+impl Telemetry {
+    /// Whether spans are exported over OTLP.
+    pub fn exports_traces(&self) -> bool {
+        self.tracer_provider.is_some()
+    }
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        if let Some(provider) = self.tracer_provider.take()
+            && let Err(error) = provider.shutdown()
+        {
+            eprintln!("orderflow: flushing traces at exit failed: {error}");
+        }
+    }
+}
+
+/// Installs logging and, when configured, trace export. `role` names the
+/// process in traces (`orderflow-api`, `orderflow-worker`…) unless
+/// `OTEL_SERVICE_NAME` says otherwise.
+///
+/// `RUST_LOG` overrides the default level. Installing twice (tests that
+/// build several apps in one process) keeps the first subscriber.
+pub fn init(format: LogFormat, role: &str) -> Telemetry {
+    let filter = || {
+        EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,tower_http=info,hyper=warn"))
+    };
+    let tracer_provider = match otlp_tracer_provider(role) {
+        Ok(provider) => provider,
+        Err(error) => {
+            eprintln!("orderflow: OTLP trace export is off: {error}");
+            None
+        }
+    };
+    let tracer = tracer_provider
+        .as_ref()
+        .map(|provider| provider.tracer("orderflow"));
+    let log_layer: Box<dyn Layer<Registry> + Send + Sync> = match format {
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_target(true)
+            .with_filter(filter())
+            .boxed(),
+        LogFormat::Text => {
+            use std::io::IsTerminal;
+            tracing_subscriber::fmt::layer()
+                .with_target(false)
+                .with_ansi(std::io::stdout().is_terminal())
+                .with_filter(filter())
+                .boxed()
+        }
+    };
+    let otel_layer = tracer.clone().map(|tracer| {
+        tracing_opentelemetry::layer()
+            .with_tracer(tracer)
+            .with_tracked_inactivity(false)
+            .with_filter(filter())
+    });
+    let query_layer = SqlxQueries { tracer }.with_filter(
+        tracing_subscriber::filter::Targets::new()
+            .with_target("sqlx::query", tracing::Level::DEBUG),
+    );
+    let installed = tracing_subscriber::registry()
+        .with(log_layer)
+        .with(otel_layer)
+        .with(query_layer)
+        .try_init();
+    match installed {
+        Ok(()) => Telemetry { tracer_provider },
+        // Someone installed a subscriber first: our exporter would never see a span.
+        Err(_) => {
+            if let Some(provider) = tracer_provider {
+                let _ = provider.shutdown();
+            }
+            Telemetry {
+                tracer_provider: None,
+            }
+        }
+    }
+}
+
+/// Turns sqlx's own per-statement event (target `sqlx::query`, emitted when a
+/// statement finishes, with its elapsed time) into
+/// `orderflow_db_query_duration_seconds{operation}` and, when traces are
+/// exported, a client span `db SELECT`… under the request or handling span
+/// that ran it. Working from sqlx's event times every statement of every
+/// database adapter exactly, without wrapping each query in the adapters;
+/// `orderflow_db_queries_total{op}` (counted by the adapters) names the
+/// statement by purpose.
+struct SqlxQueries {
+    tracer: Option<opentelemetry_sdk::trace::SdkTracer>,
+}
+
+impl<S> Layer<S> for SqlxQueries
+where
+    S: tracing::Subscriber,
+{
+    fn on_event(
+        &self,
+        event: &tracing::Event<'_>,
+        _ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        if event.metadata().target() != "sqlx::query" {
+            return;
+        }
+        let mut fields = QueryFields::default();
+        event.record(&mut fields);
+        let Some(elapsed) = fields.elapsed_secs else {
+            return;
+        };
+        let verb = fields
+            .summary
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        let operation = match verb.as_str() {
+            "select" | "insert" | "update" | "delete" | "begin" | "commit" | "rollback"
+            | "with" | "pragma" | "savepoint" | "release" => verb,
+            _ => "other".to_owned(),
+        };
+        metrics::histogram!("orderflow_db_query_duration_seconds", "operation" => operation.clone())
+            .record(elapsed);
+        if let Some(tracer) = &self.tracer {
+            use opentelemetry::KeyValue;
+            use opentelemetry::trace::{Span as _, SpanKind, Tracer as _};
+            use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+            let parent = tracing::Span::current().context();
+            let end = std::time::SystemTime::now();
+            let start = end
+                .checked_sub(Duration::from_secs_f64(elapsed.max(0.0)))
+                .unwrap_or(end);
+            let mut span = tracer
+                .span_builder(format!("db {}", operation.to_ascii_uppercase()))
+                .with_kind(SpanKind::Client)
+                .with_start_time(start)
+                .with_attributes([
+                    KeyValue::new("db.operation.name", operation.to_ascii_uppercase()),
+                    KeyValue::new("db.query.summary", fields.summary),
+                ])
+                .start_with_context(tracer, &parent);
+            span.end_with_timestamp(end);
+        }
+    }
+}
+
+/// The fields of sqlx's statement event that matter here.
+#[derive(Default)]
+struct QueryFields {
+    summary: String,
+    elapsed_secs: Option<f64>,
+}
+
+impl tracing::field::Visit for QueryFields {
+    fn record_f64(&mut self, field: &tracing::field::Field, value: f64) {
+        if field.name() == "elapsed_secs" {
+            self.elapsed_secs = Some(value);
+        }
+    }
+
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        if field.name() == "summary" {
+            self.summary = value.to_owned();
+        }
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "summary" {
+            self.summary = format!("{value:?}").trim_matches('"').to_owned();
+        }
+    }
+}
+
+/// Kept for callers that only want logs (no trace export).
+pub fn init_logging(format: LogFormat) {
+    std::mem::forget(init(format, "orderflow"));
+}
+
+fn env_set(name: &str) -> bool {
+    std::env::var(name).is_ok_and(|v| !v.trim().is_empty())
+}
+
+/// The OTLP span pipeline, when the standard variables ask for one.
+fn otlp_tracer_provider(role: &str) -> anyhow::Result<Option<SdkTracerProvider>> {
+    let configured =
+        env_set("OTEL_EXPORTER_OTLP_ENDPOINT") || env_set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT");
+    let disabled = std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.eq_ignore_ascii_case("true"))
+        || std::env::var("OTEL_TRACES_EXPORTER").is_ok_and(|v| v.eq_ignore_ascii_case("none"));
+    if !configured || disabled {
+        return Ok(None);
+    }
+    use opentelemetry_otlp::WithExportConfig as _;
+    let mut exporter = opentelemetry_otlp::SpanExporter::builder().with_http();
+    // The exporter reads OTEL_EXPORTER_OTLP_TRACES_ENDPOINT as given, but
+    // joins /v1/traces to OTEL_EXPORTER_OTLP_ENDPOINT itself; setting it
+    // explicitly here would lose that, so only the protocol is fixed.
+    exporter = exporter.with_protocol(opentelemetry_otlp::Protocol::HttpBinary);
+    let exporter = exporter.build()?;
+    let mut resource = opentelemetry_sdk::Resource::builder();
+    if !env_set("OTEL_SERVICE_NAME") {
+        resource = resource.with_service_name(format!("orderflow-{role}"));
+    }
+    Ok(Some(
+        SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_resource(resource.build())
+            .build(),
+    ))
+}
+
+/// Buckets from 100 µs to 10 s (roughly 1-2.5-5 per decade), for every
+/// `_seconds` histogram: request, query, handling and end-to-end latencies.
+pub const LATENCY_BUCKETS: [f64; 16] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
 
 /// The process-wide Prometheus recorder. The `metrics` facade has one global
 /// recorder, so it is installed once and its handle shared.
@@ -27,21 +265,133 @@ pub fn prometheus() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            // Buckets from 100 µs to 10 s, for request and handling latencies.
-            let latency_buckets = [
-                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-                1.0, 2.5, 5.0, 10.0,
-            ];
             let recorder = PrometheusBuilder::new()
-                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &latency_buckets)
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &LATENCY_BUCKETS)
                 .expect("bucket list is not empty")
                 .install_recorder();
-            match recorder {
+            let handle = match recorder {
                 Ok(handle) => handle,
                 // Another recorder is installed (only possible in tests that
                 // build their own): keep a detached one so /metrics still answers.
                 Err(_) => PrometheusBuilder::new().build_recorder().handle(),
-            }
+            };
+            describe_metrics();
+            handle
         })
         .clone()
+}
+
+/// `# HELP` lines for the metrics an operator reads first.
+fn describe_metrics() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    process_collector().describe();
+    describe_counter!(
+        "orderflow_http_requests_total",
+        "HTTP requests by route template, method, status and status class"
+    );
+    describe_histogram!(
+        "orderflow_http_request_duration_seconds",
+        Unit::Seconds,
+        "HTTP request latency by route template and method"
+    );
+    describe_gauge!(
+        "orderflow_http_requests_in_flight",
+        "HTTP requests being served right now"
+    );
+    describe_counter!(
+        "orderflow_db_queries_total",
+        "Database statements by operation"
+    );
+    describe_histogram!(
+        "orderflow_db_query_duration_seconds",
+        Unit::Seconds,
+        "Database statement latency by operation"
+    );
+    describe_gauge!(
+        "orderflow_db_pool_connections",
+        "Database pool connections by state (in_use, idle)"
+    );
+    describe_gauge!(
+        "orderflow_consumer_lag",
+        "Events not yet committed by a consumer group, per topic and partition"
+    );
+    describe_gauge!(
+        "orderflow_dead_letters",
+        "Dead letters not replayed yet (the failed.messages backlog)"
+    );
+    describe_gauge!(
+        "orderflow_outbox_backlog",
+        "Outbox rows not yet published to the event log"
+    );
+    describe_gauge!(
+        "orderflow_outbox_oldest_age_seconds",
+        Unit::Seconds,
+        "Age of the oldest unpublished outbox row (0 when empty)"
+    );
+    describe_counter!(
+        "orderflow_events_consumed_total",
+        "Deliveries finished per group, topic and outcome"
+    );
+    describe_counter!(
+        "orderflow_events_published_total",
+        "Events made visible on the event log per topic"
+    );
+    describe_histogram!(
+        "orderflow_event_end_to_end_seconds",
+        Unit::Seconds,
+        "From an event's creation to its effect, per consumer group"
+    );
+    describe_counter!(
+        "orderflow_orders_total",
+        "Orders by outcome: placed, confirmed, rejected, payment_failed"
+    );
+    describe_counter!(
+        "orderflow_revenue_cents_total",
+        "Revenue of confirmed orders, in cents of the currency label"
+    );
+}
+
+fn process_collector() -> &'static metrics_process::Collector {
+    static COLLECTOR: OnceLock<metrics_process::Collector> = OnceLock::new();
+    COLLECTOR.get_or_init(metrics_process::Collector::default)
+}
+
+/// Reads the pool gauges of the database adapter in use.
+pub type PoolGauges = Arc<dyn Fn() + Send + Sync>;
+
+/// The gauges that are read from their source instead of kept up to date.
+#[derive(Clone)]
+pub struct Gauges {
+    pub operations: Arc<Operations>,
+    pub pool: Option<PoolGauges>,
+}
+
+impl Gauges {
+    /// How often [`Gauges::spawn`] refreshes; well under Prometheus' usual
+    /// 15 s scrape interval.
+    pub const INTERVAL: Duration = Duration::from_secs(5);
+
+    /// Refreshes every gauge once. A source that cannot be read is logged and
+    /// keeps its last value (the scrape still answers).
+    pub async fn refresh(&self) {
+        process_collector().collect();
+        if let Some(pool) = &self.pool {
+            pool();
+        }
+        self.operations.export_gauges().await;
+    }
+
+    /// Refreshes on a timer until `shutdown`.
+    pub fn spawn(self, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Self::INTERVAL);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = every.tick() => self.refresh().await,
+                }
+            }
+        })
+    }
 }

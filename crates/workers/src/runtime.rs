@@ -13,6 +13,8 @@
 //!   because its offset moves past the event.
 //! - When the database is down nothing is dead-lettered: the batch stops
 //!   without committing and is resumed by the next call.
+//! - Each delivery is handled in an `event.handle` span that continues the
+//!   event's W3C `traceparent`; metrics are named in [`metric`].
 //! - [`Consumer::process_batch`] is the single step tests drive; [`Consumer::run`]
 //!   loops it until shut down.
 
@@ -23,8 +25,9 @@ use async_trait::async_trait;
 use orderflow_core::ports::log::{Delivery, EventLog, Subscription};
 use orderflow_core::ports::store::{DeadLetter, Store};
 use orderflow_core::services::effects::RetryPolicy;
-use orderflow_domain::events::{Envelope, EventData};
+use orderflow_domain::events::{Envelope, EventData, TraceParent};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::error::WorkerError;
 
@@ -35,8 +38,10 @@ pub mod metric {
     pub const EVENTS_CONSUMED: &str = "orderflow_events_consumed_total";
     /// Counter `{group}`: attempts that failed and were tried again.
     pub const RETRIES: &str = "orderflow_consumer_retries_total";
-    /// Counter `{group}`: events given up on.
-    pub const DEAD_LETTERS: &str = "orderflow_dead_letters_total";
+    /// Counter `{group}`: events given up on. (Not `orderflow_dead_letters_total`:
+    /// that would clash with the `orderflow_dead_letters` gauge, the DLQ size,
+    /// in OpenMetrics, where a counter's family name drops `_total`.)
+    pub const DEAD_LETTERS: &str = "orderflow_events_dead_lettered_total";
     /// Histogram `{group}`: time to handle one delivery, retries included.
     pub const HANDLING_SECONDS: &str = "orderflow_event_handling_seconds";
     /// Histogram `{group}`: from the event's `time` to its effect.
@@ -423,6 +428,49 @@ impl Consumer {
     }
 }
 
+/// The span of one delivery's handling (retries and dead-lettering
+/// included), a child of the span whose W3C `traceparent` the event carries
+/// (the API request that placed the order, for every event the order
+/// causes), so one trace shows the order in every group. Without a
+/// `traceparent` (older events) it starts its own trace.
+fn handling_span(group: &'static str, delivery: &Delivery) -> tracing::Span {
+    use opentelemetry::trace::{
+        SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState,
+    };
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+    let event = &delivery.envelope;
+    let span = tracing::info_span!(
+        "event.handle",
+        otel.name = format!("{} process {group}", delivery.topic),
+        otel.kind = "consumer",
+        otel.status_code = tracing::field::Empty,
+        messaging.system = "orderflow",
+        messaging.operation.type = "process",
+        messaging.consumer.group.name = group,
+        messaging.destination.name = %delivery.topic,
+        messaging.destination.partition.id = delivery.partition,
+        messaging.message.id = %event.id,
+        messaging.offset = delivery.offset,
+        cloudevents.event_type = event.type_name(),
+        trace_id = tracing::field::Empty,
+    );
+    if let Some(parent) = event.traceparent.as_deref().and_then(TraceParent::parse) {
+        let remote = SpanContext::new(
+            TraceId::from(parent.trace_id),
+            SpanId::from(parent.parent_id),
+            TraceFlags::new(parent.flags),
+            true,
+            TraceState::default(),
+        );
+        // Fails only when no OpenTelemetry layer is installed (export off);
+        // the trace id is still recorded for the log lines.
+        let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(remote));
+        span.record("trace_id", parent.trace_id_hex());
+    }
+    span
+}
+
 /// What handling one delivery needs, borrowed from the [`Consumer`] so that
 /// deliveries of different keys can be handled concurrently (the consumer's
 /// subscription is not shared between them).
@@ -434,8 +482,15 @@ struct Lanes<'a> {
 }
 
 impl Lanes<'_> {
-    /// Handles one delivery: attempts with backoff, then a dead letter.
+    /// Handles one delivery inside its `event.handle` span (see
+    /// [`handling_span`]).
     async fn finish_one(&self, delivery: &Delivery, report: &mut BatchReport) -> Result<(), Stop> {
+        let span = handling_span(self.handler.group(), delivery);
+        self.attempt_all(delivery, report).instrument(span).await
+    }
+
+    /// Handles one delivery: attempts with backoff, then a dead letter.
+    async fn attempt_all(&self, delivery: &Delivery, report: &mut BatchReport) -> Result<(), Stop> {
         let group = self.handler.group();
         let started = Instant::now();
         let mut attempt = 1;
@@ -462,6 +517,7 @@ impl Lanes<'_> {
                         group, topic = %delivery.topic, partition = delivery.partition, offset = delivery.offset,
                         event_id = %delivery.envelope.id, attempts = attempt, %error, "handler gave up; dead-lettering"
                     );
+                    tracing::Span::current().record("otel.status_code", "ERROR");
                     self.dead_letter(delivery, &error, attempt).await?;
                     metrics::counter!(metric::DEAD_LETTERS, "group" => group).increment(1);
                     report.dead_lettered += 1;

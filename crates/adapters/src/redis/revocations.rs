@@ -142,7 +142,7 @@ impl RedisRevocations {
         Ok(written)
     }
 
-    async fn from_database(&self, jti: &str, why: &str) -> StoreResult<bool> {
+    async fn ask_database(&self, jti: &str, why: &str) -> StoreResult<bool> {
         metrics::counter!("orderflow_revocations_fallback_total").increment(1);
         tracing::debug!(reason = why, "revocation looked up in the database");
         self.store.is_revoked(jti, Utc::now()).await
@@ -187,7 +187,7 @@ impl RevocationList for RedisRevocations {
             && let Err(error) = self.rebuild().await
         {
             tracing::debug!(%error, "revocation rebuild still failing");
-            return self.from_database(jti, "rebuild pending").await;
+            return self.ask_database(jti, "rebuild pending").await;
         }
         let shard = Self::shard(jti);
         let answer = self
@@ -207,13 +207,13 @@ impl RevocationList for RedisRevocations {
                     self.needs_rebuild.store(true, Ordering::SeqCst);
                     tracing::warn!(%error, "revocation list: rebuilding Redis failed");
                 }
-                self.from_database(jti, "Redis lost the revocations").await
+                self.ask_database(jti, "Redis lost the revocations").await
             }
             Err(error) => {
                 self.needs_rebuild.store(true, Ordering::SeqCst);
                 metrics::counter!("orderflow_revocations_redis_errors_total").increment(1);
                 tracing::warn!(%error, "revocation list: Redis unreachable, asking the database");
-                self.from_database(jti, "Redis unreachable").await
+                self.ask_database(jti, "Redis unreachable").await
             }
         }
     }

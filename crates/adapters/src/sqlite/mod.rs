@@ -296,6 +296,22 @@ impl Writer {
     }
 }
 
+impl SqliteStore {
+    /// Sets `orderflow_db_pool_connections{state="in_use"|"idle"}` and
+    /// `orderflow_db_pool_max_connections` from the pool (read at scrape
+    /// time: keeping them current on every checkout would cost more).
+    pub fn export_pool_gauges(&self) {
+        let pool = &self.inner.pool;
+        let idle = pool.num_idle() as f64;
+        let size = f64::from(pool.size());
+        metrics::gauge!("orderflow_db_pool_connections", "state" => "idle").set(idle);
+        metrics::gauge!("orderflow_db_pool_connections", "state" => "in_use")
+            .set((size - idle).max(0.0));
+        metrics::gauge!("orderflow_db_pool_max_connections")
+            .set(f64::from(pool.options().get_max_connections()));
+    }
+}
+
 /// Counts one query in `orderflow_db_queries_total{op}`. Called right before
 /// each statement, so "queries per request" in the benchmark is exact.
 pub(crate) fn count(op: &'static str) {

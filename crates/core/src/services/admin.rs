@@ -25,6 +25,34 @@ impl Operations {
         Ok(lag)
     }
 
+    /// Sets the gauges that are read rather than kept:
+    /// `orderflow_consumer_lag{group,topic,partition}`,
+    /// `orderflow_consumer_group_lag{group}` and `orderflow_dead_letters`.
+    /// Called at scrape time and on a timer (worker-only processes have no
+    /// scrape hook of their own); a source that cannot be read is logged and
+    /// its gauges keep their last value.
+    pub async fn export_gauges(&self) {
+        match self.consumer_lag().await {
+            Ok(lags) => {
+                let mut per_group: std::collections::BTreeMap<String, i64> = Default::default();
+                for lag in &lags {
+                    metrics::gauge!("orderflow_consumer_lag", "group" => lag.group.clone(), "topic" => lag.topic.clone(), "partition" => lag.partition.to_string())
+                        .set(lag.lag as f64);
+                    *per_group.entry(lag.group.clone()).or_default() += lag.lag;
+                }
+                for (group, lag) in per_group {
+                    metrics::gauge!("orderflow_consumer_group_lag", "group" => group)
+                        .set(lag as f64);
+                }
+            }
+            Err(error) => tracing::warn!(%error, "could not read consumer lag for the metrics"),
+        }
+        match self.store.count_dead_letters().await {
+            Ok(count) => metrics::gauge!("orderflow_dead_letters").set(count as f64),
+            Err(error) => tracing::warn!(%error, "could not count dead letters for the metrics"),
+        }
+    }
+
     pub async fn dead_letters(
         &self,
         limit: Option<u32>,

@@ -91,6 +91,7 @@ impl OrderService {
     }
 
     /// Validates, prices and places an order.
+    #[tracing::instrument(name = "order.place", skip_all, fields(user_id = %request.user_id))]
     pub async fn place(&self, request: PlaceOrder) -> Result<OrderAnswer, CoreError> {
         if let Some(key) = &request.idempotency_key {
             check_idempotency_key(key)?;
@@ -144,7 +145,7 @@ impl OrderService {
                         .await?;
                 }
                 tx.commit().await?;
-                metrics::counter!("orderflow_orders_placed_total", "mode" => "events").increment(1);
+                metrics::counter!("orderflow_orders_total", "status" => "placed", "mode" => "events").increment(1);
                 Ok(OrderAnswer {
                     status: 201,
                     body,
@@ -152,7 +153,7 @@ impl OrderService {
                 })
             }
             SideEffects::Inline { payment, notifiers } => {
-                metrics::counter!("orderflow_orders_placed_total", "mode" => "inline").increment(1);
+                metrics::counter!("orderflow_orders_total", "status" => "placed", "mode" => "inline").increment(1);
                 self.place_inline(
                     tx,
                     order,
@@ -278,7 +279,10 @@ impl OrderService {
                 .await?;
         }
         tx.commit().await?;
-        metrics::counter!("orderflow_orders_confirmed_total").increment(1);
+        metrics::counter!("orderflow_orders_total", "status" => "confirmed", "mode" => "inline")
+            .increment(1);
+        metrics::counter!("orderflow_revenue_cents_total", "currency" => order.currency.to_string())
+            .increment(order.total_cents.max(0) as u64);
         Ok(OrderAnswer {
             status: 201,
             body,
@@ -336,7 +340,8 @@ impl OrderService {
         }
         tx.commit().await?;
         let status = steps.last().map(|s| s.as_str()).unwrap_or("unknown");
-        metrics::counter!("orderflow_orders_failed_inline_total", "status" => status).increment(1);
+        metrics::counter!("orderflow_orders_total", "status" => status, "mode" => "inline")
+            .increment(1);
         tracing::info!(order_id = %order.id, %error, status, "inline order failed");
         Ok(OrderAnswer {
             status: problem.status,
