@@ -102,6 +102,10 @@ pub(crate) struct Inner {
     pub(crate) wake: Arc<watch::Sender<u64>>,
     /// The LISTEN task, started by the first subscription.
     listener: Mutex<Option<JoinHandle<()>>>,
+    /// Rollbacks of dropped outbox batches still on their way to the server
+    /// (see [`outbox`]): the next claim waits for them, so rows a dropped
+    /// batch held are not skipped as "locked" by this process's next claim.
+    pub(crate) outbox_rollbacks: std::sync::Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Drop for Inner {
@@ -157,6 +161,7 @@ impl PostgresStore {
                 partitions,
                 wake: Arc::new(wake),
                 listener: Mutex::new(None),
+                outbox_rollbacks: std::sync::Mutex::new(Vec::new()),
             }),
             destination: EventDestination::default(),
         })

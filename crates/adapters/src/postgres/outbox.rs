@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use orderflow_core::ports::outbox::{Outbox, OutboxBacklog, OutboxBatch, OutboxEvent};
-use orderflow_core::ports::store::{StoreError, StoreResult};
+use orderflow_core::ports::store::StoreResult;
 use sqlx::{Postgres, Transaction};
 
 use super::{Inner, count, db_err, rows};
@@ -40,6 +40,20 @@ impl PostgresOutbox {
 #[async_trait]
 impl Outbox for PostgresOutbox {
     async fn claim(&self, limit: usize) -> StoreResult<Box<dyn OutboxBatch>> {
+        // Let the rollbacks of batches this process dropped reach the server
+        // first, or their rows would still be locked and skipped.
+        let pending = std::mem::take(
+            &mut *self
+                .inner
+                .outbox_rollbacks
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        );
+        for rollback in pending {
+            // A failed rollback task means the connection is gone, and with it
+            // the server-side transaction: the rows are free either way.
+            let _ = rollback.await;
+        }
         count("begin");
         let mut tx = self.inner.pool.begin().await.map_err(db_err)?;
         count("claim_outbox");
@@ -65,7 +79,11 @@ impl Outbox for PostgresOutbox {
                 })
             })
             .collect::<StoreResult<Vec<_>>>()?;
-        Ok(Box::new(PostgresBatch { tx, events }))
+        Ok(Box::new(PostgresBatch {
+            tx: Some(tx),
+            events,
+            inner: self.inner.clone(),
+        }))
     }
 
     async fn backlog(&self) -> StoreResult<OutboxBacklog> {
@@ -90,8 +108,35 @@ impl Outbox for PostgresOutbox {
 
 /// A claimed batch: the transaction holding the row locks, and the rows.
 pub struct PostgresBatch {
-    tx: Transaction<'static, Postgres>,
+    /// `None` only once `mark_sent` took it.
+    tx: Option<Transaction<'static, Postgres>>,
     events: Vec<OutboxEvent>,
+    inner: Arc<Inner>,
+}
+
+/// Dropping a sqlx transaction only queues its `ROLLBACK` on the connection;
+/// the row locks stay until that connection is next used. So a dropped batch
+/// rolls back in a task of its own, which the store's next claim waits for.
+/// (Outside a runtime the queued rollback is all there is; it runs when the
+/// pool reuses or closes the connection.)
+impl Drop for PostgresBatch {
+    fn drop(&mut self) {
+        let Some(tx) = self.tx.take() else { return };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        count("rollback_outbox_claim");
+        let rollback = runtime.spawn(async move {
+            if let Err(error) = tx.rollback().await {
+                tracing::warn!(%error, "rolling back a dropped outbox claim failed");
+            }
+        });
+        self.inner
+            .outbox_rollbacks
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(rollback);
+    }
 }
 
 impl std::fmt::Debug for PostgresBatch {
@@ -108,17 +153,22 @@ impl OutboxBatch for PostgresBatch {
         &self.events
     }
 
-    /// Only rows of this batch can be marked: a `seq` the batch does not hold
-    /// is an error (and nothing is marked), since marking a row another relay
-    /// holds would lose it if that relay then failed to publish.
+    /// Marks the rows of this batch among `seqs`. Other `seq`s are ignored:
+    /// a row marked before (a relay retrying after a lost answer) stays
+    /// marked, and a row another relay holds is not touched (marking it
+    /// here would lose it if that relay then failed to publish; it would
+    /// also wait for that relay's lock).
     async fn mark_sent(self: Box<Self>, seqs: &[i64]) -> StoreResult<()> {
-        let PostgresBatch { mut tx, events } = *self;
-        let held: BTreeSet<i64> = events.iter().map(|e| e.seq).collect();
-        if let Some(foreign) = seqs.iter().find(|seq| !held.contains(seq)) {
-            return Err(StoreError::Database(format!(
-                "outbox row {foreign} is not part of this claimed batch"
-            )));
-        }
+        let mut batch = self;
+        let Some(mut tx) = batch.tx.take() else {
+            return Ok(());
+        };
+        let held: BTreeSet<i64> = batch.events.iter().map(|e| e.seq).collect();
+        let seqs: Vec<i64> = seqs
+            .iter()
+            .copied()
+            .filter(|seq| held.contains(seq))
+            .collect();
         if !seqs.is_empty() {
             count("mark_outbox_sent");
             sqlx::query("UPDATE outbox SET sent_at = now() WHERE seq = ANY($1)")
