@@ -204,6 +204,25 @@ async fn revocations_are_rebuilt_from_the_database_after_a_flush() {
     assert!(list.is_revoked("a").await.unwrap());
     assert!(list.is_revoked("c").await.unwrap());
     assert!(!list.is_revoked("d").await.unwrap());
+
+    // A burst of lookups finding Redis empty at once: every answer right,
+    // and Redis filled once more.
+    server.flushall().unwrap();
+    let list = Arc::new(list);
+    let lookups: Vec<_> = ["a", "b", "c", "d"]
+        .iter()
+        .cycle()
+        .take(40)
+        .map(|jti| {
+            let list = Arc::clone(&list);
+            tokio::spawn(async move { (*jti, list.is_revoked(jti).await.unwrap()) })
+        })
+        .collect();
+    for lookup in lookups {
+        let (jti, revoked) = lookup.await.unwrap();
+        assert_eq!(revoked, jti != "d", "{jti} during the rebuild");
+    }
+    assert_eq!(dbsize(&server), 3 + 16);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

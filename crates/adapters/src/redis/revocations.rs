@@ -64,8 +64,9 @@ pub struct RedisRevocations {
     /// Set when a write or lookup failed: Redis may lack something, so the
     /// next lookup that reaches Redis rebuilds first.
     needs_rebuild: AtomicBool,
-    /// One rebuild at a time in this process.
-    rebuilding: tokio::sync::Mutex<()>,
+    /// One rebuild at a time in this process; holds when the last one
+    /// finished, so callers that waited for it do not redo it.
+    rebuilding: tokio::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl std::fmt::Debug for RedisRevocations {
@@ -85,7 +86,7 @@ impl RedisRevocations {
             check: redis::Script::new(CHECK),
             revoke: redis::Script::new(REVOKE),
             needs_rebuild: AtomicBool::new(false),
-            rebuilding: tokio::sync::Mutex::new(()),
+            rebuilding: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -107,10 +108,16 @@ impl RedisRevocations {
     }
 
     /// Writes every revocation in force from the database into Redis, then
-    /// marks every shard filled; returns how many were written. Waits for a
-    /// rebuild already running in this process instead of starting another.
+    /// marks every shard filled; returns how many were written. A call that
+    /// waited for a rebuild already running in this process returns 0 and
+    /// does not start another.
     pub async fn rebuild(&self) -> Result<usize, RebuildError> {
-        let _one_at_a_time = self.rebuilding.lock().await;
+        let asked_at = std::time::Instant::now();
+        let mut last_rebuild = self.rebuilding.lock().await;
+        if last_rebuild.is_some_and(|finished| finished > asked_at) {
+            // A burst of lookups found Redis empty at once: one rebuild serves them all.
+            return Ok(0);
+        }
         let now = Utc::now();
         let active = self.store.active_revocations(now).await?;
         let mut shards: Vec<redis::Pipeline> = (0..SHARDS).map(|_| redis::pipe()).collect();
@@ -134,6 +141,7 @@ impl RedisRevocations {
             self.conn.pipeline::<()>(&pipe).await?;
         }
         self.needs_rebuild.store(false, Ordering::SeqCst);
+        *last_rebuild = Some(std::time::Instant::now());
         metrics::counter!("orderflow_revocations_rebuilds_total").increment(1);
         tracing::info!(
             revocations = written,
