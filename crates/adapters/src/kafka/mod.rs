@@ -1,1 +1,280 @@
-//! (being written)
+//! The scaled event log: Kafka (any Kafka-protocol broker) through
+//! `rdkafka` (librdkafka built from source).
+//!
+//! Map of the module:
+//! - this file: [`KafkaSettings`] (brokers, topic prefix, partitions,
+//!   replication, pass-through librdkafka settings for SASL/SSL), the client
+//!   configuration every client starts from, error mapping, and
+//!   [`ensure_topics`], which creates orderflow's topics when missing.
+//! - [`publisher`]: [`KafkaPublisher`], the relay's
+//!   [`EventPublisher`](orderflow_core::ports::outbox::EventPublisher): an
+//!   idempotent producer with `acks=all` that returns only once the broker
+//!   acknowledged every event of a batch.
+//! - [`log`]: [`KafkaEventLog`] and [`KafkaSubscription`], the
+//!   [`EventLog`](orderflow_core::ports::log::EventLog) port: one Kafka
+//!   consumer-group member per subscription (manual commits, cooperative
+//!   rebalancing), lag from watermarks vs committed offsets.
+//!
+//! Producing never happens from a request or a consumer directly: events are
+//! appended to the outbox in the same database transaction as their cause,
+//! and the relay (`orderflow_core::services::relay`) moves them here.
+//!
+//! Names: every topic and consumer group gets [`KafkaSettings::topic_prefix`]
+//! in front (empty by default), so several installations, or several tests,
+//! can share one cluster. The port's types carry the unprefixed names.
+
+pub mod log;
+pub mod publisher;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use orderflow_core::ports::log::{LogError, LogResult};
+use orderflow_domain::events::topics;
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+
+pub use log::{KafkaEventLog, KafkaSubscription};
+pub use publisher::KafkaPublisher;
+
+/// Partitions per topic when the operator does not choose.
+pub const DEFAULT_PARTITIONS: i32 = 6;
+
+/// How long a metadata, offset or admin request may take before the log
+/// reports itself unavailable.
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where the Kafka cluster is and how orderflow uses it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct KafkaSettings {
+    /// `host:port,host:port…` (librdkafka's `bootstrap.servers`).
+    pub brokers: String,
+    /// Put in front of every topic and group name (default empty). Lets
+    /// several installations or tests share a cluster.
+    pub topic_prefix: String,
+    /// Partitions of each topic created by [`ensure_topics`] (default 6). The
+    /// partition count bounds how many members of one group can work at once.
+    pub partitions: i32,
+    /// Replicas of each topic created by [`ensure_topics`] (default 1; use 3
+    /// on a real cluster so that `acks=all` means something).
+    pub replication_factor: i32,
+    /// Extra librdkafka settings, passed through unchanged and applied last
+    /// (so they can override orderflow's defaults): `security.protocol`,
+    /// `sasl.mechanisms`, `sasl.username`, `sasl.password`,
+    /// `ssl.ca.location`, …. Values whose name mentions a password, secret or
+    /// key are never printed.
+    pub client_config: BTreeMap<String, String>,
+}
+
+impl KafkaSettings {
+    /// Settings for `brokers` with every default.
+    pub fn new(brokers: impl Into<String>) -> Self {
+        Self {
+            brokers: brokers.into(),
+            topic_prefix: String::new(),
+            partitions: DEFAULT_PARTITIONS,
+            replication_factor: 1,
+            client_config: BTreeMap::new(),
+        }
+    }
+
+    /// The Kafka name of an orderflow topic.
+    pub fn topic(&self, name: &str) -> String {
+        format!("{}{name}", self.topic_prefix)
+    }
+
+    /// The Kafka name of an orderflow consumer group.
+    pub fn group(&self, name: &str) -> String {
+        format!("{}{name}", self.topic_prefix)
+    }
+
+    /// The orderflow name of a Kafka topic or group (the prefix removed).
+    pub(crate) fn unprefixed<'a>(&self, name: &'a str) -> &'a str {
+        name.strip_prefix(self.topic_prefix.as_str())
+            .unwrap_or(name)
+    }
+
+    /// The configuration every client starts from: the brokers, then
+    /// `overrides` (the client kind's own settings), then the operator's
+    /// pass-through settings.
+    pub(crate) fn client_config(&self, overrides: &[(&str, &str)]) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.brokers);
+        for (key, value) in overrides {
+            config.set(*key, *value);
+        }
+        for (key, value) in &self.client_config {
+            config.set(key, value);
+        }
+        config
+    }
+}
+
+/// Whether a pass-through setting must not be printed.
+fn is_secret(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    ["password", "secret", "key", "token", "jaas"]
+        .iter()
+        .any(|word| key.contains(word))
+}
+
+impl std::fmt::Debug for KafkaSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let client_config: BTreeMap<&str, &str> = self
+            .client_config
+            .iter()
+            .map(|(key, value)| {
+                let shown = if is_secret(key) {
+                    "<redacted>"
+                } else {
+                    value.as_str()
+                };
+                (key.as_str(), shown)
+            })
+            .collect();
+        f.debug_struct("KafkaSettings")
+            .field("brokers", &self.brokers)
+            .field("topic_prefix", &self.topic_prefix)
+            .field("partitions", &self.partitions)
+            .field("replication_factor", &self.replication_factor)
+            .field("client_config", &client_config)
+            .finish()
+    }
+}
+
+/// Maps a librdkafka error onto the port's error: the broker being
+/// unreachable or slow is `Unavailable` (worth retrying); anything else is
+/// `Backend`.
+pub(crate) fn kafka_err(context: &str, error: KafkaError) -> LogError {
+    use RDKafkaErrorCode as Code;
+    let transient = matches!(
+        error.rdkafka_error_code(),
+        Some(
+            Code::BrokerTransportFailure
+                | Code::AllBrokersDown
+                | Code::MessageTimedOut
+                | Code::OperationTimedOut
+                | Code::RequestTimedOut
+                | Code::Resolve
+                | Code::NetworkException
+                | Code::BrokerNotAvailable
+                | Code::LeaderNotAvailable
+                | Code::NotLeaderForPartition
+                | Code::CoordinatorNotAvailable
+                | Code::NotCoordinator
+                | Code::CoordinatorLoadInProgress
+                | Code::RebalanceInProgress
+                | Code::QueueFull
+                | Code::NotEnoughReplicas
+                | Code::NotEnoughReplicasAfterAppend
+                | Code::TimedOutQueue
+        )
+    );
+    let message = format!("{context}: {error}");
+    if transient {
+        LogError::Unavailable(message)
+    } else {
+        LogError::Backend(message)
+    }
+}
+
+/// Creates every orderflow topic (`orderflow_domain::events::topics::ALL`,
+/// `failed.messages` included) that does not exist yet, with the configured
+/// partitions and replication, and waits until the broker lists them all.
+/// Topics that exist are left as they are (their partition count included).
+pub async fn ensure_topics(settings: &KafkaSettings) -> LogResult<()> {
+    let admin: AdminClient<DefaultClientContext> = settings
+        .client_config(&[])
+        .create()
+        .map_err(|e| kafka_err("creating the Kafka admin client", e))?;
+    let names: Vec<String> = topics::ALL.iter().map(|t| settings.topic(t)).collect();
+    let new_topics: Vec<NewTopic<'_>> = names
+        .iter()
+        .map(|name| {
+            NewTopic::new(
+                name,
+                settings.partitions,
+                TopicReplication::Fixed(settings.replication_factor),
+            )
+        })
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(REQUEST_TIMEOUT));
+    let results = admin
+        .create_topics(&new_topics, &options)
+        .await
+        .map_err(|e| kafka_err("creating the orderflow topics", e))?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => {
+                return Err(kafka_err(
+                    &format!("creating topic {name}"),
+                    KafkaError::AdminOp(code),
+                ));
+            }
+        }
+    }
+
+    // Creation is asynchronous on a real cluster: wait until the metadata
+    // shows every topic with its partitions, so the first subscribe or
+    // publish does not race it.
+    let deadline = std::time::Instant::now() + REQUEST_TIMEOUT;
+    tokio::task::spawn_blocking(move || {
+        loop {
+            let metadata = admin
+                .inner()
+                .fetch_metadata(None, REQUEST_TIMEOUT)
+                .map_err(|e| kafka_err("reading topic metadata", e))?;
+            let missing: Vec<&String> = names
+                .iter()
+                .filter(|name| {
+                    !metadata
+                        .topics()
+                        .iter()
+                        .any(|t| t.name() == name.as_str() && !t.partitions().is_empty())
+                })
+                .collect();
+            if missing.is_empty() {
+                return Ok(());
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(LogError::Unavailable(format!(
+                    "topics {missing:?} were created but the broker does not list them"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    })
+    .await
+    .map_err(|e| LogError::Backend(format!("topic check task failed: {e}")))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_not_printed() {
+        let mut settings = KafkaSettings::new("k1:9092");
+        settings
+            .client_config
+            .insert("sasl.password".into(), "hunter2".into());
+        settings
+            .client_config
+            .insert("security.protocol".into(), "SASL_SSL".into());
+        let shown = format!("{settings:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("SASL_SSL"), "{shown}");
+    }
+
+    #[test]
+    fn names_carry_the_prefix() {
+        let mut settings = KafkaSettings::new("k1:9092");
+        settings.topic_prefix = "staging.".into();
+        assert_eq!(settings.topic("order.events"), "staging.order.events");
+        assert_eq!(settings.group("email"), "staging.email");
+        assert_eq!(settings.unprefixed("staging.order.events"), "order.events");
+    }
+}

@@ -1,0 +1,703 @@
+//! [`KafkaEventLog`] and [`KafkaSubscription`]: consumer groups on Kafka.
+//!
+//! One [`KafkaSubscription`] is one member of a Kafka consumer group
+//! (`group.id` = the orderflow group with the prefix) with
+//! `enable.auto.commit=false` (offsets move only through
+//! [`Subscription::commit`], after the effects are durable),
+//! `auto.offset.reset=earliest` (a new group reads everything) and
+//! `partition.assignment.strategy=cooperative-sticky` (a member that joins or
+//! leaves moves only the partitions that must move; the others keep working).
+//!
+//! Why a thread per member. librdkafka runs the group protocol in the
+//! background, but a rebalance is only *applied* when the application polls
+//! the consumer. A member whose worker is busy (or idle between two `poll`
+//! calls of the port) would hold up every rebalance of its group. So each
+//! member has a small thread (the pump) that polls the consumer all the
+//! time, decodes the records into a buffer, and applies rebalances at once;
+//! [`Subscription::poll`] takes from that buffer. The buffer is bounded: when
+//! it is full the pump pauses the member's partitions (librdkafka then
+//! fetches nothing and resumes from the next unconsumed offset), and keeps
+//! polling so that rebalances still go through.
+//!
+//! Hand-over without loss or repetition of effects:
+//! - When partitions are revoked, their buffered records are dropped; the new
+//!   owner starts at the group's committed offset, which is never past an
+//!   effect that is not durable (commits happen after effects).
+//! - Records a member already handed out and is still working on may also be
+//!   delivered to the new owner. Effects are idempotent (the
+//!   `processed (group, event id)` mark commits with the effect), so the
+//!   second copy changes nothing.
+//! - A member commits only partitions it still owns: a commit for a
+//!   partition that moved would race the new owner's commits.
+//! - A member never commits an offset below one it committed before, so an
+//!   old batch committed late does not rewind the group.
+//!
+//! Lag ([`EventLog::lag`]): for every known group (given at construction,
+//! plus every group subscribed through this log) that the broker knows (it
+//! has members or committed offsets) or that subscribed here, and every
+//! partition of its topics: the high watermark vs the group's committed
+//! offset (the low watermark when it never committed).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use orderflow_core::ports::log::{
+    Delivery, EventLog, LogError, LogResult, PartitionLag, Subscription,
+};
+use orderflow_domain::events::Envelope;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::{KafkaSettings, REQUEST_TIMEOUT, kafka_err};
+
+/// How long `subscribe` waits for the member's first assignment.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Records buffered per member before the pump pauses fetching.
+const BUFFER_HIGH: usize = 2_000;
+/// How long one pump poll blocks; bounds how quickly a dropped member stops.
+const PUMP_POLL: Duration = Duration::from_millis(50);
+
+/// The consumer-group side of Kafka. Cheap to clone.
+#[derive(Clone)]
+pub struct KafkaEventLog {
+    inner: Arc<LogInner>,
+}
+
+struct LogInner {
+    settings: KafkaSettings,
+    /// The orderflow groups and the topics each reads (for `lag`).
+    groups: BTreeMap<String, BTreeSet<String>>,
+    /// Groups subscribed through this log, with their topics.
+    subscribed: Mutex<BTreeMap<String, BTreeSet<String>>>,
+    /// A consumer outside any group, for metadata and watermarks.
+    metadata: Arc<BaseConsumer>,
+    /// Per group, a consumer that never subscribes: only reads the group's
+    /// committed offsets (OffsetFetch) for `lag`.
+    offset_readers: Mutex<HashMap<String, Arc<BaseConsumer>>>,
+}
+
+impl std::fmt::Debug for KafkaEventLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaEventLog")
+            .field("settings", &self.inner.settings)
+            .field("groups", &self.inner.groups)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Takes a lock over state that every update leaves consistent, so a panic
+/// elsewhere (a poisoned lock) does not make it unusable.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn task_err(error: tokio::task::JoinError) -> LogError {
+    LogError::Backend(format!("Kafka client task failed: {error}"))
+}
+
+impl KafkaEventLog {
+    /// A log on the cluster of `settings`. `groups` maps each orderflow
+    /// consumer group to the topics it reads (unprefixed), so that `lag`
+    /// covers groups whose members run in other processes.
+    pub fn new(settings: KafkaSettings, groups: BTreeMap<String, Vec<String>>) -> LogResult<Self> {
+        let metadata: BaseConsumer = settings
+            .client_config(&[])
+            .create()
+            .map_err(|e| kafka_err("creating the Kafka metadata client", e))?;
+        Ok(Self {
+            inner: Arc::new(LogInner {
+                groups: groups
+                    .into_iter()
+                    .map(|(group, topics)| (group, topics.into_iter().collect()))
+                    .collect(),
+                settings,
+                subscribed: Mutex::new(BTreeMap::new()),
+                metadata: Arc::new(metadata),
+                offset_readers: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    pub fn settings(&self) -> &KafkaSettings {
+        &self.inner.settings
+    }
+
+    fn offset_reader(&self, group: &str) -> LogResult<Arc<BaseConsumer>> {
+        let mut readers = lock(&self.inner.offset_readers);
+        if let Some(reader) = readers.get(group) {
+            return Ok(reader.clone());
+        }
+        let group_id = self.inner.settings.group(group);
+        let reader: BaseConsumer = self
+            .inner
+            .settings
+            .client_config(&[
+                ("group.id", group_id.as_str()),
+                ("enable.auto.commit", "false"),
+            ])
+            .create()
+            .map_err(|e| kafka_err("creating a Kafka offset reader", e))?;
+        let reader = Arc::new(reader);
+        readers.insert(group.to_owned(), reader.clone());
+        Ok(reader)
+    }
+}
+
+#[async_trait]
+impl EventLog for KafkaEventLog {
+    async fn subscribe(&self, group: &str, topics: &[&str]) -> LogResult<Box<dyn Subscription>> {
+        let settings = &self.inner.settings;
+        let names: BTreeSet<String> = topics.iter().map(|t| (*t).to_owned()).collect();
+        lock(&self.inner.subscribed)
+            .entry(group.to_owned())
+            .or_default()
+            .extend(names.iter().cloned());
+
+        let shared = Arc::new(Shared::default());
+        let context = MemberContext {
+            shared: shared.clone(),
+            prefix: settings.topic_prefix.clone(),
+        };
+        let group_id = settings.group(group);
+        let consumer: BaseConsumer<MemberContext> = settings
+            .client_config(&[
+                ("group.id", group_id.as_str()),
+                ("enable.auto.commit", "false"),
+                ("enable.auto.offset.store", "false"),
+                ("auto.offset.reset", "earliest"),
+                ("partition.assignment.strategy", "cooperative-sticky"),
+                // A member that dies without leaving (SIGKILL) hands its
+                // partitions over after this long.
+                ("session.timeout.ms", "10000"),
+                ("heartbeat.interval.ms", "1000"),
+            ])
+            .create_with_context(context)
+            .map_err(|e| kafka_err("creating the Kafka consumer", e))?;
+        let kafka_topics: Vec<String> = names.iter().map(|t| settings.topic(t)).collect();
+        let kafka_topics: Vec<&str> = kafka_topics.iter().map(String::as_str).collect();
+        consumer
+            .subscribe(&kafka_topics)
+            .map_err(|e| kafka_err(&format!("subscribing {group_id} to {kafka_topics:?}"), e))?;
+        let consumer = Arc::new(consumer);
+
+        let pump = {
+            let consumer = consumer.clone();
+            let shared = shared.clone();
+            let prefix = settings.topic_prefix.clone();
+            std::thread::Builder::new()
+                .name(format!("kafka-{group}"))
+                .spawn(move || pump(consumer, shared, prefix))
+                .map_err(|e| LogError::Backend(format!("starting the consumer thread: {e}")))?
+        };
+        let mut subscription = KafkaSubscription {
+            group: group.to_owned(),
+            consumer: Some(consumer),
+            shared,
+            committed: HashMap::new(),
+            pump: Some(pump),
+        };
+
+        // Wait for the first assignment (possibly empty, when the group has
+        // more members than partitions), so that a caller that polls right
+        // away is a member of the group, and lag lists it.
+        let deadline = Instant::now() + JOIN_TIMEOUT;
+        let shared = subscription.shared.clone();
+        loop {
+            let notified = shared.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let state = lock(&shared.state);
+                if state.assignments > 0 {
+                    break;
+                }
+                if let Some(fatal) = &state.fatal {
+                    return Err(LogError::Unavailable(format!(
+                        "joining consumer group {group_id}: {fatal}"
+                    )));
+                }
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                let last = lock(&shared.state)
+                    .error
+                    .take()
+                    .map(|e| format!(" (last error: {e})"))
+                    .unwrap_or_default();
+                subscription.stop();
+                return Err(LogError::Unavailable(format!(
+                    "consumer group {group_id} gave this member no assignment within {JOIN_TIMEOUT:?}{last}"
+                )));
+            }
+        }
+        Ok(Box::new(subscription))
+    }
+
+    async fn lag(&self) -> LogResult<Vec<PartitionLag>> {
+        let mut groups = self.inner.groups.clone();
+        let subscribed = lock(&self.inner.subscribed).clone();
+        for (group, topics) in &subscribed {
+            groups
+                .entry(group.clone())
+                .or_default()
+                .extend(topics.iter().cloned());
+        }
+        let mut readers = Vec::with_capacity(groups.len());
+        for (group, topics) in groups {
+            let reader = self.offset_reader(&group)?;
+            let here = subscribed.contains_key(&group);
+            readers.push((group, topics, reader, here));
+        }
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.lag_blocking(readers))
+            .await
+            .map_err(task_err)?
+    }
+
+    async fn ping(&self) -> LogResult<()> {
+        let metadata = self.inner.metadata.clone();
+        tokio::task::spawn_blocking(move || {
+            metadata
+                .fetch_metadata(None, REQUEST_TIMEOUT)
+                .map(|_| ())
+                .map_err(|e| kafka_err("fetching Kafka metadata", e))
+        })
+        .await
+        .map_err(task_err)?
+    }
+}
+
+type LagInput = Vec<(String, BTreeSet<String>, Arc<BaseConsumer>, bool)>;
+
+impl KafkaEventLog {
+    /// `lag` on a blocking thread: every call here is a broker round trip.
+    fn lag_blocking(&self, groups: LagInput) -> LogResult<Vec<PartitionLag>> {
+        let settings = &self.inner.settings;
+        let metadata = &self.inner.metadata;
+        // Groups the broker knows (with members, or with committed offsets).
+        let listed: BTreeSet<String> = match metadata.fetch_group_list(None, REQUEST_TIMEOUT) {
+            Ok(list) => list
+                .groups()
+                .iter()
+                .map(|g| settings.unprefixed(g.name()).to_owned())
+                .collect(),
+            Err(error) => {
+                tracing::debug!(%error, "listing consumer groups failed; using committed offsets only");
+                BTreeSet::new()
+            }
+        };
+        let mut partitions: HashMap<String, i32> = HashMap::new();
+        let mut watermarks: HashMap<(String, i32), (i64, i64)> = HashMap::new();
+        let mut rows = Vec::new();
+        for (group, topics, reader, here) in groups {
+            let mut tpl = TopicPartitionList::new();
+            for topic in &topics {
+                let count = match partitions.get(topic) {
+                    Some(count) => *count,
+                    None => {
+                        let name = settings.topic(topic);
+                        let meta = metadata
+                            .fetch_metadata(Some(&name), REQUEST_TIMEOUT)
+                            .map_err(|e| kafka_err(&format!("reading metadata of {name}"), e))?;
+                        let count = meta
+                            .topics()
+                            .iter()
+                            .find(|t| t.name() == name)
+                            .map(|t| t.partitions().len() as i32)
+                            .unwrap_or(0);
+                        partitions.insert(topic.clone(), count);
+                        count
+                    }
+                };
+                for partition in 0..count {
+                    tpl.add_partition(&settings.topic(topic), partition);
+                }
+            }
+            if tpl.count() == 0 {
+                continue;
+            }
+            let committed = reader
+                .committed_offsets(tpl, REQUEST_TIMEOUT)
+                .map_err(|e| kafka_err(&format!("reading the offsets of group {group}"), e))?;
+            let elements = committed.elements();
+            let known = here
+                || listed.contains(&group)
+                || elements
+                    .iter()
+                    .any(|e| matches!(e.offset(), Offset::Offset(_)));
+            if !known {
+                continue;
+            }
+            for element in elements {
+                let topic = settings.unprefixed(element.topic()).to_owned();
+                let partition = element.partition();
+                let key = (topic.clone(), partition);
+                let (low, high) = match watermarks.get(&key) {
+                    Some(marks) => *marks,
+                    None => {
+                        let marks = metadata
+                            .fetch_watermarks(element.topic(), partition, REQUEST_TIMEOUT)
+                            .map_err(|e| {
+                                kafka_err(
+                                    &format!(
+                                        "reading watermarks of {}/{partition}",
+                                        element.topic()
+                                    ),
+                                    e,
+                                )
+                            })?;
+                        watermarks.insert(key, marks);
+                        marks
+                    }
+                };
+                let committed = match element.offset() {
+                    Offset::Offset(offset) => offset,
+                    // Never committed: the group starts at the beginning.
+                    _ => low,
+                };
+                rows.push(PartitionLag {
+                    group: group.clone(),
+                    topic,
+                    partition,
+                    committed,
+                    end: high,
+                    lag: (high - committed).max(0),
+                });
+            }
+        }
+        rows.sort_by(|a, b| {
+            (&a.group, &a.topic, a.partition).cmp(&(&b.group, &b.topic, b.partition))
+        });
+        Ok(rows)
+    }
+}
+
+/// What the pump, the rebalance callbacks and `poll` share.
+#[derive(Default)]
+struct Shared {
+    state: Mutex<PumpState>,
+    /// Signalled when records arrive, an assignment lands or an error occurs.
+    notify: Notify,
+    /// Set when the subscription is dropped: the pump closes the consumer.
+    stop: AtomicBool,
+}
+
+#[derive(Default)]
+struct PumpState {
+    buffer: VecDeque<Delivery>,
+    /// Rebalances that assigned partitions (an empty assignment counts).
+    assignments: u64,
+    /// The last consumer error, reported by the next `poll` that finds the
+    /// buffer empty.
+    error: Option<LogError>,
+    /// An error that ends the member (the consumer cannot continue).
+    fatal: Option<String>,
+}
+
+impl Shared {
+    fn wake(&self) {
+        self.notify.notify_waiters();
+    }
+}
+
+/// The consumer's context: applies rebalances to the buffer.
+struct MemberContext {
+    shared: Arc<Shared>,
+    prefix: String,
+}
+
+impl ClientContext for MemberContext {}
+
+impl ConsumerContext for MemberContext {
+    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(revoked) = rebalance {
+            let gone: BTreeSet<(String, i32)> = revoked
+                .elements()
+                .iter()
+                .map(|e| {
+                    let topic = e
+                        .topic()
+                        .strip_prefix(self.prefix.as_str())
+                        .unwrap_or(e.topic());
+                    (topic.to_owned(), e.partition())
+                })
+                .collect();
+            let mut state = lock(&self.shared.state);
+            let before = state.buffer.len();
+            state
+                .buffer
+                .retain(|d| !gone.contains(&(d.topic.clone(), d.partition)));
+            tracing::debug!(
+                revoked = ?gone,
+                dropped = before - state.buffer.len(),
+                "partitions revoked; their buffered records are left to the new owner"
+            );
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(assigned) => {
+                tracing::debug!(partitions = assigned.count(), "partitions assigned");
+                lock(&self.shared.state).assignments += 1;
+            }
+            Rebalance::Revoke(_) => {}
+            Rebalance::Error(error) => {
+                tracing::warn!(%error, "consumer group rebalance failed");
+                lock(&self.shared.state).error =
+                    Some(kafka_err("consumer group rebalance", error.clone()));
+            }
+        }
+        self.shared.wake();
+    }
+}
+
+/// The member's thread: polls the consumer until the subscription is
+/// dropped, then closes it (leaving the group, so its partitions move at
+/// once instead of after the session timeout).
+fn pump(consumer: Arc<BaseConsumer<MemberContext>>, shared: Arc<Shared>, prefix: String) {
+    let mut paused = false;
+    while !shared.stop.load(Ordering::Acquire) {
+        let full = lock(&shared.state).buffer.len() >= BUFFER_HIGH;
+        if full || paused {
+            // Re-applied every round while full: partitions assigned since
+            // the last pause must be paused too.
+            if let Ok(assignment) = consumer.assignment() {
+                let result = if full {
+                    consumer.pause(&assignment)
+                } else {
+                    consumer.resume(&assignment)
+                };
+                match result {
+                    Ok(()) => paused = full,
+                    Err(error) => {
+                        tracing::warn!(%error, full, "pausing or resuming fetches failed")
+                    }
+                }
+            }
+        }
+        match consumer.poll(PUMP_POLL) {
+            None => {}
+            Some(Ok(message)) => {
+                let topic = message
+                    .topic()
+                    .strip_prefix(prefix.as_str())
+                    .unwrap_or(message.topic())
+                    .to_owned();
+                let (partition, offset) = (message.partition(), message.offset());
+                match message.payload().map(Envelope::from_slice) {
+                    Some(Ok(envelope)) => {
+                        lock(&shared.state).buffer.push_back(Delivery {
+                            topic,
+                            partition,
+                            offset,
+                            envelope,
+                        });
+                        shared.wake();
+                    }
+                    // Nothing orderflow can act on (another producer wrote
+                    // it): skipped, counted and logged; later deliveries of
+                    // the partition commit past it.
+                    Some(Err(error)) => {
+                        metrics::counter!("orderflow_log_undecodable_total", "topic" => topic.clone())
+                            .increment(1);
+                        tracing::error!(%error, topic, partition, offset, "skipping a record that is not an orderflow event");
+                    }
+                    None => {
+                        metrics::counter!("orderflow_log_undecodable_total", "topic" => topic.clone())
+                            .increment(1);
+                        tracing::error!(
+                            topic,
+                            partition,
+                            offset,
+                            "skipping a record without a value"
+                        );
+                    }
+                }
+            }
+            Some(Err(error)) => {
+                tracing::warn!(%error, "Kafka consumer error");
+                let fatal = matches!(&error, KafkaError::ClientCreation(_));
+                let mut state = lock(&shared.state);
+                if fatal {
+                    state.fatal = Some(error.to_string());
+                }
+                state.error = Some(kafka_err("consuming", error));
+                drop(state);
+                shared.wake();
+            }
+        }
+    }
+    // Dropping the last handle closes the consumer here, off the async
+    // runtime (closing waits for the group to take the partitions back).
+    drop(consumer);
+}
+
+/// One member of a consumer group on Kafka.
+pub struct KafkaSubscription {
+    group: String,
+    /// `None` once stopped. The pump holds the other handle.
+    consumer: Option<Arc<BaseConsumer<MemberContext>>>,
+    shared: Arc<Shared>,
+    /// The highest offset this member committed per (topic, partition).
+    committed: HashMap<(String, i32), i64>,
+    pump: Option<std::thread::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for KafkaSubscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaSubscription")
+            .field("group", &self.group)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KafkaSubscription {
+    /// Stops the pump; it closes the consumer (leaving the group) on its own
+    /// thread. Our handle is dropped first so the pump's is the last one.
+    fn stop(&mut self) {
+        drop(self.consumer.take());
+        self.shared.stop.store(true, Ordering::Release);
+        // Detached on purpose: joining here would block the async runtime
+        // while the consumer leaves its group.
+        drop(self.pump.take());
+    }
+
+    fn consumer(&self) -> LogResult<&Arc<BaseConsumer<MemberContext>>> {
+        self.consumer
+            .as_ref()
+            .ok_or_else(|| LogError::Backend("the subscription was stopped".into()))
+    }
+}
+
+impl Drop for KafkaSubscription {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[async_trait]
+impl Subscription for KafkaSubscription {
+    async fn poll(&mut self, max: usize, wait: Duration) -> LogResult<Vec<Delivery>> {
+        self.consumer()?;
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let deadline = Instant::now() + wait;
+        loop {
+            let notified = self.shared.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut state = lock(&self.shared.state);
+                if !state.buffer.is_empty() {
+                    let take = max.min(state.buffer.len());
+                    return Ok(state.buffer.drain(..take).collect());
+                }
+                if let Some(error) = state.error.take() {
+                    return Err(error);
+                }
+            }
+            if Instant::now() >= deadline {
+                return Ok(Vec::new());
+            }
+            // On timeout, loop once more: the buffer is looked at a last time.
+            let _ = tokio::time::timeout_at(deadline, notified).await;
+        }
+    }
+
+    async fn commit(&mut self, deliveries: &[Delivery]) -> LogResult<()> {
+        let consumer = self.consumer()?.clone();
+        let mut next: BTreeMap<(String, i32), i64> = BTreeMap::new();
+        for delivery in deliveries {
+            let entry = next
+                .entry((delivery.topic.clone(), delivery.partition))
+                .or_insert(0);
+            *entry = (*entry).max(delivery.offset + 1);
+        }
+        // Never rewind what this member committed.
+        next.retain(|key, offset| self.committed.get(key).is_none_or(|done| *offset > *done));
+        if next.is_empty() {
+            return Ok(());
+        }
+        let settings_prefix_topic = |topic: &str| format!("{}{topic}", self.prefix());
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), offset) in &next {
+            tpl.add_partition_offset(
+                &settings_prefix_topic(topic),
+                *partition,
+                Offset::Offset(*offset),
+            )
+            .map_err(|e| kafka_err("building the commit", e))?;
+        }
+        let group = self.group.clone();
+        let committed = tokio::task::spawn_blocking(move || -> LogResult<TopicPartitionList> {
+            // Only partitions this member still owns: the others moved in a
+            // rebalance, and their new owner commits them.
+            let owned = consumer
+                .assignment()
+                .map_err(|e| kafka_err("reading the assignment", e))?;
+            let mut mine = TopicPartitionList::new();
+            for element in tpl.elements() {
+                if owned
+                    .find_partition(element.topic(), element.partition())
+                    .is_some()
+                {
+                    mine.add_partition_offset(
+                        element.topic(),
+                        element.partition(),
+                        element.offset(),
+                    )
+                    .map_err(|e| kafka_err("building the commit", e))?;
+                } else {
+                    tracing::debug!(
+                        group,
+                        topic = element.topic(),
+                        partition = element.partition(),
+                        "not committing a partition that moved to another member"
+                    );
+                }
+            }
+            if mine.count() > 0 {
+                consumer
+                    .commit(&mine, CommitMode::Sync)
+                    .map_err(|e| kafka_err(&format!("committing offsets of group {group}"), e))?;
+            }
+            Ok(mine)
+        })
+        .await
+        .map_err(task_err)??;
+        for element in committed.elements() {
+            if let Offset::Offset(offset) = element.offset() {
+                let topic = element
+                    .topic()
+                    .strip_prefix(self.prefix())
+                    .unwrap_or(element.topic())
+                    .to_owned();
+                let done = self
+                    .committed
+                    .entry((topic, element.partition()))
+                    .or_insert(0);
+                *done = (*done).max(offset);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl KafkaSubscription {
+    fn prefix(&self) -> &str {
+        self.consumer
+            .as_ref()
+            .map(|c| c.context().prefix.as_str())
+            .unwrap_or("")
+    }
+}
