@@ -101,9 +101,10 @@ pub(crate) struct Inner {
     /// Where units of work append events: the `event_log` table (the
     /// embedded log) or the `outbox` table (for the Kafka relay).
     pub(crate) destination: EventDestination,
-    /// Outbox rows held by live relay batches of this process (see
-    /// [`outbox`]); shared by every clone so that relays skip each other's rows.
-    pub(crate) claimed: Arc<std::sync::Mutex<std::collections::BTreeSet<i64>>>,
+    /// Outbox rows (and their keys) held by live relay batches of this
+    /// process (see [`outbox`]); shared by every clone so that relays skip
+    /// each other's rows and keys.
+    pub(crate) claimed: Arc<std::sync::Mutex<outbox::Claims>>,
 }
 
 impl std::fmt::Debug for SqliteStore {

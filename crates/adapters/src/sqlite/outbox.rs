@@ -16,12 +16,16 @@
 //! in an in-process set of held `seq`s that every clone of the store shares;
 //! later claims skip the held rows, and dropping the batch releases them.
 //! Several relays in one process therefore never publish the same row twice.
+//! They also keep each key's order: a claim skips every row whose key has
+//! rows in another live batch, so a shopper's later events cannot overtake
+//! earlier ones that another relay is still publishing (consumers apply an
+//! order's events in order, and ignore one that does not fit the state).
 //! Relays in *different* processes on one SQLite file do not see each
 //! other's claims and may both publish a row: harmless, since consumers skip
 //! a redelivered event by id, and running several relays only makes sense
 //! with PostgreSQL anyway.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -49,10 +53,36 @@ impl SqliteOutbox {
     }
 }
 
-/// Locks the set of held rows. A panic while holding it cannot leave it
-/// inconsistent (every update is a single insert or remove), so a poisoned
-/// lock is simply taken over.
-fn held(claimed: &Mutex<BTreeSet<i64>>) -> std::sync::MutexGuard<'_, BTreeSet<i64>> {
+/// What the live batches of this process hold.
+#[derive(Debug, Default)]
+pub(crate) struct Claims {
+    seqs: BTreeSet<i64>,
+    /// Rows held per key.
+    keys: HashMap<String, usize>,
+}
+
+impl Claims {
+    fn hold(&mut self, event: &OutboxEvent) {
+        self.seqs.insert(event.seq);
+        *self.keys.entry(event.key.clone()).or_default() += 1;
+    }
+
+    fn release(&mut self, event: &OutboxEvent) {
+        if self.seqs.remove(&event.seq)
+            && let Some(count) = self.keys.get_mut(&event.key)
+        {
+            *count -= 1;
+            if *count == 0 {
+                self.keys.remove(&event.key);
+            }
+        }
+    }
+}
+
+/// Locks the claims. A panic while holding the lock cannot leave them
+/// inconsistent (no update panics half-way), so a poisoned lock is simply
+/// taken over.
+fn held(claimed: &Mutex<Claims>) -> std::sync::MutexGuard<'_, Claims> {
     claimed
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -65,7 +95,7 @@ fn json_seqs<'a>(seqs: impl IntoIterator<Item = &'a i64>) -> String {
 #[async_trait]
 impl Outbox for SqliteOutbox {
     async fn claim(&self, limit: usize) -> StoreResult<Box<dyn OutboxBatch>> {
-        let skip = json_seqs(held(&self.inner.claimed).iter());
+        let skip = json_seqs(held(&self.inner.claimed).seqs.iter());
         count("outbox_claim");
         let found = sqlx::query(
             r#"SELECT seq, topic, key, payload, created_at FROM outbox
@@ -93,12 +123,25 @@ impl Outbox for SqliteOutbox {
                 created_at: rows::time(row, "created_at")?,
             });
         }
-        // Another relay of this process may have claimed some of these rows
-        // between our snapshot of the held set and now: keep only the rows
-        // this batch is the first to hold.
+        // Keep only rows no other live batch holds, and whose key no other
+        // live batch holds (checked now, under the lock: another relay may
+        // have claimed between our read and here). Once a key is skipped,
+        // its later rows are skipped too, so each key stays in order.
         {
             let mut claimed = held(&self.inner.claimed);
-            events.retain(|event| claimed.insert(event.seq));
+            let mut blocked: HashSet<String> = HashSet::new();
+            events.retain(|event| {
+                let taken =
+                    claimed.seqs.contains(&event.seq) || claimed.keys.contains_key(&event.key);
+                if taken || blocked.contains(&event.key) {
+                    blocked.insert(event.key.clone());
+                    return false;
+                }
+                true
+            });
+            for event in &events {
+                claimed.hold(event);
+            }
         }
         Ok(Box::new(SqliteOutboxBatch {
             inner: self.inner.clone(),
@@ -138,7 +181,7 @@ impl Drop for SqliteOutboxBatch {
     fn drop(&mut self) {
         let mut claimed = held(&self.inner.claimed);
         for event in &self.events {
-            claimed.remove(&event.seq);
+            claimed.release(event);
         }
     }
 }

@@ -300,3 +300,39 @@ pub async fn relay_marks_only_after_ack(store: Arc<dyn Store>, outbox: Arc<dyn O
         "every row published once after the failure, in append order"
     );
 }
+
+/// Several relays keep each key's order: while one live batch holds rows of
+/// a key, another claim skips every row of that key (a later event of a
+/// shopper must not reach the log before an earlier one another relay is
+/// still publishing).
+pub async fn live_claims_keep_key_order(store: Arc<dyn Store>, outbox: Arc<dyn Outbox>) {
+    let (k, l) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+    let events = vec![
+        user_registered(k),
+        user_registered(k),
+        user_registered(l),
+        user_registered(k),
+    ];
+    for event in &events {
+        append_committed(&store, std::slice::from_ref(event)).await;
+    }
+
+    let first = outbox.claim(1).await.expect("first claim");
+    assert_eq!(ids_of(first.events()), envelope_ids(&events[..1]));
+    let second = tokio::time::timeout(Duration::from_secs(10), outbox.claim(10))
+        .await
+        .expect("a second claim must not wait for the first batch")
+        .expect("second claim");
+    assert_eq!(
+        ids_of(second.events()),
+        envelope_ids(&events[2..3]),
+        "the key held by the first batch is skipped entirely, other keys are not"
+    );
+    drop(first);
+    let third = outbox.claim(10).await.expect("third claim");
+    assert_eq!(
+        ids_of(third.events()),
+        vec![events[0].id, events[1].id, events[3].id],
+        "once released, the key's rows come back in order"
+    );
+}
