@@ -17,11 +17,24 @@ if ! need_cmd cargo; then
   echo "cargo is missing: install the Rust toolchain (https://rustup.rs) and run this again" >&2
   exit 1
 fi
-# librdkafka and libsqlite3 are built from source by their crates; they need a C toolchain.
+# librdkafka and libsqlite3 are built from source by their crates; they need a
+# C toolchain, and librdkafka's TLS/SASL support links OpenSSL.
+# The scaled adapters' tests start real servers: Redis 7 (redis-server and
+# redis-cli for the cluster), PostgreSQL 15 (initdb/postgres, run as the
+# `postgres` user) and Prometheus (the observability test scrapes orderflow
+# and evaluates every alert rule and dashboard query). `setpriv` (util-linux)
+# runs PostgreSQL as `postgres` when the tests run as root.
 missing=()
 need_cmd cc || missing+=(build-essential)
 need_cmd make || missing+=(make)
 need_cmd pkg-config || missing+=(pkg-config)
+[ -f /usr/include/openssl/ssl.h ] || missing+=(libssl-dev)
+need_cmd redis-server || missing+=(redis-server)
+need_cmd redis-cli || missing+=(redis-tools)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_cmd initdb || missing+=(postgresql)
+need_cmd prometheus || missing+=(prometheus)
+need_cmd promtool || missing+=(prometheus)
+need_cmd setpriv || missing+=(util-linux)
 if ((${#missing[@]})); then
   if need_cmd apt-get && [ "$(id -u)" = 0 ]; then
     step "installing ${missing[*]}"
@@ -30,6 +43,18 @@ if ((${#missing[@]})); then
     echo "missing: ${missing[*]} (install them with your package manager)" >&2
     exit 1
   fi
+fi
+
+# The Kafka-protocol broker for the Kafka adapter's tests (no Apache Kafka
+# here). 0.6.0 is the newest release that builds with Rust 1.95; --locked
+# keeps its dependency versions. About 11 minutes to build, once.
+TANSU_VERSION=0.6.0
+PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+export PATH
+if ! tansu --version 2>/dev/null | grep -q "$TANSU_VERSION"; then
+  step "installing the Kafka-protocol broker tansu $TANSU_VERSION (cargo install, ~11 min)"
+  cargo install --locked "tansu@$TANSU_VERSION" --features dynostore,libsql,postgres
+  tansu --version
 fi
 rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup component add rustfmt clippy 2>/dev/null || true
 

@@ -4,9 +4,20 @@
 //! - [`sqlite`]: the embedded database (sqlx, WAL) implementing the
 //!   [`Store`](orderflow_core::ports::store::Store) port, and the embedded event
 //!   log (a table in the same database) implementing
-//!   [`EventLog`](orderflow_core::ports::log::EventLog).
+//!   [`EventLog`](orderflow_core::ports::log::EventLog), plus the outbox
+//!   the Kafka relay reads when the log is Kafka.
+//! - [`postgres`]: PostgreSQL (sqlx) behind the same `Store` port, with row
+//!   locks where SQLite locks the file; its event log (LISTEN/NOTIFY
+//!   wake-ups) and its outbox (`FOR UPDATE SKIP LOCKED`, several relays).
+//! - [`kafka`]: Kafka (rdkafka) as the event log: topic creation, the
+//!   idempotent producer the relay publishes through, consumer-group members
+//!   with manual commits and cooperative rebalancing, lag from watermarks.
+//! - [`redis`]: Redis (standalone, TLS or cluster): the shared L2 catalog
+//!   cache with pub/sub invalidation and cross-process request collapsing,
+//!   the rate limiter (one Lua script per algorithm) and revocations, all
+//!   backed by the database or harmless to lose.
 //! - [`memory`]: in-process adapters: the revocation list (backed by the
-//!   database) and the rate limiter.
+//!   database), the rate limiter and the shared-cache stand-in.
 //! - [`providers`]: payment, e-mail, SMS and push: real adapters (SMTP, HTTP
 //!   webhooks) and the simulated provider with configurable latency and failure rate.
 

@@ -9,12 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use orderflow_adapters::memory::{DbBackedRevocations, InProcessRateLimiter};
 use orderflow_adapters::providers::{
     SimulatedNotifier, SimulatedPayment, SimulatedProviders, SimulationSettings, SmtpNotifier,
     SmtpSettings, WebhookNotifier, WebhookPayment, WebhookSettings,
 };
-use orderflow_adapters::sqlite::SqliteStore;
 use orderflow_api::{AppState, HttpLimits, RateLimits};
 use orderflow_core::ports::log::EventLog;
 use orderflow_core::ports::providers::{Notifier, PaymentGateway};
@@ -26,6 +24,7 @@ use orderflow_core::services::catalog::{CacheSettings, CatalogService};
 use orderflow_core::services::effects::{Notifiers, RetryPolicy};
 use orderflow_core::services::orders::{OrderService, SideEffects};
 use orderflow_core::services::queries::ShopperQueries;
+use orderflow_core::services::relay::Relay;
 use orderflow_domain::notification::Channel;
 use orderflow_workers::WorkerDeps;
 use secrecy::ExposeSecret;
@@ -33,6 +32,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::backends::Backends;
 use crate::keys;
 use crate::settings::{CacheMode, Settings, SideEffectsMode, SmtpTls};
 use crate::telemetry;
@@ -52,6 +52,8 @@ pub struct App {
     /// real adapter configured.
     pub simulated: SimulatedProviders,
     pub workers: WorkerDeps,
+    /// With Kafka: the outbox relay (`orderflow relay`; `serve` runs it too).
+    pub relay: Option<Relay>,
     pub state: AppState,
     /// The gauges read from their sources (lag, DLQ, pool, process), which
     /// [`App::run`] and [`App::run_workers`] refresh on a timer.
@@ -64,33 +66,13 @@ impl App {
     pub async fn build(settings: Settings) -> anyhow::Result<App> {
         std::fs::create_dir_all(&settings.data_dir)
             .with_context(|| format!("creating the data dir {}", settings.data_dir.display()))?;
-        let url = settings.database_url();
-        anyhow::ensure!(
-            url.starts_with("sqlite:"),
-            "ORDERFLOW_DATABASE_URL must be a sqlite:// URL in this version (got a {} URL)",
-            url.split(':').next().unwrap_or("schemeless")
-        );
-        let sqlite = SqliteStore::connect_with(
-            &url,
-            settings.database_max_connections,
-            settings.log_partitions,
-        )
-        .await
-        .with_context(|| "opening the database")?;
-        sqlite.migrate().await.context("migrating the database")?;
-        let pool_gauges: telemetry::PoolGauges = {
-            let sqlite = sqlite.clone();
-            Arc::new(move || sqlite.export_pool_gauges())
-        };
-        let log: Arc<dyn EventLog> = Arc::new(sqlite.event_log());
-        let store: Arc<dyn Store> = Arc::new(sqlite);
+        let backends = Backends::connect(&settings).await?;
+        tracing::info!(adapters = %backends.description, "connected");
+        let store = backends.store.clone();
+        let log = backends.log.clone();
 
         let key_set = keys::load_or_create(&settings.data_dir)?;
-        let revocations = Arc::new(
-            DbBackedRevocations::load(store.clone())
-                .await
-                .context("loading revocations")?,
-        );
+        let revocations = backends.revocations().await?;
         let auth = Arc::new(AuthService::new(
             store.clone(),
             revocations,
@@ -104,7 +86,7 @@ impl App {
             ttl_jitter: Duration::from_secs(settings.cache_ttl_secs / 4),
             ..CacheSettings::default()
         };
-        let catalog = Arc::new(CatalogService::new(store.clone(), &cache));
+        let catalog = Arc::new(backends.catalog(&cache));
 
         let simulated = simulated_providers(&settings);
         let (payment, notifiers) = providers(&settings, &simulated)?;
@@ -138,7 +120,7 @@ impl App {
             queries: queries.clone(),
             operations: operations.clone(),
             metrics: telemetry::prometheus(),
-            limiter: Arc::new(InProcessRateLimiter::new()),
+            limiter: backends.rate_limiter(settings.scale.rate_limit_fail),
             rate_limits: rate_limits(&settings)?,
             http_limits: HttpLimits {
                 max_body_bytes: settings.max_body_bytes,
@@ -159,7 +141,7 @@ impl App {
 
         let gauges = telemetry::Gauges {
             operations: operations.clone(),
-            pool: Some(pool_gauges),
+            pool: Some(backends.pool_gauges.clone()),
         };
         Ok(App {
             gauges,
@@ -173,6 +155,7 @@ impl App {
             operations,
             simulated,
             workers,
+            relay: backends.relay,
             state,
         })
     }
@@ -201,6 +184,16 @@ impl App {
     ) -> anyhow::Result<()> {
         let tracker = TaskTracker::new();
         tracker.spawn(self.gauges.clone().spawn(shutdown.clone()));
+        // Other API processes' catalog updates reach this L1 over Redis.
+        if let Some(listener) = self
+            .catalog
+            .start_invalidation_listener(shutdown.clone())
+            .await
+        {
+            tracker.spawn(async move {
+                let _ = listener.await;
+            });
+        }
         if run_workers {
             for consumer in self
                 .workers
@@ -209,6 +202,10 @@ impl App {
                 .context("starting the consumer groups")?
             {
                 tracker.spawn(consumer.run(shutdown.clone()));
+            }
+            // One process runs every role, the relay included.
+            if let Some(relay) = self.relay.clone() {
+                tracker.spawn(relay.run(shutdown.clone()));
             }
         }
         tracker.close();
@@ -224,6 +221,16 @@ impl App {
         shutdown.cancel();
         tracker.wait().await;
         served
+    }
+
+    /// Runs only the outbox relay (`orderflow relay`), until `shutdown`.
+    pub async fn run_relay(&self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let relay = self.relay.clone().context(
+            "the relay only runs with Kafka: set ORDERFLOW_KAFKA_BROKERS \
+             (with the embedded log, events need no relay)",
+        )?;
+        relay.run(shutdown).await;
+        Ok(())
     }
 
     /// Runs only consumer groups (`orderflow worker GROUP…`), until `shutdown`.

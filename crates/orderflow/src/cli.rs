@@ -38,7 +38,9 @@ pub enum Command {
         /// inventory, payment, orders, email, sms, push, loyalty, analytics
         groups: Vec<String>,
     },
-    /// Apply database migrations and exit.
+    /// Only the outbox relay: publishes committed events to Kafka (needs ORDERFLOW_KAFKA_BROKERS).
+    Relay,
+    /// Apply database migrations (and create missing Kafka topics) and exit.
     Migrate,
     /// Seed the demo catalog and shoppers (existing ones are left alone).
     Seed,
@@ -96,6 +98,7 @@ impl Command {
             Command::Serve { .. } => "serve",
             Command::Api => "api",
             Command::Worker { .. } => "worker",
+            Command::Relay => "relay",
             _ => "cli",
         }
     }
@@ -146,6 +149,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             println!("running consumer groups: {}", groups.join(", "));
             app.run_workers(&groups, shutdown_on_signal()).await?;
+        }
+        Command::Relay => {
+            println!("relaying the outbox to Kafka");
+            app.run_relay(shutdown_on_signal()).await?;
         }
         Command::Migrate => println!(
             "database is migrated: {}",

@@ -2,16 +2,19 @@
 //! exactly what `orderflow serve` runs.
 //!
 //! Map of the crate:
-//! - [`cli`]: the commands (`serve`, `api`, `worker`, `migrate`, `seed`,
-//!   `consumers`, `dlq`) and what each prints.
+//! - [`cli`]: the commands (`serve`, `api`, `worker`, `relay`, `migrate`,
+//!   `seed`, `consumers`, `dlq`, `keys`, `bench`) and what each prints.
 //! - [`settings`]: typed settings from `ORDERFLOW_*` variables; secrets never print.
-//! - [`app`]: the composition root: adapters chosen from the settings, use
-//!   cases wired, server and consumer groups run and shut down.
+//! - [`app`]: the composition root: use cases wired, server, consumer
+//!   groups and relay run and shut down.
+//! - [`backends`]: which adapter serves each port (SQLite or PostgreSQL,
+//!   embedded log or Kafka, in-process or Redis), chosen by the settings.
 //! - [`keys`]: the JWT key set kept in the data dir.
 //! - [`seed`]: the demo catalog and shoppers.
 //! - [`telemetry`]: logging and the Prometheus recorder.
 
 pub mod app;
+pub mod backends;
 pub mod cli;
 pub mod keys;
 pub mod seed;

@@ -59,7 +59,7 @@ pub struct Settings {
     )]
     pub data_dir: PathBuf,
 
-    /// `sqlite://path` (default: a file in the data dir). PostgreSQL arrives with the scaled adapters.
+    /// `sqlite://path` (default: a file in the data dir) or `postgres://user:password@host/db`.
     #[arg(long, env = "ORDERFLOW_DATABASE_URL", global = true)]
     pub database_url: Option<String>,
 
@@ -124,6 +124,9 @@ pub struct Settings {
 
     #[command(flatten)]
     pub providers: ProviderSettings,
+
+    #[command(flatten)]
+    pub scale: ScaleOutSettings,
 
     /// Attempts per event before it goes to the dead-letter queue.
     #[arg(
@@ -354,6 +357,178 @@ pub struct ProviderSettings {
         global = true
     )]
     pub webhook_token: Option<SecretString>,
+}
+
+/// The scaled adapters: each is switched on by its own setting, so any mix
+/// works (PostgreSQL without Kafka, SQLite with Redis, …).
+#[derive(Debug, Clone, Args)]
+pub struct ScaleOutSettings {
+    /// Kafka bootstrap servers `host:port,…`; set, the event log is Kafka
+    /// (events go through the outbox and a relay); unset, the embedded log.
+    #[arg(long, env = "ORDERFLOW_KAFKA_BROKERS", global = true)]
+    pub kafka_brokers: Option<String>,
+
+    /// Prepended to every topic and consumer-group name (several
+    /// orderflows, or tests, on one cluster).
+    #[arg(
+        long,
+        env = "ORDERFLOW_KAFKA_TOPIC_PREFIX",
+        default_value = "",
+        global = true
+    )]
+    pub kafka_topic_prefix: String,
+
+    /// Partitions of the topics orderflow creates when they are missing.
+    #[arg(
+        long,
+        env = "ORDERFLOW_KAFKA_PARTITIONS",
+        default_value_t = 6,
+        global = true
+    )]
+    pub kafka_partitions: i32,
+
+    /// Replication factor of the topics orderflow creates (3 on a real cluster).
+    #[arg(
+        long,
+        env = "ORDERFLOW_KAFKA_REPLICATION",
+        default_value_t = 1,
+        global = true
+    )]
+    pub kafka_replication: i32,
+
+    /// librdkafka `security.protocol`: plaintext, ssl, sasl_plaintext, sasl_ssl.
+    #[arg(long, env = "ORDERFLOW_KAFKA_SECURITY_PROTOCOL", global = true)]
+    pub kafka_security_protocol: Option<String>,
+    /// librdkafka `sasl.mechanism`: PLAIN, SCRAM-SHA-256, SCRAM-SHA-512.
+    #[arg(long, env = "ORDERFLOW_KAFKA_SASL_MECHANISM", global = true)]
+    pub kafka_sasl_mechanism: Option<String>,
+    #[arg(long, env = "ORDERFLOW_KAFKA_SASL_USERNAME", global = true)]
+    pub kafka_sasl_username: Option<String>,
+    #[arg(
+        long,
+        env = "ORDERFLOW_KAFKA_SASL_PASSWORD",
+        hide_env_values = true,
+        global = true
+    )]
+    pub kafka_sasl_password: Option<SecretString>,
+    /// CA bundle to verify the brokers (`ssl.ca.location`).
+    #[arg(long, env = "ORDERFLOW_KAFKA_SSL_CA_LOCATION", global = true)]
+    pub kafka_ssl_ca_location: Option<PathBuf>,
+    /// Client certificate and key for mutual TLS.
+    #[arg(long, env = "ORDERFLOW_KAFKA_SSL_CERTIFICATE_LOCATION", global = true)]
+    pub kafka_ssl_certificate_location: Option<PathBuf>,
+    #[arg(long, env = "ORDERFLOW_KAFKA_SSL_KEY_LOCATION", global = true)]
+    pub kafka_ssl_key_location: Option<PathBuf>,
+    /// Any other librdkafka property, `name=value;name=value`
+    /// (for example `socket.keepalive.enable=true`).
+    #[arg(
+        long,
+        env = "ORDERFLOW_KAFKA_CONFIG",
+        hide_env_values = true,
+        global = true
+    )]
+    pub kafka_config: Option<SecretString>,
+
+    /// Outbox rows a relay publishes per batch.
+    #[arg(
+        long,
+        env = "ORDERFLOW_RELAY_BATCH",
+        default_value_t = 500,
+        global = true
+    )]
+    pub relay_batch: usize,
+
+    /// `redis://host:port/db`, `rediss://…` (TLS) or
+    /// `redis+cluster://h1:p1,h2:p2,…`; set, Redis holds the shared cache,
+    /// rate limits and revocations; unset, they live in each process.
+    #[arg(
+        long,
+        env = "ORDERFLOW_REDIS_URL",
+        hide_env_values = true,
+        global = true
+    )]
+    pub redis_url: Option<SecretString>,
+
+    /// Prepended to every Redis key (several orderflows, or tests, on one Redis).
+    #[arg(
+        long,
+        env = "ORDERFLOW_REDIS_KEY_PREFIX",
+        default_value = "orderflow:",
+        global = true
+    )]
+    pub redis_key_prefix: String,
+
+    /// What the rate limiter does while Redis is unreachable: `open` lets
+    /// requests through (counted and logged), `closed` refuses them.
+    #[arg(
+        long,
+        env = "ORDERFLOW_RATE_LIMIT_FAIL",
+        value_enum,
+        default_value = "open",
+        global = true
+    )]
+    pub rate_limit_fail: FailMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FailMode {
+    Open,
+    Closed,
+}
+
+impl ScaleOutSettings {
+    /// The librdkafka properties set by the `ORDERFLOW_KAFKA_*` security
+    /// settings and `ORDERFLOW_KAFKA_CONFIG`, in that order (the generic
+    /// list can override a typed one).
+    pub fn kafka_client_config(
+        &self,
+    ) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+        use secrecy::ExposeSecret;
+        let mut config = std::collections::BTreeMap::new();
+        let path = |p: &PathBuf| p.display().to_string();
+        let typed = [
+            ("security.protocol", self.kafka_security_protocol.clone()),
+            ("sasl.mechanism", self.kafka_sasl_mechanism.clone()),
+            ("sasl.username", self.kafka_sasl_username.clone()),
+            (
+                "sasl.password",
+                self.kafka_sasl_password
+                    .as_ref()
+                    .map(|p| p.expose_secret().to_owned()),
+            ),
+            (
+                "ssl.ca.location",
+                self.kafka_ssl_ca_location.as_ref().map(path),
+            ),
+            (
+                "ssl.certificate.location",
+                self.kafka_ssl_certificate_location.as_ref().map(path),
+            ),
+            (
+                "ssl.key.location",
+                self.kafka_ssl_key_location.as_ref().map(path),
+            ),
+        ];
+        for (name, value) in typed {
+            if let Some(value) = value {
+                config.insert(name.to_owned(), value);
+            }
+        }
+        if let Some(extra) = &self.kafka_config {
+            let pairs = extra.expose_secret().split(';');
+            for (index, pair) in pairs.filter(|p| !p.trim().is_empty()).enumerate() {
+                // The entry itself is not printed: it may hold a secret.
+                let (name, value) = pair.split_once('=').ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "ORDERFLOW_KAFKA_CONFIG: entry {} is not name=value",
+                        index + 1
+                    )
+                })?;
+                config.insert(name.trim().to_owned(), value.trim().to_owned());
+            }
+        }
+        Ok(config)
+    }
 }
 
 impl Settings {

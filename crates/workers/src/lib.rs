@@ -32,7 +32,7 @@ pub mod handlers;
 pub mod runtime;
 
 pub use error::WorkerError;
-pub use handlers::{GROUPS, WorkerDeps};
+pub use handlers::{GROUP_TOPICS, GROUPS, WorkerDeps, topics_of};
 pub use orderflow_core::services::effects::{Notifiers, RetryPolicy};
 pub use runtime::{BatchReport, Consumer, Handled, Handler};
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use orderflow_core::ports::log::Delivery;
 use orderflow_core::ports::store::Store;
-use orderflow_domain::events::{EventData, topics};
+use orderflow_domain::events::EventData;
 use orderflow_domain::money::Currency;
 use orderflow_domain::order::{Order, OrderStatus};
 
@@ -30,7 +30,7 @@ impl Handler for AnalyticsHandler {
     }
 
     fn topics(&self) -> &'static [&'static str] {
-        &[topics::ORDER_EVENTS]
+        super::topics_of("analytics")
     }
 
     async fn handle(&self, delivery: &Delivery) -> Result<Handled, WorkerError> {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use orderflow_core::ports::log::Delivery;
 use orderflow_core::ports::store::{Reservation, Store};
-use orderflow_domain::events::{Envelope, EventData, topics};
+use orderflow_domain::events::{Envelope, EventData};
 
 use super::claim;
 use crate::error::WorkerError;
@@ -28,7 +28,7 @@ impl Handler for InventoryHandler {
     }
 
     fn topics(&self) -> &'static [&'static str] {
-        &[topics::ORDER_EVENTS]
+        super::topics_of("inventory")
     }
 
     async fn handle(&self, delivery: &Delivery) -> Result<Handled, WorkerError> {

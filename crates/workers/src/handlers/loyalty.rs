@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use orderflow_core::ports::log::Delivery;
 use orderflow_core::ports::store::Store;
 use orderflow_core::services::effects::points_for;
-use orderflow_domain::events::{EventData, topics};
+use orderflow_domain::events::EventData;
 use orderflow_domain::money::{Currency, Money};
 
 use super::claim;
@@ -30,7 +30,7 @@ impl Handler for LoyaltyHandler {
     }
 
     fn topics(&self) -> &'static [&'static str] {
-        &[topics::ORDER_EVENTS]
+        super::topics_of("loyalty")
     }
 
     async fn handle(&self, delivery: &Delivery) -> Result<Handled, WorkerError> {

@@ -18,6 +18,7 @@ use orderflow_core::ports::providers::PaymentGateway;
 use orderflow_core::ports::store::{Store, StoreTx};
 use orderflow_core::services::effects::{Notifiers, RetryPolicy};
 use orderflow_domain::EventId;
+use orderflow_domain::events::topics;
 use orderflow_domain::notification::Channel;
 
 use crate::error::WorkerError;
@@ -48,6 +49,28 @@ pub const GROUPS: [&str; 8] = [
     "loyalty",
     "analytics",
 ];
+
+/// Which topics each group reads. The one table both the handlers and the
+/// Kafka log use: the log reports lag for groups whose members run in other
+/// processes, so it must know their topics without building their handlers.
+pub const GROUP_TOPICS: [(&str, &[&str]); 8] = [
+    ("inventory", &[topics::ORDER_EVENTS]),
+    ("payment", &[topics::STOCK_EVENTS]),
+    ("orders", &[topics::STOCK_EVENTS, topics::PAYMENT_EVENTS]),
+    ("email", &[topics::ORDER_EVENTS, topics::USER_EVENTS]),
+    ("sms", &[topics::ORDER_EVENTS]),
+    ("push", &[topics::ORDER_EVENTS]),
+    ("loyalty", &[topics::ORDER_EVENTS]),
+    ("analytics", &[topics::ORDER_EVENTS]),
+];
+
+/// The topics `group` reads (empty for an unknown group).
+pub fn topics_of(group: &str) -> &'static [&'static str] {
+    GROUP_TOPICS
+        .iter()
+        .find(|(name, _)| *name == group)
+        .map_or(&[], |(_, topics)| topics)
+}
 
 /// What the consumer groups need: the database, the event log, the providers
 /// and the retry policy. Cheap to clone.

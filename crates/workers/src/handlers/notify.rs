@@ -8,7 +8,7 @@ use orderflow_core::ports::log::Delivery;
 use orderflow_core::ports::providers::Notifier;
 use orderflow_core::ports::store::{NotificationRecord, Store};
 use orderflow_core::services::effects::notification_message;
-use orderflow_domain::events::{EventData, topics};
+use orderflow_domain::events::EventData;
 use orderflow_domain::notification::{Channel, NotificationKind};
 use orderflow_domain::{OrderId, UserId};
 
@@ -62,10 +62,7 @@ impl Handler for NotifyHandler {
     }
 
     fn topics(&self) -> &'static [&'static str] {
-        match self.channel {
-            Channel::Email => &[topics::ORDER_EVENTS, topics::USER_EVENTS],
-            Channel::Sms | Channel::Push => &[topics::ORDER_EVENTS],
-        }
+        super::topics_of(self.channel.as_str())
     }
 
     async fn handle(&self, delivery: &Delivery) -> Result<Handled, WorkerError> {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use orderflow_core::ports::log::Delivery;
 use orderflow_core::ports::store::Store;
-use orderflow_domain::events::{Envelope, EventData, topics};
+use orderflow_domain::events::{Envelope, EventData};
 use orderflow_domain::order::{OrderFact, OrderStatus, Transition};
 
 use super::claim;
@@ -34,7 +34,7 @@ impl Handler for OrdersHandler {
     }
 
     fn topics(&self) -> &'static [&'static str] {
-        &[topics::STOCK_EVENTS, topics::PAYMENT_EVENTS]
+        super::topics_of("orders")
     }
 
     async fn handle(&self, delivery: &Delivery) -> Result<Handled, WorkerError> {
@@ -105,6 +105,16 @@ impl Handler for OrdersHandler {
                 .await?;
         }
         tx.commit().await?;
+        // Counted after the commit, so a transition rolled back (and retried)
+        // is counted once, when it really happened.
+        if let Some(last) = steps.last().filter(|status| status.is_final()) {
+            metrics::counter!("orderflow_orders_total", "status" => last.as_str(), "mode" => "events")
+                .increment(1);
+            if *last == OrderStatus::Confirmed {
+                metrics::counter!("orderflow_revenue_cents_total", "currency" => order.currency.to_string())
+                    .increment(u64::try_from(order.total_cents).unwrap_or(0));
+            }
+        }
         Ok(Handled::Applied)
     }
 }

@@ -7,7 +7,7 @@ use orderflow_core::ports::log::Delivery;
 use orderflow_core::ports::providers::{ChargeOutcome, ChargeRequest, PaymentGateway};
 use orderflow_core::ports::store::{PaymentRecord, Store};
 use orderflow_core::services::effects::payment_idempotency_key;
-use orderflow_domain::events::{Envelope, EventData, topics};
+use orderflow_domain::events::{Envelope, EventData};
 
 use super::claim;
 use crate::error::WorkerError;
@@ -31,7 +31,7 @@ impl Handler for PaymentHandler {
     }
 
     fn topics(&self) -> &'static [&'static str] {
-        &[topics::STOCK_EVENTS]
+        super::topics_of("payment")
     }
 
     async fn handle(&self, delivery: &Delivery) -> Result<Handled, WorkerError> {

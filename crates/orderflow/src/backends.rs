@@ -1,0 +1,215 @@
+//! Which adapter serves each port. Three settings choose, each on its own, so
+//! any mix works (DESIGN.md §3):
+//!
+//! | setting | unset | set |
+//! | --- | --- | --- |
+//! | `ORDERFLOW_DATABASE_URL` | SQLite file in the data dir | `postgres://…` |
+//! | `ORDERFLOW_KAFKA_BROKERS` | event log in the database | Kafka, fed by the outbox relay |
+//! | `ORDERFLOW_REDIS_URL` | cache, limiter, revocations in process | Redis (L2 cache, limiter, revocations) |
+//!
+//! With Kafka the store appends events to its outbox table instead of its
+//! log table, and [`Backends::relay`] is the relay that moves them (run by
+//! `orderflow relay`, and by `orderflow serve` in-process).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use anyhow::Context;
+use orderflow_adapters::kafka::{KafkaEventLog, KafkaPublisher, KafkaSettings, ensure_topics};
+use orderflow_adapters::memory::{DbBackedRevocations, InProcessRateLimiter};
+use orderflow_adapters::postgres::PostgresStore;
+use orderflow_adapters::redis::{
+    RedisConnection, RedisRateLimiter, RedisRevocations, RedisSettings, RedisSharedCache,
+};
+use orderflow_adapters::sqlite::SqliteStore;
+use orderflow_core::ports::log::EventLog;
+use orderflow_core::ports::outbox::{EventDestination, Outbox};
+use orderflow_core::ports::rate_limit::RateLimiter;
+use orderflow_core::ports::revocations::RevocationList;
+use orderflow_core::ports::store::Store;
+use orderflow_core::services::catalog::{CacheSettings, CatalogService};
+use orderflow_core::services::relay::{Relay, RelaySettings};
+use secrecy::ExposeSecret;
+
+use crate::settings::{FailMode, Settings};
+use crate::telemetry::PoolGauges;
+
+/// The adapters chosen for the database, the event log and Redis.
+pub struct Backends {
+    pub store: Arc<dyn Store>,
+    pub log: Arc<dyn EventLog>,
+    /// With Kafka: the relay from this database's outbox to the topics.
+    pub relay: Option<Relay>,
+    /// With Redis: the connection the cache, limiter and revocations share.
+    pub redis: Option<RedisConnection>,
+    /// Sets the connection-pool gauges from the database adapter's pool.
+    pub pool_gauges: PoolGauges,
+    /// `sqlite + embedded log`, `postgres + kafka + redis`, … for the start-up log.
+    pub description: String,
+}
+
+impl Backends {
+    /// Connects the database (and migrates it), the event log (creating the
+    /// Kafka topics that are missing) and Redis.
+    pub async fn connect(settings: &Settings) -> anyhow::Result<Backends> {
+        let scale = &settings.scale;
+        let destination = if scale.kafka_brokers.is_some() {
+            EventDestination::Outbox
+        } else {
+            EventDestination::EmbeddedLog
+        };
+        let url = settings.database_url();
+        let scheme = url.split(':').next().unwrap_or_default();
+        type Database = (
+            Arc<dyn Store>,
+            Arc<dyn EventLog>,
+            Arc<dyn Outbox>,
+            PoolGauges,
+        );
+        let (store, embedded_log, outbox, pool_gauges): Database = match scheme {
+            "sqlite" => {
+                let sqlite = SqliteStore::connect_with(
+                    &url,
+                    settings.database_max_connections,
+                    settings.log_partitions,
+                )
+                .await
+                .context("opening the SQLite database")?
+                .with_event_destination(destination);
+                sqlite.migrate().await.context("migrating the database")?;
+                let gauges = sqlite.clone();
+                (
+                    Arc::new(sqlite.clone()),
+                    Arc::new(sqlite.event_log()),
+                    Arc::new(sqlite.outbox()),
+                    Arc::new(move || gauges.export_pool_gauges()),
+                )
+            }
+            "postgres" | "postgresql" => {
+                let postgres = PostgresStore::connect(
+                    &url,
+                    settings.database_max_connections,
+                    settings.log_partitions,
+                )
+                .await
+                .context("connecting to PostgreSQL")?
+                .with_event_destination(destination);
+                postgres.migrate().await.context("migrating the database")?;
+                let gauges = postgres.clone();
+                (
+                    Arc::new(postgres.clone()),
+                    Arc::new(postgres.event_log()),
+                    Arc::new(postgres.outbox()),
+                    Arc::new(move || gauges.export_pool_gauges()),
+                )
+            }
+            other => anyhow::bail!(
+                "ORDERFLOW_DATABASE_URL must start with sqlite:// or postgres:// (got {other:?})"
+            ),
+        };
+
+        let (log, relay): (Arc<dyn EventLog>, Option<Relay>) = match &scale.kafka_brokers {
+            None => (embedded_log, None),
+            Some(brokers) => {
+                let kafka = KafkaSettings {
+                    brokers: brokers.clone(),
+                    topic_prefix: scale.kafka_topic_prefix.clone(),
+                    partitions: scale.kafka_partitions,
+                    replication_factor: scale.kafka_replication,
+                    client_config: scale.kafka_client_config()?,
+                };
+                ensure_topics(&kafka)
+                    .await
+                    .context("creating the Kafka topics")?;
+                let groups: BTreeMap<String, Vec<String>> = orderflow_workers::GROUP_TOPICS
+                    .iter()
+                    .map(|(group, topics)| {
+                        (
+                            (*group).to_owned(),
+                            topics.iter().map(|t| (*t).to_owned()).collect(),
+                        )
+                    })
+                    .collect();
+                let log =
+                    KafkaEventLog::new(kafka.clone(), groups).context("connecting to Kafka")?;
+                let publisher =
+                    KafkaPublisher::new(&kafka).context("creating the Kafka producer")?;
+                let relay = Relay::new(
+                    outbox,
+                    Arc::new(publisher),
+                    RelaySettings {
+                        batch_size: scale.relay_batch.max(1),
+                        ..RelaySettings::default()
+                    },
+                );
+                (Arc::new(log), Some(relay))
+            }
+        };
+
+        let redis = match &scale.redis_url {
+            None => None,
+            Some(url) => {
+                let redis_settings = RedisSettings::from_url(url.expose_secret())
+                    .with_key_prefix(scale.redis_key_prefix.clone());
+                Some(RedisConnection::open(&redis_settings).context("ORDERFLOW_REDIS_URL")?)
+            }
+        };
+
+        let description = format!(
+            "{} + {}{}",
+            if scheme == "sqlite" {
+                "sqlite"
+            } else {
+                "postgres"
+            },
+            if relay.is_some() {
+                "kafka"
+            } else {
+                "embedded log"
+            },
+            if redis.is_some() { " + redis" } else { "" }
+        );
+        Ok(Backends {
+            store,
+            log,
+            relay,
+            redis,
+            pool_gauges,
+            description,
+        })
+    }
+
+    /// Revoked tokens: in Redis (backed by the database) or in process.
+    pub async fn revocations(&self) -> anyhow::Result<Arc<dyn RevocationList>> {
+        Ok(match &self.redis {
+            Some(redis) => Arc::new(RedisRevocations::new(redis.clone(), self.store.clone())),
+            None => Arc::new(
+                DbBackedRevocations::load(self.store.clone())
+                    .await
+                    .context("loading revocations")?,
+            ),
+        })
+    }
+
+    /// The rate limiter: one budget across processes with Redis.
+    pub fn rate_limiter(&self, fail: FailMode) -> Arc<dyn RateLimiter> {
+        match &self.redis {
+            Some(redis) => {
+                Arc::new(RedisRateLimiter::new(redis.clone()).fail_closed(fail == FailMode::Closed))
+            }
+            None => Arc::new(InProcessRateLimiter::new()),
+        }
+    }
+
+    /// The catalog: L1 in process, plus Redis as L2 when configured.
+    pub fn catalog(&self, cache: &CacheSettings) -> CatalogService {
+        match &self.redis {
+            Some(redis) => CatalogService::with_shared_cache(
+                self.store.clone(),
+                cache,
+                Arc::new(RedisSharedCache::new(redis.clone())),
+            ),
+            None => CatalogService::new(self.store.clone(), cache),
+        }
+    }
+}
