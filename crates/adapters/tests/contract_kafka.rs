@@ -549,3 +549,59 @@ async fn ensure_topics_creates_all_and_is_repeatable() {
         );
     }
 }
+
+/// Two relays drain one outbox at once: every event reaches Kafka once, and
+/// each key's events arrive in append order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_relays_publish_each_row_once_in_key_order() {
+    let env = fresh().await;
+    let second = Relay::new(
+        env.outbox.clone(),
+        Arc::new(KafkaPublisher::new(&env.settings).expect("producer")),
+        RelaySettings {
+            batch_size: 7,
+            idle_wait: Duration::from_millis(5),
+            ..RelaySettings::default()
+        },
+    );
+    tokio::spawn(second.run(env.relay_stop.clone()));
+
+    let users: Vec<uuid::Uuid> = (0..6).map(|_| uuid::Uuid::now_v7()).collect();
+    let mut appended = Vec::new();
+    for _ in 0..10 {
+        for user in &users {
+            let event = contract::user_registered(*user);
+            contract::append_committed(&env.store, std::slice::from_ref(&event)).await;
+            appended.push(event);
+        }
+    }
+    let mut sub = env
+        .log
+        .subscribe("two-relays", &[topics::USER_EVENTS])
+        .await
+        .unwrap();
+    let delivered = take(sub.as_mut(), appended.len()).await;
+    assert!(
+        sub.poll(10, Duration::from_millis(500))
+            .await
+            .unwrap()
+            .is_empty(),
+        "no row was published twice"
+    );
+    let got: BTreeSet<uuid::Uuid> = delivered.iter().map(|d| d.envelope.id).collect();
+    assert_eq!(got.len(), appended.len(), "every row once");
+    for user in &users {
+        let key = user.to_string();
+        let sent: Vec<_> = appended
+            .iter()
+            .filter(|e| e.key == key)
+            .map(|e| e.id)
+            .collect();
+        let seen: Vec<_> = delivered
+            .iter()
+            .filter(|d| d.envelope.key == key)
+            .map(|d| d.envelope.id)
+            .collect();
+        assert_eq!(seen, sent, "events of {key} out of order");
+    }
+}
