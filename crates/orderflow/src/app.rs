@@ -229,7 +229,10 @@ impl App {
             "the relay only runs with Kafka: set ORDERFLOW_KAFKA_BROKERS \
              (with the embedded log, events need no relay)",
         )?;
-        relay.run(shutdown).await;
+        let tracker = self.headless_role(&shutdown).await?;
+        tracker.spawn(relay.run(shutdown));
+        tracker.close();
+        tracker.wait().await;
         Ok(())
     }
 
@@ -239,10 +242,27 @@ impl App {
         groups: &[String],
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
+        let tracker = self.headless_role(&shutdown).await?;
+        for group in groups {
+            let consumer = self
+                .workers
+                .consumer(group)
+                .await
+                .with_context(|| format!("starting group {group}"))?;
+            tracker.spawn(consumer.run(shutdown.clone()));
+        }
+        tracker.close();
+        tracker.wait().await;
+        Ok(())
+    }
+
+    /// What a role without the HTTP API (worker, relay) runs beside its
+    /// work: the gauge refresher and, with `ORDERFLOW_METRICS_LISTEN`, its
+    /// own `/metrics` for Prometheus to scrape.
+    async fn headless_role(&self, shutdown: &CancellationToken) -> anyhow::Result<TaskTracker> {
         let tracker = TaskTracker::new();
         tracker.spawn(self.gauges.clone().spawn(shutdown.clone()));
         if let Some(address) = self.settings.metrics_listen {
-            // A worker has no HTTP API; Prometheus scrapes this instead.
             let listener = TcpListener::bind(address).await.with_context(|| {
                 format!("listening for /metrics on {address} (ORDERFLOW_METRICS_LISTEN)")
             })?;
@@ -262,17 +282,7 @@ impl App {
                 }
             });
         }
-        for group in groups {
-            let consumer = self
-                .workers
-                .consumer(group)
-                .await
-                .with_context(|| format!("starting group {group}"))?;
-            tracker.spawn(consumer.run(shutdown.clone()));
-        }
-        tracker.close();
-        tracker.wait().await;
-        Ok(())
+        Ok(tracker)
     }
 }
 
