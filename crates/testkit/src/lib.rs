@@ -48,7 +48,11 @@ pub fn wait_for_port(port: u16, timeout: Duration) -> anyhow::Result<()> {
 
 /// The path of `program` on `PATH` (or among `extra_dirs`), or an error that
 /// says how to get it.
-pub fn find_program(program: &str, extra_dirs: &[&str], install_hint: &str) -> anyhow::Result<std::path::PathBuf> {
+pub fn find_program(
+    program: &str,
+    extra_dirs: &[&str],
+    install_hint: &str,
+) -> anyhow::Result<std::path::PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     let candidates = std::env::split_paths(&path)
         .chain(extra_dirs.iter().map(std::path::PathBuf::from))
