@@ -7,13 +7,16 @@
 //!   limits per (policy, key), with bounded memory.
 //! - [`InProcessSharedCache`]: the shared-cache port (values, locks, pub/sub)
 //!   within one process, so the cache contract has an embedded adapter.
+//! - [`NoReadModels`]: read models off; reads fall back to the database.
 //!
 //! With one process, memory is as good as a shared store, and costs no setup.
 
 pub mod cache;
 pub mod rate_limit;
+pub mod read_models;
 pub mod revocations;
 
 pub use cache::InProcessSharedCache;
 pub use rate_limit::InProcessRateLimiter;
+pub use read_models::NoReadModels;
 pub use revocations::DbBackedRevocations;

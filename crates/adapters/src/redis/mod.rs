@@ -14,13 +14,17 @@
 //! - [`rate_limit`]: [`RedisRateLimiter`], each algorithm one atomic script.
 //! - [`revocations`]: [`RedisRevocations`], revoked token ids with `PXAT`,
 //!   backed by the database and rebuilt when Redis comes back empty.
+//! - [`read_models`]: [`RedisReadModels`], leaderboard, daily sales, recent
+//!   notifications and live order-status channels.
 
 pub mod cache;
 pub mod connection;
 pub mod rate_limit;
+pub mod read_models;
 pub mod revocations;
 
 pub use cache::RedisSharedCache;
 pub use connection::{RedisConfigError, RedisConnection, RedisSettings};
 pub use rate_limit::RedisRateLimiter;
+pub use read_models::RedisReadModels;
 pub use revocations::{RebuildError, RedisRevocations};

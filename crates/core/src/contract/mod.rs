@@ -20,6 +20,9 @@
 //!   values with a TTL, token-checked locks, invalidations over pub/sub.
 //! - [`rate_limit`]: each algorithm's promises
 //!   ([`RateLimiter`](crate::ports::rate_limit::RateLimiter)), on real time.
+//! - [`read_models`]: the read models
+//!   ([`ReadModels`](crate::ports::read_models::ReadModels)): absolute writes,
+//!   reads that answer only when complete.
 //! - [`revocations`]: the revocation list
 //!   ([`RevocationList`](crate::ports::revocations::RevocationList)) and its
 //!   database backing.
@@ -41,6 +44,7 @@ pub mod cache;
 pub mod log;
 pub mod outbox;
 pub mod rate_limit;
+pub mod read_models;
 pub mod revocations;
 pub mod store;
 

@@ -7,5 +7,6 @@ pub mod log;
 pub mod outbox;
 pub mod providers;
 pub mod rate_limit;
+pub mod read_models;
 pub mod revocations;
 pub mod store;

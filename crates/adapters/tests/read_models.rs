@@ -1,0 +1,175 @@
+//! The Redis read models against real `redis-server`s, standalone and a
+//! three-master cluster: the contract scenarios
+//! (`orderflow_core::contract::read_models`), live order-status messages
+//! over pub/sub, and a flush, after which reads answer `None` so callers
+//! fall back to the database.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use orderflow_adapters::redis::{RedisConnection, RedisReadModels, RedisSettings};
+use orderflow_core::contract;
+use orderflow_core::ports::cache::CacheEvent;
+use orderflow_core::ports::read_models::ReadModels;
+use orderflow_core::ports::store::{LeaderboardEntry, NotificationRecord};
+use orderflow_domain::notification::{Channel, NotificationKind};
+use orderflow_domain::order::OrderStatus;
+use orderflow_testkit::redis::{RedisCluster, RedisServer};
+
+static STANDALONE: OnceLock<RedisServer> = OnceLock::new();
+static CLUSTER: OnceLock<RedisCluster> = OnceLock::new();
+
+fn standalone_url() -> String {
+    STANDALONE
+        .get_or_init(|| RedisServer::start().expect("starting redis-server"))
+        .url()
+}
+
+fn cluster_url() -> String {
+    CLUSTER
+        .get_or_init(|| RedisCluster::start().expect("starting a Redis cluster"))
+        .url()
+}
+
+/// A connection with a key prefix of its own.
+fn connect(url: &str) -> RedisConnection {
+    let settings = RedisSettings::from_url(url)
+        .with_key_prefix(format!("test-{}:", uuid::Uuid::now_v7().simple()));
+    RedisConnection::open(&settings).expect("a valid Redis URL")
+}
+
+macro_rules! scenarios {
+    ($module:ident, $url:path) => {
+        mod $module {
+            use super::*;
+
+            async fn models() -> Arc<dyn ReadModels> {
+                Arc::new(RedisReadModels::new(connect(&$url())))
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn points_are_absolute() {
+                contract::read_models::points_are_absolute(models().await).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn top_orders_and_ranks() {
+                contract::read_models::top_orders_and_ranks(models().await).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn notifications_are_capped_and_newest_first() {
+                contract::read_models::notifications_are_capped_and_newest_first(models().await)
+                    .await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sales_are_absolute() {
+                contract::read_models::sales_are_absolute(models().await).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn order_status_reaches_a_subscriber() {
+                order_status_is_published(connect(&$url())).await;
+            }
+        }
+    };
+}
+
+scenarios!(standalone, standalone_url);
+scenarios!(cluster, cluster_url);
+
+async fn order_status_is_published(conn: RedisConnection) {
+    let models = RedisReadModels::new(conn.clone());
+    let user = uuid::Uuid::now_v7();
+    let order = uuid::Uuid::now_v7();
+    let mut messages = conn
+        .subscribe(&models.order_channel(user))
+        .await
+        .expect("subscribe");
+    models
+        .publish_order_status(user, order, OrderStatus::Confirmed)
+        .await
+        .expect("publish");
+    let message = tokio::time::timeout(Duration::from_secs(5), messages.recv())
+        .await
+        .expect("the message arrives within 5 s")
+        .expect("the subscription is open");
+    let CacheEvent::Message(payload) = message else {
+        panic!("expected a message, got {message:?}");
+    };
+    let payload: serde_json::Value = serde_json::from_str(&payload).expect("JSON");
+    assert_eq!(payload["order_id"], order.to_string());
+    assert_eq!(payload["status"], "confirmed");
+}
+
+async fn flushed_redis_sends_readers_to_the_database(flush: impl Fn(), url: &str) {
+    let models = RedisReadModels::new(connect(url));
+    let user = uuid::Uuid::now_v7();
+    models
+        .seed_leaderboard(&[LeaderboardEntry {
+            user_id: user,
+            name: "Ann".into(),
+            points: 10,
+            rank: 1,
+        }])
+        .await
+        .expect("seed");
+    let record = NotificationRecord {
+        user_id: user,
+        channel: Channel::Sms,
+        kind: NotificationKind::OrderRejected,
+        order_id: None,
+        sent_at: contract::now(),
+    };
+    assert!(
+        models
+            .push_notification(&record, std::slice::from_ref(&record))
+            .await
+            .expect("push")
+    );
+    assert!(models.top(5).await.expect("top").is_some());
+    assert!(
+        models
+            .recent_notifications(user, 5)
+            .await
+            .expect("read")
+            .is_some()
+    );
+    flush();
+    assert_eq!(models.top(5).await.expect("top"), None);
+    // A point write after the flush does not make a one-shopper board answer.
+    models
+        .publish_points(user, "Ann", 20)
+        .await
+        .expect("publish");
+    assert_eq!(models.top(5).await.expect("top"), None);
+    assert_eq!(
+        models.recent_notifications(user, 5).await.expect("read"),
+        None
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flushed_standalone_sends_readers_to_the_database() {
+    let server = RedisServer::start().expect("starting redis-server");
+    let url = server.url();
+    flushed_redis_sends_readers_to_the_database(|| server.flushall().expect("FLUSHALL"), &url)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flushed_cluster_sends_readers_to_the_database() {
+    let cluster = RedisCluster::start().expect("starting a Redis cluster");
+    let url = cluster.url();
+    flushed_redis_sends_readers_to_the_database(|| cluster.flushall().expect("FLUSHALL"), &url)
+        .await;
+}
+
+#[tokio::test]
+async fn redis_down_is_an_error_not_a_hang() {
+    let models = RedisReadModels::new(connect("redis://127.0.0.1:1"));
+    let started = std::time::Instant::now();
+    assert!(models.top(5).await.is_err());
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
