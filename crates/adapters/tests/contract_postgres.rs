@@ -117,6 +117,7 @@ mod outbox {
         marked_rows_never_come_back,
         dropped_batch_leaves_rows_unsent,
         live_claims_do_not_overlap,
+        live_claims_keep_key_order,
         backlog_counts_and_age,
         relay_marks_only_after_ack,
     );

@@ -5,7 +5,9 @@
 //! A claim is an open transaction that has locked up to `n` unsent rows with
 //! `SELECT … FOR UPDATE SKIP LOCKED`: another relay's claim skips them and
 //! takes the next ones, so relays never publish the same row at the same
-//! time. [`OutboxBatch::mark_sent`] sets `sent_at` and commits; dropping the
+//! time. It also holds an advisory lock per event key, and skips every row
+//! of a key another claim holds, so each shopper's events still leave in
+//! order when several relays run. [`OutboxBatch::mark_sent`] sets `sent_at` and commits; dropping the
 //! batch rolls back, which releases the rows unsent (as does a relay that
 //! dies: its connection closes and the server rolls back).
 
@@ -18,6 +20,10 @@ use orderflow_core::ports::store::StoreResult;
 use sqlx::{Postgres, Transaction};
 
 use super::{Inner, count, db_err, rows};
+
+/// First key of the advisory locks a claim holds per event key (the second
+/// is a hash of the key); distinct from the stock locks' first key.
+const OUTBOX_KEY_LOCK: i32 = 0x0_0B0C;
 
 /// The outbox of a [`PostgresStore`](super::PostgresStore). Cheap to clone.
 #[derive(Clone)]
@@ -56,14 +62,63 @@ impl Outbox for PostgresOutbox {
         }
         count("begin");
         let mut tx = self.inner.pool.begin().await.map_err(db_err)?;
+        // Three steps, so that each shopper's events still leave in order
+        // when several relays run (row locks alone would let a second relay
+        // publish a later event of a key while the first holds an earlier
+        // one): (1) the oldest unsent rows no other batch holds, locked only
+        // inside a savepoint that is rolled back at once (which releases
+        // those row locks); (2) a transaction-scoped advisory lock per
+        // distinct key of those rows, keeping the keys no other live batch
+        // holds; (3) the rows of those keys, row-locked for the batch and
+        // re-checked as unsent. Whoever holds a row of a key holds its
+        // advisory lock, so a key's rows are claimed by one batch at a time,
+        // oldest first.
         count("claim_outbox");
-        // Served by the partial index on unsent rows, in append order.
-        let rows = sqlx::query(
-            "SELECT seq, topic, key, payload, created_at FROM outbox
-             WHERE sent_at IS NULL ORDER BY seq LIMIT $1
+        sqlx::query("SAVEPOINT outbox_candidates")
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        let candidates: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT seq, key FROM outbox WHERE sent_at IS NULL ORDER BY seq LIMIT $1
              FOR UPDATE SKIP LOCKED",
         )
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        sqlx::query("ROLLBACK TO SAVEPOINT outbox_candidates")
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        let keys: Vec<&str> = candidates
+            .iter()
+            .map(|(_, key)| key.as_str())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        count("lock_outbox_keys");
+        let held: BTreeSet<String> = sqlx::query_scalar(
+            "SELECT k FROM unnest($2::text[]) AS k WHERE pg_try_advisory_xact_lock($1, hashtext(k))",
+        )
+        .bind(OUTBOX_KEY_LOCK)
+        .bind(&keys)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_err)?
+        .into_iter()
+        .collect();
+        let seqs: Vec<i64> = candidates
+            .iter()
+            .filter(|(_, key)| held.contains(key))
+            .map(|(seq, _)| *seq)
+            .collect();
+        count("claim_outbox_rows");
+        let rows = sqlx::query(
+            "SELECT seq, topic, key, payload, created_at FROM outbox
+             WHERE seq = ANY($1) AND sent_at IS NULL ORDER BY seq
+             FOR UPDATE SKIP LOCKED",
+        )
+        .bind(&seqs)
         .fetch_all(&mut *tx)
         .await
         .map_err(db_err)?;
