@@ -30,7 +30,9 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use orderflow_core::ports::read_models::{ReadModelError, ReadModelResult, ReadModels};
+use orderflow_core::ports::read_models::{
+    RECENT_NOTIFICATIONS_KEPT, ReadModelError, ReadModelResult, ReadModels,
+};
 use orderflow_core::ports::store::{DailySales, LeaderboardEntry, NotificationRecord};
 use orderflow_domain::order::OrderStatus;
 use orderflow_domain::{OrderId, UserId};
@@ -38,7 +40,7 @@ use orderflow_domain::{OrderId, UserId};
 use super::connection::RedisConnection;
 
 /// How many notifications each shopper's list keeps.
-pub const NOTIFICATIONS_KEPT: u32 = 50;
+pub const NOTIFICATIONS_KEPT: u32 = RECENT_NOTIFICATIONS_KEPT;
 
 /// KEYS = scores, names; ARGV = member, score, name.
 const PUBLISH_POINTS: &str = r"

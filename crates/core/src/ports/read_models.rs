@@ -33,6 +33,10 @@ pub enum ReadModelError {
 
 pub type ReadModelResult<T> = Result<T, ReadModelError>;
 
+/// How many notifications per shopper a read model keeps; also how many a
+/// consumer reads from the database to create a missing list.
+pub const RECENT_NOTIFICATIONS_KEPT: u32 = 50;
+
 #[async_trait]
 pub trait ReadModels: Send + Sync + 'static {
     /// Sets `user_id`'s leaderboard score to `total_points` (their absolute

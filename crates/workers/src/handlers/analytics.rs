@@ -1,25 +1,66 @@
 //! `analytics`: revenue and orders per day, and product sales, from confirmed orders.
+//! After the commit, the day's totals (read back from the database) are
+//! mirrored into the read models.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use orderflow_core::ports::log::Delivery;
+use orderflow_core::ports::read_models::ReadModels;
 use orderflow_core::ports::store::Store;
 use orderflow_domain::events::EventData;
 use orderflow_domain::money::Currency;
 use orderflow_domain::order::{Order, OrderStatus};
 
-use super::claim;
+use super::{claim, mirror_failed};
 use crate::error::WorkerError;
 use crate::runtime::{Handled, Handler};
 
 pub struct AnalyticsHandler {
     store: Arc<dyn Store>,
+    read_models: Option<Arc<dyn ReadModels>>,
 }
+
+/// Days older than this are not mirrored (a replay of old events): the read
+/// model is about recent sales, and the database keeps them all.
+const MIRRORED_DAYS: i64 = 366;
 
 impl AnalyticsHandler {
     pub fn new(store: Arc<dyn Store>) -> Self {
-        Self { store }
+        Self {
+            store,
+            read_models: None,
+        }
+    }
+
+    /// Mirrors each day's totals into `read_models` after the commit.
+    pub fn with_read_models(mut self, read_models: Option<Arc<dyn ReadModels>>) -> Self {
+        self.read_models = read_models;
+        self
+    }
+
+    /// Publishes the totals of (`day`, `currency`) as committed in the database.
+    async fn mirror_day(&self, models: &dyn ReadModels, day: chrono::NaiveDate, currency: &str) {
+        let age = (chrono::Utc::now().date_naive() - day).num_days();
+        let Some(days) = u32::try_from(age + 1)
+            .ok()
+            .filter(|days| (1..=MIRRORED_DAYS).contains(&i64::from(*days)))
+        else {
+            return;
+        };
+        let sales = match self.store.daily_sales(days).await {
+            Ok(sales) => sales,
+            Err(error) => return mirror_failed("record_sale", &error),
+        };
+        let Some(totals) = sales
+            .iter()
+            .find(|sales| sales.day == day && sales.currency == currency)
+        else {
+            return;
+        };
+        if let Err(error) = models.record_sale(totals).await {
+            mirror_failed("record_sale", &error);
+        }
     }
 }
 
@@ -62,8 +103,13 @@ impl Handler for AnalyticsHandler {
         let Some(mut tx) = claim(self.store.as_ref(), self.group(), event.id).await? else {
             return Ok(Handled::Duplicate);
         };
-        tx.record_sale(&order, event.time.date_naive()).await?;
+        let day = event.time.date_naive();
+        tx.record_sale(&order, day).await?;
         tx.commit().await?;
+        if let Some(models) = &self.read_models {
+            self.mirror_day(models.as_ref(), day, order.currency.as_str())
+                .await;
+        }
         Ok(Handled::Applied)
     }
 }

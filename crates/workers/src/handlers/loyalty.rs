@@ -1,25 +1,54 @@
-//! `loyalty`: points for confirmed orders (which also feed the leaderboard).
+//! `loyalty`: points for confirmed orders (which also feed the leaderboard,
+//! mirrored as the shopper's new total into the read models after the commit).
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use orderflow_core::ports::log::Delivery;
+use orderflow_core::ports::read_models::ReadModels;
 use orderflow_core::ports::store::Store;
 use orderflow_core::services::effects::points_for;
+use orderflow_domain::UserId;
 use orderflow_domain::events::EventData;
 use orderflow_domain::money::{Currency, Money};
 
-use super::claim;
+use super::{claim, mirror_failed};
 use crate::error::WorkerError;
 use crate::runtime::{Handled, Handler};
 
 pub struct LoyaltyHandler {
     store: Arc<dyn Store>,
+    read_models: Option<Arc<dyn ReadModels>>,
 }
 
 impl LoyaltyHandler {
     pub fn new(store: Arc<dyn Store>) -> Self {
-        Self { store }
+        Self {
+            store,
+            read_models: None,
+        }
+    }
+
+    /// Mirrors each shopper's new total into `read_models` after the commit.
+    pub fn with_read_models(mut self, read_models: Option<Arc<dyn ReadModels>>) -> Self {
+        self.read_models = read_models;
+        self
+    }
+
+    /// Publishes `user_id`'s total as committed in the database: an absolute
+    /// value, so a replay or a late writer cannot inflate or lower it.
+    async fn mirror_points(&self, models: &dyn ReadModels, user_id: UserId) {
+        let standing = match self.store.points(user_id).await {
+            Ok(standing) => standing,
+            Err(error) => return mirror_failed("publish_points", &error),
+        };
+        let name = match self.store.user_by_id(user_id).await {
+            Ok(user) => user.map(|user| user.name).unwrap_or_default(),
+            Err(error) => return mirror_failed("publish_points", &error),
+        };
+        if let Err(error) = models.publish_points(user_id, &name, standing.points).await {
+            mirror_failed("publish_points", &error);
+        }
     }
 }
 
@@ -54,6 +83,11 @@ impl Handler for LoyaltyHandler {
             tx.add_points(*user_id, points).await?;
         }
         tx.commit().await?;
+        if points > 0
+            && let Some(models) = &self.read_models
+        {
+            self.mirror_points(models.as_ref(), *user_id).await;
+        }
         Ok(Handled::Applied)
     }
 }

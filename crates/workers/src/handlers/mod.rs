@@ -10,11 +10,21 @@
 //! | `sms`, `push` | order.events | order outcomes | SMS / push + notification record |
 //! | `loyalty` | order.events | OrderConfirmed | points |
 //! | `analytics` | order.events | OrderConfirmed | daily sales, product sales |
+//!
+//! Read models ([`WorkerDeps::with_read_models`], Redis in the scaled setup):
+//! after its transaction commits, `loyalty` mirrors the shopper's new points
+//! total, `analytics` the day's totals, the notifiers the shopper's recent
+//! notifications and `orders` each new status (pub/sub). Values are read
+//! from the database after the commit (absolute, so replays cannot double
+//! count); a failure is logged and counted
+//! (`orderflow_read_model_errors_total`) and never fails the consumer: the
+//! database already holds the effect.
 
 use std::sync::Arc;
 
 use orderflow_core::ports::log::EventLog;
 use orderflow_core::ports::providers::PaymentGateway;
+use orderflow_core::ports::read_models::ReadModels;
 use orderflow_core::ports::store::{Store, StoreTx};
 use orderflow_core::services::effects::{Notifiers, RetryPolicy};
 use orderflow_domain::EventId;
@@ -81,6 +91,8 @@ pub struct WorkerDeps {
     pub payment: Arc<dyn PaymentGateway>,
     pub notifiers: Notifiers,
     pub retry: RetryPolicy,
+    /// Where handlers mirror read models after their commits; `None`: nowhere.
+    pub read_models: Option<Arc<dyn ReadModels>>,
 }
 
 impl std::fmt::Debug for WorkerDeps {
@@ -106,29 +118,37 @@ impl WorkerDeps {
             payment,
             notifiers,
             retry,
+            read_models: None,
         }
+    }
+
+    /// Makes the handlers mirror their read models into `read_models` after
+    /// each commit (see the module docs).
+    pub fn with_read_models(mut self, read_models: Arc<dyn ReadModels>) -> Self {
+        self.read_models = Some(read_models);
+        self
     }
 
     /// The handler of one group; [`WorkerError::UnknownGroup`] for a name not
     /// in [`GROUPS`].
     pub fn handler(&self, group: &str) -> Result<Arc<dyn Handler>, WorkerError> {
         let store = self.store.clone();
+        let read_models = self.read_models.clone();
         let notify = |channel: Channel| -> Arc<dyn Handler> {
-            Arc::new(NotifyHandler::new(
-                channel,
-                store.clone(),
-                self.notifiers.get(channel).clone(),
-            ))
+            Arc::new(
+                NotifyHandler::new(channel, store.clone(), self.notifiers.get(channel).clone())
+                    .with_read_models(read_models.clone()),
+            )
         };
         Ok(match group {
             "inventory" => Arc::new(InventoryHandler::new(store)),
             "payment" => Arc::new(PaymentHandler::new(store, self.payment.clone())),
-            "orders" => Arc::new(OrdersHandler::new(store)),
+            "orders" => Arc::new(OrdersHandler::new(store).with_read_models(read_models)),
             "email" => notify(Channel::Email),
             "sms" => notify(Channel::Sms),
             "push" => notify(Channel::Push),
-            "loyalty" => Arc::new(LoyaltyHandler::new(store)),
-            "analytics" => Arc::new(AnalyticsHandler::new(store)),
+            "loyalty" => Arc::new(LoyaltyHandler::new(store).with_read_models(read_models)),
+            "analytics" => Arc::new(AnalyticsHandler::new(store).with_read_models(read_models)),
             other => return Err(WorkerError::UnknownGroup(other.to_owned())),
         })
     }
@@ -163,4 +183,12 @@ async fn claim(
     } else {
         Ok(None)
     }
+}
+
+/// A read model could not be mirrored after a commit: logged and counted,
+/// never returned (the database already holds the effect). Database reads made
+/// for the mirror count here too.
+fn mirror_failed(operation: &'static str, error: &dyn std::fmt::Display) {
+    metrics::counter!("orderflow_read_model_errors_total", "operation" => operation).increment(1);
+    tracing::warn!(operation, %error, "read model not updated; readers fall back to the database");
 }

@@ -3,27 +3,40 @@
 //! The two results travel on different topics, so they can arrive in either
 //! order; [`OrderStatus::on`](orderflow_domain::order::OrderStatus::on) copes
 //! with that, and refuses facts that no longer fit (answered as
-//! [`Handled::Stale`]: marked processed, no effect, counted).
+//! [`Handled::Stale`]: marked processed, no effect, counted). After the
+//! commit, the order's new status goes to live listeners through the read
+//! models' pub/sub channel of its shopper.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use orderflow_core::ports::log::Delivery;
+use orderflow_core::ports::read_models::ReadModels;
 use orderflow_core::ports::store::Store;
 use orderflow_domain::events::{Envelope, EventData};
 use orderflow_domain::order::{OrderFact, OrderStatus, Transition};
 
-use super::claim;
+use super::{claim, mirror_failed};
 use crate::error::WorkerError;
 use crate::runtime::{Handled, Handler};
 
 pub struct OrdersHandler {
     store: Arc<dyn Store>,
+    read_models: Option<Arc<dyn ReadModels>>,
 }
 
 impl OrdersHandler {
     pub fn new(store: Arc<dyn Store>) -> Self {
-        Self { store }
+        Self {
+            store,
+            read_models: None,
+        }
+    }
+
+    /// Publishes each committed status change through `read_models`.
+    pub fn with_read_models(mut self, read_models: Option<Arc<dyn ReadModels>>) -> Self {
+        self.read_models = read_models;
+        self
     }
 }
 
@@ -105,6 +118,13 @@ impl Handler for OrdersHandler {
                 .await?;
         }
         tx.commit().await?;
+        if let (Some(models), Some(status)) = (&self.read_models, steps.last())
+            && let Err(error) = models
+                .publish_order_status(user_id, order_id, *status)
+                .await
+        {
+            mirror_failed("publish_order_status", &error);
+        }
         // Counted after the commit, so a transition rolled back (and retried)
         // is counted once, when it really happened.
         if let Some(last) = steps.last().filter(|status| status.is_final()) {
