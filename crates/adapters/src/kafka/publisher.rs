@@ -80,6 +80,7 @@ impl KafkaPublisher {
 
 #[async_trait]
 impl EventPublisher for KafkaPublisher {
+    #[tracing::instrument(name = "kafka.publish", skip_all, fields(events = events.len()))]
     async fn publish(&self, events: &[OutboxEvent]) -> LogResult<()> {
         let mut pending = Vec::with_capacity(events.len());
         for event in events {

@@ -611,6 +611,7 @@ impl StoreTx for PostgresTx {
         Ok(done.rows_affected() == 1)
     }
 
+    #[tracing::instrument(name = "event.append", skip_all, fields(events = events.len()))]
     async fn append(&mut self, events: &[Envelope]) -> StoreResult<()> {
         if events.is_empty() {
             return Ok(());

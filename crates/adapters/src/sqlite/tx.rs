@@ -448,6 +448,7 @@ impl StoreTx for SqliteTx {
         Ok(done.rows_affected() == 1)
     }
 
+    #[tracing::instrument(name = "event.append", skip_all, fields(events = events.len()))]
     async fn append(&mut self, events: &[Envelope]) -> StoreResult<()> {
         let now = micros(chrono::Utc::now());
         if self.inner.destination == EventDestination::Outbox {
