@@ -102,14 +102,22 @@ impl App {
             catalog.clone(),
             side_effects,
         ));
-        let queries = Arc::new(ShopperQueries::new(store.clone()));
+        let read_models = backends.read_models();
+        let mut queries = ShopperQueries::new(store.clone());
+        if let Some(read_models) = &read_models {
+            queries = queries.with_read_models(read_models.clone());
+        }
+        let queries = Arc::new(queries);
         let operations = Arc::new(Operations::new(store.clone(), log.clone()));
         let retry = RetryPolicy::new(
             settings.retry_max_attempts.max(1),
             Duration::from_millis(settings.retry_base_ms),
             Duration::from_millis(settings.retry_max_ms),
         );
-        let workers = WorkerDeps::new(store.clone(), log.clone(), payment, notifiers, retry);
+        let mut workers = WorkerDeps::new(store.clone(), log.clone(), payment, notifiers, retry);
+        if let Some(read_models) = read_models {
+            workers = workers.with_read_models(read_models);
+        }
 
         let state = AppState {
             store: store.clone(),

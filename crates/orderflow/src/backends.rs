@@ -19,12 +19,14 @@ use orderflow_adapters::kafka::{KafkaEventLog, KafkaPublisher, KafkaSettings, en
 use orderflow_adapters::memory::{DbBackedRevocations, InProcessRateLimiter};
 use orderflow_adapters::postgres::PostgresStore;
 use orderflow_adapters::redis::{
-    RedisConnection, RedisRateLimiter, RedisRevocations, RedisSettings, RedisSharedCache,
+    RedisConnection, RedisRateLimiter, RedisReadModels, RedisRevocations, RedisSettings,
+    RedisSharedCache,
 };
 use orderflow_adapters::sqlite::SqliteStore;
 use orderflow_core::ports::log::EventLog;
 use orderflow_core::ports::outbox::{EventDestination, Outbox};
 use orderflow_core::ports::rate_limit::RateLimiter;
+use orderflow_core::ports::read_models::ReadModels;
 use orderflow_core::ports::revocations::RevocationList;
 use orderflow_core::ports::store::Store;
 use orderflow_core::services::catalog::{CacheSettings, CatalogService};
@@ -199,6 +201,16 @@ impl Backends {
             }
             None => Arc::new(InProcessRateLimiter::new()),
         }
+    }
+
+    /// With Redis: the derived read models (leaderboard sorted set, daily
+    /// sales hashes, capped notification lists, live order status) that
+    /// consumers mirror after their commits and queries read first. Without
+    /// Redis there are none: queries read the database.
+    pub fn read_models(&self) -> Option<Arc<dyn ReadModels>> {
+        self.redis
+            .as_ref()
+            .map(|redis| Arc::new(RedisReadModels::new(redis.clone())) as Arc<dyn ReadModels>)
     }
 
     /// The catalog: L1 in process, plus Redis as L2 when configured.
