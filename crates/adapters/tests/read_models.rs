@@ -173,3 +173,59 @@ async fn redis_down_is_an_error_not_a_hang() {
     assert!(models.top(5).await.is_err());
     assert!(started.elapsed() < Duration::from_secs(3));
 }
+
+/// `ShopperQueries` with read models: a miss reads the database and seeds
+/// Redis, the next read is served by Redis (the database is changed behind
+/// its back to tell them apart), and after a flush the database answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_read_redis_and_fall_back_to_the_database() {
+    use orderflow_adapters::sqlite::SqliteStore;
+    use orderflow_core::ports::store::Store;
+    use orderflow_core::services::queries::ShopperQueries;
+
+    let server = RedisServer::start().expect("starting redis-server");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}", dir.path().join("orderflow.db").display());
+    let sqlite = SqliteStore::connect(&url, 4).await.expect("connect");
+    sqlite.migrate().await.expect("migrate");
+    let store: Arc<dyn Store> = Arc::new(sqlite);
+    let ann = contract::given_user(&store, "Ann").await;
+    let add_points = |points: i64| {
+        let store = store.clone();
+        async move {
+            let mut tx = store.begin().await.expect("begin");
+            tx.add_points(ann.id, points).await.expect("add points");
+            tx.commit().await.expect("commit");
+        }
+    };
+    add_points(30).await;
+    let models = Arc::new(RedisReadModels::new(connect(&server.url())));
+    let queries = ShopperQueries::new(store.clone()).with_read_models(models.clone());
+
+    let first = queries.leaderboard(Some(5)).await.expect("leaderboard");
+    assert_eq!(first.len(), 1);
+    assert_eq!((first[0].points, first[0].name.as_str()), (30, "Ann"));
+    assert!(
+        models.top(5).await.expect("top").is_some(),
+        "the miss seeded Redis"
+    );
+
+    // Points the mirror never saw: Redis still says 30, so a 30 here proves
+    // the read came from Redis.
+    add_points(5).await;
+    let cached = queries.leaderboard(Some(5)).await.expect("leaderboard");
+    assert_eq!(cached[0].points, 30, "served by the read model");
+
+    server.flushall().expect("FLUSHALL");
+    let fresh = queries.leaderboard(Some(5)).await.expect("leaderboard");
+    assert_eq!(fresh[0].points, 35, "after a flush the database answers");
+
+    // Notifications: no list in Redis, so the database answers (empty).
+    assert!(
+        queries
+            .notifications(ann.id, Some(10))
+            .await
+            .expect("notifications")
+            .is_empty()
+    );
+}
