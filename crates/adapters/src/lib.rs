@@ -27,3 +27,16 @@ pub mod postgres;
 pub mod providers;
 pub mod redis;
 pub mod sqlite;
+
+/// Sets `orderflow_db_pool_connections{state="in_use"|"idle"}` and
+/// `orderflow_db_pool_max_connections` from a sqlx pool: the same gauges for
+/// every database adapter, so one dashboard serves both.
+pub(crate) fn export_pool_gauges<DB: sqlx::Database>(pool: &sqlx::Pool<DB>) {
+    let idle = pool.num_idle() as f64;
+    let size = f64::from(pool.size());
+    metrics::gauge!("orderflow_db_pool_connections", "state" => "idle").set(idle);
+    metrics::gauge!("orderflow_db_pool_connections", "state" => "in_use")
+        .set((size - idle).max(0.0));
+    metrics::gauge!("orderflow_db_pool_max_connections")
+        .set(f64::from(pool.options().get_max_connections()));
+}

@@ -302,14 +302,7 @@ impl SqliteStore {
     /// `orderflow_db_pool_max_connections` from the pool (read at scrape
     /// time: keeping them current on every checkout would cost more).
     pub fn export_pool_gauges(&self) {
-        let pool = &self.inner.pool;
-        let idle = pool.num_idle() as f64;
-        let size = f64::from(pool.size());
-        metrics::gauge!("orderflow_db_pool_connections", "state" => "idle").set(idle);
-        metrics::gauge!("orderflow_db_pool_connections", "state" => "in_use")
-            .set((size - idle).max(0.0));
-        metrics::gauge!("orderflow_db_pool_max_connections")
-            .set(f64::from(pool.options().get_max_connections()));
+        crate::export_pool_gauges(&self.inner.pool);
     }
 }
 
