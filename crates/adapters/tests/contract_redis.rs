@@ -24,29 +24,17 @@ use orderflow_core::ports::revocations::RevocationList;
 use orderflow_core::ports::store::Store;
 use orderflow_core::services::catalog::{CacheSettings, CatalogService};
 use orderflow_domain::product::ProductDraft;
-use orderflow_testkit::redis::{RedisCluster, RedisServer};
+use orderflow_testkit::redis::RedisServer;
 use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
 
-static STANDALONE: OnceLock<RedisServer> = OnceLock::new();
-static CLUSTER: OnceLock<RedisCluster> = OnceLock::new();
-
-fn standalone_url() -> String {
-    STANDALONE
-        .get_or_init(|| RedisServer::start().expect("starting redis-server"))
-        .url()
-}
-
-fn cluster_url() -> String {
-    CLUSTER
-        .get_or_init(|| RedisCluster::start().expect("starting a Redis cluster"))
-        .url()
-}
+use orderflow_testkit::redis::{
+    fresh_prefix, shared_cluster_url as cluster_url, shared_standalone_url as standalone_url,
+};
 
 /// A connection with a key prefix of its own.
 fn connect(url: &str) -> RedisConnection {
-    let settings = RedisSettings::from_url(url)
-        .with_key_prefix(format!("test-{}:", uuid::Uuid::now_v7().simple()));
+    let settings = RedisSettings::from_url(url).with_key_prefix(fresh_prefix());
     RedisConnection::open(&settings).expect("a valid Redis URL")
 }
 

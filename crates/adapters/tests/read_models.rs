@@ -4,7 +4,7 @@
 //! over pub/sub, and a flush, after which reads answer `None` so callers
 //! fall back to the database.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use orderflow_adapters::redis::{RedisConnection, RedisReadModels, RedisSettings};
@@ -16,25 +16,13 @@ use orderflow_domain::notification::{Channel, NotificationKind};
 use orderflow_domain::order::OrderStatus;
 use orderflow_testkit::redis::{RedisCluster, RedisServer};
 
-static STANDALONE: OnceLock<RedisServer> = OnceLock::new();
-static CLUSTER: OnceLock<RedisCluster> = OnceLock::new();
-
-fn standalone_url() -> String {
-    STANDALONE
-        .get_or_init(|| RedisServer::start().expect("starting redis-server"))
-        .url()
-}
-
-fn cluster_url() -> String {
-    CLUSTER
-        .get_or_init(|| RedisCluster::start().expect("starting a Redis cluster"))
-        .url()
-}
+use orderflow_testkit::redis::{
+    fresh_prefix, shared_cluster_url as cluster_url, shared_standalone_url as standalone_url,
+};
 
 /// A connection with a key prefix of its own.
 fn connect(url: &str) -> RedisConnection {
-    let settings = RedisSettings::from_url(url)
-        .with_key_prefix(format!("test-{}:", uuid::Uuid::now_v7().simple()));
+    let settings = RedisSettings::from_url(url).with_key_prefix(fresh_prefix());
     RedisConnection::open(&settings).expect("a valid Redis URL")
 }
 

@@ -265,3 +265,27 @@ impl RedisCluster {
         self.nodes.iter().try_for_each(RedisServer::flushall)
     }
 }
+
+/// The URL of the standalone server shared by every test of this test
+/// binary, started on first use (it stops when the test process exits). A
+/// test that stops or flushes its server starts its own instead.
+pub fn shared_standalone_url() -> String {
+    static SERVER: std::sync::OnceLock<RedisServer> = std::sync::OnceLock::new();
+    SERVER
+        .get_or_init(|| RedisServer::start().expect("starting redis-server"))
+        .url()
+}
+
+/// The URL of the three-master cluster shared by every test of this test
+/// binary, started on first use.
+pub fn shared_cluster_url() -> String {
+    static CLUSTER: std::sync::OnceLock<RedisCluster> = std::sync::OnceLock::new();
+    CLUSTER
+        .get_or_init(|| RedisCluster::start().expect("starting a Redis cluster"))
+        .url()
+}
+
+/// A key prefix no other test uses: `test-<uuid>:`.
+pub fn fresh_prefix() -> String {
+    format!("test-{}:", uuid::Uuid::now_v7().simple())
+}
