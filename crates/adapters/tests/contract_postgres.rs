@@ -558,3 +558,613 @@ async fn dropped_outbox_batch_leaves_rows_unsent() {
     batch.mark_sent(&seqs[..1]).await.unwrap();
     assert_eq!(outbox.backlog().await.unwrap().unsent, 3);
 }
+
+// --- consumer groups across processes: partitions shared by leases -----------
+
+mod groups {
+    //! Members of one group on separate stores (separate pools, as separate
+    //! processes have) share the partitions through leases: an even split,
+    //! hand-over to a newcomer, take-over from a dead member, fencing of a
+    //! member whose lease ran out, and per-key order through all of it.
+    //! Every wait is a bounded loop with a generous limit; no sleep asserts
+    //! speed.
+
+    use std::collections::{BTreeMap, HashMap, HashSet};
+
+    use orderflow_adapters::postgres::log::{
+        LeaseSettings, PostgresEventLog, PostgresSubscription,
+    };
+    use orderflow_core::ports::log::{Delivery, Subscription};
+    use orderflow_domain::events::Envelope;
+    use tokio::time::Instant;
+
+    use super::*;
+
+    /// Short leases, so that a take-over after a death takes seconds.
+    fn short_leases() -> LeaseSettings {
+        LeaseSettings {
+            lease: Duration::from_secs(3),
+            renew_every: Duration::from_millis(300),
+        }
+    }
+
+    const GROUP: &str = "shared";
+    const PARTITIONS: usize = DEFAULT_PARTITIONS as usize;
+    /// How long any bounded wait below may take before the test fails.
+    const PATIENCE: Duration = Duration::from_secs(60);
+    /// A poll's wait in the driving loops: short, so every member gets turns.
+    const TURN: Duration = Duration::from_millis(100);
+
+    /// A fresh database and `n` stores on it (one per "process"), each with
+    /// an event log with `leases`.
+    async fn processes(n: usize, leases: LeaseSettings) -> (Arc<dyn Store>, Vec<PostgresEventLog>) {
+        let url = fresh_url().await;
+        let first = connect(&url).await;
+        first.migrate().await.expect("migrate");
+        let mut logs = vec![first.event_log().with_leases(leases)];
+        for _ in 1..n {
+            logs.push(connect(&url).await.event_log().with_leases(leases));
+        }
+        (Arc::new(first), logs)
+    }
+
+    async fn join(log: &PostgresEventLog) -> PostgresSubscription {
+        log.join(GROUP, &[topics::USER_EVENTS]).await.expect("join")
+    }
+
+    /// `per_partition` keys on every partition of `user.events`.
+    fn keys(per_partition: usize) -> Vec<uuid::Uuid> {
+        let mut count: HashMap<i32, usize> = HashMap::new();
+        let mut keys = Vec::new();
+        while keys.len() < per_partition * PARTITIONS {
+            let key = uuid::Uuid::now_v7();
+            let slot = count
+                .entry(partition_for(&key.to_string(), DEFAULT_PARTITIONS))
+                .or_default();
+            if *slot < per_partition {
+                *slot += 1;
+                keys.push(key);
+            }
+        }
+        keys
+    }
+
+    /// One event per key, in one unit of work; returns them in append order.
+    async fn append_round(store: &Arc<dyn Store>, keys: &[uuid::Uuid]) -> Vec<Envelope> {
+        let events: Vec<Envelope> = keys.iter().map(|k| contract::user_registered(*k)).collect();
+        contract::append_committed(store, &events).await;
+        events
+    }
+
+    fn partition_of(d: &Delivery) -> (String, i32) {
+        (d.topic.clone(), d.partition)
+    }
+
+    /// Assigned partition counts, when the members' assignments are disjoint
+    /// and cover every partition of `user.events`; `None` otherwise.
+    fn split(members: &[&mut PostgresSubscription]) -> Option<Vec<usize>> {
+        let mut all = BTreeSet::new();
+        let mut counts = Vec::new();
+        for member in members {
+            let mine = member.assigned();
+            counts.push(mine.len());
+            for key in mine {
+                if !all.insert(key) {
+                    return None;
+                }
+            }
+        }
+        (all.len() == PARTITIONS).then_some(counts)
+    }
+
+    fn is_split(members: &[&mut PostgresSubscription], want: &[usize]) -> bool {
+        split(members).is_some_and(|counts| counts == want)
+    }
+
+    /// Polls every member in turn (committing what each got) until `done`
+    /// holds; returns what each member received meanwhile.
+    async fn drive_until(
+        what: &str,
+        members: &mut [&mut PostgresSubscription],
+        mut done: impl FnMut(&[&mut PostgresSubscription]) -> bool,
+    ) -> Vec<Vec<Delivery>> {
+        let deadline = Instant::now() + PATIENCE;
+        let mut got = vec![Vec::new(); members.len()];
+        while !done(members) {
+            assert!(Instant::now() < deadline, "timed out waiting until {what}");
+            for (member, got) in members.iter_mut().zip(&mut got) {
+                let batch = member.poll(100, TURN).await.expect("poll");
+                member.commit(&batch).await.expect("commit");
+                got.extend(batch);
+            }
+        }
+        got
+    }
+
+    /// Polls every member in turn until `count` deliveries arrived in all;
+    /// commits each batch when `commit`. Returns what each member received.
+    async fn receive(
+        members: &mut [&mut PostgresSubscription],
+        count: usize,
+        commit: bool,
+    ) -> Vec<Vec<Delivery>> {
+        let deadline = Instant::now() + PATIENCE;
+        let mut got = vec![Vec::new(); members.len()];
+        while got.iter().map(Vec::len).sum::<usize>() < count {
+            assert!(
+                Instant::now() < deadline,
+                "expected {count} deliveries, got {}",
+                got.iter().map(Vec::len).sum::<usize>()
+            );
+            for (member, got) in members.iter_mut().zip(&mut got) {
+                let batch = member.poll(100, TURN).await.expect("poll");
+                if commit {
+                    member.commit(&batch).await.expect("commit");
+                }
+                got.extend(batch);
+            }
+        }
+        got
+    }
+
+    /// Committed offsets of the group per partition of `user.events`.
+    async fn committed(log: &PostgresEventLog) -> BTreeMap<i32, i64> {
+        log.lag()
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|l| l.group == GROUP && l.topic == topics::USER_EVENTS)
+            .map(|l| (l.partition, l.committed))
+            .collect()
+    }
+
+    async fn total_lag(log: &PostgresEventLog) -> i64 {
+        log.lag()
+            .await
+            .unwrap()
+            .iter()
+            .filter(|l| l.group == GROUP)
+            .map(|l| l.lag)
+            .sum()
+    }
+
+    /// Per partition, the offset after the highest delivery.
+    fn next_offsets<'a>(deliveries: impl IntoIterator<Item = &'a Delivery>) -> BTreeMap<i32, i64> {
+        let mut next = BTreeMap::new();
+        for d in deliveries {
+            let entry = next.entry(d.partition).or_insert(0);
+            *entry = (d.offset + 1).max(*entry);
+        }
+        next
+    }
+
+    #[test]
+    fn lease_settings_are_checked() {
+        assert_eq!(
+            LeaseSettings::default(),
+            LeaseSettings {
+                lease: Duration::from_secs(10),
+                renew_every: Duration::from_secs(3)
+            }
+        );
+        assert!(LeaseSettings::default().validate().is_ok());
+        assert!(short_leases().validate().is_ok());
+        let too_rare = LeaseSettings {
+            lease: Duration::from_secs(4),
+            renew_every: Duration::from_secs(3),
+        };
+        assert!(
+            too_rare.validate().is_err(),
+            "a lease must be renewed at least twice per lease time"
+        );
+        let too_short = LeaseSettings {
+            lease: Duration::from_millis(10),
+            renew_every: Duration::from_millis(1),
+        };
+        assert!(too_short.validate().is_err());
+    }
+
+    /// Two members of one group on six partitions hold three each, and every
+    /// event goes to exactly one of them, the owner of its partition.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn two_members_split_the_partitions() {
+        let (store, logs) = processes(2, short_leases()).await;
+        let mut a = join(&logs[0]).await;
+        assert_eq!(
+            a.assigned().len(),
+            PARTITIONS,
+            "a member alone holds every partition from the start"
+        );
+        let mut b = join(&logs[1]).await;
+        drive_until(
+            "a and b hold three partitions each",
+            &mut [&mut a, &mut b],
+            |m| is_split(m, &[3, 3]),
+        )
+        .await;
+        let (mine_a, mine_b) = (a.assigned(), b.assigned());
+
+        // The database says the same.
+        let owners = logs[0].owners(GROUP).await.unwrap();
+        assert_eq!(owners.len(), PARTITIONS);
+        for owner in &owners {
+            let key = (owner.topic.clone(), owner.partition);
+            let expected = if mine_a.contains(&key) {
+                a.member_id()
+            } else {
+                b.member_id()
+            };
+            assert_eq!(owner.owner, Some(expected), "owner of {key:?}");
+            assert!(owner.client.is_some(), "a live owner says who it is");
+        }
+
+        let appended = append_round(&store, &keys(10)).await;
+        let got = receive(&mut [&mut a, &mut b], appended.len(), true).await;
+        let (by_a, by_b) = (&got[0], &got[1]);
+        assert!(
+            by_a.iter().all(|d| mine_a.contains(&partition_of(d))),
+            "a delivers only its partitions"
+        );
+        assert!(
+            by_b.iter().all(|d| mine_b.contains(&partition_of(d))),
+            "b delivers only its partitions"
+        );
+        assert_eq!(
+            (by_a.len(), by_b.len()),
+            (30, 30),
+            "each owns three partitions of ten events"
+        );
+        let delivered: HashSet<uuid::Uuid> =
+            by_a.iter().chain(by_b).map(|d| d.envelope.id).collect();
+        assert_eq!(delivered.len(), appended.len(), "no event went to both");
+        assert_eq!(delivered, appended.iter().map(|e| e.id).collect());
+        assert!(a.poll(100, TURN).await.unwrap().is_empty());
+        assert!(b.poll(100, TURN).await.unwrap().is_empty());
+        assert_eq!(total_lag(&logs[0]).await, 0);
+    }
+
+    /// A member that dies (stops renewing, never leaves) has its partitions
+    /// taken over by the survivor after the lease time; the survivor resumes
+    /// at the offsets the dead member committed: what it had not committed
+    /// comes again, nothing it had committed does.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_dead_members_partitions_are_taken_over() {
+        let (store, logs) = processes(2, short_leases()).await;
+        let mut a = join(&logs[0]).await;
+        let mut b = join(&logs[1]).await;
+        drive_until(
+            "a and b hold three partitions each",
+            &mut [&mut a, &mut b],
+            |m| is_split(m, &[3, 3]),
+        )
+        .await;
+        let mine_a = a.assigned();
+        let keys = keys(5);
+
+        // Round 1: both handle and commit everything.
+        let first = append_round(&store, &keys).await;
+        receive(&mut [&mut a, &mut b], first.len(), true).await;
+
+        // Round 2: b handles its share; a receives its share and commits
+        // only the first two events of each of its partitions, then dies.
+        append_round(&store, &keys).await;
+        let got = receive(&mut [&mut a, &mut b], 30, false).await;
+        let (by_a, by_b) = (&got[0], &got[1]);
+        assert_eq!(by_a.len(), 15);
+        b.commit(by_b).await.unwrap();
+        let mut done = Vec::new();
+        let mut uncommitted = BTreeSet::new();
+        for (topic, partition) in &mine_a {
+            let mut mine: Vec<&Delivery> = by_a
+                .iter()
+                .filter(|d| &d.topic == topic && d.partition == *partition)
+                .collect();
+            mine.sort_by_key(|d| d.offset);
+            assert_eq!(mine.len(), 5, "five events per partition in round 2");
+            done.extend(mine[..2].iter().map(|d| (*d).clone()));
+            uncommitted.extend(mine[2..].iter().map(|d| (d.partition, d.offset)));
+        }
+        a.commit(&done).await.unwrap();
+        let before = committed(&logs[0]).await;
+        for (partition, next) in next_offsets(&done) {
+            assert_eq!(
+                before[&partition], next,
+                "a's commit of partition {partition}"
+            );
+        }
+        a.stop_renewing();
+        drop(a);
+
+        let mut redelivered = Vec::new();
+        let deadline = Instant::now() + PATIENCE;
+        while redelivered.len() < uncommitted.len() {
+            assert!(
+                Instant::now() < deadline,
+                "b did not take over a's partitions: got {} of {} events",
+                redelivered.len(),
+                uncommitted.len()
+            );
+            let batch = b.poll(100, TURN).await.unwrap();
+            b.commit(&batch).await.unwrap();
+            redelivered.extend(batch);
+        }
+        assert_eq!(b.assigned().len(), PARTITIONS, "b holds every partition");
+        let positions: BTreeSet<(i32, i64)> = redelivered
+            .iter()
+            .map(|d| (d.partition, d.offset))
+            .collect();
+        assert_eq!(positions.len(), redelivered.len(), "nothing twice");
+        assert_eq!(
+            positions, uncommitted,
+            "b resumes at a's committed offsets: nothing lost, nothing committed comes again"
+        );
+        assert!(b.poll(100, TURN).await.unwrap().is_empty());
+
+        // And the survivor carries on with everything.
+        let third = append_round(&store, &keys).await;
+        let got = receive(&mut [&mut b], third.len(), true).await;
+        let ids: HashSet<uuid::Uuid> = got[0].iter().map(|d| d.envelope.id).collect();
+        assert_eq!(ids, third.iter().map(|e| e.id).collect());
+        assert_eq!(total_lag(&logs[0]).await, 0);
+        let owners = logs[1].owners(GROUP).await.unwrap();
+        assert!(owners.iter().all(|o| o.owner == Some(b.member_id())));
+    }
+
+    /// A member whose lease ran out (frozen, not dead) stops delivering, and
+    /// its commits no longer move the offsets of the partitions another
+    /// member took over.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_member_whose_lease_ran_out_is_fenced() {
+        let (store, logs) = processes(2, short_leases()).await;
+        let mut a = join(&logs[0]).await;
+        let mut b = join(&logs[1]).await;
+        drive_until(
+            "a and b hold three partitions each",
+            &mut [&mut a, &mut b],
+            |m| is_split(m, &[3, 3]),
+        )
+        .await;
+        let keys = keys(5);
+        append_round(&store, &keys).await;
+        let got = receive(&mut [&mut a, &mut b], 30, false).await;
+        let by_a = got[0].clone();
+        assert_eq!(by_a.len(), 15);
+
+        // a freezes before committing; b takes its partitions over and gets
+        // a's events again (never committed), without committing them yet.
+        a.stop_renewing();
+        let mut by_b = got[1].clone();
+        let deadline = Instant::now() + PATIENCE;
+        while by_b.len() < 30 || b.assigned().len() < PARTITIONS {
+            assert!(
+                Instant::now() < deadline,
+                "b did not take a's partitions over"
+            );
+            by_b.extend(b.poll(100, TURN).await.unwrap());
+        }
+        assert_eq!(by_b.len(), 30, "b gets a's uncommitted events once");
+
+        assert!(
+            a.assigned().is_empty(),
+            "a stops trusting its leases before anyone else may take them"
+        );
+        append_round(&store, &keys).await;
+        assert!(
+            a.poll(100, TURN).await.unwrap().is_empty(),
+            "a delivers nothing once its leases may have expired"
+        );
+        let before = committed(&logs[0]).await;
+        a.commit(&by_a)
+            .await
+            .expect("committing lost partitions is not an error");
+        assert_eq!(
+            committed(&logs[0]).await,
+            before,
+            "a member that lost its partitions cannot move their offsets"
+        );
+
+        // The owner's commit does.
+        b.commit(&by_b).await.unwrap();
+        let after = committed(&logs[0]).await;
+        for (partition, next) in next_offsets(&by_b) {
+            assert_eq!(after[&partition], next);
+        }
+        drop(a);
+        let owners = logs[1].owners(GROUP).await.unwrap();
+        assert!(
+            owners.iter().all(|o| o.owner == Some(b.member_id())),
+            "the frozen member's drop releases nothing it lost"
+        );
+    }
+
+    /// A third member joining makes the split 2/2/2. The members over their
+    /// share hand partitions over only once what they delivered from them is
+    /// committed, so the newcomer starts right after it: no event is
+    /// delivered twice.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_third_member_gets_its_share() {
+        let (store, logs) = processes(3, short_leases()).await;
+        let mut a = join(&logs[0]).await;
+        let mut b = join(&logs[1]).await;
+        drive_until(
+            "a and b hold three partitions each",
+            &mut [&mut a, &mut b],
+            |m| is_split(m, &[3, 3]),
+        )
+        .await;
+        let keys = keys(5);
+        let first = append_round(&store, &keys).await;
+        let in_flight = receive(&mut [&mut a, &mut b], first.len(), false).await;
+
+        // Every partition has deliveries in flight: nothing is free for c.
+        let mut c = join(&logs[2]).await;
+        assert!(
+            c.assigned().is_empty(),
+            "partitions with uncommitted deliveries are not handed over yet"
+        );
+        a.commit(&in_flight[0]).await.unwrap();
+        b.commit(&in_flight[1]).await.unwrap();
+        let moved = drive_until(
+            "a, b and c hold two partitions each",
+            &mut [&mut a, &mut b, &mut c],
+            |m| is_split(m, &[2, 2, 2]),
+        )
+        .await;
+        assert!(
+            moved.iter().all(Vec::is_empty),
+            "the hand-over delivers nothing again: {moved:?}"
+        );
+
+        let second = append_round(&store, &keys).await;
+        let assigned = [a.assigned(), b.assigned(), c.assigned()];
+        let got = receive(&mut [&mut a, &mut b, &mut c], second.len(), true).await;
+        for (member, (got, mine)) in got.iter().zip(&assigned).enumerate() {
+            assert_eq!(
+                got.len(),
+                10,
+                "member {member} owns two partitions of five events"
+            );
+            assert!(got.iter().all(|d| mine.contains(&partition_of(d))));
+        }
+        let ids: HashSet<uuid::Uuid> = got.iter().flatten().map(|d| d.envelope.id).collect();
+        assert_eq!(ids, second.iter().map(|e| e.id).collect());
+        assert_eq!(total_lag(&logs[0]).await, 0);
+    }
+
+    /// A member that leaves cleanly (drops its subscription) releases its
+    /// partitions: the other takes them over long before the leases (two
+    /// minutes here) would have expired.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_member_that_leaves_hands_over_at_once() {
+        let leases = LeaseSettings {
+            lease: Duration::from_secs(120),
+            renew_every: Duration::from_millis(500),
+        };
+        let (_store, logs) = processes(2, leases).await;
+        let mut a = join(&logs[0]).await;
+        let mut b = join(&logs[1]).await;
+        drive_until(
+            "a and b hold three partitions each",
+            &mut [&mut a, &mut b],
+            |m| is_split(m, &[3, 3]),
+        )
+        .await;
+        drop(a);
+        drive_until(
+            "b holds every partition (well within PATIENCE < the lease)",
+            &mut [&mut b],
+            |m| m[0].assigned().len() == PARTITIONS,
+        )
+        .await;
+        assert!(
+            PATIENCE < leases.lease,
+            "the bound above proves a release, not an expiry"
+        );
+    }
+
+    /// The events of one key are handled in append order while members join,
+    /// split, hand partitions over, and one of them dies with deliveries it
+    /// never committed. Handling is simulated as a handler does it: an event
+    /// already handled (processed mark) is skipped.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn per_key_order_survives_hand_overs() {
+        #[derive(Default)]
+        struct Handled {
+            ids: HashSet<uuid::Uuid>,
+            per_key: HashMap<String, Vec<uuid::Uuid>>,
+        }
+        impl Handled {
+            fn handle(&mut self, batch: &[Delivery]) {
+                for d in batch {
+                    if self.ids.insert(d.envelope.id) {
+                        self.per_key
+                            .entry(d.envelope.key.clone())
+                            .or_default()
+                            .push(d.envelope.id);
+                    }
+                }
+            }
+        }
+
+        let (store, logs) = processes(3, short_leases()).await;
+        let keys = keys(4);
+        let mut appended: Vec<Envelope> = Vec::new();
+        let mut handled = Handled::default();
+        let mut a = join(&logs[0]).await;
+        let mut b = join(&logs[1]).await;
+        let mut c: Option<PostgresSubscription> = None;
+
+        // Events keep coming in every phase: b joins, c joins, a dies.
+        for phase in 0..3 {
+            if phase == 1 {
+                c = Some(join(&logs[2]).await);
+            }
+            let deadline = Instant::now() + PATIENCE;
+            loop {
+                let mut members: Vec<&mut PostgresSubscription> = Vec::new();
+                if phase < 2 {
+                    members.push(&mut a);
+                }
+                members.push(&mut b);
+                if let Some(c) = c.as_mut() {
+                    members.push(c);
+                }
+                let want: &[usize] = match phase {
+                    0 => &[3, 3],
+                    1 => &[2, 2, 2],
+                    _ => &[3, 3],
+                };
+                if is_split(&members, want) {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "phase {phase} never settled");
+                appended.extend(append_round(&store, &keys).await);
+                for member in members {
+                    let batch = member.poll(50, TURN).await.unwrap();
+                    handled.handle(&batch);
+                    member.commit(&batch).await.unwrap();
+                }
+            }
+            if phase == 1 {
+                // a dies holding deliveries it handled but never committed.
+                appended.extend(append_round(&store, &keys).await);
+                let batch = a.poll(50, Duration::from_secs(10)).await.unwrap();
+                assert!(!batch.is_empty());
+                handled.handle(&batch);
+                a.stop_renewing();
+            }
+        }
+        drop(a);
+
+        // Whatever is left goes to b and c.
+        let mut c = c.expect("c joined");
+        let deadline = Instant::now() + PATIENCE;
+        while handled.ids.len() < appended.len() {
+            assert!(
+                Instant::now() < deadline,
+                "handled {} of {} events",
+                handled.ids.len(),
+                appended.len()
+            );
+            for member in [&mut b, &mut c] {
+                let batch = member.poll(100, TURN).await.unwrap();
+                handled.handle(&batch);
+                member.commit(&batch).await.unwrap();
+            }
+        }
+        for key in &keys {
+            let key = key.to_string();
+            let sent: Vec<uuid::Uuid> = appended
+                .iter()
+                .filter(|e| e.key == key)
+                .map(|e| e.id)
+                .collect();
+            assert_eq!(
+                handled.per_key.get(&key),
+                Some(&sent),
+                "events of key {key} handled out of order or lost"
+            );
+        }
+        assert_eq!(total_lag(&logs[0]).await, 0);
+    }
+}
