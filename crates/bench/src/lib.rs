@@ -12,16 +12,22 @@
 //! - [`shop`]: the HTTP client: setup, workload requests, follow-up reads, `/metrics`.
 //! - [`load`]: workloads (browse with Zipf popularity, order, mixed) and pacing
 //!   (closed loop; open loop measured from the intended send time).
+//! - [`follow`]: followed orders, timed to reserved, confirmed, e-mail, SMS,
+//!   push and points.
+//! - [`sustained`]: `--sustained`, the highest order rate the pipeline keeps
+//!   up with (lag bounded and drained, confirmations in time).
 //! - [`stats`]: HdrHistogram latencies, throughput and ratio arithmetic (unit-tested).
-//! - [`report`]: the per-architecture report, the table, the JSON.
+//! - [`report`]: the per-architecture report, the tables, the JSON.
 //! - [`plot`]: SVG and PNG plots.
 //! - [`BenchError`]: the one error type of this crate.
 
+pub mod follow;
 pub mod load;
 pub mod plot;
 pub mod report;
 pub mod shop;
 pub mod stats;
+pub mod sustained;
 pub mod sut;
 
 use std::path::PathBuf;
@@ -30,10 +36,11 @@ use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::follow::{Followers, Milestones};
 use crate::load::{Pacing, PhaseResult, Plan, Targets, Workload};
 use crate::report::{ArchitectureReport, BenchReport, Machine, SweepStep};
 use crate::shop::{MetricsSnapshot, Shop};
-use crate::stats::{Latencies, ratio};
+use crate::stats::ratio;
 use crate::sut::{Architecture, FailSpec, Server, V1, V2};
 
 #[derive(Debug, thiserror::Error)]
@@ -51,10 +58,11 @@ pub enum BenchError {
 /// `orderflow bench` options.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
-    /// Benchmark a running orderflow at this URL instead of starting one per architecture.
+    /// Benchmark a running orderflow at this URL instead of starting one per
+    /// architecture (one column, named "target"; --architectures is ignored).
     #[arg(long)]
     pub target: Option<String>,
-    /// Which architectures to run: v1 (cache off, inline), v2 (cache on, events).
+    /// Which architectures to start and run: v1 (cache off, inline), v2 (cache on, events).
     #[arg(long, value_delimiter = ',', default_value = "v1,v2")]
     pub architectures: Vec<String>,
     #[arg(long, value_enum, default_value = "mixed")]
@@ -78,7 +86,9 @@ pub struct BenchArgs {
     /// are handled in order, so fewer shoppers means less parallelism).
     #[arg(long, default_value_t = 100)]
     pub shoppers: usize,
-    /// Accepted orders followed to `confirmed` and to the e-mail, per architecture.
+    /// Orders followed to reserved, confirmed, e-mail, SMS, push and points,
+    /// per architecture: placed during the measured load by shoppers of
+    /// their own, spread evenly over it.
     #[arg(long, default_value_t = 40)]
     pub follow_orders: usize,
     /// A failing provider for the failure phase (repeatable): PROVIDER=RATE.
@@ -98,6 +108,45 @@ pub struct BenchArgs {
     pub sweep_p99_target_ms: f64,
     #[arg(long, default_value_t = 4)]
     pub sweep_step_secs: u64,
+    /// Sustained mode instead of the comparison: open-loop orders in steps of
+    /// rising rate until the event pipeline no longer keeps up (see the
+    /// `sustained` module docs for the rules); reports the highest rate held.
+    #[arg(long)]
+    pub sustained: bool,
+    /// First rate of the sustained ladder, orders per second.
+    #[arg(long, default_value_t = 250.0)]
+    pub sustained_start: f64,
+    /// Each step offers this many times the last (rounded to two significant digits).
+    #[arg(long, default_value_t = 1.5)]
+    pub sustained_factor: f64,
+    /// Highest rate offered, orders per second.
+    #[arg(long, default_value_t = 20_000.0)]
+    pub sustained_max: f64,
+    /// The rates to offer instead of start/factor/max: e.g. 250,500,1000,1500,2000,3000.
+    #[arg(long, value_delimiter = ',')]
+    pub sustained_rates: Vec<f64>,
+    /// Seconds per step.
+    #[arg(long, default_value_t = 5.0)]
+    pub sustained_step_secs: f64,
+    /// (b) After a step, the lag must reach 0 within this many seconds.
+    #[arg(long, default_value_t = 2.0)]
+    pub sustained_drain_secs: f64,
+    /// (c) accepted → confirmed p99 target of a step's followed orders
+    /// [default: the simulated payment latency (ORDERFLOW_SIM_PAYMENT_LATENCY_MS, else 50 ms) + 100 ms].
+    #[arg(long)]
+    pub sustained_confirm_p99_ms: Option<f64>,
+    /// (a) The late half of a step's lag may exceed the early half by this share...
+    #[arg(long, default_value_t = 0.5)]
+    pub sustained_lag_growth: f64,
+    /// (a) ...plus this many events.
+    #[arg(long, default_value_t = 50.0)]
+    pub sustained_lag_slack: f64,
+    /// (d) Most request errors a step may have, as a share.
+    #[arg(long, default_value_t = 0.01)]
+    pub sustained_max_error_rate: f64,
+    /// Orders followed per step (for (c)).
+    #[arg(long, default_value_t = 20)]
+    pub sustained_follow: usize,
     /// Where report.json and the plots go.
     #[arg(long, default_value = "bench-results")]
     pub out: PathBuf,
@@ -108,12 +157,22 @@ pub struct BenchArgs {
 
 /// Runs the benchmark; `server_binary` is the `orderflow` executable to start.
 pub async fn run(args: &BenchArgs, server_binary: PathBuf) -> Result<BenchReport, BenchError> {
-    let architectures = selected_architectures(&args.architectures)?;
+    let architectures = match &args.target {
+        Some(url) => vec![Architecture::target(url)],
+        None => selected_architectures(&args.architectures)?,
+    };
     let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
     let mut notes = Vec::new();
     let mut reports = Vec::new();
+    let mut sustained_runs = Vec::new();
     for architecture in &architectures {
-        println!("\n▶ {}", architecture.label);
+        println!("\n▶ {}", architecture.title());
+        if args.sustained {
+            let run = sustained::run(args, &server_binary, architecture, &run_id).await?;
+            notes.extend(run.notes.iter().cloned());
+            sustained_runs.push(run);
+            continue;
+        }
         let mut report = measure(args, &server_binary, architecture, &run_id).await?;
         if args.fail_secs > 0 {
             if args.target.is_some() {
@@ -142,11 +201,16 @@ pub async fn run(args: &BenchArgs, server_binary: PathBuf) -> Result<BenchReport
         settings: serde_json::json!({
             "workload": args.workload, "browse_percent": args.browse_percent, "users": args.users,
             "rate": args.rate, "duration_secs": args.duration_secs, "warmup_secs": args.warmup_secs,
-            "shoppers": args.shoppers, "fail": args.fail.iter().map(|f| f.to_string()).collect::<Vec<_>>(),
+            "shoppers": args.shoppers, "follow_orders": args.follow_orders,
+            "fail": args.fail.iter().map(|f| f.to_string()).collect::<Vec<_>>(),
             "fail_secs": args.fail_secs, "sweep": args.sweep, "sweep_p99_target_ms": args.sweep_p99_target_ms,
+            "sustained": args.sustained, "sustained_step_secs": args.sustained_step_secs,
+            "sustained_follow": args.sustained_follow,
+            "sustained_rates": sustained::ladder(args.sustained_start, args.sustained_factor, args.sustained_max, &args.sustained_rates),
             "seed": args.seed, "target": args.target,
         }),
         architectures: reports,
+        sustained: sustained_runs,
         notes,
     };
     std::fs::create_dir_all(&args.out)
@@ -183,7 +247,7 @@ fn selected_architectures(names: &[String]) -> Result<Vec<Architecture>, BenchEr
 }
 
 /// The server for one phase, the client and the targets, set up.
-struct Session {
+pub(crate) struct Session {
     server: Server,
     shop: Shop,
     targets: Arc<Targets>,
@@ -206,7 +270,7 @@ impl Session {
     }
 }
 
-async fn start_session(
+pub(crate) async fn start_session(
     args: &BenchArgs,
     binary: &std::path::Path,
     architecture: &Architecture,
@@ -231,7 +295,12 @@ async fn start_session(
     })
 }
 
-fn plan(args: &BenchArgs, workload: Workload, pacing: Pacing, duration: Duration) -> Plan {
+pub(crate) fn plan(
+    args: &BenchArgs,
+    workload: Workload,
+    pacing: Pacing,
+    duration: Duration,
+) -> Plan {
     Plan {
         workload,
         browse_percent: args.browse_percent,
@@ -248,7 +317,8 @@ fn pacing(args: &BenchArgs) -> Pacing {
     }
 }
 
-/// The main phase: warm-up, measured load, metrics, follow-up.
+/// The main phase: warm-up, measured load (with the followed orders placed
+/// alongside), metrics, backlog, follow-up.
 async fn measure(
     args: &BenchArgs,
     binary: &std::path::Path,
@@ -256,6 +326,13 @@ async fn measure(
     run_id: &str,
 ) -> Result<ArchitectureReport, BenchError> {
     let session = start_session(args, binary, architecture, &[], args.shoppers, run_id).await?;
+    let followers = Followers::register(
+        &session.shop,
+        session.targets.products.clone(),
+        args.follow_orders,
+        run_id,
+    )
+    .await?;
     let pacing = pacing(args);
     if args.warmup_secs > 0 {
         let warmup = plan(
@@ -267,27 +344,31 @@ async fn measure(
         session.run("warming up", &warmup).await;
     }
     let before = session.shop.metrics().await?;
-    let measured = plan(
-        args,
-        args.workload,
-        pacing,
-        Duration::from_secs(args.duration_secs),
-    );
+    let duration = Duration::from_secs(args.duration_secs);
+    let measured = plan(args, args.workload, pacing, duration);
+    // Points are watched live; give them as long as the backlog gets, and a bit.
+    let points_deadline = tokio::time::Instant::now()
+        + duration
+        + Duration::from_secs(args.drain_timeout_secs)
+        + Duration::from_secs(5);
+    let following = followers.spawn(args.follow_orders, duration, points_deadline, args.seed);
     let phase = session
         .run(&format!("{} load", architecture.name), &measured)
         .await;
     let after = session.shop.metrics().await?;
     let (drained, left) =
         wait_for_backlog(&session, Duration::from_secs(args.drain_timeout_secs)).await?;
-    let (confirm, email) = follow_up(&session, &phase, args.follow_orders).await;
+    let bar = spinner("following the orders to confirmed, e-mail, SMS, push and points");
+    let followed = following.await.expect("followers do not panic");
+    let milestones = followers
+        .milestones(
+            &followed,
+            tokio::time::Instant::now() + Duration::from_secs(5),
+        )
+        .await;
+    bar.finish_and_clear();
     session.server.stop().await?;
-    let mut report = architecture_report(
-        architecture,
-        &phase,
-        &after.since(&before),
-        &confirm,
-        &email,
-    );
+    let mut report = architecture_report(architecture, &phase, &after.since(&before), &milestones);
     report.backlog_drain_secs = drained;
     report.backlog_left_after_wait = left;
     println!(
@@ -300,6 +381,15 @@ async fn measure(
         report.error_rate * 100.0,
         report.generator_cpu_cores
     );
+    if milestones.followed > 0 {
+        println!(
+            "  {} orders followed: {} confirmed, {} not, {} unfinished at the wait",
+            milestones.followed,
+            milestones.confirmed_orders,
+            milestones.not_confirmed,
+            milestones.unfinished
+        );
+    }
     Ok(report)
 }
 
@@ -307,16 +397,20 @@ fn architecture_report(
     architecture: &Architecture,
     phase: &PhaseResult,
     metrics: &MetricsSnapshot,
-    confirm: &Latencies,
-    email: &Latencies,
+    milestones: &Milestones,
 ) -> ArchitectureReport {
     let cores =
         phase.generator_cpu.as_secs_f64() / phase.elapsed.as_secs_f64().max(f64::MIN_POSITIVE);
     let browse_requests = phase.browse.count() as f64;
-    let optional = |l: &Latencies, q: f64| (l.count() > 0).then(|| l.quantile_ms(q));
+    let (reserved_p50_ms, reserved_p99_ms) = Milestones::p50_p99(&milestones.reserved);
+    let (confirm_p50_ms, confirm_p99_ms) = Milestones::p50_p99(&milestones.confirmed);
+    let (email_p50_ms, email_p99_ms) = Milestones::p50_p99(&milestones.email);
+    let (sms_p50_ms, sms_p99_ms) = Milestones::p50_p99(&milestones.sms);
+    let (push_p50_ms, push_p99_ms) = Milestones::p50_p99(&milestones.push);
+    let (points_p50_ms, points_p99_ms) = Milestones::p50_p99(&milestones.points);
     ArchitectureReport {
-        name: architecture.name.into(),
-        label: architecture.label.into(),
+        name: architecture.name.to_string(),
+        label: architecture.label.to_string(),
         latency: phase.all.summary(),
         percentiles: phase.all.percentile_curve(),
         browse_latency: phase.browse.summary(),
@@ -330,11 +424,21 @@ fn architecture_report(
             metrics.cache_hits,
             metrics.cache_hits + metrics.cache_misses,
         ),
-        confirm_p50_ms: optional(confirm, 0.5),
-        confirm_p99_ms: optional(confirm, 0.99),
-        email_p50_ms: optional(email, 0.5),
-        email_p99_ms: optional(email, 0.99),
-        followed_orders: confirm.count() as usize,
+        reserved_p50_ms,
+        reserved_p99_ms,
+        confirm_p50_ms,
+        confirm_p99_ms,
+        email_p50_ms,
+        email_p99_ms,
+        sms_p50_ms,
+        sms_p99_ms,
+        push_p50_ms,
+        push_p99_ms,
+        points_p50_ms,
+        points_p99_ms,
+        followed_orders: milestones.followed,
+        followed_not_confirmed: milestones.not_confirmed,
+        followed_unfinished: milestones.unfinished,
         generator_cpu_cores: cores,
         generator_saturated: cores >= 0.9 * Machine::this().cpus as f64,
         ..Default::default()
@@ -373,114 +477,6 @@ async fn wait_for_backlog(
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-}
-
-/// Follows a sample of accepted orders to their final state and their
-/// e-mail; returns (accepted → confirmed, accepted → e-mail) latencies.
-async fn follow_up(
-    session: &Session,
-    phase: &PhaseResult,
-    sample: usize,
-) -> (Latencies, Latencies) {
-    let mut confirm = Latencies::new();
-    let mut email = Latencies::new();
-    if sample == 0 || phase.accepted_orders.is_empty() {
-        return (confirm, email);
-    }
-    let step = (phase.accepted_orders.len() / sample).max(1);
-    let chosen: Vec<_> = phase
-        .accepted_orders
-        .iter()
-        .step_by(step)
-        .take(sample)
-        .copied()
-        .collect();
-    let bar = spinner(&format!(
-        "following {} orders to confirmed and e-mailed",
-        chosen.len()
-    ));
-    // Orders still not final at the deadline count with the time waited so
-    // far: a lower bound, so a backlog can only make the figure look better
-    // than it is by the deadline, never hide it.
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    let mut created: Vec<(usize, uuid::Uuid, chrono::DateTime<chrono::Utc>)> = Vec::new();
-    for (shopper, id) in chosen {
-        let token = &session.targets.tokens[shopper];
-        loop {
-            let Ok(order) = session.shop.get_order(token, id).await else {
-                break;
-            };
-            let status = order["status"].as_str().unwrap_or("");
-            let final_state =
-                ["confirmed", "rejected", "payment_failed", "cancelled"].contains(&status);
-            if final_state || std::time::Instant::now() > deadline {
-                let at = |s: &str| -> Option<chrono::DateTime<chrono::Utc>> {
-                    order["history"]
-                        .as_array()?
-                        .iter()
-                        .find(|h| h["status"] == s)?["at"]
-                        .as_str()?
-                        .parse()
-                        .ok()
-                };
-                match (at("pending"), at("confirmed")) {
-                    (Some(placed), Some(confirmed)) => {
-                        confirm.record((confirmed - placed).to_std().unwrap_or_default());
-                        created.push((shopper, id, placed));
-                    }
-                    (Some(placed), None) if !final_state => {
-                        confirm.record((chrono::Utc::now() - placed).to_std().unwrap_or_default());
-                    }
-                    _ => {}
-                }
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    }
-    // E-mails are sent after confirmation; give the email group a moment, then read each shopper's list once.
-    let mut by_shopper: std::collections::HashMap<usize, serde_json::Value> = Default::default();
-    for (shopper, id, placed) in created {
-        loop {
-            let list = match by_shopper.entry(shopper) {
-                std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
-                std::collections::hash_map::Entry::Vacant(entry) => {
-                    match session
-                        .shop
-                        .notifications(&session.targets.tokens[shopper])
-                        .await
-                    {
-                        Ok(list) => entry.insert(list),
-                        Err(_) => break,
-                    }
-                }
-            };
-            let sent = list["items"].as_array().and_then(|items| {
-                items
-                    .iter()
-                    .find(|n| n["channel"] == "email" && n["order_id"] == id.to_string())
-                    .and_then(|n| {
-                        n["sent_at"]
-                            .as_str()?
-                            .parse::<chrono::DateTime<chrono::Utc>>()
-                            .ok()
-                    })
-            });
-            match sent {
-                Some(sent) => {
-                    email.record((sent - placed).to_std().unwrap_or_default());
-                    break;
-                }
-                None if std::time::Instant::now() < deadline => {
-                    by_shopper.remove(&shopper);
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                None => break,
-            }
-        }
-    }
-    bar.finish_and_clear();
-    (confirm, email)
 }
 
 /// Order traffic with a failing provider: v1 fails the order, v2 accepts it
@@ -577,7 +573,7 @@ async fn sweep(
     Ok(())
 }
 
-fn spinner(message: &str) -> ProgressBar {
+pub(crate) fn spinner(message: &str) -> ProgressBar {
     let bar = ProgressBar::new_spinner();
     bar.set_style(
         ProgressStyle::with_template("  {spinner} {msg} [{elapsed}]").expect("valid template"),
@@ -587,7 +583,7 @@ fn spinner(message: &str) -> ProgressBar {
     bar
 }
 
-fn load_bar(message: &str, length: Option<u64>) -> ProgressBar {
+pub(crate) fn load_bar(message: &str, length: Option<u64>) -> ProgressBar {
     let bar = match length {
         Some(n) => {
             let bar = ProgressBar::new(n);

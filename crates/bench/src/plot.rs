@@ -1,5 +1,7 @@
-//! Plots, as SVG and PNG: latency percentiles per architecture, and for the
-//! sweep, achieved throughput and p99 against the offered load.
+//! Plots, as SVG and PNG: latency percentiles per architecture; for the
+//! sweep, achieved throughput and p99 against the offered load; for the
+//! sustained mode, accepted → confirmed p99 and the pipeline lag against the
+//! offered order rate.
 //!
 //! PNG text needs a font; DejaVu Sans is bundled (assets/, with its licence)
 //! so plots render the same on a machine without fonts.
@@ -32,12 +34,29 @@ pub fn write_all(report: &BenchReport, dir: &Path) -> Result<Vec<PathBuf>, Bench
     std::fs::create_dir_all(dir)
         .map_err(|e| BenchError::Output(format!("{}: {e}", dir.display())))?;
     let mut written = Vec::new();
-    written.extend(both(
-        dir,
-        "latency-percentiles",
-        |r| latency_chart(report, r),
-        |r| latency_chart(report, r),
-    )?);
+    if !report.architectures.is_empty() {
+        written.extend(both(
+            dir,
+            "latency-percentiles",
+            |r| latency_chart(report, r),
+            |r| latency_chart(report, r),
+        )?);
+    }
+    if report.sustained.iter().any(|s| !s.steps.is_empty()) {
+        let (confirm, lag) = (SustainedAxis::ConfirmP99, SustainedAxis::LagMax);
+        written.extend(both(
+            dir,
+            "sustained-confirm-p99",
+            |r| sustained_chart(report, r, confirm),
+            |r| sustained_chart(report, r, confirm),
+        )?);
+        written.extend(both(
+            dir,
+            "sustained-lag",
+            |r| sustained_chart(report, r, lag),
+            |r| sustained_chart(report, r, lag),
+        )?);
+    }
     if report.architectures.iter().any(|a| !a.sweep.is_empty()) {
         let (throughput, p99) = (SweepAxis::Throughput, SweepAxis::P99);
         written.extend(both(
@@ -132,7 +151,7 @@ fn latency_chart<DB: DrawingBackend>(
             .iter()
             .enumerate()
             .map(|(i, (_, v))| (i, v.max(0.01)));
-        (arch.label.clone(), points.collect())
+        (arch.title(), points.collect())
     });
     draw_lines(&mut chart, lines.collect())
 }
@@ -188,9 +207,119 @@ fn sweep_chart<DB: DrawingBackend>(
             .sweep
             .iter()
             .map(|s| (s.offered_rps, value(s).max(0.1)));
-        (arch.label.clone(), points.collect())
+        (arch.title(), points.collect())
     });
     draw_lines(&mut chart, lines.collect())
+}
+
+#[derive(Clone, Copy)]
+enum SustainedAxis {
+    ConfirmP99,
+    LagMax,
+}
+
+/// Per architecture, one point per step: the offered order rate against the
+/// step's accepted → confirmed p99 (with the target as a dashed line) or its
+/// highest lag; a hollow dot marks the step not held.
+fn sustained_chart<DB: DrawingBackend>(
+    report: &BenchReport,
+    root: &DrawingArea<DB, Shift>,
+    axis: SustainedAxis,
+) -> Result<(), String> {
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    let value = |s: &crate::sustained::SustainedStep| match axis {
+        // Log scales: a floor keeps 0 (v1's lag) on the chart.
+        SustainedAxis::ConfirmP99 => s.confirm_p99_ms.unwrap_or(0.0).max(0.1),
+        SustainedAxis::LagMax => s.lag_max.max(0.0) + 1.0,
+    };
+    let steps = report.sustained.iter().flat_map(|r| r.steps.iter());
+    let max_offered = steps.clone().map(|s| s.offered_rps).fold(1.0f64, f64::max);
+    let min_offered = steps
+        .clone()
+        .map(|s| s.offered_rps)
+        .fold(max_offered, f64::min);
+    let target = report
+        .sustained
+        .first()
+        .map(|r| r.criteria.confirm_p99_ms)
+        .unwrap_or(150.0);
+    let mut max_value = steps.map(value).fold(1.0f64, f64::max);
+    if let SustainedAxis::ConfirmP99 = axis {
+        max_value = max_value.max(target);
+    }
+    let (caption, y_desc) = match axis {
+        SustainedAxis::ConfirmP99 => (
+            "Accepted → confirmed p99 against the offered order rate",
+            "p99 milliseconds (log scale)",
+        ),
+        SustainedAxis::LagMax => (
+            "Highest pipeline lag during each step",
+            "events behind + 1 (log scale)",
+        ),
+    };
+    let mut chart = ChartBuilder::on(root)
+        .caption(caption, ("sans-serif", 24))
+        .margin(16)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(
+            ((min_offered * 0.8).max(1.0)..max_offered * 1.25).log_scale(),
+            (0.1f64..max_value * 2.0).log_scale(),
+        )
+        .map_err(|e| e.to_string())?;
+    chart
+        .configure_mesh()
+        .x_desc("offered orders/s (log scale)")
+        .y_desc(y_desc)
+        .label_style(("sans-serif", 14))
+        .draw()
+        .map_err(|e| e.to_string())?;
+    if let SustainedAxis::ConfirmP99 = axis {
+        let x = (min_offered * 0.8).max(1.0)..max_offered * 1.25;
+        chart
+            .draw_series(DashedLineSeries::new(
+                vec![(x.start, target), (x.end, target)],
+                8,
+                6,
+                BLACK.mix(0.6).stroke_width(2),
+            ))
+            .map_err(|e| e.to_string())?
+            .label(format!("target {target:.0} ms"))
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.stroke_width(2)));
+    }
+    for (index, run) in report.sustained.iter().enumerate() {
+        let color = COLORS[index % COLORS.len()];
+        let points: Vec<(f64, f64)> = run
+            .steps
+            .iter()
+            .map(|s| (s.offered_rps, value(s)))
+            .collect();
+        chart
+            .draw_series(LineSeries::new(points, color.stroke_width(3)))
+            .map_err(|e| e.to_string())?
+            .label(format!("{}: {}", run.name, run.label))
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3))
+            });
+        chart
+            .draw_series(run.steps.iter().map(|s| {
+                let style = if s.held {
+                    color.filled()
+                } else {
+                    color.stroke_width(2)
+                };
+                Circle::new((s.offered_rps, value(s)), 5, style)
+            }))
+            .map_err(|e| e.to_string())?;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 16))
+        .position(SeriesLabelPosition::UpperLeft)
+        .draw()
+        .map_err(|e| e.to_string())
 }
 
 /// A labelled series of (x, y) points.

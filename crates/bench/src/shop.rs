@@ -135,6 +135,17 @@ impl Shop {
         product_id: uuid::Uuid,
         quantity: u32,
     ) -> (Outcome, Option<uuid::Uuid>) {
+        let (outcome, accepted) = self.place(token, product_id, quantity).await;
+        (outcome, accepted.map(|(id, _)| id))
+    }
+
+    /// Places a one-line order; (order id, total in cents) when it was accepted.
+    pub async fn place(
+        &self,
+        token: &str,
+        product_id: uuid::Uuid,
+        quantity: u32,
+    ) -> (Outcome, Option<(uuid::Uuid, i64)>) {
         let response = self
             .http
             .post(self.url("/api/v1/orders"))
@@ -146,16 +157,63 @@ impl Shop {
         match response {
             Ok(response) => {
                 let outcome = Outcome::of(response.status());
-                let id = match response.json::<Value>().await {
-                    Ok(body) if outcome == Outcome::Ok => {
-                        body["id"].as_str().and_then(|s| s.parse().ok())
-                    }
+                let accepted = match response.json::<Value>().await {
+                    Ok(body) if outcome == Outcome::Ok => body["id"]
+                        .as_str()
+                        .and_then(|s| s.parse().ok())
+                        .map(|id| (id, body["total_cents"].as_i64().unwrap_or(0))),
                     _ => None,
                 };
-                (outcome, id)
+                (outcome, accepted)
             }
             Err(_) => (Outcome::Error, None),
         }
+    }
+
+    /// The caller's loyalty points (`/me/points`).
+    pub async fn points(&self, token: &str) -> Result<i64, BenchError> {
+        let view: Value = self
+            .http
+            .get(self.url("/api/v1/me/points"))
+            .bearer_auth(token)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        view["points"]
+            .as_i64()
+            .ok_or_else(|| BenchError::Setup("/me/points answered without points".into()))
+    }
+
+    /// Sets a product's stock (admin only): reads the product and writes it
+    /// back with `stock` changed.
+    pub async fn restock(
+        &self,
+        admin_token: &str,
+        product_id: uuid::Uuid,
+        stock: i64,
+    ) -> Result<(), BenchError> {
+        let url = self.url(&format!("/api/v1/products/{product_id}"));
+        let product: Value = self
+            .http
+            .get(&url)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        self.http
+            .put(&url)
+            .bearer_auth(admin_token)
+            .json(&json!({
+                "sku": product["sku"], "name": product["name"], "price_cents": product["price_cents"],
+                "currency": product["currency"], "stock": stock,
+            }))
+            .send()
+            .await?
+            .error_for_status()?;
+        Ok(())
     }
 
     pub async fn get_order(&self, token: &str, id: uuid::Uuid) -> Result<Value, BenchError> {
@@ -280,6 +338,22 @@ impl MetricsSnapshot {
         snapshot
     }
 
+    /// Events the pipeline has not handled yet: every consumer group's lag
+    /// (`orderflow_consumer_lag`, summed over group, topic and partition) plus
+    /// the outbox rows not yet relayed to the log (`orderflow_outbox_backlog`,
+    /// exported only where a relay runs). `None` when the server exports
+    /// neither (no consumers: v1, or metrics off). `/metrics` reads the lag
+    /// afresh on every scrape, so this is current, not up to 5 s old; the
+    /// outbox gauge is refreshed by the relay after every batch.
+    pub fn pipeline_lag(&self) -> Option<f64> {
+        let lag = self.by_name.get("orderflow_consumer_lag");
+        let outbox = self.by_name.get("orderflow_outbox_backlog");
+        match (lag, outbox) {
+            (None, None) => None,
+            (lag, outbox) => Some(lag.copied().unwrap_or(0.0) + outbox.copied().unwrap_or(0.0)),
+        }
+    }
+
     /// `self - earlier`, counter by counter.
     pub fn since(&self, earlier: &MetricsSnapshot) -> MetricsSnapshot {
         MetricsSnapshot {
@@ -320,5 +394,21 @@ mod tests {
         assert_eq!(s.by_name["orderflow_dead_letters"], 2.0);
         let later = MetricsSnapshot::parse(&text.replace("} 7", "} 9"));
         assert_eq!(later.since(&s).db_queries, 2.0);
+        assert_eq!(s.pipeline_lag(), None, "no lag exported");
+    }
+
+    #[test]
+    fn pipeline_lag_is_consumer_lag_plus_the_outbox() {
+        let text = "orderflow_consumer_lag{group=\"payment\",topic=\"order.events\",partition=\"0\"} 12\n\
+            orderflow_consumer_lag{group=\"email\",topic=\"order.events\",partition=\"1\"} 3\n\
+            orderflow_consumer_group_lag{group=\"payment\"} 12\n";
+        assert_eq!(MetricsSnapshot::parse(text).pipeline_lag(), Some(15.0));
+        let with_outbox = format!("{text}orderflow_outbox_backlog 5\n");
+        assert_eq!(
+            MetricsSnapshot::parse(&with_outbox).pipeline_lag(),
+            Some(20.0)
+        );
+        let idle = "orderflow_consumer_lag{group=\"payment\",topic=\"t\",partition=\"0\"} 0\n";
+        assert_eq!(MetricsSnapshot::parse(idle).pipeline_lag(), Some(0.0));
     }
 }

@@ -6,6 +6,7 @@
 //! is measured apart from the server's and a stalled server cannot stall the
 //! generator's clock.
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -14,31 +15,50 @@ use tokio::process::{Child, Command};
 
 use crate::BenchError;
 
-/// One of the two architectures the notes compare.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What is measured: one of the two architectures the notes compare, or a
+/// deployment that is already running (`--target URL`).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Architecture {
-    /// `v1` or `v2`.
-    pub name: &'static str,
-    pub label: &'static str,
+    /// `v1`, `v2`, or `target`: the column header of the table.
+    pub name: Cow<'static, str>,
+    /// What it is, without the name (the table prints `name: label`).
+    pub label: Cow<'static, str>,
     pub cache: &'static str,
     pub side_effects: &'static str,
 }
 
 /// The notes' version 1: no cache, no queue.
 pub const V1: Architecture = Architecture {
-    name: "v1",
-    label: "v1: cache off, inline side effects",
+    name: Cow::Borrowed("v1"),
+    label: Cow::Borrowed("cache off, inline side effects"),
     cache: "off",
     side_effects: "inline",
 };
 
 /// The notes' version 2: cache and events.
 pub const V2: Architecture = Architecture {
-    name: "v2",
-    label: "v2: cache on, events",
+    name: Cow::Borrowed("v2"),
+    label: Cow::Borrowed("cache on, events"),
     cache: "on",
     side_effects: "events",
 };
+
+impl Architecture {
+    /// A running deployment: the bench does not know (or set) its switches.
+    pub fn target(url: &str) -> Self {
+        Self {
+            name: Cow::Borrowed("target"),
+            label: Cow::Owned(format!("the deployment at {}", url.trim_end_matches('/'))),
+            cache: "as deployed",
+            side_effects: "as deployed",
+        }
+    }
+
+    /// `name: label`, for headings and legends.
+    pub fn title(&self) -> String {
+        format!("{}: {}", self.name, self.label)
+    }
+}
 
 /// A provider made to fail part of its calls: `sms=0.05`.
 #[derive(Debug, Clone, PartialEq)]
