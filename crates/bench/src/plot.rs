@@ -234,18 +234,16 @@ fn sustained_chart<DB: DrawingBackend>(
     };
     let steps = report.sustained.iter().flat_map(|r| r.steps.iter());
     let max_offered = steps.clone().map(|s| s.offered_rps).fold(1.0f64, f64::max);
-    let min_offered = steps
-        .clone()
-        .map(|s| s.offered_rps)
-        .fold(max_offered, f64::min);
     let target = report
         .sustained
         .first()
         .map(|r| r.criteria.confirm_p99_ms)
         .unwrap_or(150.0);
-    let mut max_value = steps.map(value).fold(1.0f64, f64::max);
+    let mut max_value = steps.clone().map(value).fold(1.0f64, f64::max);
+    let mut min_value = steps.map(value).fold(max_value, f64::min);
     if let SustainedAxis::ConfirmP99 = axis {
         max_value = max_value.max(target);
+        min_value = min_value.min(target);
     }
     let (caption, y_desc) = match axis {
         SustainedAxis::ConfirmP99 => (
@@ -257,28 +255,30 @@ fn sustained_chart<DB: DrawingBackend>(
             "events behind + 1 (log scale)",
         ),
     };
+    // Linear rates (a log axis over less than a decade has no labels);
+    // headroom above the highest value for the legend.
+    let x_range = 0.0..max_offered * 1.1;
     let mut chart = ChartBuilder::on(root)
         .caption(caption, ("sans-serif", 24))
         .margin(16)
         .x_label_area_size(40)
         .y_label_area_size(70)
         .build_cartesian_2d(
-            ((min_offered * 0.8).max(1.0)..max_offered * 1.25).log_scale(),
-            (0.1f64..max_value * 2.0).log_scale(),
+            x_range.clone(),
+            ((min_value * 0.5).max(0.1)..max_value * 8.0).log_scale(),
         )
         .map_err(|e| e.to_string())?;
     chart
         .configure_mesh()
-        .x_desc("offered orders/s (log scale)")
+        .x_desc("offered orders/s (hollow dot: not held)")
         .y_desc(y_desc)
         .label_style(("sans-serif", 14))
         .draw()
         .map_err(|e| e.to_string())?;
     if let SustainedAxis::ConfirmP99 = axis {
-        let x = (min_offered * 0.8).max(1.0)..max_offered * 1.25;
         chart
             .draw_series(DashedLineSeries::new(
-                vec![(x.start, target), (x.end, target)],
+                vec![(x_range.start, target), (x_range.end, target)],
                 8,
                 6,
                 BLACK.mix(0.6).stroke_width(2),
@@ -362,4 +362,81 @@ where
         .position(SeriesLabelPosition::UpperLeft)
         .draw()
         .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::Machine;
+    use crate::sustained::{Criteria, SustainedRun, SustainedStep};
+
+    fn step(rate: f64, lag: f64, p99: Option<f64>, held: bool) -> SustainedStep {
+        SustainedStep {
+            offered_rps: rate,
+            lag_max: lag,
+            confirm_p99_ms: p99,
+            held,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn sustained_plots_render_zero_lag_and_missing_p99() {
+        let criteria = Criteria {
+            lag_growth: 0.5,
+            lag_slack: 50.0,
+            drain_secs: 2.0,
+            confirm_p99_ms: 150.0,
+            max_error_rate: 0.01,
+            min_served_share: 0.9,
+        };
+        let run = |name: &str, steps| SustainedRun {
+            name: name.into(),
+            label: "test".into(),
+            criteria,
+            lag_exported: true,
+            steps,
+            max_held_rps: None,
+            notes: vec![],
+        };
+        let report = BenchReport {
+            started_at: chrono::Utc::now(),
+            command: "orderflow bench --sustained".into(),
+            machine: Machine::this(),
+            settings: serde_json::json!({}),
+            architectures: vec![],
+            sustained: vec![
+                run("v1", vec![step(250.0, 0.0, None, false)]),
+                run(
+                    "v2",
+                    vec![
+                        step(250.0, 120.0, Some(90.0), true),
+                        step(380.0, 9000.0, Some(2400.0), false),
+                    ],
+                ),
+            ],
+            notes: vec![],
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let written = write_all(&report, dir.path()).unwrap();
+        let names: Vec<String> = written
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "sustained-confirm-p99.svg",
+                "sustained-confirm-p99.png",
+                "sustained-lag.svg",
+                "sustained-lag.png"
+            ],
+            "no latency plot without the comparison"
+        );
+        let svg = std::fs::read_to_string(dir.path().join("sustained-confirm-p99.svg")).unwrap();
+        assert!(
+            svg.contains("target 150 ms") && svg.contains("v2: test"),
+            "legend"
+        );
+    }
 }

@@ -123,21 +123,38 @@ struct Row {
     value: fn(&ArchitectureReport) -> Option<f64>,
     format: fn(f64) -> String,
     lower_is_better: bool,
-    /// A share (0..=1): printed as a percentage, compared as "before → after".
-    share: bool,
+    compare: Compare,
+}
+
+/// What the improvement column shows for a row.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Compare {
+    /// How many times better: "12.2×", "2.0× worse".
+    Factor,
+    /// A share (0..=1): "100% → 0.01%".
+    Share,
+    /// Nothing: the values are not better or worse (how many orders were followed).
+    None,
 }
 
 impl Row {
     /// The improvement column: a factor, or for shares "before → after".
     fn change(&self, before: f64, after: f64) -> String {
+        let (shown_before, shown_after) = ((self.format)(before), (self.format)(after));
+        if shown_before == shown_after {
+            return "same".into();
+        }
         // A factor of two shares ("15792.0×" for 100% → 0.0063%) says
-        // nothing a reader can use; the two shares do.
-        if self.share {
-            return if share(before) == share(after) {
-                "same".into()
-            } else {
-                format!("{} → {}", share(before), share(after))
-            };
+        // nothing a reader can use; the two shares do. So for a value that
+        // shows as zero ("0.0 s" → "21.2 s" is not "19398.4× worse").
+        let zero = (self.format)(0.0);
+        match self.compare {
+            Compare::None => return "—".into(),
+            Compare::Share => return format!("{shown_before} → {shown_after}"),
+            Compare::Factor if shown_before == zero || shown_after == zero => {
+                return format!("{shown_before} → {shown_after}");
+            }
+            Compare::Factor => {}
         }
         improvement(before, after, self.lower_is_better)
             .map(|f| {
@@ -223,196 +240,196 @@ const ROWS: &[Row] = &[
         value: |r| Some(r.latency.p50_ms),
         format: ms,
         lower_is_better: true,
-        share: false,
+        compare: Compare::Factor,
     },
     Row {
         metric: "response time p95",
         value: |r| Some(r.latency.p95_ms),
         format: ms,
         lower_is_better: true,
-        share: false,
+        compare: Compare::Factor,
     },
     Row {
         metric: "response time p99",
         value: |r| Some(r.latency.p99_ms),
         format: ms,
         lower_is_better: true,
-        share: false,
+        compare: Compare::Factor,
     },
     Row {
         metric: "response time max",
         value: |r| Some(r.latency.max_ms),
         format: ms,
         lower_is_better: true,
-        share: false,
+        compare: Compare::Factor,
     },
     Row {
         metric: "order request p99",
         value: |r| Some(r.order_latency.p99_ms),
         format: ms,
         lower_is_better: true,
-        share: false,
+        compare: Compare::Factor,
     },
     Row {
         metric: "throughput",
         value: |r| Some(r.throughput_rps),
         format: rps,
         lower_is_better: false,
-        share: false,
+        compare: Compare::Factor,
     },
     Row {
         metric: "error rate",
         value: |r| Some(r.error_rate),
         format: pct,
         lower_is_better: true,
-        share: true,
+        compare: Compare::Share,
     },
     Row {
         metric: "catalog reads hitting the DB",
         value: |r| Some(r.catalog_reads_from_db),
         format: pct,
         lower_is_better: true,
-        share: true,
+        compare: Compare::Share,
     },
     Row {
         metric: "DB queries per request (all)",
         value: |r| Some(r.db_queries_per_request),
         format: num,
         lower_is_better: true,
-        share: false,
+        compare: Compare::Factor,
     },
     Row {
         metric: "cache hit ratio",
         value: |r| Some(r.cache_hit_ratio),
         format: pct,
         lower_is_better: false,
-        share: true,
+        compare: Compare::Share,
     },
     Row {
         metric: "consumer backlog drained after",
         value: |r| r.backlog_drain_secs,
         format: secs,
         lower_is_better: true,
-        share: false,
+        compare: Compare::Factor,
     },
     Row {
         metric: "events still queued after the wait",
         value: |r| r.backlog_left_after_wait.map(|n| n as f64),
         format: count,
         lower_is_better: true,
-        share: false,
+        compare: Compare::Factor,
     },
     Row {
         metric: "accepted → reserved p50",
         value: |r| r.reserved_p50_ms,
         format: ms,
         lower_is_better: true,
-        share: false,
+        compare: Compare::Factor,
     },
     Row {
         metric: "accepted → reserved p99",
         value: |r| r.reserved_p99_ms,
         format: ms,
         lower_is_better: true,
-        share: false,
+        compare: Compare::Factor,
     },
     Row {
         metric: "accepted → confirmed p50",
         value: |r| r.confirm_p50_ms,
         format: ms,
         lower_is_better: true,
-        share: false,
+        compare: Compare::Factor,
     },
     Row {
         metric: "accepted → confirmed p99",
         value: |r| r.confirm_p99_ms,
         format: ms,
         lower_is_better: true,
-        share: false,
+        compare: Compare::Factor,
     },
     Row {
         metric: "accepted → e-mail sent p50",
         value: |r| r.email_p50_ms,
         format: ms,
         lower_is_better: true,
-        share: false,
+        compare: Compare::Factor,
     },
     Row {
         metric: "accepted → e-mail sent p99",
         value: |r| r.email_p99_ms,
         format: ms,
         lower_is_better: true,
-        share: false,
+        compare: Compare::Factor,
     },
     Row {
         metric: "accepted → SMS sent p50",
         value: |r| r.sms_p50_ms,
         format: ms,
         lower_is_better: true,
-        share: false,
+        compare: Compare::Factor,
     },
     Row {
         metric: "accepted → SMS sent p99",
         value: |r| r.sms_p99_ms,
         format: ms,
         lower_is_better: true,
-        share: false,
+        compare: Compare::Factor,
     },
     Row {
         metric: "accepted → push sent p50",
         value: |r| r.push_p50_ms,
         format: ms,
         lower_is_better: true,
-        share: false,
+        compare: Compare::Factor,
     },
     Row {
         metric: "accepted → push sent p99",
         value: |r| r.push_p99_ms,
         format: ms,
         lower_is_better: true,
-        share: false,
+        compare: Compare::Factor,
     },
     Row {
         metric: "accepted → points p50",
         value: |r| r.points_p50_ms,
         format: ms,
         lower_is_better: true,
-        share: false,
+        compare: Compare::Factor,
     },
     Row {
         metric: "accepted → points p99",
         value: |r| r.points_p99_ms,
         format: ms,
         lower_is_better: true,
-        share: false,
+        compare: Compare::Factor,
     },
     Row {
         metric: "followed orders",
         value: |r| (r.followed_orders > 0).then_some(r.followed_orders as f64),
         format: count,
         lower_is_better: false,
-        share: false,
+        compare: Compare::None,
     },
     Row {
         metric: "followed orders unfinished at the wait",
         value: |r| (r.followed_orders > 0).then_some(r.followed_unfinished as f64),
         format: count,
         lower_is_better: true,
-        share: false,
+        compare: Compare::None,
     },
     Row {
         metric: "orders failed, failing provider",
         value: |r| r.order_failure_rate_with_failing_provider,
         format: pct,
         lower_is_better: true,
-        share: true,
+        compare: Compare::Share,
     },
     Row {
         metric: "highest load held (sweep)",
         value: |r| r.max_held_rps,
         format: rps,
         lower_is_better: false,
-        share: false,
+        compare: Compare::Factor,
     },
 ];
 
@@ -601,6 +618,18 @@ mod tests {
             .unwrap();
         assert_eq!(latency.change(100.0, 10.0), "10.0×");
         assert_eq!(latency.change(10.0, 20.0), "2.0× worse");
+        assert_eq!(latency.change(10.0, 10.001), "same", "as shown");
+        let drained = ROWS
+            .iter()
+            .find(|r| r.metric == "consumer backlog drained after")
+            .unwrap();
+        assert_eq!(
+            drained.change(0.001, 21.2),
+            "0.0 s → 21.2 s",
+            "no factor against zero"
+        );
+        let followed = ROWS.iter().find(|r| r.metric == "followed orders").unwrap();
+        assert_eq!(followed.change(10.0, 12.0), "—");
     }
 
     #[test]
