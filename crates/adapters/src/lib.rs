@@ -40,3 +40,34 @@ pub(crate) fn export_pool_gauges<DB: sqlx::Database>(pool: &sqlx::Pool<DB>) {
     metrics::gauge!("orderflow_db_pool_max_connections")
         .set(f64::from(pool.options().get_max_connections()));
 }
+
+/// One step of the savepoint a group commit wraps around each effect
+/// ([`StoreTx::savepoint`](orderflow_core::ports::store::StoreTx::savepoint)
+/// and its siblings): the same SQL on SQLite and PostgreSQL. The name is
+/// fixed, since the API opens one savepoint at a time; PostgreSQL's stock
+/// reservation nests its own savepoint inside it, which both engines allow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SavepointStep {
+    Open,
+    Release,
+    RollBack,
+}
+
+impl SavepointStep {
+    pub(crate) fn sql(self) -> &'static str {
+        match self {
+            SavepointStep::Open => "SAVEPOINT orderflow_effect",
+            SavepointStep::Release => "RELEASE SAVEPOINT orderflow_effect",
+            SavepointStep::RollBack => "ROLLBACK TO SAVEPOINT orderflow_effect",
+        }
+    }
+
+    /// The `op` label of `orderflow_db_queries_total`.
+    pub(crate) fn op(self) -> &'static str {
+        match self {
+            SavepointStep::Open => "savepoint",
+            SavepointStep::Release => "release_savepoint",
+            SavepointStep::RollBack => "rollback_to_savepoint",
+        }
+    }
+}

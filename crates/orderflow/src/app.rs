@@ -26,7 +26,7 @@ use orderflow_core::services::orders::{OrderService, SideEffects};
 use orderflow_core::services::queries::ShopperQueries;
 use orderflow_core::services::relay::Relay;
 use orderflow_domain::notification::Channel;
-use orderflow_workers::WorkerDeps;
+use orderflow_workers::{ConsumerSettings, WorkerDeps};
 use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -114,7 +114,12 @@ impl App {
             Duration::from_millis(settings.retry_base_ms),
             Duration::from_millis(settings.retry_max_ms),
         );
-        let mut workers = WorkerDeps::new(store.clone(), log.clone(), payment, notifiers, retry);
+        let mut workers = WorkerDeps::new(store.clone(), log.clone(), payment, notifiers, retry)
+            .with_consumer_settings(ConsumerSettings {
+                window: settings.consumer_window,
+                group_commit_max: settings.group_commit_max,
+                ..ConsumerSettings::default()
+            });
         if let Some(read_models) = read_models {
             workers = workers.with_read_models(read_models);
         }

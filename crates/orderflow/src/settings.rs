@@ -155,6 +155,27 @@ pub struct Settings {
     )]
     pub retry_max_ms: u64,
 
+    /// Deliveries each consumer-group member holds in flight at most (polled,
+    /// not yet committed); sized for the slowest simulated provider (SMS,
+    /// 300 ms): 1,024 in flight keep up with over 3,000 messages a second.
+    #[arg(
+        long,
+        env = "ORDERFLOW_CONSUMER_WINDOW",
+        default_value_t = orderflow_workers::runtime::DEFAULT_WINDOW,
+        global = true
+    )]
+    pub consumer_window: usize,
+
+    /// Effects one group commit writes at most (one transaction per flush);
+    /// bounds how long a flush holds SQLite's writer.
+    #[arg(
+        long,
+        env = "ORDERFLOW_GROUP_COMMIT_MAX",
+        default_value_t = orderflow_workers::runtime::DEFAULT_GROUP_COMMIT_MAX,
+        global = true
+    )]
+    pub group_commit_max: usize,
+
     /// Requests per second per client IP on the auth routes (bursts of 10x allowed); 0 turns the limit off.
     #[arg(
         long,

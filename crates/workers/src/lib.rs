@@ -2,12 +2,15 @@
 //! (DESIGN.md §4) and one handler per group.
 //!
 //! Map of the crate:
-//! - [`runtime`]: the [`Handler`] trait every group implements, and
-//!   [`Consumer`], one group member: poll a batch, handle each delivery with
-//!   bounded retries (backoff + jitter), dead-letter what keeps failing
-//!   (`failed.messages`), commit offsets only once every effect is durable.
-//!   [`Consumer::process_batch`] is the single step tests drive;
-//!   [`Consumer::run`] loops it until a shutdown token is cancelled.
+//! - [`runtime`]: the [`Handler`] trait every group implements (prepare:
+//!   reads and provider calls; its [`Effect`]: the writes), and [`Consumer`],
+//!   one group member: a window of deliveries in flight with per-key order,
+//!   bounded retries (backoff + jitter), dead letters (`failed.messages`),
+//!   group commits (one transaction for many deliveries' effects, each in
+//!   its savepoint), offsets committed up to the highest contiguous finished
+//!   delivery. [`Consumer::process_batch`] is the single step tests drive;
+//!   [`Consumer::run`] is the pipelined loop until a shutdown token is
+//!   cancelled.
 //! - [`handlers`]: the eight groups ([`GROUPS`]): inventory, payment, orders,
 //!   email, sms, push, loyalty, analytics; and [`WorkerDeps`], which builds
 //!   their consumers from the store, the event log and the providers.
@@ -34,7 +37,9 @@ pub mod runtime;
 pub use error::WorkerError;
 pub use handlers::{GROUP_TOPICS, GROUPS, WorkerDeps, topics_of};
 pub use orderflow_core::services::effects::{Notifiers, RetryPolicy};
-pub use runtime::{BatchReport, Consumer, Handled, Handler};
+pub use runtime::{
+    Applied, BatchReport, Consumer, ConsumerSettings, Effect, Handled, Handler, Prepared,
+};
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;

@@ -23,6 +23,7 @@ use sqlx::{Connection, Postgres, Transaction};
 
 use super::store::load_order;
 use super::{Inner, NOTIFY_CHANNEL, count, db_err, partition_for, rows};
+use crate::SavepointStep;
 
 /// First key of the advisory locks that serialise the reservation and
 /// release of one order (the second key is a hash of the order id). An
@@ -43,6 +44,8 @@ pub struct PostgresTx {
     /// Topics of the events appended so far: counted as published, and this
     /// process's subscribers woken, only once the commit succeeded.
     appended: Vec<&'static str>,
+    /// `appended.len()` when the open savepoint was taken.
+    savepoint: Option<usize>,
 }
 
 impl std::fmt::Debug for PostgresTx {
@@ -65,7 +68,17 @@ impl PostgresTx {
             inner,
             destination,
             appended: Vec::new(),
+            savepoint: None,
         }
+    }
+
+    async fn savepoint_step(&mut self, step: SavepointStep) -> StoreResult<()> {
+        count(step.op());
+        sqlx::query(step.sql())
+            .execute(&mut *self.tx)
+            .await
+            .map_err(db_err)?;
+        Ok(())
     }
 
     /// Serialises reservation and release of one order across every
@@ -662,12 +675,33 @@ impl StoreTx for PostgresTx {
         Ok(done.rows_affected() == 1)
     }
 
+    async fn savepoint(&mut self) -> StoreResult<()> {
+        self.savepoint_step(SavepointStep::Open).await?;
+        self.savepoint = Some(self.appended.len());
+        Ok(())
+    }
+
+    async fn release_savepoint(&mut self) -> StoreResult<()> {
+        self.savepoint_step(SavepointStep::Release).await?;
+        self.savepoint = None;
+        Ok(())
+    }
+
+    async fn rollback_to_savepoint(&mut self) -> StoreResult<()> {
+        self.savepoint_step(SavepointStep::RollBack).await?;
+        if let Some(appended) = self.savepoint.take() {
+            self.appended.truncate(appended);
+        }
+        Ok(())
+    }
+
     async fn commit(self: Box<Self>) -> StoreResult<()> {
         let PostgresTx {
             tx,
             inner,
             destination,
             appended,
+            savepoint: _,
         } = *self;
         count("commit");
         tx.commit().await.map_err(db_err)?;

@@ -32,7 +32,7 @@ use sqlx::sqlite::SqliteRow;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::{Inner, count, db_err, micros, rows};
+use super::{Inner, WritePriority, count, db_err, micros, rows};
 
 /// Most partitions one `poll` statement reads; keeps the `UNION ALL` well
 /// below SQLite's limit of 500 terms in a compound `SELECT`.
@@ -95,7 +95,11 @@ impl EventLog for SqliteEventLog {
         // committed before), so it is listed by `lag` from its first start and
         // reads everything published before it.
         let now = micros(chrono::Utc::now());
-        let mut w = self.inner.begin_write().await.map_err(log_err)?;
+        let mut w = self
+            .inner
+            .begin_write(WritePriority::Background)
+            .await
+            .map_err(log_err)?;
         for topic in &topics {
             for partition in 0..self.inner.partitions {
                 count("register_group");
@@ -348,7 +352,11 @@ impl Subscription for SqliteSubscription {
             return Ok(());
         }
         let now = micros(chrono::Utc::now());
-        let mut w = self.inner.begin_write().await.map_err(log_err)?;
+        let mut w = self
+            .inner
+            .begin_write(WritePriority::Background)
+            .await
+            .map_err(log_err)?;
         for ((topic, partition), next_offset) in &next {
             // max(): committing an older batch after a newer one (or the same
             // batch twice) never moves the group backwards.

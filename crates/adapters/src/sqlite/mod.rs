@@ -26,11 +26,22 @@
 //! with `BEGIN IMMEDIATE`, which takes the write lock up front: read-then-write
 //! sequences (idempotency claims, stock reservations, refresh-token rotation)
 //! serialize instead of failing. In front of that, writers of one process
-//! queue on an async FIFO mutex, so they wait in tokio rather than in
-//! SQLite's sleep-and-retry busy handler (which is unfair and slow under
-//! contention); the busy timeout is then only needed against other processes.
-//! Reads never take the lock: in WAL mode they see the last committed state
-//! without blocking the writer.
+//! queue in tokio ([`writer`]) rather than in SQLite's sleep-and-retry busy
+//! handler (which is unfair and slow under contention); the busy timeout is
+//! then only needed against other processes. The queue has two priorities:
+//! a request's write ([`Store::begin`](orderflow_core::ports::store::Store::begin),
+//! the single-statement writes of the store) goes ahead of every queued
+//! background write ([`Store::begin_background`](orderflow_core::ports::store::Store::begin_background):
+//! consumer group commits, offset commits, the relay), so an order waits at
+//! most for the one write that holds the lock. The lock is held for the
+//! statements only: nobody calls a provider or waits for anything else while
+//! holding a unit of work. Reads never take the lock: in WAL mode they see the
+//! last committed state without blocking the writer.
+//!
+//! Durability: WAL with `synchronous=NORMAL`. A commit is durable against a
+//! crash of the process (the WAL is in the OS's page cache); on power loss or
+//! an OS crash the last transactions before the last WAL checkpoint's fsync
+//! can be lost (never corrupted). `FULL` would fsync every commit.
 //!
 //! One consequence for callers: a task that holds a unit of work must not
 //! call a *writing* `Store` method (or begin a second unit of work) before it
@@ -46,6 +57,7 @@ pub mod outbox;
 mod rows;
 pub mod store;
 pub mod tx;
+mod writer;
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -59,11 +71,13 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::{Sqlite, Transaction};
-use tokio::sync::{Mutex, OwnedMutexGuard, watch};
+use tokio::sync::watch;
 
 pub use log::{SqliteEventLog, SqliteSubscription, partition_for};
 pub use outbox::SqliteOutbox;
 pub use tx::SqliteTx;
+pub use writer::WritePriority;
+use writer::{WriterQueue, WriterTurn};
 
 /// Partitions per topic when the caller does not choose.
 pub const DEFAULT_PARTITIONS: i32 = 6;
@@ -93,8 +107,8 @@ pub(crate) struct Inner {
     /// Partitions per topic of the embedded log; fixed for the life of the
     /// database, since an event's partition is derived from it.
     pub(crate) partitions: i32,
-    /// In-process writer queue, see the module docs.
-    writer: Arc<Mutex<()>>,
+    /// In-process writer queue, see the module docs and [`writer`].
+    writer: WriterQueue,
     /// Bumped after every commit that appended events; subscriptions wait on
     /// it instead of polling the table on a timer.
     pub(crate) wake: watch::Sender<u64>,
@@ -162,7 +176,7 @@ impl SqliteStore {
             inner: Arc::new(Inner {
                 pool,
                 partitions,
-                writer: Arc::new(Mutex::new(())),
+                writer: WriterQueue::default(),
                 wake,
                 destination: EventDestination::default(),
                 claimed: Arc::default(),
@@ -224,8 +238,8 @@ impl Inner {
     /// Waits for this process's writer lock. Enough on its own for a write
     /// that is a single statement (SQLite runs it atomically), which saves the
     /// `BEGIN`/`COMMIT` round trips.
-    pub(crate) async fn write_lock(&self) -> StoreResult<OwnedMutexGuard<()>> {
-        tokio::time::timeout(WRITER_LOCK_TIMEOUT, self.writer.clone().lock_owned())
+    pub(crate) async fn write_lock(&self, priority: WritePriority) -> StoreResult<WriterTurn> {
+        tokio::time::timeout(WRITER_LOCK_TIMEOUT, self.writer.acquire(priority))
             .await
             .map_err(|_| {
                 StoreError::Unavailable("timed out waiting for the database writer lock".into())
@@ -234,8 +248,8 @@ impl Inner {
 
     /// Starts a write transaction: waits for this process's writer lock, then
     /// `BEGIN IMMEDIATE` (see the module docs for why both).
-    pub(crate) async fn begin_write(&self) -> StoreResult<Writer> {
-        let guard = self.write_lock().await?;
+    pub(crate) async fn begin_write(&self, priority: WritePriority) -> StoreResult<Writer> {
+        let guard = self.write_lock(priority).await?;
         count("begin");
         let tx = self
             .pool
@@ -254,7 +268,7 @@ impl Inner {
     /// Makes sure every topic has its partitions in `log_partitions`, so lag
     /// shows empty partitions too (append would create them lazily anyway).
     async fn ensure_partitions(&self) -> StoreResult<()> {
-        let mut w = self.begin_write().await?;
+        let mut w = self.begin_write(WritePriority::Request).await?;
         for topic in topics::ALL {
             for partition in 0..self.partitions {
                 count("ensure_partition");
@@ -287,7 +301,7 @@ impl Inner {
 /// released.
 pub(crate) struct Writer {
     pub(crate) tx: Transaction<'static, Sqlite>,
-    _guard: OwnedMutexGuard<()>,
+    _guard: WriterTurn,
 }
 
 impl Writer {

@@ -32,7 +32,7 @@ use async_trait::async_trait;
 use orderflow_core::ports::outbox::{Outbox, OutboxBacklog, OutboxBatch, OutboxEvent};
 use orderflow_core::ports::store::{StoreError, StoreResult};
 
-use super::{Inner, count, db_err, micros, rows};
+use super::{Inner, WritePriority, count, db_err, micros, rows};
 
 /// The outbox of one SQLite database. Made by
 /// [`SqliteStore::outbox`](super::SqliteStore::outbox); cheap to clone.
@@ -199,7 +199,7 @@ impl OutboxBatch for SqliteOutboxBatch {
         // One statement: the writer lock alone makes it atomic (see the
         // module docs of `sqlite`). Deleting a row that is already gone (a
         // retried mark) deletes nothing, which is what marking twice means.
-        let _writer = self.inner.write_lock().await?;
+        let _writer = self.inner.write_lock(WritePriority::Background).await?;
         count("outbox_mark_sent");
         sqlx::query("DELETE FROM outbox WHERE seq IN (SELECT value FROM json_each(?))")
             .bind(json_seqs(seqs))

@@ -18,7 +18,7 @@ use sqlx::sqlite::SqliteConnection;
 
 use super::rows;
 use super::tx::SqliteTx;
-use super::{SqliteStore, count, db_err, json_ids, micros, uid};
+use super::{SqliteStore, WritePriority, count, db_err, json_ids, micros, uid};
 
 const USER_BY_EMAIL: &str =
     "SELECT id, email, name, password_hash, role, created_at FROM users WHERE email = ?";
@@ -118,7 +118,12 @@ impl Store for SqliteStore {
     }
 
     async fn begin(&self) -> StoreResult<Box<dyn StoreTx>> {
-        let writer = self.inner().begin_write().await?;
+        let writer = self.inner().begin_write(WritePriority::Request).await?;
+        Ok(Box::new(SqliteTx::new(self.inner().clone(), writer)))
+    }
+
+    async fn begin_background(&self) -> StoreResult<Box<dyn StoreTx>> {
+        let writer = self.inner().begin_write(WritePriority::Background).await?;
         Ok(Box::new(SqliteTx::new(self.inner().clone(), writer)))
     }
 
@@ -135,7 +140,7 @@ impl Store for SqliteStore {
     }
 
     async fn create_session(&self, session: &SessionRecord, refresh_hash: &str) -> StoreResult<()> {
-        let _writer = self.inner().write_lock().await?;
+        let _writer = self.inner().write_lock(WritePriority::Request).await?;
         count("create_session");
         sqlx::query(
             "INSERT INTO sessions (id, user_id, device, refresh_hash, created_at, last_used_at, expires_at, revoked_at)
@@ -165,7 +170,7 @@ impl Store for SqliteStore {
         // Read-then-write: the whole exchange runs under the write lock, so
         // two requests presenting the same token cannot both rotate it; the
         // second one sees the token as rotated away (reuse).
-        let mut w = self.inner().begin_write().await?;
+        let mut w = self.inner().begin_write(WritePriority::Request).await?;
         count("session_by_refresh_hash");
         let current = sqlx::query(SESSION_BY_REFRESH_HASH)
             .bind(presented_hash)
@@ -258,7 +263,7 @@ impl Store for SqliteStore {
     }
 
     async fn revoke_session(&self, id: uuid::Uuid, now: Timestamp) -> StoreResult<bool> {
-        let _writer = self.inner().write_lock().await?;
+        let _writer = self.inner().write_lock(WritePriority::Request).await?;
         count("revoke_session");
         let done =
             sqlx::query("UPDATE sessions SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL")
@@ -271,7 +276,7 @@ impl Store for SqliteStore {
     }
 
     async fn revoke_all_sessions(&self, user_id: UserId, now: Timestamp) -> StoreResult<u64> {
-        let _writer = self.inner().write_lock().await?;
+        let _writer = self.inner().write_lock(WritePriority::Request).await?;
         count("revoke_all_sessions");
         let done = sqlx::query(
             "UPDATE sessions SET revoked_at = ? WHERE user_id = ? AND revoked_at IS NULL",
@@ -287,7 +292,7 @@ impl Store for SqliteStore {
     // --- revoked access tokens ---
 
     async fn insert_revocation(&self, jti: &str, expires_at: Timestamp) -> StoreResult<()> {
-        let mut w = self.inner().begin_write().await?;
+        let mut w = self.inner().begin_write(WritePriority::Request).await?;
         // Entries past their token's expiry protect nothing; dropping them here
         // keeps the table (and the warm-up copy) as small as the live set.
         count("purge_revocations");
@@ -337,7 +342,7 @@ impl Store for SqliteStore {
     }
 
     async fn set_tokens_valid_after(&self, user_id: UserId, after: Timestamp) -> StoreResult<()> {
-        let _writer = self.inner().write_lock().await?;
+        let _writer = self.inner().write_lock(WritePriority::Request).await?;
         count("set_tokens_valid_after");
         sqlx::query("UPDATE users SET tokens_valid_after = ? WHERE id = ?")
             .bind(micros(after))
@@ -431,7 +436,7 @@ impl Store for SqliteStore {
         draft: &ProductDraft,
         now: Timestamp,
     ) -> StoreResult<Product> {
-        let _writer = self.inner().write_lock().await?;
+        let _writer = self.inner().write_lock(WritePriority::Request).await?;
         count("insert_product");
         let row = sqlx::query(
             "INSERT INTO products (id, sku, name, price_cents, currency, stock, created_at, updated_at)
@@ -459,7 +464,7 @@ impl Store for SqliteStore {
         draft: &ProductDraft,
         now: Timestamp,
     ) -> StoreResult<Option<Product>> {
-        let _writer = self.inner().write_lock().await?;
+        let _writer = self.inner().write_lock(WritePriority::Request).await?;
         count("update_product");
         let row = sqlx::query(
             "UPDATE products SET sku = ?, name = ?, price_cents = ?, currency = ?, stock = ?, updated_at = ?

@@ -23,6 +23,7 @@ use orderflow_domain::{EventId, OrderId, ProductId, Timestamp, UserId};
 use super::log::partition_for;
 use super::store::load_order;
 use super::{Inner, Writer, count, db_err, micros, rows, uid};
+use crate::SavepointStep;
 
 /// A unit of work on the embedded database. Dropping it without
 /// [`StoreTx::commit`] rolls everything back, appended events included.
@@ -32,14 +33,26 @@ pub struct SqliteTx {
     /// Topics of the events appended so far: counted as published, and
     /// subscribers woken, only once the commit succeeded.
     appended: Vec<&'static str>,
+    /// `appended.len()` when the open savepoint was taken.
+    savepoint: Option<usize>,
 }
 
 impl SqliteTx {
+    async fn savepoint_step(&mut self, step: SavepointStep) -> StoreResult<()> {
+        count(step.op());
+        sqlx::query(step.sql())
+            .execute(&mut *self.writer.tx)
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+
     pub(crate) fn new(inner: Arc<Inner>, writer: Writer) -> Self {
         Self {
             writer,
             inner,
             appended: Vec::new(),
+            savepoint: None,
         }
     }
 }
@@ -549,11 +562,32 @@ impl StoreTx for SqliteTx {
         Ok(done.rows_affected() == 1)
     }
 
+    async fn savepoint(&mut self) -> StoreResult<()> {
+        self.savepoint_step(SavepointStep::Open).await?;
+        self.savepoint = Some(self.appended.len());
+        Ok(())
+    }
+
+    async fn release_savepoint(&mut self) -> StoreResult<()> {
+        self.savepoint_step(SavepointStep::Release).await?;
+        self.savepoint = None;
+        Ok(())
+    }
+
+    async fn rollback_to_savepoint(&mut self) -> StoreResult<()> {
+        self.savepoint_step(SavepointStep::RollBack).await?;
+        if let Some(appended) = self.savepoint.take() {
+            self.appended.truncate(appended);
+        }
+        Ok(())
+    }
+
     async fn commit(self: Box<Self>) -> StoreResult<()> {
         let SqliteTx {
             writer,
             inner,
             appended,
+            savepoint: _,
         } = *self;
         writer.commit().await?;
         if !appended.is_empty() {

@@ -1015,6 +1015,63 @@ pub async fn processed_marks(store: Arc<dyn Store>) {
     assert!(!store.is_processed("push", event).await.unwrap());
 }
 
+/// Savepoints, as the consumer runtime's group commit uses them: each
+/// effect in its own savepoint of one background transaction; the one rolled
+/// back leaves no trace (its mark, its stock, its events), its neighbours
+/// commit.
+pub async fn savepoints_undo_one_effect(store: Arc<dyn Store>) {
+    let user = given_user(&store, "Ann").await;
+    let mug = given_product(&store, 5).await;
+    let kept = given_order(&store, user.id, &[(&mug, 2)]).await;
+    let undone = given_order(&store, user.id, &[(&mug, 3)]).await;
+    let (first, second, third) = (
+        uuid::Uuid::now_v7(),
+        uuid::Uuid::now_v7(),
+        uuid::Uuid::now_v7(),
+    );
+
+    let mut tx = store.begin_background().await.unwrap();
+    tx.savepoint().await.unwrap();
+    assert!(tx.mark_processed("inventory", first).await.unwrap());
+    assert_eq!(
+        tx.reserve_stock(kept.id, &[(mug.id, 2)]).await.unwrap(),
+        Reservation::Reserved
+    );
+    tx.release_savepoint().await.unwrap();
+
+    tx.savepoint().await.unwrap();
+    assert!(tx.mark_processed("inventory", second).await.unwrap());
+    assert_eq!(
+        tx.reserve_stock(undone.id, &[(mug.id, 3)]).await.unwrap(),
+        Reservation::Reserved
+    );
+    tx.append(&[user_registered(user.id)]).await.unwrap();
+    tx.rollback_to_savepoint().await.unwrap();
+
+    tx.savepoint().await.unwrap();
+    assert!(tx.mark_processed("inventory", third).await.unwrap());
+    tx.release_savepoint().await.unwrap();
+    tx.commit().await.unwrap();
+
+    assert!(store.is_processed("inventory", first).await.unwrap());
+    assert!(
+        !store.is_processed("inventory", second).await.unwrap(),
+        "the rolled-back mark is gone"
+    );
+    assert!(store.is_processed("inventory", third).await.unwrap());
+    let stock = store.product(mug.id).await.unwrap().unwrap().stock;
+    assert_eq!(stock, 3, "only the kept reservation took stock");
+
+    // The undone order can still be reserved: its reservation left nothing.
+    let mut tx = store.begin().await.unwrap();
+    assert_eq!(
+        tx.reserve_stock(undone.id, &[(mug.id, 3)]).await.unwrap(),
+        Reservation::Reserved
+    );
+    tx.commit().await.unwrap();
+    assert_eq!(store.product(mug.id).await.unwrap().unwrap().stock, 0);
+}
+
 /// Read models: notifications, payments, points, leaderboard, daily sales.
 pub async fn read_models(store: Arc<dyn Store>) {
     let ann = given_user(&store, "Ann").await;

@@ -185,6 +185,13 @@ pub trait Store: Send + Sync + 'static {
     /// idempotency) are serialized by the adapter (row locks, or SQLite's
     /// single writer).
     async fn begin(&self) -> StoreResult<Box<dyn StoreTx>>;
+    /// Starts a unit of work for background writers (consumer group commits),
+    /// which may wait behind requests: on SQLite's single writer a request's
+    /// [`Store::begin`] is served before every queued background one. Where
+    /// writers do not queue (PostgreSQL), the same as `begin`.
+    async fn begin_background(&self) -> StoreResult<Box<dyn StoreTx>> {
+        self.begin().await
+    }
 
     // --- users and sessions ---
     async fn user_by_email(&self, email: &str) -> StoreResult<Option<UserRecord>>;
@@ -346,6 +353,18 @@ pub trait StoreTx: Send {
         id: uuid::Uuid,
         at: Timestamp,
     ) -> StoreResult<bool>;
+
+    /// Opens a savepoint: the consumer runtime applies each effect of a group
+    /// commit inside one, so that one effect failing is undone alone
+    /// ([`StoreTx::rollback_to_savepoint`]) and its neighbours still commit.
+    /// Savepoints do not nest through this API: release or roll back before
+    /// opening the next.
+    async fn savepoint(&mut self) -> StoreResult<()>;
+    /// Keeps what was done since [`StoreTx::savepoint`].
+    async fn release_savepoint(&mut self) -> StoreResult<()>;
+    /// Undoes what was done since [`StoreTx::savepoint`] (events appended
+    /// since then included); the transaction stays usable.
+    async fn rollback_to_savepoint(&mut self) -> StoreResult<()>;
 
     async fn commit(self: Box<Self>) -> StoreResult<()>;
 }

@@ -7,14 +7,14 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use orderflow_core::ports::log::Delivery;
 use orderflow_core::ports::read_models::ReadModels;
-use orderflow_core::ports::store::Store;
+use orderflow_core::ports::store::{Store, StoreTx};
 use orderflow_domain::events::EventData;
 use orderflow_domain::money::Currency;
 use orderflow_domain::order::{Order, OrderStatus};
 
-use super::{claim, mirror_failed};
+use super::mirror_failed;
 use crate::error::WorkerError;
-use crate::runtime::{Handled, Handler};
+use crate::runtime::{Applied, Effect, Handler, Prepared};
 
 pub struct AnalyticsHandler {
     store: Arc<dyn Store>,
@@ -38,30 +38,6 @@ impl AnalyticsHandler {
         self.read_models = read_models;
         self
     }
-
-    /// Publishes the totals of (`day`, `currency`) as committed in the database.
-    async fn mirror_day(&self, models: &dyn ReadModels, day: chrono::NaiveDate, currency: &str) {
-        let age = (chrono::Utc::now().date_naive() - day).num_days();
-        let Some(days) = u32::try_from(age + 1)
-            .ok()
-            .filter(|days| (1..=MIRRORED_DAYS).contains(&i64::from(*days)))
-        else {
-            return;
-        };
-        let sales = match self.store.daily_sales(days).await {
-            Ok(sales) => sales,
-            Err(error) => return mirror_failed("record_sale", &error),
-        };
-        let Some(totals) = sales
-            .iter()
-            .find(|sales| sales.day == day && sales.currency == currency)
-        else {
-            return;
-        };
-        if let Err(error) = models.record_sale(totals).await {
-            mirror_failed("record_sale", &error);
-        }
-    }
 }
 
 #[async_trait]
@@ -74,7 +50,7 @@ impl Handler for AnalyticsHandler {
         super::topics_of("analytics")
     }
 
-    async fn handle(&self, delivery: &Delivery) -> Result<Handled, WorkerError> {
+    async fn prepare(&self, delivery: &Delivery) -> Result<Prepared, WorkerError> {
         let event = &delivery.envelope;
         let EventData::OrderConfirmed {
             order_id,
@@ -84,7 +60,7 @@ impl Handler for AnalyticsHandler {
             currency,
         } = &event.data
         else {
-            return Ok(Handled::Ignored);
+            return Ok(Prepared::Ignored);
         };
         // The event carries everything a sale needs, so no read is spent on
         // the order. Its timestamps are the confirmation time, which is also
@@ -100,16 +76,69 @@ impl Handler for AnalyticsHandler {
             created_at: event.time,
             updated_at: event.time,
         };
-        let Some(mut tx) = claim(self.store.as_ref(), self.group(), event.id).await? else {
-            return Ok(Handled::Duplicate);
-        };
-        let day = event.time.date_naive();
-        tx.record_sale(&order, day).await?;
-        tx.commit().await?;
-        if let Some(models) = &self.read_models {
-            self.mirror_day(models.as_ref(), day, order.currency.as_str())
-                .await;
+        Ok(Prepared::Effect(Box::new(RecordSale {
+            day: event.time.date_naive(),
+            order,
+            mirror: self
+                .read_models
+                .clone()
+                .map(|models| (self.store.clone(), models)),
+        })))
+    }
+}
+
+/// Add the sale to its day; mirror the day's totals after the commit.
+struct RecordSale {
+    order: Order,
+    day: chrono::NaiveDate,
+    mirror: Option<(Arc<dyn Store>, Arc<dyn ReadModels>)>,
+}
+
+#[async_trait]
+impl Effect for RecordSale {
+    async fn apply(&mut self, tx: &mut dyn StoreTx) -> Result<Applied, WorkerError> {
+        tx.record_sale(&self.order, self.day).await?;
+        Ok(Applied::Changed)
+    }
+
+    async fn committed(self: Box<Self>) {
+        if let Some((store, models)) = &self.mirror {
+            mirror_day(
+                store.as_ref(),
+                models.as_ref(),
+                self.day,
+                self.order.currency.as_str(),
+            )
+            .await;
         }
-        Ok(Handled::Applied)
+    }
+}
+
+/// Publishes the totals of (`day`, `currency`) as committed in the database.
+async fn mirror_day(
+    store: &dyn Store,
+    models: &dyn ReadModels,
+    day: chrono::NaiveDate,
+    currency: &str,
+) {
+    let age = (chrono::Utc::now().date_naive() - day).num_days();
+    let Some(days) = u32::try_from(age + 1)
+        .ok()
+        .filter(|days| (1..=MIRRORED_DAYS).contains(&i64::from(*days)))
+    else {
+        return;
+    };
+    let sales = match store.daily_sales(days).await {
+        Ok(sales) => sales,
+        Err(error) => return mirror_failed("record_sale", &error),
+    };
+    let Some(totals) = sales
+        .iter()
+        .find(|sales| sales.day == day && sales.currency == currency)
+    else {
+        return;
+    };
+    if let Err(error) = models.record_sale(totals).await {
+        mirror_failed("record_sale", &error);
     }
 }

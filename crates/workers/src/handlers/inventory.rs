@@ -1,23 +1,22 @@
 //! `inventory`: reserves an order's stock, all lines or none, never below zero.
 
-use std::sync::Arc;
-
 use async_trait::async_trait;
 use orderflow_core::ports::log::Delivery;
-use orderflow_core::ports::store::{Reservation, Store};
+use orderflow_core::ports::store::{Reservation, StoreTx};
 use orderflow_domain::events::{Envelope, EventData};
+use orderflow_domain::{OrderId, ProductId, UserId};
 
-use super::claim;
 use crate::error::WorkerError;
-use crate::runtime::{Handled, Handler};
+use crate::runtime::{Applied, Effect, Handler, Prepared};
 
-pub struct InventoryHandler {
-    store: Arc<dyn Store>,
-}
+/// Nothing to prepare: the reservation is a database write, made in the
+/// group commit.
+#[derive(Debug, Default)]
+pub struct InventoryHandler;
 
 impl InventoryHandler {
-    pub fn new(store: Arc<dyn Store>) -> Self {
-        Self { store }
+    pub fn new() -> Self {
+        Self
     }
 }
 
@@ -31,7 +30,7 @@ impl Handler for InventoryHandler {
         super::topics_of("inventory")
     }
 
-    async fn handle(&self, delivery: &Delivery) -> Result<Handled, WorkerError> {
+    async fn prepare(&self, delivery: &Delivery) -> Result<Prepared, WorkerError> {
         let event = &delivery.envelope;
         let EventData::OrderPlaced {
             order_id,
@@ -41,27 +40,50 @@ impl Handler for InventoryHandler {
             currency,
         } = &event.data
         else {
-            return Ok(Handled::Ignored);
+            return Ok(Prepared::Ignored);
         };
-        let Some(mut tx) = claim(self.store.as_ref(), self.group(), event.id).await? else {
-            return Ok(Handled::Duplicate);
-        };
-        let lines: Vec<_> = items
-            .iter()
-            .map(|line| (line.product_id, line.quantity))
-            .collect();
-        let result = match tx.reserve_stock(*order_id, &lines).await? {
+        Ok(Prepared::Effect(Box::new(Reserve {
+            order_id: *order_id,
+            user_id: *user_id,
+            lines: items
+                .iter()
+                .map(|line| (line.product_id, line.quantity))
+                .collect(),
+            total_cents: *total_cents,
+            currency: currency.clone(),
+            event: event.id,
+            traceparent: event.traceparent.clone(),
+        })))
+    }
+}
+
+/// Reserve the order's lines, then say how it went.
+struct Reserve {
+    order_id: OrderId,
+    user_id: UserId,
+    lines: Vec<(ProductId, u32)>,
+    total_cents: i64,
+    currency: String,
+    event: orderflow_domain::EventId,
+    traceparent: Option<String>,
+}
+
+#[async_trait]
+impl Effect for Reserve {
+    async fn apply(&mut self, tx: &mut dyn StoreTx) -> Result<Applied, WorkerError> {
+        let (order_id, user_id) = (self.order_id, self.user_id);
+        let result = match tx.reserve_stock(order_id, &self.lines).await? {
             Reservation::Reserved => Some(EventData::StockReserved {
-                order_id: *order_id,
-                user_id: *user_id,
-                total_cents: *total_cents,
-                currency: currency.clone(),
+                order_id,
+                user_id,
+                total_cents: self.total_cents,
+                currency: self.currency.clone(),
             }),
             // The reservation committed together with its StockReserved event,
             // so that event exists already: emitting it again would make the
             // payment group see the order twice.
             Reservation::AlreadyReserved => {
-                tracing::warn!(%order_id, event_id = %event.id, "stock of this order was reserved before; nothing to emit");
+                tracing::warn!(%order_id, event_id = %self.event, "stock of this order was reserved before; nothing to emit");
                 None
             }
             Reservation::Insufficient {
@@ -69,25 +91,24 @@ impl Handler for InventoryHandler {
                 available,
                 requested,
             } => Some(EventData::StockRejected {
-                order_id: *order_id,
-                user_id: *user_id,
+                order_id,
+                user_id,
                 product_id: Some(product_id),
                 reason: format!(
                     "insufficient stock for product {product_id}: {requested} requested, {available} available"
                 ),
             }),
             Reservation::UnknownProduct { product_id } => Some(EventData::StockRejected {
-                order_id: *order_id,
-                user_id: *user_id,
+                order_id,
+                user_id,
                 product_id: Some(product_id),
                 reason: format!("product {product_id} no longer exists"),
             }),
         };
         if let Some(data) = result {
-            tx.append(&[Envelope::new(data, event.traceparent.clone())])
+            tx.append(&[Envelope::new(data, self.traceparent.clone())])
                 .await?;
         }
-        tx.commit().await?;
-        Ok(Handled::Applied)
+        Ok(Applied::Changed)
     }
 }

@@ -6,15 +6,15 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use orderflow_core::ports::log::Delivery;
 use orderflow_core::ports::read_models::ReadModels;
-use orderflow_core::ports::store::Store;
+use orderflow_core::ports::store::{Store, StoreTx};
 use orderflow_core::services::effects::points_for;
 use orderflow_domain::UserId;
 use orderflow_domain::events::EventData;
 use orderflow_domain::money::{Currency, Money};
 
-use super::{claim, mirror_failed};
+use super::mirror_failed;
 use crate::error::WorkerError;
-use crate::runtime::{Handled, Handler};
+use crate::runtime::{Applied, Effect, Handler, Prepared};
 
 pub struct LoyaltyHandler {
     store: Arc<dyn Store>,
@@ -34,22 +34,6 @@ impl LoyaltyHandler {
         self.read_models = read_models;
         self
     }
-
-    /// Publishes `user_id`'s total as committed in the database: an absolute
-    /// value, so a replay or a late writer cannot inflate or lower it.
-    async fn mirror_points(&self, models: &dyn ReadModels, user_id: UserId) {
-        let standing = match self.store.points(user_id).await {
-            Ok(standing) => standing,
-            Err(error) => return mirror_failed("publish_points", &error),
-        };
-        let name = match self.store.user_by_id(user_id).await {
-            Ok(user) => user.map(|user| user.name).unwrap_or_default(),
-            Err(error) => return mirror_failed("publish_points", &error),
-        };
-        if let Err(error) = models.publish_points(user_id, &name, standing.points).await {
-            mirror_failed("publish_points", &error);
-        }
-    }
 }
 
 #[async_trait]
@@ -62,32 +46,66 @@ impl Handler for LoyaltyHandler {
         super::topics_of("loyalty")
     }
 
-    async fn handle(&self, delivery: &Delivery) -> Result<Handled, WorkerError> {
-        let event = &delivery.envelope;
+    async fn prepare(&self, delivery: &Delivery) -> Result<Prepared, WorkerError> {
         let EventData::OrderConfirmed {
             user_id,
             total_cents,
             currency,
             ..
-        } = &event.data
+        } = &delivery.envelope.data
         else {
-            return Ok(Handled::Ignored);
+            return Ok(Prepared::Ignored);
         };
         let currency = Currency::parse(currency)
             .map_err(|error| WorkerError::InvalidEvent(error.to_string()))?;
-        let points = points_for(&Money::new(*total_cents, currency));
-        let Some(mut tx) = claim(self.store.as_ref(), self.group(), event.id).await? else {
-            return Ok(Handled::Duplicate);
-        };
-        if points > 0 {
-            tx.add_points(*user_id, points).await?;
+        Ok(Prepared::Effect(Box::new(AddPoints {
+            user_id: *user_id,
+            points: points_for(&Money::new(*total_cents, currency)),
+            mirror: self
+                .read_models
+                .clone()
+                .map(|models| (self.store.clone(), models)),
+        })))
+    }
+}
+
+/// Credit the points; mirror the new total after the commit.
+struct AddPoints {
+    user_id: UserId,
+    points: i64,
+    mirror: Option<(Arc<dyn Store>, Arc<dyn ReadModels>)>,
+}
+
+#[async_trait]
+impl Effect for AddPoints {
+    async fn apply(&mut self, tx: &mut dyn StoreTx) -> Result<Applied, WorkerError> {
+        if self.points > 0 {
+            tx.add_points(self.user_id, self.points).await?;
         }
-        tx.commit().await?;
-        if points > 0
-            && let Some(models) = &self.read_models
+        Ok(Applied::Changed)
+    }
+
+    async fn committed(self: Box<Self>) {
+        if self.points > 0
+            && let Some((store, models)) = &self.mirror
         {
-            self.mirror_points(models.as_ref(), *user_id).await;
+            mirror_points(store.as_ref(), models.as_ref(), self.user_id).await;
         }
-        Ok(Handled::Applied)
+    }
+}
+
+/// Publishes `user_id`'s total as committed in the database: an absolute
+/// value, so a replay or a late writer cannot inflate or lower it.
+async fn mirror_points(store: &dyn Store, models: &dyn ReadModels, user_id: UserId) {
+    let standing = match store.points(user_id).await {
+        Ok(standing) => standing,
+        Err(error) => return mirror_failed("publish_points", &error),
+    };
+    let name = match store.user_by_id(user_id).await {
+        Ok(user) => user.map(|user| user.name).unwrap_or_default(),
+        Err(error) => return mirror_failed("publish_points", &error),
+    };
+    if let Err(error) = models.publish_points(user_id, &name, standing.points).await {
+        mirror_failed("publish_points", &error);
     }
 }

@@ -25,14 +25,13 @@ use std::sync::Arc;
 use orderflow_core::ports::log::EventLog;
 use orderflow_core::ports::providers::PaymentGateway;
 use orderflow_core::ports::read_models::ReadModels;
-use orderflow_core::ports::store::{Store, StoreTx};
+use orderflow_core::ports::store::Store;
 use orderflow_core::services::effects::{Notifiers, RetryPolicy};
-use orderflow_domain::EventId;
 use orderflow_domain::events::topics;
 use orderflow_domain::notification::Channel;
 
 use crate::error::WorkerError;
-use crate::runtime::{Consumer, Handler};
+use crate::runtime::{Consumer, ConsumerSettings, Handler};
 
 mod analytics;
 mod inventory;
@@ -93,6 +92,8 @@ pub struct WorkerDeps {
     pub retry: RetryPolicy,
     /// Where handlers mirror read models after their commits; `None`: nowhere.
     pub read_models: Option<Arc<dyn ReadModels>>,
+    /// How each member paces itself (window, group commit size).
+    pub consumer: ConsumerSettings,
 }
 
 impl std::fmt::Debug for WorkerDeps {
@@ -100,6 +101,7 @@ impl std::fmt::Debug for WorkerDeps {
         f.debug_struct("WorkerDeps")
             .field("notifiers", &self.notifiers)
             .field("retry", &self.retry)
+            .field("consumer", &self.consumer)
             .finish_non_exhaustive()
     }
 }
@@ -119,7 +121,14 @@ impl WorkerDeps {
             notifiers,
             retry,
             read_models: None,
+            consumer: ConsumerSettings::default(),
         }
+    }
+
+    /// Paces every member with `settings` instead of the defaults.
+    pub fn with_consumer_settings(mut self, settings: ConsumerSettings) -> Self {
+        self.consumer = settings;
+        self
     }
 
     /// Makes the handlers mirror their read models into `read_models` after
@@ -141,9 +150,9 @@ impl WorkerDeps {
             )
         };
         Ok(match group {
-            "inventory" => Arc::new(InventoryHandler::new(store)),
+            "inventory" => Arc::new(InventoryHandler::new()),
             "payment" => Arc::new(PaymentHandler::new(store, self.payment.clone())),
-            "orders" => Arc::new(OrdersHandler::new(store).with_read_models(read_models)),
+            "orders" => Arc::new(OrdersHandler::new().with_read_models(read_models)),
             "email" => notify(Channel::Email),
             "sms" => notify(Channel::Sms),
             "push" => notify(Channel::Push),
@@ -156,7 +165,11 @@ impl WorkerDeps {
     /// A member of one group, subscribed (`orderflow worker GROUP`).
     pub async fn consumer(&self, group: &str) -> Result<Consumer, WorkerError> {
         let handler = self.handler(group)?;
-        Consumer::subscribe(handler, self.store.clone(), self.log.as_ref(), self.retry).await
+        Ok(
+            Consumer::subscribe(handler, self.store.clone(), self.log.as_ref(), self.retry)
+                .await?
+                .with_settings(self.consumer),
+        )
     }
 
     /// One member of every group, in [`GROUPS`] order (`orderflow serve`).
@@ -166,22 +179,6 @@ impl WorkerDeps {
             consumers.push(self.consumer(group).await?);
         }
         Ok(consumers)
-    }
-}
-
-/// Starts a handler's transaction and claims the event for the group.
-/// `None` means the group handled it before: the transaction is dropped
-/// (rolled back) and the caller reports [`crate::Handled::Duplicate`].
-async fn claim(
-    store: &dyn Store,
-    group: &str,
-    event_id: EventId,
-) -> Result<Option<Box<dyn StoreTx>>, WorkerError> {
-    let mut tx = store.begin().await?;
-    if tx.mark_processed(group, event_id).await? {
-        Ok(Some(tx))
-    } else {
-        Ok(None)
     }
 }
 

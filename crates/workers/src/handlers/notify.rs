@@ -8,15 +8,15 @@ use async_trait::async_trait;
 use orderflow_core::ports::log::Delivery;
 use orderflow_core::ports::providers::Notifier;
 use orderflow_core::ports::read_models::{RECENT_NOTIFICATIONS_KEPT, ReadModels};
-use orderflow_core::ports::store::{NotificationRecord, Store};
+use orderflow_core::ports::store::{NotificationRecord, Store, StoreTx};
 use orderflow_core::services::effects::notification_message;
 use orderflow_domain::events::EventData;
 use orderflow_domain::notification::{Channel, NotificationKind};
 use orderflow_domain::{OrderId, UserId};
 
-use super::{claim, mirror_failed};
+use super::mirror_failed;
 use crate::error::WorkerError;
-use crate::runtime::{Handled, Handler};
+use crate::runtime::{Applied, Effect, Handler, Prepared};
 
 /// One handler type for the three channels; the group is named after the channel.
 pub struct NotifyHandler {
@@ -40,28 +40,6 @@ impl NotifyHandler {
     pub fn with_read_models(mut self, read_models: Option<Arc<dyn ReadModels>>) -> Self {
         self.read_models = read_models;
         self
-    }
-
-    /// Puts `record` (committed) in front of the shopper's recent list; when
-    /// the list is missing, creates it from the database's newest entries,
-    /// read now, after the commit, so they include `record`.
-    async fn mirror_notification(&self, models: &dyn ReadModels, record: &NotificationRecord) {
-        match models.push_notification(record, &[]).await {
-            Ok(true) => return,
-            Ok(false) => {}
-            Err(error) => return mirror_failed("push_notification", &error),
-        }
-        let snapshot = match self
-            .store
-            .notifications_of_user(record.user_id, RECENT_NOTIFICATIONS_KEPT)
-            .await
-        {
-            Ok(snapshot) => snapshot,
-            Err(error) => return mirror_failed("push_notification", &error),
-        };
-        if let Err(error) = models.push_notification(record, &snapshot).await {
-            mirror_failed("push_notification", &error);
-        }
     }
 
     /// The notification an event calls for on this channel, if any.
@@ -97,21 +75,21 @@ impl Handler for NotifyHandler {
         super::topics_of(self.channel.as_str())
     }
 
-    async fn handle(&self, delivery: &Delivery) -> Result<Handled, WorkerError> {
+    async fn prepare(&self, delivery: &Delivery) -> Result<Prepared, WorkerError> {
         let event = &delivery.envelope;
         let Some((kind, user_id, order_id)) = self.notification(&event.data) else {
-            return Ok(Handled::Ignored);
+            return Ok(Prepared::Ignored);
         };
         if self.store.is_processed(self.group(), event.id).await? {
-            return Ok(Handled::Duplicate);
+            return Ok(Prepared::Duplicate);
         }
         let user = self
             .store
             .user_by_id(user_id)
             .await?
             .ok_or_else(|| WorkerError::Missing(format!("user {user_id}")))?;
-        // Keyed by group and event: if the send went through but the commit
-        // below did not, the provider drops the resend.
+        // Keyed by group and event: if the send went through but the group
+        // commit did not, the provider drops the resend.
         let message = notification_message(
             kind,
             &user,
@@ -119,23 +97,65 @@ impl Handler for NotifyHandler {
             format!("{}:{}", self.group(), event.id),
         );
         self.notifier.send(&message).await?;
-        let Some(mut tx) = claim(self.store.as_ref(), self.group(), event.id).await? else {
-            return Ok(Handled::Duplicate);
-        };
-        let record = NotificationRecord {
-            user_id,
-            channel: self.channel,
-            kind,
-            order_id,
-            // Microseconds, what the databases keep: the read model's copy
-            // must equal the one read back from the database.
-            sent_at: chrono::SubsecRound::trunc_subsecs(chrono::Utc::now(), 6),
-        };
-        tx.record_notification(&record).await?;
-        tx.commit().await?;
-        if let Some(models) = &self.read_models {
-            self.mirror_notification(models.as_ref(), &record).await;
+        Ok(Prepared::Effect(Box::new(RecordNotification {
+            record: NotificationRecord {
+                user_id,
+                channel: self.channel,
+                kind,
+                order_id,
+                // Microseconds, what the databases keep: the read model's copy
+                // must equal the one read back from the database.
+                sent_at: chrono::SubsecRound::trunc_subsecs(chrono::Utc::now(), 6),
+            },
+            mirror: self
+                .read_models
+                .clone()
+                .map(|models| (self.store.clone(), models)),
+        })))
+    }
+}
+
+/// The notification that was sent, recorded; mirrored after the commit.
+struct RecordNotification {
+    record: NotificationRecord,
+    mirror: Option<(Arc<dyn Store>, Arc<dyn ReadModels>)>,
+}
+
+#[async_trait]
+impl Effect for RecordNotification {
+    async fn apply(&mut self, tx: &mut dyn StoreTx) -> Result<Applied, WorkerError> {
+        tx.record_notification(&self.record).await?;
+        Ok(Applied::Changed)
+    }
+
+    async fn committed(self: Box<Self>) {
+        if let Some((store, models)) = &self.mirror {
+            mirror_notification(store.as_ref(), models.as_ref(), &self.record).await;
         }
-        Ok(Handled::Applied)
+    }
+}
+
+/// Puts `record` (committed) in front of the shopper's recent list; when
+/// the list is missing, creates it from the database's newest entries,
+/// read now, after the commit, so they include `record`.
+async fn mirror_notification(
+    store: &dyn Store,
+    models: &dyn ReadModels,
+    record: &NotificationRecord,
+) {
+    match models.push_notification(record, &[]).await {
+        Ok(true) => return,
+        Ok(false) => {}
+        Err(error) => return mirror_failed("push_notification", &error),
+    }
+    let snapshot = match store
+        .notifications_of_user(record.user_id, RECENT_NOTIFICATIONS_KEPT)
+        .await
+    {
+        Ok(snapshot) => snapshot,
+        Err(error) => return mirror_failed("push_notification", &error),
+    };
+    if let Err(error) = models.push_notification(record, &snapshot).await {
+        mirror_failed("push_notification", &error);
     }
 }

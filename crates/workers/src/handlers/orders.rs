@@ -3,7 +3,7 @@
 //! The two results travel on different topics, so they can arrive in either
 //! order; [`OrderStatus::on`](orderflow_domain::order::OrderStatus::on) copes
 //! with that, and refuses facts that no longer fit (answered as
-//! [`Handled::Stale`]: marked processed, no effect, counted). After the
+//! [`Applied::Stale`]: marked processed, no effect, counted). After the
 //! commit, the order's new status goes to live listeners through the read
 //! models' pub/sub channel of its shopper.
 
@@ -12,31 +12,35 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use orderflow_core::ports::log::Delivery;
 use orderflow_core::ports::read_models::ReadModels;
-use orderflow_core::ports::store::Store;
+use orderflow_core::ports::store::StoreTx;
 use orderflow_domain::events::{Envelope, EventData};
+use orderflow_domain::money::Currency;
 use orderflow_domain::order::{OrderFact, OrderStatus, Transition};
+use orderflow_domain::{EventId, OrderId, UserId};
 
-use super::{claim, mirror_failed};
+use super::mirror_failed;
 use crate::error::WorkerError;
-use crate::runtime::{Handled, Handler};
+use crate::runtime::{Applied, Effect, Handler, Prepared};
 
 pub struct OrdersHandler {
-    store: Arc<dyn Store>,
     read_models: Option<Arc<dyn ReadModels>>,
 }
 
 impl OrdersHandler {
-    pub fn new(store: Arc<dyn Store>) -> Self {
-        Self {
-            store,
-            read_models: None,
-        }
+    pub fn new() -> Self {
+        Self { read_models: None }
     }
 
     /// Publishes each committed status change through `read_models`.
     pub fn with_read_models(mut self, read_models: Option<Arc<dyn ReadModels>>) -> Self {
         self.read_models = read_models;
         self
+    }
+}
+
+impl Default for OrdersHandler {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
@@ -50,7 +54,7 @@ impl Handler for OrdersHandler {
         super::topics_of("orders")
     }
 
-    async fn handle(&self, delivery: &Delivery) -> Result<Handled, WorkerError> {
+    async fn prepare(&self, delivery: &Delivery) -> Result<Prepared, WorkerError> {
         let event = &delivery.envelope;
         let (order_id, fact, reason) = match &event.data {
             EventData::StockReserved { order_id, .. } => {
@@ -65,28 +69,54 @@ impl Handler for OrdersHandler {
             EventData::PaymentFailed {
                 order_id, reason, ..
             } => (*order_id, OrderFact::PaymentFailed, Some(reason)),
-            _ => return Ok(Handled::Ignored),
+            _ => return Ok(Prepared::Ignored),
         };
-        let Some(mut tx) = claim(self.store.as_ref(), self.group(), event.id).await? else {
-            return Ok(Handled::Duplicate);
-        };
+        Ok(Prepared::Effect(Box::new(Transit {
+            order_id,
+            fact,
+            reason: reason.cloned().unwrap_or_default(),
+            event: event.id,
+            traceparent: event.traceparent.clone(),
+            read_models: self.read_models.clone(),
+            moved: None,
+        })))
+    }
+}
+
+/// Apply one fact to one order.
+struct Transit {
+    order_id: OrderId,
+    fact: OrderFact,
+    reason: String,
+    event: EventId,
+    traceparent: Option<String>,
+    read_models: Option<Arc<dyn ReadModels>>,
+    /// Set by `apply` for `committed`: the shopper, the new status, and the
+    /// order's total when the status is final.
+    moved: Option<(UserId, OrderStatus, i64, Currency)>,
+}
+
+#[async_trait]
+impl Effect for Transit {
+    async fn apply(&mut self, tx: &mut dyn StoreTx) -> Result<Applied, WorkerError> {
+        let order_id = self.order_id;
+        self.moved = None;
         // Locked until commit, so two members racing on one order's events
         // apply their facts one after the other.
         let Some(order) = tx.order_for_update(order_id).await? else {
             return Err(WorkerError::Missing(format!("order {order_id}")));
         };
-        let steps = match order.status.on(fact) {
+        let steps = match order.status.on(self.fact) {
             Transition::Apply(steps) => steps,
             Transition::Ignored { from, fact } => {
-                tracing::info!(%order_id, %from, ?fact, event_id = %event.id, "transition does not fit; ignored");
-                tx.commit().await?;
-                return Ok(Handled::Stale);
+                tracing::info!(%order_id, %from, ?fact, event_id = %self.event, "transition does not fit; ignored");
+                return Ok(Applied::Stale);
             }
         };
         tx.set_order_status(order_id, &steps, chrono::Utc::now())
             .await?;
-        let reason = || reason.cloned().unwrap_or_default();
         let user_id = order.user_id;
+        let reason = || self.reason.clone();
         let caused = match steps.last() {
             Some(OrderStatus::Confirmed) => Some(EventData::OrderConfirmed {
                 order_id,
@@ -114,27 +144,35 @@ impl Handler for OrdersHandler {
             _ => None,
         };
         if let Some(data) = caused {
-            tx.append(&[Envelope::new(data, event.traceparent.clone())])
+            tx.append(&[Envelope::new(data, self.traceparent.clone())])
                 .await?;
         }
-        tx.commit().await?;
-        if let (Some(models), Some(status)) = (&self.read_models, steps.last())
+        self.moved = steps
+            .last()
+            .map(|status| (user_id, *status, order.total_cents, order.currency.clone()));
+        Ok(Applied::Changed)
+    }
+
+    async fn committed(self: Box<Self>) {
+        let Some((user_id, status, total_cents, currency)) = self.moved else {
+            return;
+        };
+        if let Some(models) = &self.read_models
             && let Err(error) = models
-                .publish_order_status(user_id, order_id, *status)
+                .publish_order_status(user_id, self.order_id, status)
                 .await
         {
             mirror_failed("publish_order_status", &error);
         }
         // Counted after the commit, so a transition rolled back (and retried)
         // is counted once, when it really happened.
-        if let Some(last) = steps.last().filter(|status| status.is_final()) {
-            metrics::counter!("orderflow_orders_total", "status" => last.as_str(), "mode" => "events")
+        if status.is_final() {
+            metrics::counter!("orderflow_orders_total", "status" => status.as_str(), "mode" => "events")
                 .increment(1);
-            if *last == OrderStatus::Confirmed {
-                metrics::counter!("orderflow_revenue_cents_total", "currency" => order.currency.to_string())
-                    .increment(u64::try_from(order.total_cents).unwrap_or(0));
+            if status == OrderStatus::Confirmed {
+                metrics::counter!("orderflow_revenue_cents_total", "currency" => currency.to_string())
+                    .increment(u64::try_from(total_cents).unwrap_or(0));
             }
         }
-        Ok(Handled::Applied)
     }
 }

@@ -5,13 +5,12 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use orderflow_core::ports::log::Delivery;
 use orderflow_core::ports::providers::{ChargeOutcome, ChargeRequest, PaymentGateway};
-use orderflow_core::ports::store::{PaymentRecord, Store};
+use orderflow_core::ports::store::{PaymentRecord, Store, StoreTx};
 use orderflow_core::services::effects::payment_idempotency_key;
 use orderflow_domain::events::{Envelope, EventData};
 
-use super::claim;
 use crate::error::WorkerError;
-use crate::runtime::{Handled, Handler};
+use crate::runtime::{Applied, Effect, Handler, Prepared};
 
 pub struct PaymentHandler {
     store: Arc<dyn Store>,
@@ -34,7 +33,7 @@ impl Handler for PaymentHandler {
         super::topics_of("payment")
     }
 
-    async fn handle(&self, delivery: &Delivery) -> Result<Handled, WorkerError> {
+    async fn prepare(&self, delivery: &Delivery) -> Result<Prepared, WorkerError> {
         let event = &delivery.envelope;
         let EventData::StockReserved {
             order_id,
@@ -43,13 +42,13 @@ impl Handler for PaymentHandler {
             currency,
         } = &event.data
         else {
-            return Ok(Handled::Ignored);
+            return Ok(Prepared::Ignored);
         };
         if self.store.is_processed(self.group(), event.id).await? {
-            return Ok(Handled::Duplicate);
+            return Ok(Prepared::Duplicate);
         }
         // Keyed by order, not by event: if the charge went through but the
-        // commit below did not, the retry is answered from the provider's
+        // group commit did not, the retry is answered from the provider's
         // idempotency cache instead of charging twice.
         let request = ChargeRequest {
             idempotency_key: payment_idempotency_key(*order_id),
@@ -59,9 +58,6 @@ impl Handler for PaymentHandler {
             currency: currency.clone(),
         };
         let outcome = self.gateway.charge(&request).await?;
-        let Some(mut tx) = claim(self.store.as_ref(), self.group(), event.id).await? else {
-            return Ok(Handled::Duplicate);
-        };
         let (succeeded, reference, data) = match outcome {
             ChargeOutcome::Approved { payment_id } => (
                 true,
@@ -82,18 +78,31 @@ impl Handler for PaymentHandler {
                 },
             ),
         };
-        tx.record_payment(&PaymentRecord {
-            order_id: *order_id,
-            succeeded,
-            reference,
-            amount_cents: *total_cents,
-            currency: currency.clone(),
-            at: chrono::Utc::now(),
-        })
-        .await?;
-        tx.append(&[Envelope::new(data, event.traceparent.clone())])
-            .await?;
-        tx.commit().await?;
-        Ok(Handled::Applied)
+        Ok(Prepared::Effect(Box::new(RecordPayment {
+            payment: PaymentRecord {
+                order_id: *order_id,
+                succeeded,
+                reference,
+                amount_cents: *total_cents,
+                currency: currency.clone(),
+                at: chrono::Utc::now(),
+            },
+            result: Envelope::new(data, event.traceparent.clone()),
+        })))
+    }
+}
+
+/// The charge's result: the payment row and the event saying how it went.
+struct RecordPayment {
+    payment: PaymentRecord,
+    result: Envelope,
+}
+
+#[async_trait]
+impl Effect for RecordPayment {
+    async fn apply(&mut self, tx: &mut dyn StoreTx) -> Result<Applied, WorkerError> {
+        tx.record_payment(&self.payment).await?;
+        tx.append(std::slice::from_ref(&self.result)).await?;
+        Ok(Applied::Changed)
     }
 }

@@ -365,7 +365,13 @@ async fn a_delivery_handled_but_not_committed_is_redelivered_and_skipped() {
         assert_eq!(batch.len(), 1);
         assert_eq!(batch[0].envelope.id, placed.id);
         assert_eq!(
-            inventory.handle(&batch[0]).await.unwrap(),
+            orderflow_workers::runtime::handle_once(
+                inventory.as_ref(),
+                h.store.as_ref(),
+                &batch[0]
+            )
+            .await
+            .unwrap(),
             orderflow_workers::Handled::Applied
         );
     }

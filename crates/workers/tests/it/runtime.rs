@@ -8,10 +8,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use orderflow_core::ports::log::Delivery;
 use orderflow_core::ports::providers::ProviderError;
-use orderflow_core::ports::store::{Store, StoreError};
+use orderflow_core::ports::store::{Store, StoreError, StoreTx};
 use orderflow_domain::EventId;
 use orderflow_domain::events::{Envelope, EventData, topics};
-use orderflow_workers::{Consumer, Handled, Handler, RetryPolicy, WorkerError};
+use orderflow_workers::{Applied, Consumer, Effect, Handler, Prepared, RetryPolicy, WorkerError};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -33,10 +33,9 @@ fn database_down() -> WorkerError {
     StoreError::Unavailable("connection refused".into()).into()
 }
 
-/// A handler that fails on demand. On success it does what every real
-/// handler does: mark processed and commit, in one transaction.
+/// A handler that fails on demand. On success its effect is only the
+/// processed mark the runtime writes.
 struct Scripted {
-    store: Arc<dyn Store>,
     /// Failures still to return per event: (how many, which error).
     failures: Mutex<HashMap<EventId, (u32, MakeError)>>,
     /// Every call, in order.
@@ -47,9 +46,8 @@ struct Scripted {
 }
 
 impl Scripted {
-    fn new(store: Arc<dyn Store>) -> Self {
+    fn new() -> Self {
         Self {
-            store,
             failures: Mutex::default(),
             calls: Mutex::default(),
             events: None,
@@ -83,10 +81,10 @@ impl Handler for Scripted {
         &[topics::USER_EVENTS]
     }
 
-    async fn handle(&self, delivery: &Delivery) -> Result<Handled, WorkerError> {
+    async fn prepare(&self, delivery: &Delivery) -> Result<Prepared, WorkerError> {
         let id = delivery.envelope.id;
         if !matches!(delivery.envelope.data, EventData::UserRegistered { .. }) {
-            return Ok(Handled::Ignored);
+            return Ok(Prepared::Ignored);
         }
         self.calls.lock().unwrap().push(id);
         let failure = {
@@ -105,15 +103,31 @@ impl Handler for Scripted {
             }
             return Err(error);
         }
-        let mut tx = self.store.begin().await?;
-        if !tx.mark_processed(GROUP, id).await? {
-            return Ok(Handled::Duplicate);
-        }
-        tx.commit().await?;
+        // The runtime writes the processed mark in its group commit; the
+        // effect itself writes nothing more.
+        Ok(Prepared::Effect(Box::new(Told {
+            id,
+            events: self.events.clone(),
+        })))
+    }
+}
+
+/// Tells the test, after the group commit, that the event was applied.
+struct Told {
+    id: EventId,
+    events: Option<mpsc::UnboundedSender<Result<EventId, EventId>>>,
+}
+
+#[async_trait]
+impl Effect for Told {
+    async fn apply(&mut self, _tx: &mut dyn StoreTx) -> Result<Applied, WorkerError> {
+        Ok(Applied::Changed)
+    }
+
+    async fn committed(self: Box<Self>) {
         if let Some(events) = &self.events {
-            let _ = events.send(Ok(id));
+            let _ = events.send(Ok(self.id));
         }
-        Ok(Handled::Applied)
     }
 }
 
@@ -150,7 +164,7 @@ async fn consumer(h: &Harness, handler: Arc<Scripted>, retry: RetryPolicy) -> Co
 async fn a_flaky_handler_is_retried_until_it_succeeds() {
     let h = Harness::new(None, tiny_retry(5)).await;
     let event = registered(uuid::Uuid::now_v7());
-    let handler = Arc::new(Scripted::new(h.store.clone()).fail(&event, 2, outage));
+    let handler = Arc::new(Scripted::new().fail(&event, 2, outage));
     let mut consumer = consumer(&h, handler.clone(), tiny_retry(5)).await;
     h.append(std::slice::from_ref(&event)).await;
 
@@ -181,7 +195,7 @@ async fn a_handler_that_keeps_failing_is_dead_lettered_and_the_group_moves_on() 
     let h = Harness::new(None, tiny_retry(3)).await;
     let user = uuid::Uuid::now_v7();
     let (bad, good) = (registered(user), registered(user));
-    let handler = Arc::new(Scripted::new(h.store.clone()).fail(&bad, u32::MAX, outage));
+    let handler = Arc::new(Scripted::new().fail(&bad, u32::MAX, outage));
     let mut consumer = consumer(&h, handler.clone(), tiny_retry(3)).await;
     h.append(&[bad.clone(), good.clone()]).await;
 
@@ -249,7 +263,7 @@ async fn a_handler_that_keeps_failing_is_dead_lettered_and_the_group_moves_on() 
 async fn permanent_errors_are_dead_lettered_without_retries() {
     let h = Harness::new(None, tiny_retry(5)).await;
     let event = registered(uuid::Uuid::now_v7());
-    let handler = Arc::new(Scripted::new(h.store.clone()).fail(&event, u32::MAX, bad_address));
+    let handler = Arc::new(Scripted::new().fail(&event, u32::MAX, bad_address));
     let mut consumer = consumer(&h, handler.clone(), tiny_retry(5)).await;
     h.append(std::slice::from_ref(&event)).await;
 
@@ -267,7 +281,7 @@ async fn a_database_outage_stops_the_batch_uncommitted_and_the_next_call_resumes
     let h = Harness::new(None, tiny_retry(5)).await;
     let user = uuid::Uuid::now_v7();
     let events = [registered(user), registered(user), registered(user)];
-    let handler = Arc::new(Scripted::new(h.store.clone()).fail(&events[1], 1, database_down));
+    let handler = Arc::new(Scripted::new().fail(&events[1], 1, database_down));
     let mut consumer = consumer(&h, handler.clone(), tiny_retry(5)).await;
     h.append(&events).await;
 
@@ -316,7 +330,7 @@ async fn run_handles_events_as_they_come_and_stops_on_shutdown() {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let handler = Arc::new(Scripted {
         events: Some(tx),
-        ..Scripted::new(h.store.clone())
+        ..Scripted::new()
     });
     let consumer = consumer(&h, handler.clone(), tiny_retry(3)).await;
     let shutdown = CancellationToken::new();
@@ -348,7 +362,7 @@ async fn shutdown_during_a_retry_wait_commits_the_finished_part_of_the_batch() {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let handler = Arc::new(Scripted {
         events: Some(tx),
-        ..Scripted::new(h.store.clone()).fail(&bad, u32::MAX, outage)
+        ..Scripted::new().fail(&bad, u32::MAX, outage)
     });
     // Waits of up to an hour: only shutdown can end them in time.
     let patient = RetryPolicy::new(5, Duration::from_secs(3600), Duration::from_secs(3600));
@@ -357,8 +371,13 @@ async fn shutdown_during_a_retry_wait_commits_the_finished_part_of_the_batch() {
     let shutdown = CancellationToken::new();
     let running = tokio::spawn(consumer.run(shutdown.clone()));
 
-    assert_eq!(next(&mut rx).await, Ok(good.id));
-    assert_eq!(next(&mut rx).await, Err(bad.id));
+    // The good event's commit and the bad one's first failure, in either
+    // order: the bad one is prepared while the good one's effect is written.
+    let mut seen = [next(&mut rx).await, next(&mut rx).await];
+    seen.sort();
+    let mut expected = [Ok(good.id), Err(bad.id)];
+    expected.sort();
+    assert_eq!(seen, expected);
     shutdown.cancel();
     tokio::time::timeout(Duration::from_secs(10), running)
         .await
@@ -388,14 +407,17 @@ impl Handler for Timed {
         &[topics::USER_EVENTS]
     }
 
-    async fn handle(&self, delivery: &Delivery) -> Result<Handled, WorkerError> {
+    async fn prepare(&self, delivery: &Delivery) -> Result<Prepared, WorkerError> {
         let started = std::time::Instant::now();
         tokio::time::sleep(Duration::from_millis(50)).await;
         self.log
             .lock()
             .unwrap()
             .push((delivery.envelope.id, started, std::time::Instant::now()));
-        Ok(Handled::Applied)
+        Ok(Prepared::Effect(Box::new(Told {
+            id: delivery.envelope.id,
+            events: None,
+        })))
     }
 }
 
@@ -444,4 +466,140 @@ async fn one_keys_events_are_handled_in_order_while_other_keys_run_alongside() {
         "different keys are handled concurrently"
     );
     assert_eq!(h.lag("timed").await, 0, "the whole batch was committed");
+}
+
+/// An effect that fails in the group commit the first `fails` times it is
+/// applied (after the runtime's processed mark, inside its savepoint), and
+/// records the order in which effects were committed.
+struct FlakyApply {
+    fails: Mutex<HashMap<EventId, u32>>,
+    committed: Arc<Mutex<Vec<EventId>>>,
+}
+
+#[async_trait]
+impl Handler for FlakyApply {
+    fn group(&self) -> &'static str {
+        "flaky-apply"
+    }
+
+    fn topics(&self) -> &'static [&'static str] {
+        &[topics::USER_EVENTS]
+    }
+
+    async fn prepare(&self, delivery: &Delivery) -> Result<Prepared, WorkerError> {
+        let id = delivery.envelope.id;
+        let fail = {
+            let mut fails = self.fails.lock().unwrap();
+            match fails.get_mut(&id) {
+                Some(left) if *left > 0 => {
+                    *left -= 1;
+                    true
+                }
+                _ => false,
+            }
+        };
+        Ok(Prepared::Effect(Box::new(FlakyEffect {
+            id,
+            fail,
+            committed: self.committed.clone(),
+        })))
+    }
+}
+
+struct FlakyEffect {
+    id: EventId,
+    fail: bool,
+    committed: Arc<Mutex<Vec<EventId>>>,
+}
+
+#[async_trait]
+impl Effect for FlakyEffect {
+    async fn apply(&mut self, tx: &mut dyn StoreTx) -> Result<Applied, WorkerError> {
+        // A write that must vanish with the savepoint when the effect fails
+        // (on a topic the group does not read).
+        tx.append(&[Envelope::new(
+            EventData::OrderRejected {
+                order_id: uuid::Uuid::now_v7(),
+                user_id: uuid::Uuid::now_v7(),
+                reason: format!("written for {}", self.id),
+            },
+            None,
+        )])
+        .await?;
+        if self.fail {
+            return Err(outage());
+        }
+        Ok(Applied::Changed)
+    }
+
+    async fn committed(self: Box<Self>) {
+        self.committed.lock().unwrap().push(self.id);
+    }
+}
+
+#[tokio::test]
+async fn a_failing_effect_is_undone_alone_and_its_key_waits_for_it() {
+    let h = Harness::new(None, tiny_retry(3)).await;
+    let (ann, bob) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+    let (ann_first, ann_second, bob_only) = (registered(ann), registered(ann), registered(bob));
+    h.append(&[ann_first.clone(), bob_only.clone(), ann_second.clone()])
+        .await;
+    let committed = Arc::new(Mutex::new(Vec::new()));
+    let handler = Arc::new(FlakyApply {
+        fails: Mutex::new(HashMap::from([(ann_first.id, 1)])),
+        committed: committed.clone(),
+    });
+    let mut consumer = Consumer::subscribe(handler, h.store.clone(), h.log.as_ref(), tiny_retry(3))
+        .await
+        .unwrap();
+
+    let report = consumer.process_batch(Duration::ZERO).await.unwrap();
+    assert_eq!((report.polled, report.handled, report.retries), (3, 3, 1));
+    let committed = committed.lock().unwrap().clone();
+    let position = |id: EventId| committed.iter().position(|c| *c == id).unwrap();
+    assert!(
+        position(ann_first.id) < position(ann_second.id),
+        "one key's effects commit in offset order, also across a failed effect: {committed:?}"
+    );
+    for event in [&ann_first, &ann_second, &bob_only] {
+        assert!(h.store.is_processed("flaky-apply", event.id).await.unwrap());
+    }
+    assert_eq!(
+        h.events_on(topics::ORDER_EVENTS).await.len(),
+        3,
+        "the failed attempt's write was rolled back with its savepoint, the others kept"
+    );
+    assert_eq!(h.lag("flaky-apply").await, 0);
+}
+
+#[tokio::test]
+async fn effects_of_many_deliveries_share_group_commits() {
+    let h = Harness::new(None, tiny_retry(3)).await;
+    let events: Vec<Envelope> = (0..100).map(|_| registered(uuid::Uuid::now_v7())).collect();
+    h.append(&events).await;
+    let handler = Arc::new(FlakyApply {
+        fails: Mutex::default(),
+        committed: Arc::default(),
+    });
+    let mut consumer = Consumer::subscribe(
+        handler.clone(),
+        h.store.clone(),
+        h.log.as_ref(),
+        tiny_retry(3),
+    )
+    .await
+    .unwrap();
+    let report = consumer.process_batch(Duration::ZERO).await.unwrap();
+    assert_eq!((report.polled, report.handled), (100, 100));
+    assert!(
+        report.group_commits < report.handled / 2,
+        "100 effects in {} transactions",
+        report.group_commits
+    );
+    assert!(
+        report.group_commits >= 2,
+        "at most 64 effects per group commit"
+    );
+    assert_eq!(handler.committed.lock().unwrap().len(), 100);
+    assert_eq!(h.lag("flaky-apply").await, 0);
 }
