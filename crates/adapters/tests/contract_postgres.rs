@@ -1050,6 +1050,83 @@ mod groups {
         assert_eq!(total_lag(&logs[0]).await, 0);
     }
 
+    /// A member that is busy (neither polls nor commits for longer than a
+    /// lease) keeps its partitions: its renewal task renews them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_busy_member_keeps_its_leases() {
+        let leases = short_leases();
+        let (_store, logs) = processes(2, leases).await;
+        let mut a = join(&logs[0]).await;
+        let mut b = join(&logs[1]).await;
+        drive_until(
+            "a and b hold three partitions each",
+            &mut [&mut a, &mut b],
+            |m| is_split(m, &[3, 3]),
+        )
+        .await;
+        let before = logs[0].owners(GROUP).await.unwrap();
+        // Deliberate: let two lease times pass without a poll or a commit.
+        tokio::time::sleep(leases.lease * 2).await;
+        assert!(is_split(&[&mut a, &mut b], &[3, 3]), "both still deliver");
+        assert_eq!(
+            logs[0].owners(GROUP).await.unwrap(),
+            before,
+            "nothing moved"
+        );
+    }
+
+    /// The runtime may drop a pending poll (it selects over it): a dropped
+    /// poll loses no position, and whatever it had read comes with a later
+    /// poll, once and in order.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_dropped_poll_loses_nothing() {
+        let (store, logs) = processes(1, short_leases()).await;
+        let mut a = join(&logs[0]).await;
+        let keys = keys(3);
+        let mut appended = Vec::new();
+        for _ in 0..4 {
+            appended.extend(append_round(&store, &keys).await);
+        }
+        let mut got: Vec<Delivery> = Vec::new();
+        let mut dropped = 0;
+        let deadline = Instant::now() + PATIENCE;
+        for step in 0u64.. {
+            if got.len() >= appended.len() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "got {} of {}",
+                got.len(),
+                appended.len()
+            );
+            // From nothing to a few milliseconds: many polls are dropped
+            // in the middle of their reads.
+            let budget = Duration::from_micros(100 * (step % 40));
+            match tokio::time::timeout(budget, a.poll(5, Duration::from_secs(10))).await {
+                Ok(batch) => got.extend(batch.unwrap()),
+                Err(_) => dropped += 1,
+            }
+        }
+        assert!(dropped > 0, "some polls were dropped");
+        let ids: Vec<uuid::Uuid> = got.iter().map(|d| d.envelope.id).collect();
+        let unique: HashSet<uuid::Uuid> = ids.iter().copied().collect();
+        assert_eq!(unique.len(), ids.len(), "nothing twice");
+        assert_eq!(unique, appended.iter().map(|e| e.id).collect());
+        let mut per_partition: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
+        for d in &got {
+            per_partition.entry(d.partition).or_default().push(d.offset);
+        }
+        for (partition, offsets) in per_partition {
+            assert_eq!(
+                offsets,
+                (0..offsets.len() as i64).collect::<Vec<_>>(),
+                "partition {partition} in order, without gaps"
+            );
+        }
+        assert!(a.poll(10, TURN).await.unwrap().is_empty());
+    }
+
     /// A member that leaves cleanly (drops its subscription) releases its
     /// partitions: the other takes them over long before the leases (two
     /// minutes here) would have expired.
