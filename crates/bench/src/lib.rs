@@ -445,22 +445,36 @@ fn architecture_report(
     }
 }
 
-/// Waits (up to `timeout`) until every consumer group has caught up, so the
+/// Waits (up to `timeout`) until the pipeline has caught up, so the
 /// follow-up sees final states; returns how long that took, or the events
-/// still waiting at the time-out. Only for servers the bench started (it
-/// knows their admin).
+/// still waiting at the time-out. The lag is read from `/metrics` (every
+/// consumer group plus the outbox, see [`MetricsSnapshot::pipeline_lag`]),
+/// so a `--target` is waited for too; where no lag is exported, from the
+/// admin API of a server the bench started; otherwise not at all.
 async fn wait_for_backlog(
     session: &Session,
     timeout: Duration,
 ) -> Result<(Option<f64>, Option<i64>), BenchError> {
-    let Some((email, password)) = &session.server.admin else {
-        return Ok((None, None));
+    let admin = match &session.server.admin {
+        Some((email, password)) => Some(session.shop.login(email, password).await?),
+        None => None,
     };
-    let token = session.shop.login(email, password).await?;
+    let lag = async || -> Result<Option<i64>, BenchError> {
+        if let Some(lag) = session.shop.metrics().await?.pipeline_lag() {
+            return Ok(Some(lag.round() as i64));
+        }
+        match &admin {
+            Some(token) => Ok(Some(session.shop.total_lag(token).await?)),
+            None => Ok(None),
+        }
+    };
     let started = std::time::Instant::now();
     let bar = spinner("waiting for the consumers to catch up");
     loop {
-        let lag = session.shop.total_lag(&token).await?;
+        let Some(lag) = lag().await? else {
+            bar.finish_and_clear();
+            return Ok((None, None));
+        };
         bar.set_message(format!(
             "waiting for the consumers to catch up: {lag} events behind"
         ));

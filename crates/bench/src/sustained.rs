@@ -337,6 +337,12 @@ pub async fn run(
                 format!("NOT held: {}", step.not_held_because.join("; "))
             }
         );
+        if step.refused > 0 {
+            println!(
+                "  {rate:>6.0} orders/s: {} orders refused for stock",
+                step.refused
+            );
+        }
         if step.generator_cpu_cores >= 0.9 * crate::report::Machine::this().cpus as f64 {
             result.notes.push(format!(
                 "{}: at {rate:.0} orders/s the load generator used {:.2} cores; it may have been the bottleneck",
