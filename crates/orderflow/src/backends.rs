@@ -13,11 +13,12 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use orderflow_adapters::kafka::{KafkaEventLog, KafkaPublisher, KafkaSettings, ensure_topics};
 use orderflow_adapters::memory::{DbBackedRevocations, InProcessRateLimiter};
-use orderflow_adapters::postgres::PostgresStore;
+use orderflow_adapters::postgres::{LeaseSettings, PostgresStore};
 use orderflow_adapters::redis::{
     RedisConnection, RedisRateLimiter, RedisReadModels, RedisRevocations, RedisSettings,
     RedisSharedCache,
@@ -100,7 +101,10 @@ impl Backends {
                 let gauges = postgres.clone();
                 (
                     Arc::new(postgres.clone()),
-                    Arc::new(postgres.event_log()),
+                    Arc::new(postgres.event_log().with_leases(LeaseSettings {
+                        lease: Duration::from_millis(settings.log_lease_ms),
+                        renew_every: Duration::from_millis(settings.log_lease_renew_ms),
+                    })),
                     Arc::new(postgres.outbox()),
                     Arc::new(move || gauges.export_pool_gauges()),
                 )

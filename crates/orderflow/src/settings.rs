@@ -81,6 +81,27 @@ pub struct Settings {
     )]
     pub log_partitions: i32,
 
+    /// PostgreSQL event log: milliseconds a member's partition lease lasts
+    /// without renewal (how long a killed worker's partitions wait before
+    /// the other members of its group take them over).
+    #[arg(
+        long,
+        env = "ORDERFLOW_LOG_LEASE_MS",
+        default_value_t = 10_000,
+        global = true
+    )]
+    pub log_lease_ms: u64,
+
+    /// PostgreSQL event log: milliseconds between a member's lease renewals
+    /// (at most half the lease).
+    #[arg(
+        long,
+        env = "ORDERFLOW_LOG_LEASE_RENEW_MS",
+        default_value_t = 3_000,
+        global = true
+    )]
+    pub log_lease_renew_ms: u64,
+
     /// Bootstrap admin e-mail (created or promoted at start, with the password below).
     #[arg(long, env = "ORDERFLOW_ADMIN_EMAIL", global = true)]
     pub admin_email: Option<String>,

@@ -63,7 +63,7 @@ use tokio::sync::{Mutex, watch};
 use tokio::task::JoinHandle;
 
 pub use crate::sqlite::partition_for;
-pub use log::{PostgresEventLog, PostgresSubscription};
+pub use log::{LeaseSettings, PostgresEventLog, PostgresSubscription};
 pub use outbox::{PostgresBatch, PostgresOutbox};
 pub use tx::PostgresTx;
 
