@@ -44,6 +44,14 @@
 //!   batch. `event_log/poll32_commit`: the same without the `subscribe`
 //!   (done outside the timer), i.e. the steady-state cost of one consumer
 //!   batch apart from its handlers. Throughput is in events.
+//! - `consumer/loyalty/{group_commit,one_per_transaction}`: one member of
+//!   the `loyalty` group (no provider call, so the database is the whole
+//!   cost) consuming 256 freshly appended `OrderConfirmed` events of 32
+//!   shoppers with [`Consumer::process_batch`](orderflow_workers::Consumer::process_batch)
+//!   until all are committed: its effects written by group commits of up to
+//!   64 (the default), against one transaction per delivery
+//!   (`ORDERFLOW_GROUP_COMMIT_MAX=1`, what every delivery cost before group
+//!   commit). Throughput is in deliveries.
 
 use std::collections::HashMap;
 use std::hint::black_box;
@@ -385,9 +393,107 @@ fn event_log(c: &mut Criterion) {
     rt.block_on(async move { drop((writer, write_dir, reader, read_dir)) });
 }
 
+/// Events one iteration of the consumer benches consumes.
+const CONSUMED: usize = 256;
+
+fn consumer(c: &mut Criterion) {
+    use orderflow_core::ports::store::UserRecord;
+    use orderflow_workers::{ConsumerSettings, runtime::DEFAULT_GROUP_COMMIT_MAX};
+
+    let rt = runtime();
+    let (dir, app) = rt.block_on(fresh_app());
+    let shoppers: Vec<uuid::Uuid> = rt.block_on(async {
+        let mut tx = app.store.begin().await.expect("begin");
+        let mut ids = Vec::new();
+        for i in 0..32 {
+            let user = UserRecord {
+                id: uuid::Uuid::now_v7(),
+                email: format!("consumer-bench-{i}@example.com"),
+                name: format!("Shopper {i}"),
+                password_hash: "not used".into(),
+                role: orderflow_domain::user::Role::Shopper,
+                created_at: chrono::Utc::now(),
+            };
+            tx.insert_user(&user).await.expect("insert user");
+            ids.push(user.id);
+        }
+        tx.commit().await.expect("commit");
+        ids
+    });
+    let confirmed = |user_id: uuid::Uuid| {
+        let EventData::OrderPlaced {
+            order_id,
+            items,
+            total_cents,
+            currency,
+            ..
+        } = order_placed(user_id, 2).data
+        else {
+            unreachable!("order_placed builds an OrderPlaced")
+        };
+        Envelope::new(
+            EventData::OrderConfirmed {
+                order_id,
+                user_id,
+                items,
+                total_cents,
+                currency,
+            },
+            None,
+        )
+    };
+
+    let mut group = c.benchmark_group("consumer");
+    group.throughput(Throughput::Elements(CONSUMED as u64));
+    group.sample_size(10);
+    group.measurement_time(Duration::from_secs(5));
+    for (name, group_commit_max) in [
+        ("loyalty/group_commit", DEFAULT_GROUP_COMMIT_MAX),
+        ("loyalty/one_per_transaction", 1),
+    ] {
+        let member = rt.block_on(async {
+            app.workers
+                .consumer("loyalty")
+                .await
+                .expect("subscribe")
+                .with_settings(ConsumerSettings {
+                    group_commit_max,
+                    ..ConsumerSettings::default()
+                })
+        });
+        let member = tokio::sync::Mutex::new(member);
+        let (member, store, shoppers, confirmed) = (&member, &app.store, &shoppers, &confirmed);
+        group.bench_function(name, |b| {
+            b.to_async(&rt).iter_custom(|iters| async move {
+                let mut member = member.lock().await;
+                let mut measured = Duration::ZERO;
+                for _ in 0..iters {
+                    let events: Vec<Envelope> = (0..CONSUMED)
+                        .map(|i| confirmed(shoppers[i % shoppers.len()]))
+                        .collect();
+                    let mut tx = store.begin().await.expect("begin");
+                    tx.append(&events).await.expect("append");
+                    tx.commit().await.expect("commit");
+                    let start = Instant::now();
+                    let mut finished = 0;
+                    while finished < CONSUMED {
+                        let report = member.process_batch(Duration::ZERO).await.expect("consume");
+                        finished += report.finished();
+                    }
+                    measured += start.elapsed();
+                    assert_eq!(finished, CONSUMED);
+                }
+                measured
+            })
+        });
+    }
+    group.finish();
+    rt.block_on(async move { drop((app, dir)) });
+}
+
 criterion_group! {
     name = hot_paths;
     config = Criterion::default().warm_up_time(Duration::from_secs(1));
-    targets = catalog, auth, order_validation, envelope, event_log
+    targets = catalog, auth, order_validation, envelope, event_log, consumer
 }
 criterion_main!(hot_paths);

@@ -25,6 +25,10 @@ pub enum WorkerError {
     /// The event cannot be acted on as it is (for example an invalid currency).
     #[error("invalid event: {0}")]
     InvalidEvent(String),
+    /// The handler panicked (a bug): not retried, the event is dead-lettered
+    /// with the panic message.
+    #[error("handler panicked: {0}")]
+    Panicked(String),
     /// `worker GROUP` was given a name that is not one of [`crate::GROUPS`].
     #[error("unknown consumer group `{0}`; expected one of {groups}", groups = crate::GROUPS.join(", "))]
     UnknownGroup(String),
@@ -48,6 +52,7 @@ impl WorkerError {
             WorkerError::Store(_) | WorkerError::Log(_) => true,
             WorkerError::Missing(_)
             | WorkerError::InvalidEvent(_)
+            | WorkerError::Panicked(_)
             | WorkerError::UnknownGroup(_) => false,
         }
     }

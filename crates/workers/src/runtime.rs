@@ -371,8 +371,12 @@ pub struct Consumer {
     /// Per partition, the deliveries in hand in offset order (offsets are
     /// committed up to the first one not done).
     partitions: HashMap<(String, i32), VecDeque<u64>>,
+    /// Running prepares, each on its own task.
     preparing: FuturesUnordered<BoxFuture<'static, (u64, PrepareResult)>>,
-    flushing: Option<BoxFuture<'static, FlushDone>>,
+    /// The running group commit, on its own task: it holds a transaction
+    /// (on SQLite, the writer), so it must make progress whatever this loop
+    /// is waiting for (an offset commit waits for that same writer).
+    flushing: Option<BoxFuture<'static, Result<FlushDone, tokio::task::JoinError>>>,
     /// Consecutive failures of the database or the log (flushes, polls,
     /// commits, store outages in handlers): the back-off grows with them.
     outages: u32,
@@ -683,14 +687,29 @@ impl Consumer {
                 }
             })
             .collect();
-        self.flushing = Some(group_commit(self.handler.group(), self.store.clone(), items).boxed());
+        let flush = tokio::spawn(group_commit(
+            self.handler.group(),
+            self.store.clone(),
+            items,
+        ));
+        self.flushing = Some(flush.boxed());
     }
 
     /// Takes in what a prepare or a group commit finished with.
     fn take_in(&mut self, completion: Completion) {
         match completion {
             Completion::Prepared(seq, result) => self.on_prepared(seq, result),
-            Completion::Flushed(done) => self.on_flushed(done),
+            Completion::Flushed(Ok(done)) => self.on_flushed(done),
+            Completion::Flushed(Err(panic)) => {
+                // The effects went down with the task: prepare them again.
+                tracing::error!(group = self.group(), %panic, "a group commit panicked; its deliveries are prepared again");
+                for slot in self.slots.values_mut() {
+                    if matches!(slot.state, State::Flushing) {
+                        slot.state = State::Waiting { delay: None };
+                        self.dirty.push(slot.delivery.envelope.key.clone());
+                    }
+                }
+            }
         }
     }
 
@@ -877,7 +896,7 @@ impl Consumer {
 /// A prepare or a group commit that finished.
 enum Completion {
     Prepared(u64, PrepareResult),
-    Flushed(FlushDone),
+    Flushed(Result<FlushDone, tokio::task::JoinError>),
 }
 
 /// Waits for the next prepare or group commit to finish (the group commit's
@@ -885,7 +904,7 @@ enum Completion {
 /// future where it was.
 async fn next_completion(
     preparing: &mut FuturesUnordered<BoxFuture<'static, (u64, PrepareResult)>>,
-    flushing: &mut Option<BoxFuture<'static, FlushDone>>,
+    flushing: &mut Option<BoxFuture<'static, Result<FlushDone, tokio::task::JoinError>>>,
 ) -> Completion {
     let flush = async {
         match flushing.as_mut() {
@@ -913,7 +932,8 @@ async fn sleep_until(at: Option<Instant>) {
 }
 
 /// One attempt at preparing a delivery, after its back-off (cut short by
-/// shutdown).
+/// shutdown), on its own task so it runs whatever the member's loop awaits.
+/// A handler that panics has failed the attempt.
 fn prepare(
     seq: u64,
     handler: Arc<dyn Handler>,
@@ -929,7 +949,11 @@ fn prepare(
                 _ = tokio::time::sleep(delay) => {}
             }
         }
-        let result = handler.prepare(&delivery).instrument(span).await;
+        let attempt =
+            tokio::spawn(async move { handler.prepare(&delivery).instrument(span).await });
+        let result = attempt
+            .await
+            .unwrap_or_else(|panic| Err(WorkerError::Panicked(panic.to_string())));
         (seq, PrepareResult::Prepared(result))
     }
     .boxed()

@@ -11,7 +11,9 @@ use orderflow_core::ports::providers::ProviderError;
 use orderflow_core::ports::store::{Store, StoreError, StoreTx};
 use orderflow_domain::EventId;
 use orderflow_domain::events::{Envelope, EventData, topics};
-use orderflow_workers::{Applied, Consumer, Effect, Handler, Prepared, RetryPolicy, WorkerError};
+use orderflow_workers::{
+    Applied, Consumer, ConsumerSettings, Effect, Handler, Prepared, RetryPolicy, WorkerError,
+};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -474,6 +476,9 @@ async fn one_keys_events_are_handled_in_order_while_other_keys_run_alongside() {
 struct FlakyApply {
     fails: Mutex<HashMap<EventId, u32>>,
     committed: Arc<Mutex<Vec<EventId>>>,
+    /// How long preparing takes, and how long each effect holds the group
+    /// commit's transaction.
+    delays: (Duration, Duration),
 }
 
 #[async_trait]
@@ -498,10 +503,12 @@ impl Handler for FlakyApply {
                 _ => false,
             }
         };
+        tokio::time::sleep(self.delays.0).await;
         Ok(Prepared::Effect(Box::new(FlakyEffect {
             id,
             fail,
             committed: self.committed.clone(),
+            hold: self.delays.1,
         })))
     }
 }
@@ -510,6 +517,7 @@ struct FlakyEffect {
     id: EventId,
     fail: bool,
     committed: Arc<Mutex<Vec<EventId>>>,
+    hold: Duration,
 }
 
 #[async_trait]
@@ -526,6 +534,7 @@ impl Effect for FlakyEffect {
             None,
         )])
         .await?;
+        tokio::time::sleep(self.hold).await;
         if self.fail {
             return Err(outage());
         }
@@ -548,6 +557,7 @@ async fn a_failing_effect_is_undone_alone_and_its_key_waits_for_it() {
     let handler = Arc::new(FlakyApply {
         fails: Mutex::new(HashMap::from([(ann_first.id, 1)])),
         committed: committed.clone(),
+        delays: (Duration::ZERO, Duration::ZERO),
     });
     let mut consumer = Consumer::subscribe(handler, h.store.clone(), h.log.as_ref(), tiny_retry(3))
         .await
@@ -580,6 +590,7 @@ async fn effects_of_many_deliveries_share_group_commits() {
     let handler = Arc::new(FlakyApply {
         fails: Mutex::default(),
         committed: Arc::default(),
+        delays: (Duration::ZERO, Duration::ZERO),
     });
     let mut consumer = Consumer::subscribe(
         handler.clone(),
@@ -602,4 +613,51 @@ async fn effects_of_many_deliveries_share_group_commits() {
     );
     assert_eq!(handler.committed.lock().unwrap().len(), 100);
     assert_eq!(h.lag("flaky-apply").await, 0);
+}
+
+/// `run` commits offsets while group commits are running: the group commit
+/// holds SQLite's writer, and the offset commit waits for that writer, so
+/// the group commit must progress on its own (it once stalled here until the
+/// writer lock timed out, 30 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_commits_offsets_while_group_commits_hold_the_writer() {
+    let h = Harness::new(None, tiny_retry(3)).await;
+    let events: Vec<Envelope> = (0..300)
+        .map(|i| registered(uuid::Uuid::from_u128(i % 60 + 1)))
+        .collect();
+    h.append(&events).await;
+    // Prepares finish while group commits hold the writer (each effect
+    // keeps the transaction 2 ms), so the loop wants to commit offsets then.
+    let handler = Arc::new(FlakyApply {
+        fails: Mutex::default(),
+        committed: Arc::default(),
+        delays: (Duration::from_millis(1), Duration::from_millis(2)),
+    });
+    let consumer = Consumer::subscribe(
+        handler.clone(),
+        h.store.clone(),
+        h.log.as_ref(),
+        tiny_retry(3),
+    )
+    .await
+    .unwrap()
+    .with_settings(ConsumerSettings {
+        commit_interval: Duration::from_millis(1),
+        window: 128,
+        ..ConsumerSettings::default()
+    });
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(consumer.run(shutdown.clone()));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while h.lag("flaky-apply").await > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "stalled with {} events behind",
+            h.lag("flaky-apply").await
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    shutdown.cancel();
+    running.await.unwrap();
+    assert_eq!(handler.committed.lock().unwrap().len(), 300);
 }
