@@ -88,8 +88,11 @@ pub mod metric {
     pub const END_TO_END_SECONDS: &str = "orderflow_event_end_to_end_seconds";
     /// Counter `{group}`: facts the order state machine refused (late or duplicate).
     pub const TRANSITIONS_IGNORED: &str = "orderflow_order_transitions_ignored_total";
-    /// Histogram `{group}`: effects written by one group commit.
-    pub const GROUP_COMMIT_SIZE: &str = "orderflow_group_commit_effects";
+    /// Counter `{group}`: group commits (transactions that wrote effects).
+    pub const GROUP_COMMITS: &str = "orderflow_group_commits_total";
+    /// Counter `{group}`: effects (and dead letters) written by group
+    /// commits; divided by [`GROUP_COMMITS`] it is the mean flush size.
+    pub const GROUP_COMMIT_EFFECTS: &str = "orderflow_group_commit_effects_total";
     /// Gauge `{group}`: deliveries a member holds (polled, not yet committed).
     pub const IN_FLIGHT: &str = "orderflow_consumer_in_flight";
 }
@@ -973,13 +976,15 @@ async fn group_commit(
     items: Vec<FlushItem>,
 ) -> FlushDone {
     let span = tracing::info_span!("group.commit", group, effects = items.len());
-    metrics::histogram!(metric::GROUP_COMMIT_SIZE, "group" => group).record(items.len() as f64);
     let mut items = items;
     let written = write_all(group, store.as_ref(), &mut items)
         .instrument(span)
         .await;
     match written {
         Ok(results) => {
+            metrics::counter!(metric::GROUP_COMMITS, "group" => group).increment(1);
+            metrics::counter!(metric::GROUP_COMMIT_EFFECTS, "group" => group)
+                .increment(items.len() as u64);
             let mut outcomes = Vec::with_capacity(items.len());
             for (item, result) in items.into_iter().zip(results) {
                 let outcome = match result {
