@@ -60,7 +60,7 @@ use async_trait::async_trait;
 use futures::FutureExt as _;
 use futures::future::BoxFuture;
 use futures::stream::{FuturesUnordered, StreamExt as _};
-use orderflow_core::ports::log::{Delivery, EventLog, Subscription};
+use orderflow_core::ports::log::{Delivery, EventLog, LogResult, Subscription};
 use orderflow_core::ports::store::{DeadLetter, Store, StoreTx};
 use orderflow_core::services::effects::RetryPolicy;
 use orderflow_domain::events::{Envelope, EventData, TraceParent};
@@ -361,7 +361,10 @@ struct FlushItem {
 pub struct Consumer {
     handler: Arc<dyn Handler>,
     store: Arc<dyn Store>,
-    subscription: Box<dyn Subscription>,
+    /// `None` while a poll of [`Consumer::run`] has it (see [`Polling`]).
+    subscription: Option<Box<dyn Subscription>>,
+    /// The poll in flight in [`Consumer::run`].
+    polling: Option<Polling>,
     retry: RetryPolicy,
     settings: ConsumerSettings,
     /// Deliveries in hand, by the sequence number they got when polled.
@@ -439,7 +442,8 @@ impl Consumer {
         Self {
             handler,
             store,
-            subscription,
+            subscription: Some(subscription),
+            polling: None,
             retry,
             settings: ConsumerSettings::default(),
             slots: HashMap::new(),
@@ -491,7 +495,11 @@ impl Consumer {
         self.stop = None;
         self.flush_after = None;
         if self.slots.is_empty() {
-            let batch = self.subscription.poll(self.settings.window, wait).await?;
+            let subscription = self
+                .subscription
+                .as_mut()
+                .expect("process_batch never leaves a poll in flight");
+            let batch = subscription.poll(self.settings.window, wait).await?;
             self.report.polled = batch.len();
             self.admit(batch);
         }
@@ -534,15 +542,24 @@ impl Consumer {
                 self.commit_offsets_logged().await;
             }
             let backing_off = self.flush_after.is_some_and(|at| at > Instant::now());
-            if stopping && quiet && (self.flushable() == 0 || backing_off) {
+            if stopping && quiet && self.polling.is_none() && (self.flushable() == 0 || backing_off) {
                 break;
             }
             metrics::gauge!(metric::IN_FLIGHT, "group" => group).set(self.slots.len() as f64);
-            let room = if stopping || self.poll_after.is_some_and(|at| at > Instant::now()) {
-                0
-            } else {
-                self.settings.window.saturating_sub(self.slots.len())
-            };
+            let room = self.settings.window.saturating_sub(self.slots.len());
+            if !stopping
+                && room > 0
+                && !self.poll_after.is_some_and(|at| at > Instant::now())
+                && let Some(subscription) = self.subscription.take()
+            {
+                // Offsets to commit soon: come back by then even if no event comes.
+                let wait = if self.done_uncommitted > 0 || !quiet {
+                    self.settings.commit_interval
+                } else {
+                    self.settings.poll_wait
+                };
+                self.polling = Some(poll(subscription, room.min(POLL_MAX), wait, shutdown.clone()));
+            }
             let timer = self.next_timer(quiet);
             tokio::select! {
                 biased;
@@ -550,7 +567,9 @@ impl Consumer {
                 completion = next_completion(&mut self.preparing, &mut self.flushing), if !quiet => {
                     self.take_in(completion);
                 }
-                polled = self.subscription.poll(room.min(POLL_MAX), self.settings.poll_wait), if room > 0 => {
+                (subscription, polled) = poll_done(&mut self.polling), if self.polling.is_some() => {
+                    self.polling = None;
+                    self.subscription = Some(subscription);
                     match polled {
                         Ok(batch) => {
                             self.poll_after = None;
@@ -874,7 +893,11 @@ impl Consumer {
         if last.is_empty() {
             return Ok(());
         }
-        self.subscription.commit(&last).await?;
+        let Some(subscription) = self.subscription.as_mut() else {
+            // A poll has it; the next call commits.
+            return Ok(());
+        };
+        subscription.commit(&last).await?;
         for seq in &released {
             self.slots.remove(seq);
         }
@@ -923,6 +946,40 @@ async fn next_completion(
             *flushing = None;
             Completion::Flushed(done)
         }
+    }
+}
+
+/// A poll in flight, owning the subscription until it returns it with the
+/// deliveries. It lives across iterations of [`Consumer::run`]'s loop, so a
+/// fetch that has started is never dropped and repeated because something
+/// else finished first.
+type Polling = BoxFuture<'static, (Box<dyn Subscription>, LogResult<Vec<Delivery>>)>;
+
+/// Starts a poll of up to `max` deliveries waiting at most `wait`; shutdown
+/// cuts the wait short (a poll is cancel-safe, so nothing is lost).
+fn poll(
+    mut subscription: Box<dyn Subscription>,
+    max: usize,
+    wait: Duration,
+    shutdown: CancellationToken,
+) -> Polling {
+    async move {
+        let polled = tokio::select! {
+            polled = subscription.poll(max, wait) => polled,
+            _ = shutdown.cancelled() => Ok(Vec::new()),
+        };
+        (subscription, polled)
+    }
+    .boxed()
+}
+
+/// Waits for the poll in flight; never returns when there is none.
+async fn poll_done(
+    polling: &mut Option<Polling>,
+) -> (Box<dyn Subscription>, LogResult<Vec<Delivery>>) {
+    match polling.as_mut() {
+        Some(polling) => polling.await,
+        None => std::future::pending().await,
     }
 }
 
