@@ -484,41 +484,41 @@ impl StoreTx for SqliteTx {
             }
             return Ok(());
         }
+        if events.is_empty() {
+            return Ok(());
+        }
+        // Per event, two statements: take the partition's next offset (the row
+        // is created on first use; migrate pre-creates the known topics) and
+        // insert the event at it. Inside this transaction, so a rollback gives
+        // the offsets back and offsets stay gap-free. All of them go to SQLite
+        // in one round trip (sqlx binds `?` across the statements in order):
+        // with sqlx a round trip costs more than SQLite's work here.
+        const ONE: &str = r#"INSERT INTO log_partitions (topic, "partition", next_offset) VALUES (?, ?, 1)
+               ON CONFLICT (topic, "partition") DO UPDATE SET next_offset = next_offset + 1;
+             INSERT INTO event_log (topic, "partition", "offset", key, event_id, payload, created_at)
+               VALUES (?, ?, (SELECT next_offset - 1 FROM log_partitions WHERE topic = ? AND "partition" = ?),
+                       ?, ?, ?, ?);"#;
+        let sql = ONE.repeat(events.len());
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
         for event in events {
             let topic = event.topic();
             let partition = partition_for(&event.key, self.inner.partitions);
-            // Take the partition's next offset and bump it in one statement.
-            // The row is created on first use (migrate pre-creates the known
-            // topics). Inside this transaction, so a rollback gives the offset
-            // back and offsets stay gap-free.
             count("next_offset");
-            let offset = sqlx::query_scalar::<_, i64>(
-                r#"INSERT INTO log_partitions (topic, "partition", next_offset) VALUES (?, ?, 1)
-                   ON CONFLICT (topic, "partition") DO UPDATE SET next_offset = next_offset + 1
-                   RETURNING next_offset - 1"#,
-            )
-            .bind(topic)
-            .bind(partition)
-            .fetch_one(&mut *self.writer.tx)
-            .await
-            .map_err(db_err)?;
             count("append_event");
-            sqlx::query(
-                r#"INSERT INTO event_log (topic, "partition", "offset", key, event_id, payload, created_at)
-                   VALUES (?, ?, ?, ?, ?, ?, ?)"#,
-            )
-            .bind(topic)
-            .bind(partition)
-            .bind(offset)
-            .bind(&event.key)
-            .bind(uid(event.id))
-            .bind(event.to_json().to_string())
-            .bind(now)
-            .execute(&mut *self.writer.tx)
-            .await
-            .map_err(db_err)?;
+            query = query
+                .bind(topic)
+                .bind(partition)
+                .bind(topic)
+                .bind(partition)
+                .bind(topic)
+                .bind(partition)
+                .bind(&event.key)
+                .bind(uid(event.id))
+                .bind(event.to_json().to_string())
+                .bind(now);
             self.appended.push(topic);
         }
+        query.execute(&mut *self.writer.tx).await.map_err(db_err)?;
         Ok(())
     }
 
