@@ -71,3 +71,41 @@ impl SavepointStep {
         }
     }
 }
+
+/// The topics a unit of work appended events to, for after its commit (they
+/// count as published, subscribers are woken), kept right across the effect
+/// savepoint: events appended after a savepoint that is rolled back are gone.
+#[derive(Debug, Default)]
+pub(crate) struct AppendedTopics {
+    topics: Vec<&'static str>,
+    /// How many topics there were when the open savepoint was taken.
+    at_savepoint: Option<usize>,
+}
+
+impl AppendedTopics {
+    pub(crate) fn push(&mut self, topic: &'static str) {
+        self.topics.push(topic);
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.topics.len()
+    }
+
+    /// Follows a savepoint step that succeeded.
+    pub(crate) fn after(&mut self, step: SavepointStep) {
+        match step {
+            SavepointStep::Open => self.at_savepoint = Some(self.topics.len()),
+            SavepointStep::Release => self.at_savepoint = None,
+            SavepointStep::RollBack => {
+                if let Some(kept) = self.at_savepoint.take() {
+                    self.topics.truncate(kept);
+                }
+            }
+        }
+    }
+
+    /// The topics, once the transaction committed.
+    pub(crate) fn into_topics(self) -> Vec<&'static str> {
+        self.topics
+    }
+}

@@ -78,6 +78,7 @@ mod store {
         stock_reservation,
         concurrent_reservations,
         processed_marks,
+        savepoints_undo_one_effect,
         read_models,
         dead_letters,
     );
@@ -570,6 +571,7 @@ mod groups {
     //! speed.
 
     use std::collections::{BTreeMap, HashMap, HashSet};
+    use std::fmt::Display;
 
     use orderflow_adapters::postgres::log::{
         LeaseSettings, PostgresEventLog, PostgresSubscription,
@@ -595,6 +597,21 @@ mod groups {
     /// A poll's wait in the driving loops: short, so every member gets turns.
     const TURN: Duration = Duration::from_millis(100);
 
+    /// The end of a bounded wait: PATIENCE after it started.
+    struct Deadline(Instant);
+
+    impl Deadline {
+        fn start() -> Self {
+            Self(Instant::now() + PATIENCE)
+        }
+
+        /// Fails the test with `waiting_for` once the wait is over.
+        #[track_caller]
+        fn check(&self, waiting_for: impl Display) {
+            assert!(Instant::now() < self.0, "{waiting_for}");
+        }
+    }
+
     /// A fresh database and `n` stores on it (one per "process"), each with
     /// an event log with `leases`.
     async fn processes(n: usize, leases: LeaseSettings) -> (Arc<dyn Store>, Vec<PostgresEventLog>) {
@@ -610,6 +627,23 @@ mod groups {
 
     async fn join(log: &PostgresEventLog) -> PostgresSubscription {
         log.join(GROUP, &[topics::USER_EVENTS]).await.expect("join")
+    }
+
+    /// Members a and b, joined on the first two stores, once they hold three
+    /// partitions each.
+    async fn a_and_b(logs: &[PostgresEventLog]) -> (PostgresSubscription, PostgresSubscription) {
+        let mut a = join(&logs[0]).await;
+        let mut b = join(&logs[1]).await;
+        three_each(&mut a, &mut b).await;
+        (a, b)
+    }
+
+    /// Drives a and b until they hold three partitions each.
+    async fn three_each(a: &mut PostgresSubscription, b: &mut PostgresSubscription) {
+        drive_until("a and b hold three partitions each", &mut [a, b], |m| {
+            is_split(m, &[3, 3])
+        })
+        .await;
     }
 
     /// `per_partition` keys on every partition of `user.events`.
@@ -640,6 +674,18 @@ mod groups {
         (d.topic.clone(), d.partition)
     }
 
+    /// The ids of the events appended.
+    fn ids(events: &[Envelope]) -> HashSet<uuid::Uuid> {
+        events.iter().map(|e| e.id).collect()
+    }
+
+    /// The ids of the events delivered, each once.
+    fn delivered_ids<'a>(
+        deliveries: impl IntoIterator<Item = &'a Delivery>,
+    ) -> HashSet<uuid::Uuid> {
+        deliveries.into_iter().map(|d| d.envelope.id).collect()
+    }
+
     /// Assigned partition counts, when the members' assignments are disjoint
     /// and cover every partition of `user.events`; `None` otherwise.
     fn split(members: &[&mut PostgresSubscription]) -> Option<Vec<usize>> {
@@ -661,6 +707,36 @@ mod groups {
         split(members).is_some_and(|counts| counts == want)
     }
 
+    /// One turn of a member: a short poll, committed when `commit`.
+    async fn turn(member: &mut PostgresSubscription, commit: bool) -> Vec<Delivery> {
+        let batch = member.poll(100, TURN).await.expect("poll");
+        if commit {
+            member.commit(&batch).await.expect("commit");
+        }
+        batch
+    }
+
+    /// Gives every member a turn after another (committing each batch when
+    /// `commit`) until `done` holds of the members and of what each received;
+    /// fails with `waiting_for` (of what was received) once PATIENCE is over.
+    /// Returns what each member received.
+    async fn poll_until(
+        members: &mut [&mut PostgresSubscription],
+        commit: bool,
+        mut done: impl FnMut(&[&mut PostgresSubscription], &[Vec<Delivery>]) -> bool,
+        waiting_for: impl Fn(&[Vec<Delivery>]) -> String,
+    ) -> Vec<Vec<Delivery>> {
+        let deadline = Deadline::start();
+        let mut got = vec![Vec::new(); members.len()];
+        while !done(members, &got) {
+            deadline.check(waiting_for(&got));
+            for (member, got) in members.iter_mut().zip(&mut got) {
+                got.extend(turn(member, commit).await);
+            }
+        }
+        got
+    }
+
     /// Polls every member in turn (committing what each got) until `done`
     /// holds; returns what each member received meanwhile.
     async fn drive_until(
@@ -668,17 +744,13 @@ mod groups {
         members: &mut [&mut PostgresSubscription],
         mut done: impl FnMut(&[&mut PostgresSubscription]) -> bool,
     ) -> Vec<Vec<Delivery>> {
-        let deadline = Instant::now() + PATIENCE;
-        let mut got = vec![Vec::new(); members.len()];
-        while !done(members) {
-            assert!(Instant::now() < deadline, "timed out waiting until {what}");
-            for (member, got) in members.iter_mut().zip(&mut got) {
-                let batch = member.poll(100, TURN).await.expect("poll");
-                member.commit(&batch).await.expect("commit");
-                got.extend(batch);
-            }
-        }
-        got
+        poll_until(
+            members,
+            true,
+            |members, _| done(members),
+            |_| format!("timed out waiting until {what}"),
+        )
+        .await
     }
 
     /// Polls every member in turn until `count` deliveries arrived in all;
@@ -688,23 +760,14 @@ mod groups {
         count: usize,
         commit: bool,
     ) -> Vec<Vec<Delivery>> {
-        let deadline = Instant::now() + PATIENCE;
-        let mut got = vec![Vec::new(); members.len()];
-        while got.iter().map(Vec::len).sum::<usize>() < count {
-            assert!(
-                Instant::now() < deadline,
-                "expected {count} deliveries, got {}",
-                got.iter().map(Vec::len).sum::<usize>()
-            );
-            for (member, got) in members.iter_mut().zip(&mut got) {
-                let batch = member.poll(100, TURN).await.expect("poll");
-                if commit {
-                    member.commit(&batch).await.expect("commit");
-                }
-                got.extend(batch);
-            }
-        }
-        got
+        let total = |got: &[Vec<Delivery>]| got.iter().map(Vec::len).sum::<usize>();
+        poll_until(
+            members,
+            commit,
+            |_, got| total(got) >= count,
+            |got| format!("expected {count} deliveries, got {}", total(got)),
+        )
+        .await
     }
 
     /// Committed offsets of the group per partition of `user.events`.
@@ -726,6 +789,12 @@ mod groups {
             .filter(|l| l.group == GROUP)
             .map(|l| l.lag)
             .sum()
+    }
+
+    /// Whether the database names `member` the owner of every lease.
+    async fn owns_every_lease(log: &PostgresEventLog, member: &PostgresSubscription) -> bool {
+        let owners = log.owners(GROUP).await.unwrap();
+        owners.iter().all(|o| o.owner == Some(member.member_id()))
     }
 
     /// Per partition, the offset after the highest delivery.
@@ -776,12 +845,7 @@ mod groups {
             "a member alone holds every partition from the start"
         );
         let mut b = join(&logs[1]).await;
-        drive_until(
-            "a and b hold three partitions each",
-            &mut [&mut a, &mut b],
-            |m| is_split(m, &[3, 3]),
-        )
-        .await;
+        three_each(&mut a, &mut b).await;
         let (mine_a, mine_b) = (a.assigned(), b.assigned());
 
         // The database says the same.
@@ -814,12 +878,11 @@ mod groups {
             (30, 30),
             "each owns three partitions of ten events"
         );
-        let delivered: HashSet<uuid::Uuid> =
-            by_a.iter().chain(by_b).map(|d| d.envelope.id).collect();
+        let delivered = delivered_ids(by_a.iter().chain(by_b));
         assert_eq!(delivered.len(), appended.len(), "no event went to both");
-        assert_eq!(delivered, appended.iter().map(|e| e.id).collect());
-        assert!(a.poll(100, TURN).await.unwrap().is_empty());
-        assert!(b.poll(100, TURN).await.unwrap().is_empty());
+        assert_eq!(delivered, ids(&appended));
+        assert!(turn(&mut a, false).await.is_empty());
+        assert!(turn(&mut b, false).await.is_empty());
         assert_eq!(total_lag(&logs[0]).await, 0);
     }
 
@@ -830,14 +893,7 @@ mod groups {
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn a_dead_members_partitions_are_taken_over() {
         let (store, logs) = processes(2, short_leases()).await;
-        let mut a = join(&logs[0]).await;
-        let mut b = join(&logs[1]).await;
-        drive_until(
-            "a and b hold three partitions each",
-            &mut [&mut a, &mut b],
-            |m| is_split(m, &[3, 3]),
-        )
-        .await;
+        let (mut a, mut b) = a_and_b(&logs).await;
         let mine_a = a.assigned();
         let keys = keys(5);
 
@@ -875,19 +931,20 @@ mod groups {
         a.stop_renewing();
         drop(a);
 
-        let mut redelivered = Vec::new();
-        let deadline = Instant::now() + PATIENCE;
-        while redelivered.len() < uncommitted.len() {
-            assert!(
-                Instant::now() < deadline,
-                "b did not take over a's partitions: got {} of {} events",
-                redelivered.len(),
-                uncommitted.len()
-            );
-            let batch = b.poll(100, TURN).await.unwrap();
-            b.commit(&batch).await.unwrap();
-            redelivered.extend(batch);
-        }
+        let got = poll_until(
+            &mut [&mut b],
+            true,
+            |_, got| got[0].len() >= uncommitted.len(),
+            |got| {
+                format!(
+                    "b did not take over a's partitions: got {} of {} events",
+                    got[0].len(),
+                    uncommitted.len()
+                )
+            },
+        )
+        .await;
+        let redelivered = &got[0];
         assert_eq!(b.assigned().len(), PARTITIONS, "b holds every partition");
         let positions: BTreeSet<(i32, i64)> = redelivered
             .iter()
@@ -898,16 +955,14 @@ mod groups {
             positions, uncommitted,
             "b resumes at a's committed offsets: nothing lost, nothing committed comes again"
         );
-        assert!(b.poll(100, TURN).await.unwrap().is_empty());
+        assert!(turn(&mut b, false).await.is_empty());
 
         // And the survivor carries on with everything.
         let third = append_round(&store, &keys).await;
         let got = receive(&mut [&mut b], third.len(), true).await;
-        let ids: HashSet<uuid::Uuid> = got[0].iter().map(|d| d.envelope.id).collect();
-        assert_eq!(ids, third.iter().map(|e| e.id).collect());
+        assert_eq!(delivered_ids(&got[0]), ids(&third));
         assert_eq!(total_lag(&logs[0]).await, 0);
-        let owners = logs[1].owners(GROUP).await.unwrap();
-        assert!(owners.iter().all(|o| o.owner == Some(b.member_id())));
+        assert!(owns_every_lease(&logs[1], &b).await);
     }
 
     /// A member whose lease ran out (frozen, not dead) stops delivering, and
@@ -916,14 +971,7 @@ mod groups {
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn a_member_whose_lease_ran_out_is_fenced() {
         let (store, logs) = processes(2, short_leases()).await;
-        let mut a = join(&logs[0]).await;
-        let mut b = join(&logs[1]).await;
-        drive_until(
-            "a and b hold three partitions each",
-            &mut [&mut a, &mut b],
-            |m| is_split(m, &[3, 3]),
-        )
-        .await;
+        let (mut a, mut b) = a_and_b(&logs).await;
         let keys = keys(5);
         append_round(&store, &keys).await;
         let got = receive(&mut [&mut a, &mut b], 30, false).await;
@@ -934,14 +982,14 @@ mod groups {
         // a's events again (never committed), without committing them yet.
         a.stop_renewing();
         let mut by_b = got[1].clone();
-        let deadline = Instant::now() + PATIENCE;
-        while by_b.len() < 30 || b.assigned().len() < PARTITIONS {
-            assert!(
-                Instant::now() < deadline,
-                "b did not take a's partitions over"
-            );
-            by_b.extend(b.poll(100, TURN).await.unwrap());
-        }
+        let again = poll_until(
+            &mut [&mut b],
+            false,
+            |b, again| by_b.len() + again[0].len() >= 30 && b[0].assigned().len() >= PARTITIONS,
+            |_| "b did not take a's partitions over".into(),
+        )
+        .await;
+        by_b.extend(again.into_iter().flatten());
         assert_eq!(by_b.len(), 30, "b gets a's uncommitted events once");
 
         assert!(
@@ -950,7 +998,7 @@ mod groups {
         );
         append_round(&store, &keys).await;
         assert!(
-            a.poll(100, TURN).await.unwrap().is_empty(),
+            turn(&mut a, false).await.is_empty(),
             "a delivers nothing once its leases may have expired"
         );
         let before = committed(&logs[0]).await;
@@ -970,9 +1018,8 @@ mod groups {
             assert_eq!(after[&partition], next);
         }
         drop(a);
-        let owners = logs[1].owners(GROUP).await.unwrap();
         assert!(
-            owners.iter().all(|o| o.owner == Some(b.member_id())),
+            owns_every_lease(&logs[1], &b).await,
             "the frozen member's drop releases nothing it lost"
         );
     }
@@ -989,14 +1036,7 @@ mod groups {
             renew_every: Duration::from_millis(300),
         };
         let (store, logs) = processes(3, leases).await;
-        let mut a = join(&logs[0]).await;
-        let mut b = join(&logs[1]).await;
-        drive_until(
-            "a and b hold three partitions each",
-            &mut [&mut a, &mut b],
-            |m| is_split(m, &[3, 3]),
-        )
-        .await;
+        let (mut a, mut b) = a_and_b(&logs).await;
         let keys = keys(5);
         let first = append_round(&store, &keys).await;
         let in_flight = receive(&mut [&mut a, &mut b], first.len(), false).await;
@@ -1004,15 +1044,15 @@ mod groups {
         // Every partition has deliveries in flight: a and b stop delivering
         // their surplus, but nothing is handed to c yet.
         let mut c = join(&logs[2]).await;
-        let deadline = Instant::now() + PATIENCE;
+        let deadline = Deadline::start();
         let mut extra_rounds = 5;
         while extra_rounds > 0 {
-            assert!(Instant::now() < deadline, "a and b never noticed c");
+            deadline.check("a and b never noticed c");
             if a.assigned().len() == 2 && b.assigned().len() == 2 {
                 extra_rounds -= 1;
             }
             for member in [&mut a, &mut b, &mut c] {
-                let batch = member.poll(100, TURN).await.unwrap();
+                let batch = turn(member, false).await;
                 assert!(batch.is_empty(), "nothing new, nothing again: {batch:?}");
             }
             assert!(
@@ -1045,8 +1085,7 @@ mod groups {
             );
             assert!(got.iter().all(|d| mine.contains(&partition_of(d))));
         }
-        let ids: HashSet<uuid::Uuid> = got.iter().flatten().map(|d| d.envelope.id).collect();
-        assert_eq!(ids, second.iter().map(|e| e.id).collect());
+        assert_eq!(delivered_ids(got.iter().flatten()), ids(&second));
         assert_eq!(total_lag(&logs[0]).await, 0);
     }
 
@@ -1056,14 +1095,7 @@ mod groups {
     async fn a_busy_member_keeps_its_leases() {
         let leases = short_leases();
         let (_store, logs) = processes(2, leases).await;
-        let mut a = join(&logs[0]).await;
-        let mut b = join(&logs[1]).await;
-        drive_until(
-            "a and b hold three partitions each",
-            &mut [&mut a, &mut b],
-            |m| is_split(m, &[3, 3]),
-        )
-        .await;
+        let (mut a, mut b) = a_and_b(&logs).await;
         let before = logs[0].owners(GROUP).await.unwrap();
         // Deliberate: let two lease times pass without a poll or a commit.
         tokio::time::sleep(leases.lease * 2).await;
@@ -1089,17 +1121,12 @@ mod groups {
         }
         let mut got: Vec<Delivery> = Vec::new();
         let mut dropped = 0;
-        let deadline = Instant::now() + PATIENCE;
+        let deadline = Deadline::start();
         for step in 0u64.. {
             if got.len() >= appended.len() {
                 break;
             }
-            assert!(
-                Instant::now() < deadline,
-                "got {} of {}",
-                got.len(),
-                appended.len()
-            );
+            deadline.check(format_args!("got {} of {}", got.len(), appended.len()));
             // From nothing to a few milliseconds: many polls are dropped
             // in the middle of their reads.
             let budget = Duration::from_micros(100 * (step % 40));
@@ -1109,10 +1136,9 @@ mod groups {
             }
         }
         assert!(dropped > 0, "some polls were dropped");
-        let ids: Vec<uuid::Uuid> = got.iter().map(|d| d.envelope.id).collect();
-        let unique: HashSet<uuid::Uuid> = ids.iter().copied().collect();
-        assert_eq!(unique.len(), ids.len(), "nothing twice");
-        assert_eq!(unique, appended.iter().map(|e| e.id).collect());
+        let unique = delivered_ids(&got);
+        assert_eq!(unique.len(), got.len(), "nothing twice");
+        assert_eq!(unique, ids(&appended));
         let mut per_partition: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
         for d in &got {
             per_partition.entry(d.partition).or_default().push(d.offset);
@@ -1137,14 +1163,7 @@ mod groups {
             renew_every: Duration::from_millis(500),
         };
         let (_store, logs) = processes(2, leases).await;
-        let mut a = join(&logs[0]).await;
-        let mut b = join(&logs[1]).await;
-        drive_until(
-            "a and b hold three partitions each",
-            &mut [&mut a, &mut b],
-            |m| is_split(m, &[3, 3]),
-        )
-        .await;
+        let (a, mut b) = a_and_b(&logs).await;
         drop(a);
         drive_until(
             "b holds every partition (well within PATIENCE < the lease)",
@@ -1195,7 +1214,7 @@ mod groups {
             if phase == 1 {
                 c = Some(join(&logs[2]).await);
             }
-            let deadline = Instant::now() + PATIENCE;
+            let deadline = Deadline::start();
             loop {
                 let mut members: Vec<&mut PostgresSubscription> = Vec::new();
                 if phase < 2 {
@@ -1213,7 +1232,7 @@ mod groups {
                 if is_split(&members, want) {
                     break;
                 }
-                assert!(Instant::now() < deadline, "phase {phase} never settled");
+                deadline.check(format_args!("phase {phase} never settled"));
                 appended.extend(append_round(&store, &keys).await);
                 for member in members {
                     let batch = member.poll(50, TURN).await.unwrap();
@@ -1234,18 +1253,15 @@ mod groups {
 
         // Whatever is left goes to b and c.
         let mut c = c.expect("c joined");
-        let deadline = Instant::now() + PATIENCE;
+        let deadline = Deadline::start();
         while handled.ids.len() < appended.len() {
-            assert!(
-                Instant::now() < deadline,
+            deadline.check(format_args!(
                 "handled {} of {} events",
                 handled.ids.len(),
                 appended.len()
-            );
+            ));
             for member in [&mut b, &mut c] {
-                let batch = member.poll(100, TURN).await.unwrap();
-                handled.handle(&batch);
-                member.commit(&batch).await.unwrap();
+                handled.handle(&turn(member, true).await);
             }
         }
         for key in &keys {

@@ -1107,7 +1107,7 @@ async fn write_all(
     if let Some(results) = write_optimistically(group, store, items).await? {
         return Ok(results);
     }
-    let mut tx = store.begin_background().await?;
+    let mut tx = store.begin_group_commit(group).await?;
     let mut results = Vec::with_capacity(items.len());
     let mut failed_keys: HashSet<String> = HashSet::new();
     for item in items.iter_mut() {
@@ -1140,7 +1140,7 @@ async fn write_optimistically(
     store: &dyn Store,
     items: &mut [FlushItem],
 ) -> Result<Option<Vec<ItemResult>>, WorkerError> {
-    let mut tx = store.begin_background().await?;
+    let mut tx = store.begin_group_commit(group).await?;
     let mut results = Vec::with_capacity(items.len());
     for item in items.iter_mut() {
         match apply_item(group, tx.as_mut(), item).await {
@@ -1202,7 +1202,7 @@ pub async fn handle_once(
         Prepared::Effect(effect) => effect,
     };
     let mut work = Work::Effect(effect);
-    let mut tx = store.begin_background().await?;
+    let mut tx = store.begin_group_commit(handler.group()).await?;
     let finished = write_one(handler.group(), tx.as_mut(), delivery, &mut work).await?;
     tx.commit().await?;
     let Finished::Handled(handled) = finished else {

@@ -465,9 +465,19 @@ impl ConsumerContext for MemberContext {
 /// once instead of after the session timeout).
 fn pump(consumer: Arc<BaseConsumer<MemberContext>>, shared: Arc<Shared>, prefix: String) {
     let mut paused = false;
+    // Rebalances seen by the last pause or resume.
+    let mut applied_assignments = 0;
     while !shared.stop.load(Ordering::Acquire) {
-        let full = lock(&shared.state).buffer.len() >= BUFFER_HIGH;
-        if full || paused {
+        let (full, assignments) = {
+            let state = lock(&shared.state);
+            (state.buffer.len() >= BUFFER_HIGH, state.assignments)
+        };
+        // Also after every rebalance: a partition paused while this member
+        // held it before may come back still paused (librdkafka keeps the
+        // pause with the partition), and nothing else would resume it. One
+        // run of the multi-process test had a group stuck at a committed
+        // offset that the broker served fine to another client.
+        if full || paused || assignments != applied_assignments {
             // Re-applied every round while full: partitions assigned since
             // the last pause must be paused too.
             if let Ok(assignment) = consumer.assignment() {
@@ -477,7 +487,10 @@ fn pump(consumer: Arc<BaseConsumer<MemberContext>>, shared: Arc<Shared>, prefix:
                     consumer.resume(&assignment)
                 };
                 match result {
-                    Ok(()) => paused = full,
+                    Ok(()) => {
+                        paused = full;
+                        applied_assignments = assignments;
+                    }
                     Err(error) => {
                         tracing::warn!(%error, full, "pausing or resuming fetches failed")
                     }

@@ -97,6 +97,11 @@ impl PostgresStore {
     }
 }
 
+/// First key of the advisory locks that serialise one consumer group's
+/// group commits across processes (the second is a hash of the group name).
+/// An arbitrary constant, apart from the other advisory locks orderflow takes.
+const GROUP_COMMIT_LOCK: i32 = 0x0_6C0D;
+
 #[async_trait]
 impl Store for PostgresStore {
     async fn migrate(&self) -> StoreResult<()> {
@@ -115,6 +120,26 @@ impl Store for PostgresStore {
     async fn begin(&self) -> StoreResult<Box<dyn StoreTx>> {
         count("begin");
         let tx = self.inner().pool.begin().await.map_err(db_err)?;
+        Ok(Box::new(PostgresTx::new(
+            self.inner().clone(),
+            tx,
+            self.event_destination(),
+        )))
+    }
+
+    /// Takes `pg_advisory_xact_lock(GROUP_COMMIT_LOCK, hashtext(group))`
+    /// first, so the group commits of one group's members serialise (see the
+    /// port); it is released with the transaction.
+    async fn begin_group_commit(&self, group: &str) -> StoreResult<Box<dyn StoreTx>> {
+        count("begin");
+        let mut tx = self.inner().pool.begin().await.map_err(db_err)?;
+        count("group_commit_lock");
+        sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
+            .bind(GROUP_COMMIT_LOCK)
+            .bind(group)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
         Ok(Box::new(PostgresTx::new(
             self.inner().clone(),
             tx,

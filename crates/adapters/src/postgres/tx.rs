@@ -23,7 +23,7 @@ use sqlx::{Connection, Postgres, Transaction};
 
 use super::store::load_order;
 use super::{Inner, NOTIFY_CHANNEL, count, db_err, partition_for, rows};
-use crate::SavepointStep;
+use crate::{AppendedTopics, SavepointStep};
 
 /// First key of the advisory locks that serialise the reservation and
 /// release of one order (the second key is a hash of the order id). An
@@ -43,9 +43,7 @@ pub struct PostgresTx {
     destination: EventDestination,
     /// Topics of the events appended so far: counted as published, and this
     /// process's subscribers woken, only once the commit succeeded.
-    appended: Vec<&'static str>,
-    /// `appended.len()` when the open savepoint was taken.
-    savepoint: Option<usize>,
+    appended: AppendedTopics,
 }
 
 impl std::fmt::Debug for PostgresTx {
@@ -67,8 +65,7 @@ impl PostgresTx {
             tx,
             inner,
             destination,
-            appended: Vec::new(),
-            savepoint: None,
+            appended: AppendedTopics::default(),
         }
     }
 
@@ -78,6 +75,7 @@ impl PostgresTx {
             .execute(&mut *self.tx)
             .await
             .map_err(db_err)?;
+        self.appended.after(step);
         Ok(())
     }
 
@@ -676,23 +674,15 @@ impl StoreTx for PostgresTx {
     }
 
     async fn savepoint(&mut self) -> StoreResult<()> {
-        self.savepoint_step(SavepointStep::Open).await?;
-        self.savepoint = Some(self.appended.len());
-        Ok(())
+        self.savepoint_step(SavepointStep::Open).await
     }
 
     async fn release_savepoint(&mut self) -> StoreResult<()> {
-        self.savepoint_step(SavepointStep::Release).await?;
-        self.savepoint = None;
-        Ok(())
+        self.savepoint_step(SavepointStep::Release).await
     }
 
     async fn rollback_to_savepoint(&mut self) -> StoreResult<()> {
-        self.savepoint_step(SavepointStep::RollBack).await?;
-        if let Some(appended) = self.savepoint.take() {
-            self.appended.truncate(appended);
-        }
-        Ok(())
+        self.savepoint_step(SavepointStep::RollBack).await
     }
 
     async fn commit(self: Box<Self>) -> StoreResult<()> {
@@ -701,8 +691,8 @@ impl StoreTx for PostgresTx {
             inner,
             destination,
             appended,
-            savepoint: _,
         } = *self;
+        let appended = appended.into_topics();
         count("commit");
         tx.commit().await.map_err(db_err)?;
         // Outbox rows are published (and counted) by the relay, once the

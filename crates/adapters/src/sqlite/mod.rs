@@ -31,7 +31,7 @@
 //! then only needed against other processes. The queue has two priorities:
 //! a request's write ([`Store::begin`](orderflow_core::ports::store::Store::begin),
 //! the single-statement writes of the store) goes ahead of every queued
-//! background write ([`Store::begin_background`](orderflow_core::ports::store::Store::begin_background):
+//! background write ([`Store::begin_group_commit`](orderflow_core::ports::store::Store::begin_group_commit):
 //! consumer group commits, offset commits, the relay), so an order waits at
 //! most for the one write that holds the lock. The lock is held for the
 //! statements only: nobody calls a provider or waits for anything else while

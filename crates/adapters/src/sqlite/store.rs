@@ -122,7 +122,9 @@ impl Store for SqliteStore {
         Ok(Box::new(SqliteTx::new(self.inner().clone(), writer)))
     }
 
-    async fn begin_background(&self) -> StoreResult<Box<dyn StoreTx>> {
+    /// A background writer: one writer per database already, so the group
+    /// needs no lock of its own.
+    async fn begin_group_commit(&self, _group: &str) -> StoreResult<Box<dyn StoreTx>> {
         let writer = self.inner().begin_write(WritePriority::Background).await?;
         Ok(Box::new(SqliteTx::new(self.inner().clone(), writer)))
     }

@@ -23,7 +23,7 @@ use orderflow_domain::{EventId, OrderId, ProductId, Timestamp, UserId};
 use super::log::partition_for;
 use super::store::load_order;
 use super::{Inner, Writer, count, db_err, micros, rows, uid};
-use crate::SavepointStep;
+use crate::{AppendedTopics, SavepointStep};
 
 /// A unit of work on the embedded database. Dropping it without
 /// [`StoreTx::commit`] rolls everything back, appended events included.
@@ -32,9 +32,7 @@ pub struct SqliteTx {
     inner: Arc<Inner>,
     /// Topics of the events appended so far: counted as published, and
     /// subscribers woken, only once the commit succeeded.
-    appended: Vec<&'static str>,
-    /// `appended.len()` when the open savepoint was taken.
-    savepoint: Option<usize>,
+    appended: AppendedTopics,
 }
 
 impl SqliteTx {
@@ -44,6 +42,7 @@ impl SqliteTx {
             .execute(&mut *self.writer.tx)
             .await
             .map_err(db_err)?;
+        self.appended.after(step);
         Ok(())
     }
 
@@ -51,8 +50,7 @@ impl SqliteTx {
         Self {
             writer,
             inner,
-            appended: Vec::new(),
-            savepoint: None,
+            appended: AppendedTopics::default(),
         }
     }
 }
@@ -563,23 +561,15 @@ impl StoreTx for SqliteTx {
     }
 
     async fn savepoint(&mut self) -> StoreResult<()> {
-        self.savepoint_step(SavepointStep::Open).await?;
-        self.savepoint = Some(self.appended.len());
-        Ok(())
+        self.savepoint_step(SavepointStep::Open).await
     }
 
     async fn release_savepoint(&mut self) -> StoreResult<()> {
-        self.savepoint_step(SavepointStep::Release).await?;
-        self.savepoint = None;
-        Ok(())
+        self.savepoint_step(SavepointStep::Release).await
     }
 
     async fn rollback_to_savepoint(&mut self) -> StoreResult<()> {
-        self.savepoint_step(SavepointStep::RollBack).await?;
-        if let Some(appended) = self.savepoint.take() {
-            self.appended.truncate(appended);
-        }
-        Ok(())
+        self.savepoint_step(SavepointStep::RollBack).await
     }
 
     async fn commit(self: Box<Self>) -> StoreResult<()> {
@@ -587,8 +577,8 @@ impl StoreTx for SqliteTx {
             writer,
             inner,
             appended,
-            savepoint: _,
         } = *self;
+        let appended = appended.into_topics();
         writer.commit().await?;
         if !appended.is_empty() {
             for topic in appended {

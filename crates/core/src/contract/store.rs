@@ -1030,7 +1030,7 @@ pub async fn savepoints_undo_one_effect(store: Arc<dyn Store>) {
         uuid::Uuid::now_v7(),
     );
 
-    let mut tx = store.begin_background().await.unwrap();
+    let mut tx = store.begin_group_commit("inventory").await.unwrap();
     tx.savepoint().await.unwrap();
     assert!(tx.mark_processed("inventory", first).await.unwrap());
     assert_eq!(

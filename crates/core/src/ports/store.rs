@@ -185,11 +185,15 @@ pub trait Store: Send + Sync + 'static {
     /// idempotency) are serialized by the adapter (row locks, or SQLite's
     /// single writer).
     async fn begin(&self) -> StoreResult<Box<dyn StoreTx>>;
-    /// Starts a unit of work for background writers (consumer group commits),
-    /// which may wait behind requests: on SQLite's single writer a request's
-    /// [`Store::begin`] is served before every queued background one. Where
-    /// writers do not queue (PostgreSQL), the same as `begin`.
-    async fn begin_background(&self) -> StoreResult<Box<dyn StoreTx>> {
+    /// Starts the unit of work of one group commit of consumer group
+    /// `group`. It may wait behind requests: on SQLite's single writer a
+    /// request's [`Store::begin`] is served before every queued group
+    /// commit. On PostgreSQL, group commits of one group run one at a time
+    /// across processes (a transaction-scoped advisory lock): two members'
+    /// flushes would otherwise lock the same rows (a product's stock, a day's
+    /// sales) in different orders and deadlock.
+    async fn begin_group_commit(&self, group: &str) -> StoreResult<Box<dyn StoreTx>> {
+        let _ = group;
         self.begin().await
     }
 
