@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Once;
 
 use plotters::coord::Shift;
+use plotters::coord::ranged1d::ValueFormatter;
 use plotters::prelude::*;
 
 use crate::BenchError;
@@ -33,71 +34,78 @@ pub fn write_all(report: &BenchReport, dir: &Path) -> Result<Vec<PathBuf>, Bench
     register_font();
     std::fs::create_dir_all(dir)
         .map_err(|e| BenchError::Output(format!("{}: {e}", dir.display())))?;
-    let mut written = Vec::new();
+    let mut charts = Vec::new();
     if !report.architectures.is_empty() {
-        written.extend(both(
-            dir,
-            "latency-percentiles",
-            |r| latency_chart(report, r),
-            |r| latency_chart(report, r),
-        )?);
+        charts.push(("latency-percentiles", Chart::Latency));
     }
     if report.sustained.iter().any(|s| !s.steps.is_empty()) {
-        let (confirm, lag) = (SustainedAxis::ConfirmP99, SustainedAxis::LagMax);
-        written.extend(both(
-            dir,
+        charts.push((
             "sustained-confirm-p99",
-            |r| sustained_chart(report, r, confirm),
-            |r| sustained_chart(report, r, confirm),
-        )?);
-        written.extend(both(
-            dir,
-            "sustained-lag",
-            |r| sustained_chart(report, r, lag),
-            |r| sustained_chart(report, r, lag),
-        )?);
+            Chart::Sustained(SustainedAxis::ConfirmP99),
+        ));
+        charts.push(("sustained-lag", Chart::Sustained(SustainedAxis::LagMax)));
     }
     if report.architectures.iter().any(|a| !a.sweep.is_empty()) {
-        let (throughput, p99) = (SweepAxis::Throughput, SweepAxis::P99);
-        written.extend(both(
-            dir,
-            "sweep-throughput",
-            |r| sweep_chart(report, r, throughput),
-            |r| sweep_chart(report, r, throughput),
-        )?);
-        written.extend(both(
-            dir,
-            "sweep-p99",
-            |r| sweep_chart(report, r, p99),
-            |r| sweep_chart(report, r, p99),
-        )?);
+        charts.push(("sweep-throughput", Chart::Sweep(SweepAxis::Throughput)));
+        charts.push(("sweep-p99", Chart::Sweep(SweepAxis::P99)));
+    }
+    let mut written = Vec::new();
+    for (name, chart) in charts {
+        let svg = dir.join(format!("{name}.svg"));
+        let png = dir.join(format!("{name}.png"));
+        render(
+            SVGBackend::new(&svg, SIZE).into_drawing_area(),
+            report,
+            chart,
+        )?;
+        render(
+            BitMapBackend::new(&png, SIZE).into_drawing_area(),
+            report,
+            chart,
+        )?;
+        written.extend([svg, png]);
     }
     Ok(written)
 }
 
-/// Draws one chart into an SVG and a PNG file.
-/// (Two closures because one closure cannot be generic over the backend.)
-fn both(
-    dir: &Path,
-    name: &str,
-    draw_svg: impl Fn(&DrawingArea<SVGBackend, Shift>) -> Result<(), String>,
-    draw_png: impl Fn(&DrawingArea<BitMapBackend, Shift>) -> Result<(), String>,
-) -> Result<Vec<PathBuf>, BenchError> {
-    let svg = dir.join(format!("{name}.svg"));
-    let png = dir.join(format!("{name}.png"));
-    {
-        let root = SVGBackend::new(&svg, SIZE).into_drawing_area();
-        draw_svg(&root).map_err(BenchError::Output)?;
-        root.present()
-            .map_err(|e| BenchError::Output(e.to_string()))?;
+/// One of the charts a report can have.
+#[derive(Clone, Copy)]
+enum Chart {
+    Latency,
+    Sustained(SustainedAxis),
+    Sweep(SweepAxis),
+}
+
+/// Draws `chart` on a white `root` and writes it out.
+fn render<DB: DrawingBackend>(
+    root: DrawingArea<DB, Shift>,
+    report: &BenchReport,
+    chart: Chart,
+) -> Result<(), BenchError> {
+    root.fill(&WHITE)
+        .map_err(|e| BenchError::Output(e.to_string()))?;
+    match chart {
+        Chart::Latency => latency_chart(report, &root),
+        Chart::Sustained(axis) => sustained_chart(report, &root, axis),
+        Chart::Sweep(axis) => sweep_chart(report, &root, axis),
     }
-    {
-        let root = BitMapBackend::new(&png, SIZE).into_drawing_area();
-        draw_png(&root).map_err(BenchError::Output)?;
-        root.present()
-            .map_err(|e| BenchError::Output(e.to_string()))?;
-    }
-    Ok(vec![svg, png])
+    .map_err(BenchError::Output)?;
+    root.present()
+        .map_err(|e| BenchError::Output(e.to_string()))
+}
+
+/// A chart with `caption` and the room every chart here leaves for labels.
+fn builder<'a, 'b, DB: DrawingBackend>(
+    root: &'a DrawingArea<DB, Shift>,
+    caption: &str,
+) -> ChartBuilder<'a, 'b, DB> {
+    let mut builder = ChartBuilder::on(root);
+    builder
+        .caption(caption, ("sans-serif", 24))
+        .margin(16)
+        .x_label_area_size(40)
+        .y_label_area_size(70);
+    builder
 }
 
 const PERCENTILES: [f64; 8] = [50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 100.0];
@@ -106,7 +114,6 @@ fn latency_chart<DB: DrawingBackend>(
     report: &BenchReport,
     root: &DrawingArea<DB, Shift>,
 ) -> Result<(), String> {
-    root.fill(&WHITE).map_err(|e| e.to_string())?;
     let max = report
         .architectures
         .iter()
@@ -118,14 +125,7 @@ fn latency_chart<DB: DrawingBackend>(
         .flat_map(|a| a.percentiles.iter().map(|(_, v)| *v))
         .filter(|v| *v > 0.0)
         .fold(max, f64::min);
-    let mut chart = ChartBuilder::on(root)
-        .caption(
-            "Response time by percentile (lower is better)",
-            ("sans-serif", 24),
-        )
-        .margin(16)
-        .x_label_area_size(40)
-        .y_label_area_size(70)
+    let mut chart = builder(root, "Response time by percentile (lower is better)")
         .build_cartesian_2d(
             0usize..PERCENTILES.len() - 1,
             ((min * 0.8).max(0.01)..max * 1.25).log_scale(),
@@ -167,7 +167,6 @@ fn sweep_chart<DB: DrawingBackend>(
     root: &DrawingArea<DB, Shift>,
     axis: SweepAxis,
 ) -> Result<(), String> {
-    root.fill(&WHITE).map_err(|e| e.to_string())?;
     let steps = report.architectures.iter().flat_map(|a| a.sweep.iter());
     let max_offered = steps.clone().map(|s| s.offered_rps).fold(1.0f64, f64::max);
     let value = |s: &crate::report::SweepStep| match axis {
@@ -185,23 +184,13 @@ fn sweep_chart<DB: DrawingBackend>(
             "p99 milliseconds (log scale)",
         ),
     };
-    let mut chart = ChartBuilder::on(root)
-        .caption(caption, ("sans-serif", 24))
-        .margin(16)
-        .x_label_area_size(40)
-        .y_label_area_size(70)
+    let mut chart = builder(root, caption)
         .build_cartesian_2d(
             (1.0f64..max_offered * 1.5).log_scale(),
             (0.1f64..max_value * 1.5).log_scale(),
         )
         .map_err(|e| e.to_string())?;
-    chart
-        .configure_mesh()
-        .x_desc("offered load, requests/s (log scale)")
-        .y_desc(y_desc)
-        .label_style(("sans-serif", 14))
-        .draw()
-        .map_err(|e| e.to_string())?;
+    draw_mesh(&mut chart, "offered load, requests/s (log scale)", y_desc)?;
     let lines = report.architectures.iter().map(|arch| {
         let points = arch
             .sweep
@@ -226,7 +215,6 @@ fn sustained_chart<DB: DrawingBackend>(
     root: &DrawingArea<DB, Shift>,
     axis: SustainedAxis,
 ) -> Result<(), String> {
-    root.fill(&WHITE).map_err(|e| e.to_string())?;
     let value = |s: &crate::sustained::SustainedStep| match axis {
         // Log scales: a floor keeps 0 (v1's lag) on the chart.
         SustainedAxis::ConfirmP99 => s.confirm_p99_ms.unwrap_or(0.0).max(0.1),
@@ -258,23 +246,17 @@ fn sustained_chart<DB: DrawingBackend>(
     // Linear rates (a log axis over less than a decade has no labels);
     // headroom above the highest value for the legend.
     let x_range = 0.0..max_offered * 1.1;
-    let mut chart = ChartBuilder::on(root)
-        .caption(caption, ("sans-serif", 24))
-        .margin(16)
-        .x_label_area_size(40)
-        .y_label_area_size(70)
+    let mut chart = builder(root, caption)
         .build_cartesian_2d(
             x_range.clone(),
             ((min_value * 0.5).max(0.1)..max_value * 8.0).log_scale(),
         )
         .map_err(|e| e.to_string())?;
-    chart
-        .configure_mesh()
-        .x_desc("offered orders/s (hollow dot: not held)")
-        .y_desc(y_desc)
-        .label_style(("sans-serif", 14))
-        .draw()
-        .map_err(|e| e.to_string())?;
+    draw_mesh(
+        &mut chart,
+        "offered orders/s (hollow dot: not held)",
+        y_desc,
+    )?;
     if let SustainedAxis::ConfirmP99 = axis {
         chart
             .draw_series(DashedLineSeries::new(
@@ -294,13 +276,12 @@ fn sustained_chart<DB: DrawingBackend>(
             .iter()
             .map(|s| (s.offered_rps, value(s)))
             .collect();
-        chart
-            .draw_series(LineSeries::new(points, color.stroke_width(3)))
-            .map_err(|e| e.to_string())?
-            .label(format!("{}: {}", run.name, run.label))
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3))
-            });
+        draw_line(
+            &mut chart,
+            format!("{}: {}", run.name, run.label),
+            points,
+            color,
+        )?;
         chart
             .draw_series(run.steps.iter().map(|s| {
                 let style = if s.held {
@@ -312,14 +293,7 @@ fn sustained_chart<DB: DrawingBackend>(
             }))
             .map_err(|e| e.to_string())?;
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.9))
-        .border_style(BLACK)
-        .label_font(("sans-serif", 16))
-        .position(SeriesLabelPosition::UpperLeft)
-        .draw()
-        .map_err(|e| e.to_string())
+    draw_legend(&mut chart)
 }
 
 /// A labelled series of (x, y) points.
@@ -339,13 +313,7 @@ where
 {
     for (index, (label, points)) in lines.into_iter().enumerate() {
         let color = COLORS[index % COLORS.len()];
-        chart
-            .draw_series(LineSeries::new(points.clone(), color.stroke_width(3)))
-            .map_err(|e| e.to_string())?
-            .label(label)
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3))
-            });
+        draw_line(chart, label, points.clone(), color)?;
         chart
             .draw_series(
                 points
@@ -354,6 +322,60 @@ where
             )
             .map_err(|e| e.to_string())?;
     }
+    draw_legend(chart)
+}
+
+/// The grid, with the axes described.
+fn draw_mesh<'a, DB, X, Y>(
+    chart: &mut ChartContext<'a, DB, Cartesian2d<X, Y>>,
+    x_desc: &str,
+    y_desc: &str,
+) -> Result<(), String>
+where
+    DB: DrawingBackend + 'a,
+    X: Ranged + ValueFormatter<X::ValueType>,
+    Y: Ranged + ValueFormatter<Y::ValueType>,
+{
+    chart
+        .configure_mesh()
+        .x_desc(x_desc)
+        .y_desc(y_desc)
+        .label_style(("sans-serif", 14))
+        .draw()
+        .map_err(|e| e.to_string())
+}
+
+/// A line in `color`, with its entry in the legend.
+fn draw_line<'a, DB, X, Y>(
+    chart: &mut ChartContext<'a, DB, Cartesian2d<X, Y>>,
+    label: String,
+    points: Vec<(X::ValueType, Y::ValueType)>,
+    color: RGBColor,
+) -> Result<(), String>
+where
+    DB: DrawingBackend + 'a,
+    X: Ranged,
+    Y: Ranged,
+    X::ValueType: Clone + 'static,
+    Y::ValueType: Clone + 'static,
+{
+    chart
+        .draw_series(LineSeries::new(points, color.stroke_width(3)))
+        .map_err(|e| e.to_string())?
+        .label(label)
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3)));
+    Ok(())
+}
+
+/// The legend, in the upper left corner.
+fn draw_legend<'a, DB, X, Y>(
+    chart: &mut ChartContext<'a, DB, Cartesian2d<X, Y>>,
+) -> Result<(), String>
+where
+    DB: DrawingBackend + 'a,
+    X: Ranged,
+    Y: Ranged,
+{
     chart
         .configure_series_labels()
         .background_style(WHITE.mix(0.9))
@@ -382,14 +404,7 @@ mod tests {
 
     #[test]
     fn sustained_plots_render_zero_lag_and_missing_p99() {
-        let criteria = Criteria {
-            lag_growth: 0.5,
-            lag_slack: 50.0,
-            drain_secs: 2.0,
-            confirm_p99_ms: 150.0,
-            max_error_rate: 0.01,
-            min_served_share: 0.9,
-        };
+        let criteria = Criteria::for_tests();
         let run = |name: &str, steps| SustainedRun {
             name: name.into(),
             label: "test".into(),

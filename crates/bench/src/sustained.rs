@@ -238,6 +238,21 @@ pub fn default_confirm_target_ms() -> f64 {
     payment + 100.0
 }
 
+/// The criteria the tests (here and of the plots) judge by.
+#[cfg(test)]
+impl Criteria {
+    pub(crate) fn for_tests() -> Self {
+        Criteria {
+            lag_growth: 0.5,
+            lag_slack: 50.0,
+            drain_secs: 2.0,
+            confirm_p99_ms: 150.0,
+            max_error_rate: 0.01,
+            min_served_share: 0.9,
+        }
+    }
+}
+
 pub fn criteria(args: &BenchArgs) -> Criteria {
     Criteria {
         lag_growth: args.sustained_lag_growth,
@@ -645,17 +660,6 @@ pub fn tables(runs: &[SustainedRun]) -> String {
 mod tests {
     use super::*;
 
-    fn criteria() -> Criteria {
-        Criteria {
-            lag_growth: 0.5,
-            lag_slack: 50.0,
-            drain_secs: 2.0,
-            confirm_p99_ms: 150.0,
-            max_error_rate: 0.01,
-            min_served_share: 0.9,
-        }
-    }
-
     fn good_step() -> SustainedStep {
         SustainedStep {
             offered_rps: 500.0,
@@ -708,7 +712,7 @@ mod tests {
             })
             .collect();
         assert_eq!(lag_halves(&flat, 1.0), (100.0, 100.0));
-        assert!(criteria().lag_bounded(100.0, 100.0));
+        assert!(Criteria::for_tests().lag_bounded(100.0, 100.0));
         // Falling behind by 400 events/s: grows linearly.
         let growing: Vec<(f64, f64)> = (0..20)
             .map(|i| {
@@ -718,9 +722,9 @@ mod tests {
             .collect();
         let (early, late) = lag_halves(&growing, 1.0);
         assert!(late > early * 1.5 + 50.0, "{early} → {late}");
-        assert!(!criteria().lag_bounded(early, late));
+        assert!(!Criteria::for_tests().lag_bounded(early, late));
         // Noise at a low level passes thanks to the slack.
-        assert!(criteria().lag_bounded(2.0, 40.0));
+        assert!(Criteria::for_tests().lag_bounded(2.0, 40.0));
         assert_eq!(lag_halves(&[], 1.0), (0.0, 0.0));
         assert_eq!(
             lag_halves(&[(0.1, 7.0)], 1.0),
@@ -731,7 +735,7 @@ mod tests {
 
     #[test]
     fn a_step_is_held_only_when_every_rule_holds() {
-        let c = criteria();
+        let c = Criteria::for_tests();
         assert_eq!(c.verdict(&good_step()), (true, vec![]));
 
         let mut growing = good_step();
@@ -799,13 +803,13 @@ mod tests {
         failed.offered_rps = 1000.0;
         failed.drained_after_secs = None;
         failed.lag_left = 5000.0;
-        (failed.held, failed.not_held_because) = criteria().verdict(&failed);
+        (failed.held, failed.not_held_because) = Criteria::for_tests().verdict(&failed);
         let mut held = good_step();
         held.held = true;
         let runs = vec![SustainedRun {
             name: "v2".into(),
             label: "cache on, events".into(),
-            criteria: criteria(),
+            criteria: Criteria::for_tests(),
             lag_exported: true,
             steps: vec![held, failed],
             max_held_rps: Some(500.0),
