@@ -540,9 +540,15 @@ impl Consumer {
             }
             self.start_flush();
             let quiet = self.preparing.is_empty() && self.flushing.is_none();
-            if quiet || self.last_commit.elapsed() >= self.settings.commit_interval {
+            let commit_due = self.last_commit.elapsed() >= self.settings.commit_interval;
+            if quiet || commit_due {
                 self.commit_offsets_logged().await;
             }
+            // Offsets are due but a poll has the subscription: let it come
+            // back (it waits at most a commit interval) before the next one,
+            // or a busy member would never find the subscription at home.
+            let commit_waits = self.done_uncommitted > 0
+                && self.last_commit.elapsed() >= self.settings.commit_interval;
             let backing_off = self.flush_after.is_some_and(|at| at > Instant::now());
             if stopping && quiet && self.polling.is_none() && (self.flushable() == 0 || backing_off)
             {
@@ -552,6 +558,7 @@ impl Consumer {
             let room = self.settings.window.saturating_sub(self.slots.len());
             if !stopping
                 && room > 0
+                && !commit_waits
                 && !self.poll_after.is_some_and(|at| at > Instant::now())
                 && let Some(subscription) = self.subscription.take()
             {
@@ -601,7 +608,9 @@ impl Consumer {
     /// The next moment the loop must look again without any completion: a
     /// back-off ending, or offsets to commit.
     fn next_timer(&self, quiet: bool) -> Option<Instant> {
-        let commit = (!quiet && self.done_uncommitted > 0)
+        // While a poll has the subscription, its return is what wakes the
+        // loop for the commit.
+        let commit = (!quiet && self.done_uncommitted > 0 && self.subscription.is_some())
             .then(|| self.last_commit + self.settings.commit_interval);
         [self.flush_after, self.poll_after, commit]
             .into_iter()
@@ -897,15 +906,16 @@ impl Consumer {
                 released.extend(queue.iter().take(done).copied());
             }
         }
-        self.last_commit = Instant::now();
         if last.is_empty() {
+            self.last_commit = Instant::now();
             return Ok(());
         }
         let Some(subscription) = self.subscription.as_mut() else {
-            // A poll has it; the next call commits.
+            // A poll has it; the loop commits when it comes back.
             return Ok(());
         };
         subscription.commit(&last).await?;
+        self.last_commit = Instant::now();
         for seq in &released {
             self.slots.remove(seq);
         }
@@ -922,6 +932,8 @@ impl Consumer {
     /// the commit is tried again later (the offsets only lag meanwhile).
     async fn commit_offsets_logged(&mut self) {
         if let Err(error) = self.commit_offsets().await {
+            // Tried again after a commit interval.
+            self.last_commit = Instant::now();
             tracing::warn!(group = self.group(), %error, "committing offsets failed; will retry");
         }
     }
