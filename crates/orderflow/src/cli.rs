@@ -47,7 +47,7 @@ pub enum Command {
     /// Each consumer group: committed offset, end offset and lag per partition.
     Consumers,
     /// Measure v1 (no cache, inline side effects) against v2 (cache, events) on this machine.
-    Bench(orderflow_bench::BenchArgs),
+    Bench(Box<orderflow_bench::BenchArgs>),
     /// The dead-letter queue.
     Dlq {
         #[command(subcommand)]

@@ -559,7 +559,7 @@ impl Consumer {
             if !stopping
                 && room > 0
                 && !commit_waits
-                && !self.poll_after.is_some_and(|at| at > Instant::now())
+                && self.poll_after.is_none_or(|at| at <= Instant::now())
                 && let Some(subscription) = self.subscription.take()
             {
                 // Offsets to commit soon: come back by then even if no event comes.
