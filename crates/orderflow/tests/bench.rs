@@ -84,6 +84,15 @@ fn a_short_bench_run_reports_every_field_and_writes_plots() {
             arch["email_p50_ms"].as_f64().is_some(),
             "and to their e-mail: {arch}"
         );
+        for milestone in ["reserved", "sms", "push", "points"] {
+            for percentile in ["p50", "p99"] {
+                let field = format!("{milestone}_{percentile}_ms");
+                assert!(
+                    arch[&field].as_f64().is_some_and(|ms| ms >= 0.0),
+                    "{field} was measured: {arch}"
+                );
+            }
+        }
         assert!(
             arch["order_failure_rate_with_failing_provider"]
                 .as_f64()
@@ -121,4 +130,78 @@ fn a_short_bench_run_reports_every_field_and_writes_plots() {
             .unwrap()
             .starts_with(b"\x89PNG")
     );
+}
+
+/// `--sustained` on v2 with a tiny ladder: every step is reported with its
+/// verdict and the reason when not held, the highest rate held is consistent
+/// with the steps, and the plots are written.
+#[test]
+fn a_short_sustained_run_reports_every_step() {
+    let out = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_orderflow"))
+        .args([
+            "bench",
+            "--sustained",
+            "--architectures",
+            "v2",
+            "--sustained-rates",
+            "5,10",
+            "--sustained-step-secs",
+            "2",
+            "--shoppers",
+            "4",
+            "--out",
+        ])
+        .arg(out.path())
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("orderflow bench --sustained runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "bench --sustained failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("highest order rate held"), "{stdout}");
+
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("report.json")).unwrap()).unwrap();
+    let sustained = report["sustained"].as_array().expect("a sustained section");
+    assert_eq!(sustained.len(), 1);
+    let v2 = &sustained[0];
+    assert_eq!(v2["name"].as_str(), Some("v2"));
+    assert_eq!(v2["lag_exported"].as_bool(), Some(true), "{v2}");
+    let steps = v2["steps"].as_array().unwrap();
+    assert!(!steps.is_empty(), "{v2}");
+    assert_eq!(steps[0]["offered_rps"].as_f64(), Some(5.0));
+    for step in steps {
+        assert!(step["requests"].as_u64().unwrap() > 0, "{step}");
+        assert!(
+            step["lag_samples"]
+                .as_array()
+                .is_some_and(|samples| !samples.is_empty()),
+            "lag was sampled during the step: {step}"
+        );
+        let held = step["held"].as_bool().unwrap();
+        assert_eq!(
+            held,
+            step["not_held_because"]
+                .as_array()
+                .is_none_or(|reasons| reasons.is_empty()),
+            "a step not held says why: {step}"
+        );
+    }
+    let highest_held = steps
+        .iter()
+        .take_while(|step| step["held"].as_bool() == Some(true))
+        .filter_map(|step| step["offered_rps"].as_f64())
+        .last();
+    assert_eq!(v2["max_held_rps"].as_f64(), highest_held, "{v2}");
+    for plot in ["sustained-confirm-p99.png", "sustained-lag.png"] {
+        let bytes = std::fs::read(out.path().join(plot)).unwrap();
+        assert!(
+            bytes.starts_with(b"\x89PNG") && bytes.len() > 1_000,
+            "{plot}"
+        );
+    }
 }
