@@ -481,6 +481,16 @@ struct FlakyApply {
     delays: (Duration, Duration),
 }
 
+impl FlakyApply {
+    fn new(fails: HashMap<EventId, u32>, delays: (Duration, Duration)) -> Arc<Self> {
+        Arc::new(Self {
+            fails: Mutex::new(fails),
+            committed: Arc::default(),
+            delays,
+        })
+    }
+}
+
 #[async_trait]
 impl Handler for FlakyApply {
     fn group(&self) -> &'static str {
@@ -553,12 +563,11 @@ async fn a_failing_effect_is_undone_alone_and_its_key_waits_for_it() {
     let (ann_first, ann_second, bob_only) = (registered(ann), registered(ann), registered(bob));
     h.append(&[ann_first.clone(), bob_only.clone(), ann_second.clone()])
         .await;
-    let committed = Arc::new(Mutex::new(Vec::new()));
-    let handler = Arc::new(FlakyApply {
-        fails: Mutex::new(HashMap::from([(ann_first.id, 1)])),
-        committed: committed.clone(),
-        delays: (Duration::ZERO, Duration::ZERO),
-    });
+    let handler = FlakyApply::new(
+        HashMap::from([(ann_first.id, 1)]),
+        (Duration::ZERO, Duration::ZERO),
+    );
+    let committed = handler.committed.clone();
     let mut consumer = Consumer::subscribe(handler, h.store.clone(), h.log.as_ref(), tiny_retry(3))
         .await
         .unwrap();
@@ -587,11 +596,7 @@ async fn effects_of_many_deliveries_share_group_commits() {
     let h = Harness::new(None, tiny_retry(3)).await;
     let events: Vec<Envelope> = (0..100).map(|_| registered(uuid::Uuid::now_v7())).collect();
     h.append(&events).await;
-    let handler = Arc::new(FlakyApply {
-        fails: Mutex::default(),
-        committed: Arc::default(),
-        delays: (Duration::ZERO, Duration::ZERO),
-    });
+    let handler = FlakyApply::new(HashMap::new(), (Duration::ZERO, Duration::ZERO));
     let mut consumer = Consumer::subscribe(
         handler.clone(),
         h.store.clone(),
@@ -628,11 +633,10 @@ async fn run_commits_offsets_while_group_commits_hold_the_writer() {
     h.append(&events).await;
     // Prepares finish while group commits hold the writer (each effect
     // keeps the transaction 2 ms), so the loop wants to commit offsets then.
-    let handler = Arc::new(FlakyApply {
-        fails: Mutex::default(),
-        committed: Arc::default(),
-        delays: (Duration::from_millis(1), Duration::from_millis(2)),
-    });
+    let handler = FlakyApply::new(
+        HashMap::new(),
+        (Duration::from_millis(1), Duration::from_millis(2)),
+    );
     let consumer = Consumer::subscribe(
         handler.clone(),
         h.store.clone(),
