@@ -87,6 +87,9 @@ pub struct Followers {
     products: Arc<Vec<uuid::Uuid>>,
     tokens: Arc<Vec<String>>,
     free: Arc<Mutex<Vec<usize>>>,
+    /// Signalled when a follower is given back (a permit is kept when nobody
+    /// waits, so a release between the look and the wait is not missed).
+    released: Arc<tokio::sync::Notify>,
 }
 
 impl Followers {
@@ -106,6 +109,7 @@ impl Followers {
             shop: shop.clone(),
             products: Arc::new(products),
             free: Arc::new(Mutex::new((0..tokens.len()).rev().collect())),
+            released: Arc::new(tokio::sync::Notify::new()),
             tokens: Arc::new(tokens),
         })
     }
@@ -141,10 +145,10 @@ impl Followers {
                     if let Some(shopper) = followers.free.lock().expect("not poisoned").pop() {
                         break Some(shopper);
                     }
-                    if Instant::now() >= end {
+                    let released = followers.released.notified();
+                    if tokio::time::timeout_at(end, released).await.is_err() {
                         break None;
                     }
-                    tokio::time::sleep(Duration::from_millis(10)).await;
                 };
                 let Some(shopper) = shopper else {
                     run.not_placed += 1;
@@ -199,6 +203,7 @@ impl Followers {
 
     fn release(&self, shopper: usize) {
         self.free.lock().expect("not poisoned").push(shopper);
+        self.released.notify_one();
     }
 
     async fn watch_points(
