@@ -26,6 +26,7 @@ pub mod memory;
 pub mod postgres;
 pub mod providers;
 pub mod redis;
+pub mod sql;
 pub mod sqlite;
 
 /// Sets `orderflow_db_pool_connections{state="in_use"|"idle"}` and
@@ -39,6 +40,25 @@ pub(crate) fn export_pool_gauges<DB: sqlx::Database>(pool: &sqlx::Pool<DB>) {
         .set((size - idle).max(0.0));
     metrics::gauge!("orderflow_db_pool_max_connections")
         .set(f64::from(pool.options().get_max_connections()));
+}
+
+/// Maps the sqlx errors that are not the database's answer (the pool, the
+/// connection, decoding) onto the port's error, the same on both engines:
+/// anything transient is `Unavailable` (503); a value that does not decode
+/// is `Corrupt`.
+pub(crate) fn transport_err(error: sqlx::Error) -> orderflow_core::ports::store::StoreError {
+    use orderflow_core::ports::store::StoreError;
+    match error {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Tls(_) => StoreError::Unavailable(error.to_string()),
+        sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) => {
+            StoreError::Corrupt(error.to_string())
+        }
+        other => StoreError::Database(other.to_string()),
+    }
 }
 
 /// One step of the savepoint a group commit wraps around each effect

@@ -98,21 +98,15 @@ use async_trait::async_trait;
 use orderflow_core::ports::log::{
     Delivery, EventLog, LogError, LogResult, PartitionLag, Subscription,
 };
-use orderflow_core::ports::store::StoreError;
 use sqlx::postgres::PgRow;
 use tokio::sync::{Notify, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use super::{Inner, count, db_err, rows};
-
-fn log_err(error: StoreError) -> LogError {
-    match error {
-        StoreError::Unavailable(message) => LogError::Unavailable(message),
-        other => LogError::Backend(other.to_string()),
-    }
-}
+use super::{PostgresEngine, db_err};
+use crate::sql::log::{Attempt, Poller, Read, Wakers, poll_and_wait, read_deliveries};
+use crate::sql::{SqlRow, count, log_err};
 
 fn sql_err(error: sqlx::Error) -> LogError {
     log_err(db_err(error))
@@ -210,7 +204,7 @@ pub struct PartitionOwner {
 /// clone.
 #[derive(Clone)]
 pub struct PostgresEventLog {
-    inner: Arc<Inner>,
+    inner: Arc<PostgresEngine>,
     leases: LeaseSettings,
 }
 
@@ -224,7 +218,7 @@ impl std::fmt::Debug for PostgresEventLog {
 }
 
 impl PostgresEventLog {
-    pub(crate) fn new(inner: Arc<Inner>) -> Self {
+    pub(crate) fn new(inner: Arc<PostgresEngine>) -> Self {
         Self {
             inner,
             leases: LeaseSettings::default(),
@@ -324,10 +318,7 @@ impl PostgresEventLog {
         let task = tokio::spawn(renew_loop(member.clone(), leave_rx, settled));
         Ok(PostgresSubscription {
             member,
-            wake,
-            wake_open: true,
-            gained: gained_rx,
-            gained_open: true,
+            wakers: Wakers::new([wake, gained_rx]),
             leave: Some(leave),
             task: Some(task),
         })
@@ -358,27 +349,20 @@ impl PostgresEventLog {
                 Ok(PartitionOwner {
                     topic,
                     partition,
-                    owner: rows::opt_uuid(row, "owner").map_err(log_err)?,
-                    client: row_opt_text(row, "client")?,
+                    owner: row.opt_uuid("owner").map_err(log_err)?,
+                    client: row.opt_text("client").map_err(log_err)?,
                 })
             })
             .collect()
     }
 }
 
-fn row_opt_text(row: &PgRow, column: &str) -> LogResult<Option<String>> {
-    use sqlx::Row;
-    row.try_get::<Option<String>, _>(column).map_err(sql_err)
-}
-
 fn int(row: &PgRow, column: &str) -> LogResult<i64> {
-    rows::int(row, column).map_err(log_err)
+    row.int(column).map_err(log_err)
 }
 
 fn partition_key(row: &PgRow) -> LogResult<(String, i32)> {
-    let topic = rows::text(row, "topic").map_err(log_err)?;
-    let partition = rows::int4(row, "partition").map_err(log_err)?;
-    Ok((topic, partition))
+    crate::sql::rows::partition_key(row).map_err(log_err)
 }
 
 /// `host pid`, so operators can tell members apart.
@@ -402,41 +386,13 @@ impl EventLog for PostgresEventLog {
     }
 
     async fn lag(&self) -> LogResult<Vec<PartitionLag>> {
-        count("lag");
-        let rows = sqlx::query(
-            r#"SELECT c.group_name, c.topic, c."partition", c.next_offset AS committed,
-                      COALESCE(l.next_offset, 0) AS "end"
-               FROM consumer_offsets c
-               LEFT JOIN log_partitions l ON l.topic = c.topic AND l."partition" = c."partition"
-               ORDER BY c.group_name, c.topic, c."partition""#,
-        )
-        .fetch_all(&self.inner.pool)
-        .await
-        .map_err(sql_err)?;
-        rows.iter()
-            .map(|row| {
-                let (topic, partition) = partition_key(row)?;
-                let committed = int(row, "committed")?;
-                let end = int(row, "end")?;
-                Ok(PartitionLag {
-                    group: rows::text(row, "group_name").map_err(log_err)?,
-                    topic,
-                    partition,
-                    committed,
-                    end,
-                    lag: (end - committed).max(0),
-                })
-            })
-            .collect()
+        let mut conn = self.inner.pool.acquire().await.map_err(sql_err)?;
+        crate::sql::log::lag(&mut *conn).await
     }
 
     async fn ping(&self) -> LogResult<()> {
-        count("ping");
-        sqlx::query("SELECT 1")
-            .execute(&self.inner.pool)
-            .await
-            .map_err(sql_err)?;
-        Ok(())
+        let mut conn = self.inner.pool.acquire().await.map_err(sql_err)?;
+        crate::sql::log::ping(&mut *conn).await
     }
 }
 
@@ -479,7 +435,7 @@ async fn wait_for_leaving(group: &str) {
 
 /// What the subscription and its renewal task share.
 struct Member {
-    inner: Arc<Inner>,
+    inner: Arc<PostgresEngine>,
     group: String,
     id: Uuid,
     client: String,
@@ -528,11 +484,9 @@ impl Lease {
 }
 
 /// One partition a poll reads, and under which lease.
-struct Read {
-    topic: String,
-    partition: i32,
+struct PlannedRead {
+    read: Read,
     epoch: u64,
-    from: i64,
 }
 
 /// The renewal task: a renewal step every `renew_every` (or sooner, see
@@ -646,7 +600,7 @@ impl Member {
         .await
         .map_err(sql_err)?
         .iter()
-        .map(|row| rows::uuid(row, "member_id").map_err(log_err))
+        .map(|row| row.uuid("member_id").map_err(log_err))
         .collect::<LogResult<_>>()?;
         let share = self.share(&members);
 
@@ -898,17 +852,19 @@ impl Member {
     }
 
     /// The partitions a poll may read now, with their positions.
-    fn plan_reads(&self) -> Vec<Read> {
+    fn plan_reads(&self) -> Vec<PlannedRead> {
         let now = Instant::now();
         self.lock()
             .owned
             .iter()
             .filter(|(_, lease)| lease.deliverable(now))
-            .map(|((topic, partition), lease)| Read {
-                topic: topic.clone(),
-                partition: *partition,
+            .map(|((topic, partition), lease)| PlannedRead {
+                read: Read {
+                    topic: topic.clone(),
+                    partition: *partition,
+                    from: lease.position,
+                },
                 epoch: lease.epoch,
-                from: lease.position,
             })
             .collect()
     }
@@ -917,22 +873,22 @@ impl Member {
     /// lease, at the same position, trusted and not draining, and moves their
     /// positions past them. Synchronous: nothing between this and returning
     /// the deliveries can be cancelled.
-    fn accept(&self, reads: &[Read], batch: Vec<Delivery>) -> Vec<Delivery> {
+    fn accept(&self, reads: &[PlannedRead], batch: Vec<Delivery>) -> Vec<Delivery> {
         let now = Instant::now();
         let mut state = self.lock();
         let valid: BTreeSet<(&str, i32)> = reads
             .iter()
-            .filter(|read| {
+            .filter(|planned| {
                 state
                     .owned
-                    .get(&(read.topic.clone(), read.partition))
+                    .get(&(planned.read.topic.clone(), planned.read.partition))
                     .is_some_and(|lease| {
-                        lease.epoch == read.epoch
-                            && lease.position == read.from
+                        lease.epoch == planned.epoch
+                            && lease.position == planned.read.from
                             && lease.deliverable(now)
                     })
             })
-            .map(|read| (read.topic.as_str(), read.partition))
+            .map(|planned| (planned.read.topic.as_str(), planned.read.partition))
             .collect();
         let kept: Vec<Delivery> = batch
             .into_iter()
@@ -949,83 +905,12 @@ impl Member {
         kept
     }
 
-    /// Up to `max` deliveries of the `reads` partitions past their positions,
-    /// in append order (which, per partition, is offset order).
-    async fn fetch(&self, reads: &[Read], max: usize) -> LogResult<Vec<Delivery>> {
-        // Cheap check first: which partitions have anything past our position?
-        // An idle poll costs this one small query.
-        count("log_ends");
-        let ends = sqlx::query(
-            r#"SELECT topic, "partition", next_offset FROM log_partitions WHERE topic = ANY($1)"#,
-        )
-        .bind(&self.topics)
-        .fetch_all(&self.inner.pool)
-        .await
-        .map_err(sql_err)?;
-        let mut end_of: HashMap<(String, i32), i64> = HashMap::with_capacity(ends.len());
-        for row in &ends {
-            end_of.insert(partition_key(row)?, int(row, "next_offset")?);
-        }
-        let mut ready_topics = Vec::new();
-        let mut ready_partitions = Vec::new();
-        let mut ready_from = Vec::new();
-        for read in reads {
-            let end = end_of
-                .get(&(read.topic.clone(), read.partition))
-                .copied()
-                .unwrap_or(0);
-            if end > read.from {
-                ready_topics.push(read.topic.clone());
-                ready_partitions.push(read.partition);
-                ready_from.push(read.from);
-            }
-        }
-        if ready_topics.is_empty() {
-            return Ok(Vec::new());
-        }
-
-        // One range scan of the (topic, partition, offset) index per ready
-        // partition, each capped at `max`, merged by `seq`. Within a
-        // partition `seq` grows with the offset (appends to it are
-        // serialised), so cutting the merged list at `max` keeps a prefix of
-        // every partition, and positions can simply move to the last
-        // delivered offset + 1.
-        let limit = i64::try_from(max).unwrap_or(i64::MAX);
-        count("log_read");
-        let rows = sqlx::query(
-            r#"SELECT e.seq, e.topic, e."partition", e."offset", e.payload
-               FROM unnest($1::text[], $2::int[], $3::bigint[]) AS r(topic, part, from_offset)
-               CROSS JOIN LATERAL (
-                   SELECT seq, topic, "partition", "offset", payload FROM event_log
-                   WHERE topic = r.topic AND "partition" = r.part AND "offset" >= r.from_offset
-                   ORDER BY "offset" LIMIT $4
-               ) AS e
-               ORDER BY e.seq LIMIT $4"#,
-        )
-        .bind(&ready_topics)
-        .bind(&ready_partitions)
-        .bind(&ready_from)
-        .bind(limit)
-        .fetch_all(&self.inner.pool)
-        .await
-        .map_err(sql_err)?;
-        rows.iter()
-            .map(|row| {
-                let (topic, partition) = partition_key(row)?;
-                let offset = int(row, "offset")?;
-                let envelope = rows::envelope(row, "payload").map_err(|e| {
-                    LogError::Backend(format!(
-                        "event at {topic}/{partition}/{offset} cannot be decoded: {e}"
-                    ))
-                })?;
-                Ok(Delivery {
-                    topic,
-                    partition,
-                    offset,
-                    envelope,
-                })
-            })
-            .collect()
+    /// Up to `max` deliveries of the planned partitions past their
+    /// positions, in append order.
+    async fn fetch(&self, planned: &[PlannedRead], max: usize) -> LogResult<Vec<Delivery>> {
+        let reads: Vec<Read> = planned.iter().map(|p| p.read.clone()).collect();
+        let mut conn = self.inner.pool.acquire().await.map_err(sql_err)?;
+        read_deliveries(&mut *conn, &self.topics, &reads, max).await
     }
 }
 
@@ -1042,10 +927,9 @@ fn unzip_keys<'a>(keys: impl IntoIterator<Item = &'a (String, i32)>) -> (Vec<Str
 /// leaves the group and releases them.
 pub struct PostgresSubscription {
     member: Arc<Member>,
-    wake: watch::Receiver<u64>,
-    wake_open: bool,
-    gained: watch::Receiver<u64>,
-    gained_open: bool,
+    /// Commits (here, or through NOTIFY in another process) and the member
+    /// gaining partitions.
+    wakers: Wakers,
     /// Dropped with the subscription: tells the renewal task to leave.
     leave: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
@@ -1107,49 +991,36 @@ impl Drop for PostgresSubscription {
 }
 
 #[async_trait]
+impl Poller for PostgresSubscription {
+    fn wakers(&mut self) -> &mut Wakers {
+        &mut self.wakers
+    }
+
+    /// The partitions this member may deliver now; what was read is kept
+    /// only if they are still held under the same lease (see the module docs).
+    async fn attempt(&mut self, max: usize) -> LogResult<Attempt> {
+        let planned = self.member.plan_reads();
+        if planned.is_empty() {
+            return Ok(Attempt::Nothing);
+        }
+        let batch = self.member.fetch(&planned, max).await?;
+        if batch.is_empty() {
+            return Ok(Attempt::Nothing);
+        }
+        let batch = self.member.accept(&planned, batch);
+        if batch.is_empty() {
+            // Everything read belonged to partitions lost or moved meanwhile:
+            // plan again.
+            return Ok(Attempt::Again);
+        }
+        Ok(Attempt::Found(batch))
+    }
+}
+
+#[async_trait]
 impl Subscription for PostgresSubscription {
     async fn poll(&mut self, max: usize, wait: Duration) -> LogResult<Vec<Delivery>> {
-        if max == 0 {
-            return Ok(Vec::new());
-        }
-        let deadline = Instant::now() + wait;
-        loop {
-            // Mark the current versions seen *before* reading, so a commit (or
-            // a gain) that lands between the read and the wait below still
-            // wakes us.
-            self.wake.borrow_and_update();
-            self.gained.borrow_and_update();
-            let reads = self.member.plan_reads();
-            if !reads.is_empty() {
-                let batch = self.member.fetch(&reads, max).await?;
-                if !batch.is_empty() {
-                    let batch = self.member.accept(&reads, batch);
-                    if !batch.is_empty() {
-                        return Ok(batch);
-                    }
-                    // Everything read belonged to partitions lost or moved
-                    // meanwhile: plan again.
-                    continue;
-                }
-            }
-            if Instant::now() >= deadline {
-                return Ok(Vec::new());
-            }
-            tokio::select! {
-                // Something was committed (here or, through NOTIFY, in another
-                // process): look again (it may be on topics or partitions we
-                // do not read; then we wait again).
-                changed = self.wake.changed(), if self.wake_open => {
-                    self.wake_open = changed.is_ok();
-                }
-                // The member gained partitions.
-                changed = self.gained.changed(), if self.gained_open => {
-                    self.gained_open = changed.is_ok();
-                }
-                // Time is up: one last look.
-                () = tokio::time::sleep_until(deadline) => {}
-            }
-        }
+        poll_and_wait(self, max, wait).await
     }
 
     async fn commit(&mut self, deliveries: &[Delivery]) -> LogResult<()> {

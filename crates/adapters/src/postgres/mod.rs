@@ -48,24 +48,36 @@
 
 pub mod log;
 pub mod outbox;
-mod rows;
-pub mod store;
-pub mod tx;
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use orderflow_core::ports::outbox::EventDestination;
+use async_trait::async_trait;
 use orderflow_core::ports::store::{StoreError, StoreResult};
-use orderflow_domain::events::topics;
-use sqlx::postgres::{PgConnectOptions, PgDatabaseError, PgListener, PgPool, PgPoolOptions};
+use orderflow_domain::OrderId;
+use orderflow_domain::Timestamp;
+use orderflow_domain::events::{Envelope, topics};
+use sqlx::postgres::{
+    PgArguments, PgConnectOptions, PgConnection, PgDatabaseError, PgListener, PgPool,
+    PgPoolOptions, PgRow,
+};
+use sqlx::{Postgres, Row, Transaction};
 use tokio::sync::{Mutex, watch};
 use tokio::task::JoinHandle;
+
+use crate::AppendedTopics;
+use crate::sql::{
+    Arg, Dialect, Engine, Exec, SqlRow, SqlStore, Stmt, WritePriority, WriteTx, count, stmt,
+};
 
 pub use crate::sqlite::partition_for;
 pub use log::{LeaseSettings, PostgresEventLog, PostgresSubscription};
 pub use outbox::{PostgresBatch, PostgresOutbox};
-pub use tx::PostgresTx;
+
+/// The PostgreSQL database: the SQL store on PostgreSQL. Cheap to clone:
+/// clones share one pool, one LISTEN connection and one wake-up channel.
+pub type PostgresStore = SqlStore<PostgresEngine>;
 
 /// Partitions per topic when the caller does not choose (the same as SQLite
 /// and the Kafka default).
@@ -80,18 +92,21 @@ pub(crate) const NOTIFY_CHANNEL: &str = "orderflow_events";
 /// Pause before the LISTEN task retries after an error (server restart).
 const LISTEN_RETRY: Duration = Duration::from_secs(1);
 
+/// First key of the advisory locks that serialise the reservation and
+/// release of one order (the second key is a hash of the order id). An
+/// arbitrary constant, so these locks cannot collide with other users of
+/// advisory locks in the same database.
+const ORDER_STOCK_LOCK: i32 = 0x0_5707;
+
+/// First key of the advisory locks that serialise one consumer group's
+/// group commits across processes (the second is a hash of the group name).
+const GROUP_COMMIT_LOCK: i32 = 0x0_6C0D;
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
-/// The PostgreSQL database. Cheap to clone: clones share one pool, one
-/// LISTEN connection and one wake-up channel.
-#[derive(Clone)]
-pub struct PostgresStore {
-    inner: Arc<Inner>,
-    destination: EventDestination,
-}
-
-/// What the store, its transactions, its event logs and its outbox share.
-pub(crate) struct Inner {
+/// What the store, its transactions, its event logs and its outbox share:
+/// the engine behind [`PostgresStore`].
+pub struct PostgresEngine {
     pub(crate) pool: PgPool,
     /// Partitions per topic of the embedded log; fixed for the life of the
     /// database, since an event's partition is derived from it.
@@ -108,7 +123,7 @@ pub(crate) struct Inner {
     pub(crate) outbox_rollbacks: std::sync::Mutex<Vec<JoinHandle<()>>>,
 }
 
-impl Drop for Inner {
+impl Drop for PostgresEngine {
     fn drop(&mut self) {
         if let Some(handle) = self.listener.get_mut().take() {
             handle.abort();
@@ -116,17 +131,17 @@ impl Drop for Inner {
     }
 }
 
-impl std::fmt::Debug for PostgresStore {
+impl std::fmt::Debug for SqlStore<PostgresEngine> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PostgresStore")
-            .field("partitions", &self.inner.partitions)
+            .field("partitions", &self.engine.partitions)
             .field("destination", &self.destination)
-            .field("pool_size", &self.inner.pool.size())
+            .field("pool_size", &self.engine.pool.size())
             .finish_non_exhaustive()
     }
 }
 
-impl PostgresStore {
+impl SqlStore<PostgresEngine> {
     /// Connects to `url` (`postgres://user:password@host:port/database`)
     /// with a pool of at most `max_connections` connections (raised to at
     /// least 2, so a read made while a unit of work holds a connection never
@@ -155,73 +170,48 @@ impl PostgresStore {
             .await
             .map_err(|e| StoreError::Unavailable(format!("cannot connect to PostgreSQL: {e}")))?;
         let (wake, _) = watch::channel(0);
-        Ok(PostgresStore {
-            inner: Arc::new(Inner {
-                pool,
-                partitions,
-                wake: Arc::new(wake),
-                listener: Mutex::new(None),
-                outbox_rollbacks: std::sync::Mutex::new(Vec::new()),
-            }),
-            destination: EventDestination::default(),
-        })
-    }
-
-    /// Where units of work of this store (and its clones made after this
-    /// call) put appended events: the embedded log (the default) or the
-    /// outbox table for a Kafka relay.
-    pub fn with_event_destination(mut self, destination: EventDestination) -> Self {
-        self.destination = destination;
-        self
-    }
-
-    pub fn event_destination(&self) -> EventDestination {
-        self.destination
-    }
-
-    /// The connection pool, for tools and tests that need raw SQL.
-    pub fn pool(&self) -> &PgPool {
-        &self.inner.pool
+        Ok(SqlStore::new(PostgresEngine {
+            pool,
+            partitions,
+            wake: Arc::new(wake),
+            listener: Mutex::new(None),
+            outbox_rollbacks: std::sync::Mutex::new(Vec::new()),
+        }))
     }
 
     /// Partitions per topic of the embedded log.
     pub fn partitions(&self) -> i32 {
-        self.inner.partitions
+        self.engine.partitions
+    }
+
+    /// The connection pool, for tools and tests that need raw SQL.
+    pub fn pool(&self) -> &PgPool {
+        &self.engine.pool
     }
 
     /// The embedded event log over the same database and pool. It reads what
-    /// units of work append with [`EventDestination::EmbeddedLog`].
+    /// units of work append with
+    /// [`EventDestination::EmbeddedLog`](orderflow_core::ports::outbox::EventDestination::EmbeddedLog).
     pub fn event_log(&self) -> PostgresEventLog {
-        PostgresEventLog::new(self.inner.clone())
+        PostgresEventLog::new(self.engine.clone())
     }
 
     /// The outbox, as relays see it. It holds what units of work append with
-    /// [`EventDestination::Outbox`].
+    /// [`EventDestination::Outbox`](orderflow_core::ports::outbox::EventDestination::Outbox).
     pub fn outbox(&self) -> PostgresOutbox {
-        PostgresOutbox::new(self.inner.clone())
+        PostgresOutbox::new(self.engine.clone())
     }
 
     /// Sets `orderflow_db_pool_connections{state="in_use"|"idle"}` and
     /// `orderflow_db_pool_max_connections` from the pool, the same gauges as
-    /// [`SqliteStore::export_pool_gauges`](crate::sqlite::SqliteStore::export_pool_gauges)
-    /// (read at scrape time: keeping them current on every checkout would
-    /// cost more). The LISTEN connection is not part of the pool.
+    /// [`SqliteStore::export_pool_gauges`](crate::sqlite::SqliteStore::export_pool_gauges).
+    /// The LISTEN connection is not part of the pool.
     pub fn export_pool_gauges(&self) {
-        crate::export_pool_gauges(&self.inner.pool);
-    }
-
-    pub(crate) fn inner(&self) -> &Arc<Inner> {
-        &self.inner
+        crate::export_pool_gauges(&self.engine.pool);
     }
 }
 
-impl Inner {
-    /// Wakes every subscription of this process.
-    pub(crate) fn wake_subscribers(&self) {
-        self.wake
-            .send_modify(|version| *version = version.wrapping_add(1));
-    }
-
+impl PostgresEngine {
     /// Starts the LISTEN task unless it runs already, and returns once the
     /// server confirmed the `LISTEN`: from then on, every commit that
     /// appends, in any process, wakes this process's subscriptions.
@@ -237,9 +227,70 @@ impl Inner {
         Ok(())
     }
 
-    /// Makes sure every topic has its partitions in `log_partitions`, so lag
-    /// shows empty partitions too (append would create them lazily anyway).
-    async fn ensure_partitions(&self) -> StoreResult<()> {
+    /// Takes `pg_advisory_xact_lock(first, hashtext(second))`, released with
+    /// the transaction.
+    async fn advisory_lock(
+        conn: &mut PgConnection,
+        op: &'static str,
+        first: i32,
+        second: String,
+    ) -> StoreResult<()> {
+        conn.exec(
+            stmt(op, "SELECT pg_advisory_xact_lock($1, hashtext($2))")
+                .bind(first)
+                .bind(second),
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Engine for PostgresEngine {
+    const DIALECT: Dialect = Dialect::Postgres;
+    type Conn = PgConnection;
+    type Read = sqlx::pool::PoolConnection<Postgres>;
+    type Write = Transaction<'static, Postgres>;
+    type WriteTurn = ();
+
+    async fn read(&self) -> StoreResult<Self::Read> {
+        self.pool.acquire().await.map_err(db_err)
+    }
+
+    async fn begin_write(&self, _priority: WritePriority) -> StoreResult<Self::Write> {
+        count("begin");
+        self.pool.begin().await.map_err(db_err)
+    }
+
+    /// Takes `pg_advisory_xact_lock(GROUP_COMMIT_LOCK, hashtext(group))`
+    /// first, so the group commits of one group's members serialise (see the
+    /// port); it is released with the transaction.
+    async fn begin_group_commit(&self, group: &str) -> StoreResult<Self::Write> {
+        let mut tx = self.begin_write(WritePriority::Background).await?;
+        Self::advisory_lock(
+            &mut tx,
+            "group_commit_lock",
+            GROUP_COMMIT_LOCK,
+            group.to_owned(),
+        )
+        .await?;
+        Ok(tx)
+    }
+
+    async fn write_turn(&self) -> StoreResult<()> {
+        Ok(())
+    }
+
+    async fn migrate(&self) -> StoreResult<()> {
+        count("migrate");
+        // sqlx takes an advisory lock around the migration, so processes
+        // starting together migrate once.
+        MIGRATOR.run(&self.pool).await.map_err(|e| match e {
+            sqlx::migrate::MigrateError::Execute(e) => db_err(e),
+            other => StoreError::Database(format!("migration failed: {other}")),
+        })?;
+        // Every topic gets its partitions in `log_partitions`, so lag shows
+        // empty partitions too (append would create them lazily anyway).
         let mut topic_list = Vec::new();
         let mut partition_list = Vec::new();
         for topic in topics::ALL {
@@ -248,29 +299,216 @@ impl Inner {
                 partition_list.push(partition);
             }
         }
-        count("ensure_partition");
-        sqlx::query(
-            r#"INSERT INTO log_partitions (topic, "partition", next_offset)
-               SELECT topic, p, 0 FROM unnest($1::text[], $2::int[]) AS t(topic, p)
-               ON CONFLICT (topic, "partition") DO NOTHING"#,
-        )
-        .bind(topic_list)
-        .bind(partition_list)
-        .execute(&self.pool)
-        .await
-        .map_err(db_err)?;
+        self.read()
+            .await?
+            .exec(
+                stmt(
+                    "ensure_partition",
+                    r#"INSERT INTO log_partitions (topic, "partition", next_offset)
+                       SELECT topic, p, 0 FROM unnest($1::text[], $2::int[]) AS t(topic, p)
+                       ON CONFLICT (topic, "partition") DO NOTHING"#,
+                )
+                .bind(topic_list)
+                .bind(partition_list),
+            )
+            .await?;
         Ok(())
     }
 
-    pub(crate) async fn migrate(&self) -> StoreResult<()> {
-        count("migrate");
-        // sqlx takes an advisory lock around the migration, so processes
-        // starting together migrate once.
-        MIGRATOR.run(&self.pool).await.map_err(|e| match e {
-            sqlx::migrate::MigrateError::Execute(e) => db_err(e),
-            other => StoreError::Database(format!("migration failed: {other}")),
-        })?;
-        self.ensure_partitions().await
+    /// Serialises reservation and release of one order across every
+    /// connection, until this transaction ends. Without it, two deliveries of
+    /// the same "order placed" could both find no reservation and both take
+    /// stock.
+    async fn lock_order_stock(conn: &mut PgConnection, order_id: OrderId) -> StoreResult<()> {
+        Self::advisory_lock(
+            conn,
+            "lock_order_stock",
+            ORDER_STOCK_LOCK,
+            order_id.to_string(),
+        )
+        .await
+    }
+
+    async fn append_to_log(
+        &self,
+        conn: &mut PgConnection,
+        events: &[Envelope],
+        appended: &mut AppendedTopics,
+    ) -> StoreResult<()> {
+        let now = chrono::Utc::now();
+        for event in events {
+            let topic = event.topic();
+            let partition = partition_for(&event.key, self.partitions);
+            // Take the partition's next offset and bump it in one statement.
+            // The row stays locked until this transaction ends, so appends to
+            // one partition commit in offset order and a reader never sees
+            // offset n+1 before n; a rollback gives the offset back, so
+            // offsets stay gap-free.
+            let offset = conn
+                .query_one(
+                    stmt(
+                        "next_offset",
+                        r#"INSERT INTO log_partitions AS l (topic, "partition", next_offset) VALUES ($1, $2, 1)
+                           ON CONFLICT (topic, "partition") DO UPDATE SET next_offset = l.next_offset + 1
+                           RETURNING next_offset - 1 AS taken"#,
+                    )
+                    .bind(topic)
+                    .bind(partition),
+                )
+                .await?
+                .int("taken")?;
+            conn.exec(
+                stmt(
+                    "append_event",
+                    r#"INSERT INTO event_log (topic, "partition", "offset", key, event_id, payload, created_at)
+                       VALUES ($1, $2, $3, $4, $5, $6, $7)"#,
+                )
+                .bind(topic)
+                .bind(partition)
+                .bind(offset)
+                .bind(&event.key)
+                .bind(event.id)
+                .bind(event.to_json())
+                .bind(now),
+            )
+            .await?;
+            appended.push(topic);
+        }
+        // Delivered by the server when (and only if) this transaction
+        // commits: wakes the subscriptions of every process.
+        let topics: BTreeSet<&str> = events.iter().map(Envelope::topic).collect();
+        for topic in topics {
+            conn.exec(
+                stmt("notify", "SELECT pg_notify($1, $2)")
+                    .bind(NOTIFY_CHANNEL)
+                    .bind(topic),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    fn wake_subscribers(&self) {
+        self.wake
+            .send_modify(|version| *version = version.wrapping_add(1));
+    }
+}
+
+#[async_trait]
+impl WriteTx for Transaction<'static, Postgres> {
+    async fn commit(self) -> StoreResult<()> {
+        count("commit");
+        Transaction::commit(self).await.map_err(db_err)
+    }
+}
+
+/// Binds `args` with PostgreSQL's native types.
+fn bind_all(sql: &str, args: Vec<Arg>) -> sqlx::query::Query<'static, Postgres, PgArguments> {
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()));
+    for arg in args {
+        query = match arg {
+            Arg::Text(v) => query.bind(v),
+            Arg::Int(v) => query.bind(v),
+            Arg::Int4(v) => query.bind(v),
+            Arg::Bool(v) => query.bind(v),
+            Arg::Uuid(v) => query.bind(v),
+            Arg::OptUuid(v) => query.bind(v),
+            Arg::Time(v) => query.bind(v),
+            Arg::OptTime(v) => query.bind(v),
+            Arg::Json(v) => query.bind(v),
+            Arg::Date(v) => query.bind(v),
+            Arg::Texts(v) => query.bind(v),
+            Arg::Uuids(v) => query.bind(v),
+            Arg::Int4s(v) => query.bind(v),
+            Arg::Ints(v) => query.bind(v),
+        };
+    }
+    query
+}
+
+#[async_trait]
+impl Exec for PgConnection {
+    type Row = PgRow;
+    const DIALECT: Dialect = Dialect::Postgres;
+
+    async fn query_all(&mut self, stmt: Stmt) -> StoreResult<Vec<PgRow>> {
+        count(stmt.op);
+        bind_all(stmt.sql.text(Dialect::Postgres), stmt.args)
+            .fetch_all(self)
+            .await
+            .map_err(db_err)
+    }
+
+    async fn query_opt(&mut self, stmt: Stmt) -> StoreResult<Option<PgRow>> {
+        count(stmt.op);
+        bind_all(stmt.sql.text(Dialect::Postgres), stmt.args)
+            .fetch_optional(self)
+            .await
+            .map_err(db_err)
+    }
+
+    async fn exec(&mut self, stmt: Stmt) -> StoreResult<u64> {
+        count(stmt.op);
+        bind_all(stmt.sql.text(Dialect::Postgres), stmt.args)
+            .execute(self)
+            .await
+            .map(|done| done.rows_affected())
+            .map_err(db_err)
+    }
+}
+
+impl SqlRow for PgRow {
+    fn text(&self, column: &str) -> StoreResult<String> {
+        self.try_get(column).map_err(db_err)
+    }
+
+    fn opt_text(&self, column: &str) -> StoreResult<Option<String>> {
+        self.try_get(column).map_err(db_err)
+    }
+
+    /// BIGINT, or INTEGER widened.
+    fn int(&self, column: &str) -> StoreResult<i64> {
+        self.opt_int(column)?
+            .ok_or_else(|| StoreError::Corrupt(format!("column {column} is NULL")))
+    }
+
+    fn opt_int(&self, column: &str) -> StoreResult<Option<i64>> {
+        match self.try_get::<Option<i64>, _>(column) {
+            Ok(value) => Ok(value),
+            Err(sqlx::Error::ColumnDecode { .. }) => self
+                .try_get::<Option<i32>, _>(column)
+                .map(|value| value.map(i64::from))
+                .map_err(db_err),
+            Err(other) => Err(db_err(other)),
+        }
+    }
+
+    fn bool(&self, column: &str) -> StoreResult<bool> {
+        self.try_get(column).map_err(db_err)
+    }
+
+    fn uuid(&self, column: &str) -> StoreResult<uuid::Uuid> {
+        self.try_get(column).map_err(db_err)
+    }
+
+    fn opt_uuid(&self, column: &str) -> StoreResult<Option<uuid::Uuid>> {
+        self.try_get(column).map_err(db_err)
+    }
+
+    fn time(&self, column: &str) -> StoreResult<Timestamp> {
+        self.try_get(column).map_err(db_err)
+    }
+
+    fn opt_time(&self, column: &str) -> StoreResult<Option<Timestamp>> {
+        self.try_get(column).map_err(db_err)
+    }
+
+    fn opt_json(&self, column: &str) -> StoreResult<Option<serde_json::Value>> {
+        self.try_get(column).map_err(db_err)
+    }
+
+    fn date(&self, column: &str) -> StoreResult<chrono::NaiveDate> {
+        self.try_get(column).map_err(db_err)
     }
 }
 
@@ -298,12 +536,6 @@ async fn listen(mut listener: PgListener, wake: Arc<watch::Sender<u64>>) {
     }
 }
 
-/// Counts one query in `orderflow_db_queries_total{op}` (the same metric and
-/// operation names as the SQLite adapter, so dashboards work for both).
-pub(crate) fn count(op: &'static str) {
-    crate::sqlite::count(op);
-}
-
 /// Maps sqlx errors onto the port's error. Unique violations become
 /// `Conflict` naming the columns ("email", "sku"), which callers turn into a
 /// 409; anything transient (connection lost, pool exhausted, server shutting
@@ -329,15 +561,7 @@ pub(crate) fn db_err(error: sqlx::Error) -> StoreError {
             }
             StoreError::Database(format!("{} ({code})", pg.message()))
         }
-        sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::Io(_)
-        | sqlx::Error::WorkerCrashed
-        | sqlx::Error::Tls(_) => StoreError::Unavailable(error.to_string()),
-        sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) => {
-            StoreError::Corrupt(error.to_string())
-        }
-        other => StoreError::Database(other.to_string()),
+        other => crate::transport_err(other),
     }
 }
 

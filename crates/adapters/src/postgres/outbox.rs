@@ -19,7 +19,8 @@ use orderflow_core::ports::outbox::{Outbox, OutboxBacklog, OutboxBatch, OutboxEv
 use orderflow_core::ports::store::StoreResult;
 use sqlx::{Postgres, Transaction};
 
-use super::{Inner, count, db_err, rows};
+use super::{PostgresEngine, db_err};
+use crate::sql::{SqlRow, count, rows};
 
 /// First key of the advisory locks a claim holds per event key (the second
 /// is a hash of the key); distinct from the stock locks' first key.
@@ -28,7 +29,7 @@ const OUTBOX_KEY_LOCK: i32 = 0x0_0B0C;
 /// The outbox of a [`PostgresStore`](super::PostgresStore). Cheap to clone.
 #[derive(Clone)]
 pub struct PostgresOutbox {
-    inner: Arc<Inner>,
+    inner: Arc<PostgresEngine>,
 }
 
 impl std::fmt::Debug for PostgresOutbox {
@@ -38,7 +39,7 @@ impl std::fmt::Debug for PostgresOutbox {
 }
 
 impl PostgresOutbox {
-    pub(crate) fn new(inner: Arc<Inner>) -> Self {
+    pub(crate) fn new(inner: Arc<PostgresEngine>) -> Self {
         Self { inner }
     }
 }
@@ -124,15 +125,7 @@ impl Outbox for PostgresOutbox {
         .map_err(db_err)?;
         let events = rows
             .iter()
-            .map(|row| {
-                Ok(OutboxEvent {
-                    seq: rows::int(row, "seq")?,
-                    topic: rows::text(row, "topic")?,
-                    key: rows::text(row, "key")?,
-                    envelope: rows::envelope(row, "payload")?,
-                    created_at: rows::time(row, "created_at")?,
-                })
-            })
+            .map(rows::outbox_event)
             .collect::<StoreResult<Vec<_>>>()?;
         Ok(Box::new(PostgresBatch {
             tx: Some(tx),
@@ -153,7 +146,7 @@ impl Outbox for PostgresOutbox {
         .map_err(db_err)?;
         let oldest: f64 = sqlx::Row::try_get(&row, "oldest").map_err(db_err)?;
         Ok(OutboxBacklog {
-            unsent: rows::int(&row, "unsent")?,
+            unsent: row.int("unsent")?,
             // Clocks of different hosts can disagree a little; an age is
             // never negative.
             oldest_age_seconds: oldest.max(0.0),
@@ -166,7 +159,7 @@ pub struct PostgresBatch {
     /// `None` only once `mark_sent` took it.
     tx: Option<Transaction<'static, Postgres>>,
     events: Vec<OutboxEvent>,
-    inner: Arc<Inner>,
+    inner: Arc<PostgresEngine>,
 }
 
 /// Dropping a sqlx transaction only queues its `ROLLBACK` on the connection;

@@ -24,19 +24,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use orderflow_core::ports::log::{
-    Delivery, EventLog, LogError, LogResult, PartitionLag, Subscription,
-};
-use orderflow_core::ports::store::StoreError;
-use sqlx::sqlite::SqliteRow;
-use tokio::sync::watch;
-use tokio::time::Instant;
+use orderflow_core::ports::log::{Delivery, EventLog, LogResult, PartitionLag, Subscription};
 
-use super::{Inner, WritePriority, count, db_err, micros, rows};
-
-/// Most partitions one `poll` statement reads; keeps the `UNION ALL` well
-/// below SQLite's limit of 500 terms in a compound `SELECT`.
-const PARTITIONS_PER_STATEMENT: usize = 100;
+use super::{SqliteEngine, WritePriority};
+use crate::sql::log::{Attempt, Poller, Read, Wakers, poll_and_wait, read_deliveries};
+use crate::sql::rows::partition_key;
+use crate::sql::{Engine, Exec, SqlRow, WriteTx, log_err, stmt, values_list};
 
 /// The partition of a key: FNV-1a (32 bit) of its UTF-8 bytes, modulo the
 /// partition count. Deterministic across processes, builds and Rust versions
@@ -52,22 +45,11 @@ pub fn partition_for(key: &str, partitions: i32) -> i32 {
     (hash % partitions) as i32
 }
 
-fn log_err(error: StoreError) -> LogError {
-    match error {
-        StoreError::Unavailable(message) => LogError::Unavailable(message),
-        other => LogError::Backend(other.to_string()),
-    }
-}
-
-fn sql_err(error: sqlx::Error) -> LogError {
-    log_err(db_err(error))
-}
-
 /// The embedded event log. Made by
 /// [`SqliteStore::event_log`](super::SqliteStore::event_log); cheap to clone.
 #[derive(Clone)]
 pub struct SqliteEventLog {
-    inner: Arc<Inner>,
+    inner: Arc<SqliteEngine>,
 }
 
 impl std::fmt::Debug for SqliteEventLog {
@@ -79,7 +61,7 @@ impl std::fmt::Debug for SqliteEventLog {
 }
 
 impl SqliteEventLog {
-    pub(crate) fn new(inner: Arc<Inner>) -> Self {
+    pub(crate) fn new(inner: Arc<SqliteEngine>) -> Self {
         Self { inner }
     }
 }
@@ -93,251 +75,141 @@ impl EventLog for SqliteEventLog {
 
         // Register the group on every partition at offset 0 (unless it has
         // committed before), so it is listed by `lag` from its first start and
-        // reads everything published before it.
-        let now = micros(chrono::Utc::now());
+        // reads everything published before it. One statement.
+        let now = chrono::Utc::now();
+        let partitions = usize::try_from(self.inner.partitions).unwrap_or(0);
+        let mut register = stmt(
+            "register_group",
+            format!(
+                r#"INSERT INTO consumer_offsets (group_name, topic, "partition", next_offset, updated_at)
+                   VALUES {}
+                   ON CONFLICT (group_name, topic, "partition") DO NOTHING"#,
+                values_list(topics.len() * partitions, 5, 1)
+            ),
+        );
+        for topic in &topics {
+            for partition in 0..self.inner.partitions {
+                register = register
+                    .bind(group)
+                    .bind(topic)
+                    .bind(partition)
+                    .bind(0_i64)
+                    .bind(now);
+            }
+        }
         let mut w = self
             .inner
             .begin_write(WritePriority::Background)
             .await
             .map_err(log_err)?;
-        for topic in &topics {
-            for partition in 0..self.inner.partitions {
-                count("register_group");
-                sqlx::query(
-                    r#"INSERT INTO consumer_offsets (group_name, topic, "partition", next_offset, updated_at)
-                       VALUES (?, ?, ?, 0, ?)
-                       ON CONFLICT (group_name, topic, "partition") DO NOTHING"#,
-                )
-                .bind(group)
-                .bind(topic)
-                .bind(partition)
-                .bind(now)
-                .execute(&mut *w.tx)
-                .await
-                .map_err(sql_err)?;
-            }
-        }
+        w.exec(register).await.map_err(log_err)?;
         w.commit().await.map_err(log_err)?;
 
-        let topics_json = serde_json::Value::from(topics.clone()).to_string();
-        count("committed_offsets");
-        let rows = sqlx::query(
-            r#"SELECT topic, "partition", next_offset FROM consumer_offsets
-               WHERE group_name = ? AND topic IN (SELECT value FROM json_each(?))"#,
-        )
-        .bind(group)
-        .bind(&topics_json)
-        .fetch_all(&self.inner.pool)
-        .await
-        .map_err(sql_err)?;
+        let rows = self
+            .inner
+            .read()
+            .await
+            .map_err(log_err)?
+            .query_all(
+                stmt(
+                    "committed_offsets",
+                    r#"SELECT topic, "partition", next_offset FROM consumer_offsets
+                       WHERE group_name = $1 AND topic IN (SELECT value FROM json_each($2))"#,
+                )
+                .bind(group)
+                .bind(topics.clone()),
+            )
+            .await
+            .map_err(log_err)?;
         let mut positions = HashMap::with_capacity(rows.len());
         for row in &rows {
-            positions.insert(partition_key(row)?, int(row, "next_offset")?);
+            positions.insert(
+                partition_key(row).map_err(log_err)?,
+                row.int("next_offset").map_err(log_err)?,
+            );
         }
 
         Ok(Box::new(SqliteSubscription {
             inner: self.inner.clone(),
             group: group.to_owned(),
-            topics_json,
+            topics,
             positions,
-            wake: self.inner.wake.subscribe(),
+            wakers: Wakers::new([self.inner.wake.subscribe()]),
         }))
     }
 
     async fn lag(&self) -> LogResult<Vec<PartitionLag>> {
-        count("lag");
-        let rows = sqlx::query(
-            r#"SELECT c.group_name, c.topic, c."partition", c.next_offset AS committed,
-                      COALESCE(l.next_offset, 0) AS "end"
-               FROM consumer_offsets c
-               LEFT JOIN log_partitions l ON l.topic = c.topic AND l."partition" = c."partition"
-               ORDER BY c.group_name, c.topic, c."partition""#,
-        )
-        .fetch_all(&self.inner.pool)
-        .await
-        .map_err(sql_err)?;
-        rows.iter()
-            .map(|row| {
-                let (topic, partition) = partition_key(row)?;
-                let committed = int(row, "committed")?;
-                let end = int(row, "end")?;
-                Ok(PartitionLag {
-                    group: rows::text(row, "group_name").map_err(log_err)?,
-                    topic,
-                    partition,
-                    committed,
-                    end,
-                    lag: (end - committed).max(0),
-                })
-            })
-            .collect()
+        let mut conn = self.inner.read().await.map_err(log_err)?;
+        crate::sql::log::lag(&mut *conn).await
     }
 
     async fn ping(&self) -> LogResult<()> {
-        count("ping");
-        sqlx::query("SELECT 1")
-            .execute(&self.inner.pool)
-            .await
-            .map_err(sql_err)?;
-        Ok(())
+        let mut conn = self.inner.read().await.map_err(log_err)?;
+        crate::sql::log::ping(&mut *conn).await
     }
 }
 
 /// One member of a consumer group on the embedded log.
 pub struct SqliteSubscription {
-    inner: Arc<Inner>,
+    inner: Arc<SqliteEngine>,
     group: String,
-    /// The subscribed topics as a JSON array, for `json_each`.
-    topics_json: String,
+    topics: Vec<String>,
     /// Next offset to hand out per (topic, partition): the committed offset,
     /// moved forward by every delivery this member returned. Deliveries
     /// returned but never committed come back only to a new subscription.
     positions: HashMap<(String, i32), i64>,
-    wake: watch::Receiver<u64>,
+    wakers: Wakers,
 }
 
 impl std::fmt::Debug for SqliteSubscription {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SqliteSubscription")
             .field("group", &self.group)
-            .field("topics", &self.topics_json)
+            .field("topics", &self.topics)
             .finish_non_exhaustive()
     }
 }
 
-fn int(row: &SqliteRow, column: &str) -> LogResult<i64> {
-    rows::int(row, column).map_err(log_err)
-}
+#[async_trait]
+impl Poller for SqliteSubscription {
+    fn wakers(&mut self) -> &mut Wakers {
+        &mut self.wakers
+    }
 
-fn partition_key(row: &SqliteRow) -> LogResult<(String, i32)> {
-    let topic = rows::text(row, "topic").map_err(log_err)?;
-    let partition = int(row, "partition")?;
-    let partition = i32::try_from(partition)
-        .map_err(|_| LogError::Backend(format!("partition {partition} out of range")))?;
-    Ok((topic, partition))
-}
-
-impl SqliteSubscription {
-    /// Up to `max` deliveries past `positions`, in append order (which, per
-    /// partition, is offset order). Does not move the positions.
-    async fn fetch(&self, max: usize) -> LogResult<Vec<Delivery>> {
-        // Cheap check first: which partitions have anything past our position?
-        // An idle poll costs this one small query.
-        count("log_ends");
-        let ends = sqlx::query(
-            r#"SELECT topic, "partition", next_offset FROM log_partitions
-               WHERE topic IN (SELECT value FROM json_each(?))"#,
-        )
-        .bind(&self.topics_json)
-        .fetch_all(&self.inner.pool)
-        .await
-        .map_err(sql_err)?;
-        let mut ready: Vec<(String, i32, i64)> = Vec::new();
-        for row in &ends {
-            let (topic, partition) = partition_key(row)?;
-            let end = int(row, "next_offset")?;
-            let from = self
-                .positions
-                .get(&(topic.clone(), partition))
-                .copied()
-                .unwrap_or(0);
-            if end > from {
-                ready.push((topic, partition, from));
-            }
-        }
-        if ready.is_empty() {
-            return Ok(Vec::new());
-        }
-
-        let limit = i64::try_from(max).unwrap_or(i64::MAX);
-        let mut found: Vec<(i64, Delivery)> = Vec::new();
-        for chunk in ready.chunks(PARTITIONS_PER_STATEMENT) {
-            // One range scan of the (topic, partition, offset) index per ready
-            // partition, each capped at `max` rows, merged by `seq`. Cutting
-            // the merged list at `max` keeps a prefix of every partition, so
-            // positions can simply move to the last delivered offset + 1.
-            let one = r#"SELECT * FROM (SELECT seq, topic, "partition", "offset", payload FROM event_log
-                          WHERE topic = ? AND "partition" = ? AND "offset" >= ?
-                          ORDER BY "offset" LIMIT ?)"#;
-            let sql = format!(
-                "{} ORDER BY seq LIMIT ?",
-                vec![one; chunk.len()].join(" UNION ALL ")
+    /// Every partition of the subscribed topics, from this member's
+    /// positions.
+    async fn attempt(&mut self, max: usize) -> LogResult<Attempt> {
+        let reads: Vec<Read> = self
+            .topics
+            .iter()
+            .flat_map(|topic| {
+                (0..self.inner.partitions).map(|partition| Read {
+                    topic: topic.clone(),
+                    partition,
+                    from: self
+                        .positions
+                        .get(&(topic.clone(), partition))
+                        .copied()
+                        .unwrap_or(0),
+                })
+            })
+            .collect();
+        let mut conn = self.inner.read().await.map_err(log_err)?;
+        let batch = read_deliveries(&mut *conn, &self.topics, &reads, max).await?;
+        for delivery in &batch {
+            self.positions.insert(
+                (delivery.topic.clone(), delivery.partition),
+                delivery.offset + 1,
             );
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for (topic, partition, from) in chunk {
-                query = query
-                    .bind(topic.clone())
-                    .bind(*partition)
-                    .bind(*from)
-                    .bind(limit);
-            }
-            count("log_read");
-            let rows = query
-                .bind(limit)
-                .fetch_all(&self.inner.pool)
-                .await
-                .map_err(sql_err)?;
-            for row in &rows {
-                let (topic, partition) = partition_key(row)?;
-                let offset = int(row, "offset")?;
-                let payload = rows::text(row, "payload").map_err(log_err)?;
-                let envelope = rows::envelope(&payload).map_err(|e| {
-                    LogError::Backend(format!(
-                        "event at {topic}/{partition}/{offset} cannot be decoded: {e}"
-                    ))
-                })?;
-                found.push((
-                    int(row, "seq")?,
-                    Delivery {
-                        topic,
-                        partition,
-                        offset,
-                        envelope,
-                    },
-                ));
-            }
         }
-        found.sort_by_key(|(seq, _)| *seq);
-        found.truncate(max);
-        Ok(found.into_iter().map(|(_, delivery)| delivery).collect())
+        Ok(Attempt::Found(batch))
     }
 }
 
 #[async_trait]
 impl Subscription for SqliteSubscription {
     async fn poll(&mut self, max: usize, wait: Duration) -> LogResult<Vec<Delivery>> {
-        if max == 0 {
-            return Ok(Vec::new());
-        }
-        let deadline = Instant::now() + wait;
-        loop {
-            // Mark the current version seen *before* reading, so a commit that
-            // lands between the read and the wait below still wakes us.
-            self.wake.borrow_and_update();
-            let batch = self.fetch(max).await?;
-            if !batch.is_empty() {
-                for delivery in &batch {
-                    self.positions.insert(
-                        (delivery.topic.clone(), delivery.partition),
-                        delivery.offset + 1,
-                    );
-                }
-                return Ok(batch);
-            }
-            if Instant::now() >= deadline {
-                return Ok(batch);
-            }
-            match tokio::time::timeout_at(deadline, self.wake.changed()).await {
-                // Something was committed in this process: look again (it may
-                // be on topics we do not read; then we wait again).
-                Ok(Ok(())) => {}
-                // The store is gone, so nothing in this process will signal;
-                // sleep out the wait and look a last time.
-                Ok(Err(_)) => tokio::time::sleep_until(deadline).await,
-                // Time is up: one last look catches other processes' writes.
-                Err(_) => {}
-            }
-        }
+        poll_and_wait(self, max, wait).await
     }
 
     async fn commit(&mut self, deliveries: &[Delivery]) -> LogResult<()> {
@@ -351,31 +223,33 @@ impl Subscription for SqliteSubscription {
         if next.is_empty() {
             return Ok(());
         }
-        let now = micros(chrono::Utc::now());
+        // The larger offset wins: committing an older batch after a newer one
+        // (or the same batch twice) never moves the group backwards.
+        let now = chrono::Utc::now();
+        let mut upsert = stmt(
+            "commit_offset",
+            format!(
+                r#"INSERT INTO consumer_offsets (group_name, topic, "partition", next_offset, updated_at)
+                   VALUES {}
+                   ON CONFLICT (group_name, topic, "partition") DO UPDATE
+                   SET next_offset = max(next_offset, excluded.next_offset), updated_at = excluded.updated_at"#,
+                values_list(next.len(), 5, 1)
+            ),
+        );
+        for ((topic, partition), next_offset) in &next {
+            upsert = upsert
+                .bind(&self.group)
+                .bind(*topic)
+                .bind(*partition)
+                .bind(*next_offset)
+                .bind(now);
+        }
         let mut w = self
             .inner
             .begin_write(WritePriority::Background)
             .await
             .map_err(log_err)?;
-        for ((topic, partition), next_offset) in &next {
-            // max(): committing an older batch after a newer one (or the same
-            // batch twice) never moves the group backwards.
-            count("commit_offset");
-            sqlx::query(
-                r#"INSERT INTO consumer_offsets (group_name, topic, "partition", next_offset, updated_at)
-                   VALUES (?, ?, ?, ?, ?)
-                   ON CONFLICT (group_name, topic, "partition") DO UPDATE
-                   SET next_offset = max(next_offset, excluded.next_offset), updated_at = excluded.updated_at"#,
-            )
-            .bind(&self.group)
-            .bind(*topic)
-            .bind(*partition)
-            .bind(*next_offset)
-            .bind(now)
-            .execute(&mut *w.tx)
-            .await
-            .map_err(sql_err)?;
-        }
+        w.exec(upsert).await.map_err(log_err)?;
         w.commit().await.map_err(log_err)?;
         for ((topic, partition), next_offset) in next {
             let position = self

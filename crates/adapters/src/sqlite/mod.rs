@@ -54,30 +54,35 @@
 
 pub mod log;
 pub mod outbox;
-mod rows;
-pub mod store;
-pub mod tx;
 mod writer;
 
 use std::str::FromStr;
-use std::sync::Arc;
 use std::time::Duration;
 
-use orderflow_core::ports::outbox::EventDestination;
+use async_trait::async_trait;
 use orderflow_core::ports::store::{StoreError, StoreResult};
+use orderflow_domain::OrderId;
 use orderflow_domain::Timestamp;
-use orderflow_domain::events::topics;
+use orderflow_domain::events::{Envelope, topics};
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+    SqliteArguments, SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool,
+    SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
-use sqlx::{Sqlite, Transaction};
+use sqlx::{Row, Sqlite, Transaction};
 use tokio::sync::watch;
 
+use crate::AppendedTopics;
+use crate::sql::{Arg, Dialect, Engine, Exec, SqlRow, SqlStore, Stmt, WriteTx, count, stmt};
+
+pub use crate::sql::WritePriority;
 pub use log::{SqliteEventLog, SqliteSubscription, partition_for};
 pub use outbox::SqliteOutbox;
-pub use tx::SqliteTx;
-pub use writer::WritePriority;
 use writer::{WriterQueue, WriterTurn};
+
+/// The embedded database: the SQL store on SQLite. Cheap to clone: every
+/// clone shares one pool, one writer queue and one wake-up channel, so event
+/// logs made from any clone are woken by commits made through any other.
+pub type SqliteStore = SqlStore<SqliteEngine>;
 
 /// Partitions per topic when the caller does not choose.
 pub const DEFAULT_PARTITIONS: i32 = 6;
@@ -93,16 +98,9 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
-/// The embedded database. Cheap to clone: every clone shares one pool, one
-/// writer lock and one wake-up channel, so event logs made from any clone are
-/// woken by commits made through any other.
-#[derive(Clone)]
-pub struct SqliteStore {
-    inner: Arc<Inner>,
-}
-
-/// What the store, its transactions and its event logs share.
-pub(crate) struct Inner {
+/// What the store, its transactions and its event logs share: the engine
+/// behind [`SqliteStore`].
+pub struct SqliteEngine {
     pub(crate) pool: SqlitePool,
     /// Partitions per topic of the embedded log; fixed for the life of the
     /// database, since an event's partition is derived from it.
@@ -112,25 +110,23 @@ pub(crate) struct Inner {
     /// Bumped after every commit that appended events; subscriptions wait on
     /// it instead of polling the table on a timer.
     pub(crate) wake: watch::Sender<u64>,
-    /// Where units of work append events: the `event_log` table (the
-    /// embedded log) or the `outbox` table (for the Kafka relay).
-    pub(crate) destination: EventDestination,
     /// Outbox rows (and their keys) held by live relay batches of this
     /// process (see [`outbox`]); shared by every clone so that relays skip
     /// each other's rows and keys.
-    pub(crate) claimed: Arc<std::sync::Mutex<outbox::Claims>>,
+    pub(crate) claimed: std::sync::Mutex<outbox::Claims>,
 }
 
-impl std::fmt::Debug for SqliteStore {
+impl std::fmt::Debug for SqlStore<SqliteEngine> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SqliteStore")
-            .field("partitions", &self.inner.partitions)
-            .field("pool_size", &self.inner.pool.size())
+            .field("partitions", &self.engine.partitions)
+            .field("destination", &self.destination)
+            .field("pool_size", &self.engine.pool.size())
             .finish_non_exhaustive()
     }
 }
 
-impl SqliteStore {
+impl SqlStore<SqliteEngine> {
     /// Opens (creating if missing) the database at `url` (`sqlite://path`,
     /// `sqlite:path` or `sqlite::memory:`) with [`DEFAULT_PARTITIONS`]
     /// partitions per topic. Call [`Store::migrate`](orderflow_core::ports::store::Store::migrate)
@@ -172,69 +168,46 @@ impl SqliteStore {
             .await
             .map_err(db_err)?;
         let (wake, _) = watch::channel(0);
-        Ok(SqliteStore {
-            inner: Arc::new(Inner {
-                pool,
-                partitions,
-                writer: WriterQueue::default(),
-                wake,
-                destination: EventDestination::default(),
-                claimed: Arc::default(),
-            }),
-        })
-    }
-
-    /// The same database with units of work appending events to
-    /// `destination`: the embedded log (the default) or the outbox, which a
-    /// relay drains to Kafka. The pool, writer lock and wake-ups stay shared
-    /// with `self`'s other clones.
-    pub fn with_event_destination(self, destination: EventDestination) -> Self {
-        let inner = Inner {
-            pool: self.inner.pool.clone(),
-            partitions: self.inner.partitions,
-            writer: self.inner.writer.clone(),
-            wake: self.inner.wake.clone(),
-            destination,
-            claimed: self.inner.claimed.clone(),
-        };
-        SqliteStore {
-            inner: Arc::new(inner),
-        }
-    }
-
-    /// Where this store's units of work append events.
-    pub fn event_destination(&self) -> EventDestination {
-        self.inner.destination
+        Ok(SqlStore::new(SqliteEngine {
+            pool,
+            partitions,
+            writer: WriterQueue::default(),
+            wake,
+            claimed: std::sync::Mutex::default(),
+        }))
     }
 
     /// The outbox of this database, as the relay sees it.
     pub fn outbox(&self) -> SqliteOutbox {
-        SqliteOutbox::new(self.inner.clone())
-    }
-
-    /// The connection pool, for tools and tests that need raw SQL.
-    pub fn pool(&self) -> &SqlitePool {
-        &self.inner.pool
+        SqliteOutbox::new(self.engine.clone())
     }
 
     /// Partitions per topic of the embedded log.
     pub fn partitions(&self) -> i32 {
-        self.inner.partitions
+        self.engine.partitions
+    }
+
+    /// The connection pool, for tools and tests that need raw SQL.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.engine.pool
     }
 
     /// The embedded event log over the same database, pool and wake-ups. It
     /// uses the store's partition count (set at connect time), so it takes no
     /// argument: a second count could only disagree with the one `append` uses.
     pub fn event_log(&self) -> SqliteEventLog {
-        SqliteEventLog::new(self.inner.clone())
+        SqliteEventLog::new(self.engine.clone())
     }
 
-    pub(crate) fn inner(&self) -> &Arc<Inner> {
-        &self.inner
+    /// Sets `orderflow_db_pool_connections{state="in_use"|"idle"}` and
+    /// `orderflow_db_pool_max_connections` from the pool (read at scrape
+    /// time: keeping them current on every checkout would cost more).
+    pub fn export_pool_gauges(&self) {
+        crate::export_pool_gauges(&self.engine.pool);
     }
 }
 
-impl Inner {
+impl SqliteEngine {
     /// Waits for this process's writer lock. Enough on its own for a write
     /// that is a single statement (SQLite runs it atomically), which saves the
     /// `BEGIN`/`COMMIT` round trips.
@@ -248,7 +221,7 @@ impl Inner {
 
     /// Starts a write transaction: waits for this process's writer lock, then
     /// `BEGIN IMMEDIATE` (see the module docs for why both).
-    pub(crate) async fn begin_write(&self, priority: WritePriority) -> StoreResult<Writer> {
+    pub(crate) async fn begin_writer(&self, priority: WritePriority) -> StoreResult<Writer> {
         let guard = self.write_lock(priority).await?;
         count("begin");
         let tx = self
@@ -259,34 +232,54 @@ impl Inner {
         Ok(Writer { tx, _guard: guard })
     }
 
-    /// Wakes every subscription of this process (after a commit that appended).
-    pub(crate) fn wake_subscribers(&self) {
-        self.wake
-            .send_modify(|version| *version = version.wrapping_add(1));
-    }
-
     /// Makes sure every topic has its partitions in `log_partitions`, so lag
     /// shows empty partitions too (append would create them lazily anyway).
     async fn ensure_partitions(&self) -> StoreResult<()> {
-        let mut w = self.begin_write(WritePriority::Request).await?;
+        let mut w = self.begin_writer(WritePriority::Request).await?;
         for topic in topics::ALL {
-            for partition in 0..self.partitions {
-                count("ensure_partition");
-                sqlx::query(
-                    r#"INSERT INTO log_partitions (topic, "partition", next_offset) VALUES (?, ?, 0)
+            w.exec(
+                stmt(
+                    "ensure_partition",
+                    r#"INSERT INTO log_partitions (topic, "partition", next_offset)
+                       SELECT $1, value, 0 FROM json_each($2) WHERE true
                        ON CONFLICT (topic, "partition") DO NOTHING"#,
                 )
                 .bind(topic)
-                .bind(partition)
-                .execute(&mut *w.tx)
-                .await
-                .map_err(db_err)?;
-            }
+                .bind((0..self.partitions).collect::<Vec<i32>>()),
+            )
+            .await?;
         }
         w.commit().await
     }
+}
 
-    pub(crate) async fn migrate(&self) -> StoreResult<()> {
+#[async_trait]
+impl Engine for SqliteEngine {
+    const DIALECT: Dialect = Dialect::Sqlite;
+    type Conn = SqliteConnection;
+    type Read = sqlx::pool::PoolConnection<Sqlite>;
+    type Write = Writer;
+    type WriteTurn = WriterTurn;
+
+    async fn read(&self) -> StoreResult<Self::Read> {
+        self.pool.acquire().await.map_err(db_err)
+    }
+
+    async fn begin_write(&self, priority: WritePriority) -> StoreResult<Writer> {
+        self.begin_writer(priority).await
+    }
+
+    /// A background writer: one writer per database already, so the group
+    /// needs no lock of its own.
+    async fn begin_group_commit(&self, _group: &str) -> StoreResult<Writer> {
+        self.begin_writer(WritePriority::Background).await
+    }
+
+    async fn write_turn(&self) -> StoreResult<WriterTurn> {
+        self.write_lock(WritePriority::Request).await
+    }
+
+    async fn migrate(&self) -> StoreResult<()> {
         count("migrate");
         MIGRATOR.run(&self.pool).await.map_err(|e| match e {
             sqlx::migrate::MigrateError::Execute(e) => db_err(e),
@@ -294,36 +287,210 @@ impl Inner {
         })?;
         self.ensure_partitions().await
     }
+
+    /// Nothing to take: the unit of work holds the database's only writer.
+    async fn lock_order_stock(_conn: &mut SqliteConnection, _order: OrderId) -> StoreResult<()> {
+        Ok(())
+    }
+
+    /// Per event, two statements: take the partition's next offset (the row
+    /// is created on first use; migrate pre-creates the known topics) and
+    /// insert the event at it. Inside this transaction, so a rollback gives
+    /// the offsets back and offsets stay gap-free. All of them go to SQLite
+    /// in one round trip: with sqlx a round trip costs more than SQLite's
+    /// work here.
+    async fn append_to_log(
+        &self,
+        conn: &mut SqliteConnection,
+        events: &[Envelope],
+        appended: &mut AppendedTopics,
+    ) -> StoreResult<()> {
+        const PER_EVENT: usize = 6;
+        let now = chrono::Utc::now();
+        let mut sql = String::new();
+        let mut args = Vec::with_capacity(events.len() * PER_EVENT);
+        for (i, event) in events.iter().enumerate() {
+            let n = i * PER_EVENT;
+            let (topic, partition, key, id, payload, at) =
+                (n + 1, n + 2, n + 3, n + 4, n + 5, n + 6);
+            sql.push_str(&format!(
+                r#"INSERT INTO log_partitions (topic, "partition", next_offset) VALUES (${topic}, ${partition}, 1)
+                     ON CONFLICT (topic, "partition") DO UPDATE SET next_offset = next_offset + 1;
+                   INSERT INTO event_log (topic, "partition", "offset", key, event_id, payload, created_at)
+                     VALUES (${topic}, ${partition},
+                             (SELECT next_offset - 1 FROM log_partitions WHERE topic = ${topic} AND "partition" = ${partition}),
+                             ${key}, ${id}, ${payload}, ${at});"#
+            ));
+            let topic = event.topic();
+            count("next_offset");
+            args.extend([
+                Arg::from(topic),
+                Arg::from(partition_for(&event.key, self.partitions)),
+                Arg::from(&event.key),
+                Arg::from(event.id),
+                Arg::from(event.to_json()),
+                Arg::from(now),
+            ]);
+            appended.push(topic);
+        }
+        let mut append = stmt("append_event", sql);
+        append.args = args;
+        conn.exec(append).await?;
+        Ok(())
+    }
+
+    fn wake_subscribers(&self) {
+        self.wake
+            .send_modify(|version| *version = version.wrapping_add(1));
+    }
 }
 
 /// A write transaction holding the in-process writer lock. Field order
 /// matters: the transaction drops (queuing its rollback) before the lock is
 /// released.
-pub(crate) struct Writer {
+pub struct Writer {
     pub(crate) tx: Transaction<'static, Sqlite>,
     _guard: WriterTurn,
 }
 
-impl Writer {
-    pub(crate) async fn commit(self) -> StoreResult<()> {
+impl std::ops::Deref for Writer {
+    type Target = SqliteConnection;
+    fn deref(&self) -> &SqliteConnection {
+        &self.tx
+    }
+}
+
+impl std::ops::DerefMut for Writer {
+    fn deref_mut(&mut self) -> &mut SqliteConnection {
+        &mut self.tx
+    }
+}
+
+#[async_trait]
+impl WriteTx for Writer {
+    async fn commit(self) -> StoreResult<()> {
         count("commit");
         self.tx.commit().await.map_err(db_err)
     }
 }
 
-impl SqliteStore {
-    /// Sets `orderflow_db_pool_connections{state="in_use"|"idle"}` and
-    /// `orderflow_db_pool_max_connections` from the pool (read at scrape
-    /// time: keeping them current on every checkout would cost more).
-    pub fn export_pool_gauges(&self) {
-        crate::export_pool_gauges(&self.inner.pool);
+/// Binds `args` in SQLite's encoding (see the module docs).
+fn bind_all(sql: &str, args: Vec<Arg>) -> sqlx::query::Query<'static, Sqlite, SqliteArguments> {
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()));
+    for arg in args {
+        query = match arg {
+            Arg::Text(v) => query.bind(v),
+            Arg::Int(v) => query.bind(v),
+            Arg::Int4(v) => query.bind(v),
+            Arg::Bool(v) => query.bind(v),
+            Arg::Uuid(v) => query.bind(v.hyphenated().to_string()),
+            Arg::OptUuid(v) => query.bind(v.map(|v| v.hyphenated().to_string())),
+            Arg::Time(v) => query.bind(micros(v)),
+            Arg::OptTime(v) => query.bind(v.map(micros)),
+            Arg::Json(v) => query.bind(v.to_string()),
+            Arg::Date(v) => query.bind(v.format("%Y-%m-%d").to_string()),
+            Arg::Texts(v) => query.bind(serde_json::Value::from(v).to_string()),
+            Arg::Uuids(v) => query.bind(
+                serde_json::Value::from(v.iter().map(|id| id.to_string()).collect::<Vec<_>>())
+                    .to_string(),
+            ),
+            Arg::Int4s(v) => query.bind(serde_json::Value::from(v).to_string()),
+            Arg::Ints(v) => query.bind(serde_json::Value::from(v).to_string()),
+        };
+    }
+    query
+}
+
+#[async_trait]
+impl Exec for SqliteConnection {
+    type Row = SqliteRow;
+    const DIALECT: Dialect = Dialect::Sqlite;
+
+    async fn query_all(&mut self, stmt: Stmt) -> StoreResult<Vec<SqliteRow>> {
+        count(stmt.op);
+        bind_all(stmt.sql.text(Dialect::Sqlite), stmt.args)
+            .fetch_all(self)
+            .await
+            .map_err(db_err)
+    }
+
+    async fn query_opt(&mut self, stmt: Stmt) -> StoreResult<Option<SqliteRow>> {
+        count(stmt.op);
+        bind_all(stmt.sql.text(Dialect::Sqlite), stmt.args)
+            .fetch_optional(self)
+            .await
+            .map_err(db_err)
+    }
+
+    async fn exec(&mut self, stmt: Stmt) -> StoreResult<u64> {
+        count(stmt.op);
+        bind_all(stmt.sql.text(Dialect::Sqlite), stmt.args)
+            .execute(self)
+            .await
+            .map(|done| done.rows_affected())
+            .map_err(db_err)
     }
 }
 
-/// Counts one query in `orderflow_db_queries_total{op}`. Called right before
-/// each statement, so "queries per request" in the benchmark is exact.
-pub(crate) fn count(op: &'static str) {
-    metrics::counter!("orderflow_db_queries_total", "op" => op).increment(1);
+fn corrupt_uuid(column: &str, value: &str) -> StoreError {
+    StoreError::Corrupt(format!("column {column} holds {value:?}, not a UUID"))
+}
+
+impl SqlRow for SqliteRow {
+    fn text(&self, column: &str) -> StoreResult<String> {
+        self.try_get(column).map_err(db_err)
+    }
+
+    fn opt_text(&self, column: &str) -> StoreResult<Option<String>> {
+        self.try_get(column).map_err(db_err)
+    }
+
+    fn int(&self, column: &str) -> StoreResult<i64> {
+        self.try_get(column).map_err(db_err)
+    }
+
+    fn opt_int(&self, column: &str) -> StoreResult<Option<i64>> {
+        self.try_get(column).map_err(db_err)
+    }
+
+    fn bool(&self, column: &str) -> StoreResult<bool> {
+        self.try_get(column).map_err(db_err)
+    }
+
+    fn uuid(&self, column: &str) -> StoreResult<uuid::Uuid> {
+        let value = self.text(column)?;
+        value.parse().map_err(|_| corrupt_uuid(column, &value))
+    }
+
+    fn opt_uuid(&self, column: &str) -> StoreResult<Option<uuid::Uuid>> {
+        self.opt_text(column)?
+            .map(|value| value.parse().map_err(|_| corrupt_uuid(column, &value)))
+            .transpose()
+    }
+
+    fn time(&self, column: &str) -> StoreResult<Timestamp> {
+        from_micros(self.int(column)?)
+    }
+
+    fn opt_time(&self, column: &str) -> StoreResult<Option<Timestamp>> {
+        self.opt_int(column)?.map(from_micros).transpose()
+    }
+
+    fn opt_json(&self, column: &str) -> StoreResult<Option<serde_json::Value>> {
+        self.opt_text(column)?
+            .map(|text| {
+                serde_json::from_str(&text)
+                    .map_err(|e| StoreError::Corrupt(format!("column {column}: {e}")))
+            })
+            .transpose()
+    }
+
+    fn date(&self, column: &str) -> StoreResult<chrono::NaiveDate> {
+        let value = self.text(column)?;
+        value.parse().map_err(|_| {
+            StoreError::Corrupt(format!("column {column} holds {value:?}, not a date"))
+        })
+    }
 }
 
 /// Maps sqlx errors onto the port's error. Unique violations become
@@ -358,15 +525,7 @@ pub(crate) fn db_err(error: sqlx::Error) -> StoreError {
             }
             StoreError::Database(db.message().to_owned())
         }
-        sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::Io(_)
-        | sqlx::Error::WorkerCrashed
-        | sqlx::Error::Tls(_) => StoreError::Unavailable(error.to_string()),
-        sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) => {
-            StoreError::Corrupt(error.to_string())
-        }
-        other => StoreError::Database(other.to_string()),
+        other => crate::transport_err(other),
     }
 }
 
@@ -378,15 +537,4 @@ pub(crate) fn micros(at: Timestamp) -> i64 {
 pub(crate) fn from_micros(value: i64) -> StoreResult<Timestamp> {
     chrono::DateTime::from_timestamp_micros(value)
         .ok_or_else(|| StoreError::Corrupt(format!("timestamp out of range: {value}")))
-}
-
-/// UUIDs are stored as lower-case hyphenated text.
-pub(crate) fn uid(id: uuid::Uuid) -> uuid::fmt::Hyphenated {
-    id.hyphenated()
-}
-
-/// A JSON array of ids, for `IN (SELECT value FROM json_each(?))`: one static
-/// statement for any number of ids instead of building `IN (?, ?, …)`.
-pub(crate) fn json_ids(ids: &[uuid::Uuid]) -> String {
-    serde_json::Value::from(ids.iter().map(|id| id.to_string()).collect::<Vec<_>>()).to_string()
 }

@@ -30,15 +30,16 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use orderflow_core::ports::outbox::{Outbox, OutboxBacklog, OutboxBatch, OutboxEvent};
-use orderflow_core::ports::store::{StoreError, StoreResult};
+use orderflow_core::ports::store::StoreResult;
 
-use super::{Inner, WritePriority, count, db_err, micros, rows};
+use super::{SqliteEngine, WritePriority, micros};
+use crate::sql::{Engine, Exec, SqlRow, rows, stmt};
 
 /// The outbox of one SQLite database. Made by
 /// [`SqliteStore::outbox`](super::SqliteStore::outbox); cheap to clone.
 #[derive(Clone)]
 pub struct SqliteOutbox {
-    inner: Arc<Inner>,
+    inner: Arc<SqliteEngine>,
 }
 
 impl std::fmt::Debug for SqliteOutbox {
@@ -48,7 +49,7 @@ impl std::fmt::Debug for SqliteOutbox {
 }
 
 impl SqliteOutbox {
-    pub(crate) fn new(inner: Arc<Inner>) -> Self {
+    pub(crate) fn new(inner: Arc<SqliteEngine>) -> Self {
         Self { inner }
     }
 }
@@ -88,41 +89,30 @@ fn held(claimed: &Mutex<Claims>) -> std::sync::MutexGuard<'_, Claims> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-fn json_seqs<'a>(seqs: impl IntoIterator<Item = &'a i64>) -> String {
-    serde_json::Value::from(seqs.into_iter().copied().collect::<Vec<i64>>()).to_string()
-}
-
 #[async_trait]
 impl Outbox for SqliteOutbox {
     async fn claim(&self, limit: usize) -> StoreResult<Box<dyn OutboxBatch>> {
-        let skip = json_seqs(held(&self.inner.claimed).seqs.iter());
-        count("outbox_claim");
-        let found = sqlx::query(
-            r#"SELECT seq, topic, key, payload, created_at FROM outbox
-               WHERE seq NOT IN (SELECT value FROM json_each(?))
-               ORDER BY seq LIMIT ?"#,
-        )
-        .bind(&skip)
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&self.inner.pool)
-        .await
-        .map_err(db_err)?;
+        let skip: Vec<i64> = held(&self.inner.claimed).seqs.iter().copied().collect();
+        let found = self
+            .inner
+            .read()
+            .await?
+            .query_all(
+                stmt(
+                    "outbox_claim",
+                    r#"SELECT seq, topic, key, payload, created_at FROM outbox
+                       WHERE seq NOT IN (SELECT value FROM json_each($1))
+                       ORDER BY seq LIMIT $2"#,
+                )
+                .bind(skip)
+                .bind(i64::try_from(limit).unwrap_or(i64::MAX)),
+            )
+            .await?;
 
-        let mut events = Vec::with_capacity(found.len());
-        for row in &found {
-            let seq = rows::int(row, "seq")?;
-            let payload = rows::text(row, "payload")?;
-            let envelope = rows::envelope(&payload).map_err(|e| {
-                StoreError::Corrupt(format!("outbox row {seq} cannot be decoded: {e}"))
-            })?;
-            events.push(OutboxEvent {
-                seq,
-                topic: rows::text(row, "topic")?,
-                key: rows::text(row, "key")?,
-                envelope,
-                created_at: rows::time(row, "created_at")?,
-            });
-        }
+        let mut events = found
+            .iter()
+            .map(rows::outbox_event)
+            .collect::<StoreResult<Vec<_>>>()?;
         // Keep only rows no other live batch holds, and whose key no other
         // live batch holds (checked now, under the lock: another relay may
         // have claimed between our read and here). Once a key is skipped,
@@ -150,13 +140,17 @@ impl Outbox for SqliteOutbox {
     }
 
     async fn backlog(&self) -> StoreResult<OutboxBacklog> {
-        count("outbox_backlog");
-        let row = sqlx::query("SELECT COUNT(*) AS unsent, MIN(created_at) AS oldest FROM outbox")
-            .fetch_one(&self.inner.pool)
-            .await
-            .map_err(db_err)?;
-        let unsent = rows::int(&row, "unsent")?;
-        let oldest: Option<i64> = sqlx::Row::try_get(&row, "oldest").map_err(db_err)?;
+        let row = self
+            .inner
+            .read()
+            .await?
+            .query_one(stmt(
+                "outbox_backlog",
+                "SELECT COUNT(*) AS unsent, MIN(created_at) AS oldest FROM outbox",
+            ))
+            .await?;
+        let unsent = row.int("unsent")?;
+        let oldest = row.opt_int("oldest")?;
         let oldest_age_seconds = match oldest {
             Some(oldest) => {
                 let age = micros(chrono::Utc::now()).saturating_sub(oldest);
@@ -173,7 +167,7 @@ impl Outbox for SqliteOutbox {
 
 /// Rows held by one relay until it marks them sent or drops the batch.
 struct SqliteOutboxBatch {
-    inner: Arc<Inner>,
+    inner: Arc<SqliteEngine>,
     events: Vec<OutboxEvent>,
 }
 
@@ -200,12 +194,17 @@ impl OutboxBatch for SqliteOutboxBatch {
         // module docs of `sqlite`). Deleting a row that is already gone (a
         // retried mark) deletes nothing, which is what marking twice means.
         let _writer = self.inner.write_lock(WritePriority::Background).await?;
-        count("outbox_mark_sent");
-        sqlx::query("DELETE FROM outbox WHERE seq IN (SELECT value FROM json_each(?))")
-            .bind(json_seqs(seqs))
-            .execute(&self.inner.pool)
-            .await
-            .map_err(db_err)?;
+        self.inner
+            .read()
+            .await?
+            .exec(
+                stmt(
+                    "outbox_mark_sent",
+                    "DELETE FROM outbox WHERE seq IN (SELECT value FROM json_each($1))",
+                )
+                .bind(seqs.to_vec()),
+            )
+            .await?;
         // Dropping `self` releases the claim.
         Ok(())
     }

@@ -22,14 +22,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::oneshot;
 
-/// Who is asking for the writer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WritePriority {
-    /// A request is waiting for the answer: served first.
-    Request,
-    /// Consumers, offset commits, the relay: served when no request waits.
-    Background,
-}
+pub use crate::sql::WritePriority;
 
 /// The two queues and whether the writer is taken.
 #[derive(Default)]

@@ -1,0 +1,274 @@
+//! What the two embedded event logs (SQLite's and PostgreSQL's) share: the
+//! log tables' reads (partition ends, deliveries past a position, lag) and
+//! the poll-and-wait loop every subscription runs.
+//!
+//! The tables are the same on both engines: `event_log` (the events, with a
+//! global `seq` in append order), `log_partitions` (each partition's end
+//! offset) and `consumer_offsets` (each group's committed offsets). What
+//! differs is who may read what (SQLite: every member reads every partition;
+//! PostgreSQL: members share partitions through leases) and how a commit
+//! elsewhere wakes a waiting poll (an in-process channel; `LISTEN/NOTIFY`).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::future::select_all;
+use orderflow_core::ports::log::{Delivery, LogError, LogResult, PartitionLag};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::rows::{self, partition_key};
+use super::{Exec, Sql, SqlRow, log_err, per, stmt};
+
+/// Most partitions one read statement covers; keeps the `UNION ALL` well
+/// below SQLite's limit of 500 terms in a compound `SELECT`.
+const PARTITIONS_PER_STATEMENT: usize = 100;
+
+/// One partition a poll reads, from which offset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Read {
+    pub(crate) topic: String,
+    pub(crate) partition: i32,
+    pub(crate) from: i64,
+}
+
+/// Lag of every group on every partition it registered, in (group, topic,
+/// partition) order.
+pub(crate) async fn lag<C: Exec + ?Sized>(conn: &mut C) -> LogResult<Vec<PartitionLag>> {
+    let rows = conn
+        .query_all(stmt(
+            "lag",
+            r#"SELECT c.group_name, c.topic, c."partition", c.next_offset AS committed,
+                      COALESCE(l.next_offset, 0) AS "end"
+               FROM consumer_offsets c
+               LEFT JOIN log_partitions l ON l.topic = c.topic AND l."partition" = c."partition"
+               ORDER BY c.group_name, c.topic, c."partition""#,
+        ))
+        .await
+        .map_err(log_err)?;
+    rows.iter()
+        .map(|row| {
+            let (topic, partition) = partition_key(row).map_err(log_err)?;
+            let committed = row.int("committed").map_err(log_err)?;
+            let end = row.int("end").map_err(log_err)?;
+            Ok(PartitionLag {
+                group: row.text("group_name").map_err(log_err)?,
+                topic,
+                partition,
+                committed,
+                end,
+                lag: (end - committed).max(0),
+            })
+        })
+        .collect()
+}
+
+pub(crate) async fn ping<C: Exec + ?Sized>(conn: &mut C) -> LogResult<()> {
+    conn.exec(stmt("ping", "SELECT 1")).await.map_err(log_err)?;
+    Ok(())
+}
+
+/// The end offset of every partition of `topics` that has one.
+async fn partition_ends<C: Exec + ?Sized>(
+    conn: &mut C,
+    topics: &[String],
+) -> LogResult<HashMap<(String, i32), i64>> {
+    let rows = conn
+        .query_all(
+            stmt(
+                "log_ends",
+                per(
+                    r#"SELECT topic, "partition", next_offset FROM log_partitions
+                       WHERE topic IN (SELECT value FROM json_each($1))"#,
+                    r#"SELECT topic, "partition", next_offset FROM log_partitions
+                       WHERE topic = ANY($1)"#,
+                ),
+            )
+            .bind(topics.to_vec()),
+        )
+        .await
+        .map_err(log_err)?;
+    rows.iter()
+        .map(|row| {
+            Ok((
+                partition_key(row).map_err(log_err)?,
+                row.int("next_offset").map_err(log_err)?,
+            ))
+        })
+        .collect()
+}
+
+/// Up to `max` deliveries of the `reads` partitions (of `topics`) past their
+/// positions, in append order (which, per partition, is offset order).
+///
+/// Cheap check first: which partitions have anything past the position? An
+/// idle poll costs that one small query. Then one range scan of the (topic,
+/// partition, offset) index per ready partition, each capped at `max` rows,
+/// merged by `seq`. Within a partition `seq` grows with the offset (appends
+/// to one partition are serialised), so cutting the merged list at `max`
+/// keeps a prefix of every partition, and positions can simply move to the
+/// last delivered offset + 1.
+pub(crate) async fn read_deliveries<C: Exec + ?Sized>(
+    conn: &mut C,
+    topics: &[String],
+    reads: &[Read],
+    max: usize,
+) -> LogResult<Vec<Delivery>> {
+    let ends = partition_ends(conn, topics).await?;
+    let ready: Vec<&Read> = reads
+        .iter()
+        .filter(|read| {
+            ends.get(&(read.topic.clone(), read.partition))
+                .is_some_and(|end| *end > read.from)
+        })
+        .collect();
+    if ready.is_empty() {
+        return Ok(Vec::new());
+    }
+    let limit = i64::try_from(max).unwrap_or(i64::MAX);
+    let mut found: Vec<(i64, Delivery)> = Vec::new();
+    for chunk in ready.chunks(PARTITIONS_PER_STATEMENT) {
+        let one = |n: usize| {
+            let p = 2 + n * 3;
+            format!(
+                r#"SELECT * FROM (SELECT seq, topic, "partition", "offset", payload FROM event_log
+                   WHERE topic = ${} AND "partition" = ${} AND "offset" >= ${}
+                   ORDER BY "offset" LIMIT $1) AS p{n}"#,
+                p,
+                p + 1,
+                p + 2
+            )
+        };
+        let sql = format!(
+            "{} ORDER BY seq LIMIT $1",
+            (0..chunk.len())
+                .map(one)
+                .collect::<Vec<_>>()
+                .join(" UNION ALL ")
+        );
+        let mut read = stmt("log_read", Sql::Built(sql)).bind(limit);
+        for partition in chunk {
+            read = read
+                .bind(partition.topic.clone())
+                .bind(partition.partition)
+                .bind(partition.from);
+        }
+        for row in conn.query_all(read).await.map_err(log_err)? {
+            let (topic, partition) = partition_key(&row).map_err(log_err)?;
+            let offset = row.int("offset").map_err(log_err)?;
+            let envelope = rows::envelope(&row, "payload").map_err(|e| {
+                LogError::Backend(format!(
+                    "event at {topic}/{partition}/{offset} cannot be decoded: {e}"
+                ))
+            })?;
+            let seq = row.int("seq").map_err(log_err)?;
+            found.push((
+                seq,
+                Delivery {
+                    topic,
+                    partition,
+                    offset,
+                    envelope,
+                },
+            ));
+        }
+    }
+    found.sort_by_key(|(seq, _)| *seq);
+    found.truncate(max);
+    Ok(found.into_iter().map(|(_, delivery)| delivery).collect())
+}
+
+/// The signals that make a waiting poll look again: commits of this process
+/// (and, on PostgreSQL, `NOTIFY` from others), and on PostgreSQL the member
+/// gaining partitions. A closed signal is ignored from then on.
+pub(crate) struct Wakers {
+    signals: Vec<(watch::Receiver<u64>, bool)>,
+}
+
+impl Wakers {
+    pub(crate) fn new(signals: impl IntoIterator<Item = watch::Receiver<u64>>) -> Self {
+        Self {
+            signals: signals.into_iter().map(|rx| (rx, true)).collect(),
+        }
+    }
+
+    /// Marks every signal seen, *before* reading, so one that fires between
+    /// the read and the wait still wakes the wait.
+    fn mark_seen(&mut self) {
+        for (signal, _) in &mut self.signals {
+            signal.borrow_and_update();
+        }
+    }
+
+    /// Waits for any open signal, or the deadline.
+    async fn wait(&mut self, deadline: Instant) {
+        let open: Vec<usize> = (0..self.signals.len())
+            .filter(|i| self.signals[*i].1)
+            .collect();
+        if open.is_empty() {
+            tokio::time::sleep_until(deadline).await;
+            return;
+        }
+        let changes = self
+            .signals
+            .iter_mut()
+            .filter(|(_, open)| *open)
+            .map(|(signal, _)| Box::pin(signal.changed()));
+        let Ok((result, index, _)) = tokio::time::timeout_at(deadline, select_all(changes)).await
+        else {
+            return;
+        };
+        if result.is_err() {
+            self.signals[open[index]].1 = false;
+        }
+    }
+}
+
+/// What one attempt of a poll found.
+pub(crate) enum Attempt {
+    /// Deliveries to hand out.
+    Found(Vec<Delivery>),
+    /// Something was read, but none of it may be handed out (partitions
+    /// moved meanwhile): look again at once.
+    Again,
+    /// Nothing new: wait for a signal.
+    Nothing,
+}
+
+/// A subscription of an embedded log, as the poll-and-wait loop drives it.
+#[async_trait]
+pub(crate) trait Poller: Send {
+    fn wakers(&mut self) -> &mut Wakers;
+
+    /// One look at the log for up to `max` deliveries. Positions move only
+    /// in the same synchronous step that returns them (cancel safety).
+    async fn attempt(&mut self, max: usize) -> LogResult<Attempt>;
+}
+
+/// The poll loop of both embedded logs: look, and if nothing is there, wait
+/// for a signal and look again, until `wait` has passed. A commit of another
+/// process that no signal reports is seen at the last look, when `wait` ran
+/// out.
+pub(crate) async fn poll_and_wait<P: Poller + ?Sized>(
+    poller: &mut P,
+    max: usize,
+    wait: Duration,
+) -> LogResult<Vec<Delivery>> {
+    if max == 0 {
+        return Ok(Vec::new());
+    }
+    let deadline = Instant::now() + wait;
+    loop {
+        poller.wakers().mark_seen();
+        match poller.attempt(max).await? {
+            Attempt::Found(batch) if !batch.is_empty() => return Ok(batch),
+            Attempt::Again => continue,
+            Attempt::Found(_) | Attempt::Nothing => {}
+        }
+        if Instant::now() >= deadline {
+            return Ok(Vec::new());
+        }
+        poller.wakers().wait(deadline).await;
+    }
+}

@@ -1,0 +1,829 @@
+//! `impl Store for SqlStore<E>`: stand-alone reads, and the session,
+//! revocation and catalog writes the port keeps outside a unit of work, for
+//! both engines.
+//!
+//! Reads go straight to a pooled connection (SQLite's WAL readers never wait
+//! for the writer; PostgreSQL's never wait for row locks). A write that is a
+//! single statement runs on a pooled connection too, holding what the engine
+//! needs for it ([`Engine::write_turn`]: SQLite's writer, on PostgreSQL
+//! nothing, since every statement is atomic). Writes that read first
+//! (refresh-token rotation) run in a write transaction.
+
+use async_trait::async_trait;
+use orderflow_core::ports::store::{
+    DailySales, DeadLetter, LeaderboardEntry, NotificationRecord, PointsStanding, RefreshRotation,
+    SessionRecord, Store, StoreResult, StoreTx, UserRecord,
+};
+use orderflow_domain::order::{HistoryEntry, Order, OrderStatus};
+use orderflow_domain::product::{Product, ProductDraft};
+use orderflow_domain::{EventId, OrderId, ProductId, Timestamp, UserId};
+
+use super::rows::{
+    self, DEAD_LETTER_COLUMNS, ORDER_COLUMNS, PRODUCT_COLUMNS, SESSION_COLUMNS, USER_COLUMNS,
+};
+use super::tx::SqlTx;
+use super::{Engine, Exec, Sql, SqlRow, SqlStore, Stmt, WritePriority, per, stmt};
+
+/// `SELECT <columns> FROM <rest>`: the column lists are constants of
+/// [`rows`], so the statement is as fixed as a literal.
+pub(crate) fn select(columns: &str, rest: &str) -> Sql {
+    Sql::Built(format!("SELECT {columns} FROM {rest}"))
+}
+
+/// Loads the lines of `orders` (one query for all of them) and attaches them
+/// in line order.
+pub(crate) async fn attach_items<C: Exec + ?Sized>(
+    conn: &mut C,
+    orders: &mut [Order],
+) -> StoreResult<()> {
+    if orders.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<OrderId> = orders.iter().map(|o| o.id).collect();
+    let rows = conn
+        .query_all(
+            stmt(
+                "order_items",
+                per(
+                    "SELECT order_id, product_id, sku, name, quantity, unit_price_cents, line_total_cents
+                     FROM order_items WHERE order_id IN (SELECT value FROM json_each($1))
+                     ORDER BY order_id, line_no",
+                    "SELECT order_id, product_id, sku, name, quantity, unit_price_cents, line_total_cents
+                     FROM order_items WHERE order_id = ANY($1)
+                     ORDER BY order_id, line_no",
+                ),
+            )
+            .bind(ids),
+        )
+        .await?;
+    for row in &rows {
+        let order_id = row.uuid("order_id")?;
+        let line = rows::order_line(row)?;
+        if let Some(order) = orders.iter_mut().find(|o| o.id == order_id) {
+            order.items.push(line);
+        }
+    }
+    Ok(())
+}
+
+/// One order with its lines, read on `conn` (a pooled connection or the
+/// connection of a unit of work). `locking` is the statement for a unit of
+/// work that changes the order: on PostgreSQL `FOR UPDATE` locks the row
+/// until it ends; SQLite's unit of work holds the writer already.
+pub(crate) async fn load_order<C: Exec + ?Sized>(
+    conn: &mut C,
+    id: OrderId,
+    locking: bool,
+) -> StoreResult<Option<Order>> {
+    let lock = if locking { C::DIALECT.for_update() } else { "" };
+    let sql = Sql::Built(format!(
+        "SELECT {ORDER_COLUMNS} FROM orders WHERE id = $1{lock}"
+    ));
+    let Some(row) = conn.query_opt(stmt("order", sql).bind(id)).await? else {
+        return Ok(None);
+    };
+    let mut orders = [rows::order_head(&row)?];
+    attach_items(conn, &mut orders).await?;
+    let [order] = orders;
+    Ok(Some(order))
+}
+
+/// Reads at most one row on a pooled connection.
+async fn read_one<E: Engine, T>(
+    engine: &E,
+    stmt: Stmt,
+    map: impl Fn(&<E::Conn as Exec>::Row) -> StoreResult<T>,
+) -> StoreResult<Option<T>> {
+    let mut conn = engine.read().await?;
+    conn.query_opt(stmt).await?.as_ref().map(map).transpose()
+}
+
+async fn read_all<E: Engine, T>(
+    engine: &E,
+    stmt: Stmt,
+    map: impl Fn(&<E::Conn as Exec>::Row) -> StoreResult<T>,
+) -> StoreResult<Vec<T>> {
+    let mut conn = engine.read().await?;
+    conn.query_all(stmt).await?.iter().map(map).collect()
+}
+
+/// Runs a single-statement write outside a unit of work; how many rows it
+/// changed.
+async fn write<E: Engine>(engine: &E, stmt: Stmt) -> StoreResult<u64> {
+    let _turn = engine.write_turn().await?;
+    let mut conn = engine.read().await?;
+    conn.exec(stmt).await
+}
+
+/// Runs a single-statement write that returns at most one row.
+async fn write_returning<E: Engine, T>(
+    engine: &E,
+    stmt: Stmt,
+    map: impl Fn(&<E::Conn as Exec>::Row) -> StoreResult<T>,
+) -> StoreResult<Option<T>> {
+    let _turn = engine.write_turn().await?;
+    let mut conn = engine.read().await?;
+    conn.query_opt(stmt).await?.as_ref().map(map).transpose()
+}
+
+#[async_trait]
+impl<E: Engine> Store for SqlStore<E> {
+    async fn migrate(&self) -> StoreResult<()> {
+        self.engine.migrate().await
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        let mut conn = self.engine.read().await?;
+        conn.exec(stmt("ping", "SELECT 1")).await?;
+        Ok(())
+    }
+
+    async fn begin(&self) -> StoreResult<Box<dyn StoreTx>> {
+        let write = self.engine.begin_write(WritePriority::Request).await?;
+        Ok(Box::new(SqlTx::new(
+            self.engine.clone(),
+            write,
+            self.destination,
+        )))
+    }
+
+    async fn begin_group_commit(&self, group: &str) -> StoreResult<Box<dyn StoreTx>> {
+        let write = self.engine.begin_group_commit(group).await?;
+        Ok(Box::new(SqlTx::new(
+            self.engine.clone(),
+            write,
+            self.destination,
+        )))
+    }
+
+    // --- users and sessions ---
+
+    async fn user_by_email(&self, email: &str) -> StoreResult<Option<UserRecord>> {
+        read_one(
+            &*self.engine,
+            stmt(
+                "user_by_email",
+                select(USER_COLUMNS, "users WHERE email = $1"),
+            )
+            .bind(email),
+            rows::user,
+        )
+        .await
+    }
+
+    async fn user_by_id(&self, id: UserId) -> StoreResult<Option<UserRecord>> {
+        read_one(
+            &*self.engine,
+            stmt("user_by_id", select(USER_COLUMNS, "users WHERE id = $1")).bind(id),
+            rows::user,
+        )
+        .await
+    }
+
+    async fn create_session(&self, session: &SessionRecord, refresh_hash: &str) -> StoreResult<()> {
+        write(&*self.engine, stmt(
+                "create_session",
+                "INSERT INTO sessions (id, user_id, device, refresh_hash, created_at, last_used_at, expires_at, revoked_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            )
+            .bind(session.id)
+            .bind(session.user_id)
+            .bind(&session.device)
+            .bind(refresh_hash)
+            .bind(session.created_at)
+            .bind(session.last_used_at)
+            .bind(session.expires_at)
+            .bind(session.revoked_at),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Read-then-write in one write transaction. On SQLite the transaction
+    /// holds the writer, so two requests presenting the same token cannot
+    /// both rotate it. On PostgreSQL `FOR UPDATE` locks the session row: a
+    /// second presentation of the same token waits there; when the first
+    /// commits, PostgreSQL re-checks `refresh_hash = $1` against the new row
+    /// version, finds it changed, and the second one falls through to the
+    /// reuse check below, which then sees the committed rotation.
+    async fn rotate_refresh_token(
+        &self,
+        presented_hash: &str,
+        new_hash: &str,
+        now: Timestamp,
+        new_expires_at: Timestamp,
+    ) -> StoreResult<RefreshRotation> {
+        let mut w = self.engine.begin_write(WritePriority::Request).await?;
+        let current = w
+            .query_opt(
+                stmt(
+                    "session_by_refresh_hash",
+                    Sql::Built(format!(
+                        "SELECT {SESSION_COLUMNS} FROM sessions WHERE refresh_hash = $1{}",
+                        E::DIALECT.for_update()
+                    )),
+                )
+                .bind(presented_hash),
+            )
+            .await?;
+        if let Some(row) = current {
+            let mut session = rows::session(&row)?;
+            if session.revoked_at.is_some() || session.expires_at <= now {
+                return Ok(RefreshRotation::Invalid);
+            }
+            w.exec(
+                stmt(
+                    "insert_rotated_refresh_token",
+                    "INSERT INTO rotated_refresh_tokens (refresh_hash, session_id, rotated_at) VALUES ($1, $2, $3)",
+                )
+                .bind(presented_hash)
+                .bind(session.id)
+                .bind(now),
+            )
+            .await?;
+            w.exec(
+                stmt(
+                    "rotate_session",
+                    "UPDATE sessions SET refresh_hash = $1, last_used_at = $2, expires_at = $3 WHERE id = $4",
+                )
+                .bind(new_hash)
+                .bind(now)
+                .bind(new_expires_at)
+                .bind(session.id),
+            )
+            .await?;
+            super::WriteTx::commit(w).await?;
+            session.last_used_at = now;
+            session.expires_at = new_expires_at;
+            return Ok(RefreshRotation::Rotated { session });
+        }
+
+        let rotated = w
+            .query_opt(
+                stmt(
+                    "rotated_refresh_token",
+                    "SELECT s.id, s.user_id
+                     FROM rotated_refresh_tokens r JOIN sessions s ON s.id = r.session_id
+                     WHERE r.refresh_hash = $1",
+                )
+                .bind(presented_hash),
+            )
+            .await?;
+        let Some(row) = rotated else {
+            return Ok(RefreshRotation::Invalid);
+        };
+        let session_id = row.uuid("id")?;
+        let user_id = row.uuid("user_id")?;
+        // A token that was already exchanged came back: whoever holds the
+        // current one may be the thief, so the whole session dies.
+        w.exec(
+            stmt(
+                "revoke_session",
+                "UPDATE sessions SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL",
+            )
+            .bind(now)
+            .bind(session_id),
+        )
+        .await?;
+        super::WriteTx::commit(w).await?;
+        Ok(RefreshRotation::ReuseDetected {
+            session_id,
+            user_id,
+        })
+    }
+
+    async fn session(&self, id: uuid::Uuid) -> StoreResult<Option<SessionRecord>> {
+        read_one(
+            &*self.engine,
+            stmt("session", select(SESSION_COLUMNS, "sessions WHERE id = $1")).bind(id),
+            rows::session,
+        )
+        .await
+    }
+
+    /// All sessions of the user, revoked and expired ones included, newest first.
+    async fn sessions_of_user(&self, user_id: UserId) -> StoreResult<Vec<SessionRecord>> {
+        read_all(
+            &*self.engine,
+            stmt(
+                "sessions_of_user",
+                select(
+                    SESSION_COLUMNS,
+                    "sessions WHERE user_id = $1 ORDER BY created_at DESC, id DESC",
+                ),
+            )
+            .bind(user_id),
+            rows::session,
+        )
+        .await
+    }
+
+    async fn revoke_session(&self, id: uuid::Uuid, now: Timestamp) -> StoreResult<bool> {
+        let changed = write(
+            &*self.engine,
+            stmt(
+                "revoke_session",
+                "UPDATE sessions SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL",
+            )
+            .bind(now)
+            .bind(id),
+        )
+        .await?;
+        Ok(changed == 1)
+    }
+
+    async fn revoke_all_sessions(&self, user_id: UserId, now: Timestamp) -> StoreResult<u64> {
+        write(
+            &*self.engine,
+            stmt(
+                "revoke_all_sessions",
+                "UPDATE sessions SET revoked_at = $1 WHERE user_id = $2 AND revoked_at IS NULL",
+            )
+            .bind(now)
+            .bind(user_id),
+        )
+        .await
+    }
+
+    // --- revoked access tokens ---
+
+    async fn insert_revocation(&self, jti: &str, expires_at: Timestamp) -> StoreResult<()> {
+        let mut w = self.engine.begin_write(WritePriority::Request).await?;
+        // Entries past their token's expiry protect nothing; dropping them here
+        // keeps the table (and the warm-up copy) as small as the live set.
+        w.exec(
+            stmt(
+                "purge_revocations",
+                "DELETE FROM revoked_tokens WHERE expires_at <= $1",
+            )
+            .bind(chrono::Utc::now()),
+        )
+        .await?;
+        // Revoking twice keeps the later expiry: a revocation never shrinks.
+        w.exec(
+            stmt(
+                "insert_revocation",
+                "INSERT INTO revoked_tokens (jti, expires_at) VALUES ($1, $2)
+                 ON CONFLICT (jti) DO UPDATE SET expires_at = CASE
+                     WHEN excluded.expires_at > revoked_tokens.expires_at THEN excluded.expires_at
+                     ELSE revoked_tokens.expires_at END",
+            )
+            .bind(jti)
+            .bind(expires_at),
+        )
+        .await?;
+        super::WriteTx::commit(w).await
+    }
+
+    async fn is_revoked(&self, jti: &str, now: Timestamp) -> StoreResult<bool> {
+        let found = read_one(&*self.engine, stmt(
+                    "is_revoked",
+                    "SELECT EXISTS (SELECT 1 FROM revoked_tokens WHERE jti = $1 AND expires_at > $2) AS found",
+                )
+                .bind(jti)
+                .bind(now),
+                |row| row.bool("found"),
+            )
+            .await?;
+        Ok(found == Some(true))
+    }
+
+    async fn active_revocations(&self, now: Timestamp) -> StoreResult<Vec<(String, Timestamp)>> {
+        read_all(&*self.engine, stmt(
+                "active_revocations",
+                "SELECT jti, expires_at FROM revoked_tokens WHERE expires_at > $1 ORDER BY expires_at",
+            )
+            .bind(now),
+            |row| Ok((row.text("jti")?, row.time("expires_at")?)),
+        )
+        .await
+    }
+
+    async fn set_tokens_valid_after(&self, user_id: UserId, after: Timestamp) -> StoreResult<()> {
+        write(
+            &*self.engine,
+            stmt(
+                "set_tokens_valid_after",
+                "UPDATE users SET tokens_valid_after = $1 WHERE id = $2",
+            )
+            .bind(after)
+            .bind(user_id),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn tokens_valid_after(&self, user_id: UserId) -> StoreResult<Option<Timestamp>> {
+        let after = read_one(
+            &*self.engine,
+            stmt(
+                "tokens_valid_after",
+                "SELECT tokens_valid_after FROM users WHERE id = $1",
+            )
+            .bind(user_id),
+            |row| row.opt_time("tokens_valid_after"),
+        )
+        .await?;
+        Ok(after.flatten())
+    }
+
+    // --- catalog ---
+
+    /// Keyset paging on the primary key: each page is an index range scan,
+    /// however deep the cursor. Two statements rather than one with
+    /// `$1 IS NULL OR id > $1`, which a generic plan cannot turn into a
+    /// range scan.
+    async fn list_products(
+        &self,
+        after: Option<ProductId>,
+        limit: u32,
+    ) -> StoreResult<Vec<Product>> {
+        let limit = i64::from(limit);
+        let query = match after {
+            Some(after) => stmt(
+                "list_products",
+                select(
+                    PRODUCT_COLUMNS,
+                    "products WHERE id > $2 ORDER BY id LIMIT $1",
+                ),
+            )
+            .bind(limit)
+            .bind(after),
+            None => stmt(
+                "list_products",
+                select(PRODUCT_COLUMNS, "products ORDER BY id LIMIT $1"),
+            )
+            .bind(limit),
+        };
+        read_all(&*self.engine, query, rows::product).await
+    }
+
+    async fn product(&self, id: ProductId) -> StoreResult<Option<Product>> {
+        read_one(
+            &*self.engine,
+            stmt("product", select(PRODUCT_COLUMNS, "products WHERE id = $1")).bind(id),
+            rows::product,
+        )
+        .await
+    }
+
+    /// The products that exist among `ids`, ordered by id; unknown ids are
+    /// simply absent.
+    async fn products_by_ids(&self, ids: &[ProductId]) -> StoreResult<Vec<Product>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        read_all(
+            &*self.engine,
+            stmt(
+                "products_by_ids",
+                per(
+                    "SELECT id, sku, name, price_cents, currency, stock, updated_at
+                     FROM products WHERE id IN (SELECT value FROM json_each($1)) ORDER BY id",
+                    "SELECT id, sku, name, price_cents, currency, stock, updated_at
+                     FROM products WHERE id = ANY($1) ORDER BY id",
+                ),
+            )
+            .bind(ids.to_vec()),
+            rows::product,
+        )
+        .await
+    }
+
+    async fn count_products(&self) -> StoreResult<i64> {
+        let n = read_one(
+            &*self.engine,
+            stmt("count_products", "SELECT COUNT(*) AS n FROM products"),
+            |row| row.int("n"),
+        )
+        .await?;
+        Ok(n.unwrap_or(0))
+    }
+
+    async fn insert_product(
+        &self,
+        id: ProductId,
+        draft: &ProductDraft,
+        now: Timestamp,
+    ) -> StoreResult<Product> {
+        let product = write_returning(&*self.engine, stmt(
+                    "insert_product",
+                    "INSERT INTO products (id, sku, name, price_cents, currency, stock, created_at, updated_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $7)
+                     RETURNING id, sku, name, price_cents, currency, stock, updated_at",
+                )
+                .bind(id)
+                .bind(&draft.sku)
+                .bind(&draft.name)
+                .bind(draft.price_cents)
+                .bind(draft.currency.as_str())
+                .bind(draft.stock)
+                .bind(now),
+                rows::product,
+            )
+            .await?;
+        product.ok_or_else(|| {
+            orderflow_core::ports::store::StoreError::Database(
+                "insert_product returned no row".into(),
+            )
+        })
+    }
+
+    /// Replaces every field, stock included (an admin's stock count wins over
+    /// whatever reservations did before it).
+    async fn update_product(
+        &self,
+        id: ProductId,
+        draft: &ProductDraft,
+        now: Timestamp,
+    ) -> StoreResult<Option<Product>> {
+        write_returning(&*self.engine, stmt(
+                "update_product",
+                "UPDATE products SET sku = $1, name = $2, price_cents = $3, currency = $4, stock = $5, updated_at = $6
+                 WHERE id = $7
+                 RETURNING id, sku, name, price_cents, currency, stock, updated_at",
+            )
+            .bind(&draft.sku)
+            .bind(&draft.name)
+            .bind(draft.price_cents)
+            .bind(draft.currency.as_str())
+            .bind(draft.stock)
+            .bind(now)
+            .bind(id),
+            rows::product,
+        )
+        .await
+    }
+
+    // --- orders ---
+
+    async fn order(&self, id: OrderId) -> StoreResult<Option<(Order, Vec<HistoryEntry>)>> {
+        let mut conn = self.engine.read().await?;
+        let Some(order) = load_order(&mut *conn, id, false).await? else {
+            return Ok(None);
+        };
+        let history = conn
+            .query_all(
+                stmt(
+                    "order_history",
+                    "SELECT status, at FROM order_history WHERE order_id = $1 ORDER BY seq",
+                )
+                .bind(id),
+            )
+            .await?
+            .iter()
+            .map(rows::history_entry)
+            .collect::<StoreResult<Vec<_>>>()?;
+        Ok(Some((order, history)))
+    }
+
+    async fn orders_of_user(
+        &self,
+        user_id: UserId,
+        before: Option<OrderId>,
+        limit: u32,
+    ) -> StoreResult<Vec<Order>> {
+        let mut conn = self.engine.read().await?;
+        let limit = i64::from(limit);
+        let query = match before {
+            None => stmt(
+                "orders_of_user",
+                select(
+                    ORDER_COLUMNS,
+                    "orders WHERE user_id = $1 ORDER BY created_at DESC, id DESC LIMIT $2",
+                ),
+            )
+            .bind(user_id)
+            .bind(limit),
+            Some(before) => {
+                // Keyset paging on (created_at, id), the index order, so ties
+                // in created_at neither repeat nor skip orders. A cursor that
+                // names no order (deleted, or made up) falls back to comparing
+                // ids, which for UUID v7 ids also means "created earlier".
+                let cursor = conn
+                    .query_opt(
+                        stmt(
+                            "order_cursor",
+                            "SELECT created_at FROM orders WHERE id = $1",
+                        )
+                        .bind(before),
+                    )
+                    .await?;
+                match cursor {
+                    Some(row) => stmt(
+                        "orders_of_user",
+                        select(
+                            ORDER_COLUMNS,
+                            "orders WHERE user_id = $1 AND (created_at, id) < ($2, $3)
+                             ORDER BY created_at DESC, id DESC LIMIT $4",
+                        ),
+                    )
+                    .bind(user_id)
+                    .bind(row.time("created_at")?)
+                    .bind(before)
+                    .bind(limit),
+                    None => stmt(
+                        "orders_of_user",
+                        select(
+                            ORDER_COLUMNS,
+                            "orders WHERE user_id = $1 AND id < $2
+                             ORDER BY created_at DESC, id DESC LIMIT $3",
+                        ),
+                    )
+                    .bind(user_id)
+                    .bind(before)
+                    .bind(limit),
+                }
+            }
+        };
+        let mut orders = conn
+            .query_all(query)
+            .await?
+            .iter()
+            .map(rows::order_head)
+            .collect::<StoreResult<Vec<_>>>()?;
+        attach_items(&mut *conn, &mut orders).await?;
+        Ok(orders)
+    }
+
+    async fn count_orders_by_status(&self) -> StoreResult<Vec<(OrderStatus, i64)>> {
+        read_all(
+            &*self.engine,
+            stmt(
+                "count_orders_by_status",
+                "SELECT status, COUNT(*) AS n FROM orders GROUP BY status ORDER BY status",
+            ),
+            |row| Ok((rows::status(row, "status")?, row.int("n")?)),
+        )
+        .await
+    }
+
+    // --- read models ---
+
+    async fn notifications_of_user(
+        &self,
+        user_id: UserId,
+        limit: u32,
+    ) -> StoreResult<Vec<NotificationRecord>> {
+        read_all(
+            &*self.engine,
+            stmt(
+                "notifications_of_user",
+                "SELECT user_id, channel, kind, order_id, sent_at FROM notifications
+                 WHERE user_id = $1 ORDER BY sent_at DESC, seq DESC LIMIT $2",
+            )
+            .bind(user_id)
+            .bind(i64::from(limit)),
+            rows::notification,
+        )
+        .await
+    }
+
+    async fn points(&self, user_id: UserId) -> StoreResult<PointsStanding> {
+        // Rank = 1 + how many users have strictly more points (ties share a
+        // rank), answered from the points index.
+        let standing = read_one(&*self.engine, stmt(
+                    "points",
+                    "SELECT p.points,
+                            (SELECT COUNT(*) FROM loyalty_points o WHERE o.points > p.points) AS ahead
+                     FROM loyalty_points p WHERE p.user_id = $1",
+                )
+                .bind(user_id),
+                |row| {
+                    let points = row.int("points")?;
+                    let rank = (points > 0)
+                        .then(|| row.int("ahead").map(|ahead| ahead + 1))
+                        .transpose()?;
+                    Ok(PointsStanding { points, rank })
+                },
+            )
+            .await?;
+        Ok(standing.unwrap_or(PointsStanding {
+            points: 0,
+            rank: None,
+        }))
+    }
+
+    async fn leaderboard(&self, limit: u32) -> StoreResult<Vec<LeaderboardEntry>> {
+        // The inner query takes the top `limit` from the points index; RANK()
+        // over that prefix equals the global rank, because everyone with more
+        // points than a member of the prefix is in the prefix too.
+        read_all(
+            &*self.engine,
+            stmt(
+                "leaderboard",
+                "SELECT top.user_id, COALESCE(u.name, '') AS name, top.points,
+                        RANK() OVER (ORDER BY top.points DESC) AS rank
+                 FROM (SELECT user_id, points FROM loyalty_points
+                       WHERE points > 0 ORDER BY points DESC, user_id LIMIT $1) AS top
+                 LEFT JOIN users u ON u.id = top.user_id
+                 ORDER BY top.points DESC, top.user_id",
+            )
+            .bind(i64::from(limit)),
+            |row| {
+                Ok(LeaderboardEntry {
+                    user_id: row.uuid("user_id")?,
+                    name: row.text("name")?,
+                    points: row.int("points")?,
+                    rank: row.int("rank")?,
+                })
+            },
+        )
+        .await
+    }
+
+    /// The last `days` UTC calendar days (today included) that had sales,
+    /// newest day first, one row per currency.
+    async fn daily_sales(&self, days: u32) -> StoreResult<Vec<DailySales>> {
+        if days == 0 {
+            return Ok(Vec::new());
+        }
+        let today = chrono::Utc::now().date_naive();
+        let first = today - chrono::Days::new(u64::from(days) - 1);
+        read_all(
+            &*self.engine,
+            stmt(
+                "daily_sales",
+                "SELECT day, currency, orders, revenue_cents FROM daily_sales
+                 WHERE day >= $1 ORDER BY day DESC, currency",
+            )
+            .bind(first),
+            |row| {
+                Ok(DailySales {
+                    day: row.date("day")?,
+                    currency: row.text("currency")?,
+                    orders: row.int("orders")?,
+                    revenue_cents: row.int("revenue_cents")?,
+                })
+            },
+        )
+        .await
+    }
+
+    async fn is_processed(&self, group: &str, event_id: EventId) -> StoreResult<bool> {
+        let found = read_one(&*self.engine, stmt(
+                    "is_processed",
+                    "SELECT EXISTS (SELECT 1 FROM processed_events WHERE group_name = $1 AND event_id = $2) AS found",
+                )
+                .bind(group)
+                .bind(event_id),
+                |row| row.bool("found"),
+            )
+            .await?;
+        Ok(found == Some(true))
+    }
+
+    // --- dead letters ---
+
+    async fn dead_letters(
+        &self,
+        limit: u32,
+        include_replayed: bool,
+    ) -> StoreResult<Vec<DeadLetter>> {
+        let rest = if include_replayed {
+            "dead_letters ORDER BY failed_at DESC, id DESC LIMIT $1"
+        } else {
+            "dead_letters WHERE replayed_at IS NULL ORDER BY failed_at DESC, id DESC LIMIT $1"
+        };
+        read_all(
+            &*self.engine,
+            stmt("dead_letters", select(DEAD_LETTER_COLUMNS, rest)).bind(i64::from(limit)),
+            rows::dead_letter,
+        )
+        .await
+    }
+
+    async fn dead_letter(&self, id: uuid::Uuid) -> StoreResult<Option<DeadLetter>> {
+        read_one(
+            &*self.engine,
+            stmt(
+                "dead_letter",
+                select(DEAD_LETTER_COLUMNS, "dead_letters WHERE id = $1"),
+            )
+            .bind(id),
+            rows::dead_letter,
+        )
+        .await
+    }
+
+    /// Dead letters still waiting (not replayed): the size of the queue an
+    /// operator has to look at.
+    async fn count_dead_letters(&self) -> StoreResult<i64> {
+        let n = read_one(
+            &*self.engine,
+            stmt(
+                "count_dead_letters",
+                "SELECT COUNT(*) AS n FROM dead_letters WHERE replayed_at IS NULL",
+            ),
+            |row| row.int("n"),
+        )
+        .await?;
+        Ok(n.unwrap_or(0))
+    }
+}
+
+impl<E: Engine> From<SqlStore<E>> for std::sync::Arc<dyn Store> {
+    fn from(store: SqlStore<E>) -> Self {
+        std::sync::Arc::new(store)
+    }
+}

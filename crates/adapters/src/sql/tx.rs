@@ -1,0 +1,712 @@
+//! [`SqlTx`], the unit of work, for both engines: one write transaction from
+//! [`Store::begin`](orderflow_core::ports::store::Store::begin) (or a group
+//! commit) to commit or drop.
+//!
+//! Why the read-then-write steps are safe on each engine:
+//! - SQLite: the transaction holds the database's single writer (`BEGIN
+//!   IMMEDIATE` behind the in-process queue) from its first statement, so
+//!   between the statement that checks stock (or an idempotency key) and the
+//!   one that takes it, no other writer can run.
+//! - PostgreSQL: other units of work run at the same time, so each step
+//!   protects itself with a row lock: the conditional `UPDATE … WHERE stock
+//!   >= n` waits for a concurrent reservation's row lock and re-checks the
+//!   committed stock; `INSERT … ON CONFLICT DO NOTHING` waits for an
+//!   uncommitted claim of the same key; `order_for_update` reads with
+//!   `FOR UPDATE`; one order's reservation and release take an advisory lock
+//!   ([`Engine::lock_order_stock`]).
+//!
+//! The statements are the same on both: they are correct under either kind
+//! of locking.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use orderflow_core::ports::outbox::EventDestination;
+use orderflow_core::ports::store::{
+    DeadLetter, IdempotencyClaim, IdempotencyRecord, NotificationRecord, PaymentRecord,
+    Reservation, StoreError, StoreResult, StoreTx, UserRecord,
+};
+use orderflow_domain::events::Envelope;
+use orderflow_domain::order::{Order, OrderStatus};
+use orderflow_domain::{EventId, OrderId, ProductId, Timestamp, UserId};
+
+use super::store::load_order;
+use super::{Engine, Exec, SqlRow, WriteTx, stmt, values_list};
+use crate::{AppendedTopics, SavepointStep};
+
+/// How often a claim retries when the row it lost to vanished before it
+/// could read it (only possible if keys are ever purged).
+const CLAIM_ATTEMPTS: usize = 3;
+
+/// A unit of work. Dropping it without [`StoreTx::commit`] rolls everything
+/// back, appended events included.
+pub(crate) struct SqlTx<E: Engine> {
+    write: E::Write,
+    engine: Arc<E>,
+    destination: EventDestination,
+    /// Topics of the events appended so far: counted as published, and this
+    /// process's subscribers woken, only once the commit succeeded.
+    appended: AppendedTopics,
+}
+
+impl<E: Engine> std::fmt::Debug for SqlTx<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqlTx")
+            .field("dialect", &E::DIALECT)
+            .field("destination", &self.destination)
+            .field("appended", &self.appended.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<E: Engine> SqlTx<E> {
+    pub(crate) fn new(engine: Arc<E>, write: E::Write, destination: EventDestination) -> Self {
+        Self {
+            write,
+            engine,
+            destination,
+            appended: AppendedTopics::default(),
+        }
+    }
+
+    fn conn(&mut self) -> &mut E::Conn {
+        &mut self.write
+    }
+
+    async fn savepoint_step(&mut self, step: SavepointStep) -> StoreResult<()> {
+        self.conn().exec(stmt(step.op(), step.sql())).await?;
+        self.appended.after(step);
+        Ok(())
+    }
+
+    /// Kafka mode: the rows wait in the outbox for a relay. Partitions and
+    /// offsets are the broker's business; the events count as published once
+    /// the broker acknowledged them. One statement for all events.
+    async fn append_to_outbox(&mut self, events: &[Envelope]) -> StoreResult<()> {
+        let now = chrono::Utc::now();
+        let mut insert = stmt(
+            "append_outbox",
+            format!(
+                "INSERT INTO outbox (topic, key, event_id, payload, created_at) VALUES {}",
+                values_list(events.len(), 5, 1)
+            ),
+        );
+        for event in events {
+            insert = insert
+                .bind(event.topic())
+                .bind(&event.key)
+                .bind(event.id)
+                .bind(event.to_json())
+                .bind(now);
+        }
+        self.conn().exec(insert).await?;
+        Ok(())
+    }
+
+    /// Appends one history row per step, in step order.
+    async fn insert_history(
+        &mut self,
+        order_id: OrderId,
+        steps: &[OrderStatus],
+        at: Timestamp,
+    ) -> StoreResult<()> {
+        let mut insert = stmt(
+            "insert_order_history",
+            format!(
+                "INSERT INTO order_history (order_id, status, at) VALUES {}",
+                values_list(steps.len(), 3, 1)
+            ),
+        );
+        for step in steps {
+            insert = insert.bind(order_id).bind(step.as_str()).bind(at);
+        }
+        self.conn().exec(insert).await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl<E: Engine> StoreTx for SqlTx<E> {
+    async fn insert_user(&mut self, user: &UserRecord) -> StoreResult<()> {
+        self.conn()
+            .exec(
+                stmt(
+                    "insert_user",
+                    "INSERT INTO users (id, email, name, password_hash, role, created_at)
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .bind(user.id)
+                .bind(&user.email)
+                .bind(&user.name)
+                .bind(&user.password_hash)
+                .bind(user.role.as_str())
+                .bind(user.created_at),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Creates the user as an admin, or, when the e-mail is taken, promotes
+    /// that user and leaves everything else (password included) alone.
+    async fn upsert_admin(&mut self, user: &UserRecord) -> StoreResult<()> {
+        self.conn()
+            .exec(
+                stmt(
+                    "upsert_admin",
+                    "INSERT INTO users (id, email, name, password_hash, role, created_at)
+                     VALUES ($1, $2, $3, $4, 'admin', $5)
+                     ON CONFLICT (email) DO UPDATE SET role = 'admin'",
+                )
+                .bind(user.id)
+                .bind(&user.email)
+                .bind(&user.name)
+                .bind(&user.password_hash)
+                .bind(user.created_at),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// `INSERT … ON CONFLICT DO NOTHING` is the claim. On SQLite the unit of
+    /// work holds the writer, so nobody else claims in between. On
+    /// PostgreSQL, when another transaction inserted the same key and has
+    /// not committed, this insert waits for it: after its commit the insert
+    /// does nothing and the read below (a fresh snapshot at READ COMMITTED)
+    /// sees its answer; after its rollback the insert goes through. A key
+    /// claimed and committed without an answer comes back as `Existing` with
+    /// status 0 and a null body: "in progress, nothing to replay".
+    async fn claim_idempotency_key(
+        &mut self,
+        user_id: UserId,
+        key: &str,
+        request_hash: &str,
+    ) -> StoreResult<IdempotencyClaim> {
+        for _ in 0..CLAIM_ATTEMPTS {
+            let inserted = self
+                .conn()
+                .exec(
+                    stmt(
+                        "idempotency_claim",
+                        "INSERT INTO idempotency_keys (user_id, key, request_hash, created_at)
+                         VALUES ($1, $2, $3, $4)
+                         ON CONFLICT (user_id, key) DO NOTHING",
+                    )
+                    .bind(user_id)
+                    .bind(key)
+                    .bind(request_hash)
+                    .bind(chrono::Utc::now()),
+                )
+                .await?;
+            if inserted == 1 {
+                return Ok(IdempotencyClaim::Claimed);
+            }
+            let existing = self
+                .conn()
+                .query_opt(
+                    stmt(
+                        "idempotency_lookup",
+                        "SELECT request_hash, response_status, response_body FROM idempotency_keys
+                         WHERE user_id = $1 AND key = $2",
+                    )
+                    .bind(user_id)
+                    .bind(key),
+                )
+                .await?;
+            let Some(row) = existing else {
+                // Purged between the two statements: claim again.
+                continue;
+            };
+            let status = row
+                .opt_int("response_status")?
+                .map(|s| {
+                    u16::try_from(s).map_err(|_| StoreError::Corrupt(format!("HTTP status {s}")))
+                })
+                .transpose()?;
+            return Ok(IdempotencyClaim::Existing(IdempotencyRecord {
+                request_hash: row.text("request_hash")?,
+                response_status: status.unwrap_or(0),
+                response_body: row
+                    .opt_json("response_body")?
+                    .unwrap_or(serde_json::Value::Null),
+            }));
+        }
+        Err(StoreError::Database(format!(
+            "idempotency key {key:?} of user {user_id} kept vanishing while being claimed"
+        )))
+    }
+
+    async fn complete_idempotency_key(
+        &mut self,
+        user_id: UserId,
+        key: &str,
+        status: u16,
+        body: &serde_json::Value,
+    ) -> StoreResult<()> {
+        let done = self
+            .conn()
+            .exec(
+                stmt(
+                    "idempotency_complete",
+                    "UPDATE idempotency_keys SET response_status = $1, response_body = $2, completed_at = $3
+                     WHERE user_id = $4 AND key = $5",
+                )
+                .bind(i32::from(status))
+                .bind(body.clone())
+                .bind(chrono::Utc::now())
+                .bind(user_id)
+                .bind(key),
+            )
+            .await?;
+        if done == 0 {
+            return Err(StoreError::Database(format!(
+                "idempotency key {key:?} of user {user_id} was not claimed in this transaction"
+            )));
+        }
+        Ok(())
+    }
+
+    async fn insert_order(&mut self, order: &Order) -> StoreResult<()> {
+        self.conn()
+            .exec(
+                stmt(
+                    "insert_order",
+                    "INSERT INTO orders (id, user_id, status, total_cents, currency, created_at, updated_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                )
+                .bind(order.id)
+                .bind(order.user_id)
+                .bind(order.status.as_str())
+                .bind(order.total_cents)
+                .bind(order.currency.as_str())
+                .bind(order.created_at)
+                .bind(order.updated_at),
+            )
+            .await?;
+        if !order.items.is_empty() {
+            // All lines in one statement.
+            let mut insert = stmt(
+                "insert_order_item",
+                format!(
+                    "INSERT INTO order_items
+                         (order_id, line_no, product_id, sku, name, quantity, unit_price_cents, line_total_cents)
+                     VALUES {}",
+                    values_list(order.items.len(), 8, 1)
+                ),
+            );
+            for (line_no, line) in order.items.iter().enumerate() {
+                let line_no = i32::try_from(line_no).map_err(|_| {
+                    StoreError::Database(format!("order {} has too many lines", order.id))
+                })?;
+                insert = insert
+                    .bind(order.id)
+                    .bind(line_no)
+                    .bind(line.product_id)
+                    .bind(&line.sku)
+                    .bind(&line.name)
+                    .bind(i64::from(line.quantity))
+                    .bind(line.unit_price_cents)
+                    .bind(line.line_total_cents);
+            }
+            self.conn().exec(insert).await?;
+        }
+        self.insert_history(order.id, &[order.status], order.created_at)
+            .await
+    }
+
+    /// On PostgreSQL `SELECT … FOR UPDATE`: a concurrent transition of the
+    /// same order (a redelivery, another consumer) waits until this unit of
+    /// work ends, then reads the state it left. On SQLite the transaction
+    /// holds the writer, so a plain read is as good.
+    async fn order_for_update(&mut self, id: OrderId) -> StoreResult<Option<Order>> {
+        load_order(self.conn(), id, true).await
+    }
+
+    async fn set_order_status(
+        &mut self,
+        id: OrderId,
+        steps: &[OrderStatus],
+        at: Timestamp,
+    ) -> StoreResult<()> {
+        let Some(last) = steps.last() else {
+            return Ok(());
+        };
+        let done = self
+            .conn()
+            .exec(
+                stmt(
+                    "set_order_status",
+                    "UPDATE orders SET status = $1, updated_at = $2 WHERE id = $3",
+                )
+                .bind(last.as_str())
+                .bind(at)
+                .bind(id),
+            )
+            .await?;
+        if done == 0 {
+            return Err(StoreError::Database(format!("order {id} does not exist")));
+        }
+        self.insert_history(id, steps, at).await
+    }
+
+    async fn reserve_stock(
+        &mut self,
+        order_id: OrderId,
+        lines: &[(ProductId, u32)],
+    ) -> StoreResult<Reservation> {
+        E::lock_order_stock(self.conn(), order_id).await?;
+        // A redelivered "order placed" must not take stock twice: any earlier
+        // reservation of this order (even one released since) settles it.
+        // Authoritative: the lock above keeps any other reservation of this
+        // order out until this transaction ends.
+        let reserved_before = self
+            .conn()
+            .query_one(
+                stmt(
+                    "reservation_exists",
+                    "SELECT EXISTS (SELECT 1 FROM stock_reservations WHERE order_id = $1) AS found",
+                )
+                .bind(order_id),
+            )
+            .await?
+            .bool("found")?;
+        if reserved_before {
+            return Ok(Reservation::AlreadyReserved);
+        }
+
+        // One line per product, in product-id order: every reservation locks
+        // product rows in the same order, so two of them never deadlock.
+        let mut wanted: BTreeMap<ProductId, u32> = BTreeMap::new();
+        for (product_id, quantity) in lines {
+            *wanted.entry(*product_id).or_default() += quantity;
+        }
+
+        // All or nothing: the lines are taken inside a savepoint, and the
+        // first one that cannot be taken rolls the earlier ones back.
+        self.conn()
+            .exec(stmt("savepoint", "SAVEPOINT orderflow_reservation"))
+            .await?;
+        for (product_id, quantity) in &wanted {
+            // The conditional UPDATE is the check: `stock >= n` is evaluated
+            // against the committed stock (on PostgreSQL after waiting for a
+            // concurrent reservation's row lock), so stock never goes below
+            // zero; the CHECK constraint is the last line.
+            let taken = self
+                .conn()
+                .exec(
+                    stmt(
+                        "take_stock",
+                        "UPDATE products SET stock = stock - $1 WHERE id = $2 AND stock >= $1",
+                    )
+                    .bind(i64::from(*quantity))
+                    .bind(*product_id),
+                )
+                .await?;
+            if taken == 1 {
+                continue;
+            }
+            let available = self
+                .conn()
+                .query_opt(
+                    stmt(
+                        "stock_of_product",
+                        "SELECT stock FROM products WHERE id = $1",
+                    )
+                    .bind(*product_id),
+                )
+                .await?
+                .map(|row| row.int("stock"))
+                .transpose()?;
+            self.conn()
+                .exec(stmt(
+                    "rollback_reservation",
+                    "ROLLBACK TO SAVEPOINT orderflow_reservation",
+                ))
+                .await?;
+            self.conn()
+                .exec(stmt(
+                    "release_savepoint",
+                    "RELEASE SAVEPOINT orderflow_reservation",
+                ))
+                .await?;
+            return Ok(match available {
+                None => Reservation::UnknownProduct {
+                    product_id: *product_id,
+                },
+                Some(available) => Reservation::Insufficient {
+                    product_id: *product_id,
+                    available,
+                    requested: *quantity,
+                },
+            });
+        }
+        let now = chrono::Utc::now();
+        let mut insert = stmt(
+            "insert_reservation",
+            format!(
+                "INSERT INTO stock_reservations (order_id, product_id, quantity, reserved_at) VALUES {}",
+                values_list(wanted.len(), 4, 1)
+            ),
+        );
+        for (product_id, quantity) in &wanted {
+            insert = insert
+                .bind(order_id)
+                .bind(*product_id)
+                .bind(i64::from(*quantity))
+                .bind(now);
+        }
+        self.conn().exec(insert).await?;
+        self.conn()
+            .exec(stmt(
+                "release_savepoint",
+                "RELEASE SAVEPOINT orderflow_reservation",
+            ))
+            .await?;
+        Ok(Reservation::Reserved)
+    }
+
+    async fn release_stock(&mut self, order_id: OrderId) -> StoreResult<bool> {
+        E::lock_order_stock(self.conn(), order_id).await?;
+        // Marking the rows released is what makes a second release a no-op.
+        let released = self
+            .conn()
+            .query_all(
+                stmt(
+                    "release_reservation",
+                    "UPDATE stock_reservations SET released_at = $2
+                     WHERE order_id = $1 AND released_at IS NULL
+                     RETURNING product_id, quantity",
+                )
+                .bind(order_id)
+                .bind(chrono::Utc::now()),
+            )
+            .await?;
+        let mut give_back: BTreeMap<ProductId, i64> = BTreeMap::new();
+        for row in &released {
+            *give_back.entry(row.uuid("product_id")?).or_default() += row.int("quantity")?;
+        }
+        // In product-id order, like reservations, so the two never deadlock.
+        for (product_id, quantity) in &give_back {
+            self.conn()
+                .exec(
+                    stmt(
+                        "return_stock",
+                        "UPDATE products SET stock = stock + $1 WHERE id = $2",
+                    )
+                    .bind(*quantity)
+                    .bind(*product_id),
+                )
+                .await?;
+        }
+        Ok(!released.is_empty())
+    }
+
+    async fn record_payment(&mut self, payment: &PaymentRecord) -> StoreResult<()> {
+        self.conn()
+            .exec(
+                stmt(
+                    "record_payment",
+                    "INSERT INTO payments (order_id, succeeded, reference, amount_cents, currency, at)
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .bind(payment.order_id)
+                .bind(payment.succeeded)
+                .bind(&payment.reference)
+                .bind(payment.amount_cents)
+                .bind(&payment.currency)
+                .bind(payment.at),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn record_notification(&mut self, notification: &NotificationRecord) -> StoreResult<()> {
+        self.conn()
+            .exec(
+                stmt(
+                    "record_notification",
+                    "INSERT INTO notifications (user_id, channel, kind, order_id, sent_at)
+                     VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(notification.user_id)
+                .bind(notification.channel.as_str())
+                .bind(notification.kind.as_str())
+                .bind(notification.order_id)
+                .bind(notification.sent_at),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn add_points(&mut self, user_id: UserId, points: i64) -> StoreResult<()> {
+        self.conn()
+            .exec(
+                stmt(
+                    "add_points",
+                    "INSERT INTO loyalty_points (user_id, points) VALUES ($1, $2)
+                     ON CONFLICT (user_id) DO UPDATE SET points = loyalty_points.points + excluded.points",
+                )
+                .bind(user_id)
+                .bind(points),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn record_sale(&mut self, order: &Order, day: chrono::NaiveDate) -> StoreResult<()> {
+        self.conn()
+            .exec(
+                stmt(
+                    "record_daily_sale",
+                    "INSERT INTO daily_sales (day, currency, orders, revenue_cents) VALUES ($1, $2, 1, $3)
+                     ON CONFLICT (day, currency) DO UPDATE
+                     SET orders = daily_sales.orders + 1,
+                         revenue_cents = daily_sales.revenue_cents + excluded.revenue_cents",
+                )
+                .bind(day)
+                .bind(order.currency.as_str())
+                .bind(order.total_cents),
+            )
+            .await?;
+        // Per product, in product-id order (upserts lock rows; a fixed order
+        // keeps two sales of overlapping products from deadlocking).
+        let mut per_product: BTreeMap<ProductId, (i64, i64)> = BTreeMap::new();
+        for line in &order.items {
+            let entry = per_product.entry(line.product_id).or_default();
+            entry.0 += i64::from(line.quantity);
+            entry.1 += line.line_total_cents;
+        }
+        for (product_id, (quantity, revenue)) in per_product {
+            self.conn()
+                .exec(
+                    stmt(
+                        "record_product_sale",
+                        "INSERT INTO product_sales (product_id, quantity, revenue_cents) VALUES ($1, $2, $3)
+                         ON CONFLICT (product_id) DO UPDATE
+                         SET quantity = product_sales.quantity + excluded.quantity,
+                             revenue_cents = product_sales.revenue_cents + excluded.revenue_cents",
+                    )
+                    .bind(product_id)
+                    .bind(quantity)
+                    .bind(revenue),
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// A duplicate is the expected case (a redelivered event), not an error:
+    /// DO NOTHING reports it as zero affected rows. On PostgreSQL a
+    /// concurrent mark of the same event waits for this one's outcome.
+    async fn mark_processed(&mut self, group: &str, event_id: EventId) -> StoreResult<bool> {
+        let done = self
+            .conn()
+            .exec(
+                stmt(
+                    "mark_processed",
+                    "INSERT INTO processed_events (group_name, event_id, processed_at) VALUES ($1, $2, $3)
+                     ON CONFLICT (group_name, event_id) DO NOTHING",
+                )
+                .bind(group)
+                .bind(event_id)
+                .bind(chrono::Utc::now()),
+            )
+            .await?;
+        Ok(done == 1)
+    }
+
+    #[tracing::instrument(name = "event.append", skip_all, fields(events = events.len()))]
+    async fn append(&mut self, events: &[Envelope]) -> StoreResult<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        match self.destination {
+            EventDestination::EmbeddedLog => {
+                let engine = self.engine.clone();
+                engine
+                    .append_to_log(&mut self.write, events, &mut self.appended)
+                    .await
+            }
+            EventDestination::Outbox => self.append_to_outbox(events).await,
+        }
+    }
+
+    async fn insert_dead_letter(&mut self, dead_letter: &DeadLetter) -> StoreResult<()> {
+        self.conn()
+            .exec(
+                stmt(
+                    "insert_dead_letter",
+                    r#"INSERT INTO dead_letters
+                           (id, group_name, topic, "partition", "offset", error, attempts, event, failed_at, replayed_at)
+                       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"#,
+                )
+                .bind(dead_letter.id)
+                .bind(&dead_letter.group)
+                .bind(&dead_letter.topic)
+                .bind(dead_letter.partition)
+                .bind(dead_letter.offset)
+                .bind(&dead_letter.error)
+                .bind(i64::from(dead_letter.attempts))
+                .bind(dead_letter.event.to_json())
+                .bind(dead_letter.failed_at)
+                .bind(dead_letter.replayed_at),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn mark_dead_letter_replayed(
+        &mut self,
+        id: uuid::Uuid,
+        at: Timestamp,
+    ) -> StoreResult<bool> {
+        let done = self
+            .conn()
+            .exec(
+                stmt(
+                    "mark_dead_letter_replayed",
+                    "UPDATE dead_letters SET replayed_at = $1 WHERE id = $2 AND replayed_at IS NULL",
+                )
+                .bind(at)
+                .bind(id),
+            )
+            .await?;
+        Ok(done == 1)
+    }
+
+    async fn savepoint(&mut self) -> StoreResult<()> {
+        self.savepoint_step(SavepointStep::Open).await
+    }
+
+    async fn release_savepoint(&mut self) -> StoreResult<()> {
+        self.savepoint_step(SavepointStep::Release).await
+    }
+
+    async fn rollback_to_savepoint(&mut self) -> StoreResult<()> {
+        self.savepoint_step(SavepointStep::RollBack).await
+    }
+
+    async fn commit(self: Box<Self>) -> StoreResult<()> {
+        let SqlTx {
+            write,
+            engine,
+            appended,
+            ..
+        } = *self;
+        let appended = appended.into_topics();
+        write.commit().await?;
+        // Outbox rows are published (and counted) by the relay, once the
+        // broker has them; events in the embedded log are published now.
+        if !appended.is_empty() {
+            for topic in appended {
+                metrics::counter!("orderflow_events_published_total", "topic" => topic)
+                    .increment(1);
+            }
+            // Only now are the events visible to readers; wake this process's
+            // waiting subscriptions so delivery does not wait for their poll
+            // timeout (PostgreSQL's NOTIFY reaches the other processes).
+            engine.wake_subscribers();
+        }
+        Ok(())
+    }
+}
