@@ -105,7 +105,9 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use super::{PostgresEngine, db_err};
-use crate::sql::log::{Attempt, Poller, Read, Wakers, poll_and_wait, read_deliveries};
+use crate::sql::log::{
+    Attempt, Poller, Read, Wakers, next_offsets, poll_and_wait, read_deliveries,
+};
 use crate::sql::{SqlRow, count, log_err};
 
 fn sql_err(error: sqlx::Error) -> LogError {
@@ -1024,13 +1026,7 @@ impl Subscription for PostgresSubscription {
     }
 
     async fn commit(&mut self, deliveries: &[Delivery]) -> LogResult<()> {
-        let mut next: BTreeMap<(&str, i32), i64> = BTreeMap::new();
-        for delivery in deliveries {
-            let entry = next
-                .entry((delivery.topic.as_str(), delivery.partition))
-                .or_insert(0);
-            *entry = (*entry).max(delivery.offset + 1);
-        }
+        let next = next_offsets(deliveries);
         if next.is_empty() {
             return Ok(());
         }

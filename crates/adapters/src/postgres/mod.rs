@@ -68,7 +68,7 @@ use tokio::task::JoinHandle;
 
 use crate::AppendedTopics;
 use crate::sql::{
-    Arg, Dialect, Engine, Exec, SqlRow, SqlStore, Stmt, WritePriority, WriteTx, count, stmt,
+    Arg, Dialect, Engine, Exec, SqlRow, SqlStore, WritePriority, WriteTx, count, stmt,
 };
 
 pub use crate::sqlite::partition_for;
@@ -426,47 +426,16 @@ fn bind_all(sql: &str, args: Vec<Arg>) -> sqlx::query::Query<'static, Postgres, 
     query
 }
 
-#[async_trait]
-impl Exec for PgConnection {
-    type Row = PgRow;
-    const DIALECT: Dialect = Dialect::Postgres;
+crate::sql::impl_exec!(PgConnection, PgRow, Dialect::Postgres, bind_all, db_err);
 
-    async fn query_all(&mut self, stmt: Stmt) -> StoreResult<Vec<PgRow>> {
-        count(stmt.op);
-        bind_all(stmt.sql.text(Dialect::Postgres), stmt.args)
-            .fetch_all(self)
-            .await
-            .map_err(db_err)
-    }
-
-    async fn query_opt(&mut self, stmt: Stmt) -> StoreResult<Option<PgRow>> {
-        count(stmt.op);
-        bind_all(stmt.sql.text(Dialect::Postgres), stmt.args)
-            .fetch_optional(self)
-            .await
-            .map_err(db_err)
-    }
-
-    async fn exec(&mut self, stmt: Stmt) -> StoreResult<u64> {
-        count(stmt.op);
-        bind_all(stmt.sql.text(Dialect::Postgres), stmt.args)
-            .execute(self)
-            .await
-            .map(|done| done.rows_affected())
-            .map_err(db_err)
-    }
-}
-
+/// Native types; an integer column may be INTEGER or BIGINT.
 impl SqlRow for PgRow {
-    fn text(&self, column: &str) -> StoreResult<String> {
-        self.try_get(column).map_err(db_err)
-    }
+    crate::sql::plain_columns!(db_err;
+        text: String, opt_text: Option<String>, bool: bool,
+        uuid: uuid::Uuid, opt_uuid: Option<uuid::Uuid>,
+        time: Timestamp, opt_time: Option<Timestamp>,
+        opt_json: Option<serde_json::Value>, date: chrono::NaiveDate);
 
-    fn opt_text(&self, column: &str) -> StoreResult<Option<String>> {
-        self.try_get(column).map_err(db_err)
-    }
-
-    /// BIGINT, or INTEGER widened.
     fn int(&self, column: &str) -> StoreResult<i64> {
         self.opt_int(column)?
             .ok_or_else(|| StoreError::Corrupt(format!("column {column} is NULL")))
@@ -481,34 +450,6 @@ impl SqlRow for PgRow {
                 .map_err(db_err),
             Err(other) => Err(db_err(other)),
         }
-    }
-
-    fn bool(&self, column: &str) -> StoreResult<bool> {
-        self.try_get(column).map_err(db_err)
-    }
-
-    fn uuid(&self, column: &str) -> StoreResult<uuid::Uuid> {
-        self.try_get(column).map_err(db_err)
-    }
-
-    fn opt_uuid(&self, column: &str) -> StoreResult<Option<uuid::Uuid>> {
-        self.try_get(column).map_err(db_err)
-    }
-
-    fn time(&self, column: &str) -> StoreResult<Timestamp> {
-        self.try_get(column).map_err(db_err)
-    }
-
-    fn opt_time(&self, column: &str) -> StoreResult<Option<Timestamp>> {
-        self.try_get(column).map_err(db_err)
-    }
-
-    fn opt_json(&self, column: &str) -> StoreResult<Option<serde_json::Value>> {
-        self.try_get(column).map_err(db_err)
-    }
-
-    fn date(&self, column: &str) -> StoreResult<chrono::NaiveDate> {
-        self.try_get(column).map_err(db_err)
     }
 }
 

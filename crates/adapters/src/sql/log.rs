@@ -9,7 +9,7 @@
 //! PostgreSQL: members share partitions through leases) and how a commit
 //! elsewhere wakes a waiting poll (an in-process channel; `LISTEN/NOTIFY`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -177,6 +177,19 @@ pub(crate) async fn read_deliveries<C: Exec + ?Sized>(
     found.sort_by_key(|(seq, _)| *seq);
     found.truncate(max);
     Ok(found.into_iter().map(|(_, delivery)| delivery).collect())
+}
+
+/// The offset to commit per (topic, partition) for `deliveries`: one past
+/// the highest delivered.
+pub(crate) fn next_offsets(deliveries: &[Delivery]) -> BTreeMap<(&str, i32), i64> {
+    let mut next: BTreeMap<(&str, i32), i64> = BTreeMap::new();
+    for delivery in deliveries {
+        let entry = next
+            .entry((delivery.topic.as_str(), delivery.partition))
+            .or_insert(0);
+        *entry = (*entry).max(delivery.offset + 1);
+    }
+    next
 }
 
 /// The signals that make a waiting poll look again: commits of this process

@@ -252,6 +252,66 @@ pub(crate) trait Exec: Send {
     }
 }
 
+/// Implements [`Exec`] for an engine's connection type, given its row type,
+/// its dialect, the function that binds a statement's [`Arg`]s in its
+/// encoding (`fn(&str, Vec<Arg>) -> sqlx::query::Query<…>`) and its error
+/// mapping: the three statement kinds are the same on every engine.
+macro_rules! impl_exec {
+    ($conn:ty, $row:ty, $dialect:expr, $bind:path, $err:path) => {
+        #[async_trait::async_trait]
+        impl $crate::sql::Exec for $conn {
+            type Row = $row;
+            const DIALECT: $crate::sql::Dialect = $dialect;
+
+            async fn query_all(
+                &mut self,
+                stmt: $crate::sql::Stmt,
+            ) -> orderflow_core::ports::store::StoreResult<Vec<$row>> {
+                $crate::sql::count(stmt.op);
+                $bind(stmt.sql.text($dialect), stmt.args)
+                    .fetch_all(self)
+                    .await
+                    .map_err($err)
+            }
+
+            async fn query_opt(
+                &mut self,
+                stmt: $crate::sql::Stmt,
+            ) -> orderflow_core::ports::store::StoreResult<Option<$row>> {
+                $crate::sql::count(stmt.op);
+                $bind(stmt.sql.text($dialect), stmt.args)
+                    .fetch_optional(self)
+                    .await
+                    .map_err($err)
+            }
+
+            async fn exec(
+                &mut self,
+                stmt: $crate::sql::Stmt,
+            ) -> orderflow_core::ports::store::StoreResult<u64> {
+                $crate::sql::count(stmt.op);
+                $bind(stmt.sql.text($dialect), stmt.args)
+                    .execute(self)
+                    .await
+                    .map(|done| done.rows_affected())
+                    .map_err($err)
+            }
+        }
+    };
+}
+pub(crate) use impl_exec;
+
+/// The [`SqlRow`] methods an engine reads with a plain `try_get` (its sqlx
+/// type is the store's type), each as `name: Type`.
+macro_rules! plain_columns {
+    ($err:path; $($name:ident: $ty:ty),* $(,)?) => {
+        $(fn $name(&self, column: &str) -> orderflow_core::ports::store::StoreResult<$ty> {
+            sqlx::Row::try_get(self, column).map_err($err)
+        })*
+    };
+}
+pub(crate) use plain_columns;
+
 /// Reading typed columns by name, in the engine's encoding. Values that do
 /// not decode are [`StoreError::Corrupt`].
 pub(crate) trait SqlRow {

@@ -19,7 +19,7 @@
 //! once. Writes from another process are not signalled; `poll` looks at the
 //! table once more when `wait` runs out, so they are seen within `wait`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,7 +27,9 @@ use async_trait::async_trait;
 use orderflow_core::ports::log::{Delivery, EventLog, LogResult, PartitionLag, Subscription};
 
 use super::{SqliteEngine, WritePriority};
-use crate::sql::log::{Attempt, Poller, Read, Wakers, poll_and_wait, read_deliveries};
+use crate::sql::log::{
+    Attempt, Poller, Read, Wakers, next_offsets, poll_and_wait, read_deliveries,
+};
 use crate::sql::rows::partition_key;
 use crate::sql::{Engine, Exec, SqlRow, WriteTx, log_err, stmt, values_list};
 
@@ -213,13 +215,7 @@ impl Subscription for SqliteSubscription {
     }
 
     async fn commit(&mut self, deliveries: &[Delivery]) -> LogResult<()> {
-        let mut next: BTreeMap<(&str, i32), i64> = BTreeMap::new();
-        for delivery in deliveries {
-            let entry = next
-                .entry((delivery.topic.as_str(), delivery.partition))
-                .or_insert(0);
-            *entry = (*entry).max(delivery.offset + 1);
-        }
+        let next = next_offsets(deliveries);
         if next.is_empty() {
             return Ok(());
         }

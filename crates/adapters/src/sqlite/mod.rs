@@ -68,11 +68,11 @@ use sqlx::sqlite::{
     SqliteArguments, SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool,
     SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
-use sqlx::{Row, Sqlite, Transaction};
+use sqlx::{Sqlite, Transaction};
 use tokio::sync::watch;
 
 use crate::AppendedTopics;
-use crate::sql::{Arg, Dialect, Engine, Exec, SqlRow, SqlStore, Stmt, WriteTx, count, stmt};
+use crate::sql::{Arg, Dialect, Engine, Exec, SqlRow, SqlStore, WriteTx, count, stmt};
 
 pub use crate::sql::WritePriority;
 pub use log::{SqliteEventLog, SqliteSubscription, partition_for};
@@ -401,61 +401,22 @@ fn bind_all(sql: &str, args: Vec<Arg>) -> sqlx::query::Query<'static, Sqlite, Sq
     query
 }
 
-#[async_trait]
-impl Exec for SqliteConnection {
-    type Row = SqliteRow;
-    const DIALECT: Dialect = Dialect::Sqlite;
-
-    async fn query_all(&mut self, stmt: Stmt) -> StoreResult<Vec<SqliteRow>> {
-        count(stmt.op);
-        bind_all(stmt.sql.text(Dialect::Sqlite), stmt.args)
-            .fetch_all(self)
-            .await
-            .map_err(db_err)
-    }
-
-    async fn query_opt(&mut self, stmt: Stmt) -> StoreResult<Option<SqliteRow>> {
-        count(stmt.op);
-        bind_all(stmt.sql.text(Dialect::Sqlite), stmt.args)
-            .fetch_optional(self)
-            .await
-            .map_err(db_err)
-    }
-
-    async fn exec(&mut self, stmt: Stmt) -> StoreResult<u64> {
-        count(stmt.op);
-        bind_all(stmt.sql.text(Dialect::Sqlite), stmt.args)
-            .execute(self)
-            .await
-            .map(|done| done.rows_affected())
-            .map_err(db_err)
-    }
-}
+crate::sql::impl_exec!(
+    SqliteConnection,
+    SqliteRow,
+    Dialect::Sqlite,
+    bind_all,
+    db_err
+);
 
 fn corrupt_uuid(column: &str, value: &str) -> StoreError {
     StoreError::Corrupt(format!("column {column} holds {value:?}, not a UUID"))
 }
 
+/// UUIDs are TEXT, times INTEGER unix microseconds, JSON and dates TEXT.
 impl SqlRow for SqliteRow {
-    fn text(&self, column: &str) -> StoreResult<String> {
-        self.try_get(column).map_err(db_err)
-    }
-
-    fn opt_text(&self, column: &str) -> StoreResult<Option<String>> {
-        self.try_get(column).map_err(db_err)
-    }
-
-    fn int(&self, column: &str) -> StoreResult<i64> {
-        self.try_get(column).map_err(db_err)
-    }
-
-    fn opt_int(&self, column: &str) -> StoreResult<Option<i64>> {
-        self.try_get(column).map_err(db_err)
-    }
-
-    fn bool(&self, column: &str) -> StoreResult<bool> {
-        self.try_get(column).map_err(db_err)
-    }
+    crate::sql::plain_columns!(db_err;
+        text: String, opt_text: Option<String>, int: i64, opt_int: Option<i64>, bool: bool);
 
     fn uuid(&self, column: &str) -> StoreResult<uuid::Uuid> {
         let value = self.text(column)?;
