@@ -1280,3 +1280,81 @@ mod groups {
         assert_eq!(total_lag(&logs[0]).await, 0);
     }
 }
+
+/// The tables and columns of a migrated database, as `(table, column)`.
+type Schema = BTreeSet<(String, String)>;
+
+async fn postgres_schema(store: &PostgresStore) -> Schema {
+    sqlx::query_as::<_, (String, String)>(
+        "SELECT table_name::text, column_name::text FROM information_schema.columns
+         WHERE table_schema = current_schema() AND table_name NOT LIKE '\\_sqlx%'",
+    )
+    .fetch_all(store.pool())
+    .await
+    .expect("read the PostgreSQL schema")
+    .into_iter()
+    .collect()
+}
+
+async fn sqlite_schema() -> Schema {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}", dir.path().join("schema.db").display());
+    let store = orderflow_adapters::sqlite::SqliteStore::connect(&url, 2)
+        .await
+        .expect("open SQLite");
+    store.migrate().await.expect("migrate SQLite");
+    sqlx::query_as::<_, (String, String)>(
+        "SELECT m.name, p.name FROM sqlite_master m JOIN pragma_table_info(m.name) p
+         WHERE m.type = 'table' AND m.name NOT LIKE '\\_sqlx%' ESCAPE '\\'
+           AND m.name NOT LIKE 'sqlite\\_%' ESCAPE '\\'",
+    )
+    .fetch_all(store.pool())
+    .await
+    .expect("read the SQLite schema")
+    .into_iter()
+    .collect()
+}
+
+/// The migrations stay per engine (the types differ), but the store code is
+/// written once for both, so both schemas must expose the same tables and
+/// columns. The only differences allowed are the ones each engine's own code
+/// uses, listed here with why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_schemas_expose_the_same_tables_and_columns() {
+    let postgres = postgres_schema(&fresh().await).await;
+    let sqlite = sqlite_schema().await;
+    // Members sharing partitions through leases exist only on PostgreSQL:
+    // SQLite's log has one writer and no partition assignment. And
+    // PostgreSQL's outbox marks a published row sent (relays claim rows with
+    // row locks inside their transaction) where SQLite's deletes it (its
+    // claims live in the process; see `sqlite::outbox`).
+    let postgres_only: Schema = postgres
+        .iter()
+        .filter(|(table, column)| {
+            table == "consumer_members"
+                || table == "consumer_leases"
+                || (table == "outbox" && column == "sent_at")
+        })
+        .cloned()
+        .collect();
+    assert_eq!(
+        postgres_only
+            .iter()
+            .map(|(table, _)| table.as_str())
+            .collect::<BTreeSet<_>>(),
+        ["consumer_leases", "consumer_members", "outbox"].into(),
+        "the lease tables or the outbox's sent mark are missing on PostgreSQL"
+    );
+    let shared_postgres: Schema = postgres.difference(&postgres_only).cloned().collect();
+    assert!(!sqlite.is_empty(), "SQLite reported no columns");
+    assert_eq!(
+        shared_postgres.difference(&sqlite).collect::<Vec<_>>(),
+        Vec::<&(String, String)>::new(),
+        "columns only PostgreSQL has"
+    );
+    assert_eq!(
+        sqlite.difference(&shared_postgres).collect::<Vec<_>>(),
+        Vec::<&(String, String)>::new(),
+        "columns only SQLite has"
+    );
+}
