@@ -235,11 +235,11 @@ impl PostgresEngine {
         first: i32,
         second: String,
     ) -> StoreResult<()> {
-        conn.exec(
-            stmt(op, "SELECT pg_advisory_xact_lock($1, hashtext($2))")
-                .bind(first)
-                .bind(second),
-        )
+        conn.exec(stmt(
+            op,
+            "SELECT pg_advisory_xact_lock($1, hashtext($2))",
+            (first, second),
+        ))
         .await?;
         Ok(())
     }
@@ -301,16 +301,13 @@ impl Engine for PostgresEngine {
         }
         self.read()
             .await?
-            .exec(
-                stmt(
-                    "ensure_partition",
-                    r#"INSERT INTO log_partitions (topic, "partition", next_offset)
+            .exec(stmt(
+                "ensure_partition",
+                r#"INSERT INTO log_partitions (topic, "partition", next_offset)
                        SELECT topic, p, 0 FROM unnest($1::text[], $2::int[]) AS t(topic, p)
                        ON CONFLICT (topic, "partition") DO NOTHING"#,
-                )
-                .bind(topic_list)
-                .bind(partition_list),
-            )
+                (topic_list, partition_list),
+            ))
             .await?;
         Ok(())
     }
@@ -350,10 +347,7 @@ impl Engine for PostgresEngine {
                         "next_offset",
                         r#"INSERT INTO log_partitions AS l (topic, "partition", next_offset) VALUES ($1, $2, 1)
                            ON CONFLICT (topic, "partition") DO UPDATE SET next_offset = l.next_offset + 1
-                           RETURNING next_offset - 1 AS taken"#,
-                    )
-                    .bind(topic)
-                    .bind(partition),
+                           RETURNING next_offset - 1 AS taken"#, (topic, partition)),
                 )
                 .await?
                 .int("taken")?;
@@ -361,15 +355,7 @@ impl Engine for PostgresEngine {
                 stmt(
                     "append_event",
                     r#"INSERT INTO event_log (topic, "partition", "offset", key, event_id, payload, created_at)
-                       VALUES ($1, $2, $3, $4, $5, $6, $7)"#,
-                )
-                .bind(topic)
-                .bind(partition)
-                .bind(offset)
-                .bind(&event.key)
-                .bind(event.id)
-                .bind(event.to_json())
-                .bind(now),
+                       VALUES ($1, $2, $3, $4, $5, $6, $7)"#, (topic, partition, offset, &event.key, event.id, event.to_json(), now)),
             )
             .await?;
             appended.push(topic);
@@ -378,11 +364,11 @@ impl Engine for PostgresEngine {
         // commits: wakes the subscriptions of every process.
         let topics: BTreeSet<&str> = events.iter().map(Envelope::topic).collect();
         for topic in topics {
-            conn.exec(
-                stmt("notify", "SELECT pg_notify($1, $2)")
-                    .bind(NOTIFY_CHANNEL)
-                    .bind(topic),
-            )
+            conn.exec(stmt(
+                "notify",
+                "SELECT pg_notify($1, $2)",
+                (NOTIFY_CHANNEL, topic),
+            ))
             .await?;
         }
         Ok(())

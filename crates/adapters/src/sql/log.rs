@@ -44,6 +44,7 @@ pub(crate) async fn lag<C: Exec + ?Sized>(conn: &mut C) -> LogResult<Vec<Partiti
                FROM consumer_offsets c
                LEFT JOIN log_partitions l ON l.topic = c.topic AND l."partition" = c."partition"
                ORDER BY c.group_name, c.topic, c."partition""#,
+            (),
         ))
         .await
         .map_err(log_err)?;
@@ -65,7 +66,9 @@ pub(crate) async fn lag<C: Exec + ?Sized>(conn: &mut C) -> LogResult<Vec<Partiti
 }
 
 pub(crate) async fn ping<C: Exec + ?Sized>(conn: &mut C) -> LogResult<()> {
-    conn.exec(stmt("ping", "SELECT 1")).await.map_err(log_err)?;
+    conn.exec(stmt("ping", "SELECT 1", ()))
+        .await
+        .map_err(log_err)?;
     Ok(())
 }
 
@@ -75,18 +78,16 @@ async fn partition_ends<C: Exec + ?Sized>(
     topics: &[String],
 ) -> LogResult<HashMap<(String, i32), i64>> {
     let rows = conn
-        .query_all(
-            stmt(
-                "log_ends",
-                per(
-                    r#"SELECT topic, "partition", next_offset FROM log_partitions
+        .query_all(stmt(
+            "log_ends",
+            per(
+                r#"SELECT topic, "partition", next_offset FROM log_partitions
                        WHERE topic IN (SELECT value FROM json_each($1))"#,
-                    r#"SELECT topic, "partition", next_offset FROM log_partitions
+                r#"SELECT topic, "partition", next_offset FROM log_partitions
                        WHERE topic = ANY($1)"#,
-                ),
-            )
-            .bind(topics.to_vec()),
-        )
+            ),
+            (topics.to_vec(),),
+        ))
         .await
         .map_err(log_err)?;
     rows.iter()
@@ -147,7 +148,7 @@ pub(crate) async fn read_deliveries<C: Exec + ?Sized>(
                 .collect::<Vec<_>>()
                 .join(" UNION ALL ")
         );
-        let mut read = stmt("log_read", Sql::Built(sql)).bind(limit);
+        let mut read = stmt("log_read", Sql::Built(sql), (limit,));
         for partition in chunk {
             read = read
                 .bind(partition.topic.clone())

@@ -199,17 +199,47 @@ pub(crate) struct Stmt {
     pub(crate) args: Vec<Arg>,
 }
 
-/// Starts a statement: `stmt("user_by_id", "SELECT … WHERE id = $1").bind(id)`.
-pub(crate) fn stmt(op: &'static str, sql: impl Into<Sql>) -> Stmt {
+/// A statement with its values, in placeholder order:
+/// `stmt("user_by_id", "SELECT … WHERE id = $1", (id,))`.
+pub(crate) fn stmt(op: &'static str, sql: impl Into<Sql>, args: impl Args) -> Stmt {
     Stmt {
         op,
         sql: sql.into(),
-        args: Vec::new(),
+        args: args.into_args(),
     }
 }
 
+/// The values of a statement: a tuple of anything that converts to [`Arg`].
+pub(crate) trait Args {
+    fn into_args(self) -> Vec<Arg>;
+}
+
+macro_rules! tuple_args {
+    ($($value:ident),*) => {
+        impl<$($value: Into<Arg>),*> Args for ($($value,)*) {
+            #[allow(non_snake_case)]
+            fn into_args(self) -> Vec<Arg> {
+                let ($($value,)*) = self;
+                vec![$($value.into()),*]
+            }
+        }
+    };
+}
+
+tuple_args!();
+tuple_args!(A);
+tuple_args!(A, B);
+tuple_args!(A, B, C);
+tuple_args!(A, B, C, D);
+tuple_args!(A, B, C, D, E);
+tuple_args!(A, B, C, D, E, F);
+tuple_args!(A, B, C, D, E, F, G);
+tuple_args!(A, B, C, D, E, F, G, H);
+tuple_args!(A, B, C, D, E, F, G, H, I);
+tuple_args!(A, B, C, D, E, F, G, H, I, J);
+
 impl Stmt {
-    /// Binds the next placeholder (`$1`, `$2`, … in order).
+    /// Binds the next placeholder, for statements assembled in a loop.
     pub(crate) fn bind(mut self, value: impl Into<Arg>) -> Self {
         self.args.push(value.into());
         self

@@ -51,9 +51,7 @@ pub(crate) async fn attach_items<C: Exec + ?Sized>(
                     "SELECT order_id, product_id, sku, name, quantity, unit_price_cents, line_total_cents
                      FROM order_items WHERE order_id = ANY($1)
                      ORDER BY order_id, line_no",
-                ),
-            )
-            .bind(ids),
+                ), (ids,)),
         )
         .await?;
     for row in &rows {
@@ -79,7 +77,7 @@ pub(crate) async fn load_order<C: Exec + ?Sized>(
     let sql = Sql::Built(format!(
         "SELECT {ORDER_COLUMNS} FROM orders WHERE id = $1{lock}"
     ));
-    let Some(row) = conn.query_opt(stmt("order", sql).bind(id)).await? else {
+    let Some(row) = conn.query_opt(stmt("order", sql, (id,))).await? else {
         return Ok(None);
     };
     let mut orders = [rows::order_head(&row)?];
@@ -134,7 +132,7 @@ impl<E: Engine> Store for SqlStore<E> {
 
     async fn ping(&self) -> StoreResult<()> {
         let mut conn = self.engine.read().await?;
-        conn.exec(stmt("ping", "SELECT 1")).await?;
+        conn.exec(stmt("ping", "SELECT 1", ())).await?;
         Ok(())
     }
 
@@ -164,8 +162,8 @@ impl<E: Engine> Store for SqlStore<E> {
             stmt(
                 "user_by_email",
                 select(USER_COLUMNS, "users WHERE email = $1"),
-            )
-            .bind(email),
+                (email,),
+            ),
             rows::user,
         )
         .await
@@ -174,7 +172,11 @@ impl<E: Engine> Store for SqlStore<E> {
     async fn user_by_id(&self, id: UserId) -> StoreResult<Option<UserRecord>> {
         read_one(
             &*self.engine,
-            stmt("user_by_id", select(USER_COLUMNS, "users WHERE id = $1")).bind(id),
+            stmt(
+                "user_by_id",
+                select(USER_COLUMNS, "users WHERE id = $1"),
+                (id,),
+            ),
             rows::user,
         )
         .await
@@ -184,16 +186,7 @@ impl<E: Engine> Store for SqlStore<E> {
         write(&*self.engine, stmt(
                 "create_session",
                 "INSERT INTO sessions (id, user_id, device, refresh_hash, created_at, last_used_at, expires_at, revoked_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-            )
-            .bind(session.id)
-            .bind(session.user_id)
-            .bind(&session.device)
-            .bind(refresh_hash)
-            .bind(session.created_at)
-            .bind(session.last_used_at)
-            .bind(session.expires_at)
-            .bind(session.revoked_at),
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)", (session.id, session.user_id, &session.device, refresh_hash, session.created_at, session.last_used_at, session.expires_at, session.revoked_at)),
         )
         .await?;
         Ok(())
@@ -215,16 +208,14 @@ impl<E: Engine> Store for SqlStore<E> {
     ) -> StoreResult<RefreshRotation> {
         let mut w = self.engine.begin_write(WritePriority::Request).await?;
         let current = w
-            .query_opt(
-                stmt(
-                    "session_by_refresh_hash",
-                    Sql::Built(format!(
-                        "SELECT {SESSION_COLUMNS} FROM sessions WHERE refresh_hash = $1{}",
-                        E::DIALECT.for_update()
-                    )),
-                )
-                .bind(presented_hash),
-            )
+            .query_opt(stmt(
+                "session_by_refresh_hash",
+                Sql::Built(format!(
+                    "SELECT {SESSION_COLUMNS} FROM sessions WHERE refresh_hash = $1{}",
+                    E::DIALECT.for_update()
+                )),
+                (presented_hash,),
+            ))
             .await?;
         if let Some(row) = current {
             let mut session = rows::session(&row)?;
@@ -234,22 +225,13 @@ impl<E: Engine> Store for SqlStore<E> {
             w.exec(
                 stmt(
                     "insert_rotated_refresh_token",
-                    "INSERT INTO rotated_refresh_tokens (refresh_hash, session_id, rotated_at) VALUES ($1, $2, $3)",
-                )
-                .bind(presented_hash)
-                .bind(session.id)
-                .bind(now),
+                    "INSERT INTO rotated_refresh_tokens (refresh_hash, session_id, rotated_at) VALUES ($1, $2, $3)", (presented_hash, session.id, now)),
             )
             .await?;
             w.exec(
                 stmt(
                     "rotate_session",
-                    "UPDATE sessions SET refresh_hash = $1, last_used_at = $2, expires_at = $3 WHERE id = $4",
-                )
-                .bind(new_hash)
-                .bind(now)
-                .bind(new_expires_at)
-                .bind(session.id),
+                    "UPDATE sessions SET refresh_hash = $1, last_used_at = $2, expires_at = $3 WHERE id = $4", (new_hash, now, new_expires_at, session.id)),
             )
             .await?;
             super::WriteTx::commit(w).await?;
@@ -259,15 +241,13 @@ impl<E: Engine> Store for SqlStore<E> {
         }
 
         let rotated = w
-            .query_opt(
-                stmt(
-                    "rotated_refresh_token",
-                    "SELECT s.id, s.user_id
+            .query_opt(stmt(
+                "rotated_refresh_token",
+                "SELECT s.id, s.user_id
                      FROM rotated_refresh_tokens r JOIN sessions s ON s.id = r.session_id
                      WHERE r.refresh_hash = $1",
-                )
-                .bind(presented_hash),
-            )
+                (presented_hash,),
+            ))
             .await?;
         let Some(row) = rotated else {
             return Ok(RefreshRotation::Invalid);
@@ -276,14 +256,11 @@ impl<E: Engine> Store for SqlStore<E> {
         let user_id = row.uuid("user_id")?;
         // A token that was already exchanged came back: whoever holds the
         // current one may be the thief, so the whole session dies.
-        w.exec(
-            stmt(
-                "revoke_session",
-                "UPDATE sessions SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL",
-            )
-            .bind(now)
-            .bind(session_id),
-        )
+        w.exec(stmt(
+            "revoke_session",
+            "UPDATE sessions SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL",
+            (now, session_id),
+        ))
         .await?;
         super::WriteTx::commit(w).await?;
         Ok(RefreshRotation::ReuseDetected {
@@ -295,7 +272,11 @@ impl<E: Engine> Store for SqlStore<E> {
     async fn session(&self, id: uuid::Uuid) -> StoreResult<Option<SessionRecord>> {
         read_one(
             &*self.engine,
-            stmt("session", select(SESSION_COLUMNS, "sessions WHERE id = $1")).bind(id),
+            stmt(
+                "session",
+                select(SESSION_COLUMNS, "sessions WHERE id = $1"),
+                (id,),
+            ),
             rows::session,
         )
         .await
@@ -311,8 +292,8 @@ impl<E: Engine> Store for SqlStore<E> {
                     SESSION_COLUMNS,
                     "sessions WHERE user_id = $1 ORDER BY created_at DESC, id DESC",
                 ),
-            )
-            .bind(user_id),
+                (user_id,),
+            ),
             rows::session,
         )
         .await
@@ -324,9 +305,8 @@ impl<E: Engine> Store for SqlStore<E> {
             stmt(
                 "revoke_session",
                 "UPDATE sessions SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL",
-            )
-            .bind(now)
-            .bind(id),
+                (now, id),
+            ),
         )
         .await?;
         Ok(changed == 1)
@@ -338,9 +318,8 @@ impl<E: Engine> Store for SqlStore<E> {
             stmt(
                 "revoke_all_sessions",
                 "UPDATE sessions SET revoked_at = $1 WHERE user_id = $2 AND revoked_at IS NULL",
-            )
-            .bind(now)
-            .bind(user_id),
+                (now, user_id),
+            ),
         )
         .await
     }
@@ -351,26 +330,21 @@ impl<E: Engine> Store for SqlStore<E> {
         let mut w = self.engine.begin_write(WritePriority::Request).await?;
         // Entries past their token's expiry protect nothing; dropping them here
         // keeps the table (and the warm-up copy) as small as the live set.
-        w.exec(
-            stmt(
-                "purge_revocations",
-                "DELETE FROM revoked_tokens WHERE expires_at <= $1",
-            )
-            .bind(chrono::Utc::now()),
-        )
+        w.exec(stmt(
+            "purge_revocations",
+            "DELETE FROM revoked_tokens WHERE expires_at <= $1",
+            (chrono::Utc::now(),),
+        ))
         .await?;
         // Revoking twice keeps the later expiry: a revocation never shrinks.
-        w.exec(
-            stmt(
-                "insert_revocation",
-                "INSERT INTO revoked_tokens (jti, expires_at) VALUES ($1, $2)
+        w.exec(stmt(
+            "insert_revocation",
+            "INSERT INTO revoked_tokens (jti, expires_at) VALUES ($1, $2)
                  ON CONFLICT (jti) DO UPDATE SET expires_at = CASE
                      WHEN excluded.expires_at > revoked_tokens.expires_at THEN excluded.expires_at
                      ELSE revoked_tokens.expires_at END",
-            )
-            .bind(jti)
-            .bind(expires_at),
-        )
+            (jti, expires_at),
+        ))
         .await?;
         super::WriteTx::commit(w).await
     }
@@ -378,10 +352,7 @@ impl<E: Engine> Store for SqlStore<E> {
     async fn is_revoked(&self, jti: &str, now: Timestamp) -> StoreResult<bool> {
         let found = read_one(&*self.engine, stmt(
                     "is_revoked",
-                    "SELECT EXISTS (SELECT 1 FROM revoked_tokens WHERE jti = $1 AND expires_at > $2) AS found",
-                )
-                .bind(jti)
-                .bind(now),
+                    "SELECT EXISTS (SELECT 1 FROM revoked_tokens WHERE jti = $1 AND expires_at > $2) AS found", (jti, now)),
                 |row| row.bool("found"),
             )
             .await?;
@@ -391,9 +362,7 @@ impl<E: Engine> Store for SqlStore<E> {
     async fn active_revocations(&self, now: Timestamp) -> StoreResult<Vec<(String, Timestamp)>> {
         read_all(&*self.engine, stmt(
                 "active_revocations",
-                "SELECT jti, expires_at FROM revoked_tokens WHERE expires_at > $1 ORDER BY expires_at",
-            )
-            .bind(now),
+                "SELECT jti, expires_at FROM revoked_tokens WHERE expires_at > $1 ORDER BY expires_at", (now,)),
             |row| Ok((row.text("jti")?, row.time("expires_at")?)),
         )
         .await
@@ -405,9 +374,8 @@ impl<E: Engine> Store for SqlStore<E> {
             stmt(
                 "set_tokens_valid_after",
                 "UPDATE users SET tokens_valid_after = $1 WHERE id = $2",
-            )
-            .bind(after)
-            .bind(user_id),
+                (after, user_id),
+            ),
         )
         .await?;
         Ok(())
@@ -419,8 +387,8 @@ impl<E: Engine> Store for SqlStore<E> {
             stmt(
                 "tokens_valid_after",
                 "SELECT tokens_valid_after FROM users WHERE id = $1",
-            )
-            .bind(user_id),
+                (user_id,),
+            ),
             |row| row.opt_time("tokens_valid_after"),
         )
         .await?;
@@ -446,14 +414,13 @@ impl<E: Engine> Store for SqlStore<E> {
                     PRODUCT_COLUMNS,
                     "products WHERE id > $2 ORDER BY id LIMIT $1",
                 ),
-            )
-            .bind(limit)
-            .bind(after),
+                (limit, after),
+            ),
             None => stmt(
                 "list_products",
                 select(PRODUCT_COLUMNS, "products ORDER BY id LIMIT $1"),
-            )
-            .bind(limit),
+                (limit,),
+            ),
         };
         read_all(&*self.engine, query, rows::product).await
     }
@@ -461,7 +428,11 @@ impl<E: Engine> Store for SqlStore<E> {
     async fn product(&self, id: ProductId) -> StoreResult<Option<Product>> {
         read_one(
             &*self.engine,
-            stmt("product", select(PRODUCT_COLUMNS, "products WHERE id = $1")).bind(id),
+            stmt(
+                "product",
+                select(PRODUCT_COLUMNS, "products WHERE id = $1"),
+                (id,),
+            ),
             rows::product,
         )
         .await
@@ -483,8 +454,8 @@ impl<E: Engine> Store for SqlStore<E> {
                     "SELECT id, sku, name, price_cents, currency, stock, updated_at
                      FROM products WHERE id = ANY($1) ORDER BY id",
                 ),
-            )
-            .bind(ids.to_vec()),
+                (ids.to_vec(),),
+            ),
             rows::product,
         )
         .await
@@ -493,7 +464,7 @@ impl<E: Engine> Store for SqlStore<E> {
     async fn count_products(&self) -> StoreResult<i64> {
         let n = read_one(
             &*self.engine,
-            stmt("count_products", "SELECT COUNT(*) AS n FROM products"),
+            stmt("count_products", "SELECT COUNT(*) AS n FROM products", ()),
             |row| row.int("n"),
         )
         .await?;
@@ -510,15 +481,7 @@ impl<E: Engine> Store for SqlStore<E> {
                     "insert_product",
                     "INSERT INTO products (id, sku, name, price_cents, currency, stock, created_at, updated_at)
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $7)
-                     RETURNING id, sku, name, price_cents, currency, stock, updated_at",
-                )
-                .bind(id)
-                .bind(&draft.sku)
-                .bind(&draft.name)
-                .bind(draft.price_cents)
-                .bind(draft.currency.as_str())
-                .bind(draft.stock)
-                .bind(now),
+                     RETURNING id, sku, name, price_cents, currency, stock, updated_at", (id, &draft.sku, &draft.name, draft.price_cents, draft.currency.as_str(), draft.stock, now)),
                 rows::product,
             )
             .await?;
@@ -541,15 +504,7 @@ impl<E: Engine> Store for SqlStore<E> {
                 "update_product",
                 "UPDATE products SET sku = $1, name = $2, price_cents = $3, currency = $4, stock = $5, updated_at = $6
                  WHERE id = $7
-                 RETURNING id, sku, name, price_cents, currency, stock, updated_at",
-            )
-            .bind(&draft.sku)
-            .bind(&draft.name)
-            .bind(draft.price_cents)
-            .bind(draft.currency.as_str())
-            .bind(draft.stock)
-            .bind(now)
-            .bind(id),
+                 RETURNING id, sku, name, price_cents, currency, stock, updated_at", (&draft.sku, &draft.name, draft.price_cents, draft.currency.as_str(), draft.stock, now, id)),
             rows::product,
         )
         .await
@@ -563,13 +518,11 @@ impl<E: Engine> Store for SqlStore<E> {
             return Ok(None);
         };
         let history = conn
-            .query_all(
-                stmt(
-                    "order_history",
-                    "SELECT status, at FROM order_history WHERE order_id = $1 ORDER BY seq",
-                )
-                .bind(id),
-            )
+            .query_all(stmt(
+                "order_history",
+                "SELECT status, at FROM order_history WHERE order_id = $1 ORDER BY seq",
+                (id,),
+            ))
             .await?
             .iter()
             .map(rows::history_entry)
@@ -592,22 +545,19 @@ impl<E: Engine> Store for SqlStore<E> {
                     ORDER_COLUMNS,
                     "orders WHERE user_id = $1 ORDER BY created_at DESC, id DESC LIMIT $2",
                 ),
-            )
-            .bind(user_id)
-            .bind(limit),
+                (user_id, limit),
+            ),
             Some(before) => {
                 // Keyset paging on (created_at, id), the index order, so ties
                 // in created_at neither repeat nor skip orders. A cursor that
                 // names no order (deleted, or made up) falls back to comparing
                 // ids, which for UUID v7 ids also means "created earlier".
                 let cursor = conn
-                    .query_opt(
-                        stmt(
-                            "order_cursor",
-                            "SELECT created_at FROM orders WHERE id = $1",
-                        )
-                        .bind(before),
-                    )
+                    .query_opt(stmt(
+                        "order_cursor",
+                        "SELECT created_at FROM orders WHERE id = $1",
+                        (before,),
+                    ))
                     .await?;
                 match cursor {
                     Some(row) => stmt(
@@ -617,11 +567,8 @@ impl<E: Engine> Store for SqlStore<E> {
                             "orders WHERE user_id = $1 AND (created_at, id) < ($2, $3)
                              ORDER BY created_at DESC, id DESC LIMIT $4",
                         ),
-                    )
-                    .bind(user_id)
-                    .bind(row.time("created_at")?)
-                    .bind(before)
-                    .bind(limit),
+                        (user_id, row.time("created_at")?, before, limit),
+                    ),
                     None => stmt(
                         "orders_of_user",
                         select(
@@ -629,10 +576,8 @@ impl<E: Engine> Store for SqlStore<E> {
                             "orders WHERE user_id = $1 AND id < $2
                              ORDER BY created_at DESC, id DESC LIMIT $3",
                         ),
-                    )
-                    .bind(user_id)
-                    .bind(before)
-                    .bind(limit),
+                        (user_id, before, limit),
+                    ),
                 }
             }
         };
@@ -652,6 +597,7 @@ impl<E: Engine> Store for SqlStore<E> {
             stmt(
                 "count_orders_by_status",
                 "SELECT status, COUNT(*) AS n FROM orders GROUP BY status ORDER BY status",
+                (),
             ),
             |row| Ok((rows::status(row, "status")?, row.int("n")?)),
         )
@@ -671,9 +617,8 @@ impl<E: Engine> Store for SqlStore<E> {
                 "notifications_of_user",
                 "SELECT user_id, channel, kind, order_id, sent_at FROM notifications
                  WHERE user_id = $1 ORDER BY sent_at DESC, seq DESC LIMIT $2",
-            )
-            .bind(user_id)
-            .bind(i64::from(limit)),
+                (user_id, i64::from(limit)),
+            ),
             rows::notification,
         )
         .await
@@ -686,9 +631,7 @@ impl<E: Engine> Store for SqlStore<E> {
                     "points",
                     "SELECT p.points,
                             (SELECT COUNT(*) FROM loyalty_points o WHERE o.points > p.points) AS ahead
-                     FROM loyalty_points p WHERE p.user_id = $1",
-                )
-                .bind(user_id),
+                     FROM loyalty_points p WHERE p.user_id = $1", (user_id,)),
                 |row| {
                     let points = row.int("points")?;
                     let rank = (points > 0)
@@ -718,8 +661,8 @@ impl<E: Engine> Store for SqlStore<E> {
                        WHERE points > 0 ORDER BY points DESC, user_id LIMIT $1) AS top
                  LEFT JOIN users u ON u.id = top.user_id
                  ORDER BY top.points DESC, top.user_id",
-            )
-            .bind(i64::from(limit)),
+                (i64::from(limit),),
+            ),
             |row| {
                 Ok(LeaderboardEntry {
                     user_id: row.uuid("user_id")?,
@@ -746,8 +689,8 @@ impl<E: Engine> Store for SqlStore<E> {
                 "daily_sales",
                 "SELECT day, currency, orders, revenue_cents FROM daily_sales
                  WHERE day >= $1 ORDER BY day DESC, currency",
-            )
-            .bind(first),
+                (first,),
+            ),
             |row| {
                 Ok(DailySales {
                     day: row.date("day")?,
@@ -763,10 +706,7 @@ impl<E: Engine> Store for SqlStore<E> {
     async fn is_processed(&self, group: &str, event_id: EventId) -> StoreResult<bool> {
         let found = read_one(&*self.engine, stmt(
                     "is_processed",
-                    "SELECT EXISTS (SELECT 1 FROM processed_events WHERE group_name = $1 AND event_id = $2) AS found",
-                )
-                .bind(group)
-                .bind(event_id),
+                    "SELECT EXISTS (SELECT 1 FROM processed_events WHERE group_name = $1 AND event_id = $2) AS found", (group, event_id)),
                 |row| row.bool("found"),
             )
             .await?;
@@ -787,7 +727,11 @@ impl<E: Engine> Store for SqlStore<E> {
         };
         read_all(
             &*self.engine,
-            stmt("dead_letters", select(DEAD_LETTER_COLUMNS, rest)).bind(i64::from(limit)),
+            stmt(
+                "dead_letters",
+                select(DEAD_LETTER_COLUMNS, rest),
+                (i64::from(limit),),
+            ),
             rows::dead_letter,
         )
         .await
@@ -799,8 +743,8 @@ impl<E: Engine> Store for SqlStore<E> {
             stmt(
                 "dead_letter",
                 select(DEAD_LETTER_COLUMNS, "dead_letters WHERE id = $1"),
-            )
-            .bind(id),
+                (id,),
+            ),
             rows::dead_letter,
         )
         .await
@@ -814,6 +758,7 @@ impl<E: Engine> Store for SqlStore<E> {
             stmt(
                 "count_dead_letters",
                 "SELECT COUNT(*) AS n FROM dead_letters WHERE replayed_at IS NULL",
+                (),
             ),
             |row| row.int("n"),
         )

@@ -32,7 +32,7 @@ use orderflow_domain::order::{Order, OrderStatus};
 use orderflow_domain::{EventId, OrderId, ProductId, Timestamp, UserId};
 
 use super::store::load_order;
-use super::{Engine, Exec, SqlRow, WriteTx, stmt, values_list};
+use super::{Engine, Exec, SqlRow, Stmt, WriteTx, stmt, values_list};
 use crate::{AppendedTopics, SavepointStep};
 
 /// How often a claim retries when the row it lost to vanished before it
@@ -74,8 +74,13 @@ impl<E: Engine> SqlTx<E> {
         &mut self.write
     }
 
+    /// Runs a statement in this unit of work; how many rows it changed.
+    async fn run(&mut self, stmt: Stmt) -> StoreResult<u64> {
+        self.conn().exec(stmt).await
+    }
+
     async fn savepoint_step(&mut self, step: SavepointStep) -> StoreResult<()> {
-        self.conn().exec(stmt(step.op(), step.sql())).await?;
+        self.run(stmt(step.op(), step.sql(), ())).await?;
         self.appended.after(step);
         Ok(())
     }
@@ -91,6 +96,7 @@ impl<E: Engine> SqlTx<E> {
                 "INSERT INTO outbox (topic, key, event_id, payload, created_at) VALUES {}",
                 values_list(events.len(), 5, 1)
             ),
+            (),
         );
         for event in events {
             insert = insert
@@ -100,7 +106,7 @@ impl<E: Engine> SqlTx<E> {
                 .bind(event.to_json())
                 .bind(now);
         }
-        self.conn().exec(insert).await?;
+        self.run(insert).await?;
         Ok(())
     }
 
@@ -117,11 +123,12 @@ impl<E: Engine> SqlTx<E> {
                 "INSERT INTO order_history (order_id, status, at) VALUES {}",
                 values_list(steps.len(), 3, 1)
             ),
+            (),
         );
         for step in steps {
             insert = insert.bind(order_id).bind(step.as_str()).bind(at);
         }
-        self.conn().exec(insert).await?;
+        self.run(insert).await?;
         Ok(())
     }
 }
@@ -129,42 +136,40 @@ impl<E: Engine> SqlTx<E> {
 #[async_trait]
 impl<E: Engine> StoreTx for SqlTx<E> {
     async fn insert_user(&mut self, user: &UserRecord) -> StoreResult<()> {
-        self.conn()
-            .exec(
-                stmt(
-                    "insert_user",
-                    "INSERT INTO users (id, email, name, password_hash, role, created_at)
+        self.run(stmt(
+            "insert_user",
+            "INSERT INTO users (id, email, name, password_hash, role, created_at)
                      VALUES ($1, $2, $3, $4, $5, $6)",
-                )
-                .bind(user.id)
-                .bind(&user.email)
-                .bind(&user.name)
-                .bind(&user.password_hash)
-                .bind(user.role.as_str())
-                .bind(user.created_at),
-            )
-            .await?;
+            (
+                user.id,
+                &user.email,
+                &user.name,
+                &user.password_hash,
+                user.role.as_str(),
+                user.created_at,
+            ),
+        ))
+        .await?;
         Ok(())
     }
 
     /// Creates the user as an admin, or, when the e-mail is taken, promotes
     /// that user and leaves everything else (password included) alone.
     async fn upsert_admin(&mut self, user: &UserRecord) -> StoreResult<()> {
-        self.conn()
-            .exec(
-                stmt(
-                    "upsert_admin",
-                    "INSERT INTO users (id, email, name, password_hash, role, created_at)
+        self.run(stmt(
+            "upsert_admin",
+            "INSERT INTO users (id, email, name, password_hash, role, created_at)
                      VALUES ($1, $2, $3, $4, 'admin', $5)
                      ON CONFLICT (email) DO UPDATE SET role = 'admin'",
-                )
-                .bind(user.id)
-                .bind(&user.email)
-                .bind(&user.name)
-                .bind(&user.password_hash)
-                .bind(user.created_at),
-            )
-            .await?;
+            (
+                user.id,
+                &user.email,
+                &user.name,
+                &user.password_hash,
+                user.created_at,
+            ),
+        ))
+        .await?;
         Ok(())
     }
 
@@ -185,33 +190,25 @@ impl<E: Engine> StoreTx for SqlTx<E> {
         for _ in 0..CLAIM_ATTEMPTS {
             let inserted = self
                 .conn()
-                .exec(
-                    stmt(
-                        "idempotency_claim",
-                        "INSERT INTO idempotency_keys (user_id, key, request_hash, created_at)
+                .exec(stmt(
+                    "idempotency_claim",
+                    "INSERT INTO idempotency_keys (user_id, key, request_hash, created_at)
                          VALUES ($1, $2, $3, $4)
                          ON CONFLICT (user_id, key) DO NOTHING",
-                    )
-                    .bind(user_id)
-                    .bind(key)
-                    .bind(request_hash)
-                    .bind(chrono::Utc::now()),
-                )
+                    (user_id, key, request_hash, chrono::Utc::now()),
+                ))
                 .await?;
             if inserted == 1 {
                 return Ok(IdempotencyClaim::Claimed);
             }
             let existing = self
                 .conn()
-                .query_opt(
-                    stmt(
-                        "idempotency_lookup",
-                        "SELECT request_hash, response_status, response_body FROM idempotency_keys
+                .query_opt(stmt(
+                    "idempotency_lookup",
+                    "SELECT request_hash, response_status, response_body FROM idempotency_keys
                          WHERE user_id = $1 AND key = $2",
-                    )
-                    .bind(user_id)
-                    .bind(key),
-                )
+                    (user_id, key),
+                ))
                 .await?;
             let Some(row) = existing else {
                 // Purged between the two statements: claim again.
@@ -249,13 +246,7 @@ impl<E: Engine> StoreTx for SqlTx<E> {
                 stmt(
                     "idempotency_complete",
                     "UPDATE idempotency_keys SET response_status = $1, response_body = $2, completed_at = $3
-                     WHERE user_id = $4 AND key = $5",
-                )
-                .bind(i32::from(status))
-                .bind(body.clone())
-                .bind(chrono::Utc::now())
-                .bind(user_id)
-                .bind(key),
+                     WHERE user_id = $4 AND key = $5", (i32::from(status), body.clone(), chrono::Utc::now(), user_id, key)),
             )
             .await?;
         if done == 0 {
@@ -267,20 +258,11 @@ impl<E: Engine> StoreTx for SqlTx<E> {
     }
 
     async fn insert_order(&mut self, order: &Order) -> StoreResult<()> {
-        self.conn()
-            .exec(
+        self.run(
                 stmt(
                     "insert_order",
                     "INSERT INTO orders (id, user_id, status, total_cents, currency, created_at, updated_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                )
-                .bind(order.id)
-                .bind(order.user_id)
-                .bind(order.status.as_str())
-                .bind(order.total_cents)
-                .bind(order.currency.as_str())
-                .bind(order.created_at)
-                .bind(order.updated_at),
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)", (order.id, order.user_id, order.status.as_str(), order.total_cents, order.currency.as_str(), order.created_at, order.updated_at)),
             )
             .await?;
         if !order.items.is_empty() {
@@ -292,8 +274,7 @@ impl<E: Engine> StoreTx for SqlTx<E> {
                          (order_id, line_no, product_id, sku, name, quantity, unit_price_cents, line_total_cents)
                      VALUES {}",
                     values_list(order.items.len(), 8, 1)
-                ),
-            );
+                ), ());
             for (line_no, line) in order.items.iter().enumerate() {
                 let line_no = i32::try_from(line_no).map_err(|_| {
                     StoreError::Database(format!("order {} has too many lines", order.id))
@@ -308,7 +289,7 @@ impl<E: Engine> StoreTx for SqlTx<E> {
                     .bind(line.unit_price_cents)
                     .bind(line.line_total_cents);
             }
-            self.conn().exec(insert).await?;
+            self.run(insert).await?;
         }
         self.insert_history(order.id, &[order.status], order.created_at)
             .await
@@ -333,15 +314,11 @@ impl<E: Engine> StoreTx for SqlTx<E> {
         };
         let done = self
             .conn()
-            .exec(
-                stmt(
-                    "set_order_status",
-                    "UPDATE orders SET status = $1, updated_at = $2 WHERE id = $3",
-                )
-                .bind(last.as_str())
-                .bind(at)
-                .bind(id),
-            )
+            .exec(stmt(
+                "set_order_status",
+                "UPDATE orders SET status = $1, updated_at = $2 WHERE id = $3",
+                (last.as_str(), at, id),
+            ))
             .await?;
         if done == 0 {
             return Err(StoreError::Database(format!("order {id} does not exist")));
@@ -361,13 +338,11 @@ impl<E: Engine> StoreTx for SqlTx<E> {
         // order out until this transaction ends.
         let reserved_before = self
             .conn()
-            .query_one(
-                stmt(
-                    "reservation_exists",
-                    "SELECT EXISTS (SELECT 1 FROM stock_reservations WHERE order_id = $1) AS found",
-                )
-                .bind(order_id),
-            )
+            .query_one(stmt(
+                "reservation_exists",
+                "SELECT EXISTS (SELECT 1 FROM stock_reservations WHERE order_id = $1) AS found",
+                (order_id,),
+            ))
             .await?
             .bool("found")?;
         if reserved_before {
@@ -383,8 +358,7 @@ impl<E: Engine> StoreTx for SqlTx<E> {
 
         // All or nothing: the lines are taken inside a savepoint, and the
         // first one that cannot be taken rolls the earlier ones back.
-        self.conn()
-            .exec(stmt("savepoint", "SAVEPOINT orderflow_reservation"))
+        self.run(stmt("savepoint", "SAVEPOINT orderflow_reservation", ()))
             .await?;
         for (product_id, quantity) in &wanted {
             // The conditional UPDATE is the check: `stock >= n` is evaluated
@@ -393,42 +367,37 @@ impl<E: Engine> StoreTx for SqlTx<E> {
             // zero; the CHECK constraint is the last line.
             let taken = self
                 .conn()
-                .exec(
-                    stmt(
-                        "take_stock",
-                        "UPDATE products SET stock = stock - $1 WHERE id = $2 AND stock >= $1",
-                    )
-                    .bind(i64::from(*quantity))
-                    .bind(*product_id),
-                )
+                .exec(stmt(
+                    "take_stock",
+                    "UPDATE products SET stock = stock - $1 WHERE id = $2 AND stock >= $1",
+                    (i64::from(*quantity), *product_id),
+                ))
                 .await?;
             if taken == 1 {
                 continue;
             }
             let available = self
                 .conn()
-                .query_opt(
-                    stmt(
-                        "stock_of_product",
-                        "SELECT stock FROM products WHERE id = $1",
-                    )
-                    .bind(*product_id),
-                )
+                .query_opt(stmt(
+                    "stock_of_product",
+                    "SELECT stock FROM products WHERE id = $1",
+                    (*product_id,),
+                ))
                 .await?
                 .map(|row| row.int("stock"))
                 .transpose()?;
-            self.conn()
-                .exec(stmt(
-                    "rollback_reservation",
-                    "ROLLBACK TO SAVEPOINT orderflow_reservation",
-                ))
-                .await?;
-            self.conn()
-                .exec(stmt(
-                    "release_savepoint",
-                    "RELEASE SAVEPOINT orderflow_reservation",
-                ))
-                .await?;
+            self.run(stmt(
+                "rollback_reservation",
+                "ROLLBACK TO SAVEPOINT orderflow_reservation",
+                (),
+            ))
+            .await?;
+            self.run(stmt(
+                "release_savepoint",
+                "RELEASE SAVEPOINT orderflow_reservation",
+                (),
+            ))
+            .await?;
             return Ok(match available {
                 None => Reservation::UnknownProduct {
                     product_id: *product_id,
@@ -447,6 +416,7 @@ impl<E: Engine> StoreTx for SqlTx<E> {
                 "INSERT INTO stock_reservations (order_id, product_id, quantity, reserved_at) VALUES {}",
                 values_list(wanted.len(), 4, 1)
             ),
+            (),
         );
         for (product_id, quantity) in &wanted {
             insert = insert
@@ -455,13 +425,13 @@ impl<E: Engine> StoreTx for SqlTx<E> {
                 .bind(i64::from(*quantity))
                 .bind(now);
         }
-        self.conn().exec(insert).await?;
-        self.conn()
-            .exec(stmt(
-                "release_savepoint",
-                "RELEASE SAVEPOINT orderflow_reservation",
-            ))
-            .await?;
+        self.run(insert).await?;
+        self.run(stmt(
+            "release_savepoint",
+            "RELEASE SAVEPOINT orderflow_reservation",
+            (),
+        ))
+        .await?;
         Ok(Reservation::Reserved)
     }
 
@@ -470,16 +440,13 @@ impl<E: Engine> StoreTx for SqlTx<E> {
         // Marking the rows released is what makes a second release a no-op.
         let released = self
             .conn()
-            .query_all(
-                stmt(
-                    "release_reservation",
-                    "UPDATE stock_reservations SET released_at = $2
+            .query_all(stmt(
+                "release_reservation",
+                "UPDATE stock_reservations SET released_at = $2
                      WHERE order_id = $1 AND released_at IS NULL
                      RETURNING product_id, quantity",
-                )
-                .bind(order_id)
-                .bind(chrono::Utc::now()),
-            )
+                (order_id, chrono::Utc::now()),
+            ))
             .await?;
         let mut give_back: BTreeMap<ProductId, i64> = BTreeMap::new();
         for row in &released {
@@ -487,87 +454,72 @@ impl<E: Engine> StoreTx for SqlTx<E> {
         }
         // In product-id order, like reservations, so the two never deadlock.
         for (product_id, quantity) in &give_back {
-            self.conn()
-                .exec(
-                    stmt(
-                        "return_stock",
-                        "UPDATE products SET stock = stock + $1 WHERE id = $2",
-                    )
-                    .bind(*quantity)
-                    .bind(*product_id),
-                )
-                .await?;
+            self.run(stmt(
+                "return_stock",
+                "UPDATE products SET stock = stock + $1 WHERE id = $2",
+                (*quantity, *product_id),
+            ))
+            .await?;
         }
         Ok(!released.is_empty())
     }
 
     async fn record_payment(&mut self, payment: &PaymentRecord) -> StoreResult<()> {
-        self.conn()
-            .exec(
-                stmt(
-                    "record_payment",
-                    "INSERT INTO payments (order_id, succeeded, reference, amount_cents, currency, at)
+        self.run(stmt(
+            "record_payment",
+            "INSERT INTO payments (order_id, succeeded, reference, amount_cents, currency, at)
                      VALUES ($1, $2, $3, $4, $5, $6)",
-                )
-                .bind(payment.order_id)
-                .bind(payment.succeeded)
-                .bind(&payment.reference)
-                .bind(payment.amount_cents)
-                .bind(&payment.currency)
-                .bind(payment.at),
-            )
-            .await?;
+            (
+                payment.order_id,
+                payment.succeeded,
+                &payment.reference,
+                payment.amount_cents,
+                &payment.currency,
+                payment.at,
+            ),
+        ))
+        .await?;
         Ok(())
     }
 
     async fn record_notification(&mut self, notification: &NotificationRecord) -> StoreResult<()> {
-        self.conn()
-            .exec(
-                stmt(
-                    "record_notification",
-                    "INSERT INTO notifications (user_id, channel, kind, order_id, sent_at)
+        self.run(stmt(
+            "record_notification",
+            "INSERT INTO notifications (user_id, channel, kind, order_id, sent_at)
                      VALUES ($1, $2, $3, $4, $5)",
-                )
-                .bind(notification.user_id)
-                .bind(notification.channel.as_str())
-                .bind(notification.kind.as_str())
-                .bind(notification.order_id)
-                .bind(notification.sent_at),
-            )
-            .await?;
+            (
+                notification.user_id,
+                notification.channel.as_str(),
+                notification.kind.as_str(),
+                notification.order_id,
+                notification.sent_at,
+            ),
+        ))
+        .await?;
         Ok(())
     }
 
     async fn add_points(&mut self, user_id: UserId, points: i64) -> StoreResult<()> {
-        self.conn()
-            .exec(
+        self.run(
                 stmt(
                     "add_points",
                     "INSERT INTO loyalty_points (user_id, points) VALUES ($1, $2)
-                     ON CONFLICT (user_id) DO UPDATE SET points = loyalty_points.points + excluded.points",
-                )
-                .bind(user_id)
-                .bind(points),
+                     ON CONFLICT (user_id) DO UPDATE SET points = loyalty_points.points + excluded.points", (user_id, points)),
             )
             .await?;
         Ok(())
     }
 
     async fn record_sale(&mut self, order: &Order, day: chrono::NaiveDate) -> StoreResult<()> {
-        self.conn()
-            .exec(
-                stmt(
-                    "record_daily_sale",
-                    "INSERT INTO daily_sales (day, currency, orders, revenue_cents) VALUES ($1, $2, 1, $3)
+        self.run(stmt(
+            "record_daily_sale",
+            "INSERT INTO daily_sales (day, currency, orders, revenue_cents) VALUES ($1, $2, 1, $3)
                      ON CONFLICT (day, currency) DO UPDATE
                      SET orders = daily_sales.orders + 1,
                          revenue_cents = daily_sales.revenue_cents + excluded.revenue_cents",
-                )
-                .bind(day)
-                .bind(order.currency.as_str())
-                .bind(order.total_cents),
-            )
-            .await?;
+            (day, order.currency.as_str(), order.total_cents),
+        ))
+        .await?;
         // Per product, in product-id order (upserts lock rows; a fixed order
         // keeps two sales of overlapping products from deadlocking).
         let mut per_product: BTreeMap<ProductId, (i64, i64)> = BTreeMap::new();
@@ -577,18 +529,13 @@ impl<E: Engine> StoreTx for SqlTx<E> {
             entry.1 += line.line_total_cents;
         }
         for (product_id, (quantity, revenue)) in per_product {
-            self.conn()
-                .exec(
+            self.run(
                     stmt(
                         "record_product_sale",
                         "INSERT INTO product_sales (product_id, quantity, revenue_cents) VALUES ($1, $2, $3)
                          ON CONFLICT (product_id) DO UPDATE
                          SET quantity = product_sales.quantity + excluded.quantity,
-                             revenue_cents = product_sales.revenue_cents + excluded.revenue_cents",
-                    )
-                    .bind(product_id)
-                    .bind(quantity)
-                    .bind(revenue),
+                             revenue_cents = product_sales.revenue_cents + excluded.revenue_cents", (product_id, quantity, revenue)),
                 )
                 .await?;
         }
@@ -605,11 +552,7 @@ impl<E: Engine> StoreTx for SqlTx<E> {
                 stmt(
                     "mark_processed",
                     "INSERT INTO processed_events (group_name, event_id, processed_at) VALUES ($1, $2, $3)
-                     ON CONFLICT (group_name, event_id) DO NOTHING",
-                )
-                .bind(group)
-                .bind(event_id)
-                .bind(chrono::Utc::now()),
+                     ON CONFLICT (group_name, event_id) DO NOTHING", (group, event_id, chrono::Utc::now())),
             )
             .await?;
         Ok(done == 1)
@@ -632,24 +575,12 @@ impl<E: Engine> StoreTx for SqlTx<E> {
     }
 
     async fn insert_dead_letter(&mut self, dead_letter: &DeadLetter) -> StoreResult<()> {
-        self.conn()
-            .exec(
+        self.run(
                 stmt(
                     "insert_dead_letter",
                     r#"INSERT INTO dead_letters
                            (id, group_name, topic, "partition", "offset", error, attempts, event, failed_at, replayed_at)
-                       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"#,
-                )
-                .bind(dead_letter.id)
-                .bind(&dead_letter.group)
-                .bind(&dead_letter.topic)
-                .bind(dead_letter.partition)
-                .bind(dead_letter.offset)
-                .bind(&dead_letter.error)
-                .bind(i64::from(dead_letter.attempts))
-                .bind(dead_letter.event.to_json())
-                .bind(dead_letter.failed_at)
-                .bind(dead_letter.replayed_at),
+                       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"#, (dead_letter.id, &dead_letter.group, &dead_letter.topic, dead_letter.partition, dead_letter.offset, &dead_letter.error, i64::from(dead_letter.attempts), dead_letter.event.to_json(), dead_letter.failed_at, dead_letter.replayed_at)),
             )
             .await?;
         Ok(())
@@ -662,14 +593,11 @@ impl<E: Engine> StoreTx for SqlTx<E> {
     ) -> StoreResult<bool> {
         let done = self
             .conn()
-            .exec(
-                stmt(
-                    "mark_dead_letter_replayed",
-                    "UPDATE dead_letters SET replayed_at = $1 WHERE id = $2 AND replayed_at IS NULL",
-                )
-                .bind(at)
-                .bind(id),
-            )
+            .exec(stmt(
+                "mark_dead_letter_replayed",
+                "UPDATE dead_letters SET replayed_at = $1 WHERE id = $2 AND replayed_at IS NULL",
+                (at, id),
+            ))
             .await?;
         Ok(done == 1)
     }

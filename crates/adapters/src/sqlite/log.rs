@@ -88,6 +88,7 @@ impl EventLog for SqliteEventLog {
                    ON CONFLICT (group_name, topic, "partition") DO NOTHING"#,
                 values_list(topics.len() * partitions, 5, 1)
             ),
+            (),
         );
         for topic in &topics {
             for partition in 0..self.inner.partitions {
@@ -112,15 +113,12 @@ impl EventLog for SqliteEventLog {
             .read()
             .await
             .map_err(log_err)?
-            .query_all(
-                stmt(
-                    "committed_offsets",
-                    r#"SELECT topic, "partition", next_offset FROM consumer_offsets
+            .query_all(stmt(
+                "committed_offsets",
+                r#"SELECT topic, "partition", next_offset FROM consumer_offsets
                        WHERE group_name = $1 AND topic IN (SELECT value FROM json_each($2))"#,
-                )
-                .bind(group)
-                .bind(topics.clone()),
-            )
+                (group, topics.clone()),
+            ))
             .await
             .map_err(log_err)?;
         let mut positions = HashMap::with_capacity(rows.len());
@@ -231,6 +229,7 @@ impl Subscription for SqliteSubscription {
                    SET next_offset = max(next_offset, excluded.next_offset), updated_at = excluded.updated_at"#,
                 values_list(next.len(), 5, 1)
             ),
+            (),
         );
         for ((topic, partition), next_offset) in &next {
             upsert = upsert

@@ -237,16 +237,13 @@ impl SqliteEngine {
     async fn ensure_partitions(&self) -> StoreResult<()> {
         let mut w = self.begin_writer(WritePriority::Request).await?;
         for topic in topics::ALL {
-            w.exec(
-                stmt(
-                    "ensure_partition",
-                    r#"INSERT INTO log_partitions (topic, "partition", next_offset)
+            w.exec(stmt(
+                "ensure_partition",
+                r#"INSERT INTO log_partitions (topic, "partition", next_offset)
                        SELECT $1, value, 0 FROM json_each($2) WHERE true
                        ON CONFLICT (topic, "partition") DO NOTHING"#,
-                )
-                .bind(topic)
-                .bind((0..self.partitions).collect::<Vec<i32>>()),
-            )
+                (topic, (0..self.partitions).collect::<Vec<i32>>()),
+            ))
             .await?;
         }
         w.commit().await
@@ -333,7 +330,7 @@ impl Engine for SqliteEngine {
             ]);
             appended.push(topic);
         }
-        let mut append = stmt("append_event", sql);
+        let mut append = stmt("append_event", sql, ());
         append.args = args;
         conn.exec(append).await?;
         Ok(())

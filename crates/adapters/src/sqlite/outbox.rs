@@ -97,16 +97,13 @@ impl Outbox for SqliteOutbox {
             .inner
             .read()
             .await?
-            .query_all(
-                stmt(
-                    "outbox_claim",
-                    r#"SELECT seq, topic, key, payload, created_at FROM outbox
+            .query_all(stmt(
+                "outbox_claim",
+                r#"SELECT seq, topic, key, payload, created_at FROM outbox
                        WHERE seq NOT IN (SELECT value FROM json_each($1))
                        ORDER BY seq LIMIT $2"#,
-                )
-                .bind(skip)
-                .bind(i64::try_from(limit).unwrap_or(i64::MAX)),
-            )
+                (skip, i64::try_from(limit).unwrap_or(i64::MAX)),
+            ))
             .await?;
 
         let mut events = found
@@ -147,6 +144,7 @@ impl Outbox for SqliteOutbox {
             .query_one(stmt(
                 "outbox_backlog",
                 "SELECT COUNT(*) AS unsent, MIN(created_at) AS oldest FROM outbox",
+                (),
             ))
             .await?;
         let unsent = row.int("unsent")?;
@@ -197,13 +195,11 @@ impl OutboxBatch for SqliteOutboxBatch {
         self.inner
             .read()
             .await?
-            .exec(
-                stmt(
-                    "outbox_mark_sent",
-                    "DELETE FROM outbox WHERE seq IN (SELECT value FROM json_each($1))",
-                )
-                .bind(seqs.to_vec()),
-            )
+            .exec(stmt(
+                "outbox_mark_sent",
+                "DELETE FROM outbox WHERE seq IN (SELECT value FROM json_each($1))",
+                (seqs.to_vec(),),
+            ))
             .await?;
         // Dropping `self` releases the claim.
         Ok(())
