@@ -78,6 +78,7 @@ mod store {
         stock_reservation,
         concurrent_reservations,
         processed_marks,
+        processed_marks_in_bulk,
         savepoints_undo_one_effect,
         read_models,
         dead_letters,

@@ -65,6 +65,7 @@ use futures::stream::{FuturesUnordered, StreamExt as _};
 use orderflow_core::ports::log::{Delivery, EventLog, LogResult, Subscription};
 use orderflow_core::ports::store::{DeadLetter, Store, StoreTx};
 use orderflow_core::services::effects::RetryPolicy;
+use orderflow_domain::EventId;
 use orderflow_domain::events::{Envelope, EventData, TraceParent};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -1128,11 +1129,18 @@ async fn write_all(
             continue;
         }
         tx.savepoint().await?;
-        match apply_item(group, tx.as_mut(), item).await {
-            Ok(finished) => {
-                tx.release_savepoint().await?;
-                results.push(ItemResult::Written(finished));
-            }
+        // Releasing the savepoint sends the writes the store queued for this
+        // item, so a refused write fails this item, not the flush.
+        let written = match apply_item(group, tx.as_mut(), item).await {
+            Ok(finished) => tx
+                .release_savepoint()
+                .await
+                .map(|()| finished)
+                .map_err(WorkerError::from),
+            Err(error) => Err(error),
+        };
+        match written {
+            Ok(finished) => results.push(ItemResult::Written(finished)),
             Err(error) if error.is_store_unavailable() => return Err(error),
             Err(error) => {
                 tx.rollback_to_savepoint().await?;
@@ -1146,23 +1154,53 @@ async fn write_all(
 }
 
 /// The flush without savepoints, committed only if every item was written;
-/// `None` (rolled back) when one failed.
+/// `None` (rolled back) when one failed, or when the commit refused a write
+/// the store had queued (then the savepoint pass finds out which one).
+///
+/// The processed marks of every effect go first, in one statement: an
+/// event whose mark existed already is a duplicate and its effect is not
+/// applied, exactly as [`write_one`] decides one at a time.
 async fn write_optimistically(
     group: &'static str,
     store: &dyn Store,
     items: &mut [FlushItem],
 ) -> Result<Option<Vec<ItemResult>>, WorkerError> {
     let mut tx = store.begin_group_commit(group).await?;
+    let effect_ids: Vec<EventId> = items
+        .iter()
+        .filter(|item| matches!(item.work, Work::Effect(_)))
+        .map(|item| item.delivery.envelope.id)
+        .collect();
+    let mut fresh = tx
+        .mark_processed_many(group, &effect_ids)
+        .await?
+        .into_iter();
     let mut results = Vec::with_capacity(items.len());
     for item in items.iter_mut() {
-        match apply_item(group, tx.as_mut(), item).await {
+        let written = match &mut item.work {
+            Work::Effect(effect) => {
+                if fresh.next() == Some(true) {
+                    apply_effect(tx.as_mut(), effect.as_mut())
+                        .instrument(tracing::info_span!(parent: &item.span, "event.apply"))
+                        .await
+                        .map(Finished::Handled)
+                } else {
+                    Ok(Finished::Handled(Handled::Duplicate))
+                }
+            }
+            Work::DeadLetter { .. } => apply_item(group, tx.as_mut(), item).await,
+        };
+        match written {
             Ok(finished) => results.push(ItemResult::Written(finished)),
             Err(error) if error.is_store_unavailable() => return Err(error),
             Err(_) => return Ok(None),
         }
     }
-    tx.commit().await?;
-    Ok(Some(results))
+    match tx.commit().await.map_err(WorkerError::from) {
+        Ok(()) => Ok(Some(results)),
+        Err(error) if error.is_store_unavailable() => Err(error),
+        Err(_) => Ok(None),
+    }
 }
 
 /// [`write_one`] in the item's `event.apply` span.
@@ -1188,16 +1226,24 @@ async fn write_one(
             if !tx.mark_processed(group, delivery.envelope.id).await? {
                 return Ok(Finished::Handled(Handled::Duplicate));
             }
-            Ok(Finished::Handled(match effect.apply(tx).await? {
-                Applied::Changed => Handled::Applied,
-                Applied::Stale => Handled::Stale,
-            }))
+            Ok(Finished::Handled(apply_effect(tx, effect.as_mut()).await?))
         }
         Work::DeadLetter { error, attempts } => {
             write_dead_letter(group, tx, delivery, error, *attempts).await?;
             Ok(Finished::DeadLettered)
         }
     }
+}
+
+/// An effect whose processed mark is written: applied.
+async fn apply_effect(
+    tx: &mut dyn StoreTx,
+    effect: &mut dyn Effect,
+) -> Result<Handled, WorkerError> {
+    Ok(match effect.apply(tx).await? {
+        Applied::Changed => Handled::Applied,
+        Applied::Stale => Handled::Stale,
+    })
 }
 
 /// One delivery prepared and written in its own transaction, without retries

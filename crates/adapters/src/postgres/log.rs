@@ -280,7 +280,8 @@ impl PostgresEventLog {
             r#"WITH parts AS (
                    SELECT topic, p FROM unnest($2::text[], $3::int[]) AS t(topic, p)
                ), offsets AS (
-                   INSERT INTO consumer_offsets (group_name, topic, "partition", next_offset, updated_at)
+                   INSERT INTO consumer_offsets (group_name, topic, "partition", next_offset,
+                       updated_at)
                    SELECT $1, topic, p, 0, now() FROM parts
                    ON CONFLICT (group_name, topic, "partition") DO NOTHING
                )
@@ -568,7 +569,8 @@ impl Member {
         sqlx::query(
             r#"INSERT INTO consumer_members (group_name, member_id, client, joined_at, expires_at)
                VALUES ($1, $2, $3, now(), now() + $4::bigint * interval '1 millisecond')
-               ON CONFLICT (group_name, member_id) DO UPDATE SET expires_at = excluded.expires_at"#,
+               ON CONFLICT (group_name,
+                   member_id) DO UPDATE SET expires_at = excluded.expires_at"#,
         )
         .bind(&self.group)
         .bind(self.id)
@@ -1043,7 +1045,8 @@ impl Subscription for PostgresSubscription {
         count("commit_offset");
         let written = sqlx::query(
             r#"WITH wanted AS (
-                   SELECT * FROM unnest($3::text[], $4::int[], $5::bigint[]) AS w(topic, part, next_offset)
+                   SELECT * FROM unnest($3::text[], $4::int[], $5::bigint[]) AS w(topic, part,
+                       next_offset)
                ), owned AS (
                    SELECT l.topic, l."partition", w.next_offset
                    FROM consumer_leases l
@@ -1052,7 +1055,8 @@ impl Subscription for PostgresSubscription {
                    ORDER BY l.topic, l."partition"
                    FOR SHARE OF l
                )
-               INSERT INTO consumer_offsets AS c (group_name, topic, "partition", next_offset, updated_at)
+               INSERT INTO consumer_offsets AS c (group_name, topic, "partition", next_offset,
+                   updated_at)
                SELECT $1, topic, "partition", next_offset, now() FROM owned
                ON CONFLICT (group_name, topic, "partition") DO UPDATE
                SET next_offset = GREATEST(c.next_offset, excluded.next_offset),

@@ -68,7 +68,7 @@ use tokio::task::JoinHandle;
 
 use crate::AppendedTopics;
 use crate::sql::{
-    Arg, Dialect, Engine, Exec, SqlRow, SqlStore, WritePriority, WriteTx, count, stmt,
+    Arg, Dialect, Engine, Exec, SqlRow, SqlStore, Stmt, WritePriority, WriteTx, count, stmt,
 };
 
 pub use crate::sqlite::partition_for;
@@ -326,50 +326,57 @@ impl Engine for PostgresEngine {
         .await
     }
 
-    async fn append_to_log(
-        &self,
-        conn: &mut PgConnection,
-        events: &[Envelope],
-        appended: &mut AppendedTopics,
-    ) -> StoreResult<()> {
+    /// Per event one statement: take the partition's next offset and bump
+    /// it, and insert the event at it. The partition row stays locked until
+    /// the transaction ends, so appends to one partition commit in offset
+    /// order and a reader never sees offset n+1 before n; a rollback gives
+    /// the offset back, so offsets stay gap-free. Then a `pg_notify` per
+    /// topic, delivered by the server when (and only if) the transaction
+    /// commits: it wakes the subscriptions of every process.
+    fn append_statements(&self, events: &[Envelope], appended: &mut AppendedTopics) -> Vec<Stmt> {
         let now = chrono::Utc::now();
-        for event in events {
-            let topic = event.topic();
-            let partition = partition_for(&event.key, self.partitions);
-            // Take the partition's next offset and bump it in one statement.
-            // The row stays locked until this transaction ends, so appends to
-            // one partition commit in offset order and a reader never sees
-            // offset n+1 before n; a rollback gives the offset back, so
-            // offsets stay gap-free.
-            let offset = conn
-                .query_one(
-                    stmt(
-                        "next_offset",
-                        r#"INSERT INTO log_partitions AS l (topic, "partition", next_offset) VALUES ($1, $2, 1)
-                           ON CONFLICT (topic, "partition") DO UPDATE SET next_offset = l.next_offset + 1
-                           RETURNING next_offset - 1 AS taken"#, (topic, partition)),
-                )
-                .await?
-                .int("taken")?;
-            conn.exec(
+        let mut statements: Vec<Stmt> = events
+            .iter()
+            .map(|event| {
+                let topic = event.topic();
+                appended.push(topic);
                 stmt(
                     "append_event",
-                    r#"INSERT INTO event_log (topic, "partition", "offset", key, event_id, payload, created_at)
-                       VALUES ($1, $2, $3, $4, $5, $6, $7)"#, (topic, partition, offset, &event.key, event.id, event.to_json(), now)),
-            )
-            .await?;
-            appended.push(topic);
-        }
-        // Delivered by the server when (and only if) this transaction
-        // commits: wakes the subscriptions of every process.
+                    r#"WITH taken AS (
+                           INSERT INTO log_partitions AS l (topic, "partition",
+                               next_offset) VALUES ($1, $2, 1)
+                           ON CONFLICT (topic,
+                               "partition") DO UPDATE SET next_offset = l.next_offset + 1
+                           RETURNING next_offset - 1 AS "offset")
+                       INSERT INTO event_log (topic, "partition", "offset", key, event_id,
+                           payload, created_at)
+                       SELECT $1, $2, "offset", $3, $4, $5, $6 FROM taken"#,
+                    (
+                        topic,
+                        partition_for(&event.key, self.partitions),
+                        &event.key,
+                        event.id,
+                        event.to_json(),
+                        now,
+                    ),
+                )
+            })
+            .collect();
         let topics: BTreeSet<&str> = events.iter().map(Envelope::topic).collect();
-        for topic in topics {
-            conn.exec(stmt(
+        statements.extend(topics.into_iter().map(|topic| {
+            stmt(
                 "notify",
                 "SELECT pg_notify($1, $2)",
                 (NOTIFY_CHANNEL, topic),
-            ))
-            .await?;
+            )
+        }));
+        statements
+    }
+
+    /// PostgreSQL's extended protocol takes one statement per round trip.
+    async fn exec_batch(conn: &mut PgConnection, batch: Vec<Stmt>) -> StoreResult<()> {
+        for statement in batch {
+            conn.exec(statement).await?;
         }
         Ok(())
     }

@@ -99,7 +99,8 @@ impl Outbox for PostgresOutbox {
             .collect();
         count("lock_outbox_keys");
         let held: BTreeSet<String> = sqlx::query_scalar(
-            "SELECT k FROM unnest($2::text[]) AS k WHERE pg_try_advisory_xact_lock($1, hashtext(k))",
+            "SELECT k FROM unnest($2::text[]) AS k WHERE pg_try_advisory_xact_lock($1,
+                hashtext(k))",
         )
         .bind(OUTBOX_KEY_LOCK)
         .bind(&keys)

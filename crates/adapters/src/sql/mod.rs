@@ -246,6 +246,27 @@ impl Stmt {
     }
 }
 
+/// `sql` with every placeholder `$n` moved to `$(n + by)`, for statements
+/// sent together with the values of the statements before them. orderflow's
+/// SQL has no `$` other than placeholders (no dollar quoting, no `$` in
+/// literals), so a plain scan is exact.
+pub(crate) fn shift_placeholders(sql: &str, by: usize) -> String {
+    let mut out = String::with_capacity(sql.len() + 8);
+    let mut rest = sql;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..=at]);
+        rest = &rest[at + 1..];
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        match rest[..digits].parse::<usize>() {
+            Ok(n) => out.push_str(&(n + by).to_string()),
+            Err(_) => out.push_str(&rest[..digits]),
+        }
+        rest = &rest[digits..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// `($1, $2, …), (…), …`: the `VALUES` list of a multi-row insert of `rows`
 /// rows of `columns` values each, numbered from `$first`.
 pub(crate) fn values_list(rows: usize, columns: usize, first: usize) -> String {
@@ -409,14 +430,14 @@ pub(crate) trait Engine: Send + Sync + Sized + 'static {
     /// twice).
     async fn lock_order_stock(conn: &mut Self::Conn, order_id: OrderId) -> StoreResult<()>;
 
-    /// Appends `events` to the embedded log inside the transaction on
-    /// `conn`, recording their topics in `appended`.
-    async fn append_to_log(
-        &self,
-        conn: &mut Self::Conn,
-        events: &[Envelope],
-        appended: &mut AppendedTopics,
-    ) -> StoreResult<()>;
+    /// The statements that append `events` to the embedded log (their
+    /// results are not read, so a unit of work can queue them), recording
+    /// the events' topics in `appended`.
+    fn append_statements(&self, events: &[Envelope], appended: &mut AppendedTopics) -> Vec<Stmt>;
+
+    /// Runs statements whose results nobody reads, in order, in as few round
+    /// trips as the engine allows.
+    async fn exec_batch(conn: &mut Self::Conn, batch: Vec<Stmt>) -> StoreResult<()>;
 
     /// Wakes this process's subscriptions after a commit that appended.
     fn wake_subscribers(&self);
@@ -488,6 +509,16 @@ mod tests {
         assert_eq!(values_list(2, 3, 2), "($2, $3, $4), ($5, $6, $7)");
         assert_eq!(values_list(1, 1, 1), "($1)");
         assert_eq!(values_list(0, 4, 1), "");
+    }
+
+    #[test]
+    fn placeholders_shift_and_nothing_else_does() {
+        assert_eq!(
+            shift_placeholders("INSERT INTO t VALUES ($1, $2, 'a$') -- $", 10),
+            "INSERT INTO t VALUES ($11, $12, 'a$') -- $"
+        );
+        assert_eq!(shift_placeholders("$1 + $10 - $1", 0), "$1 + $10 - $1");
+        assert_eq!(shift_placeholders("no placeholders", 3), "no placeholders");
     }
 
     #[test]

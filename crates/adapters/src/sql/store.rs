@@ -41,18 +41,20 @@ pub(crate) async fn attach_items<C: Exec + ?Sized>(
     }
     let ids: Vec<OrderId> = orders.iter().map(|o| o.id).collect();
     let rows = conn
-        .query_all(
-            stmt(
-                "order_items",
-                per(
-                    "SELECT order_id, product_id, sku, name, quantity, unit_price_cents, line_total_cents
+        .query_all(stmt(
+            "order_items",
+            per(
+                "SELECT order_id, product_id, sku, name, quantity, unit_price_cents,
+                        line_total_cents
                      FROM order_items WHERE order_id IN (SELECT value FROM json_each($1))
                      ORDER BY order_id, line_no",
-                    "SELECT order_id, product_id, sku, name, quantity, unit_price_cents, line_total_cents
+                "SELECT order_id, product_id, sku, name, quantity, unit_price_cents,
+                        line_total_cents
                      FROM order_items WHERE order_id = ANY($1)
                      ORDER BY order_id, line_no",
-                ), (ids,)),
-        )
+            ),
+            (ids,),
+        ))
         .await?;
     for row in &rows {
         let order_id = row.uuid("order_id")?;
@@ -183,10 +185,24 @@ impl<E: Engine> Store for SqlStore<E> {
     }
 
     async fn create_session(&self, session: &SessionRecord, refresh_hash: &str) -> StoreResult<()> {
-        write(&*self.engine, stmt(
+        write(
+            &*self.engine,
+            stmt(
                 "create_session",
-                "INSERT INTO sessions (id, user_id, device, refresh_hash, created_at, last_used_at, expires_at, revoked_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)", (session.id, session.user_id, &session.device, refresh_hash, session.created_at, session.last_used_at, session.expires_at, session.revoked_at)),
+                "INSERT INTO sessions (id, user_id, device, refresh_hash, created_at,
+                    last_used_at, expires_at, revoked_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                (
+                    session.id,
+                    session.user_id,
+                    &session.device,
+                    refresh_hash,
+                    session.created_at,
+                    session.last_used_at,
+                    session.expires_at,
+                    session.revoked_at,
+                ),
+            ),
         )
         .await?;
         Ok(())
@@ -222,17 +238,19 @@ impl<E: Engine> Store for SqlStore<E> {
             if session.revoked_at.is_some() || session.expires_at <= now {
                 return Ok(RefreshRotation::Invalid);
             }
-            w.exec(
-                stmt(
-                    "insert_rotated_refresh_token",
-                    "INSERT INTO rotated_refresh_tokens (refresh_hash, session_id, rotated_at) VALUES ($1, $2, $3)", (presented_hash, session.id, now)),
-            )
+            w.exec(stmt(
+                "insert_rotated_refresh_token",
+                "INSERT INTO rotated_refresh_tokens (refresh_hash, session_id,
+                        rotated_at) VALUES ($1, $2, $3)",
+                (presented_hash, session.id, now),
+            ))
             .await?;
-            w.exec(
-                stmt(
-                    "rotate_session",
-                    "UPDATE sessions SET refresh_hash = $1, last_used_at = $2, expires_at = $3 WHERE id = $4", (new_hash, now, new_expires_at, session.id)),
-            )
+            w.exec(stmt(
+                "rotate_session",
+                "UPDATE sessions SET refresh_hash = $1, last_used_at = $2,
+                        expires_at = $3 WHERE id = $4",
+                (new_hash, now, new_expires_at, session.id),
+            ))
             .await?;
             super::WriteTx::commit(w).await?;
             session.last_used_at = now;
@@ -350,19 +368,29 @@ impl<E: Engine> Store for SqlStore<E> {
     }
 
     async fn is_revoked(&self, jti: &str, now: Timestamp) -> StoreResult<bool> {
-        let found = read_one(&*self.engine, stmt(
-                    "is_revoked",
-                    "SELECT EXISTS (SELECT 1 FROM revoked_tokens WHERE jti = $1 AND expires_at > $2) AS found", (jti, now)),
-                |row| row.bool("found"),
-            )
-            .await?;
+        let found = read_one(
+            &*self.engine,
+            stmt(
+                "is_revoked",
+                "SELECT EXISTS (SELECT 1 FROM revoked_tokens
+                                   WHERE jti = $1 AND expires_at > $2) AS found",
+                (jti, now),
+            ),
+            |row| row.bool("found"),
+        )
+        .await?;
         Ok(found == Some(true))
     }
 
     async fn active_revocations(&self, now: Timestamp) -> StoreResult<Vec<(String, Timestamp)>> {
-        read_all(&*self.engine, stmt(
+        read_all(
+            &*self.engine,
+            stmt(
                 "active_revocations",
-                "SELECT jti, expires_at FROM revoked_tokens WHERE expires_at > $1 ORDER BY expires_at", (now,)),
+                "SELECT jti,
+                    expires_at FROM revoked_tokens WHERE expires_at > $1 ORDER BY expires_at",
+                (now,),
+            ),
             |row| Ok((row.text("jti")?, row.time("expires_at")?)),
         )
         .await
@@ -477,14 +505,27 @@ impl<E: Engine> Store for SqlStore<E> {
         draft: &ProductDraft,
         now: Timestamp,
     ) -> StoreResult<Product> {
-        let product = write_returning(&*self.engine, stmt(
-                    "insert_product",
-                    "INSERT INTO products (id, sku, name, price_cents, currency, stock, created_at, updated_at)
+        let product = write_returning(
+            &*self.engine,
+            stmt(
+                "insert_product",
+                "INSERT INTO products (id, sku, name, price_cents, currency, stock,
+                        created_at, updated_at)
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $7)
-                     RETURNING id, sku, name, price_cents, currency, stock, updated_at", (id, &draft.sku, &draft.name, draft.price_cents, draft.currency.as_str(), draft.stock, now)),
-                rows::product,
-            )
-            .await?;
+                     RETURNING id, sku, name, price_cents, currency, stock, updated_at",
+                (
+                    id,
+                    &draft.sku,
+                    &draft.name,
+                    draft.price_cents,
+                    draft.currency.as_str(),
+                    draft.stock,
+                    now,
+                ),
+            ),
+            rows::product,
+        )
+        .await?;
         product.ok_or_else(|| {
             orderflow_core::ports::store::StoreError::Database(
                 "insert_product returned no row".into(),
@@ -500,11 +541,24 @@ impl<E: Engine> Store for SqlStore<E> {
         draft: &ProductDraft,
         now: Timestamp,
     ) -> StoreResult<Option<Product>> {
-        write_returning(&*self.engine, stmt(
+        write_returning(
+            &*self.engine,
+            stmt(
                 "update_product",
-                "UPDATE products SET sku = $1, name = $2, price_cents = $3, currency = $4, stock = $5, updated_at = $6
+                "UPDATE products SET sku = $1, name = $2, price_cents = $3, currency = $4,
+                    stock = $5, updated_at = $6
                  WHERE id = $7
-                 RETURNING id, sku, name, price_cents, currency, stock, updated_at", (&draft.sku, &draft.name, draft.price_cents, draft.currency.as_str(), draft.stock, now, id)),
+                 RETURNING id, sku, name, price_cents, currency, stock, updated_at",
+                (
+                    &draft.sku,
+                    &draft.name,
+                    draft.price_cents,
+                    draft.currency.as_str(),
+                    draft.stock,
+                    now,
+                    id,
+                ),
+            ),
             rows::product,
         )
         .await
@@ -627,20 +681,25 @@ impl<E: Engine> Store for SqlStore<E> {
     async fn points(&self, user_id: UserId) -> StoreResult<PointsStanding> {
         // Rank = 1 + how many users have strictly more points (ties share a
         // rank), answered from the points index.
-        let standing = read_one(&*self.engine, stmt(
-                    "points",
-                    "SELECT p.points,
-                            (SELECT COUNT(*) FROM loyalty_points o WHERE o.points > p.points) AS ahead
-                     FROM loyalty_points p WHERE p.user_id = $1", (user_id,)),
-                |row| {
-                    let points = row.int("points")?;
-                    let rank = (points > 0)
-                        .then(|| row.int("ahead").map(|ahead| ahead + 1))
-                        .transpose()?;
-                    Ok(PointsStanding { points, rank })
-                },
-            )
-            .await?;
+        let standing = read_one(
+            &*self.engine,
+            stmt(
+                "points",
+                "SELECT p.points,
+                            (SELECT COUNT(*) FROM loyalty_points o
+                             WHERE o.points > p.points) AS ahead
+                     FROM loyalty_points p WHERE p.user_id = $1",
+                (user_id,),
+            ),
+            |row| {
+                let points = row.int("points")?;
+                let rank = (points > 0)
+                    .then(|| row.int("ahead").map(|ahead| ahead + 1))
+                    .transpose()?;
+                Ok(PointsStanding { points, rank })
+            },
+        )
+        .await?;
         Ok(standing.unwrap_or(PointsStanding {
             points: 0,
             rank: None,
@@ -704,12 +763,17 @@ impl<E: Engine> Store for SqlStore<E> {
     }
 
     async fn is_processed(&self, group: &str, event_id: EventId) -> StoreResult<bool> {
-        let found = read_one(&*self.engine, stmt(
-                    "is_processed",
-                    "SELECT EXISTS (SELECT 1 FROM processed_events WHERE group_name = $1 AND event_id = $2) AS found", (group, event_id)),
-                |row| row.bool("found"),
-            )
-            .await?;
+        let found = read_one(
+            &*self.engine,
+            stmt(
+                "is_processed",
+                "SELECT EXISTS (SELECT 1 FROM processed_events
+                                   WHERE group_name = $1 AND event_id = $2) AS found",
+                (group, event_id),
+            ),
+            |row| row.bool("found"),
+        )
+        .await?;
         Ok(found == Some(true))
     }
 

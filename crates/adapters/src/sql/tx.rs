@@ -48,6 +48,10 @@ pub(crate) struct SqlTx<E: Engine> {
     /// Topics of the events appended so far: counted as published, and this
     /// process's subscribers woken, only once the commit succeeded.
     appended: AppendedTopics,
+    /// Writes whose answer nobody waits for (see [`SqlTx::defer`]), sent
+    /// together before the next statement that answers, a savepoint step or
+    /// the commit.
+    deferred: Vec<Stmt>,
 }
 
 impl<E: Engine> std::fmt::Debug for SqlTx<E> {
@@ -56,6 +60,7 @@ impl<E: Engine> std::fmt::Debug for SqlTx<E> {
             .field("dialect", &E::DIALECT)
             .field("destination", &self.destination)
             .field("appended", &self.appended.len())
+            .field("deferred", &self.deferred.len())
             .finish_non_exhaustive()
     }
 }
@@ -67,19 +72,43 @@ impl<E: Engine> SqlTx<E> {
             engine,
             destination,
             appended: AppendedTopics::default(),
+            deferred: Vec::new(),
         }
     }
 
-    fn conn(&mut self) -> &mut E::Conn {
-        &mut self.write
+    /// Queues a write whose answer nobody needs (an insert of a record, an
+    /// upsert of a counter, an appended event). Statements run in the order
+    /// they were issued either way; what changes is that SQLite gets all
+    /// queued statements in one round trip (with sqlx a round trip costs far
+    /// more than SQLite's work for an insert), which is what lets a group
+    /// commit of many effects write in a few round trips. A queued write that
+    /// fails reports its error at the next statement that answers, savepoint
+    /// step or commit, still inside this unit of work.
+    fn defer(&mut self, stmt: Stmt) {
+        self.deferred.push(stmt);
+    }
+
+    /// The connection, once every queued write has run: for a statement
+    /// whose answer is read (it may depend on them).
+    async fn conn(&mut self) -> StoreResult<&mut E::Conn> {
+        if !self.deferred.is_empty() {
+            let batch = std::mem::take(&mut self.deferred);
+            E::exec_batch(&mut self.write, batch).await?;
+        }
+        Ok(&mut self.write)
     }
 
     /// Runs a statement in this unit of work; how many rows it changed.
     async fn run(&mut self, stmt: Stmt) -> StoreResult<u64> {
-        self.conn().exec(stmt).await
+        self.conn().await?.exec(stmt).await
     }
 
     async fn savepoint_step(&mut self, step: SavepointStep) -> StoreResult<()> {
+        if step == SavepointStep::RollBack {
+            // Queued writes were issued after the savepoint (every step
+            // sends what is queued): they are undone without being sent.
+            self.deferred.clear();
+        }
         self.run(stmt(step.op(), step.sql(), ())).await?;
         self.appended.after(step);
         Ok(())
@@ -88,7 +117,7 @@ impl<E: Engine> SqlTx<E> {
     /// Kafka mode: the rows wait in the outbox for a relay. Partitions and
     /// offsets are the broker's business; the events count as published once
     /// the broker acknowledged them. One statement for all events.
-    async fn append_to_outbox(&mut self, events: &[Envelope]) -> StoreResult<()> {
+    fn append_to_outbox(&mut self, events: &[Envelope]) {
         let now = chrono::Utc::now();
         let mut insert = stmt(
             "append_outbox",
@@ -106,17 +135,11 @@ impl<E: Engine> SqlTx<E> {
                 .bind(event.to_json())
                 .bind(now);
         }
-        self.run(insert).await?;
-        Ok(())
+        self.defer(insert);
     }
 
     /// Appends one history row per step, in step order.
-    async fn insert_history(
-        &mut self,
-        order_id: OrderId,
-        steps: &[OrderStatus],
-        at: Timestamp,
-    ) -> StoreResult<()> {
+    fn insert_history(&mut self, order_id: OrderId, steps: &[OrderStatus], at: Timestamp) {
         let mut insert = stmt(
             "insert_order_history",
             format!(
@@ -128,8 +151,7 @@ impl<E: Engine> SqlTx<E> {
         for step in steps {
             insert = insert.bind(order_id).bind(step.as_str()).bind(at);
         }
-        self.run(insert).await?;
-        Ok(())
+        self.defer(insert);
     }
 }
 
@@ -190,6 +212,7 @@ impl<E: Engine> StoreTx for SqlTx<E> {
         for _ in 0..CLAIM_ATTEMPTS {
             let inserted = self
                 .conn()
+                .await?
                 .exec(stmt(
                     "idempotency_claim",
                     "INSERT INTO idempotency_keys (user_id, key, request_hash, created_at)
@@ -203,6 +226,7 @@ impl<E: Engine> StoreTx for SqlTx<E> {
             }
             let existing = self
                 .conn()
+                .await?
                 .query_opt(stmt(
                     "idempotency_lookup",
                     "SELECT request_hash, response_status, response_body FROM idempotency_keys
@@ -242,12 +266,20 @@ impl<E: Engine> StoreTx for SqlTx<E> {
     ) -> StoreResult<()> {
         let done = self
             .conn()
-            .exec(
-                stmt(
-                    "idempotency_complete",
-                    "UPDATE idempotency_keys SET response_status = $1, response_body = $2, completed_at = $3
-                     WHERE user_id = $4 AND key = $5", (i32::from(status), body.clone(), chrono::Utc::now(), user_id, key)),
-            )
+            .await?
+            .exec(stmt(
+                "idempotency_complete",
+                "UPDATE idempotency_keys SET response_status = $1, response_body = $2,
+                        completed_at = $3
+                     WHERE user_id = $4 AND key = $5",
+                (
+                    i32::from(status),
+                    body.clone(),
+                    chrono::Utc::now(),
+                    user_id,
+                    key,
+                ),
+            ))
             .await?;
         if done == 0 {
             return Err(StoreError::Database(format!(
@@ -258,23 +290,33 @@ impl<E: Engine> StoreTx for SqlTx<E> {
     }
 
     async fn insert_order(&mut self, order: &Order) -> StoreResult<()> {
-        self.run(
-                stmt(
-                    "insert_order",
-                    "INSERT INTO orders (id, user_id, status, total_cents, currency, created_at, updated_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7)", (order.id, order.user_id, order.status.as_str(), order.total_cents, order.currency.as_str(), order.created_at, order.updated_at)),
-            )
-            .await?;
+        self.defer(stmt(
+            "insert_order",
+            "INSERT INTO orders (id, user_id, status, total_cents, currency, created_at,
+                updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            (
+                order.id,
+                order.user_id,
+                order.status.as_str(),
+                order.total_cents,
+                order.currency.as_str(),
+                order.created_at,
+                order.updated_at,
+            ),
+        ));
         if !order.items.is_empty() {
             // All lines in one statement.
             let mut insert = stmt(
                 "insert_order_item",
                 format!(
-                    "INSERT INTO order_items
-                         (order_id, line_no, product_id, sku, name, quantity, unit_price_cents, line_total_cents)
+                    "INSERT INTO order_items (order_id, line_no, product_id, sku, name,
+                         quantity, unit_price_cents, line_total_cents)
                      VALUES {}",
                     values_list(order.items.len(), 8, 1)
-                ), ());
+                ),
+                (),
+            );
             for (line_no, line) in order.items.iter().enumerate() {
                 let line_no = i32::try_from(line_no).map_err(|_| {
                     StoreError::Database(format!("order {} has too many lines", order.id))
@@ -289,10 +331,10 @@ impl<E: Engine> StoreTx for SqlTx<E> {
                     .bind(line.unit_price_cents)
                     .bind(line.line_total_cents);
             }
-            self.run(insert).await?;
+            self.defer(insert);
         }
-        self.insert_history(order.id, &[order.status], order.created_at)
-            .await
+        self.insert_history(order.id, &[order.status], order.created_at);
+        Ok(())
     }
 
     /// On PostgreSQL `SELECT … FOR UPDATE`: a concurrent transition of the
@@ -300,7 +342,7 @@ impl<E: Engine> StoreTx for SqlTx<E> {
     /// work ends, then reads the state it left. On SQLite the transaction
     /// holds the writer, so a plain read is as good.
     async fn order_for_update(&mut self, id: OrderId) -> StoreResult<Option<Order>> {
-        load_order(self.conn(), id, true).await
+        load_order(self.conn().await?, id, true).await
     }
 
     async fn set_order_status(
@@ -314,6 +356,7 @@ impl<E: Engine> StoreTx for SqlTx<E> {
         };
         let done = self
             .conn()
+            .await?
             .exec(stmt(
                 "set_order_status",
                 "UPDATE orders SET status = $1, updated_at = $2 WHERE id = $3",
@@ -323,7 +366,8 @@ impl<E: Engine> StoreTx for SqlTx<E> {
         if done == 0 {
             return Err(StoreError::Database(format!("order {id} does not exist")));
         }
-        self.insert_history(id, steps, at).await
+        self.insert_history(id, steps, at);
+        Ok(())
     }
 
     async fn reserve_stock(
@@ -331,13 +375,14 @@ impl<E: Engine> StoreTx for SqlTx<E> {
         order_id: OrderId,
         lines: &[(ProductId, u32)],
     ) -> StoreResult<Reservation> {
-        E::lock_order_stock(self.conn(), order_id).await?;
+        E::lock_order_stock(self.conn().await?, order_id).await?;
         // A redelivered "order placed" must not take stock twice: any earlier
         // reservation of this order (even one released since) settles it.
         // Authoritative: the lock above keeps any other reservation of this
         // order out until this transaction ends.
         let reserved_before = self
             .conn()
+            .await?
             .query_one(stmt(
                 "reservation_exists",
                 "SELECT EXISTS (SELECT 1 FROM stock_reservations WHERE order_id = $1) AS found",
@@ -367,6 +412,7 @@ impl<E: Engine> StoreTx for SqlTx<E> {
             // zero; the CHECK constraint is the last line.
             let taken = self
                 .conn()
+                .await?
                 .exec(stmt(
                     "take_stock",
                     "UPDATE products SET stock = stock - $1 WHERE id = $2 AND stock >= $1",
@@ -378,6 +424,7 @@ impl<E: Engine> StoreTx for SqlTx<E> {
             }
             let available = self
                 .conn()
+                .await?
                 .query_opt(stmt(
                     "stock_of_product",
                     "SELECT stock FROM products WHERE id = $1",
@@ -413,7 +460,8 @@ impl<E: Engine> StoreTx for SqlTx<E> {
         let mut insert = stmt(
             "insert_reservation",
             format!(
-                "INSERT INTO stock_reservations (order_id, product_id, quantity, reserved_at) VALUES {}",
+                "INSERT INTO stock_reservations (order_id, product_id, quantity,
+                    reserved_at) VALUES {}",
                 values_list(wanted.len(), 4, 1)
             ),
             (),
@@ -436,10 +484,11 @@ impl<E: Engine> StoreTx for SqlTx<E> {
     }
 
     async fn release_stock(&mut self, order_id: OrderId) -> StoreResult<bool> {
-        E::lock_order_stock(self.conn(), order_id).await?;
+        E::lock_order_stock(self.conn().await?, order_id).await?;
         // Marking the rows released is what makes a second release a no-op.
         let released = self
             .conn()
+            .await?
             .query_all(stmt(
                 "release_reservation",
                 "UPDATE stock_reservations SET released_at = $2
@@ -454,18 +503,17 @@ impl<E: Engine> StoreTx for SqlTx<E> {
         }
         // In product-id order, like reservations, so the two never deadlock.
         for (product_id, quantity) in &give_back {
-            self.run(stmt(
+            self.defer(stmt(
                 "return_stock",
                 "UPDATE products SET stock = stock + $1 WHERE id = $2",
                 (*quantity, *product_id),
-            ))
-            .await?;
+            ));
         }
         Ok(!released.is_empty())
     }
 
     async fn record_payment(&mut self, payment: &PaymentRecord) -> StoreResult<()> {
-        self.run(stmt(
+        self.defer(stmt(
             "record_payment",
             "INSERT INTO payments (order_id, succeeded, reference, amount_cents, currency, at)
                      VALUES ($1, $2, $3, $4, $5, $6)",
@@ -477,13 +525,12 @@ impl<E: Engine> StoreTx for SqlTx<E> {
                 &payment.currency,
                 payment.at,
             ),
-        ))
-        .await?;
+        ));
         Ok(())
     }
 
     async fn record_notification(&mut self, notification: &NotificationRecord) -> StoreResult<()> {
-        self.run(stmt(
+        self.defer(stmt(
             "record_notification",
             "INSERT INTO notifications (user_id, channel, kind, order_id, sent_at)
                      VALUES ($1, $2, $3, $4, $5)",
@@ -494,32 +541,30 @@ impl<E: Engine> StoreTx for SqlTx<E> {
                 notification.order_id,
                 notification.sent_at,
             ),
-        ))
-        .await?;
+        ));
         Ok(())
     }
 
     async fn add_points(&mut self, user_id: UserId, points: i64) -> StoreResult<()> {
-        self.run(
-                stmt(
-                    "add_points",
-                    "INSERT INTO loyalty_points (user_id, points) VALUES ($1, $2)
-                     ON CONFLICT (user_id) DO UPDATE SET points = loyalty_points.points + excluded.points", (user_id, points)),
-            )
-            .await?;
+        self.defer(stmt(
+            "add_points",
+            "INSERT INTO loyalty_points (user_id, points) VALUES ($1, $2)
+                     ON CONFLICT (user_id) DO UPDATE
+                     SET points = loyalty_points.points + excluded.points",
+            (user_id, points),
+        ));
         Ok(())
     }
 
     async fn record_sale(&mut self, order: &Order, day: chrono::NaiveDate) -> StoreResult<()> {
-        self.run(stmt(
+        self.defer(stmt(
             "record_daily_sale",
             "INSERT INTO daily_sales (day, currency, orders, revenue_cents) VALUES ($1, $2, 1, $3)
                      ON CONFLICT (day, currency) DO UPDATE
                      SET orders = daily_sales.orders + 1,
                          revenue_cents = daily_sales.revenue_cents + excluded.revenue_cents",
             (day, order.currency.as_str(), order.total_cents),
-        ))
-        .await?;
+        ));
         // Per product, in product-id order (upserts lock rows; a fixed order
         // keeps two sales of overlapping products from deadlocking).
         let mut per_product: BTreeMap<ProductId, (i64, i64)> = BTreeMap::new();
@@ -529,15 +574,15 @@ impl<E: Engine> StoreTx for SqlTx<E> {
             entry.1 += line.line_total_cents;
         }
         for (product_id, (quantity, revenue)) in per_product {
-            self.run(
-                    stmt(
-                        "record_product_sale",
-                        "INSERT INTO product_sales (product_id, quantity, revenue_cents) VALUES ($1, $2, $3)
+            self.defer(stmt(
+                "record_product_sale",
+                "INSERT INTO product_sales (product_id, quantity,
+                            revenue_cents) VALUES ($1, $2, $3)
                          ON CONFLICT (product_id) DO UPDATE
                          SET quantity = product_sales.quantity + excluded.quantity,
-                             revenue_cents = product_sales.revenue_cents + excluded.revenue_cents", (product_id, quantity, revenue)),
-                )
-                .await?;
+                             revenue_cents = product_sales.revenue_cents + excluded.revenue_cents",
+                (product_id, quantity, revenue),
+            ));
         }
         Ok(())
     }
@@ -548,14 +593,50 @@ impl<E: Engine> StoreTx for SqlTx<E> {
     async fn mark_processed(&mut self, group: &str, event_id: EventId) -> StoreResult<bool> {
         let done = self
             .conn()
-            .exec(
-                stmt(
-                    "mark_processed",
-                    "INSERT INTO processed_events (group_name, event_id, processed_at) VALUES ($1, $2, $3)
-                     ON CONFLICT (group_name, event_id) DO NOTHING", (group, event_id, chrono::Utc::now())),
-            )
+            .await?
+            .exec(stmt(
+                "mark_processed",
+                "INSERT INTO processed_events (group_name, event_id,
+                        processed_at) VALUES ($1, $2, $3)
+                     ON CONFLICT (group_name, event_id) DO NOTHING",
+                (group, event_id, chrono::Utc::now()),
+            ))
             .await?;
         Ok(done == 1)
+    }
+
+    /// One statement for the whole list: `RETURNING` names the events this
+    /// call marked; an id repeated in the list counts at its first place.
+    async fn mark_processed_many(
+        &mut self,
+        group: &str,
+        event_ids: &[EventId],
+    ) -> StoreResult<Vec<bool>> {
+        if event_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = chrono::Utc::now();
+        let mut insert = stmt(
+            "mark_processed",
+            format!(
+                "INSERT INTO processed_events (group_name, event_id, processed_at) VALUES {}
+                 ON CONFLICT (group_name, event_id) DO NOTHING RETURNING event_id",
+                values_list(event_ids.len(), 3, 1)
+            ),
+            (),
+        );
+        for id in event_ids {
+            insert = insert.bind(group).bind(*id).bind(now);
+        }
+        let mut marked: std::collections::HashSet<EventId> = self
+            .conn()
+            .await?
+            .query_all(insert)
+            .await?
+            .iter()
+            .map(|row| row.uuid("event_id"))
+            .collect::<StoreResult<_>>()?;
+        Ok(event_ids.iter().map(|id| marked.remove(id)).collect())
     }
 
     #[tracing::instrument(name = "event.append", skip_all, fields(events = events.len()))]
@@ -565,24 +646,35 @@ impl<E: Engine> StoreTx for SqlTx<E> {
         }
         match self.destination {
             EventDestination::EmbeddedLog => {
-                let engine = self.engine.clone();
-                engine
-                    .append_to_log(&mut self.write, events, &mut self.appended)
-                    .await
+                for statement in self.engine.append_statements(events, &mut self.appended) {
+                    self.defer(statement);
+                }
             }
-            EventDestination::Outbox => self.append_to_outbox(events).await,
+            EventDestination::Outbox => self.append_to_outbox(events),
         }
+        Ok(())
     }
 
     async fn insert_dead_letter(&mut self, dead_letter: &DeadLetter) -> StoreResult<()> {
-        self.run(
-                stmt(
-                    "insert_dead_letter",
-                    r#"INSERT INTO dead_letters
-                           (id, group_name, topic, "partition", "offset", error, attempts, event, failed_at, replayed_at)
-                       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"#, (dead_letter.id, &dead_letter.group, &dead_letter.topic, dead_letter.partition, dead_letter.offset, &dead_letter.error, i64::from(dead_letter.attempts), dead_letter.event.to_json(), dead_letter.failed_at, dead_letter.replayed_at)),
-            )
-            .await?;
+        self.defer(stmt(
+            "insert_dead_letter",
+            r#"INSERT INTO dead_letters
+                   (id, group_name, topic, "partition", "offset", error, attempts, event,
+                    failed_at, replayed_at)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"#,
+            (
+                dead_letter.id,
+                &dead_letter.group,
+                &dead_letter.topic,
+                dead_letter.partition,
+                dead_letter.offset,
+                &dead_letter.error,
+                i64::from(dead_letter.attempts),
+                dead_letter.event.to_json(),
+                dead_letter.failed_at,
+                dead_letter.replayed_at,
+            ),
+        ));
         Ok(())
     }
 
@@ -593,6 +685,7 @@ impl<E: Engine> StoreTx for SqlTx<E> {
     ) -> StoreResult<bool> {
         let done = self
             .conn()
+            .await?
             .exec(stmt(
                 "mark_dead_letter_replayed",
                 "UPDATE dead_letters SET replayed_at = $1 WHERE id = $2 AND replayed_at IS NULL",
@@ -614,7 +707,8 @@ impl<E: Engine> StoreTx for SqlTx<E> {
         self.savepoint_step(SavepointStep::RollBack).await
     }
 
-    async fn commit(self: Box<Self>) -> StoreResult<()> {
+    async fn commit(mut self: Box<Self>) -> StoreResult<()> {
+        self.conn().await?;
         let SqlTx {
             write,
             engine,

@@ -83,7 +83,8 @@ impl EventLog for SqliteEventLog {
         let mut register = stmt(
             "register_group",
             format!(
-                r#"INSERT INTO consumer_offsets (group_name, topic, "partition", next_offset, updated_at)
+                r#"INSERT INTO consumer_offsets (group_name, topic, "partition", next_offset,
+                    updated_at)
                    VALUES {}
                    ON CONFLICT (group_name, topic, "partition") DO NOTHING"#,
                 values_list(topics.len() * partitions, 5, 1)
@@ -223,10 +224,12 @@ impl Subscription for SqliteSubscription {
         let mut upsert = stmt(
             "commit_offset",
             format!(
-                r#"INSERT INTO consumer_offsets (group_name, topic, "partition", next_offset, updated_at)
+                r#"INSERT INTO consumer_offsets (group_name, topic, "partition", next_offset,
+                    updated_at)
                    VALUES {}
                    ON CONFLICT (group_name, topic, "partition") DO UPDATE
-                   SET next_offset = max(next_offset, excluded.next_offset), updated_at = excluded.updated_at"#,
+                   SET next_offset = max(next_offset, excluded.next_offset),
+                       updated_at = excluded.updated_at"#,
                 values_list(next.len(), 5, 1)
             ),
             (),

@@ -72,7 +72,9 @@ use sqlx::{Sqlite, Transaction};
 use tokio::sync::watch;
 
 use crate::AppendedTopics;
-use crate::sql::{Arg, Dialect, Engine, Exec, SqlRow, SqlStore, WriteTx, count, stmt};
+use crate::sql::{
+    Arg, Dialect, Engine, Exec, SqlRow, SqlStore, Stmt, WriteTx, count, shift_placeholders, stmt,
+};
 
 pub use crate::sql::WritePriority;
 pub use log::{SqliteEventLog, SqliteSubscription, partition_for};
@@ -292,47 +294,62 @@ impl Engine for SqliteEngine {
 
     /// Per event, two statements: take the partition's next offset (the row
     /// is created on first use; migrate pre-creates the known topics) and
-    /// insert the event at it. Inside this transaction, so a rollback gives
-    /// the offsets back and offsets stay gap-free. All of them go to SQLite
-    /// in one round trip: with sqlx a round trip costs more than SQLite's
-    /// work here.
-    async fn append_to_log(
-        &self,
-        conn: &mut SqliteConnection,
-        events: &[Envelope],
-        appended: &mut AppendedTopics,
-    ) -> StoreResult<()> {
-        const PER_EVENT: usize = 6;
+    /// insert the event at it. Inside the unit of work, so a rollback gives
+    /// the offsets back and offsets stay gap-free.
+    fn append_statements(&self, events: &[Envelope], appended: &mut AppendedTopics) -> Vec<Stmt> {
         let now = chrono::Utc::now();
+        events
+            .iter()
+            .map(|event| {
+                let topic = event.topic();
+                appended.push(topic);
+                stmt(
+                    "append_event",
+                    r#"INSERT INTO log_partitions (topic, "partition",
+                        next_offset) VALUES ($1, $2, 1)
+                         ON CONFLICT (topic,
+                             "partition") DO UPDATE SET next_offset = next_offset + 1;
+                       INSERT INTO event_log (topic, "partition", "offset", key, event_id,
+                           payload, created_at)
+                         VALUES ($1, $2,
+                                 (SELECT next_offset - 1 FROM log_partitions
+                                  WHERE topic = $1 AND "partition" = $2),
+                                 $3, $4, $5, $6)"#,
+                    (
+                        topic,
+                        partition_for(&event.key, self.partitions),
+                        &event.key,
+                        event.id,
+                        event.to_json(),
+                        now,
+                    ),
+                )
+            })
+            .collect()
+    }
+
+    /// One round trip for the whole batch: the statements joined into one
+    /// multi-statement text, each one's placeholders moved past the values
+    /// of those before it (sqlx binds `$n` to the n-th value across the
+    /// statements). Not kept in the prepared-statement cache: every batch
+    /// is different.
+    async fn exec_batch(conn: &mut SqliteConnection, batch: Vec<Stmt>) -> StoreResult<()> {
         let mut sql = String::new();
-        let mut args = Vec::with_capacity(events.len() * PER_EVENT);
-        for (i, event) in events.iter().enumerate() {
-            let n = i * PER_EVENT;
-            let (topic, partition, key, id, payload, at) =
-                (n + 1, n + 2, n + 3, n + 4, n + 5, n + 6);
-            sql.push_str(&format!(
-                r#"INSERT INTO log_partitions (topic, "partition", next_offset) VALUES (${topic}, ${partition}, 1)
-                     ON CONFLICT (topic, "partition") DO UPDATE SET next_offset = next_offset + 1;
-                   INSERT INTO event_log (topic, "partition", "offset", key, event_id, payload, created_at)
-                     VALUES (${topic}, ${partition},
-                             (SELECT next_offset - 1 FROM log_partitions WHERE topic = ${topic} AND "partition" = ${partition}),
-                             ${key}, ${id}, ${payload}, ${at});"#
+        let mut args = Vec::new();
+        for statement in batch {
+            count(statement.op);
+            sql.push_str(&shift_placeholders(
+                statement.sql.text(Dialect::Sqlite),
+                args.len(),
             ));
-            let topic = event.topic();
-            count("next_offset");
-            args.extend([
-                Arg::from(topic),
-                Arg::from(partition_for(&event.key, self.partitions)),
-                Arg::from(&event.key),
-                Arg::from(event.id),
-                Arg::from(event.to_json()),
-                Arg::from(now),
-            ]);
-            appended.push(topic);
+            sql.push_str(";\n");
+            args.extend(statement.args);
         }
-        let mut append = stmt("append_event", sql, ());
-        append.args = args;
-        conn.exec(append).await?;
+        bind_all(&sql, args)
+            .persistent(false)
+            .execute(conn)
+            .await
+            .map_err(db_err)?;
         Ok(())
     }
 

@@ -974,6 +974,54 @@ pub async fn concurrent_reservations(store: Arc<dyn Store>) {
 }
 
 /// Processed marks: first true, then false; per group; rolled back = absent.
+/// Marks in bulk: one answer per id, in order; an id repeated in the list
+/// or marked before is not new; the marks roll back with the transaction
+/// and are the same marks `mark_processed` and `is_processed` see.
+pub async fn processed_marks_in_bulk(store: Arc<dyn Store>) {
+    let (a, b, c) = (
+        uuid::Uuid::now_v7(),
+        uuid::Uuid::now_v7(),
+        uuid::Uuid::now_v7(),
+    );
+    let mut tx = store.begin().await.unwrap();
+    assert_eq!(
+        tx.mark_processed_many("email", &[a, b, a]).await.unwrap(),
+        vec![true, true, false],
+        "a repeated id is marked once"
+    );
+    drop(tx);
+    assert!(
+        !store.is_processed("email", a).await.unwrap(),
+        "rolled-back bulk marks are not kept"
+    );
+
+    let mut tx = store.begin().await.unwrap();
+    assert!(tx.mark_processed("email", a).await.unwrap());
+    assert_eq!(
+        tx.mark_processed_many("email", &[c, a, b]).await.unwrap(),
+        vec![true, false, true],
+        "an id marked earlier in the transaction is not new"
+    );
+    assert_eq!(
+        tx.mark_processed_many("email", &[]).await.unwrap(),
+        Vec::<bool>::new()
+    );
+    tx.commit().await.unwrap();
+    for id in [a, b, c] {
+        assert!(store.is_processed("email", id).await.unwrap());
+        assert!(!store.is_processed("sms", id).await.unwrap());
+    }
+
+    let mut tx = store.begin().await.unwrap();
+    assert_eq!(
+        tx.mark_processed_many("sms", &[b, a]).await.unwrap(),
+        vec![true, true],
+        "groups are independent"
+    );
+    assert!(!tx.mark_processed("sms", a).await.unwrap());
+    tx.commit().await.unwrap();
+}
+
 pub async fn processed_marks(store: Arc<dyn Store>) {
     let event = uuid::Uuid::now_v7();
     assert!(!store.is_processed("email", event).await.unwrap());

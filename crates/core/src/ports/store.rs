@@ -346,6 +346,15 @@ pub trait StoreTx: Send {
     /// Marks `(group, event)` handled. False when it was already: the caller
     /// must then drop the transaction, since the effect happened before.
     async fn mark_processed(&mut self, group: &str, event_id: EventId) -> StoreResult<bool>;
+    /// [`mark_processed`](StoreTx::mark_processed) for several events of one
+    /// group in one step (a consumer's group commit marks its whole flush
+    /// at once): for each id, in order, true when this call marked it; false
+    /// when it was marked before, or appears earlier in `event_ids`.
+    async fn mark_processed_many(
+        &mut self,
+        group: &str,
+        event_ids: &[EventId],
+    ) -> StoreResult<Vec<bool>>;
     /// Appends events to the outbox; they become visible to consumers when,
     /// and only when, this transaction commits.
     async fn append(&mut self, events: &[Envelope]) -> StoreResult<()>;

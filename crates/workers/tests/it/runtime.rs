@@ -1,7 +1,7 @@
 //! The consumer runtime with a scripted handler: retries, dead letters, a
 //! database outage, and shutdown.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -11,6 +11,8 @@ use orderflow_core::ports::providers::ProviderError;
 use orderflow_core::ports::store::{Store, StoreError, StoreTx};
 use orderflow_domain::EventId;
 use orderflow_domain::events::{Envelope, EventData, topics};
+use orderflow_domain::money::Currency;
+use orderflow_domain::order::{Order, OrderStatus};
 use orderflow_workers::{
     Applied, Consumer, ConsumerSettings, Effect, Handler, Prepared, RetryPolicy, WorkerError,
 };
@@ -475,6 +477,10 @@ async fn one_keys_events_are_handled_in_order_while_other_keys_run_alongside() {
 /// records the order in which effects were committed.
 struct FlakyApply {
     fails: Mutex<HashMap<EventId, u32>>,
+    /// Events whose effect also makes a write the database refuses (an
+    /// order of a user that does not exist), which the store only sends
+    /// with the rest of the flush.
+    refused: HashSet<EventId>,
     committed: Arc<Mutex<Vec<EventId>>>,
     /// How long preparing takes, and how long each effect holds the group
     /// commit's transaction.
@@ -483,8 +489,17 @@ struct FlakyApply {
 
 impl FlakyApply {
     fn new(fails: HashMap<EventId, u32>, delays: (Duration, Duration)) -> Arc<Self> {
+        Self::refusing(fails, delays, HashSet::new())
+    }
+
+    fn refusing(
+        fails: HashMap<EventId, u32>,
+        delays: (Duration, Duration),
+        refused: HashSet<EventId>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             fails: Mutex::new(fails),
+            refused,
             committed: Arc::default(),
             delays,
         })
@@ -517,6 +532,7 @@ impl Handler for FlakyApply {
         Ok(Prepared::Effect(Box::new(FlakyEffect {
             id,
             fail,
+            refused: self.refused.contains(&id),
             committed: self.committed.clone(),
             hold: self.delays.1,
         })))
@@ -526,6 +542,7 @@ impl Handler for FlakyApply {
 struct FlakyEffect {
     id: EventId,
     fail: bool,
+    refused: bool,
     committed: Arc<Mutex<Vec<EventId>>>,
     hold: Duration,
 }
@@ -547,6 +564,20 @@ impl Effect for FlakyEffect {
         tokio::time::sleep(self.hold).await;
         if self.fail {
             return Err(outage());
+        }
+        if self.refused {
+            let now = chrono::Utc::now();
+            tx.insert_order(&Order {
+                id: uuid::Uuid::now_v7(),
+                user_id: uuid::Uuid::now_v7(),
+                status: OrderStatus::Pending,
+                total_cents: 100,
+                currency: Currency::parse("EUR").unwrap(),
+                items: Vec::new(),
+                created_at: now,
+                updated_at: now,
+            })
+            .await?;
         }
         Ok(Applied::Changed)
     }
@@ -587,6 +618,48 @@ async fn a_failing_effect_is_undone_alone_and_its_key_waits_for_it() {
         h.events_on(topics::ORDER_EVENTS).await.len(),
         3,
         "the failed attempt's write was rolled back with its savepoint, the others kept"
+    );
+    assert_eq!(h.lag("flaky-apply").await, 0);
+}
+
+/// A write the store queues and sends only with the flush, refused by the
+/// database at commit: the flush is written again with a savepoint per
+/// effect, so only that delivery fails (and, failing every time, is
+/// dead-lettered); its neighbour commits once.
+#[tokio::test]
+async fn a_write_refused_at_commit_fails_only_its_own_delivery() {
+    let h = Harness::new(None, tiny_retry(2)).await;
+    let (bad, good) = (
+        registered(uuid::Uuid::now_v7()),
+        registered(uuid::Uuid::now_v7()),
+    );
+    h.append(&[bad.clone(), good.clone()]).await;
+    let handler = FlakyApply::refusing(
+        HashMap::new(),
+        (Duration::ZERO, Duration::ZERO),
+        HashSet::from([bad.id]),
+    );
+    let mut consumer = Consumer::subscribe(
+        handler.clone(),
+        h.store.clone(),
+        h.log.as_ref(),
+        tiny_retry(2),
+    )
+    .await
+    .unwrap();
+    let report = consumer.process_batch(Duration::ZERO).await.unwrap();
+    assert_eq!(
+        (report.handled, report.dead_lettered, report.retries),
+        (1, 1, 1),
+        "{report:?}"
+    );
+    assert_eq!(*handler.committed.lock().unwrap(), vec![good.id]);
+    assert!(h.store.is_processed("flaky-apply", good.id).await.unwrap());
+    assert_eq!(h.store.dead_letters(10, false).await.unwrap().len(), 1);
+    assert_eq!(
+        h.events_on(topics::ORDER_EVENTS).await.len(),
+        1,
+        "the refused effect's other writes were rolled back with it"
     );
     assert_eq!(h.lag("flaky-apply").await, 0);
 }
