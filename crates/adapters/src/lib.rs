@@ -1,14 +1,20 @@
 //! Adapters: the technologies behind orderflow's ports (`orderflow_core::ports`).
 //!
 //! Map of the crate:
-//! - [`sqlite`]: the embedded database (sqlx, WAL) implementing the
-//!   [`Store`](orderflow_core::ports::store::Store) port, and the embedded event
-//!   log (a table in the same database) implementing
-//!   [`EventLog`](orderflow_core::ports::log::EventLog), plus the outbox
-//!   the Kafka relay reads when the log is Kafka.
-//! - [`postgres`]: PostgreSQL (sqlx) behind the same `Store` port, with row
-//!   locks where SQLite locks the file; its event log (LISTEN/NOTIFY
-//!   wake-ups) and its outbox (`FOR UPDATE SKIP LOCKED`, several relays).
+//! - [`sql`]: the store written once for both SQL engines: every query, row
+//!   mapping and the unit of work, generic over a small `Engine` trait for
+//!   what truly differs (locking, the log's append, wake-ups, encodings);
+//!   the module docs say why this shape and not `sqlx::Any` or a query
+//!   builder.
+//! - [`sqlite`]: the embedded database (sqlx, WAL): SQLite's engine (its
+//!   writer queue, encodings, errors), the embedded event log (a table in
+//!   the same database) implementing
+//!   [`EventLog`](orderflow_core::ports::log::EventLog), and the outbox the
+//!   Kafka relay reads when the log is Kafka.
+//! - [`postgres`]: PostgreSQL's engine (row and advisory locks where SQLite
+//!   locks the file); its event log (partitions shared by leases,
+//!   LISTEN/NOTIFY wake-ups) and its outbox (`FOR UPDATE SKIP LOCKED`,
+//!   several relays).
 //! - [`kafka`]: Kafka (rdkafka) as the event log: topic creation, the
 //!   idempotent producer the relay publishes through, consumer-group members
 //!   with manual commits and cooperative rebalancing, lag from watermarks.

@@ -261,7 +261,10 @@ impl PostgresEventLog {
 
         // Listen before the first read, so no commit after it goes unnoticed.
         self.inner.ensure_listener().await.map_err(log_err)?;
-        let wake = self.inner.wake.subscribe();
+        let wake: Vec<watch::Receiver<u64>> = topics
+            .iter()
+            .map(|topic| self.inner.wakes.subscribe(topic))
+            .collect();
 
         // Register the group on every partition: an offset of 0 (unless it
         // has committed before), so it is listed by `lag` from its first
@@ -321,7 +324,7 @@ impl PostgresEventLog {
         let task = tokio::spawn(renew_loop(member.clone(), leave_rx, settled));
         Ok(PostgresSubscription {
             member,
-            wakers: Wakers::new([wake, gained_rx]),
+            wakers: Wakers::new(wake.into_iter().chain([gained_rx])),
             leave: Some(leave),
             task: Some(task),
         })

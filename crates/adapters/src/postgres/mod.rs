@@ -5,19 +5,20 @@
 //! [`EventLog`](orderflow_core::ports::log::EventLog)) or the outbox that a
 //! relay drains into Kafka (behind [`Outbox`](orderflow_core::ports::outbox::Outbox)).
 //!
+//! The store's queries, row mappings and unit of work are written once for
+//! both engines in [`crate::sql`]; this module holds what is PostgreSQL's
+//! own.
+//!
 //! Map of the module:
-//! - this file: [`PostgresStore`] (connect, pool, event destination, the
-//!   LISTEN task) and the helpers every query uses (error mapping, metrics).
-//! - [`store`]: `impl Store for PostgresStore`: stand-alone reads, plus the
-//!   session, revocation and catalog writes the port keeps outside a unit of
-//!   work.
-//! - [`tx`]: [`PostgresTx`], the unit of work (`impl StoreTx`).
+//! - this file: [`PostgresEngine`] (connect, pool, the LISTEN task, the
+//!   advisory locks, the embedded log's append, and `impl Engine`), and
+//!   PostgreSQL's encodings: binding ([`crate::sql::Arg`]), column reads
+//!   ([`crate::sql::SqlRow`]), error mapping.
 //! - [`log`]: [`PostgresEventLog`] and [`PostgresSubscription`]: consumer
-//!   groups on the `event_log` table, woken across processes by
-//!   `LISTEN/NOTIFY`.
+//!   groups on the `event_log` table, partitions shared among members by
+//!   leases, woken across processes by `LISTEN/NOTIFY`.
 //! - [`outbox`]: [`PostgresOutbox`]: relays claim unsent rows with
 //!   `FOR UPDATE SKIP LOCKED`.
-//! - `rows`: decoding rows into domain types.
 //!
 //! Why the writes look the way they do: unlike SQLite, PostgreSQL has many
 //! concurrent writers, possibly in many processes, so there is no writer lock
@@ -63,10 +64,11 @@ use sqlx::postgres::{
     PgPoolOptions, PgRow,
 };
 use sqlx::{Postgres, Row, Transaction};
-use tokio::sync::{Mutex, watch};
+use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 
 use crate::AppendedTopics;
+use crate::sql::log::TopicWakes;
 use crate::sql::{
     Arg, Dialect, Engine, Exec, SqlRow, SqlStore, Stmt, WritePriority, WriteTx, count, stmt,
 };
@@ -114,7 +116,7 @@ pub struct PostgresEngine {
     /// Bumped after every commit of this process that appended events, and
     /// by the LISTEN task for every notification (any process's commit);
     /// subscriptions wait on it instead of polling on a timer.
-    pub(crate) wake: Arc<watch::Sender<u64>>,
+    pub(crate) wakes: Arc<TopicWakes>,
     /// The LISTEN task, started by the first subscription.
     listener: Mutex<Option<JoinHandle<()>>>,
     /// Rollbacks of dropped outbox batches still on their way to the server
@@ -169,11 +171,10 @@ impl SqlStore<PostgresEngine> {
             .connect_with(options)
             .await
             .map_err(|e| StoreError::Unavailable(format!("cannot connect to PostgreSQL: {e}")))?;
-        let (wake, _) = watch::channel(0);
         Ok(SqlStore::new(PostgresEngine {
             pool,
             partitions,
-            wake: Arc::new(wake),
+            wakes: Arc::default(),
             listener: Mutex::new(None),
             outbox_rollbacks: std::sync::Mutex::new(Vec::new()),
         }))
@@ -222,8 +223,7 @@ impl PostgresEngine {
         }
         let mut listener = PgListener::connect_with(&self.pool).await.map_err(db_err)?;
         listener.listen(NOTIFY_CHANNEL).await.map_err(db_err)?;
-        let wake = self.wake.clone();
-        *slot = Some(tokio::spawn(listen(listener, wake)));
+        *slot = Some(tokio::spawn(listen(listener, self.wakes.clone())));
         Ok(())
     }
 
@@ -381,9 +381,8 @@ impl Engine for PostgresEngine {
         Ok(())
     }
 
-    fn wake_subscribers(&self) {
-        self.wake
-            .send_modify(|version| *version = version.wrapping_add(1));
+    fn wake_subscribers(&self, topics: &[&'static str]) {
+        self.wakes.wake(topics.iter().copied());
     }
 }
 
@@ -446,24 +445,24 @@ impl SqlRow for PgRow {
     }
 }
 
-/// The LISTEN loop: every notification bumps the wake-up channel. A lost
-/// connection is re-established by `PgListener` (it re-issues the `LISTEN`);
-/// notifications sent meanwhile are lost, so the loop wakes everyone then,
-/// and they re-read the tables. Ends when the pool is closed (or the task is
-/// aborted with the store).
-async fn listen(mut listener: PgListener, wake: Arc<watch::Sender<u64>>) {
-    let bump = || wake.send_modify(|version| *version = version.wrapping_add(1));
+/// The LISTEN loop: every notification (its payload is the topic) wakes
+/// that topic's subscriptions. A lost connection is re-established by
+/// `PgListener` (it re-issues the `LISTEN`); notifications sent meanwhile
+/// are lost, so the loop wakes every topic then, and the subscriptions
+/// re-read the tables. Ends when the pool is closed (or the task is aborted
+/// with the store).
+async fn listen(mut listener: PgListener, wakes: Arc<TopicWakes>) {
     loop {
         match listener.try_recv().await {
-            Ok(Some(_notification)) => bump(),
+            Ok(Some(notification)) => wakes.wake([notification.payload()]),
             Ok(None) => {
                 tracing::warn!("the LISTEN connection to PostgreSQL was lost; reconnecting");
-                bump();
+                wakes.wake_all();
             }
             Err(sqlx::Error::PoolClosed) => return,
             Err(error) => {
                 tracing::warn!(%error, "LISTEN on PostgreSQL failed; retrying");
-                bump();
+                wakes.wake_all();
                 tokio::time::sleep(LISTEN_RETRY).await;
             }
         }

@@ -193,6 +193,49 @@ pub(crate) fn next_offsets(deliveries: &[Delivery]) -> BTreeMap<(&str, i32), i64
     next
 }
 
+/// Wake-ups per topic: a commit that appended to some topics wakes the
+/// subscriptions of those topics only, not every consumer group of the
+/// process (most groups read one or two of the five topics; waking all of
+/// them on every commit made each poll a round trip to the database for
+/// nothing). Shared by the store and every log made from it.
+#[derive(Default)]
+pub(crate) struct TopicWakes {
+    senders: std::sync::Mutex<HashMap<String, watch::Sender<u64>>>,
+}
+
+impl TopicWakes {
+    fn senders(&self) -> std::sync::MutexGuard<'_, HashMap<String, watch::Sender<u64>>> {
+        // Nothing panics while holding the lock; take over a poisoned one.
+        self.senders
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A receiver that changes whenever `topic` was appended to.
+    pub(crate) fn subscribe(&self, topic: &str) -> watch::Receiver<u64> {
+        self.senders()
+            .entry(topic.to_owned())
+            .or_insert_with(|| watch::channel(0).0)
+            .subscribe()
+    }
+
+    pub(crate) fn wake<'a>(&self, topics: impl IntoIterator<Item = &'a str>) {
+        let senders = self.senders();
+        for topic in topics {
+            if let Some(sender) = senders.get(topic) {
+                sender.send_modify(|version| *version = version.wrapping_add(1));
+            }
+        }
+    }
+
+    /// Every topic: after a lost notification, nobody knows what changed.
+    pub(crate) fn wake_all(&self) {
+        for sender in self.senders().values() {
+            sender.send_modify(|version| *version = version.wrapping_add(1));
+        }
+    }
+}
+
 /// The signals that make a waiting poll look again: commits of this process
 /// (and, on PostgreSQL, `NOTIFY` from others), and on PostgreSQL the member
 /// gaining partitions. A closed signal is ignored from then on.

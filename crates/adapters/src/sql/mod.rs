@@ -439,8 +439,9 @@ pub(crate) trait Engine: Send + Sync + Sized + 'static {
     /// trips as the engine allows.
     async fn exec_batch(conn: &mut Self::Conn, batch: Vec<Stmt>) -> StoreResult<()>;
 
-    /// Wakes this process's subscriptions after a commit that appended.
-    fn wake_subscribers(&self);
+    /// Wakes this process's subscriptions of `topics` after a commit that
+    /// appended to them.
+    fn wake_subscribers(&self, topics: &[&'static str]);
 }
 
 /// A database behind the [`Store`](orderflow_core::ports::store::Store)

@@ -720,14 +720,18 @@ impl<E: Engine> StoreTx for SqlTx<E> {
         // Outbox rows are published (and counted) by the relay, once the
         // broker has them; events in the embedded log are published now.
         if !appended.is_empty() {
-            for topic in appended {
-                metrics::counter!("orderflow_events_published_total", "topic" => topic)
+            for topic in &appended {
+                metrics::counter!("orderflow_events_published_total", "topic" => *topic)
                     .increment(1);
             }
             // Only now are the events visible to readers; wake this process's
-            // waiting subscriptions so delivery does not wait for their poll
-            // timeout (PostgreSQL's NOTIFY reaches the other processes).
-            engine.wake_subscribers();
+            // waiting subscriptions of those topics so delivery does not wait
+            // for their poll timeout (PostgreSQL's NOTIFY reaches the other
+            // processes).
+            let mut topics = appended;
+            topics.sort_unstable();
+            topics.dedup();
+            engine.wake_subscribers(&topics);
         }
         Ok(())
     }

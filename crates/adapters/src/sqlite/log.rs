@@ -130,12 +130,13 @@ impl EventLog for SqliteEventLog {
             );
         }
 
+        let wakers = Wakers::new(topics.iter().map(|topic| self.inner.wakes.subscribe(topic)));
         Ok(Box::new(SqliteSubscription {
             inner: self.inner.clone(),
             group: group.to_owned(),
             topics,
             positions,
-            wakers: Wakers::new([self.inner.wake.subscribe()]),
+            wakers,
         }))
     }
 

@@ -3,21 +3,20 @@
 //! log, a table in the same file, behind
 //! [`EventLog`](orderflow_core::ports::log::EventLog).
 //!
+//! The store's queries, row mappings and unit of work are written once for
+//! both engines in [`crate::sql`]; this module holds what is SQLite's own.
+//!
 //! Map of the module:
-//! - this file: [`SqliteStore`] (connect, pool settings, the writer lock) and
-//!   the helpers every query uses (error mapping, id and time encoding,
-//!   metrics).
-//! - [`store`]: `impl Store for SqliteStore`: stand-alone reads, plus the
-//!   session, revocation and catalog writes the port keeps outside a unit of
-//!   work.
-//! - [`tx`]: [`SqliteTx`], the unit of work (`impl StoreTx`): users, orders,
-//!   stock, idempotency, read models, the outbox append.
+//! - this file: [`SqliteEngine`] (connect, pool settings, the writer queue,
+//!   the embedded log's append, and `impl Engine`), and SQLite's encodings:
+//!   how a value is bound ([`crate::sql::Arg`]), how a column is read
+//!   ([`crate::sql::SqlRow`]), how an error maps onto the port's.
 //! - [`log`]: [`SqliteEventLog`] and [`SqliteSubscription`]: consumer groups
 //!   reading the `event_log` table, with in-process wake-ups on commit.
 //! - [`outbox`]: [`SqliteOutbox`], the `outbox` table that units of work
 //!   append to instead of `event_log` when the log is Kafka
 //!   ([`SqliteStore::with_event_destination`]), drained by the relay.
-//! - `rows`: decoding rows into domain types.
+//! - `writer`: the two-priority queue in front of SQLite's one writer.
 //!
 //! Why the writes look the way they do: SQLite has a single writer. A
 //! transaction that starts with a plain (deferred) `BEGIN`, reads, and then
@@ -69,9 +68,9 @@ use sqlx::sqlite::{
     SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
 use sqlx::{Sqlite, Transaction};
-use tokio::sync::watch;
 
 use crate::AppendedTopics;
+use crate::sql::log::TopicWakes;
 use crate::sql::{
     Arg, Dialect, Engine, Exec, SqlRow, SqlStore, Stmt, WriteTx, count, shift_placeholders, stmt,
 };
@@ -109,9 +108,9 @@ pub struct SqliteEngine {
     pub(crate) partitions: i32,
     /// In-process writer queue, see the module docs and [`writer`].
     writer: WriterQueue,
-    /// Bumped after every commit that appended events; subscriptions wait on
-    /// it instead of polling the table on a timer.
-    pub(crate) wake: watch::Sender<u64>,
+    /// Bumped per topic after every commit that appended events;
+    /// subscriptions wait on them instead of polling the table on a timer.
+    pub(crate) wakes: TopicWakes,
     /// Outbox rows (and their keys) held by live relay batches of this
     /// process (see [`outbox`]); shared by every clone so that relays skip
     /// each other's rows and keys.
@@ -169,12 +168,11 @@ impl SqlStore<SqliteEngine> {
             .connect_with(options)
             .await
             .map_err(db_err)?;
-        let (wake, _) = watch::channel(0);
         Ok(SqlStore::new(SqliteEngine {
             pool,
             partitions,
             writer: WriterQueue::default(),
-            wake,
+            wakes: TopicWakes::default(),
             claimed: std::sync::Mutex::default(),
         }))
     }
@@ -353,9 +351,8 @@ impl Engine for SqliteEngine {
         Ok(())
     }
 
-    fn wake_subscribers(&self) {
-        self.wake
-            .send_modify(|version| *version = version.wrapping_add(1));
+    fn wake_subscribers(&self, topics: &[&'static str]) {
+        self.wakes.wake(topics.iter().copied());
     }
 }
 
