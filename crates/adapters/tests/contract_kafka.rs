@@ -119,15 +119,7 @@ macro_rules! log_scenario {
 mod log {
     use super::*;
 
-    log_scenario!(
-        append_visible_only_after_commit,
-        poll_order_commit_and_resume,
-        groups_are_independent,
-        lag,
-        poll_wakes_on_commit,
-        poll_waits_at_most_wait,
-        ping,
-    );
+    orderflow_core::log_scenarios!(log_scenario);
 }
 
 // --- Kafka-specific -------------------------------------------------------

@@ -48,38 +48,13 @@ macro_rules! log_scenario {
 mod store {
     use super::*;
 
-    store_scenario!(
-        migrate_is_repeatable,
-        users,
-        refresh_rotation_and_reuse,
-        revoke_sessions,
-        token_revocations,
-        products,
-        orders,
-        idempotency,
-        concurrent_idempotency_claims,
-        stock_reservation,
-        concurrent_reservations,
-        processed_marks,
-        processed_marks_in_bulk,
-        savepoints_undo_one_effect,
-        read_models,
-        dead_letters,
-    );
+    orderflow_core::store_scenarios!(store_scenario);
 }
 
 mod log {
     use super::*;
 
-    log_scenario!(
-        append_visible_only_after_commit,
-        poll_order_commit_and_resume,
-        groups_are_independent,
-        lag,
-        poll_wakes_on_commit,
-        poll_waits_at_most_wait,
-        ping,
-    );
+    orderflow_core::log_scenarios!(log_scenario);
 }
 
 macro_rules! outbox_scenario {
@@ -97,16 +72,7 @@ macro_rules! outbox_scenario {
 mod outbox {
     use super::*;
 
-    outbox_scenario!(
-        claim_sees_only_committed,
-        claim_limit_takes_oldest,
-        marked_rows_never_come_back,
-        dropped_batch_leaves_rows_unsent,
-        live_claims_do_not_overlap,
-        live_claims_keep_key_order,
-        backlog_counts_and_age,
-        relay_marks_only_after_ack,
-    );
+    orderflow_core::outbox_scenarios!(outbox_scenario);
 }
 
 // --- SQLite-specific ------------------------------------------------------

@@ -105,9 +105,7 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use super::{PostgresEngine, db_err};
-use crate::sql::log::{
-    Attempt, Poller, Read, Wakers, next_offsets, poll_and_wait, read_deliveries,
-};
+use crate::sql::log::{Attempt, Poller, Read, Wakers, read_deliveries};
 use crate::sql::{SqlRow, count, log_err};
 
 fn sql_err(error: sqlx::Error) -> LogError {
@@ -1024,17 +1022,11 @@ impl Poller for PostgresSubscription {
     }
 }
 
-#[async_trait]
-impl Subscription for PostgresSubscription {
-    async fn poll(&mut self, max: usize, wait: Duration) -> LogResult<Vec<Delivery>> {
-        poll_and_wait(self, max, wait).await
-    }
+crate::sql::log::impl_subscription!(PostgresSubscription);
 
-    async fn commit(&mut self, deliveries: &[Delivery]) -> LogResult<()> {
-        let next = next_offsets(deliveries);
-        if next.is_empty() {
-            return Ok(());
-        }
+impl PostgresSubscription {
+    /// Commits `next` (the offset to commit per partition, never empty).
+    async fn commit_offsets(&mut self, next: BTreeMap<(&str, i32), i64>) -> LogResult<()> {
         let topics: Vec<&str> = next.keys().map(|(topic, _)| *topic).collect();
         let partitions: Vec<i32> = next.keys().map(|(_, partition)| *partition).collect();
         let offsets: Vec<i64> = next.values().copied().collect();

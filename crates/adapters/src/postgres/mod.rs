@@ -67,10 +67,10 @@ use sqlx::{Postgres, Row, Transaction};
 use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 
-use crate::AppendedTopics;
 use crate::sql::log::TopicWakes;
 use crate::sql::{
-    Arg, Dialect, Engine, Exec, SqlRow, SqlStore, Stmt, WritePriority, WriteTx, count, stmt,
+    AppendedTopics, Arg, Dialect, Engine, Exec, SqlRow, SqlStore, Stmt, WritePriority, WriteTx,
+    check_partitions, count, stmt,
 };
 
 pub use crate::sqlite::partition_for;
@@ -133,16 +133,6 @@ impl Drop for PostgresEngine {
     }
 }
 
-impl std::fmt::Debug for SqlStore<PostgresEngine> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PostgresStore")
-            .field("partitions", &self.engine.partitions)
-            .field("destination", &self.destination)
-            .field("pool_size", &self.engine.pool.size())
-            .finish_non_exhaustive()
-    }
-}
-
 impl SqlStore<PostgresEngine> {
     /// Connects to `url` (`postgres://user:password@host:port/database`)
     /// with a pool of at most `max_connections` connections (raised to at
@@ -157,11 +147,7 @@ impl SqlStore<PostgresEngine> {
         max_connections: u32,
         partitions: i32,
     ) -> StoreResult<PostgresStore> {
-        if partitions < 1 {
-            return Err(StoreError::Database(format!(
-                "the event log needs at least one partition per topic, got {partitions}"
-            )));
-        }
+        check_partitions(partitions)?;
         let options: PgConnectOptions = url
             .parse()
             .map_err(|e| StoreError::Unavailable(format!("bad PostgreSQL URL: {e}")))?;
@@ -180,16 +166,6 @@ impl SqlStore<PostgresEngine> {
         }))
     }
 
-    /// Partitions per topic of the embedded log.
-    pub fn partitions(&self) -> i32 {
-        self.engine.partitions
-    }
-
-    /// The connection pool, for tools and tests that need raw SQL.
-    pub fn pool(&self) -> &PgPool {
-        &self.engine.pool
-    }
-
     /// The embedded event log over the same database and pool. It reads what
     /// units of work append with
     /// [`EventDestination::EmbeddedLog`](orderflow_core::ports::outbox::EventDestination::EmbeddedLog).
@@ -201,14 +177,6 @@ impl SqlStore<PostgresEngine> {
     /// [`EventDestination::Outbox`](orderflow_core::ports::outbox::EventDestination::Outbox).
     pub fn outbox(&self) -> PostgresOutbox {
         PostgresOutbox::new(self.engine.clone())
-    }
-
-    /// Sets `orderflow_db_pool_connections{state="in_use"|"idle"}` and
-    /// `orderflow_db_pool_max_connections` from the pool, the same gauges as
-    /// [`SqliteStore::export_pool_gauges`](crate::sqlite::SqliteStore::export_pool_gauges).
-    /// The LISTEN connection is not part of the pool.
-    pub fn export_pool_gauges(&self) {
-        crate::export_pool_gauges(&self.engine.pool);
     }
 }
 
@@ -248,10 +216,20 @@ impl PostgresEngine {
 #[async_trait]
 impl Engine for PostgresEngine {
     const DIALECT: Dialect = Dialect::Postgres;
+    const STORE_NAME: &'static str = "PostgresStore";
+    type Database = Postgres;
     type Conn = PgConnection;
     type Read = sqlx::pool::PoolConnection<Postgres>;
     type Write = Transaction<'static, Postgres>;
     type WriteTurn = ();
+
+    fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    fn partitions(&self) -> i32 {
+        self.partitions
+    }
 
     async fn read(&self) -> StoreResult<Self::Read> {
         self.pool.acquire().await.map_err(db_err)

@@ -303,6 +303,39 @@ pub(crate) trait Poller: Send {
     async fn attempt(&mut self, max: usize) -> LogResult<Attempt>;
 }
 
+/// Implements [`Subscription`](orderflow_core::ports::log::Subscription)
+/// for an embedded log's member type, which implements [`Poller`] and has
+/// `async fn commit_offsets(&mut self, next: BTreeMap<(&str, i32), i64>)`:
+/// `poll` is [`poll_and_wait`], `commit` commits one past the highest
+/// delivered offset per partition.
+macro_rules! impl_subscription {
+    ($member:ty) => {
+        #[async_trait::async_trait]
+        impl orderflow_core::ports::log::Subscription for $member {
+            async fn poll(
+                &mut self,
+                max: usize,
+                wait: std::time::Duration,
+            ) -> orderflow_core::ports::log::LogResult<Vec<orderflow_core::ports::log::Delivery>>
+            {
+                $crate::sql::log::poll_and_wait(self, max, wait).await
+            }
+
+            async fn commit(
+                &mut self,
+                deliveries: &[orderflow_core::ports::log::Delivery],
+            ) -> orderflow_core::ports::log::LogResult<()> {
+                let next = $crate::sql::log::next_offsets(deliveries);
+                if next.is_empty() {
+                    return Ok(());
+                }
+                self.commit_offsets(next).await
+            }
+        }
+    };
+}
+pub(crate) use impl_subscription;
+
 /// The poll loop of both embedded logs: look, and if nothing is there, wait
 /// for a signal and look again, until `wait` has passed. A commit of another
 /// process that no signal reports is seen at the last look, when `wait` ran

@@ -56,8 +56,6 @@ use orderflow_domain::OrderId;
 use orderflow_domain::Timestamp;
 use orderflow_domain::events::Envelope;
 
-use crate::AppendedTopics;
-
 /// Which SQL engine a statement is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
@@ -90,7 +88,7 @@ impl Dialect {
 
 /// The text of a statement.
 #[derive(Debug, Clone)]
-pub(crate) enum Sql {
+pub enum Sql {
     /// The same text on both engines (almost every statement).
     Same(&'static str),
     /// Text that differs per engine.
@@ -133,7 +131,7 @@ pub(crate) const fn per(sqlite: &'static str, postgres: &'static str) -> Sql {
 /// A value to bind, in the store's terms; each engine encodes it its own way
 /// (see the module docs).
 #[derive(Debug, Clone)]
-pub(crate) enum Arg {
+pub enum Arg {
     Text(String),
     Int(i64),
     Int4(i32),
@@ -193,10 +191,10 @@ impl From<&String> for Arg {
 /// One statement with its values, and the `op` label it is counted under in
 /// `orderflow_db_queries_total`.
 #[derive(Debug, Clone)]
-pub(crate) struct Stmt {
-    pub(crate) op: &'static str,
-    pub(crate) sql: Sql,
-    pub(crate) args: Vec<Arg>,
+pub struct Stmt {
+    pub op: &'static str,
+    pub sql: Sql,
+    pub args: Vec<Arg>,
 }
 
 /// A statement with its values, in placeholder order:
@@ -210,7 +208,7 @@ pub(crate) fn stmt(op: &'static str, sql: impl Into<Sql>, args: impl Args) -> St
 }
 
 /// The values of a statement: a tuple of anything that converts to [`Arg`].
-pub(crate) trait Args {
+pub trait Args {
     fn into_args(self) -> Vec<Arg>;
 }
 
@@ -284,7 +282,7 @@ pub(crate) fn values_list(rows: usize, columns: usize, first: usize) -> String {
 /// the engine's encoding and maps its errors onto [`StoreError`]. Counts
 /// every statement in `orderflow_db_queries_total{op}`.
 #[async_trait]
-pub(crate) trait Exec: Send {
+pub trait Exec: Send {
     type Row: SqlRow + Send + Sync;
     const DIALECT: Dialect;
 
@@ -365,7 +363,7 @@ pub(crate) use plain_columns;
 
 /// Reading typed columns by name, in the engine's encoding. Values that do
 /// not decode are [`StoreError::Corrupt`].
-pub(crate) trait SqlRow {
+pub trait SqlRow {
     fn text(&self, column: &str) -> StoreResult<String>;
     fn opt_text(&self, column: &str) -> StoreResult<Option<String>>;
     /// An integer column of any width.
@@ -395,20 +393,30 @@ pub(crate) trait SqlRow {
 /// A write transaction of an engine: a connection to run statements on, and
 /// its commit.
 #[async_trait]
-pub(crate) trait WriteTx: DerefMut + Send + Sized {
+pub trait WriteTx: DerefMut + Send + Sized {
     async fn commit(self) -> StoreResult<()>;
 }
 
 /// What differs between the engines (see the module docs). Implemented by
 /// the state one database's store, transactions and logs share.
 #[async_trait]
-pub(crate) trait Engine: Send + Sync + Sized + 'static {
+pub trait Engine: Send + Sync + Sized + 'static {
     const DIALECT: Dialect;
+    /// What `Debug` calls the store.
+    const STORE_NAME: &'static str;
+    type Database: sqlx::Database;
     type Conn: Exec + Send;
     type Read: DerefMut<Target = Self::Conn> + Send;
     type Write: WriteTx + DerefMut<Target = Self::Conn>;
     /// Held around a single-statement write outside a unit of work.
     type WriteTurn: Send;
+
+    /// The pool every connection comes from.
+    fn pool(&self) -> &sqlx::Pool<Self::Database>;
+
+    /// Partitions per topic of the embedded log; fixed for the life of the
+    /// database, since an event's partition is derived from it.
+    fn partitions(&self) -> i32;
 
     /// A pooled connection for reads.
     async fn read(&self) -> StoreResult<Self::Read>;
@@ -485,6 +493,53 @@ impl<E> SqlStore<E> {
     }
 }
 
+impl<E: Engine> SqlStore<E> {
+    /// The connection pool, for tools and tests that need raw SQL.
+    pub fn pool(&self) -> &sqlx::Pool<E::Database> {
+        self.engine.pool()
+    }
+
+    /// Partitions per topic of the embedded log.
+    pub fn partitions(&self) -> i32 {
+        self.engine.partitions()
+    }
+
+    /// Sets `orderflow_db_pool_connections{state="in_use"|"idle"}` and
+    /// `orderflow_db_pool_max_connections` from the pool (read at scrape
+    /// time: keeping them current on every checkout would cost more); the
+    /// same gauges for both engines, so one dashboard serves both.
+    pub fn export_pool_gauges(&self) {
+        let pool = self.engine.pool();
+        let idle = pool.num_idle() as f64;
+        let size = f64::from(pool.size());
+        metrics::gauge!("orderflow_db_pool_connections", "state" => "idle").set(idle);
+        metrics::gauge!("orderflow_db_pool_connections", "state" => "in_use")
+            .set((size - idle).max(0.0));
+        metrics::gauge!("orderflow_db_pool_max_connections")
+            .set(f64::from(pool.options().get_max_connections()));
+    }
+}
+
+impl<E: Engine> std::fmt::Debug for SqlStore<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct(E::STORE_NAME)
+            .field("partitions", &self.engine.partitions())
+            .field("destination", &self.destination)
+            .field("pool_size", &self.engine.pool().size())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The partition count a store is opened with: at least one per topic.
+pub(crate) fn check_partitions(partitions: i32) -> StoreResult<()> {
+    if partitions < 1 {
+        return Err(StoreError::Database(format!(
+            "the event log needs at least one partition per topic, got {partitions}"
+        )));
+    }
+    Ok(())
+}
+
 /// Counts one query in `orderflow_db_queries_total{op}`. Called right before
 /// each statement, so "queries per request" in the benchmark is exact; the
 /// same metric and operation names on both engines, so dashboards serve both.
@@ -498,6 +553,75 @@ pub(crate) fn log_err(error: StoreError) -> orderflow_core::ports::log::LogError
     match error {
         StoreError::Unavailable(message) => LogError::Unavailable(message),
         other => LogError::Backend(other.to_string()),
+    }
+}
+
+/// One step of the savepoint a group commit wraps around each effect
+/// ([`StoreTx::savepoint`](orderflow_core::ports::store::StoreTx::savepoint)
+/// and its siblings): the same SQL on SQLite and PostgreSQL. The name is
+/// fixed, since the API opens one savepoint at a time; PostgreSQL's stock
+/// reservation nests its own savepoint inside it, which both engines allow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SavepointStep {
+    Open,
+    Release,
+    RollBack,
+}
+
+impl SavepointStep {
+    pub(crate) fn sql(self) -> &'static str {
+        match self {
+            SavepointStep::Open => "SAVEPOINT orderflow_effect",
+            SavepointStep::Release => "RELEASE SAVEPOINT orderflow_effect",
+            SavepointStep::RollBack => "ROLLBACK TO SAVEPOINT orderflow_effect",
+        }
+    }
+
+    /// The `op` label of `orderflow_db_queries_total`.
+    pub(crate) fn op(self) -> &'static str {
+        match self {
+            SavepointStep::Open => "savepoint",
+            SavepointStep::Release => "release_savepoint",
+            SavepointStep::RollBack => "rollback_to_savepoint",
+        }
+    }
+}
+
+/// The topics a unit of work appended events to, for after its commit (they
+/// count as published, subscribers are woken), kept right across the effect
+/// savepoint: events appended after a savepoint that is rolled back are gone.
+#[derive(Debug, Default)]
+pub struct AppendedTopics {
+    topics: Vec<&'static str>,
+    /// How many topics there were when the open savepoint was taken.
+    at_savepoint: Option<usize>,
+}
+
+impl AppendedTopics {
+    pub(crate) fn push(&mut self, topic: &'static str) {
+        self.topics.push(topic);
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.topics.len()
+    }
+
+    /// Follows a savepoint step that succeeded.
+    pub(crate) fn after(&mut self, step: SavepointStep) {
+        match step {
+            SavepointStep::Open => self.at_savepoint = Some(self.topics.len()),
+            SavepointStep::Release => self.at_savepoint = None,
+            SavepointStep::RollBack => {
+                if let Some(kept) = self.at_savepoint.take() {
+                    self.topics.truncate(kept);
+                }
+            }
+        }
+    }
+
+    /// The topics, once the transaction committed.
+    pub(crate) fn into_topics(self) -> Vec<&'static str> {
+        self.topics
     }
 }
 

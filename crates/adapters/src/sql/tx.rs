@@ -32,8 +32,9 @@ use orderflow_domain::order::{Order, OrderStatus};
 use orderflow_domain::{EventId, OrderId, ProductId, Timestamp, UserId};
 
 use super::store::load_order;
-use super::{Engine, Exec, SqlRow, Stmt, WriteTx, stmt, values_list};
-use crate::{AppendedTopics, SavepointStep};
+use super::{
+    AppendedTopics, Engine, Exec, SavepointStep, SqlRow, Stmt, WriteTx, stmt, values_list,
+};
 
 /// How often a claim retries when the row it lost to vanished before it
 /// could read it (only possible if keys are ever purged).

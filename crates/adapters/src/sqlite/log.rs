@@ -19,17 +19,14 @@
 //! once. Writes from another process are not signalled; `poll` looks at the
 //! table once more when `wait` runs out, so they are seen within `wait`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
-use orderflow_core::ports::log::{Delivery, EventLog, LogResult, PartitionLag, Subscription};
+use orderflow_core::ports::log::{EventLog, LogResult, PartitionLag, Subscription};
 
 use super::{SqliteEngine, WritePriority};
-use crate::sql::log::{
-    Attempt, Poller, Read, Wakers, next_offsets, poll_and_wait, read_deliveries,
-};
+use crate::sql::log::{Attempt, Poller, Read, Wakers, read_deliveries};
 use crate::sql::rows::partition_key;
 use crate::sql::{Engine, Exec, SqlRow, WriteTx, log_err, stmt, values_list};
 
@@ -208,17 +205,11 @@ impl Poller for SqliteSubscription {
     }
 }
 
-#[async_trait]
-impl Subscription for SqliteSubscription {
-    async fn poll(&mut self, max: usize, wait: Duration) -> LogResult<Vec<Delivery>> {
-        poll_and_wait(self, max, wait).await
-    }
+crate::sql::log::impl_subscription!(SqliteSubscription);
 
-    async fn commit(&mut self, deliveries: &[Delivery]) -> LogResult<()> {
-        let next = next_offsets(deliveries);
-        if next.is_empty() {
-            return Ok(());
-        }
+impl SqliteSubscription {
+    /// Commits `next` (the offset to commit per partition, never empty).
+    async fn commit_offsets(&mut self, next: BTreeMap<(&str, i32), i64>) -> LogResult<()> {
         // The larger offset wins: committing an older batch after a newer one
         // (or the same batch twice) never moves the group backwards.
         let now = chrono::Utc::now();

@@ -69,10 +69,10 @@ use sqlx::sqlite::{
 };
 use sqlx::{Sqlite, Transaction};
 
-use crate::AppendedTopics;
 use crate::sql::log::TopicWakes;
 use crate::sql::{
-    Arg, Dialect, Engine, Exec, SqlRow, SqlStore, Stmt, WriteTx, count, shift_placeholders, stmt,
+    AppendedTopics, Arg, Dialect, Engine, Exec, SqlRow, SqlStore, Stmt, WriteTx, check_partitions,
+    count, shift_placeholders, stmt,
 };
 
 pub use crate::sql::WritePriority;
@@ -117,16 +117,6 @@ pub struct SqliteEngine {
     pub(crate) claimed: std::sync::Mutex<outbox::Claims>,
 }
 
-impl std::fmt::Debug for SqlStore<SqliteEngine> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqliteStore")
-            .field("partitions", &self.engine.partitions)
-            .field("destination", &self.destination)
-            .field("pool_size", &self.engine.pool.size())
-            .finish_non_exhaustive()
-    }
-}
-
 impl SqlStore<SqliteEngine> {
     /// Opens (creating if missing) the database at `url` (`sqlite://path`,
     /// `sqlite:path` or `sqlite::memory:`) with [`DEFAULT_PARTITIONS`]
@@ -147,11 +137,7 @@ impl SqlStore<SqliteEngine> {
         max_connections: u32,
         partitions: i32,
     ) -> StoreResult<SqliteStore> {
-        if partitions < 1 {
-            return Err(StoreError::Database(format!(
-                "the event log needs at least one partition per topic, got {partitions}"
-            )));
-        }
+        check_partitions(partitions)?;
         let options = SqliteConnectOptions::from_str(url)
             .map_err(|e| StoreError::Unavailable(format!("bad SQLite URL: {e}")))?
             .create_if_missing(true)
@@ -182,28 +168,11 @@ impl SqlStore<SqliteEngine> {
         SqliteOutbox::new(self.engine.clone())
     }
 
-    /// Partitions per topic of the embedded log.
-    pub fn partitions(&self) -> i32 {
-        self.engine.partitions
-    }
-
-    /// The connection pool, for tools and tests that need raw SQL.
-    pub fn pool(&self) -> &SqlitePool {
-        &self.engine.pool
-    }
-
     /// The embedded event log over the same database, pool and wake-ups. It
     /// uses the store's partition count (set at connect time), so it takes no
     /// argument: a second count could only disagree with the one `append` uses.
     pub fn event_log(&self) -> SqliteEventLog {
         SqliteEventLog::new(self.engine.clone())
-    }
-
-    /// Sets `orderflow_db_pool_connections{state="in_use"|"idle"}` and
-    /// `orderflow_db_pool_max_connections` from the pool (read at scrape
-    /// time: keeping them current on every checkout would cost more).
-    pub fn export_pool_gauges(&self) {
-        crate::export_pool_gauges(&self.engine.pool);
     }
 }
 
@@ -253,10 +222,20 @@ impl SqliteEngine {
 #[async_trait]
 impl Engine for SqliteEngine {
     const DIALECT: Dialect = Dialect::Sqlite;
+    const STORE_NAME: &'static str = "SqliteStore";
+    type Database = Sqlite;
     type Conn = SqliteConnection;
     type Read = sqlx::pool::PoolConnection<Sqlite>;
     type Write = Writer;
     type WriteTurn = WriterTurn;
+
+    fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    fn partitions(&self) -> i32 {
+        self.partitions
+    }
 
     async fn read(&self) -> StoreResult<Self::Read> {
         self.pool.acquire().await.map_err(db_err)

@@ -40,7 +40,7 @@ pub(crate) struct WriterQueue {
 
 /// Holding the writer. Dropping it hands the writer to the next waiter:
 /// the oldest request, else the oldest background writer.
-pub(crate) struct WriterTurn {
+pub struct WriterTurn {
     queue: WriterQueue,
 }
 

@@ -40,6 +40,68 @@
 //!   purpose, and each says so. Timing bounds are generous (seconds): these
 //!   are correctness tests, and speed is measured by benchmarks.
 
+/// Calls `$test!(scenario, …)` with the name of every scenario of a module
+/// ([`store`], [`log`] or [`outbox`]): an adapter's test binary passes a
+/// macro of its own that turns each name into a test against a fresh
+/// instance, so a scenario added here runs on every adapter without another
+/// list to keep.
+#[macro_export]
+macro_rules! store_scenarios {
+    ($test:ident) => {
+        $test!(
+            migrate_is_repeatable,
+            users,
+            refresh_rotation_and_reuse,
+            revoke_sessions,
+            token_revocations,
+            products,
+            orders,
+            idempotency,
+            concurrent_idempotency_claims,
+            stock_reservation,
+            concurrent_reservations,
+            processed_marks,
+            processed_marks_in_bulk,
+            savepoints_undo_one_effect,
+            read_models,
+            dead_letters,
+        );
+    };
+}
+
+/// The [`log`] scenarios, as [`store_scenarios!`] does for the store.
+#[macro_export]
+macro_rules! log_scenarios {
+    ($test:ident) => {
+        $test!(
+            append_visible_only_after_commit,
+            poll_order_commit_and_resume,
+            groups_are_independent,
+            lag,
+            poll_wakes_on_commit,
+            poll_waits_at_most_wait,
+            ping,
+        );
+    };
+}
+
+/// The [`outbox`] scenarios, as [`store_scenarios!`] does for the store.
+#[macro_export]
+macro_rules! outbox_scenarios {
+    ($test:ident) => {
+        $test!(
+            claim_sees_only_committed,
+            claim_limit_takes_oldest,
+            marked_rows_never_come_back,
+            dropped_batch_leaves_rows_unsent,
+            live_claims_do_not_overlap,
+            live_claims_keep_key_order,
+            backlog_counts_and_age,
+            relay_marks_only_after_ack,
+        );
+    };
+}
+
 pub mod cache;
 pub mod log;
 pub mod outbox;
