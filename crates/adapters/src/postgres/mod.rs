@@ -60,8 +60,7 @@ use orderflow_domain::OrderId;
 use orderflow_domain::Timestamp;
 use orderflow_domain::events::{Envelope, topics};
 use sqlx::postgres::{
-    PgArguments, PgConnectOptions, PgConnection, PgDatabaseError, PgListener, PgPool,
-    PgPoolOptions, PgRow,
+    PgArguments, PgConnectOptions, PgConnection, PgDatabaseError, PgListener, PgPoolOptions, PgRow,
 };
 use sqlx::{Postgres, Row, Transaction};
 use tokio::sync::Mutex;
@@ -69,8 +68,8 @@ use tokio::task::JoinHandle;
 
 use crate::sql::log::TopicWakes;
 use crate::sql::{
-    AppendedTopics, Arg, Dialect, Engine, Exec, SqlRow, SqlStore, Stmt, WritePriority, WriteTx,
-    check_partitions, count, stmt,
+    AppendedTopics, Arg, Dialect, Engine, EngineCore, Exec, SqlRow, SqlStore, Stmt, WritePriority,
+    WriteTx, check_partitions, count, stmt,
 };
 
 pub use crate::sqlite::partition_for;
@@ -109,14 +108,7 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres
 /// What the store, its transactions, its event logs and its outbox share:
 /// the engine behind [`PostgresStore`].
 pub struct PostgresEngine {
-    pub(crate) pool: PgPool,
-    /// Partitions per topic of the embedded log; fixed for the life of the
-    /// database, since an event's partition is derived from it.
-    pub(crate) partitions: i32,
-    /// Bumped after every commit of this process that appended events, and
-    /// by the LISTEN task for every notification (any process's commit);
-    /// subscriptions wait on it instead of polling on a timer.
-    pub(crate) wakes: Arc<TopicWakes>,
+    core: EngineCore<Postgres>,
     /// The LISTEN task, started by the first subscription.
     listener: Mutex<Option<JoinHandle<()>>>,
     /// Rollbacks of dropped outbox batches still on their way to the server
@@ -158,9 +150,7 @@ impl SqlStore<PostgresEngine> {
             .await
             .map_err(|e| StoreError::Unavailable(format!("cannot connect to PostgreSQL: {e}")))?;
         Ok(SqlStore::new(PostgresEngine {
-            pool,
-            partitions,
-            wakes: Arc::default(),
+            core: EngineCore::new(pool, partitions),
             listener: Mutex::new(None),
             outbox_rollbacks: std::sync::Mutex::new(Vec::new()),
         }))
@@ -213,26 +203,29 @@ impl PostgresEngine {
     }
 }
 
+/// The pool, partitions and wake-ups, as `self.pool` and so on.
+impl std::ops::Deref for PostgresEngine {
+    type Target = EngineCore<Postgres>;
+    fn deref(&self) -> &EngineCore<Postgres> {
+        &self.core
+    }
+}
+
 #[async_trait]
 impl Engine for PostgresEngine {
     const DIALECT: Dialect = Dialect::Postgres;
     const STORE_NAME: &'static str = "PostgresStore";
     type Database = Postgres;
     type Conn = PgConnection;
-    type Read = sqlx::pool::PoolConnection<Postgres>;
     type Write = Transaction<'static, Postgres>;
     type WriteTurn = ();
 
-    fn pool(&self) -> &PgPool {
-        &self.pool
+    fn core(&self) -> &EngineCore<Postgres> {
+        &self.core
     }
 
-    fn partitions(&self) -> i32 {
-        self.partitions
-    }
-
-    async fn read(&self) -> StoreResult<Self::Read> {
-        self.pool.acquire().await.map_err(db_err)
+    fn db_err(error: sqlx::Error) -> StoreError {
+        db_err(error)
     }
 
     async fn begin_write(&self, _priority: WritePriority) -> StoreResult<Self::Write> {
@@ -357,10 +350,6 @@ impl Engine for PostgresEngine {
             conn.exec(statement).await?;
         }
         Ok(())
-    }
-
-    fn wake_subscribers(&self, topics: &[&'static str]) {
-        self.wakes.wake(topics.iter().copied());
     }
 }
 

@@ -404,22 +404,22 @@ pub trait Engine: Send + Sync + Sized + 'static {
     const DIALECT: Dialect;
     /// What `Debug` calls the store.
     const STORE_NAME: &'static str;
-    type Database: sqlx::Database;
-    type Conn: Exec + Send;
-    type Read: DerefMut<Target = Self::Conn> + Send;
+    type Database: sqlx::Database<Connection = Self::Conn>;
+    type Conn: Exec + Send + sqlx::Connection;
     type Write: WriteTx + DerefMut<Target = Self::Conn>;
     /// Held around a single-statement write outside a unit of work.
     type WriteTurn: Send;
 
-    /// The pool every connection comes from.
-    fn pool(&self) -> &sqlx::Pool<Self::Database>;
+    /// The pool, partitions and wake-ups every engine has.
+    fn core(&self) -> &EngineCore<Self::Database>;
 
-    /// Partitions per topic of the embedded log; fixed for the life of the
-    /// database, since an event's partition is derived from it.
-    fn partitions(&self) -> i32;
+    /// The engine's mapping of sqlx errors onto the port's.
+    fn db_err(error: sqlx::Error) -> StoreError;
 
     /// A pooled connection for reads.
-    async fn read(&self) -> StoreResult<Self::Read>;
+    async fn read(&self) -> StoreResult<sqlx::pool::PoolConnection<Self::Database>> {
+        self.core().pool.acquire().await.map_err(Self::db_err)
+    }
 
     /// Starts a write transaction.
     async fn begin_write(&self, priority: WritePriority) -> StoreResult<Self::Write>;
@@ -449,7 +449,9 @@ pub trait Engine: Send + Sync + Sized + 'static {
 
     /// Wakes this process's subscriptions of `topics` after a commit that
     /// appended to them.
-    fn wake_subscribers(&self, topics: &[&'static str]);
+    fn wake_subscribers(&self, topics: &[&'static str]) {
+        self.core().wakes.wake(topics.iter().copied());
+    }
 }
 
 /// A database behind the [`Store`](orderflow_core::ports::store::Store)
@@ -493,15 +495,37 @@ impl<E> SqlStore<E> {
     }
 }
 
+/// What every engine holds; an engine derefs to it.
+pub struct EngineCore<DB: sqlx::Database> {
+    pub(crate) pool: sqlx::Pool<DB>,
+    /// Partitions per topic of the embedded log; fixed for the life of the
+    /// database, since an event's partition is derived from it.
+    pub(crate) partitions: i32,
+    /// Bumped per topic after every commit that appended events (on
+    /// PostgreSQL also by the LISTEN task for other processes' commits);
+    /// subscriptions wait on them instead of polling on a timer.
+    pub(crate) wakes: Arc<log::TopicWakes>,
+}
+
+impl<DB: sqlx::Database> EngineCore<DB> {
+    pub(crate) fn new(pool: sqlx::Pool<DB>, partitions: i32) -> Self {
+        Self {
+            pool,
+            partitions,
+            wakes: Arc::default(),
+        }
+    }
+}
+
 impl<E: Engine> SqlStore<E> {
     /// The connection pool, for tools and tests that need raw SQL.
     pub fn pool(&self) -> &sqlx::Pool<E::Database> {
-        self.engine.pool()
+        &self.engine.core().pool
     }
 
     /// Partitions per topic of the embedded log.
     pub fn partitions(&self) -> i32 {
-        self.engine.partitions()
+        self.engine.core().partitions
     }
 
     /// Sets `orderflow_db_pool_connections{state="in_use"|"idle"}` and
@@ -509,7 +533,7 @@ impl<E: Engine> SqlStore<E> {
     /// time: keeping them current on every checkout would cost more); the
     /// same gauges for both engines, so one dashboard serves both.
     pub fn export_pool_gauges(&self) {
-        let pool = self.engine.pool();
+        let pool = self.pool();
         let idle = pool.num_idle() as f64;
         let size = f64::from(pool.size());
         metrics::gauge!("orderflow_db_pool_connections", "state" => "idle").set(idle);
@@ -523,9 +547,9 @@ impl<E: Engine> SqlStore<E> {
 impl<E: Engine> std::fmt::Debug for SqlStore<E> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct(E::STORE_NAME)
-            .field("partitions", &self.engine.partitions())
+            .field("partitions", &self.partitions())
             .field("destination", &self.destination)
-            .field("pool_size", &self.engine.pool().size())
+            .field("pool_size", &self.pool().size())
             .finish_non_exhaustive()
     }
 }

@@ -64,15 +64,14 @@ use orderflow_domain::OrderId;
 use orderflow_domain::Timestamp;
 use orderflow_domain::events::{Envelope, topics};
 use sqlx::sqlite::{
-    SqliteArguments, SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool,
-    SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+    SqliteArguments, SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions,
+    SqliteRow, SqliteSynchronous,
 };
 use sqlx::{Sqlite, Transaction};
 
-use crate::sql::log::TopicWakes;
 use crate::sql::{
-    AppendedTopics, Arg, Dialect, Engine, Exec, SqlRow, SqlStore, Stmt, WriteTx, check_partitions,
-    count, shift_placeholders, stmt,
+    AppendedTopics, Arg, Dialect, Engine, EngineCore, Exec, SqlRow, SqlStore, Stmt, WriteTx,
+    check_partitions, count, shift_placeholders, stmt,
 };
 
 pub use crate::sql::WritePriority;
@@ -102,15 +101,9 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 /// What the store, its transactions and its event logs share: the engine
 /// behind [`SqliteStore`].
 pub struct SqliteEngine {
-    pub(crate) pool: SqlitePool,
-    /// Partitions per topic of the embedded log; fixed for the life of the
-    /// database, since an event's partition is derived from it.
-    pub(crate) partitions: i32,
+    core: EngineCore<Sqlite>,
     /// In-process writer queue, see the module docs and [`writer`].
     writer: WriterQueue,
-    /// Bumped per topic after every commit that appended events;
-    /// subscriptions wait on them instead of polling the table on a timer.
-    pub(crate) wakes: TopicWakes,
     /// Outbox rows (and their keys) held by live relay batches of this
     /// process (see [`outbox`]); shared by every clone so that relays skip
     /// each other's rows and keys.
@@ -155,10 +148,8 @@ impl SqlStore<SqliteEngine> {
             .await
             .map_err(db_err)?;
         Ok(SqlStore::new(SqliteEngine {
-            pool,
-            partitions,
+            core: EngineCore::new(pool, partitions),
             writer: WriterQueue::default(),
-            wakes: TopicWakes::default(),
             claimed: std::sync::Mutex::default(),
         }))
     }
@@ -219,26 +210,29 @@ impl SqliteEngine {
     }
 }
 
+/// The pool, partitions and wake-ups, as `self.pool` and so on.
+impl std::ops::Deref for SqliteEngine {
+    type Target = EngineCore<Sqlite>;
+    fn deref(&self) -> &EngineCore<Sqlite> {
+        &self.core
+    }
+}
+
 #[async_trait]
 impl Engine for SqliteEngine {
     const DIALECT: Dialect = Dialect::Sqlite;
     const STORE_NAME: &'static str = "SqliteStore";
     type Database = Sqlite;
     type Conn = SqliteConnection;
-    type Read = sqlx::pool::PoolConnection<Sqlite>;
     type Write = Writer;
     type WriteTurn = WriterTurn;
 
-    fn pool(&self) -> &SqlitePool {
-        &self.pool
+    fn core(&self) -> &EngineCore<Sqlite> {
+        &self.core
     }
 
-    fn partitions(&self) -> i32 {
-        self.partitions
-    }
-
-    async fn read(&self) -> StoreResult<Self::Read> {
-        self.pool.acquire().await.map_err(db_err)
+    fn db_err(error: sqlx::Error) -> StoreError {
+        db_err(error)
     }
 
     async fn begin_write(&self, priority: WritePriority) -> StoreResult<Writer> {
@@ -328,10 +322,6 @@ impl Engine for SqliteEngine {
             .await
             .map_err(db_err)?;
         Ok(())
-    }
-
-    fn wake_subscribers(&self, topics: &[&'static str]) {
-        self.wakes.wake(topics.iter().copied());
     }
 }
 
