@@ -12,14 +12,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use orderflow_adapters::postgres::{DEFAULT_PARTITIONS, PostgresStore, partition_for};
-use orderflow_core::contract::{
-    self, log as log_contract, outbox as outbox_contract, store as store_contract,
-};
+use orderflow_core::contract;
 use orderflow_core::ports::log::EventLog;
 use orderflow_core::ports::outbox::{EventDestination, Outbox};
 use orderflow_core::ports::store::{IdempotencyClaim, Reservation, Store, StoreError};
 use orderflow_domain::events::topics;
 use tokio::sync::Barrier;
+
+#[macro_use]
+mod sql_contract;
 
 /// A new, empty database on the shared test server.
 async fn fresh_url() -> String {
@@ -41,55 +42,13 @@ async fn fresh() -> PostgresStore {
     store
 }
 
-macro_rules! store_scenario {
-    ($($name:ident),* $(,)?) => {$(
-        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-        async fn $name() {
-            let store = fresh().await;
-            store_contract::$name(Arc::new(store)).await;
-        }
-    )*};
+/// [`fresh`] for the shared scenarios: nothing to keep alive besides the
+/// store (the server is shared by the whole binary).
+async fn fresh_store() -> ((), PostgresStore) {
+    ((), fresh().await)
 }
 
-macro_rules! log_scenario {
-    ($($name:ident),* $(,)?) => {$(
-        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-        async fn $name() {
-            let store = fresh().await;
-            let log: Arc<dyn EventLog> = Arc::new(store.event_log());
-            log_contract::$name(log, Arc::new(store)).await;
-        }
-    )*};
-}
-
-mod store {
-    use super::*;
-
-    orderflow_core::store_scenarios!(store_scenario);
-}
-
-mod log {
-    use super::*;
-
-    orderflow_core::log_scenarios!(log_scenario);
-}
-
-macro_rules! outbox_scenario {
-    ($($name:ident),* $(,)?) => {$(
-        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-        async fn $name() {
-            let store = fresh().await.with_event_destination(EventDestination::Outbox);
-            let outbox: Arc<dyn Outbox> = Arc::new(store.outbox());
-            outbox_contract::$name(Arc::new(store), outbox).await;
-        }
-    )*};
-}
-
-mod outbox {
-    use super::*;
-
-    orderflow_core::outbox_scenarios!(outbox_scenario);
-}
+sql_contract_tests!(fresh_store);
 
 // --- PostgreSQL-specific ----------------------------------------------------
 

@@ -6,14 +6,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use orderflow_adapters::sqlite::SqliteStore;
-use orderflow_core::contract::{
-    self, log as log_contract, outbox as outbox_contract, store as store_contract,
-};
+use orderflow_core::contract;
 use orderflow_core::ports::log::EventLog;
 use orderflow_core::ports::outbox::{EventDestination, Outbox};
 use orderflow_core::ports::store::Store;
 use orderflow_domain::events::topics;
 use tempfile::TempDir;
+
+#[macro_use]
+mod sql_contract;
 
 /// A migrated store on a new file. Keep the `TempDir` alive for the test.
 async fn fresh() -> (TempDir, SqliteStore) {
@@ -24,56 +25,7 @@ async fn fresh() -> (TempDir, SqliteStore) {
     (dir, store)
 }
 
-macro_rules! store_scenario {
-    ($($name:ident),* $(,)?) => {$(
-        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-        async fn $name() {
-            let (_dir, store) = fresh().await;
-            store_contract::$name(Arc::new(store)).await;
-        }
-    )*};
-}
-
-macro_rules! log_scenario {
-    ($($name:ident),* $(,)?) => {$(
-        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-        async fn $name() {
-            let (_dir, store) = fresh().await;
-            let log: Arc<dyn EventLog> = Arc::new(store.event_log());
-            log_contract::$name(log, Arc::new(store)).await;
-        }
-    )*};
-}
-
-mod store {
-    use super::*;
-
-    orderflow_core::store_scenarios!(store_scenario);
-}
-
-mod log {
-    use super::*;
-
-    orderflow_core::log_scenarios!(log_scenario);
-}
-
-macro_rules! outbox_scenario {
-    ($($name:ident),* $(,)?) => {$(
-        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-        async fn $name() {
-            let (_dir, store) = fresh().await;
-            let store = store.with_event_destination(EventDestination::Outbox);
-            let outbox: Arc<dyn Outbox> = Arc::new(store.outbox());
-            outbox_contract::$name(Arc::new(store), outbox).await;
-        }
-    )*};
-}
-
-mod outbox {
-    use super::*;
-
-    orderflow_core::outbox_scenarios!(outbox_scenario);
-}
+sql_contract_tests!(fresh);
 
 // --- SQLite-specific ------------------------------------------------------
 

@@ -211,7 +211,7 @@ pub struct PostgresEventLog {
 impl std::fmt::Debug for PostgresEventLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PostgresEventLog")
-            .field("partitions", &self.inner.partitions)
+            .field("partitions", &self.inner.core.partitions)
             .field("leases", &self.leases)
             .finish_non_exhaustive()
     }
@@ -261,7 +261,7 @@ impl PostgresEventLog {
         self.inner.ensure_listener().await.map_err(log_err)?;
         let wake: Vec<watch::Receiver<u64>> = topics
             .iter()
-            .map(|topic| self.inner.wakes.subscribe(topic))
+            .map(|topic| self.inner.core.wakes.subscribe(topic))
             .collect();
 
         // Register the group on every partition: an offset of 0 (unless it
@@ -271,7 +271,7 @@ impl PostgresEventLog {
         let mut topic_list = Vec::new();
         let mut partition_list = Vec::new();
         for topic in &topics {
-            for partition in 0..self.inner.partitions {
+            for partition in 0..self.inner.core.partitions {
                 topic_list.push(topic.clone());
                 partition_list.push(partition);
             }
@@ -293,7 +293,7 @@ impl PostgresEventLog {
         .bind(group)
         .bind(&topic_list)
         .bind(&partition_list)
-        .execute(&self.inner.pool)
+        .execute(&self.inner.core.pool)
         .await
         .map_err(sql_err)?;
 
@@ -344,7 +344,7 @@ impl PostgresEventLog {
                ORDER BY l.topic, l."partition""#,
         )
         .bind(group)
-        .fetch_all(&self.inner.pool)
+        .fetch_all(&self.inner.core.pool)
         .await
         .map_err(sql_err)?;
         rows.iter()
@@ -390,12 +390,12 @@ impl EventLog for PostgresEventLog {
     }
 
     async fn lag(&self) -> LogResult<Vec<PartitionLag>> {
-        let mut conn = self.inner.pool.acquire().await.map_err(sql_err)?;
+        let mut conn = self.inner.core.pool.acquire().await.map_err(sql_err)?;
         crate::sql::log::lag(&mut *conn).await
     }
 
     async fn ping(&self) -> LogResult<()> {
-        let mut conn = self.inner.pool.acquire().await.map_err(sql_err)?;
+        let mut conn = self.inner.core.pool.acquire().await.map_err(sql_err)?;
         crate::sql::log::ping(&mut *conn).await
     }
 }
@@ -564,7 +564,7 @@ impl Member {
         // Taken before the transaction starts, so before the server's `now()`
         // that every expiry below is computed from.
         let started = Instant::now();
-        let mut tx = self.inner.pool.begin().await.map_err(sql_err)?;
+        let mut tx = self.inner.core.pool.begin().await.map_err(sql_err)?;
 
         count("member_heartbeat");
         sqlx::query(
@@ -848,7 +848,7 @@ impl Member {
         )
         .bind(&self.group)
         .bind(self.id)
-        .execute(&self.inner.pool)
+        .execute(&self.inner.core.pool)
         .await
         .map_err(sql_err)?;
         self.lock().owned.clear();
@@ -914,7 +914,7 @@ impl Member {
     /// positions, in append order.
     async fn fetch(&self, planned: &[PlannedRead], max: usize) -> LogResult<Vec<Delivery>> {
         let reads: Vec<Read> = planned.iter().map(|p| p.read.clone()).collect();
-        let mut conn = self.inner.pool.acquire().await.map_err(sql_err)?;
+        let mut conn = self.inner.core.pool.acquire().await.map_err(sql_err)?;
         read_deliveries(&mut *conn, &self.topics, &reads, max).await
     }
 }
@@ -1063,7 +1063,7 @@ impl PostgresSubscription {
         .bind(&topics)
         .bind(&partitions)
         .bind(&offsets)
-        .fetch_all(&self.member.inner.pool)
+        .fetch_all(&self.member.inner.core.pool)
         .await
         .map_err(sql_err)?;
 

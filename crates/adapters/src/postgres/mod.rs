@@ -108,7 +108,7 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres
 /// What the store, its transactions, its event logs and its outbox share:
 /// the engine behind [`PostgresStore`].
 pub struct PostgresEngine {
-    core: EngineCore<Postgres>,
+    pub(crate) core: EngineCore<Postgres>,
     /// The LISTEN task, started by the first subscription.
     listener: Mutex<Option<JoinHandle<()>>>,
     /// Rollbacks of dropped outbox batches still on their way to the server
@@ -179,9 +179,11 @@ impl PostgresEngine {
         if slot.as_ref().is_some_and(|handle| !handle.is_finished()) {
             return Ok(());
         }
-        let mut listener = PgListener::connect_with(&self.pool).await.map_err(db_err)?;
+        let mut listener = PgListener::connect_with(&self.core.pool)
+            .await
+            .map_err(db_err)?;
         listener.listen(NOTIFY_CHANNEL).await.map_err(db_err)?;
-        *slot = Some(tokio::spawn(listen(listener, self.wakes.clone())));
+        *slot = Some(tokio::spawn(listen(listener, self.core.wakes.clone())));
         Ok(())
     }
 
@@ -203,7 +205,7 @@ impl PostgresEngine {
     }
 }
 
-/// The pool, partitions and wake-ups, as `self.pool` and so on.
+/// The pool, partitions and wake-ups, as `self.core.pool` and so on.
 impl std::ops::Deref for PostgresEngine {
     type Target = EngineCore<Postgres>;
     fn deref(&self) -> &EngineCore<Postgres> {
@@ -213,24 +215,19 @@ impl std::ops::Deref for PostgresEngine {
 
 #[async_trait]
 impl Engine for PostgresEngine {
-    const DIALECT: Dialect = Dialect::Postgres;
-    const STORE_NAME: &'static str = "PostgresStore";
-    type Database = Postgres;
-    type Conn = PgConnection;
+    crate::sql::engine_types!(
+        Dialect::Postgres,
+        Postgres,
+        PgConnection,
+        "PostgresStore",
+        db_err
+    );
     type Write = Transaction<'static, Postgres>;
     type WriteTurn = ();
 
-    fn core(&self) -> &EngineCore<Postgres> {
-        &self.core
-    }
-
-    fn db_err(error: sqlx::Error) -> StoreError {
-        db_err(error)
-    }
-
     async fn begin_write(&self, _priority: WritePriority) -> StoreResult<Self::Write> {
         count("begin");
-        self.pool.begin().await.map_err(db_err)
+        self.core.pool.begin().await.map_err(db_err)
     }
 
     /// Takes `pg_advisory_xact_lock(GROUP_COMMIT_LOCK, hashtext(group))`
@@ -256,7 +253,7 @@ impl Engine for PostgresEngine {
         count("migrate");
         // sqlx takes an advisory lock around the migration, so processes
         // starting together migrate once.
-        MIGRATOR.run(&self.pool).await.map_err(|e| match e {
+        MIGRATOR.run(&self.core.pool).await.map_err(|e| match e {
             sqlx::migrate::MigrateError::Execute(e) => db_err(e),
             other => StoreError::Database(format!("migration failed: {other}")),
         })?;
@@ -265,7 +262,7 @@ impl Engine for PostgresEngine {
         let mut topic_list = Vec::new();
         let mut partition_list = Vec::new();
         for topic in topics::ALL {
-            for partition in 0..self.partitions {
+            for partition in 0..self.core.partitions {
                 topic_list.push(topic.to_owned());
                 partition_list.push(partition);
             }
@@ -324,7 +321,7 @@ impl Engine for PostgresEngine {
                        SELECT $1, $2, "offset", $3, $4, $5, $6 FROM taken"#,
                     (
                         topic,
-                        partition_for(&event.key, self.partitions),
+                        partition_for(&event.key, self.core.partitions),
                         &event.key,
                         event.id,
                         event.to_json(),

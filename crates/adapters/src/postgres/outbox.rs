@@ -62,7 +62,7 @@ impl Outbox for PostgresOutbox {
             let _ = rollback.await;
         }
         count("begin");
-        let mut tx = self.inner.pool.begin().await.map_err(db_err)?;
+        let mut tx = self.inner.core.pool.begin().await.map_err(db_err)?;
         // Three steps, so that each shopper's events still leave in order
         // when several relays run (row locks alone would let a second relay
         // publish a later event of a key while the first holds an earlier
@@ -142,7 +142,7 @@ impl Outbox for PostgresOutbox {
                     COALESCE(EXTRACT(EPOCH FROM (clock_timestamp() - MIN(created_at)))::float8, 0) AS oldest
              FROM outbox WHERE sent_at IS NULL",
         )
-        .fetch_one(&self.inner.pool)
+        .fetch_one(&self.inner.core.pool)
         .await
         .map_err(db_err)?;
         let oldest: f64 = sqlx::Row::try_get(&row, "oldest").map_err(db_err)?;

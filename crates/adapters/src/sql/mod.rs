@@ -495,7 +495,28 @@ impl<E> SqlStore<E> {
     }
 }
 
-/// What every engine holds; an engine derefs to it.
+/// The items of an `impl Engine` that only name the engine's types: its
+/// dialect, sqlx database and connection, what `Debug` calls its store,
+/// where its [`EngineCore`] is (a field `core`) and its error mapping.
+macro_rules! engine_types {
+    ($dialect:expr, $db:ty, $conn:ty, $name:literal, $err:path) => {
+        const DIALECT: $crate::sql::Dialect = $dialect;
+        const STORE_NAME: &'static str = $name;
+        type Database = $db;
+        type Conn = $conn;
+
+        fn core(&self) -> &$crate::sql::EngineCore<$db> {
+            &self.core
+        }
+
+        fn db_err(error: sqlx::Error) -> orderflow_core::ports::store::StoreError {
+            $err(error)
+        }
+    };
+}
+pub(crate) use engine_types;
+
+/// What every engine holds (as its field `core`).
 pub struct EngineCore<DB: sqlx::Database> {
     pub(crate) pool: sqlx::Pool<DB>,
     /// Partitions per topic of the embedded log; fixed for the life of the

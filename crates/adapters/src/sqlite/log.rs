@@ -54,7 +54,7 @@ pub struct SqliteEventLog {
 impl std::fmt::Debug for SqliteEventLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SqliteEventLog")
-            .field("partitions", &self.inner.partitions)
+            .field("partitions", &self.inner.core.partitions)
             .finish_non_exhaustive()
     }
 }
@@ -76,7 +76,7 @@ impl EventLog for SqliteEventLog {
         // committed before), so it is listed by `lag` from its first start and
         // reads everything published before it. One statement.
         let now = chrono::Utc::now();
-        let partitions = usize::try_from(self.inner.partitions).unwrap_or(0);
+        let partitions = usize::try_from(self.inner.core.partitions).unwrap_or(0);
         let mut register = stmt(
             "register_group",
             format!(
@@ -89,7 +89,7 @@ impl EventLog for SqliteEventLog {
             (),
         );
         for topic in &topics {
-            for partition in 0..self.inner.partitions {
+            for partition in 0..self.inner.core.partitions {
                 register = register
                     .bind(group)
                     .bind(topic)
@@ -127,7 +127,11 @@ impl EventLog for SqliteEventLog {
             );
         }
 
-        let wakers = Wakers::new(topics.iter().map(|topic| self.inner.wakes.subscribe(topic)));
+        let wakers = Wakers::new(
+            topics
+                .iter()
+                .map(|topic| self.inner.core.wakes.subscribe(topic)),
+        );
         Ok(Box::new(SqliteSubscription {
             inner: self.inner.clone(),
             group: group.to_owned(),
@@ -182,7 +186,7 @@ impl Poller for SqliteSubscription {
             .topics
             .iter()
             .flat_map(|topic| {
-                (0..self.inner.partitions).map(|partition| Read {
+                (0..self.inner.core.partitions).map(|partition| Read {
                     topic: topic.clone(),
                     partition,
                     from: self

@@ -101,7 +101,7 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 /// What the store, its transactions and its event logs share: the engine
 /// behind [`SqliteStore`].
 pub struct SqliteEngine {
-    core: EngineCore<Sqlite>,
+    pub(crate) core: EngineCore<Sqlite>,
     /// In-process writer queue, see the module docs and [`writer`].
     writer: WriterQueue,
     /// Outbox rows (and their keys) held by live relay batches of this
@@ -185,6 +185,7 @@ impl SqliteEngine {
         let guard = self.write_lock(priority).await?;
         count("begin");
         let tx = self
+            .core
             .pool
             .begin_with("BEGIN IMMEDIATE")
             .await
@@ -202,7 +203,7 @@ impl SqliteEngine {
                 r#"INSERT INTO log_partitions (topic, "partition", next_offset)
                        SELECT $1, value, 0 FROM json_each($2) WHERE true
                        ON CONFLICT (topic, "partition") DO NOTHING"#,
-                (topic, (0..self.partitions).collect::<Vec<i32>>()),
+                (topic, (0..self.core.partitions).collect::<Vec<i32>>()),
             ))
             .await?;
         }
@@ -210,7 +211,7 @@ impl SqliteEngine {
     }
 }
 
-/// The pool, partitions and wake-ups, as `self.pool` and so on.
+/// The pool, partitions and wake-ups, as `self.core.pool` and so on.
 impl std::ops::Deref for SqliteEngine {
     type Target = EngineCore<Sqlite>;
     fn deref(&self) -> &EngineCore<Sqlite> {
@@ -220,20 +221,15 @@ impl std::ops::Deref for SqliteEngine {
 
 #[async_trait]
 impl Engine for SqliteEngine {
-    const DIALECT: Dialect = Dialect::Sqlite;
-    const STORE_NAME: &'static str = "SqliteStore";
-    type Database = Sqlite;
-    type Conn = SqliteConnection;
+    crate::sql::engine_types!(
+        Dialect::Sqlite,
+        Sqlite,
+        SqliteConnection,
+        "SqliteStore",
+        db_err
+    );
     type Write = Writer;
     type WriteTurn = WriterTurn;
-
-    fn core(&self) -> &EngineCore<Sqlite> {
-        &self.core
-    }
-
-    fn db_err(error: sqlx::Error) -> StoreError {
-        db_err(error)
-    }
 
     async fn begin_write(&self, priority: WritePriority) -> StoreResult<Writer> {
         self.begin_writer(priority).await
@@ -251,7 +247,7 @@ impl Engine for SqliteEngine {
 
     async fn migrate(&self) -> StoreResult<()> {
         count("migrate");
-        MIGRATOR.run(&self.pool).await.map_err(|e| match e {
+        MIGRATOR.run(&self.core.pool).await.map_err(|e| match e {
             sqlx::migrate::MigrateError::Execute(e) => db_err(e),
             other => StoreError::Database(format!("migration failed: {other}")),
         })?;
@@ -288,7 +284,7 @@ impl Engine for SqliteEngine {
                                  $3, $4, $5, $6)"#,
                     (
                         topic,
-                        partition_for(&event.key, self.partitions),
+                        partition_for(&event.key, self.core.partitions),
                         &event.key,
                         event.id,
                         event.to_json(),

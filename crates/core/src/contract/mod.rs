@@ -44,11 +44,12 @@
 /// ([`store`], [`log`] or [`outbox`]): an adapter's test binary passes a
 /// macro of its own that turns each name into a test against a fresh
 /// instance, so a scenario added here runs on every adapter without another
-/// list to keep.
+/// list to keep. `store_scenarios!(my_test; args)` calls
+/// `my_test!(args; scenario, …)`, for a macro that needs more than the names.
 #[macro_export]
 macro_rules! store_scenarios {
-    ($test:ident) => {
-        $test!(
+    ($test:ident $(; $($arg:tt)*)?) => {
+        $test!($($($arg)* ;)?
             migrate_is_repeatable,
             users,
             refresh_rotation_and_reuse,
@@ -72,8 +73,8 @@ macro_rules! store_scenarios {
 /// The [`log`] scenarios, as [`store_scenarios!`] does for the store.
 #[macro_export]
 macro_rules! log_scenarios {
-    ($test:ident) => {
-        $test!(
+    ($test:ident $(; $($arg:tt)*)?) => {
+        $test!($($($arg)* ;)?
             append_visible_only_after_commit,
             poll_order_commit_and_resume,
             groups_are_independent,
@@ -88,8 +89,8 @@ macro_rules! log_scenarios {
 /// The [`outbox`] scenarios, as [`store_scenarios!`] does for the store.
 #[macro_export]
 macro_rules! outbox_scenarios {
-    ($test:ident) => {
-        $test!(
+    ($test:ident $(; $($arg:tt)*)?) => {
+        $test!($($($arg)* ;)?
             claim_sees_only_committed,
             claim_limit_takes_oldest,
             marked_rows_never_come_back,
