@@ -295,39 +295,13 @@ async fn notify_wakes_pollers_in_other_processes() {
     assert!(started.elapsed() < Duration::from_secs(30));
 }
 
-/// The partition count is the store's; migrate registers every partition.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn partitions_follow_the_store() {
+partitions_test!({
     let url = fresh_url().await;
-    let store = PostgresStore::connect(&url, 4, 3).await.unwrap();
-    store.migrate().await.unwrap();
-    assert_eq!(store.partitions(), 3);
-    let shared: Arc<dyn Store> = Arc::new(store.clone());
-    let key = uuid::Uuid::now_v7();
-    let events: Vec<_> = (0..4).map(|_| contract::user_registered(key)).collect();
-    contract::append_committed(&shared, &events).await;
-
-    let log = store.event_log();
-    let mut sub = log.subscribe("p", &[topics::USER_EVENTS]).await.unwrap();
-    let batch = sub.poll(10, Duration::from_secs(10)).await.unwrap();
-    assert_eq!(batch.len(), 4);
-    let expected = partition_for(&key.to_string(), 3);
-    assert!(batch.iter().all(|d| d.partition == expected));
-    assert_eq!(
-        batch.iter().map(|d| d.offset).collect::<Vec<_>>(),
-        vec![0, 1, 2, 3]
-    );
-    assert_eq!(log.lag().await.unwrap().len(), 3);
-    let ends: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM log_partitions")
-        .fetch_one(store.pool())
-        .await
-        .unwrap();
-    assert_eq!(ends, 3 * topics::ALL.len() as i64);
-    assert!(
-        PostgresStore::connect(&url, 4, 0).await.is_err(),
-        "zero partitions are refused"
-    );
-}
+    move |partitions| {
+        let url = url.clone();
+        async move { PostgresStore::connect(&url, 4, partitions).await }
+    }
+});
 
 /// A server that is not there is `Unavailable`, not a panic or a hang.
 #[tokio::test]

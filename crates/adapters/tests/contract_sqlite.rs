@@ -100,55 +100,13 @@ async fn poll_sees_other_processes_after_wait() {
     assert_eq!(batch[0].envelope.id, event.id);
 }
 
-/// The partition count is the store's: events land in 0..partitions, the
-/// same key always in the same partition, and every partition of every topic
-/// is registered for lag from the start.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn partitions_follow_the_store() {
+partitions_test!({
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("p.db").display());
-    let store = SqliteStore::connect_with(&url, 4, 3).await.unwrap();
-    store.migrate().await.unwrap();
-    assert_eq!(store.partitions(), 3);
-    let shared: Arc<dyn Store> = Arc::new(store.clone());
-    let key = uuid::Uuid::now_v7();
-    let events: Vec<_> = (0..4).map(|_| contract::user_registered(key)).collect();
-    contract::append_committed(&shared, &events).await;
-
-    let log = store.event_log();
-    let mut sub = log.subscribe("p", &[topics::USER_EVENTS]).await.unwrap();
-    let batch = sub.poll(10, Duration::from_secs(10)).await.unwrap();
-    assert_eq!(batch.len(), 4);
-    let expected = orderflow_adapters::sqlite::partition_for(&key.to_string(), 3);
-    assert!(
-        batch.iter().all(|d| d.partition == expected),
-        "one key, one partition"
-    );
-    assert_eq!(
-        batch.iter().map(|d| d.offset).collect::<Vec<_>>(),
-        vec![0, 1, 2, 3]
-    );
-
-    let lag = log.lag().await.unwrap();
-    assert_eq!(
-        lag.len(),
-        3,
-        "one row per partition of the subscribed topic"
-    );
-    let ends: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM log_partitions")
-        .fetch_one(store.pool())
-        .await
-        .unwrap();
-    assert_eq!(
-        ends,
-        3 * topics::ALL.len() as i64,
-        "migrate registers every topic's partitions"
-    );
-    assert!(
-        SqliteStore::connect_with(&url, 4, 0).await.is_err(),
-        "zero partitions are refused"
-    );
-}
+    move |partitions| {
+        let url = format!("sqlite://{}", dir.path().join("p.db").display());
+        async move { SqliteStore::connect_with(&url, 4, partitions).await }
+    }
+});
 
 /// The database file is created on first connect, in WAL mode.
 #[tokio::test]

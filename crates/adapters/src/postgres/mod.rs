@@ -205,14 +205,6 @@ impl PostgresEngine {
     }
 }
 
-/// The pool, partitions and wake-ups, as `self.core.pool` and so on.
-impl std::ops::Deref for PostgresEngine {
-    type Target = EngineCore<Postgres>;
-    fn deref(&self) -> &EngineCore<Postgres> {
-        &self.core
-    }
-}
-
 #[async_trait]
 impl Engine for PostgresEngine {
     crate::sql::engine_types!(

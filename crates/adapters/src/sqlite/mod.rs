@@ -211,14 +211,6 @@ impl SqliteEngine {
     }
 }
 
-/// The pool, partitions and wake-ups, as `self.core.pool` and so on.
-impl std::ops::Deref for SqliteEngine {
-    type Target = EngineCore<Sqlite>;
-    fn deref(&self) -> &EngineCore<Sqlite> {
-        &self.core
-    }
-}
-
 #[async_trait]
 impl Engine for SqliteEngine {
     crate::sql::engine_types!(

@@ -59,3 +59,62 @@ macro_rules! outbox_test {
         }
     )*};
 }
+
+/// `partitions_follow_the_store` for an engine, given
+/// `|partitions| async { connect a store with that many partitions }`
+/// (every call to the same database): the partition count is the store's,
+/// events land in `0..partitions`, one key always in the same partition,
+/// migrate registers every partition of every topic for lag from the start,
+/// and zero partitions are refused.
+macro_rules! partitions_test {
+    ($connect:expr) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn partitions_follow_the_store() {
+            use orderflow_core::ports::log::EventLog as _;
+            use orderflow_core::ports::store::Store;
+            let connect = $connect;
+            let store = connect(3).await.unwrap();
+            store.migrate().await.unwrap();
+            assert_eq!(store.partitions(), 3);
+            let shared: std::sync::Arc<dyn Store> = std::sync::Arc::new(store.clone());
+            let key = uuid::Uuid::now_v7();
+            let events: Vec<_> = (0..4)
+                .map(|_| orderflow_core::contract::user_registered(key))
+                .collect();
+            orderflow_core::contract::append_committed(&shared, &events).await;
+
+            let log = store.event_log();
+            let topic = orderflow_domain::events::topics::USER_EVENTS;
+            let mut sub = log.subscribe("p", &[topic]).await.unwrap();
+            let batch = sub
+                .poll(10, std::time::Duration::from_secs(10))
+                .await
+                .unwrap();
+            assert_eq!(batch.len(), 4);
+            let expected = orderflow_adapters::sqlite::partition_for(&key.to_string(), 3);
+            assert!(
+                batch.iter().all(|d| d.partition == expected),
+                "one key, one partition"
+            );
+            assert_eq!(
+                batch.iter().map(|d| d.offset).collect::<Vec<_>>(),
+                vec![0, 1, 2, 3]
+            );
+            assert_eq!(
+                log.lag().await.unwrap().len(),
+                3,
+                "one row per partition of the subscribed topic"
+            );
+            let ends: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM log_partitions")
+                .fetch_one(store.pool())
+                .await
+                .unwrap();
+            assert_eq!(
+                ends,
+                3 * orderflow_domain::events::topics::ALL.len() as i64,
+                "migrate registers every topic's partitions"
+            );
+            assert!(connect(0).await.is_err(), "zero partitions are refused");
+        }
+    };
+}
