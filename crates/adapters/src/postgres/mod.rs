@@ -50,7 +50,6 @@
 pub mod log;
 pub mod outbox;
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -58,7 +57,7 @@ use async_trait::async_trait;
 use orderflow_core::ports::store::{StoreError, StoreResult};
 use orderflow_domain::OrderId;
 use orderflow_domain::Timestamp;
-use orderflow_domain::events::{Envelope, topics};
+use orderflow_domain::events::topics;
 use sqlx::postgres::{
     PgArguments, PgConnectOptions, PgConnection, PgDatabaseError, PgListener, PgPoolOptions, PgRow,
 };
@@ -68,8 +67,8 @@ use tokio::task::JoinHandle;
 
 use crate::sql::log::TopicWakes;
 use crate::sql::{
-    AppendedTopics, Arg, Dialect, Engine, EngineCore, Exec, SqlRow, SqlStore, Stmt, WritePriority,
-    WriteTx, check_partitions, count, stmt,
+    Arg, Dialect, Engine, EngineCore, Exec, SqlRow, SqlStore, Stmt, WritePriority, WriteTx,
+    check_partitions, count, stmt,
 };
 
 pub use crate::sqlite::partition_for;
@@ -241,16 +240,14 @@ impl Engine for PostgresEngine {
         Ok(())
     }
 
-    async fn migrate(&self) -> StoreResult<()> {
-        count("migrate");
-        // sqlx takes an advisory lock around the migration, so processes
-        // starting together migrate once.
-        MIGRATOR.run(&self.core.pool).await.map_err(|e| match e {
-            sqlx::migrate::MigrateError::Execute(e) => db_err(e),
-            other => StoreError::Database(format!("migration failed: {other}")),
-        })?;
-        // Every topic gets its partitions in `log_partitions`, so lag shows
-        // empty partitions too (append would create them lazily anyway).
+    /// sqlx takes an advisory lock around the migration, so processes
+    /// starting together migrate once.
+    fn migrator() -> &'static sqlx::migrate::Migrator {
+        &MIGRATOR
+    }
+
+    /// One statement for every topic and partition.
+    async fn register_partitions(&self) -> StoreResult<()> {
         let mut topic_list = Vec::new();
         let mut partition_list = Vec::new();
         for topic in topics::ALL {
@@ -286,51 +283,19 @@ impl Engine for PostgresEngine {
         .await
     }
 
-    /// Per event one statement: take the partition's next offset and bump
-    /// it, and insert the event at it. The partition row stays locked until
-    /// the transaction ends, so appends to one partition commit in offset
-    /// order and a reader never sees offset n+1 before n; a rollback gives
-    /// the offset back, so offsets stay gap-free. Then a `pg_notify` per
-    /// topic, delivered by the server when (and only if) the transaction
-    /// commits: it wakes the subscriptions of every process.
-    fn append_statements(&self, events: &[Envelope], appended: &mut AppendedTopics) -> Vec<Stmt> {
-        let now = chrono::Utc::now();
-        let mut statements: Vec<Stmt> = events
+    /// A `pg_notify` per topic, delivered by the server when (and only if)
+    /// the transaction commits: it wakes the subscriptions of every process.
+    fn append_notices(topics: &[&'static str]) -> Vec<Stmt> {
+        topics
             .iter()
-            .map(|event| {
-                let topic = event.topic();
-                appended.push(topic);
+            .map(|topic| {
                 stmt(
-                    "append_event",
-                    r#"WITH taken AS (
-                           INSERT INTO log_partitions AS l (topic, "partition",
-                               next_offset) VALUES ($1, $2, 1)
-                           ON CONFLICT (topic,
-                               "partition") DO UPDATE SET next_offset = l.next_offset + 1
-                           RETURNING next_offset - 1 AS "offset")
-                       INSERT INTO event_log (topic, "partition", "offset", key, event_id,
-                           payload, created_at)
-                       SELECT $1, $2, "offset", $3, $4, $5, $6 FROM taken"#,
-                    (
-                        topic,
-                        partition_for(&event.key, self.core.partitions),
-                        &event.key,
-                        event.id,
-                        event.to_json(),
-                        now,
-                    ),
+                    "notify",
+                    "SELECT pg_notify($1, $2)",
+                    (NOTIFY_CHANNEL, *topic),
                 )
             })
-            .collect();
-        let topics: BTreeSet<&str> = events.iter().map(Envelope::topic).collect();
-        statements.extend(topics.into_iter().map(|topic| {
-            stmt(
-                "notify",
-                "SELECT pg_notify($1, $2)",
-                (NOTIFY_CHANNEL, topic),
-            )
-        }));
-        statements
+            .collect()
     }
 
     /// PostgreSQL's extended protocol takes one statement per round trip.

@@ -54,7 +54,6 @@ use orderflow_core::ports::outbox::EventDestination;
 use orderflow_core::ports::store::{StoreError, StoreResult};
 use orderflow_domain::OrderId;
 use orderflow_domain::Timestamp;
-use orderflow_domain::events::Envelope;
 
 /// Which SQL engine a statement is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -405,7 +404,7 @@ pub trait Engine: Send + Sync + Sized + 'static {
     /// What `Debug` calls the store.
     const STORE_NAME: &'static str;
     type Database: sqlx::Database<Connection = Self::Conn>;
-    type Conn: Exec + Send + sqlx::Connection;
+    type Conn: Exec + Send + sqlx::Connection + sqlx::migrate::Migrate;
     type Write: WriteTx + DerefMut<Target = Self::Conn>;
     /// Held around a single-statement write outside a unit of work.
     type WriteTurn: Send;
@@ -431,17 +430,32 @@ pub trait Engine: Send + Sync + Sized + 'static {
     /// connection) must hold: SQLite's writer, PostgreSQL nothing.
     async fn write_turn(&self) -> StoreResult<Self::WriteTurn>;
 
-    async fn migrate(&self) -> StoreResult<()>;
+    /// The engine's migrations (they stay per engine: the types differ).
+    fn migrator() -> &'static sqlx::migrate::Migrator;
+
+    /// Registers every partition of every topic in `log_partitions`, so lag
+    /// shows empty partitions too (append would create them lazily anyway).
+    async fn register_partitions(&self) -> StoreResult<()>;
+
+    async fn migrate(&self) -> StoreResult<()> {
+        count("migrate");
+        Self::migrator()
+            .run(&self.core().pool)
+            .await
+            .map_err(migrate_err::<Self>)?;
+        self.register_partitions().await
+    }
 
     /// Serialises the reservation and release of one order until the
     /// transaction ends (a redelivered "order placed" must not take stock
     /// twice).
     async fn lock_order_stock(conn: &mut Self::Conn, order_id: OrderId) -> StoreResult<()>;
 
-    /// The statements that append `events` to the embedded log (their
-    /// results are not read, so a unit of work can queue them), recording
-    /// the events' topics in `appended`.
-    fn append_statements(&self, events: &[Envelope], appended: &mut AppendedTopics) -> Vec<Stmt>;
+    /// Statements that follow appends to the embedded log of `topics`, in
+    /// the same unit of work (PostgreSQL's `NOTIFY`); none by default.
+    fn append_notices(_topics: &[&'static str]) -> Vec<Stmt> {
+        Vec::new()
+    }
 
     /// Runs statements whose results nobody reads, in order, in as few round
     /// trips as the engine allows.
@@ -572,6 +586,15 @@ impl<E: Engine> std::fmt::Debug for SqlStore<E> {
             .field("destination", &self.destination)
             .field("pool_size", &self.pool().size())
             .finish_non_exhaustive()
+    }
+}
+
+/// The port's error for a migration that failed: the database's own error
+/// when a statement failed, else what sqlx found wrong.
+pub(crate) fn migrate_err<E: Engine>(error: sqlx::migrate::MigrateError) -> StoreError {
+    match error {
+        sqlx::migrate::MigrateError::Execute(e) => E::db_err(e),
+        other => StoreError::Database(format!("migration failed: {other}")),
     }
 }
 

@@ -31,9 +31,11 @@ use orderflow_domain::events::Envelope;
 use orderflow_domain::order::{Order, OrderStatus};
 use orderflow_domain::{EventId, OrderId, ProductId, Timestamp, UserId};
 
+use crate::sqlite::partition_for;
+
 use super::store::load_order;
 use super::{
-    AppendedTopics, Engine, Exec, SavepointStep, SqlRow, Stmt, WriteTx, stmt, values_list,
+    AppendedTopics, Engine, Exec, SavepointStep, SqlRow, Stmt, WriteTx, per, stmt, values_list,
 };
 
 /// How often a claim retries when the row it lost to vanished before it
@@ -137,6 +139,58 @@ impl<E: Engine> SqlTx<E> {
                 .bind(now);
         }
         self.defer(insert);
+    }
+
+    /// Per event: take the partition's next offset (the row is created on
+    /// first use; migrate pre-creates the known topics) and insert the event
+    /// at it. Inside the unit of work, so a rollback gives the offsets back
+    /// and offsets stay gap-free. On PostgreSQL the partition's row stays
+    /// locked until the transaction ends, so appends to one partition commit
+    /// in offset order and a reader never sees offset n+1 before n; SQLite's
+    /// one writer does the same.
+    fn append_to_log(&mut self, events: &[Envelope]) {
+        let now = chrono::Utc::now();
+        let mut topics = Vec::new();
+        for event in events {
+            let topic = event.topic();
+            self.appended.push(topic);
+            if !topics.contains(&topic) {
+                topics.push(topic);
+            }
+            self.defer(stmt(
+                "append_event",
+                per(
+                    r#"INSERT INTO log_partitions (topic, "partition", next_offset)
+                       VALUES ($1, $2, 1)
+                       ON CONFLICT (topic, "partition") DO UPDATE SET next_offset = next_offset + 1;
+                       INSERT INTO event_log (topic, "partition", "offset", key, event_id, payload,
+                                              created_at)
+                       VALUES ($1, $2, (SELECT next_offset - 1 FROM log_partitions
+                                        WHERE topic = $1 AND "partition" = $2),
+                               $3, $4, $5, $6)"#,
+                    r#"WITH taken AS (
+                           INSERT INTO log_partitions AS l (topic, "partition", next_offset)
+                           VALUES ($1, $2, 1)
+                           ON CONFLICT (topic, "partition") DO UPDATE
+                           SET next_offset = l.next_offset + 1
+                           RETURNING next_offset - 1 AS "offset")
+                       INSERT INTO event_log (topic, "partition", "offset", key, event_id, payload,
+                                              created_at)
+                       SELECT $1, $2, "offset", $3, $4, $5, $6 FROM taken"#,
+                ),
+                (
+                    topic,
+                    partition_for(&event.key, self.engine.core().partitions),
+                    &event.key,
+                    event.id,
+                    event.to_json(),
+                    now,
+                ),
+            ));
+        }
+        for notice in E::append_notices(&topics) {
+            self.defer(notice);
+        }
     }
 
     /// Appends one history row per step, in step order.
@@ -646,11 +700,7 @@ impl<E: Engine> StoreTx for SqlTx<E> {
             return Ok(());
         }
         match self.destination {
-            EventDestination::EmbeddedLog => {
-                for statement in self.engine.append_statements(events, &mut self.appended) {
-                    self.defer(statement);
-                }
-            }
+            EventDestination::EmbeddedLog => self.append_to_log(events),
             EventDestination::Outbox => self.append_to_outbox(events),
         }
         Ok(())

@@ -62,7 +62,7 @@ use async_trait::async_trait;
 use orderflow_core::ports::store::{StoreError, StoreResult};
 use orderflow_domain::OrderId;
 use orderflow_domain::Timestamp;
-use orderflow_domain::events::{Envelope, topics};
+use orderflow_domain::events::topics;
 use sqlx::sqlite::{
     SqliteArguments, SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions,
     SqliteRow, SqliteSynchronous,
@@ -70,8 +70,8 @@ use sqlx::sqlite::{
 use sqlx::{Sqlite, Transaction};
 
 use crate::sql::{
-    AppendedTopics, Arg, Dialect, Engine, EngineCore, Exec, SqlRow, SqlStore, Stmt, WriteTx,
-    check_partitions, count, shift_placeholders, stmt,
+    Arg, Dialect, Engine, EngineCore, Exec, SqlRow, SqlStore, Stmt, WriteTx, check_partitions,
+    count, shift_placeholders, stmt,
 };
 
 pub use crate::sql::WritePriority;
@@ -237,54 +237,17 @@ impl Engine for SqliteEngine {
         self.write_lock(WritePriority::Request).await
     }
 
-    async fn migrate(&self) -> StoreResult<()> {
-        count("migrate");
-        MIGRATOR.run(&self.core.pool).await.map_err(|e| match e {
-            sqlx::migrate::MigrateError::Execute(e) => db_err(e),
-            other => StoreError::Database(format!("migration failed: {other}")),
-        })?;
+    fn migrator() -> &'static sqlx::migrate::Migrator {
+        &MIGRATOR
+    }
+
+    async fn register_partitions(&self) -> StoreResult<()> {
         self.ensure_partitions().await
     }
 
     /// Nothing to take: the unit of work holds the database's only writer.
     async fn lock_order_stock(_conn: &mut SqliteConnection, _order: OrderId) -> StoreResult<()> {
         Ok(())
-    }
-
-    /// Per event, two statements: take the partition's next offset (the row
-    /// is created on first use; migrate pre-creates the known topics) and
-    /// insert the event at it. Inside the unit of work, so a rollback gives
-    /// the offsets back and offsets stay gap-free.
-    fn append_statements(&self, events: &[Envelope], appended: &mut AppendedTopics) -> Vec<Stmt> {
-        let now = chrono::Utc::now();
-        events
-            .iter()
-            .map(|event| {
-                let topic = event.topic();
-                appended.push(topic);
-                stmt(
-                    "append_event",
-                    r#"INSERT INTO log_partitions (topic, "partition",
-                        next_offset) VALUES ($1, $2, 1)
-                         ON CONFLICT (topic,
-                             "partition") DO UPDATE SET next_offset = next_offset + 1;
-                       INSERT INTO event_log (topic, "partition", "offset", key, event_id,
-                           payload, created_at)
-                         VALUES ($1, $2,
-                                 (SELECT next_offset - 1 FROM log_partitions
-                                  WHERE topic = $1 AND "partition" = $2),
-                                 $3, $4, $5, $6)"#,
-                    (
-                        topic,
-                        partition_for(&event.key, self.core.partitions),
-                        &event.key,
-                        event.id,
-                        event.to_json(),
-                        now,
-                    ),
-                )
-            })
-            .collect()
     }
 
     /// One round trip for the whole batch: the statements joined into one
@@ -342,31 +305,49 @@ impl WriteTx for Writer {
     }
 }
 
-/// Binds `args` in SQLite's encoding (see the module docs).
-fn bind_all(sql: &str, args: Vec<Arg>) -> sqlx::query::Query<'static, Sqlite, SqliteArguments> {
-    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()));
-    for arg in args {
-        query = match arg {
-            Arg::Text(v) => query.bind(v),
-            Arg::Int(v) => query.bind(v),
-            Arg::Int4(v) => query.bind(v),
-            Arg::Bool(v) => query.bind(v),
-            Arg::Uuid(v) => query.bind(v.hyphenated().to_string()),
-            Arg::OptUuid(v) => query.bind(v.map(|v| v.hyphenated().to_string())),
-            Arg::Time(v) => query.bind(micros(v)),
-            Arg::OptTime(v) => query.bind(v.map(micros)),
-            Arg::Json(v) => query.bind(v.to_string()),
-            Arg::Date(v) => query.bind(v.format("%Y-%m-%d").to_string()),
-            Arg::Texts(v) => query.bind(serde_json::Value::from(v).to_string()),
-            Arg::Uuids(v) => query.bind(
-                serde_json::Value::from(v.iter().map(|id| id.to_string()).collect::<Vec<_>>())
-                    .to_string(),
-            ),
-            Arg::Int4s(v) => query.bind(serde_json::Value::from(v).to_string()),
-            Arg::Ints(v) => query.bind(serde_json::Value::from(v).to_string()),
-        };
+/// A value as SQLite stores it (see the module docs): UUIDs, JSON, dates
+/// and lists as TEXT, times as INTEGER unix microseconds.
+enum Stored {
+    Text(Option<String>),
+    Integer(Option<i64>),
+    Bool(bool),
+}
+
+fn json_list<T: Into<serde_json::Value>>(values: Vec<T>) -> Stored {
+    Stored::Text(Some(serde_json::Value::from(values).to_string()))
+}
+
+impl From<Arg> for Stored {
+    fn from(arg: Arg) -> Self {
+        let uuid = |id: uuid::Uuid| id.hyphenated().to_string();
+        match arg {
+            Arg::Text(text) => Stored::Text(Some(text)),
+            Arg::Int(n) => Stored::Integer(Some(n)),
+            Arg::Int4(n) => Stored::Integer(Some(i64::from(n))),
+            Arg::Bool(b) => Stored::Bool(b),
+            Arg::Uuid(id) => Stored::Text(Some(uuid(id))),
+            Arg::OptUuid(id) => Stored::Text(id.map(uuid)),
+            Arg::Time(at) => Stored::Integer(Some(micros(at))),
+            Arg::OptTime(at) => Stored::Integer(at.map(micros)),
+            Arg::Json(value) => Stored::Text(Some(value.to_string())),
+            Arg::Date(day) => Stored::Text(Some(day.format("%Y-%m-%d").to_string())),
+            Arg::Texts(list) => json_list(list),
+            Arg::Uuids(list) => json_list(list.into_iter().map(uuid).collect()),
+            Arg::Int4s(list) => json_list(list),
+            Arg::Ints(list) => json_list(list),
+        }
     }
-    query
+}
+
+/// A statement with `args` bound as SQLite stores them.
+fn bind_all(sql: &str, args: Vec<Arg>) -> sqlx::query::Query<'static, Sqlite, SqliteArguments> {
+    let query = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()));
+    args.into_iter()
+        .fold(query, |query, arg| match Stored::from(arg) {
+            Stored::Text(text) => query.bind(text),
+            Stored::Integer(n) => query.bind(n),
+            Stored::Bool(b) => query.bind(b),
+        })
 }
 
 crate::sql::impl_exec!(
