@@ -136,8 +136,9 @@ pub struct RequestedLine {
 }
 
 /// A priced, validated line.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct OrderLine {
+    #[schema(value_type = uuid::Uuid)]
     pub product_id: ProductId,
     pub sku: String,
     pub name: String,
