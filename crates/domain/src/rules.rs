@@ -91,14 +91,9 @@ pub struct IntRule {
 
 impl IntRule {
     pub fn check(&self, field: &str, value: i64) -> Result<i64, ValidationError> {
-        if (self.min..=self.max).contains(&value) {
-            Ok(value)
-        } else {
-            Err(ValidationError::new(
-                field,
-                format!("must be between {} and {}", self.min, self.max),
-            ))
-        }
+        within(field, value, self.min..=self.max, || {
+            format!("must be between {} and {}", self.min, self.max)
+        })
     }
 }
 
@@ -111,17 +106,26 @@ pub struct CountRule {
 
 impl CountRule {
     pub fn check(&self, field: &str, count: usize) -> Result<usize, ValidationError> {
-        if (self.min_items..=self.max_items).contains(&count) {
-            Ok(count)
-        } else {
-            Err(ValidationError::new(
-                field,
-                format!(
-                    "must contain {} to {} entries",
-                    self.min_items, self.max_items
-                ),
-            ))
-        }
+        within(field, count, self.min_items..=self.max_items, || {
+            format!(
+                "must contain {} to {} entries",
+                self.min_items, self.max_items
+            )
+        })
+    }
+}
+
+/// `value` when `range` holds it, else a [`ValidationError`] naming `field`.
+fn within<T: PartialOrd>(
+    field: &str,
+    value: T,
+    range: std::ops::RangeInclusive<T>,
+    message: impl FnOnce() -> String,
+) -> Result<T, ValidationError> {
+    if range.contains(&value) {
+        Ok(value)
+    } else {
+        Err(ValidationError::new(field, message()))
     }
 }
 

@@ -16,21 +16,15 @@
 //! server on a free loopback port (and tansu for the Kafka test) and stops
 //! only what it started.
 
+mod support;
+
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use clap::Parser;
-use orderflow::App;
-use orderflow::cli::Cli;
 use orderflow_domain::events::EventData;
 use orderflow_testkit::kafka::KafkaBroker;
 use serde_json::{Value, json};
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
-
-const ADMIN_EMAIL: &str = "admin@example.com";
-const ADMIN_PASSWORD: &str = "admin-password-for-tests";
+use support::{ADMIN_EMAIL, ADMIN_PASSWORD, Server, command, run};
 
 /// `tests/contracts`: the node project and the scripts.
 fn tools() -> PathBuf {
@@ -54,97 +48,6 @@ fn node_bin(name: &str) -> PathBuf {
     node_modules().join(".bin").join(name)
 }
 
-/// An in-process orderflow serving every role on a free loopback port.
-struct Server {
-    base: String,
-    shutdown: CancellationToken,
-    task: JoinHandle<anyhow::Result<()>>,
-    _data_dir: tempfile::TempDir,
-}
-
-impl Server {
-    async fn start(extra: &[&str]) -> Server {
-        let data_dir = tempfile::tempdir().unwrap();
-        let mut args = vec![
-            "orderflow",
-            "--data-dir",
-            data_dir.path().to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-email",
-            ADMIN_EMAIL,
-            "--admin-password",
-            ADMIN_PASSWORD,
-            "--rate-limits",
-            "off",
-            "--sim-email-latency-ms",
-            "2",
-            "--sim-sms-latency-ms",
-            "2",
-            "--sim-push-latency-ms",
-            "2",
-            "--sim-payment-latency-ms",
-            "2",
-        ];
-        args.extend_from_slice(extra);
-        args.push("serve");
-        let cli = Cli::try_parse_from(args).unwrap();
-        let app = std::sync::Arc::new(App::build(cli.settings).await.unwrap());
-        let listener = app.bind().await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let shutdown = CancellationToken::new();
-        let task = {
-            let shutdown = shutdown.clone();
-            tokio::spawn(async move { app.run(listener, true, shutdown).await })
-        };
-        Server {
-            base,
-            shutdown,
-            task,
-            _data_dir: data_dir,
-        }
-    }
-
-    async fn stop(self) {
-        self.shutdown.cancel();
-        self.task.await.unwrap().unwrap();
-    }
-}
-
-/// Runs `program` to completion (at most `limit`), prints its output, and
-/// returns its stdout; panics when it fails.
-async fn run(program: &Path, args: &[&str], dir: &Path, limit: Duration) -> String {
-    let started = Instant::now();
-    let output = tokio::time::timeout(
-        limit,
-        tokio::process::Command::new(program)
-            .args(args)
-            .current_dir(dir)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .unwrap_or_else(|_| panic!("{} did not finish within {limit:?}", program.display()))
-    .unwrap_or_else(|e| panic!("{} does not run: {e}", program.display()));
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    eprintln!(
-        "$ {} {} ({:.1?})\n{stdout}{}",
-        program.display(),
-        args.join(" "),
-        started.elapsed(),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(
-        output.status.success(),
-        "{} failed ({:?}); its output is above",
-        program.display(),
-        output.status.code()
-    );
-    stdout
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_generated_from_openapi_json_runs_an_order_flow() {
     let server = Server::start(&[]).await;
@@ -158,26 +61,24 @@ async fn a_client_generated_from_openapi_json_runs_an_order_flow() {
     std::os::unix::fs::symlink(node_modules(), work.path().join("node_modules")).unwrap();
     let limit = Duration::from_secs(120);
     let openapi = format!("{}/openapi.json", server.base);
+    let generator = node_bin("openapi-typescript");
+    let args = [openapi.as_str(), "--output", "api.d.ts"];
     run(
-        &node_bin("openapi-typescript"),
-        &[&openapi, "--output", "api.d.ts"],
-        work.path(),
+        command(&generator, &args, work.path()),
+        "openapi-typescript",
         limit,
     )
     .await;
-    run(&node_bin("tsc"), &["-p", "."], work.path(), limit).await;
-    let out = run(
-        Path::new("node"),
-        &[
-            "out/client-flow.js",
-            &server.base,
-            ADMIN_EMAIL,
-            ADMIN_PASSWORD,
-        ],
-        work.path(),
-        limit,
-    )
-    .await;
+    let tsc = command(&node_bin("tsc"), &["-p", "."], work.path());
+    run(tsc, "tsc", limit).await;
+    let args = [
+        "out/client-flow.js",
+        &server.base,
+        ADMIN_EMAIL,
+        ADMIN_PASSWORD,
+    ];
+    let flow = command(Path::new("node"), &args, work.path());
+    let out = run(flow, "the generated client's flow", limit).await;
     assert!(out.contains("confirmed"), "{out}");
     server.stop().await;
 }
@@ -187,13 +88,12 @@ async fn asyncapi_json_passes_the_asyncapi_parser() {
     node_modules();
     let server = Server::start(&[]).await;
     let url = format!("{}/asyncapi.json", server.base);
-    let out = run(
+    let validate = command(
         Path::new("node"),
         &["validate-asyncapi.mjs", &url],
         &tools(),
-        Duration::from_secs(60),
-    )
-    .await;
+    );
+    let out = run(validate, "the AsyncAPI parser", Duration::from_secs(60)).await;
     assert!(out.contains("valid AsyncAPI 3.0.0: 5 channels"), "{out}");
     server.stop().await;
 }
@@ -237,76 +137,26 @@ async fn every_kafka_record_decodes_with_the_cloudevents_sdk() {
     ])
     .await;
 
-    let http = reqwest::Client::new();
-    let api = |path: &str| format!("{}/api/v1{path}", server.base);
-    let post = |path: &str, body: Value, token: Option<&str>| {
-        let mut request = http.post(api(path)).json(&body);
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
-        }
-        request.send()
-    };
-    let login = async |email: &str, password: &str| -> String {
-        let answer: Value = post(
-            "/auth/login",
-            json!({"email": email, "password": password}),
-            None,
-        )
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-        answer["access_token"].as_str().unwrap().to_owned()
-    };
-    let admin = login(ADMIN_EMAIL, ADMIN_PASSWORD).await;
-    let registered = post(
-        "/auth/register",
-        json!({"email": "ce@example.com", "password": "a long enough password", "name": "Ce"}),
-        None,
-    )
-    .await
-    .unwrap();
-    assert_eq!(registered.status(), 201);
-    let shopper = login("ce@example.com", "a long enough password").await;
-    let product: Value = post(
-        "/products",
-        json!({"sku": "CE-1", "name": "Mug", "price_cents": 1000, "currency": "EUR", "stock": 20}),
-        Some(&admin),
-    )
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
+    let admin = server.login(ADMIN_EMAIL, ADMIN_PASSWORD).await;
+    let shopper = server.shopper("ce@example.com").await;
+    let product = server.product(&admin, "CE-1", 1000, 20).await;
     let mut orders = Vec::new();
     // 2 × 10 € confirmed; 9 × 10 € declined (over 50 €); 19 units with
     // at most 18 left: out of stock.
     for quantity in [2, 9, 19] {
-        let order: Value = post(
-            "/orders",
-            json!({"items": [{"product_id": product["id"], "quantity": quantity}]}),
-            Some(&shopper),
-        )
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        let body = json!({"items": [{"product_id": product, "quantity": quantity}]});
+        let order: Value = server
+            .post("/orders", body, Some(&shopper))
+            .await
+            .json()
+            .await
+            .unwrap();
         orders.push(order["id"].as_str().unwrap().to_owned());
     }
     let deadline = Instant::now() + Duration::from_secs(90);
     for id in &orders {
         loop {
-            let order: Value = http
-                .get(api(&format!("/orders/{id}")))
-                .bearer_auth(&shopper)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let order = server.get(&format!("/orders/{id}"), &shopper).await;
             if ["confirmed", "rejected", "payment_failed"]
                 .contains(&order["status"].as_str().unwrap())
             {
@@ -326,13 +176,9 @@ async fn every_kafka_record_decodes_with_the_cloudevents_sdk() {
         .map(EventData::type_name)
         .collect();
     let summary = loop {
-        let out = run(
-            python,
-            &[script.to_str().unwrap(), &bootstrap, &prefix, &asyncapi],
-            &tools(),
-            Duration::from_secs(120),
-        )
-        .await;
+        let args = [script.to_str().unwrap(), &bootstrap, &prefix, &asyncapi];
+        let reader = command(python, &args, &tools());
+        let out = run(reader, "the CloudEvents reader", Duration::from_secs(120)).await;
         let summary: Value = serde_json::from_str(out.trim()).unwrap();
         let missing: Vec<&&str> = all_types
             .iter()

@@ -20,16 +20,13 @@
 //!
 //! A missing schemathesis fails the test (it never silently skips).
 
-use std::path::Path;
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+mod support;
 
-use clap::Parser;
-use orderflow::App;
-use orderflow::cli::Cli;
+use std::path::Path;
+use std::time::Duration;
+
 use orderflow_domain::order::MAX_LINES;
-use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
+use support::{ADMIN_EMAIL, ADMIN_PASSWORD, Server, run};
 
 /// The version `scripts/test.sh` installs; the one this test was written against.
 const SCHEMATHESIS_VERSION: &str = "4.32.5";
@@ -41,8 +38,6 @@ const MIN_CASES: u64 = 4_000;
 /// Each run is killed (and the test fails) past this; it also stays well
 /// inside the 15 minutes an access token lives.
 const RUN_LIMIT: Duration = Duration::from_secs(420);
-
-const PASSWORD: &str = "a long enough password";
 
 fn schemathesis() -> std::path::PathBuf {
     let found = std::process::Command::new("schemathesis")
@@ -72,6 +67,7 @@ async fn run_schemathesis(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../domain/src/common-passwords.txt");
     let report_dir = tempfile::tempdir().unwrap();
     let mut command = tokio::process::Command::new(schemathesis());
+    let what = format!("schemathesis as {who}");
     command
         .arg("run")
         .arg(format!("{base}/openapi.json"))
@@ -99,27 +95,9 @@ async fn run_schemathesis(
         .env("PYTHONPATH", &hooks)
         .env("ORDERFLOW_FUZZ_PRODUCTS", products.join(","))
         .env("ORDERFLOW_FUZZ_COMMON_PASSWORDS", &common_passwords)
-        .arg("--no-color")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let started = Instant::now();
-    let output = tokio::time::timeout(RUN_LIMIT, command.output())
-        .await
-        .unwrap_or_else(|_| panic!("schemathesis as {who} did not finish within {RUN_LIMIT:?}"))
-        .expect("schemathesis runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    eprintln!(
-        "schemathesis as {who} took {:?}\n{stdout}\n{stderr}",
-        started.elapsed()
-    );
-    assert!(
-        output.status.success(),
-        "schemathesis as {who} found problems (exit {:?}); its report is above",
-        output.status.code()
-    );
-    generated(&stdout).unwrap_or_else(|| panic!("no case count in the report of the {who} run"))
+        .arg("--no-color");
+    let stdout = run(command, &what, RUN_LIMIT).await;
+    generated(&stdout).unwrap_or_else(|| panic!("no case count in the report of {what}"))
 }
 
 /// The case count of schemathesis' summary line, "  2965 generated, …".
@@ -133,94 +111,27 @@ fn generated(report: &str) -> Option<u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn schemathesis_with_every_check_finds_nothing_as_shopper_or_admin() {
     schemathesis();
-    let data_dir = tempfile::tempdir().unwrap();
-    let cli = Cli::try_parse_from([
-        "orderflow",
-        "--data-dir",
-        data_dir.path().to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-        "--admin-email",
-        "admin@example.com",
-        "--admin-password",
-        "admin-password-for-tests",
-        // The fuzzer's request rate would trip every limit; limits are
-        // tested on their own, here the contract is.
-        "--auth-rate-per-sec",
-        "0",
-        "--rate-limits",
-        "off",
-        "serve",
-    ])
-    .unwrap();
-    let app = std::sync::Arc::new(App::build(cli.settings).await.unwrap());
-    let listener = app.bind().await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let shutdown = CancellationToken::new();
-    let server = {
-        let app = app.clone();
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move { app.run(listener, true, shutdown).await })
-    };
-
+    let server = Server::start(&[]).await;
     // A shopper and an admin to fuzz as, and a catalog in one currency with
     // as many products as an order may have lines, so a valid order can be
     // placed (the hooks give each line its own product).
-    let http = reqwest::Client::new();
-    let post = |path: &str, body: Value, token: Option<&str>| {
-        let mut request = http.post(format!("{base}/api/v1{path}")).json(&body);
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
-        }
-        request.send()
-    };
-    let registered = post(
-        "/auth/register",
-        json!({"email": "fuzz@example.com", "password": PASSWORD, "name": "Fuzz"}),
-        None,
-    )
-    .await
-    .unwrap();
-    assert_eq!(registered.status(), 201);
-    let login = |email: &'static str, password: &'static str| {
-        let post = &post;
-        async move {
-            let body: Value = post(
-                "/auth/login",
-                json!({"email": email, "password": password, "device": "fuzz"}),
-                None,
-            )
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-            body["access_token"].as_str().unwrap().to_owned()
-        }
-    };
-    let shopper = login("fuzz@example.com", PASSWORD).await;
-    let admin = login("admin@example.com", "admin-password-for-tests").await;
+    let shopper = server.shopper("fuzz@example.com").await;
+    let admin = server.login(ADMIN_EMAIL, ADMIN_PASSWORD).await;
     let mut products = Vec::new();
     for n in 0..MAX_LINES {
-        let created = post(
-            "/products",
-            json!({"sku": format!("FUZZ-{n}"), "name": "Fuzz", "price_cents": 100, "currency": "EUR", "stock": 1_000_000}),
-            Some(&admin),
-        )
-        .await
-        .unwrap();
-        assert_eq!(created.status(), 201);
-        let created: Value = created.json().await.unwrap();
-        products.push(created["id"].as_str().unwrap().to_owned());
+        products.push(
+            server
+                .product(&admin, &format!("FUZZ-{n}"), 100, 1_000_000)
+                .await,
+        );
     }
 
     // The shopper first: the admin run may change these products (PUT).
-    let as_shopper = run_schemathesis(&base, "shopper", &shopper, "6", &products).await;
-    let as_admin = run_schemathesis(&base, "admin", &admin, "7", &products).await;
+    let base = &server.base;
+    let as_shopper = run_schemathesis(base, "shopper", &shopper, "6", &products).await;
+    let as_admin = run_schemathesis(base, "admin", &admin, "7", &products).await;
     eprintln!("cases: {as_shopper} as shopper, {as_admin} as admin");
-
-    shutdown.cancel();
-    server.await.unwrap().unwrap();
+    server.stop().await;
     assert!(
         as_shopper + as_admin >= MIN_CASES,
         "only {} cases ({as_shopper} as shopper, {as_admin} as admin); at least {MIN_CASES} expected",
