@@ -66,7 +66,7 @@ pub fn email() -> ObjectBuilder {
 pub fn password() -> ObjectBuilder {
     text(
         &user::PASSWORD,
-        "Password; one of ~600 common passwords is refused too (422, field `password`)",
+        "Password (one of ~600 common passwords is refused too: 422 validation, field `password`)",
     )
 }
 
@@ -116,7 +116,7 @@ pub fn stock() -> ObjectBuilder {
 pub fn quantity() -> ObjectBuilder {
     integer(
         order::QUANTITY,
-        "Units of the product; lines of the same product are merged, and their sum must stay within the same bounds",
+        "Units of the product (lines of the same product are merged, and their sum must stay within the same bounds)",
     )
 }
 
@@ -127,7 +127,7 @@ pub fn order_lines() -> ArrayBuilder {
 pub fn idempotency_key() -> ObjectBuilder {
     text(
         &IDEMPOTENCY_KEY,
-        "Makes a retry safe: the same key and body get the first answer again; the same key with another body gets 422 idempotency-key-reused",
+        "Makes a retry safe (the same key and body get the first answer again; the same key with another body gets 422 idempotency-key-reused)",
     )
 }
 

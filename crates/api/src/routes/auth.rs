@@ -12,8 +12,10 @@ use crate::extract::{ApiJson, Caller, client_ip};
 use crate::problem::ApiResult;
 use crate::schema;
 
-/// Unknown properties are refused (422), so a misspelt field is never
-/// silently dropped; the schema says so with `additionalProperties: false`.
+/// A new shopper account.
+// Like every request body, unknown properties are refused (422
+// malformed-body), so a misspelt field is never silently dropped; the
+// derived schema says `additionalProperties: false`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterRequest {

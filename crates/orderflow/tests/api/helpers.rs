@@ -37,15 +37,8 @@ pub async fn spawn_app_with(extra: &[&str]) -> TestApp {
     let dir = data_dir.path().to_str().unwrap().to_owned();
     let mut args: Vec<String> = crate::support::test_args(&dir)
         .into_iter()
+        .chain(crate::support::INSTANT_PROVIDERS)
         .chain([
-            "--sim-email-latency-ms",
-            "0",
-            "--sim-sms-latency-ms",
-            "0",
-            "--sim-push-latency-ms",
-            "0",
-            "--sim-payment-latency-ms",
-            "0",
             "--retry-max-attempts",
             "3",
             "--retry-base-ms",

@@ -1,4 +1,5 @@
-//! What the contract tests (`fuzz.rs`, `contracts.rs`) share: an in-process
+//! What the contract tests (`fuzz.rs`, `contracts.rs`) share, and the API and
+//! observability tests take their base settings from: an in-process
 //! orderflow running every role on a free loopback port, a few HTTP calls to
 //! set it up, and running an outside tool to completion.
 
@@ -42,9 +43,21 @@ pub fn test_args(data_dir: &str) -> Vec<&str> {
     ]
 }
 
+/// Simulated providers that answer at once (their defaults wait 100 to
+/// 300 ms per call, which tests only spend waiting).
+pub const INSTANT_PROVIDERS: [&str; 8] = [
+    "--sim-email-latency-ms",
+    "0",
+    "--sim-sms-latency-ms",
+    "0",
+    "--sim-push-latency-ms",
+    "0",
+    "--sim-payment-latency-ms",
+    "0",
+];
+
 /// orderflow serving HTTP and running every consumer group (and the relay,
-/// with Kafka), started from [`test_args`]; simulated providers answer at
-/// once.
+/// with Kafka), started from [`test_args`] and [`INSTANT_PROVIDERS`].
 pub struct Server {
     pub base: String,
     pub http: reqwest::Client,
@@ -58,16 +71,7 @@ impl Server {
     pub async fn start(extra: &[&str]) -> Server {
         let data_dir = tempfile::tempdir().unwrap();
         let mut args = test_args(data_dir.path().to_str().unwrap());
-        args.extend([
-            "--sim-email-latency-ms",
-            "2",
-            "--sim-sms-latency-ms",
-            "2",
-            "--sim-push-latency-ms",
-            "2",
-            "--sim-payment-latency-ms",
-            "2",
-        ]);
+        args.extend(INSTANT_PROVIDERS);
         args.extend_from_slice(extra);
         args.push("serve");
         let cli = Cli::try_parse_from(args).unwrap();
