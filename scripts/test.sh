@@ -83,6 +83,36 @@ if ! schemathesis --version 2>/dev/null | grep -q "version $SCHEMATHESIS_VERSION
   schemathesis --version
 fi
 
+# The contract tests (crates/orderflow/tests/contracts.rs) read the Kafka
+# topics with the CloudEvents Python SDK, and generate and type-check a
+# TypeScript client and validate the AsyncAPI document with the node tools
+# pinned in crates/orderflow/tests/contracts/package.json (npm ci).
+CLOUDEVENTS_VERSION=2.2.0
+CONFLUENT_KAFKA_VERSION=2.16.1
+if ! python3 -c "import cloudevents.core.bindings.kafka, confluent_kafka, jsonschema" 2>/dev/null ||
+  ! python3 -m pip show cloudevents 2>/dev/null | grep -q "^Version: $CLOUDEVENTS_VERSION\$"; then
+  step "installing cloudevents $CLOUDEVENTS_VERSION and confluent-kafka $CONFLUENT_KAFKA_VERSION"
+  packages=("cloudevents==$CLOUDEVENTS_VERSION" "confluent-kafka==$CONFLUENT_KAFKA_VERSION" jsonschema)
+  python3 -m pip install --quiet "${packages[@]}" ||
+    python3 -m pip install --quiet --break-system-packages "${packages[@]}"
+fi
+if ! need_cmd node || ! need_cmd npm; then
+  if need_cmd apt-get && [ "$(id -u)" = 0 ]; then
+    step "installing node and npm"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm
+  else
+    echo "missing: node and npm (needed by the contract tests)" >&2
+    exit 1
+  fi
+fi
+contracts=crates/orderflow/tests/contracts
+# npm writes node_modules/.package-lock.json at each install: older than
+# the lock file (or missing) means the tools are not what the lock pins.
+if ! [ "$contracts/node_modules/.package-lock.json" -nt "$contracts/package-lock.json" ]; then
+  step "installing the contract tests' node tools (npm ci)"
+  (cd "$contracts" && npm ci --no-audit --no-fund)
+fi
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

@@ -21,7 +21,7 @@ use orderflow_core::ports::log::{Delivery, EventLog, Subscription};
 use orderflow_core::ports::outbox::{EventDestination, EventPublisher, Outbox, OutboxEvent};
 use orderflow_core::ports::store::Store;
 use orderflow_core::services::relay::{Relay, RelaySettings};
-use orderflow_domain::events::{Envelope, topics};
+use orderflow_domain::events::{Envelope, STRUCTURED_CONTENT_TYPE, topics};
 use orderflow_testkit::kafka as broker;
 use rdkafka::Message;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -440,7 +440,8 @@ async fn lag_per_partition() {
 }
 
 /// The publisher's records: topic with the prefix, key = the event key,
-/// value = the CloudEvents JSON, `traceparent` and `ce_id` headers.
+/// value = the CloudEvents JSON, `content-type` (structured mode) and
+/// `traceparent` headers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn publisher_writes_key_value_and_headers() {
     let settings = settings().await;
@@ -508,7 +509,17 @@ async fn publisher_writes_key_value_and_headers() {
     let decoded = Envelope::from_slice(&payload.expect("a value")).expect("CloudEvents JSON");
     assert_eq!(decoded, envelope);
     assert_eq!(headers.get("traceparent"), envelope.traceparent.as_ref());
-    assert_eq!(headers.get("ce_id"), Some(&envelope.id.to_string()));
+    // Structured mode of the CloudEvents Kafka binding: the content type
+    // says the value is the whole event, and no `ce_` header suggests
+    // binary mode to an SDK that decides by their presence.
+    assert_eq!(
+        headers.get("content-type").map(String::as_str),
+        Some(STRUCTURED_CONTENT_TYPE)
+    );
+    assert!(
+        headers.keys().all(|name| !name.starts_with("ce_")),
+        "{headers:?}"
+    );
 }
 
 /// `ensure_topics` creates every orderflow topic (the dead-letter topic

@@ -19,10 +19,15 @@
 //! - [`routes`]: one module per resource: auth (incl. logout-all), products,
 //!   orders, me (notifications, points, sessions per device), leaderboard,
 //!   admin, health.
+//! - [`schema`]: request schemas built from the domain's rules (the values
+//!   the validation runs) and the decoding those schemas imply.
+//! - [`asyncapi`]: the AsyncAPI 3 document of the event log (`/asyncapi.json`),
+//!   built from the domain's event definitions.
 //! - [`openapi`]: the OpenAPI document served at `/openapi.json` and `/docs`,
 //!   including the problems any operation can answer (400, 401, 403, 413,
 //!   415, 422, 429), which the schemathesis fuzz run holds it to.
 
+pub mod asyncapi;
 pub mod extract;
 pub mod hostile;
 pub mod limits;
@@ -30,6 +35,7 @@ pub mod observe;
 pub mod openapi;
 pub mod problem;
 pub mod routes;
+pub mod schema;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -8,7 +8,7 @@
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use orderflow_core::CoreError;
-use orderflow_core::error::Problem;
+use orderflow_core::error::{Problem, slug};
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
@@ -41,28 +41,28 @@ impl ApiError {
         match self {
             ApiError::Core(e) => e.problem(),
             ApiError::BadJson(detail) => Problem {
-                slug: "malformed-body",
+                slug: slug::MALFORMED_BODY,
                 title: "Body is not valid JSON for this route",
                 status: 422,
                 detail: detail.clone(),
                 field: None,
             },
             ApiError::InputLimit(detail) => Problem {
-                slug: "input-limit",
+                slug: slug::INPUT_LIMIT,
                 title: "Input is over a limit",
                 status: 422,
                 detail: detail.clone(),
                 field: None,
             },
             ApiError::BadQuery(detail) => Problem {
-                slug: "malformed-query",
+                slug: slug::MALFORMED_QUERY,
                 title: "Query string is not valid",
                 status: 400,
                 detail: detail.clone(),
                 field: None,
             },
             ApiError::RateLimited { .. } => Problem {
-                slug: "rate-limited",
+                slug: slug::RATE_LIMITED,
                 title: "Too many requests",
                 status: 429,
                 detail: self.to_string(),
@@ -76,16 +76,18 @@ impl ApiError {
 /// A problem for a bare status code (used for errors the middleware produces).
 pub fn status_problem(status: StatusCode, detail: String) -> Problem {
     let (slug, title) = match status {
-        StatusCode::NOT_FOUND => ("not-found", "Not found"),
-        StatusCode::METHOD_NOT_ALLOWED => ("method-not-allowed", "Method not allowed"),
-        StatusCode::PAYLOAD_TOO_LARGE => ("payload-too-large", "Request body is too large"),
-        StatusCode::REQUEST_TIMEOUT => ("request-timeout", "Request took too long"),
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => ("unsupported-media-type", "Unsupported media type"),
-        StatusCode::BAD_REQUEST => ("bad-request", "Bad request"),
-        StatusCode::UNAUTHORIZED => ("unauthorized", "Authentication required"),
-        StatusCode::SERVICE_UNAVAILABLE => ("unavailable", "Service unavailable"),
-        s if s.is_server_error() => ("internal", "Internal error"),
-        _ => ("http-error", "Request failed"),
+        StatusCode::NOT_FOUND => (slug::NOT_FOUND, "Not found"),
+        StatusCode::METHOD_NOT_ALLOWED => (slug::METHOD_NOT_ALLOWED, "Method not allowed"),
+        StatusCode::PAYLOAD_TOO_LARGE => (slug::PAYLOAD_TOO_LARGE, "Request body is too large"),
+        StatusCode::REQUEST_TIMEOUT => (slug::REQUEST_TIMEOUT, "Request took too long"),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+            (slug::UNSUPPORTED_MEDIA_TYPE, "Unsupported media type")
+        }
+        StatusCode::BAD_REQUEST => (slug::BAD_REQUEST, "Bad request"),
+        StatusCode::UNAUTHORIZED => (slug::UNAUTHORIZED, "Authentication required"),
+        StatusCode::SERVICE_UNAVAILABLE => (slug::UNAVAILABLE, "Service unavailable"),
+        s if s.is_server_error() => (slug::INTERNAL, "Internal error"),
+        _ => (slug::HTTP_ERROR, "Request failed"),
     };
     Problem {
         slug,

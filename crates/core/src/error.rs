@@ -67,11 +67,43 @@ pub struct Problem {
 
 pub const PROBLEM_BASE: &str = "https://orderflow.dev/problems/";
 
+/// Every problem `type` slug the API answers with, named once: the errors
+/// below and in the HTTP layer use these, and the OpenAPI document lists,
+/// per operation and status, which of them can come back.
+pub mod slug {
+    pub const VALIDATION: &str = "validation";
+    pub const NOT_FOUND: &str = "not-found";
+    pub const CONFLICT: &str = "conflict";
+    pub const UNAUTHORIZED: &str = "unauthorized";
+    pub const FORBIDDEN: &str = "forbidden";
+    pub const RATE_LIMITED: &str = "rate-limited";
+    pub const OUT_OF_STOCK: &str = "out-of-stock";
+    pub const PAYMENT_DECLINED: &str = "payment-declined";
+    pub const IDEMPOTENCY_KEY_REUSED: &str = "idempotency-key-reused";
+    pub const PROVIDER_FAILED: &str = "provider-failed";
+    pub const UNAVAILABLE: &str = "unavailable";
+    pub const INTERNAL: &str = "internal";
+    pub const MALFORMED_BODY: &str = "malformed-body";
+    pub const INPUT_LIMIT: &str = "input-limit";
+    pub const MALFORMED_QUERY: &str = "malformed-query";
+    pub const BAD_REQUEST: &str = "bad-request";
+    pub const METHOD_NOT_ALLOWED: &str = "method-not-allowed";
+    pub const PAYLOAD_TOO_LARGE: &str = "payload-too-large";
+    pub const REQUEST_TIMEOUT: &str = "request-timeout";
+    pub const UNSUPPORTED_MEDIA_TYPE: &str = "unsupported-media-type";
+    pub const HTTP_ERROR: &str = "http-error";
+}
+
+/// The `type` URI of a slug.
+pub fn problem_type(slug: &str) -> String {
+    format!("{PROBLEM_BASE}{slug}")
+}
+
 impl Problem {
     /// The problem document as JSON (`application/problem+json`).
     pub fn to_json(&self) -> serde_json::Value {
         let mut body = serde_json::json!({
-            "type": format!("{PROBLEM_BASE}{}", self.slug),
+            "type": problem_type(self.slug),
             "title": self.title,
             "status": self.status,
             "detail": self.detail,
@@ -96,44 +128,50 @@ impl CoreError {
         };
         match self {
             CoreError::Validation(e) => Problem {
-                slug: "validation",
+                slug: slug::VALIDATION,
                 title: "Request is not valid",
                 status: 422,
                 detail: e.to_string(),
                 field: Some(e.field.clone()),
             },
-            CoreError::NotFound(what) => {
-                p("not-found", "Not found", 404, format!("{what} not found"))
-            }
-            CoreError::Conflict(detail) => p("conflict", "Conflict", 409, detail.clone()),
+            CoreError::NotFound(what) => p(
+                slug::NOT_FOUND,
+                "Not found",
+                404,
+                format!("{what} not found"),
+            ),
+            CoreError::Conflict(detail) => p(slug::CONFLICT, "Conflict", 409, detail.clone()),
             CoreError::Unauthorized(detail) => p(
-                "unauthorized",
+                slug::UNAUTHORIZED,
                 "Authentication required",
                 401,
                 detail.clone(),
             ),
-            CoreError::Forbidden(detail) => p("forbidden", "Forbidden", 403, detail.clone()),
-            CoreError::TooManyAttempts { .. } => {
-                p("rate-limited", "Too many requests", 429, self.to_string())
-            }
+            CoreError::Forbidden(detail) => p(slug::FORBIDDEN, "Forbidden", 403, detail.clone()),
+            CoreError::TooManyAttempts { .. } => p(
+                slug::RATE_LIMITED,
+                "Too many requests",
+                429,
+                self.to_string(),
+            ),
             CoreError::OutOfStock { .. } => {
-                p("out-of-stock", "Out of stock", 409, self.to_string())
+                p(slug::OUT_OF_STOCK, "Out of stock", 409, self.to_string())
             }
             CoreError::PaymentDeclined(reason) => p(
-                "payment-declined",
+                slug::PAYMENT_DECLINED,
                 "Payment declined",
                 402,
                 format!("the payment was declined: {reason}"),
             ),
             CoreError::IdempotencyMismatch => Problem {
-                slug: "idempotency-key-reused",
+                slug: slug::IDEMPOTENCY_KEY_REUSED,
                 title: "Idempotency-Key reused",
                 status: 422,
                 detail: self.to_string(),
                 field: Some("Idempotency-Key".into()),
             },
             CoreError::Provider(e) => p(
-                "provider-failed",
+                slug::PROVIDER_FAILED,
                 "An outside provider failed",
                 502,
                 format!(
@@ -143,13 +181,13 @@ impl CoreError {
             ),
             CoreError::Store(StoreError::Unavailable(_))
             | CoreError::Log(LogError::Unavailable(_)) => p(
-                "unavailable",
+                slug::UNAVAILABLE,
                 "Service unavailable",
                 503,
                 "a dependency is unavailable; try again shortly".into(),
             ),
             CoreError::Store(_) | CoreError::Log(_) | CoreError::Internal(_) => p(
-                "internal",
+                slug::INTERNAL,
                 "Internal error",
                 500,
                 "something went wrong on our side".into(),

@@ -27,17 +27,27 @@ pub mod topics {
     ];
 }
 
+/// The `content-type` of an event in the structured JSON format: the Kafka
+/// record header that marks structured mode (CloudEvents Kafka protocol
+/// binding, section 3.2).
+pub const STRUCTURED_CONTENT_TYPE: &str = "application/cloudevents+json; charset=UTF-8";
+
 /// The `source` attribute of every event orderflow emits.
 pub const SOURCE: &str = "urn:orderflow";
 
 /// What happened, with the facts a consumer needs to act without a lookup
 /// where that is cheap to carry.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// The derived schema (one object per variant: `type` and its `data`) is
+/// where the AsyncAPI document takes each event type's payload from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "type", content = "data")]
 pub enum EventData {
     #[serde(rename = "orderflow.order.placed")]
     OrderPlaced {
+        #[schema(value_type = uuid::Uuid)]
         order_id: OrderId,
+        #[schema(value_type = uuid::Uuid)]
         user_id: UserId,
         items: Vec<OrderLine>,
         total_cents: i64,
@@ -45,7 +55,9 @@ pub enum EventData {
     },
     #[serde(rename = "orderflow.order.confirmed")]
     OrderConfirmed {
+        #[schema(value_type = uuid::Uuid)]
         order_id: OrderId,
+        #[schema(value_type = uuid::Uuid)]
         user_id: UserId,
         items: Vec<OrderLine>,
         total_cents: i64,
@@ -53,44 +65,58 @@ pub enum EventData {
     },
     #[serde(rename = "orderflow.order.rejected")]
     OrderRejected {
+        #[schema(value_type = uuid::Uuid)]
         order_id: OrderId,
+        #[schema(value_type = uuid::Uuid)]
         user_id: UserId,
         reason: String,
     },
     #[serde(rename = "orderflow.order.payment_failed")]
     OrderPaymentFailed {
+        #[schema(value_type = uuid::Uuid)]
         order_id: OrderId,
+        #[schema(value_type = uuid::Uuid)]
         user_id: UserId,
         reason: String,
     },
     #[serde(rename = "orderflow.stock.reserved")]
     StockReserved {
+        #[schema(value_type = uuid::Uuid)]
         order_id: OrderId,
+        #[schema(value_type = uuid::Uuid)]
         user_id: UserId,
         total_cents: i64,
         currency: String,
     },
     #[serde(rename = "orderflow.stock.rejected")]
     StockRejected {
+        #[schema(value_type = uuid::Uuid)]
         order_id: OrderId,
+        #[schema(value_type = uuid::Uuid)]
         user_id: UserId,
+        #[schema(value_type = Option<uuid::Uuid>)]
         product_id: Option<ProductId>,
         reason: String,
     },
     #[serde(rename = "orderflow.payment.succeeded")]
     PaymentSucceeded {
+        #[schema(value_type = uuid::Uuid)]
         order_id: OrderId,
+        #[schema(value_type = uuid::Uuid)]
         user_id: UserId,
         payment_id: String,
     },
     #[serde(rename = "orderflow.payment.failed")]
     PaymentFailed {
+        #[schema(value_type = uuid::Uuid)]
         order_id: OrderId,
+        #[schema(value_type = uuid::Uuid)]
         user_id: UserId,
         reason: String,
     },
     #[serde(rename = "orderflow.user.registered")]
     UserRegistered {
+        #[schema(value_type = uuid::Uuid)]
         user_id: UserId,
         email: String,
         name: String,
@@ -123,6 +149,96 @@ impl EventData {
             EventData::UserRegistered { .. } => "orderflow.user.registered",
             EventData::MessageFailed { .. } => "orderflow.message.failed",
         }
+    }
+
+    /// One event of every type, with made-up ids: the AsyncAPI document's
+    /// examples, and how it learns each type's topic (a test checks that
+    /// no variant of the schema is missing here).
+    pub fn examples() -> Vec<EventData> {
+        let user_id: UserId = "01950000-0000-7000-8000-000000000001"
+            .parse()
+            .expect("uuid");
+        let order_id: OrderId = "01950000-0000-7000-8000-000000000002"
+            .parse()
+            .expect("uuid");
+        let product_id: ProductId = "01950000-0000-7000-8000-000000000003"
+            .parse()
+            .expect("uuid");
+        let items = vec![OrderLine {
+            product_id,
+            sku: "MUG-1".into(),
+            name: "Mug".into(),
+            quantity: 2,
+            unit_price_cents: 1299,
+            line_total_cents: 2598,
+        }];
+        let placed = EventData::OrderPlaced {
+            order_id,
+            user_id,
+            items: items.clone(),
+            total_cents: 2598,
+            currency: "EUR".into(),
+        };
+        let mut original = Envelope::new(placed.clone(), None);
+        original.id = "01950000-0000-7000-8000-000000000004"
+            .parse()
+            .expect("uuid");
+        vec![
+            placed,
+            EventData::OrderConfirmed {
+                order_id,
+                user_id,
+                items,
+                total_cents: 2598,
+                currency: "EUR".into(),
+            },
+            EventData::OrderRejected {
+                order_id,
+                user_id,
+                reason: "out of stock".into(),
+            },
+            EventData::OrderPaymentFailed {
+                order_id,
+                user_id,
+                reason: "card declined".into(),
+            },
+            EventData::StockReserved {
+                order_id,
+                user_id,
+                total_cents: 2598,
+                currency: "EUR".into(),
+            },
+            EventData::StockRejected {
+                order_id,
+                user_id,
+                product_id: Some(product_id),
+                reason: "out of stock".into(),
+            },
+            EventData::PaymentSucceeded {
+                order_id,
+                user_id,
+                payment_id: "pay_123".into(),
+            },
+            EventData::PaymentFailed {
+                order_id,
+                user_id,
+                reason: "card declined".into(),
+            },
+            EventData::UserRegistered {
+                user_id,
+                email: "ann@example.com".into(),
+                name: "Ann".into(),
+            },
+            EventData::MessageFailed {
+                group: "email".into(),
+                topic: topics::ORDER_EVENTS.into(),
+                partition: 3,
+                offset: 42,
+                error: "the email provider failed".into(),
+                attempts: 5,
+                original: Box::new(original),
+            },
+        ]
     }
 
     /// The topic this kind of event is published on.
@@ -353,6 +469,57 @@ impl std::fmt::Display for TraceParent {
             "00-{:032x}-{:016x}-{:02x}",
             self.trace_id, self.parent_id, self.flags
         )
+    }
+}
+
+/// The structured-mode CloudEvent [`Envelope::to_json`] writes, with any
+/// `data`; the AsyncAPI document narrows `type` and `data` per event type.
+impl utoipa::PartialSchema for Envelope {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
+        let string = |description: &str| {
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .description(Some(description))
+        };
+        ObjectBuilder::new()
+            .description(Some(
+                "A CloudEvents 1.0 event in the structured JSON format (application/cloudevents+json).",
+            ))
+            .property("specversion", string("Always 1.0.").enum_values(Some(["1.0"])))
+            .property(
+                "id",
+                string("UUID v7: ids sort by creation time; a consumer skips an id it processed.")
+                    .format(Some(SchemaFormat::KnownFormat(KnownFormat::Uuid))),
+            )
+            .property("type", string("The event type, e.g. orderflow.order.placed."))
+            .property("source", string("Always urn:orderflow.").enum_values(Some([SOURCE])))
+            .property(
+                "time",
+                string("When it happened (RFC 3339).")
+                    .format(Some(SchemaFormat::KnownFormat(KnownFormat::DateTime))),
+            )
+            .property("subject", string("What it is about: orders/{id}, users/{id}, groups/{group}/events/{id}."))
+            .property("datacontenttype", string("Always application/json.").enum_values(Some(["application/json"])))
+            .property("partitionkey", string("CloudEvents Partitioning extension: the record key, the user id."))
+            .property("traceparent", string("W3C Trace Context of the request that caused the event (Distributed Tracing extension)."))
+            .property("data", ObjectBuilder::new().schema_type(Type::Object))
+            .required("specversion")
+            .required("id")
+            .required("type")
+            .required("source")
+            .required("time")
+            .required("subject")
+            .required("datacontenttype")
+            .required("partitionkey")
+            .required("data")
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Envelope {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "CloudEvent".into()
     }
 }
 

@@ -1,6 +1,9 @@
 //! orderflow's domain: the types and rules of an online shop's orders, with no IO.
 //!
 //! Map of the crate:
+//! - [`rules`]: input rules written once ([`rules::TextRule`], [`rules::IntRule`],
+//!   [`rules::CountRule`]): validation runs them and the OpenAPI schema is built
+//!   from them.
 //! - [`money`]: integer cents and ISO currency codes; all arithmetic is checked.
 //! - [`user`]: registration input rules (e-mail shape, password policy) and roles.
 //! - [`product`]: catalog items and the rules for creating and updating them.
@@ -20,6 +23,7 @@ pub mod money;
 pub mod notification;
 pub mod order;
 pub mod product;
+pub mod rules;
 pub mod user;
 
 pub use error::ValidationError;

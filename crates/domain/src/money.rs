@@ -6,6 +6,15 @@
 use serde::{Deserialize, Serialize};
 
 use crate::ValidationError;
+use crate::rules::TextRule;
+
+/// An ISO 4217 code as the API takes it.
+pub static CURRENCY: TextRule = TextRule::new(
+    3,
+    3,
+    Some("^[A-Z]{3}$"),
+    "upper-case letters of an ISO 4217 code such as EUR",
+);
 
 /// An ISO 4217 currency code such as `EUR`; always three upper-case ASCII letters.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -14,14 +23,7 @@ pub struct Currency(String);
 
 impl Currency {
     pub fn parse(code: &str) -> Result<Self, ValidationError> {
-        if code.len() == 3 && code.bytes().all(|b| b.is_ascii_uppercase()) {
-            Ok(Self(code.to_owned()))
-        } else {
-            Err(ValidationError::new(
-                "currency",
-                "must be a three-letter upper-case ISO 4217 code such as EUR",
-            ))
-        }
+        Ok(Self(CURRENCY.check("currency", code)?.to_owned()))
     }
 
     pub fn as_str(&self) -> &str {

@@ -12,10 +12,23 @@ use serde::{Deserialize, Serialize};
 
 use crate::money::{Currency, Money};
 use crate::product::Product;
+use crate::rules::{CountRule, IntRule};
 use crate::{OrderId, ProductId, Timestamp, UserId, ValidationError};
 
 pub const MAX_LINES: usize = 50;
 pub const MAX_QUANTITY: u32 = 100;
+
+/// How many lines an order may have.
+pub const LINES: CountRule = CountRule {
+    min_items: 1,
+    max_items: MAX_LINES,
+};
+/// The quantity of one line (and of one product over all lines, see
+/// [`validate_request`]).
+pub const QUANTITY: IntRule = IntRule {
+    min: 1,
+    max: MAX_QUANTITY as i64,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -123,8 +136,9 @@ pub struct RequestedLine {
 }
 
 /// A priced, validated line.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct OrderLine {
+    #[schema(value_type = uuid::Uuid)]
     pub product_id: ProductId,
     pub sku: String,
     pub name: String,
@@ -163,27 +177,10 @@ pub struct HistoryEntry {
 /// 1..=50 lines, each quantity 1..=100. Repeated products are merged, so
 /// stock is reserved once per product.
 pub fn validate_request(lines: &[RequestedLine]) -> Result<Vec<(ProductId, u32)>, ValidationError> {
-    if lines.is_empty() {
-        return Err(ValidationError::new(
-            "items",
-            "must contain at least one line",
-        ));
-    }
-    if lines.len() > MAX_LINES {
-        return Err(ValidationError::new(
-            "items",
-            format!("must contain at most {MAX_LINES} lines"),
-        ));
-    }
+    LINES.check("items", lines.len())?;
     let mut merged: Vec<(ProductId, u32)> = Vec::with_capacity(lines.len());
     for (index, line) in lines.iter().enumerate() {
-        let max = i64::from(MAX_QUANTITY);
-        if !(1..=max).contains(&line.quantity) {
-            return Err(ValidationError::new(
-                format!("items[{index}].quantity"),
-                format!("must be between 1 and {MAX_QUANTITY}"),
-            ));
-        }
+        QUANTITY.check(&format!("items[{index}].quantity"), line.quantity)?;
         let quantity = line.quantity as u32;
         match merged.iter_mut().find(|(id, _)| *id == line.product_id) {
             Some((_, existing)) => {

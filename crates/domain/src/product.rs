@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::money::Currency;
+use crate::rules::{IntRule, PRINTABLE_TEXT, TextRule};
 use crate::{ProductId, Timestamp, ValidationError};
 
 /// A product as the catalog serves it. `stock` is the quantity that can still be
@@ -34,8 +35,33 @@ pub const MAX_PRODUCT_NAME_CHARS: usize = 200;
 pub const MAX_PRICE_CENTS: i64 = 10_000_000_000;
 pub const MAX_STOCK: i64 = 1_000_000_000;
 
+/// A stock-keeping unit: letters, digits, `-`, `_`, `.`, nothing else.
+pub static SKU: TextRule = TextRule::new(
+    1,
+    MAX_SKU_CHARS,
+    Some("^[A-Za-z0-9._-]+$"),
+    "characters of A-Z, a-z, 0-9, '-', '_' or '.'",
+);
+/// A product's name: stored trimmed, limited as sent.
+pub static PRODUCT_NAME: TextRule = TextRule::new(
+    1,
+    MAX_PRODUCT_NAME_CHARS,
+    Some(PRINTABLE_TEXT),
+    "characters without control characters, not all blank",
+);
+pub const PRICE_CENTS: IntRule = IntRule {
+    min: 0,
+    max: MAX_PRICE_CENTS,
+};
+pub const STOCK: IntRule = IntRule {
+    min: 0,
+    max: MAX_STOCK,
+};
+
 impl ProductDraft {
-    /// Validates raw input; each error names the field.
+    /// Validates raw input against [`SKU`], [`PRODUCT_NAME`],
+    /// [`PRICE_CENTS`], [`STOCK`] and the currency rule; each error names
+    /// the field.
     pub fn new(
         sku: &str,
         name: &str,
@@ -43,49 +69,12 @@ impl ProductDraft {
         currency: &str,
         stock: i64,
     ) -> Result<Self, ValidationError> {
-        let sku = sku.trim();
-        if sku.is_empty()
-            || sku.chars().count() > MAX_SKU_CHARS
-            || !sku
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        {
-            return Err(ValidationError::new(
-                "sku",
-                format!(
-                    "must be 1 to {MAX_SKU_CHARS} characters of A-Z, a-z, 0-9, '-', '_' or '.'"
-                ),
-            ));
-        }
-        let name = name.trim();
-        let name_chars = name.chars().count();
-        if name_chars == 0
-            || name_chars > MAX_PRODUCT_NAME_CHARS
-            || name.chars().any(char::is_control)
-        {
-            return Err(ValidationError::new(
-                "name",
-                format!("must be 1 to {MAX_PRODUCT_NAME_CHARS} printable characters"),
-            ));
-        }
-        if !(0..=MAX_PRICE_CENTS).contains(&price_cents) {
-            return Err(ValidationError::new(
-                "price_cents",
-                format!("must be between 0 and {MAX_PRICE_CENTS}"),
-            ));
-        }
-        if !(0..=MAX_STOCK).contains(&stock) {
-            return Err(ValidationError::new(
-                "stock",
-                format!("must be between 0 and {MAX_STOCK}"),
-            ));
-        }
         Ok(Self {
-            sku: sku.to_owned(),
-            name: name.to_owned(),
-            price_cents,
+            sku: SKU.check("sku", sku)?.to_owned(),
+            name: PRODUCT_NAME.check("name", name)?.trim().to_owned(),
+            price_cents: PRICE_CENTS.check("price_cents", price_cents)?,
             currency: Currency::parse(currency)?,
-            stock,
+            stock: STOCK.check("stock", stock)?,
         })
     }
 }

@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::ValidationError;
+use crate::rules::{NO_CONTROL, PRINTABLE_TEXT, TextRule, control_class};
 
 /// What a user may do. Catalog writes, the DLQ and key rotation need `Admin`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,6 +35,52 @@ pub const MAX_PASSWORD_CHARS: usize = 256;
 pub const MAX_NAME_CHARS: usize = 100;
 pub const MAX_EMAIL_CHARS: usize = 254;
 
+/// An e-mail address: one `@` with something on both sides, a domain of
+/// dot-separated labels (at least two), no white space or control
+/// characters anywhere (so no surrounding spaces either).
+pub static EMAIL: TextRule = TextRule::new(
+    5,
+    MAX_EMAIL_CHARS,
+    Some(concat!(
+        "^[^@\\s",
+        control_class!(),
+        "]+@[^@.\\s",
+        control_class!(),
+        "]+(\\.[^@.\\s",
+        control_class!(),
+        "]+)+$"
+    )),
+    "characters of an e-mail address like name@example.com",
+);
+
+/// The password's length; [`check_password`] also refuses common passwords,
+/// which no schema can say.
+pub static PASSWORD: TextRule =
+    TextRule::new(MIN_PASSWORD_CHARS, MAX_PASSWORD_CHARS, None, "characters");
+
+/// A display name: stored trimmed, limited as sent.
+pub static NAME: TextRule = TextRule::new(
+    1,
+    MAX_NAME_CHARS,
+    Some(PRINTABLE_TEXT),
+    "characters without control characters, not all blank",
+);
+
+/// The e-mail typed at login: only bounded (a malformed one simply matches
+/// no account, answered like a wrong password).
+pub static LOGIN_EMAIL: TextRule = TextRule::new(0, MAX_EMAIL_CHARS, None, "characters");
+
+/// The password typed at login: only bounded, like [`LOGIN_EMAIL`].
+pub static LOGIN_PASSWORD: TextRule = TextRule::new(0, MAX_PASSWORD_CHARS, None, "characters");
+
+/// The device name given at login; an empty or blank one is stored as "unknown".
+pub static DEVICE: TextRule = TextRule::new(
+    0,
+    MAX_NAME_CHARS,
+    Some(NO_CONTROL),
+    "characters without control characters",
+);
+
 /// A few hundred passwords (10+ characters, so they pass the length rule)
 /// from the top of public breach corpora, bundled with the binary: checked
 /// in memory, never sent anywhere.
@@ -49,40 +96,15 @@ pub fn is_common_password(password: &str) -> bool {
         .any(|common| common == lowered)
 }
 
-/// Normalizes and checks an e-mail address: trimmed, lower-cased, one `@`
-/// with something on both sides and a dot in the domain.
+/// Checks an e-mail address against [`EMAIL`] and lower-cases it.
 pub fn normalize_email(raw: &str) -> Result<String, ValidationError> {
-    let email = raw.trim().to_lowercase();
-    let bad = || ValidationError::new("email", "must be an e-mail address like name@example.com");
-    if email.is_empty() || email.chars().count() > MAX_EMAIL_CHARS {
-        return Err(bad());
-    }
-    let (local, domain) = email.split_once('@').ok_or_else(bad)?;
-    let domain_ok = domain.contains('.')
-        && !domain.starts_with('.')
-        && !domain.ends_with('.')
-        && !domain.contains('@');
-    if local.is_empty() || !domain_ok || email.chars().any(char::is_whitespace) {
-        return Err(bad());
-    }
-    Ok(email)
+    Ok(EMAIL.check("email", raw)?.to_lowercase())
 }
 
-/// The password policy: length bounds and not one of the most common passwords.
+/// The password policy: [`PASSWORD`]'s length bounds and not one of the
+/// most common passwords.
 pub fn check_password(password: &str) -> Result<(), ValidationError> {
-    let chars = password.chars().count();
-    if chars < MIN_PASSWORD_CHARS {
-        return Err(ValidationError::new(
-            "password",
-            format!("must be at least {MIN_PASSWORD_CHARS} characters"),
-        ));
-    }
-    if chars > MAX_PASSWORD_CHARS {
-        return Err(ValidationError::new(
-            "password",
-            format!("must be at most {MAX_PASSWORD_CHARS} characters"),
-        ));
-    }
+    PASSWORD.check("password", password)?;
     if is_common_password(password) {
         return Err(ValidationError::new(
             "password",
@@ -92,17 +114,9 @@ pub fn check_password(password: &str) -> Result<(), ValidationError> {
     Ok(())
 }
 
-/// Display names: trimmed, 1..=100 characters, no control characters.
+/// Checks a display name against [`NAME`] and trims it.
 pub fn normalize_name(raw: &str) -> Result<String, ValidationError> {
-    let name = raw.trim();
-    let chars = name.chars().count();
-    if chars == 0 || chars > MAX_NAME_CHARS || name.chars().any(char::is_control) {
-        return Err(ValidationError::new(
-            "name",
-            format!("must be 1 to {MAX_NAME_CHARS} printable characters"),
-        ));
-    }
-    Ok(name.to_owned())
+    Ok(NAME.check("name", raw)?.trim().to_owned())
 }
 
 #[cfg(test)]
@@ -112,11 +126,15 @@ mod tests {
     #[test]
     fn emails_are_normalized_and_checked() {
         assert_eq!(
-            normalize_email("  Ann@Example.COM ").unwrap(),
+            normalize_email("Ann@Example.COM").unwrap(),
             "ann@example.com"
         );
         for bad in [
             "",
+            " ann@example.com",
+            "ann@example..com",
+            "ann@@example.com",
+            "a\u{1}@example.com",
             "ann",
             "ann@",
             "@example.com",
@@ -164,6 +182,10 @@ mod tests {
         assert_eq!(normalize_name("  Ann ").unwrap(), "Ann");
         assert!(normalize_name("   ").is_err());
         assert!(normalize_name(&"x".repeat(101)).is_err());
+        assert!(
+            normalize_name(&format!(" {}", "x".repeat(100))).is_err(),
+            "the limit applies to what was sent"
+        );
         assert!(normalize_name("a\u{0}b").is_err());
     }
 }

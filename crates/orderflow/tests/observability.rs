@@ -11,6 +11,8 @@
 //! - an in-test OTLP/HTTP collector receives the spans, and one order's
 //!   trace holds the API request and the handling span of every consumer group.
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -45,19 +47,10 @@ impl Orderflow {
             .map(|(k, v)| OsString::from(format!("{k}={v}")))
             .collect();
         args.push(env!("CARGO_BIN_EXE_orderflow").into());
-        for arg in [
-            "--data-dir",
-            dir.path().join("data").to_str().unwrap(),
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--sim-email-latency-ms",
-            "0",
-            "--sim-sms-latency-ms",
-            "0",
-            "--sim-push-latency-ms",
-            "0",
-            "--sim-payment-latency-ms",
-            "0",
+        let listen = format!("127.0.0.1:{port}");
+        let data = dir.path().join("data");
+        let first = ["--data-dir", data.to_str().unwrap(), "--listen", &listen];
+        for arg in first.into_iter().chain(support::INSTANT_PROVIDERS).chain([
             "--rate-limits",
             "off",
             "--auth-rate-per-sec",
@@ -66,7 +59,7 @@ impl Orderflow {
             "0",
             "serve",
             "--demo",
-        ] {
+        ]) {
             args.push(arg.into());
         }
         let server = ServerProcess::spawn(

@@ -8,16 +8,30 @@
 //! when all arrived does [`EventPublisher::publish`] return `Ok`, and only
 //! then does the relay mark the rows sent.
 //!
-//! Each record: key = the event's key (the user id, so one shopper's events
-//! share a partition), value = the envelope's structured-mode CloudEvents
-//! JSON, headers `ce_id`, `ce_type` and, when the event has one,
-//! `traceparent` (W3C), so tools can route and trace without parsing JSON.
+//! Each record follows the CloudEvents Kafka protocol binding in
+//! *structured* mode: value = the whole event as CloudEvents JSON (the
+//! envelope's `to_bytes`), header `content-type:
+//! application/cloudevents+json; charset=UTF-8`, which is what tells a
+//! CloudEvents SDK to read the value as a structured event (without it, the
+//! binding says binary mode and the SDK looks for `ce_specversion`,
+//! `ce_source` … headers). Structured rather than binary because the event
+//! is one self-contained document everywhere else too (the embedded log,
+//! the outbox, the dead-letter table, `failed.messages`, which wraps the
+//! original), so a record can be copied, stored or replayed without losing
+//! attributes to a header-stripping hop. key = the event's key (the user
+//! id, so one shopper's events share a partition; the binding maps it to
+//! the `partitionkey` extension, which the event carries too). Besides
+//! `content-type`, only `traceparent` (W3C) travels as a header, so tracing
+//! tools see it without parsing the value. No `ce_` headers: they are the
+//! binary mode's, and SDKs that pick the mode by their presence (the Python
+//! SDK's `from_kafka` does) would read the record as a binary event.
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 use orderflow_core::ports::log::{LogError, LogResult};
 use orderflow_core::ports::outbox::{EventPublisher, OutboxEvent};
+use orderflow_domain::events::STRUCTURED_CONTENT_TYPE;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
@@ -86,16 +100,10 @@ impl EventPublisher for KafkaPublisher {
         for event in events {
             let topic = self.settings.topic(&event.topic);
             let payload = event.envelope.to_bytes();
-            let id = event.envelope.id.to_string();
-            let mut headers = OwnedHeaders::new()
-                .insert(Header {
-                    key: "ce_id",
-                    value: Some(id.as_str()),
-                })
-                .insert(Header {
-                    key: "ce_type",
-                    value: Some(event.envelope.type_name()),
-                });
+            let mut headers = OwnedHeaders::new().insert(Header {
+                key: "content-type",
+                value: Some(STRUCTURED_CONTENT_TYPE),
+            });
             if let Some(traceparent) = &event.envelope.traceparent {
                 headers = headers.insert(Header {
                     key: "traceparent",

@@ -10,11 +10,20 @@ use utoipa::ToSchema;
 use crate::AppState;
 use crate::extract::{ApiJson, Caller, client_ip};
 use crate::problem::ApiResult;
+use crate::schema;
 
+/// A new shopper account.
+// Like every request body, unknown properties are refused (422
+// malformed-body), so a misspelt field is never silently dropped; the
+// derived schema says `additionalProperties: false`.
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct RegisterRequest {
+    #[schema(schema_with = schema::email)]
     pub email: String,
+    #[schema(schema_with = schema::password)]
     pub password: String,
+    #[schema(schema_with = schema::user_name)]
     pub name: String,
 }
 
@@ -26,15 +35,20 @@ pub struct UserView {
 }
 
 #[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct LoginRequest {
+    #[schema(schema_with = schema::login_email)]
     pub email: String,
+    #[schema(schema_with = schema::login_password)]
     pub password: String,
-    /// A name for this device's session, e.g. "phone".
+    #[schema(schema_with = schema::device)]
     pub device: Option<String>,
 }
 
 #[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct RefreshRequest {
+    #[schema(schema_with = schema::refresh_token)]
     pub refresh_token: String,
 }
 
@@ -60,10 +74,8 @@ impl From<orderflow_core::services::auth::TokenPair> for TokenPairView {
 }
 
 /// Creates a shopper account.
-#[utoipa::path(post, path = "/api/v1/auth/register", tag = "auth", request_body = RegisterRequest, responses(
-    (status = 201, body = UserView),
-    (status = 409, description = "e-mail taken", content_type = "application/problem+json"),
-    (status = 422, description = "bad e-mail, weak password or bad name", content_type = "application/problem+json")))]
+#[utoipa::path(post, operation_id = "register", path = "/api/v1/auth/register", tag = "auth", request_body = RegisterRequest, responses(
+    (status = 201, body = UserView)))]
 pub async fn register(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<RegisterRequest>,
@@ -87,10 +99,8 @@ pub async fn register(
 /// Failed attempts are counted per account and per client IP; past a few,
 /// further attempts are refused with 429 and `Retry-After` for a window that
 /// doubles with each failure.
-#[utoipa::path(post, path = "/api/v1/auth/login", tag = "auth", request_body = LoginRequest, responses(
-    (status = 200, body = TokenPairView),
-    (status = 401, description = "wrong e-mail or password", content_type = "application/problem+json"),
-    (status = 429, description = "too many failed attempts for this account or address", content_type = "application/problem+json")))]
+#[utoipa::path(post, operation_id = "login", path = "/api/v1/auth/login", tag = "auth", request_body = LoginRequest, responses(
+    (status = 200, body = TokenPairView)))]
 pub async fn login(
     State(state): State<AppState>,
     parts: Parts,
@@ -110,9 +120,8 @@ pub async fn login(
 }
 
 /// Swaps a refresh token for a new pair; the old refresh token stops working.
-#[utoipa::path(post, path = "/api/v1/auth/refresh", tag = "auth", request_body = RefreshRequest, responses(
-    (status = 200, body = TokenPairView),
-    (status = 401, description = "unknown, expired, revoked or reused refresh token", content_type = "application/problem+json")))]
+#[utoipa::path(post, operation_id = "refresh", path = "/api/v1/auth/refresh", tag = "auth", request_body = RefreshRequest, responses(
+    (status = 200, body = TokenPairView)))]
 pub async fn refresh(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<RefreshRequest>,
@@ -121,9 +130,8 @@ pub async fn refresh(
 }
 
 /// Logs this device out: the access token is revoked until it would expire.
-#[utoipa::path(post, path = "/api/v1/auth/logout", tag = "auth", security(("bearer" = [])), responses(
-    (status = 204, description = "logged out"),
-    (status = 401, description = "no valid token", content_type = "application/problem+json")))]
+#[utoipa::path(post, operation_id = "logout", path = "/api/v1/auth/logout", tag = "auth", security(("bearer" = [])), responses(
+    (status = 204, description = "logged out")))]
 pub async fn logout(
     State(state): State<AppState>,
     Caller(principal): Caller,
@@ -134,9 +142,8 @@ pub async fn logout(
 
 /// Logs out every device of the caller: every refresh token dies, and every
 /// access token stops working at once.
-#[utoipa::path(post, path = "/api/v1/auth/logout-all", tag = "auth", security(("bearer" = [])), responses(
-    (status = 204, description = "every session ended"),
-    (status = 401, description = "no valid token", content_type = "application/problem+json")))]
+#[utoipa::path(post, operation_id = "logout_all", path = "/api/v1/auth/logout-all", tag = "auth", security(("bearer" = [])), responses(
+    (status = 204, description = "every session ended")))]
 pub async fn logout_all(
     State(state): State<AppState>,
     Caller(principal): Caller,

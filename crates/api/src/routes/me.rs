@@ -56,7 +56,7 @@ pub struct LimitParams {
 }
 
 /// The caller's notifications, newest first.
-#[utoipa::path(get, path = "/api/v1/me/notifications", tag = "me", security(("bearer" = [])), params(LimitParams), responses((status = 200, body = NotificationListView)))]
+#[utoipa::path(get, operation_id = "list_notifications", path = "/api/v1/me/notifications", tag = "me", security(("bearer" = [])), params(LimitParams), responses((status = 200, body = NotificationListView)))]
 pub async fn notifications(
     State(state): State<AppState>,
     Caller(principal): Caller,
@@ -80,7 +80,7 @@ pub async fn notifications(
 }
 
 /// The caller's loyalty points and rank.
-#[utoipa::path(get, path = "/api/v1/me/points", tag = "me", security(("bearer" = [])), responses((status = 200, body = PointsView)))]
+#[utoipa::path(get, operation_id = "get_points", path = "/api/v1/me/points", tag = "me", security(("bearer" = [])), responses((status = 200, body = PointsView)))]
 pub async fn points(
     State(state): State<AppState>,
     Caller(principal): Caller,
@@ -93,7 +93,7 @@ pub async fn points(
 }
 
 /// Shoppers with the most points.
-#[utoipa::path(get, path = "/api/v1/leaderboard", tag = "me", params(LimitParams), responses((status = 200, body = LeaderboardView)))]
+#[utoipa::path(get, operation_id = "get_leaderboard", path = "/api/v1/leaderboard", tag = "me", params(LimitParams), responses((status = 200, body = LeaderboardView)))]
 pub async fn leaderboard(
     State(state): State<AppState>,
     ApiQuery(params): ApiQuery<LimitParams>,
@@ -130,9 +130,8 @@ pub struct SessionListView {
 }
 
 /// The caller's signed-in devices, newest first.
-#[utoipa::path(get, path = "/api/v1/me/sessions", tag = "me", security(("bearer" = [])), responses(
-    (status = 200, body = SessionListView),
-    (status = 401, description = "no valid token", content_type = "application/problem+json")))]
+#[utoipa::path(get, operation_id = "list_sessions", path = "/api/v1/me/sessions", tag = "me", security(("bearer" = [])), responses(
+    (status = 200, body = SessionListView)))]
 pub async fn sessions(
     State(state): State<AppState>,
     Caller(principal): Caller,
@@ -154,13 +153,10 @@ pub async fn sessions(
 
 /// Logs one device out: its refresh token dies and its access tokens stop
 /// working at once.
-#[utoipa::path(delete, path = "/api/v1/me/sessions/{id}", tag = "me", security(("bearer" = [])),
+#[utoipa::path(delete, operation_id = "end_session", path = "/api/v1/me/sessions/{id}", tag = "me", security(("bearer" = [])),
     params(("id" = uuid::Uuid, Path, description = "session id")),
     responses(
-    (status = 204, description = "the session ended"),
-    (status = 400, description = "the id is not a UUID", content_type = "application/problem+json"),
-    (status = 401, description = "no valid token", content_type = "application/problem+json"),
-    (status = 404, description = "no such session of the caller", content_type = "application/problem+json")))]
+    (status = 204, description = "the session ended")))]
 pub async fn end_session(
     State(state): State<AppState>,
     Caller(principal): Caller,

@@ -50,6 +50,10 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics_endpoint))
+        .route(
+            "/asyncapi.json",
+            get(|| async { axum::Json(crate::asyncapi::document()) }),
+        )
         .merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

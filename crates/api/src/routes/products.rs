@@ -14,6 +14,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::AppState;
 use crate::extract::{AdminCaller, ApiJson, ApiQuery};
 use crate::problem::ApiResult;
+use crate::schema;
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ProductView {
@@ -58,11 +59,19 @@ pub struct ListParams {
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ProductInput {
+    #[schema(schema_with = schema::sku)]
     pub sku: String,
+    #[schema(schema_with = schema::product_name)]
     pub name: String,
+    #[serde(deserialize_with = "schema::whole_number")]
+    #[schema(schema_with = schema::price_cents)]
     pub price_cents: i64,
+    #[schema(schema_with = schema::currency)]
     pub currency: String,
+    #[serde(deserialize_with = "schema::whole_number")]
+    #[schema(schema_with = schema::stock)]
     pub stock: i64,
 }
 
@@ -79,7 +88,7 @@ impl ProductInput {
 }
 
 /// Lists products in a stable order, a page at a time.
-#[utoipa::path(get, path = "/api/v1/products", tag = "catalog", params(ListParams), responses((status = 200, body = ProductPageView)))]
+#[utoipa::path(get, operation_id = "list_products", path = "/api/v1/products", tag = "catalog", params(ListParams), responses((status = 200, body = ProductPageView)))]
 pub async fn list(
     State(state): State<AppState>,
     ApiQuery(params): ApiQuery<ListParams>,
@@ -92,10 +101,9 @@ pub async fn list(
 }
 
 /// One product. Answers 304 when `If-None-Match` carries the current `ETag`.
-#[utoipa::path(get, path = "/api/v1/products/{id}", tag = "catalog", params(("id" = uuid::Uuid, Path, description = "product id")), responses(
+#[utoipa::path(get, operation_id = "get_product", path = "/api/v1/products/{id}", tag = "catalog", params(("id" = uuid::Uuid, Path, description = "product id")), responses(
     (status = 200, body = ProductView, headers(("ETag" = String), ("Cache-Control" = String))),
-    (status = 304, description = "not modified"),
-    (status = 404, description = "unknown product", content_type = "application/problem+json")))]
+    (status = 304, description = "not modified")))]
 pub async fn get_one(
     State(state): State<AppState>,
     Path(id): Path<uuid::Uuid>,
@@ -137,11 +145,8 @@ pub async fn get_one(
 }
 
 /// Adds a product (admin).
-#[utoipa::path(post, path = "/api/v1/products", tag = "catalog", request_body = ProductInput, security(("bearer" = [])), responses(
-    (status = 201, body = ProductView),
-    (status = 403, description = "not an admin", content_type = "application/problem+json"),
-    (status = 409, description = "SKU taken", content_type = "application/problem+json"),
-    (status = 422, description = "invalid field", content_type = "application/problem+json")))]
+#[utoipa::path(post, operation_id = "create_product", path = "/api/v1/products", tag = "catalog", request_body = ProductInput, security(("bearer" = [])), responses(
+    (status = 201, body = ProductView)))]
 pub async fn create(
     State(state): State<AppState>,
     AdminCaller(_admin): AdminCaller,
@@ -152,12 +157,9 @@ pub async fn create(
 }
 
 /// Replaces a product's fields (admin); cached copies are invalidated.
-#[utoipa::path(put, path = "/api/v1/products/{id}", tag = "catalog", request_body = ProductInput, security(("bearer" = [])),
+#[utoipa::path(put, operation_id = "update_product", path = "/api/v1/products/{id}", tag = "catalog", request_body = ProductInput, security(("bearer" = [])),
     params(("id" = uuid::Uuid, Path, description = "product id")), responses(
-    (status = 200, body = ProductView),
-    (status = 403, description = "not an admin", content_type = "application/problem+json"),
-    (status = 404, description = "unknown product", content_type = "application/problem+json"),
-    (status = 422, description = "invalid field", content_type = "application/problem+json")))]
+    (status = 200, body = ProductView)))]
 pub async fn update(
     State(state): State<AppState>,
     AdminCaller(_admin): AdminCaller,

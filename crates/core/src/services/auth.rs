@@ -21,6 +21,7 @@ use argon2::password_hash::{
 use base64::Engine;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use orderflow_domain::events::{Envelope, EventData};
+use orderflow_domain::rules::TextRule;
 use orderflow_domain::user::{self, Role};
 use orderflow_domain::{Timestamp, UserId};
 use serde::{Deserialize, Serialize};
@@ -468,6 +469,11 @@ impl AuthService {
         device: Option<&str>,
         client_ip: Option<&str>,
     ) -> Result<TokenPair, CoreError> {
+        user::LOGIN_EMAIL.check("email", email)?;
+        user::LOGIN_PASSWORD.check("password", password)?;
+        if let Some(device) = device {
+            user::DEVICE.check("device", device)?;
+        }
         let normalized = user::normalize_email(email).ok();
         // Hashed: a fixed-size key however long the typed e-mail, and no
         // e-mail addresses held in the throttle's memory.
@@ -522,6 +528,7 @@ impl AuthService {
 
     /// Swaps a refresh token for a new pair; the presented one stops working.
     pub async fn refresh(&self, refresh_token: &str) -> Result<TokenPair, CoreError> {
+        REFRESH_TOKEN.check("refresh_token", refresh_token)?;
         let now = chrono::Utc::now();
         let new_refresh = new_refresh_token();
         let rotation = self
@@ -911,6 +918,11 @@ fn dummy_hash() -> &'static str {
             .to_string()
     })
 }
+
+/// What a refresh token can look like: [`new_refresh_token`] makes 43
+/// base64url characters; the bound leaves room for a longer format later.
+pub static REFRESH_TOKEN: TextRule =
+    TextRule::new(1, 128, Some("^[A-Za-z0-9_-]+$"), "base64url characters");
 
 fn new_refresh_token() -> String {
     let mut bytes = [0u8; 32];

@@ -32,8 +32,18 @@ use crate::ports::store::{
 use crate::services::auth::sha256_hex;
 use crate::services::catalog::CatalogService;
 use crate::services::effects::{self, Notifiers};
+use orderflow_domain::rules::TextRule;
 
 pub const MAX_IDEMPOTENCY_KEY_CHARS: usize = 255;
+
+/// The `Idempotency-Key` header: visible ASCII (no spaces, which proxies may
+/// trim), at most 255 characters.
+pub static IDEMPOTENCY_KEY: TextRule = TextRule::new(
+    1,
+    MAX_IDEMPOTENCY_KEY_CHARS,
+    Some("^[!-~]+$"),
+    "visible ASCII characters",
+);
 pub const MAX_ORDERS_PAGE: u32 = 100;
 
 /// How the side effects of an order happen.
@@ -403,17 +413,7 @@ async fn claim(
 }
 
 fn check_idempotency_key(key: &str) -> Result<(), ValidationError> {
-    let ok = !key.is_empty()
-        && key.chars().count() <= MAX_IDEMPOTENCY_KEY_CHARS
-        && key.chars().all(|c| c.is_ascii_graphic());
-    if ok {
-        Ok(())
-    } else {
-        Err(ValidationError::new(
-            "Idempotency-Key",
-            format!("must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} visible ASCII characters"),
-        ))
-    }
+    IDEMPOTENCY_KEY.check("Idempotency-Key", key).map(drop)
 }
 
 /// The JSON shape of an order in answers (and saved idempotent answers).

@@ -246,23 +246,12 @@ async fn the_server_with_its_workers_stops_cleanly_and_loses_nothing() {
     // Real background workers this time (no manual stepping).
     let dir = tempfile::tempdir().unwrap();
     use clap::Parser;
-    let cli = orderflow::cli::Cli::try_parse_from([
-        "orderflow",
-        "--data-dir",
-        dir.path().to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-        "--sim-email-latency-ms",
-        "0",
-        "--sim-sms-latency-ms",
-        "0",
-        "--sim-push-latency-ms",
-        "0",
-        "--sim-payment-latency-ms",
-        "0",
-        "serve",
-    ])
-    .unwrap();
+    let args = ["orderflow", "--data-dir", dir.path().to_str().unwrap()]
+        .into_iter()
+        .chain(["--listen", "127.0.0.1:0"])
+        .chain(crate::support::INSTANT_PROVIDERS)
+        .chain(["serve"]);
+    let cli = orderflow::cli::Cli::try_parse_from(args).unwrap();
     let app = std::sync::Arc::new(orderflow::App::build(cli.settings.clone()).await.unwrap());
     let product = app
         .catalog

@@ -15,9 +15,7 @@ use serde_json::{Value, json};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
-pub const ADMIN_EMAIL: &str = "admin@example.com";
-pub const ADMIN_PASSWORD: &str = "admin-password-for-tests";
-pub const PASSWORD: &str = "a long enough password";
+pub use crate::support::{ADMIN_EMAIL, ADMIN_PASSWORD, PASSWORD};
 
 /// A running app with its own data dir, and the consumer groups, which the
 /// test steps itself.
@@ -37,38 +35,19 @@ pub struct TestApp {
 pub async fn spawn_app_with(extra: &[&str]) -> TestApp {
     let data_dir = tempfile::tempdir().expect("temp dir");
     let dir = data_dir.path().to_str().unwrap().to_owned();
-    let mut args: Vec<String> = [
-        "orderflow",
-        "--data-dir",
-        &dir,
-        "--listen",
-        "127.0.0.1:0",
-        "--admin-email",
-        ADMIN_EMAIL,
-        "--admin-password",
-        ADMIN_PASSWORD,
-        "--sim-email-latency-ms",
-        "0",
-        "--sim-sms-latency-ms",
-        "0",
-        "--sim-push-latency-ms",
-        "0",
-        "--sim-payment-latency-ms",
-        "0",
-        "--retry-max-attempts",
-        "3",
-        "--retry-base-ms",
-        "1",
-        "--retry-max-ms",
-        "2",
-        "--auth-rate-per-sec",
-        "0",
-        "--rate-limits",
-        "off",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let mut args: Vec<String> = crate::support::test_args(&dir)
+        .into_iter()
+        .chain(crate::support::INSTANT_PROVIDERS)
+        .chain([
+            "--retry-max-attempts",
+            "3",
+            "--retry-base-ms",
+            "1",
+            "--retry-max-ms",
+            "2",
+        ])
+        .map(str::to_owned)
+        .collect();
     args.extend(extra.iter().map(|s| s.to_string()));
     args.push("serve".into());
     let cli = Cli::try_parse_from(args).expect("test settings parse");

@@ -3,6 +3,8 @@
 //! by the test (`TestApp::drain`), never waited for with sleeps.
 
 mod helpers;
+#[path = "../support/mod.rs"]
+mod support;
 
 mod auth;
 mod catalog;
