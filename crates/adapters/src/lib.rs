@@ -1,7 +1,7 @@
 //! Adapters: the technologies behind orderflow's ports (`orderflow_core::ports`).
 //!
 //! Map of the crate:
-//! - [`sql`]: the store written once for both SQL engines: every query, row
+//! - `sql`: the store written once for both SQL engines: every query, row
 //!   mapping and the unit of work, generic over a small `Engine` trait for
 //!   what truly differs (locking, the log's append, wake-ups, encodings);
 //!   the module docs say why this shape and not `sqlx::Any` or a query

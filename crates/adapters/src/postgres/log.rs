@@ -2,7 +2,7 @@
 //! offsets, consumer groups with committed offsets and partition assignment)
 //! on five tables:
 //!
-//! - `event_log`: the events, appended by [`PostgresTx`](super::PostgresTx)
+//! - `event_log`: the events, appended by `PostgresTx`
 //!   inside the producing transaction;
 //! - `log_partitions`: the end offset of every partition. The appending
 //!   transaction increments its partition's row and holds the row lock until
@@ -200,7 +200,7 @@ pub struct PartitionOwner {
 }
 
 /// The embedded event log on PostgreSQL. Made by
-/// [`PostgresStore::event_log`](super::PostgresStore::event_log); cheap to
+/// `PostgresStore::event_log`; cheap to
 /// clone.
 #[derive(Clone)]
 pub struct PostgresEventLog {

@@ -6,14 +6,14 @@
 //! relay drains into Kafka (behind [`Outbox`](orderflow_core::ports::outbox::Outbox)).
 //!
 //! The store's queries, row mappings and unit of work are written once for
-//! both engines in [`crate::sql`]; this module holds what is PostgreSQL's
+//! both engines in `sql`; this module holds what is PostgreSQL's
 //! own.
 //!
 //! Map of the module:
 //! - this file: [`PostgresEngine`] (connect, pool, the LISTEN task, the
 //!   advisory locks, the embedded log's append, and `impl Engine`), and
-//!   PostgreSQL's encodings: binding ([`crate::sql::Arg`]), column reads
-//!   ([`crate::sql::SqlRow`]), error mapping.
+//!   PostgreSQL's encodings: binding (`sql::Arg`), column reads
+//!   (`sql::SqlRow`), error mapping.
 //! - [`log`]: [`PostgresEventLog`] and [`PostgresSubscription`]: consumer
 //!   groups on the `event_log` table, partitions shared among members by
 //!   leases, woken across processes by `LISTEN/NOTIFY`.

@@ -32,14 +32,23 @@
 //! place per engine is both shorter and exact. Not a query builder: the SQL
 //! stays readable as SQL, and there is almost nothing left to render.
 //!
+//! Adding a store method: write it once, in [`store`] (stand-alone) or
+//! [`tx`] (inside a unit of work), with `per(sqlite, postgres)` only if the
+//! statement text must differ; `StoreTx::mark_processed_many` was the first
+//! added this way.
+//!
 //! Map of the module:
-//! - this file: [`Engine`], [`Exec`], [`SqlRow`], [`Stmt`] and [`Arg`],
-//!   [`SqlStore`] (what the two stores share: the engine and where events go);
+//! - this file: [`Engine`] and [`EngineCore`] (what each engine provides),
+//!   [`Exec`], [`SqlRow`], [`Stmt`] and [`Arg`], [`SqlStore`] (what the two
+//!   stores share: the engine and where events go), the savepoint steps
+//!   and appended topics a unit of work keeps;
 //! - [`rows`]: decoding rows into domain types;
 //! - [`store`]: `impl Store for SqlStore<E>`;
-//! - [`tx`]: [`SqlTx`], the unit of work (`impl StoreTx`);
+//! - [`tx`]: `SqlTx`, the unit of work (`impl StoreTx`); it queues the
+//!   writes nobody reads an answer from and sends them together (one round
+//!   trip on SQLite) before the next read, savepoint step or commit;
 //! - [`log`]: what both embedded event logs share: lag, reads of the log,
-//!   group registration and the poll-and-wait loop.
+//!   per-topic wake-ups and the poll-and-wait loop.
 
 pub(crate) mod log;
 pub(crate) mod rows;

@@ -2,7 +2,7 @@
 //! consumer groups with committed offsets) on three tables of the same SQLite
 //! database:
 //!
-//! - `event_log`: the events, appended by [`SqliteTx`](super::SqliteTx)
+//! - `event_log`: the events, appended by `SqliteTx`
 //!   inside the producing transaction (so "outbox" and "log" are the same
 //!   row, and no relay is needed);
 //! - `log_partitions`: the end offset of every partition;
@@ -45,7 +45,7 @@ pub fn partition_for(key: &str, partitions: i32) -> i32 {
 }
 
 /// The embedded event log. Made by
-/// [`SqliteStore::event_log`](super::SqliteStore::event_log); cheap to clone.
+/// `SqliteStore::event_log`; cheap to clone.
 #[derive(Clone)]
 pub struct SqliteEventLog {
     inner: Arc<SqliteEngine>,

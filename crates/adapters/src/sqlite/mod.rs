@@ -4,18 +4,18 @@
 //! [`EventLog`](orderflow_core::ports::log::EventLog).
 //!
 //! The store's queries, row mappings and unit of work are written once for
-//! both engines in [`crate::sql`]; this module holds what is SQLite's own.
+//! both engines in `sql`; this module holds what is SQLite's own.
 //!
 //! Map of the module:
 //! - this file: [`SqliteEngine`] (connect, pool settings, the writer queue,
 //!   the embedded log's append, and `impl Engine`), and SQLite's encodings:
-//!   how a value is bound ([`crate::sql::Arg`]), how a column is read
-//!   ([`crate::sql::SqlRow`]), how an error maps onto the port's.
+//!   how a value is bound (`sql::Arg`), how a column is read
+//!   (`sql::SqlRow`), how an error maps onto the port's.
 //! - [`log`]: [`SqliteEventLog`] and [`SqliteSubscription`]: consumer groups
 //!   reading the `event_log` table, with in-process wake-ups on commit.
 //! - [`outbox`]: [`SqliteOutbox`], the `outbox` table that units of work
 //!   append to instead of `event_log` when the log is Kafka
-//!   ([`SqliteStore::with_event_destination`]), drained by the relay.
+//!   (`SqliteStore::with_event_destination`), drained by the relay.
 //! - `writer`: the two-priority queue in front of SQLite's one writer.
 //!
 //! Why the writes look the way they do: SQLite has a single writer. A
@@ -25,7 +25,7 @@
 //! with `BEGIN IMMEDIATE`, which takes the write lock up front: read-then-write
 //! sequences (idempotency claims, stock reservations, refresh-token rotation)
 //! serialize instead of failing. In front of that, writers of one process
-//! queue in tokio ([`writer`]) rather than in SQLite's sleep-and-retry busy
+//! queue in tokio (`writer`) rather than in SQLite's sleep-and-retry busy
 //! handler (which is unfair and slow under contention); the busy timeout is
 //! then only needed against other processes. The queue has two priorities:
 //! a request's write ([`Store::begin`](orderflow_core::ports::store::Store::begin),

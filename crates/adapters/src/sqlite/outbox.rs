@@ -2,7 +2,7 @@
 //! ([`Outbox`] port).
 //!
 //! When the event log is Kafka, units of work append their events here
-//! instead of to `event_log` ([`SqliteStore::with_event_destination`](super::SqliteStore::with_event_destination)),
+//! instead of to `event_log` (`SqliteStore::with_event_destination`),
 //! in the same transaction as the effect that caused them. A relay claims a
 //! batch, publishes it, and marks it sent, which *deletes* the rows: once the
 //! broker has acknowledged an event, Kafka is its record, and the table holds
@@ -36,7 +36,7 @@ use super::{SqliteEngine, WritePriority, micros};
 use crate::sql::{Engine, Exec, SqlRow, rows, stmt};
 
 /// The outbox of one SQLite database. Made by
-/// [`SqliteStore::outbox`](super::SqliteStore::outbox); cheap to clone.
+/// `SqliteStore::outbox`; cheap to clone.
 #[derive(Clone)]
 pub struct SqliteOutbox {
     inner: Arc<SqliteEngine>,
