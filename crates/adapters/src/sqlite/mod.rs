@@ -253,9 +253,15 @@ impl Engine for SqliteEngine {
     /// One round trip for the whole batch: the statements joined into one
     /// multi-statement text, each one's placeholders moved past the values
     /// of those before it (sqlx binds `$n` to the n-th value across the
-    /// statements). Not kept in the prepared-statement cache: every batch
-    /// is different.
-    async fn exec_batch(conn: &mut SqliteConnection, batch: Vec<Stmt>) -> StoreResult<()> {
+    /// statements). A joined text is not kept in the prepared-statement
+    /// cache: batches differ from one another, and caching each would evict
+    /// the statements that repeat.
+    async fn exec_batch(conn: &mut SqliteConnection, mut batch: Vec<Stmt>) -> StoreResult<()> {
+        if batch.len() == 1 {
+            // Nothing to join: run it as itself, prepared once and cached.
+            conn.exec(batch.remove(0)).await?;
+            return Ok(());
+        }
         let mut sql = String::new();
         let mut args = Vec::new();
         for statement in batch {
