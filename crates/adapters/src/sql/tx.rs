@@ -667,12 +667,8 @@ impl<E: Engine> StoreTx for SqlTx<E> {
         group: &str,
         event_ids: &[EventId],
     ) -> StoreResult<Vec<bool>> {
-        match event_ids {
-            [] => return Ok(Vec::new()),
-            // One event: the plain insert, without `RETURNING` (which makes
-            // SQLite buffer the returned rows).
-            [id] => return Ok(vec![self.mark_processed(group, *id).await?]),
-            _ => {}
+        if event_ids.is_empty() {
+            return Ok(Vec::new());
         }
         let now = chrono::Utc::now();
         let mut insert = stmt(
