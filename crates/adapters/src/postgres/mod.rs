@@ -214,7 +214,16 @@ impl Engine for PostgresEngine {
         db_err
     );
     type Write = Transaction<'static, Postgres>;
-    type WriteTurn = ();
+    type WriteConn = PgConnection;
+    /// One statement, one round trip: the offset taken in a CTE.
+    const APPEND_EVENT: &'static [&'static str] = &[r#"WITH taken AS (
+           INSERT INTO log_partitions AS l (topic, "partition", next_offset)
+           VALUES ($1, $2, 1)
+           ON CONFLICT (topic, "partition") DO UPDATE SET next_offset = l.next_offset + 1
+           RETURNING next_offset - 1 AS "offset")
+       INSERT INTO event_log (topic, "partition", "offset", key, event_id, payload, created_at)
+       SELECT $1, $2, "offset", $3, $4, $5, $6 FROM taken"#];
+    type SingleWrite = sqlx::pool::PoolConnection<Postgres>;
 
     async fn begin_write(&self, _priority: WritePriority) -> StoreResult<Self::Write> {
         count("begin");
@@ -236,8 +245,8 @@ impl Engine for PostgresEngine {
         Ok(tx)
     }
 
-    async fn write_turn(&self) -> StoreResult<()> {
-        Ok(())
+    async fn single_write(&self) -> StoreResult<Self::SingleWrite> {
+        self.read().await
     }
 
     /// sqlx takes an advisory lock around the migration, so processes
@@ -296,14 +305,6 @@ impl Engine for PostgresEngine {
                 )
             })
             .collect()
-    }
-
-    /// PostgreSQL's extended protocol takes one statement per round trip.
-    async fn exec_batch(conn: &mut PgConnection, batch: Vec<Stmt>) -> StoreResult<()> {
-        for statement in batch {
-            conn.exec(statement).await?;
-        }
-        Ok(())
     }
 }
 

@@ -245,32 +245,18 @@ tuple_args!(A, B, C, D, E, F, G, H, I);
 tuple_args!(A, B, C, D, E, F, G, H, I, J);
 
 impl Stmt {
+    /// The statement with these values instead, for several statements
+    /// that take the same ones.
+    pub(crate) fn with_args(mut self, args: Vec<Arg>) -> Self {
+        self.args = args;
+        self
+    }
+
     /// Binds the next placeholder, for statements assembled in a loop.
     pub(crate) fn bind(mut self, value: impl Into<Arg>) -> Self {
         self.args.push(value.into());
         self
     }
-}
-
-/// `sql` with every placeholder `$n` moved to `$(n + by)`, for statements
-/// sent together with the values of the statements before them. orderflow's
-/// SQL has no `$` other than placeholders (no dollar quoting, no `$` in
-/// literals), so a plain scan is exact.
-pub(crate) fn shift_placeholders(sql: &str, by: usize) -> String {
-    let mut out = String::with_capacity(sql.len() + 8);
-    let mut rest = sql;
-    while let Some(at) = rest.find('$') {
-        out.push_str(&rest[..=at]);
-        rest = &rest[at + 1..];
-        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-        match rest[..digits].parse::<usize>() {
-            Ok(n) => out.push_str(&(n + by).to_string()),
-            Err(_) => out.push_str(&rest[..digits]),
-        }
-        rest = &rest[digits..];
-    }
-    out.push_str(rest);
-    out
 }
 
 /// `($1, $2, …), (…), …`: the `VALUES` list of a multi-row insert of `rows`
@@ -413,10 +399,14 @@ pub trait Engine: Send + Sync + Sized + 'static {
     /// What `Debug` calls the store.
     const STORE_NAME: &'static str;
     type Database: sqlx::Database<Connection = Self::Conn>;
+    /// A pooled connection's type, for reads.
     type Conn: Exec + Send + sqlx::Connection + sqlx::migrate::Migrate;
-    type Write: WriteTx + DerefMut<Target = Self::Conn>;
-    /// Held around a single-statement write outside a unit of work.
-    type WriteTurn: Send;
+    /// What writes run on: SQLite's one writer connection (not sqlx's, see
+    /// `sqlite::writer_conn`), a pooled connection on PostgreSQL.
+    type WriteConn: Exec + Send;
+    type Write: WriteTx + DerefMut<Target = Self::WriteConn>;
+    /// Held for a single-statement write outside a unit of work.
+    type SingleWrite: DerefMut<Target = Self::WriteConn> + Send;
 
     /// The pool, partitions and wake-ups every engine has.
     fn core(&self) -> &EngineCore<Self::Database>;
@@ -435,9 +425,9 @@ pub trait Engine: Send + Sync + Sized + 'static {
     /// Starts a consumer group's group commit: one at a time per group.
     async fn begin_group_commit(&self, group: &str) -> StoreResult<Self::Write>;
 
-    /// What a single-statement write (run on a [`read`](Engine::read)
-    /// connection) must hold: SQLite's writer, PostgreSQL nothing.
-    async fn write_turn(&self) -> StoreResult<Self::WriteTurn>;
+    /// A connection for a single-statement write outside a unit of work
+    /// (SQLite: the writer, in a request's turn; PostgreSQL: any pooled one).
+    async fn single_write(&self) -> StoreResult<Self::SingleWrite>;
 
     /// The engine's migrations (they stay per engine: the types differ).
     fn migrator() -> &'static sqlx::migrate::Migrator;
@@ -458,7 +448,13 @@ pub trait Engine: Send + Sync + Sized + 'static {
     /// Serialises the reservation and release of one order until the
     /// transaction ends (a redelivered "order placed" must not take stock
     /// twice).
-    async fn lock_order_stock(conn: &mut Self::Conn, order_id: OrderId) -> StoreResult<()>;
+    async fn lock_order_stock(conn: &mut Self::WriteConn, order_id: OrderId) -> StoreResult<()>;
+
+    /// The statements that append one event to the embedded log, each
+    /// taking (topic, partition, key, event id, payload, created at) as `$1`
+    /// to `$6`: take the partition's next offset (the row is created on
+    /// first use) and insert the event at it.
+    const APPEND_EVENT: &'static [&'static str];
 
     /// Statements that follow appends to the embedded log of `topics`, in
     /// the same unit of work (PostgreSQL's `NOTIFY`); none by default.
@@ -466,9 +462,13 @@ pub trait Engine: Send + Sync + Sized + 'static {
         Vec::new()
     }
 
-    /// Runs statements whose results nobody reads, in order, in as few round
-    /// trips as the engine allows.
-    async fn exec_batch(conn: &mut Self::Conn, batch: Vec<Stmt>) -> StoreResult<()>;
+    /// Runs statements whose results nobody reads, in order.
+    async fn exec_batch(conn: &mut Self::WriteConn, batch: Vec<Stmt>) -> StoreResult<()> {
+        for statement in batch {
+            conn.exec(statement).await?;
+        }
+        Ok(())
+    }
 
     /// Wakes this process's subscriptions of `topics` after a commit that
     /// appended to them.
@@ -711,16 +711,6 @@ mod tests {
         assert_eq!(values_list(2, 3, 2), "($2, $3, $4), ($5, $6, $7)");
         assert_eq!(values_list(1, 1, 1), "($1)");
         assert_eq!(values_list(0, 4, 1), "");
-    }
-
-    #[test]
-    fn placeholders_shift_and_nothing_else_does() {
-        assert_eq!(
-            shift_placeholders("INSERT INTO t VALUES ($1, $2, 'a$') -- $", 10),
-            "INSERT INTO t VALUES ($11, $12, 'a$') -- $"
-        );
-        assert_eq!(shift_placeholders("$1 + $10 - $1", 0), "$1 + $10 - $1");
-        assert_eq!(shift_placeholders("no placeholders", 3), "no placeholders");
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! Reads go straight to a pooled connection (SQLite's WAL readers never wait
 //! for the writer; PostgreSQL's never wait for row locks). A write that is a
 //! single statement runs on a pooled connection too, holding what the engine
-//! needs for it ([`Engine::write_turn`]: SQLite's writer, on PostgreSQL
+//! needs for it ([`Engine::single_write`]: SQLite's writer, on PostgreSQL
 //! nothing, since every statement is atomic). Writes that read first
 //! (refresh-token rotation) run in a write transaction.
 
@@ -110,19 +110,16 @@ async fn read_all<E: Engine, T>(
 /// Runs a single-statement write outside a unit of work; how many rows it
 /// changed.
 async fn write<E: Engine>(engine: &E, stmt: Stmt) -> StoreResult<u64> {
-    let _turn = engine.write_turn().await?;
-    let mut conn = engine.read().await?;
-    conn.exec(stmt).await
+    engine.single_write().await?.exec(stmt).await
 }
 
 /// Runs a single-statement write that returns at most one row.
 async fn write_returning<E: Engine, T>(
     engine: &E,
     stmt: Stmt,
-    map: impl Fn(&<E::Conn as Exec>::Row) -> StoreResult<T>,
+    map: impl Fn(&<E::WriteConn as Exec>::Row) -> StoreResult<T>,
 ) -> StoreResult<Option<T>> {
-    let _turn = engine.write_turn().await?;
-    let mut conn = engine.read().await?;
+    let mut conn = engine.single_write().await?;
     conn.query_opt(stmt).await?.as_ref().map(map).transpose()
 }
 

@@ -35,7 +35,7 @@ use crate::sqlite::partition_for;
 
 use super::store::load_order;
 use super::{
-    AppendedTopics, Engine, Exec, SavepointStep, SqlRow, Stmt, WriteTx, per, stmt, values_list,
+    AppendedTopics, Args, Engine, Exec, SavepointStep, SqlRow, Stmt, WriteTx, stmt, values_list,
 };
 
 /// How often a claim retries when the row it lost to vanished before it
@@ -93,7 +93,7 @@ impl<E: Engine> SqlTx<E> {
 
     /// The connection, once every queued write has run: for a statement
     /// whose answer is read (it may depend on them).
-    async fn conn(&mut self) -> StoreResult<&mut E::Conn> {
+    async fn conn(&mut self) -> StoreResult<&mut E::WriteConn> {
         if !self.deferred.is_empty() {
             let batch = std::mem::take(&mut self.deferred);
             E::exec_batch(&mut self.write, batch).await?;
@@ -157,36 +157,18 @@ impl<E: Engine> SqlTx<E> {
             if !topics.contains(&topic) {
                 topics.push(topic);
             }
-            self.defer(stmt(
-                "append_event",
-                per(
-                    r#"INSERT INTO log_partitions (topic, "partition", next_offset)
-                       VALUES ($1, $2, 1)
-                       ON CONFLICT (topic, "partition") DO UPDATE SET next_offset = next_offset + 1;
-                       INSERT INTO event_log (topic, "partition", "offset", key, event_id, payload,
-                                              created_at)
-                       VALUES ($1, $2, (SELECT next_offset - 1 FROM log_partitions
-                                        WHERE topic = $1 AND "partition" = $2),
-                               $3, $4, $5, $6)"#,
-                    r#"WITH taken AS (
-                           INSERT INTO log_partitions AS l (topic, "partition", next_offset)
-                           VALUES ($1, $2, 1)
-                           ON CONFLICT (topic, "partition") DO UPDATE
-                           SET next_offset = l.next_offset + 1
-                           RETURNING next_offset - 1 AS "offset")
-                       INSERT INTO event_log (topic, "partition", "offset", key, event_id, payload,
-                                              created_at)
-                       SELECT $1, $2, "offset", $3, $4, $5, $6 FROM taken"#,
-                ),
-                (
-                    topic,
-                    partition_for(&event.key, self.engine.core().partitions),
-                    &event.key,
-                    event.id,
-                    event.to_json(),
-                    now,
-                ),
-            ));
+            let args = (
+                topic,
+                partition_for(&event.key, self.engine.core().partitions),
+                &event.key,
+                event.id,
+                event.to_json(),
+                now,
+            )
+                .into_args();
+            for sql in E::APPEND_EVENT {
+                self.defer(stmt("append_event", *sql, ()).with_args(args.clone()));
+            }
         }
         for notice in E::append_notices(&topics) {
             self.defer(notice);

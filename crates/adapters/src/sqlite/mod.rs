@@ -17,6 +17,8 @@
 //!   append to instead of `event_log` when the log is Kafka
 //!   (`SqliteStore::with_event_destination`), drained by the relay.
 //! - `writer`: the two-priority queue in front of SQLite's one writer.
+//! - [`writer_conn`]: the writer connection itself, a rusqlite connection
+//!   driven in place (no thread hop per statement), and its transaction.
 //!
 //! Why the writes look the way they do: SQLite has a single writer. A
 //! transaction that starts with a plain (deferred) `BEGIN`, reads, and then
@@ -54,8 +56,10 @@
 pub mod log;
 pub mod outbox;
 mod writer;
+pub mod writer_conn;
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -63,21 +67,21 @@ use orderflow_core::ports::store::{StoreError, StoreResult};
 use orderflow_domain::OrderId;
 use orderflow_domain::Timestamp;
 use orderflow_domain::events::topics;
+use sqlx::Sqlite;
 use sqlx::sqlite::{
     SqliteArguments, SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions,
     SqliteRow, SqliteSynchronous,
 };
-use sqlx::{Sqlite, Transaction};
 
 use crate::sql::{
-    Arg, Dialect, Engine, EngineCore, Exec, SqlRow, SqlStore, Stmt, WriteTx, check_partitions,
-    count, shift_placeholders, stmt,
+    Arg, Dialect, Engine, EngineCore, Exec, SqlRow, SqlStore, WriteTx, check_partitions, stmt,
 };
 
 pub use crate::sql::WritePriority;
 pub use log::{SqliteEventLog, SqliteSubscription, partition_for};
 pub use outbox::SqliteOutbox;
-use writer::{WriterQueue, WriterTurn};
+use writer::WriterQueue;
+use writer_conn::{WriteConn, WriteLease, Writer};
 
 /// The embedded database: the SQL store on SQLite. Cheap to clone: every
 /// clone shares one pool, one writer queue and one wake-up channel, so event
@@ -104,6 +108,8 @@ pub struct SqliteEngine {
     pub(crate) core: EngineCore<Sqlite>,
     /// In-process writer queue, see the module docs and [`writer`].
     writer: WriterQueue,
+    /// The one connection writes run on, taken in the queue's turn.
+    writer_conn: Arc<tokio::sync::Mutex<WriteConn>>,
     /// Outbox rows (and their keys) held by live relay batches of this
     /// process (see [`outbox`]); shared by every clone so that relays skip
     /// each other's rows and keys.
@@ -111,8 +117,9 @@ pub struct SqliteEngine {
 }
 
 impl SqlStore<SqliteEngine> {
-    /// Opens (creating if missing) the database at `url` (`sqlite://path`,
-    /// `sqlite:path` or `sqlite::memory:`) with [`DEFAULT_PARTITIONS`]
+    /// Opens (creating if missing) the database file at `url` (`sqlite://path`
+    /// or `sqlite:path`; not an in-memory database, which the writer
+    /// connection could not share with the readers) with [`DEFAULT_PARTITIONS`]
     /// partitions per topic. Call [`Store::migrate`](orderflow_core::ports::store::Store::migrate)
     /// before use.
     pub async fn connect(url: &str, max_connections: u32) -> StoreResult<SqliteStore> {
@@ -132,7 +139,14 @@ impl SqlStore<SqliteEngine> {
     ) -> StoreResult<SqliteStore> {
         check_partitions(partitions)?;
         let options = SqliteConnectOptions::from_str(url)
-            .map_err(|e| StoreError::Unavailable(format!("bad SQLite URL: {e}")))?
+            .map_err(|e| StoreError::Unavailable(format!("bad SQLite URL: {e}")))?;
+        let path = options.get_filename().to_owned();
+        if path.to_string_lossy().starts_with("file:sqlx-in-memory") {
+            return Err(StoreError::Unavailable(format!(
+                "{url}: the embedded database needs a file (an in-memory database cannot be shared by the writer and the readers)"
+            )));
+        }
+        let options = options
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             // NORMAL is durable across application crashes in WAL mode and only
@@ -147,9 +161,11 @@ impl SqlStore<SqliteEngine> {
             .connect_with(options)
             .await
             .map_err(db_err)?;
+        let writer_conn = WriteConn::open(&path)?;
         Ok(SqlStore::new(SqliteEngine {
             core: EngineCore::new(pool, partitions),
             writer: WriterQueue::default(),
+            writer_conn: Arc::new(tokio::sync::Mutex::new(writer_conn)),
             claimed: std::sync::Mutex::default(),
         }))
     }
@@ -168,29 +184,24 @@ impl SqlStore<SqliteEngine> {
 }
 
 impl SqliteEngine {
-    /// Waits for this process's writer lock. Enough on its own for a write
-    /// that is a single statement (SQLite runs it atomically), which saves the
-    /// `BEGIN`/`COMMIT` round trips.
-    pub(crate) async fn write_lock(&self, priority: WritePriority) -> StoreResult<WriterTurn> {
-        tokio::time::timeout(WRITER_LOCK_TIMEOUT, self.writer.acquire(priority))
+    /// Waits for this process's writer lock, and takes the writer
+    /// connection. Enough on its own for a write that is a single statement
+    /// (SQLite runs it atomically), which saves the `BEGIN`/`COMMIT`.
+    pub(crate) async fn lease(&self, priority: WritePriority) -> StoreResult<WriteLease> {
+        let turn = tokio::time::timeout(WRITER_LOCK_TIMEOUT, self.writer.acquire(priority))
             .await
             .map_err(|_| {
                 StoreError::Unavailable("timed out waiting for the database writer lock".into())
-            })
+            })?;
+        // Free at once: whoever held it held the turn, and gave both back.
+        let conn = self.writer_conn.clone().lock_owned().await;
+        Ok(WriteLease { conn, _turn: turn })
     }
 
     /// Starts a write transaction: waits for this process's writer lock, then
     /// `BEGIN IMMEDIATE` (see the module docs for why both).
     pub(crate) async fn begin_writer(&self, priority: WritePriority) -> StoreResult<Writer> {
-        let guard = self.write_lock(priority).await?;
-        count("begin");
-        let tx = self
-            .core
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(db_err)?;
-        Ok(Writer { tx, _guard: guard })
+        Writer::begin(self.lease(priority).await?)
     }
 
     /// Makes sure every topic has its partitions in `log_partitions`, so lag
@@ -220,8 +231,19 @@ impl Engine for SqliteEngine {
         "SqliteStore",
         db_err
     );
+    type WriteConn = WriteConn;
+    /// Two statements: SQLite has no `INSERT` inside `WITH`. Both are calls
+    /// on the writer connection, not round trips.
+    const APPEND_EVENT: &'static [&'static str] = &[
+        r#"INSERT INTO log_partitions (topic, "partition", next_offset) VALUES ($1, $2, 1)
+           ON CONFLICT (topic, "partition") DO UPDATE SET next_offset = next_offset + 1"#,
+        r#"INSERT INTO event_log (topic, "partition", "offset", key, event_id, payload, created_at)
+           VALUES ($1, $2, (SELECT next_offset - 1 FROM log_partitions
+                            WHERE topic = $1 AND "partition" = $2),
+                   $3, $4, $5, $6)"#,
+    ];
     type Write = Writer;
-    type WriteTurn = WriterTurn;
+    type SingleWrite = WriteLease;
 
     async fn begin_write(&self, priority: WritePriority) -> StoreResult<Writer> {
         self.begin_writer(priority).await
@@ -233,8 +255,8 @@ impl Engine for SqliteEngine {
         self.begin_writer(WritePriority::Background).await
     }
 
-    async fn write_turn(&self) -> StoreResult<WriterTurn> {
-        self.write_lock(WritePriority::Request).await
+    async fn single_write(&self) -> StoreResult<WriteLease> {
+        self.lease(WritePriority::Request).await
     }
 
     fn migrator() -> &'static sqlx::migrate::Migrator {
@@ -246,74 +268,14 @@ impl Engine for SqliteEngine {
     }
 
     /// Nothing to take: the unit of work holds the database's only writer.
-    async fn lock_order_stock(_conn: &mut SqliteConnection, _order: OrderId) -> StoreResult<()> {
+    async fn lock_order_stock(_conn: &mut WriteConn, _order: OrderId) -> StoreResult<()> {
         Ok(())
-    }
-
-    /// One round trip for the whole batch: the statements joined into one
-    /// multi-statement text, each one's placeholders moved past the values
-    /// of those before it (sqlx binds `$n` to the n-th value across the
-    /// statements). A joined text is not kept in the prepared-statement
-    /// cache: batches differ from one another, and caching each would evict
-    /// the statements that repeat.
-    async fn exec_batch(conn: &mut SqliteConnection, mut batch: Vec<Stmt>) -> StoreResult<()> {
-        if batch.len() == 1 {
-            // Nothing to join: run it as itself, prepared once and cached.
-            conn.exec(batch.remove(0)).await?;
-            return Ok(());
-        }
-        let mut sql = String::new();
-        let mut args = Vec::new();
-        for statement in batch {
-            count(statement.op);
-            sql.push_str(&shift_placeholders(
-                statement.sql.text(Dialect::Sqlite),
-                args.len(),
-            ));
-            sql.push_str(";\n");
-            args.extend(statement.args);
-        }
-        bind_all(&sql, args)
-            .persistent(false)
-            .execute(conn)
-            .await
-            .map_err(db_err)?;
-        Ok(())
-    }
-}
-
-/// A write transaction holding the in-process writer lock. Field order
-/// matters: the transaction drops (queuing its rollback) before the lock is
-/// released.
-pub struct Writer {
-    pub(crate) tx: Transaction<'static, Sqlite>,
-    _guard: WriterTurn,
-}
-
-impl std::ops::Deref for Writer {
-    type Target = SqliteConnection;
-    fn deref(&self) -> &SqliteConnection {
-        &self.tx
-    }
-}
-
-impl std::ops::DerefMut for Writer {
-    fn deref_mut(&mut self) -> &mut SqliteConnection {
-        &mut self.tx
-    }
-}
-
-#[async_trait]
-impl WriteTx for Writer {
-    async fn commit(self) -> StoreResult<()> {
-        count("commit");
-        self.tx.commit().await.map_err(db_err)
     }
 }
 
 /// A value as SQLite stores it (see the module docs): UUIDs, JSON, dates
 /// and lists as TEXT, times as INTEGER unix microseconds.
-enum Stored {
+pub(crate) enum Stored {
     Text(Option<String>),
     Integer(Option<i64>),
     Bool(bool),
@@ -364,49 +326,73 @@ crate::sql::impl_exec!(
     db_err
 );
 
-fn corrupt_uuid(column: &str, value: &str) -> StoreError {
+
+/// The [`SqlRow`] methods whose values SQLite stores encoded (UUIDs, JSON
+/// and dates as TEXT, times as INTEGER unix microseconds), in terms of the
+/// row's `text`/`opt_text`/`int`/`opt_int`: the same for rows read through
+/// sqlx and rows the writer connection read.
+macro_rules! sqlite_encoded_columns {
+    () => {
+        fn uuid(&self, column: &str) -> StoreResult<uuid::Uuid> {
+            let value = self.text(column)?;
+            value.parse().map_err(|_| $crate::sqlite::corrupt_uuid(column, &value))
+        }
+
+        fn opt_uuid(&self, column: &str) -> StoreResult<Option<uuid::Uuid>> {
+            self.opt_text(column)?
+                .map(|value| value.parse().map_err(|_| $crate::sqlite::corrupt_uuid(column, &value)))
+                .transpose()
+        }
+
+        fn time(&self, column: &str) -> StoreResult<orderflow_domain::Timestamp> {
+            $crate::sqlite::from_micros(self.int(column)?)
+        }
+
+        fn opt_time(&self, column: &str) -> StoreResult<Option<orderflow_domain::Timestamp>> {
+            self.opt_int(column)?.map($crate::sqlite::from_micros).transpose()
+        }
+
+        fn opt_json(&self, column: &str) -> StoreResult<Option<serde_json::Value>> {
+            self.opt_text(column)?
+                .map(|text| {
+                    serde_json::from_str(&text)
+                        .map_err(|e| StoreError::Corrupt(format!("column {column}: {e}")))
+                })
+                .transpose()
+        }
+
+        fn date(&self, column: &str) -> StoreResult<chrono::NaiveDate> {
+            let value = self.text(column)?;
+            value.parse().map_err(|_| {
+                StoreError::Corrupt(format!("column {column} holds {value:?}, not a date"))
+            })
+        }
+    };
+}
+pub(crate) use sqlite_encoded_columns;
+
+pub(crate) fn corrupt_uuid(column: &str, value: &str) -> StoreError {
     StoreError::Corrupt(format!("column {column} holds {value:?}, not a UUID"))
 }
 
-/// UUIDs are TEXT, times INTEGER unix microseconds, JSON and dates TEXT.
 impl SqlRow for SqliteRow {
     crate::sql::plain_columns!(db_err;
         text: String, opt_text: Option<String>, int: i64, opt_int: Option<i64>, bool: bool);
+    sqlite_encoded_columns!();
+}
 
-    fn uuid(&self, column: &str) -> StoreResult<uuid::Uuid> {
-        let value = self.text(column)?;
-        value.parse().map_err(|_| corrupt_uuid(column, &value))
-    }
-
-    fn opt_uuid(&self, column: &str) -> StoreResult<Option<uuid::Uuid>> {
-        self.opt_text(column)?
-            .map(|value| value.parse().map_err(|_| corrupt_uuid(column, &value)))
-            .transpose()
-    }
-
-    fn time(&self, column: &str) -> StoreResult<Timestamp> {
-        from_micros(self.int(column)?)
-    }
-
-    fn opt_time(&self, column: &str) -> StoreResult<Option<Timestamp>> {
-        self.opt_int(column)?.map(from_micros).transpose()
-    }
-
-    fn opt_json(&self, column: &str) -> StoreResult<Option<serde_json::Value>> {
-        self.opt_text(column)?
-            .map(|text| {
-                serde_json::from_str(&text)
-                    .map_err(|e| StoreError::Corrupt(format!("column {column}: {e}")))
-            })
-            .transpose()
-    }
-
-    fn date(&self, column: &str) -> StoreResult<chrono::NaiveDate> {
-        let value = self.text(column)?;
-        value.parse().map_err(|_| {
-            StoreError::Corrupt(format!("column {column} holds {value:?}, not a date"))
+/// The columns a unique violation names, from SQLite's message ("UNIQUE
+/// constraint failed: users.email", several comma-separated): "email".
+pub(crate) fn unique_columns(message: &str) -> String {
+    message
+        .split_once(':')
+        .map(|(_, cols)| {
+            cols.split(',')
+                .map(|c| c.trim().rsplit('.').next().unwrap_or_default())
+                .collect::<Vec<_>>()
+                .join(",")
         })
-    }
+        .unwrap_or_else(|| message.to_owned())
 }
 
 /// Maps sqlx errors onto the port's error. Unique violations become
@@ -416,19 +402,7 @@ pub(crate) fn db_err(error: sqlx::Error) -> StoreError {
     match error {
         sqlx::Error::Database(db) => {
             if db.is_unique_violation() {
-                // SQLite says "UNIQUE constraint failed: users.email" (several
-                // columns are listed comma-separated); keep the column names.
-                let message = db.message();
-                let columns = message
-                    .split_once(':')
-                    .map(|(_, cols)| {
-                        cols.split(',')
-                            .map(|c| c.trim().rsplit('.').next().unwrap_or_default())
-                            .collect::<Vec<_>>()
-                            .join(",")
-                    })
-                    .unwrap_or_else(|| message.to_owned());
-                return StoreError::Conflict(columns);
+                return StoreError::Conflict(unique_columns(db.message()));
             }
             // Primary result codes 5 (SQLITE_BUSY) and 6 (SQLITE_LOCKED): the
             // busy timeout ran out while another process held the database.

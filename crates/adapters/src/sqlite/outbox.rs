@@ -191,9 +191,8 @@ impl OutboxBatch for SqliteOutboxBatch {
         // One statement: the writer lock alone makes it atomic (see the
         // module docs of `sqlite`). Deleting a row that is already gone (a
         // retried mark) deletes nothing, which is what marking twice means.
-        let _writer = self.inner.write_lock(WritePriority::Background).await?;
         self.inner
-            .read()
+            .lease(WritePriority::Background)
             .await?
             .exec(stmt(
                 "outbox_mark_sent",

@@ -1,0 +1,334 @@
+//! SQLite's one writer connection, driven in place: [`WriteConn`] runs each
+//! statement on the task that issues it, and [`Writer`] is a write
+//! transaction on it.
+//!
+//! Why not through sqlx, like the reads: sqlx runs each SQLite connection on
+//! a thread of its own, and every statement is a message to that thread and
+//! an answer back (a channel send, a futex wake-up on each side). On the
+//! 2-core machine that hop cost far more than SQLite's work for an insert,
+//! and a profile of the embedded pipeline under load showed the process
+//! mostly waiting on it (docs/benchmarks.md). Reads pay the hop in parallel
+//! on a pool of connections; writes paid it one statement after the other on
+//! the single writer, which capped the whole pipeline. Here the writer is a
+//! rusqlite connection behind the writer queue: a statement is a call, and
+//! prepared statements are cached.
+//!
+//! Running SQLite on an async task blocks the task's thread for as long as
+//! the statement runs: microseconds for orderflow's statements, since the
+//! writer queue guarantees this process never waits for its own lock. Two
+//! things can take longer: another *process* holding the database's write
+//! lock (SQLite's busy timeout waits for it), and the WAL checkpoint a
+//! commit runs now and then (a few milliseconds, with `synchronous=NORMAL`
+//! the only fsync).
+//!
+//! Values are bound and read in the same encoding as the reads through sqlx
+//! (see the module docs of `sqlite`): [`Stored`](super::Stored) for binding,
+//! the same column conversions for reading.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use orderflow_core::ports::store::{StoreError, StoreResult};
+use rusqlite::types::{ToSqlOutput, Value};
+use rusqlite::{OpenFlags, ToSql};
+use tokio::sync::OwnedMutexGuard;
+
+use super::writer::WriterTurn;
+use super::{BUSY_TIMEOUT, Stored, unique_columns};
+use crate::sql::{Arg, Dialect, Exec, SqlRow, Stmt, WriteTx, count};
+
+/// Prepared statements kept per connection: every statement text the store
+/// writes with, with room to spare (a multi-row insert of another row count
+/// is another text).
+const STATEMENT_CACHE: usize = 512;
+
+/// The writer connection.
+pub struct WriteConn(rusqlite::Connection);
+
+impl std::fmt::Debug for WriteConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriteConn").finish_non_exhaustive()
+    }
+}
+
+impl WriteConn {
+    /// Opens the database file (created and switched to WAL by the pool
+    /// already) with the pool's settings.
+    pub(crate) fn open(path: &Path) -> StoreResult<Self> {
+        let conn = rusqlite::Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(write_err)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(write_err)?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
+        )
+        .map_err(write_err)?;
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        Ok(Self(conn))
+    }
+
+    /// Runs `stmt` to the end; the first `keep` rows it returned, and how
+    /// many rows it changed. Always stepped to the end: SQLite does a
+    /// `RETURNING` statement's writes at the first step, but a statement
+    /// left half-stepped would hold its read of the database.
+    fn run(&mut self, stmt: Stmt, keep: usize) -> StoreResult<(Vec<StoredRow>, u64)> {
+        count(stmt.op);
+        let mut prepared = self
+            .0
+            .prepare_cached(stmt.sql.text(Dialect::Sqlite))
+            .map_err(write_err)?;
+        bind(&mut prepared, stmt.op, stmt.args)?;
+        let columns: Arc<[String]> = prepared
+            .column_names()
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        let mut found = Vec::new();
+        let mut rows = prepared.raw_query();
+        while let Some(row) = rows.next().map_err(write_err)? {
+            if found.len() < keep {
+                let values = (0..columns.len())
+                    .map(|i| row.get::<_, Value>(i))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(write_err)?;
+                found.push(StoredRow {
+                    columns: columns.clone(),
+                    values,
+                });
+            }
+        }
+        drop(rows);
+        Ok((found, self.0.changes()))
+    }
+
+    /// Runs SQL without values (transaction control).
+    fn control(&mut self, op: &'static str, sql: &str) -> StoreResult<()> {
+        count(op);
+        self.0.execute_batch(sql).map_err(write_err)
+    }
+}
+
+/// Binds `args` to the statement's `$n` placeholders. SQLite numbers named
+/// parameters by first appearance, so each is looked up by its name: `$3`
+/// is the third value wherever it first appears.
+fn bind(prepared: &mut rusqlite::Statement<'_>, op: &str, args: Vec<Arg>) -> StoreResult<()> {
+    let values: Vec<Stored> = args.into_iter().map(Stored::from).collect();
+    for index in 1..=prepared.parameter_count() {
+        let number = prepared
+            .parameter_name(index)
+            .and_then(|name| name.strip_prefix('$'))
+            .and_then(|n| n.parse::<usize>().ok())
+            .unwrap_or(index);
+        let value = values.get(number - 1).ok_or_else(|| {
+            StoreError::Database(format!(
+                "{op}: placeholder ${number} has no value ({} given)",
+                values.len()
+            ))
+        })?;
+        prepared
+            .raw_bind_parameter(index, value)
+            .map_err(write_err)?;
+    }
+    Ok(())
+}
+
+impl ToSql for Stored {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        match self {
+            Stored::Text(text) => text.to_sql(),
+            Stored::Integer(n) => n.to_sql(),
+            Stored::Bool(b) => b.to_sql(),
+        }
+    }
+}
+
+#[async_trait]
+impl Exec for WriteConn {
+    type Row = StoredRow;
+    const DIALECT: Dialect = Dialect::Sqlite;
+
+    async fn query_all(&mut self, stmt: Stmt) -> StoreResult<Vec<StoredRow>> {
+        Ok(self.run(stmt, usize::MAX)?.0)
+    }
+
+    async fn query_opt(&mut self, stmt: Stmt) -> StoreResult<Option<StoredRow>> {
+        Ok(self.run(stmt, 1)?.0.pop())
+    }
+
+    async fn exec(&mut self, stmt: Stmt) -> StoreResult<u64> {
+        Ok(self.run(stmt, 0)?.1)
+    }
+}
+
+/// A row the writer read, with its values owned (rusqlite's rows borrow
+/// their statement).
+#[derive(Debug, Clone)]
+pub struct StoredRow {
+    columns: Arc<[String]>,
+    values: Vec<Value>,
+}
+
+impl StoredRow {
+    fn value(&self, column: &str) -> StoreResult<&Value> {
+        self.columns
+            .iter()
+            .position(|name| name == column)
+            .map(|i| &self.values[i])
+            .ok_or_else(|| StoreError::Database(format!("no column {column} in the row")))
+    }
+
+    fn opt<T>(
+        &self,
+        column: &str,
+        read: impl FnOnce(&Value) -> Option<T>,
+        expected: &str,
+    ) -> StoreResult<Option<T>> {
+        match self.value(column)? {
+            Value::Null => Ok(None),
+            value => read(value).map(Some).ok_or_else(|| {
+                StoreError::Corrupt(format!("column {column} holds {value:?}, not {expected}"))
+            }),
+        }
+    }
+}
+
+fn not_null<T>(column: &str, value: Option<T>) -> StoreResult<T> {
+    value.ok_or_else(|| StoreError::Corrupt(format!("column {column} is NULL")))
+}
+
+impl SqlRow for StoredRow {
+    fn opt_text(&self, column: &str) -> StoreResult<Option<String>> {
+        self.opt(
+            column,
+            |value| match value {
+                Value::Text(text) => Some(text.clone()),
+                _ => None,
+            },
+            "text",
+        )
+    }
+
+    fn text(&self, column: &str) -> StoreResult<String> {
+        not_null(column, self.opt_text(column)?)
+    }
+
+    fn opt_int(&self, column: &str) -> StoreResult<Option<i64>> {
+        self.opt(
+            column,
+            |value| match value {
+                Value::Integer(n) => Some(*n),
+                _ => None,
+            },
+            "an integer",
+        )
+    }
+
+    fn int(&self, column: &str) -> StoreResult<i64> {
+        not_null(column, self.opt_int(column)?)
+    }
+
+    fn bool(&self, column: &str) -> StoreResult<bool> {
+        Ok(self.int(column)? != 0)
+    }
+
+    super::sqlite_encoded_columns!();
+}
+
+/// Maps rusqlite's errors onto the port's, as `db_err` does sqlx's:
+/// unique violations are `Conflict` naming the columns, a busy or locked
+/// database is `Unavailable`.
+pub(crate) fn write_err(error: rusqlite::Error) -> StoreError {
+    use rusqlite::ffi;
+    match error {
+        rusqlite::Error::SqliteFailure(failure, message) => {
+            let message = message.unwrap_or_else(|| failure.to_string());
+            match failure.extended_code {
+                ffi::SQLITE_CONSTRAINT_UNIQUE | ffi::SQLITE_CONSTRAINT_PRIMARYKEY => {
+                    StoreError::Conflict(unique_columns(&message))
+                }
+                code if matches!(code & 0xff, ffi::SQLITE_BUSY | ffi::SQLITE_LOCKED) => {
+                    StoreError::Unavailable(message)
+                }
+                _ => StoreError::Database(message),
+            }
+        }
+        other => StoreError::Database(other.to_string()),
+    }
+}
+
+/// The writer connection, held: for one single-statement write outside a
+/// transaction (SQLite runs a statement atomically), or under a
+/// [`Writer`]. Field order matters: the connection goes back before the turn
+/// passes to the next writer.
+pub struct WriteLease {
+    pub(crate) conn: OwnedMutexGuard<WriteConn>,
+    pub(crate) _turn: WriterTurn,
+}
+
+impl std::ops::Deref for WriteLease {
+    type Target = WriteConn;
+    fn deref(&self) -> &WriteConn {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for WriteLease {
+    fn deref_mut(&mut self) -> &mut WriteConn {
+        &mut self.conn
+    }
+}
+
+/// A write transaction (`BEGIN IMMEDIATE`) on the held writer connection.
+/// Dropped without [`WriteTx::commit`], it rolls back at once.
+pub struct Writer {
+    lease: WriteLease,
+    open: bool,
+}
+
+impl Writer {
+    pub(crate) fn begin(mut lease: WriteLease) -> StoreResult<Self> {
+        lease.control("begin", "BEGIN IMMEDIATE")?;
+        Ok(Self { lease, open: true })
+    }
+}
+
+impl std::ops::Deref for Writer {
+    type Target = WriteConn;
+    fn deref(&self) -> &WriteConn {
+        &self.lease
+    }
+}
+
+impl std::ops::DerefMut for Writer {
+    fn deref_mut(&mut self) -> &mut WriteConn {
+        &mut self.lease
+    }
+}
+
+#[async_trait]
+impl WriteTx for Writer {
+    async fn commit(mut self) -> StoreResult<()> {
+        // A failed COMMIT (another process holding the database past the
+        // busy timeout) leaves the transaction open: the drop rolls it back.
+        self.lease.control("commit", "COMMIT")?;
+        self.open = false;
+        Ok(())
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        if self.open
+            && let Err(error) = self.lease.0.execute_batch("ROLLBACK")
+        {
+            // SQLite rolls back by itself after some errors (a full disk);
+            // then there is nothing left to roll back.
+            tracing::debug!(%error, "rolling back the SQLite writer's transaction failed");
+        }
+    }
+}
