@@ -214,6 +214,8 @@ impl Engine for PostgresEngine {
         db_err
     );
     type Write = Transaction<'static, Postgres>;
+    type ReadConn = PgConnection;
+    type Read = sqlx::pool::PoolConnection<Postgres>;
     type WriteConn = PgConnection;
     /// One statement, one round trip: the offset taken in a CTE.
     const APPEND_EVENT: &'static [&'static str] = &[r#"WITH taken AS (
@@ -243,6 +245,10 @@ impl Engine for PostgresEngine {
         )
         .await?;
         Ok(tx)
+    }
+
+    async fn read(&self) -> StoreResult<Self::Read> {
+        self.core.pool.acquire().await.map_err(db_err)
     }
 
     async fn single_write(&self) -> StoreResult<Self::SingleWrite> {

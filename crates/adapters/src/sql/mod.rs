@@ -401,6 +401,10 @@ pub trait Engine: Send + Sync + Sized + 'static {
     type Database: sqlx::Database<Connection = Self::Conn>;
     /// A pooled connection's type, for reads.
     type Conn: Exec + Send + sqlx::Connection + sqlx::migrate::Migrate;
+    /// What reads run on, and a connection of it held (SQLite: rusqlite
+    /// connections, see `sqlite::direct`; PostgreSQL: the sqlx pool's).
+    type ReadConn: Exec + Send;
+    type Read: DerefMut<Target = Self::ReadConn> + Send;
     /// What writes run on: SQLite's one writer connection (not sqlx's, see
     /// `sqlite::writer_conn`), a pooled connection on PostgreSQL.
     type WriteConn: Exec + Send;
@@ -415,9 +419,7 @@ pub trait Engine: Send + Sync + Sized + 'static {
     fn db_err(error: sqlx::Error) -> StoreError;
 
     /// A pooled connection for reads.
-    async fn read(&self) -> StoreResult<sqlx::pool::PoolConnection<Self::Database>> {
-        self.core().pool.acquire().await.map_err(Self::db_err)
-    }
+    async fn read(&self) -> StoreResult<Self::Read>;
 
     /// Starts a write transaction.
     async fn begin_write(&self, priority: WritePriority) -> StoreResult<Self::Write>;

@@ -92,7 +92,7 @@ pub(crate) async fn load_order<C: Exec + ?Sized>(
 async fn read_one<E: Engine, T>(
     engine: &E,
     stmt: Stmt,
-    map: impl Fn(&<E::Conn as Exec>::Row) -> StoreResult<T>,
+    map: impl Fn(&<E::ReadConn as Exec>::Row) -> StoreResult<T>,
 ) -> StoreResult<Option<T>> {
     let mut conn = engine.read().await?;
     conn.query_opt(stmt).await?.as_ref().map(map).transpose()
@@ -101,7 +101,7 @@ async fn read_one<E: Engine, T>(
 async fn read_all<E: Engine, T>(
     engine: &E,
     stmt: Stmt,
-    map: impl Fn(&<E::Conn as Exec>::Row) -> StoreResult<T>,
+    map: impl Fn(&<E::ReadConn as Exec>::Row) -> StoreResult<T>,
 ) -> StoreResult<Vec<T>> {
     let mut conn = engine.read().await?;
     conn.query_all(stmt).await?.iter().map(map).collect()

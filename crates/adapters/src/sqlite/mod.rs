@@ -17,8 +17,10 @@
 //!   append to instead of `event_log` when the log is Kafka
 //!   (`SqliteStore::with_event_destination`), drained by the relay.
 //! - `writer`: the two-priority queue in front of SQLite's one writer.
-//! - [`writer_conn`]: the writer connection itself, a rusqlite connection
-//!   driven in place (no thread hop per statement), and its transaction.
+//! - [`direct`]: the connections the store runs its statements on:
+//!   rusqlite connections driven in place (no thread hop per statement),
+//!   the one writer with its transaction and a pool of readers. The sqlx
+//!   pool remains for migrations and for tools that want raw SQL.
 //!
 //! Why the writes look the way they do: SQLite has a single writer. A
 //! transaction that starts with a plain (deferred) `BEGIN`, reads, and then
@@ -56,7 +58,7 @@
 pub mod log;
 pub mod outbox;
 mod writer;
-pub mod writer_conn;
+pub mod direct;
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -81,7 +83,7 @@ pub use crate::sql::WritePriority;
 pub use log::{SqliteEventLog, SqliteSubscription, partition_for};
 pub use outbox::SqliteOutbox;
 use writer::WriterQueue;
-use writer_conn::{WriteConn, WriteLease, Writer};
+use direct::{DirectConn, PooledRead, ReadPool, WriteLease, Writer};
 
 /// The embedded database: the SQL store on SQLite. Cheap to clone: every
 /// clone shares one pool, one writer queue and one wake-up channel, so event
@@ -109,7 +111,9 @@ pub struct SqliteEngine {
     /// In-process writer queue, see the module docs and [`writer`].
     writer: WriterQueue,
     /// The one connection writes run on, taken in the queue's turn.
-    writer_conn: Arc<tokio::sync::Mutex<WriteConn>>,
+    writer_conn: Arc<tokio::sync::Mutex<DirectConn>>,
+    /// Connections for reads, outside units of work.
+    readers: Arc<ReadPool>,
     /// Outbox rows (and their keys) held by live relay batches of this
     /// process (see [`outbox`]); shared by every clone so that relays skip
     /// each other's rows and keys.
@@ -161,11 +165,12 @@ impl SqlStore<SqliteEngine> {
             .connect_with(options)
             .await
             .map_err(db_err)?;
-        let writer_conn = WriteConn::open(&path)?;
+        let writer_conn = DirectConn::open(&path)?;
         Ok(SqlStore::new(SqliteEngine {
             core: EngineCore::new(pool, partitions),
             writer: WriterQueue::default(),
             writer_conn: Arc::new(tokio::sync::Mutex::new(writer_conn)),
+            readers: Arc::new(ReadPool::new(path, max_connections.max(2) as usize)),
             claimed: std::sync::Mutex::default(),
         }))
     }
@@ -231,7 +236,9 @@ impl Engine for SqliteEngine {
         "SqliteStore",
         db_err
     );
-    type WriteConn = WriteConn;
+    type ReadConn = DirectConn;
+    type Read = PooledRead;
+    type WriteConn = DirectConn;
     /// Two statements: SQLite has no `INSERT` inside `WITH`. Both are calls
     /// on the writer connection, not round trips.
     const APPEND_EVENT: &'static [&'static str] = &[
@@ -255,6 +262,10 @@ impl Engine for SqliteEngine {
         self.begin_writer(WritePriority::Background).await
     }
 
+    async fn read(&self) -> StoreResult<PooledRead> {
+        self.readers.get()
+    }
+
     async fn single_write(&self) -> StoreResult<WriteLease> {
         self.lease(WritePriority::Request).await
     }
@@ -268,7 +279,7 @@ impl Engine for SqliteEngine {
     }
 
     /// Nothing to take: the unit of work holds the database's only writer.
-    async fn lock_order_stock(_conn: &mut WriteConn, _order: OrderId) -> StoreResult<()> {
+    async fn lock_order_stock(_conn: &mut DirectConn, _order: OrderId) -> StoreResult<()> {
         Ok(())
     }
 }

@@ -1,6 +1,7 @@
-//! SQLite's one writer connection, driven in place: [`WriteConn`] runs each
-//! statement on the task that issues it, and [`Writer`] is a write
-//! transaction on it.
+//! The store's SQLite connections, driven in place: a [`DirectConn`] runs
+//! each statement on the task that issues it. One of them is the writer
+//! ([`WriteLease`], [`Writer`] for a transaction on it); the others are
+//! readers ([`ReadPool`]).
 //!
 //! Why not through sqlx, like the reads: sqlx runs each SQLite connection on
 //! a thread of its own, and every statement is a message to that thread and
@@ -9,14 +10,15 @@
 //! and a profile of the embedded pipeline under load showed the process
 //! mostly waiting on it (docs/benchmarks.md). Reads pay the hop in parallel
 //! on a pool of connections; writes paid it one statement after the other on
-//! the single writer, which capped the whole pipeline. Here the writer is a
-//! rusqlite connection behind the writer queue: a statement is a call, and
-//! prepared statements are cached.
+//! the single writer, which capped the whole pipeline; and the hops of the
+//! reads (every poll of every consumer group) still took a quarter of the
+//! CPU. Here the connections are rusqlite's: a statement is a call, and
+//! prepared statements are cached per connection.
 //!
 //! Running SQLite on an async task blocks the task's thread for as long as
 //! the statement runs: microseconds for orderflow's statements, since the
-//! writer queue guarantees this process never waits for its own lock. Two
-//! things can take longer: another *process* holding the database's write
+//! writer queue guarantees this process never waits for its own lock and a
+//! read in WAL mode never waits for a writer. Two things can take longer: another *process* holding the database's write
 //! lock (SQLite's busy timeout waits for it), and the WAL checkpoint a
 //! commit runs now and then (a few milliseconds, with `synchronous=NORMAL`
 //! the only fsync).
@@ -25,8 +27,8 @@
 //! (see the module docs of `sqlite`): [`Stored`](super::Stored) for binding,
 //! the same column conversions for reading.
 
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use orderflow_core::ports::store::{StoreError, StoreResult};
@@ -44,17 +46,17 @@ use crate::sql::{Arg, Dialect, Exec, SqlRow, Stmt, WriteTx, count};
 const STATEMENT_CACHE: usize = 512;
 
 /// The writer connection.
-pub struct WriteConn(rusqlite::Connection);
+pub struct DirectConn(rusqlite::Connection);
 
-impl std::fmt::Debug for WriteConn {
+impl std::fmt::Debug for DirectConn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WriteConn").finish_non_exhaustive()
+        f.debug_struct("DirectConn").finish_non_exhaustive()
     }
 }
 
-impl WriteConn {
+impl DirectConn {
     /// Opens the database file (created and switched to WAL by the pool
-    /// already) with the pool's settings.
+    /// already) with the pool's settings, for writing.
     pub(crate) fn open(path: &Path) -> StoreResult<Self> {
         let conn = rusqlite::Connection::open_with_flags(
             path,
@@ -70,6 +72,16 @@ impl WriteConn {
         .map_err(write_err)?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         Ok(Self(conn))
+    }
+
+    /// Opens a reader: `query_only`, so a write sent to it by mistake fails
+    /// loudly instead of bypassing the writer queue.
+    fn open_reader(path: &Path) -> StoreResult<Self> {
+        let conn = Self::open(path)?;
+        conn.0
+            .execute_batch("PRAGMA query_only = ON;")
+            .map_err(write_err)?;
+        Ok(conn)
     }
 
     /// Runs `stmt` to the end; the first `keep` rows it returned, and how
@@ -148,7 +160,7 @@ impl ToSql for Stored {
 }
 
 #[async_trait]
-impl Exec for WriteConn {
+impl Exec for DirectConn {
     type Row = StoredRow;
     const DIALECT: Dialect = Dialect::Sqlite;
 
@@ -266,19 +278,19 @@ pub(crate) fn write_err(error: rusqlite::Error) -> StoreError {
 /// [`Writer`]. Field order matters: the connection goes back before the turn
 /// passes to the next writer.
 pub struct WriteLease {
-    pub(crate) conn: OwnedMutexGuard<WriteConn>,
+    pub(crate) conn: OwnedMutexGuard<DirectConn>,
     pub(crate) _turn: WriterTurn,
 }
 
 impl std::ops::Deref for WriteLease {
-    type Target = WriteConn;
-    fn deref(&self) -> &WriteConn {
+    type Target = DirectConn;
+    fn deref(&self) -> &DirectConn {
         &self.conn
     }
 }
 
 impl std::ops::DerefMut for WriteLease {
-    fn deref_mut(&mut self) -> &mut WriteConn {
+    fn deref_mut(&mut self) -> &mut DirectConn {
         &mut self.conn
     }
 }
@@ -298,14 +310,14 @@ impl Writer {
 }
 
 impl std::ops::Deref for Writer {
-    type Target = WriteConn;
-    fn deref(&self) -> &WriteConn {
+    type Target = DirectConn;
+    fn deref(&self) -> &DirectConn {
         &self.lease
     }
 }
 
 impl std::ops::DerefMut for Writer {
-    fn deref_mut(&mut self) -> &mut WriteConn {
+    fn deref_mut(&mut self) -> &mut DirectConn {
         &mut self.lease
     }
 }
@@ -329,6 +341,72 @@ impl Drop for Writer {
             // SQLite rolls back by itself after some errors (a full disk);
             // then there is nothing left to roll back.
             tracing::debug!(%error, "rolling back the SQLite writer's transaction failed");
+        }
+    }
+}
+
+/// The readers: connections opened on demand, kept while idle up to a
+/// bound. Statements run in place, so a connection is held only by a task
+/// between its statements; there is no waiting for one.
+pub(crate) struct ReadPool {
+    path: PathBuf,
+    idle: Mutex<Vec<DirectConn>>,
+    max_idle: usize,
+}
+
+impl ReadPool {
+    pub(crate) fn new(path: PathBuf, max_idle: usize) -> Self {
+        Self {
+            path,
+            idle: Mutex::new(Vec::new()),
+            max_idle,
+        }
+    }
+
+    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<DirectConn>> {
+        // Nothing panics while holding the lock; take over a poisoned one.
+        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// An idle reader, or a new one.
+    pub(crate) fn get(self: &Arc<Self>) -> StoreResult<PooledRead> {
+        let conn = match self.idle().pop() {
+            Some(conn) => conn,
+            None => DirectConn::open_reader(&self.path)?,
+        };
+        Ok(PooledRead {
+            conn: Some(conn),
+            pool: self.clone(),
+        })
+    }
+}
+
+/// A reader, back to the pool when dropped.
+pub struct PooledRead {
+    conn: Option<DirectConn>,
+    pool: Arc<ReadPool>,
+}
+
+impl std::ops::Deref for PooledRead {
+    type Target = DirectConn;
+    fn deref(&self) -> &DirectConn {
+        self.conn.as_ref().expect("held until dropped")
+    }
+}
+
+impl std::ops::DerefMut for PooledRead {
+    fn deref_mut(&mut self) -> &mut DirectConn {
+        self.conn.as_mut().expect("held until dropped")
+    }
+}
+
+impl Drop for PooledRead {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            let mut idle = self.pool.idle();
+            if idle.len() < self.pool.max_idle {
+                idle.push(conn);
+            }
         }
     }
 }
