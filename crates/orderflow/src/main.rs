@@ -1,5 +1,11 @@
 use clap::Parser;
 
+/// mimalloc instead of glibc's malloc: per-thread free lists without
+/// glibc's arena locking and consolidation, which took a sixth of the
+/// server's CPU at 700 orders/s (docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = orderflow::cli::Cli::parse();
