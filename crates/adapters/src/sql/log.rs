@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::rows::{self, partition_key};
-use super::{Exec, Sql, SqlRow, log_err, per, stmt};
+use super::{Dialect, Exec, Sql, SqlRow, log_err, per, stmt};
 
 /// Most partitions one read statement covers; keeps the `UNION ALL` well
 /// below SQLite's limit of 500 terms in a compound `SELECT`.
@@ -103,8 +103,8 @@ async fn partition_ends<C: Exec + ?Sized>(
 /// Up to `max` deliveries of the `reads` partitions (of `topics`) past their
 /// positions, in append order (which, per partition, is offset order).
 ///
-/// Cheap check first: which partitions have anything past the position? An
-/// idle poll costs that one small query. Then one range scan of the (topic,
+/// On PostgreSQL, a cheap check first: which partitions have anything past
+/// the position? An idle poll costs that one small query. Then one range scan of the (topic,
 /// partition, offset) index per ready partition, each capped at `max` rows,
 /// merged by `seq`. Within a partition `seq` grows with the offset (appends
 /// to one partition are serialised), so cutting the merged list at `max`
@@ -116,39 +116,49 @@ pub(crate) async fn read_deliveries<C: Exec + ?Sized>(
     reads: &[Read],
     max: usize,
 ) -> LogResult<Vec<Delivery>> {
-    let ends = partition_ends(conn, topics).await?;
-    let ready: Vec<&Read> = reads
-        .iter()
-        .filter(|read| {
-            ends.get(&(read.topic.clone(), read.partition))
-                .is_some_and(|end| *end > read.from)
-        })
-        .collect();
+    let ready: Vec<&Read> = if C::DIALECT == Dialect::Sqlite {
+        // A statement is a call here, not a round trip: the read itself is
+        // as cheap as the check would be.
+        reads.iter().collect()
+    } else {
+        let ends = partition_ends(conn, topics).await?;
+        reads
+            .iter()
+            .filter(|read| {
+                ends.get(&(read.topic.clone(), read.partition))
+                    .is_some_and(|end| *end > read.from)
+            })
+            .collect()
+    };
     if ready.is_empty() {
         return Ok(Vec::new());
     }
-    let limit = i64::try_from(max).unwrap_or(i64::MAX);
+    // The limit is written into the text, rounded up to a power of two (a
+    // handful of texts, each prepared once): SQLite's planner uses a bound
+    // LIMIT's value, and re-prepares a statement whenever such a value is
+    // bound again, which made every poll compile its statement anew.
+    let limit = max.next_power_of_two();
     let mut found: Vec<(i64, Delivery)> = Vec::new();
     for chunk in ready.chunks(PARTITIONS_PER_STATEMENT) {
         let one = |n: usize| {
-            let p = 2 + n * 3;
+            let p = 1 + n * 3;
             format!(
                 r#"SELECT * FROM (SELECT seq, topic, "partition", "offset", payload FROM event_log
                    WHERE topic = ${} AND "partition" = ${} AND "offset" >= ${}
-                   ORDER BY "offset" LIMIT $1) AS p{n}"#,
+                   ORDER BY "offset" LIMIT {limit}) AS p{n}"#,
                 p,
                 p + 1,
                 p + 2
             )
         };
         let sql = format!(
-            "{} ORDER BY seq LIMIT $1",
+            "{} ORDER BY seq LIMIT {limit}",
             (0..chunk.len())
                 .map(one)
                 .collect::<Vec<_>>()
                 .join(" UNION ALL ")
         );
-        let mut read = stmt("log_read", Sql::Built(sql), (limit,));
+        let mut read = stmt("log_read", Sql::Built(sql), ());
         for partition in chunk {
             read = read
                 .bind(partition.topic.clone())
@@ -241,13 +251,27 @@ impl TopicWakes {
 /// gaining partitions. A closed signal is ignored from then on.
 pub(crate) struct Wakers {
     signals: Vec<(watch::Receiver<u64>, bool)>,
+    /// The last look found everything there was (fewer deliveries than it
+    /// asked for): until a signal fires, looking again would find nothing.
+    caught_up: bool,
 }
 
 impl Wakers {
     pub(crate) fn new(signals: impl IntoIterator<Item = watch::Receiver<u64>>) -> Self {
         Self {
             signals: signals.into_iter().map(|rx| (rx, true)).collect(),
+            caught_up: false,
         }
+    }
+
+    /// Whether a look now could find anything this process knows of: the
+    /// last look was cut short by its limit, or a signal fired since.
+    fn worth_a_look(&self) -> bool {
+        !self.caught_up
+            || self
+                .signals
+                .iter()
+                .any(|(signal, open)| *open && signal.has_changed().unwrap_or(false))
     }
 
     /// Marks every signal seen, *before* reading, so one that fires between
@@ -278,6 +302,9 @@ impl Wakers {
         };
         if result.is_err() {
             self.signals[open[index]].1 = false;
+        } else {
+            // `changed` marked the signal seen: remember that it fired.
+            self.caught_up = false;
         }
     }
 }
@@ -350,13 +377,23 @@ pub(crate) async fn poll_and_wait<P: Poller + ?Sized>(
     }
     let deadline = Instant::now() + wait;
     loop {
-        poller.wakers().mark_seen();
-        match poller.attempt(max).await? {
-            Attempt::Found(batch) if !batch.is_empty() => return Ok(batch),
-            Attempt::Again => continue,
-            Attempt::Found(_) | Attempt::Nothing => {}
+        // A member polls again as soon as it has room, right after a look
+        // that drained the log; skip that look when no signal fired since
+        // (it found nothing every time: half the reads under load). The
+        // last look, when `wait` ran out, is always made.
+        let last = Instant::now() >= deadline;
+        if poller.wakers().worth_a_look() || last {
+            poller.wakers().mark_seen();
+            match poller.attempt(max).await? {
+                Attempt::Found(batch) if !batch.is_empty() => {
+                    poller.wakers().caught_up = batch.len() < max;
+                    return Ok(batch);
+                }
+                Attempt::Again => continue,
+                Attempt::Found(_) | Attempt::Nothing => poller.wakers().caught_up = true,
+            }
         }
-        if Instant::now() >= deadline {
+        if last {
             return Ok(Vec::new());
         }
         poller.wakers().wait(deadline).await;
