@@ -36,7 +36,7 @@ use rusqlite::types::{ToSqlOutput, Value};
 use rusqlite::{OpenFlags, ToSql};
 use tokio::sync::OwnedMutexGuard;
 
-use super::writer::WriterTurn;
+use super::writer::{WritePriority, WriterQueue, WriterTurn};
 use super::{BUSY_TIMEOUT, Stored, unique_columns};
 use crate::sql::{Arg, Dialect, Exec, SqlRow, Stmt, WriteTx, count};
 
@@ -56,13 +56,11 @@ impl std::fmt::Debug for DirectConn {
 
 impl DirectConn {
     /// Opens the database file (created and switched to WAL by the pool
-    /// already) with the pool's settings, for writing. Two settings of its
-    /// own, both for a database that is written all the time:
-    /// - a checkpoint every 10,000 WAL pages (40 MB) instead of 1,000: each
-    ///   checkpoint copies the newest version of every page it finds and
-    ///   fsyncs, and the same hot pages (partition ends, offsets, index
-    ///   tails) are rewritten by every commit, so copying them ten times
-    ///   less often saves most of the copies;
+    /// already) with the pool's settings. Two settings of its own, both for
+    /// a database that is written all the time:
+    /// - no automatic checkpoints: a commit that crosses the WAL threshold
+    ///   would copy pages and fsync on the async task that commits, stalling
+    ///   every request on that worker thread; the [`Checkpointer`] does it;
     /// - the database file memory-mapped (up to 256 MiB): a reader's page
     ///   cache is discarded whenever another connection committed, which
     ///   under load is always, so reads fetch pages from the OS; mapped,
@@ -78,7 +76,7 @@ impl DirectConn {
         conn.busy_timeout(BUSY_TIMEOUT).map_err(write_err)?;
         conn.execute_batch(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;
-             PRAGMA wal_autocheckpoint = 10000; PRAGMA mmap_size = 268435456;",
+             PRAGMA wal_autocheckpoint = 0; PRAGMA mmap_size = 268435456;",
         )
         .map_err(write_err)?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
@@ -417,6 +415,85 @@ impl Drop for PooledRead {
             let mut idle = self.pool.idle();
             if idle.len() < self.pool.max_idle {
                 idle.push(conn);
+            }
+        }
+    }
+}
+
+/// Checkpoints the WAL, since the in-place connections never do (see
+/// [`DirectConn::open`]), off the async workers, in two ways:
+/// - every [`Checkpointer::INTERVAL`], a passive checkpoint on a connection
+///   of its own (on the blocking pool), beside the commits: it copies what
+///   no reader still needs into the database file and never blocks anyone;
+/// - when the WAL holds more than [`Checkpointer::RESTART_FRAMES`] frames, one
+///   passive checkpoint while holding the writer's turn (in the background
+///   queue, so requests go first). With commits landing every millisecond a
+///   checkpoint beside them never reaches the end of the WAL, and SQLite
+///   only starts the WAL over, instead of growing it, after a checkpoint
+///   that did; the ones beside the commits leave little for it to copy, so
+///   the pause is short.
+///
+/// Stops when dropped (with the engine).
+pub(crate) struct Checkpointer {
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Checkpointer {
+    const INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+    /// 16,384 pages of 4 KiB: the WAL stays below about 64 MiB.
+    const RESTART_FRAMES: i64 = 16_384;
+
+    pub(crate) fn start(
+        path: &Path,
+        writer: WriterQueue,
+        writer_conn: Arc<tokio::sync::Mutex<DirectConn>>,
+    ) -> StoreResult<Self> {
+        let mut own = Some(DirectConn::open(path)?);
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = &mut stopped => return,
+                    () = tokio::time::sleep(Self::INTERVAL) => {}
+                }
+                let Some(conn) = own.take() else { return };
+                let Ok((conn, frames)) = tokio::task::spawn_blocking(move || {
+                    let frames = conn.checkpoint();
+                    (conn, frames)
+                })
+                .await
+                else {
+                    return; // the runtime is shutting down
+                };
+                own = Some(conn);
+                if frames.is_some_and(|frames| frames > Self::RESTART_FRAMES) {
+                    let turn = writer.acquire(WritePriority::Background).await;
+                    let held = writer_conn.clone().lock_owned().await;
+                    let done = tokio::task::spawn_blocking(move || held.checkpoint()).await;
+                    drop(turn);
+                    if done.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Self { _stop: stop })
+    }
+}
+
+impl DirectConn {
+    /// A passive checkpoint; the frames in the WAL (`None` if it failed,
+    /// which is logged).
+    fn checkpoint(&self) -> Option<i64> {
+        match self
+            .0
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+                row.get::<_, i64>(1)
+            }) {
+            Ok(frames) => Some(frames),
+            Err(error) => {
+                tracing::warn!(%error, "checkpointing the SQLite WAL failed");
+                None
             }
         }
     }

@@ -55,10 +55,10 @@
 //! hyphenated TEXT (UUID v7 ids sort by time as text), timestamps are INTEGER
 //! unix microseconds, money is INTEGER cents.
 
+pub mod direct;
 pub mod log;
 pub mod outbox;
 mod writer;
-pub mod direct;
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -80,10 +80,10 @@ use crate::sql::{
 };
 
 pub use crate::sql::WritePriority;
+use direct::{Checkpointer, DirectConn, PooledRead, ReadPool, WriteLease, Writer};
 pub use log::{SqliteEventLog, SqliteSubscription, partition_for};
 pub use outbox::SqliteOutbox;
 use writer::WriterQueue;
-use direct::{DirectConn, PooledRead, ReadPool, WriteLease, Writer};
 
 /// The embedded database: the SQL store on SQLite. Cheap to clone: every
 /// clone shares one pool, one writer queue and one wake-up channel, so event
@@ -114,6 +114,8 @@ pub struct SqliteEngine {
     writer_conn: Arc<tokio::sync::Mutex<DirectConn>>,
     /// Connections for reads, outside units of work.
     readers: Arc<ReadPool>,
+    /// Checkpoints the WAL off the async tasks, for as long as the engine lives.
+    _checkpointer: Checkpointer,
     /// Outbox rows (and their keys) held by live relay batches of this
     /// process (see [`outbox`]); shared by every clone so that relays skip
     /// each other's rows and keys.
@@ -165,11 +167,13 @@ impl SqlStore<SqliteEngine> {
             .connect_with(options)
             .await
             .map_err(db_err)?;
-        let writer_conn = DirectConn::open(&path)?;
+        let writer_conn = Arc::new(tokio::sync::Mutex::new(DirectConn::open(&path)?));
+        let writer = WriterQueue::default();
         Ok(SqlStore::new(SqliteEngine {
             core: EngineCore::new(pool, partitions),
-            writer: WriterQueue::default(),
-            writer_conn: Arc::new(tokio::sync::Mutex::new(writer_conn)),
+            _checkpointer: Checkpointer::start(&path, writer.clone(), writer_conn.clone())?,
+            writer,
+            writer_conn,
             readers: Arc::new(ReadPool::new(path, max_connections.max(2) as usize)),
             claimed: std::sync::Mutex::default(),
         }))
@@ -337,7 +341,6 @@ crate::sql::impl_exec!(
     db_err
 );
 
-
 /// The [`SqlRow`] methods whose values SQLite stores encoded (UUIDs, JSON
 /// and dates as TEXT, times as INTEGER unix microseconds), in terms of the
 /// row's `text`/`opt_text`/`int`/`opt_int`: the same for rows read through
@@ -346,12 +349,18 @@ macro_rules! sqlite_encoded_columns {
     () => {
         fn uuid(&self, column: &str) -> StoreResult<uuid::Uuid> {
             let value = self.text(column)?;
-            value.parse().map_err(|_| $crate::sqlite::corrupt_uuid(column, &value))
+            value
+                .parse()
+                .map_err(|_| $crate::sqlite::corrupt_uuid(column, &value))
         }
 
         fn opt_uuid(&self, column: &str) -> StoreResult<Option<uuid::Uuid>> {
             self.opt_text(column)?
-                .map(|value| value.parse().map_err(|_| $crate::sqlite::corrupt_uuid(column, &value)))
+                .map(|value| {
+                    value
+                        .parse()
+                        .map_err(|_| $crate::sqlite::corrupt_uuid(column, &value))
+                })
                 .transpose()
         }
 
@@ -360,7 +369,9 @@ macro_rules! sqlite_encoded_columns {
         }
 
         fn opt_time(&self, column: &str) -> StoreResult<Option<orderflow_domain::Timestamp>> {
-            self.opt_int(column)?.map($crate::sqlite::from_micros).transpose()
+            self.opt_int(column)?
+                .map($crate::sqlite::from_micros)
+                .transpose()
         }
 
         fn opt_json(&self, column: &str) -> StoreResult<Option<serde_json::Value>> {
