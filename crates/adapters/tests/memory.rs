@@ -413,7 +413,7 @@ async fn lookups_are_served_from_memory_and_a_failed_write_revokes_nothing() {
         .unwrap();
 
     // The database goes away.
-    store.pool().close().await;
+    store.close().await;
     // Lookups need no query...
     assert!(revocations.is_revoked("before").await.unwrap());
     // ...and a revocation the database did not take is reported, not faked.

@@ -421,6 +421,12 @@ pub trait Engine: Send + Sync + Sized + 'static {
     /// A pooled connection for reads.
     async fn read(&self) -> StoreResult<Self::Read>;
 
+    /// Closes the engine's connections; later statements fail with
+    /// `Unavailable`.
+    async fn close(&self) {
+        self.core().pool.close().await;
+    }
+
     /// Starts a write transaction.
     async fn begin_write(&self, priority: WritePriority) -> StoreResult<Self::Write>;
 
@@ -567,6 +573,12 @@ impl<E: Engine> SqlStore<E> {
     /// The connection pool, for tools and tests that need raw SQL.
     pub fn pool(&self) -> &sqlx::Pool<E::Database> {
         &self.engine.core().pool
+    }
+
+    /// Closes the database for every clone of this store: statements from
+    /// now on fail with `Unavailable`, as when the database is gone.
+    pub async fn close(&self) {
+        self.engine.close().await;
     }
 
     /// Partitions per topic of the embedded log.

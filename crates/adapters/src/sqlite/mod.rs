@@ -114,6 +114,8 @@ pub struct SqliteEngine {
     writer_conn: Arc<tokio::sync::Mutex<DirectConn>>,
     /// Connections for reads, outside units of work.
     readers: Arc<ReadPool>,
+    /// Set by [`Engine::close`]: the in-place connections refuse work.
+    closed: std::sync::atomic::AtomicBool,
     /// Checkpoints the WAL off the async tasks, for as long as the engine lives.
     _checkpointer: Checkpointer,
     /// Outbox rows (and their keys) held by live relay batches of this
@@ -171,6 +173,7 @@ impl SqlStore<SqliteEngine> {
         let writer = WriterQueue::default();
         Ok(SqlStore::new(SqliteEngine {
             core: EngineCore::new(pool, partitions),
+            closed: std::sync::atomic::AtomicBool::new(false),
             _checkpointer: Checkpointer::start(&path, writer.clone(), writer_conn.clone())?,
             writer,
             writer_conn,
@@ -197,6 +200,7 @@ impl SqliteEngine {
     /// connection. Enough on its own for a write that is a single statement
     /// (SQLite runs it atomically), which saves the `BEGIN`/`COMMIT`.
     pub(crate) async fn lease(&self, priority: WritePriority) -> StoreResult<WriteLease> {
+        self.check_open()?;
         let turn = tokio::time::timeout(WRITER_LOCK_TIMEOUT, self.writer.acquire(priority))
             .await
             .map_err(|_| {
@@ -205,6 +209,13 @@ impl SqliteEngine {
         // Free at once: whoever held it held the turn, and gave both back.
         let conn = self.writer_conn.clone().lock_owned().await;
         Ok(WriteLease { conn, _turn: turn })
+    }
+
+    fn check_open(&self) -> StoreResult<()> {
+        if self.closed.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(StoreError::Unavailable("the database is closed".into()));
+        }
+        Ok(())
     }
 
     /// Starts a write transaction: waits for this process's writer lock, then
@@ -267,7 +278,13 @@ impl Engine for SqliteEngine {
     }
 
     async fn read(&self) -> StoreResult<PooledRead> {
+        self.check_open()?;
         self.readers.get()
+    }
+
+    async fn close(&self) {
+        self.closed.store(true, std::sync::atomic::Ordering::Release);
+        self.core.pool.close().await;
     }
 
     async fn single_write(&self) -> StoreResult<WriteLease> {
