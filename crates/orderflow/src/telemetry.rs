@@ -100,9 +100,10 @@ pub fn init(format: LogFormat, role: &str) -> Telemetry {
             .with_tracked_inactivity(false)
             .with_filter(filter())
     });
-    let query_layer = SqlxQueries { tracer }.with_filter(
+    let query_layer = DbQueries { tracer }.with_filter(
         tracing_subscriber::filter::Targets::new()
-            .with_target("sqlx::query", tracing::Level::DEBUG),
+            .with_target("sqlx::query", tracing::Level::DEBUG)
+            .with_target("orderflow::db", tracing::Level::DEBUG),
     );
     let installed = tracing_subscriber::registry()
         .with(log_layer)
@@ -123,19 +124,21 @@ pub fn init(format: LogFormat, role: &str) -> Telemetry {
     }
 }
 
-/// Turns sqlx's own per-statement event (target `sqlx::query`, emitted when a
-/// statement finishes, with its elapsed time) into
+/// Turns the per-statement event of the database layer (target `sqlx::query`,
+/// sqlx's own, for PostgreSQL and migrations; target `orderflow::db`, the
+/// same fields, from the SQLite connections the store drives in place), emitted
+/// when a statement finishes, with its elapsed time, into
 /// `orderflow_db_query_duration_seconds{operation}` and, when traces are
 /// exported, a client span `db SELECT`… under the request or handling span
-/// that ran it. Working from sqlx's event times every statement of every
-/// database adapter exactly, without wrapping each query in the adapters;
+/// that ran it. Working from these events times every statement of every
+/// database adapter exactly, without wrapping each query in the callers;
 /// `orderflow_db_queries_total{op}` (counted by the adapters) names the
 /// statement by purpose.
-struct SqlxQueries {
+struct DbQueries {
     tracer: Option<opentelemetry_sdk::trace::SdkTracer>,
 }
 
-impl<S> Layer<S> for SqlxQueries
+impl<S> Layer<S> for DbQueries
 where
     S: tracing::Subscriber,
 {
@@ -144,7 +147,7 @@ where
         event: &tracing::Event<'_>,
         _ctx: tracing_subscriber::layer::Context<'_, S>,
     ) {
-        if event.metadata().target() != "sqlx::query" {
+        if !matches!(event.metadata().target(), "sqlx::query" | "orderflow::db") {
             return;
         }
         let mut fields = QueryFields::default();
@@ -188,7 +191,7 @@ where
     }
 }
 
-/// The fields of sqlx's statement event that matter here.
+/// The fields of a statement event that matter here.
 #[derive(Default)]
 struct QueryFields {
     summary: String,

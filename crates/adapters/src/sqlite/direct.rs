@@ -29,6 +29,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use async_trait::async_trait;
 use orderflow_core::ports::store::{StoreError, StoreResult};
@@ -99,10 +100,9 @@ impl DirectConn {
     /// left half-stepped would hold its read of the database.
     fn run(&mut self, stmt: Stmt, keep: usize) -> StoreResult<(Vec<StoredRow>, u64)> {
         count(stmt.op);
-        let mut prepared = self
-            .0
-            .prepare_cached(stmt.sql.text(Dialect::Sqlite))
-            .map_err(write_err)?;
+        let started = Instant::now();
+        let sql = stmt.sql.text(Dialect::Sqlite);
+        let mut prepared = self.0.prepare_cached(sql).map_err(write_err)?;
         bind(&mut prepared, stmt.op, stmt.args)?;
         let columns: Arc<[String]> = prepared
             .column_names()
@@ -124,14 +124,30 @@ impl DirectConn {
             }
         }
         drop(rows);
+        statement_done(sql, started);
         Ok((found, self.0.changes()))
     }
 
     /// Runs SQL without values (transaction control).
     fn control(&mut self, op: &'static str, sql: &str) -> StoreResult<()> {
         count(op);
-        self.0.execute_batch(sql).map_err(write_err)
+        let started = Instant::now();
+        self.0.execute_batch(sql).map_err(write_err)?;
+        statement_done(sql, started);
+        Ok(())
     }
+}
+
+/// The event every statement ends with, with the fields of sqlx's own
+/// (`summary`, `elapsed_secs`), so the binary's telemetry turns both into the
+/// same query-duration histogram and client spans.
+fn statement_done(sql: &str, started: Instant) {
+    tracing::debug!(
+        target: "orderflow::db",
+        summary = sql.trim_start(),
+        elapsed_secs = started.elapsed().as_secs_f64(),
+        "statement done"
+    );
 }
 
 /// Binds `args` to the statement's `$n` placeholders. SQLite numbers named

@@ -283,7 +283,8 @@ impl Engine for SqliteEngine {
     }
 
     async fn close(&self) {
-        self.closed.store(true, std::sync::atomic::Ordering::Release);
+        self.closed
+            .store(true, std::sync::atomic::Ordering::Release);
         self.core.pool.close().await;
     }
 
