@@ -399,8 +399,8 @@ pub trait Engine: Send + Sync + Sized + 'static {
     /// What `Debug` calls the store.
     const STORE_NAME: &'static str;
     type Database: sqlx::Database<Connection = Self::Conn>;
-    /// A pooled connection's type, for reads.
-    type Conn: Exec + Send + sqlx::Connection + sqlx::migrate::Migrate;
+    /// The sqlx connection type (migrations; PostgreSQL's statements).
+    type Conn: Send + sqlx::Connection + sqlx::migrate::Migrate;
     /// What reads run on, and a connection of it held (SQLite: rusqlite
     /// connections, see `sqlite::direct`; PostgreSQL: the sqlx pool's).
     type ReadConn: Exec + Send;

@@ -273,7 +273,48 @@ impl SqlRow for StoredRow {
         Ok(self.int(column)? != 0)
     }
 
-    super::sqlite_encoded_columns!();
+    // Encoded as the module docs of `sqlite` say: UUIDs, JSON and dates as
+    // TEXT, times as INTEGER unix microseconds.
+    fn uuid(&self, column: &str) -> StoreResult<uuid::Uuid> {
+        let value = self.text(column)?;
+        value
+            .parse()
+            .map_err(|_| super::corrupt_uuid(column, &value))
+    }
+
+    fn opt_uuid(&self, column: &str) -> StoreResult<Option<uuid::Uuid>> {
+        self.opt_text(column)?
+            .map(|value| {
+                value
+                    .parse()
+                    .map_err(|_| super::corrupt_uuid(column, &value))
+            })
+            .transpose()
+    }
+
+    fn time(&self, column: &str) -> StoreResult<orderflow_domain::Timestamp> {
+        super::from_micros(self.int(column)?)
+    }
+
+    fn opt_time(&self, column: &str) -> StoreResult<Option<orderflow_domain::Timestamp>> {
+        self.opt_int(column)?.map(super::from_micros).transpose()
+    }
+
+    fn opt_json(&self, column: &str) -> StoreResult<Option<serde_json::Value>> {
+        self.opt_text(column)?
+            .map(|text| {
+                serde_json::from_str(&text)
+                    .map_err(|e| StoreError::Corrupt(format!("column {column}: {e}")))
+            })
+            .transpose()
+    }
+
+    fn date(&self, column: &str) -> StoreResult<chrono::NaiveDate> {
+        let value = self.text(column)?;
+        value.parse().map_err(|_| {
+            StoreError::Corrupt(format!("column {column} holds {value:?}, not a date"))
+        })
+    }
 }
 
 /// Maps rusqlite's errors onto the port's, as `db_err` does sqlx's:

@@ -71,12 +71,11 @@ use orderflow_domain::Timestamp;
 use orderflow_domain::events::topics;
 use sqlx::Sqlite;
 use sqlx::sqlite::{
-    SqliteArguments, SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions,
-    SqliteRow, SqliteSynchronous,
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
 };
 
 use crate::sql::{
-    Arg, Dialect, Engine, EngineCore, Exec, SqlRow, SqlStore, WriteTx, check_partitions, stmt,
+    Arg, Dialect, Engine, EngineCore, Exec, SqlStore, WriteTx, check_partitions, stmt,
 };
 
 pub use crate::sql::WritePriority;
@@ -340,85 +339,8 @@ impl From<Arg> for Stored {
     }
 }
 
-/// A statement with `args` bound as SQLite stores them.
-fn bind_all(sql: &str, args: Vec<Arg>) -> sqlx::query::Query<'static, Sqlite, SqliteArguments> {
-    let query = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()));
-    args.into_iter()
-        .fold(query, |query, arg| match Stored::from(arg) {
-            Stored::Text(text) => query.bind(text),
-            Stored::Integer(n) => query.bind(n),
-            Stored::Bool(b) => query.bind(b),
-        })
-}
-
-crate::sql::impl_exec!(
-    SqliteConnection,
-    SqliteRow,
-    Dialect::Sqlite,
-    bind_all,
-    db_err
-);
-
-/// The [`SqlRow`] methods whose values SQLite stores encoded (UUIDs, JSON
-/// and dates as TEXT, times as INTEGER unix microseconds), in terms of the
-/// row's `text`/`opt_text`/`int`/`opt_int`: the same for rows read through
-/// sqlx and rows the writer connection read.
-macro_rules! sqlite_encoded_columns {
-    () => {
-        fn uuid(&self, column: &str) -> StoreResult<uuid::Uuid> {
-            let value = self.text(column)?;
-            value
-                .parse()
-                .map_err(|_| $crate::sqlite::corrupt_uuid(column, &value))
-        }
-
-        fn opt_uuid(&self, column: &str) -> StoreResult<Option<uuid::Uuid>> {
-            self.opt_text(column)?
-                .map(|value| {
-                    value
-                        .parse()
-                        .map_err(|_| $crate::sqlite::corrupt_uuid(column, &value))
-                })
-                .transpose()
-        }
-
-        fn time(&self, column: &str) -> StoreResult<orderflow_domain::Timestamp> {
-            $crate::sqlite::from_micros(self.int(column)?)
-        }
-
-        fn opt_time(&self, column: &str) -> StoreResult<Option<orderflow_domain::Timestamp>> {
-            self.opt_int(column)?
-                .map($crate::sqlite::from_micros)
-                .transpose()
-        }
-
-        fn opt_json(&self, column: &str) -> StoreResult<Option<serde_json::Value>> {
-            self.opt_text(column)?
-                .map(|text| {
-                    serde_json::from_str(&text)
-                        .map_err(|e| StoreError::Corrupt(format!("column {column}: {e}")))
-                })
-                .transpose()
-        }
-
-        fn date(&self, column: &str) -> StoreResult<chrono::NaiveDate> {
-            let value = self.text(column)?;
-            value.parse().map_err(|_| {
-                StoreError::Corrupt(format!("column {column} holds {value:?}, not a date"))
-            })
-        }
-    };
-}
-pub(crate) use sqlite_encoded_columns;
-
 pub(crate) fn corrupt_uuid(column: &str, value: &str) -> StoreError {
     StoreError::Corrupt(format!("column {column} holds {value:?}, not a UUID"))
-}
-
-impl SqlRow for SqliteRow {
-    crate::sql::plain_columns!(db_err;
-        text: String, opt_text: Option<String>, int: i64, opt_int: Option<i64>, bool: bool);
-    sqlite_encoded_columns!();
 }
 
 /// The columns a unique violation names, from SQLite's message ("UNIQUE
