@@ -21,28 +21,54 @@ async fn app(cache: &str) -> (App, tempfile::TempDir) {
     (App::build(cli.settings).await.unwrap(), dir)
 }
 
-/// `orderflow_db_queries_total{op="product"}` as the app exports it.
-fn product_queries(app: &App) -> f64 {
+/// The sum of the series of `metric` that carry every one of `labels`, as
+/// the app exports them.
+fn metric(app: &App, metric: &str, labels: &[&str]) -> f64 {
     app.state
         .metrics
         .render()
         .lines()
-        .filter(|l| l.starts_with("orderflow_db_queries_total") && l.contains("op=\"product\""))
+        .filter(|l| l.starts_with(metric) && labels.iter().all(|label| l.contains(label)))
         .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
         .sum()
+}
+
+/// `orderflow_db_queries_total{op="product"}`.
+fn product_queries(app: &App) -> f64 {
+    metric(app, "orderflow_db_queries_total", &["op=\"product\""])
 }
 
 #[tokio::test]
 async fn cache_collapses_concurrent_misses_and_cache_off_reads_the_database_every_time() {
     // With the cache: 50 concurrent reads of a cold key make one query,
-    // and further reads make none.
+    // and further reads make none. (Written to the database directly: the
+    // catalog's own create writes through, and the key would not be cold.)
     let (cached, _dir1) = app("on").await;
     let product = cached
-        .catalog
-        .create(ProductDraft::new("BURST-1", "Burst", 100, "EUR", 1).unwrap())
+        .store
+        .insert_product(
+            uuid::Uuid::now_v7(),
+            &ProductDraft::new("BURST-1", "Burst", 100, "EUR", 1).unwrap(),
+            chrono::Utc::now(),
+        )
         .await
         .unwrap();
     let before = product_queries(&cached);
+    let misses = || {
+        metric(
+            &cached,
+            "orderflow_cache_misses_total",
+            &["layer=\"l1\"", "kind=\"product\""],
+        )
+    };
+    let collapsed = || {
+        metric(
+            &cached,
+            "orderflow_cache_loads_collapsed_total",
+            &["scope=\"in_process\""],
+        )
+    };
+    let (misses_before, collapsed_before) = (misses(), collapsed());
     let reads: Vec<_> = (0..50)
         .map(|_| {
             let catalog = cached.catalog.clone();
@@ -56,6 +82,15 @@ async fn cache_collapses_concurrent_misses_and_cache_off_reads_the_database_ever
         product_queries(&cached) - before,
         1.0,
         "one query for a burst of 50 misses"
+    );
+    // Every miss but the one that loaded waited for that load, and is
+    // counted as collapsed: misses − loads = collapsed loads.
+    let burst_misses = misses() - misses_before;
+    assert!(burst_misses >= 1.0);
+    assert_eq!(
+        collapsed() - collapsed_before,
+        burst_misses - 1.0,
+        "in-process collapses are counted"
     );
     for _ in 0..10 {
         cached.catalog.product(product.id).await.unwrap().unwrap();
