@@ -97,12 +97,25 @@ pub fn parse(path: &Path, text: &str) -> anyhow::Result<Vec<ProductDraft>> {
             let mut reader = csv::ReaderBuilder::new()
                 .trim(csv::Trim::All)
                 .from_reader(text.as_bytes());
-            for record in reader.deserialize::<Row>() {
-                let line = match &record {
-                    Err(error) => error.position().map_or(0, |p| p.line() as usize),
-                    Ok(_) => reader.position().line() as usize - 1,
-                };
-                take(line, record.map_err(|e| e.to_string()));
+            let headers = reader.headers()?.clone();
+            let mut record = csv::StringRecord::new();
+            loop {
+                match reader.read_record(&mut record) {
+                    Ok(false) => break,
+                    Ok(true) => {
+                        let line = record.position().map_or(0, |p| p.line() as usize);
+                        take(
+                            line,
+                            record
+                                .deserialize::<Row>(Some(&headers))
+                                .map_err(|e| e.to_string()),
+                        );
+                    }
+                    Err(error) => take(
+                        error.position().map_or(0, |p| p.line() as usize),
+                        Err(error.to_string()),
+                    ),
+                }
             }
         }
     }

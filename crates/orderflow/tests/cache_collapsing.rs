@@ -1,23 +1,26 @@
-//! Request collapsing, checked through the database-query metric. This is its
-//! own test binary (its own process), so no other test's queries share the
-//! process-wide metrics recorder.
+//! Request collapsing and refresh-ahead, checked through the metrics. This is
+//! its own test binary (its own process), so no other test's queries share
+//! the process-wide metrics recorder, and its tests take turns.
 
 use clap::Parser;
 use orderflow::App;
 use orderflow::cli::Cli;
 use orderflow_domain::product::ProductDraft;
 
+/// The metrics recorder is one per process: the tests here take turns, so
+/// no test's reads move another's counters.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn app(cache: &str) -> (App, tempfile::TempDir) {
+    app_with(&["--cache", cache]).await
+}
+
+async fn app_with(flags: &[&str]) -> (App, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let cli = Cli::try_parse_from([
-        "orderflow",
-        "--data-dir",
-        dir.path().to_str().unwrap(),
-        "--cache",
-        cache,
-        "serve",
-    ])
-    .unwrap();
+    let mut args = vec!["orderflow", "--data-dir", dir.path().to_str().unwrap()];
+    args.extend_from_slice(flags);
+    args.push("serve");
+    let cli = Cli::try_parse_from(args).unwrap();
     (App::build(cli.settings).await.unwrap(), dir)
 }
 
@@ -33,6 +36,19 @@ fn metric(app: &App, metric: &str, labels: &[&str]) -> f64 {
         .sum()
 }
 
+/// A product written to the database directly, so no cache holds it (the
+/// catalog's own create writes through to the cache).
+async fn cold_product(app: &App, sku: &str) -> orderflow_domain::product::Product {
+    app.store
+        .insert_product(
+            uuid::Uuid::now_v7(),
+            &ProductDraft::new(sku, "Mug", 100, "EUR", 1).unwrap(),
+            chrono::Utc::now(),
+        )
+        .await
+        .unwrap()
+}
+
 /// `orderflow_db_queries_total{op="product"}`.
 fn product_queries(app: &App) -> f64 {
     metric(app, "orderflow_db_queries_total", &["op=\"product\""])
@@ -40,19 +56,11 @@ fn product_queries(app: &App) -> f64 {
 
 #[tokio::test]
 async fn cache_collapses_concurrent_misses_and_cache_off_reads_the_database_every_time() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     // With the cache: 50 concurrent reads of a cold key make one query,
-    // and further reads make none. (Written to the database directly: the
-    // catalog's own create writes through, and the key would not be cold.)
+    // and further reads make none.
     let (cached, _dir1) = app("on").await;
-    let product = cached
-        .store
-        .insert_product(
-            uuid::Uuid::now_v7(),
-            &ProductDraft::new("BURST-1", "Burst", 100, "EUR", 1).unwrap(),
-            chrono::Utc::now(),
-        )
-        .await
-        .unwrap();
+    let product = cold_product(&cached, "BURST-1").await;
     let before = product_queries(&cached);
     let misses = || {
         metric(
@@ -124,5 +132,38 @@ async fn cache_collapses_concurrent_misses_and_cache_off_reads_the_database_ever
         product_queries(&uncached) - before,
         10.0,
         "cache off: one query per read"
+    );
+}
+
+#[tokio::test]
+async fn a_hot_product_is_refreshed_ahead_and_never_misses() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    // Entries live 1 s (+ up to 250 ms of jitter); a hot one is reloaded in
+    // the last sixth of its life. Reads every 10 ms for 3 s span at least
+    // two lifetimes: without refresh-ahead that is three misses or more.
+    let (app, _dir) = app_with(&["--cache-ttl-secs", "1"]).await;
+    let hot = cold_product(&app, "HOT-1").await;
+    let misses = || {
+        metric(
+            &app,
+            "orderflow_cache_misses_total",
+            &["layer=\"l1\"", "kind=\"product\""],
+        )
+    };
+    let refreshes = || metric(&app, "orderflow_cache_refresh_ahead_total", &[]);
+    let (misses_before, refreshes_before) = (misses(), refreshes());
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    while std::time::Instant::now() < until {
+        app.catalog.product(hot.id).await.unwrap().unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(
+        refreshes() - refreshes_before >= 2.0,
+        "reloaded ahead of expiry, once per lifetime"
+    );
+    assert_eq!(
+        misses() - misses_before,
+        1.0,
+        "only the first read missed"
     );
 }

@@ -80,57 +80,39 @@ async fn http_process(
 }
 
 async fn wait_ready(client: &Client, process: &mut Process) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        process.assert_running();
-        if let Ok(answer) = client
-            .http
-            .get(format!("{}/readyz", client.base))
-            .send()
-            .await
-            && answer.status().is_success()
-        {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} never became ready:\n{}",
-            process.name,
-            tail(&process.log, 30)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    process.wait_ready(&format!("{}/readyz", client.base)).await;
 }
 
-/// `GET /api/v1/products/{id}`, anonymously.
-async fn product(client: &Client, id: &str) -> Value {
+/// `GET /api/v1{path}`, anonymously, as JSON (a 200 is expected).
+async fn read(client: &Client, path: &str) -> Value {
     let answer = client
         .http
-        .get(format!("{}/api/v1/products/{id}", client.base))
+        .get(format!("{}/api/v1{path}", client.base))
         .send()
         .await
         .unwrap();
-    assert_eq!(answer.status(), 200);
+    assert_eq!(answer.status(), 200, "GET {path}");
     answer.json().await.unwrap()
 }
 
-/// The product `id` as the first page of the list shows it.
-async fn listed(client: &Client, id: &str) -> Value {
-    let page: Value = client
-        .http
-        .get(format!("{}/api/v1/products?limit=100", client.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    page["items"]
+async fn product(client: &Client, id: &str) -> Value {
+    read(client, &format!("/products/{id}")).await
+}
+
+/// The first page of the product list (all of this test's products).
+async fn list(client: &Client) -> Vec<Value> {
+    read(client, "/products?limit=100").await["items"]
         .as_array()
         .unwrap()
-        .iter()
+        .clone()
+}
+
+/// The product `id` as the list shows it.
+async fn listed(client: &Client, id: &str) -> Value {
+    list(client)
+        .await
+        .into_iter()
         .find(|item| item["id"] == id)
-        .cloned()
         .expect("the product is on the first page")
 }
 
@@ -281,17 +263,8 @@ async fn two_api_processes_on_redis_show_every_change_of_stock_and_fields() {
     assert!(printed.contains("1 new, 1 updated"), "{printed}");
     for api in apis {
         eventually(api, &id, "import", |p| p["price_cents"] == 450 && p["stock"] == 60).await;
-        let page: Value = api
-            .http
-            .get(format!("{}/api/v1/products?limit=100", api.base))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
         assert!(
-            page["items"].as_array().unwrap().iter().any(|p| p["sku"] == "COHERENT-2"),
+            list(api).await.iter().any(|p| p["sku"] == "COHERENT-2"),
             "{} lists the imported product",
             api.base
         );

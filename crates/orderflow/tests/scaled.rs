@@ -71,23 +71,9 @@ impl Api {
     }
 
     async fn wait_ready(&self, process: &mut Process) {
-        let url = self.base.replace("/api/v1", "/readyz");
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            process.assert_running();
-            if let Ok(response) = self.http.get(&url).send().await
-                && response.status().is_success()
-            {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} never became ready; log:\n{}",
-                process.name,
-                tail(&process.log, 40)
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        process
+            .wait_ready(&self.base.replace("/api/v1", "/readyz"))
+            .await;
     }
 
     async fn post(&self, token: Option<&str>, path: &str, body: &Value) -> reqwest::Response {

@@ -81,13 +81,6 @@ impl SharedCache for InProcessSharedCache {
         Ok(removed.is_some_and(|(_, expires)| expires > Instant::now()))
     }
 
-    async fn get_versioned(&self, key: &str) -> CacheResult<Option<Versioned>> {
-        Ok(self
-            .get(key)
-            .await?
-            .and_then(|bytes| Versioned::decode(&bytes)))
-    }
-
     /// Compare and set under the map's lock: atomic like the Redis script.
     async fn set_versioned(
         &self,

@@ -133,13 +133,6 @@ impl SharedCache for RedisSharedCache {
         Ok(deleted > 0)
     }
 
-    async fn get_versioned(&self, key: &str) -> CacheResult<Option<Versioned>> {
-        Ok(self
-            .get(key)
-            .await?
-            .and_then(|bytes| Versioned::decode(&bytes)))
-    }
-
     async fn set_versioned(
         &self,
         key: &str,

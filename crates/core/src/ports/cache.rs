@@ -164,7 +164,12 @@ pub trait SharedCache: Send + Sync + 'static {
     async fn delete(&self, key: &str) -> CacheResult<bool>;
     /// The versioned entry under `key`, if any and not expired. A key that
     /// holds something [`Versioned::decode`] does not read is a miss.
-    async fn get_versioned(&self, key: &str) -> CacheResult<Option<Versioned>>;
+    async fn get_versioned(&self, key: &str) -> CacheResult<Option<Versioned>> {
+        Ok(self
+            .get(key)
+            .await?
+            .and_then(|bytes| Versioned::decode(&bytes)))
+    }
     /// Stores `entry` under `key` for `ttl` if it [replaces](Versioned::replaces)
     /// what is stored (or nothing is), in one atomic step; true when stored.
     async fn set_versioned(&self, key: &str, entry: &Versioned, ttl: Duration)

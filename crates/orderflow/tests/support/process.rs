@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::process::{Child, Command};
 
@@ -74,6 +74,28 @@ impl Process {
                 self.name,
                 tail(&self.log, 40)
             );
+        }
+    }
+
+    /// Waits (bounded) until `url` answers 2xx; fails the test with the
+    /// log's tail when the process dies or never answers.
+    pub async fn wait_ready(&mut self, url: &str) {
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            self.assert_running();
+            if let Ok(response) = http.get(url).send().await
+                && response.status().is_success()
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} never became ready; log:\n{}",
+                self.name,
+                tail(&self.log, 40)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
