@@ -302,12 +302,14 @@ async fn the_cache_reports_redis_down_and_recovers_with_its_subscriptions() {
         None,
         "back, empty, and used again"
     );
-    // The subscription came back by itself and says it may have missed
-    // messages.
-    let event = tokio::time::timeout(Duration::from_secs(10), subscription.next())
-        .await
-        .expect("resubscribed within 10 s");
-    assert_eq!(event, Some(CacheEvent::Resubscribed));
+    // The subscription said when it was lost, came back by itself and says
+    // it may have missed messages.
+    for expected in [CacheEvent::Lost, CacheEvent::Resubscribed] {
+        let event = tokio::time::timeout(Duration::from_secs(10), subscription.next())
+            .await
+            .expect("an event within 10 s");
+        assert_eq!(event, Some(expected));
+    }
     cache.publish("events", "after").await.unwrap();
     let event = tokio::time::timeout(Duration::from_secs(5), subscription.next())
         .await
@@ -499,5 +501,58 @@ async fn catalogs_sharing_redis_query_once_per_key_and_invalidate_each_other() {
         "a dead Redis fails fast: {:?}",
         started.elapsed()
     );
+
+    // The other catalogs cannot hear that change while Redis is down: their
+    // subscriptions are lost, so they stop trusting their L1 and read the
+    // database. None serves the old price it holds.
+    for catalog in &catalogs[..2] {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while catalog
+            .product(products[2].id)
+            .await
+            .unwrap()
+            .unwrap()
+            .price_cents
+            != 500
+        {
+            assert!(
+                Instant::now() < deadline,
+                "a stale price served while Redis is down"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    // Back: the change that could not be announced is sent again, so L2
+    // refuses anything older than it.
+    server.restart().unwrap();
+    let l2 = RedisSharedCache::new(RedisConnection::open(&settings).unwrap());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let entry = l2
+            .get_versioned(&format!("product:{}", products[2].id))
+            .await
+            .ok()
+            .flatten();
+        if entry.is_some_and(|entry| entry.version >= 2) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the change made while Redis was down never reached it"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for catalog in &catalogs {
+        assert_eq!(
+            catalog
+                .product(products[2].id)
+                .await
+                .unwrap()
+                .unwrap()
+                .price_cents,
+            500
+        );
+    }
     shutdown.cancel();
 }

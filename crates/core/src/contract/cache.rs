@@ -18,7 +18,7 @@ async fn next_message(subscription: &mut Subscription) -> String {
     loop {
         match tokio::time::timeout(Duration::from_secs(5), subscription.next()).await {
             Ok(Some(CacheEvent::Message(message))) => return message,
-            Ok(Some(CacheEvent::Resubscribed)) => continue,
+            Ok(Some(CacheEvent::Resubscribed | CacheEvent::Lost)) => continue,
             Ok(None) => panic!("the subscription ended"),
             Err(_) => panic!("no message within 5 s"),
         }

@@ -16,9 +16,10 @@
 //! - [`publish`](SharedCache::publish) / [`subscribe`](SharedCache::subscribe):
 //!   invalidations, so an update in one process drops the entry from every
 //!   process's L1. A subscription survives the shared cache going away and
-//!   coming back; it reports [`CacheEvent::Resubscribed`] when it does, since
-//!   messages published meanwhile were lost and the subscriber should drop
-//!   everything it holds.
+//!   coming back; it reports [`CacheEvent::Lost`] when it goes (from then on
+//!   messages are missed, so the subscriber must stop trusting what it
+//!   holds) and [`CacheEvent::Resubscribed`] when it is back (messages
+//!   published meanwhile were lost: drop everything held).
 //!
 //! - [`get_versioned`](SharedCache::get_versioned) /
 //!   [`set_versioned`](SharedCache::set_versioned): values stamped with the
@@ -131,6 +132,9 @@ impl Versioned {
 pub enum CacheEvent {
     /// A message published on the channel.
     Message(String),
+    /// The subscription dropped: messages are missed until
+    /// [`Resubscribed`](CacheEvent::Resubscribed).
+    Lost,
     /// The subscription was lost and is back: messages published in between
     /// were missed.
     Resubscribed,

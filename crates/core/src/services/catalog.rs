@@ -34,12 +34,13 @@
 //!   the list's membership changes (a product created or imported), by an
 //!   epoch every page records at its load: a page loaded before the change
 //!   is refused at read time.
-//! - L2 down (or empty): reads go to the database (L1 entries stay, and stay
-//!   coherent within this process), with `orderflow_cache_l2_errors_total`
-//!   and one warning per outage. L2 is used again as soon as it answers. A
-//!   floor that could not be written to L2 leaves its entry in L2 for at
-//!   most the TTL; the published floor still protects every L1, and L1
-//!   entries refuse an L2 value older than their floor.
+//! - L2 down (or empty): L2 misses go to the database, with
+//!   `orderflow_cache_l2_errors_total` and one warning per outage; L2 is
+//!   used again as soon as it answers. While the invalidation subscription
+//!   is lost (Redis gone), this process could miss other processes'
+//!   changes, so its reads bypass L1 too and go to the database
+//!   (`orderflow_cache_bypassed_total`) until it is subscribed again and has
+//!   dropped its L1: nothing stale is served.
 //!
 //! # The notes' strategies, where each sits
 //! - read-through with request collapsing: [`CatalogService::product`]. In
@@ -269,6 +270,9 @@ struct L1 {
     /// Bumped when the list's membership changes; pages of an older epoch
     /// are misses.
     page_epoch: Arc<AtomicU64>,
+    /// False while this process cannot hear other processes' invalidations
+    /// (its subscription is lost): reads then bypass the caches.
+    trusted: Arc<AtomicBool>,
 }
 
 /// Whether an offered value of the same version as the entry is taken.
@@ -317,6 +321,9 @@ struct SharedLayer {
     lock_wait: Duration,
     /// True while L2 fails, so an outage is logged once, not per request.
     down: AtomicBool,
+    /// Changes of this process that L2 or the other processes may not have
+    /// (an L2 write or publish failed): sent again once subscribed again.
+    unsent: Mutex<HashMap<ProductId, i64>>,
 }
 
 fn product_key(id: ProductId) -> String {
@@ -355,20 +362,50 @@ impl SharedLayer {
         }
     }
 
-    /// Writes `slot` to L2 unless L2 holds something newer.
-    async fn put(&self, id: ProductId, slot: &Slot) {
+    /// Writes `slot` to L2 unless L2 holds something newer; false when L2
+    /// could not be reached.
+    async fn put(&self, id: ProductId, slot: &Slot) -> bool {
         let entry = match slot {
             Slot::Floor(version) => Versioned::floor(*version),
             Slot::Found(product) => match serde_json::to_vec(&Some(&**product)) {
                 Ok(bytes) => Versioned::value(product.version, bytes),
-                Err(_) => return,
+                Err(_) => return true,
             },
             Slot::Missing => Versioned::value(0, b"null".to_vec()),
         };
         let ttl = self.lifetimes.of(slot);
         match self.cache.set_versioned(&product_key(id), &entry, ttl).await {
-            Ok(_) => self.answered(),
-            Err(error) => self.failed("set", &error),
+            Ok(_) => {
+                self.answered();
+                true
+            }
+            Err(error) => {
+                self.failed("set", &error);
+                false
+            }
+        }
+    }
+
+    /// Announces a change of this process: L2, then every other process.
+    /// What does not get through is kept for [`resend`](Self::resend).
+    async fn announce(&self, id: ProductId, slot: &Slot) {
+        let version = slot.version();
+        let stored = self.put(id, slot).await;
+        let published = self.publish(&format!("product:{id}:{version}")).await;
+        if !(stored && published) {
+            let mut unsent = lock(&self.unsent);
+            let kept = unsent.entry(id).or_insert(version);
+            *kept = (*kept).max(version);
+        }
+    }
+
+    /// Once subscribed again: the changes that did not get through, as
+    /// floors (L2 may still hold what they replaced, if it only was out of
+    /// reach) and messages.
+    async fn resend(&self) {
+        let unsent = std::mem::take(&mut *lock(&self.unsent));
+        for (id, version) in unsent {
+            self.announce(id, &Slot::Floor(version)).await;
         }
     }
 
@@ -411,7 +448,8 @@ impl SharedLayer {
                     }
                     _ => {
                         let slot = load_from_store(store, id).await?;
-                        self.put(id, &slot).await;
+                        // Unreachable L2: the caller answers from the database anyway.
+                        let _ = self.put(id, &slot).await;
                         slot
                     }
                 };
@@ -447,11 +485,22 @@ impl SharedLayer {
         }
     }
 
-    async fn publish(&self, message: &str) {
-        if let Err(error) = self.cache.publish(INVALIDATIONS, message).await {
-            self.failed("publish", &error);
+    /// False when the message could not be sent.
+    async fn publish(&self, message: &str) -> bool {
+        match self.cache.publish(INVALIDATIONS, message).await {
+            Ok(()) => true,
+            Err(error) => {
+                self.failed("publish", &error);
+                false
+            }
         }
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn count_collapsed(scope: &'static str) {
@@ -565,7 +614,7 @@ impl Layers {
     /// there; in L1 the same version counts too, to give it a new life.
     async fn renew(&self, id: ProductId, slot: Slot) {
         if let Some(shared) = &self.shared {
-            shared.put(id, &slot).await;
+            let _ = shared.put(id, &slot).await;
         }
         if let Some(l1) = &self.l1 {
             l1.offer(id, slot, &self.lifetimes, Offer::Renewing).await;
@@ -628,6 +677,7 @@ impl CatalogService {
                 lock_ttl: settings.lock_ttl,
                 lock_wait: settings.lock_wait,
                 down: AtomicBool::new(false),
+                unsent: Mutex::new(HashMap::new()),
             })
         });
         let l1 = enabled.then(|| L1 {
@@ -646,6 +696,7 @@ impl CatalogService {
                 .time_to_live(settings.page_ttl)
                 .build(),
             page_epoch: Arc::new(AtomicU64::new(0)),
+            trusted: Arc::new(AtomicBool::new(true)),
         });
         Self {
             layers: Layers {
@@ -684,6 +735,7 @@ impl CatalogService {
             Ok(subscription) => Some(subscription),
             Err(error) => {
                 shared.failed("subscribe", &error);
+                l1.trusted.store(false, Ordering::SeqCst);
                 None
             }
         };
@@ -696,10 +748,22 @@ impl CatalogService {
         )))
     }
 
+    /// L1, unless there is none or it cannot be trusted now (see
+    /// [`L1::trusted`]).
+    fn usable_l1(&self) -> Option<&L1> {
+        let l1 = self.layers.l1.as_ref()?;
+        if l1.trusted.load(Ordering::Relaxed) {
+            Some(l1)
+        } else {
+            metrics::counter!("orderflow_cache_bypassed_total").increment(1);
+            None
+        }
+    }
+
     /// One product, from the cache when it is on.
     #[tracing::instrument(name = "cache.get", skip(self), fields(cache.kind = "product", cache.hit = tracing::field::Empty))]
     pub async fn product(&self, id: ProductId) -> Result<Option<Product>, CoreError> {
-        let Some(l1) = &self.layers.l1 else {
+        let Some(l1) = self.usable_l1() else {
             return Ok(self.layers.store.product(id).await?);
         };
         if let Some(entry) = l1.products.get(&id).await
@@ -745,7 +809,7 @@ impl CatalogService {
         limit: Option<u32>,
     ) -> Result<ProductPage, CoreError> {
         let limit = limit.unwrap_or(DEFAULT_PAGE_SIZE).clamp(1, MAX_PAGE_SIZE);
-        let Some(l1) = &self.layers.l1 else {
+        let Some(l1) = self.usable_l1() else {
             return self.load_page(cursor, limit).await;
         };
         let epoch = l1.page_epoch.load(Ordering::SeqCst);
@@ -894,17 +958,12 @@ impl CatalogService {
                 Propagation::Value => Slot::Found(Arc::new(product.clone())),
                 Propagation::Floor => Slot::Floor(product.version),
             };
-            if let Some(shared) = &self.layers.shared {
-                shared.put(product.id, &slot).await;
-            }
             if let Some(l1) = &self.layers.l1 {
-                l1.offer(product.id, slot, &self.layers.lifetimes, Offer::Newer)
+                l1.offer(product.id, slot.clone(), &self.layers.lifetimes, Offer::Newer)
                     .await;
             }
             if let Some(shared) = &self.layers.shared {
-                shared
-                    .publish(&format!("product:{}:{}", product.id, product.version))
-                    .await;
+                shared.announce(product.id, &slot).await;
             }
         }
     }
@@ -915,40 +974,29 @@ impl CatalogService {
             l1.pages_changed();
         }
         if let Some(shared) = &self.layers.shared {
-            shared.publish(PAGES_CHANGED).await;
+            // Pages live only in L1, for `page_ttl`: a lost message costs at
+            // most that long for a new product to show in other lists.
+            let _ = shared.publish(PAGES_CHANGED).await;
         }
     }
 
     /// Counts one view of a product (write-behind: in memory until the next
     /// [`flush_views`](Self::flush_views)).
     pub fn record_view(&self, id: ProductId) {
-        *self
-            .views
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .entry(id)
-            .or_insert(0) += 1;
+        *lock(&self.views).entry(id).or_insert(0) += 1;
     }
 
     /// Adds the views counted since the last flush to the database, in one
     /// transaction; when that fails they are kept for the next flush.
     pub async fn flush_views(&self) -> Result<usize, CoreError> {
-        let batch: Vec<(ProductId, u64)> = std::mem::take(
-            &mut *self
-                .views
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner()),
-        )
-        .into_iter()
-        .collect();
+        let batch: Vec<(ProductId, u64)> = std::mem::take(&mut *lock(&self.views))
+            .into_iter()
+            .collect();
         if batch.is_empty() {
             return Ok(0);
         }
         if let Err(error) = self.layers.store.add_product_views(&batch).await {
-            let mut views = self
-                .views
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut views = lock(&self.views);
             for (id, n) in batch {
                 *views.entry(id).or_insert(0) += n;
             }
@@ -986,10 +1034,12 @@ async fn listen(
     lifetimes: Lifetimes,
     shutdown: CancellationToken,
 ) {
+    // Called once subscribed again: what L1 holds may have missed changes.
     let drop_everything = || {
         l1.products.invalidate_all();
         l1.pages_changed();
         metrics::counter!("orderflow_cache_l1_flushes_total").increment(1);
+        l1.trusted.store(true, Ordering::SeqCst);
     };
     let mut backoff = Duration::from_millis(100);
     loop {
@@ -1004,6 +1054,7 @@ async fn listen(
                     subscription = Some(fresh);
                     backoff = Duration::from_millis(100);
                     drop_everything();
+                    shared.resend().await;
                 }
                 Err(error) => {
                     shared.failed("subscribe", &error);
@@ -1028,8 +1079,18 @@ async fn listen(
                 }
                 metrics::counter!("orderflow_cache_invalidations_received_total").increment(1);
             }
-            Some(CacheEvent::Resubscribed) => drop_everything(),
-            None => subscription = None,
+            Some(CacheEvent::Lost) => {
+                l1.trusted.store(false, Ordering::SeqCst);
+                tracing::warn!("catalog invalidations lost; reading from the database until they are back");
+            }
+            Some(CacheEvent::Resubscribed) => {
+                drop_everything();
+                shared.resend().await;
+            }
+            None => {
+                l1.trusted.store(false, Ordering::SeqCst);
+                subscription = None;
+            }
         }
     }
 }
