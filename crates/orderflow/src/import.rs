@@ -131,8 +131,8 @@ pub fn parse(path: &Path, text: &str) -> anyhow::Result<Vec<ProductDraft>> {
 
 /// Imports the file at `path` (see the module docs).
 pub async fn import_file(app: &App, path: &Path) -> anyhow::Result<ImportReport> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let drafts = parse(path, &text)?;
     let mut report = ImportReport::default();
     let mut drafts = drafts.into_iter().peekable();
@@ -156,7 +156,8 @@ mod tests {
 
     #[test]
     fn csv_and_json_lines_parse_to_the_same_drafts() {
-        let csv = "sku,name,price_cents,currency,stock\nMUG-1, Mug ,250,EUR,10\nCUP-2,Cup,199,EUR,0\n";
+        let csv =
+            "sku,name,price_cents,currency,stock\nMUG-1, Mug ,250,EUR,10\nCUP-2,Cup,199,EUR,0\n";
         let jsonl = r#"{"sku":"MUG-1","name":"Mug","price_cents":250,"currency":"EUR","stock":10}
 
 {"sku":"CUP-2","name":"Cup","price_cents":199,"currency":"EUR","stock":0}

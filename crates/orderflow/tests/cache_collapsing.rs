@@ -161,9 +161,5 @@ async fn a_hot_product_is_refreshed_ahead_and_never_misses() {
         refreshes() - refreshes_before >= 2.0,
         "reloaded ahead of expiry, once per lifetime"
     );
-    assert_eq!(
-        misses() - misses_before,
-        1.0,
-        "only the first read missed"
-    );
+    assert_eq!(misses() - misses_before, 1.0, "only the first read missed");
 }

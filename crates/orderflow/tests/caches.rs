@@ -140,10 +140,7 @@ async fn order_to_the_end(client: &Client, token: &str, product: &str, quantity:
         if ["confirmed", "rejected", "payment_failed", "cancelled"].contains(&status.as_str()) {
             return status;
         }
-        assert!(
-            Instant::now() < deadline,
-            "order {id} stuck at {status}"
-        );
+        assert!(Instant::now() < deadline, "order {id} stuck at {status}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -198,7 +195,10 @@ async fn two_api_processes_on_redis_show_every_change_of_stock_and_fields() {
     for api in apis {
         for _ in 0..2 {
             let seen = product(api, &id).await;
-            assert_eq!((seen["stock"].as_i64(), seen["version"].as_i64()), (Some(20), Some(1)));
+            assert_eq!(
+                (seen["stock"].as_i64(), seen["version"].as_i64()),
+                (Some(20), Some(1))
+            );
         }
         assert_eq!(listed(api, &id).await["stock"], 20);
     }
@@ -207,7 +207,10 @@ async fn two_api_processes_on_redis_show_every_change_of_stock_and_fields() {
     // the time it is confirmed, the reservation's change has been published;
     // both APIs answer the new stock at once, product and list alike.
     let shopper = first.shopper("coherent@example.com").await;
-    assert_eq!(order_to_the_end(&second, &shopper, &id, 2).await, "confirmed");
+    assert_eq!(
+        order_to_the_end(&second, &shopper, &id, 2).await,
+        "confirmed"
+    );
     for api in apis {
         let seen = product(api, &id).await;
         assert_eq!(
@@ -247,8 +250,14 @@ async fn two_api_processes_on_redis_show_every_change_of_stock_and_fields() {
         .unwrap();
     assert_eq!(edited.status(), 200);
     let seen = product(&second, &id).await;
-    assert_eq!((seen["name"].as_str(), seen["stock"].as_i64()), (Some("Blue mug"), Some(50)));
-    eventually(&first, &id, "admin edit", |p| p["name"] == "Blue mug" && p["stock"] == 50).await;
+    assert_eq!(
+        (seen["name"].as_str(), seen["stock"].as_i64()),
+        (Some("Blue mug"), Some(50))
+    );
+    eventually(&first, &id, "admin edit", |p| {
+        p["name"] == "Blue mug" && p["stock"] == 50
+    })
+    .await;
     assert_eq!(listed(&first, &id).await["name"], "Blue mug");
 
     // A bulk import in a process of its own (write-around): both APIs drop
@@ -262,7 +271,10 @@ async fn two_api_processes_on_redis_show_every_change_of_stock_and_fields() {
     let printed = orderflow(&["import", csv.to_str().unwrap()], &env).await;
     assert!(printed.contains("1 new, 1 updated"), "{printed}");
     for api in apis {
-        eventually(api, &id, "import", |p| p["price_cents"] == 450 && p["stock"] == 60).await;
+        eventually(api, &id, "import", |p| {
+            p["price_cents"] == 450 && p["stock"] == 60
+        })
+        .await;
         assert!(
             list(api).await.iter().any(|p| p["sku"] == "COHERENT-2"),
             "{} lists the imported product",
@@ -336,5 +348,8 @@ async fn view_counts_survive_sigterm_and_sigkill_loses_at_most_one_interval() {
         (80..=100).contains(&after_kill),
         "flushed views survive a SIGKILL, unflushed ones at most add up: {after_kill}"
     );
-    eprintln!("views after SIGKILL: {after_kill} of 100 (lost {})", 100 - after_kill);
+    eprintln!(
+        "views after SIGKILL: {after_kill} of 100 (lost {})",
+        100 - after_kill
+    );
 }

@@ -243,7 +243,12 @@ pub async fn versioned_writes(cache: Arc<dyn SharedCache>) {
 
     // The stale-set race: a loader read version 3, the row changed to 4 and
     // the change left its floor; the loader's late write is refused.
-    assert!(cache.set_versioned(&key, &Versioned::floor(4), ttl).await.unwrap());
+    assert!(
+        cache
+            .set_versioned(&key, &Versioned::floor(4), ttl)
+            .await
+            .unwrap()
+    );
     assert!(
         !cache.set_versioned(&key, &value(3), ttl).await.unwrap(),
         "nothing older than the floor"
@@ -254,7 +259,10 @@ pub async fn versioned_writes(cache: Arc<dyn SharedCache>) {
         "a floor is read back as a floor (a miss with a version)"
     );
     assert!(
-        !cache.set_versioned(&key, &Versioned::floor(3), ttl).await.unwrap(),
+        !cache
+            .set_versioned(&key, &Versioned::floor(3), ttl)
+            .await
+            .unwrap(),
         "an older floor is refused"
     );
     assert!(
@@ -262,7 +270,10 @@ pub async fn versioned_writes(cache: Arc<dyn SharedCache>) {
         "the floor's own version fills it"
     );
     assert!(
-        !cache.set_versioned(&key, &Versioned::floor(4), ttl).await.unwrap(),
+        !cache
+            .set_versioned(&key, &Versioned::floor(4), ttl)
+            .await
+            .unwrap(),
         "a floor does not erase the value of its version"
     );
     assert_eq!(cache.get_versioned(&key).await.unwrap(), Some(value(4)));

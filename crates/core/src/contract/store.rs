@@ -1384,7 +1384,10 @@ pub async fn product_versions(store: Arc<dyn Store>) {
         .await
         .unwrap()
         .expect("exists");
-    assert_eq!(edited.version, 2, "an admin edit returns the bumped version");
+    assert_eq!(
+        edited.version, 2,
+        "an admin edit returns the bumped version"
+    );
     assert_eq!(version_of(&store, mug.id).await, 2);
 
     let order = given_order(&store, user.id, &[(&edited, 2), (&cup, 1)]).await;
@@ -1450,7 +1453,10 @@ pub async fn product_imports(store: Arc<dyn Store>) {
     let at = now();
     let stored = store
         .import_products(
-            &[(uuid::Uuid::now_v7(), replacement), (fresh_id, fresh.clone())],
+            &[
+                (uuid::Uuid::now_v7(), replacement),
+                (fresh_id, fresh.clone()),
+            ],
             at,
         )
         .await
@@ -1473,7 +1479,10 @@ pub async fn product_imports(store: Arc<dyn Store>) {
         (fresh_id, fresh.sku.as_str(), 1),
         "a new SKU is inserted under its id"
     );
-    assert_eq!(store.product(existing.id).await.unwrap().as_ref(), Some(&stored[0]));
+    assert_eq!(
+        store.product(existing.id).await.unwrap().as_ref(),
+        Some(&stored[0])
+    );
     assert_eq!(store.count_products().await.unwrap(), 2);
 
     // Two rows with one id but different SKUs: the second fails, so the

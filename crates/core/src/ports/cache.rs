@@ -115,9 +115,7 @@ impl Versioned {
     /// The inverse of [`encode`](Self::encode); `None` for bytes it did not
     /// write (another version of orderflow, a hand edit).
     pub fn decode(bytes: &[u8]) -> Option<Self> {
-        let digits = bytes
-            .iter()
-            .position(|b| *b == b'V' || *b == b'F')?;
+        let digits = bytes.iter().position(|b| *b == b'V' || *b == b'F')?;
         let version = std::str::from_utf8(&bytes[..digits]).ok()?.parse().ok()?;
         Some(match bytes[digits] {
             b'V' => Self::value(version, bytes[digits + 1..].to_vec()),
@@ -212,8 +210,14 @@ mod tests {
         let (old, new) = (Versioned::value(1, vec![1]), Versioned::value(2, vec![2]));
         assert!(new.replaces(&old) && !old.replaces(&new));
         assert!(!old.replaces(&old), "an equal value is not written again");
-        assert!(old.replaces(&Versioned::floor(1)), "a value fills its floor");
+        assert!(
+            old.replaces(&Versioned::floor(1)),
+            "a value fills its floor"
+        );
         assert!(!Versioned::floor(1).replaces(&old));
-        assert!(!old.replaces(&Versioned::floor(2)), "nothing older than a floor");
+        assert!(
+            !old.replaces(&Versioned::floor(2)),
+            "nothing older than a floor"
+        );
     }
 }

@@ -374,7 +374,11 @@ impl SharedLayer {
             Slot::Missing => Versioned::value(0, b"null".to_vec()),
         };
         let ttl = self.lifetimes.of(slot);
-        match self.cache.set_versioned(&product_key(id), &entry, ttl).await {
+        match self
+            .cache
+            .set_versioned(&product_key(id), &entry, ttl)
+            .await
+        {
             Ok(_) => {
                 self.answered();
                 true
@@ -602,7 +606,8 @@ impl Layers {
         tokio::spawn(async move {
             metrics::counter!("orderflow_cache_refresh_ahead_total", "kind" => "product")
                 .increment(1);
-            // From the database, so L2's copy gets a new life too.
+            // From the database: L2's copy was loaded about when L1's was,
+            // and may be about to expire too.
             match load_from_store(layers.store.as_ref(), id).await {
                 Ok(slot) => layers.renew(id, slot).await,
                 Err(error) => tracing::warn!(%error, %id, "refresh-ahead failed"),
@@ -610,8 +615,9 @@ impl Layers {
         });
     }
 
-    /// A refreshed value: into L2, then L1, each only if nothing newer is
-    /// there; in L1 the same version counts too, to give it a new life.
+    /// A refreshed value: into L2 (only if newer: an equal version is left
+    /// to live out its TTL), then L1, where the same version counts too, to
+    /// give the hot entry a new life.
     async fn renew(&self, id: ProductId, slot: Slot) {
         if let Some(shared) = &self.shared {
             let _ = shared.put(id, &slot).await;
@@ -959,8 +965,13 @@ impl CatalogService {
                 Propagation::Floor => Slot::Floor(product.version),
             };
             if let Some(l1) = &self.layers.l1 {
-                l1.offer(product.id, slot.clone(), &self.layers.lifetimes, Offer::Newer)
-                    .await;
+                l1.offer(
+                    product.id,
+                    slot.clone(),
+                    &self.layers.lifetimes,
+                    Offer::Newer,
+                )
+                .await;
             }
             if let Some(shared) = &self.layers.shared {
                 shared.announce(product.id, &slot).await;
@@ -1081,7 +1092,9 @@ async fn listen(
             }
             Some(CacheEvent::Lost) => {
                 l1.trusted.store(false, Ordering::SeqCst);
-                tracing::warn!("catalog invalidations lost; reading from the database until they are back");
+                tracing::warn!(
+                    "catalog invalidations lost; reading from the database until they are back"
+                );
             }
             Some(CacheEvent::Resubscribed) => {
                 drop_everything();
@@ -1111,7 +1124,10 @@ fn parse_invalidation(message: &str) -> Option<Invalidation> {
         return Some(Invalidation::Pages);
     }
     let (id, version) = message.strip_prefix("product:")?.split_once(':')?;
-    Some(Invalidation::Product(id.parse().ok()?, version.parse().ok()?))
+    Some(Invalidation::Product(
+        id.parse().ok()?,
+        version.parse().ok()?,
+    ))
 }
 
 fn sku_conflict(error: StoreError) -> CoreError {
@@ -1156,7 +1172,10 @@ mod tests {
         assert!(product(2).replaces(&product(1)));
         assert!(!product(1).replaces(&product(2)));
         assert!(!product(2).replaces(&product(2)));
-        assert!(product(2).replaces(&Slot::Floor(2)), "a value fills its floor");
+        assert!(
+            product(2).replaces(&Slot::Floor(2)),
+            "a value fills its floor"
+        );
         assert!(!product(1).replaces(&Slot::Floor(2)), "the stale-set race");
         assert!(Slot::Floor(3).replaces(&product(2)));
         assert!(product(1).replaces(&Slot::Missing), "created after a miss");
