@@ -50,7 +50,7 @@ async fn product_has_etag_and_answers_304() {
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(
         body,
-        json!({"id": product.id, "sku": "ETAG-1", "name": "Product ETAG-1", "price_cents": 1299, "currency": "EUR", "stock": 7})
+        json!({"id": product.id, "sku": "ETAG-1", "name": "Product ETAG-1", "price_cents": 1299, "currency": "EUR", "stock": 7, "version": 1})
     );
 
     let not_modified = app.get_product(product.id, Some(&etag)).await;
