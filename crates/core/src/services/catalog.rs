@@ -291,18 +291,19 @@ impl L1 {
         self.products
             .entry(id)
             .and_compute_with(|current| {
-                let op = match current.map(|entry| entry.into_value()) {
-                    Some(current)
-                        if !slot.replaces(&current.slot)
-                            && !(offer == Offer::Renewing
-                                && slot.answer().is_some()
-                                && slot.version() == current.slot.version()) =>
-                    {
-                        Op::Nop
-                    }
-                    _ => Op::Put(lifetimes.entry(slot)),
-                };
-                std::future::ready(op)
+                let taken = current
+                    .map(|entry| entry.into_value())
+                    .is_none_or(|current| {
+                        let renews = offer == Offer::Renewing
+                            && slot.answer().is_some()
+                            && slot.version() == current.slot.version();
+                        slot.replaces(&current.slot) || renews
+                    });
+                std::future::ready(if taken {
+                    Op::Put(lifetimes.entry(slot))
+                } else {
+                    Op::Nop
+                })
             })
             .await;
     }
