@@ -64,6 +64,9 @@ impl App {
     /// Connects, migrates, loads the signing keys, wires the use cases and
     /// bootstraps the admin.
     pub async fn build(settings: Settings) -> anyhow::Result<App> {
+        // First, so every series registered while wiring (the catalog's, at
+        // zero) lands in it.
+        let metrics = telemetry::prometheus();
         std::fs::create_dir_all(&settings.data_dir)
             .with_context(|| format!("creating the data dir {}", settings.data_dir.display()))?;
         let backends = Backends::connect(&settings).await?;
@@ -138,7 +141,7 @@ impl App {
             orders: orders.clone(),
             queries: queries.clone(),
             operations: operations.clone(),
-            metrics: telemetry::prometheus(),
+            metrics,
             limiter: backends.rate_limiter(settings.scale.rate_limit_fail),
             rate_limits: rate_limits(&settings)?,
             http_limits: HttpLimits {

@@ -677,6 +677,16 @@ impl CatalogService {
             negative_ttl: settings.negative_ttl,
         };
         let enabled = settings.enabled;
+        if enabled {
+            // Exported from the start, at zero: with write-through a process
+            // may serve for long without a load, and an absent series
+            // breaks rate() and alerts.
+            metrics::counter!("orderflow_cache_loads_total", "kind" => "product").increment(0);
+            for scope in ["in_process", "across_processes"] {
+                metrics::counter!("orderflow_cache_loads_collapsed_total", "kind" => "product", "scope" => scope)
+                    .increment(0);
+            }
+        }
         let shared = shared.filter(|_| enabled).map(|cache| {
             Arc::new(SharedLayer {
                 cache,
