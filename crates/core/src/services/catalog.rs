@@ -88,6 +88,8 @@ use crate::ports::store::{Store, StoreError};
 const INVALIDATIONS: &str = "catalog.invalidations";
 /// The invalidation message that drops every cached page (membership changed).
 const PAGES_CHANGED: &str = "pages";
+/// How often changes that could not be announced are tried again.
+const RESEND_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone)]
 pub struct CacheSettings {
@@ -402,6 +404,10 @@ impl SharedLayer {
             let kept = unsent.entry(id).or_insert(version);
             *kept = (*kept).max(version);
         }
+    }
+
+    fn has_unsent(&self) -> bool {
+        !lock(&self.unsent).is_empty()
     }
 
     /// Once subscribed again: the changes that did not get through, as
@@ -1088,6 +1094,13 @@ async fn listen(
         let event = tokio::select! {
             () = shutdown.cancelled() => return,
             event = current.next() => event,
+            // A resend that failed too (the first command after an outage
+            // may meet the dead connection) is tried again until it gets
+            // through.
+            () = tokio::time::sleep(RESEND_EVERY), if shared.has_unsent() => {
+                shared.resend().await;
+                continue;
+            }
         };
         match event {
             Some(CacheEvent::Message(message)) => {
