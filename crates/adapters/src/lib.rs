@@ -19,7 +19,8 @@
 //!   idempotent producer the relay publishes through, consumer-group members
 //!   with manual commits and cooperative rebalancing, lag from watermarks.
 //! - [`redis`]: Redis (standalone, TLS or cluster): the shared L2 catalog
-//!   cache with pub/sub invalidation and cross-process request collapsing,
+//!   cache with version-conditional writes (a Lua compare-and-set), pub/sub
+//!   invalidation and cross-process request collapsing,
 //!   the rate limiter (one Lua script per algorithm) and revocations, all
 //!   backed by the database or harmless to lose.
 //! - [`memory`]: in-process adapters: the revocation list (backed by the

@@ -75,15 +75,7 @@ macro_rules! per_deployment {
 
             mod cache {
                 use super::*;
-                cache_scenario!(
-                    $url;
-                    values,
-                    values_expire,
-                    locks,
-                    locks_expire,
-                    lock_is_exclusive_under_contention,
-                    invalidations_reach_every_subscriber,
-                );
+                orderflow_core::cache_scenarios!(cache_scenario; $url);
             }
 
             mod rate_limit {
@@ -310,12 +302,14 @@ async fn the_cache_reports_redis_down_and_recovers_with_its_subscriptions() {
         None,
         "back, empty, and used again"
     );
-    // The subscription came back by itself and says it may have missed
-    // messages.
-    let event = tokio::time::timeout(Duration::from_secs(10), subscription.next())
-        .await
-        .expect("resubscribed within 10 s");
-    assert_eq!(event, Some(CacheEvent::Resubscribed));
+    // The subscription said when it was lost, came back by itself and says
+    // it may have missed messages.
+    for expected in [CacheEvent::Lost, CacheEvent::Resubscribed] {
+        let event = tokio::time::timeout(Duration::from_secs(10), subscription.next())
+            .await
+            .expect("an event within 10 s");
+        assert_eq!(event, Some(expected));
+    }
     cache.publish("events", "after").await.unwrap();
     let event = tokio::time::timeout(Duration::from_secs(5), subscription.next())
         .await
@@ -367,10 +361,17 @@ async fn catalogs_sharing_redis_query_once_per_key_and_invalidate_each_other() {
             .expect("a listener with an L2");
         catalogs.push(catalog);
     }
+    // Written to the database directly, so every key starts cold (the
+    // catalog's own create writes through to L1 and L2).
     let mut products = Vec::new();
     for i in 0..3 {
         let draft = ProductDraft::new(&format!("L2-{i}"), "Mug", 250, "EUR", 10).unwrap();
-        products.push(catalogs[0].create(draft).await.unwrap());
+        products.push(
+            store
+                .insert_product(uuid::Uuid::now_v7(), &draft, Utc::now())
+                .await
+                .unwrap(),
+        );
     }
 
     // A burst: every catalog reads every product 20 times at once.
@@ -418,6 +419,39 @@ async fn catalogs_sharing_redis_query_once_per_key_and_invalidate_each_other() {
         }
     }
 
+    // A stock change committed elsewhere (a consumer's reservation), then
+    // announced by one catalog: every catalog shows the new stock and
+    // version, and the list too.
+    let shopper = contract::given_user(&(store.clone() as Arc<dyn Store>), "Ann").await;
+    let order = contract::given_order(
+        &(store.clone() as Arc<dyn Store>),
+        shopper.id,
+        &[(&products[1], 4)],
+    )
+    .await;
+    let mut tx = store.begin().await.unwrap();
+    tx.reserve_stock(order.id, &[(products[1].id, 4)])
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    catalogs[0].products_changed(&[products[1].id]).await;
+    for catalog in &catalogs {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let seen = catalog.product(products[1].id).await.unwrap().unwrap();
+            let page = catalog.list(None, Some(100)).await.unwrap();
+            let listed = page.items.iter().find(|p| p.id == products[1].id).unwrap();
+            if (seen.stock, seen.version, listed.stock) == (6, 2, 6) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "stale stock survived the change: {seen:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     // Redis down: reads keep working (L1, then the database).
     server.stop();
     let started = Instant::now();
@@ -431,21 +465,94 @@ async fn catalogs_sharing_redis_query_once_per_key_and_invalidate_each_other() {
         products[1].id,
         "an L1 hit"
     );
-    catalogs[2].invalidate(products[2].id).await;
+    let unseen = store
+        .insert_product(
+            uuid::Uuid::now_v7(),
+            &ProductDraft::new("L2-3", "Cup", 150, "EUR", 10).unwrap(),
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        catalogs[2].product(unseen.id).await.unwrap().unwrap().id,
+        unseen.id,
+        "an L1 miss answered by the database"
+    );
+    // A change while Redis is down: its own process shows it at once.
+    catalogs[2]
+        .update(
+            products[2].id,
+            ProductDraft::new("L2-2", "Tall mug", 500, "EUR", 10).unwrap(),
+        )
+        .await
+        .unwrap();
     assert_eq!(
         catalogs[2]
             .product(products[2].id)
             .await
             .unwrap()
             .unwrap()
-            .id,
-        products[2].id,
-        "an L1 miss answered by the database"
+            .price_cents,
+        500,
+        "the change made while Redis was down"
     );
     assert!(
         started.elapsed() < FAST,
         "a dead Redis fails fast: {:?}",
         started.elapsed()
     );
+
+    // The other catalogs cannot hear that change while Redis is down: their
+    // subscriptions are lost, so they stop trusting their L1 and read the
+    // database. None serves the old price it holds.
+    for catalog in &catalogs[..2] {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while catalog
+            .product(products[2].id)
+            .await
+            .unwrap()
+            .unwrap()
+            .price_cents
+            != 500
+        {
+            assert!(
+                Instant::now() < deadline,
+                "a stale price served while Redis is down"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    // Back: the change that could not be announced is sent again, so L2
+    // refuses anything older than it.
+    server.restart().unwrap();
+    let l2 = RedisSharedCache::new(RedisConnection::open(&settings).unwrap());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let entry = l2
+            .get_versioned(&format!("product:{}", products[2].id))
+            .await
+            .ok()
+            .flatten();
+        if entry.is_some_and(|entry| entry.version >= 2) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the change made while Redis was down never reached it"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for catalog in &catalogs {
+        assert_eq!(
+            catalog
+                .product(products[2].id)
+                .await
+                .unwrap()
+                .unwrap()
+                .price_cents,
+            500
+        );
+    }
     shutdown.cancel();
 }

@@ -457,14 +457,7 @@ mod contract_scenarios {
 
     mod cache {
         use super::*;
-        cache_scenario!(
-            values,
-            values_expire,
-            locks,
-            locks_expire,
-            lock_is_exclusive_under_contention,
-            invalidations_reach_every_subscriber,
-        );
+        orderflow_core::cache_scenarios!(cache_scenario);
     }
 
     mod rate_limit {

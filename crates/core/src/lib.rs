@@ -12,8 +12,10 @@
 //!   - [`ports::providers`]: payment, e-mail, SMS and push providers.
 //!   - [`ports::revocations`]: revoked access-token ids.
 //!   - [`ports::rate_limit`]: rate-limit decisions.
-//! - [`services`]: the use cases: [`services::auth`], [`services::catalog`] (cache-aside
-//!   with request collapsing), [`services::orders`] (placement, both side-effect
+//! - [`services`]: the use cases: [`services::auth`], [`services::catalog`] (the
+//!   two-level cache kept coherent by product versions: read-through with
+//!   request collapsing, write-through, write-around, write-behind view
+//!   counters, refresh-ahead), [`services::orders`] (placement, both side-effect
 //!   modes), [`services::effects`] (the side effects shared by the consumers and
 //!   inline mode), [`services::queries`] (notifications, points, leaderboard).
 //!   The consumer groups themselves run in `orderflow-workers`.

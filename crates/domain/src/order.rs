@@ -257,6 +257,7 @@ mod tests {
             currency: Currency::parse(currency).unwrap(),
             stock: 10,
             updated_at: chrono::Utc::now(),
+            version: 1,
         }
     }
 

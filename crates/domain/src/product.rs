@@ -17,6 +17,10 @@ pub struct Product {
     pub currency: Currency,
     pub stock: i64,
     pub updated_at: Timestamp,
+    /// Bumped by the database in the same transaction as every change of the
+    /// row (fields or stock), starting at 1. Caches store a product with its
+    /// version and refuse to replace a newer one with an older one.
+    pub version: i64,
 }
 
 /// Fields an admin sends to create or replace a product, already validated.

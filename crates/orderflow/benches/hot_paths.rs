@@ -126,6 +126,7 @@ fn products(n: usize) -> Vec<Product> {
             currency: eur(),
             stock: 1_000,
             updated_at: chrono::Utc::now(),
+            version: 1,
         })
         .collect()
 }

@@ -64,6 +64,9 @@ impl App {
     /// Connects, migrates, loads the signing keys, wires the use cases and
     /// bootstraps the admin.
     pub async fn build(settings: Settings) -> anyhow::Result<App> {
+        // First, so every series registered while wiring (the catalog's, at
+        // zero) lands in it.
+        let metrics = telemetry::prometheus();
         std::fs::create_dir_all(&settings.data_dir)
             .with_context(|| format!("creating the data dir {}", settings.data_dir.display()))?;
         let backends = Backends::connect(&settings).await?;
@@ -80,10 +83,13 @@ impl App {
             AuthSettings::default(),
         )?);
 
+        let ttl = Duration::from_secs(settings.cache_ttl_secs);
         let cache = CacheSettings {
             enabled: settings.cache == CacheMode::On,
-            ttl: Duration::from_secs(settings.cache_ttl_secs),
-            ttl_jitter: Duration::from_secs(settings.cache_ttl_secs / 4),
+            ttl,
+            ttl_jitter: ttl / 4,
+            // Hot entries reload in the last sixth of their life.
+            refresh_ahead: ttl / 6,
             ..CacheSettings::default()
         };
         let catalog = Arc::new(backends.catalog(&cache));
@@ -123,6 +129,9 @@ impl App {
         if let Some(read_models) = read_models {
             workers = workers.with_read_models(read_models);
         }
+        // Reservations and releases reach the catalog caches: this process's
+        // directly, other processes' over Redis.
+        workers = workers.with_catalog(catalog.clone());
 
         let state = AppState {
             store: store.clone(),
@@ -132,7 +141,7 @@ impl App {
             orders: orders.clone(),
             queries: queries.clone(),
             operations: operations.clone(),
-            metrics: telemetry::prometheus(),
+            metrics,
             limiter: backends.rate_limiter(settings.scale.rate_limit_fail),
             rate_limits: rate_limits(&settings)?,
             http_limits: HttpLimits {
@@ -221,6 +230,10 @@ impl App {
                 tracker.spawn(relay.run(shutdown.clone()));
             }
         }
+        tracker.spawn(self.catalog.clone().run_view_flusher(
+            Duration::from_millis(self.settings.view_flush_ms.max(1)),
+            shutdown.clone(),
+        ));
         tracker.close();
         let served = serve_http(
             listener,
@@ -233,6 +246,11 @@ impl App {
         // The server only returns on shutdown or error; make sure workers stop too.
         shutdown.cancel();
         tracker.wait().await;
+        // Every request has finished: the views they counted are all in
+        // memory now, and go to the database before the process exits.
+        if let Err(error) = self.catalog.flush_views().await {
+            tracing::error!(%error, "product views counted since the last flush are lost");
+        }
         served
     }
 

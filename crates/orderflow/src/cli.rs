@@ -44,6 +44,11 @@ pub enum Command {
     Migrate,
     /// Seed the demo catalog and shoppers (existing ones are left alone).
     Seed,
+    /// Load products in bulk from a CSV file (header sku,name,price_cents,currency,stock) or JSON lines; existing SKUs are replaced.
+    Import {
+        /// The file: .csv, or .jsonl / .ndjson / .json (one object per line).
+        file: std::path::PathBuf,
+    },
     /// Each consumer group: committed offset, end offset and lag per partition.
     Consumers,
     /// Measure v1 (no cache, inline side effects) against v2 (cache, events) on this machine.
@@ -165,6 +170,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 report.products_created,
                 report.shoppers_created,
                 seed::DEMO_PASSWORD
+            );
+        }
+        Command::Import { file } => {
+            let report = crate::import::import_file(&app, &file).await?;
+            println!(
+                "imported {} products from {}: {} new, {} updated",
+                report.inserted + report.updated,
+                file.display(),
+                report.inserted,
+                report.updated
             );
         }
         Command::Consumers => print_consumers(&app).await?,

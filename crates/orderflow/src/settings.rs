@@ -143,6 +143,16 @@ pub struct Settings {
     )]
     pub cache_ttl_secs: u64,
 
+    /// How often each API process adds the product views it counted to the
+    /// database (write-behind; a crash loses at most one interval's views).
+    #[arg(
+        long,
+        env = "ORDERFLOW_VIEW_FLUSH_MS",
+        default_value_t = 1000,
+        global = true
+    )]
+    pub view_flush_ms: u64,
+
     #[command(flatten)]
     pub providers: ProviderSettings,
 

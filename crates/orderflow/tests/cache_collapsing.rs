@@ -1,48 +1,82 @@
-//! Request collapsing, checked through the database-query metric. This is its
-//! own test binary (its own process), so no other test's queries share the
-//! process-wide metrics recorder.
+//! Request collapsing and refresh-ahead, checked through the metrics. This is
+//! its own test binary (its own process), so no other test's queries share
+//! the process-wide metrics recorder, and its tests take turns.
 
 use clap::Parser;
 use orderflow::App;
 use orderflow::cli::Cli;
 use orderflow_domain::product::ProductDraft;
 
+/// The metrics recorder is one per process: the tests here take turns, so
+/// no test's reads move another's counters.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn app(cache: &str) -> (App, tempfile::TempDir) {
+    app_with(&["--cache", cache]).await
+}
+
+async fn app_with(flags: &[&str]) -> (App, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let cli = Cli::try_parse_from([
-        "orderflow",
-        "--data-dir",
-        dir.path().to_str().unwrap(),
-        "--cache",
-        cache,
-        "serve",
-    ])
-    .unwrap();
+    let mut args = vec!["orderflow", "--data-dir", dir.path().to_str().unwrap()];
+    args.extend_from_slice(flags);
+    args.push("serve");
+    let cli = Cli::try_parse_from(args).unwrap();
     (App::build(cli.settings).await.unwrap(), dir)
 }
 
-/// `orderflow_db_queries_total{op="product"}` as the app exports it.
-fn product_queries(app: &App) -> f64 {
+/// The sum of the series of `metric` that carry every one of `labels`, as
+/// the app exports them.
+fn metric(app: &App, metric: &str, labels: &[&str]) -> f64 {
     app.state
         .metrics
         .render()
         .lines()
-        .filter(|l| l.starts_with("orderflow_db_queries_total") && l.contains("op=\"product\""))
+        .filter(|l| l.starts_with(metric) && labels.iter().all(|label| l.contains(label)))
         .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
         .sum()
 }
 
+/// A product written to the database directly, so no cache holds it (the
+/// catalog's own create writes through to the cache).
+async fn cold_product(app: &App, sku: &str) -> orderflow_domain::product::Product {
+    app.store
+        .insert_product(
+            uuid::Uuid::now_v7(),
+            &ProductDraft::new(sku, "Mug", 100, "EUR", 1).unwrap(),
+            chrono::Utc::now(),
+        )
+        .await
+        .unwrap()
+}
+
+/// `orderflow_db_queries_total{op="product"}`.
+fn product_queries(app: &App) -> f64 {
+    metric(app, "orderflow_db_queries_total", &["op=\"product\""])
+}
+
 #[tokio::test]
 async fn cache_collapses_concurrent_misses_and_cache_off_reads_the_database_every_time() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     // With the cache: 50 concurrent reads of a cold key make one query,
     // and further reads make none.
     let (cached, _dir1) = app("on").await;
-    let product = cached
-        .catalog
-        .create(ProductDraft::new("BURST-1", "Burst", 100, "EUR", 1).unwrap())
-        .await
-        .unwrap();
+    let product = cold_product(&cached, "BURST-1").await;
     let before = product_queries(&cached);
+    let misses = || {
+        metric(
+            &cached,
+            "orderflow_cache_misses_total",
+            &["layer=\"l1\"", "kind=\"product\""],
+        )
+    };
+    let collapsed = || {
+        metric(
+            &cached,
+            "orderflow_cache_loads_collapsed_total",
+            &["scope=\"in_process\""],
+        )
+    };
+    let (misses_before, collapsed_before) = (misses(), collapsed());
     let reads: Vec<_> = (0..50)
         .map(|_| {
             let catalog = cached.catalog.clone();
@@ -56,6 +90,15 @@ async fn cache_collapses_concurrent_misses_and_cache_off_reads_the_database_ever
         product_queries(&cached) - before,
         1.0,
         "one query for a burst of 50 misses"
+    );
+    // Every miss but the one that loaded waited for that load, and is
+    // counted as collapsed: misses − loads = collapsed loads.
+    let burst_misses = misses() - misses_before;
+    assert!(burst_misses >= 1.0);
+    assert_eq!(
+        collapsed() - collapsed_before,
+        burst_misses - 1.0,
+        "in-process collapses are counted"
     );
     for _ in 0..10 {
         cached.catalog.product(product.id).await.unwrap().unwrap();
@@ -90,4 +133,33 @@ async fn cache_collapses_concurrent_misses_and_cache_off_reads_the_database_ever
         10.0,
         "cache off: one query per read"
     );
+}
+
+#[tokio::test]
+async fn a_hot_product_is_refreshed_ahead_and_never_misses() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    // Entries live 1 s (+ up to 250 ms of jitter); a hot one is reloaded in
+    // the last sixth of its life. Reads every 10 ms for 3 s span at least
+    // two lifetimes: without refresh-ahead that is three misses or more.
+    let (app, _dir) = app_with(&["--cache-ttl-secs", "1"]).await;
+    let hot = cold_product(&app, "HOT-1").await;
+    let misses = || {
+        metric(
+            &app,
+            "orderflow_cache_misses_total",
+            &["layer=\"l1\"", "kind=\"product\""],
+        )
+    };
+    let refreshes = || metric(&app, "orderflow_cache_refresh_ahead_total", &[]);
+    let (misses_before, refreshes_before) = (misses(), refreshes());
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    while std::time::Instant::now() < until {
+        app.catalog.product(hot.id).await.unwrap().unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(
+        refreshes() - refreshes_before >= 2.0,
+        "reloaded ahead of expiry, once per lifetime"
+    );
+    assert_eq!(misses() - misses_before, 1.0, "only the first read missed");
 }

@@ -17,8 +17,6 @@
 //! This is the slowest test of the suite; it prints its progress and figures.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -29,7 +27,10 @@ use orderflow_testkit::redis::RedisServer;
 use rand::Rng;
 use serde_json::{Value, json};
 use sqlx::Row;
-use tokio::process::{Child, Command};
+use tokio::process::Command;
+
+mod support;
+use support::process::{Process, tail};
 
 const ORDERS: usize = 2_000;
 const SHOPPERS: usize = 40;
@@ -48,99 +49,6 @@ const GROUPS: [&str; 8] = [
     "loyalty",
     "analytics",
 ];
-
-/// One orderflow process, restartable with the same arguments.
-struct Process {
-    name: String,
-    args: Vec<String>,
-    env: Vec<(String, String)>,
-    log: PathBuf,
-    child: Option<Child>,
-    starts: usize,
-}
-
-impl Process {
-    fn start(name: &str, args: &[&str], env: &[(String, String)], logs: &Path) -> Process {
-        let mut process = Process {
-            name: name.to_owned(),
-            args: args.iter().map(|a| a.to_string()).collect(),
-            env: env.to_vec(),
-            log: logs.join(format!("{name}.log")),
-            child: None,
-            starts: 0,
-        };
-        process.spawn();
-        process
-    }
-
-    fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .expect("process log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_orderflow"))
-            .args(&self.args)
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log handle"))
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {}: {e}", self.name));
-        self.child = Some(child);
-        self.starts += 1;
-    }
-
-    /// SIGKILL: no shutdown hook runs, in-flight batches are lost mid-way.
-    async fn kill_hard(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.kill().await.expect("SIGKILL");
-        }
-    }
-
-    async fn restart_after_kill(&mut self) {
-        self.kill_hard().await;
-        self.spawn();
-    }
-
-    /// Fails the test (with the log's tail) when the process died by itself.
-    fn assert_running(&mut self) {
-        if let Some(child) = self.child.as_mut()
-            && let Ok(Some(status)) = child.try_wait()
-        {
-            panic!(
-                "{} exited on its own ({status}); its log ends with:\n{}",
-                self.name,
-                tail(&self.log, 40)
-            );
-        }
-    }
-
-    /// SIGTERM and wait: a clean stop.
-    async fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            if let Some(pid) = child.id() {
-                let _ = std::process::Command::new("kill")
-                    .args(["-TERM", &pid.to_string()])
-                    .status();
-            }
-            if tokio::time::timeout(Duration::from_secs(20), child.wait())
-                .await
-                .is_err()
-            {
-                let _ = child.kill().await;
-            }
-        }
-    }
-}
-
-fn tail(path: &Path, lines: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
 
 /// A small HTTP client for one API process.
 #[derive(Clone)]
@@ -161,23 +69,9 @@ impl Api {
     }
 
     async fn wait_ready(&self, process: &mut Process) {
-        let url = self.base.replace("/api/v1", "/readyz");
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            process.assert_running();
-            if let Ok(response) = self.http.get(&url).send().await
-                && response.status().is_success()
-            {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} never became ready; log:\n{}",
-                process.name,
-                tail(&process.log, 40)
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        process
+            .wait_ready(&self.base.replace("/api/v1", "/readyz"))
+            .await;
     }
 
     async fn post(&self, token: Option<&str>, path: &str, body: &Value) -> reqwest::Response {

@@ -12,7 +12,9 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use orderflow_core::ports::cache::{CacheEvent, CacheResult, LockToken, SharedCache, Subscription};
+use orderflow_core::ports::cache::{
+    CacheEvent, CacheResult, LockToken, SharedCache, Subscription, Versioned,
+};
 use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
 
@@ -77,6 +79,26 @@ impl SharedCache for InProcessSharedCache {
     async fn delete(&self, key: &str) -> CacheResult<bool> {
         let removed = lock(&self.values).remove(key);
         Ok(removed.is_some_and(|(_, expires)| expires > Instant::now()))
+    }
+
+    /// Compare and set under the map's lock: atomic like the Redis script.
+    async fn set_versioned(
+        &self,
+        key: &str,
+        entry: &Versioned,
+        ttl: Duration,
+    ) -> CacheResult<bool> {
+        let now = Instant::now();
+        let mut values = lock(&self.values);
+        let current = values
+            .get(key)
+            .filter(|(_, expires)| *expires > now)
+            .and_then(|(bytes, _)| Versioned::decode(bytes));
+        if current.is_some_and(|current| !entry.replaces(&current)) {
+            return Ok(false);
+        }
+        values.insert(key.to_owned(), (entry.encode(), now + ttl));
+        Ok(true)
     }
 
     async fn try_lock(&self, key: &str, ttl: Duration) -> CacheResult<Option<LockToken>> {

@@ -7,13 +7,19 @@
 //!   atomic step (a `GET` then `DEL` from the client could delete a lock
 //!   someone else took in between). One key per command, so every command is
 //!   valid in a cluster.
+//! - Versioned values: the [`Versioned`] encoding under the same value keys,
+//!   written by a Lua script that compares the stored version first, so no
+//!   client can put an older value over a newer one between a check and a
+//!   write (one key per script, valid in a cluster).
 //! - Invalidations: `PUBLISH` / `SUBSCRIBE`, with the reconnecting subscriber
 //!   of [`RedisConnection::subscribe`].
 
 use std::time::Duration;
 
 use async_trait::async_trait;
-use orderflow_core::ports::cache::{CacheError, CacheResult, LockToken, SharedCache, Subscription};
+use orderflow_core::ports::cache::{
+    CacheError, CacheResult, LockToken, SharedCache, Subscription, Versioned,
+};
 use redis::RedisError;
 
 use super::connection::RedisConnection;
@@ -26,11 +32,32 @@ end
 return 0
 ";
 
+/// Stores `ARGV[2]` (a [`Versioned`] encoding of version `ARGV[1]`, a floor
+/// when `ARGV[3]` is `F`) in `KEYS[1]` for `ARGV[4]` ms unless the stored
+/// entry is newer: [`Versioned::replaces`], repeated in Lua. Returns 1 when
+/// stored. A stored value that is not a versioned encoding is replaced.
+const SET_VERSIONED: &str = r"
+local current = redis.call('GET', KEYS[1])
+if current then
+  local version, kind = string.match(current, '^(%-?%d+)([VF])')
+  if version then
+    version = tonumber(version)
+    local new = tonumber(ARGV[1])
+    if version > new or (version == new and (kind == 'V' or ARGV[3] == 'F')) then
+      return 0
+    end
+  end
+end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[4])
+return 1
+";
+
 /// [`SharedCache`] on Redis (standalone or cluster).
 #[derive(Debug, Clone)]
 pub struct RedisSharedCache {
     conn: RedisConnection,
     release: redis::Script,
+    set_versioned: redis::Script,
 }
 
 impl RedisSharedCache {
@@ -38,6 +65,7 @@ impl RedisSharedCache {
         Self {
             conn,
             release: redis::Script::new(RELEASE_LOCK),
+            set_versioned: redis::Script::new(SET_VERSIONED),
         }
     }
 
@@ -103,6 +131,28 @@ impl SharedCache for RedisSharedCache {
             .await
             .map_err(cache_error)?;
         Ok(deleted > 0)
+    }
+
+    async fn set_versioned(
+        &self,
+        key: &str,
+        entry: &Versioned,
+        ttl: Duration,
+    ) -> CacheResult<bool> {
+        let kind = if entry.value.is_some() { "V" } else { "F" };
+        let stored: u64 = self
+            .conn
+            .invoke(
+                self.set_versioned
+                    .key(self.value_key(key))
+                    .arg(entry.version)
+                    .arg(entry.encode())
+                    .arg(kind)
+                    .arg(px(ttl)),
+            )
+            .await
+            .map_err(cache_error)?;
+        Ok(stored == 1)
     }
 
     async fn try_lock(&self, key: &str, ttl: Duration) -> CacheResult<Option<LockToken>> {

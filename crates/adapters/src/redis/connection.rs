@@ -248,8 +248,8 @@ impl RedisConnection {
     /// Subscribes to the channel `channel` (a full name: pass it through
     /// [`key`](Self::key)). Returns once the server confirmed the
     /// subscription. Afterwards a task forwards messages and, when the
-    /// connection drops, reconnects and subscribes again, then reports
-    /// [`CacheEvent::Resubscribed`]. The task ends when the receiver is
+    /// connection drops, reports [`CacheEvent::Lost`], reconnects and
+    /// subscribes again, then reports [`CacheEvent::Resubscribed`]. The task ends when the receiver is
     /// dropped.
     pub async fn subscribe(&self, channel: &str) -> RedisResult<mpsc::Receiver<CacheEvent>> {
         let pubsub = self.open_pubsub(channel).await?;
@@ -301,6 +301,9 @@ impl RedisConnection {
                         },
                     }
                 }
+            }
+            if tx.send(CacheEvent::Lost).await.is_err() {
+                return;
             }
             tracing::warn!(%channel, "Redis subscription lost; resubscribing");
             metrics::counter!("orderflow_redis_resubscriptions_total").increment(1);

@@ -24,7 +24,8 @@ pub(crate) fn corrupt(what: impl std::fmt::Display) -> StoreError {
 pub(crate) const USER_COLUMNS: &str = "id, email, name, password_hash, role, created_at";
 pub(crate) const SESSION_COLUMNS: &str =
     "id, user_id, device, created_at, last_used_at, expires_at, revoked_at";
-pub(crate) const PRODUCT_COLUMNS: &str = "id, sku, name, price_cents, currency, stock, updated_at";
+pub(crate) const PRODUCT_COLUMNS: &str =
+    "id, sku, name, price_cents, currency, stock, updated_at, version";
 pub(crate) const ORDER_COLUMNS: &str =
     "id, user_id, status, total_cents, currency, created_at, updated_at";
 pub(crate) const DEAD_LETTER_COLUMNS: &str = r#"id, group_name, topic, "partition", "offset", error, attempts, event, failed_at, replayed_at"#;
@@ -76,6 +77,7 @@ pub(crate) fn product(row: &impl SqlRow) -> StoreResult<Product> {
         currency: currency(row, "currency")?,
         stock: row.int("stock")?,
         updated_at: row.time("updated_at")?,
+        version: row.int("version")?,
     })
 }
 

@@ -474,9 +474,9 @@ impl<E: Engine> Store for SqlStore<E> {
             stmt(
                 "products_by_ids",
                 per(
-                    "SELECT id, sku, name, price_cents, currency, stock, updated_at
+                    "SELECT id, sku, name, price_cents, currency, stock, updated_at, version
                      FROM products WHERE id IN (SELECT value FROM json_each($1)) ORDER BY id",
-                    "SELECT id, sku, name, price_cents, currency, stock, updated_at
+                    "SELECT id, sku, name, price_cents, currency, stock, updated_at, version
                      FROM products WHERE id = ANY($1) ORDER BY id",
                 ),
                 (ids.to_vec(),),
@@ -509,7 +509,7 @@ impl<E: Engine> Store for SqlStore<E> {
                 "INSERT INTO products (id, sku, name, price_cents, currency, stock,
                         created_at, updated_at)
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $7)
-                     RETURNING id, sku, name, price_cents, currency, stock, updated_at",
+                     RETURNING id, sku, name, price_cents, currency, stock, updated_at, version",
                 (
                     id,
                     &draft.sku,
@@ -543,9 +543,9 @@ impl<E: Engine> Store for SqlStore<E> {
             stmt(
                 "update_product",
                 "UPDATE products SET sku = $1, name = $2, price_cents = $3, currency = $4,
-                    stock = $5, updated_at = $6
+                    stock = $5, updated_at = $6, version = version + 1
                  WHERE id = $7
-                 RETURNING id, sku, name, price_cents, currency, stock, updated_at",
+                 RETURNING id, sku, name, price_cents, currency, stock, updated_at, version",
                 (
                     &draft.sku,
                     &draft.name,
@@ -559,6 +559,85 @@ impl<E: Engine> Store for SqlStore<E> {
             rows::product,
         )
         .await
+    }
+
+    /// One write transaction for the whole batch: an import is all or
+    /// nothing per call. A SKU that exists keeps its id and gets the new
+    /// fields (and a new version, set here so `RETURNING` reports it on
+    /// SQLite too; the version trigger then leaves it alone).
+    async fn import_products(
+        &self,
+        products: &[(ProductId, ProductDraft)],
+        now: Timestamp,
+    ) -> StoreResult<Vec<Product>> {
+        let mut w = self.engine.begin_write(WritePriority::Request).await?;
+        let mut stored = Vec::with_capacity(products.len());
+        for (id, draft) in products {
+            let row = w
+                .query_opt(stmt(
+                    "import_product",
+                    "INSERT INTO products (id, sku, name, price_cents, currency, stock,
+                            created_at, updated_at)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $7)
+                         ON CONFLICT (sku) DO UPDATE SET name = excluded.name,
+                            price_cents = excluded.price_cents, currency = excluded.currency,
+                            stock = excluded.stock, updated_at = excluded.updated_at,
+                            version = products.version + 1
+                         RETURNING id, sku, name, price_cents, currency, stock, updated_at,
+                            version",
+                    (
+                        *id,
+                        &draft.sku,
+                        &draft.name,
+                        draft.price_cents,
+                        draft.currency.as_str(),
+                        draft.stock,
+                        now,
+                    ),
+                ))
+                .await?
+                .ok_or_else(|| {
+                    orderflow_core::ports::store::StoreError::Database(
+                        "import_product returned no row".into(),
+                    )
+                })?;
+            stored.push(rows::product(&row)?);
+        }
+        super::WriteTx::commit(w).await?;
+        Ok(stored)
+    }
+
+    /// Adds each product's counted views in one write transaction.
+    async fn add_product_views(&self, views: &[(ProductId, u64)]) -> StoreResult<()> {
+        if views.is_empty() {
+            return Ok(());
+        }
+        let mut w = self.engine.begin_write(WritePriority::Background).await?;
+        for (id, n) in views {
+            w.exec(stmt(
+                "add_product_views",
+                "INSERT INTO product_views (product_id, views) VALUES ($1, $2)
+                     ON CONFLICT (product_id) DO UPDATE
+                     SET views = product_views.views + excluded.views",
+                (*id, i64::try_from(*n).unwrap_or(i64::MAX)),
+            ))
+            .await?;
+        }
+        super::WriteTx::commit(w).await
+    }
+
+    async fn product_views(&self, id: ProductId) -> StoreResult<i64> {
+        let views = read_one(
+            &*self.engine,
+            stmt(
+                "product_views",
+                "SELECT views FROM product_views WHERE product_id = $1",
+                (id,),
+            ),
+            |row| row.int("views"),
+        )
+        .await?;
+        Ok(views.unwrap_or(0))
     }
 
     // --- orders ---

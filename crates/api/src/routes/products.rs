@@ -25,6 +25,9 @@ pub struct ProductView {
     /// ISO 4217 code.
     pub currency: String,
     pub stock: i64,
+    /// Grows with every change of the product (fields or stock); a client
+    /// holding two copies keeps the one with the higher version.
+    pub version: i64,
 }
 
 impl From<Product> for ProductView {
@@ -36,6 +39,7 @@ impl From<Product> for ProductView {
             price_cents: p.price_cents,
             currency: p.currency.to_string(),
             stock: p.stock,
+            version: p.version,
         }
     }
 }
@@ -114,6 +118,8 @@ pub async fn get_one(
         .product(id)
         .await?
         .ok_or(CoreError::NotFound("product"))?;
+    // Counted in memory, flushed in batches (write-behind).
+    state.catalog.record_view(product.id);
     let view = ProductView::from(product);
     let body = serde_json::to_vec(&view).map_err(|e| CoreError::Internal(e.to_string()))?;
     let etag = format!("\"{}\"", &hex::encode(Sha256::digest(&body))[..32]);

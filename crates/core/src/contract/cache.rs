@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::ports::cache::{CacheEvent, SharedCache, Subscription};
+use crate::ports::cache::{CacheEvent, SharedCache, Subscription, Versioned};
 
 fn unique(name: &str) -> String {
     format!("{name}-{}", uuid::Uuid::now_v7().simple())
@@ -18,7 +18,7 @@ async fn next_message(subscription: &mut Subscription) -> String {
     loop {
         match tokio::time::timeout(Duration::from_secs(5), subscription.next()).await {
             Ok(Some(CacheEvent::Message(message))) => return message,
-            Ok(Some(CacheEvent::Resubscribed)) => continue,
+            Ok(Some(CacheEvent::Resubscribed | CacheEvent::Lost)) => continue,
             Ok(None) => panic!("the subscription ended"),
             Err(_) => panic!("no message within 5 s"),
         }
@@ -219,4 +219,111 @@ pub async fn invalidations_reach_every_subscriber(cache: Arc<dyn SharedCache>) {
     drop(first);
     drop(second);
     cache.publish(&channel, "nobody").await.unwrap();
+}
+
+/// Versioned writes: an old load never overwrites a newer value, a floor
+/// (an invalidation) refuses everything older and takes its own version's
+/// value, and of many concurrent writers of different versions the newest
+/// wins whatever the order they arrive in.
+pub async fn versioned_writes(cache: Arc<dyn SharedCache>) {
+    let key = unique("product");
+    let ttl = Duration::from_secs(60);
+    let value = |version: i64| Versioned::value(version, format!("v{version}").into_bytes());
+    assert_eq!(cache.get_versioned(&key).await.unwrap(), None);
+    assert!(cache.set_versioned(&key, &value(2), ttl).await.unwrap());
+    assert!(
+        !cache.set_versioned(&key, &value(1), ttl).await.unwrap(),
+        "an older value is refused"
+    );
+    assert!(
+        !cache.set_versioned(&key, &value(2), ttl).await.unwrap(),
+        "the same version is not written twice"
+    );
+    assert_eq!(cache.get_versioned(&key).await.unwrap(), Some(value(2)));
+
+    // The stale-set race: a loader read version 3, the row changed to 4 and
+    // the change left its floor; the loader's late write is refused.
+    assert!(
+        cache
+            .set_versioned(&key, &Versioned::floor(4), ttl)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !cache.set_versioned(&key, &value(3), ttl).await.unwrap(),
+        "nothing older than the floor"
+    );
+    assert_eq!(
+        cache.get_versioned(&key).await.unwrap(),
+        Some(Versioned::floor(4)),
+        "a floor is read back as a floor (a miss with a version)"
+    );
+    assert!(
+        !cache
+            .set_versioned(&key, &Versioned::floor(3), ttl)
+            .await
+            .unwrap(),
+        "an older floor is refused"
+    );
+    assert!(
+        cache.set_versioned(&key, &value(4), ttl).await.unwrap(),
+        "the floor's own version fills it"
+    );
+    assert!(
+        !cache
+            .set_versioned(&key, &Versioned::floor(4), ttl)
+            .await
+            .unwrap(),
+        "a floor does not erase the value of its version"
+    );
+    assert_eq!(cache.get_versioned(&key).await.unwrap(), Some(value(4)));
+
+    // A plain value under the key (written by something else) is a miss and
+    // is replaced.
+    let plain = unique("plain");
+    cache.set(&plain, b"{\"legacy\":true}", ttl).await.unwrap();
+    assert_eq!(cache.get_versioned(&plain).await.unwrap(), None);
+    assert!(cache.set_versioned(&plain, &value(1), ttl).await.unwrap());
+    assert_eq!(cache.get_versioned(&plain).await.unwrap(), Some(value(1)));
+
+    // Fifty writers of versions 1..=50, started in a shuffled order, at once.
+    let raced = unique("raced");
+    let mut versions: Vec<i64> = (1..=50).collect();
+    versions.sort_by_key(|v| (v * 7919) % 50);
+    let writers: Vec<_> = versions
+        .into_iter()
+        .map(|version| {
+            let cache = Arc::clone(&cache);
+            let raced = raced.clone();
+            tokio::spawn(async move {
+                cache
+                    .set_versioned(&raced, &value(version), Duration::from_secs(60))
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    assert_eq!(
+        cache.get_versioned(&raced).await.unwrap(),
+        Some(value(50)),
+        "the newest version wins"
+    );
+
+    // Versioned entries expire like any value. (Sleeps: expiry is tested.)
+    let short = unique("short");
+    assert!(
+        cache
+            .set_versioned(&short, &value(1), Duration::from_millis(200))
+            .await
+            .unwrap()
+    );
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(cache.get_versioned(&short).await.unwrap(), None);
+    assert!(
+        cache.set_versioned(&short, &value(1), ttl).await.unwrap(),
+        "an expired entry no longer refuses anything"
+    );
 }

@@ -66,6 +66,25 @@ macro_rules! store_scenarios {
             savepoints_undo_one_effect,
             read_models,
             dead_letters,
+            product_versions,
+            product_imports,
+            product_views,
+        );
+    };
+}
+
+/// The [`cache`] scenarios, as [`store_scenarios!`] does for the store.
+#[macro_export]
+macro_rules! cache_scenarios {
+    ($test:ident $(; $($arg:tt)*)?) => {
+        $test!($($($arg)* ;)?
+            values,
+            values_expire,
+            locks,
+            locks_expire,
+            lock_is_exclusive_under_contention,
+            invalidations_reach_every_subscriber,
+            versioned_writes,
         );
     };
 }

@@ -1357,3 +1357,166 @@ pub async fn dead_letters(store: Arc<dyn Store>) {
         "counts the ones still waiting"
     );
 }
+
+// --- product versions, imports, view counters (issue 11) ---
+
+async fn version_of(store: &Arc<dyn Store>, id: uuid::Uuid) -> i64 {
+    store
+        .product(id)
+        .await
+        .unwrap()
+        .expect("the product exists")
+        .version
+}
+
+/// Every change of a product's row, fields or stock, bumps its version once,
+/// in the transaction that makes the change: an admin edit, a reservation,
+/// a release. A rolled-back change bumps nothing. The caches rely on it.
+pub async fn product_versions(store: Arc<dyn Store>) {
+    let user = given_user(&store, "Ann").await;
+    let mug = given_product(&store, 5).await;
+    let cup = given_product(&store, 5).await;
+    assert_eq!(mug.version, 1, "a new product starts at version 1");
+    assert_eq!(version_of(&store, mug.id).await, 1);
+
+    let edited = store
+        .update_product(mug.id, &draft("Big mug", 300, 7), now())
+        .await
+        .unwrap()
+        .expect("exists");
+    assert_eq!(
+        edited.version, 2,
+        "an admin edit returns the bumped version"
+    );
+    assert_eq!(version_of(&store, mug.id).await, 2);
+
+    let order = given_order(&store, user.id, &[(&edited, 2), (&cup, 1)]).await;
+    let mut tx = store.begin().await.unwrap();
+    tx.reserve_stock(order.id, &[(mug.id, 2), (cup.id, 1)])
+        .await
+        .unwrap();
+    drop(tx);
+    assert_eq!(
+        (
+            version_of(&store, mug.id).await,
+            version_of(&store, cup.id).await
+        ),
+        (2, 1),
+        "a rolled-back reservation bumps nothing"
+    );
+
+    let mut tx = store.begin().await.unwrap();
+    assert_eq!(
+        tx.reserve_stock(order.id, &[(mug.id, 2), (cup.id, 1)])
+            .await
+            .unwrap(),
+        Reservation::Reserved
+    );
+    tx.commit().await.unwrap();
+    let reserved = store.product(mug.id).await.unwrap().unwrap();
+    assert_eq!((reserved.stock, reserved.version), (5, 3), "reservation");
+    assert_eq!(version_of(&store, cup.id).await, 2, "every reserved line");
+
+    let mut tx = store.begin().await.unwrap();
+    assert!(tx.release_stock(order.id).await.unwrap());
+    tx.commit().await.unwrap();
+    let released = store.product(mug.id).await.unwrap().unwrap();
+    assert_eq!((released.stock, released.version), (7, 4), "release");
+
+    // A reservation that fails for lack of stock changes nothing.
+    let greedy = given_order(&store, user.id, &[(&edited, 100)]).await;
+    let mut tx = store.begin().await.unwrap();
+    assert!(matches!(
+        tx.reserve_stock(greedy.id, &[(mug.id, 100)]).await.unwrap(),
+        Reservation::Insufficient { .. }
+    ));
+    tx.commit().await.unwrap();
+    assert_eq!(version_of(&store, mug.id).await, 4);
+
+    let listed = store.products_by_ids(&[mug.id]).await.unwrap();
+    assert_eq!(listed[0].version, 4, "products_by_ids reads the version");
+    let page = store.list_products(None, 10).await.unwrap();
+    assert!(
+        page.iter().any(|p| p.id == mug.id && p.version == 4),
+        "list_products reads the version"
+    );
+}
+
+/// The bulk import inserts new SKUs under the given ids and replaces the
+/// fields of existing SKUs (same id, version bumped), in input order; a
+/// failing row (a constraint) leaves nothing of the batch behind.
+pub async fn product_imports(store: Arc<dyn Store>) {
+    let existing = given_product(&store, 5).await;
+    let replacement = ProductDraft::new(&existing.sku, "Mug, blue", 275, "EUR", 12).unwrap();
+    let fresh = draft("Teapot", 1999, 3);
+    let fresh_id = uuid::Uuid::now_v7();
+    let at = now();
+    let stored = store
+        .import_products(
+            &[
+                (uuid::Uuid::now_v7(), replacement),
+                (fresh_id, fresh.clone()),
+            ],
+            at,
+        )
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), 2);
+    assert_eq!(stored[0].id, existing.id, "an existing SKU keeps its id");
+    assert_eq!(
+        (
+            stored[0].name.as_str(),
+            stored[0].price_cents,
+            stored[0].stock,
+            stored[0].version
+        ),
+        ("Mug, blue", 275, 12, 2),
+        "and gets the new fields and a new version"
+    );
+    assert_eq!(stored[0].updated_at, at);
+    assert_eq!(
+        (stored[1].id, stored[1].sku.as_str(), stored[1].version),
+        (fresh_id, fresh.sku.as_str(), 1),
+        "a new SKU is inserted under its id"
+    );
+    assert_eq!(
+        store.product(existing.id).await.unwrap().as_ref(),
+        Some(&stored[0])
+    );
+    assert_eq!(store.count_products().await.unwrap(), 2);
+
+    // Two rows with one id but different SKUs: the second fails, so the
+    // batch leaves nothing.
+    let clash = uuid::Uuid::now_v7();
+    assert!(
+        store
+            .import_products(
+                &[(clash, draft("A", 1, 1)), (clash, draft("B", 1, 1))],
+                now()
+            )
+            .await
+            .is_err()
+    );
+    assert_eq!(store.count_products().await.unwrap(), 2, "all or nothing");
+    assert_eq!(store.product(clash).await.unwrap(), None);
+}
+
+/// Flushed view counts add up, per product; unknown products start at 0.
+pub async fn product_views(store: Arc<dyn Store>) {
+    let mug = given_product(&store, 5).await;
+    let cup = given_product(&store, 5).await;
+    assert_eq!(store.product_views(mug.id).await.unwrap(), 0);
+    store.add_product_views(&[]).await.unwrap();
+    store
+        .add_product_views(&[(mug.id, 3), (cup.id, 1)])
+        .await
+        .unwrap();
+    store.add_product_views(&[(mug.id, 4)]).await.unwrap();
+    assert_eq!(store.product_views(mug.id).await.unwrap(), 7);
+    assert_eq!(store.product_views(cup.id).await.unwrap(), 1);
+    assert_eq!(
+        version_of(&store, mug.id).await,
+        1,
+        "counting views is not a change of the product"
+    );
+}

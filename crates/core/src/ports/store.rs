@@ -252,6 +252,21 @@ pub trait Store: Send + Sync + 'static {
         now: Timestamp,
     ) -> StoreResult<Option<Product>>;
 
+    /// Inserts or replaces products by SKU, all in one transaction (the bulk
+    /// import, `orderflow import`): a new SKU is inserted under the id given
+    /// with it, an existing one keeps its id and gets the new fields and a
+    /// new version. Returns the stored rows, in input order.
+    async fn import_products(
+        &self,
+        products: &[(ProductId, ProductDraft)],
+        now: Timestamp,
+    ) -> StoreResult<Vec<Product>>;
+    /// Adds views counted in memory to each product's total (the
+    /// write-behind flush of the view counters), in one transaction.
+    async fn add_product_views(&self, views: &[(ProductId, u64)]) -> StoreResult<()>;
+    /// How many views a product has had (0 when none were flushed yet).
+    async fn product_views(&self, id: ProductId) -> StoreResult<i64>;
+
     // --- orders ---
     async fn order(&self, id: OrderId) -> StoreResult<Option<(Order, Vec<HistoryEntry>)>>;
     /// The user's orders, newest first, created strictly before `before` when given.

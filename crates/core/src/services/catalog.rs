@@ -1,53 +1,95 @@
-//! The catalog, read through a two-level cache (cache-aside): L1 in process
-//! (moka), optionally L2 shared by every process (the [`SharedCache`] port,
-//! Redis in the scaled setup), then the database.
+//! The catalog, read through a two-level cache: L1 in process (moka),
+//! optionally L2 shared by every process (the [`SharedCache`] port, Redis in
+//! the scaled setup), then the database. Caches here never lie: a change
+//! reaches every cache right after its commit, and no cache write can put an
+//! older product over a newer one.
 //!
-//! - A burst of concurrent misses for one product makes one database query:
-//!   moka's `try_get_with` runs one loader per key and lets the others wait
-//!   for its result (request collapsing in process). Across processes the
-//!   loader first asks L2; on an L2 miss it takes a short L2 lock for the key
-//!   (`SET NX PX`): the winner queries the database and fills L2, the others
-//!   wait briefly for L2 to fill (`orderflow_cache_loads_collapsed_total`)
-//!   and fall back to the database if it does not.
-//! - An update deletes the L2 entry and publishes an invalidation; every
-//!   process's listener ([`CatalogService::start_invalidation_listener`])
-//!   drops the product (and the cached pages) from its L1. A listener that
-//!   lost its subscription for a while drops its whole L1, since it may have
-//!   missed invalidations.
-//! - L2 down (or empty): reads keep working from L1 and the database, with
-//!   `orderflow_cache_l2_errors_total` and one warning per outage; L2 is used
-//!   again as soon as it answers, without a restart. Pages of the product
-//!   list stay in L1 only (short-lived, cleared by every invalidation).
-//! - Unknown ids are cached as misses for a short time, so a client probing
-//!   random ids cannot turn every request into a query.
-//! - Each entry lives for the TTL plus a random jitter, so entries loaded
-//!   together do not all expire together and stampede the database.
-//! - Writes through this service invalidate the product and every cached page.
+//! # Coherence
+//! - Every product row has a version, bumped by the database in the same
+//!   transaction as any change of the row ([`Product::version`]). Each cache
+//!   entry carries the version it was made from, and every cache write is
+//!   conditional on it: L2 through [`SharedCache::set_versioned`] (atomic in
+//!   Redis), L1 through moka's per-key `and_compute_with`, which runs one
+//!   closure per key at a time, loads included.
+//! - A change ([`CatalogService::products_changed`], called after the
+//!   commit by whoever changed stock or fields: the admin edit, the
+//!   inventory and orders consumers, the inline order path, the import)
+//!   writes the new version into this process's L1 and L2 (write-through),
+//!   or only a *floor* of it (write-around: "version N exists, nothing older
+//!   may be stored"), then publishes `product:{id}:{version}` so every other
+//!   process puts that floor into its L1. A loader that read the row before
+//!   the change finds the floor when it comes to store its result, and its
+//!   older value is refused: the stale-set race cannot bring the old stock
+//!   back. A reader that finds a floor treats it as a miss and loads a value
+//!   at least that new (L2 holds it already when the change wrote through).
+//! - A lost invalidation heals at the next versioned write for the key: any
+//!   later change's floor or value replaces every older entry, whichever
+//!   message was lost. A listener that lost its subscription drops its whole
+//!   L1, since messages published meanwhile are gone. If the process that
+//!   committed dies before it publishes, other processes' L1 entries live out
+//!   their TTL: the one window left, and the reason the TTL stays short.
+//! - Pages of the product list hold ids, not products: their items are read
+//!   through the same versioned product entries, so a stock change shows in
+//!   the list exactly as in `GET /products/{id}`. A page is dropped only when
+//!   the list's membership changes (a product created or imported), by an
+//!   epoch every page records at its load: a page loaded before the change
+//!   is refused at read time.
+//! - L2 down (or empty): L2 misses go to the database, with
+//!   `orderflow_cache_l2_errors_total` and one warning per outage; L2 is
+//!   used again as soon as it answers. While the invalidation subscription
+//!   is lost (Redis gone), this process could miss other processes'
+//!   changes, so its reads bypass L1 too and go to the database
+//!   (`orderflow_cache_bypassed_total`) until it is subscribed again and has
+//!   dropped its L1: nothing stale is served.
 //!
-//! Stock shown by cached reads may lag the inventory by up to the TTL; the
-//! inventory consumer decides availability atomically in the database, so a
-//! stale number can only make a product look available, never oversell it.
+//! # The notes' strategies, where each sits
+//! - read-through with request collapsing: [`CatalogService::product`]. In
+//!   process, concurrent misses of one key wait for one load (moka's per-key
+//!   compute); across processes the loader takes a short L2 lock (`SET NX
+//!   PX`) and the others wait for L2 to fill. Both count in
+//!   `orderflow_cache_loads_collapsed_total{scope}`.
+//! - write-through: [`CatalogService::update`] / [`create`](CatalogService::create)
+//!   write the database, then the caches, in the same call.
+//! - write-around: [`CatalogService::import`] writes the database only and
+//!   leaves floors for what it touched.
+//! - write-behind: product views ([`CatalogService::record_view`]), counted
+//!   in memory and added to the database in batches
+//!   ([`CatalogService::flush_views`]).
+//! - refresh-ahead: an entry read at least `refresh_ahead_hits` times is
+//!   reloaded in the background when less than `refresh_ahead` of its life
+//!   is left, so the hottest products never miss.
+//! - negative caching: unknown ids are cached as misses (version 0) for a
+//!   short time, so a client probing random ids cannot turn every request
+//!   into a query.
+//! - TTL jitter: each entry lives for the TTL plus a random jitter, so
+//!   entries loaded together do not expire together and stampede the
+//!   database.
 //!
 //! With the cache switched off (`ORDERFLOW_CACHE=off`, the notes' version 1)
 //! every read goes to the database.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use moka::Expiry;
 use moka::future::Cache;
+use moka::ops::compute::{CompResult, Op};
 use orderflow_domain::ProductId;
 use orderflow_domain::product::{Product, ProductDraft};
-
 use tokio_util::sync::CancellationToken;
 
 use crate::CoreError;
-use crate::ports::cache::{CacheError, CacheEvent, SharedCache, Subscription};
+use crate::ports::cache::{CacheError, CacheEvent, SharedCache, Subscription, Versioned};
 use crate::ports::store::{Store, StoreError};
 
 /// The pub/sub channel of catalog invalidations.
 const INVALIDATIONS: &str = "catalog.invalidations";
+/// The invalidation message that drops every cached page (membership changed).
+const PAGES_CHANGED: &str = "pages";
+/// How often changes that could not be announced are tried again.
+const RESEND_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone)]
 pub struct CacheSettings {
@@ -57,7 +99,7 @@ pub struct CacheSettings {
     pub ttl_jitter: Duration,
     /// How long an unknown id is remembered as missing.
     pub negative_ttl: Duration,
-    /// How long a page of the product list is kept.
+    /// How long a page of the product list (its ids) is kept.
     pub page_ttl: Duration,
     pub max_products: u64,
     /// How long the L2 lock of a loading key lives (it outlives a slow query;
@@ -66,6 +108,11 @@ pub struct CacheSettings {
     /// How long a process that lost the L2 lock waits for the winner to fill
     /// L2 before it queries the database itself.
     pub lock_wait: Duration,
+    /// A hot entry is reloaded in the background when less than this much of
+    /// its life is left (zero: never).
+    pub refresh_ahead: Duration,
+    /// Reads of an entry that make it hot.
+    pub refresh_ahead_hits: u32,
 }
 
 impl Default for CacheSettings {
@@ -75,10 +122,12 @@ impl Default for CacheSettings {
             ttl: Duration::from_secs(60),
             ttl_jitter: Duration::from_secs(15),
             negative_ttl: Duration::from_secs(5),
-            page_ttl: Duration::from_secs(5),
+            page_ttl: Duration::from_secs(30),
             max_products: 100_000,
             lock_ttl: Duration::from_secs(2),
             lock_wait: Duration::from_millis(500),
+            refresh_ahead: Duration::from_secs(10),
+            refresh_ahead_hits: 8,
         }
     }
 }
@@ -90,23 +139,75 @@ pub struct ProductPage {
     pub next_cursor: Option<ProductId>,
 }
 
-/// Entry lifetimes: positive entries get TTL + jitter, misses the short negative TTL.
-struct EntryLifetime {
+/// What an L1 (or L2) entry of a product says.
+#[derive(Debug, Clone)]
+enum Slot {
+    /// The product at its version.
+    Found(Arc<Product>),
+    /// No such product (version 0: any created product is newer).
+    Missing,
+    /// Only a version: a change happened, nothing older may be stored, and a
+    /// reader must load (it is a miss).
+    Floor(i64),
+}
+
+impl Slot {
+    fn version(&self) -> i64 {
+        match self {
+            Slot::Found(product) => product.version,
+            Slot::Missing => 0,
+            Slot::Floor(version) => *version,
+        }
+    }
+
+    /// The answer to a read, unless this is a floor.
+    fn answer(&self) -> Option<Option<Arc<Product>>> {
+        match self {
+            Slot::Found(product) => Some(Some(product.clone())),
+            Slot::Missing => Some(None),
+            Slot::Floor(_) => None,
+        }
+    }
+
+    /// [`Versioned::replaces`] for slots: newer, or the value of a floor's
+    /// own version.
+    fn replaces(&self, current: &Slot) -> bool {
+        self.version() > current.version()
+            || (self.version() == current.version()
+                && matches!(current, Slot::Floor(_))
+                && !matches!(self, Slot::Floor(_)))
+    }
+
+    fn from_product(product: Option<Product>) -> Self {
+        product.map_or(Slot::Missing, |p| Slot::Found(Arc::new(p)))
+    }
+}
+
+/// An L1 entry: the slot, when it expires, and what refresh-ahead needs.
+#[derive(Debug)]
+struct Cached {
+    slot: Slot,
+    expires_at: Instant,
+    hits: AtomicU32,
+    refreshing: AtomicBool,
+}
+
+/// Entry lifetimes, shared by L1 and L2.
+#[derive(Debug, Clone)]
+struct Lifetimes {
     ttl: Duration,
     jitter: Duration,
     negative_ttl: Duration,
 }
 
-impl Expiry<ProductId, Option<Arc<Product>>> for EntryLifetime {
-    fn expire_after_create(
-        &self,
-        _key: &ProductId,
-        value: &Option<Arc<Product>>,
-        _now: Instant,
-    ) -> Option<Duration> {
-        Some(match value {
-            None => self.negative_ttl,
-            Some(_) => {
+impl Lifetimes {
+    fn of(&self, slot: &Slot) -> Duration {
+        match slot {
+            Slot::Missing => self.negative_ttl,
+            // A floor must outlive any load that started before its change
+            // (bounded by the lock TTL and a query); the TTL is plenty.
+            Slot::Floor(_) => self.ttl,
+            Slot::Found(_) => {
                 let jitter_ms = self.jitter.as_millis() as u64;
                 let extra = if jitter_ms == 0 {
                     0
@@ -115,30 +216,121 @@ impl Expiry<ProductId, Option<Arc<Product>>> for EntryLifetime {
                 };
                 self.ttl + Duration::from_millis(extra)
             }
+        }
+    }
+
+    fn entry(&self, slot: Slot) -> Arc<Cached> {
+        Arc::new(Cached {
+            expires_at: Instant::now() + self.of(&slot),
+            slot,
+            hits: AtomicU32::new(0),
+            refreshing: AtomicBool::new(false),
         })
+    }
+}
+
+/// moka expires an entry at the instant it records.
+struct ExpiresAt;
+
+impl Expiry<ProductId, Arc<Cached>> for ExpiresAt {
+    fn expire_after_create(
+        &self,
+        _key: &ProductId,
+        value: &Arc<Cached>,
+        now: Instant,
+    ) -> Option<Duration> {
+        Some(value.expires_at.saturating_duration_since(now))
+    }
+
+    fn expire_after_update(
+        &self,
+        _key: &ProductId,
+        value: &Arc<Cached>,
+        now: Instant,
+        _current: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(value.expires_at.saturating_duration_since(now))
     }
 }
 
 /// A page is cached by (cursor, page size).
 type PageKey = (Option<ProductId>, u32);
 
-pub struct CatalogService {
-    store: Arc<dyn Store>,
-    products: Option<Cache<ProductId, Option<Arc<Product>>>>,
-    pages: Option<Cache<PageKey, Arc<ProductPage>>>,
-    shared: Option<Arc<SharedLayer>>,
+/// A cached page: the ids on it, and the membership epoch it was loaded in.
+#[derive(Debug)]
+struct CachedPage {
+    ids: Vec<ProductId>,
+    next_cursor: Option<ProductId>,
+    epoch: u64,
+}
+
+/// The in-process layer.
+#[derive(Clone)]
+struct L1 {
+    products: Cache<ProductId, Arc<Cached>>,
+    pages: Cache<PageKey, Arc<CachedPage>>,
+    /// Bumped when the list's membership changes; pages of an older epoch
+    /// are misses.
+    page_epoch: Arc<AtomicU64>,
+    /// False while this process cannot hear other processes' invalidations
+    /// (its subscription is lost): reads then bypass the caches.
+    trusted: Arc<AtomicBool>,
+}
+
+/// Whether an offered value of the same version as the entry is taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Offer {
+    /// Only newer values (or a floor's own value) are taken.
+    Newer,
+    /// A value of the same version is taken too: a refresh renews its life.
+    Renewing,
+}
+
+impl L1 {
+    /// Puts `slot` if it [replaces](Slot::replaces) the entry (or there is
+    /// none), atomically for the key.
+    async fn offer(&self, id: ProductId, slot: Slot, lifetimes: &Lifetimes, offer: Offer) {
+        self.products
+            .entry(id)
+            .and_compute_with(|current| {
+                let taken = current
+                    .map(|entry| entry.into_value())
+                    .is_none_or(|current| {
+                        let renews = offer == Offer::Renewing
+                            && slot.answer().is_some()
+                            && slot.version() == current.slot.version();
+                        slot.replaces(&current.slot) || renews
+                    });
+                std::future::ready(if taken {
+                    Op::Put(lifetimes.entry(slot))
+                } else {
+                    Op::Nop
+                })
+            })
+            .await;
+    }
+
+    fn pages_changed(&self) {
+        self.page_epoch.fetch_add(1, Ordering::SeqCst);
+        self.pages.invalidate_all();
+    }
 }
 
 /// The L2 layer: the shared cache and how to use it.
 struct SharedLayer {
     cache: Arc<dyn SharedCache>,
-    ttl: Duration,
-    ttl_jitter: Duration,
-    negative_ttl: Duration,
+    lifetimes: Lifetimes,
     lock_ttl: Duration,
     lock_wait: Duration,
     /// True while L2 fails, so an outage is logged once, not per request.
     down: AtomicBool,
+    /// Changes of this process that L2 or the other processes may not have
+    /// (an L2 write or publish failed): sent again once subscribed again.
+    unsent: Mutex<HashMap<ProductId, i64>>,
+}
+
+fn product_key(id: ProductId) -> String {
+    format!("product:{id}")
 }
 
 impl SharedLayer {
@@ -155,59 +347,95 @@ impl SharedLayer {
         }
     }
 
-    fn ttl_for(&self, value: &Option<Arc<Product>>) -> Duration {
-        match value {
-            None => self.negative_ttl,
-            Some(_) => {
-                let jitter_ms = self.ttl_jitter.as_millis() as u64;
-                let extra = if jitter_ms == 0 {
-                    0
-                } else {
-                    rand::random_range(0..=jitter_ms)
-                };
-                self.ttl + Duration::from_millis(extra)
-            }
-        }
-    }
-
-    /// The L2 value of a product, when L2 has one (and it decodes).
-    async fn get(&self, key: &str) -> Result<Option<Option<Arc<Product>>>, CacheError> {
-        let Some(bytes) = self.cache.get(key).await? else {
+    /// The L2 entry of a product, when L2 has one (and it decodes).
+    async fn get(&self, id: ProductId) -> Result<Option<Slot>, CacheError> {
+        let Some(entry) = self.cache.get_versioned(&product_key(id)).await? else {
             return Ok(None);
         };
+        let Some(bytes) = entry.value else {
+            return Ok(Some(Slot::Floor(entry.version)));
+        };
         match serde_json::from_slice::<Option<Product>>(&bytes) {
-            Ok(product) => Ok(Some(product.map(Arc::new))),
+            Ok(product) => Ok(Some(Slot::from_product(product))),
             Err(error) => {
                 // Written by another version, or damaged: a miss.
-                tracing::warn!(%error, key, "undecodable catalog L2 entry ignored");
+                tracing::warn!(%error, %id, "undecodable catalog L2 entry ignored");
                 Ok(None)
             }
         }
     }
 
-    async fn put(&self, key: &str, value: &Option<Arc<Product>>) {
-        let Ok(bytes) = serde_json::to_vec(&value.as_deref()) else {
-            return;
+    /// Writes `slot` to L2 unless L2 holds something newer; false when L2
+    /// could not be reached.
+    async fn put(&self, id: ProductId, slot: &Slot) -> bool {
+        let entry = match slot {
+            Slot::Floor(version) => Versioned::floor(*version),
+            Slot::Found(product) => match serde_json::to_vec(&Some(&**product)) {
+                Ok(bytes) => Versioned::value(product.version, bytes),
+                Err(_) => return true,
+            },
+            Slot::Missing => Versioned::value(0, b"null".to_vec()),
         };
-        match self.cache.set(key, &bytes, self.ttl_for(value)).await {
-            Ok(()) => self.answered(),
-            Err(error) => self.failed("set", &error),
+        let ttl = self.lifetimes.of(slot);
+        match self
+            .cache
+            .set_versioned(&product_key(id), &entry, ttl)
+            .await
+        {
+            Ok(_) => {
+                self.answered();
+                true
+            }
+            Err(error) => {
+                self.failed("set", &error);
+                false
+            }
         }
     }
 
+    /// Announces a change of this process: L2, then every other process.
+    /// What does not get through is kept for [`resend`](Self::resend).
+    async fn announce(&self, id: ProductId, slot: &Slot) {
+        let version = slot.version();
+        let stored = self.put(id, slot).await;
+        let published = self.publish(&format!("product:{id}:{version}")).await;
+        if !(stored && published) {
+            let mut unsent = lock(&self.unsent);
+            let kept = unsent.entry(id).or_insert(version);
+            *kept = (*kept).max(version);
+        }
+    }
+
+    fn has_unsent(&self) -> bool {
+        !lock(&self.unsent).is_empty()
+    }
+
+    /// Once subscribed again: the changes that did not get through, as
+    /// floors (L2 may still hold what they replaced, if it only was out of
+    /// reach) and messages.
+    async fn resend(&self) {
+        let unsent = std::mem::take(&mut *lock(&self.unsent));
+        for (id, version) in unsent {
+            self.announce(id, &Slot::Floor(version)).await;
+        }
+    }
+
+    /// An L2 answer at least as new as `floor`, if L2 has one.
+    async fn usable(&self, id: ProductId, floor: i64) -> Result<Option<Slot>, CacheError> {
+        Ok(self
+            .get(id)
+            .await?
+            .filter(|slot| slot.answer().is_some() && slot.version() >= floor))
+    }
+
     /// L2, then (under the L2 lock) the database. See the module docs.
-    async fn load(
-        &self,
-        store: &dyn Store,
-        id: ProductId,
-    ) -> Result<Option<Arc<Product>>, StoreError> {
-        let key = format!("product:{id}");
-        match self.get(&key).await {
-            Ok(Some(value)) => {
+    async fn load(&self, store: &dyn Store, id: ProductId, floor: i64) -> Result<Slot, StoreError> {
+        match self.usable(id, floor).await {
+            Ok(Some(slot)) => {
                 self.answered();
                 metrics::counter!("orderflow_cache_hits_total", "layer" => "l2", "kind" => "product")
                     .increment(1);
-                return Ok(value);
+                return Ok(slot);
             }
             Ok(None) => {
                 self.answered();
@@ -219,38 +447,38 @@ impl SharedLayer {
                 return load_from_store(store, id).await;
             }
         }
+        let key = product_key(id);
         match self.cache.try_lock(&key, self.lock_ttl).await {
             Ok(Some(token)) => {
                 // Another process may have filled L2 and released the lock
                 // between our miss and our lock: look again first.
-                if let Ok(Some(value)) = self.get(&key).await {
-                    if let Err(error) = self.cache.unlock(&key, &token).await {
-                        self.failed("unlock", &error);
+                let slot = match self.usable(id, floor).await {
+                    Ok(Some(slot)) => {
+                        count_collapsed("across_processes");
+                        slot
                     }
-                    metrics::counter!("orderflow_cache_loads_collapsed_total", "kind" => "product")
-                        .increment(1);
-                    return Ok(value);
-                }
-                let loaded = load_from_store(store, id).await;
-                if let Ok(value) = &loaded {
-                    self.put(&key, value).await;
-                }
+                    _ => {
+                        let slot = load_from_store(store, id).await?;
+                        // Unreachable L2: the caller answers from the database anyway.
+                        let _ = self.put(id, &slot).await;
+                        slot
+                    }
+                };
                 if let Err(error) = self.cache.unlock(&key, &token).await {
                     self.failed("unlock", &error);
                 }
-                loaded
+                Ok(slot)
             }
             Ok(None) => {
                 // Another process is loading this key: wait for its result.
-                metrics::counter!("orderflow_cache_loads_collapsed_total", "kind" => "product")
-                    .increment(1);
+                count_collapsed("across_processes");
                 let deadline = tokio::time::Instant::now() + self.lock_wait;
                 let mut pause = Duration::from_millis(5);
                 while tokio::time::Instant::now() < deadline {
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_millis(50));
-                    match self.get(&key).await {
-                        Ok(Some(value)) => return Ok(value),
+                    match self.usable(id, floor).await {
+                        Ok(Some(slot)) => return Ok(slot),
                         Ok(None) => {}
                         Err(error) => {
                             self.failed("get", &error);
@@ -267,18 +495,163 @@ impl SharedLayer {
             }
         }
     }
+
+    /// False when the message could not be sent.
+    async fn publish(&self, message: &str) -> bool {
+        match self.cache.publish(INVALIDATIONS, message).await {
+            Ok(()) => true,
+            Err(error) => {
+                self.failed("publish", &error);
+                false
+            }
+        }
+    }
 }
 
-async fn load_from_store(
-    store: &dyn Store,
-    id: ProductId,
-) -> Result<Option<Arc<Product>>, StoreError> {
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn count_collapsed(scope: &'static str) {
+    metrics::counter!("orderflow_cache_loads_collapsed_total", "kind" => "product", "scope" => scope)
+        .increment(1);
+}
+
+async fn load_from_store(store: &dyn Store, id: ProductId) -> Result<Slot, StoreError> {
     metrics::counter!("orderflow_cache_loads_total", "kind" => "product").increment(1);
-    store.product(id).await.map(|p| p.map(Arc::new))
+    store.product(id).await.map(Slot::from_product)
+}
+
+/// Everything a read needs; cheap to clone into a refresh-ahead task.
+#[derive(Clone)]
+struct Layers {
+    store: Arc<dyn Store>,
+    l1: Option<L1>,
+    shared: Option<Arc<SharedLayer>>,
+    lifetimes: Lifetimes,
+    refresh_ahead: Duration,
+    refresh_ahead_hits: u32,
+}
+
+impl Layers {
+    /// L2 (when there is one), then the database.
+    async fn load(&self, id: ProductId, floor: i64) -> Result<Slot, StoreError> {
+        match &self.shared {
+            Some(shared) => shared.load(self.store.as_ref(), id, floor).await,
+            None => load_from_store(self.store.as_ref(), id).await,
+        }
+    }
+
+    /// An L1 miss: loads under the key's compute, so concurrent misses of
+    /// one key make one load, and a change that lands meanwhile waits for
+    /// the load and then replaces its result.
+    async fn load_into_l1(&self, l1: &L1, id: ProductId) -> Result<Slot, CoreError> {
+        let mut collapsed = false;
+        let mut refused = None;
+        let result = l1
+            .products
+            .entry(id)
+            .and_try_compute_with(|current| {
+                let collapsed = &mut collapsed;
+                let refused = &mut refused;
+                async move {
+                    let floor = match current.as_ref().map(|entry| &entry.value().slot) {
+                        // Loaded by the caller we waited for.
+                        Some(slot) if slot.answer().is_some() => {
+                            *collapsed = true;
+                            return Ok(Op::Nop);
+                        }
+                        Some(slot) => slot.version(),
+                        None => 0,
+                    };
+                    let slot = self.load(id, floor).await?;
+                    if slot.version() < floor {
+                        // Only possible when the database answered older
+                        // than a floor published after a commit: answer
+                        // it, never store it.
+                        *refused = Some(slot);
+                        return Ok(Op::Nop);
+                    }
+                    Ok::<_, StoreError>(Op::Put(self.lifetimes.entry(slot)))
+                }
+            })
+            .await
+            .map_err(CoreError::Store)?;
+        if collapsed {
+            count_collapsed("in_process");
+        }
+        if let Some(slot) = refused {
+            return Ok(slot);
+        }
+        match result {
+            CompResult::Inserted(entry)
+            | CompResult::ReplacedWith(entry)
+            | CompResult::Unchanged(entry)
+            | CompResult::Removed(entry) => Ok(entry.into_value().slot.clone()),
+            CompResult::StillNone(_) => Err(CoreError::Internal(
+                "catalog L1 compute stored nothing".into(),
+            )),
+        }
+    }
+
+    /// Starts a background reload of a hot entry close to its expiry (once
+    /// per entry). See the module docs.
+    fn maybe_refresh_ahead(&self, id: ProductId, entry: &Cached) {
+        if self.refresh_ahead.is_zero() || matches!(entry.slot, Slot::Missing) {
+            return;
+        }
+        let hits = entry.hits.fetch_add(1, Ordering::Relaxed) + 1;
+        if hits < self.refresh_ahead_hits
+            || entry.expires_at.saturating_duration_since(Instant::now()) > self.refresh_ahead
+            || entry.refreshing.swap(true, Ordering::Relaxed)
+        {
+            return;
+        }
+        let layers = self.clone();
+        tokio::spawn(async move {
+            metrics::counter!("orderflow_cache_refresh_ahead_total", "kind" => "product")
+                .increment(1);
+            // From the database: L2's copy was loaded about when L1's was,
+            // and may be about to expire too.
+            match load_from_store(layers.store.as_ref(), id).await {
+                Ok(slot) => layers.renew(id, slot).await,
+                Err(error) => tracing::warn!(%error, %id, "refresh-ahead failed"),
+            }
+        });
+    }
+
+    /// A refreshed value: into L2 (only if newer: an equal version is left
+    /// to live out its TTL), then L1, where the same version counts too, to
+    /// give the hot entry a new life.
+    async fn renew(&self, id: ProductId, slot: Slot) {
+        if let Some(shared) = &self.shared {
+            let _ = shared.put(id, &slot).await;
+        }
+        if let Some(l1) = &self.l1 {
+            l1.offer(id, slot, &self.lifetimes, Offer::Renewing).await;
+        }
+    }
 }
 
 pub const MAX_PAGE_SIZE: u32 = 100;
 pub const DEFAULT_PAGE_SIZE: u32 = 20;
+
+/// How a change reaches the caches (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Propagation {
+    /// The new value into L1 and L2 (write-through).
+    Value,
+    /// Only its version as a floor (write-around).
+    Floor,
+}
+
+pub struct CatalogService {
+    layers: Layers,
+    /// Views counted since the last flush (write-behind).
+    views: Mutex<HashMap<ProductId, u64>>,
+}
 
 impl CatalogService {
     /// The catalog with an in-process cache only (or none when
@@ -304,58 +677,70 @@ impl CatalogService {
         settings: &CacheSettings,
         shared: Option<Arc<dyn SharedCache>>,
     ) -> Self {
-        if !settings.enabled {
-            return Self {
-                store,
-                products: None,
-                pages: None,
-                shared: None,
-            };
+        let lifetimes = Lifetimes {
+            ttl: settings.ttl,
+            jitter: settings.ttl_jitter,
+            negative_ttl: settings.negative_ttl,
+        };
+        let enabled = settings.enabled;
+        if enabled {
+            // Exported from the start, at zero: with write-through a process
+            // may serve for long without a load, and an absent series
+            // breaks rate() and alerts.
+            metrics::counter!("orderflow_cache_loads_total", "kind" => "product").increment(0);
+            for scope in ["in_process", "across_processes"] {
+                metrics::counter!("orderflow_cache_loads_collapsed_total", "kind" => "product", "scope" => scope)
+                    .increment(0);
+            }
         }
-        let shared = shared.map(|cache| {
+        let shared = shared.filter(|_| enabled).map(|cache| {
             Arc::new(SharedLayer {
                 cache,
-                ttl: settings.ttl,
-                ttl_jitter: settings.ttl_jitter,
-                negative_ttl: settings.negative_ttl,
+                lifetimes: lifetimes.clone(),
                 lock_ttl: settings.lock_ttl,
                 lock_wait: settings.lock_wait,
                 down: AtomicBool::new(false),
+                unsent: Mutex::new(HashMap::new()),
             })
         });
-        let products = Cache::builder()
-            .max_capacity(settings.max_products)
-            .expire_after(EntryLifetime {
-                ttl: settings.ttl,
-                jitter: settings.ttl_jitter,
-                negative_ttl: settings.negative_ttl,
-            })
-            .eviction_listener(|_, _, cause| {
-                if cause.was_evicted() {
-                    metrics::counter!("orderflow_cache_evictions_total", "layer" => "l1")
-                        .increment(1);
-                }
-            })
-            .build();
-        let pages = Cache::builder()
-            .max_capacity(1_000)
-            .time_to_live(settings.page_ttl)
-            .build();
+        let l1 = enabled.then(|| L1 {
+            products: Cache::builder()
+                .max_capacity(settings.max_products)
+                .expire_after(ExpiresAt)
+                .eviction_listener(|_, _, cause| {
+                    if cause.was_evicted() {
+                        metrics::counter!("orderflow_cache_evictions_total", "layer" => "l1")
+                            .increment(1);
+                    }
+                })
+                .build(),
+            pages: Cache::builder()
+                .max_capacity(1_000)
+                .time_to_live(settings.page_ttl)
+                .build(),
+            page_epoch: Arc::new(AtomicU64::new(0)),
+            trusted: Arc::new(AtomicBool::new(true)),
+        });
         Self {
-            store,
-            products: Some(products),
-            pages: Some(pages),
-            shared,
+            layers: Layers {
+                store,
+                l1,
+                shared,
+                lifetimes,
+                refresh_ahead: settings.refresh_ahead,
+                refresh_ahead_hits: settings.refresh_ahead_hits.max(1),
+            },
+            views: Mutex::new(HashMap::new()),
         }
     }
 
     pub fn cache_enabled(&self) -> bool {
-        self.products.is_some()
+        self.layers.l1.is_some()
     }
 
     /// Whether an L2 (shared cache) sits under the in-process cache.
     pub fn has_shared_cache(&self) -> bool {
-        self.shared.is_some()
+        self.layers.shared.is_some()
     }
 
     /// Subscribes to the invalidations other processes publish and spawns
@@ -367,54 +752,68 @@ impl CatalogService {
         &self,
         shutdown: CancellationToken,
     ) -> Option<tokio::task::JoinHandle<()>> {
-        let shared = self.shared.clone()?;
-        let products = self.products.clone()?;
-        let pages = self.pages.clone()?;
+        let shared = self.layers.shared.clone()?;
+        let l1 = self.layers.l1.clone()?;
         let first = match shared.cache.subscribe(INVALIDATIONS).await {
             Ok(subscription) => Some(subscription),
             Err(error) => {
                 shared.failed("subscribe", &error);
+                l1.trusted.store(false, Ordering::SeqCst);
                 None
             }
         };
         Some(tokio::spawn(listen(
-            first, shared, products, pages, shutdown,
+            first,
+            shared,
+            l1,
+            self.layers.lifetimes.clone(),
+            shutdown,
         )))
+    }
+
+    /// L1, unless there is none or it cannot be trusted now (see
+    /// [`L1::trusted`]).
+    fn usable_l1(&self) -> Option<&L1> {
+        let l1 = self.layers.l1.as_ref()?;
+        if l1.trusted.load(Ordering::Relaxed) {
+            Some(l1)
+        } else {
+            metrics::counter!("orderflow_cache_bypassed_total").increment(1);
+            None
+        }
     }
 
     /// One product, from the cache when it is on.
     #[tracing::instrument(name = "cache.get", skip(self), fields(cache.kind = "product", cache.hit = tracing::field::Empty))]
     pub async fn product(&self, id: ProductId) -> Result<Option<Product>, CoreError> {
-        let Some(cache) = &self.products else {
-            return Ok(self.store.product(id).await?);
+        let Some(l1) = self.usable_l1() else {
+            return Ok(self.layers.store.product(id).await?);
         };
-        if let Some(hit) = cache.get(&id).await {
+        if let Some(entry) = l1.products.get(&id).await
+            && let Some(answer) = entry.slot.answer()
+        {
             metrics::counter!("orderflow_cache_hits_total", "layer" => "l1", "kind" => "product")
                 .increment(1);
             tracing::Span::current().record("cache.hit", true);
-            return Ok(hit.map(|p| (*p).clone()));
+            self.layers.maybe_refresh_ahead(id, &entry);
+            return Ok(answer.map(|p| (*p).clone()));
         }
         metrics::counter!("orderflow_cache_misses_total", "layer" => "l1", "kind" => "product")
             .increment(1);
         tracing::Span::current().record("cache.hit", false);
-        let store = self.store.clone();
-        let shared = self.shared.clone();
-        let loaded = cache
-            .try_get_with(id, async move {
-                match shared {
-                    Some(shared) => shared.load(store.as_ref(), id).await,
-                    None => load_from_store(store.as_ref(), id).await,
-                }
-            })
-            .await
-            .map_err(|e: Arc<StoreError>| CoreError::Store((*e).clone()))?;
-        Ok(loaded.map(|p| (*p).clone()))
+        let slot = self.layers.load_into_l1(l1, id).await?;
+        Ok(match slot {
+            Slot::Found(product) => Some((*product).clone()),
+            Slot::Missing => None,
+            // Loads never end in a floor; answered from the database if one did.
+            Slot::Floor(_) => self.layers.store.product(id).await?,
+        })
     }
 
     /// Several products (for pricing an order); unknown ids are left out.
     pub async fn products(&self, ids: &[ProductId]) -> Result<Vec<Product>, CoreError> {
-        if self.products.is_none() {
-            return Ok(self.store.products_by_ids(ids).await?);
+        if self.layers.l1.is_none() {
+            return Ok(self.layers.store.products_by_ids(ids).await?);
         }
         let mut found = Vec::with_capacity(ids.len());
         for id in ids {
@@ -433,23 +832,59 @@ impl CatalogService {
         limit: Option<u32>,
     ) -> Result<ProductPage, CoreError> {
         let limit = limit.unwrap_or(DEFAULT_PAGE_SIZE).clamp(1, MAX_PAGE_SIZE);
-        let Some(pages) = &self.pages else {
+        let Some(l1) = self.usable_l1() else {
             return self.load_page(cursor, limit).await;
         };
-        if let Some(hit) = pages.get(&(cursor, limit)).await {
+        let epoch = l1.page_epoch.load(Ordering::SeqCst);
+        if let Some(page) = l1.pages.get(&(cursor, limit)).await
+            && page.epoch == epoch
+            && let Some(items) = self.items_from_l1(l1, &page.ids).await
+        {
             metrics::counter!("orderflow_cache_hits_total", "layer" => "l1", "kind" => "page")
                 .increment(1);
-            return Ok((*hit).clone());
+            return Ok(ProductPage {
+                items,
+                next_cursor: page.next_cursor,
+            });
         }
         metrics::counter!("orderflow_cache_misses_total", "layer" => "l1", "kind" => "page")
             .increment(1);
-        let page = pages
-            .try_get_with((cursor, limit), async move {
-                self.load_page(cursor, limit).await.map(Arc::new)
-            })
-            .await
-            .map_err(|e: Arc<CoreError>| CoreError::Internal(e.to_string()))?;
-        Ok((*page).clone())
+        let page = self.load_page(cursor, limit).await?;
+        // Each product read is a versioned entry like any other: offered to
+        // L1, kept only where nothing newer is there.
+        for product in &page.items {
+            l1.offer(
+                product.id,
+                Slot::Found(Arc::new(product.clone())),
+                &self.layers.lifetimes,
+                Offer::Newer,
+            )
+            .await;
+        }
+        l1.pages
+            .insert(
+                (cursor, limit),
+                Arc::new(CachedPage {
+                    ids: page.items.iter().map(|p| p.id).collect(),
+                    next_cursor: page.next_cursor,
+                    epoch,
+                }),
+            )
+            .await;
+        Ok(page)
+    }
+
+    /// A cached page's items, when every one of them is a current L1 entry
+    /// (otherwise one query for the page beats one per missing product).
+    async fn items_from_l1(&self, l1: &L1, ids: &[ProductId]) -> Option<Vec<Product>> {
+        let mut items = Vec::with_capacity(ids.len());
+        for id in ids {
+            let entry = l1.products.get(id).await?;
+            if let Some(product) = entry.slot.answer()? {
+                items.push((*product).clone());
+            }
+        }
+        Some(items)
     }
 
     async fn load_page(
@@ -458,7 +893,7 @@ impl CatalogService {
         limit: u32,
     ) -> Result<ProductPage, CoreError> {
         // One extra row tells whether another page follows.
-        let mut items = self.store.list_products(cursor, limit + 1).await?;
+        let mut items = self.layers.store.list_products(cursor, limit + 1).await?;
         let next_cursor = if items.len() > limit as usize {
             items.truncate(limit as usize);
             items.last().map(|p| p.id)
@@ -468,48 +903,151 @@ impl CatalogService {
         Ok(ProductPage { items, next_cursor })
     }
 
-    /// Creates a product (admin). `Conflict` when the SKU is taken.
+    /// Creates a product (admin), then puts it in the caches
+    /// (write-through). `Conflict` when the SKU is taken.
     pub async fn create(&self, draft: ProductDraft) -> Result<Product, CoreError> {
         let product = self
+            .layers
             .store
             .insert_product(uuid::Uuid::now_v7(), &draft, chrono::Utc::now())
             .await
             .map_err(sku_conflict)?;
-        self.invalidate(product.id).await;
+        self.propagate(std::slice::from_ref(&product), Propagation::Value)
+            .await;
+        self.pages_changed().await;
         Ok(product)
     }
 
-    /// Replaces a product's fields (admin).
+    /// Replaces a product's fields (admin): the database, then the caches,
+    /// in the same call (write-through), so the next read anywhere shows it.
     pub async fn update(&self, id: ProductId, draft: ProductDraft) -> Result<Product, CoreError> {
         let product = self
+            .layers
             .store
             .update_product(id, &draft, chrono::Utc::now())
             .await
             .map_err(sku_conflict)?
             .ok_or(CoreError::NotFound("product"))?;
-        self.invalidate(id).await;
+        self.propagate(std::slice::from_ref(&product), Propagation::Value)
+            .await;
         Ok(product)
     }
 
-    /// Drops a product and all pages from every cache: this L1, L2, and
-    /// (through the published invalidation) every other process's L1.
-    pub async fn invalidate(&self, id: ProductId) {
-        if let Some(cache) = &self.products {
-            cache.invalidate(&id).await;
+    /// Inserts or replaces products by SKU straight in the database, one
+    /// transaction per call (write-around: the bulk import), then leaves a
+    /// floor of each new version in the caches, so nothing older is served
+    /// and the next read loads the imported row.
+    pub async fn import(&self, drafts: Vec<ProductDraft>) -> Result<Vec<Product>, CoreError> {
+        let rows: Vec<_> = drafts
+            .into_iter()
+            .map(|draft| (uuid::Uuid::now_v7(), draft))
+            .collect();
+        let stored = self
+            .layers
+            .store
+            .import_products(&rows, chrono::Utc::now())
+            .await?;
+        self.propagate(&stored, Propagation::Floor).await;
+        if stored.iter().any(|p| p.version == 1) {
+            self.pages_changed().await;
         }
-        if let Some(pages) = &self.pages {
-            pages.invalidate_all();
+        Ok(stored)
+    }
+
+    /// After a commit that changed the stock or fields of `ids` (a
+    /// reservation, a release, a cancellation): reads the committed rows and
+    /// writes them through to every cache (see the module docs). Never
+    /// fails: an error is logged, and the entries heal at their TTL.
+    pub async fn products_changed(&self, ids: &[ProductId]) {
+        if self.layers.l1.is_none() || ids.is_empty() {
+            return;
         }
-        if let Some(shared) = &self.shared {
-            if let Err(error) = shared.cache.delete(&format!("product:{id}")).await {
-                shared.failed("delete", &error);
+        match self.layers.store.products_by_ids(ids).await {
+            Ok(products) => self.propagate(&products, Propagation::Value).await,
+            Err(error) => {
+                metrics::counter!("orderflow_cache_invalidation_errors_total").increment(1);
+                tracing::warn!(%error, "changed products not read back; caches may serve them until their TTL");
             }
-            if let Err(error) = shared
-                .cache
-                .publish(INVALIDATIONS, &format!("product:{id}"))
-                .await
-            {
-                shared.failed("publish", &error);
+        }
+    }
+
+    /// This process's L1 and L2, then every other process over pub/sub.
+    async fn propagate(&self, products: &[Product], how: Propagation) {
+        if self.layers.l1.is_none() {
+            return;
+        }
+        for product in products {
+            let slot = match how {
+                Propagation::Value => Slot::Found(Arc::new(product.clone())),
+                Propagation::Floor => Slot::Floor(product.version),
+            };
+            if let Some(l1) = &self.layers.l1 {
+                l1.offer(
+                    product.id,
+                    slot.clone(),
+                    &self.layers.lifetimes,
+                    Offer::Newer,
+                )
+                .await;
+            }
+            if let Some(shared) = &self.layers.shared {
+                shared.announce(product.id, &slot).await;
+            }
+        }
+    }
+
+    /// The list's membership changed: every process drops its pages.
+    async fn pages_changed(&self) {
+        if let Some(l1) = &self.layers.l1 {
+            l1.pages_changed();
+        }
+        if let Some(shared) = &self.layers.shared {
+            // Pages live only in L1, for `page_ttl`: a lost message costs at
+            // most that long for a new product to show in other lists.
+            let _ = shared.publish(PAGES_CHANGED).await;
+        }
+    }
+
+    /// Counts one view of a product (write-behind: in memory until the next
+    /// [`flush_views`](Self::flush_views)).
+    pub fn record_view(&self, id: ProductId) {
+        *lock(&self.views).entry(id).or_insert(0) += 1;
+    }
+
+    /// Adds the views counted since the last flush to the database, in one
+    /// transaction; when that fails they are kept for the next flush.
+    pub async fn flush_views(&self) -> Result<usize, CoreError> {
+        let batch: Vec<(ProductId, u64)> = std::mem::take(&mut *lock(&self.views))
+            .into_iter()
+            .collect();
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        if let Err(error) = self.layers.store.add_product_views(&batch).await {
+            let mut views = lock(&self.views);
+            for (id, n) in batch {
+                *views.entry(id).or_insert(0) += n;
+            }
+            return Err(error.into());
+        }
+        metrics::counter!("orderflow_product_views_flushed_total")
+            .increment(batch.iter().map(|(_, n)| n).sum());
+        Ok(batch.len())
+    }
+
+    /// Flushes the view counters every `every` until `shutdown`. The caller
+    /// flushes once more after its last request (see `App::run`): a
+    /// shutdown loses no view; a crash loses at most one interval's.
+    pub async fn run_view_flusher(self: Arc<Self>, every: Duration, shutdown: CancellationToken) {
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = ticks.tick() => {}
+            }
+            if let Err(error) = self.flush_views().await {
+                tracing::warn!(%error, "product views not flushed; kept for the next flush");
             }
         }
     }
@@ -520,14 +1058,16 @@ impl CatalogService {
 async fn listen(
     mut subscription: Option<Subscription>,
     shared: Arc<SharedLayer>,
-    products: Cache<ProductId, Option<Arc<Product>>>,
-    pages: Cache<PageKey, Arc<ProductPage>>,
+    l1: L1,
+    lifetimes: Lifetimes,
     shutdown: CancellationToken,
 ) {
+    // Called once subscribed again: what L1 holds may have missed changes.
     let drop_everything = || {
-        products.invalidate_all();
-        pages.invalidate_all();
+        l1.products.invalidate_all();
+        l1.pages_changed();
         metrics::counter!("orderflow_cache_l1_flushes_total").increment(1);
+        l1.trusted.store(true, Ordering::SeqCst);
     };
     let mut backoff = Duration::from_millis(100);
     loop {
@@ -542,6 +1082,7 @@ async fn listen(
                     subscription = Some(fresh);
                     backoff = Duration::from_millis(100);
                     drop_everything();
+                    shared.resend().await;
                 }
                 Err(error) => {
                     shared.failed("subscribe", &error);
@@ -553,25 +1094,64 @@ async fn listen(
         let event = tokio::select! {
             () = shutdown.cancelled() => return,
             event = current.next() => event,
+            // A resend that failed too (the first command after an outage
+            // may meet the dead connection) is tried again until it gets
+            // through.
+            () = tokio::time::sleep(RESEND_EVERY), if shared.has_unsent() => {
+                shared.resend().await;
+                continue;
+            }
         };
         match event {
             Some(CacheEvent::Message(message)) => {
-                let id = message
-                    .strip_prefix("product:")
-                    .and_then(|id| id.parse::<ProductId>().ok());
-                match id {
-                    Some(id) => {
-                        products.invalidate(&id).await;
-                        pages.invalidate_all();
+                match parse_invalidation(&message) {
+                    Some(Invalidation::Product(id, version)) => {
+                        l1.offer(id, Slot::Floor(version), &lifetimes, Offer::Newer)
+                            .await;
                     }
+                    Some(Invalidation::Pages) => l1.pages_changed(),
                     None => drop_everything(),
                 }
                 metrics::counter!("orderflow_cache_invalidations_received_total").increment(1);
             }
-            Some(CacheEvent::Resubscribed) => drop_everything(),
-            None => subscription = None,
+            Some(CacheEvent::Lost) => {
+                l1.trusted.store(false, Ordering::SeqCst);
+                tracing::warn!(
+                    "catalog invalidations lost; reading from the database until they are back"
+                );
+            }
+            Some(CacheEvent::Resubscribed) => {
+                drop_everything();
+                shared.resend().await;
+            }
+            None => {
+                l1.trusted.store(false, Ordering::SeqCst);
+                subscription = None;
+            }
         }
     }
+}
+
+/// A message on the invalidation channel.
+#[derive(Debug, PartialEq, Eq)]
+enum Invalidation {
+    /// `product:{id}:{version}`: the product is at `version` now.
+    Product(ProductId, i64),
+    /// `pages`: the list's membership changed.
+    Pages,
+}
+
+/// `None` for a message this version does not know (then everything is
+/// dropped: safe whatever it meant).
+fn parse_invalidation(message: &str) -> Option<Invalidation> {
+    if message == PAGES_CHANGED {
+        return Some(Invalidation::Pages);
+    }
+    let (id, version) = message.strip_prefix("product:")?.split_once(':')?;
+    Some(Invalidation::Product(
+        id.parse().ok()?,
+        version.parse().ok()?,
+    ))
 }
 
 fn sku_conflict(error: StoreError) -> CoreError {
@@ -580,5 +1160,48 @@ fn sku_conflict(error: StoreError) -> CoreError {
             CoreError::Conflict("a product with this SKU already exists".into())
         }
         other => CoreError::Store(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalidation_messages_parse() {
+        let id = uuid::Uuid::now_v7();
+        assert_eq!(
+            parse_invalidation(&format!("product:{id}:42")),
+            Some(Invalidation::Product(id, 42))
+        );
+        assert_eq!(parse_invalidation("pages"), Some(Invalidation::Pages));
+        assert_eq!(parse_invalidation(&format!("product:{id}")), None);
+        assert_eq!(parse_invalidation("product:nope:1"), None);
+    }
+
+    #[test]
+    fn slots_replace_only_older_ones() {
+        let product = |version| {
+            Slot::Found(Arc::new(Product {
+                id: uuid::Uuid::nil(),
+                sku: "S".into(),
+                name: "N".into(),
+                price_cents: 1,
+                currency: orderflow_domain::money::Currency::parse("EUR").unwrap(),
+                stock: 1,
+                updated_at: chrono::Utc::now(),
+                version,
+            }))
+        };
+        assert!(product(2).replaces(&product(1)));
+        assert!(!product(1).replaces(&product(2)));
+        assert!(!product(2).replaces(&product(2)));
+        assert!(
+            product(2).replaces(&Slot::Floor(2)),
+            "a value fills its floor"
+        );
+        assert!(!product(1).replaces(&Slot::Floor(2)), "the stale-set race");
+        assert!(Slot::Floor(3).replaces(&product(2)));
+        assert!(product(1).replaces(&Slot::Missing), "created after a miss");
     }
 }

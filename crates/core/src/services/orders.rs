@@ -22,7 +22,7 @@ use std::sync::Arc;
 use orderflow_domain::events::{Envelope, EventData};
 use orderflow_domain::notification::{Channel, NotificationKind};
 use orderflow_domain::order::{self, HistoryEntry, Order, OrderStatus, RequestedLine};
-use orderflow_domain::{OrderId, UserId, ValidationError};
+use orderflow_domain::{OrderId, ProductId, UserId, ValidationError};
 
 use crate::CoreError;
 use crate::ports::providers::{ChargeOutcome, PaymentGateway};
@@ -219,6 +219,7 @@ impl OrderService {
         // The reservation must be visible to other requests while we wait for
         // the providers, so it commits now; the key stays claimed (in progress).
         tx.commit().await?;
+        self.catalog.products_changed(&product_ids(&order)).await;
 
         let charge = effects::charge_request(&order, effects::payment_idempotency_key(order.id));
         let charged = match payment.charge(&charge).await {
@@ -324,9 +325,14 @@ impl OrderService {
             }
         }
         let mut tx = self.store.begin().await?;
-        tx.release_stock(order.id).await?;
-        self.fail_inline(tx, order, key, &[final_status], error)
-            .await
+        let released = tx.release_stock(order.id).await?;
+        let answer = self
+            .fail_inline(tx, order, key, &[final_status], error)
+            .await;
+        if released {
+            self.catalog.products_changed(&product_ids(order)).await;
+        }
+        answer
     }
 
     /// Records the final state of a failed inline order and answers with the
@@ -419,4 +425,9 @@ fn check_idempotency_key(key: &str) -> Result<(), ValidationError> {
 /// The JSON shape of an order in answers (and saved idempotent answers).
 pub fn order_body(order: &Order) -> serde_json::Value {
     serde_json::to_value(order).expect("orders always serialize")
+}
+
+/// The products an order's lines take stock from.
+fn product_ids(order: &Order) -> Vec<ProductId> {
+    order.items.iter().map(|line| line.product_id).collect()
 }

@@ -50,7 +50,7 @@ async fn product_has_etag_and_answers_304() {
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(
         body,
-        json!({"id": product.id, "sku": "ETAG-1", "name": "Product ETAG-1", "price_cents": 1299, "currency": "EUR", "stock": 7})
+        json!({"id": product.id, "sku": "ETAG-1", "name": "Product ETAG-1", "price_cents": 1299, "currency": "EUR", "stock": 7, "version": 1})
     );
 
     let not_modified = app.get_product(product.id, Some(&etag)).await;
@@ -129,4 +129,36 @@ async fn catalog_writes_need_the_admin_role_and_invalidate_the_cache() {
         "not-found",
     )
     .await;
+}
+
+#[tokio::test]
+async fn cached_stock_follows_every_reservation_at_once() {
+    let app = spawn_app().await;
+    let product = app.create_product("FRESH-1", 300, 20).await;
+    let shopper = app.shopper("Derya").await;
+    // Warm both cached views: the product and the page listing it.
+    assert_eq!(app.product(product.id).await.stock, 20);
+    let listed = |page: orderflow_api::routes::products::ProductPageView| {
+        page.items
+            .into_iter()
+            .find(|p| p.id == product.id)
+            .expect("listed")
+    };
+    assert_eq!(listed(app.products(Some(100), None).await).stock, 20);
+
+    app.order_one(&shopper, product.id, 2).await;
+    app.drain().await;
+    assert_eq!(app.stock(product.id).await, 18, "the database");
+    let read = app.product(product.id).await;
+    assert_eq!(
+        (read.stock, read.version),
+        (18, 2),
+        "the cached product, right after the reservation's commit"
+    );
+    let listed = listed(app.products(Some(100), None).await);
+    assert_eq!((listed.stock, listed.version), (18, 2), "the cached page");
+
+    // Every read of the product was counted; the flush adds them up.
+    app.app.catalog.flush_views().await.unwrap();
+    assert_eq!(app.app.store.product_views(product.id).await.unwrap(), 2);
 }

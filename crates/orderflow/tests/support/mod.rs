@@ -6,6 +6,8 @@
 // Each test binary compiles this module and uses only part of it.
 #![allow(dead_code)]
 
+pub mod process;
+
 use std::path::Path;
 use std::process::Stdio;
 use std::sync::Arc;
@@ -59,8 +61,7 @@ pub const INSTANT_PROVIDERS: [&str; 8] = [
 /// orderflow serving HTTP and running every consumer group (and the relay,
 /// with Kafka), started from [`test_args`] and [`INSTANT_PROVIDERS`].
 pub struct Server {
-    pub base: String,
-    pub http: reqwest::Client,
+    pub client: Client,
     shutdown: CancellationToken,
     task: JoinHandle<anyhow::Result<()>>,
     _data_dir: tempfile::TempDir,
@@ -84,11 +85,42 @@ impl Server {
             tokio::spawn(async move { app.run(listener, true, shutdown).await })
         };
         Server {
-            base,
-            http: reqwest::Client::new(),
+            client: Client::new(base),
             shutdown,
             task,
             _data_dir: data_dir,
+        }
+    }
+
+    /// Stops HTTP and the consumers, and waits for both.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+impl std::ops::Deref for Server {
+    type Target = Client;
+
+    fn deref(&self) -> &Client {
+        &self.client
+    }
+}
+
+/// The few HTTP calls tests set things up with, against any orderflow (in
+/// process, or a process of its own).
+#[derive(Clone)]
+pub struct Client {
+    /// `http://127.0.0.1:port`
+    pub base: String,
+    pub http: reqwest::Client,
+}
+
+impl Client {
+    pub fn new(base: String) -> Client {
+        Client {
+            base,
+            http: reqwest::Client::new(),
         }
     }
 
@@ -142,12 +174,6 @@ impl Server {
         assert_eq!(created.status(), 201);
         let created: Value = created.json().await.unwrap();
         created["id"].as_str().unwrap().to_owned()
-    }
-
-    /// Stops HTTP and the consumers, and waits for both.
-    pub async fn stop(self) {
-        self.shutdown.cancel();
-        self.task.await.unwrap().unwrap();
     }
 }
 

@@ -1,8 +1,11 @@
 //! `inventory`: reserves an order's stock, all lines or none, never below zero.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use orderflow_core::ports::log::Delivery;
 use orderflow_core::ports::store::{Reservation, StoreTx};
+use orderflow_core::services::catalog::CatalogService;
 use orderflow_domain::events::{Envelope, EventData};
 use orderflow_domain::{OrderId, ProductId, UserId};
 
@@ -11,12 +14,22 @@ use crate::runtime::{Applied, Effect, Handler, Prepared};
 
 /// Nothing to prepare: the reservation is a database write, made in the
 /// group commit.
-#[derive(Debug, Default)]
-pub struct InventoryHandler;
+#[derive(Default)]
+pub struct InventoryHandler {
+    /// Told which products' stock changed, after the commit.
+    catalog: Option<Arc<CatalogService>>,
+}
 
 impl InventoryHandler {
     pub fn new() -> Self {
-        Self
+        Self::default()
+    }
+
+    /// Tells `catalog` of every reservation after its commit, so cached
+    /// stock follows.
+    pub fn with_catalog(mut self, catalog: Option<Arc<CatalogService>>) -> Self {
+        self.catalog = catalog;
+        self
     }
 }
 
@@ -53,6 +66,8 @@ impl Handler for InventoryHandler {
             currency: currency.clone(),
             event: event.id,
             traceparent: event.traceparent.clone(),
+            catalog: self.catalog.clone(),
+            reserved: false,
         })))
     }
 }
@@ -66,13 +81,18 @@ struct Reserve {
     currency: String,
     event: orderflow_domain::EventId,
     traceparent: Option<String>,
+    catalog: Option<Arc<CatalogService>>,
+    /// Set by `apply` for `committed`: stock was taken.
+    reserved: bool,
 }
 
 #[async_trait]
 impl Effect for Reserve {
     async fn apply(&mut self, tx: &mut dyn StoreTx) -> Result<Applied, WorkerError> {
         let (order_id, user_id) = (self.order_id, self.user_id);
-        let result = match tx.reserve_stock(order_id, &self.lines).await? {
+        let reservation = tx.reserve_stock(order_id, &self.lines).await?;
+        self.reserved = reservation == Reservation::Reserved;
+        let result = match reservation {
             Reservation::Reserved => Some(EventData::StockReserved {
                 order_id,
                 user_id,
@@ -110,5 +130,14 @@ impl Effect for Reserve {
                 .await?;
         }
         Ok(Applied::Changed)
+    }
+
+    async fn committed(self: Box<Self>) {
+        if self.reserved
+            && let Some(catalog) = &self.catalog
+        {
+            let ids: Vec<ProductId> = self.lines.iter().map(|(id, _)| *id).collect();
+            catalog.products_changed(&ids).await;
+        }
     }
 }

@@ -11,6 +11,11 @@
 //! | `loyalty` | order.events | OrderConfirmed | points |
 //! | `analytics` | order.events | OrderConfirmed | daily sales, product sales |
 //!
+//! Catalog caches ([`WorkerDeps::with_catalog`]): after its transaction
+//! commits, `inventory` tells the catalog which products' stock it reserved
+//! and `orders` which it released, so every cache shows the new stock right
+//! away (`CatalogService::products_changed`).
+//!
 //! Read models ([`WorkerDeps::with_read_models`], Redis in the scaled setup):
 //! after its transaction commits, `loyalty` mirrors the shopper's new points
 //! total, `analytics` the day's totals, the notifiers the shopper's recent
@@ -26,6 +31,7 @@ use orderflow_core::ports::log::EventLog;
 use orderflow_core::ports::providers::PaymentGateway;
 use orderflow_core::ports::read_models::ReadModels;
 use orderflow_core::ports::store::Store;
+use orderflow_core::services::catalog::CatalogService;
 use orderflow_core::services::effects::{Notifiers, RetryPolicy};
 use orderflow_domain::events::topics;
 use orderflow_domain::notification::Channel;
@@ -92,6 +98,8 @@ pub struct WorkerDeps {
     pub retry: RetryPolicy,
     /// Where handlers mirror read models after their commits; `None`: nowhere.
     pub read_models: Option<Arc<dyn ReadModels>>,
+    /// The catalog whose caches hear of stock changes; `None`: nobody's.
+    pub catalog: Option<Arc<CatalogService>>,
     /// How each member paces itself (window, group commit size).
     pub consumer: ConsumerSettings,
 }
@@ -121,6 +129,7 @@ impl WorkerDeps {
             notifiers,
             retry,
             read_models: None,
+            catalog: None,
             consumer: ConsumerSettings::default(),
         }
     }
@@ -138,6 +147,13 @@ impl WorkerDeps {
         self
     }
 
+    /// Makes `inventory` and `orders` tell `catalog` which products' stock
+    /// they changed, after each commit (see the module docs).
+    pub fn with_catalog(mut self, catalog: Arc<CatalogService>) -> Self {
+        self.catalog = Some(catalog);
+        self
+    }
+
     /// The handler of one group; [`WorkerError::UnknownGroup`] for a name not
     /// in [`GROUPS`].
     pub fn handler(&self, group: &str) -> Result<Arc<dyn Handler>, WorkerError> {
@@ -150,9 +166,13 @@ impl WorkerDeps {
             )
         };
         Ok(match group {
-            "inventory" => Arc::new(InventoryHandler::new()),
+            "inventory" => Arc::new(InventoryHandler::new().with_catalog(self.catalog.clone())),
             "payment" => Arc::new(PaymentHandler::new(store, self.payment.clone())),
-            "orders" => Arc::new(OrdersHandler::new().with_read_models(read_models)),
+            "orders" => Arc::new(
+                OrdersHandler::new()
+                    .with_read_models(read_models)
+                    .with_catalog(self.catalog.clone()),
+            ),
             "email" => notify(Channel::Email),
             "sms" => notify(Channel::Sms),
             "push" => notify(Channel::Push),

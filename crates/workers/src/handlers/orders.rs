@@ -13,10 +13,11 @@ use async_trait::async_trait;
 use orderflow_core::ports::log::Delivery;
 use orderflow_core::ports::read_models::ReadModels;
 use orderflow_core::ports::store::StoreTx;
+use orderflow_core::services::catalog::CatalogService;
 use orderflow_domain::events::{Envelope, EventData};
 use orderflow_domain::money::Currency;
 use orderflow_domain::order::{OrderFact, OrderStatus, Transition};
-use orderflow_domain::{EventId, OrderId, UserId};
+use orderflow_domain::{EventId, OrderId, ProductId, UserId};
 
 use super::mirror_failed;
 use crate::error::WorkerError;
@@ -24,11 +25,23 @@ use crate::runtime::{Applied, Effect, Handler, Prepared};
 
 pub struct OrdersHandler {
     read_models: Option<Arc<dyn ReadModels>>,
+    /// Told which products' stock a payment failure released.
+    catalog: Option<Arc<CatalogService>>,
 }
 
 impl OrdersHandler {
     pub fn new() -> Self {
-        Self { read_models: None }
+        Self {
+            read_models: None,
+            catalog: None,
+        }
+    }
+
+    /// Tells `catalog` of every stock release after its commit, so cached
+    /// stock follows.
+    pub fn with_catalog(mut self, catalog: Option<Arc<CatalogService>>) -> Self {
+        self.catalog = catalog;
+        self
     }
 
     /// Publishes each committed status change through `read_models`.
@@ -78,6 +91,8 @@ impl Handler for OrdersHandler {
             event: event.id,
             traceparent: event.traceparent.clone(),
             read_models: self.read_models.clone(),
+            catalog: self.catalog.clone(),
+            released: Vec::new(),
             moved: None,
         })))
     }
@@ -91,6 +106,9 @@ struct Transit {
     event: EventId,
     traceparent: Option<String>,
     read_models: Option<Arc<dyn ReadModels>>,
+    catalog: Option<Arc<CatalogService>>,
+    /// Set by `apply` for `committed`: the products whose stock came back.
+    released: Vec<ProductId>,
     /// Set by `apply` for `committed`: the shopper, the new status, and the
     /// order's total when the status is final.
     moved: Option<(UserId, OrderStatus, i64, Currency)>,
@@ -101,6 +119,7 @@ impl Effect for Transit {
     async fn apply(&mut self, tx: &mut dyn StoreTx) -> Result<Applied, WorkerError> {
         let order_id = self.order_id;
         self.moved = None;
+        self.released.clear();
         // Locked until commit, so two members racing on one order's events
         // apply their facts one after the other.
         let Some(order) = tx.order_for_update(order_id).await? else {
@@ -135,6 +154,9 @@ impl Effect for Transit {
                 // already guarantees this runs once per event.
                 let released = tx.release_stock(order_id).await?;
                 tracing::debug!(%order_id, released, "payment failed; stock released");
+                if released {
+                    self.released = order.items.iter().map(|line| line.product_id).collect();
+                }
                 Some(EventData::OrderPaymentFailed {
                     order_id,
                     user_id,
@@ -154,6 +176,9 @@ impl Effect for Transit {
     }
 
     async fn committed(self: Box<Self>) {
+        if let Some(catalog) = &self.catalog {
+            catalog.products_changed(&self.released).await;
+        }
         let Some((user_id, status, total_cents, currency)) = self.moved else {
             return;
         };

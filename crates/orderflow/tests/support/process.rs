@@ -1,0 +1,124 @@
+//! Real `orderflow` processes for multi-process tests (`scaled.rs`,
+//! `caches.rs`): started with arguments and environment, logging to a file,
+//! stopped with SIGTERM (clean) or SIGKILL (a crash), and restarted alike.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tokio::process::{Child, Command};
+
+/// One orderflow process, restartable with the same arguments.
+pub struct Process {
+    pub name: String,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    pub log: PathBuf,
+    child: Option<Child>,
+    pub starts: usize,
+}
+
+impl Process {
+    pub fn start(name: &str, args: &[&str], env: &[(String, String)], logs: &Path) -> Process {
+        let mut process = Process {
+            name: name.to_owned(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            env: env.to_vec(),
+            log: logs.join(format!("{name}.log")),
+            child: None,
+            starts: 0,
+        };
+        process.spawn();
+        process
+    }
+
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("process log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_orderflow"))
+            .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log handle"))
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", self.name));
+        self.child = Some(child);
+        self.starts += 1;
+    }
+
+    /// SIGKILL: no shutdown hook runs, in-flight batches are lost mid-way.
+    pub async fn kill_hard(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await.expect("SIGKILL");
+        }
+    }
+
+    pub async fn restart_after_kill(&mut self) {
+        self.kill_hard().await;
+        self.spawn();
+    }
+
+    /// Fails the test (with the log's tail) when the process died by itself.
+    pub fn assert_running(&mut self) {
+        if let Some(child) = self.child.as_mut()
+            && let Ok(Some(status)) = child.try_wait()
+        {
+            panic!(
+                "{} exited on its own ({status}); its log ends with:\n{}",
+                self.name,
+                tail(&self.log, 40)
+            );
+        }
+    }
+
+    /// Waits (bounded) until `url` answers 2xx; fails the test with the
+    /// log's tail when the process dies or never answers.
+    pub async fn wait_ready(&mut self, url: &str) {
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            self.assert_running();
+            if let Ok(response) = http.get(url).send().await
+                && response.status().is_success()
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} never became ready; log:\n{}",
+                self.name,
+                tail(&self.log, 40)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// SIGTERM and wait: a clean stop.
+    pub async fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            if let Some(pid) = child.id() {
+                let _ = std::process::Command::new("kill")
+                    .args(["-TERM", &pid.to_string()])
+                    .status();
+            }
+            if tokio::time::timeout(Duration::from_secs(20), child.wait())
+                .await
+                .is_err()
+            {
+                let _ = child.kill().await;
+            }
+        }
+    }
+}
+
+pub fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
