@@ -104,7 +104,9 @@ impl Orderflow {
             .json(&json!({"email": DEMO_EMAIL, "password": DEMO_PASSWORD}))
             .send()
             .await
-            .unwrap()
+            // The server's log says why it stopped answering (one CI run saw
+            // "connection refused" here after the port had been open).
+            .unwrap_or_else(|error| panic!("login request failed: {error}\n{}", self.log()))
             .error_for_status()
             .expect("demo shopper logs in")
             .json()
