@@ -574,7 +574,7 @@ impl<E: Engine> Store for SqlStore<E> {
         let mut stored = Vec::with_capacity(products.len());
         for (id, draft) in products {
             let row = w
-                .query_opt(stmt(
+                .query_one(stmt(
                     "import_product",
                     "INSERT INTO products (id, sku, name, price_cents, currency, stock,
                             created_at, updated_at)
@@ -595,12 +595,7 @@ impl<E: Engine> Store for SqlStore<E> {
                         now,
                     ),
                 ))
-                .await?
-                .ok_or_else(|| {
-                    orderflow_core::ports::store::StoreError::Database(
-                        "import_product returned no row".into(),
-                    )
-                })?;
+                .await?;
             stored.push(rows::product(&row)?);
         }
         super::WriteTx::commit(w).await?;
