@@ -20,12 +20,13 @@
 //!   [`ConsumerSettings::window`] deliveries in hand and polls more as soon as
 //!   there is room, so a group whose provider takes 300 ms has hundreds of
 //!   calls in flight instead of one batch's worth.
-//! - **Per-key order.** Deliveries of one key (the shopper) are prepared one
-//!   after the other in offset order, and their effects are applied in that
-//!   order: a key's next delivery starts only when nothing earlier of its key
-//!   is being prepared or waiting to be retried, and a flush takes, per key,
-//!   only a prefix of prepared effects. A key in retry back-off holds back
-//!   only that key.
+//! - **Per-lane order.** Deliveries of one lane ([`Handler::lane`]: the
+//!   event's key, the shopper, unless the group names a narrower one) are
+//!   prepared one after the other in offset order, and their effects are
+//!   applied in that order: a lane's next delivery starts only when nothing
+//!   earlier of its lane is being prepared or waiting to be retried, and a
+//!   flush takes, per lane, only a prefix of prepared effects. A lane in
+//!   retry back-off holds back only that lane.
 //! - **Offsets** advance per partition to the highest *contiguous* finished
 //!   delivery, committed at most every [`ConsumerSettings::commit_interval`]
 //!   (and whenever the member runs dry or stops). A crash redelivers what was
@@ -226,6 +227,15 @@ pub trait Handler: Send + Sync + 'static {
     /// The topics the group subscribes to.
     fn topics(&self) -> &'static [&'static str];
     async fn prepare(&self, delivery: &Delivery) -> Result<Prepared, WorkerError>;
+    /// The lane `envelope` waits in: deliveries of one lane are handled one
+    /// after the other in offset order, lanes side by side. By default the
+    /// event's key (the shopper), the order the log keeps. A group whose
+    /// effects only need a narrower order names a narrower lane (the
+    /// notification groups: one order's messages), so one busy shopper's
+    /// slow provider calls do not queue behind each other.
+    fn lane(&self, envelope: &Envelope) -> String {
+        envelope.key.clone()
+    }
 }
 
 /// What one call of [`Consumer::process_batch`] did.
@@ -315,6 +325,8 @@ enum State {
 /// One delivery in hand.
 struct Slot {
     delivery: Arc<Delivery>,
+    /// [`Handler::lane`] of the delivery.
+    lane: Arc<str>,
     /// `event.handle`, open from the first attempt to the group commit.
     span: tracing::Span,
     started: Instant,
@@ -336,7 +348,7 @@ enum FlushOutcome {
     /// Its effect failed and was rolled back to its savepoint.
     Failed(WorkerError),
     /// Not written (the flush failed as a whole, or an earlier effect of the
-    /// same key failed): the prepared work comes back.
+    /// same lane failed): the prepared work comes back.
     Returned(Work),
 }
 
@@ -351,6 +363,7 @@ struct FlushDone {
 struct FlushItem {
     seq: u64,
     delivery: Arc<Delivery>,
+    lane: Arc<str>,
     span: tracing::Span,
     work: Work,
 }
@@ -373,10 +386,10 @@ pub struct Consumer {
     /// Deliveries in hand, by the sequence number they got when polled.
     slots: HashMap<u64, Slot>,
     next_seq: u64,
-    /// Per key, the unfinished deliveries in offset order.
-    lanes: HashMap<String, VecDeque<u64>>,
-    /// Keys whose lane changed since the last look for work to start.
-    dirty: Vec<String>,
+    /// Per lane ([`Handler::lane`]), the unfinished deliveries in offset order.
+    lanes: HashMap<Arc<str>, VecDeque<u64>>,
+    /// Lanes that changed since the last look for work to start.
+    dirty: Vec<Arc<str>>,
     /// Per partition, the deliveries in hand in offset order (offsets are
     /// committed up to the first one not done).
     partitions: HashMap<(String, i32), VecDeque<u64>>,
@@ -624,18 +637,19 @@ impl Consumer {
         for delivery in batch {
             let seq = self.next_seq;
             self.next_seq += 1;
-            let key = delivery.envelope.key.clone();
+            let lane: Arc<str> = self.handler.lane(&delivery.envelope).into();
             self.partitions
                 .entry((delivery.topic.clone(), delivery.partition))
                 .or_default()
                 .push_back(seq);
-            self.lanes.entry(key.clone()).or_default().push_back(seq);
-            self.dirty.push(key);
+            self.lanes.entry(lane.clone()).or_default().push_back(seq);
+            self.dirty.push(lane.clone());
             let span = handling_span(self.handler.group(), &delivery);
             self.slots.insert(
                 seq,
                 Slot {
                     delivery: Arc::new(delivery),
+                    lane,
                     span,
                     started: Instant::now(),
                     failures: 0,
@@ -645,14 +659,14 @@ impl Consumer {
         }
     }
 
-    /// Starts preparing, for every key that changed, its first delivery not
+    /// Starts preparing, for every lane that changed, its first delivery not
     /// yet prepared, unless one of its deliveries is being prepared already.
     fn start_prepares(&mut self) {
         let mut dirty = std::mem::take(&mut self.dirty);
         dirty.sort_unstable();
         dirty.dedup();
-        for key in dirty {
-            let Some(lane) = self.lanes.get(&key) else {
+        for name in dirty {
+            let Some(lane) = self.lanes.get(&name) else {
                 continue;
             };
             for seq in lane {
@@ -684,7 +698,7 @@ impl Consumer {
         self.flush_candidates().len()
     }
 
-    /// Per key, the prefix of its lane that is prepared, in polling order.
+    /// Per lane, the prefix that is prepared, in polling order.
     fn flush_candidates(&self) -> Vec<u64> {
         let mut candidates = Vec::new();
         for lane in self.lanes.values() {
@@ -722,6 +736,7 @@ impl Consumer {
                 FlushItem {
                     seq,
                     delivery: slot.delivery.clone(),
+                    lane: slot.lane.clone(),
                     span: slot.span.clone(),
                     work,
                 }
@@ -746,7 +761,7 @@ impl Consumer {
                 for slot in self.slots.values_mut() {
                     if matches!(slot.state, State::Flushing) {
                         slot.state = State::Waiting { delay: None };
-                        self.dirty.push(slot.delivery.envelope.key.clone());
+                        self.dirty.push(slot.lane.clone());
                     }
                 }
             }
@@ -754,8 +769,7 @@ impl Consumer {
     }
 
     fn on_prepared(&mut self, seq: u64, result: PrepareResult) {
-        let key = self.slots[&seq].delivery.envelope.key.clone();
-        self.dirty.push(key);
+        self.dirty.push(self.slots[&seq].lane.clone());
         match result {
             PrepareResult::Cancelled => {
                 self.slot(seq).state = State::Waiting { delay: None };
@@ -790,8 +804,7 @@ impl Consumer {
             }
         }
         for (seq, outcome) in done.outcomes {
-            let key = self.slots[&seq].delivery.envelope.key.clone();
-            self.dirty.push(key);
+            self.dirty.push(self.slots[&seq].lane.clone());
             match outcome {
                 FlushOutcome::Finished(finished) => self.finish(seq, finished),
                 FlushOutcome::Failed(error) => self.failed(seq, error),
@@ -845,7 +858,7 @@ impl Consumer {
         }
     }
 
-    /// A delivery is finished: counted, out of its key's lane, and ready for
+    /// A delivery is finished: counted, out of its lane, and ready for
     /// its offset to be committed.
     fn finish(&mut self, seq: u64, finished: Finished) {
         let group = self.group();
@@ -853,10 +866,10 @@ impl Consumer {
         slot.state = State::Done;
         self.done_uncommitted += 1;
         let delivery = &slot.delivery;
-        if let Some(lane) = self.lanes.get_mut(&delivery.envelope.key) {
+        if let Some(lane) = self.lanes.get_mut(&slot.lane) {
             lane.retain(|other| *other != seq);
             if lane.is_empty() {
-                self.lanes.remove(&delivery.envelope.key);
+                self.lanes.remove(&slot.lane);
             }
         }
         self.report.count(finished);
@@ -1044,8 +1057,8 @@ fn prepare(
 /// transaction, then, after the commit, each effect's `committed` step.
 ///
 /// A failing effect is rolled back to its savepoint and reported as
-/// `Failed`; later items of the same key are handed back unwritten, so a
-/// key's effects are never applied out of order. A failure of the
+/// `Failed`; later items of the same lane are handed back unwritten, so a
+/// lane's effects are never applied out of order. A failure of the
 /// transaction itself (begin, a savepoint, commit; the database is gone)
 /// hands every item back.
 async fn group_commit(
@@ -1100,7 +1113,7 @@ async fn group_commit(
 enum ItemResult {
     Written(Finished),
     Failed(WorkerError),
-    /// Not attempted: an earlier item of its key failed.
+    /// Not attempted: an earlier item of its lane failed.
     Held,
 }
 
@@ -1122,9 +1135,9 @@ async fn write_all(
     }
     let mut tx = store.begin_group_commit(group).await?;
     let mut results = Vec::with_capacity(items.len());
-    let mut failed_keys: HashSet<String> = HashSet::new();
+    let mut failed_lanes: HashSet<Arc<str>> = HashSet::new();
     for item in items.iter_mut() {
-        if failed_keys.contains(&item.delivery.envelope.key) {
+        if failed_lanes.contains(&item.lane) {
             results.push(ItemResult::Held);
             continue;
         }
@@ -1144,7 +1157,7 @@ async fn write_all(
             Err(error) if error.is_store_unavailable() => return Err(error),
             Err(error) => {
                 tx.rollback_to_savepoint().await?;
-                failed_keys.insert(item.delivery.envelope.key.clone());
+                failed_lanes.insert(item.lane.clone());
                 results.push(ItemResult::Failed(error));
             }
         }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use orderflow_core::ports::log::EventLog;
 use orderflow_core::ports::store::Store;
-use orderflow_domain::events::{EventData, topics};
+use orderflow_domain::events::{Envelope, EventData, topics};
 use orderflow_domain::notification::{Channel, NotificationKind};
 use orderflow_domain::order::OrderStatus;
 use orderflow_workers::{GROUPS, WorkerError};
@@ -411,6 +411,50 @@ async fn a_new_user_gets_a_welcome_email_only() {
         (recorded.len(), recorded[0].kind, recorded[0].order_id),
         (1, NotificationKind::Welcome, None)
     );
+}
+
+#[tokio::test]
+async fn notifications_wait_only_for_their_own_orders_messages() {
+    let h = Harness::new(None, tiny_retry(3)).await;
+    let ann = uuid::Uuid::now_v7();
+    let confirmed = |order_id| {
+        Envelope::new(
+            EventData::OrderConfirmed {
+                order_id,
+                user_id: ann,
+                items: Vec::new(),
+                total_cents: 100,
+                currency: "EUR".into(),
+            },
+            None,
+        )
+    };
+    let (first, second) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+    let registered = Envelope::new(
+        EventData::UserRegistered {
+            user_id: ann,
+            email: "ann@example.com".into(),
+            name: "Ann".into(),
+        },
+        None,
+    );
+    for group in ["email", "sms", "push"] {
+        let handler = h.deps.handler(group).unwrap();
+        assert_eq!(
+            handler.lane(&confirmed(first)),
+            first.to_string(),
+            "{group}"
+        );
+        assert_eq!(
+            handler.lane(&confirmed(second)),
+            second.to_string(),
+            "{group}"
+        );
+        assert_eq!(handler.lane(&registered), registered.key, "{group}");
+    }
+    // The groups whose effects build on each other keep the shopper's order.
+    let payment = h.deps.handler("payment").unwrap();
+    assert_eq!(payment.lane(&confirmed(first)), ann.to_string());
 }
 
 #[tokio::test]

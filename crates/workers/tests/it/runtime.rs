@@ -399,6 +399,25 @@ async fn shutdown_during_a_retry_wait_commits_the_finished_part_of_the_batch() {
 /// Records when each event's handling started and ended, taking 50 ms each.
 struct Timed {
     log: Mutex<Vec<(EventId, std::time::Instant, std::time::Instant)>>,
+    /// Each event in a lane of its own instead of its key's.
+    lane_per_event: bool,
+}
+
+impl Timed {
+    fn new(lane_per_event: bool) -> Arc<Self> {
+        Arc::new(Self {
+            log: Mutex::default(),
+            lane_per_event,
+        })
+    }
+
+    fn span(&self, id: EventId) -> (std::time::Instant, std::time::Instant) {
+        let log = self.log.lock().unwrap();
+        log.iter()
+            .find(|(e, _, _)| *e == id)
+            .map(|(_, s, e)| (*s, *e))
+            .unwrap()
+    }
 }
 
 #[async_trait]
@@ -409,6 +428,14 @@ impl Handler for Timed {
 
     fn topics(&self) -> &'static [&'static str] {
         &[topics::USER_EVENTS]
+    }
+
+    fn lane(&self, envelope: &Envelope) -> String {
+        if self.lane_per_event {
+            envelope.id.to_string()
+        } else {
+            envelope.key.clone()
+        }
     }
 
     async fn prepare(&self, delivery: &Delivery) -> Result<Prepared, WorkerError> {
@@ -433,9 +460,7 @@ async fn one_keys_events_are_handled_in_order_while_other_keys_run_alongside() {
     let bob_event = registered(bob);
     h.append(&ann_events).await;
     h.append(std::slice::from_ref(&bob_event)).await;
-    let handler = Arc::new(Timed {
-        log: Mutex::default(),
-    });
+    let handler = Timed::new(false);
     let mut consumer = Consumer::subscribe(
         handler.clone(),
         h.store.clone(),
@@ -447,13 +472,7 @@ async fn one_keys_events_are_handled_in_order_while_other_keys_run_alongside() {
 
     let report = consumer.process_batch(Duration::ZERO).await.unwrap();
     assert_eq!((report.polled, report.handled), (4, 4));
-    let log = handler.log.lock().unwrap().clone();
-    let span = |id: EventId| {
-        log.iter()
-            .find(|(e, _, _)| *e == id)
-            .map(|(_, s, e)| (*s, *e))
-            .unwrap()
-    };
+    let span = |id: EventId| handler.span(id);
     // One user's events: strictly one after the other, in offset order.
     for pair in ann_events.windows(2) {
         let (first, second) = (span(pair[0].id), span(pair[1].id));
@@ -469,6 +488,35 @@ async fn one_keys_events_are_handled_in_order_while_other_keys_run_alongside() {
         bob_start < ann_first_end,
         "different keys are handled concurrently"
     );
+    assert_eq!(h.lag("timed").await, 0, "the whole batch was committed");
+}
+
+#[tokio::test]
+async fn a_group_with_narrower_lanes_handles_one_keys_events_side_by_side() {
+    let h = Harness::new(None, tiny_retry(3)).await;
+    let ann = uuid::Uuid::now_v7();
+    let ann_events = [registered(ann), registered(ann), registered(ann)];
+    h.append(&ann_events).await;
+    let handler = Timed::new(true);
+    let mut consumer = Consumer::subscribe(
+        handler.clone(),
+        h.store.clone(),
+        h.log.as_ref(),
+        tiny_retry(3),
+    )
+    .await
+    .unwrap();
+
+    let report = consumer.process_batch(Duration::ZERO).await.unwrap();
+    assert_eq!((report.polled, report.handled), (3, 3));
+    let (_, first_end) = handler.span(ann_events[0].id);
+    for later in &ann_events[1..] {
+        let (start, _) = handler.span(later.id);
+        assert!(
+            start < first_end,
+            "one key's events in lanes of their own overlap"
+        );
+    }
     assert_eq!(h.lag("timed").await, 0, "the whole batch was committed");
 }
 
