@@ -100,6 +100,45 @@ async fn poll_sees_other_processes_after_wait() {
     assert_eq!(batch[0].envelope.id, event.id);
 }
 
+/// A poll is answered from the log's tail (the events this process
+/// appended, in memory) only while the tail holds every event from the
+/// member's position on: an event another process appended in between is
+/// read from the table, in offset order with this process's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_event_another_process_appended_in_between_is_not_skipped() {
+    let (dir, store) = fresh().await;
+    let url = format!("sqlite://{}", dir.path().join("orderflow.db").display());
+    let other: Arc<dyn Store> = Arc::new(
+        SqliteStore::connect(&url, 2)
+            .await
+            .expect("second connection"),
+    );
+    let here: Arc<dyn Store> = Arc::new(store.clone());
+    let mut sub = store
+        .event_log()
+        .subscribe("between", &[topics::USER_EVENTS])
+        .await
+        .unwrap();
+    // One shopper: one partition.
+    let ann = uuid::Uuid::now_v7();
+    let [first, between, last] = [(); 3].map(|()| contract::user_registered(ann));
+
+    contract::append_committed(&here, std::slice::from_ref(&first)).await;
+    let batch = sub.poll(10, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(batch.len(), 1);
+    sub.commit(&batch).await.unwrap();
+    contract::append_committed(&other, std::slice::from_ref(&between)).await;
+    contract::append_committed(&here, std::slice::from_ref(&last)).await;
+
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let batch = sub.poll(10, Duration::from_secs(5)).await.unwrap();
+        assert!(!batch.is_empty(), "both events arrive: {seen:?}");
+        seen.extend(batch.iter().map(|d| (d.offset, d.envelope.id)));
+    }
+    assert_eq!(seen, [(1, between.id), (2, last.id)]);
+}
+
 partitions_test!({
     let dir = tempfile::tempdir().unwrap();
     move |partitions| {

@@ -105,7 +105,7 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use super::{PostgresEngine, db_err};
-use crate::sql::log::{Attempt, Poller, Read, Wakers, read_deliveries};
+use crate::sql::log::{Attempt, Look, Poller, Read, Wakers, read_deliveries};
 use crate::sql::{SqlRow, count, log_err};
 
 fn sql_err(error: sqlx::Error) -> LogError {
@@ -1003,7 +1003,7 @@ impl Poller for PostgresSubscription {
 
     /// The partitions this member may deliver now; what was read is kept
     /// only if they are still held under the same lease (see the module docs).
-    async fn attempt(&mut self, max: usize) -> LogResult<Attempt> {
+    async fn attempt(&mut self, max: usize, _look: Look) -> LogResult<Attempt> {
         let planned = self.member.plan_reads();
         if planned.is_empty() {
             return Ok(Attempt::Nothing);

@@ -67,8 +67,8 @@ use tokio::task::JoinHandle;
 
 use crate::sql::log::TopicWakes;
 use crate::sql::{
-    Arg, Dialect, Engine, EngineCore, Exec, SqlRow, SqlStore, Stmt, WritePriority, WriteTx,
-    check_partitions, count, stmt,
+    Arg, Dialect, Engine, EngineCore, Exec, LogAppend, SqlRow, SqlStore, Stmt, WritePriority,
+    WriteTx, check_partitions, count, stmt,
 };
 
 pub use crate::sqlite::partition_for;
@@ -149,7 +149,7 @@ impl SqlStore<PostgresEngine> {
             .await
             .map_err(|e| StoreError::Unavailable(format!("cannot connect to PostgreSQL: {e}")))?;
         Ok(SqlStore::new(PostgresEngine {
-            core: EngineCore::new(pool, partitions),
+            core: EngineCore::new(pool, partitions, PostgresEngine::LOG_APPEND),
             listener: Mutex::new(None),
             outbox_rollbacks: std::sync::Mutex::new(Vec::new()),
         }))
@@ -218,13 +218,15 @@ impl Engine for PostgresEngine {
     type Read = sqlx::pool::PoolConnection<Postgres>;
     type WriteConn = PgConnection;
     /// One statement, one round trip: the offset taken in a CTE.
-    const APPEND_EVENT: &'static [&'static str] = &[r#"WITH taken AS (
+    const LOG_APPEND: LogAppend = LogAppend::Queued(
+        r#"WITH taken AS (
            INSERT INTO log_partitions AS l (topic, "partition", next_offset)
            VALUES ($1, $2, 1)
            ON CONFLICT (topic, "partition") DO UPDATE SET next_offset = l.next_offset + 1
            RETURNING next_offset - 1 AS "offset")
        INSERT INTO event_log (topic, "partition", "offset", key, event_id, payload, created_at)
-       SELECT $1, $2, "offset", $3, $4, $5, $6 FROM taken"#];
+       SELECT $1, $2, "offset", $3, $4, $5, $6 FROM taken"#,
+    );
     type SingleWrite = sqlx::pool::PoolConnection<Postgres>;
 
     async fn begin_write(&self, _priority: WritePriority) -> StoreResult<Self::Write> {

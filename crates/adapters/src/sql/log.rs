@@ -309,6 +309,16 @@ impl Wakers {
     }
 }
 
+/// Why a poll looks at the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Look {
+    /// A signal fired, or the last look was cut short by its limit.
+    Signalled,
+    /// The wait ran out: the look for what no signal reports (commits of
+    /// other processes).
+    WaitRanOut,
+}
+
 /// What one attempt of a poll found.
 pub(crate) enum Attempt {
     /// Deliveries to hand out.
@@ -327,7 +337,7 @@ pub(crate) trait Poller: Send {
 
     /// One look at the log for up to `max` deliveries. Positions move only
     /// in the same synchronous step that returns them (cancel safety).
-    async fn attempt(&mut self, max: usize) -> LogResult<Attempt>;
+    async fn attempt(&mut self, max: usize, look: Look) -> LogResult<Attempt>;
 }
 
 /// Implements [`Subscription`](orderflow_core::ports::log::Subscription)
@@ -384,7 +394,12 @@ pub(crate) async fn poll_and_wait<P: Poller + ?Sized>(
         let last = Instant::now() >= deadline;
         if poller.wakers().worth_a_look() || last {
             poller.wakers().mark_seen();
-            match poller.attempt(max).await? {
+            let look = if last {
+                Look::WaitRanOut
+            } else {
+                Look::Signalled
+            };
+            match poller.attempt(max, look).await? {
                 Attempt::Found(batch) if !batch.is_empty() => {
                     poller.wakers().caught_up = batch.len() < max;
                     return Ok(batch);

@@ -41,18 +41,21 @@
 //! - this file: [`Engine`] and [`EngineCore`] (what each engine provides),
 //!   [`Exec`], [`SqlRow`], [`Stmt`] and [`Arg`], [`SqlStore`] (what the two
 //!   stores share: the engine and where events go), the savepoint steps
-//!   and appended topics a unit of work keeps;
+//!   and what a unit of work appended;
 //! - [`rows`]: decoding rows into domain types;
 //! - [`store`]: `impl Store for SqlStore<E>`;
 //! - [`tx`]: `SqlTx`, the unit of work (`impl StoreTx`); it queues the
 //!   writes nobody reads an answer from and sends them together (one round
 //!   trip on SQLite) before the next read, savepoint step or commit;
 //! - [`log`]: what both embedded event logs share: lag, reads of the log,
-//!   per-topic wake-ups and the poll-and-wait loop.
+//!   per-topic wake-ups and the poll-and-wait loop;
+//! - [`tail`]: the embedded log's newest events, kept in memory by the
+//!   process that appended them (SQLite), so polls need not read them back.
 
 pub(crate) mod log;
 pub(crate) mod rows;
 pub(crate) mod store;
+pub(crate) mod tail;
 pub(crate) mod tx;
 
 use std::ops::DerefMut;
@@ -245,13 +248,6 @@ tuple_args!(A, B, C, D, E, F, G, H, I);
 tuple_args!(A, B, C, D, E, F, G, H, I, J);
 
 impl Stmt {
-    /// The statement with these values instead, for several statements
-    /// that take the same ones.
-    pub(crate) fn with_args(mut self, args: Vec<Arg>) -> Self {
-        self.args = args;
-        self
-    }
-
     /// Binds the next placeholder, for statements assembled in a loop.
     pub(crate) fn bind(mut self, value: impl Into<Arg>) -> Self {
         self.args.push(value.into());
@@ -389,6 +385,15 @@ pub trait SqlRow {
 #[async_trait]
 pub trait WriteTx: DerefMut + Send + Sized {
     async fn commit(self) -> StoreResult<()>;
+
+    /// Commits, then runs `committed` before anyone else may write: on
+    /// SQLite, still holding the one writer, so what it records about the
+    /// commit is recorded in commit order.
+    async fn commit_then<F: FnOnce() + Send>(self, committed: F) -> StoreResult<()> {
+        self.commit().await?;
+        committed();
+        Ok(())
+    }
 }
 
 /// What differs between the engines (see the module docs). Implemented by
@@ -458,11 +463,8 @@ pub trait Engine: Send + Sync + Sized + 'static {
     /// twice).
     async fn lock_order_stock(conn: &mut Self::WriteConn, order_id: OrderId) -> StoreResult<()>;
 
-    /// The statements that append one event to the embedded log, each
-    /// taking (topic, partition, key, event id, payload, created at) as `$1`
-    /// to `$6`: take the partition's next offset (the row is created on
-    /// first use) and insert the event at it.
-    const APPEND_EVENT: &'static [&'static str];
+    /// How this engine appends to the embedded log.
+    const LOG_APPEND: LogAppend;
 
     /// Statements that follow appends to the embedded log of `topics`, in
     /// the same unit of work (PostgreSQL's `NOTIFY`); none by default.
@@ -547,6 +549,23 @@ macro_rules! engine_types {
 }
 pub(crate) use engine_types;
 
+/// How an engine appends an event to the embedded log: take the
+/// partition's next offset (the row is created on first use) and insert the
+/// event at it.
+#[derive(Debug, Clone, Copy)]
+pub enum LogAppend {
+    /// One statement, queued with the unit of work's other writes (no
+    /// answer awaited: a round trip saved per event on PostgreSQL). It
+    /// takes (topic, partition, key, event id, payload, created at) as `$1`
+    /// to `$6`.
+    Queued(&'static str),
+    /// The offset is read back ([`tx::TAKE_OFFSET`]; a call, not a round
+    /// trip, on SQLite), then the insert is queued ([`tx::INSERT_EVENT_AT`]):
+    /// knowing the offsets, the commit hands the events to the log's
+    /// [`tail::LogTail`].
+    OffsetReadBack,
+}
+
 /// What every engine holds (as its field `core`).
 pub struct EngineCore<DB: sqlx::Database> {
     pub(crate) pool: sqlx::Pool<DB>,
@@ -557,14 +576,18 @@ pub struct EngineCore<DB: sqlx::Database> {
     /// PostgreSQL also by the LISTEN task for other processes' commits);
     /// subscriptions wait on them instead of polling on a timer.
     pub(crate) wakes: Arc<log::TopicWakes>,
+    /// The log's newest events, when the engine keeps them
+    /// ([`LogAppend::OffsetReadBack`]).
+    pub(crate) tail: Option<tail::LogTail>,
 }
 
 impl<DB: sqlx::Database> EngineCore<DB> {
-    pub(crate) fn new(pool: sqlx::Pool<DB>, partitions: i32) -> Self {
+    pub(crate) fn new(pool: sqlx::Pool<DB>, partitions: i32, append: LogAppend) -> Self {
         Self {
             pool,
             partitions,
             wakes: Arc::default(),
+            tail: matches!(append, LogAppend::OffsetReadBack).then(tail::LogTail::default),
         }
     }
 }
@@ -678,19 +701,24 @@ impl SavepointStep {
     }
 }
 
-/// The topics a unit of work appended events to, for after its commit (they
-/// count as published, subscribers are woken), kept right across the effect
-/// savepoint: events appended after a savepoint that is rolled back are gone.
+/// What a unit of work appended to the embedded log, for after its commit
+/// (the events count as published, subscribers are woken, the log's tail
+/// gets them), kept right across the effect savepoint: events appended
+/// after a savepoint that is rolled back are gone.
 #[derive(Debug, Default)]
-pub struct AppendedTopics {
+pub(crate) struct Appended {
+    /// The topic of every event.
     topics: Vec<&'static str>,
-    /// How many topics there were when the open savepoint was taken.
-    at_savepoint: Option<usize>,
+    /// The events with their offsets, when the engine read them back.
+    events: Vec<tail::TailEvent>,
+    /// How many of each there were when the open savepoint was taken.
+    at_savepoint: Option<(usize, usize)>,
 }
 
-impl AppendedTopics {
-    pub(crate) fn push(&mut self, topic: &'static str) {
+impl Appended {
+    pub(crate) fn push(&mut self, topic: &'static str, event: Option<tail::TailEvent>) {
         self.topics.push(topic);
+        self.events.extend(event);
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -700,19 +728,22 @@ impl AppendedTopics {
     /// Follows a savepoint step that succeeded.
     pub(crate) fn after(&mut self, step: SavepointStep) {
         match step {
-            SavepointStep::Open => self.at_savepoint = Some(self.topics.len()),
+            SavepointStep::Open => {
+                self.at_savepoint = Some((self.topics.len(), self.events.len()));
+            }
             SavepointStep::Release => self.at_savepoint = None,
             SavepointStep::RollBack => {
-                if let Some(kept) = self.at_savepoint.take() {
-                    self.topics.truncate(kept);
+                if let Some((topics, events)) = self.at_savepoint.take() {
+                    self.topics.truncate(topics);
+                    self.events.truncate(events);
                 }
             }
         }
     }
 
-    /// The topics, once the transaction committed.
-    pub(crate) fn into_topics(self) -> Vec<&'static str> {
-        self.topics
+    /// The topics and the events, once the transaction committed.
+    pub(crate) fn into_parts(self) -> (Vec<&'static str>, Vec<tail::TailEvent>) {
+        (self.topics, self.events)
     }
 }
 

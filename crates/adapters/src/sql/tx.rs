@@ -34,13 +34,28 @@ use orderflow_domain::{EventId, OrderId, ProductId, Timestamp, UserId};
 use crate::sqlite::partition_for;
 
 use super::store::load_order;
+use super::tail::TailEvent;
 use super::{
-    AppendedTopics, Args, Engine, Exec, SavepointStep, SqlRow, Stmt, WriteTx, stmt, values_list,
+    Appended, Engine, Exec, LogAppend, SavepointStep, SqlRow, Stmt, WriteTx, stmt, values_list,
 };
 
 /// How often a claim retries when the row it lost to vanished before it
 /// could read it (only possible if keys are ever purged).
 const CLAIM_ATTEMPTS: usize = 3;
+
+/// [`LogAppend::OffsetReadBack`]'s first statement: takes the partition's
+/// next offset, `$1` topic and `$2` partition; answers `offset`.
+pub(crate) const TAKE_OFFSET: &str = r#"INSERT INTO log_partitions (topic, "partition", next_offset)
+       VALUES ($1, $2, 1)
+       ON CONFLICT (topic, "partition") DO UPDATE SET next_offset = log_partitions.next_offset + 1
+       RETURNING next_offset - 1 AS "offset""#;
+
+/// [`LogAppend::OffsetReadBack`]'s second statement: the event at the
+/// offset taken, (topic, partition, offset, key, event id, payload, created
+/// at) as `$1` to `$7`.
+pub(crate) const INSERT_EVENT_AT: &str = r#"INSERT INTO event_log
+       (topic, "partition", "offset", key, event_id, payload, created_at)
+       VALUES ($1, $2, $3, $4, $5, $6, $7)"#;
 
 /// A unit of work. Dropping it without [`StoreTx::commit`] rolls everything
 /// back, appended events included.
@@ -48,9 +63,9 @@ pub(crate) struct SqlTx<E: Engine> {
     write: E::Write,
     engine: Arc<E>,
     destination: EventDestination,
-    /// Topics of the events appended so far: counted as published, and this
-    /// process's subscribers woken, only once the commit succeeded.
-    appended: AppendedTopics,
+    /// The events appended so far: counted as published, and this process's
+    /// subscribers woken, only once the commit succeeded.
+    appended: Appended,
     /// Writes whose answer nobody waits for (see [`SqlTx::defer`]), sent
     /// together before the next statement that answers, a savepoint step or
     /// the commit.
@@ -74,7 +89,7 @@ impl<E: Engine> SqlTx<E> {
             write,
             engine,
             destination,
-            appended: AppendedTopics::default(),
+            appended: Appended::default(),
             deferred: Vec::new(),
         }
     }
@@ -148,31 +163,58 @@ impl<E: Engine> SqlTx<E> {
     /// locked until the transaction ends, so appends to one partition commit
     /// in offset order and a reader never sees offset n+1 before n; SQLite's
     /// one writer does the same.
-    fn append_to_log(&mut self, events: &[Envelope]) {
+    async fn append_to_log(&mut self, events: &[Envelope]) -> StoreResult<()> {
         let now = chrono::Utc::now();
         let mut topics = Vec::new();
         for event in events {
             let topic = event.topic();
-            self.appended.push(topic);
             if !topics.contains(&topic) {
                 topics.push(topic);
             }
-            let args = (
-                topic,
-                partition_for(&event.key, self.engine.core().partitions),
-                &event.key,
-                event.id,
-                event.to_json(),
-                now,
-            )
-                .into_args();
-            for sql in E::APPEND_EVENT {
-                self.defer(stmt("append_event", *sql, ()).with_args(args.clone()));
+            let partition = partition_for(&event.key, self.engine.core().partitions);
+            match E::LOG_APPEND {
+                LogAppend::Queued(sql) => {
+                    self.defer(stmt(
+                        "append_event",
+                        sql,
+                        (topic, partition, &event.key, event.id, event.to_json(), now),
+                    ));
+                    self.appended.push(topic, None);
+                }
+                LogAppend::OffsetReadBack => {
+                    let offset = self
+                        .conn()
+                        .await?
+                        .query_one(stmt("take_offset", TAKE_OFFSET, (topic, partition)))
+                        .await?
+                        .int("offset")?;
+                    self.defer(stmt(
+                        "append_event",
+                        INSERT_EVENT_AT,
+                        (
+                            topic,
+                            partition,
+                            offset,
+                            &event.key,
+                            event.id,
+                            event.to_json(),
+                            now,
+                        ),
+                    ));
+                    let event = TailEvent {
+                        topic,
+                        partition,
+                        offset,
+                        envelope: Arc::new(event.clone()),
+                    };
+                    self.appended.push(topic, Some(event));
+                }
             }
         }
         for notice in E::append_notices(&topics) {
             self.defer(notice);
         }
+        Ok(())
     }
 
     /// Appends one history row per step, in step order.
@@ -682,10 +724,12 @@ impl<E: Engine> StoreTx for SqlTx<E> {
             return Ok(());
         }
         match self.destination {
-            EventDestination::EmbeddedLog => self.append_to_log(events),
-            EventDestination::Outbox => self.append_to_outbox(events),
+            EventDestination::EmbeddedLog => self.append_to_log(events).await,
+            EventDestination::Outbox => {
+                self.append_to_outbox(events);
+                Ok(())
+            }
         }
-        Ok(())
     }
 
     async fn insert_dead_letter(&mut self, dead_letter: &DeadLetter) -> StoreResult<()> {
@@ -748,8 +792,12 @@ impl<E: Engine> StoreTx for SqlTx<E> {
             appended,
             ..
         } = *self;
-        let appended = appended.into_topics();
-        write.commit().await?;
+        let (appended, events) = appended.into_parts();
+        // The tail takes the events in commit order: still under the writer.
+        match &engine.core().tail {
+            Some(tail) if !events.is_empty() => write.commit_then(|| tail.add(events)).await?,
+            _ => write.commit().await?,
+        }
         // Outbox rows are published (and counted) by the relay, once the
         // broker has them; events in the embedded log are published now.
         if !appended.is_empty() {

@@ -390,11 +390,17 @@ impl std::ops::DerefMut for Writer {
 
 #[async_trait]
 impl WriteTx for Writer {
-    async fn commit(mut self) -> StoreResult<()> {
+    async fn commit(self) -> StoreResult<()> {
+        self.commit_then(|| ()).await
+    }
+
+    /// `committed` runs before the writer is handed on.
+    async fn commit_then<F: FnOnce() + Send>(mut self, committed: F) -> StoreResult<()> {
         // A failed COMMIT (another process holding the database past the
         // busy timeout) leaves the transaction open: the drop rolls it back.
         self.lease.control("commit", "COMMIT")?;
         self.open = false;
+        committed();
         Ok(())
     }
 }

@@ -18,16 +18,24 @@
 //! the store and every log made from it, and a waiting `poll` wakes on it at
 //! once. Writes from another process are not signalled; `poll` looks at the
 //! table once more when `wait` runs out, so they are seen within `wait`.
+//!
+//! Reading: the events this process appended are handed, after their
+//! commit, to the log's tail in memory (`sql::tail`), and a poll is answered
+//! from there when the tail holds every partition from the member's
+//! position on; otherwise, when `wait` ran out, and at least once a second
+//! (for other processes' writes), it reads the table.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use orderflow_core::ports::log::{EventLog, LogResult, PartitionLag, Subscription};
+use tokio::time::Instant;
 
 use super::{SqliteEngine, WritePriority};
-use crate::sql::log::{Attempt, Poller, Read, Wakers, read_deliveries};
+use crate::sql::log::{Attempt, Look, Poller, Read, Wakers, read_deliveries};
 use crate::sql::rows::partition_key;
+use crate::sql::tail::TABLE_LOOK_EVERY;
 use crate::sql::{Engine, Exec, SqlRow, WriteTx, log_err, stmt, values_list};
 
 /// The partition of a key: FNV-1a (32 bit) of its UTF-8 bytes, modulo the
@@ -138,6 +146,7 @@ impl EventLog for SqliteEventLog {
             topics,
             positions,
             wakers,
+            table_look_at: Instant::now(),
         }))
     }
 
@@ -162,6 +171,8 @@ pub struct SqliteSubscription {
     /// returned but never committed come back only to a new subscription.
     positions: HashMap<(String, i32), i64>,
     wakers: Wakers,
+    /// The next look reads the table, not the log's tail, from this time on.
+    table_look_at: Instant,
 }
 
 impl std::fmt::Debug for SqliteSubscription {
@@ -180,8 +191,10 @@ impl Poller for SqliteSubscription {
     }
 
     /// Every partition of the subscribed topics, from this member's
-    /// positions.
-    async fn attempt(&mut self, max: usize) -> LogResult<Attempt> {
+    /// positions: from the log's tail when it holds them all (see
+    /// `sql::tail`), else, and whenever a wait ran out or
+    /// [`TABLE_LOOK_EVERY`] passed, from the table.
+    async fn attempt(&mut self, max: usize, look: Look) -> LogResult<Attempt> {
         let reads: Vec<Read> = self
             .topics
             .iter()
@@ -197,8 +210,39 @@ impl Poller for SqliteSubscription {
                 })
             })
             .collect();
-        let mut conn = self.inner.read().await.map_err(log_err)?;
-        let batch = read_deliveries(&mut *conn, &self.topics, &reads, max).await?;
+        let tail = self.inner.core.tail.as_ref();
+        let table_look = look == Look::WaitRanOut || Instant::now() >= self.table_look_at;
+        let from_tail = tail
+            .filter(|_| !table_look)
+            .and_then(|tail| tail.read(&reads, max));
+        let batch = match from_tail {
+            Some(batch) => batch,
+            None => {
+                let mut conn = self.inner.read().await.map_err(log_err)?;
+                let batch = read_deliveries(&mut *conn, &self.topics, &reads, max).await?;
+                self.table_look_at = Instant::now() + TABLE_LOOK_EVERY;
+                if let Some(tail) = tail
+                    && batch.len() < max
+                {
+                    // Not cut short: every partition ended where this read
+                    // leaves its position.
+                    let mut ends: HashMap<(&str, i32), i64> = reads
+                        .iter()
+                        .map(|read| ((read.topic.as_str(), read.partition), read.from))
+                        .collect();
+                    for delivery in &batch {
+                        ends.insert(
+                            (delivery.topic.as_str(), delivery.partition),
+                            delivery.offset + 1,
+                        );
+                    }
+                    for ((topic, partition), end) in ends {
+                        tail.learn_end(topic, partition, end);
+                    }
+                }
+                batch
+            }
+        };
         for delivery in &batch {
             self.positions.insert(
                 (delivery.topic.clone(), delivery.partition),

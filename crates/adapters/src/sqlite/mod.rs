@@ -75,7 +75,7 @@ use sqlx::sqlite::{
 };
 
 use crate::sql::{
-    Arg, Dialect, Engine, EngineCore, Exec, SqlStore, WriteTx, check_partitions, stmt,
+    Arg, Dialect, Engine, EngineCore, Exec, LogAppend, SqlStore, WriteTx, check_partitions, stmt,
 };
 
 pub use crate::sql::WritePriority;
@@ -171,7 +171,7 @@ impl SqlStore<SqliteEngine> {
         let writer_conn = Arc::new(tokio::sync::Mutex::new(DirectConn::open(&path)?));
         let writer = WriterQueue::default();
         Ok(SqlStore::new(SqliteEngine {
-            core: EngineCore::new(pool, partitions),
+            core: EngineCore::new(pool, partitions, SqliteEngine::LOG_APPEND),
             closed: std::sync::atomic::AtomicBool::new(false),
             _checkpointer: Checkpointer::start(&path, writer.clone(), writer_conn.clone())?,
             writer,
@@ -253,16 +253,10 @@ impl Engine for SqliteEngine {
     type ReadConn = DirectConn;
     type Read = PooledRead;
     type WriteConn = DirectConn;
-    /// Two statements: SQLite has no `INSERT` inside `WITH`. Both are calls
-    /// on the writer connection, not round trips.
-    const APPEND_EVENT: &'static [&'static str] = &[
-        r#"INSERT INTO log_partitions (topic, "partition", next_offset) VALUES ($1, $2, 1)
-           ON CONFLICT (topic, "partition") DO UPDATE SET next_offset = next_offset + 1"#,
-        r#"INSERT INTO event_log (topic, "partition", "offset", key, event_id, payload, created_at)
-           VALUES ($1, $2, (SELECT next_offset - 1 FROM log_partitions
-                            WHERE topic = $1 AND "partition" = $2),
-                   $3, $4, $5, $6)"#,
-    ];
+    /// Two statements (SQLite has no `INSERT` inside `WITH`), each a call on
+    /// the writer connection, not a round trip; reading the offset back
+    /// costs nothing more, and lets polls be answered from the log's tail.
+    const LOG_APPEND: LogAppend = LogAppend::OffsetReadBack;
     type Write = Writer;
     type SingleWrite = WriteLease;
 
