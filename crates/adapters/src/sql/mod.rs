@@ -85,6 +85,16 @@ pub enum WritePriority {
     Background,
 }
 
+impl WritePriority {
+    /// The `priority` label of the writer metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WritePriority::Request => "request",
+            WritePriority::Background => "background",
+        }
+    }
+}
+
 impl Dialect {
     /// What a `SELECT` appends to lock the rows it reads until the
     /// transaction ends: `FOR UPDATE` on PostgreSQL; nothing on SQLite, whose
