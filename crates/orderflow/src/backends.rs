@@ -78,6 +78,10 @@ impl Backends {
                 )
                 .await
                 .context("opening the SQLite database")?
+                .with_background_wait(
+                    (settings.sqlite_background_wait_ms > 0)
+                        .then(|| Duration::from_millis(settings.sqlite_background_wait_ms)),
+                )
                 .with_event_destination(destination);
                 sqlite.migrate().await.context("migrating the database")?;
                 let gauges = sqlite.clone();

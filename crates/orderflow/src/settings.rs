@@ -207,6 +207,19 @@ pub struct Settings {
     )]
     pub group_commit_max: usize,
 
+    /// SQLite: milliseconds a background write (a consumer group's commit)
+    /// waits at most for the one writer while requests go first; then it
+    /// goes ahead of one request. 0: requests always go first (more orders
+    /// per second in an open loop, but a steady stream of requests can
+    /// starve the event pipeline). See docs/benchmarks.md.
+    #[arg(
+        long,
+        env = "ORDERFLOW_SQLITE_BACKGROUND_WAIT_MS",
+        default_value_t = 20,
+        global = true
+    )]
+    pub sqlite_background_wait_ms: u64,
+
     /// Requests per second per client IP on the auth routes (bursts of 10x allowed); 0 turns the limit off.
     #[arg(
         long,

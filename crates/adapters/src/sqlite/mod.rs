@@ -58,7 +58,7 @@
 pub mod direct;
 pub mod log;
 pub mod outbox;
-mod writer;
+pub mod writer;
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -184,6 +184,17 @@ impl SqlStore<SqliteEngine> {
     /// The outbox of this database, as the relay sees it.
     pub fn outbox(&self) -> SqliteOutbox {
         SqliteOutbox::new(self.engine.clone())
+    }
+
+    /// How long a background write (a group commit, an offset commit)
+    /// waits at most for SQLite's writer while requests go first; `None`:
+    /// requests always go first. The default,
+    /// [`writer::DEFAULT_BACKGROUND_WAIT`], keeps the consumer groups
+    /// writing under a steady stream of requests; see [`writer`] for what
+    /// each choice costs.
+    pub fn with_background_wait(self, bound: Option<std::time::Duration>) -> Self {
+        self.engine.writer.set_background_wait(bound);
+        self
     }
 
     /// The embedded event log over the same database, pool and wake-ups. It

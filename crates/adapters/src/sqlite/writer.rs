@@ -1,7 +1,8 @@
 //! The in-process queue in front of SQLite's single writer, with two
 //! priorities: a request's write goes ahead of every queued background write
 //! (consumer flushes, offset commits, the relay's bookkeeping), unless that
-//! background write has waited [`BACKGROUND_WAITS_AT_MOST`] already.
+//! background write has waited its bound already (by default
+//! [`DEFAULT_BACKGROUND_WAIT`]; `SqliteStore::with_background_wait`).
 //!
 //! Why: orderflow's API answers an order in one short transaction, while the
 //! consumer groups write all the time. Behind a plain FIFO lock the order
@@ -17,9 +18,10 @@
 //! confirmation fell seconds behind. An overdue background write goes next,
 //! one at a time: a request waits at most for the write holding the lock
 //! and one such background write, and the pipeline's share of the writer
-//! never drops to nothing. That share is what keeps `orderflow bench`'s
-//! confirmations within a few hundred milliseconds; what it costs is that a
-//! request waits for the writer more often (docs/benchmarks.md).
+//! never drops to nothing. Why 20 ms (measured, docs/benchmarks.md): at
+//! 5 ms the group commits came in so often, and so small, that the writer
+//! could no longer take 1,000 orders a second in an open loop; at 40 ms the
+//! default bench's e-mails fell behind v1's again.
 //!
 //! Why hand-written: the priority locks on crates.io (async-priority-lock,
 //! priority-async-mutex) hand out guards that borrow the lock, while a
@@ -36,8 +38,9 @@ use tokio::sync::oneshot;
 
 pub use crate::sql::WritePriority;
 
-/// A background write that has waited this long goes ahead of requests.
-pub(crate) const BACKGROUND_WAITS_AT_MOST: Duration = Duration::from_millis(5);
+/// A background write that has waited this long goes ahead of requests,
+/// unless set otherwise.
+pub const DEFAULT_BACKGROUND_WAIT: Duration = Duration::from_millis(20);
 
 /// Histogram `{priority}`: how long a write waited for SQLite's writer.
 pub const WRITER_WAIT_SECONDS: &str = "orderflow_db_writer_wait_seconds";
@@ -45,8 +48,10 @@ pub const WRITER_WAIT_SECONDS: &str = "orderflow_db_writer_wait_seconds";
 pub const WRITER_HELD_SECONDS: &str = "orderflow_db_writer_held_seconds";
 
 /// The two queues and whether the writer is taken.
-#[derive(Default)]
 struct State {
+    /// How long a background write waits at most while requests go first;
+    /// `None`: requests always go first.
+    background_wait: Option<Duration>,
     held: bool,
     requests: VecDeque<oneshot::Sender<()>>,
     /// With the time each started waiting.
@@ -56,6 +61,18 @@ struct State {
     bumped: bool,
 }
 
+impl Default for State {
+    fn default() -> Self {
+        Self {
+            background_wait: Some(DEFAULT_BACKGROUND_WAIT),
+            held: false,
+            requests: VecDeque::new(),
+            background: VecDeque::new(),
+            bumped: false,
+        }
+    }
+}
+
 impl State {
     /// The next waiter: the oldest request, unless the oldest background
     /// write has waited its bound (and the last hand-over was not such a
@@ -63,10 +80,11 @@ impl State {
     fn next(&mut self, now: Instant) -> Option<oneshot::Sender<()>> {
         let overdue = !self.bumped
             && !self.requests.is_empty()
-            && self
-                .background
-                .front()
-                .is_some_and(|(since, _)| now.duration_since(*since) >= BACKGROUND_WAITS_AT_MOST);
+            && self.background_wait.is_some_and(|bound| {
+                self.background
+                    .front()
+                    .is_some_and(|(since, _)| now.duration_since(*since) >= bound)
+            });
         self.bumped = overdue;
         if overdue {
             return self.background.pop_front().map(|(_, sender)| sender);
@@ -85,7 +103,7 @@ pub(crate) struct WriterQueue {
 
 /// Holding the writer. Dropping it hands the writer to the next waiter:
 /// the oldest request, else the oldest background writer (first if it has
-/// waited [`BACKGROUND_WAITS_AT_MOST`]).
+/// waited [`DEFAULT_BACKGROUND_WAIT`]).
 pub struct WriterTurn {
     queue: WriterQueue,
     priority: WritePriority,
@@ -96,6 +114,12 @@ impl WriterQueue {
     fn state(&self) -> MutexGuard<'_, State> {
         // No code panics while holding this lock; recover rather than poison.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// How long a background write waits at most while requests go first;
+    /// `None`: requests always go first.
+    pub(crate) fn set_background_wait(&self, bound: Option<Duration>) {
+        self.state().background_wait = bound;
     }
 
     /// Waits for the writer. Cancel-safe: dropping the future gives up the
@@ -251,7 +275,7 @@ mod tests {
             }
         }
         // Both background writes have waited their bound.
-        std::thread::sleep(BACKGROUND_WAITS_AT_MOST + Duration::from_millis(1));
+        std::thread::sleep(DEFAULT_BACKGROUND_WAIT + Duration::from_millis(1));
         drop(first);
         for task in tasks {
             task.await.unwrap();
