@@ -416,26 +416,34 @@ struct MemberContext {
 
 impl ClientContext for MemberContext {}
 
+impl MemberContext {
+    /// The (topic without the prefix, partition) pairs of `list`.
+    fn partitions(&self, list: &TopicPartitionList) -> BTreeSet<(String, i32)> {
+        list.elements()
+            .iter()
+            .map(|e| {
+                let topic = e
+                    .topic()
+                    .strip_prefix(self.prefix.as_str())
+                    .unwrap_or(e.topic());
+                (topic.to_owned(), e.partition())
+            })
+            .collect()
+    }
+}
+
 impl ConsumerContext for MemberContext {
     fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(revoked) = rebalance {
-            let gone: BTreeSet<(String, i32)> = revoked
-                .elements()
-                .iter()
-                .map(|e| {
-                    let topic = e
-                        .topic()
-                        .strip_prefix(self.prefix.as_str())
-                        .unwrap_or(e.topic());
-                    (topic.to_owned(), e.partition())
-                })
-                .collect();
+            let gone = self.partitions(revoked);
             let mut state = lock(&self.shared.state);
             let before = state.buffer.len();
             state
                 .buffer
                 .retain(|d| !gone.contains(&(d.topic.clone(), d.partition)));
-            tracing::debug!(
+            // Rebalances are rare and are what an operator looks for when a
+            // partition stops moving: logged at info, with the partitions.
+            tracing::info!(
                 revoked = ?gone,
                 dropped = before - state.buffer.len(),
                 "partitions revoked; their buffered records are left to the new owner"
@@ -446,7 +454,7 @@ impl ConsumerContext for MemberContext {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(assigned) => {
-                tracing::debug!(partitions = assigned.count(), "partitions assigned");
+                tracing::info!(assigned = ?self.partitions(assigned), "partitions assigned");
                 lock(&self.shared.state).assignments += 1;
             }
             Rebalance::Revoke(_) => {}
