@@ -396,14 +396,28 @@ async fn outbox_claims_of_two_relays_never_overlap() {
     drop(first);
     drop(second);
 
-    // Two relays drain concurrently.
+    // Two relays drain concurrently. A relay stops once nothing is left
+    // unsent, not at its first empty claim: a dropped claim's rollback runs
+    // when its pooled connection is next used, and until then `SKIP LOCKED`
+    // skips its rows (one CI run under load sent 21 of 60 rows when the
+    // relays stopped at an empty claim).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let relay = |outbox: orderflow_adapters::postgres::PostgresOutbox| {
         tokio::spawn(async move {
             let mut sent = Vec::new();
             loop {
                 let batch = outbox.claim(7).await.expect("claim");
                 if batch.events().is_empty() {
-                    return sent;
+                    drop(batch);
+                    if outbox.backlog().await.expect("backlog").unsent == 0 {
+                        return sent;
+                    }
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "rows stayed claimed for 30 s"
+                    );
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
                 }
                 let seqs: Vec<i64> = batch.events().iter().map(|e| e.seq).collect();
                 sent.extend(batch.events().iter().map(|e| e.envelope.id));
