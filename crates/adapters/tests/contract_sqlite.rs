@@ -27,6 +27,18 @@ async fn fresh() -> (TempDir, SqliteStore) {
 
 sql_contract_tests!(fresh);
 
+/// A store of another process on `fresh`'s file: its own connections and
+/// its own wake-ups and log tail, so this process learns of its appends only
+/// from the table.
+async fn another_process(dir: &TempDir) -> Arc<dyn Store> {
+    let url = format!("sqlite://{}", dir.path().join("orderflow.db").display());
+    Arc::new(
+        SqliteStore::connect(&url, 2)
+            .await
+            .expect("second connection"),
+    )
+}
+
 // --- SQLite-specific ------------------------------------------------------
 
 /// With the outbox as destination, appended events go to the outbox and not
@@ -72,12 +84,7 @@ async fn outbox_destination_bypasses_the_embedded_log() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn poll_sees_other_processes_after_wait() {
     let (dir, store) = fresh().await;
-    let url = format!("sqlite://{}", dir.path().join("orderflow.db").display());
-    let other: Arc<dyn Store> = Arc::new(
-        SqliteStore::connect(&url, 2)
-            .await
-            .expect("second connection"),
-    );
+    let other = another_process(&dir).await;
 
     let mut sub = store
         .event_log()
@@ -107,12 +114,7 @@ async fn poll_sees_other_processes_after_wait() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_event_another_process_appended_in_between_is_not_skipped() {
     let (dir, store) = fresh().await;
-    let url = format!("sqlite://{}", dir.path().join("orderflow.db").display());
-    let other: Arc<dyn Store> = Arc::new(
-        SqliteStore::connect(&url, 2)
-            .await
-            .expect("second connection"),
-    );
+    let other = another_process(&dir).await;
     let here: Arc<dyn Store> = Arc::new(store.clone());
     let mut sub = store
         .event_log()

@@ -158,7 +158,7 @@ async fn next(
         .expect("handler alive")
 }
 
-async fn consumer(h: &Harness, handler: Arc<Scripted>, retry: RetryPolicy) -> Consumer {
+async fn consumer<H: Handler>(h: &Harness, handler: Arc<H>, retry: RetryPolicy) -> Consumer {
     Consumer::subscribe(handler, h.store.clone(), h.log.as_ref(), retry)
         .await
         .unwrap()
@@ -461,14 +461,7 @@ async fn one_keys_events_are_handled_in_order_while_other_keys_run_alongside() {
     h.append(&ann_events).await;
     h.append(std::slice::from_ref(&bob_event)).await;
     let handler = Timed::new(false);
-    let mut consumer = Consumer::subscribe(
-        handler.clone(),
-        h.store.clone(),
-        h.log.as_ref(),
-        tiny_retry(3),
-    )
-    .await
-    .unwrap();
+    let mut consumer = consumer(&h, handler.clone(), tiny_retry(3)).await;
 
     let report = consumer.process_batch(Duration::ZERO).await.unwrap();
     assert_eq!((report.polled, report.handled), (4, 4));
@@ -498,14 +491,7 @@ async fn a_group_with_narrower_lanes_handles_one_keys_events_side_by_side() {
     let ann_events = [registered(ann), registered(ann), registered(ann)];
     h.append(&ann_events).await;
     let handler = Timed::new(true);
-    let mut consumer = Consumer::subscribe(
-        handler.clone(),
-        h.store.clone(),
-        h.log.as_ref(),
-        tiny_retry(3),
-    )
-    .await
-    .unwrap();
+    let mut consumer = consumer(&h, handler.clone(), tiny_retry(3)).await;
 
     let report = consumer.process_batch(Duration::ZERO).await.unwrap();
     assert_eq!((report.polled, report.handled), (3, 3));
