@@ -434,6 +434,22 @@ async fn outbox_claims_of_two_relays_never_overlap() {
     assert_eq!(store.outbox().backlog().await.unwrap().unsent, 0);
 }
 
+/// A relay in another process (another store, another pool) hears of a
+/// commit that appended to the outbox through `NOTIFY`, without looking.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbox_commits_signal_relays_of_other_processes() {
+    let (url, store, _) = outbox_with(0).await;
+    let other = connect(&url).await;
+    let mut appended = other.outbox().appended().await.expect("watch the outbox");
+    appended.borrow_and_update();
+    let shared: Arc<dyn Store> = Arc::new(store.clone());
+    contract::append_committed(&shared, &[contract::user_registered(uuid::Uuid::now_v7())]).await;
+    tokio::time::timeout(Duration::from_secs(10), appended.changed())
+        .await
+        .expect("the other process's relay was not signalled within 10 s")
+        .expect("the signal stays open while the store lives");
+}
+
 /// A dropped batch (a relay that failed to publish, or died) leaves its rows
 /// unsent, and the next claim gets them again; a batch marks only its own
 /// rows.

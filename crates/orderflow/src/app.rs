@@ -274,12 +274,12 @@ impl App {
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
         let tracker = self.headless_role(&shutdown).await?;
-        for group in groups {
-            let consumer = self
-                .workers
-                .consumer(group)
-                .await
-                .with_context(|| format!("starting group {group}"))?;
+        let consumers = self
+            .workers
+            .consumers(groups)
+            .await
+            .with_context(|| format!("starting groups {}", groups.join(", ")))?;
+        for consumer in consumers {
             tracker.spawn(consumer.run(shutdown.clone()));
         }
         tracker.close();

@@ -149,6 +149,7 @@ impl Backends {
                     Arc::new(publisher),
                     RelaySettings {
                         batch_size: scale.relay_batch.max(1),
+                        max_in_flight: scale.relay_in_flight.max(1),
                         ..RelaySettings::default()
                     },
                 );

@@ -503,6 +503,16 @@ pub struct ScaleOutSettings {
     )]
     pub relay_batch: usize,
 
+    /// Outbox batches a relay publishes at once (the next is claimed while
+    /// earlier ones wait for the broker; each key's order holds).
+    #[arg(
+        long,
+        env = "ORDERFLOW_RELAY_IN_FLIGHT",
+        default_value_t = 4,
+        global = true
+    )]
+    pub relay_in_flight: usize,
+
     /// `redis://host:port/db`, `rediss://…` (TLS) or
     /// `redis+cluster://h1:p1,h2:p2,…`; set, Redis holds the shared cache,
     /// rate limits and revocations; unset, they live in each process.

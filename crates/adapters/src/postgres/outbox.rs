@@ -18,8 +18,10 @@ use async_trait::async_trait;
 use orderflow_core::ports::outbox::{Outbox, OutboxBacklog, OutboxBatch, OutboxEvent};
 use orderflow_core::ports::store::StoreResult;
 use sqlx::{Postgres, Transaction};
+use tokio::sync::watch;
 
 use super::{PostgresEngine, db_err};
+use crate::sql::log::OUTBOX_SIGNAL;
 use crate::sql::{SqlRow, count, rows};
 
 /// First key of the advisory locks a claim holds per event key (the second
@@ -152,6 +154,12 @@ impl Outbox for PostgresOutbox {
             // never negative.
             oldest_age_seconds: oldest.max(0.0),
         })
+    }
+
+    async fn appended(&self) -> StoreResult<watch::Receiver<u64>> {
+        // Other processes' appends arrive through the store's LISTEN task.
+        self.inner.ensure_listener().await?;
+        Ok(self.inner.core.wakes.subscribe(OUTBOX_SIGNAL))
     }
 }
 

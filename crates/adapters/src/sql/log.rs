@@ -203,6 +203,11 @@ pub(crate) fn next_offsets(deliveries: &[Delivery]) -> BTreeMap<(&str, i32), i64
     next
 }
 
+/// The name outbox appends signal under, beside the topics in [`TopicWakes`]
+/// (and as the `NOTIFY` payload on PostgreSQL): not a topic, so no
+/// subscription of the embedded log ever waits on it.
+pub(crate) const OUTBOX_SIGNAL: &str = "outbox";
+
 /// Wake-ups per topic: a commit that appended to some topics wakes the
 /// subscriptions of those topics only, not every consumer group of the
 /// process (most groups read one or two of the five topics; waking all of

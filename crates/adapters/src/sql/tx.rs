@@ -33,6 +33,7 @@ use orderflow_domain::{EventId, OrderId, ProductId, Timestamp, UserId};
 
 use crate::sqlite::partition_for;
 
+use super::log::OUTBOX_SIGNAL;
 use super::store::load_order;
 use super::tail::TailEvent;
 use super::{
@@ -66,6 +67,9 @@ pub(crate) struct SqlTx<E: Engine> {
     /// The events appended so far: counted as published, and this process's
     /// subscribers woken, only once the commit succeeded.
     appended: Appended,
+    /// Rows went to the outbox: relays are signalled after the commit (a
+    /// signal for rows a rolled-back savepoint removed costs one empty claim).
+    appended_to_outbox: bool,
     /// Writes whose answer nobody waits for (see [`SqlTx::defer`]), sent
     /// together before the next statement that answers, a savepoint step or
     /// the commit.
@@ -90,6 +94,7 @@ impl<E: Engine> SqlTx<E> {
             engine,
             destination,
             appended: Appended::default(),
+            appended_to_outbox: false,
             deferred: Vec::new(),
         }
     }
@@ -136,6 +141,12 @@ impl<E: Engine> SqlTx<E> {
     /// offsets are the broker's business; the events count as published once
     /// the broker acknowledged them. One statement for all events.
     fn append_to_outbox(&mut self, events: &[Envelope]) {
+        if !self.appended_to_outbox {
+            self.appended_to_outbox = true;
+            for notice in E::append_notices(&[OUTBOX_SIGNAL]) {
+                self.defer(notice);
+            }
+        }
         let now = chrono::Utc::now();
         let mut insert = stmt(
             "append_outbox",
@@ -790,6 +801,7 @@ impl<E: Engine> StoreTx for SqlTx<E> {
             write,
             engine,
             appended,
+            appended_to_outbox,
             ..
         } = *self;
         let (appended, events) = appended.into_parts();
@@ -813,6 +825,9 @@ impl<E: Engine> StoreTx for SqlTx<E> {
             topics.sort_unstable();
             topics.dedup();
             engine.wake_subscribers(&topics);
+        }
+        if appended_to_outbox {
+            engine.wake_subscribers(&[OUTBOX_SIGNAL]);
         }
         Ok(())
     }

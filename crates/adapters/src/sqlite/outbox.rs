@@ -31,8 +31,10 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use orderflow_core::ports::outbox::{Outbox, OutboxBacklog, OutboxBatch, OutboxEvent};
 use orderflow_core::ports::store::StoreResult;
+use tokio::sync::watch;
 
 use super::{SqliteEngine, WritePriority, micros};
+use crate::sql::log::OUTBOX_SIGNAL;
 use crate::sql::{Engine, Exec, SqlRow, rows, stmt};
 
 /// The outbox of one SQLite database. Made by
@@ -160,6 +162,12 @@ impl Outbox for SqliteOutbox {
             unsent,
             oldest_age_seconds,
         })
+    }
+
+    async fn appended(&self) -> StoreResult<watch::Receiver<u64>> {
+        // This process's commits only: another process's relay on the same
+        // file finds the rows at its next look.
+        Ok(self.inner.core.wakes.subscribe(OUTBOX_SIGNAL))
     }
 }
 

@@ -118,6 +118,7 @@ macro_rules! outbox_scenarios {
             live_claims_keep_key_order,
             backlog_counts_and_age,
             relay_marks_only_after_ack,
+            running_relay_claims_at_commit_with_batches_in_flight,
         );
     };
 }

@@ -23,6 +23,7 @@ use crate::ports::log::{LogError, LogResult};
 use crate::ports::outbox::{EventPublisher, Outbox, OutboxEvent};
 use crate::ports::store::Store;
 use crate::services::relay::{Relay, RelaySettings};
+use tokio_util::sync::CancellationToken;
 
 fn ids_of(events: &[OutboxEvent]) -> Vec<uuid::Uuid> {
     events.iter().map(|e| e.envelope.id).collect()
@@ -335,4 +336,122 @@ pub async fn live_claims_keep_key_order(store: Arc<dyn Store>, outbox: Arc<dyn O
         vec![events[0].id, events[1].id, events[3].id],
         "once released, the key's rows come back in order"
     );
+}
+
+/// A broker stand-in whose acknowledgements wait until [`Gated::open`]: it
+/// records which events a publish started with, so a test sees batches in
+/// flight at the same time.
+struct Gated {
+    started: Mutex<Vec<uuid::Uuid>>,
+    acknowledged: Mutex<Vec<uuid::Uuid>>,
+    gate: tokio::sync::Semaphore,
+}
+
+impl Gated {
+    fn new() -> Self {
+        Self {
+            started: Mutex::default(),
+            acknowledged: Mutex::default(),
+            gate: tokio::sync::Semaphore::new(0),
+        }
+    }
+
+    fn open(&self) {
+        // A closed semaphore makes every waiting and later acquire return.
+        self.gate.close();
+    }
+
+    fn started(&self) -> Vec<uuid::Uuid> {
+        self.started.lock().unwrap().clone()
+    }
+}
+
+#[async_trait]
+impl EventPublisher for Gated {
+    async fn publish(&self, events: &[OutboxEvent]) -> LogResult<()> {
+        self.started.lock().unwrap().extend(ids_of(events));
+        let _ = self.gate.acquire().await;
+        self.acknowledged.lock().unwrap().extend(ids_of(events));
+        Ok(())
+    }
+}
+
+/// Waits up to 10 s for `done`, then fails with `what`.
+async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(tokio::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A running relay claims as soon as a unit of work commits (its idle look
+/// is an hour away here, so only the outbox's signal can start the claim),
+/// publishes another key's rows while an earlier batch still waits for the
+/// broker, and holds back a key whose earlier row is in flight until that
+/// batch is acknowledged.
+pub async fn running_relay_claims_at_commit_with_batches_in_flight(
+    store: Arc<dyn Store>,
+    outbox: Arc<dyn Outbox>,
+) {
+    let publisher = Arc::new(Gated::new());
+    let relay = Relay::new(
+        outbox.clone(),
+        publisher.clone(),
+        RelaySettings {
+            batch_size: 10,
+            max_in_flight: 4,
+            idle_wait: Duration::from_secs(3600),
+            ..RelaySettings::default()
+        },
+    );
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(relay.run(shutdown.clone()));
+
+    let (k, l) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+    let k1 = user_registered(k);
+    append_committed(&store, std::slice::from_ref(&k1)).await;
+    eventually("the commit did not start a publish", || {
+        publisher.started() == vec![k1.id]
+    })
+    .await;
+
+    let (k2, l1) = (user_registered(k), user_registered(l));
+    append_committed(&store, std::slice::from_ref(&k2)).await;
+    append_committed(&store, std::slice::from_ref(&l1)).await;
+    eventually(
+        "another key's row was not published while the first batch was in flight",
+        || publisher.started() == vec![k1.id, l1.id],
+    )
+    .await;
+    // The key's later row waits for the batch holding its earlier one.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        publisher.started(),
+        vec![k1.id, l1.id],
+        "a key's later row was published while its earlier row was in flight"
+    );
+
+    publisher.open();
+    eventually("the held-back row was not published after the ack", || {
+        publisher.started().len() == 3
+    })
+    .await;
+    let mut drained = false;
+    for _ in 0..1000 {
+        if outbox.backlog().await.expect("backlog").unsent == 0 {
+            drained = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(drained, "acknowledged rows were not marked sent");
+    shutdown.cancel();
+    running.await.expect("the relay stops on shutdown");
+    assert_eq!(
+        publisher.started(),
+        vec![k1.id, l1.id, k2.id],
+        "each row published once, the key's rows in order"
+    );
+    assert_eq!(publisher.acknowledged.lock().unwrap().len(), 3);
 }

@@ -13,6 +13,7 @@ use async_trait::async_trait;
 use orderflow_domain::Timestamp;
 use orderflow_domain::events::Envelope;
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 
 use crate::ports::log::LogResult;
 use crate::ports::store::StoreResult;
@@ -56,6 +57,12 @@ pub trait Outbox: Send + Sync + 'static {
     /// lasts until the batch is marked sent or dropped.
     async fn claim(&self, limit: usize) -> StoreResult<Box<dyn OutboxBatch>>;
     async fn backlog(&self) -> StoreResult<OutboxBacklog>;
+    /// A signal that changes after a unit of work committed outbox rows: of
+    /// this process, and on PostgreSQL of every process (`LISTEN/NOTIFY`),
+    /// so a relay can claim at once instead of looking on a timer. Signals
+    /// can be missed (another process on SQLite, a LISTEN connection that
+    /// reconnects), so a relay still looks now and then without one.
+    async fn appended(&self) -> StoreResult<watch::Receiver<u64>>;
 }
 
 /// A claimed batch. Dropping it without [`OutboxBatch::mark_sent`] releases

@@ -194,11 +194,23 @@ impl WorkerDeps {
 
     /// One member of every group, in [`GROUPS`] order (`orderflow serve`).
     pub async fn all_consumers(&self) -> Result<Vec<Consumer>, WorkerError> {
-        let mut consumers = Vec::with_capacity(GROUPS.len());
-        for group in GROUPS {
-            consumers.push(self.consumer(group).await?);
-        }
-        Ok(consumers)
+        self.consumers(GROUPS).await
+    }
+
+    /// A member of each of `groups`, in that order. They join side by side:
+    /// on Kafka each join waits for the group's rebalance (about 3 s on the
+    /// test broker), so joining eight groups one after another left the last
+    /// one idle for over 20 s after start-up while its events piled up.
+    pub async fn consumers(
+        &self,
+        groups: impl IntoIterator<Item = impl AsRef<str>>,
+    ) -> Result<Vec<Consumer>, WorkerError> {
+        futures::future::try_join_all(
+            groups
+                .into_iter()
+                .map(|group| async move { self.consumer(group.as_ref()).await }),
+        )
+        .await
     }
 }
 
