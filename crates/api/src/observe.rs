@@ -70,18 +70,72 @@ pub async fn track_requests(mut request: Request, next: Next) -> Response {
     if status.is_server_error() {
         span.record("otel.status_code", "ERROR");
     }
-    let class = match status.as_u16() / 100 {
-        1 => "1xx",
-        2 => "2xx",
-        3 => "3xx",
-        4 => "4xx",
-        _ => "5xx",
-    };
-    metrics::counter!("orderflow_http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status.as_u16().to_string(), "status_class" => class)
-        .increment(1);
-    metrics::histogram!("orderflow_http_request_duration_seconds", "method" => method, "route" => route)
-        .record(started.elapsed().as_secs_f64());
+    let handles = RouteMetrics::handles(&method, &route, status.as_u16());
+    handles.requests.increment(1);
+    handles.duration.record(started.elapsed().as_secs_f64());
     response
+}
+
+/// The metric handles of one (method, route, status).
+#[derive(Clone)]
+struct RouteHandles {
+    method: String,
+    status: u16,
+    requests: metrics::Counter,
+    duration: metrics::Histogram,
+}
+
+/// Metric handles made once per (method, route, status), not per request:
+/// the `metrics` macros allocate the label strings and look the key up in
+/// the registry at every call, twice per request here.
+struct RouteMetrics;
+
+/// Route template → the handles of its methods and statuses (a handful).
+static ROUTE_METRICS: std::sync::LazyLock<
+    std::sync::RwLock<std::collections::HashMap<String, Vec<RouteHandles>>>,
+> = std::sync::LazyLock::new(Default::default);
+
+impl RouteMetrics {
+    fn handles(method: &str, route: &str, status: u16) -> RouteHandles {
+        let known = ROUTE_METRICS
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(route)
+            .and_then(|all| {
+                all.iter()
+                    .find(|h| h.status == status && h.method == method)
+                    .cloned()
+            });
+        if let Some(handles) = known {
+            return handles;
+        }
+        let class = match status / 100 {
+            1 => "1xx",
+            2 => "2xx",
+            3 => "3xx",
+            4 => "4xx",
+            _ => "5xx",
+        };
+        let handles = RouteHandles {
+            method: method.to_owned(),
+            status,
+            requests: metrics::counter!("orderflow_http_requests_total", "method" => method.to_owned(), "route" => route.to_owned(), "status" => status.to_string(), "status_class" => class),
+            duration: metrics::histogram!("orderflow_http_request_duration_seconds", "method" => method.to_owned(), "route" => route.to_owned()),
+        };
+        ROUTE_METRICS
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(route.to_owned())
+            .or_default()
+            .push(handles.clone());
+        handles
+    }
+}
+
+/// `orderflow_http_requests_in_flight`, made once.
+fn in_flight_gauge() -> &'static metrics::Gauge {
+    static GAUGE: std::sync::OnceLock<metrics::Gauge> = std::sync::OnceLock::new();
+    GAUGE.get_or_init(|| metrics::gauge!("orderflow_http_requests_in_flight"))
 }
 
 /// One request in `orderflow_http_requests_in_flight`; leaving (also by a
@@ -90,14 +144,14 @@ struct InFlight;
 
 impl InFlight {
     fn enter() -> InFlight {
-        metrics::gauge!("orderflow_http_requests_in_flight").increment(1.0);
+        in_flight_gauge().increment(1.0);
         InFlight
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        metrics::gauge!("orderflow_http_requests_in_flight").decrement(1.0);
+        in_flight_gauge().decrement(1.0);
     }
 }
 
@@ -138,10 +192,11 @@ pub mod trace {
                 flags: ids.trace_flags().to_u8(),
             };
         }
-        let random = uuid::Uuid::new_v4().as_u128();
+        // The thread's generator, not `Uuid::new_v4` (a `getrandom` system
+        // call each: 3% of a product read's CPU).
         TraceParent {
-            trace_id: parent.map_or_else(|| uuid::Uuid::new_v4().as_u128(), |p| p.trace_id),
-            parent_id: (random as u64).max(1),
+            trace_id: parent.map_or_else(|| rand::random::<u128>().max(1), |p| p.trace_id),
+            parent_id: rand::random::<u64>().max(1),
             flags: parent.map_or(1, |p| p.flags),
         }
     }

@@ -13,7 +13,7 @@ use orderflow_adapters::providers::{
     SimulatedNotifier, SimulatedPayment, SimulatedProviders, SimulationSettings, SmtpNotifier,
     SmtpSettings, WebhookNotifier, WebhookPayment, WebhookSettings,
 };
-use orderflow_api::{AppState, HttpLimits, RateLimits};
+use orderflow_api::{AppState, HttpLimits, RateLimits, Services};
 use orderflow_core::ports::log::EventLog;
 use orderflow_core::ports::providers::{Notifier, PaymentGateway};
 use orderflow_core::ports::rate_limit::{Algorithm, RatePolicy};
@@ -133,7 +133,7 @@ impl App {
         // directly, other processes' over Redis.
         workers = workers.with_catalog(catalog.clone());
 
-        let state = AppState {
+        let state = AppState::new(Services {
             store: store.clone(),
             log: log.clone(),
             auth: auth.clone(),
@@ -143,7 +143,7 @@ impl App {
             operations: operations.clone(),
             metrics,
             limiter: backends.rate_limiter(settings.scale.rate_limit_fail),
-            rate_limits: rate_limits(&settings)?,
+            rate_limits: Arc::new(rate_limits(&settings)?),
             http_limits: HttpLimits {
                 max_body_bytes: settings.max_body_bytes,
                 request_timeout: settings.request_timeout(),
@@ -151,7 +151,7 @@ impl App {
                 max_json_string_chars: settings.max_json_string_chars,
                 header_read_timeout: Duration::from_secs(settings.header_read_timeout_secs.max(1)),
             },
-        };
+        });
 
         if let (Some(email), Some(password)) = (&settings.admin_email, &settings.admin_password) {
             auth.ensure_admin(email, password.expose_secret())
