@@ -21,6 +21,7 @@
 //! - [`plot`]: SVG and PNG plots.
 //! - [`BenchError`]: the one error type of this crate.
 
+pub mod ceiling;
 pub mod follow;
 pub mod load;
 pub mod plot;
@@ -113,6 +114,18 @@ pub struct BenchArgs {
     /// `sustained` module docs for the rules); reports the highest rate held.
     #[arg(long)]
     pub sustained: bool,
+    /// Read-ceiling mode instead of the comparison: a product read from L1,
+    /// `/healthz` of the same server and a bare axum listener answering the
+    /// same bytes, side by side (see the `ceiling` module docs); `--users`
+    /// connections, `--duration-secs` each, two rounds.
+    #[arg(long, conflicts_with = "sustained")]
+    pub read_ceiling: bool,
+    /// Internal: run as the read ceiling's bare listener on this address.
+    #[arg(long, hide = true, requires = "bare_body")]
+    pub bare_listener: Option<String>,
+    /// Internal: the bytes the bare listener answers.
+    #[arg(long, hide = true)]
+    pub bare_body: Option<PathBuf>,
     /// First rate of the sustained ladder, orders per second.
     #[arg(long, default_value_t = 250.0)]
     pub sustained_start: f64,
@@ -158,6 +171,7 @@ pub struct BenchArgs {
 /// Runs the benchmark; `server_binary` is the `orderflow` executable to start.
 pub async fn run(args: &BenchArgs, server_binary: PathBuf) -> Result<BenchReport, BenchError> {
     let architectures = match &args.target {
+        _ if args.read_ceiling => Vec::new(),
         Some(url) => vec![Architecture::target(url)],
         None => selected_architectures(&args.architectures)?,
     };
@@ -194,6 +208,10 @@ pub async fn run(args: &BenchArgs, server_binary: PathBuf) -> Result<BenchReport
         }
         reports.push(report);
     }
+    let ceiling = match args.read_ceiling {
+        true => Some(ceiling::run(args, &server_binary).await?),
+        false => None,
+    };
     let report = BenchReport {
         started_at: chrono::Utc::now(),
         command: std::env::args().collect::<Vec<_>>().join(" "),
@@ -207,10 +225,11 @@ pub async fn run(args: &BenchArgs, server_binary: PathBuf) -> Result<BenchReport
             "sustained": args.sustained, "sustained_step_secs": args.sustained_step_secs,
             "sustained_follow": args.sustained_follow,
             "sustained_rates": sustained::ladder(args.sustained_start, args.sustained_factor, args.sustained_max, &args.sustained_rates),
-            "seed": args.seed, "target": args.target,
+            "seed": args.seed, "target": args.target, "read_ceiling": args.read_ceiling,
         }),
         architectures: reports,
         sustained: sustained_runs,
+        ceiling,
         notes,
     };
     std::fs::create_dir_all(&args.out)

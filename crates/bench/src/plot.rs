@@ -45,6 +45,9 @@ pub fn write_all(report: &BenchReport, dir: &Path) -> Result<Vec<PathBuf>, Bench
         ));
         charts.push(("sustained-lag", Chart::Sustained(SustainedAxis::LagMax)));
     }
+    if report.ceiling.is_some() {
+        charts.push(("read-ceiling", Chart::Ceiling));
+    }
     if report.architectures.iter().any(|a| !a.sweep.is_empty()) {
         charts.push(("sweep-throughput", Chart::Sweep(SweepAxis::Throughput)));
         charts.push(("sweep-p99", Chart::Sweep(SweepAxis::P99)));
@@ -74,6 +77,7 @@ enum Chart {
     Latency,
     Sustained(SustainedAxis),
     Sweep(SweepAxis),
+    Ceiling,
 }
 
 /// Draws `chart` on a white `root` and writes it out.
@@ -88,6 +92,7 @@ fn render<DB: DrawingBackend>(
         Chart::Latency => latency_chart(report, &root),
         Chart::Sustained(axis) => sustained_chart(report, &root, axis),
         Chart::Sweep(axis) => sweep_chart(report, &root, axis),
+        Chart::Ceiling => ceiling_chart(report, &root),
     }
     .map_err(BenchError::Output)?;
     root.present()
@@ -386,6 +391,55 @@ where
         .map_err(|e| e.to_string())
 }
 
+/// `--read-ceiling`: every round's throughput per server, as bars (one
+/// colour per round).
+fn ceiling_chart<DB: DrawingBackend>(
+    report: &BenchReport,
+    root: &DrawingArea<DB, Shift>,
+) -> Result<(), String> {
+    let Some(run) = &report.ceiling else {
+        return Ok(());
+    };
+    let top = run.rows.iter().map(|r| r.best()).fold(1.0f64, f64::max);
+    let names: Vec<&str> = run.rows.iter().map(|r| r.name).collect();
+    let mut chart = builder(
+        root,
+        "Read path throughput: round 1 red, round 2 blue (higher is better)",
+    )
+    .build_cartesian_2d(0.0..names.len() as f64, 0.0..top * 1.15)
+    .map_err(|e| e.to_string())?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(names.len() * 2 + 1)
+        .x_label_formatter(&|x| {
+            // Only the segment centres carry a name.
+            let centre = x - x.floor();
+            match names.get(x.floor() as usize) {
+                Some(name) if (centre - 0.5).abs() < 1e-6 => (*name).to_owned(),
+                _ => String::new(),
+            }
+        })
+        .y_desc("requests/s")
+        .y_label_formatter(&|v| format!("{v:.0}"))
+        .draw()
+        .map_err(|e| e.to_string())?;
+    for (i, row) in run.rows.iter().enumerate() {
+        let rounds = row.requests_per_sec.len().max(1) as f64;
+        let width = 0.8 / rounds;
+        for (round, rate) in row.requests_per_sec.iter().enumerate() {
+            let left = i as f64 + 0.1 + width * round as f64;
+            chart
+                .draw_series(std::iter::once(Rectangle::new(
+                    [(left, 0.0), (left + width * 0.9, *rate)],
+                    COLORS[round % COLORS.len()].filled(),
+                )))
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -430,6 +484,7 @@ mod tests {
                     ],
                 ),
             ],
+            ceiling: None,
             notes: vec![],
         };
         let dir = tempfile::tempdir().unwrap();

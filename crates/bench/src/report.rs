@@ -88,6 +88,9 @@ pub struct BenchReport {
     /// `--sustained`: per architecture, the steps and the highest rate held.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub sustained: Vec<SustainedRun>,
+    /// `--read-ceiling`: the three servers' throughput.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ceiling: Option<crate::ceiling::CeilingRun>,
     pub notes: Vec<String>,
 }
 
@@ -444,6 +447,9 @@ impl BenchReport {
         if !self.sustained.is_empty() {
             parts.push(crate::sustained::tables(&self.sustained));
         }
+        if let Some(ceiling) = &self.ceiling {
+            parts.push(ceiling.table());
+        }
         parts.join("\n\n")
     }
 
@@ -563,6 +569,7 @@ mod tests {
             settings: serde_json::json!({}),
             architectures: vec![v1, v2],
             sustained: vec![],
+            ceiling: None,
             notes: vec![],
         };
         let table = report.table();
@@ -658,6 +665,7 @@ mod tests {
             settings: serde_json::json!({}),
             architectures: vec![target],
             sustained: vec![],
+            ceiling: None,
             notes: vec![],
         };
         let table = report.table();

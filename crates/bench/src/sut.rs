@@ -125,6 +125,18 @@ impl Server {
         architecture: &Architecture,
         failures: &[FailSpec],
     ) -> Result<Self, BenchError> {
+        Self::start_with(binary, architecture, failures, &[]).await
+    }
+
+    /// [`Server::start`] with `env` applied last, over the bench's
+    /// defaults: `Some` sets a variable, `None` unsets it (the server's own
+    /// default then applies).
+    pub async fn start_with(
+        binary: &Path,
+        architecture: &Architecture,
+        failures: &[FailSpec],
+        env: &[(&str, Option<&str>)],
+    ) -> Result<Self, BenchError> {
         let data_dir =
             tempfile::tempdir().map_err(|e| BenchError::Server(format!("temp dir: {e}")))?;
         let port = free_port()?;
@@ -154,6 +166,12 @@ impl Server {
             ))
             .stderr(Stdio::from(log))
             .kill_on_drop(true);
+        for (name, value) in env {
+            match value {
+                Some(value) => command.env(name, value),
+                None => command.env_remove(name),
+            };
+        }
         for failure in failures {
             command.env(
                 format!(
@@ -236,7 +254,7 @@ impl Server {
     }
 }
 
-fn free_port() -> Result<u16, BenchError> {
+pub(crate) fn free_port() -> Result<u16, BenchError> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")
         .map_err(|e| BenchError::Server(format!("no free port: {e}")))?;
     Ok(listener

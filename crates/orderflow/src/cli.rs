@@ -112,6 +112,10 @@ impl Command {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     // The bench starts its own servers (this same binary) with fresh data dirs.
     if let Command::Bench(args) = &cli.command {
+        if let (Some(listen), Some(body)) = (&args.bare_listener, &args.bare_body) {
+            orderflow_bench::ceiling::serve_bare(listen, body).await?;
+            return Ok(());
+        }
         let binary = std::env::current_exe()?;
         orderflow_bench::run(args, binary).await?;
         return Ok(());

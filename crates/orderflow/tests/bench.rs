@@ -205,3 +205,61 @@ fn a_short_sustained_run_reports_every_step() {
         );
     }
 }
+
+/// `--read-ceiling`: the product read, `/healthz` and the bare listener are
+/// each measured in both rounds without errors, the product read answered
+/// the same bytes the bare listener serves, shares are taken of the bare
+/// listener, the table is printed and the plot written.
+#[test]
+fn a_short_read_ceiling_run_measures_three_servers() {
+    let out = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_orderflow"))
+        .args([
+            "bench",
+            "--read-ceiling",
+            "--users",
+            "4",
+            "--duration-secs",
+            "1",
+            "--warmup-secs",
+            "1",
+            "--out",
+        ])
+        .arg(out.path())
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("orderflow bench --read-ceiling runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "bench --read-ceiling failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("read ceiling: 4 connections"), "{stdout}");
+
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("report.json")).unwrap()).unwrap();
+    let ceiling = &report["ceiling"];
+    let rows = ceiling["rows"].as_array().expect("a ceiling section");
+    let names: Vec<&str> = rows.iter().filter_map(|r| r["name"].as_str()).collect();
+    assert_eq!(names, ["product read", "healthz", "bare axum"], "{ceiling}");
+    for row in rows {
+        let rounds = row["requests_per_sec"].as_array().unwrap();
+        assert_eq!(rounds.len(), 2, "{row}");
+        assert!(
+            rounds.iter().all(|r| r.as_f64().unwrap() > 0.0),
+            "every round answered: {row}"
+        );
+        assert_eq!(row["errors"].as_u64(), Some(0), "{row}");
+    }
+    assert!(
+        rows[0]["url"]
+            .as_str()
+            .unwrap()
+            .contains("/api/v1/products/"),
+        "{ceiling}"
+    );
+    assert!(ceiling["body_bytes"].as_u64().unwrap() > 50, "{ceiling}");
+    let bytes = std::fs::read(out.path().join("read-ceiling.png")).unwrap();
+    assert!(bytes.starts_with(b"\x89PNG") && bytes.len() > 1_000);
+}
