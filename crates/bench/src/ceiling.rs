@@ -181,15 +181,9 @@ pub async fn run(args: &BenchArgs, binary: &Path) -> Result<CeilingRun, BenchErr
 /// The first product of the catalog: its URL and its exact answer.
 async fn a_product(base: &str) -> Result<(String, Bytes), BenchError> {
     let http = reqwest::Client::new();
-    let list: serde_json::Value = http
-        .get(format!("{base}/api/v1/products"))
-        .send()
-        .await
-        .and_then(reqwest::Response::error_for_status)
-        .map_err(|e| BenchError::Setup(format!("listing products: {e}")))?
-        .json()
-        .await
-        .map_err(|e| BenchError::Setup(format!("listing products: {e}")))?;
+    let list: serde_json::Value =
+        serde_json::from_slice(&fetch(&http, &format!("{base}/api/v1/products")).await?)
+            .map_err(|e| BenchError::Setup(format!("listing products: {e}")))?;
     let items = list.get("items").unwrap_or(&list);
     let id = items
         .get(0)
@@ -197,16 +191,22 @@ async fn a_product(base: &str) -> Result<(String, Bytes), BenchError> {
         .and_then(serde_json::Value::as_str)
         .ok_or_else(|| BenchError::Setup("the catalog is empty".into()))?;
     let url = format!("{base}/api/v1/products/{id}");
-    let body = http
-        .get(&url)
+    let body = fetch(&http, &url).await?;
+    Ok((url, body))
+}
+
+/// The body of a successful `GET url`.
+async fn fetch(http: &reqwest::Client, url: &str) -> Result<Bytes, BenchError> {
+    let response = http
+        .get(url)
         .send()
         .await
         .and_then(reqwest::Response::error_for_status)
-        .map_err(|e| BenchError::Setup(format!("reading {url}: {e}")))?
+        .map_err(|e| BenchError::Setup(format!("reading {url}: {e}")))?;
+    response
         .bytes()
         .await
-        .map_err(|e| BenchError::Setup(format!("reading {url}: {e}")))?;
-    Ok((url, body))
+        .map_err(|e| BenchError::Setup(format!("reading {url}: {e}")))
 }
 
 /// `users` connections, each sending its next GET when the last answered,

@@ -21,10 +21,12 @@
 //!   The consumer groups themselves run in `orderflow-workers`.
 //! - [`contract`]: port scenarios written once, run by every adapter's tests.
 //! - [`error`]: [`CoreError`], the one error type use cases return.
+//! - [`wait`]: [`wait::or_never`], for `select!` branches that come and go.
 
 pub mod contract;
 pub mod error;
 pub mod ports;
 pub mod services;
+pub mod wait;
 
 pub use error::CoreError;

@@ -66,6 +66,7 @@ use futures::stream::{FuturesUnordered, StreamExt as _};
 use orderflow_core::ports::log::{Delivery, EventLog, LogResult, Subscription};
 use orderflow_core::ports::store::{DeadLetter, Store, StoreTx};
 use orderflow_core::services::effects::RetryPolicy;
+use orderflow_core::wait::or_never;
 use orderflow_domain::EventId;
 use orderflow_domain::events::{Envelope, EventData, TraceParent};
 use tokio::time::Instant;
@@ -596,7 +597,7 @@ impl Consumer {
                 completion = next_completion(&mut self.preparing, &mut self.flushing), if !quiet => {
                     self.take_in(completion);
                 }
-                (subscription, polled) = poll_done(&mut self.polling), if self.polling.is_some() => {
+                (subscription, polled) = or_never(self.polling.as_mut()), if self.polling.is_some() => {
                     self.polling = None;
                     self.subscription = Some(subscription);
                     match polled {
@@ -612,7 +613,7 @@ impl Consumer {
                         }
                     }
                 }
-                () = sleep_until(timer), if timer.is_some() => {}
+                () = or_never(timer.map(tokio::time::sleep_until)) => {}
             }
         }
         self.commit_offsets_logged().await;
@@ -1005,24 +1006,6 @@ fn poll(
         (subscription, polled)
     }
     .boxed()
-}
-
-/// Waits for the poll in flight; never returns when there is none.
-async fn poll_done(
-    polling: &mut Option<Polling>,
-) -> (Box<dyn Subscription>, LogResult<Vec<Delivery>>) {
-    match polling.as_mut() {
-        Some(polling) => polling.await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Sleeps until `at`; never returns for `None` (a disabled select branch).
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
 }
 
 /// One attempt at preparing a delivery, after its back-off (cut short by

@@ -46,6 +46,7 @@ use crate::error::CoreError;
 use crate::ports::outbox::{EventPublisher, Outbox, OutboxBacklog, OutboxBatch};
 use crate::ports::store::StoreResult;
 use crate::services::effects::RetryPolicy;
+use crate::wait::or_never;
 
 /// How the relay paces itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -212,7 +213,7 @@ impl Relay {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
-                claimed = claimed(&mut state.claiming) => {
+                claimed = or_never(state.claiming.as_mut()) => {
                     state.claiming = None;
                     match claimed {
                         Ok(batch) => {
@@ -241,13 +242,13 @@ impl Relay {
                     // Rows skipped for this batch's keys can go now.
                     state.claim_due = true;
                 }
-                changed = changed(&mut state.signal) => {
+                changed = or_never(state.signal.as_mut().map(watch::Receiver::changed)) => {
                     if changed.is_err() {
                         state.signal = None;
                     }
                     state.claim_due = true;
                 }
-                () = sleep_until(look), if look.is_some() => state.claim_due = true,
+                () = or_never(look.map(tokio::time::sleep_until)) => state.claim_due = true,
             }
         }
         tracing::info!("outbox relay stopped");
@@ -327,30 +328,5 @@ impl RunState {
     fn gauges_refreshed(&mut self) {
         self.gauges_at = Some(Instant::now());
         self.relayed_since_gauges = false;
-    }
-}
-
-/// The claim in progress; pending when there is none.
-async fn claimed(
-    claiming: &mut Option<BoxFuture<'static, StoreResult<Box<dyn OutboxBatch>>>>,
-) -> StoreResult<Box<dyn OutboxBatch>> {
-    match claiming {
-        Some(claim) => claim.await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// The next change of the append signal; pending when not watching.
-async fn changed(signal: &mut Option<watch::Receiver<u64>>) -> Result<(), watch::error::RecvError> {
-    match signal {
-        Some(signal) => signal.changed().await,
-        None => std::future::pending().await,
     }
 }
