@@ -16,6 +16,8 @@
 //!   push and points.
 //! - [`sustained`]: `--sustained`, the highest order rate the pipeline keeps
 //!   up with (lag bounded and drained, confirmations in time).
+//! - [`ceiling`]: `--read-ceiling`, a product read, `/healthz` and a bare axum
+//!   listener answering the same bytes, side by side.
 //! - [`stats`]: HdrHistogram latencies, throughput and ratio arithmetic (unit-tested).
 //! - [`report`]: the per-architecture report, the tables, the JSON.
 //! - [`plot`]: SVG and PNG plots.
