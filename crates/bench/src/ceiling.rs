@@ -21,7 +21,7 @@
 //! three are measured in the same run and compared as shares, not as
 //! absolute numbers.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,12 +33,16 @@ use serde::Serialize;
 use tokio::process::{Child, Command};
 
 use crate::report::boxed;
+use crate::shop::Shop;
 use crate::sut::{Architecture, Server, V2};
 use crate::{BenchArgs, BenchError, spinner};
 
 /// The catalog policy the product read pays: far above what one machine
 /// can send, so nothing is refused, but looked up on every request.
 pub const GENEROUS_CATALOG_POLICY: &str = "catalog=ip:bucket:10000000/s,burst=20000000";
+
+/// The row of the bare listener, the ceiling the others are shares of.
+const BARE: &str = "bare axum";
 
 /// Rounds of the three measurements.
 const ROUNDS: usize = 2;
@@ -75,8 +79,9 @@ impl CeilingRun {
 
     /// The best round of `name` as a share of the best bare round.
     pub fn share_of_bare(&self, name: &str) -> Option<f64> {
-        let bare = self.row("bare axum")?.best();
-        (bare > 0.0).then(|| self.row(name).map(|r| r.best() / bare))?
+        let bare = self.row(BARE)?.best();
+        let row = self.row(name)?;
+        (bare > 0.0).then(|| row.best() / bare)
     }
 
     pub fn table(&self) -> String {
@@ -140,7 +145,7 @@ pub async fn run(args: &BenchArgs, binary: &Path) -> Result<CeilingRun, BenchErr
     let targets = [
         ("product read", product_url),
         ("healthz", format!("{base}/healthz")),
-        ("bare axum", bare.url.clone()),
+        (BARE, bare.url.clone()),
     ];
     let mut rows: Vec<CeilingRow> = targets
         .iter()
@@ -180,33 +185,20 @@ pub async fn run(args: &BenchArgs, binary: &Path) -> Result<CeilingRun, BenchErr
 
 /// The first product of the catalog: its URL and its exact answer.
 async fn a_product(base: &str) -> Result<(String, Bytes), BenchError> {
-    let http = reqwest::Client::new();
-    let list: serde_json::Value =
-        serde_json::from_slice(&fetch(&http, &format!("{base}/api/v1/products")).await?)
-            .map_err(|e| BenchError::Setup(format!("listing products: {e}")))?;
-    let items = list.get("items").unwrap_or(&list);
-    let id = items
-        .get(0)
-        .and_then(|p| p.get("id"))
-        .and_then(serde_json::Value::as_str)
-        .ok_or_else(|| BenchError::Setup("the catalog is empty".into()))?;
+    let id = *Shop::new(base, 1)
+        .product_ids()
+        .await?
+        .first()
+        .expect("product_ids refuses an empty catalog");
     let url = format!("{base}/api/v1/products/{id}");
-    let body = fetch(&http, &url).await?;
-    Ok((url, body))
-}
-
-/// The body of a successful `GET url`.
-async fn fetch(http: &reqwest::Client, url: &str) -> Result<Bytes, BenchError> {
-    let response = http
-        .get(url)
-        .send()
+    let body = reqwest::get(&url)
         .await
         .and_then(reqwest::Response::error_for_status)
-        .map_err(|e| BenchError::Setup(format!("reading {url}: {e}")))?;
-    response
+        .map_err(|e| BenchError::Setup(format!("reading {url}: {e}")))?
         .bytes()
         .await
-        .map_err(|e| BenchError::Setup(format!("reading {url}: {e}")))
+        .map_err(|e| BenchError::Setup(format!("reading {url}: {e}")))?;
+    Ok((url, body))
 }
 
 /// `users` connections, each sending its next GET when the last answered,
@@ -319,7 +311,7 @@ impl Drop for BareListener {
 
 /// The child's side: answers every GET with the file's bytes as JSON, with
 /// no middleware at all, until killed.
-pub async fn serve_bare(listen: &str, body: &PathBuf) -> Result<(), BenchError> {
+pub async fn serve_bare(listen: &str, body: &Path) -> Result<(), BenchError> {
     let bytes = Bytes::from(
         std::fs::read(body).map_err(|e| BenchError::Setup(format!("{}: {e}", body.display())))?,
     );
