@@ -178,8 +178,8 @@ impl Relay {
         );
         let mut state = RunState::new(&self.settings);
         loop {
-            if state.signal.is_none() {
-                // At start, and again at every look after a failure (the
+            if state.signal.is_none() && state.claim_due {
+                // At start, and again at every claim after a failure (the
                 // database may have been down): without it, only looks.
                 match self.outbox.appended().await {
                     Ok(signal) => state.signal = Some(signal),
