@@ -424,17 +424,23 @@ pub async fn running_relay_claims_at_commit_with_batches_in_flight(
         || publisher.started() == vec![k1.id, l1.id],
     )
     .await;
-    // The key's later row waits for the batch holding its earlier one.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The key's later row waits for the batch holding its earlier one, also
+    // in the claim a third key's commit starts (it reads k2 before m1).
+    let m1 = user_registered(uuid::Uuid::now_v7());
+    append_committed(&store, std::slice::from_ref(&m1)).await;
+    eventually("a third key's commit did not start a claim", || {
+        publisher.started().len() >= 3
+    })
+    .await;
     assert_eq!(
         publisher.started(),
-        vec![k1.id, l1.id],
+        vec![k1.id, l1.id, m1.id],
         "a key's later row was published while its earlier row was in flight"
     );
 
     publisher.open();
     eventually("the held-back row was not published after the ack", || {
-        publisher.started().len() == 3
+        publisher.started().len() == 4
     })
     .await;
     let mut drained = false;
@@ -450,8 +456,8 @@ pub async fn running_relay_claims_at_commit_with_batches_in_flight(
     running.await.expect("the relay stops on shutdown");
     assert_eq!(
         publisher.started(),
-        vec![k1.id, l1.id, k2.id],
+        vec![k1.id, l1.id, m1.id, k2.id],
         "each row published once, the key's rows in order"
     );
-    assert_eq!(publisher.acknowledged.lock().unwrap().len(), 3);
+    assert_eq!(publisher.acknowledged.lock().unwrap().len(), 4);
 }
