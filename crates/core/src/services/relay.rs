@@ -219,9 +219,11 @@ impl Relay {
                         Ok(batch) => {
                             let rows = batch.events().len();
                             // A full batch leaves more behind; a partial one
-                            // took all there was for now (rows of keys other
-                            // batches hold wait for those to finish).
-                            state.claim_due = rows >= self.batch_size();
+                            // took all there was when it read (rows of keys
+                            // other batches hold wait for those to finish).
+                            // A signal that came while it ran still stands:
+                            // its rows may have committed after the read.
+                            state.claim_due |= rows >= self.batch_size();
                             if rows > 0 {
                                 let this = self.clone();
                                 state.in_flight.push(async move { this.send(batch).await }.boxed());
