@@ -324,6 +324,12 @@ static METRICS: OnceLock<PrometheusHandle> = OnceLock::new();
 /// `orderflow_db_queries_total{op="product"}` in this test process. Only the
 /// catalog test below reads products, so nothing else moves it.
 fn product_queries() -> f64 {
+    queries("product")
+}
+
+/// `orderflow_db_queries_total{op}` so far, in this test binary.
+fn queries(op: &str) -> f64 {
+    let op = format!("op=\"{op}\"");
     METRICS
         .get_or_init(|| {
             PrometheusBuilder::new()
@@ -332,7 +338,7 @@ fn product_queries() -> f64 {
         })
         .render()
         .lines()
-        .filter(|l| l.starts_with("orderflow_db_queries_total") && l.contains("op=\"product\""))
+        .filter(|l| l.starts_with("orderflow_db_queries_total") && l.contains(&op))
         .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
         .sum()
 }
@@ -451,6 +457,43 @@ async fn catalogs_sharing_redis_query_once_per_key_and_invalidate_each_other() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+
+    // Another change, announced by the first catalog: the others keep their
+    // cached page and read the changed item alone, with no page query.
+    let pages_before = queries("list_products");
+    let order = contract::given_order(
+        &(store.clone() as Arc<dyn Store>),
+        shopper.id,
+        &[(&products[1], 1)],
+    )
+    .await;
+    let mut tx = store.begin().await.unwrap();
+    tx.reserve_stock(order.id, &[(products[1].id, 1)])
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    catalogs[0].products_changed(&[products[1].id]).await;
+    for catalog in &catalogs[1..] {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let page = catalog.list(None, Some(100)).await.unwrap();
+            let listed = page.items.iter().find(|p| p.id == products[1].id).unwrap();
+            if (listed.stock, listed.version) == (5, 3) {
+                assert_eq!(page.items.len(), products.len(), "{page:?}");
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the list kept the old stock: {listed:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    assert_eq!(
+        queries("list_products"),
+        pages_before,
+        "a changed item of a cached page is read alone"
+    );
 
     // Redis down: reads keep working (L1, then the database).
     server.stop();

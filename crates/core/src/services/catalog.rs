@@ -30,7 +30,9 @@
 //!   their TTL: the one window left, and the reason the TTL stays short.
 //! - Pages of the product list hold ids, not products: their items are read
 //!   through the same versioned product entries, so a stock change shows in
-//!   the list exactly as in `GET /products/{id}`. A page is dropped only when
+//!   the list exactly as in `GET /products/{id}`; an item changed since
+//!   (a floor in L1) is read alone through that path, so a stock change does
+//!   not cost a page query in every other process. A page is dropped only when
 //!   the list's membership changes (a product created or imported), by an
 //!   epoch every page records at its load: a page loaded before the change
 //!   is refused at read time.
@@ -83,6 +85,10 @@ use tokio_util::sync::CancellationToken;
 use crate::CoreError;
 use crate::ports::cache::{CacheError, CacheEvent, SharedCache, Subscription, Versioned};
 use crate::ports::store::{Store, StoreError};
+
+/// At most this many items of a cached page are read one by one (see
+/// [`CatalogService::page_items`]); more, and the page is loaded again.
+const PAGE_ITEMS_READ_ALONE: usize = 8;
 
 /// The pub/sub channel of catalog invalidations.
 const INVALIDATIONS: &str = "catalog.invalidations";
@@ -836,16 +842,17 @@ impl CatalogService {
             return self.load_page(cursor, limit).await;
         };
         let epoch = l1.page_epoch.load(Ordering::SeqCst);
-        if let Some(page) = l1.pages.get(&(cursor, limit)).await
-            && page.epoch == epoch
-            && let Some(items) = self.items_from_l1(l1, &page.ids).await
-        {
+        let cached = match l1.pages.get(&(cursor, limit)).await {
+            Some(page) if page.epoch == epoch => self
+                .page_items(l1, &page.ids)
+                .await?
+                .map(|items| (items, page.next_cursor)),
+            _ => None,
+        };
+        if let Some((items, next_cursor)) = cached {
             metrics::counter!("orderflow_cache_hits_total", "layer" => "l1", "kind" => "page")
                 .increment(1);
-            return Ok(ProductPage {
-                items,
-                next_cursor: page.next_cursor,
-            });
+            return Ok(ProductPage { items, next_cursor });
         }
         metrics::counter!("orderflow_cache_misses_total", "layer" => "l1", "kind" => "page")
             .increment(1);
@@ -874,17 +881,34 @@ impl CatalogService {
         Ok(page)
     }
 
-    /// A cached page's items, when every one of them is a current L1 entry
-    /// (otherwise one query for the page beats one per missing product).
-    async fn items_from_l1(&self, l1: &L1, ids: &[ProductId]) -> Option<Vec<Product>> {
+    /// A cached page's items: the current L1 entries, and the few that are
+    /// not (a change elsewhere left a floor, or the entry was evicted) read
+    /// through [`product`](Self::product), from L2 when the change wrote it
+    /// there. `None` when more than [`PAGE_ITEMS_READ_ALONE`] are missing:
+    /// then one query for the page beats one per product.
+    async fn page_items(
+        &self,
+        l1: &L1,
+        ids: &[ProductId],
+    ) -> Result<Option<Vec<Product>>, CoreError> {
         let mut items = Vec::with_capacity(ids.len());
+        let mut read_alone = 0;
         for id in ids {
-            let entry = l1.products.get(id).await?;
-            if let Some(product) = entry.slot.answer()? {
-                items.push((*product).clone());
-            }
+            let cached = match l1.products.get(id).await {
+                Some(entry) => entry.slot.answer(),
+                None => None,
+            };
+            let product = match cached {
+                Some(answer) => answer.map(|p| (*p).clone()),
+                None if read_alone < PAGE_ITEMS_READ_ALONE => {
+                    read_alone += 1;
+                    self.product(*id).await?
+                }
+                None => return Ok(None),
+            };
+            items.extend(product);
         }
-        Some(items)
+        Ok(Some(items))
     }
 
     async fn load_page(
