@@ -18,6 +18,8 @@
 //!   up with (lag bounded and drained, confirmations in time).
 //! - [`ceiling`]: `--read-ceiling`, a product read, `/healthz` and a bare axum
 //!   listener answering the same bytes, side by side.
+//! - [`staleness`]: `--staleness`, reads checked against the database while
+//!   orders and edits change the products (one process, then two on Redis).
 //! - [`stats`]: HdrHistogram latencies, throughput and ratio arithmetic (unit-tested).
 //! - [`report`]: the per-architecture report, the tables, the JSON.
 //! - [`plot`]: SVG and PNG plots.
@@ -29,6 +31,7 @@ pub mod load;
 pub mod plot;
 pub mod report;
 pub mod shop;
+pub mod staleness;
 pub mod stats;
 pub mod sustained;
 pub mod sut;
@@ -122,6 +125,13 @@ pub struct BenchArgs {
     /// connections, `--duration-secs` each, two rounds.
     #[arg(long, conflicts_with = "sustained")]
     pub read_ceiling: bool,
+    /// Staleness mode instead of the comparison: `--users` readers of the
+    /// hot products, open-loop orders (`--rate`, default 100/s) and admin
+    /// edits at once, every version a read showed checked against the
+    /// database; on one `serve`, then on two API processes sharing Redis
+    /// (see the `staleness` module docs). `--duration-secs` measured.
+    #[arg(long, conflicts_with_all = ["sustained", "read_ceiling", "target"])]
+    pub staleness: bool,
     /// Internal: run as the read ceiling's bare listener on this address.
     #[arg(long, hide = true, requires = "bare_body")]
     pub bare_listener: Option<String>,
@@ -173,7 +183,7 @@ pub struct BenchArgs {
 /// Runs the benchmark; `server_binary` is the `orderflow` executable to start.
 pub async fn run(args: &BenchArgs, server_binary: PathBuf) -> Result<BenchReport, BenchError> {
     let architectures = match &args.target {
-        _ if args.read_ceiling => Vec::new(),
+        _ if args.read_ceiling || args.staleness => Vec::new(),
         Some(url) => vec![Architecture::target(url)],
         None => selected_architectures(&args.architectures)?,
     };
@@ -214,6 +224,10 @@ pub async fn run(args: &BenchArgs, server_binary: PathBuf) -> Result<BenchReport
         true => Some(ceiling::run(args, &server_binary).await?),
         false => None,
     };
+    let staleness = match args.staleness {
+        true => Some(staleness::run(args, &server_binary).await?),
+        false => None,
+    };
     let report = BenchReport {
         started_at: chrono::Utc::now(),
         command: std::env::args().collect::<Vec<_>>().join(" "),
@@ -227,11 +241,12 @@ pub async fn run(args: &BenchArgs, server_binary: PathBuf) -> Result<BenchReport
             "sustained": args.sustained, "sustained_step_secs": args.sustained_step_secs,
             "sustained_follow": args.sustained_follow,
             "sustained_rates": sustained::ladder(args.sustained_start, args.sustained_factor, args.sustained_max, &args.sustained_rates),
-            "seed": args.seed, "target": args.target, "read_ceiling": args.read_ceiling,
+            "seed": args.seed, "target": args.target, "read_ceiling": args.read_ceiling, "staleness": args.staleness,
         }),
         architectures: reports,
         sustained: sustained_runs,
         ceiling,
+        staleness,
         notes,
     };
     std::fs::create_dir_all(&args.out)

@@ -48,6 +48,9 @@ pub fn write_all(report: &BenchReport, dir: &Path) -> Result<Vec<PathBuf>, Bench
     if report.ceiling.is_some() {
         charts.push(("read-ceiling", Chart::Ceiling));
     }
+    if report.staleness.is_some() {
+        charts.push(("staleness", Chart::Staleness));
+    }
     if report.architectures.iter().any(|a| !a.sweep.is_empty()) {
         charts.push(("sweep-throughput", Chart::Sweep(SweepAxis::Throughput)));
         charts.push(("sweep-p99", Chart::Sweep(SweepAxis::P99)));
@@ -78,6 +81,7 @@ enum Chart {
     Sustained(SustainedAxis),
     Sweep(SweepAxis),
     Ceiling,
+    Staleness,
 }
 
 /// Draws `chart` on a white `root` and writes it out.
@@ -93,6 +97,7 @@ fn render<DB: DrawingBackend>(
         Chart::Sustained(axis) => sustained_chart(report, &root, axis),
         Chart::Sweep(axis) => sweep_chart(report, &root, axis),
         Chart::Ceiling => ceiling_chart(report, &root),
+        Chart::Staleness => staleness_chart(report, &root),
     }
     .map_err(BenchError::Output)?;
     root.present()
@@ -119,18 +124,51 @@ fn latency_chart<DB: DrawingBackend>(
     report: &BenchReport,
     root: &DrawingArea<DB, Shift>,
 ) -> Result<(), String> {
-    let max = report
+    let lines = report
         .architectures
         .iter()
-        .flat_map(|a| a.percentiles.iter().map(|(_, v)| *v))
-        .fold(1.0f64, f64::max);
-    let min = report
-        .architectures
+        .map(|arch| (arch.title(), arch.percentiles.as_slice()))
+        .collect();
+    percentile_chart(
+        root,
+        "Response time by percentile (lower is better)",
+        "milliseconds (log scale)",
+        lines,
+    )
+}
+
+fn staleness_chart<DB: DrawingBackend>(
+    report: &BenchReport,
+    root: &DrawingArea<DB, Shift>,
+) -> Result<(), String> {
+    let Some(run) = &report.staleness else {
+        return Ok(());
+    };
+    let lines = run
+        .scenarios
         .iter()
-        .flat_map(|a| a.percentiles.iter().map(|(_, v)| *v))
-        .filter(|v| *v > 0.0)
-        .fold(max, f64::min);
-    let mut chart = builder(root, "Response time by percentile (lower is better)")
+        .map(|s| (s.name.clone(), s.behind_at_most_percentiles.as_slice()))
+        .collect();
+    percentile_chart(
+        root,
+        "How far behind the database reads were, at most (lower is better)",
+        "milliseconds (log scale; 0 drawn at 0.01)",
+        lines,
+    )
+}
+
+/// One line per `(title, [(percentile, ms)])` over [`PERCENTILES`], on a
+/// log scale.
+fn percentile_chart<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    caption: &str,
+    y_desc: &str,
+    lines: Vec<(String, &[(f64, f64)])>,
+) -> Result<(), String> {
+    let values = || lines.iter().flat_map(|(_, p)| p.iter().map(|(_, v)| *v));
+    let max = values().fold(1.0f64, f64::max);
+    let min = values().filter(|v| *v > 0.0).fold(max, f64::min);
+    let mut chart = builder(root, caption)
         .build_cartesian_2d(
             0usize..PERCENTILES.len() - 1,
             ((min * 0.8).max(0.01)..max * 1.25).log_scale(),
@@ -145,18 +183,17 @@ fn latency_chart<DB: DrawingBackend>(
                 .map(|p| format!("p{p}"))
                 .unwrap_or_default()
         })
-        .y_desc("milliseconds (log scale)")
+        .y_desc(y_desc)
         .x_desc("percentile")
         .label_style(("sans-serif", 14))
         .draw()
         .map_err(|e| e.to_string())?;
-    let lines = report.architectures.iter().map(|arch| {
-        let points = arch
-            .percentiles
+    let lines = lines.into_iter().map(|(title, percentiles)| {
+        let points = percentiles
             .iter()
             .enumerate()
             .map(|(i, (_, v))| (i, v.max(0.01)));
-        (arch.title(), points.collect())
+        (title, points.collect())
     });
     draw_lines(&mut chart, lines.collect())
 }
@@ -485,6 +522,7 @@ mod tests {
                 ),
             ],
             ceiling: None,
+            staleness: None,
             notes: vec![],
         };
         let dir = tempfile::tempdir().unwrap();

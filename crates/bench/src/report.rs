@@ -91,6 +91,9 @@ pub struct BenchReport {
     /// `--read-ceiling`: the three servers' throughput.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ceiling: Option<crate::ceiling::CeilingRun>,
+    /// `--staleness`: reads checked against the database, per setup.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub staleness: Option<crate::staleness::StalenessRun>,
     pub notes: Vec<String>,
 }
 
@@ -450,6 +453,9 @@ impl BenchReport {
         if let Some(ceiling) = &self.ceiling {
             parts.push(ceiling.table());
         }
+        if let Some(staleness) = &self.staleness {
+            parts.push(staleness.table());
+        }
         parts.join("\n\n")
     }
 
@@ -570,6 +576,7 @@ mod tests {
             architectures: vec![v1, v2],
             sustained: vec![],
             ceiling: None,
+            staleness: None,
             notes: vec![],
         };
         let table = report.table();
@@ -666,6 +673,7 @@ mod tests {
             architectures: vec![target],
             sustained: vec![],
             ceiling: None,
+            staleness: None,
             notes: vec![],
         };
         let table = report.table();

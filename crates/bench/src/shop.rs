@@ -194,8 +194,24 @@ impl Shop {
         product_id: uuid::Uuid,
         stock: i64,
     ) -> Result<(), BenchError> {
+        self.edit_product(admin_token, product_id, |product| {
+            product["stock"] = json!(stock)
+        })
+        .await
+    }
+
+    /// An admin edit: reads the product, applies `change` to it and writes
+    /// every field back (`PUT`). Fields the product has but `change` leaves
+    /// alone are written as read, so edit only products nothing else writes
+    /// meanwhile when `stock` is among them.
+    pub async fn edit_product(
+        &self,
+        admin_token: &str,
+        product_id: uuid::Uuid,
+        change: impl FnOnce(&mut Value),
+    ) -> Result<(), BenchError> {
         let url = self.url(&format!("/api/v1/products/{product_id}"));
-        let product: Value = self
+        let mut product: Value = self
             .http
             .get(&url)
             .send()
@@ -203,17 +219,55 @@ impl Shop {
             .error_for_status()?
             .json()
             .await?;
+        change(&mut product);
         self.http
             .put(&url)
             .bearer_auth(admin_token)
             .json(&json!({
                 "sku": product["sku"], "name": product["name"], "price_cents": product["price_cents"],
-                "currency": product["currency"], "stock": stock,
+                "currency": product["currency"], "stock": product["stock"],
             }))
             .send()
             .await?
             .error_for_status()?;
         Ok(())
+    }
+
+    /// `GET /products/{id}`: the version it showed.
+    pub async fn product_version(&self, product_id: uuid::Uuid) -> Result<i64, BenchError> {
+        let product: Value = self
+            .http
+            .get(self.url(&format!("/api/v1/products/{product_id}")))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        product["version"]
+            .as_i64()
+            .ok_or_else(|| BenchError::Setup(format!("product {product_id} has no version")))
+    }
+
+    /// The first page of the product list (`limit` items): each item's id
+    /// and the version the page showed.
+    pub async fn page_versions(&self, limit: usize) -> Result<Vec<(uuid::Uuid, i64)>, BenchError> {
+        let page: Value = self
+            .http
+            .get(self.url(&format!("/api/v1/products?limit={limit}")))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        Ok(page["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|item| {
+                let id = item["id"].as_str()?.parse().ok()?;
+                Some((id, item["version"].as_i64()?))
+            })
+            .collect())
     }
 
     pub async fn get_order(&self, token: &str, id: uuid::Uuid) -> Result<Value, BenchError> {

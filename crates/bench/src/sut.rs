@@ -104,7 +104,10 @@ pub struct Server {
     /// Admin credentials of a server the bench started (to read consumer lag).
     pub admin: Option<(String, String)>,
     child: Option<Child>,
-    data_dir: Option<tempfile::TempDir>,
+    /// Where the process keeps its data (None for an external server).
+    data_path: Option<PathBuf>,
+    /// The data dir, removed when the server that created it is dropped.
+    _owned_dir: Option<tempfile::TempDir>,
 }
 
 impl Server {
@@ -114,7 +117,8 @@ impl Server {
             base_url: base_url.trim_end_matches('/').to_owned(),
             admin: None,
             child: None,
-            data_dir: None,
+            data_path: None,
+            _owned_dir: None,
         }
     }
 
@@ -139,16 +143,72 @@ impl Server {
     ) -> Result<Self, BenchError> {
         let data_dir =
             tempfile::tempdir().map_err(|e| BenchError::Server(format!("temp dir: {e}")))?;
+        let admin_password = format!("bench-{}", uuid::Uuid::new_v4().simple());
+        let mut server = Self::spawn(
+            binary,
+            &["serve", "--demo"],
+            data_dir.path(),
+            "server.log",
+            architecture,
+            failures,
+            env,
+            admin_password,
+        )
+        .await?;
+        server._owned_dir = Some(data_dir);
+        Ok(server)
+    }
+
+    /// Another process on this server's data dir (its database, signing
+    /// keys and admin) running only the HTTP API (`orderflow api`), with
+    /// `env` applied as in [`Server::start_with`]: a second API process of
+    /// the same shop.
+    pub async fn api_beside(
+        &self,
+        binary: &Path,
+        architecture: &Architecture,
+        env: &[(&str, Option<&str>)],
+    ) -> Result<Self, BenchError> {
+        let (Some(data_dir), Some((_, password))) = (&self.data_path, &self.admin) else {
+            return Err(BenchError::Server(
+                "a second API process needs a server the bench started".into(),
+            ));
+        };
+        let log = format!("api-{}.log", uuid::Uuid::new_v4().simple());
+        Self::spawn(
+            binary,
+            &["api"],
+            data_dir,
+            &log,
+            architecture,
+            &[],
+            env,
+            password.clone(),
+        )
+        .await
+    }
+
+    /// Starts `binary ARGS` on a free loopback port with `data_dir`, its
+    /// output in `data_dir/log_name`, and waits until `/readyz` answers.
+    #[allow(clippy::too_many_arguments)]
+    async fn spawn(
+        binary: &Path,
+        args: &[&str],
+        data_dir: &Path,
+        log_name: &str,
+        architecture: &Architecture,
+        failures: &[FailSpec],
+        env: &[(&str, Option<&str>)],
+        admin_password: String,
+    ) -> Result<Self, BenchError> {
         let port = free_port()?;
-        let log_path = data_dir.path().join("server.log");
+        let log_path = data_dir.join(log_name);
         let log = std::fs::File::create(&log_path)
             .map_err(|e| BenchError::Server(format!("log file: {e}")))?;
-        let admin_password = format!("bench-{}", uuid::Uuid::new_v4().simple());
         let mut command = Command::new(binary);
         command
-            .arg("serve")
-            .arg("--demo")
-            .env("ORDERFLOW_DATA_DIR", data_dir.path())
+            .args(args)
+            .env("ORDERFLOW_DATA_DIR", data_dir)
             .env("ORDERFLOW_LISTEN", format!("127.0.0.1:{port}"))
             .env("ORDERFLOW_CACHE", architecture.cache)
             .env("ORDERFLOW_SIDE_EFFECTS", architecture.side_effects)
@@ -188,7 +248,8 @@ impl Server {
             base_url: format!("http://127.0.0.1:{port}"),
             admin: Some((ADMIN_EMAIL.to_owned(), admin_password)),
             child: Some(child),
-            data_dir: Some(data_dir),
+            data_path: Some(data_dir.to_owned()),
+            _owned_dir: None,
         };
         server
             .wait_ready(Duration::from_secs(60), &log_path)
@@ -226,7 +287,7 @@ impl Server {
 
     /// Where the server keeps its data (None for an external server).
     pub fn data_dir(&self) -> Option<PathBuf> {
-        self.data_dir.as_ref().map(|d| d.path().to_owned())
+        self.data_path.clone()
     }
 
     /// Stops a started server with SIGTERM (it drains and exits), SIGKILL

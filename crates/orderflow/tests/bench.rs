@@ -263,3 +263,93 @@ fn a_short_read_ceiling_run_measures_three_servers() {
     let bytes = std::fs::read(out.path().join("read-ceiling.png")).unwrap();
     assert!(bytes.starts_with(b"\x89PNG") && bytes.len() > 1_000);
 }
+
+/// `--staleness`: both setups (one `serve`; `serve` + `api` on Redis) read,
+/// order and edit at once without errors, every read is judged against the
+/// reference reads of the database, the table is printed and the plot
+/// written. How stale the reads were is a measurement, not asserted here.
+#[test]
+fn a_short_staleness_run_judges_every_read_of_both_setups() {
+    let out = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_orderflow"))
+        .args([
+            "bench",
+            "--staleness",
+            "--users",
+            "4",
+            "--rate",
+            "20",
+            "--shoppers",
+            "3",
+            "--duration-secs",
+            "2",
+            "--warmup-secs",
+            "1",
+            "--out",
+        ])
+        .arg(out.path())
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("orderflow bench --staleness runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "bench --staleness failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("staleness: 4 readers, 20 orders/s"),
+        "{stdout}"
+    );
+
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("report.json")).unwrap()).unwrap();
+    let run = &report["staleness"];
+    let scenarios = run["scenarios"].as_array().expect("a staleness section");
+    let names: Vec<&str> = scenarios
+        .iter()
+        .filter_map(|s| s["name"].as_str())
+        .collect();
+    assert_eq!(names, ["embedded", "two APIs on Redis"], "{run}");
+    for (scenario, processes) in scenarios.iter().zip([1, 2]) {
+        let count = |field: &str| {
+            scenario[field]
+                .as_u64()
+                .unwrap_or_else(|| panic!("{field}: {scenario}"))
+        };
+        assert_eq!(count("api_processes"), processes, "{scenario}");
+        for errors in ["read_errors", "order_errors", "edit_errors"] {
+            assert_eq!(count(errors), 0, "{scenario}");
+        }
+        assert!(
+            count("reads") > 0 && count("read_requests") > 0,
+            "{scenario}"
+        );
+        assert!(
+            count("orders_accepted") > 0 && count("admin_edits") > 0,
+            "{scenario}"
+        );
+        assert!(count("reference_reads") > 0, "{scenario}");
+        // Orders and edits went on during the measured seconds, and the
+        // reference reader saw the versions they made.
+        assert!(count("changes") > 0, "{scenario}");
+        // A read certainly stale was certainly behind; no read counts twice.
+        assert!(
+            count("stale_certain") <= count("behind_at_all"),
+            "{scenario}"
+        );
+        assert!(
+            count("stale_certain") + count("stale_possible") <= count("reads"),
+            "{scenario}"
+        );
+        assert_eq!(
+            scenario["behind_at_most"]["count"].as_u64(),
+            Some(count("reads")),
+            "every read is judged: {scenario}"
+        );
+        let ratio = scenario["served_without_database"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&ratio), "{scenario}");
+    }
+    let bytes = std::fs::read(out.path().join("staleness.png")).unwrap();
+    assert!(bytes.starts_with(b"\x89PNG") && bytes.len() > 1_000);
+}
