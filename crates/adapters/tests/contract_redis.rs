@@ -329,7 +329,12 @@ fn product_queries() -> f64 {
 
 /// `orderflow_db_queries_total{op}` so far, in this test binary.
 fn queries(op: &str) -> f64 {
-    let op = format!("op=\"{op}\"");
+    counter("orderflow_db_queries_total", &format!("op=\"{op}\""))
+}
+
+/// The series of counter `name` with `label` in them, summed, so far in
+/// this test binary.
+fn counter(name: &str, label: &str) -> f64 {
     METRICS
         .get_or_init(|| {
             PrometheusBuilder::new()
@@ -338,7 +343,7 @@ fn queries(op: &str) -> f64 {
         })
         .render()
         .lines()
-        .filter(|l| l.starts_with("orderflow_db_queries_total") && l.contains(&op))
+        .filter(|l| l.starts_with(name) && l.contains(label))
         .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
         .sum()
 }
@@ -458,9 +463,12 @@ async fn catalogs_sharing_redis_query_once_per_key_and_invalidate_each_other() {
         }
     }
 
-    // Another change, announced by the first catalog: the others keep their
-    // cached page and read the changed item alone, with no page query.
+    // Another change, announced by the first catalog with its value: the
+    // others store the value itself, so their cached page stays whole and
+    // nothing is loaded again.
     let pages_before = queries("list_products");
+    let l1_misses = || counter("orderflow_cache_misses_total", "layer=\"l1\"");
+    let misses_before = l1_misses();
     let order = contract::given_order(
         &(store.clone() as Arc<dyn Store>),
         shopper.id,
@@ -489,11 +497,8 @@ async fn catalogs_sharing_redis_query_once_per_key_and_invalidate_each_other() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-    assert_eq!(
-        queries("list_products"),
-        pages_before,
-        "a changed item of a cached page is read alone"
-    );
+    assert_eq!(queries("list_products"), pages_before, "no page query");
+    assert_eq!(l1_misses(), misses_before, "the announced value is stored");
 
     // Redis down: reads keep working (L1, then the database).
     server.stop();

@@ -16,8 +16,10 @@
 //!   inventory and orders consumers, the inline order path, the import)
 //!   writes the new version into this process's L1 and L2 (write-through),
 //!   or only a *floor* of it (write-around: "version N exists, nothing older
-//!   may be stored"), then publishes `product:{id}:{version}` so every other
-//!   process puts that floor into its L1. A loader that read the row before
+//!   may be stored"), then publishes it so every other process stores the
+//!   same in its L1: `product:{id}:{version}:{json}` carries a written-through
+//!   value (no reload anywhere, so a change costs other processes no miss),
+//!   `product:{id}:{version}` a floor. A loader that read the row before
 //!   the change finds the floor when it comes to store its result, and its
 //!   older value is refused: the stale-set race cannot bring the old stock
 //!   back. A reader that finds a floor treats it as a miss and loads a value
@@ -404,7 +406,15 @@ impl SharedLayer {
     async fn announce(&self, id: ProductId, slot: &Slot) {
         let version = slot.version();
         let stored = self.put(id, slot).await;
-        let published = self.publish(&format!("product:{id}:{version}")).await;
+        let value = match slot {
+            Slot::Found(product) => serde_json::to_string(&**product).ok(),
+            Slot::Floor(_) | Slot::Missing => None,
+        };
+        let message = match value {
+            Some(json) => format!("product:{id}:{version}:{json}"),
+            None => format!("product:{id}:{version}"),
+        };
+        let published = self.publish(&message).await;
         if !(stored && published) {
             let mut unsent = lock(&self.unsent);
             let kept = unsent.entry(id).or_insert(version);
@@ -1129,9 +1139,12 @@ async fn listen(
         match event {
             Some(CacheEvent::Message(message)) => {
                 match parse_invalidation(&message) {
-                    Some(Invalidation::Product(id, version)) => {
-                        l1.offer(id, Slot::Floor(version), &lifetimes, Offer::Newer)
-                            .await;
+                    Some(Invalidation::Product { id, version, value }) => {
+                        let slot = match value {
+                            Some(product) => Slot::Found(Arc::new(product)),
+                            None => Slot::Floor(version),
+                        };
+                        l1.offer(id, slot, &lifetimes, Offer::Newer).await;
                     }
                     Some(Invalidation::Pages) => l1.pages_changed(),
                     None => drop_everything(),
@@ -1159,8 +1172,13 @@ async fn listen(
 /// A message on the invalidation channel.
 #[derive(Debug, PartialEq, Eq)]
 enum Invalidation {
-    /// `product:{id}:{version}`: the product is at `version` now.
-    Product(ProductId, i64),
+    /// `product:{id}:{version}`: the product is at `version` now; with
+    /// `:{json}` after it, that version's value.
+    Product {
+        id: ProductId,
+        version: i64,
+        value: Option<Product>,
+    },
     /// `pages`: the list's membership changed.
     Pages,
 }
@@ -1171,11 +1189,16 @@ fn parse_invalidation(message: &str) -> Option<Invalidation> {
     if message == PAGES_CHANGED {
         return Some(Invalidation::Pages);
     }
-    let (id, version) = message.strip_prefix("product:")?.split_once(':')?;
-    Some(Invalidation::Product(
-        id.parse().ok()?,
-        version.parse().ok()?,
-    ))
+    let mut parts = message.strip_prefix("product:")?.splitn(3, ':');
+    let id: ProductId = parts.next()?.parse().ok()?;
+    let version: i64 = parts.next()?.parse().ok()?;
+    // A value that does not decode, or is not this product at this
+    // version, still tells the version: a floor.
+    let value = parts
+        .next()
+        .and_then(|json| serde_json::from_str::<Product>(json).ok())
+        .filter(|product| product.id == id && product.version == version);
+    Some(Invalidation::Product { id, version, value })
 }
 
 fn sku_conflict(error: StoreError) -> CoreError {
@@ -1196,7 +1219,48 @@ mod tests {
         let id = uuid::Uuid::now_v7();
         assert_eq!(
             parse_invalidation(&format!("product:{id}:42")),
-            Some(Invalidation::Product(id, 42))
+            Some(Invalidation::Product {
+                id,
+                version: 42,
+                value: None
+            })
+        );
+        let product = Product {
+            id,
+            sku: "S:1".into(),
+            name: "Mug: big".into(),
+            price_cents: 1,
+            currency: orderflow_domain::money::Currency::parse("EUR").unwrap(),
+            stock: 1,
+            updated_at: chrono::Utc::now(),
+            version: 42,
+        };
+        let json = serde_json::to_string(&product).unwrap();
+        assert_eq!(
+            parse_invalidation(&format!("product:{id}:42:{json}")),
+            Some(Invalidation::Product {
+                id,
+                version: 42,
+                value: Some(product.clone())
+            }),
+            "colons inside the value are the value's"
+        );
+        assert_eq!(
+            parse_invalidation(&format!("product:{id}:43:{json}")),
+            Some(Invalidation::Product {
+                id,
+                version: 43,
+                value: None
+            }),
+            "a value of another version is only a floor"
+        );
+        assert_eq!(
+            parse_invalidation(&format!("product:{id}:42:{{broken")),
+            Some(Invalidation::Product {
+                id,
+                version: 42,
+                value: None
+            })
         );
         assert_eq!(parse_invalidation("pages"), Some(Invalidation::Pages));
         assert_eq!(parse_invalidation(&format!("product:{id}")), None);
