@@ -349,6 +349,10 @@ pub struct MetricsSnapshot {
     pub db_queries: f64,
     /// Queries that read the catalog (product by id, by ids, pages).
     pub catalog_db_reads: f64,
+    /// The catalog's read-path loads among them (`product`, `list_products`):
+    /// a cache miss, a refresh-ahead, or a read with the cache off; not the
+    /// read-back of a change (`products_by_ids`).
+    pub catalog_db_loads: f64,
     pub cache_hits: f64,
     pub cache_misses: f64,
     pub by_name: BTreeMap<String, f64>,
@@ -383,6 +387,12 @@ impl MetricsSnapshot {
                     {
                         snapshot.catalog_db_reads += value;
                     }
+                    if ["op=\"product\"", "op=\"list_products\""]
+                        .iter()
+                        .any(|op| series.contains(op))
+                    {
+                        snapshot.catalog_db_loads += value;
+                    }
                 }
                 "orderflow_cache_hits_total" => snapshot.cache_hits += value,
                 "orderflow_cache_misses_total" => snapshot.cache_misses += value,
@@ -413,6 +423,7 @@ impl MetricsSnapshot {
         MetricsSnapshot {
             db_queries: self.db_queries - earlier.db_queries,
             catalog_db_reads: self.catalog_db_reads - earlier.catalog_db_reads,
+            catalog_db_loads: self.catalog_db_loads - earlier.catalog_db_loads,
             cache_hits: self.cache_hits - earlier.cache_hits,
             cache_misses: self.cache_misses - earlier.cache_misses,
             by_name: self
@@ -438,12 +449,14 @@ mod tests {
         let text = "# HELP x\n# TYPE orderflow_db_queries_total counter\n\
             orderflow_db_queries_total{op=\"product\"} 7\n\
             orderflow_db_queries_total{op=\"insert_order\"} 3\n\
+            orderflow_db_queries_total{op=\"products_by_ids\"} 2\n\
             orderflow_cache_hits_total{layer=\"l1\",kind=\"product\"} 90\n\
             orderflow_cache_misses_total{layer=\"l1\",kind=\"product\"} 10\n\
             orderflow_dead_letters 2\n";
         let s = MetricsSnapshot::parse(text);
-        assert_eq!(s.db_queries, 10.0);
-        assert_eq!(s.catalog_db_reads, 7.0);
+        assert_eq!(s.db_queries, 12.0);
+        assert_eq!(s.catalog_db_reads, 9.0);
+        assert_eq!(s.catalog_db_loads, 7.0, "a change's read-back is no load");
         assert_eq!((s.cache_hits, s.cache_misses), (90.0, 10.0));
         assert_eq!(s.by_name["orderflow_dead_letters"], 2.0);
         let later = MetricsSnapshot::parse(&text.replace("} 7", "} 9"));

@@ -117,9 +117,9 @@ pub struct Scenario {
     /// Cache lookups that hit, over every layer and API process
     /// (`orderflow_cache_{hits,misses}_total`, as the comparison reports it).
     pub cache_hit_ratio: f64,
-    /// Read requests that needed no catalog query: 1 − catalog queries
-    /// (`orderflow_db_queries_total` of the catalog's operations, background
-    /// reloads included) / read requests.
+    /// Read requests answered without loading from the database: 1 − the
+    /// catalog's read-path queries (misses and refresh-ahead reloads, see
+    /// [`MetricsSnapshot::catalog_db_loads`]) / read requests.
     pub served_without_database: f64,
     /// Reference reads made, and the longest gap between two of them (an
     /// instrument check: the bounds are only as tight as this gap).
@@ -533,7 +533,7 @@ async fn metrics(shops: &[Shop]) -> Result<MetricsSnapshot, BenchError> {
         let m = shop.metrics().await?;
         total.cache_hits += m.cache_hits;
         total.cache_misses += m.cache_misses;
-        total.catalog_db_reads += m.catalog_db_reads;
+        total.catalog_db_loads += m.catalog_db_loads;
     }
     Ok(total)
 }
@@ -597,7 +597,7 @@ fn judge(
         behind_at_most_percentiles: behind_at_most.percentile_curve(),
         read_requests,
         cache_hit_ratio: ratio(cache.cache_hits, cache.cache_hits + cache.cache_misses),
-        served_without_database: 1.0 - ratio(cache.catalog_db_reads, read_requests as f64).min(1.0),
+        served_without_database: 1.0 - ratio(cache.catalog_db_loads, read_requests as f64).min(1.0),
         reference_reads: references.first().map_or(0, |p| p.len() as u64),
         reference_gap_max_ms: gaps,
     }
@@ -683,7 +683,7 @@ mod tests {
             MetricsSnapshot {
                 cache_hits: 99.0,
                 cache_misses: 1.0,
-                catalog_db_reads: 1.0,
+                catalog_db_loads: 1.0,
                 ..MetricsSnapshot::default()
             },
         );
