@@ -112,6 +112,9 @@ pub struct Scenario {
     /// bound; 0 for reads that showed the newest version).
     pub behind_at_most: LatencySummary,
     pub behind_at_most_percentiles: Vec<(f64, f64)>,
+    /// The same two figures for each API process's reads (the first is the
+    /// `serve` that runs the consumers; a second hears changes over Redis).
+    pub per_api: Vec<ApiBehind>,
     /// Read requests sent (a list page is one).
     pub read_requests: u64,
     /// Cache lookups that hit, over every layer and API process
@@ -125,6 +128,14 @@ pub struct Scenario {
     /// instrument check: the bounds are only as tight as this gap).
     pub reference_reads: u64,
     pub reference_gap_max_ms: f64,
+}
+
+/// How far behind one API process's reads were.
+#[derive(Debug, Clone, Serialize)]
+pub struct ApiBehind {
+    pub reads: u64,
+    pub behind_at_all: u64,
+    pub behind_at_most: LatencySummary,
 }
 
 impl StalenessRun {
@@ -230,6 +241,8 @@ const DECLINES: (&str, Option<&str>) = (
 /// (since the scenario's start).
 #[derive(Debug, Clone, Copy)]
 struct Shown {
+    /// Which API process answered (index into the scenario's processes).
+    api: usize,
     product: usize,
     version: i64,
     sent: Duration,
@@ -383,7 +396,8 @@ async fn measure(
 
     let mut reader_tasks = Vec::new();
     for reader in 0..readers {
-        let shop = shops[reader % shops.len()].clone();
+        let api = reader % shops.len();
+        let shop = shops[api].clone();
         let (hot, counters) = (hot.clone(), counters.clone());
         reader_tasks.push(tokio::spawn(async move {
             let mut shown = Vec::new();
@@ -404,6 +418,7 @@ async fn measure(
                                     && measuring
                                 {
                                     shown.push(Shown {
+                                        api,
                                         product,
                                         version,
                                         sent,
@@ -420,6 +435,7 @@ async fn measure(
                     let product = (k as usize) % hot.len();
                     match shop.product_version(hot[product]).await {
                         Ok(version) if measuring => shown.push(Shown {
+                            api,
                             product,
                             version,
                             sent,
@@ -549,14 +565,18 @@ fn judge(
 ) -> Scenario {
     let read_requests = counters.read_requests.load(Ordering::Relaxed);
     let mut behind_at_most = Latencies::new();
+    let mut per_api = vec![(0, Latencies::new()); api_processes];
     let (mut certain, mut possible, mut at_all) = (0, 0, 0);
     let bound = STALE_AFTER.as_secs_f64();
     for read in shown {
         let verdict = behind(&references[read.product], read);
-        let at_most = verdict.map_or(0.0, |b| b.at_most);
-        behind_at_most.record(Duration::from_secs_f64(at_most));
+        let at_most = Duration::from_secs_f64(verdict.map_or(0.0, |b| b.at_most));
+        behind_at_most.record(at_most);
+        let api = &mut per_api[read.api];
+        api.1.record(at_most);
         if let Some(b) = verdict {
             at_all += u64::from(b.at_least > 0.0);
+            api.0 += u64::from(b.at_least > 0.0);
             certain += u64::from(b.at_least > bound);
             possible += u64::from(b.at_least <= bound && b.at_most > bound);
         }
@@ -595,6 +615,14 @@ fn judge(
         behind_at_all: at_all,
         behind_at_most: behind_at_most.summary(),
         behind_at_most_percentiles: behind_at_most.percentile_curve(),
+        per_api: per_api
+            .into_iter()
+            .map(|(at_all, latencies)| ApiBehind {
+                reads: latencies.count(),
+                behind_at_all: at_all,
+                behind_at_most: latencies.summary(),
+            })
+            .collect(),
         read_requests,
         cache_hit_ratio: ratio(cache.cache_hits, cache.cache_hits + cache.cache_misses),
         served_without_database: 1.0 - ratio(cache.catalog_db_loads, read_requests as f64).min(1.0),
@@ -621,6 +649,7 @@ mod tests {
 
     fn shown(sent: u64, answered: u64, version: i64) -> Shown {
         Shown {
+            api: 0,
             product: 0,
             version,
             sent: ms(sent),
@@ -689,6 +718,8 @@ mod tests {
         );
         assert_eq!((s.stale_certain, s.stale_possible), (2, 1), "{s:?}");
         assert_eq!(s.behind_at_all, 3, "{s:?}");
+        assert_eq!(s.per_api.len(), 1);
+        assert_eq!((s.per_api[0].reads, s.per_api[0].behind_at_all), (5, 3));
         assert_eq!(s.reads, 5);
         assert_eq!(s.changes, 3, "versions 1 → 4 during the run");
         assert!((s.cache_hit_ratio - 0.99).abs() < 1e-9);
