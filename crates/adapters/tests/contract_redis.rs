@@ -323,6 +323,16 @@ static METRICS: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// `orderflow_db_queries_total{op="product"}` in this test process. Only the
 /// catalog test below reads products, so nothing else moves it.
+/// Waits until `check` holds; fails with `what` after 5 s (pub/sub
+/// delivery to another catalog is asynchronous).
+async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !check().await {
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn product_queries() -> f64 {
     queries("product")
 }
@@ -416,51 +426,40 @@ async fn catalogs_sharing_redis_query_once_per_key_and_invalidate_each_other() {
     let renamed = ProductDraft::new("L2-0", "Big mug", 400, "EUR", 10).unwrap();
     catalogs[1].update(products[0].id, renamed).await.unwrap();
     for catalog in &catalogs {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
+        eventually("a stale L1 entry survived the update", async || {
             let seen = catalog.product(products[0].id).await.unwrap().unwrap();
-            if seen.price_cents == 400 {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "a stale L1 entry survived the update"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            seen.price_cents == 400
+        })
+        .await;
     }
 
     // A stock change committed elsewhere (a consumer's reservation), then
     // announced by one catalog: every catalog shows the new stock and
     // version, and the list too.
     let shopper = contract::given_user(&(store.clone() as Arc<dyn Store>), "Ann").await;
-    let order = contract::given_order(
-        &(store.clone() as Arc<dyn Store>),
-        shopper.id,
-        &[(&products[1], 4)],
-    )
-    .await;
-    let mut tx = store.begin().await.unwrap();
-    tx.reserve_stock(order.id, &[(products[1].id, 4)])
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
-    catalogs[0].products_changed(&[products[1].id]).await;
+    let reserve_and_announce = async |quantity: u32| {
+        let order = contract::given_order(
+            &(store.clone() as Arc<dyn Store>),
+            shopper.id,
+            &[(&products[1], quantity)],
+        )
+        .await;
+        let mut tx = store.begin().await.unwrap();
+        tx.reserve_stock(order.id, &[(products[1].id, quantity)])
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        catalogs[0].products_changed(&[products[1].id]).await;
+    };
+    reserve_and_announce(4).await;
     for catalog in &catalogs {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
+        eventually("stale stock survived the change", async || {
             let seen = catalog.product(products[1].id).await.unwrap().unwrap();
             let page = catalog.list(None, Some(100)).await.unwrap();
             let listed = page.items.iter().find(|p| p.id == products[1].id).unwrap();
-            if (seen.stock, seen.version, listed.stock) == (6, 2, 6) {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "stale stock survived the change: {seen:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            (seen.stock, seen.version, listed.stock) == (6, 2, 6)
+        })
+        .await;
     }
 
     // Another change, announced by the first catalog with its value: the
@@ -469,33 +468,15 @@ async fn catalogs_sharing_redis_query_once_per_key_and_invalidate_each_other() {
     let pages_before = queries("list_products");
     let l1_misses = || counter("orderflow_cache_misses_total", "layer=\"l1\"");
     let misses_before = l1_misses();
-    let order = contract::given_order(
-        &(store.clone() as Arc<dyn Store>),
-        shopper.id,
-        &[(&products[1], 1)],
-    )
-    .await;
-    let mut tx = store.begin().await.unwrap();
-    tx.reserve_stock(order.id, &[(products[1].id, 1)])
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
-    catalogs[0].products_changed(&[products[1].id]).await;
+    reserve_and_announce(1).await;
     for catalog in &catalogs[1..] {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
+        eventually("the list kept the old stock", async || {
             let page = catalog.list(None, Some(100)).await.unwrap();
+            assert_eq!(page.items.len(), products.len(), "{page:?}");
             let listed = page.items.iter().find(|p| p.id == products[1].id).unwrap();
-            if (listed.stock, listed.version) == (5, 3) {
-                assert_eq!(page.items.len(), products.len(), "{page:?}");
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the list kept the old stock: {listed:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            (listed.stock, listed.version) == (5, 3)
+        })
+        .await;
     }
     assert_eq!(queries("list_products"), pages_before, "no page query");
     assert_eq!(l1_misses(), misses_before, "the announced value is stored");

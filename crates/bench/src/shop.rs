@@ -54,23 +54,26 @@ impl Shop {
         format!("{}{}", self.base, path)
     }
 
+    /// `GET path` (as `token`'s user when given), a success expected: the
+    /// JSON body.
+    async fn get_json(&self, path: &str, token: Option<&str>) -> Result<Value, BenchError> {
+        let mut request = self.http.get(self.url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        Ok(request.send().await?.error_for_status()?.json().await?)
+    }
+
     /// Every product id, in catalog order.
     pub async fn product_ids(&self) -> Result<Vec<uuid::Uuid>, BenchError> {
         let mut ids = Vec::new();
         let mut cursor: Option<String> = None;
         loop {
-            let mut url = self.url("/api/v1/products?limit=100");
+            let mut path = "/api/v1/products?limit=100".to_owned();
             if let Some(c) = &cursor {
-                url.push_str(&format!("&cursor={c}"));
+                path.push_str(&format!("&cursor={c}"));
             }
-            let page: Value = self
-                .http
-                .get(url)
-                .send()
-                .await?
-                .error_for_status()?
-                .json()
-                .await?;
+            let page = self.get_json(&path, None).await?;
             for item in page["items"].as_array().into_iter().flatten() {
                 if let Some(id) = item["id"].as_str().and_then(|s| s.parse().ok()) {
                     ids.push(id);
@@ -172,15 +175,7 @@ impl Shop {
 
     /// The caller's loyalty points (`/me/points`).
     pub async fn points(&self, token: &str) -> Result<i64, BenchError> {
-        let view: Value = self
-            .http
-            .get(self.url("/api/v1/me/points"))
-            .bearer_auth(token)
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
+        let view = self.get_json("/api/v1/me/points", Some(token)).await?;
         view["points"]
             .as_i64()
             .ok_or_else(|| BenchError::Setup("/me/points answered without points".into()))
@@ -210,18 +205,11 @@ impl Shop {
         product_id: uuid::Uuid,
         change: impl FnOnce(&mut Value),
     ) -> Result<(), BenchError> {
-        let url = self.url(&format!("/api/v1/products/{product_id}"));
-        let mut product: Value = self
-            .http
-            .get(&url)
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
+        let path = format!("/api/v1/products/{product_id}");
+        let mut product = self.get_json(&path, None).await?;
         change(&mut product);
         self.http
-            .put(&url)
+            .put(self.url(&path))
             .bearer_auth(admin_token)
             .json(&json!({
                 "sku": product["sku"], "name": product["name"], "price_cents": product["price_cents"],
@@ -235,13 +223,8 @@ impl Shop {
 
     /// `GET /products/{id}`: the version it showed.
     pub async fn product_version(&self, product_id: uuid::Uuid) -> Result<i64, BenchError> {
-        let product: Value = self
-            .http
-            .get(self.url(&format!("/api/v1/products/{product_id}")))
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
+        let product = self
+            .get_json(&format!("/api/v1/products/{product_id}"), None)
             .await?;
         product["version"]
             .as_i64()
@@ -251,13 +234,8 @@ impl Shop {
     /// The first page of the product list (`limit` items): each item's id
     /// and the version the page showed.
     pub async fn page_versions(&self, limit: usize) -> Result<Vec<(uuid::Uuid, i64)>, BenchError> {
-        let page: Value = self
-            .http
-            .get(self.url(&format!("/api/v1/products?limit={limit}")))
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
+        let page = self
+            .get_json(&format!("/api/v1/products?limit={limit}"), None)
             .await?;
         Ok(page["items"]
             .as_array()
@@ -271,27 +249,13 @@ impl Shop {
     }
 
     pub async fn get_order(&self, token: &str, id: uuid::Uuid) -> Result<Value, BenchError> {
-        Ok(self
-            .http
-            .get(self.url(&format!("/api/v1/orders/{id}")))
-            .bearer_auth(token)
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?)
+        self.get_json(&format!("/api/v1/orders/{id}"), Some(token))
+            .await
     }
 
     pub async fn notifications(&self, token: &str) -> Result<Value, BenchError> {
-        Ok(self
-            .http
-            .get(self.url("/api/v1/me/notifications?limit=200"))
-            .bearer_auth(token)
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?)
+        self.get_json("/api/v1/me/notifications?limit=200", Some(token))
+            .await
     }
 
     /// An admin's access token.
@@ -313,14 +277,8 @@ impl Shop {
 
     /// Events not yet handled, summed over every consumer group (admin only).
     pub async fn total_lag(&self, admin_token: &str) -> Result<i64, BenchError> {
-        let consumers: Value = self
-            .http
-            .get(self.url("/api/v1/admin/consumers"))
-            .bearer_auth(admin_token)
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
+        let consumers = self
+            .get_json("/api/v1/admin/consumers", Some(admin_token))
             .await?;
         Ok(consumers["groups"]
             .as_array()

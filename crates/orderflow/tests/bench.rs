@@ -2,47 +2,66 @@
 //! architectures started as child processes, every report field present and
 //! plausible, the JSON and the plots written.
 
+use std::path::Path;
 use std::process::Command;
 
-#[test]
-fn a_short_bench_run_reports_every_field_and_writes_plots() {
+/// Runs `orderflow bench ARGS --out DIR` to completion and checks that it
+/// succeeded: its stdout, its report.json and the dir (kept for the plots).
+fn bench(args: &[&str]) -> (String, serde_json::Value, tempfile::TempDir) {
     let out = tempfile::tempdir().unwrap();
     let output = Command::new(env!("CARGO_BIN_EXE_orderflow"))
-        .args([
-            "bench",
-            "--duration-secs",
-            "2",
-            "--warmup-secs",
-            "1",
-            "--users",
-            "2",
-            "--shoppers",
-            "3",
-            "--follow-orders",
-            "3",
-            "--fail-secs",
-            "2",
-            "--fail",
-            "sms=0.5",
-            "--browse-percent",
-            "80",
-            // Wait for the consumers to finish everything (bounded), so the
-            // followed orders have their confirmation and e-mail whatever the
-            // machine's speed; the figures themselves are not asserted.
-            "--drain-timeout-secs",
-            "240",
-            "--out",
-        ])
+        .arg("bench")
+        .args(args)
+        .arg("--out")
         .arg(out.path())
         .env("RUST_LOG", "warn")
         .output()
         .expect("orderflow bench runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(
         output.status.success(),
-        "bench failed:\n{stdout}\n{}",
+        "orderflow bench {args:?} failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
+    let report =
+        serde_json::from_slice(&std::fs::read(out.path().join("report.json")).unwrap()).unwrap();
+    (stdout, report, out)
+}
+
+/// The plot `name` in `out` is a PNG with something drawn in it.
+fn assert_png(out: &Path, name: &str) {
+    let bytes = std::fs::read(out.join(name)).unwrap();
+    assert!(
+        bytes.starts_with(b"\x89PNG") && bytes.len() > 1_000,
+        "{name}"
+    );
+}
+
+#[test]
+fn a_short_bench_run_reports_every_field_and_writes_plots() {
+    let (stdout, report, out) = bench(&[
+        "--duration-secs",
+        "2",
+        "--warmup-secs",
+        "1",
+        "--users",
+        "2",
+        "--shoppers",
+        "3",
+        "--follow-orders",
+        "3",
+        "--fail-secs",
+        "2",
+        "--fail",
+        "sms=0.5",
+        "--browse-percent",
+        "80",
+        // Wait for the consumers to finish everything (bounded), so the
+        // followed orders have their confirmation and e-mail whatever the
+        // machine's speed; the figures themselves are not asserted.
+        "--drain-timeout-secs",
+        "240",
+    ]);
     for metric in [
         "response time p99",
         "throughput",
@@ -52,8 +71,6 @@ fn a_short_bench_run_reports_every_field_and_writes_plots() {
         assert!(stdout.contains(metric), "the table has {metric}:\n{stdout}");
     }
 
-    let report: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out.path().join("report.json")).unwrap()).unwrap();
     let architectures = report["architectures"].as_array().unwrap();
     assert_eq!(architectures.len(), 2);
     let (v1, v2) = (&architectures[0], &architectures[1]);
@@ -121,15 +138,9 @@ fn a_short_bench_run_reports_every_field_and_writes_plots() {
         "{v2}"
     );
 
-    for plot in ["latency-percentiles.svg", "latency-percentiles.png"] {
-        let bytes = std::fs::read(out.path().join(plot)).unwrap();
-        assert!(bytes.len() > 1_000, "{plot} has content");
-    }
-    assert!(
-        std::fs::read(out.path().join("latency-percentiles.png"))
-            .unwrap()
-            .starts_with(b"\x89PNG")
-    );
+    let svg = std::fs::read(out.path().join("latency-percentiles.svg")).unwrap();
+    assert!(svg.len() > 1_000, "the SVG has content");
+    assert_png(out.path(), "latency-percentiles.png");
 }
 
 /// `--sustained` on v2 with a tiny ladder: every step is reported with its
@@ -137,35 +148,19 @@ fn a_short_bench_run_reports_every_field_and_writes_plots() {
 /// with the steps, and the plots are written.
 #[test]
 fn a_short_sustained_run_reports_every_step() {
-    let out = tempfile::tempdir().unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_orderflow"))
-        .args([
-            "bench",
-            "--sustained",
-            "--architectures",
-            "v2",
-            "--sustained-rates",
-            "5,10",
-            "--sustained-step-secs",
-            "2",
-            "--shoppers",
-            "4",
-            "--out",
-        ])
-        .arg(out.path())
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("orderflow bench --sustained runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "bench --sustained failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let (stdout, report, out) = bench(&[
+        "--sustained",
+        "--architectures",
+        "v2",
+        "--sustained-rates",
+        "5,10",
+        "--sustained-step-secs",
+        "2",
+        "--shoppers",
+        "4",
+    ]);
     assert!(stdout.contains("highest order rate held"), "{stdout}");
 
-    let report: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out.path().join("report.json")).unwrap()).unwrap();
     let sustained = report["sustained"].as_array().expect("a sustained section");
     assert_eq!(sustained.len(), 1);
     let v2 = &sustained[0];
@@ -198,11 +193,7 @@ fn a_short_sustained_run_reports_every_step() {
         .last();
     assert_eq!(v2["max_held_rps"].as_f64(), highest_held, "{v2}");
     for plot in ["sustained-confirm-p99.png", "sustained-lag.png"] {
-        let bytes = std::fs::read(out.path().join(plot)).unwrap();
-        assert!(
-            bytes.starts_with(b"\x89PNG") && bytes.len() > 1_000,
-            "{plot}"
-        );
+        assert_png(out.path(), plot);
     }
 }
 
@@ -212,33 +203,17 @@ fn a_short_sustained_run_reports_every_step() {
 /// listener, the table is printed and the plot written.
 #[test]
 fn a_short_read_ceiling_run_measures_three_servers() {
-    let out = tempfile::tempdir().unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_orderflow"))
-        .args([
-            "bench",
-            "--read-ceiling",
-            "--users",
-            "4",
-            "--duration-secs",
-            "1",
-            "--warmup-secs",
-            "1",
-            "--out",
-        ])
-        .arg(out.path())
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("orderflow bench --read-ceiling runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "bench --read-ceiling failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let (stdout, report, out) = bench(&[
+        "--read-ceiling",
+        "--users",
+        "4",
+        "--duration-secs",
+        "1",
+        "--warmup-secs",
+        "1",
+    ]);
     assert!(stdout.contains("read ceiling: 4 connections"), "{stdout}");
 
-    let report: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out.path().join("report.json")).unwrap()).unwrap();
     let ceiling = &report["ceiling"];
     let rows = ceiling["rows"].as_array().expect("a ceiling section");
     let names: Vec<&str> = rows.iter().filter_map(|r| r["name"].as_str()).collect();
@@ -260,8 +235,7 @@ fn a_short_read_ceiling_run_measures_three_servers() {
         "{ceiling}"
     );
     assert!(ceiling["body_bytes"].as_u64().unwrap() > 50, "{ceiling}");
-    let bytes = std::fs::read(out.path().join("read-ceiling.png")).unwrap();
-    assert!(bytes.starts_with(b"\x89PNG") && bytes.len() > 1_000);
+    assert_png(out.path(), "read-ceiling.png");
 }
 
 /// `--staleness`: both setups (one `serve`; `serve` + `api` on Redis) read,
@@ -270,40 +244,24 @@ fn a_short_read_ceiling_run_measures_three_servers() {
 /// written. How stale the reads were is a measurement, not asserted here.
 #[test]
 fn a_short_staleness_run_judges_every_read_of_both_setups() {
-    let out = tempfile::tempdir().unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_orderflow"))
-        .args([
-            "bench",
-            "--staleness",
-            "--users",
-            "4",
-            "--rate",
-            "20",
-            "--shoppers",
-            "3",
-            "--duration-secs",
-            "2",
-            "--warmup-secs",
-            "1",
-            "--out",
-        ])
-        .arg(out.path())
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("orderflow bench --staleness runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "bench --staleness failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let (stdout, report, out) = bench(&[
+        "--staleness",
+        "--users",
+        "4",
+        "--rate",
+        "20",
+        "--shoppers",
+        "3",
+        "--duration-secs",
+        "2",
+        "--warmup-secs",
+        "1",
+    ]);
     assert!(
         stdout.contains("staleness: 4 readers, 20 orders/s"),
         "{stdout}"
     );
 
-    let report: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out.path().join("report.json")).unwrap()).unwrap();
     let run = &report["staleness"];
     let scenarios = run["scenarios"].as_array().expect("a staleness section");
     let names: Vec<&str> = scenarios
@@ -350,6 +308,5 @@ fn a_short_staleness_run_judges_every_read_of_both_setups() {
         let ratio = scenario["served_without_database"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&ratio), "{scenario}");
     }
-    let bytes = std::fs::read(out.path().join("staleness.png")).unwrap();
-    assert!(bytes.starts_with(b"\x89PNG") && bytes.len() > 1_000);
+    assert_png(out.path(), "staleness.png");
 }
