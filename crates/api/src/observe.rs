@@ -21,6 +21,8 @@ use crate::problem::{ApiError, PROBLEM_JSON, problem_response, status_problem};
 
 /// The span, metrics and trace context of every request.
 ///
+/// - The outermost layer, so it sees every answer as sent (a time-out, a
+///   caught panic's 500); an answer of 500 or more is logged at `error`.
 /// - Metrics by route template (never the raw path, so ids do not explode
 ///   the label set), method, status and status class (`2xx`…), a latency
 ///   histogram (100 µs to 10 s buckets, see the binary's telemetry) and the
@@ -69,6 +71,12 @@ pub async fn track_requests(mut request: Request, next: Next) -> Response {
     span.record("http.response.status_code", status.as_u16());
     if status.is_server_error() {
         span.record("otel.status_code", "ERROR");
+        let _inside = span.enter();
+        tracing::error!(
+            status = status.as_u16(),
+            latency_ms = started.elapsed().as_secs_f64() * 1e3,
+            "request failed"
+        );
     }
     let handles = RouteMetrics::handles(&method, &route, status.as_u16());
     handles.requests.increment(1);

@@ -65,7 +65,7 @@ impl Drop for Telemetry {
 pub fn init(format: LogFormat, role: &str) -> Telemetry {
     let filter = || {
         EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,tower_http=info,hyper=warn"))
+            .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,hyper=warn"))
     };
     let tracer_provider = match otlp_tracer_provider(role) {
         Ok(provider) => provider,

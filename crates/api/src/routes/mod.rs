@@ -12,7 +12,6 @@ use axum::routing::{get, post};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
-use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
@@ -59,7 +58,6 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             rate_limit,
         ))
-        .layer(axum::middleware::from_fn(track_requests))
         .layer(RequestBodyLimitLayer::new(limits.max_body_bytes))
         .layer(TimeoutLayer::with_status_code(
             axum::http::StatusCode::REQUEST_TIMEOUT,
@@ -67,6 +65,8 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(axum::middleware::from_fn(problem_fallback))
         .layer(CatchPanicLayer::new())
-        .layer(TraceLayer::new_for_http())
+        // Outermost, so every answer is measured and logged as sent: time-outs
+        // (408), the problem fallback's answers and a panic's 500 included.
+        .layer(axum::middleware::from_fn(track_requests))
         .with_state(state)
 }

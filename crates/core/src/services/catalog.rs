@@ -83,6 +83,7 @@ use moka::ops::compute::{CompResult, Op};
 use orderflow_domain::ProductId;
 use orderflow_domain::product::{Product, ProductDraft};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::CoreError;
 use crate::ports::cache::{CacheError, CacheEvent, SharedCache, Subscription, Versioned};
@@ -800,7 +801,10 @@ impl CatalogService {
     }
 
     /// One product, from the cache when it is on.
-    #[tracing::instrument(name = "cache.get", skip(self), fields(cache.kind = "product", cache.hit = tracing::field::Empty))]
+    ///
+    /// A hit has no span of its own (a span costs more than the L1 lookup,
+    /// on the hottest path of the API); a miss is a `cache.load` span with
+    /// the load under it, so a trace shows where a slow read waited.
     pub async fn product(&self, id: ProductId) -> Result<Option<Product>, CoreError> {
         let Some(l1) = self.usable_l1() else {
             return Ok(self.layers.store.product(id).await?);
@@ -810,14 +814,16 @@ impl CatalogService {
         {
             metrics::counter!("orderflow_cache_hits_total", "layer" => "l1", "kind" => "product")
                 .increment(1);
-            tracing::Span::current().record("cache.hit", true);
             self.layers.maybe_refresh_ahead(id, &entry);
             return Ok(answer.map(|p| (*p).clone()));
         }
         metrics::counter!("orderflow_cache_misses_total", "layer" => "l1", "kind" => "product")
             .increment(1);
-        tracing::Span::current().record("cache.hit", false);
-        let slot = self.layers.load_into_l1(l1, id).await?;
+        let slot = self
+            .layers
+            .load_into_l1(l1, id)
+            .instrument(tracing::info_span!("cache.load", cache.kind = "product", product.id = %id))
+            .await?;
         Ok(match slot {
             Slot::Found(product) => Some((*product).clone()),
             Slot::Missing => None,
@@ -840,8 +846,8 @@ impl CatalogService {
         Ok(found)
     }
 
-    /// A page of products ordered by id, after `cursor`.
-    #[tracing::instrument(name = "cache.get", skip(self), fields(cache.kind = "page"))]
+    /// A page of products ordered by id, after `cursor`. Spans as
+    /// [`product`](Self::product): only a load has one.
     pub async fn list(
         &self,
         cursor: Option<ProductId>,
@@ -866,7 +872,10 @@ impl CatalogService {
         }
         metrics::counter!("orderflow_cache_misses_total", "layer" => "l1", "kind" => "page")
             .increment(1);
-        let page = self.load_page(cursor, limit).await?;
+        let page = self
+            .load_page(cursor, limit)
+            .instrument(tracing::info_span!("cache.load", cache.kind = "page"))
+            .await?;
         // Each product read is a versioned entry like any other: offered to
         // L1, kept only where nothing newer is there.
         for product in &page.items {
