@@ -2,6 +2,7 @@
 //! events carry on), the `/metrics` endpoint, the problem fallback and the
 //! rate-limit middleware.
 
+use std::fmt::Write as _;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
@@ -259,7 +260,7 @@ pub async fn rate_limit(
     let Some(ip) = client_ip(request.extensions()) else {
         return next.run(request).await;
     };
-    let ip = ip.to_string();
+    let ip_key = format!("ip:{ip}");
     let group = group_of(request.method(), request.uri().path());
     let per_ip = if group == Some("login") || group == Some("auth") {
         state.rate_limits.auth.as_ref()
@@ -268,12 +269,12 @@ pub async fn rate_limit(
     };
     let mut checks: Vec<(&RatePolicy, String)> = Vec::new();
     if let Some(policy) = per_ip {
-        checks.push((policy, format!("ip:{ip}")));
+        checks.push((policy, ip_key.clone()));
     }
     if let Some(route) = group.and_then(|g| state.rate_limits.routes.iter().find(|r| r.group == g))
     {
         let key = match route.scope {
-            Scope::Ip => format!("ip:{ip}"),
+            Scope::Ip => ip_key,
             Scope::User => match caller(&state, request.headers()).await {
                 Some(principal) => {
                     let key = format!("user:{}", principal.user_id);
@@ -281,7 +282,7 @@ pub async fn rate_limit(
                     request.extensions_mut().insert(principal);
                     key
                 }
-                None => format!("ip:{ip}"),
+                None => ip_key,
             },
         };
         checks.push((&route.policy, key));
@@ -290,25 +291,27 @@ pub async fn rate_limit(
         return next.run(request).await;
     }
 
-    let mut policies = Vec::with_capacity(checks.len());
-    let mut states = Vec::with_capacity(checks.len());
+    // The two headers' lists, written as the checks go (one buffer each).
+    let (mut policies, mut states) = (String::new(), String::new());
     let mut refused: Option<(String, std::time::Duration)> = None;
     let mut delay = std::time::Duration::ZERO;
     for (policy, key) in checks {
         let decision = state.limiter.check(policy, &key).await;
         let (limit, window) = policy.quota();
-        policies.push(format!(
-            "\"{}\";q={};w={}",
+        let separator = if policies.is_empty() { "" } else { ", " };
+        let _ = write!(
+            policies,
+            "{separator}\"{}\";q={limit};w={}",
             policy.name,
-            limit,
             window.as_secs().max(1)
-        ));
-        states.push(format!(
-            "\"{}\";r={};t={}",
+        );
+        let _ = write!(
+            states,
+            "{separator}\"{}\";r={};t={}",
             policy.name,
             decision.remaining,
             decision.reset_after.as_secs_f64().ceil() as u64
-        ));
+        );
         if decision.allowed {
             delay = delay.max(decision.delay);
         } else {
@@ -338,8 +341,8 @@ pub async fn rate_limit(
         }
     };
     if let (Ok(p), Ok(s)) = (
-        HeaderValue::from_str(&policies.join(", ")),
-        HeaderValue::from_str(&states.join(", ")),
+        HeaderValue::try_from(policies),
+        HeaderValue::try_from(states),
     ) {
         response.headers_mut().insert("ratelimit-policy", p);
         response.headers_mut().insert("ratelimit", s);
