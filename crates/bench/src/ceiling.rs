@@ -15,6 +15,12 @@
 //!   exact bytes (a child process, `orderflow bench --bare-listener`), the
 //!   ceiling of this machine, runtime and HTTP library.
 //!
+//! Beside the throughput, the CPU time the answering process used per
+//! answered request (user + system, from `/proc/PID/stat`): on a small
+//! machine that also runs the load generator, throughput moves with
+//! whatever else runs, while the work a request costs the server moves
+//! much less, so it is what shows a change of a few percent.
+//!
 //! The load generator is a lean HTTP/1.1 client (one hyper connection per
 //! user, no pool, no redirects), so it costs the server's cores as little
 //! as possible; on a small machine it still shares them, which is why the
@@ -53,6 +59,9 @@ pub struct CeilingRow {
     pub name: &'static str,
     pub url: String,
     pub requests_per_sec: Vec<f64>,
+    /// CPU microseconds the answering process used per answered request,
+    /// per round (`None` where `/proc` could not be read).
+    pub cpu_us_per_request: Vec<Option<f64>>,
     /// Answers other than 200 (and failed requests), over all rounds.
     pub errors: u64,
 }
@@ -60,6 +69,15 @@ pub struct CeilingRow {
 impl CeilingRow {
     pub fn best(&self) -> f64 {
         self.requests_per_sec.iter().copied().fold(0.0, f64::max)
+    }
+
+    /// The cheapest round's CPU per request.
+    pub fn cpu_us_best(&self) -> Option<f64> {
+        self.cpu_us_per_request
+            .iter()
+            .flatten()
+            .copied()
+            .reduce(f64::min)
     }
 }
 
@@ -87,7 +105,14 @@ impl CeilingRun {
     pub fn table(&self) -> String {
         let mut header = vec!["server".to_owned()];
         header.extend((1..=ROUNDS).map(|r| format!("round {r}")));
-        header.extend(["best".to_owned(), "of bare".to_owned(), "errors".to_owned()]);
+        header.extend([
+            "best".to_owned(),
+            "of bare".to_owned(),
+            "CPU per request".to_owned(),
+            "× bare".to_owned(),
+            "errors".to_owned(),
+        ]);
+        let bare_cpu = self.row(BARE).and_then(CeilingRow::cpu_us_best);
         let rows: Vec<Vec<String>> = self
             .rows
             .iter()
@@ -99,6 +124,12 @@ impl CeilingRun {
                     self.share_of_bare(row.name)
                         .map_or_else(|| "n/a".to_owned(), |s| format!("{:.0}%", s * 100.0)),
                 );
+                let cpu = row.cpu_us_best();
+                cells.push(cpu.map_or_else(|| "n/a".to_owned(), |us| format!("{us:.1} µs")));
+                cells.push(match (cpu, bare_cpu) {
+                    (Some(us), Some(bare)) if bare > 0.0 => format!("{:.2}", us / bare),
+                    _ => "n/a".to_owned(),
+                });
                 cells.push(row.errors.to_string());
                 cells
             })
@@ -147,29 +178,41 @@ pub async fn run(args: &BenchArgs, binary: &Path) -> Result<CeilingRun, BenchErr
         ("healthz", format!("{base}/healthz")),
         (BARE, bare.url.clone()),
     ];
+    // Which process answers each row.
+    let pids = [server.pid(), server.pid(), bare.child.id()];
     let mut rows: Vec<CeilingRow> = targets
         .iter()
         .map(|(name, url)| CeilingRow {
             name,
             url: url.clone(),
             requests_per_sec: Vec::new(),
+            cpu_us_per_request: Vec::new(),
             errors: 0,
         })
         .collect();
     let duration = Duration::from_secs(args.duration_secs.max(1));
     let warmup = Duration::from_secs(args.warmup_secs.min(args.duration_secs).max(1));
     for round in 1..=ROUNDS {
-        for row in &mut rows {
+        for (row, pid) in rows.iter_mut().zip(pids) {
             let bar = spinner(&format!("round {round}: {} ({})", row.name, row.url));
             closed_loop(&row.url, args.users, warmup).await?;
+            let cpu_before = pid.and_then(cpu_time);
             let (ok, errors) = closed_loop(&row.url, args.users, duration).await?;
+            let cpu = match (cpu_before, pid.and_then(cpu_time)) {
+                (Some(before), Some(after)) if ok > 0 => {
+                    Some((after - before).as_secs_f64() * 1e6 / ok as f64)
+                }
+                _ => None,
+            };
             bar.finish_and_clear();
             let rate = ok as f64 / duration.as_secs_f64();
             println!(
-                "  round {round}: {:<13} {rate:>9.0} req/s ({errors} errors)",
-                row.name
+                "  round {round}: {:<13} {rate:>9.0} req/s, {} CPU per request ({errors} errors)",
+                row.name,
+                cpu.map_or_else(|| "n/a".to_owned(), |us| format!("{us:.1} µs"))
             );
             row.requests_per_sec.push(rate);
+            row.cpu_us_per_request.push(cpu);
             row.errors += errors;
         }
     }
@@ -199,6 +242,19 @@ async fn a_product(base: &str) -> Result<(String, Bytes), BenchError> {
         .await
         .map_err(|e| BenchError::Setup(format!("reading {url}: {e}")))?;
     Ok((url, body))
+}
+
+/// The CPU time (user + system) process `pid` has used so far; `None` where
+/// `/proc` cannot tell (another OS, a process gone).
+fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = procfs::process::Process::new(i32::try_from(pid).ok()?)
+        .ok()?
+        .stat()
+        .ok()?;
+    let ticks = stat.utime + stat.stime;
+    Some(Duration::from_secs_f64(
+        ticks as f64 / procfs::ticks_per_second() as f64,
+    ))
 }
 
 /// `users` connections, each sending its next GET when the last answered,

@@ -285,6 +285,11 @@ impl Server {
         }
     }
 
+    /// The process id of a server the bench started.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+
     /// Where the server keeps its data (None for an external server).
     pub fn data_dir(&self) -> Option<PathBuf> {
         self.data_path.clone()

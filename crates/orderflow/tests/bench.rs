@@ -226,6 +226,12 @@ fn a_short_read_ceiling_run_measures_three_servers() {
             "every round answered: {row}"
         );
         assert_eq!(row["errors"].as_u64(), Some(0), "{row}");
+        let cpu = row["cpu_us_per_request"].as_array().unwrap();
+        assert_eq!(cpu.len(), 2, "{row}");
+        assert!(
+            cpu.iter().all(|us| us.as_f64().is_some_and(|us| us > 0.0)),
+            "every round's CPU per request was read: {row}"
+        );
     }
     assert!(
         rows[0]["url"]
