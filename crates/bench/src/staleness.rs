@@ -280,12 +280,9 @@ fn behind(references: &[Reference], shown: &Shown) -> Option<Behind> {
 }
 
 /// The server's database file, read-only, for the reference reader.
-async fn reference_pool(server: &Server) -> Result<SqlitePool, BenchError> {
-    let dir = server
-        .data_dir()
-        .ok_or_else(|| BenchError::Setup("staleness needs a server the bench started".into()))?;
+async fn reference_pool(database: &Path) -> Result<SqlitePool, BenchError> {
     let options = SqliteConnectOptions::new()
-        .filename(dir.join("orderflow.db"))
+        .filename(database)
         .read_only(true);
     SqlitePoolOptions::new()
         .max_connections(1)
@@ -381,12 +378,27 @@ async fn measure(
         .collect();
     let start = Instant::now();
     let stop_reference = Arc::new(AtomicBool::new(false));
-    let reference = tokio::spawn(reference_reader(
-        reference_pool(first).await?,
-        hot.clone(),
-        start,
-        stop_reference.clone(),
-    ));
+    // On a thread and runtime of its own: on the bench's runtime it would
+    // queue behind the readers' tasks, and its gaps widen the bounds.
+    let database = first
+        .data_dir()
+        .ok_or_else(|| BenchError::Setup("staleness needs a server the bench started".into()))?
+        .join("orderflow.db");
+    let reference = {
+        let (hot, stop) = (hot.clone(), stop_reference.clone());
+        std::thread::Builder::new()
+            .name("staleness-reference".into())
+            .spawn(move || {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| BenchError::Setup(format!("the reference reader's runtime: {e}")))?
+                    .block_on(async {
+                        reference_reader(reference_pool(&database).await?, hot, start, stop).await
+                    })
+            })
+            .map_err(|e| BenchError::Setup(format!("starting the reference reader: {e}")))?
+    };
 
     let warmup = Duration::from_secs(args.warmup_secs);
     let measured = Duration::from_secs(args.duration_secs.max(1));
@@ -524,9 +536,10 @@ async fn measure(
     // any) are bounded too.
     tokio::time::sleep(PROBE_EVERY * 4).await;
     stop_reference.store(true, Ordering::Relaxed);
-    let references = reference
+    let references = tokio::task::spawn_blocking(move || reference.join())
         .await
-        .map_err(|e| BenchError::Setup(e.to_string()))??;
+        .map_err(|e| BenchError::Setup(e.to_string()))?
+        .map_err(|_| BenchError::Setup("the reference reader panicked".into()))??;
     bar.finish_and_clear();
 
     let measured_from = warmup;
