@@ -321,8 +321,6 @@ async fn the_cache_reports_redis_down_and_recovers_with_its_subscriptions() {
 
 static METRICS: OnceLock<PrometheusHandle> = OnceLock::new();
 
-/// `orderflow_db_queries_total{op="product"}` in this test process. Only the
-/// catalog test below reads products, so nothing else moves it.
 /// Waits until `check` holds; fails with `what` after 5 s (pub/sub
 /// delivery to another catalog is asynchronous).
 async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
@@ -333,6 +331,8 @@ async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
     }
 }
 
+/// `orderflow_db_queries_total{op="product"}` in this test process. Only the
+/// catalog test below reads products, so nothing else moves it.
 fn product_queries() -> f64 {
     queries("product")
 }
