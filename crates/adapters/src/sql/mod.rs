@@ -399,7 +399,7 @@ pub trait WriteTx: DerefMut + Send + Sized {
     /// Commits, then runs `committed` before anyone else may write: on
     /// SQLite, still holding the one writer, so what it records about the
     /// commit is recorded in commit order.
-    async fn commit_then<F: FnOnce() + Send>(self, committed: F) -> StoreResult<()> {
+    async fn commit_then<F: FnOnce() + Send + 'static>(self, committed: F) -> StoreResult<()> {
         self.commit().await?;
         committed();
         Ok(())

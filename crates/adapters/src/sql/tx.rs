@@ -806,9 +806,17 @@ impl<E: Engine> StoreTx for SqlTx<E> {
         } = *self;
         let (appended, events) = appended.into_parts();
         // The tail takes the events in commit order: still under the writer.
-        match &engine.core().tail {
-            Some(tail) if !events.is_empty() => write.commit_then(|| tail.add(events)).await?,
-            _ => write.commit().await?,
+        if engine.core().tail.is_some() && !events.is_empty() {
+            let engine = engine.clone();
+            write
+                .commit_then(move || {
+                    if let Some(tail) = &engine.core().tail {
+                        tail.add(events);
+                    }
+                })
+                .await?;
+        } else {
+            write.commit().await?;
         }
         // Outbox rows are published (and counted) by the relay, once the
         // broker has them; events in the embedded log are published now.

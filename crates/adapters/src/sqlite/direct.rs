@@ -37,7 +37,7 @@ use rusqlite::types::{ToSqlOutput, Value};
 use rusqlite::{OpenFlags, ToSql};
 use tokio::sync::OwnedMutexGuard;
 
-use super::writer::{WritePriority, WriterQueue, WriterTurn};
+use super::writer::{Chain, WritePriority, WriterQueue, WriterTurn};
 use super::{BUSY_TIMEOUT, Stored, unique_columns};
 use crate::sql::{Arg, Dialect, Exec, SqlRow, Stmt, WriteTx, count};
 
@@ -361,30 +361,100 @@ impl std::ops::DerefMut for WriteLease {
     }
 }
 
-/// A write transaction (`BEGIN IMMEDIATE`) on the held writer connection.
-/// Dropped without [`WriteTx::commit`], it rolls back at once.
+/// A write transaction on the held writer connection: `BEGIN IMMEDIATE`,
+/// or, for a background write handed an open [`Chain`], a savepoint of the
+/// chain's transaction. Dropped without [`WriteTx::commit`], it rolls back
+/// at once (a chained one only its savepoint, and carries the chain on).
 pub struct Writer {
-    lease: WriteLease,
+    /// `None` once handed on with the chain.
+    lease: Option<WriteLease>,
     open: bool,
+    /// A background write's chain: the one it was handed, or the one it
+    /// starts. Requests commit alone.
+    chain: Option<Chain>,
+    /// Continues a chain another writer began (inside a savepoint).
+    joined: bool,
 }
 
+/// The savepoint a chained transaction writes in.
+const CHAINED: &str = "orderflow_chained";
+
 impl Writer {
+    /// Begins a transaction of its own; a background one starts a chain
+    /// others may join.
     pub(crate) fn begin(mut lease: WriteLease) -> StoreResult<Self> {
         lease.control("begin", "BEGIN IMMEDIATE")?;
-        Ok(Self { lease, open: true })
+        let chain = (lease._turn.priority() == WritePriority::Background).then(Chain::new);
+        Ok(Self {
+            lease: Some(lease),
+            open: true,
+            chain,
+            joined: false,
+        })
+    }
+
+    /// Continues the open transaction of `chain`, in a savepoint.
+    pub(crate) fn join(mut lease: WriteLease, chain: Chain) -> StoreResult<Self> {
+        let joined = lease.control("savepoint", &format!("SAVEPOINT {CHAINED}"));
+        let mut writer = Self {
+            lease: Some(lease),
+            open: true,
+            chain: Some(chain),
+            joined: true,
+        };
+        if let Err(error) = joined {
+            // Nothing of ours to undo; the chain goes on without us.
+            writer.open = false;
+            writer.carry_on();
+            return Err(error);
+        }
+        Ok(writer)
+    }
+
+    fn lease(&mut self) -> &mut WriteLease {
+        self.lease
+            .as_mut()
+            .expect("held until committed or dropped")
+    }
+
+    /// Hands the chain (with the connection) to the next background writer
+    /// if it may continue it, else commits it; either way this writer is
+    /// done with the connection.
+    fn carry_on(&mut self) {
+        let (
+            Some(WriteLease {
+                conn,
+                _turn: mut turn,
+            }),
+            Some(mut chain),
+        ) = (self.lease.take(), self.chain.take())
+        else {
+            return;
+        };
+        chain.conn = Some(conn);
+        if let Err(mut chain) = turn.pass(chain) {
+            let mut conn = chain.conn.take().expect("put in above");
+            // Its result reaches every joined transaction.
+            let _ = chain.commit(&mut conn);
+            // The connection goes back before the turn passes on.
+            drop(conn);
+        }
+        drop(turn);
     }
 }
 
 impl std::ops::Deref for Writer {
     type Target = DirectConn;
     fn deref(&self) -> &DirectConn {
-        &self.lease
+        self.lease
+            .as_ref()
+            .expect("held until committed or dropped")
     }
 }
 
 impl std::ops::DerefMut for Writer {
     fn deref_mut(&mut self) -> &mut DirectConn {
-        &mut self.lease
+        self.lease()
     }
 }
 
@@ -394,25 +464,73 @@ impl WriteTx for Writer {
         self.commit_then(|| ()).await
     }
 
-    /// `committed` runs before the writer is handed on.
-    async fn commit_then<F: FnOnce() + Send>(mut self, committed: F) -> StoreResult<()> {
-        // A failed COMMIT (another process holding the database past the
-        // busy timeout) leaves the transaction open: the drop rolls it back.
-        self.lease.control("commit", "COMMIT")?;
+    /// `committed` runs before the writer is handed on (after the chain's
+    /// `COMMIT`, in the order the transactions joined, for a chained one).
+    async fn commit_then<F: FnOnce() + Send + 'static>(mut self, committed: F) -> StoreResult<()> {
+        let Some(mut chain) = self.chain.take() else {
+            // A failed COMMIT (another process holding the database past the
+            // busy timeout) leaves the transaction open: the drop rolls it back.
+            self.lease().control("commit", "COMMIT")?;
+            self.open = false;
+            committed();
+            return Ok(());
+        };
+        if self.joined
+            && let Err(error) = self
+                .lease()
+                .control("release", &format!("RELEASE SAVEPOINT {CHAINED}"))
+        {
+            self.chain = Some(chain);
+            return Err(error);
+        }
         self.open = false;
-        committed();
-        Ok(())
+        let done = chain.join(Box::new(committed));
+        self.chain = Some(chain);
+        self.carry_on();
+        done.await.unwrap_or_else(|_| {
+            Err(StoreError::Unavailable(
+                "the chained transaction was dropped before its commit".into(),
+            ))
+        })
+    }
+}
+
+impl DirectConn {
+    /// `COMMIT`, or `ROLLBACK` if it failed; the `COMMIT`'s result.
+    pub(crate) fn commit_or_roll_back(&mut self) -> StoreResult<()> {
+        let committed = self.control("commit", "COMMIT");
+        if committed.is_err() {
+            self.roll_back("ROLLBACK");
+        }
+        committed
+    }
+
+    fn roll_back(&mut self, sql: &str) {
+        if let Err(error) = self.0.execute_batch(sql) {
+            // SQLite rolls back by itself after some errors (a full disk);
+            // then there is nothing left to roll back.
+            tracing::debug!(%error, sql, "rolling back on the SQLite writer failed");
+        }
     }
 }
 
 impl Drop for Writer {
     fn drop(&mut self) {
-        if self.open
-            && let Err(error) = self.lease.0.execute_batch("ROLLBACK")
-        {
-            // SQLite rolls back by itself after some errors (a full disk);
-            // then there is nothing left to roll back.
-            tracing::debug!(%error, "rolling back the SQLite writer's transaction failed");
+        if !self.open {
+            return;
+        }
+        let joined = self.joined;
+        let Some(lease) = self.lease.as_mut() else {
+            return;
+        };
+        if joined {
+            lease.roll_back(&format!(
+                "ROLLBACK TO SAVEPOINT {CHAINED}; RELEASE SAVEPOINT {CHAINED}"
+            ));
+            self.carry_on();
+        } else {
+            // A chain this writer began has nobody in it yet.
+            lease.roll_back("ROLLBACK");
         }
     }
 }
@@ -559,5 +677,88 @@ impl DirectConn {
                 None
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use crate::sql::{Exec, WriteTx, stmt};
+    use crate::sqlite::SqliteStore;
+    use crate::sqlite::writer::WritePriority;
+
+    /// Background transactions queued behind a request commit in one chain:
+    /// the first begins the transaction, the others join it; one that is
+    /// dropped unfinished is undone alone, and the others' `committed`
+    /// steps run after the one `COMMIT`, in the order they joined.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn queued_background_transactions_commit_as_one_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("chain.db").display());
+        let store = SqliteStore::connect(&url, 2).await.unwrap();
+        let engine = store.engine.clone();
+        // A machine this busy may take long to wake the next writer.
+        engine.writer.set_chain_held_max(Duration::from_secs(60));
+        let mut setup = engine.begin_writer(WritePriority::Request).await.unwrap();
+        setup
+            .exec(stmt("test", "CREATE TABLE chained (x INTEGER)", ()))
+            .await
+            .unwrap();
+        setup.commit().await.unwrap();
+
+        let request = engine.begin_writer(WritePriority::Request).await.unwrap();
+        let committed = Arc::new(Mutex::new(Vec::new()));
+        let mut writers = Vec::new();
+        for x in 0..4_i64 {
+            let (queued, committed) = (engine.clone(), committed.clone());
+            writers.push(tokio::spawn(async move {
+                let mut w = queued.begin_writer(WritePriority::Background).await?;
+                let joined = w.joined;
+                w.exec(stmt("test", "INSERT INTO chained (x) VALUES ($1)", (x,)))
+                    .await?;
+                if x == 2 {
+                    drop(w); // failed: undone alone
+                    return Ok::<_, crate::sqlite::StoreError>((joined, false));
+                }
+                w.commit_then(move || committed.lock().unwrap().push(x))
+                    .await?;
+                Ok((joined, true))
+            }));
+            while engine.writer.waiting().1 <= x as usize {
+                tokio::task::yield_now().await;
+            }
+        }
+        request.commit().await.unwrap();
+        let mut outcomes = Vec::new();
+        for writer in writers {
+            outcomes.push(writer.await.unwrap().unwrap());
+        }
+        assert_eq!(
+            outcomes,
+            [(false, true), (true, true), (true, false), (true, true)],
+            "the first began the transaction, the others joined it"
+        );
+        assert_eq!(*committed.lock().unwrap(), [0, 1, 3]);
+        let rows = engine
+            .readers
+            .get()
+            .unwrap()
+            .query_all(stmt("test", "SELECT x FROM chained ORDER BY x", ()))
+            .await
+            .unwrap();
+        let xs: Vec<i64> = rows
+            .iter()
+            .map(|row| crate::sql::SqlRow::int(row, "x").unwrap())
+            .collect();
+        assert_eq!(xs, [0, 1, 3], "the dropped one's row is undone alone");
+        // The writer is free again.
+        let again = tokio::time::timeout(
+            Duration::from_secs(5),
+            engine.begin_writer(WritePriority::Request),
+        )
+        .await;
+        assert!(again.is_ok_and(|w| w.is_ok()), "the writer was lost");
     }
 }

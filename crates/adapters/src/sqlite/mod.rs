@@ -205,6 +205,10 @@ impl SqlStore<SqliteEngine> {
     }
 }
 
+fn writer_lock_timed_out() -> StoreError {
+    StoreError::Unavailable("timed out waiting for the database writer lock".into())
+}
+
 impl SqliteEngine {
     /// Waits for this process's writer lock, and takes the writer
     /// connection. Enough on its own for a write that is a single statement
@@ -213,9 +217,7 @@ impl SqliteEngine {
         self.check_open()?;
         let turn = tokio::time::timeout(WRITER_LOCK_TIMEOUT, self.writer.acquire(priority))
             .await
-            .map_err(|_| {
-                StoreError::Unavailable("timed out waiting for the database writer lock".into())
-            })?;
+            .map_err(|_| writer_lock_timed_out())?;
         // Free at once: whoever held it held the turn, and gave both back.
         let conn = self.writer_conn.clone().lock_owned().await;
         Ok(WriteLease { conn, _turn: turn })
@@ -230,8 +232,30 @@ impl SqliteEngine {
 
     /// Starts a write transaction: waits for this process's writer lock, then
     /// `BEGIN IMMEDIATE` (see the module docs for why both).
+    ///
+    /// A background transaction may instead be handed another's open
+    /// transaction to continue (see [`writer::Chain`]): then it writes in a
+    /// savepoint of that one, and commits with it.
     pub(crate) async fn begin_writer(&self, priority: WritePriority) -> StoreResult<Writer> {
-        Writer::begin(self.lease(priority).await?)
+        self.check_open()?;
+        let joins = priority == WritePriority::Background;
+        let (turn, handover) = tokio::time::timeout(
+            WRITER_LOCK_TIMEOUT,
+            self.writer.acquire_joining(priority, joins),
+        )
+        .await
+        .map_err(|_| writer_lock_timed_out())?;
+        match handover {
+            Some(mut chain) => {
+                let conn = chain.conn.take().expect("a chain carries the connection");
+                Writer::join(WriteLease { conn, _turn: turn }, chain)
+            }
+            None => {
+                // Free at once: whoever held it held the turn, and gave both back.
+                let conn = self.writer_conn.clone().lock_owned().await;
+                Writer::begin(WriteLease { conn, _turn: turn })
+            }
+        }
     }
 
     /// Makes sure every topic has its partitions in `log_partitions`, so lag

@@ -23,6 +23,11 @@
 //! could no longer take 1,000 orders a second in an open loop; at 40 ms the
 //! default bench's e-mails fell behind v1's again.
 //!
+//! Background write transactions queued together commit together: the one
+//! holding the writer hands its open transaction on instead of committing
+//! (a [`Chain`]; each joined one writes in a savepoint of it), within a
+//! bound on how long the chain holds the writer.
+//!
 //! Why hand-written: the priority locks on crates.io (async-priority-lock,
 //! priority-async-mutex) hand out guards that borrow the lock, while a
 //! [`super::Writer`] is a `'static` transaction that owns its turn. The
@@ -34,7 +39,10 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use tokio::sync::oneshot;
+use orderflow_core::ports::store::StoreError;
+use tokio::sync::{OwnedMutexGuard, oneshot};
+
+use super::direct::DirectConn;
 
 pub use crate::sql::WritePriority;
 
@@ -53,12 +61,13 @@ struct State {
     /// `None`: requests always go first.
     background_wait: Option<Duration>,
     held: bool,
-    requests: VecDeque<oneshot::Sender<()>>,
-    /// With the time each started waiting.
-    background: VecDeque<(Instant, oneshot::Sender<()>)>,
+    requests: VecDeque<oneshot::Sender<Handover>>,
+    background: VecDeque<BackgroundWaiter>,
     /// The last hand-over put an overdue background write ahead of a
     /// request: the next one serves the requests again.
     bumped: bool,
+    /// How long a [`Chain`] may hold the writer while no request waits.
+    chain_held_max: Duration,
 }
 
 impl Default for State {
@@ -69,7 +78,97 @@ impl Default for State {
             requests: VecDeque::new(),
             background: VecDeque::new(),
             bumped: false,
+            chain_held_max: Chain::MAX_HELD,
         }
+    }
+}
+
+/// A background write waiting for the writer.
+struct BackgroundWaiter {
+    since: Instant,
+    /// A write transaction that may continue a [`Chain`] (not a lone
+    /// statement or a checkpoint, which need a transaction of their own).
+    joins: bool,
+    sender: oneshot::Sender<Handover>,
+}
+
+/// What a waiter is handed with the writer: an open [`Chain`] to continue,
+/// or nothing (a fresh start).
+pub(crate) type Handover = Option<Chain>;
+
+/// Background write transactions joined into one SQLite transaction: each
+/// joined one wrote inside a savepoint of it and waits for its `COMMIT`.
+///
+/// Why: the consumer groups each commit small flushes all the time (under
+/// load, about four per order and two or three effects each), and a
+/// `COMMIT` is the dearest statement of a flush (it writes the pages the
+/// transaction changed to the WAL). When several background transactions
+/// are queued, the one holding the writer hands its open transaction to the
+/// next instead of committing; the last one commits for all. Each joined
+/// transaction is still its own unit: one that fails rolls back to its
+/// savepoint alone, and its neighbours commit.
+///
+/// The chain carries the writer connection from one holder to the next, so
+/// whoever holds the chain can always finish it.
+pub(crate) struct Chain {
+    started: Instant,
+    joined: Vec<Joined>,
+    pub(crate) conn: Option<OwnedMutexGuard<DirectConn>>,
+}
+
+/// A transaction of a [`Chain`] that finished its writes.
+struct Joined {
+    done: oneshot::Sender<Result<(), StoreError>>,
+    committed: Box<dyn FnOnce() + Send>,
+}
+
+impl Chain {
+    /// Transactions joined at most before the chain commits.
+    pub(crate) const MAX_JOINED: usize = 64;
+    /// The chain commits once it has held the writer this long, so a
+    /// request waits for it no longer than for one large flush.
+    pub(crate) const MAX_HELD: Duration = Duration::from_millis(2);
+    /// ... or this long when a request is waiting.
+    pub(crate) const MAX_HELD_REQUEST_WAITING: Duration = Duration::from_micros(500);
+
+    pub(crate) fn new() -> Self {
+        Self {
+            started: Instant::now(),
+            joined: Vec::new(),
+            conn: None,
+        }
+    }
+
+    /// Adds a transaction whose writes are done; `committed` runs after the
+    /// `COMMIT`, in the order they joined, before the writer is handed on.
+    /// The receiver gets the `COMMIT`'s result.
+    pub(crate) fn join(
+        &mut self,
+        committed: Box<dyn FnOnce() + Send>,
+    ) -> oneshot::Receiver<Result<(), StoreError>> {
+        let (done, receiver) = oneshot::channel();
+        self.joined.push(Joined { done, committed });
+        receiver
+    }
+
+    /// How many transactions joined.
+    pub(crate) fn len(&self) -> usize {
+        self.joined.len()
+    }
+
+    /// Commits what the chain holds on `conn` (rolls back if the `COMMIT`
+    /// fails), runs the `committed` steps on success, and tells every joined
+    /// transaction; the `COMMIT`'s result.
+    pub(crate) fn commit(self, conn: &mut DirectConn) -> Result<(), StoreError> {
+        let result = conn.commit_or_roll_back();
+        for joined in self.joined {
+            if result.is_ok() {
+                (joined.committed)();
+            }
+            // The joined transaction may have been dropped meanwhile.
+            let _ = joined.done.send(result.clone());
+        }
+        result
     }
 }
 
@@ -77,21 +176,40 @@ impl State {
     /// The next waiter: the oldest request, unless the oldest background
     /// write has waited its bound (and the last hand-over was not such a
     /// bump, so a request waits for one at most).
-    fn next(&mut self, now: Instant) -> Option<oneshot::Sender<()>> {
-        let overdue = !self.bumped
-            && !self.requests.is_empty()
-            && self.background_wait.is_some_and(|bound| {
-                self.background
-                    .front()
-                    .is_some_and(|(since, _)| now.duration_since(*since) >= bound)
-            });
+    fn next(&mut self, now: Instant) -> Option<oneshot::Sender<Handover>> {
+        let overdue = !self.bumped && !self.requests.is_empty() && self.background_overdue(now);
         self.bumped = overdue;
         if overdue {
-            return self.background.pop_front().map(|(_, sender)| sender);
+            return self.background.pop_front().map(|waiter| waiter.sender);
         }
         self.requests
             .pop_front()
-            .or_else(|| self.background.pop_front().map(|(_, sender)| sender))
+            .or_else(|| self.background.pop_front().map(|waiter| waiter.sender))
+    }
+
+    /// Whether the oldest background write has waited its bound.
+    fn background_overdue(&self, now: Instant) -> bool {
+        self.background_wait.is_some_and(|bound| {
+            self.background
+                .front()
+                .is_some_and(|waiter| now.duration_since(waiter.since) >= bound)
+        })
+    }
+
+    /// The oldest background write, if it may continue `chain` now: it is
+    /// a transaction, and the chain is within its bounds (tighter while a
+    /// request waits, unless that background write is overdue anyway).
+    fn next_joiner(&mut self, chain: &Chain, now: Instant) -> Option<oneshot::Sender<Handover>> {
+        let front = self.background.front()?;
+        let held = now.duration_since(chain.started);
+        let budget = if self.requests.is_empty() || self.background_overdue(now) {
+            self.chain_held_max
+        } else {
+            Chain::MAX_HELD_REQUEST_WAITING.min(self.chain_held_max)
+        };
+        (front.joins && chain.len() < Chain::MAX_JOINED && held < budget)
+            .then(|| self.background.pop_front().map(|waiter| waiter.sender))
+            .flatten()
     }
 }
 
@@ -108,6 +226,8 @@ pub struct WriterTurn {
     queue: WriterQueue,
     priority: WritePriority,
     since: Instant,
+    /// Handed on with a [`Chain`]: the writer stays taken.
+    passed: bool,
 }
 
 impl WriterQueue {
@@ -125,17 +245,31 @@ impl WriterQueue {
     /// Waits for the writer. Cancel-safe: dropping the future gives up the
     /// place in the queue (or the writer, if it was handed over meanwhile).
     pub(crate) async fn acquire(&self, priority: WritePriority) -> WriterTurn {
+        self.acquire_joining(priority, false).await.0
+    }
+
+    /// [`Self::acquire`] for a write transaction: a background one may be
+    /// handed an open [`Chain`] to continue (`joins`; requests never are).
+    pub(crate) async fn acquire_joining(
+        &self,
+        priority: WritePriority,
+        joins: bool,
+    ) -> (WriterTurn, Handover) {
         let asked = Instant::now();
         let receiver = {
             let mut state = self.state();
             if !state.held {
                 state.held = true;
-                return self.turn(priority, asked);
+                return (self.turn(priority, asked), None);
             }
             let (sender, receiver) = oneshot::channel();
             match priority {
                 WritePriority::Request => state.requests.push_back(sender),
-                WritePriority::Background => state.background.push_back((asked, sender)),
+                WritePriority::Background => state.background.push_back(BackgroundWaiter {
+                    since: asked,
+                    joins,
+                    sender,
+                }),
             }
             receiver
         };
@@ -146,9 +280,9 @@ impl WriterQueue {
         let receiver = waiting.receiver.as_mut().expect("set above");
         // The sender lives in the queue until it is used, so this only fails
         // if the queue itself is gone, which cannot happen while `self` lives.
-        let _ = receiver.await;
+        let handover = receiver.await.unwrap_or(None);
         waiting.receiver = None;
-        self.turn(priority, asked)
+        (self.turn(priority, asked), handover)
     }
 
     fn turn(&self, priority: WritePriority, asked: Instant) -> WriterTurn {
@@ -159,6 +293,7 @@ impl WriterQueue {
             queue: self.clone(),
             priority,
             since,
+            passed: false,
         }
     }
 
@@ -168,24 +303,58 @@ impl WriterQueue {
         let now = Instant::now();
         while let Some(next) = state.next(now) {
             // Fails only when that waiter was cancelled: try the next one.
-            if next.send(()).is_ok() {
+            if next.send(None).is_ok() {
                 return;
             }
         }
         state.held = false;
     }
 
+    /// How long a chain may hold the writer (tests on a busy machine).
+    #[cfg(test)]
+    pub(crate) fn set_chain_held_max(&self, max: Duration) {
+        self.state().chain_held_max = max;
+    }
+
     /// Waiters in each queue, for tests.
     #[cfg(test)]
-    fn waiting(&self) -> (usize, usize) {
+    pub(crate) fn waiting(&self) -> (usize, usize) {
         let state = self.state();
         (state.requests.len(), state.background.len())
     }
 }
 
+impl WriterTurn {
+    pub(crate) fn priority(&self) -> WritePriority {
+        self.priority
+    }
+
+    /// Hands the writer, with `chain`, to the oldest background write if it
+    /// may continue the chain (see [`State::next_joiner`]); the chain back
+    /// if not, and this turn is still held.
+    pub(crate) fn pass(&mut self, chain: Chain) -> Result<(), Chain> {
+        let mut chain = chain;
+        let mut state = self.queue.state();
+        let now = Instant::now();
+        while let Some(next) = state.next_joiner(&chain, now) {
+            match next.send(Some(chain)) {
+                Ok(()) => {
+                    self.passed = true;
+                    return Ok(());
+                }
+                // That waiter was cancelled: the chain comes back.
+                Err(returned) => chain = returned.expect("sent as Some"),
+            }
+        }
+        Err(chain)
+    }
+}
+
 impl Drop for WriterTurn {
     fn drop(&mut self) {
-        self.queue.release();
+        if !self.passed {
+            self.queue.release();
+        }
         metrics::histogram!(WRITER_HELD_SECONDS, "priority" => self.priority.as_str())
             .record(self.since.elapsed().as_secs_f64());
     }
@@ -194,7 +363,7 @@ impl Drop for WriterTurn {
 /// A place in the queue while its owner waits.
 struct Waiting {
     queue: WriterQueue,
-    receiver: Option<oneshot::Receiver<()>>,
+    receiver: Option<oneshot::Receiver<Handover>>,
 }
 
 impl Drop for Waiting {
@@ -206,8 +375,19 @@ impl Drop for Waiting {
         // (so `release` skips us); if the hand-over happened already, the
         // writer is ours and must be passed on.
         receiver.close();
-        if receiver.try_recv().is_ok() {
-            self.queue.release();
+        match receiver.try_recv() {
+            Ok(None) => self.queue.release(),
+            // Handed an open chain: nobody else can finish it, so commit what
+            // it holds. Never happens in practice: a joining writer's waiting
+            // is not cancelled (group commits run on tasks of their own), but
+            // the writer must not be lost if it is.
+            Ok(Some(mut chain)) => {
+                if let Some(mut conn) = chain.conn.take() {
+                    let _ = chain.commit(&mut conn);
+                }
+                self.queue.release();
+            }
+            Err(_) => {}
         }
     }
 }
