@@ -216,10 +216,10 @@ pub trait Effect: Send + 'static {
 
 /// The work of one consumer group.
 ///
-/// `prepare` does the reads and provider calls an event needs (after a
-/// cheap `Store::is_processed` check where a provider is involved, so a
-/// redelivery does not call it again) and returns the writes as an
-/// [`Effect`]. It never writes and never holds a transaction. Errors are
+/// `prepare` does the reads and provider calls an event needs and returns
+/// the writes as an [`Effect`]; a group whose `prepare` calls a provider
+/// says so ([`Handler::skips_processed`]), and the runtime does not prepare
+/// an event the group already handled (a redelivery after a crash). It never writes and never holds a transaction. Errors are
 /// retried by the runtime; the handler never sleeps or dead-letters itself.
 #[async_trait]
 pub trait Handler: Send + Sync + 'static {
@@ -236,6 +236,54 @@ pub trait Handler: Send + Sync + 'static {
     /// slow provider calls do not queue behind each other.
     fn lane(&self, envelope: &Envelope) -> String {
         envelope.key.clone()
+    }
+    /// `true` for a group whose `prepare` calls a provider: the runtime
+    /// looks up the processed marks of each polled batch (one query) and
+    /// finishes an event whose mark exists as a duplicate without preparing
+    /// it, so a redelivery does not call the provider again. (The group
+    /// commit's mark is what keeps effects exactly-once either way; this
+    /// saves the call.)
+    fn skips_processed(&self) -> bool {
+        false
+    }
+}
+
+/// A delivery's processed mark as looked up before its prepare (see
+/// [`Handler::skips_processed`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mark {
+    /// The handler does not ask.
+    NotAsked,
+    Found,
+    NotFound,
+    /// The batch's lookup failed: looked up alone before the prepare.
+    Unknown,
+}
+
+/// A poll's deliveries and, for a group that asks, which of them it
+/// handled already (`None`: the lookup failed).
+struct Polled {
+    deliveries: Vec<Delivery>,
+    processed: Option<HashSet<EventId>>,
+}
+
+/// Looks up the processed marks of `deliveries` in one query, for a group
+/// that asks ([`Handler::skips_processed`]).
+async fn look_up_marks(
+    store: &dyn Store,
+    handler: &dyn Handler,
+    deliveries: &[Delivery],
+) -> Option<HashSet<EventId>> {
+    if !handler.skips_processed() || deliveries.is_empty() {
+        return Some(HashSet::new());
+    }
+    let ids: Vec<EventId> = deliveries.iter().map(|d| d.envelope.id).collect();
+    match store.processed_among(handler.group(), &ids).await {
+        Ok(found) => Some(found),
+        Err(error) => {
+            tracing::warn!(group = handler.group(), %error, "looking up processed marks failed; each delivery looks alone");
+            None
+        }
     }
 }
 
@@ -334,6 +382,7 @@ struct Slot {
     /// Failed attempts so far.
     failures: u32,
     state: State,
+    mark: Mark,
 }
 
 /// How a prepare future ended.
@@ -516,9 +565,14 @@ impl Consumer {
                 .subscription
                 .as_mut()
                 .expect("process_batch never leaves a poll in flight");
-            let batch = subscription.poll(self.settings.window, wait).await?;
-            self.report.polled = batch.len();
-            self.admit(batch);
+            let deliveries = subscription.poll(self.settings.window, wait).await?;
+            self.report.polled = deliveries.len();
+            let processed =
+                look_up_marks(self.store.as_ref(), self.handler.as_ref(), &deliveries).await;
+            self.admit(Polled {
+                deliveries,
+                processed,
+            });
         }
         loop {
             if self.stop.is_none() {
@@ -585,6 +639,7 @@ impl Consumer {
                 };
                 self.polling = Some(poll(
                     subscription,
+                    (self.store.clone(), self.handler.clone()),
                     room.min(POLL_MAX),
                     wait,
                     shutdown.clone(),
@@ -634,8 +689,15 @@ impl Consumer {
     }
 
     /// Takes polled deliveries into hand.
-    fn admit(&mut self, batch: Vec<Delivery>) {
-        for delivery in batch {
+    fn admit(&mut self, polled: Polled) {
+        let asks = self.handler.skips_processed();
+        for delivery in polled.deliveries {
+            let mark = match &polled.processed {
+                _ if !asks => Mark::NotAsked,
+                Some(found) if found.contains(&delivery.envelope.id) => Mark::Found,
+                Some(_) => Mark::NotFound,
+                None => Mark::Unknown,
+            };
             let seq = self.next_seq;
             self.next_seq += 1;
             let lane: Arc<str> = self.handler.lane(&delivery.envelope).into();
@@ -655,6 +717,7 @@ impl Consumer {
                     started: Instant::now(),
                     failures: 0,
                     state: State::Waiting { delay: None },
+                    mark,
                 },
             );
         }
@@ -680,8 +743,8 @@ impl Consumer {
                         slot.state = State::Preparing;
                         let future = prepare(
                             *seq,
-                            self.handler.clone(),
-                            slot.delivery.clone(),
+                            (self.handler.clone(), self.store.clone()),
+                            (slot.delivery.clone(), slot.mark),
                             slot.span.clone(),
                             delay,
                             self.shutdown.clone(),
@@ -988,12 +1051,14 @@ async fn next_completion(
 /// deliveries. It lives across iterations of [`Consumer::run`]'s loop, so a
 /// fetch that has started is never dropped and repeated because something
 /// else finished first.
-type Polling = BoxFuture<'static, (Box<dyn Subscription>, LogResult<Vec<Delivery>>)>;
+type Polling = BoxFuture<'static, (Box<dyn Subscription>, LogResult<Polled>)>;
 
-/// Starts a poll of up to `max` deliveries waiting at most `wait`; shutdown
-/// cuts the wait short (a poll is cancel-safe, so nothing is lost).
+/// Starts a poll of up to `max` deliveries waiting at most `wait`, then
+/// looks up their processed marks if the group asks; shutdown cuts the wait
+/// short (a poll is cancel-safe, so nothing is lost).
 fn poll(
     mut subscription: Box<dyn Subscription>,
+    (store, handler): (Arc<dyn Store>, Arc<dyn Handler>),
     max: usize,
     wait: Duration,
     shutdown: CancellationToken,
@@ -1002,6 +1067,16 @@ fn poll(
         let polled = tokio::select! {
             polled = subscription.poll(max, wait) => polled,
             _ = shutdown.cancelled() => Ok(Vec::new()),
+        };
+        let polled = match polled {
+            Ok(deliveries) => {
+                let processed = look_up_marks(store.as_ref(), handler.as_ref(), &deliveries).await;
+                Ok(Polled {
+                    deliveries,
+                    processed,
+                })
+            }
+            Err(error) => Err(error),
         };
         (subscription, polled)
     }
@@ -1013,8 +1088,8 @@ fn poll(
 /// A handler that panics has failed the attempt.
 fn prepare(
     seq: u64,
-    handler: Arc<dyn Handler>,
-    delivery: Arc<Delivery>,
+    (handler, store): (Arc<dyn Handler>, Arc<dyn Store>),
+    (delivery, mark): (Arc<Delivery>, Mark),
     span: tracing::Span,
     delay: Option<Duration>,
     shutdown: CancellationToken,
@@ -1025,6 +1100,19 @@ fn prepare(
                 _ = shutdown.cancelled() => return (seq, PrepareResult::Cancelled),
                 _ = tokio::time::sleep(delay) => {}
             }
+        }
+        let handled_before = match mark {
+            Mark::NotAsked | Mark::NotFound => Ok(false),
+            Mark::Found => Ok(true),
+            Mark::Unknown => store
+                .is_processed(handler.group(), delivery.envelope.id)
+                .await
+                .map_err(WorkerError::from),
+        };
+        match handled_before {
+            Ok(false) => {}
+            Ok(true) => return (seq, PrepareResult::Prepared(Ok(Prepared::Duplicate))),
+            Err(error) => return (seq, PrepareResult::Prepared(Err(error))),
         }
         let attempt =
             tokio::spawn(async move { handler.prepare(&delivery).instrument(span).await });

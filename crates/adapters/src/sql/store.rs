@@ -833,19 +833,30 @@ impl<E: Engine> Store for SqlStore<E> {
         .await
     }
 
-    async fn is_processed(&self, group: &str, event_id: EventId) -> StoreResult<bool> {
-        let found = read_one(
+    async fn processed_among(
+        &self,
+        group: &str,
+        event_ids: &[EventId],
+    ) -> StoreResult<std::collections::HashSet<EventId>> {
+        if event_ids.is_empty() {
+            return Ok(Default::default());
+        }
+        let found = read_all(
             &*self.engine,
             stmt(
-                "is_processed",
-                "SELECT EXISTS (SELECT 1 FROM processed_events
-                                   WHERE group_name = $1 AND event_id = $2) AS found",
-                (group, event_id),
+                "processed_among",
+                per(
+                    "SELECT event_id FROM processed_events
+                     WHERE group_name = $1 AND event_id IN (SELECT value FROM json_each($2))",
+                    "SELECT event_id FROM processed_events
+                     WHERE group_name = $1 AND event_id = ANY($2)",
+                ),
+                (group, event_ids.to_vec()),
             ),
-            |row| row.bool("found"),
+            |row| row.uuid("event_id"),
         )
         .await?;
-        Ok(found == Some(true))
+        Ok(found.into_iter().collect())
     }
 
     // --- dead letters ---

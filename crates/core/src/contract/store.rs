@@ -976,7 +976,8 @@ pub async fn concurrent_reservations(store: Arc<dyn Store>) {
 /// Processed marks: first true, then false; per group; rolled back = absent.
 /// Marks in bulk: one answer per id, in order; an id repeated in the list
 /// or marked before is not new; the marks roll back with the transaction
-/// and are the same marks `mark_processed` and `is_processed` see.
+/// and are the same marks `mark_processed`, `is_processed` and
+/// `processed_among` see.
 pub async fn processed_marks_in_bulk(store: Arc<dyn Store>) {
     let (a, b, c) = (
         uuid::Uuid::now_v7(),
@@ -1011,6 +1012,30 @@ pub async fn processed_marks_in_bulk(store: Arc<dyn Store>) {
         assert!(store.is_processed("email", id).await.unwrap());
         assert!(!store.is_processed("sms", id).await.unwrap());
     }
+    let unmarked = uuid::Uuid::now_v7();
+    assert_eq!(
+        store
+            .processed_among("email", &[unmarked, b, a, b])
+            .await
+            .unwrap(),
+        [a, b].into_iter().collect(),
+        "the marked ones among many, in one lookup"
+    );
+    assert!(
+        store
+            .processed_among("sms", &[a, b, c])
+            .await
+            .unwrap()
+            .is_empty(),
+        "another group's marks are not this one's"
+    );
+    assert!(
+        store
+            .processed_among("email", &[])
+            .await
+            .unwrap()
+            .is_empty()
+    );
 
     let mut tx = store.begin().await.unwrap();
     assert_eq!(

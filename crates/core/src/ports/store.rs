@@ -290,7 +290,16 @@ pub trait Store: Send + Sync + 'static {
     async fn daily_sales(&self, days: u32) -> StoreResult<Vec<DailySales>>;
     /// Whether a group already handled an event (a cheap pre-check; the
     /// authoritative check is [`StoreTx::mark_processed`]).
-    async fn is_processed(&self, group: &str, event_id: EventId) -> StoreResult<bool>;
+    async fn is_processed(&self, group: &str, event_id: EventId) -> StoreResult<bool> {
+        Ok(!self.processed_among(group, &[event_id]).await?.is_empty())
+    }
+    /// Which of `event_ids` a group already handled, in one query (a
+    /// consumer looks up a whole polled batch at once).
+    async fn processed_among(
+        &self,
+        group: &str,
+        event_ids: &[EventId],
+    ) -> StoreResult<std::collections::HashSet<EventId>>;
 
     // --- dead letters ---
     /// Newest first; `include_replayed` shows the replayed ones too.

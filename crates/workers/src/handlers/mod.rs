@@ -167,7 +167,7 @@ impl WorkerDeps {
         };
         Ok(match group {
             "inventory" => Arc::new(InventoryHandler::new().with_catalog(self.catalog.clone())),
-            "payment" => Arc::new(PaymentHandler::new(store, self.payment.clone())),
+            "payment" => Arc::new(PaymentHandler::new(self.payment.clone())),
             "orders" => Arc::new(
                 OrdersHandler::new()
                     .with_read_models(read_models)

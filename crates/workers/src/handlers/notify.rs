@@ -75,6 +75,11 @@ impl Handler for NotifyHandler {
         super::topics_of(self.channel.as_str())
     }
 
+    /// A charge or a message must not go out twice for a redelivery.
+    fn skips_processed(&self) -> bool {
+        true
+    }
+
     /// One order's messages go out in order; a shopper's different orders
     /// are independent messages, so they do not wait for each other (with
     /// the shopper's lane, one shopper's SMS, 300 ms each, could go out at
@@ -91,9 +96,6 @@ impl Handler for NotifyHandler {
         let Some((kind, user_id, order_id)) = self.notification(&event.data) else {
             return Ok(Prepared::Ignored);
         };
-        if self.store.is_processed(self.group(), event.id).await? {
-            return Ok(Prepared::Duplicate);
-        }
         let user = self
             .store
             .user_by_id(user_id)

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use orderflow_core::ports::log::Delivery;
 use orderflow_core::ports::providers::{ChargeOutcome, ChargeRequest, PaymentGateway};
-use orderflow_core::ports::store::{PaymentRecord, Store, StoreTx};
+use orderflow_core::ports::store::{PaymentRecord, StoreTx};
 use orderflow_core::services::effects::payment_idempotency_key;
 use orderflow_domain::events::{Envelope, EventData};
 
@@ -13,13 +13,12 @@ use crate::error::WorkerError;
 use crate::runtime::{Applied, Effect, Handler, Prepared};
 
 pub struct PaymentHandler {
-    store: Arc<dyn Store>,
     gateway: Arc<dyn PaymentGateway>,
 }
 
 impl PaymentHandler {
-    pub fn new(store: Arc<dyn Store>, gateway: Arc<dyn PaymentGateway>) -> Self {
-        Self { store, gateway }
+    pub fn new(gateway: Arc<dyn PaymentGateway>) -> Self {
+        Self { gateway }
     }
 }
 
@@ -33,6 +32,11 @@ impl Handler for PaymentHandler {
         super::topics_of("payment")
     }
 
+    /// A charge or a message must not go out twice for a redelivery.
+    fn skips_processed(&self) -> bool {
+        true
+    }
+
     async fn prepare(&self, delivery: &Delivery) -> Result<Prepared, WorkerError> {
         let event = &delivery.envelope;
         let EventData::StockReserved {
@@ -44,9 +48,6 @@ impl Handler for PaymentHandler {
         else {
             return Ok(Prepared::Ignored);
         };
-        if self.store.is_processed(self.group(), event.id).await? {
-            return Ok(Prepared::Duplicate);
-        }
         // Keyed by order, not by event: if the charge went through but the
         // group commit did not, the retry is answered from the provider's
         // idempotency cache instead of charging twice.

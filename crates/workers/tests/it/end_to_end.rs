@@ -310,6 +310,9 @@ async fn an_event_delivered_twice_has_one_effect() {
     drain(&mut consumers).await;
     assert_eq!(h.status(&order).await, OrderStatus::Confirmed);
     let payment_calls = h.providers.payment.controls().calls();
+    let notifiers = [&h.providers.email, &h.providers.sms, &h.providers.push];
+    let messages: Vec<u64> = notifiers.iter().map(|n| n.controls().calls()).collect();
+    assert!(messages.iter().all(|&sent| sent > 0), "{messages:?}");
 
     // Every event of the flow, delivered once more.
     let mut again = Vec::new();
@@ -337,6 +340,14 @@ async fn an_event_delivered_twice_has_one_effect() {
         h.providers.payment.controls().calls(),
         payment_calls,
         "no second call to the provider"
+    );
+    assert_eq!(
+        notifiers
+            .iter()
+            .map(|n| n.controls().calls())
+            .collect::<Vec<_>>(),
+        messages,
+        "no message sent twice"
     );
     assert_eq!(h.stock(&mug).await, 8);
     assert_eq!(h.store.points(ann.id).await.unwrap().points, 25);
