@@ -362,15 +362,14 @@ impl std::ops::DerefMut for WriteLease {
 }
 
 /// A write transaction on the held writer connection: `BEGIN IMMEDIATE`,
-/// or, for a background write handed an open [`Chain`], a savepoint of the
-/// chain's transaction. Dropped without [`WriteTx::commit`], it rolls back
-/// at once (a chained one only its savepoint, and carries the chain on).
+/// or, handed an open [`Chain`], a savepoint of the chain's transaction.
+/// Dropped without [`WriteTx::commit`], it rolls back at once (a chained
+/// one only its savepoint, and carries the chain on).
 pub struct Writer {
     /// `None` once handed on with the chain.
     lease: Option<WriteLease>,
     open: bool,
-    /// A background write's chain: the one it was handed, or the one it
-    /// starts. Requests commit alone.
+    /// The chain it was handed, or the one it began; `None` once handed on.
     chain: Option<Chain>,
     /// Continues a chain another writer began (inside a savepoint).
     joined: bool,
@@ -380,15 +379,13 @@ pub struct Writer {
 const CHAINED: &str = "orderflow_chained";
 
 impl Writer {
-    /// Begins a transaction of its own; a background one starts a chain
-    /// others may join.
+    /// Begins a transaction of its own, which later transactions may join.
     pub(crate) fn begin(mut lease: WriteLease) -> StoreResult<Self> {
         lease.control("begin", "BEGIN IMMEDIATE")?;
-        let chain = (lease._turn.priority() == WritePriority::Background).then(Chain::new);
         Ok(Self {
             lease: Some(lease),
             open: true,
-            chain,
+            chain: Some(Chain::new()),
             joined: false,
         })
     }
@@ -689,12 +686,13 @@ mod tests {
     use crate::sqlite::SqliteStore;
     use crate::sqlite::writer::WritePriority;
 
-    /// Background transactions queued behind a request commit in one chain:
-    /// the first begins the transaction, the others join it; one that is
-    /// dropped unfinished is undone alone, and the others' `committed`
-    /// steps run after the one `COMMIT`, in the order they joined.
+    /// Transactions queued behind a request commit with it in one chain:
+    /// the request's transaction goes on in a savepoint per queued one; one
+    /// that is dropped unfinished is undone alone, and the others'
+    /// `committed` steps run after the one `COMMIT`, in the order they
+    /// joined (the order the queue serves: requests first).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn queued_background_transactions_commit_as_one_chain() {
+    async fn queued_transactions_commit_as_one_chain() {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("chain.db").display());
         let store = SqliteStore::connect(&url, 2).await.unwrap();
@@ -708,13 +706,23 @@ mod tests {
             .unwrap();
         setup.commit().await.unwrap();
 
-        let request = engine.begin_writer(WritePriority::Request).await.unwrap();
+        let mut holder = engine.begin_writer(WritePriority::Request).await.unwrap();
+        holder
+            .exec(stmt("test", "INSERT INTO chained (x) VALUES (100)", ()))
+            .await
+            .unwrap();
         let committed = Arc::new(Mutex::new(Vec::new()));
         let mut writers = Vec::new();
-        for x in 0..4_i64 {
+        let priorities = [
+            WritePriority::Background,
+            WritePriority::Background,
+            WritePriority::Background,
+            WritePriority::Request,
+        ];
+        for (x, priority) in (0..4_i64).zip(priorities) {
             let (queued, committed) = (engine.clone(), committed.clone());
             writers.push(tokio::spawn(async move {
-                let mut w = queued.begin_writer(WritePriority::Background).await?;
+                let mut w = queued.begin_writer(priority).await?;
                 let joined = w.joined;
                 w.exec(stmt("test", "INSERT INTO chained (x) VALUES ($1)", (x,)))
                     .await?;
@@ -726,21 +734,35 @@ mod tests {
                     .await?;
                 Ok((joined, true))
             }));
-            while engine.writer.waiting().1 <= x as usize {
+            let queued = || {
+                let (requests, background) = engine.writer.waiting();
+                requests + background
+            };
+            while queued() <= x as usize {
                 tokio::task::yield_now().await;
             }
         }
-        request.commit().await.unwrap();
+        holder
+            .commit_then({
+                let committed = committed.clone();
+                move || committed.lock().unwrap().push(100)
+            })
+            .await
+            .unwrap();
         let mut outcomes = Vec::new();
         for writer in writers {
             outcomes.push(writer.await.unwrap().unwrap());
         }
         assert_eq!(
             outcomes,
-            [(false, true), (true, true), (true, false), (true, true)],
-            "the first began the transaction, the others joined it"
+            [(true, true), (true, true), (true, false), (true, true)],
+            "every queued one joined the holder's transaction"
         );
-        assert_eq!(*committed.lock().unwrap(), [0, 1, 3]);
+        assert_eq!(
+            *committed.lock().unwrap(),
+            [100, 3, 0, 1],
+            "committed in the order they joined: the queued request first"
+        );
         let rows = engine
             .readers
             .get()
@@ -752,7 +774,7 @@ mod tests {
             .iter()
             .map(|row| crate::sql::SqlRow::int(row, "x").unwrap())
             .collect();
-        assert_eq!(xs, [0, 1, 3], "the dropped one's row is undone alone");
+        assert_eq!(xs, [0, 1, 3, 100], "the dropped one's row is undone alone");
         // The writer is free again.
         let again = tokio::time::timeout(
             Duration::from_secs(5),

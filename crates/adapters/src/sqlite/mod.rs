@@ -233,15 +233,14 @@ impl SqliteEngine {
     /// Starts a write transaction: waits for this process's writer lock, then
     /// `BEGIN IMMEDIATE` (see the module docs for why both).
     ///
-    /// A background transaction may instead be handed another's open
-    /// transaction to continue (see [`writer::Chain`]): then it writes in a
-    /// savepoint of that one, and commits with it.
+    /// It may instead be handed another's open transaction to continue (see
+    /// [`writer::Chain`]): then it writes in a savepoint of that one, and
+    /// commits with it.
     pub(crate) async fn begin_writer(&self, priority: WritePriority) -> StoreResult<Writer> {
         self.check_open()?;
-        let joins = priority == WritePriority::Background;
         let (turn, handover) = tokio::time::timeout(
             WRITER_LOCK_TIMEOUT,
-            self.writer.acquire_joining(priority, joins),
+            self.writer.acquire_joining(priority, true),
         )
         .await
         .map_err(|_| writer_lock_timed_out())?;

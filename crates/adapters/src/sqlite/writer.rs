@@ -23,10 +23,10 @@
 //! could no longer take 1,000 orders a second in an open loop; at 40 ms the
 //! default bench's e-mails fell behind v1's again.
 //!
-//! Background write transactions queued together commit together: the one
-//! holding the writer hands its open transaction on instead of committing
-//! (a [`Chain`]; each joined one writes in a savepoint of it), within a
-//! bound on how long the chain holds the writer.
+//! Write transactions queued together commit together: the one holding the
+//! writer hands its open transaction to the next waiter instead of
+//! committing (a [`Chain`]; each joined one writes in a savepoint of it),
+//! within a bound on how long the chain holds the writer.
 //!
 //! Why hand-written: the priority locks on crates.io (async-priority-lock,
 //! priority-async-mutex) hand out guards that borrow the lock, while a
@@ -61,8 +61,8 @@ struct State {
     /// `None`: requests always go first.
     background_wait: Option<Duration>,
     held: bool,
-    requests: VecDeque<oneshot::Sender<Handover>>,
-    background: VecDeque<BackgroundWaiter>,
+    requests: VecDeque<Waiter>,
+    background: VecDeque<Waiter>,
     /// The last hand-over put an overdue background write ahead of a
     /// request: the next one serves the requests again.
     bumped: bool,
@@ -83,8 +83,8 @@ impl Default for State {
     }
 }
 
-/// A background write waiting for the writer.
-struct BackgroundWaiter {
+/// A write waiting for the writer.
+struct Waiter {
     since: Instant,
     /// A write transaction that may continue a [`Chain`] (not a lone
     /// statement or a checkpoint, which need a transaction of their own).
@@ -92,21 +92,33 @@ struct BackgroundWaiter {
     sender: oneshot::Sender<Handover>,
 }
 
+/// Which queue the next waiter comes from, and whether it is an overdue
+/// background write put ahead of requests.
+#[derive(Clone, Copy)]
+enum Pick {
+    Request,
+    Background { overdue: bool },
+}
+
 /// What a waiter is handed with the writer: an open [`Chain`] to continue,
 /// or nothing (a fresh start).
 pub(crate) type Handover = Option<Chain>;
 
-/// Background write transactions joined into one SQLite transaction: each
-/// joined one wrote inside a savepoint of it and waits for its `COMMIT`.
+/// Write transactions joined into one SQLite transaction: each joined one
+/// wrote inside a savepoint of it and waits for its `COMMIT`.
 ///
-/// Why: the consumer groups each commit small flushes all the time (under
-/// load, about four per order and two or three effects each), and a
-/// `COMMIT` is the dearest statement of a flush (it writes the pages the
-/// transaction changed to the WAL). When several background transactions
-/// are queued, the one holding the writer hands its open transaction to the
-/// next instead of committing; the last one commits for all. Each joined
-/// transaction is still its own unit: one that fails rolls back to its
-/// savepoint alone, and its neighbours commit.
+/// Why: a `COMMIT` writes every page the transaction changed to the WAL,
+/// and an order's writes touch about thirty pages (each table and index its
+/// rows go to), most of them the same last pages the next order's writes
+/// touch. Under load the consumer groups commit small flushes all the time
+/// and every order request commits alone: about five commits per order.
+/// When transactions are queued, the one holding the writer hands its open
+/// transaction to the next one instead of committing (in the order the
+/// queue would serve them anyway: requests first); the last one commits
+/// for all. Each joined transaction is still its own unit: one that fails
+/// rolls back to its savepoint alone, and its neighbours commit. A request
+/// in a chain waits for the chain's `COMMIT`, at most [`Chain::MAX_HELD`]
+/// after the chain began.
 ///
 /// The chain carries the writer connection from one holder to the next, so
 /// whoever holds the chain can always finish it.
@@ -125,11 +137,9 @@ struct Joined {
 impl Chain {
     /// Transactions joined at most before the chain commits.
     pub(crate) const MAX_JOINED: usize = 64;
-    /// The chain commits once it has held the writer this long, so a
-    /// request waits for it no longer than for one large flush.
+    /// The chain commits once it has held the writer this long: what a
+    /// request in it may wait for the others.
     pub(crate) const MAX_HELD: Duration = Duration::from_millis(2);
-    /// ... or this long when a request is waiting.
-    pub(crate) const MAX_HELD_REQUEST_WAITING: Duration = Duration::from_micros(500);
 
     pub(crate) fn new() -> Self {
         Self {
@@ -177,14 +187,31 @@ impl State {
     /// write has waited its bound (and the last hand-over was not such a
     /// bump, so a request waits for one at most).
     fn next(&mut self, now: Instant) -> Option<oneshot::Sender<Handover>> {
-        let overdue = !self.bumped && !self.requests.is_empty() && self.background_overdue(now);
-        self.bumped = overdue;
-        if overdue {
-            return self.background.pop_front().map(|waiter| waiter.sender);
+        let pick = self.pick(now)?;
+        self.take(pick)
+    }
+
+    /// Where the next waiter comes from (see [`Self::next`]).
+    fn pick(&self, now: Instant) -> Option<Pick> {
+        if !self.bumped && !self.requests.is_empty() && self.background_overdue(now) {
+            Some(Pick::Background { overdue: true })
+        } else if !self.requests.is_empty() {
+            Some(Pick::Request)
+        } else if !self.background.is_empty() {
+            Some(Pick::Background { overdue: false })
+        } else {
+            None
         }
-        self.requests
-            .pop_front()
-            .or_else(|| self.background.pop_front().map(|waiter| waiter.sender))
+    }
+
+    fn take(&mut self, pick: Pick) -> Option<oneshot::Sender<Handover>> {
+        let (queue, overdue) = match pick {
+            Pick::Request => (&mut self.requests, false),
+            Pick::Background { overdue } => (&mut self.background, overdue),
+        };
+        let waiter = queue.pop_front()?;
+        self.bumped = overdue;
+        Some(waiter.sender)
     }
 
     /// Whether the oldest background write has waited its bound.
@@ -196,20 +223,21 @@ impl State {
         })
     }
 
-    /// The oldest background write, if it may continue `chain` now: it is
-    /// a transaction, and the chain is within its bounds (tighter while a
-    /// request waits, unless that background write is overdue anyway).
+    /// The waiter [`Self::next`] would serve, if it may continue `chain`:
+    /// it is a transaction, and the chain is within its bounds.
     fn next_joiner(&mut self, chain: &Chain, now: Instant) -> Option<oneshot::Sender<Handover>> {
-        let front = self.background.front()?;
-        let held = now.duration_since(chain.started);
-        let budget = if self.requests.is_empty() || self.background_overdue(now) {
-            self.chain_held_max
+        let pick = self.pick(now)?;
+        let front = match pick {
+            Pick::Request => self.requests.front(),
+            Pick::Background { .. } => self.background.front(),
+        }?;
+        let within = chain.len() < Chain::MAX_JOINED
+            && now.duration_since(chain.started) < self.chain_held_max;
+        if front.joins && within {
+            self.take(pick)
         } else {
-            Chain::MAX_HELD_REQUEST_WAITING.min(self.chain_held_max)
-        };
-        (front.joins && chain.len() < Chain::MAX_JOINED && held < budget)
-            .then(|| self.background.pop_front().map(|waiter| waiter.sender))
-            .flatten()
+            None
+        }
     }
 }
 
@@ -248,8 +276,8 @@ impl WriterQueue {
         self.acquire_joining(priority, false).await.0
     }
 
-    /// [`Self::acquire`] for a write transaction: a background one may be
-    /// handed an open [`Chain`] to continue (`joins`; requests never are).
+    /// [`Self::acquire`] for a write transaction (`joins`): it may be handed
+    /// an open [`Chain`] to continue.
     pub(crate) async fn acquire_joining(
         &self,
         priority: WritePriority,
@@ -263,13 +291,14 @@ impl WriterQueue {
                 return (self.turn(priority, asked), None);
             }
             let (sender, receiver) = oneshot::channel();
+            let waiter = Waiter {
+                since: asked,
+                joins,
+                sender,
+            };
             match priority {
-                WritePriority::Request => state.requests.push_back(sender),
-                WritePriority::Background => state.background.push_back(BackgroundWaiter {
-                    since: asked,
-                    joins,
-                    sender,
-                }),
+                WritePriority::Request => state.requests.push_back(waiter),
+                WritePriority::Background => state.background.push_back(waiter),
             }
             receiver
         };
@@ -325,13 +354,9 @@ impl WriterQueue {
 }
 
 impl WriterTurn {
-    pub(crate) fn priority(&self) -> WritePriority {
-        self.priority
-    }
-
-    /// Hands the writer, with `chain`, to the oldest background write if it
-    /// may continue the chain (see [`State::next_joiner`]); the chain back
-    /// if not, and this turn is still held.
+    /// Hands the writer, with `chain`, to the next waiter if it may continue
+    /// the chain (see [`State::next_joiner`]); the chain back if not, and
+    /// this turn is still held.
     pub(crate) fn pass(&mut self, chain: Chain) -> Result<(), Chain> {
         let mut chain = chain;
         let mut state = self.queue.state();
