@@ -104,15 +104,19 @@ impl DirectConn {
         let sql = stmt.sql.text(Dialect::Sqlite);
         let mut prepared = self.0.prepare_cached(sql).map_err(write_err)?;
         bind(&mut prepared, stmt.op, stmt.args)?;
-        let columns: Arc<[String]> = prepared
-            .column_names()
-            .into_iter()
-            .map(str::to_owned)
-            .collect();
+        // Named once per statement, and only if a row is kept (most writes
+        // keep none).
+        let columns: Option<Arc<[String]>> = (keep > 0).then(|| {
+            prepared
+                .column_names()
+                .into_iter()
+                .map(str::to_owned)
+                .collect()
+        });
         let mut found = Vec::new();
         let mut rows = prepared.raw_query();
         while let Some(row) = rows.next().map_err(write_err)? {
-            if found.len() < keep {
+            if let Some(columns) = columns.as_ref().filter(|_| found.len() < keep) {
                 let values = (0..columns.len())
                     .map(|i| row.get::<_, Value>(i))
                     .collect::<Result<Vec<_>, _>>()
