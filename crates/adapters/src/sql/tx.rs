@@ -495,21 +495,28 @@ impl<E: Engine> StoreTx for SqlTx<E> {
         // first one that cannot be taken rolls the earlier ones back.
         self.run(stmt("savepoint", "SAVEPOINT orderflow_reservation", ()))
             .await?;
+        let mut products = Vec::with_capacity(wanted.len());
         for (product_id, quantity) in &wanted {
             // The conditional UPDATE is the check: `stock >= n` is evaluated
             // against the committed stock (on PostgreSQL after waiting for a
             // concurrent reservation's row lock), so stock never goes below
-            // zero; the CHECK constraint is the last line.
+            // zero; the CHECK constraint is the last line. It bumps the
+            // version itself, so the row it returns is the one the caches
+            // must show (SQLite's RETURNING does not see what a trigger
+            // changed; the trigger sees the version moved and leaves it).
             let taken = self
                 .conn()
                 .await?
-                .exec(stmt(
+                .query_opt(stmt(
                     "take_stock",
-                    "UPDATE products SET stock = stock - $1 WHERE id = $2 AND stock >= $1",
+                    "UPDATE products SET stock = stock - $1, version = version + 1
+                     WHERE id = $2 AND stock >= $1
+                     RETURNING id, sku, name, price_cents, currency, stock, updated_at, version",
                     (i64::from(*quantity), *product_id),
                 ))
                 .await?;
-            if taken == 1 {
+            if let Some(row) = taken {
+                products.push(super::rows::product(&row)?);
                 continue;
             }
             let available = self
@@ -570,7 +577,7 @@ impl<E: Engine> StoreTx for SqlTx<E> {
             (),
         ))
         .await?;
-        Ok(Reservation::Reserved)
+        Ok(Reservation::Reserved { products })
     }
 
     async fn release_stock(&mut self, order_id: OrderId) -> StoreResult<bool> {

@@ -775,6 +775,15 @@ async fn stock_of(store: &Arc<dyn Store>, product_id: uuid::Uuid) -> i64 {
         .stock
 }
 
+/// The stock a reservation left, per product in id order; panics unless
+/// every line was reserved.
+fn stock_left(outcome: Reservation) -> Vec<(uuid::Uuid, i64)> {
+    match outcome {
+        Reservation::Reserved { products } => products.iter().map(|p| (p.id, p.stock)).collect(),
+        other => panic!("expected every line reserved, got {other:?}"),
+    }
+}
+
 /// Stock: all lines or none, never below zero, once per order, released once.
 pub async fn stock_reservation(store: Arc<dyn Store>) {
     let user = given_user(&store, "Ann").await;
@@ -826,10 +835,12 @@ pub async fn stock_reservation(store: Arc<dyn Store>) {
     // A rolled-back reservation gives everything back.
     let mut tx = store.begin().await.unwrap();
     assert_eq!(
-        tx.reserve_stock(order.id, &[(mug.id, 3), (cup.id, 2)])
-            .await
-            .unwrap(),
-        Reservation::Reserved
+        stock_left(
+            tx.reserve_stock(order.id, &[(mug.id, 3), (cup.id, 2)])
+                .await
+                .unwrap()
+        ),
+        vec![(mug.id, 2), (cup.id, 0)]
     );
     drop(tx);
     assert_eq!(
@@ -843,8 +854,8 @@ pub async fn stock_reservation(store: Arc<dyn Store>) {
 
     // Exactly to zero is fine.
     assert_eq!(
-        reserve(vec![(mug.id, 3), (cup.id, 2)], order.id).await,
-        Reservation::Reserved
+        stock_left(reserve(vec![(mug.id, 3), (cup.id, 2)], order.id).await),
+        vec![(mug.id, 2), (cup.id, 0)]
     );
     assert_eq!(
         (
@@ -954,7 +965,7 @@ pub async fn concurrent_reservations(store: Arc<dyn Store>) {
         let mut reserved = 0;
         for task in tasks {
             match task.await.expect("reservation task") {
-                Reservation::Reserved => reserved += 1,
+                Reservation::Reserved { .. } => reserved += 1,
                 Reservation::Insufficient { .. } => {}
                 other => panic!("unexpected outcome {other:?}"),
             }
@@ -1107,16 +1118,16 @@ pub async fn savepoints_undo_one_effect(store: Arc<dyn Store>) {
     tx.savepoint().await.unwrap();
     assert!(tx.mark_processed("inventory", first).await.unwrap());
     assert_eq!(
-        tx.reserve_stock(kept.id, &[(mug.id, 2)]).await.unwrap(),
-        Reservation::Reserved
+        stock_left(tx.reserve_stock(kept.id, &[(mug.id, 2)]).await.unwrap()),
+        vec![(mug.id, 3)]
     );
     tx.release_savepoint().await.unwrap();
 
     tx.savepoint().await.unwrap();
     assert!(tx.mark_processed("inventory", second).await.unwrap());
     assert_eq!(
-        tx.reserve_stock(undone.id, &[(mug.id, 3)]).await.unwrap(),
-        Reservation::Reserved
+        stock_left(tx.reserve_stock(undone.id, &[(mug.id, 3)]).await.unwrap()),
+        vec![(mug.id, 0)]
     );
     tx.append(&[user_registered(user.id)]).await.unwrap();
     tx.rollback_to_savepoint().await.unwrap();
@@ -1138,8 +1149,8 @@ pub async fn savepoints_undo_one_effect(store: Arc<dyn Store>) {
     // The undone order can still be reserved: its reservation left nothing.
     let mut tx = store.begin().await.unwrap();
     assert_eq!(
-        tx.reserve_stock(undone.id, &[(mug.id, 3)]).await.unwrap(),
-        Reservation::Reserved
+        stock_left(tx.reserve_stock(undone.id, &[(mug.id, 3)]).await.unwrap()),
+        vec![(mug.id, 0)]
     );
     tx.commit().await.unwrap();
     assert_eq!(store.product(mug.id).await.unwrap().unwrap().stock, 0);
@@ -1431,16 +1442,22 @@ pub async fn product_versions(store: Arc<dyn Store>) {
     );
 
     let mut tx = store.begin().await.unwrap();
-    assert_eq!(
-        tx.reserve_stock(order.id, &[(mug.id, 2), (cup.id, 1)])
-            .await
-            .unwrap(),
-        Reservation::Reserved
-    );
+    let Reservation::Reserved { products } = tx
+        .reserve_stock(order.id, &[(mug.id, 2), (cup.id, 1)])
+        .await
+        .unwrap()
+    else {
+        panic!("every line is in stock");
+    };
     tx.commit().await.unwrap();
     let reserved = store.product(mug.id).await.unwrap().unwrap();
     assert_eq!((reserved.stock, reserved.version), (5, 3), "reservation");
     assert_eq!(version_of(&store, cup.id).await, 2, "every reserved line");
+    assert_eq!(
+        products,
+        store.products_by_ids(&[mug.id, cup.id]).await.unwrap(),
+        "the reservation returns the rows it committed (for the caches)"
+    );
 
     let mut tx = store.begin().await.unwrap();
     assert!(tx.release_stock(order.id).await.unwrap());

@@ -97,7 +97,9 @@ pub enum IdempotencyClaim {
 /// Outcome of reserving the stock of an order, all lines or none.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reservation {
-    Reserved,
+    /// Every line taken; `products` are the reserved products as this
+    /// transaction left them (new stock, new version), for the caches.
+    Reserved { products: Vec<Product> },
     /// This order's stock was reserved before (a redelivery); nothing changed.
     AlreadyReserved,
     /// Not enough stock for this product; nothing was changed.
@@ -107,9 +109,7 @@ pub enum Reservation {
         requested: u32,
     },
     /// The product no longer exists.
-    UnknownProduct {
-        product_id: ProductId,
-    },
+    UnknownProduct { product_id: ProductId },
 }
 
 /// A notification that was sent.

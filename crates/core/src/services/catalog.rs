@@ -997,6 +997,15 @@ impl CatalogService {
         Ok(stored)
     }
 
+    /// After a commit that left `products` as they are here (the rows its
+    /// writes returned): writes them through to every cache, as
+    /// [`Self::products_changed`] does without reading them back.
+    pub async fn products_written(&self, products: &[Product]) {
+        if !products.is_empty() {
+            self.propagate(products, Propagation::Value).await;
+        }
+    }
+
     /// After a commit that changed the stock or fields of `ids` (a
     /// reservation, a release, a cancellation): reads the committed rows and
     /// writes them through to every cache (see the module docs). Never
@@ -1006,7 +1015,7 @@ impl CatalogService {
             return;
         }
         match self.layers.store.products_by_ids(ids).await {
-            Ok(products) => self.propagate(&products, Propagation::Value).await,
+            Ok(products) => self.products_written(&products).await,
             Err(error) => {
                 metrics::counter!("orderflow_cache_invalidation_errors_total").increment(1);
                 tracing::warn!(%error, "changed products not read back; caches may serve them until their TTL");

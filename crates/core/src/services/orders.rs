@@ -190,8 +190,9 @@ impl OrderService {
             .iter()
             .map(|l| (l.product_id, l.quantity))
             .collect();
-        match tx.reserve_stock(order.id, &lines).await? {
-            Reservation::Reserved | Reservation::AlreadyReserved => {}
+        let reserved = match tx.reserve_stock(order.id, &lines).await? {
+            Reservation::Reserved { products } => products,
+            Reservation::AlreadyReserved => Vec::new(),
             Reservation::Insufficient {
                 product_id,
                 available,
@@ -213,13 +214,13 @@ impl OrderService {
                     .fail_inline(tx, &order, key, &[OrderStatus::Rejected], error)
                     .await;
             }
-        }
+        };
         tx.set_order_status(order.id, &[OrderStatus::Reserved], chrono::Utc::now())
             .await?;
         // The reservation must be visible to other requests while we wait for
         // the providers, so it commits now; the key stays claimed (in progress).
         tx.commit().await?;
-        self.catalog.products_changed(&product_ids(&order)).await;
+        self.catalog.products_written(&reserved).await;
 
         let charge = effects::charge_request(&order, effects::payment_idempotency_key(order.id));
         let charged = match payment.charge(&charge).await {

@@ -7,6 +7,7 @@ use orderflow_core::ports::log::Delivery;
 use orderflow_core::ports::store::{Reservation, StoreTx};
 use orderflow_core::services::catalog::CatalogService;
 use orderflow_domain::events::{Envelope, EventData};
+use orderflow_domain::product::Product;
 use orderflow_domain::{OrderId, ProductId, UserId};
 
 use crate::error::WorkerError;
@@ -67,7 +68,7 @@ impl Handler for InventoryHandler {
             event: event.id,
             traceparent: event.traceparent.clone(),
             catalog: self.catalog.clone(),
-            reserved: false,
+            reserved: Vec::new(),
         })))
     }
 }
@@ -82,8 +83,9 @@ struct Reserve {
     event: orderflow_domain::EventId,
     traceparent: Option<String>,
     catalog: Option<Arc<CatalogService>>,
-    /// Set by `apply` for `committed`: stock was taken.
-    reserved: bool,
+    /// Set by `apply` for `committed`: the products whose stock was taken,
+    /// as the reservation left them.
+    reserved: Vec<Product>,
 }
 
 #[async_trait]
@@ -91,14 +93,16 @@ impl Effect for Reserve {
     async fn apply(&mut self, tx: &mut dyn StoreTx) -> Result<Applied, WorkerError> {
         let (order_id, user_id) = (self.order_id, self.user_id);
         let reservation = tx.reserve_stock(order_id, &self.lines).await?;
-        self.reserved = reservation == Reservation::Reserved;
         let result = match reservation {
-            Reservation::Reserved => Some(EventData::StockReserved {
-                order_id,
-                user_id,
-                total_cents: self.total_cents,
-                currency: self.currency.clone(),
-            }),
+            Reservation::Reserved { products } => {
+                self.reserved = products;
+                Some(EventData::StockReserved {
+                    order_id,
+                    user_id,
+                    total_cents: self.total_cents,
+                    currency: self.currency.clone(),
+                })
+            }
             // The reservation committed together with its StockReserved event,
             // so that event exists already: emitting it again would make the
             // payment group see the order twice.
@@ -133,11 +137,8 @@ impl Effect for Reserve {
     }
 
     async fn committed(self: Box<Self>) {
-        if self.reserved
-            && let Some(catalog) = &self.catalog
-        {
-            let ids: Vec<ProductId> = self.lines.iter().map(|(id, _)| *id).collect();
-            catalog.products_changed(&ids).await;
+        if let Some(catalog) = &self.catalog {
+            catalog.products_written(&self.reserved).await;
         }
     }
 }
