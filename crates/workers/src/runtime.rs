@@ -103,8 +103,7 @@ pub mod metric {
 }
 
 /// How a group member paces itself. The defaults suit the simulated
-/// providers' latencies (SMS, the slowest, takes 300 ms: holding 1,024
-/// deliveries keeps up with more than 3,000 SMS a second).
+/// providers' latencies (see [`DEFAULT_WINDOW`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConsumerSettings {
     /// Deliveries held at most (polled and not yet committed).
@@ -130,8 +129,15 @@ impl Default for ConsumerSettings {
     }
 }
 
-/// See [`ConsumerSettings::window`].
-pub const DEFAULT_WINDOW: usize = 1024;
+/// See [`ConsumerSettings::window`]. A delivery stays in hand until its
+/// partition's offset is committed past it, so everything polled behind a
+/// slow one stays too: the window must hold every event of the group's
+/// topics that arrives during the slowest provider call (SMS, 300 ms), and
+/// during a retry's back-off. With 1,024, the SMS group (every order event,
+/// about two per order) filled its window at about 1,600 orders/s and fell
+/// seconds behind; with 4,096 it kept up (docs/benchmarks.md). Each held
+/// delivery is one decoded event, about a kilobyte.
+pub const DEFAULT_WINDOW: usize = 4096;
 /// See [`ConsumerSettings::group_commit_max`].
 pub const DEFAULT_GROUP_COMMIT_MAX: usize = 64;
 /// See [`ConsumerSettings::commit_interval`].
