@@ -215,7 +215,7 @@ pub struct Settings {
     #[arg(
         long,
         env = "ORDERFLOW_SQLITE_BACKGROUND_WAIT_MS",
-        default_value_t = 20,
+        default_value_t = 40,
         global = true
     )]
     pub sqlite_background_wait_ms: u64,
