@@ -152,6 +152,7 @@ where
         }
         let mut fields = QueryFields {
             keep_summary: self.tracer.is_some(),
+            operation: operation_of(""),
             ..QueryFields::default()
         };
         event.record(&mut fields);

@@ -418,8 +418,8 @@ impl Writer {
             .expect("held until committed or dropped")
     }
 
-    /// Hands the chain (with the connection) to the next background writer
-    /// if it may continue it, else commits it; either way this writer is
+    /// Hands the chain (with the connection) to the next waiting writer if
+    /// it may continue it, else commits it; either way this writer is
     /// done with the connection.
     fn carry_on(&mut self) {
         let (
@@ -468,14 +468,12 @@ impl WriteTx for Writer {
     /// `committed` runs before the writer is handed on (after the chain's
     /// `COMMIT`, in the order the transactions joined, for a chained one).
     async fn commit_then<F: FnOnce() + Send + 'static>(mut self, committed: F) -> StoreResult<()> {
-        let Some(mut chain) = self.chain.take() else {
-            // A failed COMMIT (another process holding the database past the
-            // busy timeout) leaves the transaction open: the drop rolls it back.
-            self.lease().control("commit", "COMMIT")?;
-            self.open = false;
-            committed();
-            return Ok(());
-        };
+        // A failed COMMIT (another process holding the database past the
+        // busy timeout) rolls the chain back and reaches every joined one.
+        let mut chain = self
+            .chain
+            .take()
+            .expect("every writer holds a chain until done");
         if self.joined
             && let Err(error) = self
                 .lease()

@@ -68,7 +68,8 @@ struct State {
     /// The last hand-over put an overdue background write ahead of a
     /// request: the next one serves the requests again.
     bumped: bool,
-    /// How long a [`Chain`] may hold the writer while no request waits.
+    /// How long a [`Chain`] may hold the writer ([`Chain::MAX_HELD`]; tests
+    /// on a busy machine set more).
     chain_held_max: Duration,
 }
 
@@ -110,9 +111,8 @@ pub(crate) type Handover = Option<Chain>;
 /// wrote inside a savepoint of it and waits for its `COMMIT`.
 ///
 /// Why: a `COMMIT` writes every page the transaction changed to the WAL,
-/// and an order's writes touch about thirty pages (each table and index its
-/// rows go to), most of them the same last pages the next order's writes
-/// touch. Under load the consumer groups commit small flushes all the time
+/// and an order's rows go to about twenty tables and indexes, most of them
+/// at the same last pages the next order's rows go to. Under load the consumer groups commit small flushes all the time
 /// and every order request commits alone: about five commits per order.
 /// When transactions are queued, the one holding the writer hands its open
 /// transaction to the next one instead of committing (in the order the
