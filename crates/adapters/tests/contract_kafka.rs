@@ -374,6 +374,124 @@ async fn resume_from_committed_offsets_after_restart() {
     );
 }
 
+/// A member that holds partitions and stops consuming them (a hung process)
+/// looks, from the other members, like partitions nobody owns. After three
+/// session timeouts without a commit the other member re-joins the group
+/// (for partitions really left without an owner, that rebalance hands them
+/// out), keeps working through the rebalance, and once the hung member is
+/// gone it consumes every event: nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_rejoins_when_partitions_it_does_not_own_stall() {
+    const GROUP: &str = "stall";
+    // tansu answers a JoinGroup after about 3 s, and a member does not
+    // heartbeat while it waits: shorter sessions make members time out
+    // while joining.
+    const SESSION_MS: &str = "6000";
+    let env = fresh().await;
+    let new_events = || -> Vec<Envelope> {
+        (0..40)
+            .map(|_| contract::user_registered(uuid::Uuid::now_v7()))
+            .collect()
+    };
+    let mut events = new_events();
+    contract::append_committed(&env.store, &events).await;
+    relayed(&env).await;
+    let mut settings = env.settings.clone();
+    settings
+        .client_config
+        .insert("session.timeout.ms".into(), SESSION_MS.into());
+    let log = KafkaEventLog::new(settings.clone(), BTreeMap::new()).unwrap();
+    let mut member = log.member(GROUP, &[topics::USER_EVENTS]).await.unwrap();
+
+    // The hung member: joins, polls until the group gave it partitions, then
+    // never polls again (librdkafka keeps heartbeating for it).
+    let hung = tokio::task::spawn_blocking({
+        let settings = settings.clone();
+        move || {
+            let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+                .set("bootstrap.servers", &settings.brokers)
+                .set("group.id", settings.group(GROUP))
+                .set("enable.auto.commit", "false")
+                .set("auto.offset.reset", "earliest")
+                .set("partition.assignment.strategy", "cooperative-sticky")
+                .set("session.timeout.ms", SESSION_MS)
+                .set("heartbeat.interval.ms", "1000")
+                .create()
+                .expect("the hung member's consumer");
+            consumer
+                .subscribe(&[settings.topic(topics::USER_EVENTS).as_str()])
+                .expect("subscribe");
+            let deadline = std::time::Instant::now() + GENEROUS;
+            while consumer.assignment().expect("assignment").count() == 0 {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the hung member never got partitions"
+                );
+                // Records are not consumed: only the rebalance is served.
+                consumer.poll(Duration::from_millis(100));
+                consumer
+                    .pause(&consumer.assignment().expect("assignment"))
+                    .ok();
+            }
+            consumer
+                .pause(&consumer.assignment().expect("assignment"))
+                .ok();
+            consumer
+        }
+    });
+
+    let mut seen = BTreeSet::new();
+    // Keep consuming (the member's own partitions) until the hung member has
+    // its share, then until the stall watch re-joined.
+    let hung = loop {
+        let batch = member.poll(20, Duration::from_millis(200)).await.unwrap();
+        seen.extend(batch.iter().map(|d| d.envelope.id));
+        member.commit(&batch).await.unwrap();
+        if hung.is_finished() {
+            break hung.await.expect("the hung member joined");
+        }
+    };
+    // Events that arrive now land on the hung member's partitions too.
+    let later = new_events();
+    contract::append_committed(&env.store, &later).await;
+    relayed(&env).await;
+    events.extend(later);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while member.rejoins() == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no re-join within 60 s although partitions stalled"
+        );
+        let batch = member.poll(20, Duration::from_millis(200)).await.unwrap();
+        seen.extend(batch.iter().map(|d| d.envelope.id));
+        member.commit(&batch).await.unwrap();
+    }
+    assert!(
+        seen.len() < events.len(),
+        "the hung member's partitions were not consumed before it left"
+    );
+
+    // The hung member goes away (closing leaves the group); its partitions
+    // come to the member that re-joined, and every event arrives.
+    tokio::task::spawn_blocking(move || drop(hung))
+        .await
+        .expect("closing the hung member");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while seen.len() < events.len() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {} of {} events arrived after the hung member left",
+            seen.len(),
+            events.len()
+        );
+        let batch = member.poll(20, Duration::from_millis(200)).await.unwrap();
+        seen.extend(batch.iter().map(|d| d.envelope.id));
+        member.commit(&batch).await.unwrap();
+    }
+    let all: BTreeSet<uuid::Uuid> = events.iter().map(|e| e.id).collect();
+    assert_eq!(seen, all, "every event was delivered");
+}
+
 /// Lag per partition: end = the partition's high watermark, committed = the
 /// group's offset. A group given at construction is listed by a log that
 /// never subscribed it, once it exists on the broker; one that never ran is

@@ -32,6 +32,12 @@
 //! - A member never commits an offset below one it committed before, so an
 //!   old batch committed late does not rewind the group.
 //!
+//! Partitions nobody consumes: a second small thread per member (the
+//! watcher) reads the group's committed offsets every few seconds; when a
+//! partition the member does not own has had lag and no commit for three
+//! session timeouts, the member leaves and re-joins so the group rebalances
+//! and hands it out (why a group can get there: [`super::stall`]).
+//!
 //! Lag ([`EventLog::lag`]): for every known group (given at construction,
 //! plus every group subscribed through this log) that the broker knows (it
 //! has members or committed offsets) or that subscribed here, and every
@@ -39,8 +45,8 @@
 //! offset (the low watermark when it never committed).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -55,6 +61,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use super::stall::StallWatch;
 use super::{KafkaSettings, REQUEST_TIMEOUT, kafka_err};
 
 /// How long `subscribe` waits for the member's first assignment.
@@ -63,6 +70,23 @@ const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
 const BUFFER_HIGH: usize = 2_000;
 /// How long one pump poll blocks; bounds how quickly a dropped member stops.
 const PUMP_POLL: Duration = Duration::from_millis(50);
+/// librdkafka's `session.timeout.ms` unless the operator sets another.
+const SESSION_TIMEOUT_MS: &str = "10000";
+
+/// How long a partition of the group may have lag, no commit and (as far as
+/// this member can tell) no owner before this member re-joins the group:
+/// three session timeouts, so that a member that died has been dropped by
+/// the broker and its partitions handed over first ([`StallWatch`]).
+fn stall_threshold(settings: &KafkaSettings) -> Duration {
+    let session_ms = settings
+        .client_config
+        .get("session.timeout.ms")
+        .map(String::as_str)
+        .unwrap_or(SESSION_TIMEOUT_MS)
+        .parse::<u64>()
+        .unwrap_or(10_000);
+    Duration::from_millis(session_ms * 3)
+}
 
 /// The consumer-group side of Kafka. Cheap to clone.
 #[derive(Clone)]
@@ -152,9 +176,10 @@ impl KafkaEventLog {
     }
 }
 
-#[async_trait]
-impl EventLog for KafkaEventLog {
-    async fn subscribe(&self, group: &str, topics: &[&str]) -> LogResult<Box<dyn Subscription>> {
+impl KafkaEventLog {
+    /// Joins `group` as a new member reading `topics` (unprefixed): what
+    /// [`EventLog::subscribe`] does, with the concrete type.
+    pub async fn member(&self, group: &str, topics: &[&str]) -> LogResult<KafkaSubscription> {
         let settings = &self.inner.settings;
         let names: BTreeSet<String> = topics.iter().map(|t| (*t).to_owned()).collect();
         lock(&self.inner.subscribed)
@@ -177,7 +202,7 @@ impl EventLog for KafkaEventLog {
                 ("partition.assignment.strategy", "cooperative-sticky"),
                 // A member that dies without leaving (SIGKILL) hands its
                 // partitions over after this long.
-                ("session.timeout.ms", "10000"),
+                ("session.timeout.ms", SESSION_TIMEOUT_MS),
                 ("heartbeat.interval.ms", "1000"),
             ])
             .create_with_context(context)
@@ -188,6 +213,19 @@ impl EventLog for KafkaEventLog {
             .subscribe(&kafka_topics)
             .map_err(|e| kafka_err(&format!("subscribing {group_id} to {kafka_topics:?}"), e))?;
         let consumer = Arc::new(consumer);
+
+        let watch = StallWatch::new(stall_threshold(settings));
+        let watcher = Watcher {
+            consumer: Arc::downgrade(&consumer),
+            shared: shared.clone(),
+            settings: settings.clone(),
+            group: group.to_owned(),
+            topics: names,
+        };
+        std::thread::Builder::new()
+            .name(format!("kafka-watch-{group}"))
+            .spawn(move || watcher.run(watch))
+            .map_err(|e| LogError::Backend(format!("starting the stall watch thread: {e}")))?;
 
         let pump = {
             let consumer = consumer.clone();
@@ -238,7 +276,14 @@ impl EventLog for KafkaEventLog {
                 )));
             }
         }
-        Ok(Box::new(subscription))
+        Ok(subscription)
+    }
+}
+
+#[async_trait]
+impl EventLog for KafkaEventLog {
+    async fn subscribe(&self, group: &str, topics: &[&str]) -> LogResult<Box<dyn Subscription>> {
+        Ok(Box::new(self.member(group, topics).await?))
     }
 
     async fn lag(&self) -> LogResult<Vec<PartitionLag>> {
@@ -294,83 +339,13 @@ impl KafkaEventLog {
                 BTreeSet::new()
             }
         };
-        let mut partitions: HashMap<String, i32> = HashMap::new();
-        let mut watermarks: HashMap<(String, i32), (i64, i64)> = HashMap::new();
+        let mut marks = Marks::default();
         let mut rows = Vec::new();
         for (group, topics, reader, here) in groups {
-            let mut tpl = TopicPartitionList::new();
-            for topic in &topics {
-                let count = match partitions.get(topic) {
-                    Some(count) => *count,
-                    None => {
-                        let name = settings.topic(topic);
-                        let meta = metadata
-                            .fetch_metadata(Some(&name), REQUEST_TIMEOUT)
-                            .map_err(|e| kafka_err(&format!("reading metadata of {name}"), e))?;
-                        let count = meta
-                            .topics()
-                            .iter()
-                            .find(|t| t.name() == name)
-                            .map(|t| t.partitions().len() as i32)
-                            .unwrap_or(0);
-                        partitions.insert(topic.clone(), count);
-                        count
-                    }
-                };
-                for partition in 0..count {
-                    tpl.add_partition(&settings.topic(topic), partition);
-                }
-            }
-            if tpl.count() == 0 {
-                continue;
-            }
-            let committed = reader
-                .committed_offsets(tpl, REQUEST_TIMEOUT)
-                .map_err(|e| kafka_err(&format!("reading the offsets of group {group}"), e))?;
-            let elements = committed.elements();
-            let known = here
-                || listed.contains(&group)
-                || elements
-                    .iter()
-                    .any(|e| matches!(e.offset(), Offset::Offset(_)));
-            if !known {
-                continue;
-            }
-            for element in elements {
-                let topic = settings.unprefixed(element.topic()).to_owned();
-                let partition = element.partition();
-                let key = (topic.clone(), partition);
-                let (low, high) = match watermarks.get(&key) {
-                    Some(marks) => *marks,
-                    None => {
-                        let marks = metadata
-                            .fetch_watermarks(element.topic(), partition, REQUEST_TIMEOUT)
-                            .map_err(|e| {
-                                kafka_err(
-                                    &format!(
-                                        "reading watermarks of {}/{partition}",
-                                        element.topic()
-                                    ),
-                                    e,
-                                )
-                            })?;
-                        watermarks.insert(key, marks);
-                        marks
-                    }
-                };
-                let committed = match element.offset() {
-                    Offset::Offset(offset) => offset,
-                    // Never committed: the group starts at the beginning.
-                    _ => low,
-                };
-                rows.push(PartitionLag {
-                    group: group.clone(),
-                    topic,
-                    partition,
-                    committed,
-                    end: high,
-                    lag: (high - committed).max(0),
-                });
+            let (group_rows, ever_committed) =
+                group_lag(settings, metadata, &reader, &group, &topics, &mut marks)?;
+            if here || ever_committed || listed.contains(&group) {
+                rows.extend(group_rows);
             }
         }
         rows.sort_by(|a, b| {
@@ -378,6 +353,97 @@ impl KafkaEventLog {
         });
         Ok(rows)
     }
+}
+
+/// Partition counts and watermarks already read in one pass (each is a
+/// broker round trip, and several groups read the same topics).
+#[derive(Default)]
+struct Marks {
+    partitions: HashMap<String, i32>,
+    watermarks: HashMap<(String, i32), (i64, i64)>,
+}
+
+/// The committed offset of `group` against the end of the log, for every
+/// partition of `topics` (unprefixed), and whether the group ever committed
+/// any of them. `reader` is a client with the group's `group.id`;
+/// `metadata` any client of the cluster. Used for [`EventLog::lag`] and by
+/// each member's stall watch.
+fn group_lag<R: ConsumerContext, M: ConsumerContext>(
+    settings: &KafkaSettings,
+    metadata: &BaseConsumer<M>,
+    reader: &BaseConsumer<R>,
+    group: &str,
+    topics: &BTreeSet<String>,
+    marks: &mut Marks,
+) -> LogResult<(Vec<PartitionLag>, bool)> {
+    let mut tpl = TopicPartitionList::new();
+    for topic in topics {
+        let count = match marks.partitions.get(topic) {
+            Some(count) => *count,
+            None => {
+                let name = settings.topic(topic);
+                let meta = metadata
+                    .fetch_metadata(Some(&name), REQUEST_TIMEOUT)
+                    .map_err(|e| kafka_err(&format!("reading metadata of {name}"), e))?;
+                let count = meta
+                    .topics()
+                    .iter()
+                    .find(|t| t.name() == name)
+                    .map(|t| t.partitions().len() as i32)
+                    .unwrap_or(0);
+                marks.partitions.insert(topic.clone(), count);
+                count
+            }
+        };
+        for partition in 0..count {
+            tpl.add_partition(&settings.topic(topic), partition);
+        }
+    }
+    if tpl.count() == 0 {
+        return Ok((Vec::new(), false));
+    }
+    let committed = reader
+        .committed_offsets(tpl, REQUEST_TIMEOUT)
+        .map_err(|e| kafka_err(&format!("reading the offsets of group {group}"), e))?;
+    let elements = committed.elements();
+    let ever_committed = elements
+        .iter()
+        .any(|e| matches!(e.offset(), Offset::Offset(_)));
+    let mut rows = Vec::with_capacity(elements.len());
+    for element in elements {
+        let topic = settings.unprefixed(element.topic()).to_owned();
+        let partition = element.partition();
+        let key = (topic.clone(), partition);
+        let (low, high) = match marks.watermarks.get(&key) {
+            Some(found) => *found,
+            None => {
+                let found = metadata
+                    .fetch_watermarks(element.topic(), partition, REQUEST_TIMEOUT)
+                    .map_err(|e| {
+                        kafka_err(
+                            &format!("reading watermarks of {}/{partition}", element.topic()),
+                            e,
+                        )
+                    })?;
+                marks.watermarks.insert(key, found);
+                found
+            }
+        };
+        let committed = match element.offset() {
+            Offset::Offset(offset) => offset,
+            // Never committed: the group starts at the beginning.
+            _ => low,
+        };
+        rows.push(PartitionLag {
+            group: group.to_owned(),
+            topic,
+            partition,
+            committed,
+            end: high,
+            lag: (high - committed).max(0),
+        });
+    }
+    Ok((rows, ever_committed))
 }
 
 /// What the pump, the rebalance callbacks and `poll` share.
@@ -388,6 +454,8 @@ struct Shared {
     notify: Notify,
     /// Set when the subscription is dropped: the pump closes the consumer.
     stop: AtomicBool,
+    /// Times the stall watch made this member re-join its group.
+    rejoins: AtomicU64,
 }
 
 #[derive(Default)]
@@ -562,6 +630,96 @@ fn pump(consumer: Arc<BaseConsumer<MemberContext>>, shared: Arc<Shared>, prefix:
     drop(consumer);
 }
 
+/// The member's stall watch: every few seconds reads its group's committed
+/// offsets and the log's end, and re-joins the group when a partition this
+/// member does not own has had lag and no commit for too long (why:
+/// [`super::stall`]). Holds the consumer weakly, so the pump still closes
+/// it when the subscription is dropped.
+struct Watcher {
+    consumer: Weak<BaseConsumer<MemberContext>>,
+    shared: Arc<Shared>,
+    settings: KafkaSettings,
+    group: String,
+    topics: BTreeSet<String>,
+}
+
+impl Watcher {
+    fn run(self, mut watch: StallWatch) {
+        // Six looks per threshold: a stall is acted on at most a sixth late.
+        let every = (watch.threshold() / 6).max(Duration::from_secs(1));
+        let mut next = std::time::Instant::now() + every;
+        loop {
+            while std::time::Instant::now() < next {
+                if self.shared.stop.load(Ordering::Acquire) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            next = std::time::Instant::now() + every;
+            let Some(consumer) = self.consumer.upgrade() else {
+                return;
+            };
+            if self.shared.stop.load(Ordering::Acquire) {
+                return;
+            }
+            let mut marks = Marks::default();
+            let lags = match group_lag(
+                &self.settings,
+                &consumer,
+                &consumer,
+                &self.group,
+                &self.topics,
+                &mut marks,
+            ) {
+                Ok((rows, _)) => rows,
+                Err(error) => {
+                    tracing::debug!(%error, group = self.group, "stall watch: reading the group's offsets failed");
+                    continue;
+                }
+            };
+            let owned = match consumer.assignment() {
+                Ok(list) => consumer.context().partitions(&list),
+                Err(_) => continue,
+            };
+            let now = std::time::Instant::now();
+            let stalled = watch.observe(now, &lags, &owned);
+            if stalled.is_empty() {
+                continue;
+            }
+            tracing::warn!(
+                group = self.group,
+                ?stalled,
+                after = ?watch.threshold(),
+                "partitions of this group have lag, no commit and no owner here; \
+                 re-joining the group so that it hands them out again"
+            );
+            metrics::counter!("orderflow_log_rejoins_total", "group" => self.group.clone())
+                .increment(1);
+            self.rejoin(&consumer);
+            self.shared.rejoins.fetch_add(1, Ordering::Relaxed);
+            watch.rejoined(now);
+        }
+    }
+
+    /// Leaves the group and joins it again. Re-subscribing to the same
+    /// topics does not make librdkafka re-join, leaving does; the group then
+    /// rebalances with the partitions nobody claims free to give out. This
+    /// member's partitions are revoked and assigned again like in any
+    /// rebalance (buffers dropped, commits only for what it owns).
+    fn rejoin(&self, consumer: &BaseConsumer<MemberContext>) {
+        consumer.unsubscribe();
+        let topics: Vec<String> = self.topics.iter().map(|t| self.settings.topic(t)).collect();
+        let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+        if let Err(error) = consumer.subscribe(&topics) {
+            tracing::error!(%error, group = self.group, "re-subscribing after leaving the group failed");
+            let mut state = lock(&self.shared.state);
+            state.error = Some(kafka_err("re-joining the consumer group", error));
+            drop(state);
+            self.shared.wake();
+        }
+    }
+}
+
 /// One member of a consumer group on Kafka.
 pub struct KafkaSubscription {
     group: String,
@@ -590,6 +748,11 @@ impl KafkaSubscription {
         // Detached on purpose: joining here would block the async runtime
         // while the consumer leaves its group.
         drop(self.pump.take());
+    }
+
+    /// How many times the stall watch made this member re-join its group.
+    pub fn rejoins(&self) -> u64 {
+        self.shared.rejoins.load(Ordering::Relaxed)
     }
 
     fn consumer(&self) -> LogResult<&Arc<BaseConsumer<MemberContext>>> {

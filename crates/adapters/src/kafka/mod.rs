@@ -14,6 +14,9 @@
 //!   [`EventLog`](orderflow_core::ports::log::EventLog) port: one Kafka
 //!   consumer-group member per subscription (manual commits, cooperative
 //!   rebalancing), lag from watermarks vs committed offsets.
+//! - [`stall`]: [`stall::StallWatch`], which finds partitions of a group
+//!   that have work and no member consuming them, so the member re-joins
+//!   and the group hands them out again.
 //!
 //! Producing never happens from a request or a consumer directly: events are
 //! appended to the outbox in the same database transaction as their cause,
@@ -25,6 +28,7 @@
 
 pub mod log;
 pub mod publisher;
+pub mod stall;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
