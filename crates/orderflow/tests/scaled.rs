@@ -585,10 +585,22 @@ async fn two_thousand_orders_across_processes_survive_sigkills() {
         .fetch_one(&db)
         .await
         .unwrap();
+    // Times a member found partitions with lag and no owner and re-joined
+    // its group (the Kafka adapter's stall watch): what repaired a stall.
+    let rejoins: usize = workers
+        .values()
+        .flatten()
+        .map(|member| {
+            std::fs::read_to_string(&member.log)
+                .unwrap_or_default()
+                .matches("re-joining the group so that it hands them out again")
+                .count()
+        })
+        .sum();
     eprintln!(
         "[scaled] figures: {} orders accepted in {:.1}s, all final and every group caught up at {:.1}s; \
          statuses {by_status:?}; {kills} SIGKILLs; {dead_letters} dead letters; \
-         relay started {} times",
+         relay started {} times; {rejoins} stall re-joins",
         orders.len(),
         placing_took.as_secs_f64(),
         settled_after.as_secs_f64(),
