@@ -5,7 +5,7 @@
 
 use orderflow_core::ports::outbox::OutboxEvent;
 use orderflow_core::ports::store::{
-    DeadLetter, NotificationRecord, SessionRecord, StoreError, StoreResult, UserRecord,
+    DeadLetter, LiveMessage, NotificationRecord, SessionRecord, StoreError, StoreResult, UserRecord,
 };
 use orderflow_domain::events::Envelope;
 use orderflow_domain::money::Currency;
@@ -124,6 +124,18 @@ pub(crate) fn notification(row: &impl SqlRow) -> StoreResult<NotificationRecord>
             .ok_or_else(|| corrupt(format!("unknown notification kind {kind:?}")))?,
         order_id: row.opt_uuid("order_id")?,
         sent_at: row.time("sent_at")?,
+    })
+}
+
+/// A live channel's message; the payload is JSON text.
+pub(crate) fn live_message(row: &impl SqlRow) -> StoreResult<LiveMessage> {
+    let payload = row.text("payload")?;
+    Ok(LiveMessage {
+        channel: row.text("channel")?,
+        position: row.int("position")?,
+        at: row.time("at")?,
+        data: serde_json::from_str(&payload)
+            .map_err(|e| corrupt(format!("live message payload: {e}")))?,
     })
 }
 

@@ -11,8 +11,8 @@
 
 use async_trait::async_trait;
 use orderflow_core::ports::store::{
-    DailySales, DeadLetter, LeaderboardEntry, NotificationRecord, PointsStanding, RefreshRotation,
-    SessionRecord, Store, StoreResult, StoreTx, UserRecord,
+    DailySales, DeadLetter, LeaderboardEntry, LiveMessage, NotificationRecord, PointsStanding,
+    RefreshRotation, SessionRecord, Store, StoreResult, StoreTx, UserRecord,
 };
 use orderflow_domain::order::{HistoryEntry, Order, OrderStatus};
 use orderflow_domain::product::{Product, ProductDraft};
@@ -747,6 +747,39 @@ impl<E: Engine> Store for SqlStore<E> {
             rows::notification,
         )
         .await
+    }
+
+    async fn live_messages(
+        &self,
+        channel: &str,
+        after: i64,
+        limit: u32,
+    ) -> StoreResult<Vec<LiveMessage>> {
+        read_all(
+            &*self.engine,
+            stmt(
+                "live_messages",
+                "SELECT channel, position, payload, at FROM live_messages
+                 WHERE channel = $1 AND position > $2 ORDER BY position LIMIT $3",
+                (channel, after, i64::from(limit)),
+            ),
+            rows::live_message,
+        )
+        .await
+    }
+
+    async fn live_head(&self, channel: &str) -> StoreResult<i64> {
+        let head = read_all(
+            &*self.engine,
+            stmt(
+                "live_head",
+                "SELECT head FROM live_channels WHERE channel = $1",
+                (channel,),
+            ),
+            |row| row.int("head"),
+        )
+        .await?;
+        Ok(head.first().copied().unwrap_or(0))
     }
 
     async fn points(&self, user_id: UserId) -> StoreResult<PointsStanding> {

@@ -69,6 +69,7 @@ macro_rules! store_scenarios {
             product_versions,
             product_imports,
             product_views,
+            live_channels,
         );
     };
 }

@@ -122,6 +122,18 @@ pub struct NotificationRecord {
     pub sent_at: Timestamp,
 }
 
+/// A message of a live channel (`orders:{user}`, …) as stored: written in
+/// the transaction of the change it tells about, at the channel's next
+/// position (1, 2, 3, … without gaps), so a client that reconnects with its
+/// last position can be sent exactly what it missed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LiveMessage {
+    pub channel: String,
+    pub position: i64,
+    pub at: Timestamp,
+    pub data: serde_json::Value,
+}
+
 /// A payment attempt's result.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PaymentRecord {
@@ -286,6 +298,17 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> StoreResult<Vec<NotificationRecord>>;
     async fn points(&self, user_id: UserId) -> StoreResult<PointsStanding>;
+    // --- live channels ---
+    /// The messages of `channel` after position `after`, oldest first, at
+    /// most `limit`.
+    async fn live_messages(
+        &self,
+        channel: &str,
+        after: i64,
+        limit: u32,
+    ) -> StoreResult<Vec<LiveMessage>>;
+    /// The channel's last position (0 when it has had no message).
+    async fn live_head(&self, channel: &str) -> StoreResult<i64>;
     async fn leaderboard(&self, limit: u32) -> StoreResult<Vec<LeaderboardEntry>>;
     async fn daily_sales(&self, days: u32) -> StoreResult<Vec<DailySales>>;
     /// Whether a group already handled an event (a cheap pre-check; the
@@ -362,6 +385,16 @@ pub trait StoreTx: Send {
 
     async fn record_payment(&mut self, payment: &PaymentRecord) -> StoreResult<()>;
     async fn record_notification(&mut self, notification: &NotificationRecord) -> StoreResult<()>;
+    /// Writes a message of a live channel at the channel's next position
+    /// and returns that position. The channel's counter stays locked until
+    /// this unit of work ends, so one channel's messages commit in position
+    /// order.
+    async fn append_live(
+        &mut self,
+        channel: &str,
+        data: &serde_json::Value,
+        at: Timestamp,
+    ) -> StoreResult<i64>;
     /// Adds (or with a negative value removes) loyalty points.
     async fn add_points(&mut self, user_id: UserId, points: i64) -> StoreResult<()>;
     /// Adds a confirmed order to the day's revenue and the product sales.
