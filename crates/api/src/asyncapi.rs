@@ -11,8 +11,9 @@
 //! Every message is a structured-mode CloudEvent: on Kafka the record value
 //! is the event as JSON with `content-type: application/cloudevents+json`
 //! (CloudEvents Kafka protocol binding), in the embedded log the same JSON
-//! is the row. The live channels (SSE, WebSocket) do not exist yet; when
-//! they do, they belong here too.
+//! is the row. The live channels' stream (`GET /api/v1/live`, Server-Sent
+//! Events) is an HTTP operation and is described in the OpenAPI document
+//! with its message shapes.
 
 use std::collections::BTreeMap;
 use std::sync::LazyLock;

@@ -48,6 +48,7 @@ use orderflow_core::ports::store::Store;
 use orderflow_core::services::admin::Operations;
 use orderflow_core::services::auth::AuthService;
 use orderflow_core::services::catalog::CatalogService;
+use orderflow_core::services::live::LiveHub;
 use orderflow_core::services::orders::OrderService;
 use orderflow_core::services::queries::ShopperQueries;
 
@@ -120,6 +121,8 @@ pub struct Services {
     pub auth: Arc<AuthService>,
     pub catalog: Arc<CatalogService>,
     pub orders: Arc<OrderService>,
+    /// This process's live channels (`GET /api/v1/live`).
+    pub live: Arc<LiveHub>,
     pub queries: Arc<ShopperQueries>,
     pub operations: Arc<Operations>,
     pub metrics: PrometheusHandle,

@@ -11,7 +11,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
 
 use crate::schema;
 
-use crate::routes::{admin, auth, health, me, orders, products};
+use crate::routes::{admin, auth, health, live, me, orders, products};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -21,17 +21,19 @@ use crate::routes::{admin, auth, health, me, orders, products};
         products::list, products::get_one, products::create, products::update,
         orders::place, orders::get_one, orders::list,
         me::notifications, me::points, me::sessions, me::end_session, me::leaderboard,
+        live::follow,
         admin::consumers, admin::dead_letters, admin::dead_letter, admin::replay,
         health::healthz, health::readyz,
     ),
     // OrderLineInput is named by `schema::order_lines`, not reached through a field type.
-    components(schemas(ProblemDocument, orders::OrderLineInput)),
+    components(schemas(ProblemDocument, orders::OrderLineInput, live::LiveReady, live::LiveChannelStart)),
     modifiers(&BearerAuth, &RequestRules, &Problems),
     tags(
         (name = "auth", description = "Accounts and sessions"),
         (name = "catalog", description = "Products, served from a cache"),
         (name = "orders", description = "Placing and following orders"),
         (name = "me", description = "Notifications, loyalty points, leaderboard"),
+        (name = "live", description = "Live channels (Server-Sent Events), resumable from the last event id"),
         (name = "admin", description = "Consumers and the dead-letter queue (admin role)"),
         (name = "health", description = "Liveness and readiness"),
     )

@@ -22,6 +22,7 @@ use orderflow_core::services::admin::Operations;
 use orderflow_core::services::auth::{AuthService, AuthSettings};
 use orderflow_core::services::catalog::{CacheSettings, CatalogService};
 use orderflow_core::services::effects::{Notifiers, RetryPolicy};
+use orderflow_core::services::live::LiveHub;
 use orderflow_core::services::orders::{OrderService, SideEffects};
 use orderflow_core::services::queries::ShopperQueries;
 use orderflow_core::services::relay::Relay;
@@ -103,11 +104,10 @@ impl App {
                 notifiers: notifiers.clone(),
             },
         };
-        let orders = Arc::new(OrderService::new(
-            store.clone(),
-            catalog.clone(),
-            side_effects,
-        ));
+        let live = Arc::new(LiveHub::new(store.clone()));
+        let orders = Arc::new(
+            OrderService::new(store.clone(), catalog.clone(), side_effects).with_live(live.clone()),
+        );
         let read_models = backends.read_models();
         let mut queries = ShopperQueries::new(store.clone());
         if let Some(read_models) = &read_models {
@@ -132,6 +132,9 @@ impl App {
         // Reservations and releases reach the catalog caches: this process's
         // directly, other processes' over Redis.
         workers = workers.with_catalog(catalog.clone());
+        // Order changes made by this process's workers reach its live
+        // followers at once; other processes' through the database.
+        workers = workers.with_live(live.clone());
 
         let state = AppState::new(Services {
             store: store.clone(),
@@ -139,6 +142,7 @@ impl App {
             auth: auth.clone(),
             catalog: catalog.clone(),
             orders: orders.clone(),
+            live,
             queries: queries.clone(),
             operations: operations.clone(),
             metrics,

@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod auth;
 pub mod health;
+pub mod live;
 pub mod me;
 pub mod orders;
 pub mod products;
@@ -38,6 +39,7 @@ pub fn router(state: AppState) -> Router {
         .route("/me/sessions", get(me::sessions))
         .route("/me/sessions/{id}", axum::routing::delete(me::end_session))
         .route("/leaderboard", get(me::leaderboard))
+        .route("/live", get(live::follow))
         .route("/admin/consumers", get(admin::consumers))
         .route("/admin/dlq", get(admin::dead_letters))
         .route("/admin/dlq/{id}", get(admin::dead_letter))

@@ -22,16 +22,17 @@ use std::sync::Arc;
 use orderflow_domain::events::{Envelope, EventData};
 use orderflow_domain::notification::{Channel, NotificationKind};
 use orderflow_domain::order::{self, HistoryEntry, Order, OrderStatus, RequestedLine};
-use orderflow_domain::{OrderId, ProductId, UserId, ValidationError};
+use orderflow_domain::{OrderId, ProductId, Timestamp, UserId, ValidationError};
 
 use crate::CoreError;
 use crate::ports::providers::{ChargeOutcome, PaymentGateway};
 use crate::ports::store::{
-    IdempotencyClaim, NotificationRecord, PaymentRecord, Reservation, Store, StoreTx,
+    IdempotencyClaim, LiveMessage, NotificationRecord, PaymentRecord, Reservation, Store, StoreTx,
 };
 use crate::services::auth::sha256_hex;
 use crate::services::catalog::CatalogService;
 use crate::services::effects::{self, Notifiers};
+use crate::services::live::{self, LiveHub};
 use orderflow_domain::rules::TextRule;
 
 pub const MAX_IDEMPOTENCY_KEY_CHARS: usize = 255;
@@ -81,6 +82,9 @@ pub struct OrderService {
     store: Arc<dyn Store>,
     catalog: Arc<CatalogService>,
     side_effects: SideEffects,
+    /// Told of every status change after its commit (the change's live
+    /// message is written either way).
+    live: Option<Arc<LiveHub>>,
 }
 
 impl OrderService {
@@ -93,6 +97,35 @@ impl OrderService {
             store,
             catalog,
             side_effects,
+            live: None,
+        }
+    }
+
+    /// Hands each committed status change's live message to `hub`, so this
+    /// process's followers see it at once.
+    pub fn with_live(mut self, hub: Arc<LiveHub>) -> Self {
+        self.live = Some(hub);
+        self
+    }
+
+    /// Moves `order` through `steps` in `tx`, with the change's live
+    /// message; the message goes to [`Self::publish`] after the commit.
+    async fn move_order(
+        tx: &mut dyn StoreTx,
+        order: &Order,
+        steps: &[OrderStatus],
+        at: Timestamp,
+    ) -> Result<LiveMessage, CoreError> {
+        tx.set_order_status(order.id, steps, at).await?;
+        Ok(live::order_moved(tx, order.user_id, order.id, steps, at).await?)
+    }
+
+    /// After a commit: the committed changes' live messages to the hub.
+    fn publish(&self, messages: Vec<LiveMessage>) {
+        if let Some(hub) = &self.live {
+            for message in messages {
+                hub.publish(message);
+            }
         }
     }
 
@@ -136,6 +169,14 @@ impl OrderService {
             return Ok(saved);
         }
         tx.insert_order(&order).await?;
+        let placed = live::order_moved(
+            &mut *tx,
+            order.user_id,
+            order.id,
+            &[OrderStatus::Pending],
+            now,
+        )
+        .await?;
         match &self.side_effects {
             SideEffects::Events => {
                 tx.append(&[Envelope::new(
@@ -155,6 +196,7 @@ impl OrderService {
                         .await?;
                 }
                 tx.commit().await?;
+                self.publish(vec![placed]);
                 metrics::counter!("orderflow_orders_total", "status" => "placed", "mode" => "events").increment(1);
                 Ok(OrderAnswer {
                     status: 201,
@@ -166,6 +208,7 @@ impl OrderService {
                 metrics::counter!("orderflow_orders_total", "status" => "placed", "mode" => "inline").increment(1);
                 self.place_inline(
                     tx,
+                    placed,
                     order,
                     request.idempotency_key.as_deref(),
                     payment.as_ref(),
@@ -180,6 +223,7 @@ impl OrderService {
     async fn place_inline(
         &self,
         mut tx: Box<dyn StoreTx>,
+        placed: LiveMessage,
         mut order: Order,
         key: Option<&str>,
         payment: &dyn PaymentGateway,
@@ -204,22 +248,42 @@ impl OrderService {
                     requested,
                 };
                 return self
-                    .fail_inline(tx, &order, key, &[OrderStatus::Rejected], error)
+                    .fail_inline(
+                        tx,
+                        vec![placed],
+                        &order,
+                        key,
+                        &[OrderStatus::Rejected],
+                        error,
+                    )
                     .await;
             }
             Reservation::UnknownProduct { product_id } => {
                 let error =
                     ValidationError::new("items", format!("unknown product {product_id}")).into();
                 return self
-                    .fail_inline(tx, &order, key, &[OrderStatus::Rejected], error)
+                    .fail_inline(
+                        tx,
+                        vec![placed],
+                        &order,
+                        key,
+                        &[OrderStatus::Rejected],
+                        error,
+                    )
                     .await;
             }
         };
-        tx.set_order_status(order.id, &[OrderStatus::Reserved], chrono::Utc::now())
-            .await?;
+        let reserved_message = Self::move_order(
+            &mut *tx,
+            &order,
+            &[OrderStatus::Reserved],
+            chrono::Utc::now(),
+        )
+        .await?;
         // The reservation must be visible to other requests while we wait for
         // the providers, so it commits now; the key stays claimed (in progress).
         tx.commit().await?;
+        self.publish(vec![placed, reserved_message]);
         self.catalog.products_written(&reserved).await;
 
         let charge = effects::charge_request(&order, effects::payment_idempotency_key(order.id));
@@ -268,8 +332,13 @@ impl OrderService {
             at: now,
         })
         .await?;
-        tx.set_order_status(order.id, &[OrderStatus::Paid, OrderStatus::Confirmed], now)
-            .await?;
+        let confirmed = Self::move_order(
+            &mut *tx,
+            &order,
+            &[OrderStatus::Paid, OrderStatus::Confirmed],
+            now,
+        )
+        .await?;
         for channel in Channel::ALL {
             tx.record_notification(&NotificationRecord {
                 user_id: order.user_id,
@@ -291,6 +360,7 @@ impl OrderService {
                 .await?;
         }
         tx.commit().await?;
+        self.publish(vec![confirmed]);
         metrics::counter!("orderflow_orders_total", "status" => "confirmed", "mode" => "inline")
             .increment(1);
         metrics::counter!("orderflow_revenue_cents_total", "currency" => order.currency.to_string())
@@ -328,7 +398,7 @@ impl OrderService {
         let mut tx = self.store.begin().await?;
         let released = tx.release_stock(order.id).await?;
         let answer = self
-            .fail_inline(tx, order, key, &[final_status], error)
+            .fail_inline(tx, Vec::new(), order, key, &[final_status], error)
             .await;
         if released {
             self.catalog.products_changed(&product_ids(order)).await;
@@ -341,13 +411,13 @@ impl OrderService {
     async fn fail_inline(
         &self,
         mut tx: Box<dyn StoreTx>,
+        mut messages: Vec<LiveMessage>,
         order: &Order,
         key: Option<&str>,
         steps: &[OrderStatus],
         error: CoreError,
     ) -> Result<OrderAnswer, CoreError> {
-        tx.set_order_status(order.id, steps, chrono::Utc::now())
-            .await?;
+        messages.push(Self::move_order(&mut *tx, order, steps, chrono::Utc::now()).await?);
         let problem = error.problem();
         let mut body = problem.to_json();
         body["order_id"] = order.id.to_string().into();
@@ -356,6 +426,7 @@ impl OrderService {
                 .await?;
         }
         tx.commit().await?;
+        self.publish(messages);
         let status = steps.last().map(|s| s.as_str()).unwrap_or("unknown");
         metrics::counter!("orderflow_orders_total", "status" => status, "mode" => "inline")
             .increment(1);

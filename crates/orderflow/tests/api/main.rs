@@ -11,5 +11,6 @@ mod catalog;
 mod flow;
 mod http;
 mod inline;
+mod live;
 mod orders;
 mod security;

@@ -33,6 +33,7 @@ use orderflow_core::ports::read_models::ReadModels;
 use orderflow_core::ports::store::Store;
 use orderflow_core::services::catalog::CatalogService;
 use orderflow_core::services::effects::{Notifiers, RetryPolicy};
+use orderflow_core::services::live::LiveHub;
 use orderflow_domain::events::topics;
 use orderflow_domain::notification::Channel;
 
@@ -100,6 +101,9 @@ pub struct WorkerDeps {
     pub read_models: Option<Arc<dyn ReadModels>>,
     /// The catalog whose caches hear of stock changes; `None`: nobody's.
     pub catalog: Option<Arc<CatalogService>>,
+    /// This process's live hub, told of committed order changes; `None`:
+    /// followers get them from the database rechecks only.
+    pub live: Option<Arc<LiveHub>>,
     /// How each member paces itself (window, group commit size).
     pub consumer: ConsumerSettings,
 }
@@ -130,6 +134,7 @@ impl WorkerDeps {
             retry,
             read_models: None,
             catalog: None,
+            live: None,
             consumer: ConsumerSettings::default(),
         }
     }
@@ -154,6 +159,12 @@ impl WorkerDeps {
         self
     }
 
+    /// Makes `orders` hand each committed status change to `hub`.
+    pub fn with_live(mut self, hub: Arc<LiveHub>) -> Self {
+        self.live = Some(hub);
+        self
+    }
+
     /// The handler of one group; [`WorkerError::UnknownGroup`] for a name not
     /// in [`GROUPS`].
     pub fn handler(&self, group: &str) -> Result<Arc<dyn Handler>, WorkerError> {
@@ -171,6 +182,7 @@ impl WorkerDeps {
             "orders" => Arc::new(
                 OrdersHandler::new()
                     .with_read_models(read_models)
+                    .with_live(self.live.clone())
                     .with_catalog(self.catalog.clone()),
             ),
             "email" => notify(Channel::Email),

@@ -12,8 +12,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use orderflow_core::ports::log::Delivery;
 use orderflow_core::ports::read_models::ReadModels;
-use orderflow_core::ports::store::StoreTx;
+use orderflow_core::ports::store::{LiveMessage, StoreTx};
 use orderflow_core::services::catalog::CatalogService;
+use orderflow_core::services::live::{self, LiveHub};
 use orderflow_domain::events::{Envelope, EventData};
 use orderflow_domain::money::Currency;
 use orderflow_domain::order::{OrderFact, OrderStatus, Transition};
@@ -25,6 +26,8 @@ use crate::runtime::{Applied, Effect, Handler, Prepared};
 
 pub struct OrdersHandler {
     read_models: Option<Arc<dyn ReadModels>>,
+    /// Told of each committed status change's live message.
+    live: Option<Arc<LiveHub>>,
     /// Told which products' stock a payment failure released.
     catalog: Option<Arc<CatalogService>>,
 }
@@ -33,8 +36,16 @@ impl OrdersHandler {
     pub fn new() -> Self {
         Self {
             read_models: None,
+            live: None,
             catalog: None,
         }
+    }
+
+    /// Hands each committed status change's live message to `hub` (the
+    /// message is written with the change either way).
+    pub fn with_live(mut self, hub: Option<Arc<LiveHub>>) -> Self {
+        self.live = hub;
+        self
     }
 
     /// Tells `catalog` of every stock release after its commit, so cached
@@ -94,6 +105,8 @@ impl Handler for OrdersHandler {
             catalog: self.catalog.clone(),
             released: Vec::new(),
             moved: None,
+            live: self.live.clone(),
+            live_message: None,
         })))
     }
 }
@@ -112,6 +125,9 @@ struct Transit {
     /// Set by `apply` for `committed`: the shopper, the new status, and the
     /// order's total when the status is final.
     moved: Option<(UserId, OrderStatus, i64, Currency)>,
+    live: Option<Arc<LiveHub>>,
+    /// Set by `apply` for `committed`: the change's live message.
+    live_message: Option<LiveMessage>,
 }
 
 #[async_trait]
@@ -119,6 +135,7 @@ impl Effect for Transit {
     async fn apply(&mut self, tx: &mut dyn StoreTx) -> Result<Applied, WorkerError> {
         let order_id = self.order_id;
         self.moved = None;
+        self.live_message = None;
         self.released.clear();
         // Locked until commit, so two members racing on one order's events
         // apply their facts one after the other.
@@ -132,9 +149,10 @@ impl Effect for Transit {
                 return Ok(Applied::Stale);
             }
         };
-        tx.set_order_status(order_id, &steps, chrono::Utc::now())
-            .await?;
+        let at = chrono::Utc::now();
+        tx.set_order_status(order_id, &steps, at).await?;
         let user_id = order.user_id;
+        self.live_message = Some(live::order_moved(tx, user_id, order_id, &steps, at).await?);
         let reason = || self.reason.clone();
         let caused = match steps.last() {
             Some(OrderStatus::Confirmed) => Some(EventData::OrderConfirmed {
@@ -175,9 +193,12 @@ impl Effect for Transit {
         Ok(Applied::Changed)
     }
 
-    async fn committed(self: Box<Self>) {
+    async fn committed(mut self: Box<Self>) {
         if let Some(catalog) = &self.catalog {
             catalog.products_changed(&self.released).await;
+        }
+        if let (Some(hub), Some(message)) = (&self.live, self.live_message.take()) {
+            hub.publish(message);
         }
         let Some((user_id, status, total_cents, currency)) = self.moved else {
             return;
