@@ -647,25 +647,20 @@ impl<E: Engine> StoreTx for SqlTx<E> {
         channel: &str,
         data: &serde_json::Value,
         at: Timestamp,
-    ) -> StoreResult<i64> {
-        let position = self
-            .conn()
-            .await?
-            .query_one(stmt(
-                "take_live_position",
-                "INSERT INTO live_channels (channel, head) VALUES ($1, 1)
-                 ON CONFLICT (channel) DO UPDATE SET head = live_channels.head + 1
-                 RETURNING head",
-                (channel,),
-            ))
-            .await?
-            .int("head")?;
+    ) -> StoreResult<()> {
+        self.defer(stmt(
+            "take_live_position",
+            "INSERT INTO live_channels (channel, head) VALUES ($1, 1)
+             ON CONFLICT (channel) DO UPDATE SET head = live_channels.head + 1",
+            (channel,),
+        ));
         self.defer(stmt(
             "append_live",
-            "INSERT INTO live_messages (channel, position, payload, at) VALUES ($1, $2, $3, $4)",
-            (channel, position, data.to_string(), at),
+            "INSERT INTO live_messages (channel, position, payload, at)
+             SELECT channel, head, $2, $3 FROM live_channels WHERE channel = $1",
+            (channel, data.to_string(), at),
         ));
-        Ok(position)
+        Ok(())
     }
 
     async fn add_points(&mut self, user_id: UserId, points: i64) -> StoreResult<()> {

@@ -386,15 +386,16 @@ pub trait StoreTx: Send {
     async fn record_payment(&mut self, payment: &PaymentRecord) -> StoreResult<()>;
     async fn record_notification(&mut self, notification: &NotificationRecord) -> StoreResult<()>;
     /// Writes a message of a live channel at the channel's next position
-    /// and returns that position. The channel's counter stays locked until
-    /// this unit of work ends, so one channel's messages commit in position
-    /// order.
+    /// (taken in the database, so the write can be queued with the others
+    /// of the unit of work: no round trip). The channel's counter stays
+    /// locked until this unit of work ends, so one channel's messages
+    /// commit in position order.
     async fn append_live(
         &mut self,
         channel: &str,
         data: &serde_json::Value,
         at: Timestamp,
-    ) -> StoreResult<i64>;
+    ) -> StoreResult<()>;
     /// Adds (or with a negative value removes) loyalty points.
     async fn add_points(&mut self, user_id: UserId, points: i64) -> StoreResult<()>;
     /// Adds a confirmed order to the day's revenue and the product sales.

@@ -8,23 +8,27 @@
 //!   `product:{id}`, `admin:orders` and `admin:health` are not built yet.
 //! - [`order_moved`]: writes an order's status change to its channel, in the
 //!   unit of work that makes the change (so a message exists exactly when
-//!   the change committed). The caller hands the returned message to
+//!   the change committed). The caller names the returned channel to
 //!   [`LiveHub::publish`] after the commit.
 //! - [`LiveHub`]: this process's fan-out, and [`Follower`], one client's
 //!   view of one channel.
 //!
-//! Why the database is the source and the hub only a shortcut: every message
-//! has its channel's position (1, 2, 3, …, committed in order, see
-//! [`StoreTx::append_live`]). A follower subscribes to the hub first, then
-//! reads from the database everything after the client's position, then
-//! takes hub messages, dropping any at or below the position it has sent
-//! (no duplicate) and reading the database again whenever a hub message
-//! skips a position, the hub says this follower fell behind, or
-//! [`DEFAULT_RECHECK`] passed without news (no gap). The recheck is also
-//! what brings messages written by other processes (a worker elsewhere, on
-//! PostgreSQL) to a client connected here: at most one recheck late, with
-//! nothing between processes but the database. Redis pub/sub between API
-//! processes, to make that immediate, is not built yet.
+//! Why the database is the source and the hub only a doorbell: every
+//! message has its channel's position (1, 2, 3, …, committed in order, see
+//! [`StoreTx::append_live`]). The hub carries no messages, only "channel X
+//! has news" (a counter per channel that coalesces, so a slow follower
+//! never falls behind on it). A follower watches the hub first, then reads
+//! from the database everything after the client's position, and reads
+//! again after each ring or after [`DEFAULT_RECHECK`] without one; it sends
+//! only the position after the last it sent, so nothing is sent twice and
+//! nothing is skipped. The message is written with the change in one
+//! statement batch (no extra round trip on the write path, which matters
+//! for SQLite's one writer); the price is one indexed read per ring per
+//! follower. The recheck is also what brings messages written by other
+//! processes (a worker elsewhere, on PostgreSQL) to a client connected
+//! here: at most one recheck late, with nothing between processes but the
+//! database. Redis pub/sub between processes, to ring at once, is not built
+//! yet.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -33,14 +37,10 @@ use std::time::Duration;
 use orderflow_domain::order::OrderStatus;
 use orderflow_domain::user::Role;
 use orderflow_domain::{OrderId, Timestamp, UserId};
-use tokio::sync::broadcast;
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::watch;
 
 use crate::ports::store::{LiveMessage, Store, StoreResult, StoreTx};
 
-/// Messages the hub keeps per channel for followers that have not taken
-/// them yet; one further behind reads the database instead.
-const HUB_BUFFER: usize = 256;
 /// Messages read from the database at once while catching up.
 const CATCH_UP_PAGE: u32 = 200;
 /// How often a follower with no news looks at the database.
@@ -80,15 +80,15 @@ impl LiveChannel {
 }
 
 /// Writes "order `order_id` of `user_id` went through `steps`" to the
-/// shopper's `orders:{user}` channel in `tx`, and returns the message (with
-/// its position) for [`LiveHub::publish`] once `tx` committed.
+/// shopper's `orders:{user}` channel in `tx`, and returns the channel for
+/// [`LiveHub::publish`] once `tx` committed.
 pub async fn order_moved(
     tx: &mut dyn StoreTx,
     user_id: UserId,
     order_id: OrderId,
     steps: &[OrderStatus],
     at: Timestamp,
-) -> StoreResult<LiveMessage> {
+) -> StoreResult<String> {
     let channel = LiveChannel::Orders(user_id).name();
     let data = serde_json::json!({
         "type": "order.status",
@@ -96,19 +96,16 @@ pub async fn order_moved(
         "status": steps.last().map(|s| s.as_str()),
         "steps": steps.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
     });
-    let position = tx.append_live(&channel, &data, at).await?;
-    Ok(LiveMessage {
-        channel,
-        position,
-        at,
-        data,
-    })
+    tx.append_live(&channel, &data, at).await?;
+    Ok(channel)
 }
 
-/// This process's fan-out of committed live messages to its followers.
+/// This process's doorbell for live channels: tells its followers of a
+/// channel that the channel has committed news.
 pub struct LiveHub {
     store: Arc<dyn Store>,
-    channels: Mutex<HashMap<String, broadcast::Sender<Arc<LiveMessage>>>>,
+    /// Per followed channel, a ring counter.
+    channels: Mutex<HashMap<String, watch::Sender<u64>>>,
     recheck: Duration,
 }
 
@@ -136,28 +133,29 @@ impl LiveHub {
         self
     }
 
-    /// Hands a committed message to this process's followers of its
-    /// channel. Call only after the commit: a follower may send it at once.
-    pub fn publish(&self, message: LiveMessage) {
+    /// Tells this process's followers of `channel` that it has committed
+    /// news. Call only after the commit: they read the database at once.
+    pub fn publish(&self, channel: &str) {
         let mut channels = self
             .channels
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(sender) = channels.get(&message.channel) {
-            let channel = message.channel.clone();
-            if sender.send(Arc::new(message)).is_err() {
+        if let Some(sender) = channels.get(channel) {
+            if sender.receiver_count() == 0 {
                 // Nobody follows it any more.
-                channels.remove(&channel);
+                channels.remove(channel);
+            } else {
+                sender.send_modify(|rings| *rings = rings.wrapping_add(1));
             }
         }
     }
 
-    fn receiver(&self, channel: &str) -> broadcast::Receiver<Arc<LiveMessage>> {
+    fn receiver(&self, channel: &str) -> watch::Receiver<u64> {
         self.channels
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .entry(channel.to_owned())
-            .or_insert_with(|| broadcast::channel(HUB_BUFFER).0)
+            .or_insert_with(|| watch::channel(0).0)
             .subscribe()
     }
 
@@ -167,8 +165,8 @@ impl LiveHub {
     /// [`Follower::recovered`] false.
     pub async fn follow(&self, channel: LiveChannel, after: Option<i64>) -> StoreResult<Follower> {
         let name = channel.name();
-        // Subscribed before reading the head: a message committed in between
-        // is in the database read or on the hub, never in neither.
+        // Watching before reading the head: a message committed in between
+        // is in the first read or rings the bell, never neither.
         let receiver = self.receiver(&name);
         let head = self.store.live_head(&name).await?;
         let (last, recovered) = match after {
@@ -185,6 +183,7 @@ impl LiveHub {
             last,
             recovered,
             backlog: VecDeque::new(),
+            read_now: true,
             recheck,
         })
     }
@@ -196,11 +195,14 @@ pub struct Follower {
     channel: String,
     store: Arc<dyn Store>,
     /// `None` once the hub is gone; the database rechecks go on.
-    receiver: Option<broadcast::Receiver<Arc<LiveMessage>>>,
+    receiver: Option<watch::Receiver<u64>>,
     last: i64,
     recovered: bool,
     /// Read from the database, not sent yet.
     backlog: VecDeque<LiveMessage>,
+    /// Read again without waiting: at the start (the client's missed
+    /// messages), and after a full page (there may be more).
+    read_now: bool,
     recheck: tokio::time::Interval,
 }
 
@@ -240,44 +242,34 @@ impl Follower {
                     self.last = message.position;
                     return Ok(message);
                 }
-                if message.position > self.last + 1 {
-                    // Cannot happen with gap-free positions; read again.
-                    self.backlog.clear();
-                    self.catch_up().await?;
-                }
+                // At or below what was sent: a duplicate of an earlier
+                // read, dropped. Above the next position cannot happen with
+                // gap-free positions; the next read starts from `last`.
             }
-            let received = match &mut self.receiver {
+            match &mut self.receiver {
+                _ if self.read_now => {}
                 Some(receiver) => tokio::select! {
-                    received = receiver.recv() => Some(received),
-                    _ = self.recheck.tick() => None,
+                    rang = receiver.changed() => if rang.is_err() {
+                        // The hub is gone: rechecks only.
+                        self.receiver = None;
+                    },
+                    _ = self.recheck.tick() => {}
                 },
                 None => {
                     self.recheck.tick().await;
-                    None
                 }
-            };
-            match received {
-                Some(Ok(message)) if message.position <= self.last => {}
-                Some(Ok(message)) if message.position == self.last + 1 => {
-                    self.last = message.position;
-                    return Ok(Arc::unwrap_or_clone(message));
-                }
-                Some(Err(RecvError::Closed)) => {
-                    self.receiver = None;
-                    self.catch_up().await?;
-                }
-                // A skipped position, a follower the hub left behind, or a
-                // quiet spell: the database has the truth.
-                Some(Ok(_)) | Some(Err(RecvError::Lagged(_))) | None => self.catch_up().await?,
             }
+            self.catch_up().await?;
         }
     }
 
     async fn catch_up(&mut self) -> StoreResult<()> {
+        self.backlog.clear();
         let page = self
             .store
             .live_messages(&self.channel, self.last, CATCH_UP_PAGE)
             .await?;
+        self.read_now = page.len() >= CATCH_UP_PAGE as usize;
         self.backlog.extend(page);
         Ok(())
     }

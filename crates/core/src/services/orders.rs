@@ -27,7 +27,7 @@ use orderflow_domain::{OrderId, ProductId, Timestamp, UserId, ValidationError};
 use crate::CoreError;
 use crate::ports::providers::{ChargeOutcome, PaymentGateway};
 use crate::ports::store::{
-    IdempotencyClaim, LiveMessage, NotificationRecord, PaymentRecord, Reservation, Store, StoreTx,
+    IdempotencyClaim, NotificationRecord, PaymentRecord, Reservation, Store, StoreTx,
 };
 use crate::services::auth::sha256_hex;
 use crate::services::catalog::CatalogService;
@@ -109,22 +109,23 @@ impl OrderService {
     }
 
     /// Moves `order` through `steps` in `tx`, with the change's live
-    /// message; the message goes to [`Self::publish`] after the commit.
+    /// message; its channel goes to [`Self::publish`] after the commit.
     async fn move_order(
         tx: &mut dyn StoreTx,
         order: &Order,
         steps: &[OrderStatus],
         at: Timestamp,
-    ) -> Result<LiveMessage, CoreError> {
+    ) -> Result<String, CoreError> {
         tx.set_order_status(order.id, steps, at).await?;
         Ok(live::order_moved(tx, order.user_id, order.id, steps, at).await?)
     }
 
-    /// After a commit: the committed changes' live messages to the hub.
-    fn publish(&self, messages: Vec<LiveMessage>) {
+    /// After a commit: rings the hub for the channels the committed
+    /// changes wrote to.
+    fn publish(&self, channels: Vec<String>) {
         if let Some(hub) = &self.live {
-            for message in messages {
-                hub.publish(message);
+            for channel in channels {
+                hub.publish(&channel);
             }
         }
     }
@@ -223,7 +224,7 @@ impl OrderService {
     async fn place_inline(
         &self,
         mut tx: Box<dyn StoreTx>,
-        placed: LiveMessage,
+        placed: String,
         mut order: Order,
         key: Option<&str>,
         payment: &dyn PaymentGateway,
@@ -411,7 +412,7 @@ impl OrderService {
     async fn fail_inline(
         &self,
         mut tx: Box<dyn StoreTx>,
-        mut messages: Vec<LiveMessage>,
+        mut messages: Vec<String>,
         order: &Order,
         key: Option<&str>,
         steps: &[OrderStatus],

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use orderflow_core::ports::log::Delivery;
 use orderflow_core::ports::read_models::ReadModels;
-use orderflow_core::ports::store::{LiveMessage, StoreTx};
+use orderflow_core::ports::store::StoreTx;
 use orderflow_core::services::catalog::CatalogService;
 use orderflow_core::services::live::{self, LiveHub};
 use orderflow_domain::events::{Envelope, EventData};
@@ -126,8 +126,9 @@ struct Transit {
     /// order's total when the status is final.
     moved: Option<(UserId, OrderStatus, i64, Currency)>,
     live: Option<Arc<LiveHub>>,
-    /// Set by `apply` for `committed`: the change's live message.
-    live_message: Option<LiveMessage>,
+    /// Set by `apply` for `committed`: the channel the change's live
+    /// message went to.
+    live_message: Option<String>,
 }
 
 #[async_trait]
@@ -197,8 +198,8 @@ impl Effect for Transit {
         if let Some(catalog) = &self.catalog {
             catalog.products_changed(&self.released).await;
         }
-        if let (Some(hub), Some(message)) = (&self.live, self.live_message.take()) {
-            hub.publish(message);
+        if let (Some(hub), Some(channel)) = (&self.live, self.live_message.take()) {
+            hub.publish(&channel);
         }
         let Some((user_id, status, total_cents, currency)) = self.moved else {
             return;
