@@ -236,41 +236,27 @@ impl OrderService {
             .map(|l| (l.product_id, l.quantity))
             .collect();
         let reserved = match tx.reserve_stock(order.id, &lines).await? {
-            Reservation::Reserved { products } => products,
-            Reservation::AlreadyReserved => Vec::new(),
+            Reservation::Reserved { products } => Ok(products),
+            Reservation::AlreadyReserved => Ok(Vec::new()),
             Reservation::Insufficient {
                 product_id,
                 available,
                 requested,
-            } => {
-                let error = CoreError::OutOfStock {
-                    product_id,
-                    available,
-                    requested,
-                };
-                return self
-                    .fail_inline(
-                        tx,
-                        vec![placed],
-                        &order,
-                        key,
-                        &[OrderStatus::Rejected],
-                        error,
-                    )
-                    .await;
-            }
+            } => Err(CoreError::OutOfStock {
+                product_id,
+                available,
+                requested,
+            }),
             Reservation::UnknownProduct { product_id } => {
-                let error =
-                    ValidationError::new("items", format!("unknown product {product_id}")).into();
+                Err(ValidationError::new("items", format!("unknown product {product_id}")).into())
+            }
+        };
+        let reserved = match reserved {
+            Ok(products) => products,
+            Err(error) => {
+                let rejected = &[OrderStatus::Rejected];
                 return self
-                    .fail_inline(
-                        tx,
-                        vec![placed],
-                        &order,
-                        key,
-                        &[OrderStatus::Rejected],
-                        error,
-                    )
+                    .fail_inline(tx, vec![placed], &order, key, rejected, error)
                     .await;
             }
         };
