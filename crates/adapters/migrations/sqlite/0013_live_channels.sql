@@ -6,11 +6,11 @@
 -- reconnects with its last position reads what it missed from this table,
 -- so recovery never depends on Redis or on the process it was connected to.
 --
--- `live_channels.head` is the channel's last position. Taking the next one
--- is an upsert on that row, which locks it until the transaction ends: the
--- messages of one channel commit in position order, so a reader that sees
--- position n has seen every position below it (SQLite's one writer gives
--- the same).
+-- On SQLite the next position is the channel's last + 1, read in the insert
+-- itself: the one writer keeps a channel's messages committing in position
+-- order. `live_channels` (PostgreSQL's per-channel counter, which gives the
+-- same order there) stays empty here; it exists so both schemas have the
+-- same tables.
 CREATE TABLE live_channels (
     channel TEXT    PRIMARY KEY,
     head    INTEGER NOT NULL CHECK (head > 0)
@@ -22,4 +22,4 @@ CREATE TABLE live_messages (
     payload  TEXT    NOT NULL,
     at       INTEGER NOT NULL,
     PRIMARY KEY (channel, position)
-) STRICT;
+) STRICT, WITHOUT ROWID;

@@ -227,6 +227,15 @@ impl Engine for PostgresEngine {
        INSERT INTO event_log (topic, "partition", "offset", key, event_id, payload, created_at)
        SELECT $1, $2, "offset", $3, $4, $5, $6 FROM taken"#,
     );
+    /// Takes the position from the channel's counter row, which stays
+    /// locked until the transaction ends (concurrent writers of a channel
+    /// commit in position order); one statement.
+    const LIVE_APPEND: &str = "WITH taken AS (
+           INSERT INTO live_channels AS c (channel, head) VALUES ($1, 1)
+           ON CONFLICT (channel) DO UPDATE SET head = c.head + 1
+           RETURNING head)
+         INSERT INTO live_messages (channel, position, payload, at)
+         SELECT $1, head, $2, $3 FROM taken";
     type SingleWrite = sqlx::pool::PoolConnection<Postgres>;
 
     async fn begin_write(&self, _priority: WritePriority) -> StoreResult<Self::Write> {

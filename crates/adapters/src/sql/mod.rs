@@ -476,6 +476,12 @@ pub trait Engine: Send + Sync + Sized + 'static {
     /// How this engine appends to the embedded log.
     const LOG_APPEND: LogAppend;
 
+    /// One statement that writes a live channel's message at the channel's
+    /// next position: `$1` channel, `$2` payload, `$3` at. It must leave one
+    /// channel's positions committing in order (see
+    /// `StoreTx::append_live`).
+    const LIVE_APPEND: &str;
+
     /// Statements that follow appends to the embedded log of `topics`, in
     /// the same unit of work (PostgreSQL's `NOTIFY`); none by default.
     fn append_notices(_topics: &[&'static str]) -> Vec<Stmt> {

@@ -773,7 +773,7 @@ impl<E: Engine> Store for SqlStore<E> {
             &*self.engine,
             stmt(
                 "live_head",
-                "SELECT head FROM live_channels WHERE channel = $1",
+                "SELECT COALESCE(MAX(position), 0) AS head FROM live_messages WHERE channel = $1",
                 (channel,),
             ),
             |row| row.int("head"),

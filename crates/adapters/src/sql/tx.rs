@@ -649,15 +649,8 @@ impl<E: Engine> StoreTx for SqlTx<E> {
         at: Timestamp,
     ) -> StoreResult<()> {
         self.defer(stmt(
-            "take_live_position",
-            "INSERT INTO live_channels (channel, head) VALUES ($1, 1)
-             ON CONFLICT (channel) DO UPDATE SET head = live_channels.head + 1",
-            (channel,),
-        ));
-        self.defer(stmt(
             "append_live",
-            "INSERT INTO live_messages (channel, position, payload, at)
-             SELECT channel, head, $2, $3 FROM live_channels WHERE channel = $1",
+            E::LIVE_APPEND,
             (channel, data.to_string(), at),
         ));
         Ok(())
