@@ -102,6 +102,10 @@ const ORDER_STOCK_LOCK: i32 = 0x0_5707;
 /// group commits across processes (the second is a hash of the group name).
 const GROUP_COMMIT_LOCK: i32 = 0x0_6C0D;
 
+/// First key of the advisory locks that make one shopper's order history
+/// commit in `seq` order (the second is a hash of the user id).
+const USER_HISTORY_LOCK: i32 = 0x0_0415;
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
 /// What the store, its transactions, its event logs and its outbox share:
@@ -227,15 +231,6 @@ impl Engine for PostgresEngine {
        INSERT INTO event_log (topic, "partition", "offset", key, event_id, payload, created_at)
        SELECT $1, $2, "offset", $3, $4, $5, $6 FROM taken"#,
     );
-    /// Takes the position from the channel's counter row, which stays
-    /// locked until the transaction ends (concurrent writers of a channel
-    /// commit in position order); one statement.
-    const LIVE_APPEND: &str = "WITH taken AS (
-           INSERT INTO live_channels AS c (channel, head) VALUES ($1, 1)
-           ON CONFLICT (channel) DO UPDATE SET head = c.head + 1
-           RETURNING head)
-         INSERT INTO live_messages (channel, position, payload, at)
-         SELECT $1, head, $2, $3 FROM taken";
     type SingleWrite = sqlx::pool::PoolConnection<Postgres>;
 
     async fn begin_write(&self, _priority: WritePriority) -> StoreResult<Self::Write> {
@@ -307,6 +302,18 @@ impl Engine for PostgresEngine {
             order_id.to_string(),
         )
         .await
+    }
+
+    /// A shopper's history writers take turns until commit: an identity
+    /// value is taken before commit, so without the lock a lower `seq` of
+    /// the shopper could commit after a higher one that a live follower
+    /// already sent, and be skipped.
+    fn history_lock(order_id: OrderId) -> Option<Stmt> {
+        Some(stmt(
+            "lock_user_history",
+            "SELECT pg_advisory_xact_lock($1, hashtext(user_id::text)) FROM orders WHERE id = $2",
+            (USER_HISTORY_LOCK, order_id),
+        ))
     }
 
     /// A `pg_notify` per topic, delivered by the server when (and only if)

@@ -476,16 +476,18 @@ pub trait Engine: Send + Sync + Sized + 'static {
     /// How this engine appends to the embedded log.
     const LOG_APPEND: LogAppend;
 
-    /// One statement that writes a live channel's message at the channel's
-    /// next position: `$1` channel, `$2` payload, `$3` at. It must leave one
-    /// channel's positions committing in order (see
-    /// `StoreTx::append_live`).
-    const LIVE_APPEND: &str;
-
     /// Statements that follow appends to the embedded log of `topics`, in
     /// the same unit of work (PostgreSQL's `NOTIFY`); none by default.
     fn append_notices(_topics: &[&'static str]) -> Vec<Stmt> {
         Vec::new()
+    }
+
+    /// A statement run before order `order_id`'s history rows are written,
+    /// so that one shopper's history rows commit in `seq` order (they are
+    /// the shopper's live messages; see `OrderChange`). None by default:
+    /// SQLite's one writer already commits in `seq` order.
+    fn history_lock(_order_id: OrderId) -> Option<Stmt> {
+        None
     }
 
     /// Runs statements whose results nobody reads, in order.

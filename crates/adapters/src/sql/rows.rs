@@ -5,7 +5,7 @@
 
 use orderflow_core::ports::outbox::OutboxEvent;
 use orderflow_core::ports::store::{
-    DeadLetter, LiveMessage, NotificationRecord, SessionRecord, StoreError, StoreResult, UserRecord,
+    DeadLetter, NotificationRecord, OrderChange, SessionRecord, StoreError, StoreResult, UserRecord,
 };
 use orderflow_domain::events::Envelope;
 use orderflow_domain::money::Currency;
@@ -127,15 +127,13 @@ pub(crate) fn notification(row: &impl SqlRow) -> StoreResult<NotificationRecord>
     })
 }
 
-/// A live channel's message; the payload is JSON text.
-pub(crate) fn live_message(row: &impl SqlRow) -> StoreResult<LiveMessage> {
-    let payload = row.text("payload")?;
-    Ok(LiveMessage {
-        channel: row.text("channel")?,
-        position: row.int("position")?,
+/// One step of an order's history with its position.
+pub(crate) fn order_change(row: &impl SqlRow) -> StoreResult<OrderChange> {
+    Ok(OrderChange {
+        position: row.int("seq")?,
+        order_id: row.uuid("order_id")?,
+        status: status(row, "status")?,
         at: row.time("at")?,
-        data: serde_json::from_str(&payload)
-            .map_err(|e| corrupt(format!("live message payload: {e}")))?,
     })
 }
 

@@ -11,7 +11,7 @@
 
 use async_trait::async_trait;
 use orderflow_core::ports::store::{
-    DailySales, DeadLetter, LeaderboardEntry, LiveMessage, NotificationRecord, PointsStanding,
+    DailySales, DeadLetter, LeaderboardEntry, NotificationRecord, OrderChange, PointsStanding,
     RefreshRotation, SessionRecord, Store, StoreResult, StoreTx, UserRecord,
 };
 use orderflow_domain::order::{HistoryEntry, Order, OrderStatus};
@@ -749,37 +749,40 @@ impl<E: Engine> Store for SqlStore<E> {
         .await
     }
 
-    async fn live_messages(
+    async fn order_changes(
         &self,
-        channel: &str,
+        user_id: UserId,
         after: i64,
         limit: u32,
-    ) -> StoreResult<Vec<LiveMessage>> {
+    ) -> StoreResult<Vec<OrderChange>> {
         read_all(
             &*self.engine,
             stmt(
-                "live_messages",
-                "SELECT channel, position, payload, at FROM live_messages
-                 WHERE channel = $1 AND position > $2 ORDER BY position LIMIT $3",
-                (channel, after, i64::from(limit)),
+                "order_changes",
+                "SELECT h.seq, h.order_id, h.status, h.at
+                 FROM orders o JOIN order_history h ON h.order_id = o.id
+                 WHERE o.user_id = $1 AND h.seq > $2 ORDER BY h.seq LIMIT $3",
+                (user_id, after, i64::from(limit)),
             ),
-            rows::live_message,
+            rows::order_change,
         )
         .await
     }
 
-    async fn live_head(&self, channel: &str) -> StoreResult<i64> {
-        let head = read_all(
+    async fn last_order_change(&self, user_id: UserId) -> StoreResult<i64> {
+        let last = read_all(
             &*self.engine,
             stmt(
-                "live_head",
-                "SELECT COALESCE(MAX(position), 0) AS head FROM live_messages WHERE channel = $1",
-                (channel,),
+                "last_order_change",
+                "SELECT COALESCE(MAX(h.seq), 0) AS last
+                 FROM orders o JOIN order_history h ON h.order_id = o.id
+                 WHERE o.user_id = $1",
+                (user_id,),
             ),
-            |row| row.int("head"),
+            |row| row.int("last"),
         )
         .await?;
-        Ok(head.first().copied().unwrap_or(0))
+        Ok(last.first().copied().unwrap_or(0))
     }
 
     async fn points(&self, user_id: UserId) -> StoreResult<PointsStanding> {

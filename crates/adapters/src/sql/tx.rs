@@ -230,6 +230,9 @@ impl<E: Engine> SqlTx<E> {
 
     /// Appends one history row per step, in step order.
     fn insert_history(&mut self, order_id: OrderId, steps: &[OrderStatus], at: Timestamp) {
+        if let Some(lock) = E::history_lock(order_id) {
+            self.defer(lock);
+        }
         let mut insert = stmt(
             "insert_order_history",
             format!(
@@ -638,20 +641,6 @@ impl<E: Engine> StoreTx for SqlTx<E> {
                 notification.order_id,
                 notification.sent_at,
             ),
-        ));
-        Ok(())
-    }
-
-    async fn append_live(
-        &mut self,
-        channel: &str,
-        data: &serde_json::Value,
-        at: Timestamp,
-    ) -> StoreResult<()> {
-        self.defer(stmt(
-            "append_live",
-            E::LIVE_APPEND,
-            (channel, data.to_string(), at),
         ));
         Ok(())
     }

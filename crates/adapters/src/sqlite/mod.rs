@@ -291,11 +291,6 @@ impl Engine for SqliteEngine {
     /// the writer connection, not a round trip; reading the offset back
     /// costs nothing more, and lets polls be answered from the log's tail.
     const LOG_APPEND: LogAppend = LogAppend::OffsetReadBack;
-    /// The next position from the channel's last message: safe because
-    /// SQLite has one writer, and one write instead of a counter's and a
-    /// message's (the writer is what the pipeline waits on).
-    const LIVE_APPEND: &str = "INSERT INTO live_messages (channel, position, payload, at)
-         SELECT $1, COALESCE(MAX(position), 0) + 1, $2, $3 FROM live_messages WHERE channel = $1";
     type Write = Writer;
     type SingleWrite = WriteLease;
 

@@ -24,8 +24,7 @@ use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, KeepAliveStream, Sse};
 use futures::stream::{self, BoxStream, StreamExt};
 use orderflow_core::CoreError;
-use orderflow_core::ports::store::LiveMessage;
-use orderflow_core::services::live::{Follower, LiveChannel};
+use orderflow_core::services::live::{Follower, LiveChannel, LiveMessage};
 use orderflow_domain::ValidationError;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -50,11 +49,11 @@ pub struct LiveParams {
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct LiveMessageView {
     pub channel: String,
-    /// 1, 2, 3, … per channel, without gaps.
+    /// Grows in commit order within the channel (numbers may be skipped).
     pub position: i64,
     pub at: chrono::DateTime<chrono::Utc>,
-    /// For `orders:{user}`: `{"type": "order.status", "order_id", "status",
-    /// "steps": [every status the change went through]}`.
+    /// For `orders:{user}`: `{"type": "order.status", "order_id", "status"}`,
+    /// one message per step of the order's history.
     #[schema(value_type = Object)]
     pub data: serde_json::Value,
 }

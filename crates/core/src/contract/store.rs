@@ -15,8 +15,8 @@ use super::{
     draft, given_order, given_product, given_user, now, order_of, shopper, user_registered,
 };
 use crate::ports::store::{
-    DeadLetter, IdempotencyClaim, IdempotencyRecord, NotificationRecord, PaymentRecord,
-    RefreshRotation, Reservation, SessionRecord, Store, StoreError,
+    DeadLetter, IdempotencyClaim, IdempotencyRecord, NotificationRecord, OrderChange,
+    PaymentRecord, RefreshRotation, Reservation, SessionRecord, Store, StoreError,
 };
 
 fn secs(n: i64) -> chrono::Duration {
@@ -1563,59 +1563,105 @@ pub async fn product_views(store: Arc<dyn Store>) {
     );
 }
 
-/// Live channels: positions 1, 2, 3, … per channel, without gaps (a rolled
-/// back message gives its position back); reads after a position, oldest
-/// first and bounded; the head is the last committed position; concurrent
-/// writers of one channel get distinct positions that commit in order, so
-/// a reader never sees position n without everything below it.
+/// Live channels read the order history: a shopper's steps after a
+/// position, in position order and bounded, never another shopper's; the
+/// last position; a rolled-back step is never seen; concurrent steps of one
+/// shopper's orders all appear, in the order their positions say.
 pub async fn live_channels(store: Arc<dyn Store>) {
-    let ann = "orders:ann";
-    assert_eq!(store.live_head(ann).await.unwrap(), 0, "no message yet");
-    assert!(store.live_messages(ann, 0, 10).await.unwrap().is_empty());
+    let ann = given_user(&store, "Ann").await;
+    let bob = given_user(&store, "Bob").await;
+    let product = given_product(&store, 100).await;
+    assert_eq!(
+        store.last_order_change(ann.id).await.unwrap(),
+        0,
+        "no step yet"
+    );
+    assert!(store.order_changes(ann.id, 0, 10).await.unwrap().is_empty());
 
+    let first = given_order(&store, ann.id, &[(&product, 1)]).await;
+    given_order(&store, bob.id, &[(&product, 1)]).await;
     let mut tx = store.begin().await.unwrap();
-    let at = now();
-    let first = serde_json::json!({"status": "pending"});
-    tx.append_live(ann, &first, at).await.unwrap();
-    let second = serde_json::json!({"status": "reserved"});
-    tx.append_live(ann, &second, at).await.unwrap();
-    tx.append_live("orders:bob", &first, at).await.unwrap();
+    tx.set_order_status(first.id, &[OrderStatus::Reserved], now())
+        .await
+        .unwrap();
     tx.commit().await.unwrap();
-    assert_eq!(store.live_head(ann).await.unwrap(), 2);
-    let bobs = store.live_messages("orders:bob", 0, 10).await.unwrap();
-    assert_eq!(bobs.len(), 1);
-    assert_eq!(bobs[0].position, 1, "positions are per channel");
-
-    // Rolled back: the position is given back, the next writer takes it.
+    // Rolled back: never seen.
     let mut tx = store.begin().await.unwrap();
-    tx.append_live(ann, &first, at).await.unwrap();
+    tx.set_order_status(
+        first.id,
+        &[OrderStatus::Paid, OrderStatus::Confirmed],
+        now(),
+    )
+    .await
+    .unwrap();
     drop(tx);
-    assert_eq!(store.live_head(ann).await.unwrap(), 2);
     let mut tx = store.begin().await.unwrap();
-    let third = serde_json::json!({"status": "confirmed"});
-    tx.append_live(ann, &third, at).await.unwrap();
+    tx.set_order_status(
+        first.id,
+        &[OrderStatus::Paid, OrderStatus::Confirmed],
+        now(),
+    )
+    .await
+    .unwrap();
     tx.commit().await.unwrap();
 
-    assert_eq!(store.live_head(ann).await.unwrap(), 3);
-    let all = store.live_messages(ann, 0, 10).await.unwrap();
-    let seen: Vec<(i64, &serde_json::Value)> = all.iter().map(|m| (m.position, &m.data)).collect();
-    assert_eq!(seen, vec![(1, &first), (2, &second), (3, &third)]);
-    assert!(all.iter().all(|m| m.channel == ann && m.at == at));
-    let after_one = store.live_messages(ann, 1, 1).await.unwrap();
-    assert_eq!(after_one.len(), 1, "bounded by the limit");
-    assert_eq!(after_one[0].position, 2);
-    assert!(store.live_messages(ann, 3, 10).await.unwrap().is_empty());
+    let all = store.order_changes(ann.id, 0, 10).await.unwrap();
+    let statuses: Vec<OrderStatus> = all.iter().map(|c| c.status).collect();
+    assert_eq!(
+        statuses,
+        [
+            OrderStatus::Pending,
+            OrderStatus::Reserved,
+            OrderStatus::Paid,
+            OrderStatus::Confirmed
+        ]
+    );
+    assert!(
+        all.iter().all(|c| c.order_id == first.id),
+        "only Ann's orders"
+    );
+    assert!(
+        all.windows(2).all(|w| w[0].position < w[1].position),
+        "positions grow"
+    );
+    let last = all.last().unwrap().position;
+    assert_eq!(store.last_order_change(ann.id).await.unwrap(), last);
+    let after_first = store
+        .order_changes(ann.id, all[0].position, 1)
+        .await
+        .unwrap();
+    assert_eq!(
+        after_first,
+        vec![all[1].clone()],
+        "after a position, bounded"
+    );
+    assert!(
+        store
+            .order_changes(ann.id, last, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(store.order_changes(bob.id, 0, 10).await.unwrap().len(), 1);
 
-    // Concurrent writers of one channel: every position once, no gap.
-    let writers = 8;
-    let tasks: Vec<_> = (0..writers)
-        .map(|n| {
-            let store = store.clone();
+    // Concurrent steps of one shopper's orders: each appears once, and the
+    // positions read back are in the order they were read (no lower
+    // position committed after a higher one was readable: the store makes
+    // one shopper's history writers take turns where it must).
+    let orders = 6;
+    let mut ids = Vec::new();
+    for _ in 0..orders {
+        ids.push(given_order(&store, ann.id, &[(&product, 1)]).await.id);
+    }
+    let tasks: Vec<_> = ids
+        .iter()
+        .map(|id| {
+            let (store, id) = (store.clone(), *id);
             tokio::spawn(async move {
                 let mut tx = store.begin().await.expect("begin");
-                tx.append_live("admin:orders", &serde_json::json!({ "n": n }), now())
+                tx.set_order_status(id, &[OrderStatus::Reserved], now())
                     .await
-                    .expect("append");
+                    .expect("move");
                 tx.commit().await.expect("commit");
             })
         })
@@ -1623,19 +1669,15 @@ pub async fn live_channels(store: Arc<dyn Store>) {
     for task in tasks {
         task.await.expect("writer task");
     }
-    let stored = store.live_messages("admin:orders", 0, 100).await.unwrap();
-    assert_eq!(
-        stored.iter().map(|m| m.position).collect::<Vec<_>>(),
-        (1..=writers).collect::<Vec<i64>>()
-    );
-    let mut writers_seen: Vec<i64> = stored
-        .iter()
-        .map(|m| m.data["n"].as_i64().unwrap())
+    let reserved: Vec<OrderChange> = store
+        .order_changes(ann.id, last, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|c| c.status == OrderStatus::Reserved)
         .collect();
-    writers_seen.sort_unstable();
-    assert_eq!(
-        writers_seen,
-        (0..writers).collect::<Vec<i64>>(),
-        "each writer's message once"
-    );
+    let mut seen: Vec<_> = reserved.iter().map(|c| c.order_id).collect();
+    seen.sort();
+    ids.sort();
+    assert_eq!(seen, ids, "every concurrent step once");
 }

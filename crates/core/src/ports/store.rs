@@ -122,16 +122,16 @@ pub struct NotificationRecord {
     pub sent_at: Timestamp,
 }
 
-/// A message of a live channel (`orders:{user}`, …) as stored: written in
-/// the transaction of the change it tells about, at the channel's next
-/// position (1, 2, 3, … without gaps), so a client that reconnects with its
-/// last position can be sent exactly what it missed.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LiveMessage {
-    pub channel: String,
+/// One step of one of a shopper's orders, with its place in the shopper's
+/// order history: `position` grows in commit order per shopper (it has gaps:
+/// the numbers between are other shoppers' steps), so "after position p"
+/// is exactly what a client that saw p has not seen.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderChange {
     pub position: i64,
+    pub order_id: OrderId,
+    pub status: OrderStatus,
     pub at: Timestamp,
-    pub data: serde_json::Value,
 }
 
 /// A payment attempt's result.
@@ -299,16 +299,16 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Vec<NotificationRecord>>;
     async fn points(&self, user_id: UserId) -> StoreResult<PointsStanding>;
     // --- live channels ---
-    /// The messages of `channel` after position `after`, oldest first, at
-    /// most `limit`.
-    async fn live_messages(
+    /// The steps of `user_id`'s orders after position `after`, in position
+    /// order, at most `limit`.
+    async fn order_changes(
         &self,
-        channel: &str,
+        user_id: UserId,
         after: i64,
         limit: u32,
-    ) -> StoreResult<Vec<LiveMessage>>;
-    /// The channel's last position (0 when it has had no message).
-    async fn live_head(&self, channel: &str) -> StoreResult<i64>;
+    ) -> StoreResult<Vec<OrderChange>>;
+    /// The position of `user_id`'s last order step (0 when none).
+    async fn last_order_change(&self, user_id: UserId) -> StoreResult<i64>;
     async fn leaderboard(&self, limit: u32) -> StoreResult<Vec<LeaderboardEntry>>;
     async fn daily_sales(&self, days: u32) -> StoreResult<Vec<DailySales>>;
     /// Whether a group already handled an event (a cheap pre-check; the
@@ -361,6 +361,9 @@ pub trait StoreTx: Send {
     ) -> StoreResult<()>;
 
     /// Inserts a new order with its lines and its first history entry.
+    /// History entries are the shopper's live `orders:{user}` messages:
+    /// one shopper's entries must commit in position order (see
+    /// [`OrderChange`]).
     async fn insert_order(&mut self, order: &Order) -> StoreResult<()>;
     /// Reads an order and locks it against concurrent transitions until commit.
     async fn order_for_update(&mut self, id: OrderId) -> StoreResult<Option<Order>>;
@@ -385,17 +388,6 @@ pub trait StoreTx: Send {
 
     async fn record_payment(&mut self, payment: &PaymentRecord) -> StoreResult<()>;
     async fn record_notification(&mut self, notification: &NotificationRecord) -> StoreResult<()>;
-    /// Writes a message of a live channel at the channel's next position
-    /// (taken in the database, so the write can be queued with the others
-    /// of the unit of work: no round trip). The channel's counter stays
-    /// locked until this unit of work ends, so one channel's messages
-    /// commit in position order.
-    async fn append_live(
-        &mut self,
-        channel: &str,
-        data: &serde_json::Value,
-        at: Timestamp,
-    ) -> StoreResult<()>;
     /// Adds (or with a negative value removes) loyalty points.
     async fn add_points(&mut self, user_id: UserId, points: i64) -> StoreResult<()>;
     /// Adds a confirmed order to the day's revenue and the product sales.

@@ -3,43 +3,39 @@
 //!
 //! Map:
 //! - [`LiveChannel`]: the channels there are and who may follow each. Built
-//!   so far: `orders:{user}` (every status change of the shopper's orders,
-//!   with the steps it went through). The issue's `notifications:{user}`,
-//!   `product:{id}`, `admin:orders` and `admin:health` are not built yet.
-//! - [`order_moved`]: writes an order's status change to its channel, in the
-//!   unit of work that makes the change (so a message exists exactly when
-//!   the change committed). The caller names the returned channel to
-//!   [`LiveHub::publish`] after the commit.
-//! - [`LiveHub`]: this process's fan-out, and [`Follower`], one client's
-//!   view of one channel.
+//!   so far: `orders:{user}` (every step of the shopper's orders). The
+//!   issue's `notifications:{user}`, `product:{id}`, `admin:orders` and
+//!   `admin:health` are not built yet.
+//! - [`LiveHub`]: this process's doorbell, rung after a commit that changed
+//!   a channel, and [`Follower`], one client's view of one channel.
 //!
-//! Why the database is the source and the hub only a doorbell: every
-//! message has its channel's position (1, 2, 3, …, committed in order, see
-//! [`StoreTx::append_live`]). The hub carries no messages, only "channel X
-//! has news" (a counter per channel that coalesces, so a slow follower
-//! never falls behind on it). A follower watches the hub first, then reads
-//! from the database everything after the client's position, and reads
-//! again after each ring or after [`DEFAULT_RECHECK`] without one; it sends
-//! only the position after the last it sent, so nothing is sent twice and
-//! nothing is skipped. The message is written with the change in one
-//! statement batch (no extra round trip on the write path, which matters
-//! for SQLite's one writer); the price is one indexed read per ring per
-//! follower. The recheck is also what brings messages written by other
-//! processes (a worker elsewhere, on PostgreSQL) to a client connected
-//! here: at most one recheck late, with nothing between processes but the
-//! database. Redis pub/sub between processes, to ring at once, is not built
-//! yet.
+//! Where the messages come from: the database, never a second copy. An
+//! `orders:{user}` message is a row of the order history the change writes
+//! anyway ([`OrderChange`]), at its position in the shopper's history;
+//! writing a separate message row per change made the embedded pipeline
+//! twice as slow to confirm an order (the single SQLite writer has no
+//! headroom under load; see `docs/benchmarks/live-wip`). Positions grow in
+//! commit order per shopper (the store guarantees it) and have gaps (other
+//! shoppers' rows), so a follower sends what comes after its last position.
+//!
+//! A follower watches the hub first, then reads everything after the
+//! client's position, and reads again after each ring or after
+//! [`DEFAULT_RECHECK`] without one; it sends only positions above the last
+//! it sent, so nothing is sent twice and nothing is skipped. The recheck is
+//! also what brings changes committed by other processes (a worker
+//! elsewhere, on PostgreSQL) to a client connected here: at most one
+//! recheck late. Redis pub/sub between processes, to ring at once, is not
+//! built yet.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use orderflow_domain::order::OrderStatus;
 use orderflow_domain::user::Role;
-use orderflow_domain::{OrderId, Timestamp, UserId};
+use orderflow_domain::{Timestamp, UserId};
 use tokio::sync::watch;
 
-use crate::ports::store::{LiveMessage, Store, StoreResult, StoreTx};
+use crate::ports::store::{OrderChange, Store, StoreResult};
 
 /// Messages read from the database at once while catching up.
 const CATCH_UP_PAGE: u32 = 200;
@@ -79,25 +75,29 @@ impl LiveChannel {
     }
 }
 
-/// Writes "order `order_id` of `user_id` went through `steps`" to the
-/// shopper's `orders:{user}` channel in `tx`, and returns the channel for
-/// [`LiveHub::publish`] once `tx` committed.
-pub async fn order_moved(
-    tx: &mut dyn StoreTx,
-    user_id: UserId,
-    order_id: OrderId,
-    steps: &[OrderStatus],
-    at: Timestamp,
-) -> StoreResult<String> {
-    let channel = LiveChannel::Orders(user_id).name();
-    let data = serde_json::json!({
-        "type": "order.status",
-        "order_id": order_id,
-        "status": steps.last().map(|s| s.as_str()),
-        "steps": steps.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
-    });
-    tx.append_live(&channel, &data, at).await?;
-    Ok(channel)
+/// A message of a live channel, as a client is sent it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LiveMessage {
+    pub channel: String,
+    /// Grows in commit order within the channel; may skip numbers.
+    pub position: i64,
+    pub at: Timestamp,
+    pub data: serde_json::Value,
+}
+
+impl LiveMessage {
+    fn order_change(channel: &str, change: OrderChange) -> Self {
+        Self {
+            channel: channel.to_owned(),
+            position: change.position,
+            at: change.at,
+            data: serde_json::json!({
+                "type": "order.status",
+                "order_id": change.order_id,
+                "status": change.status.as_str(),
+            }),
+        }
+    }
 }
 
 /// This process's doorbell for live channels: tells its followers of a
@@ -168,7 +168,9 @@ impl LiveHub {
         // Watching before reading the head: a message committed in between
         // is in the first read or rings the bell, never neither.
         let receiver = self.receiver(&name);
-        let head = self.store.live_head(&name).await?;
+        let head = match channel {
+            LiveChannel::Orders(user) => self.store.last_order_change(user).await?,
+        };
         let (last, recovered) = match after {
             None => (head, true),
             Some(position) if (0..=head).contains(&position) => (position, true),
@@ -177,7 +179,8 @@ impl LiveHub {
         let mut recheck = tokio::time::interval(self.recheck);
         recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         Ok(Follower {
-            channel: name,
+            channel,
+            name,
             store: self.store.clone(),
             receiver: Some(receiver),
             last,
@@ -192,7 +195,8 @@ impl LiveHub {
 /// One client's view of one channel: yields its messages in position
 /// order, each once, from the position it started after.
 pub struct Follower {
-    channel: String,
+    channel: LiveChannel,
+    name: String,
     store: Arc<dyn Store>,
     /// `None` once the hub is gone; the database rechecks go on.
     receiver: Option<watch::Receiver<u64>>,
@@ -209,7 +213,7 @@ pub struct Follower {
 impl std::fmt::Debug for Follower {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Follower")
-            .field("channel", &self.channel)
+            .field("channel", &self.name)
             .field("last", &self.last)
             .field("recovered", &self.recovered)
             .finish_non_exhaustive()
@@ -219,7 +223,7 @@ impl std::fmt::Debug for Follower {
 impl Follower {
     /// The channel's name.
     pub fn channel(&self) -> &str {
-        &self.channel
+        &self.name
     }
 
     /// The position of the last message yielded (or started after).
@@ -238,13 +242,11 @@ impl Follower {
     pub async fn next(&mut self) -> StoreResult<LiveMessage> {
         loop {
             while let Some(message) = self.backlog.pop_front() {
-                if message.position == self.last + 1 {
+                if message.position > self.last {
                     self.last = message.position;
                     return Ok(message);
                 }
-                // At or below what was sent: a duplicate of an earlier
-                // read, dropped. Above the next position cannot happen with
-                // gap-free positions; the next read starts from `last`.
+                // At or below what was sent: dropped (never sent twice).
             }
             match &mut self.receiver {
                 _ if self.read_now => {}
@@ -265,10 +267,15 @@ impl Follower {
 
     async fn catch_up(&mut self) -> StoreResult<()> {
         self.backlog.clear();
-        let page = self
-            .store
-            .live_messages(&self.channel, self.last, CATCH_UP_PAGE)
-            .await?;
+        let page: Vec<LiveMessage> = match self.channel {
+            LiveChannel::Orders(user) => self
+                .store
+                .order_changes(user, self.last, CATCH_UP_PAGE)
+                .await?
+                .into_iter()
+                .map(|change| LiveMessage::order_change(&self.name, change))
+                .collect(),
+        };
         self.read_now = page.len() >= CATCH_UP_PAGE as usize;
         self.backlog.extend(page);
         Ok(())

@@ -32,7 +32,7 @@ use crate::ports::store::{
 use crate::services::auth::sha256_hex;
 use crate::services::catalog::CatalogService;
 use crate::services::effects::{self, Notifiers};
-use crate::services::live::{self, LiveHub};
+use crate::services::live::{LiveChannel, LiveHub};
 use orderflow_domain::rules::TextRule;
 
 pub const MAX_IDEMPOTENCY_KEY_CHARS: usize = 255;
@@ -108,8 +108,8 @@ impl OrderService {
         self
     }
 
-    /// Moves `order` through `steps` in `tx`, with the change's live
-    /// message; its channel goes to [`Self::publish`] after the commit.
+    /// Moves `order` through `steps` in `tx`; returns the live channel the
+    /// change shows on, for [`Self::publish`] after the commit.
     async fn move_order(
         tx: &mut dyn StoreTx,
         order: &Order,
@@ -117,7 +117,7 @@ impl OrderService {
         at: Timestamp,
     ) -> Result<String, CoreError> {
         tx.set_order_status(order.id, steps, at).await?;
-        Ok(live::order_moved(tx, order.user_id, order.id, steps, at).await?)
+        Ok(LiveChannel::Orders(order.user_id).name())
     }
 
     /// After a commit: rings the hub for the channels the committed
@@ -170,14 +170,7 @@ impl OrderService {
             return Ok(saved);
         }
         tx.insert_order(&order).await?;
-        let placed = live::order_moved(
-            &mut *tx,
-            order.user_id,
-            order.id,
-            &[OrderStatus::Pending],
-            now,
-        )
-        .await?;
+        let placed = LiveChannel::Orders(order.user_id).name();
         match &self.side_effects {
             SideEffects::Events => {
                 tx.append(&[Envelope::new(

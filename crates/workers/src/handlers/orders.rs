@@ -14,7 +14,7 @@ use orderflow_core::ports::log::Delivery;
 use orderflow_core::ports::read_models::ReadModels;
 use orderflow_core::ports::store::StoreTx;
 use orderflow_core::services::catalog::CatalogService;
-use orderflow_core::services::live::{self, LiveHub};
+use orderflow_core::services::live::{LiveChannel, LiveHub};
 use orderflow_domain::events::{Envelope, EventData};
 use orderflow_domain::money::Currency;
 use orderflow_domain::order::{OrderFact, OrderStatus, Transition};
@@ -153,7 +153,7 @@ impl Effect for Transit {
         let at = chrono::Utc::now();
         tx.set_order_status(order_id, &steps, at).await?;
         let user_id = order.user_id;
-        self.live_message = Some(live::order_moved(tx, user_id, order_id, &steps, at).await?);
+        self.live_message = Some(LiveChannel::Orders(user_id).name());
         let reason = || self.reason.clone();
         let caused = match steps.last() {
             Some(OrderStatus::Confirmed) => Some(EventData::OrderConfirmed {
