@@ -1580,30 +1580,20 @@ pub async fn live_channels(store: Arc<dyn Store>) {
 
     let first = given_order(&store, ann.id, &[(&product, 1)]).await;
     given_order(&store, bob.id, &[(&product, 1)]).await;
-    let mut tx = store.begin().await.unwrap();
-    tx.set_order_status(first.id, &[OrderStatus::Reserved], now())
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
-    // Rolled back: never seen.
-    let mut tx = store.begin().await.unwrap();
-    tx.set_order_status(
-        first.id,
-        &[OrderStatus::Paid, OrderStatus::Confirmed],
-        now(),
-    )
-    .await
-    .unwrap();
-    drop(tx);
-    let mut tx = store.begin().await.unwrap();
-    tx.set_order_status(
-        first.id,
-        &[OrderStatus::Paid, OrderStatus::Confirmed],
-        now(),
-    )
-    .await
-    .unwrap();
-    tx.commit().await.unwrap();
+    let step = |steps: &'static [OrderStatus], commit: bool| {
+        let (store, id) = (store.clone(), first.id);
+        async move {
+            let mut tx = store.begin().await.unwrap();
+            tx.set_order_status(id, steps, now()).await.unwrap();
+            if commit {
+                tx.commit().await.unwrap();
+            }
+        }
+    };
+    step(&[OrderStatus::Reserved], true).await;
+    let paid = &[OrderStatus::Paid, OrderStatus::Confirmed];
+    step(paid, false).await; // rolled back: never seen
+    step(paid, true).await;
 
     let all = store.order_changes(ann.id, 0, 10).await.unwrap();
     let statuses: Vec<OrderStatus> = all.iter().map(|c| c.status).collect();

@@ -14,7 +14,7 @@
 //! anyway ([`OrderChange`]), at its position in the shopper's history;
 //! writing a separate message row per change made the embedded pipeline
 //! twice as slow to confirm an order (the single SQLite writer has no
-//! headroom under load; see `docs/benchmarks/live-wip`). Positions grow in
+//! headroom under load; see `docs/benchmarks/live-channels`). Positions grow in
 //! commit order per shopper (the store guarantees it) and have gaps (other
 //! shoppers' rows), so a follower sends what comes after its last position.
 //!
