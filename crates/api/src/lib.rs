@@ -18,6 +18,7 @@
 //!   cover: JSON nesting depth and string length.
 //! - [`routes`]: one module per resource: auth (incl. logout-all), products,
 //!   orders, me (notifications, points, sessions per device), leaderboard,
+//!   live (the live channels as Server-Sent Events),
 //!   admin, health.
 //! - [`schema`]: request schemas built from the domain's rules (the values
 //!   the validation runs) and the decoding those schemas imply.

@@ -17,7 +17,9 @@
 //!   request collapsing, write-through, write-around, write-behind view
 //!   counters, refresh-ahead), [`services::orders`] (placement, both side-effect
 //!   modes), [`services::effects`] (the side effects shared by the consumers and
-//!   inline mode), [`services::queries`] (notifications, points, leaderboard).
+//!   inline mode), [`services::queries`] (notifications, points, leaderboard),
+//!   [`services::live`] (live channels: who may follow what, the per-process
+//!   hub, followers that resume after a client's position).
 //!   The consumer groups themselves run in `orderflow-workers`.
 //! - [`contract`]: port scenarios written once, run by every adapter's tests.
 //! - [`error`]: [`CoreError`], the one error type use cases return.
