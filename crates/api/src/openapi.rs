@@ -22,18 +22,20 @@ use crate::routes::{admin, auth, health, live, me, orders, products};
         orders::place, orders::get_one, orders::list,
         me::notifications, me::points, me::sessions, me::end_session, me::leaderboard,
         live::follow,
+        live::websocket,
+        live::ticket,
         admin::consumers, admin::dead_letters, admin::dead_letter, admin::replay,
         health::healthz, health::readyz,
     ),
     // OrderLineInput is named by `schema::order_lines`, not reached through a field type.
-    components(schemas(ProblemDocument, orders::OrderLineInput, live::LiveReady, live::LiveChannelStart)),
+    components(schemas(ProblemDocument, orders::OrderLineInput, live::LiveFrameView, live::LiveCommandView, live::LiveTicket)),
     modifiers(&BearerAuth, &RequestRules, &Problems),
     tags(
         (name = "auth", description = "Accounts and sessions"),
         (name = "catalog", description = "Products, served from a cache"),
         (name = "orders", description = "Placing and following orders"),
         (name = "me", description = "Notifications, loyalty points, leaderboard"),
-        (name = "live", description = "Live channels (Server-Sent Events), resumable from the last event id"),
+        (name = "live", description = "Live channels (Server-Sent Events or WebSocket), resumable from the last position"),
         (name = "admin", description = "Consumers and the dead-letter queue (admin role)"),
         (name = "health", description = "Liveness and readiness"),
     )

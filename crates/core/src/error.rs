@@ -3,6 +3,7 @@
 
 use orderflow_domain::ValidationError;
 
+use crate::ports::cache::CacheError;
 use crate::ports::log::LogError;
 use crate::ports::providers::ProviderError;
 use crate::ports::store::StoreError;
@@ -47,6 +48,9 @@ pub enum CoreError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Log(#[from] LogError),
+    /// The shared cache (where live tickets are kept) failed.
+    #[error(transparent)]
+    Cache(#[from] CacheError),
     /// Anything else that is our fault; never shown to clients.
     #[error("internal error: {0}")]
     Internal(String),
@@ -180,7 +184,8 @@ impl CoreError {
                 ),
             ),
             CoreError::Store(StoreError::Unavailable(_))
-            | CoreError::Log(LogError::Unavailable(_)) => p(
+            | CoreError::Log(LogError::Unavailable(_))
+            | CoreError::Cache(_) => p(
                 slug::UNAVAILABLE,
                 "Service unavailable",
                 503,

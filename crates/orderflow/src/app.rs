@@ -104,7 +104,12 @@ impl App {
                 notifiers: notifiers.clone(),
             },
         };
-        let live = Arc::new(LiveHub::new(store.clone()));
+        let (tickets, bus) = backends.live_sharing();
+        let mut live = LiveHub::new(store.clone(), auth.clone(), tickets);
+        if let Some(bus) = bus {
+            live = live.with_bus(bus);
+        }
+        let live = Arc::new(live);
         let orders = Arc::new(
             OrderService::new(store.clone(), catalog.clone(), side_effects).with_live(live.clone()),
         );
@@ -133,7 +138,8 @@ impl App {
         // directly, other processes' over Redis.
         workers = workers.with_catalog(catalog.clone());
         // Order changes made by this process's workers reach its live
-        // followers at once; other processes' through the database.
+        // followers at once; other processes' over the hub's bus (Redis),
+        // or at their next recheck without one.
         workers = workers.with_live(live.clone());
 
         let state = AppState::new(Services {

@@ -17,13 +17,14 @@ use std::time::Duration;
 
 use anyhow::Context;
 use orderflow_adapters::kafka::{KafkaEventLog, KafkaPublisher, KafkaSettings, ensure_topics};
-use orderflow_adapters::memory::{DbBackedRevocations, InProcessRateLimiter};
+use orderflow_adapters::memory::{DbBackedRevocations, InProcessRateLimiter, InProcessSharedCache};
 use orderflow_adapters::postgres::{LeaseSettings, PostgresStore};
 use orderflow_adapters::redis::{
     RedisConnection, RedisRateLimiter, RedisReadModels, RedisRevocations, RedisSettings,
     RedisSharedCache,
 };
 use orderflow_adapters::sqlite::SqliteStore;
+use orderflow_core::ports::cache::SharedCache;
 use orderflow_core::ports::log::EventLog;
 use orderflow_core::ports::outbox::{EventDestination, Outbox};
 use orderflow_core::ports::rate_limit::RateLimiter;
@@ -220,6 +221,20 @@ impl Backends {
         self.redis
             .as_ref()
             .map(|redis| Arc::new(RedisReadModels::new(redis.clone())) as Arc<dyn ReadModels>)
+    }
+
+    /// What every process shares for live channels: Redis when
+    /// configured (tickets redeemable at any API process, and the bus its
+    /// hubs ring each other on), else this process's memory (one process:
+    /// no bus needed).
+    pub fn live_sharing(&self) -> (Arc<dyn SharedCache>, Option<Arc<dyn SharedCache>>) {
+        match &self.redis {
+            Some(redis) => {
+                let shared: Arc<dyn SharedCache> = Arc::new(RedisSharedCache::new(redis.clone()));
+                (shared.clone(), Some(shared))
+            }
+            None => (Arc::new(InProcessSharedCache::new()), None),
+        }
     }
 
     /// The catalog: L1 in process, plus Redis as L2 when configured.

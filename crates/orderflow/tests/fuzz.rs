@@ -85,9 +85,10 @@ async fn run_schemathesis(
         // which schemathesis finds in GET /me/sessions) revokes the token
         // every other operation is fuzzed with, turning the rest of the run
         // into 401s; those routes are covered by the API tests. The live
-        // stream never ends, so a request/response fuzzer cannot read it;
-        // the live API tests cover it with an SSE client.
-        .args(["--exclude-path-regex", "logout|/me/sessions/|/live$"])
+        // stream never ends and the live socket needs a WebSocket
+        // handshake, so a request/response fuzzer can read neither; the
+        // live API tests cover them with SSE and WebSocket clients.
+        .args(["--exclude-path-regex", "logout|/me/sessions/|/live$|/live/ws$"])
         .args(["--report-dir", report_dir.path().to_str().unwrap()])
         // Nothing left behind in the source tree: no example database, and
         // the run's working directory is a temporary one.

@@ -1,40 +1,64 @@
-//! `GET /api/v1/live`: the live channels as Server-Sent Events.
+//! The live channels over HTTP: Server-Sent Events (`GET /api/v1/live`),
+//! WebSocket (`GET /api/v1/live/ws`), and the tickets browsers connect
+//! with (`POST /api/v1/live/ticket`).
 //!
-//! A client names its channels (`?channels=orders:{its user id}`) and gets,
-//! per channel, every message in position order. Each event's `id` is the
-//! position of *every* channel of the stream (`orders:…=5;…=9`), so the
-//! browser's `EventSource`, which sends back only the last id it saw
-//! (`Last-Event-ID`), resumes all of them: the server then sends exactly the
-//! messages after those positions (from the database) before the live ones
-//! ([`LiveHub::follow`]). The first event (`ready`) says where each channel
-//! starts and whether the client's position could be continued from
-//! (`recovered: false`: reload your state, then carry on).
+//! Both transports carry the same JSON frames ([`LiveFrame`], tagged by
+//! `type`), produced by one [`LiveConnection`] per client; this module only
+//! moves them.
 //!
-//! Not built yet (issue 13): WebSocket, tickets for `EventSource` (it cannot
-//! send an `Authorization` header; today a client that can, such as
-//! `fetch` with a reader, or a native app, uses the access token), closing
-//! streams on logout or token expiry, and the channels other than
-//! `orders:{user}`.
+//! - **SSE**: the client names its channels in the query
+//!   (`?channels=orders:{its user id}`); each frame is an event named after
+//!   its type. Each `subscribed` and `message` event's `id` is the position
+//!   of *every* channel of the stream (`orders:…=5;…=9`), so the browser's
+//!   `EventSource`, which sends back only the last id it saw
+//!   (`Last-Event-ID`), resumes all of them: the server then sends exactly
+//!   the messages after those positions (from the database) before the
+//!   live ones. A channel that is not yours is 403 before the stream
+//!   starts; a name that is not a channel, 422.
+//! - **WebSocket**: the client sends `subscribe` / `unsubscribe` / `ping`
+//!   commands (JSON text) and gets frames back; a refused subscription is
+//!   an `error` frame and the connection stays. The server pings every
+//!   [`PING_EVERY`] and drops a client that has not answered the previous
+//!   ping. A closing connection sends its `closing` frame, then a close
+//!   frame whose code says the same ([`close_code`]).
+//! - **Auth**: the access token (`Authorization: Bearer`), or, for a browser
+//!   (neither `EventSource` nor `WebSocket` can send that header), a
+//!   single-use ticket from `POST /api/v1/live/ticket` in `?ticket=`, valid
+//!   for 30 s. The connection then closes when the token expires or its
+//!   session is logged out (see [`LiveConnection`]).
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
+use std::time::Duration;
 
+use axum::Json;
 use axum::extract::State;
-use axum::http::HeaderMap;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::http::{HeaderMap, header};
 use axum::response::sse::{Event, KeepAlive, KeepAliveStream, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::SinkExt;
 use futures::stream::{self, BoxStream, StreamExt};
 use orderflow_core::CoreError;
-use orderflow_core::services::live::{Follower, LiveChannel, LiveMessage};
+use orderflow_core::services::auth::Principal;
+use orderflow_core::services::live::{
+    CloseReason, ConnectionSettings, LiveChannel, LiveCommand, LiveConnection, LiveFrame,
+    MAX_CHANNELS, TICKET_TTL,
+};
 use orderflow_domain::ValidationError;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::AppState;
-use crate::extract::{ApiQuery, Caller};
-use crate::problem::ApiResult;
+use crate::extract::{ApiQuery, Caller, bearer_token};
+use crate::problem::{ApiError, ApiResult};
 
-/// Channels one stream may follow.
-pub const MAX_CHANNELS: usize = 16;
+/// How often the server pings a WebSocket client.
+pub const PING_EVERY: Duration = Duration::from_secs(20);
+/// How long one frame may take to reach a WebSocket client's socket.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// The largest command a WebSocket client may send.
+const MAX_COMMAND_BYTES: usize = 4096;
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -43,50 +67,96 @@ pub struct LiveParams {
     /// an admin may follow anyone's). At most 16.
     #[param(pattern = r"^orders:[0-9a-fA-F-]{36}( *, *orders:[0-9a-fA-F-]{36}){0,15}$")]
     pub channels: String,
+    /// A ticket from `POST /api/v1/live/ticket`, for a client that cannot
+    /// send an `Authorization` header.
+    #[param(pattern = r"^[A-Za-z0-9_-]{1,128}$")]
+    pub ticket: Option<String>,
 }
 
-/// One message of a channel (the `data` of a `message` event).
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct LiveSocketParams {
+    /// A ticket from `POST /api/v1/live/ticket`, for a client that cannot
+    /// send an `Authorization` header.
+    #[param(pattern = r"^[A-Za-z0-9_-]{1,128}$")]
+    pub ticket: Option<String>,
+}
+
+/// A frame of a live connection, on either transport: a JSON object whose
+/// `type` is one of `subscribed` (`channel`, `position`, `recovered`),
+/// `unsubscribed` (`channel`), `message` (`channel`, `position`, `at`,
+/// `data`), `error` (`channel`, `problem`), `pong`, `closing` (`reason`:
+/// `token_expired` | `logged_out` | `slow` | `unavailable`, `detail`).
+/// An `orders:{user}` message's `data` is `{"type": "order.status",
+/// "order_id", "status"}`, one per step of the order's history.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct LiveMessageView {
-    pub channel: String,
+pub struct LiveFrameView {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub channel: Option<String>,
     /// Grows in commit order within the channel (numbers may be skipped).
-    pub position: i64,
-    pub at: chrono::DateTime<chrono::Utc>,
-    /// For `orders:{user}`: `{"type": "order.status", "order_id", "status"}`,
-    /// one message per step of the order's history.
+    pub position: Option<i64>,
+    pub recovered: Option<bool>,
+    pub at: Option<chrono::DateTime<chrono::Utc>>,
     #[schema(value_type = Object)]
-    pub data: serde_json::Value,
+    pub data: Option<serde_json::Value>,
+    #[schema(value_type = Object)]
+    pub problem: Option<serde_json::Value>,
+    pub reason: Option<String>,
+    pub detail: Option<String>,
 }
 
-/// Where one channel of the stream starts (in the `ready` event).
+/// A command a WebSocket client sends: `{"type": "subscribe", "channel",
+/// "position"?}`, `{"type": "unsubscribe", "channel"}` or `{"type":
+/// "ping"}`.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct LiveChannelStart {
-    pub channel: String,
-    /// The position the stream continues after.
-    pub position: i64,
-    /// False when the position the client sent could not be continued from:
-    /// the stream starts at the channel's present instead, and the client
-    /// should reload what it shows.
-    pub recovered: bool,
+pub struct LiveCommandView {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub channel: Option<String>,
+    /// Resume after this position (the last one received).
+    pub position: Option<i64>,
 }
 
-/// The `ready` event's data.
+/// A ticket to connect with.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct LiveReady {
-    pub channels: Vec<LiveChannelStart>,
+pub struct LiveTicket {
+    /// Pass as `?ticket=` to `GET /api/v1/live` or `/api/v1/live/ws`; works
+    /// once.
+    pub ticket: String,
+    pub expires_in_secs: u64,
 }
 
-/// Follows live channels as Server-Sent Events: a `ready` event, then one
-/// `message` event per channel message, each with the positions of every
-/// channel as its `id` (send it back as `Last-Event-ID` to resume). A
-/// channel that is not yours is 403; a name that is not a channel, 422.
-#[utoipa::path(get, operation_id = "follow_live", path = "/api/v1/live", tag = "live", security(("bearer" = [])), params(LiveParams, ("Last-Event-ID" = Option<String>, Header, description = "The id of the last event received: resumes every channel after it")), responses((status = 200, description = "An event stream (text/event-stream): `ready` (LiveReady), then `message` (LiveMessageView) events", content_type = "text/event-stream", body = LiveMessageView)))]
-pub async fn follow(
+/// Issues a single-use ticket for a browser's `EventSource` or
+/// `WebSocket`, which cannot send the access token: valid once, for 30 s,
+/// as the caller.
+#[utoipa::path(post, operation_id = "issue_live_ticket", path = "/api/v1/live/ticket", tag = "live", security(("bearer" = [])), responses((status = 201, body = LiveTicket)))]
+pub async fn ticket(
     State(state): State<AppState>,
     Caller(principal): Caller,
+) -> ApiResult<(axum::http::StatusCode, Json<LiveTicket>)> {
+    let ticket = state.live.issue_ticket(&principal).await?;
+    Ok((
+        axum::http::StatusCode::CREATED,
+        Json(LiveTicket {
+            ticket,
+            expires_in_secs: TICKET_TTL.as_secs(),
+        }),
+    ))
+}
+
+/// Follows live channels as Server-Sent Events: a `subscribed` event per
+/// channel, then `message` events, each with the positions of every
+/// channel as its `id` (send it back as `Last-Event-ID` to resume), and a
+/// `closing` event before the server ends the stream. A channel that is
+/// not yours is 403; a name that is not a channel, 422.
+#[utoipa::path(get, operation_id = "follow_live", path = "/api/v1/live", tag = "live", security(("bearer" = [])), params(LiveParams, ("Last-Event-ID" = Option<String>, Header, description = "The id of the last event received: resumes every channel after it")), responses((status = 200, description = "An event stream (text/event-stream); each event's data is a LiveFrameView", content_type = "text/event-stream", body = LiveFrameView)))]
+pub async fn follow(
+    State(state): State<AppState>,
     headers: HeaderMap,
     ApiQuery(params): ApiQuery<LiveParams>,
 ) -> ApiResult<Sse<KeepAliveStream<BoxStream<'static, Result<Event, Infallible>>>>> {
+    let principal = caller(&state, &headers, params.ticket.as_deref()).await?;
     let channels = parse_channels(&params.channels).map_err(CoreError::from)?;
     for channel in &channels {
         if !channel.may_follow(principal.user_id, principal.role) {
@@ -103,80 +173,184 @@ pub async fn follow(
         }
         None => BTreeMap::new(),
     };
-    let mut followers = Vec::with_capacity(channels.len());
+    let connection = state.live.connect(principal, ConnectionSettings::default());
     for channel in channels {
-        let after = resume.get(&channel.name()).copied();
-        followers.push(
-            state
-                .live
-                .follow(channel, after)
-                .await
-                .map_err(CoreError::from)?,
-        );
-    }
-    let mut positions: BTreeMap<String, i64> = followers
-        .iter()
-        .map(|f| (f.channel().to_owned(), f.position()))
-        .collect();
-    let ready = LiveReady {
-        channels: followers
-            .iter()
-            .map(|f| LiveChannelStart {
-                channel: f.channel().to_owned(),
-                position: f.position(),
-                recovered: f.recovered(),
-            })
-            .collect(),
-    };
-    let ready = Event::default()
-        .event("ready")
-        .id(format_positions(&positions))
-        .json_data(&ready)
-        .unwrap_or_default();
-    let messages =
-        stream::select_all(followers.into_iter().map(messages_of)).map(move |next| match next {
-            Ok(message) => {
-                positions.insert(message.channel.clone(), message.position);
-                let view = LiveMessageView {
-                    channel: message.channel,
-                    position: message.position,
-                    at: message.at,
-                    data: message.data,
-                };
-                Event::default()
-                    .event("message")
-                    .id(format_positions(&positions))
-                    .json_data(&view)
-                    .unwrap_or_default()
-            }
-            // The stream ends after this (see `messages_of`); the client
-            // reconnects with its last id and loses nothing.
-            Err(error) => {
-                tracing::warn!(%error, "live stream ended: reading the channel failed");
-                Event::default()
-                    .event("error")
-                    .data("the server could not read the channel; reconnect to resume")
-            }
+        let name = channel.name();
+        let position = resume.get(&name).copied();
+        // Fits: the command queue holds twice MAX_CHANNELS.
+        connection.command(LiveCommand::Subscribe {
+            channel: name,
+            position,
         });
-    let events = stream::once(async move { ready })
-        .chain(messages)
-        .map(Ok::<_, Infallible>)
-        .boxed();
+    }
+    let events = stream::unfold(
+        (connection, BTreeMap::<String, i64>::new()),
+        |(mut connection, mut positions)| async move {
+            let frame = connection.next().await?;
+            let event = sse_event(&frame, &mut positions);
+            Some((event, (connection, positions)))
+        },
+    )
+    .map(Ok::<_, Infallible>)
+    .boxed();
     Ok(Sse::new(events).keep_alive(KeepAlive::default()))
 }
 
-/// A follower's messages as a stream that ends after its first error.
-fn messages_of(
-    follower: Follower,
-) -> BoxStream<'static, Result<LiveMessage, orderflow_core::ports::store::StoreError>> {
-    stream::unfold(Some(follower), |follower| async move {
-        let mut follower = follower?;
-        match follower.next().await {
-            Ok(message) => Some((Ok(message), Some(follower))),
-            Err(error) => Some((Err(error), None)),
+/// A frame as an event named after its type; `subscribed` and `message`
+/// events carry the positions so far as their id.
+fn sse_event(frame: &LiveFrame, positions: &mut BTreeMap<String, i64>) -> Event {
+    let (name, position) = match frame {
+        LiveFrame::Subscribed {
+            channel, position, ..
+        } => ("subscribed", Some((channel, *position))),
+        LiveFrame::Message(message) => ("message", Some((&message.channel, message.position))),
+        LiveFrame::Unsubscribed { .. } => ("unsubscribed", None),
+        LiveFrame::Error { .. } => ("error", None),
+        LiveFrame::Pong => ("pong", None),
+        LiveFrame::Closing { .. } => ("closing", None),
+    };
+    let mut event = Event::default().event(name);
+    if let Some((channel, position)) = position {
+        positions.insert(channel.clone(), position);
+        event = event.id(format_positions(positions));
+    }
+    event.json_data(frame).unwrap_or_default()
+}
+
+/// Follows live channels over a WebSocket: send `subscribe` /
+/// `unsubscribe` / `ping` commands (LiveCommandView) as JSON text, receive
+/// frames (LiveFrameView). Authenticate with the `Authorization` header or
+/// a `?ticket=`.
+#[utoipa::path(get, operation_id = "follow_live_socket", path = "/api/v1/live/ws", tag = "live", security(("bearer" = [])), params(LiveSocketParams), responses((status = 101, description = "Switching to the WebSocket protocol; text messages are JSON: LiveCommandView in, LiveFrameView out")))]
+pub async fn websocket(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiQuery(params): ApiQuery<LiveSocketParams>,
+    upgrade: WebSocketUpgrade,
+) -> ApiResult<Response> {
+    let principal = caller(&state, &headers, params.ticket.as_deref()).await?;
+    let connection = state.live.connect(principal, ConnectionSettings::default());
+    Ok(upgrade
+        .max_message_size(MAX_COMMAND_BYTES)
+        .on_upgrade(move |socket| serve_socket(socket, connection))
+        .into_response())
+}
+
+/// Moves frames out and commands in until either side ends.
+async fn serve_socket(socket: WebSocket, mut connection: LiveConnection) {
+    let (mut sink, mut incoming) = socket.split();
+    let mut ping = tokio::time::interval(PING_EVERY);
+    ping.reset();
+    let mut unanswered_ping = false;
+    loop {
+        let outgoing: Vec<Message> = tokio::select! {
+            frame = connection.next() => match frame {
+                Some(frame @ LiveFrame::Closing { reason, .. }) => {
+                    let _ = send(&mut sink, text(&frame)).await;
+                    let close = CloseFrame {
+                        code: close_code(reason),
+                        reason: reason.as_str().into(),
+                    };
+                    let _ = send(&mut sink, Message::Close(Some(close))).await;
+                    return;
+                }
+                Some(frame) => vec![text(&frame)],
+                None => return,
+            },
+            received = incoming.next() => match received {
+                Some(Ok(Message::Text(command))) => match serde_json::from_str::<LiveCommand>(&command) {
+                    Ok(command) => {
+                        if connection.command(command) {
+                            continue;
+                        }
+                        vec![error_frame(ApiError::Status {
+                            status: axum::http::StatusCode::TOO_MANY_REQUESTS,
+                            detail: "too many commands in flight; wait for the answers".into(),
+                        })]
+                    }
+                    Err(error) => vec![error_frame(ApiError::BadJson(format!(
+                        "a command is {{\"type\": \"subscribe\" | \"unsubscribe\" | \"ping\", ...}}: {error}"
+                    )))],
+                },
+                Some(Ok(Message::Binary(_))) => vec![error_frame(ApiError::BadJson(
+                    "commands are JSON text messages, not binary".into(),
+                ))],
+                Some(Ok(Message::Pong(_))) => {
+                    unanswered_ping = false;
+                    continue;
+                }
+                // Pings are answered by the socket itself.
+                Some(Ok(Message::Ping(_))) => continue,
+                Some(Ok(Message::Close(_)) | Err(_)) | None => return,
+            },
+            _ = ping.tick() => {
+                if unanswered_ping {
+                    tracing::debug!("live socket dropped: the client did not answer a ping");
+                    return;
+                }
+                unanswered_ping = true;
+                vec![Message::Ping(Default::default())]
+            }
+        };
+        for message in outgoing {
+            if send(&mut sink, message).await.is_err() {
+                return;
+            }
         }
+    }
+}
+
+type Sink = futures::stream::SplitSink<WebSocket, Message>;
+
+async fn send(sink: &mut Sink, message: Message) -> Result<(), ()> {
+    match tokio::time::timeout(SEND_TIMEOUT, sink.send(message)).await {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(()),
+    }
+}
+
+fn text(frame: &LiveFrame) -> Message {
+    Message::Text(serde_json::to_string(frame).unwrap_or_default().into())
+}
+
+fn error_frame(error: ApiError) -> Message {
+    text(&LiveFrame::Error {
+        channel: None,
+        problem: error.problem().to_json(),
     })
-    .boxed()
+}
+
+/// The WebSocket close code for a reason (4000–4999 are the
+/// application's): 4001 token expired, 4003 logged out, 4008 slow, 1011
+/// unavailable.
+pub fn close_code(reason: CloseReason) -> u16 {
+    match reason {
+        CloseReason::TokenExpired => 4001,
+        CloseReason::LoggedOut => 4003,
+        CloseReason::Slow => 4008,
+        CloseReason::Unavailable => 1011,
+    }
+}
+
+/// The caller of a live request: a ticket when one is given, else the
+/// bearer token.
+async fn caller(
+    state: &AppState,
+    headers: &HeaderMap,
+    ticket: Option<&str>,
+) -> Result<Principal, CoreError> {
+    if let Some(ticket) = ticket {
+        return state.live.redeem_ticket(ticket).await;
+    }
+    let value = headers.get(header::AUTHORIZATION).ok_or_else(|| {
+        CoreError::Unauthorized(
+            "missing Authorization: Bearer token (or a ?ticket= from POST /api/v1/live/ticket)"
+                .into(),
+        )
+    })?;
+    let token = bearer_token(value)
+        .ok_or_else(|| CoreError::Unauthorized("Authorization must be `Bearer <token>`".into()))?;
+    state.auth.authenticate(token).await
 }
 
 fn parse_channels(list: &str) -> Result<Vec<LiveChannel>, ValidationError> {
@@ -263,5 +437,30 @@ mod tests {
         assert!(parse_channels("").is_err());
         assert!(parse_channels("admin:orders").is_err());
         assert!(parse_channels("orders:not-a-uuid").is_err());
+    }
+
+    #[test]
+    fn events_carry_every_channel_position_as_their_id() {
+        let mut positions = BTreeMap::new();
+        let subscribed = LiveFrame::Subscribed {
+            channel: "orders:a".into(),
+            position: 3,
+            recovered: true,
+        };
+        let _ = sse_event(&subscribed, &mut positions);
+        let message = LiveFrame::Message(orderflow_core::services::live::LiveMessage {
+            channel: "orders:b".into(),
+            position: 9,
+            at: chrono::Utc::now(),
+            data: serde_json::json!({}),
+        });
+        let _ = sse_event(&message, &mut positions);
+        assert_eq!(format_positions(&positions), "orders:a=3;orders:b=9");
+        let _ = sse_event(&LiveFrame::Pong, &mut positions);
+        assert_eq!(
+            positions.len(),
+            2,
+            "frames without a position leave the id alone"
+        );
     }
 }

@@ -40,6 +40,8 @@ pub fn router(state: AppState) -> Router {
         .route("/me/sessions/{id}", axum::routing::delete(me::end_session))
         .route("/leaderboard", get(me::leaderboard))
         .route("/live", get(live::follow))
+        .route("/live/ws", get(live::websocket))
+        .route("/live/ticket", post(live::ticket))
         .route("/admin/consumers", get(admin::consumers))
         .route("/admin/dlq", get(admin::dead_letters))
         .route("/admin/dlq/{id}", get(admin::dead_letter))

@@ -277,7 +277,7 @@ pub struct Claims {
 }
 
 /// Who is calling, after the access token was verified.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Principal {
     pub user_id: UserId,
     pub role: Role,
@@ -518,7 +518,7 @@ impl AuthService {
             expires_at: now + self.settings.refresh_token_ttl,
             revoked_at: None,
         };
-        let refresh_token = new_refresh_token();
+        let refresh_token = new_random_token();
         self.store
             .create_session(&session, &sha256_hex(&refresh_token))
             .await?;
@@ -530,7 +530,7 @@ impl AuthService {
     pub async fn refresh(&self, refresh_token: &str) -> Result<TokenPair, CoreError> {
         REFRESH_TOKEN.check("refresh_token", refresh_token)?;
         let now = chrono::Utc::now();
-        let new_refresh = new_refresh_token();
+        let new_refresh = new_random_token();
         let rotation = self
             .store
             .rotate_refresh_token(
@@ -694,24 +694,35 @@ impl AuthService {
         if claims.iat > chrono::Utc::now().timestamp() + skew {
             return Err(unauthorized("access token is not valid yet"));
         }
-        metrics::counter!("orderflow_revocation_checks_total").increment(1);
-        if self.revocations.is_revoked(&claims.jti).await?
-            || self
-                .revocations
-                .is_revoked(&session_revocation_id(claims.sid))
-                .await?
-        {
-            return Err(unauthorized("access token was revoked"));
-        }
         let expires_at = chrono::DateTime::from_timestamp(claims.exp, 0)
             .ok_or_else(|| unauthorized("access token is not valid"))?;
-        Ok(Principal {
+        let principal = Principal {
             user_id: claims.sub,
             role: claims.role,
             session_id: claims.sid,
             jti: claims.jti,
             expires_at,
-        })
+        };
+        self.still_valid(&principal).await?;
+        Ok(principal)
+    }
+
+    /// Whether a caller authenticated earlier is still let in: neither the
+    /// token (`jti`) nor its session (`sid`) revoked, both answered from
+    /// memory (or Redis). A live connection asks this every second, so a
+    /// logout elsewhere closes it; it closes at the token's expiry by its
+    /// own timer.
+    pub async fn still_valid(&self, principal: &Principal) -> Result<(), CoreError> {
+        metrics::counter!("orderflow_revocation_checks_total").increment(1);
+        if self.revocations.is_revoked(&principal.jti).await?
+            || self
+                .revocations
+                .is_revoked(&session_revocation_id(principal.session_id))
+                .await?
+        {
+            return Err(CoreError::Unauthorized("access token was revoked".into()));
+        }
+        Ok(())
     }
 
     fn issue(
@@ -919,12 +930,13 @@ fn dummy_hash() -> &'static str {
     })
 }
 
-/// What a refresh token can look like: [`new_refresh_token`] makes 43
+/// What a refresh token can look like: [`new_random_token`] makes 43
 /// base64url characters; the bound leaves room for a longer format later.
 pub static REFRESH_TOKEN: TextRule =
     TextRule::new(1, 128, Some("^[A-Za-z0-9_-]+$"), "base64url characters");
 
-fn new_refresh_token() -> String {
+/// 32 random bytes as 43 base64url characters: refresh tokens, live tickets.
+pub fn new_random_token() -> String {
     let mut bytes = [0u8; 32];
     rand::fill(&mut bytes);
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)

@@ -1,7 +1,9 @@
 //! Live channels over Server-Sent Events (`GET /api/v1/live`), read with a
-//! real SSE client (`eventsource-stream` over a streamed reqwest body): an
-//! order's whole life in order, resuming with `Last-Event-ID` without gap or
-//! duplicate, and who may follow what.
+//! real SSE client (`eventsource-stream` over a streamed reqwest body), and
+//! over WebSocket (`GET /api/v1/live/ws`, with `tokio-tungstenite`): an
+//! order's whole life in order, resuming without gap or duplicate, who may
+//! follow what, tickets, and the server closing a connection (logout, token
+//! expiry, a slow client).
 
 use std::pin::Pin;
 use std::time::Duration;
@@ -67,12 +69,13 @@ async fn a_shopper_follows_an_order_from_pending_to_confirmed() {
     let channel = format!("orders:{}", shopper.id);
     let mut events = follow(&app, &shopper.token, &channel, None).await;
 
-    let ready = next(&mut events).await;
-    assert_eq!(ready.event, "ready");
+    let subscribed = next(&mut events).await;
+    assert_eq!(subscribed.event, "subscribed");
     assert_eq!(
-        data(&ready)["channels"],
-        serde_json::json!([{"channel": channel, "position": 0, "recovered": true}])
+        data(&subscribed),
+        serde_json::json!({"type": "subscribed", "channel": channel, "position": 0, "recovered": true})
     );
+    assert_eq!(subscribed.id, format!("{channel}=0"));
 
     let order = app.order_one(&shopper, product.id, 1).await;
     app.drain().await;
@@ -107,7 +110,7 @@ async fn a_client_that_reconnects_with_its_last_id_gets_exactly_what_it_missed()
     let shopper = app.shopper("Back").await;
     let channel = format!("orders:{}", shopper.id);
     let mut events = follow(&app, &shopper.token, &channel, None).await;
-    next(&mut events).await; // ready
+    next(&mut events).await; // subscribed
     let order = app.order_one(&shopper, product.id, 1).await;
     let pending = next(&mut events).await;
     assert_eq!(data(&pending)["data"]["status"], "pending");
@@ -123,10 +126,10 @@ async fn a_client_that_reconnects_with_its_last_id_gets_exactly_what_it_missed()
 
     let mut events = follow(&app, &shopper.token, &channel, Some(&last_id)).await;
     let pending_position = data(&pending)["position"].as_i64().unwrap();
-    let ready = next(&mut events).await;
+    let subscribed = data(&next(&mut events).await);
     assert_eq!(
-        data(&ready)["channels"][0],
-        serde_json::json!({"channel": channel, "position": pending_position, "recovered": true})
+        subscribed,
+        serde_json::json!({"type": "subscribed", "channel": channel, "position": pending_position, "recovered": true})
     );
     let mut missed = Vec::new();
     let mut last = pending_position;
@@ -154,10 +157,10 @@ async fn a_client_that_reconnects_with_its_last_id_gets_exactly_what_it_missed()
         Some(&format!("{channel}=999999999")),
     )
     .await;
-    let ready = data(&next(&mut events).await);
+    let subscribed = data(&next(&mut events).await);
     assert_eq!(
-        ready["channels"][0],
-        serde_json::json!({"channel": channel, "position": last, "recovered": false})
+        subscribed,
+        serde_json::json!({"type": "subscribed", "channel": channel, "position": last, "recovered": false})
     );
 }
 
@@ -191,5 +194,339 @@ async fn only_your_own_channels_and_only_channels() {
     // An admin may follow a shopper's channel.
     let admin = app.admin_token().await;
     let mut events = follow(&app, &admin, &bobs, None).await;
-    assert_eq!(next(&mut events).await.event, "ready");
+    assert_eq!(next(&mut events).await.event, "subscribed");
+}
+
+#[tokio::test]
+async fn a_ticket_opens_an_event_stream_once_without_the_token() {
+    let app = spawn_app().await;
+    let shopper = app.shopper("Ticket").await;
+    let channel = format!("orders:{}", shopper.id);
+    let issued = app
+        .http
+        .post(app.url("/api/v1/live/ticket"))
+        .bearer_auth(&shopper.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(issued.status(), StatusCode::CREATED);
+    let issued: Value = issued.json().await.unwrap();
+    let ticket = issued["ticket"].as_str().unwrap().to_owned();
+    assert_eq!(issued["expires_in_secs"], 30);
+
+    // What a browser's EventSource does: no Authorization header.
+    let with_ticket = || {
+        app.http
+            .get(app.url("/api/v1/live"))
+            .query(&[("channels", channel.as_str()), ("ticket", ticket.as_str())])
+            .send()
+    };
+    let response = with_ticket().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut events = response.bytes_stream().eventsource().boxed();
+    assert_eq!(next(&mut events).await.event, "subscribed");
+
+    assert_problem(with_ticket().await.unwrap(), 401, "unauthorized").await;
+    let forged = app
+        .http
+        .get(app.url("/api/v1/live"))
+        .query(&[("channels", channel.as_str()), ("ticket", "forged-ticket")])
+        .send()
+        .await
+        .unwrap();
+    assert_problem(forged, 401, "unauthorized").await;
+    let anonymous = app
+        .http
+        .post(app.url("/api/v1/live/ticket"))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(anonymous, 401, "unauthorized").await;
+}
+
+#[tokio::test]
+async fn logging_out_closes_the_stream_with_a_reason() {
+    let app = spawn_app().await;
+    let shopper = app.shopper("Leaving").await;
+    let channel = format!("orders:{}", shopper.id);
+    let mut events = follow(&app, &shopper.token, &channel, None).await;
+    assert_eq!(next(&mut events).await.event, "subscribed");
+
+    let logged_out = std::time::Instant::now();
+    assert_eq!(
+        app.logout(&shopper.token).await.status(),
+        StatusCode::NO_CONTENT
+    );
+    let closing = next(&mut events).await;
+    let waited = logged_out.elapsed();
+    assert_eq!(closing.event, "closing");
+    assert_eq!(data(&closing)["reason"], "logged_out");
+    assert!(
+        tokio::time::timeout(PATIENCE, events.next())
+            .await
+            .expect("the stream ends")
+            .is_none(),
+        "nothing after the closing event"
+    );
+    // The connection checks once a second; the test allows for a slow
+    // machine, and reports what it saw.
+    eprintln!("closed {} ms after the logout", waited.as_millis());
+}
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn open_socket(app: &TestApp, token: Option<&str>, ticket: Option<&str>) -> Socket {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut url = app.url("/api/v1/live/ws").replacen("http://", "ws://", 1);
+    if let Some(ticket) = ticket {
+        url = format!("{url}?ticket={ticket}");
+    }
+    let mut request = url.into_client_request().unwrap();
+    if let Some(token) = token {
+        request
+            .headers_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    }
+    tokio_tungstenite::connect_async(request)
+        .await
+        .expect("the WebSocket handshake succeeds")
+        .0
+}
+
+async fn send(socket: &mut Socket, command: Value) {
+    use futures::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    socket
+        .send(Message::text(command.to_string()))
+        .await
+        .unwrap();
+}
+
+/// The next JSON frame (pings and pongs are skipped).
+async fn frame(socket: &mut Socket) -> Value {
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        let message = tokio::time::timeout(PATIENCE, socket.next())
+            .await
+            .expect("a frame within 10 s")
+            .expect("the socket is open")
+            .expect("a well-formed message");
+        match message {
+            Message::Text(text) => return serde_json::from_str(&text).expect("JSON"),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_websocket_client_follows_its_orders_and_only_its_own() {
+    let app = spawn_app().await;
+    let product = app.create_product("LIVE-WS", 900, 5).await;
+    let ann = app.shopper("Ann").await;
+    let bob = app.shopper("Bob").await;
+    let mine = format!("orders:{}", ann.id);
+    let mut socket = open_socket(&app, Some(&ann.token), None).await;
+
+    send(
+        &mut socket,
+        serde_json::json!({"type": "subscribe", "channel": format!("orders:{}", bob.id)}),
+    )
+    .await;
+    let refused = frame(&mut socket).await;
+    assert_eq!(refused["type"], "error");
+    assert_eq!(refused["problem"]["status"], 403);
+    send(
+        &mut socket,
+        serde_json::json!({"type": "subscribe", "channel": "admin:orders"}),
+    )
+    .await;
+    assert_eq!(frame(&mut socket).await["problem"]["status"], 422);
+    send(&mut socket, serde_json::json!({"type": "dance"})).await;
+    assert_eq!(frame(&mut socket).await["problem"]["status"], 422);
+
+    send(
+        &mut socket,
+        serde_json::json!({"type": "subscribe", "channel": mine}),
+    )
+    .await;
+    assert_eq!(
+        frame(&mut socket).await,
+        serde_json::json!({"type": "subscribed", "channel": mine, "position": 0, "recovered": true})
+    );
+    let order = app.order_one(&ann, product.id, 1).await;
+    app.drain().await;
+    let mut steps = Vec::new();
+    let mut positions = Vec::new();
+    for _ in 0..4 {
+        let message = frame(&mut socket).await;
+        assert_eq!(message["type"], "message");
+        assert_eq!(message["channel"], mine);
+        assert_eq!(message["data"]["order_id"], order.id.to_string());
+        positions.push(message["position"].as_i64().unwrap());
+        steps.push(message["data"]["status"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(steps, ["pending", "reserved", "paid", "confirmed"]);
+    assert!(positions.is_sorted(), "in position order: {positions:?}");
+
+    send(&mut socket, serde_json::json!({"type": "ping"})).await;
+    assert_eq!(
+        frame(&mut socket).await,
+        serde_json::json!({"type": "pong"})
+    );
+    send(
+        &mut socket,
+        serde_json::json!({"type": "unsubscribe", "channel": mine}),
+    )
+    .await;
+    assert_eq!(
+        frame(&mut socket).await,
+        serde_json::json!({"type": "unsubscribed", "channel": mine})
+    );
+
+    // Subscribing again after the first message replays the rest: the
+    // same recovery as SSE's Last-Event-ID.
+    send(
+        &mut socket,
+        serde_json::json!({"type": "subscribe", "channel": mine, "position": positions[0]}),
+    )
+    .await;
+    assert_eq!(frame(&mut socket).await["position"], positions[0]);
+    let mut replayed = Vec::new();
+    for _ in 0..3 {
+        replayed.push(frame(&mut socket).await["position"].as_i64().unwrap());
+    }
+    assert_eq!(replayed, positions[1..]);
+}
+
+#[tokio::test]
+async fn a_websocket_needs_a_token_or_a_ticket_and_closes_on_logout() {
+    use tokio_tungstenite::tungstenite::Message;
+    let app = spawn_app().await;
+    let shopper = app.shopper("Socket").await;
+
+    let anonymous =
+        tokio_tungstenite::connect_async(app.url("/api/v1/live/ws").replacen("http", "ws", 1))
+            .await;
+    match anonymous {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 401)
+        }
+        other => panic!("expected a 401 handshake, got {other:?}"),
+    }
+
+    let ticket: Value = app
+        .http
+        .post(app.url("/api/v1/live/ticket"))
+        .bearer_auth(&shopper.token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut socket = open_socket(&app, None, ticket["ticket"].as_str()).await;
+    let channel = format!("orders:{}", shopper.id);
+    send(
+        &mut socket,
+        serde_json::json!({"type": "subscribe", "channel": channel}),
+    )
+    .await;
+    assert_eq!(frame(&mut socket).await["type"], "subscribed");
+
+    assert_eq!(
+        app.logout(&shopper.token).await.status(),
+        StatusCode::NO_CONTENT
+    );
+    let closing = frame(&mut socket).await;
+    assert_eq!(closing["type"], "closing");
+    assert_eq!(closing["reason"], "logged_out");
+    let close = tokio::time::timeout(PATIENCE, socket.next())
+        .await
+        .expect("a close frame")
+        .expect("the socket is open")
+        .expect("a well-formed message");
+    match close {
+        Message::Close(Some(close)) => {
+            assert_eq!(u16::from(close.code), 4003);
+            assert_eq!(close.reason.as_str(), "logged_out");
+        }
+        other => panic!("expected a close frame, got {other:?}"),
+    }
+}
+
+/// The connection itself (what both transports drain): a client that does
+/// not read is cut off as slow while a fast one on the same channel gets
+/// every message, and a connection closes when its token expires.
+#[tokio::test]
+async fn a_slow_connection_is_cut_off_and_a_fast_one_loses_nothing() {
+    use orderflow_core::services::live::{CloseReason, ConnectionSettings, LiveCommand, LiveFrame};
+    let app = spawn_app().await;
+    let product = app.create_product("LIVE-SLOW", 500, 50).await;
+    let shopper = app.shopper("Slow").await;
+    let channel = format!("orders:{}", shopper.id);
+    let principal = app.app.auth.authenticate(&shopper.token).await.unwrap();
+    let hub = &app.app.state.live;
+    let subscribe = LiveCommand::Subscribe {
+        channel: channel.clone(),
+        position: None,
+    };
+
+    let mut slow = hub.connect(
+        principal.clone(),
+        ConnectionSettings {
+            queue: 2,
+            slow_after: Duration::from_millis(300),
+            ..ConnectionSettings::default()
+        },
+    );
+    let mut fast = hub.connect(principal.clone(), ConnectionSettings::default());
+    assert!(slow.command(subscribe.clone()));
+    assert!(fast.command(subscribe));
+    assert!(matches!(
+        fast.next().await,
+        Some(LiveFrame::Subscribed { .. })
+    ));
+
+    let orders = 3;
+    for _ in 0..orders {
+        app.order_one(&shopper, product.id, 1).await;
+    }
+    app.drain().await;
+    let mut statuses = Vec::new();
+    while statuses.len() < orders * 4 {
+        match tokio::time::timeout(PATIENCE, fast.next()).await {
+            Ok(Some(LiveFrame::Message(message))) => {
+                statuses.push(message.data["status"].as_str().unwrap().to_owned())
+            }
+            other => panic!("expected a message, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        statuses.iter().filter(|s| *s == "confirmed").count(),
+        orders
+    );
+
+    // The slow one never read: its queue (2) filled and stayed full past
+    // its 300 ms; the closing frame overtakes what is queued.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    match tokio::time::timeout(PATIENCE, slow.next()).await {
+        Ok(Some(LiveFrame::Closing { reason, .. })) => assert_eq!(reason, CloseReason::Slow),
+        other => panic!("expected the slow connection to close, got {other:?}"),
+    }
+    assert!(slow.next().await.is_none(), "nothing after closing");
+
+    // A token that expires in a moment closes its connection then.
+    let expiring = orderflow_core::services::auth::Principal {
+        expires_at: chrono::Utc::now() + chrono::Duration::milliseconds(500),
+        ..principal
+    };
+    let mut connection = hub.connect(expiring, ConnectionSettings::default());
+    match tokio::time::timeout(PATIENCE, connection.next()).await {
+        Ok(Some(LiveFrame::Closing { reason, .. })) => {
+            assert_eq!(reason, CloseReason::TokenExpired)
+        }
+        other => panic!("expected the connection to close at expiry, got {other:?}"),
+    }
 }
