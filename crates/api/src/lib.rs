@@ -18,7 +18,8 @@
 //!   cover: JSON nesting depth and string length.
 //! - [`routes`]: one module per resource: auth (incl. logout-all), products,
 //!   orders, me (notifications, points, sessions per device), leaderboard,
-//!   live (the live channels as Server-Sent Events),
+//!   live (the live channels over Server-Sent Events and WebSocket, and
+//!   their tickets),
 //!   admin, health.
 //! - [`schema`]: request schemas built from the domain's rules (the values
 //!   the validation runs) and the decoding those schemas imply.
@@ -122,7 +123,7 @@ pub struct Services {
     pub auth: Arc<AuthService>,
     pub catalog: Arc<CatalogService>,
     pub orders: Arc<OrderService>,
-    /// This process's live channels (`GET /api/v1/live`).
+    /// This process's live channels (`/api/v1/live`, `/api/v1/live/ws`).
     pub live: Arc<LiveHub>,
     pub queries: Arc<ShopperQueries>,
     pub operations: Arc<Operations>,

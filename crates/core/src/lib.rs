@@ -19,7 +19,8 @@
 //!   modes), [`services::effects`] (the side effects shared by the consumers and
 //!   inline mode), [`services::queries`] (notifications, points, leaderboard),
 //!   [`services::live`] (live channels: who may follow what, the per-process
-//!   hub, followers that resume after a client's position).
+//!   hub and its bus, followers that resume after a client's position, one
+//!   connection per client with the reasons it is closed, tickets).
 //!   The consumer groups themselves run in `orderflow-workers`.
 //! - [`contract`]: port scenarios written once, run by every adapter's tests.
 //! - [`error`]: [`CoreError`], the one error type use cases return.

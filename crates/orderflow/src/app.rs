@@ -106,6 +106,11 @@ impl App {
         };
         let (tickets, bus) = backends.live_sharing();
         let mut live = LiveHub::new(store.clone(), auth.clone(), tickets);
+        let recheck_ms =
+            settings
+                .live_recheck_ms
+                .unwrap_or(if bus.is_some() { 30_000 } else { 1_000 });
+        live = live.with_recheck(Duration::from_millis(recheck_ms.max(10)));
         if let Some(bus) = bus {
             live = live.with_bus(bus);
         }

@@ -143,6 +143,14 @@ pub struct Settings {
     )]
     pub cache_ttl_secs: u64,
 
+    /// How often a live follower with no news reads its channel from the
+    /// database (ms). Without Redis this is how a change committed by
+    /// another process reaches a client here (default 1000); with Redis
+    /// the processes ring each other over pub/sub, and this is only the
+    /// safety net (default 30000).
+    #[arg(long, env = "ORDERFLOW_LIVE_RECHECK_MS", global = true)]
+    pub live_recheck_ms: Option<u64>,
+
     /// How often each API process adds the product views it counted to the
     /// database (write-behind; a crash loses at most one interval's views).
     #[arg(

@@ -15,72 +15,19 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use tokio::process::Command;
-
 mod support;
-use support::process::{Process, tail};
+use support::process::{Process, http_process, orderflow, processes_environment, tail};
 use support::{ADMIN_EMAIL, ADMIN_PASSWORD, Client};
 
 /// The simulated card limit: orders above it end `payment_failed`.
 const DECLINE_ABOVE_CENTS: i64 = 1_000;
 
-/// The settings every process of one test shares.
+/// The settings every process of one test shares, with a card limit.
 fn environment(data_dir: &Path, extra: &[(&str, &str)]) -> Vec<(String, String)> {
-    let mut env: Vec<(String, String)> = [
-        ("ORDERFLOW_DATA_DIR", data_dir.to_str().unwrap()),
-        ("ORDERFLOW_ADMIN_EMAIL", ADMIN_EMAIL),
-        ("ORDERFLOW_ADMIN_PASSWORD", ADMIN_PASSWORD),
-        ("ORDERFLOW_RATE_LIMITS", "off"),
-        ("ORDERFLOW_AUTH_RATE_PER_SEC", "0"),
-        ("ORDERFLOW_SIM_EMAIL_LATENCY_MS", "0"),
-        ("ORDERFLOW_SIM_SMS_LATENCY_MS", "0"),
-        ("ORDERFLOW_SIM_PUSH_LATENCY_MS", "0"),
-        ("ORDERFLOW_SIM_PAYMENT_LATENCY_MS", "0"),
-    ]
-    .iter()
-    .chain(extra)
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
-    env.push((
-        "ORDERFLOW_SIM_PAYMENT_DECLINE_ABOVE_CENTS".into(),
-        DECLINE_ABOVE_CENTS.to_string(),
-    ));
-    env
-}
-
-/// Runs `orderflow ARGS…` to completion with `env`; its stdout.
-async fn orderflow(args: &[&str], env: &[(String, String)]) -> String {
-    let output = Command::new(env!("CARGO_BIN_EXE_orderflow"))
-        .args(args)
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .output()
-        .await
-        .expect("orderflow runs");
-    assert!(
-        output.status.success(),
-        "orderflow {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-/// An `orderflow` process serving HTTP on a free port: the process and a
-/// client for it, once `/readyz` answers.
-async fn http_process(
-    name: &str,
-    role: &str,
-    env: &[(String, String)],
-    logs: &Path,
-) -> (Process, Client) {
-    let listen = format!("127.0.0.1:{}", orderflow_testkit::free_port());
-    let mut process = Process::start(name, &["--listen", &listen, role], env, logs);
-    let client = Client::new(format!("http://{listen}"));
-    wait_ready(&client, &mut process).await;
-    (process, client)
-}
-
-async fn wait_ready(client: &Client, process: &mut Process) {
-    process.wait_ready(&format!("{}/readyz", client.base)).await;
+    let limit = DECLINE_ABOVE_CENTS.to_string();
+    let mut extra = extra.to_vec();
+    extra.push(("ORDERFLOW_SIM_PAYMENT_DECLINE_ABOVE_CENTS", &limit));
+    processes_environment(data_dir, &extra)
 }
 
 /// `GET /api/v1{path}`, anonymously, as JSON (a 200 is expected).
@@ -331,7 +278,7 @@ async fn view_counts_survive_sigterm_and_sigkill_loses_at_most_one_interval() {
     // SIGKILL: views flushed before the kill survive; only those counted
     // since the last flush (at most one interval's) can be lost.
     serve.spawn();
-    wait_ready(&client, &mut serve).await;
+    serve.wait_ready(&format!("{}/readyz", client.base)).await;
     read_times(&client, &id, 30).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     while views_in_database(&database, &id).await < 80 {

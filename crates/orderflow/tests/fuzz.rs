@@ -88,7 +88,10 @@ async fn run_schemathesis(
         // stream never ends and the live socket needs a WebSocket
         // handshake, so a request/response fuzzer can read neither; the
         // live API tests cover them with SSE and WebSocket clients.
-        .args(["--exclude-path-regex", "logout|/me/sessions/|/live$|/live/ws$"])
+        .args([
+            "--exclude-path-regex",
+            "logout|/me/sessions/|/live$|/live/ws$",
+        ])
         .args(["--report-dir", report_dir.path().to_str().unwrap()])
         // Nothing left behind in the source tree: no example database, and
         // the run's working directory is a temporary one.

@@ -122,3 +122,55 @@ pub fn tail(path: &Path, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }
+
+/// The settings every process of a multi-process test shares: the data
+/// dir (the signing keys), the test admin, no rate limits, instant
+/// simulated providers; then `extra`.
+pub fn processes_environment(data_dir: &Path, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    [
+        ("ORDERFLOW_DATA_DIR", data_dir.to_str().unwrap()),
+        ("ORDERFLOW_ADMIN_EMAIL", super::ADMIN_EMAIL),
+        ("ORDERFLOW_ADMIN_PASSWORD", super::ADMIN_PASSWORD),
+        ("ORDERFLOW_RATE_LIMITS", "off"),
+        ("ORDERFLOW_AUTH_RATE_PER_SEC", "0"),
+        ("ORDERFLOW_SIM_EMAIL_LATENCY_MS", "0"),
+        ("ORDERFLOW_SIM_SMS_LATENCY_MS", "0"),
+        ("ORDERFLOW_SIM_PUSH_LATENCY_MS", "0"),
+        ("ORDERFLOW_SIM_PAYMENT_LATENCY_MS", "0"),
+    ]
+    .iter()
+    .chain(extra)
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+/// Runs `orderflow ARGS…` to completion with `env`; its stdout.
+pub async fn orderflow(args: &[&str], env: &[(String, String)]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_orderflow"))
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .output()
+        .await
+        .expect("orderflow runs");
+    assert!(
+        output.status.success(),
+        "orderflow {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// An `orderflow` process serving HTTP on a free port: the process and a
+/// client for it, once `/readyz` answers.
+pub async fn http_process(
+    name: &str,
+    role: &str,
+    env: &[(String, String)],
+    logs: &Path,
+) -> (Process, super::Client) {
+    let listen = format!("127.0.0.1:{}", orderflow_testkit::free_port());
+    let mut process = Process::start(name, &["--listen", &listen, role], env, logs);
+    let client = super::Client::new(format!("http://{listen}"));
+    process.wait_ready(&format!("{}/readyz", client.base)).await;
+    (process, client)
+}

@@ -1,0 +1,169 @@
+//! Live channels across processes (issue 13), with real `orderflow`
+//! processes: two `api` processes and a `worker` on PostgreSQL + Redis. A
+//! shopper connected to API 1 follows an order placed through API 0 and
+//! moved on by the worker; the hubs ring each other over Redis pub/sub.
+//! The database recheck is set to 10 minutes here, so only the bus can
+//! bring a change within the test's patience. Then Redis stops while a
+//! second order goes through, and starts again: the rings sent meanwhile
+//! are lost, and the client still gets every message of that order, in
+//! order, once the hubs' subscriptions are back.
+//!
+//! PostgreSQL is shared per test binary (a fresh database); Redis is this
+//! test's own, since the test stops it.
+
+use std::time::{Duration, Instant};
+
+use eventsource_stream::Eventsource;
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+mod support;
+use support::process::{http_process, orderflow, processes_environment};
+use support::{ADMIN_EMAIL, ADMIN_PASSWORD, Client, PASSWORD};
+
+/// How long a message that must come may take (Redis coming back and the
+/// subscriptions reconnecting included).
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// Places one order of `product` as `token`; its id.
+async fn place(client: &Client, token: &str, product: &str) -> String {
+    let placed = client
+        .http
+        .post(format!("{}/api/v1/orders", client.base))
+        .bearer_auth(token)
+        .header("idempotency-key", uuid::Uuid::now_v7().to_string())
+        .json(&json!({"items": [{"product_id": product, "quantity": 1}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(placed.status(), 201);
+    placed.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// Waits (bounded) until the order is confirmed.
+async fn until_confirmed(client: &Client, token: &str, order: &str) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let status = client.get(&format!("/orders/{order}"), token).await["status"].clone();
+        if status == "confirmed" {
+            return;
+        }
+        assert!(Instant::now() < deadline, "order {order} stuck at {status}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_on_one_api_process_hears_changes_made_by_others_and_a_redis_restart_loses_nothing()
+ {
+    let database_url = orderflow_testkit::postgres::fresh_database()
+        .await
+        .expect("a fresh PostgreSQL database");
+    let mut redis = orderflow_testkit::redis::RedisServer::start().expect("redis-server");
+    let redis_url = redis.url();
+    let work = tempfile::tempdir().unwrap();
+    let work = work.keep();
+    let logs = work.join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let env = processes_environment(
+        &work.join("data"),
+        &[
+            ("ORDERFLOW_DATABASE_URL", &database_url),
+            ("ORDERFLOW_REDIS_URL", &redis_url),
+            ("ORDERFLOW_LIVE_RECHECK_MS", "600000"),
+        ],
+    );
+    orderflow(&["migrate"], &env).await;
+    let (mut api0, first) = http_process("api-0", "api", &env, &logs).await;
+    let (mut api1, second) = http_process("api-1", "api", &env, &logs).await;
+    let mut worker = support::process::Process::start("worker", &["worker"], &env, &logs);
+
+    let admin = first.login(ADMIN_EMAIL, ADMIN_PASSWORD).await;
+    let product = first.product(&admin, "LIVE-X", 300, 20).await;
+    let registered: Value = first
+        .post(
+            "/auth/register",
+            json!({"email": "live@example.com", "password": PASSWORD, "name": "Live"}),
+            None,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let user = registered["id"].as_str().unwrap().to_owned();
+    let token = first.login("live@example.com", PASSWORD).await;
+    let channel = format!("orders:{user}");
+
+    let response = second
+        .http
+        .get(format!("{}/api/v1/live", second.base))
+        .query(&[("channels", channel.as_str())])
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut events = response.bytes_stream().eventsource().boxed();
+    let mut next = async || -> Value {
+        loop {
+            let event = tokio::time::timeout(PATIENCE, events.next())
+                .await
+                .expect("an event in time")
+                .expect("the stream is open")
+                .expect("a well-formed event");
+            if event.event != "subscribed" {
+                return serde_json::from_str(&event.data).unwrap();
+            }
+        }
+    };
+
+    // Placed through API 0, moved on by the worker; heard on API 1.
+    let order = place(&first, &token, &product).await;
+    eprintln!("first order placed; logs in {}", logs.display());
+    let mut last = 0;
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        let message = next().await;
+        assert_eq!(message["type"], "message", "{message}");
+        assert_eq!(message["data"]["order_id"], order);
+        let position = message["position"].as_i64().unwrap();
+        assert!(position > last, "{position} after {last}");
+        last = position;
+        statuses.push(message["data"]["status"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(statuses, ["pending", "reserved", "paid", "confirmed"]);
+
+    // Redis goes away while a second order goes all the way: every ring
+    // of it is lost.
+    redis.stop();
+    let order = place(&first, &token, &product).await;
+    until_confirmed(&first, &token, &order).await;
+    redis.restart().expect("redis-server starts again");
+    let restarted = Instant::now();
+
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        let message = next().await;
+        assert_eq!(message["data"]["order_id"], order, "{message}");
+        let position = message["position"].as_i64().unwrap();
+        assert!(
+            position > last,
+            "no duplicate, no reorder: {position} after {last}"
+        );
+        last = position;
+        statuses.push(message["data"]["status"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(statuses, ["pending", "reserved", "paid", "confirmed"]);
+    eprintln!(
+        "the second order's messages came {} ms after Redis restarted",
+        restarted.elapsed().as_millis()
+    );
+
+    for process in [&mut api0, &mut api1, &mut worker] {
+        process.assert_running();
+        process.stop().await;
+    }
+}
