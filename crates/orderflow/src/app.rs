@@ -93,17 +93,6 @@ impl App {
             refresh_ahead: ttl / 6,
             ..CacheSettings::default()
         };
-        let catalog = Arc::new(backends.catalog(&cache));
-
-        let simulated = simulated_providers(&settings);
-        let (payment, notifiers) = providers(&settings, &simulated)?;
-        let side_effects = match settings.side_effects {
-            SideEffectsMode::Events => SideEffects::Events,
-            SideEffectsMode::Inline => SideEffects::Inline {
-                payment: payment.clone(),
-                notifiers: notifiers.clone(),
-            },
-        };
         let (tickets, bus) = backends.live_sharing();
         let mut live = LiveHub::new(store.clone(), auth.clone(), tickets);
         let recheck_ms =
@@ -115,6 +104,18 @@ impl App {
             live = live.with_bus(bus);
         }
         let live = Arc::new(live);
+        // The catalog rings the `product:{id}` channels after each change.
+        let catalog = Arc::new(backends.catalog(&cache).with_live(live.clone()));
+
+        let simulated = simulated_providers(&settings);
+        let (payment, notifiers) = providers(&settings, &simulated)?;
+        let side_effects = match settings.side_effects {
+            SideEffectsMode::Events => SideEffects::Events,
+            SideEffectsMode::Inline => SideEffects::Inline {
+                payment: payment.clone(),
+                notifiers: notifiers.clone(),
+            },
+        };
         let orders = Arc::new(
             OrderService::new(store.clone(), catalog.clone(), side_effects).with_live(live.clone()),
         );

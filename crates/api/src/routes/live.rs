@@ -42,8 +42,8 @@ use futures::stream::{self, BoxStream, StreamExt};
 use orderflow_core::CoreError;
 use orderflow_core::services::auth::Principal;
 use orderflow_core::services::live::{
-    CloseReason, ConnectionSettings, LiveChannel, LiveCommand, LiveConnection, LiveFrame,
-    MAX_CHANNELS, TICKET_TTL,
+    CloseReason, ConnectionSettings, KNOWN_CHANNELS, LiveChannel, LiveCommand, LiveConnection,
+    LiveFrame, MAX_CHANNELS, TICKET_TTL,
 };
 use orderflow_domain::ValidationError;
 use serde::{Deserialize, Serialize};
@@ -63,9 +63,12 @@ const MAX_COMMAND_BYTES: usize = 4096;
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct LiveParams {
-    /// Comma-separated channel names; today `orders:{user id}` (your own;
-    /// an admin may follow anyone's). At most 16.
-    #[param(pattern = r"^orders:[0-9a-fA-F-]{36}( *, *orders:[0-9a-fA-F-]{36}){0,15}$")]
+    /// Comma-separated channel names: `orders:{user id}` (your own; an
+    /// admin may follow anyone's), `product:{product id}` (anyone). At most
+    /// 16.
+    #[param(
+        pattern = r"^(orders|product):[0-9a-fA-F-]{36}( *, *(orders|product):[0-9a-fA-F-]{36}){0,15}$"
+    )]
     pub channels: String,
     /// A ticket from `POST /api/v1/live/ticket`, for a client that cannot
     /// send an `Authorization` header.
@@ -88,7 +91,10 @@ pub struct LiveSocketParams {
 /// `data`), `error` (`channel`, `problem`), `pong`, `closing` (`reason`:
 /// `token_expired` | `logged_out` | `slow` | `unavailable`, `detail`).
 /// An `orders:{user}` message's `data` is `{"type": "order.status",
-/// "order_id", "status"}`, one per step of the order's history.
+/// "order_id", "status"}`, one per step of the order's history; a
+/// `product:{id}` message's is `{"type": "product", "id", "sku", "name",
+/// "price_cents", "currency", "stock"}`, the product at version
+/// `position` (a client that missed versions gets the newest).
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct LiveFrameView {
     #[serde(rename = "type")]
@@ -359,7 +365,7 @@ fn parse_channels(list: &str) -> Result<Vec<LiveChannel>, ValidationError> {
         let channel = LiveChannel::parse(name).ok_or_else(|| {
             ValidationError::new(
                 "channels",
-                format!("{name:?} is not a channel (known: orders:{{user id}})"),
+                format!("{name:?} is not a channel (known: {KNOWN_CHANNELS})"),
             )
         })?;
         if !channels.contains(&channel) {

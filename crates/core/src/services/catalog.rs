@@ -88,6 +88,7 @@ use tracing::Instrument as _;
 use crate::CoreError;
 use crate::ports::cache::{CacheError, CacheEvent, SharedCache, Subscription, Versioned};
 use crate::ports::store::{Store, StoreError};
+use crate::services::live::{LiveChannel, LiveHub};
 
 /// At most this many items of a cached page are read one by one (see
 /// [`CatalogService::page_items`]); more, and the page is loaded again.
@@ -668,6 +669,8 @@ pub struct CatalogService {
     layers: Layers,
     /// Views counted since the last flush (write-behind).
     views: Mutex<HashMap<ProductId, u64>>,
+    /// Rung after every product change, for the `product:{id}` channels.
+    live: Option<Arc<LiveHub>>,
 }
 
 impl CatalogService {
@@ -748,6 +751,22 @@ impl CatalogService {
                 refresh_ahead_hits: settings.refresh_ahead_hits.max(1),
             },
             views: Mutex::new(HashMap::new()),
+            live: None,
+        }
+    }
+
+    /// Rings `hub`'s `product:{id}` channel after each change of a product,
+    /// whether or not the cache is on.
+    pub fn with_live(mut self, hub: Arc<LiveHub>) -> Self {
+        self.live = Some(hub);
+        self
+    }
+
+    fn ring_live(&self, ids: impl IntoIterator<Item = ProductId>) {
+        if let Some(hub) = &self.live {
+            for id in ids {
+                hub.publish(&LiveChannel::Product(id).name());
+            }
         }
     }
 
@@ -1012,11 +1031,13 @@ impl CatalogService {
     /// fails: an error is logged, and the entries heal at their TTL.
     pub async fn products_changed(&self, ids: &[ProductId]) {
         if self.layers.l1.is_none() || ids.is_empty() {
+            self.ring_live(ids.iter().copied());
             return;
         }
         match self.layers.store.products_by_ids(ids).await {
             Ok(products) => self.products_written(&products).await,
             Err(error) => {
+                self.ring_live(ids.iter().copied());
                 metrics::counter!("orderflow_cache_invalidation_errors_total").increment(1);
                 tracing::warn!(%error, "changed products not read back; caches may serve them until their TTL");
             }
@@ -1025,6 +1046,7 @@ impl CatalogService {
 
     /// This process's L1 and L2, then every other process over pub/sub.
     async fn propagate(&self, products: &[Product], how: Propagation) {
+        self.ring_live(products.iter().map(|p| p.id));
         if self.layers.l1.is_none() {
             return;
         }

@@ -273,6 +273,51 @@ async fn logging_out_closes_the_stream_with_a_reason() {
     eprintln!("closed {} ms after the logout", waited.as_millis());
 }
 
+#[tokio::test]
+async fn anyone_follows_a_products_stock_and_price() {
+    let app = spawn_app().await;
+    let product = app.create_product("LIVE-P", 700, 5).await;
+    let watcher = app.shopper("Watcher").await;
+    let buyer = app.shopper("Buyer").await;
+    let channel = format!("product:{}", product.id);
+    let mut events = follow(&app, &watcher.token, &channel, None).await;
+    let subscribed = data(&next(&mut events).await);
+    assert_eq!(subscribed["position"], 1, "the product's version");
+
+    // Another shopper's order reserves stock: the product's new state.
+    app.order_one(&buyer, product.id, 2).await;
+    app.drain().await;
+    let reserved = data(&next(&mut events).await);
+    assert_eq!(reserved["type"], "message");
+    assert_eq!(reserved["data"]["type"], "product");
+    assert_eq!(reserved["data"]["stock"], 3);
+    let version = reserved["position"].as_i64().unwrap();
+    assert!(version > 1);
+
+    // An admin edit: the new price, at a newer version.
+    let admin = app.admin_token().await;
+    let edited = app
+        .put_product(
+            &admin,
+            product.id,
+            &serde_json::json!({"sku": "LIVE-P", "name": "Teapot", "price_cents": 800, "currency": "EUR", "stock": 3}),
+        )
+        .await;
+    assert_eq!(edited.status(), StatusCode::OK);
+    let repriced = data(&next(&mut events).await);
+    assert_eq!(repriced["data"]["price_cents"], 800);
+    assert_eq!(repriced["data"]["name"], "Teapot");
+    assert!(repriced["position"].as_i64().unwrap() > version);
+
+    // A product that does not exist: the stream says so.
+    let nowhere = format!("product:{}", uuid::Uuid::now_v7());
+    let mut events = follow(&app, &watcher.token, &nowhere, None).await;
+    let refused = data(&next(&mut events).await);
+    assert_eq!(refused["type"], "error");
+    assert_eq!(refused["channel"], nowhere);
+    assert_eq!(refused["problem"]["status"], 404);
+}
+
 type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 

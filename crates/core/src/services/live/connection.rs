@@ -29,7 +29,9 @@ use tokio::time::{Instant, Interval, Sleep};
 use tokio_stream::StreamMap;
 
 use super::hub::LiveHub;
-use super::{CloseReason, LiveChannel, LiveCommand, LiveFrame, LiveMessage, MAX_CHANNELS};
+use super::{
+    CloseReason, KNOWN_CHANNELS, LiveChannel, LiveCommand, LiveFrame, LiveMessage, MAX_CHANNELS,
+};
 use crate::CoreError;
 use crate::ports::store::StoreResult;
 use crate::services::auth::Principal;
@@ -264,7 +266,7 @@ impl Task {
         let channel = LiveChannel::parse(name).ok_or_else(|| {
             orderflow_domain::ValidationError::new(
                 "channel",
-                format!("{name:?} is not a channel (known: orders:{{user id}})"),
+                format!("{name:?} is not a channel (known: {KNOWN_CHANNELS})"),
             )
         })?;
         let principal = &self.checks.principal;

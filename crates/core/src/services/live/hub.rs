@@ -158,7 +158,10 @@ impl LiveHub {
                     };
                     match event {
                         CacheEvent::Message(message) => match message.split_once(' ') {
-                            Some((from, channel)) if from != me => ring(&bells, channel),
+                            Some((from, channel)) if from != me => {
+                                metrics::counter!("orderflow_live_bus_rings_total").increment(1);
+                                ring(&bells, channel);
+                            }
                             _ => {}
                         },
                         CacheEvent::Lost => {}
@@ -197,13 +200,21 @@ impl LiveHub {
     /// position), or from now when `None`. A position past the channel's
     /// head (not one this server gave) starts from now with
     /// [`Follower::recovered`] false.
-    pub async fn follow(&self, channel: LiveChannel, after: Option<i64>) -> StoreResult<Follower> {
+    pub async fn follow(
+        &self,
+        channel: LiveChannel,
+        after: Option<i64>,
+    ) -> Result<Follower, CoreError> {
         let name = channel.name();
         // Watching before reading the head: a message committed in between
         // is in the first read or rings the bell, never neither.
         let receiver = self.receiver(&name);
         let head = match channel {
             LiveChannel::Orders(user) => self.store.last_order_change(user).await?,
+            LiveChannel::Product(id) => {
+                let product = self.store.products_by_ids(&[id]).await?.pop();
+                product.ok_or(CoreError::NotFound("product"))?.version
+            }
         };
         let (last, recovered) = match after {
             None => (head, true),
@@ -369,6 +380,15 @@ impl Follower {
                 .await?
                 .into_iter()
                 .map(|change| LiveMessage::order_change(&self.name, change))
+                .collect(),
+            // A state channel: the product as it is now, if newer.
+            LiveChannel::Product(id) => self
+                .store
+                .products_by_ids(&[id])
+                .await?
+                .iter()
+                .filter(|product| product.version > self.last)
+                .map(|product| LiveMessage::product(&self.name, product))
                 .collect(),
         };
         self.read_now = page.len() >= CATCH_UP_PAGE as usize;

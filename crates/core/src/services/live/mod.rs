@@ -13,24 +13,28 @@
 //!   channels, a bounded queue of frames, and the reasons it is closed
 //!   (token expired, logged out, too slow, channel unreadable).
 //!
-//! Built so far: the `orders:{user}` channel. The issue's
-//! `notifications:{user}`, `product:{id}`, `admin:orders` and
-//! `admin:health` are not built yet.
+//! Built so far: `orders:{user}` and `product:{id}`. The issue's
+//! `notifications:{user}`, `admin:orders` and `admin:health` are not
+//! built yet.
 //!
 //! Where the messages come from: the database, never a second copy. An
 //! `orders:{user}` message is a row of the order history the change writes
-//! anyway; writing a separate message row per change made the embedded
-//! pipeline twice as slow to confirm an order (the single SQLite writer has
-//! no headroom under load; see `docs/benchmarks/live-channels`). Positions
-//! grow in commit order per shopper (the store guarantees it) and have gaps
-//! (other shoppers' rows), so a follower sends what comes after its last
-//! position.
+//! anyway; a `product:{id}` message is the product row at its version
+//! (rung by the catalog after each change). Writing a separate message
+//! row per change made the embedded pipeline twice as slow to confirm an
+//! order (the single SQLite writer has no headroom under load; see
+//! `docs/benchmarks/live-channels`). Positions grow in commit order per
+//! channel (the store guarantees it for a shopper's history; a product's
+//! version grows with each change) and have gaps (other shoppers' rows;
+//! versions a state channel skips), so a follower sends what comes after
+//! its last position.
 
 pub mod connection;
 pub mod hub;
 
+use orderflow_domain::product::Product;
 use orderflow_domain::user::Role;
-use orderflow_domain::{Timestamp, UserId};
+use orderflow_domain::{ProductId, Timestamp, UserId};
 use serde::{Deserialize, Serialize};
 
 pub use connection::{ConnectionSettings, LiveConnection};
@@ -41,19 +45,30 @@ use crate::ports::store::OrderChange;
 /// Channels one connection may follow.
 pub const MAX_CHANNELS: usize = 16;
 
+/// The channel names there are, for error messages.
+pub const KNOWN_CHANNELS: &str = "orders:{user id}, product:{product id}";
+
 /// A channel a client can follow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum LiveChannel {
-    /// `orders:{user}`: the shopper's orders, every status change.
+    /// `orders:{user}`: the shopper's orders, every status change (an
+    /// event channel: every message matters, each is sent).
     Orders(UserId),
+    /// `product:{id}`: the product's stock, price and fields after each
+    /// change, for everyone (a state channel: a message is the whole
+    /// product at a version, so a client that missed versions gets the
+    /// newest, which is all it needs).
+    Product(ProductId),
 }
 
 impl LiveChannel {
     /// Parses a channel name; `None` for a name that is not a channel.
     pub fn parse(name: &str) -> Option<Self> {
         let (kind, rest) = name.split_once(':')?;
+        let id = uuid::Uuid::parse_str(rest).ok()?;
         match kind {
-            "orders" => uuid::Uuid::parse_str(rest).ok().map(Self::Orders),
+            "orders" => Some(Self::Orders(id)),
+            "product" => Some(Self::Product(id)),
             _ => None,
         }
     }
@@ -62,14 +77,16 @@ impl LiveChannel {
     pub fn name(&self) -> String {
         match self {
             Self::Orders(user) => format!("orders:{user}"),
+            Self::Product(id) => format!("product:{id}"),
         }
     }
 
     /// Whether `user` (with `role`) may follow the channel: a shopper only
-    /// their own user channels; an admin any.
+    /// their own user channels; an admin any; anyone a product.
     pub fn may_follow(&self, user: UserId, role: Role) -> bool {
         match self {
             Self::Orders(owner) => *owner == user || role == Role::Admin,
+            Self::Product(_) => true,
         }
     }
 }
@@ -94,6 +111,23 @@ impl LiveMessage {
                 "type": "order.status",
                 "order_id": change.order_id,
                 "status": change.status.as_str(),
+            }),
+        }
+    }
+
+    fn product(channel: &str, product: &Product) -> Self {
+        Self {
+            channel: channel.to_owned(),
+            position: product.version,
+            at: product.updated_at,
+            data: serde_json::json!({
+                "type": "product",
+                "id": product.id,
+                "sku": product.sku,
+                "name": product.name,
+                "price_cents": product.price_cents,
+                "currency": product.currency.as_str(),
+                "stock": product.stock,
             }),
         }
     }
