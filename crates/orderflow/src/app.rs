@@ -93,8 +93,14 @@ impl App {
             refresh_ahead: ttl / 6,
             ..CacheSettings::default()
         };
+        let mut operations = Operations::new(store.clone(), log.clone());
+        if let Some(outbox) = backends.outbox.clone() {
+            operations = operations.with_outbox(outbox);
+        }
+        let operations = Arc::new(operations);
         let (tickets, bus) = backends.live_sharing();
-        let mut live = LiveHub::new(store.clone(), auth.clone(), tickets);
+        let mut live =
+            LiveHub::new(store.clone(), auth.clone(), tickets).with_operations(operations.clone());
         let recheck_ms =
             settings
                 .live_recheck_ms
@@ -125,7 +131,7 @@ impl App {
             queries = queries.with_read_models(read_models.clone());
         }
         let queries = Arc::new(queries);
-        let operations = Arc::new(Operations::new(store.clone(), log.clone()));
+
         let retry = RetryPolicy::new(
             settings.retry_max_attempts.max(1),
             Duration::from_millis(settings.retry_base_ms),

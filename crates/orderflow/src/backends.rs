@@ -44,6 +44,8 @@ pub struct Backends {
     pub log: Arc<dyn EventLog>,
     /// With Kafka: the relay from this database's outbox to the topics.
     pub relay: Option<Relay>,
+    /// With Kafka: that outbox (for its backlog in the health view).
+    pub outbox: Option<Arc<dyn Outbox>>,
     /// With Redis: the connection the cache, limiter and revocations share.
     pub redis: Option<RedisConnection>,
     /// Sets the connection-pool gauges from the database adapter's pool.
@@ -119,6 +121,9 @@ impl Backends {
             ),
         };
 
+        // With Kafka the outbox is what the relay drains; the operators'
+        // health view reports its backlog.
+        let relayed_outbox = scale.kafka_brokers.as_ref().map(|_| outbox.clone());
         let (log, relay): (Arc<dyn EventLog>, Option<Relay>) = match &scale.kafka_brokers {
             None => (embedded_log, None),
             Some(brokers) => {
@@ -185,6 +190,7 @@ impl Backends {
             store,
             log,
             relay,
+            outbox: relayed_outbox,
             redis,
             pool_gauges,
             description,

@@ -1,19 +1,54 @@
-//! Operator use cases: consumer lag and the dead-letter queue.
+//! Operator use cases: consumer lag, the dead-letter queue, and the health
+//! snapshot the `admin:health` live channel sends.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
+
+use serde::Serialize;
 
 use crate::CoreError;
 use crate::ports::log::{EventLog, PartitionLag};
+use crate::ports::outbox::{Outbox, OutboxBacklog};
 use crate::ports::store::{DeadLetter, Store};
 
 pub struct Operations {
     store: Arc<dyn Store>,
     log: Arc<dyn EventLog>,
+    /// With Kafka: the outbox the relay drains.
+    outbox: Option<Arc<dyn Outbox>>,
+}
+
+/// The operator's view of the pipeline at one moment.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HealthSnapshot {
+    /// Events not yet handled, per consumer group.
+    pub consumer_lag: BTreeMap<String, i64>,
+    pub dead_letters: i64,
+    /// `None` without an outbox (the embedded event log).
+    pub outbox: Option<OutboxBacklog>,
+}
+
+fn lag_per_group(lags: &[PartitionLag]) -> BTreeMap<String, i64> {
+    let mut per_group = BTreeMap::new();
+    for lag in lags {
+        *per_group.entry(lag.group.clone()).or_default() += lag.lag;
+    }
+    per_group
 }
 
 impl Operations {
     pub fn new(store: Arc<dyn Store>, log: Arc<dyn EventLog>) -> Self {
-        Self { store, log }
+        Self {
+            store,
+            log,
+            outbox: None,
+        }
+    }
+
+    /// Reports the backlog of `outbox` in [`health`](Self::health).
+    pub fn with_outbox(mut self, outbox: Arc<dyn Outbox>) -> Self {
+        self.outbox = Some(outbox);
+        self
     }
 
     /// Committed offset, end offset and lag of every group on every partition.
@@ -25,6 +60,20 @@ impl Operations {
         Ok(lag)
     }
 
+    /// What the `admin:health` live channel shows: lag per consumer group,
+    /// dead letters, and the outbox backlog when there is an outbox.
+    pub async fn health(&self) -> Result<HealthSnapshot, CoreError> {
+        let outbox = match &self.outbox {
+            Some(outbox) => Some(outbox.backlog().await?),
+            None => None,
+        };
+        Ok(HealthSnapshot {
+            consumer_lag: lag_per_group(&self.consumer_lag().await?),
+            dead_letters: self.store.count_dead_letters().await?,
+            outbox,
+        })
+    }
+
     /// Sets the gauges that are read rather than kept:
     /// `orderflow_consumer_lag{group,topic,partition}`,
     /// `orderflow_consumer_group_lag{group}` and `orderflow_dead_letters`.
@@ -34,13 +83,11 @@ impl Operations {
     pub async fn export_gauges(&self) {
         match self.consumer_lag().await {
             Ok(lags) => {
-                let mut per_group: std::collections::BTreeMap<String, i64> = Default::default();
                 for lag in &lags {
                     metrics::gauge!("orderflow_consumer_lag", "group" => lag.group.clone(), "topic" => lag.topic.clone(), "partition" => lag.partition.to_string())
                         .set(lag.lag as f64);
-                    *per_group.entry(lag.group.clone()).or_default() += lag.lag;
                 }
-                for (group, lag) in per_group {
+                for (group, lag) in lag_per_group(&lags) {
                     metrics::gauge!("orderflow_consumer_group_lag", "group" => group)
                         .set(lag as f64);
                 }

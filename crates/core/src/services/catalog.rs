@@ -1046,7 +1046,11 @@ impl CatalogService {
 
     /// This process's L1 and L2, then every other process over pub/sub.
     async fn propagate(&self, products: &[Product], how: Propagation) {
-        self.ring_live(products.iter().map(|p| p.id));
+        if let Some(hub) = &self.live {
+            for product in products {
+                hub.publish_product(product);
+            }
+        }
         if self.layers.l1.is_none() {
             return;
         }

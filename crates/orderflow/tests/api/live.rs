@@ -575,3 +575,47 @@ async fn a_slow_connection_is_cut_off_and_a_fast_one_loses_nothing() {
         other => panic!("expected the connection to close at expiry, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn admins_follow_the_pipeline_health_every_second() {
+    let app = spawn_app().await;
+    let shopper = app.shopper("Curious").await;
+    let mut socket = open_socket(&app, Some(&shopper.token), None).await;
+    send(
+        &mut socket,
+        serde_json::json!({"type": "subscribe", "channel": "admin:health"}),
+    )
+    .await;
+    let refused = frame(&mut socket).await;
+    assert_eq!(refused["type"], "error");
+    assert_eq!(refused["problem"]["status"], 403);
+
+    let admin = app.admin_token().await;
+    let mut socket = open_socket(&app, Some(&admin), None).await;
+    send(
+        &mut socket,
+        serde_json::json!({"type": "subscribe", "channel": "admin:health"}),
+    )
+    .await;
+    let subscribed = frame(&mut socket).await;
+    assert_eq!(subscribed["type"], "subscribed");
+    let first = subscribed["position"].as_i64().unwrap();
+    // The next snapshot, a second or so later (its position is its time).
+    let health = frame(&mut socket).await;
+    assert_eq!(health["type"], "message", "{health}");
+    assert!(health["position"].as_i64().unwrap() > first);
+    let data = &health["data"];
+    assert_eq!(data["type"], "health");
+    assert!(data["consumer_lag"].is_object(), "{data}");
+    assert!(
+        data["consumer_lag"]["email"].is_i64(),
+        "lag per group: {data}"
+    );
+    assert_eq!(data["dead_letters"], 0);
+    assert!(data["outbox"].is_null(), "no outbox without Kafka");
+    assert!(
+        data["live"]["connections"].as_i64().unwrap() >= 1,
+        "this connection counts: {data}"
+    );
+    assert!(data["live"]["users_online"].as_i64().unwrap() >= 1);
+}

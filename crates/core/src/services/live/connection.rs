@@ -129,6 +129,9 @@ impl LiveHub {
             },
         };
         metrics::gauge!("orderflow_live_connections").increment(1.0);
+        let user = task.checks.principal.user_id;
+        self.connected(user);
+        let hub = self.clone();
         tokio::spawn(async move {
             if let Some((reason, detail)) = task.run(command_queue).await {
                 metrics::counter!("orderflow_live_closed_total", "reason" => reason.as_str())
@@ -136,6 +139,7 @@ impl LiveHub {
                 let _ = closing_sender.send(LiveFrame::Closing { reason, detail });
             }
             metrics::gauge!("orderflow_live_connections").decrement(1.0);
+            hub.disconnected(user);
         });
         LiveConnection {
             commands,

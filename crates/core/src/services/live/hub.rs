@@ -17,17 +17,20 @@
 //! follower here reads again. Without a bus the recheck alone brings other
 //! processes' changes.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use futures::stream::{self, BoxStream, StreamExt};
-use tokio::sync::{mpsc, watch};
+use orderflow_domain::UserId;
+use orderflow_domain::product::Product;
+use tokio::sync::{Notify, mpsc, watch};
 
 use super::{LiveChannel, LiveMessage};
 use crate::CoreError;
 use crate::ports::cache::{CacheEvent, SharedCache};
 use crate::ports::store::{Store, StoreResult};
+use crate::services::admin::Operations;
 use crate::services::auth::{AuthService, Principal, new_random_token, sha256_hex};
 
 /// Messages read from the database at once while catching up.
@@ -46,9 +49,7 @@ const BUS_QUEUE: usize = 4096;
 type Bells = Mutex<HashMap<String, watch::Sender<u64>>>;
 
 fn bells(bells: &Bells) -> MutexGuard<'_, HashMap<String, watch::Sender<u64>>> {
-    bells
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+    lock(bells)
 }
 
 /// Rings `channel` in this process, if anybody here follows it.
@@ -73,6 +74,8 @@ pub struct LiveHub {
     /// scaled), so a ticket issued by one API process works at another.
     tickets: Arc<dyn SharedCache>,
     bells: Arc<Bells>,
+    /// The state channels' latest messages, kept once per process.
+    states: Arc<States>,
     /// Rings for the other processes, when there is a bus.
     bus: Option<mpsc::Sender<String>>,
     recheck: Duration,
@@ -95,20 +98,39 @@ impl LiveHub {
         auth: Arc<AuthService>,
         tickets: Arc<dyn SharedCache>,
     ) -> Self {
+        let store_for_states = store.clone();
         Self {
             store,
             auth,
             tickets,
             bells: Arc::new(Mutex::new(HashMap::new())),
+            states: Arc::new(States {
+                store: store_for_states,
+                operations: OnceLock::new(),
+                latest: Mutex::new(HashMap::new()),
+                dirty: Mutex::new(HashSet::new()),
+                poke: Notify::new(),
+                recheck: Mutex::new(DEFAULT_RECHECK),
+                keeper: OnceLock::new(),
+                presence: Mutex::new(HashMap::new()),
+            }),
             bus: None,
             recheck: DEFAULT_RECHECK,
         }
+    }
+
+    /// Where `admin:health` reads consumer lag, dead letters and the
+    /// outbox backlog.
+    pub fn with_operations(self, operations: Arc<Operations>) -> Self {
+        let _ = self.states.operations.set(operations);
+        self
     }
 
     /// How often a follower with no news looks at the database (default
     /// [`DEFAULT_RECHECK`]).
     pub fn with_recheck(mut self, every: Duration) -> Self {
         self.recheck = every;
+        *lock(&self.states.recheck) = every;
         self
     }
 
@@ -132,6 +154,7 @@ impl LiveHub {
             }
         });
         let bells = Arc::downgrade(&self.bells);
+        let states = Arc::downgrade(&self.states);
         tokio::spawn(async move {
             loop {
                 let mut subscription = match bus.subscribe(BUS_CHANNEL).await {
@@ -148,24 +171,35 @@ impl LiveHub {
                 // Whatever was published before now is in the database:
                 // every follower here reads again (the first time too,
                 // as the subscription may be a re-subscription).
-                match bells.upgrade() {
-                    Some(bells) => ring_all(&bells),
-                    None => return,
+                match (bells.upgrade(), states.upgrade()) {
+                    (Some(bells), Some(states)) => {
+                        ring_all(&bells);
+                        states.reload_all();
+                    }
+                    _ => return,
                 }
                 while let Some(event) = subscription.next().await {
-                    let Some(bells) = bells.upgrade() else {
+                    let (Some(bells), Some(states)) = (bells.upgrade(), states.upgrade()) else {
                         return;
                     };
                     match event {
                         CacheEvent::Message(message) => match message.split_once(' ') {
                             Some((from, channel)) if from != me => {
                                 metrics::counter!("orderflow_live_bus_rings_total").increment(1);
-                                ring(&bells, channel);
+                                if is_state_channel(channel) {
+                                    // Read once here, for every follower.
+                                    states.reload(channel);
+                                } else {
+                                    ring(&bells, channel);
+                                }
                             }
                             _ => {}
                         },
                         CacheEvent::Lost => {}
-                        CacheEvent::Resubscribed => ring_all(&bells),
+                        CacheEvent::Resubscribed => {
+                            ring_all(&bells);
+                            states.reload_all();
+                        }
                     }
                 }
                 if bells.strong_count() == 0 {
@@ -181,7 +215,25 @@ impl LiveHub {
     /// other process, that it has committed news. Call only after the
     /// commit: they read the database at once.
     pub fn publish(&self, channel: &str) {
-        ring(&self.bells, channel);
+        if is_state_channel(channel) {
+            self.states.reload(channel);
+        } else {
+            ring(&self.bells, channel);
+        }
+        self.ring_others(channel);
+    }
+
+    /// Tells the followers of `product:{id}` its committed state: here at
+    /// once without reading it again, and (with a bus) every other process,
+    /// which reads it once for all its followers.
+    pub fn publish_product(&self, product: &Product) {
+        let channel = LiveChannel::Product(product.id).name();
+        self.states
+            .set(&channel, LiveMessage::product(&channel, product));
+        self.ring_others(&channel);
+    }
+
+    fn ring_others(&self, channel: &str) {
         if let Some(bus) = &self.bus
             && bus.try_send(channel.to_owned()).is_err()
         {
@@ -199,7 +251,8 @@ impl LiveHub {
     /// Starts following `channel` after position `after` (the client's last
     /// position), or from now when `None`. A position past the channel's
     /// head (not one this server gave) starts from now with
-    /// [`Follower::recovered`] false.
+    /// [`Follower::recovered`] false. On a state channel a position behind
+    /// the head gets the newest state.
     pub async fn follow(
         &self,
         channel: LiveChannel,
@@ -208,12 +261,28 @@ impl LiveHub {
         let name = channel.name();
         // Watching before reading the head: a message committed in between
         // is in the first read or rings the bell, never neither.
-        let receiver = self.receiver(&name);
-        let head = match channel {
-            LiveChannel::Orders(user) => self.store.last_order_change(user).await?,
-            LiveChannel::Product(id) => {
-                let product = self.store.products_by_ids(&[id]).await?.pop();
-                product.ok_or(CoreError::NotFound("product"))?.version
+        let (head, source) = match channel {
+            LiveChannel::Orders(user) => {
+                let receiver = self.receiver(&name);
+                let head = self.store.last_order_change(user).await?;
+                let mut recheck = tokio::time::interval(self.recheck);
+                recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let events = Events {
+                    receiver: Some(receiver),
+                    backlog: VecDeque::new(),
+                    read_now: true,
+                    recheck,
+                };
+                (head, Source::Events(events))
+            }
+            LiveChannel::Product(_) | LiveChannel::Health => {
+                let receiver = self.states.receiver(&name);
+                let latest = receiver.borrow().clone();
+                let head = match latest {
+                    Some(message) => message.position,
+                    None => self.states.load(&name).await?.position,
+                };
+                (head, Source::State(receiver))
             }
         };
         let (last, recovered) = match after {
@@ -221,19 +290,35 @@ impl LiveHub {
             Some(position) if (0..=head).contains(&position) => (position, true),
             Some(_) => (head, false),
         };
-        let mut recheck = tokio::time::interval(self.recheck);
-        recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         Ok(Follower {
             channel,
             name,
             store: self.store.clone(),
-            receiver: Some(receiver),
             last,
             recovered,
-            backlog: VecDeque::new(),
-            read_now: true,
-            recheck,
+            source,
         })
+    }
+
+    /// A live connection of `user` opened (counted for `admin:health`).
+    pub(super) fn connected(&self, user: UserId) {
+        *lock(&self.states.presence).entry(user).or_default() += 1;
+    }
+
+    /// A live connection of `user` closed.
+    pub(super) fn disconnected(&self, user: UserId) {
+        let mut presence = lock(&self.states.presence);
+        if let Some(devices) = presence.get_mut(&user) {
+            *devices -= 1;
+            if *devices == 0 {
+                presence.remove(&user);
+            }
+        }
+    }
+
+    /// Live connections in this process, and how many users they belong to.
+    pub fn presence(&self) -> (usize, usize) {
+        self.states.presence()
     }
 
     /// A single-use ticket that stands for `principal` for [`TICKET_TTL`]:
@@ -292,10 +377,24 @@ pub struct Follower {
     channel: LiveChannel,
     name: String,
     store: Arc<dyn Store>,
-    /// `None` once the hub is gone; the database rechecks go on.
-    receiver: Option<watch::Receiver<u64>>,
     last: i64,
     recovered: bool,
+    source: Source,
+}
+
+/// Where a follower's messages come from.
+enum Source {
+    /// An event channel: read from the database after each ring.
+    Events(Events),
+    /// A state channel: the process's latest state of it, read once for
+    /// every follower ([`States`]); versions a follower was too slow for
+    /// are skipped, as the newest state replaces them.
+    State(watch::Receiver<Option<Arc<LiveMessage>>>),
+}
+
+struct Events {
+    /// `None` once the hub is gone; the database rechecks go on.
+    receiver: Option<watch::Receiver<u64>>,
     /// Read from the database, not sent yet.
     backlog: VecDeque<LiveMessage>,
     /// Read again without waiting: at the start (the client's missed
@@ -334,28 +433,55 @@ impl Follower {
 
     /// The next message, waiting for it if there is none yet.
     pub async fn next(&mut self) -> StoreResult<LiveMessage> {
+        match &mut self.source {
+            Source::State(receiver) => loop {
+                let latest = receiver.borrow_and_update().clone();
+                if let Some(message) = latest
+                    && message.position > self.last
+                {
+                    self.last = message.position;
+                    return Ok((*message).clone());
+                }
+                if receiver.changed().await.is_err() {
+                    // The hub is gone (shutting down): nothing more comes.
+                    std::future::pending::<()>().await;
+                }
+            },
+            Source::Events(_) => self.next_event().await,
+        }
+    }
+
+    async fn next_event(&mut self) -> StoreResult<LiveMessage> {
         loop {
-            while let Some(message) = self.backlog.pop_front() {
+            let Source::Events(events) = &mut self.source else {
+                unreachable!("an event channel's follower");
+            };
+            while let Some(message) = events.backlog.pop_front() {
                 if message.position > self.last {
                     self.last = message.position;
                     return Ok(message);
                 }
                 // At or below what was sent: dropped (never sent twice).
             }
-            match &mut self.receiver {
-                _ if self.read_now => {}
+            match &mut events.receiver {
+                _ if events.read_now => {}
                 Some(receiver) => tokio::select! {
                     rang = receiver.changed() => if rang.is_err() {
                         // The hub is gone: rechecks only.
-                        self.receiver = None;
+                        events.receiver = None;
                     },
-                    _ = self.recheck.tick() => {}
+                    _ = events.recheck.tick() => {}
                 },
                 None => {
-                    self.recheck.tick().await;
+                    events.recheck.tick().await;
                 }
             }
-            self.catch_up().await?;
+            let page = self.read_after().await?;
+            let Source::Events(events) = &mut self.source else {
+                unreachable!("an event channel's follower");
+            };
+            events.read_now = page.len() >= CATCH_UP_PAGE as usize;
+            events.backlog = page.into();
         }
     }
 
@@ -371,28 +497,153 @@ impl Follower {
         .boxed()
     }
 
-    async fn catch_up(&mut self) -> StoreResult<()> {
-        self.backlog.clear();
-        let page: Vec<LiveMessage> = match self.channel {
-            LiveChannel::Orders(user) => self
+    /// An event channel's messages after the last one sent, a page.
+    async fn read_after(&self) -> StoreResult<Vec<LiveMessage>> {
+        match self.channel {
+            LiveChannel::Orders(user) => Ok(self
                 .store
                 .order_changes(user, self.last, CATCH_UP_PAGE)
                 .await?
                 .into_iter()
                 .map(|change| LiveMessage::order_change(&self.name, change))
-                .collect(),
-            // A state channel: the product as it is now, if newer.
-            LiveChannel::Product(id) => self
-                .store
-                .products_by_ids(&[id])
-                .await?
-                .iter()
-                .filter(|product| product.version > self.last)
-                .map(|product| LiveMessage::product(&self.name, product))
-                .collect(),
-        };
-        self.read_now = page.len() >= CATCH_UP_PAGE as usize;
-        self.backlog.extend(page);
-        Ok(())
+                .collect()),
+            LiveChannel::Product(_) | LiveChannel::Health => Ok(Vec::new()),
+        }
     }
+}
+
+fn is_state_channel(name: &str) -> bool {
+    LiveChannel::parse(name).is_some_and(|channel| channel.is_state())
+}
+
+/// The latest message of each followed state channel, kept once per
+/// process and handed to every follower of it: a product that changes is
+/// read once here, not once per follower. A keeper task (started with the
+/// first state channel followed) reloads what is marked for reloading (a
+/// ring from another process, a change whose row was not at hand), every
+/// followed product each recheck (the safety net for lost rings), and
+/// `admin:health` every second.
+struct States {
+    store: Arc<dyn Store>,
+    operations: OnceLock<Arc<Operations>>,
+    latest: Mutex<HashMap<String, watch::Sender<Option<Arc<LiveMessage>>>>>,
+    /// Channels to read again at the keeper's next round.
+    dirty: Mutex<HashSet<String>>,
+    poke: Notify,
+    recheck: Mutex<Duration>,
+    keeper: OnceLock<()>,
+    /// Live connections per user, in this process.
+    presence: Mutex<HashMap<UserId, usize>>,
+}
+
+/// How often `admin:health` is sent.
+const HEALTH_EVERY: Duration = Duration::from_secs(1);
+
+impl States {
+    /// Live connections in this process, and how many users they belong to.
+    fn presence(&self) -> (usize, usize) {
+        let presence = lock(&self.presence);
+        (presence.values().sum(), presence.len())
+    }
+
+    fn receiver(self: &Arc<Self>, channel: &str) -> watch::Receiver<Option<Arc<LiveMessage>>> {
+        self.keeper.get_or_init(|| {
+            tokio::spawn(Self::keep(Arc::downgrade(self)));
+        });
+        lock(&self.latest)
+            .entry(channel.to_owned())
+            .or_insert_with(|| watch::channel(None).0)
+            .subscribe()
+    }
+
+    /// Keeps `message` as its channel's state if it is newer, and tells the
+    /// channel's followers.
+    fn set(&self, channel: &str, message: LiveMessage) {
+        let mut latest = lock(&self.latest);
+        let Some(sender) = latest.get(channel) else {
+            return; // Nobody here follows it.
+        };
+        if sender.receiver_count() == 0 {
+            latest.remove(channel);
+            return;
+        }
+        sender.send_if_modified(|state| match state {
+            Some(current) if current.position >= message.position => false,
+            _ => {
+                *state = Some(Arc::new(message));
+                true
+            }
+        });
+    }
+
+    /// Marks `channel` to be read again at once.
+    fn reload(&self, channel: &str) {
+        if lock(&self.latest).contains_key(channel) {
+            lock(&self.dirty).insert(channel.to_owned());
+            self.poke.notify_one();
+        }
+    }
+
+    fn reload_all(&self) {
+        let channels: Vec<String> = lock(&self.latest).keys().cloned().collect();
+        lock(&self.dirty).extend(channels);
+        self.poke.notify_one();
+    }
+
+    /// Reads `channel`'s state now and keeps it.
+    async fn load(&self, channel: &str) -> Result<Arc<LiveMessage>, CoreError> {
+        let message = match LiveChannel::parse(channel) {
+            Some(LiveChannel::Product(id)) => {
+                let product = self.store.products_by_ids(&[id]).await?.pop();
+                LiveMessage::product(channel, &product.ok_or(CoreError::NotFound("product"))?)
+            }
+            Some(LiveChannel::Health) => {
+                let operations = self.operations.get().ok_or_else(|| {
+                    CoreError::Internal("admin:health has no operations wired".into())
+                })?;
+                LiveMessage::health(operations.health().await?, self.presence())
+            }
+            _ => {
+                return Err(CoreError::Internal(format!(
+                    "{channel} is not a state channel"
+                )));
+            }
+        };
+        self.set(channel, message.clone());
+        Ok(Arc::new(message))
+    }
+
+    async fn keep(states: std::sync::Weak<Self>) {
+        let mut last_recheck = tokio::time::Instant::now();
+        loop {
+            let Some(this) = states.upgrade() else {
+                return;
+            };
+            let _ = tokio::time::timeout(HEALTH_EVERY, this.poke.notified()).await;
+            let recheck_now = last_recheck.elapsed() >= *lock(&this.recheck);
+            if recheck_now {
+                last_recheck = tokio::time::Instant::now();
+            }
+            let followed: Vec<String> = {
+                let mut latest = lock(&this.latest);
+                latest.retain(|_, sender| sender.receiver_count() > 0);
+                latest.keys().cloned().collect()
+            };
+            let dirty: HashSet<String> = std::mem::take(&mut *lock(&this.dirty));
+            let health = LiveChannel::Health.name();
+            for channel in followed {
+                if (channel == health || recheck_now || dirty.contains(&channel))
+                    && let Err(error) = this.load(&channel).await
+                {
+                    tracing::debug!(%error, %channel, "live state not read; kept the last one");
+                }
+            }
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

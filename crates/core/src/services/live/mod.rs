@@ -13,9 +13,9 @@
 //!   channels, a bounded queue of frames, and the reasons it is closed
 //!   (token expired, logged out, too slow, channel unreadable).
 //!
-//! Built so far: `orders:{user}` and `product:{id}`. The issue's
-//! `notifications:{user}`, `admin:orders` and `admin:health` are not
-//! built yet.
+//! Built so far: `orders:{user}` (an event channel), `product:{id}` and
+//! `admin:health` (state channels). The issue's `notifications:{user}`
+//! and `admin:orders` are not built yet.
 //!
 //! Where the messages come from: the database, never a second copy. An
 //! `orders:{user}` message is a row of the order history the change writes
@@ -41,12 +41,13 @@ pub use connection::{ConnectionSettings, LiveConnection};
 pub use hub::{DEFAULT_RECHECK, Follower, LiveHub, TICKET_TTL};
 
 use crate::ports::store::OrderChange;
+use crate::services::admin::HealthSnapshot;
 
 /// Channels one connection may follow.
 pub const MAX_CHANNELS: usize = 16;
 
 /// The channel names there are, for error messages.
-pub const KNOWN_CHANNELS: &str = "orders:{user id}, product:{product id}";
+pub const KNOWN_CHANNELS: &str = "orders:{user id}, product:{product id}, admin:health";
 
 /// A channel a client can follow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -59,11 +60,17 @@ pub enum LiveChannel {
     /// product at a version, so a client that missed versions gets the
     /// newest, which is all it needs).
     Product(ProductId),
+    /// `admin:health`: consumer lag, dead letters, the outbox backlog and
+    /// the live connections, every second (admins only; a state channel).
+    Health,
 }
 
 impl LiveChannel {
     /// Parses a channel name; `None` for a name that is not a channel.
     pub fn parse(name: &str) -> Option<Self> {
+        if name == "admin:health" {
+            return Some(Self::Health);
+        }
         let (kind, rest) = name.split_once(':')?;
         let id = uuid::Uuid::parse_str(rest).ok()?;
         match kind {
@@ -78,15 +85,25 @@ impl LiveChannel {
         match self {
             Self::Orders(user) => format!("orders:{user}"),
             Self::Product(id) => format!("product:{id}"),
+            Self::Health => "admin:health".to_owned(),
         }
     }
 
+    /// A state channel's message is the whole state at a position, so a
+    /// follower that missed positions is sent the newest only; an event
+    /// channel's messages are each sent.
+    pub fn is_state(&self) -> bool {
+        matches!(self, Self::Product(_) | Self::Health)
+    }
+
     /// Whether `user` (with `role`) may follow the channel: a shopper only
-    /// their own user channels; an admin any; anyone a product.
+    /// their own user channels; an admin any; anyone a product; only an
+    /// admin the admin channels.
     pub fn may_follow(&self, user: UserId, role: Role) -> bool {
         match self {
             Self::Orders(owner) => *owner == user || role == Role::Admin,
             Self::Product(_) => true,
+            Self::Health => role == Role::Admin,
         }
     }
 }
@@ -128,6 +145,24 @@ impl LiveMessage {
                 "price_cents": product.price_cents,
                 "currency": product.currency.as_str(),
                 "stock": product.stock,
+            }),
+        }
+    }
+
+    /// `admin:health` now, with this process's live `(connections,
+    /// users)`; its position is the time in milliseconds.
+    fn health(snapshot: HealthSnapshot, (connections, users): (usize, usize)) -> Self {
+        let at = chrono::Utc::now();
+        Self {
+            channel: LiveChannel::Health.name(),
+            position: at.timestamp_millis(),
+            at,
+            data: serde_json::json!({
+                "type": "health",
+                "consumer_lag": snapshot.consumer_lag,
+                "dead_letters": snapshot.dead_letters,
+                "outbox": snapshot.outbox,
+                "live": {"connections": connections, "users_online": users},
             }),
         }
     }
