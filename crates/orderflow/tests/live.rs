@@ -1,7 +1,8 @@
 //! Live channels across processes (issue 13), with real `orderflow`
 //! processes: two `api` processes and a `worker` on PostgreSQL + Redis. A
 //! shopper connected to API 1 follows an order placed through API 0 and
-//! moved on by the worker; the hubs ring each other over Redis pub/sub.
+//! moved on by the worker, and the product whose stock the worker
+//! reserves; the hubs ring each other over Redis pub/sub.
 //! API 1's metrics show it heard the others' rings. Then Redis stops while
 //! a second order goes through, and starts again: the rings sent meanwhile
 //! are lost, and the client still gets every message of that order, in
@@ -120,6 +121,18 @@ async fn a_client_on_one_api_process_hears_changes_made_by_others_and_a_redis_re
         }
     };
 
+    // The product, followed on API 1 too: the worker reserves its stock.
+    let watching = second
+        .http
+        .get(format!("{}/api/v1/live", second.base))
+        .query(&[("channels", format!("product:{product}"))])
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(watching.status(), 200);
+    let mut product_events = watching.bytes_stream().eventsource().boxed();
+
     // Placed through API 0, moved on by the worker; heard on API 1.
     let order = place(&first, &token, &product).await;
     let mut last = 0;
@@ -134,6 +147,18 @@ async fn a_client_on_one_api_process_hears_changes_made_by_others_and_a_redis_re
         statuses.push(message["data"]["status"].as_str().unwrap().to_owned());
     }
     assert_eq!(statuses, ["pending", "reserved", "paid", "confirmed"]);
+    let stock = loop {
+        let event = tokio::time::timeout(PATIENCE, product_events.next())
+            .await
+            .expect("a product event in time")
+            .expect("the stream is open")
+            .expect("a well-formed event");
+        if event.event == "message" {
+            let message: Value = serde_json::from_str(&event.data).unwrap();
+            break message["data"]["stock"].clone();
+        }
+    };
+    assert_eq!(stock, 19, "the reservation the worker committed");
     let metrics = second
         .http
         .get(format!("{}/metrics", second.base))
