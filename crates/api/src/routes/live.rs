@@ -64,10 +64,10 @@ const MAX_COMMAND_BYTES: usize = 4096;
 #[into_params(parameter_in = Query)]
 pub struct LiveParams {
     /// Comma-separated channel names: `orders:{user id}` (your own; an
-    /// admin may follow anyone's), `product:{product id}` (anyone). At most
-    /// 16.
+    /// admin may follow anyone's), `product:{product id}` (anyone),
+    /// `admin:health` (admins). At most 16.
     #[param(
-        pattern = r"^(orders|product):[0-9a-fA-F-]{36}( *, *(orders|product):[0-9a-fA-F-]{36}){0,15}$"
+        pattern = r"^((orders|product):[0-9a-fA-F-]{36}|admin:health)( *, *((orders|product):[0-9a-fA-F-]{36}|admin:health)){0,15}$"
     )]
     pub channels: String,
     /// A ticket from `POST /api/v1/live/ticket`, for a client that cannot
@@ -94,7 +94,10 @@ pub struct LiveSocketParams {
 /// "order_id", "status"}`, one per step of the order's history; a
 /// `product:{id}` message's is `{"type": "product", "id", "sku", "name",
 /// "price_cents", "currency", "stock"}`, the product at version
-/// `position` (a client that missed versions gets the newest).
+/// `position` (a client that missed versions gets the newest);
+/// `admin:health`'s is `{"type": "health", "consumer_lag": {group: lag},
+/// "dead_letters", "outbox", "live": {"connections", "users_online"}}`
+/// every second (position: the time in ms).
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct LiveFrameView {
     #[serde(rename = "type")]

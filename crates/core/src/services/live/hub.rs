@@ -229,7 +229,7 @@ impl LiveHub {
     pub fn publish_product(&self, product: &Product) {
         let channel = LiveChannel::Product(product.id).name();
         self.states
-            .set(&channel, LiveMessage::product(&channel, product));
+            .set(&channel, || LiveMessage::product(&channel, product));
         self.ring_others(&channel);
     }
 
@@ -557,8 +557,8 @@ impl States {
     }
 
     /// Keeps `message` as its channel's state if it is newer, and tells the
-    /// channel's followers.
-    fn set(&self, channel: &str, message: LiveMessage) {
+    /// channel's followers; builds it only when somebody here follows it.
+    fn set(&self, channel: &str, message: impl FnOnce() -> LiveMessage) {
         let mut latest = lock(&self.latest);
         let Some(sender) = latest.get(channel) else {
             return; // Nobody here follows it.
@@ -567,6 +567,7 @@ impl States {
             latest.remove(channel);
             return;
         }
+        let message = message();
         sender.send_if_modified(|state| match state {
             Some(current) if current.position >= message.position => false,
             _ => {
@@ -609,8 +610,9 @@ impl States {
                 )));
             }
         };
-        self.set(channel, message.clone());
-        Ok(Arc::new(message))
+        let message = Arc::new(message);
+        self.set(channel, || (*message).clone());
+        Ok(message)
     }
 
     async fn keep(states: std::sync::Weak<Self>) {
