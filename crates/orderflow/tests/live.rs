@@ -26,6 +26,31 @@ use support::{ADMIN_EMAIL, ADMIN_PASSWORD, Client, PASSWORD};
 /// subscriptions reconnecting included).
 const PATIENCE: Duration = Duration::from_secs(30);
 
+type Events = std::pin::Pin<
+    Box<
+        dyn futures::Stream<
+                Item = Result<
+                    eventsource_stream::Event,
+                    eventsource_stream::EventStreamError<reqwest::Error>,
+                >,
+            > + Send,
+    >,
+>;
+
+/// `GET /api/v1/live?channels=…` on `client` as `token`: its events.
+async fn follow(client: &Client, token: &str, channels: &str) -> Events {
+    let response = client
+        .http
+        .get(format!("{}/api/v1/live", client.base))
+        .query(&[("channels", channels)])
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    response.bytes_stream().eventsource().boxed()
+}
+
 /// Places one order of `product` as `token`; its id.
 async fn place(client: &Client, token: &str, product: &str) -> String {
     let placed = client
@@ -98,16 +123,7 @@ async fn a_client_on_one_api_process_hears_changes_made_by_others_and_a_redis_re
     let token = first.login("live@example.com", PASSWORD).await;
     let channel = format!("orders:{user}");
 
-    let response = second
-        .http
-        .get(format!("{}/api/v1/live", second.base))
-        .query(&[("channels", channel.as_str())])
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let mut events = response.bytes_stream().eventsource().boxed();
+    let mut events = follow(&second, &token, &channel).await;
     let mut next = async || -> Value {
         loop {
             let event = tokio::time::timeout(PATIENCE, events.next())
@@ -122,16 +138,7 @@ async fn a_client_on_one_api_process_hears_changes_made_by_others_and_a_redis_re
     };
 
     // The product, followed on API 1 too: the worker reserves its stock.
-    let watching = second
-        .http
-        .get(format!("{}/api/v1/live", second.base))
-        .query(&[("channels", format!("product:{product}"))])
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(watching.status(), 200);
-    let mut product_events = watching.bytes_stream().eventsource().boxed();
+    let mut product_events = follow(&second, &token, &format!("product:{product}")).await;
 
     // Placed through API 0, moved on by the worker; heard on API 1.
     let order = place(&first, &token, &product).await;

@@ -197,18 +197,21 @@ async fn only_your_own_channels_and_only_channels() {
     assert_eq!(next(&mut events).await.event, "subscribed");
 }
 
+/// `POST /api/v1/live/ticket`, as `token` when given.
+async fn issue_ticket(app: &TestApp, token: Option<&str>) -> reqwest::Response {
+    let mut request = app.http.post(app.url("/api/v1/live/ticket"));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    request.send().await.unwrap()
+}
+
 #[tokio::test]
 async fn a_ticket_opens_an_event_stream_once_without_the_token() {
     let app = spawn_app().await;
     let shopper = app.shopper("Ticket").await;
     let channel = format!("orders:{}", shopper.id);
-    let issued = app
-        .http
-        .post(app.url("/api/v1/live/ticket"))
-        .bearer_auth(&shopper.token)
-        .send()
-        .await
-        .unwrap();
+    let issued = issue_ticket(&app, Some(&shopper.token)).await;
     assert_eq!(issued.status(), StatusCode::CREATED);
     let issued: Value = issued.json().await.unwrap();
     let ticket = issued["ticket"].as_str().unwrap().to_owned();
@@ -235,13 +238,7 @@ async fn a_ticket_opens_an_event_stream_once_without_the_token() {
         .await
         .unwrap();
     assert_problem(forged, 401, "unauthorized").await;
-    let anonymous = app
-        .http
-        .post(app.url("/api/v1/live/ticket"))
-        .send()
-        .await
-        .unwrap();
-    assert_problem(anonymous, 401, "unauthorized").await;
+    assert_problem(issue_ticket(&app, None).await, 401, "unauthorized").await;
 }
 
 #[tokio::test]
@@ -461,13 +458,8 @@ async fn a_websocket_needs_a_token_or_a_ticket_and_closes_on_logout() {
         other => panic!("expected a 401 handshake, got {other:?}"),
     }
 
-    let ticket: Value = app
-        .http
-        .post(app.url("/api/v1/live/ticket"))
-        .bearer_auth(&shopper.token)
-        .send()
+    let ticket: Value = issue_ticket(&app, Some(&shopper.token))
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
