@@ -25,6 +25,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
 use tokio::time::{Instant, Interval, Sleep};
 use tokio_stream::StreamMap;
 
@@ -126,6 +127,7 @@ impl LiveHub {
                 principal,
                 expiry: Box::pin(tokio::time::sleep(expiry)),
                 auth_check,
+                in_flight: None,
             },
         };
         metrics::gauge!("orderflow_live_connections").increment(1.0);
@@ -167,27 +169,57 @@ struct Checks {
     principal: Principal,
     expiry: std::pin::Pin<Box<Sleep>>,
     auth_check: Interval,
+    /// The revocation check under way. A task of its own, so that the
+    /// connection's `select!` dropping [`Checks::fail`] (a message won the
+    /// race) does not cancel it: with Redis the check waits on the network,
+    /// and a busy connection would otherwise never finish one.
+    in_flight: Option<JoinHandle<Result<(), CoreError>>>,
+}
+
+fn expired() -> (CloseReason, String) {
+    (
+        CloseReason::TokenExpired,
+        "your access token expired; connect again with a fresh one and your last positions".into(),
+    )
 }
 
 impl Checks {
     /// Waits until the token expires or a revocation check fails; never
-    /// returns while the principal is still let in.
+    /// returns while the principal is still let in. Cancel-safe.
     async fn fail(&mut self) -> (CloseReason, String) {
         loop {
-            tokio::select! {
-                () = &mut self.expiry => return (
-                    CloseReason::TokenExpired,
-                    "your access token expired; connect again with a fresh one and your last positions".into(),
-                ),
-                _ = self.auth_check.tick() => match self.hub.auth.still_valid(&self.principal).await {
-                    Ok(()) => {}
-                    Err(CoreError::Unauthorized(why)) => {
-                        return (CloseReason::LoggedOut, format!("{why}; log in again"));
+            let Some(check) = &mut self.in_flight else {
+                tokio::select! {
+                    () = &mut self.expiry => return expired(),
+                    _ = self.auth_check.tick() => {
+                        let hub = self.hub.clone();
+                        let principal = self.principal.clone();
+                        self.in_flight = Some(tokio::spawn(async move {
+                            hub.auth.still_valid(&principal).await
+                        }));
                     }
-                    // The revocation list could not answer: keep the
-                    // connection and ask again at the next check.
-                    Err(error) => tracing::warn!(%error, "live connection: revocation check failed"),
-                },
+                }
+                continue;
+            };
+            tokio::select! {
+                () = &mut self.expiry => return expired(),
+                checked = check => {
+                    self.in_flight = None;
+                    match checked {
+                        Ok(Ok(())) => {}
+                        Ok(Err(CoreError::Unauthorized(why))) => {
+                            return (CloseReason::LoggedOut, format!("{why}; log in again"));
+                        }
+                        // The revocation list could not answer: keep the
+                        // connection and ask again at the next check.
+                        Ok(Err(error)) => {
+                            tracing::warn!(%error, "live connection: revocation check failed")
+                        }
+                        Err(error) => {
+                            tracing::warn!(%error, "live connection: revocation check failed")
+                        }
+                    }
+                }
             }
         }
     }
