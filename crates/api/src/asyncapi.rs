@@ -11,9 +11,9 @@
 //! Every message is a structured-mode CloudEvent: on Kafka the record value
 //! is the event as JSON with `content-type: application/cloudevents+json`
 //! (CloudEvents Kafka protocol binding), in the embedded log the same JSON
-//! is the row. The live channels' stream (`GET /api/v1/live`, Server-Sent
-//! Events) is an HTTP operation and is described in the OpenAPI document
-//! with its message shapes.
+//! is the row. The live channels (`GET /api/v1/live`, Server-Sent
+//! Events; `GET /api/v1/live/ws`, WebSocket) are HTTP operations and are
+//! described in the OpenAPI document with their frame shapes.
 
 use std::collections::BTreeMap;
 use std::sync::LazyLock;
