@@ -104,7 +104,11 @@ impl App {
         let recheck_ms =
             settings
                 .live_recheck_ms
-                .unwrap_or(if bus.is_some() { 30_000 } else { 1_000 });
+                .unwrap_or(if bus.is_some() || backends.embedded {
+                    30_000
+                } else {
+                    1_000
+                });
         live = live.with_recheck(Duration::from_millis(recheck_ms.max(10)));
         if let Some(bus) = bus {
             live = live.with_bus(bus);

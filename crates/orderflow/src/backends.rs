@@ -46,6 +46,9 @@ pub struct Backends {
     pub relay: Option<Relay>,
     /// With Kafka: that outbox (for its backlog in the health view).
     pub outbox: Option<Arc<dyn Outbox>>,
+    /// SQLite: the embedded setup, whose one process makes every change
+    /// (so its live followers hear of each at once, without a recheck).
+    pub embedded: bool,
     /// With Redis: the connection the cache, limiter and revocations share.
     pub redis: Option<RedisConnection>,
     /// Sets the connection-pool gauges from the database adapter's pool.
@@ -191,6 +194,7 @@ impl Backends {
             log,
             relay,
             outbox: relayed_outbox,
+            embedded: scheme == "sqlite",
             redis,
             pool_gauges,
             description,

@@ -144,10 +144,11 @@ pub struct Settings {
     pub cache_ttl_secs: u64,
 
     /// How often a live follower with no news reads its channel from the
-    /// database (ms). Without Redis this is how a change committed by
-    /// another process reaches a client here (default 1000); with Redis
-    /// the processes ring each other over pub/sub, and this is only the
-    /// safety net (default 30000).
+    /// database (ms). On PostgreSQL without Redis this is how a change
+    /// committed by another process reaches a client here (default 1000);
+    /// with Redis the processes ring each other over pub/sub, and on SQLite
+    /// one process makes every change, so it is only the safety net
+    /// (default 30000). Each idle follower reads once per interval.
     #[arg(long, env = "ORDERFLOW_LIVE_RECHECK_MS", global = true)]
     pub live_recheck_ms: Option<u64>,
 
