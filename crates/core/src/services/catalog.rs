@@ -89,6 +89,7 @@ use crate::CoreError;
 use crate::ports::cache::{CacheError, CacheEvent, SharedCache, Subscription, Versioned};
 use crate::ports::store::{Store, StoreError};
 use crate::services::live::{LiveChannel, LiveHub};
+use crate::services::lock;
 
 /// At most this many items of a cached page are read one by one (see
 /// [`CatalogService::page_items`]); more, and the page is loaded again.
@@ -524,12 +525,6 @@ impl SharedLayer {
             }
         }
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn count_collapsed(scope: &'static str) {

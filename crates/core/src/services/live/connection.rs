@@ -118,7 +118,6 @@ impl LiveHub {
         auth_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         auth_check.reset();
         let task = Task {
-            hub: self.clone(),
             slow_after: settings.slow_after,
             frames: frame_queue,
             followers: StreamMap::new(),
@@ -156,7 +155,6 @@ impl LiveHub {
 type End = Option<(CloseReason, String)>;
 
 struct Task {
-    hub: Arc<LiveHub>,
     slow_after: Duration,
     frames: mpsc::Sender<LiveFrame>,
     followers: StreamMap<String, BoxStream<'static, StoreResult<LiveMessage>>>,
@@ -324,7 +322,7 @@ impl Task {
                 orderflow_domain::ValidationError::new("position", "must be 0 or more").into(),
             );
         }
-        let follower = self.hub.follow(channel, after).await?;
+        let follower = self.checks.hub.follow(channel, after).await?;
         let frame = LiveFrame::Subscribed {
             channel: name.clone(),
             position: follower.position(),

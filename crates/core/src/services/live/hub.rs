@@ -18,7 +18,7 @@
 //! processes' changes.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use futures::stream::{self, BoxStream, StreamExt};
@@ -32,6 +32,7 @@ use crate::ports::cache::{CacheEvent, SharedCache};
 use crate::ports::store::{Store, StoreResult};
 use crate::services::admin::Operations;
 use crate::services::auth::{AuthService, Principal, new_random_token, sha256_hex};
+use crate::services::lock;
 
 /// Messages read from the database at once while catching up.
 const CATCH_UP_PAGE: u32 = 200;
@@ -48,13 +49,9 @@ const BUS_QUEUE: usize = 4096;
 /// Per followed channel, a ring counter.
 type Bells = Mutex<HashMap<String, watch::Sender<u64>>>;
 
-fn bells(bells: &Bells) -> MutexGuard<'_, HashMap<String, watch::Sender<u64>>> {
-    lock(bells)
-}
-
 /// Rings `channel` in this process, if anybody here follows it.
 fn ring(bells_of: &Bells, channel: &str) {
-    let mut channels = bells(bells_of);
+    let mut channels = lock(bells_of);
     if let Some(sender) = channels.get(channel) {
         if sender.receiver_count() == 0 {
             // Nobody follows it any more.
@@ -242,7 +239,7 @@ impl LiveHub {
     }
 
     fn receiver(&self, channel: &str) -> watch::Receiver<u64> {
-        bells(&self.bells)
+        lock(&self.bells)
             .entry(channel.to_owned())
             .or_insert_with(|| watch::channel(0).0)
             .subscribe()
@@ -366,7 +363,7 @@ fn ticket_key(ticket: &str) -> String {
 /// Rings every followed channel in this process (the bus came back after
 /// missing rings).
 fn ring_all(bells_of: &Bells) {
-    for sender in bells(bells_of).values() {
+    for sender in lock(bells_of).values() {
         sender.send_modify(|rings| *rings = rings.wrapping_add(1));
     }
 }
@@ -642,10 +639,4 @@ impl States {
             }
         }
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
