@@ -246,7 +246,7 @@ async fn a_product(base: &str) -> Result<(String, Bytes), BenchError> {
 
 /// The CPU time (user + system) process `pid` has used so far; `None` where
 /// `/proc` cannot tell (another OS, a process gone).
-fn cpu_time(pid: u32) -> Option<Duration> {
+pub(crate) fn cpu_time(pid: u32) -> Option<Duration> {
     let stat = procfs::process::Process::new(i32::try_from(pid).ok()?)
         .ok()?
         .stat()

@@ -20,6 +20,8 @@
 //!   listener answering the same bytes, side by side.
 //! - [`staleness`]: `--staleness`, reads checked against the database while
 //!   orders and edits change the products (one process, then two on Redis).
+//! - [`live`]: `orderflow bench live`, the live channels' commit → client
+//!   latency and server memory per connection under 10,000 WebSocket clients.
 //! - [`stats`]: HdrHistogram latencies, throughput and ratio arithmetic (unit-tested).
 //! - [`report`]: the per-architecture report, the tables, the JSON.
 //! - [`plot`]: SVG and PNG plots.
@@ -27,6 +29,7 @@
 
 pub mod ceiling;
 pub mod follow;
+pub mod live;
 pub mod load;
 pub mod plot;
 pub mod report;
@@ -64,6 +67,10 @@ pub enum BenchError {
 /// `orderflow bench` options.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
+    /// Another benchmark instead of the comparison (with no subcommand:
+    /// v1 against v2, or the mode a flag below selects).
+    #[command(subcommand)]
+    pub mode: Option<BenchMode>,
     /// Benchmark a running orderflow at this URL instead of starting one per
     /// architecture (one column, named "target"; --architectures is ignored).
     #[arg(long)]
@@ -180,10 +187,19 @@ pub struct BenchArgs {
     pub seed: u64,
 }
 
+/// Benchmarks of their own, with their own options.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum BenchMode {
+    /// Live channels: 10,000 WebSocket clients each on its own `orders:{user}`
+    /// and a shared `product:{id}` while orders are placed; commit → client
+    /// latency, messages per second, server memory per connection.
+    Live(live::LiveArgs),
+}
+
 /// Runs the benchmark; `server_binary` is the `orderflow` executable to start.
 pub async fn run(args: &BenchArgs, server_binary: PathBuf) -> Result<BenchReport, BenchError> {
     let architectures = match &args.target {
-        _ if args.read_ceiling || args.staleness => Vec::new(),
+        _ if args.read_ceiling || args.staleness || args.mode.is_some() => Vec::new(),
         Some(url) => vec![Architecture::target(url)],
         None => selected_architectures(&args.architectures)?,
     };
@@ -228,6 +244,10 @@ pub async fn run(args: &BenchArgs, server_binary: PathBuf) -> Result<BenchReport
         true => Some(staleness::run(args, &server_binary).await?),
         false => None,
     };
+    let live = match &args.mode {
+        Some(BenchMode::Live(live)) => Some(live::run(args, live, &server_binary).await?),
+        None => None,
+    };
     let report = BenchReport {
         started_at: chrono::Utc::now(),
         command: std::env::args().collect::<Vec<_>>().join(" "),
@@ -247,6 +267,7 @@ pub async fn run(args: &BenchArgs, server_binary: PathBuf) -> Result<BenchReport
         sustained: sustained_runs,
         ceiling,
         staleness,
+        live,
         notes,
     };
     std::fs::create_dir_all(&args.out)

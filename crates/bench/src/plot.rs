@@ -51,6 +51,10 @@ pub fn write_all(report: &BenchReport, dir: &Path) -> Result<Vec<PathBuf>, Bench
     if report.staleness.is_some() {
         charts.push(("staleness", Chart::Staleness));
     }
+    if report.live.is_some() {
+        charts.push(("live-latency", Chart::LiveLatency));
+        charts.push(("live-messages", Chart::LiveMessages));
+    }
     if report.architectures.iter().any(|a| !a.sweep.is_empty()) {
         charts.push(("sweep-throughput", Chart::Sweep(SweepAxis::Throughput)));
         charts.push(("sweep-p99", Chart::Sweep(SweepAxis::P99)));
@@ -82,6 +86,8 @@ enum Chart {
     Sweep(SweepAxis),
     Ceiling,
     Staleness,
+    LiveLatency,
+    LiveMessages,
 }
 
 /// Draws `chart` on a white `root` and writes it out.
@@ -98,6 +104,8 @@ fn render<DB: DrawingBackend>(
         Chart::Sweep(axis) => sweep_chart(report, &root, axis),
         Chart::Ceiling => ceiling_chart(report, &root),
         Chart::Staleness => staleness_chart(report, &root),
+        Chart::LiveLatency => live_latency_chart(report, &root),
+        Chart::LiveMessages => live_messages_chart(report, &root),
     }
     .map_err(BenchError::Output)?;
     root.present()
@@ -155,6 +163,59 @@ fn staleness_chart<DB: DrawingBackend>(
         "milliseconds (log scale; 0 drawn at 0.01)",
         lines,
     )
+}
+
+fn live_latency_chart<DB: DrawingBackend>(
+    report: &BenchReport,
+    root: &DrawingArea<DB, Shift>,
+) -> Result<(), String> {
+    let Some(run) = &report.live else {
+        return Ok(());
+    };
+    let lines = vec![
+        (
+            "orders:{user}".to_owned(),
+            run.order_message_percentiles.as_slice(),
+        ),
+        (
+            "product:{id}, shared by every connection".to_owned(),
+            run.product_message_percentiles.as_slice(),
+        ),
+    ];
+    percentile_chart(
+        root,
+        &format!(
+            "Commit → client, {} connections, {:.0} orders/s (lower is better)",
+            run.connections_open, run.order_rate
+        ),
+        "milliseconds (log scale)",
+        lines,
+    )
+}
+
+fn live_messages_chart<DB: DrawingBackend>(
+    report: &BenchReport,
+    root: &DrawingArea<DB, Shift>,
+) -> Result<(), String> {
+    let Some(run) = &report.live else {
+        return Ok(());
+    };
+    let points: Vec<(f64, f64)> = run
+        .messages_each_second
+        .iter()
+        .enumerate()
+        .map(|(second, n)| (second as f64, *n as f64))
+        .collect();
+    let max = points.iter().map(|(_, n)| *n).fold(1.0, f64::max);
+    let mut chart = builder(root, "Messages delivered to the clients, each second")
+        .build_cartesian_2d(0.0..(points.len().max(2) as f64), 0.0..max * 1.2)
+        .map_err(|e| e.to_string())?;
+    draw_mesh(
+        &mut chart,
+        "seconds since the orders started",
+        "messages in that second",
+    )?;
+    draw_lines(&mut chart, vec![("messages".to_owned(), points)])
 }
 
 /// One line per `(title, [(percentile, ms)])` over [`PERCENTILES`], on a
@@ -523,6 +584,7 @@ mod tests {
             ],
             ceiling: None,
             staleness: None,
+            live: None,
             notes: vec![],
         };
         let dir = tempfile::tempdir().unwrap();

@@ -94,6 +94,9 @@ pub struct BenchReport {
     /// `--staleness`: reads checked against the database, per setup.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub staleness: Option<crate::staleness::StalenessRun>,
+    /// `bench live`: the live channels under load.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub live: Option<crate::live::LiveRun>,
     pub notes: Vec<String>,
 }
 
@@ -456,6 +459,9 @@ impl BenchReport {
         if let Some(staleness) = &self.staleness {
             parts.push(staleness.table());
         }
+        if let Some(live) = &self.live {
+            parts.push(live.table());
+        }
         parts.join("\n\n")
     }
 
@@ -577,6 +583,7 @@ mod tests {
             sustained: vec![],
             ceiling: None,
             staleness: None,
+            live: None,
             notes: vec![],
         };
         let table = report.table();
@@ -674,6 +681,7 @@ mod tests {
             sustained: vec![],
             ceiling: None,
             staleness: None,
+            live: None,
             notes: vec![],
         };
         let table = report.table();

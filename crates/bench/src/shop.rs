@@ -15,6 +15,14 @@ pub struct Shop {
     base: String,
 }
 
+/// A shopper the bench registered: its user id (unknown for an account
+/// that existed already) and its access token.
+#[derive(Debug, Clone)]
+pub struct Shopper {
+    pub id: Option<uuid::Uuid>,
+    pub token: String,
+}
+
 /// What one workload request ended as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -94,6 +102,16 @@ impl Shop {
 
     /// Registers (or reuses) and logs in `count` shoppers; returns their access tokens.
     pub async fn shoppers(&self, count: usize, run_id: &str) -> Result<Vec<String>, BenchError> {
+        let shoppers = self.registered_shoppers(count, run_id).await?;
+        Ok(shoppers.into_iter().map(|shopper| shopper.token).collect())
+    }
+
+    /// Registers (or reuses) and logs in `count` shoppers.
+    pub async fn registered_shoppers(
+        &self,
+        count: usize,
+        run_id: &str,
+    ) -> Result<Vec<Shopper>, BenchError> {
         let logins = (0..count).map(|i| async move {
             let email = format!("bench-{run_id}-{i}@example.com");
             let registered = self
@@ -102,16 +120,22 @@ impl Shop {
                 .json(&json!({"email": email, "password": SHOPPER_PASSWORD, "name": format!("Bench shopper {i}")}))
                 .send()
                 .await?;
-            if !(registered.status() == StatusCode::CREATED || registered.status() == StatusCode::CONFLICT) {
-                return Err(BenchError::Setup(format!("registering {email}: HTTP {}", registered.status())));
-            }
-            self.login(&email, SHOPPER_PASSWORD).await
+            let id = match registered.status() {
+                StatusCode::CREATED => registered.json::<Value>().await?["id"]
+                    .as_str()
+                    .and_then(|id| id.parse().ok()),
+                StatusCode::CONFLICT => None,
+                status => {
+                    return Err(BenchError::Setup(format!("registering {email}: HTTP {status}")));
+                }
+            };
+            let token = self.login(&email, SHOPPER_PASSWORD).await?;
+            Ok(Shopper { id, token })
         });
         // A few at a time: password hashing is deliberately slow.
         use futures::StreamExt;
         let results: Vec<_> = futures::stream::iter(logins).buffered(4).collect().await;
-        let tokens = results.into_iter().collect::<Result<Vec<_>, _>>()?;
-        Ok(tokens)
+        results.into_iter().collect()
     }
 
     pub async fn browse(&self, product_id: uuid::Uuid) -> Outcome {
@@ -181,18 +205,23 @@ impl Shop {
             .ok_or_else(|| BenchError::Setup("/me/points answered without points".into()))
     }
 
-    /// Sets a product's stock (admin only): reads the product and writes it
-    /// back with `stock` changed.
-    pub async fn restock(
+    /// Sets each product's stock (admin only), a few at a time: reads the
+    /// product and writes it back with `stock` changed.
+    pub async fn restock_all(
         &self,
         admin_token: &str,
-        product_id: uuid::Uuid,
+        products: &[uuid::Uuid],
         stock: i64,
     ) -> Result<(), BenchError> {
-        self.edit_product(admin_token, product_id, |product| {
-            product["stock"] = json!(stock)
-        })
-        .await
+        use futures::StreamExt;
+        let updates = products.iter().map(|id| {
+            self.edit_product(admin_token, *id, |product| product["stock"] = json!(stock))
+        });
+        let results: Vec<_> = futures::stream::iter(updates)
+            .buffer_unordered(8)
+            .collect()
+            .await;
+        results.into_iter().collect()
     }
 
     /// An admin edit: reads the product, applies `change` to it and writes

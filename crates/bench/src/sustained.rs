@@ -399,18 +399,12 @@ async fn restock(session: &Session, result: &mut SustainedRun) -> Result<(), Ben
     };
     let bar = spinner("raising every product's stock");
     let token = session.shop.login(email, password).await?;
-    use futures::StreamExt;
-    let updates = session
-        .targets
-        .products
-        .iter()
-        .map(|id| session.shop.restock(&token, *id, RESTOCK));
-    let results: Vec<_> = futures::stream::iter(updates)
-        .buffer_unordered(8)
-        .collect()
+    let restocked = session
+        .shop
+        .restock_all(&token, &session.targets.products, RESTOCK)
         .await;
     bar.finish_and_clear();
-    results.into_iter().collect::<Result<Vec<()>, _>>()?;
+    restocked?;
     Ok(())
 }
 

@@ -16,6 +16,8 @@ pub struct Product {
     pub price_cents: i64,
     pub currency: Currency,
     pub stock: i64,
+    /// When the row last changed, its stock included (a reservation or a
+    /// release sets it too): the `at` of the product's live messages.
     pub updated_at: Timestamp,
     /// Bumped by the database in the same transaction as every change of the
     /// row (fields or stock), starting at 1. Caches store a product with its

@@ -55,9 +55,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use orderflow_core::ports::store::{StoreError, StoreResult};
-use orderflow_domain::OrderId;
 use orderflow_domain::Timestamp;
 use orderflow_domain::events::topics;
+use orderflow_domain::{OrderId, UserId};
 use sqlx::postgres::{
     PgArguments, PgConnectOptions, PgConnection, PgDatabaseError, PgListener, PgPoolOptions, PgRow,
 };
@@ -103,7 +103,8 @@ const ORDER_STOCK_LOCK: i32 = 0x0_5707;
 const GROUP_COMMIT_LOCK: i32 = 0x0_6C0D;
 
 /// First key of the advisory locks that make one shopper's order history
-/// commit in `seq` order (the second is a hash of the user id).
+/// and notifications commit in `seq` order (the second is a hash of the
+/// user id).
 const USER_HISTORY_LOCK: i32 = 0x0_0415;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -313,6 +314,20 @@ impl Engine for PostgresEngine {
             "lock_user_history",
             "SELECT pg_advisory_xact_lock($1, hashtext(user_id::text)) FROM orders WHERE id = $2",
             (USER_HISTORY_LOCK, order_id),
+        ))
+    }
+
+    /// A shopper's notification writers (the e-mail, SMS and push groups,
+    /// each in its own transactions) take turns until commit, for the same
+    /// reason, under the same lock as the shopper's history. Two group
+    /// commits that notify the same shoppers in opposite orders can
+    /// deadlock: PostgreSQL then fails one, and its runtime writes the whole
+    /// flush again.
+    fn notification_lock(user_id: UserId) -> Option<Stmt> {
+        Some(stmt(
+            "lock_user_notifications",
+            "SELECT pg_advisory_xact_lock($1, hashtext($2::text))",
+            (USER_HISTORY_LOCK, user_id),
         ))
     }
 

@@ -64,8 +64,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use orderflow_core::ports::outbox::EventDestination;
 use orderflow_core::ports::store::{StoreError, StoreResult};
-use orderflow_domain::OrderId;
 use orderflow_domain::Timestamp;
+use orderflow_domain::{OrderId, UserId};
 
 /// Which SQL engine a statement is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -487,6 +487,12 @@ pub trait Engine: Send + Sync + Sized + 'static {
     /// the shopper's live messages; see `OrderChange`). None by default:
     /// SQLite's one writer already commits in `seq` order.
     fn history_lock(_order_id: OrderId) -> Option<Stmt> {
+        None
+    }
+
+    /// The same for a notification of `user_id` (the `notifications:{user}`
+    /// channel's messages).
+    fn notification_lock(_user_id: UserId) -> Option<Stmt> {
         None
     }
 

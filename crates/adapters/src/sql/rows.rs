@@ -132,6 +132,7 @@ pub(crate) fn order_change(row: &impl SqlRow) -> StoreResult<OrderChange> {
     Ok(OrderChange {
         position: row.int("seq")?,
         order_id: row.uuid("order_id")?,
+        user_id: row.uuid("user_id")?,
         status: status(row, "status")?,
         at: row.time("at")?,
     })

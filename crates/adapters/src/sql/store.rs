@@ -11,8 +11,8 @@
 
 use async_trait::async_trait;
 use orderflow_core::ports::store::{
-    DailySales, DeadLetter, LeaderboardEntry, NotificationRecord, OrderChange, PointsStanding,
-    RefreshRotation, SessionRecord, Store, StoreResult, StoreTx, UserRecord,
+    DailySales, DeadLetter, LeaderboardEntry, NotificationChange, NotificationRecord, OrderChange,
+    PointsStanding, RefreshRotation, SessionRecord, Store, StoreResult, StoreTx, UserRecord,
 };
 use orderflow_domain::order::{HistoryEntry, Order, OrderStatus};
 use orderflow_domain::product::{Product, ProductDraft};
@@ -751,32 +751,78 @@ impl<E: Engine> Store for SqlStore<E> {
 
     async fn order_changes(
         &self,
-        user_id: UserId,
+        user_id: Option<UserId>,
         after: i64,
         limit: u32,
     ) -> StoreResult<Vec<OrderChange>> {
-        read_all(
-            &*self.engine,
-            stmt(
+        let statement = match user_id {
+            Some(user_id) => stmt(
                 "order_changes",
-                "SELECT h.seq, h.order_id, h.status, h.at
+                "SELECT h.seq, h.order_id, o.user_id, h.status, h.at
                  FROM orders o JOIN order_history h ON h.order_id = o.id
                  WHERE o.user_id = $1 AND h.seq > $2 ORDER BY h.seq LIMIT $3",
                 (user_id, after, i64::from(limit)),
             ),
-            rows::order_change,
-        )
-        .await
+            None => stmt(
+                "all_order_changes",
+                "SELECT h.seq, h.order_id, o.user_id, h.status, h.at
+                 FROM order_history h JOIN orders o ON o.id = h.order_id
+                 WHERE h.seq > $1 ORDER BY h.seq LIMIT $2",
+                (after, i64::from(limit)),
+            ),
+        };
+        read_all(&*self.engine, statement, rows::order_change).await
     }
 
-    async fn last_order_change(&self, user_id: UserId) -> StoreResult<i64> {
-        let last = read_all(
-            &*self.engine,
-            stmt(
+    async fn last_order_change(&self, user_id: Option<UserId>) -> StoreResult<i64> {
+        let statement = match user_id {
+            Some(user_id) => stmt(
                 "last_order_change",
                 "SELECT COALESCE(MAX(h.seq), 0) AS last
                  FROM orders o JOIN order_history h ON h.order_id = o.id
                  WHERE o.user_id = $1",
+                (user_id,),
+            ),
+            None => stmt(
+                "last_order_change_of_anyone",
+                "SELECT COALESCE(MAX(seq), 0) AS last FROM order_history",
+                (),
+            ),
+        };
+        let last = read_all(&*self.engine, statement, |row| row.int("last")).await?;
+        Ok(last.first().copied().unwrap_or(0))
+    }
+
+    async fn notification_changes(
+        &self,
+        user_id: UserId,
+        after: i64,
+        limit: u32,
+    ) -> StoreResult<Vec<NotificationChange>> {
+        read_all(
+            &*self.engine,
+            stmt(
+                "notification_changes",
+                "SELECT seq, user_id, channel, kind, order_id, sent_at FROM notifications
+                 WHERE user_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+                (user_id, after, i64::from(limit)),
+            ),
+            |row| {
+                Ok(NotificationChange {
+                    position: row.int("seq")?,
+                    notification: rows::notification(row)?,
+                })
+            },
+        )
+        .await
+    }
+
+    async fn last_notification(&self, user_id: UserId) -> StoreResult<i64> {
+        let last = read_all(
+            &*self.engine,
+            stmt(
+                "last_notification",
+                "SELECT COALESCE(MAX(seq), 0) AS last FROM notifications WHERE user_id = $1",
                 (user_id,),
             ),
             |row| row.int("last"),

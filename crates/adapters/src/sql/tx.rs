@@ -512,10 +512,10 @@ impl<E: Engine> StoreTx for SqlTx<E> {
                 .await?
                 .query_opt(stmt(
                     "take_stock",
-                    "UPDATE products SET stock = stock - $1, version = version + 1
+                    "UPDATE products SET stock = stock - $1, version = version + 1, updated_at = $3
                      WHERE id = $2 AND stock >= $1
                      RETURNING id, sku, name, price_cents, currency, stock, updated_at, version",
-                    (i64::from(*quantity), *product_id),
+                    (i64::from(*quantity), *product_id, chrono::Utc::now()),
                 ))
                 .await?;
             if let Some(row) = taken {
@@ -605,8 +605,8 @@ impl<E: Engine> StoreTx for SqlTx<E> {
         for (product_id, quantity) in &give_back {
             self.defer(stmt(
                 "return_stock",
-                "UPDATE products SET stock = stock + $1 WHERE id = $2",
-                (*quantity, *product_id),
+                "UPDATE products SET stock = stock + $1, updated_at = $3 WHERE id = $2",
+                (*quantity, *product_id, chrono::Utc::now()),
             ));
         }
         Ok(!released.is_empty())
@@ -630,6 +630,9 @@ impl<E: Engine> StoreTx for SqlTx<E> {
     }
 
     async fn record_notification(&mut self, notification: &NotificationRecord) -> StoreResult<()> {
+        if let Some(lock) = E::notification_lock(notification.user_id) {
+            self.defer(lock);
+        }
         self.defer(stmt(
             "record_notification",
             "INSERT INTO notifications (user_id, channel, kind, order_id, sent_at)

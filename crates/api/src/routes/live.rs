@@ -42,8 +42,8 @@ use futures::stream::{self, BoxStream, StreamExt};
 use orderflow_core::CoreError;
 use orderflow_core::services::auth::Principal;
 use orderflow_core::services::live::{
-    CloseReason, ConnectionSettings, KNOWN_CHANNELS, LiveChannel, LiveCommand, LiveConnection,
-    LiveFrame, MAX_CHANNELS, TICKET_TTL,
+    CloseReason, KNOWN_CHANNELS, LiveChannel, LiveCommand, LiveConnection, LiveFrame, MAX_CHANNELS,
+    TICKET_TTL,
 };
 use orderflow_domain::ValidationError;
 use serde::{Deserialize, Serialize};
@@ -65,11 +65,12 @@ const SOCKET_BUFFER_BYTES: usize = 4096;
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct LiveParams {
-    /// Comma-separated channel names: `orders:{user id}` (your own; an
-    /// admin may follow anyone's), `product:{product id}` (anyone),
-    /// `admin:health` (admins). At most 16.
+    /// Comma-separated channel names: `orders:{user id}` and
+    /// `notifications:{user id}` (your own; an admin may follow anyone's),
+    /// `product:{product id}` (anyone), `admin:orders` and `admin:health`
+    /// (admins). At most 16.
     #[param(
-        pattern = r"^((orders|product):[0-9a-fA-F-]{36}|admin:health)( *, *((orders|product):[0-9a-fA-F-]{36}|admin:health)){0,15}$"
+        pattern = r"^((orders|notifications|product):[0-9a-fA-F-]{36}|admin:(orders|health))( *, *((orders|notifications|product):[0-9a-fA-F-]{36}|admin:(orders|health))){0,15}$"
     )]
     pub channels: String,
     /// A ticket from `POST /api/v1/live/ticket`, for a client that cannot
@@ -92,8 +93,11 @@ pub struct LiveSocketParams {
 /// `unsubscribed` (`channel`), `message` (`channel`, `position`, `at`,
 /// `data`), `error` (`channel`, `problem`), `pong`, `closing` (`reason`:
 /// `token_expired` | `logged_out` | `slow` | `unavailable`, `detail`).
-/// An `orders:{user}` message's `data` is `{"type": "order.status",
-/// "order_id", "status"}`, one per step of the order's history; a
+/// An `orders:{user}` or `admin:orders` message's `data` is `{"type":
+/// "order.status", "order_id", "user_id", "status"}`, one per step of the
+/// order's history; a `notifications:{user}` message's is `{"type":
+/// "notification", "via": "email" | "sms" | "push", "kind", "order_id"}`,
+/// one per notification sent; a
 /// `product:{id}` message's is `{"type": "product", "id", "sku", "name",
 /// "price_cents", "currency", "stock"}`, the product at version
 /// `position` (a client that missed versions gets the newest);
@@ -184,7 +188,9 @@ pub async fn follow(
         }
         None => BTreeMap::new(),
     };
-    let connection = state.live.connect(principal, ConnectionSettings::default());
+    let connection = state
+        .live
+        .connect(principal, state.live.connection_settings());
     for channel in channels {
         let name = channel.name();
         let position = resume.get(&name).copied();
@@ -240,7 +246,9 @@ pub async fn websocket(
     upgrade: WebSocketUpgrade,
 ) -> ApiResult<Response> {
     let principal = caller(&state, &headers, params.ticket.as_deref()).await?;
-    let connection = state.live.connect(principal, ConnectionSettings::default());
+    let connection = state
+        .live
+        .connect(principal, state.live.connection_settings());
     Ok(upgrade
         .max_message_size(MAX_COMMAND_BYTES)
         // tungstenite's defaults (128 KiB to read, 128 KiB gathered before

@@ -1572,11 +1572,17 @@ pub async fn live_channels(store: Arc<dyn Store>) {
     let bob = given_user(&store, "Bob").await;
     let product = given_product(&store, 100).await;
     assert_eq!(
-        store.last_order_change(ann.id).await.unwrap(),
+        store.last_order_change(Some(ann.id)).await.unwrap(),
         0,
         "no step yet"
     );
-    assert!(store.order_changes(ann.id, 0, 10).await.unwrap().is_empty());
+    assert!(
+        store
+            .order_changes(Some(ann.id), 0, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 
     let first = given_order(&store, ann.id, &[(&product, 1)]).await;
     given_order(&store, bob.id, &[(&product, 1)]).await;
@@ -1595,7 +1601,7 @@ pub async fn live_channels(store: Arc<dyn Store>) {
     step(paid, false).await; // rolled back: never seen
     step(paid, true).await;
 
-    let all = store.order_changes(ann.id, 0, 10).await.unwrap();
+    let all = store.order_changes(Some(ann.id), 0, 10).await.unwrap();
     let statuses: Vec<OrderStatus> = all.iter().map(|c| c.status).collect();
     assert_eq!(
         statuses,
@@ -1615,9 +1621,9 @@ pub async fn live_channels(store: Arc<dyn Store>) {
         "positions grow"
     );
     let last = all.last().unwrap().position;
-    assert_eq!(store.last_order_change(ann.id).await.unwrap(), last);
+    assert_eq!(store.last_order_change(Some(ann.id)).await.unwrap(), last);
     let after_first = store
-        .order_changes(ann.id, all[0].position, 1)
+        .order_changes(Some(ann.id), all[0].position, 1)
         .await
         .unwrap();
     assert_eq!(
@@ -1627,12 +1633,19 @@ pub async fn live_channels(store: Arc<dyn Store>) {
     );
     assert!(
         store
-            .order_changes(ann.id, last, 10)
+            .order_changes(Some(ann.id), last, 10)
             .await
             .unwrap()
             .is_empty()
     );
-    assert_eq!(store.order_changes(bob.id, 0, 10).await.unwrap().len(), 1);
+    assert_eq!(
+        store
+            .order_changes(Some(bob.id), 0, 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
 
     // Concurrent steps of one shopper's orders: each appears once, and the
     // positions read back are in the order they were read (no lower
@@ -1660,7 +1673,7 @@ pub async fn live_channels(store: Arc<dyn Store>) {
         task.await.expect("writer task");
     }
     let reserved: Vec<OrderChange> = store
-        .order_changes(ann.id, last, 100)
+        .order_changes(Some(ann.id), last, 100)
         .await
         .unwrap()
         .into_iter()
@@ -1670,4 +1683,85 @@ pub async fn live_channels(store: Arc<dyn Store>) {
     seen.sort();
     ids.sort();
     assert_eq!(seen, ids, "every concurrent step once");
+
+    // Everyone's steps (`admin:orders`): Ann's and Bob's, in position
+    // order, each carrying its shopper.
+    let everyone = store.order_changes(None, 0, 1_000).await.unwrap();
+    assert!(everyone.windows(2).all(|w| w[0].position < w[1].position));
+    assert!(everyone.iter().any(|c| c.user_id == bob.id));
+    let anns: Vec<OrderChange> = everyone
+        .iter()
+        .filter(|c| c.user_id == ann.id)
+        .cloned()
+        .collect();
+    assert_eq!(
+        anns,
+        store.order_changes(Some(ann.id), 0, 1_000).await.unwrap(),
+        "a shopper's steps are everyone's steps of that shopper"
+    );
+    assert_eq!(
+        store.last_order_change(None).await.unwrap(),
+        everyone.last().unwrap().position
+    );
+
+    // Notifications (`notifications:{user}`): Ann's only, in position
+    // order, bounded; concurrent writers of one shopper's notifications
+    // (the e-mail, SMS and push groups) each appear once.
+    assert_eq!(store.last_notification(ann.id).await.unwrap(), 0);
+    let note = |user_id, channel| NotificationRecord {
+        user_id,
+        channel,
+        kind: NotificationKind::OrderConfirmed,
+        order_id: Some(first.id),
+        sent_at: chrono::SubsecRound::trunc_subsecs(now(), 6),
+    };
+    let mut tx = store.begin().await.unwrap();
+    tx.record_notification(&note(ann.id, Channel::Email))
+        .await
+        .unwrap();
+    tx.record_notification(&note(bob.id, Channel::Email))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let writers: Vec<_> = [Channel::Sms, Channel::Push, Channel::Sms, Channel::Push]
+        .into_iter()
+        .map(|channel| {
+            let (store, record) = (store.clone(), note(ann.id, channel));
+            tokio::spawn(async move {
+                let mut tx = store.begin().await.expect("begin");
+                tx.record_notification(&record).await.expect("record");
+                tx.commit().await.expect("commit");
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.expect("notification writer");
+    }
+    let notes = store.notification_changes(ann.id, 0, 100).await.unwrap();
+    assert_eq!(notes.len(), 5, "Ann's five, not Bob's: {notes:?}");
+    assert!(notes.iter().all(|n| n.notification.user_id == ann.id));
+    assert!(notes.windows(2).all(|w| w[0].position < w[1].position));
+    let first_note = &notes[0].notification;
+    assert_eq!(
+        (first_note.channel, first_note.kind, first_note.order_id),
+        (
+            Channel::Email,
+            NotificationKind::OrderConfirmed,
+            Some(first.id)
+        ),
+        "written first, read first"
+    );
+    assert_eq!(
+        store.last_notification(ann.id).await.unwrap(),
+        notes.last().unwrap().position
+    );
+    let after_first = store
+        .notification_changes(ann.id, notes[0].position, 2)
+        .await
+        .unwrap();
+    assert_eq!(
+        after_first,
+        notes[1..3].to_vec(),
+        "after a position, bounded"
+    );
 }

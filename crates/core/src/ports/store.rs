@@ -122,16 +122,28 @@ pub struct NotificationRecord {
     pub sent_at: Timestamp,
 }
 
-/// One step of one of a shopper's orders, with its place in the shopper's
-/// order history: `position` grows in commit order per shopper (it has gaps:
-/// the numbers between are other shoppers' steps), so "after position p"
-/// is exactly what a client that saw p has not seen.
+/// One step of an order, with its place in the order history: `position`
+/// grows in commit order per shopper (it has gaps: the numbers between are
+/// other shoppers' steps), so "after position p" is exactly what a client
+/// that saw p has not seen. Over every shopper, positions grow in commit
+/// order on SQLite (one writer); on PostgreSQL a step can commit after a
+/// higher position did, which the `admin:orders` follower waits out.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrderChange {
     pub position: i64,
     pub order_id: OrderId,
+    pub user_id: UserId,
     pub status: OrderStatus,
     pub at: Timestamp,
+}
+
+/// A notification that was sent, with its place among the shopper's
+/// notifications: `position` grows in commit order per shopper (as
+/// [`OrderChange::position`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotificationChange {
+    pub position: i64,
+    pub notification: NotificationRecord,
 }
 
 /// A payment attempt's result.
@@ -299,16 +311,27 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Vec<NotificationRecord>>;
     async fn points(&self, user_id: UserId) -> StoreResult<PointsStanding>;
     // --- live channels ---
-    /// The steps of `user_id`'s orders after position `after`, in position
-    /// order, at most `limit`.
+    /// The steps of `user_id`'s orders (of every shopper's with `None`)
+    /// after position `after`, in position order, at most `limit`.
     async fn order_changes(
+        &self,
+        user_id: Option<UserId>,
+        after: i64,
+        limit: u32,
+    ) -> StoreResult<Vec<OrderChange>>;
+    /// The position of `user_id`'s last order step (of anyone's with
+    /// `None`; 0 when none).
+    async fn last_order_change(&self, user_id: Option<UserId>) -> StoreResult<i64>;
+    /// The notifications sent to `user_id` after position `after`, in
+    /// position order, at most `limit`.
+    async fn notification_changes(
         &self,
         user_id: UserId,
         after: i64,
         limit: u32,
-    ) -> StoreResult<Vec<OrderChange>>;
-    /// The position of `user_id`'s last order step (0 when none).
-    async fn last_order_change(&self, user_id: UserId) -> StoreResult<i64>;
+    ) -> StoreResult<Vec<NotificationChange>>;
+    /// The position of `user_id`'s last notification (0 when none).
+    async fn last_notification(&self, user_id: UserId) -> StoreResult<i64>;
     async fn leaderboard(&self, limit: u32) -> StoreResult<Vec<LeaderboardEntry>>;
     async fn daily_sales(&self, days: u32) -> StoreResult<Vec<DailySales>>;
     /// Whether a group already handled an event (a cheap pre-check; the

@@ -314,7 +314,13 @@ pub struct AuthService {
     keys: std::sync::RwLock<Arc<Vec<LoadedKey>>>,
     settings: AuthSettings,
     throttle: LoginThrottle,
+    /// The users whose tokens or sessions were just revoked here, for
+    /// whoever holds connections of theirs open ([`Self::revoked_users`]).
+    revoked: tokio::sync::broadcast::Sender<UserId>,
 }
+
+/// Revocations waiting for a slow listener; past this it is told it lagged.
+const REVOKED_QUEUE: usize = 1024;
 
 const WRONG_CREDENTIALS: &str = "e-mail or password is wrong";
 
@@ -352,7 +358,23 @@ impl AuthService {
             keys: std::sync::RwLock::new(Arc::new(load_keys(key_set)?)),
             throttle: LoginThrottle::new(settings.login_throttle.clone()),
             settings,
+            revoked: tokio::sync::broadcast::channel(REVOKED_QUEUE).0,
         })
+    }
+
+    /// Hears of every user whose token or session this process revokes
+    /// (logout, logout-all, a session ended from another device, a reused
+    /// refresh token), right after the revocation is in force: the live
+    /// channels close those users' connections at once instead of waiting
+    /// for their next check. A listener that lags is told so (and should
+    /// check everyone).
+    pub fn revoked_users(&self) -> tokio::sync::broadcast::Receiver<UserId> {
+        self.revoked.subscribe()
+    }
+
+    fn tell_revoked(&self, user_id: UserId) {
+        // Nobody listening is fine: nothing is open to close.
+        let _ = self.revoked.send(user_id);
     }
 
     /// The kid of the key that signs new tokens.
@@ -563,6 +585,7 @@ impl AuthService {
                     )
                     .await?;
                 metrics::counter!("orderflow_refresh_reuse_detected_total").increment(1);
+                self.tell_revoked(user_id);
                 Err(CoreError::Unauthorized(
                     "refresh token was already used; the session is revoked".into(),
                 ))
@@ -579,7 +602,9 @@ impl AuthService {
         self.revocations
             .revoke(&principal.jti, principal.expires_at)
             .await?;
-        self.end_session(principal.session_id).await
+        self.end_session(principal.session_id).await?;
+        self.tell_revoked(principal.user_id);
+        Ok(())
     }
 
     /// The caller's sessions still in force (not revoked, not expired),
@@ -605,7 +630,9 @@ impl AuthService {
                     && session.revoked_at.is_none()
                     && session.expires_at > now =>
             {
-                self.end_session(session_id).await
+                self.end_session(session_id).await?;
+                self.tell_revoked(principal.user_id);
+                Ok(())
             }
             _ => Err(CoreError::NotFound("session")),
         }
@@ -627,6 +654,7 @@ impl AuthService {
             .revoke_all_sessions(principal.user_id, chrono::Utc::now())
             .await?;
         metrics::counter!("orderflow_logouts_total", "scope" => "all").increment(1);
+        self.tell_revoked(principal.user_id);
         Ok(sessions.len())
     }
 

@@ -340,7 +340,10 @@ impl OrderService {
                 .await?;
         }
         tx.commit().await?;
-        self.publish(vec![confirmed]);
+        self.publish(vec![
+            confirmed,
+            LiveChannel::Notifications(order.user_id).name(),
+        ]);
         metrics::counter!("orderflow_orders_total", "status" => "confirmed", "mode" => "inline")
             .increment(1);
         metrics::counter!("orderflow_revenue_cents_total", "currency" => order.currency.to_string())

@@ -172,7 +172,11 @@ async fn only_your_own_channels_and_only_channels() {
     let bobs = format!("orders:{}", bob.id);
 
     assert_problem(open(&app, &ann.token, &bobs, None).await, 403, "forbidden").await;
-    for bad in ["admin:orders", "orders:not-a-user", "", "nonsense"] {
+    let bobs_notes = format!("notifications:{}", bob.id);
+    for theirs in [bobs_notes.as_str(), "admin:orders", "admin:health"] {
+        assert_problem(open(&app, &ann.token, theirs, None).await, 403, "forbidden").await;
+    }
+    for bad in ["admin:everything", "orders:not-a-user", "", "nonsense"] {
         assert_problem(open(&app, &ann.token, bad, None).await, 422, "validation").await;
     }
     let mine = format!("orders:{}", ann.id);
@@ -382,6 +386,12 @@ async fn a_websocket_client_follows_its_orders_and_only_its_own() {
     send(
         &mut socket,
         serde_json::json!({"type": "subscribe", "channel": "admin:orders"}),
+    )
+    .await;
+    assert_eq!(frame(&mut socket).await["problem"]["status"], 403);
+    send(
+        &mut socket,
+        serde_json::json!({"type": "subscribe", "channel": "admin:everything"}),
     )
     .await;
     assert_eq!(frame(&mut socket).await["problem"]["status"], 422);
@@ -610,4 +620,74 @@ async fn admins_follow_the_pipeline_health_every_second() {
         "this connection counts: {data}"
     );
     assert!(data["live"]["users_online"].as_i64().unwrap() >= 1);
+}
+
+#[tokio::test]
+async fn notifications_and_every_order_are_channels_too() {
+    let app = spawn_app().await;
+    let product = app.create_product("LIVE-N", 1200, 5).await;
+    let shopper = app.shopper("Noted").await;
+    // The welcome e-mail goes out before anyone follows.
+    app.drain().await;
+    let notes = format!("notifications:{}", shopper.id);
+    let mut mine = follow(&app, &shopper.token, &notes, None).await;
+    let subscribed = data(&next(&mut mine).await);
+    assert_eq!(subscribed["type"], "subscribed");
+    let welcome = subscribed["position"].as_i64().unwrap();
+    assert!(
+        welcome > 0,
+        "the welcome e-mail is before the head: {subscribed}"
+    );
+    let admin = app.admin_token().await;
+    let mut everyone = follow(&app, &admin, "admin:orders", None).await;
+    assert_eq!(next(&mut everyone).await.event, "subscribed");
+
+    let order = app.order_one(&shopper, product.id, 1).await;
+    app.drain().await;
+
+    // One notification per channel the confirmation went out on.
+    let mut via = Vec::new();
+    let mut last = welcome;
+    for _ in 0..3 {
+        let message = data(&next(&mut mine).await);
+        assert_eq!(message["type"], "message", "{message}");
+        let position = message["position"].as_i64().unwrap();
+        assert!(position > last, "positions grow: {position} after {last}");
+        last = position;
+        assert_eq!(message["data"]["type"], "notification");
+        assert_eq!(message["data"]["kind"], "order_confirmed");
+        assert_eq!(message["data"]["order_id"], order.id.to_string());
+        via.push(message["data"]["via"].as_str().unwrap().to_owned());
+    }
+    via.sort();
+    assert_eq!(via, ["email", "push", "sms"]);
+
+    // The admin sees the order's every step, with its shopper.
+    let mut steps = Vec::new();
+    for _ in 0..4 {
+        let message = data(&next(&mut everyone).await);
+        assert_eq!(message["type"], "message", "{message}");
+        assert_eq!(message["channel"], "admin:orders");
+        assert_eq!(message["data"]["order_id"], order.id.to_string());
+        assert_eq!(message["data"]["user_id"], shopper.id.to_string());
+        steps.push(message["data"]["status"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(steps, app.history(&shopper.token, order.id).await);
+
+    // Back after the welcome: exactly the three, from the database.
+    let mut again = follow(
+        &app,
+        &shopper.token,
+        &notes,
+        Some(&format!("{notes}={welcome}")),
+    )
+    .await;
+    let resumed = data(&next(&mut again).await);
+    assert_eq!(resumed["recovered"], true, "{resumed}");
+    let mut replayed = Vec::new();
+    for _ in 0..3 {
+        replayed.push(data(&next(&mut again).await)["position"].as_i64().unwrap());
+    }
+    assert_eq!(replayed.last(), Some(&last));
+    assert!(replayed.windows(2).all(|w| w[0] < w[1]));
 }

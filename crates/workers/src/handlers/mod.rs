@@ -159,7 +159,8 @@ impl WorkerDeps {
         self
     }
 
-    /// Makes `orders` hand each committed status change to `hub`.
+    /// Makes `orders` hand each committed status change to `hub`, and the
+    /// notification groups each notification.
     pub fn with_live(mut self, hub: Arc<LiveHub>) -> Self {
         self.live = Some(hub);
         self
@@ -173,7 +174,8 @@ impl WorkerDeps {
         let notify = |channel: Channel| -> Arc<dyn Handler> {
             Arc::new(
                 NotifyHandler::new(channel, store.clone(), self.notifiers.get(channel).clone())
-                    .with_read_models(read_models.clone()),
+                    .with_read_models(read_models.clone())
+                    .with_live(self.live.clone()),
             )
         };
         Ok(match group {

@@ -10,6 +10,7 @@ use orderflow_core::ports::providers::Notifier;
 use orderflow_core::ports::read_models::{RECENT_NOTIFICATIONS_KEPT, ReadModels};
 use orderflow_core::ports::store::{NotificationRecord, Store, StoreTx};
 use orderflow_core::services::effects::notification_message;
+use orderflow_core::services::live::{LiveChannel, LiveHub};
 use orderflow_domain::events::{Envelope, EventData};
 use orderflow_domain::notification::{Channel, NotificationKind};
 use orderflow_domain::{OrderId, UserId};
@@ -24,6 +25,7 @@ pub struct NotifyHandler {
     store: Arc<dyn Store>,
     notifier: Arc<dyn Notifier>,
     read_models: Option<Arc<dyn ReadModels>>,
+    live: Option<Arc<LiveHub>>,
 }
 
 impl NotifyHandler {
@@ -33,7 +35,15 @@ impl NotifyHandler {
             store,
             notifier,
             read_models: None,
+            live: None,
         }
+    }
+
+    /// Rings the shopper's `notifications:{user}` channel on `hub` after
+    /// each commit.
+    pub fn with_live(mut self, hub: Option<Arc<LiveHub>>) -> Self {
+        self.live = hub;
+        self
     }
 
     /// Mirrors each notification into `read_models` after the commit.
@@ -124,14 +134,17 @@ impl Handler for NotifyHandler {
                 .read_models
                 .clone()
                 .map(|models| (self.store.clone(), models)),
+            live: self.live.clone(),
         })))
     }
 }
 
-/// The notification that was sent, recorded; mirrored after the commit.
+/// The notification that was sent, recorded; mirrored and rung on the
+/// shopper's live channel after the commit.
 struct RecordNotification {
     record: NotificationRecord,
     mirror: Option<(Arc<dyn Store>, Arc<dyn ReadModels>)>,
+    live: Option<Arc<LiveHub>>,
 }
 
 #[async_trait]
@@ -142,6 +155,9 @@ impl Effect for RecordNotification {
     }
 
     async fn committed(self: Box<Self>) {
+        if let Some(hub) = &self.live {
+            hub.publish(&LiveChannel::Notifications(self.record.user_id).name());
+        }
         if let Some((store, models)) = &self.mirror {
             mirror_notification(store.as_ref(), models.as_ref(), &self.record).await;
         }

@@ -7,8 +7,11 @@
 //! [`LiveFrame::Closing`] that overtakes whatever is still queued:
 //! - the access token expires (at its `exp`, by a timer);
 //! - the token or its session is revoked (logout, logout-all, a session
-//!   revoked from another device): checked every
-//!   [`ConnectionSettings::auth_check`], 1 s by default;
+//!   revoked from another device): checked at once when the hub hears of a
+//!   revocation of the user's tokens (made in this process, or over the
+//!   bus in another), and every [`ConnectionSettings::auth_check`] (the
+//!   hub's recheck interval: where revocations cannot be heard, PostgreSQL
+//!   without Redis, 1 s);
 //! - the client is slow: the queue stayed full for
 //!   [`ConnectionSettings::slow_after`]. Memory per connection stays
 //!   bounded; the client reconnects with its positions and loses nothing,
@@ -24,7 +27,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, Interval, Sleep};
 use tokio_stream::StreamMap;
@@ -117,6 +120,8 @@ impl LiveHub {
         let mut auth_check = tokio::time::interval(settings.auth_check);
         auth_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         auth_check.reset();
+        let user = principal.user_id;
+        let revoked = self.connected(user);
         let task = Task {
             slow_after: settings.slow_after,
             frames: frame_queue,
@@ -126,12 +131,11 @@ impl LiveHub {
                 principal,
                 expiry: Box::pin(tokio::time::sleep(expiry)),
                 auth_check,
+                revoked,
                 in_flight: None,
             },
         };
         metrics::gauge!("orderflow_live_connections").increment(1.0);
-        let user = task.checks.principal.user_id;
-        self.connected(user);
         let hub = self.clone();
         tokio::spawn(async move {
             if let Some((reason, detail)) = task.run(command_queue).await {
@@ -167,6 +171,8 @@ struct Checks {
     principal: Principal,
     expiry: std::pin::Pin<Box<Sleep>>,
     auth_check: Interval,
+    /// Rung when a revocation of the user's tokens is heard: check now.
+    revoked: watch::Receiver<u64>,
     /// The revocation check under way. A task of its own, so that the
     /// connection's `select!` dropping [`Checks::fail`] (a message won the
     /// race) does not cancel it: with Redis the check waits on the network,
@@ -189,14 +195,19 @@ impl Checks {
             let Some(check) = &mut self.in_flight else {
                 tokio::select! {
                     () = &mut self.expiry => return expired(),
-                    _ = self.auth_check.tick() => {
-                        let hub = self.hub.clone();
-                        let principal = self.principal.clone();
-                        self.in_flight = Some(tokio::spawn(async move {
-                            hub.auth.still_valid(&principal).await
-                        }));
-                    }
+                    _ = self.auth_check.tick() => {}
+                    rung = self.revoked.changed() => if rung.is_err() {
+                        // Never while the connection counts; ticks only.
+                        std::future::pending::<()>().await;
+                    },
                 }
+                // A revocation heard from now on asks for another check.
+                self.revoked.borrow_and_update();
+                let hub = self.hub.clone();
+                let principal = self.principal.clone();
+                self.in_flight = Some(tokio::spawn(async move {
+                    hub.auth.still_valid(&principal).await
+                }));
                 continue;
             };
             tokio::select! {

@@ -45,22 +45,33 @@ const BUS_CHANNEL: &str = "live";
 /// Rings waiting to go out on the bus; past this a ring is dropped (the
 /// other processes' rechecks bring the change, a little later).
 const BUS_QUEUE: usize = 4096;
+/// A bus message for a user whose tokens were revoked, not a channel.
+const REVOKED_PREFIX: &str = "revoked:";
 
 /// Per followed channel, a ring counter.
 type Bells = Mutex<HashMap<String, watch::Sender<u64>>>;
 
-/// Rings `channel` in this process, if anybody here follows it.
+/// Rings `channel` in this process, if anybody here follows it; a
+/// shopper's `orders:{user}` rings `admin:orders` too (the same rows).
 fn ring(bells_of: &Bells, channel: &str) {
     let mut channels = lock(bells_of);
-    if let Some(sender) = channels.get(channel) {
-        if sender.receiver_count() == 0 {
-            // Nobody follows it any more.
-            channels.remove(channel);
-        } else {
-            sender.send_modify(|rings| *rings = rings.wrapping_add(1));
+    let mut ring_one = |channel: &str| {
+        if let Some(sender) = channels.get(channel) {
+            if sender.receiver_count() == 0 {
+                // Nobody follows it any more.
+                channels.remove(channel);
+            } else {
+                sender.send_modify(|rings| *rings = rings.wrapping_add(1));
+            }
         }
+    };
+    ring_one(channel);
+    if channel.starts_with("orders:") {
+        ring_one(ADMIN_ORDERS);
     }
 }
+
+const ADMIN_ORDERS: &str = "admin:orders";
 
 /// This process's live channels: rings followers after commits, starts
 /// followers and connections, and keeps the tickets.
@@ -76,6 +87,7 @@ pub struct LiveHub {
     /// Rings for the other processes, when there is a bus.
     bus: Option<mpsc::Sender<String>>,
     recheck: Duration,
+    revocation_listener: OnceLock<()>,
 }
 
 impl std::fmt::Debug for LiveHub {
@@ -113,6 +125,7 @@ impl LiveHub {
             }),
             bus: None,
             recheck: DEFAULT_RECHECK,
+            revocation_listener: OnceLock::new(),
         }
     }
 
@@ -172,6 +185,7 @@ impl LiveHub {
                     (Some(bells), Some(states)) => {
                         ring_all(&bells);
                         states.reload_all();
+                        states.revoked_all();
                     }
                     _ => return,
                 }
@@ -183,7 +197,11 @@ impl LiveHub {
                         CacheEvent::Message(message) => match message.split_once(' ') {
                             Some((from, channel)) if from != me => {
                                 metrics::counter!("orderflow_live_bus_rings_total").increment(1);
-                                if is_state_channel(channel) {
+                                if let Some(user) = channel.strip_prefix(REVOKED_PREFIX) {
+                                    if let Ok(user) = user.parse() {
+                                        states.revoked(user);
+                                    }
+                                } else if is_state_channel(channel) {
                                     // Read once here, for every follower.
                                     states.reload(channel);
                                 } else {
@@ -196,6 +214,7 @@ impl LiveHub {
                         CacheEvent::Resubscribed => {
                             ring_all(&bells);
                             states.reload_all();
+                            states.revoked_all();
                         }
                     }
                 }
@@ -259,19 +278,6 @@ impl LiveHub {
         // Watching before reading the head: a message committed in between
         // is in the first read or rings the bell, never neither.
         let (head, source) = match channel {
-            LiveChannel::Orders(user) => {
-                let receiver = self.receiver(&name);
-                let head = self.store.last_order_change(user).await?;
-                let mut recheck = tokio::time::interval(self.recheck);
-                recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                let events = Events {
-                    receiver: Some(receiver),
-                    backlog: VecDeque::new(),
-                    read_now: true,
-                    recheck,
-                };
-                (head, Source::Events(events))
-            }
             LiveChannel::Product(_) | LiveChannel::Health => {
                 let receiver = self.states.receiver(&name);
                 let latest = receiver.borrow().clone();
@@ -280,6 +286,24 @@ impl LiveHub {
                     None => self.states.load(&name).await?.position,
                 };
                 (head, Source::State(receiver))
+            }
+            LiveChannel::Orders(_) | LiveChannel::Notifications(_) | LiveChannel::AdminOrders => {
+                let receiver = self.receiver(&name);
+                let head = match channel {
+                    LiveChannel::Orders(user) => self.store.last_order_change(Some(user)).await?,
+                    LiveChannel::Notifications(user) => self.store.last_notification(user).await?,
+                    _ => self.store.last_order_change(None).await?,
+                };
+                let mut recheck = tokio::time::interval(self.recheck);
+                recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let events = Events {
+                    receiver: Some(receiver),
+                    backlog: VecDeque::new(),
+                    read_now: true,
+                    gap: None,
+                    recheck,
+                };
+                (head, Source::Events(events))
             }
         };
         let (last, recovered) = match after {
@@ -297,19 +321,70 @@ impl LiveHub {
         })
     }
 
-    /// A live connection of `user` opened (counted for `admin:health`).
-    pub(super) fn connected(&self, user: UserId) {
-        *lock(&self.states.presence).entry(user).or_default() += 1;
+    /// A live connection of `user` opened (counted for `admin:health`):
+    /// its bell for revocations of the user's tokens.
+    pub(super) fn connected(&self, user: UserId) -> watch::Receiver<u64> {
+        self.listen_for_revocations();
+        let mut presence = lock(&self.states.presence);
+        let devices = presence.entry(user).or_insert_with(|| Devices {
+            count: 0,
+            revoked: watch::channel(0).0,
+        });
+        devices.count += 1;
+        devices.revoked.subscribe()
     }
 
     /// A live connection of `user` closed.
     pub(super) fn disconnected(&self, user: UserId) {
         let mut presence = lock(&self.states.presence);
         if let Some(devices) = presence.get_mut(&user) {
-            *devices -= 1;
-            if *devices == 0 {
+            devices.count -= 1;
+            if devices.count == 0 {
                 presence.remove(&user);
             }
+        }
+    }
+
+    /// Starts (once) the task that hears this process's revocations and
+    /// rings the users' connections here and, over the bus, elsewhere.
+    fn listen_for_revocations(&self) {
+        self.revocation_listener.get_or_init(|| {
+            let mut heard = self.auth.revoked_users();
+            let states = Arc::downgrade(&self.states);
+            let bus = self.bus.clone();
+            tokio::spawn(async move {
+                loop {
+                    let user = heard.recv().await;
+                    let Some(states) = states.upgrade() else {
+                        return;
+                    };
+                    match user {
+                        Ok(user) => {
+                            states.revoked(user);
+                            if let Some(bus) = &bus
+                                && bus.try_send(format!("{REVOKED_PREFIX}{user}")).is_err()
+                            {
+                                metrics::counter!("orderflow_live_bus_failures_total").increment(1);
+                            }
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                            states.revoked_all();
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    }
+                }
+            });
+        });
+    }
+
+    /// How a connection of this hub is paced and checked: its token is
+    /// checked for revocation every recheck interval, and at once when a
+    /// revocation of its user is heard (from this process, or over the bus
+    /// from another).
+    pub fn connection_settings(&self) -> super::ConnectionSettings {
+        super::ConnectionSettings {
+            auth_check: self.recheck,
+            ..super::ConnectionSettings::default()
         }
     }
 
@@ -397,8 +472,23 @@ struct Events {
     /// Read again without waiting: at the start (the client's missed
     /// messages), and after a full page (there may be more).
     read_now: bool,
+    /// `admin:orders` only: the first position missing after the last one
+    /// sent, and since when; read again every [`GAP_LOOK_EVERY`] until it
+    /// is filled or [`GAP_WAIT`] has passed.
+    gap: Option<(i64, tokio::time::Instant)>,
     recheck: tokio::time::Interval,
 }
+
+/// How long `admin:orders` waits for a missing position before it goes
+/// on without it. Every shopper's steps share one sequence; on PostgreSQL a
+/// step can commit after a higher position did (the lower one is still in
+/// a transaction), and a rolled-back transaction leaves its positions
+/// unused for good. Waiting tells the two apart: a step whose transaction
+/// outlasts this wait is missed by the live stream (it is in the order's
+/// history). On SQLite (one writer) a missing position never fills later.
+const GAP_WAIT: Duration = Duration::from_secs(2);
+/// How often a waiting `admin:orders` follower reads again.
+const GAP_LOOK_EVERY: Duration = Duration::from_millis(20);
 
 impl std::fmt::Debug for Follower {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -462,6 +552,7 @@ impl Follower {
             }
             match &mut events.receiver {
                 _ if events.read_now => {}
+                _ if events.gap.is_some() => tokio::time::sleep(GAP_LOOK_EVERY).await,
                 Some(receiver) => tokio::select! {
                     rang = receiver.changed() => if rang.is_err() {
                         // The hub is gone: rechecks only.
@@ -473,11 +564,15 @@ impl Follower {
                     events.recheck.tick().await;
                 }
             }
-            let page = self.read_after().await?;
+            let mut page = self.read_after().await?;
+            let full = page.len() >= CATCH_UP_PAGE as usize;
             let Source::Events(events) = &mut self.source else {
                 unreachable!("an event channel's follower");
             };
-            events.read_now = page.len() >= CATCH_UP_PAGE as usize;
+            if self.channel == LiveChannel::AdminOrders {
+                events.gap = settle(&mut page, self.last, events.gap);
+            }
+            events.read_now = full && events.gap.is_none();
             events.backlog = page.into();
         }
     }
@@ -496,15 +591,65 @@ impl Follower {
 
     /// An event channel's messages after the last one sent, a page.
     async fn read_after(&self) -> StoreResult<Vec<LiveMessage>> {
-        match self.channel {
-            LiveChannel::Orders(user) => Ok(self
-                .store
-                .order_changes(user, self.last, CATCH_UP_PAGE)
+        let (store, name, last) = (&self.store, &self.name, self.last);
+        let message = |change| LiveMessage::order_change(name, change);
+        Ok(match self.channel {
+            LiveChannel::Orders(user) => store
+                .order_changes(Some(user), last, CATCH_UP_PAGE)
                 .await?
                 .into_iter()
-                .map(|change| LiveMessage::order_change(&self.name, change))
-                .collect()),
-            LiveChannel::Product(_) | LiveChannel::Health => Ok(Vec::new()),
+                .map(message)
+                .collect(),
+            LiveChannel::AdminOrders => store
+                .order_changes(None, last, CATCH_UP_PAGE)
+                .await?
+                .into_iter()
+                .map(message)
+                .collect(),
+            LiveChannel::Notifications(user) => store
+                .notification_changes(user, last, CATCH_UP_PAGE)
+                .await?
+                .into_iter()
+                .map(|change| LiveMessage::notification(name, change))
+                .collect(),
+            LiveChannel::Product(_) | LiveChannel::Health => Vec::new(),
+        })
+    }
+}
+
+/// Keeps in `page` (positions after `last`, in order) only what follows
+/// `last` without a missing position, unless the first missing one has
+/// been missing for [`GAP_WAIT`] (`gap` says since when); returns the gap
+/// still waited for.
+fn settle(
+    page: &mut Vec<LiveMessage>,
+    last: i64,
+    gap: Option<(i64, tokio::time::Instant)>,
+) -> Option<(i64, tokio::time::Instant)> {
+    let contiguous = page
+        .iter()
+        .zip(last + 1..)
+        .take_while(|(message, expected)| message.position == *expected)
+        .count();
+    if contiguous == page.len() {
+        return None;
+    }
+    let missing = last + 1 + contiguous as i64;
+    match gap {
+        Some((position, since)) if position == missing && since.elapsed() >= GAP_WAIT => {
+            // Given up on: the rest is judged as if it had come.
+            let mut rest = page.split_off(contiguous);
+            let further = settle(&mut rest, missing, None);
+            page.extend(rest);
+            further
+        }
+        Some((position, since)) if position == missing => {
+            page.truncate(contiguous);
+            Some((position, since))
+        }
+        _ => {
+            page.truncate(contiguous);
+            Some((missing, tokio::time::Instant::now()))
         }
     }
 }
@@ -530,7 +675,15 @@ struct States {
     recheck: Mutex<Duration>,
     keeper: OnceLock<()>,
     /// Live connections per user, in this process.
-    presence: Mutex<HashMap<UserId, usize>>,
+    presence: Mutex<HashMap<UserId, Devices>>,
+}
+
+/// One user's live connections in this process.
+struct Devices {
+    count: usize,
+    /// Rung when the user's tokens or sessions were revoked (here or, over
+    /// the bus, elsewhere): each connection checks its own at once.
+    revoked: watch::Sender<u64>,
 }
 
 /// How often `admin:health` is sent.
@@ -540,7 +693,29 @@ impl States {
     /// Live connections in this process, and how many users they belong to.
     fn presence(&self) -> (usize, usize) {
         let presence = lock(&self.presence);
-        (presence.values().sum(), presence.len())
+        (
+            presence.values().map(|devices| devices.count).sum(),
+            presence.len(),
+        )
+    }
+
+    /// Tells `user`'s connections here to check their tokens now.
+    fn revoked(&self, user: UserId) {
+        if let Some(devices) = lock(&self.presence).get(&user) {
+            devices
+                .revoked
+                .send_modify(|rings| *rings = rings.wrapping_add(1));
+        }
+    }
+
+    /// Tells every connection here to check its token now (revocations
+    /// may have been missed: the bus was away, a listener lagged).
+    fn revoked_all(&self) {
+        for devices in lock(&self.presence).values() {
+            devices
+                .revoked
+                .send_modify(|rings| *rings = rings.wrapping_add(1));
+        }
     }
 
     fn receiver(self: &Arc<Self>, channel: &str) -> watch::Receiver<Option<Arc<LiveMessage>>> {

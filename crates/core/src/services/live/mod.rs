@@ -13,13 +13,14 @@
 //!   channels, a bounded queue of frames, and the reasons it is closed
 //!   (token expired, logged out, too slow, channel unreadable).
 //!
-//! Built so far: `orders:{user}` (an event channel), `product:{id}` and
-//! `admin:health` (state channels). The issue's `notifications:{user}`
-//! and `admin:orders` are not built yet.
+//! Channels: `orders:{user}`, `notifications:{user}` and `admin:orders`
+//! (event channels: every message is sent), `product:{id}` and
+//! `admin:health` (state channels: the newest state is sent).
 //!
 //! Where the messages come from: the database, never a second copy. An
-//! `orders:{user}` message is a row of the order history the change writes
-//! anyway; a `product:{id}` message is the product row at its version
+//! `orders:{user}` or `admin:orders` message is a row of the order history
+//! the change writes anyway; a `notifications:{user}` message, a row of the
+//! notifications the e-mail, SMS and push groups record; a `product:{id}` message is the product row at its version
 //! (rung by the catalog after each change). Writing a separate message
 //! row per change made the embedded pipeline twice as slow to confirm an
 //! order (the single SQLite writer has no headroom under load; see
@@ -40,14 +41,15 @@ use serde::{Deserialize, Serialize};
 pub use connection::{ConnectionSettings, LiveConnection};
 pub use hub::{DEFAULT_RECHECK, Follower, LiveHub, TICKET_TTL};
 
-use crate::ports::store::OrderChange;
+use crate::ports::store::{NotificationChange, OrderChange};
 use crate::services::admin::HealthSnapshot;
 
 /// Channels one connection may follow.
 pub const MAX_CHANNELS: usize = 16;
 
 /// The channel names there are, for error messages.
-pub const KNOWN_CHANNELS: &str = "orders:{user id}, product:{product id}, admin:health";
+pub const KNOWN_CHANNELS: &str =
+    "orders:{user id}, notifications:{user id}, product:{product id}, admin:orders, admin:health";
 
 /// A channel a client can follow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -55,6 +57,12 @@ pub enum LiveChannel {
     /// `orders:{user}`: the shopper's orders, every status change (an
     /// event channel: every message matters, each is sent).
     Orders(UserId),
+    /// `notifications:{user}`: every e-mail, SMS and push notification sent
+    /// to the shopper (an event channel).
+    Notifications(UserId),
+    /// `admin:orders`: every shopper's orders, every status change (admins
+    /// only; an event channel).
+    AdminOrders,
     /// `product:{id}`: the product's stock, price and fields after each
     /// change, for everyone (a state channel: a message is the whole
     /// product at a version, so a client that missed versions gets the
@@ -68,13 +76,16 @@ pub enum LiveChannel {
 impl LiveChannel {
     /// Parses a channel name; `None` for a name that is not a channel.
     pub fn parse(name: &str) -> Option<Self> {
-        if name == "admin:health" {
-            return Some(Self::Health);
+        match name {
+            "admin:health" => return Some(Self::Health),
+            "admin:orders" => return Some(Self::AdminOrders),
+            _ => {}
         }
         let (kind, rest) = name.split_once(':')?;
         let id = uuid::Uuid::parse_str(rest).ok()?;
         match kind {
             "orders" => Some(Self::Orders(id)),
+            "notifications" => Some(Self::Notifications(id)),
             "product" => Some(Self::Product(id)),
             _ => None,
         }
@@ -84,7 +95,9 @@ impl LiveChannel {
     pub fn name(&self) -> String {
         match self {
             Self::Orders(user) => format!("orders:{user}"),
+            Self::Notifications(user) => format!("notifications:{user}"),
             Self::Product(id) => format!("product:{id}"),
+            Self::AdminOrders => "admin:orders".to_owned(),
             Self::Health => "admin:health".to_owned(),
         }
     }
@@ -101,9 +114,11 @@ impl LiveChannel {
     /// admin the admin channels.
     pub fn may_follow(&self, user: UserId, role: Role) -> bool {
         match self {
-            Self::Orders(owner) => *owner == user || role == Role::Admin,
+            Self::Orders(owner) | Self::Notifications(owner) => {
+                *owner == user || role == Role::Admin
+            }
             Self::Product(_) => true,
-            Self::Health => role == Role::Admin,
+            Self::AdminOrders | Self::Health => role == Role::Admin,
         }
     }
 }
@@ -127,7 +142,23 @@ impl LiveMessage {
             data: serde_json::json!({
                 "type": "order.status",
                 "order_id": change.order_id,
+                "user_id": change.user_id,
                 "status": change.status.as_str(),
+            }),
+        }
+    }
+
+    fn notification(channel: &str, change: NotificationChange) -> Self {
+        let notification = change.notification;
+        Self {
+            channel: channel.to_owned(),
+            position: change.position,
+            at: notification.sent_at,
+            data: serde_json::json!({
+                "type": "notification",
+                "via": notification.channel.as_str(),
+                "kind": notification.kind.as_str(),
+                "order_id": notification.order_id,
             }),
         }
     }
