@@ -57,6 +57,10 @@ use crate::stats::{Latencies, LatencySummary, throughput};
 use crate::sut::{Server, V2};
 use crate::{BenchArgs, BenchError, load_bar, spinner};
 
+/// How long Tokio keeps an idle blocking thread (its default keep-alive,
+/// and a second).
+const HASHING_THREADS_LINGER: Duration = Duration::from_secs(11);
+
 /// `orderflow bench live` options.
 #[derive(Debug, Clone, clap::Args)]
 pub struct LiveArgs {
@@ -68,17 +72,18 @@ pub struct LiveArgs {
     /// (the rest of the connections follow users who place none).
     #[arg(long, default_value_t = 500)]
     pub shoppers: usize,
-    /// Orders placed per second (open loop).
-    #[arg(long, default_value_t = 500.0)]
-    pub rate: f64,
-    /// Seconds of orders.
+    /// Orders placed per second (open loop); several (`100,250,500`) run
+    /// one step each, on the same connections.
+    #[arg(long, value_delimiter = ',', default_value = "500")]
+    pub rate: Vec<f64>,
+    /// Seconds of orders per step.
     #[arg(long, default_value_t = 20)]
     pub duration_secs: u64,
     /// Seconds the connections are left idle before the orders, for the
     /// memory and CPU an idle connection costs.
     #[arg(long, default_value_t = 5)]
     pub idle_secs: u64,
-    /// Seconds to wait after the orders for the last messages.
+    /// Seconds to wait after a step's orders for its last messages.
     #[arg(long, default_value_t = 5)]
     pub drain_secs: u64,
     /// Connections opened at once.
@@ -94,22 +99,33 @@ pub struct LiveRun {
     pub connect_errors: u64,
     pub connect_secs: f64,
     pub shoppers: usize,
-    pub order_rate: f64,
     pub duration_secs: f64,
     /// The server's resident memory with the first half of the connections
-    /// open, with all of them idle, and at the end of the load (KiB); the
-    /// memory per idle connection is what the second half added.
+    /// open, and with all of them idle (KiB); the memory per idle
+    /// connection is what the second half added.
     pub server_rss_half_kib: u64,
     pub server_rss_idle_kib: u64,
-    pub server_rss_after_load_kib: u64,
     pub idle_kib_per_connection: f64,
-    /// Share of one core the server used while the connections were idle,
-    /// and during the load.
+    /// Share of one core the server used while the connections were idle.
     pub server_cpu_idle_cores: f64,
-    pub server_cpu_load_cores: f64,
-    /// Share of one core this bench (the clients and the orders) used
-    /// during the load.
+    /// One per order rate, in the order run.
+    pub steps: Vec<LiveStep>,
+    /// Connections the server closed during the run, by reason, and
+    /// connections that ended without a reason.
+    pub closed: BTreeMap<String, u64>,
+    pub dropped: u64,
+}
+
+/// One order rate's figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct LiveStep {
+    pub order_rate: f64,
+    /// Share of one core the server, and this bench (the clients and the
+    /// orders), used during the step.
+    pub server_cpu_cores: f64,
     pub generator_cpu_cores: f64,
+    /// The server's resident memory at the end of the step (KiB).
+    pub server_rss_kib: u64,
     pub orders_accepted: u64,
     pub order_errors: u64,
     pub order_request: LatencySummary,
@@ -119,110 +135,86 @@ pub struct LiveRun {
     pub order_message_percentiles: Vec<(f64, f64)>,
     pub product_messages: LatencySummary,
     pub product_message_percentiles: Vec<(f64, f64)>,
-    /// Messages delivered per second during the load (both channels).
+    /// Messages delivered per second during the step (both channels).
     pub messages_per_sec: f64,
-    /// Messages received in each second from the start of the load.
+    /// Messages received in each second from the start of the step.
     pub messages_each_second: Vec<u64>,
-    /// Versions of the shared product the server committed during the
-    /// load, as the clients saw them (the highest position − the first).
+    /// Versions of the shared product committed during the step, as the
+    /// clients saw them (the highest position − the first).
     pub product_versions: i64,
     /// `orders:{user}` messages whose position was not above the last one
     /// of their connection (sent out of order or twice): must be 0.
     pub out_of_order: u64,
-    /// Connections the server closed during the run, by reason, and
-    /// connections that ended without a reason.
-    pub closed: BTreeMap<String, u64>,
-    pub dropped: u64,
 }
 
 impl LiveRun {
     pub fn table(&self) -> String {
-        let header: Vec<String> = ["", "value"].map(str::to_owned).to_vec();
-        let mut rows: Vec<Vec<String>> = vec![
-            vec![
-                "connections open".into(),
-                format!(
-                    "{} of {} ({} errors, {:.1} s to open)",
-                    self.connections_open,
-                    self.connections_asked,
-                    self.connect_errors,
-                    self.connect_secs
-                ),
-            ],
-            vec![
-                "server memory per idle connection".into(),
-                format!(
-                    "{:.1} KiB (the second half: {} → {} KiB resident)",
-                    self.idle_kib_per_connection,
-                    self.server_rss_half_kib,
-                    self.server_rss_idle_kib
-                ),
-            ],
-            vec![
-                "server CPU: idle / under load".into(),
-                format!(
-                    "{:.0}% / {:.0}% of a core (bench: {:.0}%)",
-                    self.server_cpu_idle_cores * 100.0,
-                    self.server_cpu_load_cores * 100.0,
-                    self.generator_cpu_cores * 100.0
-                ),
-            ],
-            vec![
-                "orders accepted".into(),
-                format!(
-                    "{} ({} errors), request p50 {:.1} ms, p99 {:.1} ms",
-                    self.orders_accepted,
-                    self.order_errors,
-                    self.order_request.p50_ms,
-                    self.order_request.p99_ms
-                ),
-            ],
-        ];
-        for (name, summary) in [
-            ("orders:{user}", &self.order_messages),
-            ("product:{id} (shared)", &self.product_messages),
-        ] {
-            rows.push(vec![
-                format!("commit → client, {name}"),
-                format!(
-                    "p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} messages)",
-                    summary.p50_ms, summary.p99_ms, summary.max_ms, summary.count
-                ),
-            ]);
-        }
-        rows.push(vec![
-            "messages delivered".into(),
-            format!(
-                "{:.0}/s ({} product versions)",
-                self.messages_per_sec, self.product_versions
-            ),
-        ]);
-        let closed: Vec<String> = self
-            .closed
-            .iter()
-            .map(|(reason, n)| format!("{n} {reason}"))
-            .collect();
-        rows.push(vec![
-            "out of order / closed / dropped".into(),
-            format!(
-                "{} / {} / {}",
-                self.out_of_order,
-                if closed.is_empty() {
-                    "0".to_owned()
-                } else {
-                    closed.join(", ")
-                },
-                self.dropped
-            ),
-        ]);
-        format!(
-            "live: {} connections, {:.0} orders/s for {:.0} s by {} shoppers\n{}",
+        let summary = format!(
+            "live: {} of {} connections open ({} errors, {:.1} s to open), {} shoppers ordering; \
+             server memory per idle connection {:.1} KiB (the second half: {} → {} KiB resident), \
+             server CPU idle {:.0}% of a core; closed by the server: {}, dropped: {}",
+            self.connections_open,
             self.connections_asked,
-            self.order_rate,
-            self.duration_secs,
+            self.connect_errors,
+            self.connect_secs,
             self.shoppers,
-            crate::report::boxed(&header, &rows)
-        )
+            self.idle_kib_per_connection,
+            self.server_rss_half_kib,
+            self.server_rss_idle_kib,
+            self.server_cpu_idle_cores * 100.0,
+            if self.closed.is_empty() {
+                "none".to_owned()
+            } else {
+                self.closed
+                    .iter()
+                    .map(|(reason, n)| format!("{n} {reason}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
+            self.dropped,
+        );
+        let header: Vec<String> = [
+            "orders/s",
+            "orders (errors)",
+            "request p50 / p99",
+            "orders:{user} commit → client p50 / p99 / max",
+            "product:{id} commit → client p50 / p99 / max",
+            "messages/s",
+            "out of order",
+            "server / bench CPU",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        let latency =
+            |l: &LatencySummary| format!("{:.1} / {:.1} / {:.1} ms", l.p50_ms, l.p99_ms, l.max_ms);
+        let rows: Vec<Vec<String>> = self
+            .steps
+            .iter()
+            .map(|step| {
+                vec![
+                    format!("{:.0}", step.order_rate),
+                    format!("{} ({})", step.orders_accepted, step.order_errors),
+                    format!(
+                        "{:.1} / {:.1} ms",
+                        step.order_request.p50_ms, step.order_request.p99_ms
+                    ),
+                    latency(&step.order_messages),
+                    format!(
+                        "{} ({} versions)",
+                        latency(&step.product_messages),
+                        step.product_versions
+                    ),
+                    format!("{:.0}", step.messages_per_sec),
+                    step.out_of_order.to_string(),
+                    format!(
+                        "{:.0}% / {:.0}%",
+                        step.server_cpu_cores * 100.0,
+                        step.generator_cpu_cores * 100.0
+                    ),
+                ]
+            })
+            .collect();
+        format!("{summary}\n{}", crate::report::boxed(&header, &rows))
     }
 }
 
@@ -263,6 +255,22 @@ impl Tally {
             out_of_order: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
         }
+    }
+
+    /// A step starts now: messages are kept from now on.
+    fn start(&self) {
+        *self.load_started.lock().expect("tally lock") = Some((Instant::now(), chrono::Utc::now()));
+    }
+
+    /// What the step received; stops keeping messages until the next start
+    /// (the closing reasons stay, for the whole run).
+    fn take(&self) -> Received {
+        *self.load_started.lock().expect("tally lock") = None;
+        let mut received = self.received.lock().expect("tally lock");
+        let closed = std::mem::take(&mut received.closed);
+        let step = std::mem::take(&mut *received);
+        received.closed = closed;
+        step
     }
 
     /// Counts one `message` frame received now.
@@ -329,6 +337,11 @@ pub async fn run(args: &BenchArgs, live: &LiveArgs, binary: &Path) -> Result<Liv
         })?);
         tokens.push(shopper.token);
     }
+    // The passwords were hashed on the server's blocking threads, which
+    // hand their memory back when they exit, 10 s after their last job;
+    // measured before that, the return reads as connections costing less.
+    seeding.set_message("letting the server's hashing threads go");
+    tokio::time::sleep(HASHING_THREADS_LINGER).await;
     seeding.finish_and_clear();
 
     let shared = format!("product:{}", products[0]);
@@ -403,68 +416,76 @@ pub async fn run(args: &BenchArgs, live: &LiveArgs, binary: &Path) -> Result<Liv
     let added = open_connections.saturating_sub(first_half).max(1);
 
     let targets = Arc::new(Targets::new(products.clone(), tokens.clone()));
-    let plan = Plan {
-        workload: Workload::Order,
-        browse_percent: 0,
-        pacing: Pacing::Open {
-            rate_per_sec: live.rate,
-        },
-        duration: Duration::from_secs(live.duration_secs.max(1)),
-        seed: args.seed,
-    };
     let orders_shop = Shop::new(&server.base_url, 256);
-    let bar = load_bar(
-        "placing orders",
-        Some((live.rate * plan.duration.as_secs_f64()) as u64),
-    );
-    *tally.load_started.lock().expect("tally lock") = Some((Instant::now(), chrono::Utc::now()));
-    let cpu_load_before = cpu_time(pid);
-    let load_started = Instant::now();
-    let phase = crate::load::run(&orders_shop, targets, &plan, &bar).await;
-    let load_elapsed = load_started.elapsed();
-    let cpu_load = cpu_share(cpu_load_before, cpu_time(pid), load_elapsed);
-    bar.finish_and_clear();
-    let draining = spinner("waiting for the last messages");
-    tokio::time::sleep(Duration::from_secs(live.drain_secs)).await;
-    let rss_after = resident_kib(pid)?;
+    let mut steps = Vec::new();
+    for (index, rate) in live.rate.iter().copied().enumerate() {
+        let plan = Plan {
+            workload: Workload::Order,
+            browse_percent: 0,
+            pacing: Pacing::Open { rate_per_sec: rate },
+            duration: Duration::from_secs(live.duration_secs.max(1)),
+            seed: args.seed.wrapping_add(index as u64),
+        };
+        let bar = load_bar(
+            &format!("{rate:.0} orders/s"),
+            Some((rate * plan.duration.as_secs_f64()) as u64),
+        );
+        tally.start();
+        let cpu_before = cpu_time(pid);
+        let started = Instant::now();
+        let phase = crate::load::run(&orders_shop, targets.clone(), &plan, &bar).await;
+        let elapsed = started.elapsed();
+        let server_cpu = cpu_share(cpu_before, cpu_time(pid), elapsed);
+        bar.finish_and_clear();
+        let draining = spinner("waiting for the last messages");
+        tokio::time::sleep(Duration::from_secs(live.drain_secs)).await;
+        draining.finish_and_clear();
+        let received = tally.take();
+        let seconds = (elapsed.as_secs_f64().ceil() as usize).max(1);
+        let during: u64 = received.each_second.iter().take(seconds).sum();
+        let step = LiveStep {
+            order_rate: rate,
+            server_cpu_cores: server_cpu,
+            generator_cpu_cores: phase.generator_cpu.as_secs_f64() / elapsed.as_secs_f64(),
+            server_rss_kib: resident_kib(pid)?,
+            orders_accepted: phase.accepted_orders.len() as u64,
+            order_errors: phase.order_errors,
+            order_request: phase.order.summary(),
+            order_messages: received.orders.summary(),
+            order_message_percentiles: received.orders.percentile_curve(),
+            product_messages: received.product.summary(),
+            product_message_percentiles: received.product.percentile_curve(),
+            messages_per_sec: throughput(during, Duration::from_secs(seconds as u64)),
+            messages_each_second: received.each_second,
+            product_versions: received
+                .product_positions
+                .map(|(first, last)| last - first)
+                .unwrap_or(0),
+            out_of_order: tally.out_of_order.swap(0, Ordering::Relaxed),
+        };
+        println!(
+            "  {rate:.0} orders/s: orders:{{user}} p99 {:.1} ms, product:{{id}} p99 {:.1} ms, {:.0} messages/s",
+            step.order_messages.p99_ms, step.product_messages.p99_ms, step.messages_per_sec
+        );
+        steps.push(step);
+    }
     let _ = stop.send(true);
     while readers.join_next().await.is_some() {}
-    draining.finish_and_clear();
     server.stop().await?;
-
-    let received = std::mem::take(&mut *tally.received.lock().expect("tally lock"));
-    let load_seconds = (load_elapsed.as_secs_f64().ceil() as usize).max(1);
-    let during_load: u64 = received.each_second.iter().take(load_seconds).sum();
+    let closed = std::mem::take(&mut tally.received.lock().expect("tally lock").closed);
     Ok(LiveRun {
         connections_asked: live.connections,
         connections_open: open_connections,
         connect_errors,
         connect_secs,
         shoppers,
-        order_rate: live.rate,
-        duration_secs: plan.duration.as_secs_f64(),
+        duration_secs: live.duration_secs.max(1) as f64,
         server_rss_half_kib: rss_half,
         server_rss_idle_kib: rss_idle,
-        server_rss_after_load_kib: rss_after,
         idle_kib_per_connection: rss_idle.saturating_sub(rss_half) as f64 / added as f64,
         server_cpu_idle_cores: cpu_idle,
-        server_cpu_load_cores: cpu_load,
-        generator_cpu_cores: phase.generator_cpu.as_secs_f64() / load_elapsed.as_secs_f64(),
-        orders_accepted: phase.accepted_orders.len() as u64,
-        order_errors: phase.order_errors,
-        order_request: phase.order.summary(),
-        order_messages: received.orders.summary(),
-        order_message_percentiles: received.orders.percentile_curve(),
-        product_messages: received.product.summary(),
-        product_message_percentiles: received.product.percentile_curve(),
-        messages_per_sec: throughput(during_load, Duration::from_secs(load_seconds as u64)),
-        messages_each_second: received.each_second,
-        product_versions: received
-            .product_positions
-            .map(|(first, last)| last - first)
-            .unwrap_or(0),
-        out_of_order: tally.out_of_order.load(Ordering::Relaxed),
-        closed: received.closed,
+        steps,
+        closed,
         dropped: tally.dropped.load(Ordering::Relaxed),
     })
 }
@@ -590,9 +611,8 @@ fn resident_kib(pid: u32) -> Result<u64, BenchError> {
 
 /// Process `pid`'s resident memory once it has settled: read every 500 ms
 /// until four readings in a row are within 1% of each other (at most 30
-/// s). The setup's password hashing leaves tens of megabytes in the
-/// server's allocator that it hands back to the system seconds later;
-/// measured too soon, that return reads as connections costing nothing.
+/// s), so memory the server is still handing back (or still taking) does
+/// not count as the connections'.
 async fn settled_resident_kib(pid: u32) -> Result<u64, BenchError> {
     let mut readings = vec![resident_kib(pid)?];
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -172,21 +172,27 @@ fn live_latency_chart<DB: DrawingBackend>(
     let Some(run) = &report.live else {
         return Ok(());
     };
-    let lines = vec![
-        (
-            "orders:{user}".to_owned(),
-            run.order_message_percentiles.as_slice(),
-        ),
-        (
-            "product:{id}, shared by every connection".to_owned(),
-            run.product_message_percentiles.as_slice(),
-        ),
-    ];
+    let lines = run
+        .steps
+        .iter()
+        .flat_map(|step| {
+            [
+                (
+                    format!("orders:{{user}}, {:.0} orders/s", step.order_rate),
+                    step.order_message_percentiles.as_slice(),
+                ),
+                (
+                    format!("product:{{id}} (shared), {:.0} orders/s", step.order_rate),
+                    step.product_message_percentiles.as_slice(),
+                ),
+            ]
+        })
+        .collect();
     percentile_chart(
         root,
         &format!(
-            "Commit → client, {} connections, {:.0} orders/s (lower is better)",
-            run.connections_open, run.order_rate
+            "Commit → client over {} connections (lower is better)",
+            run.connections_open
         ),
         "milliseconds (log scale)",
         lines,
@@ -200,22 +206,33 @@ fn live_messages_chart<DB: DrawingBackend>(
     let Some(run) = &report.live else {
         return Ok(());
     };
-    let points: Vec<(f64, f64)> = run
-        .messages_each_second
+    let lines: Vec<(String, Vec<(f64, f64)>)> = run
+        .steps
         .iter()
-        .enumerate()
-        .map(|(second, n)| (second as f64, *n as f64))
+        .map(|step| {
+            let points = step
+                .messages_each_second
+                .iter()
+                .enumerate()
+                .map(|(second, n)| (second as f64, *n as f64))
+                .collect();
+            (format!("{:.0} orders/s", step.order_rate), points)
+        })
         .collect();
-    let max = points.iter().map(|(_, n)| *n).fold(1.0, f64::max);
+    let seconds = lines.iter().map(|(_, p)| p.len()).max().unwrap_or(0).max(2);
+    let max = lines
+        .iter()
+        .flat_map(|(_, points)| points.iter().map(|(_, n)| *n))
+        .fold(1.0, f64::max);
     let mut chart = builder(root, "Messages delivered to the clients, each second")
-        .build_cartesian_2d(0.0..(points.len().max(2) as f64), 0.0..max * 1.2)
+        .build_cartesian_2d(0.0..seconds as f64, 0.0..max * 1.2)
         .map_err(|e| e.to_string())?;
     draw_mesh(
         &mut chart,
-        "seconds since the orders started",
+        "seconds since the step's orders started",
         "messages in that second",
     )?;
-    draw_lines(&mut chart, vec![("messages".to_owned(), points)])
+    draw_lines(&mut chart, lines)
 }
 
 /// One line per `(title, [(percentile, ms)])` over [`PERCENTILES`], on a

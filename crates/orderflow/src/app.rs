@@ -104,10 +104,10 @@ impl App {
         let recheck_ms =
             settings
                 .live_recheck_ms
-                .unwrap_or(if bus.is_some() || backends.embedded {
-                    30_000
-                } else {
-                    1_000
+                .unwrap_or(match (bus.is_some(), backends.embedded) {
+                    (true, _) => 30_000,
+                    (false, true) => 300_000,
+                    (false, false) => 1_000,
                 });
         live = live.with_recheck(Duration::from_millis(recheck_ms.max(10)));
         if let Some(bus) = bus {

@@ -144,11 +144,15 @@ pub struct Settings {
     pub cache_ttl_secs: u64,
 
     /// How often a live follower with no news reads its channel from the
-    /// database (ms). On PostgreSQL without Redis this is how a change
-    /// committed by another process reaches a client here (default 1000);
-    /// with Redis the processes ring each other over pub/sub, and on SQLite
-    /// one process makes every change, so it is only the safety net
-    /// (default 30000). Each idle follower reads once per interval.
+    /// database, and a live connection checks its token for revocation
+    /// (ms). On PostgreSQL without Redis this is how a change or a logout
+    /// made by another process reaches a client here (default 1000); with
+    /// Redis the processes ring each other over pub/sub, so it is the
+    /// safety net for rings lost while Redis was away (default 30000); on
+    /// SQLite without Redis one process makes every change and hears every
+    /// logout, so it only guards against a bug (default 300000). Each idle
+    /// follower reads once per interval: 10,000 connections at 30 s are
+    /// 333 reads a second.
     #[arg(long, env = "ORDERFLOW_LIVE_RECHECK_MS", global = true)]
     pub live_recheck_ms: Option<u64>,
 

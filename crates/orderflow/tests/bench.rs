@@ -5,15 +5,15 @@
 use std::path::Path;
 use std::process::Command;
 
-/// Runs `orderflow bench ARGS --out DIR` to completion and checks that it
+/// Runs `orderflow bench --out DIR ARGS` to completion and checks that it
 /// succeeded: its stdout, its report.json and the dir (kept for the plots).
 fn bench(args: &[&str]) -> (String, serde_json::Value, tempfile::TempDir) {
     let out = tempfile::tempdir().unwrap();
     let output = Command::new(env!("CARGO_BIN_EXE_orderflow"))
         .arg("bench")
-        .args(args)
         .arg("--out")
         .arg(out.path())
+        .args(args)
         .env("RUST_LOG", "warn")
         .output()
         .expect("orderflow bench runs");
@@ -315,4 +315,53 @@ fn a_short_staleness_run_judges_every_read_of_both_setups() {
         assert!((0.0..=1.0).contains(&ratio), "{scenario}");
     }
     assert_png(out.path(), "staleness.png");
+}
+
+/// `bench live`: every connection opens and stays open, and each accepted
+/// order's four steps (pending, reserved, paid, confirmed) reach its
+/// shopper's connection, in order, at every rate; the memory per idle
+/// connection is measured, the table printed and the plots written.
+#[test]
+fn a_short_live_run_delivers_every_order_step_to_its_shopper() {
+    let (stdout, report, out) = bench(&[
+        "live",
+        "--connections",
+        "200",
+        "--shoppers",
+        "10",
+        "--rate",
+        "20,40",
+        "--duration-secs",
+        "2",
+        "--idle-secs",
+        "1",
+        "--drain-secs",
+        "3",
+    ]);
+    assert!(
+        stdout.contains("live: 200 of 200 connections open"),
+        "{stdout}"
+    );
+    let live = &report["live"];
+    assert_eq!(live["connections_open"], 200, "{live}");
+    assert_eq!(live["connect_errors"], 0, "{live}");
+    assert_eq!(live["dropped"], 0, "no connection ended by itself: {live}");
+    assert_eq!(live["closed"], serde_json::json!({}), "none closed: {live}");
+    assert!(live["idle_kib_per_connection"].is_f64(), "{live}");
+    let steps = live["steps"].as_array().expect("steps");
+    assert_eq!(steps.len(), 2, "one step per rate: {live}");
+    for step in steps {
+        let accepted = step["orders_accepted"].as_u64().unwrap();
+        assert!(accepted > 0, "{step}");
+        assert_eq!(step["order_errors"], 0, "{step}");
+        assert_eq!(
+            step["order_messages"]["count"].as_u64().unwrap(),
+            4 * accepted,
+            "every step of every order reached its shopper: {step}"
+        );
+        assert_eq!(step["out_of_order"], 0, "{step}");
+        assert!(step["messages_per_sec"].as_f64().unwrap() > 0.0, "{step}");
+    }
+    assert_png(out.path(), "live-latency.png");
+    assert_png(out.path(), "live-messages.png");
 }
