@@ -24,11 +24,12 @@ use crate::routes::{admin, auth, health, live, me, orders, products};
         live::follow,
         live::websocket,
         live::ticket,
+        live::snapshot,
         admin::consumers, admin::dead_letters, admin::dead_letter, admin::replay,
         health::healthz, health::readyz,
     ),
     // OrderLineInput is named by `schema::order_lines`, not reached through a field type.
-    components(schemas(ProblemDocument, orders::OrderLineInput, live::LiveFrameView, live::LiveCommandView, live::LiveTicket)),
+    components(schemas(ProblemDocument, orders::OrderLineInput, live::LiveFrameView, live::LiveCommandView, live::LiveTicket, live::LiveSnapshotView)),
     modifiers(&BearerAuth, &RequestRules, &Problems),
     tags(
         (name = "auth", description = "Accounts and sessions"),
@@ -115,6 +116,9 @@ const OPERATION_PROBLEMS: &[(&str, &str, u16, &[&str])] = &[
         &[slug::NOT_FOUND],
     ),
     ("get", "/api/v1/admin/dlq/{id}", 404, &[slug::NOT_FOUND]),
+    ("get", "/api/v1/live/snapshot", 403, &[slug::FORBIDDEN]),
+    ("get", "/api/v1/live/snapshot", 404, &[slug::NOT_FOUND]),
+    ("get", "/api/v1/live/snapshot", 422, &[slug::VALIDATION]),
     (
         "post",
         "/api/v1/admin/dlq/{id}/replay",

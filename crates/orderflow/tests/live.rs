@@ -184,6 +184,38 @@ async fn a_client_on_one_api_process_hears_changes_made_by_others_and_a_redis_re
         .unwrap();
     assert!(rings >= 1.0, "API 1 heard {rings} rings");
 
+    // A second device of the shopper, connected to API 1, logged out
+    // through API 0: API 1 hears of it over the bus and closes that stream
+    // at once (its own recheck is 10 s away); the first device stays.
+    let device = first.login("live@example.com", PASSWORD).await;
+    let mut on_device = follow(&second, &device, &channel).await;
+    let subscribed = tokio::time::timeout(PATIENCE, on_device.next())
+        .await
+        .expect("subscribed in time")
+        .unwrap()
+        .unwrap();
+    assert_eq!(subscribed.event, "subscribed");
+    let logged_out = Instant::now();
+    let answer = first
+        .http
+        .post(format!("{}/api/v1/auth/logout", first.base))
+        .bearer_auth(&device)
+        .send()
+        .await
+        .unwrap();
+    assert!(answer.status().is_success(), "logout: {}", answer.status());
+    let closing = tokio::time::timeout(Duration::from_secs(5), on_device.next())
+        .await
+        .expect("the logged-out device's stream closes within 5 s, not at the 10 s recheck")
+        .expect("a closing event")
+        .unwrap();
+    assert_eq!(closing.event, "closing", "{closing:?}");
+    assert!(closing.data.contains("logged_out"), "{}", closing.data);
+    eprintln!(
+        "the other device's stream closed {} ms after the logout on the other process",
+        logged_out.elapsed().as_millis()
+    );
+
     // Redis goes away while a second order goes all the way: every ring
     // of it is lost.
     redis.stop();

@@ -11,8 +11,9 @@
 
 use async_trait::async_trait;
 use orderflow_core::ports::store::{
-    DailySales, DeadLetter, LeaderboardEntry, NotificationChange, NotificationRecord, OrderChange,
-    PointsStanding, RefreshRotation, SessionRecord, Store, StoreResult, StoreTx, UserRecord,
+    ChangesPage, DailySales, DeadLetter, LeaderboardEntry, NotificationChange, NotificationRecord,
+    OrderChange, PointsStanding, RefreshRotation, SessionRecord, Store, StoreResult, StoreTx,
+    UserRecord,
 };
 use orderflow_domain::order::{HistoryEntry, Order, OrderStatus};
 use orderflow_domain::product::{Product, ProductDraft};
@@ -752,23 +753,40 @@ impl<E: Engine> Store for SqlStore<E> {
     async fn order_changes(
         &self,
         user_id: Option<UserId>,
-        after: i64,
+        page: ChangesPage,
         limit: u32,
     ) -> StoreResult<Vec<OrderChange>> {
-        let statement = match user_id {
-            Some(user_id) => stmt(
+        const COLUMNS: &str = "SELECT h.seq, h.order_id, o.user_id, h.status, h.at
+             FROM orders o JOIN order_history h ON h.order_id = o.id";
+        let limit = i64::from(limit);
+        let statement = match (user_id, page) {
+            (Some(user_id), ChangesPage::After(after)) => stmt(
                 "order_changes",
-                "SELECT h.seq, h.order_id, o.user_id, h.status, h.at
-                 FROM orders o JOIN order_history h ON h.order_id = o.id
-                 WHERE o.user_id = $1 AND h.seq > $2 ORDER BY h.seq LIMIT $3",
-                (user_id, after, i64::from(limit)),
+                Sql::Built(format!(
+                    "{COLUMNS} WHERE o.user_id = $1 AND h.seq > $2 ORDER BY h.seq LIMIT $3"
+                )),
+                (user_id, after, limit),
             ),
-            None => stmt(
+            (None, ChangesPage::After(after)) => stmt(
                 "all_order_changes",
-                "SELECT h.seq, h.order_id, o.user_id, h.status, h.at
-                 FROM order_history h JOIN orders o ON o.id = h.order_id
-                 WHERE h.seq > $1 ORDER BY h.seq LIMIT $2",
-                (after, i64::from(limit)),
+                Sql::Built(format!(
+                    "{COLUMNS} WHERE h.seq > $1 ORDER BY h.seq LIMIT $2"
+                )),
+                (after, limit),
+            ),
+            (Some(user_id), ChangesPage::Latest) => stmt(
+                "latest_order_changes",
+                Sql::Built(latest(
+                    &format!("{COLUMNS} WHERE o.user_id = $1"),
+                    "h.seq",
+                    "$2",
+                )),
+                (user_id, limit),
+            ),
+            (None, ChangesPage::Latest) => stmt(
+                "latest_order_changes_of_anyone",
+                Sql::Built(latest(COLUMNS, "h.seq", "$1")),
+                (limit,),
             ),
         };
         read_all(&*self.engine, statement, rows::order_change).await
@@ -796,24 +814,36 @@ impl<E: Engine> Store for SqlStore<E> {
     async fn notification_changes(
         &self,
         user_id: UserId,
-        after: i64,
+        page: ChangesPage,
         limit: u32,
     ) -> StoreResult<Vec<NotificationChange>> {
-        read_all(
-            &*self.engine,
-            stmt(
+        const COLUMNS: &str =
+            "SELECT seq, user_id, channel, kind, order_id, sent_at FROM notifications";
+        let limit = i64::from(limit);
+        let statement = match page {
+            ChangesPage::After(after) => stmt(
                 "notification_changes",
-                "SELECT seq, user_id, channel, kind, order_id, sent_at FROM notifications
-                 WHERE user_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
-                (user_id, after, i64::from(limit)),
+                Sql::Built(format!(
+                    "{COLUMNS} WHERE user_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"
+                )),
+                (user_id, after, limit),
             ),
-            |row| {
-                Ok(NotificationChange {
-                    position: row.int("seq")?,
-                    notification: rows::notification(row)?,
-                })
-            },
-        )
+            ChangesPage::Latest => stmt(
+                "latest_notification_changes",
+                Sql::Built(latest(
+                    &format!("{COLUMNS} WHERE user_id = $1"),
+                    "seq",
+                    "$2",
+                )),
+                (user_id, limit),
+            ),
+        };
+        read_all(&*self.engine, statement, |row| {
+            Ok(NotificationChange {
+                position: row.int("seq")?,
+                notification: rows::notification(row)?,
+            })
+        })
         .await
     }
 
@@ -999,4 +1029,10 @@ impl<E: Engine> From<SqlStore<E>> for std::sync::Arc<dyn Store> {
     fn from(store: SqlStore<E>) -> Self {
         std::sync::Arc::new(store)
     }
+}
+
+/// `select` (which names its position column `seq`) limited to its newest
+/// `limit` rows by `order`, in one statement (one snapshot), oldest first.
+fn latest(select: &str, order: &str, limit: &str) -> String {
+    format!("SELECT * FROM ({select} ORDER BY {order} DESC LIMIT {limit}) AS latest ORDER BY seq")
 }

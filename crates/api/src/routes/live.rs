@@ -70,7 +70,7 @@ pub struct LiveParams {
     /// `product:{product id}` (anyone), `admin:orders` and `admin:health`
     /// (admins). At most 16.
     #[param(
-        pattern = r"^((orders|notifications|product):[0-9a-fA-F-]{36}|admin:(orders|health))( *, *((orders|notifications|product):[0-9a-fA-F-]{36}|admin:(orders|health))){0,15}$"
+        pattern = r"^((orders|notifications|product):[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|admin:(orders|health))( *, *((orders|notifications|product):[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|admin:(orders|health))){0,15}$"
     )]
     pub channels: String,
     /// A ticket from `POST /api/v1/live/ticket`, for a client that cannot
@@ -133,6 +133,39 @@ pub struct LiveCommandView {
     pub position: Option<i64>,
 }
 
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct SnapshotParams {
+    /// One channel name, as for `GET /api/v1/live`.
+    #[param(
+        pattern = r"^((orders|notifications|product):[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|admin:(orders|health))$"
+    )]
+    pub channel: String,
+    /// How many of the newest messages (default 50).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 200)]
+    pub limit: Option<u32>,
+}
+
+/// A channel's newest messages and the position to subscribe after.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct LiveSnapshotView {
+    pub channel: String,
+    /// Subscribe with this position (WebSocket `subscribe`, or SSE
+    /// `Last-Event-ID: {channel}={position}`) to get what follows these
+    /// messages, no more and no less.
+    pub position: i64,
+    /// Oldest first; each is a `message` frame's fields (`channel`,
+    /// `position`, `at`, `data`). A state channel's is its one current
+    /// state.
+    #[schema(value_type = Vec<Object>)]
+    pub messages: Vec<serde_json::Value>,
+}
+
+/// Messages a snapshot returns when the request does not say.
+const SNAPSHOT_DEFAULT: u32 = 50;
+/// The most a snapshot returns.
+const SNAPSHOT_MAX: u32 = 200;
+
 /// A ticket to connect with.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct LiveTicket {
@@ -158,6 +191,54 @@ pub async fn ticket(
             expires_in_secs: TICKET_TTL.as_secs(),
         }),
     ))
+}
+
+/// A channel's newest messages (an event channel's last `limit`; a state
+/// channel's current state) with the position to subscribe after, read in
+/// one go: load the page from it, then subscribe with its position, and
+/// nothing is missed or received twice. Who may read a channel is who may
+/// follow it (403); a product that does not exist is 404.
+#[utoipa::path(get, operation_id = "live_snapshot", path = "/api/v1/live/snapshot", tag = "live", security(("bearer" = [])), params(SnapshotParams), responses((status = 200, body = LiveSnapshotView)))]
+pub async fn snapshot(
+    State(state): State<AppState>,
+    Caller(principal): Caller,
+    ApiQuery(params): ApiQuery<SnapshotParams>,
+) -> ApiResult<Json<LiveSnapshotView>> {
+    let channel = LiveChannel::parse(params.channel.trim()).ok_or_else(|| {
+        CoreError::from(ValidationError::new(
+            "channel",
+            format!("not a channel (known: {KNOWN_CHANNELS})"),
+        ))
+    })?;
+    if !channel.may_follow(principal.user_id, principal.role) {
+        return Err(CoreError::Forbidden(format!(
+            "channel {} is not yours to read",
+            channel.name()
+        ))
+        .into());
+    }
+    let limit = match params.limit {
+        None => SNAPSHOT_DEFAULT,
+        Some(limit) if (1..=SNAPSHOT_MAX).contains(&limit) => limit,
+        Some(_) => {
+            return Err(CoreError::from(ValidationError::new(
+                "limit",
+                format!("must be 1 to {SNAPSHOT_MAX}"),
+            ))
+            .into());
+        }
+    };
+    let snapshot = state.live.snapshot(channel, limit).await?;
+    let messages = snapshot
+        .messages
+        .iter()
+        .map(|message| serde_json::to_value(message).unwrap_or_default())
+        .collect();
+    Ok(Json(LiveSnapshotView {
+        channel: snapshot.channel,
+        position: snapshot.position,
+        messages,
+    }))
 }
 
 /// Follows live channels as Server-Sent Events: a `subscribed` event per
@@ -460,8 +541,11 @@ mod tests {
         let one = parse_channels(&format!("orders:{user}, orders:{user}")).unwrap();
         assert_eq!(one.len(), 1, "a channel named twice is followed once");
         assert!(parse_channels("").is_err());
-        assert!(parse_channels("admin:orders").is_err());
+        assert!(parse_channels("admin:everything").is_err());
         assert!(parse_channels("orders:not-a-uuid").is_err());
+        let every_kind =
+            format!("orders:{user},notifications:{user},product:{user},admin:orders,admin:health");
+        assert_eq!(parse_channels(&every_kind).unwrap().len(), 5);
     }
 
     #[test]

@@ -42,6 +42,7 @@ pub fn router(state: AppState) -> Router {
         .route("/live", get(live::follow))
         .route("/live/ws", get(live::websocket))
         .route("/live/ticket", post(live::ticket))
+        .route("/live/snapshot", get(live::snapshot))
         .route("/admin/consumers", get(admin::consumers))
         .route("/admin/dlq", get(admin::dead_letters))
         .route("/admin/dlq/{id}", get(admin::dead_letter))

@@ -15,7 +15,7 @@ use super::{
     draft, given_order, given_product, given_user, now, order_of, shopper, user_registered,
 };
 use crate::ports::store::{
-    DeadLetter, IdempotencyClaim, IdempotencyRecord, NotificationRecord, OrderChange,
+    ChangesPage, DeadLetter, IdempotencyClaim, IdempotencyRecord, NotificationRecord, OrderChange,
     PaymentRecord, RefreshRotation, Reservation, SessionRecord, Store, StoreError,
 };
 
@@ -1578,7 +1578,7 @@ pub async fn live_channels(store: Arc<dyn Store>) {
     );
     assert!(
         store
-            .order_changes(Some(ann.id), 0, 10)
+            .order_changes(Some(ann.id), ChangesPage::After(0), 10)
             .await
             .unwrap()
             .is_empty()
@@ -1601,7 +1601,10 @@ pub async fn live_channels(store: Arc<dyn Store>) {
     step(paid, false).await; // rolled back: never seen
     step(paid, true).await;
 
-    let all = store.order_changes(Some(ann.id), 0, 10).await.unwrap();
+    let all = store
+        .order_changes(Some(ann.id), ChangesPage::After(0), 10)
+        .await
+        .unwrap();
     let statuses: Vec<OrderStatus> = all.iter().map(|c| c.status).collect();
     assert_eq!(
         statuses,
@@ -1623,7 +1626,7 @@ pub async fn live_channels(store: Arc<dyn Store>) {
     let last = all.last().unwrap().position;
     assert_eq!(store.last_order_change(Some(ann.id)).await.unwrap(), last);
     let after_first = store
-        .order_changes(Some(ann.id), all[0].position, 1)
+        .order_changes(Some(ann.id), ChangesPage::After(all[0].position), 1)
         .await
         .unwrap();
     assert_eq!(
@@ -1633,14 +1636,14 @@ pub async fn live_channels(store: Arc<dyn Store>) {
     );
     assert!(
         store
-            .order_changes(Some(ann.id), last, 10)
+            .order_changes(Some(ann.id), ChangesPage::After(last), 10)
             .await
             .unwrap()
             .is_empty()
     );
     assert_eq!(
         store
-            .order_changes(Some(bob.id), 0, 10)
+            .order_changes(Some(bob.id), ChangesPage::After(0), 10)
             .await
             .unwrap()
             .len(),
@@ -1673,7 +1676,7 @@ pub async fn live_channels(store: Arc<dyn Store>) {
         task.await.expect("writer task");
     }
     let reserved: Vec<OrderChange> = store
-        .order_changes(Some(ann.id), last, 100)
+        .order_changes(Some(ann.id), ChangesPage::After(last), 100)
         .await
         .unwrap()
         .into_iter()
@@ -1686,7 +1689,10 @@ pub async fn live_channels(store: Arc<dyn Store>) {
 
     // Everyone's steps (`admin:orders`): Ann's and Bob's, in position
     // order, each carrying its shopper.
-    let everyone = store.order_changes(None, 0, 1_000).await.unwrap();
+    let everyone = store
+        .order_changes(None, ChangesPage::After(0), 1_000)
+        .await
+        .unwrap();
     assert!(everyone.windows(2).all(|w| w[0].position < w[1].position));
     assert!(everyone.iter().any(|c| c.user_id == bob.id));
     let anns: Vec<OrderChange> = everyone
@@ -1696,7 +1702,10 @@ pub async fn live_channels(store: Arc<dyn Store>) {
         .collect();
     assert_eq!(
         anns,
-        store.order_changes(Some(ann.id), 0, 1_000).await.unwrap(),
+        store
+            .order_changes(Some(ann.id), ChangesPage::After(0), 1_000)
+            .await
+            .unwrap(),
         "a shopper's steps are everyone's steps of that shopper"
     );
     assert_eq!(
@@ -1737,7 +1746,10 @@ pub async fn live_channels(store: Arc<dyn Store>) {
     for writer in writers {
         writer.await.expect("notification writer");
     }
-    let notes = store.notification_changes(ann.id, 0, 100).await.unwrap();
+    let notes = store
+        .notification_changes(ann.id, ChangesPage::After(0), 100)
+        .await
+        .unwrap();
     assert_eq!(notes.len(), 5, "Ann's five, not Bob's: {notes:?}");
     assert!(notes.iter().all(|n| n.notification.user_id == ann.id));
     assert!(notes.windows(2).all(|w| w[0].position < w[1].position));
@@ -1756,7 +1768,7 @@ pub async fn live_channels(store: Arc<dyn Store>) {
         notes.last().unwrap().position
     );
     let after_first = store
-        .notification_changes(ann.id, notes[0].position, 2)
+        .notification_changes(ann.id, ChangesPage::After(notes[0].position), 2)
         .await
         .unwrap();
     assert_eq!(
@@ -1764,4 +1776,25 @@ pub async fn live_channels(store: Arc<dyn Store>) {
         notes[1..3].to_vec(),
         "after a position, bounded"
     );
+
+    // The newest page (a snapshot), oldest first: the last `limit` of each.
+    let latest = store
+        .notification_changes(ann.id, ChangesPage::Latest, 2)
+        .await
+        .unwrap();
+    assert_eq!(latest, notes[3..].to_vec(), "the newest two, oldest first");
+    let anns_all = store
+        .order_changes(Some(ann.id), ChangesPage::After(0), 1_000)
+        .await
+        .unwrap();
+    let anns_latest = store
+        .order_changes(Some(ann.id), ChangesPage::Latest, 3)
+        .await
+        .unwrap();
+    assert_eq!(anns_latest, anns_all[anns_all.len() - 3..].to_vec());
+    let everyones_latest = store
+        .order_changes(None, ChangesPage::Latest, 2)
+        .await
+        .unwrap();
+    assert_eq!(everyones_latest, everyone[everyone.len() - 2..].to_vec());
 }

@@ -137,6 +137,16 @@ pub struct OrderChange {
     pub at: Timestamp,
 }
 
+/// Which page of a live channel's messages to read: always oldest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangesPage {
+    /// The first ones after a position (a follower catching up).
+    After(i64),
+    /// The newest ones, in one read (a snapshot: the last position read
+    /// is the one to follow after).
+    Latest,
+}
+
 /// A notification that was sent, with its place among the shopper's
 /// notifications: `position` grows in commit order per shopper (as
 /// [`OrderChange::position`]).
@@ -312,22 +322,22 @@ pub trait Store: Send + Sync + 'static {
     async fn points(&self, user_id: UserId) -> StoreResult<PointsStanding>;
     // --- live channels ---
     /// The steps of `user_id`'s orders (of every shopper's with `None`)
-    /// after position `after`, in position order, at most `limit`.
+    /// on `page`, in position order, at most `limit`.
     async fn order_changes(
         &self,
         user_id: Option<UserId>,
-        after: i64,
+        page: ChangesPage,
         limit: u32,
     ) -> StoreResult<Vec<OrderChange>>;
     /// The position of `user_id`'s last order step (of anyone's with
     /// `None`; 0 when none).
     async fn last_order_change(&self, user_id: Option<UserId>) -> StoreResult<i64>;
-    /// The notifications sent to `user_id` after position `after`, in
-    /// position order, at most `limit`.
+    /// The notifications sent to `user_id` on `page`, in position order,
+    /// at most `limit`.
     async fn notification_changes(
         &self,
         user_id: UserId,
-        after: i64,
+        page: ChangesPage,
         limit: u32,
     ) -> StoreResult<Vec<NotificationChange>>;
     /// The position of `user_id`'s last notification (0 when none).

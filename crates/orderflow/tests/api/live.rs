@@ -691,3 +691,118 @@ async fn notifications_and_every_order_are_channels_too() {
     assert_eq!(replayed.last(), Some(&last));
     assert!(replayed.windows(2).all(|w| w[0] < w[1]));
 }
+
+#[tokio::test]
+async fn a_snapshot_then_a_subscription_misses_nothing_and_repeats_nothing() {
+    let app = spawn_app().await;
+    let product = app.create_product("LIVE-S", 700, 50).await;
+    let shopper = app.shopper("Snap").await;
+    let other = app.shopper("Other").await;
+    let channel = format!("orders:{}", shopper.id);
+    let snapshot = |token: String, channel: String, limit: Option<&'static str>| {
+        let request = app
+            .http
+            .get(app.url("/api/v1/live/snapshot"))
+            .bearer_auth(token)
+            .query(&[("channel", channel)]);
+        match limit {
+            Some(limit) => request.query(&[("limit", limit)]),
+            None => request,
+        }
+        .send()
+    };
+
+    let first = app.order_one(&shopper, product.id, 1).await;
+    app.drain().await;
+    let taken = snapshot(shopper.token.clone(), channel.clone(), None)
+        .await
+        .unwrap();
+    assert_eq!(taken.status(), StatusCode::OK);
+    let taken: Value = taken.json().await.unwrap();
+    let messages = taken["messages"].as_array().unwrap();
+    let statuses: Vec<&str> = messages
+        .iter()
+        .map(|m| m["data"]["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, app.history(&shopper.token, first.id).await);
+    let position = taken["position"].as_i64().unwrap();
+    assert_eq!(
+        messages.last().unwrap()["position"].as_i64(),
+        Some(position)
+    );
+    let newest_two = snapshot(shopper.token.clone(), channel.clone(), Some("2"))
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    assert_eq!(
+        newest_two["messages"].as_array().unwrap().as_slice(),
+        &messages[messages.len() - 2..],
+        "the newest two, oldest first"
+    );
+
+    // Subscribed after the snapshot's position: the next order's steps
+    // only, none of the first's again.
+    let mut events = follow(
+        &app,
+        &shopper.token,
+        &channel,
+        Some(&format!("{channel}={position}")),
+    )
+    .await;
+    assert_eq!(data(&next(&mut events).await)["recovered"], true);
+    let second = app.order_one(&shopper, product.id, 1).await;
+    app.drain().await;
+    let message = data(&next(&mut events).await);
+    assert!(message["position"].as_i64().unwrap() > position);
+    assert_eq!(message["data"]["order_id"], second.id.to_string());
+    assert_eq!(message["data"]["status"], "pending");
+
+    // A product's snapshot is its state; who may read is who may follow.
+    let products = snapshot(other.token.clone(), format!("product:{}", product.id), None)
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    let state = &products["messages"][0];
+    assert_eq!(state["data"]["stock"], 48, "{products}");
+    assert_eq!(products["position"], state["position"]);
+    assert_problem(
+        snapshot(other.token.clone(), channel.clone(), None)
+            .await
+            .unwrap(),
+        403,
+        "forbidden",
+    )
+    .await;
+    assert_problem(
+        snapshot(other.token.clone(), "admin:orders".into(), None)
+            .await
+            .unwrap(),
+        403,
+        "forbidden",
+    )
+    .await;
+    assert_problem(
+        snapshot(shopper.token.clone(), channel.clone(), Some("0"))
+            .await
+            .unwrap(),
+        422,
+        "validation",
+    )
+    .await;
+    assert_problem(
+        snapshot(
+            other.token.clone(),
+            format!("product:{}", uuid::Uuid::now_v7()),
+            None,
+        )
+        .await
+        .unwrap(),
+        404,
+        "not-found",
+    )
+    .await;
+}

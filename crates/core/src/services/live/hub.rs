@@ -29,7 +29,7 @@ use tokio::sync::{Notify, mpsc, watch};
 use super::{LiveChannel, LiveMessage};
 use crate::CoreError;
 use crate::ports::cache::{CacheEvent, SharedCache};
-use crate::ports::store::{Store, StoreResult};
+use crate::ports::store::{ChangesPage, Store, StoreResult};
 use crate::services::admin::Operations;
 use crate::services::auth::{AuthService, Principal, new_random_token, sha256_hex};
 use crate::services::lock;
@@ -224,6 +224,9 @@ impl LiveHub {
             }
         });
         self.bus = Some(rings);
+        // Revocations made here go to the other processes even while
+        // nobody here is connected.
+        self.listen_for_revocations();
         self
     }
 
@@ -321,6 +324,48 @@ impl LiveHub {
         })
     }
 
+    /// `channel`'s newest messages (at most `limit`; a state channel's
+    /// state) and the position to follow it after, read at once: a client
+    /// that shows them and then subscribes with that position misses
+    /// nothing and gets nothing twice ("load, then subscribe" without a
+    /// race).
+    pub async fn snapshot(
+        &self,
+        channel: LiveChannel,
+        limit: u32,
+    ) -> Result<LiveSnapshot, CoreError> {
+        let name = channel.name();
+        let messages: Vec<LiveMessage> = match channel {
+            LiveChannel::Orders(_) | LiveChannel::AdminOrders => {
+                let user = match channel {
+                    LiveChannel::Orders(user) => Some(user),
+                    _ => None,
+                };
+                self.store
+                    .order_changes(user, ChangesPage::Latest, limit)
+                    .await?
+                    .into_iter()
+                    .map(|change| LiveMessage::order_change(&name, change))
+                    .collect()
+            }
+            LiveChannel::Notifications(user) => self
+                .store
+                .notification_changes(user, ChangesPage::Latest, limit)
+                .await?
+                .into_iter()
+                .map(|change| LiveMessage::notification(&name, change))
+                .collect(),
+            LiveChannel::Product(_) | LiveChannel::Health => {
+                vec![(*self.states.load(&name).await?).clone()]
+            }
+        };
+        Ok(LiveSnapshot {
+            position: messages.last().map_or(0, |message| message.position),
+            channel: name,
+            messages,
+        })
+    }
+
     /// A live connection of `user` opened (counted for `admin:health`):
     /// its bell for revocations of the user's tokens.
     pub(super) fn connected(&self, user: UserId) -> watch::Receiver<u64> {
@@ -345,8 +390,9 @@ impl LiveHub {
         }
     }
 
-    /// Starts (once) the task that hears this process's revocations and
-    /// rings the users' connections here and, over the bus, elsewhere.
+    /// Starts (once: with the bus, or at the first connection) the task
+    /// that hears this process's revocations and rings the users'
+    /// connections here and, over the bus, elsewhere.
     fn listen_for_revocations(&self) {
         self.revocation_listener.get_or_init(|| {
             let mut heard = self.auth.revoked_users();
@@ -441,6 +487,15 @@ fn ring_all(bells_of: &Bells) {
     for sender in lock(bells_of).values() {
         sender.send_modify(|rings| *rings = rings.wrapping_add(1));
     }
+}
+
+/// A channel's newest messages and the position to follow it after
+/// ([`LiveHub::snapshot`]).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct LiveSnapshot {
+    pub channel: String,
+    pub position: i64,
+    pub messages: Vec<LiveMessage>,
 }
 
 /// One client's view of one channel: yields its messages in position
@@ -595,19 +650,19 @@ impl Follower {
         let message = |change| LiveMessage::order_change(name, change);
         Ok(match self.channel {
             LiveChannel::Orders(user) => store
-                .order_changes(Some(user), last, CATCH_UP_PAGE)
+                .order_changes(Some(user), ChangesPage::After(last), CATCH_UP_PAGE)
                 .await?
                 .into_iter()
                 .map(message)
                 .collect(),
             LiveChannel::AdminOrders => store
-                .order_changes(None, last, CATCH_UP_PAGE)
+                .order_changes(None, ChangesPage::After(last), CATCH_UP_PAGE)
                 .await?
                 .into_iter()
                 .map(message)
                 .collect(),
             LiveChannel::Notifications(user) => store
-                .notification_changes(user, last, CATCH_UP_PAGE)
+                .notification_changes(user, ChangesPage::After(last), CATCH_UP_PAGE)
                 .await?
                 .into_iter()
                 .map(|change| LiveMessage::notification(name, change))

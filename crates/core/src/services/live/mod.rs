@@ -39,7 +39,7 @@ use orderflow_domain::{ProductId, Timestamp, UserId};
 use serde::{Deserialize, Serialize};
 
 pub use connection::{ConnectionSettings, LiveConnection};
-pub use hub::{DEFAULT_RECHECK, Follower, LiveHub, TICKET_TTL};
+pub use hub::{DEFAULT_RECHECK, Follower, LiveHub, LiveSnapshot, TICKET_TTL};
 
 use crate::ports::store::{NotificationChange, OrderChange};
 use crate::services::admin::HealthSnapshot;
