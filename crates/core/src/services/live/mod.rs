@@ -7,8 +7,11 @@
 //!   both transports speak: [`LiveFrame`] out, [`LiveCommand`] in.
 //! - [`hub`]: [`LiveHub`], this process's doorbell, rung after a commit
 //!   that changed a channel (and, with a bus, by other processes'
-//!   commits), with [`Follower`], one client's view of one channel, and
-//!   the single-use tickets `EventSource` connects with.
+//!   commits), with [`Follower`], one client's view of one channel,
+//!   [`LiveSnapshot`], a channel's newest messages with the position to
+//!   follow after, the revocations it pushes to the connections of the
+//!   user concerned (here and over the bus), and the single-use tickets
+//!   `EventSource` connects with.
 //! - [`connection`]: [`LiveConnection`], one client's connection: its
 //!   channels, a bounded queue of frames, and the reasons it is closed
 //!   (token expired, logged out, too slow, channel unreadable).
