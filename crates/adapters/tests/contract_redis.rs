@@ -14,11 +14,13 @@ use std::time::{Duration, Instant};
 use chrono::{TimeDelta, Utc};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use orderflow_adapters::redis::{
-    RedisConnection, RedisRateLimiter, RedisRevocations, RedisSettings, RedisSharedCache,
+    RedisConnection, RedisPresence, RedisRateLimiter, RedisRevocations, RedisSettings,
+    RedisSharedCache,
 };
 use orderflow_adapters::sqlite::SqliteStore;
 use orderflow_core::contract;
 use orderflow_core::ports::cache::{CacheError, CacheEvent, SharedCache};
+use orderflow_core::ports::presence::PresenceBoard;
 use orderflow_core::ports::rate_limit::{Algorithm, RateLimiter, RatePolicy};
 use orderflow_core::ports::revocations::RevocationList;
 use orderflow_core::ports::store::Store;
@@ -57,6 +59,16 @@ macro_rules! cache_scenario {
     )*};
 }
 
+macro_rules! presence_scenario {
+    ($url:path; $($name:ident),* $(,)?) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn $name() {
+            let board: Arc<dyn PresenceBoard> = Arc::new(RedisPresence::new(connect(&$url())));
+            contract::presence::$name(board).await;
+        }
+    )*};
+}
+
 macro_rules! rate_limit_scenario {
     ($url:path; $($name:ident),* $(,)?) => {$(
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -76,6 +88,11 @@ macro_rules! per_deployment {
             mod cache {
                 use super::*;
                 orderflow_core::cache_scenarios!(cache_scenario; $url);
+            }
+
+            mod presence {
+                use super::*;
+                orderflow_core::presence_scenarios!(presence_scenario; $url);
             }
 
             mod rate_limit {
@@ -315,6 +332,93 @@ async fn the_cache_reports_redis_down_and_recovers_with_its_subscriptions() {
         .await
         .expect("a message after the restart");
     assert_eq!(event, Some(CacheEvent::Message("after".into())));
+}
+
+/// The nodes of `cluster` where `channel` (a full name) has sharded
+/// subscribers, and where it has classic ones.
+fn subscribers_by_node(nodes: &[RedisServer], channel: &str) -> (Vec<usize>, Vec<usize>) {
+    let count = |node: &RedisServer, command: &str| -> u64 {
+        let out = node.cli(&["PUBSUB", command, channel]).unwrap();
+        out.lines().nth(1).unwrap().trim().parse().unwrap()
+    };
+    let on = |command: &str| -> Vec<usize> {
+        (0..nodes.len())
+            .filter(|&i| count(&nodes[i], command) > 0)
+            .collect()
+    };
+    (on("SHARDNUMSUB"), on("NUMSUB"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cluster_pubsub_uses_sharded_channels_spread_over_the_nodes() {
+    let mut cluster = orderflow_testkit::redis::RedisCluster::start().unwrap();
+    let conn = connect(&cluster.url());
+    let cache = RedisSharedCache::new(conn.clone());
+    assert_eq!(
+        cache.pubsub_shards(),
+        16,
+        "busy streams spread over 16 channels"
+    );
+    let mut subscriptions = Vec::new();
+    for k in 0..16 {
+        subscriptions.push(cache.subscribe(&format!("live:{k}")).await.unwrap());
+    }
+    // Each channel has one sharded subscriber, on one node, and no classic
+    // one anywhere; together they spread over the nodes (the names carry a
+    // random prefix: all 16 on one node has a chance of 3 in 3^16).
+    let mut nodes_used = std::collections::BTreeSet::new();
+    for k in 0..16 {
+        let channel = conn.key(&format!("channel:live:{k}"));
+        let (sharded, classic) = subscribers_by_node(cluster.nodes(), &channel);
+        assert_eq!(sharded.len(), 1, "{channel} on one shard: {sharded:?}");
+        assert!(classic.is_empty(), "{channel} has classic subscribers");
+        nodes_used.extend(sharded);
+    }
+    assert!(
+        nodes_used.len() >= 2,
+        "the 16 channels spread: {nodes_used:?}"
+    );
+
+    for k in [0, 7, 15] {
+        cache
+            .publish(&format!("live:{k}"), &format!("ring {k}"))
+            .await
+            .unwrap();
+    }
+    for k in [0, 7, 15] {
+        let event = tokio::time::timeout(Duration::from_secs(5), subscriptions[k].next())
+            .await
+            .expect("a message within 5 s");
+        assert_eq!(event, Some(CacheEvent::Message(format!("ring {k}"))));
+    }
+
+    // The node of `live:0` restarts: its subscriber hears the loss, is
+    // subscribed again by itself and hears messages again.
+    let channel = conn.key("channel:live:0");
+    let (owner, _) = subscribers_by_node(cluster.nodes(), &channel);
+    cluster.restart_node(owner[0]).unwrap();
+    for expected in [CacheEvent::Lost, CacheEvent::Resubscribed] {
+        let event = tokio::time::timeout(Duration::from_secs(15), subscriptions[0].next())
+            .await
+            .expect("an event within 15 s");
+        assert_eq!(event, Some(expected));
+    }
+    assert_eq!(subscribers_by_node(cluster.nodes(), &channel).0, owner);
+    cache.publish("live:0", "after").await.unwrap();
+    let event = tokio::time::timeout(Duration::from_secs(5), subscriptions[0].next())
+        .await
+        .expect("a message after the restart");
+    assert_eq!(event, Some(CacheEvent::Message("after".into())));
+
+    // A dropped subscription is unsubscribed from its shard.
+    let channel = conn.key("channel:live:7");
+    drop(subscriptions.remove(7));
+    cache.publish("live:7", "nobody").await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !subscribers_by_node(cluster.nodes(), &channel).0.is_empty() {
+        assert!(Instant::now() < deadline, "{channel} still subscribed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 // --- several catalogs (several API processes) on one L2 ---

@@ -429,9 +429,10 @@ async fn lookups_are_served_from_memory_and_a_failed_write_revokes_nothing() {
 // --- the contract scenarios, on real time ---
 
 mod contract_scenarios {
-    use orderflow_adapters::memory::InProcessSharedCache;
+    use orderflow_adapters::memory::{InProcessPresence, InProcessSharedCache};
     use orderflow_core::contract;
     use orderflow_core::ports::cache::SharedCache;
+    use orderflow_core::ports::presence::PresenceBoard;
 
     use super::*;
 
@@ -443,6 +444,21 @@ mod contract_scenarios {
                 contract::cache::$name(cache).await;
             }
         )*};
+    }
+
+    macro_rules! presence_scenario {
+        ($($name:ident),* $(,)?) => {$(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $name() {
+                let board: Arc<dyn PresenceBoard> = Arc::new(InProcessPresence::new());
+                contract::presence::$name(board).await;
+            }
+        )*};
+    }
+
+    mod presence {
+        use super::*;
+        orderflow_core::presence_scenarios!(presence_scenario);
     }
 
     macro_rules! rate_limit_scenario {

@@ -260,6 +260,14 @@ impl RedisCluster {
         &self.nodes
     }
 
+    /// Stops node `index` and starts it again on its port. It keeps its
+    /// cluster configuration (`nodes.conf`), so it comes back owning its
+    /// slots, empty; returns once the cluster reports `cluster_state:ok`.
+    pub fn restart_node(&mut self, index: usize) -> anyhow::Result<()> {
+        self.nodes[index].restart()?;
+        self.wait_until_ok()
+    }
+
     /// Deletes every key on every master.
     pub fn flushall(&self) -> anyhow::Result<()> {
         self.nodes.iter().try_for_each(RedisServer::flushall)

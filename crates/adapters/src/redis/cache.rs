@@ -11,8 +11,10 @@
 //!   written by a Lua script that compares the stored version first, so no
 //!   client can put an older value over a newer one between a check and a
 //!   write (one key per script, valid in a cluster).
-//! - Invalidations: `PUBLISH` / `SUBSCRIBE`, with the reconnecting subscriber
-//!   of [`RedisConnection::subscribe`].
+//! - Invalidations: `PUBLISH` / `SUBSCRIBE` (on a cluster, the sharded
+//!   `SPUBLISH` / `SSUBSCRIBE`, spread over [`CLUSTER_PUBSUB_SHARDS`]
+//!   channels by the streams that are busy), with the reconnecting
+//!   subscriber of [`RedisConnection::subscribe`].
 
 use std::time::Duration;
 
@@ -51,6 +53,11 @@ end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[4])
 return 1
 ";
+
+/// Channels a busy stream spreads over on a cluster: enough that the
+/// channels' slots land on every primary of a usual cluster (3 to 10),
+/// few enough that each process's subscriptions stay cheap.
+const CLUSTER_PUBSUB_SHARDS: usize = 16;
 
 /// [`SharedCache`] on Redis (standalone or cluster).
 #[derive(Debug, Clone)]
@@ -183,13 +190,8 @@ impl SharedCache for RedisSharedCache {
 
     async fn publish(&self, channel: &str, message: &str) -> CacheResult<()> {
         self.conn
-            .query::<i64>(
-                redis::cmd("PUBLISH")
-                    .arg(self.channel(channel))
-                    .arg(message),
-            )
+            .publish(&self.channel(channel), message)
             .await
-            .map(|_| ())
             .map_err(cache_error)
     }
 
@@ -200,5 +202,13 @@ impl SharedCache for RedisSharedCache {
             .await
             .map_err(cache_error)?;
         Ok(Subscription::new(events))
+    }
+
+    fn pubsub_shards(&self) -> usize {
+        if self.conn.is_cluster() {
+            CLUSTER_PUBSUB_SHARDS
+        } else {
+            1
+        }
     }
 }

@@ -8,6 +8,11 @@
 //!   `user:password@` before the first host): a Redis Cluster through
 //!   [`redis::cluster_async`], which follows the slot map and its changes.
 //!
+//! Pub/sub: on one server, classic channels, one connection per
+//! subscription; on a cluster, sharded channels (`SSUBSCRIBE`/`SPUBLISH`,
+//! see [`super::sharded`]), so a message goes to its channel's shard only
+//! instead of every node.
+//!
 //! Both are created lazily: building a [`RedisConnection`] never touches the
 //! network, so a process starts while Redis is down and uses it once it is up.
 //! Every command runs under a short timeout ([`RedisSettings::command_timeout`]):
@@ -26,9 +31,11 @@ use std::time::Duration;
 use orderflow_core::ports::cache::CacheEvent;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, FromRedisValue, Pipeline, RedisError, RedisFuture, RedisResult, Value};
+use redis::{Cmd, FromRedisValue, Pipeline, PushInfo, RedisError, RedisFuture, RedisResult, Value};
 use secrecy::{ExposeSecret, SecretString};
-use tokio::sync::mpsc;
+use tokio::sync::{OnceCell, mpsc};
+
+use super::sharded::ShardedPubSub;
 
 /// How to reach Redis. The URL may hold a password, so it never prints.
 #[derive(Clone)]
@@ -97,12 +104,21 @@ pub struct RedisConnection {
 
 struct Inner {
     conn: Conn,
-    /// Where to open pub/sub connections: the server, or each cluster node in
-    /// turn (a cluster forwards every PUBLISH to all nodes, so any will do).
+    /// Where to open a standalone server's pub/sub connections.
     pubsub_clients: Vec<redis::Client>,
+    /// A cluster's sharded pub/sub, connected at the first subscription.
+    sharded: Option<Sharded>,
     prefix: String,
     command_timeout: Duration,
     cluster: bool,
+}
+
+/// A cluster's sharded pub/sub: a RESP3 client whose pushes arrive on
+/// `pushes`, and the connection made from it at the first subscription.
+struct Sharded {
+    client: redis::cluster::ClusterClient,
+    pushes: std::sync::Mutex<Option<mpsc::UnboundedReceiver<PushInfo>>>,
+    pubsub: OnceCell<Arc<ShardedPubSub>>,
 }
 
 impl fmt::Debug for RedisConnection {
@@ -157,12 +173,19 @@ impl RedisConnection {
         }
         let url = settings.url.expose_secret();
         let bad = |e: RedisError| RedisConfigError::Url(e.to_string());
-        let (conn, pubsub_clients, cluster) = if let Some(nodes) = cluster_nodes(url)? {
-            let pubsub_clients = nodes
-                .iter()
-                .map(|node| redis::Client::open(node.as_str()))
-                .collect::<RedisResult<Vec<_>>>()
-                .map_err(bad)?;
+        let (conn, pubsub_clients, sharded) = if let Some(nodes) = cluster_nodes(url)? {
+            let (push_sender, pushes) = mpsc::unbounded_channel();
+            let sharded = Sharded {
+                client: redis::cluster::ClusterClientBuilder::new(nodes.clone())
+                    .connection_timeout(settings.connect_timeout)
+                    .response_timeout(settings.command_timeout)
+                    .use_protocol(redis::ProtocolVersion::RESP3)
+                    .push_sender(push_sender)
+                    .build()
+                    .map_err(bad)?,
+                pushes: std::sync::Mutex::new(Some(pushes)),
+                pubsub: OnceCell::new(),
+            };
             let client = redis::cluster::ClusterClientBuilder::new(nodes)
                 .connection_timeout(settings.connect_timeout)
                 .response_timeout(settings.command_timeout)
@@ -175,7 +198,7 @@ impl RedisConnection {
                 .set_connection_timeout(settings.connect_timeout)
                 .set_response_timeout(settings.command_timeout);
             let conn = client.get_pending_async_connection_with_config(config);
-            (Conn::Cluster(conn), pubsub_clients, true)
+            (Conn::Cluster(conn), Vec::new(), Some(sharded))
         } else {
             let client = redis::Client::open(url).map_err(bad)?;
             // Few, quick reconnection attempts: a command waiting for a
@@ -188,15 +211,16 @@ impl RedisConnection {
                 .set_max_delay(Duration::from_millis(100));
             let manager =
                 ConnectionManager::new_lazy_with_config(client.clone(), config).map_err(bad)?;
-            (Conn::Standalone(manager), vec![client], false)
+            (Conn::Standalone(manager), vec![client], None)
         };
         Ok(Self {
             inner: Arc::new(Inner {
                 conn,
                 pubsub_clients,
+                cluster: sharded.is_some(),
+                sharded,
                 prefix: settings.key_prefix.clone(),
                 command_timeout: settings.command_timeout,
-                cluster,
             }),
         })
     }
@@ -245,13 +269,48 @@ impl RedisConnection {
         self.query::<String>(&redis::cmd("PING")).await.map(|_| ())
     }
 
+    /// Publishes `message` on `channel` (a full name: pass it through
+    /// [`key`](Self::key)); on a cluster, on the channel's shard.
+    pub async fn publish(&self, channel: &str, message: &str) -> RedisResult<()> {
+        let command = if self.inner.cluster {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        };
+        self.query::<i64>(redis::cmd(command).arg(channel).arg(message))
+            .await
+            .map(|_| ())
+    }
+
     /// Subscribes to the channel `channel` (a full name: pass it through
-    /// [`key`](Self::key)). Returns once the server confirmed the
-    /// subscription. Afterwards a task forwards messages and, when the
-    /// connection drops, reports [`CacheEvent::Lost`], reconnects and
-    /// subscribes again, then reports [`CacheEvent::Resubscribed`]. The task ends when the receiver is
-    /// dropped.
+    /// [`key`](Self::key)); on a cluster, to the sharded channel. Returns
+    /// once the server confirmed the subscription. Afterwards messages
+    /// arrive on the receiver and, when the connection drops, it reports
+    /// [`CacheEvent::Lost`], then, once subscribed again,
+    /// [`CacheEvent::Resubscribed`]. Dropping the receiver unsubscribes.
     pub async fn subscribe(&self, channel: &str) -> RedisResult<mpsc::Receiver<CacheEvent>> {
+        if let Some(sharded) = &self.inner.sharded {
+            let pubsub = sharded
+                .pubsub
+                .get_or_try_init(|| async {
+                    let conn = self
+                        .timed(async { sharded.client.get_async_connection().await })
+                        .await?;
+                    let pushes = sharded
+                        .pushes
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .take()
+                        .ok_or_else(|| timeout_error("the sharded pub/sub pushes were taken"))?;
+                    Ok::<_, RedisError>(ShardedPubSub::start(
+                        conn,
+                        pushes,
+                        self.inner.command_timeout,
+                    ))
+                })
+                .await?;
+            return pubsub.subscribe(channel).await;
+        }
         let pubsub = self.open_pubsub(channel).await?;
         let (tx, rx) = mpsc::channel(1024);
         let this = self.clone();
@@ -337,7 +396,7 @@ impl RedisConnection {
     }
 }
 
-fn timeout_error(what: &'static str) -> RedisError {
+pub(super) fn timeout_error(what: &'static str) -> RedisError {
     RedisError::from(std::io::Error::new(std::io::ErrorKind::TimedOut, what))
 }
 

@@ -9,22 +9,29 @@
 //! - [`connection`]: [`RedisSettings`] and [`RedisConnection`], one handle
 //!   for commands, Lua scripts and pub/sub, chosen by URL (`redis://`,
 //!   `rediss://`, `redis+cluster://`), with a key prefix and short timeouts.
+//! - [`sharded`]: a cluster's sharded pub/sub (`SSUBSCRIBE`/`SPUBLISH`),
+//!   one RESP3 connection for every subscription of the process.
 //! - [`cache`]: [`RedisSharedCache`], the catalog's L2 (values, locks for
 //!   request collapsing across processes, invalidations over pub/sub).
 //! - [`rate_limit`]: [`RedisRateLimiter`], each algorithm one atomic script.
 //! - [`revocations`]: [`RedisRevocations`], revoked token ids with `PXAT`,
 //!   backed by the database and rebuilt when Redis comes back empty.
+//! - [`presence`]: [`RedisPresence`], live connections per user and API
+//!   process, for the admin health channel.
 //! - [`read_models`]: [`RedisReadModels`], leaderboard, daily sales, recent
 //!   notifications and live order-status channels.
 
 pub mod cache;
 pub mod connection;
+pub mod presence;
 pub mod rate_limit;
 pub mod read_models;
 pub mod revocations;
+mod sharded;
 
 pub use cache::RedisSharedCache;
 pub use connection::{RedisConfigError, RedisConnection, RedisSettings};
+pub use presence::RedisPresence;
 pub use rate_limit::RedisRateLimiter;
 pub use read_models::RedisReadModels;
 pub use revocations::{RebuildError, RedisRevocations};

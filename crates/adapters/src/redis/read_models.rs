@@ -402,11 +402,7 @@ impl ReadModels for RedisReadModels {
         })
         .to_string();
         self.conn
-            .query::<i64>(
-                redis::cmd("PUBLISH")
-                    .arg(self.order_channel(user_id))
-                    .arg(payload),
-            )
+            .publish(&self.order_channel(user_id), &payload)
             .await
             .map_err(unavailable)?;
         Ok(())

@@ -26,6 +26,9 @@
 //! - [`revocations`]: the revocation list
 //!   ([`RevocationList`](crate::ports::revocations::RevocationList)) and its
 //!   database backing.
+//! - [`presence`]: the live presence board
+//!   ([`PresenceBoard`](crate::ports::presence::PresenceBoard)): reports
+//!   summed across processes, expiring unless kept alive.
 //! - [`outbox`]: the outbox port ([`Outbox`](crate::ports::outbox::Outbox)),
 //!   fed by a [`Store`] whose units of work append to the outbox
 //!   ([`EventDestination::Outbox`](crate::ports::outbox::EventDestination)).
@@ -70,6 +73,17 @@ macro_rules! store_scenarios {
             product_imports,
             product_views,
             live_channels,
+        );
+    };
+}
+
+/// The [`presence`] scenarios, as [`store_scenarios!`] does for the store.
+#[macro_export]
+macro_rules! presence_scenarios {
+    ($test:ident $(; $($arg:tt)*)?) => {
+        $test!($($($arg)* ;)?
+            tallies_sum_the_processes,
+            reports_expire_unless_kept_alive,
         );
     };
 }
@@ -127,6 +141,7 @@ macro_rules! outbox_scenarios {
 pub mod cache;
 pub mod log;
 pub mod outbox;
+pub mod presence;
 pub mod rate_limit;
 pub mod read_models;
 pub mod revocations;

@@ -189,6 +189,13 @@ pub trait SharedCache: Send + Sync + 'static {
     /// when the shared cache cannot be reached now; see the module docs for
     /// what happens when it goes away later.
     async fn subscribe(&self, channel: &str) -> CacheResult<Subscription>;
+    /// How many channels a busy stream should be spread over (`name:0`,
+    /// `name:1`, …): more than one where pub/sub is sharded (a Redis
+    /// Cluster, where each channel lives on one node), so the stream's load
+    /// spreads over the nodes; one where every channel costs the same.
+    fn pubsub_shards(&self) -> usize {
+        1
+    }
 }
 
 #[cfg(test)]

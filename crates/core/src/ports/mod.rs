@@ -5,6 +5,7 @@
 pub mod cache;
 pub mod log;
 pub mod outbox;
+pub mod presence;
 pub mod providers;
 pub mod rate_limit;
 pub mod read_models;

@@ -48,6 +48,73 @@ const BUS_QUEUE: usize = 4096;
 /// A bus message for a user whose tokens were revoked, not a channel.
 const REVOKED_PREFIX: &str = "revoked:";
 
+/// Hears the other hubs' rings on the bus channel `channel` (subscribing
+/// again while it cannot), until the hub is dropped.
+async fn hear_bus(
+    bus: Arc<dyn SharedCache>,
+    channel: String,
+    me: String,
+    bells: std::sync::Weak<Bells>,
+    states: std::sync::Weak<States>,
+) {
+    loop {
+        let mut subscription = match bus.subscribe(&channel).await {
+            Ok(subscription) => subscription,
+            Err(error) => {
+                tracing::warn!(%error, %channel, "live bus: cannot subscribe; retrying in 1 s");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                if bells.strong_count() == 0 {
+                    return;
+                }
+                continue;
+            }
+        };
+        // Whatever was published before now is in the database: every
+        // follower here reads again (the first time too, as the
+        // subscription may be a re-subscription).
+        match (bells.upgrade(), states.upgrade()) {
+            (Some(bells), Some(states)) => {
+                ring_all(&bells);
+                states.reload_all();
+                states.revoked_all();
+            }
+            _ => return,
+        }
+        while let Some(event) = subscription.next().await {
+            let (Some(bells), Some(states)) = (bells.upgrade(), states.upgrade()) else {
+                return;
+            };
+            match event {
+                CacheEvent::Message(message) => match message.split_once(' ') {
+                    Some((from, channel)) if from != me => {
+                        metrics::counter!("orderflow_live_bus_rings_total").increment(1);
+                        if let Some(user) = channel.strip_prefix(REVOKED_PREFIX) {
+                            if let Ok(user) = user.parse() {
+                                states.revoked(user);
+                            }
+                        } else if is_state_channel(channel) {
+                            // Read once here, for every follower.
+                            states.reload(channel);
+                        } else {
+                            ring(&bells, channel);
+                        }
+                    }
+                    _ => {}
+                },
+                CacheEvent::Lost => {}
+                CacheEvent::Resubscribed => {
+                    ring_all(&bells);
+                    states.reload_all();
+                    states.revoked_all();
+                }
+            }
+        }
+        if bells.strong_count() == 0 {
+            return;
+        }
+    }
+}
+
 /// Per followed channel, a ring counter.
 type Bells = Mutex<HashMap<String, watch::Sender<u64>>>;
 
@@ -151,78 +218,39 @@ impl LiveHub {
         // Each hub signs its rings, so it does not ring its own followers
         // twice when its own rings come back.
         let me = uuid::Uuid::now_v7().to_string();
+        // Rings are doorbells (their order does not matter), so they go
+        // round the bus's channels in turn: on a sharded bus (a Redis
+        // Cluster) every node carries its share.
+        let channels: Vec<String> = match bus.pubsub_shards() {
+            0 | 1 => vec![BUS_CHANNEL.to_owned()],
+            shards => (0..shards).map(|k| format!("{BUS_CHANNEL}:{k}")).collect(),
+        };
         let (rings, mut outgoing) = mpsc::channel::<String>(BUS_QUEUE);
         let sender = bus.clone();
         let signature = me.clone();
+        let targets = channels.clone();
         tokio::spawn(async move {
-            while let Some(channel) = outgoing.recv().await {
+            for turn in 0.. {
+                let Some(channel) = outgoing.recv().await else {
+                    return;
+                };
                 let message = format!("{signature} {channel}");
-                if let Err(error) = sender.publish(BUS_CHANNEL, &message).await {
+                let target = &targets[turn % targets.len()];
+                if let Err(error) = sender.publish(target, &message).await {
                     metrics::counter!("orderflow_live_bus_failures_total").increment(1);
                     tracing::debug!(%error, "live ring not sent to other processes");
                 }
             }
         });
-        let bells = Arc::downgrade(&self.bells);
-        let states = Arc::downgrade(&self.states);
-        tokio::spawn(async move {
-            loop {
-                let mut subscription = match bus.subscribe(BUS_CHANNEL).await {
-                    Ok(subscription) => subscription,
-                    Err(error) => {
-                        tracing::warn!(%error, "live bus: cannot subscribe; retrying in 1 s");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                        if bells.strong_count() == 0 {
-                            return;
-                        }
-                        continue;
-                    }
-                };
-                // Whatever was published before now is in the database:
-                // every follower here reads again (the first time too,
-                // as the subscription may be a re-subscription).
-                match (bells.upgrade(), states.upgrade()) {
-                    (Some(bells), Some(states)) => {
-                        ring_all(&bells);
-                        states.reload_all();
-                        states.revoked_all();
-                    }
-                    _ => return,
-                }
-                while let Some(event) = subscription.next().await {
-                    let (Some(bells), Some(states)) = (bells.upgrade(), states.upgrade()) else {
-                        return;
-                    };
-                    match event {
-                        CacheEvent::Message(message) => match message.split_once(' ') {
-                            Some((from, channel)) if from != me => {
-                                metrics::counter!("orderflow_live_bus_rings_total").increment(1);
-                                if let Some(user) = channel.strip_prefix(REVOKED_PREFIX) {
-                                    if let Ok(user) = user.parse() {
-                                        states.revoked(user);
-                                    }
-                                } else if is_state_channel(channel) {
-                                    // Read once here, for every follower.
-                                    states.reload(channel);
-                                } else {
-                                    ring(&bells, channel);
-                                }
-                            }
-                            _ => {}
-                        },
-                        CacheEvent::Lost => {}
-                        CacheEvent::Resubscribed => {
-                            ring_all(&bells);
-                            states.reload_all();
-                            states.revoked_all();
-                        }
-                    }
-                }
-                if bells.strong_count() == 0 {
-                    return;
-                }
-            }
-        });
+        for channel in channels {
+            tokio::spawn(hear_bus(
+                bus.clone(),
+                channel,
+                me.clone(),
+                Arc::downgrade(&self.bells),
+                Arc::downgrade(&self.states),
+            ));
+        }
         self.bus = Some(rings);
         // Revocations made here go to the other processes even while
         // nobody here is connected.
