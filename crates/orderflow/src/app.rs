@@ -98,20 +98,23 @@ impl App {
             operations = operations.with_outbox(outbox);
         }
         let operations = Arc::new(operations);
-        let (tickets, bus) = backends.live_sharing();
-        let mut live =
-            LiveHub::new(store.clone(), auth.clone(), tickets).with_operations(operations.clone());
+        let sharing = backends.live_sharing();
+        let mut live = LiveHub::new(store.clone(), auth.clone(), sharing.tickets)
+            .with_operations(operations.clone());
         let recheck_ms =
             settings
                 .live_recheck_ms
-                .unwrap_or(match (bus.is_some(), backends.embedded) {
+                .unwrap_or(match (sharing.bus.is_some(), backends.embedded) {
                     (true, _) => 30_000,
                     (false, true) => 300_000,
                     (false, false) => 1_000,
                 });
         live = live.with_recheck(Duration::from_millis(recheck_ms.max(10)));
-        if let Some(bus) = bus {
+        if let Some(bus) = sharing.bus {
             live = live.with_bus(bus);
+        }
+        if let Some(board) = sharing.presence {
+            live = live.with_presence(board);
         }
         let live = Arc::new(live);
         // The catalog rings the `product:{id}` channels after each change.

@@ -20,13 +20,14 @@ use orderflow_adapters::kafka::{KafkaEventLog, KafkaPublisher, KafkaSettings, en
 use orderflow_adapters::memory::{DbBackedRevocations, InProcessRateLimiter, InProcessSharedCache};
 use orderflow_adapters::postgres::{LeaseSettings, PostgresStore};
 use orderflow_adapters::redis::{
-    RedisConnection, RedisRateLimiter, RedisReadModels, RedisRevocations, RedisSettings,
-    RedisSharedCache,
+    RedisConnection, RedisPresence, RedisRateLimiter, RedisReadModels, RedisRevocations,
+    RedisSettings, RedisSharedCache,
 };
 use orderflow_adapters::sqlite::SqliteStore;
 use orderflow_core::ports::cache::SharedCache;
 use orderflow_core::ports::log::EventLog;
 use orderflow_core::ports::outbox::{EventDestination, Outbox};
+use orderflow_core::ports::presence::PresenceBoard;
 use orderflow_core::ports::rate_limit::RateLimiter;
 use orderflow_core::ports::read_models::ReadModels;
 use orderflow_core::ports::revocations::RevocationList;
@@ -234,16 +235,23 @@ impl Backends {
     }
 
     /// What every process shares for live channels: Redis when
-    /// configured (tickets redeemable at any API process, and the bus its
-    /// hubs ring each other on), else this process's memory (one process:
-    /// no bus needed).
-    pub fn live_sharing(&self) -> (Arc<dyn SharedCache>, Option<Arc<dyn SharedCache>>) {
+    /// configured (see [`LiveSharing`]), else this process's memory (one
+    /// process: no bus and no board needed).
+    pub fn live_sharing(&self) -> LiveSharing {
         match &self.redis {
             Some(redis) => {
                 let shared: Arc<dyn SharedCache> = Arc::new(RedisSharedCache::new(redis.clone()));
-                (shared.clone(), Some(shared))
+                LiveSharing {
+                    tickets: shared.clone(),
+                    bus: Some(shared),
+                    presence: Some(Arc::new(RedisPresence::new(redis.clone()))),
+                }
             }
-            None => (Arc::new(InProcessSharedCache::new()), None),
+            None => LiveSharing {
+                tickets: Arc::new(InProcessSharedCache::new()),
+                bus: None,
+                presence: None,
+            },
         }
     }
 
@@ -258,4 +266,14 @@ impl Backends {
             None => CatalogService::new(self.store.clone(), cache),
         }
     }
+}
+
+/// What the API processes share for live channels.
+pub struct LiveSharing {
+    /// Where tickets are kept: redeemable at any API process.
+    pub tickets: Arc<dyn SharedCache>,
+    /// The bus the hubs ring each other on.
+    pub bus: Option<Arc<dyn SharedCache>>,
+    /// Where each process reports its connections, for `admin:health`.
+    pub presence: Option<Arc<dyn PresenceBoard>>,
 }

@@ -3,7 +3,8 @@
 //! shopper connected to API 1 follows an order placed through API 0 and
 //! moved on by the worker, and the product whose stock the worker
 //! reserves; the hubs ring each other over Redis pub/sub.
-//! API 1's metrics show it heard the others' rings. Then Redis stops while
+//! API 1's metrics show it heard the others' rings; API 0's health channel
+//! counts the connections of both processes. Then Redis stops while
 //! a second order goes through, and starts again: the rings sent meanwhile
 //! are lost, and the client still gets every message of that order, in
 //! order, once the hubs' subscriptions are back (or at the latest at the
@@ -216,6 +217,42 @@ async fn a_client_on_one_api_process_hears_changes_made_by_others_and_a_redis_re
         logged_out.elapsed().as_millis()
     );
 
+    // Presence counts every process's connections: the shopper has two on
+    // API 1 (orders and product) and one more on API 0, the admin one on
+    // API 0; each process reports to Redis and API 0's health channel sums
+    // them, the shopper once.
+    let _on_first = follow(&first, &token, &channel).await;
+    let mut health = follow(&first, &admin, "admin:health").await;
+    let expected = json!({
+        "connections": 4, "users_online": 2, "processes": 2,
+        "users_by_devices": {"1": 1, "3": 1},
+    });
+    let counted = Instant::now();
+    loop {
+        let event = tokio::time::timeout(PATIENCE, health.next())
+            .await
+            .expect("a health event in time")
+            .expect("the stream is open")
+            .expect("a well-formed event");
+        if event.event != "message" {
+            continue;
+        }
+        let message: Value = serde_json::from_str(&event.data).unwrap();
+        let live = &message["data"]["live"];
+        if *live == expected {
+            break;
+        }
+        assert!(
+            counted.elapsed() < Duration::from_secs(10),
+            "presence across the processes: {live}, expected {expected}"
+        );
+    }
+    eprintln!(
+        "presence over both processes counted within {} ms",
+        counted.elapsed().as_millis()
+    );
+    drop(health);
+
     // Redis goes away while a second order goes all the way: every ring
     // of it is lost.
     redis.stop();
@@ -243,6 +280,115 @@ async fn a_client_on_one_api_process_hears_changes_made_by_others_and_a_redis_re
     );
 
     for process in [&mut api0, &mut api1, &mut worker] {
+        process.assert_running();
+        process.stop().await;
+    }
+}
+
+/// The same across processes on a Redis Cluster: the hubs ring each other
+/// over sharded channels (`SSUBSCRIBE`, spread over the nodes, no classic
+/// subscription anywhere), fast enough that a shopper on API 1 hears an
+/// order placed through API 0 long before the database recheck (60 s
+/// here), and presence is summed over both processes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn api_processes_on_a_redis_cluster_ring_each_other_over_sharded_channels() {
+    let database_url = orderflow_testkit::postgres::fresh_database()
+        .await
+        .expect("a fresh PostgreSQL database");
+    let cluster = orderflow_testkit::redis::RedisCluster::start().expect("a Redis cluster");
+    let redis_url = cluster.url();
+    let work = tempfile::tempdir().unwrap();
+    let work = work.path();
+    let logs = work.join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let env = processes_environment(
+        &work.join("data"),
+        &[
+            ("ORDERFLOW_DATABASE_URL", &database_url),
+            ("ORDERFLOW_REDIS_URL", &redis_url),
+            ("ORDERFLOW_LIVE_RECHECK_MS", "60000"),
+        ],
+    );
+    orderflow(&["migrate"], &env).await;
+    let (mut api0, first) = http_process("api-0", "api", &env, &logs).await;
+    let (mut api1, second) = http_process("api-1", "api", &env, &logs).await;
+
+    let admin = first.login(ADMIN_EMAIL, ADMIN_PASSWORD).await;
+    let product = first.product(&admin, "LIVE-C", 300, 20).await;
+    let registered: Value = first
+        .post(
+            "/auth/register",
+            json!({"email": "cluster@example.com", "password": PASSWORD, "name": "Sharded"}),
+            None,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let user = registered["id"].as_str().unwrap().to_owned();
+    let token = first.login("cluster@example.com", PASSWORD).await;
+    let mut events = follow(&second, &token, &format!("orders:{user}")).await;
+    let subscribed = tokio::time::timeout(PATIENCE, events.next())
+        .await
+        .expect("subscribed in time")
+        .unwrap()
+        .unwrap();
+    assert_eq!(subscribed.event, "subscribed");
+
+    let placed = Instant::now();
+    let order = place(&first, &token, &product).await;
+    let message = tokio::time::timeout(Duration::from_secs(10), events.next())
+        .await
+        .expect("the ring over the cluster, not the 60 s recheck")
+        .unwrap()
+        .unwrap();
+    let message: Value = serde_json::from_str(&message.data).unwrap();
+    assert_eq!(message["data"]["order_id"], order, "{message}");
+    assert_eq!(message["data"]["status"], "pending");
+    eprintln!(
+        "API 1 sent API 0's order {} ms after it was placed",
+        placed.elapsed().as_millis()
+    );
+
+    // Each API process holds its bus subscriptions as sharded channels.
+    let mut sharded = 0;
+    for node in cluster.nodes() {
+        let shard_channels = node.cli(&["PUBSUB", "SHARDCHANNELS", "*"]).unwrap();
+        sharded += shard_channels
+            .lines()
+            .filter(|line| line.contains("channel:live:"))
+            .count();
+        let classic = node.cli(&["PUBSUB", "CHANNELS", "*"]).unwrap();
+        assert!(
+            !classic.contains("live"),
+            "no classic live channel: {classic}"
+        );
+    }
+    assert_eq!(sharded, 16, "the 16 bus channels, each on one shard");
+
+    let mut health = follow(&first, &admin, "admin:health").await;
+    let counted = Instant::now();
+    loop {
+        let event = tokio::time::timeout(PATIENCE, health.next())
+            .await
+            .expect("a health event in time")
+            .expect("the stream is open")
+            .expect("a well-formed event");
+        if event.event != "message" {
+            continue;
+        }
+        let message: Value = serde_json::from_str(&event.data).unwrap();
+        let live = &message["data"]["live"];
+        if live["processes"] == 2 && live["connections"] == 2 {
+            break;
+        }
+        assert!(
+            counted.elapsed() < Duration::from_secs(10),
+            "presence over the cluster: {live}"
+        );
+    }
+
+    for process in [&mut api0, &mut api1] {
         process.assert_running();
         process.stop().await;
     }

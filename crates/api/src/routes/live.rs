@@ -102,8 +102,10 @@ pub struct LiveSocketParams {
 /// "price_cents", "currency", "stock"}`, the product at version
 /// `position` (a client that missed versions gets the newest);
 /// `admin:health`'s is `{"type": "health", "consumer_lag": {group: lag},
-/// "dead_letters", "outbox", "live": {"connections", "users_online"}}`
-/// every second (position: the time in ms).
+/// "dead_letters", "outbox", "live": {"connections", "users_online",
+/// "processes", "users_by_devices": {devices: users}}}` every second
+/// (position: the time in ms); with Redis the `live` counts are every API
+/// process's, a shopper connected to two processes counting once.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct LiveFrameView {
     #[serde(rename = "type")]

@@ -29,7 +29,7 @@ pub struct PresenceTally {
     /// Distinct users with at least one: a shopper connected to two
     /// processes counts once.
     pub users: usize,
-    /// Processes whose report is alive (those with no connection too).
+    /// Processes whose alive report holds at least one connection.
     pub processes: usize,
     /// How many users have 1, 2, 3… devices connected.
     pub users_by_devices: BTreeMap<usize, usize>,
@@ -41,7 +41,9 @@ impl PresenceTally {
         let mut per_user: HashMap<UserId, usize> = HashMap::new();
         let mut processes = 0;
         for report in reports {
-            processes += 1;
+            if report.values().any(|devices| *devices > 0) {
+                processes += 1;
+            }
             for (user, devices) in report {
                 *per_user.entry(*user).or_default() += devices;
             }

@@ -620,6 +620,11 @@ async fn admins_follow_the_pipeline_health_every_second() {
         "this connection counts: {data}"
     );
     assert!(data["live"]["users_online"].as_i64().unwrap() >= 1);
+    assert_eq!(data["live"]["processes"], 1, "one process: {data}");
+    assert!(
+        data["live"]["users_by_devices"]["1"].as_i64().unwrap() >= 1,
+        "the admin has one device here: {data}"
+    );
 }
 
 #[tokio::test]

@@ -29,6 +29,7 @@ use tokio::sync::{Notify, mpsc, watch};
 use super::{LiveChannel, LiveMessage};
 use crate::CoreError;
 use crate::ports::cache::{CacheEvent, SharedCache};
+use crate::ports::presence::{PresenceBoard, PresenceTally};
 use crate::ports::store::{ChangesPage, Store, StoreResult};
 use crate::services::admin::Operations;
 use crate::services::auth::{AuthService, Principal, new_random_token, sha256_hex};
@@ -153,8 +154,12 @@ pub struct LiveHub {
     states: Arc<States>,
     /// Rings for the other processes, when there is a bus.
     bus: Option<mpsc::Sender<String>>,
+    /// This hub among the processes: signs its bus rings and names its
+    /// presence report.
+    instance: String,
     recheck: Duration,
     revocation_listener: OnceLock<()>,
+    presence_reporter: OnceLock<()>,
 }
 
 impl std::fmt::Debug for LiveHub {
@@ -189,10 +194,14 @@ impl LiveHub {
                 recheck: Mutex::new(DEFAULT_RECHECK),
                 keeper: OnceLock::new(),
                 presence: Mutex::new(HashMap::new()),
+                presence_changes: std::sync::atomic::AtomicU64::new(0),
+                board: OnceLock::new(),
             }),
             bus: None,
+            instance: uuid::Uuid::now_v7().to_string(),
             recheck: DEFAULT_RECHECK,
             revocation_listener: OnceLock::new(),
+            presence_reporter: OnceLock::new(),
         }
     }
 
@@ -211,13 +220,22 @@ impl LiveHub {
         self
     }
 
+    /// Reports this process's live connections to `board` every
+    /// [`PRESENCE_EVERY`] from its first connection on (a process that
+    /// serves none, a worker, reports nothing), so that `admin:health`
+    /// counts every process's; without a board, this process's alone.
+    pub fn with_presence(self, board: Arc<dyn PresenceBoard>) -> Self {
+        let _ = self.states.board.set(board);
+        self
+    }
+
     /// Rings the other processes' hubs over `bus`'s pub/sub, and hears
     /// theirs. Starts two tasks (needs a Tokio runtime); they end when the
     /// hub is dropped.
     pub fn with_bus(mut self, bus: Arc<dyn SharedCache>) -> Self {
         // Each hub signs its rings, so it does not ring its own followers
         // twice when its own rings come back.
-        let me = uuid::Uuid::now_v7().to_string();
+        let me = self.instance.clone();
         // Rings are doorbells (their order does not matter), so they go
         // round the bus's channels in turn: on a sharded bus (a Redis
         // Cluster) every node carries its share.
@@ -398,12 +416,22 @@ impl LiveHub {
     /// its bell for revocations of the user's tokens.
     pub(super) fn connected(&self, user: UserId) -> watch::Receiver<u64> {
         self.listen_for_revocations();
+        if let Some(board) = self.states.board.get() {
+            self.presence_reporter.get_or_init(|| {
+                tokio::spawn(report_presence(
+                    board.clone(),
+                    self.instance.clone(),
+                    Arc::downgrade(&self.states),
+                ));
+            });
+        }
         let mut presence = lock(&self.states.presence);
         let devices = presence.entry(user).or_insert_with(|| Devices {
             count: 0,
             revoked: watch::channel(0).0,
         });
         devices.count += 1;
+        self.states.presence_changed();
         devices.revoked.subscribe()
     }
 
@@ -416,6 +444,7 @@ impl LiveHub {
                 presence.remove(&user);
             }
         }
+        self.states.presence_changed();
     }
 
     /// Starts (once: with the bus, or at the first connection) the task
@@ -462,9 +491,10 @@ impl LiveHub {
         }
     }
 
-    /// Live connections in this process, and how many users they belong to.
-    pub fn presence(&self) -> (usize, usize) {
-        self.states.presence()
+    /// Live connections and users: every process's, from the presence
+    /// board when there is one and it answers, else this process's.
+    pub async fn presence(&self) -> PresenceTally {
+        self.states.presence().await
     }
 
     /// A single-use ticket that stands for `principal` for [`TICKET_TTL`]:
@@ -761,6 +791,11 @@ struct States {
     keeper: OnceLock<()>,
     /// Live connections per user, in this process.
     presence: Mutex<HashMap<UserId, Devices>>,
+    /// Bumped at each connection and disconnection: the reporter sends the
+    /// whole map only when it moved.
+    presence_changes: std::sync::atomic::AtomicU64,
+    /// Where every process reports its connections, when there is one.
+    board: OnceLock<Arc<dyn PresenceBoard>>,
 }
 
 /// One user's live connections in this process.
@@ -774,14 +809,76 @@ struct Devices {
 /// How often `admin:health` is sent.
 const HEALTH_EVERY: Duration = Duration::from_secs(1);
 
+/// How often each process reports its connections to the presence board.
+pub const PRESENCE_EVERY: Duration = Duration::from_secs(1);
+/// How long a report counts without another: a process that died drops
+/// out of the totals within this time.
+const PRESENCE_TTL: Duration = Duration::from_secs(3);
+
+/// Reports `states`' connections to `board` every [`PRESENCE_EVERY`]: the
+/// whole map when it changed or the board lost it, else a keep-alive.
+async fn report_presence(
+    board: Arc<dyn PresenceBoard>,
+    instance: String,
+    states: std::sync::Weak<States>,
+) {
+    let mut reported: Option<u64> = None;
+    let mut every = tokio::time::interval(PRESENCE_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let Some(states) = states.upgrade() else {
+            return;
+        };
+        let changes = states
+            .presence_changes
+            .load(std::sync::atomic::Ordering::Acquire);
+        let kept = match reported {
+            Some(last) if last == changes => board
+                .keep_alive(&instance, PRESENCE_TTL)
+                .await
+                .unwrap_or(false),
+            _ => false,
+        };
+        if !kept {
+            let devices = states.local_devices();
+            reported = match board.report(&instance, &devices, PRESENCE_TTL).await {
+                Ok(()) => Some(changes),
+                Err(error) => {
+                    tracing::debug!(%error, "live presence not reported");
+                    None
+                }
+            };
+        }
+    }
+}
+
 impl States {
-    /// Live connections in this process, and how many users they belong to.
-    fn presence(&self) -> (usize, usize) {
-        let presence = lock(&self.presence);
-        (
-            presence.values().map(|devices| devices.count).sum(),
-            presence.len(),
-        )
+    /// Live connections per user, in this process.
+    fn local_devices(&self) -> HashMap<UserId, usize> {
+        lock(&self.presence)
+            .iter()
+            .map(|(user, devices)| (*user, devices.count))
+            .collect()
+    }
+
+    fn presence_changed(&self) {
+        self.presence_changes
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Every process's connections from the board, or this process's when
+    /// there is no board or it does not answer.
+    async fn presence(&self) -> PresenceTally {
+        if let Some(board) = self.board.get() {
+            match board.tally().await {
+                Ok(tally) => return tally,
+                Err(error) => {
+                    tracing::debug!(%error, "presence board unavailable; counting this process only");
+                }
+            }
+        }
+        PresenceTally::of([&self.local_devices()])
     }
 
     /// Tells `user`'s connections here to check their tokens now.
@@ -859,7 +956,7 @@ impl States {
                 let operations = self.operations.get().ok_or_else(|| {
                     CoreError::Internal("admin:health has no operations wired".into())
                 })?;
-                LiveMessage::health(operations.health().await?, self.presence())
+                LiveMessage::health(operations.health().await?, &self.presence().await)
             }
             _ => {
                 return Err(CoreError::Internal(format!(

@@ -44,6 +44,7 @@ use serde::{Deserialize, Serialize};
 pub use connection::{ConnectionSettings, LiveConnection};
 pub use hub::{DEFAULT_RECHECK, Follower, LiveHub, LiveSnapshot, TICKET_TTL};
 
+use crate::ports::presence::PresenceTally;
 use crate::ports::store::{NotificationChange, OrderChange};
 use crate::services::admin::HealthSnapshot;
 
@@ -185,7 +186,7 @@ impl LiveMessage {
 
     /// `admin:health` now, with this process's live `(connections,
     /// users)`; its position is the time in milliseconds.
-    fn health(snapshot: HealthSnapshot, (connections, users): (usize, usize)) -> Self {
+    fn health(snapshot: HealthSnapshot, presence: &PresenceTally) -> Self {
         let at = chrono::Utc::now();
         Self {
             channel: LiveChannel::Health.name(),
@@ -196,7 +197,16 @@ impl LiveMessage {
                 "consumer_lag": snapshot.consumer_lag,
                 "dead_letters": snapshot.dead_letters,
                 "outbox": snapshot.outbox,
-                "live": {"connections": connections, "users_online": users},
+                "live": {
+                    "connections": presence.devices,
+                    "users_online": presence.users,
+                    "processes": presence.processes,
+                    "users_by_devices": presence
+                        .users_by_devices
+                        .iter()
+                        .map(|(devices, users)| (devices.to_string(), users))
+                        .collect::<std::collections::BTreeMap<_, _>>(),
+                },
             }),
         }
     }
