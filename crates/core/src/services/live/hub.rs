@@ -783,7 +783,7 @@ fn is_state_channel(name: &str) -> bool {
 struct States {
     store: Arc<dyn Store>,
     operations: OnceLock<Arc<Operations>>,
-    latest: Mutex<HashMap<String, watch::Sender<Option<Arc<LiveMessage>>>>>,
+    latest: Mutex<HashMap<String, StateChannel>>,
     /// Channels to read again at the keeper's next round.
     dirty: Mutex<HashSet<String>>,
     poke: Notify,
@@ -804,6 +804,55 @@ struct Devices {
     /// Rung when the user's tokens or sessions were revoked (here or, over
     /// the bus, elsewhere): each connection checks its own at once.
     revoked: watch::Sender<u64>,
+}
+
+/// One follower's view of a state channel: the newest message it was
+/// handed.
+type StateSender = Arc<watch::Sender<Option<Arc<LiveMessage>>>>;
+
+/// A followed state channel in this process: its newest message, and a
+/// watch per follower, so that a change can be handed out a chunk of
+/// followers at a time ([`fan_out`]).
+#[derive(Default)]
+struct StateChannel {
+    latest: Option<Arc<LiveMessage>>,
+    followers: Vec<StateSender>,
+}
+
+impl StateChannel {
+    /// Forgets the followers that went away; whether any is left.
+    fn followed(&mut self) -> bool {
+        self.followers.retain(|follower| !follower.is_closed());
+        !self.followers.is_empty()
+    }
+}
+
+/// Followers handed a state change before the fan-out lets other tasks
+/// run: a product followed by 10,000 connections wakes them 64 at a time,
+/// so a shopper's order message woken meanwhile waits behind 64 sends,
+/// not behind 10,000.
+const FAN_OUT_CHUNK: usize = 64;
+
+/// Hands `message` to `followers` a chunk at a time (each keeps the newer
+/// of what it holds and `message`, so overlapping fan-outs of one channel
+/// never go back).
+async fn fan_out(followers: Vec<StateSender>, message: Arc<LiveMessage>) {
+    for chunk in followers.chunks(FAN_OUT_CHUNK) {
+        for follower in chunk {
+            hand(follower, &message);
+        }
+        tokio::task::yield_now().await;
+    }
+}
+
+fn hand(follower: &StateSender, message: &Arc<LiveMessage>) {
+    follower.send_if_modified(|state| match state {
+        Some(current) if current.position >= message.position => false,
+        _ => {
+            *state = Some(message.clone());
+            true
+        }
+    });
 }
 
 /// How often `admin:health` is sent.
@@ -904,31 +953,42 @@ impl States {
         self.keeper.get_or_init(|| {
             tokio::spawn(Self::keep(Arc::downgrade(self)));
         });
-        lock(&self.latest)
-            .entry(channel.to_owned())
-            .or_insert_with(|| watch::channel(None).0)
-            .subscribe()
+        let mut channels = lock(&self.latest);
+        let state = channels.entry(channel.to_owned()).or_default();
+        let (sender, receiver) = watch::channel(state.latest.clone());
+        state.followers.push(Arc::new(sender));
+        receiver
     }
 
-    /// Keeps `message` as its channel's state if it is newer, and tells the
-    /// channel's followers; builds it only when somebody here follows it.
+    /// Keeps `message` as its channel's state if it is newer, and hands it
+    /// to the channel's followers (a chunk at a time when they are many);
+    /// builds it only when somebody here follows it.
     fn set(&self, channel: &str, message: impl FnOnce() -> LiveMessage) {
-        let mut latest = lock(&self.latest);
-        let Some(sender) = latest.get(channel) else {
+        let mut channels = lock(&self.latest);
+        let Some(state) = channels.get_mut(channel) else {
             return; // Nobody here follows it.
         };
-        if sender.receiver_count() == 0 {
-            latest.remove(channel);
+        if !state.followed() {
+            channels.remove(channel);
             return;
         }
         let message = message();
-        sender.send_if_modified(|state| match state {
-            Some(current) if current.position >= message.position => false,
-            _ => {
-                *state = Some(Arc::new(message));
-                true
+        if state
+            .latest
+            .as_ref()
+            .is_some_and(|current| current.position >= message.position)
+        {
+            return;
+        }
+        let message = Arc::new(message);
+        state.latest = Some(message.clone());
+        if state.followers.len() <= FAN_OUT_CHUNK {
+            for follower in &state.followers {
+                hand(follower, &message);
             }
-        });
+        } else {
+            tokio::spawn(fan_out(state.followers.clone(), message));
+        }
     }
 
     /// Marks `channel` to be read again at once.
@@ -982,7 +1042,7 @@ impl States {
             }
             let followed: Vec<String> = {
                 let mut latest = lock(&this.latest);
-                latest.retain(|_, sender| sender.receiver_count() > 0);
+                latest.retain(|_, state| state.followed());
                 latest.keys().cloned().collect()
             };
             let dirty: HashSet<String> = std::mem::take(&mut *lock(&this.dirty));
@@ -1013,6 +1073,28 @@ mod tests {
 
     fn positions(page: &[LiveMessage]) -> Vec<i64> {
         page.iter().map(|message| message.position).collect()
+    }
+
+    /// A change for many followers reaches every one, a chunk at a time,
+    /// and an older change handed out later never replaces a newer one.
+    #[tokio::test]
+    async fn a_fan_out_reaches_every_follower_and_never_goes_back() {
+        let (senders, mut receivers): (Vec<StateSender>, Vec<_>) = (0..FAN_OUT_CHUNK * 3 + 5)
+            .map(|_| {
+                let (sender, receiver) = watch::channel(None);
+                (Arc::new(sender), receiver)
+            })
+            .unzip();
+        let (newer, older) = (Arc::new(at(7)), Arc::new(at(6)));
+        let first = tokio::spawn(fan_out(senders.clone(), newer));
+        let late = tokio::spawn(fan_out(senders.clone(), older));
+        first.await.unwrap();
+        late.await.unwrap();
+        for receiver in &mut receivers {
+            assert!(receiver.has_changed().unwrap(), "every follower is woken");
+            let held = receiver.borrow_and_update().clone();
+            assert_eq!(held.map(|message| message.position), Some(7));
+        }
     }
 
     /// `admin:orders` sends positions without a hole; a hole is waited for
