@@ -353,7 +353,8 @@ impl App {
 /// request line and headers (HTTP/1), so a slow client that trickles a
 /// request byte by byte (slow-loris) is disconnected after
 /// `header_read_timeout` instead of holding a connection forever. Bodies are
-/// covered by the router's request timeout (408).
+/// covered by the router's request timeout (408). Sockets are
+/// `TCP_NODELAY`.
 async fn serve_http(
     listener: TcpListener,
     router: axum::Router,
@@ -384,6 +385,12 @@ async fn serve_http(
             },
             _ = shutdown.cancelled() => break,
         };
+        // Responses and live frames go out as written: with Nagle's
+        // algorithm a small write behind an unacknowledged one waits for
+        // the peer's (delayed, up to 40 ms) acknowledgement.
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%peer, %error, "TCP_NODELAY not set");
+        }
         let service = router.clone().map_request(
             move |mut request: axum::http::Request<hyper::body::Incoming>| {
                 request

@@ -83,48 +83,122 @@ async fn until_confirmed(client: &Client, token: &str, order: &str) {
     }
 }
 
+/// Two `api` processes (and optionally a `worker`) on a fresh PostgreSQL
+/// database and the Redis at `redis_url`, with an admin, a product and a
+/// registered shopper.
+struct Stack {
+    _work: tempfile::TempDir,
+    env: Vec<(String, String)>,
+    logs: std::path::PathBuf,
+    api0: support::process::Process,
+    first: Client,
+    api1: support::process::Process,
+    second: Client,
+    admin: String,
+    product: String,
+    user: String,
+    email: String,
+    token: String,
+}
+
+impl Stack {
+    async fn start(redis_url: &str, recheck_ms: &str, sku: &str) -> Stack {
+        let database_url = orderflow_testkit::postgres::fresh_database()
+            .await
+            .expect("a fresh PostgreSQL database");
+        let work = tempfile::tempdir().unwrap();
+        let logs = work.path().join("logs");
+        std::fs::create_dir_all(&logs).unwrap();
+        let env = processes_environment(
+            &work.path().join("data"),
+            &[
+                ("ORDERFLOW_DATABASE_URL", &database_url),
+                ("ORDERFLOW_REDIS_URL", redis_url),
+                ("ORDERFLOW_LIVE_RECHECK_MS", recheck_ms),
+            ],
+        );
+        orderflow(&["migrate"], &env).await;
+        let (api0, first) = http_process("api-0", "api", &env, &logs).await;
+        let (api1, second) = http_process("api-1", "api", &env, &logs).await;
+        let admin = first.login(ADMIN_EMAIL, ADMIN_PASSWORD).await;
+        let product = first.product(&admin, sku, 300, 20).await;
+        let email = format!("{}@example.com", sku.to_lowercase());
+        let registered: Value = first
+            .post(
+                "/auth/register",
+                json!({"email": email, "password": PASSWORD, "name": "Live"}),
+                None,
+            )
+            .await
+            .json()
+            .await
+            .unwrap();
+        let user = registered["id"].as_str().unwrap().to_owned();
+        let token = first.login(&email, PASSWORD).await;
+        Stack {
+            _work: work,
+            env,
+            logs,
+            api0,
+            first,
+            api1,
+            second,
+            admin,
+            product,
+            user,
+            email,
+            token,
+        }
+    }
+
+    fn worker(&self) -> support::process::Process {
+        support::process::Process::start("worker", &["worker"], &self.env, &self.logs)
+    }
+
+    async fn stop(mut self) {
+        for process in [&mut self.api0, &mut self.api1] {
+            process.assert_running();
+            process.stop().await;
+        }
+    }
+}
+
+/// Waits (bounded) for an `admin:health` message whose `live` part passes
+/// `check`; fails with the last one seen.
+async fn until_presence(health: &mut Events, check: impl Fn(&Value) -> bool) -> Duration {
+    let started = Instant::now();
+    loop {
+        let event = tokio::time::timeout(PATIENCE, health.next())
+            .await
+            .expect("a health event in time")
+            .expect("the stream is open")
+            .expect("a well-formed event");
+        if event.event != "message" {
+            continue;
+        }
+        let message: Value = serde_json::from_str(&event.data).unwrap();
+        let live = &message["data"]["live"];
+        if check(live) {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "presence across the processes: {live}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_client_on_one_api_process_hears_changes_made_by_others_and_a_redis_restart_loses_nothing()
  {
-    let database_url = orderflow_testkit::postgres::fresh_database()
-        .await
-        .expect("a fresh PostgreSQL database");
     let mut redis = orderflow_testkit::redis::RedisServer::start().expect("redis-server");
-    let redis_url = redis.url();
-    let work = tempfile::tempdir().unwrap();
-    let work = work.path();
-    let logs = work.join("logs");
-    std::fs::create_dir_all(&logs).unwrap();
-    let env = processes_environment(
-        &work.join("data"),
-        &[
-            ("ORDERFLOW_DATABASE_URL", &database_url),
-            ("ORDERFLOW_REDIS_URL", &redis_url),
-            ("ORDERFLOW_LIVE_RECHECK_MS", "10000"),
-        ],
-    );
-    orderflow(&["migrate"], &env).await;
-    let (mut api0, first) = http_process("api-0", "api", &env, &logs).await;
-    let (mut api1, second) = http_process("api-1", "api", &env, &logs).await;
-    let mut worker = support::process::Process::start("worker", &["worker"], &env, &logs);
-
-    let admin = first.login(ADMIN_EMAIL, ADMIN_PASSWORD).await;
-    let product = first.product(&admin, "LIVE-X", 300, 20).await;
-    let registered: Value = first
-        .post(
-            "/auth/register",
-            json!({"email": "live@example.com", "password": PASSWORD, "name": "Live"}),
-            None,
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
-    let user = registered["id"].as_str().unwrap().to_owned();
-    let token = first.login("live@example.com", PASSWORD).await;
+    let stack = Stack::start(&redis.url(), "10000", "LIVE-X").await;
+    let mut worker = stack.worker();
+    let (first, second) = (&stack.first, &stack.second);
+    let (admin, product, user, token) = (&stack.admin, &stack.product, &stack.user, &stack.token);
     let channel = format!("orders:{user}");
 
-    let mut events = follow(&second, &token, &channel).await;
+    let mut events = follow(second, token, &channel).await;
     let mut next = async || -> Value {
         loop {
             let event = tokio::time::timeout(PATIENCE, events.next())
@@ -139,10 +213,10 @@ async fn a_client_on_one_api_process_hears_changes_made_by_others_and_a_redis_re
     };
 
     // The product, followed on API 1 too: the worker reserves its stock.
-    let mut product_events = follow(&second, &token, &format!("product:{product}")).await;
+    let mut product_events = follow(second, token, &format!("product:{product}")).await;
 
     // Placed through API 0, moved on by the worker; heard on API 1.
-    let order = place(&first, &token, &product).await;
+    let order = place(first, token, product).await;
     let mut last = 0;
     let mut statuses = Vec::new();
     for _ in 0..4 {
@@ -188,8 +262,8 @@ async fn a_client_on_one_api_process_hears_changes_made_by_others_and_a_redis_re
     // A second device of the shopper, connected to API 1, logged out
     // through API 0: API 1 hears of it over the bus and closes that stream
     // at once (its own recheck is 10 s away); the first device stays.
-    let device = first.login("live@example.com", PASSWORD).await;
-    let mut on_device = follow(&second, &device, &channel).await;
+    let device = first.login(&stack.email, PASSWORD).await;
+    let mut on_device = follow(second, &device, &channel).await;
     let subscribed = tokio::time::timeout(PATIENCE, on_device.next())
         .await
         .expect("subscribed in time")
@@ -221,43 +295,24 @@ async fn a_client_on_one_api_process_hears_changes_made_by_others_and_a_redis_re
     // API 1 (orders and product) and one more on API 0, the admin one on
     // API 0; each process reports to Redis and API 0's health channel sums
     // them, the shopper once.
-    let _on_first = follow(&first, &token, &channel).await;
-    let mut health = follow(&first, &admin, "admin:health").await;
+    let _on_first = follow(first, token, &channel).await;
+    let mut health = follow(first, admin, "admin:health").await;
     let expected = json!({
         "connections": 4, "users_online": 2, "processes": 2,
         "users_by_devices": {"1": 1, "3": 1},
     });
-    let counted = Instant::now();
-    loop {
-        let event = tokio::time::timeout(PATIENCE, health.next())
-            .await
-            .expect("a health event in time")
-            .expect("the stream is open")
-            .expect("a well-formed event");
-        if event.event != "message" {
-            continue;
-        }
-        let message: Value = serde_json::from_str(&event.data).unwrap();
-        let live = &message["data"]["live"];
-        if *live == expected {
-            break;
-        }
-        assert!(
-            counted.elapsed() < Duration::from_secs(10),
-            "presence across the processes: {live}, expected {expected}"
-        );
-    }
+    let took = until_presence(&mut health, |live| *live == expected).await;
     eprintln!(
         "presence over both processes counted within {} ms",
-        counted.elapsed().as_millis()
+        took.as_millis()
     );
     drop(health);
 
     // Redis goes away while a second order goes all the way: every ring
     // of it is lost.
     redis.stop();
-    let order = place(&first, &token, &product).await;
-    until_confirmed(&first, &token, &order).await;
+    let order = place(first, token, product).await;
+    until_confirmed(first, token, &order).await;
     redis.restart().expect("redis-server starts again");
     let restarted = Instant::now();
 
@@ -279,10 +334,9 @@ async fn a_client_on_one_api_process_hears_changes_made_by_others_and_a_redis_re
         restarted.elapsed().as_millis()
     );
 
-    for process in [&mut api0, &mut api1, &mut worker] {
-        process.assert_running();
-        process.stop().await;
-    }
+    worker.assert_running();
+    worker.stop().await;
+    stack.stop().await;
 }
 
 /// The same across processes on a Redis Cluster: the hubs ring each other
@@ -292,42 +346,11 @@ async fn a_client_on_one_api_process_hears_changes_made_by_others_and_a_redis_re
 /// here), and presence is summed over both processes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn api_processes_on_a_redis_cluster_ring_each_other_over_sharded_channels() {
-    let database_url = orderflow_testkit::postgres::fresh_database()
-        .await
-        .expect("a fresh PostgreSQL database");
     let cluster = orderflow_testkit::redis::RedisCluster::start().expect("a Redis cluster");
-    let redis_url = cluster.url();
-    let work = tempfile::tempdir().unwrap();
-    let work = work.path();
-    let logs = work.join("logs");
-    std::fs::create_dir_all(&logs).unwrap();
-    let env = processes_environment(
-        &work.join("data"),
-        &[
-            ("ORDERFLOW_DATABASE_URL", &database_url),
-            ("ORDERFLOW_REDIS_URL", &redis_url),
-            ("ORDERFLOW_LIVE_RECHECK_MS", "60000"),
-        ],
-    );
-    orderflow(&["migrate"], &env).await;
-    let (mut api0, first) = http_process("api-0", "api", &env, &logs).await;
-    let (mut api1, second) = http_process("api-1", "api", &env, &logs).await;
-
-    let admin = first.login(ADMIN_EMAIL, ADMIN_PASSWORD).await;
-    let product = first.product(&admin, "LIVE-C", 300, 20).await;
-    let registered: Value = first
-        .post(
-            "/auth/register",
-            json!({"email": "cluster@example.com", "password": PASSWORD, "name": "Sharded"}),
-            None,
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
-    let user = registered["id"].as_str().unwrap().to_owned();
-    let token = first.login("cluster@example.com", PASSWORD).await;
-    let mut events = follow(&second, &token, &format!("orders:{user}")).await;
+    let stack = Stack::start(&cluster.url(), "60000", "LIVE-C").await;
+    let (first, second) = (&stack.first, &stack.second);
+    let (admin, product, user, token) = (&stack.admin, &stack.product, &stack.user, &stack.token);
+    let mut events = follow(second, token, &format!("orders:{user}")).await;
     let subscribed = tokio::time::timeout(PATIENCE, events.next())
         .await
         .expect("subscribed in time")
@@ -336,7 +359,7 @@ async fn api_processes_on_a_redis_cluster_ring_each_other_over_sharded_channels(
     assert_eq!(subscribed.event, "subscribed");
 
     let placed = Instant::now();
-    let order = place(&first, &token, &product).await;
+    let order = place(first, token, product).await;
     let message = tokio::time::timeout(Duration::from_secs(10), events.next())
         .await
         .expect("the ring over the cluster, not the 60 s recheck")
@@ -366,30 +389,11 @@ async fn api_processes_on_a_redis_cluster_ring_each_other_over_sharded_channels(
     }
     assert_eq!(sharded, 16, "the 16 bus channels, each on one shard");
 
-    let mut health = follow(&first, &admin, "admin:health").await;
-    let counted = Instant::now();
-    loop {
-        let event = tokio::time::timeout(PATIENCE, health.next())
-            .await
-            .expect("a health event in time")
-            .expect("the stream is open")
-            .expect("a well-formed event");
-        if event.event != "message" {
-            continue;
-        }
-        let message: Value = serde_json::from_str(&event.data).unwrap();
-        let live = &message["data"]["live"];
-        if live["processes"] == 2 && live["connections"] == 2 {
-            break;
-        }
-        assert!(
-            counted.elapsed() < Duration::from_secs(10),
-            "presence over the cluster: {live}"
-        );
-    }
+    let mut health = follow(first, admin, "admin:health").await;
+    until_presence(&mut health, |live| {
+        live["processes"] == 2 && live["connections"] == 2
+    })
+    .await;
 
-    for process in [&mut api0, &mut api1] {
-        process.assert_running();
-        process.stop().await;
-    }
+    stack.stop().await;
 }

@@ -28,44 +28,45 @@ use super::connection::RedisConnection;
 /// The field every report's hash holds besides the users.
 const MARKER: &str = "-";
 
-/// KEYS = processes, the process's hash; ARGV = process, ttl ms, marker,
-/// then user and count pairs. Every process uses the same time to live, so
-/// setting the set's own expiry to it only ever extends it.
-const REPORT: &str = r"
+/// Put before each script: `now` in Redis's clock (ms), and `keep(ttl)`,
+/// which gives the report of process `ARGV[1]` (hash `KEYS[2]`, listed in
+/// `KEYS[1]`) another `ttl` ms. Every process uses the same time to live,
+/// so setting the set's own expiry to it only ever extends it.
+const PRELUDE: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local ttl = tonumber(ARGV[2])
+local function keep(ttl)
+  redis.call('PEXPIRE', KEYS[2], ttl)
+  redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
+  redis.call('PEXPIRE', KEYS[1], ttl)
+end
+";
+
+/// KEYS = processes, the process's hash; ARGV = process, ttl ms, marker,
+/// then user and count pairs.
+const REPORT: &str = r"
 redis.call('DEL', KEYS[2])
 redis.call('HSET', KEYS[2], ARGV[3], 0)
 for i = 4, #ARGV, 2 do
   redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
 end
-redis.call('PEXPIRE', KEYS[2], ttl)
-redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
-redis.call('PEXPIRE', KEYS[1], ttl)
+keep(tonumber(ARGV[2]))
 return 1
 ";
 
 /// KEYS = processes, the process's hash; ARGV = process, ttl ms. 1 when
 /// extended, 0 when the report is gone.
 const KEEP_ALIVE: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local ttl = tonumber(ARGV[2])
 local until_ = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if not until_ or tonumber(until_) <= now or redis.call('EXISTS', KEYS[2]) == 0 then
   return 0
 end
-redis.call('PEXPIRE', KEYS[2], ttl)
-redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
-redis.call('PEXPIRE', KEYS[1], ttl)
+keep(tonumber(ARGV[2]))
 return 1
 ";
 
 /// KEYS = processes. Drops the expired ones; returns the alive.
 const ALIVE: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 return redis.call('ZRANGE', KEYS[1], 0, -1)
 ";
@@ -82,9 +83,9 @@ impl RedisPresence {
     pub fn new(conn: RedisConnection) -> Self {
         Self {
             conn,
-            report: redis::Script::new(REPORT),
-            keep_alive: redis::Script::new(KEEP_ALIVE),
-            alive: redis::Script::new(ALIVE),
+            report: script(REPORT),
+            keep_alive: script(KEEP_ALIVE),
+            alive: script(ALIVE),
         }
     }
 
@@ -95,6 +96,10 @@ impl RedisPresence {
     fn process(&self, id: &str) -> String {
         self.conn.key(&format!("{{presence}}:process:{id}"))
     }
+}
+
+fn script(body: &str) -> redis::Script {
+    redis::Script::new(&format!("{PRELUDE}{body}"))
 }
 
 fn millis(ttl: Duration) -> u64 {

@@ -775,7 +775,8 @@ fn is_state_channel(name: &str) -> bool {
 
 /// The latest message of each followed state channel, kept once per
 /// process and handed to every follower of it: a product that changes is
-/// read once here, not once per follower. A keeper task (started with the
+/// read once here, not once per follower, and handed out
+/// [`FAN_OUT_CHUNK`] followers at a time. A keeper task (started with the
 /// first state channel followed) reloads what is marked for reloading (a
 /// ring from another process, a change whose row was not at hand), every
 /// followed product each recheck (the safety net for lost rings), and
