@@ -314,7 +314,7 @@ fn sse_event(frame: &LiveFrame, positions: &mut BTreeMap<String, i64>) -> Event 
         positions.insert(channel.clone(), position);
         event = event.id(format_positions(positions));
     }
-    event.json_data(frame).unwrap_or_default()
+    event.data(&*frame.to_json())
 }
 
 /// Follows live channels over a WebSocket: send `subscribe` /
@@ -418,7 +418,7 @@ async fn send(sink: &mut Sink, message: Message) -> Result<(), ()> {
 }
 
 fn text(frame: &LiveFrame) -> Message {
-    Message::Text(serde_json::to_string(frame).unwrap_or_default().into())
+    Message::Text((*frame.to_json()).into())
 }
 
 fn error_frame(error: ApiError) -> Message {
@@ -559,12 +559,14 @@ mod tests {
             recovered: true,
         };
         let _ = sse_event(&subscribed, &mut positions);
-        let message = LiveFrame::Message(orderflow_core::services::live::LiveMessage {
-            channel: "orders:b".into(),
-            position: 9,
-            at: chrono::Utc::now(),
-            data: serde_json::json!({}),
-        });
+        let message = LiveFrame::Message(std::sync::Arc::new(
+            orderflow_core::services::live::LiveMessage::new(
+                "orders:b".into(),
+                9,
+                chrono::Utc::now(),
+                serde_json::json!({}),
+            ),
+        ));
         let _ = sse_event(&message, &mut positions);
         assert_eq!(format_positions(&positions), "orders:a=3;orders:b=9");
         let _ = sse_event(&LiveFrame::Pong, &mut positions);

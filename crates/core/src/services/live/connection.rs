@@ -161,7 +161,7 @@ type End = Option<(CloseReason, String)>;
 struct Task {
     slow_after: Duration,
     frames: mpsc::Sender<LiveFrame>,
-    followers: StreamMap<String, BoxStream<'static, StoreResult<LiveMessage>>>,
+    followers: StreamMap<String, BoxStream<'static, StoreResult<Arc<LiveMessage>>>>,
     checks: Checks,
 }
 

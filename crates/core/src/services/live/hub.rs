@@ -632,7 +632,7 @@ impl Follower {
     }
 
     /// The next message, waiting for it if there is none yet.
-    pub async fn next(&mut self) -> StoreResult<LiveMessage> {
+    pub async fn next(&mut self) -> StoreResult<Arc<LiveMessage>> {
         match &mut self.source {
             Source::State(receiver) => loop {
                 let latest = receiver.borrow_and_update().clone();
@@ -640,7 +640,7 @@ impl Follower {
                     && message.position > self.last
                 {
                     self.last = message.position;
-                    return Ok((*message).clone());
+                    return Ok(message);
                 }
                 if receiver.changed().await.is_err() {
                     // The hub is gone (shutting down): nothing more comes.
@@ -651,7 +651,7 @@ impl Follower {
         }
     }
 
-    async fn next_event(&mut self) -> StoreResult<LiveMessage> {
+    async fn next_event(&mut self) -> StoreResult<Arc<LiveMessage>> {
         loop {
             let Source::Events(events) = &mut self.source else {
                 unreachable!("an event channel's follower");
@@ -659,7 +659,7 @@ impl Follower {
             while let Some(message) = events.backlog.pop_front() {
                 if message.position > self.last {
                     self.last = message.position;
-                    return Ok(message);
+                    return Ok(Arc::new(message));
                 }
                 // At or below what was sent: dropped (never sent twice).
             }
@@ -691,7 +691,7 @@ impl Follower {
     }
 
     /// The messages as a stream that ends after its first error.
-    pub fn into_stream(self) -> BoxStream<'static, StoreResult<LiveMessage>> {
+    pub fn into_stream(self) -> BoxStream<'static, StoreResult<Arc<LiveMessage>>> {
         stream::unfold(Some(self), |follower| async move {
             let mut follower = follower?;
             match follower.next().await {
@@ -1064,12 +1064,12 @@ mod tests {
     use super::*;
 
     fn at(position: i64) -> LiveMessage {
-        LiveMessage {
-            channel: "admin:orders".into(),
+        LiveMessage::new(
+            "admin:orders".into(),
             position,
-            at: chrono::Utc::now(),
-            data: serde_json::Value::Null,
-        }
+            chrono::Utc::now(),
+            serde_json::Value::Null,
+        )
     }
 
     fn positions(page: &[LiveMessage]) -> Vec<i64> {

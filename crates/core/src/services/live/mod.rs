@@ -36,8 +36,11 @@
 pub mod connection;
 pub mod hub;
 
+use std::sync::{Arc, OnceLock};
+
 use orderflow_domain::product::Product;
 use orderflow_domain::user::Role;
+
 use orderflow_domain::{ProductId, Timestamp, UserId};
 use serde::{Deserialize, Serialize};
 
@@ -127,52 +130,75 @@ impl LiveChannel {
     }
 }
 
-/// A message of a live channel, as a client is sent it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// A message of a live channel, as a client is sent it. One message is
+/// shared (`Arc`) by every connection it goes to, and written as JSON once
+/// for all of them ([`LiveFrame::to_json`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LiveMessage {
     pub channel: String,
     /// Grows in commit order within the channel; may skip numbers.
     pub position: i64,
     pub at: Timestamp,
     pub data: serde_json::Value,
+    /// This message's frame as JSON, made by the first connection that
+    /// sends it.
+    #[serde(skip)]
+    json: OnceLock<Arc<str>>,
+}
+
+impl PartialEq for LiveMessage {
+    fn eq(&self, other: &Self) -> bool {
+        (&self.channel, self.position, self.at, &self.data)
+            == (&other.channel, other.position, other.at, &other.data)
+    }
 }
 
 impl LiveMessage {
-    fn order_change(channel: &str, change: OrderChange) -> Self {
+    pub fn new(channel: String, position: i64, at: Timestamp, data: serde_json::Value) -> Self {
         Self {
-            channel: channel.to_owned(),
-            position: change.position,
-            at: change.at,
-            data: serde_json::json!({
+            channel,
+            position,
+            at,
+            data,
+            json: OnceLock::new(),
+        }
+    }
+
+    fn order_change(channel: &str, change: OrderChange) -> Self {
+        Self::new(
+            channel.to_owned(),
+            change.position,
+            change.at,
+            serde_json::json!({
                 "type": "order.status",
                 "order_id": change.order_id,
                 "user_id": change.user_id,
                 "status": change.status.as_str(),
             }),
-        }
+        )
     }
 
     fn notification(channel: &str, change: NotificationChange) -> Self {
         let notification = change.notification;
-        Self {
-            channel: channel.to_owned(),
-            position: change.position,
-            at: notification.sent_at,
-            data: serde_json::json!({
+        Self::new(
+            channel.to_owned(),
+            change.position,
+            notification.sent_at,
+            serde_json::json!({
                 "type": "notification",
                 "via": notification.channel.as_str(),
                 "kind": notification.kind.as_str(),
                 "order_id": notification.order_id,
             }),
-        }
+        )
     }
 
     fn product(channel: &str, product: &Product) -> Self {
-        Self {
-            channel: channel.to_owned(),
-            position: product.version,
-            at: product.updated_at,
-            data: serde_json::json!({
+        Self::new(
+            channel.to_owned(),
+            product.version,
+            product.updated_at,
+            serde_json::json!({
                 "type": "product",
                 "id": product.id,
                 "sku": product.sku,
@@ -181,18 +207,18 @@ impl LiveMessage {
                 "currency": product.currency.as_str(),
                 "stock": product.stock,
             }),
-        }
+        )
     }
 
     /// `admin:health` now, with this process's live `(connections,
     /// users)`; its position is the time in milliseconds.
     fn health(snapshot: HealthSnapshot, presence: &PresenceTally) -> Self {
         let at = chrono::Utc::now();
-        Self {
-            channel: LiveChannel::Health.name(),
-            position: at.timestamp_millis(),
+        Self::new(
+            LiveChannel::Health.name(),
+            at.timestamp_millis(),
             at,
-            data: serde_json::json!({
+            serde_json::json!({
                 "type": "health",
                 "consumer_lag": snapshot.consumer_lag,
                 "dead_letters": snapshot.dead_letters,
@@ -208,7 +234,7 @@ impl LiveMessage {
                         .collect::<std::collections::BTreeMap<_, _>>(),
                 },
             }),
-        }
+        )
     }
 }
 
@@ -230,7 +256,7 @@ pub enum LiveFrame {
     /// A channel is no longer followed.
     Unsubscribed { channel: String },
     /// A message of a followed channel.
-    Message(LiveMessage),
+    Message(Arc<LiveMessage>),
     /// A request the server refused (a channel that is not yours, a name
     /// that is not a channel); the connection stays open. `problem` is a
     /// problem document, as an HTTP error would carry.
@@ -243,6 +269,22 @@ pub enum LiveFrame {
     Pong,
     /// The last frame before the server closes the connection.
     Closing { reason: CloseReason, detail: String },
+}
+
+impl LiveFrame {
+    /// The frame as JSON, as both transports send it. A message's JSON is
+    /// made once and shared by every connection that sends it (a product
+    /// change goes to thousands).
+    pub fn to_json(&self) -> Arc<str> {
+        match self {
+            LiveFrame::Message(message) => message.json.get_or_init(|| frame_json(self)).clone(),
+            other => frame_json(other),
+        }
+    }
+}
+
+fn frame_json(frame: &LiveFrame) -> Arc<str> {
+    serde_json::to_string(frame).unwrap_or_default().into()
 }
 
 /// Why the server closed a live connection; each says what the client
@@ -300,15 +342,20 @@ mod tests {
 
     #[test]
     fn frames_and_commands_are_json_tagged_by_type() {
-        let frame = LiveFrame::Message(LiveMessage {
-            channel: "orders:x".into(),
-            position: 7,
-            at: chrono::DateTime::from_timestamp(0, 0).unwrap(),
-            data: serde_json::json!({"status": "paid"}),
-        });
+        let frame = LiveFrame::Message(Arc::new(LiveMessage::new(
+            "orders:x".into(),
+            7,
+            chrono::DateTime::from_timestamp(0, 0).unwrap(),
+            serde_json::json!({"status": "paid"}),
+        )));
         let json = serde_json::to_value(&frame).unwrap();
         assert_eq!(json["type"], "message");
         assert_eq!(json["position"], 7);
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&frame.to_json()).unwrap(),
+            json,
+            "the shared JSON is the frame's"
+        );
         assert_eq!(serde_json::from_value::<LiveFrame>(json).unwrap(), frame);
         let closing = LiveFrame::Closing {
             reason: CloseReason::Slow,
