@@ -25,6 +25,24 @@ use super::rows::{
 use super::tx::SqlTx;
 use super::{Engine, Exec, Sql, SqlRow, SqlStore, Stmt, WritePriority, per, stmt};
 
+/// A live channel's newest `$limit` rows of `$select` (which names its
+/// position column `seq`) by `$order`, in one statement (one snapshot),
+/// oldest first. A macro, so the statement is a `&'static str` made at
+/// compile time.
+macro_rules! newest {
+    ($select:expr, $order:literal, $limit:literal) => {
+        concat!(
+            "SELECT * FROM (",
+            $select,
+            " ORDER BY ",
+            $order,
+            " DESC LIMIT ",
+            $limit,
+            ") AS latest ORDER BY seq"
+        )
+    };
+}
+
 /// `SELECT <columns> FROM <rest>`: the column lists are constants of
 /// [`rows`], so the statement is as fixed as a literal.
 pub(crate) fn select(columns: &str, rest: &str) -> Sql {
@@ -756,36 +774,35 @@ impl<E: Engine> Store for SqlStore<E> {
         page: ChangesPage,
         limit: u32,
     ) -> StoreResult<Vec<OrderChange>> {
-        const COLUMNS: &str = "SELECT h.seq, h.order_id, o.user_id, h.status, h.at
-             FROM orders o JOIN order_history h ON h.order_id = o.id";
+        macro_rules! changes {
+            () => {
+                "SELECT h.seq, h.order_id, o.user_id, h.status, h.at
+                 FROM orders o JOIN order_history h ON h.order_id = o.id"
+            };
+        }
         let limit = i64::from(limit);
         let statement = match (user_id, page) {
             (Some(user_id), ChangesPage::After(after)) => stmt(
                 "order_changes",
-                Sql::Built(format!(
-                    "{COLUMNS} WHERE o.user_id = $1 AND h.seq > $2 ORDER BY h.seq LIMIT $3"
-                )),
+                concat!(
+                    changes!(),
+                    " WHERE o.user_id = $1 AND h.seq > $2 ORDER BY h.seq LIMIT $3"
+                ),
                 (user_id, after, limit),
             ),
             (None, ChangesPage::After(after)) => stmt(
                 "all_order_changes",
-                Sql::Built(format!(
-                    "{COLUMNS} WHERE h.seq > $1 ORDER BY h.seq LIMIT $2"
-                )),
+                concat!(changes!(), " WHERE h.seq > $1 ORDER BY h.seq LIMIT $2"),
                 (after, limit),
             ),
             (Some(user_id), ChangesPage::Latest) => stmt(
                 "latest_order_changes",
-                Sql::Built(latest(
-                    &format!("{COLUMNS} WHERE o.user_id = $1"),
-                    "h.seq",
-                    "$2",
-                )),
+                newest!(concat!(changes!(), " WHERE o.user_id = $1"), "h.seq", "$2"),
                 (user_id, limit),
             ),
             (None, ChangesPage::Latest) => stmt(
                 "latest_order_changes_of_anyone",
-                Sql::Built(latest(COLUMNS, "h.seq", "$1")),
+                newest!(changes!(), "h.seq", "$1"),
                 (limit,),
             ),
         };
@@ -817,24 +834,24 @@ impl<E: Engine> Store for SqlStore<E> {
         page: ChangesPage,
         limit: u32,
     ) -> StoreResult<Vec<NotificationChange>> {
-        const COLUMNS: &str =
-            "SELECT seq, user_id, channel, kind, order_id, sent_at FROM notifications";
+        macro_rules! changes {
+            () => {
+                "SELECT seq, user_id, channel, kind, order_id, sent_at FROM notifications"
+            };
+        }
         let limit = i64::from(limit);
         let statement = match page {
             ChangesPage::After(after) => stmt(
                 "notification_changes",
-                Sql::Built(format!(
-                    "{COLUMNS} WHERE user_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"
-                )),
+                concat!(
+                    changes!(),
+                    " WHERE user_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"
+                ),
                 (user_id, after, limit),
             ),
             ChangesPage::Latest => stmt(
                 "latest_notification_changes",
-                Sql::Built(latest(
-                    &format!("{COLUMNS} WHERE user_id = $1"),
-                    "seq",
-                    "$2",
-                )),
+                newest!(concat!(changes!(), " WHERE user_id = $1"), "seq", "$2"),
                 (user_id, limit),
             ),
         };
@@ -1029,10 +1046,4 @@ impl<E: Engine> From<SqlStore<E>> for std::sync::Arc<dyn Store> {
     fn from(store: SqlStore<E>) -> Self {
         std::sync::Arc::new(store)
     }
-}
-
-/// `select` (which names its position column `seq`) limited to its newest
-/// `limit` rows by `order`, in one statement (one snapshot), oldest first.
-fn latest(select: &str, order: &str, limit: &str) -> String {
-    format!("SELECT * FROM ({select} ORDER BY {order} DESC LIMIT {limit}) AS latest ORDER BY seq")
 }

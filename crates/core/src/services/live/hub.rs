@@ -381,29 +381,10 @@ impl LiveHub {
         limit: u32,
     ) -> Result<LiveSnapshot, CoreError> {
         let name = channel.name();
-        let messages: Vec<LiveMessage> = match channel {
-            LiveChannel::Orders(_) | LiveChannel::AdminOrders => {
-                let user = match channel {
-                    LiveChannel::Orders(user) => Some(user),
-                    _ => None,
-                };
-                self.store
-                    .order_changes(user, ChangesPage::Latest, limit)
-                    .await?
-                    .into_iter()
-                    .map(|change| LiveMessage::order_change(&name, change))
-                    .collect()
-            }
-            LiveChannel::Notifications(user) => self
-                .store
-                .notification_changes(user, ChangesPage::Latest, limit)
-                .await?
-                .into_iter()
-                .map(|change| LiveMessage::notification(&name, change))
-                .collect(),
-            LiveChannel::Product(_) | LiveChannel::Health => {
-                vec![(*self.states.load(&name).await?).clone()]
-            }
+        let messages = if channel.is_state() {
+            vec![(*self.states.load(&name).await?).clone()]
+        } else {
+            read_page(&*self.store, channel, &name, ChangesPage::Latest, limit).await?
         };
         Ok(LiveSnapshot {
             position: messages.last().map_or(0, |message| message.position),
@@ -704,29 +685,39 @@ impl Follower {
 
     /// An event channel's messages after the last one sent, a page.
     async fn read_after(&self) -> StoreResult<Vec<LiveMessage>> {
-        let (store, name, last) = (&self.store, &self.name, self.last);
-        let message = |change| LiveMessage::order_change(name, change);
-        Ok(match self.channel {
-            LiveChannel::Orders(user) => store
-                .order_changes(Some(user), ChangesPage::After(last), CATCH_UP_PAGE)
-                .await?
+        let after = ChangesPage::After(self.last);
+        read_page(&*self.store, self.channel, &self.name, after, CATCH_UP_PAGE).await
+    }
+}
+
+/// A page of event channel `channel` (named `name`): after a position, or
+/// its newest messages. A state channel has no pages: empty.
+async fn read_page(
+    store: &dyn Store,
+    channel: LiveChannel,
+    name: &str,
+    page: ChangesPage,
+    limit: u32,
+) -> StoreResult<Vec<LiveMessage>> {
+    let orders = |user| async move {
+        let changes = store.order_changes(user, page, limit).await?;
+        Ok::<_, crate::ports::store::StoreError>(
+            changes
                 .into_iter()
-                .map(message)
+                .map(|change| LiveMessage::order_change(name, change))
                 .collect(),
-            LiveChannel::AdminOrders => store
-                .order_changes(None, ChangesPage::After(last), CATCH_UP_PAGE)
-                .await?
-                .into_iter()
-                .map(message)
-                .collect(),
-            LiveChannel::Notifications(user) => store
-                .notification_changes(user, ChangesPage::After(last), CATCH_UP_PAGE)
-                .await?
-                .into_iter()
-                .map(|change| LiveMessage::notification(name, change))
-                .collect(),
-            LiveChannel::Product(_) | LiveChannel::Health => Vec::new(),
-        })
+        )
+    };
+    match channel {
+        LiveChannel::Orders(user) => orders(Some(user)).await,
+        LiveChannel::AdminOrders => orders(None).await,
+        LiveChannel::Notifications(user) => Ok(store
+            .notification_changes(user, page, limit)
+            .await?
+            .into_iter()
+            .map(|change| LiveMessage::notification(name, change))
+            .collect()),
+        LiveChannel::Product(_) | LiveChannel::Health => Ok(Vec::new()),
     }
 }
 
