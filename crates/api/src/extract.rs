@@ -8,6 +8,7 @@ use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
 use axum::http::header;
 use axum::http::request::Parts;
+use ipnet::IpNet;
 use orderflow_core::CoreError;
 use orderflow_core::services::auth::Principal;
 use serde::de::DeserializeOwned;
@@ -125,10 +126,144 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
     }
 }
 
-/// The client's IP: the socket peer. (Behind a proxy, a later change can trust
-/// `X-Forwarded-For` from configured proxies only.)
+/// The client's IP: resolved once per request by [`resolve_client_ip`]
+/// (through the trusted proxies), else the socket peer.
 pub fn client_ip(parts_extensions: &axum::http::Extensions) -> Option<IpAddr> {
     parts_extensions
+        .get::<ClientIp>()
+        .map(|client| client.0)
+        .or_else(|| {
+            parts_extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0.ip())
+        })
+}
+
+/// The IP a request came from, past the trusted proxies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientIp(pub IpAddr);
+
+/// The reverse proxies (nginx, a load balancer) whose `X-Forwarded-For` is
+/// believed (`ORDERFLOW_TRUSTED_PROXIES`). A header from anyone else is
+/// ignored: a client could write any address into it, and rate limits and
+/// login lock-outs key on the address.
+#[derive(Debug, Clone, Default)]
+pub struct TrustedProxies(Vec<IpNet>);
+
+impl TrustedProxies {
+    pub fn new(networks: Vec<IpNet>) -> Self {
+        Self(networks)
+    }
+
+    fn trusts(&self, ip: IpAddr) -> bool {
+        self.0.iter().any(|network| network.contains(&ip))
+    }
+
+    /// The client behind `peer`: the peer itself unless it is a trusted
+    /// proxy; then `X-Forwarded-For` read from the right (each proxy
+    /// appends the address it was connected from), skipping trusted
+    /// proxies, up to the first address none of them is: the rightmost
+    /// one a trusted proxy vouches for. Entries left of it were written by
+    /// the client and are never believed. An entry that is not an address
+    /// stops the walk at the last hop that was.
+    pub fn client_ip(&self, peer: IpAddr, headers: &axum::http::HeaderMap) -> IpAddr {
+        if !self.trusts(peer) {
+            return peer;
+        }
+        let hops = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .collect::<Vec<_>>();
+        let mut client = peer;
+        for hop in hops.into_iter().rev() {
+            match hop.trim().parse::<IpAddr>() {
+                Ok(ip) => {
+                    client = ip;
+                    if !self.trusts(ip) {
+                        break;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        client
+    }
+}
+
+/// Middleware: puts the request's [`ClientIp`] in its extensions, for the
+/// rate limits, the login lock-outs and the sessions list.
+pub async fn resolve_client_ip(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    mut request: Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    if let Some(peer) = request
+        .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip())
+    {
+        let client = state.trusted_proxies.client_ip(peer, request.headers());
+        request.extensions_mut().insert(ClientIp(client));
+    }
+    next.run(request).await
+}
+
+#[cfg(test)]
+mod trusted_proxy_tests {
+    use super::*;
+
+    fn headers(forwarded: &[&str]) -> axum::http::HeaderMap {
+        let mut headers = axum::http::HeaderMap::new();
+        for value in forwarded {
+            headers.append("x-forwarded-for", value.parse().unwrap());
+        }
+        headers
+    }
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn a_peer_that_is_no_trusted_proxy_is_the_client_whatever_it_claims() {
+        let proxies = TrustedProxies::new(vec!["10.0.0.0/8".parse().unwrap()]);
+        let claimed = headers(&["1.2.3.4"]);
+        assert_eq!(
+            proxies.client_ip(ip("203.0.113.9"), &claimed),
+            ip("203.0.113.9")
+        );
+        let none = TrustedProxies::default();
+        assert_eq!(none.client_ip(ip("10.0.0.1"), &claimed), ip("10.0.0.1"));
+    }
+
+    #[test]
+    fn behind_trusted_proxies_the_rightmost_untrusted_hop_is_the_client() {
+        let proxies = TrustedProxies::new(vec![
+            "10.0.0.0/8".parse().unwrap(),
+            "127.0.0.1/32".parse().unwrap(),
+        ]);
+        // The client forged the first entry; nginx (10.0.0.2) appended the
+        // real peer, an inner proxy appended nginx.
+        let forwarded = headers(&["6.6.6.6, 198.51.100.7", "10.0.0.2"]);
+        assert_eq!(
+            proxies.client_ip(ip("127.0.0.1"), &forwarded),
+            ip("198.51.100.7")
+        );
+        // No header: the proxy itself.
+        assert_eq!(
+            proxies.client_ip(ip("10.0.0.2"), &headers(&[])),
+            ip("10.0.0.2")
+        );
+        // Garbage stops the walk at the last address a proxy vouched for.
+        let garbage = headers(&["198.51.100.7, not-an-ip, 10.0.0.3"]);
+        assert_eq!(proxies.client_ip(ip("10.0.0.2"), &garbage), ip("10.0.0.3"));
+        // IPv6 hops.
+        let v6 = TrustedProxies::new(vec!["::1/128".parse().unwrap()]);
+        assert_eq!(
+            v6.client_ip(ip("::1"), &headers(&["2001:db8::5"])),
+            ip("2001:db8::5")
+        );
+    }
 }

@@ -133,6 +133,8 @@ pub struct Services {
     /// the state must stay a handful of reference counts.
     pub rate_limits: Arc<RateLimits>,
     pub http_limits: HttpLimits,
+    /// Whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: extract::TrustedProxies,
 }
 
 /// The whole API with its middleware.

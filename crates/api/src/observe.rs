@@ -52,7 +52,15 @@ pub async fn track_requests(mut request: Request, next: Next) -> Response {
         url.path = %request.uri().path(),
         http.response.status_code = tracing::field::Empty,
         trace_id = tracing::field::Empty,
+        http.request_id = tracing::field::Empty,
     );
+    if let Some(id) = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+    {
+        span.record("http.request_id", id);
+    }
     let incoming = request
         .headers()
         .get("traceparent")

@@ -13,6 +13,7 @@ use orderflow_adapters::providers::{
     SimulatedNotifier, SimulatedPayment, SimulatedProviders, SimulationSettings, SmtpNotifier,
     SmtpSettings, WebhookNotifier, WebhookPayment, WebhookSettings,
 };
+use orderflow_api::extract::TrustedProxies;
 use orderflow_api::{AppState, HttpLimits, RateLimits, Services};
 use orderflow_core::ports::log::EventLog;
 use orderflow_core::ports::providers::{Notifier, PaymentGateway};
@@ -180,6 +181,7 @@ impl App {
                 max_json_string_chars: settings.max_json_string_chars,
                 header_read_timeout: Duration::from_secs(settings.header_read_timeout_secs.max(1)),
             },
+            trusted_proxies: TrustedProxies::new(settings.trusted_proxies.clone()),
         });
 
         if let (Some(email), Some(password)) = (&settings.admin_email, &settings.admin_password) {
@@ -259,6 +261,14 @@ impl App {
                 tracker.spawn(relay.run(shutdown.clone()));
             }
         }
+        // Live streams never end by themselves: close them when told to
+        // stop, so the graceful shutdown below can finish and their clients
+        // reconnect, with their positions, to a process that stays.
+        let (live, stopping) = (self.state.live.clone(), shutdown.clone());
+        tracker.spawn(async move {
+            stopping.cancelled().await;
+            live.stop();
+        });
         tracker.spawn(self.catalog.clone().run_view_flusher(
             Duration::from_millis(self.settings.view_flush_ms.max(1)),
             shutdown.clone(),

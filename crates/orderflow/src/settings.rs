@@ -289,6 +289,21 @@ pub struct Settings {
     )]
     pub header_read_timeout_secs: u64,
 
+    /// The reverse proxies whose `X-Forwarded-For` names the client, as
+    /// addresses or networks, comma-separated (`127.0.0.1,10.0.0.0/8`).
+    /// Empty (the default): the socket peer is the client. Set it to the
+    /// addresses of nginx or the load balancer in front, never wider:
+    /// anyone in the list can make up client addresses (rate limits and
+    /// login lock-outs key on them).
+    #[arg(
+        long,
+        env = "ORDERFLOW_TRUSTED_PROXIES",
+        value_delimiter = ',',
+        value_parser = parse_network,
+        global = true
+    )]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+
     /// Largest accepted request body, in bytes.
     #[arg(long, env = "ORDERFLOW_MAX_BODY_BYTES", default_value_t = 64 * 1024, global = true)]
     pub max_body_bytes: usize,
@@ -630,4 +645,12 @@ impl Settings {
     pub fn request_timeout(&self) -> Duration {
         Duration::from_secs(self.request_timeout_secs)
     }
+}
+
+/// A network (`10.0.0.0/8`) or one address (`10.0.0.2`, a /32 or /128).
+fn parse_network(text: &str) -> Result<ipnet::IpNet, String> {
+    let text = text.trim();
+    text.parse::<ipnet::IpNet>()
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("{text:?} is neither an IP address nor a network like 10.0.0.0/8"))
 }

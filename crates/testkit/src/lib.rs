@@ -11,9 +11,12 @@
 //! - [`redis`]: `redis-server` standalone, and a three-master cluster made
 //!   with `redis-cli --cluster create`.
 //! - [`kafka`]: the Kafka-protocol broker `tansu` with topics created up front.
+//! - [`nginx`]: nginx with a shipped site file, rewritten only for ports
+//!   and paths.
 //! - [`free_port`] / [`wait_for_port`]: shared plumbing.
 
 pub mod kafka;
+pub mod nginx;
 pub mod postgres;
 pub mod redis;
 

@@ -92,7 +92,8 @@ pub struct LiveSocketParams {
 /// `type` is one of `subscribed` (`channel`, `position`, `recovered`),
 /// `unsubscribed` (`channel`), `message` (`channel`, `position`, `at`,
 /// `data`), `error` (`channel`, `problem`), `pong`, `closing` (`reason`:
-/// `token_expired` | `logged_out` | `slow` | `unavailable`, `detail`).
+/// `token_expired` | `logged_out` | `slow` | `unavailable` | `restarting`,
+/// `detail`).
 /// An `orders:{user}` or `admin:orders` message's `data` is `{"type":
 /// "order.status", "order_id", "user_id", "status"}`, one per step of the
 /// order's history; a `notifications:{user}` message's is `{"type":
@@ -437,6 +438,8 @@ pub fn close_code(reason: CloseReason) -> u16 {
         CloseReason::LoggedOut => 4003,
         CloseReason::Slow => 4008,
         CloseReason::Unavailable => 1011,
+        // RFC 6455 "Service Restart": the client reconnects.
+        CloseReason::Restarting => 1012,
     }
 }
 

@@ -12,11 +12,13 @@ use axum::Router;
 use axum::routing::{get, post};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::TimeoutLayer;
 use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::AppState;
+use crate::extract::resolve_client_ip;
 use crate::observe::{metrics_endpoint, problem_fallback, rate_limit, track_requests};
 use crate::openapi::ApiDoc;
 
@@ -63,6 +65,10 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             rate_limit,
         ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            resolve_client_ip,
+        ))
         .layer(RequestBodyLimitLayer::new(limits.max_body_bytes))
         .layer(TimeoutLayer::with_status_code(
             axum::http::StatusCode::REQUEST_TIMEOUT,
@@ -73,5 +79,9 @@ pub fn router(state: AppState) -> Router {
         // Outermost, so every answer is measured and logged as sent: time-outs
         // (408), the problem fallback's answers and a panic's 500 included.
         .layer(axum::middleware::from_fn(track_requests))
+        // A proxy's `X-Request-Id` is kept (one id from nginx's access log
+        // to this process's trace), else one is made; the answer carries it.
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .with_state(state)
 }

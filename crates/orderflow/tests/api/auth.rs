@@ -250,3 +250,54 @@ async fn login_is_rate_limited_per_ip_with_headers() {
     );
     assert_problem(response, 429, "rate-limited").await;
 }
+
+/// `count` logins at once, of unknown accounts, from `forwarded_for` (as
+/// `X-Forwarded-For`): how many were refused with 429.
+async fn limited_logins(app: &crate::helpers::TestApp, forwarded_for: &str, count: usize) -> usize {
+    let attempts = (0..count).map(|_| {
+        app.http
+            .post(app.url("/api/v1/auth/login"))
+            .header("x-forwarded-for", forwarded_for)
+            // A new address each time: the per-account lock-out stays out
+            // of it, only the per-IP bucket can refuse.
+            .json(&serde_json::json!({
+                "email": format!("nobody-{}@example.com", uuid::Uuid::now_v7().simple()),
+                "password": PASSWORD,
+            }))
+            .send()
+    });
+    futures::future::join_all(attempts)
+        .await
+        .into_iter()
+        .filter(|r| r.as_ref().unwrap().status() == StatusCode::TOO_MANY_REQUESTS)
+        .count()
+}
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_each_forwarded_client_has_its_own_rate_limit() {
+    // The test client connects from 127.0.0.1: here that is the proxy.
+    // A bucket of 10 refilled at 1 per second.
+    let app = spawn_app_with(&["--auth-rate-per-sec", "1", "--trusted-proxies", "127.0.0.1"]).await;
+    assert!(
+        limited_logins(&app, "198.51.100.1", 20).await > 0,
+        "one client exhausts its bucket"
+    );
+    assert_eq!(
+        limited_logins(&app, "198.51.100.2", 5).await,
+        0,
+        "another client behind the same proxy still has its own bucket"
+    );
+    // A client cannot pick its address: the proxy appends the real one,
+    // and the entries left of it are never believed.
+    assert!(limited_logins(&app, "198.51.100.2, 198.51.100.1", 5).await > 0);
+}
+
+#[tokio::test]
+async fn without_trusted_proxies_x_forwarded_for_is_ignored() {
+    let app = spawn_app_with(&["--auth-rate-per-sec", "1"]).await;
+    assert!(limited_logins(&app, "198.51.100.1", 20).await > 0);
+    assert!(
+        limited_logins(&app, "198.51.100.2", 5).await > 0,
+        "a made-up X-Forwarded-For does not escape the peer's limit"
+    );
+}

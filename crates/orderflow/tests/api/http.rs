@@ -131,3 +131,20 @@ async fn admin_routes_need_the_admin_role() {
     assert_problem(missing, 404, "not-found").await;
     app.stop().await;
 }
+
+#[tokio::test]
+async fn every_answer_carries_a_request_id_kept_from_the_caller_or_made() {
+    let app = spawn_app().await;
+    let kept = app
+        .http
+        .get(app.url("/api/v1/products"))
+        .header("x-request-id", "from-the-proxy-42")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(kept.headers()["x-request-id"], "from-the-proxy-42");
+    let made = app.http.get(app.url("/nowhere")).send().await.unwrap();
+    let id = made.headers()["x-request-id"].to_str().unwrap().to_owned();
+    assert!(uuid::Uuid::parse_str(&id).is_ok(), "a UUID, not {id:?}");
+    assert_problem(made, 404, "not-found").await;
+}

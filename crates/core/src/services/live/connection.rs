@@ -191,6 +191,18 @@ impl Checks {
     /// Waits until the token expires or a revocation check fails; never
     /// returns while the principal is still let in. Cancel-safe.
     async fn fail(&mut self) -> (CloseReason, String) {
+        let hub = self.hub.clone();
+        tokio::select! {
+            () = hub.stopping.cancelled() => (
+                CloseReason::Restarting,
+                "this server is restarting; connect again with your last positions".into(),
+            ),
+            failed = self.auth_fails() => failed,
+        }
+    }
+
+    /// [`fail`](Self::fail) without the server stopping.
+    async fn auth_fails(&mut self) -> (CloseReason, String) {
         loop {
             let Some(check) = &mut self.in_flight else {
                 tokio::select! {

@@ -25,6 +25,7 @@ use futures::stream::{self, BoxStream, StreamExt};
 use orderflow_domain::UserId;
 use orderflow_domain::product::Product;
 use tokio::sync::{Notify, mpsc, watch};
+use tokio_util::sync::CancellationToken;
 
 use super::{LiveChannel, LiveMessage};
 use crate::CoreError;
@@ -160,6 +161,9 @@ pub struct LiveHub {
     recheck: Duration,
     revocation_listener: OnceLock<()>,
     presence_reporter: OnceLock<()>,
+    /// Cancelled when this process stops: every connection closes with
+    /// [`CloseReason::Restarting`](super::CloseReason::Restarting).
+    pub(super) stopping: CancellationToken,
 }
 
 impl std::fmt::Debug for LiveHub {
@@ -202,6 +206,7 @@ impl LiveHub {
             recheck: DEFAULT_RECHECK,
             revocation_listener: OnceLock::new(),
             presence_reporter: OnceLock::new(),
+            stopping: CancellationToken::new(),
         }
     }
 
@@ -227,6 +232,15 @@ impl LiveHub {
     pub fn with_presence(self, board: Arc<dyn PresenceBoard>) -> Self {
         let _ = self.states.board.set(board);
         self
+    }
+
+    /// Closes every live connection of this process, now and from now on,
+    /// with [`CloseReason::Restarting`](super::CloseReason::Restarting):
+    /// called when the process is told to stop, so that its graceful
+    /// shutdown is not held open by streams that never end, and the clients
+    /// reconnect (to another process) with their positions at once.
+    pub fn stop(&self) {
+        self.stopping.cancel();
     }
 
     /// Rings the other processes' hubs over `bus`'s pub/sub, and hears

@@ -303,6 +303,10 @@ pub enum CloseReason {
     /// The server could not read a channel: reconnect with the last
     /// positions after a pause.
     Unavailable,
+    /// This server process is stopping (a deploy, a restart): connect
+    /// again, to another process, with the last positions; nothing is
+    /// lost.
+    Restarting,
 }
 
 impl CloseReason {
@@ -312,6 +316,7 @@ impl CloseReason {
             Self::LoggedOut => "logged_out",
             Self::Slow => "slow",
             Self::Unavailable => "unavailable",
+            Self::Restarting => "restarting",
         }
     }
 }
