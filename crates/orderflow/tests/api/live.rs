@@ -503,6 +503,44 @@ async fn a_websocket_needs_a_token_or_a_ticket_and_closes_on_logout() {
     }
 }
 
+/// A process told to stop (SIGTERM, a deploy) closes its live streams
+/// with `restarting` (WebSocket: close code 1012, "service restart"), so
+/// its graceful shutdown ends and the clients reconnect elsewhere.
+#[tokio::test]
+async fn a_stopping_server_closes_live_streams_with_restarting() {
+    use tokio_tungstenite::tungstenite::Message;
+    let app = spawn_app().await;
+    let shopper = app.shopper("Restart").await;
+    let channel = format!("orders:{}", shopper.id);
+    let mut events = follow(&app, &shopper.token, &channel, None).await;
+    assert_eq!(next(&mut events).await.event, "subscribed");
+    let mut socket = open_socket(&app, Some(&shopper.token), None).await;
+    send(
+        &mut socket,
+        serde_json::json!({"type": "subscribe", "channel": channel}),
+    )
+    .await;
+    assert_eq!(frame(&mut socket).await["type"], "subscribed");
+
+    let stopped = tokio::spawn(app.stop());
+    let closing = next(&mut events).await;
+    assert_eq!(closing.event, "closing");
+    assert_eq!(data(&closing)["reason"], "restarting");
+    let closing = frame(&mut socket).await;
+    assert_eq!(closing["reason"], "restarting");
+    match tokio::time::timeout(PATIENCE, socket.next()).await {
+        Ok(Some(Ok(Message::Close(Some(close))))) => {
+            assert_eq!(u16::from(close.code), 1012);
+            assert_eq!(close.reason.as_str(), "restarting");
+        }
+        other => panic!("expected a close frame, got {other:?}"),
+    }
+    tokio::time::timeout(PATIENCE, stopped)
+        .await
+        .expect("the server stops once its streams are closed")
+        .unwrap();
+}
+
 /// The connection itself (what both transports drain): a client that does
 /// not read is cut off as slow while a fast one on the same channel gets
 /// every message, and a connection closes when its token expires.
