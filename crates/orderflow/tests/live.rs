@@ -123,18 +123,7 @@ impl Stack {
         let admin = first.login(ADMIN_EMAIL, ADMIN_PASSWORD).await;
         let product = first.product(&admin, sku, 300, 20).await;
         let email = format!("{}@example.com", sku.to_lowercase());
-        let registered: Value = first
-            .post(
-                "/auth/register",
-                json!({"email": email, "password": PASSWORD, "name": "Live"}),
-                None,
-            )
-            .await
-            .json()
-            .await
-            .unwrap();
-        let user = registered["id"].as_str().unwrap().to_owned();
-        let token = first.login(&email, PASSWORD).await;
+        let (user, token) = first.registered_shopper(&email).await;
         Stack {
             _work: work,
             env,

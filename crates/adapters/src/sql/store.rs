@@ -621,13 +621,18 @@ impl<E: Engine> Store for SqlStore<E> {
         Ok(stored)
     }
 
-    /// Adds each product's counted views in one write transaction.
+    /// Adds each product's counted views in one write transaction, in
+    /// product order: every API process flushes its counts, and two
+    /// flushes that lock the same rows in different orders deadlock on
+    /// PostgreSQL (one of them fails after `deadlock_timeout`).
     async fn add_product_views(&self, views: &[(ProductId, u64)]) -> StoreResult<()> {
         if views.is_empty() {
             return Ok(());
         }
+        let mut views = views.to_vec();
+        views.sort_unstable_by_key(|(id, _)| *id);
         let mut w = self.engine.begin_write(WritePriority::Background).await?;
-        for (id, n) in views {
+        for (id, n) in &views {
             w.exec(stmt(
                 "add_product_views",
                 "INSERT INTO product_views (product_id, views) VALUES ($1, $2)

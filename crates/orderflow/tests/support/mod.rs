@@ -148,11 +148,20 @@ impl Client {
         answer.json().await.unwrap()
     }
 
-    /// Registers a shopper with [`PASSWORD`] and logs them in.
+    /// Registers a shopper with [`PASSWORD`] and logs them in: a token.
     pub async fn shopper(&self, email: &str) -> String {
-        let body = json!({"email": email, "password": PASSWORD, "name": "Contract"});
-        assert_eq!(self.post("/auth/register", body, None).await.status(), 201);
-        self.login(email, PASSWORD).await
+        self.registered_shopper(email).await.1
+    }
+
+    /// Registers a shopper with [`PASSWORD`] and logs them in: their user
+    /// id and a token.
+    pub async fn registered_shopper(&self, email: &str) -> (String, String) {
+        let body = json!({"email": email, "password": PASSWORD, "name": "Shopper"});
+        let registered = self.post("/auth/register", body, None).await;
+        assert_eq!(registered.status(), 201);
+        let registered: Value = registered.json().await.unwrap();
+        let user = registered["id"].as_str().unwrap().to_owned();
+        (user, self.login(email, PASSWORD).await)
     }
 
     /// An access token.
