@@ -15,8 +15,11 @@ use orderflow_adapters::postgres::{DEFAULT_PARTITIONS, PostgresStore, partition_
 use orderflow_core::contract;
 use orderflow_core::ports::log::EventLog;
 use orderflow_core::ports::outbox::{EventDestination, Outbox};
-use orderflow_core::ports::store::{IdempotencyClaim, Reservation, Store, StoreError};
+use orderflow_core::ports::store::{
+    IdempotencyClaim, NotificationRecord, Reservation, Store, StoreError,
+};
 use orderflow_domain::events::topics;
+use orderflow_domain::notification::{Channel, NotificationKind};
 use tokio::sync::Barrier;
 
 #[macro_use]
@@ -229,6 +232,58 @@ async fn two_processes_race_for_an_idempotency_key() {
             )),
             "the other sees the winner's answer: {results:?}"
         );
+    }
+}
+
+/// Two group commits (two processes) notify the same two shoppers in
+/// opposite orders, one effect savepoint per notification, each waiting for
+/// the other between the two: both commit. Shoppers' turns are taken at
+/// commit, all at once and sorted; taken per effect, in effect order, the
+/// two waited for each other and PostgreSQL failed one (`deadlock
+/// detected`), sometimes with an order placement queued behind them as the
+/// victim.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn group_commits_notifying_shoppers_in_opposite_orders_both_commit() {
+    let (a, b, _) = two_stores().await;
+    let ann = contract::given_user(&a, "Ann").await;
+    let bob = contract::given_user(&a, "Bob").await;
+    let reader = a.clone();
+    let between = Arc::new(Barrier::new(2));
+    let tasks: Vec<_> = [(a, [ann.id, bob.id]), (b, [bob.id, ann.id])]
+        .into_iter()
+        .map(|(store, shoppers)| {
+            let between = between.clone();
+            tokio::spawn(async move {
+                let mut tx = store.begin().await?;
+                for (n, user_id) in shoppers.into_iter().enumerate() {
+                    if n == 1 {
+                        between.wait().await;
+                    }
+                    tx.savepoint().await?;
+                    tx.record_notification(&NotificationRecord {
+                        user_id,
+                        channel: Channel::Email,
+                        kind: NotificationKind::OrderConfirmed,
+                        order_id: Some(uuid::Uuid::now_v7()),
+                        sent_at: chrono::Utc::now(),
+                    })
+                    .await?;
+                    tx.release_savepoint().await?;
+                }
+                tx.commit().await
+            })
+        })
+        .collect();
+    for task in tasks {
+        let done = tokio::time::timeout(Duration::from_secs(30), task)
+            .await
+            .expect("the two group commits finish")
+            .unwrap();
+        done.expect("both group commits commit");
+    }
+    for user in [&ann, &bob] {
+        let notes = reader.notifications_of_user(user.id, 10).await.unwrap();
+        assert_eq!(notes.len(), 2, "{}'s two notifications", user.name);
     }
 }
 

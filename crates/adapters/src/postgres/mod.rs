@@ -305,29 +305,22 @@ impl Engine for PostgresEngine {
         .await
     }
 
-    /// A shopper's history writers take turns until commit: an identity
-    /// value is taken before commit, so without the lock a lower `seq` of
-    /// the shopper could commit after a higher one that a live follower
-    /// already sent, and be skipped.
-    fn history_lock(order_id: OrderId) -> Option<Stmt> {
+    /// A shopper's writers of live messages take turns until commit: an
+    /// identity value is taken before commit, so without the turn a lower
+    /// `seq` of the shopper could commit after a higher one that a live
+    /// follower already sent, and be skipped. One advisory lock per shopper,
+    /// taken in the order of its key (the subquery is sorted and the outer
+    /// scan keeps that order), so two units of work never wait for each
+    /// other's turns in a circle.
+    fn shopper_turns(orders: &[OrderId], users: &[UserId]) -> Option<Stmt> {
         Some(stmt(
-            "lock_user_history",
-            "SELECT pg_advisory_xact_lock($1, hashtext(user_id::text)) FROM orders WHERE id = $2",
-            (USER_HISTORY_LOCK, order_id),
-        ))
-    }
-
-    /// A shopper's notification writers (the e-mail, SMS and push groups,
-    /// each in its own transactions) take turns until commit, for the same
-    /// reason, under the same lock as the shopper's history. Two group
-    /// commits that notify the same shoppers in opposite orders can
-    /// deadlock: PostgreSQL then fails one, and its runtime writes the whole
-    /// flush again.
-    fn notification_lock(user_id: UserId) -> Option<Stmt> {
-        Some(stmt(
-            "lock_user_notifications",
-            "SELECT pg_advisory_xact_lock($1, hashtext($2::text))",
-            (USER_HISTORY_LOCK, user_id),
+            "take_shopper_turns",
+            "SELECT pg_advisory_xact_lock($1, turn) FROM (
+                 SELECT hashtext(user_id::text) AS turn FROM orders WHERE id = ANY($2)
+                 UNION
+                 SELECT hashtext(id::text) FROM unnest($3::uuid[]) AS users(id)
+                 ORDER BY turn) AS turns",
+            (USER_HISTORY_LOCK, orders.to_vec(), users.to_vec()),
         ))
     }
 

@@ -482,17 +482,19 @@ pub trait Engine: Send + Sync + Sized + 'static {
         Vec::new()
     }
 
-    /// A statement run before order `order_id`'s history rows are written,
-    /// so that one shopper's history rows commit in `seq` order (they are
-    /// the shopper's live messages; see `OrderChange`). None by default:
-    /// SQLite's one writer already commits in `seq` order.
-    fn history_lock(_order_id: OrderId) -> Option<Stmt> {
-        None
-    }
-
-    /// The same for a notification of `user_id` (the `notifications:{user}`
-    /// channel's messages).
-    fn notification_lock(_user_id: UserId) -> Option<Stmt> {
+    /// A statement that makes this unit of work take its turn for every
+    /// shopper it writes live messages for: the owners of `orders` (their
+    /// history rows, the `orders:{user}` channel) and `users` (their
+    /// notifications, the `notifications:{user}` channel). It runs at
+    /// commit, right before those rows are written, so that one shopper's
+    /// rows commit in `seq` order (see `OrderChange`). Taking every turn in
+    /// one statement, in one order all units of work share, is what keeps
+    /// it from deadlocking: a group commit that takes turns one delivery at
+    /// a time, in delivery order, deadlocks with another doing the same in
+    /// another order, and PostgreSQL may pick an order placement waiting
+    /// behind them as the victim (a 503). None by default: SQLite's one
+    /// writer already commits in `seq` order.
+    fn shopper_turns(_orders: &[OrderId], _users: &[UserId]) -> Option<Stmt> {
         None
     }
 
@@ -768,6 +770,65 @@ impl Appended {
     /// The topics and the events, once the transaction committed.
     pub(crate) fn into_parts(self) -> (Vec<&'static str>, Vec<tail::TailEvent>) {
         (self.topics, self.events)
+    }
+}
+
+/// The writes of a unit of work that take a shopper's turn (see
+/// [`Engine::shopper_turns`]): held back until its commit, when the turns
+/// are taken all at once and then these run. Kept right across the effect
+/// savepoint, like [`Appended`]: writes issued after a savepoint that is
+/// rolled back are gone.
+#[derive(Debug, Default)]
+pub(crate) struct ShopperWrites {
+    /// Orders whose owner's turn is needed (history rows).
+    orders: Vec<OrderId>,
+    /// Shoppers whose turn is needed (notifications).
+    users: Vec<UserId>,
+    writes: Vec<Stmt>,
+    /// How many of each there were when the open savepoint was taken.
+    at_savepoint: Option<(usize, usize, usize)>,
+}
+
+impl ShopperWrites {
+    /// A write of the history of `order`.
+    pub(crate) fn of_order(&mut self, order: OrderId, write: Stmt) {
+        self.orders.push(order);
+        self.writes.push(write);
+    }
+
+    /// A write of a live message of `user`.
+    pub(crate) fn of_user(&mut self, user: UserId, write: Stmt) {
+        self.users.push(user);
+        self.writes.push(write);
+    }
+
+    /// Follows a savepoint step that succeeded.
+    pub(crate) fn after(&mut self, step: SavepointStep) {
+        match step {
+            SavepointStep::Open => {
+                self.at_savepoint = Some((self.orders.len(), self.users.len(), self.writes.len()));
+            }
+            SavepointStep::Release => self.at_savepoint = None,
+            SavepointStep::RollBack => {
+                if let Some((orders, users, writes)) = self.at_savepoint.take() {
+                    self.orders.truncate(orders);
+                    self.users.truncate(users);
+                    self.writes.truncate(writes);
+                }
+            }
+        }
+    }
+
+    /// What runs at commit: the turns (when the engine takes any), then the
+    /// writes in the order they were issued.
+    pub(crate) fn into_statements<E: Engine>(self) -> Vec<Stmt> {
+        if self.writes.is_empty() {
+            return Vec::new();
+        }
+        let mut statements = Vec::with_capacity(self.writes.len() + 1);
+        statements.extend(E::shopper_turns(&self.orders, &self.users));
+        statements.extend(self.writes);
+        statements
     }
 }
 

@@ -37,7 +37,8 @@ use super::log::OUTBOX_SIGNAL;
 use super::store::load_order;
 use super::tail::TailEvent;
 use super::{
-    Appended, Engine, Exec, LogAppend, SavepointStep, SqlRow, Stmt, WriteTx, stmt, values_list,
+    Appended, Engine, Exec, LogAppend, SavepointStep, ShopperWrites, SqlRow, Stmt, WriteTx, stmt,
+    values_list,
 };
 
 /// How often a claim retries when the row it lost to vanished before it
@@ -74,6 +75,8 @@ pub(crate) struct SqlTx<E: Engine> {
     /// together before the next statement that answers, a savepoint step or
     /// the commit.
     deferred: Vec<Stmt>,
+    /// Writes of shoppers' live messages, run at commit after the turns.
+    shopper_writes: ShopperWrites,
 }
 
 impl<E: Engine> std::fmt::Debug for SqlTx<E> {
@@ -96,6 +99,7 @@ impl<E: Engine> SqlTx<E> {
             appended: Appended::default(),
             appended_to_outbox: false,
             deferred: Vec::new(),
+            shopper_writes: ShopperWrites::default(),
         }
     }
 
@@ -134,6 +138,7 @@ impl<E: Engine> SqlTx<E> {
         }
         self.run(stmt(step.op(), step.sql(), ())).await?;
         self.appended.after(step);
+        self.shopper_writes.after(step);
         Ok(())
     }
 
@@ -228,11 +233,9 @@ impl<E: Engine> SqlTx<E> {
         Ok(())
     }
 
-    /// Appends one history row per step, in step order.
+    /// Appends one history row per step, in step order, at commit (see
+    /// [`ShopperWrites`]).
     fn insert_history(&mut self, order_id: OrderId, steps: &[OrderStatus], at: Timestamp) {
-        if let Some(lock) = E::history_lock(order_id) {
-            self.defer(lock);
-        }
         let mut insert = stmt(
             "insert_order_history",
             format!(
@@ -244,7 +247,7 @@ impl<E: Engine> SqlTx<E> {
         for step in steps {
             insert = insert.bind(order_id).bind(step.as_str()).bind(at);
         }
-        self.defer(insert);
+        self.shopper_writes.of_order(order_id, insert);
     }
 }
 
@@ -630,21 +633,21 @@ impl<E: Engine> StoreTx for SqlTx<E> {
     }
 
     async fn record_notification(&mut self, notification: &NotificationRecord) -> StoreResult<()> {
-        if let Some(lock) = E::notification_lock(notification.user_id) {
-            self.defer(lock);
-        }
-        self.defer(stmt(
-            "record_notification",
-            "INSERT INTO notifications (user_id, channel, kind, order_id, sent_at)
+        self.shopper_writes.of_user(
+            notification.user_id,
+            stmt(
+                "record_notification",
+                "INSERT INTO notifications (user_id, channel, kind, order_id, sent_at)
                      VALUES ($1, $2, $3, $4, $5)",
-            (
-                notification.user_id,
-                notification.channel.as_str(),
-                notification.kind.as_str(),
-                notification.order_id,
-                notification.sent_at,
+                (
+                    notification.user_id,
+                    notification.channel.as_str(),
+                    notification.kind.as_str(),
+                    notification.order_id,
+                    notification.sent_at,
+                ),
             ),
-        ));
+        );
         Ok(())
     }
 
@@ -809,6 +812,8 @@ impl<E: Engine> StoreTx for SqlTx<E> {
     }
 
     async fn commit(mut self: Box<Self>) -> StoreResult<()> {
+        let shopper_writes = std::mem::take(&mut self.shopper_writes);
+        self.deferred.extend(shopper_writes.into_statements::<E>());
         self.conn().await?;
         let SqlTx {
             write,
