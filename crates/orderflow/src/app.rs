@@ -76,13 +76,16 @@ impl App {
         let store = backends.store.clone();
         let log = backends.log.clone();
 
-        let key_set = keys::load_or_create(&settings.data_dir)?;
+        let key_set = keys::load_or_create(&settings.data_dir, settings.token_format)?;
         let revocations = backends.revocations().await?;
         let auth = Arc::new(AuthService::new(
             store.clone(),
             revocations,
             &key_set,
-            AuthSettings::default(),
+            AuthSettings {
+                token_format: settings.token_format,
+                ..AuthSettings::default()
+            },
         )?);
 
         let ttl = Duration::from_secs(settings.cache_ttl_secs);

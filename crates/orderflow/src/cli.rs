@@ -58,7 +58,7 @@ pub enum Command {
         #[command(subcommand)]
         command: DlqCommand,
     },
-    /// The JWT signing keys in the data dir (a running server reads them at start).
+    /// The access-token signing keys in the data dir (a running server reads them at start).
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
@@ -72,9 +72,11 @@ pub enum KeysCommand {
     /// Add a key that signs from now on; old keys keep verifying until their
     /// tokens expire. Then send the server SIGHUP (or restart it).
     Rotate {
-        /// eddsa (Ed25519) or hs256 (HMAC-SHA256).
-        #[arg(long, default_value = "eddsa")]
-        alg: orderflow_core::services::auth::KeyAlgorithm,
+        /// eddsa (Ed25519 JWTs), hs256 (HMAC-SHA256 JWTs) or v4.public
+        /// (PASETO); by default the token format's own (eddsa for jwt,
+        /// v4.public for paseto).
+        #[arg(long)]
+        alg: Option<orderflow_core::services::auth::KeyAlgorithm>,
     },
     /// Drop keys that stopped signing longer ago than the access-token TTL + skew.
     Prune,
@@ -301,40 +303,49 @@ async fn dlq(app: &App, command: DlqCommand) -> anyhow::Result<()> {
 
 fn keys_command(settings: &Settings, command: &KeysCommand) -> anyhow::Result<()> {
     let dir = &settings.data_dir;
+    let format = settings.token_format;
     let keep_for = orderflow_core::services::auth::AuthSettings::default().key_retention();
     match command {
         KeysCommand::List => {
-            let set = keys::load_or_create(dir)?;
-            let signing = set.signing_key().map(|k| k.kid.clone());
+            let set = keys::load_or_create(dir, format)?;
+            let signing = set.signing_key(format).map(|k| k.kid.clone());
             let mut sorted = set.keys.clone();
             sorted.sort_by_key(|k| k.created_at);
-            println!("{:<14} {:<6} {:<20} SIGNS", "KID", "ALG", "CREATED");
+            println!("{:<52} {:<9} {:<20} SIGNS", "KID", "ALG", "CREATED");
             for key in sorted {
                 println!(
-                    "{:<14} {:<6} {:<20} {}",
+                    "{:<52} {:<9} {:<20} {}",
                     key.kid,
                     key.alg.as_str(),
                     key.created_at.format("%Y-%m-%d %H:%M:%S"),
                     if Some(&key.kid) == signing.as_ref() {
-                        "yes"
+                        format!("yes ({format} tokens)")
                     } else {
-                        "no (verifies only)"
+                        "no (verifies only)".to_owned()
                     }
                 );
             }
         }
         KeysCommand::Rotate { alg } => {
-            let (key, dropped) = keys::rotate(dir, *alg, keep_for)?;
+            let alg = alg.unwrap_or(format.default_algorithm());
+            let (key, dropped) = keys::rotate(dir, alg, keep_for, format)?;
             println!("new signing key {} ({})", key.kid, key.alg.as_str());
             for kid in dropped {
                 println!("dropped expired key {kid}");
             }
-            println!(
-                "send orderflow SIGHUP (or restart it) to sign with it; tokens signed before keep working"
-            );
+            if alg.format() == format {
+                println!(
+                    "send orderflow SIGHUP (or restart it) to sign with it; tokens signed before keep working"
+                );
+            } else {
+                println!(
+                    "it signs once ORDERFLOW_TOKEN_FORMAT={}; until then it only waits",
+                    alg.format()
+                );
+            }
         }
         KeysCommand::Prune => {
-            let dropped = keys::prune(dir, keep_for)?;
+            let dropped = keys::prune(dir, keep_for, format)?;
             if dropped.is_empty() {
                 println!("no key to drop");
             }

@@ -1,8 +1,12 @@
-//! The JWT signing key set, kept in the data dir so tokens survive a restart.
+//! The access-token signing key set, kept in the data dir so tokens survive
+//! a restart.
 //!
-//! Generated on first start (`jwt-keys.json`, mode 0600, one Ed25519 key).
-//! The file holds the secrets; nothing else ever prints them (`keys list`
-//! shows kid, algorithm, age and which key signs).
+//! Generated on first start (`jwt-keys.json`, the name from before PASETO;
+//! mode 0600, one Ed25519 key for the configured token format). A process
+//! started with a token format the file has no key for adds one (the
+//! switch-over: the old format's keys keep verifying). The file holds the
+//! secrets; nothing else ever prints them (`keys list` shows kid, algorithm,
+//! age and which key signs).
 //!
 //! Rotation (`orderflow keys rotate`) adds a key that signs from then on;
 //! older keys keep verifying until every token they signed has expired
@@ -17,12 +21,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use orderflow_core::services::auth::{AuthService, KeyAlgorithm, KeySet, SigningKey};
+use orderflow_core::services::auth::{AuthService, KeyAlgorithm, KeySet, SigningKey, TokenFormat};
 
 pub const KEY_FILE: &str = "jwt-keys.json";
-
-/// The algorithm of the first key of a new data dir.
-pub const DEFAULT_ALGORITHM: KeyAlgorithm = KeyAlgorithm::EdDSA;
 
 /// Reads the key set; an error if the file is missing or holds no keys.
 pub fn load(data_dir: &Path) -> anyhow::Result<KeySet> {
@@ -35,22 +36,24 @@ pub fn load(data_dir: &Path) -> anyhow::Result<KeySet> {
     Ok(keys)
 }
 
-/// Adds a key that signs from now on and drops keys whose tokens have all
-/// expired. Returns the new key and the kids dropped.
+/// Adds a key that signs its format's tokens from now on and drops keys
+/// whose tokens have all expired when `format` signs. Returns the new key
+/// and the kids dropped.
 pub fn rotate(
     data_dir: &Path,
     alg: KeyAlgorithm,
     keep_for: Duration,
+    format: TokenFormat,
 ) -> anyhow::Result<(SigningKey, Vec<String>)> {
-    let mut keys = load_or_create(data_dir)?;
+    let mut keys = load_or_create(data_dir, format)?;
     let before: Vec<String> = keys.keys.iter().map(|k| k.kid.clone()).collect();
-    let key = keys.rotate(alg, keep_for);
+    let key = keys.rotate(alg, keep_for, format);
     let dropped_kids: Vec<String> = before
         .into_iter()
         .filter(|kid| !keys.keys.iter().any(|k| &k.kid == kid))
         .collect();
     save(data_dir, &keys)?;
-    tracing::info!(kid = %key.kid, alg = key.alg.as_str(), dropped = ?dropped_kids, "rotated the JWT signing key");
+    tracing::info!(kid = %key.kid, alg = key.alg.as_str(), dropped = ?dropped_kids, "rotated the access-token signing key");
     Ok((key, dropped_kids))
 }
 
@@ -67,9 +70,11 @@ pub fn reload_on_sighup(auth: Arc<AuthService>, data_dir: PathBuf) {
         };
         while hangups.recv().await.is_some() {
             match reload(&auth, &data_dir) {
-                Ok(kid) => tracing::info!(signing_kid = %kid, "reloaded the JWT signing keys"),
+                Ok(kid) => {
+                    tracing::info!(signing_kid = %kid, "reloaded the access-token signing keys")
+                }
                 Err(error) => {
-                    tracing::error!(error = %format!("{error:#}"), "reloading the JWT signing keys failed; keeping the current ones")
+                    tracing::error!(error = %format!("{error:#}"), "reloading the access-token signing keys failed; keeping the current ones")
                 }
             }
         }
@@ -85,27 +90,36 @@ pub fn reload(auth: &AuthService, data_dir: &Path) -> anyhow::Result<String> {
     Ok(auth.signing_kid())
 }
 
-/// Drops the keys that no longer have live tokens; returns their kids.
-pub fn prune(data_dir: &Path, keep_for: Duration) -> anyhow::Result<Vec<String>> {
+/// Drops the keys that no longer have live tokens when `format` signs;
+/// returns their kids.
+pub fn prune(
+    data_dir: &Path,
+    keep_for: Duration,
+    format: TokenFormat,
+) -> anyhow::Result<Vec<String>> {
     let mut keys = load(data_dir)?;
-    let dropped = keys.prune(keep_for, chrono::Utc::now());
+    let dropped = keys.prune(keep_for, chrono::Utc::now(), format);
     if !dropped.is_empty() {
         save(data_dir, &keys)?;
     }
     Ok(dropped)
 }
 
-/// Loads the key set, creating it with one fresh key when missing.
-pub fn load_or_create(data_dir: &Path) -> anyhow::Result<KeySet> {
+/// Loads the key set, creating it with one fresh key of `format` when
+/// missing, and adding one when it has none of `format`.
+pub fn load_or_create(data_dir: &Path, format: TokenFormat) -> anyhow::Result<KeySet> {
     let path = data_dir.join(KEY_FILE);
-    if path.exists() {
-        return load(data_dir);
-    }
-    let keys = KeySet {
-        keys: vec![SigningKey::generate(DEFAULT_ALGORITHM)],
+    let mut keys = if path.exists() {
+        load(data_dir)?
+    } else {
+        KeySet { keys: Vec::new() }
     };
-    save(data_dir, &keys)?;
-    tracing::info!(path = %path.display(), "generated a new JWT signing key");
+    if let Some(key) = keys.ensure_format(format) {
+        save(data_dir, &keys).with_context(|| {
+            format!("adding a {format} signing key (or run `orderflow keys rotate` where the key file is writable)")
+        })?;
+        tracing::info!(path = %path.display(), kid = %key.kid, alg = key.alg.as_str(), "generated a new signing key for {format} tokens");
+    }
     Ok(keys)
 }
 
@@ -143,12 +157,12 @@ mod tests {
     #[test]
     fn keys_are_created_once_and_reloaded() {
         let dir = tempfile::tempdir().unwrap();
-        let first = load_or_create(dir.path()).unwrap();
-        let second = load_or_create(dir.path()).unwrap();
+        let first = load_or_create(dir.path(), TokenFormat::Jwt).unwrap();
+        let second = load_or_create(dir.path(), TokenFormat::Jwt).unwrap();
         assert_eq!(first.keys.len(), 1);
         assert_eq!(first.keys[0].kid, second.keys[0].kid);
         assert_eq!(first.keys[0].secret_b64, second.keys[0].secret_b64);
-        assert_eq!(first.keys[0].alg, DEFAULT_ALGORITHM);
+        assert_eq!(first.keys[0].alg, KeyAlgorithm::EdDSA);
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
@@ -163,17 +177,18 @@ mod tests {
     #[test]
     fn rotate_adds_a_signing_key_and_keeps_the_old_one_verifying() {
         let dir = tempfile::tempdir().unwrap();
-        let first = load_or_create(dir.path()).unwrap();
+        let first = load_or_create(dir.path(), TokenFormat::Jwt).unwrap();
         let ttl = Duration::from_secs(930);
-        let (key, dropped) = rotate(dir.path(), KeyAlgorithm::HS256, ttl).unwrap();
+        let (key, dropped) =
+            rotate(dir.path(), KeyAlgorithm::HS256, ttl, TokenFormat::Jwt).unwrap();
         assert!(dropped.is_empty());
         let now = load(dir.path()).unwrap();
         assert_eq!(now.keys.len(), 2);
-        assert_eq!(now.signing_key().unwrap().kid, key.kid);
+        assert_eq!(now.signing_key(TokenFormat::Jwt).unwrap().kid, key.kid);
         assert!(now.keys.iter().any(|k| k.kid == first.keys[0].kid));
         // With no retention, the superseded key is pruned.
         assert_eq!(
-            prune(dir.path(), Duration::ZERO).unwrap(),
+            prune(dir.path(), Duration::ZERO, TokenFormat::Jwt).unwrap(),
             vec![first.keys[0].kid.clone()]
         );
         assert_eq!(load(dir.path()).unwrap().keys.len(), 1);

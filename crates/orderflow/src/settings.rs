@@ -289,6 +289,19 @@ pub struct Settings {
     )]
     pub header_read_timeout_secs: u64,
 
+    /// The form of new access tokens: `jwt` (EdDSA, `kid` in the header) or
+    /// `paseto` (v4.public, the PASERK id as the footer's `kid`). On a
+    /// switch, a process adds a key of the new format to the key file when
+    /// it has none; tokens of the old format keep verifying until they
+    /// expire, so nobody is logged out early.
+    #[arg(
+        long,
+        env = "ORDERFLOW_TOKEN_FORMAT",
+        default_value = "jwt",
+        global = true
+    )]
+    pub token_format: orderflow_core::services::auth::TokenFormat,
+
     /// The reverse proxies whose `X-Forwarded-For` names the client, as
     /// addresses or networks, comma-separated (`127.0.0.1,10.0.0.0/8`).
     /// Empty (the default): the socket peer is the client. Set it to the

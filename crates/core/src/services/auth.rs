@@ -1,8 +1,20 @@
 //! Registration, login, token refresh and logout.
 //!
-//! Access tokens are short-lived JWTs signed with the newest key of a key set
-//! (EdDSA or HS256, named by `kid`; the algorithm is pinned per key),
-//! `iss`/`aud`/`exp`/`nbf`/`iat` checked with a small clock skew. Refresh tokens are
+//! Access tokens are short-lived and signed with the newest key of the key
+//! set that fits the token format (`ORDERFLOW_TOKEN_FORMAT`):
+//! - **JWT** (the default): EdDSA or HS256, named by `kid`; the algorithm is
+//!   pinned per key (the JOSE answer to `alg` confusion);
+//! - **PASETO v4.public**: Ed25519, the key named by its PASERK id
+//!   (`k4.pid.…`) in the footer's `kid`; the protocol fixes the algorithm,
+//!   so there is no header to confuse.
+//!
+//! A key belongs to one format, and a token verifies only with a key of its
+//! own format, so a token of one format never verifies with a key of the
+//! other. Both formats verify while the set has keys of both: switching the
+//! format logs nobody out, and the old format's keys are dropped once their
+//! last tokens expired. The same claims either way (`sub`, `role`, `sid`,
+//! `jti`, `iss`, `aud`, `iat`, `nbf`, `exp`), checked by one function with a
+//! small clock skew. Refresh tokens are
 //! opaque random strings; only their SHA-256 is stored, and each use rotates
 //! them, so a stolen refresh token that is replayed after the real client used
 //! it revokes the whole session. Logout revokes the access token's `jti` until
@@ -24,6 +36,10 @@ use orderflow_domain::events::{Envelope, EventData};
 use orderflow_domain::rules::TextRule;
 use orderflow_domain::user::{self, Role};
 use orderflow_domain::{Timestamp, UserId};
+use pasetors::keys::{AsymmetricPublicKey, AsymmetricSecretKey};
+use pasetors::paserk::{FormatAsPaserk, Id};
+use pasetors::token::UntrustedToken;
+use pasetors::version4::{PublicToken, V4};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -43,6 +59,10 @@ pub enum KeyAlgorithm {
     HS256,
     /// Ed25519 signatures: only the holder of the private key can sign.
     EdDSA,
+    /// PASETO v4.public: Ed25519 under the PASETO protocol. A key of its
+    /// own, never shared with a JWT key (key separation).
+    #[serde(rename = "v4.public")]
+    V4Public,
 }
 
 impl KeyAlgorithm {
@@ -50,13 +70,15 @@ impl KeyAlgorithm {
         match self {
             KeyAlgorithm::HS256 => "HS256",
             KeyAlgorithm::EdDSA => "EdDSA",
+            KeyAlgorithm::V4Public => "v4.public",
         }
     }
 
-    fn jwt(self) -> Algorithm {
+    /// The token format the key signs.
+    pub fn format(self) -> TokenFormat {
         match self {
-            KeyAlgorithm::HS256 => Algorithm::HS256,
-            KeyAlgorithm::EdDSA => Algorithm::EdDSA,
+            KeyAlgorithm::HS256 | KeyAlgorithm::EdDSA => TokenFormat::Jwt,
+            KeyAlgorithm::V4Public => TokenFormat::Paseto,
         }
     }
 }
@@ -68,7 +90,55 @@ impl std::str::FromStr for KeyAlgorithm {
         match value.to_ascii_lowercase().as_str() {
             "hs256" => Ok(KeyAlgorithm::HS256),
             "eddsa" | "ed25519" => Ok(KeyAlgorithm::EdDSA),
-            other => Err(format!("unknown key algorithm {other:?} (eddsa or hs256)")),
+            "v4.public" | "paseto" => Ok(KeyAlgorithm::V4Public),
+            other => Err(format!(
+                "unknown key algorithm {other:?} (eddsa, hs256 or v4.public)"
+            )),
+        }
+    }
+}
+
+/// The form of access tokens: what `ORDERFLOW_TOKEN_FORMAT` picks for new
+/// tokens. Tokens of the other form still verify while their keys are in
+/// the set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TokenFormat {
+    #[default]
+    Jwt,
+    Paseto,
+}
+
+impl TokenFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenFormat::Jwt => "jwt",
+            TokenFormat::Paseto => "paseto",
+        }
+    }
+
+    /// The algorithm of a key generated for this format.
+    pub fn default_algorithm(self) -> KeyAlgorithm {
+        match self {
+            TokenFormat::Jwt => KeyAlgorithm::EdDSA,
+            TokenFormat::Paseto => KeyAlgorithm::V4Public,
+        }
+    }
+}
+
+impl std::fmt::Display for TokenFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for TokenFormat {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        match value.to_ascii_lowercase().as_str() {
+            "jwt" => Ok(TokenFormat::Jwt),
+            "paseto" => Ok(TokenFormat::Paseto),
+            other => Err(format!("unknown token format {other:?} (jwt or paseto)")),
         }
     }
 }
@@ -97,12 +167,23 @@ impl std::fmt::Debug for SigningKey {
 }
 
 impl SigningKey {
-    /// A fresh key with 32 random bytes and a random `kid`.
+    /// A fresh key with 32 random bytes. Its `kid` is random, except for a
+    /// PASETO key: its PASERK id (`k4.pid.…`), as the PASERK spec names
+    /// public keys.
     pub fn generate(alg: KeyAlgorithm) -> Self {
         let mut secret = [0u8; 32];
         rand::fill(&mut secret);
+        let kid = match alg {
+            KeyAlgorithm::V4Public => {
+                let (_, public) = paseto_pair(&secret);
+                paserk_id(&public)
+            }
+            KeyAlgorithm::HS256 | KeyAlgorithm::EdDSA => {
+                uuid::Uuid::new_v4().simple().to_string()[..12].to_owned()
+            }
+        };
         Self {
-            kid: uuid::Uuid::new_v4().simple().to_string()[..12].to_owned(),
+            kid,
             alg,
             secret_b64: base64::engine::general_purpose::STANDARD.encode(secret),
             created_at: chrono::Utc::now(),
@@ -111,53 +192,108 @@ impl SigningKey {
 
     /// The JWT algorithm and the keys to sign and verify with (tools and
     /// tests that craft tokens need them; the service uses [`AuthService::new`]).
+    /// A PASETO key's seed is used as an Ed25519 JWT key here, which is
+    /// what an attacker who holds it would try.
     pub fn jwt_keys(&self) -> Result<(Algorithm, EncodingKey, DecodingKey), CoreError> {
-        let key = self.load()?;
-        Ok((key.alg, key.encoding, key.decoding))
+        let secret = self.secret()?;
+        if self.alg == KeyAlgorithm::HS256 {
+            return Ok((
+                Algorithm::HS256,
+                EncodingKey::from_secret(&secret),
+                DecodingKey::from_secret(&secret),
+            ));
+        }
+        let seed = self.seed(&secret)?;
+        let public = ed25519_dalek::SigningKey::from_bytes(&seed)
+            .verifying_key()
+            .to_bytes();
+        Ok((
+            Algorithm::EdDSA,
+            EncodingKey::from_ed_der(&ed25519_pkcs8(&seed)),
+            DecodingKey::from_ed_der(&public),
+        ))
+    }
+
+    /// The PASETO v4 keys of this key's Ed25519 seed (for tools and tests
+    /// that craft tokens; an HMAC secret of 32 bytes works as a seed too).
+    pub fn paseto_keys(
+        &self,
+    ) -> Result<(AsymmetricSecretKey<V4>, AsymmetricPublicKey<V4>), CoreError> {
+        let secret = self.secret()?;
+        Ok(paseto_pair(&self.seed(&secret)?))
+    }
+
+    fn secret(&self) -> Result<Vec<u8>, CoreError> {
+        base64::engine::general_purpose::STANDARD
+            .decode(&self.secret_b64)
+            .map_err(|e| {
+                CoreError::Internal(format!("signing key {} is not base64: {e}", self.kid))
+            })
+    }
+
+    fn seed(&self, secret: &[u8]) -> Result<[u8; 32], CoreError> {
+        secret.try_into().map_err(|_| {
+            CoreError::Internal(format!(
+                "signing key {} is not a 32-byte Ed25519 seed",
+                self.kid
+            ))
+        })
     }
 
     /// The key as the service uses it.
     fn load(&self) -> Result<LoadedKey, CoreError> {
-        let secret = base64::engine::general_purpose::STANDARD
-            .decode(&self.secret_b64)
-            .map_err(|e| {
-                CoreError::Internal(format!("signing key {} is not base64: {e}", self.kid))
-            })?;
-        let (encoding, decoding) = match self.alg {
-            KeyAlgorithm::HS256 => {
-                if secret.len() < 32 {
+        let material = match self.alg {
+            KeyAlgorithm::HS256 | KeyAlgorithm::EdDSA => {
+                if self.alg == KeyAlgorithm::HS256 && self.secret()?.len() < 32 {
                     return Err(CoreError::Internal(format!(
                         "signing key {} is shorter than 32 bytes",
                         self.kid
                     )));
                 }
-                (
-                    EncodingKey::from_secret(&secret),
-                    DecodingKey::from_secret(&secret),
-                )
+                let (alg, encoding, decoding) = self.jwt_keys()?;
+                KeyMaterial::Jwt {
+                    alg,
+                    encoding,
+                    decoding,
+                }
             }
-            KeyAlgorithm::EdDSA => {
-                let seed: [u8; 32] = secret.as_slice().try_into().map_err(|_| {
-                    CoreError::Internal(format!(
-                        "signing key {} is not a 32-byte Ed25519 seed",
+            KeyAlgorithm::V4Public => {
+                let (secret, public) = self.paseto_keys()?;
+                if paserk_id(&public) != self.kid {
+                    return Err(CoreError::Internal(format!(
+                        "PASETO key {} is not named by its PASERK id",
                         self.kid
-                    ))
-                })?;
-                let private = ed25519_dalek::SigningKey::from_bytes(&seed);
-                let public = private.verifying_key().to_bytes();
-                (
-                    EncodingKey::from_ed_der(&ed25519_pkcs8(&seed)),
-                    DecodingKey::from_ed_der(&public),
-                )
+                    )));
+                }
+                KeyMaterial::Paseto { secret, public }
             }
         };
         Ok(LoadedKey {
             kid: self.kid.clone(),
-            alg: self.alg.jwt(),
-            encoding,
-            decoding,
+            format: self.alg.format(),
+            material,
         })
     }
+}
+
+/// The PASETO v4 key pair of an Ed25519 seed: pasetors takes the secret key
+/// as seed and public key together (64 bytes).
+fn paseto_pair(seed: &[u8; 32]) -> (AsymmetricSecretKey<V4>, AsymmetricPublicKey<V4>) {
+    let private = ed25519_dalek::SigningKey::from_bytes(seed);
+    let secret = AsymmetricSecretKey::<V4>::from(&private.to_keypair_bytes())
+        .expect("64 bytes are a v4 secret key");
+    let public = AsymmetricPublicKey::<V4>::from(&private.verifying_key().to_bytes())
+        .expect("32 bytes are a v4 public key");
+    (secret, public)
+}
+
+/// The PASERK id (`k4.pid.…`) of a public key.
+fn paserk_id(public: &AsymmetricPublicKey<V4>) -> String {
+    let mut id = String::new();
+    Id::from(public)
+        .fmt(&mut id)
+        .expect("writing to a String does not fail");
+    id
 }
 
 /// The PKCS#8 v1 document of an Ed25519 private key (RFC 8410): a fixed
@@ -181,34 +317,56 @@ pub struct KeySet {
 }
 
 impl KeySet {
-    /// The key that signs: the newest.
-    pub fn signing_key(&self) -> Option<&SigningKey> {
-        self.keys.iter().max_by_key(|key| key.created_at)
+    /// The key that signs tokens of `format`: the newest of that format.
+    pub fn signing_key(&self, format: TokenFormat) -> Option<&SigningKey> {
+        self.keys
+            .iter()
+            .filter(|key| key.alg.format() == format)
+            .max_by_key(|key| key.created_at)
     }
 
-    /// Adds a fresh key, which signs from now on, and drops the keys that can
-    /// no longer have live tokens (see [`KeySet::prune`]). Returns the new key.
-    pub fn rotate(&mut self, alg: KeyAlgorithm, keep_for: Duration) -> SigningKey {
+    /// Adds a fresh key, which signs tokens of its format from now on, and
+    /// drops the keys that can no longer have live tokens when `format`
+    /// signs (see [`KeySet::prune`]). Returns the new key.
+    pub fn rotate(
+        &mut self,
+        alg: KeyAlgorithm,
+        keep_for: Duration,
+        format: TokenFormat,
+    ) -> SigningKey {
         let key = SigningKey::generate(alg);
         self.keys.push(key.clone());
-        self.prune(keep_for, key.created_at);
+        self.prune(keep_for, key.created_at, format);
         key
     }
 
-    /// Drops every key that is not the newest and was superseded more than
-    /// `keep_for` ago (the access-token lifetime plus clock skew): every token
-    /// it signed has expired. Returns the dropped kids.
-    pub fn prune(&mut self, keep_for: Duration, now: Timestamp) -> Vec<String> {
-        let mut by_age: Vec<Timestamp> = self.keys.iter().map(|k| k.created_at).collect();
-        by_age.sort();
-        let newest = by_age.last().copied();
+    /// Drops every key whose tokens have all expired, when tokens are
+    /// signed in `format`: a key stops signing when a newer key of `format`
+    /// is created (a key of the other format, too: that is the switch-over),
+    /// and its tokens live at most `keep_for` (the access-token lifetime
+    /// plus clock skew) after that. The signer of `format` always stays; a
+    /// key with no newer key of `format` stays too (it may still be signing
+    /// somewhere). Returns the dropped kids.
+    pub fn prune(
+        &mut self,
+        keep_for: Duration,
+        now: Timestamp,
+        format: TokenFormat,
+    ) -> Vec<String> {
+        let signer = self.signing_key(format).map(|key| key.kid.clone());
+        let mut signers_created: Vec<Timestamp> = self
+            .keys
+            .iter()
+            .filter(|key| key.alg.format() == format)
+            .map(|key| key.created_at)
+            .collect();
+        signers_created.sort();
         let keep_for = chrono::Duration::from_std(keep_for).unwrap_or(chrono::Duration::MAX);
-        // A key stops signing when the next one is created; its tokens live
-        // at most `keep_for` after that.
-        let superseded_at = |created: Timestamp| by_age.iter().copied().find(|t| *t > created);
+        let superseded_at =
+            |created: Timestamp| signers_created.iter().copied().find(|t| *t > created);
         let mut dropped = Vec::new();
         self.keys.retain(|key| {
-            let keep = Some(key.created_at) == newest
+            let keep = Some(&key.kid) == signer.as_ref()
                 || superseded_at(key.created_at)
                     .is_none_or(|at| at.checked_add_signed(keep_for).is_none_or(|end| end > now));
             if !keep {
@@ -218,18 +376,43 @@ impl KeySet {
         });
         dropped
     }
+
+    /// Adds a key for `format` when the set has none (a switch of
+    /// `ORDERFLOW_TOKEN_FORMAT`); the key, when one was added.
+    pub fn ensure_format(&mut self, format: TokenFormat) -> Option<SigningKey> {
+        if self.signing_key(format).is_some() {
+            return None;
+        }
+        let key = SigningKey::generate(format.default_algorithm());
+        self.keys.push(key.clone());
+        Some(key)
+    }
 }
 
+/// A key ready to sign and verify.
 struct LoadedKey {
     kid: String,
-    alg: Algorithm,
-    encoding: EncodingKey,
-    decoding: DecodingKey,
+    format: TokenFormat,
+    material: KeyMaterial,
 }
 
-/// Token lifetimes and the JWT audience/issuer.
+enum KeyMaterial {
+    Jwt {
+        alg: Algorithm,
+        encoding: EncodingKey,
+        decoding: DecodingKey,
+    },
+    Paseto {
+        secret: AsymmetricSecretKey<V4>,
+        public: AsymmetricPublicKey<V4>,
+    },
+}
+
+/// Token format, lifetimes, audience and issuer.
 #[derive(Debug, Clone)]
 pub struct AuthSettings {
+    /// The form of new access tokens.
+    pub token_format: TokenFormat,
     pub issuer: String,
     pub audience: String,
     pub access_token_ttl: Duration,
@@ -251,6 +434,7 @@ impl AuthSettings {
 impl Default for AuthSettings {
     fn default() -> Self {
         Self {
+            token_format: TokenFormat::default(),
             issuer: "orderflow".into(),
             audience: "orderflow-api".into(),
             access_token_ttl: Duration::from_secs(15 * 60),
@@ -261,7 +445,8 @@ impl Default for AuthSettings {
     }
 }
 
-/// JWT claims of an access token.
+/// The claims of an access token, in either format (times in seconds since
+/// the epoch here; a PASETO token carries them as RFC 3339 strings).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Claims {
     pub sub: UserId,
@@ -274,6 +459,59 @@ pub struct Claims {
     pub exp: i64,
     pub iss: String,
     pub aud: String,
+}
+
+/// [`Claims`] as a PASETO payload: the registered time claims are RFC 3339
+/// strings (PASETO's rule), the others the same.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PasetoClaims {
+    pub sub: UserId,
+    pub role: Role,
+    pub sid: uuid::Uuid,
+    pub jti: String,
+    pub iat: Timestamp,
+    pub nbf: Timestamp,
+    pub exp: Timestamp,
+    pub iss: String,
+    pub aud: String,
+}
+
+impl From<&Claims> for PasetoClaims {
+    fn from(claims: &Claims) -> Self {
+        let time = |seconds| chrono::DateTime::from_timestamp(seconds, 0).unwrap_or_default();
+        Self {
+            sub: claims.sub,
+            role: claims.role,
+            sid: claims.sid,
+            jti: claims.jti.clone(),
+            iat: time(claims.iat),
+            nbf: time(claims.nbf),
+            exp: time(claims.exp),
+            iss: claims.iss.clone(),
+            aud: claims.aud.clone(),
+        }
+    }
+}
+
+impl From<PasetoClaims> for Claims {
+    fn from(claims: PasetoClaims) -> Self {
+        let this = claims;
+        Claims {
+            sub: this.sub,
+            role: this.role,
+            sid: this.sid,
+            jti: this.jti,
+            iat: this.iat.timestamp(),
+            nbf: this.nbf.timestamp(),
+            exp: this.exp.timestamp(),
+            iss: this.iss,
+            aud: this.aud,
+        }
+    }
+}
+
+fn unauthorized(why: &str) -> CoreError {
+    CoreError::Unauthorized(why.to_owned())
 }
 
 /// Who is calling, after the access token was verified.
@@ -331,16 +569,20 @@ fn session_revocation_id(session_id: uuid::Uuid) -> String {
     format!("sid:{session_id}")
 }
 
-/// Loads a key set, newest (the signer) first.
-fn load_keys(key_set: &KeySet) -> Result<Vec<LoadedKey>, CoreError> {
+/// Loads a key set, newest first; the first key of `format` signs. An error
+/// when the set has no key of `format`.
+fn load_keys(key_set: &KeySet, format: TokenFormat) -> Result<Vec<LoadedKey>, CoreError> {
     let mut sorted = key_set.keys.clone();
     sorted.sort_by_key(|key| std::cmp::Reverse(key.created_at));
     let keys = sorted
         .iter()
         .map(SigningKey::load)
         .collect::<Result<Vec<_>, _>>()?;
-    if keys.is_empty() {
-        return Err(CoreError::Internal("the signing key set is empty".into()));
+    if !keys.iter().any(|key| key.format == format) {
+        return Err(CoreError::Internal(format!(
+            "the signing key set has no key for {format} tokens (orderflow keys rotate --alg {})",
+            format.default_algorithm().as_str().to_ascii_lowercase()
+        )));
     }
     Ok(keys)
 }
@@ -355,7 +597,7 @@ impl AuthService {
         Ok(Self {
             store,
             revocations,
-            keys: std::sync::RwLock::new(Arc::new(load_keys(key_set)?)),
+            keys: std::sync::RwLock::new(Arc::new(load_keys(key_set, settings.token_format)?)),
             throttle: LoginThrottle::new(settings.login_throttle.clone()),
             settings,
             revoked: tokio::sync::broadcast::channel(REVOKED_QUEUE).0,
@@ -379,14 +621,23 @@ impl AuthService {
 
     /// The kid of the key that signs new tokens.
     pub fn signing_kid(&self) -> String {
-        self.keys()[0].kid.clone()
+        self.signer(&self.keys()).kid.clone()
+    }
+
+    /// The newest key of the configured format (there is one: see
+    /// [`load_keys`]).
+    fn signer<'k>(&self, keys: &'k [LoadedKey]) -> &'k LoadedKey {
+        keys.iter()
+            .find(|key| key.format == self.settings.token_format)
+            .expect("load_keys checked that a key of the format is in the set")
     }
 
     /// Replaces the key set (after `orderflow keys rotate`, on SIGHUP): new
-    /// tokens are signed with its newest key, and only its keys verify. A
-    /// set that does not load leaves the current one in place.
+    /// tokens are signed with its newest key of the configured format, and
+    /// only its keys verify. A set that does not load leaves the current one
+    /// in place.
     pub fn reload_keys(&self, key_set: &KeySet) -> Result<(), CoreError> {
-        let keys = Arc::new(load_keys(key_set)?);
+        let keys = Arc::new(load_keys(key_set, self.settings.token_format)?);
         *self
             .keys
             .write()
@@ -682,57 +933,119 @@ impl AuthService {
                 .unwrap_or(chrono::Duration::days(1))
     }
 
-    /// Verifies a bearer token: the key named by `kid`, with that key's own
-    /// algorithm (the header's `alg` must match it), then `iss`, `aud`,
-    /// `exp`, `nbf`, `iat`, then revocation of the token (`jti`) and of its
-    /// session (`sid`), both answered from memory.
+    /// Verifies a bearer token: a PASETO (`v4.public.…`) or a JWT, each with
+    /// the key of its own format that its `kid` names (for a JWT, the
+    /// header's `alg` must be that key's), then `iss`, `aud`, `exp`, `nbf`,
+    /// `iat` (one check for both formats), then revocation of the token
+    /// (`jti`) and of its session (`sid`), both answered from memory.
     pub async fn authenticate(&self, token: &str) -> Result<Principal, CoreError> {
-        let unauthorized = |why: &str| CoreError::Unauthorized(why.to_owned());
+        let keys = self.keys();
+        let claims = if token.starts_with(PublicToken::HEADER) {
+            self.verify_paseto(token, &keys)?
+        } else {
+            self.verify_jwt(token, &keys)?
+        };
+        let principal = self.check_claims(claims)?;
+        self.still_valid(&principal).await?;
+        Ok(principal)
+    }
+
+    /// The key named `kid`, when it signs `format`'s tokens.
+    fn verifying_key<'k>(
+        keys: &'k [LoadedKey],
+        kid: &str,
+        format: TokenFormat,
+    ) -> Result<&'k KeyMaterial, CoreError> {
+        let key = keys
+            .iter()
+            .find(|key| key.kid == kid)
+            .ok_or_else(|| unauthorized("access token was signed with an unknown key"))?;
+        if key.format != format {
+            return Err(unauthorized(
+                "access token's algorithm does not match its key",
+            ));
+        }
+        Ok(&key.material)
+    }
+
+    /// A JWT's signature, under the key its `kid` names; its claims are
+    /// checked by [`Self::check_claims`].
+    fn verify_jwt(&self, token: &str, keys: &[LoadedKey]) -> Result<Claims, CoreError> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| unauthorized("access token is malformed"))?;
         let kid = header
             .kid
             .ok_or_else(|| unauthorized("access token has no key id"))?;
-        let keys = self.keys();
-        let key = keys
-            .iter()
-            .find(|k| k.kid == kid)
-            .ok_or_else(|| unauthorized("access token was signed with an unknown key"))?;
-        if header.alg != key.alg {
+        let KeyMaterial::Jwt { alg, decoding, .. } =
+            Self::verifying_key(keys, &kid, TokenFormat::Jwt)?
+        else {
+            unreachable!("a JWT key has JWT material")
+        };
+        if header.alg != *alg {
             return Err(unauthorized(
                 "access token's algorithm does not match its key",
             ));
         }
-        let mut validation = Validation::new(key.alg);
-        validation.set_issuer(&[&self.settings.issuer]);
-        validation.set_audience(&[&self.settings.audience]);
+        let mut validation = Validation::new(*alg);
+        // Times, issuer and audience: one check for both formats.
+        validation.validate_exp = false;
+        validation.validate_aud = false;
         validation.set_required_spec_claims(&["exp", "nbf", "iat", "iss", "aud", "sub"]);
-        validation.validate_nbf = true;
-        validation.leeway = self.settings.clock_skew.as_secs();
-        let claims = jsonwebtoken::decode::<Claims>(token, &key.decoding, &validation)
-            .map_err(|e| match e.kind() {
-                jsonwebtoken::errors::ErrorKind::ExpiredSignature => {
-                    unauthorized("access token has expired")
-                }
-                _ => unauthorized("access token is not valid"),
-            })?
-            .claims;
-        // `iat` in the future (beyond the skew) means a forged or broken clock.
+        jsonwebtoken::decode::<Claims>(token, decoding, &validation)
+            .map(|data| data.claims)
+            .map_err(|_| unauthorized("access token is not valid"))
+    }
+
+    /// A PASETO v4.public token's signature, under the key its footer's
+    /// `kid` (a PASERK id) names; its claims are checked by
+    /// [`Self::check_claims`].
+    fn verify_paseto(&self, token: &str, keys: &[LoadedKey]) -> Result<Claims, CoreError> {
+        let untrusted = UntrustedToken::<pasetors::Public, V4>::try_from(token)
+            .map_err(|_| unauthorized("access token is malformed"))?;
+        let mut footer = pasetors::footer::Footer::new();
+        footer
+            .parse_bytes(untrusted.untrusted_footer())
+            .map_err(|_| unauthorized("access token has no key id"))?;
+        let kid = footer
+            .get_claim("kid")
+            .and_then(|kid| kid.as_str())
+            .ok_or_else(|| unauthorized("access token has no key id"))?;
+        let KeyMaterial::Paseto { public, .. } =
+            Self::verifying_key(keys, kid, TokenFormat::Paseto)?
+        else {
+            unreachable!("a PASETO key has PASETO material")
+        };
+        let trusted = PublicToken::verify(public, &untrusted, None, None)
+            .map_err(|_| unauthorized("access token is not valid"))?;
+        let claims: PasetoClaims = serde_json::from_str(trusted.payload())
+            .map_err(|_| unauthorized("access token is not valid"))?;
+        Ok(claims.into())
+    }
+
+    /// What both formats check after the signature: issuer, audience, and
+    /// the times with the clock skew (`exp` passed, `nbf` not reached, `iat`
+    /// in the future: a forged token or a broken clock).
+    fn check_claims(&self, claims: Claims) -> Result<Principal, CoreError> {
+        if claims.iss != self.settings.issuer || claims.aud != self.settings.audience {
+            return Err(unauthorized("access token is not valid"));
+        }
+        let now = chrono::Utc::now().timestamp();
         let skew = self.settings.clock_skew.as_secs() as i64;
-        if claims.iat > chrono::Utc::now().timestamp() + skew {
+        if claims.exp < now - skew {
+            return Err(unauthorized("access token has expired"));
+        }
+        if claims.nbf > now + skew || claims.iat > now + skew {
             return Err(unauthorized("access token is not valid yet"));
         }
         let expires_at = chrono::DateTime::from_timestamp(claims.exp, 0)
             .ok_or_else(|| unauthorized("access token is not valid"))?;
-        let principal = Principal {
+        Ok(Principal {
             user_id: claims.sub,
             role: claims.role,
             session_id: claims.sid,
             jti: claims.jti,
             expires_at,
-        };
-        self.still_valid(&principal).await?;
-        Ok(principal)
+        })
     }
 
     /// Whether a caller authenticated earlier is still let in: neither the
@@ -773,11 +1086,24 @@ impl AuthService {
             aud: self.settings.audience.clone(),
         };
         let keys = self.keys();
-        let signer = &keys[0];
-        let mut header = Header::new(signer.alg);
-        header.kid = Some(signer.kid.clone());
-        let access_token = jsonwebtoken::encode(&header, &claims, &signer.encoding)
-            .map_err(|e| CoreError::Internal(format!("signing a token failed: {e}")))?;
+        let signer = self.signer(&keys);
+        let signing_failed =
+            |e: &dyn std::fmt::Display| CoreError::Internal(format!("signing a token failed: {e}"));
+        let access_token = match &signer.material {
+            KeyMaterial::Jwt { alg, encoding, .. } => {
+                let mut header = Header::new(*alg);
+                header.kid = Some(signer.kid.clone());
+                jsonwebtoken::encode(&header, &claims, encoding).map_err(|e| signing_failed(&e))?
+            }
+            KeyMaterial::Paseto { secret, .. } => {
+                let payload = serde_json::to_vec(&PasetoClaims::from(&claims))
+                    .map_err(|e| signing_failed(&e))?;
+                let footer = serde_json::to_vec(&serde_json::json!({ "kid": signer.kid }))
+                    .map_err(|e| signing_failed(&e))?;
+                PublicToken::sign(secret, &payload, Some(&footer), None)
+                    .map_err(|e| signing_failed(&e))?
+            }
+        };
         Ok(TokenPair {
             access_token,
             refresh_token,
@@ -1053,36 +1379,85 @@ mod tests {
     #[test]
     fn rotation_keeps_old_keys_until_their_tokens_expired() {
         let ttl = Duration::from_secs(930);
+        let jwt = TokenFormat::Jwt;
         let mut set = KeySet {
             keys: vec![SigningKey::generate(KeyAlgorithm::HS256)],
         };
         let first = set.keys[0].kid.clone();
-        let second = set.rotate(KeyAlgorithm::EdDSA, ttl);
+        let second = set.rotate(KeyAlgorithm::EdDSA, ttl, jwt);
         assert_eq!(set.keys.len(), 2, "the old key still verifies");
-        assert_eq!(set.signing_key().unwrap().kid, second.kid);
+        assert_eq!(set.signing_key(jwt).unwrap().kid, second.kid);
         // Long after the second key took over, the first one is dropped.
         let later = second.created_at + chrono::Duration::seconds(931);
-        assert_eq!(set.prune(ttl, later), vec![first]);
+        assert_eq!(set.prune(ttl, later, jwt), vec![first]);
         assert_eq!(set.keys.len(), 1);
         // The newest key is never dropped, however old.
         assert!(
-            set.prune(ttl, later + chrono::Duration::days(365))
+            set.prune(ttl, later + chrono::Duration::days(365), jwt)
                 .is_empty()
         );
     }
 
     #[test]
+    fn a_switch_of_format_keeps_the_old_keys_until_their_tokens_expired() {
+        let ttl = Duration::from_secs(930);
+        let mut set = KeySet {
+            keys: vec![SigningKey::generate(KeyAlgorithm::EdDSA)],
+        };
+        let jwt_key = set.keys[0].kid.clone();
+        assert!(set.ensure_format(TokenFormat::Jwt).is_none());
+        let paseto_key = set.ensure_format(TokenFormat::Paseto).unwrap();
+        assert!(paseto_key.kid.starts_with("k4.pid."), "{}", paseto_key.kid);
+        assert_eq!(
+            set.signing_key(TokenFormat::Paseto).unwrap().kid,
+            paseto_key.kid
+        );
+        assert_eq!(set.signing_key(TokenFormat::Jwt).unwrap().kid, jwt_key);
+        // Signing PASETO, the JWT key verifies until its last tokens expired...
+        let soon = paseto_key.created_at + chrono::Duration::seconds(929);
+        assert!(set.prune(ttl, soon, TokenFormat::Paseto).is_empty());
+        // ...then it goes.
+        let later = paseto_key.created_at + chrono::Duration::seconds(931);
+        assert_eq!(set.prune(ttl, later, TokenFormat::Paseto), vec![jwt_key]);
+        // Switched back to JWT: a new JWT key, and the PASETO key goes the
+        // same way once its tokens expired.
+        let back = set.ensure_format(TokenFormat::Jwt).unwrap();
+        let much_later = back.created_at + chrono::Duration::seconds(931);
+        assert_eq!(
+            set.prune(ttl, much_later, TokenFormat::Jwt),
+            vec![paseto_key.kid]
+        );
+        assert_eq!(set.keys.len(), 1);
+    }
+
+    #[test]
     fn ed25519_keys_load_and_sign() {
-        let key = SigningKey::generate(KeyAlgorithm::EdDSA).load().unwrap();
+        let (alg, encoding, decoding) = SigningKey::generate(KeyAlgorithm::EdDSA)
+            .jwt_keys()
+            .unwrap();
         let token = jsonwebtoken::encode(
-            &Header::new(Algorithm::EdDSA),
+            &Header::new(alg),
             &serde_json::json!({"sub": "x", "exp": 4_000_000_000u64}),
-            &key.encoding,
+            &encoding,
         )
         .unwrap();
         let mut validation = Validation::new(Algorithm::EdDSA);
         validation.set_required_spec_claims(&["exp"]);
-        jsonwebtoken::decode::<serde_json::Value>(&token, &key.decoding, &validation).unwrap();
+        jsonwebtoken::decode::<serde_json::Value>(&token, &decoding, &validation).unwrap();
+    }
+
+    #[test]
+    fn paseto_keys_are_named_by_their_paserk_id_and_sign() {
+        let key = SigningKey::generate(KeyAlgorithm::V4Public);
+        let (secret, public) = key.paseto_keys().unwrap();
+        assert_eq!(paserk_id(&public), key.kid);
+        let token = PublicToken::sign(&secret, b"{}", Some(b"{}"), None).unwrap();
+        let untrusted = UntrustedToken::<pasetors::Public, V4>::try_from(&token).unwrap();
+        PublicToken::verify(&public, &untrusted, None, None).unwrap();
+        // A key whose kid is not its PASERK id does not load.
+        let mut renamed = key.clone();
+        renamed.kid = "k4.pid.someone-else".into();
+        assert!(renamed.load().is_err());
     }
 
     #[test]

@@ -1,43 +1,102 @@
-//! Security: hostile tokens, key rotation, sessions per device, brute force,
-//! ownership and roles, SQL metacharacters, rate-limit headers per algorithm,
-//! hostile input (JSON depth and string length, slow clients).
+//! Security: hostile tokens in both formats (JWT and PASETO), key rotation
+//! and format switch-over, sessions per device, brute force, ownership and
+//! roles, SQL metacharacters, rate-limit headers per algorithm, hostile
+//! input (JSON depth and string length, slow clients).
 //!
-//! Tokens are crafted with `jsonwebtoken` and the key file in the test's own
-//! data dir, so each attack is signed exactly as an attacker who knows (or
-//! guesses) part of the setup would sign it.
+//! Tokens are crafted with `jsonwebtoken` / `pasetors` and the key file in
+//! the test's own data dir, so each attack is signed exactly as an attacker
+//! who knows (or guesses) part of the setup would sign it.
 
+use base64::Engine;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use orderflow::keys;
-use orderflow_core::services::auth::{KeyAlgorithm, KeySet};
+use orderflow_core::services::auth::{KeyAlgorithm, KeySet, SigningKey, TokenFormat};
+use pasetors::version4::PublicToken;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::helpers::{PASSWORD, TestApp, assert_problem, spawn_app, spawn_app_with};
 
 const PROTECTED: &str = "/api/v1/orders";
+/// The registered time claims; a PASETO token carries them as RFC 3339.
+const TIMES: [&str; 3] = ["iat", "nbf", "exp"];
+
+fn b64() -> base64::engine::GeneralPurpose {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+}
 
 fn key_set(app: &TestApp) -> KeySet {
     keys::load(&app.app.settings.data_dir).expect("key file")
 }
 
-/// The claims a real token of `shopper` has, as JSON (so tests can break any of them).
-fn claims_of(token: &str) -> Value {
-    use base64::Engine;
-    let payload = token.split('.').nth(1).unwrap();
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload)
-        .unwrap();
-    serde_json::from_slice(&bytes).unwrap()
+fn format_of(app: &TestApp) -> TokenFormat {
+    app.app.settings.token_format
 }
 
-/// Signs `claims` with the app's signing key (its own algorithm and kid).
+/// A PASETO v4.public token's message (claims), signature and footer.
+fn paseto_parts(token: &str) -> (Vec<u8>, Vec<u8>, String) {
+    let mut parts = token.strip_prefix(PublicToken::HEADER).unwrap().split('.');
+    let signed = b64().decode(parts.next().unwrap()).unwrap();
+    let footer = parts.next().unwrap_or_default().to_owned();
+    let (message, signature) = signed.split_at(signed.len() - 64);
+    (message.to_vec(), signature.to_vec(), footer)
+}
+
+/// The claims of a real token, as JSON with times in epoch seconds
+/// whatever the format (so tests can break any of them the same way).
+fn claims_of(token: &str) -> Value {
+    if token.starts_with(PublicToken::HEADER) {
+        let mut claims: Value = serde_json::from_slice(&paseto_parts(token).0).unwrap();
+        for name in TIMES {
+            let time = chrono::DateTime::parse_from_rfc3339(claims[name].as_str().unwrap());
+            claims[name] = time.unwrap().timestamp().into();
+        }
+        return claims;
+    }
+    let payload = token.split('.').nth(1).unwrap();
+    serde_json::from_slice(&b64().decode(payload).unwrap()).unwrap()
+}
+
+/// `claims` (times in epoch seconds) signed with `key` in `format`, naming
+/// `kid`: a JWT with `kid` in the header (the key's own algorithm; a PASETO
+/// key's seed signs as EdDSA), or a PASETO v4.public token with `kid` in
+/// the footer (any key's 32-byte secret used as the Ed25519 seed).
+fn sign_with(key: &SigningKey, kid: &str, format: TokenFormat, claims: &Value) -> String {
+    match format {
+        TokenFormat::Jwt => {
+            let (alg, encoding, _) = key.jwt_keys().unwrap();
+            let mut header = Header::new(alg);
+            header.kid = Some(kid.to_owned());
+            jsonwebtoken::encode(&header, claims, &encoding).unwrap()
+        }
+        TokenFormat::Paseto => {
+            let mut claims = claims.clone();
+            for name in TIMES {
+                if let Some(seconds) = claims[name].as_i64() {
+                    let time = chrono::DateTime::from_timestamp(seconds, 0).unwrap();
+                    claims[name] = time
+                        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                        .into();
+                }
+            }
+            let (secret, _) = key.paseto_keys().unwrap();
+            let footer = json!({ "kid": kid }).to_string();
+            PublicToken::sign(
+                &secret,
+                claims.to_string().as_bytes(),
+                Some(footer.as_bytes()),
+                None,
+            )
+            .unwrap()
+        }
+    }
+}
+
+/// Signs `claims` with the app's signing key, in the app's format.
 fn sign(app: &TestApp, claims: &Value) -> String {
     let set = key_set(app);
-    let key = set.signing_key().unwrap();
-    let (alg, encoding, _) = key.jwt_keys().unwrap();
-    let mut header = Header::new(alg);
-    header.kid = Some(key.kid.clone());
-    jsonwebtoken::encode(&header, claims, &encoding).unwrap()
+    let key = set.signing_key(format_of(app)).unwrap();
+    sign_with(key, &key.kid, format_of(app), claims)
 }
 
 async fn get_with(app: &TestApp, token: &str) -> reqwest::Response {
@@ -55,10 +114,21 @@ async fn assert_refused(app: &TestApp, token: &str, why: &str) -> Value {
     body
 }
 
-#[tokio::test]
-async fn crafted_tokens_are_refused_and_a_well_signed_one_is_accepted() {
-    let app = spawn_app().await;
+async fn spawn_app_signing(format: TokenFormat) -> TestApp {
+    spawn_app_with(&["--token-format", format.as_str()]).await
+}
+
+/// The attack matrix, for the format `app` signs: each case breaks one
+/// thing, and each is a 401 with the same problem type.
+async fn crafted_tokens_are_refused(format: TokenFormat) {
+    let app = spawn_app_signing(format).await;
     let shopper = app.shopper("Hale").await;
+    assert_eq!(
+        shopper.token.starts_with(PublicToken::HEADER),
+        format == TokenFormat::Paseto,
+        "{format} tokens are issued: {}",
+        shopper.token
+    );
     let claims = claims_of(&shopper.token);
     let now = chrono::Utc::now().timestamp();
 
@@ -93,39 +163,158 @@ async fn crafted_tokens_are_refused_and_a_well_signed_one_is_accepted() {
     assert_refused(&app, &sign(&app, &from_the_future), "iat in the future").await;
 
     // Tampered: the payload says admin, the signature is the shopper's.
-    let mut admin = claims.clone();
+    let mut admin = claims_of(&shopper.token);
     admin["role"] = "admin".into();
-    let parts: Vec<&str> = shopper.token.split('.').collect();
-    let forged_payload = {
-        use base64::Engine;
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(admin.to_string())
+    let tampered = match format {
+        TokenFormat::Jwt => {
+            let parts: Vec<&str> = shopper.token.split('.').collect();
+            let forged = b64().encode(admin.to_string());
+            format!("{}.{}.{}", parts[0], forged, parts[2])
+        }
+        TokenFormat::Paseto => {
+            let (message, signature, footer) = paseto_parts(&shopper.token);
+            let mut real: Value = serde_json::from_slice(&message).unwrap();
+            real["role"] = "admin".into();
+            let signed = [real.to_string().into_bytes(), signature].concat();
+            format!("{}{}.{footer}", PublicToken::HEADER, b64().encode(signed))
+        }
     };
-    let tampered = format!("{}.{}.{}", parts[0], forged_payload, parts[2]);
     assert_refused(&app, &tampered, "tampered").await;
 
-    // Unknown kid, and no kid at all.
+    // Forged: signed with a key of the right kind that is not in the set,
+    // under the real key's kid.
     let set = key_set(&app);
-    let (alg, encoding, _) = set.signing_key().unwrap().jwt_keys().unwrap();
-    let mut header = Header::new(alg);
-    header.kid = Some("not-a-key".into());
-    let wrong_kid = jsonwebtoken::encode(&header, &claims, &encoding).unwrap();
+    let signer = set.signing_key(format).unwrap();
+    let stranger = SigningKey::generate(signer.alg);
+    let forged = sign_with(&stranger, &signer.kid, format, &claims);
+    assert_refused(&app, &forged, "forged").await;
+
+    // Unknown kid.
+    let wrong_kid = sign_with(signer, "not-a-key", format, &claims);
     let body = assert_refused(&app, &wrong_kid, "unknown kid").await;
     assert!(body["detail"].as_str().unwrap().contains("unknown key"));
-    let no_kid = jsonwebtoken::encode(&Header::new(alg), &claims, &encoding).unwrap();
+
+    // The other format, signed with the real key's secret under its kid:
+    // a key signs its own format only.
+    let other = match format {
+        TokenFormat::Jwt => TokenFormat::Paseto,
+        TokenFormat::Paseto => TokenFormat::Jwt,
+    };
+    let confused = sign_with(signer, &signer.kid, other, &claims);
+    let body = assert_refused(&app, &confused, "the other format under this kid").await;
+    assert!(body["detail"].as_str().unwrap().contains("algorithm"));
+
+    // No kid at all.
+    let no_kid = match format {
+        TokenFormat::Jwt => {
+            let (alg, encoding, _) = signer.jwt_keys().unwrap();
+            jsonwebtoken::encode(&Header::new(alg), &claims, &encoding).unwrap()
+        }
+        TokenFormat::Paseto => {
+            let (secret, _) = signer.paseto_keys().unwrap();
+            let signed = sign(&app, &claims);
+            let message = paseto_parts(&signed).0;
+            PublicToken::sign(&secret, &message, None, None).unwrap()
+        }
+    };
     assert_refused(&app, &no_kid, "no kid").await;
 
-    // alg: none, with and without the real kid.
-    let kid = &set.signing_key().unwrap().kid;
-    for header in [
-        json!({"alg": "none", "typ": "JWT"}),
-        json!({"alg": "none", "typ": "JWT", "kid": kid}),
-    ] {
-        use base64::Engine;
-        let b64 =
-            |v: &Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
-        let token = format!("{}.{}.", b64(&header), b64(&claims));
-        assert_refused(&app, &token, "alg none").await;
+    // Unsigned: JWT's `alg: none`, with and without the real kid; PASETO's
+    // signature cut off.
+    match format {
+        TokenFormat::Jwt => {
+            for header in [
+                json!({"alg": "none", "typ": "JWT"}),
+                json!({"alg": "none", "typ": "JWT", "kid": signer.kid}),
+            ] {
+                let encode = |v: &Value| b64().encode(v.to_string());
+                let token = format!("{}.{}.", encode(&header), encode(&claims));
+                assert_refused(&app, &token, "alg none").await;
+            }
+        }
+        TokenFormat::Paseto => {
+            let (message, _, footer) = paseto_parts(&shopper.token);
+            let token = format!("{}{}.{footer}", PublicToken::HEADER, b64().encode(message));
+            assert_refused(&app, &token, "no signature").await;
+        }
     }
+
+    // Revoked: logged out, the token is refused.
+    assert_eq!(
+        app.logout(&shopper.token).await.status(),
+        StatusCode::NO_CONTENT
+    );
+    let body = assert_refused(&app, &shopper.token, "revoked").await;
+    assert!(body["detail"].as_str().unwrap().contains("revoked"));
+}
+
+#[tokio::test]
+async fn crafted_jwts_are_refused_and_a_well_signed_one_is_accepted() {
+    crafted_tokens_are_refused(TokenFormat::Jwt).await;
+}
+
+#[tokio::test]
+async fn crafted_pasetos_are_refused_and_a_well_signed_one_is_accepted() {
+    crafted_tokens_are_refused(TokenFormat::Paseto).await;
+}
+
+/// Switching `ORDERFLOW_TOKEN_FORMAT` logs nobody out: the process adds a
+/// key of the new format, signs with it, and the old format's tokens
+/// verify until their key is pruned (after their expiry).
+#[tokio::test]
+async fn switching_the_token_format_logs_nobody_out_early() {
+    let app = spawn_app_signing(TokenFormat::Jwt).await;
+    let shopper = app.shopper("Sude").await;
+    let jwt_kid = key_set(&app)
+        .signing_key(TokenFormat::Jwt)
+        .unwrap()
+        .kid
+        .clone();
+
+    let mut settings = app.app.settings.clone();
+    settings.token_format = TokenFormat::Paseto;
+    let switched = orderflow::App::build(settings.clone()).await.unwrap();
+    let set = key_set(&app);
+    let paseto_key = set
+        .signing_key(TokenFormat::Paseto)
+        .expect("a PASETO key was added");
+    assert!(paseto_key.kid.starts_with("k4.pid."), "{}", paseto_key.kid);
+    assert_eq!(switched.auth.signing_kid(), paseto_key.kid);
+    // The JWT still verifies...
+    let principal = switched.auth.authenticate(&shopper.token).await.unwrap();
+    assert_eq!(principal.user_id, shopper.id);
+    // ...new tokens are PASETOs named by the new key...
+    let pair = switched
+        .auth
+        .login(&shopper.email, PASSWORD, Some("after the switch"), None)
+        .await
+        .unwrap();
+    let (_, _, footer) = paseto_parts(&pair.access_token);
+    let footer: Value = serde_json::from_slice(&b64().decode(footer).unwrap()).unwrap();
+    assert_eq!(footer["kid"], paseto_key.kid.as_str());
+    assert!(switched.auth.authenticate(&pair.access_token).await.is_ok());
+    // ...and a later restart with the old format still takes them both.
+    let back = orderflow::App::build(app.app.settings.clone())
+        .await
+        .unwrap();
+    assert!(back.auth.authenticate(&pair.access_token).await.is_ok());
+    assert!(back.auth.authenticate(&shopper.token).await.is_ok());
+
+    // Once the JWTs have all expired, pruning (signing PASETO) drops the
+    // JWT key, and JWTs stop verifying with the same problem as any bad token.
+    assert_eq!(
+        keys::prune(
+            &settings.data_dir,
+            std::time::Duration::ZERO,
+            TokenFormat::Paseto
+        )
+        .unwrap(),
+        vec![jwt_kid]
+    );
+    let pruned = orderflow::App::build(settings).await.unwrap();
+    let error = pruned.auth.authenticate(&shopper.token).await.unwrap_err();
+    assert!(error.to_string().contains("unknown key"), "{error}");
+    assert!(pruned.auth.authenticate(&pair.access_token).await.is_ok());
 }
 
 #[tokio::test]
@@ -134,7 +323,7 @@ async fn algorithm_confusion_between_hmac_and_eddsa_is_refused() {
     let shopper = app.shopper("Ilker").await;
     let claims = claims_of(&shopper.token);
     let set = key_set(&app);
-    let ed_key = set.signing_key().unwrap();
+    let ed_key = set.signing_key(TokenFormat::Jwt).unwrap();
     assert_eq!(
         ed_key.alg,
         KeyAlgorithm::EdDSA,
@@ -159,6 +348,7 @@ async fn algorithm_confusion_between_hmac_and_eddsa_is_refused() {
         &app.app.settings.data_dir,
         KeyAlgorithm::HS256,
         std::time::Duration::from_secs(930),
+        TokenFormat::Jwt,
     )
     .unwrap();
     let restarted = orderflow::App::build(app.app.settings.clone())
@@ -176,12 +366,17 @@ async fn algorithm_confusion_between_hmac_and_eddsa_is_refused() {
 async fn key_rotation_signs_with_the_new_key_and_old_tokens_keep_working() {
     let app = spawn_app().await;
     let shopper = app.shopper("Jale").await;
-    let old_kid = key_set(&app).signing_key().unwrap().kid.clone();
+    let old_kid = key_set(&app)
+        .signing_key(TokenFormat::Jwt)
+        .unwrap()
+        .kid
+        .clone();
 
     let (new_key, dropped) = keys::rotate(
         &app.app.settings.data_dir,
         KeyAlgorithm::EdDSA,
         std::time::Duration::from_secs(930),
+        TokenFormat::Jwt,
     )
     .unwrap();
     assert!(dropped.is_empty(), "the old key still has live tokens");
@@ -223,7 +418,12 @@ async fn key_rotation_signs_with_the_new_key_and_old_tokens_keep_working() {
     // Once the old key's tokens have all expired, pruning drops it and its
     // tokens stop verifying.
     assert_eq!(
-        keys::prune(&app.app.settings.data_dir, std::time::Duration::ZERO).unwrap(),
+        keys::prune(
+            &app.app.settings.data_dir,
+            std::time::Duration::ZERO,
+            TokenFormat::Jwt
+        )
+        .unwrap(),
         vec![old_kid]
     );
     let pruned = orderflow::App::build(app.app.settings.clone())
@@ -231,18 +431,6 @@ async fn key_rotation_signs_with_the_new_key_and_old_tokens_keep_working() {
         .unwrap();
     assert!(pruned.auth.authenticate(&shopper.token).await.is_err());
     assert!(pruned.auth.authenticate(&pair.access_token).await.is_ok());
-}
-
-#[tokio::test]
-async fn logged_out_tokens_are_refused() {
-    let app = spawn_app().await;
-    let shopper = app.shopper("Kaan").await;
-    assert_eq!(
-        app.logout(&shopper.token).await.status(),
-        StatusCode::NO_CONTENT
-    );
-    let body = assert_refused(&app, &shopper.token, "revoked").await;
-    assert!(body["detail"].as_str().unwrap().contains("revoked"));
 }
 
 async fn sessions(app: &TestApp, token: &str) -> Vec<Value> {
