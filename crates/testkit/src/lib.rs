@@ -9,7 +9,9 @@
 //! - [`postgres`]: PostgreSQL 15 (`initdb` / `pg_ctl` as the `postgres`
 //!   user when running as root) and a fresh database per test.
 //! - [`redis`]: `redis-server` standalone, and a three-master cluster made
-//!   with `redis-cli --cluster create`.
+//!   with `redis-cli --cluster create`; each also secured (TLS only, the
+//!   shipped ACL file).
+//! - [`pki`]: a CA made in the test and the certificates it signs.
 //! - [`kafka`]: the Kafka-protocol broker `tansu` with topics created up front.
 //! - [`nginx`]: nginx with a shipped site file, rewritten only for ports
 //!   and paths.
@@ -17,6 +19,7 @@
 
 pub mod kafka;
 pub mod nginx;
+pub mod pki;
 pub mod postgres;
 pub mod redis;
 

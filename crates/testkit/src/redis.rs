@@ -7,14 +7,24 @@
 //! and start it again on the same port ([`RedisServer::stop`] /
 //! [`RedisServer::restart`]) to check what orderflow does while Redis is down
 //! and once it is back (empty, since nothing persists).
+//!
+//! Secured servers ([`RedisServer::start_secured`],
+//! [`RedisCluster::start_secured`]) are what the README's Security section
+//! asks for: TLS only (`port 0`, `tls-port`), with a CA and certificates
+//! made in the test ([`TestPki`]), and the shipped ACL file
+//! (`deploy/redis/orderflow.acl`) with only its two password placeholders
+//! filled in. orderflow connects as the ACL's `orderflow` user; the harness
+//! itself (`redis-cli`: PING, cluster creation, FLUSHALL) as its `admin`.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 
+use crate::pki::TestPki;
 use crate::{ServerProcess, find_program, free_port, wait_for_port};
 
 const INSTALL_HINT: &str = "install it with `apt-get install redis-server`";
@@ -28,21 +38,141 @@ fn redis_cli() -> anyhow::Result<PathBuf> {
     find_program("redis-cli", &[], INSTALL_HINT)
 }
 
+/// The ACL file orderflow ships, as the tests load it.
+pub const SHIPPED_ACL: &str = include_str!("../../../deploy/redis/orderflow.acl");
+
+/// The password placeholders of [`SHIPPED_ACL`], each replaced with a fresh
+/// password when a secured server starts.
+const ORDERFLOW_PASSWORD_PLACEHOLDER: &str = ">ORDERFLOW_PASSWORD_CHANGE_ME";
+const ADMIN_PASSWORD_PLACEHOLDER: &str = ">ADMIN_PASSWORD_CHANGE_ME";
+
+/// What a secured server starts with: its certificates, its ACL (passwords
+/// filled in) and whether clients must present a certificate.
+#[derive(Clone)]
+pub struct RedisSecurity {
+    pki: Arc<TestPki>,
+    acl: String,
+    orderflow_password: String,
+    admin_password: String,
+    client_certs_required: bool,
+}
+
+impl RedisSecurity {
+    /// A fresh test CA and the shipped ACL with fresh passwords; clients
+    /// must present a certificate signed by the CA (`tls-auth-clients yes`,
+    /// Redis's default).
+    pub fn shipped() -> anyhow::Result<RedisSecurity> {
+        let orderflow_password = uuid::Uuid::new_v4().simple().to_string();
+        let admin_password = uuid::Uuid::new_v4().simple().to_string();
+        let mut acl = SHIPPED_ACL.to_owned();
+        for (placeholder, password) in [
+            (ORDERFLOW_PASSWORD_PLACEHOLDER, &orderflow_password),
+            (ADMIN_PASSWORD_PLACEHOLDER, &admin_password),
+        ] {
+            // Exactly once, or the test would load another ACL than the one shipped.
+            ensure!(
+                acl.matches(placeholder).count() == 1,
+                "deploy/redis/orderflow.acl must hold {placeholder} exactly once"
+            );
+            acl = acl.replace(placeholder, &format!(">{password}"));
+        }
+        Ok(RedisSecurity {
+            pki: Arc::new(TestPki::generate()?),
+            acl,
+            orderflow_password,
+            admin_password,
+            client_certs_required: true,
+        })
+    }
+
+    /// The same, with the ACL text changed by `edit` (a user lacking a
+    /// command orderflow needs, say).
+    pub fn with_acl(mut self, edit: impl FnOnce(&str) -> String) -> RedisSecurity {
+        self.acl = edit(&self.acl);
+        self
+    }
+
+    /// Server-only TLS (`tls-auth-clients no`): clients check the server's
+    /// certificate and present none, as with most managed Redis services.
+    pub fn without_client_certs(mut self) -> RedisSecurity {
+        self.client_certs_required = false;
+        self
+    }
+
+    pub fn pki(&self) -> &TestPki {
+        &self.pki
+    }
+
+    /// The ACL user orderflow connects as.
+    pub fn orderflow_user(&self) -> (&str, &str) {
+        ("orderflow", &self.orderflow_password)
+    }
+
+    /// `redis-server` arguments for TLS only, the certificates and the ACL
+    /// file `acl_file`.
+    fn server_args(&self, port: &str, acl_file: &std::path::Path, cluster: bool) -> Vec<OsString> {
+        let auth_clients = if self.client_certs_required {
+            "yes"
+        } else {
+            "no"
+        };
+        let mut args: Vec<OsString> = ["--port", "0", "--tls-port", port]
+            .map(OsString::from)
+            .to_vec();
+        for (flag, path) in [
+            ("--tls-cert-file", self.pki.server_cert()),
+            ("--tls-key-file", self.pki.server_key()),
+            ("--tls-ca-cert-file", self.pki.ca_cert()),
+            ("--aclfile", acl_file.to_owned()),
+        ] {
+            args.push(flag.into());
+            args.push(path.into());
+        }
+        args.extend(["--tls-auth-clients", auth_clients].map(OsString::from));
+        if cluster {
+            args.extend(["--tls-cluster", "yes", "--tls-replication", "yes"].map(OsString::from));
+        }
+        args
+    }
+
+    /// Makes `redis-cli` speak TLS (with the client certificate) and log in
+    /// as the ACL's `admin` (the password through the environment, so it is
+    /// not on a command line).
+    fn cli_options(&self, cli: &mut Command) {
+        cli.arg("--tls")
+            .arg("--cacert")
+            .arg(self.pki.ca_cert())
+            .arg("--cert")
+            .arg(self.pki.client_cert())
+            .arg("--key")
+            .arg(self.pki.client_key())
+            .args(["--user", "admin"])
+            .env("REDISCLI_AUTH", &self.admin_password);
+    }
+}
+
 /// One `redis-server` on `127.0.0.1:port`.
 pub struct RedisServer {
     port: u16,
     dir: tempfile::TempDir,
     cluster: bool,
+    security: Option<RedisSecurity>,
     process: Option<ServerProcess>,
 }
 
 impl RedisServer {
     /// Starts a standalone server on a free port.
     pub fn start() -> anyhow::Result<RedisServer> {
-        Self::start_node(false)
+        Self::start_node(false, None)
     }
 
-    fn start_node(cluster: bool) -> anyhow::Result<RedisServer> {
+    /// Starts a standalone server that speaks TLS only, with `security`'s
+    /// certificates and ACL.
+    pub fn start_secured(security: RedisSecurity) -> anyhow::Result<RedisServer> {
+        Self::start_node(false, Some(security))
+    }
+
+    fn start_node(cluster: bool, security: Option<RedisSecurity>) -> anyhow::Result<RedisServer> {
         let mut dir = tempfile::Builder::new()
             .prefix("orderflow-redis-")
             .tempdir()
@@ -54,6 +184,7 @@ impl RedisServer {
                 port: free_port(),
                 dir,
                 cluster,
+                security: security.clone(),
                 process: None,
             };
             match server.launch() {
@@ -70,24 +201,30 @@ impl RedisServer {
     fn launch(&mut self) -> anyhow::Result<()> {
         let program = redis_server()?;
         let port = self.port.to_string();
-        let mut args: Vec<OsString> = [
-            "--port",
-            port.as_str(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--protected-mode",
-            "no",
-            "--daemonize",
-            "no",
-            "--dir",
-        ]
-        .iter()
-        .map(OsString::from)
-        .collect();
+        let mut args = match &self.security {
+            None => vec![OsString::from("--port"), OsString::from(&port)],
+            Some(security) => {
+                let acl_file = self.dir.path().join("users.acl");
+                std::fs::write(&acl_file, &security.acl).context("writing the ACL file")?;
+                security.server_args(&port, &acl_file, self.cluster)
+            }
+        };
+        args.extend(
+            [
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "no",
+                "--daemonize",
+                "no",
+                "--dir",
+            ]
+            .map(OsString::from),
+        );
         args.push(self.dir.path().as_os_str().to_owned());
         if self.cluster {
             args.extend(
@@ -136,9 +273,21 @@ impl RedisServer {
         self.port
     }
 
-    /// `redis://127.0.0.1:PORT`.
+    /// `redis://127.0.0.1:PORT`, or for a secured server
+    /// `rediss://orderflow:PASSWORD@127.0.0.1:PORT`.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        match &self.security {
+            None => format!("redis://127.0.0.1:{}", self.port),
+            Some(security) => {
+                let (user, password) = security.orderflow_user();
+                format!("rediss://{user}:{password}@127.0.0.1:{}", self.port)
+            }
+        }
+    }
+
+    /// The certificates and ACL of a secured server.
+    pub fn security(&self) -> Option<&RedisSecurity> {
+        self.security.as_ref()
     }
 
     /// Stops the server. Its port is free until [`restart`](Self::restart)
@@ -173,24 +322,30 @@ impl RedisServer {
         Ok(())
     }
 
-    /// Runs `redis-cli -p PORT args…` and returns its standard output.
+    /// Runs `redis-cli -p PORT args…` (as `admin` over TLS on a secured
+    /// server) and returns its standard output.
     pub fn cli(&self, args: &[&str]) -> anyhow::Result<String> {
-        run_cli(self.port, args)
+        let output = cli_command(self.security.as_ref())?
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .context("running redis-cli")?;
+        ensure!(
+            output.status.success(),
+            "redis-cli {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
 }
 
-fn run_cli(port: u16, args: &[&str]) -> anyhow::Result<String> {
-    let output = Command::new(redis_cli()?)
-        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-        .args(args)
-        .output()
-        .context("running redis-cli")?;
-    ensure!(
-        output.status.success(),
-        "redis-cli {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+/// `redis-cli`, speaking TLS as `admin` when the servers are secured.
+fn cli_command(security: Option<&RedisSecurity>) -> anyhow::Result<Command> {
+    let mut cli = Command::new(redis_cli()?);
+    if let Some(security) = security {
+        security.cli_options(&mut cli);
+    }
+    Ok(cli)
 }
 
 /// Three masters (no replicas) covering all 16384 slots.
@@ -202,8 +357,18 @@ impl RedisCluster {
     /// Starts three cluster-enabled servers, joins them, and waits until every
     /// node reports `cluster_state:ok`.
     pub fn start() -> anyhow::Result<RedisCluster> {
+        Self::start_nodes(None)
+    }
+
+    /// The same, TLS only (the cluster bus too) and with `security`'s ACL on
+    /// every node.
+    pub fn start_secured(security: RedisSecurity) -> anyhow::Result<RedisCluster> {
+        Self::start_nodes(Some(security))
+    }
+
+    fn start_nodes(security: Option<RedisSecurity>) -> anyhow::Result<RedisCluster> {
         let nodes = (0..3)
-            .map(|_| RedisServer::start_node(true))
+            .map(|_| RedisServer::start_node(true, security.clone()))
             .collect::<anyhow::Result<Vec<_>>>()?;
         let addresses: Vec<String> = nodes
             .iter()
@@ -212,7 +377,7 @@ impl RedisCluster {
         let mut args = vec!["--cluster", "create"];
         args.extend(addresses.iter().map(String::as_str));
         args.extend(["--cluster-replicas", "0", "--cluster-yes"]);
-        let output = Command::new(redis_cli()?)
+        let output = cli_command(security.as_ref())?
             .args(&args)
             .output()
             .context("running redis-cli --cluster create")?;
@@ -246,14 +411,26 @@ impl RedisCluster {
         Ok(())
     }
 
-    /// `redis+cluster://127.0.0.1:P1,127.0.0.1:P2,127.0.0.1:P3`.
+    /// `redis+cluster://127.0.0.1:P1,127.0.0.1:P2,127.0.0.1:P3`, or for a
+    /// secured cluster `rediss+cluster://orderflow:PASSWORD@127.0.0.1:P1,…`.
     pub fn url(&self) -> String {
         let hosts: Vec<String> = self
             .nodes
             .iter()
             .map(|node| format!("127.0.0.1:{}", node.port))
             .collect();
-        format!("redis+cluster://{}", hosts.join(","))
+        match self.security() {
+            None => format!("redis+cluster://{}", hosts.join(",")),
+            Some(security) => {
+                let (user, password) = security.orderflow_user();
+                format!("rediss+cluster://{user}:{password}@{}", hosts.join(","))
+            }
+        }
+    }
+
+    /// The certificates and ACL of a secured cluster.
+    pub fn security(&self) -> Option<&RedisSecurity> {
+        self.nodes[0].security()
     }
 
     pub fn nodes(&self) -> &[RedisServer] {
@@ -291,6 +468,26 @@ pub fn shared_cluster_url() -> String {
     CLUSTER
         .get_or_init(|| RedisCluster::start().expect("starting a Redis cluster"))
         .url()
+}
+
+/// The secured (TLS, shipped ACL) standalone server shared by every test of
+/// this test binary, started on first use.
+pub fn shared_secured_standalone() -> &'static RedisServer {
+    static SERVER: std::sync::OnceLock<RedisServer> = std::sync::OnceLock::new();
+    SERVER.get_or_init(|| {
+        let security = RedisSecurity::shipped().expect("making the test certificates");
+        RedisServer::start_secured(security).expect("starting a TLS redis-server")
+    })
+}
+
+/// The secured three-master cluster shared by every test of this test
+/// binary, started on first use.
+pub fn shared_secured_cluster() -> &'static RedisCluster {
+    static CLUSTER: std::sync::OnceLock<RedisCluster> = std::sync::OnceLock::new();
+    CLUSTER.get_or_init(|| {
+        let security = RedisSecurity::shipped().expect("making the test certificates");
+        RedisCluster::start_secured(security).expect("starting a TLS Redis cluster")
+    })
 }
 
 /// A key prefix no other test uses: `test-<uuid>:`.
