@@ -1,12 +1,15 @@
 //! The Redis adapters against real `redis-server`s: the port contract
 //! scenarios (`orderflow_core::contract`) on a standalone server and on a
-//! three-master cluster, then what only Redis can do wrong: being flushed,
-//! going down and coming back, and several catalogs (several API processes)
-//! sharing one L2.
+//! three-master cluster, each plain and secured (TLS only, as the shipped
+//! ACL's `orderflow` user); then what the ACL and TLS must refuse; then
+//! what only Redis can do wrong: being flushed, going down and coming back,
+//! and several catalogs (several API processes) sharing one L2.
 //!
-//! The contract scenarios share one standalone server and one cluster per
-//! test binary (each test has its own key prefix). Tests that stop, restart or
-//! flush Redis start their own server.
+//! The contract scenarios share one server of each kind per test binary
+//! (each test has its own key prefix). Tests that stop, restart or flush
+//! Redis, or need another ACL, start their own server.
+
+mod redis_support;
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -14,8 +17,8 @@ use std::time::{Duration, Instant};
 use chrono::{TimeDelta, Utc};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use orderflow_adapters::redis::{
-    RedisConnection, RedisPresence, RedisRateLimiter, RedisRevocations, RedisSettings,
-    RedisSharedCache,
+    RedisCheckError, RedisConnection, RedisPresence, RedisRateLimiter, RedisRevocations,
+    RedisSettings, RedisSharedCache, RedisTls,
 };
 use orderflow_adapters::sqlite::SqliteStore;
 use orderflow_core::contract;
@@ -26,19 +29,15 @@ use orderflow_core::ports::revocations::RevocationList;
 use orderflow_core::ports::store::Store;
 use orderflow_core::services::catalog::{CacheSettings, CatalogService};
 use orderflow_domain::product::ProductDraft;
-use orderflow_testkit::redis::RedisServer;
+use orderflow_testkit::pki::TestPki;
+use orderflow_testkit::redis::{RedisSecurity, RedisServer, shared_secured_cluster};
 use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
 
-use orderflow_testkit::redis::{
-    fresh_prefix, shared_cluster_url as cluster_url, shared_standalone_url as standalone_url,
+use redis_support::{
+    connect, connect_with, plain_cluster, plain_standalone, secured, secured_cluster,
+    secured_standalone,
 };
-
-/// A connection with a key prefix of its own.
-fn connect(url: &str) -> RedisConnection {
-    let settings = RedisSettings::from_url(url).with_key_prefix(fresh_prefix());
-    RedisConnection::open(&settings).expect("a valid Redis URL")
-}
 
 /// A migrated SQLite store in a new directory (the revocations' database).
 async fn store() -> (TempDir, Arc<SqliteStore>) {
@@ -50,55 +49,57 @@ async fn store() -> (TempDir, Arc<SqliteStore>) {
 }
 
 macro_rules! cache_scenario {
-    ($url:path; $($name:ident),* $(,)?) => {$(
+    ($settings:path; $($name:ident),* $(,)?) => {$(
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
         async fn $name() {
-            let cache: Arc<dyn SharedCache> = Arc::new(RedisSharedCache::new(connect(&$url())));
+            let cache: Arc<dyn SharedCache> = Arc::new(RedisSharedCache::new(connect_with($settings())));
             contract::cache::$name(cache).await;
         }
     )*};
 }
 
 macro_rules! presence_scenario {
-    ($url:path; $($name:ident),* $(,)?) => {$(
+    ($settings:path; $($name:ident),* $(,)?) => {$(
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
         async fn $name() {
-            let board: Arc<dyn PresenceBoard> = Arc::new(RedisPresence::new(connect(&$url())));
+            let board: Arc<dyn PresenceBoard> = Arc::new(RedisPresence::new(connect_with($settings())));
             contract::presence::$name(board).await;
         }
     )*};
 }
 
 macro_rules! rate_limit_scenario {
-    ($url:path; $($name:ident),* $(,)?) => {$(
+    ($settings:path; $($name:ident),* $(,)?) => {$(
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
         async fn $name() {
-            let limiter: Arc<dyn RateLimiter> = Arc::new(RedisRateLimiter::new(connect(&$url())));
+            let limiter: Arc<dyn RateLimiter> = Arc::new(RedisRateLimiter::new(connect_with($settings())));
             contract::rate_limit::$name(limiter).await;
         }
     )*};
 }
 
-/// One test per scenario and deployment (`standalone`, `cluster`).
+/// One test per scenario and deployment (`standalone`, `cluster`, and the
+/// same secured), `$settings` naming the function that gives the
+/// deployment's settings.
 macro_rules! per_deployment {
-    ($deployment:ident, $url:path) => {
+    ($deployment:ident, $settings:path) => {
         mod $deployment {
             use super::*;
 
             mod cache {
                 use super::*;
-                orderflow_core::cache_scenarios!(cache_scenario; $url);
+                orderflow_core::cache_scenarios!(cache_scenario; $settings);
             }
 
             mod presence {
                 use super::*;
-                orderflow_core::presence_scenarios!(presence_scenario; $url);
+                orderflow_core::presence_scenarios!(presence_scenario; $settings);
             }
 
             mod rate_limit {
                 use super::*;
                 rate_limit_scenario!(
-                    $url;
+                    $settings;
                     fixed_window,
                     token_bucket,
                     leaky_bucket,
@@ -112,21 +113,21 @@ macro_rules! per_deployment {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
                 async fn revoke_and_check() {
                     let (_dir, store) = store().await;
-                    let list = Arc::new(RedisRevocations::new(connect(&$url()), store.clone()));
+                    let list = Arc::new(RedisRevocations::new(connect_with($settings()), store.clone()));
                     contract::revocations::revoke_and_check(list, store).await;
                 }
 
                 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
                 async fn entries_follow_the_token_expiry() {
                     let (_dir, store) = store().await;
-                    let list = Arc::new(RedisRevocations::new(connect(&$url()), store));
+                    let list = Arc::new(RedisRevocations::new(connect_with($settings()), store));
                     contract::revocations::entries_follow_the_token_expiry(list).await;
                 }
 
                 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
                 async fn a_new_instance_remembers() {
                     let (_dir, store) = store().await;
-                    let conn = connect(&$url());
+                    let conn = connect_with($settings());
                     let first = Arc::new(RedisRevocations::new(conn.clone(), store.clone()));
                     contract::revocations::a_new_instance_remembers(first, || async move {
                         Arc::new(RedisRevocations::new(conn, store)) as Arc<dyn RevocationList>
@@ -138,13 +139,217 @@ macro_rules! per_deployment {
     };
 }
 
-per_deployment!(standalone, standalone_url);
-per_deployment!(cluster, cluster_url);
+per_deployment!(standalone, plain_standalone);
+per_deployment!(cluster, plain_cluster);
+per_deployment!(tls_standalone, secured_standalone);
+per_deployment!(tls_cluster, secured_cluster);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cluster_connections_know_they_are_clustered() {
-    assert!(connect(&cluster_url()).is_cluster());
-    assert!(!connect(&standalone_url()).is_cluster());
+    assert!(connect_with(plain_cluster()).is_cluster());
+    assert!(!connect_with(plain_standalone()).is_cluster());
+}
+
+// --- TLS and the ACL: what they let through, what they refuse ---
+
+/// Whether `result` is Redis's `NOPERM` (the error printed when not).
+fn is_noperm<T: std::fmt::Debug>(result: redis::RedisResult<T>) -> bool {
+    match result {
+        Err(error) if error.code() == Some("NOPERM") => true,
+        Err(error) => {
+            eprintln!("not NOPERM: {error:?}");
+            false
+        }
+        Ok(value) => panic!("allowed, answered {value:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_acl_user_passes_the_start_up_check_and_the_check_leaves_nothing() {
+    for (settings, cluster) in [(secured_standalone(), false), (secured_cluster(), true)] {
+        let conn = connect_with(settings);
+        conn.check_permissions()
+            .await
+            .unwrap_or_else(|e| panic!("cluster {cluster}: {e}"));
+        let admin = if cluster {
+            shared_secured_cluster().nodes()
+        } else {
+            std::slice::from_ref(orderflow_testkit::redis::shared_secured_standalone())
+        };
+        for node in admin {
+            let pattern = format!("{}*", conn.prefix());
+            let keys = node.cli(&["--scan", "--pattern", &pattern]).unwrap();
+            assert_eq!(keys.trim(), "", "the probe keys were deleted");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_acl_user_cannot_flush_reconfigure_or_leave_its_prefix() {
+    // The standalone server and each node of the cluster, each as one
+    // server (a cluster client would merge the nodes' answers to KEYS and
+    // lose their errors).
+    let standalone = orderflow_testkit::redis::shared_secured_standalone();
+    let servers = std::iter::once(standalone).chain(shared_secured_cluster().nodes());
+    for server in servers {
+        let conn = connect_with(secured(&server.url(), server.security().unwrap()));
+        for command in [
+            redis::cmd("FLUSHALL"),
+            redis::cmd("FLUSHDB"),
+            redis::cmd("CONFIG").arg("GET").arg("*").clone(),
+            redis::cmd("CONFIG")
+                .arg("SET")
+                .arg("maxmemory")
+                .arg("1")
+                .clone(),
+            redis::cmd("KEYS").arg("*").clone(),
+            redis::cmd("SCRIPT").arg("FLUSH").clone(),
+            redis::cmd("EVAL").arg("return 1").arg(0).clone(),
+            redis::cmd("ACL").arg("LIST").clone(),
+            redis::cmd("SHUTDOWN").arg("NOSAVE").clone(),
+        ] {
+            assert!(
+                is_noperm(conn.query::<redis::Value>(&command).await),
+                "{command:?} was allowed"
+            );
+        }
+        // Keys and channels outside the prefix.
+        assert!(is_noperm(
+            conn.query::<redis::Value>(redis::cmd("GET").arg("someone-else:key"))
+                .await
+        ));
+        assert!(is_noperm(conn.publish("someone-else:channel", "x").await));
+        // The server is still up: nothing above ran.
+        assert_eq!(server.cli(&["PING"]).unwrap().trim(), "PONG");
+    }
+    // What the user needs works, on both deployments.
+    for conn in [
+        connect_with(secured_standalone()),
+        connect_with(secured_cluster()),
+    ] {
+        conn.query::<()>(redis::cmd("SET").arg(conn.key("k")).arg("v"))
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_user_lacking_a_command_fails_the_start_up_check_naming_it() {
+    // PEXPIRETIME is sent only from inside a Lua script (revocations).
+    let security = RedisSecurity::shipped()
+        .unwrap()
+        .with_acl(|acl| acl.replace(" +pexpiretime", ""));
+    let server = RedisServer::start_secured(security.clone()).unwrap();
+    let conn = connect_with(secured(&server.url(), &security));
+    conn.ping()
+        .await
+        .expect("logged in: only a command is missing");
+    let error = conn.check_permissions().await.unwrap_err();
+    assert!(
+        matches!(&error, RedisCheckError::Denied { command, .. } if command == "PEXPIRETIME"),
+        "{error}"
+    );
+    assert!(
+        error.to_string().contains("may not run PEXPIRETIME"),
+        "{error}"
+    );
+
+    // Keys under another pattern than the prefix: the first keyed command.
+    let security = RedisSecurity::shipped()
+        .unwrap()
+        .with_acl(|acl| acl.replace("~orderflow:*", "~shop:*"));
+    let server = RedisServer::start_secured(security.clone()).unwrap();
+    let error = connect_with(secured(&server.url(), &security))
+        .check_permissions()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, RedisCheckError::Denied { command, detail } if command == "SET" && detail.contains("keys")),
+        "{error}"
+    );
+
+    // A cluster whose user may not read the slot map: the client cannot
+    // even find the nodes, and the check says why.
+    let security = RedisSecurity::shipped()
+        .unwrap()
+        .with_acl(|acl| acl.replace(" +cluster|slots", ""));
+    let cluster = orderflow_testkit::redis::RedisCluster::start_secured(security.clone()).unwrap();
+    let error = connect_with(secured(&cluster.url(), &security))
+        .check_permissions()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, RedisCheckError::Denied { command, .. } if command == "CLUSTER|SLOTS"),
+        "{error}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tls_servers_refuse_what_is_not_set_up_right() {
+    let server = orderflow_testkit::redis::shared_secured_standalone();
+    let security = server.security().unwrap();
+    let url = server.url();
+    let fails = async |settings: RedisSettings, what: &str| {
+        let conn = connect_with(settings);
+        assert!(conn.ping().await.is_err(), "{what}: answered");
+        let error = conn.check_permissions().await.unwrap_err();
+        println!("{what}: {error}");
+        error
+    };
+
+    // Plain TCP to the TLS port.
+    let plain = url.replacen("rediss://", "redis://", 1);
+    fails(RedisSettings::from_url(&plain), "plain TCP").await;
+
+    // A server certificate from a CA the client was not told to trust
+    // (and the web PKI roots do not know the test CA either).
+    let other = TestPki::generate().unwrap();
+    let strangers = RedisTls::from_files(
+        Some(&other.ca_cert()),
+        Some(&security.pki().client_cert()),
+        Some(&security.pki().client_key()),
+    )
+    .unwrap();
+    let error = fails(
+        RedisSettings::from_url(&url).with_tls(strangers),
+        "another CA",
+    )
+    .await;
+    assert!(!error.is_unreachable(), "a TLS failure is loud: {error}");
+    let no_ca = RedisTls {
+        ca_cert: None,
+        ..secured(&url, security).tls
+    };
+    fails(
+        RedisSettings::from_url(&url).with_tls(no_ca),
+        "web PKI roots",
+    )
+    .await;
+
+    // No client certificate for a server that requires one.
+    let ca_only = RedisTls::from_files(Some(&security.pki().ca_cert()), None, None).unwrap();
+    fails(
+        RedisSettings::from_url(&url).with_tls(ca_only),
+        "no client certificate",
+    )
+    .await;
+
+    // A wrong password: refused, and not mistaken for Redis being down.
+    let wrong = url.replacen(security.orderflow_user().1, "wrong", 1);
+    let error = fails(secured(&wrong, security), "wrong password").await;
+    assert!(!error.is_unreachable(), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn server_only_tls_needs_just_the_ca() {
+    let security = RedisSecurity::shipped().unwrap().without_client_certs();
+    let server = RedisServer::start_secured(security.clone()).unwrap();
+    let tls = RedisTls::from_files(Some(&security.pki().ca_cert()), None, None).unwrap();
+    let conn = connect_with(RedisSettings::from_url(&server.url()).with_tls(tls));
+    conn.check_permissions().await.unwrap();
+    let cache = RedisSharedCache::new(conn);
+    cache.set("k", b"v", Duration::from_secs(60)).await.unwrap();
+    assert_eq!(cache.get("k").await.unwrap().as_deref(), Some(&b"v"[..]));
 }
 
 // --- Redis flushed, down, back ---

@@ -1,13 +1,17 @@
 //! The Redis read models against real `redis-server`s, standalone and a
-//! three-master cluster: the contract scenarios
+//! three-master cluster, each plain and secured (TLS only, as the shipped
+//! ACL's `orderflow` user: the read models' Lua scripts use the most
+//! commands): the contract scenarios
 //! (`orderflow_core::contract::read_models`), live order-status messages
 //! over pub/sub, and a flush, after which reads answer `None` so callers
 //! fall back to the database.
 
+mod redis_support;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use orderflow_adapters::redis::{RedisConnection, RedisReadModels, RedisSettings};
+use orderflow_adapters::redis::{RedisConnection, RedisReadModels};
 use orderflow_core::contract;
 use orderflow_core::ports::cache::CacheEvent;
 use orderflow_core::ports::read_models::ReadModels;
@@ -16,23 +20,17 @@ use orderflow_domain::notification::{Channel, NotificationKind};
 use orderflow_domain::order::OrderStatus;
 use orderflow_testkit::redis::{RedisCluster, RedisServer};
 
-use orderflow_testkit::redis::{
-    fresh_prefix, shared_cluster_url as cluster_url, shared_standalone_url as standalone_url,
+use redis_support::{
+    connect, connect_with, plain_cluster, plain_standalone, secured_cluster, secured_standalone,
 };
 
-/// A connection with a key prefix of its own.
-fn connect(url: &str) -> RedisConnection {
-    let settings = RedisSettings::from_url(url).with_key_prefix(fresh_prefix());
-    RedisConnection::open(&settings).expect("a valid Redis URL")
-}
-
 macro_rules! scenarios {
-    ($module:ident, $url:path) => {
+    ($module:ident, $settings:path) => {
         mod $module {
             use super::*;
 
             async fn models() -> Arc<dyn ReadModels> {
-                Arc::new(RedisReadModels::new(connect(&$url())))
+                Arc::new(RedisReadModels::new(connect_with($settings())))
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -58,14 +56,16 @@ macro_rules! scenarios {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn order_status_reaches_a_subscriber() {
-                order_status_is_published(connect(&$url())).await;
+                order_status_is_published(connect_with($settings())).await;
             }
         }
     };
 }
 
-scenarios!(standalone, standalone_url);
-scenarios!(cluster, cluster_url);
+scenarios!(standalone, plain_standalone);
+scenarios!(cluster, plain_cluster);
+scenarios!(tls_standalone, secured_standalone);
+scenarios!(tls_cluster, secured_cluster);
 
 async fn order_status_is_published(conn: RedisConnection) {
     let models = RedisReadModels::new(conn.clone());

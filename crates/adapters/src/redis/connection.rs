@@ -3,7 +3,10 @@
 //! - `redis://host:port[/db]`: one server, through
 //!   [`redis::aio::ConnectionManager`], which reconnects by itself after the
 //!   server went away.
-//! - `rediss://…`: the same over TLS (rustls, the web PKI roots).
+//! - `rediss://…`: the same over TLS (rustls). The server's certificate is
+//!   checked against the web PKI roots, or only against a private CA when
+//!   [`RedisTls::ca_cert`] is set; [`RedisTls::client_cert`] adds a client
+//!   certificate for servers that require one (`tls-auth-clients yes`).
 //! - `redis+cluster://h1:p1,h2:p2,…` (`rediss+cluster://` for TLS, optional
 //!   `user:password@` before the first host): a Redis Cluster through
 //!   [`redis::cluster_async`], which follows the slot map and its changes.
@@ -25,6 +28,7 @@
 //! itself may not contain braces.
 
 use std::fmt;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -48,6 +52,82 @@ pub struct RedisSettings {
     pub command_timeout: Duration,
     /// The longest one attempt to open a connection may take.
     pub connect_timeout: Duration,
+    /// Certificates for a `rediss://` URL beyond the web PKI roots.
+    pub tls: RedisTls,
+}
+
+/// TLS material for a `rediss://` URL, as PEM: a private CA to trust
+/// instead of the web PKI roots (a self-hosted Redis has no public
+/// certificate), and a client certificate and key for a server that
+/// authenticates its clients (mutual TLS). The key never prints.
+#[derive(Clone, Default)]
+pub struct RedisTls {
+    pub ca_cert: Option<Vec<u8>>,
+    pub client_cert: Option<Vec<u8>>,
+    pub client_key: Option<SecretString>,
+}
+
+impl fmt::Debug for RedisTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisTls")
+            .field("ca_cert", &self.ca_cert.is_some())
+            .field("client_cert", &self.client_cert.is_some())
+            .field(
+                "client_key",
+                &self.client_key.as_ref().map(|_| "[redacted]"),
+            )
+            .finish()
+    }
+}
+
+impl RedisTls {
+    /// Reads the PEM files that are given (the CA, the client certificate
+    /// and its key); an error names the file that could not be read.
+    pub fn from_files(
+        ca_cert: Option<&Path>,
+        client_cert: Option<&Path>,
+        client_key: Option<&Path>,
+    ) -> Result<Self, RedisConfigError> {
+        let read = |path: &Path| {
+            std::fs::read(path)
+                .map_err(|e| RedisConfigError::Tls(format!("reading {}: {e}", path.display())))
+        };
+        Ok(Self {
+            ca_cert: ca_cert.map(read).transpose()?,
+            client_cert: client_cert.map(read).transpose()?,
+            client_key: client_key
+                .map(|path| {
+                    read(path)
+                        .map(|pem| SecretString::from(String::from_utf8_lossy(&pem).into_owned()))
+                })
+                .transpose()?,
+        })
+    }
+
+    fn is_set(&self) -> bool {
+        self.ca_cert.is_some() || self.client_cert.is_some() || self.client_key.is_some()
+    }
+
+    /// The certificates for redis-rs, or an error for half a client
+    /// identity (a certificate without its key or the reverse).
+    fn certificates(&self) -> Result<redis::TlsCertificates, RedisConfigError> {
+        let client_tls = match (&self.client_cert, &self.client_key) {
+            (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+                client_cert: cert.clone(),
+                client_key: key.expose_secret().as_bytes().to_vec(),
+            }),
+            (None, None) => None,
+            _ => {
+                return Err(RedisConfigError::Tls(
+                    "a client certificate needs its key, and a key its certificate".into(),
+                ));
+            }
+        };
+        Ok(redis::TlsCertificates {
+            client_tls,
+            root_cert: self.ca_cert.clone(),
+        })
+    }
 }
 
 impl fmt::Debug for RedisSettings {
@@ -57,6 +137,7 @@ impl fmt::Debug for RedisSettings {
             .field("key_prefix", &self.key_prefix)
             .field("command_timeout", &self.command_timeout)
             .field("connect_timeout", &self.connect_timeout)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -69,7 +150,13 @@ impl RedisSettings {
             key_prefix: "orderflow:".to_owned(),
             command_timeout: Duration::from_millis(500),
             connect_timeout: Duration::from_millis(500),
+            tls: RedisTls::default(),
         }
+    }
+
+    pub fn with_tls(mut self, tls: RedisTls) -> Self {
+        self.tls = tls;
+        self
     }
 
     pub fn with_key_prefix(mut self, prefix: impl Into<String>) -> Self {
@@ -93,6 +180,8 @@ pub enum RedisConfigError {
         "invalid Redis key prefix {0:?}: it may not contain `{{` or `}}` (hash tags are the adapters' business)"
     )]
     Prefix(String),
+    #[error("Redis TLS settings: {0}")]
+    Tls(String),
 }
 
 /// A cheap-to-clone handle for commands, scripts and pub/sub on one Redis
@@ -106,6 +195,9 @@ struct Inner {
     conn: Conn,
     /// Where to open a standalone server's pub/sub connections.
     pubsub_clients: Vec<redis::Client>,
+    /// A cluster's first node alone, for the start-up check: the cluster
+    /// client reports a node it could not use without Redis's reason.
+    cluster_seed: Option<redis::Client>,
     /// A cluster's sharded pub/sub, connected at the first subscription.
     sharded: Option<Sharded>,
     prefix: String,
@@ -173,10 +265,33 @@ impl RedisConnection {
         }
         let url = settings.url.expose_secret();
         let bad = |e: RedisError| RedisConfigError::Url(e.to_string());
-        let (conn, pubsub_clients, sharded) = if let Some(nodes) = cluster_nodes(url)? {
+        // Certificates with a plain URL would silently not be used: a
+        // setting that says "TLS" must mean TLS.
+        let certificates = if settings.tls.is_set() {
+            if !url.starts_with("rediss://") && !url.starts_with("rediss+cluster://") {
+                return Err(RedisConfigError::Tls(
+                    "certificates are set, so the URL must be rediss:// or rediss+cluster://"
+                        .into(),
+                ));
+            }
+            Some(settings.tls.certificates()?)
+        } else {
+            None
+        };
+        let client = |url: &str| match &certificates {
+            Some(certificates) => redis::Client::build_with_tls(url, certificates.clone()),
+            None => redis::Client::open(url),
+        };
+        let (conn, pubsub_clients, sharded, cluster_seed) = if let Some(nodes) = cluster_nodes(url)?
+        {
+            let seed = client(&nodes[0]).map_err(bad)?;
+            let with_tls = |builder: redis::cluster::ClusterClientBuilder| match &certificates {
+                Some(certificates) => builder.certs(certificates.clone()),
+                None => builder,
+            };
             let (push_sender, pushes) = mpsc::unbounded_channel();
             let sharded = Sharded {
-                client: redis::cluster::ClusterClientBuilder::new(nodes.clone())
+                client: with_tls(redis::cluster::ClusterClientBuilder::new(nodes.clone()))
                     .connection_timeout(settings.connect_timeout)
                     .response_timeout(settings.command_timeout)
                     .use_protocol(redis::ProtocolVersion::RESP3)
@@ -186,7 +301,7 @@ impl RedisConnection {
                 pushes: std::sync::Mutex::new(Some(pushes)),
                 pubsub: OnceCell::new(),
             };
-            let client = redis::cluster::ClusterClientBuilder::new(nodes)
+            let client = with_tls(redis::cluster::ClusterClientBuilder::new(nodes))
                 .connection_timeout(settings.connect_timeout)
                 .response_timeout(settings.command_timeout)
                 .retries(2)
@@ -198,9 +313,9 @@ impl RedisConnection {
                 .set_connection_timeout(settings.connect_timeout)
                 .set_response_timeout(settings.command_timeout);
             let conn = client.get_pending_async_connection_with_config(config);
-            (Conn::Cluster(conn), Vec::new(), Some(sharded))
+            (Conn::Cluster(conn), Vec::new(), Some(sharded), Some(seed))
         } else {
-            let client = redis::Client::open(url).map_err(bad)?;
+            let client = client(url).map_err(bad)?;
             // Few, quick reconnection attempts: a command waiting for a
             // reconnection must still fail within the command timeout.
             let config = ConnectionManagerConfig::new()
@@ -211,12 +326,13 @@ impl RedisConnection {
                 .set_max_delay(Duration::from_millis(100));
             let manager =
                 ConnectionManager::new_lazy_with_config(client.clone(), config).map_err(bad)?;
-            (Conn::Standalone(manager), vec![client], None)
+            (Conn::Standalone(manager), vec![client], None, None)
         };
         Ok(Self {
             inner: Arc::new(Inner {
                 conn,
                 pubsub_clients,
+                cluster_seed,
                 cluster: sharded.is_some(),
                 sharded,
                 prefix: settings.key_prefix.clone(),
@@ -289,27 +405,8 @@ impl RedisConnection {
     /// [`CacheEvent::Lost`], then, once subscribed again,
     /// [`CacheEvent::Resubscribed`]. Dropping the receiver unsubscribes.
     pub async fn subscribe(&self, channel: &str) -> RedisResult<mpsc::Receiver<CacheEvent>> {
-        if let Some(sharded) = &self.inner.sharded {
-            let pubsub = sharded
-                .pubsub
-                .get_or_try_init(|| async {
-                    let conn = self
-                        .timed(async { sharded.client.get_async_connection().await })
-                        .await?;
-                    let pushes = sharded
-                        .pushes
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .take()
-                        .ok_or_else(|| timeout_error("the sharded pub/sub pushes were taken"))?;
-                    Ok::<_, RedisError>(ShardedPubSub::start(
-                        conn,
-                        pushes,
-                        self.inner.command_timeout,
-                    ))
-                })
-                .await?;
-            return pubsub.subscribe(channel).await;
+        if let Some(pubsub) = self.sharded_pubsub().await {
+            return pubsub?.subscribe(channel).await;
         }
         let pubsub = self.open_pubsub(channel).await?;
         let (tx, rx) = mpsc::channel(1024);
@@ -319,7 +416,34 @@ impl RedisConnection {
         Ok(rx)
     }
 
-    async fn open_pubsub(&self, channel: &str) -> RedisResult<redis::aio::PubSub> {
+    /// A cluster's sharded pub/sub, connected at the first call; `None` on
+    /// a standalone server.
+    pub(super) async fn sharded_pubsub(&self) -> Option<RedisResult<Arc<ShardedPubSub>>> {
+        let sharded = self.inner.sharded.as_ref()?;
+        let pubsub = sharded
+            .pubsub
+            .get_or_try_init(|| async {
+                let conn = self
+                    .timed(async { sharded.client.get_async_connection().await })
+                    .await?;
+                let pushes = sharded
+                    .pushes
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .take()
+                    .ok_or_else(|| timeout_error("the sharded pub/sub pushes were taken"))?;
+                Ok::<_, RedisError>(ShardedPubSub::start(
+                    conn,
+                    pushes,
+                    self.inner.command_timeout,
+                ))
+            })
+            .await;
+        Some(pubsub.cloned())
+    }
+
+    /// A classic pub/sub connection subscribed to `channel` (standalone).
+    pub(super) async fn open_pubsub(&self, channel: &str) -> RedisResult<redis::aio::PubSub> {
         let mut last_error = None;
         for client in &self.inner.pubsub_clients {
             let attempt = async {
@@ -386,7 +510,15 @@ impl RedisConnection {
         }
     }
 
-    async fn timed<T>(&self, work: impl Future<Output = RedisResult<T>>) -> RedisResult<T> {
+    /// A cluster's first node as a client of its own (see `Inner`).
+    pub(super) fn cluster_seed(&self) -> Option<&redis::Client> {
+        self.inner.cluster_seed.as_ref()
+    }
+
+    pub(super) async fn timed<T>(
+        &self,
+        work: impl Future<Output = RedisResult<T>>,
+    ) -> RedisResult<T> {
         match tokio::time::timeout(self.inner.command_timeout, work).await {
             Ok(result) => result,
             Err(_) => Err(timeout_error(
@@ -462,5 +594,44 @@ mod tests {
             Err(RedisConfigError::Prefix(_))
         ));
         assert!(RedisConnection::open(&RedisSettings::from_url("http://x")).is_err());
+    }
+
+    #[test]
+    fn certificates_need_a_tls_url_and_a_whole_client_identity() {
+        let ca = RedisTls {
+            ca_cert: Some(b"not checked before connecting".to_vec()),
+            ..RedisTls::default()
+        };
+        for url in ["redis://127.0.0.1:1", "redis+cluster://127.0.0.1:1"] {
+            let settings = RedisSettings::from_url(url).with_tls(ca.clone());
+            assert!(
+                matches!(
+                    RedisConnection::open(&settings),
+                    Err(RedisConfigError::Tls(_))
+                ),
+                "{url}: certificates with a plain URL"
+            );
+        }
+        let half = RedisTls {
+            client_cert: Some(b"cert".to_vec()),
+            ..RedisTls::default()
+        };
+        let settings = RedisSettings::from_url("rediss://127.0.0.1:1").with_tls(half);
+        assert!(matches!(
+            RedisConnection::open(&settings),
+            Err(RedisConfigError::Tls(_))
+        ));
+        let missing = RedisTls::from_files(Some(Path::new("/nonexistent/ca.crt")), None, None)
+            .unwrap_err()
+            .to_string();
+        assert!(missing.contains("/nonexistent/ca.crt"), "{missing}");
+        let key = RedisTls {
+            client_key: Some(SecretString::from("-----BEGIN PRIVATE KEY-----".to_owned())),
+            ..RedisTls::default()
+        };
+        assert!(
+            !format!("{key:?}").contains("BEGIN"),
+            "the key never prints"
+        );
     }
 }

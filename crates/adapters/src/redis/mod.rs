@@ -8,7 +8,10 @@
 //! Map:
 //! - [`connection`]: [`RedisSettings`] and [`RedisConnection`], one handle
 //!   for commands, Lua scripts and pub/sub, chosen by URL (`redis://`,
-//!   `rediss://`, `redis+cluster://`), with a key prefix and short timeouts.
+//!   `rediss://`, `redis+cluster://`), with a key prefix and short timeouts;
+//!   [`RedisTls`] for a private CA and client certificates.
+//! - [`permissions`]: the start-up check that the Redis user may run every
+//!   command orderflow sends (the ACL in `deploy/redis/orderflow.acl`).
 //! - [`sharded`]: a cluster's sharded pub/sub (`SSUBSCRIBE`/`SPUBLISH`),
 //!   one RESP3 connection for every subscription of the process.
 //! - [`cache`]: [`RedisSharedCache`], the catalog's L2 (values, locks for
@@ -23,6 +26,7 @@
 
 pub mod cache;
 pub mod connection;
+pub mod permissions;
 pub mod presence;
 pub mod rate_limit;
 pub mod read_models;
@@ -30,7 +34,8 @@ pub mod revocations;
 mod sharded;
 
 pub use cache::RedisSharedCache;
-pub use connection::{RedisConfigError, RedisConnection, RedisSettings};
+pub use connection::{RedisConfigError, RedisConnection, RedisSettings, RedisTls};
+pub use permissions::RedisCheckError;
 pub use presence::RedisPresence;
 pub use rate_limit::RedisRateLimiter;
 pub use read_models::RedisReadModels;

@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use orderflow_core::ports::cache::CacheEvent;
 use redis::cluster_async::ClusterConnection;
-use redis::{PushInfo, PushKind, RedisResult, Value};
+use redis::{PushInfo, PushKind, RedisError, RedisResult, Value};
 use tokio::sync::{Notify, mpsc};
 
 /// Messages waiting for one subscriber before the dispatcher waits for it.
@@ -89,6 +89,25 @@ impl ShardedPubSub {
             Ok(result) => result,
             Err(_) => Err(super::connection::timeout_error(
                 "Redis did not confirm the sharded subscription within the command timeout",
+            )),
+        }
+    }
+
+    /// Subscribes to `channel` and unsubscribes again, for the start-up
+    /// check ([`super::permissions`]); the error says which of the two
+    /// commands failed. Nobody listens: nothing is delivered.
+    pub(super) async fn check(&self, channel: &str) -> Result<(), (&'static str, RedisError)> {
+        self.ssubscribe(channel)
+            .await
+            .map_err(|error| ("ssubscribe", error))?;
+        let mut conn = self.conn.clone();
+        match tokio::time::timeout(self.command_timeout, conn.sunsubscribe(channel)).await {
+            Ok(result) => result.map_err(|error| ("sunsubscribe", error)),
+            Err(_) => Err((
+                "sunsubscribe",
+                super::connection::timeout_error(
+                    "Redis did not confirm the unsubscription within the command timeout",
+                ),
             )),
         }
     }
