@@ -21,7 +21,7 @@ use orderflow_adapters::memory::{DbBackedRevocations, InProcessRateLimiter, InPr
 use orderflow_adapters::postgres::{LeaseSettings, PostgresStore};
 use orderflow_adapters::redis::{
     RedisConnection, RedisPresence, RedisRateLimiter, RedisReadModels, RedisRevocations,
-    RedisSettings, RedisSharedCache,
+    RedisSettings, RedisSharedCache, RedisTls,
 };
 use orderflow_adapters::sqlite::SqliteStore;
 use orderflow_core::ports::cache::SharedCache;
@@ -56,6 +56,42 @@ pub struct Backends {
     pub pool_gauges: PoolGauges,
     /// `sqlite + embedded log`, `postgres + kafka + redis`, … for the start-up log.
     pub description: String,
+}
+
+/// Runs the Redis start-up check (`orderflow_adapters::redis::permissions`):
+/// a command the Redis user may not run, a refused password or a failed TLS
+/// handshake stops the start with the reason, instead of failing quietly in
+/// the middle of requests later. Redis not answering does not stop it
+/// (orderflow works without Redis, and uses it once it is up): the check
+/// then runs in the background until Redis answers, and a refusal is logged
+/// as an error.
+async fn check_redis(conn: &RedisConnection) -> anyhow::Result<()> {
+    match conn.check_permissions().await {
+        Ok(()) => Ok(()),
+        Err(error) if error.is_unreachable() => {
+            tracing::warn!(%error, "Redis is unreachable at start-up; checking its ACL once it answers");
+            let conn = conn.clone();
+            tokio::spawn(async move {
+                let mut wait = Duration::from_secs(1);
+                loop {
+                    tokio::time::sleep(wait).await;
+                    match conn.check_permissions().await {
+                        Ok(()) => {
+                            return tracing::info!(
+                                "Redis answers; its ACL allows what orderflow needs"
+                            );
+                        }
+                        Err(error) if error.is_unreachable() => {
+                            wait = (wait * 2).min(Duration::from_secs(30));
+                        }
+                        Err(error) => return tracing::error!(%error, "Redis refuses orderflow"),
+                    }
+                }
+            });
+            Ok(())
+        }
+        Err(error) => Err(error).context("ORDERFLOW_REDIS_URL: the start-up check"),
+    }
 }
 
 impl Backends {
@@ -170,9 +206,18 @@ impl Backends {
         let redis = match &scale.redis_url {
             None => None,
             Some(url) => {
+                let tls = RedisTls::from_files(
+                    scale.redis_ca_cert.as_deref(),
+                    scale.redis_client_cert.as_deref(),
+                    scale.redis_client_key.as_deref(),
+                )
+                .context("ORDERFLOW_REDIS_CA_CERT / ORDERFLOW_REDIS_CLIENT_CERT / ORDERFLOW_REDIS_CLIENT_KEY")?;
                 let redis_settings = RedisSettings::from_url(url.expose_secret())
-                    .with_key_prefix(scale.redis_key_prefix.clone());
-                Some(RedisConnection::open(&redis_settings).context("ORDERFLOW_REDIS_URL")?)
+                    .with_key_prefix(scale.redis_key_prefix.clone())
+                    .with_tls(tls);
+                let conn = RedisConnection::open(&redis_settings).context("ORDERFLOW_REDIS_URL")?;
+                check_redis(&conn).await?;
+                Some(conn)
             }
         };
 

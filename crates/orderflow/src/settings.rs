@@ -565,6 +565,21 @@ pub struct ScaleOutSettings {
     )]
     pub redis_url: Option<SecretString>,
 
+    /// The CA certificate (PEM) that signed the Redis servers' certificates,
+    /// for a `rediss://` URL to a self-hosted Redis: trusted instead of the
+    /// web PKI roots.
+    #[arg(long, env = "ORDERFLOW_REDIS_CA_CERT", global = true)]
+    pub redis_ca_cert: Option<PathBuf>,
+
+    /// A client certificate (PEM) for a Redis that requires one
+    /// (`tls-auth-clients yes`, Redis's default once TLS is on).
+    #[arg(long, env = "ORDERFLOW_REDIS_CLIENT_CERT", global = true)]
+    pub redis_client_cert: Option<PathBuf>,
+
+    /// The client certificate's private key (PEM).
+    #[arg(long, env = "ORDERFLOW_REDIS_CLIENT_KEY", global = true)]
+    pub redis_client_key: Option<PathBuf>,
+
     /// Prepended to every Redis key (several orderflows, or tests, on one Redis).
     #[arg(
         long,

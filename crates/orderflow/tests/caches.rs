@@ -1,9 +1,11 @@
 //! Caches that never lie (issue 11), proven with real `orderflow` processes:
 //!
-//! - two `api` processes and a `worker` on PostgreSQL + Redis: an order's
-//!   reservation, a payment failure's release, an admin edit and an
-//!   `orderflow import` each show on both APIs (product and list), with the
-//!   version the database gave the change;
+//! - two `api` processes and a `worker` on PostgreSQL + Redis (a plain
+//!   standalone server, and a TLS-only cluster as the shipped ACL's user):
+//!   an order's reservation, a payment failure's release, an admin edit and
+//!   an `orderflow import` each show on both APIs (product and list), with
+//!   the version the database gave the change;
+//! - a Redis user whose ACL lacks a command stops orderflow at start-up;
 //! - the write-behind view counters of `orderflow serve`: nothing lost on
 //!   SIGTERM, at most the views since the last flush on SIGKILL.
 //!
@@ -14,6 +16,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use orderflow_testkit::redis::{RedisSecurity, RedisServer};
 use serde_json::{Value, json};
 mod support;
 use support::process::{Process, http_process, orderflow, processes_environment, tail};
@@ -113,22 +116,86 @@ async fn eventually(client: &Client, id: &str, what: &str, check: impl Fn(&Value
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_api_processes_on_redis_show_every_change_of_stock_and_fields() {
+    let redis_url = orderflow_testkit::redis::shared_standalone_url();
+    let prefix = orderflow_testkit::redis::fresh_prefix();
+    every_change_shows_on_both_apis(&[
+        ("ORDERFLOW_REDIS_URL", &redis_url),
+        ("ORDERFLOW_REDIS_KEY_PREFIX", &prefix),
+    ])
+    .await;
+}
+
+/// The settings for the secured Redis `url` (TLS, the shipped ACL's user):
+/// its test CA, the client certificate it requires, a key prefix of the
+/// test's own under `orderflow:` (the keys the ACL allows).
+fn secured_redis(url: String, security: &RedisSecurity) -> Vec<(&'static str, String)> {
+    let pki = security.pki();
+    let path = |p: std::path::PathBuf| p.to_str().unwrap().to_owned();
+    vec![
+        ("ORDERFLOW_REDIS_URL", url),
+        ("ORDERFLOW_REDIS_CA_CERT", path(pki.ca_cert())),
+        ("ORDERFLOW_REDIS_CLIENT_CERT", path(pki.client_cert())),
+        ("ORDERFLOW_REDIS_CLIENT_KEY", path(pki.client_key())),
+        (
+            "ORDERFLOW_REDIS_KEY_PREFIX",
+            format!("orderflow:{}", orderflow_testkit::redis::fresh_prefix()),
+        ),
+    ]
+}
+
+/// The same on a TLS-only Redis cluster, as the shipped ACL's `orderflow`
+/// user: every process passes the start-up check, and the cache stays
+/// coherent over sharded pub/sub.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_same_on_a_tls_cluster_as_the_acl_user() {
+    let cluster = orderflow_testkit::redis::shared_secured_cluster();
+    let redis = secured_redis(cluster.url(), cluster.security().unwrap());
+    let redis: Vec<(&str, &str)> = redis.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    every_change_shows_on_both_apis(&redis).await;
+}
+
+/// A Redis user whose ACL lacks a command orderflow sends (`LPOS`, only in
+/// the notifications' Lua script): the process stops at start-up naming it,
+/// instead of answering requests with a cache that quietly never fills.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_acl_lacking_a_command_stops_orderflow_at_start_up() {
+    let security = RedisSecurity::shipped()
+        .unwrap()
+        .with_acl(|acl| acl.replace(" +lpos", ""));
+    let server = RedisServer::start_secured(security.clone()).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let redis = secured_redis(server.url(), &security);
+    let redis: Vec<(&str, &str)> = redis.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let env = environment(&work.path().join("data"), &redis);
+    let listen = format!("127.0.0.1:{}", orderflow_testkit::free_port());
+    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_orderflow"))
+        .args(["--listen", &listen, "api"])
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("orderflow stops within 60 s")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "started: {stderr}");
+    assert!(
+        stderr.contains("may not run LPOS"),
+        "the error names the command: {stderr}"
+    );
+}
+
+/// Two `api` processes and a `worker` on PostgreSQL and the Redis of
+/// `redis` (its `ORDERFLOW_REDIS_*` settings): every change shows on both.
+async fn every_change_shows_on_both_apis(redis: &[(&str, &str)]) {
     let database_url = orderflow_testkit::postgres::fresh_database()
         .await
         .expect("a fresh PostgreSQL database");
-    let redis_url = orderflow_testkit::redis::shared_standalone_url();
-    let prefix = orderflow_testkit::redis::fresh_prefix();
     let work = tempfile::tempdir().unwrap();
     let logs = work.path().join("logs");
     std::fs::create_dir_all(&logs).unwrap();
-    let env = environment(
-        &work.path().join("data"),
-        &[
-            ("ORDERFLOW_DATABASE_URL", &database_url),
-            ("ORDERFLOW_REDIS_URL", &redis_url),
-            ("ORDERFLOW_REDIS_KEY_PREFIX", &prefix),
-        ],
-    );
+    let mut settings = vec![("ORDERFLOW_DATABASE_URL", database_url.as_str())];
+    settings.extend_from_slice(redis);
+    let env = environment(&work.path().join("data"), &settings);
     // Migrations and the shared signing keys, before the roles race for them.
     orderflow(&["migrate"], &env).await;
     let (mut api0, first) = http_process("api-0", "api", &env, &logs).await;
