@@ -10,6 +10,7 @@ use axum::http::header;
 use axum::http::request::Parts;
 use ipnet::IpNet;
 use orderflow_core::CoreError;
+use orderflow_core::audit::AuditEvent;
 use orderflow_core::services::auth::Principal;
 use serde::de::DeserializeOwned;
 
@@ -56,7 +57,8 @@ pub fn bearer_token(value: &axum::http::HeaderValue) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-/// The authenticated caller, who must be an admin (403 otherwise).
+/// The authenticated caller, who must be an admin (403 otherwise). Both a
+/// refusal and an admin's call that changes something write an audit line.
 #[derive(Debug, Clone)]
 pub struct AdminCaller(pub Principal);
 
@@ -68,7 +70,32 @@ impl FromRequestParts<AppState> for AdminCaller {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let Caller(principal) = Caller::from_request_parts(parts, state).await?;
-        principal.require_admin()?;
+        // The full path: a nested router sees only its own part of it.
+        let path = parts
+            .extensions
+            .get::<axum::extract::OriginalUri>()
+            .map_or(parts.uri.path(), |original| original.path());
+        let method = parts.method.as_str();
+        if let Err(denied) = principal.require_admin() {
+            AuditEvent::AdminDenied {
+                user_id: principal.user_id,
+                session_id: principal.session_id,
+                method,
+                path,
+            }
+            .record();
+            return Err(denied.into());
+        }
+        // Reads are not actions; everything else an admin does is audited.
+        if !parts.method.is_safe() {
+            AuditEvent::AdminAction {
+                user_id: principal.user_id,
+                session_id: principal.session_id,
+                method,
+                path,
+            }
+            .record();
+        }
         Ok(AdminCaller(principal))
     }
 }

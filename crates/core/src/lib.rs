@@ -23,9 +23,12 @@
 //!   connection per client with the reasons it is closed, tickets).
 //!   The consumer groups themselves run in `orderflow-workers`.
 //! - [`contract`]: port scenarios written once, run by every adapter's tests.
+//! - [`audit`]: security events (lockouts, refresh-token reuse, revocations,
+//!   key rotation, admin actions) as structured audit lines, never a secret.
 //! - [`error`]: [`CoreError`], the one error type use cases return.
 //! - [`wait`]: [`wait::or_never`], for `select!` branches that come and go.
 
+pub mod audit;
 pub mod contract;
 pub mod error;
 pub mod ports;

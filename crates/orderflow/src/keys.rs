@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use orderflow_core::audit::AuditEvent;
 use orderflow_core::services::auth::{AuthService, KeyAlgorithm, KeySet, SigningKey, TokenFormat};
 
 pub const KEY_FILE: &str = "jwt-keys.json";
@@ -53,7 +54,12 @@ pub fn rotate(
         .filter(|kid| !keys.keys.iter().any(|k| &k.kid == kid))
         .collect();
     save(data_dir, &keys)?;
-    tracing::info!(kid = %key.kid, alg = key.alg.as_str(), dropped = ?dropped_kids, "rotated the access-token signing key");
+    AuditEvent::KeyRotated {
+        kid: &key.kid,
+        alg: key.alg.as_str(),
+    }
+    .record();
+    audit_pruned(&dropped_kids);
     Ok((key, dropped_kids))
 }
 
@@ -70,9 +76,7 @@ pub fn reload_on_sighup(auth: Arc<AuthService>, data_dir: PathBuf) {
         };
         while hangups.recv().await.is_some() {
             match reload(&auth, &data_dir) {
-                Ok(kid) => {
-                    tracing::info!(signing_kid = %kid, "reloaded the access-token signing keys")
-                }
+                Ok(kid) => AuditEvent::KeysReloaded { signing_kid: &kid }.record(),
                 Err(error) => {
                     tracing::error!(error = %format!("{error:#}"), "reloading the access-token signing keys failed; keeping the current ones")
                 }
@@ -102,7 +106,14 @@ pub fn prune(
     if !dropped.is_empty() {
         save(data_dir, &keys)?;
     }
+    audit_pruned(&dropped);
     Ok(dropped)
+}
+
+fn audit_pruned(kids: &[String]) {
+    for kid in kids {
+        AuditEvent::KeyPruned { kid }.record();
+    }
 }
 
 /// Loads the key set, creating it with one fresh key of `format` when
@@ -118,7 +129,12 @@ pub fn load_or_create(data_dir: &Path, format: TokenFormat) -> anyhow::Result<Ke
         save(data_dir, &keys).with_context(|| {
             format!("adding a {format} signing key (or run `orderflow keys rotate` where the key file is writable)")
         })?;
-        tracing::info!(path = %path.display(), kid = %key.kid, alg = key.alg.as_str(), "generated a new signing key for {format} tokens");
+        tracing::info!(path = %path.display(), "generated a new signing key for {format} tokens");
+        AuditEvent::KeyRotated {
+            kid: &key.kid,
+            alg: key.alg.as_str(),
+        }
+        .record();
     }
     Ok(keys)
 }

@@ -44,6 +44,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::CoreError;
+use crate::audit::AuditEvent;
 use crate::ports::revocations::RevocationList;
 use crate::ports::store::{RefreshRotation, SessionRecord, Store, StoreError, UserRecord};
 
@@ -768,10 +769,21 @@ impl AuthService {
             .map(|u| u.password_hash.clone())
             .unwrap_or_else(|| dummy_hash().to_owned());
         let matches = verify_password(password.to_owned(), hash).await?;
+        let user_id = user.as_ref().map(|user| user.id);
         let Some(user) = user.filter(|_| matches) else {
             metrics::counter!("orderflow_logins_total", "outcome" => "failed").increment(1);
-            self.throttle
-                .record_failure(&account_key, ip_key.as_deref());
+            for (locked, locked_for) in self
+                .throttle
+                .record_failure(&account_key, ip_key.as_deref())
+            {
+                AuditEvent::LoginLockedOut {
+                    user_id: user_id.filter(|_| locked == account_key),
+                    locked: &locked,
+                    client_ip,
+                    locked_for,
+                }
+                .record();
+            }
             return Err(CoreError::Unauthorized(WRONG_CREDENTIALS.into()));
         };
         self.throttle.record_success(&account_key);
@@ -826,7 +838,11 @@ impl AuthService {
                 session_id,
                 user_id,
             } => {
-                tracing::warn!(%session_id, %user_id, "refresh token reuse detected; session revoked");
+                AuditEvent::RefreshTokenReused {
+                    user_id,
+                    session_id,
+                }
+                .record();
                 // The store revoked the family's refresh token; its access
                 // tokens (the thief's or the owner's) stop now too.
                 self.revocations
@@ -854,6 +870,13 @@ impl AuthService {
             .revoke(&principal.jti, principal.expires_at)
             .await?;
         self.end_session(principal.session_id).await?;
+        AuditEvent::SessionRevoked {
+            user_id: principal.user_id,
+            session_id: principal.session_id,
+            by_session: principal.session_id,
+            reason: "logout",
+        }
+        .record();
         self.tell_revoked(principal.user_id);
         Ok(())
     }
@@ -882,6 +905,13 @@ impl AuthService {
                     && session.expires_at > now =>
             {
                 self.end_session(session_id).await?;
+                AuditEvent::SessionRevoked {
+                    user_id: principal.user_id,
+                    session_id,
+                    by_session: principal.session_id,
+                    reason: "revoked",
+                }
+                .record();
                 self.tell_revoked(principal.user_id);
                 Ok(())
             }
@@ -905,6 +935,12 @@ impl AuthService {
             .revoke_all_sessions(principal.user_id, chrono::Utc::now())
             .await?;
         metrics::counter!("orderflow_logouts_total", "scope" => "all").increment(1);
+        AuditEvent::SessionsRevokedAll {
+            user_id: principal.user_id,
+            by_session: principal.session_id,
+            sessions: sessions.len(),
+        }
+        .record();
         self.tell_revoked(principal.user_id);
         Ok(sessions.len())
     }
@@ -1190,7 +1226,9 @@ impl LoginThrottle {
         if wait.is_zero() { Ok(()) } else { Err(wait) }
     }
 
-    fn record_failure(&self, account: &str, ip: Option<&str>) {
+    /// Counts a failed login for the account and the client address; the
+    /// keys this failure locked out, with how long.
+    fn record_failure(&self, account: &str, ip: Option<&str>) -> Vec<(String, Duration)> {
         let now = tokio::time::Instant::now();
         let mut entries = self.lock();
         if entries.len() >= self.settings.max_keys {
@@ -1206,6 +1244,7 @@ impl LoginThrottle {
             Some((account, self.settings.account_free_failures)),
             ip.map(|ip| (ip, self.settings.ip_free_failures)),
         ];
+        let mut locked = Vec::new();
         for (key, free) in keys.into_iter().flatten() {
             let entry = entries.entry(key.to_owned()).or_insert(Failures {
                 count: 0,
@@ -1225,8 +1264,10 @@ impl LoginThrottle {
                     .saturating_mul(1 << doublings)
                     .min(self.settings.max_lockout);
                 entry.locked_until = now + lockout;
+                locked.push((key.to_owned(), lockout));
             }
         }
+        locked
     }
 
     /// A successful login clears the account's failures (not the IP's: one
@@ -1334,10 +1375,14 @@ mod tests {
         let throttle = throttle();
         for _ in 0..3 {
             assert!(throttle.check("a", None).is_ok());
-            throttle.record_failure("a", None);
+            assert!(throttle.record_failure("a", None).is_empty());
         }
         assert!(throttle.check("a", None).is_ok(), "three mistakes are free");
-        throttle.record_failure("a", None);
+        assert_eq!(
+            throttle.record_failure("a", None),
+            vec![("a".to_owned(), Duration::from_secs(1))],
+            "the failure that locks says so (the audit line)"
+        );
         assert_eq!(throttle.check("a", None), Err(Duration::from_secs(1)));
         tokio::time::advance(Duration::from_secs(1)).await;
         assert!(throttle.check("a", None).is_ok());

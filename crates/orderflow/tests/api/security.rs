@@ -1000,3 +1000,151 @@ async fn a_body_that_never_arrives_is_answered_408_as_a_problem() {
     assert!(answer.contains("application/problem+json"), "{answer}");
     assert!(answer.contains("request-timeout"), "{answer}");
 }
+
+/// The audit lines in a process's JSON log.
+fn audit_lines(log: &str) -> Vec<Value> {
+    log.lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|line| line["target"] == orderflow_core::audit::TARGET)
+        .collect()
+}
+
+/// The audit lines of `event`, their fields.
+fn audit_events(lines: &[Value], event: &str) -> Vec<Value> {
+    lines
+        .iter()
+        .filter(|line| line["fields"]["audit"] == event)
+        .map(|line| line["fields"].clone())
+        .collect()
+}
+
+/// The one audit line of `event`, its fields.
+fn audit_line(lines: &[Value], event: &str) -> Value {
+    let found = audit_events(lines, event);
+    assert_eq!(found.len(), 1, "one {event} line in {lines:#?}");
+    found[0].clone()
+}
+
+/// A real `orderflow serve` with JSON logs, and `orderflow keys rotate`:
+/// each security event is one audit line naming who, and no line of the
+/// log holds a password, a token or key material. (A process, not the
+/// in-process app: its log is exactly what an operator gets.)
+#[tokio::test]
+async fn security_events_are_audit_lines_with_ids_and_no_secret() {
+    use crate::support::process::{http_process, processes_environment};
+    let work = tempfile::tempdir().unwrap();
+    let logs = work.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let env = processes_environment(
+        &work.path().join("data"),
+        &[("ORDERFLOW_LOG_FORMAT", "json")],
+    );
+    let (mut server, client) = http_process("audited", "serve", &env, &logs).await;
+    let email = "umay@example.com";
+    let (shopper_id, _) = client.registered_shopper(email).await;
+    let login = |password: &'static str| {
+        client.post(
+            "/auth/login",
+            json!({"email": email, "password": password, "device": "audit test"}),
+            None,
+        )
+    };
+    let pair: Value = login(PASSWORD).await.json().await.unwrap();
+    let (access, refresh) = (
+        pair["access_token"].as_str().unwrap().to_owned(),
+        pair["refresh_token"].as_str().unwrap().to_owned(),
+    );
+    let admin = client
+        .login(crate::support::ADMIN_EMAIL, crate::support::ADMIN_PASSWORD)
+        .await;
+    let mut secrets = vec![
+        PASSWORD.to_owned(),
+        crate::support::ADMIN_PASSWORD.to_owned(),
+        access.clone(),
+        refresh.clone(),
+        admin.clone(),
+    ];
+
+    // Failed logins until the account locks (five are free).
+    let wrong = "not-the-password-1";
+    secrets.push(wrong.to_owned());
+    for _ in 0..6 {
+        assert_eq!(login(wrong).await.status(), StatusCode::UNAUTHORIZED);
+    }
+    // A refresh token used twice.
+    let refresh_body = json!({ "refresh_token": refresh });
+    let rotated: Value = client
+        .post("/auth/refresh", refresh_body.clone(), None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    secrets.push(rotated["refresh_token"].as_str().unwrap().to_owned());
+    secrets.push(rotated["access_token"].as_str().unwrap().to_owned());
+    let reused = client.post("/auth/refresh", refresh_body, None).await;
+    assert_eq!(reused.status(), StatusCode::UNAUTHORIZED);
+    // An admin's change, and a shopper at an admin route.
+    client.product(&admin, "AUDIT-1", 100, 1).await;
+    let (other_id, other) = client.registered_shopper("vedat@example.com").await;
+    secrets.push(other.clone());
+    let product = json!({"sku": "AUDIT-2", "name": "Denied", "price_cents": 100, "currency": "EUR", "stock": 1});
+    let denied = client.post("/products", product, Some(&other)).await;
+    assert_eq!(denied.status(), StatusCode::FORBIDDEN);
+    // A logout.
+    let logout = client.post("/auth/logout", json!({}), Some(&other)).await;
+    assert_eq!(logout.status(), StatusCode::NO_CONTENT);
+    server.stop().await;
+    // A key rotation, by the command an operator runs.
+    let rotation = tokio::process::Command::new(env!("CARGO_BIN_EXE_orderflow"))
+        .args(["keys", "rotate"])
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env("RUST_LOG", "info")
+        .output()
+        .await
+        .unwrap();
+    assert!(rotation.status.success());
+    let rotation_log = [rotation.stdout, rotation.stderr].concat();
+    let rotation_log = String::from_utf8_lossy(&rotation_log).into_owned();
+
+    let log = std::fs::read_to_string(&server.log).unwrap();
+    let lines = audit_lines(&log);
+    let locked = audit_line(&lines, "login.locked_out");
+    assert_eq!(locked["user_id"], shopper_id.as_str());
+    assert!(
+        locked["locked"].as_str().unwrap().starts_with("account:"),
+        "{locked}"
+    );
+    let reuse = audit_line(&lines, "refresh_token.reused");
+    assert_eq!(reuse["user_id"], shopper_id.as_str());
+    assert!(reuse["session_id"].as_str().is_some(), "{reuse}");
+    let action = audit_line(&lines, "admin.action");
+    assert_eq!(action["method"], "POST");
+    assert_eq!(action["path"], "/api/v1/products");
+    assert!(action["user_id"].as_str().is_some() && action["session_id"].as_str().is_some());
+    assert_eq!(
+        audit_line(&lines, "admin.denied")["user_id"],
+        other_id.as_str()
+    );
+    let revoked = audit_line(&lines, "session.revoked");
+    assert_eq!(revoked["user_id"], other_id.as_str());
+    assert_eq!(revoked["reason"], "logout");
+    // The data dir's first key, at the first start.
+    assert_eq!(audit_events(&lines, "key.rotated").len(), 1);
+    let rotated_key = audit_line(&audit_lines(&rotation_log), "key.rotated");
+    let set = keys::load(&work.path().join("data")).unwrap();
+    let signer = set.signing_key(TokenFormat::Jwt).unwrap();
+    assert_eq!(rotated_key["kid"], signer.kid.as_str());
+
+    // Never a secret: no password typed, no token, no key material; not
+    // even the e-mail of the locked account (it is named by its hash).
+    for key in &set.keys {
+        secrets.push(key.secret_b64.clone());
+    }
+    for text in [&log, &rotation_log] {
+        for secret in &secrets {
+            assert!(!text.contains(secret.as_str()), "a secret in the log");
+        }
+    }
+    let audit_text = serde_json::to_string(&lines).unwrap();
+    assert!(!audit_text.contains(email), "{audit_text}");
+}
