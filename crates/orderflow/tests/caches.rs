@@ -160,8 +160,8 @@ async fn the_same_on_a_tls_cluster_as_the_acl_user() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_acl_lacking_a_command_stops_orderflow_at_start_up() {
     let security = RedisSecurity::shipped()
-        .unwrap()
-        .with_acl(|acl| acl.replace(" +lpos", ""));
+        .and_then(|s| s.replacing("+lpos", ""))
+        .unwrap();
     let server = RedisServer::start_secured(security.clone()).unwrap();
     let work = tempfile::tempdir().unwrap();
     let redis = secured_redis(server.url(), &security);

@@ -85,11 +85,25 @@ impl RedisSecurity {
         })
     }
 
-    /// The same, with the ACL text changed by `edit` (a user lacking a
-    /// command orderflow needs, say).
-    pub fn with_acl(mut self, edit: impl FnOnce(&str) -> String) -> RedisSecurity {
-        self.acl = edit(&self.acl);
-        self
+    /// The same, with `rule` of the `orderflow` user's ACL replaced by
+    /// `by` (`""` removes it: a user lacking a command orderflow needs).
+    /// Fails when the user has no such rule, so a test never checks an ACL
+    /// it did not mean to.
+    pub fn replacing(mut self, rule: &str, by: &str) -> anyhow::Result<RedisSecurity> {
+        let line = self
+            .acl
+            .lines()
+            .find(|line| line.starts_with("user orderflow "))
+            .context("the ACL has no user orderflow")?;
+        let rules: Vec<&str> = line.split(' ').collect();
+        ensure!(rules.contains(&rule), "user orderflow has no rule {rule}");
+        let edited: Vec<&str> = rules
+            .iter()
+            .map(|r| if *r == rule { by } else { r })
+            .filter(|r| !r.is_empty())
+            .collect();
+        self.acl = self.acl.replace(line, &edited.join(" "));
+        Ok(self)
     }
 
     /// Server-only TLS (`tls-auth-clients no`): clients check the server's
