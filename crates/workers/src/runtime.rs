@@ -1362,9 +1362,9 @@ pub async fn handle_once(
     Ok(handled)
 }
 
-/// Stores the dead letter and its `failed.messages` event. The original
-/// event is deliberately not marked processed, so `orderflow dlq replay` can
-/// bring it back to this group.
+/// Stores the dead letter and its `failed.messages` event, once per event
+/// until it is replayed. The original event is deliberately not marked
+/// processed, so `orderflow dlq replay` can bring it back to this group.
 async fn write_dead_letter(
     group: &'static str,
     tx: &mut dyn StoreTx,
@@ -1398,8 +1398,13 @@ async fn write_dead_letter(
     );
     // One id for the record and its event, so either finds the other.
     failed.id = dead_letter.id;
-    tx.insert_dead_letter(&dead_letter).await?;
-    tx.append(&[failed]).await?;
+    if tx.insert_dead_letter(&dead_letter).await? {
+        tx.append(&[failed]).await?;
+    } else {
+        // Filed before, and the offset commit after it was lost (a crash):
+        // once is enough, for the record and for its event.
+        tracing::info!(group, event_id = %delivery.envelope.id, "already dead-lettered; not filed again");
+    }
     Ok(())
 }
 

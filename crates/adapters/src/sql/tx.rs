@@ -759,27 +759,34 @@ impl<E: Engine> StoreTx for SqlTx<E> {
         }
     }
 
-    async fn insert_dead_letter(&mut self, dead_letter: &DeadLetter) -> StoreResult<()> {
-        self.defer(stmt(
-            "insert_dead_letter",
-            r#"INSERT INTO dead_letters
+    /// `ON CONFLICT … DO NOTHING` on the partial unique index of unreplayed
+    /// dead letters per (group, event): a redelivered event that fails
+    /// again is not filed twice.
+    async fn insert_dead_letter(&mut self, dead_letter: &DeadLetter) -> StoreResult<bool> {
+        let inserted = self
+            .run(stmt(
+                "insert_dead_letter",
+                r#"INSERT INTO dead_letters
                    (id, group_name, topic, "partition", "offset", error, attempts, event,
-                    failed_at, replayed_at)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"#,
-            (
-                dead_letter.id,
-                &dead_letter.group,
-                &dead_letter.topic,
-                dead_letter.partition,
-                dead_letter.offset,
-                &dead_letter.error,
-                i64::from(dead_letter.attempts),
-                dead_letter.event.to_json(),
-                dead_letter.failed_at,
-                dead_letter.replayed_at,
-            ),
-        ));
-        Ok(())
+                    failed_at, replayed_at, event_id)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+               ON CONFLICT (group_name, event_id) WHERE replayed_at IS NULL DO NOTHING"#,
+                (
+                    dead_letter.id,
+                    &dead_letter.group,
+                    &dead_letter.topic,
+                    dead_letter.partition,
+                    dead_letter.offset,
+                    &dead_letter.error,
+                    i64::from(dead_letter.attempts),
+                    dead_letter.event.to_json(),
+                    dead_letter.failed_at,
+                    dead_letter.replayed_at,
+                    dead_letter.event.id,
+                ),
+            ))
+            .await?;
+        Ok(inserted == 1)
     }
 
     async fn mark_dead_letter_replayed(

@@ -441,8 +441,11 @@ pub trait StoreTx: Send {
     /// Appends events to the outbox; they become visible to consumers when,
     /// and only when, this transaction commits.
     async fn append(&mut self, events: &[Envelope]) -> StoreResult<()>;
-    /// Stores a dead letter (its `failed.messages` event is appended separately).
-    async fn insert_dead_letter(&mut self, dead_letter: &DeadLetter) -> StoreResult<()>;
+    /// Stores a dead letter (its `failed.messages` event is appended
+    /// separately), unless the group has an unreplayed dead letter of the
+    /// same event already (a redelivery after a crash that came before the
+    /// offset commit): whether it was stored.
+    async fn insert_dead_letter(&mut self, dead_letter: &DeadLetter) -> StoreResult<bool>;
     /// Marks a dead letter replayed; false when it was already.
     async fn mark_dead_letter_replayed(
         &mut self,
