@@ -165,6 +165,18 @@ impl RedisSecurity {
     }
 }
 
+/// A free port for a cluster node: at most 55535, since the node's cluster
+/// bus listens 10000 above it (redis-server refuses to start otherwise, and
+/// the kernel hands out ports up to 60999).
+fn cluster_port() -> u16 {
+    loop {
+        let port = free_port();
+        if port <= 55535 {
+            return port;
+        }
+    }
+}
+
 /// One `redis-server` on `127.0.0.1:port`.
 pub struct RedisServer {
     port: u16,
@@ -195,7 +207,7 @@ impl RedisServer {
         let mut last_error = None;
         for _ in 0..3 {
             let mut server = RedisServer {
-                port: free_port(),
+                port: if cluster { cluster_port() } else { free_port() },
                 dir,
                 cluster,
                 security: security.clone(),
