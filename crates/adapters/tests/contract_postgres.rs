@@ -16,7 +16,7 @@ use orderflow_core::contract;
 use orderflow_core::ports::log::EventLog;
 use orderflow_core::ports::outbox::{EventDestination, Outbox};
 use orderflow_core::ports::store::{
-    IdempotencyClaim, NotificationRecord, Reservation, Store, StoreError,
+    IdempotencyClaim, NotificationRecord, Prunable, Reservation, Store, StoreError,
 };
 use orderflow_domain::events::topics;
 use orderflow_domain::notification::{Channel, NotificationKind};
@@ -440,6 +440,31 @@ async fn outbox_destination_fills_the_outbox_only() {
         .unwrap();
     drop(tx);
     assert_eq!(store.outbox().backlog().await.unwrap().unsent, 0);
+
+    // Retention: published rows go once they are older than the cut-off;
+    // an unsent row never does.
+    let shared: Arc<dyn Store> = Arc::new(store.clone());
+    contract::append_committed(&shared, &[contract::user_registered(uuid::Uuid::now_v7())]).await;
+    let (long_ago, later) = (
+        chrono::Utc::now() - chrono::Duration::hours(1),
+        chrono::Utc::now() + chrono::Duration::minutes(1),
+    );
+    assert_eq!(
+        shared
+            .prune(Prunable::SentOutbox, long_ago, 10)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        shared.prune(Prunable::SentOutbox, later, 2).await.unwrap(),
+        2
+    );
+    assert_eq!(
+        shared.prune(Prunable::SentOutbox, later, 2).await.unwrap(),
+        1
+    );
+    assert_eq!(store.outbox().backlog().await.unwrap().unsent, 1);
 }
 
 /// Two relays (two stores, two pools) claiming at the same time never get

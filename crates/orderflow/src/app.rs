@@ -27,6 +27,7 @@ use orderflow_core::services::live::LiveHub;
 use orderflow_core::services::orders::{OrderService, SideEffects};
 use orderflow_core::services::queries::ShopperQueries;
 use orderflow_core::services::relay::Relay;
+use orderflow_core::services::retention::{self, PruneReport};
 use orderflow_domain::notification::Channel;
 use orderflow_workers::{ConsumerSettings, WorkerDeps};
 use secrecy::ExposeSecret;
@@ -71,6 +72,11 @@ impl App {
         let metrics = telemetry::prometheus();
         std::fs::create_dir_all(&settings.data_dir)
             .with_context(|| format!("creating the data dir {}", settings.data_dir.display()))?;
+        settings
+            .retention()
+            .check()
+            .map_err(anyhow::Error::msg)
+            .context("ORDERFLOW_RETAIN_*")?;
         let backends = Backends::connect(&settings).await?;
         tracing::info!(adapters = %backends.description, "connected");
         let store = backends.store.clone();
@@ -263,6 +269,7 @@ impl App {
             if let Some(relay) = self.relay.clone() {
                 tracker.spawn(relay.run(shutdown.clone()));
             }
+            tracker.spawn(self.prune_on_a_timer(shutdown.clone()));
         }
         // Live streams never end by themselves: close them when told to
         // stop, so the graceful shutdown below can finish and their clients
@@ -296,6 +303,53 @@ impl App {
         served
     }
 
+    /// Deletes what retention lets go (see `services::retention`) now,
+    /// batch by batch: `orderflow prune`, and the timer.
+    pub async fn prune(&self) -> anyhow::Result<PruneReport> {
+        let report = retention::prune(
+            &self.store,
+            &self.settings.retention(),
+            &orderflow_workers::GROUP_TOPICS,
+        )
+        .await?;
+        tracing::info!(?report, "pruned what retention lets go");
+        Ok(report)
+    }
+
+    /// Prunes every `ORDERFLOW_PRUNE_INTERVAL_SECS` (never with 0) until
+    /// `shutdown`: in the processes that run consumer groups, which a
+    /// deployment always has. A failed pass is logged and tried again at
+    /// the next tick.
+    fn prune_on_a_timer(
+        &self,
+        shutdown: CancellationToken,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let interval = Duration::from_secs(self.settings.prune_interval_secs);
+        let (store, retention) = (self.store.clone(), self.settings.retention());
+        async move {
+            if interval.is_zero() {
+                return;
+            }
+            let mut ticks = tokio::time::interval(interval);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = ticks.tick() => {}
+                }
+                match retention::prune(&store, &retention, &orderflow_workers::GROUP_TOPICS).await {
+                    Ok(report) if report.total() > 0 => {
+                        tracing::info!(?report, "pruned what retention lets go");
+                    }
+                    Ok(_) => {}
+                    Err(error) => {
+                        tracing::warn!(%error, "pruning failed; trying again at the next tick")
+                    }
+                }
+            }
+        }
+    }
+
     /// Runs only the outbox relay (`orderflow relay`), until `shutdown`.
     pub async fn run_relay(&self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let relay = self.relay.clone().context(
@@ -324,6 +378,7 @@ impl App {
         for consumer in consumers {
             tracker.spawn(consumer.run(shutdown.clone()));
         }
+        tracker.spawn(self.prune_on_a_timer(shutdown.clone()));
         tracker.close();
         tracker.wait().await;
         Ok(())

@@ -51,6 +51,10 @@ pub enum Command {
     },
     /// Each consumer group: committed offset, end offset and lag per partition.
     Consumers,
+    /// Delete now what retention lets go (`ORDERFLOW_RETAIN_*`): old events
+    /// every group is past, processed marks, idempotency keys, sent outbox
+    /// rows, replayed dead letters. The worker processes also do it on a timer.
+    Prune,
     /// Measure v1 (no cache, inline side effects) against v2 (cache, events) on this machine.
     Bench(Box<orderflow_bench::BenchArgs>),
     /// The dead-letter queue.
@@ -189,6 +193,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             );
         }
         Command::Consumers => print_consumers(&app).await?,
+        Command::Prune => {
+            let report = app.prune().await?;
+            println!(
+                "pruned {} events, {} processed marks, {} idempotency keys, {} sent outbox rows, {} replayed dead letters",
+                report.events,
+                report.processed_marks,
+                report.idempotency_keys,
+                report.sent_outbox,
+                report.replayed_dead_letters
+            );
+        }
         Command::Bench(_) => unreachable!("handled before the app is built"),
         Command::Dlq { command } => dlq(&app, command).await?,
         // Handled above, before the app is built.

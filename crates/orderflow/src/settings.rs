@@ -330,6 +330,40 @@ pub struct Settings {
     )]
     pub request_timeout_secs: u64,
 
+    /// Retention, in seconds, of events of the embedded log (once every
+    /// group reading them is past them).
+    #[arg(long, env = "ORDERFLOW_RETAIN_EVENTS_SECS", default_value_t = 7 * 24 * 3600, global = true)]
+    pub retain_events_secs: u64,
+
+    /// Retention of processed marks, in seconds: longer than the events'
+    /// (and on Kafka than the topics' `retention.ms`), or a redelivered
+    /// event would take effect twice; a shorter value is refused.
+    #[arg(long, env = "ORDERFLOW_RETAIN_PROCESSED_SECS", default_value_t = 14 * 24 * 3600, global = true)]
+    pub retain_processed_secs: u64,
+
+    /// Retention of idempotency keys, in seconds (24 h: the IETF draft's
+    /// suggestion); a retry after this places a new order.
+    #[arg(long, env = "ORDERFLOW_RETAIN_IDEMPOTENCY_SECS", default_value_t = 24 * 3600, global = true)]
+    pub retain_idempotency_secs: u64,
+
+    /// Retention of outbox rows already published, in seconds.
+    #[arg(long, env = "ORDERFLOW_RETAIN_SENT_OUTBOX_SECS", default_value_t = 24 * 3600, global = true)]
+    pub retain_sent_outbox_secs: u64,
+
+    /// Retention of replayed dead letters, in seconds.
+    #[arg(long, env = "ORDERFLOW_RETAIN_DEAD_LETTERS_SECS", default_value_t = 30 * 24 * 3600, global = true)]
+    pub retain_dead_letters_secs: u64,
+
+    /// How often the processes that run consumer groups prune (seconds;
+    /// 0: never, `orderflow prune` only).
+    #[arg(
+        long,
+        env = "ORDERFLOW_PRUNE_INTERVAL_SECS",
+        default_value_t = 600,
+        global = true
+    )]
+    pub prune_interval_secs: u64,
+
     /// `text` for terminals, `json` for log collectors.
     #[arg(
         long,
@@ -663,6 +697,21 @@ impl ScaleOutSettings {
 }
 
 impl Settings {
+    /// The retention horizons (checked: see [`Retention::check`]).
+    ///
+    /// [`Retention::check`]: orderflow_core::services::retention::Retention::check
+    pub fn retention(&self) -> orderflow_core::services::retention::Retention {
+        use std::time::Duration;
+        orderflow_core::services::retention::Retention {
+            events: Duration::from_secs(self.retain_events_secs),
+            processed_marks: Duration::from_secs(self.retain_processed_secs),
+            idempotency_keys: Duration::from_secs(self.retain_idempotency_secs),
+            sent_outbox: Duration::from_secs(self.retain_sent_outbox_secs),
+            replayed_dead_letters: Duration::from_secs(self.retain_dead_letters_secs),
+            ..Default::default()
+        }
+    }
+
     /// The database URL, defaulting to a SQLite file in the data dir.
     pub fn database_url(&self) -> String {
         self.database_url

@@ -12,9 +12,10 @@
 use async_trait::async_trait;
 use orderflow_core::ports::store::{
     ChangesPage, DailySales, DeadLetter, LeaderboardEntry, NotificationChange, NotificationRecord,
-    OrderChange, PointsStanding, RefreshRotation, SessionRecord, Store, StoreResult, StoreTx,
-    UserRecord,
+    OrderChange, PointsStanding, Prunable, RefreshRotation, SessionRecord, Store, StoreResult,
+    StoreTx, UserRecord,
 };
+use orderflow_domain::events::topics;
 use orderflow_domain::order::{HistoryEntry, Order, OrderStatus};
 use orderflow_domain::product::{Product, ProductDraft};
 use orderflow_domain::{EventId, OrderId, ProductId, Timestamp, UserId};
@@ -1044,6 +1045,125 @@ impl<E: Engine> Store for SqlStore<E> {
         )
         .await?;
         Ok(n.unwrap_or(0))
+    }
+
+    /// One `DELETE … WHERE key IN (SELECT key … LIMIT n)` (the form both
+    /// engines take), in a background write: on SQLite requests go first.
+    async fn prune(&self, what: Prunable<'_>, before: Timestamp, limit: u32) -> StoreResult<u64> {
+        let limit = i64::from(limit);
+        let statement = match what {
+            Prunable::Events { subscriptions } => {
+                return self.prune_events(subscriptions, before, limit).await;
+            }
+            Prunable::ProcessedMarks => stmt(
+                "prune_processed_marks",
+                "DELETE FROM processed_events WHERE (group_name, event_id) IN
+                     (SELECT group_name, event_id FROM processed_events
+                      WHERE processed_at < $1 LIMIT $2)",
+                (before, limit),
+            ),
+            Prunable::IdempotencyKeys => stmt(
+                "prune_idempotency_keys",
+                "DELETE FROM idempotency_keys WHERE (user_id, key) IN
+                     (SELECT user_id, key FROM idempotency_keys WHERE created_at < $1 LIMIT $2)",
+                (before, limit),
+            ),
+            // SQLite's relay deletes what it published (see `sqlite::outbox`).
+            Prunable::SentOutbox if E::DIALECT == super::Dialect::Sqlite => return Ok(0),
+            Prunable::SentOutbox => stmt(
+                "prune_sent_outbox",
+                "DELETE FROM outbox WHERE seq IN
+                     (SELECT seq FROM outbox WHERE sent_at IS NOT NULL AND sent_at < $1 LIMIT $2)",
+                (before, limit),
+            ),
+            Prunable::ReplayedDeadLetters => stmt(
+                "prune_replayed_dead_letters",
+                "DELETE FROM dead_letters WHERE id IN
+                     (SELECT id FROM dead_letters
+                      WHERE replayed_at IS NOT NULL AND replayed_at < $1 LIMIT $2)",
+                (before, limit),
+            ),
+        };
+        self.delete_batch(statement).await
+    }
+}
+
+impl<E: Engine> SqlStore<E> {
+    async fn delete_batch(&self, statement: Stmt) -> StoreResult<u64> {
+        let mut w = self.engine.begin_write(WritePriority::Background).await?;
+        let deleted = w.exec(statement).await?;
+        super::WriteTx::commit(w).await?;
+        Ok(deleted)
+    }
+
+    /// Per partition of every topic: up to the lowest offset all of its
+    /// readers have committed (none, when one of them has committed
+    /// nothing there), and only what was appended before `before`. At most
+    /// `limit` events per partition.
+    async fn prune_events(
+        &self,
+        subscriptions: &[(&str, &[&str])],
+        before: Timestamp,
+        limit: i64,
+    ) -> StoreResult<u64> {
+        let mut deleted = 0;
+        for topic in topics::ALL {
+            let readers: Vec<String> = subscriptions
+                .iter()
+                .filter(|(_, topics)| topics.contains(&topic))
+                .map(|(group, _)| (*group).to_owned())
+                .collect();
+            let reader_count = readers.len() as i64;
+            let committed: Vec<(i32, Option<i64>)> = if readers.is_empty() {
+                (0..self.engine.core().partitions)
+                    .map(|partition| (partition, None))
+                    .collect()
+            } else {
+                read_all(
+                    &*self.engine,
+                    stmt(
+                        "committed_by_every_reader",
+                        per(
+                            r#"SELECT "partition", MIN(next_offset) AS low, COUNT(*) AS n
+                               FROM consumer_offsets
+                               WHERE topic = $1 AND group_name IN (SELECT value FROM json_each($2))
+                               GROUP BY "partition""#,
+                            r#"SELECT "partition", MIN(next_offset) AS low, COUNT(*) AS n
+                               FROM consumer_offsets
+                               WHERE topic = $1 AND group_name = ANY($2)
+                               GROUP BY "partition""#,
+                        ),
+                        (topic, readers),
+                    ),
+                    |row| {
+                        Ok((
+                            i32::try_from(row.int("partition")?).unwrap_or(i32::MAX),
+                            row.int("n")?,
+                            row.int("low")?,
+                        ))
+                    },
+                )
+                .await?
+                .into_iter()
+                .filter(|(_, n, _)| *n == reader_count)
+                .map(|(partition, _, low)| (partition, Some(low)))
+                .collect()
+            };
+            for (partition, below) in committed {
+                deleted += self
+                    .delete_batch(stmt(
+                        "prune_events",
+                        r#"DELETE FROM event_log WHERE seq IN
+                               (SELECT seq FROM event_log
+                                WHERE topic = $1 AND "partition" = $2 AND "offset" < $3
+                                  AND created_at < $4
+                                ORDER BY "offset" LIMIT $5)"#,
+                        (topic, partition, below.unwrap_or(i64::MAX), before, limit),
+                    ))
+                    .await?;
+            }
+        }
+        Ok(deleted)
     }
 }
 

@@ -14,6 +14,8 @@ macro_rules! sql_contract_tests {
         mod log {
             use super::*;
             orderflow_core::log_scenarios!(log_test; $fresh);
+            // The embedded log only: Kafka's retention is the broker's.
+            log_test!($fresh; retention_keeps_events_until_every_reader_is_past_them);
         }
 
         mod outbox {

@@ -411,3 +411,80 @@ pub async fn poll_waits_at_most_wait(log: Arc<dyn EventLog>, store: Arc<dyn Stor
 pub async fn ping(log: Arc<dyn EventLog>, _store: Arc<dyn Store>) {
     log.ping().await.expect("ping");
 }
+
+/// Retention of the embedded log (not a Kafka scenario: the broker keeps
+/// Kafka's events): an event is pruned only once it is older than the
+/// cut-off and every group reading its topic has committed past it; a
+/// group that has committed nothing keeps everything; readers carry on
+/// after a prune.
+pub async fn retention_keeps_events_until_every_reader_is_past_them(
+    log: Arc<dyn EventLog>,
+    store: Arc<dyn Store>,
+) {
+    use crate::ports::store::Prunable;
+    let readers: &[(&str, &[&str])] = &[
+        ("prune-a", &[topics::USER_EVENTS]),
+        ("prune-b", &[topics::USER_EVENTS]),
+    ];
+    let events = Prunable::Events {
+        subscriptions: readers,
+    };
+    let later = chrono::Utc::now() + chrono::Duration::seconds(60);
+    let first: Vec<Envelope> = (0..4)
+        .map(|_| user_registered(uuid::Uuid::now_v7()))
+        .collect();
+    append_committed(&store, &first).await;
+
+    let mut a = log
+        .subscribe("prune-a", &[topics::USER_EVENTS])
+        .await
+        .unwrap();
+    let got = poll_exactly(a.as_mut(), 4, 10).await;
+    a.commit(&got).await.unwrap();
+    assert_eq!(
+        store.prune(events, later, 100).await.unwrap(),
+        0,
+        "prune-b has committed nothing: everything stays"
+    );
+    let mut b = log
+        .subscribe("prune-b", &[topics::USER_EVENTS])
+        .await
+        .unwrap();
+    let got = poll_exactly(b.as_mut(), 4, 10).await;
+    b.commit(&got[..2]).await.unwrap();
+    let long_ago = chrono::Utc::now() - chrono::Duration::hours(1);
+    assert_eq!(
+        store.prune(events, long_ago, 100).await.unwrap(),
+        0,
+        "younger than the cut-off: kept"
+    );
+    let mut pruned = 0;
+    loop {
+        let batch = store.prune(events, later, 1).await.unwrap();
+        if batch == 0 {
+            break;
+        }
+        assert!(batch <= 4, "at most one per partition and batch");
+        pruned += batch;
+    }
+    let committed_by_b: std::collections::HashSet<(i32, i64)> =
+        got[..2].iter().map(|d| (d.partition, d.offset)).collect();
+    assert_eq!(
+        pruned,
+        committed_by_b.len() as u64,
+        "exactly what both groups are past"
+    );
+    b.commit(&got[2..]).await.unwrap();
+    assert_eq!(store.prune(events, later, 100).await.unwrap(), 2);
+
+    // The log goes on: new events reach both groups at the next offsets.
+    let next = user_registered(uuid::Uuid::now_v7());
+    append_committed(&store, std::slice::from_ref(&next)).await;
+    let got = poll_exactly(a.as_mut(), 1, 10).await;
+    assert_eq!(got[0].envelope.id, next.id);
+    assert_eq!(
+        store.prune(events, later, 100).await.unwrap(),
+        0,
+        "not yet committed by either"
+    );
+}

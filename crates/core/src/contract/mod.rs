@@ -73,6 +73,7 @@ macro_rules! store_scenarios {
             product_imports,
             product_views,
             live_channels,
+            retention,
         );
     };
 }

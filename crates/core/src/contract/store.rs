@@ -1836,3 +1836,98 @@ pub async fn live_channels(store: Arc<dyn Store>) {
         .unwrap();
     assert_eq!(everyones_latest, everyone[everyone.len() - 2..].to_vec());
 }
+
+// --- retention (issue 16) ---
+
+/// Retention of processed marks, idempotency keys and replayed dead
+/// letters: by age, in batches of at most `limit`, and nothing younger than
+/// the cut-off; a processed mark that stays still recognises a redelivery.
+pub async fn retention(store: Arc<dyn Store>) {
+    use crate::ports::store::Prunable;
+    let user = super::given_user(&store, "Retention").await;
+    let later = now() + secs(60);
+    let long_ago = now() - secs(3600);
+
+    let marks: Vec<uuid::Uuid> = (0..3).map(|_| uuid::Uuid::now_v7()).collect();
+    let mut tx = store.begin().await.unwrap();
+    for mark in &marks {
+        assert!(tx.mark_processed("email", *mark).await.unwrap());
+    }
+    assert_eq!(
+        tx.claim_idempotency_key(user.id, "retained", "hash")
+            .await
+            .unwrap(),
+        IdempotencyClaim::Claimed
+    );
+    let letter = dead_letter_of("email", 9, now());
+    assert!(tx.insert_dead_letter(&letter).await.unwrap());
+    let waiting = dead_letter_of("sms", 10, now());
+    assert!(tx.insert_dead_letter(&waiting).await.unwrap());
+    assert!(
+        tx.mark_dead_letter_replayed(letter.id, now())
+            .await
+            .unwrap()
+    );
+    tx.commit().await.unwrap();
+
+    for what in [
+        Prunable::ProcessedMarks,
+        Prunable::IdempotencyKeys,
+        Prunable::ReplayedDeadLetters,
+    ] {
+        assert_eq!(
+            store.prune(what, long_ago, 100).await.unwrap(),
+            0,
+            "{what:?} younger than the cut-off stay"
+        );
+    }
+    assert!(
+        store.is_processed("email", marks[0]).await.unwrap(),
+        "a redelivered event is still recognised while its mark is kept"
+    );
+    assert_eq!(
+        store
+            .prune(Prunable::ProcessedMarks, later, 2)
+            .await
+            .unwrap(),
+        2,
+        "a batch is at most its limit"
+    );
+    assert_eq!(
+        store
+            .prune(Prunable::ProcessedMarks, later, 2)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        store
+            .prune(Prunable::ProcessedMarks, later, 2)
+            .await
+            .unwrap(),
+        0
+    );
+    assert!(!store.is_processed("email", marks[0]).await.unwrap());
+    assert_eq!(
+        store
+            .prune(Prunable::IdempotencyKeys, later, 100)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        store
+            .prune(Prunable::ReplayedDeadLetters, later, 100)
+            .await
+            .unwrap(),
+        1,
+        "only the replayed one"
+    );
+    assert_eq!(store.dead_letter(letter.id).await.unwrap(), None);
+    assert!(store.dead_letter(waiting.id).await.unwrap().is_some());
+    assert_eq!(
+        store.prune(Prunable::SentOutbox, later, 100).await.unwrap(),
+        0,
+        "nothing was sent through an outbox here"
+    );
+}

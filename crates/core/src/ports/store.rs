@@ -366,6 +366,32 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Vec<DeadLetter>>;
     async fn dead_letter(&self, id: uuid::Uuid) -> StoreResult<Option<DeadLetter>>;
     async fn count_dead_letters(&self) -> StoreResult<i64>;
+    // --- retention ---
+    /// Deletes at most `limit` rows of `what` that are older than `before`
+    /// (see [`Prunable`]), in one short transaction that yields to requests;
+    /// how many it deleted.
+    async fn prune(&self, what: Prunable<'_>, before: Timestamp, limit: u32) -> StoreResult<u64>;
+}
+
+/// What retention deletes, each kind only once it cannot matter any more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prunable<'a> {
+    /// Events of the embedded log appended before the cut-off that every
+    /// group reading their topic has committed past: `(group, topics)` per
+    /// group. A partition where some group has no committed offset keeps
+    /// everything; a topic nobody reads is pruned by age alone.
+    Events {
+        subscriptions: &'a [(&'a str, &'a [&'a str])],
+    },
+    /// Processed marks (exactly-once). Kept longer than any event can be
+    /// redelivered: the services' retention makes sure of it.
+    ProcessedMarks,
+    /// Idempotency keys, answered or not, by when they were claimed.
+    IdempotencyKeys,
+    /// Outbox rows the relay has published, by when they were sent.
+    SentOutbox,
+    /// Dead letters that were replayed, by when they were replayed.
+    ReplayedDeadLetters,
 }
 
 /// A unit of work. All writes of a use case or a consumer go through one.

@@ -8,6 +8,7 @@ pub mod live;
 pub mod orders;
 pub mod queries;
 pub mod relay;
+pub mod retention;
 
 /// Locks `mutex`, going on with its data if a holder panicked: the
 /// services' maps stay usable (each update is a single step).

@@ -13,4 +13,5 @@ mod http;
 mod inline;
 mod live;
 mod orders;
+mod retention;
 mod security;
