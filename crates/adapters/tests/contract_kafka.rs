@@ -8,6 +8,16 @@
 //! `orderflow_testkit::kafka::shared`), and a [`KafkaEventLog`] reading it.
 //! Each test uses its own topic and group prefix, so tests share the broker
 //! without seeing each other.
+//!
+//! The log contract runs a second time with every client (the relay's
+//! producer, the log's consumers, the admin client) logging in with SASL
+//! SCRAM over plaintext to a broker that requires it
+//! (`orderflow_testkit::kafka::shared_authenticated`): SCRAM-SHA-512 for
+//! all scenarios, SCRAM-SHA-256 for the ones that publish, consume and
+//! commit. Here rather than in a file of its own because it is the same
+//! contract with other client settings: the settings are the only
+//! difference. What goes wrong with security settings (a wrong password,
+//! SASL/PLAIN, what is printed) is in `kafka_security.rs`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -50,12 +60,38 @@ impl Drop for Env {
     }
 }
 
+/// How the clients of a test log in.
+#[derive(Clone, Copy)]
+enum Login {
+    /// No authentication, on the shared plain broker.
+    Anonymous,
+    /// SASL SCRAM over plaintext, on the shared broker that requires it.
+    Scram(broker::Scram),
+}
+
 async fn settings() -> KafkaSettings {
-    let broker = tokio::task::spawn_blocking(broker::shared)
+    settings_as(Login::Anonymous).await
+}
+
+/// Fresh settings (a new prefix, the topics created) for a client that
+/// logs in as `login`.
+async fn settings_as(login: Login) -> KafkaSettings {
+    let start = match login {
+        Login::Anonymous => broker::shared,
+        Login::Scram(_) => broker::shared_authenticated,
+    };
+    let broker = tokio::task::spawn_blocking(start)
         .await
         .expect("broker start task")
         .expect("a Kafka-protocol broker (tansu) for the tests");
     let mut settings = KafkaSettings::new(broker.bootstrap());
+    if let Login::Scram(mechanism) = login {
+        settings.client_config.extend(broker::sasl_config(
+            mechanism,
+            broker::SASL_USER,
+            broker::SASL_PASSWORD,
+        ));
+    }
     settings.topic_prefix = broker::fresh_prefix();
     settings.partitions = PARTITIONS;
     // tansu 0.6 works around: one record per record batch. Its ListOffsets
@@ -72,11 +108,15 @@ async fn settings() -> KafkaSettings {
 }
 
 async fn fresh() -> Env {
-    fresh_with_groups(BTreeMap::new()).await
+    fresh_as(Login::Anonymous, BTreeMap::new()).await
 }
 
 async fn fresh_with_groups(groups: BTreeMap<String, Vec<String>>) -> Env {
-    let settings = settings().await;
+    fresh_as(Login::Anonymous, groups).await
+}
+
+async fn fresh_as(login: Login, groups: BTreeMap<String, Vec<String>>) -> Env {
+    let settings = settings_as(login).await;
     let dir = tempfile::tempdir().expect("temp dir");
     let url = format!("sqlite://{}", dir.path().join("orderflow.db").display());
     let sqlite = SqliteStore::connect(&url, 8).await.expect("connect");
@@ -106,10 +146,10 @@ async fn fresh_with_groups(groups: BTreeMap<String, Vec<String>>) -> Env {
 }
 
 macro_rules! log_scenario {
-    ($($name:ident),* $(,)?) => {$(
+    ($login:expr; $($name:ident),* $(,)?) => {$(
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
         async fn $name() {
-            let env = fresh().await;
+            let env = fresh_as($login, BTreeMap::new()).await;
             let log: Arc<dyn EventLog> = Arc::new(env.log.clone());
             log_contract::$name(log, env.store.clone()).await;
         }
@@ -119,7 +159,27 @@ macro_rules! log_scenario {
 mod log {
     use super::*;
 
-    orderflow_core::log_scenarios!(log_scenario);
+    orderflow_core::log_scenarios!(log_scenario; Login::Anonymous);
+}
+
+/// Every scenario, the clients logging in with SCRAM-SHA-512.
+mod log_over_scram_sha512 {
+    use super::*;
+
+    orderflow_core::log_scenarios!(log_scenario; Login::Scram(broker::Scram::Sha512));
+}
+
+/// The scenarios that publish, consume, commit and resume, with
+/// SCRAM-SHA-256 (the mechanism only changes the login).
+mod log_over_scram_sha256 {
+    use super::*;
+
+    log_scenario!(
+        Login::Scram(broker::Scram::Sha256);
+        poll_order_commit_and_resume,
+        groups_are_independent,
+        lag,
+    );
 }
 
 // --- Kafka-specific -------------------------------------------------------

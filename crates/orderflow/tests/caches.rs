@@ -66,35 +66,6 @@ async fn listed(client: &Client, id: &str) -> Value {
         .expect("the product is on the first page")
 }
 
-/// Places an order of `quantity` × `product` and waits (bounded) until it
-/// reaches a final status; that status.
-async fn order_to_the_end(client: &Client, token: &str, product: &str, quantity: u32) -> String {
-    let placed = client
-        .http
-        .post(format!("{}/api/v1/orders", client.base))
-        .bearer_auth(token)
-        .header("idempotency-key", uuid::Uuid::now_v7().to_string())
-        .json(&json!({"items": [{"product_id": product, "quantity": quantity}]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(placed.status(), 201);
-    let id = placed.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let order = client.get(&format!("/orders/{id}"), token).await;
-        let status = order["status"].as_str().unwrap().to_owned();
-        if ["confirmed", "rejected", "payment_failed", "cancelled"].contains(&status.as_str()) {
-            return status;
-        }
-        assert!(Instant::now() < deadline, "order {id} stuck at {status}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// Reads `id` from `client` until `check` holds (bounded: pub/sub delivery
 /// to another process is asynchronous). Timing is measured by the bench,
 /// not here; the bound only keeps a broken build from hanging.
@@ -223,10 +194,7 @@ async fn every_change_shows_on_both_apis(redis: &[(&str, &str)]) {
     // commits with the change, so a read may come a moment before the
     // message: hence `eventually`, bounded.)
     let shopper = first.shopper("coherent@example.com").await;
-    assert_eq!(
-        order_to_the_end(&second, &shopper, &id, 2).await,
-        "confirmed"
-    );
+    assert_eq!(second.order_to_the_end(&shopper, &id, 2).await, "confirmed");
     for api in apis {
         eventually(api, &id, "reservation", |p| {
             p["stock"] == 18 && p["version"] == 2
@@ -238,7 +206,7 @@ async fn every_change_shows_on_both_apis(redis: &[(&str, &str)]) {
     // A declined payment: reserved (version 3), then released (version 4).
     // A cache that missed either change would show another version.
     assert_eq!(
-        order_to_the_end(&first, &shopper, &id, 5).await,
+        first.order_to_the_end(&shopper, &id, 5).await,
         "payment_failed"
     );
     for api in apis {

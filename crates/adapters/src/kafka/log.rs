@@ -62,7 +62,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::stall::StallWatch;
-use super::{KafkaSettings, REQUEST_TIMEOUT, kafka_err};
+use super::{KafkaSettings, ProbeClient, REQUEST_TIMEOUT, kafka_err, probe_client, reach};
 
 /// How long `subscribe` waits for the member's first assignment.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -100,8 +100,9 @@ struct LogInner {
     groups: BTreeMap<String, BTreeSet<String>>,
     /// Groups subscribed through this log, with their topics.
     subscribed: Mutex<BTreeMap<String, BTreeSet<String>>>,
-    /// A consumer outside any group, for metadata and watermarks.
-    metadata: Arc<BaseConsumer>,
+    /// A consumer outside any group, for metadata and watermarks. Its
+    /// context keeps a refused login or TLS handshake, for [`EventLog::ping`].
+    metadata: Arc<ProbeClient>,
     /// Per group, a consumer that never subscribes: only reads the group's
     /// committed offsets (OffsetFetch) for `lag`.
     offset_readers: Mutex<HashMap<String, Arc<BaseConsumer>>>,
@@ -133,10 +134,7 @@ impl KafkaEventLog {
     /// consumer group to the topics it reads (unprefixed), so that `lag`
     /// covers groups whose members run in other processes.
     pub fn new(settings: KafkaSettings, groups: BTreeMap<String, Vec<String>>) -> LogResult<Self> {
-        let metadata: BaseConsumer = settings
-            .client_config(&[])
-            .create()
-            .map_err(|e| kafka_err("creating the Kafka metadata client", e))?;
+        let metadata = probe_client(&settings)?;
         Ok(Self {
             inner: Arc::new(LogInner {
                 groups: groups
@@ -309,14 +307,9 @@ impl EventLog for KafkaEventLog {
 
     async fn ping(&self) -> LogResult<()> {
         let metadata = self.inner.metadata.clone();
-        tokio::task::spawn_blocking(move || {
-            metadata
-                .fetch_metadata(None, REQUEST_TIMEOUT)
-                .map(|_| ())
-                .map_err(|e| kafka_err("fetching Kafka metadata", e))
-        })
-        .await
-        .map_err(task_err)?
+        tokio::task::spawn_blocking(move || reach(&metadata, "fetching Kafka metadata"))
+            .await
+            .map_err(task_err)?
     }
 }
 

@@ -37,7 +37,8 @@ use orderflow_core::ports::log::{LogError, LogResult};
 use orderflow_domain::events::topics;
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
 pub use log::{KafkaEventLog, KafkaSubscription};
@@ -102,8 +103,10 @@ impl KafkaSettings {
 
     /// The configuration every client starts from: the brokers, then
     /// `overrides` (the client kind's own settings), then the operator's
-    /// pass-through settings.
-    pub(crate) fn client_config(&self, overrides: &[(&str, &str)]) -> ClientConfig {
+    /// pass-through settings. Public so that a test can read back, through
+    /// librdkafka (`create_native_config()?.get(name)`), exactly what an
+    /// operator's security settings became.
+    pub fn client_config(&self, overrides: &[(&str, &str)]) -> ClientConfig {
         let mut config = ClientConfig::new();
         config.set("bootstrap.servers", &self.brokers);
         for (key, value) in overrides {
@@ -151,8 +154,26 @@ impl std::fmt::Debug for KafkaSettings {
 /// Maps a librdkafka error onto the port's error: the broker being
 /// unreachable or slow is `Unavailable` (worth retrying); anything else is
 /// `Backend`.
+///
+/// A rejected setting is told by its name only: `rdkafka` prints the value
+/// too, and the value may be a password under a misspelt name
+/// (`sasl.pasword=…`, which no list of secret names would recognise).
 pub(crate) fn kafka_err(context: &str, error: KafkaError) -> LogError {
     use RDKafkaErrorCode as Code;
+    if let KafkaError::ClientConfig(_, description, name, value) = &error {
+        // librdkafka's own description names the property and, for
+        // validated kinds (enumerations, lists), quotes the value in one of
+        // two forms: cut those out too.
+        let hidden = "<value not shown>";
+        let description = description.replace(&format!("\"{value}\""), &format!("\"{hidden}\""));
+        let description = match description.strip_suffix(&format!(": {value}")) {
+            Some(head) if !value.is_empty() => format!("{head}: {hidden}"),
+            _ => description,
+        };
+        return LogError::Backend(format!(
+            "{context}: librdkafka refused the setting {name:?}: {description}"
+        ));
+    }
     let transient = matches!(
         error.rdkafka_error_code(),
         Some(
@@ -184,11 +205,113 @@ pub(crate) fn kafka_err(context: &str, error: KafkaError) -> LogError {
     }
 }
 
+/// The context of the clients that check that the brokers can be reached
+/// (see [`reach`]): it keeps the reason of a refusal that retrying will not
+/// heal, a failed SASL login or TLS handshake.
+///
+/// Why: librdkafka reports those only as an event for this callback and
+/// then retries the connection for ever, so a request waiting for the
+/// connection only ends "Local: Timed out" a minute later. librdkafka's
+/// reason names the broker, the mechanism and the user, never the password.
+#[derive(Default)]
+pub(crate) struct ConnectionContext {
+    refusal: std::sync::Mutex<Option<String>>,
+}
+
+impl ConnectionContext {
+    fn refusal(&self) -> std::sync::MutexGuard<'_, Option<String>> {
+        self.refusal
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl ClientContext for ConnectionContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        use RDKafkaErrorCode as Code;
+        let what = match error.rdkafka_error_code() {
+            Some(
+                Code::Authentication
+                | Code::SaslAuthenticationFailed
+                | Code::UnsupportedSASLMechanism
+                | Code::IllegalSASLState,
+            ) => {
+                "Kafka authentication failed (check security.protocol, sasl.mechanism, \
+                 sasl.username and sasl.password)"
+            }
+            Some(Code::SSL) => {
+                "TLS with Kafka failed (check security.protocol and ssl.ca.location, \
+                 and that the brokers' listener speaks TLS)"
+            }
+            _ => {
+                tracing::warn!(%error, reason, "Kafka client error");
+                return;
+            }
+        };
+        tracing::error!(%error, reason, "{what}");
+        *self.refusal() = Some(format!("{what}: {reason}"));
+    }
+}
+
+impl ConsumerContext for ConnectionContext {}
+
+/// A client outside any group whose events [`reach`] serves.
+pub(crate) type ProbeClient = BaseConsumer<ConnectionContext>;
+
+pub(crate) fn probe_client(settings: &KafkaSettings) -> LogResult<ProbeClient> {
+    settings
+        .client_config(&[])
+        .create_with_context(ConnectionContext::default())
+        .map_err(|e| kafka_err("creating the Kafka metadata client", e))
+}
+
+/// Fetches the cluster's metadata with `client` (blocking, at most
+/// [`REQUEST_TIMEOUT`]), serving the client's events meanwhile: a refused
+/// login or TLS handshake ends it at once with an error that says so,
+/// instead of a time-out. A success forgets an earlier refusal (the
+/// credentials were fixed on the brokers' side).
+pub(crate) fn reach(client: &ProbeClient, what: &str) -> LogResult<()> {
+    let deadline = std::time::Instant::now() + REQUEST_TIMEOUT;
+    loop {
+        let error = match client.fetch_metadata(None, Duration::from_millis(250)) {
+            Ok(_) => {
+                *client.context().refusal() = None;
+                return Ok(());
+            }
+            Err(e) => e,
+        };
+        // Without a group, `poll` serves the main queue, where librdkafka
+        // puts its log and error events, handing errors to
+        // `ConnectionContext::error`. It returns early only for an error;
+        // log events (many with `debug` set) are served until the time is up.
+        let served_until = std::time::Instant::now() + Duration::from_millis(100);
+        while let Some(left) = served_until.checked_duration_since(std::time::Instant::now()) {
+            if client.poll(left).is_none() {
+                break;
+            }
+        }
+        if let Some(reason) = client.context().refusal().clone() {
+            return Err(LogError::Backend(format!("{what}: {reason}")));
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(kafka_err(what, error));
+        }
+    }
+}
+
 /// Creates every orderflow topic (`orderflow_domain::events::topics::ALL`,
 /// `failed.messages` included) that does not exist yet, with the configured
 /// partitions and replication, and waits until the broker lists them all.
 /// Topics that exist are left as they are (their partition count included).
+///
+/// It is the first call that reaches the brokers at start-up, so it first
+/// checks that they can be reached ([`reach`]): a refused login or TLS
+/// handshake fails start-up at once, saying so, instead of a time-out.
 pub async fn ensure_topics(settings: &KafkaSettings) -> LogResult<()> {
+    let probe = probe_client(settings)?;
+    tokio::task::spawn_blocking(move || reach(&probe, "connecting to Kafka"))
+        .await
+        .map_err(|e| LogError::Backend(format!("connection check task failed: {e}")))??;
     let admin: AdminClient<DefaultClientContext> = settings
         .client_config(&[])
         .create()
@@ -271,6 +394,33 @@ mod tests {
         let shown = format!("{settings:?}");
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(shown.contains("SASL_SSL"), "{shown}");
+    }
+
+    /// The error of a setting librdkafka refuses names the setting, never
+    /// its value: `rdkafka`'s own message ends with the value, and a
+    /// misspelt secret (`sasl.pasword`) is refused as unknown.
+    #[test]
+    fn a_refused_setting_is_named_without_its_value() {
+        for (name, value, says) in [
+            ("sasl.pasword", "hunter2", "No such configuration property"),
+            ("security.protocol", "hunter2", "Invalid value"),
+            ("ssl.key.password", "hunter2\0", "nul error"),
+        ] {
+            let mut settings = KafkaSettings::new("k1:9092");
+            settings.client_config.insert(name.into(), value.into());
+            let error = settings
+                .client_config(&[])
+                .create::<BaseConsumer>()
+                .map(|_| ())
+                .map_err(|e| kafka_err("creating a client", e))
+                .expect_err("refused");
+            let shown = error.to_string();
+            assert!(shown.contains(says), "{shown}");
+            assert!(!shown.contains("hunter2"), "{shown}");
+            if !value.contains('\0') {
+                assert!(shown.contains(name), "{shown}");
+            }
+        }
     }
 
     #[test]

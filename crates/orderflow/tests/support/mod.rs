@@ -176,6 +176,35 @@ impl Client {
         answer["access_token"].as_str().unwrap().to_owned()
     }
 
+    /// Places an order of `quantity` × `product` as `token` and waits
+    /// (bounded) until it reaches a final status; that status.
+    pub async fn order_to_the_end(&self, token: &str, product: &str, quantity: u32) -> String {
+        let placed = self
+            .http
+            .post(format!("{}/api/v1/orders", self.base))
+            .bearer_auth(token)
+            .header("idempotency-key", uuid::Uuid::now_v7().to_string())
+            .json(&json!({"items": [{"product_id": product, "quantity": quantity}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(placed.status(), 201);
+        let id = placed.json::<Value>().await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let order = self.get(&format!("/orders/{id}"), token).await;
+            let status = order["status"].as_str().unwrap().to_owned();
+            if ["confirmed", "rejected", "payment_failed", "cancelled"].contains(&status.as_str()) {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "order {id} stuck at {status}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Creates a product as `admin`; its id.
     pub async fn product(&self, admin: &str, sku: &str, price_cents: i64, stock: i64) -> String {
         let body = json!({"sku": sku, "name": "Mug", "price_cents": price_cents, "currency": "EUR", "stock": stock});
