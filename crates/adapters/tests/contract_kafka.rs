@@ -9,15 +9,17 @@
 //! Each test uses its own topic and group prefix, so tests share the broker
 //! without seeing each other.
 //!
-//! The log contract runs a second time with every client (the relay's
-//! producer, the log's consumers, the admin client) logging in with SASL
-//! SCRAM over plaintext to a broker that requires it
-//! (`orderflow_testkit::kafka::shared_authenticated`): SCRAM-SHA-512 for
-//! all scenarios, SCRAM-SHA-256 for the ones that publish, consume and
-//! commit. Here rather than in a file of its own because it is the same
-//! contract with other client settings: the settings are the only
-//! difference. What goes wrong with security settings (a wrong password,
-//! SASL/PLAIN, what is printed) is in `kafka_security.rs`.
+//! The log contract runs again with every client (the relay's producer,
+//! the log's consumers, the admin client) logging in with SASL SCRAM to a
+//! broker that requires it (`orderflow_testkit::kafka::shared_authenticated`):
+//! over plaintext with SCRAM-SHA-512 (all scenarios) and SCRAM-SHA-256 (the
+//! ones that publish, consume and commit); and over mutual TLS with
+//! SCRAM-SHA-512 (all scenarios), through the TLS terminator the testkit
+//! puts in front of tansu (which serves no TLS itself;
+//! `shared_authenticated_tls`). Here rather than in a file of its own
+//! because it is the same contract with other client settings: the
+//! settings are the only difference. What goes wrong with security settings
+//! (a wrong password or CA, SASL/PLAIN) is in `kafka_security.rs`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -67,6 +69,8 @@ enum Login {
     Anonymous,
     /// SASL SCRAM over plaintext, on the shared broker that requires it.
     Scram(broker::Scram),
+    /// SASL SCRAM over mutual TLS, on that broker behind a TLS terminator.
+    ScramOverTls(broker::Scram),
 }
 
 async fn settings() -> KafkaSettings {
@@ -79,19 +83,22 @@ async fn settings_as(login: Login) -> KafkaSettings {
     let start = match login {
         Login::Anonymous => broker::shared,
         Login::Scram(_) => broker::shared_authenticated,
+        Login::ScramOverTls(_) => broker::shared_authenticated_tls,
     };
     let broker = tokio::task::spawn_blocking(start)
         .await
         .expect("broker start task")
         .expect("a Kafka-protocol broker (tansu) for the tests");
     let mut settings = KafkaSettings::new(broker.bootstrap());
-    if let Login::Scram(mechanism) = login {
-        settings.client_config.extend(broker::sasl_config(
-            mechanism,
-            broker::SASL_USER,
-            broker::SASL_PASSWORD,
-        ));
-    }
+    let (user, password) = (broker::SASL_USER, broker::SASL_PASSWORD);
+    settings.client_config.extend(match login {
+        Login::Anonymous => Vec::new(),
+        Login::Scram(mechanism) => broker::sasl_config(mechanism, user, password),
+        Login::ScramOverTls(mechanism) => {
+            let pki = broker.pki().expect("the TLS terminator's certificates");
+            broker::sasl_ssl_config(mechanism, user, password, pki)
+        }
+    });
     settings.topic_prefix = broker::fresh_prefix();
     settings.partitions = PARTITIONS;
     // tansu 0.6 works around: one record per record batch. Its ListOffsets
@@ -167,6 +174,15 @@ mod log_over_scram_sha512 {
     use super::*;
 
     orderflow_core::log_scenarios!(log_scenario; Login::Scram(broker::Scram::Sha512));
+}
+
+/// Every scenario, the clients logging in with SCRAM-SHA-512 inside mutual
+/// TLS (the broker's certificate checked against the test CA and its name,
+/// the client's certificate required).
+mod log_over_mutual_tls_and_scram_sha512 {
+    use super::*;
+
+    orderflow_core::log_scenarios!(log_scenario; Login::ScramOverTls(broker::Scram::Sha512));
 }
 
 /// The scenarios that publish, consume, commit and resume, with

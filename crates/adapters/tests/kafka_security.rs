@@ -6,8 +6,10 @@
 //!
 //! The broker is `tansu` 0.6 with `--authentication`
 //! (`orderflow_testkit::kafka::shared_authenticated`): SASL SCRAM-SHA-256
-//! and SCRAM-SHA-512 over plaintext. It offers no SASL/PLAIN and serves no
-//! TLS, so neither is tested against it here.
+//! and SCRAM-SHA-512. It offers no SASL/PLAIN, so PLAIN is not tested. It
+//! serves no TLS either: the TLS tests go through the testkit's TLS
+//! terminator in front of it (`shared_authenticated_tls`, mutual TLS with a
+//! CA made in the test), which checks the client's side of TLS for real.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -15,6 +17,7 @@ use std::time::{Duration, Instant};
 use orderflow_adapters::kafka::{KafkaEventLog, KafkaSettings, ensure_topics};
 use orderflow_core::ports::log::{EventLog, LogError};
 use orderflow_testkit::kafka::{self as broker, Scram};
+use orderflow_testkit::pki::TestPki;
 
 /// Well under librdkafka's own time-outs (a minute for a request): a
 /// refused login must not look like a slow broker.
@@ -145,6 +148,91 @@ async fn tansu_offers_no_plain_and_the_refusal_is_clear() {
         "{text}"
     );
     assert!(!text.contains(broker::SASL_PASSWORD), "{text}");
+}
+
+async fn tls_broker() -> &'static broker::KafkaBroker {
+    tokio::task::spawn_blocking(broker::shared_authenticated_tls)
+        .await
+        .expect("broker start task")
+        .expect("tansu with --authentication behind the TLS terminator")
+}
+
+/// Settings for the broker behind TLS: SCRAM-SHA-512 inside mutual TLS
+/// with its certificates, then `change` applied to the librdkafka
+/// properties.
+async fn tls_settings(change: impl Fn(&mut BTreeMap<String, String>)) -> KafkaSettings {
+    let broker = tls_broker().await;
+    let pki = broker.pki().expect("the terminator's certificates");
+    let mut settings = KafkaSettings::new(broker.bootstrap());
+    settings.topic_prefix = broker::fresh_prefix();
+    settings.partitions = 2;
+    settings.client_config.extend(broker::sasl_ssl_config(
+        Scram::Sha512,
+        broker::SASL_USER,
+        broker::SASL_PASSWORD,
+        pki,
+    ));
+    change(&mut settings.client_config);
+    settings
+}
+
+/// What the TLS tests accept as a clear failure: quick, saying TLS failed,
+/// no secret in it.
+async fn fails_naming_tls(settings: &KafkaSettings) -> String {
+    let started = Instant::now();
+    let error = ensure_topics(settings).await.expect_err("refused");
+    let text = message(&error);
+    eprintln!("after {:.1?}: {text}", started.elapsed());
+    assert!(started.elapsed() < AT_ONCE, "{text}");
+    assert!(text.contains("TLS with Kafka failed"), "{text}");
+    assert!(!text.contains(broker::SASL_PASSWORD), "{text}");
+    text
+}
+
+/// With its own certificates the client gets through the terminator (the
+/// contract over TLS is in `contract_kafka.rs`); trusting another CA, it
+/// refuses the broker at once, saying TLS failed and why (the certificate
+/// does not verify), so `ssl.ca.location` is really what decides.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_broker_is_verified_against_ssl_ca_location() {
+    ensure_topics(&tls_settings(|_| {}).await)
+        .await
+        .expect("the test CA verifies the broker");
+
+    let other = TestPki::generate().unwrap();
+    let ca = other.ca_cert().display().to_string();
+    let settings = tls_settings(|config| {
+        config.insert("ssl.ca.location".into(), ca.clone());
+    })
+    .await;
+    let text = fails_naming_tls(&settings).await;
+    assert!(text.contains("certificate verify failed"), "{text}");
+}
+
+/// The terminator requires a client certificate: a client without one
+/// (no `ssl.certificate.location` / `ssl.key.location`) is refused, and
+/// the failure says TLS failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mutual_tls_refuses_a_client_without_a_certificate() {
+    let settings = tls_settings(|config| {
+        config.remove("ssl.certificate.location");
+        config.remove("ssl.key.location");
+    })
+    .await;
+    fails_naming_tls(&settings).await;
+}
+
+/// A wrong password inside TLS: the handshake succeeds, the login does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_wrong_password_inside_tls_names_authentication() {
+    let settings = tls_settings(|config| {
+        config.insert("sasl.password".into(), "not-it".into());
+    })
+    .await;
+    let error = ensure_topics(&settings).await.expect_err("refused");
+    let text = message(&error);
+    assert!(text.contains("Kafka authentication failed"), "{text}");
+    assert!(text.contains("sasl_ssl://"), "{text}");
 }
 
 /// The bundled librdkafka (rdkafka-sys, built with OpenSSL) has what the

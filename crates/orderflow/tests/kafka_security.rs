@@ -5,12 +5,11 @@
 //!
 //! The broker is `tansu` 0.6 with `--authentication`
 //! (`orderflow_testkit::kafka::shared_authenticated`): SASL SCRAM-SHA-256
-//! and -512 over plaintext. It serves no TLS (its `--cert`/`--key` build a
-//! TLS acceptor that its accept loop never uses), so for TLS these tests
-//! prove what orderflow controls: the TLS settings arrive in librdkafka as
-//! written, and librdkafka loads the CA, the client certificate and its key
-//! from them (a client is created; a wrong path fails naming the setting).
-//! No TLS handshake with a Kafka broker is tested.
+//! and -512. It serves no TLS itself (its `--cert`/`--key` build a TLS
+//! acceptor that its accept loop never uses), so the TLS run goes through
+//! the testkit's TLS terminator in front of it (`shared_authenticated_tls`:
+//! mutual TLS, a CA made in the test): orderflow's side of TLS is real, a
+//! Kafka broker's TLS listener is not tested.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -202,24 +201,19 @@ fn a_malformed_kafka_config_entry_is_not_printed() {
     assert!(!error.contains("hunter2"), "{error}");
 }
 
-/// The environment of an `orderflow` process on the authenticated test
-/// broker (a fresh topic prefix), logging in as the test user with
-/// `password`: the librdkafka settings as one `ORDERFLOW_KAFKA_CONFIG`,
-/// with tansu's work-arounds (see `scaled.rs`: one record per batch,
-/// sessions long enough for its slow JoinGroup) and `extra` entries, then
+/// The environment of an `orderflow` process on `broker` (a fresh topic
+/// prefix) with the librdkafka properties `security` and `extra` as one
+/// `ORDERFLOW_KAFKA_CONFIG`, with tansu's work-arounds (see `scaled.rs`:
+/// one record per batch, sessions long enough for its slow JoinGroup), then
 /// the `more` variables.
-async fn environment(
+fn environment(
     data_dir: &std::path::Path,
-    mechanism: broker::Scram,
-    password: &str,
+    broker: &broker::KafkaBroker,
+    security: Vec<(String, String)>,
     extra: &str,
     more: &[(&str, &str)],
 ) -> Vec<(String, String)> {
-    let broker = tokio::task::spawn_blocking(broker::shared_authenticated)
-        .await
-        .unwrap()
-        .expect("tansu with --authentication");
-    let mut entries: Vec<String> = broker::sasl_config(mechanism, broker::SASL_USER, password)
+    let mut entries: Vec<String> = security
         .into_iter()
         .map(|(name, value)| format!("{name}={value}"))
         .collect();
@@ -243,21 +237,27 @@ async fn environment(
 }
 
 /// The real binary, every role in one process (`orderflow serve`), over
-/// SASL SCRAM-SHA-512 with the settings in `ORDERFLOW_KAFKA_CONFIG`: an
-/// order goes through the outbox relay, Kafka and every consumer group to
-/// `confirmed`. Its log says it runs on Kafka, and the password is nowhere
-/// in it.
+/// SASL SCRAM-SHA-512 inside mutual TLS, every setting in
+/// `ORDERFLOW_KAFKA_CONFIG` (`security.protocol=SASL_SSL`, the SASL
+/// user and password, `ssl.ca.location`, `ssl.certificate.location`,
+/// `ssl.key.location`): an order goes through the outbox relay, Kafka and
+/// every consumer group to `confirmed`. Its log says it runs on Kafka, and
+/// the password is nowhere in it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn orderflow_serves_an_order_over_sasl_scram() {
-    let work = tempfile::tempdir().unwrap();
-    let env = environment(
-        &work.path().join("data"),
+async fn orderflow_serves_an_order_over_mutual_tls_and_sasl_scram() {
+    let broker = tokio::task::spawn_blocking(broker::shared_authenticated_tls)
+        .await
+        .unwrap()
+        .expect("tansu with --authentication behind the TLS terminator");
+    let pki = broker.pki().expect("the terminator's certificates");
+    let security = broker::sasl_ssl_config(
         broker::Scram::Sha512,
+        broker::SASL_USER,
         broker::SASL_PASSWORD,
-        "",
-        &[],
-    )
-    .await;
+        pki,
+    );
+    let work = tempfile::tempdir().unwrap();
+    let env = environment(&work.path().join("data"), broker, security, "", &[]);
     let (mut serve, client) = http_process("serve", "serve", &env, work.path()).await;
     let admin = client.login(ADMIN_EMAIL, ADMIN_PASSWORD).await;
     let product = client.product(&admin, "SASL-MUG", 900, 5).await;
@@ -287,15 +287,19 @@ async fn orderflow_serves_an_order_over_sasl_scram() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_wrong_password_stops_orderflow_at_start_up() {
     const WRONG: &str = "wrong=Pa$$word/42";
+    let broker = tokio::task::spawn_blocking(broker::shared_authenticated)
+        .await
+        .unwrap()
+        .expect("tansu with --authentication");
+    let security = broker::sasl_config(broker::Scram::Sha256, broker::SASL_USER, WRONG);
     let work = tempfile::tempdir().unwrap();
     let env = environment(
         &work.path().join("data"),
-        broker::Scram::Sha256,
-        WRONG,
+        broker,
+        security,
         "debug=security,conf,broker",
         &[("RUST_LOG", "info,librdkafka=debug")],
-    )
-    .await;
+    );
     let listen = format!("127.0.0.1:{}", orderflow_testkit::free_port());
     let started = std::time::Instant::now();
     let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_orderflow"))

@@ -14,9 +14,17 @@
 //! [`KafkaBroker::start_authenticated`] (and [`shared_authenticated`]) runs
 //! one that requires SASL SCRAM (`tansu broker --authentication`), with
 //! users made by `tansu user create`; [`sasl_config`] gives a client's
-//! librdkafka properties for it. tansu 0.6 serves no TLS (its `--cert` and
-//! `--key` build a TLS acceptor that the accept loop never uses), so there
-//! is no TLS broker here.
+//! librdkafka properties for it.
+//!
+//! tansu 0.6 serves no TLS: its `--cert` and `--key` build a TLS acceptor
+//! (`tansu-broker` `src/broker.rs`, `let _acceptor = …`) that the accept
+//! loop never uses; connections are served as plain TCP. So
+//! [`KafkaBroker::start_authenticated_behind_tls`] (and
+//! [`shared_authenticated_tls`]) puts a TLS terminator of this crate in
+//! front of an authenticating tansu, with a CA made in the test, and has
+//! tansu advertise the terminator's address: every connection a client
+//! makes is TLS (the client's side of TLS is real), while the broker
+//! itself still speaks plaintext behind it.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -26,7 +34,10 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
+use crate::pki::TestPki;
 use crate::{ServerProcess, find_program, free_port, wait_for_port};
+
+mod tls_front;
 
 const INSTALL_HINT: &str =
     "install it with `cargo install --locked tansu@0.6.0 --features dynostore,libsql,postgres`";
@@ -54,22 +65,25 @@ fn broker_dir() -> anyhow::Result<tempfile::TempDir> {
 }
 
 /// Starts `tansu broker` in `dir` on a free port with `storage`, and waits
-/// until it accepts connections. On failure the error carries the end of
-/// the broker's log.
+/// until it accepts connections. It advertises its own port, or
+/// `advertised` (a TLS terminator's). On failure the error carries the end
+/// of the broker's log.
 fn spawn(
     program: &Path,
     dir: &tempfile::TempDir,
     storage: &str,
     authentication: bool,
+    advertised: Option<u16>,
 ) -> anyhow::Result<(u16, ServerProcess)> {
     let port = free_port();
     let url = format!("tcp://127.0.0.1:{port}");
+    let advertised = format!("tcp://127.0.0.1:{}", advertised.unwrap_or(port));
     let mut args: Vec<OsString> = [
         "broker",
         "--listener-url",
         url.as_str(),
         "--advertised-listener-url",
-        url.as_str(),
+        advertised.as_str(),
         "--storage-engine",
         storage,
         "--cluster-id",
@@ -93,6 +107,22 @@ fn spawn(
     let lines: Vec<&str> = output.lines().collect();
     let tail = lines[lines.len().saturating_sub(20)..].join("\n");
     Err(error.context(format!("tansu log:\n{tail}")))
+}
+
+/// An authenticating tansu in `dir` that knows `users`: made on a broker
+/// without authentication, which is then stopped, over the same SQLite
+/// file (see [`KafkaBroker::start_authenticated`] for why).
+fn spawn_authenticated(
+    program: &Path,
+    dir: &tempfile::TempDir,
+    users: &[(&str, &str)],
+    advertised: Option<u16>,
+) -> anyhow::Result<(u16, ServerProcess)> {
+    let (port, setup) = spawn(program, dir, SQLITE_STORAGE, false, None)?;
+    create_users(program, port, users)?;
+    // Stopped (TERM, waited for) before the second start opens the file.
+    drop(setup);
+    spawn(program, dir, SQLITE_STORAGE, true, advertised)
 }
 
 /// `tansu user create` for every user and both SCRAM mechanisms, against
@@ -166,11 +196,46 @@ pub fn sasl_config(mechanism: Scram, user: &str, password: &str) -> Vec<(String,
     .collect()
 }
 
+/// The same over TLS (`SASL_SSL`) to a broker behind the TLS terminator of
+/// `pki`: its CA to verify the broker, and the client certificate and key
+/// that mutual TLS asks for. The broker's name is checked too (librdkafka's
+/// default `ssl.endpoint.identification.algorithm=https`; the certificate
+/// names 127.0.0.1).
+pub fn sasl_ssl_config(
+    mechanism: Scram,
+    user: &str,
+    password: &str,
+    pki: &TestPki,
+) -> Vec<(String, String)> {
+    let mut config = sasl_config(mechanism, user, password);
+    config[0].1 = "SASL_SSL".into();
+    for (name, path) in [
+        ("ssl.ca.location", pki.ca_cert()),
+        ("ssl.certificate.location", pki.client_cert()),
+        ("ssl.key.location", pki.client_key()),
+    ] {
+        config.push((name.to_owned(), path.display().to_string()));
+    }
+    config
+}
+
+/// What one start attempt made: the port clients connect to, the broker,
+/// and, when a TLS terminator is wanted, its bound listener, the broker's
+/// own port and whether client certificates are required.
+type Attempt = (
+    u16,
+    ServerProcess,
+    Option<(std::net::TcpListener, u16, bool)>,
+);
+
 /// One `tansu broker` on `127.0.0.1:port`: in-memory storage, or (with
-/// authentication) a SQLite file in its temporary directory.
+/// authentication) a SQLite file in its temporary directory; `port` is the
+/// TLS terminator's when there is one.
 pub struct KafkaBroker {
     port: u16,
     dir: tempfile::TempDir,
+    /// The TLS terminator in front, and the CA and certificates it uses.
+    tls: Option<(tls_front::TlsFront, TestPki)>,
     _process: ServerProcess,
 }
 
@@ -186,7 +251,10 @@ impl std::fmt::Debug for KafkaBroker {
 impl KafkaBroker {
     /// Starts a broker on a free port and waits until it accepts connections.
     pub fn start() -> anyhow::Result<KafkaBroker> {
-        KafkaBroker::start_with(|program, dir| spawn(program, dir, MEMORY_STORAGE, false))
+        KafkaBroker::start_with(None, |program, dir| {
+            let (port, process) = spawn(program, dir, MEMORY_STORAGE, false, None)?;
+            Ok((port, process, None))
+        })
     }
 
     /// Starts a broker that requires SASL authentication
@@ -205,30 +273,57 @@ impl KafkaBroker {
     /// in all). SASL/PLAIN is not offered: tansu builds its SASL server
     /// (rsasl) with SCRAM and OAUTHBEARER only.
     pub fn start_authenticated(users: &[(&str, &str)]) -> anyhow::Result<KafkaBroker> {
-        KafkaBroker::start_with(|program, dir| {
-            let (port, setup) = spawn(program, dir, SQLITE_STORAGE, false)?;
-            create_users(program, port, users)?;
-            // Stopped (TERM, waited for) before the second start opens the
-            // same file.
-            drop(setup);
-            spawn(program, dir, SQLITE_STORAGE, true)
+        KafkaBroker::start_with(None, |program, dir| {
+            let (port, process) = spawn_authenticated(program, dir, users, None)?;
+            Ok((port, process, None))
+        })
+    }
+
+    /// [`KafkaBroker::start_authenticated`], reachable only through a TLS
+    /// terminator with `pki`'s server certificate (for 127.0.0.1 and
+    /// localhost), which tansu advertises as its address; with
+    /// `client_auth`, the terminator also requires a client certificate
+    /// signed by `pki`'s CA (mutual TLS). See the module's notes on why.
+    pub fn start_authenticated_behind_tls(
+        users: &[(&str, &str)],
+        pki: TestPki,
+        client_auth: bool,
+    ) -> anyhow::Result<KafkaBroker> {
+        KafkaBroker::start_with(Some(pki), |program, dir| {
+            // Bound first: tansu must advertise its port from the start.
+            let front = std::net::TcpListener::bind("127.0.0.1:0")
+                .context("binding the TLS terminator's port")?;
+            let front_port = front.local_addr()?.port();
+            let (port, process) = spawn_authenticated(program, dir, users, Some(front_port))?;
+            Ok((front_port, process, Some((front, port, client_auth))))
         })
     }
 
     /// Runs `attempt` in a fresh directory up to three times: a port
     /// someone grabbed between `free_port` and the bind means another try.
+    /// An attempt that asks for a TLS terminator (its listener, the
+    /// broker's port, whether client certificates are required) gets one
+    /// with `pki`.
     fn start_with(
-        attempt: impl Fn(&Path, &tempfile::TempDir) -> anyhow::Result<(u16, ServerProcess)>,
+        pki: Option<TestPki>,
+        attempt: impl Fn(&Path, &tempfile::TempDir) -> anyhow::Result<Attempt>,
     ) -> anyhow::Result<KafkaBroker> {
         let program = tansu()?;
         let mut last_error = None;
         for _ in 0..3 {
             let dir = broker_dir()?;
             match attempt(&program, &dir) {
-                Ok((port, process)) => {
+                Ok((port, process, front)) => {
+                    let tls = match (front, &pki) {
+                        (Some((listener, backend, client_auth)), Some(pki)) => Some(
+                            tls_front::TlsFront::start(listener, backend, pki, client_auth)?,
+                        ),
+                        _ => None,
+                    };
                     return Ok(KafkaBroker {
                         port,
                         dir,
+                        tls: tls.zip(pki),
                         _process: process,
                     });
                 }
@@ -236,6 +331,11 @@ impl KafkaBroker {
             }
         }
         Err(last_error.expect("at least one attempt"))
+    }
+
+    /// The CA and certificates of the TLS terminator in front, if any.
+    pub fn pki(&self) -> Option<&TestPki> {
+        self.tls.as_ref().map(|(_, pki)| pki)
     }
 
     pub fn port(&self) -> u16 {
@@ -302,6 +402,29 @@ pub fn shared_authenticated() -> anyhow::Result<&'static KafkaBroker> {
     match started {
         Ok(broker) => Ok(broker),
         Err(message) => bail!("the shared authenticating tansu broker did not start: {message}"),
+    }
+}
+
+/// The broker of [`shared_authenticated`], behind a TLS terminator that
+/// requires a client certificate ([`KafkaBroker::start_authenticated_behind_tls`]
+/// with mutual TLS), shared the same way; [`KafkaBroker::pki`] has its CA and
+/// the client certificate ([`sasl_ssl_config`] uses them).
+pub fn shared_authenticated_tls() -> anyhow::Result<&'static KafkaBroker> {
+    static BROKER: OnceLock<Result<KafkaBroker, String>> = OnceLock::new();
+    let started = BROKER.get_or_init(|| {
+        TestPki::generate()
+            .and_then(|pki| {
+                KafkaBroker::start_authenticated_behind_tls(
+                    &[(SASL_USER, SASL_PASSWORD)],
+                    pki,
+                    true,
+                )
+            })
+            .map_err(|e| format!("{e:#}"))
+    });
+    match started {
+        Ok(broker) => Ok(broker),
+        Err(message) => bail!("the shared TLS-fronted tansu broker did not start: {message}"),
     }
 }
 

@@ -226,6 +226,9 @@ impl ConnectionContext {
     }
 }
 
+const TLS_FAILED: &str = "TLS with Kafka failed (check security.protocol, ssl.ca.location, \
+    ssl.certificate.location and ssl.key.location, and that the brokers' listener speaks TLS)";
+
 impl ClientContext for ConnectionContext {
     fn error(&self, error: KafkaError, reason: &str) {
         use RDKafkaErrorCode as Code;
@@ -239,10 +242,12 @@ impl ClientContext for ConnectionContext {
                 "Kafka authentication failed (check security.protocol, sasl.mechanism, \
                  sasl.username and sasl.password)"
             }
-            Some(Code::SSL) => {
-                "TLS with Kafka failed (check security.protocol and ssl.ca.location, \
-                 and that the brokers' listener speaks TLS)"
-            }
+            Some(Code::SSL) => TLS_FAILED,
+            // With TLS 1.3 a broker refuses a missing or untrusted client
+            // certificate only after the handshake, with an alert that
+            // librdkafka reports as a transport failure carrying OpenSSL's
+            // reason ("SSL routines::tlsv13 alert certificate required").
+            Some(Code::BrokerTransportFailure) if reason.contains("SSL routines") => TLS_FAILED,
             _ => {
                 tracing::warn!(%error, reason, "Kafka client error");
                 return;
