@@ -36,6 +36,12 @@
 //!   another transaction holds uncommitted waits on the primary key, then
 //!   sees the committed answer (or takes the key if the other rolled back).
 //! - orders: `SELECT … FOR UPDATE` in `order_for_update`.
+//! - a shopper's live messages (order history, notifications): an advisory
+//!   lock per shopper, so their `seq` commits in order. A unit of work takes
+//!   every shopper's turn at commit, in one statement sorted by key
+//!   (`Engine::shopper_turns`): taken one effect at a time, two group
+//!   commits deadlocked and PostgreSQL could abort an order placement
+//!   queued behind them.
 //! - refresh rotation: `SELECT … FOR UPDATE` on the session row; the loser of
 //!   a race re-reads the row after the winner's commit, finds its token
 //!   rotated away, and reports reuse.
