@@ -496,17 +496,16 @@ impl From<&Claims> for PasetoClaims {
 
 impl From<PasetoClaims> for Claims {
     fn from(claims: PasetoClaims) -> Self {
-        let this = claims;
         Claims {
-            sub: this.sub,
-            role: this.role,
-            sid: this.sid,
-            jti: this.jti,
-            iat: this.iat.timestamp(),
-            nbf: this.nbf.timestamp(),
-            exp: this.exp.timestamp(),
-            iss: this.iss,
-            aud: this.aud,
+            sub: claims.sub,
+            role: claims.role,
+            sid: claims.sid,
+            jti: claims.jti,
+            iat: claims.iat.timestamp(),
+            nbf: claims.nbf.timestamp(),
+            exp: claims.exp.timestamp(),
+            iss: claims.iss,
+            aud: claims.aud,
         }
     }
 }
