@@ -108,6 +108,8 @@ const OPERATION_PROBLEMS: &[(&str, &str, u16, &[&str])] = &[
         &[slug::VALIDATION, slug::IDEMPOTENCY_KEY_REUSED],
     ),
     ("post", "/api/v1/orders", 502, &[slug::PROVIDER_FAILED]),
+    // Inline mode, while a provider's circuit breaker is open.
+    ("post", "/api/v1/orders", 503, &[slug::PROVIDER_UNAVAILABLE]),
     ("get", "/api/v1/orders/{id}", 404, &[slug::NOT_FOUND]),
     (
         "delete",

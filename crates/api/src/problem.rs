@@ -119,9 +119,9 @@ impl IntoResponse for ApiError {
             ApiError::RateLimited {
                 retry_after_secs, ..
             } => Some(*retry_after_secs),
-            ApiError::Core(CoreError::TooManyAttempts { retry_after }) => {
-                Some(retry_after.as_secs_f64().ceil().max(1.0) as u64)
-            }
+            ApiError::Core(error) => error
+                .retry_after()
+                .map(|wait| wait.as_secs_f64().ceil().max(1.0) as u64),
             _ => None,
         };
         if let Some(secs) = retry_after_secs {

@@ -85,6 +85,7 @@ pub mod slug {
     pub const PAYMENT_DECLINED: &str = "payment-declined";
     pub const IDEMPOTENCY_KEY_REUSED: &str = "idempotency-key-reused";
     pub const PROVIDER_FAILED: &str = "provider-failed";
+    pub const PROVIDER_UNAVAILABLE: &str = "provider-unavailable";
     pub const UNAVAILABLE: &str = "unavailable";
     pub const INTERNAL: &str = "internal";
     pub const MALFORMED_BODY: &str = "malformed-body";
@@ -119,7 +120,25 @@ impl Problem {
     }
 }
 
+/// What a 503 for an unavailable dependency (database, log, cache) tells
+/// clients to wait: long enough not to hammer a restarting database, short
+/// enough that a blip costs a shopper little.
+pub const UNAVAILABLE_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl CoreError {
+    /// How long the client should wait before trying again (`Retry-After`):
+    /// set for lockouts, open provider breakers and unavailable dependencies.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            CoreError::TooManyAttempts { retry_after } => Some(*retry_after),
+            CoreError::Provider(e) => e.circuit_open_for,
+            CoreError::Store(StoreError::Unavailable(_))
+            | CoreError::Log(LogError::Unavailable(_))
+            | CoreError::Cache(_) => Some(UNAVAILABLE_RETRY_AFTER),
+            _ => None,
+        }
+    }
+
     /// The one place errors become problems. Internal details are logged by
     /// the caller and never put in the detail of a 5xx.
     pub fn problem(&self) -> Problem {
@@ -174,6 +193,15 @@ impl CoreError {
                 detail: self.to_string(),
                 field: Some("Idempotency-Key".into()),
             },
+            CoreError::Provider(e) if e.circuit_open_for.is_some() => p(
+                slug::PROVIDER_UNAVAILABLE,
+                "An outside provider is unavailable",
+                503,
+                format!(
+                    "the {} provider is failing and is not called for a while; try again after Retry-After",
+                    e.provider
+                ),
+            ),
             CoreError::Provider(e) => p(
                 slug::PROVIDER_FAILED,
                 "An outside provider failed",

@@ -11,7 +11,8 @@ use std::time::Duration;
 use anyhow::Context;
 use orderflow_adapters::providers::{
     SimulatedNotifier, SimulatedPayment, SimulatedProviders, SimulationSettings, SmtpNotifier,
-    SmtpSettings, WebhookNotifier, WebhookPayment, WebhookSettings,
+    SmtpSettings, WebhookNotifier, WebhookPayment, WebhookSettings, notifier_with_breaker,
+    payment_with_breaker,
 };
 use orderflow_api::extract::TrustedProxies;
 use orderflow_api::{AppState, HttpLimits, RateLimits, Services};
@@ -513,7 +514,8 @@ fn simulated_providers(settings: &Settings) -> SimulatedProviders {
     }
 }
 
-/// Real adapters where configured, the simulated provider elsewhere.
+/// Real adapters where configured, the simulated provider elsewhere; each
+/// behind its circuit breaker (`ORDERFLOW_BREAKERS`).
 fn providers(
     settings: &Settings,
     simulated: &SimulatedProviders,
@@ -561,7 +563,15 @@ fn providers(
         }
         None => simulated.payment.clone(),
     };
-    Ok((payment, Notifiers::new(email, sms, push)))
+    let breakers = &p.breakers;
+    Ok((
+        payment_with_breaker(breakers, payment),
+        Notifiers::new(
+            notifier_with_breaker(breakers, email),
+            notifier_with_breaker(breakers, sms),
+            notifier_with_breaker(breakers, push),
+        ),
+    ))
 }
 
 fn rate_limits(settings: &Settings) -> anyhow::Result<RateLimits> {

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
+use orderflow_adapters::providers::BreakerSpec;
 use secrecy::SecretString;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -444,6 +445,17 @@ pub struct ProviderSettings {
     /// The simulated card limit: charges above it are declined.
     #[arg(long, env = "ORDERFLOW_SIM_PAYMENT_DECLINE_ABOVE_CENTS", global = true)]
     pub sim_payment_decline_above_cents: Option<i64>,
+
+    /// The providers' circuit breakers:
+    /// `PROVIDER=RATIO/MIN_CALLS/WINDOW/OPEN_FOR;…` with `*` for every
+    /// provider not named, `off` for none (README, "Resilience").
+    #[arg(
+        long,
+        env = "ORDERFLOW_BREAKERS",
+        default_value = orderflow_adapters::providers::DEFAULT_BREAKER_SPEC,
+        global = true
+    )]
+    pub breakers: BreakerSpec,
 
     /// SMTP server for real e-mail; unset keeps the simulated provider.
     #[arg(long, env = "ORDERFLOW_SMTP_HOST", global = true)]

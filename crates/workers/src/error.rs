@@ -1,9 +1,11 @@
 //! [`WorkerError`], the one error type of the consumer layer.
 //!
-//! The runtime branches on two questions only, so they are methods here rather
-//! than knowledge spread over the handlers: is the store down (stop the batch,
-//! keep the offsets, back off: [`WorkerError::is_store_unavailable`]), and is
-//! another attempt worth it ([`WorkerError::is_retryable`]).
+//! The runtime branches on three questions only, so they are methods here
+//! rather than knowledge spread over the handlers: is the store down (stop
+//! the batch, keep the offsets, back off: [`WorkerError::is_store_unavailable`]),
+//! is the provider's circuit breaker open (wait for it, keep the offsets:
+//! [`WorkerError::circuit_open_for`]), and is another attempt worth it
+//! ([`WorkerError::is_retryable`]).
 
 use orderflow_core::ports::log::LogError;
 use orderflow_core::ports::providers::ProviderError;
@@ -40,6 +42,16 @@ impl WorkerError {
     /// stop, keep its offsets and try again later; redelivery is safe.
     pub fn is_store_unavailable(&self) -> bool {
         matches!(self, WorkerError::Store(StoreError::Unavailable(_)))
+    }
+
+    /// How long the provider this delivery needs still refuses calls (its
+    /// circuit breaker is open): the delivery waits that long without
+    /// spending an attempt, so an outage dead-letters nothing.
+    pub fn circuit_open_for(&self) -> Option<std::time::Duration> {
+        match self {
+            WorkerError::Provider(error) => error.circuit_open_for,
+            _ => None,
+        }
     }
 
     /// Whether another attempt may succeed. Permanent provider errors (a 4xx,

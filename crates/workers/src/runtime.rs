@@ -47,6 +47,10 @@
 //! - When the database is down nothing is dead-lettered: the affected
 //!   deliveries wait (backing off) with their prepared effects and are
 //!   written when it is back; offsets do not move past them.
+//! - When a provider's circuit breaker is open, the deliveries that need it
+//!   wait until it may close (a little longer, spread, so they do not all
+//!   probe at once) without spending an attempt; other lanes, and other
+//!   groups, go on; offsets do not move past the waiting ones.
 //! - Each delivery is handled in an `event.handle` span that continues the
 //!   event's W3C `traceparent`; its writes run in an `event.apply` child
 //!   span. Metrics are named in [`metric`].
@@ -98,6 +102,9 @@ pub mod metric {
     /// Counter `{group}`: effects (and dead letters) written by group
     /// commits; divided by [`GROUP_COMMITS`] it is the mean flush size.
     pub const GROUP_COMMIT_EFFECTS: &str = "orderflow_group_commit_effects_total";
+    /// Counter `{group}`: attempts parked because the provider's circuit
+    /// breaker was open (not counted as attempts, never dead-lettered).
+    pub const BREAKER_WAITS: &str = "orderflow_consumer_breaker_waits_total";
     /// Gauge `{group}`: deliveries a member holds (polled, not yet committed).
     pub const IN_FLIGHT: &str = "orderflow_consumer_in_flight";
 }
@@ -888,7 +895,8 @@ impl Consumer {
     }
 
     /// An attempt failed: retry after a back-off, dead-letter, or (the
-    /// database is down) wait for it without spending an attempt.
+    /// database is down, the provider's breaker is open) wait for it without
+    /// spending an attempt.
     fn failed(&mut self, seq: u64, error: WorkerError) {
         let group = self.group();
         let max_attempts = self.retry.attempts();
@@ -900,6 +908,17 @@ impl Consumer {
             self.outages = self.outages.saturating_add(1);
             let delay = OUTAGE_BACKOFF.delay(self.outages);
             tracing::warn!(group, event_id = %delivery.envelope.id, %error, ?delay, "database unavailable; the delivery waits");
+            slot.state = State::Waiting { delay: Some(delay) };
+            self.stop = Some(error);
+            return;
+        }
+        if let Some(open_for) = error.circuit_open_for() {
+            // Spread the wake-ups over a quarter of the wait, so the parked
+            // deliveries do not all probe the half-open provider at once.
+            let spread = rand::random_range(0..=open_for.as_millis() as u64 / 4 + 50);
+            let delay = open_for + Duration::from_millis(spread);
+            tracing::debug!(group, event_id = %delivery.envelope.id, ?delay, %error, "the provider's circuit breaker is open; the delivery waits");
+            metrics::counter!(metric::BREAKER_WAITS, "group" => group).increment(1);
             slot.state = State::Waiting { delay: Some(delay) };
             self.stop = Some(error);
             return;

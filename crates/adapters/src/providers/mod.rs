@@ -17,6 +17,9 @@
 //!   or `permanent_error`;
 //! - `orderflow_provider_call_seconds{provider}`, a histogram of call latency.
 //!
+//! Every provider, real or simulated, runs behind a circuit breaker
+//! ([`breaker`]) unless `ORDERFLOW_BREAKERS` switches it off.
+//!
 //! Errors follow the port's rule: a failure that may go away by itself
 //! (time-out, connection refused, 5xx, SMTP 4xx) is `retryable`, so the
 //! consumer retries it with backoff; one that will not (HTTP 4xx, SMTP 5xx, a
@@ -30,18 +33,22 @@ use std::future::Future;
 use orderflow_core::ports::providers::{ChargeOutcome, ProviderError};
 use orderflow_domain::notification::Channel;
 
+pub mod breaker;
 pub mod simulated;
 pub mod smtp;
 pub mod webhook;
 
+pub use breaker::{
+    Breaker, BreakerSettings, BreakerSpec, DEFAULT_BREAKER_SPEC, WithBreaker,
+    notifier_with_breaker, payment_with_breaker,
+};
 pub use simulated::{
     SimulatedNotifier, SimulatedPayment, SimulatedProviders, SimulationControls, SimulationSettings,
 };
 pub use smtp::{SmtpNotifier, SmtpSettings, SmtpTls};
 pub use webhook::{WebhookNotifier, WebhookPayment, WebhookSettings};
 
-/// The `provider` label of the payment provider's metrics and errors.
-pub const PAYMENT: &str = "payment";
+pub use orderflow_core::ports::providers::PAYMENT;
 
 /// The `provider` label (and [`ProviderError::provider`]) of a notification channel.
 pub fn channel_provider(channel: Channel) -> &'static str {

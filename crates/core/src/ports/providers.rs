@@ -5,18 +5,28 @@
 //! Calls carry an idempotency key (derived from the event id) so a provider
 //! can drop the duplicate a redelivery causes.
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 use orderflow_domain::notification::{Channel, NotificationKind};
 use orderflow_domain::{OrderId, UserId};
 
+/// The `provider` name of the payment gateway (in errors and metrics); a
+/// notification channel's is the channel's name.
+pub const PAYMENT: &str = "payment";
+
 /// A provider call failed. `retryable` tells transient failures (time-outs,
 /// 5xx, connection refused) from permanent ones (a 4xx, a bad address).
+/// `circuit_open_for` is set when the provider's circuit breaker is open:
+/// the call was refused without being made (or its failure opened the
+/// breaker), and calling again before that much time has passed is useless.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{provider} provider failed: {message}")]
 pub struct ProviderError {
     pub provider: &'static str,
     pub message: String,
     pub retryable: bool,
+    pub circuit_open_for: Option<Duration>,
 }
 
 impl ProviderError {
@@ -25,6 +35,7 @@ impl ProviderError {
             provider,
             message: message.into(),
             retryable: true,
+            circuit_open_for: None,
         }
     }
 
@@ -33,6 +44,21 @@ impl ProviderError {
             provider,
             message: message.into(),
             retryable: false,
+            circuit_open_for: None,
+        }
+    }
+
+    /// The provider's circuit breaker is open for `wait` more.
+    pub fn circuit_open(
+        provider: &'static str,
+        wait: Duration,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            provider,
+            message: message.into(),
+            retryable: true,
+            circuit_open_for: Some(wait),
         }
     }
 }
@@ -60,6 +86,11 @@ pub trait PaymentGateway: Send + Sync + 'static {
     async fn charge(&self, request: &ChargeRequest) -> Result<ChargeOutcome, ProviderError>;
     /// Gives a captured payment back (inline mode compensates with it).
     async fn refund(&self, payment_id: &str, idempotency_key: &str) -> Result<(), ProviderError>;
+    /// How long the gateway's circuit breaker still refuses calls; `None`
+    /// while calls go through. Inline orders ask before they start.
+    fn circuit_open_for(&self) -> Option<Duration> {
+        None
+    }
 }
 
 /// One message to one shopper on one channel.
@@ -79,4 +110,9 @@ pub struct OutgoingMessage {
 pub trait Notifier: Send + Sync + 'static {
     fn channel(&self) -> Channel;
     async fn send(&self, message: &OutgoingMessage) -> Result<(), ProviderError>;
+    /// How long the provider's circuit breaker still refuses calls; `None`
+    /// while calls go through.
+    fn circuit_open_for(&self) -> Option<Duration> {
+        None
+    }
 }

@@ -25,7 +25,7 @@ use orderflow_domain::order::{self, HistoryEntry, Order, OrderStatus, RequestedL
 use orderflow_domain::{OrderId, ProductId, Timestamp, UserId, ValidationError};
 
 use crate::CoreError;
-use crate::ports::providers::{ChargeOutcome, PaymentGateway};
+use crate::ports::providers::{ChargeOutcome, PaymentGateway, ProviderError};
 use crate::ports::store::{
     IdempotencyClaim, NotificationRecord, PaymentRecord, Reservation, Store, StoreTx,
 };
@@ -168,6 +168,10 @@ impl OrderService {
             && let Some(saved) = claim(&mut *tx, request.user_id, key, &request_hash).await?
         {
             return Ok(saved);
+        }
+        if let SideEffects::Inline { payment, notifiers } = &self.side_effects {
+            // Nothing is kept: the rollback frees the claimed key.
+            refuse_while_a_breaker_is_open(payment.as_ref(), notifiers)?;
         }
         tx.insert_order(&order).await?;
         let placed = LiveChannel::Orders(order.user_id).name();
@@ -485,4 +489,30 @@ pub fn order_body(order: &Order) -> serde_json::Value {
 /// The products an order's lines take stock from.
 fn product_ids(order: &Order) -> Vec<ProductId> {
     order.items.iter().map(|line| line.product_id).collect()
+}
+
+/// Inline orders call every provider before they answer: while one of
+/// their circuit breakers is open, the order would only fail after
+/// reserving stock, so it is refused up front (503 with `Retry-After`).
+fn refuse_while_a_breaker_is_open(
+    payment: &dyn PaymentGateway,
+    notifiers: &Notifiers,
+) -> Result<(), CoreError> {
+    let open = std::iter::once((crate::ports::providers::PAYMENT, payment.circuit_open_for()))
+        .chain(
+            Channel::ALL
+                .into_iter()
+                .map(|channel| (channel.as_str(), notifiers.get(channel).circuit_open_for())),
+        )
+        .filter_map(|(provider, open_for)| open_for.map(|wait| (provider, wait)))
+        .max_by_key(|(_, wait)| *wait);
+    match open {
+        Some((provider, wait)) => Err(ProviderError::circuit_open(
+            provider,
+            wait,
+            "not called: its circuit breaker is open",
+        )
+        .into()),
+        None => Ok(()),
+    }
 }

@@ -2,14 +2,19 @@
 //! them, then all eight groups driven until nothing is left to do.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
+
+use orderflow_adapters::providers::{Breaker, BreakerSettings, WithBreaker};
+use orderflow_core::ports::providers::Notifier;
 
 use orderflow_core::ports::log::EventLog;
 use orderflow_core::ports::store::Store;
 use orderflow_domain::events::{Envelope, EventData, topics};
 use orderflow_domain::notification::{Channel, NotificationKind};
 use orderflow_domain::order::OrderStatus;
-use orderflow_workers::{GROUPS, WorkerError};
+use orderflow_workers::{GROUPS, Notifiers, WorkerDeps, WorkerError};
+use tokio_util::sync::CancellationToken;
 
 use crate::support::{Harness, drain, tiny_retry};
 
@@ -256,6 +261,96 @@ async fn a_provider_that_keeps_failing_sends_one_dead_letter_and_a_replay_delive
             .unwrap()
             .replayed_at
             .is_some()
+    );
+}
+
+/// The SMS provider goes down behind its circuit breaker: the breaker opens
+/// after a few failures, the SMS deliveries wait instead of burning their
+/// attempts, the other groups confirm the orders meanwhile, nothing is
+/// dead-lettered, and every SMS goes out once the provider is back.
+#[tokio::test]
+async fn a_provider_outage_behind_its_breaker_dead_letters_nothing_and_sends_everything_after() {
+    let h = Harness::new(None, tiny_retry(3)).await;
+    let sms = h.providers.sms.controls();
+    sms.set_failure_rate(1.0);
+    let breaker = Breaker::new(
+        "sms",
+        BreakerSettings {
+            consecutive_failures: 3,
+            open_for: Duration::from_millis(300),
+            ..BreakerSettings::default()
+        },
+    );
+    let guarded_sms = Arc::new(WithBreaker::new(
+        h.providers.sms.clone() as Arc<dyn Notifier>,
+        breaker.clone(),
+    ));
+    let deps = WorkerDeps::new(
+        h.store.clone(),
+        h.log.clone(),
+        h.providers.payment.clone(),
+        Notifiers::new(
+            h.providers.email.clone(),
+            guarded_sms,
+            h.providers.push.clone(),
+        ),
+        tiny_retry(3),
+    );
+    let ann = h.user("Ann").await;
+    let mug = h.product(1299, 10).await;
+    let mut orders = Vec::new();
+    for _ in 0..5 {
+        orders.push(h.place_order(&ann, &[(&mug, 1)]).await.0);
+    }
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(orderflow_workers::run_consumers(
+        deps.all_consumers().await.unwrap(),
+        shutdown.clone(),
+    ));
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut confirmed = 0;
+    while confirmed < orders.len() || breaker.open_for().is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{confirmed} confirmed; breaker open: {:?}",
+            breaker.open_for()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        confirmed = 0;
+        for order in &orders {
+            confirmed += usize::from(h.status(order).await == OrderStatus::Confirmed);
+        }
+    }
+    // Keep it down through a few open periods and failed probes.
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    assert!(h.store.dead_letters(10, false).await.unwrap().is_empty());
+    assert!(h.providers.sms.delivered().is_empty());
+    let calls_while_down = sms.calls();
+
+    sms.set_failure_rate(0.0);
+    while kinds(&h, Channel::Sms).len() < orders.len() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} of {} SMS sent after the outage",
+            kinds(&h, Channel::Sms).len(),
+            orders.len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    shutdown.cancel();
+    running.await.unwrap();
+
+    assert_eq!(
+        kinds(&h, Channel::Sms),
+        [NotificationKind::OrderConfirmed; 5],
+        "each order's SMS once"
+    );
+    assert!(h.store.dead_letters(10, false).await.unwrap().is_empty());
+    assert_eq!(h.lag("sms").await, 0);
+    eprintln!(
+        "[breaker] {} SMS calls failed while the provider was down (3 attempts x 5 orders would have dead-lettered all 5 without the breaker)",
+        calls_while_down
     );
 }
 
