@@ -645,6 +645,7 @@ async fn prometheus_scrapes_orderflow_and_every_alert_and_panel_query_evaluates(
         "OrderflowConsumerLagHigh",
         "OrderflowDeadLettersGrowing",
         "OrderflowOutboxBacklogGrowing",
+        "OrderflowCircuitBreakerOpen",
     ] {
         assert!(
             alerts.iter().any(|a| a == name),

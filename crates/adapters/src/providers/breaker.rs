@@ -31,6 +31,7 @@
 //! Settings: [`BreakerSpec`], `ORDERFLOW_BREAKERS` (README, "Resilience").
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -241,13 +242,26 @@ struct Transitions {
     provider: &'static str,
     open_for: Duration,
     open_until: Arc<Mutex<Option<Instant>>>,
+    /// The state last recorded (the gauge's value), so the creation of a
+    /// breaker, which failsafe reports as "closed", is not counted as a
+    /// transition.
+    state: Arc<AtomicU8>,
 }
 
+const CLOSED: u8 = 0;
+const HALF_OPEN: u8 = 1;
+const OPEN: u8 = 2;
+
 impl Transitions {
-    fn record(&self, to: &'static str, state: f64) {
-        metrics::gauge!(metric::STATE, "provider" => self.provider).set(state);
-        metrics::counter!(metric::TRANSITIONS, "provider" => self.provider, "to" => to)
-            .increment(1);
+    /// Records entering `state`; whether it was a change.
+    fn record(&self, to: &'static str, state: u8) -> bool {
+        metrics::gauge!(metric::STATE, "provider" => self.provider).set(f64::from(state));
+        let changed = self.state.swap(state, Ordering::Relaxed) != state;
+        if changed {
+            metrics::counter!(metric::TRANSITIONS, "provider" => self.provider, "to" => to)
+                .increment(1);
+        }
+        changed
     }
 
     fn set_open_until(&self, until: Option<Instant>) {
@@ -262,28 +276,23 @@ impl failsafe::Instrument for Transitions {
 
     fn on_open(&self) {
         self.set_open_until(Some(Instant::now() + self.open_for));
-        self.record("open", 2.0);
-        tracing::warn!(provider = self.provider, open_for = ?self.open_for, "circuit breaker opened: calls to the provider wait");
+        if self.record("open", OPEN) {
+            tracing::warn!(provider = self.provider, open_for = ?self.open_for, "circuit breaker opened: calls to the provider wait");
+        }
     }
 
     fn on_half_open(&self) {
         self.set_open_until(None);
-        self.record("half_open", 1.0);
-        tracing::info!(
+        self.record("half_open", HALF_OPEN);
+        tracing::debug!(
             provider = self.provider,
             "circuit breaker half-open: probing the provider"
         );
     }
 
     fn on_closed(&self) {
-        let was_open = self
-            .open_until
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-            .is_some();
-        self.record("closed", 0.0);
-        if was_open {
+        self.set_open_until(None);
+        if self.record("closed", CLOSED) {
             tracing::info!(
                 provider = self.provider,
                 "circuit breaker closed: the provider answers again"
@@ -331,6 +340,7 @@ impl Breaker {
             provider,
             open_for: settings.open_for,
             open_until: Arc::new(Mutex::new(None)),
+            state: Arc::new(AtomicU8::new(CLOSED)),
         };
         Self {
             provider,
@@ -339,15 +349,16 @@ impl Breaker {
         }
     }
 
-    /// How long the breaker still refuses calls; `None` when closed or
-    /// half-open. Zero when the open time is over but no call has probed yet.
+    /// How long the breaker still refuses calls; `None` when closed,
+    /// half-open, or when its open time is over (the next call probes).
     pub fn open_for(&self) -> Option<Duration> {
         let until = *self
             .transitions
             .open_until
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        until.map(|until| until.saturating_duration_since(Instant::now()))
+        let now = Instant::now();
+        until.filter(|until| *until > now).map(|until| until - now)
     }
 
     /// Makes `call` unless the breaker is open, and counts its outcome.

@@ -405,6 +405,16 @@ impl OrderService {
         error: CoreError,
     ) -> Result<OrderAnswer, CoreError> {
         messages.push(Self::move_order(&mut *tx, order, steps, chrono::Utc::now()).await?);
+        // The order is made and undone: its answer is final and saved under
+        // the key, so it is a 502 even when the failure opened a breaker (a
+        // 503 would invite a retry that the saved answer then refuses).
+        let error = match error {
+            CoreError::Provider(failure) => CoreError::Provider(ProviderError {
+                circuit_open_for: None,
+                ..failure
+            }),
+            other => other,
+        };
         let problem = error.problem();
         let mut body = problem.to_json();
         body["order_id"] = order.id.to_string().into();
