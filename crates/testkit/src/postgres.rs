@@ -11,6 +11,11 @@
 //! containers), `initdb` and `postgres` run as the `postgres` user, and the
 //! data and socket directories are handed to it with `chown`.
 //!
+//! A test can stop its own server and start it again on the same port with
+//! the same data ([`PostgresServer::stop`] / [`PostgresServer::start_again`]),
+//! to check what orderflow does while the database is down and once it is
+//! back.
+//!
 //! Durability is switched off (`fsync`, `synchronous_commit`,
 //! `full_page_writes`): the data is thrown away after the run, and the tests
 //! are about behaviour, not crash safety of the test server.
@@ -46,8 +51,14 @@ const SUPERUSER: &str = "postgres";
 /// data directory.
 pub struct PostgresServer {
     port: u16,
+    /// `postgres` and `pg_isready`, next to `initdb`.
+    postgres: PathBuf,
+    pg_isready: PathBuf,
+    /// The user the server runs as (`postgres` when the tests run as root).
+    run_as: Option<&'static str>,
     // Field order: the process stops before its directory is removed.
-    _process: ServerProcess,
+    /// `None` between [`stop`](Self::stop) and [`start_again`](Self::start_again).
+    process: Option<ServerProcess>,
     dir: tempfile::TempDir,
 }
 
@@ -142,7 +153,10 @@ impl PostgresServer {
                 Ok(process) => {
                     return Ok(PostgresServer {
                         port,
-                        _process: process,
+                        postgres,
+                        pg_isready,
+                        run_as,
+                        process: Some(process),
                         dir,
                     });
                 }
@@ -207,6 +221,52 @@ impl PostgresServer {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Stops the server (fast shutdown: open sessions are rolled back and
+    /// their clients disconnected) and returns once it has exited and its
+    /// port is closed. The data directory stays; the port is free until
+    /// [`start_again`](Self::start_again), which a test calls soon after so
+    /// nobody else takes it meanwhile. Stopping a stopped server does nothing.
+    pub fn stop(&mut self) {
+        // Dropping the process closes its guard's pipe: the guard sends
+        // SIGINT (fast shutdown) and waits for the server to exit.
+        drop(self.process.take());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the server again after [`stop`](Self::stop): the same data
+    /// directory (every database and row as the shutdown left them), the
+    /// same port and settings. Blocks until it accepts connections. Does
+    /// nothing when the server runs.
+    pub fn start_again(&mut self) -> anyhow::Result<()> {
+        if self.process.as_mut().is_some_and(ServerProcess::is_running) {
+            return Ok(());
+        }
+        self.stop();
+        let dir = self.dir.path();
+        let process = Self::run(
+            &self.postgres,
+            &self.pg_isready,
+            self.run_as,
+            dir,
+            &dir.join("data"),
+            &dir.join("sockets"),
+            self.port,
+        )
+        .with_context(|| format!("starting PostgreSQL again on port {}", self.port))?;
+        self.process = Some(process);
+        Ok(())
+    }
+
+    /// Whether the server process is running (false after [`stop`](Self::stop)).
+    pub fn is_running(&mut self) -> bool {
+        self.process.as_mut().is_some_and(ServerProcess::is_running)
     }
 
     pub fn port(&self) -> u16 {
