@@ -29,6 +29,8 @@ use orderflow_testkit::redis::RedisServer;
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 
+#[path = "fault_matrix/provider_outage.rs"]
+mod provider_outage;
 mod support;
 use support::process::{Process, http_process, processes_environment, tail};
 use support::{ADMIN_EMAIL, ADMIN_PASSWORD, Client};
@@ -683,6 +685,20 @@ async fn postgres_restarted_under_load() {
             .unwrap_or_default()
             .as_secs_f64(),
         held.iter().map(|a| a.status_name()).collect::<Vec<_>>()
+    );
+    // The outage is answered, not waited out: a request gives up on the
+    // pool after its 5 s acquire timeout (twice at most: an order reads the
+    // catalog, then opens its transaction) and answers 503.
+    let longest_hold = held.iter().map(|a| a.took).max().unwrap_or_default();
+    assert!(
+        longest_hold < Duration::from_secs(12),
+        "{CASE}: a request waited {longest_hold:?} through the outage"
+    );
+    assert!(
+        unavailable
+            .iter()
+            .any(|a| a.call == Call::Order && outage.phase(a.sent) == "during"),
+        "{CASE}: no order sent during the outage was answered 503: {counts:?}"
     );
     let misplaced = examples(&answers, |a| {
         a.status == Some(503) && (a.answered() < outage.from || a.answered() > outage.to + SETTLE)

@@ -90,8 +90,12 @@ pub type PostgresStore = SqlStore<PostgresEngine>;
 pub const DEFAULT_PARTITIONS: i32 = crate::sqlite::DEFAULT_PARTITIONS;
 
 /// How long a query may wait for a pooled connection before the store
-/// reports itself unavailable.
-const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
+/// reports itself unavailable (a 503 with `Retry-After`). While PostgreSQL
+/// is down, sqlx keeps trying to connect until this runs out, so it bounds
+/// how long a request hangs in an outage; with the database up, waits for a
+/// connection take milliseconds. It must stay well under the request
+/// timeout (30 s), or clients get a 408 where a 503 was due.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The `NOTIFY` channel an appending transaction signals on commit; the
 /// payload is the topic.
 pub(crate) const NOTIFY_CHANNEL: &str = "orderflow_events";
