@@ -51,7 +51,10 @@ async fn receive_sms(
     }
     if message["kind"] == "order_confirmed" {
         let order = message["order_id"].as_str().unwrap_or_default().to_owned();
-        let key = message["idempotency_key"].as_str().unwrap_or_default().to_owned();
+        let key = message["idempotency_key"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
         *provider
             .accepted
             .lock()
@@ -112,8 +115,12 @@ async fn sms_provider_down_for_20_s_opens_its_breaker_and_loses_nothing() {
     let placed: Arc<Mutex<Vec<(String, String, Instant)>>> = Arc::default();
     let mut load = Vec::new();
     for token in shoppers.clone() {
-        let (client, stop, placed, product) =
-            (client.clone(), stop.clone(), placed.clone(), product.clone());
+        let (client, stop, placed, product) = (
+            client.clone(),
+            stop.clone(),
+            placed.clone(),
+            product.clone(),
+        );
         load.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
                 let answer = client
@@ -130,7 +137,10 @@ async fn sms_provider_down_for_20_s_opens_its_breaker_and_loses_nothing() {
                     .as_str()
                     .unwrap()
                     .to_owned();
-                placed.lock().unwrap().push((id, token.clone(), Instant::now()));
+                placed
+                    .lock()
+                    .unwrap()
+                    .push((id, token.clone(), Instant::now()));
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }));
