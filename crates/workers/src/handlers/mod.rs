@@ -26,6 +26,7 @@
 //! database already holds the effect.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use orderflow_core::ports::log::EventLog;
 use orderflow_core::ports::providers::PaymentGateway;
@@ -231,7 +232,32 @@ impl WorkerDeps {
 /// A read model could not be mirrored after a commit: logged and counted,
 /// never returned (the database already holds the effect). Database reads made
 /// for the mirror count here too.
+///
+/// The warning is logged at most once a second, with how many were left
+/// out: while Redis is away every effect fails to mirror (about seven per
+/// order), which flooded the log with a thousand identical lines in six
+/// seconds; the counter still counts each.
 fn mirror_failed(operation: &'static str, error: &dyn std::fmt::Display) {
+    static STARTED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    static LAST_WARNED_MS: AtomicU64 = AtomicU64::new(0);
+    static LEFT_OUT: AtomicU64 = AtomicU64::new(0);
     metrics::counter!("orderflow_read_model_errors_total", "operation" => operation).increment(1);
-    tracing::warn!(operation, %error, "read model not updated; readers fall back to the database");
+    // Milliseconds since the first failure, plus one so the first one warns.
+    let now_ms = STARTED
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
+        + 1_001;
+    let last = LAST_WARNED_MS.load(Ordering::Relaxed);
+    let due = now_ms.saturating_sub(last) >= 1_000
+        && LAST_WARNED_MS
+            .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok();
+    if due {
+        let left_out = LEFT_OUT.swap(0, Ordering::Relaxed);
+        tracing::warn!(operation, %error, left_out, "read model not updated; readers fall back to the database");
+    } else {
+        LEFT_OUT.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(operation, %error, "read model not updated; readers fall back to the database");
+    }
 }
