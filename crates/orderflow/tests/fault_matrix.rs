@@ -579,6 +579,58 @@ fn check_unavailable_answers(case: &str, answers: &[Answer]) {
     );
 }
 
+/// When the outage of [`under_outage`] happened, on the load's clock.
+struct Timeline {
+    /// From the stop being asked to the server answering again.
+    outage: Outage,
+    /// When the server was down (its stop returned).
+    stopped: Duration,
+    /// When it was asked to start again.
+    restarting: Duration,
+}
+
+/// Runs the load `phases[0]`, takes `server` away with `stop`, keeps it away
+/// `phases[1]`, brings it back with `start`, runs the load `phases[2]` more;
+/// hands the server back with the timeline, the answers and what was shopped.
+/// Stopping and starting block (they wait for the server), so they run off
+/// the runtime's threads.
+async fn under_outage<S: Send + 'static>(
+    shop: &Shop,
+    mut server: S,
+    stop: fn(&mut S),
+    start: fn(&mut S) -> anyhow::Result<()>,
+    [before, down, after]: [Duration; 3],
+) -> (S, Timeline, Vec<Answer>, Shopped) {
+    let load = Load::start(shop);
+    tokio::time::sleep(before).await;
+    let from = load.now();
+    server = tokio::task::spawn_blocking(move || {
+        stop(&mut server);
+        server
+    })
+    .await
+    .unwrap();
+    let stopped = load.now();
+    tokio::time::sleep(down).await;
+    let restarting = load.now();
+    server = tokio::task::spawn_blocking(move || start(&mut server).map(|()| server))
+        .await
+        .unwrap()
+        .expect("the server starts again");
+    let outage = Outage {
+        from,
+        to: load.now(),
+    };
+    tokio::time::sleep(after).await;
+    let (answers, shopped) = load.finish().await;
+    let timeline = Timeline {
+        outage,
+        stopped,
+        restarting,
+    };
+    (server, timeline, answers, shopped)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_restarted_under_load() {
     const CASE: &str = "postgres restarted";
@@ -588,7 +640,7 @@ async fn postgres_restarted_under_load() {
     let _turn = ONE_AT_A_TIME.lock().await;
     let started = Instant::now();
     // A server of its own: this test stops it.
-    let mut postgres = tokio::task::spawn_blocking(PostgresServer::start)
+    let postgres = tokio::task::spawn_blocking(PostgresServer::start)
         .await
         .unwrap()
         .expect("PostgreSQL starts");
@@ -602,28 +654,23 @@ async fn postgres_restarted_under_load() {
         started.elapsed().as_secs_f64()
     );
 
-    let load = Load::start(&shop);
-    tokio::time::sleep(BEFORE).await;
-    let from = load.now();
-    postgres = tokio::task::spawn_blocking(move || {
-        postgres.stop();
-        postgres
-    })
-    .await
-    .unwrap();
-    let stopped = load.now();
-    tokio::time::sleep(DOWN).await;
-    let restarting = load.now();
-    postgres = tokio::task::spawn_blocking(move || postgres.start_again().map(|()| postgres))
-        .await
-        .unwrap()
-        .expect("PostgreSQL starts again");
-    let outage = Outage {
-        from,
-        to: load.now(),
-    };
-    tokio::time::sleep(AFTER).await;
-    let (answers, shopped) = load.finish().await;
+    let (
+        postgres,
+        Timeline {
+            outage,
+            stopped,
+            restarting,
+        },
+        answers,
+        shopped,
+    ) = under_outage(
+        &shop,
+        postgres,
+        PostgresServer::stop,
+        PostgresServer::start_again,
+        [BEFORE, DOWN, AFTER],
+    )
+    .await;
     shop.serve.assert_running();
     eprintln!(
         "[fault-matrix] {CASE}: load from 0s to {:.1}s; PostgreSQL stopping at {:.1}s, down at {:.1}s, starting again at {:.1}s, accepting connections at {:.1}s ({:.1}s of outage); {} requests",
@@ -777,7 +824,7 @@ async fn redis_killed_under_load() {
         .await
         .expect("a fresh PostgreSQL database");
     // A server of its own: this test stops it.
-    let mut redis = tokio::task::spawn_blocking(RedisServer::start)
+    let redis = tokio::task::spawn_blocking(RedisServer::start)
         .await
         .unwrap()
         .expect("redis-server starts");
@@ -787,28 +834,23 @@ async fn redis_killed_under_load() {
         started.elapsed().as_secs_f64()
     );
 
-    let load = Load::start(&shop);
-    tokio::time::sleep(BEFORE).await;
-    let from = load.now();
-    redis = tokio::task::spawn_blocking(move || {
-        redis.stop();
-        redis
-    })
-    .await
-    .unwrap();
-    let stopped = load.now();
-    tokio::time::sleep(DOWN).await;
-    let restarting = load.now();
-    redis = tokio::task::spawn_blocking(move || redis.restart().map(|()| redis))
-        .await
-        .unwrap()
-        .expect("redis-server starts again");
-    let outage = Outage {
-        from,
-        to: load.now(),
-    };
-    tokio::time::sleep(AFTER).await;
-    let (answers, shopped) = load.finish().await;
+    let (
+        redis,
+        Timeline {
+            outage,
+            stopped,
+            restarting,
+        },
+        answers,
+        shopped,
+    ) = under_outage(
+        &shop,
+        redis,
+        RedisServer::stop,
+        RedisServer::restart,
+        [BEFORE, DOWN, AFTER],
+    )
+    .await;
     shop.serve.assert_running();
     eprintln!(
         "[fault-matrix] {CASE}: Redis stopping at {:.1}s, down at {:.1}s, starting again at {:.1}s, answering at {:.1}s ({:.1}s of outage); {} requests",
