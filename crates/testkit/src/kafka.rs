@@ -14,13 +14,10 @@
 //! tansu's `s3://` storage (the same engine as `memory://`, over a bucket)
 //! on a small S3-compatible store that the handle runs in the test process
 //! (`kafka/object_store.rs`, which also says why not tansu's SQLite
-//! engine), behind a front in the test process that passes requests on
-//! whole (`kafka/request_front.rs`: tansu aborts requests half-way when it
-//! stops, which can lose an acknowledged record). [`KafkaBroker::stop`] and
-//! [`KafkaBroker::start_again`] stop it and start it again on the same port
-//! over the same bucket: topics, records and committed offsets survive, as
-//! on a real broker restart (group membership does not: members join
-//! again).
+//! engine). [`KafkaBroker::stop`] and [`KafkaBroker::start_again`] stop it
+//! and start it again on the same port over the same bucket: topics,
+//! records and committed offsets survive, as on a real broker restart
+//! (group membership does not: members join again).
 //!
 //! [`KafkaBroker::start_authenticated`] (and [`shared_authenticated`]) runs
 //! one that requires SASL SCRAM (`tansu broker --authentication`), with
@@ -49,7 +46,6 @@ use crate::pki::TestPki;
 use crate::{ServerProcess, find_program, free_port, wait_for_port};
 
 mod object_store;
-mod request_front;
 mod tls_front;
 
 const INSTALL_HINT: &str =
@@ -317,37 +313,12 @@ pub struct KafkaBroker {
     /// `None` while [`stopped`](KafkaBroker::stop). Declared first, so the
     /// broker stops before its storage and directory go.
     process: Option<ServerProcess>,
-    /// What a [persistent](KafkaBroker::start_persistent) broker has (and
-    /// what lets it [start again](KafkaBroker::start_again)).
-    persistent: Option<Persistent>,
+    /// Where a [persistent](KafkaBroker::start_persistent) broker keeps its
+    /// data (and what lets it [start again](KafkaBroker::start_again)).
+    store: Option<object_store::ObjectStore>,
     dir: tempfile::TempDir,
     /// The TLS terminator in front, and the CA and certificates it uses.
     tls: Option<(tls_front::TlsFront, TestPki)>,
-}
-
-/// A persistent broker's store, the front its clients connect to, and
-/// tansu's own port behind the front.
-struct Persistent {
-    store: object_store::ObjectStore,
-    front: request_front::RequestFront,
-    backend: u16,
-}
-
-impl Persistent {
-    /// Starts tansu on `backend` over the store, advertising the front's
-    /// `port`, and waits until it accepts connections.
-    fn spawn(&self, program: &Path, dir: &Path, port: u16) -> anyhow::Result<ServerProcess> {
-        let env = s3_environment(&self.store.endpoint());
-        let broker = Broker {
-            program,
-            dir,
-            storage: S3_STORAGE,
-            authentication: false,
-            advertised: Some(port),
-            env: &env,
-        };
-        Ok(spawn_on(self.backend, &broker)?.1)
-    }
 }
 
 impl std::fmt::Debug for KafkaBroker {
@@ -373,68 +344,42 @@ impl KafkaBroker {
     /// the same port with the same topics, records and committed offsets:
     /// tansu's `s3://` storage (the engine of `memory://`, over a bucket)
     /// on an S3-compatible store that this handle runs in the test process
-    /// (see `kafka/object_store.rs` for why not tansu's SQLite engine).
-    /// Clients connect to a front in the test process that passes their
-    /// requests on whole, so that a stop never cuts one half-way (see
-    /// `kafka/request_front.rs` for why). No authentication, no TLS.
+    /// (see `kafka/object_store.rs` for why not tansu's SQLite engine). No
+    /// authentication, no TLS.
     pub fn start_persistent() -> anyhow::Result<KafkaBroker> {
-        let program = tansu()?;
-        let mut store = object_store::ObjectStore::start()?;
-        let mut last_error = None;
-        // A port someone grabbed between `free_port` and the bind means
-        // another try, as in `start_with`.
-        for _ in 0..3 {
-            let dir = broker_dir()?;
-            let (port, backend) = (free_port(), free_port());
-            let persistent = Persistent {
-                front: request_front::RequestFront::new(port, backend)?,
-                store,
-                backend,
+        let store = object_store::ObjectStore::start()?;
+        let env = s3_environment(&store.endpoint());
+        let mut broker = KafkaBroker::start_with(None, |program, dir| {
+            let broker = Broker {
+                program,
+                dir: dir.path(),
+                storage: S3_STORAGE,
+                authentication: false,
+                advertised: None,
+                env: &env,
             };
-            let started = persistent
-                .spawn(&program, dir.path(), port)
-                .and_then(|process| persistent.front.open().map(|()| process));
-            match started {
-                Ok(process) => {
-                    return Ok(KafkaBroker {
-                        port,
-                        process: Some(process),
-                        persistent: Some(persistent),
-                        dir,
-                        tls: None,
-                    });
-                }
-                Err(e) => {
-                    last_error = Some(e);
-                    // The front goes; the store is kept for the next try.
-                    store = persistent.store;
-                }
-            }
-        }
-        Err(last_error.expect("at least one attempt"))
+            let (port, process) = spawn_on(free_port(), &broker)?;
+            Ok((port, process, None))
+        })?;
+        broker.store = Some(store);
+        Ok(broker)
     }
 
-    /// Stops the broker and returns once its port is closed: clients see a
-    /// broker that is gone. A [persistent](Self::start_persistent) broker's
-    /// front first stops passing requests on, lets those passed on finish
-    /// and closes its connections and port; then tansu gets SIGTERM (waited
-    /// for). Its directory stays, and a persistent broker's data. The port
-    /// is free until [`start_again`](Self::start_again), which a test calls
-    /// soon after so nobody else takes it meanwhile. Stopping a stopped
-    /// broker does nothing.
+    /// Stops the broker (SIGTERM, waited for) and returns once its port is
+    /// closed: clients see a broker that is gone. Its directory stays, and
+    /// with it, for a [persistent](Self::start_persistent) broker, its data.
+    /// The port is free until [`start_again`](Self::start_again), which a
+    /// test calls soon after so nobody else takes it meanwhile. Stopping a
+    /// stopped broker does nothing.
     pub fn stop(&mut self) {
-        if let Some(persistent) = &self.persistent {
-            persistent.front.close();
-        }
         // Dropping the process closes its guard's pipe: the guard sends
         // SIGTERM and waits for tansu to exit.
         drop(self.process.take());
         // (A TLS terminator's port stays open: only a bare broker's port
         // tells that it is gone.)
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        let port = self.persistent.as_ref().map_or(self.port, |p| p.backend);
         while self.tls.is_none()
-            && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            && std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
             && std::time::Instant::now() < deadline
         {
             std::thread::sleep(Duration::from_millis(20));
@@ -442,39 +387,44 @@ impl KafkaBroker {
     }
 
     /// Starts a [persistent](Self::start_persistent) broker again after
-    /// [`stop`](Self::stop): the same port, directory, store and cluster id.
-    /// Blocks until it accepts connections. Does nothing when it runs.
-    /// Fails for any other broker (a restart would come back empty: start a
-    /// new one instead).
+    /// [`stop`](Self::stop): the same port, directory, storage file and
+    /// cluster id. Blocks until it accepts connections. Does nothing when
+    /// it runs. Fails for a broker on memory storage (a restart would come
+    /// back empty: start a new one instead).
     pub fn start_again(&mut self) -> anyhow::Result<()> {
         if self.process.as_mut().is_some_and(ServerProcess::is_running) {
             return Ok(());
         }
-        if self.persistent.is_none() {
+        let Some(store) = &self.store else {
             bail!("only a broker made by KafkaBroker::start_persistent starts again with its data");
-        }
+        };
+        let env = s3_environment(&store.endpoint());
         self.stop();
         let program = tansu()?;
-        let Some(persistent) = &self.persistent else {
-            unreachable!("checked above");
+        let broker = Broker {
+            program: &program,
+            dir: self.dir.path(),
+            storage: S3_STORAGE,
+            authentication: false,
+            advertised: None,
+            env: &env,
         };
         let mut last_error = None;
-        // The ports were just released; a bind that fails is tried again
+        // The port was just released; a bind that fails is tried again
         // briefly (nothing else should take a port another test cannot know).
         for _ in 0..5 {
-            match persistent.spawn(&program, self.dir.path(), self.port) {
-                Ok(process) => {
+            match spawn_on(self.port, &broker) {
+                Ok((_, process)) => {
                     self.process = Some(process);
-                    return persistent.front.open();
+                    return Ok(());
                 }
                 Err(e) => last_error = Some(e),
             }
             std::thread::sleep(Duration::from_millis(200));
         }
-        Err(last_error.expect("at least one attempt").context(format!(
-            "starting tansu again on port {}",
-            persistent.backend
-        )))
+        Err(last_error
+            .expect("at least one attempt")
+            .context(format!("starting tansu again on port {}", self.port)))
     }
 
     /// [`stop`](Self::stop), then [`start_again`](Self::start_again).
@@ -560,7 +510,7 @@ impl KafkaBroker {
                     return Ok(KafkaBroker {
                         port,
                         process: Some(process),
-                        persistent: None,
+                        store: None,
                         dir,
                         tls: tls.zip(pki),
                     });
