@@ -8,16 +8,8 @@
 //! a broker per test would cost seconds each, and tests keep apart by using
 //! their own topic prefix and group names instead.
 //!
-//! That broker keeps nothing across a restart (memory storage), so tests
-//! that check "resume after a restart" with it restart the *consumer*.
-//! [`KafkaBroker::start_persistent`] runs one whose data outlives it:
-//! tansu's `s3://` storage (the same engine as `memory://`, over a bucket)
-//! on a small S3-compatible store that the handle runs in the test process
-//! (`kafka/object_store.rs`, which also says why not tansu's SQLite
-//! engine). [`KafkaBroker::stop`] and [`KafkaBroker::start_again`] stop it
-//! and start it again on the same port over the same bucket: topics,
-//! records and committed offsets survive, as on a real broker restart
-//! (group membership does not: members join again).
+//! The broker keeps nothing across a restart (memory storage), so tests that
+//! check "resume after a restart" restart the *consumer*, not the broker.
 //!
 //! [`KafkaBroker::start_authenticated`] (and [`shared_authenticated`]) runs
 //! one that requires SASL SCRAM (`tansu broker --authentication`), with
@@ -45,7 +37,6 @@ use anyhow::{Context, bail};
 use crate::pki::TestPki;
 use crate::{ServerProcess, find_program, free_port, wait_for_port};
 
-mod object_store;
 mod tls_front;
 
 const INSTALL_HINT: &str =
@@ -64,27 +55,6 @@ fn tansu() -> anyhow::Result<PathBuf> {
 const MEMORY_STORAGE: &str = "memory://tansu/";
 /// Relative to the broker's working directory, its temporary directory.
 const SQLITE_STORAGE: &str = "sqlite://tansu.db";
-/// A bucket of the broker's [`object_store::ObjectStore`].
-const S3_STORAGE: &str = "s3://tansu/";
-
-/// What tansu's S3 client (`object_store`'s `AmazonS3Builder::from_env`)
-/// needs to reach `endpoint`: path-style requests over plain HTTP, and
-/// credentials, which the store does not check but whose absence would
-/// send the client looking for an instance's metadata service.
-fn s3_environment(endpoint: &str) -> Vec<(&'static str, String)> {
-    [
-        ("AWS_ENDPOINT", endpoint),
-        ("AWS_ALLOW_HTTP", "true"),
-        ("AWS_VIRTUAL_HOSTED_STYLE_REQUEST", "false"),
-        ("AWS_REGION", "us-east-1"),
-        ("AWS_DEFAULT_REGION", "us-east-1"),
-        ("AWS_ACCESS_KEY_ID", "orderflow-test"),
-        ("AWS_SECRET_ACCESS_KEY", "orderflow-test"),
-    ]
-    .into_iter()
-    .map(|(name, value)| (name, value.to_owned()))
-    .collect()
-}
 
 /// A fresh temporary directory for one broker (its log, its storage file).
 fn broker_dir() -> anyhow::Result<tempfile::TempDir> {
@@ -105,75 +75,29 @@ fn spawn(
     authentication: bool,
     advertised: Option<u16>,
 ) -> anyhow::Result<(u16, ServerProcess)> {
-    let broker = Broker {
-        program,
-        dir: dir.path(),
-        storage,
-        authentication,
-        advertised,
-        env: &[],
-    };
-    spawn_on(free_port(), &broker)
-}
-
-/// How to run one `tansu broker`: the program, its directory (its log, a
-/// SQLite file), storage, whether it requires authentication, the port it
-/// advertises (its own when `None`), and environment variables to add.
-#[derive(Clone, Copy)]
-struct Broker<'a> {
-    program: &'a Path,
-    dir: &'a Path,
-    storage: &'a str,
-    authentication: bool,
-    advertised: Option<u16>,
-    env: &'a [(&'static str, String)],
-}
-
-/// [`spawn`] on a given `port` (a restart reuses the broker's port), as
-/// `broker` says.
-fn spawn_on(port: u16, broker: &Broker<'_>) -> anyhow::Result<(u16, ServerProcess)> {
-    let Broker {
-        program,
-        dir,
-        storage,
-        authentication,
-        advertised,
-        env,
-    } = *broker;
+    let port = free_port();
     let url = format!("tcp://127.0.0.1:{port}");
     let advertised = format!("tcp://127.0.0.1:{}", advertised.unwrap_or(port));
-    // Environment variables go through `env`, which execs tansu (the same
-    // process, so the guard's signal still reaches the broker).
-    let mut args: Vec<OsString> = env
-        .iter()
-        .map(|(name, value)| OsString::from(format!("{name}={value}")))
-        .collect();
-    let program = if env.is_empty() {
-        program.to_path_buf()
-    } else {
-        args.push(program.into());
-        find_program("env", &[], "it is part of coreutils")?
-    };
-    args.extend(
-        [
-            "broker",
-            "--listener-url",
-            url.as_str(),
-            "--advertised-listener-url",
-            advertised.as_str(),
-            "--storage-engine",
-            storage,
-            "--cluster-id",
-            "orderflow-test",
-        ]
-        .into_iter()
-        .map(OsString::from),
-    );
+    let mut args: Vec<OsString> = [
+        "broker",
+        "--listener-url",
+        url.as_str(),
+        "--advertised-listener-url",
+        advertised.as_str(),
+        "--storage-engine",
+        storage,
+        "--cluster-id",
+        "orderflow-test",
+    ]
+    .into_iter()
+    .map(OsString::from)
+    .collect();
     if authentication {
         args.push("--authentication".into());
     }
-    let log = dir.join("tansu.log");
-    let mut process = ServerProcess::spawn("tansu", &program, &args, None, dir, &log, "TERM")?;
+    let log = dir.path().join("tansu.log");
+    let mut process =
+        ServerProcess::spawn("tansu", program, &args, None, dir.path(), &log, "TERM")?;
     let error = match wait_for_port(port, START_TIMEOUT) {
         Ok(()) if process.is_running() => return Ok((port, process)),
         Ok(()) => anyhow::anyhow!("tansu exited right after start"),
@@ -304,21 +228,15 @@ type Attempt = (
     Option<(std::net::TcpListener, u16, bool)>,
 );
 
-/// One `tansu broker` on `127.0.0.1:port`: in-memory storage, a SQLite file
-/// in its temporary directory (with authentication), or a bucket of its own
-/// object store (persistent); `port` is the TLS terminator's when there is
-/// one.
+/// One `tansu broker` on `127.0.0.1:port`: in-memory storage, or (with
+/// authentication) a SQLite file in its temporary directory; `port` is the
+/// TLS terminator's when there is one.
 pub struct KafkaBroker {
     port: u16,
-    /// `None` while [`stopped`](KafkaBroker::stop). Declared first, so the
-    /// broker stops before its storage and directory go.
-    process: Option<ServerProcess>,
-    /// Where a [persistent](KafkaBroker::start_persistent) broker keeps its
-    /// data (and what lets it [start again](KafkaBroker::start_again)).
-    store: Option<object_store::ObjectStore>,
     dir: tempfile::TempDir,
     /// The TLS terminator in front, and the CA and certificates it uses.
     tls: Option<(tls_front::TlsFront, TestPki)>,
+    _process: ServerProcess,
 }
 
 impl std::fmt::Debug for KafkaBroker {
@@ -337,111 +255,6 @@ impl KafkaBroker {
             let (port, process) = spawn(program, dir, MEMORY_STORAGE, false, None)?;
             Ok((port, process, None))
         })
-    }
-
-    /// Starts a broker that keeps its data outside itself, so it can be
-    /// [`stop`](Self::stop)ped and [`start_again`](Self::start_again)ed on
-    /// the same port with the same topics, records and committed offsets:
-    /// tansu's `s3://` storage (the engine of `memory://`, over a bucket)
-    /// on an S3-compatible store that this handle runs in the test process
-    /// (see `kafka/object_store.rs` for why not tansu's SQLite engine). No
-    /// authentication, no TLS.
-    pub fn start_persistent() -> anyhow::Result<KafkaBroker> {
-        let store = object_store::ObjectStore::start()?;
-        let env = s3_environment(&store.endpoint());
-        let mut broker = KafkaBroker::start_with(None, |program, dir| {
-            let broker = Broker {
-                program,
-                dir: dir.path(),
-                storage: S3_STORAGE,
-                authentication: false,
-                advertised: None,
-                env: &env,
-            };
-            let (port, process) = spawn_on(free_port(), &broker)?;
-            Ok((port, process, None))
-        })?;
-        broker.store = Some(store);
-        Ok(broker)
-    }
-
-    /// Stops the broker (SIGTERM, waited for) and returns once its port is
-    /// closed: clients see a broker that is gone. Its directory stays, and
-    /// with it, for a [persistent](Self::start_persistent) broker, its data.
-    /// The port is free until [`start_again`](Self::start_again), which a
-    /// test calls soon after so nobody else takes it meanwhile. Stopping a
-    /// stopped broker does nothing.
-    pub fn stop(&mut self) {
-        // Dropping the process closes its guard's pipe: the guard sends
-        // SIGTERM and waits for tansu to exit.
-        drop(self.process.take());
-        // (A TLS terminator's port stays open: only a bare broker's port
-        // tells that it is gone.)
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while self.tls.is_none()
-            && std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
-            && std::time::Instant::now() < deadline
-        {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Starts a [persistent](Self::start_persistent) broker again after
-    /// [`stop`](Self::stop): the same port, directory, storage file and
-    /// cluster id. Blocks until it accepts connections. Does nothing when
-    /// it runs. Fails for a broker on memory storage (a restart would come
-    /// back empty: start a new one instead).
-    pub fn start_again(&mut self) -> anyhow::Result<()> {
-        if self.process.as_mut().is_some_and(ServerProcess::is_running) {
-            return Ok(());
-        }
-        let Some(store) = &self.store else {
-            bail!("only a broker made by KafkaBroker::start_persistent starts again with its data");
-        };
-        let env = s3_environment(&store.endpoint());
-        self.stop();
-        let program = tansu()?;
-        let broker = Broker {
-            program: &program,
-            dir: self.dir.path(),
-            storage: S3_STORAGE,
-            authentication: false,
-            advertised: None,
-            env: &env,
-        };
-        let mut last_error = None;
-        // The port was just released; a bind that fails is tried again
-        // briefly (nothing else should take a port another test cannot know).
-        for _ in 0..5 {
-            match spawn_on(self.port, &broker) {
-                Ok((_, process)) => {
-                    self.process = Some(process);
-                    return Ok(());
-                }
-                Err(e) => last_error = Some(e),
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        Err(last_error
-            .expect("at least one attempt")
-            .context(format!("starting tansu again on port {}", self.port)))
-    }
-
-    /// [`stop`](Self::stop), then [`start_again`](Self::start_again).
-    pub fn restart(&mut self) -> anyhow::Result<()> {
-        self.stop();
-        self.start_again()
-    }
-
-    /// Whether the broker process is running (false after [`stop`](Self::stop)).
-    pub fn is_running(&mut self) -> bool {
-        self.process.as_mut().is_some_and(ServerProcess::is_running)
-    }
-
-    /// The broker's directory: its log (`tansu.log`, appended to by every
-    /// start) and, for an authenticating broker, its SQLite file.
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
     }
 
     /// Starts a broker that requires SASL authentication
@@ -509,10 +322,9 @@ impl KafkaBroker {
                     };
                     return Ok(KafkaBroker {
                         port,
-                        process: Some(process),
-                        store: None,
                         dir,
                         tls: tls.zip(pki),
+                        _process: process,
                     });
                 }
                 Err(e) => last_error = Some(e),
