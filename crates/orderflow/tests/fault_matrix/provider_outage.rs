@@ -22,7 +22,7 @@ use axum::http::StatusCode;
 use serde_json::{Value, json};
 
 use crate::support::process::{http_process, processes_environment};
-use crate::support::{ADMIN_EMAIL, ADMIN_PASSWORD, Client};
+use crate::support::{ADMIN_EMAIL, ADMIN_PASSWORD};
 
 /// How long the provider is down.
 const OUTAGE: Duration = Duration::from_secs(20);
@@ -166,7 +166,7 @@ async fn sms_provider_down_for_20_s_opens_its_breaker_and_loses_nothing() {
         let order = client.get(&format!("/orders/{id}"), token).await;
         confirmed_during_outage += usize::from(order["status"] == "confirmed");
     }
-    let metrics_during = scrape(&client).await;
+    let metrics_during = client.metrics().await;
     let opened = metric(
         &metrics_during,
         "orderflow_circuit_breaker_transitions_total",
@@ -218,7 +218,7 @@ async fn sms_provider_down_for_20_s_opens_its_breaker_and_loses_nothing() {
             .entry(order["status"].as_str().unwrap().to_owned())
             .or_default() += 1;
     }
-    let metrics_after = scrape(&client).await;
+    let metrics_after = client.metrics().await;
     let dead_letters = client.get("/admin/dlq", &admin).await;
     let with_sms = sms.orders_with_sms();
     let keys: BTreeSet<usize> = with_sms.values().map(BTreeMap::len).collect();
@@ -271,16 +271,4 @@ async fn sms_provider_down_for_20_s_opens_its_breaker_and_loses_nothing() {
         0.0
     );
     serve.stop().await;
-}
-
-async fn scrape(client: &Client) -> String {
-    client
-        .http
-        .get(format!("{}/metrics", client.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
 }

@@ -148,6 +148,18 @@ impl Client {
         answer.json().await.unwrap()
     }
 
+    /// The Prometheus exposition at `/metrics`.
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// Registers a shopper with [`PASSWORD`] and logs them in: a token.
     pub async fn shopper(&self, email: &str) -> String {
         self.registered_shopper(email).await.1
