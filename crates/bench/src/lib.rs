@@ -22,6 +22,9 @@
 //!   orders and edits change the products (one process, then two on Redis).
 //! - [`live`]: `orderflow bench live`, the live channels' commit → client
 //!   latency and server memory per connection under 10,000 WebSocket clients.
+//! - [`soak`]: `--soak DURATION`, a long mixed load with faults on a seeded
+//!   schedule (providers down, a worker SIGKILLed, Redis restarted): memory
+//!   and lag over time, and the exact accounting of every order.
 //! - [`stats`]: HdrHistogram latencies, throughput and ratio arithmetic (unit-tested).
 //! - [`report`]: the per-architecture report, the tables, the JSON.
 //! - [`plot`]: SVG and PNG plots.
@@ -34,6 +37,7 @@ pub mod load;
 pub mod plot;
 pub mod report;
 pub mod shop;
+pub mod soak;
 pub mod staleness;
 pub mod stats;
 pub mod sustained;
@@ -62,6 +66,9 @@ pub enum BenchError {
     Http(#[from] reqwest::Error),
     #[error("writing results: {0}")]
     Output(String),
+    /// The run finished but a verdict it checks was not held.
+    #[error("not held: {0}")]
+    NotHeld(String),
 }
 
 /// `orderflow bench` options.
@@ -139,6 +146,14 @@ pub struct BenchArgs {
     /// (see the `staleness` module docs). `--duration-secs` measured.
     #[arg(long, conflicts_with_all = ["sustained", "read_ceiling", "target"])]
     pub staleness: bool,
+    /// Soak mode instead of the comparison: `--rate` requests per second
+    /// (default 200, `--browse-percent` reads) for this long (`10m`, `1h`),
+    /// with faults injected on a schedule seeded by `--seed` (see the `soak`
+    /// module docs); memory, lag and p99 over time, and at the end the
+    /// accounting of every order. Fails (exit 1) when a verdict is not held.
+    #[arg(long, value_parser = humantime::parse_duration,
+          conflicts_with_all = ["sustained", "read_ceiling", "staleness", "target"])]
+    pub soak: Option<Duration>,
     /// Internal: run as the read ceiling's bare listener on this address.
     #[arg(long, hide = true, requires = "bare_body")]
     pub bare_listener: Option<String>,
@@ -199,7 +214,9 @@ pub enum BenchMode {
 /// Runs the benchmark; `server_binary` is the `orderflow` executable to start.
 pub async fn run(args: &BenchArgs, server_binary: PathBuf) -> Result<BenchReport, BenchError> {
     let architectures = match &args.target {
-        _ if args.read_ceiling || args.staleness || args.mode.is_some() => Vec::new(),
+        _ if args.read_ceiling || args.staleness || args.soak.is_some() || args.mode.is_some() => {
+            Vec::new()
+        }
         Some(url) => vec![Architecture::target(url)],
         None => selected_architectures(&args.architectures)?,
     };
@@ -248,6 +265,10 @@ pub async fn run(args: &BenchArgs, server_binary: PathBuf) -> Result<BenchReport
         Some(BenchMode::Live(live)) => Some(live::run(args, live, &server_binary).await?),
         None => None,
     };
+    let soak = match args.soak {
+        Some(duration) => Some(soak::run(args, duration, &server_binary).await?),
+        None => None,
+    };
     let report = BenchReport {
         started_at: chrono::Utc::now(),
         command: std::env::args().collect::<Vec<_>>().join(" "),
@@ -262,12 +283,14 @@ pub async fn run(args: &BenchArgs, server_binary: PathBuf) -> Result<BenchReport
             "sustained_follow": args.sustained_follow,
             "sustained_rates": sustained::ladder(args.sustained_start, args.sustained_factor, args.sustained_max, &args.sustained_rates),
             "seed": args.seed, "target": args.target, "read_ceiling": args.read_ceiling, "staleness": args.staleness,
+            "soak_secs": args.soak.map(|d| d.as_secs_f64()),
         }),
         architectures: reports,
         sustained: sustained_runs,
         ceiling,
         staleness,
         live,
+        soak,
         notes,
     };
     std::fs::create_dir_all(&args.out)
@@ -286,6 +309,13 @@ pub async fn run(args: &BenchArgs, server_binary: PathBuf) -> Result<BenchReport
     println!("\nreport: {}", json_path.display());
     for plot in plots {
         println!("plot:   {}", plot.display());
+    }
+    if let Some(soak) = &report.soak
+        && !soak.passed()
+    {
+        return Err(BenchError::NotHeld(
+            "the soak's memory, lag or accounting verdict (see the table above)".into(),
+        ));
     }
     Ok(report)
 }

@@ -598,7 +598,7 @@ fn cpu_share(before: Option<Duration>, after: Option<Duration>, elapsed: Duratio
 }
 
 /// Process `pid`'s resident memory in KiB.
-fn resident_kib(pid: u32) -> Result<u64, BenchError> {
+pub(crate) fn resident_kib(pid: u32) -> Result<u64, BenchError> {
     let status = i32::try_from(pid)
         .ok()
         .and_then(|pid| procfs::process::Process::new(pid).ok())

@@ -135,7 +135,7 @@ impl PhaseResult {
         }
     }
 
-    fn merge(&mut self, other: PhaseResult) {
+    pub fn merge(&mut self, other: PhaseResult) {
         self.all.merge(&other.all);
         self.browse.merge(&other.browse);
         self.order.merge(&other.order);

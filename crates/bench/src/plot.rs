@@ -55,6 +55,11 @@ pub fn write_all(report: &BenchReport, dir: &Path) -> Result<Vec<PathBuf>, Bench
         charts.push(("live-latency", Chart::LiveLatency));
         charts.push(("live-messages", Chart::LiveMessages));
     }
+    if report.soak.is_some() {
+        charts.push(("soak-memory", Chart::Soak(SoakAxis::Memory)));
+        charts.push(("soak-lag", Chart::Soak(SoakAxis::Lag)));
+        charts.push(("soak-p99", Chart::Soak(SoakAxis::P99)));
+    }
     if report.architectures.iter().any(|a| !a.sweep.is_empty()) {
         charts.push(("sweep-throughput", Chart::Sweep(SweepAxis::Throughput)));
         charts.push(("sweep-p99", Chart::Sweep(SweepAxis::P99)));
@@ -88,6 +93,15 @@ enum Chart {
     Staleness,
     LiveLatency,
     LiveMessages,
+    Soak(SoakAxis),
+}
+
+/// What a soak chart shows over time.
+#[derive(Clone, Copy)]
+enum SoakAxis {
+    Memory,
+    Lag,
+    P99,
 }
 
 /// Draws `chart` on a white `root` and writes it out.
@@ -106,6 +120,7 @@ fn render<DB: DrawingBackend>(
         Chart::Staleness => staleness_chart(report, &root),
         Chart::LiveLatency => live_latency_chart(report, &root),
         Chart::LiveMessages => live_messages_chart(report, &root),
+        Chart::Soak(axis) => soak_chart(report, &root, axis),
     }
     .map_err(BenchError::Output)?;
     root.present()
@@ -233,6 +248,96 @@ fn live_messages_chart<DB: DrawingBackend>(
         "messages in that second",
     )?;
     draw_lines(&mut chart, lines)
+}
+
+/// `--soak`: memory, lag or p99 over the run, the faults shaded.
+fn soak_chart<DB: DrawingBackend>(
+    report: &BenchReport,
+    root: &DrawingArea<DB, Shift>,
+    axis: SoakAxis,
+) -> Result<(), String> {
+    let Some(run) = &report.soak else {
+        return Ok(());
+    };
+    let mib = |kib: Option<u64>| kib.map(|k| k as f64 / 1024.0);
+    let series = |value: &dyn Fn(&crate::soak::Sample) -> Option<f64>| -> Vec<(f64, f64)> {
+        run.samples
+            .iter()
+            .filter_map(|s| Some((s.at_secs, value(s)?)))
+            .collect()
+    };
+    let (caption, y_desc, lines): (&str, &str, Vec<(String, Vec<(f64, f64)>)>) = match axis {
+        SoakAxis::Memory => (
+            "Resident memory during the soak (faults shaded)",
+            "MiB",
+            vec![
+                ("orderflow serve".into(), series(&|s| mib(s.serve_rss_kib))),
+                (
+                    "orderflow worker (restarted after a kill)".into(),
+                    series(&|s| mib(s.worker_rss_kib)),
+                ),
+            ],
+        ),
+        SoakAxis::Lag => (
+            "Pipeline lag and dead letters during the soak (faults shaded)",
+            "events",
+            vec![
+                ("lag (consumer groups + outbox)".into(), series(&|s| s.lag)),
+                ("dead letters".into(), series(&|s| s.dead_letters)),
+            ],
+        ),
+        SoakAxis::P99 => (
+            "p99 response time per 10 s window (faults shaded)",
+            "milliseconds",
+            vec![
+                (
+                    "all requests".into(),
+                    run.windows.iter().map(|w| (w.ended_secs, w.p99_ms)).collect(),
+                ),
+                (
+                    "orders".into(),
+                    run.windows
+                        .iter()
+                        .map(|w| (w.ended_secs, w.order_p99_ms))
+                        .collect(),
+                ),
+            ],
+        ),
+    };
+    let end = lines
+        .iter()
+        .flat_map(|(_, points)| points.iter().map(|(t, _)| *t))
+        .fold(run.duration_secs, f64::max)
+        .max(1.0);
+    let top = lines
+        .iter()
+        .flat_map(|(_, points)| points.iter().map(|(_, v)| *v))
+        .fold(1.0, f64::max);
+    let mut chart = builder(root, caption)
+        .build_cartesian_2d(0.0..end, 0.0..top * 1.2)
+        .map_err(|e| e.to_string())?;
+    draw_mesh(&mut chart, "seconds since the load started", y_desc)?;
+    chart
+        .draw_series(run.faults.iter().map(|fault| {
+            Rectangle::new(
+                [(fault.started_secs, 0.0), (fault.ended_secs, top * 1.2)],
+                RGBColor(250, 200, 80).mix(0.3).filled(),
+            )
+        }))
+        .map_err(|e| e.to_string())?;
+    chart
+        .draw_series(run.faults.iter().map(|fault| {
+            Text::new(
+                fault.fault.short(),
+                (fault.started_secs, top * 1.17),
+                ("sans-serif", 13),
+            )
+        }))
+        .map_err(|e| e.to_string())?;
+    for (index, (label, points)) in lines.into_iter().enumerate() {
+        draw_line(&mut chart, label, points, COLORS[index % COLORS.len()])?;
+    }
+    draw_legend(&mut chart)
 }
 
 /// One line per `(title, [(percentile, ms)])` over [`PERCENTILES`], on a

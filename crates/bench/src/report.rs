@@ -97,6 +97,9 @@ pub struct BenchReport {
     /// `bench live`: the live channels under load.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub live: Option<crate::live::LiveRun>,
+    /// `--soak`: the long run with faults, and its accounting.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub soak: Option<crate::soak::SoakRun>,
     pub notes: Vec<String>,
 }
 
@@ -461,6 +464,9 @@ impl BenchReport {
         }
         if let Some(live) = &self.live {
             parts.push(live.table());
+        }
+        if let Some(soak) = &self.soak {
+            parts.push(soak.table());
         }
         parts.join("\n\n")
     }

@@ -279,8 +279,8 @@ fn behind(references: &[Reference], shown: &Shown) -> Option<Behind> {
     })
 }
 
-/// The server's database file, read-only, for the reference reader.
-async fn reference_pool(database: &Path) -> Result<SqlitePool, BenchError> {
+/// The server's database file, read-only (the reference reader, the soak's accounting).
+pub(crate) async fn read_only_pool(database: &Path) -> Result<SqlitePool, BenchError> {
     let options = SqliteConnectOptions::new()
         .filename(database)
         .read_only(true);
@@ -394,7 +394,7 @@ async fn measure(
                     .build()
                     .map_err(|e| BenchError::Setup(format!("the reference reader's runtime: {e}")))?
                     .block_on(async {
-                        reference_reader(reference_pool(&database).await?, hot, start, stop).await
+                        reference_reader(read_only_pool(&database).await?, hot, start, stop).await
                     })
             })
             .map_err(|e| BenchError::Setup(format!("starting the reference reader: {e}")))?

@@ -203,13 +203,56 @@ impl Server {
     ) -> Result<Self, BenchError> {
         let port = free_port()?;
         let log_path = data_dir.join(log_name);
-        let log = std::fs::File::create(&log_path)
-            .map_err(|e| BenchError::Server(format!("log file: {e}")))?;
+        let mut command = Self::command(
+            binary,
+            args,
+            data_dir,
+            &log_path,
+            architecture,
+            failures,
+            env,
+            &admin_password,
+        )?;
+        command.env("ORDERFLOW_LISTEN", format!("127.0.0.1:{port}"));
+        let child = command
+            .spawn()
+            .map_err(|e| BenchError::Server(format!("starting {}: {e}", binary.display())))?;
+        let server = Self {
+            base_url: format!("http://127.0.0.1:{port}"),
+            admin: Some((ADMIN_EMAIL.to_owned(), admin_password)),
+            child: Some(child),
+            data_path: Some(data_dir.to_owned()),
+            _owned_dir: None,
+        };
+        server
+            .wait_ready(Duration::from_secs(60), &log_path)
+            .await?;
+        Ok(server)
+    }
+
+    /// `binary ARGS` with the bench's settings for `architecture` and
+    /// `failures`, then `env` (as in [`Server::start_with`]), its output
+    /// appended to `log_path`; killed when dropped.
+    #[allow(clippy::too_many_arguments)]
+    fn command(
+        binary: &Path,
+        args: &[&str],
+        data_dir: &Path,
+        log_path: &Path,
+        architecture: &Architecture,
+        failures: &[FailSpec],
+        env: &[(&str, Option<&str>)],
+        admin_password: &str,
+    ) -> Result<Command, BenchError> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log_path)
+            .map_err(|e| BenchError::Server(format!("log file {}: {e}", log_path.display())))?;
         let mut command = Command::new(binary);
         command
             .args(args)
             .env("ORDERFLOW_DATA_DIR", data_dir)
-            .env("ORDERFLOW_LISTEN", format!("127.0.0.1:{port}"))
             .env("ORDERFLOW_CACHE", architecture.cache)
             .env("ORDERFLOW_SIDE_EFFECTS", architecture.side_effects)
             // The bench registers its shoppers from one IP: no per-IP limits.
@@ -217,7 +260,7 @@ impl Server {
             .env("ORDERFLOW_RATE_PER_SEC", "0")
             .env("ORDERFLOW_RATE_LIMITS", "off")
             .env("ORDERFLOW_ADMIN_EMAIL", ADMIN_EMAIL)
-            .env("ORDERFLOW_ADMIN_PASSWORD", &admin_password)
+            .env("ORDERFLOW_ADMIN_PASSWORD", admin_password)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::from(
@@ -241,20 +284,36 @@ impl Server {
                 failure.rate.to_string(),
             );
         }
-        let child = command
-            .spawn()
-            .map_err(|e| BenchError::Server(format!("starting {}: {e}", binary.display())))?;
-        let server = Self {
-            base_url: format!("http://127.0.0.1:{port}"),
-            admin: Some((ADMIN_EMAIL.to_owned(), admin_password)),
-            child: Some(child),
-            data_path: Some(data_dir.to_owned()),
-            _owned_dir: None,
+        Ok(command)
+    }
+
+    /// How to start `orderflow worker` processes (every consumer group) on
+    /// this server's data dir, with `failures` and `env` applied as in
+    /// [`Server::start_with`]: more members for the groups, each in a
+    /// process of its own that can be killed.
+    pub fn worker_command(
+        &self,
+        binary: &Path,
+        architecture: &Architecture,
+        failures: &[FailSpec],
+        env: &[(&str, Option<&str>)],
+    ) -> Result<WorkerCommand, BenchError> {
+        let (Some(data_dir), Some((_, password))) = (&self.data_path, &self.admin) else {
+            return Err(BenchError::Server(
+                "a worker process needs a server the bench started".into(),
+            ));
         };
-        server
-            .wait_ready(Duration::from_secs(60), &log_path)
-            .await?;
-        Ok(server)
+        Ok(WorkerCommand {
+            binary: binary.to_owned(),
+            data_dir: data_dir.clone(),
+            architecture: architecture.clone(),
+            failures: failures.to_vec(),
+            env: env
+                .iter()
+                .map(|(name, value)| (name.to_string(), value.map(str::to_owned)))
+                .collect(),
+            admin_password: password.clone(),
+        })
     }
 
     async fn wait_ready(&self, timeout: Duration, log: &Path) -> Result<(), BenchError> {
@@ -298,24 +357,65 @@ impl Server {
     /// Stops a started server with SIGTERM (it drains and exits), SIGKILL
     /// after 10 s.
     pub async fn stop(mut self) -> Result<(), BenchError> {
-        let Some(mut child) = self.child.take() else {
-            return Ok(());
-        };
-        if let Some(pid) = child.id() {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(pid.to_string())
-                .status()
-                .await;
+        match self.child.take() {
+            Some(mut child) => terminate(&mut child).await,
+            None => Ok(()),
         }
-        match tokio::time::timeout(Duration::from_secs(10), child.wait()).await {
-            Ok(_) => Ok(()),
-            Err(_) => {
-                let _ = child.kill().await;
-                Err(BenchError::Server(
-                    "the server did not stop within 10 s of SIGTERM; killed".into(),
-                ))
-            }
+    }
+}
+
+/// `orderflow worker` processes beside a server (see [`Server::worker_command`]).
+#[derive(Debug, Clone)]
+pub struct WorkerCommand {
+    binary: PathBuf,
+    data_dir: PathBuf,
+    architecture: Architecture,
+    failures: Vec<FailSpec>,
+    env: Vec<(String, Option<String>)>,
+    admin_password: String,
+}
+
+impl WorkerCommand {
+    /// Starts one. Its output goes to `worker.log` in the data dir
+    /// (appended across restarts). It serves no HTTP, so it is not waited
+    /// for; it is killed when dropped.
+    pub fn spawn(&self) -> Result<Child, BenchError> {
+        let env: Vec<(&str, Option<&str>)> = self
+            .env
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_deref()))
+            .collect();
+        Server::command(
+            &self.binary,
+            &["worker"],
+            &self.data_dir,
+            &self.data_dir.join("worker.log"),
+            &self.architecture,
+            &self.failures,
+            &env,
+            &self.admin_password,
+        )?
+        .spawn()
+        .map_err(|e| BenchError::Server(format!("starting a worker: {e}")))
+    }
+}
+
+/// Stops a child with SIGTERM (it drains and exits), SIGKILL after 10 s.
+pub async fn terminate(child: &mut Child) -> Result<(), BenchError> {
+    if let Some(pid) = child.id() {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status()
+            .await;
+    }
+    match tokio::time::timeout(Duration::from_secs(10), child.wait()).await {
+        Ok(_) => Ok(()),
+        Err(_) => {
+            let _ = child.kill().await;
+            Err(BenchError::Server(
+                "the process did not stop within 10 s of SIGTERM; killed".into(),
+            ))
         }
     }
 }
