@@ -707,6 +707,7 @@ mod tests {
             ceiling: None,
             staleness: None,
             live: None,
+            soak: None,
             notes: vec![],
         };
         let dir = tempfile::tempdir().unwrap();

@@ -590,6 +590,7 @@ mod tests {
             ceiling: None,
             staleness: None,
             live: None,
+            soak: None,
             notes: vec![],
         };
         let table = report.table();
@@ -688,6 +689,7 @@ mod tests {
             ceiling: None,
             staleness: None,
             live: None,
+            soak: None,
             notes: vec![],
         };
         let table = report.table();
