@@ -8,6 +8,14 @@ use std::process::Command;
 /// Runs `orderflow bench --out DIR ARGS` to completion and checks that it
 /// succeeded: its stdout, its report.json and the dir (kept for the plots).
 fn bench(args: &[&str]) -> (String, serde_json::Value, tempfile::TempDir) {
+    let (succeeded, stdout, report, out) = bench_run(args);
+    assert!(succeeded, "orderflow bench {args:?} failed:\n{stdout}");
+    (stdout, report, out)
+}
+
+/// Runs `orderflow bench --out DIR ARGS` to completion: whether it exited
+/// 0, its stdout (with its stderr after it), its report.json and the dir.
+fn bench_run(args: &[&str]) -> (bool, String, serde_json::Value, tempfile::TempDir) {
     let out = tempfile::tempdir().unwrap();
     let output = Command::new(env!("CARGO_BIN_EXE_orderflow"))
         .arg("bench")
@@ -17,15 +25,15 @@ fn bench(args: &[&str]) -> (String, serde_json::Value, tempfile::TempDir) {
         .env("RUST_LOG", "warn")
         .output()
         .expect("orderflow bench runs");
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "orderflow bench {args:?} failed:\n{stdout}\n{}",
+    let stdout = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
-    let report =
-        serde_json::from_slice(&std::fs::read(out.path().join("report.json")).unwrap()).unwrap();
-    (stdout, report, out)
+    let report = std::fs::read(out.path().join("report.json"))
+        .unwrap_or_else(|e| panic!("no report.json ({e}):\n{stdout}"));
+    let report = serde_json::from_slice(&report).unwrap();
+    (output.status.success(), stdout, report, out)
 }
 
 /// The plot `name` in `out` is a PNG with something drawn in it.
@@ -364,4 +372,82 @@ fn a_short_live_run_delivers_every_order_step_to_its_shopper() {
     }
     assert_png(out.path(), "live-latency.png");
     assert_png(out.path(), "live-messages.png");
+}
+
+/// A short soak (75 s, seed 4: the payment provider down for 15 s and the
+/// worker process SIGKILLed): both faults injected and healed, the lag
+/// drained, the accounting exact, the plots written. Memory is not judged:
+/// 75 s of a debug build is no soak (its verdict is reported, and a run
+/// that fails only on it still ends with exit 1, so it is checked that
+/// nothing else failed).
+#[test]
+fn a_short_soak_injects_its_faults_and_accounts_for_every_order() {
+    let (succeeded, stdout, report, out) = bench_run(&[
+        "--soak",
+        "75s",
+        "--rate",
+        "40",
+        "--shoppers",
+        "10",
+        "--seed",
+        "4",
+    ]);
+    let soak = &report["soak"];
+    assert!(
+        succeeded || soak["memory_held"] == false,
+        "only the memory verdict may fail a run this short:\n{stdout}"
+    );
+    let faults: Vec<&str> = soak["faults"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["fault"]["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(faults, ["worker_killed", "provider_down"], "{stdout}");
+    for fault in soak["faults"].as_array().unwrap() {
+        assert!(fault["trouble"].is_null(), "{fault}");
+    }
+    assert!(soak["drained_after_secs"].is_number(), "{stdout}");
+    let accounting = &soak["accounting"];
+    let accepted = accounting["accepted"].as_u64().unwrap();
+    assert!(accepted > 100, "{stdout}");
+    for zero in [
+        "missing",
+        "not_final",
+        "points_wrong",
+        "stock_wrong",
+        "dead_letters",
+    ] {
+        assert_eq!(accounting[zero], 0, "{zero}:\n{stdout}");
+    }
+    let confirmed = accounting["by_status"]["confirmed"].as_u64().unwrap();
+    assert!(confirmed >= accepted, "{stdout}");
+    let effects = accounting["effects"].as_array().unwrap();
+    assert_eq!(effects.len(), 4, "e-mail, charge, SMS, push");
+    for effect in effects {
+        assert_eq!(effect["expected"].as_u64(), Some(confirmed), "{effect}");
+        assert_eq!(effect["once"].as_u64(), Some(confirmed), "{effect}");
+        assert_eq!(effect["more_than_once"], 0, "{effect}");
+        assert_eq!(effect["unexpected"], 0, "{effect}");
+    }
+    let charges = effects
+        .iter()
+        .find(|e| e["effect"].as_str().unwrap().starts_with("charge"))
+        .unwrap();
+    assert!(
+        charges["refused_calls"].as_u64().unwrap() > 0,
+        "the payment provider was down: {charges}"
+    );
+    let samples = soak["samples"].as_array().unwrap();
+    assert!(samples.len() > 20, "{}", samples.len());
+    assert!(
+        samples.iter().any(|s| s["worker_rss_kib"].is_null()),
+        "the worker was down for a while"
+    );
+    for table in ["accounting", "memory (serve)", "worker SIGKILLed"] {
+        assert!(stdout.contains(table), "{table}:\n{stdout}");
+    }
+    for plot in ["soak-memory.png", "soak-lag.png", "soak-p99.png"] {
+        assert_png(out.path(), plot);
+    }
 }
