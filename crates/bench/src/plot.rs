@@ -271,7 +271,7 @@ fn soak_chart<DB: DrawingBackend>(
             "Resident memory during the soak (faults shaded)",
             "MiB",
             vec![
-                ("orderflow serve".into(), series(&|s| mib(s.serve_rss_kib))),
+                ("orderflow api".into(), series(&|s| mib(s.api_rss_kib))),
                 (
                     "orderflow worker (restarted after a kill)".into(),
                     series(&|s| mib(s.worker_rss_kib)),

@@ -3,12 +3,18 @@
 //! accounting of every order.
 //!
 //! # The system under test
-//! One `orderflow serve` (SQLite, the embedded log, every consumer group)
-//! with Redis as the shared cache, plus one `orderflow worker` process on
-//! the same database (a second member of every group, the one the faults
-//! kill). SMS, push and payment go through orderflow's real webhook
-//! adapters to providers the bench serves ([`providers`]); e-mail stays on
-//! the simulated provider, failing 2% of its calls throughout (retried).
+//! The embedded setup split in two processes, as a shop that keeps its
+//! API up while its workers restart runs it: one `orderflow api` and one
+//! `orderflow worker` (every consumer group) on the same SQLite database,
+//! with Redis as the shared cache. One worker, not two: the embedded log
+//! has no partition assignment, so two members of a group would both
+//! handle every event (one worker per group per database; see
+//! `orderflow_adapters::sqlite::log`). Killing it stops the pipeline until
+//! it is back, and its deliveries in flight are delivered again (the
+//! providers see those calls twice, under the same idempotency key). SMS,
+//! push and payment go through orderflow's real webhook adapters to
+//! providers the bench serves ([`providers`]); e-mail stays on the
+//! simulated provider, failing 2% of its calls throughout (retried).
 //!
 //! # The load
 //! Open loop at `--rate` requests per second (default [`DEFAULT_RATE`]),
@@ -33,7 +39,7 @@
 //! server's `/metrics`), and the resident memory of both processes.
 //!
 //! # The verdicts
-//! - **memory**: the `serve` process's resident memory at the end of the
+//! - **memory**: the `api` process's resident memory at the end of the
 //!   load is within [`MEMORY_TOLERANCE`] of its value after the warm-up;
 //! - **lag**: the pipeline lag is back to 0 within [`DRAIN_TIMEOUT`] of
 //!   the end of the load;
@@ -65,7 +71,7 @@ use crate::load::{Pacing, PhaseResult, Targets, Workload};
 use crate::report::boxed;
 use crate::shop::Shop;
 use crate::stats::LatencySummary;
-use crate::sut::{FailSpec, Server, V2, WorkerCommand, terminate};
+use crate::sut::{FailSpec, Role, Server, V2, WorkerCommand, terminate};
 use crate::{BenchArgs, BenchError, load_bar, plan, spinner};
 
 /// Requests per second when `--rate` is not given.
@@ -224,7 +230,7 @@ pub struct Sample {
     /// Consumer lag plus outbox backlog; None when `/metrics` did not answer.
     pub lag: Option<f64>,
     pub dead_letters: Option<f64>,
-    pub serve_rss_kib: Option<u64>,
+    pub api_rss_kib: Option<u64>,
     /// None while the worker is down (killed, not yet started again).
     pub worker_rss_kib: Option<u64>,
 }
@@ -317,7 +323,7 @@ pub struct SoakRun {
     pub latency: LatencySummary,
     pub order_latency: LatencySummary,
     pub lag_max: f64,
-    /// Resident memory of `serve` after the warm-up and at the end of the load.
+    /// Resident memory of `api` after the warm-up and at the end of the load.
     pub rss_after_warmup_kib: Option<u64>,
     pub rss_at_end_kib: Option<u64>,
     pub memory_held: bool,
@@ -390,7 +396,7 @@ impl SoakRun {
                     sample
                         .and_then(|s| s.dead_letters)
                         .map_or("-".into(), |d| format!("{d:.0}")),
-                    mib(sample.and_then(|s| s.serve_rss_kib)),
+                    mib(sample.and_then(|s| s.api_rss_kib)),
                     mib(sample.and_then(|s| s.worker_rss_kib)),
                 ]
             })
@@ -404,7 +410,7 @@ impl SoakRun {
                 "errors",
                 "lag",
                 "dead letters",
-                "serve MiB",
+                "api MiB",
                 "worker MiB",
             ]
             .map(String::from),
@@ -427,7 +433,7 @@ impl SoakRun {
                 ),
             ],
             vec![
-                "memory (serve)".into(),
+                "memory (api)".into(),
                 format!(
                     "{} after warm-up, {} at the end ({}): {}",
                     self.rss_after_warmup_kib
@@ -530,7 +536,7 @@ pub async fn run(
         );
     }
 
-    let bar = spinner("starting Redis, the providers, orderflow serve and a worker");
+    let bar = spinner("starting Redis, the providers, orderflow api and a worker");
     let redis = tokio::task::spawn_blocking(orderflow_testkit::redis::RedisServer::start)
         .await
         .map_err(|e| BenchError::Server(e.to_string()))?
@@ -547,8 +553,8 @@ pub async fn run(
         provider: "email".into(),
         rate: EMAIL_FAILURE_RATE,
     }];
-    let server = Server::start_with(binary, &V2, &failures, &env).await?;
-    let serve_pid = server.pid().unwrap_or(0);
+    let server = Server::start_role(binary, Role::Api, &V2, &failures, &env).await?;
+    let api_pid = server.pid().unwrap_or(0);
     let workers = server.worker_command(binary, &V2, &failures, &env)?;
     let worker = workers.spawn()?;
     let worker = Arc::new(tokio::sync::Mutex::new(WorkerSlot {
@@ -596,7 +602,7 @@ pub async fn run(
         tokio::spawn(async move {
             let mut samples = Vec::new();
             loop {
-                samples.push(sample(&shop, serve_pid, &worker_pid, since()).await);
+                samples.push(sample(&shop, api_pid, &worker_pid, since()).await);
                 tokio::select! {
                     _ = tokio::time::sleep(SAMPLE_EVERY) => {}
                     _ = stop.notified() => return samples,
@@ -717,12 +723,12 @@ pub async fn run(
     let rss_after_warmup_kib = samples
         .iter()
         .find(|s| s.at_secs >= warm)
-        .and_then(|s| s.serve_rss_kib);
+        .and_then(|s| s.api_rss_kib);
     let rss_at_end_kib = samples
         .iter()
         .rev()
         .find(|s| s.at_secs <= load_secs)
-        .and_then(|s| s.serve_rss_kib);
+        .and_then(|s| s.api_rss_kib);
     let mut run = SoakRun {
         duration_secs: load_secs,
         rate,
@@ -758,7 +764,7 @@ pub async fn run(
 }
 
 /// Reads the lag and dead letters from `/metrics` and both processes' memory.
-async fn sample(shop: &Shop, serve_pid: u32, worker_pid: &AtomicU32, at_secs: f64) -> Sample {
+async fn sample(shop: &Shop, api_pid: u32, worker_pid: &AtomicU32, at_secs: f64) -> Sample {
     let metrics = shop.metrics().await.ok();
     let worker = worker_pid.load(Ordering::SeqCst);
     Sample {
@@ -767,7 +773,7 @@ async fn sample(shop: &Shop, serve_pid: u32, worker_pid: &AtomicU32, at_secs: f6
         dead_letters: metrics
             .as_ref()
             .and_then(|m| m.by_name.get("orderflow_dead_letters").copied()),
-        serve_rss_kib: crate::live::resident_kib(serve_pid).ok(),
+        api_rss_kib: crate::live::resident_kib(api_pid).ok(),
         worker_rss_kib: (worker != 0)
             .then(|| crate::live::resident_kib(worker).ok())
             .flatten(),

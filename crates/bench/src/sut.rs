@@ -98,6 +98,16 @@ impl std::fmt::Display for FailSpec {
 
 const ADMIN_EMAIL: &str = "bench-admin@example.com";
 
+/// Which process [`Server::start_role`] starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// `orderflow serve --demo`: the API and every consumer group.
+    Serve,
+    /// `orderflow api` on a seeded database: the consumer groups run
+    /// elsewhere (see [`Server::worker_command`]).
+    Api,
+}
+
 /// A running server the bench talks to.
 pub struct Server {
     pub base_url: String,
@@ -141,12 +151,50 @@ impl Server {
         failures: &[FailSpec],
         env: &[(&str, Option<&str>)],
     ) -> Result<Self, BenchError> {
+        Self::start_role(binary, Role::Serve, architecture, failures, env).await
+    }
+
+    /// [`Server::start_with`] for `role`: `serve --demo`, or the demo data
+    /// seeded (`orderflow seed`, run to its end) and then `api` alone.
+    pub async fn start_role(
+        binary: &Path,
+        role: Role,
+        architecture: &Architecture,
+        failures: &[FailSpec],
+        env: &[(&str, Option<&str>)],
+    ) -> Result<Self, BenchError> {
         let data_dir =
             tempfile::tempdir().map_err(|e| BenchError::Server(format!("temp dir: {e}")))?;
         let admin_password = format!("bench-{}", uuid::Uuid::new_v4().simple());
+        let args: &[&str] = match role {
+            Role::Serve => &["serve", "--demo"],
+            Role::Api => {
+                let log = data_dir.path().join("seed.log");
+                let status = Self::command(
+                    binary,
+                    &["seed"],
+                    data_dir.path(),
+                    &log,
+                    architecture,
+                    failures,
+                    env,
+                    &admin_password,
+                )?
+                .status()
+                .await
+                .map_err(|e| BenchError::Server(format!("orderflow seed: {e}")))?;
+                if !status.success() {
+                    let output = std::fs::read_to_string(&log).unwrap_or_default();
+                    return Err(BenchError::Server(format!(
+                        "orderflow seed exited with {status}:\n{output}"
+                    )));
+                }
+                &["api"]
+            }
+        };
         let mut server = Self::spawn(
             binary,
-            &["serve", "--demo"],
+            args,
             data_dir.path(),
             "server.log",
             architecture,

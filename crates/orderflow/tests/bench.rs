@@ -444,7 +444,7 @@ fn a_short_soak_injects_its_faults_and_accounts_for_every_order() {
         samples.iter().any(|s| s["worker_rss_kib"].is_null()),
         "the worker was down for a while"
     );
-    for table in ["accounting", "memory (serve)", "worker SIGKILLed"] {
+    for table in ["accounting", "memory (api)", "worker SIGKILLed"] {
         assert!(stdout.contains(table), "{table}:\n{stdout}");
     }
     for plot in ["soak-memory.png", "soak-lag.png", "soak-p99.png"] {
