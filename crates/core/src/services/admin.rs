@@ -11,6 +11,9 @@ use crate::ports::log::{EventLog, PartitionLag};
 use crate::ports::outbox::{Outbox, OutboxBacklog};
 use crate::ports::store::{DeadLetter, Store};
 
+/// How long [`Operations::export_gauges`] waits for one source.
+pub const GAUGE_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
 pub struct Operations {
     store: Arc<dyn Store>,
     log: Arc<dyn EventLog>,
@@ -78,11 +81,15 @@ impl Operations {
     /// `orderflow_consumer_lag{group,topic,partition}`,
     /// `orderflow_consumer_group_lag{group}` and `orderflow_dead_letters`.
     /// Called at scrape time and on a timer (worker-only processes have no
-    /// scrape hook of their own); a source that cannot be read is logged and
-    /// its gauges keep their last value.
+    /// scrape hook of their own); a source that cannot be read, or not
+    /// within [`GAUGE_READ_TIMEOUT`], is logged and its gauges keep their
+    /// last value. The bound matters while Kafka is away: reading the lag
+    /// asks the broker for its end offsets, which librdkafka keeps trying
+    /// for its own 10 s timeout, and a scrape (Prometheus gives up after
+    /// 10 s by default) would lose every other metric with it.
     pub async fn export_gauges(&self) {
-        match self.consumer_lag().await {
-            Ok(lags) => {
+        match tokio::time::timeout(GAUGE_READ_TIMEOUT, self.consumer_lag()).await {
+            Ok(Ok(lags)) => {
                 for lag in &lags {
                     metrics::gauge!("orderflow_consumer_lag", "group" => lag.group.clone(), "topic" => lag.topic.clone(), "partition" => lag.partition.to_string())
                         .set(lag.lag as f64);
@@ -92,11 +99,21 @@ impl Operations {
                         .set(lag as f64);
                 }
             }
-            Err(error) => tracing::warn!(%error, "could not read consumer lag for the metrics"),
+            Ok(Err(error)) => tracing::warn!(%error, "could not read consumer lag for the metrics"),
+            Err(_) => tracing::warn!(
+                timeout = ?GAUGE_READ_TIMEOUT,
+                "reading consumer lag for the metrics took too long; the lag gauges keep their last value"
+            ),
         }
-        match self.store.count_dead_letters().await {
-            Ok(count) => metrics::gauge!("orderflow_dead_letters").set(count as f64),
-            Err(error) => tracing::warn!(%error, "could not count dead letters for the metrics"),
+        match tokio::time::timeout(GAUGE_READ_TIMEOUT, self.store.count_dead_letters()).await {
+            Ok(Ok(count)) => metrics::gauge!("orderflow_dead_letters").set(count as f64),
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "could not count dead letters for the metrics")
+            }
+            Err(_) => tracing::warn!(
+                timeout = ?GAUGE_READ_TIMEOUT,
+                "counting dead letters for the metrics took too long; the gauge keeps its last value"
+            ),
         }
     }
 
