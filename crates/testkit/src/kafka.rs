@@ -8,8 +8,23 @@
 //! a broker per test would cost seconds each, and tests keep apart by using
 //! their own topic prefix and group names instead.
 //!
-//! The broker keeps nothing across a restart (memory storage), so tests that
-//! check "resume after a restart" restart the *consumer*, not the broker.
+//! Memory storage keeps nothing across a restart, so tests on such a
+//! broker that check "resume after a restart" restart the *consumer*, not
+//! the broker.
+//!
+//! [`KafkaBroker::start_on_postgres`] runs one whose storage is a database
+//! of its own on a testkit [`PostgresServer`] (tansu's PostgreSQL engine;
+//! its schema, [`TANSU_POSTGRES_SCHEMA`], applied first). That broker can
+//! be stopped and started again on the same port with the same storage
+//! ([`KafkaBroker::stop`], [`KafkaBroker::start_again`],
+//! [`KafkaBroker::is_running`], as [`PostgresServer`] has): topics, records
+//! and committed group offsets survive, so a test can take the broker away
+//! under load (every broker has these three, but one on memory storage
+//! comes back empty). Why PostgreSQL: tansu 0.6's SQLite engine panics on
+//! consumer-group offset-commit conflicts under concurrency, and its memory
+//! engine keeps nothing. Clients of a PostgreSQL-engine broker set
+//! [`POSTGRES_ENGINE_CLIENT_CONFIG`] (on PostgreSQL 15 tansu cannot answer
+//! a `read_committed` "latest offset" request).
 //!
 //! [`KafkaBroker::start_authenticated`] (and [`shared_authenticated`]) runs
 //! one that requires SASL SCRAM (`tansu broker --authentication`), with
@@ -30,11 +45,13 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use sqlx::Connection;
 
 use crate::pki::TestPki;
+use crate::postgres::PostgresServer;
 use crate::{ServerProcess, find_program, free_port, wait_for_port};
 
 mod tls_front;
@@ -52,6 +69,24 @@ fn tansu() -> anyhow::Result<PathBuf> {
     find_program("tansu", &extra, INSTALL_HINT)
 }
 
+/// tansu 0.6's PostgreSQL schema: `etc/initdb.d/010-schema.sql` of
+/// <https://github.com/tansu-io/tansu> at tag v0.6.0 (commit 079c4c33,
+/// Apache-2.0, copied unchanged). tansu's PostgreSQL engine creates no
+/// tables (its own setup runs this file as a PostgreSQL init script);
+/// [`KafkaBroker::start_on_postgres`] applies it to the broker's database.
+pub const TANSU_POSTGRES_SCHEMA: &str = include_str!("kafka/tansu-postgres-schema.sql");
+
+/// The librdkafka properties every client of a broker on the PostgreSQL
+/// engine needs: `isolation.level=read_uncommitted`. tansu answers a
+/// "latest offset" ListOffsets request of a `read_committed` client (the
+/// librdkafka default) with `list_latest_offset_committed.sql`, whose
+/// subquery in FROM has no alias: PostgreSQL 15 refuses it ("subquery in
+/// FROM must have an alias", accepted from 16 on), and tansu drops the
+/// client's connection. tansu 0.6 has no transactions, so both isolation
+/// levels read the same records.
+pub const POSTGRES_ENGINE_CLIENT_CONFIG: &[(&str, &str)] =
+    &[("isolation.level", "read_uncommitted")];
+
 const MEMORY_STORAGE: &str = "memory://tansu/";
 /// Relative to the broker's working directory, its temporary directory.
 const SQLITE_STORAGE: &str = "sqlite://tansu.db";
@@ -64,20 +99,38 @@ fn broker_dir() -> anyhow::Result<tempfile::TempDir> {
         .context("creating a temporary directory for tansu")
 }
 
-/// Starts `tansu broker` in `dir` on a free port with `storage`, and waits
-/// until it accepts connections. It advertises its own port, or
-/// `advertised` (a TLS terminator's). On failure the error carries the end
-/// of the broker's log.
-fn spawn(
-    program: &Path,
-    dir: &tempfile::TempDir,
-    storage: &str,
+/// How one `tansu broker` is started: what [`KafkaBroker::start_again`]
+/// repeats.
+#[derive(Debug, Clone)]
+struct Launch {
+    /// The port tansu listens on (behind a TLS terminator: not the one
+    /// clients connect to).
+    port: u16,
+    storage: String,
     authentication: bool,
+    /// The port it advertises when it is not its own (a TLS terminator's).
     advertised: Option<u16>,
-) -> anyhow::Result<(u16, ServerProcess)> {
-    let port = free_port();
+}
+
+impl Launch {
+    /// On a free port, advertising it.
+    fn new(storage: &str) -> Launch {
+        Launch {
+            port: free_port(),
+            storage: storage.to_owned(),
+            authentication: false,
+            advertised: None,
+        }
+    }
+}
+
+/// Starts `tansu broker` in `dir` as `launch` says, and waits until it
+/// accepts connections. On failure the error carries the end of the
+/// broker's log.
+fn spawn(program: &Path, dir: &Path, launch: &Launch) -> anyhow::Result<ServerProcess> {
+    let port = launch.port;
     let url = format!("tcp://127.0.0.1:{port}");
-    let advertised = format!("tcp://127.0.0.1:{}", advertised.unwrap_or(port));
+    let advertised = format!("tcp://127.0.0.1:{}", launch.advertised.unwrap_or(port));
     let mut args: Vec<OsString> = [
         "broker",
         "--listener-url",
@@ -85,21 +138,20 @@ fn spawn(
         "--advertised-listener-url",
         advertised.as_str(),
         "--storage-engine",
-        storage,
+        launch.storage.as_str(),
         "--cluster-id",
         "orderflow-test",
     ]
     .into_iter()
     .map(OsString::from)
     .collect();
-    if authentication {
+    if launch.authentication {
         args.push("--authentication".into());
     }
-    let log = dir.path().join("tansu.log");
-    let mut process =
-        ServerProcess::spawn("tansu", program, &args, None, dir.path(), &log, "TERM")?;
+    let log = dir.join("tansu.log");
+    let mut process = ServerProcess::spawn("tansu", program, &args, None, dir, &log, "TERM")?;
     let error = match wait_for_port(port, START_TIMEOUT) {
-        Ok(()) if process.is_running() => return Ok((port, process)),
+        Ok(()) if process.is_running() => return Ok(process),
         Ok(()) => anyhow::anyhow!("tansu exited right after start"),
         Err(e) => e,
     };
@@ -114,15 +166,22 @@ fn spawn(
 /// file (see [`KafkaBroker::start_authenticated`] for why).
 fn spawn_authenticated(
     program: &Path,
-    dir: &tempfile::TempDir,
+    dir: &Path,
     users: &[(&str, &str)],
     advertised: Option<u16>,
-) -> anyhow::Result<(u16, ServerProcess)> {
-    let (port, setup) = spawn(program, dir, SQLITE_STORAGE, false, None)?;
-    create_users(program, port, users)?;
+) -> anyhow::Result<(Launch, ServerProcess)> {
+    let setup_launch = Launch::new(SQLITE_STORAGE);
+    let setup = spawn(program, dir, &setup_launch)?;
+    create_users(program, setup_launch.port, users)?;
     // Stopped (TERM, waited for) before the second start opens the file.
     drop(setup);
-    spawn(program, dir, SQLITE_STORAGE, true, advertised)
+    let launch = Launch {
+        authentication: true,
+        advertised,
+        ..Launch::new(SQLITE_STORAGE)
+    };
+    let process = spawn(program, dir, &launch)?;
+    Ok((launch, process))
 }
 
 /// `tansu user create` for every user and both SCRAM mechanisms, against
@@ -219,24 +278,43 @@ pub fn sasl_ssl_config(
     config
 }
 
-/// What one start attempt made: the port clients connect to, the broker,
-/// and, when a TLS terminator is wanted, its bound listener, the broker's
-/// own port and whether client certificates are required.
-type Attempt = (
-    u16,
-    ServerProcess,
-    Option<(std::net::TcpListener, u16, bool)>,
-);
+/// What one start attempt made: the port clients connect to, how tansu
+/// was started, the broker, and, when a TLS terminator is wanted, its bound
+/// listener and whether client certificates are required.
+struct Attempt {
+    port: u16,
+    launch: Launch,
+    process: ServerProcess,
+    front: Option<(std::net::TcpListener, bool)>,
+}
 
-/// One `tansu broker` on `127.0.0.1:port`: in-memory storage, or (with
-/// authentication) a SQLite file in its temporary directory; `port` is the
-/// TLS terminator's when there is one.
+impl Attempt {
+    /// A broker clients reach directly.
+    fn direct(launch: Launch, process: ServerProcess) -> Attempt {
+        Attempt {
+            port: launch.port,
+            launch,
+            process,
+            front: None,
+        }
+    }
+}
+
+/// One `tansu broker` on `127.0.0.1:port`: in-memory storage, a SQLite file
+/// in its temporary directory (with authentication), or a PostgreSQL
+/// database ([`KafkaBroker::start_on_postgres`]); `port` is the TLS
+/// terminator's when there is one.
 pub struct KafkaBroker {
     port: u16,
-    dir: tempfile::TempDir,
+    /// `tansu` and how it was started, for [`start_again`](Self::start_again).
+    program: PathBuf,
+    launch: Launch,
     /// The TLS terminator in front, and the CA and certificates it uses.
     tls: Option<(tls_front::TlsFront, TestPki)>,
-    _process: ServerProcess,
+    // Field order: the broker stops before its directory is removed.
+    /// `None` between [`stop`](Self::stop) and [`start_again`](Self::start_again).
+    process: Option<ServerProcess>,
+    dir: tempfile::TempDir,
 }
 
 impl std::fmt::Debug for KafkaBroker {
@@ -252,9 +330,43 @@ impl KafkaBroker {
     /// Starts a broker on a free port and waits until it accepts connections.
     pub fn start() -> anyhow::Result<KafkaBroker> {
         KafkaBroker::start_with(None, |program, dir| {
-            let (port, process) = spawn(program, dir, MEMORY_STORAGE, false, None)?;
-            Ok((port, process, None))
+            let launch = Launch::new(MEMORY_STORAGE);
+            let process = spawn(program, dir, &launch)?;
+            Ok(Attempt::direct(launch, process))
         })
+    }
+
+    /// Starts a broker whose storage is a new database on `server`
+    /// (`--storage-engine postgres://…`), so that [`stop`](Self::stop) and
+    /// [`start_again`](Self::start_again) keep its topics, records and
+    /// committed group offsets. tansu does not create its tables: the
+    /// schema of its repository ([`TANSU_POSTGRES_SCHEMA`]) is applied to
+    /// the database first.
+    ///
+    /// Its clients must set [`POSTGRES_ENGINE_CLIENT_CONFIG`]
+    /// (`isolation.level=read_uncommitted`): see the module's notes.
+    pub async fn start_on_postgres(server: &PostgresServer) -> anyhow::Result<KafkaBroker> {
+        let url = server
+            .create_database()
+            .await
+            .context("creating tansu's database")?;
+        let mut db = sqlx::PgConnection::connect(&url)
+            .await
+            .context("connecting to tansu's database")?;
+        sqlx::raw_sql(TANSU_POSTGRES_SCHEMA)
+            .execute(&mut db)
+            .await
+            .context("creating tansu's tables")?;
+        db.close().await.ok();
+        tokio::task::spawn_blocking(move || {
+            KafkaBroker::start_with(None, |program, dir| {
+                let launch = Launch::new(&url);
+                let process = spawn(program, dir, &launch)?;
+                Ok(Attempt::direct(launch, process))
+            })
+        })
+        .await
+        .context("the tansu start-up thread panicked")?
     }
 
     /// Starts a broker that requires SASL authentication
@@ -274,8 +386,8 @@ impl KafkaBroker {
     /// (rsasl) with SCRAM and OAUTHBEARER only.
     pub fn start_authenticated(users: &[(&str, &str)]) -> anyhow::Result<KafkaBroker> {
         KafkaBroker::start_with(None, |program, dir| {
-            let (port, process) = spawn_authenticated(program, dir, users, None)?;
-            Ok((port, process, None))
+            let (launch, process) = spawn_authenticated(program, dir, users, None)?;
+            Ok(Attempt::direct(launch, process))
         })
     }
 
@@ -294,43 +406,106 @@ impl KafkaBroker {
             let front = std::net::TcpListener::bind("127.0.0.1:0")
                 .context("binding the TLS terminator's port")?;
             let front_port = front.local_addr()?.port();
-            let (port, process) = spawn_authenticated(program, dir, users, Some(front_port))?;
-            Ok((front_port, process, Some((front, port, client_auth))))
+            let (launch, process) = spawn_authenticated(program, dir, users, Some(front_port))?;
+            Ok(Attempt {
+                port: front_port,
+                launch,
+                process,
+                front: Some((front, client_auth)),
+            })
         })
     }
 
     /// Runs `attempt` in a fresh directory up to three times: a port
     /// someone grabbed between `free_port` and the bind means another try.
-    /// An attempt that asks for a TLS terminator (its listener, the
-    /// broker's port, whether client certificates are required) gets one
-    /// with `pki`.
+    /// An attempt that asks for a TLS terminator gets one with `pki`, in
+    /// front of the broker's port.
     fn start_with(
         pki: Option<TestPki>,
-        attempt: impl Fn(&Path, &tempfile::TempDir) -> anyhow::Result<Attempt>,
+        attempt: impl Fn(&Path, &Path) -> anyhow::Result<Attempt>,
     ) -> anyhow::Result<KafkaBroker> {
         let program = tansu()?;
         let mut last_error = None;
         for _ in 0..3 {
             let dir = broker_dir()?;
-            match attempt(&program, &dir) {
-                Ok((port, process, front)) => {
+            match attempt(&program, dir.path()) {
+                Ok(Attempt {
+                    port,
+                    launch,
+                    process,
+                    front,
+                }) => {
                     let tls = match (front, &pki) {
-                        (Some((listener, backend, client_auth)), Some(pki)) => Some(
-                            tls_front::TlsFront::start(listener, backend, pki, client_auth)?,
+                        (Some((listener, client_auth)), Some(pki)) => Some(
+                            tls_front::TlsFront::start(listener, launch.port, pki, client_auth)?,
                         ),
                         _ => None,
                     };
                     return Ok(KafkaBroker {
                         port,
-                        dir,
+                        program,
+                        launch,
                         tls: tls.zip(pki),
-                        _process: process,
+                        process: Some(process),
+                        dir,
                     });
                 }
                 Err(e) => last_error = Some(e),
             }
         }
         Err(last_error.expect("at least one attempt"))
+    }
+
+    /// Stops the broker and returns once it has exited and its port is
+    /// closed. SIGTERM: tansu stops accepting connections, serves the ones
+    /// it has for up to 5 s more (its shutdown patience), then exits, so
+    /// this takes about 5 s while clients are connected. Its storage stays:
+    /// a PostgreSQL database or SQLite file as tansu left it (memory
+    /// storage is gone). The port is free until
+    /// [`start_again`](Self::start_again), which a test calls soon after so
+    /// nobody else takes it meanwhile. Stopping a stopped broker does
+    /// nothing.
+    pub fn stop(&mut self) {
+        // Dropping the process closes its guard's pipe: the guard sends
+        // SIGTERM and waits for tansu to exit.
+        drop(self.process.take());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.launch.port)).is_ok()
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts tansu again after [`stop`](Self::stop): the same port,
+    /// storage and settings (a TLS terminator in front stays up throughout
+    /// and reaches the new broker). Blocks until it accepts connections.
+    /// Does nothing when the broker runs.
+    pub fn start_again(&mut self) -> anyhow::Result<()> {
+        if self.is_running() {
+            return Ok(());
+        }
+        self.stop();
+        let process = spawn(&self.program, self.dir.path(), &self.launch)
+            .with_context(|| format!("starting tansu again on port {}", self.launch.port))?;
+        self.process = Some(process);
+        Ok(())
+    }
+
+    /// Whether the broker is running (false after [`stop`](Self::stop)).
+    pub fn is_running(&mut self) -> bool {
+        self.process.as_mut().is_some_and(ServerProcess::is_running)
+    }
+
+    /// The `--storage-engine` URL: for [`start_on_postgres`](Self::start_on_postgres),
+    /// the URL of tansu's database (a test may read its tables).
+    pub fn storage(&self) -> &str {
+        &self.launch.storage
+    }
+
+    /// The broker's log (every start of it, appended).
+    pub fn log(&self) -> PathBuf {
+        self.dir.path().join("tansu.log")
     }
 
     /// The CA and certificates of the TLS terminator in front, if any.
