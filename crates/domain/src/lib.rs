@@ -11,6 +11,8 @@
 //!   state machine every consumer goes through.
 //! - [`events`]: the CloudEvents-style envelope and the payloads carried on each topic.
 //! - [`notification`]: channels and kinds of shopper notifications.
+//! - [`fraud`]: the fraud rules over a sliding window of event time (too many
+//!   orders, or too much money, from one shopper), exact and pure.
 //! - [`error`]: [`ValidationError`], the one error type of this layer: it names the
 //!   offending field so the API can answer 422 with a useful message.
 //!
@@ -19,6 +21,7 @@
 
 pub mod error;
 pub mod events;
+pub mod fraud;
 pub mod money;
 pub mod notification;
 pub mod order;
