@@ -1,6 +1,6 @@
 //! The fault matrix (issue 16): a dependency fails while a bounded load runs
-//! against a real `orderflow serve` process (PostgreSQL + Redis), then comes
-//! back. Each case prints its figures (`[fault-matrix]`) and checks:
+//! against a real `orderflow serve` process (PostgreSQL + Redis, and Kafka in
+//! the broker case), then comes back. Each case prints its figures (`[fault-matrix]`) and checks:
 //!
 //! - PostgreSQL stopped (fast shutdown) for ~8 s, then started again on the
 //!   same port with the same data: no 5xx but 503, every 503 a problem
@@ -12,6 +12,13 @@
 //! - Redis stopped for ~6 s, then started again (empty): product reads never
 //!   answer 5xx (they fall back to the database), orders keep being accepted,
 //!   every 201 order reaches a final state.
+//! - The Kafka broker (tansu on its PostgreSQL engine) stopped and kept down
+//!   ~8 s, then started again on the same port with the same storage
+//!   (`fault_matrix/broker_restart.rs`): every order answered 201
+//!   throughout, the outbox holds the rows while the broker is away and
+//!   drains after, every order confirmed and in the database once, one
+//!   e-mail, SMS and push each and the right points, no dead letters.
+//! - The SMS provider down for 20 s (`fault_matrix/provider_outage.rs`).
 //!
 //! The load is bounded: [`SHOPPERS`] shoppers each place one order at a time
 //! (a fresh `Idempotency-Key` per order, the same key for its retries), and
@@ -29,6 +36,8 @@ use orderflow_testkit::redis::RedisServer;
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 
+#[path = "fault_matrix/broker_restart.rs"]
+mod broker_restart;
 #[path = "fault_matrix/provider_outage.rs"]
 mod provider_outage;
 mod support;
@@ -210,26 +219,29 @@ struct Shop {
     cached: String,
     /// The shoppers' access tokens.
     shoppers: Vec<String>,
+    /// A shopper's pause between two orders ([`PAUSE`] unless a case
+    /// slows its load down).
+    pause: Duration,
     _work: tempfile::TempDir,
 }
 
 impl Shop {
     /// Starts `orderflow serve` on `database_url` and `redis_url` (a key
-    /// prefix of its own), creates the catalog and the shoppers, and reads
-    /// every product once so the caches hold them.
-    async fn open(database_url: &str, redis_url: &str) -> Shop {
+    /// prefix of its own), with the settings `extra` adds, creates the
+    /// catalog and the shoppers, and reads every product once so the caches
+    /// hold them.
+    async fn open(database_url: &str, redis_url: &str, extra: &[(&str, &str)]) -> Shop {
         let work = tempfile::tempdir().unwrap();
         let logs = work.path().join("logs");
         std::fs::create_dir_all(&logs).unwrap();
         let prefix = orderflow_testkit::redis::fresh_prefix();
-        let env = processes_environment(
-            &work.path().join("data"),
-            &[
-                ("ORDERFLOW_DATABASE_URL", database_url),
-                ("ORDERFLOW_REDIS_URL", redis_url),
-                ("ORDERFLOW_REDIS_KEY_PREFIX", &prefix),
-            ],
-        );
+        let mut settings = vec![
+            ("ORDERFLOW_DATABASE_URL", database_url),
+            ("ORDERFLOW_REDIS_URL", redis_url),
+            ("ORDERFLOW_REDIS_KEY_PREFIX", &prefix),
+        ];
+        settings.extend_from_slice(extra);
+        let env = processes_environment(&work.path().join("data"), &settings);
         let (serve, client) = http_process("serve", "serve", &env, &logs).await;
         let admin = client.login(ADMIN_EMAIL, ADMIN_PASSWORD).await;
         let mut ordered = Vec::new();
@@ -260,6 +272,7 @@ impl Shop {
             ordered,
             cached,
             shoppers,
+            pause: PAUSE,
             _work: work,
         }
     }
@@ -291,7 +304,7 @@ impl Load {
             .map(|(shopper, token)| {
                 let (http, base, token) = (http.clone(), base.clone(), token.clone());
                 let (stop, answers) = (stop.clone(), answers.clone());
-                let products = shop.ordered.clone();
+                let (products, pause) = (shop.ordered.clone(), shop.pause);
                 tokio::spawn(async move {
                     let mut shopped = Shopped::default();
                     let mut n = shopper;
@@ -333,7 +346,7 @@ impl Load {
                                 }
                             }
                         }
-                        tokio::time::sleep(PAUSE).await;
+                        tokio::time::sleep(pause).await;
                     }
                     shopped
                 })
@@ -648,7 +661,7 @@ async fn postgres_restarted_under_load() {
     let redis_url = tokio::task::spawn_blocking(orderflow_testkit::redis::shared_standalone_url)
         .await
         .unwrap();
-    let mut shop = Shop::open(&database_url, &redis_url).await;
+    let mut shop = Shop::open(&database_url, &redis_url, &[]).await;
     eprintln!(
         "[fault-matrix] {CASE}: servers and shop ready in {:.1}s",
         started.elapsed().as_secs_f64()
@@ -828,7 +841,7 @@ async fn redis_killed_under_load() {
         .await
         .unwrap()
         .expect("redis-server starts");
-    let mut shop = Shop::open(&database_url, &redis.url()).await;
+    let mut shop = Shop::open(&database_url, &redis.url(), &[]).await;
     eprintln!(
         "[fault-matrix] {CASE}: servers and shop ready in {:.1}s",
         started.elapsed().as_secs_f64()
