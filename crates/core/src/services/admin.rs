@@ -7,10 +7,12 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::CoreError;
-use crate::ports::log::{EventLog, PartitionLag};
+use crate::ports::log::{EventLog, LogError, PartitionLag};
 use crate::ports::outbox::{Outbox, OutboxBacklog};
 use crate::ports::store::{DeadLetter, Store};
 
+/// How long [`Operations::consumer_lag`] may take.
+pub const LAG_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 /// How long [`Operations::export_gauges`] waits for one source.
 pub const GAUGE_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -54,9 +56,18 @@ impl Operations {
         self
     }
 
-    /// Committed offset, end offset and lag of every group on every partition.
+    /// Committed offset, end offset and lag of every group on every
+    /// partition; the log counts as unavailable (503) when that takes longer
+    /// than [`LAG_READ_TIMEOUT`] (Kafka away: every broker request of the
+    /// read would wait out librdkafka's own timeout, one after the other).
     pub async fn consumer_lag(&self) -> Result<Vec<PartitionLag>, CoreError> {
-        let mut lag = self.log.lag().await?;
+        let mut lag = tokio::time::timeout(LAG_READ_TIMEOUT, self.log.lag())
+            .await
+            .map_err(|_| {
+                LogError::Unavailable(format!(
+                    "reading the consumer lag took longer than {LAG_READ_TIMEOUT:?}"
+                ))
+            })??;
         lag.sort_by(|a, b| {
             (&a.group, &a.topic, a.partition).cmp(&(&b.group, &b.topic, b.partition))
         });
