@@ -266,7 +266,7 @@ fn soak_chart<DB: DrawingBackend>(
             .filter_map(|s| Some((s.at_secs, value(s)?)))
             .collect()
     };
-    let (caption, y_desc, lines): (&str, &str, Vec<(String, Vec<(f64, f64)>)>) = match axis {
+    let (caption, y_desc, lines): (&str, &str, Vec<Line<f64, f64>>) = match axis {
         SoakAxis::Memory => (
             "Resident memory during the soak (faults shaded)",
             "MiB",
@@ -292,7 +292,10 @@ fn soak_chart<DB: DrawingBackend>(
             vec![
                 (
                     "all requests".into(),
-                    run.windows.iter().map(|w| (w.ended_secs, w.p99_ms)).collect(),
+                    run.windows
+                        .iter()
+                        .map(|w| (w.ended_secs, w.p99_ms))
+                        .collect(),
                 ),
                 (
                     "orders".into(),
@@ -313,14 +316,16 @@ fn soak_chart<DB: DrawingBackend>(
         .iter()
         .flat_map(|(_, points)| points.iter().map(|(_, v)| *v))
         .fold(1.0, f64::max);
+    // Headroom above the lines for the faults' names and the legend.
+    let ceiling = top * 1.45;
     let mut chart = builder(root, caption)
-        .build_cartesian_2d(0.0..end, 0.0..top * 1.2)
+        .build_cartesian_2d(0.0..end, 0.0..ceiling)
         .map_err(|e| e.to_string())?;
     draw_mesh(&mut chart, "seconds since the load started", y_desc)?;
     chart
         .draw_series(run.faults.iter().map(|fault| {
             Rectangle::new(
-                [(fault.started_secs, 0.0), (fault.ended_secs, top * 1.2)],
+                [(fault.started_secs, 0.0), (fault.ended_secs, ceiling)],
                 RGBColor(250, 200, 80).mix(0.3).filled(),
             )
         }))
@@ -329,7 +334,7 @@ fn soak_chart<DB: DrawingBackend>(
         .draw_series(run.faults.iter().map(|fault| {
             Text::new(
                 fault.fault.short(),
-                (fault.started_secs, top * 1.17),
+                (fault.started_secs, ceiling * 0.985),
                 ("sans-serif", 13),
             )
         }))
@@ -337,7 +342,8 @@ fn soak_chart<DB: DrawingBackend>(
     for (index, (label, points)) in lines.into_iter().enumerate() {
         draw_line(&mut chart, label, points, COLORS[index % COLORS.len()])?;
     }
-    draw_legend(&mut chart)
+    // Below the row of fault names.
+    draw_legend_at(&mut chart, SeriesLabelPosition::Coordinate(12, 28))
 }
 
 /// One line per `(title, [(percentile, ms)])` over [`PERCENTILES`], on a
@@ -601,12 +607,25 @@ where
     X: Ranged,
     Y: Ranged,
 {
+    draw_legend_at(chart, SeriesLabelPosition::UpperLeft)
+}
+
+/// The legend at `position`.
+fn draw_legend_at<'a, DB, X, Y>(
+    chart: &mut ChartContext<'a, DB, Cartesian2d<X, Y>>,
+    position: SeriesLabelPosition,
+) -> Result<(), String>
+where
+    DB: DrawingBackend + 'a,
+    X: Ranged,
+    Y: Ranged,
+{
     chart
         .configure_series_labels()
         .background_style(WHITE.mix(0.9))
         .border_style(BLACK)
         .label_font(("sans-serif", 16))
-        .position(SeriesLabelPosition::UpperLeft)
+        .position(position)
         .draw()
         .map_err(|e| e.to_string())
 }

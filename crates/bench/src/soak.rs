@@ -173,7 +173,7 @@ pub fn schedule(seed: u64, duration: Duration) -> Vec<ScheduledFault> {
     };
     let slot = span.as_secs_f64() / slots as f64;
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut kinds = vec![
+    let mut kinds = [
         Fault::ProviderDown {
             provider: Provider::Sms,
         },
@@ -737,17 +737,11 @@ pub async fn run(
         warmup_secs: warm,
         faults: fault_records,
         windows,
-        lag_max: samples
-            .iter()
-            .filter_map(|s| s.lag)
-            .fold(0.0, f64::max),
+        lag_max: samples.iter().filter_map(|s| s.lag).fold(0.0, f64::max),
         samples,
         requests: all.requests,
         errors: all.errors,
-        throughput_rps: crate::stats::throughput(
-            all.requests,
-            Duration::from_secs_f64(load_secs),
-        ),
+        throughput_rps: crate::stats::throughput(all.requests, Duration::from_secs_f64(load_secs)),
         latency: all.all.summary(),
         order_latency: all.order.summary(),
         rss_after_warmup_kib,
@@ -981,12 +975,19 @@ mod tests {
         let ten_minutes = Duration::from_secs(600);
         let faults = schedule(7, ten_minutes);
         assert_eq!(faults, schedule(7, ten_minutes), "same seed, same schedule");
-        assert_ne!(faults, schedule(8, ten_minutes), "another seed, another one");
+        assert_ne!(
+            faults,
+            schedule(8, ten_minutes),
+            "another seed, another one"
+        );
         assert!(faults.len() >= 6, "{faults:?}");
         let start = warmup(ten_minutes).as_secs_f64();
         let end = (ten_minutes - quiet_tail(ten_minutes)).as_secs_f64();
         for pair in faults.windows(2) {
-            assert!(pair[0].at_secs + pair[0].lasts_secs <= pair[1].at_secs, "{pair:?}");
+            assert!(
+                pair[0].at_secs + pair[0].lasts_secs <= pair[1].at_secs,
+                "{pair:?}"
+            );
         }
         for fault in &faults {
             assert!(fault.at_secs >= start && fault.at_secs + fault.lasts_secs <= end + 0.1);
@@ -1000,7 +1001,9 @@ mod tests {
             "RedisRestarted",
         ] {
             assert!(
-                faults.iter().any(|f| format!("{:?}", f.fault).starts_with(kind)),
+                faults
+                    .iter()
+                    .any(|f| format!("{:?}", f.fault).starts_with(kind)),
                 "a 10-minute soak has {kind}: {faults:?}"
             );
         }
@@ -1010,10 +1013,7 @@ mod tests {
     fn short_runs_get_fewer_faults_and_tiny_ones_none() {
         assert!(schedule(1, Duration::from_secs(20)).is_empty());
         let two_minutes = schedule(1, Duration::from_secs(120));
-        assert!(
-            (1..=6).contains(&two_minutes.len()),
-            "{two_minutes:?}"
-        );
+        assert!((1..=6).contains(&two_minutes.len()), "{two_minutes:?}");
     }
 
     #[test]

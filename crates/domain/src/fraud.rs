@@ -169,7 +169,9 @@ pub enum Verdict {
     Clear,
     Flagged(Violation),
     /// Older than the watermark by more than the grace: not judged.
-    Late { behind: TimeDelta },
+    Late {
+        behind: TimeDelta,
+    },
 }
 
 #[cfg(test)]
@@ -227,7 +229,10 @@ mod tests {
         let rules = FraudRules::standard(eur());
         let orders: Vec<_> = (0..6).map(|n| order(n, at(n as i64, 0), 100)).collect();
         let verdicts = feed(&rules, &orders[..5]);
-        assert!(verdicts.iter().all(|v| *v == Verdict::Clear), "{verdicts:?}");
+        assert!(
+            verdicts.iter().all(|v| *v == Verdict::Clear),
+            "{verdicts:?}"
+        );
         let sixth = rules.check(Some(at(4, 0)), &orders[..5], &orders[5]);
         // The sixth, at 5:00, is exactly five minutes after the first: the
         // window [0:00, 5:00) does not hold it, [1:00, 6:00) holds five.
