@@ -599,14 +599,34 @@ fn cpu_share(before: Option<Duration>, after: Option<Duration>, elapsed: Duratio
 
 /// Process `pid`'s resident memory in KiB.
 pub(crate) fn resident_kib(pid: u32) -> Result<u64, BenchError> {
+    Ok(memory_kib(pid)?.resident)
+}
+
+/// A process's resident memory, and the anonymous part of it (heap and
+/// stacks: what the process allocated, without the mapped files such as
+/// its binary and SQLite's memory-mapped database).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct MemoryKib {
+    pub(crate) resident: u64,
+    pub(crate) anonymous: u64,
+}
+
+/// Process `pid`'s [`MemoryKib`], from `/proc/{pid}/status`.
+pub(crate) fn memory_kib(pid: u32) -> Result<MemoryKib, BenchError> {
     let status = i32::try_from(pid)
         .ok()
         .and_then(|pid| procfs::process::Process::new(pid).ok())
         .and_then(|process| process.status().ok())
         .ok_or_else(|| BenchError::Server(format!("reading /proc/{pid}/status")))?;
-    status
-        .vmrss
-        .ok_or_else(|| BenchError::Server(format!("/proc/{pid}/status has no VmRSS")))
+    match (status.vmrss, status.rssanon) {
+        (Some(resident), Some(anonymous)) => Ok(MemoryKib {
+            resident,
+            anonymous,
+        }),
+        _ => Err(BenchError::Server(format!(
+            "/proc/{pid}/status has no VmRSS or RssAnon"
+        ))),
+    }
 }
 
 /// Process `pid`'s resident memory once it has settled: read every 500 ms

@@ -18,7 +18,12 @@ use crate::report::BenchReport;
 
 static FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
 const SIZE: (u32, u32) = (960, 540);
-const COLORS: [RGBColor; 2] = [RGBColor(214, 69, 65), RGBColor(38, 115, 191)];
+const COLORS: [RGBColor; 4] = [
+    RGBColor(214, 69, 65),
+    RGBColor(38, 115, 191),
+    RGBColor(235, 150, 140),
+    RGBColor(140, 180, 225),
+];
 
 fn register_font() {
     static ONCE: Once = Once::new();
@@ -275,6 +280,14 @@ fn soak_chart<DB: DrawingBackend>(
                 (
                     "orderflow worker (restarted after a kill)".into(),
                     series(&|s| mib(s.worker_rss_kib)),
+                ),
+                (
+                    "api, anonymous (heap)".into(),
+                    series(&|s| mib(s.api_anon_kib)),
+                ),
+                (
+                    "worker, anonymous (heap)".into(),
+                    series(&|s| mib(s.worker_anon_kib)),
                 ),
             ],
         ),

@@ -231,8 +231,11 @@ pub struct Sample {
     pub lag: Option<f64>,
     pub dead_letters: Option<f64>,
     pub api_rss_kib: Option<u64>,
+    /// The anonymous part of it (heap, stacks; no mapped files).
+    pub api_anon_kib: Option<u64>,
     /// None while the worker is down (killed, not yet started again).
     pub worker_rss_kib: Option<u64>,
+    pub worker_anon_kib: Option<u64>,
 }
 
 /// A fault as it happened.
@@ -381,9 +384,13 @@ impl SoakRun {
                     .iter()
                     .rev()
                     .find(|s| s.at_secs <= w.ended_secs);
-                let mib = |kib: Option<u64>| {
-                    kib.map_or("-".into(), |k| format!("{:.1}", k as f64 / 1024.0))
-                };
+                let mib =
+                    |resident: Option<u64>, anonymous: Option<u64>| match (resident, anonymous) {
+                        (Some(r), Some(a)) => {
+                            format!("{:.1} ({:.1})", r as f64 / 1024.0, a as f64 / 1024.0)
+                        }
+                        _ => "-".into(),
+                    };
                 vec![
                     format!("{:.0}", w.ended_secs),
                     format!("{:.0}", w.throughput_rps),
@@ -396,8 +403,14 @@ impl SoakRun {
                     sample
                         .and_then(|s| s.dead_letters)
                         .map_or("-".into(), |d| format!("{d:.0}")),
-                    mib(sample.and_then(|s| s.api_rss_kib)),
-                    mib(sample.and_then(|s| s.worker_rss_kib)),
+                    mib(
+                        sample.and_then(|s| s.api_rss_kib),
+                        sample.and_then(|s| s.api_anon_kib),
+                    ),
+                    mib(
+                        sample.and_then(|s| s.worker_rss_kib),
+                        sample.and_then(|s| s.worker_anon_kib),
+                    ),
                 ]
             })
             .collect();
@@ -410,8 +423,8 @@ impl SoakRun {
                 "errors",
                 "lag",
                 "dead letters",
-                "api MiB",
-                "worker MiB",
+                "api MiB (anon)",
+                "worker MiB (anon)",
             ]
             .map(String::from),
             &windows,
@@ -761,16 +774,20 @@ pub async fn run(
 async fn sample(shop: &Shop, api_pid: u32, worker_pid: &AtomicU32, at_secs: f64) -> Sample {
     let metrics = shop.metrics().await.ok();
     let worker = worker_pid.load(Ordering::SeqCst);
+    let api = crate::live::memory_kib(api_pid).ok();
+    let worker = (worker != 0)
+        .then(|| crate::live::memory_kib(worker).ok())
+        .flatten();
     Sample {
         at_secs,
         lag: metrics.as_ref().and_then(|m| m.pipeline_lag()),
         dead_letters: metrics
             .as_ref()
             .and_then(|m| m.by_name.get("orderflow_dead_letters").copied()),
-        api_rss_kib: crate::live::resident_kib(api_pid).ok(),
-        worker_rss_kib: (worker != 0)
-            .then(|| crate::live::resident_kib(worker).ok())
-            .flatten(),
+        api_rss_kib: api.map(|m| m.resident),
+        api_anon_kib: api.map(|m| m.anonymous),
+        worker_rss_kib: worker.map(|m| m.resident),
+        worker_anon_kib: worker.map(|m| m.anonymous),
     }
 }
 
