@@ -1345,6 +1345,31 @@ pub fn sha256_hex(value: &str) -> String {
 mod tests {
     use super::*;
 
+    /// What keeps an unknown e-mail from answering faster than a wrong
+    /// password: `login` verifies against the dummy hash, and that costs
+    /// what verifying a stored hash costs only if both carry the same
+    /// algorithm, version, cost parameters and salt and output sizes
+    /// (verification reads them from the hash). Checked here, not timed.
+    #[tokio::test]
+    async fn the_dummy_hash_costs_what_a_stored_one_does() {
+        let stored = hash_password("a stored password".into()).await.unwrap();
+        let stored = PasswordHash::new(&stored).unwrap();
+        let dummy = PasswordHash::new(dummy_hash()).unwrap();
+        assert_eq!(stored.algorithm, dummy.algorithm);
+        assert_eq!(stored.version, dummy.version);
+        assert_eq!(stored.params.to_string(), dummy.params.to_string());
+        assert_eq!(
+            stored.salt.map(|s| s.as_str().len()),
+            dummy.salt.map(|s| s.as_str().len())
+        );
+        assert_eq!(stored.hash.map(|h| h.len()), dummy.hash.map(|h| h.len()));
+        assert!(
+            !verify_password("a stored password".into(), dummy_hash().to_owned())
+                .await
+                .unwrap()
+        );
+    }
+
     #[tokio::test]
     async fn password_hashes_verify_only_the_right_password() {
         let hash = hash_password("correct horse battery".into()).await.unwrap();

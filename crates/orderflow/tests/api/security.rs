@@ -631,35 +631,29 @@ async fn failed_logins_lock_the_account_out_with_a_growing_delay() {
     );
 }
 
+/// An unknown e-mail and a wrong password get the same answer, so the
+/// answer does not tell which e-mails have accounts. That they take the same
+/// time is not timed here (a noisy machine makes that flaky): the core's
+/// `the_dummy_hash_costs_what_a_stored_one_does` checks that the unknown
+/// e-mail's path verifies a hash of the same cost.
 #[tokio::test]
-async fn unknown_email_and_wrong_password_take_the_same_time() {
+async fn unknown_email_and_wrong_password_get_the_same_answer() {
     let app = spawn_app().await;
     let shopper = app.shopper("Rana").await;
-    let time = |email: String| {
+    let answer = |email: String| {
         let app = &app;
         async move {
-            let started = std::time::Instant::now();
-            let status = app.login(&email, "wrong password!!", None).await.status();
-            assert_eq!(status, StatusCode::UNAUTHORIZED);
-            started.elapsed()
+            let response = app.login(&email, "wrong password!!", None).await;
+            let status = response.status();
+            let content_type = response.headers()["content-type"].clone();
+            let body: Value = response.json().await.unwrap();
+            (status, content_type, body)
         }
     };
-    // Warm up (the dummy hash is computed once), then compare medians of a few
-    // attempts each, staying under the lockout threshold.
-    time("warm@example.com".into()).await;
-    let mut known = Vec::new();
-    let mut unknown = Vec::new();
-    for i in 0..4 {
-        known.push(time(shopper.email.clone()).await);
-        unknown.push(time(format!("nobody-{i}@example.com")).await);
-    }
-    known.sort();
-    unknown.sort();
-    let (k, u) = (known[2].as_secs_f64(), unknown[2].as_secs_f64());
-    assert!(
-        (k / u) < 2.0 && (u / k) < 2.0,
-        "known {k:.4}s vs unknown {u:.4}s"
-    );
+    let known = answer(shopper.email.clone()).await;
+    let unknown = answer("nobody@example.com".into()).await;
+    assert_eq!(known.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(known, unknown);
 }
 
 #[tokio::test]
