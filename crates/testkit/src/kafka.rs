@@ -45,7 +45,7 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use sqlx::Connection;
@@ -469,12 +469,7 @@ impl KafkaBroker {
         // Dropping the process closes its guard's pipe: the guard sends
         // SIGTERM and waits for tansu to exit.
         drop(self.process.take());
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.launch.port)).is_ok()
-            && Instant::now() < deadline
-        {
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        crate::wait_for_port_closed(self.launch.port, Duration::from_secs(10));
     }
 
     /// Starts tansu again after [`stop`](Self::stop): the same port,

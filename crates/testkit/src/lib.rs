@@ -52,6 +52,16 @@ pub fn wait_for_port(port: u16, timeout: Duration) -> anyhow::Result<()> {
     }
 }
 
+/// Waits (at most `timeout`) until nothing accepts TCP connections on
+/// `127.0.0.1:port` any more: a server that was told to stop really is
+/// down, and its port free for a restart.
+pub fn wait_for_port_closed(port: u16, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while TcpStream::connect(("127.0.0.1", port)).is_ok() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// The path of `program` on `PATH` (or among `extra_dirs`), or an error that
 /// says how to get it.
 pub fn find_program(

@@ -232,12 +232,7 @@ impl PostgresServer {
         // Dropping the process closes its guard's pipe: the guard sends
         // SIGINT (fast shutdown) and waits for the server to exit.
         drop(self.process.take());
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
-            && Instant::now() < deadline
-        {
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        crate::wait_for_port_closed(self.port, Duration::from_secs(10));
     }
 
     /// Starts the server again after [`stop`](Self::stop): the same data

@@ -321,12 +321,7 @@ impl RedisServer {
     pub fn stop(&mut self) {
         self.process = None;
         // Wait until the port is closed, so "down" really is down.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
-            && Instant::now() < deadline
-        {
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        crate::wait_for_port_closed(self.port, Duration::from_secs(10));
     }
 
     /// Starts the server again on the same port, empty.
