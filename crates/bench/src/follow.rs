@@ -46,7 +46,7 @@ use crate::shop::Shop;
 use crate::stats::{Latencies, LatencySummary};
 
 /// Order states after which nothing changes.
-const FINAL: [&str; 4] = ["confirmed", "rejected", "payment_failed", "cancelled"];
+pub(crate) const FINAL: [&str; 4] = ["confirmed", "rejected", "payment_failed", "cancelled"];
 
 /// The notification channels a confirmed order is announced on.
 pub const CHANNELS: [&str; 3] = ["email", "sms", "push"];

@@ -443,8 +443,12 @@ async fn measure(
         .run(&format!("{} load", architecture.name), &measured)
         .await;
     let after = session.shop.metrics().await?;
-    let (drained, left) =
-        wait_for_backlog(&session, Duration::from_secs(args.drain_timeout_secs)).await?;
+    let (drained, left) = wait_for_backlog(
+        &session.shop,
+        session.server.admin.as_ref(),
+        Duration::from_secs(args.drain_timeout_secs),
+    )
+    .await?;
     let bar = spinner("following the orders to confirmed, e-mail, SMS, push and points");
     let followed = following.await.expect("followers do not panic");
     let milestones = followers
@@ -537,26 +541,28 @@ fn architecture_report(
 /// still waiting at the time-out. The lag is read from `/metrics` (every
 /// consumer group plus the outbox, see [`MetricsSnapshot::pipeline_lag`]),
 /// so a `--target` is waited for too; where no lag is exported, from the
-/// admin API of a server the bench started; otherwise not at all.
-async fn wait_for_backlog(
-    session: &Session,
+/// admin API of a server the bench started (`admin_credentials`);
+/// otherwise not at all.
+pub(crate) async fn wait_for_backlog(
+    shop: &Shop,
+    admin_credentials: Option<&(String, String)>,
     timeout: Duration,
 ) -> Result<(Option<f64>, Option<i64>), BenchError> {
     // Logged in only when needed (v1 exports no lag): a login writes to the
     // database, which a server catching up on its backlog answers slowly.
     let mut admin: Option<String> = None;
     let mut lag = async || -> Result<Option<i64>, BenchError> {
-        if let Some(lag) = session.shop.metrics().await?.pipeline_lag() {
+        if let Some(lag) = shop.metrics().await?.pipeline_lag() {
             return Ok(Some(lag.round() as i64));
         }
-        let Some((email, password)) = &session.server.admin else {
+        let Some((email, password)) = admin_credentials else {
             return Ok(None);
         };
         if admin.is_none() {
-            admin = Some(session.shop.login(email, password).await?);
+            admin = Some(shop.login(email, password).await?);
         }
         let token = admin.as_deref().expect("logged in above");
-        Ok(Some(session.shop.total_lag(token).await?))
+        Ok(Some(shop.total_lag(token).await?))
     };
     let started = std::time::Instant::now();
     let bar = spinner("waiting for the consumers to catch up");

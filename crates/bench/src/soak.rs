@@ -94,7 +94,6 @@ const EMAIL_FAILURE_RATE: f64 = 0.02;
 const SLOT: Duration = Duration::from_secs(60);
 /// The shortest slot a short run gets.
 const MIN_SLOT: Duration = Duration::from_secs(20);
-const FINAL: [&str; 4] = ["confirmed", "rejected", "payment_failed", "cancelled"];
 
 /// One kind of fault.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -332,7 +331,7 @@ pub struct SoakRun {
     pub memory_held: bool,
     /// Seconds from the end of the load until the lag was 0 (None: not within the timeout).
     pub drained_after_secs: Option<f64>,
-    pub lag_left: Option<f64>,
+    pub lag_left: Option<i64>,
     pub accounting: Accounting,
 }
 
@@ -347,7 +346,8 @@ impl SoakRun {
         self.memory_held && self.drained_after_secs.is_some() && self.accounting.exact()
     }
 
-    /// The readable summary: faults, windows (every sixth), verdicts, accounting.
+    /// The readable summary: faults, windows (about 20 of them, evenly
+    /// spaced, and the last), verdicts, accounting.
     pub fn table(&self) -> String {
         let mut out = String::new();
         let faults: Vec<Vec<String>> = self
@@ -466,9 +466,9 @@ impl SoakRun {
                         self.lag_max
                     ),
                     None => format!(
-                        "at most {:.0}; still {:.0} after {:?}: NOT held",
+                        "at most {:.0}; still {} after {:?}: NOT held",
                         self.lag_max,
-                        self.lag_left.unwrap_or(f64::NAN),
+                        self.lag_left.map_or("?".into(), |l| l.to_string()),
                         DRAIN_TIMEOUT
                     ),
                 },
@@ -590,18 +590,24 @@ pub async fn run(
 
     let started = Instant::now();
     let since = move || started.elapsed().as_secs_f64();
-    let stop = Arc::new(tokio::sync::Notify::new());
+    // A watch, not a Notify: a stop sent while a task is busy (not yet
+    // waiting) is still seen when it next waits.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
 
     // Shoppers log in again before their tokens expire.
     let relogin = {
-        let (shop, products, run_id, stop) =
-            (shop.clone(), products.clone(), run_id.clone(), stop.clone());
+        let (shop, products, run_id, mut stopped) = (
+            shop.clone(),
+            products.clone(),
+            run_id.clone(),
+            stopped.clone(),
+        );
         let shoppers = args.shoppers.max(1);
         tokio::spawn(async move {
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep(RELOGIN_EVERY) => {}
-                    _ = stop.notified() => return,
+                    _ = stopped.changed() => return,
                 }
                 if let Ok(tokens) = shop.shoppers(shoppers, &run_id).await {
                     let _ = targets_tx.send(Arc::new(Targets::new(products.clone(), tokens)));
@@ -611,14 +617,14 @@ pub async fn run(
     };
 
     let sampler = {
-        let (shop, stop, worker_pid) = (shop.clone(), stop.clone(), worker_pid.clone());
+        let (shop, mut stopped, worker_pid) = (shop.clone(), stopped.clone(), worker_pid.clone());
         tokio::spawn(async move {
             let mut samples = Vec::new();
             loop {
                 samples.push(sample(&shop, api_pid, &worker_pid, since()).await);
                 tokio::select! {
                     _ = tokio::time::sleep(SAMPLE_EVERY) => {}
-                    _ = stop.notified() => return samples,
+                    _ = stopped.changed() => return samples,
                 }
             }
         })
@@ -693,29 +699,15 @@ pub async fn run(
         .await
         .map_err(|e| BenchError::Server(format!("the fault injector failed: {e}")))?;
 
-    // Drain.
-    let bar = spinner("waiting for the pipeline to drain");
-    let drain_started = Instant::now();
-    let (drained_after_secs, lag_left) = loop {
-        let lag = shop.metrics().await.ok().and_then(|m| m.pipeline_lag());
-        bar.set_message(format!(
-            "waiting for the pipeline to drain: {} events behind",
-            lag.map_or("?".into(), |l| format!("{l:.0}"))
-        ));
-        if lag == Some(0.0) {
-            break (Some(drain_started.elapsed().as_secs_f64()), Some(0.0));
-        }
-        if drain_started.elapsed() > DRAIN_TIMEOUT {
-            break (None, lag);
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
-    bar.finish_and_clear();
-    stop.notify_waiters();
+    let (drained_after_secs, lag_left) =
+        crate::wait_for_backlog(&shop, server.admin.as_ref(), DRAIN_TIMEOUT).await?;
+    let _ = stop.send(true);
     let samples = sampler
         .await
         .map_err(|e| BenchError::Server(format!("the sampler failed: {e}")))?;
-    relogin.abort();
+    relogin
+        .await
+        .map_err(|e| BenchError::Server(format!("the shoppers' log-in task failed: {e}")))?;
 
     let bar = spinner("accounting");
     let accepted: Vec<uuid::Uuid> = all.accepted_orders.iter().map(|(_, id)| *id).collect();
@@ -814,9 +806,12 @@ async fn inject(
         }
         Fault::RedisRestarted => {
             let redis = redis.clone();
-            tokio::task::spawn_blocking(move || redis.lock().expect("not poisoned").stop())
-                .await
-                .ok()?;
+            if let Err(e) =
+                tokio::task::spawn_blocking(move || redis.lock().expect("not poisoned").stop())
+                    .await
+            {
+                return Some(format!("stopping Redis: {e}"));
+            }
         }
     }
     None
@@ -880,7 +875,7 @@ async fn account(
             row.get("total_cents"),
         );
         *accounting.by_status.entry(status.clone()).or_default() += 1;
-        if !FINAL.contains(&status.as_str()) {
+        if !crate::follow::FINAL.contains(&status.as_str()) {
             accounting.not_final += 1;
         }
         let points = expected_points.entry(user).or_default();

@@ -79,8 +79,8 @@ impl Endpoint {
         refused
     }
 
-    /// Records `key` for `order`; whether the key was new.
-    fn accept(&self, order: &str, key: &str) -> bool {
+    /// Records `key` for `order`; a key seen before counts as a repeat.
+    fn accept(&self, order: &str, key: &str) {
         let mut by_order = self.by_order.lock().expect("not poisoned");
         let calls = by_order
             .entry(order.to_owned())
@@ -91,24 +91,28 @@ impl Endpoint {
         if *calls > 1 {
             self.repeats.fetch_add(1, Ordering::Relaxed);
         }
-        *calls == 1
     }
 }
 
 /// The bench's provider services, on one loopback listener.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Providers {
     endpoints: Arc<BTreeMap<Provider, Endpoint>>,
 }
 
-/// What the providers saw, for the report.
-#[derive(Debug, Clone, Default, serde::Serialize)]
+/// What one provider saw, for the accounting.
+#[derive(Debug, Clone)]
 pub struct ProviderTally {
     pub refused: u64,
     pub repeats: u64,
     /// Per order id, how many distinct keys were accepted for it.
-    #[serde(skip)]
     pub keys_per_order: HashMap<String, usize>,
+}
+
+impl Default for Providers {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Providers {
@@ -178,7 +182,8 @@ impl Providers {
     }
 }
 
-/// The key a request carries: the body's, else the header's.
+/// The idempotency key in a request's body (the webhook adapters send the
+/// same key in the `Idempotency-Key` header).
 fn idempotency_key(body: &Value) -> String {
     body["idempotency_key"].as_str().unwrap_or("").to_owned()
 }
