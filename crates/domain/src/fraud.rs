@@ -42,8 +42,8 @@ pub struct FraudRules {
 }
 
 impl FraudRules {
-    /// The rules: more than 5 orders or more than 10,000.00 EUR in
-    /// any 5 minutes, with a minute of grace for late events.
+    /// The rules: more than 5 orders or more than 10,000.00 (in
+    /// `currency`) in any 5 minutes, with a minute of grace for late events.
     pub fn standard(currency: Currency) -> Self {
         Self {
             max_orders: 5,

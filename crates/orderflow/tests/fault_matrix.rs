@@ -44,6 +44,17 @@ mod support;
 use support::process::{Process, http_process, processes_environment, tail};
 use support::{ADMIN_EMAIL, ADMIN_PASSWORD, Client};
 
+/// A metric's value in a Prometheus exposition, summed over the series
+/// whose labels contain `labels` (`""`: every series); 0 when it has none.
+fn metric(exposition: &str, name: &str, labels: &str) -> f64 {
+    exposition
+        .lines()
+        .filter(|line| line.starts_with(name) && line[name.len()..].starts_with(['{', ' ']))
+        .filter(|line| line.contains(labels))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// The cases run one at a time (their timings would disturb each other).
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 

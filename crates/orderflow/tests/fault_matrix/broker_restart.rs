@@ -43,8 +43,8 @@ use sqlx::Row;
 use tokio::task::JoinHandle;
 
 use super::{
-    Call, ONE_AT_A_TIME, Outage, Shop, Timeline, check_orders, examples, log_summary, report,
-    under_outage,
+    Call, ONE_AT_A_TIME, Outage, Shop, Timeline, check_orders, examples, log_summary, metric,
+    report, under_outage,
 };
 use crate::support::process::tail;
 use crate::support::{ADMIN_EMAIL, ADMIN_PASSWORD};
@@ -161,14 +161,6 @@ async fn unsent_rows(db: &sqlx::PgPool) -> Option<i64> {
         .ok()
 }
 
-/// A gauge's value (its first series) in a Prometheus exposition.
-fn gauge(exposition: &str, name: &str) -> Option<f64> {
-    exposition
-        .lines()
-        .filter(|line| line.starts_with(name) && line[name.len()..].starts_with(['{', ' ']))
-        .find_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-}
-
 /// The total lag over every group in an `/admin/consumers` answer.
 fn total_lag(view: &Value) -> Option<i64> {
     let groups = view["groups"].as_array()?;
@@ -271,7 +263,7 @@ async fn broker_restarted_under_load() {
                     return None;
                 }
                 let text = answer.text().await.ok()?;
-                Some(gauge(&text, "orderflow_outbox_backlog").map_or(-1, |v| v as i64))
+                Some(metric(&text, "orderflow_outbox_backlog", "") as i64)
             }
         }
     });

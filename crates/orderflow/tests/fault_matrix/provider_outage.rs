@@ -21,6 +21,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use serde_json::{Value, json};
 
+use super::metric;
 use crate::support::process::{http_process, processes_environment};
 use crate::support::{ADMIN_EMAIL, ADMIN_PASSWORD};
 
@@ -82,16 +83,6 @@ impl SmsProvider {
     fn orders_with_sms(&self) -> BTreeMap<String, BTreeMap<String, usize>> {
         self.accepted.lock().unwrap().clone()
     }
-}
-
-/// A metric's value summed over the series whose labels contain `labels`.
-fn metric(exposition: &str, name: &str, labels: &str) -> f64 {
-    exposition
-        .lines()
-        .filter(|line| line.starts_with(name) && line[name.len()..].starts_with(['{', ' ']))
-        .filter(|line| line.contains(labels))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
