@@ -39,8 +39,13 @@
 //! server's `/metrics`), and the resident memory of both processes.
 //!
 //! # The verdicts
-//! - **memory**: the `api` process's resident memory at the end of the
-//!   load is within [`MEMORY_TOLERANCE`] of its value after the warm-up;
+//! - **memory** ([`MemoryCheck`]): the `api` process's resident memory at
+//!   the end of the load is within [`MEMORY_TOLERANCE`] of its value after
+//!   the warm-up; so is each worker life's. The worker is killed on
+//!   purpose, so each process it runs as is judged from its own start, at
+//!   the end of its life against its value a worker warm-up
+//!   ([`worker_warmup`]) after its start; a life that does not last a
+//!   warm-up past that is reported, not judged.
 //! - **lag**: the pipeline lag is back to 0 within [`DRAIN_TIMEOUT`] of
 //!   the end of the load;
 //! - **accounting** ([`Accounting`]), read from the database file and the
@@ -148,6 +153,19 @@ pub fn warmup(duration: Duration) -> Duration {
     (duration / 10).clamp(Duration::from_secs(10), SLOT)
 }
 
+/// How long a worker process warms up at `rate` requests per second: the
+/// embedded log keeps the newest 1,024 events of each of its 18 partitions
+/// decoded in memory (`sql::tail`), about 14 MiB once full, and at the
+/// default rate (about 100 events a second) that takes some three minutes;
+/// growth before then is that cache filling, not a leak. The time scales
+/// with the rate; never shorter than the run's own warm-up.
+pub fn worker_warmup(duration: Duration, rate: f64) -> Duration {
+    const AT_DEFAULT_RATE: Duration = Duration::from_secs(180);
+    AT_DEFAULT_RATE
+        .mul_f64(DEFAULT_RATE / rate.max(1.0))
+        .max(warmup(duration))
+}
+
 /// The quiet tail of a run of `duration`: no fault starts or lasts in it.
 pub fn quiet_tail(duration: Duration) -> Duration {
     (duration / 6).clamp(Duration::from_secs(15), Duration::from_secs(90))
@@ -232,9 +250,114 @@ pub struct Sample {
     pub api_rss_kib: Option<u64>,
     /// The anonymous part of it (heap, stacks; no mapped files).
     pub api_anon_kib: Option<u64>,
-    /// None while the worker is down (killed, not yet started again).
+    /// The worker process read; None while it is down (killed, not yet
+    /// started again).
+    pub worker_pid: Option<u32>,
     pub worker_rss_kib: Option<u64>,
     pub worker_anon_kib: Option<u64>,
+}
+
+/// One process's resident memory over its part of the load: one warm-up
+/// after it started, and at its end (the end of the load, or its kill),
+/// judged when at least the run's warm-up lies between the two.
+#[derive(Debug, Clone, Serialize)]
+pub struct MemoryCheck {
+    /// `api`, or `worker (pid N)`.
+    pub process: String,
+    /// When it was first and last read (seconds since the load started).
+    pub first_read_secs: f64,
+    pub last_read_secs: f64,
+    pub after_warmup_kib: Option<u64>,
+    pub at_end_kib: Option<u64>,
+    /// Within [`MEMORY_TOLERANCE`]; None when the process did not live
+    /// long enough past its warm-up to judge.
+    pub held: Option<bool>,
+}
+
+impl MemoryCheck {
+    /// Judges `readings` (seconds since the load started, KiB) of one
+    /// process, read from its start until its end: the first reading
+    /// `warmup` after its start against the last, when that is at least
+    /// `judged_over` later.
+    pub fn judge(
+        process: String,
+        readings: &[(f64, u64)],
+        warmup: f64,
+        judged_over: f64,
+    ) -> MemoryCheck {
+        let first = readings.first().map_or(0.0, |r| r.0);
+        let baseline = readings.iter().find(|r| r.0 >= first + warmup);
+        let end = readings
+            .last()
+            .filter(|end| baseline.is_some_and(|baseline| end.0 >= baseline.0 + judged_over));
+        MemoryCheck {
+            process,
+            first_read_secs: first,
+            last_read_secs: readings.last().map_or(0.0, |r| r.0),
+            after_warmup_kib: baseline.map(|r| r.1),
+            at_end_kib: end.map(|r| r.1),
+            held: end.zip(baseline).map(|(end, baseline)| {
+                (end.1 as f64 - baseline.1 as f64).abs() <= MEMORY_TOLERANCE * baseline.1 as f64
+            }),
+        }
+    }
+
+    pub fn change(&self) -> Option<f64> {
+        let (warm, end) = (self.after_warmup_kib?, self.at_end_kib?);
+        Some((end as f64 - warm as f64) / warm as f64)
+    }
+
+    /// For the table: the two readings, the change and the verdict.
+    fn describe(&self) -> String {
+        let mib =
+            |kib: Option<u64>| kib.map_or("-".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0));
+        let verdict = match self.held {
+            Some(true) => "held",
+            Some(false) => "NOT held",
+            None => "not judged (too short a life past its warm-up)",
+        };
+        format!(
+            "{:.0}–{:.0} s: {} after warm-up, {} at the end ({}): {verdict}",
+            self.first_read_secs,
+            self.last_read_secs,
+            mib(self.after_warmup_kib),
+            mib(self.at_end_kib),
+            self.change()
+                .map_or("-".into(), |c| format!("{:+.1}%", c * 100.0)),
+        )
+    }
+}
+
+/// The memory checks of a run: `api` over the load from `warmup`, then
+/// each worker life (the samples of one worker pid) from its own
+/// `worker_warmup`, in the order they lived; each judged over at least
+/// `warmup`.
+pub fn memory_checks(
+    samples: &[Sample],
+    warmup: f64,
+    worker_warmup: f64,
+    load_secs: f64,
+) -> Vec<MemoryCheck> {
+    let during_load = || samples.iter().filter(|s| s.at_secs <= load_secs);
+    let api: Vec<(f64, u64)> = during_load()
+        .filter_map(|s| Some((s.at_secs, s.api_rss_kib?)))
+        .collect();
+    let mut checks = vec![MemoryCheck::judge("api".into(), &api, warmup, warmup)];
+    let mut lives: Vec<(u32, Vec<(f64, u64)>)> = Vec::new();
+    for sample in during_load() {
+        let (Some(pid), Some(rss)) = (sample.worker_pid, sample.worker_rss_kib) else {
+            continue;
+        };
+        match lives.last_mut() {
+            Some((life, readings)) if *life == pid => readings.push((sample.at_secs, rss)),
+            _ => lives.push((pid, vec![(sample.at_secs, rss)])),
+        }
+    }
+    checks.extend(lives.iter().map(|(pid, readings)| {
+        let process = format!("worker (pid {pid})");
+        MemoryCheck::judge(process, readings, worker_warmup, warmup)
+    }));
+    checks
 }
 
 /// A fault as it happened.
@@ -325,9 +448,9 @@ pub struct SoakRun {
     pub latency: LatencySummary,
     pub order_latency: LatencySummary,
     pub lag_max: f64,
-    /// Resident memory of `api` after the warm-up and at the end of the load.
-    pub rss_after_warmup_kib: Option<u64>,
-    pub rss_at_end_kib: Option<u64>,
+    /// Resident memory of `api` and of each worker life.
+    pub memory: Vec<MemoryCheck>,
+    /// `api`'s check and every judged worker life's held.
     pub memory_held: bool,
     /// Seconds from the end of the load until the lag was 0 (None: not within the timeout).
     pub drained_after_secs: Option<f64>,
@@ -336,11 +459,6 @@ pub struct SoakRun {
 }
 
 impl SoakRun {
-    pub fn rss_change(&self) -> Option<f64> {
-        let (warm, end) = (self.rss_after_warmup_kib?, self.rss_at_end_kib?);
-        Some((end as f64 - warm as f64) / warm as f64)
-    }
-
     /// Every verdict held.
     pub fn passed(&self) -> bool {
         self.memory_held && self.drained_after_secs.is_some() && self.accounting.exact()
@@ -430,7 +548,6 @@ impl SoakRun {
             &windows,
         ));
         out.push('\n');
-        let verdict = |held: bool| if held { "held" } else { "NOT held" };
         let a = &self.accounting;
         let mut rows = vec![
             vec![
@@ -443,19 +560,6 @@ impl SoakRun {
                     self.latency.p99_ms,
                     self.order_latency.p99_ms,
                     self.errors
-                ),
-            ],
-            vec![
-                "memory (api)".into(),
-                format!(
-                    "{} after warm-up, {} at the end ({}): {}",
-                    self.rss_after_warmup_kib
-                        .map_or("-".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0)),
-                    self.rss_at_end_kib
-                        .map_or("-".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0)),
-                    self.rss_change()
-                        .map_or("-".into(), |c| format!("{:+.1}%", c * 100.0)),
-                    verdict(self.memory_held)
                 ),
             ],
             vec![
@@ -490,6 +594,12 @@ impl SoakRun {
                 ),
             ],
         ];
+        for (i, check) in self.memory.iter().enumerate() {
+            rows.insert(
+                1 + i,
+                vec![format!("memory ({})", check.process), check.describe()],
+            );
+        }
         for effect in &a.effects {
             rows.push(vec![
                 effect.effect.clone(),
@@ -725,16 +835,13 @@ pub async fn run(
     drop(redis);
 
     let warm = warmup(duration).as_secs_f64();
-    let rss_after_warmup_kib = samples
-        .iter()
-        .find(|s| s.at_secs >= warm)
-        .and_then(|s| s.api_rss_kib);
-    let rss_at_end_kib = samples
-        .iter()
-        .rev()
-        .find(|s| s.at_secs <= load_secs)
-        .and_then(|s| s.api_rss_kib);
-    let mut run = SoakRun {
+    let memory = memory_checks(
+        &samples,
+        warm,
+        worker_warmup(duration, rate).as_secs_f64(),
+        load_secs,
+    );
+    let run = SoakRun {
         duration_secs: load_secs,
         rate,
         browse_percent: args.browse_percent,
@@ -749,26 +856,23 @@ pub async fn run(
         throughput_rps: crate::stats::throughput(all.requests, Duration::from_secs_f64(load_secs)),
         latency: all.all.summary(),
         order_latency: all.order.summary(),
-        rss_after_warmup_kib,
-        rss_at_end_kib,
-        memory_held: false,
+        memory_held: memory.first().is_some_and(|api| api.held == Some(true))
+            && memory.iter().all(|check| check.held != Some(false)),
+        memory,
         drained_after_secs,
         lag_left,
         accounting,
     };
-    run.memory_held = run
-        .rss_change()
-        .is_some_and(|change| change.abs() <= MEMORY_TOLERANCE);
     Ok(run)
 }
 
 /// Reads the lag and dead letters from `/metrics` and both processes' memory.
 async fn sample(shop: &Shop, api_pid: u32, worker_pid: &AtomicU32, at_secs: f64) -> Sample {
     let metrics = shop.metrics().await.ok();
-    let worker = worker_pid.load(Ordering::SeqCst);
+    let pid = worker_pid.load(Ordering::SeqCst);
     let api = crate::live::memory_kib(api_pid).ok();
-    let worker = (worker != 0)
-        .then(|| crate::live::memory_kib(worker).ok())
+    let worker = (pid != 0)
+        .then(|| crate::live::memory_kib(pid).ok())
         .flatten();
     Sample {
         at_secs,
@@ -778,6 +882,7 @@ async fn sample(shop: &Shop, api_pid: u32, worker_pid: &AtomicU32, at_secs: f64)
             .and_then(|m| m.by_name.get("orderflow_dead_letters").copied()),
         api_rss_kib: api.map(|m| m.resident),
         api_anon_kib: api.map(|m| m.anonymous),
+        worker_pid: worker.is_some().then_some(pid),
         worker_rss_kib: worker.map(|m| m.resident),
         worker_anon_kib: worker.map(|m| m.anonymous),
     }
@@ -1022,10 +1127,86 @@ mod tests {
     }
 
     #[test]
+    fn a_worker_warms_up_longer_at_lower_rates_never_shorter_than_the_run() {
+        let ten_minutes = Duration::from_secs(600);
+        assert_eq!(
+            worker_warmup(ten_minutes, DEFAULT_RATE),
+            Duration::from_secs(180)
+        );
+        assert_eq!(worker_warmup(ten_minutes, 100.0), Duration::from_secs(360));
+        assert_eq!(worker_warmup(ten_minutes, 4_000.0), warmup(ten_minutes));
+    }
+
+    #[test]
     fn short_runs_get_fewer_faults_and_tiny_ones_none() {
         assert!(schedule(1, Duration::from_secs(20)).is_empty());
         let two_minutes = schedule(1, Duration::from_secs(120));
         assert!((1..=6).contains(&two_minutes.len()), "{two_minutes:?}");
+    }
+
+    fn sample(at_secs: f64, api: u64, worker: Option<(u32, u64)>) -> Sample {
+        Sample {
+            at_secs,
+            lag: None,
+            dead_letters: None,
+            api_rss_kib: Some(api),
+            api_anon_kib: None,
+            worker_pid: worker.map(|w| w.0),
+            worker_rss_kib: worker.map(|w| w.1),
+            worker_anon_kib: None,
+        }
+    }
+
+    #[test]
+    fn memory_is_judged_per_process_life_from_its_own_warm_up() {
+        let mut samples = Vec::new();
+        for t in 0..=60 {
+            let at = t as f64 * 2.0;
+            // The first worker grows 1 KiB/s past its warm-up of 20 s,
+            // until it is killed at 80 s; the second starts at 84 s and is
+            // flat but for a start-up below its warm-up level.
+            let worker = match at {
+                at if at <= 80.0 => Some((7, 1_000 + at as u64)),
+                at if at < 84.0 => None,
+                at if at < 94.0 => Some((8, 500)),
+                _ => Some((8, 1_000)),
+            };
+            samples.push(sample(at, 10_000 + (t % 3), worker));
+        }
+        let checks = memory_checks(&samples, 10.0, 20.0, 120.0);
+        let summary: Vec<(&str, Option<u64>, Option<u64>, Option<bool>)> = checks
+            .iter()
+            .map(|c| (c.process.as_str(), c.after_warmup_kib, c.at_end_kib, c.held))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("api", Some(10_002), Some(10_000), Some(true)),
+                ("worker (pid 7)", Some(1_020), Some(1_080), Some(true)),
+                ("worker (pid 8)", Some(1_000), Some(1_000), Some(true)),
+            ],
+            "{checks:#?}"
+        );
+        assert!((checks[1].change().unwrap() - 60.0 / 1_020.0).abs() < 1e-9);
+
+        // Past the tolerance: 10% of the warm level and one KiB more.
+        let grown: Vec<(f64, u64)> = vec![(0.0, 50), (10.0, 1_000), (20.0, 1_101)];
+        let check = MemoryCheck::judge("worker (pid 9)".into(), &grown, 10.0, 10.0);
+        assert_eq!(check.held, Some(false));
+        let shrunk: Vec<(f64, u64)> = vec![(10.0, 1_000), (20.0, 1_000), (30.0, 900)];
+        assert_eq!(
+            MemoryCheck::judge("api".into(), &shrunk, 10.0, 10.0).held,
+            Some(true)
+        );
+
+        // A life that ends too soon after its warm-up is not judged
+        // either way.
+        let short: Vec<(f64, u64)> = vec![(0.0, 1_000), (10.0, 1_000), (19.0, 9_000)];
+        let check = MemoryCheck::judge("worker (pid 9)".into(), &short, 10.0, 10.0);
+        assert_eq!(
+            (check.after_warmup_kib, check.at_end_kib, check.held),
+            (Some(1_000), None, None)
+        );
     }
 
     #[test]

@@ -444,7 +444,23 @@ fn a_short_soak_injects_its_faults_and_accounts_for_every_order() {
         samples.iter().any(|s| s["worker_rss_kib"].is_null()),
         "the worker was down for a while"
     );
-    for table in ["accounting", "memory (api)", "worker SIGKILLed"] {
+    let lives: Vec<&str> = soak["memory"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|check| check["process"].as_str().unwrap())
+        .collect();
+    assert_eq!(lives.len(), 3, "api and the worker's two lives: {lives:?}");
+    assert!(
+        lives[1].starts_with("worker (pid ") && lives[1] != lives[2],
+        "{lives:?}"
+    );
+    for table in [
+        "accounting",
+        "memory (api)",
+        "memory (worker (pid",
+        "worker SIGKILLed",
+    ] {
         assert!(stdout.contains(table), "{table}:\n{stdout}");
     }
     for plot in ["soak-memory.png", "soak-lag.png", "soak-p99.png"] {
