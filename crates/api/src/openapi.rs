@@ -26,6 +26,7 @@ use crate::routes::{admin, auth, health, live, me, orders, products};
         live::ticket,
         live::snapshot,
         admin::consumers, admin::dead_letters, admin::dead_letter, admin::replay,
+        admin::sales, admin::top_products,
         health::healthz, health::readyz,
     ),
     // OrderLineInput is named by `schema::order_lines`, not reached through a field type.
@@ -37,7 +38,7 @@ use crate::routes::{admin, auth, health, live, me, orders, products};
         (name = "orders", description = "Placing and following orders"),
         (name = "me", description = "Notifications, loyalty points, leaderboard"),
         (name = "live", description = "Live channels (Server-Sent Events or WebSocket), resumable from the last position"),
-        (name = "admin", description = "Consumers and the dead-letter queue (admin role)"),
+        (name = "admin", description = "Consumers, the dead-letter queue and sales (admin role)"),
         (name = "health", description = "Liveness and readiness"),
     )
 )]
@@ -118,6 +119,14 @@ const OPERATION_PROBLEMS: &[(&str, &str, u16, &[&str])] = &[
         &[slug::NOT_FOUND],
     ),
     ("get", "/api/v1/admin/dlq/{id}", 404, &[slug::NOT_FOUND]),
+    // A range that is backwards or too wide; `top` out of range.
+    ("get", "/api/v1/admin/sales", 422, &[slug::VALIDATION]),
+    (
+        "get",
+        "/api/v1/admin/sales/products",
+        422,
+        &[slug::VALIDATION],
+    ),
     ("get", "/api/v1/live/snapshot", 403, &[slug::FORBIDDEN]),
     ("get", "/api/v1/live/snapshot", 404, &[slug::NOT_FOUND]),
     ("get", "/api/v1/live/snapshot", 422, &[slug::VALIDATION]),

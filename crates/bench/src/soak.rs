@@ -1174,7 +1174,7 @@ mod tests {
             samples.push(sample(at, 10_000 + (t % 3), worker));
         }
         let checks = memory_checks(&samples, 10.0, 20.0, 120.0);
-        let summary: Vec<(&str, Option<u64>, Option<u64>, Option<bool>)> = checks
+        let summary: Vec<_> = checks
             .iter()
             .map(|c| (c.process.as_str(), c.after_warmup_kib, c.at_end_kib, c.held))
             .collect();

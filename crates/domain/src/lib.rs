@@ -13,6 +13,8 @@
 //! - [`notification`]: channels and kinds of shopper notifications.
 //! - [`fraud`]: the fraud rules over a sliding window of event time (too many
 //!   orders, or too much money, from one shopper), exact and pure.
+//! - [`sales`]: tumbling windows of event time (a minute, a day) for the
+//!   revenue the `analytics` group keeps, and when an event counts as late.
 //! - [`error`]: [`ValidationError`], the one error type of this layer: it names the
 //!   offending field so the API can answer 422 with a useful message.
 //!
@@ -27,6 +29,7 @@ pub mod notification;
 pub mod order;
 pub mod product;
 pub mod rules;
+pub mod sales;
 pub mod user;
 
 pub use error::ValidationError;

@@ -12,12 +12,13 @@
 use async_trait::async_trait;
 use orderflow_core::ports::store::{
     ChangesPage, DailySales, DeadLetter, LeaderboardEntry, NotificationChange, NotificationRecord,
-    OrderChange, PointsStanding, Prunable, RefreshRotation, SessionRecord, Store, StoreResult,
-    StoreTx, UserRecord,
+    OrderChange, PointsStanding, ProductSales, Prunable, RefreshRotation, SalesWindow,
+    SessionRecord, Store, StoreError, StoreResult, StoreTx, UserRecord,
 };
 use orderflow_domain::events::topics;
 use orderflow_domain::order::{HistoryEntry, Order, OrderStatus};
 use orderflow_domain::product::{Product, ProductDraft};
+use orderflow_domain::sales::{Granularity, WindowRange};
 use orderflow_domain::{EventId, OrderId, ProductId, Timestamp, UserId};
 
 use super::rows::{
@@ -968,6 +969,77 @@ impl<E: Engine> Store for SqlStore<E> {
         .await
     }
 
+    async fn sales(&self, range: WindowRange) -> StoreResult<Vec<SalesWindow>> {
+        read_all(
+            &*self.engine,
+            stmt(
+                "sales_windows",
+                "SELECT granularity, window_start, currency, orders, units, revenue_cents
+                 FROM sales_windows
+                 WHERE granularity = $1 AND window_start >= $2 AND window_start < $3
+                 ORDER BY window_start, currency",
+                (range.granularity.as_str(), range.from, range.to),
+            ),
+            |row| {
+                Ok(SalesWindow {
+                    granularity: Granularity::parse(&row.text("granularity")?)
+                        .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                    window_start: row.time("window_start")?,
+                    currency: row.text("currency")?,
+                    orders: row.int("orders")?,
+                    units: row.int("units")?,
+                    revenue_cents: row.int("revenue_cents")?,
+                })
+            },
+        )
+        .await
+    }
+
+    /// Sums per product and currency (`CAST`: PostgreSQL's SUM of BIGINT is
+    /// NUMERIC), numbers them by revenue within each currency, keeps the
+    /// first `top` of each.
+    async fn top_products(&self, range: WindowRange, top: u32) -> StoreResult<Vec<ProductSales>> {
+        read_all(
+            &*self.engine,
+            stmt(
+                "top_products",
+                "SELECT ranked.product_id, p.name, ranked.currency, ranked.orders, ranked.units,
+                        ranked.revenue_cents, ranked.place
+                 FROM (SELECT product_id, currency, orders, units, revenue_cents,
+                              ROW_NUMBER() OVER (PARTITION BY currency
+                                                 ORDER BY revenue_cents DESC, product_id) AS place
+                       FROM (SELECT product_id, currency,
+                                    CAST(SUM(orders) AS BIGINT) AS orders,
+                                    CAST(SUM(units) AS BIGINT) AS units,
+                                    CAST(SUM(revenue_cents) AS BIGINT) AS revenue_cents
+                             FROM product_sales_windows
+                             WHERE granularity = $1 AND window_start >= $2 AND window_start < $3
+                             GROUP BY product_id, currency) AS totals) AS ranked
+                 LEFT JOIN products p ON p.id = ranked.product_id
+                 WHERE ranked.place <= $4
+                 ORDER BY ranked.currency, ranked.place",
+                (
+                    range.granularity.as_str(),
+                    range.from,
+                    range.to,
+                    i64::from(top),
+                ),
+            ),
+            |row| {
+                Ok(ProductSales {
+                    product_id: row.uuid("product_id")?,
+                    name: row.opt_text("name")?,
+                    currency: row.text("currency")?,
+                    orders: row.int("orders")?,
+                    units: row.int("units")?,
+                    revenue_cents: row.int("revenue_cents")?,
+                    place: row.int("place")?,
+                })
+            },
+        )
+        .await
+    }
+
     async fn processed_among(
         &self,
         group: &str,
@@ -1083,15 +1155,44 @@ impl<E: Engine> Store for SqlStore<E> {
                       WHERE replayed_at IS NOT NULL AND replayed_at < $1 LIMIT $2)",
                 (before, limit),
             ),
+            // Both tables in one batch: a batch short of the limit then
+            // means both are done.
+            Prunable::MinuteSalesWindows => {
+                return self
+                    .delete_batch([
+                        stmt(
+                            "prune_minute_product_sales",
+                            "DELETE FROM product_sales_windows
+                             WHERE (granularity, window_start, product_id, currency) IN
+                                 (SELECT granularity, window_start, product_id, currency
+                                  FROM product_sales_windows
+                                  WHERE granularity = 'minute' AND window_start < $1 LIMIT $2)",
+                            (before, limit),
+                        ),
+                        stmt(
+                            "prune_minute_sales",
+                            "DELETE FROM sales_windows
+                             WHERE (granularity, window_start, currency) IN
+                                 (SELECT granularity, window_start, currency FROM sales_windows
+                                  WHERE granularity = 'minute' AND window_start < $1 LIMIT $2)",
+                            (before, limit),
+                        ),
+                    ])
+                    .await;
+            }
         };
-        self.delete_batch(statement).await
+        self.delete_batch([statement]).await
     }
 }
 
 impl<E: Engine> SqlStore<E> {
-    async fn delete_batch(&self, statement: Stmt) -> StoreResult<u64> {
+    /// Runs `statements` in one background write; the rows they deleted.
+    async fn delete_batch(&self, statements: impl IntoIterator<Item = Stmt>) -> StoreResult<u64> {
         let mut w = self.engine.begin_write(WritePriority::Background).await?;
-        let deleted = w.exec(statement).await?;
+        let mut deleted = 0;
+        for statement in statements {
+            deleted += w.exec(statement).await?;
+        }
         super::WriteTx::commit(w).await?;
         Ok(deleted)
     }
@@ -1151,7 +1252,7 @@ impl<E: Engine> SqlStore<E> {
             };
             for (partition, below) in committed {
                 deleted += self
-                    .delete_batch(stmt(
+                    .delete_batch([stmt(
                         "prune_events",
                         r#"DELETE FROM event_log WHERE seq IN
                                (SELECT seq FROM event_log
@@ -1159,7 +1260,7 @@ impl<E: Engine> SqlStore<E> {
                                   AND created_at < $4
                                 ORDER BY "offset" LIMIT $5)"#,
                         (topic, partition, below.unwrap_or(i64::MAX), before, limit),
-                    ))
+                    )])
                     .await?;
             }
         }

@@ -29,6 +29,7 @@ use orderflow_core::ports::store::{
 };
 use orderflow_domain::events::Envelope;
 use orderflow_domain::order::{Order, OrderStatus};
+use orderflow_domain::sales::Granularity;
 use orderflow_domain::{EventId, OrderId, ProductId, Timestamp, UserId};
 
 use crate::sqlite::partition_for;
@@ -662,14 +663,15 @@ impl<E: Engine> StoreTx for SqlTx<E> {
         Ok(())
     }
 
-    async fn record_sale(&mut self, order: &Order, day: chrono::NaiveDate) -> StoreResult<()> {
+    async fn record_sale(&mut self, order: &Order, at: Timestamp) -> StoreResult<()> {
+        let currency = order.currency.as_str();
         self.defer(stmt(
             "record_daily_sale",
             "INSERT INTO daily_sales (day, currency, orders, revenue_cents) VALUES ($1, $2, 1, $3)
                      ON CONFLICT (day, currency) DO UPDATE
                      SET orders = daily_sales.orders + 1,
                          revenue_cents = daily_sales.revenue_cents + excluded.revenue_cents",
-            (day, order.currency.as_str(), order.total_cents),
+            (at.date_naive(), currency, order.total_cents),
         ));
         // Per product, in product-id order (upserts lock rows; a fixed order
         // keeps two sales of overlapping products from deadlocking).
@@ -679,7 +681,7 @@ impl<E: Engine> StoreTx for SqlTx<E> {
             entry.0 += i64::from(line.quantity);
             entry.1 += line.line_total_cents;
         }
-        for (product_id, (quantity, revenue)) in per_product {
+        for (product_id, (quantity, revenue)) in &per_product {
             self.defer(stmt(
                 "record_product_sale",
                 "INSERT INTO product_sales (product_id, quantity,
@@ -687,8 +689,50 @@ impl<E: Engine> StoreTx for SqlTx<E> {
                          ON CONFLICT (product_id) DO UPDATE
                          SET quantity = product_sales.quantity + excluded.quantity,
                              revenue_cents = product_sales.revenue_cents + excluded.revenue_cents",
-                (product_id, quantity, revenue),
+                (*product_id, *quantity, *revenue),
             ));
+        }
+        let units: i64 = per_product.values().map(|(quantity, _)| quantity).sum();
+        for granularity in Granularity::ALL {
+            let window_start = granularity.window_start(at);
+            self.defer(stmt(
+                "record_sales_window",
+                "INSERT INTO sales_windows (granularity, window_start, currency, orders, units,
+                            revenue_cents) VALUES ($1, $2, $3, 1, $4, $5)
+                         ON CONFLICT (granularity, window_start, currency) DO UPDATE
+                         SET orders = sales_windows.orders + 1,
+                             units = sales_windows.units + excluded.units,
+                             revenue_cents = sales_windows.revenue_cents + excluded.revenue_cents",
+                (
+                    granularity.as_str(),
+                    window_start,
+                    currency,
+                    units,
+                    order.total_cents,
+                ),
+            ));
+            for (product_id, (quantity, revenue)) in &per_product {
+                self.defer(stmt(
+                    "record_product_sales_window",
+                    "INSERT INTO product_sales_windows (granularity, window_start, product_id,
+                                currency, orders, units, revenue_cents)
+                             VALUES ($1, $2, $3, $4, 1, $5, $6)
+                             ON CONFLICT (granularity, window_start, product_id, currency)
+                             DO UPDATE
+                             SET orders = product_sales_windows.orders + 1,
+                                 units = product_sales_windows.units + excluded.units,
+                                 revenue_cents = product_sales_windows.revenue_cents
+                                                 + excluded.revenue_cents",
+                    (
+                        granularity.as_str(),
+                        window_start,
+                        *product_id,
+                        currency,
+                        *quantity,
+                        *revenue,
+                    ),
+                ));
+            }
         }
         Ok(())
     }

@@ -1,8 +1,11 @@
-//! Operator routes (admin role): consumer lag and the dead-letter queue.
+//! Operator routes (admin role): consumer lag, the dead-letter queue, and
+//! sales (revenue per window of event time, top products).
 
 use axum::Json;
 use axum::extract::{Path, State};
-use orderflow_core::ports::store::DeadLetter;
+use orderflow_core::ports::store::{DeadLetter, ProductSales, SalesWindow};
+use orderflow_core::services::admin::Operations;
+use orderflow_domain::sales::{Granularity, WindowRange};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -157,4 +160,186 @@ pub async fn replay(
     let mut view: DeadLetterView = state.operations.replay(id).await?.into();
     view.replayed_at = Some(chrono::Utc::now());
     Ok(Json(view))
+}
+
+/// The width of a sales window.
+#[derive(Debug, Clone, Copy, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum GranularityParam {
+    #[default]
+    Minute,
+    Day,
+}
+
+impl From<GranularityParam> for Granularity {
+    fn from(value: GranularityParam) -> Self {
+        match value {
+            GranularityParam::Minute => Granularity::Minute,
+            GranularityParam::Day => Granularity::Day,
+        }
+    }
+}
+
+/// Which windows to read: those that start in `from..to`. Without both,
+/// the latest 60 minutes or 30 days (up to `to`, or after `from`). At most
+/// a week of minute windows, 3,660 day windows.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct SalesParams {
+    /// `minute` (the default) or `day`; day windows start at midnight UTC.
+    #[serde(default)]
+    pub granularity: GranularityParam,
+    /// RFC 3339, inclusive.
+    pub from: Option<chrono::DateTime<chrono::Utc>>,
+    /// RFC 3339, exclusive.
+    pub to: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl SalesParams {
+    fn range(&self) -> Result<WindowRange, orderflow_core::CoreError> {
+        Operations::sales_range(
+            self.granularity.into(),
+            self.from,
+            self.to,
+            chrono::Utc::now(),
+        )
+    }
+}
+
+/// [`SalesParams`] and how many products. (Not `#[serde(flatten)]`: the
+/// query-string decoder then sees every value as a string, and `top`
+/// would not parse.)
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct TopProductsParams {
+    /// `minute` (the default) or `day`.
+    #[serde(default)]
+    pub granularity: GranularityParam,
+    /// RFC 3339, inclusive.
+    pub from: Option<chrono::DateTime<chrono::Utc>>,
+    /// RFC 3339, exclusive.
+    pub to: Option<chrono::DateTime<chrono::Utc>>,
+    /// How many products per currency (default 10).
+    #[param(minimum = 1, maximum = 100)]
+    pub top: Option<u32>,
+}
+
+impl TopProductsParams {
+    fn range(&self) -> Result<WindowRange, orderflow_core::CoreError> {
+        SalesParams {
+            granularity: self.granularity,
+            from: self.from,
+            to: self.to,
+        }
+        .range()
+    }
+}
+
+/// Revenue, orders and units of one window, in one currency, from confirmed
+/// orders (by the time they were confirmed).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SalesWindowView {
+    pub window_start: chrono::DateTime<chrono::Utc>,
+    /// Exclusive: the next window's start.
+    pub window_end: chrono::DateTime<chrono::Utc>,
+    pub currency: String,
+    pub orders: i64,
+    pub units: i64,
+    pub revenue_cents: i64,
+}
+
+impl From<SalesWindow> for SalesWindowView {
+    fn from(w: SalesWindow) -> Self {
+        Self {
+            window_end: w.window_start + w.granularity.width(),
+            window_start: w.window_start,
+            currency: w.currency,
+            orders: w.orders,
+            units: w.units,
+            revenue_cents: w.revenue_cents,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SalesView {
+    pub granularity: String,
+    pub from: chrono::DateTime<chrono::Utc>,
+    pub to: chrono::DateTime<chrono::Utc>,
+    /// Oldest first; windows without sales are left out.
+    pub windows: Vec<SalesWindowView>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ProductSalesView {
+    /// 1 = most revenue among the products sold in the same currency.
+    pub place: i64,
+    pub product_id: uuid::Uuid,
+    /// Absent when the product was deleted since.
+    pub name: Option<String>,
+    pub currency: String,
+    /// Orders that had the product.
+    pub orders: i64,
+    pub units: i64,
+    pub revenue_cents: i64,
+}
+
+impl From<ProductSales> for ProductSalesView {
+    fn from(p: ProductSales) -> Self {
+        Self {
+            place: p.place,
+            product_id: p.product_id,
+            name: p.name,
+            currency: p.currency,
+            orders: p.orders,
+            units: p.units,
+            revenue_cents: p.revenue_cents,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TopProductsView {
+    pub granularity: String,
+    pub from: chrono::DateTime<chrono::Utc>,
+    pub to: chrono::DateTime<chrono::Utc>,
+    /// Per currency, by place.
+    pub products: Vec<ProductSalesView>,
+}
+
+/// Revenue, orders and units per window of event time (the `analytics`
+/// consumer group's tumbling windows), per currency.
+#[utoipa::path(get, operation_id = "get_sales", path = "/api/v1/admin/sales", tag = "admin", security(("bearer" = [])), params(SalesParams), responses(
+    (status = 200, body = SalesView)))]
+pub async fn sales(
+    State(state): State<AppState>,
+    AdminCaller(_admin): AdminCaller,
+    ApiQuery(params): ApiQuery<SalesParams>,
+) -> ApiResult<Json<SalesView>> {
+    let range = params.range()?;
+    let windows = state.operations.sales(range).await?;
+    Ok(Json(SalesView {
+        granularity: range.granularity.to_string(),
+        from: range.from,
+        to: range.to,
+        windows: windows.into_iter().map(Into::into).collect(),
+    }))
+}
+
+/// The products with the most revenue over a range of windows, per currency.
+#[utoipa::path(get, operation_id = "get_top_products", path = "/api/v1/admin/sales/products", tag = "admin", security(("bearer" = [])), params(TopProductsParams), responses(
+    (status = 200, body = TopProductsView)))]
+pub async fn top_products(
+    State(state): State<AppState>,
+    AdminCaller(_admin): AdminCaller,
+    ApiQuery(params): ApiQuery<TopProductsParams>,
+) -> ApiResult<Json<TopProductsView>> {
+    let range = params.range()?;
+    let products = state.operations.top_products(range, params.top).await?;
+    Ok(Json(TopProductsView {
+        granularity: range.granularity.to_string(),
+        from: range.from,
+        to: range.to,
+        products: products.into_iter().map(Into::into).collect(),
+    }))
 }

@@ -47,6 +47,8 @@ pub fn router(state: AppState) -> Router {
         .route("/live/snapshot", get(live::snapshot))
         .route("/admin/consumers", get(admin::consumers))
         .route("/admin/dlq", get(admin::dead_letters))
+        .route("/admin/sales", get(admin::sales))
+        .route("/admin/sales/products", get(admin::top_products))
         .route("/admin/dlq/{id}", get(admin::dead_letter))
         .route("/admin/dlq/{id}/replay", post(admin::replay));
 

@@ -68,6 +68,7 @@ macro_rules! store_scenarios {
             processed_marks_in_bulk,
             savepoints_undo_one_effect,
             read_models,
+            sales_windows,
             dead_letters,
             product_versions,
             product_imports,

@@ -1268,9 +1268,9 @@ pub async fn read_models(store: Arc<dyn Store>) {
     assert_eq!(store.leaderboard(1).await.unwrap().len(), 1, "limit");
 
     // Daily sales: the last N UTC days, per currency.
-    let today = chrono::Utc::now().date_naive();
+    let at = now();
+    let today = at.date_naive();
     let yesterday = today.pred_opt().unwrap();
-    let long_ago = today - chrono::Days::new(30);
     let usd = {
         let mut o = order_of(ann.id, &[(&mug, 1)], now());
         o.currency = orderflow_domain::money::Currency::parse("USD").unwrap();
@@ -1278,11 +1278,15 @@ pub async fn read_models(store: Arc<dyn Store>) {
         o
     };
     let mut tx = store.begin().await.unwrap();
-    tx.record_sale(&order, today).await.unwrap();
-    tx.record_sale(&order, today).await.unwrap();
-    tx.record_sale(&usd, today).await.unwrap();
-    tx.record_sale(&order, yesterday).await.unwrap();
-    tx.record_sale(&order, long_ago).await.unwrap();
+    tx.record_sale(&order, at).await.unwrap();
+    tx.record_sale(&order, at).await.unwrap();
+    tx.record_sale(&usd, at).await.unwrap();
+    tx.record_sale(&order, at - chrono::Duration::days(1))
+        .await
+        .unwrap();
+    tx.record_sale(&order, at - chrono::Duration::days(30))
+        .await
+        .unwrap();
     tx.commit().await.unwrap();
     let mut sales: Vec<_> = store
         .daily_sales(7)
@@ -1311,6 +1315,242 @@ pub async fn read_models(store: Arc<dyn Store>) {
             .iter()
             .all(|d| d.day == today),
         "daily_sales(1) is today only"
+    );
+}
+
+/// Revenue in tumbling windows of event time, a minute and a day wide, per
+/// currency; the top products by revenue over a range, per currency.
+pub async fn sales_windows(store: Arc<dyn Store>) {
+    use orderflow_domain::sales::{Granularity, WindowRange};
+    let ann = given_user(&store, "Ann").await;
+    let mug = given_product(&store, 100).await; // 2.50
+    let pen = store
+        .insert_product(uuid::Uuid::now_v7(), &draft("Pen", 120, 100), now())
+        .await
+        .unwrap();
+    let at = |text: &str| -> orderflow_domain::Timestamp { text.parse().unwrap() };
+    let mugs_and_pen = order_of(ann.id, &[(&mug, 2), (&pen, 1)], now()); // 6.20, 3 units
+    let pens = order_of(ann.id, &[(&pen, 3)], now()); // 3.60, 3 units
+    let usd = {
+        let mut o = order_of(ann.id, &[(&mug, 1)], now());
+        o.currency = orderflow_domain::money::Currency::parse("USD").unwrap();
+        o
+    };
+    let mut tx = store.begin().await.unwrap();
+    tx.record_sale(&mugs_and_pen, at("2026-03-01T23:58:30Z"))
+        .await
+        .unwrap();
+    tx.record_sale(&pens, at("2026-03-01T23:58:59.999Z"))
+        .await
+        .unwrap();
+    tx.record_sale(&usd, at("2026-03-01T23:58:30Z"))
+        .await
+        .unwrap();
+    tx.record_sale(&mugs_and_pen, at("2026-03-01T23:59:00Z"))
+        .await
+        .unwrap();
+    tx.record_sale(&pens, at("2026-03-02T00:00:00Z"))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    let windows = |granularity, from: &str, to: &str| {
+        let store = store.clone();
+        let range = WindowRange::new(granularity, at(from), at(to)).unwrap();
+        async move {
+            store
+                .sales(range)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|w| {
+                    assert_eq!(w.granularity, granularity);
+                    (
+                        w.window_start.to_rfc3339(),
+                        w.currency,
+                        w.orders,
+                        w.units,
+                        w.revenue_cents,
+                    )
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    let row = |start: &str, currency: &str, orders, units, revenue| {
+        (
+            at(start).to_rfc3339(),
+            currency.to_owned(),
+            orders,
+            units,
+            revenue,
+        )
+    };
+    assert_eq!(
+        windows(
+            Granularity::Minute,
+            "2026-03-01T23:58:00Z",
+            "2026-03-02T00:01:00Z"
+        )
+        .await,
+        [
+            row("2026-03-01T23:58:00Z", "EUR", 2, 6, 980),
+            row("2026-03-01T23:58:00Z", "USD", 1, 1, 250),
+            row("2026-03-01T23:59:00Z", "EUR", 1, 3, 620),
+            row("2026-03-02T00:00:00Z", "EUR", 1, 3, 360),
+        ],
+        "minute windows: half-open, oldest first, per currency"
+    );
+    assert_eq!(
+        windows(
+            Granularity::Minute,
+            "2026-03-01T23:59:00Z",
+            "2026-03-02T00:00:00Z"
+        )
+        .await,
+        [row("2026-03-01T23:59:00Z", "EUR", 1, 3, 620)],
+        "a range reads the windows that start in it"
+    );
+    assert_eq!(
+        windows(
+            Granularity::Day,
+            "2026-03-01T00:00:00Z",
+            "2026-03-03T00:00:00Z"
+        )
+        .await,
+        [
+            row("2026-03-01T00:00:00Z", "EUR", 3, 9, 1600),
+            row("2026-03-01T00:00:00Z", "USD", 1, 1, 250),
+            row("2026-03-02T00:00:00Z", "EUR", 1, 3, 360),
+        ],
+        "day windows start at midnight UTC"
+    );
+
+    let top = |granularity, from: &str, to: &str, top: u32| {
+        let store = store.clone();
+        let range = WindowRange::new(granularity, at(from), at(to)).unwrap();
+        async move {
+            store
+                .top_products(range, top)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|p| {
+                    (
+                        p.name.unwrap_or_default(),
+                        p.currency,
+                        p.orders,
+                        p.units,
+                        p.revenue_cents,
+                        p.place,
+                    )
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    let product = |name: &str, currency: &str, orders, units, revenue, place| {
+        (
+            name.to_owned(),
+            currency.to_owned(),
+            orders,
+            units,
+            revenue,
+            place,
+        )
+    };
+    assert_eq!(
+        top(
+            Granularity::Day,
+            "2026-03-01T00:00:00Z",
+            "2026-03-03T00:00:00Z",
+            2
+        )
+        .await,
+        [
+            product("Mug", "EUR", 2, 4, 1000, 1),
+            product("Pen", "EUR", 4, 8, 960, 2),
+            product("Mug", "USD", 1, 1, 250, 1),
+        ],
+        "by revenue, per currency"
+    );
+    assert_eq!(
+        top(
+            Granularity::Day,
+            "2026-03-01T00:00:00Z",
+            "2026-03-03T00:00:00Z",
+            1
+        )
+        .await,
+        [
+            product("Mug", "EUR", 2, 4, 1000, 1),
+            product("Mug", "USD", 1, 1, 250, 1),
+        ],
+        "the first `top` of each currency"
+    );
+    assert_eq!(
+        top(
+            Granularity::Minute,
+            "2026-03-01T23:59:00Z",
+            "2026-03-02T00:01:00Z",
+            5
+        )
+        .await,
+        [
+            product("Mug", "EUR", 1, 2, 500, 1),
+            product("Pen", "EUR", 2, 4, 480, 2),
+        ],
+        "over the windows that start in the range only"
+    );
+
+    // Retention: minute windows that start before the cut-off go, up to
+    // `limit` rows of each table a batch; day windows stay.
+    use crate::ports::store::Prunable;
+    let cut_off = at("2026-03-01T23:59:00Z");
+    let mut batches = Vec::new();
+    for _ in 0..3 {
+        batches.push(
+            store
+                .prune(Prunable::MinuteSalesWindows, cut_off, 2)
+                .await
+                .unwrap(),
+        );
+    }
+    assert_eq!(
+        batches,
+        [4, 1, 0],
+        "3 product rows and 2 totals of 23:58, two of each per batch"
+    );
+    assert_eq!(
+        windows(
+            Granularity::Minute,
+            "2026-03-01T23:58:00Z",
+            "2026-03-02T00:01:00Z"
+        )
+        .await,
+        [
+            row("2026-03-01T23:59:00Z", "EUR", 1, 3, 620),
+            row("2026-03-02T00:00:00Z", "EUR", 1, 3, 360),
+        ]
+    );
+    assert!(
+        top(
+            Granularity::Minute,
+            "2026-03-01T23:58:00Z",
+            "2026-03-01T23:59:00Z",
+            5
+        )
+        .await
+        .is_empty()
+    );
+    assert_eq!(
+        windows(
+            Granularity::Day,
+            "2026-03-01T00:00:00Z",
+            "2026-03-03T00:00:00Z"
+        )
+        .await
+        .len(),
+        3,
+        "day windows are kept"
     );
 }
 

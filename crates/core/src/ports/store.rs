@@ -14,6 +14,7 @@ use orderflow_domain::events::Envelope;
 use orderflow_domain::notification::{Channel, NotificationKind};
 use orderflow_domain::order::{HistoryEntry, Order, OrderStatus};
 use orderflow_domain::product::{Product, ProductDraft};
+use orderflow_domain::sales::{Granularity, WindowRange};
 use orderflow_domain::user::Role;
 use orderflow_domain::{EventId, OrderId, ProductId, Timestamp, UserId};
 use serde::{Deserialize, Serialize};
@@ -192,6 +193,34 @@ pub struct DailySales {
     pub revenue_cents: i64,
 }
 
+/// Revenue of one tumbling window of event time, in one currency, from
+/// confirmed orders.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SalesWindow {
+    pub granularity: Granularity,
+    pub window_start: Timestamp,
+    pub currency: String,
+    pub orders: i64,
+    /// Items sold (the sum of the lines' quantities).
+    pub units: i64,
+    pub revenue_cents: i64,
+}
+
+/// One product's sales over a range of windows, and its place by revenue
+/// among the products sold in the same currency (1 = most).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProductSales {
+    pub product_id: ProductId,
+    /// None when the product was deleted since.
+    pub name: Option<String>,
+    pub currency: String,
+    /// Orders that had the product.
+    pub orders: i64,
+    pub units: i64,
+    pub revenue_cents: i64,
+    pub place: i64,
+}
+
 /// A message a consumer group gave up on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeadLetter {
@@ -344,6 +373,12 @@ pub trait Store: Send + Sync + 'static {
     async fn last_notification(&self, user_id: UserId) -> StoreResult<i64>;
     async fn leaderboard(&self, limit: u32) -> StoreResult<Vec<LeaderboardEntry>>;
     async fn daily_sales(&self, days: u32) -> StoreResult<Vec<DailySales>>;
+    /// The windows of `range.granularity` that start in `range`, oldest
+    /// first, one per currency; windows without sales are left out.
+    async fn sales(&self, range: WindowRange) -> StoreResult<Vec<SalesWindow>>;
+    /// The `top` products by revenue over the windows that start in
+    /// `range`, per currency (ties: by product id), by place.
+    async fn top_products(&self, range: WindowRange, top: u32) -> StoreResult<Vec<ProductSales>>;
     /// Whether a group already handled an event (a cheap pre-check; the
     /// authoritative check is [`StoreTx::mark_processed`]).
     async fn is_processed(&self, group: &str, event_id: EventId) -> StoreResult<bool> {
@@ -392,6 +427,10 @@ pub enum Prunable<'a> {
     SentOutbox,
     /// Dead letters that were replayed, by when they were replayed.
     ReplayedDeadLetters,
+    /// Minute sales windows (totals and per product) that start before the
+    /// cut-off; day windows are kept (one row a day and currency, and one a
+    /// day per product sold).
+    MinuteSalesWindows,
 }
 
 /// A unit of work. All writes of a use case or a consumer go through one.
@@ -449,8 +488,10 @@ pub trait StoreTx: Send {
     async fn record_notification(&mut self, notification: &NotificationRecord) -> StoreResult<()>;
     /// Adds (or with a negative value removes) loyalty points.
     async fn add_points(&mut self, user_id: UserId, points: i64) -> StoreResult<()>;
-    /// Adds a confirmed order to the day's revenue and the product sales.
-    async fn record_sale(&mut self, order: &Order, day: chrono::NaiveDate) -> StoreResult<()>;
+    /// Adds an order confirmed at `at` (event time) to its day's revenue,
+    /// the product sales, and the windows of every granularity that `at`
+    /// falls in.
+    async fn record_sale(&mut self, order: &Order, at: Timestamp) -> StoreResult<()>;
 
     /// Marks `(group, event)` handled. False when it was already: the caller
     /// must then drop the transaction, since the effect happened before.

@@ -1,5 +1,6 @@
-//! Operator use cases: consumer lag, the dead-letter queue, and the health
-//! snapshot the `admin:health` live channel sends.
+//! Operator use cases: consumer lag, the dead-letter queue, the health
+//! snapshot the `admin:health` live channel sends, and the sales the
+//! `analytics` group keeps (revenue per window, top products).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -9,7 +10,9 @@ use serde::Serialize;
 use crate::CoreError;
 use crate::ports::log::{EventLog, LogError, PartitionLag};
 use crate::ports::outbox::{Outbox, OutboxBacklog};
-use crate::ports::store::{DeadLetter, Store};
+use crate::ports::store::{DeadLetter, ProductSales, SalesWindow, Store};
+use orderflow_domain::Timestamp;
+use orderflow_domain::sales::{Granularity, WindowRange};
 
 /// How long [`Operations::consumer_lag`] may take.
 pub const LAG_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
@@ -22,6 +25,13 @@ pub struct Operations {
     /// With Kafka: the outbox the relay drains.
     outbox: Option<Arc<dyn Outbox>>,
 }
+
+/// How many windows a sales read covers when the range is not given.
+pub const DEFAULT_WINDOWS: [(Granularity, i32); 2] =
+    [(Granularity::Minute, 60), (Granularity::Day, 30)];
+/// How many products a top list has when not asked, and at most.
+pub const DEFAULT_TOP: u32 = 10;
+pub const MAX_TOP: u32 = 100;
 
 /// The operator's view of the pipeline at one moment.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -126,6 +136,52 @@ impl Operations {
                 "counting dead letters for the metrics took too long; the gauge keeps its last value"
             ),
         }
+    }
+
+    /// The range a sales read covers: `from..to` as given (checked), or
+    /// the latest [`DEFAULT_WINDOWS`] of the granularity up to `to` (or
+    /// now), or the same number before `from`.
+    pub fn sales_range(
+        granularity: Granularity,
+        from: Option<Timestamp>,
+        to: Option<Timestamp>,
+        now: Timestamp,
+    ) -> Result<WindowRange, CoreError> {
+        let count = DEFAULT_WINDOWS
+            .iter()
+            .find(|(g, _)| *g == granularity)
+            .map_or(1, |(_, count)| *count);
+        let span = granularity.width() * count;
+        let range = match (from, to) {
+            (Some(from), Some(to)) => WindowRange::new(granularity, from, to)?,
+            (Some(from), None) => WindowRange::new(granularity, from, from + span)?,
+            (None, Some(to)) => WindowRange::new(granularity, to - span, to)?,
+            (None, None) => WindowRange::latest(granularity, count, now),
+        };
+        Ok(range)
+    }
+
+    /// Revenue, orders and units per window of `range`, per currency.
+    pub async fn sales(&self, range: WindowRange) -> Result<Vec<SalesWindow>, CoreError> {
+        Ok(self.store.sales(range).await?)
+    }
+
+    /// The `top` products by revenue over `range` (default [`DEFAULT_TOP`],
+    /// 1 to [`MAX_TOP`]), per currency.
+    pub async fn top_products(
+        &self,
+        range: WindowRange,
+        top: Option<u32>,
+    ) -> Result<Vec<ProductSales>, CoreError> {
+        let top = top.unwrap_or(DEFAULT_TOP);
+        if !(1..=MAX_TOP).contains(&top) {
+            return Err(orderflow_domain::ValidationError::new(
+                "top",
+                format!("must be between 1 and {MAX_TOP}, not {top}"),
+            )
+            .into());
+        }
+        Ok(self.store.top_products(range, top).await?)
     }
 
     pub async fn dead_letters(

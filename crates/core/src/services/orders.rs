@@ -335,7 +335,7 @@ impl OrderService {
         }
         tx.add_points(order.user_id, effects::points_for(&order.total()))
             .await?;
-        tx.record_sale(&order, now.date_naive()).await?;
+        tx.record_sale(&order, now).await?;
         order.status = OrderStatus::Confirmed;
         order.updated_at = now;
         let body = order_body(&order);

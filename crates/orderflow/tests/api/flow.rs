@@ -3,7 +3,7 @@
 
 use serde_json::json;
 
-use crate::helpers::{drain_consumers, spawn_app, spawn_app_with};
+use crate::helpers::{assert_problem, drain_consumers, spawn_app, spawn_app_with};
 
 fn kinds(notifications: &[serde_json::Value], order_id: uuid::Uuid) -> Vec<(String, String)> {
     let mut kinds: Vec<_> = notifications
@@ -304,5 +304,131 @@ async fn the_server_with_its_workers_stops_cleanly_and_loses_nothing() {
     for id in placed {
         let (order, _) = restarted.store.order(id).await.unwrap().unwrap();
         assert_eq!(order.status.as_str(), "confirmed");
+    }
+}
+
+/// Confirmed orders, and only those, are in the sales windows (minute and
+/// day) and the top products; bad ranges get problems that say what is
+/// wrong.
+#[tokio::test]
+async fn confirmed_orders_are_counted_in_sales_windows_and_top_products() {
+    let app = spawn_app().await;
+    let lamp = app.create_product("SALES-1", 2550, 10).await;
+    let cup = app.create_product("SALES-2", 1000, 10).await;
+    let (ayla, baris) = (app.shopper("Ayla").await, app.shopper("Baris").await);
+    app.order_one(&ayla, lamp.id, 2).await;
+    app.order_one(&baris, cup.id, 3).await;
+    app.order_one(&ayla, cup.id, 1).await;
+    app.order_one(&baris, lamp.id, 11).await; // more than the stock: rejected
+    app.drain().await;
+
+    let admin = app.admin_token().await;
+    for granularity in ["minute", "day"] {
+        let sales = app
+            .get_json(
+                &admin,
+                &format!("/api/v1/admin/sales?granularity={granularity}"),
+            )
+            .await;
+        assert_eq!(sales["granularity"], granularity, "{sales}");
+        let windows = sales["windows"].as_array().unwrap();
+        assert!(!windows.is_empty(), "{sales}");
+        let sum = |field: &str| {
+            windows
+                .iter()
+                .map(|w| w[field].as_i64().unwrap())
+                .sum::<i64>()
+        };
+        // The orders may straddle a window boundary: the sums are exact.
+        assert_eq!(
+            (sum("orders"), sum("units"), sum("revenue_cents")),
+            (3, 6, 2 * 2550 + 4 * 1000),
+            "three confirmed orders, the rejected one left out: {sales}"
+        );
+        for window in windows {
+            assert_eq!(window["currency"], "EUR");
+            let start: chrono::DateTime<chrono::Utc> =
+                window["window_start"].as_str().unwrap().parse().unwrap();
+            let end: chrono::DateTime<chrono::Utc> =
+                window["window_end"].as_str().unwrap().parse().unwrap();
+            let width = if granularity == "day" { 86_400 } else { 60 };
+            assert_eq!((end - start).num_seconds(), width, "{window}");
+        }
+    }
+
+    let top = app
+        .get_json(&admin, "/api/v1/admin/sales/products?granularity=day&top=5")
+        .await;
+    let products: Vec<(String, i64, i64, i64, i64)> = top["products"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["product_id"].as_str().unwrap().to_owned(),
+                p["place"].as_i64().unwrap(),
+                p["orders"].as_i64().unwrap(),
+                p["units"].as_i64().unwrap(),
+                p["revenue_cents"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        products,
+        [
+            (lamp.id.to_string(), 1, 1, 2, 5100),
+            (cup.id.to_string(), 2, 2, 4, 4000)
+        ],
+        "{top}"
+    );
+    let first = app
+        .get_json(&admin, "/api/v1/admin/sales/products?granularity=day&top=1")
+        .await;
+    assert_eq!(first["products"].as_array().unwrap().len(), 1, "{first}");
+    assert_eq!(first["products"][0]["name"], top["products"][0]["name"]);
+
+    for (query, status, slug, field) in [
+        (
+            "/api/v1/admin/sales?granularity=hour",
+            400,
+            "malformed-query",
+            None,
+        ),
+        (
+            "/api/v1/admin/sales?from=2026-03-02T00:00:00Z&to=2026-03-01T00:00:00Z",
+            422,
+            "validation",
+            Some("from"),
+        ),
+        (
+            "/api/v1/admin/sales?from=2026-01-01T00:00:00Z&to=2026-02-01T00:00:00Z",
+            422,
+            "validation",
+            Some("to"),
+        ),
+        (
+            "/api/v1/admin/sales/products?top=0",
+            422,
+            "validation",
+            Some("top"),
+        ),
+        (
+            "/api/v1/admin/sales?from=yesterday",
+            400,
+            "malformed-query",
+            None,
+        ),
+    ] {
+        let response = app
+            .http
+            .get(app.url(query))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap();
+        let problem = assert_problem(response, status, slug).await;
+        if let Some(field) = field {
+            assert_eq!(problem["field"], field, "{query}: {problem}");
+        }
     }
 }

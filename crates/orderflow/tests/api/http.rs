@@ -116,7 +116,12 @@ async fn health_readiness_metrics_and_docs_answer() {
 async fn admin_routes_need_the_admin_role() {
     let app = spawn_app().await;
     let shopper = app.shopper("Pinar").await;
-    for path in ["/api/v1/admin/consumers", "/api/v1/admin/dlq"] {
+    for path in [
+        "/api/v1/admin/consumers",
+        "/api/v1/admin/dlq",
+        "/api/v1/admin/sales",
+        "/api/v1/admin/sales/products",
+    ] {
         let response = app
             .http
             .get(app.url(path))

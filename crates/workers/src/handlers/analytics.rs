@@ -1,8 +1,15 @@
-//! `analytics`: revenue and orders per day, and product sales, from confirmed orders.
+//! `analytics`: revenue and orders per day, product sales, and revenue,
+//! orders and units in tumbling windows of a minute and a day (per product
+//! too), from confirmed orders, by event time: the confirmation's envelope
+//! time, so a replay or a late delivery lands in the window it happened in
+//! (see `orderflow_domain::sales`). A confirmation past its window's grace
+//! ([`LATE_AFTER`]) is still recorded, and counted in
+//! `orderflow_stream_late_events_total{group="analytics"}`.
 //! After the commit, the day's totals (read back from the database) are
 //! mirrored into the read models.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use async_trait::async_trait;
 use orderflow_core::ports::log::Delivery;
@@ -19,7 +26,13 @@ use crate::runtime::{Applied, Effect, Handler, Prepared};
 pub struct AnalyticsHandler {
     store: Arc<dyn Store>,
     read_models: Option<Arc<dyn ReadModels>>,
+    /// The newest event time seen (ms since the epoch), for lateness.
+    watermark_ms: AtomicI64,
 }
+
+/// How long after its one-minute window ends a confirmation still counts as
+/// on time: past it, readers of that window may have taken it as final.
+pub const LATE_AFTER: chrono::Duration = chrono::Duration::seconds(60);
 
 /// Days older than this are not mirrored (a replay of old events): the read
 /// model is about recent sales, and the database keeps them all.
@@ -30,6 +43,7 @@ impl AnalyticsHandler {
         Self {
             store,
             read_models: None,
+            watermark_ms: AtomicI64::new(i64::MIN),
         }
     }
 
@@ -64,7 +78,15 @@ impl Handler for AnalyticsHandler {
         };
         // The event carries everything a sale needs, so no read is spent on
         // the order. Its timestamps are the confirmation time, which is also
-        // the day the sale counts for (UTC).
+        // the time the sale counts for.
+        let at_ms = event.time.timestamp_millis();
+        let watermark_ms = self.watermark_ms.fetch_max(at_ms, Ordering::Relaxed);
+        if let Some(watermark) = chrono::DateTime::from_timestamp_millis(watermark_ms)
+            && orderflow_domain::sales::is_late(event.time, watermark, LATE_AFTER)
+        {
+            metrics::counter!("orderflow_stream_late_events_total", "group" => "analytics")
+                .increment(1);
+        }
         let order = Order {
             id: *order_id,
             user_id: *user_id,
@@ -77,7 +99,7 @@ impl Handler for AnalyticsHandler {
             updated_at: event.time,
         };
         Ok(Prepared::Effect(Box::new(RecordSale {
-            day: event.time.date_naive(),
+            at: event.time,
             order,
             mirror: self
                 .read_models
@@ -87,17 +109,18 @@ impl Handler for AnalyticsHandler {
     }
 }
 
-/// Add the sale to its day; mirror the day's totals after the commit.
+/// Add the sale to its day and windows; mirror the day's totals after the
+/// commit.
 struct RecordSale {
     order: Order,
-    day: chrono::NaiveDate,
+    at: orderflow_domain::Timestamp,
     mirror: Option<(Arc<dyn Store>, Arc<dyn ReadModels>)>,
 }
 
 #[async_trait]
 impl Effect for RecordSale {
     async fn apply(&mut self, tx: &mut dyn StoreTx) -> Result<Applied, WorkerError> {
-        tx.record_sale(&self.order, self.day).await?;
+        tx.record_sale(&self.order, self.at).await?;
         Ok(Applied::Changed)
     }
 
@@ -106,7 +129,7 @@ impl Effect for RecordSale {
             mirror_day(
                 store.as_ref(),
                 models.as_ref(),
-                self.day,
+                self.at.date_naive(),
                 self.order.currency.as_str(),
             )
             .await;

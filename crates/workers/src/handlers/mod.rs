@@ -9,7 +9,7 @@
 //! | `email` | order.events, user.events | order outcomes, UserRegistered | e-mail + notification record |
 //! | `sms`, `push` | order.events | order outcomes | SMS / push + notification record |
 //! | `loyalty` | order.events | OrderConfirmed | points |
-//! | `analytics` | order.events | OrderConfirmed | daily sales, product sales |
+//! | `analytics` | order.events | OrderConfirmed | daily sales, product sales, revenue windows of a minute and a day (event time) |
 //!
 //! Catalog caches ([`WorkerDeps::with_catalog`]): after its transaction
 //! commits, `inventory` tells the catalog which products' stock it reserved
