@@ -45,7 +45,8 @@
 //!   purpose, so each process it runs as is judged from its own start, at
 //!   the end of its life against its value a worker warm-up
 //!   ([`worker_warmup`]) after its start; a life that does not last a
-//!   warm-up past that is reported, not judged.
+//!   warm-up past that is reported, not judged. Each level is the median
+//!   of 30 s of readings, not one reading (file pages swing).
 //! - **lag**: the pipeline lag is back to 0 within [`DRAIN_TIMEOUT`] of
 //!   the end of the load;
 //! - **accounting** ([`Accounting`]), read from the database file and the
@@ -87,6 +88,9 @@ pub const WINDOW: Duration = Duration::from_secs(10);
 pub const SAMPLE_EVERY: Duration = Duration::from_secs(2);
 /// The memory verdict: end of the load against after the warm-up.
 pub const MEMORY_TOLERANCE: f64 = 0.10;
+/// A memory level is the median of the readings over this long (see
+/// [`MemoryCheck::judge`]).
+pub const MEMORY_LEVEL_OVER: Duration = Duration::from_secs(30);
 /// How long the pipeline may take to drain after the load.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(180);
 /// Access tokens live 15 minutes; shoppers log in again this often.
@@ -276,28 +280,36 @@ pub struct MemoryCheck {
 
 impl MemoryCheck {
     /// Judges `readings` (seconds since the load started, KiB) of one
-    /// process, read from its start until its end: the first reading
-    /// `warmup` after its start against the last, when that is at least
-    /// `judged_over` later.
+    /// process, read from its start until its end: the level `warmup`
+    /// after its start against the level at its end, when the end is at
+    /// least `judged_over` after that. A level is the median of the
+    /// readings over [`MEMORY_LEVEL_OVER`] (from the first reading past the
+    /// warm-up; up to the last reading): resident memory includes file
+    /// pages (SQLite's shared WAL index, the binary), which swing by
+    /// several MiB from one reading to the next under load, and one
+    /// reading taken in such a swing is no level.
     pub fn judge(
         process: String,
         readings: &[(f64, u64)],
         warmup: f64,
         judged_over: f64,
     ) -> MemoryCheck {
+        let level_over = MEMORY_LEVEL_OVER.as_secs_f64();
         let first = readings.first().map_or(0.0, |r| r.0);
-        let baseline = readings.iter().find(|r| r.0 >= first + warmup);
-        let end = readings
-            .last()
-            .filter(|end| baseline.is_some_and(|baseline| end.0 >= baseline.0 + judged_over));
+        let last = readings.last().map_or(0.0, |r| r.0);
+        let baseline_at = readings.iter().find(|r| r.0 >= first + warmup).map(|r| r.0);
+        let baseline = baseline_at.and_then(|at| median(readings, at, at + level_over));
+        let end = baseline_at
+            .filter(|at| last >= at + judged_over)
+            .and_then(|_| median(readings, last - level_over, last + 0.001));
         MemoryCheck {
             process,
             first_read_secs: first,
-            last_read_secs: readings.last().map_or(0.0, |r| r.0),
-            after_warmup_kib: baseline.map(|r| r.1),
-            at_end_kib: end.map(|r| r.1),
+            last_read_secs: last,
+            after_warmup_kib: baseline,
+            at_end_kib: end,
             held: end.zip(baseline).map(|(end, baseline)| {
-                (end.1 as f64 - baseline.1 as f64).abs() <= MEMORY_TOLERANCE * baseline.1 as f64
+                (end as f64 - baseline as f64).abs() <= MEMORY_TOLERANCE * baseline as f64
             }),
         }
     }
@@ -326,6 +338,18 @@ impl MemoryCheck {
                 .map_or("-".into(), |c| format!("{:+.1}%", c * 100.0)),
         )
     }
+}
+
+/// The median of the readings taken in `[from, to)` (the upper one of the
+/// two middle readings of an even count); None when there are none.
+fn median(readings: &[(f64, u64)], from: f64, to: f64) -> Option<u64> {
+    let mut levels: Vec<u64> = readings
+        .iter()
+        .filter(|r| r.0 >= from && r.0 < to)
+        .map(|r| r.1)
+        .collect();
+    levels.sort_unstable();
+    levels.get(levels.len() / 2).copied()
 }
 
 /// The memory checks of a run: `api` over the load from `warmup`, then
@@ -1178,35 +1202,45 @@ mod tests {
             .iter()
             .map(|c| (c.process.as_str(), c.after_warmup_kib, c.at_end_kib, c.held))
             .collect();
+        // Levels are medians of 30 s: the linear growth's middle readings.
         assert_eq!(
             summary,
             [
-                ("api", Some(10_002), Some(10_000), Some(true)),
-                ("worker (pid 7)", Some(1_020), Some(1_080), Some(true)),
+                ("api", Some(10_001), Some(10_001), Some(true)),
+                ("worker (pid 7)", Some(1_034), Some(1_066), Some(true)),
                 ("worker (pid 8)", Some(1_000), Some(1_000), Some(true)),
             ],
             "{checks:#?}"
         );
-        assert!((checks[1].change().unwrap() - 60.0 / 1_020.0).abs() < 1e-9);
+        assert!((checks[1].change().unwrap() - 32.0 / 1_034.0).abs() < 1e-9);
 
         // Past the tolerance: 10% of the warm level and one KiB more.
-        let grown: Vec<(f64, u64)> = vec![(0.0, 50), (10.0, 1_000), (20.0, 1_101)];
+        let grown: Vec<(f64, u64)> = vec![(0.0, 50), (10.0, 1_000), (50.0, 1_101)];
         let check = MemoryCheck::judge("worker (pid 9)".into(), &grown, 10.0, 10.0);
         assert_eq!(check.held, Some(false));
-        let shrunk: Vec<(f64, u64)> = vec![(10.0, 1_000), (20.0, 1_000), (30.0, 900)];
+        let shrunk: Vec<(f64, u64)> = vec![(10.0, 1_000), (20.0, 1_000), (60.0, 900)];
         assert_eq!(
             MemoryCheck::judge("api".into(), &shrunk, 10.0, 10.0).held,
             Some(true)
         );
 
+        // One reading in a swing of file pages is not the level; a level
+        // that moved is.
+        let mut spiked: Vec<(f64, u64)> = (0..60).map(|t| (f64::from(t) * 2.0, 1_000)).collect();
+        spiked.last_mut().unwrap().1 = 1_300;
+        let check = MemoryCheck::judge("worker (pid 9)".into(), &spiked, 20.0, 20.0);
+        assert_eq!((check.at_end_kib, check.held), (Some(1_000), Some(true)));
+        for reading in spiked.iter_mut().rev().take(8) {
+            reading.1 = 1_300;
+        }
+        let check = MemoryCheck::judge("worker (pid 9)".into(), &spiked, 20.0, 20.0);
+        assert_eq!((check.at_end_kib, check.held), (Some(1_300), Some(false)));
+
         // A life that ends too soon after its warm-up is not judged
         // either way.
         let short: Vec<(f64, u64)> = vec![(0.0, 1_000), (10.0, 1_000), (19.0, 9_000)];
         let check = MemoryCheck::judge("worker (pid 9)".into(), &short, 10.0, 10.0);
-        assert_eq!(
-            (check.after_warmup_kib, check.at_end_kib, check.held),
-            (Some(1_000), None, None)
-        );
+        assert_eq!((check.at_end_kib, check.held), (None, None));
     }
 
     #[test]
