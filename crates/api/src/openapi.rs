@@ -18,7 +18,7 @@ use crate::routes::{admin, auth, health, live, me, orders, products};
     info(title = "orderflow", description = "Event-driven order platform. Every error is application/problem+json (RFC 9457) with a stable `type`."),
     paths(
         auth::register, auth::login, auth::refresh, auth::logout, auth::logout_all,
-        products::list, products::get_one, products::create, products::update,
+        products::list, products::get_one, products::trending, products::create, products::update,
         orders::place, orders::get_one, orders::list,
         me::notifications, me::points, me::sessions, me::end_session, me::leaderboard,
         live::follow,
@@ -121,6 +121,7 @@ const OPERATION_PROBLEMS: &[(&str, &str, u16, &[&str])] = &[
     ("get", "/api/v1/admin/dlq/{id}", 404, &[slug::NOT_FOUND]),
     // A range that is backwards or too wide; `top` out of range.
     ("get", "/api/v1/admin/sales", 422, &[slug::VALIDATION]),
+    ("get", "/api/v1/products/trending", 422, &[slug::VALIDATION]),
     (
         "get",
         "/api/v1/admin/sales/products",

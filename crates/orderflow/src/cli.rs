@@ -196,13 +196,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Prune => {
             let report = app.prune().await?;
             println!(
-                "pruned {} events, {} processed marks, {} idempotency keys, {} sent outbox rows, {} replayed dead letters, {} minute sales windows",
+                "pruned {} events, {} processed marks, {} idempotency keys, {} sent outbox rows, {} replayed dead letters, {} minute windows",
                 report.events,
                 report.processed_marks,
                 report.idempotency_keys,
                 report.sent_outbox,
                 report.replayed_dead_letters,
-                report.minute_sales_windows
+                report.minute_windows
             );
         }
         Command::Bench(_) => unreachable!("handled before the app is built"),

@@ -355,10 +355,11 @@ pub struct Settings {
     #[arg(long, env = "ORDERFLOW_RETAIN_DEAD_LETTERS_SECS", default_value_t = 30 * 24 * 3600, global = true)]
     pub retain_dead_letters_secs: u64,
 
-    /// Retention of minute sales windows, in seconds (a sales read spans a
-    /// week of them at most; day windows are kept).
-    #[arg(long, env = "ORDERFLOW_RETAIN_MINUTE_SALES_SECS", default_value_t = 8 * 24 * 3600, global = true)]
-    pub retain_minute_sales_secs: u64,
+    /// Retention of minute windows (sales, product views), in seconds (a
+    /// sales read spans a week of them at most, trending a day; day sales
+    /// windows are kept).
+    #[arg(long, env = "ORDERFLOW_RETAIN_MINUTE_WINDOWS_SECS", default_value_t = 8 * 24 * 3600, global = true)]
+    pub retain_minute_windows_secs: u64,
 
     /// How often the processes that run consumer groups prune (seconds;
     /// 0: never, `orderflow prune` only).
@@ -725,7 +726,7 @@ impl Settings {
             idempotency_keys: Duration::from_secs(self.retain_idempotency_secs),
             sent_outbox: Duration::from_secs(self.retain_sent_outbox_secs),
             replayed_dead_letters: Duration::from_secs(self.retain_dead_letters_secs),
-            minute_sales: Duration::from_secs(self.retain_minute_sales_secs),
+            minute_windows: Duration::from_secs(self.retain_minute_windows_secs),
             ..Default::default()
         }
     }

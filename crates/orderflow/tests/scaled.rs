@@ -12,7 +12,9 @@
 //! - every confirmed order has exactly one e-mail, one SMS and one push, and
 //!   every shopper exactly the points of their confirmed orders;
 //! - no product's stock went below zero, and stock + confirmed quantities add
-//!   up to the initial stock for every product.
+//!   up to the initial stock for every product;
+//! - the revenue windows (minute and day, in total and per product) count
+//!   every confirmed order once.
 //!
 //! This is the slowest test of the suite; it prints its progress and figures.
 
@@ -580,6 +582,49 @@ async fn two_thousand_orders_across_processes_survive_sigkills() {
         }
     }
     assert!(sold_out > 0, "some scarce product ran out");
+
+    // --- revenue windows: every confirmed order counted once in each
+    // granularity, in total and per product ---
+    let revenue: i64 = totals.iter().map(|row| row.get::<i64, _>("total")).sum();
+    let units: i64 = sold.values().sum();
+    for granularity in ["minute", "day"] {
+        let windows = sqlx::query(
+            "SELECT sum(orders)::bigint AS orders, sum(units)::bigint AS units, \
+                    sum(revenue_cents)::bigint AS revenue \
+             FROM sales_windows WHERE granularity = $1",
+        )
+        .bind(granularity)
+        .fetch_one(&db)
+        .await
+        .unwrap();
+        assert_eq!(
+            (
+                windows.get::<Option<i64>, _>("orders").unwrap_or(0),
+                windows.get::<Option<i64>, _>("units").unwrap_or(0),
+                windows.get::<Option<i64>, _>("revenue").unwrap_or(0),
+            ),
+            (totals.len() as i64, units, revenue),
+            "{granularity} windows: confirmed orders, units and revenue, each once"
+        );
+        let per_product = sqlx::query(
+            "SELECT product_id::text AS product_id, sum(units)::bigint AS units \
+             FROM product_sales_windows WHERE granularity = $1 GROUP BY 1",
+        )
+        .bind(granularity)
+        .fetch_all(&db)
+        .await
+        .unwrap();
+        let per_product: HashMap<uuid::Uuid, i64> = per_product
+            .iter()
+            .map(|row| {
+                (
+                    row.get::<String, _>("product_id").parse().unwrap(),
+                    row.get("units"),
+                )
+            })
+            .collect();
+        assert_eq!(per_product, sold, "{granularity} windows per product");
+    }
 
     let dead_letters: i64 = sqlx::query_scalar("SELECT count(*) FROM dead_letters")
         .fetch_one(&db)

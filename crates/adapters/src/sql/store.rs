@@ -627,24 +627,62 @@ impl<E: Engine> Store for SqlStore<E> {
     /// product order: every API process flushes its counts, and two
     /// flushes that lock the same rows in different orders deadlock on
     /// PostgreSQL (one of them fails after `deadlock_timeout`).
-    async fn add_product_views(&self, views: &[(ProductId, u64)]) -> StoreResult<()> {
+    async fn add_product_views(
+        &self,
+        views: &[(ProductId, u64)],
+        at: Timestamp,
+    ) -> StoreResult<()> {
         if views.is_empty() {
             return Ok(());
         }
         let mut views = views.to_vec();
         views.sort_unstable_by_key(|(id, _)| *id);
+        let minute = Granularity::Minute.window_start(at);
         let mut w = self.engine.begin_write(WritePriority::Background).await?;
         for (id, n) in &views {
+            let n = i64::try_from(*n).unwrap_or(i64::MAX);
             w.exec(stmt(
                 "add_product_views",
                 "INSERT INTO product_views (product_id, views) VALUES ($1, $2)
                      ON CONFLICT (product_id) DO UPDATE
                      SET views = product_views.views + excluded.views",
-                (*id, i64::try_from(*n).unwrap_or(i64::MAX)),
+                (*id, n),
+            ))
+            .await?;
+            w.exec(stmt(
+                "add_product_view_minute",
+                "INSERT INTO product_view_minutes (minute_start, product_id, views)
+                     VALUES ($1, $2, $3)
+                     ON CONFLICT (minute_start, product_id) DO UPDATE
+                     SET views = product_view_minutes.views + excluded.views",
+                (minute, *id, n),
             ))
             .await?;
         }
         super::WriteTx::commit(w).await
+    }
+
+    async fn most_viewed(
+        &self,
+        from: Timestamp,
+        to: Timestamp,
+        top: u32,
+    ) -> StoreResult<Vec<(ProductId, i64)>> {
+        read_all(
+            &*self.engine,
+            stmt(
+                "most_viewed",
+                "SELECT product_id, CAST(SUM(views) AS BIGINT) AS views
+                 FROM product_view_minutes
+                 WHERE minute_start >= $1 AND minute_start < $2
+                 GROUP BY product_id
+                 ORDER BY views DESC, product_id
+                 LIMIT $3",
+                (from, to, i64::from(top)),
+            ),
+            |row| Ok((row.uuid("product_id")?, row.int("views")?)),
+        )
+        .await
     }
 
     async fn product_views(&self, id: ProductId) -> StoreResult<i64> {
@@ -1155,9 +1193,9 @@ impl<E: Engine> Store for SqlStore<E> {
                       WHERE replayed_at IS NOT NULL AND replayed_at < $1 LIMIT $2)",
                 (before, limit),
             ),
-            // Both tables in one batch: a batch short of the limit then
-            // means both are done.
-            Prunable::MinuteSalesWindows => {
+            // The three tables in one batch: a batch short of the limit
+            // then means all are done.
+            Prunable::MinuteWindows => {
                 return self
                     .delete_batch([
                         stmt(
@@ -1175,6 +1213,14 @@ impl<E: Engine> Store for SqlStore<E> {
                              WHERE (granularity, window_start, currency) IN
                                  (SELECT granularity, window_start, currency FROM sales_windows
                                   WHERE granularity = 'minute' AND window_start < $1 LIMIT $2)",
+                            (before, limit),
+                        ),
+                        stmt(
+                            "prune_view_minutes",
+                            "DELETE FROM product_view_minutes
+                             WHERE (minute_start, product_id) IN
+                                 (SELECT minute_start, product_id FROM product_view_minutes
+                                  WHERE minute_start < $1 LIMIT $2)",
                             (before, limit),
                         ),
                     ])

@@ -30,6 +30,7 @@ pub fn router(state: AppState) -> Router {
         .route("/auth/logout", post(auth::logout))
         .route("/auth/logout-all", post(auth::logout_all))
         .route("/products", get(products::list).post(products::create))
+        .route("/products/trending", get(products::trending))
         .route(
             "/products/{id}",
             get(products::get_one).put(products::update),

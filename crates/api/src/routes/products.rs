@@ -1,4 +1,5 @@
-//! The catalog: paged listing, one product with conditional GET, admin writes.
+//! The catalog: paged listing, one product with conditional GET, trending
+//! products, admin writes.
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -101,6 +102,64 @@ pub async fn list(
     Ok(Json(ProductPageView {
         items: page.items.into_iter().map(Into::into).collect(),
         next_cursor: page.next_cursor,
+    }))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct TrendingParams {
+    /// How far back: whole minutes from `1m` to `24h` (`90m`, `1h`, …);
+    /// default `1h`.
+    pub window: Option<String>,
+    /// How many products, 1 to 50; default 10.
+    #[param(minimum = 1, maximum = 50)]
+    pub top: Option<u32>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TrendingProductView {
+    pub product: ProductView,
+    /// Views in the window.
+    pub views: i64,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TrendingView {
+    /// Most viewed first.
+    pub items: Vec<TrendingProductView>,
+}
+
+/// The most viewed products over the last `window`: a hopping window of
+/// whole minutes that ends with the current minute and advances every
+/// minute. A product read counts a view; views are counted in memory and
+/// reach this list at each process's next flush (every second by default).
+#[utoipa::path(get, operation_id = "trending_products", path = "/api/v1/products/trending", tag = "catalog", params(TrendingParams), responses(
+    (status = 200, body = TrendingView)))]
+pub async fn trending(
+    State(state): State<AppState>,
+    ApiQuery(params): ApiQuery<TrendingParams>,
+) -> ApiResult<Json<TrendingView>> {
+    let window = match params.window.as_deref() {
+        None => std::time::Duration::from_secs(3600),
+        Some(text) => humantime::parse_duration(text).map_err(|e| {
+            CoreError::from(ValidationError::new(
+                "window",
+                format!("`{text}` is not a duration like `1h` or `15m`: {e}"),
+            ))
+        })?,
+    };
+    let items = state
+        .catalog
+        .trending(window, params.top.unwrap_or(10))
+        .await?;
+    Ok(Json(TrendingView {
+        items: items
+            .into_iter()
+            .map(|(product, views)| TrendingProductView {
+                product: product.into(),
+                views,
+            })
+            .collect(),
     }))
 }
 

@@ -1509,7 +1509,7 @@ pub async fn sales_windows(store: Arc<dyn Store>) {
     for _ in 0..3 {
         batches.push(
             store
-                .prune(Prunable::MinuteSalesWindows, cut_off, 2)
+                .prune(Prunable::MinuteWindows, cut_off, 2)
                 .await
                 .unwrap(),
         );
@@ -1821,23 +1821,73 @@ pub async fn product_imports(store: Arc<dyn Store>) {
     assert_eq!(store.product(clash).await.unwrap(), None);
 }
 
-/// Flushed view counts add up, per product; unknown products start at 0.
+/// Flushed view counts add up, per product and per minute; unknown
+/// products start at 0; the most viewed over a range of minutes, most
+/// first; minute counts go with retention, totals stay.
 pub async fn product_views(store: Arc<dyn Store>) {
+    use crate::ports::store::Prunable;
     let mug = given_product(&store, 5).await;
     let cup = given_product(&store, 5).await;
+    let at = |text: &str| -> orderflow_domain::Timestamp { text.parse().unwrap() };
     assert_eq!(store.product_views(mug.id).await.unwrap(), 0);
-    store.add_product_views(&[]).await.unwrap();
     store
-        .add_product_views(&[(mug.id, 3), (cup.id, 1)])
+        .add_product_views(&[], at("2026-03-01T10:00:30Z"))
         .await
         .unwrap();
-    store.add_product_views(&[(mug.id, 4)]).await.unwrap();
+    store
+        .add_product_views(&[(mug.id, 3), (cup.id, 1)], at("2026-03-01T10:00:30Z"))
+        .await
+        .unwrap();
+    store
+        .add_product_views(&[(mug.id, 4)], at("2026-03-01T10:01:10Z"))
+        .await
+        .unwrap();
+    store
+        .add_product_views(&[(cup.id, 9)], at("2026-03-01T10:02:00Z"))
+        .await
+        .unwrap();
     assert_eq!(store.product_views(mug.id).await.unwrap(), 7);
-    assert_eq!(store.product_views(cup.id).await.unwrap(), 1);
+    assert_eq!(store.product_views(cup.id).await.unwrap(), 10);
     assert_eq!(
         version_of(&store, mug.id).await,
         1,
         "counting views is not a change of the product"
+    );
+    let most_viewed = |from: &str, to: &str, top: u32| {
+        let store = store.clone();
+        let (from, to) = (at(from), at(to));
+        async move { store.most_viewed(from, to, top).await.unwrap() }
+    };
+    assert_eq!(
+        most_viewed("2026-03-01T10:00:00Z", "2026-03-01T10:02:00Z", 5).await,
+        [(mug.id, 7), (cup.id, 1)],
+        "the minutes that start in the range, most viewed first"
+    );
+    assert_eq!(
+        most_viewed("2026-03-01T10:01:00Z", "2026-03-01T10:03:00Z", 5).await,
+        [(cup.id, 9), (mug.id, 4)]
+    );
+    assert_eq!(
+        most_viewed("2026-03-01T10:00:00Z", "2026-03-01T10:03:00Z", 1).await,
+        [(cup.id, 10)],
+        "at most `top`"
+    );
+    assert_eq!(
+        store
+            .prune(Prunable::MinuteWindows, at("2026-03-01T10:01:00Z"), 100)
+            .await
+            .unwrap(),
+        2,
+        "the two products' views of 10:00"
+    );
+    assert_eq!(
+        most_viewed("2026-03-01T10:00:00Z", "2026-03-01T10:03:00Z", 5).await,
+        [(cup.id, 9), (mug.id, 4)]
+    );
+    assert_eq!(
+        store.product_views(mug.id).await.unwrap(),
+        7,
+        "totals are kept"
     );
 }
 

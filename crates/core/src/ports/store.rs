@@ -324,9 +324,19 @@ pub trait Store: Send + Sync + 'static {
         products: &[(ProductId, ProductDraft)],
         now: Timestamp,
     ) -> StoreResult<Vec<Product>>;
-    /// Adds views counted in memory to each product's total (the
-    /// write-behind flush of the view counters), in one transaction.
-    async fn add_product_views(&self, views: &[(ProductId, u64)]) -> StoreResult<()>;
+    /// Adds views counted in memory to each product's total and to its
+    /// views of the minute `at` falls in (the write-behind flush of the
+    /// view counters), in one transaction.
+    async fn add_product_views(&self, views: &[(ProductId, u64)], at: Timestamp)
+    -> StoreResult<()>;
+    /// The `top` products by views over the minutes that start in
+    /// `from..to` (most first; ties by product id).
+    async fn most_viewed(
+        &self,
+        from: Timestamp,
+        to: Timestamp,
+        top: u32,
+    ) -> StoreResult<Vec<(ProductId, i64)>>;
     /// How many views a product has had (0 when none were flushed yet).
     async fn product_views(&self, id: ProductId) -> StoreResult<i64>;
 
@@ -427,10 +437,10 @@ pub enum Prunable<'a> {
     SentOutbox,
     /// Dead letters that were replayed, by when they were replayed.
     ReplayedDeadLetters,
-    /// Minute sales windows (totals and per product) that start before the
-    /// cut-off; day windows are kept (one row a day and currency, and one a
-    /// day per product sold).
-    MinuteSalesWindows,
+    /// Minute windows that start before the cut-off: sales (totals and per
+    /// product) and product views. Day sales windows are kept (one row a
+    /// day and currency, and one a day per product sold).
+    MinuteWindows,
 }
 
 /// A unit of work. All writes of a use case or a consumer go through one.

@@ -80,8 +80,8 @@ use std::time::{Duration, Instant};
 use moka::Expiry;
 use moka::future::Cache;
 use moka::ops::compute::{CompResult, Op};
-use orderflow_domain::ProductId;
 use orderflow_domain::product::{Product, ProductDraft};
+use orderflow_domain::{ProductId, ValidationError};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
@@ -649,6 +649,10 @@ impl Layers {
 }
 
 pub const MAX_PAGE_SIZE: u32 = 100;
+/// The widest trending window ([`CatalogService::trending`]).
+pub const TRENDING_WINDOWS_UP_TO: Duration = Duration::from_secs(24 * 3600);
+/// The longest trending list.
+pub const TRENDING_TOP_UP_TO: u32 = 50;
 pub const DEFAULT_PAGE_SIZE: u32 = 20;
 
 /// How a change reaches the caches (see the module docs).
@@ -1096,7 +1100,12 @@ impl CatalogService {
         if batch.is_empty() {
             return Ok(0);
         }
-        if let Err(error) = self.layers.store.add_product_views(&batch).await {
+        let flushed = self
+            .layers
+            .store
+            .add_product_views(&batch, chrono::Utc::now())
+            .await;
+        if let Err(error) = flushed {
             let mut views = lock(&self.views);
             for (id, n) in batch {
                 *views.entry(id).or_insert(0) += n;
@@ -1106,6 +1115,52 @@ impl CatalogService {
         metrics::counter!("orderflow_product_views_flushed_total")
             .increment(batch.iter().map(|(_, n)| n).sum());
         Ok(batch.len())
+    }
+
+    /// The `top` products by views over the last `window` (whole minutes,
+    /// 1 minute to [`TRENDING_WINDOWS_UP_TO`]), most first: a hopping
+    /// window of minutes that ends with the current one and advances every
+    /// minute. Views reach it at the next flush of each API process (every
+    /// second by default). Products deleted since are left out; the rest
+    /// come from the cache like any product read.
+    pub async fn trending(
+        &self,
+        window: Duration,
+        top: u32,
+    ) -> Result<Vec<(Product, i64)>, CoreError> {
+        let minutes = window.as_secs() / 60;
+        if window.subsec_nanos() != 0
+            || !window.as_secs().is_multiple_of(60)
+            || !(1..=TRENDING_WINDOWS_UP_TO.as_secs() / 60).contains(&minutes)
+        {
+            return Err(ValidationError::new(
+                "window",
+                format!(
+                    "must be whole minutes from 1m to {}h, not {} s",
+                    TRENDING_WINDOWS_UP_TO.as_secs() / 3600,
+                    window.as_secs_f64()
+                ),
+            )
+            .into());
+        }
+        if !(1..=TRENDING_TOP_UP_TO).contains(&top) {
+            return Err(ValidationError::new(
+                "top",
+                format!("must be between 1 and {TRENDING_TOP_UP_TO}, not {top}"),
+            )
+            .into());
+        }
+        let minute = orderflow_domain::sales::Granularity::Minute;
+        let to = minute.window_start(chrono::Utc::now()) + minute.width();
+        let from = to - chrono::Duration::minutes(minutes as i64);
+        let ranked = self.layers.store.most_viewed(from, to, top).await?;
+        let mut trending = Vec::with_capacity(ranked.len());
+        for (id, views) in ranked {
+            if let Some(product) = self.product(id).await? {
+                trending.push((product, views));
+            }
+        }
+        Ok(trending)
     }
 
     /// Flushes the view counters every `every` until `shutdown`. The caller

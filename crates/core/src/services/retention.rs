@@ -29,8 +29,9 @@ pub struct Retention {
     pub sent_outbox: Duration,
     /// Dead letters already replayed.
     pub replayed_dead_letters: Duration,
-    /// Minute sales windows (a read spans a week of them at most).
-    pub minute_sales: Duration,
+    /// Minute windows: sales (a read spans a week of them at most) and
+    /// product views (trending reads a day at most).
+    pub minute_windows: Duration,
     /// Rows one batch deletes at most.
     pub batch: u32,
     /// The pause between two batches.
@@ -46,7 +47,7 @@ impl Default for Retention {
             idempotency_keys: Duration::from_secs(24 * 3600),
             sent_outbox: Duration::from_secs(24 * 3600),
             replayed_dead_letters: Duration::from_secs(30 * 24 * 3600),
-            minute_sales: Duration::from_secs(8 * 24 * 3600),
+            minute_windows: Duration::from_secs(8 * 24 * 3600),
             batch: 1000,
             pause: Duration::from_millis(20),
         }
@@ -80,7 +81,7 @@ pub struct PruneReport {
     pub idempotency_keys: u64,
     pub sent_outbox: u64,
     pub replayed_dead_letters: u64,
-    pub minute_sales_windows: u64,
+    pub minute_windows: u64,
 }
 
 impl PruneReport {
@@ -90,7 +91,7 @@ impl PruneReport {
             + self.idempotency_keys
             + self.sent_outbox
             + self.replayed_dead_letters
-            + self.minute_sales_windows
+            + self.minute_windows
     }
 }
 
@@ -119,7 +120,7 @@ pub async fn prune(
             Prunable::ReplayedDeadLetters,
             retention.replayed_dead_letters,
         ),
-        (Prunable::MinuteSalesWindows, retention.minute_sales),
+        (Prunable::MinuteWindows, retention.minute_windows),
     ];
     for (what, horizon) in kinds {
         let cut_off = before(horizon);
@@ -146,9 +147,7 @@ pub async fn prune(
             Prunable::ReplayedDeadLetters => {
                 ("replayed_dead_letters", &mut report.replayed_dead_letters)
             }
-            Prunable::MinuteSalesWindows => {
-                ("minute_sales_windows", &mut report.minute_sales_windows)
-            }
+            Prunable::MinuteWindows => ("minute_windows", &mut report.minute_windows),
         };
         *slot = deleted;
         metrics::counter!("orderflow_pruned_rows_total", "kind" => label).increment(deleted);

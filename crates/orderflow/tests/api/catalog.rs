@@ -162,3 +162,76 @@ async fn cached_stock_follows_every_reservation_at_once() {
     app.app.catalog.flush_views().await.unwrap();
     assert_eq!(app.app.store.product_views(product.id).await.unwrap(), 2);
 }
+
+/// Product reads count views; the trending list ranks products by the
+/// views flushed in its window, most first; bad windows and sizes are
+/// problems that name the parameter.
+#[tokio::test]
+async fn trending_ranks_products_by_their_views_in_the_window() {
+    let app = spawn_app().await;
+    let lamp = app.create_product("TREND-1", 300, 20).await;
+    let cup = app.create_product("TREND-2", 300, 20).await;
+    let quiet = app.create_product("TREND-3", 300, 20).await;
+    for _ in 0..3 {
+        app.product(cup.id).await;
+    }
+    app.product(lamp.id).await;
+    app.app.catalog.flush_views().await.unwrap();
+
+    let trending = |query: &'static str| {
+        let app = &app;
+        async move {
+            let response = app
+                .http
+                .get(app.url(&format!("/api/v1/products/trending{query}")))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), StatusCode::OK, "{query}");
+            let body: serde_json::Value = response.json().await.unwrap();
+            body["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|item| {
+                    (
+                        item["product"]["id"].as_str().unwrap().to_owned(),
+                        item["views"].as_i64().unwrap(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        trending("").await,
+        [(cup.id.to_string(), 3), (lamp.id.to_string(), 1)],
+        "the last hour by default; a product nobody read is not trending"
+    );
+    assert_eq!(
+        trending("?window=5m&top=1").await,
+        [(cup.id.to_string(), 3)]
+    );
+    assert!(
+        !trending("")
+            .await
+            .iter()
+            .any(|(id, _)| *id == quiet.id.to_string())
+    );
+
+    for (query, field) in [
+        ("?window=2d", "window"),
+        ("?window=30s", "window"),
+        ("?window=soon", "window"),
+        ("?top=0", "top"),
+        ("?top=51", "top"),
+    ] {
+        let response = app
+            .http
+            .get(app.url(&format!("/api/v1/products/trending{query}")))
+            .send()
+            .await
+            .unwrap();
+        let problem = assert_problem(response, 422, "validation").await;
+        assert_eq!(problem["field"], field, "{query}: {problem}");
+    }
+}
