@@ -147,30 +147,41 @@ mod tests {
 
     #[test]
     fn windows_are_half_open_and_aligned_to_utc() {
-        let minute = Granularity::Minute;
-        assert_eq!(
-            minute.window_start(at("2026-03-01T10:15:59.999Z")),
-            at("2026-03-01T10:15:00Z")
-        );
-        assert_eq!(
-            minute.window_start(at("2026-03-01T10:16:00Z")),
-            at("2026-03-01T10:16:00Z"),
-            "the end of a window is the start of the next"
-        );
-        let day = Granularity::Day;
-        assert_eq!(
-            day.window_start(at("2026-03-01T23:59:59.999Z")),
-            at("2026-03-01T00:00:00Z")
-        );
-        assert_eq!(
-            day.window_start(at("2026-03-02T00:00:00Z")),
-            at("2026-03-02T00:00:00Z")
-        );
-        assert_eq!(
-            day.window_start(at("1969-12-31T12:00:00Z")),
-            at("1969-12-31T00:00:00Z"),
-            "before the epoch too"
-        );
+        use Granularity::{Day, Minute};
+        for (granularity, at_, start, why) in [
+            (
+                Minute,
+                "2026-03-01T10:15:59.999Z",
+                "2026-03-01T10:15:00Z",
+                "the last instant",
+            ),
+            (
+                Minute,
+                "2026-03-01T10:16:00Z",
+                "2026-03-01T10:16:00Z",
+                "the end is the next start",
+            ),
+            (
+                Day,
+                "2026-03-01T23:59:59.999Z",
+                "2026-03-01T00:00:00Z",
+                "midnight UTC",
+            ),
+            (
+                Day,
+                "2026-03-02T00:00:00Z",
+                "2026-03-02T00:00:00Z",
+                "the next day",
+            ),
+            (
+                Day,
+                "1969-12-31T12:00:00Z",
+                "1969-12-31T00:00:00Z",
+                "before the epoch too",
+            ),
+        ] {
+            assert_eq!(granularity.window_start(at(at_)), at(start), "{why}");
+        }
     }
 
     #[test]

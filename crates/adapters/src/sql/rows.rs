@@ -5,13 +5,15 @@
 
 use orderflow_core::ports::outbox::OutboxEvent;
 use orderflow_core::ports::store::{
-    DeadLetter, NotificationRecord, OrderChange, SessionRecord, StoreError, StoreResult, UserRecord,
+    DeadLetter, NotificationRecord, OrderChange, ProductSales, SalesWindow, SessionRecord,
+    StoreError, StoreResult, UserRecord,
 };
 use orderflow_domain::events::Envelope;
 use orderflow_domain::money::Currency;
 use orderflow_domain::notification::{Channel, NotificationKind};
 use orderflow_domain::order::{HistoryEntry, Order, OrderLine, OrderStatus};
 use orderflow_domain::product::Product;
+use orderflow_domain::sales::Granularity;
 use orderflow_domain::user::Role;
 
 use super::SqlRow;
@@ -173,5 +175,28 @@ pub(crate) fn dead_letter(row: &impl SqlRow) -> StoreResult<DeadLetter> {
         event: envelope(row, "event")?,
         failed_at: row.time("failed_at")?,
         replayed_at: row.opt_time("replayed_at")?,
+    })
+}
+
+pub(crate) fn sales_window(row: &impl SqlRow) -> StoreResult<SalesWindow> {
+    Ok(SalesWindow {
+        granularity: Granularity::parse(&row.text("granularity")?).map_err(corrupt)?,
+        window_start: row.time("window_start")?,
+        currency: row.text("currency")?,
+        orders: row.int("orders")?,
+        units: row.int("units")?,
+        revenue_cents: row.int("revenue_cents")?,
+    })
+}
+
+pub(crate) fn product_sales(row: &impl SqlRow) -> StoreResult<ProductSales> {
+    Ok(ProductSales {
+        product_id: row.uuid("product_id")?,
+        name: row.opt_text("name")?,
+        currency: row.text("currency")?,
+        orders: row.int("orders")?,
+        units: row.int("units")?,
+        revenue_cents: row.int("revenue_cents")?,
+        place: row.int("place")?,
     })
 }

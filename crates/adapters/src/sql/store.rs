@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use orderflow_core::ports::store::{
     ChangesPage, DailySales, DeadLetter, LeaderboardEntry, NotificationChange, NotificationRecord,
     OrderChange, PointsStanding, ProductSales, Prunable, RefreshRotation, SalesWindow,
-    SessionRecord, Store, StoreError, StoreResult, StoreTx, UserRecord,
+    SessionRecord, Store, StoreResult, StoreTx, UserRecord,
 };
 use orderflow_domain::events::topics;
 use orderflow_domain::order::{HistoryEntry, Order, OrderStatus};
@@ -1018,17 +1018,7 @@ impl<E: Engine> Store for SqlStore<E> {
                  ORDER BY window_start, currency",
                 (range.granularity.as_str(), range.from, range.to),
             ),
-            |row| {
-                Ok(SalesWindow {
-                    granularity: Granularity::parse(&row.text("granularity")?)
-                        .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-                    window_start: row.time("window_start")?,
-                    currency: row.text("currency")?,
-                    orders: row.int("orders")?,
-                    units: row.int("units")?,
-                    revenue_cents: row.int("revenue_cents")?,
-                })
-            },
+            rows::sales_window,
         )
         .await
     }
@@ -1063,17 +1053,7 @@ impl<E: Engine> Store for SqlStore<E> {
                     i64::from(top),
                 ),
             ),
-            |row| {
-                Ok(ProductSales {
-                    product_id: row.uuid("product_id")?,
-                    name: row.opt_text("name")?,
-                    currency: row.text("currency")?,
-                    orders: row.int("orders")?,
-                    units: row.int("units")?,
-                    revenue_cents: row.int("revenue_cents")?,
-                    place: row.int("place")?,
-                })
-            },
+            rows::product_sales,
         )
         .await
     }

@@ -1457,49 +1457,44 @@ pub async fn sales_windows(store: Arc<dyn Store>) {
             place,
         )
     };
-    assert_eq!(
-        top(
+    for (granularity, from, to, most, expected, why) in [
+        (
             Granularity::Day,
             "2026-03-01T00:00:00Z",
             "2026-03-03T00:00:00Z",
-            2
-        )
-        .await,
-        [
-            product("Mug", "EUR", 2, 4, 1000, 1),
-            product("Pen", "EUR", 4, 8, 960, 2),
-            product("Mug", "USD", 1, 1, 250, 1),
-        ],
-        "by revenue, per currency"
-    );
-    assert_eq!(
-        top(
+            2,
+            vec![
+                product("Mug", "EUR", 2, 4, 1000, 1),
+                product("Pen", "EUR", 4, 8, 960, 2),
+                product("Mug", "USD", 1, 1, 250, 1),
+            ],
+            "by revenue, per currency",
+        ),
+        (
             Granularity::Day,
             "2026-03-01T00:00:00Z",
             "2026-03-03T00:00:00Z",
-            1
-        )
-        .await,
-        [
-            product("Mug", "EUR", 2, 4, 1000, 1),
-            product("Mug", "USD", 1, 1, 250, 1),
-        ],
-        "the first `top` of each currency"
-    );
-    assert_eq!(
-        top(
+            1,
+            vec![
+                product("Mug", "EUR", 2, 4, 1000, 1),
+                product("Mug", "USD", 1, 1, 250, 1),
+            ],
+            "the first `top` of each currency",
+        ),
+        (
             Granularity::Minute,
             "2026-03-01T23:59:00Z",
             "2026-03-02T00:01:00Z",
-            5
-        )
-        .await,
-        [
-            product("Mug", "EUR", 1, 2, 500, 1),
-            product("Pen", "EUR", 2, 4, 480, 2),
-        ],
-        "over the windows that start in the range only"
-    );
+            5,
+            vec![
+                product("Mug", "EUR", 1, 2, 500, 1),
+                product("Pen", "EUR", 2, 4, 480, 2),
+            ],
+            "over the windows that start in the range only",
+        ),
+    ] {
+        assert_eq!(top(granularity, from, to, most).await, expected, "{why}");
+    }
 
     // Retention: minute windows that start before the cut-off go, up to
     // `limit` rows of each table a batch; day windows stay.

@@ -178,29 +178,31 @@ async fn trending_ranks_products_by_their_views_in_the_window() {
     app.product(lamp.id).await;
     app.app.catalog.flush_views().await.unwrap();
 
-    let trending = |query: &'static str| {
+    let get = |query: &'static str| {
         let app = &app;
         async move {
-            let response = app
-                .http
+            app.http
                 .get(app.url(&format!("/api/v1/products/trending{query}")))
                 .send()
                 .await
-                .unwrap();
-            assert_eq!(response.status(), StatusCode::OK, "{query}");
-            let body: serde_json::Value = response.json().await.unwrap();
-            body["items"]
-                .as_array()
                 .unwrap()
-                .iter()
-                .map(|item| {
-                    (
-                        item["product"]["id"].as_str().unwrap().to_owned(),
-                        item["views"].as_i64().unwrap(),
-                    )
-                })
-                .collect::<Vec<_>>()
         }
+    };
+    let trending = |query: &'static str| async move {
+        let response = get(query).await;
+        assert_eq!(response.status(), StatusCode::OK, "{query}");
+        let body: serde_json::Value = response.json().await.unwrap();
+        body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|item| {
+                (
+                    item["product"]["id"].as_str().unwrap().to_owned(),
+                    item["views"].as_i64().unwrap(),
+                )
+            })
+            .collect::<Vec<_>>()
     };
     assert_eq!(
         trending("").await,
@@ -225,13 +227,7 @@ async fn trending_ranks_products_by_their_views_in_the_window() {
         ("?top=0", "top"),
         ("?top=51", "top"),
     ] {
-        let response = app
-            .http
-            .get(app.url(&format!("/api/v1/products/trending{query}")))
-            .send()
-            .await
-            .unwrap();
-        let problem = assert_problem(response, 422, "validation").await;
+        let problem = assert_problem(get(query).await, 422, "validation").await;
         assert_eq!(problem["field"], field, "{query}: {problem}");
     }
 }
