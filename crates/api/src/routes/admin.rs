@@ -188,6 +188,7 @@ impl From<GranularityParam> for Granularity {
 pub struct SalesParams {
     /// `minute` (the default) or `day`; day windows start at midnight UTC.
     #[serde(default)]
+    #[param(inline)]
     pub granularity: GranularityParam,
     /// RFC 3339, inclusive.
     pub from: Option<chrono::DateTime<chrono::Utc>>,
@@ -214,6 +215,7 @@ impl SalesParams {
 pub struct TopProductsParams {
     /// `minute` (the default) or `day`.
     #[serde(default)]
+    #[param(inline)]
     pub granularity: GranularityParam,
     /// RFC 3339, inclusive.
     pub from: Option<chrono::DateTime<chrono::Utc>>,

@@ -105,12 +105,42 @@ pub async fn list(
     }))
 }
 
+/// How far back trending looks.
+#[derive(Debug, Clone, Copy, Default, Deserialize, ToSchema)]
+pub enum TrendingWindow {
+    #[serde(rename = "5m")]
+    FiveMinutes,
+    #[serde(rename = "15m")]
+    FifteenMinutes,
+    #[default]
+    #[serde(rename = "1h")]
+    Hour,
+    #[serde(rename = "6h")]
+    SixHours,
+    #[serde(rename = "24h")]
+    Day,
+}
+
+impl TrendingWindow {
+    fn duration(self) -> std::time::Duration {
+        let minutes = match self {
+            TrendingWindow::FiveMinutes => 5,
+            TrendingWindow::FifteenMinutes => 15,
+            TrendingWindow::Hour => 60,
+            TrendingWindow::SixHours => 6 * 60,
+            TrendingWindow::Day => 24 * 60,
+        };
+        std::time::Duration::from_secs(minutes * 60)
+    }
+}
+
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct TrendingParams {
-    /// How far back: whole minutes from `1m` to `24h` (`90m`, `1h`, …);
-    /// default `1h`.
-    pub window: Option<String>,
+    /// How far back: `5m`, `15m`, `1h` (the default), `6h` or `24h`.
+    #[serde(default)]
+    #[param(inline)]
+    pub window: TrendingWindow,
     /// How many products, 1 to 50; default 10.
     #[param(minimum = 1, maximum = 50)]
     pub top: Option<u32>,
@@ -139,18 +169,9 @@ pub async fn trending(
     State(state): State<AppState>,
     ApiQuery(params): ApiQuery<TrendingParams>,
 ) -> ApiResult<Json<TrendingView>> {
-    let window = match params.window.as_deref() {
-        None => std::time::Duration::from_secs(3600),
-        Some(text) => humantime::parse_duration(text).map_err(|e| {
-            CoreError::from(ValidationError::new(
-                "window",
-                format!("`{text}` is not a duration like `1h` or `15m`: {e}"),
-            ))
-        })?,
-    };
     let items = state
         .catalog
-        .trending(window, params.top.unwrap_or(10))
+        .trending(params.window.duration(), params.top.unwrap_or(10))
         .await?;
     Ok(Json(TrendingView {
         items: items

@@ -152,10 +152,23 @@ impl Operations {
             .find(|(g, _)| *g == granularity)
             .map_or(1, |(_, count)| *count);
         let span = granularity.width() * count;
+        let out_of_range = |field: &str| {
+            orderflow_domain::ValidationError::new(field, "is too far from today to read a range")
+        };
         let range = match (from, to) {
             (Some(from), Some(to)) => WindowRange::new(granularity, from, to)?,
-            (Some(from), None) => WindowRange::new(granularity, from, from + span)?,
-            (None, Some(to)) => WindowRange::new(granularity, to - span, to)?,
+            (Some(from), None) => {
+                let to = from
+                    .checked_add_signed(span)
+                    .ok_or_else(|| out_of_range("from"))?;
+                WindowRange::new(granularity, from, to)?
+            }
+            (None, Some(to)) => {
+                let from = to
+                    .checked_sub_signed(span)
+                    .ok_or_else(|| out_of_range("to"))?;
+                WindowRange::new(granularity, from, to)?
+            }
             (None, None) => WindowRange::latest(granularity, count, now),
         };
         Ok(range)

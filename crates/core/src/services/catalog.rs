@@ -275,6 +275,9 @@ struct CachedPage {
     epoch: u64,
 }
 
+/// Product ids and their views, most viewed first.
+type Ranking = Arc<Vec<(ProductId, i64)>>;
+
 /// The in-process layer.
 #[derive(Clone)]
 struct L1 {
@@ -286,6 +289,9 @@ struct L1 {
     /// False while this process cannot hear other processes' invalidations
     /// (its subscription is lost): reads then bypass the caches.
     trusted: Arc<AtomicBool>,
+    /// Trending rankings (product ids and views) by (minutes, top), for
+    /// [`TRENDING_CACHED_FOR`]; concurrent misses of one key share a load.
+    trending: Cache<(u64, u32), Ranking>,
 }
 
 /// Whether an offered value of the same version as the entry is taken.
@@ -653,6 +659,11 @@ pub const MAX_PAGE_SIZE: u32 = 100;
 pub const TRENDING_WINDOWS_UP_TO: Duration = Duration::from_secs(24 * 3600);
 /// The longest trending list.
 pub const TRENDING_TOP_UP_TO: u32 = 50;
+/// How long a trending ranking is served from memory: it is one aggregate
+/// over up to a day of minutes on a public route, and views reach it a
+/// flush late anyway. The products in it are read like any product (their
+/// stock is as fresh as the product cache's).
+pub const TRENDING_CACHED_FOR: Duration = Duration::from_secs(5);
 pub const DEFAULT_PAGE_SIZE: u32 = 20;
 
 /// How a change reaches the caches (see the module docs).
@@ -739,6 +750,10 @@ impl CatalogService {
                 .build(),
             page_epoch: Arc::new(AtomicU64::new(0)),
             trusted: Arc::new(AtomicBool::new(true)),
+            trending: Cache::builder()
+                .max_capacity(256)
+                .time_to_live(TRENDING_CACHED_FOR)
+                .build(),
         });
         Self {
             layers: Layers {
@@ -1121,8 +1136,9 @@ impl CatalogService {
     /// 1 minute to [`TRENDING_WINDOWS_UP_TO`]), most first: a hopping
     /// window of minutes that ends with the current one and advances every
     /// minute. Views reach it at the next flush of each API process (every
-    /// second by default). Products deleted since are left out; the rest
-    /// come from the cache like any product read.
+    /// second by default; the ranking is kept [`TRENDING_CACHED_FOR`] when
+    /// the cache is on). Products deleted since are left out; the rest come
+    /// from the cache like any product read.
     pub async fn trending(
         &self,
         window: Duration,
@@ -1153,9 +1169,20 @@ impl CatalogService {
         let minute = orderflow_domain::sales::Granularity::Minute;
         let to = minute.window_start(chrono::Utc::now()) + minute.width();
         let from = to - chrono::Duration::minutes(minutes as i64);
-        let ranked = self.layers.store.most_viewed(from, to, top).await?;
+        let load = async {
+            let ranked = self.layers.store.most_viewed(from, to, top).await?;
+            Ok::<_, StoreError>(Arc::new(ranked))
+        };
+        let ranked = match &self.layers.l1 {
+            Some(l1) => l1
+                .trending
+                .try_get_with((minutes, top), load)
+                .await
+                .map_err(|error| CoreError::from((*error).clone()))?,
+            None => load.await?,
+        };
         let mut trending = Vec::with_capacity(ranked.len());
-        for (id, views) in ranked {
+        for &(id, views) in ranked.iter() {
             if let Some(product) = self.product(id).await? {
                 trending.push((product, views));
             }

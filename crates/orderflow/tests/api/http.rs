@@ -104,6 +104,30 @@ async fn health_readiness_metrics_and_docs_answer() {
     ] {
         assert!(openapi["paths"].get(path).is_some(), "{path} documented");
     }
+    // Every `$ref` resolves (a parameter type with a schema of its own is
+    // referenced, not inlined, unless it is registered or marked inline).
+    fn refs<'a>(value: &'a serde_json::Value, found: &mut Vec<&'a str>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                if let Some(reference) = map.get("$ref").and_then(|r| r.as_str()) {
+                    found.push(reference);
+                }
+                map.values().for_each(|v| refs(v, found));
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|v| refs(v, found)),
+            _ => {}
+        }
+    }
+    let mut found = Vec::new();
+    refs(&openapi, &mut found);
+    assert!(!found.is_empty());
+    for reference in found {
+        let pointer = reference.trim_start_matches('#');
+        assert!(
+            openapi.pointer(pointer).is_some(),
+            "{reference} does not resolve"
+        );
+    }
     let docs = app.http.get(app.url("/docs/")).send().await.unwrap();
     assert_eq!(docs.status(), StatusCode::OK);
     assert!(

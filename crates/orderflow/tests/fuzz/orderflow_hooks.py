@@ -1,19 +1,22 @@
 """Schemathesis hooks for orderflow's fuzz run (crates/orderflow/tests/fuzz.rs).
 
-Three rules of the API depend on state, not on the shape of a request, so no
-JSON Schema can state them, and a request generated as valid would be
-refused by them with 422:
+Four rules of the API depend on state, or on two values at once, not on the
+shape of one value, so no JSON Schema can state them, and a request
+generated as valid would be refused by them with 422:
 
 - an order names products that exist, in one currency, and one product's
   quantities summed over its lines stay within 1..=100;
 - an Idempotency-Key reused with a different body is refused
   (idempotency-key-reused);
-- a registration password must not be one of the bundled common passwords.
+- a registration password must not be one of the bundled common passwords;
+- a sales range's `from` comes before its `to`, at most a week of minute
+  windows (3,660 days) apart.
 
 Only for requests schemathesis generated as *valid* (positive mode), this
 hook keeps those rules the way a real client would: each order line gets a
 distinct product of the test catalog, a reused key with another body gets a
-fresh key, and a common password is replaced by one of the same length.
+fresh key, a common password is replaced by one of the same length, and a
+sales range keeps only its start.
 Every other part of the request is sent as generated, and invalid requests
 are never touched, so the server's refusals are still fuzzed in full.
 """
@@ -73,6 +76,11 @@ def before_call(ctx, case, **kwargs):
                 key = uuid.uuid4().hex
                 case.headers[key_name] = key
                 _keys[key] = digest
+    if method == "GET" and path.startswith("/api/v1/admin/sales") and isinstance(case.query, dict):
+        # Given both, `to` is dropped: the server then reads the default
+        # number of windows after `from`, as generated.
+        if "from" in case.query and "to" in case.query:
+            del case.query["to"]
     if method == "POST" and path == "/api/v1/auth/register" and isinstance(case.body, dict):
         password = case.body.get("password")
         if isinstance(password, str) and password.lower() in COMMON_PASSWORDS:
