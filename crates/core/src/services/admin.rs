@@ -26,9 +26,14 @@ pub struct Operations {
     outbox: Option<Arc<dyn Outbox>>,
 }
 
-/// How many windows a sales read covers when the range is not given.
-pub const DEFAULT_WINDOWS: [(Granularity, i32); 2] =
-    [(Granularity::Minute, 60), (Granularity::Day, 30)];
+/// How many windows a sales read covers when the range is not given: an
+/// hour of minutes, a month of days.
+pub fn default_windows(granularity: Granularity) -> i32 {
+    match granularity {
+        Granularity::Minute => 60,
+        Granularity::Day => 30,
+    }
+}
 /// How many products a top list has when not asked, and at most.
 pub const DEFAULT_TOP: u32 = 10;
 pub const MAX_TOP: u32 = 100;
@@ -139,7 +144,7 @@ impl Operations {
     }
 
     /// The range a sales read covers: `from..to` as given (checked), or
-    /// the latest [`DEFAULT_WINDOWS`] of the granularity up to `to` (or
+    /// the latest [`default_windows`] of the granularity up to `to` (or
     /// now), or the same number before `from`.
     pub fn sales_range(
         granularity: Granularity,
@@ -147,10 +152,7 @@ impl Operations {
         to: Option<Timestamp>,
         now: Timestamp,
     ) -> Result<WindowRange, CoreError> {
-        let count = DEFAULT_WINDOWS
-            .iter()
-            .find(|(g, _)| *g == granularity)
-            .map_or(1, |(_, count)| *count);
+        let count = default_windows(granularity);
         let span = granularity.width() * count;
         let out_of_range = |field: &str| {
             orderflow_domain::ValidationError::new(field, "is too far from today to read a range")
