@@ -26,7 +26,7 @@ use crate::routes::{admin, auth, health, live, me, orders, products};
         live::ticket,
         live::snapshot,
         admin::consumers, admin::dead_letters, admin::dead_letter, admin::replay,
-        admin::sales, admin::top_products,
+        admin::sales, admin::top_products, admin::approve_order, admin::reject_order,
         health::healthz, health::readyz,
     ),
     // OrderLineInput is named by `schema::order_lines`, not reached through a field type.
@@ -142,6 +142,30 @@ const OPERATION_PROBLEMS: &[(&str, &str, u16, &[&str])] = &[
         "/api/v1/admin/dlq/{id}/replay",
         409,
         &[slug::CONFLICT],
+    ),
+    (
+        "post",
+        "/api/v1/admin/orders/{id}/approve",
+        404,
+        &[slug::NOT_FOUND],
+    ),
+    (
+        "post",
+        "/api/v1/admin/orders/{id}/approve",
+        409,
+        &[slug::ORDER_NOT_HELD],
+    ),
+    (
+        "post",
+        "/api/v1/admin/orders/{id}/reject",
+        404,
+        &[slug::NOT_FOUND],
+    ),
+    (
+        "post",
+        "/api/v1/admin/orders/{id}/reject",
+        409,
+        &[slug::ORDER_NOT_HELD],
     ),
 ];
 

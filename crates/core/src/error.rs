@@ -35,6 +35,12 @@ pub enum CoreError {
         available: i64,
         requested: u32,
     },
+    /// Approve or reject asked of an order that is not held (any more).
+    #[error("order {order_id} is {status}, not held")]
+    OrderNotHeld {
+        order_id: uuid::Uuid,
+        status: orderflow_domain::order::OrderStatus,
+    },
     /// The payment provider declined the charge (inline mode).
     #[error("payment declined: {0}")]
     PaymentDeclined(String),
@@ -82,6 +88,7 @@ pub mod slug {
     pub const FORBIDDEN: &str = "forbidden";
     pub const RATE_LIMITED: &str = "rate-limited";
     pub const OUT_OF_STOCK: &str = "out-of-stock";
+    pub const ORDER_NOT_HELD: &str = "order-not-held";
     pub const PAYMENT_DECLINED: &str = "payment-declined";
     pub const IDEMPOTENCY_KEY_REUSED: &str = "idempotency-key-reused";
     pub const PROVIDER_FAILED: &str = "provider-failed";
@@ -175,6 +182,12 @@ impl CoreError {
                 slug::RATE_LIMITED,
                 "Too many requests",
                 429,
+                self.to_string(),
+            ),
+            CoreError::OrderNotHeld { .. } => p(
+                slug::ORDER_NOT_HELD,
+                "Order is not held",
+                409,
                 self.to_string(),
             ),
             CoreError::OutOfStock { .. } => {

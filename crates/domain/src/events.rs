@@ -8,6 +8,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::fraud::Rule;
 use crate::order::OrderLine;
 use crate::{EventId, OrderId, ProductId, Timestamp, UserId};
 
@@ -18,12 +19,14 @@ pub mod topics {
     pub const PAYMENT_EVENTS: &str = "payment.events";
     pub const USER_EVENTS: &str = "user.events";
     pub const FAILED_MESSAGES: &str = "failed.messages";
-    pub const ALL: [&str; 5] = [
+    pub const FRAUD_ALERTS: &str = "fraud.alerts";
+    pub const ALL: [&str; 6] = [
         ORDER_EVENTS,
         STOCK_EVENTS,
         PAYMENT_EVENTS,
         USER_EVENTS,
         FAILED_MESSAGES,
+        FRAUD_ALERTS,
     ];
 }
 
@@ -52,6 +55,29 @@ pub enum EventData {
         items: Vec<OrderLine>,
         total_cents: i64,
         currency: String,
+    },
+    /// The fraud check found nothing (`approved_by` empty), or an admin
+    /// approved the held order: stock may be reserved now.
+    #[serde(rename = "orderflow.order.cleared")]
+    OrderCleared {
+        #[schema(value_type = uuid::Uuid)]
+        order_id: OrderId,
+        #[schema(value_type = uuid::Uuid)]
+        user_id: UserId,
+        items: Vec<OrderLine>,
+        total_cents: i64,
+        currency: String,
+        #[schema(value_type = Option<uuid::Uuid>)]
+        approved_by: Option<UserId>,
+    },
+    /// The fraud check flagged the order: it waits for an admin's review.
+    #[serde(rename = "orderflow.order.held")]
+    OrderHeld {
+        #[schema(value_type = uuid::Uuid)]
+        order_id: OrderId,
+        #[schema(value_type = uuid::Uuid)]
+        user_id: UserId,
+        rule: Rule,
     },
     #[serde(rename = "orderflow.order.confirmed")]
     OrderConfirmed {
@@ -121,6 +147,23 @@ pub enum EventData {
         email: String,
         name: String,
     },
+    /// A shopper broke a fraud rule: which one, the window (event time,
+    /// `window_end` exclusive) and the orders in it, the flagged one last.
+    #[serde(rename = "orderflow.fraud.alerted")]
+    FraudAlerted {
+        #[schema(value_type = uuid::Uuid)]
+        user_id: UserId,
+        rule: Rule,
+        #[schema(value_type = String, format = DateTime)]
+        window_start: Timestamp,
+        #[schema(value_type = String, format = DateTime)]
+        window_end: Timestamp,
+        #[schema(value_type = Vec<uuid::Uuid>)]
+        orders: Vec<OrderId>,
+        /// The window's orders' total in `currency` (the rules' currency).
+        total_cents: i64,
+        currency: String,
+    },
     /// A message a consumer group gave up on, with where it came from.
     #[serde(rename = "orderflow.message.failed")]
     MessageFailed {
@@ -139,6 +182,9 @@ impl EventData {
     pub fn type_name(&self) -> &'static str {
         match self {
             EventData::OrderPlaced { .. } => "orderflow.order.placed",
+            EventData::OrderCleared { .. } => "orderflow.order.cleared",
+            EventData::OrderHeld { .. } => "orderflow.order.held",
+            EventData::FraudAlerted { .. } => "orderflow.fraud.alerted",
             EventData::OrderConfirmed { .. } => "orderflow.order.confirmed",
             EventData::OrderRejected { .. } => "orderflow.order.rejected",
             EventData::OrderPaymentFailed { .. } => "orderflow.order.payment_failed",
@@ -185,6 +231,28 @@ impl EventData {
             .expect("uuid");
         vec![
             placed,
+            EventData::OrderCleared {
+                order_id,
+                user_id,
+                items: items.clone(),
+                total_cents: 2598,
+                currency: "EUR".into(),
+                approved_by: None,
+            },
+            EventData::OrderHeld {
+                order_id,
+                user_id,
+                rule: Rule::OrdersPerWindow,
+            },
+            EventData::FraudAlerted {
+                user_id,
+                rule: Rule::OrdersPerWindow,
+                window_start: chrono::DateTime::from_timestamp(1_764_590_400, 0).expect("time"),
+                window_end: chrono::DateTime::from_timestamp(1_764_590_700, 0).expect("time"),
+                orders: vec![order_id],
+                total_cents: 2598,
+                currency: "EUR".into(),
+            },
             EventData::OrderConfirmed {
                 order_id,
                 user_id,
@@ -245,6 +313,8 @@ impl EventData {
     pub fn topic(&self) -> &'static str {
         match self {
             EventData::OrderPlaced { .. }
+            | EventData::OrderCleared { .. }
+            | EventData::OrderHeld { .. }
             | EventData::OrderConfirmed { .. }
             | EventData::OrderRejected { .. }
             | EventData::OrderPaymentFailed { .. } => topics::ORDER_EVENTS,
@@ -256,6 +326,7 @@ impl EventData {
             }
             EventData::UserRegistered { .. } => topics::USER_EVENTS,
             EventData::MessageFailed { .. } => topics::FAILED_MESSAGES,
+            EventData::FraudAlerted { .. } => topics::FRAUD_ALERTS,
         }
     }
 
@@ -263,6 +334,12 @@ impl EventData {
     fn key_and_subject(&self) -> (String, String) {
         match self {
             EventData::OrderPlaced {
+                order_id, user_id, ..
+            }
+            | EventData::OrderCleared {
+                order_id, user_id, ..
+            }
+            | EventData::OrderHeld {
                 order_id, user_id, ..
             }
             | EventData::OrderConfirmed {
@@ -286,7 +363,7 @@ impl EventData {
             | EventData::PaymentFailed {
                 order_id, user_id, ..
             } => (user_id.to_string(), format!("orders/{order_id}")),
-            EventData::UserRegistered { user_id, .. } => {
+            EventData::UserRegistered { user_id, .. } | EventData::FraudAlerted { user_id, .. } => {
                 (user_id.to_string(), format!("users/{user_id}"))
             }
             EventData::MessageFailed {

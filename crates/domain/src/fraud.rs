@@ -150,6 +150,16 @@ pub enum Rule {
     TotalPerWindow,
 }
 
+impl Rule {
+    /// The `rule` label of `orderflow_fraud_alerts_total`, as serialized.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rule::OrdersPerWindow => "orders_per_window",
+            Rule::TotalPerWindow => "total_per_window",
+        }
+    }
+}
+
 /// The window an order broke a rule in, and the orders in it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Violation {

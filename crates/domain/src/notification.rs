@@ -32,14 +32,17 @@ impl Channel {
 #[serde(rename_all = "snake_case")]
 pub enum NotificationKind {
     Welcome,
+    /// The order waits for a fraud review.
+    OrderHeld,
     OrderConfirmed,
     OrderRejected,
     PaymentFailed,
 }
 
 impl NotificationKind {
-    pub const ALL: [NotificationKind; 4] = [
+    pub const ALL: [NotificationKind; 5] = [
         NotificationKind::Welcome,
+        NotificationKind::OrderHeld,
         NotificationKind::OrderConfirmed,
         NotificationKind::OrderRejected,
         NotificationKind::PaymentFailed,
@@ -48,6 +51,7 @@ impl NotificationKind {
     pub fn as_str(self) -> &'static str {
         match self {
             NotificationKind::Welcome => "welcome",
+            NotificationKind::OrderHeld => "order_held",
             NotificationKind::OrderConfirmed => "order_confirmed",
             NotificationKind::OrderRejected => "order_rejected",
             NotificationKind::PaymentFailed => "payment_failed",
@@ -62,6 +66,7 @@ impl NotificationKind {
     pub fn subject(self) -> &'static str {
         match self {
             NotificationKind::Welcome => "Welcome to the shop",
+            NotificationKind::OrderHeld => "Your order is being reviewed",
             NotificationKind::OrderConfirmed => "Your order is confirmed",
             NotificationKind::OrderRejected => "Your order could not be fulfilled",
             NotificationKind::PaymentFailed => "Your payment did not go through",

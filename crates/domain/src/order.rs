@@ -1,7 +1,10 @@
 //! Orders: what a shopper may ask for, how it is priced, and the state machine.
 //!
 //! States (DESIGN.md §4): `pending → reserved → paid → confirmed`, or
-//! `rejected` (out of stock), `payment_failed`, `cancelled`. Every change goes
+//! `rejected` (out of stock, or refused after a fraud review),
+//! `payment_failed`, `cancelled`. The fraud check may hold a pending order
+//! (`pending → held`) until an admin approves it (`held → pending`, and the
+//! flow goes on: stock, payment) or rejects it (`held → rejected`). Every change goes
 //! through [`OrderStatus::on`], which answers with the states to walk through or
 //! [`Transition::Ignored`] when the fact does not fit the current state, so a
 //! redelivered or late event is never applied twice.
@@ -30,10 +33,15 @@ pub const QUANTITY: IntRule = IntRule {
     max: MAX_QUANTITY as i64,
 };
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// Where an order is: `pending → reserved → paid → confirmed`; `held` waits
+/// for a fraud review; `rejected`, `payment_failed` and `cancelled` end it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OrderStatus {
     Pending,
+    /// Flagged by the fraud check: nothing reserved, nothing charged, until
+    /// an admin approves or rejects it.
+    Held,
     Reserved,
     Paid,
     Confirmed,
@@ -43,8 +51,9 @@ pub enum OrderStatus {
 }
 
 impl OrderStatus {
-    pub const ALL: [OrderStatus; 7] = [
+    pub const ALL: [OrderStatus; 8] = [
         OrderStatus::Pending,
+        OrderStatus::Held,
         OrderStatus::Reserved,
         OrderStatus::Paid,
         OrderStatus::Confirmed,
@@ -56,6 +65,7 @@ impl OrderStatus {
     pub fn as_str(self) -> &'static str {
         match self {
             OrderStatus::Pending => "pending",
+            OrderStatus::Held => "held",
             OrderStatus::Reserved => "reserved",
             OrderStatus::Paid => "paid",
             OrderStatus::Confirmed => "confirmed",
@@ -96,7 +106,10 @@ impl OrderStatus {
             (S::Reserved, F::PaymentSucceeded) => &[S::Paid, S::Confirmed],
             (S::Pending, F::PaymentFailed) => &[S::Reserved, S::PaymentFailed],
             (S::Reserved, F::PaymentFailed) => &[S::PaymentFailed],
-            (S::Pending | S::Reserved, F::Cancel) => &[S::Cancelled],
+            (S::Pending, F::FraudSuspected) => &[S::Held],
+            (S::Held, F::Approve) => &[S::Pending],
+            (S::Held, F::Reject) => &[S::Rejected],
+            (S::Pending | S::Held | S::Reserved, F::Cancel) => &[S::Cancelled],
             _ => return Transition::Ignored { from: self, fact },
         };
         Transition::Apply(steps.to_vec())
@@ -116,6 +129,12 @@ pub enum OrderFact {
     StockRejected,
     PaymentSucceeded,
     PaymentFailed,
+    /// The fraud check flagged the order.
+    FraudSuspected,
+    /// An admin cleared a held order.
+    Approve,
+    /// An admin refused a held order.
+    Reject,
     Cancel,
 }
 
@@ -299,6 +318,9 @@ mod tests {
                 OrderFact::StockRejected,
                 OrderFact::PaymentSucceeded,
                 OrderFact::PaymentFailed,
+                OrderFact::FraudSuspected,
+                OrderFact::Approve,
+                OrderFact::Reject,
                 OrderFact::Cancel,
             ] {
                 assert!(
@@ -306,6 +328,44 @@ mod tests {
                     "{status} on {fact:?}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn a_held_order_waits_for_the_review() {
+        assert_eq!(
+            OrderStatus::Pending.on(OrderFact::FraudSuspected),
+            Transition::Apply(vec![OrderStatus::Held])
+        );
+        // Approved, it is pending again and the flow goes on from there.
+        assert_eq!(
+            OrderStatus::Held.on(OrderFact::Approve),
+            Transition::Apply(vec![OrderStatus::Pending])
+        );
+        assert_eq!(
+            OrderStatus::Held.on(OrderFact::Reject),
+            Transition::Apply(vec![OrderStatus::Rejected])
+        );
+        assert_eq!(
+            OrderStatus::Held.on(OrderFact::Cancel),
+            Transition::Apply(vec![OrderStatus::Cancelled])
+        );
+        // Only a held order can be approved or rejected (a second click
+        // finds it pending or rejected), and a held order takes no stock
+        // or payment result: nothing was asked of inventory or payment.
+        for (status, fact) in [
+            (OrderStatus::Pending, OrderFact::Approve),
+            (OrderStatus::Pending, OrderFact::Reject),
+            (OrderStatus::Reserved, OrderFact::Approve),
+            (OrderStatus::Held, OrderFact::FraudSuspected),
+            (OrderStatus::Held, OrderFact::StockReserved),
+            (OrderStatus::Held, OrderFact::PaymentSucceeded),
+            (OrderStatus::Reserved, OrderFact::FraudSuspected),
+        ] {
+            assert!(
+                matches!(status.on(fact), Transition::Ignored { .. }),
+                "{status} on {fact:?}"
+            );
         }
     }
 

@@ -160,7 +160,8 @@ impl App {
                 window: settings.consumer_window,
                 group_commit_max: settings.group_commit_max,
                 ..ConsumerSettings::default()
-            });
+            })
+            .with_fraud_rules(settings.fraud_rules()?);
         if let Some(read_models) = read_models {
             workers = workers.with_read_models(read_models);
         }

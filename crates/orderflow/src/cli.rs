@@ -196,13 +196,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Prune => {
             let report = app.prune().await?;
             println!(
-                "pruned {} events, {} processed marks, {} idempotency keys, {} sent outbox rows, {} replayed dead letters, {} minute windows",
+                "pruned {} events, {} processed marks, {} idempotency keys, {} sent outbox rows, {} replayed dead letters, {} minute windows, {} fraud orders",
                 report.events,
                 report.processed_marks,
                 report.idempotency_keys,
                 report.sent_outbox,
                 report.replayed_dead_letters,
-                report.minute_windows
+                report.minute_windows,
+                report.fraud_orders
             );
         }
         Command::Bench(_) => unreachable!("handled before the app is built"),

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use orderflow_adapters::providers::BreakerSpec;
+use orderflow_domain::fraud::FraudRules;
+use orderflow_domain::money::Currency;
 use secrecy::SecretString;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -360,6 +362,65 @@ pub struct Settings {
     /// windows are kept).
     #[arg(long, env = "ORDERFLOW_RETAIN_MINUTE_WINDOWS_SECS", default_value_t = 8 * 24 * 3600, global = true)]
     pub retain_minute_windows_secs: u64,
+
+    /// Retention of the fraud check's remembered orders, in seconds; at
+    /// least a fraud window plus its grace.
+    #[arg(
+        long,
+        env = "ORDERFLOW_RETAIN_FRAUD_ORDERS_SECS",
+        default_value_t = 3600,
+        global = true
+    )]
+    pub retain_fraud_orders_secs: u64,
+
+    /// Fraud check: more orders than this by one shopper within a window
+    /// holds the order.
+    #[arg(
+        long,
+        env = "ORDERFLOW_FRAUD_MAX_ORDERS",
+        default_value_t = 5,
+        global = true
+    )]
+    pub fraud_max_orders: usize,
+
+    /// Fraud check: more than this (in cents of the fraud currency) by one
+    /// shopper within a window holds the order.
+    #[arg(
+        long,
+        env = "ORDERFLOW_FRAUD_MAX_TOTAL_CENTS",
+        default_value_t = 1_000_000,
+        global = true
+    )]
+    pub fraud_max_total_cents: i64,
+
+    /// Fraud check: the currency the money rule counts (orders in other
+    /// currencies count for the order rule only).
+    #[arg(
+        long,
+        env = "ORDERFLOW_FRAUD_CURRENCY",
+        default_value = "EUR",
+        global = true
+    )]
+    pub fraud_currency: String,
+
+    /// Fraud check: the sliding window's width, in seconds.
+    #[arg(
+        long,
+        env = "ORDERFLOW_FRAUD_WINDOW_SECS",
+        default_value_t = 300,
+        global = true
+    )]
+    pub fraud_window_secs: u32,
+
+    /// Fraud check: how far (seconds) behind a shopper's newest order an
+    /// order may be placed, by event time, and still be judged.
+    #[arg(
+        long,
+        env = "ORDERFLOW_FRAUD_GRACE_SECS",
+        default_value_t = 60,
+        global = true
+    )]
+    pub fraud_grace_secs: u32,
 
     /// How often the processes that run consumer groups prune (seconds;
     /// 0: never, `orderflow prune` only).
@@ -727,8 +788,38 @@ impl Settings {
             sent_outbox: Duration::from_secs(self.retain_sent_outbox_secs),
             replayed_dead_letters: Duration::from_secs(self.retain_dead_letters_secs),
             minute_windows: Duration::from_secs(self.retain_minute_windows_secs),
+            fraud_orders: Duration::from_secs(self.retain_fraud_orders_secs),
             ..Default::default()
         }
+    }
+
+    /// The fraud check's rules; refused when they make no sense or outlive
+    /// what the retention keeps of them.
+    pub fn fraud_rules(&self) -> anyhow::Result<FraudRules> {
+        let currency = Currency::parse(&self.fraud_currency)
+            .map_err(|error| anyhow::anyhow!("ORDERFLOW_FRAUD_CURRENCY: {error}"))?;
+        if self.fraud_window_secs == 0 {
+            anyhow::bail!("ORDERFLOW_FRAUD_WINDOW_SECS must be at least 1");
+        }
+        let rules = FraudRules {
+            max_orders: self.fraud_max_orders,
+            max_total_cents: self.fraud_max_total_cents,
+            currency,
+            window: chrono::TimeDelta::seconds(self.fraud_window_secs.into()),
+            grace: chrono::TimeDelta::seconds(self.fraud_grace_secs.into()),
+        };
+        let kept = chrono::TimeDelta::seconds(
+            i64::try_from(self.retain_fraud_orders_secs).unwrap_or(i64::MAX),
+        );
+        if kept < rules.keep_for() {
+            anyhow::bail!(
+                "ORDERFLOW_RETAIN_FRAUD_ORDERS_SECS ({} s) must be at least the fraud window \
+                 plus its grace ({} s): the check would forget orders it still judges",
+                self.retain_fraud_orders_secs,
+                rules.keep_for().num_seconds()
+            );
+        }
+        Ok(rules)
     }
 
     /// The database URL, defaulting to a SQLite file in the data dir.

@@ -9,6 +9,7 @@ use orderflow_core::ports::store::{
     StoreError, StoreResult, UserRecord,
 };
 use orderflow_domain::events::Envelope;
+use orderflow_domain::fraud::WindowOrder;
 use orderflow_domain::money::Currency;
 use orderflow_domain::notification::{Channel, NotificationKind};
 use orderflow_domain::order::{HistoryEntry, Order, OrderLine, OrderStatus};
@@ -34,6 +35,16 @@ pub(crate) const DEAD_LETTER_COLUMNS: &str = r#"id, group_name, topic, "partitio
 
 pub(crate) fn currency(row: &impl SqlRow, column: &str) -> StoreResult<Currency> {
     Currency::parse(&row.text(column)?).map_err(corrupt)
+}
+
+/// A `fraud_orders` row as the fraud rules see it.
+pub(crate) fn window_order(row: &impl SqlRow) -> StoreResult<WindowOrder> {
+    Ok(WindowOrder {
+        order_id: row.uuid("order_id")?,
+        at: row.time("placed_at")?,
+        total_cents: row.int("total_cents")?,
+        currency: currency(row, "currency")?,
+    })
 }
 
 pub(crate) fn status(row: &impl SqlRow, column: &str) -> StoreResult<OrderStatus> {

@@ -1173,6 +1173,12 @@ impl<E: Engine> Store for SqlStore<E> {
                       WHERE replayed_at IS NOT NULL AND replayed_at < $1 LIMIT $2)",
                 (before, limit),
             ),
+            Prunable::FraudOrders => stmt(
+                "prune_fraud_orders",
+                "DELETE FROM fraud_orders WHERE order_id IN
+                     (SELECT order_id FROM fraud_orders WHERE placed_at < $1 LIMIT $2)",
+                (before, limit),
+            ),
             // The three tables in one batch: a batch short of the limit
             // then means all are done.
             Prunable::MinuteWindows => {

@@ -24,10 +24,11 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use orderflow_core::ports::outbox::EventDestination;
 use orderflow_core::ports::store::{
-    DeadLetter, IdempotencyClaim, IdempotencyRecord, NotificationRecord, PaymentRecord,
-    Reservation, StoreError, StoreResult, StoreTx, UserRecord,
+    DeadLetter, FraudHistory, IdempotencyClaim, IdempotencyRecord, NotificationRecord,
+    PaymentRecord, Reservation, StoreError, StoreResult, StoreTx, UserRecord,
 };
 use orderflow_domain::events::Envelope;
+use orderflow_domain::fraud::WindowOrder;
 use orderflow_domain::order::{Order, OrderStatus};
 use orderflow_domain::sales::Granularity;
 use orderflow_domain::{EventId, OrderId, ProductId, Timestamp, UserId};
@@ -38,8 +39,8 @@ use super::log::OUTBOX_SIGNAL;
 use super::store::load_order;
 use super::tail::TailEvent;
 use super::{
-    Appended, Engine, Exec, LogAppend, SavepointStep, ShopperWrites, SqlRow, Stmt, WriteTx, stmt,
-    values_list,
+    Appended, Engine, Exec, LogAppend, SavepointStep, ShopperWrites, SqlRow, Stmt, WriteTx, rows,
+    stmt, values_list,
 };
 
 /// How often a claim retries when the row it lost to vanished before it
@@ -734,6 +735,57 @@ impl<E: Engine> StoreTx for SqlTx<E> {
                 ));
             }
         }
+        Ok(())
+    }
+
+    async fn fraud_history(
+        &mut self,
+        user_id: UserId,
+        from: Timestamp,
+        to: Timestamp,
+    ) -> StoreResult<FraudHistory> {
+        let conn = self.conn().await?;
+        let watermark = conn
+            .query_one(stmt(
+                "fraud_watermark",
+                "SELECT MAX(placed_at) AS watermark FROM fraud_orders WHERE user_id = $1",
+                (user_id,),
+            ))
+            .await?
+            .opt_time("watermark")?;
+        let orders = conn
+            .query_all(stmt(
+                "fraud_window",
+                "SELECT order_id, placed_at, total_cents, currency FROM fraud_orders
+                 WHERE user_id = $1 AND placed_at >= $2 AND placed_at <= $3
+                 ORDER BY placed_at, order_id",
+                (user_id, from, to),
+            ))
+            .await?
+            .iter()
+            .map(rows::window_order)
+            .collect::<StoreResult<_>>()?;
+        Ok(FraudHistory { watermark, orders })
+    }
+
+    async fn remember_for_fraud(
+        &mut self,
+        user_id: UserId,
+        order: &WindowOrder,
+    ) -> StoreResult<()> {
+        self.defer(stmt(
+            "remember_for_fraud",
+            "INSERT INTO fraud_orders (order_id, user_id, placed_at, total_cents, currency)
+                 VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (order_id) DO NOTHING",
+            (
+                order.order_id,
+                user_id,
+                order.at,
+                order.total_cents,
+                order.currency.as_str(),
+            ),
+        ));
         Ok(())
     }
 

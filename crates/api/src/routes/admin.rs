@@ -1,8 +1,10 @@
-//! Operator routes (admin role): consumer lag, the dead-letter queue, and
-//! sales (revenue per window of event time, top products).
+//! Operator routes (admin role): consumer lag, the dead-letter queue, the
+//! review of orders the fraud check held, and sales (revenue per window of
+//! event time, top products).
 
 use axum::Json;
 use axum::extract::{Path, State};
+use axum::http::HeaderMap;
 use orderflow_core::ports::store::{DeadLetter, ProductSales, SalesWindow};
 use orderflow_core::services::admin::Operations;
 use orderflow_domain::sales::{Granularity, WindowRange};
@@ -12,6 +14,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::AppState;
 use crate::extract::{AdminCaller, ApiQuery};
 use crate::problem::ApiResult;
+use crate::routes::orders::{OrderView, request_traceparent};
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct PartitionLagView {
@@ -160,6 +163,53 @@ pub async fn replay(
     let mut view: DeadLetterView = state.operations.replay(id).await?.into();
     view.replayed_at = Some(chrono::Utc::now());
     Ok(Json(view))
+}
+
+/// Approves an order the fraud check held: it is pending again, and stock
+/// and payment follow as for any order.
+#[utoipa::path(post, operation_id = "approve_order", path = "/api/v1/admin/orders/{id}/approve", tag = "admin", security(("bearer" = [])),
+    params(("id" = uuid::Uuid, Path, description = "order id")), responses(
+    (status = 200, body = OrderView)))]
+pub async fn approve_order(
+    state: State<AppState>,
+    admin: AdminCaller,
+    id: Path<uuid::Uuid>,
+    headers: HeaderMap,
+) -> ApiResult<Json<OrderView>> {
+    review(state, admin, id, headers, true).await
+}
+
+/// Rejects an order the fraud check held: it ends `rejected`, nothing is
+/// reserved or charged, and the shopper is told.
+#[utoipa::path(post, operation_id = "reject_order", path = "/api/v1/admin/orders/{id}/reject", tag = "admin", security(("bearer" = [])),
+    params(("id" = uuid::Uuid, Path, description = "order id")), responses(
+    (status = 200, body = OrderView)))]
+pub async fn reject_order(
+    state: State<AppState>,
+    admin: AdminCaller,
+    id: Path<uuid::Uuid>,
+    headers: HeaderMap,
+) -> ApiResult<Json<OrderView>> {
+    review(state, admin, id, headers, false).await
+}
+
+async fn review(
+    State(state): State<AppState>,
+    AdminCaller(admin): AdminCaller,
+    Path(id): Path<uuid::Uuid>,
+    headers: HeaderMap,
+    approve: bool,
+) -> ApiResult<Json<OrderView>> {
+    let order = state
+        .orders
+        .review(
+            admin.user_id,
+            id,
+            approve,
+            Some(request_traceparent(&headers)),
+        )
+        .await?;
+    Ok(Json(OrderView::new(order, None)))
 }
 
 /// The width of a sales window.

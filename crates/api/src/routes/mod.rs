@@ -51,7 +51,9 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/sales", get(admin::sales))
         .route("/admin/sales/products", get(admin::top_products))
         .route("/admin/dlq/{id}", get(admin::dead_letter))
-        .route("/admin/dlq/{id}/replay", post(admin::replay));
+        .route("/admin/dlq/{id}/replay", post(admin::replay))
+        .route("/admin/orders/{id}/approve", post(admin::approve_order))
+        .route("/admin/orders/{id}/reject", post(admin::reject_order));
 
     let limits = state.http_limits.clone();
     Router::new()

@@ -5,7 +5,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use orderflow_core::services::orders::PlaceOrder;
-use orderflow_domain::order::{HistoryEntry, Order, RequestedLine};
+use orderflow_domain::order::{HistoryEntry, Order, OrderStatus, RequestedLine};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -44,16 +44,18 @@ pub struct OrderLineView {
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct HistoryView {
+    #[schema(value_type = OrderStatus)]
     pub status: String,
     pub at: chrono::DateTime<chrono::Utc>,
 }
 
-/// An order. `status` is one of pending, reserved, paid, confirmed, rejected,
-/// payment_failed, cancelled.
+/// An order. `held`: the fraud check flagged it, and it waits for an
+/// admin's review (nothing reserved or charged yet).
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct OrderView {
     pub id: uuid::Uuid,
     pub user_id: uuid::Uuid,
+    #[schema(value_type = OrderStatus)]
     pub status: String,
     pub total_cents: i64,
     pub currency: String,
@@ -66,7 +68,7 @@ pub struct OrderView {
 }
 
 impl OrderView {
-    fn new(order: Order, history: Option<Vec<HistoryEntry>>) -> Self {
+    pub(crate) fn new(order: Order, history: Option<Vec<HistoryEntry>>) -> Self {
         Self {
             id: order.id,
             user_id: order.user_id,
@@ -133,12 +135,7 @@ pub async fn place(
     let idempotency_key = headers
         .get("idempotency-key")
         .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-    let traceparent = headers
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| is_traceparent(v))
-        .map(str::to_owned)
-        .unwrap_or_else(new_traceparent);
+    let traceparent = request_traceparent(&headers);
     let answer = state
         .orders
         .place(PlaceOrder {
@@ -210,6 +207,17 @@ pub async fn list(
 }
 
 /// `00-<32 hex>-<16 hex>-<2 hex>` (W3C Trace Context, version 00).
+/// The request's W3C trace context, or a new one: what the events it
+/// causes carry.
+pub(crate) fn request_traceparent(headers: &HeaderMap) -> String {
+    headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| is_traceparent(v))
+        .map(str::to_owned)
+        .unwrap_or_else(new_traceparent)
+}
+
 fn is_traceparent(value: &str) -> bool {
     let parts: Vec<_> = value.split('-').collect();
     parts.len() == 4

@@ -11,6 +11,7 @@
 
 use async_trait::async_trait;
 use orderflow_domain::events::Envelope;
+use orderflow_domain::fraud::WindowOrder;
 use orderflow_domain::notification::{Channel, NotificationKind};
 use orderflow_domain::order::{HistoryEntry, Order, OrderStatus};
 use orderflow_domain::product::{Product, ProductDraft};
@@ -191,6 +192,15 @@ pub struct DailySales {
     pub currency: String,
     pub orders: i64,
     pub revenue_cents: i64,
+}
+
+/// What the fraud check remembers of one shopper around an order.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct FraudHistory {
+    /// The latest event time of the shopper's remembered orders.
+    pub watermark: Option<Timestamp>,
+    /// Their remembered orders in the asked range, by event time.
+    pub orders: Vec<WindowOrder>,
 }
 
 /// Revenue of one tumbling window of event time, in one currency, from
@@ -441,6 +451,8 @@ pub enum Prunable<'a> {
     /// product) and product views. Day sales windows are kept (one row a
     /// day and currency, and one a day per product sold).
     MinuteWindows,
+    /// The fraud check's remembered orders placed before the cut-off.
+    FraudOrders,
 }
 
 /// A unit of work. All writes of a use case or a consumer go through one.
@@ -502,6 +514,18 @@ pub trait StoreTx: Send {
     /// the product sales, and the windows of every granularity that `at`
     /// falls in.
     async fn record_sale(&mut self, order: &Order, at: Timestamp) -> StoreResult<()>;
+    /// The fraud check's memory of `user_id`: their watermark and their
+    /// orders placed within `[from, to]` (event time).
+    async fn fraud_history(
+        &mut self,
+        user_id: UserId,
+        from: Timestamp,
+        to: Timestamp,
+    ) -> StoreResult<FraudHistory>;
+    /// Remembers an order the fraud check judged; remembering it again
+    /// changes nothing.
+    async fn remember_for_fraud(&mut self, user_id: UserId, order: &WindowOrder)
+    -> StoreResult<()>;
 
     /// Marks `(group, event)` handled. False when it was already: the caller
     /// must then drop the transaction, since the effect happened before.

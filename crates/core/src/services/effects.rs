@@ -82,9 +82,15 @@ pub fn notification_message(
         NotificationKind::OrderConfirmed => {
             format!("Hi {name}, your {order} is confirmed. Thank you for shopping with us.")
         }
-        NotificationKind::OrderRejected => format!(
-            "Hi {name}, we could not fulfil your {order}: an item is out of stock. You have not been charged."
+        NotificationKind::OrderHeld => format!(
+            "Hi {name}, your {order} is being reviewed before we go on with it. \
+             Nothing has been charged; we will tell you how it ends."
         ),
+        // Out of stock or refused after a review: the shopper's account of
+        // it is the same, and the review's reasons are not theirs to read.
+        NotificationKind::OrderRejected => {
+            format!("Hi {name}, we could not fulfil your {order}. You have not been charged.")
+        }
         NotificationKind::PaymentFailed => format!(
             "Hi {name}, the payment for your {order} did not go through, so the order was not placed. \
              Nothing was charged."

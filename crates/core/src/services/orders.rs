@@ -21,7 +21,9 @@ use std::sync::Arc;
 
 use orderflow_domain::events::{Envelope, EventData};
 use orderflow_domain::notification::{Channel, NotificationKind};
-use orderflow_domain::order::{self, HistoryEntry, Order, OrderStatus, RequestedLine};
+use orderflow_domain::order::{
+    self, HistoryEntry, Order, OrderFact, OrderStatus, RequestedLine, Transition,
+};
 use orderflow_domain::{OrderId, ProductId, Timestamp, UserId, ValidationError};
 
 use crate::CoreError;
@@ -433,6 +435,66 @@ impl OrderService {
             body,
             replayed: false,
         })
+    }
+
+    /// An admin's verdict on a held order: approved, it is pending again and
+    /// goes on to `inventory` (an `OrderCleared` naming the admin);
+    /// rejected, it ends `rejected` and its shopper is told (an
+    /// `OrderRejected`). [`CoreError::OrderNotHeld`] when the order is not
+    /// held (any more): a second click, or a decision already made.
+    pub async fn review(
+        &self,
+        admin: UserId,
+        order_id: OrderId,
+        approve: bool,
+        traceparent: Option<String>,
+    ) -> Result<Order, CoreError> {
+        let mut tx = self.store.begin().await?;
+        let Some(mut order) = tx.order_for_update(order_id).await? else {
+            return Err(CoreError::NotFound("order"));
+        };
+        let fact = if approve {
+            OrderFact::Approve
+        } else {
+            OrderFact::Reject
+        };
+        let Transition::Apply(steps) = order.status.on(fact) else {
+            return Err(CoreError::OrderNotHeld {
+                order_id,
+                status: order.status,
+            });
+        };
+        let now = chrono::Utc::now();
+        let channel = Self::move_order(&mut *tx, &order, &steps, now).await?;
+        let event = if approve {
+            EventData::OrderCleared {
+                order_id,
+                user_id: order.user_id,
+                items: order.items.clone(),
+                total_cents: order.total_cents,
+                currency: order.currency.to_string(),
+                approved_by: Some(admin),
+            }
+        } else {
+            EventData::OrderRejected {
+                order_id,
+                user_id: order.user_id,
+                reason: "refused after a fraud review".into(),
+            }
+        };
+        tx.append(&[Envelope::new(event, traceparent)]).await?;
+        tx.commit().await?;
+        self.publish(vec![channel]);
+        tracing::info!(%order_id, %admin, approve, "held order reviewed");
+        if let Some(status) = steps.last() {
+            order.status = *status;
+            order.updated_at = now;
+            if status.is_final() {
+                metrics::counter!("orderflow_orders_total", "status" => status.as_str(), "mode" => "events")
+                    .increment(1);
+            }
+        }
+        Ok(order)
     }
 
     /// One order with its history; another shopper's order is "not found".

@@ -32,6 +32,9 @@ pub struct Retention {
     /// Minute windows: sales (a read spans a week of them at most) and
     /// product views (trending reads a day at most).
     pub minute_windows: Duration,
+    /// The fraud check's remembered orders: at least a window and its
+    /// grace (the settings refuse less).
+    pub fraud_orders: Duration,
     /// Rows one batch deletes at most.
     pub batch: u32,
     /// The pause between two batches.
@@ -48,6 +51,7 @@ impl Default for Retention {
             sent_outbox: Duration::from_secs(24 * 3600),
             replayed_dead_letters: Duration::from_secs(30 * 24 * 3600),
             minute_windows: Duration::from_secs(8 * 24 * 3600),
+            fraud_orders: Duration::from_secs(3600),
             batch: 1000,
             pause: Duration::from_millis(20),
         }
@@ -82,6 +86,7 @@ pub struct PruneReport {
     pub sent_outbox: u64,
     pub replayed_dead_letters: u64,
     pub minute_windows: u64,
+    pub fraud_orders: u64,
 }
 
 impl PruneReport {
@@ -92,6 +97,7 @@ impl PruneReport {
             + self.sent_outbox
             + self.replayed_dead_letters
             + self.minute_windows
+            + self.fraud_orders
     }
 }
 
@@ -121,6 +127,7 @@ pub async fn prune(
             retention.replayed_dead_letters,
         ),
         (Prunable::MinuteWindows, retention.minute_windows),
+        (Prunable::FraudOrders, retention.fraud_orders),
     ];
     for (what, horizon) in kinds {
         let cut_off = before(horizon);
@@ -148,6 +155,7 @@ pub async fn prune(
                 ("replayed_dead_letters", &mut report.replayed_dead_letters)
             }
             Prunable::MinuteWindows => ("minute_windows", &mut report.minute_windows),
+            Prunable::FraudOrders => ("fraud_orders", &mut report.fraud_orders),
         };
         *slot = deleted;
         metrics::counter!("orderflow_pruned_rows_total", "kind" => label).increment(deleted);

@@ -9,6 +9,7 @@ mod support;
 mod auth;
 mod catalog;
 mod flow;
+mod fraud;
 mod http;
 mod inline;
 mod live;

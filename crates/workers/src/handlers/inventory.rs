@@ -1,4 +1,5 @@
-//! `inventory`: reserves an order's stock, all lines or none, never below zero.
+//! `inventory`: reserves an order's stock, all lines or none, never below
+//! zero, once the fraud check (or an admin) cleared the order.
 
 use std::sync::Arc;
 
@@ -46,12 +47,13 @@ impl Handler for InventoryHandler {
 
     async fn prepare(&self, delivery: &Delivery) -> Result<Prepared, WorkerError> {
         let event = &delivery.envelope;
-        let EventData::OrderPlaced {
+        let EventData::OrderCleared {
             order_id,
             user_id,
             items,
             total_cents,
             currency,
+            ..
         } = &event.data
         else {
             return Ok(Prepared::Ignored);

@@ -3,11 +3,12 @@
 //!
 //! | group | topics | reacts to | effect |
 //! | --- | --- | --- | --- |
-//! | `inventory` | order.events | OrderPlaced | reserve stock → StockReserved / StockRejected |
+//! | `fraud` | order.events | OrderPlaced | sliding windows per shopper → OrderCleared, or held + OrderHeld + FraudAlerted (fraud.alerts) |
+//! | `inventory` | order.events | OrderCleared | reserve stock → StockReserved / StockRejected |
 //! | `payment` | stock.events | StockReserved | charge → PaymentSucceeded / PaymentFailed |
 //! | `orders` | stock.events, payment.events | stock and payment results | state machine; release stock on payment failure; OrderConfirmed / OrderRejected / OrderPaymentFailed |
-//! | `email` | order.events, user.events | order outcomes, UserRegistered | e-mail + notification record |
-//! | `sms`, `push` | order.events | order outcomes | SMS / push + notification record |
+//! | `email` | order.events, user.events | order held and outcomes, UserRegistered | e-mail + notification record |
+//! | `sms`, `push` | order.events | order held and outcomes | SMS / push + notification record |
 //! | `loyalty` | order.events | OrderConfirmed | points |
 //! | `analytics` | order.events | OrderConfirmed | daily sales, product sales, revenue windows of a minute and a day (event time) |
 //!
@@ -36,12 +37,15 @@ use orderflow_core::services::catalog::CatalogService;
 use orderflow_core::services::effects::{Notifiers, RetryPolicy};
 use orderflow_core::services::live::LiveHub;
 use orderflow_domain::events::topics;
+use orderflow_domain::fraud::FraudRules;
+use orderflow_domain::money::Currency;
 use orderflow_domain::notification::Channel;
 
 use crate::error::WorkerError;
 use crate::runtime::{Consumer, ConsumerSettings, Handler};
 
 mod analytics;
+mod fraud;
 mod inventory;
 mod loyalty;
 mod notify;
@@ -49,6 +53,7 @@ mod orders;
 mod payment;
 
 pub use analytics::AnalyticsHandler;
+pub use fraud::FraudHandler;
 pub use inventory::InventoryHandler;
 pub use loyalty::LoyaltyHandler;
 pub use notify::NotifyHandler;
@@ -56,7 +61,8 @@ pub use orders::OrdersHandler;
 pub use payment::PaymentHandler;
 
 /// Every consumer group, in the order an order flows through them.
-pub const GROUPS: [&str; 8] = [
+pub const GROUPS: [&str; 9] = [
+    "fraud",
     "inventory",
     "payment",
     "orders",
@@ -70,7 +76,8 @@ pub const GROUPS: [&str; 8] = [
 /// Which topics each group reads. The one table both the handlers and the
 /// Kafka log use: the log reports lag for groups whose members run in other
 /// processes, so it must know their topics without building their handlers.
-pub const GROUP_TOPICS: [(&str, &[&str]); 8] = [
+pub const GROUP_TOPICS: [(&str, &[&str]); 9] = [
+    ("fraud", &[topics::ORDER_EVENTS]),
     ("inventory", &[topics::ORDER_EVENTS]),
     ("payment", &[topics::STOCK_EVENTS]),
     ("orders", &[topics::STOCK_EVENTS, topics::PAYMENT_EVENTS]),
@@ -107,6 +114,8 @@ pub struct WorkerDeps {
     pub live: Option<Arc<LiveHub>>,
     /// How each member paces itself (window, group commit size).
     pub consumer: ConsumerSettings,
+    /// What the `fraud` group holds an order for.
+    pub fraud: FraudRules,
 }
 
 impl std::fmt::Debug for WorkerDeps {
@@ -115,6 +124,7 @@ impl std::fmt::Debug for WorkerDeps {
             .field("notifiers", &self.notifiers)
             .field("retry", &self.retry)
             .field("consumer", &self.consumer)
+            .field("fraud", &self.fraud)
             .finish_non_exhaustive()
     }
 }
@@ -137,7 +147,15 @@ impl WorkerDeps {
             catalog: None,
             live: None,
             consumer: ConsumerSettings::default(),
+            fraud: FraudRules::standard(Currency::parse("EUR").expect("a valid currency")),
         }
+    }
+
+    /// Judges orders by `rules` instead of the standard ones (more than 5
+    /// orders or 10,000.00 EUR in any 5 minutes).
+    pub fn with_fraud_rules(mut self, rules: FraudRules) -> Self {
+        self.fraud = rules;
+        self
     }
 
     /// Paces every member with `settings` instead of the defaults.
@@ -180,6 +198,7 @@ impl WorkerDeps {
             )
         };
         Ok(match group {
+            "fraud" => Arc::new(FraudHandler::new(self.fraud.clone()).with_live(self.live.clone())),
             "inventory" => Arc::new(InventoryHandler::new().with_catalog(self.catalog.clone())),
             "payment" => Arc::new(PaymentHandler::new(self.payment.clone())),
             "orders" => Arc::new(

@@ -1,4 +1,5 @@
-//! `email`, `sms`, `push`: tell the shopper how their order ended (and, by
+//! `email`, `sms`, `push`: tell the shopper their order is held for a
+//! review, and how it ended (and, by
 //! e-mail only, welcome new users). After the commit, the notification goes
 //! to the front of the shopper's recent-notifications read model.
 
@@ -58,6 +59,9 @@ impl NotifyHandler {
         data: &EventData,
     ) -> Option<(NotificationKind, UserId, Option<OrderId>)> {
         match data {
+            EventData::OrderHeld {
+                order_id, user_id, ..
+            } => Some((NotificationKind::OrderHeld, *user_id, Some(*order_id))),
             EventData::OrderConfirmed {
                 order_id, user_id, ..
             } => Some((NotificationKind::OrderConfirmed, *user_id, Some(*order_id))),

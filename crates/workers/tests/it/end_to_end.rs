@@ -418,13 +418,14 @@ async fn an_event_delivered_twice_has_one_effect() {
     ] {
         again.extend(h.events_on(topic).await.into_iter().map(|d| d.envelope));
     }
-    assert_eq!(again.len(), 4, "placed, confirmed, reserved, paid");
+    assert_eq!(again.len(), 5, "placed, cleared, confirmed, reserved, paid");
     h.append(&again).await;
     let totals = drain(&mut consumers).await;
 
     for group in GROUPS {
         assert_eq!(totals[group].handled, 0, "{group}: {:?}", totals[group]);
     }
+    assert_eq!(totals["fraud"].duplicates, 1);
     assert_eq!(totals["inventory"].duplicates, 1);
     assert_eq!(totals["payment"].duplicates, 1);
     assert_eq!(totals["orders"].duplicates, 2);
@@ -459,39 +460,44 @@ async fn a_delivery_handled_but_not_committed_is_redelivered_and_skipped() {
     let mug = h.product(1299, 10).await;
     let (order, placed) = h.place_order(&ann, &[(&mug, 2)]).await;
 
-    // A member handles the event, then dies before committing its offset.
+    // A member of the first group handles the event, then dies before
+    // committing its offset.
     {
-        let inventory = h.deps.handler("inventory").unwrap();
-        let mut subscription = h
-            .log
-            .subscribe("inventory", inventory.topics())
-            .await
-            .unwrap();
+        let fraud = h.deps.handler("fraud").unwrap();
+        let mut subscription = h.log.subscribe("fraud", fraud.topics()).await.unwrap();
         let batch = subscription.poll(10, Duration::ZERO).await.unwrap();
         assert_eq!(batch.len(), 1);
         assert_eq!(batch[0].envelope.id, placed.id);
         assert_eq!(
-            orderflow_workers::runtime::handle_once(
-                inventory.as_ref(),
-                h.store.as_ref(),
-                &batch[0]
-            )
-            .await
-            .unwrap(),
+            orderflow_workers::runtime::handle_once(fraud.as_ref(), h.store.as_ref(), &batch[0])
+                .await
+                .unwrap(),
             orderflow_workers::Handled::Applied
         );
     }
-    assert_eq!(h.stock(&mug).await, 8);
-    assert_eq!(h.lag("inventory").await, 1);
+    let cleared = |events: &[orderflow_core::ports::log::Delivery]| {
+        events
+            .iter()
+            .filter(|d| matches!(d.envelope.data, EventData::OrderCleared { .. }))
+            .count()
+    };
+    assert_eq!(cleared(&h.events_on(topics::ORDER_EVENTS).await), 1);
+    // The placed order, and the OrderCleared on the topic fraud reads.
+    assert_eq!(h.lag("fraud").await, 2);
 
     let totals = drain(&mut h.consumers().await).await;
     assert_eq!(
-        (totals["inventory"].handled, totals["inventory"].duplicates),
+        (totals["fraud"].handled, totals["fraud"].duplicates),
         (0, 1)
+    );
+    assert_eq!(
+        cleared(&h.events_on(topics::ORDER_EVENTS).await),
+        1,
+        "cleared once"
     );
     assert_eq!(h.stock(&mug).await, 8, "reserved once");
     assert_eq!(h.status(&order).await, OrderStatus::Confirmed);
-    assert_eq!(h.lag("inventory").await, 0);
+    assert_eq!(h.lag("fraud").await, 0);
 }
 
 #[tokio::test]
@@ -569,12 +575,14 @@ async fn groups_are_built_by_name() {
     let consumers = h.consumers().await;
     let names: Vec<_> = consumers.iter().map(|c| c.group()).collect();
     assert_eq!(names, GROUPS);
-    let Err(error) = h.deps.handler("fraud") else {
-        panic!("fraud is not a group yet")
+    let Err(error) = h.deps.handler("shipping") else {
+        panic!("shipping is not a group yet")
     };
-    assert!(matches!(error, WorkerError::UnknownGroup(ref name) if name == "fraud"));
+    assert!(matches!(error, WorkerError::UnknownGroup(ref name) if name == "shipping"));
     assert!(
-        error.to_string().contains("inventory, payment, orders"),
+        error
+            .to_string()
+            .contains("fraud, inventory, payment, orders"),
         "{error}"
     );
 }
@@ -610,8 +618,8 @@ async fn a_fact_that_no_longer_fits_is_marked_counted_and_ignored() {
     assert_eq!(h.status(&order).await, OrderStatus::Confirmed);
     assert_eq!(
         h.events_on(topics::ORDER_EVENTS).await.len(),
-        2,
-        "placed and confirmed, nothing more"
+        3,
+        "placed, cleared and confirmed, nothing more"
     );
     assert_eq!(
         kinds(&h, Channel::Email),
