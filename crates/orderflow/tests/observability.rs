@@ -539,6 +539,9 @@ async fn prometheus_scrapes_orderflow_and_every_alert_and_panel_query_evaluates(
     let rules = deploy.join("prometheus/alerts.yml");
     promtool(&["check", "config", config.to_str().unwrap()]);
     promtool(&["check", "rules", rules.to_str().unwrap()]);
+    // The rules' unit tests: series fed in, alerts expected to fire or not.
+    let rule_tests = deploy.join("prometheus/alerts_test.yml");
+    promtool(&["test", "rules", rule_tests.to_str().unwrap()]);
 
     let app = Orderflow::start(&[]).await;
     app.place_confirmed_orders(2).await;
@@ -646,6 +649,7 @@ async fn prometheus_scrapes_orderflow_and_every_alert_and_panel_query_evaluates(
         "OrderflowDeadLettersGrowing",
         "OrderflowOutboxBacklogGrowing",
         "OrderflowCircuitBreakerOpen",
+        "OrderflowFraudAlertsHigh",
     ] {
         assert!(
             alerts.iter().any(|a| a == name),

@@ -1886,6 +1886,107 @@ pub async fn product_views(store: Arc<dyn Store>) {
     );
 }
 
+/// The fraud check's memory: a shopper's watermark is their latest
+/// remembered order; the window read returns their orders within the range
+/// (both ends included), by event time, never another shopper's; a second
+/// remember of one order changes nothing; a rolled-back remember is
+/// forgotten; pruning removes orders placed before the cut-off.
+pub async fn fraud_orders(store: Arc<dyn Store>) {
+    use crate::ports::store::{FraudHistory, Prunable};
+    use orderflow_domain::fraud::WindowOrder;
+    use orderflow_domain::money::Currency;
+    let ann = given_user(&store, "Ann").await;
+    let bob = given_user(&store, "Bob").await;
+    let at = |text: &str| -> orderflow_domain::Timestamp { text.parse().unwrap() };
+    let order = |time: &str, total_cents: i64, currency: &str| WindowOrder {
+        order_id: uuid::Uuid::now_v7(),
+        at: at(time),
+        total_cents,
+        currency: Currency::parse(currency).unwrap(),
+    };
+    let history = |user, from: &str, to: &str| {
+        let store = store.clone();
+        let (from, to) = (at(from), at(to));
+        async move {
+            let mut tx = store.begin().await.unwrap();
+            let history = tx.fraud_history(user, from, to).await.unwrap();
+            tx.commit().await.unwrap();
+            history
+        }
+    };
+    assert_eq!(
+        history(ann.id, "2026-03-01T10:00:00Z", "2026-03-01T11:00:00Z").await,
+        FraudHistory::default(),
+        "nothing remembered: no watermark"
+    );
+    let first = order("2026-03-01T10:00:00Z", 1_000, "EUR");
+    let second = order("2026-03-01T10:04:59.999999Z", 250_000, "USD");
+    let third = order("2026-03-01T10:10:00Z", 5, "EUR");
+    let bobs = order("2026-03-01T10:05:00Z", 7, "EUR");
+    let mut tx = store.begin().await.unwrap();
+    // Out of event-time order, and the first one twice (a redelivery).
+    for (user, remembered) in [
+        (ann.id, &third),
+        (ann.id, &first),
+        (ann.id, &second),
+        (ann.id, &first),
+        (bob.id, &bobs),
+    ] {
+        tx.remember_for_fraud(user, remembered).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+    let mut tx = store.begin().await.unwrap();
+    tx.remember_for_fraud(ann.id, &order("2026-03-01T12:00:00Z", 1, "EUR"))
+        .await
+        .unwrap();
+    drop(tx);
+
+    assert_eq!(
+        history(ann.id, "2026-03-01T10:00:00Z", "2026-03-01T10:10:00Z").await,
+        FraudHistory {
+            watermark: Some(third.at),
+            orders: vec![first.clone(), second.clone(), third.clone()],
+        },
+        "both ends included, by event time, microseconds kept, once each; the rolled-back one is not there"
+    );
+    assert_eq!(
+        history(ann.id, "2026-03-01T10:00:00.000001Z", "2026-03-01T10:09:59Z").await,
+        FraudHistory {
+            watermark: Some(third.at),
+            orders: vec![second.clone()],
+        },
+        "the watermark is the shopper's latest order, whatever the range"
+    );
+    assert_eq!(
+        history(bob.id, "2026-03-01T09:00:00Z", "2026-03-01T11:00:00Z").await,
+        FraudHistory {
+            watermark: Some(bobs.at),
+            orders: vec![bobs.clone()],
+        }
+    );
+    assert_eq!(
+        store
+            .prune(Prunable::FraudOrders, at("2026-03-01T10:05:00Z"), 100)
+            .await
+            .unwrap(),
+        2,
+        "Ann's first two; Bob's is placed at the cut-off"
+    );
+    assert_eq!(
+        history(ann.id, "2026-03-01T10:00:00Z", "2026-03-01T10:10:00Z").await,
+        FraudHistory {
+            watermark: Some(third.at),
+            orders: vec![third],
+        }
+    );
+    assert_eq!(
+        history(bob.id, "2026-03-01T09:00:00Z", "2026-03-01T11:00:00Z")
+            .await
+            .orders,
+        [bobs]
+    );
+}
+
 /// Live channels read the order history: a shopper's steps after a
 /// position, in position order and bounded, never another shopper's; the
 /// last position; a rolled-back step is never seen; concurrent steps of one
