@@ -42,13 +42,16 @@ fn record_headers() -> Value {
 fn topic_description(topic: &str) -> &'static str {
     match topic {
         topics::ORDER_EVENTS => {
-            "An order's life: placed by the API, then confirmed, rejected or failed by the orders group."
+            "An order's life: placed by the API, cleared or held by the fraud group (or an admin's review), then confirmed, rejected or failed by the orders group."
         }
         topics::STOCK_EVENTS => "The inventory group's answer to a placed order.",
         topics::PAYMENT_EVENTS => "The payment group's answer to reserved stock.",
         topics::USER_EVENTS => "Accounts: registrations.",
         topics::FAILED_MESSAGES => {
             "Dead letters: events a consumer group gave up on after its retries, with the original inside; `orderflow dlq replay` puts one back."
+        }
+        topics::FRAUD_ALERTS => {
+            "The fraud group's alerts: the rule a shopper broke, the window of event time and the orders in it."
         }
         _ => "",
     }

@@ -14,7 +14,8 @@
 //! - no product's stock went below zero, and stock + confirmed quantities add
 //!   up to the initial stock for every product;
 //! - the revenue windows (minute and day, in total and per product) count
-//!   every confirmed order once.
+//!   every confirmed order once;
+//! - the fraud check judged and remembered every accepted order.
 //!
 //! This is the slowest test of the suite; it prints its progress and figures.
 
@@ -41,7 +42,8 @@ const ADMIN_PASSWORD: &str = "admin-password-for-the-scaled-test";
 const PASSWORD: &str = "a long enough password for the scaled test";
 /// The simulated card limit: orders above it get `payment_failed`.
 const DECLINE_ABOVE_CENTS: i64 = 10_000;
-const GROUPS: [&str; 8] = [
+const GROUPS: [&str; 9] = [
+    "fraud",
     "inventory",
     "payment",
     "orders",
@@ -172,6 +174,11 @@ async fn two_thousand_orders_across_processes_survive_sigkills() {
         ("ORDERFLOW_RETRY_BASE_MS", "20"),
         ("ORDERFLOW_RETRY_MAX_MS", "500"),
         ("ORDERFLOW_RETRY_MAX_ATTEMPTS", "8"),
+        // 40 shoppers place 50 orders each within a minute: every one would
+        // be held under the standard fraud rules. The check still judges
+        // and remembers every order; it just never flags one here.
+        ("ORDERFLOW_FRAUD_MAX_ORDERS", "1000000"),
+        ("ORDERFLOW_FRAUD_MAX_TOTAL_CENTS", "1000000000000"),
     ]
     .iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -625,6 +632,14 @@ async fn two_thousand_orders_across_processes_survive_sigkills() {
             .collect();
         assert_eq!(per_product, sold, "{granularity} windows per product");
     }
+
+    // --- fraud: every accepted order judged and remembered, although a
+    // member of the group was killed ---
+    let judged: i64 = sqlx::query_scalar("SELECT count(*) FROM fraud_orders")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(judged, ORDERS as i64, "orders the fraud check remembered");
 
     let dead_letters: i64 = sqlx::query_scalar("SELECT count(*) FROM dead_letters")
         .fetch_one(&db)

@@ -125,7 +125,9 @@ pub fn tail(path: &Path, lines: usize) -> String {
 
 /// The settings every process of a multi-process test shares: the data
 /// dir (the signing keys), the test admin, no rate limits, instant
-/// simulated providers; then `extra`.
+/// simulated providers, fraud rules no load test's shoppers break (they
+/// order many times a minute; the check still judges every order); then
+/// `extra`.
 pub fn processes_environment(data_dir: &Path, extra: &[(&str, &str)]) -> Vec<(String, String)> {
     [
         ("ORDERFLOW_DATA_DIR", data_dir.to_str().unwrap()),
@@ -137,6 +139,8 @@ pub fn processes_environment(data_dir: &Path, extra: &[(&str, &str)]) -> Vec<(St
         ("ORDERFLOW_SIM_SMS_LATENCY_MS", "0"),
         ("ORDERFLOW_SIM_PUSH_LATENCY_MS", "0"),
         ("ORDERFLOW_SIM_PAYMENT_LATENCY_MS", "0"),
+        ("ORDERFLOW_FRAUD_MAX_ORDERS", "1000000"),
+        ("ORDERFLOW_FRAUD_MAX_TOTAL_CENTS", "1000000000000"),
     ]
     .iter()
     .chain(extra)
