@@ -4,6 +4,8 @@
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
+use orderflow_core::ports::store::Rebuildable;
+
 use crate::app::App;
 use crate::keys;
 use crate::seed;
@@ -23,6 +25,24 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// The groups `orderflow rebuild` knows.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum RebuildGroup {
+    /// Revenue: sales per day and product, and the sales windows.
+    Analytics,
+    /// The fraud check's remembered orders.
+    Fraud,
+}
+
+impl From<RebuildGroup> for Rebuildable {
+    fn from(group: RebuildGroup) -> Self {
+        match group {
+            RebuildGroup::Analytics => Rebuildable::Analytics,
+            RebuildGroup::Fraud => Rebuildable::Fraud,
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Every role in one process: the HTTP API and one member of every consumer group.
@@ -35,8 +55,17 @@ pub enum Command {
     Api,
     /// Only consumer groups (all of them when none is named).
     Worker {
-        /// inventory, payment, orders, email, sms, push, loyalty, analytics
+        /// fraud, inventory, payment, orders, email, sms, push, loyalty, analytics
         groups: Vec<String>,
+    },
+    /// Throw a stream processor's state away and build it again from the
+    /// log: rewinds the group's offsets, deletes its state and processed
+    /// marks, and replays its topics until the group has caught up. Stop
+    /// every process running the group first (refused on PostgreSQL and
+    /// Kafka while one runs; SQLite cannot tell).
+    Rebuild {
+        /// The group whose state to rebuild.
+        group: RebuildGroup,
     },
     /// Only the outbox relay: publishes committed events to Kafka (needs ORDERFLOW_KAFKA_BROKERS).
     Relay,
@@ -193,6 +222,28 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             );
         }
         Command::Consumers => print_consumers(&app).await?,
+        Command::Rebuild { group } => {
+            let what = group.into();
+            println!(
+                "rebuilding {}: offsets rewound, state deleted, replaying from the beginning of the log",
+                Rebuildable::group(what)
+            );
+            let mut last = std::time::Instant::now();
+            let report =
+                orderflow_workers::rebuild::rebuild(&app.workers, what, |replayed, lag| {
+                    if last.elapsed() >= std::time::Duration::from_secs(1) {
+                        println!("  {replayed} events replayed, {lag} to go");
+                        last = std::time::Instant::now();
+                    }
+                })
+                .await?;
+            println!(
+                "rebuilt {}: {} events replayed in {:.1} s",
+                what.group(),
+                report.replayed,
+                report.took.as_secs_f64()
+            );
+        }
         Command::Prune => {
             let report = app.prune().await?;
             println!(

@@ -11,9 +11,11 @@
 //!   delivery. [`Consumer::process_batch`] is the single step tests drive;
 //!   [`Consumer::run`] is the pipelined loop until a shutdown token is
 //!   cancelled.
-//! - [`handlers`]: the eight groups ([`GROUPS`]): inventory, payment, orders,
-//!   email, sms, push, loyalty, analytics; and [`WorkerDeps`], which builds
-//!   their consumers from the store, the event log and the providers.
+//! - [`handlers`]: the nine groups ([`GROUPS`]): fraud, inventory, payment,
+//!   orders, email, sms, push, loyalty, analytics; and [`WorkerDeps`], which
+//!   builds their consumers from the store, the event log and the providers.
+//! - [`rebuild`]: `orderflow rebuild GROUP`, a stream processor's state
+//!   thrown away and replayed from the log.
 //! - [`error`]: [`WorkerError`], the one error type of this layer.
 //!
 //! The pieces of logic the consumers share with the synchronous "inline" order
@@ -32,6 +34,7 @@
 
 pub mod error;
 pub mod handlers;
+pub mod rebuild;
 pub mod runtime;
 
 pub use error::WorkerError;

@@ -311,6 +311,68 @@ impl EventLog for KafkaEventLog {
             .await
             .map_err(task_err)?
     }
+
+    /// Commits each partition's low watermark as the group's offset, from
+    /// outside the group. Refused while the group has members: the broker
+    /// would not take the commit from a non-member, and they would not see
+    /// it.
+    async fn rewind(&self, group: &str, topics: &[&str]) -> LogResult<()> {
+        let this = self.clone();
+        let group = group.to_owned();
+        let topics: Vec<String> = topics.iter().map(|t| (*t).to_owned()).collect();
+        tokio::task::spawn_blocking(move || this.rewind_blocking(&group, &topics))
+            .await
+            .map_err(task_err)?
+    }
+}
+
+impl KafkaEventLog {
+    /// `rewind` on a blocking thread: every call here is a broker round trip.
+    fn rewind_blocking(&self, group: &str, topics: &[String]) -> LogResult<()> {
+        let settings = &self.inner.settings;
+        let group_id = settings.group(group);
+        let client: BaseConsumer = settings
+            .client_config(&[
+                ("group.id", group_id.as_str()),
+                ("enable.auto.commit", "false"),
+            ])
+            .create()
+            .map_err(|e| kafka_err("creating a Kafka client to rewind a group", e))?;
+        let groups = client
+            .fetch_group_list(Some(&group_id), REQUEST_TIMEOUT)
+            .map_err(|e| kafka_err(&format!("describing group {group_id}"), e))?;
+        if groups.groups().iter().any(|g| !g.members().is_empty()) {
+            return Err(LogError::GroupActive(group.to_owned()));
+        }
+        let mut offsets = TopicPartitionList::new();
+        for topic in topics {
+            let name = settings.topic(topic);
+            let meta = client
+                .fetch_metadata(Some(&name), REQUEST_TIMEOUT)
+                .map_err(|e| kafka_err(&format!("reading metadata of {name}"), e))?;
+            let partitions = meta
+                .topics()
+                .iter()
+                .find(|t| t.name() == name)
+                .map_or(0, |t| t.partitions().len() as i32);
+            for partition in 0..partitions {
+                let (low, _) = client
+                    .fetch_watermarks(&name, partition, REQUEST_TIMEOUT)
+                    .map_err(|e| {
+                        kafka_err(&format!("reading watermarks of {name}/{partition}"), e)
+                    })?;
+                offsets
+                    .add_partition_offset(&name, partition, Offset::Offset(low))
+                    .map_err(|e| kafka_err("listing the offsets to commit", e))?;
+            }
+        }
+        if offsets.count() == 0 {
+            return Ok(());
+        }
+        client
+            .commit(&offsets, CommitMode::Sync)
+            .map_err(|e| kafka_err(&format!("committing the rewound offsets of {group_id}"), e))
+    }
 }
 
 type LagInput = Vec<(String, BTreeSet<String>, Arc<BaseConsumer>, bool)>;

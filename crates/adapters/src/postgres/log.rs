@@ -106,7 +106,7 @@ use uuid::Uuid;
 
 use super::{PostgresEngine, db_err};
 use crate::sql::log::{Attempt, Look, Poller, Read, Wakers, read_deliveries};
-use crate::sql::{SqlRow, count, log_err};
+use crate::sql::{Exec, SqlRow, count, log_err};
 
 fn sql_err(error: sqlx::Error) -> LogError {
     log_err(db_err(error))
@@ -397,6 +397,40 @@ impl EventLog for PostgresEventLog {
     async fn ping(&self) -> LogResult<()> {
         let mut conn = self.inner.core.pool.acquire().await.map_err(sql_err)?;
         crate::sql::log::ping(&mut *conn).await
+    }
+
+    /// Refused while the group has a member whose lease has not expired.
+    /// Members of this process that were just dropped finish leaving first.
+    async fn rewind(&self, group: &str, topics: &[&str]) -> LogResult<()> {
+        wait_for_leaving(group).await;
+        let mut tx = self.inner.core.pool.begin().await.map_err(sql_err)?;
+        // Members join by inserting here: the lock makes a join wait for
+        // the rewind (or the rewind see the member).
+        tx.exec(crate::sql::stmt(
+            "lock_members",
+            "LOCK TABLE consumer_members IN SHARE ROW EXCLUSIVE MODE",
+            (),
+        ))
+        .await
+        .map_err(log_err)?;
+        let live = tx
+            .query_one(crate::sql::stmt(
+                "live_members",
+                "SELECT count(*) AS n FROM consumer_members
+                 WHERE group_name = $1 AND expires_at > now()",
+                (group,),
+            ))
+            .await
+            .map_err(log_err)?
+            .int("n")
+            .map_err(log_err)?;
+        if live > 0 {
+            return Err(LogError::GroupActive(group.to_owned()));
+        }
+        for statement in crate::sql::log::rewind(group, topics) {
+            tx.exec(statement).await.map_err(log_err)?;
+        }
+        tx.commit().await.map_err(sql_err)
     }
 }
 

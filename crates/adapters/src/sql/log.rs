@@ -33,6 +33,24 @@ pub(crate) struct Read {
     pub(crate) from: i64,
 }
 
+/// The statements that set `group`'s committed offsets on `topics` back to
+/// 0: its next member reads from the oldest event each partition still
+/// holds.
+pub(crate) fn rewind(group: &str, topics: &[&str]) -> Vec<super::Stmt> {
+    let now = chrono::Utc::now();
+    topics
+        .iter()
+        .map(|topic| {
+            stmt(
+                "rewind_group",
+                "UPDATE consumer_offsets SET next_offset = 0, updated_at = $3
+                 WHERE group_name = $1 AND topic = $2",
+                (group, *topic, now),
+            )
+        })
+        .collect()
+}
+
 /// Lag of every group on every partition it registered, in (group, topic,
 /// partition) order.
 pub(crate) async fn lag<C: Exec + ?Sized>(conn: &mut C) -> LogResult<Vec<PartitionLag>> {

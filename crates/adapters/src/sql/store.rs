@@ -12,7 +12,7 @@
 use async_trait::async_trait;
 use orderflow_core::ports::store::{
     ChangesPage, DailySales, DeadLetter, LeaderboardEntry, NotificationChange, NotificationRecord,
-    OrderChange, PointsStanding, ProductSales, Prunable, RefreshRotation, SalesWindow,
+    OrderChange, PointsStanding, ProductSales, Prunable, Rebuildable, RefreshRotation, SalesWindow,
     SessionRecord, Store, StoreResult, StoreTx, UserRecord,
 };
 use orderflow_domain::events::topics;
@@ -1135,6 +1135,28 @@ impl<E: Engine> Store for SqlStore<E> {
         )
         .await?;
         Ok(n.unwrap_or(0))
+    }
+
+    async fn reset_state(&self, what: Rebuildable) -> StoreResult<()> {
+        let tables: &[&'static str] = match what {
+            Rebuildable::Analytics => &[
+                "DELETE FROM daily_sales",
+                "DELETE FROM product_sales",
+                "DELETE FROM sales_windows",
+                "DELETE FROM product_sales_windows",
+            ],
+            Rebuildable::Fraud => &["DELETE FROM fraud_orders"],
+        };
+        let mut statements: Vec<Stmt> = Vec::with_capacity(tables.len() + 1);
+        for sql in tables {
+            statements.push(stmt("reset_state", *sql, ()));
+        }
+        statements.push(stmt(
+            "reset_processed_marks",
+            "DELETE FROM processed_events WHERE group_name = $1",
+            (what.group(),),
+        ));
+        self.delete_batch(statements).await.map(|_| ())
     }
 
     /// One `DELETE … WHERE key IN (SELECT key … LIMIT n)` (the form both

@@ -159,6 +159,20 @@ impl EventLog for SqliteEventLog {
         let mut conn = self.inner.read().await.map_err(log_err)?;
         crate::sql::log::ping(&mut *conn).await
     }
+
+    /// Nothing records which members run (a member of another process
+    /// keeps its positions in memory): the caller makes sure none does.
+    async fn rewind(&self, group: &str, topics: &[&str]) -> LogResult<()> {
+        let mut w = self
+            .inner
+            .begin_write(WritePriority::Background)
+            .await
+            .map_err(log_err)?;
+        for statement in crate::sql::log::rewind(group, topics) {
+            w.exec(statement).await.map_err(log_err)?;
+        }
+        w.commit().await.map_err(log_err)
+    }
 }
 
 /// One member of a consumer group on the embedded log.

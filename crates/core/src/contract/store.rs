@@ -1950,7 +1950,12 @@ pub async fn fraud_orders(store: Arc<dyn Store>) {
         "both ends included, by event time, microseconds kept, once each; the rolled-back one is not there"
     );
     assert_eq!(
-        history(ann.id, "2026-03-01T10:00:00.000001Z", "2026-03-01T10:09:59Z").await,
+        history(
+            ann.id,
+            "2026-03-01T10:00:00.000001Z",
+            "2026-03-01T10:09:59Z"
+        )
+        .await,
         FraudHistory {
             watermark: Some(third.at),
             orders: vec![second.clone()],

@@ -19,6 +19,13 @@ pub enum LogError {
     Unavailable(String),
     #[error("event log error: {0}")]
     Backend(String),
+    /// The group has running members: its offsets cannot be moved under
+    /// them (`orderflow rebuild`).
+    #[error("consumer group {0} has running members; stop them first")]
+    GroupActive(String),
+    /// This log cannot do what was asked.
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 pub type LogResult<T> = Result<T, LogError>;
@@ -55,6 +62,14 @@ pub trait EventLog: Send + Sync + 'static {
     async fn lag(&self) -> LogResult<Vec<PartitionLag>>;
     /// A cheap round trip, for `/readyz`.
     async fn ping(&self) -> LogResult<()>;
+    /// Moves `group`'s committed offsets on every partition of `topics`
+    /// back to the beginning (the oldest event the log still holds), so its
+    /// next member replays them: `orderflow rebuild`. Refused with
+    /// [`LogError::GroupActive`] where the log can tell that a member is
+    /// running (PostgreSQL's leases, Kafka's group membership); on SQLite
+    /// the caller must make sure none is (a member keeps its positions in
+    /// memory and would not see the move).
+    async fn rewind(&self, group: &str, topics: &[&str]) -> LogResult<()>;
 }
 
 #[async_trait]

@@ -426,6 +426,36 @@ pub trait Store: Send + Sync + 'static {
     /// (see [`Prunable`]), in one short transaction that yields to requests;
     /// how many it deleted.
     async fn prune(&self, what: Prunable<'_>, before: Timestamp, limit: u32) -> StoreResult<u64>;
+    /// Deletes the group's state and its processed marks, in one
+    /// transaction, so that a replay of the log builds the state again
+    /// from nothing (`orderflow rebuild`).
+    async fn reset_state(&self, what: Rebuildable) -> StoreResult<()>;
+}
+
+/// A consumer group whose state `orderflow rebuild` throws away and builds
+/// again by replaying the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rebuildable {
+    /// `analytics`: sales per day and per product, and the sales windows.
+    Analytics,
+    /// `fraud`: the shoppers' remembered orders.
+    Fraud,
+}
+
+impl Rebuildable {
+    pub const ALL: [Rebuildable; 2] = [Rebuildable::Analytics, Rebuildable::Fraud];
+
+    /// The consumer group that keeps this state.
+    pub fn group(self) -> &'static str {
+        match self {
+            Rebuildable::Analytics => "analytics",
+            Rebuildable::Fraud => "fraud",
+        }
+    }
+
+    pub fn parse(group: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.group() == group)
+    }
 }
 
 /// What retention deletes, each kind only once it cannot matter any more.

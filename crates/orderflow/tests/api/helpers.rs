@@ -96,6 +96,23 @@ impl TestApp {
         format!("{}{}", self.address, path)
     }
 
+    /// Stops this app's member of every consumer group (on PostgreSQL their
+    /// leases go), as `orderflow rebuild` wants; [`Self::rejoin`] starts new
+    /// ones.
+    pub async fn leave_groups(&self) {
+        self.consumers.lock().await.clear();
+    }
+
+    /// A new member of every consumer group, after [`Self::leave_groups`].
+    pub async fn rejoin(&self) {
+        *self.consumers.lock().await = self
+            .app
+            .workers
+            .all_consumers()
+            .await
+            .expect("consumers subscribe");
+    }
+
     /// Steps every consumer group until a whole round handles nothing: the
     /// deterministic replacement for "wait until the workers are done".
     pub async fn drain(&self) {

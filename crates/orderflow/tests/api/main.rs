@@ -14,5 +14,6 @@ mod http;
 mod inline;
 mod live;
 mod orders;
+mod rebuild;
 mod retention;
 mod security;

@@ -19,6 +19,11 @@
 //! a redelivery or another member finds exactly what this one saw. The
 //! shopper is the lane: one shopper's orders are judged one at a time, in
 //! log order.
+//!
+//! [`FraudHandler::replaying`] is the handler `orderflow rebuild fraud` runs:
+//! it remembers the orders the live check remembered (every order it
+//! judged) and does nothing else: no status changes, no events, no metrics,
+//! since all of that happened when the orders were first judged.
 
 use std::sync::Arc;
 
@@ -39,11 +44,25 @@ pub struct FraudHandler {
     rules: FraudRules,
     /// Told of each hold, so the shopper's followers see it at once.
     live: Option<Arc<LiveHub>>,
+    /// Rebuilding the remembered orders only (see the module docs).
+    replaying: bool,
 }
 
 impl FraudHandler {
     pub fn new(rules: FraudRules) -> Self {
-        Self { rules, live: None }
+        Self {
+            rules,
+            live: None,
+            replaying: false,
+        }
+    }
+
+    /// The handler of a rebuild: remembers, never acts.
+    pub fn replaying(rules: FraudRules) -> Self {
+        Self {
+            replaying: true,
+            ..Self::new(rules)
+        }
     }
 
     /// Hands each committed hold's live message to `hub`.
@@ -90,6 +109,7 @@ impl Handler for FraudHandler {
             event: event.id,
             traceparent: event.traceparent.clone(),
             live: self.live.clone(),
+            replaying: self.replaying,
             outcome: None,
         })))
     }
@@ -112,11 +132,21 @@ struct Judge {
     event: EventId,
     traceparent: Option<String>,
     live: Option<Arc<LiveHub>>,
+    replaying: bool,
     /// Set by `apply` for `committed`.
     outcome: Option<Outcome>,
 }
 
 impl Judge {
+    /// The order against what is remembered of its shopper around it.
+    async fn verdict(&self, tx: &mut dyn StoreTx) -> Result<Verdict, WorkerError> {
+        let (from, to) = self.rules.neighbourhood(self.order.at);
+        let history = tx.fraud_history(self.user_id, from, to).await?;
+        Ok(self
+            .rules
+            .check(history.watermark, &history.orders, &self.order))
+    }
+
     fn cleared(&self) -> EventData {
         EventData::OrderCleared {
             order_id: self.order.order_id,
@@ -134,6 +164,12 @@ impl Effect for Judge {
     async fn apply(&mut self, tx: &mut dyn StoreTx) -> Result<Applied, WorkerError> {
         self.outcome = None;
         let order_id: OrderId = self.order.order_id;
+        if self.replaying {
+            if !matches!(self.verdict(tx).await?, Verdict::Late { .. }) {
+                tx.remember_for_fraud(self.user_id, &self.order).await?;
+            }
+            return Ok(Applied::Changed);
+        }
         // Locked until commit: an admin or a cancel racing on the order
         // waits for the verdict.
         let Some(order) = tx.order_for_update(order_id).await? else {
@@ -143,12 +179,7 @@ impl Effect for Judge {
             tracing::info!(%order_id, status = %order.status, event_id = %self.event, "order is no longer pending; not judged");
             return Ok(Applied::Stale);
         }
-        let (from, to) = self.rules.neighbourhood(self.order.at);
-        let history = tx.fraud_history(self.user_id, from, to).await?;
-        let verdict = self
-            .rules
-            .check(history.watermark, &history.orders, &self.order);
-        let events = match verdict {
+        let events = match self.verdict(tx).await? {
             Verdict::Clear => {
                 tx.remember_for_fraud(self.user_id, &self.order).await?;
                 self.outcome = Some(Outcome::Cleared);

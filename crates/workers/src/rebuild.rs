@@ -1,0 +1,85 @@
+//! `orderflow rebuild GROUP`: throws a stream processor's state away and
+//! builds it again by replaying its topics from the beginning of the log.
+//!
+//! 1. The group's offsets go back to the beginning
+//!    ([`EventLog::rewind`](orderflow_core::ports::log::EventLog::rewind)),
+//!    refused while the log can tell a member is running. First, so that a
+//!    failure leaves the state as it was: a member that then reads from the
+//!    beginning finds every event marked processed and skips it.
+//! 2. The state and the group's processed marks are deleted, in one
+//!    transaction ([`Store::reset_state`](orderflow_core::ports::store::Store::reset_state)).
+//! 3. A member of the group replays until the group's lag is 0, committing
+//!    as it goes like any member: a rebuild cut off half way leaves a
+//!    consistent half, which a worker of the group (or another rebuild)
+//!    finishes.
+//!
+//! The rebuilt state equals the live one when the log still holds every
+//! event the state was built from: the embedded log keeps events
+//! `ORDERFLOW_RETAIN_EVENTS_SECS` (7 days), Kafka topics their
+//! `retention.ms`. `fraud` replays with [`FraudHandler::replaying`], which
+//! remembers orders and does nothing else (no holds, no alerts, no
+//! messages: those happened when the orders were judged).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use orderflow_core::ports::store::Rebuildable;
+
+use crate::error::WorkerError;
+use crate::handlers::{FraudHandler, WorkerDeps, topics_of};
+use crate::runtime::{Consumer, Handler};
+
+/// What a rebuild did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RebuildReport {
+    /// Events the replay finished (handled, ignored or skipped).
+    pub replayed: u64,
+    pub took: Duration,
+}
+
+/// How long one replay step waits for events before looking at the lag.
+const STEP_WAIT: Duration = Duration::from_millis(200);
+
+/// Rebuilds `what` (see the module docs); `progress` hears the events
+/// replayed so far and the group's lag, after every step that replayed some.
+pub async fn rebuild(
+    deps: &WorkerDeps,
+    what: Rebuildable,
+    mut progress: impl FnMut(u64, i64),
+) -> Result<RebuildReport, WorkerError> {
+    let started = Instant::now();
+    let group = what.group();
+    deps.log.rewind(group, topics_of(group)).await?;
+    deps.store.reset_state(what).await?;
+    let handler: Arc<dyn Handler> = match what {
+        Rebuildable::Analytics => deps.handler(group)?,
+        Rebuildable::Fraud => Arc::new(FraudHandler::replaying(deps.fraud.clone())),
+    };
+    let mut member =
+        Consumer::subscribe(handler, deps.store.clone(), deps.log.as_ref(), deps.retry)
+            .await?
+            .with_settings(deps.consumer);
+    let mut replayed = 0_u64;
+    loop {
+        let step = member.process_batch(STEP_WAIT).await?;
+        replayed += step.finished() as u64;
+        let lag: i64 = deps
+            .log
+            .lag()
+            .await?
+            .iter()
+            .filter(|partition| partition.group == group)
+            .map(|partition| partition.lag)
+            .sum();
+        if step.finished() > 0 {
+            progress(replayed, lag);
+        }
+        if step.is_idle() && lag == 0 {
+            break;
+        }
+    }
+    Ok(RebuildReport {
+        replayed,
+        took: started.elapsed(),
+    })
+}
