@@ -115,6 +115,7 @@ macro_rules! log_scenarios {
             append_visible_only_after_commit,
             poll_order_commit_and_resume,
             groups_are_independent,
+            rewind_replays_from_the_beginning,
             lag,
             poll_wakes_on_commit,
             poll_waits_at_most_wait,
