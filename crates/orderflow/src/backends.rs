@@ -36,7 +36,7 @@ use orderflow_core::services::catalog::{CacheSettings, CatalogService};
 use orderflow_core::services::relay::{Relay, RelaySettings};
 use secrecy::ExposeSecret;
 
-use crate::settings::{FailMode, ScaleOutSettings, Settings};
+use crate::settings::{FailMode, Settings};
 use crate::telemetry::PoolGauges;
 
 /// The adapters chosen for the database, the event log and Redis.
@@ -97,12 +97,14 @@ async fn check_redis(conn: &RedisConnection) -> anyhow::Result<()> {
 /// The Kafka adapter's settings from orderflow's: what `Backends::connect`
 /// gives every Kafka client, so a test reads back exactly what an
 /// operator's `ORDERFLOW_KAFKA_*` settings become.
-pub fn kafka_settings(scale: &ScaleOutSettings, brokers: &str) -> anyhow::Result<KafkaSettings> {
+pub fn kafka_settings(settings: &Settings, brokers: &str) -> anyhow::Result<KafkaSettings> {
+    let scale = &settings.scale;
     Ok(KafkaSettings {
         brokers: brokers.to_owned(),
         topic_prefix: scale.kafka_topic_prefix.clone(),
         partitions: scale.kafka_partitions,
         replication_factor: scale.kafka_replication,
+        topic_retention: Some(Duration::from_secs(settings.retain_events_secs)),
         client_config: scale.kafka_client_config()?,
     })
 }
@@ -180,7 +182,7 @@ impl Backends {
         let (log, relay): (Arc<dyn EventLog>, Option<Relay>) = match &scale.kafka_brokers {
             None => (embedded_log, None),
             Some(brokers) => {
-                let kafka = kafka_settings(scale, brokers)?;
+                let kafka = kafka_settings(settings, brokers)?;
                 ensure_topics(&kafka)
                     .await
                     .context("creating the Kafka topics")?;

@@ -86,7 +86,7 @@ fn kafka_config_reaches_librdkafka_unchanged_and_is_never_printed() {
         "migrate",
     ])
     .unwrap();
-    let kafka = kafka_settings(&cli.settings.scale, "127.0.0.1:9").unwrap();
+    let kafka = kafka_settings(&cli.settings, "127.0.0.1:9").unwrap();
     for (name, value) in expected {
         assert_eq!(in_librdkafka(&kafka, name), value, "{name}");
     }
@@ -140,7 +140,7 @@ fn typed_settings_reach_librdkafka_unchanged_and_files_are_loaded() {
         .unwrap()
     };
     let cli = args(&ca);
-    let kafka = kafka_settings(&cli.settings.scale, "127.0.0.1:9").unwrap();
+    let kafka = kafka_settings(&cli.settings, "127.0.0.1:9").unwrap();
     for (name, value) in [
         // librdkafka answers with its own spelling of an enumeration.
         ("security.protocol", "sasl_ssl"),
@@ -175,7 +175,7 @@ fn typed_settings_reach_librdkafka_unchanged_and_files_are_loaded() {
     );
 
     let cli = args("/nonexistent/ca.pem");
-    let kafka = kafka_settings(&cli.settings.scale, "127.0.0.1:9").unwrap();
+    let kafka = kafka_settings(&cli.settings, "127.0.0.1:9").unwrap();
     let error = KafkaEventLog::new(kafka, BTreeMap::new())
         .expect_err("a missing CA file fails")
         .to_string();
@@ -194,7 +194,7 @@ fn a_malformed_kafka_config_entry_is_not_printed() {
         "migrate",
     ])
     .unwrap();
-    let error = kafka_settings(&cli.settings.scale, "127.0.0.1:9")
+    let error = kafka_settings(&cli.settings, "127.0.0.1:9")
         .expect_err("refused")
         .to_string();
     assert!(error.contains("entry 2"), "{error}");

@@ -65,6 +65,11 @@ pub struct KafkaSettings {
     /// Replicas of each topic created by [`ensure_topics`] (default 1; use 3
     /// on a real cluster so that `acks=all` means something).
     pub replication_factor: i32,
+    /// `retention.ms` of each topic created by [`ensure_topics`]: how long
+    /// the broker keeps events, hence how far back `orderflow rebuild` can
+    /// replay (the embedded log keeps them `ORDERFLOW_RETAIN_EVENTS_SECS`;
+    /// `None`: the broker's default).
+    pub topic_retention: Option<Duration>,
     /// Extra librdkafka settings, passed through unchanged and applied last
     /// (so they can override orderflow's defaults): `security.protocol`,
     /// `sasl.mechanisms`, `sasl.username`, `sasl.password`,
@@ -81,6 +86,7 @@ impl KafkaSettings {
             topic_prefix: String::new(),
             partitions: DEFAULT_PARTITIONS,
             replication_factor: 1,
+            topic_retention: None,
             client_config: BTreeMap::new(),
         }
     }
@@ -322,14 +328,21 @@ pub async fn ensure_topics(settings: &KafkaSettings) -> LogResult<()> {
         .create()
         .map_err(|e| kafka_err("creating the Kafka admin client", e))?;
     let names: Vec<String> = topics::ALL.iter().map(|t| settings.topic(t)).collect();
+    let retention_ms = settings
+        .topic_retention
+        .map(|retention| retention.as_millis().to_string());
     let new_topics: Vec<NewTopic<'_>> = names
         .iter()
         .map(|name| {
-            NewTopic::new(
+            let topic = NewTopic::new(
                 name,
                 settings.partitions,
                 TopicReplication::Fixed(settings.replication_factor),
-            )
+            );
+            match &retention_ms {
+                Some(ms) => topic.set("retention.ms", ms),
+                None => topic,
+            }
         })
         .collect();
     let options = AdminOptions::new().operation_timeout(Some(REQUEST_TIMEOUT));
