@@ -66,6 +66,11 @@ pub enum Command {
     Rebuild {
         /// The group whose state to rebuild.
         group: RebuildGroup,
+        /// Rewind even when the log lists members of the group: for members
+        /// known to be gone that it still lists (a lease not yet expired, a
+        /// broker that does not expire members).
+        #[arg(long)]
+        force: bool,
     },
     /// Only the outbox relay: publishes committed events to Kafka (needs ORDERFLOW_KAFKA_BROKERS).
     Relay,
@@ -222,7 +227,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             );
         }
         Command::Consumers => print_consumers(&app).await?,
-        Command::Rebuild { group } => {
+        Command::Rebuild { group, force } => {
             let what = group.into();
             println!(
                 "rebuilding {}: offsets rewound, state deleted, replaying from the beginning of the log",
@@ -230,7 +235,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             let mut last = std::time::Instant::now();
             let report =
-                orderflow_workers::rebuild::rebuild(&app.workers, what, |replayed, lag| {
+                orderflow_workers::rebuild::rebuild(&app.workers, what, force, |replayed, lag| {
                     if last.elapsed() >= std::time::Duration::from_secs(1) {
                         println!("  {replayed} events replayed, {lag} to go");
                         last = std::time::Instant::now();

@@ -40,16 +40,19 @@ pub struct RebuildReport {
 /// How long one replay step waits for events before looking at the lag.
 const STEP_WAIT: Duration = Duration::from_millis(200);
 
-/// Rebuilds `what` (see the module docs); `progress` hears the events
-/// replayed so far and the group's lag, after every step that replayed some.
+/// Rebuilds `what` (see the module docs); `force` rewinds even when the log
+/// lists members of the group (see `EventLog::rewind`). `progress` hears
+/// the events replayed so far and the group's lag, after every step that
+/// replayed some.
 pub async fn rebuild(
     deps: &WorkerDeps,
     what: Rebuildable,
+    force: bool,
     mut progress: impl FnMut(u64, i64),
 ) -> Result<RebuildReport, WorkerError> {
     let started = Instant::now();
     let group = what.group();
-    deps.log.rewind(group, topics_of(group)).await?;
+    deps.log.rewind(group, topics_of(group), force).await?;
     deps.store.reset_state(what).await?;
     let handler: Arc<dyn Handler> = match what {
         Rebuildable::Analytics => deps.handler(group)?,

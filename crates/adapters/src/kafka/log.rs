@@ -316,11 +316,11 @@ impl EventLog for KafkaEventLog {
     /// outside the group. Refused while the group has members: the broker
     /// would not take the commit from a non-member, and they would not see
     /// it.
-    async fn rewind(&self, group: &str, topics: &[&str]) -> LogResult<()> {
+    async fn rewind(&self, group: &str, topics: &[&str], force: bool) -> LogResult<()> {
         let this = self.clone();
         let group = group.to_owned();
         let topics: Vec<String> = topics.iter().map(|t| (*t).to_owned()).collect();
-        tokio::task::spawn_blocking(move || this.rewind_blocking(&group, &topics))
+        tokio::task::spawn_blocking(move || this.rewind_blocking(&group, &topics, force))
             .await
             .map_err(task_err)?
     }
@@ -328,7 +328,7 @@ impl EventLog for KafkaEventLog {
 
 impl KafkaEventLog {
     /// `rewind` on a blocking thread: every call here is a broker round trip.
-    fn rewind_blocking(&self, group: &str, topics: &[String]) -> LogResult<()> {
+    fn rewind_blocking(&self, group: &str, topics: &[String], force: bool) -> LogResult<()> {
         let settings = &self.inner.settings;
         let group_id = settings.group(group);
         let client: BaseConsumer = settings
@@ -341,8 +341,20 @@ impl KafkaEventLog {
         let groups = client
             .fetch_group_list(Some(&group_id), REQUEST_TIMEOUT)
             .map_err(|e| kafka_err(&format!("describing group {group_id}"), e))?;
-        if groups.groups().iter().any(|g| !g.members().is_empty()) {
-            return Err(LogError::GroupActive(group.to_owned()));
+        // Named, because a broker may answer with every group.
+        let members: Vec<String> = groups
+            .groups()
+            .iter()
+            .filter(|g| g.name() == group_id)
+            .flat_map(|g| g.members())
+            .map(|m| format!("{} at {}", m.client_id(), m.client_host()))
+            .collect();
+        if !members.is_empty() && !force {
+            return Err(LogError::GroupActive(format!(
+                "{group} ({}: {})",
+                members.len(),
+                members.join(", ")
+            )));
         }
         let mut offsets = TopicPartitionList::new();
         for topic in topics {

@@ -401,7 +401,7 @@ impl EventLog for PostgresEventLog {
 
     /// Refused while the group has a member whose lease has not expired.
     /// Members of this process that were just dropped finish leaving first.
-    async fn rewind(&self, group: &str, topics: &[&str]) -> LogResult<()> {
+    async fn rewind(&self, group: &str, topics: &[&str], force: bool) -> LogResult<()> {
         wait_for_leaving(group).await;
         let mut tx = self.inner.core.pool.begin().await.map_err(sql_err)?;
         // Members join by inserting here: the lock makes a join wait for
@@ -424,8 +424,10 @@ impl EventLog for PostgresEventLog {
             .map_err(log_err)?
             .int("n")
             .map_err(log_err)?;
-        if live > 0 {
-            return Err(LogError::GroupActive(group.to_owned()));
+        if live > 0 && !force {
+            return Err(LogError::GroupActive(format!(
+                "{group} ({live} with a lease)"
+            )));
         }
         for statement in crate::sql::log::rewind(group, topics) {
             tx.exec(statement).await.map_err(log_err)?;

@@ -162,7 +162,7 @@ impl EventLog for SqliteEventLog {
 
     /// Nothing records which members run (a member of another process
     /// keeps its positions in memory): the caller makes sure none does.
-    async fn rewind(&self, group: &str, topics: &[&str]) -> LogResult<()> {
+    async fn rewind(&self, group: &str, topics: &[&str], _force: bool) -> LogResult<()> {
         let mut w = self
             .inner
             .begin_write(WritePriority::Background)

@@ -281,7 +281,7 @@ pub async fn rewind_replays_from_the_beginning(log: Arc<dyn EventLog>, store: Ar
     // leave: the rewind is refused until then (that refusal is the point).
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
-        match log.rewind("analytics", &[topics::USER_EVENTS]).await {
+        match log.rewind("analytics", &[topics::USER_EVENTS], false).await {
             Ok(()) => break,
             Err(crate::ports::log::LogError::GroupActive(_))
                 if std::time::Instant::now() < deadline =>

@@ -68,8 +68,11 @@ pub trait EventLog: Send + Sync + 'static {
     /// [`LogError::GroupActive`] where the log can tell that a member is
     /// running (PostgreSQL's leases, Kafka's group membership); on SQLite
     /// the caller must make sure none is (a member keeps its positions in
-    /// memory and would not see the move).
-    async fn rewind(&self, group: &str, topics: &[&str]) -> LogResult<()>;
+    /// memory and would not see the move). `force` skips that check: for a
+    /// member known to be gone that the log still lists (a lease not yet
+    /// expired, a broker that does not expire members, as the test broker
+    /// tansu).
+    async fn rewind(&self, group: &str, topics: &[&str], force: bool) -> LogResult<()>;
 }
 
 #[async_trait]

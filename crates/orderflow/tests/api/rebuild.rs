@@ -69,10 +69,14 @@ async fn rebuilt_state_equals_the_live_one(extra: &[&str], running_members_refus
     assert_eq!(live.fraud[1].1.len(), 2);
 
     if running_members_refuse {
-        let refused =
-            orderflow_workers::rebuild::rebuild(&app.app.workers, Rebuildable::Fraud, |_, _| {})
-                .await
-                .expect_err("the app's fraud member is running");
+        let refused = orderflow_workers::rebuild::rebuild(
+            &app.app.workers,
+            Rebuildable::Fraud,
+            false,
+            |_, _| {},
+        )
+        .await
+        .expect_err("the app's fraud member is running");
         assert!(
             refused.to_string().contains("has running members"),
             "{refused}"
@@ -110,7 +114,7 @@ async fn rebuilt_state_equals_the_live_one(extra: &[&str], running_members_refus
     for what in Rebuildable::ALL {
         let mut heard = Vec::new();
         let report =
-            orderflow_workers::rebuild::rebuild(&app.app.workers, what, |replayed, lag| {
+            orderflow_workers::rebuild::rebuild(&app.app.workers, what, false, |replayed, lag| {
                 heard.push((replayed, lag))
             })
             .await
