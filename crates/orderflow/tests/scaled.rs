@@ -615,7 +615,10 @@ async fn two_thousand_orders_across_processes_survive_sigkills() {
     eprintln!(
         "[scaled] rebuild analytics through Kafka ({:.1}s): {}",
         rebuilt_at.elapsed().as_secs_f64(),
-        output.lines().last().unwrap_or_default()
+        output
+            .lines()
+            .find(|line| line.starts_with("rebuilt"))
+            .unwrap_or_default()
     );
     check_revenue_windows(&db, confirmed, &sold, "rebuilt").await;
     for member in workers.get_mut("analytics").unwrap() {
