@@ -238,8 +238,11 @@ pub trait Effect: Send + 'static {
 pub trait Handler: Send + Sync + 'static {
     /// The consumer group name, one of [`crate::GROUPS`].
     fn group(&self) -> &'static str;
-    /// The topics the group subscribes to.
-    fn topics(&self) -> &'static [&'static str];
+    /// The topics the group subscribes to: by default its row of
+    /// [`crate::GROUP_TOPICS`].
+    fn topics(&self) -> &'static [&'static str] {
+        crate::topics_of(self.group())
+    }
     async fn prepare(&self, delivery: &Delivery) -> Result<Prepared, WorkerError>;
     /// The lane `envelope` waits in: deliveries of one lane are handled one
     /// after the other in offset order, lanes side by side. By default the

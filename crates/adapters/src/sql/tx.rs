@@ -738,33 +738,38 @@ impl<E: Engine> StoreTx for SqlTx<E> {
         Ok(())
     }
 
+    /// One statement: the watermark, joined to the orders in the range (a
+    /// shopper with none in it still has the watermark's row).
     async fn fraud_history(
         &mut self,
         user_id: UserId,
         from: Timestamp,
         to: Timestamp,
     ) -> StoreResult<FraudHistory> {
-        let conn = self.conn().await?;
-        let watermark = conn
-            .query_one(stmt(
-                "fraud_watermark",
-                "SELECT MAX(placed_at) AS watermark FROM fraud_orders WHERE user_id = $1",
-                (user_id,),
-            ))
+        let rows = self
+            .conn()
             .await?
-            .opt_time("watermark")?;
-        let orders = conn
             .query_all(stmt(
-                "fraud_window",
-                "SELECT order_id, placed_at, total_cents, currency FROM fraud_orders
-                 WHERE user_id = $1 AND placed_at >= $2 AND placed_at <= $3
-                 ORDER BY placed_at, order_id",
+                "fraud_history",
+                "SELECT w.watermark, f.order_id, f.placed_at, f.total_cents, f.currency
+                 FROM (SELECT MAX(placed_at) AS watermark FROM fraud_orders
+                       WHERE user_id = $1) w
+                 LEFT JOIN fraud_orders f
+                   ON f.user_id = $1 AND f.placed_at >= $2 AND f.placed_at <= $3
+                 ORDER BY f.placed_at, f.order_id",
                 (user_id, from, to),
             ))
-            .await?
-            .iter()
-            .map(rows::window_order)
-            .collect::<StoreResult<_>>()?;
+            .await?;
+        let watermark = match rows.first() {
+            Some(row) => row.opt_time("watermark")?,
+            None => None,
+        };
+        let mut orders = Vec::with_capacity(rows.len());
+        for row in &rows {
+            if row.opt_uuid("order_id")?.is_some() {
+                orders.push(rows::window_order(row)?);
+            }
+        }
         Ok(FraudHistory { watermark, orders })
     }
 

@@ -60,10 +60,6 @@ impl Handler for AnalyticsHandler {
         "analytics"
     }
 
-    fn topics(&self) -> &'static [&'static str] {
-        super::topics_of("analytics")
-    }
-
     async fn prepare(&self, delivery: &Delivery) -> Result<Prepared, WorkerError> {
         let event = &delivery.envelope;
         let EventData::OrderConfirmed {

@@ -34,7 +34,7 @@ use orderflow_core::services::live::{LiveChannel, LiveHub};
 use orderflow_domain::events::{Envelope, EventData};
 use orderflow_domain::fraud::{FraudRules, Rule, Verdict, WindowOrder};
 use orderflow_domain::money::Currency;
-use orderflow_domain::order::{OrderFact, OrderLine, OrderStatus, Transition};
+use orderflow_domain::order::{OrderFact, OrderLine, Transition};
 use orderflow_domain::{EventId, OrderId, UserId};
 
 use crate::error::WorkerError;
@@ -76,10 +76,6 @@ impl FraudHandler {
 impl Handler for FraudHandler {
     fn group(&self) -> &'static str {
         "fraud"
-    }
-
-    fn topics(&self) -> &'static [&'static str] {
-        super::topics_of("fraud")
     }
 
     async fn prepare(&self, delivery: &Delivery) -> Result<Prepared, WorkerError> {
@@ -170,15 +166,6 @@ impl Effect for Judge {
             }
             return Ok(Applied::Changed);
         }
-        // Locked until commit: an admin or a cancel racing on the order
-        // waits for the verdict.
-        let Some(order) = tx.order_for_update(order_id).await? else {
-            return Err(WorkerError::Missing(format!("order {order_id}")));
-        };
-        if order.status != OrderStatus::Pending {
-            tracing::info!(%order_id, status = %order.status, event_id = %self.event, "order is no longer pending; not judged");
-            return Ok(Applied::Stale);
-        }
         let events = match self.verdict(tx).await? {
             Verdict::Clear => {
                 tx.remember_for_fraud(self.user_id, &self.order).await?;
@@ -191,10 +178,17 @@ impl Effect for Judge {
                 vec![self.cleared()]
             }
             Verdict::Flagged(violation) => {
-                tx.remember_for_fraud(self.user_id, &self.order).await?;
-                let Transition::Apply(steps) = order.status.on(OrderFact::FraudSuspected) else {
-                    unreachable!("a pending order can always be held");
+                // Only a hold reads the order (locked until commit): nothing
+                // but this group moves a pending order before it is
+                // cleared, so a cleared order needs no look.
+                let Some(order) = tx.order_for_update(order_id).await? else {
+                    return Err(WorkerError::Missing(format!("order {order_id}")));
                 };
+                let Transition::Apply(steps) = order.status.on(OrderFact::FraudSuspected) else {
+                    tracing::info!(%order_id, status = %order.status, event_id = %self.event, "order is no longer pending; not held");
+                    return Ok(Applied::Stale);
+                };
+                tx.remember_for_fraud(self.user_id, &self.order).await?;
                 tx.set_order_status(order_id, &steps, chrono::Utc::now())
                     .await?;
                 self.outcome = Some(Outcome::Held(violation.rule));

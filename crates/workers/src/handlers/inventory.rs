@@ -41,10 +41,6 @@ impl Handler for InventoryHandler {
         "inventory"
     }
 
-    fn topics(&self) -> &'static [&'static str] {
-        super::topics_of("inventory")
-    }
-
     async fn prepare(&self, delivery: &Delivery) -> Result<Prepared, WorkerError> {
         let event = &delivery.envelope;
         let EventData::OrderCleared {

@@ -42,10 +42,6 @@ impl Handler for LoyaltyHandler {
         "loyalty"
     }
 
-    fn topics(&self) -> &'static [&'static str] {
-        super::topics_of("loyalty")
-    }
-
     async fn prepare(&self, delivery: &Delivery) -> Result<Prepared, WorkerError> {
         let EventData::OrderConfirmed {
             user_id,

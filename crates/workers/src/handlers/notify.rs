@@ -85,10 +85,6 @@ impl Handler for NotifyHandler {
         self.channel.as_str()
     }
 
-    fn topics(&self) -> &'static [&'static str] {
-        super::topics_of(self.channel.as_str())
-    }
-
     /// A charge or a message must not go out twice for a redelivery.
     fn skips_processed(&self) -> bool {
         true

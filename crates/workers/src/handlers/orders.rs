@@ -74,10 +74,6 @@ impl Handler for OrdersHandler {
         "orders"
     }
 
-    fn topics(&self) -> &'static [&'static str] {
-        super::topics_of("orders")
-    }
-
     async fn prepare(&self, delivery: &Delivery) -> Result<Prepared, WorkerError> {
         let event = &delivery.envelope;
         let (order_id, fact, reason) = match &event.data {

@@ -28,10 +28,6 @@ impl Handler for PaymentHandler {
         "payment"
     }
 
-    fn topics(&self) -> &'static [&'static str] {
-        super::topics_of("payment")
-    }
-
     /// A charge or a message must not go out twice for a redelivery.
     fn skips_processed(&self) -> bool {
         true
