@@ -11,6 +11,7 @@ import createClient from "openapi-fetch";
 import type { paths, components } from "./api.js";
 
 type Order = components["schemas"]["OrderView"];
+type OrderStatus = components["schemas"]["OrderStatus"];
 // Node's one global used here, declared rather than pulling in @types/node.
 declare const process: { argv: string[] };
 
@@ -76,8 +77,10 @@ check(order.total_cents === 2598 && order.status === "pending", `order ${JSON.st
 const again = await place();
 check(again.data?.id === order.id, "the same Idempotency-Key gets the same order");
 
-// The consumers run in the same server: the order becomes final.
-let status = order.status;
+// The consumers run in the same server: the order becomes final. The
+// status is the schema's enum (held, confirmed, …), not the "pending" the
+// check above narrowed it to.
+let status: OrderStatus = order.status;
 for (let attempt = 0; attempt < 100 && status !== "confirmed"; attempt++) {
   await new Promise((resolve) => setTimeout(resolve, 100));
   const { data } = await client.GET("/api/v1/orders/{id}", {
