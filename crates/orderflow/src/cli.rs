@@ -233,13 +233,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 "rebuilding {}: offsets rewound, state deleted, replaying from the beginning of the log",
                 Rebuildable::group(what)
             );
-            let mut last = std::time::Instant::now();
             let report =
                 orderflow_workers::rebuild::rebuild(&app.workers, what, force, |replayed, lag| {
-                    if last.elapsed() >= std::time::Duration::from_secs(1) {
-                        println!("  {replayed} events replayed, {lag} to go");
-                        last = std::time::Instant::now();
-                    }
+                    println!("  {replayed} events replayed, {lag} to go");
                 })
                 .await?;
             println!(

@@ -39,11 +39,16 @@ pub struct RebuildReport {
 
 /// How long one replay step waits for events before looking at the lag.
 const STEP_WAIT: Duration = Duration::from_millis(200);
+/// How often the lag is read while events keep coming: it is a query of
+/// every group's offsets (on Kafka, broker round trips per partition), not
+/// something to pay per step.
+const LAG_EVERY: Duration = Duration::from_secs(1);
 
 /// Rebuilds `what` (see the module docs); `force` rewinds even when the log
 /// lists members of the group (see `EventLog::rewind`). `progress` hears
-/// the events replayed so far and the group's lag, after every step that
-/// replayed some.
+/// the events replayed so far and the group's lag, each time the lag is
+/// read: about once a second while events come, and when a step finds
+/// none (the last call says 0).
 pub async fn rebuild(
     deps: &WorkerDeps,
     what: Rebuildable,
@@ -63,9 +68,14 @@ pub async fn rebuild(
             .await?
             .with_settings(deps.consumer);
     let mut replayed = 0_u64;
+    let mut lag_read = Instant::now();
     loop {
         let step = member.process_batch(STEP_WAIT).await?;
         replayed += step.finished() as u64;
+        if !step.is_idle() && lag_read.elapsed() < LAG_EVERY {
+            continue;
+        }
+        lag_read = Instant::now();
         let lag: i64 = deps
             .log
             .lag()
@@ -74,9 +84,7 @@ pub async fn rebuild(
             .filter(|partition| partition.group == group)
             .map(|partition| partition.lag)
             .sum();
-        if step.finished() > 0 {
-            progress(replayed, lag);
-        }
+        progress(replayed, lag);
         if step.is_idle() && lag == 0 {
             break;
         }
