@@ -347,7 +347,19 @@ impl BareListener {
             .map_err(|e| BenchError::Server(format!("starting the bare listener: {e}")))?;
         let url = format!("http://{listen}/");
         let deadline = Instant::now() + Duration::from_secs(10);
-        while tokio::net::TcpStream::connect(&listen).await.is_err() {
+        // A connection whose two ends are one address is the probe meeting
+        // itself (its ephemeral source port is the free port we picked), not
+        // the listener.
+        let answered = |stream: tokio::net::TcpStream| {
+            stream
+                .local_addr()
+                .ok()
+                .is_some_and(|local| stream.peer_addr().ok() != Some(local))
+        };
+        while !tokio::net::TcpStream::connect(&listen)
+            .await
+            .is_ok_and(answered)
+        {
             if Instant::now() > deadline {
                 return Err(BenchError::Server(
                     "the bare listener did not start within 10 s".into(),

@@ -38,15 +38,14 @@ pub fn free_port() -> u16 {
 
 /// Waits until something accepts TCP connections on `127.0.0.1:port`.
 pub fn wait_for_port(port: u16, timeout: Duration) -> anyhow::Result<()> {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let deadline = Instant::now() + timeout;
     loop {
-        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+        if accepts_connections(port) {
             return Ok(());
         }
         anyhow::ensure!(
             Instant::now() < deadline,
-            "nothing accepted connections on {addr} within {timeout:?}"
+            "nothing accepted connections on 127.0.0.1:{port} within {timeout:?}"
         );
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -57,8 +56,23 @@ pub fn wait_for_port(port: u16, timeout: Duration) -> anyhow::Result<()> {
 /// down, and its port free for a restart.
 pub fn wait_for_port_closed(port: u16, timeout: Duration) {
     let deadline = Instant::now() + timeout;
-    while TcpStream::connect(("127.0.0.1", port)).is_ok() && Instant::now() < deadline {
+    while accepts_connections(port) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Whether a listener accepts a connection on `127.0.0.1:port`.
+///
+/// A port from [`free_port`] lies in the ephemeral range, so the kernel may
+/// pick that very port as the probe's own source port: on loopback the probe
+/// then connects to itself (TCP simultaneous open) although nobody listens.
+/// Such a self-connection is not an answer. CI saw it: a test went on after
+/// "the port is open" and its first request was refused.
+fn accepts_connections(port: u16) -> bool {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    match TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+        Ok(stream) => stream.local_addr().ok() != Some(addr),
+        Err(_) => false,
     }
 }
 
