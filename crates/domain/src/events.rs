@@ -1,7 +1,7 @@
 //! Events: one envelope (CloudEvents 1.0 attributes) around typed payloads.
 //!
-//! The envelope's `key` decides the partition (always the user id, so one
-//! shopper's events keep their order) and `traceparent` carries the W3C trace
+//! The envelope's `key` decides the partition (the user id, so one
+//! shopper's events keep their order; a product's id for its views) and `traceparent` carries the W3C trace
 //! context across the log. On the wire an event is a structured-mode
 //! CloudEvent in JSON: `{"specversion":"1.0","id":…,"type":…,"data":{…}}`.
 
@@ -20,13 +20,15 @@ pub mod topics {
     pub const USER_EVENTS: &str = "user.events";
     pub const FAILED_MESSAGES: &str = "failed.messages";
     pub const FRAUD_ALERTS: &str = "fraud.alerts";
-    pub const ALL: [&str; 6] = [
+    pub const PRODUCT_VIEWS: &str = "product.views";
+    pub const ALL: [&str; 7] = [
         ORDER_EVENTS,
         STOCK_EVENTS,
         PAYMENT_EVENTS,
         USER_EVENTS,
         FAILED_MESSAGES,
         FRAUD_ALERTS,
+        PRODUCT_VIEWS,
     ];
 }
 
@@ -164,6 +166,16 @@ pub enum EventData {
         total_cents: i64,
         currency: String,
     },
+    /// Reads of one product that one API process counted in memory
+    /// (write-behind) and flushed: `views` reads within one minute, the
+    /// envelope's `time` being the last of them (event time; the trending
+    /// windows bucket by it).
+    #[serde(rename = "orderflow.product.viewed")]
+    ProductViewed {
+        #[schema(value_type = uuid::Uuid)]
+        product_id: ProductId,
+        views: u64,
+    },
     /// A message a consumer group gave up on, with where it came from.
     #[serde(rename = "orderflow.message.failed")]
     MessageFailed {
@@ -193,6 +205,7 @@ impl EventData {
             EventData::PaymentSucceeded { .. } => "orderflow.payment.succeeded",
             EventData::PaymentFailed { .. } => "orderflow.payment.failed",
             EventData::UserRegistered { .. } => "orderflow.user.registered",
+            EventData::ProductViewed { .. } => "orderflow.product.viewed",
             EventData::MessageFailed { .. } => "orderflow.message.failed",
         }
     }
@@ -297,6 +310,10 @@ impl EventData {
                 email: "ann@example.com".into(),
                 name: "Ann".into(),
             },
+            EventData::ProductViewed {
+                product_id,
+                views: 3,
+            },
             EventData::MessageFailed {
                 group: "email".into(),
                 topic: topics::ORDER_EVENTS.into(),
@@ -327,10 +344,12 @@ impl EventData {
             EventData::UserRegistered { .. } => topics::USER_EVENTS,
             EventData::MessageFailed { .. } => topics::FAILED_MESSAGES,
             EventData::FraudAlerted { .. } => topics::FRAUD_ALERTS,
+            EventData::ProductViewed { .. } => topics::PRODUCT_VIEWS,
         }
     }
 
-    /// The partition key: the user the event is about.
+    /// The partition key: the user the event is about (the product, for
+    /// views), and the CloudEvents `subject`.
     fn key_and_subject(&self) -> (String, String) {
         match self {
             EventData::OrderPlaced {
@@ -365,6 +384,10 @@ impl EventData {
             } => (user_id.to_string(), format!("orders/{order_id}")),
             EventData::UserRegistered { user_id, .. } | EventData::FraudAlerted { user_id, .. } => {
                 (user_id.to_string(), format!("users/{user_id}"))
+            }
+            // One product's views stay in one partition, in order.
+            EventData::ProductViewed { product_id, .. } => {
+                (product_id.to_string(), format!("products/{product_id}"))
             }
             EventData::MessageFailed {
                 original, group, ..

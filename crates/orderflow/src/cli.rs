@@ -32,6 +32,8 @@ pub enum RebuildGroup {
     Analytics,
     /// The fraud check's remembered orders.
     Fraud,
+    /// Product views per product and per minute (the trending rankings).
+    Trending,
 }
 
 impl From<RebuildGroup> for Rebuildable {
@@ -39,6 +41,7 @@ impl From<RebuildGroup> for Rebuildable {
         match group {
             RebuildGroup::Analytics => Rebuildable::Analytics,
             RebuildGroup::Fraud => Rebuildable::Fraud,
+            RebuildGroup::Trending => Rebuildable::Trending,
         }
     }
 }

@@ -94,7 +94,7 @@ async fn asyncapi_json_passes_the_asyncapi_parser() {
         &tools(),
     );
     let out = run(validate, "the AsyncAPI parser", Duration::from_secs(60)).await;
-    assert!(out.contains("valid AsyncAPI 3.0.0: 6 channels"), "{out}");
+    assert!(out.contains("valid AsyncAPI 3.0.0: 7 channels"), "{out}");
     server.stop().await;
 }
 
@@ -117,8 +117,8 @@ async fn every_kafka_record_decodes_with_the_cloudevents_sdk() {
     let bootstrap = kafka.bootstrap();
     let prefix = format!("ce{}.", uuid::Uuid::now_v7().simple());
     // Every kind of event: a confirmed order, an out-of-stock one, a
-    // declined payment, a held one, and (the e-mail provider always
-    // failing, one attempt) dead letters on failed.messages.
+    // declined payment, a held one, a product view, and (the e-mail
+    // provider always failing, one attempt) dead letters on failed.messages.
     let server = Server::start(&[
         "--kafka-brokers",
         &bootstrap,
@@ -141,6 +141,8 @@ async fn every_kafka_record_decodes_with_the_cloudevents_sdk() {
     let shopper = server.shopper("ce@example.com").await;
     let product = server.product(&admin, "CE-1", 1000, 20).await;
     let ring = server.product(&admin, "CE-2", 1_000_001, 1).await;
+    // A product read: a view, which the API flushes as product.viewed.
+    server.get(&format!("/products/{product}"), &shopper).await;
     let mut orders = Vec::new();
     // 2 × 10 € confirmed; 9 × 10 € declined (over 50 €); 19 units with
     // at most 18 left: out of stock; one ring over 10,000 €: held by the

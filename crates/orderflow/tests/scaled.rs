@@ -16,19 +16,23 @@
 //! - the revenue windows (minute and day, in total and per product) count
 //!   every confirmed order once;
 //! - the fraud check judged and remembered every accepted order;
-//! - `orderflow rebuild analytics`, through Kafka with the group's workers
-//!   stopped, rebuilds the same revenue windows.
+//! - every product read (one before each order) is one view, per product and
+//!   per minute: none lost, none counted twice;
+//! - `orderflow rebuild analytics` and `orderflow rebuild trending`, through
+//!   Kafka with the group's workers stopped, rebuild the same revenue
+//!   windows and views.
 //!
 //! This is the slowest test of the suite; it prints its progress and figures.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use orderflow_testkit::kafka::KafkaBroker;
 use orderflow_testkit::postgres::PostgresServer;
 use orderflow_testkit::redis::RedisServer;
+use orderflow_workers::GROUPS;
 use rand::Rng;
 use serde_json::{Value, json};
 use sqlx::Row;
@@ -44,17 +48,6 @@ const ADMIN_PASSWORD: &str = "admin-password-for-the-scaled-test";
 const PASSWORD: &str = "a long enough password for the scaled test";
 /// The simulated card limit: orders above it get `payment_failed`.
 const DECLINE_ABOVE_CENTS: i64 = 10_000;
-const GROUPS: [&str; 9] = [
-    "fraud",
-    "inventory",
-    "payment",
-    "orders",
-    "email",
-    "sms",
-    "push",
-    "loyalty",
-    "analytics",
-];
 
 /// A small HTTP client for one API process.
 #[derive(Clone)]
@@ -286,14 +279,17 @@ async fn two_thousand_orders_across_processes_survive_sigkills() {
         tokens.push(client.login(&email, PASSWORD).await);
     }
 
-    // Place the orders: one task per shopper, alternating between the APIs.
+    // Place the orders: one task per shopper, alternating between the APIs,
+    // each after a read of its first product (a view).
     let accepted = Arc::new(AtomicUsize::new(0));
+    let viewed: Arc<Mutex<HashMap<uuid::Uuid, i64>>> = Arc::default();
     let per_shopper = ORDERS / SHOPPERS;
     let mut tasks = Vec::new();
     for (shopper, token) in tokens.iter().cloned().enumerate() {
         let clients = clients.clone();
         let (plenty, scarce, expensive) = (plenty.clone(), scarce.clone(), expensive.clone());
         let accepted = accepted.clone();
+        let viewed = viewed.clone();
         tasks.push(tokio::spawn(async move {
             let mut placed = Vec::new();
             for n in 0..per_shopper {
@@ -318,6 +314,15 @@ async fn two_thousand_orders_across_processes_survive_sigkills() {
                     items
                 };
                 let client = &clients[(shopper + n) % 2];
+                let first: uuid::Uuid = items[0]["product_id"].as_str().unwrap().parse().unwrap();
+                let read = client
+                    .http
+                    .get(format!("{}/products/{first}", client.base))
+                    .send()
+                    .await
+                    .expect("the API answers");
+                assert_eq!(read.status(), 200, "reading product {first}");
+                *viewed.lock().unwrap().entry(first).or_default() += 1;
                 let key = uuid::Uuid::now_v7().to_string();
                 let response = client
                     .http
@@ -599,30 +604,21 @@ async fn two_thousand_orders_across_processes_survive_sigkills() {
     let confirmed = (totals.len() as i64, units, revenue);
     check_revenue_windows(&db, confirmed, &sold, "live").await;
 
-    // --- rebuild through Kafka: the analytics workers stop, `orderflow
-    // rebuild analytics` replays order.events from the beginning, and the
-    // windows come out the same ---
-    for member in workers.get_mut("analytics").unwrap() {
-        member.stop().await;
-    }
-    // --force: the test broker (tansu 0.6) keeps describing the group as
-    // Stable with two members after both were stopped (one of this group's
-    // members was SIGKILLed above and never left), seen for over 60 s: the
-    // membership check, which a Kafka cluster answers by its session
-    // timeouts, would refuse forever here.
-    let rebuilt_at = Instant::now();
-    let output = support::process::orderflow(&["rebuild", "analytics", "--force"], &env).await;
-    eprintln!(
-        "[scaled] rebuild analytics through Kafka ({:.1}s): {}",
-        rebuilt_at.elapsed().as_secs_f64(),
-        output
-            .lines()
-            .find(|line| line.starts_with("rebuilt"))
-            .unwrap_or_default()
-    );
+    // --- views: every read counted once, per product and per minute ---
+    let viewed = viewed.lock().unwrap().clone();
+    check_views(&db, &viewed, "live").await;
+
+    // --- rebuild through Kafka: the group's workers stop, `orderflow
+    // rebuild GROUP` replays its topic from the beginning, and the state
+    // comes out the same ---
+    rebuild_through_kafka("analytics", &mut workers, &env).await;
     check_revenue_windows(&db, confirmed, &sold, "rebuilt").await;
-    for member in workers.get_mut("analytics").unwrap() {
-        member.spawn();
+    rebuild_through_kafka("trending", &mut workers, &env).await;
+    check_views(&db, &viewed, "rebuilt").await;
+    for group in ["analytics", "trending"] {
+        for member in workers.get_mut(group).unwrap() {
+            member.spawn();
+        }
     }
 
     // --- fraud: every accepted order judged and remembered, although a
@@ -679,6 +675,73 @@ async fn total_lag(api: &Api, admin: &str) -> i64 {
         .as_array()
         .map(|groups| groups.iter().map(|g| g["lag"].as_i64().unwrap_or(0)).sum())
         .unwrap_or(0)
+}
+
+/// Stops `group`'s workers and runs `orderflow rebuild GROUP --force`
+/// (the workers stay stopped: the caller checks the state, then starts them).
+///
+/// `--force`: the test broker (tansu 0.6) keeps describing a group as Stable
+/// with two members after both were stopped (one member of every group was
+/// SIGKILLed and never left), seen for over 60 s: the membership check,
+/// which a Kafka cluster answers by its session timeouts, would refuse
+/// forever here.
+async fn rebuild_through_kafka(
+    group: &str,
+    workers: &mut BTreeMap<&str, Vec<Process>>,
+    env: &[(String, String)],
+) {
+    for member in workers.get_mut(group).unwrap() {
+        member.stop().await;
+    }
+    let rebuilt_at = Instant::now();
+    let output = support::process::orderflow(&["rebuild", group, "--force"], env).await;
+    eprintln!(
+        "[scaled] rebuild {group} through Kafka ({:.1}s): {}",
+        rebuilt_at.elapsed().as_secs_f64(),
+        output
+            .lines()
+            .find(|line| line.starts_with("rebuilt"))
+            .unwrap_or_default()
+    );
+}
+
+/// Waits (at most 60 s: the API processes flush their counters every
+/// second, and the trending group must catch up) until the views per
+/// product, in total and summed over the minutes, are the reads the test
+/// made, then asserts they are: exactly, so a view counted twice fails too.
+async fn check_views(db: &sqlx::PgPool, viewed: &HashMap<uuid::Uuid, i64>, when: &str) {
+    let read = |sql: &'static str| async move {
+        sqlx::query(sql)
+            .fetch_all(db)
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| {
+                (
+                    row.get::<String, _>("product_id").parse().unwrap(),
+                    row.get::<i64, _>("views"),
+                )
+            })
+            .collect::<HashMap<uuid::Uuid, i64>>()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let totals = read("SELECT product_id::text AS product_id, views FROM product_views").await;
+        let minutes = read(
+            "SELECT product_id::text AS product_id, sum(views)::bigint AS views \
+             FROM product_view_minutes GROUP BY 1",
+        )
+        .await;
+        if (totals == *viewed && minutes == *viewed) || Instant::now() > deadline {
+            assert_eq!(&totals, viewed, "{when}: views per product, each read once");
+            assert_eq!(
+                &minutes, viewed,
+                "{when}: views per product summed over the minutes"
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// Every confirmed order counted once in the revenue windows of each

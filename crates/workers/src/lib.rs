@@ -11,8 +11,8 @@
 //!   delivery. [`Consumer::process_batch`] is the single step tests drive;
 //!   [`Consumer::run`] is the pipelined loop until a shutdown token is
 //!   cancelled.
-//! - [`handlers`]: the nine groups ([`GROUPS`]): fraud, inventory, payment,
-//!   orders, email, sms, push, loyalty, analytics; and [`WorkerDeps`], which
+//! - [`handlers`]: the ten groups ([`GROUPS`]): fraud, inventory, payment,
+//!   orders, email, sms, push, loyalty, analytics, trending; and [`WorkerDeps`], which
 //!   builds their consumers from the store, the event log and the providers.
 //! - [`rebuild`]: `orderflow rebuild GROUP`, a stream processor's state
 //!   thrown away and replayed from the log.

@@ -60,7 +60,7 @@ pub async fn rebuild(
     deps.log.rewind(group, topics_of(group), force).await?;
     deps.store.reset_state(what).await?;
     let handler: Arc<dyn Handler> = match what {
-        Rebuildable::Analytics => deps.handler(group)?,
+        Rebuildable::Analytics | Rebuildable::Trending => deps.handler(group)?,
         Rebuildable::Fraud => Arc::new(FraudHandler::replaying(deps.fraud.clone())),
     };
     let mut member =

@@ -18,7 +18,7 @@ use orderflow_core::ports::store::{
 use orderflow_domain::events::topics;
 use orderflow_domain::order::{HistoryEntry, Order, OrderStatus};
 use orderflow_domain::product::{Product, ProductDraft};
-use orderflow_domain::sales::{Granularity, WindowRange};
+use orderflow_domain::sales::WindowRange;
 use orderflow_domain::{EventId, OrderId, ProductId, Timestamp, UserId};
 
 use super::rows::{
@@ -167,6 +167,15 @@ impl<E: Engine> Store for SqlStore<E> {
 
     async fn begin_group_commit(&self, group: &str) -> StoreResult<Box<dyn StoreTx>> {
         let write = self.engine.begin_group_commit(group).await?;
+        Ok(Box::new(SqlTx::new(
+            self.engine.clone(),
+            write,
+            self.destination,
+        )))
+    }
+
+    async fn begin_background(&self) -> StoreResult<Box<dyn StoreTx>> {
+        let write = self.engine.begin_write(WritePriority::Background).await?;
         Ok(Box::new(SqlTx::new(
             self.engine.clone(),
             write,
@@ -621,45 +630,6 @@ impl<E: Engine> Store for SqlStore<E> {
         }
         super::WriteTx::commit(w).await?;
         Ok(stored)
-    }
-
-    /// Adds each product's counted views in one write transaction, in
-    /// product order: every API process flushes its counts, and two
-    /// flushes that lock the same rows in different orders deadlock on
-    /// PostgreSQL (one of them fails after `deadlock_timeout`).
-    async fn add_product_views(
-        &self,
-        views: &[(ProductId, u64)],
-        at: Timestamp,
-    ) -> StoreResult<()> {
-        if views.is_empty() {
-            return Ok(());
-        }
-        let mut views = views.to_vec();
-        views.sort_unstable_by_key(|(id, _)| *id);
-        let minute = Granularity::Minute.window_start(at);
-        let mut w = self.engine.begin_write(WritePriority::Background).await?;
-        for (id, n) in &views {
-            let n = i64::try_from(*n).unwrap_or(i64::MAX);
-            w.exec(stmt(
-                "add_product_views",
-                "INSERT INTO product_views (product_id, views) VALUES ($1, $2)
-                     ON CONFLICT (product_id) DO UPDATE
-                     SET views = product_views.views + excluded.views",
-                (*id, n),
-            ))
-            .await?;
-            w.exec(stmt(
-                "add_product_view_minute",
-                "INSERT INTO product_view_minutes (minute_start, product_id, views)
-                     VALUES ($1, $2, $3)
-                     ON CONFLICT (minute_start, product_id) DO UPDATE
-                     SET views = product_view_minutes.views + excluded.views",
-                (minute, *id, n),
-            ))
-            .await?;
-        }
-        super::WriteTx::commit(w).await
     }
 
     async fn most_viewed(
@@ -1146,6 +1116,10 @@ impl<E: Engine> Store for SqlStore<E> {
                 "DELETE FROM product_sales_windows",
             ],
             Rebuildable::Fraud => &["DELETE FROM fraud_orders"],
+            Rebuildable::Trending => &[
+                "DELETE FROM product_views",
+                "DELETE FROM product_view_minutes",
+            ],
         };
         let mut statements: Vec<Stmt> = Vec::with_capacity(tables.len() + 1);
         for sql in tables {

@@ -740,6 +740,31 @@ impl<E: Engine> StoreTx for SqlTx<E> {
 
     /// One statement: the watermark, joined to the orders in the range (a
     /// shopper with none in it still has the watermark's row).
+    async fn add_product_views(
+        &mut self,
+        product_id: ProductId,
+        views: u64,
+        at: Timestamp,
+    ) -> StoreResult<()> {
+        let views = i64::try_from(views).unwrap_or(i64::MAX);
+        self.defer(stmt(
+            "add_product_views",
+            "INSERT INTO product_views (product_id, views) VALUES ($1, $2)
+                 ON CONFLICT (product_id) DO UPDATE
+                 SET views = product_views.views + excluded.views",
+            (product_id, views),
+        ));
+        self.defer(stmt(
+            "add_product_view_minute",
+            "INSERT INTO product_view_minutes (minute_start, product_id, views)
+                 VALUES ($1, $2, $3)
+                 ON CONFLICT (minute_start, product_id) DO UPDATE
+                 SET views = product_view_minutes.views + excluded.views",
+            (Granularity::Minute.window_start(at), product_id, views),
+        ));
+        Ok(())
+    }
+
     async fn fraud_history(
         &mut self,
         user_id: UserId,

@@ -1816,31 +1816,39 @@ pub async fn product_imports(store: Arc<dyn Store>) {
     assert_eq!(store.product(clash).await.unwrap(), None);
 }
 
-/// Flushed view counts add up, per product and per minute; unknown
-/// products start at 0; the most viewed over a range of minutes, most
-/// first; minute counts go with retention, totals stay.
+/// View counts add up, per product and per minute (the minute their time
+/// falls in), and only when their transaction commits; unknown products
+/// start at 0; the most viewed over a range of minutes, most first; minute
+/// counts go with retention, totals stay; a reset for a rebuild forgets
+/// them all.
 pub async fn product_views(store: Arc<dyn Store>) {
     use crate::ports::store::Prunable;
     let mug = given_product(&store, 5).await;
     let cup = given_product(&store, 5).await;
     let at = |text: &str| -> orderflow_domain::Timestamp { text.parse().unwrap() };
     assert_eq!(store.product_views(mug.id).await.unwrap(), 0);
-    store
-        .add_product_views(&[], at("2026-03-01T10:00:30Z"))
+    let mut tx = store.begin_background().await.unwrap();
+    tx.add_product_views(mug.id, 3, at("2026-03-01T10:00:30Z"))
         .await
         .unwrap();
-    store
-        .add_product_views(&[(mug.id, 3), (cup.id, 1)], at("2026-03-01T10:00:30Z"))
+    tx.add_product_views(cup.id, 1, at("2026-03-01T10:00:59.999Z"))
         .await
         .unwrap();
-    store
-        .add_product_views(&[(mug.id, 4)], at("2026-03-01T10:01:10Z"))
+    tx.commit().await.unwrap();
+    let mut tx = store.begin().await.unwrap();
+    tx.add_product_views(mug.id, 4, at("2026-03-01T10:01:10Z"))
         .await
         .unwrap();
-    store
-        .add_product_views(&[(cup.id, 9)], at("2026-03-01T10:02:00Z"))
+    tx.add_product_views(cup.id, 9, at("2026-03-01T10:02:00Z"))
         .await
         .unwrap();
+    tx.commit().await.unwrap();
+    let mut rolled_back = store.begin().await.unwrap();
+    rolled_back
+        .add_product_views(cup.id, 1000, at("2026-03-01T10:02:00Z"))
+        .await
+        .unwrap();
+    drop(rolled_back);
     assert_eq!(store.product_views(mug.id).await.unwrap(), 7);
     assert_eq!(store.product_views(cup.id).await.unwrap(), 10);
     assert_eq!(
@@ -1883,6 +1891,15 @@ pub async fn product_views(store: Arc<dyn Store>) {
         store.product_views(mug.id).await.unwrap(),
         7,
         "totals are kept"
+    );
+    store
+        .reset_state(crate::ports::store::Rebuildable::Trending)
+        .await
+        .unwrap();
+    assert_eq!(store.product_views(mug.id).await.unwrap(), 0);
+    assert_eq!(
+        most_viewed("2026-03-01T10:00:00Z", "2026-03-01T10:03:00Z", 5).await,
+        []
     );
 }
 

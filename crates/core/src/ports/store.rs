@@ -269,6 +269,11 @@ pub trait Store: Send + Sync + 'static {
         let _ = group;
         self.begin().await
     }
+    /// Starts a unit of work that nobody waits for (the product-view
+    /// flush): on SQLite's single writer, requests go ahead of it.
+    async fn begin_background(&self) -> StoreResult<Box<dyn StoreTx>> {
+        self.begin().await
+    }
 
     // --- users and sessions ---
     async fn user_by_email(&self, email: &str) -> StoreResult<Option<UserRecord>>;
@@ -334,11 +339,6 @@ pub trait Store: Send + Sync + 'static {
         products: &[(ProductId, ProductDraft)],
         now: Timestamp,
     ) -> StoreResult<Vec<Product>>;
-    /// Adds views counted in memory to each product's total and to its
-    /// views of the minute `at` falls in (the write-behind flush of the
-    /// view counters), in one transaction.
-    async fn add_product_views(&self, views: &[(ProductId, u64)], at: Timestamp)
-    -> StoreResult<()>;
     /// The `top` products by views over the minutes that start in
     /// `from..to` (most first; ties by product id).
     async fn most_viewed(
@@ -440,16 +440,23 @@ pub enum Rebuildable {
     Analytics,
     /// `fraud`: the shoppers' remembered orders.
     Fraud,
+    /// `trending`: views per product and per minute.
+    Trending,
 }
 
 impl Rebuildable {
-    pub const ALL: [Rebuildable; 2] = [Rebuildable::Analytics, Rebuildable::Fraud];
+    pub const ALL: [Rebuildable; 3] = [
+        Rebuildable::Analytics,
+        Rebuildable::Fraud,
+        Rebuildable::Trending,
+    ];
 
     /// The consumer group that keeps this state.
     pub fn group(self) -> &'static str {
         match self {
             Rebuildable::Analytics => "analytics",
             Rebuildable::Fraud => "fraud",
+            Rebuildable::Trending => "trending",
         }
     }
 
@@ -544,6 +551,14 @@ pub trait StoreTx: Send {
     /// the product sales, and the windows of every granularity that `at`
     /// falls in.
     async fn record_sale(&mut self, order: &Order, at: Timestamp) -> StoreResult<()>;
+    /// Adds `views` reads of a product to its total and to the minute `at`
+    /// falls in (event time).
+    async fn add_product_views(
+        &mut self,
+        product_id: ProductId,
+        views: u64,
+        at: Timestamp,
+    ) -> StoreResult<()>;
     /// The fraud check's memory of `user_id`: their watermark and their
     /// orders placed within `[from, to]` (event time).
     async fn fraud_history(

@@ -57,8 +57,9 @@
 //! - write-around: [`CatalogService::import`] writes the database only and
 //!   leaves floors for what it touched.
 //! - write-behind: product views ([`CatalogService::record_view`]), counted
-//!   in memory and added to the database in batches
-//!   ([`CatalogService::flush_views`]).
+//!   in memory per product and minute and appended to the log in batches
+//!   ([`CatalogService::flush_views`]) as `product.viewed` events, which the
+//!   `trending` group adds up (so the rankings can be rebuilt from the log).
 //! - refresh-ahead: an entry read at least `refresh_ahead_hits` times is
 //!   reloaded in the background when less than `refresh_ahead` of its life
 //!   is left, so the hottest products never miss.
@@ -80,8 +81,10 @@ use std::time::{Duration, Instant};
 use moka::Expiry;
 use moka::future::Cache;
 use moka::ops::compute::{CompResult, Op};
+use orderflow_domain::events::{Envelope, EventData};
 use orderflow_domain::product::{Product, ProductDraft};
-use orderflow_domain::{ProductId, ValidationError};
+use orderflow_domain::sales::Granularity;
+use orderflow_domain::{ProductId, Timestamp, ValidationError};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
@@ -675,10 +678,26 @@ enum Propagation {
     Floor,
 }
 
+/// One product's views within one minute, not flushed yet.
+#[derive(Debug, Clone, Copy)]
+struct ViewTally {
+    views: u64,
+    /// When the last of them was counted: the event time of their event.
+    last: Timestamp,
+}
+
+impl ViewTally {
+    fn add(&mut self, views: u64, last: Timestamp) {
+        self.views += views;
+        self.last = self.last.max(last);
+    }
+}
+
 pub struct CatalogService {
     layers: Layers,
-    /// Views counted since the last flush (write-behind).
-    views: Mutex<HashMap<ProductId, u64>>,
+    /// Views counted since the last flush (write-behind), per minute and
+    /// product.
+    views: Mutex<HashMap<(Timestamp, ProductId), ViewTally>>,
     /// Rung after every product change, for the `product:{id}` channels.
     live: Option<Arc<LiveHub>>,
 }
@@ -1103,41 +1122,73 @@ impl CatalogService {
     /// Counts one view of a product (write-behind: in memory until the next
     /// [`flush_views`](Self::flush_views)).
     pub fn record_view(&self, id: ProductId) {
-        *lock(&self.views).entry(id).or_insert(0) += 1;
+        let now = chrono::Utc::now();
+        let minute = Granularity::Minute.window_start(now);
+        lock(&self.views)
+            .entry((minute, id))
+            .or_insert(ViewTally {
+                views: 0,
+                last: now,
+            })
+            .add(1, now);
     }
 
-    /// Adds the views counted since the last flush to the database, in one
-    /// transaction; when that fails they are kept for the next flush.
+    /// Appends the views counted since the last flush to the log, one
+    /// `product.viewed` event per product and minute, in one background
+    /// transaction (requests go first); when that fails they are kept for
+    /// the next flush. How many events it appended.
     pub async fn flush_views(&self) -> Result<usize, CoreError> {
-        let batch: Vec<(ProductId, u64)> = std::mem::take(&mut *lock(&self.views))
-            .into_iter()
-            .collect();
+        let batch: Vec<((Timestamp, ProductId), ViewTally)> =
+            std::mem::take(&mut *lock(&self.views))
+                .into_iter()
+                .collect();
         if batch.is_empty() {
             return Ok(0);
         }
-        let flushed = self
-            .layers
-            .store
-            .add_product_views(&batch, chrono::Utc::now())
-            .await;
-        if let Err(error) = flushed {
+        let events: Vec<Envelope> = batch
+            .iter()
+            .map(|&((_, product_id), tally)| {
+                let mut event = Envelope::new(
+                    EventData::ProductViewed {
+                        product_id,
+                        views: tally.views,
+                    },
+                    None,
+                );
+                event.time = tally.last;
+                event
+            })
+            .collect();
+        let appended = async {
+            let mut tx = self.layers.store.begin_background().await?;
+            tx.append(&events).await?;
+            tx.commit().await
+        }
+        .await;
+        if let Err(error) = appended {
             let mut views = lock(&self.views);
-            for (id, n) in batch {
-                *views.entry(id).or_insert(0) += n;
+            for (key, tally) in batch {
+                views
+                    .entry(key)
+                    .or_insert(ViewTally {
+                        views: 0,
+                        last: tally.last,
+                    })
+                    .add(tally.views, tally.last);
             }
             return Err(error.into());
         }
         metrics::counter!("orderflow_product_views_flushed_total")
-            .increment(batch.iter().map(|(_, n)| n).sum());
-        Ok(batch.len())
+            .increment(batch.iter().map(|(_, tally)| tally.views).sum());
+        Ok(events.len())
     }
 
     /// The `top` products by views over the last `window` (whole minutes,
     /// 1 minute to [`TRENDING_WINDOWS_UP_TO`]), most first: a hopping
     /// window of minutes that ends with the current one and advances every
     /// minute. Views reach it at the next flush of each API process (every
-    /// second by default; the ranking is kept [`TRENDING_CACHED_FOR`] when
-    /// the cache is on). Products deleted since are left out; the rest come
+    /// second by default) once the `trending` group has added them up (the
+    /// ranking is kept [`TRENDING_CACHED_FOR`] when the cache is on). Products deleted since are left out; the rest come
     /// from the cache like any product read.
     pub async fn trending(
         &self,

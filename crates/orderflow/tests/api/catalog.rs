@@ -158,8 +158,10 @@ async fn cached_stock_follows_every_reservation_at_once() {
     let listed = listed(app.products(Some(100), None).await);
     assert_eq!((listed.stock, listed.version), (18, 2), "the cached page");
 
-    // Every read of the product was counted; the flush adds them up.
+    // Every read of the product was counted; the flush puts them on the
+    // log, and the trending group adds them up.
     app.app.catalog.flush_views().await.unwrap();
+    app.drain().await;
     assert_eq!(app.app.store.product_views(product.id).await.unwrap(), 2);
 }
 
@@ -177,6 +179,7 @@ async fn trending_ranks_products_by_their_views_in_the_window() {
     }
     app.product(lamp.id).await;
     app.app.catalog.flush_views().await.unwrap();
+    app.drain().await;
 
     let get = |query: &'static str| {
         let app = &app;

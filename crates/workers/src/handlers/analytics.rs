@@ -3,13 +3,12 @@
 //! too), from confirmed orders, by event time: the confirmation's envelope
 //! time, so a replay or a late delivery lands in the window it happened in
 //! (see `orderflow_domain::sales`). A confirmation past its window's grace
-//! ([`LATE_AFTER`]) is still recorded, and counted in
+//! ([`LATE_AFTER`](super::LATE_AFTER)) is still recorded, and counted in
 //! `orderflow_stream_late_events_total{group="analytics"}`.
 //! After the commit, the day's totals (read back from the database) are
 //! mirrored into the read models.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
 
 use async_trait::async_trait;
 use orderflow_core::ports::log::Delivery;
@@ -19,20 +18,15 @@ use orderflow_domain::events::EventData;
 use orderflow_domain::money::Currency;
 use orderflow_domain::order::{Order, OrderStatus};
 
-use super::mirror_failed;
+use super::{LatenessWatch, mirror_failed};
 use crate::error::WorkerError;
 use crate::runtime::{Applied, Effect, Handler, Prepared};
 
 pub struct AnalyticsHandler {
     store: Arc<dyn Store>,
     read_models: Option<Arc<dyn ReadModels>>,
-    /// The newest event time seen (ms since the epoch), for lateness.
-    watermark_ms: AtomicI64,
+    lateness: LatenessWatch,
 }
-
-/// How long after its one-minute window ends a confirmation still counts as
-/// on time: past it, readers of that window may have taken it as final.
-pub const LATE_AFTER: chrono::Duration = chrono::Duration::seconds(60);
 
 /// Days older than this are not mirrored (a replay of old events): the read
 /// model is about recent sales, and the database keeps them all.
@@ -43,7 +37,7 @@ impl AnalyticsHandler {
         Self {
             store,
             read_models: None,
-            watermark_ms: AtomicI64::new(i64::MIN),
+            lateness: LatenessWatch::new("analytics"),
         }
     }
 
@@ -75,14 +69,7 @@ impl Handler for AnalyticsHandler {
         // The event carries everything a sale needs, so no read is spent on
         // the order. Its timestamps are the confirmation time, which is also
         // the time the sale counts for.
-        let at_ms = event.time.timestamp_millis();
-        let watermark_ms = self.watermark_ms.fetch_max(at_ms, Ordering::Relaxed);
-        if let Some(watermark) = chrono::DateTime::from_timestamp_millis(watermark_ms)
-            && orderflow_domain::sales::is_late(event.time, watermark, LATE_AFTER)
-        {
-            metrics::counter!("orderflow_stream_late_events_total", "group" => "analytics")
-                .increment(1);
-        }
+        self.lateness.observe(event.time);
         let order = Order {
             id: *order_id,
             user_id: *user_id,

@@ -11,6 +11,7 @@
 //! | `sms`, `push` | order.events | order held and outcomes | SMS / push + notification record |
 //! | `loyalty` | order.events | OrderConfirmed | points |
 //! | `analytics` | order.events | OrderConfirmed | daily sales, product sales, revenue windows of a minute and a day (event time) |
+//! | `trending` | product.views | ProductViewed | views per product and per minute (event time) |
 //!
 //! Catalog caches ([`WorkerDeps::with_catalog`]): after its transaction
 //! commits, `inventory` tells the catalog which products' stock it reserved
@@ -27,7 +28,7 @@
 //! database already holds the effect.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use orderflow_core::ports::log::EventLog;
 use orderflow_core::ports::providers::PaymentGateway;
@@ -51,6 +52,7 @@ mod loyalty;
 mod notify;
 mod orders;
 mod payment;
+mod trending;
 
 pub use analytics::AnalyticsHandler;
 pub use fraud::FraudHandler;
@@ -59,9 +61,10 @@ pub use loyalty::LoyaltyHandler;
 pub use notify::NotifyHandler;
 pub use orders::OrdersHandler;
 pub use payment::PaymentHandler;
+pub use trending::TrendingHandler;
 
 /// Every consumer group, in the order an order flows through them.
-pub const GROUPS: [&str; 9] = [
+pub const GROUPS: [&str; 10] = [
     "fraud",
     "inventory",
     "payment",
@@ -71,12 +74,13 @@ pub const GROUPS: [&str; 9] = [
     "push",
     "loyalty",
     "analytics",
+    "trending",
 ];
 
 /// Which topics each group reads. The one table both the handlers and the
 /// Kafka log use: the log reports lag for groups whose members run in other
 /// processes, so it must know their topics without building their handlers.
-pub const GROUP_TOPICS: [(&str, &[&str]); 9] = [
+pub const GROUP_TOPICS: [(&str, &[&str]); 10] = [
     ("fraud", &[topics::ORDER_EVENTS]),
     ("inventory", &[topics::ORDER_EVENTS]),
     ("payment", &[topics::STOCK_EVENTS]),
@@ -86,6 +90,7 @@ pub const GROUP_TOPICS: [(&str, &[&str]); 9] = [
     ("push", &[topics::ORDER_EVENTS]),
     ("loyalty", &[topics::ORDER_EVENTS]),
     ("analytics", &[topics::ORDER_EVENTS]),
+    ("trending", &[topics::PRODUCT_VIEWS]),
 ];
 
 /// The topics `group` reads (empty for an unknown group).
@@ -212,6 +217,7 @@ impl WorkerDeps {
             "push" => notify(Channel::Push),
             "loyalty" => Arc::new(LoyaltyHandler::new(store).with_read_models(read_models)),
             "analytics" => Arc::new(AnalyticsHandler::new(store).with_read_models(read_models)),
+            "trending" => Arc::new(TrendingHandler::new()),
             other => return Err(WorkerError::UnknownGroup(other.to_owned())),
         })
     }
@@ -245,6 +251,43 @@ impl WorkerDeps {
                 .map(|group| async move { self.consumer(group.as_ref()).await }),
         )
         .await
+    }
+}
+
+/// How long after its one-minute window ends an event still counts as on
+/// time: past it, readers of that window (the sales and trending routes)
+/// may have taken it as final.
+pub const LATE_AFTER: chrono::Duration = chrono::Duration::seconds(60);
+
+/// A windowed group's newest event time seen, by which it counts events
+/// that come past their window's grace ([`LATE_AFTER`]) in
+/// `orderflow_stream_late_events_total{group}`. They are still added: a
+/// late count is a number to watch, never a loss.
+struct LatenessWatch {
+    group: &'static str,
+    /// Milliseconds since the epoch.
+    watermark_ms: AtomicI64,
+}
+
+impl LatenessWatch {
+    fn new(group: &'static str) -> Self {
+        Self {
+            group,
+            watermark_ms: AtomicI64::new(i64::MIN),
+        }
+    }
+
+    /// Moves the watermark to `at` if it is newer; counts `at` if late.
+    fn observe(&self, at: orderflow_domain::Timestamp) {
+        let watermark_ms = self
+            .watermark_ms
+            .fetch_max(at.timestamp_millis(), Ordering::Relaxed);
+        if let Some(watermark) = chrono::DateTime::from_timestamp_millis(watermark_ms)
+            && orderflow_domain::sales::is_late(at, watermark, LATE_AFTER)
+        {
+            metrics::counter!("orderflow_stream_late_events_total", "group" => self.group)
+                .increment(1);
+        }
     }
 }
 
