@@ -3,18 +3,18 @@
 //! ACL's `orderflow` user: the read models' Lua scripts use the most
 //! commands): the contract scenarios
 //! (`orderflow_core::contract::read_models`), live order-status messages
-//! over pub/sub, and a flush, after which reads answer `None` so callers
-//! fall back to the database.
+//! over pub/sub, the unique-viewer HyperLogLogs, and a flush, after which
+//! reads answer `None` so callers fall back to the database.
 
 mod redis_support;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use orderflow_adapters::redis::{RedisConnection, RedisReadModels};
+use orderflow_adapters::redis::{RedisConnection, RedisReadModels, RedisViewerSketches};
 use orderflow_core::contract;
 use orderflow_core::ports::cache::CacheEvent;
-use orderflow_core::ports::read_models::ReadModels;
+use orderflow_core::ports::read_models::{HYPERLOGLOG_STANDARD_ERROR, ReadModels, ViewerSketches};
 use orderflow_core::ports::store::{LeaderboardEntry, NotificationRecord};
 use orderflow_domain::notification::{Channel, NotificationKind};
 use orderflow_domain::order::OrderStatus;
@@ -55,6 +55,11 @@ macro_rules! scenarios {
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn viewer_sketches_count_distinct_ids() {
+                sketches_count_distinct_ids(connect_with($settings())).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn order_status_reaches_a_subscriber() {
                 order_status_is_published(connect_with($settings())).await;
             }
@@ -66,6 +71,42 @@ scenarios!(standalone, plain_standalone);
 scenarios!(cluster, plain_cluster);
 scenarios!(tls_standalone, secured_standalone);
 scenarios!(tls_cluster, secured_cluster);
+
+/// The HyperLogLog sketches: 20,000 distinct visitor ids, added in chunks of
+/// 1,000 (an event's most) and half of them added again (a replay), count
+/// within three standard errors of 20,000; small sets come out exact; other
+/// days and products are apart; `forget_all` empties them.
+async fn sketches_count_distinct_ids(conn: RedisConnection) {
+    let sketches = RedisViewerSketches::new(conn, Duration::from_secs(8 * 24 * 3600));
+    let today = chrono::Utc::now().date_naive();
+    let yesterday = today.pred_opt().unwrap();
+    let (mug, cup) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+    let ids: Vec<String> = (0..20_000).map(|n| format!("{n:032x}")).collect();
+    for chunk in ids.chunks(1000).chain(ids[..10_000].chunks(1000)) {
+        sketches.add(today, mug, chunk).await.expect("PFADD");
+    }
+    sketches
+        .add(yesterday, mug, &ids[..3])
+        .await
+        .expect("PFADD");
+    sketches.add(today, cup, &[]).await.expect("nothing to add");
+    let counted = sketches.count(today, mug).await.expect("PFCOUNT");
+    let error = (counted as f64 - 20_000.0).abs() / 20_000.0;
+    assert!(
+        error <= 3.0 * HYPERLOGLOG_STANDARD_ERROR,
+        "{counted} distinct of 20,000: {:.2}% off",
+        error * 100.0
+    );
+    eprintln!(
+        "HyperLogLog: {counted} of 20,000 ({:.2}% off)",
+        error * 100.0
+    );
+    assert_eq!(sketches.count(yesterday, mug).await.unwrap(), 3);
+    assert_eq!(sketches.count(today, cup).await.unwrap(), 0);
+    sketches.forget_all().await.expect("forget");
+    assert_eq!(sketches.count(today, mug).await.unwrap(), 0);
+    assert_eq!(sketches.count(yesterday, mug).await.unwrap(), 0);
+}
 
 async fn order_status_is_published(conn: RedisConnection) {
     let models = RedisReadModels::new(conn.clone());

@@ -26,7 +26,7 @@ use crate::routes::{admin, auth, health, live, me, orders, products};
         live::ticket,
         live::snapshot,
         admin::consumers, admin::dead_letters, admin::dead_letter, admin::replay,
-        admin::sales, admin::top_products, admin::approve_order, admin::reject_order,
+        admin::sales, admin::top_products, admin::unique_viewers, admin::approve_order, admin::reject_order,
         health::healthz, health::readyz,
     ),
     // OrderLineInput is named by `schema::order_lines`, not reached through a field type.
@@ -119,6 +119,19 @@ const OPERATION_PROBLEMS: &[(&str, &str, u16, &[&str])] = &[
         &[slug::NOT_FOUND],
     ),
     ("get", "/api/v1/admin/dlq/{id}", 404, &[slug::NOT_FOUND]),
+    (
+        "get",
+        "/api/v1/admin/products/{id}/viewers",
+        404,
+        &[slug::NOT_FOUND],
+    ),
+    // With Redis, while it is down.
+    (
+        "get",
+        "/api/v1/admin/products/{id}/viewers",
+        503,
+        &[slug::UNAVAILABLE],
+    ),
     // A range that is backwards or too wide; `top` out of range.
     ("get", "/api/v1/admin/sales", 422, &[slug::VALIDATION]),
     ("get", "/api/v1/products/trending", 422, &[slug::VALIDATION]),

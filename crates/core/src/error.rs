@@ -6,6 +6,7 @@ use orderflow_domain::ValidationError;
 use crate::ports::cache::CacheError;
 use crate::ports::log::LogError;
 use crate::ports::providers::ProviderError;
+use crate::ports::read_models::ReadModelError;
 use crate::ports::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +58,10 @@ pub enum CoreError {
     /// The shared cache (where live tickets are kept) failed.
     #[error(transparent)]
     Cache(#[from] CacheError),
+    /// The shared store of derived counts (Redis: the unique-viewer
+    /// sketches) failed.
+    #[error(transparent)]
+    ReadModel(#[from] ReadModelError),
     /// Anything else that is our fault; never shown to clients.
     #[error("internal error: {0}")]
     Internal(String),
@@ -141,7 +146,8 @@ impl CoreError {
             CoreError::Provider(e) => e.circuit_open_for,
             CoreError::Store(StoreError::Unavailable(_))
             | CoreError::Log(LogError::Unavailable(_))
-            | CoreError::Cache(_) => Some(UNAVAILABLE_RETRY_AFTER),
+            | CoreError::Cache(_)
+            | CoreError::ReadModel(_) => Some(UNAVAILABLE_RETRY_AFTER),
             _ => None,
         }
     }
@@ -226,7 +232,8 @@ impl CoreError {
             ),
             CoreError::Store(StoreError::Unavailable(_))
             | CoreError::Log(LogError::Unavailable(_))
-            | CoreError::Cache(_) => p(
+            | CoreError::Cache(_)
+            | CoreError::ReadModel(_) => p(
                 slug::UNAVAILABLE,
                 "Service unavailable",
                 503,

@@ -169,12 +169,17 @@ pub enum EventData {
     /// Reads of one product that one API process counted in memory
     /// (write-behind) and flushed: `views` reads within one minute, the
     /// envelope's `time` being the last of them (event time; the trending
-    /// windows bucket by it).
+    /// windows bucket by it), and the visitor ids of the distinct readers
+    /// among them (salted hashes, one salt per UTC day; a reader with many
+    /// reads is one id). A minute with many readers is split over several
+    /// events, the views on the first.
     #[serde(rename = "orderflow.product.viewed")]
     ProductViewed {
         #[schema(value_type = uuid::Uuid)]
         product_id: ProductId,
         views: u64,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        viewers: Vec<String>,
     },
     /// A message a consumer group gave up on, with where it came from.
     #[serde(rename = "orderflow.message.failed")]
@@ -313,6 +318,7 @@ impl EventData {
             EventData::ProductViewed {
                 product_id,
                 views: 3,
+                viewers: vec!["5d41402abc4b2a76b9719d911017c592".into()],
             },
             EventData::MessageFailed {
                 group: "email".into(),

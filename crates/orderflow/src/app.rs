@@ -129,7 +129,13 @@ impl App {
         }
         let live = Arc::new(live);
         // The catalog rings the `product:{id}` channels after each change.
-        let catalog = Arc::new(backends.catalog(&cache).with_live(live.clone()));
+        let sketches = backends.viewer_sketches(settings.retention().minute_windows);
+        let catalog = Arc::new(
+            backends
+                .catalog(&cache)
+                .with_live(live.clone())
+                .with_sketches(sketches.clone()),
+        );
 
         let simulated = simulated_providers(&settings);
         let (payment, notifiers) = providers(&settings, &simulated)?;
@@ -164,6 +170,9 @@ impl App {
             .with_fraud_rules(settings.fraud_rules()?);
         if let Some(read_models) = read_models {
             workers = workers.with_read_models(read_models);
+        }
+        if let Some(sketches) = sketches {
+            workers = workers.with_sketches(sketches);
         }
         // Reservations and releases reach the catalog caches: this process's
         // directly, other processes' over Redis.

@@ -21,7 +21,7 @@ use orderflow_adapters::memory::{DbBackedRevocations, InProcessRateLimiter, InPr
 use orderflow_adapters::postgres::{LeaseSettings, PostgresStore};
 use orderflow_adapters::redis::{
     RedisConnection, RedisPresence, RedisRateLimiter, RedisReadModels, RedisRevocations,
-    RedisSettings, RedisSharedCache, RedisTls,
+    RedisSettings, RedisSharedCache, RedisTls, RedisViewerSketches,
 };
 use orderflow_adapters::sqlite::SqliteStore;
 use orderflow_core::ports::cache::SharedCache;
@@ -29,7 +29,7 @@ use orderflow_core::ports::log::EventLog;
 use orderflow_core::ports::outbox::{EventDestination, Outbox};
 use orderflow_core::ports::presence::PresenceBoard;
 use orderflow_core::ports::rate_limit::RateLimiter;
-use orderflow_core::ports::read_models::ReadModels;
+use orderflow_core::ports::read_models::{ReadModels, ViewerSketches};
 use orderflow_core::ports::revocations::RevocationList;
 use orderflow_core::ports::store::Store;
 use orderflow_core::services::catalog::{CacheSettings, CatalogService};
@@ -286,6 +286,15 @@ impl Backends {
         self.redis
             .as_ref()
             .map(|redis| Arc::new(RedisReadModels::new(redis.clone())) as Arc<dyn ReadModels>)
+    }
+
+    /// With Redis: the unique-viewer sketches (HyperLogLogs), kept
+    /// `keep_for` after their last write. Without Redis `trending` counts
+    /// unique viewers exactly, in the database.
+    pub fn viewer_sketches(&self, keep_for: Duration) -> Option<Arc<dyn ViewerSketches>> {
+        self.redis.as_ref().map(|redis| {
+            Arc::new(RedisViewerSketches::new(redis.clone(), keep_for)) as Arc<dyn ViewerSketches>
+        })
     }
 
     /// What every process shares for live channels: Redis when

@@ -251,14 +251,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Prune => {
             let report = app.prune().await?;
             println!(
-                "pruned {} events, {} processed marks, {} idempotency keys, {} sent outbox rows, {} replayed dead letters, {} minute windows, {} fraud orders",
+                "pruned {} events, {} processed marks, {} idempotency keys, {} sent outbox rows, {} replayed dead letters, {} minute windows, {} fraud orders, {} unique-viewer rows, {} visitor-id salts",
                 report.events,
                 report.processed_marks,
                 report.idempotency_keys,
                 report.sent_outbox,
                 report.replayed_dead_letters,
                 report.minute_windows,
-                report.fraud_orders
+                report.fraud_orders,
+                report.product_viewers,
+                report.viewer_salts
             );
         }
         Command::Bench(_) => unreachable!("handled before the app is built"),

@@ -17,7 +17,9 @@
 //!   every confirmed order once;
 //! - the fraud check judged and remembered every accepted order;
 //! - every product read (one before each order) is one view, per product and
-//!   per minute: none lost, none counted twice;
+//!   per minute: none lost, none counted twice; and the unique viewers per
+//!   product and day (Redis HyperLogLogs) are the shoppers that read it,
+//!   within the stated error;
 //! - `orderflow rebuild analytics` and `orderflow rebuild trending`, through
 //!   Kafka with the group's workers stopped, rebuild the same revenue
 //!   windows and views.
@@ -283,13 +285,15 @@ async fn two_thousand_orders_across_processes_survive_sigkills() {
     // each after a read of its first product (a view).
     let accepted = Arc::new(AtomicUsize::new(0));
     let viewed: Arc<Mutex<HashMap<uuid::Uuid, i64>>> = Arc::default();
+    // Who read what on which day: each shopper is its own browser.
+    let readers: Arc<Mutex<Readers>> = Arc::default();
     let per_shopper = ORDERS / SHOPPERS;
     let mut tasks = Vec::new();
     for (shopper, token) in tokens.iter().cloned().enumerate() {
         let clients = clients.clone();
         let (plenty, scarce, expensive) = (plenty.clone(), scarce.clone(), expensive.clone());
         let accepted = accepted.clone();
-        let viewed = viewed.clone();
+        let (viewed, readers) = (viewed.clone(), readers.clone());
         tasks.push(tokio::spawn(async move {
             let mut placed = Vec::new();
             for n in 0..per_shopper {
@@ -318,11 +322,18 @@ async fn two_thousand_orders_across_processes_survive_sigkills() {
                 let read = client
                     .http
                     .get(format!("{}/products/{first}", client.base))
+                    .header("user-agent", format!("shopper-{shopper}"))
                     .send()
                     .await
                     .expect("the API answers");
                 assert_eq!(read.status(), 200, "reading product {first}");
                 *viewed.lock().unwrap().entry(first).or_default() += 1;
+                readers
+                    .lock()
+                    .unwrap()
+                    .entry((chrono::Utc::now().date_naive(), first))
+                    .or_default()
+                    .insert(shopper);
                 let key = uuid::Uuid::now_v7().to_string();
                 let response = client
                     .http
@@ -607,6 +618,8 @@ async fn two_thousand_orders_across_processes_survive_sigkills() {
     // --- views: every read counted once, per product and per minute ---
     let viewed = viewed.lock().unwrap().clone();
     check_views(&db, &viewed, "live").await;
+    let readers = readers.lock().unwrap().clone();
+    check_unique_viewers(&clients[0], &admin, &readers, "live").await;
 
     // --- rebuild through Kafka: the group's workers stop, `orderflow
     // rebuild GROUP` replays its topic from the beginning, and the state
@@ -615,6 +628,7 @@ async fn two_thousand_orders_across_processes_survive_sigkills() {
     check_revenue_windows(&db, confirmed, &sold, "rebuilt").await;
     rebuild_through_kafka("trending", &mut workers, &env).await;
     check_views(&db, &viewed, "rebuilt").await;
+    check_unique_viewers(&clients[0], &admin, &readers, "rebuilt").await;
     for group in ["analytics", "trending"] {
         for member in workers.get_mut(group).unwrap() {
             member.spawn();
@@ -675,6 +689,34 @@ async fn total_lag(api: &Api, admin: &str) -> i64 {
         .as_array()
         .map(|groups| groups.iter().map(|g| g["lag"].as_i64().unwrap_or(0)).sum())
         .unwrap_or(0)
+}
+
+/// The distinct shoppers that read each product, per day.
+type Readers = HashMap<(chrono::NaiveDate, uuid::Uuid), std::collections::HashSet<usize>>;
+
+/// The unique viewers per product and day, as the API reports them (from
+/// Redis's HyperLogLogs here), against the distinct shoppers that read:
+/// within three standard errors, and at least within one reader.
+async fn check_unique_viewers(api: &Api, admin: &str, readers: &Readers, when: &str) {
+    for ((day, product), shoppers) in readers {
+        let body = api
+            .get(
+                admin,
+                &format!("/admin/products/{product}/viewers?day={day}"),
+            )
+            .await;
+        assert_eq!(
+            body["exact"], false,
+            "{when}: a HyperLogLog with Redis: {body}"
+        );
+        let counted = body["unique_viewers"].as_u64().unwrap() as f64;
+        let truth = shoppers.len() as f64;
+        let bound = (3.0 * body["relative_standard_error"].as_f64().unwrap() * truth).max(1.0);
+        assert!(
+            (counted - truth).abs() <= bound,
+            "{when}: product {product} on {day}: {counted} unique viewers, {truth} shoppers read it"
+        );
+    }
 }
 
 /// Stops `group`'s workers and runs `orderflow rebuild GROUP --force`

@@ -9,6 +9,7 @@
 
 use orderflow_core::ports::log::LogError;
 use orderflow_core::ports::providers::ProviderError;
+use orderflow_core::ports::read_models::ReadModelError;
 use orderflow_core::ports::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
@@ -20,6 +21,10 @@ pub enum WorkerError {
     /// An outside provider (payment, e-mail, SMS, push) failed.
     #[error(transparent)]
     Provider(#[from] ProviderError),
+    /// The shared store of the viewer sketches (Redis) failed: retried like
+    /// a provider call (adding a visitor id again changes nothing).
+    #[error(transparent)]
+    Sketches(#[from] ReadModelError),
     /// The event names something the database does not have (an order, a
     /// user). Retrying cannot help: the event goes to the dead-letter queue.
     #[error("{0} not found")]
@@ -61,7 +66,7 @@ impl WorkerError {
         match self {
             WorkerError::Provider(error) => error.retryable,
             WorkerError::Store(StoreError::Corrupt(_)) => false,
-            WorkerError::Store(_) | WorkerError::Log(_) => true,
+            WorkerError::Store(_) | WorkerError::Log(_) | WorkerError::Sketches(_) => true,
             WorkerError::Missing(_)
             | WorkerError::InvalidEvent(_)
             | WorkerError::Panicked(_)

@@ -7,7 +7,8 @@
 //!    failure leaves the state as it was: a member that then reads from the
 //!    beginning finds every event marked processed and skips it.
 //! 2. The state and the group's processed marks are deleted, in one
-//!    transaction ([`Store::reset_state`](orderflow_core::ports::store::Store::reset_state)).
+//!    transaction ([`Store::reset_state`](orderflow_core::ports::store::Store::reset_state)),
+//!    and for `trending` with Redis its unique-viewer sketches.
 //! 3. A member of the group replays until the group's lag is 0, committing
 //!    as it goes like any member: a rebuild cut off half way leaves a
 //!    consistent half, which a worker of the group (or another rebuild)
@@ -59,6 +60,9 @@ pub async fn rebuild(
     let group = what.group();
     deps.log.rewind(group, topics_of(group), force).await?;
     deps.store.reset_state(what).await?;
+    if let (Rebuildable::Trending, Some(sketches)) = (what, &deps.sketches) {
+        sketches.forget_all().await?;
+    }
     let handler: Arc<dyn Handler> = match what {
         Rebuildable::Analytics | Rebuildable::Trending => deps.handler(group)?,
         Rebuildable::Fraud => Arc::new(FraudHandler::replaying(deps.fraud.clone())),

@@ -23,6 +23,8 @@
 //!   process, for the admin health channel.
 //! - [`read_models`]: [`RedisReadModels`], leaderboard, daily sales, recent
 //!   notifications and live order-status channels.
+//! - [`sketches`]: [`RedisViewerSketches`], unique viewers per product and
+//!   day as HyperLogLogs (the `trending` group's state with Redis).
 
 pub mod cache;
 pub mod connection;
@@ -32,6 +34,7 @@ pub mod rate_limit;
 pub mod read_models;
 pub mod revocations;
 mod sharded;
+pub mod sketches;
 
 pub use cache::RedisSharedCache;
 pub use connection::{RedisConfigError, RedisConnection, RedisSettings, RedisTls};
@@ -40,3 +43,4 @@ pub use presence::RedisPresence;
 pub use rate_limit::RedisRateLimiter;
 pub use read_models::RedisReadModels;
 pub use revocations::{RebuildError, RedisRevocations};
+pub use sketches::RedisViewerSketches;

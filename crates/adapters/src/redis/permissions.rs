@@ -57,6 +57,10 @@ pub const REQUIRED: &[(&str, Deployment)] = &[
     ("lpos", Deployment::Both),
     ("ltrim", Deployment::Both),
     ("lrange", Deployment::Both),
+    ("pfadd", Deployment::Both),
+    ("pfcount", Deployment::Both),
+    ("sadd", Deployment::Both),
+    ("smembers", Deployment::Both),
     ("time", Deployment::Both),
     ("script|load", Deployment::Both),
     ("evalsha", Deployment::Both),
@@ -105,7 +109,8 @@ impl RedisConnection {
     /// Redis refuses.
     pub async fn check_permissions(&self) -> Result<(), RedisCheckError> {
         let probe = self.key(&format!("startup-check:{}", uuid::Uuid::now_v7().simple()));
-        let keys = ["string", "hash", "zset", "list"].map(|kind| format!("{probe}:{kind}"));
+        let keys =
+            ["string", "hash", "zset", "list", "hll", "set"].map(|kind| format!("{probe}:{kind}"));
         let result = self.run_probes(&probe, &keys).await;
         if result.is_err() {
             // Best effort: the probe keys of a check that stopped half-way.
@@ -116,7 +121,7 @@ impl RedisConnection {
         result
     }
 
-    async fn run_probes(&self, channel: &str, keys: &[String; 4]) -> Result<(), RedisCheckError> {
+    async fn run_probes(&self, channel: &str, keys: &[String; 6]) -> Result<(), RedisCheckError> {
         if let Some(seed) = self.cluster_seed() {
             // The slot map first, from one node directly: through the
             // cluster client a refused `CLUSTER SLOTS` reads "no nodes found".
@@ -131,7 +136,7 @@ impl RedisConnection {
                 .await
                 .map_err(|error| classify("cluster|slots", error))?;
         }
-        let [string, hash, zset, list] = keys;
+        let [string, hash, zset, list, hll, set] = keys;
         const SCRIPT: &str = "return redis.call('EXISTS', KEYS[1])";
         let script = redis::Script::new(SCRIPT);
         let mut probes: Vec<(&'static str, Cmd)> = vec![
@@ -167,6 +172,10 @@ impl RedisConnection {
             ("lpos", cmd("LPOS").arg(list).arg("a").clone()),
             ("ltrim", cmd("LTRIM").arg(list).arg(0).arg(9).clone()),
             ("lrange", cmd("LRANGE").arg(list).arg(0).arg(-1).clone()),
+            ("pfadd", cmd("PFADD").arg(hll).arg("v").clone()),
+            ("pfcount", cmd("PFCOUNT").arg(hll).clone()),
+            ("sadd", cmd("SADD").arg(set).arg("m").clone()),
+            ("smembers", cmd("SMEMBERS").arg(set).clone()),
             ("time", cmd("TIME")),
             ("script|load", cmd("SCRIPT").arg("LOAD").arg(SCRIPT).clone()),
             // With a key, so that a cluster runs it where the key lives.

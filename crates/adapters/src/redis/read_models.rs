@@ -190,7 +190,7 @@ impl RedisReadModels {
     }
 }
 
-fn unavailable(error: redis::RedisError) -> ReadModelError {
+pub(super) fn unavailable(error: redis::RedisError) -> ReadModelError {
     ReadModelError::Unavailable(error.to_string())
 }
 

@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use orderflow_core::ports::store::{
     ChangesPage, DailySales, DeadLetter, LeaderboardEntry, NotificationChange, NotificationRecord,
     OrderChange, PointsStanding, ProductSales, Prunable, Rebuildable, RefreshRotation, SalesWindow,
-    SessionRecord, Store, StoreResult, StoreTx, UserRecord,
+    SessionRecord, Store, StoreError, StoreResult, StoreTx, UserRecord,
 };
 use orderflow_domain::events::topics;
 use orderflow_domain::order::{HistoryEntry, Order, OrderStatus};
@@ -655,6 +655,42 @@ impl<E: Engine> Store for SqlStore<E> {
         .await
     }
 
+    async fn unique_viewers(&self, day: chrono::NaiveDate, product: ProductId) -> StoreResult<i64> {
+        let n = read_one(
+            &*self.engine,
+            stmt(
+                "unique_viewers",
+                "SELECT COUNT(*) AS n FROM product_viewers WHERE day = $1 AND product_id = $2",
+                (day, product),
+            ),
+            |row| row.int("n"),
+        )
+        .await?;
+        Ok(n.unwrap_or(0))
+    }
+
+    async fn viewer_salt(&self, day: chrono::NaiveDate, candidate: &str) -> StoreResult<String> {
+        let mut w = self.engine.begin_write(WritePriority::Background).await?;
+        w.exec(stmt(
+            "insert_viewer_salt",
+            "INSERT INTO viewer_salts (day, salt) VALUES ($1, $2) ON CONFLICT (day) DO NOTHING",
+            (day, candidate),
+        ))
+        .await?;
+        super::WriteTx::commit(w).await?;
+        read_one(
+            &*self.engine,
+            stmt(
+                "viewer_salt",
+                "SELECT salt FROM viewer_salts WHERE day = $1",
+                (day,),
+            ),
+            |row| row.text("salt"),
+        )
+        .await?
+        .ok_or_else(|| StoreError::Database(format!("the visitor-id salt of {day} vanished")))
+    }
+
     async fn product_views(&self, id: ProductId) -> StoreResult<i64> {
         let views = read_one(
             &*self.engine,
@@ -1119,6 +1155,7 @@ impl<E: Engine> Store for SqlStore<E> {
             Rebuildable::Trending => &[
                 "DELETE FROM product_views",
                 "DELETE FROM product_view_minutes",
+                "DELETE FROM product_viewers",
             ],
         };
         let mut statements: Vec<Stmt> = Vec::with_capacity(tables.len() + 1);
@@ -1174,6 +1211,18 @@ impl<E: Engine> Store for SqlStore<E> {
                 "DELETE FROM fraud_orders WHERE order_id IN
                      (SELECT order_id FROM fraud_orders WHERE placed_at < $1 LIMIT $2)",
                 (before, limit),
+            ),
+            Prunable::ProductViewers => stmt(
+                "prune_product_viewers",
+                "DELETE FROM product_viewers WHERE (day, product_id, viewer) IN
+                     (SELECT day, product_id, viewer FROM product_viewers WHERE day < $1 LIMIT $2)",
+                (before.date_naive(), limit),
+            ),
+            Prunable::ViewerSalts => stmt(
+                "prune_viewer_salts",
+                "DELETE FROM viewer_salts WHERE day IN
+                     (SELECT day FROM viewer_salts WHERE day < $1 LIMIT $2)",
+                (before.date_naive(), limit),
             ),
             // The three tables in one batch: a batch short of the limit
             // then means all are done.

@@ -39,8 +39,8 @@ use super::log::OUTBOX_SIGNAL;
 use super::store::load_order;
 use super::tail::TailEvent;
 use super::{
-    Appended, Engine, Exec, LogAppend, SavepointStep, ShopperWrites, SqlRow, Stmt, WriteTx, rows,
-    stmt, values_list,
+    Appended, Engine, Exec, LogAppend, SavepointStep, ShopperWrites, SqlRow, Stmt, WriteTx, per,
+    rows, stmt, values_list,
 };
 
 /// How often a claim retries when the row it lost to vanished before it
@@ -761,6 +761,30 @@ impl<E: Engine> StoreTx for SqlTx<E> {
                  ON CONFLICT (minute_start, product_id) DO UPDATE
                  SET views = product_view_minutes.views + excluded.views",
             (Granularity::Minute.window_start(at), product_id, views),
+        ));
+        Ok(())
+    }
+
+    async fn add_product_viewers(
+        &mut self,
+        day: chrono::NaiveDate,
+        product_id: ProductId,
+        viewers: &[String],
+    ) -> StoreResult<()> {
+        if viewers.is_empty() {
+            return Ok(());
+        }
+        self.defer(stmt(
+            "add_product_viewers",
+            per(
+                "INSERT INTO product_viewers (day, product_id, viewer)
+                 SELECT $1, $2, value FROM json_each($3) WHERE true
+                 ON CONFLICT DO NOTHING",
+                "INSERT INTO product_viewers (day, product_id, viewer)
+                 SELECT $1, $2, unnest($3::text[])
+                 ON CONFLICT DO NOTHING",
+            ),
+            (day, product_id, viewers.to_vec()),
         ));
         Ok(())
     }

@@ -50,6 +50,7 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/dlq", get(admin::dead_letters))
         .route("/admin/sales", get(admin::sales))
         .route("/admin/sales/products", get(admin::top_products))
+        .route("/admin/products/{id}/viewers", get(admin::unique_viewers))
         .route("/admin/dlq/{id}", get(admin::dead_letter))
         .route("/admin/dlq/{id}/replay", post(admin::replay))
         .route("/admin/orders/{id}/approve", post(admin::approve_order))

@@ -2,10 +2,14 @@
 //! products, admin writes.
 
 use axum::Json;
+use std::net::{IpAddr, Ipv4Addr};
+
+use axum::Extension;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use orderflow_core::CoreError;
+use orderflow_core::services::catalog::ViewerKey;
 use orderflow_domain::ValidationError;
 use orderflow_domain::product::{Product, ProductDraft};
 use serde::{Deserialize, Serialize};
@@ -13,7 +17,7 @@ use sha2::{Digest, Sha256};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::AppState;
-use crate::extract::{AdminCaller, ApiJson, ApiQuery};
+use crate::extract::{AdminCaller, ApiJson, ApiQuery, ClientIp};
 use crate::problem::ApiResult;
 use crate::schema;
 
@@ -191,6 +195,7 @@ pub async fn trending(
 pub async fn get_one(
     State(state): State<AppState>,
     Path(id): Path<uuid::Uuid>,
+    client: Option<Extension<ClientIp>>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let product = state
@@ -198,8 +203,15 @@ pub async fn get_one(
         .product(id)
         .await?
         .ok_or(CoreError::NotFound("product"))?;
-    // Counted in memory, flushed in batches (write-behind).
-    state.catalog.record_view(product.id);
+    // Counted in memory, flushed in batches (write-behind); the reader is
+    // their address and browser, for the unique viewers of the day.
+    let address = client.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.0);
+    let user_agent = headers
+        .get(header::USER_AGENT)
+        .map_or(&b""[..], HeaderValue::as_bytes);
+    state
+        .catalog
+        .record_view(product.id, ViewerKey::of(address, user_agent));
     let view = ProductView::from(product);
     let body = serde_json::to_vec(&view).map_err(|e| CoreError::Internal(e.to_string()))?;
     let etag = format!("\"{}\"", &hex::encode(Sha256::digest(&body))[..32]);

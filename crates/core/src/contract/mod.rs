@@ -73,6 +73,7 @@ macro_rules! store_scenarios {
             product_versions,
             product_imports,
             product_views,
+            unique_viewers,
             fraud_orders,
             live_channels,
             retention,

@@ -1903,6 +1903,80 @@ pub async fn product_views(store: Arc<dyn Store>) {
     );
 }
 
+/// Unique viewers are exact: an id recorded twice (in one list, in two
+/// transactions, or by a rolled-back one) counts once, per product and per
+/// day; a reset for a rebuild forgets them; retention drops whole days
+/// before the cut-off's. A day's visitor-id salt is the first one stored,
+/// whoever asks later, and goes once its day is over.
+pub async fn unique_viewers(store: Arc<dyn Store>) {
+    use crate::ports::store::{Prunable, Rebuildable};
+    let mug = given_product(&store, 5).await;
+    let cup = given_product(&store, 5).await;
+    let day = |text: &str| -> chrono::NaiveDate { text.parse().unwrap() };
+    let ids = |names: &[&str]| names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>();
+    let (monday, tuesday) = (day("2026-03-02"), day("2026-03-03"));
+    assert_eq!(store.unique_viewers(monday, mug.id).await.unwrap(), 0);
+
+    let mut tx = store.begin().await.unwrap();
+    tx.add_product_viewers(monday, mug.id, &ids(&["ann", "bob", "ann"]))
+        .await
+        .unwrap();
+    tx.add_product_viewers(monday, mug.id, &[]).await.unwrap();
+    tx.add_product_viewers(monday, cup.id, &ids(&["ann"]))
+        .await
+        .unwrap();
+    tx.add_product_viewers(tuesday, mug.id, &ids(&["ann"]))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let mut tx = store.begin().await.unwrap();
+    tx.add_product_viewers(monday, mug.id, &ids(&["bob", "cem"]))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let mut rolled_back = store.begin().await.unwrap();
+    rolled_back
+        .add_product_viewers(monday, mug.id, &ids(&["dan"]))
+        .await
+        .unwrap();
+    drop(rolled_back);
+    assert_eq!(store.unique_viewers(monday, mug.id).await.unwrap(), 3);
+    assert_eq!(store.unique_viewers(monday, cup.id).await.unwrap(), 1);
+    assert_eq!(store.unique_viewers(tuesday, mug.id).await.unwrap(), 1);
+
+    let cut_off: orderflow_domain::Timestamp = "2026-03-03T12:00:00Z".parse().unwrap();
+    assert_eq!(
+        store
+            .prune(Prunable::ProductViewers, cut_off, 100)
+            .await
+            .unwrap(),
+        4,
+        "Monday's rows, not Tuesday's"
+    );
+    assert_eq!(store.unique_viewers(monday, mug.id).await.unwrap(), 0);
+    assert_eq!(store.unique_viewers(tuesday, mug.id).await.unwrap(), 1);
+    store.reset_state(Rebuildable::Trending).await.unwrap();
+    assert_eq!(store.unique_viewers(tuesday, mug.id).await.unwrap(), 0);
+
+    assert_eq!(store.viewer_salt(monday, "first").await.unwrap(), "first");
+    assert_eq!(
+        store.viewer_salt(monday, "second").await.unwrap(),
+        "first",
+        "every process gets the day's first salt"
+    );
+    assert_eq!(store.viewer_salt(tuesday, "other").await.unwrap(), "other");
+    assert_eq!(
+        store
+            .prune(Prunable::ViewerSalts, cut_off, 100)
+            .await
+            .unwrap(),
+        1,
+        "Monday's salt"
+    );
+    assert_eq!(store.viewer_salt(monday, "new").await.unwrap(), "new");
+    assert_eq!(store.viewer_salt(tuesday, "new").await.unwrap(), "other");
+}
+
 /// The fraud check's memory: a shopper's watermark is their latest
 /// remembered order; the window read returns their orders within the range
 /// (both ends included), by event time, never another shopper's; a second

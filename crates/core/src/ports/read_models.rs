@@ -104,3 +104,35 @@ pub fn report_error(operation: &'static str, error: &ReadModelError) {
     metrics::counter!("orderflow_read_model_errors_total", "operation" => operation).increment(1);
     tracing::warn!(operation, %error, "read model unavailable; the database answers instead");
 }
+
+/// The relative standard error of a HyperLogLog count as Redis keeps it
+/// (16,384 registers: 1.04 / √16384), the bound `unique_viewers` states.
+pub const HYPERLOGLOG_STANDARD_ERROR: f64 = 0.0081;
+
+/// Unique viewers per product and day as HyperLogLog sketches in a shared
+/// store (Redis in the scaled setup): the `trending` group's state there,
+/// in place of the exact `product_viewers` table of the embedded setup.
+///
+/// Not derived from the database like [`ReadModels`]: derived from the log
+/// instead. Adding a visitor id twice changes nothing, so a redelivery or a
+/// replay never counts a reader twice; a sketch that was lost (Redis
+/// flushed) comes back with `orderflow rebuild trending`. A count is within
+/// [`HYPERLOGLOG_STANDARD_ERROR`] of the truth (one standard error).
+#[async_trait]
+pub trait ViewerSketches: Send + Sync + 'static {
+    /// Adds visitor ids to `product`'s sketch of `day`.
+    async fn add(
+        &self,
+        day: chrono::NaiveDate,
+        product: orderflow_domain::ProductId,
+        viewers: &[String],
+    ) -> ReadModelResult<()>;
+    /// The estimated distinct visitor ids of `product` on `day`.
+    async fn count(
+        &self,
+        day: chrono::NaiveDate,
+        product: orderflow_domain::ProductId,
+    ) -> ReadModelResult<u64>;
+    /// Forgets every sketch (a rebuild starts over).
+    async fn forget_all(&self) -> ReadModelResult<()>;
+}

@@ -349,6 +349,12 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Vec<(ProductId, i64)>>;
     /// How many views a product has had (0 when none were flushed yet).
     async fn product_views(&self, id: ProductId) -> StoreResult<i64>;
+    /// How many distinct visitors read `product` on `day` (exact: the
+    /// visitor ids `trending` recorded; 0 for none).
+    async fn unique_viewers(&self, day: chrono::NaiveDate, product: ProductId) -> StoreResult<i64>;
+    /// The salt of `day`'s visitor ids, the same for every process: the
+    /// stored one, or `candidate` stored now when the day has none yet.
+    async fn viewer_salt(&self, day: chrono::NaiveDate, candidate: &str) -> StoreResult<String>;
 
     // --- orders ---
     async fn order(&self, id: OrderId) -> StoreResult<Option<(Order, Vec<HistoryEntry>)>>;
@@ -440,7 +446,8 @@ pub enum Rebuildable {
     Analytics,
     /// `fraud`: the shoppers' remembered orders.
     Fraud,
-    /// `trending`: views per product and per minute.
+    /// `trending`: views per product and per minute, and the exact unique
+    /// viewers per product and day.
     Trending,
 }
 
@@ -490,6 +497,10 @@ pub enum Prunable<'a> {
     MinuteWindows,
     /// The fraud check's remembered orders placed before the cut-off.
     FraudOrders,
+    /// Unique viewers of the days before the cut-off's day.
+    ProductViewers,
+    /// Visitor-id salts of the days before the cut-off's day.
+    ViewerSalts,
 }
 
 /// A unit of work. All writes of a use case or a consumer go through one.
@@ -558,6 +569,14 @@ pub trait StoreTx: Send {
         product_id: ProductId,
         views: u64,
         at: Timestamp,
+    ) -> StoreResult<()>;
+    /// Records visitor ids among `product`'s readers on `day` (the exact
+    /// unique viewers); an id recorded before changes nothing.
+    async fn add_product_viewers(
+        &mut self,
+        day: chrono::NaiveDate,
+        product_id: ProductId,
+        viewers: &[String],
     ) -> StoreResult<()>;
     /// The fraud check's memory of `user_id`: their watermark and their
     /// orders placed within `[from, to]` (event time).

@@ -30,7 +30,8 @@ pub struct Retention {
     /// Dead letters already replayed.
     pub replayed_dead_letters: Duration,
     /// Minute windows: sales (a read spans a week of them at most) and
-    /// product views (trending reads a day at most).
+    /// product views (trending reads a day at most); also the exact unique
+    /// viewers of each day.
     pub minute_windows: Duration,
     /// The fraud check's remembered orders: at least a window and its
     /// grace (the settings refuse less).
@@ -87,6 +88,8 @@ pub struct PruneReport {
     pub replayed_dead_letters: u64,
     pub minute_windows: u64,
     pub fraud_orders: u64,
+    pub product_viewers: u64,
+    pub viewer_salts: u64,
 }
 
 impl PruneReport {
@@ -98,6 +101,8 @@ impl PruneReport {
             + self.replayed_dead_letters
             + self.minute_windows
             + self.fraud_orders
+            + self.product_viewers
+            + self.viewer_salts
     }
 }
 
@@ -128,6 +133,10 @@ pub async fn prune(
         ),
         (Prunable::MinuteWindows, retention.minute_windows),
         (Prunable::FraudOrders, retention.fraud_orders),
+        (Prunable::ProductViewers, retention.minute_windows),
+        // A day's salt goes as soon as the day is over (see
+        // `CatalogService::record_view`).
+        (Prunable::ViewerSalts, Duration::ZERO),
     ];
     for (what, horizon) in kinds {
         let cut_off = before(horizon);
@@ -156,6 +165,8 @@ pub async fn prune(
             }
             Prunable::MinuteWindows => ("minute_windows", &mut report.minute_windows),
             Prunable::FraudOrders => ("fraud_orders", &mut report.fraud_orders),
+            Prunable::ProductViewers => ("product_viewers", &mut report.product_viewers),
+            Prunable::ViewerSalts => ("viewer_salts", &mut report.viewer_salts),
         };
         *slot = deleted;
         metrics::counter!("orderflow_pruned_rows_total", "kind" => label).increment(deleted);

@@ -240,3 +240,88 @@ async fn trending_ranks_products_by_their_views_in_the_window() {
         assert_eq!(problem["field"], "top", "{query}: {problem}");
     }
 }
+
+/// Unique viewers per product and day, exact in the embedded setup: readers
+/// are told apart by address and User-Agent, a reader counts once however
+/// often they read, the count is the admin's to read, and an unknown
+/// product is a 404.
+#[tokio::test]
+async fn unique_viewers_count_each_reader_once_a_day() {
+    let app = spawn_app().await;
+    let mug = app.create_product("UNIQUE-1", 300, 20).await;
+    let lamp = app.create_product("UNIQUE-2", 300, 20).await;
+    let read = |id: uuid::Uuid, browser: &'static str| {
+        let app = &app;
+        async move {
+            let response = app
+                .http
+                .get(app.url(&format!("/api/v1/products/{id}")))
+                .header("user-agent", browser)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+        }
+    };
+    for browser in ["Firefox/140", "Firefox/140", "Firefox/140", "Chromium/141"] {
+        read(mug.id, browser).await;
+    }
+    read(lamp.id, "Firefox/140").await;
+    app.app.catalog.flush_views().await.unwrap();
+    app.drain().await;
+
+    let admin = app.admin_token().await;
+    let viewers = |id: uuid::Uuid, query: String| {
+        let (app, admin) = (&app, admin.clone());
+        async move {
+            app.http
+                .get(app.url(&format!("/api/v1/admin/products/{id}/viewers{query}")))
+                .bearer_auth(admin)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let today = chrono::Utc::now().date_naive();
+    let body: serde_json::Value = viewers(mug.id, String::new()).await.json().await.unwrap();
+    assert_eq!(body["unique_viewers"], 2, "{body}");
+    assert_eq!(body["exact"], true);
+    assert_eq!(body["relative_standard_error"], 0.0);
+    assert_eq!(body["day"], today.to_string());
+    let body: serde_json::Value = viewers(lamp.id, format!("?day={today}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["unique_viewers"], 1, "{body}");
+    let yesterday = today.pred_opt().unwrap();
+    let body: serde_json::Value = viewers(mug.id, format!("?day={yesterday}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["unique_viewers"], 0, "{body}");
+    assert_eq!(app.app.store.product_views(mug.id).await.unwrap(), 4);
+
+    assert_problem(
+        viewers(uuid::Uuid::now_v7(), String::new()).await,
+        404,
+        "not-found",
+    )
+    .await;
+    assert_problem(
+        viewers(mug.id, "?day=yesterday".into()).await,
+        400,
+        "malformed-query",
+    )
+    .await;
+    let shopper = app.shopper("Nosy").await;
+    let refused = app
+        .http
+        .get(app.url(&format!("/api/v1/admin/products/{}/viewers", mug.id)))
+        .bearer_auth(&shopper.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+}

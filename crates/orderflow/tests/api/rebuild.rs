@@ -20,9 +20,9 @@ struct Snapshot {
     /// Per shopper: the fraud check's watermark and remembered orders.
     fraud: Vec<(Option<orderflow_domain::Timestamp>, Vec<WindowOrder>)>,
     /// The most viewed over the last hour's minutes, and each product's
-    /// total views.
+    /// total views and unique viewers today.
     trending: Vec<(uuid::Uuid, i64)>,
-    views: Vec<i64>,
+    views: Vec<(i64, i64)>,
 }
 
 async fn snapshot(app: &TestApp, shoppers: &[uuid::Uuid], products: &[uuid::Uuid]) -> Snapshot {
@@ -42,7 +42,13 @@ async fn snapshot(app: &TestApp, shoppers: &[uuid::Uuid], products: &[uuid::Uuid
     }
     let mut views = Vec::new();
     for product in products {
-        views.push(store.product_views(*product).await.unwrap());
+        views.push((
+            store.product_views(*product).await.unwrap(),
+            store
+                .unique_viewers(now.date_naive(), *product)
+                .await
+                .unwrap(),
+        ));
     }
     Snapshot {
         trending: store
@@ -88,7 +94,7 @@ async fn rebuilt_state_equals_the_live_one(extra: &[&str], running_members_refus
     assert_eq!(live.top_products.len(), 2);
     assert_eq!(live.fraud[0].1.len(), 6);
     assert_eq!(live.fraud[1].1.len(), 2);
-    assert_eq!(live.views, [3, 2]);
+    assert_eq!(live.views, [(3, 1), (2, 1)], "one reader, the test");
 
     if running_members_refuse {
         let refused = orderflow_workers::rebuild::rebuild(

@@ -32,7 +32,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use orderflow_core::ports::log::EventLog;
 use orderflow_core::ports::providers::PaymentGateway;
-use orderflow_core::ports::read_models::ReadModels;
+use orderflow_core::ports::read_models::{ReadModels, ViewerSketches};
 use orderflow_core::ports::store::Store;
 use orderflow_core::services::catalog::CatalogService;
 use orderflow_core::services::effects::{Notifiers, RetryPolicy};
@@ -121,6 +121,9 @@ pub struct WorkerDeps {
     pub consumer: ConsumerSettings,
     /// What the `fraud` group holds an order for.
     pub fraud: FraudRules,
+    /// Where `trending` counts unique viewers (Redis HyperLogLogs); `None`:
+    /// exactly, in the database.
+    pub sketches: Option<Arc<dyn ViewerSketches>>,
 }
 
 impl std::fmt::Debug for WorkerDeps {
@@ -153,6 +156,7 @@ impl WorkerDeps {
             live: None,
             consumer: ConsumerSettings::default(),
             fraud: FraudRules::standard(Currency::parse("EUR").expect("a valid currency")),
+            sketches: None,
         }
     }
 
@@ -160,6 +164,12 @@ impl WorkerDeps {
     /// orders or 10,000.00 EUR in any 5 minutes).
     pub fn with_fraud_rules(mut self, rules: FraudRules) -> Self {
         self.fraud = rules;
+        self
+    }
+
+    /// Makes `trending` count unique viewers in `sketches`.
+    pub fn with_sketches(mut self, sketches: Arc<dyn ViewerSketches>) -> Self {
+        self.sketches = Some(sketches);
         self
     }
 
@@ -217,7 +227,7 @@ impl WorkerDeps {
             "push" => notify(Channel::Push),
             "loyalty" => Arc::new(LoyaltyHandler::new(store).with_read_models(read_models)),
             "analytics" => Arc::new(AnalyticsHandler::new(store).with_read_models(read_models)),
-            "trending" => Arc::new(TrendingHandler::new()),
+            "trending" => Arc::new(TrendingHandler::new().with_sketches(self.sketches.clone())),
             other => return Err(WorkerError::UnknownGroup(other.to_owned())),
         })
     }
