@@ -63,7 +63,7 @@ use clap::Parser;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use orderflow::App;
 use orderflow::cli::Cli;
-use orderflow_core::services::catalog::{CacheSettings, CatalogService};
+use orderflow_core::services::catalog::{CacheSettings, CatalogService, ViewerKey};
 use orderflow_domain::events::{Envelope, EventData, topics};
 use orderflow_domain::money::Currency;
 use orderflow_domain::order::{self, OrderLine, RequestedLine};
@@ -190,6 +190,19 @@ fn catalog(c: &mut Criterion) {
                 .await
                 .expect("read")
                 .expect("product exists")
+        })
+    });
+    // What a product read adds for the views: the reader's digest (address
+    // and a typical User-Agent) and the count in memory, among 1,000
+    // readers.
+    let user_agent: &[u8] =
+        b"Mozilla/5.0 (X11; Linux x86_64; rv:140.0) Gecko/20100101 Firefox/140.0";
+    let mut reader = 0_u32;
+    group.bench_function("record_view", |b| {
+        b.iter(|| {
+            reader = (reader + 1) % 1000;
+            let address = std::net::IpAddr::from(reader.to_be_bytes());
+            cached.record_view(black_box(id), ViewerKey::of(address, user_agent));
         })
     });
     let uncached = &cache_off;
