@@ -65,7 +65,10 @@ pub async fn rebuild(
     }
     let handler: Arc<dyn Handler> = match what {
         Rebuildable::Analytics | Rebuildable::Trending => deps.handler(group)?,
-        Rebuildable::Fraud => Arc::new(FraudHandler::replaying(deps.fraud.clone())),
+        Rebuildable::Fraud => Arc::new(FraudHandler::replaying(
+            deps.store.clone(),
+            deps.fraud.clone(),
+        )),
     };
     let mut member =
         Consumer::subscribe(handler, deps.store.clone(), deps.log.as_ref(), deps.retry)

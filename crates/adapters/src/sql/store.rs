@@ -11,9 +11,10 @@
 
 use async_trait::async_trait;
 use orderflow_core::ports::store::{
-    ChangesPage, DailySales, DeadLetter, LeaderboardEntry, NotificationChange, NotificationRecord,
-    OrderChange, PointsStanding, ProductSales, Prunable, Rebuildable, RefreshRotation, SalesWindow,
-    SessionRecord, Store, StoreError, StoreResult, StoreTx, UserRecord,
+    ChangesPage, DailySales, DeadLetter, FraudHistory, LeaderboardEntry, NotificationChange,
+    NotificationRecord, OrderChange, PointsStanding, ProductSales, Prunable, Rebuildable,
+    RefreshRotation, SalesWindow, SessionRecord, Store, StoreError, StoreResult, StoreTx,
+    UserRecord,
 };
 use orderflow_domain::events::topics;
 use orderflow_domain::order::{HistoryEntry, Order, OrderStatus};
@@ -653,6 +654,41 @@ impl<E: Engine> Store for SqlStore<E> {
             |row| Ok((row.uuid("product_id")?, row.int("views")?)),
         )
         .await
+    }
+
+    async fn fraud_history(
+        &self,
+        user_id: UserId,
+        from: Timestamp,
+        to: Timestamp,
+    ) -> StoreResult<FraudHistory> {
+        // One row per remembered order in the range, each with the
+        // watermark; one row of NULLs and the watermark when there are none.
+        let rows = read_all(
+            &*self.engine,
+            stmt(
+                "fraud_history",
+                "SELECT w.watermark, f.order_id, f.placed_at, f.total_cents, f.currency
+                 FROM (SELECT MAX(placed_at) AS watermark FROM fraud_orders
+                       WHERE user_id = $1) w
+                 LEFT JOIN fraud_orders f
+                   ON f.user_id = $1 AND f.placed_at >= $2 AND f.placed_at <= $3
+                 ORDER BY f.placed_at, f.order_id",
+                (user_id, from, to),
+            ),
+            |row| {
+                let order = match row.opt_uuid("order_id")? {
+                    Some(_) => Some(rows::window_order(row)?),
+                    None => None,
+                };
+                Ok((row.opt_time("watermark")?, order))
+            },
+        )
+        .await?;
+        Ok(FraudHistory {
+            watermark: rows.first().and_then(|(watermark, _)| *watermark),
+            orders: rows.into_iter().filter_map(|(_, order)| order).collect(),
+        })
     }
 
     async fn unique_viewers(&self, day: chrono::NaiveDate, product: ProductId) -> StoreResult<i64> {

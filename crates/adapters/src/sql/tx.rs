@@ -24,8 +24,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use orderflow_core::ports::outbox::EventDestination;
 use orderflow_core::ports::store::{
-    DeadLetter, FraudHistory, IdempotencyClaim, IdempotencyRecord, NotificationRecord,
-    PaymentRecord, Reservation, StoreError, StoreResult, StoreTx, UserRecord,
+    DeadLetter, IdempotencyClaim, IdempotencyRecord, NotificationRecord, PaymentRecord,
+    Reservation, StoreError, StoreResult, StoreTx, UserRecord,
 };
 use orderflow_domain::events::Envelope;
 use orderflow_domain::fraud::WindowOrder;
@@ -40,7 +40,7 @@ use super::store::load_order;
 use super::tail::TailEvent;
 use super::{
     Appended, Engine, Exec, LogAppend, SavepointStep, ShopperWrites, SqlRow, Stmt, WriteTx, per,
-    rows, stmt, values_list,
+    stmt, values_list,
 };
 
 /// How often a claim retries when the row it lost to vanished before it
@@ -787,39 +787,6 @@ impl<E: Engine> StoreTx for SqlTx<E> {
             (day, product_id, viewers.to_vec()),
         ));
         Ok(())
-    }
-
-    async fn fraud_history(
-        &mut self,
-        user_id: UserId,
-        from: Timestamp,
-        to: Timestamp,
-    ) -> StoreResult<FraudHistory> {
-        let rows = self
-            .conn()
-            .await?
-            .query_all(stmt(
-                "fraud_history",
-                "SELECT w.watermark, f.order_id, f.placed_at, f.total_cents, f.currency
-                 FROM (SELECT MAX(placed_at) AS watermark FROM fraud_orders
-                       WHERE user_id = $1) w
-                 LEFT JOIN fraud_orders f
-                   ON f.user_id = $1 AND f.placed_at >= $2 AND f.placed_at <= $3
-                 ORDER BY f.placed_at, f.order_id",
-                (user_id, from, to),
-            ))
-            .await?;
-        let watermark = match rows.first() {
-            Some(row) => row.opt_time("watermark")?,
-            None => None,
-        };
-        let mut orders = Vec::with_capacity(rows.len());
-        for row in &rows {
-            if row.opt_uuid("order_id")?.is_some() {
-                orders.push(rows::window_order(row)?);
-            }
-        }
-        Ok(FraudHistory { watermark, orders })
     }
 
     async fn remember_for_fraud(

@@ -349,6 +349,16 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Vec<(ProductId, i64)>>;
     /// How many views a product has had (0 when none were flushed yet).
     async fn product_views(&self, id: ProductId) -> StoreResult<i64>;
+    /// The fraud check's memory of `user_id` as committed: their watermark
+    /// and their orders placed within `[from, to]` (event time). Read
+    /// outside any unit of work: the `fraud` group reads it while preparing
+    /// a verdict, so the read never holds SQLite's one writer.
+    async fn fraud_history(
+        &self,
+        user_id: UserId,
+        from: Timestamp,
+        to: Timestamp,
+    ) -> StoreResult<FraudHistory>;
     /// How many distinct visitors read `product` on `day` (exact: the
     /// visitor ids `trending` recorded; 0 for none).
     async fn unique_viewers(&self, day: chrono::NaiveDate, product: ProductId) -> StoreResult<i64>;
@@ -578,14 +588,6 @@ pub trait StoreTx: Send {
         product_id: ProductId,
         viewers: &[String],
     ) -> StoreResult<()>;
-    /// The fraud check's memory of `user_id`: their watermark and their
-    /// orders placed within `[from, to]` (event time).
-    async fn fraud_history(
-        &mut self,
-        user_id: UserId,
-        from: Timestamp,
-        to: Timestamp,
-    ) -> StoreResult<FraudHistory>;
     /// Remembers an order the fraud check judged; remembering it again
     /// changes nothing.
     async fn remember_for_fraud(&mut self, user_id: UserId, order: &WindowOrder)

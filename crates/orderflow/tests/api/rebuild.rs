@@ -32,12 +32,10 @@ async fn snapshot(app: &TestApp, shoppers: &[uuid::Uuid], products: &[uuid::Uuid
     let days = WindowRange::latest(Granularity::Day, 30, now);
     let mut fraud = Vec::new();
     for shopper in shoppers {
-        let mut tx = store.begin().await.unwrap();
-        let history = tx
+        let history = store
             .fraud_history(*shopper, now - chrono::TimeDelta::days(1), now)
             .await
             .unwrap();
-        tx.commit().await.unwrap();
         fraud.push((history.watermark, history.orders));
     }
     let mut views = Vec::new();

@@ -20,16 +20,27 @@
 //! shopper is the lane: one shopper's orders are judged one at a time, in
 //! log order.
 //!
+//! The verdict is reached while preparing, outside the group commit: the
+//! shopper's history is read from a read connection, so the read never
+//! holds SQLite's one writer (measured: it was half of the fraud stage's
+//! cost under load). The runtime may prepare a shopper's next order before
+//! the previous verdict is committed, so the member also keeps the orders it
+//! judged and has not committed yet ([`Uncommitted`]) and judges against
+//! both; an effect that is dropped without committing (dead-lettered, or
+//! prepared again) takes its order out again.
+//!
 //! [`FraudHandler::replaying`] is the handler `orderflow rebuild fraud` runs:
 //! it remembers the orders the live check remembered (every order it
 //! judged) and does nothing else: no status changes, no events, no metrics,
 //! since all of that happened when the orders were first judged.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
 use orderflow_core::ports::log::Delivery;
-use orderflow_core::ports::store::StoreTx;
+use orderflow_core::ports::store::{FraudHistory, Store, StoreTx};
 use orderflow_core::services::live::{LiveChannel, LiveHub};
 use orderflow_domain::events::{Envelope, EventData};
 use orderflow_domain::fraud::{FraudRules, Rule, Verdict, WindowOrder};
@@ -42,27 +53,108 @@ use crate::runtime::{Applied, Effect, Handler, Prepared};
 
 pub struct FraudHandler {
     rules: FraudRules,
+    store: Arc<dyn Store>,
     /// Told of each hold, so the shopper's followers see it at once.
     live: Option<Arc<LiveHub>>,
     /// Rebuilding the remembered orders only (see the module docs).
     replaying: bool,
+    uncommitted: Arc<Uncommitted>,
+}
+
+/// The orders this member judged, and will remember, whose verdicts are
+/// not committed yet, per shopper. Each entry carries the token of the
+/// effect that added it, so that an effect dropped after its delivery was
+/// prepared again removes its own entry, not the new one.
+#[derive(Debug, Default)]
+struct Uncommitted {
+    next_token: AtomicU64,
+    by_shopper: Mutex<HashMap<UserId, Vec<(u64, WindowOrder)>>>,
+}
+
+impl Uncommitted {
+    fn of(&self, user_id: UserId) -> Vec<WindowOrder> {
+        let by_shopper = self
+            .by_shopper
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        by_shopper.get(&user_id).map_or_else(Vec::new, |orders| {
+            orders.iter().map(|(_, order)| order.clone()).collect()
+        })
+    }
+
+    /// Adds `order` (replacing an entry of the same order); its token.
+    fn add(&self, user_id: UserId, order: &WindowOrder) -> u64 {
+        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
+        let mut by_shopper = self
+            .by_shopper
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let orders = by_shopper.entry(user_id).or_default();
+        orders.retain(|(_, known)| known.order_id != order.order_id);
+        orders.push((token, order.clone()));
+        token
+    }
+
+    fn remove(&self, user_id: UserId, token: u64) {
+        let mut by_shopper = self
+            .by_shopper
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(orders) = by_shopper.get_mut(&user_id) {
+            orders.retain(|(known, _)| *known != token);
+            if orders.is_empty() {
+                by_shopper.remove(&user_id);
+            }
+        }
+    }
 }
 
 impl FraudHandler {
-    pub fn new(rules: FraudRules) -> Self {
+    pub fn new(store: Arc<dyn Store>, rules: FraudRules) -> Self {
         Self {
             rules,
+            store,
             live: None,
             replaying: false,
+            uncommitted: Arc::default(),
         }
     }
 
     /// The handler of a rebuild: remembers, never acts.
-    pub fn replaying(rules: FraudRules) -> Self {
+    pub fn replaying(store: Arc<dyn Store>, rules: FraudRules) -> Self {
         Self {
             replaying: true,
-            ..Self::new(rules)
+            ..Self::new(store, rules)
         }
+    }
+
+    /// `order`'s verdict against what is remembered of its shopper around
+    /// it: the committed history, and this member's uncommitted orders.
+    async fn verdict(&self, user_id: UserId, order: &WindowOrder) -> Result<Verdict, WorkerError> {
+        let (from, to) = self.rules.neighbourhood(order.at);
+        // The uncommitted orders first, then the database: an order whose
+        // verdict commits in between is in one of the two.
+        let uncommitted = self.uncommitted.of(user_id);
+        let FraudHistory {
+            mut watermark,
+            mut orders,
+        } = self.store.fraud_history(user_id, from, to).await?;
+        for earlier in uncommitted {
+            // Not the order itself (prepared again after a failure).
+            if earlier.order_id == order.order_id {
+                continue;
+            }
+            watermark = watermark.max(Some(earlier.at));
+            if (from..=to).contains(&earlier.at)
+                && !orders
+                    .iter()
+                    .any(|known| known.order_id == earlier.order_id)
+            {
+                orders.push(earlier);
+            }
+        }
+        orders.sort_by_key(|known| (known.at, known.order_id));
+        Ok(self.rules.check(watermark, &orders, order))
     }
 
     /// Hands each committed hold's live message to `hub`.
@@ -92,21 +184,32 @@ impl Handler for FraudHandler {
         };
         let currency = Currency::parse(currency)
             .map_err(|error| WorkerError::InvalidEvent(format!("order {order_id}: {error}")))?;
+        let order = WindowOrder {
+            order_id: *order_id,
+            at: event.time,
+            total_cents: *total_cents,
+            currency,
+        };
+        let verdict = self.verdict(*user_id, &order).await?;
+        let uncommitted = match verdict {
+            Verdict::Late { .. } => None,
+            Verdict::Clear | Verdict::Flagged(_) => Some((
+                self.uncommitted.clone(),
+                self.uncommitted.add(*user_id, &order),
+            )),
+        };
         Ok(Prepared::Effect(Box::new(Judge {
             rules: self.rules.clone(),
             user_id: *user_id,
-            order: WindowOrder {
-                order_id: *order_id,
-                at: event.time,
-                total_cents: *total_cents,
-                currency,
-            },
+            order,
+            verdict,
             items: items.clone(),
             event: event.id,
             traceparent: event.traceparent.clone(),
             live: self.live.clone(),
             replaying: self.replaying,
             outcome: None,
+            uncommitted,
         })))
     }
 }
@@ -119,11 +222,12 @@ enum Outcome {
     Late,
 }
 
-/// Judge one placed order, remember it, and let it through or hold it.
+/// Remember one judged order, and let it through or hold it.
 struct Judge {
     rules: FraudRules,
     user_id: UserId,
     order: WindowOrder,
+    verdict: Verdict,
     items: Vec<OrderLine>,
     event: EventId,
     traceparent: Option<String>,
@@ -131,18 +235,20 @@ struct Judge {
     replaying: bool,
     /// Set by `apply` for `committed`.
     outcome: Option<Outcome>,
+    /// This order's entry among the member's uncommitted orders, taken out
+    /// when the effect goes (committed, or given up).
+    uncommitted: Option<(Arc<Uncommitted>, u64)>,
+}
+
+impl Drop for Judge {
+    fn drop(&mut self) {
+        if let Some((uncommitted, token)) = &self.uncommitted {
+            uncommitted.remove(self.user_id, *token);
+        }
+    }
 }
 
 impl Judge {
-    /// The order against what is remembered of its shopper around it.
-    async fn verdict(&self, tx: &mut dyn StoreTx) -> Result<Verdict, WorkerError> {
-        let (from, to) = self.rules.neighbourhood(self.order.at);
-        let history = tx.fraud_history(self.user_id, from, to).await?;
-        Ok(self
-            .rules
-            .check(history.watermark, &history.orders, &self.order))
-    }
-
     fn cleared(&self) -> EventData {
         EventData::OrderCleared {
             order_id: self.order.order_id,
@@ -161,12 +267,12 @@ impl Effect for Judge {
         self.outcome = None;
         let order_id: OrderId = self.order.order_id;
         if self.replaying {
-            if !matches!(self.verdict(tx).await?, Verdict::Late { .. }) {
+            if !matches!(self.verdict, Verdict::Late { .. }) {
                 tx.remember_for_fraud(self.user_id, &self.order).await?;
             }
             return Ok(Applied::Changed);
         }
-        let events = match self.verdict(tx).await? {
+        let events = match &self.verdict {
             Verdict::Clear => {
                 tx.remember_for_fraud(self.user_id, &self.order).await?;
                 self.outcome = Some(Outcome::Cleared);
@@ -203,7 +309,7 @@ impl Effect for Judge {
                         rule: violation.rule,
                         window_start: violation.window_start,
                         window_end: violation.window_end,
-                        orders: violation.orders,
+                        orders: violation.orders.clone(),
                         total_cents: violation.total_cents,
                         currency: self.rules.currency.to_string(),
                     },

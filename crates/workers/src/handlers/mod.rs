@@ -213,7 +213,9 @@ impl WorkerDeps {
             )
         };
         Ok(match group {
-            "fraud" => Arc::new(FraudHandler::new(self.fraud.clone()).with_live(self.live.clone())),
+            "fraud" => {
+                Arc::new(FraudHandler::new(store, self.fraud.clone()).with_live(self.live.clone()))
+            }
             "inventory" => Arc::new(InventoryHandler::new().with_catalog(self.catalog.clone())),
             "payment" => Arc::new(PaymentHandler::new(self.payment.clone())),
             "orders" => Arc::new(

@@ -626,3 +626,81 @@ async fn a_fact_that_no_longer_fits_is_marked_counted_and_ignored() {
         [NotificationKind::OrderConfirmed]
     );
 }
+
+/// The fraud group reaches its verdict while preparing, and the runtime may
+/// prepare a shopper's next order before the previous verdict commits: the
+/// next order is judged against the uncommitted one too. An effect dropped
+/// without committing (given up, or prepared again) takes its order back.
+#[tokio::test]
+async fn fraud_judges_a_shoppers_next_order_against_the_uncommitted_one() {
+    use orderflow_domain::fraud::FraudRules;
+    use orderflow_domain::money::Currency;
+    use orderflow_workers::handlers::FraudHandler;
+    use orderflow_workers::runtime::{Handler, Prepared};
+
+    let h = Harness::new(None, tiny_retry(3)).await;
+    let ann = h.user("Ann").await;
+    let mug = h.product(1299, 10).await;
+    // One order per window is allowed; the second is fraud.
+    let rules = FraudRules {
+        max_orders: 1,
+        ..FraudRules::standard(Currency::parse("EUR").unwrap())
+    };
+    let fraud = FraudHandler::new(h.store.clone(), rules);
+    let bob = h.user("Bob").await;
+    let (ann_first, _) = h.place_order(&ann, &[(&mug, 1)]).await;
+    let (ann_second, _) = h.place_order(&ann, &[(&mug, 1)]).await;
+    let (bob_first, _) = h.place_order(&bob, &[(&mug, 1)]).await;
+    let (bob_second, _) = h.place_order(&bob, &[(&mug, 1)]).await;
+    let placed = h.events_on(topics::ORDER_EVENTS).await;
+    let prepare = |order: &orderflow_domain::order::Order| {
+        let fraud = &fraud;
+        let delivery = placed
+            .iter()
+            .find(|d| {
+                matches!(&d.envelope.data, EventData::OrderPlaced { order_id, .. } if *order_id == order.id)
+            })
+            .expect("the order was placed");
+        async move {
+            match fraud.prepare(delivery).await.unwrap() {
+                Prepared::Effect(effect) => effect,
+                other => panic!("an order placed is judged, not {other:?}"),
+            }
+        }
+    };
+    let commit = |effects: Vec<Box<dyn orderflow_workers::runtime::Effect>>| async {
+        let mut effects = effects;
+        let mut tx = h.store.begin().await.unwrap();
+        for effect in &mut effects {
+            effect.apply(tx.as_mut()).await.unwrap();
+        }
+        tx.commit().await.unwrap();
+        for effect in effects {
+            effect.committed().await;
+        }
+    };
+
+    // Ann's first verdict is given up before it commits: her second order
+    // is alone in its window and cleared.
+    drop(prepare(&ann_first).await);
+    commit(vec![prepare(&ann_second).await]).await;
+    assert_eq!(h.status(&ann_second).await, OrderStatus::Pending);
+    assert_eq!(h.status(&ann_first).await, OrderStatus::Pending);
+
+    // Both of Bob's prepared before either commits: the second is held.
+    let first = prepare(&bob_first).await;
+    let second = prepare(&bob_second).await;
+    commit(vec![first, second]).await;
+    assert_eq!(h.status(&bob_first).await, OrderStatus::Pending);
+    assert_eq!(h.status(&bob_second).await, OrderStatus::Held);
+    let alerts: Vec<_> = h
+        .events_on(topics::FRAUD_ALERTS)
+        .await
+        .into_iter()
+        .filter_map(|d| match d.envelope.data {
+            EventData::FraudAlerted { user_id, .. } => Some(user_id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(alerts, [bob.id], "one alert, Bob's");
+}
