@@ -662,8 +662,9 @@ impl<E: Engine> Store for SqlStore<E> {
         from: Timestamp,
         to: Timestamp,
     ) -> StoreResult<FraudHistory> {
-        // One row per remembered order in the range, each with the
-        // watermark; one row of NULLs and the watermark when there are none.
+        // One statement: the watermark, joined to the orders in the range;
+        // a shopper with none in it still has the watermark's row (its
+        // order columns NULL).
         let rows = read_all(
             &*self.engine,
             stmt(

@@ -738,8 +738,6 @@ impl<E: Engine> StoreTx for SqlTx<E> {
         Ok(())
     }
 
-    /// One statement: the watermark, joined to the orders in the range (a
-    /// shopper with none in it still has the watermark's row).
     async fn add_product_views(
         &mut self,
         product_id: ProductId,
