@@ -26,7 +26,7 @@ use crate::routes::{admin, auth, health, live, me, orders, products};
         live::ticket,
         live::snapshot,
         admin::consumers, admin::dead_letters, admin::dead_letter, admin::replay,
-        admin::sales, admin::top_products, admin::unique_viewers, admin::approve_order, admin::reject_order,
+        admin::sales, admin::top_products, admin::unique_viewers, admin::held_orders, admin::approve_order, admin::reject_order,
         health::healthz, health::readyz,
     ),
     // OrderLineInput is named by `schema::order_lines`, not reached through a field type.

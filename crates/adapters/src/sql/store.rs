@@ -129,6 +129,19 @@ async fn read_all<E: Engine, T>(
     conn.query_all(stmt).await?.iter().map(map).collect()
 }
 
+/// When the order `id` was created: the keyset cursor of the order lists
+/// (`None` for an id that names no order, deleted or made up).
+async fn order_created_at<C: Exec>(conn: &mut C, id: OrderId) -> StoreResult<Option<Timestamp>> {
+    conn.query_opt(stmt(
+        "order_cursor",
+        "SELECT created_at FROM orders WHERE id = $1",
+        (id,),
+    ))
+    .await?
+    .map(|row| row.time("created_at"))
+    .transpose()
+}
+
 /// Runs a single-statement write outside a unit of work; how many rows it
 /// changed.
 async fn write<E: Engine>(engine: &E, stmt: Stmt) -> StoreResult<u64> {
@@ -784,22 +797,15 @@ impl<E: Engine> Store for SqlStore<E> {
                 // in created_at neither repeat nor skip orders. A cursor that
                 // names no order (deleted, or made up) falls back to comparing
                 // ids, which for UUID v7 ids also means "created earlier".
-                let cursor = conn
-                    .query_opt(stmt(
-                        "order_cursor",
-                        "SELECT created_at FROM orders WHERE id = $1",
-                        (before,),
-                    ))
-                    .await?;
-                match cursor {
-                    Some(row) => stmt(
+                match order_created_at(&mut *conn, before).await? {
+                    Some(created_at) => stmt(
                         "orders_of_user",
                         select(
                             ORDER_COLUMNS,
                             "orders WHERE user_id = $1 AND (created_at, id) < ($2, $3)
                              ORDER BY created_at DESC, id DESC LIMIT $4",
                         ),
-                        (user_id, row.time("created_at")?, before, limit),
+                        (user_id, created_at, before, limit),
                     ),
                     None => stmt(
                         "orders_of_user",
@@ -812,6 +818,54 @@ impl<E: Engine> Store for SqlStore<E> {
                     ),
                 }
             }
+        };
+        let mut orders = conn
+            .query_all(query)
+            .await?
+            .iter()
+            .map(rows::order_head)
+            .collect::<StoreResult<Vec<_>>>()?;
+        attach_items(&mut *conn, &mut orders).await?;
+        Ok(orders)
+    }
+
+    async fn held_orders(&self, after: Option<OrderId>, limit: u32) -> StoreResult<Vec<Order>> {
+        let mut conn = self.engine.read().await?;
+        let limit = i64::from(limit);
+        // Every form reads the partial index `orders_held`.
+        let cursor = match after {
+            Some(after) => order_created_at(&mut *conn, after)
+                .await?
+                .map(|created_at| (created_at, after)),
+            None => None,
+        };
+        let query = match (after, cursor) {
+            (None, _) => stmt(
+                "held_orders",
+                select(
+                    ORDER_COLUMNS,
+                    "orders WHERE status = 'held' ORDER BY created_at, id LIMIT $1",
+                ),
+                (limit,),
+            ),
+            (Some(_), Some((created_at, after))) => stmt(
+                "held_orders",
+                select(
+                    ORDER_COLUMNS,
+                    "orders WHERE status = 'held' AND (created_at, id) > ($1, $2)
+                     ORDER BY created_at, id LIMIT $3",
+                ),
+                (created_at, after, limit),
+            ),
+            // A cursor that names no order: UUID v7 ids are in creation order.
+            (Some(after), None) => stmt(
+                "held_orders",
+                select(
+                    ORDER_COLUMNS,
+                    "orders WHERE status = 'held' AND id > $1 ORDER BY created_at, id LIMIT $2",
+                ),
+                (after, limit),
+            ),
         };
         let mut orders = conn
             .query_all(query)

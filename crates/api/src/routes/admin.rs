@@ -165,6 +165,47 @@ pub async fn replay(
     Ok(Json(view))
 }
 
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct HeldParams {
+    /// 1..=100, default 20 (larger values are clamped to 100).
+    pub limit: Option<u32>,
+    /// The `next_cursor` of the previous page.
+    pub after: Option<uuid::Uuid>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct HeldOrdersView {
+    /// Oldest first: the order a reviewer takes them in.
+    pub items: Vec<OrderView>,
+    /// Pass as `after` for the next page; absent on the last page.
+    pub next_cursor: Option<uuid::Uuid>,
+}
+
+/// The orders the fraud check holds, waiting for approve or reject.
+#[utoipa::path(get, operation_id = "list_held_orders", path = "/api/v1/admin/orders/held", tag = "admin", security(("bearer" = [])), params(HeldParams), responses(
+    (status = 200, body = HeldOrdersView)))]
+pub async fn held_orders(
+    State(state): State<AppState>,
+    AdminCaller(_admin): AdminCaller,
+    ApiQuery(params): ApiQuery<HeldParams>,
+) -> ApiResult<Json<HeldOrdersView>> {
+    let limit = params.limit.unwrap_or(20).clamp(1, 100);
+    let orders = state.orders.held(params.after, Some(limit)).await?;
+    let next_cursor = if orders.len() == limit as usize {
+        orders.last().map(|o| o.id)
+    } else {
+        None
+    };
+    Ok(Json(HeldOrdersView {
+        items: orders
+            .into_iter()
+            .map(|o| OrderView::new(o, None))
+            .collect(),
+        next_cursor,
+    }))
+}
+
 /// Approves an order the fraud check held: it is pending again, and stock
 /// and payment follow as for any order.
 #[utoipa::path(post, operation_id = "approve_order", path = "/api/v1/admin/orders/{id}/approve", tag = "admin", security(("bearer" = [])),

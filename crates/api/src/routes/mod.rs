@@ -53,6 +53,7 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/products/{id}/viewers", get(admin::unique_viewers))
         .route("/admin/dlq/{id}", get(admin::dead_letter))
         .route("/admin/dlq/{id}/replay", post(admin::replay))
+        .route("/admin/orders/held", get(admin::held_orders))
         .route("/admin/orders/{id}/approve", post(admin::approve_order))
         .route("/admin/orders/{id}/reject", post(admin::reject_order));
 

@@ -376,6 +376,9 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> StoreResult<Vec<Order>>;
     async fn count_orders_by_status(&self) -> StoreResult<Vec<(OrderStatus, i64)>>;
+    /// Held orders (the fraud review queue), oldest first, after the order
+    /// `after` when given (keyset paging on creation time and id).
+    async fn held_orders(&self, after: Option<OrderId>, limit: u32) -> StoreResult<Vec<Order>>;
 
     // --- read models filled by consumers ---
     /// Newest first.

@@ -509,6 +509,16 @@ impl OrderService {
         }
     }
 
+    /// The fraud review queue: held orders, oldest first, after `after`.
+    pub async fn held(
+        &self,
+        after: Option<OrderId>,
+        limit: Option<u32>,
+    ) -> Result<Vec<Order>, CoreError> {
+        let limit = limit.unwrap_or(20).clamp(1, MAX_ORDERS_PAGE);
+        Ok(self.store.held_orders(after, limit).await?)
+    }
+
     /// The shopper's own orders, newest first.
     pub async fn list(
         &self,
