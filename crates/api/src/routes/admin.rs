@@ -168,7 +168,10 @@ pub async fn replay(
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct HeldParams {
-    /// 1..=100, default 20 (larger values are clamped to 100).
+    /// 1..=100, default 20.
+    /// (Larger values are accepted and clamped to 100; the documented
+    /// range is what parses.)
+    #[param(value_type = Option<i64>, minimum = 0, maximum = 4294967295_i64)]
     pub limit: Option<u32>,
     /// The `next_cursor` of the previous page.
     pub after: Option<uuid::Uuid>,
