@@ -75,7 +75,7 @@ scenarios!(tls_cluster, secured_cluster);
 /// The HyperLogLog sketches: 20,000 distinct visitor ids, added in chunks of
 /// 1,000 (an event's most) and half of them added again (a replay), count
 /// within three standard errors of 20,000; small sets come out exact; other
-/// days and products are apart; `forget_all` empties them.
+/// days and products are apart; `forget` empties them from a day on, or all.
 async fn sketches_count_distinct_ids(conn: RedisConnection) {
     let sketches = RedisViewerSketches::new(conn, Duration::from_secs(8 * 24 * 3600));
     let today = chrono::Utc::now().date_naive();
@@ -103,8 +103,17 @@ async fn sketches_count_distinct_ids(conn: RedisConnection) {
     );
     assert_eq!(sketches.count(yesterday, mug).await.unwrap(), 3);
     assert_eq!(sketches.count(today, cup).await.unwrap(), 0);
-    sketches.forget_all().await.expect("forget");
+    sketches
+        .forget(Some(today))
+        .await
+        .expect("forget from today");
     assert_eq!(sketches.count(today, mug).await.unwrap(), 0);
+    assert_eq!(
+        sketches.count(yesterday, mug).await.unwrap(),
+        3,
+        "before `from`"
+    );
+    sketches.forget(None).await.expect("forget all");
     assert_eq!(sketches.count(yesterday, mug).await.unwrap(), 0);
 }
 

@@ -58,7 +58,7 @@ pub enum Command {
     Api,
     /// Only consumer groups (all of them when none is named).
     Worker {
-        /// fraud, inventory, payment, orders, email, sms, push, loyalty, analytics
+        /// fraud, inventory, payment, orders, email, sms, push, loyalty, analytics, trending
         groups: Vec<String>,
     },
     /// Throw a stream processor's state away and build it again from the
@@ -69,6 +69,11 @@ pub enum Command {
     Rebuild {
         /// The group whose state to rebuild.
         group: RebuildGroup,
+        /// Rebuild only the windows from this day (UTC, `YYYY-MM-DD`) on,
+        /// replaying the events since: earlier days keep their state. The
+        /// log must still hold the day's events.
+        #[arg(long, value_name = "DAY")]
+        from: Option<chrono::NaiveDate>,
         /// Rewind even when the log lists members of the group: for members
         /// known to be gone that it still lists (a lease not yet expired, a
         /// broker that does not expire members).
@@ -230,17 +235,28 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             );
         }
         Command::Consumers => print_consumers(&app).await?,
-        Command::Rebuild { group, force } => {
+        Command::Rebuild { group, force, from } => {
             let what = group.into();
-            println!(
-                "rebuilding {}: offsets rewound, state deleted, replaying from the beginning of the log",
-                Rebuildable::group(what)
-            );
-            let report =
-                orderflow_workers::rebuild::rebuild(&app.workers, what, force, |replayed, lag| {
+            match from {
+                None => println!(
+                    "rebuilding {}: offsets rewound, state deleted, replaying from the beginning of the log",
+                    Rebuildable::group(what)
+                ),
+                Some(day) => println!(
+                    "rebuilding {} from {day}: offsets rewound to that day, its windows and later ones deleted, replaying",
+                    Rebuildable::group(what)
+                ),
+            }
+            let report = orderflow_workers::rebuild::rebuild(
+                &app.workers,
+                what,
+                force,
+                from,
+                |replayed, lag| {
                     println!("  {replayed} events replayed, {lag} to go");
-                })
-                .await?;
+                },
+            )
+            .await?;
             println!(
                 "rebuilt {}: {} events replayed in {:.1} s",
                 what.group(),

@@ -22,7 +22,7 @@
 //!   within the stated error;
 //! - `orderflow rebuild analytics` and `orderflow rebuild trending`, through
 //!   Kafka with the group's workers stopped, rebuild the same revenue
-//!   windows and views.
+//!   windows and views; so does `orderflow rebuild analytics --from TODAY`.
 //!
 //! This is the slowest test of the suite; it prints its progress and figures.
 
@@ -624,11 +624,16 @@ async fn two_thousand_orders_across_processes_survive_sigkills() {
     // --- rebuild through Kafka: the group's workers stop, `orderflow
     // rebuild GROUP` replays its topic from the beginning, and the state
     // comes out the same ---
-    rebuild_through_kafka("analytics", &mut workers, &env).await;
+    rebuild_through_kafka("analytics", None, &mut workers, &env).await;
     check_revenue_windows(&db, confirmed, &sold, "rebuilt").await;
-    rebuild_through_kafka("trending", &mut workers, &env).await;
+    rebuild_through_kafka("trending", None, &mut workers, &env).await;
     check_views(&db, &viewed, "rebuilt").await;
     check_unique_viewers(&clients[0], &admin, &readers, "rebuilt").await;
+    // From a day: today's windows (all of this test's) rebuilt, and the
+    // all-time product totals lose and regain exactly today's share.
+    let today = chrono::Utc::now().date_naive().to_string();
+    rebuild_through_kafka("analytics", Some(&today), &mut workers, &env).await;
+    check_revenue_windows(&db, confirmed, &sold, "rebuilt from today").await;
     for group in ["analytics", "trending"] {
         for member in workers.get_mut(group).unwrap() {
             member.spawn();
@@ -729,6 +734,7 @@ async fn check_unique_viewers(api: &Api, admin: &str, readers: &Readers, when: &
 /// forever here.
 async fn rebuild_through_kafka(
     group: &str,
+    from: Option<&str>,
     workers: &mut BTreeMap<&str, Vec<Process>>,
     env: &[(String, String)],
 ) {
@@ -736,9 +742,14 @@ async fn rebuild_through_kafka(
         member.stop().await;
     }
     let rebuilt_at = Instant::now();
-    let output = support::process::orderflow(&["rebuild", group, "--force"], env).await;
+    let mut args = vec!["rebuild", group, "--force"];
+    if let Some(day) = from {
+        args.extend(["--from", day]);
+    }
+    let output = support::process::orderflow(&args, env).await;
     eprintln!(
-        "[scaled] rebuild {group} through Kafka ({:.1}s): {}",
+        "[scaled] rebuild {group} {} through Kafka ({:.1}s): {}",
+        from.map_or("from the beginning".to_owned(), |day| format!("from {day}")),
         rebuilt_at.elapsed().as_secs_f64(),
         output
             .lines()
@@ -836,4 +847,21 @@ async fn check_revenue_windows(
             "{when}: {granularity} windows per product"
         );
     }
+    // The all-time totals per product, which a rebuild from a day lowers by
+    // the day's windows and the replay raises again.
+    let all_time: HashMap<uuid::Uuid, i64> =
+        sqlx::query("SELECT product_id::text AS product_id, quantity FROM product_sales")
+            .fetch_all(db)
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| {
+                (
+                    row.get::<String, _>("product_id").parse().unwrap(),
+                    row.get("quantity"),
+                )
+            })
+            .filter(|(_, quantity)| *quantity != 0)
+            .collect();
+    assert_eq!(&all_time, sold, "{when}: units sold per product, all time");
 }

@@ -6,6 +6,11 @@
 //!    refused while the log can tell a member is running. First, so that a
 //!    failure leaves the state as it was: a member that then reads from the
 //!    beginning finds every event marked processed and skips it.
+//!
+//!    With a day (`--from DAY`), only back to the events appended since an
+//!    hour before that day ([`CLOCK_MARGIN`]); step 2 then drops only the
+//!    windows from that day on (and what they added to all-time totals),
+//!    and the replay skips events stamped before the day ([`FromDay`]).
 //! 2. The state and the group's processed marks are deleted, in one
 //!    transaction ([`Store::reset_state`](orderflow_core::ports::store::Store::reset_state)),
 //!    and for `trending` with Redis its unique-viewer sketches.
@@ -24,11 +29,14 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use orderflow_core::ports::store::Rebuildable;
+use async_trait::async_trait;
+use orderflow_core::ports::log::Delivery;
+use orderflow_core::ports::store::{Rebuildable, Since};
+use orderflow_domain::events::Envelope;
 
 use crate::error::WorkerError;
 use crate::handlers::{FraudHandler, WorkerDeps, topics_of};
-use crate::runtime::{Consumer, Handler};
+use crate::runtime::{Consumer, Handler, Prepared};
 
 /// What a rebuild did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +44,42 @@ pub struct RebuildReport {
     /// Events the replay finished (handled, ignored or skipped).
     pub replayed: u64,
     pub took: Duration,
+}
+
+/// How far before the day's start a partial rebuild rewinds the log (by
+/// the time events were appended) and drops processed marks: the clocks of
+/// the processes that stamped events, appended them and marked them differ
+/// by less than this. Events stamped before the day are skipped by the
+/// replay ([`FromDay`]), so the margin costs only their reading.
+const CLOCK_MARGIN: chrono::Duration = chrono::Duration::hours(1);
+
+/// A replaying handler that skips events stamped before `start`: their
+/// effects are in the state a partial reset keeps.
+struct FromDay {
+    inner: Arc<dyn Handler>,
+    start: orderflow_domain::Timestamp,
+}
+
+#[async_trait]
+impl Handler for FromDay {
+    fn group(&self) -> &'static str {
+        self.inner.group()
+    }
+
+    fn topics(&self) -> &'static [&'static str] {
+        self.inner.topics()
+    }
+
+    fn lane(&self, envelope: &Envelope) -> String {
+        self.inner.lane(envelope)
+    }
+
+    async fn prepare(&self, delivery: &Delivery) -> Result<Prepared, WorkerError> {
+        if delivery.envelope.time < self.start {
+            return Ok(Prepared::Ignored);
+        }
+        self.inner.prepare(delivery).await
+    }
 }
 
 /// How long one replay step waits for events before looking at the lag.
@@ -54,22 +98,38 @@ pub async fn rebuild(
     deps: &WorkerDeps,
     what: Rebuildable,
     force: bool,
+    from_day: Option<chrono::NaiveDate>,
     mut progress: impl FnMut(u64, i64),
 ) -> Result<RebuildReport, WorkerError> {
     let started = Instant::now();
     let group = what.group();
-    deps.log.rewind(group, topics_of(group), force).await?;
-    deps.store.reset_state(what).await?;
+    let since = from_day.map(|day| {
+        let start = day.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc();
+        Since {
+            day,
+            marks_from: start - CLOCK_MARGIN,
+        }
+    });
+    deps.log
+        .rewind(group, topics_of(group), force, since.map(|s| s.marks_from))
+        .await?;
+    deps.store.reset_state(what, since).await?;
     if let (Rebuildable::Trending, Some(sketches)) = (what, &deps.sketches) {
-        sketches.forget_all().await?;
+        sketches.forget(from_day).await?;
     }
-    let handler: Arc<dyn Handler> = match what {
+    let mut handler: Arc<dyn Handler> = match what {
         Rebuildable::Analytics | Rebuildable::Trending => deps.handler(group)?,
         Rebuildable::Fraud => Arc::new(FraudHandler::replaying(
             deps.store.clone(),
             deps.fraud.clone(),
         )),
     };
+    if let Some(since) = since {
+        handler = Arc::new(FromDay {
+            inner: handler,
+            start: since.start(),
+        });
+    }
     let mut member =
         Consumer::subscribe(handler, deps.store.clone(), deps.log.as_ref(), deps.retry)
             .await?

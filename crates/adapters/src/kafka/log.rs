@@ -316,11 +316,17 @@ impl EventLog for KafkaEventLog {
     /// outside the group. Refused while the group has members: the broker
     /// would not take the commit from a non-member, and they would not see
     /// it.
-    async fn rewind(&self, group: &str, topics: &[&str], force: bool) -> LogResult<()> {
+    async fn rewind(
+        &self,
+        group: &str,
+        topics: &[&str],
+        force: bool,
+        from: Option<orderflow_domain::Timestamp>,
+    ) -> LogResult<()> {
         let this = self.clone();
         let group = group.to_owned();
         let topics: Vec<String> = topics.iter().map(|t| (*t).to_owned()).collect();
-        tokio::task::spawn_blocking(move || this.rewind_blocking(&group, &topics, force))
+        tokio::task::spawn_blocking(move || this.rewind_blocking(&group, &topics, force, from))
             .await
             .map_err(task_err)?
     }
@@ -328,7 +334,13 @@ impl EventLog for KafkaEventLog {
 
 impl KafkaEventLog {
     /// `rewind` on a blocking thread: every call here is a broker round trip.
-    fn rewind_blocking(&self, group: &str, topics: &[String], force: bool) -> LogResult<()> {
+    fn rewind_blocking(
+        &self,
+        group: &str,
+        topics: &[String],
+        force: bool,
+        from: Option<orderflow_domain::Timestamp>,
+    ) -> LogResult<()> {
         let settings = &self.inner.settings;
         let group_id = settings.group(group);
         let client: BaseConsumer = settings
@@ -381,9 +393,66 @@ impl KafkaEventLog {
         if offsets.count() == 0 {
             return Ok(());
         }
+        if let Some(from) = from {
+            offsets = Self::back_to(&client, &offsets, from)?;
+        }
         client
             .commit(&offsets, CommitMode::Sync)
             .map_err(|e| kafka_err(&format!("committing the rewound offsets of {group_id}"), e))
+    }
+}
+
+impl KafkaEventLog {
+    /// Per partition of `low` (the low watermarks), the offset a rewind to
+    /// `from` commits: the first record whose timestamp is `from` or later
+    /// (the broker's time index), or the group's committed offset when that
+    /// is earlier (a rewind never skips what the group has not read); the
+    /// low watermark when the group never committed.
+    fn back_to(
+        client: &BaseConsumer,
+        low: &TopicPartitionList,
+        from: orderflow_domain::Timestamp,
+    ) -> LogResult<TopicPartitionList> {
+        let mut at_time = TopicPartitionList::new();
+        for element in low.elements() {
+            at_time
+                .add_partition_offset(
+                    element.topic(),
+                    element.partition(),
+                    Offset::Offset(from.timestamp_millis()),
+                )
+                .map_err(|e| kafka_err("listing the partitions to look up", e))?;
+        }
+        let found = client
+            .offsets_for_times(at_time, REQUEST_TIMEOUT)
+            .map_err(|e| kafka_err("looking up offsets by time", e))?;
+        let committed = client
+            .committed_offsets(low.clone(), REQUEST_TIMEOUT)
+            .map_err(|e| kafka_err("reading the group's committed offsets", e))?;
+        let mut offsets = TopicPartitionList::new();
+        for element in low.elements() {
+            let (topic, partition) = (element.topic(), element.partition());
+            let offset_of = |list: &TopicPartitionList| {
+                list.find_partition(topic, partition)
+                    .and_then(|e| match e.offset() {
+                        Offset::Offset(n) => Some(n),
+                        _ => None,
+                    })
+            };
+            let target = match (offset_of(&committed), offset_of(&found)) {
+                (Some(committed), Some(found)) => committed.min(found),
+                // Nothing at or after `from`: the group stays where it is.
+                (Some(committed), None) => committed,
+                (None, _) => match element.offset() {
+                    Offset::Offset(low) => low,
+                    _ => 0,
+                },
+            };
+            offsets
+                .add_partition_offset(topic, partition, Offset::Offset(target))
+                .map_err(|e| kafka_err("listing the offsets to commit", e))?;
+        }
+        Ok(offsets)
     }
 }
 

@@ -401,7 +401,13 @@ impl EventLog for PostgresEventLog {
 
     /// Refused while the group has a member whose lease has not expired.
     /// Members of this process that were just dropped finish leaving first.
-    async fn rewind(&self, group: &str, topics: &[&str], force: bool) -> LogResult<()> {
+    async fn rewind(
+        &self,
+        group: &str,
+        topics: &[&str],
+        force: bool,
+        from: Option<orderflow_domain::Timestamp>,
+    ) -> LogResult<()> {
         wait_for_leaving(group).await;
         let mut tx = self.inner.core.pool.begin().await.map_err(sql_err)?;
         // Members join by inserting here: the lock makes a join wait for
@@ -429,7 +435,7 @@ impl EventLog for PostgresEventLog {
                 "{group} ({live} with a lease)"
             )));
         }
-        for statement in crate::sql::log::rewind(group, topics) {
+        for statement in crate::sql::log::rewind(group, topics, from) {
             tx.exec(statement).await.map_err(log_err)?;
         }
         tx.commit().await.map_err(sql_err)

@@ -93,12 +93,13 @@ impl ViewerSketches for RedisViewerSketches {
             .map_err(unavailable)
     }
 
-    /// Every day a sketch can still live: from `keep_for` ago to tomorrow
-    /// (a writer whose clock runs ahead).
-    async fn forget_all(&self) -> ReadModelResult<()> {
+    /// Every day a sketch can still live, from `from` when given: from
+    /// `keep_for` ago to tomorrow (a writer whose clock runs ahead).
+    async fn forget(&self, from: Option<chrono::NaiveDate>) -> ReadModelResult<()> {
         let today = chrono::Utc::now().date_naive();
         let kept_days = self.keep_for.as_secs().div_ceil(24 * 3600);
-        let first = today - chrono::Days::new(kept_days);
+        let oldest = today - chrono::Days::new(kept_days);
+        let first = from.map_or(oldest, |from| from.max(oldest));
         let last = today + chrono::Days::new(1);
         for day in first.iter_days().take_while(|day| *day <= last) {
             let index = self.day_key(day);

@@ -34,19 +34,42 @@ pub(crate) struct Read {
 }
 
 /// The statements that set `group`'s committed offsets on `topics` back to
-/// 0: its next member reads from the oldest event each partition still
-/// holds.
-pub(crate) fn rewind(group: &str, topics: &[&str]) -> Vec<super::Stmt> {
+/// 0 (its next member reads from the oldest event each partition still
+/// holds), or with `from` back to each partition's first event appended at
+/// or after it, never forward.
+pub(crate) fn rewind(
+    group: &str,
+    topics: &[&str],
+    from: Option<orderflow_domain::Timestamp>,
+) -> Vec<super::Stmt> {
     let now = chrono::Utc::now();
     topics
         .iter()
-        .map(|topic| {
-            stmt(
+        .map(|topic| match from {
+            None => stmt(
                 "rewind_group",
                 "UPDATE consumer_offsets SET next_offset = 0, updated_at = $3
                  WHERE group_name = $1 AND topic = $2",
                 (group, *topic, now),
-            )
+            ),
+            Some(from) => stmt(
+                "rewind_group_from",
+                super::per(
+                    r#"UPDATE consumer_offsets SET updated_at = $3, next_offset = MIN(next_offset,
+                         COALESCE((SELECT MIN(e."offset") FROM event_log e
+                                   WHERE e.topic = consumer_offsets.topic
+                                     AND e."partition" = consumer_offsets."partition"
+                                     AND e.created_at >= $4), next_offset))
+                       WHERE group_name = $1 AND topic = $2"#,
+                    r#"UPDATE consumer_offsets SET updated_at = $3, next_offset = LEAST(next_offset,
+                         COALESCE((SELECT MIN(e."offset") FROM event_log e
+                                   WHERE e.topic = consumer_offsets.topic
+                                     AND e."partition" = consumer_offsets."partition"
+                                     AND e.created_at >= $4), next_offset))
+                       WHERE group_name = $1 AND topic = $2"#,
+                ),
+                (group, *topic, now, from),
+            ),
         })
         .collect()
 }

@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use orderflow_core::ports::store::{
     ChangesPage, DailySales, DeadLetter, FraudHistory, LeaderboardEntry, NotificationChange,
     NotificationRecord, OrderChange, PointsStanding, ProductSales, Prunable, Rebuildable,
-    RefreshRotation, SalesWindow, SessionRecord, Store, StoreError, StoreResult, StoreTx,
+    RefreshRotation, SalesWindow, SessionRecord, Since, Store, StoreError, StoreResult, StoreTx,
     UserRecord,
 };
 use orderflow_domain::events::topics;
@@ -127,6 +127,69 @@ async fn read_all<E: Engine, T>(
 ) -> StoreResult<Vec<T>> {
     let mut conn = engine.read().await?;
     conn.query_all(stmt).await?.iter().map(map).collect()
+}
+
+/// The statements of a partial reset: the windows from `since`'s day on,
+/// and what they added to the all-time totals (the windows of the day
+/// granularity are kept forever, the minute ones longer than the log keeps
+/// events, so the sums are exact for any day a rebuild can replay).
+fn reset_since(what: Rebuildable, since: Since) -> Vec<Stmt> {
+    let (day, start) = (since.day, since.start());
+    match what {
+        Rebuildable::Analytics => vec![
+            stmt(
+                "reset_daily_sales_since",
+                "DELETE FROM daily_sales WHERE day >= $1",
+                (day,),
+            ),
+            stmt(
+                "reset_product_sales_since",
+                "UPDATE product_sales SET
+                     quantity = quantity - COALESCE((SELECT SUM(w.units) FROM product_sales_windows w
+                         WHERE w.product_id = product_sales.product_id
+                           AND w.granularity = 'day' AND w.window_start >= $1), 0),
+                     revenue_cents = revenue_cents - COALESCE((SELECT SUM(w.revenue_cents)
+                         FROM product_sales_windows w
+                         WHERE w.product_id = product_sales.product_id
+                           AND w.granularity = 'day' AND w.window_start >= $1), 0)",
+                (start,),
+            ),
+            stmt(
+                "reset_sales_windows_since",
+                "DELETE FROM sales_windows WHERE window_start >= $1",
+                (start,),
+            ),
+            stmt(
+                "reset_product_sales_windows_since",
+                "DELETE FROM product_sales_windows WHERE window_start >= $1",
+                (start,),
+            ),
+        ],
+        Rebuildable::Fraud => vec![stmt(
+            "reset_fraud_orders_since",
+            "DELETE FROM fraud_orders WHERE placed_at >= $1",
+            (start,),
+        )],
+        Rebuildable::Trending => vec![
+            stmt(
+                "reset_product_views_since",
+                "UPDATE product_views SET views = views - COALESCE((SELECT SUM(m.views)
+                     FROM product_view_minutes m
+                     WHERE m.product_id = product_views.product_id AND m.minute_start >= $1), 0)",
+                (start,),
+            ),
+            stmt(
+                "reset_view_minutes_since",
+                "DELETE FROM product_view_minutes WHERE minute_start >= $1",
+                (start,),
+            ),
+            stmt(
+                "reset_product_viewers_since",
+                "DELETE FROM product_viewers WHERE day >= $1",
+                (day,),
+            ),
+        ],
+    }
 }
 
 /// When the order `id` was created: the keyset cursor of the order lists
@@ -1234,30 +1297,42 @@ impl<E: Engine> Store for SqlStore<E> {
         Ok(n.unwrap_or(0))
     }
 
-    async fn reset_state(&self, what: Rebuildable) -> StoreResult<()> {
-        let tables: &[&'static str] = match what {
-            Rebuildable::Analytics => &[
-                "DELETE FROM daily_sales",
-                "DELETE FROM product_sales",
-                "DELETE FROM sales_windows",
-                "DELETE FROM product_sales_windows",
-            ],
-            Rebuildable::Fraud => &["DELETE FROM fraud_orders"],
-            Rebuildable::Trending => &[
-                "DELETE FROM product_views",
-                "DELETE FROM product_view_minutes",
-                "DELETE FROM product_viewers",
-            ],
+    async fn reset_state(&self, what: Rebuildable, since: Option<Since>) -> StoreResult<()> {
+        let mut statements: Vec<Stmt> = match since {
+            None => {
+                let tables: &[&'static str] = match what {
+                    Rebuildable::Analytics => &[
+                        "DELETE FROM daily_sales",
+                        "DELETE FROM product_sales",
+                        "DELETE FROM sales_windows",
+                        "DELETE FROM product_sales_windows",
+                    ],
+                    Rebuildable::Fraud => &["DELETE FROM fraud_orders"],
+                    Rebuildable::Trending => &[
+                        "DELETE FROM product_views",
+                        "DELETE FROM product_view_minutes",
+                        "DELETE FROM product_viewers",
+                    ],
+                };
+                tables
+                    .iter()
+                    .map(|sql| stmt("reset_state", *sql, ()))
+                    .collect()
+            }
+            Some(since) => reset_since(what, since),
         };
-        let mut statements: Vec<Stmt> = Vec::with_capacity(tables.len() + 1);
-        for sql in tables {
-            statements.push(stmt("reset_state", *sql, ()));
-        }
-        statements.push(stmt(
-            "reset_processed_marks",
-            "DELETE FROM processed_events WHERE group_name = $1",
-            (what.group(),),
-        ));
+        statements.push(match since {
+            None => stmt(
+                "reset_processed_marks",
+                "DELETE FROM processed_events WHERE group_name = $1",
+                (what.group(),),
+            ),
+            Some(since) => stmt(
+                "reset_processed_marks_since",
+                "DELETE FROM processed_events WHERE group_name = $1 AND processed_at >= $2",
+                (what.group(), since.marks_from),
+            ),
+        });
         self.delete_batch(statements).await.map(|_| ())
     }
 

@@ -162,13 +162,19 @@ impl EventLog for SqliteEventLog {
 
     /// Nothing records which members run (a member of another process
     /// keeps its positions in memory): the caller makes sure none does.
-    async fn rewind(&self, group: &str, topics: &[&str], _force: bool) -> LogResult<()> {
+    async fn rewind(
+        &self,
+        group: &str,
+        topics: &[&str],
+        _force: bool,
+        from: Option<orderflow_domain::Timestamp>,
+    ) -> LogResult<()> {
         let mut w = self
             .inner
             .begin_write(WritePriority::Background)
             .await
             .map_err(log_err)?;
-        for statement in crate::sql::log::rewind(group, topics) {
+        for statement in crate::sql::log::rewind(group, topics, from) {
             w.exec(statement).await.map_err(log_err)?;
         }
         w.commit().await.map_err(log_err)

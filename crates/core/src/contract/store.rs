@@ -1892,8 +1892,30 @@ pub async fn product_views(store: Arc<dyn Store>) {
         7,
         "totals are kept"
     );
+    // A partial reset: the next day's views go, and from the total only
+    // what they added.
+    let mut tx = store.begin().await.unwrap();
+    tx.add_product_views(mug.id, 5, at("2026-03-02T08:00:00Z"))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(store.product_views(mug.id).await.unwrap(), 12);
+    let since = crate::ports::store::Since {
+        day: "2026-03-02".parse().unwrap(),
+        marks_from: at("2026-03-01T23:00:00Z"),
+    };
     store
-        .reset_state(crate::ports::store::Rebuildable::Trending)
+        .reset_state(crate::ports::store::Rebuildable::Trending, Some(since))
+        .await
+        .unwrap();
+    assert_eq!(store.product_views(mug.id).await.unwrap(), 7);
+    assert_eq!(
+        most_viewed("2026-03-01T10:00:00Z", "2026-03-03T00:00:00Z", 5).await,
+        [(cup.id, 9), (mug.id, 4)],
+        "the earlier day's minutes stay"
+    );
+    store
+        .reset_state(crate::ports::store::Rebuildable::Trending, None)
         .await
         .unwrap();
     assert_eq!(store.product_views(mug.id).await.unwrap(), 0);
@@ -1944,6 +1966,23 @@ pub async fn unique_viewers(store: Arc<dyn Store>) {
     assert_eq!(store.unique_viewers(monday, cup.id).await.unwrap(), 1);
     assert_eq!(store.unique_viewers(tuesday, mug.id).await.unwrap(), 1);
 
+    // A partial reset from Tuesday keeps Monday's viewers.
+    let since = crate::ports::store::Since {
+        day: tuesday,
+        marks_from: "2026-03-02T23:00:00Z".parse().unwrap(),
+    };
+    store
+        .reset_state(Rebuildable::Trending, Some(since))
+        .await
+        .unwrap();
+    assert_eq!(store.unique_viewers(monday, mug.id).await.unwrap(), 3);
+    assert_eq!(store.unique_viewers(tuesday, mug.id).await.unwrap(), 0);
+    let mut tx = store.begin().await.unwrap();
+    tx.add_product_viewers(tuesday, mug.id, &ids(&["ann"]))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
     let cut_off: orderflow_domain::Timestamp = "2026-03-03T12:00:00Z".parse().unwrap();
     assert_eq!(
         store
@@ -1955,7 +1994,10 @@ pub async fn unique_viewers(store: Arc<dyn Store>) {
     );
     assert_eq!(store.unique_viewers(monday, mug.id).await.unwrap(), 0);
     assert_eq!(store.unique_viewers(tuesday, mug.id).await.unwrap(), 1);
-    store.reset_state(Rebuildable::Trending).await.unwrap();
+    store
+        .reset_state(Rebuildable::Trending, None)
+        .await
+        .unwrap();
     assert_eq!(store.unique_viewers(tuesday, mug.id).await.unwrap(), 0);
 
     assert_eq!(store.viewer_salt(monday, "first").await.unwrap(), "first");

@@ -72,7 +72,17 @@ pub trait EventLog: Send + Sync + 'static {
     /// member known to be gone that the log still lists (a lease not yet
     /// expired, a broker that does not expire members, as the test broker
     /// tansu).
-    async fn rewind(&self, group: &str, topics: &[&str], force: bool) -> LogResult<()>;
+    ///
+    /// `from`: back only to each partition's first event appended at or
+    /// after that time (never forward: a group behind it stays where it
+    /// is, so nothing it has not read is skipped); `None`: to the oldest.
+    async fn rewind(
+        &self,
+        group: &str,
+        topics: &[&str],
+        force: bool,
+        from: Option<orderflow_domain::Timestamp>,
+    ) -> LogResult<()>;
 }
 
 #[async_trait]

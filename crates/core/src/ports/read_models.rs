@@ -133,6 +133,7 @@ pub trait ViewerSketches: Send + Sync + 'static {
         day: chrono::NaiveDate,
         product: orderflow_domain::ProductId,
     ) -> ReadModelResult<u64>;
-    /// Forgets every sketch (a rebuild starts over).
-    async fn forget_all(&self) -> ReadModelResult<()>;
+    /// Forgets the sketches of `from` on (a rebuild starts over), or of
+    /// every day.
+    async fn forget(&self, from: Option<chrono::NaiveDate>) -> ReadModelResult<()>;
 }

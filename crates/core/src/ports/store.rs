@@ -448,7 +448,33 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes the group's state and its processed marks, in one
     /// transaction, so that a replay of the log builds the state again
     /// from nothing (`orderflow rebuild`).
-    async fn reset_state(&self, what: Rebuildable) -> StoreResult<()>;
+    ///
+    /// With a [`Since`], only the state of the windows that start on or
+    /// after its day goes (all-time totals lose what those windows added),
+    /// and only the marks of events processed since its `marks_from`.
+    async fn reset_state(&self, what: Rebuildable, since: Option<Since>) -> StoreResult<()>;
+}
+
+/// Where a partial rebuild starts (`orderflow rebuild GROUP --from DAY`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Since {
+    /// The first day (UTC) whose windows are rebuilt; events of earlier
+    /// days keep their effects.
+    pub day: chrono::NaiveDate,
+    /// Processed marks written at or after this go too: before the day's
+    /// start by a margin for the clocks of the processes that stamped the
+    /// events and the marks.
+    pub marks_from: Timestamp,
+}
+
+impl Since {
+    /// The day's first instant (midnight UTC).
+    pub fn start(&self) -> Timestamp {
+        self.day
+            .and_hms_opt(0, 0, 0)
+            .expect("midnight exists")
+            .and_utc()
+    }
 }
 
 /// A consumer group whose state `orderflow rebuild` throws away and builds
