@@ -763,26 +763,19 @@ async fn rebuild_through_kafka(
 /// product, in total and summed over the minutes, are the reads the test
 /// made, then asserts they are: exactly, so a view counted twice fails too.
 async fn check_views(db: &sqlx::PgPool, viewed: &HashMap<uuid::Uuid, i64>, when: &str) {
-    let read = |sql: &'static str| async move {
-        sqlx::query(sql)
-            .fetch_all(db)
-            .await
-            .unwrap()
-            .iter()
-            .map(|row| {
-                (
-                    row.get::<String, _>("product_id").parse().unwrap(),
-                    row.get::<i64, _>("views"),
-                )
-            })
-            .collect::<HashMap<uuid::Uuid, i64>>()
-    };
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let totals = read("SELECT product_id::text AS product_id, views FROM product_views").await;
-        let minutes = read(
-            "SELECT product_id::text AS product_id, sum(views)::bigint AS views \
+        let totals = per_product(
+            db,
+            "SELECT product_id::text AS product_id, views AS n FROM product_views",
+            &[],
+        )
+        .await;
+        let minutes = per_product(
+            db,
+            "SELECT product_id::text AS product_id, sum(views)::bigint AS n \
              FROM product_view_minutes GROUP BY 1",
+            &[],
         )
         .await;
         if (totals == *viewed && minutes == *viewed) || Instant::now() > deadline {
@@ -825,43 +818,48 @@ async fn check_revenue_windows(
             confirmed,
             "{when}: {granularity} windows: confirmed orders, units and revenue, each once"
         );
-        let per_product = sqlx::query(
-            "SELECT product_id::text AS product_id, sum(units)::bigint AS units \
+        let windows = per_product(
+            db,
+            "SELECT product_id::text AS product_id, sum(units)::bigint AS n \
              FROM product_sales_windows WHERE granularity = $1 GROUP BY 1",
+            &[granularity],
         )
-        .bind(granularity)
-        .fetch_all(db)
-        .await
-        .unwrap();
-        let per_product: HashMap<uuid::Uuid, i64> = per_product
-            .iter()
-            .map(|row| {
-                (
-                    row.get::<String, _>("product_id").parse().unwrap(),
-                    row.get("units"),
-                )
-            })
-            .collect();
-        assert_eq!(
-            &per_product, sold,
-            "{when}: {granularity} windows per product"
-        );
+        .await;
+        assert_eq!(&windows, sold, "{when}: {granularity} windows per product");
     }
     // The all-time totals per product, which a rebuild from a day lowers by
-    // the day's windows and the replay raises again.
-    let all_time: HashMap<uuid::Uuid, i64> =
-        sqlx::query("SELECT product_id::text AS product_id, quantity FROM product_sales")
-            .fetch_all(db)
-            .await
-            .unwrap()
-            .iter()
-            .map(|row| {
-                (
-                    row.get::<String, _>("product_id").parse().unwrap(),
-                    row.get("quantity"),
-                )
-            })
-            .filter(|(_, quantity)| *quantity != 0)
-            .collect();
+    // the day's windows and the replay raises again (a product whose whole
+    // total was the day's keeps a row of 0).
+    let mut all_time = per_product(
+        db,
+        "SELECT product_id::text AS product_id, quantity AS n FROM product_sales",
+        &[],
+    )
+    .await;
+    all_time.retain(|_, quantity| *quantity != 0);
     assert_eq!(&all_time, sold, "{when}: units sold per product, all time");
+}
+
+/// A query's `(product_id, n)` rows, `binds` bound in order, as a map.
+async fn per_product(
+    db: &sqlx::PgPool,
+    sql: &'static str,
+    binds: &[&str],
+) -> HashMap<uuid::Uuid, i64> {
+    let mut query = sqlx::query(sql);
+    for bind in binds {
+        query = query.bind(*bind);
+    }
+    query
+        .fetch_all(db)
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| {
+            (
+                row.get::<String, _>("product_id").parse().unwrap(),
+                row.get::<i64, _>("n"),
+            )
+        })
+        .collect()
 }

@@ -52,22 +52,18 @@ pub(crate) fn rewind(
                  WHERE group_name = $1 AND topic = $2",
                 (group, *topic, now),
             ),
+            // The first offset appended since `from`, when it is below the
+            // committed one: back, never forward.
             Some(from) => stmt(
                 "rewind_group_from",
-                super::per(
-                    r#"UPDATE consumer_offsets SET updated_at = $3, next_offset = MIN(next_offset,
-                         COALESCE((SELECT MIN(e."offset") FROM event_log e
-                                   WHERE e.topic = consumer_offsets.topic
-                                     AND e."partition" = consumer_offsets."partition"
-                                     AND e.created_at >= $4), next_offset))
-                       WHERE group_name = $1 AND topic = $2"#,
-                    r#"UPDATE consumer_offsets SET updated_at = $3, next_offset = LEAST(next_offset,
-                         COALESCE((SELECT MIN(e."offset") FROM event_log e
-                                   WHERE e.topic = consumer_offsets.topic
-                                     AND e."partition" = consumer_offsets."partition"
-                                     AND e.created_at >= $4), next_offset))
-                       WHERE group_name = $1 AND topic = $2"#,
-                ),
+                r#"UPDATE consumer_offsets SET updated_at = $3, next_offset = COALESCE(
+                     (SELECT MIN(e."offset") FROM event_log e
+                      WHERE e.topic = consumer_offsets.topic
+                        AND e."partition" = consumer_offsets."partition"
+                        AND e.created_at >= $4
+                        AND e."offset" < consumer_offsets.next_offset),
+                     next_offset)
+                   WHERE group_name = $1 AND topic = $2"#,
                 (group, *topic, now, from),
             ),
         })
