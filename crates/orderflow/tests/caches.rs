@@ -281,20 +281,23 @@ async fn views_in_database(url: &str, product: &str) -> i64 {
     views
 }
 
-/// The views of `product` once the trending group has caught up after a
-/// restart: at least `at_least`, then unchanged for three flush intervals
-/// (at most 20 s).
-async fn settled_views(url: &str, product: &str, at_least: i64) -> i64 {
+/// The views of `product` in the database at `url` once the `trending`
+/// group has caught up (its lag, read as `admin`, is 0; at most 20 s).
+async fn settled_views(client: &Client, admin: &str, url: &str, product: &str) -> i64 {
     let deadline = Instant::now() + Duration::from_secs(20);
-    let mut views = views_in_database(url, product).await;
-    let mut unchanged = 0;
-    while (views < at_least || unchanged < 3) && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let now = views_in_database(url, product).await;
-        unchanged = if now == views { unchanged + 1 } else { 0 };
-        views = now;
+    loop {
+        let consumers = client.get("/admin/consumers", admin).await;
+        let trending_lag = consumers["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|group| group["group"] == "trending")
+            .map_or(-1, |group| group["lag"].as_i64().unwrap());
+        if trending_lag == 0 || Instant::now() > deadline {
+            return views_in_database(url, product).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    views
 }
 
 async fn read_times(client: &Client, id: &str, times: usize) {
@@ -323,7 +326,7 @@ async fn view_counts_survive_sigterm_and_sigkill_loses_at_most_one_interval() {
     serve.spawn();
     serve.wait_ready(&format!("{}/readyz", client.base)).await;
     assert_eq!(
-        settled_views(&database, &id, 50).await,
+        settled_views(&client, &admin, &database, &id).await,
         50,
         "a clean stop loses no view:\n{}",
         tail(&serve.log, 20)
@@ -341,7 +344,7 @@ async fn view_counts_survive_sigterm_and_sigkill_loses_at_most_one_interval() {
     serve.kill_hard().await;
     serve.spawn();
     serve.wait_ready(&format!("{}/readyz", client.base)).await;
-    let after_kill = settled_views(&database, &id, 80).await;
+    let after_kill = settled_views(&client, &admin, &database, &id).await;
     serve.stop().await;
     assert!(
         (80..=100).contains(&after_kill),

@@ -103,13 +103,7 @@ pub async fn rebuild(
 ) -> Result<RebuildReport, WorkerError> {
     let started = Instant::now();
     let group = what.group();
-    let since = from_day.map(|day| {
-        let start = day.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc();
-        Since {
-            day,
-            marks_from: start - CLOCK_MARGIN,
-        }
-    });
+    let since = from_day.map(|day| Since::day(day, CLOCK_MARGIN));
     deps.log
         .rewind(group, topics_of(group), force, since.map(|s| s.marks_from))
         .await?;

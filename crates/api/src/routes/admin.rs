@@ -14,7 +14,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::AppState;
 use crate::extract::{AdminCaller, ApiQuery};
 use crate::problem::ApiResult;
-use crate::routes::orders::{OrderView, request_traceparent};
+use crate::routes::orders::{OrderView, order_page, request_traceparent};
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct PartitionLagView {
@@ -195,18 +195,8 @@ pub async fn held_orders(
 ) -> ApiResult<Json<HeldOrdersView>> {
     let limit = params.limit.unwrap_or(20).clamp(1, 100);
     let orders = state.orders.held(params.after, Some(limit)).await?;
-    let next_cursor = if orders.len() == limit as usize {
-        orders.last().map(|o| o.id)
-    } else {
-        None
-    };
-    Ok(Json(HeldOrdersView {
-        items: orders
-            .into_iter()
-            .map(|o| OrderView::new(o, None))
-            .collect(),
-        next_cursor,
-    }))
+    let (items, next_cursor) = order_page(orders, limit);
+    Ok(Json(HeldOrdersView { items, next_cursor }))
 }
 
 /// Approves an order the fraud check held: it is pending again, and stock

@@ -192,18 +192,26 @@ pub async fn list(
         .orders
         .list(principal.user_id, params.before, Some(limit))
         .await?;
+    let (items, next_cursor) = order_page(orders, limit);
+    Ok(Json(OrderListView { items, next_cursor }))
+}
+
+/// A page of orders as views, and the cursor of the next page: the last
+/// order's id when the page is full (there may be more), else none.
+pub(crate) fn order_page(
+    orders: Vec<orderflow_domain::order::Order>,
+    limit: u32,
+) -> (Vec<OrderView>, Option<uuid::Uuid>) {
     let next_cursor = if orders.len() == limit as usize {
         orders.last().map(|o| o.id)
     } else {
         None
     };
-    Ok(Json(OrderListView {
-        items: orders
-            .into_iter()
-            .map(|o| OrderView::new(o, None))
-            .collect(),
-        next_cursor,
-    }))
+    let items = orders
+        .into_iter()
+        .map(|o| OrderView::new(o, None))
+        .collect();
+    (items, next_cursor)
 }
 
 /// `00-<32 hex>-<16 hex>-<2 hex>` (W3C Trace Context, version 00).

@@ -330,7 +330,6 @@ pub async fn rewind_replays_from_the_beginning(log: Arc<dyn EventLog>, store: Ar
     // From a time: back to the events appended since, no further; and
     // never forward past what a group has not read.
     let from = chrono::Utc::now();
-    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     let later: Vec<Envelope> = (0..2)
         .map(|_| user_registered(uuid::Uuid::now_v7()))
         .collect();

@@ -468,13 +468,22 @@ pub struct Since {
 }
 
 impl Since {
+    /// From `day` on, the marks from `clock_margin` before its start.
+    pub fn day(day: chrono::NaiveDate, clock_margin: chrono::Duration) -> Self {
+        Self {
+            day,
+            marks_from: midnight(day) - clock_margin,
+        }
+    }
+
     /// The day's first instant (midnight UTC).
     pub fn start(&self) -> Timestamp {
-        self.day
-            .and_hms_opt(0, 0, 0)
-            .expect("midnight exists")
-            .and_utc()
+        midnight(self.day)
     }
+}
+
+fn midnight(day: chrono::NaiveDate) -> Timestamp {
+    day.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc()
 }
 
 /// A consumer group whose state `orderflow rebuild` throws away and builds

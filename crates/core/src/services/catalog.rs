@@ -744,10 +744,11 @@ impl ViewTally {
         }
     }
 
-    fn add(&mut self, other: ViewTally) {
-        self.views += other.views;
-        self.last = self.last.max(other.last);
-        self.viewers.extend(other.viewers);
+    /// `views` more, the last of them at `last`, read by `viewers`.
+    fn add(&mut self, views: u64, last: Timestamp, viewers: impl IntoIterator<Item = ViewerKey>) {
+        self.views += views;
+        self.last = self.last.max(last);
+        self.viewers.extend(viewers);
     }
 }
 
@@ -1197,13 +1198,10 @@ impl CatalogService {
     pub fn record_view(&self, id: ProductId, viewer: ViewerKey) {
         let now = chrono::Utc::now();
         let minute = Granularity::Minute.window_start(now);
-        let mut views = lock(&self.views);
-        let tally = views
+        lock(&self.views)
             .entry((minute, id))
-            .or_insert_with(|| ViewTally::new(now));
-        tally.views += 1;
-        tally.last = tally.last.max(now);
-        tally.viewers.insert(viewer);
+            .or_insert_with(|| ViewTally::new(now))
+            .add(1, now, [viewer]);
     }
 
     /// Appends the views counted since the last flush to the log, as
@@ -1227,7 +1225,7 @@ impl CatalogService {
                 views
                     .entry(key)
                     .or_insert_with(|| ViewTally::new(tally.last))
-                    .add(tally);
+                    .add(tally.views, tally.last, tally.viewers);
             }
         }
         let appended = appended?;
