@@ -19,7 +19,7 @@ use crate::routes::{admin, auth, health, live, me, orders, products};
     paths(
         auth::register, auth::login, auth::refresh, auth::logout, auth::logout_all,
         products::list, products::get_one, products::trending, products::create, products::update,
-        orders::place, orders::get_one, orders::list,
+        orders::place, orders::get_one, orders::list, orders::cancel,
         me::notifications, me::points, me::sessions, me::end_session, me::leaderboard,
         live::follow,
         live::websocket,
@@ -155,6 +155,18 @@ const OPERATION_PROBLEMS: &[(&str, &str, u16, &[&str])] = &[
         "/api/v1/admin/dlq/{id}/replay",
         409,
         &[slug::CONFLICT],
+    ),
+    (
+        "post",
+        "/api/v1/orders/{id}/cancel",
+        404,
+        &[slug::NOT_FOUND],
+    ),
+    (
+        "post",
+        "/api/v1/orders/{id}/cancel",
+        409,
+        &[slug::ORDER_NOT_CANCELLABLE],
     ),
     (
         "post",

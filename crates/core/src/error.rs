@@ -42,6 +42,13 @@ pub enum CoreError {
         order_id: uuid::Uuid,
         status: orderflow_domain::order::OrderStatus,
     },
+    /// A cancellation asked of an order that has ended otherwise (rejected,
+    /// payment failed) or is cancelled already.
+    #[error("order {order_id} is {status} and can no longer be cancelled")]
+    OrderNotCancellable {
+        order_id: uuid::Uuid,
+        status: orderflow_domain::order::OrderStatus,
+    },
     /// The payment provider declined the charge (inline mode).
     #[error("payment declined: {0}")]
     PaymentDeclined(String),
@@ -94,6 +101,7 @@ pub mod slug {
     pub const RATE_LIMITED: &str = "rate-limited";
     pub const OUT_OF_STOCK: &str = "out-of-stock";
     pub const ORDER_NOT_HELD: &str = "order-not-held";
+    pub const ORDER_NOT_CANCELLABLE: &str = "order-not-cancellable";
     pub const PAYMENT_DECLINED: &str = "payment-declined";
     pub const IDEMPOTENCY_KEY_REUSED: &str = "idempotency-key-reused";
     pub const PROVIDER_FAILED: &str = "provider-failed";
@@ -193,6 +201,12 @@ impl CoreError {
             CoreError::OrderNotHeld { .. } => p(
                 slug::ORDER_NOT_HELD,
                 "Order is not held",
+                409,
+                self.to_string(),
+            ),
+            CoreError::OrderNotCancellable { .. } => p(
+                slug::ORDER_NOT_CANCELLABLE,
+                "Order cannot be cancelled",
                 409,
                 self.to_string(),
             ),

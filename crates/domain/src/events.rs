@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::fraud::Rule;
-use crate::order::OrderLine;
+use crate::order::{OrderLine, OrderStatus};
 use crate::{EventId, OrderId, ProductId, Timestamp, UserId};
 
 /// Topic names (DESIGN.md §4).
@@ -107,6 +107,19 @@ pub enum EventData {
         user_id: UserId,
         reason: String,
     },
+    /// The shopper cancelled the order; its stock is back. `previous_status`
+    /// says where it was: a `confirmed` one is refunded (a
+    /// `payment.refund_requested` follows) and its points are taken back.
+    #[serde(rename = "orderflow.order.cancelled")]
+    OrderCancelled {
+        #[schema(value_type = uuid::Uuid)]
+        order_id: OrderId,
+        #[schema(value_type = uuid::Uuid)]
+        user_id: UserId,
+        previous_status: OrderStatus,
+        total_cents: i64,
+        currency: String,
+    },
     #[serde(rename = "orderflow.stock.reserved")]
     StockReserved {
         #[schema(value_type = uuid::Uuid)]
@@ -141,6 +154,20 @@ pub enum EventData {
         #[schema(value_type = uuid::Uuid)]
         user_id: UserId,
         reason: String,
+    },
+    /// A charge must be paid back: its order was cancelled after the charge,
+    /// or the charge went through for an order cancelled meanwhile. The
+    /// `payment` group refunds it, once (the provider's idempotency key is
+    /// the order's).
+    #[serde(rename = "orderflow.payment.refund_requested")]
+    RefundRequested {
+        #[schema(value_type = uuid::Uuid)]
+        order_id: OrderId,
+        #[schema(value_type = uuid::Uuid)]
+        user_id: UserId,
+        payment_id: String,
+        amount_cents: i64,
+        currency: String,
     },
     #[serde(rename = "orderflow.user.registered")]
     UserRegistered {
@@ -205,6 +232,8 @@ impl EventData {
             EventData::OrderConfirmed { .. } => "orderflow.order.confirmed",
             EventData::OrderRejected { .. } => "orderflow.order.rejected",
             EventData::OrderPaymentFailed { .. } => "orderflow.order.payment_failed",
+            EventData::OrderCancelled { .. } => "orderflow.order.cancelled",
+            EventData::RefundRequested { .. } => "orderflow.payment.refund_requested",
             EventData::StockReserved { .. } => "orderflow.stock.reserved",
             EventData::StockRejected { .. } => "orderflow.stock.rejected",
             EventData::PaymentSucceeded { .. } => "orderflow.payment.succeeded",
@@ -288,6 +317,13 @@ impl EventData {
                 user_id,
                 reason: "card declined".into(),
             },
+            EventData::OrderCancelled {
+                order_id,
+                user_id,
+                previous_status: OrderStatus::Confirmed,
+                total_cents: 2598,
+                currency: "EUR".into(),
+            },
             EventData::StockReserved {
                 order_id,
                 user_id,
@@ -309,6 +345,13 @@ impl EventData {
                 order_id,
                 user_id,
                 reason: "card declined".into(),
+            },
+            EventData::RefundRequested {
+                order_id,
+                user_id,
+                payment_id: "pay_123".into(),
+                amount_cents: 2598,
+                currency: "EUR".into(),
             },
             EventData::UserRegistered {
                 user_id,
@@ -340,13 +383,14 @@ impl EventData {
             | EventData::OrderHeld { .. }
             | EventData::OrderConfirmed { .. }
             | EventData::OrderRejected { .. }
-            | EventData::OrderPaymentFailed { .. } => topics::ORDER_EVENTS,
+            | EventData::OrderPaymentFailed { .. }
+            | EventData::OrderCancelled { .. } => topics::ORDER_EVENTS,
             EventData::StockReserved { .. } | EventData::StockRejected { .. } => {
                 topics::STOCK_EVENTS
             }
-            EventData::PaymentSucceeded { .. } | EventData::PaymentFailed { .. } => {
-                topics::PAYMENT_EVENTS
-            }
+            EventData::PaymentSucceeded { .. }
+            | EventData::PaymentFailed { .. }
+            | EventData::RefundRequested { .. } => topics::PAYMENT_EVENTS,
             EventData::UserRegistered { .. } => topics::USER_EVENTS,
             EventData::MessageFailed { .. } => topics::FAILED_MESSAGES,
             EventData::FraudAlerted { .. } => topics::FRAUD_ALERTS,
@@ -374,6 +418,12 @@ impl EventData {
                 order_id, user_id, ..
             }
             | EventData::OrderPaymentFailed {
+                order_id, user_id, ..
+            }
+            | EventData::OrderCancelled {
+                order_id, user_id, ..
+            }
+            | EventData::RefundRequested {
                 order_id, user_id, ..
             }
             | EventData::StockReserved {

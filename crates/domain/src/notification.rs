@@ -37,15 +37,18 @@ pub enum NotificationKind {
     OrderConfirmed,
     OrderRejected,
     PaymentFailed,
+    /// The shopper cancelled the order (refunded, when it had been charged).
+    OrderCancelled,
 }
 
 impl NotificationKind {
-    pub const ALL: [NotificationKind; 5] = [
+    pub const ALL: [NotificationKind; 6] = [
         NotificationKind::Welcome,
         NotificationKind::OrderHeld,
         NotificationKind::OrderConfirmed,
         NotificationKind::OrderRejected,
         NotificationKind::PaymentFailed,
+        NotificationKind::OrderCancelled,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -55,6 +58,7 @@ impl NotificationKind {
             NotificationKind::OrderConfirmed => "order_confirmed",
             NotificationKind::OrderRejected => "order_rejected",
             NotificationKind::PaymentFailed => "payment_failed",
+            NotificationKind::OrderCancelled => "order_cancelled",
         }
     }
 
@@ -70,6 +74,7 @@ impl NotificationKind {
             NotificationKind::OrderConfirmed => "Your order is confirmed",
             NotificationKind::OrderRejected => "Your order could not be fulfilled",
             NotificationKind::PaymentFailed => "Your payment did not go through",
+            NotificationKind::OrderCancelled => "Your order is cancelled",
         }
     }
 }

@@ -79,7 +79,9 @@ impl OrderStatus {
         Self::ALL.into_iter().find(|s| s.as_str() == value)
     }
 
-    /// Final states never change again.
+    /// Final states end the order's flow: no stock or payment result moves
+    /// one again. The one way out is the shopper's cancellation of a
+    /// confirmed order, which refunds it.
     pub fn is_final(self) -> bool {
         matches!(
             self,
@@ -88,6 +90,12 @@ impl OrderStatus {
                 | OrderStatus::PaymentFailed
                 | OrderStatus::Cancelled
         )
+    }
+
+    /// Whether the shopper has been charged: cancelling from here owes them
+    /// a refund.
+    pub fn is_charged(self) -> bool {
+        matches!(self, OrderStatus::Paid | OrderStatus::Confirmed)
     }
 
     /// Applies a fact about the order to this state.
@@ -109,7 +117,12 @@ impl OrderStatus {
             (S::Pending, F::FraudSuspected) => &[S::Held],
             (S::Held, F::Approve) => &[S::Pending],
             (S::Held, F::Reject) => &[S::Rejected],
-            (S::Pending | S::Held | S::Reserved, F::Cancel) => &[S::Cancelled],
+            // Before the charge nothing is owed back but the stock; after
+            // it (`paid` is only ever walked through on the way to
+            // `confirmed`) the cancellation is a refund.
+            (S::Pending | S::Held | S::Reserved | S::Paid | S::Confirmed, F::Cancel) => {
+                &[S::Cancelled]
+            }
             _ => return Transition::Ignored { from: self, fact },
         };
         Transition::Apply(steps.to_vec())
@@ -135,6 +148,7 @@ pub enum OrderFact {
     Approve,
     /// An admin refused a held order.
     Reject,
+    /// The shopper cancelled the order.
     Cancel,
 }
 
@@ -311,7 +325,7 @@ mod tests {
     }
 
     #[test]
-    fn final_states_ignore_everything() {
+    fn final_states_ignore_everything_but_a_refund() {
         for status in OrderStatus::ALL.into_iter().filter(|s| s.is_final()) {
             for fact in [
                 OrderFact::StockReserved,
@@ -323,12 +337,20 @@ mod tests {
                 OrderFact::Reject,
                 OrderFact::Cancel,
             ] {
+                if (status, fact) == (OrderStatus::Confirmed, OrderFact::Cancel) {
+                    continue;
+                }
                 assert!(
                     matches!(status.on(fact), Transition::Ignored { .. }),
                     "{status} on {fact:?}"
                 );
             }
         }
+        // A confirmed order cancelled by its shopper is refunded.
+        assert_eq!(
+            OrderStatus::Confirmed.on(OrderFact::Cancel),
+            Transition::Apply(vec![OrderStatus::Cancelled])
+        );
     }
 
     #[test]

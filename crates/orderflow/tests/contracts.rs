@@ -116,8 +116,8 @@ async fn every_kafka_record_decodes_with_the_cloudevents_sdk() {
     let kafka = KafkaBroker::start().expect("tansu starts");
     let bootstrap = kafka.bootstrap();
     let prefix = format!("ce{}.", uuid::Uuid::now_v7().simple());
-    // Every kind of event: a confirmed order, an out-of-stock one, a
-    // declined payment, a held one, a product view, and (the e-mail
+    // Every kind of event: a confirmed order (then cancelled), an
+    // out-of-stock one, a declined payment, a held one, a product view, and (the e-mail
     // provider always failing, one attempt) dead letters on failed.messages.
     let server = Server::start(&[
         "--kafka-brokers",
@@ -170,6 +170,17 @@ async fn every_kafka_record_decodes_with_the_cloudevents_sdk() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+
+    // The confirmed order, cancelled: order.cancelled and, since it was
+    // charged, payment.refund_requested.
+    let cancel = server
+        .post(
+            &format!("/orders/{}/cancel", orders[0]),
+            json!({}),
+            Some(&shopper),
+        )
+        .await;
+    assert_eq!(cancel.status(), 200, "{}", cancel.text().await.unwrap());
 
     // Read everything on the topics; again until the relay has published
     // every event type (the dead letters come last).

@@ -476,20 +476,26 @@ impl<E: Engine> StoreTx for SqlTx<E> {
         E::lock_order_stock(self.conn().await?, order_id).await?;
         // A redelivered "order placed" must not take stock twice: any earlier
         // reservation of this order (even one released since) settles it.
-        // Authoritative: the lock above keeps any other reservation of this
-        // order out until this transaction ends.
-        let reserved_before = self
+        // Nor may a cancelled order take any: a cancellation releases under
+        // the same lock, so it either finds this reservation to release or
+        // is seen here. Authoritative: the lock above keeps any other
+        // reservation or release of this order out until this transaction
+        // ends.
+        let before = self
             .conn()
             .await?
             .query_one(stmt(
                 "reservation_exists",
-                "SELECT EXISTS (SELECT 1 FROM stock_reservations WHERE order_id = $1) AS found",
+                "SELECT EXISTS (SELECT 1 FROM stock_reservations WHERE order_id = $1) AS found,
+                        EXISTS (SELECT 1 FROM orders WHERE id = $1 AND status = 'cancelled') AS cancelled",
                 (order_id,),
             ))
-            .await?
-            .bool("found")?;
-        if reserved_before {
+            .await?;
+        if before.bool("found")? {
             return Ok(Reservation::AlreadyReserved);
+        }
+        if before.bool("cancelled")? {
+            return Ok(Reservation::OrderCancelled);
         }
 
         // One line per product, in product-id order: every reservation locks
@@ -615,6 +621,21 @@ impl<E: Engine> StoreTx for SqlTx<E> {
             ));
         }
         Ok(!released.is_empty())
+    }
+
+    async fn charge_of(&mut self, order_id: OrderId) -> StoreResult<Option<String>> {
+        let row = self
+            .conn()
+            .await?
+            .query_opt(stmt(
+                "charge_of",
+                "SELECT reference FROM payments
+                     WHERE order_id = $1 AND succeeded AND amount_cents >= 0
+                     ORDER BY seq LIMIT 1",
+                (order_id,),
+            ))
+            .await?;
+        row.map(|row| row.text("reference")).transpose()
     }
 
     async fn record_payment(&mut self, payment: &PaymentRecord) -> StoreResult<()> {

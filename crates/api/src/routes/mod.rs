@@ -37,6 +37,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/orders", get(orders::list).post(orders::place))
         .route("/orders/{id}", get(orders::get_one))
+        .route("/orders/{id}/cancel", post(orders::cancel))
         .route("/me/notifications", get(me::notifications))
         .route("/me/points", get(me::points))
         .route("/me/sessions", get(me::sessions))

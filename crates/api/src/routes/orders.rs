@@ -180,6 +180,28 @@ pub async fn get_one(
     Ok(Json(OrderView::new(order, Some(history))))
 }
 
+/// Cancels one of the caller's orders while it is pending, held, reserved
+/// or confirmed: its stock comes back at once; a charged order is refunded
+/// through the payment provider (by the `payment` group, right after) and
+/// its loyalty points are taken back; the shopper is notified. 409
+/// `order-not-cancellable` once it ended otherwise or is cancelled already;
+/// another shopper's order is 404.
+#[utoipa::path(post, operation_id = "cancel_order", path = "/api/v1/orders/{id}/cancel", tag = "orders", security(("bearer" = [])),
+    params(("id" = uuid::Uuid, Path, description = "order id")), responses(
+    (status = 200, body = OrderView)))]
+pub async fn cancel(
+    State(state): State<AppState>,
+    Caller(principal): Caller,
+    Path(id): Path<uuid::Uuid>,
+    headers: HeaderMap,
+) -> ApiResult<Json<OrderView>> {
+    let order = state
+        .orders
+        .cancel(principal.user_id, id, Some(request_traceparent(&headers)))
+        .await?;
+    Ok(Json(OrderView::new(order, None)))
+}
+
 /// The caller's orders, newest first.
 #[utoipa::path(get, operation_id = "list_orders", path = "/api/v1/orders", tag = "orders", security(("bearer" = [])), params(ListParams), responses((status = 200, body = OrderListView)))]
 pub async fn list(

@@ -63,6 +63,7 @@ macro_rules! store_scenarios {
             idempotency,
             concurrent_idempotency_claims,
             stock_reservation,
+            cancelled_orders,
             concurrent_reservations,
             processed_marks,
             processed_marks_in_bulk,

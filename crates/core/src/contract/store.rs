@@ -930,6 +930,92 @@ pub async fn stock_reservation(store: Arc<dyn Store>) {
     assert_eq!(stock_of(&store, mug.id).await, 5);
 }
 
+/// A cancelled order takes no stock, whichever comes first; a charge is
+/// found for the refund, a refund (a negative row) is not a charge.
+pub async fn cancelled_orders(store: Arc<dyn Store>) {
+    let user = given_user(&store, "Ann").await;
+    let mug = given_product(&store, 5).await;
+    let at = chrono::Utc::now();
+
+    // Cancelled before the reservation: the reservation takes nothing.
+    let early = given_order(&store, user.id, &[(&mug, 2)]).await;
+    let mut tx = store.begin().await.unwrap();
+    tx.set_order_status(early.id, &[OrderStatus::Cancelled], at)
+        .await
+        .unwrap();
+    assert!(
+        !tx.release_stock(early.id).await.unwrap(),
+        "nothing to give back"
+    );
+    tx.commit().await.unwrap();
+    let mut tx = store.begin().await.unwrap();
+    assert_eq!(
+        tx.reserve_stock(early.id, &[(mug.id, 2)]).await.unwrap(),
+        Reservation::OrderCancelled
+    );
+    tx.commit().await.unwrap();
+    assert_eq!(stock_of(&store, mug.id).await, 5);
+
+    // Reserved, then cancelled: the cancellation gives it back, and a late
+    // redelivery of the reservation takes nothing again.
+    let late = given_order(&store, user.id, &[(&mug, 3)]).await;
+    let mut tx = store.begin().await.unwrap();
+    assert!(matches!(
+        tx.reserve_stock(late.id, &[(mug.id, 3)]).await.unwrap(),
+        Reservation::Reserved { .. }
+    ));
+    tx.commit().await.unwrap();
+    assert_eq!(stock_of(&store, mug.id).await, 2);
+    let mut tx = store.begin().await.unwrap();
+    assert!(tx.order_for_update(late.id).await.unwrap().is_some());
+    tx.set_order_status(late.id, &[OrderStatus::Cancelled], at)
+        .await
+        .unwrap();
+    assert!(tx.release_stock(late.id).await.unwrap());
+    tx.commit().await.unwrap();
+    assert_eq!(stock_of(&store, mug.id).await, 5);
+    let mut tx = store.begin().await.unwrap();
+    assert_eq!(
+        tx.reserve_stock(late.id, &[(mug.id, 3)]).await.unwrap(),
+        Reservation::AlreadyReserved
+    );
+    tx.commit().await.unwrap();
+    assert_eq!(stock_of(&store, mug.id).await, 5);
+
+    // The charge a refund names: the successful one, never a declined
+    // attempt or the refund itself.
+    let payment = |succeeded: bool, reference: &str, amount_cents: i64| PaymentRecord {
+        order_id: late.id,
+        succeeded,
+        reference: reference.into(),
+        amount_cents,
+        currency: "EUR".into(),
+        at,
+    };
+    let mut tx = store.begin().await.unwrap();
+    assert_eq!(tx.charge_of(late.id).await.unwrap(), None);
+    tx.record_payment(&payment(false, "card declined", 3_000))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let mut tx = store.begin().await.unwrap();
+    assert_eq!(tx.charge_of(late.id).await.unwrap(), None, "declined");
+    tx.record_payment(&payment(true, "pay_1", 3_000))
+        .await
+        .unwrap();
+    tx.record_payment(&payment(true, "pay_1", -3_000))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let mut tx = store.begin().await.unwrap();
+    assert_eq!(
+        tx.charge_of(late.id).await.unwrap().as_deref(),
+        Some("pay_1")
+    );
+    assert_eq!(tx.charge_of(early.id).await.unwrap(), None);
+    tx.commit().await.unwrap();
+}
+
 /// Many orders racing for the last units: never oversold.
 pub async fn concurrent_reservations(store: Arc<dyn Store>) {
     let user = given_user(&store, "Ann").await;

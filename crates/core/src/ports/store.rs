@@ -112,6 +112,9 @@ pub enum Reservation {
     },
     /// The product no longer exists.
     UnknownProduct { product_id: ProductId },
+    /// The order was cancelled before its stock was reserved; nothing
+    /// changed.
+    OrderCancelled,
 }
 
 /// A notification that was sent.
@@ -602,6 +605,11 @@ pub trait StoreTx: Send {
     /// or it was released already (so a redelivery releases once).
     async fn release_stock(&mut self, order_id: OrderId) -> StoreResult<bool>;
 
+    /// The provider's reference of the order's successful charge, if it
+    /// was charged (what a refund names).
+    async fn charge_of(&mut self, order_id: OrderId) -> StoreResult<Option<String>>;
+    /// A charge, a declined charge, or a refund (a negative amount with the
+    /// refunded charge's reference): the payments table is a ledger.
     async fn record_payment(&mut self, payment: &PaymentRecord) -> StoreResult<()>;
     async fn record_notification(&mut self, notification: &NotificationRecord) -> StoreResult<()>;
     /// Adds (or with a negative value removes) loyalty points.

@@ -95,6 +95,13 @@ pub fn notification_message(
             "Hi {name}, the payment for your {order} did not go through, so the order was not placed. \
              Nothing was charged."
         ),
+        // The message cannot know yet whether a refund is due (a charge may
+        // still be under way when the order is cancelled), so it promises
+        // what is always true.
+        NotificationKind::OrderCancelled => format!(
+            "Hi {name}, your {order} is cancelled. Anything you were charged for it \
+             is refunded to your card."
+        ),
     };
     OutgoingMessage {
         idempotency_key,

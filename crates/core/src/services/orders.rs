@@ -29,7 +29,7 @@ use orderflow_domain::{OrderId, ProductId, Timestamp, UserId, ValidationError};
 use crate::CoreError;
 use crate::ports::providers::{ChargeOutcome, PaymentGateway, ProviderError};
 use crate::ports::store::{
-    IdempotencyClaim, NotificationRecord, PaymentRecord, Reservation, Store, StoreTx,
+    IdempotencyClaim, NotificationRecord, PaymentRecord, Reservation, Store, StoreError, StoreTx,
 };
 use crate::services::auth::sha256_hex;
 use crate::services::catalog::CatalogService;
@@ -236,7 +236,8 @@ impl OrderService {
             .collect();
         let reserved = match tx.reserve_stock(order.id, &lines).await? {
             Reservation::Reserved { products } => Ok(products),
-            Reservation::AlreadyReserved => Ok(Vec::new()),
+            // The order was inserted in this transaction: neither happens.
+            Reservation::AlreadyReserved | Reservation::OrderCancelled => Ok(Vec::new()),
             Reservation::Insufficient {
                 product_id,
                 available,
@@ -494,6 +495,84 @@ impl OrderService {
                     .increment(1);
             }
         }
+        Ok(order)
+    }
+
+    /// The shopper cancels their order: it ends `cancelled` and its stock
+    /// comes back, in one transaction with an `OrderCancelled` (the shopper
+    /// is told; a confirmed order's points are taken back). A charged order
+    /// is refunded through the payment provider: a `RefundRequested` for
+    /// the `payment` group, in the same transaction, so the refund is never
+    /// lost and never the request's wait. Works the same in both modes.
+    ///
+    /// Races with the consumers are settled under the order's locks: a
+    /// reservation that comes later finds the order cancelled and takes
+    /// nothing; a charge that lands after the cancellation is refunded by
+    /// the `orders` group. Another shopper's order is "not found";
+    /// [`CoreError::OrderNotCancellable`] when it has ended otherwise.
+    pub async fn cancel(
+        &self,
+        user_id: UserId,
+        order_id: OrderId,
+        traceparent: Option<String>,
+    ) -> Result<Order, CoreError> {
+        let mut tx = self.store.begin().await?;
+        let Some(mut order) = tx
+            .order_for_update(order_id)
+            .await?
+            .filter(|order| order.user_id == user_id)
+        else {
+            return Err(CoreError::NotFound("order"));
+        };
+        let Transition::Apply(steps) = order.status.on(OrderFact::Cancel) else {
+            return Err(CoreError::OrderNotCancellable {
+                order_id,
+                status: order.status,
+            });
+        };
+        let previous_status = order.status;
+        let now = chrono::Utc::now();
+        let channel = Self::move_order(&mut *tx, &order, &steps, now).await?;
+        let released = tx.release_stock(order_id).await?;
+        let mut events = vec![Envelope::new(
+            EventData::OrderCancelled {
+                order_id,
+                user_id,
+                previous_status,
+                total_cents: order.total_cents,
+                currency: order.currency.to_string(),
+            },
+            traceparent.clone(),
+        )];
+        if previous_status.is_charged() {
+            let Some(payment_id) = tx.charge_of(order_id).await? else {
+                return Err(CoreError::Store(StoreError::Database(format!(
+                    "order {order_id} is {previous_status} without a recorded charge"
+                ))));
+            };
+            events.push(Envelope::new(
+                EventData::RefundRequested {
+                    order_id,
+                    user_id,
+                    payment_id,
+                    amount_cents: order.total_cents,
+                    currency: order.currency.to_string(),
+                },
+                traceparent,
+            ));
+        }
+        tx.append(&events).await?;
+        tx.commit().await?;
+        self.publish(vec![channel]);
+        if released {
+            self.catalog.products_changed(&product_ids(&order)).await;
+        }
+        let mode = if self.is_inline() { "inline" } else { "events" };
+        metrics::counter!("orderflow_orders_total", "status" => "cancelled", "mode" => mode)
+            .increment(1);
+        tracing::info!(%order_id, %previous_status, refund = previous_status.is_charged(), "order cancelled by its shopper");
+        order.status = OrderStatus::Cancelled;
+        order.updated_at = now;
         Ok(order)
     }
 

@@ -119,6 +119,24 @@ impl TestApp {
         drain_consumers(&mut self.consumers.lock().await).await;
     }
 
+    /// Steps only the named groups until they handle nothing: the others'
+    /// events wait on the log, as behind a slow or stopped group.
+    pub async fn drain_groups(&self, groups: &[&str]) {
+        let mut consumers = self.consumers.lock().await;
+        let mut chosen: Vec<Consumer> = Vec::new();
+        let mut others = Vec::new();
+        for consumer in consumers.drain(..) {
+            if groups.contains(&consumer.group()) {
+                chosen.push(consumer);
+            } else {
+                others.push(consumer);
+            }
+        }
+        drain_consumers(&mut chosen).await;
+        consumers.extend(chosen);
+        consumers.extend(others);
+    }
+
     /// Stops the server (graceful) and checks it exited cleanly.
     pub async fn stop(mut self) {
         self.shutdown.cancel();
@@ -300,6 +318,15 @@ impl TestApp {
     pub async fn get_order(&self, token: &str, id: uuid::Uuid) -> Response {
         self.http
             .get(self.url(&format!("/api/v1/orders/{id}")))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn cancel_order(&self, token: &str, id: uuid::Uuid) -> Response {
+        self.http
+            .post(self.url(&format!("/api/v1/orders/{id}/cancel")))
             .bearer_auth(token)
             .send()
             .await

@@ -7,6 +7,7 @@ mod helpers;
 mod support;
 
 mod auth;
+mod cancel;
 mod catalog;
 mod flow;
 mod fraud;

@@ -108,6 +108,12 @@ impl Effect for Reserve {
                 tracing::warn!(%order_id, event_id = %self.event, "stock of this order was reserved before; nothing to emit");
                 None
             }
+            // The shopper cancelled it first: nothing to reserve, nothing
+            // for payment to charge.
+            Reservation::OrderCancelled => {
+                tracing::info!(%order_id, event_id = %self.event, "order cancelled before its reservation; nothing reserved");
+                None
+            }
             Reservation::Insufficient {
                 product_id,
                 available,

@@ -1,5 +1,6 @@
-//! `loyalty`: points for confirmed orders (which also feed the leaderboard,
-//! mirrored as the shopper's new total into the read models after the commit).
+//! `loyalty`: points for confirmed orders, taken back when the shopper
+//! cancels a confirmed order (the points feed the leaderboard, mirrored as
+//! the shopper's new total into the read models after the commit).
 
 use std::sync::Arc;
 
@@ -11,6 +12,7 @@ use orderflow_core::services::effects::points_for;
 use orderflow_domain::UserId;
 use orderflow_domain::events::EventData;
 use orderflow_domain::money::{Currency, Money};
+use orderflow_domain::order::OrderStatus;
 
 use super::mirror_failed;
 use crate::error::WorkerError;
@@ -43,20 +45,28 @@ impl Handler for LoyaltyHandler {
     }
 
     async fn prepare(&self, delivery: &Delivery) -> Result<Prepared, WorkerError> {
-        let EventData::OrderConfirmed {
-            user_id,
-            total_cents,
-            currency,
-            ..
-        } = &delivery.envelope.data
-        else {
-            return Ok(Prepared::Ignored);
+        let (user_id, total_cents, currency, sign) = match &delivery.envelope.data {
+            EventData::OrderConfirmed {
+                user_id,
+                total_cents,
+                currency,
+                ..
+            } => (user_id, total_cents, currency, 1),
+            // Only a confirmed order earned points.
+            EventData::OrderCancelled {
+                user_id,
+                total_cents,
+                currency,
+                previous_status: OrderStatus::Confirmed,
+                ..
+            } => (user_id, total_cents, currency, -1),
+            _ => return Ok(Prepared::Ignored),
         };
         let currency = Currency::parse(currency)
             .map_err(|error| WorkerError::InvalidEvent(error.to_string()))?;
         Ok(Prepared::Effect(Box::new(AddPoints {
             user_id: *user_id,
-            points: points_for(&Money::new(*total_cents, currency)),
+            points: sign * points_for(&Money::new(*total_cents, currency)),
             mirror: self
                 .read_models
                 .clone()
@@ -65,7 +75,8 @@ impl Handler for LoyaltyHandler {
     }
 }
 
-/// Credit the points; mirror the new total after the commit.
+/// Credit the points (or take them back); mirror the new total after the
+/// commit.
 struct AddPoints {
     user_id: UserId,
     points: i64,
@@ -75,14 +86,14 @@ struct AddPoints {
 #[async_trait]
 impl Effect for AddPoints {
     async fn apply(&mut self, tx: &mut dyn StoreTx) -> Result<Applied, WorkerError> {
-        if self.points > 0 {
+        if self.points != 0 {
             tx.add_points(self.user_id, self.points).await?;
         }
         Ok(Applied::Changed)
     }
 
     async fn committed(self: Box<Self>) {
-        if self.points > 0
+        if self.points != 0
             && let Some((store, models)) = &self.mirror
         {
             mirror_points(store.as_ref(), models.as_ref(), self.user_id).await;

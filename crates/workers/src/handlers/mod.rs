@@ -83,7 +83,7 @@ pub const GROUPS: [&str; 10] = [
 pub const GROUP_TOPICS: [(&str, &[&str]); 10] = [
     ("fraud", &[topics::ORDER_EVENTS]),
     ("inventory", &[topics::ORDER_EVENTS]),
-    ("payment", &[topics::STOCK_EVENTS]),
+    ("payment", &[topics::STOCK_EVENTS, topics::PAYMENT_EVENTS]),
     ("orders", &[topics::STOCK_EVENTS, topics::PAYMENT_EVENTS]),
     ("email", &[topics::ORDER_EVENTS, topics::USER_EVENTS]),
     ("sms", &[topics::ORDER_EVENTS]),

@@ -1,5 +1,5 @@
 //! `email`, `sms`, `push`: tell the shopper their order is held for a
-//! review, and how it ended (and, by
+//! review, and how it ended, cancellations included (and, by
 //! e-mail only, welcome new users). After the commit, the notification goes
 //! to the front of the shopper's recent-notifications read model.
 
@@ -71,6 +71,9 @@ impl NotifyHandler {
             EventData::OrderPaymentFailed {
                 order_id, user_id, ..
             } => Some((NotificationKind::PaymentFailed, *user_id, Some(*order_id))),
+            EventData::OrderCancelled {
+                order_id, user_id, ..
+            } => Some((NotificationKind::OrderCancelled, *user_id, Some(*order_id))),
             EventData::UserRegistered { user_id, .. } if self.channel == Channel::Email => {
                 Some((NotificationKind::Welcome, *user_id, None))
             }

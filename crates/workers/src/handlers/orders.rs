@@ -3,7 +3,9 @@
 //! The two results travel on different topics, so they can arrive in either
 //! order; [`OrderStatus::on`](orderflow_domain::order::OrderStatus::on) copes
 //! with that, and refuses facts that no longer fit (answered as
-//! [`Applied::Stale`]: marked processed, no effect, counted). After the
+//! [`Applied::Stale`]: marked processed, no effect, counted), but for one:
+//! a charge that went through for an order its shopper cancelled meanwhile
+//! is owed back, so it asks the `payment` group for a refund. After the
 //! commit, the order's new status goes to live listeners through the read
 //! models' pub/sub channel of its shopper.
 
@@ -76,6 +78,7 @@ impl Handler for OrdersHandler {
 
     async fn prepare(&self, delivery: &Delivery) -> Result<Prepared, WorkerError> {
         let event = &delivery.envelope;
+        let mut charge = None;
         let (order_id, fact, reason) = match &event.data {
             EventData::StockReserved { order_id, .. } => {
                 (*order_id, OrderFact::StockReserved, None)
@@ -83,7 +86,12 @@ impl Handler for OrdersHandler {
             EventData::StockRejected {
                 order_id, reason, ..
             } => (*order_id, OrderFact::StockRejected, Some(reason)),
-            EventData::PaymentSucceeded { order_id, .. } => {
+            EventData::PaymentSucceeded {
+                order_id,
+                payment_id,
+                ..
+            } => {
+                charge = Some(payment_id.clone());
                 (*order_id, OrderFact::PaymentSucceeded, None)
             }
             EventData::PaymentFailed {
@@ -95,6 +103,7 @@ impl Handler for OrdersHandler {
             order_id,
             fact,
             reason: reason.cloned().unwrap_or_default(),
+            charge,
             event: event.id,
             traceparent: event.traceparent.clone(),
             read_models: self.read_models.clone(),
@@ -112,6 +121,8 @@ struct Transit {
     order_id: OrderId,
     fact: OrderFact,
     reason: String,
+    /// The provider's reference, for a successful charge.
+    charge: Option<String>,
     event: EventId,
     traceparent: Option<String>,
     read_models: Option<Arc<dyn ReadModels>>,
@@ -141,6 +152,23 @@ impl Effect for Transit {
         };
         let steps = match order.status.on(self.fact) {
             Transition::Apply(steps) => steps,
+            Transition::Ignored {
+                from: OrderStatus::Cancelled,
+                fact: OrderFact::PaymentSucceeded,
+            } => {
+                let payment_id = self.charge.clone().unwrap_or_default();
+                tracing::info!(%order_id, %payment_id, event_id = %self.event, "charged after its cancellation; refund requested");
+                let refund = EventData::RefundRequested {
+                    order_id,
+                    user_id: order.user_id,
+                    payment_id,
+                    amount_cents: order.total_cents,
+                    currency: order.currency.to_string(),
+                };
+                tx.append(&[Envelope::new(refund, self.traceparent.clone())])
+                    .await?;
+                return Ok(Applied::Changed);
+            }
             Transition::Ignored { from, fact } => {
                 tracing::info!(%order_id, %from, ?fact, event_id = %self.event, "transition does not fit; ignored");
                 return Ok(Applied::Stale);

@@ -1,4 +1,5 @@
-//! `payment`: charges reserved orders through the payment provider.
+//! `payment`: charges reserved orders through the payment provider, and
+//! refunds the charges of cancelled ones (`RefundRequested`).
 
 use std::sync::Arc;
 
@@ -35,6 +36,33 @@ impl Handler for PaymentHandler {
 
     async fn prepare(&self, delivery: &Delivery) -> Result<Prepared, WorkerError> {
         let event = &delivery.envelope;
+        if let EventData::RefundRequested {
+            order_id,
+            payment_id,
+            amount_cents,
+            currency,
+            ..
+        } = &event.data
+        {
+            // Keyed by order, like the charge: a retry after a refund whose
+            // record did not commit is answered by the provider, not paid
+            // twice. A failure is retried, then dead-lettered for an
+            // operator to replay: the money is owed either way.
+            self.gateway
+                .refund(payment_id, &format!("refund:{order_id}"))
+                .await?;
+            return Ok(Prepared::Effect(Box::new(RecordPayment {
+                payment: PaymentRecord {
+                    order_id: *order_id,
+                    succeeded: true,
+                    reference: payment_id.clone(),
+                    amount_cents: -amount_cents,
+                    currency: currency.clone(),
+                    at: chrono::Utc::now(),
+                },
+                result: None,
+            })));
+        }
         let EventData::StockReserved {
             order_id,
             user_id,
@@ -84,22 +112,25 @@ impl Handler for PaymentHandler {
                 currency: currency.clone(),
                 at: chrono::Utc::now(),
             },
-            result: Envelope::new(data, event.traceparent.clone()),
+            result: Some(Envelope::new(data, event.traceparent.clone())),
         })))
     }
 }
 
-/// The charge's result: the payment row and the event saying how it went.
+/// The charge's or refund's result: the payment row and, for a charge, the
+/// event saying how it went.
 struct RecordPayment {
     payment: PaymentRecord,
-    result: Envelope,
+    result: Option<Envelope>,
 }
 
 #[async_trait]
 impl Effect for RecordPayment {
     async fn apply(&mut self, tx: &mut dyn StoreTx) -> Result<Applied, WorkerError> {
         tx.record_payment(&self.payment).await?;
-        tx.append(std::slice::from_ref(&self.result)).await?;
+        if let Some(result) = &self.result {
+            tx.append(std::slice::from_ref(result)).await?;
+        }
         Ok(Applied::Changed)
     }
 }
