@@ -24,6 +24,19 @@ async fn inline_orders_are_confirmed_before_the_answer() {
     );
     assert_eq!(app.points(&shopper.token).await["points"], 19);
     assert_eq!(app.product(product.id).await.stock, 3);
+
+    // Cancelled, it goes the events' way as in events mode: the stock at
+    // once, then the refund and the points through the consumers.
+    let cancel = app.cancel_order(&shopper.token, order.id).await;
+    assert_eq!(cancel.status(), StatusCode::OK);
+    assert_eq!(app.product(product.id).await.stock, 4);
+    app.drain().await;
+    assert_eq!(app.app.simulated.payment.refunds().len(), 1);
+    assert_eq!(app.points(&shopper.token).await["points"], 0);
+    assert_eq!(
+        app.history(&shopper.token, order.id).await,
+        ["pending", "reserved", "paid", "confirmed", "cancelled"]
+    );
 }
 
 #[tokio::test]
