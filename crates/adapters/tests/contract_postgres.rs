@@ -1346,12 +1346,16 @@ async fn both_schemas_expose_the_same_tables_and_columns() {
     // PostgreSQL's outbox marks a published row sent (relays claim rows with
     // row locks inside their transaction) where SQLite's deletes it (its
     // claims live in the process; see `sqlite::outbox`).
+    // And product search is each engine's own full text: a generated
+    // `tsvector` column on PostgreSQL, an FTS5 table (with its shadow
+    // tables) on SQLite.
     let postgres_only: Schema = postgres
         .iter()
         .filter(|(table, column)| {
             table == "consumer_members"
                 || table == "consumer_leases"
                 || (table == "outbox" && column == "sent_at")
+                || (table == "products" && column == "search")
         })
         .cloned()
         .collect();
@@ -1360,8 +1364,15 @@ async fn both_schemas_expose_the_same_tables_and_columns() {
             .iter()
             .map(|(table, _)| table.as_str())
             .collect::<BTreeSet<_>>(),
-        ["consumer_leases", "consumer_members", "outbox"].into(),
-        "the lease tables or the outbox's sent mark are missing on PostgreSQL"
+        ["consumer_leases", "consumer_members", "outbox", "products"].into(),
+        "the lease tables, the outbox's sent mark or the search column are missing on PostgreSQL"
+    );
+    let (sqlite_only, sqlite): (Schema, Schema) = sqlite
+        .into_iter()
+        .partition(|(table, _)| table.starts_with("products_search"));
+    assert!(
+        sqlite_only.contains(&("products_search".to_owned(), "name".to_owned())),
+        "the search table is missing on SQLite: {sqlite_only:?}"
     );
     let shared_postgres: Schema = postgres.difference(&postgres_only).cloned().collect();
     assert!(!sqlite.is_empty(), "SQLite reported no columns");

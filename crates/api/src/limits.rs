@@ -61,7 +61,7 @@ pub fn group_of(method: &axum::http::Method, path: &str) -> Option<&'static str>
     match first {
         "auth" if rest == "auth/login" && method == axum::http::Method::POST => Some("login"),
         "auth" => Some("auth"),
-        "products" | "leaderboard" => Some("catalog"),
+        "products" | "categories" | "leaderboard" => Some("catalog"),
         "orders" => Some("orders"),
         "me" => Some("me"),
         "admin" => Some("admin"),

@@ -19,6 +19,7 @@ use crate::routes::{admin, auth, health, live, me, orders, products};
     paths(
         auth::register, auth::login, auth::refresh, auth::logout, auth::logout_all,
         products::list, products::get_one, products::trending, products::create, products::update,
+        products::search, products::categories, products::image,
         orders::place, orders::get_one, orders::list, orders::cancel,
         me::notifications, me::points, me::sessions, me::end_session, me::leaderboard,
         live::follow,
@@ -85,6 +86,14 @@ const OPERATION_PROBLEMS: &[(&str, &str, u16, &[&str])] = &[
     ("post", "/api/v1/auth/refresh", 401, &[slug::UNAUTHORIZED]),
     ("post", "/api/v1/auth/refresh", 422, &[slug::VALIDATION]),
     ("get", "/api/v1/products/{id}", 404, &[slug::NOT_FOUND]),
+    (
+        "get",
+        "/api/v1/products/{id}/image.svg",
+        404,
+        &[slug::NOT_FOUND],
+    ),
+    // A price out of range, an offset too deep, a text too long.
+    ("get", "/api/v1/products/search", 422, &[slug::VALIDATION]),
     ("post", "/api/v1/products", 403, &[slug::FORBIDDEN]),
     ("post", "/api/v1/products", 409, &[slug::CONFLICT]),
     ("put", "/api/v1/products/{id}", 403, &[slug::FORBIDDEN]),

@@ -109,6 +109,20 @@ pub fn price_cents() -> ObjectBuilder {
     integer(product::PRICE_CENTS, "Price in minor units (cents)")
 }
 
+pub fn description() -> ObjectBuilder {
+    text(
+        &product::DESCRIPTION,
+        "What the shop says about the product, stored trimmed; default empty",
+    )
+}
+
+pub fn category() -> ObjectBuilder {
+    nullable(text(
+        &product::CATEGORY,
+        "The category's name, e.g. \"Kitchen\", stored trimmed; blank or absent files the product nowhere",
+    ))
+}
+
 pub fn stock() -> ObjectBuilder {
     integer(product::STOCK, "Units that can be reserved")
 }

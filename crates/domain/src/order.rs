@@ -289,6 +289,8 @@ mod tests {
             price_cents,
             currency: Currency::parse(currency).unwrap(),
             stock: 10,
+            description: String::new(),
+            category: None,
             updated_at: chrono::Utc::now(),
             version: 1,
         }

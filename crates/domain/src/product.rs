@@ -16,6 +16,13 @@ pub struct Product {
     pub price_cents: i64,
     pub currency: Currency,
     pub stock: i64,
+    /// What the shop says about it (may be empty).
+    #[serde(default)]
+    pub description: String,
+    /// The shelf it is on: a name such as "Kitchen"; none for products
+    /// not filed anywhere.
+    #[serde(default)]
+    pub category: Option<String>,
     /// When the row last changed, its stock included (a reservation or a
     /// release sets it too): the `at` of the product's live messages.
     pub updated_at: Timestamp,
@@ -33,10 +40,14 @@ pub struct ProductDraft {
     pub price_cents: i64,
     pub currency: Currency,
     pub stock: i64,
+    pub description: String,
+    pub category: Option<String>,
 }
 
 pub const MAX_SKU_CHARS: usize = 64;
 pub const MAX_PRODUCT_NAME_CHARS: usize = 200;
+pub const MAX_DESCRIPTION_CHARS: usize = 2_000;
+pub const MAX_CATEGORY_CHARS: usize = 60;
 /// A price cap well below `i64::MAX / (100 * 50)`, so a full order can never overflow.
 pub const MAX_PRICE_CENTS: i64 = 10_000_000_000;
 pub const MAX_STOCK: i64 = 1_000_000_000;
@@ -52,6 +63,21 @@ pub static SKU: TextRule = TextRule::new(
 pub static PRODUCT_NAME: TextRule = TextRule::new(
     1,
     MAX_PRODUCT_NAME_CHARS,
+    Some(PRINTABLE_TEXT),
+    "characters without control characters, not all blank",
+);
+/// A product's description: line breaks and tabs allowed, no other control
+/// characters; may be empty.
+pub static DESCRIPTION: TextRule = TextRule::new(
+    0,
+    MAX_DESCRIPTION_CHARS,
+    Some(r"^[^\x00-\x08\x0B-\x1F\x7F-\x9F]*$"),
+    "characters without control characters other than line breaks and tabs",
+);
+/// A category's name: stored trimmed, like a product's name.
+pub static CATEGORY: TextRule = TextRule::new(
+    1,
+    MAX_CATEGORY_CHARS,
     Some(PRINTABLE_TEXT),
     "characters without control characters, not all blank",
 );
@@ -81,13 +107,116 @@ impl ProductDraft {
             price_cents: PRICE_CENTS.check("price_cents", price_cents)?,
             currency: Currency::parse(currency)?,
             stock: STOCK.check("stock", stock)?,
+            description: String::new(),
+            category: None,
         })
     }
+
+    /// Adds the shop's words about it: a description (checked against
+    /// [`DESCRIPTION`]) and a category ([`CATEGORY`]; blank or none
+    /// files it nowhere).
+    pub fn described(
+        mut self,
+        description: &str,
+        category: Option<&str>,
+    ) -> Result<Self, ValidationError> {
+        self.description = DESCRIPTION
+            .check("description", description)?
+            .trim()
+            .to_owned();
+        self.category = match category.filter(|c| !c.trim().is_empty()) {
+            Some(category) => Some(CATEGORY.check("category", category)?.trim().to_owned()),
+            None => None,
+        };
+        Ok(self)
+    }
+}
+
+/// What a shopper looks for in the catalog: words, a category, a price
+/// range, an order, a page.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ProductSearch {
+    /// Each must begin a word of the name, description or category (all
+    /// of them must match); see [`search_words`].
+    pub words: Vec<String>,
+    /// Exactly this category (as stored, trimmed).
+    pub category: Option<String>,
+    pub min_price_cents: Option<i64>,
+    pub max_price_cents: Option<i64>,
+    pub sort: ProductSort,
+    pub offset: u32,
+    pub limit: u32,
+}
+
+impl ProductSearch {
+    /// Whether `product` passes the filters a row can be checked against
+    /// (all but the words): what a cached result is re-checked with.
+    pub fn admits(&self, product: &Product) -> bool {
+        self.category
+            .as_ref()
+            .is_none_or(|c| product.category.as_ref() == Some(c))
+            && self
+                .min_price_cents
+                .is_none_or(|min| product.price_cents >= min)
+            && self
+                .max_price_cents
+                .is_none_or(|max| product.price_cents <= max)
+    }
+}
+
+/// The order of search results; ties go by id (creation order).
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum ProductSort {
+    /// Best match first with words; without words, creation order.
+    #[default]
+    Relevance,
+    PriceAsc,
+    PriceDesc,
+    Name,
+    Newest,
+}
+
+pub const MAX_SEARCH_WORDS: usize = 8;
+pub const MAX_SEARCH_WORD_CHARS: usize = 40;
+/// How deep a search may page: past this, narrow the search instead.
+pub const MAX_SEARCH_OFFSET: u32 = 10_000;
+
+/// The words of a search text: runs of letters and digits, lower-cased, at
+/// most [`MAX_SEARCH_WORDS`] of at most [`MAX_SEARCH_WORD_CHARS`]
+/// characters each. Everything else separates words, so no input can carry
+/// query syntax (FTS5's or `tsquery`'s) into the database.
+pub fn search_words(text: &str) -> Vec<String> {
+    text.split(|c: char| !c.is_alphanumeric())
+        .filter(|word| !word.is_empty())
+        .map(|word| {
+            word.chars()
+                .take(MAX_SEARCH_WORD_CHARS)
+                .collect::<String>()
+                .to_lowercase()
+        })
+        .take(MAX_SEARCH_WORDS)
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn search_text_becomes_plain_words() {
+        assert_eq!(search_words("  Blue MUG, 0.5l"), ["blue", "mug", "0", "5l"]);
+        assert_eq!(search_words("tea\"* OR x:* & !y"), ["tea", "or", "x", "y"]);
+        assert_eq!(search_words("Çay bardağı"), ["çay", "bardağı"]);
+        assert!(search_words(" -*- ").is_empty());
+        assert_eq!(search_words(&"a ".repeat(20)).len(), MAX_SEARCH_WORDS);
+        assert_eq!(
+            search_words(&"x".repeat(99))[0].len(),
+            MAX_SEARCH_WORD_CHARS
+        );
+    }
 
     #[test]
     fn drafts_are_validated_field_by_field() {
@@ -123,6 +252,24 @@ mod tests {
                 .unwrap_err()
                 .field,
             "stock"
+        );
+        let mug = ProductDraft::new("S", "Mug", 1, "EUR", 1).unwrap();
+        let described = mug
+            .clone()
+            .described(" Holds tea.\nDishwasher safe. ", Some(" Kitchen "))
+            .unwrap();
+        assert_eq!(described.description, "Holds tea.\nDishwasher safe.");
+        assert_eq!(described.category.as_deref(), Some("Kitchen"));
+        assert_eq!(
+            mug.clone().described("", Some("  ")).unwrap().category,
+            None
+        );
+        let bell = mug.clone().described("ding\u{7}", None).unwrap_err();
+        assert_eq!(bell.field, "description");
+        let long = "k".repeat(MAX_CATEGORY_CHARS + 1);
+        assert_eq!(
+            mug.described("", Some(&long)).unwrap_err().field,
+            "category"
         );
     }
 }

@@ -125,6 +125,8 @@ fn products(n: usize) -> Vec<Product> {
             price_cents: 499 + 100 * i as i64,
             currency: eur(),
             stock: 1_000,
+            description: String::new(),
+            category: None,
             updated_at: chrono::Utc::now(),
             version: 1,
         })

@@ -2,7 +2,7 @@
 //! database (write-around: the caches are not filled, only told).
 //!
 //! The file is CSV with a header row (`sku,name,price_cents,currency,stock`,
-//! in any order) or JSON lines (one object with those fields per line),
+//! and optionally `description` and `category`, in any order) or JSON lines (one object with those fields per line),
 //! chosen by the extension (`.csv`; `.jsonl`, `.ndjson`, `.json`) or, for
 //! another name, by whether the first character is `{`. A product whose SKU
 //! exists gets the new fields; a new SKU is inserted.
@@ -34,6 +34,10 @@ struct Row {
     price_cents: i64,
     currency: String,
     stock: i64,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    category: Option<String>,
 }
 
 impl Row {
@@ -45,6 +49,7 @@ impl Row {
             &self.currency,
             self.stock,
         )
+        .and_then(|draft| draft.described(&self.description, self.category.as_deref()))
         .map_err(|e| format!("{}: {}", e.field, e.message))
     }
 }

@@ -1,4 +1,5 @@
-//! The demo data set: a catalog of 240 products with stock and a few shoppers.
+//! The demo data set: a catalog of 240 products in six categories, with
+//! descriptions and stock, and a few shoppers.
 //! Deterministic, so every demo and benchmark run starts from the same data.
 
 use orderflow_core::CoreError;
@@ -31,35 +32,41 @@ const ADJECTIVES: [&str; 12] = [
     "Travel",
     "Vintage",
 ];
-const NOUNS: [&str; 20] = [
-    "Backpack",
-    "Bottle",
-    "Candle",
-    "Chair",
-    "Coffee Mug",
-    "Desk Lamp",
-    "Headphones",
-    "Jacket",
-    "Keyboard",
-    "Kettle",
-    "Notebook",
-    "Pan",
-    "Pillow",
-    "Plant Pot",
-    "Scarf",
-    "Sneakers",
-    "Speaker",
-    "Tea Set",
-    "Umbrella",
-    "Watch",
+/// Each product kind with its category.
+const NOUNS: [(&str, &str); 20] = [
+    ("Backpack", "Bags"),
+    ("Bottle", "Kitchen"),
+    ("Candle", "Home"),
+    ("Chair", "Home"),
+    ("Coffee Mug", "Kitchen"),
+    ("Desk Lamp", "Home"),
+    ("Headphones", "Electronics"),
+    ("Jacket", "Clothing"),
+    ("Keyboard", "Electronics"),
+    ("Kettle", "Kitchen"),
+    ("Notebook", "Stationery"),
+    ("Pan", "Kitchen"),
+    ("Pillow", "Home"),
+    ("Plant Pot", "Home"),
+    ("Scarf", "Clothing"),
+    ("Sneakers", "Clothing"),
+    ("Speaker", "Electronics"),
+    ("Tea Set", "Kitchen"),
+    ("Umbrella", "Clothing"),
+    ("Watch", "Electronics"),
 ];
 
 /// The `index`-th demo product.
 pub fn demo_product(index: usize) -> ProductDraft {
-    let name = format!(
-        "{} {}",
-        ADJECTIVES[index % ADJECTIVES.len()],
-        NOUNS[(index / ADJECTIVES.len()) % NOUNS.len()]
+    let adjective = ADJECTIVES[index % ADJECTIVES.len()];
+    let (noun, category) = NOUNS[(index / ADJECTIVES.len()) % NOUNS.len()];
+    let name = format!("{adjective} {noun}");
+    let description = format!(
+        "A {} {} for every day, from the demo shop's {} shelf. Item {} of {DEMO_PRODUCTS}.",
+        adjective.to_lowercase(),
+        noun.to_lowercase(),
+        category.to_lowercase(),
+        index + 1
     );
     // Prices from 1.99 to about 250.00, stock from 20 to 500: varied but reproducible.
     let price_cents = 199 + ((index as i64 * 7_919) % 24_800);
@@ -71,6 +78,7 @@ pub fn demo_product(index: usize) -> ProductDraft {
         "EUR",
         stock,
     )
+    .and_then(|draft| draft.described(&description, Some(category)))
     .expect("demo products are valid")
 }
 

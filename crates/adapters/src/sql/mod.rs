@@ -154,6 +154,7 @@ pub(crate) const fn per(sqlite: &'static str, postgres: &'static str) -> Sql {
 #[derive(Debug, Clone)]
 pub enum Arg {
     Text(String),
+    OptText(Option<String>),
     Int(i64),
     Int4(i32),
     Bool(bool),
@@ -182,6 +183,7 @@ macro_rules! arg_from {
 
 arg_from!(
     String => Text,
+    Option<String> => OptText,
     i64 => Int,
     i32 => Int4,
     bool => Bool,

@@ -27,8 +27,15 @@ pub(crate) fn corrupt(what: impl std::fmt::Display) -> StoreError {
 pub(crate) const USER_COLUMNS: &str = "id, email, name, password_hash, role, created_at";
 pub(crate) const SESSION_COLUMNS: &str =
     "id, user_id, device, created_at, last_used_at, expires_at, revoked_at";
-pub(crate) const PRODUCT_COLUMNS: &str =
-    "id, sku, name, price_cents, currency, stock, updated_at, version";
+/// A product's columns as a literal, for statements that `concat!` them
+/// (`RETURNING`, `SELECT` with a per-engine tail).
+macro_rules! product_columns {
+    () => {
+        "id, sku, name, price_cents, currency, stock, description, category, updated_at, version"
+    };
+}
+pub(crate) use product_columns;
+pub(crate) const PRODUCT_COLUMNS: &str = product_columns!();
 pub(crate) const ORDER_COLUMNS: &str =
     "id, user_id, status, total_cents, currency, created_at, updated_at";
 pub(crate) const DEAD_LETTER_COLUMNS: &str = r#"id, group_name, topic, "partition", "offset", error, attempts, event, failed_at, replayed_at"#;
@@ -89,6 +96,8 @@ pub(crate) fn product(row: &impl SqlRow) -> StoreResult<Product> {
         price_cents: row.int("price_cents")?,
         currency: currency(row, "currency")?,
         stock: row.int("stock")?,
+        description: row.text("description")?,
+        category: row.opt_text("category")?,
         updated_at: row.time("updated_at")?,
         version: row.int("version")?,
     })

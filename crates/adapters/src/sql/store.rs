@@ -18,15 +18,16 @@ use orderflow_core::ports::store::{
 };
 use orderflow_domain::events::topics;
 use orderflow_domain::order::{HistoryEntry, Order, OrderStatus};
-use orderflow_domain::product::{Product, ProductDraft};
+use orderflow_domain::product::{Product, ProductDraft, ProductSearch, ProductSort};
 use orderflow_domain::sales::WindowRange;
 use orderflow_domain::{EventId, OrderId, ProductId, Timestamp, UserId};
 
+use super::rows::product_columns;
 use super::rows::{
     self, DEAD_LETTER_COLUMNS, ORDER_COLUMNS, PRODUCT_COLUMNS, SESSION_COLUMNS, USER_COLUMNS,
 };
 use super::tx::SqlTx;
-use super::{Engine, Exec, Sql, SqlRow, SqlStore, Stmt, WritePriority, per, stmt};
+use super::{Arg, Dialect, Engine, Exec, Sql, SqlRow, SqlStore, Stmt, WritePriority, per, stmt};
 
 /// A live channel's newest `$limit` rows of `$select` (which names its
 /// position column `seq`) by `$order`, in one statement (one snapshot),
@@ -118,6 +119,76 @@ async fn read_one<E: Engine, T>(
 ) -> StoreResult<Option<T>> {
     let mut conn = engine.read().await?;
     conn.query_opt(stmt).await?.as_ref().map(map).transpose()
+}
+
+/// A search's statement: the full-text match when there are words (the
+/// one part written per engine), then the filters, the order and the page.
+/// The words are letters and digits only (`search_words`), each matched
+/// as a prefix; the other values are bound.
+fn search_statement<E: Engine>(search: &ProductSearch) -> Stmt {
+    let mut args: Vec<Arg> = Vec::new();
+    let mut bind = |value: Arg| {
+        args.push(value);
+        format!("${}", args.len())
+    };
+    let mut sql = String::from("SELECT p.id FROM products p");
+    let mut conditions = Vec::new();
+    let matching = !search.words.is_empty();
+    if matching {
+        match E::DIALECT {
+            Dialect::Sqlite => {
+                let query: Vec<String> = search.words.iter().map(|w| format!("\"{w}\"*")).collect();
+                sql.push_str(&format!(
+                    " JOIN products_search ON products_search.rowid = p.rowid \
+                     AND products_search MATCH {}",
+                    bind(Arg::Text(query.join(" ")))
+                ));
+            }
+            Dialect::Postgres => {
+                let query: Vec<String> = search.words.iter().map(|w| format!("{w}:*")).collect();
+                sql.push_str(&format!(
+                    ", to_tsquery('simple', {}) AS q",
+                    bind(Arg::Text(query.join(" & ")))
+                ));
+                conditions.push("p.search @@ q".to_owned());
+            }
+        }
+    }
+    if let Some(category) = &search.category {
+        conditions.push(format!(
+            "p.category = {}",
+            bind(Arg::Text(category.clone()))
+        ));
+    }
+    if let Some(min) = search.min_price_cents {
+        conditions.push(format!("p.price_cents >= {}", bind(Arg::Int(min))));
+    }
+    if let Some(max) = search.max_price_cents {
+        conditions.push(format!("p.price_cents <= {}", bind(Arg::Int(max))));
+    }
+    if !conditions.is_empty() {
+        sql.push_str(" WHERE ");
+        sql.push_str(&conditions.join(" AND "));
+    }
+    let order = match (search.sort, matching, E::DIALECT) {
+        (ProductSort::Relevance, true, Dialect::Sqlite) => "products_search.rank, p.id",
+        (ProductSort::Relevance, true, Dialect::Postgres) => "ts_rank(p.search, q) DESC, p.id",
+        (ProductSort::Relevance, false, _) => "p.id",
+        (ProductSort::PriceAsc, ..) => "p.price_cents, p.id",
+        (ProductSort::PriceDesc, ..) => "p.price_cents DESC, p.id",
+        (ProductSort::Name, ..) => "p.name, p.id",
+        (ProductSort::Newest, ..) => "p.created_at DESC, p.id DESC",
+    };
+    sql.push_str(&format!(
+        " ORDER BY {order} LIMIT {} OFFSET {}",
+        bind(Arg::Int(i64::from(search.limit))),
+        bind(Arg::Int(i64::from(search.offset)))
+    ));
+    Stmt {
+        op: "search_products",
+        sql: Sql::Built(sql),
+        args,
+    }
 }
 
 async fn read_all<E: Engine, T>(
@@ -557,6 +628,27 @@ impl<E: Engine> Store for SqlStore<E> {
         read_all(&*self.engine, query, rows::product).await
     }
 
+    async fn search_products(&self, search: &ProductSearch) -> StoreResult<Vec<ProductId>> {
+        read_all(&*self.engine, search_statement::<E>(search), |row| {
+            row.uuid("id")
+        })
+        .await
+    }
+
+    async fn categories(&self) -> StoreResult<Vec<(String, i64)>> {
+        read_all(
+            &*self.engine,
+            stmt(
+                "categories",
+                "SELECT category, count(*) AS products FROM products
+                     WHERE category IS NOT NULL GROUP BY category ORDER BY category",
+                (),
+            ),
+            |row| Ok((row.text("category")?, row.int("products")?)),
+        )
+        .await
+    }
+
     async fn product(&self, id: ProductId) -> StoreResult<Option<Product>> {
         read_one(
             &*self.engine,
@@ -581,10 +673,16 @@ impl<E: Engine> Store for SqlStore<E> {
             stmt(
                 "products_by_ids",
                 per(
-                    "SELECT id, sku, name, price_cents, currency, stock, updated_at, version
-                     FROM products WHERE id IN (SELECT value FROM json_each($1)) ORDER BY id",
-                    "SELECT id, sku, name, price_cents, currency, stock, updated_at, version
-                     FROM products WHERE id = ANY($1) ORDER BY id",
+                    concat!(
+                        "SELECT ",
+                        product_columns!(),
+                        " FROM products WHERE id IN (SELECT value FROM json_each($1)) ORDER BY id"
+                    ),
+                    concat!(
+                        "SELECT ",
+                        product_columns!(),
+                        " FROM products WHERE id = ANY($1) ORDER BY id"
+                    ),
                 ),
                 (ids.to_vec(),),
             ),
@@ -613,10 +711,12 @@ impl<E: Engine> Store for SqlStore<E> {
             &*self.engine,
             stmt(
                 "insert_product",
-                "INSERT INTO products (id, sku, name, price_cents, currency, stock,
-                        created_at, updated_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $7)
-                     RETURNING id, sku, name, price_cents, currency, stock, updated_at, version",
+                concat!(
+                    "INSERT INTO products (id, sku, name, price_cents, currency, stock,
+                        description, category, created_at, updated_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $8, $9, $7, $7) RETURNING ",
+                    product_columns!()
+                ),
                 (
                     id,
                     &draft.sku,
@@ -625,6 +725,8 @@ impl<E: Engine> Store for SqlStore<E> {
                     draft.currency.as_str(),
                     draft.stock,
                     now,
+                    &draft.description,
+                    draft.category.clone(),
                 ),
             ),
             rows::product,
@@ -649,10 +751,13 @@ impl<E: Engine> Store for SqlStore<E> {
             &*self.engine,
             stmt(
                 "update_product",
-                "UPDATE products SET sku = $1, name = $2, price_cents = $3, currency = $4,
-                    stock = $5, updated_at = $6, version = version + 1
-                 WHERE id = $7
-                 RETURNING id, sku, name, price_cents, currency, stock, updated_at, version",
+                concat!(
+                    "UPDATE products SET sku = $1, name = $2, price_cents = $3, currency = $4,
+                        stock = $5, updated_at = $6, version = version + 1,
+                        description = $8, category = $9
+                     WHERE id = $7 RETURNING ",
+                    product_columns!()
+                ),
                 (
                     &draft.sku,
                     &draft.name,
@@ -661,6 +766,8 @@ impl<E: Engine> Store for SqlStore<E> {
                     draft.stock,
                     now,
                     id,
+                    &draft.description,
+                    draft.category.clone(),
                 ),
             ),
             rows::product,
@@ -683,15 +790,18 @@ impl<E: Engine> Store for SqlStore<E> {
             let row = w
                 .query_one(stmt(
                     "import_product",
-                    "INSERT INTO products (id, sku, name, price_cents, currency, stock,
-                            created_at, updated_at)
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $7)
+                    concat!(
+                        "INSERT INTO products (id, sku, name, price_cents, currency, stock,
+                            description, category, created_at, updated_at)
+                         VALUES ($1, $2, $3, $4, $5, $6, $8, $9, $7, $7)
                          ON CONFLICT (sku) DO UPDATE SET name = excluded.name,
                             price_cents = excluded.price_cents, currency = excluded.currency,
-                            stock = excluded.stock, updated_at = excluded.updated_at,
+                            stock = excluded.stock, description = excluded.description,
+                            category = excluded.category, updated_at = excluded.updated_at,
                             version = products.version + 1
-                         RETURNING id, sku, name, price_cents, currency, stock, updated_at,
-                            version",
+                         RETURNING ",
+                        product_columns!()
+                    ),
                     (
                         *id,
                         &draft.sku,
@@ -700,6 +810,8 @@ impl<E: Engine> Store for SqlStore<E> {
                         draft.currency.as_str(),
                         draft.stock,
                         now,
+                        &draft.description,
+                        draft.category.clone(),
                     ),
                 ))
                 .await?;

@@ -36,6 +36,7 @@ use orderflow_domain::{EventId, OrderId, ProductId, Timestamp, UserId};
 use crate::sqlite::partition_for;
 
 use super::log::OUTBOX_SIGNAL;
+use super::rows::product_columns;
 use super::store::load_order;
 use super::tail::TailEvent;
 use super::{
@@ -523,9 +524,11 @@ impl<E: Engine> StoreTx for SqlTx<E> {
                 .await?
                 .query_opt(stmt(
                     "take_stock",
-                    "UPDATE products SET stock = stock - $1, version = version + 1, updated_at = $3
-                     WHERE id = $2 AND stock >= $1
-                     RETURNING id, sku, name, price_cents, currency, stock, updated_at, version",
+                    concat!(
+                        "UPDATE products SET stock = stock - $1, version = version + 1, updated_at = $3
+                         WHERE id = $2 AND stock >= $1 RETURNING ",
+                        product_columns!()
+                    ),
                     (i64::from(*quantity), *product_id, chrono::Utc::now()),
                 ))
                 .await?;

@@ -355,6 +355,7 @@ impl From<Arg> for Stored {
             Arg::Bool(b) => Stored::Bool(b),
             Arg::Uuid(id) => Stored::Text(Some(uuid(id))),
             Arg::OptUuid(id) => Stored::Text(id.map(uuid)),
+            Arg::OptText(text) => Stored::Text(text),
             Arg::Time(at) => Stored::Integer(Some(micros(at))),
             Arg::OptTime(at) => Stored::Integer(at.map(micros)),
             Arg::Json(value) => Stored::Text(Some(value.to_string())),

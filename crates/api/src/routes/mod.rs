@@ -31,6 +31,9 @@ pub fn router(state: AppState) -> Router {
         .route("/auth/logout-all", post(auth::logout_all))
         .route("/products", get(products::list).post(products::create))
         .route("/products/trending", get(products::trending))
+        .route("/products/search", get(products::search))
+        .route("/products/{id}/image.svg", get(products::image))
+        .route("/categories", get(products::categories))
         .route(
             "/products/{id}",
             get(products::get_one).put(products::update),

@@ -1,9 +1,11 @@
-//! The catalog: paged listing, one product with conditional GET, trending
+//! The catalog: paged listing, search with filters and sorting, the
+//! categories, one product with conditional GET and its picture, trending
 //! products, admin writes.
 
 use axum::Json;
 use std::net::{IpAddr, Ipv4Addr};
 
+use askama::Template;
 use axum::Extension;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -11,7 +13,9 @@ use axum::response::{IntoResponse, Response};
 use orderflow_core::CoreError;
 use orderflow_core::services::catalog::ViewerKey;
 use orderflow_domain::ValidationError;
-use orderflow_domain::product::{Product, ProductDraft};
+use orderflow_domain::product::{
+    self, MAX_SEARCH_OFFSET, Product, ProductDraft, ProductSearch, ProductSort, search_words,
+};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use utoipa::{IntoParams, ToSchema};
@@ -30,6 +34,12 @@ pub struct ProductView {
     /// ISO 4217 code.
     pub currency: String,
     pub stock: i64,
+    pub description: String,
+    /// Absent for a product filed nowhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub category: Option<String>,
+    /// Its picture (an SVG the server draws from the name and category).
+    pub image_url: String,
     /// Grows with every change of the product (fields or stock); a client
     /// holding two copies keeps the one with the higher version.
     pub version: i64,
@@ -44,6 +54,9 @@ impl From<Product> for ProductView {
             price_cents: p.price_cents,
             currency: p.currency.to_string(),
             stock: p.stock,
+            description: p.description,
+            category: p.category,
+            image_url: format!("/api/v1/products/{}/image.svg", p.id),
             version: p.version,
         }
     }
@@ -82,6 +95,12 @@ pub struct ProductInput {
     #[serde(deserialize_with = "schema::whole_number")]
     #[schema(schema_with = schema::stock)]
     pub stock: i64,
+    #[serde(default)]
+    #[schema(schema_with = schema::description)]
+    pub description: String,
+    #[serde(default)]
+    #[schema(schema_with = schema::category)]
+    pub category: Option<String>,
 }
 
 impl ProductInput {
@@ -92,7 +111,8 @@ impl ProductInput {
             self.price_cents,
             &self.currency,
             self.stock,
-        )
+        )?
+        .described(&self.description, self.category.as_deref())
     }
 }
 
@@ -107,6 +127,180 @@ pub async fn list(
         items: page.items.into_iter().map(Into::into).collect(),
         next_cursor: page.next_cursor,
     }))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct SearchParams {
+    /// Words to find in the name, description or category; each must begin
+    /// a word there (`mug` finds "Mugs"), all must match. Letters and
+    /// digits count; anything else separates words (at most 8 are used).
+    #[param(max_length = 200)]
+    pub q: Option<String>,
+    /// Only this category (its exact name).
+    pub category: Option<String>,
+    #[param(minimum = 0)]
+    pub min_price_cents: Option<i64>,
+    #[param(minimum = 0)]
+    pub max_price_cents: Option<i64>,
+    /// `relevance` (the default: best match first, or creation order
+    /// without `q`), `price_asc`, `price_desc`, `name`, `newest`.
+    #[serde(default)]
+    #[param(inline)]
+    pub sort: ProductSort,
+    /// 1..=100, default 20.
+    #[param(minimum = 1, maximum = 100)]
+    pub limit: Option<u32>,
+    /// Results to skip: the previous page's `next_offset`; at most 10,000.
+    #[param(minimum = 0, maximum = 10000)]
+    pub offset: Option<u32>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SearchView {
+    pub items: Vec<ProductView>,
+    /// Pass as `offset` for the next page; absent on the last page.
+    pub next_offset: Option<u32>,
+}
+
+/// Finds products by words, category and price, in the order asked. The
+/// products come from the cache (stock and price current); which products
+/// match is kept for a few seconds.
+#[utoipa::path(get, operation_id = "search_products", path = "/api/v1/products/search", tag = "catalog", params(SearchParams), responses((status = 200, body = SearchView)))]
+pub async fn search(
+    State(state): State<AppState>,
+    ApiQuery(params): ApiQuery<SearchParams>,
+) -> ApiResult<Json<SearchView>> {
+    let search = params.search()?;
+    let page = state.catalog.search(&search).await?;
+    Ok(Json(SearchView {
+        items: page.items.into_iter().map(Into::into).collect(),
+        next_offset: page.next_offset,
+    }))
+}
+
+impl SearchParams {
+    fn search(self) -> Result<ProductSearch, ValidationError> {
+        let price = |field: &str, value: Option<i64>| {
+            value
+                .map(|cents| product::PRICE_CENTS.check(field, cents))
+                .transpose()
+        };
+        let offset = self.offset.unwrap_or(0);
+        if offset > MAX_SEARCH_OFFSET {
+            return Err(ValidationError::new(
+                "offset",
+                format!("must be at most {MAX_SEARCH_OFFSET}; narrow the search instead"),
+            ));
+        }
+        if self.q.as_ref().is_some_and(|q| q.chars().count() > 200) {
+            return Err(ValidationError::new("q", "must be at most 200 characters"));
+        }
+        Ok(ProductSearch {
+            words: search_words(self.q.as_deref().unwrap_or_default()),
+            category: self
+                .category
+                .map(|c| c.trim().to_owned())
+                .filter(|c| !c.is_empty()),
+            min_price_cents: price("min_price_cents", self.min_price_cents)?,
+            max_price_cents: price("max_price_cents", self.max_price_cents)?,
+            sort: self.sort,
+            offset,
+            limit: self.limit.unwrap_or(20).clamp(1, 100),
+        })
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct CategoryView {
+    pub name: String,
+    /// Products in it.
+    pub products: i64,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct CategoriesView {
+    /// By name.
+    pub items: Vec<CategoryView>,
+}
+
+/// Every category, with how many products it holds.
+#[utoipa::path(get, operation_id = "list_categories", path = "/api/v1/categories", tag = "catalog", responses((status = 200, body = CategoriesView)))]
+pub async fn categories(State(state): State<AppState>) -> ApiResult<Json<CategoriesView>> {
+    let items = state
+        .catalog
+        .categories()
+        .await?
+        .into_iter()
+        .map(|(name, products)| CategoryView { name, products })
+        .collect();
+    Ok(Json(CategoriesView { items }))
+}
+
+/// A product's picture, drawn from its name and category: the demo shop
+/// needs no image store, and every product has one.
+#[derive(Template)]
+#[template(path = "product.svg", escape = "html")]
+struct ProductPicture<'a> {
+    name: &'a str,
+    label: String,
+    initials: String,
+    category: Option<&'a str>,
+    hue: u16,
+}
+
+impl<'a> ProductPicture<'a> {
+    fn of(product: &'a Product) -> Self {
+        let label: String = product.name.chars().take(28).collect();
+        let label = if label.len() < product.name.len() {
+            format!("{label}…")
+        } else {
+            label
+        };
+        let initials = product
+            .name
+            .split_whitespace()
+            .filter_map(|word| word.chars().find(|c| c.is_alphanumeric()))
+            .take(2)
+            .flat_map(char::to_uppercase)
+            .collect();
+        Self {
+            name: &product.name,
+            label,
+            initials,
+            category: product.category.as_deref(),
+            hue: u16::from_be_bytes([product.id.as_bytes()[14], product.id.as_bytes()[15]]) % 360,
+        }
+    }
+}
+
+/// The product's picture as SVG; its `ETag` is a digest of the picture, so
+/// a renamed product's picture is fetched again and an unchanged one
+/// answers 304.
+#[utoipa::path(get, operation_id = "product_image", path = "/api/v1/products/{id}/image.svg", tag = "catalog", params(("id" = uuid::Uuid, Path, description = "product id")), responses(
+    (status = 200, content_type = "image/svg+xml", body = String, headers(("ETag" = String), ("Cache-Control" = String))),
+    (status = 304, description = "not modified")))]
+pub async fn image(
+    State(state): State<AppState>,
+    Path(id): Path<uuid::Uuid>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let product = state
+        .catalog
+        .product(id)
+        .await?
+        .ok_or(CoreError::NotFound("product"))?;
+    let picture = ProductPicture::of(&product)
+        .render()
+        .map_err(|e| CoreError::Internal(e.to_string()))?;
+    let etag = format!("\"{}\"", &hex::encode(Sha256::digest(&picture))[..32]);
+    Ok(conditional(
+        &headers,
+        etag,
+        "image/svg+xml",
+        picture.into_bytes(),
+        "public, max-age=3600",
+    ))
 }
 
 /// How far back trending looks.
@@ -215,7 +409,26 @@ pub async fn get_one(
     let view = ProductView::from(product);
     let body = serde_json::to_vec(&view).map_err(|e| CoreError::Internal(e.to_string()))?;
     let etag = format!("\"{}\"", &hex::encode(Sha256::digest(&body))[..32]);
-    let matches = headers
+    // Short: stock changes as orders come in; revalidation is cheap with the ETag.
+    Ok(conditional(
+        &headers,
+        etag,
+        "application/json",
+        body,
+        "public, max-age=5, must-revalidate",
+    ))
+}
+
+/// A conditional GET's answer: 304 when `If-None-Match` names `etag` (or
+/// `*`), else `body`; either way with the `ETag` and `Cache-Control`.
+fn conditional(
+    request: &HeaderMap,
+    etag: String,
+    content_type: &'static str,
+    body: Vec<u8>,
+    cache_control: &'static str,
+) -> Response {
+    let matches = request
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| {
@@ -227,19 +440,18 @@ pub async fn get_one(
     let mut response = if matches {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
-        ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+        ([(header::CONTENT_TYPE, content_type)], body).into_response()
     };
     let headers = response.headers_mut();
     headers.insert(
         header::ETAG,
         HeaderValue::from_str(&etag).expect("hex is a valid header"),
     );
-    // Short: stock changes as orders come in; revalidation is cheap with the ETag.
     headers.insert(
         header::CACHE_CONTROL,
-        HeaderValue::from_static("public, max-age=5, must-revalidate"),
+        HeaderValue::from_static(cache_control),
     );
-    Ok(response)
+    response
 }
 
 /// Adds a product (admin).

@@ -64,6 +64,7 @@ macro_rules! store_scenarios {
             concurrent_idempotency_claims,
             stock_reservation,
             cancelled_orders,
+            product_search,
             concurrent_reservations,
             processed_marks,
             processed_marks_in_bulk,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use orderflow_domain::notification::{Channel, NotificationKind};
 use orderflow_domain::order::{HistoryEntry, OrderStatus};
-use orderflow_domain::product::ProductDraft;
+use orderflow_domain::product::{ProductDraft, ProductSearch, ProductSort, search_words};
 use orderflow_domain::user::Role;
 use tokio::sync::{Barrier, oneshot};
 
@@ -928,6 +928,150 @@ pub async fn stock_reservation(store: Arc<dyn Store>) {
         Reservation::AlreadyReserved
     );
     assert_eq!(stock_of(&store, mug.id).await, 5);
+}
+
+/// Search: every word a prefix of a word of the name, description or
+/// category, all of them; the filters; each order; pages; the index
+/// follows edits and imports; the category list counts.
+pub async fn product_search(store: Arc<dyn Store>) {
+    let at = now();
+    let add = |name: &str, price: i64, description: &str, category: Option<&str>| {
+        let store = store.clone();
+        let draft = draft(name, price, 5)
+            .described(description, category)
+            .unwrap();
+        async move {
+            store
+                .insert_product(uuid::Uuid::now_v7(), &draft, at)
+                .await
+                .unwrap()
+        }
+    };
+    let mug = add(
+        "Blue Coffee Mug",
+        1_200,
+        "Stoneware, holds 300 ml.",
+        Some("Kitchen"),
+    )
+    .await;
+    let kettle = add(
+        "Kettle",
+        4_500,
+        "Boils water for coffee and tea.",
+        Some("Kitchen"),
+    )
+    .await;
+    let lamp = add("Desk Lamp", 3_000, "Warm light, blue shade.", Some("Home")).await;
+    let pen = add("Fountain Pen", 800, "", None).await;
+    let search = |q: &str| ProductSearch {
+        words: search_words(q),
+        category: None,
+        min_price_cents: None,
+        max_price_cents: None,
+        sort: ProductSort::Relevance,
+        offset: 0,
+        limit: 50,
+    };
+    let found = |search: ProductSearch| {
+        let store = store.clone();
+        async move {
+            let mut ids = store.search_products(&search).await.unwrap();
+            if search.sort == ProductSort::Relevance {
+                ids.sort();
+            }
+            ids
+        }
+    };
+
+    // Words: prefixes, any field, case folded, all must match.
+    assert_eq!(found(search("coff")).await, vec![mug.id, kettle.id]);
+    assert_eq!(found(search("BLUE")).await, vec![mug.id, lamp.id]);
+    assert_eq!(found(search("blue mug")).await, vec![mug.id]);
+    assert_eq!(found(search("kitchen")).await, vec![mug.id, kettle.id]);
+    assert_eq!(found(search("blue tea")).await, Vec::<uuid::Uuid>::new());
+    assert_eq!(found(search("")).await.len(), 4, "no words: everything");
+    // Filters, with or without words.
+    let kitchen = ProductSearch {
+        category: Some("Kitchen".into()),
+        ..search("")
+    };
+    assert_eq!(found(kitchen.clone()).await, vec![mug.id, kettle.id]);
+    let cheap = ProductSearch {
+        max_price_cents: Some(3_000),
+        min_price_cents: Some(1_000),
+        ..search("")
+    };
+    assert_eq!(found(cheap).await, vec![mug.id, lamp.id]);
+    let water = ProductSearch {
+        category: Some("Home".into()),
+        ..search("water")
+    };
+    assert_eq!(found(water).await, Vec::<uuid::Uuid>::new());
+    // Orders and pages.
+    let sorted = |sort| ProductSearch { sort, ..search("") };
+    assert_eq!(
+        found(sorted(ProductSort::PriceAsc)).await,
+        vec![pen.id, mug.id, lamp.id, kettle.id]
+    );
+    assert_eq!(
+        found(sorted(ProductSort::PriceDesc)).await,
+        vec![kettle.id, lamp.id, mug.id, pen.id]
+    );
+    assert_eq!(
+        found(sorted(ProductSort::Name)).await,
+        vec![mug.id, lamp.id, pen.id, kettle.id]
+    );
+    let page = ProductSearch {
+        offset: 1,
+        limit: 2,
+        ..sorted(ProductSort::PriceAsc)
+    };
+    assert_eq!(found(page).await, vec![mug.id, lamp.id]);
+    // The best match first: the word in the name and the category beats
+    // the word once in a description.
+    let ranked = store
+        .search_products(&search("kettle coffee"))
+        .await
+        .unwrap();
+    assert_eq!(ranked, vec![kettle.id]);
+    let ranked = store.search_products(&search("blue")).await.unwrap();
+    assert_eq!(ranked.len(), 2);
+
+    // The index follows an edit and an import; stock changes leave it be.
+    let renamed = ProductDraft::new(&lamp.sku, "Reading Light", 3_000, "EUR", 5)
+        .unwrap()
+        .described("Warm light.", Some("Home"))
+        .unwrap();
+    store.update_product(lamp.id, &renamed, at).await.unwrap();
+    assert_eq!(found(search("desk")).await, Vec::<uuid::Uuid>::new());
+    assert_eq!(found(search("reading")).await, vec![lamp.id]);
+    assert_eq!(found(search("blue")).await, vec![mug.id]);
+    let imported = ProductDraft::new(&pen.sku, "Fountain Pen", 800, "EUR", 5)
+        .unwrap()
+        .described("Fine nib, refillable.", Some("Stationery"))
+        .unwrap();
+    store
+        .import_products(&[(uuid::Uuid::now_v7(), imported)], at)
+        .await
+        .unwrap();
+    assert_eq!(found(search("nib")).await, vec![pen.id]);
+    let order = given_order(&store, given_user(&store, "Ann").await.id, &[(&mug, 1)]).await;
+    let mut tx = store.begin().await.unwrap();
+    tx.reserve_stock(order.id, &[(mug.id, 1)]).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(found(search("stoneware")).await, vec![mug.id]);
+
+    assert_eq!(
+        store.categories().await.unwrap(),
+        vec![
+            ("Home".to_owned(), 1),
+            ("Kitchen".to_owned(), 2),
+            ("Stationery".to_owned(), 1)
+        ]
+    );
+    let read = store.product(pen.id).await.unwrap().unwrap();
+    assert_eq!(read.description, "Fine nib, refillable.");
+    assert_eq!(read.category.as_deref(), Some("Stationery"));
 }
 
 /// A cancelled order takes no stock, whichever comes first; a charge is

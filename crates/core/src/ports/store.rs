@@ -14,7 +14,7 @@ use orderflow_domain::events::Envelope;
 use orderflow_domain::fraud::WindowOrder;
 use orderflow_domain::notification::{Channel, NotificationKind};
 use orderflow_domain::order::{HistoryEntry, Order, OrderStatus};
-use orderflow_domain::product::{Product, ProductDraft};
+use orderflow_domain::product::{Product, ProductDraft, ProductSearch};
 use orderflow_domain::sales::{Granularity, WindowRange};
 use orderflow_domain::user::Role;
 use orderflow_domain::{EventId, OrderId, ProductId, Timestamp, UserId};
@@ -316,6 +316,11 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> StoreResult<Vec<Product>>;
     async fn product(&self, id: ProductId) -> StoreResult<Option<Product>>;
+    /// The ids of the products a search finds, in its order, one page
+    /// (full-text on SQLite's FTS5 or PostgreSQL's `tsvector`).
+    async fn search_products(&self, search: &ProductSearch) -> StoreResult<Vec<ProductId>>;
+    /// Every category with how many products it holds, by name.
+    async fn categories(&self) -> StoreResult<Vec<(String, i64)>>;
     async fn products_by_ids(&self, ids: &[ProductId]) -> StoreResult<Vec<Product>>;
     async fn count_products(&self) -> StoreResult<i64>;
     /// `Conflict` when the SKU is taken.

@@ -82,7 +82,7 @@ use moka::Expiry;
 use moka::future::Cache;
 use moka::ops::compute::{CompResult, Op};
 use orderflow_domain::events::{Envelope, EventData};
-use orderflow_domain::product::{Product, ProductDraft};
+use orderflow_domain::product::{Product, ProductDraft, ProductSearch};
 use orderflow_domain::sales::Granularity;
 use orderflow_domain::{ProductId, Timestamp, ValidationError};
 use sha2::{Digest, Sha256};
@@ -104,6 +104,14 @@ const PAGE_ITEMS_READ_ALONE: usize = 8;
 const INVALIDATIONS: &str = "catalog.invalidations";
 /// The invalidation message that drops every cached page (membership changed).
 const PAGES_CHANGED: &str = "pages";
+/// The invalidation message that drops every cached search (a product's
+/// searched fields or price changed).
+const SEARCHES_CHANGED: &str = "searches";
+/// How long a search's result (its ids) and the category list are kept: the
+/// bound on how late a product shows in a search after a change whose
+/// message was lost. The products themselves are read through their
+/// versioned entries, always current.
+pub const SEARCH_CACHED_FOR: Duration = Duration::from_secs(5);
 /// How often changes that could not be announced are tried again.
 const RESEND_EVERY: Duration = Duration::from_secs(1);
 
@@ -153,6 +161,14 @@ impl Default for CacheSettings {
 pub struct ProductPage {
     pub items: Vec<Product>,
     pub next_cursor: Option<ProductId>,
+}
+
+/// A page of search results.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SearchPage {
+    pub items: Vec<Product>,
+    /// Where the next page starts; none on the last page.
+    pub next_offset: Option<u32>,
 }
 
 /// What an L1 (or L2) entry of a product says.
@@ -297,6 +313,10 @@ struct L1 {
     /// Trending rankings (product ids and views) by (minutes, top), for
     /// [`TRENDING_CACHED_FOR`]; concurrent misses of one key share a load.
     trending: Cache<(u64, u32), Ranking>,
+    /// Searches' results (ids) and the category list, for
+    /// [`SEARCH_CACHED_FOR`], dropped on any change of what they select by.
+    searches: Cache<ProductSearch, Arc<Vec<ProductId>>>,
+    categories: Cache<(), Arc<Vec<(String, i64)>>>,
 }
 
 /// Whether an offered value of the same version as the entry is taken.
@@ -335,6 +355,15 @@ impl L1 {
     fn pages_changed(&self) {
         self.page_epoch.fetch_add(1, Ordering::SeqCst);
         self.pages.invalidate_all();
+        self.searches_changed();
+    }
+
+    /// Moka drops what was inserted before the call, so a search loaded
+    /// before the change and stored after it is the one window left, and
+    /// [`SEARCH_CACHED_FOR`] bounds it.
+    fn searches_changed(&self) {
+        self.searches.invalidate_all();
+        self.categories.invalidate_all();
     }
 }
 
@@ -837,6 +866,14 @@ impl CatalogService {
                 .max_capacity(256)
                 .time_to_live(TRENDING_CACHED_FOR)
                 .build(),
+            searches: Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(SEARCH_CACHED_FOR)
+                .build(),
+            categories: Cache::builder()
+                .max_capacity(1)
+                .time_to_live(SEARCH_CACHED_FOR)
+                .build(),
         });
         Self {
             layers: Layers {
@@ -1099,6 +1136,7 @@ impl CatalogService {
             .ok_or(CoreError::NotFound("product"))?;
         self.propagate(std::slice::from_ref(&product), Propagation::Value)
             .await;
+        self.searches_changed().await;
         Ok(product)
     }
 
@@ -1191,6 +1229,72 @@ impl CatalogService {
             // most that long for a new product to show in other lists.
             let _ = shared.publish(PAGES_CHANGED).await;
         }
+    }
+
+    /// A product's searched fields or price changed: every process drops
+    /// its searches.
+    async fn searches_changed(&self) {
+        if let Some(l1) = &self.layers.l1 {
+            l1.searches_changed();
+        }
+        if let Some(shared) = &self.layers.shared {
+            let _ = shared.publish(SEARCHES_CHANGED).await;
+        }
+    }
+
+    /// A page of the products a search finds, in its order: the ids from
+    /// the database (full text, filters, order, page, and one more to tell
+    /// whether a next page follows), kept in L1 for [`SEARCH_CACHED_FOR`];
+    /// the products through their versioned entries like any read, so
+    /// stock and price are current, and each re-checked against the
+    /// category and price filters, so a product moved or repriced since
+    /// never shows where it no longer belongs.
+    pub async fn search(&self, search: &ProductSearch) -> Result<SearchPage, CoreError> {
+        let query = ProductSearch {
+            limit: search.limit + 1,
+            ..search.clone()
+        };
+        let ids = match self.usable_l1() {
+            Some(l1) => {
+                let store = self.layers.store.clone();
+                let key = query.clone();
+                l1.searches
+                    .try_get_with(query, async move {
+                        store.search_products(&key).await.map(Arc::new)
+                    })
+                    .await
+                    .map_err(|error| CoreError::Store((*error).clone()))?
+            }
+            None => Arc::new(self.layers.store.search_products(&query).await?),
+        };
+        let limit = search.limit as usize;
+        let mut items = Vec::with_capacity(ids.len().min(limit));
+        for id in ids.iter().take(limit) {
+            if let Some(product) = self.product(*id).await?
+                && search.admits(&product)
+            {
+                items.push(product);
+            }
+        }
+        Ok(SearchPage {
+            items,
+            next_offset: (ids.len() > limit).then(|| search.offset + search.limit),
+        })
+    }
+
+    /// Every category and how many products it holds, by name; kept like a
+    /// search.
+    pub async fn categories(&self) -> Result<Vec<(String, i64)>, CoreError> {
+        let Some(l1) = self.usable_l1() else {
+            return Ok(self.layers.store.categories().await?);
+        };
+        let store = self.layers.store.clone();
+        let categories = l1
+            .categories
+            .try_get_with((), async move { store.categories().await.map(Arc::new) })
+            .await
+            .map_err(|error| CoreError::Store((*error).clone()))?;
+        Ok(categories.as_ref().clone())
     }
 
     /// Counts one view of a product by `viewer` (write-behind: in memory
@@ -1446,6 +1550,7 @@ async fn listen(
                         l1.offer(id, slot, &lifetimes, Offer::Newer).await;
                     }
                     Some(Invalidation::Pages) => l1.pages_changed(),
+                    Some(Invalidation::Searches) => l1.searches_changed(),
                     None => drop_everything(),
                 }
                 metrics::counter!("orderflow_cache_invalidations_received_total").increment(1);
@@ -1480,6 +1585,8 @@ enum Invalidation {
     },
     /// `pages`: the list's membership changed.
     Pages,
+    /// `searches`: what searches select by changed.
+    Searches,
 }
 
 /// `None` for a message this version does not know (then everything is
@@ -1487,6 +1594,9 @@ enum Invalidation {
 fn parse_invalidation(message: &str) -> Option<Invalidation> {
     if message == PAGES_CHANGED {
         return Some(Invalidation::Pages);
+    }
+    if message == SEARCHES_CHANGED {
+        return Some(Invalidation::Searches);
     }
     let mut parts = message.strip_prefix("product:")?.splitn(3, ':');
     let id: ProductId = parts.next()?.parse().ok()?;
@@ -1531,6 +1641,8 @@ mod tests {
             price_cents: 1,
             currency: orderflow_domain::money::Currency::parse("EUR").unwrap(),
             stock: 1,
+            description: String::new(),
+            category: None,
             updated_at: chrono::Utc::now(),
             version: 42,
         };
@@ -1564,6 +1676,10 @@ mod tests {
         assert_eq!(parse_invalidation("pages"), Some(Invalidation::Pages));
         assert_eq!(parse_invalidation(&format!("product:{id}")), None);
         assert_eq!(parse_invalidation("product:nope:1"), None);
+        assert_eq!(
+            parse_invalidation(SEARCHES_CHANGED),
+            Some(Invalidation::Searches)
+        );
     }
 
     #[test]
@@ -1576,6 +1692,8 @@ mod tests {
                 price_cents: 1,
                 currency: orderflow_domain::money::Currency::parse("EUR").unwrap(),
                 stock: 1,
+                description: String::new(),
+                category: None,
                 updated_at: chrono::Utc::now(),
                 version,
             }))

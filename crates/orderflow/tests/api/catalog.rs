@@ -50,7 +50,9 @@ async fn product_has_etag_and_answers_304() {
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(
         body,
-        json!({"id": product.id, "sku": "ETAG-1", "name": "Product ETAG-1", "price_cents": 1299, "currency": "EUR", "stock": 7, "version": 1})
+        json!({"id": product.id, "sku": "ETAG-1", "name": "Product ETAG-1", "price_cents": 1299,
+            "currency": "EUR", "stock": 7, "description": "", "version": 1,
+            "image_url": format!("/api/v1/products/{}/image.svg", product.id)})
     );
 
     let not_modified = app.get_product(product.id, Some(&etag)).await;
@@ -324,4 +326,171 @@ async fn unique_viewers_count_each_reader_once_a_day() {
         .await
         .unwrap();
     assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+}
+
+/// Search by words, category and price, in each order, a page at a time;
+/// the categories; each product's picture.
+#[tokio::test]
+async fn products_are_searched_filtered_sorted_and_pictured() {
+    let app = spawn_app().await;
+    let admin = app.admin_token().await;
+    let create = |sku: &str, name: &str, price: i64, description: &str, category: Option<&str>| {
+        let body = json!({"sku": sku, "name": name, "price_cents": price, "currency": "EUR",
+            "stock": 5, "description": description, "category": category});
+        let (app, admin) = (&app, &admin);
+        async move {
+            let response = app.post_product(admin, &body).await;
+            assert_eq!(response.status(), StatusCode::CREATED);
+            response.json::<serde_json::Value>().await.unwrap()
+        }
+    };
+    let mug = create(
+        "S-MUG",
+        "Blue <Coffee> Mug & Co",
+        1_200,
+        "Stoneware, 300 ml.",
+        Some(" Kitchen "),
+    )
+    .await;
+    let kettle = create(
+        "S-KETTLE",
+        "Kettle",
+        4_500,
+        "Boils water for coffee.",
+        Some("Kitchen"),
+    )
+    .await;
+    let lamp = create("S-LAMP", "Desk Lamp", 3_000, "Blue shade.", Some("Home")).await;
+    create("S-PEN", "Pen", 800, "", None).await;
+    assert_eq!(mug["category"], "Kitchen", "stored trimmed");
+    assert_eq!(mug["description"], "Stoneware, 300 ml.");
+
+    let names = |path: &str| {
+        let app = &app;
+        let path = path.to_owned();
+        async move {
+            let response = app.http.get(app.url(&path)).send().await.unwrap();
+            assert_eq!(response.status(), StatusCode::OK, "{path}");
+            let page: serde_json::Value = response.json().await.unwrap();
+            let names: Vec<String> = page["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p["name"].as_str().unwrap().to_owned())
+                .collect();
+            (names, page["next_offset"].clone())
+        }
+    };
+    let (found, _) = names("/api/v1/products/search?q=COFF&sort=price_asc").await;
+    assert_eq!(found, ["Blue <Coffee> Mug & Co", "Kettle"]);
+    let (found, _) = names("/api/v1/products/search?q=blue%20mug").await;
+    assert_eq!(found, ["Blue <Coffee> Mug & Co"]);
+    let (found, _) = names("/api/v1/products/search?category=Kitchen&sort=price_desc").await;
+    assert_eq!(found, ["Kettle", "Blue <Coffee> Mug & Co"]);
+    let (found, _) =
+        names("/api/v1/products/search?min_price_cents=1000&max_price_cents=3000&sort=name").await;
+    assert_eq!(found, ["Blue <Coffee> Mug & Co", "Desk Lamp"]);
+    let (first, next) = names("/api/v1/products/search?sort=price_asc&limit=3").await;
+    assert_eq!(first, ["Pen", "Blue <Coffee> Mug & Co", "Desk Lamp"]);
+    assert_eq!(next, 3);
+    let (rest, next) = names("/api/v1/products/search?sort=price_asc&limit=3&offset=3").await;
+    assert_eq!(rest, ["Kettle"]);
+    assert!(next.is_null(), "the last page has no next offset");
+    // Query syntax is only words: nothing leaks into the database's.
+    let (found, _) = names("/api/v1/products/search?q=%22kettle%22%20OR%20*").await;
+    assert!(found.is_empty(), "{found:?}");
+
+    // An edit moves the product at once: out of its old category and into
+    // the new one, found by its new name.
+    let id = lamp["id"].as_str().unwrap();
+    let edited = app
+        .put_product(
+            &admin,
+            id.parse().unwrap(),
+            &json!({"sku": "S-LAMP", "name": "Reading Light",
+            "price_cents": 3_000, "currency": "EUR", "stock": 5, "category": "Kitchen"}),
+        )
+        .await;
+    assert_eq!(edited.status(), StatusCode::OK);
+    let (found, _) = names("/api/v1/products/search?category=Kitchen&sort=name").await;
+    assert_eq!(found, ["Blue <Coffee> Mug & Co", "Kettle", "Reading Light"]);
+    let (found, _) = names("/api/v1/products/search?q=desk").await;
+    assert!(found.is_empty());
+
+    let categories: serde_json::Value = app
+        .http
+        .get(app.url("/api/v1/categories"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        categories,
+        json!({"items": [{"name": "Kitchen", "products": 3}]})
+    );
+
+    // Bad input says what is wrong.
+    for (query, field) in [
+        ("offset=10001", "offset"),
+        ("min_price_cents=-1", "min_price_cents"),
+        (&*format!("q={}", "a".repeat(201)), "q"),
+    ] {
+        let response = app
+            .http
+            .get(app.url(&format!("/api/v1/products/search?{query}")))
+            .send()
+            .await
+            .unwrap();
+        let problem = assert_problem(response, 422, "validation").await;
+        assert_eq!(problem["field"], field, "{problem}");
+    }
+    let bad_sort = app
+        .http
+        .get(app.url("/api/v1/products/search?sort=cheapest"))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(bad_sort, 400, "malformed-query").await;
+
+    // The picture: an SVG with the name escaped, revalidated by its ETag.
+    let url = app.url(mug["image_url"].as_str().unwrap());
+    let picture = app.http.get(&url).send().await.unwrap();
+    assert_eq!(picture.status(), StatusCode::OK);
+    assert_eq!(picture.headers()["content-type"], "image/svg+xml");
+    let etag = picture.headers()["etag"].to_str().unwrap().to_owned();
+    let svg = picture.text().await.unwrap();
+    assert!(svg.starts_with("<svg"), "{svg}");
+    assert!(
+        svg.contains(">Blue &#60;Coffee&#62; Mug &#38; Co<"),
+        "{svg}"
+    );
+    assert!(!svg.contains("<Coffee>"));
+    assert!(svg.contains(">BC<"), "initials: {svg}");
+    let again = app
+        .http
+        .get(&url)
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), StatusCode::NOT_MODIFIED);
+    let kettle_picture = app
+        .http
+        .get(app.url(kettle["image_url"].as_str().unwrap()))
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(kettle_picture.headers()["etag"].to_str().unwrap(), etag);
+    let unknown = app
+        .http
+        .get(app.url(&format!(
+            "/api/v1/products/{}/image.svg",
+            uuid::Uuid::now_v7()
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(unknown, 404, "not-found").await;
 }
