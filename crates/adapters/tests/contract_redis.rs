@@ -17,12 +17,13 @@ use std::time::{Duration, Instant};
 use chrono::{TimeDelta, Utc};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use orderflow_adapters::redis::{
-    RedisCheckError, RedisConnection, RedisPresence, RedisRateLimiter, RedisRevocations,
-    RedisSettings, RedisSharedCache, RedisTls,
+    RedisCarts, RedisCheckError, RedisConnection, RedisPresence, RedisRateLimiter,
+    RedisRevocations, RedisSettings, RedisSharedCache, RedisTls,
 };
 use orderflow_adapters::sqlite::SqliteStore;
 use orderflow_core::contract;
 use orderflow_core::ports::cache::{CacheError, CacheEvent, SharedCache};
+use orderflow_core::ports::carts::Carts;
 use orderflow_core::ports::presence::PresenceBoard;
 use orderflow_core::ports::rate_limit::{Algorithm, RateLimiter, RatePolicy};
 use orderflow_core::ports::revocations::RevocationList;
@@ -68,6 +69,16 @@ macro_rules! presence_scenario {
     )*};
 }
 
+macro_rules! cart_scenario {
+    ($settings:path; $($name:ident),* $(,)?) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn $name() {
+            let carts: Arc<dyn Carts> = Arc::new(RedisCarts::new(connect_with($settings())));
+            contract::carts::$name(carts).await;
+        }
+    )*};
+}
+
 macro_rules! rate_limit_scenario {
     ($settings:path; $($name:ident),* $(,)?) => {$(
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -94,6 +105,11 @@ macro_rules! per_deployment {
             mod presence {
                 use super::*;
                 orderflow_core::presence_scenarios!(presence_scenario; $settings);
+            }
+
+            mod carts {
+                use super::*;
+                orderflow_core::cart_scenarios!(cart_scenario; $settings);
             }
 
             mod rate_limit {

@@ -21,6 +21,7 @@
 //! Everything here is deterministic and cheap to unit-test; the use cases that
 //! combine these rules with storage and the event log live in `orderflow-core`.
 
+pub mod cart;
 pub mod error;
 pub mod events;
 pub mod fraud;

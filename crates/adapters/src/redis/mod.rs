@@ -25,8 +25,11 @@
 //!   notifications and live order-status channels.
 //! - [`sketches`]: [`RedisViewerSketches`], unique viewers per product and
 //!   day as HyperLogLogs (the `trending` group's state with Redis).
+//! - [`carts`]: [`RedisCarts`], a hash per shopper's cart with a time to
+//!   live, each change and the checkout's compare-and-clear one script.
 
 pub mod cache;
+pub mod carts;
 pub mod connection;
 pub mod permissions;
 pub mod presence;
@@ -37,6 +40,7 @@ mod sharded;
 pub mod sketches;
 
 pub use cache::RedisSharedCache;
+pub use carts::RedisCarts;
 pub use connection::{RedisConfigError, RedisConnection, RedisSettings, RedisTls};
 pub use permissions::RedisCheckError;
 pub use presence::RedisPresence;

@@ -47,6 +47,7 @@ pub const REQUIRED: &[(&str, Deployment)] = &[
     ("hget", Deployment::Both),
     ("hmget", Deployment::Both),
     ("hgetall", Deployment::Both),
+    ("hdel", Deployment::Both),
     ("zadd", Deployment::Both),
     ("zscore", Deployment::Both),
     ("zrange", Deployment::Both),
@@ -153,6 +154,7 @@ impl RedisConnection {
             ("hget", cmd("HGET").arg(hash).arg("f").clone()),
             ("hmget", cmd("HMGET").arg(hash).arg("f").clone()),
             ("hgetall", cmd("HGETALL").arg(hash).clone()),
+            ("hdel", cmd("HDEL").arg(hash).arg("g").clone()),
             (
                 "zadd",
                 cmd("ZADD").arg(zset).arg("GT").arg(1).arg("m").clone(),

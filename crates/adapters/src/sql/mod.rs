@@ -52,6 +52,7 @@
 //! - [`tail`]: the embedded log's newest events, kept in memory by the
 //!   process that appended them (SQLite), so polls need not read them back.
 
+pub(crate) mod carts;
 pub(crate) mod log;
 pub(crate) mod rows;
 pub(crate) mod store;

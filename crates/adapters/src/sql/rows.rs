@@ -5,8 +5,8 @@
 
 use orderflow_core::ports::outbox::OutboxEvent;
 use orderflow_core::ports::store::{
-    DeadLetter, NotificationRecord, OrderChange, ProductSales, SalesWindow, SessionRecord,
-    StoreError, StoreResult, UserRecord,
+    DeadLetter, IdempotencyRecord, NotificationRecord, OrderChange, ProductSales, SalesWindow,
+    SessionRecord, StoreError, StoreResult, UserRecord,
 };
 use orderflow_domain::events::Envelope;
 use orderflow_domain::fraud::WindowOrder;
@@ -100,6 +100,21 @@ pub(crate) fn product(row: &impl SqlRow) -> StoreResult<Product> {
         category: row.opt_text("category")?,
         updated_at: row.time("updated_at")?,
         version: row.int("version")?,
+    })
+}
+
+/// An idempotency record; status 0 while its request is in progress.
+pub(crate) fn idempotency(row: &impl SqlRow) -> StoreResult<IdempotencyRecord> {
+    let status = row
+        .opt_int("response_status")?
+        .map(|s| u16::try_from(s).map_err(|_| corrupt(format!("HTTP status {s}"))))
+        .transpose()?;
+    Ok(IdempotencyRecord {
+        request_hash: row.text("request_hash")?,
+        response_status: status.unwrap_or(0),
+        response_body: row
+            .opt_json("response_body")?
+            .unwrap_or(serde_json::Value::Null),
     })
 }
 

@@ -11,10 +11,10 @@
 
 use async_trait::async_trait;
 use orderflow_core::ports::store::{
-    ChangesPage, DailySales, DeadLetter, FraudHistory, LeaderboardEntry, NotificationChange,
-    NotificationRecord, OrderChange, PointsStanding, ProductSales, Prunable, Rebuildable,
-    RefreshRotation, SalesWindow, SessionRecord, Since, Store, StoreError, StoreResult, StoreTx,
-    UserRecord,
+    ChangesPage, DailySales, DeadLetter, FraudHistory, IdempotencyRecord, LeaderboardEntry,
+    NotificationChange, NotificationRecord, OrderChange, PointsStanding, ProductSales, Prunable,
+    Rebuildable, RefreshRotation, SalesWindow, SessionRecord, Since, Store, StoreError,
+    StoreResult, StoreTx, UserRecord,
 };
 use orderflow_domain::events::topics;
 use orderflow_domain::order::{HistoryEntry, Order, OrderStatus};
@@ -119,6 +119,16 @@ async fn read_one<E: Engine, T>(
 ) -> StoreResult<Option<T>> {
     let mut conn = engine.read().await?;
     conn.query_opt(stmt).await?.as_ref().map(map).transpose()
+}
+
+/// The statement that reads one idempotency record.
+pub(crate) fn idempotency_lookup(user_id: UserId, key: &str) -> Stmt {
+    stmt(
+        "idempotency_lookup",
+        "SELECT request_hash, response_status, response_body FROM idempotency_keys
+             WHERE user_id = $1 AND key = $2",
+        (user_id, key),
+    )
 }
 
 /// A search's statement: the full-text match when there are words (the
@@ -632,6 +642,19 @@ impl<E: Engine> Store for SqlStore<E> {
         read_all(&*self.engine, search_statement::<E>(search), |row| {
             row.uuid("id")
         })
+        .await
+    }
+
+    async fn idempotency_record(
+        &self,
+        user_id: UserId,
+        key: &str,
+    ) -> StoreResult<Option<IdempotencyRecord>> {
+        read_one(
+            &*self.engine,
+            idempotency_lookup(user_id, key),
+            rows::idempotency,
+        )
         .await
     }
 

@@ -24,8 +24,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use orderflow_core::ports::outbox::EventDestination;
 use orderflow_core::ports::store::{
-    DeadLetter, IdempotencyClaim, IdempotencyRecord, NotificationRecord, PaymentRecord,
-    Reservation, StoreError, StoreResult, StoreTx, UserRecord,
+    DeadLetter, IdempotencyClaim, NotificationRecord, PaymentRecord, Reservation, StoreError,
+    StoreResult, StoreTx, UserRecord,
 };
 use orderflow_domain::events::Envelope;
 use orderflow_domain::fraud::WindowOrder;
@@ -326,30 +326,13 @@ impl<E: Engine> StoreTx for SqlTx<E> {
             let existing = self
                 .conn()
                 .await?
-                .query_opt(stmt(
-                    "idempotency_lookup",
-                    "SELECT request_hash, response_status, response_body FROM idempotency_keys
-                         WHERE user_id = $1 AND key = $2",
-                    (user_id, key),
-                ))
+                .query_opt(super::store::idempotency_lookup(user_id, key))
                 .await?;
             let Some(row) = existing else {
                 // Purged between the two statements: claim again.
                 continue;
             };
-            let status = row
-                .opt_int("response_status")?
-                .map(|s| {
-                    u16::try_from(s).map_err(|_| StoreError::Corrupt(format!("HTTP status {s}")))
-                })
-                .transpose()?;
-            return Ok(IdempotencyClaim::Existing(IdempotencyRecord {
-                request_hash: row.text("request_hash")?,
-                response_status: status.unwrap_or(0),
-                response_body: row
-                    .opt_json("response_body")?
-                    .unwrap_or(serde_json::Value::Null),
-            }));
+            return Ok(IdempotencyClaim::Existing(super::rows::idempotency(&row)?));
         }
         Err(StoreError::Database(format!(
             "idempotency key {key:?} of user {user_id} kept vanishing while being claimed"

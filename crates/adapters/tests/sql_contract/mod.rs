@@ -22,7 +22,23 @@ macro_rules! sql_contract_tests {
             use super::*;
             orderflow_core::outbox_scenarios!(outbox_test; $fresh);
         }
+
+        mod carts {
+            use super::*;
+            orderflow_core::cart_scenarios!(cart_test; $fresh);
+        }
     };
+}
+
+/// The store as the cart port (carts in the database).
+macro_rules! cart_test {
+    ($fresh:ident; $($name:ident),* $(,)?) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn $name() {
+            let (_guard, store) = $fresh().await;
+            orderflow_core::contract::carts::$name(std::sync::Arc::new(store)).await;
+        }
+    )*};
 }
 
 macro_rules! store_test {

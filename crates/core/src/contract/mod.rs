@@ -29,6 +29,8 @@
 //! - [`presence`]: the live presence board
 //!   ([`PresenceBoard`](crate::ports::presence::PresenceBoard)): reports
 //!   summed across processes, expiring unless kept alive.
+//! - [`carts`]: the cart port ([`Carts`](crate::ports::carts::Carts)):
+//!   lines in order, a token per change, compare-and-clear.
 //! - [`outbox`]: the outbox port ([`Outbox`](crate::ports::outbox::Outbox)),
 //!   fed by a [`Store`] whose units of work append to the outbox
 //!   ([`EventDestination::Outbox`](crate::ports::outbox::EventDestination)).
@@ -79,6 +81,18 @@ macro_rules! store_scenarios {
             fraud_orders,
             live_channels,
             retention,
+        );
+    };
+}
+
+/// The [`carts`] scenarios, as [`store_scenarios!`] does for the store.
+#[macro_export]
+macro_rules! cart_scenarios {
+    ($test:ident $(; $($arg:tt)*)?) => {
+        $test!($($($arg)* ;)?
+            lines_and_tokens,
+            clear_only_while_unchanged,
+            concurrent_changes_all_land,
         );
     };
 }
@@ -146,6 +160,7 @@ macro_rules! outbox_scenarios {
 }
 
 pub mod cache;
+pub mod carts;
 pub mod log;
 pub mod outbox;
 pub mod presence;

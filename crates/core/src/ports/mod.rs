@@ -3,6 +3,7 @@
 //! scenarios every adapter of a port must pass.
 
 pub mod cache;
+pub mod carts;
 pub mod log;
 pub mod outbox;
 pub mod presence;

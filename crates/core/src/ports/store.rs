@@ -319,6 +319,13 @@ pub trait Store: Send + Sync + 'static {
     /// The ids of the products a search finds, in its order, one page
     /// (full-text on SQLite's FTS5 or PostgreSQL's `tsvector`).
     async fn search_products(&self, search: &ProductSearch) -> StoreResult<Vec<ProductId>>;
+    /// The answer saved under an idempotency key, if any (status 0 while
+    /// its request is in progress).
+    async fn idempotency_record(
+        &self,
+        user_id: UserId,
+        key: &str,
+    ) -> StoreResult<Option<IdempotencyRecord>>;
     /// Every category with how many products it holds, by name.
     async fn categories(&self) -> StoreResult<Vec<(String, i64)>>;
     async fn products_by_ids(&self, ids: &[ProductId]) -> StoreResult<Vec<Product>>;

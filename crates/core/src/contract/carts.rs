@@ -1,0 +1,126 @@
+//! Scenarios for the cart port ([`Carts`]): lines in the order they were
+//! added, a new token with every change, and a compare-and-clear that never
+//! empties a cart changed since it was read.
+
+use std::sync::Arc;
+
+use orderflow_domain::cart::CartLine;
+
+use crate::ports::carts::Carts;
+
+fn line(product_id: uuid::Uuid, quantity: u32) -> CartLine {
+    CartLine {
+        product_id,
+        quantity,
+    }
+}
+
+/// Lines keep their place, quantities change in place, 0 removes a line,
+/// and every change gives a new token; an empty cart has none.
+pub async fn lines_and_tokens(carts: Arc<dyn Carts>) {
+    let user = uuid::Uuid::now_v7();
+    let (a, b, c) = (
+        uuid::Uuid::now_v7(),
+        uuid::Uuid::now_v7(),
+        uuid::Uuid::now_v7(),
+    );
+    let empty = carts.cart(user).await.unwrap();
+    assert!(empty.is_empty() && empty.token.is_none(), "{empty:?}");
+
+    let first = carts.set_quantity(user, a, 2).await.unwrap();
+    assert_eq!(first.lines, vec![line(a, 2)]);
+    let second = carts.set_quantity(user, b, 1).await.unwrap();
+    assert_eq!(second.lines, vec![line(a, 2), line(b, 1)]);
+    assert!(first.token.is_some() && second.token.is_some());
+    assert_ne!(first.token, second.token, "a change gives a new token");
+    let third = carts.set_quantity(user, a, 5).await.unwrap();
+    assert_eq!(
+        third.lines,
+        vec![line(a, 5), line(b, 1)],
+        "A keeps its place"
+    );
+    assert_ne!(third.token, second.token);
+    assert_eq!(
+        carts.cart(user).await.unwrap(),
+        third,
+        "read back as written"
+    );
+
+    let fourth = carts.set_quantity(user, a, 0).await.unwrap();
+    assert_eq!(fourth.lines, vec![line(b, 1)]);
+    let gone = carts.set_quantity(user, b, 0).await.unwrap();
+    assert!(gone.is_empty() && gone.token.is_none(), "{gone:?}");
+    assert!(carts.set_quantity(user, c, 0).await.unwrap().is_empty());
+
+    let replaced = carts
+        .replace(user, &[line(c, 1), line(a, 3)])
+        .await
+        .unwrap();
+    assert_eq!(
+        replaced.lines,
+        vec![line(c, 1), line(a, 3)],
+        "in the order given"
+    );
+    assert_eq!(carts.cart(user).await.unwrap().lines, replaced.lines);
+    let cleared = carts.replace(user, &[]).await.unwrap();
+    assert!(cleared.is_empty() && cleared.token.is_none());
+    assert!(carts.cart(user).await.unwrap().is_empty());
+}
+
+/// `clear_if` empties the cart only while its token is the one given.
+pub async fn clear_only_while_unchanged(carts: Arc<dyn Carts>) {
+    let user = uuid::Uuid::now_v7();
+    let other = uuid::Uuid::now_v7();
+    let (a, b) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+    let read = carts.set_quantity(user, a, 1).await.unwrap();
+    let theirs = carts.set_quantity(other, a, 4).await.unwrap();
+    // Refilled after the read: the old token clears nothing.
+    let refilled = carts.set_quantity(user, b, 2).await.unwrap();
+    assert!(
+        !carts
+            .clear_if(user, read.token.as_deref().unwrap())
+            .await
+            .unwrap()
+    );
+    assert_eq!(carts.cart(user).await.unwrap(), refilled);
+    // Another shopper's token clears nothing either.
+    assert!(
+        !carts
+            .clear_if(user, theirs.token.as_deref().unwrap())
+            .await
+            .unwrap()
+    );
+    let token = refilled.token.unwrap();
+    assert!(carts.clear_if(user, &token).await.unwrap());
+    assert!(carts.cart(user).await.unwrap().is_empty());
+    assert!(!carts.clear_if(user, &token).await.unwrap(), "once");
+    assert_eq!(
+        carts.cart(other).await.unwrap(),
+        theirs,
+        "other carts untouched"
+    );
+}
+
+/// Changes racing on one cart all land: none is lost.
+pub async fn concurrent_changes_all_land(carts: Arc<dyn Carts>) {
+    let user = uuid::Uuid::now_v7();
+    let products: Vec<uuid::Uuid> = (0..16).map(|_| uuid::Uuid::now_v7()).collect();
+    let tasks: Vec<_> = products
+        .iter()
+        .map(|product| {
+            let (carts, product) = (carts.clone(), *product);
+            tokio::spawn(async move { carts.set_quantity(user, product, 1).await.unwrap() })
+        })
+        .collect();
+    let mut tokens = std::collections::HashSet::new();
+    for task in tasks {
+        tokens.insert(task.await.unwrap().token.unwrap());
+    }
+    assert_eq!(tokens.len(), products.len(), "every change its own token");
+    let cart = carts.cart(user).await.unwrap();
+    let mut held: Vec<uuid::Uuid> = cart.lines.iter().map(|l| l.product_id).collect();
+    held.sort();
+    let mut expected = products.clone();
+    expected.sort();
+    assert_eq!(held, expected);
+}

@@ -1,0 +1,51 @@
+//! Carts: a shopper's lines before checkout. In the database, or in Redis
+//! (a hash per shopper with a time to live, refreshed on use): a cart is a
+//! draft, not an order, so losing Redis loses carts and nothing else.
+//!
+//! Every change gives the cart a new token ([`orderflow_domain::cart`]);
+//! [`Carts::clear_if`] empties it only while the token is unchanged, in one
+//! atomic step (a transaction; a Lua script on Redis).
+
+use async_trait::async_trait;
+use orderflow_domain::cart::{Cart, CartLine};
+use orderflow_domain::{ProductId, UserId};
+
+use crate::ports::store::StoreError;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CartError {
+    /// The cart store did not answer (down, timed out, refused).
+    #[error("cart store unavailable: {0}")]
+    Unavailable(String),
+    /// The cart store answered something this code cannot read.
+    #[error("unreadable cart: {0}")]
+    Corrupt(String),
+}
+
+impl From<StoreError> for CartError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Corrupt(detail) => CartError::Corrupt(detail),
+            other => CartError::Unavailable(other.to_string()),
+        }
+    }
+}
+
+pub type CartResult<T> = Result<T, CartError>;
+
+#[async_trait]
+pub trait Carts: Send + Sync + 'static {
+    /// The shopper's cart (empty when there is none); a read counts as use.
+    async fn cart(&self, user: UserId) -> CartResult<Cart>;
+    /// Sets one line's quantity (0 removes the line); a new line goes last.
+    async fn set_quantity(
+        &self,
+        user: UserId,
+        product: ProductId,
+        quantity: u32,
+    ) -> CartResult<Cart>;
+    /// Replaces every line (none empties the cart).
+    async fn replace(&self, user: UserId, lines: &[CartLine]) -> CartResult<Cart>;
+    /// Empties the cart if its token is still `token`; whether it did.
+    async fn clear_if(&self, user: UserId, token: &str) -> CartResult<bool>;
+}
