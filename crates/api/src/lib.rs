@@ -49,6 +49,7 @@ use orderflow_core::ports::rate_limit::{RateLimiter, RatePolicy};
 use orderflow_core::ports::store::Store;
 use orderflow_core::services::admin::Operations;
 use orderflow_core::services::auth::AuthService;
+use orderflow_core::services::carts::CartService;
 use orderflow_core::services::catalog::CatalogService;
 use orderflow_core::services::live::LiveHub;
 use orderflow_core::services::orders::OrderService;
@@ -123,6 +124,7 @@ pub struct Services {
     pub auth: Arc<AuthService>,
     pub catalog: Arc<CatalogService>,
     pub orders: Arc<OrderService>,
+    pub carts: Arc<CartService>,
     /// This process's live channels (`/api/v1/live`, `/api/v1/live/ws`).
     pub live: Arc<LiveHub>,
     pub queries: Arc<ShopperQueries>,

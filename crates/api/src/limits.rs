@@ -62,7 +62,7 @@ pub fn group_of(method: &axum::http::Method, path: &str) -> Option<&'static str>
         "auth" if rest == "auth/login" && method == axum::http::Method::POST => Some("login"),
         "auth" => Some("auth"),
         "products" | "categories" | "leaderboard" => Some("catalog"),
-        "orders" => Some("orders"),
+        "orders" | "cart" => Some("orders"),
         "me" => Some("me"),
         "admin" => Some("admin"),
         _ => None,

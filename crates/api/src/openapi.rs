@@ -11,7 +11,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
 
 use crate::schema;
 
-use crate::routes::{admin, auth, health, live, me, orders, products};
+use crate::routes::{admin, auth, cart, health, live, me, orders, products};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -21,6 +21,7 @@ use crate::routes::{admin, auth, health, live, me, orders, products};
         products::list, products::get_one, products::trending, products::create, products::update,
         products::search, products::categories, products::image,
         orders::place, orders::get_one, orders::list, orders::cancel,
+        cart::get, cart::replace, cart::empty, cart::set_item, cart::remove_item, cart::checkout,
         me::notifications, me::points, me::sessions, me::end_session, me::leaderboard,
         live::follow,
         live::websocket,
@@ -37,6 +38,7 @@ use crate::routes::{admin, auth, health, live, me, orders, products};
         (name = "auth", description = "Accounts and sessions"),
         (name = "catalog", description = "Products, served from a cache"),
         (name = "orders", description = "Placing and following orders"),
+        (name = "cart", description = "The shopper's cart and its checkout"),
         (name = "me", description = "Notifications, loyalty points, leaderboard"),
         (name = "live", description = "Live channels (Server-Sent Events or WebSocket), resumable from the last position"),
         (name = "admin", description = "Consumers, the dead-letter queue and sales (admin role)"),
@@ -176,6 +178,46 @@ const OPERATION_PROBLEMS: &[(&str, &str, u16, &[&str])] = &[
         "/api/v1/orders/{id}/cancel",
         409,
         &[slug::ORDER_NOT_CANCELLABLE],
+    ),
+    // An unknown product, a quantity out of range, too many products.
+    ("put", "/api/v1/cart", 422, &[slug::VALIDATION]),
+    (
+        "put",
+        "/api/v1/cart/items/{product_id}",
+        422,
+        &[slug::VALIDATION],
+    ),
+    // The checkout answers as `POST /orders` does, and 422 for an empty
+    // cart.
+    (
+        "post",
+        "/api/v1/cart/checkout",
+        402,
+        &[slug::PAYMENT_DECLINED],
+    ),
+    (
+        "post",
+        "/api/v1/cart/checkout",
+        409,
+        &[slug::OUT_OF_STOCK, slug::CONFLICT],
+    ),
+    (
+        "post",
+        "/api/v1/cart/checkout",
+        422,
+        &[slug::VALIDATION, slug::IDEMPOTENCY_KEY_REUSED],
+    ),
+    (
+        "post",
+        "/api/v1/cart/checkout",
+        502,
+        &[slug::PROVIDER_FAILED],
+    ),
+    (
+        "post",
+        "/api/v1/cart/checkout",
+        503,
+        &[slug::PROVIDER_UNAVAILABLE],
     ),
     (
         "post",

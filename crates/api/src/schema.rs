@@ -134,6 +134,27 @@ pub fn quantity() -> ObjectBuilder {
     )
 }
 
+pub fn cart_quantity() -> ObjectBuilder {
+    integer(
+        IntRule {
+            min: 0,
+            max: order::QUANTITY.max,
+        },
+        "Units of the product in the cart; 0 removes it",
+    )
+}
+
+pub fn cart_lines() -> ArrayBuilder {
+    list(
+        "OrderLineInput",
+        CountRule {
+            min_items: 0,
+            max_items: order::LINES.max_items,
+        },
+        "Every line of the cart; none empties it",
+    )
+}
+
 pub fn order_lines() -> ArrayBuilder {
     list("OrderLineInput", order::LINES, "Order lines")
 }

@@ -4,6 +4,7 @@
 use orderflow_domain::ValidationError;
 
 use crate::ports::cache::CacheError;
+use crate::ports::carts::CartError;
 use crate::ports::log::LogError;
 use crate::ports::providers::ProviderError;
 use crate::ports::read_models::ReadModelError;
@@ -69,6 +70,9 @@ pub enum CoreError {
     /// sketches) failed.
     #[error(transparent)]
     ReadModel(#[from] ReadModelError),
+    /// The cart store (Redis, or the database) failed.
+    #[error(transparent)]
+    Cart(#[from] CartError),
     /// Anything else that is our fault; never shown to clients.
     #[error("internal error: {0}")]
     Internal(String),
@@ -155,7 +159,8 @@ impl CoreError {
             CoreError::Store(StoreError::Unavailable(_))
             | CoreError::Log(LogError::Unavailable(_))
             | CoreError::Cache(_)
-            | CoreError::ReadModel(_) => Some(UNAVAILABLE_RETRY_AFTER),
+            | CoreError::ReadModel(_)
+            | CoreError::Cart(CartError::Unavailable(_)) => Some(UNAVAILABLE_RETRY_AFTER),
             _ => None,
         }
     }
@@ -247,13 +252,17 @@ impl CoreError {
             CoreError::Store(StoreError::Unavailable(_))
             | CoreError::Log(LogError::Unavailable(_))
             | CoreError::Cache(_)
-            | CoreError::ReadModel(_) => p(
+            | CoreError::ReadModel(_)
+            | CoreError::Cart(CartError::Unavailable(_)) => p(
                 slug::UNAVAILABLE,
                 "Service unavailable",
                 503,
                 "a dependency is unavailable; try again shortly".into(),
             ),
-            CoreError::Store(_) | CoreError::Log(_) | CoreError::Internal(_) => p(
+            CoreError::Store(_)
+            | CoreError::Log(_)
+            | CoreError::Cart(CartError::Corrupt(_))
+            | CoreError::Internal(_) => p(
                 slug::INTERNAL,
                 "Internal error",
                 500,

@@ -22,6 +22,7 @@ use orderflow_core::ports::rate_limit::{Algorithm, RatePolicy};
 use orderflow_core::ports::store::Store;
 use orderflow_core::services::admin::Operations;
 use orderflow_core::services::auth::{AuthService, AuthSettings};
+use orderflow_core::services::carts::CartService;
 use orderflow_core::services::catalog::{CacheSettings, CatalogService};
 use orderflow_core::services::effects::{Notifiers, RetryPolicy};
 use orderflow_core::services::live::LiveHub;
@@ -149,6 +150,12 @@ impl App {
         let orders = Arc::new(
             OrderService::new(store.clone(), catalog.clone(), side_effects).with_live(live.clone()),
         );
+        let carts = Arc::new(CartService::new(
+            backends.carts(),
+            store.clone(),
+            catalog.clone(),
+            orders.clone(),
+        ));
         let read_models = backends.read_models();
         let mut queries = ShopperQueries::new(store.clone());
         if let Some(read_models) = &read_models {
@@ -188,6 +195,7 @@ impl App {
             auth: auth.clone(),
             catalog: catalog.clone(),
             orders: orders.clone(),
+            carts,
             live,
             queries: queries.clone(),
             operations: operations.clone(),

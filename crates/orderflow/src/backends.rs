@@ -20,11 +20,12 @@ use orderflow_adapters::kafka::{KafkaEventLog, KafkaPublisher, KafkaSettings, en
 use orderflow_adapters::memory::{DbBackedRevocations, InProcessRateLimiter, InProcessSharedCache};
 use orderflow_adapters::postgres::{LeaseSettings, PostgresStore};
 use orderflow_adapters::redis::{
-    RedisConnection, RedisPresence, RedisRateLimiter, RedisReadModels, RedisRevocations,
-    RedisSettings, RedisSharedCache, RedisTls, RedisViewerSketches,
+    RedisCarts, RedisConnection, RedisPresence, RedisRateLimiter, RedisReadModels,
+    RedisRevocations, RedisSettings, RedisSharedCache, RedisTls, RedisViewerSketches,
 };
 use orderflow_adapters::sqlite::SqliteStore;
 use orderflow_core::ports::cache::SharedCache;
+use orderflow_core::ports::carts::Carts;
 use orderflow_core::ports::log::EventLog;
 use orderflow_core::ports::outbox::{EventDestination, Outbox};
 use orderflow_core::ports::presence::PresenceBoard;
@@ -52,6 +53,8 @@ pub struct Backends {
     pub embedded: bool,
     /// With Redis: the connection the cache, limiter and revocations share.
     pub redis: Option<RedisConnection>,
+    /// The carts in the database, which [`Self::carts`] serves without Redis.
+    database_carts: Arc<dyn Carts>,
     /// Sets the connection-pool gauges from the database adapter's pool.
     pub pool_gauges: PoolGauges,
     /// `sqlite + embedded log`, `postgres + kafka + redis`, … for the start-up log.
@@ -126,8 +129,9 @@ impl Backends {
             Arc<dyn EventLog>,
             Arc<dyn Outbox>,
             PoolGauges,
+            Arc<dyn Carts>,
         );
-        let (store, embedded_log, outbox, pool_gauges): Database = match scheme {
+        let (store, embedded_log, outbox, pool_gauges, database_carts): Database = match scheme {
             "sqlite" => {
                 let sqlite = SqliteStore::connect_with(
                     &url,
@@ -148,6 +152,7 @@ impl Backends {
                     Arc::new(sqlite.event_log()),
                     Arc::new(sqlite.outbox()),
                     Arc::new(move || gauges.export_pool_gauges()),
+                    Arc::new(sqlite),
                 )
             }
             "postgres" | "postgresql" => {
@@ -169,6 +174,7 @@ impl Backends {
                     })),
                     Arc::new(postgres.outbox()),
                     Arc::new(move || gauges.export_pool_gauges()),
+                    Arc::new(postgres),
                 )
             }
             other => anyhow::bail!(
@@ -251,9 +257,19 @@ impl Backends {
             outbox: relayed_outbox,
             embedded: scheme == "sqlite",
             redis,
+            database_carts,
             pool_gauges,
             description,
         })
+    }
+
+    /// The carts: a hash per shopper in Redis (with a time to live), or in
+    /// the database without Redis (DESIGN.md §3).
+    pub fn carts(&self) -> Arc<dyn Carts> {
+        match &self.redis {
+            Some(redis) => Arc::new(RedisCarts::new(redis.clone())),
+            None => self.database_carts.clone(),
+        }
     }
 
     /// Revoked tokens: in Redis (backed by the database) or in process.

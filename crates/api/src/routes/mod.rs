@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod cart;
 pub mod health;
 pub mod live;
 pub mod me;
@@ -9,7 +10,7 @@ pub mod orders;
 pub mod products;
 
 use axum::Router;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -41,6 +42,15 @@ pub fn router(state: AppState) -> Router {
         .route("/orders", get(orders::list).post(orders::place))
         .route("/orders/{id}", get(orders::get_one))
         .route("/orders/{id}/cancel", post(orders::cancel))
+        .route(
+            "/cart",
+            get(cart::get).put(cart::replace).delete(cart::empty),
+        )
+        .route(
+            "/cart/items/{product_id}",
+            put(cart::set_item).delete(cart::remove_item),
+        )
+        .route("/cart/checkout", post(cart::checkout))
         .route("/me/notifications", get(me::notifications))
         .route("/me/points", get(me::points))
         .route("/me/sessions", get(me::sessions))

@@ -4,7 +4,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use orderflow_core::services::orders::PlaceOrder;
+use orderflow_core::services::orders::{OrderAnswer, PlaceOrder};
 use orderflow_domain::order::{HistoryEntry, Order, OrderStatus, RequestedLine};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -132,15 +132,12 @@ pub async fn place(
     headers: HeaderMap,
     ApiJson(body): ApiJson<PlaceOrderRequest>,
 ) -> ApiResult<Response> {
-    let idempotency_key = headers
-        .get("idempotency-key")
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
     let traceparent = request_traceparent(&headers);
     let answer = state
         .orders
         .place(PlaceOrder {
             user_id: principal.user_id,
-            idempotency_key,
+            idempotency_key: idempotency_key(&headers),
             lines: body
                 .items
                 .into_iter()
@@ -150,8 +147,22 @@ pub async fn place(
                 })
                 .collect(),
             traceparent: Some(traceparent),
+            fingerprint: None,
         })
         .await?;
+    Ok(answer_response(answer))
+}
+
+/// The request's `Idempotency-Key`, as sent (checked by the use case).
+pub(crate) fn idempotency_key(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get("idempotency-key")
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+}
+
+/// An order's answer as HTTP: its status and body (a problem document for
+/// a saved failure), marked `Idempotent-Replayed` when it is a saved one.
+pub(crate) fn answer_response(answer: OrderAnswer) -> Response {
     let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut response = (status, Json(answer.body)).into_response();
     if status.as_u16() >= 400 {
@@ -164,7 +175,7 @@ pub async fn place(
             .headers_mut()
             .insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
-    Ok(response)
+    response
 }
 
 /// One of the caller's orders, with its history. Another shopper's order is 404.

@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod carts;
 pub mod catalog;
 pub mod effects;
 pub mod live;

@@ -68,6 +68,10 @@ pub struct PlaceOrder {
     pub lines: Vec<RequestedLine>,
     /// W3C trace context of the request, carried into the event.
     pub traceparent: Option<String>,
+    /// What a retry with the same key must match to get the saved answer:
+    /// the lines by default; a cart checkout's cart token (the retry of a
+    /// checkout finds the cart emptied, and is still the same checkout).
+    pub fingerprint: Option<String>,
 }
 
 /// The answer to a placed order: the HTTP status and body to send, which are
@@ -163,7 +167,10 @@ impl OrderService {
             created_at: now,
             updated_at: now,
         };
-        let request_hash = sha256_hex(&serde_json::to_string(&request.lines).unwrap_or_default());
+        let request_hash = match &request.fingerprint {
+            Some(fingerprint) => sha256_hex(fingerprint),
+            None => sha256_hex(&serde_json::to_string(&request.lines).unwrap_or_default()),
+        };
 
         let mut tx = self.store.begin().await?;
         if let Some(key) = &request.idempotency_key

@@ -283,6 +283,7 @@ async fn the_server_with_its_workers_stops_cleanly_and_loses_nothing() {
                     quantity: 1,
                 }],
                 traceparent: None,
+                fingerprint: None,
             })
             .await
             .unwrap();

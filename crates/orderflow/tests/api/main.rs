@@ -8,6 +8,7 @@ mod support;
 
 mod auth;
 mod cancel;
+mod cart;
 mod catalog;
 mod flow;
 mod fraud;
