@@ -38,6 +38,7 @@ pub mod openapi;
 pub mod problem;
 pub mod routes;
 pub mod schema;
+pub mod web;
 
 use std::sync::Arc;
 use std::time::Duration;

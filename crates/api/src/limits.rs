@@ -56,6 +56,10 @@ pub struct RoutePolicy {
 
 /// The group of a request path, if it has one.
 pub fn group_of(method: &axum::http::Method, path: &str) -> Option<&'static str> {
+    // The browser front's forms: signing in is a login like the API's.
+    if method == axum::http::Method::POST && (path == "/login" || path == "/register") {
+        return Some("login");
+    }
     let rest = path.strip_prefix("/api/v1/")?;
     let first = rest.split('/').next().unwrap_or_default();
     match first {

@@ -187,7 +187,7 @@ const OPERATION_PROBLEMS: &[(&str, &str, u16, &[&str])] = &[
         422,
         &[slug::VALIDATION],
     ),
-    // The checkout answers as `POST /orders` does, and 422 for an empty
+    // The checkout answers as `POST /orders` does, and 409 for an empty
     // cart.
     (
         "post",
@@ -199,7 +199,7 @@ const OPERATION_PROBLEMS: &[(&str, &str, u16, &[&str])] = &[
         "post",
         "/api/v1/cart/checkout",
         409,
-        &[slug::OUT_OF_STOCK, slug::CONFLICT],
+        &[slug::OUT_OF_STOCK, slug::CONFLICT, slug::CART_EMPTY],
     ),
     (
         "post",

@@ -50,6 +50,9 @@ pub enum CoreError {
         order_id: uuid::Uuid,
         status: orderflow_domain::order::OrderStatus,
     },
+    /// A checkout of an empty cart.
+    #[error("the cart is empty: add a product first")]
+    CartEmpty,
     /// The payment provider declined the charge (inline mode).
     #[error("payment declined: {0}")]
     PaymentDeclined(String),
@@ -106,6 +109,7 @@ pub mod slug {
     pub const OUT_OF_STOCK: &str = "out-of-stock";
     pub const ORDER_NOT_HELD: &str = "order-not-held";
     pub const ORDER_NOT_CANCELLABLE: &str = "order-not-cancellable";
+    pub const CART_EMPTY: &str = "cart-empty";
     pub const PAYMENT_DECLINED: &str = "payment-declined";
     pub const IDEMPOTENCY_KEY_REUSED: &str = "idempotency-key-reused";
     pub const PROVIDER_FAILED: &str = "provider-failed";
@@ -206,6 +210,12 @@ impl CoreError {
             CoreError::OrderNotHeld { .. } => p(
                 slug::ORDER_NOT_HELD,
                 "Order is not held",
+                409,
+                self.to_string(),
+            ),
+            CoreError::CartEmpty => p(
+                slug::CART_EMPTY,
+                "The cart is empty",
                 409,
                 self.to_string(),
             ),

@@ -85,9 +85,26 @@ impl Money {
     }
 }
 
+/// `12.99 EUR`, `-0.50 EUR`: minor units as hundredths, as every amount
+/// here is kept.
+impl std::fmt::Display for Money {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let sign = if self.cents < 0 { "-" } else { "" };
+        let cents = self.cents.unsigned_abs();
+        write!(f, "{sign}{}.{:02} {}", cents / 100, cents % 100, self.currency)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn amounts_read_as_hundredths() {
+        assert_eq!(eur(1299).to_string(), "12.99 EUR");
+        assert_eq!(eur(5).to_string(), "0.05 EUR");
+        assert_eq!(eur(-50).to_string(), "-0.50 EUR");
+    }
 
     fn eur(cents: i64) -> Money {
         Money::new(cents, Currency::parse("EUR").unwrap())

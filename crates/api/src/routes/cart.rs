@@ -26,6 +26,7 @@ pub struct CartItemView {
     /// The price now (a cart holds no prices: it shows the catalog's).
     pub unit_price_cents: i64,
     pub line_total_cents: i64,
+    pub currency: String,
     pub image_url: String,
 }
 
@@ -49,14 +50,15 @@ impl From<CartContents> for CartView {
             items: cart
                 .items
                 .into_iter()
-                .map(|line| CartItemView {
-                    image_url: format!("/api/v1/products/{}/image.svg", line.product_id),
-                    product_id: line.product_id,
-                    sku: line.sku,
-                    name: line.name,
-                    quantity: line.quantity,
-                    unit_price_cents: line.unit_price_cents,
-                    line_total_cents: line.line_total_cents,
+                .map(|item| CartItemView {
+                    image_url: format!("/api/v1/products/{}/image.svg", item.line.product_id),
+                    product_id: item.line.product_id,
+                    sku: item.line.sku,
+                    name: item.line.name,
+                    quantity: item.line.quantity,
+                    unit_price_cents: item.line.unit_price_cents,
+                    line_total_cents: item.line.line_total_cents,
+                    currency: item.currency.to_string(),
                 })
                 .collect(),
             unavailable: cart.unavailable,
@@ -164,8 +166,7 @@ pub async fn remove_item(
 /// Places the cart as an order, priced now, and empties the cart. With
 /// `Idempotency-Key`, a retry gets the same order and never empties a cart
 /// refilled since; without one, the cart's token is the key (two checkouts
-/// of one cart make one order). 422 `validation` (field `cart`) for an
-/// empty cart.
+/// of one cart make one order). 409 `cart-empty` for an empty cart.
 #[utoipa::path(post, operation_id = "checkout_cart", path = "/api/v1/cart/checkout", tag = "cart", security(("bearer" = [])),
     params(("Idempotency-Key" = Option<String>, Header)),
     responses((status = 201, body = crate::routes::orders::OrderView)))]

@@ -82,6 +82,7 @@ pub fn router(state: AppState) -> Router {
             get(|| async { axum::Json(crate::asyncapi::document()) }),
         )
         .merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
+        .merge(crate::web::router(state.clone()))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             rate_limit,

@@ -148,6 +148,7 @@ pub async fn place(
                 .collect(),
             traceparent: Some(traceparent),
             fingerprint: None,
+            idempotency_scope: "",
         })
         .await?;
     Ok(answer_response(answer))

@@ -149,7 +149,9 @@ pub struct SearchParams {
     #[param(inline)]
     pub sort: ProductSort,
     /// 1..=100, default 20.
-    #[param(minimum = 1, maximum = 100)]
+    /// (Larger values are accepted and clamped to the route's page size; the
+    /// documented range is what parses.)
+    #[param(value_type = Option<i64>, minimum = 0, maximum = 4294967295_i64)]
     pub limit: Option<u32>,
     /// Results to skip: the previous page's `next_offset`; at most 10,000.
     #[param(minimum = 0, maximum = 10000)]

@@ -28,6 +28,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use orderflow_domain::cart::{Cart, CartLine};
+use orderflow_domain::money::Currency;
 use orderflow_domain::order::{self, OrderLine, RequestedLine};
 use orderflow_domain::product::Product;
 use orderflow_domain::{ProductId, UserId, ValidationError};
@@ -37,13 +38,22 @@ use crate::ports::carts::Carts;
 use crate::ports::store::Store;
 use crate::services::auth::sha256_hex;
 use crate::services::catalog::CatalogService;
-use crate::services::orders::{IDEMPOTENCY_KEY, OrderAnswer, OrderService, PlaceOrder};
+use crate::services::orders::{
+    CHECKOUT_SCOPE, IDEMPOTENCY_KEY, OrderAnswer, OrderService, PlaceOrder,
+};
+
+/// One priced line of a cart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CartItem {
+    pub line: OrderLine,
+    pub currency: Currency,
+}
 
 /// A cart as the shopper sees it, priced from the catalog now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CartContents {
     /// The lines whose products exist, in the cart's order, priced.
-    pub items: Vec<OrderLine>,
+    pub items: Vec<CartItem>,
     /// Lines of products that no longer exist: shown so the shopper can
     /// remove them; a checkout with them is refused until they do.
     pub unavailable: Vec<ProductId>,
@@ -161,7 +171,10 @@ impl CartService {
         }
         let cart = self.carts.cart(user).await?;
         if let Some(key) = &key
-            && let Some(saved) = self.store.idempotency_record(user, key).await?
+            && let Some(saved) = self
+                .store
+                .idempotency_record(user, &format!("{CHECKOUT_SCOPE}{key}"))
+                .await?
             && saved.response_status != 0
         {
             if let Some(token) = &cart.token
@@ -179,7 +192,7 @@ impl CartService {
             });
         }
         let Some(token) = cart.token.clone().filter(|_| !cart.is_empty()) else {
-            return Err(ValidationError::new("cart", "is empty: add a product first").into());
+            return Err(CoreError::CartEmpty);
         };
         let answer = self
             .orders
@@ -196,6 +209,7 @@ impl CartService {
                     .collect(),
                 traceparent,
                 fingerprint: Some(token.clone()),
+                idempotency_scope: CHECKOUT_SCOPE,
             })
             .await?;
         if answer.status == 201 {
@@ -232,6 +246,13 @@ impl CartService {
                 Err(_) => (priced_alone(&wanted, &products), None),
             }
         };
+        let items = items
+            .into_iter()
+            .map(|line| CartItem {
+                currency: products[&line.product_id].currency.clone(),
+                line,
+            })
+            .collect();
         Ok(CartContents {
             items,
             unavailable: unavailable.iter().map(|line| line.product_id).collect(),

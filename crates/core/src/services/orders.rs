@@ -72,7 +72,14 @@ pub struct PlaceOrder {
     /// the lines by default; a cart checkout's cart token (the retry of a
     /// checkout finds the cart emptied, and is still the same checkout).
     pub fingerprint: Option<String>,
+    /// Keeps the keys of one kind of request apart from the others' (the
+    /// key is stored as scope + key): a key used for a checkout says
+    /// nothing about `POST /orders`. Empty for `POST /orders`.
+    pub idempotency_scope: &'static str,
 }
+
+/// The idempotency scope of cart checkouts.
+pub const CHECKOUT_SCOPE: &str = "checkout:";
 
 /// The answer to a placed order: the HTTP status and body to send, which are
 /// also what an idempotent retry gets back.
@@ -146,6 +153,10 @@ impl OrderService {
         if let Some(key) = &request.idempotency_key {
             check_idempotency_key(key)?;
         }
+        let key = request
+            .idempotency_key
+            .as_ref()
+            .map(|key| format!("{}{key}", request.idempotency_scope));
         let merged = order::validate_request(&request.lines)?;
         let ids: Vec<_> = merged.iter().map(|(id, _)| *id).collect();
         let catalog: HashMap<_, _> = self
@@ -173,7 +184,7 @@ impl OrderService {
         };
 
         let mut tx = self.store.begin().await?;
-        if let Some(key) = &request.idempotency_key
+        if let Some(key) = &key
             && let Some(saved) = claim(&mut *tx, request.user_id, key, &request_hash).await?
         {
             return Ok(saved);
@@ -198,7 +209,7 @@ impl OrderService {
                 )])
                 .await?;
                 let body = order_body(&order);
-                if let Some(key) = &request.idempotency_key {
+                if let Some(key) = &key {
                     tx.complete_idempotency_key(order.user_id, key, 201, &body)
                         .await?;
                 }
@@ -217,7 +228,7 @@ impl OrderService {
                     tx,
                     placed,
                     order,
-                    request.idempotency_key.as_deref(),
+                    key.as_deref(),
                     payment.as_ref(),
                     notifiers,
                 )

@@ -172,8 +172,7 @@ async fn a_cart_is_filled_priced_now_and_checked_out_once_per_key() {
     assert_ne!(second_order["id"], order["id"]);
     assert_eq!(cart(&app, &shopper).await["items"], json!([]));
     let nothing = checkout(&app, &shopper, None).await;
-    let problem = assert_problem(nothing, 422, "validation").await;
-    assert_eq!(problem["field"], "cart");
+    assert_problem(nothing, 409, "cart-empty").await;
 
     app.drain().await;
     for id in [&order["id"], &second_order["id"]] {
@@ -205,6 +204,7 @@ async fn a_checkout_cut_off_before_the_cart_was_emptied_empties_it_on_retry() {
             }],
             traceparent: None,
             fingerprint: Some(token),
+            idempotency_scope: orderflow_core::services::orders::CHECKOUT_SCOPE,
         })
         .await
         .unwrap();

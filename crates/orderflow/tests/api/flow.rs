@@ -284,6 +284,7 @@ async fn the_server_with_its_workers_stops_cleanly_and_loses_nothing() {
                 }],
                 traceparent: None,
                 fingerprint: None,
+                idempotency_scope: "",
             })
             .await
             .unwrap();

@@ -4,8 +4,8 @@ Four rules of the API depend on state, or on two values at once, not on the
 shape of one value, so no JSON Schema can state them, and a request
 generated as valid would be refused by them with 422:
 
-- an order names products that exist, in one currency, and one product's
-  quantities summed over its lines stay within 1..=100;
+- an order (and a cart) names products that exist, in one currency, and
+  one product's quantities summed over its lines stay within 1..=100;
 - an Idempotency-Key reused with a different body is refused
   (idempotency-key-reused);
 - a registration password must not be one of the bundled common passwords;
@@ -76,6 +76,16 @@ def before_call(ctx, case, **kwargs):
                 key = uuid.uuid4().hex
                 case.headers[key_name] = key
                 _keys[key] = digest
+    if method == "PUT" and path == "/api/v1/cart" and isinstance(case.body, dict):
+        items = case.body.get("items")
+        if isinstance(items, list):
+            for index, line in enumerate(items):
+                if isinstance(line, dict) and index < len(PRODUCTS):
+                    line["product_id"] = PRODUCTS[index]
+    if method == "PUT" and path == "/api/v1/cart/items/{product_id}" and PRODUCTS:
+        # A product of the catalog; the cart never holds more products
+        # than the catalog has (as many as an order may have lines).
+        case.path_parameters["product_id"] = PRODUCTS[0]
     if method == "GET" and path.startswith("/api/v1/admin/sales") and isinstance(case.query, dict):
         # Given both, `to` is dropped: the server then reads the default
         # number of windows after `from`, as generated.

@@ -1,0 +1,238 @@
+//! The operator console (admin role): consumer groups with their lag per
+//! partition, orders held by the fraud check (approve, reject), the
+//! dead-letter queue (show, replay) and sales per day. The same use cases
+//! as the admin API; every action is audited by them.
+
+use askama::Template;
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::{Extension, Form, Router};
+use orderflow_core::CoreError;
+use orderflow_core::services::auth::Principal;
+use serde::Deserialize;
+
+use super::session::{Visitor, check_csrf};
+use super::{Chrome, PageError, PageResult, money, render};
+use crate::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/console", get(overview))
+        .route("/console/orders/{id}/{verdict}", post(review))
+        .route("/console/dlq/{id}", get(dead_letter))
+        .route("/console/dlq/{id}/replay", post(replay))
+}
+
+/// The admin principal, or: signed out, the log-in page; signed in without
+/// the role, 403.
+fn admin(visitor: &Visitor, next: &str) -> Result<Principal, PageError> {
+    let principal = visitor.principal.clone().ok_or_else(|| PageError::SignIn {
+        next: next.to_owned(),
+    })?;
+    principal
+        .require_admin()
+        .map_err(|e| PageError::from_core(e, visitor))?;
+    Ok(principal)
+}
+
+struct GroupRow {
+    group: String,
+    lag: i64,
+    partitions: Vec<(String, i32, i64, i64, i64)>,
+}
+
+struct HeldRow {
+    id: String,
+    placed: String,
+    total: String,
+}
+
+struct LetterRow {
+    id: String,
+    group: String,
+    event_type: String,
+    error: String,
+    attempts: u32,
+    failed: String,
+    replayed: bool,
+}
+
+struct SalesRow {
+    day: String,
+    orders: i64,
+    revenue: String,
+    /// Percent of the busiest day's revenue, for the bar.
+    width: i64,
+}
+
+#[derive(Template)]
+#[template(path = "web/console.html")]
+struct ConsolePage {
+    chrome: Chrome,
+    groups: Vec<GroupRow>,
+    held: Vec<HeldRow>,
+    letters: Vec<LetterRow>,
+    sales: Vec<SalesRow>,
+}
+
+pub async fn overview(
+    State(state): State<AppState>,
+    Extension(visitor): Extension<Visitor>,
+    Query(notice): Query<super::shop::Notice>,
+) -> PageResult {
+    admin(&visitor, "/console")?;
+    let fail = |e: CoreError| PageError::from_core(e, &visitor);
+    let mut groups: Vec<GroupRow> = Vec::new();
+    for lag in state.operations.consumer_lag().await.map_err(fail)? {
+        let row = (lag.topic, lag.partition, lag.committed, lag.end, lag.lag);
+        match groups.iter_mut().find(|g| g.group == lag.group) {
+            Some(group) => {
+                group.lag += row.4;
+                group.partitions.push(row);
+            }
+            None => groups.push(GroupRow {
+                group: lag.group,
+                lag: row.4,
+                partitions: vec![row],
+            }),
+        }
+    }
+    let held = state.orders.held(None, Some(50)).await.map_err(fail)?;
+    let letters = state
+        .operations
+        .dead_letters(Some(50), false)
+        .await
+        .map_err(fail)?;
+    let days = state
+        .store
+        .daily_sales(14)
+        .await
+        .map_err(|e| fail(e.into()))?;
+    let busiest = days.iter().map(|d| d.revenue_cents).max().unwrap_or(0).max(1);
+    let mut chrome = Chrome::new(&visitor, "Console").notice(notice.done.as_deref());
+    chrome.live = "admin:orders,admin:health".into();
+    Ok(render(&ConsolePage {
+        chrome,
+        groups,
+        held: held
+            .iter()
+            .map(|order| HeldRow {
+                id: order.id.to_string(),
+                placed: order.created_at.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+                total: money(order.total_cents, &order.currency),
+            })
+            .collect(),
+        letters: letters
+            .iter()
+            .map(|letter| LetterRow {
+                id: letter.id.to_string(),
+                group: letter.group.clone(),
+                event_type: letter.event.data.type_name().to_owned(),
+                error: letter.error.clone(),
+                attempts: letter.attempts,
+                failed: letter.failed_at.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+                replayed: letter.replayed_at.is_some(),
+            })
+            .collect(),
+        sales: days
+            .iter()
+            .map(|day| SalesRow {
+                day: day.day.to_string(),
+                orders: day.orders,
+                revenue: format!("{}.{:02} {}", day.revenue_cents / 100, day.revenue_cents % 100, day.currency),
+                width: day.revenue_cents * 100 / busiest,
+            })
+            .collect(),
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CsrfForm {
+    csrf: String,
+}
+
+pub async fn review(
+    State(state): State<AppState>,
+    Extension(visitor): Extension<Visitor>,
+    headers: HeaderMap,
+    Path((id, verdict)): Path<(uuid::Uuid, String)>,
+    Form(form): Form<CsrfForm>,
+) -> PageResult {
+    let principal = admin(&visitor, "/console")?;
+    let fail = |e: CoreError| PageError::from_core(e, &visitor);
+    check_csrf(&visitor, Some(&form.csrf)).map_err(fail)?;
+    let approve = match verdict.as_str() {
+        "approve" => true,
+        "reject" => false,
+        _ => return Err(fail(CoreError::NotFound("action"))),
+    };
+    state
+        .orders
+        .review(
+            principal.user_id,
+            id,
+            approve,
+            Some(crate::routes::orders::request_traceparent(&headers)),
+        )
+        .await
+        .map_err(fail)?;
+    let done = if approve { "approved" } else { "rejected" };
+    Ok(redirect(&format!("/console?done={done}#held")))
+}
+
+#[derive(Template)]
+#[template(path = "web/dead_letter.html")]
+struct DeadLetterPage {
+    chrome: Chrome,
+    letter: LetterRow,
+    topic: String,
+    partition: i32,
+    offset: i64,
+    event: String,
+}
+
+pub async fn dead_letter(
+    State(state): State<AppState>,
+    Extension(visitor): Extension<Visitor>,
+    Path(id): Path<uuid::Uuid>,
+) -> PageResult {
+    admin(&visitor, &format!("/console/dlq/{id}"))?;
+    let fail = |e: CoreError| PageError::from_core(e, &visitor);
+    let letter = state.operations.dead_letter(id).await.map_err(fail)?;
+    Ok(render(&DeadLetterPage {
+        chrome: Chrome::new(&visitor, "Dead letter"),
+        topic: letter.topic.clone(),
+        partition: letter.partition,
+        offset: letter.offset,
+        event: serde_json::to_string_pretty(&letter.event.to_json())
+            .unwrap_or_default(),
+        letter: LetterRow {
+            id: letter.id.to_string(),
+            group: letter.group.clone(),
+            event_type: letter.event.data.type_name().to_owned(),
+            error: letter.error.clone(),
+            attempts: letter.attempts,
+            failed: letter.failed_at.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+            replayed: letter.replayed_at.is_some(),
+        },
+    }))
+}
+
+pub async fn replay(
+    State(state): State<AppState>,
+    Extension(visitor): Extension<Visitor>,
+    Path(id): Path<uuid::Uuid>,
+    Form(form): Form<CsrfForm>,
+) -> PageResult {
+    admin(&visitor, "/console")?;
+    let fail = |e: CoreError| PageError::from_core(e, &visitor);
+    check_csrf(&visitor, Some(&form.csrf)).map_err(fail)?;
+    state.operations.replay(id).await.map_err(fail)?;
+    Ok(redirect("/console?done=replayed#dlq"))
+}
+
+fn redirect(to: &str) -> Response {
+    axum::response::IntoResponse::into_response(axum::response::Redirect::to(to))
+}
