@@ -46,6 +46,7 @@ use std::time::Duration;
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 use orderflow_core::ports::log::EventLog;
+use orderflow_core::ports::providers::ProviderControls;
 use orderflow_core::ports::rate_limit::{RateLimiter, RatePolicy};
 use orderflow_core::ports::store::Store;
 use orderflow_core::services::admin::Operations;
@@ -126,6 +127,9 @@ pub struct Services {
     pub catalog: Arc<CatalogService>,
     pub orders: Arc<OrderService>,
     pub carts: Arc<CartService>,
+    /// The simulated providers' knobs (the console's controls), when any
+    /// provider is simulated.
+    pub provider_controls: Option<Arc<dyn ProviderControls>>,
     /// This process's live channels (`/api/v1/live`, `/api/v1/live/ws`).
     pub live: Arc<LiveHub>,
     pub queries: Arc<ShopperQueries>,

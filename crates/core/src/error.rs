@@ -213,12 +213,7 @@ impl CoreError {
                 409,
                 self.to_string(),
             ),
-            CoreError::CartEmpty => p(
-                slug::CART_EMPTY,
-                "The cart is empty",
-                409,
-                self.to_string(),
-            ),
+            CoreError::CartEmpty => p(slug::CART_EMPTY, "The cart is empty", 409, self.to_string()),
             CoreError::OrderNotCancellable { .. } => p(
                 slug::ORDER_NOT_CANCELLABLE,
                 "Order cannot be cancelled",

@@ -91,7 +91,13 @@ impl std::fmt::Display for Money {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let sign = if self.cents < 0 { "-" } else { "" };
         let cents = self.cents.unsigned_abs();
-        write!(f, "{sign}{}.{:02} {}", cents / 100, cents % 100, self.currency)
+        write!(
+            f,
+            "{sign}{}.{:02} {}",
+            cents / 100,
+            cents % 100,
+            self.currency
+        )
     }
 }
 

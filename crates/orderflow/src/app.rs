@@ -10,14 +10,14 @@ use std::time::Duration;
 
 use anyhow::Context;
 use orderflow_adapters::providers::{
-    SimulatedNotifier, SimulatedPayment, SimulatedProviders, SimulationSettings, SmtpNotifier,
-    SmtpSettings, WebhookNotifier, WebhookPayment, WebhookSettings, notifier_with_breaker,
-    payment_with_breaker,
+    SimulatedControls, SimulatedNotifier, SimulatedPayment, SimulatedProviders, SimulationSettings,
+    SmtpNotifier, SmtpSettings, WebhookNotifier, WebhookPayment, WebhookSettings,
+    notifier_with_breaker, payment_with_breaker,
 };
 use orderflow_api::extract::TrustedProxies;
 use orderflow_api::{AppState, HttpLimits, RateLimits, Services};
 use orderflow_core::ports::log::EventLog;
-use orderflow_core::ports::providers::{Notifier, PaymentGateway};
+use orderflow_core::ports::providers::{Notifier, PaymentGateway, ProviderControls};
 use orderflow_core::ports::rate_limit::{Algorithm, RatePolicy};
 use orderflow_core::ports::store::Store;
 use orderflow_core::services::admin::Operations;
@@ -196,6 +196,7 @@ impl App {
             catalog: catalog.clone(),
             orders: orders.clone(),
             carts,
+            provider_controls: provider_controls(&settings, &simulated),
             live,
             queries: queries.clone(),
             operations: operations.clone(),
@@ -534,6 +535,27 @@ fn simulated_providers(settings: &Settings) -> SimulatedProviders {
 
 /// Real adapters where configured, the simulated provider elsewhere; each
 /// behind its circuit breaker (`ORDERFLOW_BREAKERS`).
+/// The console's knobs over the simulated providers in use (none when
+/// every provider is a real one).
+fn provider_controls(
+    settings: &Settings,
+    simulated: &SimulatedProviders,
+) -> Option<Arc<dyn ProviderControls>> {
+    let p = &settings.providers;
+    let in_use: Vec<&'static str> = [
+        ("email", p.smtp_host.is_none()),
+        ("sms", p.sms_webhook_url.is_none()),
+        ("push", p.push_webhook_url.is_none()),
+        ("payment", p.payment_webhook_url.is_none()),
+    ]
+    .into_iter()
+    .filter_map(|(name, simulated)| simulated.then_some(name))
+    .collect();
+    (!in_use.is_empty()).then(|| {
+        Arc::new(SimulatedControls::new(simulated.clone(), in_use)) as Arc<dyn ProviderControls>
+    })
+}
+
 fn providers(
     settings: &Settings,
     simulated: &SimulatedProviders,

@@ -43,7 +43,8 @@ pub use breaker::{
     notifier_with_breaker, payment_with_breaker,
 };
 pub use simulated::{
-    SimulatedNotifier, SimulatedPayment, SimulatedProviders, SimulationControls, SimulationSettings,
+    SimulatedControls, SimulatedNotifier, SimulatedPayment, SimulatedProviders, SimulationControls,
+    SimulationSettings,
 };
 pub use smtp::{SmtpNotifier, SmtpSettings, SmtpTls};
 pub use webhook::{WebhookNotifier, WebhookPayment, WebhookSettings};

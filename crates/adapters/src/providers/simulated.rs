@@ -27,7 +27,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use orderflow_core::ports::providers::{
-    ChargeOutcome, ChargeRequest, Notifier, OutgoingMessage, PaymentGateway, ProviderError,
+    ChargeOutcome, ChargeRequest, Notifier, OutgoingMessage, PaymentGateway, ProviderControls,
+    ProviderError, SimulatedProvider,
 };
 use orderflow_domain::notification::Channel;
 use rand::Rng;
@@ -485,4 +486,61 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// [`ProviderControls`] over the simulated providers that are in use (a
+/// provider configured for real keeps its simulated twin out of the list).
+pub struct SimulatedControls {
+    providers: SimulatedProviders,
+    in_use: Vec<&'static str>,
+}
+
+impl SimulatedControls {
+    pub fn new(providers: SimulatedProviders, in_use: Vec<&'static str>) -> Self {
+        Self { providers, in_use }
+    }
+
+    fn controls_of(&self, name: &str) -> Option<Arc<SimulationControls>> {
+        if !self.in_use.contains(&name) {
+            return None;
+        }
+        Some(match name {
+            "email" => self.providers.email.controls(),
+            "sms" => self.providers.sms.controls(),
+            "push" => self.providers.push.controls(),
+            "payment" => self.providers.payment.controls(),
+            _ => return None,
+        })
+    }
+}
+
+impl ProviderControls for SimulatedControls {
+    fn providers(&self) -> Vec<SimulatedProvider> {
+        self.in_use
+            .iter()
+            .filter_map(|name| {
+                let controls = self.controls_of(name)?;
+                Some(SimulatedProvider {
+                    name,
+                    latency: controls.latency(),
+                    failure_rate: controls.failure_rate(),
+                })
+            })
+            .collect()
+    }
+
+    fn set(&self, name: &str, latency: Duration, failure_rate: f64) -> bool {
+        let Some(controls) = self.controls_of(name) else {
+            return false;
+        };
+        controls.set_latency(latency);
+        controls.set_failure_rate(failure_rate);
+        tracing::info!(
+            provider = name,
+            ?latency,
+            failure_rate,
+            "simulated provider changed"
+        );
+        true
+    }
 }

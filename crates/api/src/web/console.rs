@@ -1,7 +1,9 @@
 //! The operator console (admin role): consumer groups with their lag per
 //! partition, orders held by the fraud check (approve, reject), the
-//! dead-letter queue (show, replay) and sales per day. The same use cases
-//! as the admin API; every action is audited by them.
+//! dead-letter queue (show, replay), sales per day, and the simulated
+//! providers' latency and failure rate (so a demo can make SMS fail and
+//! watch the retries and the dead-letter queue). The same use cases as the
+//! admin API.
 
 use askama::Template;
 use axum::extract::{Path, Query, State};
@@ -23,6 +25,7 @@ pub fn router() -> Router<AppState> {
         .route("/console/orders/{id}/{verdict}", post(review))
         .route("/console/dlq/{id}", get(dead_letter))
         .route("/console/dlq/{id}/replay", post(replay))
+        .route("/console/providers/{name}", post(set_provider))
 }
 
 /// The admin principal, or: signed out, the log-in page; signed in without
@@ -75,6 +78,8 @@ struct ConsolePage {
     held: Vec<HeldRow>,
     letters: Vec<LetterRow>,
     sales: Vec<SalesRow>,
+    /// (name, latency in ms, failure rate in percent)
+    providers: Vec<(&'static str, u128, f64)>,
 }
 
 pub async fn overview(
@@ -110,7 +115,12 @@ pub async fn overview(
         .daily_sales(14)
         .await
         .map_err(|e| fail(e.into()))?;
-    let busiest = days.iter().map(|d| d.revenue_cents).max().unwrap_or(0).max(1);
+    let busiest = days
+        .iter()
+        .map(|d| d.revenue_cents)
+        .max()
+        .unwrap_or(0)
+        .max(1);
     let mut chrome = Chrome::new(&visitor, "Console").notice(notice.done.as_deref());
     chrome.live = "admin:orders,admin:health".into();
     Ok(render(&ConsolePage {
@@ -136,12 +146,34 @@ pub async fn overview(
                 replayed: letter.replayed_at.is_some(),
             })
             .collect(),
+        providers: state
+            .provider_controls
+            .as_ref()
+            .map(|controls| {
+                controls
+                    .providers()
+                    .into_iter()
+                    .map(|p| {
+                        (
+                            p.name,
+                            p.latency.as_millis(),
+                            (p.failure_rate * 100.0).round(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
         sales: days
             .iter()
             .map(|day| SalesRow {
                 day: day.day.to_string(),
                 orders: day.orders,
-                revenue: format!("{}.{:02} {}", day.revenue_cents / 100, day.revenue_cents % 100, day.currency),
+                revenue: format!(
+                    "{}.{:02} {}",
+                    day.revenue_cents / 100,
+                    day.revenue_cents % 100,
+                    day.currency
+                ),
                 width: day.revenue_cents * 100 / busiest,
             })
             .collect(),
@@ -206,8 +238,7 @@ pub async fn dead_letter(
         topic: letter.topic.clone(),
         partition: letter.partition,
         offset: letter.offset,
-        event: serde_json::to_string_pretty(&letter.event.to_json())
-            .unwrap_or_default(),
+        event: serde_json::to_string_pretty(&letter.event.to_json()).unwrap_or_default(),
         letter: LetterRow {
             id: letter.id.to_string(),
             group: letter.group.clone(),
@@ -231,6 +262,35 @@ pub async fn replay(
     check_csrf(&visitor, Some(&form.csrf)).map_err(fail)?;
     state.operations.replay(id).await.map_err(fail)?;
     Ok(redirect("/console?done=replayed#dlq"))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ProviderForm {
+    csrf: String,
+    latency_ms: u64,
+    /// Percent, 0 to 100.
+    failure_percent: f64,
+}
+
+pub async fn set_provider(
+    State(state): State<AppState>,
+    Extension(visitor): Extension<Visitor>,
+    Path(name): Path<String>,
+    Form(form): Form<ProviderForm>,
+) -> PageResult {
+    admin(&visitor, "/console")?;
+    let fail = |e: CoreError| PageError::from_core(e, &visitor);
+    check_csrf(&visitor, Some(&form.csrf)).map_err(fail)?;
+    let latency = std::time::Duration::from_millis(form.latency_ms.min(60_000));
+    let rate = (form.failure_percent / 100.0).clamp(0.0, 1.0);
+    let changed = state
+        .provider_controls
+        .as_ref()
+        .is_some_and(|controls| controls.set(&name, latency, rate));
+    if !changed {
+        return Err(fail(CoreError::NotFound("simulated provider")));
+    }
+    Ok(redirect("/console?done=controls#providers"))
 }
 
 fn redirect(to: &str) -> Response {

@@ -93,7 +93,10 @@ async fn page_headers(request: axum::extract::Request, next: axum::middleware::N
     );
     if !headers.contains_key(header::CACHE_CONTROL) {
         // Pages show a shopper's own data: never kept by a shared cache.
-        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("private, no-cache"));
+        headers.insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("private, no-cache"),
+        );
     }
     response
 }
@@ -121,25 +124,42 @@ impl Asset {
 /// Every asset the pages use.
 pub struct Assets {
     pub css: Asset,
+    pub icon: Asset,
     pub htmx: Asset,
     pub live: Asset,
 }
 
 pub static ASSETS: LazyLock<Assets> = LazyLock::new(|| Assets {
-    css: Asset::new("site", "css", "text/css; charset=utf-8", include_bytes!("../../assets/site.css")),
+    icon: Asset::new(
+        "icon",
+        "svg",
+        "image/svg+xml",
+        include_bytes!("../../assets/icon.svg"),
+    ),
+    css: Asset::new(
+        "site",
+        "css",
+        "text/css; charset=utf-8",
+        include_bytes!("../../assets/site.css"),
+    ),
     htmx: Asset::new(
         "htmx-2.0.11",
         "js",
         "text/javascript; charset=utf-8",
         include_bytes!("../../assets/htmx-2.0.11.min.js"),
     ),
-    live: Asset::new("live", "js", "text/javascript; charset=utf-8", include_bytes!("../../assets/live.js")),
+    live: Asset::new(
+        "live",
+        "js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../assets/live.js"),
+    ),
 });
 
 async fn asset(Path(file): Path<String>) -> Response {
     let assets = &*ASSETS;
     let wanted = format!("/assets/{file}");
-    let Some(asset) = [&assets.css, &assets.htmx, &assets.live]
+    let Some(asset) = [&assets.css, &assets.icon, &assets.htmx, &assets.live]
         .into_iter()
         .find(|asset| asset.url == wanted)
     else {
@@ -270,8 +290,8 @@ impl IntoResponse for PageError {
                     heading: problem.title.to_owned(),
                     detail: problem.detail,
                 };
-                let status = StatusCode::from_u16(page.status)
-                    .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                let status =
+                    StatusCode::from_u16(page.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
                 (status, render(&page)).into_response()
             }
         }
@@ -284,7 +304,11 @@ pub fn render(page: &impl Template) -> Response {
         Ok(html) => Html(html).into_response(),
         Err(error) => {
             tracing::error!(%error, "template failed");
-            (StatusCode::INTERNAL_SERVER_ERROR, "the page could not be drawn").into_response()
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the page could not be drawn",
+            )
+                .into_response()
         }
     }
 }

@@ -426,7 +426,9 @@ pub async fn checkout(
         .await
         .map_err(fail)?;
     match answer.body["id"].as_str() {
-        Some(id) if answer.status < 300 => Ok(Redirect::to(&format!("/orders/{id}")).into_response()),
+        Some(id) if answer.status < 300 => {
+            Ok(Redirect::to(&format!("/orders/{id}")).into_response())
+        }
         _ => {
             let detail = answer.body["detail"]
                 .as_str()
@@ -629,7 +631,11 @@ pub async fn account(
 ) -> PageResult {
     let principal = signed_in_as(&visitor, "/account")?;
     let fail = |e: CoreError| PageError::from_core(e, &visitor);
-    let standing = state.queries.points(principal.user_id).await.map_err(fail)?;
+    let standing = state
+        .queries
+        .points(principal.user_id)
+        .await
+        .map_err(fail)?;
     let leaders = state.queries.leaderboard(Some(10)).await.map_err(fail)?;
     let sessions = state.auth.sessions(&principal).await.map_err(fail)?;
     Ok(render(&AccountPage {
@@ -663,7 +669,11 @@ pub async fn end_session(
     let principal = signed_in_as(&visitor, "/account")?;
     let fail = |e: CoreError| PageError::from_core(e, &visitor);
     check_csrf(&visitor, Some(&form.csrf)).map_err(fail)?;
-    state.auth.revoke_session(&principal, id).await.map_err(fail)?;
+    state
+        .auth
+        .revoke_session(&principal, id)
+        .await
+        .map_err(fail)?;
     if id == principal.session_id {
         return Ok(signed_out_response(&visitor, "/?done=signed-out"));
     }
@@ -711,14 +721,22 @@ pub async fn login_page(
     Extension(visitor): Extension<Visitor>,
     Query(query): Query<NextQuery>,
 ) -> Response {
-    render(&login_form(&visitor, false, safe_next(query.next.as_deref())))
+    render(&login_form(
+        &visitor,
+        false,
+        safe_next(query.next.as_deref()),
+    ))
 }
 
 pub async fn register_page(
     Extension(visitor): Extension<Visitor>,
     Query(query): Query<NextQuery>,
 ) -> Response {
-    render(&login_form(&visitor, true, safe_next(query.next.as_deref())))
+    render(&login_form(
+        &visitor,
+        true,
+        safe_next(query.next.as_deref()),
+    ))
 }
 
 #[derive(Debug, Deserialize)]
@@ -799,9 +817,11 @@ async fn sign_in(
         Ok(pair) => {
             let done = if register { "welcome" } else { "signed-in" };
             let mut response = see(&next, done);
-            response
-                .extensions_mut()
-                .insert(CookieChanges(signed_in(&state, &pair, visitor.secure)));
+            response.extensions_mut().insert(CookieChanges(signed_in(
+                &state,
+                &pair,
+                visitor.secure,
+            )));
             Ok(response)
         }
         Err(error) => {

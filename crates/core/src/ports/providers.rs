@@ -116,3 +116,23 @@ pub trait Notifier: Send + Sync + 'static {
         None
     }
 }
+
+/// One simulated provider's knobs, as the console shows them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SimulatedProvider {
+    /// `email`, `sms`, `push` or `payment`.
+    pub name: &'static str,
+    pub latency: Duration,
+    /// 0.0 to 1.0: the share of calls that fail.
+    pub failure_rate: f64,
+}
+
+/// The simulated providers in use, for the operator console: a demo makes
+/// SMS fail and watches the retries and the dead-letter queue. Absent when
+/// every provider is a real one.
+pub trait ProviderControls: Send + Sync + 'static {
+    fn providers(&self) -> Vec<SimulatedProvider>;
+    /// Changes one provider's latency and failure rate (clamped to 0..=1);
+    /// false for a name that is not a simulated provider in use.
+    fn set(&self, name: &str, latency: Duration, failure_rate: f64) -> bool;
+}
