@@ -139,9 +139,10 @@ pub struct SearchParams {
     pub q: Option<String>,
     /// Only this category (its exact name).
     pub category: Option<String>,
-    #[param(minimum = 0)]
+    /// Cents, 0 to `MAX_PRICE_CENTS` (10,000,000,000) like a product's price.
+    #[param(minimum = 0, maximum = 10_000_000_000_i64)]
     pub min_price_cents: Option<i64>,
-    #[param(minimum = 0)]
+    #[param(minimum = 0, maximum = 10_000_000_000_i64)]
     pub max_price_cents: Option<i64>,
     /// `relevance` (the default: best match first, or creation order
     /// without `q`), `price_asc`, `price_desc`, `name`, `newest`.
