@@ -119,6 +119,26 @@ if ! need_cmd kubectl; then
   exit 1
 fi
 
+# The browser tests (crates/orderflow/tests/browser.rs) drive Debian's
+# headless Chromium with Playwright for Python (its own browser downloads
+# are not used: the journey launches /usr/bin/chromium); chromedriver comes
+# with it for WebDriver clients. axe-core is vendored in the test directory.
+PLAYWRIGHT_VERSION=1.65.2
+if ! need_cmd chromium || ! need_cmd chromedriver; then
+  if need_cmd apt-get && [ "$(id -u)" = 0 ]; then
+    step "installing chromium and chromium-driver"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver
+  else
+    echo "missing: chromium and chromedriver (needed by the browser tests)" >&2
+    exit 1
+  fi
+fi
+if ! python3 -m pip show playwright 2>/dev/null | grep -q "^Version: $PLAYWRIGHT_VERSION\$"; then
+  step "installing playwright $PLAYWRIGHT_VERSION (for Python; no browser download)"
+  python3 -m pip install --quiet "playwright==$PLAYWRIGHT_VERSION" ||
+    python3 -m pip install --quiet --break-system-packages "playwright==$PLAYWRIGHT_VERSION"
+fi
+
 # The contract tests (crates/orderflow/tests/contracts.rs) read the Kafka
 # topics with the CloudEvents Python SDK, and generate and type-check a
 # TypeScript client and validate the AsyncAPI document with the node tools

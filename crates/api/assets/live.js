@@ -44,7 +44,10 @@
     } else if (data.type === "health") {
       var lag = 0;
       var groups = data.consumer_lag || {};
-      Object.keys(groups).forEach(function (group) { lag += Number(groups[group]) || 0; });
+      Object.keys(groups).forEach(function (group) {
+        lag += Number(groups[group]) || 0;
+        each('[data-live-group-lag="' + group + '"]', function (el) { text(el, groups[group]); });
+      });
       each("[data-live-lag]", function (el) { text(el, lag); });
       each("[data-live-dead]", function (el) { text(el, data.dead_letters); });
     }

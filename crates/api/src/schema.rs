@@ -119,7 +119,7 @@ pub fn description() -> ObjectBuilder {
 pub fn category() -> ObjectBuilder {
     nullable(text(
         &product::CATEGORY,
-        "The category's name, e.g. \"Kitchen\", stored trimmed; blank or absent files the product nowhere",
+        "The category's name, e.g. \"Kitchen\", stored trimmed; absent or null files the product nowhere",
     ))
 }
 

@@ -113,8 +113,8 @@ impl ProductDraft {
     }
 
     /// Adds the shop's words about it: a description (checked against
-    /// [`DESCRIPTION`]) and a category ([`CATEGORY`]; blank or none
-    /// files it nowhere).
+    /// [`DESCRIPTION`]) and a category ([`CATEGORY`]; none files it
+    /// nowhere, a blank one is refused like a blank name).
     pub fn described(
         mut self,
         description: &str,
@@ -124,7 +124,7 @@ impl ProductDraft {
             .check("description", description)?
             .trim()
             .to_owned();
-        self.category = match category.filter(|c| !c.trim().is_empty()) {
+        self.category = match category {
             Some(category) => Some(CATEGORY.check("category", category)?.trim().to_owned()),
             None => None,
         };
@@ -261,9 +261,10 @@ mod tests {
         assert_eq!(described.description, "Holds tea.\nDishwasher safe.");
         assert_eq!(described.category.as_deref(), Some("Kitchen"));
         assert_eq!(
-            mug.clone().described("", Some("  ")).unwrap().category,
-            None
+            mug.clone().described("", Some("  ")).unwrap_err().field,
+            "category"
         );
+        assert_eq!(mug.clone().described("", None).unwrap().category, None);
         let bell = mug.clone().described("ding\u{7}", None).unwrap_err();
         assert_eq!(bell.field, "description");
         let long = "k".repeat(MAX_CATEGORY_CHARS + 1);

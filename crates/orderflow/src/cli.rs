@@ -290,6 +290,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 fn print_urls(listener: &tokio::net::TcpListener) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     println!("orderflow listening on http://{addr}");
+    println!("  shop     http://{addr}/");
+    println!("  console  http://{addr}/console (admin)");
     println!("  API      http://{addr}/api/v1");
     println!("  docs     http://{addr}/docs");
     println!("  OpenAPI  http://{addr}/openapi.json");

@@ -49,7 +49,11 @@ impl Row {
             &self.currency,
             self.stock,
         )
-        .and_then(|draft| draft.described(&self.description, self.category.as_deref()))
+        // An empty CSV cell: no category.
+        .and_then(|draft| {
+            let category = self.category.as_deref().filter(|c| !c.trim().is_empty());
+            draft.described(&self.description, category)
+        })
         .map_err(|e| format!("{}: {}", e.field, e.message))
     }
 }

@@ -70,11 +70,35 @@ async fn a_shopper_and_an_admin_go_through_the_shop_and_the_console() {
     .await;
     let admin = server.login(ADMIN_EMAIL, ADMIN_PASSWORD).await;
     for (sku, name, price, category, description) in [
-        ("WEB-KETTLE", "Steel Kettle", 4_500, "Kitchen", "Boils a litre in two minutes."),
-        ("WEB-MUG", "Blue Mug", 1_200, "Kitchen", "Stoneware, 300 ml."),
+        (
+            "WEB-KETTLE",
+            "Steel Kettle",
+            4_500,
+            "Kitchen",
+            "Boils a litre in two minutes.",
+        ),
+        (
+            "WEB-MUG",
+            "Blue Mug",
+            1_200,
+            "Kitchen",
+            "Stoneware, 300 ml.",
+        ),
         ("WEB-POT", "Tea Pot", 2_900, "Kitchen", "For four cups."),
-        ("WEB-LAMP", "Desk Lamp", 3_900, "Home", "Warm light for late reading."),
-        ("WEB-CANDLE", "Scented Candle", 900, "Home", "Forty hours of cedar."),
+        (
+            "WEB-LAMP",
+            "Desk Lamp",
+            3_900,
+            "Home",
+            "Warm light for late reading.",
+        ),
+        (
+            "WEB-CANDLE",
+            "Scented Candle",
+            900,
+            "Home",
+            "Forty hours of cedar.",
+        ),
     ] {
         let body = json!({"sku": sku, "name": name, "price_cents": price, "currency": "EUR",
             "stock": 50, "category": category, "description": description});
@@ -99,7 +123,7 @@ async fn a_shopper_and_an_admin_go_through_the_shop_and_the_console() {
     journey.env("ORDERFLOW_CHROMIUM", &chromium);
     run(journey, "the browser journey", Duration::from_secs(300)).await;
     let shots = std::fs::read_dir(&out).unwrap().count();
-    assert!(shots >= 15, "{shots} screenshots in {}", out.display());
+    assert!(shots >= 19, "{shots} screenshots in {}", out.display());
     eprintln!("screenshots: {}", out.display());
     server.stop().await;
 }

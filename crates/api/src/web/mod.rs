@@ -262,13 +262,16 @@ struct ErrorPage {
 /// A page's failure: an error page with the problem's status and words,
 /// or the log-in page for a visitor who must sign in first.
 pub enum PageError {
-    Core(CoreError, Visitor),
-    SignIn { next: String },
+    /// Boxed: a page's `Result` stays small.
+    Core(Box<(CoreError, Visitor)>),
+    SignIn {
+        next: String,
+    },
 }
 
 impl PageError {
     pub fn from_core(error: impl Into<CoreError>, visitor: &Visitor) -> Self {
-        PageError::Core(error.into(), visitor.clone())
+        PageError::Core(Box::new((error.into(), visitor.clone())))
     }
 }
 
@@ -279,7 +282,8 @@ impl IntoResponse for PageError {
                 let next: String = form_urlencoded::byte_serialize(next.as_bytes()).collect();
                 Redirect::to(&format!("/login?next={next}")).into_response()
             }
-            PageError::Core(error, visitor) => {
+            PageError::Core(failure) => {
+                let (error, visitor) = *failure;
                 let problem = error.problem();
                 if problem.status >= 500 {
                     tracing::error!(%error, "page failed");

@@ -101,6 +101,7 @@ def check_page(page, browser, context, name):
 
 
 def shot(page, browser, context, name):
+    name = f"{len(steps) + 1:02}-{name}"
     page.screenshot(path=os.path.join(OUT, f"{name}.png"), full_page=True)
     check_page(page, browser, context, name)
     steps.append(name)
@@ -134,34 +135,35 @@ def shopper(browser):
 
     page.goto(BASE + "/")
     expect(page.get_by_role("heading", name="Categories")).to_be_visible()
-    shot(page, browser, context, "01-home")
+    shot(page, browser, context, "home")
 
     page.get_by_role("link", name="Register").click()
+    shot(page, browser, context, "register")
     page.get_by_label("Your name").fill("Browser Shopper")
     page.get_by_label("E-mail").fill(email)
     page.get_by_label(re.compile("^Password")).fill("a long browser password")
     page.get_by_role("button", name="Create the account").click()
     notice(page, "Welcome")
-    shot(page, browser, context, "02-registered")
+    shot(page, browser, context, "registered")
 
     page.get_by_role("link", name=re.compile("^Kitchen")).first.click()
     expect(page.get_by_role("heading", level=1)).to_have_text("Kitchen")
-    shot(page, browser, context, "03-category")
+    shot(page, browser, context, "category")
 
     page.get_by_role("searchbox", name="Search products").fill("kettle")
     page.get_by_role("button", name="Search", exact=True).click()
     expect(page.locator(".card")).to_have_count(1)
-    shot(page, browser, context, "04-search")
+    shot(page, browser, context, "search")
     page.locator(".card a").first.click()
     expect(page.get_by_role("heading", level=1)).to_have_text("Steel Kettle")
-    shot(page, browser, context, "05-product")
+    shot(page, browser, context, "product")
     page.get_by_role("button", name="Add to cart").click()
     notice(page, "Added to your cart")
     add_to_cart(page, "mug")
 
     page.get_by_role("link", name="Cart", exact=True).click()
     expect(page.locator("table.lines tbody tr")).to_have_count(2)
-    shot(page, browser, context, "06-cart")
+    shot(page, browser, context, "cart")
 
     # The order page moves from pending to confirmed by itself.
     order_id = place_order(page)
@@ -174,7 +176,7 @@ def shopper(browser):
         fail(f"the order page reloaded on its way to confirmed: {navigations}")
     if first_status == "confirmed":
         fail("the order was confirmed before its page showed it: nothing moved live")
-    shot(page, browser, context, "07-order-confirmed")
+    shot(page, browser, context, "order-confirmed")
 
     # The notification arrives (e-mail, SMS and push go out after the
     # confirmation).
@@ -187,17 +189,18 @@ def shopper(browser):
             fail("no 'order confirmed' notification within 30 s")
             break
         page.wait_for_timeout(500)
-    shot(page, browser, context, "08-notifications")
+    shot(page, browser, context, "notifications")
 
     # Another order, cancelled from the order list.
     add_to_cart(page, "candle")
     second = place_order(page)
     page.goto(BASE + "/orders")
+    shot(page, browser, context, "orders")
     row = page.locator("ul.orders li").filter(has=page.locator(f'[data-live-order="{second}"]'))
     row.get_by_role("button", name=re.compile("^Cancel")).click()
     notice(page, "The order is cancelled")
     expect(page.locator(f'[data-live-order="{second}"]').first).to_have_text("cancelled")
-    shot(page, browser, context, "09-cancelled")
+    shot(page, browser, context, "cancelled")
 
     # A third order within five minutes: the fraud check holds it.
     add_to_cart(page, "lamp")
@@ -210,14 +213,16 @@ def shopper(browser):
         stored = page.locator(f'[data-live-order="{held}"]').inner_text()
         fail(f"order {held} showed {shown!r} live after 30 s; the server has it {stored!r}")
         raise
-    shot(page, browser, context, "10-held")
+    shot(page, browser, context, "held")
 
     page.get_by_role("link", name="Account", exact=True).click()
     expect(page.get_by_role("heading", name="Signed-in devices")).to_be_visible()
-    shot(page, browser, context, "11-account")
+    shot(page, browser, context, "account")
     page.get_by_role("button", name="Log out").click()
     notice(page, "You are signed out")
-    expect(page.get_by_role("link", name="Log in")).to_be_visible()
+    page.get_by_role("link", name="Log in").click()
+    expect(page.get_by_role("heading", name="Log in")).to_be_visible()
+    shot(page, browser, context, "login")
     context.close()
     return held
 
@@ -232,7 +237,7 @@ def admin(browser, held):
     page.get_by_role("button", name="Log in").click()
     page.wait_for_url(re.compile(r".*/console.*"))
     expect(page.get_by_role("heading", name="Held by the fraud check")).to_be_visible()
-    shot(page, browser, context, "12-console")
+    shot(page, browser, context, "console")
 
     # Make SMS fail before the held order goes on: its SMS is retried,
     # then dead-lettered.
@@ -244,7 +249,7 @@ def admin(browser, held):
     row = page.locator("ul.held li").filter(has_text=held)
     row.get_by_role("button", name="Approve").click()
     notice(page, "approved")
-    shot(page, browser, context, "13-approved")
+    shot(page, browser, context, "approved")
 
     deadline = time.time() + 60
     while page.locator("#dlq ~ table tbody tr, section[aria-labelledby=dlq] table tbody tr").count() == 0:
@@ -255,7 +260,11 @@ def admin(browser, held):
         page.goto(BASE + "/console")
     letters = page.locator("section[aria-labelledby=dlq] table tbody tr")
     expect(letters.first).to_contain_text("sms")
-    shot(page, browser, context, "14-dlq")
+    shot(page, browser, context, "dlq")
+    letters.first.get_by_role("link").click()
+    expect(page.get_by_role("heading", name="Dead letter")).to_be_visible()
+    shot(page, browser, context, "dead-letter")
+    page.goto(BASE + "/console")
 
     sms = page.locator("form.provider").filter(has=page.locator("strong", has_text="sms"))
     sms.get_by_label("Failure rate (%)").fill("0")
@@ -265,7 +274,7 @@ def admin(browser, held):
     letters.first.get_by_role("button", name="Replay").click()
     notice(page, "back on its topic")
     expect(page.locator("section[aria-labelledby=dlq] table tbody tr")).to_have_count(before - 1)
-    shot(page, browser, context, "15-replayed")
+    shot(page, browser, context, "replayed")
     context.close()
 
 
