@@ -11,6 +11,10 @@
   var csrf = document.querySelector('meta[name="csrf-token"]').getAttribute("content");
   var source = null;
   var retry = 1000;
+  // Where to resume: the positions the page was drawn at, then the id of
+  // the last event received (the stream's Last-Event-ID, which a new
+  // EventSource cannot send as a header).
+  var resume = document.body.getAttribute("data-live-from") || "";
 
   function each(selector, update) {
     Array.prototype.forEach.call(document.querySelectorAll(selector), update);
@@ -24,6 +28,9 @@
     if (data.type === "order.status") {
       each('[data-live-order="' + data.order_id + '"]', function (el) { text(el, data.status); });
       each('[data-live-history="' + data.order_id + '"]', function (list) {
+        // A step the page was drawn with, sent again: shown once.
+        var last = list.lastElementChild;
+        if (last && last.firstChild && last.firstChild.textContent.trim() === data.status) { return; }
         var item = document.createElement("li");
         item.textContent = data.status;
         list.appendChild(item);
@@ -64,9 +71,11 @@
         if (!body) { return; }
         var url = "/api/v1/live?channels=" + encodeURIComponent(channels) +
           "&ticket=" + encodeURIComponent(body.ticket);
+        if (resume) { url += "&last_event_id=" + encodeURIComponent(resume); }
         source = new EventSource(url);
         source.addEventListener("open", function () { retry = 1000; });
         source.addEventListener("message", function (event) {
+          if (event.lastEventId) { resume = event.lastEventId; }
           var frame = JSON.parse(event.data);
           if (frame.data) { onMessage(frame.data); }
         });

@@ -227,11 +227,16 @@ pub async fn problem_fallback(request: Request, next: Next) -> Response {
     if status.as_u16() < 400 {
         return response;
     }
-    let is_problem = response
+    // A problem document already, or a page's own error page (the browser
+    // front answers people, in HTML).
+    let answered = response
         .headers()
         .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(PROBLEM_JSON.as_bytes()));
-    if is_problem {
+        .is_some_and(|v| {
+            v.as_bytes().starts_with(PROBLEM_JSON.as_bytes())
+                || v.as_bytes().starts_with(b"text/html")
+        });
+    if answered {
         return response;
     }
     let detail = match status {

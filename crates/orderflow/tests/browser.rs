@@ -123,7 +123,7 @@ async fn a_shopper_and_an_admin_go_through_the_shop_and_the_console() {
     journey.env("ORDERFLOW_CHROMIUM", &chromium);
     run(journey, "the browser journey", Duration::from_secs(300)).await;
     let shots = std::fs::read_dir(&out).unwrap().count();
-    assert!(shots >= 19, "{shots} screenshots in {}", out.display());
+    assert!(shots >= 22, "{shots} screenshots in {}", out.display());
     eprintln!("screenshots: {}", out.display());
     server.stop().await;
 }

@@ -77,6 +77,14 @@ pub struct LiveParams {
     /// send an `Authorization` header.
     #[param(pattern = r"^[A-Za-z0-9_-]{1,128}$")]
     pub ticket: Option<String>,
+    /// Where to resume, as the `Last-Event-ID` header says it
+    /// (`channel=position;…`), for a browser's first connection: an
+    /// `EventSource` cannot send the header, and a page knows the
+    /// positions it was drawn at. The header wins when both are sent.
+    #[param(
+        pattern = r"^((orders|notifications|product):[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}=[0-9]{1,18}|admin:(orders|health)=[0-9]{1,18})(;((orders|notifications|product):[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}=[0-9]{1,18}|admin:(orders|health)=[0-9]{1,18})){0,15}$"
+    )]
+    pub last_event_id: Option<String>,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -266,11 +274,12 @@ pub async fn follow(
             .into());
         }
     }
-    let resume = match headers.get("last-event-id") {
-        Some(value) => {
+    let resume = match (headers.get("last-event-id"), &params.last_event_id) {
+        (Some(value), _) => {
             parse_positions(value.to_str().unwrap_or_default()).map_err(CoreError::from)?
         }
-        None => BTreeMap::new(),
+        (None, Some(value)) => parse_positions(value).map_err(CoreError::from)?,
+        (None, None) => BTreeMap::new(),
     };
     let connection = state
         .live

@@ -12,7 +12,10 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Extension, Form, Router};
 use orderflow_core::CoreError;
+use orderflow_core::services::admin::Operations;
 use orderflow_core::services::auth::Principal;
+use orderflow_domain::money::Currency;
+use orderflow_domain::sales::Granularity;
 use serde::Deserialize;
 
 use super::session::{Visitor, check_csrf};
@@ -63,6 +66,7 @@ struct LetterRow {
 }
 
 struct SalesRow {
+    /// The day, or the product.
     day: String,
     orders: i64,
     revenue: String,
@@ -78,6 +82,8 @@ struct ConsolePage {
     held: Vec<HeldRow>,
     letters: Vec<LetterRow>,
     sales: Vec<SalesRow>,
+    /// The best sellers of the last days, by revenue.
+    top: Vec<SalesRow>,
     /// (name, latency in ms, failure rate in percent)
     providers: Vec<(&'static str, u128, f64)>,
 }
@@ -115,12 +121,13 @@ pub async fn overview(
         .daily_sales(14)
         .await
         .map_err(|e| fail(e.into()))?;
-    let busiest = days
-        .iter()
-        .map(|d| d.revenue_cents)
-        .max()
-        .unwrap_or(0)
-        .max(1);
+    let month =
+        Operations::sales_range(Granularity::Day, None, None, chrono::Utc::now()).map_err(fail)?;
+    let top = state
+        .operations
+        .top_products(month, Some(10))
+        .await
+        .map_err(fail)?;
     let mut chrome = Chrome::new(&visitor, "Console").notice(notice.done.as_deref());
     chrome.live = "admin:orders,admin:health".into();
     Ok(render(&ConsolePage {
@@ -163,21 +170,41 @@ pub async fn overview(
                     .collect()
             })
             .unwrap_or_default(),
-        sales: days
-            .iter()
-            .map(|day| SalesRow {
-                day: day.day.to_string(),
-                orders: day.orders,
-                revenue: format!(
-                    "{}.{:02} {}",
-                    day.revenue_cents / 100,
-                    day.revenue_cents % 100,
-                    day.currency
-                ),
-                width: day.revenue_cents * 100 / busiest,
-            })
-            .collect(),
+        sales: bars(days.iter().map(|day| {
+            (
+                day.day.to_string(),
+                day.orders,
+                day.revenue_cents,
+                day.currency.as_str(),
+            )
+        })),
+        top: bars(top.iter().map(|product| {
+            (
+                product.name.clone().unwrap_or_else(|| "(deleted)".into()),
+                product.orders,
+                product.revenue_cents,
+                product.currency.as_str(),
+            )
+        })),
     }))
+}
+
+/// Rows of a bar chart of revenue: `(label, orders, cents, currency)`, each
+/// bar as long as its share of the largest.
+fn bars<'a>(rows: impl Iterator<Item = (String, i64, i64, &'a str)>) -> Vec<SalesRow> {
+    let rows: Vec<_> = rows.collect();
+    let largest = rows.iter().map(|row| row.2).max().unwrap_or(0).max(1);
+    rows.into_iter()
+        .map(|(label, orders, cents, currency)| SalesRow {
+            day: label,
+            orders,
+            revenue: match Currency::parse(currency) {
+                Ok(currency) => money(cents, &currency),
+                Err(_) => format!("{cents} cents {currency}"),
+            },
+            width: cents.max(0) * 100 / largest,
+        })
+        .collect()
 }
 
 #[derive(Debug, Deserialize)]

@@ -188,6 +188,9 @@ pub struct Chrome {
     pub notice: Option<String>,
     /// The live channels this page follows (comma-separated), if any.
     pub live: String,
+    /// Where to resume them (`channel=position;…`, the stream's
+    /// `Last-Event-ID` format); a channel not named: from now.
+    pub live_from: String,
     pub assets: &'static Assets,
 }
 
@@ -201,6 +204,7 @@ impl Chrome {
             query: String::new(),
             notice: None,
             live: String::new(),
+            live_from: String::new(),
             assets: &ASSETS,
         }
     }
@@ -212,18 +216,62 @@ impl Chrome {
 
     /// Follows `channels`, plus the shopper's own order and notification
     /// channels when signed in.
-    /// Live channels need a signed-in visitor (a ticket is issued to a
-    /// session): a visitor without one gets none, and the page stays as
-    /// drawn.
-    pub fn live(mut self, visitor: &Visitor, channels: &[String]) -> Self {
-        if let Some(principal) = &visitor.principal {
-            let mut all: Vec<String> = channels.to_vec();
-            all.push(format!("orders:{}", principal.user_id));
-            all.push(format!("notifications:{}", principal.user_id));
-            self.live = all.join(",");
+    /// Follows `extra` channels at the positions given, plus the shopper's
+    /// own order and notification channels at `positions` (see
+    /// [`live_positions`]). Live channels need a signed-in visitor (a
+    /// ticket is issued to a session): a visitor without one gets none, and
+    /// the page stays as drawn.
+    pub fn live(
+        mut self,
+        visitor: &Visitor,
+        extra: &[(String, i64)],
+        positions: LivePositions,
+    ) -> Self {
+        if visitor.principal.is_some() {
+            let all: Vec<(String, Option<i64>)> = extra
+                .iter()
+                .map(|(channel, position)| (channel.clone(), Some(*position)))
+                .chain(positions.0)
+                .collect();
+            self.live = all
+                .iter()
+                .map(|(channel, _)| channel.as_str())
+                .collect::<Vec<_>>()
+                .join(",");
+            self.live_from = all
+                .iter()
+                .filter_map(|(channel, position)| Some(format!("{channel}={}", (*position)?)))
+                .collect::<Vec<_>>()
+                .join(";");
         }
         self
     }
+}
+
+/// Where the shopper's live channels stood when a page was drawn. Read
+/// before the page's data: a change that lands between the two is sent
+/// again by the stream (which resumes after these positions) rather than
+/// missed, and the page applies it a second time harmlessly.
+pub struct LivePositions(Vec<(String, Option<i64>)>);
+
+pub async fn live_positions(state: &AppState, visitor: &Visitor) -> LivePositions {
+    let Some(principal) = &visitor.principal else {
+        return LivePositions(Vec::new());
+    };
+    let user = principal.user_id;
+    let orders = state.store.last_order_change(Some(user)).await;
+    let notifications = state.store.last_notification(user).await;
+    for error in [&orders, &notifications]
+        .into_iter()
+        .filter_map(|r| r.as_ref().err())
+    {
+        // The page still works; that channel's stream starts from now.
+        tracing::warn!(%error, "a live position is unknown; the page follows it from now");
+    }
+    LivePositions(vec![
+        (format!("orders:{user}"), orders.ok()),
+        (format!("notifications:{user}"), notifications.ok()),
+    ])
 }
 
 /// The messages a redirect can ask a page to show (`?done=…`): fixed

@@ -23,7 +23,7 @@ use orderflow_domain::product::{
 use serde::Deserialize;
 
 use super::session::{CookieChanges, Visitor, check_csrf, signed_in, signed_out};
-use super::{Chrome, PageError, PageResult, money, render};
+use super::{Chrome, PageError, PageResult, live_positions, money, render};
 use crate::AppState;
 use crate::extract::ClientIp;
 
@@ -87,6 +87,7 @@ pub async fn home(
     Extension(visitor): Extension<Visitor>,
     Query(notice): Query<Notice>,
 ) -> PageResult {
+    let positions = live_positions(&state, &visitor).await;
     let fail = |e: CoreError| PageError::from_core(e, &visitor);
     let categories = state.catalog.categories().await.map_err(fail)?;
     let trending: Vec<Product> = state
@@ -113,7 +114,7 @@ pub async fn home(
     Ok(render(&HomePage {
         chrome: Chrome::new(&visitor, "Shop")
             .notice(notice.done.as_deref())
-            .live(&visitor, &[]),
+            .live(&visitor, &[], positions),
         categories,
         trending: cards(&trending),
         newest: cards(&newest.items),
@@ -192,6 +193,7 @@ async fn products_page(
     form: SearchForm,
     category: Option<String>,
 ) -> PageResult {
+    let positions = live_positions(&state, &visitor).await;
     let fail = |e: CoreError| PageError::from_core(e, &visitor);
     let category = category
         .or(form.category.clone())
@@ -233,7 +235,7 @@ async fn products_page(
         (None, false) => format!("Results for “{}”", query.trim()),
         (None, true) => "All products".to_owned(),
     };
-    let mut chrome = Chrome::new(&visitor, heading.clone()).live(&visitor, &[]);
+    let mut chrome = Chrome::new(&visitor, heading.clone()).live(&visitor, &[], positions);
     chrome.query = query.clone();
     let previous = (offset > 0).then(|| link(offset.saturating_sub(PAGE)));
     let next = page.next_offset.map(link);
@@ -268,6 +270,7 @@ pub async fn product(
     Path(id): Path<uuid::Uuid>,
     Query(notice): Query<Notice>,
 ) -> PageResult {
+    let positions = live_positions(&state, &visitor).await;
     let fail = |e: CoreError| PageError::from_core(e, &visitor);
     let product = state
         .catalog
@@ -298,7 +301,11 @@ pub async fn product(
     Ok(render(&ProductPage {
         chrome: Chrome::new(&visitor, product.name.clone())
             .notice(notice.done.as_deref())
-            .live(&visitor, &[format!("product:{id}")]),
+            .live(
+                &visitor,
+                &[(format!("product:{id}"), product.version)],
+                positions,
+            ),
         product: ProductCard::from(&product),
         in_cart,
     }))
@@ -376,6 +383,7 @@ pub async fn cart(
     Query(notice): Query<Notice>,
 ) -> PageResult {
     let principal = signed_in_as(&visitor, "/cart")?;
+    let positions = live_positions(&state, &visitor).await;
     let fail = |e: CoreError| PageError::from_core(e, &visitor);
     let contents = state.carts.get(principal.user_id).await.map_err(fail)?;
     let rows = contents
@@ -392,7 +400,7 @@ pub async fn cart(
     Ok(render(&CartPage {
         chrome: Chrome::new(&visitor, "Your cart")
             .notice(notice.done.as_deref())
-            .live(&visitor, &[]),
+            .live(&visitor, &[], positions),
         rows,
         unavailable: contents.unavailable.len(),
         total: contents.total.map(|t| t.to_string()),
@@ -493,6 +501,7 @@ pub async fn orders(
     Query(notice): Query<Notice>,
 ) -> PageResult {
     let principal = signed_in_as(&visitor, "/orders")?;
+    let positions = live_positions(&state, &visitor).await;
     let fail = |e: CoreError| PageError::from_core(e, &visitor);
     let orders = state
         .orders
@@ -502,7 +511,7 @@ pub async fn orders(
     Ok(render(&OrdersPage {
         chrome: Chrome::new(&visitor, "Your orders")
             .notice(notice.done.as_deref())
-            .live(&visitor, &[]),
+            .live(&visitor, &[], positions),
         orders: orders.iter().map(OrderRow::from).collect(),
     }))
 }
@@ -522,6 +531,7 @@ pub async fn order(
     Query(notice): Query<Notice>,
 ) -> PageResult {
     let principal = signed_in_as(&visitor, &format!("/orders/{id}"))?;
+    let positions = live_positions(&state, &visitor).await;
     let fail = |e: CoreError| PageError::from_core(e, &visitor);
     let (order, history) = state
         .orders
@@ -531,7 +541,7 @@ pub async fn order(
     Ok(render(&OrderPage {
         chrome: Chrome::new(&visitor, "Your order")
             .notice(notice.done.as_deref())
-            .live(&visitor, &[]),
+            .live(&visitor, &[], positions),
         order: OrderRow::from(&order),
         history: history
             .iter()
@@ -585,6 +595,7 @@ pub async fn notifications(
     Extension(visitor): Extension<Visitor>,
 ) -> PageResult {
     let principal = signed_in_as(&visitor, "/notifications")?;
+    let positions = live_positions(&state, &visitor).await;
     let fail = |e: CoreError| PageError::from_core(e, &visitor);
     let list = state
         .queries
@@ -592,7 +603,7 @@ pub async fn notifications(
         .await
         .map_err(fail)?;
     Ok(render(&NotificationsPage {
-        chrome: Chrome::new(&visitor, "Notifications").live(&visitor, &[]),
+        chrome: Chrome::new(&visitor, "Notifications").live(&visitor, &[], positions),
         notifications: list
             .iter()
             .map(|n| {
@@ -630,6 +641,7 @@ pub async fn account(
     Query(notice): Query<Notice>,
 ) -> PageResult {
     let principal = signed_in_as(&visitor, "/account")?;
+    let positions = live_positions(&state, &visitor).await;
     let fail = |e: CoreError| PageError::from_core(e, &visitor);
     let standing = state
         .queries
@@ -641,7 +653,7 @@ pub async fn account(
     Ok(render(&AccountPage {
         chrome: Chrome::new(&visitor, "Your account")
             .notice(notice.done.as_deref())
-            .live(&visitor, &[]),
+            .live(&visitor, &[], positions),
         points: standing.points,
         rank: standing.rank,
         leaders: leaders

@@ -164,6 +164,67 @@ async fn a_client_that_reconnects_with_its_last_id_gets_exactly_what_it_missed()
     );
 }
 
+/// A page knows where its channels stood when it was drawn, and an
+/// `EventSource` cannot send `Last-Event-ID`: the same positions in the
+/// query resume the same way.
+#[tokio::test]
+async fn a_page_resumes_from_the_positions_it_was_drawn_at() {
+    let app = spawn_app().await;
+    let product = app.create_product("LIVE-Q", 900, 5).await;
+    let shopper = app.shopper("Drawn").await;
+    let channel = format!("orders:{}", shopper.id);
+    let order = app.order_one(&shopper, product.id, 1).await;
+    let drawn_at = app
+        .app
+        .store
+        .last_order_change(Some(shopper.id))
+        .await
+        .unwrap();
+    // The order goes on before the page's stream is open.
+    app.drain().await;
+    assert_eq!(
+        app.order(&shopper.token, order.id).await.status,
+        "confirmed"
+    );
+    let response = app
+        .http
+        .get(app.url("/api/v1/live"))
+        .query(&[
+            ("channels", channel.as_str()),
+            ("last_event_id", &format!("{channel}={drawn_at}")),
+        ])
+        .bearer_auth(&shopper.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut events = response.bytes_stream().eventsource().boxed();
+    let subscribed = data(&next(&mut events).await);
+    assert_eq!(subscribed["recovered"], true, "{subscribed}");
+    let mut missed = Vec::new();
+    for _ in 0..3 {
+        missed.push(
+            data(&next(&mut events).await)["data"]["status"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    assert_eq!(missed, ["reserved", "paid", "confirmed"]);
+    let bad = app
+        .http
+        .get(app.url("/api/v1/live"))
+        .query(&[
+            ("channels", channel.as_str()),
+            ("last_event_id", "nonsense"),
+        ])
+        .bearer_auth(&shopper.token)
+        .send()
+        .await
+        .unwrap();
+    assert_problem(bad, 422, "validation").await;
+}
+
 #[tokio::test]
 async fn only_your_own_channels_and_only_channels() {
     let app = spawn_app().await;

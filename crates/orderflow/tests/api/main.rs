@@ -19,3 +19,4 @@ mod orders;
 mod rebuild;
 mod retention;
 mod security;
+mod web;

@@ -278,6 +278,22 @@ def admin(browser, held):
     context.close()
 
 
+def phone(browser):
+    """The pages fit a phone: nothing wider than its screen."""
+    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)
+    page = context.new_page()
+    watch(page, "phone")
+    for path, name in [("/", "phone-home"), ("/search?q=tea", "phone-search")]:
+        page.goto(BASE + path)
+        wide = page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")
+        if wide > 0:
+            fail(f"{path} is {wide}px wider than a 390px phone screen")
+        shot(page, browser, context, name)
+    page.locator(".card a").first.click()
+    shot(page, browser, context, "phone-product")
+    context.close()
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     with sync_playwright() as playwright:
@@ -285,6 +301,7 @@ def main():
         try:
             held = shopper(browser)
             admin(browser, held)
+            phone(browser)
         except Exception as error:  # noqa: BLE001 - reported, then the run fails
             fail(f"the journey broke: {type(error).__name__}: {error}")
         finally:
