@@ -288,11 +288,7 @@ pub async fn image(
     Path(id): Path<uuid::Uuid>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let product = state
-        .catalog
-        .product(id)
-        .await?
-        .ok_or(CoreError::NotFound("product"))?;
+    let product = find_product(&state, id).await?;
     let picture = ProductPicture::of(&product)
         .render()
         .map_err(|e| CoreError::Internal(e.to_string()))?;
@@ -395,20 +391,7 @@ pub async fn get_one(
     client: Option<Extension<ClientIp>>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let product = state
-        .catalog
-        .product(id)
-        .await?
-        .ok_or(CoreError::NotFound("product"))?;
-    // Counted in memory, flushed in batches (write-behind); the reader is
-    // their address and browser, for the unique viewers of the day.
-    let address = client.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.0);
-    let user_agent = headers
-        .get(header::USER_AGENT)
-        .map_or(&b""[..], HeaderValue::as_bytes);
-    state
-        .catalog
-        .record_view(product.id, ViewerKey::of(address, user_agent));
+    let product = read_product(&state, id, client.map(|c| c.0), &headers).await?;
     let view = ProductView::from(product);
     let body = serde_json::to_vec(&view).map_err(|e| CoreError::Internal(e.to_string()))?;
     let etag = format!("\"{}\"", &hex::encode(Sha256::digest(&body))[..32]);
@@ -420,6 +403,36 @@ pub async fn get_one(
         body,
         "public, max-age=5, must-revalidate",
     ))
+}
+
+/// A product, or "not found".
+async fn find_product(state: &AppState, id: uuid::Uuid) -> Result<Product, CoreError> {
+    state
+        .catalog
+        .product(id)
+        .await?
+        .ok_or(CoreError::NotFound("product"))
+}
+
+/// A product as a reader reads it (`GET /products/{id}`, a product page):
+/// the product, and a view counted in memory, flushed in batches
+/// (write-behind); the reader is their address and browser, for the unique
+/// viewers of the day.
+pub(crate) async fn read_product(
+    state: &AppState,
+    id: uuid::Uuid,
+    client: Option<ClientIp>,
+    headers: &HeaderMap,
+) -> Result<Product, CoreError> {
+    let product = find_product(state, id).await?;
+    let address = client.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0);
+    let user_agent = headers
+        .get(header::USER_AGENT)
+        .map_or(&b""[..], HeaderValue::as_bytes);
+    state
+        .catalog
+        .record_view(product.id, ViewerKey::of(address, user_agent));
+    Ok(product)
 }
 
 /// A conditional GET's answer: 304 when `If-None-Match` names `etag` (or

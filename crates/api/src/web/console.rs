@@ -12,6 +12,7 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Extension, Form, Router};
 use orderflow_core::CoreError;
+use orderflow_core::ports::store::DeadLetter;
 use orderflow_core::services::admin::Operations;
 use orderflow_core::services::auth::Principal;
 use orderflow_domain::money::Currency;
@@ -43,6 +44,14 @@ fn admin(visitor: &Visitor, next: &str) -> Result<Principal, PageError> {
     Ok(principal)
 }
 
+/// The admin principal of a form that changes state, once its CSRF token
+/// checks out.
+fn admin_form(visitor: &Visitor, csrf: &str, next: &str) -> Result<Principal, PageError> {
+    let principal = admin(visitor, next)?;
+    check_csrf(visitor, Some(csrf)).map_err(|e| PageError::from_core(e, visitor))?;
+    Ok(principal)
+}
+
 struct GroupRow {
     group: String,
     lag: i64,
@@ -63,6 +72,20 @@ struct LetterRow {
     attempts: u32,
     failed: String,
     replayed: bool,
+}
+
+impl From<&DeadLetter> for LetterRow {
+    fn from(letter: &DeadLetter) -> Self {
+        Self {
+            id: letter.id.to_string(),
+            group: letter.group.clone(),
+            event_type: letter.event.data.type_name().to_owned(),
+            error: letter.error.clone(),
+            attempts: letter.attempts,
+            failed: letter.failed_at.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+            replayed: letter.replayed_at.is_some(),
+        }
+    }
 }
 
 struct SalesRow {
@@ -141,18 +164,7 @@ pub async fn overview(
                 total: money(order.total_cents, &order.currency),
             })
             .collect(),
-        letters: letters
-            .iter()
-            .map(|letter| LetterRow {
-                id: letter.id.to_string(),
-                group: letter.group.clone(),
-                event_type: letter.event.data.type_name().to_owned(),
-                error: letter.error.clone(),
-                attempts: letter.attempts,
-                failed: letter.failed_at.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
-                replayed: letter.replayed_at.is_some(),
-            })
-            .collect(),
+        letters: letters.iter().map(LetterRow::from).collect(),
         providers: state
             .provider_controls
             .as_ref()
@@ -219,9 +231,8 @@ pub async fn review(
     Path((id, verdict)): Path<(uuid::Uuid, String)>,
     Form(form): Form<CsrfForm>,
 ) -> PageResult {
-    let principal = admin(&visitor, "/console")?;
+    let principal = admin_form(&visitor, &form.csrf, "/console")?;
     let fail = |e: CoreError| PageError::from_core(e, &visitor);
-    check_csrf(&visitor, Some(&form.csrf)).map_err(fail)?;
     let approve = match verdict.as_str() {
         "approve" => true,
         "reject" => false,
@@ -266,15 +277,7 @@ pub async fn dead_letter(
         partition: letter.partition,
         offset: letter.offset,
         event: serde_json::to_string_pretty(&letter.event.to_json()).unwrap_or_default(),
-        letter: LetterRow {
-            id: letter.id.to_string(),
-            group: letter.group.clone(),
-            event_type: letter.event.data.type_name().to_owned(),
-            error: letter.error.clone(),
-            attempts: letter.attempts,
-            failed: letter.failed_at.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
-            replayed: letter.replayed_at.is_some(),
-        },
+        letter: LetterRow::from(&letter),
     }))
 }
 
@@ -284,9 +287,8 @@ pub async fn replay(
     Path(id): Path<uuid::Uuid>,
     Form(form): Form<CsrfForm>,
 ) -> PageResult {
-    admin(&visitor, "/console")?;
+    admin_form(&visitor, &form.csrf, "/console")?;
     let fail = |e: CoreError| PageError::from_core(e, &visitor);
-    check_csrf(&visitor, Some(&form.csrf)).map_err(fail)?;
     state.operations.replay(id).await.map_err(fail)?;
     Ok(redirect("/console?done=replayed#dlq"))
 }
@@ -305,9 +307,8 @@ pub async fn set_provider(
     Path(name): Path<String>,
     Form(form): Form<ProviderForm>,
 ) -> PageResult {
-    admin(&visitor, "/console")?;
+    admin_form(&visitor, &form.csrf, "/console")?;
     let fail = |e: CoreError| PageError::from_core(e, &visitor);
-    check_csrf(&visitor, Some(&form.csrf)).map_err(fail)?;
     let latency = std::time::Duration::from_millis(form.latency_ms.min(60_000));
     let rate = (form.failure_percent / 100.0).clamp(0.0, 1.0);
     let changed = state

@@ -6,16 +6,13 @@
 //! fixed `?done=` notice; a signed-out visitor who needs an account is sent
 //! to the log-in page and back.
 
-use std::net::{IpAddr, Ipv4Addr};
-
 use askama::Template;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Json, Redirect, Response};
 use axum::{Extension, Form};
 use orderflow_core::CoreError;
 use orderflow_core::services::auth::Principal;
-use orderflow_core::services::catalog::ViewerKey;
 use orderflow_domain::order::{Order, OrderStatus};
 use orderflow_domain::product::{
     MAX_SEARCH_OFFSET, Product, ProductSearch, ProductSort, search_words,
@@ -60,6 +57,26 @@ fn signed_in_as(visitor: &Visitor, next: &str) -> Result<Principal, PageError> {
     visitor.principal.clone().ok_or_else(|| PageError::SignIn {
         next: next.to_owned(),
     })
+}
+
+/// What a signed-in page starts with: the principal (or the way to the
+/// log-in page and back), and where its live channels stand, read before
+/// the page's data.
+async fn signed_in_page(
+    state: &AppState,
+    visitor: &Visitor,
+    next: &str,
+) -> Result<(Principal, super::LivePositions), PageError> {
+    let principal = signed_in_as(visitor, next)?;
+    Ok((principal, live_positions(state, visitor).await))
+}
+
+/// The signed-in principal of a form that changes state, once its CSRF
+/// token checks out.
+fn signed_in_form(visitor: &Visitor, csrf: &str, next: &str) -> Result<Principal, PageError> {
+    let principal = signed_in_as(visitor, next)?;
+    check_csrf(visitor, Some(csrf)).map_err(|e| PageError::from_core(e, visitor))?;
+    Ok(principal)
 }
 
 /// A redirect to `to` after a form, showing the `done` notice there.
@@ -272,20 +289,9 @@ pub async fn product(
 ) -> PageResult {
     let positions = live_positions(&state, &visitor).await;
     let fail = |e: CoreError| PageError::from_core(e, &visitor);
-    let product = state
-        .catalog
-        .product(id)
+    let product = crate::routes::products::read_product(&state, id, client.map(|c| c.0), &headers)
         .await
-        .map_err(fail)?
-        .ok_or_else(|| fail(CoreError::NotFound("product")))?;
-    // A page view is a product read, counted like the API's.
-    let address = client.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.0);
-    let user_agent = headers
-        .get(header::USER_AGENT)
-        .map_or(&b""[..], HeaderValue::as_bytes);
-    state
-        .catalog
-        .record_view(product.id, ViewerKey::of(address, user_agent));
+        .map_err(fail)?;
     let in_cart = match &visitor.principal {
         Some(principal) => state
             .carts
@@ -323,9 +329,12 @@ pub async fn add_to_cart(
     Extension(visitor): Extension<Visitor>,
     Form(form): Form<CartForm>,
 ) -> PageResult {
-    let principal = signed_in_as(&visitor, &format!("/products/{}", form.product_id))?;
+    let principal = signed_in_form(
+        &visitor,
+        &form.csrf,
+        &format!("/products/{}", form.product_id),
+    )?;
     let fail = |e: CoreError| PageError::from_core(e, &visitor);
-    check_csrf(&visitor, Some(&form.csrf)).map_err(fail)?;
     let cart = state.carts.get(principal.user_id).await.map_err(fail)?;
     let held = cart
         .items
@@ -345,9 +354,8 @@ pub async fn update_cart(
     Extension(visitor): Extension<Visitor>,
     Form(form): Form<CartForm>,
 ) -> PageResult {
-    let principal = signed_in_as(&visitor, "/cart")?;
+    let principal = signed_in_form(&visitor, &form.csrf, "/cart")?;
     let fail = |e: CoreError| PageError::from_core(e, &visitor);
-    check_csrf(&visitor, Some(&form.csrf)).map_err(fail)?;
     state
         .carts
         .set(principal.user_id, form.product_id, form.quantity)
@@ -382,8 +390,7 @@ pub async fn cart(
     Extension(visitor): Extension<Visitor>,
     Query(notice): Query<Notice>,
 ) -> PageResult {
-    let principal = signed_in_as(&visitor, "/cart")?;
-    let positions = live_positions(&state, &visitor).await;
+    let (principal, positions) = signed_in_page(&state, &visitor, "/cart").await?;
     let fail = |e: CoreError| PageError::from_core(e, &visitor);
     let contents = state.carts.get(principal.user_id).await.map_err(fail)?;
     let rows = contents
@@ -420,9 +427,8 @@ pub async fn checkout(
     headers: HeaderMap,
     Form(form): Form<CheckoutForm>,
 ) -> PageResult {
-    let principal = signed_in_as(&visitor, "/cart")?;
+    let principal = signed_in_form(&visitor, &form.csrf, "/cart")?;
     let fail = |e: CoreError| PageError::from_core(e, &visitor);
-    check_csrf(&visitor, Some(&form.csrf)).map_err(fail)?;
     let key = Some(form.token).filter(|t| !t.is_empty());
     let answer = state
         .carts
@@ -500,8 +506,7 @@ pub async fn orders(
     Extension(visitor): Extension<Visitor>,
     Query(notice): Query<Notice>,
 ) -> PageResult {
-    let principal = signed_in_as(&visitor, "/orders")?;
-    let positions = live_positions(&state, &visitor).await;
+    let (principal, positions) = signed_in_page(&state, &visitor, "/orders").await?;
     let fail = |e: CoreError| PageError::from_core(e, &visitor);
     let orders = state
         .orders
@@ -530,8 +535,7 @@ pub async fn order(
     Path(id): Path<uuid::Uuid>,
     Query(notice): Query<Notice>,
 ) -> PageResult {
-    let principal = signed_in_as(&visitor, &format!("/orders/{id}"))?;
-    let positions = live_positions(&state, &visitor).await;
+    let (principal, positions) = signed_in_page(&state, &visitor, &format!("/orders/{id}")).await?;
     let fail = |e: CoreError| PageError::from_core(e, &visitor);
     let (order, history) = state
         .orders
@@ -567,9 +571,8 @@ pub async fn cancel_order(
     Path(id): Path<uuid::Uuid>,
     Form(form): Form<CsrfForm>,
 ) -> PageResult {
-    let principal = signed_in_as(&visitor, &format!("/orders/{id}"))?;
+    let principal = signed_in_form(&visitor, &form.csrf, &format!("/orders/{id}"))?;
     let fail = |e: CoreError| PageError::from_core(e, &visitor);
-    check_csrf(&visitor, Some(&form.csrf)).map_err(fail)?;
     state
         .orders
         .cancel(
@@ -594,8 +597,7 @@ pub async fn notifications(
     State(state): State<AppState>,
     Extension(visitor): Extension<Visitor>,
 ) -> PageResult {
-    let principal = signed_in_as(&visitor, "/notifications")?;
-    let positions = live_positions(&state, &visitor).await;
+    let (principal, positions) = signed_in_page(&state, &visitor, "/notifications").await?;
     let fail = |e: CoreError| PageError::from_core(e, &visitor);
     let list = state
         .queries
@@ -640,8 +642,7 @@ pub async fn account(
     Extension(visitor): Extension<Visitor>,
     Query(notice): Query<Notice>,
 ) -> PageResult {
-    let principal = signed_in_as(&visitor, "/account")?;
-    let positions = live_positions(&state, &visitor).await;
+    let (principal, positions) = signed_in_page(&state, &visitor, "/account").await?;
     let fail = |e: CoreError| PageError::from_core(e, &visitor);
     let standing = state
         .queries
@@ -678,9 +679,8 @@ pub async fn end_session(
     Path(id): Path<uuid::Uuid>,
     Form(form): Form<CsrfForm>,
 ) -> PageResult {
-    let principal = signed_in_as(&visitor, "/account")?;
+    let principal = signed_in_form(&visitor, &form.csrf, "/account")?;
     let fail = |e: CoreError| PageError::from_core(e, &visitor);
-    check_csrf(&visitor, Some(&form.csrf)).map_err(fail)?;
     state
         .auth
         .revoke_session(&principal, id)
@@ -865,15 +865,7 @@ pub async fn logout(
     Extension(visitor): Extension<Visitor>,
     Form(form): Form<CsrfForm>,
 ) -> PageResult {
-    check_csrf(&visitor, Some(&form.csrf)).map_err(|e| PageError::from_core(e, &visitor))?;
-    if let Some(principal) = &visitor.principal {
-        state
-            .auth
-            .logout(principal)
-            .await
-            .map_err(|e| PageError::from_core(e, &visitor))?;
-    }
-    Ok(signed_out_response(&visitor, "/?done=signed-out"))
+    sign_out(state, visitor, form, false).await
 }
 
 pub async fn logout_all(
@@ -881,13 +873,26 @@ pub async fn logout_all(
     Extension(visitor): Extension<Visitor>,
     Form(form): Form<CsrfForm>,
 ) -> PageResult {
-    check_csrf(&visitor, Some(&form.csrf)).map_err(|e| PageError::from_core(e, &visitor))?;
+    sign_out(state, visitor, form, true).await
+}
+
+/// The API's logout of this device, or of every device, and the cookies
+/// cleared.
+async fn sign_out(
+    state: AppState,
+    visitor: Visitor,
+    form: CsrfForm,
+    everywhere: bool,
+) -> PageResult {
+    let fail = |e: CoreError| PageError::from_core(e, &visitor);
+    check_csrf(&visitor, Some(&form.csrf)).map_err(fail)?;
     if let Some(principal) = &visitor.principal {
-        state
-            .auth
-            .logout_all(principal)
-            .await
-            .map_err(|e| PageError::from_core(e, &visitor))?;
+        if everywhere {
+            state.auth.logout_all(principal).await.map(drop)
+        } else {
+            state.auth.logout(principal).await
+        }
+        .map_err(fail)?;
     }
     Ok(signed_out_response(&visitor, "/?done=signed-out"))
 }

@@ -8,25 +8,6 @@ use reqwest::StatusCode;
 
 use crate::helpers::{TestApp, assert_problem, spawn_app};
 
-/// `channel:kind` of the shopper's notifications about one order, sorted.
-async fn notified(app: &TestApp, token: &str, order_id: uuid::Uuid) -> Vec<String> {
-    let mut kinds: Vec<String> = app
-        .notifications(token)
-        .await
-        .iter()
-        .filter(|n| n["order_id"] == order_id.to_string())
-        .map(|n| {
-            format!(
-                "{}:{}",
-                n["channel"].as_str().unwrap(),
-                n["kind"].as_str().unwrap()
-            )
-        })
-        .collect();
-    kinds.sort();
-    kinds
-}
-
 async fn cancelled(app: &TestApp, token: &str, order_id: uuid::Uuid) -> serde_json::Value {
     let response = app.cancel_order(token, order_id).await;
     assert_eq!(response.status(), StatusCode::OK);
@@ -66,7 +47,7 @@ async fn an_order_cancelled_before_its_reservation_takes_no_stock_and_charges_no
         "nothing charged"
     );
     assert_eq!(
-        notified(&app, &shopper.token, order.id).await,
+        app.notified(&shopper.token, order.id).await,
         CANCELLED_EVERYWHERE
     );
 
@@ -130,7 +111,7 @@ async fn a_confirmed_order_cancelled_is_refunded_and_its_points_taken_back() {
         })
         .collect();
     expected.sort();
-    assert_eq!(notified(&app, &shopper.token, order.id).await, expected);
+    assert_eq!(app.notified(&shopper.token, order.id).await, expected);
     assert_problem(
         app.cancel_order(&shopper.token, order.id).await,
         409,
@@ -168,7 +149,7 @@ async fn a_charge_that_lands_after_the_cancellation_is_refunded() {
     );
     assert_eq!(app.points(&shopper.token).await["points"], 0);
     assert_eq!(
-        notified(&app, &shopper.token, order.id).await,
+        app.notified(&shopper.token, order.id).await,
         CANCELLED_EVERYWHERE
     );
 }

@@ -44,22 +44,6 @@ async fn alerts(app: &TestApp) -> Vec<EventData> {
     }
 }
 
-fn kinds_of(notifications: &[serde_json::Value], order_id: uuid::Uuid) -> Vec<String> {
-    let mut kinds: Vec<String> = notifications
-        .iter()
-        .filter(|n| n["order_id"] == order_id.to_string())
-        .map(|n| {
-            format!(
-                "{}:{}",
-                n["channel"].as_str().unwrap(),
-                n["kind"].as_str().unwrap()
-            )
-        })
-        .collect();
-    kinds.sort();
-    kinds
-}
-
 #[tokio::test]
 async fn the_sixth_order_in_five_minutes_is_held_until_an_admin_approves_it() {
     let app = spawn_app().await;
@@ -90,7 +74,7 @@ async fn the_sixth_order_in_five_minutes_is_held_until_an_admin_approves_it() {
         "nothing taken for the held order"
     );
     assert_eq!(
-        kinds_of(&app.notifications(&shopper.token).await, sixth),
+        app.notified(&shopper.token, sixth).await,
         ["email:order_held", "push:order_held", "sms:order_held"]
     );
     let alerts = alerts(&app).await;
@@ -196,7 +180,7 @@ async fn a_held_order_that_is_rejected_takes_nothing_and_its_shopper_is_told() {
     );
     assert_eq!(app.stock(ring.id).await, 5, "no stock taken");
     assert_eq!(
-        kinds_of(&app.notifications(&shopper.token).await, order.id),
+        app.notified(&shopper.token, order.id).await,
         [
             "email:order_held",
             "email:order_rejected",

@@ -386,6 +386,25 @@ impl TestApp {
             .clone()
     }
 
+    /// `channel:kind` of the shopper's notifications about one order, sorted.
+    pub async fn notified(&self, token: &str, order_id: uuid::Uuid) -> Vec<String> {
+        let mut kinds: Vec<String> = self
+            .notifications(token)
+            .await
+            .iter()
+            .filter(|n| n["order_id"] == order_id.to_string())
+            .map(|n| {
+                format!(
+                    "{}:{}",
+                    n["channel"].as_str().unwrap(),
+                    n["kind"].as_str().unwrap()
+                )
+            })
+            .collect();
+        kinds.sort();
+        kinds
+    }
+
     pub async fn points(&self, token: &str) -> Value {
         self.get_json(token, "/api/v1/me/points").await
     }
