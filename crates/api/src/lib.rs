@@ -16,11 +16,15 @@
 //!   compact `ORDERFLOW_RATE_LIMITS` spec.
 //! - [`hostile`]: limits on hostile input that the body-size limit does not
 //!   cover: JSON nesting depth and string length.
-//! - [`routes`]: one module per resource: auth (incl. logout-all), products,
-//!   orders, me (notifications, points, sessions per device), leaderboard,
-//!   live (the live channels over Server-Sent Events and WebSocket, and
-//!   their tickets),
-//!   admin, health.
+//! - [`routes`]: one module per resource: auth (incl. logout-all), products
+//!   (search, categories, pictures), orders (incl. cancel), cart (and its
+//!   checkout), me (notifications, points, sessions per device),
+//!   leaderboard, live (the live channels over Server-Sent Events and
+//!   WebSocket, and their tickets), admin, health.
+//! - [`web`]: the browser front: the storefront at `/` and the operator
+//!   console at `/console`, rendered on the server from the same use cases,
+//!   with cookie sessions, CSRF tokens and embedded assets. Its errors are
+//!   HTML pages, not problem documents: they answer people.
 //! - [`schema`]: request schemas built from the domain's rules (the values
 //!   the validation runs) and the decoding those schemas imply.
 //! - [`asyncapi`]: the AsyncAPI 3 document of the event log (`/asyncapi.json`),
