@@ -1,7 +1,8 @@
 // Live updates for the pages: one Server-Sent Events stream of the API
 // (GET /api/v1/live) with the channels the page names in <body data-live>,
 // authenticated by a single-use ticket from POST /live-ticket (the cookie
-// session; the page's CSRF token in a header). Everything it changes is
+// session; the page's CSRF token in a header), or as a guest, who follows
+// a product's public channel without one. Everything it changes is
 // already on the page as the server drew it: without this script the pages
 // still work, they just do not move by themselves.
 (function () {
@@ -15,6 +16,7 @@
   // the last event received (the stream's Last-Event-ID, which a new
   // EventSource cannot send as a header).
   var resume = document.body.getAttribute("data-live-from") || "";
+  var guest = document.body.getAttribute("data-live-guest") === "true";
 
   function each(selector, update) {
     Array.prototype.forEach.call(document.querySelectorAll(selector), update);
@@ -56,21 +58,34 @@
         each('[data-live-group-lag="' + group + '"]', function (el) { text(el, groups[group]); });
       });
       each("[data-live-lag]", function (el) { text(el, lag); });
+      var partitions = data.partition_lag || {};
+      Object.keys(partitions).forEach(function (group) {
+        Object.keys(partitions[group]).forEach(function (partition) {
+          each('[data-live-partition-lag="' + group + " " + partition + '"]', function (el) {
+            text(el, partitions[group][partition]);
+          });
+        });
+      });
       each("[data-live-dead]", function (el) { text(el, data.dead_letters); });
     }
   }
 
-  function connect() {
-    fetch("/live-ticket", { method: "POST", headers: { "X-CSRF-Token": csrf }, credentials: "same-origin" })
+  function ticket() {
+    if (guest) { return Promise.resolve({ ticket: null }); }
+    return fetch("/live-ticket", { method: "POST", headers: { "X-CSRF-Token": csrf }, credentials: "same-origin" })
       .then(function (response) {
         if (response.status === 401) { return null; }
         if (!response.ok) { throw new Error("ticket " + response.status); }
         return response.json();
-      })
+      });
+  }
+
+  function connect() {
+    ticket()
       .then(function (body) {
         if (!body) { return; }
-        var url = "/api/v1/live?channels=" + encodeURIComponent(channels) +
-          "&ticket=" + encodeURIComponent(body.ticket);
+        var url = "/api/v1/live?channels=" + encodeURIComponent(channels);
+        if (body.ticket) { url += "&ticket=" + encodeURIComponent(body.ticket); }
         if (resume) { url += "&last_event_id=" + encodeURIComponent(resume); }
         source = new EventSource(url);
         source.addEventListener("open", function () { retry = 1000; });

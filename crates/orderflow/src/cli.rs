@@ -267,7 +267,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Prune => {
             let report = app.prune().await?;
             println!(
-                "pruned {} events, {} processed marks, {} idempotency keys, {} sent outbox rows, {} replayed dead letters, {} minute windows, {} fraud orders, {} unique-viewer rows, {} visitor-id salts",
+                "pruned {} events, {} processed marks, {} idempotency keys, {} sent outbox rows, {} replayed dead letters, {} minute windows, {} fraud orders, {} unique-viewer rows, {} visitor-id salts, {} carts",
                 report.events,
                 report.processed_marks,
                 report.idempotency_keys,
@@ -276,7 +276,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 report.minute_windows,
                 report.fraud_orders,
                 report.product_viewers,
-                report.viewer_salts
+                report.viewer_salts,
+                report.carts
             );
         }
         Command::Bench(_) => unreachable!("handled before the app is built"),

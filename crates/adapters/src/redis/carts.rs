@@ -1,6 +1,7 @@
 //! [`Carts`] on Redis: one hash per shopper, `cart:{user}`, with a field per
 //! line (`p:{product}` = `{quantity}:{added, unix µs}`) and the cart's
-//! `token`; the key lives [`CART_TTL`] after its last use (a read counts).
+//! `token`; the key lives [`CART_LIFETIME`] after its last use (a read
+//! counts).
 //! An empty cart is no key at all.
 //!
 //! Every operation is one Lua script: the change, the new token and the
@@ -11,18 +12,13 @@
 //! when the watched key changes, where a script checks the token and
 //! deletes in one step that nothing can come between.
 
-use std::time::Duration;
-
 use async_trait::async_trait;
-use orderflow_core::ports::carts::{CartError, CartResult, Carts};
+use orderflow_core::ports::carts::{CART_LIFETIME, CartError, CartResult, Carts};
 use orderflow_domain::cart::{Cart, CartLine, new_token};
 use orderflow_domain::{ProductId, UserId};
 use redis::RedisError;
 
 use super::connection::RedisConnection;
-
-/// How long a cart is kept after its last use.
-pub const CART_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// The cart's new token, its renewed life, and the cart as it is now (none
 /// at all when no line is left). Appended to the scripts that change lines:
@@ -112,7 +108,7 @@ impl RedisCarts {
 }
 
 fn ttl_ms() -> u64 {
-    CART_TTL.as_millis() as u64
+    CART_LIFETIME.as_millis() as u64
 }
 
 fn field(product: ProductId) -> String {

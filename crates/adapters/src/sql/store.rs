@@ -1525,6 +1525,32 @@ impl<E: Engine> Store for SqlStore<E> {
                      (SELECT day FROM viewer_salts WHERE day < $1 LIMIT $2)",
                 (before.date_naive(), limit),
             ),
+            // The lines of the carts the second statement deletes (the same
+            // ones: the same rows, in the same order, in one background
+            // write), then the carts.
+            // Counted in carts, not lines.
+            Prunable::Carts => {
+                let mut w = self.engine.begin_write(WritePriority::Background).await?;
+                w.exec(stmt(
+                    "prune_cart_lines",
+                    "DELETE FROM cart_lines WHERE user_id IN
+                         (SELECT user_id FROM carts WHERE updated_at < $1
+                          ORDER BY user_id LIMIT $2)",
+                    (before, limit),
+                ))
+                .await?;
+                let carts = w
+                    .exec(stmt(
+                        "prune_carts",
+                        "DELETE FROM carts WHERE user_id IN
+                             (SELECT user_id FROM carts WHERE updated_at < $1
+                              ORDER BY user_id LIMIT $2)",
+                        (before, limit),
+                    ))
+                    .await?;
+                super::WriteTx::commit(w).await?;
+                return Ok(carts);
+            }
             // The three tables in one batch: a batch short of the limit
             // then means all are done.
             Prunable::MinuteWindows => {

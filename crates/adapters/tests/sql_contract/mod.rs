@@ -26,6 +26,13 @@ macro_rules! sql_contract_tests {
         mod carts {
             use super::*;
             orderflow_core::cart_scenarios!(cart_test; $fresh);
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn database_carts_expire() {
+                let (_guard, store) = $fresh().await;
+                let store = std::sync::Arc::new(store);
+                orderflow_core::contract::carts::database_carts_expire(store.clone(), store).await;
+            }
         }
     };
 }

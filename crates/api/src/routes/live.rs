@@ -25,7 +25,9 @@
 //!   (neither `EventSource` nor `WebSocket` can send that header), a
 //!   single-use ticket from `POST /api/v1/live/ticket` in `?ticket=`, valid
 //!   for 30 s. The connection then closes when the token expires or its
-//!   session is logged out (see [`LiveConnection`]).
+//!   session is logged out (see [`LiveConnection`]). Over SSE, a visitor
+//!   without either may follow product channels (a product's stock and
+//!   price are public): a storefront's product page moves for everyone.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -111,7 +113,7 @@ pub struct LiveSocketParams {
 /// "price_cents", "currency", "stock"}`, the product at version
 /// `position` (a client that missed versions gets the newest);
 /// `admin:health`'s is `{"type": "health", "consumer_lag": {group: lag},
-/// "dead_letters", "outbox", "live": {"connections", "users_online",
+/// "partition_lag": {group: {"topic/partition": lag}}, "dead_letters", "outbox", "live": {"connections", "users_online",
 /// "processes", "users_by_devices": {devices: users}}}` every second
 /// (position: the time in ms); with Redis the `live` counts are every API
 /// process's, a shopper connected to two processes counting once.
@@ -266,12 +268,17 @@ pub async fn follow(
     let principal = caller(&state, &headers, params.ticket.as_deref()).await?;
     let channels = parse_channels(&params.channels).map_err(CoreError::from)?;
     for channel in &channels {
-        if !channel.may_follow(principal.user_id, principal.role) {
-            return Err(CoreError::Forbidden(format!(
-                "channel {} is not yours to follow",
-                channel.name()
-            ))
-            .into());
+        match &principal {
+            Some(principal) if !channel.may_follow(principal.user_id, principal.role) => {
+                return Err(CoreError::Forbidden(format!(
+                    "channel {} is not yours to follow",
+                    channel.name()
+                ))
+                .into());
+            }
+            // A guest follows product channels, and nothing else.
+            None if !channel.is_public() => return Err(missing_token().into()),
+            _ => {}
         }
     }
     let resume = match (headers.get("last-event-id"), &params.last_event_id) {
@@ -281,9 +288,11 @@ pub async fn follow(
         (None, Some(value)) => parse_positions(value).map_err(CoreError::from)?,
         (None, None) => BTreeMap::new(),
     };
-    let connection = state
-        .live
-        .connect(principal, state.live.connection_settings());
+    let settings = state.live.connection_settings();
+    let connection = match principal {
+        Some(principal) => state.live.connect(principal, settings),
+        None => state.live.connect_guest(settings),
+    };
     for channel in channels {
         let name = channel.name();
         let position = resume.get(&name).copied();
@@ -338,7 +347,9 @@ pub async fn websocket(
     ApiQuery(params): ApiQuery<LiveSocketParams>,
     upgrade: WebSocketUpgrade,
 ) -> ApiResult<Response> {
-    let principal = caller(&state, &headers, params.ticket.as_deref()).await?;
+    let principal = caller(&state, &headers, params.ticket.as_deref())
+        .await?
+        .ok_or_else(missing_token)?;
     let connection = state
         .live
         .connect(principal, state.live.connection_settings());
@@ -453,24 +464,27 @@ pub fn close_code(reason: CloseReason) -> u16 {
 }
 
 /// The caller of a live request: a ticket when one is given, else the
-/// bearer token.
+/// bearer token; none at all is a guest (public channels only).
 async fn caller(
     state: &AppState,
     headers: &HeaderMap,
     ticket: Option<&str>,
-) -> Result<Principal, CoreError> {
+) -> Result<Option<Principal>, CoreError> {
     if let Some(ticket) = ticket {
-        return state.live.redeem_ticket(ticket).await;
+        return state.live.redeem_ticket(ticket).await.map(Some);
     }
-    let value = headers.get(header::AUTHORIZATION).ok_or_else(|| {
-        CoreError::Unauthorized(
-            "missing Authorization: Bearer token (or a ?ticket= from POST /api/v1/live/ticket)"
-                .into(),
-        )
-    })?;
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
     let token = bearer_token(value)
         .ok_or_else(|| CoreError::Unauthorized("Authorization must be `Bearer <token>`".into()))?;
-    state.auth.authenticate(token).await
+    state.auth.authenticate(token).await.map(Some)
+}
+
+fn missing_token() -> CoreError {
+    CoreError::Unauthorized(
+        "missing Authorization: Bearer token (or a ?ticket= from POST /api/v1/live/ticket)".into(),
+    )
 }
 
 fn parse_channels(list: &str) -> Result<Vec<LiveChannel>, ValidationError> {

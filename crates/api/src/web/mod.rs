@@ -218,21 +218,15 @@ impl Chrome {
     /// channels when signed in.
     /// Follows `extra` channels at the positions given, plus the shopper's
     /// own order and notification channels at `positions` (see
-    /// [`live_positions`]). Live channels need a signed-in visitor (a
-    /// ticket is issued to a session): a visitor without one gets none, and
-    /// the page stays as drawn.
-    pub fn live(
-        mut self,
-        visitor: &Visitor,
-        extra: &[(String, i64)],
-        positions: LivePositions,
-    ) -> Self {
-        if visitor.principal.is_some() {
-            let all: Vec<(String, Option<i64>)> = extra
-                .iter()
-                .map(|(channel, position)| (channel.clone(), Some(*position)))
-                .chain(positions.0)
-                .collect();
+    /// [`live_positions`], empty for a visitor who is not signed in: they
+    /// follow the public `extra` channels, a product's, as a guest).
+    pub fn live(mut self, extra: &[(String, i64)], positions: LivePositions) -> Self {
+        let all: Vec<(String, Option<i64>)> = extra
+            .iter()
+            .map(|(channel, position)| (channel.clone(), Some(*position)))
+            .chain(positions.0)
+            .collect();
+        if !all.is_empty() {
             self.live = all
                 .iter()
                 .map(|(channel, _)| channel.as_str())

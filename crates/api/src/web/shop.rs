@@ -131,7 +131,7 @@ pub async fn home(
     Ok(render(&HomePage {
         chrome: Chrome::new(&visitor, "Shop")
             .notice(notice.done.as_deref())
-            .live(&visitor, &[], positions),
+            .live(&[], positions),
         categories,
         trending: cards(&trending),
         newest: cards(&newest.items),
@@ -252,7 +252,7 @@ async fn products_page(
         (None, false) => format!("Results for “{}”", query.trim()),
         (None, true) => "All products".to_owned(),
     };
-    let mut chrome = Chrome::new(&visitor, heading.clone()).live(&visitor, &[], positions);
+    let mut chrome = Chrome::new(&visitor, heading.clone()).live(&[], positions);
     chrome.query = query.clone();
     let previous = (offset > 0).then(|| link(offset.saturating_sub(PAGE)));
     let next = page.next_offset.map(link);
@@ -307,11 +307,7 @@ pub async fn product(
     Ok(render(&ProductPage {
         chrome: Chrome::new(&visitor, product.name.clone())
             .notice(notice.done.as_deref())
-            .live(
-                &visitor,
-                &[(format!("product:{id}"), product.version)],
-                positions,
-            ),
+            .live(&[(format!("product:{id}"), product.version)], positions),
         product: ProductCard::from(&product),
         in_cart,
     }))
@@ -407,7 +403,7 @@ pub async fn cart(
     Ok(render(&CartPage {
         chrome: Chrome::new(&visitor, "Your cart")
             .notice(notice.done.as_deref())
-            .live(&visitor, &[], positions),
+            .live(&[], positions),
         rows,
         unavailable: contents.unavailable.len(),
         total: contents.total.map(|t| t.to_string()),
@@ -516,7 +512,7 @@ pub async fn orders(
     Ok(render(&OrdersPage {
         chrome: Chrome::new(&visitor, "Your orders")
             .notice(notice.done.as_deref())
-            .live(&visitor, &[], positions),
+            .live(&[], positions),
         orders: orders.iter().map(OrderRow::from).collect(),
     }))
 }
@@ -545,7 +541,7 @@ pub async fn order(
     Ok(render(&OrderPage {
         chrome: Chrome::new(&visitor, "Your order")
             .notice(notice.done.as_deref())
-            .live(&visitor, &[], positions),
+            .live(&[], positions),
         order: OrderRow::from(&order),
         history: history
             .iter()
@@ -605,7 +601,7 @@ pub async fn notifications(
         .await
         .map_err(fail)?;
     Ok(render(&NotificationsPage {
-        chrome: Chrome::new(&visitor, "Notifications").live(&visitor, &[], positions),
+        chrome: Chrome::new(&visitor, "Notifications").live(&[], positions),
         notifications: list
             .iter()
             .map(|n| {
@@ -654,7 +650,7 @@ pub async fn account(
     Ok(render(&AccountPage {
         chrome: Chrome::new(&visitor, "Your account")
             .notice(notice.done.as_deref())
-            .live(&visitor, &[], positions),
+            .live(&[], positions),
         points: standing.points,
         rank: standing.rank,
         leaders: leaders

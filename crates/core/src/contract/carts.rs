@@ -7,6 +7,7 @@ use std::sync::Arc;
 use orderflow_domain::cart::CartLine;
 
 use crate::ports::carts::Carts;
+use crate::ports::store::{Prunable, Store};
 
 fn line(product_id: uuid::Uuid, quantity: u32) -> CartLine {
     CartLine {
@@ -123,4 +124,40 @@ pub async fn concurrent_changes_all_land(carts: Arc<dyn Carts>) {
     let mut expected = products.clone();
     expected.sort();
     assert_eq!(held, expected);
+}
+
+/// Carts in the database go with retention once unchanged for long enough,
+/// lines and all, counted in carts, a batch at a time.
+pub async fn database_carts_expire(store: Arc<dyn Store>, carts: Arc<dyn Carts>) {
+    let mut users = [uuid::Uuid::now_v7(), uuid::Uuid::now_v7()];
+    users.sort();
+    let (a, b) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+    carts.set_quantity(users[0], a, 1).await.unwrap();
+    carts.set_quantity(users[0], b, 2).await.unwrap();
+    let kept = carts.set_quantity(users[1], a, 3).await.unwrap();
+    let long_ago = chrono::Utc::now() - chrono::Duration::hours(1);
+    assert_eq!(
+        store.prune(Prunable::Carts, long_ago, 10).await.unwrap(),
+        0,
+        "changed since"
+    );
+    let later = chrono::Utc::now() + chrono::Duration::minutes(1);
+    assert_eq!(
+        store.prune(Prunable::Carts, later, 1).await.unwrap(),
+        1,
+        "one cart a batch"
+    );
+    let gone = carts.cart(users[0]).await.unwrap();
+    assert!(
+        gone.is_empty() && gone.token.is_none(),
+        "lines and all: {gone:?}"
+    );
+    assert_eq!(
+        carts.cart(users[1]).await.unwrap(),
+        kept,
+        "the next batch's"
+    );
+    assert_eq!(store.prune(Prunable::Carts, later, 10).await.unwrap(), 1);
+    assert!(carts.cart(users[1]).await.unwrap().is_empty());
+    assert_eq!(store.prune(Prunable::Carts, later, 10).await.unwrap(), 0);
 }

@@ -33,6 +33,11 @@ impl From<StoreError> for CartError {
 
 pub type CartResult<T> = Result<T, CartError>;
 
+/// How long a cart is kept after its last use: the Redis key's time to
+/// live (renewed by every read and change), and the database's retention
+/// (from its last change).
+pub const CART_LIFETIME: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
+
 #[async_trait]
 pub trait Carts: Send + Sync + 'static {
     /// The shopper's cart (empty when there is none); a read counts as use.

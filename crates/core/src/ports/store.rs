@@ -564,6 +564,9 @@ pub enum Prunable<'a> {
     ProductViewers,
     /// Visitor-id salts of the days before the cut-off's day.
     ViewerSalts,
+    /// Carts kept in the database whose last change is before the cut-off
+    /// (carts in Redis expire by themselves).
+    Carts,
 }
 
 /// A unit of work. All writes of a use case or a consumer go through one.

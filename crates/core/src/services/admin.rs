@@ -43,9 +43,22 @@ pub const MAX_TOP: u32 = 100;
 pub struct HealthSnapshot {
     /// Events not yet handled, per consumer group.
     pub consumer_lag: BTreeMap<String, i64>,
+    /// The same per partition: group → `topic/partition` → lag.
+    pub partition_lag: BTreeMap<String, BTreeMap<String, i64>>,
     pub dead_letters: i64,
     /// `None` without an outbox (the embedded event log).
     pub outbox: Option<OutboxBacklog>,
+}
+
+fn lag_per_partition(lags: &[PartitionLag]) -> BTreeMap<String, BTreeMap<String, i64>> {
+    let mut per_group: BTreeMap<String, BTreeMap<String, i64>> = BTreeMap::new();
+    for lag in lags {
+        per_group
+            .entry(lag.group.clone())
+            .or_default()
+            .insert(format!("{}/{}", lag.topic, lag.partition), lag.lag);
+    }
+    per_group
 }
 
 fn lag_per_group(lags: &[PartitionLag]) -> BTreeMap<String, i64> {
@@ -89,15 +102,17 @@ impl Operations {
         Ok(lag)
     }
 
-    /// What the `admin:health` live channel shows: lag per consumer group,
-    /// dead letters, and the outbox backlog when there is an outbox.
+    /// What the `admin:health` live channel shows: lag per consumer group
+    /// and per partition, dead letters, and the outbox backlog when there is an outbox.
     pub async fn health(&self) -> Result<HealthSnapshot, CoreError> {
         let outbox = match &self.outbox {
             Some(outbox) => Some(outbox.backlog().await?),
             None => None,
         };
+        let lags = self.consumer_lag().await?;
         Ok(HealthSnapshot {
-            consumer_lag: lag_per_group(&self.consumer_lag().await?),
+            consumer_lag: lag_per_group(&lags),
+            partition_lag: lag_per_partition(&lags),
             dead_letters: self.store.count_dead_letters().await?,
             outbox,
         })

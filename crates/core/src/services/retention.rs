@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::CoreError;
+use crate::ports::carts::CART_LIFETIME;
 use crate::ports::store::{Prunable, Store};
 
 /// How long each kind of bookkeeping row is kept.
@@ -90,6 +91,7 @@ pub struct PruneReport {
     pub fraud_orders: u64,
     pub product_viewers: u64,
     pub viewer_salts: u64,
+    pub carts: u64,
 }
 
 impl PruneReport {
@@ -103,6 +105,7 @@ impl PruneReport {
             + self.fraud_orders
             + self.product_viewers
             + self.viewer_salts
+            + self.carts
     }
 }
 
@@ -137,6 +140,7 @@ pub async fn prune(
         // A day's salt goes as soon as the day is over (see
         // `CatalogService::record_view`).
         (Prunable::ViewerSalts, Duration::ZERO),
+        (Prunable::Carts, CART_LIFETIME),
     ];
     for (what, horizon) in kinds {
         let cut_off = before(horizon);
@@ -167,6 +171,7 @@ pub async fn prune(
             Prunable::FraudOrders => ("fraud_orders", &mut report.fraud_orders),
             Prunable::ProductViewers => ("product_viewers", &mut report.product_viewers),
             Prunable::ViewerSalts => ("viewer_salts", &mut report.viewer_salts),
+            Prunable::Carts => ("carts", &mut report.carts),
         };
         *slot = deleted;
         metrics::counter!("orderflow_pruned_rows_total", "kind" => label).increment(deleted);

@@ -380,6 +380,36 @@ async fn anyone_follows_a_products_stock_and_price() {
     assert_eq!(refused["problem"]["status"], 404);
 }
 
+/// Without a token or a ticket, a visitor follows product channels (the
+/// storefront's product page) and nothing else.
+#[tokio::test]
+async fn a_guest_follows_a_product_and_nothing_else() {
+    let app = spawn_app().await;
+    let product = app.create_product("LIVE-G", 700, 5).await;
+    let buyer = app.shopper("Buyer").await;
+    let guest = |channels: String| {
+        app.http
+            .get(app.url("/api/v1/live"))
+            .query(&[("channels", channels)])
+            .send()
+    };
+    let response = guest(format!("product:{}", product.id)).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut events = response.bytes_stream().eventsource().boxed();
+    assert_eq!(data(&next(&mut events).await)["type"], "subscribed");
+    app.order_one(&buyer, product.id, 2).await;
+    app.drain().await;
+    let reserved = data(&next(&mut events).await);
+    assert_eq!(reserved["data"]["stock"], 3, "{reserved}");
+
+    for channel in [format!("orders:{}", buyer.id), "admin:orders".to_owned()] {
+        let mixed = guest(format!("product:{},{channel}", product.id))
+            .await
+            .unwrap();
+        assert_problem(mixed, 401, "unauthorized").await;
+    }
+}
+
 type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
@@ -711,6 +741,18 @@ async fn admins_follow_the_pipeline_health_every_second() {
     assert!(
         data["consumer_lag"]["email"].is_i64(),
         "lag per group: {data}"
+    );
+    // And per partition, adding up to the group's.
+    let partitions = data["partition_lag"]["email"]
+        .as_object()
+        .expect("lag per partition");
+    assert!(partitions.contains_key("order.events/0"), "{data}");
+    assert_eq!(
+        partitions
+            .values()
+            .map(|lag| lag.as_i64().unwrap())
+            .sum::<i64>(),
+        data["consumer_lag"]["email"].as_i64().unwrap()
     );
     assert_eq!(data["dead_letters"], 0);
     assert!(data["outbox"].is_null(), "no outbox without Kafka");

@@ -249,6 +249,9 @@ def admin(browser, held):
     row = page.locator("ul.held li").filter(has_text=held)
     row.get_by_role("button", name="Approve").click()
     notice(page, "approved")
+    # The live feed shows the approved order going on (the payment takes
+    # 1.5 s, so its confirmation comes after the page is up).
+    expect(page.locator("[data-live-feed] li").first).to_contain_text(held[-8:], timeout=30_000)
     shot(page, browser, context, "approved")
 
     deadline = time.time() + 60

@@ -111,17 +111,39 @@ impl LiveHub {
         principal: Principal,
         settings: ConnectionSettings,
     ) -> LiveConnection {
+        self.open(Some(principal), settings)
+    }
+
+    /// Opens a live connection for a visitor without a token: it may follow
+    /// the public channels only (`product:{id}`), and nothing about it
+    /// expires or can be revoked; the server's stop still closes it.
+    pub fn connect_guest(self: &Arc<Self>, settings: ConnectionSettings) -> LiveConnection {
+        self.open(None, settings)
+    }
+
+    fn open(
+        self: &Arc<Self>,
+        principal: Option<Principal>,
+        settings: ConnectionSettings,
+    ) -> LiveConnection {
         let (commands, command_queue) = mpsc::channel(COMMAND_QUEUE);
         let (frame_queue, frames) = mpsc::channel(settings.queue.max(1));
         let (closing_sender, closing) = oneshot::channel();
-        let expiry = (principal.expires_at - chrono::Utc::now())
-            .to_std()
-            .unwrap_or_default();
+        let expiry = principal.as_ref().map_or(GUEST_LIFETIME, |principal| {
+            (principal.expires_at - chrono::Utc::now())
+                .to_std()
+                .unwrap_or_default()
+        });
         let mut auth_check = tokio::time::interval(settings.auth_check);
         auth_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         auth_check.reset();
-        let user = principal.user_id;
-        let revoked = self.connected(user);
+        let user = principal.as_ref().map(|principal| principal.user_id);
+        // A guest is no user: not in the presence, never revoked (a watch
+        // whose sender is gone never rings).
+        let revoked = match user {
+            Some(user) => self.connected(user),
+            None => watch::channel(0).1,
+        };
         let task = Task {
             slow_after: settings.slow_after,
             frames: frame_queue,
@@ -144,7 +166,9 @@ impl LiveHub {
                 let _ = closing_sender.send(LiveFrame::Closing { reason, detail });
             }
             metrics::gauge!("orderflow_live_connections").decrement(1.0);
-            hub.disconnected(user);
+            if let Some(user) = user {
+                hub.disconnected(user);
+            }
         });
         LiveConnection {
             commands,
@@ -165,10 +189,15 @@ struct Task {
     checks: Checks,
 }
 
+/// How long a guest's connection may stay: like a token's, it ends some
+/// time (the browser reconnects), so no connection lives forever.
+const GUEST_LIFETIME: Duration = Duration::from_secs(3600);
+
 /// What keeps a connection open: a token not expired, not revoked.
 struct Checks {
     hub: Arc<LiveHub>,
-    principal: Principal,
+    /// None for a guest (public channels only).
+    principal: Option<Principal>,
     expiry: std::pin::Pin<Box<Sleep>>,
     auth_check: Interval,
     /// Rung when a revocation of the user's tokens is heard: check now.
@@ -215,8 +244,11 @@ impl Checks {
                 }
                 // A revocation heard from now on asks for another check.
                 self.revoked.borrow_and_update();
+                // A guest has nothing to check: only its time runs out.
+                let Some(principal) = self.principal.clone() else {
+                    continue;
+                };
                 let hub = self.hub.clone();
-                let principal = self.principal.clone();
                 self.in_flight = Some(tokio::spawn(async move {
                     hub.auth.still_valid(&principal).await
                 }));
@@ -326,11 +358,16 @@ impl Task {
                 format!("{name:?} is not a channel (known: {KNOWN_CHANNELS})"),
             )
         })?;
-        let principal = &self.checks.principal;
-        if !channel.may_follow(principal.user_id, principal.role) {
-            return Err(CoreError::Forbidden(format!(
-                "channel {name} is not yours to follow"
-            )));
+        match &self.checks.principal {
+            Some(principal) if !channel.may_follow(principal.user_id, principal.role) => {
+                return Err(CoreError::Forbidden(format!(
+                    "channel {name} is not yours to follow"
+                )));
+            }
+            None if !channel.is_public() => {
+                return Err(CoreError::Unauthorized(format!("log in to follow {name}")));
+            }
+            _ => {}
         }
         let name = channel.name();
         if !self.followers.contains_key(&name) && self.followers.len() >= MAX_CHANNELS {

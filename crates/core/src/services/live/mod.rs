@@ -116,6 +116,12 @@ impl LiveChannel {
         matches!(self, Self::Product(_) | Self::Health)
     }
 
+    /// Whether anyone may follow it, signed in or not (a product's stock
+    /// and price are on its public page anyway).
+    pub fn is_public(&self) -> bool {
+        matches!(self, Self::Product(_))
+    }
+
     /// Whether `user` (with `role`) may follow the channel: a shopper only
     /// their own user channels; an admin any; anyone a product; only an
     /// admin the admin channels.
@@ -221,6 +227,7 @@ impl LiveMessage {
             serde_json::json!({
                 "type": "health",
                 "consumer_lag": snapshot.consumer_lag,
+                "partition_lag": snapshot.partition_lag,
                 "dead_letters": snapshot.dead_letters,
                 "outbox": snapshot.outbox,
                 "live": {
