@@ -295,13 +295,9 @@ pub async fn product(
     let in_cart = match &visitor.principal {
         Some(principal) => state
             .carts
-            .get(principal.user_id)
+            .quantity_of(principal.user_id, id)
             .await
-            .map_err(fail)?
-            .items
-            .iter()
-            .find(|item| item.line.product_id == id)
-            .map_or(0, |item| item.line.quantity),
+            .map_err(fail)?,
         None => 0,
     };
     Ok(render(&ProductPage {
@@ -331,15 +327,9 @@ pub async fn add_to_cart(
         &format!("/products/{}", form.product_id),
     )?;
     let fail = |e: CoreError| PageError::from_core(e, &visitor);
-    let cart = state.carts.get(principal.user_id).await.map_err(fail)?;
-    let held = cart
-        .items
-        .iter()
-        .find(|item| item.line.product_id == form.product_id)
-        .map_or(0, |item| i64::from(item.line.quantity));
     state
         .carts
-        .set(principal.user_id, form.product_id, held + form.quantity)
+        .add(principal.user_id, form.product_id, form.quantity)
         .await
         .map_err(fail)?;
     Ok(see(&format!("/products/{}", form.product_id), "added"))

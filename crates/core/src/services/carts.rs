@@ -121,6 +121,25 @@ impl CartService {
         self.contents(cart).await
     }
 
+    /// How many of `product` the cart holds (0: none), without pricing the
+    /// cart.
+    pub async fn quantity_of(&self, user: UserId, product: ProductId) -> Result<u32, CoreError> {
+        Ok(self.carts.cart(user).await?.quantity_of(product))
+    }
+
+    /// Adds `more` of a product to what the cart holds of it (a product
+    /// page's "add to cart"), within the same limits as [`Self::set`].
+    pub async fn add(
+        &self,
+        user: UserId,
+        product: ProductId,
+        more: i64,
+    ) -> Result<CartContents, CoreError> {
+        let held = self.quantity_of(user, product).await?;
+        self.set(user, product, i64::from(held).saturating_add(more))
+            .await
+    }
+
     /// Removes one product (nothing happens if it is not in the cart).
     pub async fn remove(
         &self,

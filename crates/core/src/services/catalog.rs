@@ -1268,14 +1268,20 @@ impl CatalogService {
             None => Arc::new(self.layers.store.search_products(&query).await?),
         };
         let limit = search.limit as usize;
-        let mut items = Vec::with_capacity(ids.len().min(limit));
-        for id in ids.iter().take(limit) {
-            if let Some(product) = self.product(*id).await?
-                && search.admits(&product)
-            {
-                items.push(product);
-            }
-        }
+        let page: Vec<ProductId> = ids.iter().take(limit).copied().collect();
+        // One query for the page when the cache is off, cached entries
+        // otherwise; then back in the search's order.
+        let mut found: HashMap<ProductId, Product> = self
+            .products(&page)
+            .await?
+            .into_iter()
+            .map(|product| (product.id, product))
+            .collect();
+        let items = page
+            .iter()
+            .filter_map(|id| found.remove(id))
+            .filter(|product| search.admits(product))
+            .collect();
         Ok(SearchPage {
             items,
             next_offset: (ids.len() > limit).then(|| search.offset + search.limit),
