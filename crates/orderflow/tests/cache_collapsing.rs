@@ -1,5 +1,5 @@
-//! Request collapsing and refresh-ahead, checked through the metrics. This is
-//! its own test binary (its own process), so no other test's queries share
+//! Request collapsing, refresh-ahead and the shop's pages answering from the
+//! cache, checked through the metrics. This is its own test binary (its own process), so no other test's queries share
 //! the process-wide metrics recorder, and its tests take turns.
 
 use clap::Parser;
@@ -162,4 +162,82 @@ async fn a_hot_product_is_refreshed_ahead_and_never_misses() {
         "reloaded ahead of expiry, once per lifetime"
     );
     assert_eq!(misses() - misses_before, 1.0, "only the first read missed");
+}
+
+/// The catalog's read queries: a product, a batch of products, a search,
+/// the category list.
+fn catalog_queries(app: &App) -> f64 {
+    [
+        "product",
+        "products_by_ids",
+        "search_products",
+        "categories",
+    ]
+    .iter()
+    .map(|op| {
+        metric(
+            app,
+            "orderflow_db_queries_total",
+            &[&format!("op=\"{op}\"")],
+        )
+    })
+    .sum()
+}
+
+/// The catalog queries that loading `pages` (each must answer 200) made.
+async fn catalog_queries_of(app: &App, base: &str, pages: &[String]) -> f64 {
+    let before = catalog_queries(app);
+    for page in pages {
+        let response = reqwest::get(format!("{base}{page}")).await.unwrap();
+        assert_eq!(response.status(), 200, "{page}");
+        assert!(response.text().await.unwrap().contains("Kettle"), "{page}");
+    }
+    catalog_queries(app) - before
+}
+
+#[tokio::test]
+async fn the_shops_product_and_category_pages_answer_from_the_cache() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    for (cache, cached) in [("on", true), ("off", false)] {
+        let (app, _dir) = app_with(&["--cache", cache, "--listen", "127.0.0.1:0"]).await;
+        let kettle = app
+            .catalog
+            .create(
+                ProductDraft::new("PAGE-KETTLE", "Steel Kettle", 4_500, "EUR", 5)
+                    .unwrap()
+                    .described("Boils a litre.", Some("Kitchen"))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let listener = app.bind().await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let app = std::sync::Arc::new(app);
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let server = tokio::spawn({
+            let (app, shutdown) = (app.clone(), shutdown.clone());
+            async move { app.run(listener, false, shutdown).await }
+        });
+        let pages = [
+            format!("/products/{}", kettle.id),
+            "/category/Kitchen".to_owned(),
+            "/search?q=kettle".to_owned(),
+        ];
+        let first = catalog_queries_of(&app, &base, &pages).await;
+        assert!(
+            first >= 1.0,
+            "cache {cache}: the first loads read the catalog"
+        );
+        let again = catalog_queries_of(&app, &base, &pages).await;
+        if cached {
+            assert_eq!(
+                again, 0.0,
+                "cache on: loaded again, every page is a cache hit"
+            );
+        } else {
+            assert!(again >= first, "cache off: every load reads the database");
+        }
+        shutdown.cancel();
+        server.await.unwrap().unwrap();
+    }
 }

@@ -49,6 +49,15 @@ else
 end
 ";
 
+/// ARGV[6] = the token the change was decided on ('' for an empty cart):
+/// put before [`SET_LINE`], the change is made only while the cart still
+/// has it, else the script answers nil.
+const IF_TOKEN: &str = r"
+if (redis.call('HGET', KEYS[1], 'token') or '') ~= ARGV[6] then
+  return nil
+end
+";
+
 /// ARGV[3..] = field, value, field, value, …
 const REPLACE: &str = r"
 redis.call('DEL', KEYS[1])
@@ -78,6 +87,7 @@ return 0
 pub struct RedisCarts {
     conn: RedisConnection,
     set_line: redis::Script,
+    set_line_if: redis::Script,
     replace: redis::Script,
     read: redis::Script,
     clear_if: redis::Script,
@@ -96,6 +106,7 @@ impl RedisCarts {
         Self {
             conn,
             set_line: redis::Script::new(&format!("{SET_LINE}{FINISH}")),
+            set_line_if: redis::Script::new(&format!("{IF_TOKEN}{SET_LINE}{FINISH}")),
             replace: redis::Script::new(&format!("{REPLACE}{FINISH}")),
             read: redis::Script::new(READ),
             clear_if: redis::Script::new(CLEAR_IF),
@@ -154,6 +165,16 @@ fn decode(all: Vec<String>) -> CartResult<Cart> {
     })
 }
 
+/// [`SET_LINE`]'s and [`FINISH`]'s ARGV[1..=5].
+fn line_args(invocation: &mut redis::ScriptInvocation<'_>, product: ProductId, quantity: u32) {
+    invocation
+        .arg(ttl_ms())
+        .arg(new_token())
+        .arg(field(product))
+        .arg(quantity)
+        .arg(now_micros());
+}
+
 fn now_micros() -> i64 {
     chrono::Utc::now().timestamp_micros()
 }
@@ -176,14 +197,23 @@ impl Carts for RedisCarts {
         quantity: u32,
     ) -> CartResult<Cart> {
         let mut invocation = self.set_line.key(self.key(user));
-        invocation
-            .arg(ttl_ms())
-            .arg(new_token())
-            .arg(field(product))
-            .arg(quantity)
-            .arg(now_micros());
+        line_args(&mut invocation, product, quantity);
         let all: Vec<String> = self.conn.invoke(&invocation).await.map_err(unavailable)?;
         decode(all)
+    }
+
+    async fn set_quantity_if(
+        &self,
+        user: UserId,
+        product: ProductId,
+        quantity: u32,
+        seen: Option<&str>,
+    ) -> CartResult<Option<Cart>> {
+        let mut invocation = self.set_line_if.key(self.key(user));
+        line_args(&mut invocation, product, quantity);
+        invocation.arg(seen.unwrap_or(""));
+        let all: Option<Vec<String>> = self.conn.invoke(&invocation).await.map_err(unavailable)?;
+        all.map(decode).transpose()
     }
 
     async fn replace(&self, user: UserId, lines: &[CartLine]) -> CartResult<Cart> {

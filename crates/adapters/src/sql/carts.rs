@@ -1,7 +1,12 @@
 //! [`Carts`] in the database (the embedded setup, or a deployment without
 //! Redis): `carts` holds each shopper's token, `cart_lines` the lines. A
-//! change and the token it replaces are one transaction, and so is
-//! [`Carts::clear_if`]'s compare and delete.
+//! change and the token it replaces are one transaction, and so are
+//! [`Carts::clear_if`]'s and [`Carts::set_quantity_if`]'s compare and
+//! change. The compare is the write itself (an `UPDATE … WHERE token = …`,
+//! or an `INSERT … ON CONFLICT DO NOTHING` for an empty cart): on
+//! PostgreSQL a racing transaction waits on that row and then finds the
+//! token changed, with no `SELECT … FOR UPDATE` (an empty cart has no row
+//! to lock); SQLite's one writer orders them anyway.
 
 use async_trait::async_trait;
 use orderflow_core::ports::carts::{CartResult, Carts};
@@ -75,6 +80,27 @@ async fn changed<C: Exec + ?Sized>(conn: &mut C, user: UserId) -> CartResult<Car
     read_cart(conn, user).await
 }
 
+/// Sets (0: removes) one line, then [`changed`].
+async fn change_line<C: Exec + ?Sized>(
+    conn: &mut C,
+    user: UserId,
+    product: ProductId,
+    quantity: u32,
+) -> CartResult<Cart> {
+    if quantity == 0 {
+        conn.exec(stmt(
+            "cart_remove_line",
+            "DELETE FROM cart_lines WHERE user_id = $1 AND product_id = $2",
+            (user, product),
+        ))
+        .await?;
+    } else {
+        conn.exec(set_line(user, product, quantity, chrono::Utc::now()))
+            .await?;
+    }
+    changed(conn, user).await
+}
+
 #[async_trait]
 impl<E: Engine> Carts for SqlStore<E> {
     async fn cart(&self, user: UserId) -> CartResult<Cart> {
@@ -89,20 +115,40 @@ impl<E: Engine> Carts for SqlStore<E> {
         quantity: u32,
     ) -> CartResult<Cart> {
         let mut w = self.engine.begin_write(WritePriority::Request).await?;
-        if quantity == 0 {
-            w.exec(stmt(
-                "cart_remove_line",
-                "DELETE FROM cart_lines WHERE user_id = $1 AND product_id = $2",
-                (user, product),
-            ))
-            .await?;
-        } else {
-            w.exec(set_line(user, product, quantity, chrono::Utc::now()))
-                .await?;
-        }
-        let cart = changed(&mut *w, user).await?;
+        let cart = change_line(&mut *w, user, product, quantity).await?;
         w.commit().await?;
         Ok(cart)
+    }
+
+    async fn set_quantity_if(
+        &self,
+        user: UserId,
+        product: ProductId,
+        quantity: u32,
+        seen: Option<&str>,
+    ) -> CartResult<Option<Cart>> {
+        let mut w = self.engine.begin_write(WritePriority::Request).await?;
+        let now = chrono::Utc::now();
+        let claim = match seen {
+            Some(token) => stmt(
+                "cart_claim",
+                "UPDATE carts SET updated_at = $3 WHERE user_id = $1 AND token = $2",
+                (user, token, now),
+            ),
+            None => stmt(
+                "cart_claim_empty",
+                "INSERT INTO carts (user_id, token, updated_at) VALUES ($1, $2, $3)
+                     ON CONFLICT (user_id) DO NOTHING",
+                (user, new_token(), now),
+            ),
+        };
+        if w.exec(claim).await? != 1 {
+            // Changed since `seen`: dropped uncommitted, so nothing changes.
+            return Ok(None);
+        }
+        let cart = change_line(&mut *w, user, product, quantity).await?;
+        w.commit().await?;
+        Ok(Some(cart))
     }
 
     async fn replace(&self, user: UserId, lines: &[CartLine]) -> CartResult<Cart> {

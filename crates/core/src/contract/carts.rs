@@ -102,6 +102,90 @@ pub async fn clear_only_while_unchanged(carts: Arc<dyn Carts>) {
     );
 }
 
+/// `set_quantity_if` changes the cart only while its token is the one the
+/// change was decided on (none: the cart is still empty).
+pub async fn change_only_while_unchanged(carts: Arc<dyn Carts>) {
+    let user = uuid::Uuid::now_v7();
+    let (a, b) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+    let first = carts
+        .set_quantity_if(user, a, 1, None)
+        .await
+        .unwrap()
+        .expect("an empty cart, as seen");
+    assert_eq!(first.lines, vec![line(a, 1)]);
+    assert!(
+        carts
+            .set_quantity_if(user, b, 1, None)
+            .await
+            .unwrap()
+            .is_none(),
+        "decided on an empty cart, which it no longer is"
+    );
+    let second = carts
+        .set_quantity_if(user, a, 2, first.token.as_deref())
+        .await
+        .unwrap()
+        .expect("the token read");
+    assert_eq!(second.lines, vec![line(a, 2)]);
+    assert_ne!(second.token, first.token);
+    assert!(
+        carts
+            .set_quantity_if(user, b, 3, first.token.as_deref())
+            .await
+            .unwrap()
+            .is_none(),
+        "an old token changes nothing"
+    );
+    assert_eq!(carts.cart(user).await.unwrap(), second, "untouched");
+    let emptied = carts
+        .set_quantity_if(user, a, 0, second.token.as_deref())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(emptied.is_empty() && emptied.token.is_none(), "{emptied:?}");
+    assert!(carts.cart(user).await.unwrap().is_empty());
+}
+
+/// "One more" decided on what the cart held, by many at once (all read the
+/// cart before any writes), each deciding again when another came first:
+/// every one counts.
+pub async fn concurrent_increments_all_count(carts: Arc<dyn Carts>) {
+    const ADDERS: usize = 8;
+    let user = uuid::Uuid::now_v7();
+    let product = uuid::Uuid::now_v7();
+    let all_read = Arc::new(tokio::sync::Barrier::new(ADDERS));
+    let tasks: Vec<_> = (0..ADDERS)
+        .map(|_| {
+            let (carts, all_read) = (carts.clone(), all_read.clone());
+            tokio::spawn(async move {
+                let mut first = true;
+                loop {
+                    let cart = carts.cart(user).await.unwrap();
+                    if std::mem::take(&mut first) {
+                        all_read.wait().await;
+                    }
+                    let more = cart.quantity_of(product) + 1;
+                    if carts
+                        .set_quantity_if(user, product, more, cart.token.as_deref())
+                        .await
+                        .unwrap()
+                        .is_some()
+                    {
+                        break;
+                    }
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert_eq!(
+        carts.cart(user).await.unwrap().lines,
+        vec![line(product, ADDERS as u32)]
+    );
+}
+
 /// Changes racing on one cart all land: none is lost.
 pub async fn concurrent_changes_all_land(carts: Arc<dyn Carts>) {
     let user = uuid::Uuid::now_v7();

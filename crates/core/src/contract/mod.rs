@@ -92,7 +92,9 @@ macro_rules! cart_scenarios {
         $test!($($($arg)* ;)?
             lines_and_tokens,
             clear_only_while_unchanged,
+            change_only_while_unchanged,
             concurrent_changes_all_land,
+            concurrent_increments_all_count,
         );
     };
 }

@@ -3,8 +3,11 @@
 //! draft, not an order, so losing Redis loses carts and nothing else.
 //!
 //! Every change gives the cart a new token ([`orderflow_domain::cart`]);
-//! [`Carts::clear_if`] empties it only while the token is unchanged, in one
-//! atomic step (a transaction; a Lua script on Redis).
+//! [`Carts::clear_if`] empties it, and [`Carts::set_quantity_if`] changes a
+//! line, only while the token is unchanged, in one atomic step (a
+//! transaction; a Lua script on Redis). A change decided on what the cart
+//! held ("one more of this", "at most 50 products") is made with the token
+//! it read, so two such changes racing on one cart never lose one.
 
 use async_trait::async_trait;
 use orderflow_domain::cart::{Cart, CartLine};
@@ -49,6 +52,16 @@ pub trait Carts: Send + Sync + 'static {
         product: ProductId,
         quantity: u32,
     ) -> CartResult<Cart>;
+    /// [`Self::set_quantity`], only while the cart's token is still `seen`
+    /// (none: the cart is still empty); `None`, and nothing changed, when
+    /// another change came first.
+    async fn set_quantity_if(
+        &self,
+        user: UserId,
+        product: ProductId,
+        quantity: u32,
+        seen: Option<&str>,
+    ) -> CartResult<Option<Cart>>;
     /// Replaces every line (none empties the cart).
     async fn replace(&self, user: UserId, lines: &[CartLine]) -> CartResult<Cart>;
     /// Empties the cart if its token is still `token`; whether it did.

@@ -42,6 +42,11 @@ use crate::services::orders::{
     CHECKOUT_SCOPE, IDEMPOTENCY_KEY, OrderAnswer, OrderService, PlaceOrder,
 };
 
+/// How many times a line change is decided again when another change of
+/// the same cart came first (a shopper's own tabs racing; more than a few
+/// in a row means something keeps rewriting the cart).
+const CHANGE_ATTEMPTS: usize = 5;
+
 /// One priced line of a cart.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CartItem {
@@ -103,22 +108,7 @@ impl CartService {
         if quantity == 0 {
             return self.remove(user, product).await;
         }
-        let quantity = order::QUANTITY.check("quantity", quantity)? as u32;
-        if self.catalog.product(product).await?.is_none() {
-            return Err(
-                ValidationError::new("product_id", format!("unknown product {product}")).into(),
-            );
-        }
-        let cart = self.carts.cart(user).await?;
-        if cart.quantity_of(product) == 0 && cart.lines.len() >= order::MAX_LINES {
-            return Err(ValidationError::new(
-                "items",
-                format!("a cart holds at most {} products", order::MAX_LINES),
-            )
-            .into());
-        }
-        let cart = self.carts.set_quantity(user, product, quantity).await?;
-        self.contents(cart).await
+        self.change_line(user, product, |_| quantity).await
     }
 
     /// How many of `product` the cart holds (0: none), without pricing the
@@ -128,16 +118,60 @@ impl CartService {
     }
 
     /// Adds `more` of a product to what the cart holds of it (a product
-    /// page's "add to cart"), within the same limits as [`Self::set`].
+    /// page's "add to cart"), within the same limits as [`Self::set`]; two
+    /// adds at once both count.
     pub async fn add(
         &self,
         user: UserId,
         product: ProductId,
         more: i64,
     ) -> Result<CartContents, CoreError> {
-        let held = self.quantity_of(user, product).await?;
-        self.set(user, product, i64::from(held).saturating_add(more))
+        self.change_line(user, product, |held| i64::from(held).saturating_add(more))
             .await
+    }
+
+    /// Sets one product's line to `quantity(what the cart holds of it)`,
+    /// checked against the cart it was decided on and written only while
+    /// the cart is still that one; decided again on the new cart when
+    /// another change came first.
+    async fn change_line(
+        &self,
+        user: UserId,
+        product: ProductId,
+        quantity: impl Fn(u32) -> i64,
+    ) -> Result<CartContents, CoreError> {
+        if self.catalog.product(product).await?.is_none() {
+            return Err(
+                ValidationError::new("product_id", format!("unknown product {product}")).into(),
+            );
+        }
+        for _ in 0..CHANGE_ATTEMPTS {
+            let cart = self.carts.cart(user).await?;
+            let held = cart.quantity_of(product);
+            let wanted = quantity(held);
+            if wanted == 0 {
+                return self.remove(user, product).await;
+            }
+            let wanted = order::QUANTITY.check("quantity", wanted)? as u32;
+            if held == 0 && cart.lines.len() >= order::MAX_LINES {
+                return Err(ValidationError::new(
+                    "items",
+                    format!("a cart holds at most {} products", order::MAX_LINES),
+                )
+                .into());
+            }
+            if let Some(cart) = self
+                .carts
+                .set_quantity_if(user, product, wanted, cart.token.as_deref())
+                .await?
+            {
+                return self.contents(cart).await;
+            }
+        }
+        Err(CoreError::Conflict(format!(
+            "the cart kept changing while this change was made ({CHANGE_ATTEMPTS} tries): \
+             read it and try again"
+        )))
     }
 
     /// Removes one product (nothing happens if it is not in the cart).
