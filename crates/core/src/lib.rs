@@ -26,6 +26,8 @@
 //! - [`audit`]: security events (lockouts, refresh-token reuse, revocations,
 //!   key rotation, admin actions) as structured audit lines, never a secret.
 //! - [`error`]: [`CoreError`], the one error type use cases return.
+//! - [`trace`]: [`trace::join_remote_parent`], how a span continues a trace
+//!   begun by an HTTP caller or carried by an event.
 //! - [`wait`]: [`wait::or_never`], for `select!` branches that come and go.
 
 pub mod audit;
@@ -33,6 +35,7 @@ pub mod contract;
 pub mod error;
 pub mod ports;
 pub mod services;
+pub mod trace;
 pub mod wait;
 
 pub use error::CoreError;

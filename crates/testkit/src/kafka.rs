@@ -74,7 +74,7 @@ fn tansu() -> anyhow::Result<PathBuf> {
 /// Apache-2.0, copied unchanged). tansu's PostgreSQL engine creates no
 /// tables (its own setup runs this file as a PostgreSQL init script);
 /// [`KafkaBroker::start_on_postgres`] applies it to the broker's database.
-pub const TANSU_POSTGRES_SCHEMA: &str = include_str!("kafka/tansu-postgres-schema.sql");
+pub const TANSU_POSTGRES_SCHEMA: &str = include_str!("../vendor/tansu/postgres-schema.sql");
 
 /// The librdkafka properties every client of a broker on the PostgreSQL
 /// engine needs: `isolation.level=read_uncommitted`. tansu answers a

@@ -1436,11 +1436,6 @@ async fn write_dead_letter(
 /// the order causes), so one trace shows the order in every group. Without
 /// a `traceparent` (older events) it starts its own trace.
 fn handling_span(group: &'static str, delivery: &Delivery) -> tracing::Span {
-    use opentelemetry::trace::{
-        SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState,
-    };
-    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
-
     let event = &delivery.envelope;
     let span = tracing::info_span!(
         "event.handle",
@@ -1458,16 +1453,8 @@ fn handling_span(group: &'static str, delivery: &Delivery) -> tracing::Span {
         trace_id = tracing::field::Empty,
     );
     if let Some(parent) = event.traceparent.as_deref().and_then(TraceParent::parse) {
-        let remote = SpanContext::new(
-            TraceId::from(parent.trace_id),
-            SpanId::from(parent.parent_id),
-            TraceFlags::new(parent.flags),
-            true,
-            TraceState::default(),
-        );
-        // Fails only when no OpenTelemetry layer is installed (export off);
-        // the trace id is still recorded for the log lines.
-        let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(remote));
+        // The trace id is recorded for the log lines, with export off too.
+        orderflow_core::trace::join_remote_parent(&span, &parent);
         span.record("trace_id", parent.trace_id_hex());
     }
     span

@@ -31,7 +31,7 @@ use async_trait::async_trait;
 use orderflow_core::ports::providers::{
     ChargeOutcome, ChargeRequest, Notifier, OutgoingMessage, PaymentGateway, ProviderError,
 };
-use orderflow_domain::notification::{Channel, NotificationKind};
+use orderflow_domain::notification::Channel;
 use orderflow_domain::{OrderId, UserId};
 use reqwest::{StatusCode, Url};
 use secrecy::{ExposeSecret, SecretString};
@@ -76,18 +76,13 @@ impl WebhookSettings {
     }
 }
 
-/// The body of a notification request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NotificationPayload {
-    pub idempotency_key: String,
+/// The body of a notification request: the message as the port has it
+/// (its fields at the top level), and the channel to send it on.
+#[derive(Debug, Serialize)]
+pub struct NotificationPayload<'a> {
     pub channel: Channel,
-    pub user_id: UserId,
-    pub email: String,
-    pub name: String,
-    pub kind: NotificationKind,
-    pub order_id: Option<OrderId>,
-    pub subject: String,
-    pub body: String,
+    #[serde(flatten)]
+    pub message: &'a OutgoingMessage,
 }
 
 /// The body of a charge request.
@@ -282,15 +277,8 @@ impl WebhookNotifier {
 
     async fn deliver(&self, message: &OutgoingMessage) -> Result<(), ProviderError> {
         let payload = NotificationPayload {
-            idempotency_key: message.idempotency_key.clone(),
             channel: self.channel,
-            user_id: message.user_id,
-            email: message.email.clone(),
-            name: message.name.clone(),
-            kind: message.kind,
-            order_id: message.order_id,
-            subject: message.subject.clone(),
-            body: message.body.clone(),
+            message,
         };
         self.endpoint
             .post("", &message.idempotency_key, &payload, &[])

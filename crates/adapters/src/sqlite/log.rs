@@ -83,36 +83,12 @@ impl EventLog for SqliteEventLog {
         // Register the group on every partition at offset 0 (unless it has
         // committed before), so it is listed by `lag` from its first start and
         // reads everything published before it. One statement.
-        let now = chrono::Utc::now();
-        let partitions = usize::try_from(self.inner.core.partitions).unwrap_or(0);
-        let mut register = stmt(
-            "register_group",
-            format!(
-                r#"INSERT INTO consumer_offsets (group_name, topic, "partition", next_offset,
-                    updated_at)
-                   VALUES {}
-                   ON CONFLICT (group_name, topic, "partition") DO NOTHING"#,
-                values_list(topics.len() * partitions, 5, 1)
-            ),
-            (),
-        );
-        for topic in &topics {
-            for partition in 0..self.inner.core.partitions {
-                register = register
-                    .bind(group)
-                    .bind(topic)
-                    .bind(partition)
-                    .bind(0_i64)
-                    .bind(now);
-            }
-        }
-        let mut w = self
-            .inner
-            .begin_write(WritePriority::Background)
-            .await
-            .map_err(log_err)?;
-        w.exec(register).await.map_err(log_err)?;
-        w.commit().await.map_err(log_err)?;
+        let partitions = self.inner.core.partitions;
+        let fresh: Vec<(&str, i32, i64)> = topics
+            .iter()
+            .flat_map(|topic| (0..partitions).map(move |partition| (topic.as_str(), partition, 0)))
+            .collect();
+        write_offsets(&self.inner, "register_group", group, fresh.into_iter(), "DO NOTHING").await?;
 
         let rows = self
             .inner
@@ -280,35 +256,18 @@ impl SqliteSubscription {
     async fn commit_offsets(&mut self, next: BTreeMap<(&str, i32), i64>) -> LogResult<()> {
         // The larger offset wins: committing an older batch after a newer one
         // (or the same batch twice) never moves the group backwards.
-        let now = chrono::Utc::now();
-        let mut upsert = stmt(
+        let offsets = next
+            .iter()
+            .map(|((topic, partition), next_offset)| (*topic, *partition, *next_offset));
+        write_offsets(
+            &self.inner,
             "commit_offset",
-            format!(
-                r#"INSERT INTO consumer_offsets (group_name, topic, "partition", next_offset,
-                    updated_at)
-                   VALUES {}
-                   ON CONFLICT (group_name, topic, "partition") DO UPDATE
-                   SET next_offset = max(next_offset, excluded.next_offset),
-                       updated_at = excluded.updated_at"#,
-                values_list(next.len(), 5, 1)
-            ),
-            (),
-        );
-        for ((topic, partition), next_offset) in &next {
-            upsert = upsert
-                .bind(&self.group)
-                .bind(*topic)
-                .bind(*partition)
-                .bind(*next_offset)
-                .bind(now);
-        }
-        let mut w = self
-            .inner
-            .begin_write(WritePriority::Background)
-            .await
-            .map_err(log_err)?;
-        w.exec(upsert).await.map_err(log_err)?;
-        w.commit().await.map_err(log_err)?;
+            &self.group,
+            offsets,
+            "DO UPDATE SET next_offset = max(next_offset, excluded.next_offset),
+                 updated_at = excluded.updated_at",
+        )
+        .await?;
         for ((topic, partition), next_offset) in next {
             let position = self
                 .positions
@@ -359,4 +318,43 @@ mod tests {
             "a bad count degrades to one partition"
         );
     }
+}
+
+/// Writes `group`'s offsets (topic, partition, next offset) in one
+/// statement of one background transaction; `on_conflict` says what an
+/// offset already there does (keep it when registering, the larger one when
+/// committing).
+async fn write_offsets<'a>(
+    inner: &SqliteEngine,
+    label: &'static str,
+    group: &str,
+    offsets: impl ExactSizeIterator<Item = (&'a str, i32, i64)>,
+    on_conflict: &str,
+) -> LogResult<()> {
+    let now = chrono::Utc::now();
+    let mut upsert = stmt(
+        label,
+        format!(
+            r#"INSERT INTO consumer_offsets (group_name, topic, "partition", next_offset,
+                updated_at)
+               VALUES {}
+               ON CONFLICT (group_name, topic, "partition") {on_conflict}"#,
+            values_list(offsets.len(), 5, 1)
+        ),
+        (),
+    );
+    for (topic, partition, next_offset) in offsets {
+        upsert = upsert
+            .bind(group)
+            .bind(topic)
+            .bind(partition)
+            .bind(next_offset)
+            .bind(now);
+    }
+    let mut w = inner
+        .begin_write(WritePriority::Background)
+        .await
+        .map_err(log_err)?;
+    w.exec(upsert).await.map_err(log_err)?;
+    w.commit().await.map_err(log_err)
 }

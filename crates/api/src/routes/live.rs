@@ -268,18 +268,7 @@ pub async fn follow(
     let principal = caller(&state, &headers, params.ticket.as_deref()).await?;
     let channels = parse_channels(&params.channels).map_err(CoreError::from)?;
     for channel in &channels {
-        match &principal {
-            Some(principal) if !channel.may_follow(principal.user_id, principal.role) => {
-                return Err(CoreError::Forbidden(format!(
-                    "channel {} is not yours to follow",
-                    channel.name()
-                ))
-                .into());
-            }
-            // A guest follows product channels, and nothing else.
-            None if !channel.is_public() => return Err(missing_token().into()),
-            _ => {}
-        }
+        channel.check_follower(principal.as_ref())?;
     }
     let resume = match (headers.get("last-event-id"), &params.last_event_id) {
         (Some(value), _) => {

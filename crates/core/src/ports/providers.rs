@@ -93,8 +93,9 @@ pub trait PaymentGateway: Send + Sync + 'static {
     }
 }
 
-/// One message to one shopper on one channel.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One message to one shopper on one channel. Serialized as the webhook
+/// provider sends it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct OutgoingMessage {
     pub idempotency_key: String,
     pub user_id: UserId,

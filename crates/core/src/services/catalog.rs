@@ -1629,6 +1629,22 @@ fn sku_conflict(error: StoreError) -> CoreError {
 mod tests {
     use super::*;
 
+    /// A product at `version`; the tests set what they look at.
+    fn product_at(version: i64) -> Product {
+        Product {
+            id: uuid::Uuid::nil(),
+            sku: "S".into(),
+            name: "N".into(),
+            price_cents: 1,
+            currency: orderflow_domain::money::Currency::parse("EUR").unwrap(),
+            stock: 1,
+            description: String::new(),
+            category: None,
+            updated_at: chrono::Utc::now(),
+            version,
+        }
+    }
+
     #[test]
     fn invalidation_messages_parse() {
         let id = uuid::Uuid::now_v7();
@@ -1644,13 +1660,7 @@ mod tests {
             id,
             sku: "S:1".into(),
             name: "Mug: big".into(),
-            price_cents: 1,
-            currency: orderflow_domain::money::Currency::parse("EUR").unwrap(),
-            stock: 1,
-            description: String::new(),
-            category: None,
-            updated_at: chrono::Utc::now(),
-            version: 42,
+            ..product_at(42)
         };
         let json = serde_json::to_string(&product).unwrap();
         assert_eq!(
@@ -1690,20 +1700,7 @@ mod tests {
 
     #[test]
     fn slots_replace_only_older_ones() {
-        let product = |version| {
-            Slot::Found(Arc::new(Product {
-                id: uuid::Uuid::nil(),
-                sku: "S".into(),
-                name: "N".into(),
-                price_cents: 1,
-                currency: orderflow_domain::money::Currency::parse("EUR").unwrap(),
-                stock: 1,
-                description: String::new(),
-                category: None,
-                updated_at: chrono::Utc::now(),
-                version,
-            }))
-        };
+        let product = |version| Slot::Found(Arc::new(product_at(version)));
         assert!(product(2).replaces(&product(1)));
         assert!(!product(1).replaces(&product(2)));
         assert!(!product(2).replaces(&product(2)));

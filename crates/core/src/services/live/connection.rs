@@ -358,17 +358,7 @@ impl Task {
                 format!("{name:?} is not a channel (known: {KNOWN_CHANNELS})"),
             )
         })?;
-        match &self.checks.principal {
-            Some(principal) if !channel.may_follow(principal.user_id, principal.role) => {
-                return Err(CoreError::Forbidden(format!(
-                    "channel {name} is not yours to follow"
-                )));
-            }
-            None if !channel.is_public() => {
-                return Err(CoreError::Unauthorized(format!("log in to follow {name}")));
-            }
-            _ => {}
-        }
+        channel.check_follower(self.checks.principal.as_ref())?;
         let name = channel.name();
         if !self.followers.contains_key(&name) && self.followers.len() >= MAX_CHANNELS {
             return Err(orderflow_domain::ValidationError::new(

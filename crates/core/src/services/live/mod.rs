@@ -47,9 +47,11 @@ use serde::{Deserialize, Serialize};
 pub use connection::{ConnectionSettings, LiveConnection};
 pub use hub::{DEFAULT_RECHECK, Follower, LiveHub, LiveSnapshot, TICKET_TTL};
 
+use crate::CoreError;
 use crate::ports::presence::PresenceTally;
 use crate::ports::store::{NotificationChange, OrderChange};
 use crate::services::admin::HealthSnapshot;
+use crate::services::auth::Principal;
 
 /// Channels one connection may follow.
 pub const MAX_CHANNELS: usize = 16;
@@ -132,6 +134,24 @@ impl LiveChannel {
             }
             Self::Product(_) => true,
             Self::AdminOrders | Self::Health => role == Role::Admin,
+        }
+    }
+
+    /// Whether the caller may follow the channel, as an answer: a guest (no
+    /// principal) only a public channel (401 otherwise: a guest has to log
+    /// in), a caller only what [`Self::may_follow`] allows (403). Every
+    /// transport (the API's SSE, a WebSocket connection) asks this one check,
+    /// so they refuse alike.
+    pub fn check_follower(&self, principal: Option<&Principal>) -> Result<(), CoreError> {
+        match principal {
+            Some(principal) if !self.may_follow(principal.user_id, principal.role) => Err(
+                CoreError::Forbidden(format!("channel {} is not yours to follow", self.name())),
+            ),
+            None if !self.is_public() => Err(CoreError::Unauthorized(format!(
+                "log in to follow {}: send `Authorization: Bearer <token>` (or a ?ticket= from POST /api/v1/live/ticket)",
+                self.name()
+            ))),
+            _ => Ok(()),
         }
     }
 }
