@@ -219,22 +219,18 @@ impl TrustedProxies {
     }
 }
 
-/// Middleware: puts the request's [`ClientIp`] in its extensions, for the
-/// rate limits, the login lock-outs and the sessions list.
-pub async fn resolve_client_ip(
-    axum::extract::State(state): axum::extract::State<AppState>,
-    mut request: Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    if let Some(peer) = request
+/// Puts the request's [`ClientIp`] in its extensions, for the rate limits,
+/// the login lock-outs and the sessions list, and returns it. The first step
+/// of [`crate::observe::rate_limit`] (one middleware, not two: each layer of
+/// `from_fn` boxes a future and clones the inner service per request).
+pub fn resolve_client_ip(state: &AppState, request: &mut Request) -> Option<IpAddr> {
+    let peer = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip())
-    {
-        let client = state.trusted_proxies.client_ip(peer, request.headers());
-        request.extensions_mut().insert(ClientIp(client));
-    }
-    next.run(request).await
+        .map(|c| c.0.ip())?;
+    let client = state.trusted_proxies.client_ip(peer, request.headers());
+    request.extensions_mut().insert(ClientIp(client));
+    Some(client)
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use orderflow_domain::events::TraceParent;
 use tracing::Instrument as _;
 
 use crate::AppState;
-use crate::extract::{bearer_token, client_ip};
+use crate::extract::{bearer_token, resolve_client_ip};
 use crate::limits::{Scope, group_of};
 use crate::problem::{ApiError, PROBLEM_JSON, problem_response, status_problem};
 
@@ -174,9 +174,7 @@ impl Drop for InFlight {
 
 /// W3C trace context for `tracing` spans, with or without OpenTelemetry.
 pub mod trace {
-    use opentelemetry::trace::{
-        SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState,
-    };
+    use opentelemetry::trace::TraceContextExt as _;
     use orderflow_domain::events::TraceParent;
     use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
@@ -189,16 +187,8 @@ pub mod trace {
     /// fresh span id, so log lines and events of one order share a trace id
     /// either way.
     pub fn continue_trace(span: &tracing::Span, parent: Option<TraceParent>) -> TraceParent {
-        if let Some(parent) = parent {
-            let remote = SpanContext::new(
-                TraceId::from(parent.trace_id),
-                SpanId::from(parent.parent_id),
-                TraceFlags::new(parent.flags),
-                true,
-                TraceState::default(),
-            );
-            // Fails only when no OpenTelemetry layer is installed.
-            let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(remote));
+        if let Some(parent) = &parent {
+            orderflow_core::trace::join_remote_parent(span, parent);
         }
         let otel = span.context();
         let ids = otel.span().span_context().clone();
@@ -256,7 +246,8 @@ pub async fn problem_fallback(request: Request, next: Next) -> Response {
     fixed
 }
 
-/// Applies every rate-limit policy of the request (the per-IP auth or
+/// Resolves the request's client IP ([`resolve_client_ip`]), then applies
+/// every rate-limit policy of the request (the per-IP auth or
 /// general policy, and its route group's policy, per IP or per user) and sets
 /// the `RateLimit-Policy` / `RateLimit` headers (IETF draft) on the answer,
 /// one list item per policy.
@@ -270,7 +261,7 @@ pub async fn rate_limit(
     mut request: Request,
     next: Next,
 ) -> Response {
-    let Some(ip) = client_ip(request.extensions()) else {
+    let Some(ip) = resolve_client_ip(&state, &mut request) else {
         return next.run(request).await;
     };
     let ip_key = format!("ip:{ip}");

