@@ -96,6 +96,11 @@ impl TestApp {
         format!("{}{}", self.address, path)
     }
 
+    /// `GET {path}` with no token, whatever the answer.
+    pub async fn get(&self, path: &str) -> Response {
+        self.http.get(self.url(path)).send().await.unwrap()
+    }
+
     /// Stops this app's member of every consumer group (on PostgreSQL their
     /// leases go), as `orderflow rebuild` wants; [`Self::rejoin`] starts new
     /// ones.
@@ -437,14 +442,7 @@ impl TestApp {
     }
 
     pub async fn metrics(&self) -> String {
-        self.http
-            .get(self.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        crate::support::metrics_of(&self.http, &self.address).await
     }
 }
 
