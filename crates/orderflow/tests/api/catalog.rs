@@ -260,12 +260,11 @@ async fn unique_viewers_count_each_reader_once_a_day() {
     let viewers = |id: uuid::Uuid, query: String| {
         let (app, admin) = (&app, admin.clone());
         async move {
-            app.http
-                .get(app.url(&format!("/api/v1/admin/products/{id}/viewers{query}")))
-                .bearer_auth(admin)
-                .send()
-                .await
-                .unwrap()
+            app.get_as(
+                &admin,
+                &format!("/api/v1/admin/products/{id}/viewers{query}"),
+            )
+            .await
         }
     };
     let today = chrono::Utc::now().date_naive();
@@ -303,12 +302,11 @@ async fn unique_viewers_count_each_reader_once_a_day() {
     .await;
     let shopper = app.shopper("Nosy").await;
     let refused = app
-        .http
-        .get(app.url(&format!("/api/v1/admin/products/{}/viewers", mug.id)))
-        .bearer_auth(&shopper.token)
-        .send()
-        .await
-        .unwrap();
+        .get_as(
+            &shopper.token,
+            &format!("/api/v1/admin/products/{}/viewers", mug.id),
+        )
+        .await;
     assert_eq!(refused.status(), StatusCode::FORBIDDEN);
 }
 

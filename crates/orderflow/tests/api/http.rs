@@ -125,13 +125,7 @@ async fn admin_routes_need_the_admin_role() {
         "/api/v1/admin/sales",
         "/api/v1/admin/sales/products",
     ] {
-        let response = app
-            .http
-            .get(app.url(path))
-            .bearer_auth(&shopper.token)
-            .send()
-            .await
-            .unwrap();
+        let response = app.get_as(&shopper.token, path).await;
         assert_problem(response, 403, "forbidden").await;
     }
     let admin = app.admin_token().await;
