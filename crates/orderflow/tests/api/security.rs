@@ -974,10 +974,8 @@ fn audit_line(lines: &[Value], event: &str) -> Value {
 /// in-process app: its log is exactly what an operator gets.)
 #[tokio::test]
 async fn security_events_are_audit_lines_with_ids_and_no_secret() {
-    use crate::support::process::{http_process, processes_environment};
-    let work = tempfile::tempdir().unwrap();
-    let logs = work.path().join("logs");
-    std::fs::create_dir_all(&logs).unwrap();
+    use crate::support::process::{http_process, processes_environment, work_dir};
+    let (work, logs) = work_dir();
     let env = processes_environment(
         &work.path().join("data"),
         &[("ORDERFLOW_LOG_FORMAT", "json")],
