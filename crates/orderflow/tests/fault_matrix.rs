@@ -601,6 +601,9 @@ fn check_unavailable_answers(case: &str, answers: &[Answer]) {
     );
 }
 
+/// How [`under_outage`] stops a server, and how it starts it again.
+type StopAndStart<S> = (fn(&mut S), fn(&mut S) -> anyhow::Result<()>);
+
 /// When the outage of [`under_outage`] happened, on the load's clock.
 struct Timeline {
     /// From the stop being asked to the server answering again.
@@ -659,7 +662,7 @@ impl Case {
         &self,
         shop: &mut Shop,
         server: S,
-        stop_and_start: (fn(&mut S), fn(&mut S) -> anyhow::Result<()>),
+        stop_and_start: StopAndStart<S>,
     ) -> (S, Timeline, Vec<Answer>, Shopped) {
         eprintln!(
             "[fault-matrix] {}: servers and shop ready in {:.1}s",
@@ -712,7 +715,7 @@ fn check_no_other_server_errors(case: &str, answers: &[Answer], serve_log: &std:
 async fn under_outage<S: Send + 'static>(
     shop: &Shop,
     mut server: S,
-    (stop, start): (fn(&mut S), fn(&mut S) -> anyhow::Result<()>),
+    (stop, start): StopAndStart<S>,
     [before, down, after]: [Duration; 3],
 ) -> (S, Timeline, Vec<Answer>, Shopped) {
     let load = Load::start(shop);
