@@ -809,18 +809,5 @@ async fn two_relays_publish_each_row_once_in_key_order() {
     );
     let got: BTreeSet<uuid::Uuid> = delivered.iter().map(|d| d.envelope.id).collect();
     assert_eq!(got.len(), appended.len(), "every row once");
-    for user in &users {
-        let key = user.to_string();
-        let sent: Vec<_> = appended
-            .iter()
-            .filter(|e| e.key == key)
-            .map(|e| e.id)
-            .collect();
-        let seen: Vec<_> = delivered
-            .iter()
-            .filter(|d| d.envelope.key == key)
-            .map(|d| d.envelope.id)
-            .collect();
-        assert_eq!(seen, sent, "events of {key} out of order");
-    }
+    log_contract::assert_per_key_order(&users, &appended, &delivered);
 }

@@ -14,7 +14,7 @@ mod redis_support;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use chrono::{TimeDelta, Utc};
+use chrono::Utc;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use orderflow_adapters::redis::{
     RedisCarts, RedisCheckError, RedisConnection, RedisPresence, RedisRateLimiter,
@@ -29,7 +29,7 @@ use orderflow_core::ports::rate_limit::{Algorithm, RateLimiter, RatePolicy};
 use orderflow_core::ports::revocations::RevocationList;
 use orderflow_core::ports::store::Store;
 use orderflow_core::services::catalog::{CacheSettings, CatalogService};
-use orderflow_domain::product::ProductDraft;
+use orderflow_domain::product::{Product, ProductDraft};
 use orderflow_testkit::pki::TestPki;
 use orderflow_testkit::redis::{RedisSecurity, RedisServer, shared_secured_cluster};
 use tempfile::TempDir;
@@ -49,44 +49,28 @@ async fn store() -> (TempDir, Arc<SqliteStore>) {
     (dir, Arc::new(store))
 }
 
-macro_rules! cache_scenario {
-    ($settings:path; $($name:ident),* $(,)?) => {$(
+/// One test per scenario of `contract::$module`, each given a new
+/// `$adapter` (implementing `$port`) on a connection made from
+/// `$settings()`.
+macro_rules! redis_scenario {
+    ($module:ident, $port:ident, $adapter:ident, $settings:path; $($name:ident),* $(,)?) => {$(
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
         async fn $name() {
-            let cache: Arc<dyn SharedCache> = Arc::new(RedisSharedCache::new(connect_with($settings())));
-            contract::cache::$name(cache).await;
+            let adapter: Arc<dyn $port> = Arc::new($adapter::new(connect_with($settings())));
+            contract::$module::$name(adapter).await;
         }
     )*};
 }
 
-macro_rules! presence_scenario {
-    ($settings:path; $($name:ident),* $(,)?) => {$(
-        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-        async fn $name() {
-            let board: Arc<dyn PresenceBoard> = Arc::new(RedisPresence::new(connect_with($settings())));
-            contract::presence::$name(board).await;
+/// A module `$module` of one test per scenario `orderflow_core::$scenarios!`
+/// names (see [`redis_scenario`]).
+macro_rules! redis_port {
+    ($module:ident, $scenarios:ident, $port:ident, $adapter:ident, $settings:path) => {
+        mod $module {
+            use super::*;
+            orderflow_core::$scenarios!(redis_scenario; $module, $port, $adapter, $settings);
         }
-    )*};
-}
-
-macro_rules! cart_scenario {
-    ($settings:path; $($name:ident),* $(,)?) => {$(
-        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-        async fn $name() {
-            let carts: Arc<dyn Carts> = Arc::new(RedisCarts::new(connect_with($settings())));
-            contract::carts::$name(carts).await;
-        }
-    )*};
-}
-
-macro_rules! rate_limit_scenario {
-    ($settings:path; $($name:ident),* $(,)?) => {$(
-        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-        async fn $name() {
-            let limiter: Arc<dyn RateLimiter> = Arc::new(RedisRateLimiter::new(connect_with($settings())));
-            contract::rate_limit::$name(limiter).await;
-        }
-    )*};
+    };
 }
 
 /// One test per scenario and deployment (`standalone`, `cluster`, and the
@@ -97,31 +81,28 @@ macro_rules! per_deployment {
         mod $deployment {
             use super::*;
 
-            mod cache {
-                use super::*;
-                orderflow_core::cache_scenarios!(cache_scenario; $settings);
-            }
-
-            mod presence {
-                use super::*;
-                orderflow_core::presence_scenarios!(presence_scenario; $settings);
-            }
-
-            mod carts {
-                use super::*;
-                orderflow_core::cart_scenarios!(cart_scenario; $settings);
-            }
-
-            mod rate_limit {
-                use super::*;
-                rate_limit_scenario!(
-                    $settings;
-                    fixed_window,
-                    token_bucket,
-                    leaky_bucket,
-                    concurrent_checks_never_overspend,
-                );
-            }
+            redis_port!(
+                cache,
+                cache_scenarios,
+                SharedCache,
+                RedisSharedCache,
+                $settings
+            );
+            redis_port!(
+                presence,
+                presence_scenarios,
+                PresenceBoard,
+                RedisPresence,
+                $settings
+            );
+            redis_port!(carts, cart_scenarios, Carts, RedisCarts, $settings);
+            redis_port!(
+                rate_limit,
+                rate_limit_scenarios,
+                RateLimiter,
+                RedisRateLimiter,
+                $settings
+            );
 
             mod revocations {
                 use super::*;
@@ -129,7 +110,10 @@ macro_rules! per_deployment {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
                 async fn revoke_and_check() {
                     let (_dir, store) = store().await;
-                    let list = Arc::new(RedisRevocations::new(connect_with($settings()), store.clone()));
+                    let list = Arc::new(RedisRevocations::new(
+                        connect_with($settings()),
+                        store.clone(),
+                    ));
                     contract::revocations::revoke_and_check(list, store).await;
                 }
 
@@ -373,6 +357,20 @@ async fn server_only_tls_needs_just_the_ca() {
 /// How long a call may take while Redis is down: it must fail fast.
 const FAST: Duration = Duration::from_secs(3);
 
+/// Redis went down at `started`, and what was asked since failed fast.
+fn assert_failed_fast(started: Instant) {
+    assert!(
+        started.elapsed() < FAST,
+        "a dead Redis fails fast: {:?}",
+        started.elapsed()
+    );
+}
+
+/// The product `id` as `catalog` reads it; it exists.
+async fn product_in(catalog: &CatalogService, id: uuid::Uuid) -> Product {
+    catalog.product(id).await.unwrap().unwrap()
+}
+
 /// Waits (bounded) until the connection answers again: the first command
 /// after a restart may still hit the dead connection and trigger the
 /// reconnection.
@@ -398,15 +396,11 @@ async fn revocations_are_rebuilt_from_the_database_after_a_flush() {
     let server = RedisServer::start().unwrap();
     let (_dir, store) = store().await;
     let list = RedisRevocations::new(connect(&server.url()), store.clone());
-    list.revoke("a", Utc::now() + TimeDelta::minutes(15))
-        .await
-        .unwrap();
-    list.revoke("b", Utc::now() + TimeDelta::minutes(15))
-        .await
-        .unwrap();
+    list.revoke("a", contract::in_minutes(15)).await.unwrap();
+    list.revoke("b", contract::in_minutes(15)).await.unwrap();
     // Revoked in another process that wrote only the database.
     store
-        .insert_revocation("c", Utc::now() + TimeDelta::minutes(15))
+        .insert_revocation("c", contract::in_minutes(15))
         .await
         .unwrap();
     assert!(list.is_revoked("a").await.unwrap());
@@ -448,7 +442,7 @@ async fn revocations_are_answered_by_the_database_while_redis_is_down() {
     let mut server = RedisServer::start().unwrap();
     let (_dir, store) = store().await;
     let list = RedisRevocations::new(connect(&server.url()), store.clone());
-    list.revoke("before", Utc::now() + TimeDelta::minutes(15))
+    list.revoke("before", contract::in_minutes(15))
         .await
         .unwrap();
     assert!(list.is_revoked("before").await.unwrap());
@@ -459,16 +453,12 @@ async fn revocations_are_answered_by_the_database_while_redis_is_down() {
         list.is_revoked("before").await.unwrap(),
         "from the database"
     );
-    list.revoke("during", Utc::now() + TimeDelta::minutes(15))
+    list.revoke("during", contract::in_minutes(15))
         .await
         .expect("the database took it: the logout happened");
     assert!(list.is_revoked("during").await.unwrap());
     assert!(!list.is_revoked("never").await.unwrap());
-    assert!(
-        started.elapsed() < FAST,
-        "a dead Redis fails fast: {:?}",
-        started.elapsed()
-    );
+    assert_failed_fast(started);
 
     // Back, empty: used again, and refilled from the database.
     server.restart().unwrap();
@@ -497,11 +487,7 @@ async fn the_rate_limiter_fails_open_or_closed_while_redis_is_down() {
     let started = Instant::now();
     assert!(open.check(&policy, "k").await.allowed, "fails open");
     assert!(!closed.check(&policy, "k").await.allowed, "fails closed");
-    assert!(
-        started.elapsed() < FAST,
-        "a dead Redis fails fast: {:?}",
-        started.elapsed()
-    );
+    assert_failed_fast(started);
 
     server.restart().unwrap();
     until_answering(&conn).await;
@@ -527,11 +513,7 @@ async fn the_cache_reports_redis_down_and_recovers_with_its_subscriptions() {
         cache.get("k").await,
         Err(CacheError::Unavailable(_))
     ));
-    assert!(
-        started.elapsed() < FAST,
-        "a dead Redis fails fast: {:?}",
-        started.elapsed()
-    );
+    assert_failed_fast(started);
 
     server.restart().unwrap();
     until_answering(&conn).await;
@@ -810,12 +792,7 @@ async fn catalogs_sharing_redis_query_once_per_key_and_invalidate_each_other() {
     server.stop();
     let started = Instant::now();
     assert_eq!(
-        catalogs[2]
-            .product(products[1].id)
-            .await
-            .unwrap()
-            .unwrap()
-            .id,
+        product_in(&catalogs[2], products[1].id).await.id,
         products[1].id,
         "an L1 hit"
     );
@@ -828,7 +805,7 @@ async fn catalogs_sharing_redis_query_once_per_key_and_invalidate_each_other() {
         .await
         .unwrap();
     assert_eq!(
-        catalogs[2].product(unseen.id).await.unwrap().unwrap().id,
+        product_in(&catalogs[2], unseen.id).await.id,
         unseen.id,
         "an L1 miss answered by the database"
     );
@@ -841,34 +818,18 @@ async fn catalogs_sharing_redis_query_once_per_key_and_invalidate_each_other() {
         .await
         .unwrap();
     assert_eq!(
-        catalogs[2]
-            .product(products[2].id)
-            .await
-            .unwrap()
-            .unwrap()
-            .price_cents,
+        product_in(&catalogs[2], products[2].id).await.price_cents,
         500,
         "the change made while Redis was down"
     );
-    assert!(
-        started.elapsed() < FAST,
-        "a dead Redis fails fast: {:?}",
-        started.elapsed()
-    );
+    assert_failed_fast(started);
 
     // The other catalogs cannot hear that change while Redis is down: their
     // subscriptions are lost, so they stop trusting their L1 and read the
     // database. None serves the old price it holds.
     for catalog in &catalogs[..2] {
         let deadline = Instant::now() + Duration::from_secs(5);
-        while catalog
-            .product(products[2].id)
-            .await
-            .unwrap()
-            .unwrap()
-            .price_cents
-            != 500
-        {
+        while product_in(catalog, products[2].id).await.price_cents != 500 {
             assert!(
                 Instant::now() < deadline,
                 "a stale price served while Redis is down"
@@ -898,15 +859,7 @@ async fn catalogs_sharing_redis_query_once_per_key_and_invalidate_each_other() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     for catalog in &catalogs {
-        assert_eq!(
-            catalog
-                .product(products[2].id)
-                .await
-                .unwrap()
-                .unwrap()
-                .price_cents,
-            500
-        );
+        assert_eq!(product_in(catalog, products[2].id).await.price_cents, 500);
     }
     shutdown.cancel();
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use chrono::{TimeDelta, Utc};
 use orderflow_adapters::memory::{DbBackedRevocations, InProcessRateLimiter};
 use orderflow_adapters::sqlite::SqliteStore;
+use orderflow_core::contract::in_minutes;
 use orderflow_core::ports::rate_limit::{Algorithm, RateDecision, RateLimiter, RatePolicy};
 use orderflow_core::ports::revocations::RevocationList;
 use orderflow_core::ports::store::Store;
@@ -346,10 +347,7 @@ async fn a_revoked_token_is_revoked_until_it_expires() {
     let revocations = DbBackedRevocations::load(store.clone()).await.unwrap();
     assert!(!revocations.is_revoked("jti-1").await.unwrap());
 
-    revocations
-        .revoke("jti-1", Utc::now() + TimeDelta::minutes(15))
-        .await
-        .unwrap();
+    revocations.revoke("jti-1", in_minutes(15)).await.unwrap();
     assert!(revocations.is_revoked("jti-1").await.unwrap());
     assert!(!revocations.is_revoked("jti-2").await.unwrap());
     // Written to the database, the source of truth.
@@ -372,14 +370,8 @@ async fn a_token_already_expired_is_not_kept() {
 async fn a_restart_remembers_revocations_from_the_database() {
     let (_dir, store) = store().await;
     let first = DbBackedRevocations::load(store.clone()).await.unwrap();
-    first
-        .revoke("jti-a", Utc::now() + TimeDelta::minutes(15))
-        .await
-        .unwrap();
-    first
-        .revoke("jti-b", Utc::now() + TimeDelta::minutes(5))
-        .await
-        .unwrap();
+    first.revoke("jti-a", in_minutes(15)).await.unwrap();
+    first.revoke("jti-b", in_minutes(5)).await.unwrap();
     drop(first);
 
     // A new process: memory is empty until warmed from the database.
@@ -395,7 +387,7 @@ async fn refresh_picks_up_revocations_made_elsewhere() {
     let revocations = DbBackedRevocations::load(store.clone()).await.unwrap();
     // Another process (same database) revokes a token.
     store
-        .insert_revocation("elsewhere", Utc::now() + TimeDelta::minutes(15))
+        .insert_revocation("elsewhere", in_minutes(15))
         .await
         .unwrap();
     assert!(!revocations.is_revoked("elsewhere").await.unwrap());
@@ -407,22 +399,14 @@ async fn refresh_picks_up_revocations_made_elsewhere() {
 async fn lookups_are_served_from_memory_and_a_failed_write_revokes_nothing() {
     let (_dir, store) = store().await;
     let revocations = DbBackedRevocations::load(store.clone()).await.unwrap();
-    revocations
-        .revoke("before", Utc::now() + TimeDelta::minutes(15))
-        .await
-        .unwrap();
+    revocations.revoke("before", in_minutes(15)).await.unwrap();
 
     // The database goes away.
     store.close().await;
     // Lookups need no query...
     assert!(revocations.is_revoked("before").await.unwrap());
     // ...and a revocation the database did not take is reported, not faked.
-    assert!(
-        revocations
-            .revoke("after", Utc::now() + TimeDelta::minutes(15))
-            .await
-            .is_err()
-    );
+    assert!(revocations.revoke("after", in_minutes(15)).await.is_err());
     assert!(!revocations.is_revoked("after").await.unwrap());
 }
 
@@ -478,12 +462,7 @@ mod contract_scenarios {
 
     mod rate_limit {
         use super::*;
-        rate_limit_scenario!(
-            fixed_window,
-            token_bucket,
-            leaky_bucket,
-            concurrent_checks_never_overspend,
-        );
+        orderflow_core::rate_limit_scenarios!(rate_limit_scenario);
     }
 
     mod revocations {

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use orderflow_testkit::redis::{RedisSecurity, RedisServer};
 use serde_json::{Value, json};
 mod support;
-use support::process::{Process, http_process, orderflow, processes_environment, tail};
+use support::process::{Process, http_process, orderflow, processes_environment, tail, work_dir};
 use support::{ADMIN_EMAIL, ADMIN_PASSWORD, Client};
 
 /// The simulated card limit: orders above it end `payment_failed`.
@@ -161,9 +161,7 @@ async fn every_change_shows_on_both_apis(redis: &[(&str, &str)]) {
     let database_url = orderflow_testkit::postgres::fresh_database()
         .await
         .expect("a fresh PostgreSQL database");
-    let work = tempfile::tempdir().unwrap();
-    let logs = work.path().join("logs");
-    std::fs::create_dir_all(&logs).unwrap();
+    let (work, logs) = work_dir();
     let mut settings = vec![("ORDERFLOW_DATABASE_URL", database_url.as_str())];
     settings.extend_from_slice(redis);
     let env = environment(&work.path().join("data"), &settings);
@@ -308,10 +306,8 @@ async fn read_times(client: &Client, id: &str, times: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn view_counts_survive_sigterm_and_sigkill_loses_at_most_one_interval() {
-    let work = tempfile::tempdir().unwrap();
+    let (work, logs) = work_dir();
     let data_dir = work.path().join("data");
-    let logs = work.path().join("logs");
-    std::fs::create_dir_all(&logs).unwrap();
     let database = format!("sqlite://{}", data_dir.join("orderflow.db").display());
     // A long interval, so the reads before the kill sit in one interval.
     let env = environment(&data_dir, &[("ORDERFLOW_VIEW_FLUSH_MS", "2000")]);

@@ -41,7 +41,7 @@ mod broker_restart;
 #[path = "fault_matrix/provider_outage.rs"]
 mod provider_outage;
 mod support;
-use support::process::{Process, http_process, processes_environment, tail};
+use support::process::{Process, http_process, processes_environment, tail, work_dir};
 use support::{ADMIN_EMAIL, ADMIN_PASSWORD, Client};
 
 /// A metric's value in a Prometheus exposition, summed over the series
@@ -242,9 +242,7 @@ impl Shop {
     /// catalog and the shoppers, and reads every product once so the caches
     /// hold them.
     async fn open(database_url: &str, redis_url: &str, extra: &[(&str, &str)]) -> Shop {
-        let work = tempfile::tempdir().unwrap();
-        let logs = work.path().join("logs");
-        std::fs::create_dir_all(&logs).unwrap();
+        let (work, logs) = work_dir();
         let prefix = orderflow_testkit::redis::fresh_prefix();
         let mut settings = vec![
             ("ORDERFLOW_DATABASE_URL", database_url),
@@ -603,6 +601,9 @@ fn check_unavailable_answers(case: &str, answers: &[Answer]) {
     );
 }
 
+/// How [`under_outage`] stops a server, and how it starts it again.
+type StopAndStart<S> = (fn(&mut S), fn(&mut S) -> anyhow::Result<()>);
+
 /// When the outage of [`under_outage`] happened, on the load's clock.
 struct Timeline {
     /// From the stop being asked to the server answering again.
@@ -613,6 +614,99 @@ struct Timeline {
     restarting: Duration,
 }
 
+impl Timeline {
+    /// The timeline for the log: "`server` stopping at …, down at …,
+    /// starting again at …, `back` at … (… `away`)".
+    fn told(&self, server: &str, back: &str, away: &str) -> String {
+        let Timeline {
+            outage,
+            stopped,
+            restarting,
+        } = self;
+        format!(
+            "{server} stopping at {:.1}s, down at {:.1}s, starting again at {:.1}s, {back} at {:.1}s ({:.1}s {away})",
+            outage.from.as_secs_f64(),
+            stopped.as_secs_f64(),
+            restarting.as_secs_f64(),
+            outage.to.as_secs_f64(),
+            (outage.to - outage.from).as_secs_f64(),
+        )
+    }
+}
+
+/// One case of this file: its turn (cases run one at a time), its clock
+/// and the load's phases.
+struct Case {
+    name: &'static str,
+    started: Instant,
+    phases: [Duration; 3],
+    _turn: tokio::sync::MutexGuard<'static, ()>,
+}
+
+impl Case {
+    /// Waits for the case's turn and starts its clock; `phases` are the
+    /// load before the outage, the outage and the load after it.
+    async fn begin(name: &'static str, phases: [Duration; 3]) -> Case {
+        let _turn = ONE_AT_A_TIME.lock().await;
+        Case {
+            name,
+            started: Instant::now(),
+            phases,
+            _turn,
+        }
+    }
+
+    /// The outage of `server` under `shop`'s load ([`under_outage`]), once
+    /// the servers and the shop are ready; the shop's server survives it.
+    async fn outage<S: Send + 'static>(
+        &self,
+        shop: &mut Shop,
+        server: S,
+        stop_and_start: StopAndStart<S>,
+    ) -> (S, Timeline, Vec<Answer>, Shopped) {
+        eprintln!(
+            "[fault-matrix] {}: servers and shop ready in {:.1}s",
+            self.name,
+            self.started.elapsed().as_secs_f64()
+        );
+        let outcome = under_outage(shop, server, stop_and_start, self.phases).await;
+        shop.serve.assert_running();
+        outcome
+    }
+
+    /// The end of the case whose load `shop` served: the orders of
+    /// `answers` are checked, the server stopped and its log summed up,
+    /// then `outside` (the server the case stopped) goes.
+    async fn finish(
+        self,
+        mut shop: Shop,
+        database_url: &str,
+        answers: &[Answer],
+        shopped: &Shopped,
+        outside: impl Sized,
+    ) {
+        check_orders(self.name, &shop, database_url, answers, shopped).await;
+        shop.serve.stop().await;
+        log_summary(self.name, &shop.serve.log);
+        drop(outside);
+        eprintln!(
+            "[fault-matrix] {}: the case took {:.1}s",
+            self.name,
+            self.started.elapsed().as_secs_f64()
+        );
+    }
+}
+
+/// No answer was a 5xx other than a 503, and every request was answered.
+fn check_no_other_server_errors(case: &str, answers: &[Answer], serve_log: &std::path::Path) {
+    let server_errors = examples(answers, |a| a.status.is_none_or(|s| s >= 500 && s != 503));
+    assert!(
+        server_errors.is_empty(),
+        "{case}: answers other than 503 among the 5xx (or no answer at all):\n{server_errors}\nserve log:\n{}",
+        tail(serve_log, 40)
+    );
+}
+
 /// Runs the load `phases[0]`, takes `server` away with `stop`, keeps it away
 /// `phases[1]`, brings it back with `start`, runs the load `phases[2]` more;
 /// hands the server back with the timeline, the answers and what was shopped.
@@ -621,8 +715,7 @@ struct Timeline {
 async fn under_outage<S: Send + 'static>(
     shop: &Shop,
     mut server: S,
-    stop: fn(&mut S),
-    start: fn(&mut S) -> anyhow::Result<()>,
+    (stop, start): StopAndStart<S>,
     [before, down, after]: [Duration; 3],
 ) -> (S, Timeline, Vec<Answer>, Shopped) {
     let load = Load::start(shop);
@@ -661,8 +754,7 @@ async fn postgres_restarted_under_load() {
     const BEFORE: Duration = Duration::from_secs(8);
     const DOWN: Duration = Duration::from_secs(8);
     const AFTER: Duration = Duration::from_secs(8);
-    let _turn = ONE_AT_A_TIME.lock().await;
-    let started = Instant::now();
+    let case = Case::begin(CASE, [BEFORE, DOWN, AFTER]).await;
     // A server of its own: this test stops it.
     let postgres = tokio::task::spawn_blocking(PostgresServer::start)
         .await
@@ -673,44 +765,25 @@ async fn postgres_restarted_under_load() {
         .await
         .unwrap();
     let mut shop = Shop::open(&database_url, &redis_url, &[]).await;
+    let (postgres, timeline, answers, shopped) = case
+        .outage(
+            &mut shop,
+            postgres,
+            (PostgresServer::stop, PostgresServer::start_again),
+        )
+        .await;
     eprintln!(
-        "[fault-matrix] {CASE}: servers and shop ready in {:.1}s",
-        started.elapsed().as_secs_f64()
-    );
-
-    let (
-        postgres,
-        Timeline {
-            outage,
-            stopped,
-            restarting,
-        },
-        answers,
-        shopped,
-    ) = under_outage(
-        &shop,
-        postgres,
-        PostgresServer::stop,
-        PostgresServer::start_again,
-        [BEFORE, DOWN, AFTER],
-    )
-    .await;
-    shop.serve.assert_running();
-    eprintln!(
-        "[fault-matrix] {CASE}: load from 0s to {:.1}s; PostgreSQL stopping at {:.1}s, down at {:.1}s, starting again at {:.1}s, accepting connections at {:.1}s ({:.1}s of outage); {} requests",
+        "[fault-matrix] {CASE}: load from 0s to {:.1}s; {}; {} requests",
         answers
             .iter()
             .map(Answer::answered)
             .max()
             .unwrap_or_default()
             .as_secs_f64(),
-        outage.from.as_secs_f64(),
-        stopped.as_secs_f64(),
-        restarting.as_secs_f64(),
-        outage.to.as_secs_f64(),
-        (outage.to - outage.from).as_secs_f64(),
+        timeline.told("PostgreSQL", "accepting connections", "of outage"),
         answers.len()
     );
+    let (outage, stopped) = (timeline.outage, timeline.stopped);
     let counts = report(CASE, &answers, outage);
 
     // 503s only while PostgreSQL is down, and shortly after (measured).
@@ -778,12 +851,7 @@ async fn postgres_restarted_under_load() {
         misplaced.is_empty(),
         "{CASE}: 503s outside the outage (and {SETTLE:?} after it):\n{misplaced}"
     );
-    let server_errors = examples(&answers, |a| a.status.is_none_or(|s| s >= 500 && s != 503));
-    assert!(
-        server_errors.is_empty(),
-        "{CASE}: answers other than 503 among the 5xx (or no answer at all):\n{server_errors}\nserve log:\n{}",
-        tail(&shop.serve.log, 40)
-    );
+    check_no_other_server_errors(CASE, &answers, &shop.serve.log);
     check_unavailable_answers(CASE, &answers);
 
     // Cached product reads during the outage (issue 16: "reads served from
@@ -826,14 +894,8 @@ async fn postgres_restarted_under_load() {
         first_201_after.is_some(),
         "{CASE}: no order sent after the restart was accepted: {counts:?}"
     );
-    check_orders(CASE, &shop, &database_url, &answers, &shopped).await;
-    shop.serve.stop().await;
-    log_summary(CASE, &shop.serve.log);
-    drop(postgres);
-    eprintln!(
-        "[fault-matrix] {CASE}: the case took {:.1}s",
-        started.elapsed().as_secs_f64()
-    );
+    case.finish(shop, &database_url, &answers, &shopped, postgres)
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -842,8 +904,7 @@ async fn redis_killed_under_load() {
     const BEFORE: Duration = Duration::from_secs(5);
     const DOWN: Duration = Duration::from_secs(6);
     const AFTER: Duration = Duration::from_secs(5);
-    let _turn = ONE_AT_A_TIME.lock().await;
-    let started = Instant::now();
+    let case = Case::begin(CASE, [BEFORE, DOWN, AFTER]).await;
     let database_url = orderflow_testkit::postgres::fresh_database()
         .await
         .expect("a fresh PostgreSQL database");
@@ -853,38 +914,15 @@ async fn redis_killed_under_load() {
         .unwrap()
         .expect("redis-server starts");
     let mut shop = Shop::open(&database_url, &redis.url(), &[]).await;
+    let (redis, timeline, answers, shopped) = case
+        .outage(&mut shop, redis, (RedisServer::stop, RedisServer::restart))
+        .await;
     eprintln!(
-        "[fault-matrix] {CASE}: servers and shop ready in {:.1}s",
-        started.elapsed().as_secs_f64()
-    );
-
-    let (
-        redis,
-        Timeline {
-            outage,
-            stopped,
-            restarting,
-        },
-        answers,
-        shopped,
-    ) = under_outage(
-        &shop,
-        redis,
-        RedisServer::stop,
-        RedisServer::restart,
-        [BEFORE, DOWN, AFTER],
-    )
-    .await;
-    shop.serve.assert_running();
-    eprintln!(
-        "[fault-matrix] {CASE}: Redis stopping at {:.1}s, down at {:.1}s, starting again at {:.1}s, answering at {:.1}s ({:.1}s of outage); {} requests",
-        outage.from.as_secs_f64(),
-        stopped.as_secs_f64(),
-        restarting.as_secs_f64(),
-        outage.to.as_secs_f64(),
-        (outage.to - outage.from).as_secs_f64(),
+        "[fault-matrix] {CASE}: {}; {} requests",
+        timeline.told("Redis", "answering", "of outage"),
         answers.len()
     );
+    let outage = timeline.outage;
     let counts = report(CASE, &answers, outage);
 
     // Product reads fall back to the database: no 5xx at all.
@@ -896,12 +934,7 @@ async fn redis_killed_under_load() {
         "{CASE}: product reads failed (the database was up):\n{failed_reads}\nserve log:\n{}",
         tail(&shop.serve.log, 40)
     );
-    let server_errors = examples(&answers, |a| a.status.is_none_or(|s| s >= 500 && s != 503));
-    assert!(
-        server_errors.is_empty(),
-        "{CASE}: answers other than 503 among the 5xx (or no answer at all):\n{server_errors}\nserve log:\n{}",
-        tail(&shop.serve.log, 40)
-    );
+    check_no_other_server_errors(CASE, &answers, &shop.serve.log);
     check_unavailable_answers(CASE, &answers);
 
     // Orders are still accepted while Redis is down.
@@ -918,12 +951,6 @@ async fn redis_killed_under_load() {
         accepted_during > 0,
         "{CASE}: no order placed while Redis was down was accepted: {counts:?}"
     );
-    check_orders(CASE, &shop, &database_url, &answers, &shopped).await;
-    shop.serve.stop().await;
-    log_summary(CASE, &shop.serve.log);
-    drop(redis);
-    eprintln!(
-        "[fault-matrix] {CASE}: the case took {:.1}s",
-        started.elapsed().as_secs_f64()
-    );
+    case.finish(shop, &database_url, &answers, &shopped, redis)
+        .await;
 }

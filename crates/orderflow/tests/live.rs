@@ -20,7 +20,7 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 
 mod support;
-use support::process::{http_process, orderflow, processes_environment};
+use support::process::{http_process, orderflow, processes_environment, work_dir};
 use support::{ADMIN_EMAIL, ADMIN_PASSWORD, Client, PASSWORD};
 
 /// How long a message that must come may take (Redis coming back and the
@@ -106,9 +106,7 @@ impl Stack {
         let database_url = orderflow_testkit::postgres::fresh_database()
             .await
             .expect("a fresh PostgreSQL database");
-        let work = tempfile::tempdir().unwrap();
-        let logs = work.path().join("logs");
-        std::fs::create_dir_all(&logs).unwrap();
+        let (work, logs) = work_dir();
         let env = processes_environment(
             &work.path().join("data"),
             &[

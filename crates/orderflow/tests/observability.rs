@@ -101,6 +101,15 @@ impl Orderflow {
         format!("{}{path}", self.base)
     }
 
+    /// `GET {path}`, as `token` when given, read as JSON whatever the status.
+    async fn get_json(&self, path: &str, token: Option<&str>) -> Value {
+        let mut request = self.http.get(self.url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send().await.unwrap().json().await.unwrap()
+    }
+
     async fn login(&self) -> String {
         let answer: Value = self
             .http
@@ -122,15 +131,7 @@ impl Orderflow {
     /// Places `count` one-line orders and waits until each is confirmed.
     async fn place_confirmed_orders(&self, count: usize) -> Vec<String> {
         let token = self.login().await;
-        let page: Value = self
-            .http
-            .get(self.url("/api/v1/products?limit=100"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let page = self.get_json("/api/v1/products?limit=100", None).await;
         // The best-stocked product, so repeated orders never run it out.
         let product = page["items"]
             .as_array()
@@ -157,16 +158,9 @@ impl Orderflow {
         for id in &ids {
             let deadline = Instant::now() + Duration::from_secs(60);
             loop {
-                let order: Value = self
-                    .http
-                    .get(self.url(&format!("/api/v1/orders/{id}")))
-                    .bearer_auth(&token)
-                    .send()
-                    .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap();
+                let order = self
+                    .get_json(&format!("/api/v1/orders/{id}"), Some(&token))
+                    .await;
                 if order["status"] == "confirmed" {
                     break;
                 }
@@ -501,25 +495,35 @@ async fn metrics_follow_prometheus_conventions_and_count_the_flow_exactly() {
 
 // ---------------------------------------------------------------- (b) Prometheus
 
-async fn prometheus_get(
-    http: &reqwest::Client,
-    base: &str,
-    path: &str,
-    query: &[(&str, &str)],
-) -> Value {
-    let response = http
-        .get(format!("{base}{path}"))
-        .query(query)
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("{path}: {e}"));
-    let status = response.status();
-    let body: Value = response.json().await.unwrap();
-    assert!(
-        status.is_success() && body["status"] == "success",
-        "Prometheus {path} {query:?} failed: {status} {body}"
-    );
-    body
+/// Prometheus' HTTP API at `base`.
+struct Prometheus {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Prometheus {
+    /// `GET {path}?{query}`, which must succeed.
+    async fn get(&self, path: &str, query: &[(&str, &str)]) -> Value {
+        let Prometheus { http, base } = self;
+        let response = http
+            .get(format!("{base}{path}"))
+            .query(query)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{path}: {e}"));
+        let status = response.status();
+        let body: Value = response.json().await.unwrap();
+        assert!(
+            status.is_success() && body["status"] == "success",
+            "Prometheus {path} {query:?} failed: {status} {body}"
+        );
+        body
+    }
+
+    /// An instant query (`/api/v1/query`), which must succeed.
+    async fn query(&self, query: &str) -> Value {
+        self.get("/api/v1/query", &[("query", query)]).await
+    }
 }
 
 fn promtool(args: &[&str]) {
@@ -590,20 +594,18 @@ async fn prometheus_scrapes_orderflow_and_every_alert_and_panel_query_evaluates(
         .await
         .unwrap()
         .unwrap_or_else(|e| panic!("{e}\n{}", std::fs::read_to_string(&log).unwrap_or_default()));
-    let base = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::new();
+    let prometheus = Prometheus {
+        http: reqwest::Client::new(),
+        base: format!("http://127.0.0.1:{port}"),
+    };
 
     // Let it scrape a few times while traffic goes on, so rates have samples.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         app.place_confirmed_orders(1).await;
-        let up = prometheus_get(
-            &http,
-            &base,
-            "/api/v1/query",
-            &[("query", "count_over_time(up{job=\"orderflow-api\"}[1m])")],
-        )
-        .await;
+        let up = prometheus
+            .query("count_over_time(up{job=\"orderflow-api\"}[1m])")
+            .await;
         let scrapes = up["data"]["result"][0]["value"][1]
             .as_str()
             .and_then(|v| v.parse::<f64>().ok())
@@ -617,13 +619,7 @@ async fn prometheus_scrapes_orderflow_and_every_alert_and_panel_query_evaluates(
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let api_up = prometheus_get(
-        &http,
-        &base,
-        "/api/v1/query",
-        &[("query", "up{job=\"orderflow-api\"}")],
-    )
-    .await;
+    let api_up = prometheus.query("up{job=\"orderflow-api\"}").await;
     assert_eq!(
         api_up["data"]["result"][0]["value"][1], "1",
         "the api target is up: {api_up}"
@@ -631,7 +627,7 @@ async fn prometheus_scrapes_orderflow_and_every_alert_and_panel_query_evaluates(
 
     // Every alert rule: loaded, evaluated by Prometheus without error, and
     // its expression answered by the query API.
-    let loaded = prometheus_get(&http, &base, "/api/v1/rules", &[]).await;
+    let loaded = prometheus.get("/api/v1/rules", &[]).await;
     let mut alerts = Vec::new();
     for group in loaded["data"]["groups"].as_array().unwrap() {
         for rule in group["rules"].as_array().unwrap() {
@@ -641,7 +637,7 @@ async fn prometheus_scrapes_orderflow_and_every_alert_and_panel_query_evaluates(
                 rule["name"]
             );
             let query = rule["query"].as_str().unwrap();
-            prometheus_get(&http, &base, "/api/v1/query", &[("query", query)]).await;
+            prometheus.query(query).await;
             alerts.push(rule["name"].as_str().unwrap().to_owned());
         }
     }
@@ -661,13 +657,7 @@ async fn prometheus_scrapes_orderflow_and_every_alert_and_panel_query_evaluates(
         );
     }
     // The dead worker target is noticed (pending, since `for: 2m`).
-    let down = prometheus_get(
-        &http,
-        &base,
-        "/api/v1/query",
-        &[("query", "up{job=~\"orderflow.*\"} == 0")],
-    )
-    .await;
+    let down = prometheus.query("up{job=~\"orderflow.*\"} == 0").await;
     assert_eq!(
         down["data"]["result"].as_array().unwrap().len(),
         1,
@@ -688,8 +678,7 @@ async fn prometheus_scrapes_orderflow_and_every_alert_and_panel_query_evaluates(
                     .unwrap()
                     .replace("$__rate_interval", "30s");
                 assert!(!expr.contains('$'), "unresolved variable in {expr}");
-                let answer =
-                    prometheus_get(&http, &base, "/api/v1/query", &[("query", &expr)]).await;
+                let answer = prometheus.query(&expr).await;
                 let rows = answer["data"]["result"].as_array().map_or(0, Vec::len);
                 with_data.insert(
                     format!("{} / {}", dashboard["title"], panel["title"]),

@@ -176,20 +176,7 @@ pub async fn poll_order_commit_and_resume(log: Arc<dyn EventLog>, store: Arc<dyn
         );
     }
     // Per key, delivery order is append order.
-    for user in &users {
-        let key = user.to_string();
-        let sent: Vec<_> = appended
-            .iter()
-            .filter(|e| e.key == key)
-            .map(|e| e.id)
-            .collect();
-        let seen: Vec<_> = delivered
-            .iter()
-            .filter(|d| d.envelope.key == key)
-            .map(|d| d.envelope.id)
-            .collect();
-        assert_eq!(seen, sent, "events of key {key} out of order");
-    }
+    assert_per_key_order(&users, &appended, &delivered);
 
     // Handed out but not committed: the same member does not get them again.
     assert!(
@@ -235,6 +222,25 @@ pub async fn poll_order_commit_and_resume(log: Arc<dyn EventLog>, store: Arc<dyn
     append_committed(&store, std::slice::from_ref(&late)).await;
     let next = poll_exactly(third.as_mut(), 1, 10).await;
     assert_eq!(next[0].envelope.id, late.id);
+}
+
+/// Each of `users`' events (keyed by the user's id) were `delivered` in the
+/// order they were `appended`.
+pub fn assert_per_key_order(users: &[uuid::Uuid], appended: &[Envelope], delivered: &[Delivery]) {
+    for user in users {
+        let key = user.to_string();
+        let sent: Vec<_> = appended
+            .iter()
+            .filter(|e| e.key == key)
+            .map(|e| e.id)
+            .collect();
+        let seen: Vec<_> = delivered
+            .iter()
+            .filter(|d| d.envelope.key == key)
+            .map(|d| d.envelope.id)
+            .collect();
+        assert_eq!(seen, sent, "events of key {key} out of order");
+    }
 }
 
 fn ids_of(events: &[Envelope]) -> Vec<uuid::Uuid> {

@@ -126,6 +126,19 @@ macro_rules! cache_scenarios {
     };
 }
 
+/// The [`rate_limit`] scenarios, as [`store_scenarios!`] does for the store.
+#[macro_export]
+macro_rules! rate_limit_scenarios {
+    ($test:ident $(; $($arg:tt)*)?) => {
+        $test!($($($arg)* ;)?
+            fixed_window,
+            token_bucket,
+            leaky_bucket,
+            concurrent_checks_never_overspend,
+        );
+    };
+}
+
 /// The [`log`] scenarios, as [`store_scenarios!`] does for the store.
 #[macro_export]
 macro_rules! log_scenarios {
@@ -186,6 +199,11 @@ use crate::ports::store::{Store, UserRecord};
 /// Now, truncated to microseconds (what the databases keep).
 pub fn now() -> Timestamp {
     chrono::Utc::now().trunc_subsecs(6)
+}
+
+/// `minutes` from now (an expiry).
+pub fn in_minutes(minutes: i64) -> Timestamp {
+    chrono::Utc::now() + chrono::TimeDelta::minutes(minutes)
 }
 
 /// A shopper with a unique e-mail address.

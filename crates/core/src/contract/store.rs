@@ -16,7 +16,7 @@ use super::{
 };
 use crate::ports::store::{
     ChangesPage, DeadLetter, IdempotencyClaim, IdempotencyRecord, NotificationRecord, OrderChange,
-    PaymentRecord, RefreshRotation, Reservation, SessionRecord, Store, StoreError,
+    PaymentRecord, RefreshRotation, Reservation, SessionRecord, Store, StoreError, StoreTx,
 };
 
 fn secs(n: i64) -> chrono::Duration {
@@ -144,11 +144,7 @@ pub async fn refresh_rotation_and_reuse(store: Arc<dyn Store>) {
 
     let used_at = now() + secs(5);
     let expires = used_at + chrono::Duration::days(30);
-    match store
-        .rotate_refresh_token("hash-1", "hash-2", used_at, expires)
-        .await
-        .unwrap()
-    {
+    match rotation(&store, "hash-1", "hash-2", used_at, expires).await {
         RefreshRotation::Rotated { session: rotated } => {
             assert_eq!(rotated.id, session.id);
             assert_eq!(rotated.user_id, user.id);
@@ -168,10 +164,7 @@ pub async fn refresh_rotation_and_reuse(store: Arc<dyn Store>) {
     // The new token rotates again.
     assert!(
         matches!(
-            store
-                .rotate_refresh_token("hash-2", "hash-3", used_at, expires)
-                .await
-                .unwrap(),
+            rotation(&store, "hash-2", "hash-3", used_at, expires).await,
             RefreshRotation::Rotated { .. }
         ),
         "the token handed out by a rotation must be usable"
@@ -179,11 +172,7 @@ pub async fn refresh_rotation_and_reuse(store: Arc<dyn Store>) {
 
     // Replaying a rotated-away token: reuse detected, the session dies.
     let replay_at = used_at + secs(1);
-    match store
-        .rotate_refresh_token("hash-1", "hash-x", replay_at, expires)
-        .await
-        .unwrap()
-    {
+    match rotation(&store, "hash-1", "hash-x", replay_at, expires).await {
         RefreshRotation::ReuseDetected {
             session_id,
             user_id,
@@ -199,19 +188,13 @@ pub async fn refresh_rotation_and_reuse(store: Arc<dyn Store>) {
         "reuse revokes the session"
     );
     assert_eq!(
-        store
-            .rotate_refresh_token("hash-3", "hash-4", replay_at, expires)
-            .await
-            .unwrap(),
+        rotation(&store, "hash-3", "hash-4", replay_at, expires).await,
         RefreshRotation::Invalid,
         "after reuse, even the latest token of the session is dead"
     );
 
     assert_eq!(
-        store
-            .rotate_refresh_token("never-issued", "hash-y", now(), expires)
-            .await
-            .unwrap(),
+        rotation(&store, "never-issued", "hash-y", now(), expires).await,
         RefreshRotation::Invalid,
         "unknown tokens are invalid"
     );
@@ -220,10 +203,7 @@ pub async fn refresh_rotation_and_reuse(store: Arc<dyn Store>) {
     let old = session_of(user.id, "laptop", chrono::Duration::seconds(-1));
     store.create_session(&old, "old-hash").await.unwrap();
     assert_eq!(
-        store
-            .rotate_refresh_token("old-hash", "old-hash-2", now(), expires)
-            .await
-            .unwrap(),
+        rotation(&store, "old-hash", "old-hash-2", now(), expires).await,
         RefreshRotation::Invalid,
         "an expired session's token is invalid"
     );
@@ -261,14 +241,7 @@ pub async fn revoke_sessions(store: Arc<dyn Store>) {
     ] {
         store.create_session(session, hash).await.unwrap();
     }
-    let mut listed: Vec<_> = store
-        .sessions_of_user(user.id)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|s| s.id)
-        .collect();
-    listed.sort();
+    let listed = ids_sorted(store.sessions_of_user(user.id).await.unwrap(), |s| s.id);
     let mut expected = vec![phone.id, laptop.id, tablet.id];
     expected.sort();
     assert_eq!(
@@ -465,14 +438,7 @@ pub async fn products(store: Arc<dyn Store>) {
     assert_eq!(store.count_products().await.unwrap(), 5);
 
     let wanted = [inserted[3].id, uuid::Uuid::now_v7(), inserted[0].id];
-    let mut found: Vec<_> = store
-        .products_by_ids(&wanted)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|p| p.id)
-        .collect();
-    found.sort();
+    let found = ids_sorted(store.products_by_ids(&wanted).await.unwrap(), |p| p.id);
     let mut expected = vec![inserted[0].id, inserted[3].id];
     expected.sort();
     assert_eq!(
@@ -625,9 +591,7 @@ pub async fn idempotency(store: Arc<dyn Store>) {
 
     let mut tx = store.begin().await.unwrap();
     assert_eq!(
-        tx.claim_idempotency_key(user.id, "k1", "hash-a")
-            .await
-            .unwrap(),
+        claim(&mut tx, user.id, "k1", "hash-a").await,
         IdempotencyClaim::Claimed
     );
     tx.complete_idempotency_key(user.id, "k1", 201, &body)
@@ -642,23 +606,17 @@ pub async fn idempotency(store: Arc<dyn Store>) {
         response_body: body.clone(),
     };
     assert_eq!(
-        tx.claim_idempotency_key(user.id, "k1", "hash-a")
-            .await
-            .unwrap(),
+        claim(&mut tx, user.id, "k1", "hash-a").await,
         IdempotencyClaim::Existing(expected.clone()),
         "a used key answers with what was saved"
     );
     assert_eq!(
-        tx.claim_idempotency_key(user.id, "k1", "hash-b")
-            .await
-            .unwrap(),
+        claim(&mut tx, user.id, "k1", "hash-b").await,
         IdempotencyClaim::Existing(expected),
         "the saved request hash comes back, so callers can tell key reuse"
     );
     assert_eq!(
-        tx.claim_idempotency_key(other.id, "k1", "hash-a")
-            .await
-            .unwrap(),
+        claim(&mut tx, other.id, "k1", "hash-a").await,
         IdempotencyClaim::Claimed,
         "keys are per user"
     );
@@ -667,17 +625,13 @@ pub async fn idempotency(store: Arc<dyn Store>) {
     // A claim that is rolled back is forgotten.
     let mut tx = store.begin().await.unwrap();
     assert_eq!(
-        tx.claim_idempotency_key(user.id, "k2", "hash-c")
-            .await
-            .unwrap(),
+        claim(&mut tx, user.id, "k2", "hash-c").await,
         IdempotencyClaim::Claimed
     );
     drop(tx);
     let mut tx = store.begin().await.unwrap();
     assert_eq!(
-        tx.claim_idempotency_key(user.id, "k2", "hash-c")
-            .await
-            .unwrap(),
+        claim(&mut tx, user.id, "k2", "hash-c").await,
         IdempotencyClaim::Claimed,
         "a rolled-back claim must not hold the key"
     );
@@ -766,13 +720,77 @@ pub async fn concurrent_idempotency_claims(store: Arc<dyn Store>) {
     }
 }
 
-async fn stock_of(store: &Arc<dyn Store>, product_id: uuid::Uuid) -> i64 {
+/// `store.rotate_refresh_token(…)`'s answer.
+async fn rotation(
+    store: &Arc<dyn Store>,
+    old_hash: &str,
+    new_hash: &str,
+    at: orderflow_domain::Timestamp,
+    expires: orderflow_domain::Timestamp,
+) -> RefreshRotation {
     store
-        .product(product_id)
+        .rotate_refresh_token(old_hash, new_hash, at, expires)
         .await
         .unwrap()
-        .expect("product exists")
-        .stock
+}
+
+/// The ids of `items`, sorted.
+fn ids_sorted<T>(items: Vec<T>, id: impl Fn(&T) -> uuid::Uuid) -> Vec<uuid::Uuid> {
+    let mut ids: Vec<_> = items.iter().map(id).collect();
+    ids.sort();
+    ids
+}
+
+/// `tx`'s claim of idempotency key `key` of `user_id` for a request hashed
+/// `hash`.
+async fn claim(
+    tx: &mut Box<dyn StoreTx>,
+    user_id: uuid::Uuid,
+    key: &str,
+    hash: &str,
+) -> IdempotencyClaim {
+    tx.claim_idempotency_key(user_id, key, hash).await.unwrap()
+}
+
+/// A reservation of `lines` for `order_id` in a transaction of its own,
+/// committed.
+async fn reserve_committed(
+    store: &Arc<dyn Store>,
+    order_id: uuid::Uuid,
+    lines: &[(uuid::Uuid, u32)],
+) -> Reservation {
+    let mut tx = store.begin().await.unwrap();
+    let outcome = tx.reserve_stock(order_id, lines).await.unwrap();
+    tx.commit().await.unwrap();
+    outcome
+}
+
+/// How many rows `store.prune(what, before, limit)` deleted.
+async fn pruned(
+    store: &Arc<dyn Store>,
+    what: crate::ports::store::Prunable<'_>,
+    before: orderflow_domain::Timestamp,
+    limit: u32,
+) -> u64 {
+    store.prune(what, before, limit).await.unwrap()
+}
+
+/// The product `id` as stored; it exists.
+async fn stored(store: &Arc<dyn Store>, id: uuid::Uuid) -> orderflow_domain::product::Product {
+    store
+        .product(id)
+        .await
+        .unwrap()
+        .expect("the product exists")
+}
+
+async fn stock_of(store: &Arc<dyn Store>, product_id: uuid::Uuid) -> i64 {
+    stored(store, product_id).await.stock
+}
+
+/// The stocks of products `a` and `b`.
+async fn stocks_of(store: &Arc<dyn Store>, a: uuid::Uuid, b: uuid::Uuid) -> (i64, i64) {
+    (stock_of(store, a).await, stock_of(store, b).await)
 }
 
 /// The stock a reservation left, per product in id order; panics unless
@@ -811,10 +829,7 @@ pub async fn stock_reservation(store: Arc<dyn Store>) {
         }
     );
     assert_eq!(
-        (
-            stock_of(&store, mug.id).await,
-            stock_of(&store, cup.id).await
-        ),
+        stocks_of(&store, mug.id, cup.id).await,
         (5, 2),
         "all or nothing"
     );
@@ -843,40 +858,21 @@ pub async fn stock_reservation(store: Arc<dyn Store>) {
         vec![(mug.id, 2), (cup.id, 0)]
     );
     drop(tx);
-    assert_eq!(
-        (
-            stock_of(&store, mug.id).await,
-            stock_of(&store, cup.id).await
-        ),
-        (5, 2),
-        "rollback"
-    );
+    assert_eq!(stocks_of(&store, mug.id, cup.id).await, (5, 2), "rollback");
 
     // Exactly to zero is fine.
     assert_eq!(
         stock_left(reserve(vec![(mug.id, 3), (cup.id, 2)], order.id).await),
         vec![(mug.id, 2), (cup.id, 0)]
     );
-    assert_eq!(
-        (
-            stock_of(&store, mug.id).await,
-            stock_of(&store, cup.id).await
-        ),
-        (2, 0)
-    );
+    assert_eq!(stocks_of(&store, mug.id, cup.id).await, (2, 0));
 
     // A redelivery does not take stock again.
     assert_eq!(
         reserve(vec![(mug.id, 3), (cup.id, 2)], order.id).await,
         Reservation::AlreadyReserved
     );
-    assert_eq!(
-        (
-            stock_of(&store, mug.id).await,
-            stock_of(&store, cup.id).await
-        ),
-        (2, 0)
-    );
+    assert_eq!(stocks_of(&store, mug.id, cup.id).await, (2, 0));
 
     // Another order cannot go below zero.
     let second = given_order(&store, user.id, &[(&cup, 1)]).await;
@@ -897,13 +893,7 @@ pub async fn stock_reservation(store: Arc<dyn Store>) {
         "second release in the same transaction"
     );
     tx.commit().await.unwrap();
-    assert_eq!(
-        (
-            stock_of(&store, mug.id).await,
-            stock_of(&store, cup.id).await
-        ),
-        (5, 2)
-    );
+    assert_eq!(stocks_of(&store, mug.id, cup.id).await, (5, 2));
     let mut tx = store.begin().await.unwrap();
     assert!(
         !tx.release_stock(order.id).await.unwrap(),
@@ -914,13 +904,7 @@ pub async fn stock_reservation(store: Arc<dyn Store>) {
         "nothing reserved, nothing released"
     );
     tx.commit().await.unwrap();
-    assert_eq!(
-        (
-            stock_of(&store, mug.id).await,
-            stock_of(&store, cup.id).await
-        ),
-        (5, 2)
-    );
+    assert_eq!(stocks_of(&store, mug.id, cup.id).await, (5, 2));
 
     // A released order stays settled: a late redelivery does not re-reserve.
     assert_eq!(
@@ -1092,23 +1076,19 @@ pub async fn cancelled_orders(store: Arc<dyn Store>) {
         "nothing to give back"
     );
     tx.commit().await.unwrap();
-    let mut tx = store.begin().await.unwrap();
     assert_eq!(
-        tx.reserve_stock(early.id, &[(mug.id, 2)]).await.unwrap(),
+        reserve_committed(&store, early.id, &[(mug.id, 2)]).await,
         Reservation::OrderCancelled
     );
-    tx.commit().await.unwrap();
     assert_eq!(stock_of(&store, mug.id).await, 5);
 
     // Reserved, then cancelled: the cancellation gives it back, and a late
     // redelivery of the reservation takes nothing again.
     let late = given_order(&store, user.id, &[(&mug, 3)]).await;
-    let mut tx = store.begin().await.unwrap();
     assert!(matches!(
-        tx.reserve_stock(late.id, &[(mug.id, 3)]).await.unwrap(),
+        reserve_committed(&store, late.id, &[(mug.id, 3)]).await,
         Reservation::Reserved { .. }
     ));
-    tx.commit().await.unwrap();
     assert_eq!(stock_of(&store, mug.id).await, 2);
     let mut tx = store.begin().await.unwrap();
     assert!(tx.order_for_update(late.id).await.unwrap().is_some());
@@ -1118,12 +1098,10 @@ pub async fn cancelled_orders(store: Arc<dyn Store>) {
     assert!(tx.release_stock(late.id).await.unwrap());
     tx.commit().await.unwrap();
     assert_eq!(stock_of(&store, mug.id).await, 5);
-    let mut tx = store.begin().await.unwrap();
     assert_eq!(
-        tx.reserve_stock(late.id, &[(mug.id, 3)]).await.unwrap(),
+        reserve_committed(&store, late.id, &[(mug.id, 3)]).await,
         Reservation::AlreadyReserved
     );
-    tx.commit().await.unwrap();
     assert_eq!(stock_of(&store, mug.id).await, 5);
 
     // The charge a refund names: the successful one, never a declined
@@ -1232,10 +1210,7 @@ pub async fn processed_marks_in_bulk(store: Arc<dyn Store>) {
         "a repeated id is marked once"
     );
     drop(tx);
-    assert!(
-        !store.is_processed("email", a).await.unwrap(),
-        "rolled-back bulk marks are not kept"
-    );
+    assert_not_processed(&store, a, "rolled-back bulk marks are not kept").await;
 
     let mut tx = store.begin().await.unwrap();
     assert!(tx.mark_processed("email", a).await.unwrap());
@@ -1288,6 +1263,11 @@ pub async fn processed_marks_in_bulk(store: Arc<dyn Store>) {
     tx.commit().await.unwrap();
 }
 
+/// `event` is not marked processed for the `email` group (`why`).
+async fn assert_not_processed(store: &Arc<dyn Store>, event: uuid::Uuid, why: &str) {
+    assert!(!store.is_processed("email", event).await.unwrap(), "{why}");
+}
+
 pub async fn processed_marks(store: Arc<dyn Store>) {
     let event = uuid::Uuid::now_v7();
     assert!(!store.is_processed("email", event).await.unwrap());
@@ -1298,10 +1278,7 @@ pub async fn processed_marks(store: Arc<dyn Store>) {
         "first mark"
     );
     drop(tx);
-    assert!(
-        !store.is_processed("email", event).await.unwrap(),
-        "a rolled-back mark is not kept"
-    );
+    assert_not_processed(&store, event, "a rolled-back mark is not kept").await;
 
     let mut tx = store.begin().await.unwrap();
     assert!(
@@ -1567,24 +1544,21 @@ pub async fn sales_windows(store: Arc<dyn Store>) {
         o
     };
     let mut tx = store.begin().await.unwrap();
-    tx.record_sale(&mugs_and_pen, at("2026-03-01T23:58:30Z"))
-        .await
-        .unwrap();
-    tx.record_sale(&pens, at("2026-03-01T23:58:59.999Z"))
-        .await
-        .unwrap();
-    tx.record_sale(&usd, at("2026-03-01T23:58:30Z"))
-        .await
-        .unwrap();
-    tx.record_sale(&mugs_and_pen, at("2026-03-01T23:59:00Z"))
-        .await
-        .unwrap();
-    tx.record_sale(&pens, at("2026-03-02T00:00:00Z"))
-        .await
-        .unwrap();
+    for (sale, when) in [
+        (&mugs_and_pen, "2026-03-01T23:58:30Z"),
+        (&pens, "2026-03-01T23:58:59.999Z"),
+        (&usd, "2026-03-01T23:58:30Z"),
+        (&mugs_and_pen, "2026-03-01T23:59:00Z"),
+        (&pens, "2026-03-02T00:00:00Z"),
+    ] {
+        tx.record_sale(sale, at(when)).await.unwrap();
+    }
     tx.commit().await.unwrap();
 
-    let windows = |granularity, from: &str, to: &str| {
+    // The ranges read more than once: every minute window, every day window.
+    let minutes = ("2026-03-01T23:58:00Z", "2026-03-02T00:01:00Z");
+    let days = ("2026-03-01T00:00:00Z", "2026-03-03T00:00:00Z");
+    let windows = |granularity, (from, to): (&str, &str)| {
         let store = store.clone();
         let range = WindowRange::new(granularity, at(from), at(to)).unwrap();
         async move {
@@ -1616,12 +1590,7 @@ pub async fn sales_windows(store: Arc<dyn Store>) {
         )
     };
     assert_eq!(
-        windows(
-            Granularity::Minute,
-            "2026-03-01T23:58:00Z",
-            "2026-03-02T00:01:00Z"
-        )
-        .await,
+        windows(Granularity::Minute, minutes).await,
         [
             row("2026-03-01T23:58:00Z", "EUR", 2, 6, 980),
             row("2026-03-01T23:58:00Z", "USD", 1, 1, 250),
@@ -1633,20 +1602,14 @@ pub async fn sales_windows(store: Arc<dyn Store>) {
     assert_eq!(
         windows(
             Granularity::Minute,
-            "2026-03-01T23:59:00Z",
-            "2026-03-02T00:00:00Z"
+            ("2026-03-01T23:59:00Z", "2026-03-02T00:00:00Z")
         )
         .await,
         [row("2026-03-01T23:59:00Z", "EUR", 1, 3, 620)],
         "a range reads the windows that start in it"
     );
     assert_eq!(
-        windows(
-            Granularity::Day,
-            "2026-03-01T00:00:00Z",
-            "2026-03-03T00:00:00Z"
-        )
-        .await,
+        windows(Granularity::Day, days).await,
         [
             row("2026-03-01T00:00:00Z", "EUR", 3, 9, 1600),
             row("2026-03-01T00:00:00Z", "USD", 1, 1, 250),
@@ -1655,7 +1618,7 @@ pub async fn sales_windows(store: Arc<dyn Store>) {
         "day windows start at midnight UTC"
     );
 
-    let top = |granularity, from: &str, to: &str, top: u32| {
+    let top = |granularity, (from, to): (&str, &str), top: u32| {
         let store = store.clone();
         let range = WindowRange::new(granularity, at(from), at(to)).unwrap();
         async move {
@@ -1687,11 +1650,10 @@ pub async fn sales_windows(store: Arc<dyn Store>) {
             place,
         )
     };
-    for (granularity, from, to, most, expected, why) in [
+    for (granularity, range, most, expected, why) in [
         (
             Granularity::Day,
-            "2026-03-01T00:00:00Z",
-            "2026-03-03T00:00:00Z",
+            days,
             2,
             vec![
                 product("Mug", "EUR", 2, 4, 1000, 1),
@@ -1702,8 +1664,7 @@ pub async fn sales_windows(store: Arc<dyn Store>) {
         ),
         (
             Granularity::Day,
-            "2026-03-01T00:00:00Z",
-            "2026-03-03T00:00:00Z",
+            days,
             1,
             vec![
                 product("Mug", "EUR", 2, 4, 1000, 1),
@@ -1713,8 +1674,7 @@ pub async fn sales_windows(store: Arc<dyn Store>) {
         ),
         (
             Granularity::Minute,
-            "2026-03-01T23:59:00Z",
-            "2026-03-02T00:01:00Z",
+            ("2026-03-01T23:59:00Z", "2026-03-02T00:01:00Z"),
             5,
             vec![
                 product("Mug", "EUR", 1, 2, 500, 1),
@@ -1723,7 +1683,7 @@ pub async fn sales_windows(store: Arc<dyn Store>) {
             "over the windows that start in the range only",
         ),
     ] {
-        assert_eq!(top(granularity, from, to, most).await, expected, "{why}");
+        assert_eq!(top(granularity, range, most).await, expected, "{why}");
     }
 
     // Retention: minute windows that start before the cut-off go, up to
@@ -1732,12 +1692,7 @@ pub async fn sales_windows(store: Arc<dyn Store>) {
     let cut_off = at("2026-03-01T23:59:00Z");
     let mut batches = Vec::new();
     for _ in 0..3 {
-        batches.push(
-            store
-                .prune(Prunable::MinuteWindows, cut_off, 2)
-                .await
-                .unwrap(),
-        );
+        batches.push(pruned(&store, Prunable::MinuteWindows, cut_off, 2).await);
     }
     assert_eq!(
         batches,
@@ -1745,12 +1700,7 @@ pub async fn sales_windows(store: Arc<dyn Store>) {
         "3 product rows and 2 totals of 23:58, two of each per batch"
     );
     assert_eq!(
-        windows(
-            Granularity::Minute,
-            "2026-03-01T23:58:00Z",
-            "2026-03-02T00:01:00Z"
-        )
-        .await,
+        windows(Granularity::Minute, minutes).await,
         [
             row("2026-03-01T23:59:00Z", "EUR", 1, 3, 620),
             row("2026-03-02T00:00:00Z", "EUR", 1, 3, 360),
@@ -1759,21 +1709,14 @@ pub async fn sales_windows(store: Arc<dyn Store>) {
     assert!(
         top(
             Granularity::Minute,
-            "2026-03-01T23:58:00Z",
-            "2026-03-01T23:59:00Z",
+            ("2026-03-01T23:58:00Z", "2026-03-01T23:59:00Z"),
             5
         )
         .await
         .is_empty()
     );
     assert_eq!(
-        windows(
-            Granularity::Day,
-            "2026-03-01T00:00:00Z",
-            "2026-03-03T00:00:00Z"
-        )
-        .await
-        .len(),
+        windows(Granularity::Day, days).await.len(),
         3,
         "day windows are kept"
     );
@@ -1900,12 +1843,12 @@ pub async fn dead_letters(store: Arc<dyn Store>) {
 // --- product versions, imports, view counters (issue 11) ---
 
 async fn version_of(store: &Arc<dyn Store>, id: uuid::Uuid) -> i64 {
-    store
-        .product(id)
-        .await
-        .unwrap()
-        .expect("the product exists")
-        .version
+    stored(store, id).await.version
+}
+
+/// The versions of products `a` and `b`.
+async fn versions_of(store: &Arc<dyn Store>, a: uuid::Uuid, b: uuid::Uuid) -> (i64, i64) {
+    (version_of(store, a).await, version_of(store, b).await)
 }
 
 /// Every change of a product's row, fields or stock, bumps its version once,
@@ -1936,10 +1879,7 @@ pub async fn product_versions(store: Arc<dyn Store>) {
         .unwrap();
     drop(tx);
     assert_eq!(
-        (
-            version_of(&store, mug.id).await,
-            version_of(&store, cup.id).await
-        ),
+        versions_of(&store, mug.id, cup.id).await,
         (2, 1),
         "a rolled-back reservation bumps nothing"
     );
@@ -1970,12 +1910,10 @@ pub async fn product_versions(store: Arc<dyn Store>) {
 
     // A reservation that fails for lack of stock changes nothing.
     let greedy = given_order(&store, user.id, &[(&edited, 100)]).await;
-    let mut tx = store.begin().await.unwrap();
     assert!(matches!(
-        tx.reserve_stock(greedy.id, &[(mug.id, 100)]).await.unwrap(),
+        reserve_committed(&store, greedy.id, &[(mug.id, 100)]).await,
         Reservation::Insufficient { .. }
     ));
-    tx.commit().await.unwrap();
     assert_eq!(version_of(&store, mug.id).await, 4);
 
     let listed = store.products_by_ids(&[mug.id]).await.unwrap();
@@ -2057,22 +1995,35 @@ pub async fn product_views(store: Arc<dyn Store>) {
     let cup = given_product(&store, 5).await;
     let at = |text: &str| -> orderflow_domain::Timestamp { text.parse().unwrap() };
     assert_eq!(store.product_views(mug.id).await.unwrap(), 0);
-    let mut tx = store.begin_background().await.unwrap();
-    tx.add_product_views(mug.id, 3, at("2026-03-01T10:00:30Z"))
-        .await
-        .unwrap();
-    tx.add_product_views(cup.id, 1, at("2026-03-01T10:00:59.999Z"))
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
-    let mut tx = store.begin().await.unwrap();
-    tx.add_product_views(mug.id, 4, at("2026-03-01T10:01:10Z"))
-        .await
-        .unwrap();
-    tx.add_product_views(cup.id, 9, at("2026-03-01T10:02:00Z"))
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
+    // Two units of work: a background one, then an ordinary one.
+    for (background, views) in [
+        (
+            true,
+            [
+                (mug.id, 3, "2026-03-01T10:00:30Z"),
+                (cup.id, 1, "2026-03-01T10:00:59.999Z"),
+            ],
+        ),
+        (
+            false,
+            [
+                (mug.id, 4, "2026-03-01T10:01:10Z"),
+                (cup.id, 9, "2026-03-01T10:02:00Z"),
+            ],
+        ),
+    ] {
+        let mut tx = if background {
+            store.begin_background().await.unwrap()
+        } else {
+            store.begin().await.unwrap()
+        };
+        for (product, count, when) in views {
+            tx.add_product_views(product, count, at(when))
+                .await
+                .unwrap();
+        }
+        tx.commit().await.unwrap();
+    }
     let mut rolled_back = store.begin().await.unwrap();
     rolled_back
         .add_product_views(cup.id, 1000, at("2026-03-01T10:02:00Z"))
@@ -2106,10 +2057,13 @@ pub async fn product_views(store: Arc<dyn Store>) {
         "at most `top`"
     );
     assert_eq!(
-        store
-            .prune(Prunable::MinuteWindows, at("2026-03-01T10:01:00Z"), 100)
-            .await
-            .unwrap(),
+        pruned(
+            &store,
+            Prunable::MinuteWindows,
+            at("2026-03-01T10:01:00Z"),
+            100
+        )
+        .await,
         2,
         "the two products' views of 10:00"
     );
@@ -2215,10 +2169,7 @@ pub async fn unique_viewers(store: Arc<dyn Store>) {
 
     let cut_off: orderflow_domain::Timestamp = "2026-03-03T12:00:00Z".parse().unwrap();
     assert_eq!(
-        store
-            .prune(Prunable::ProductViewers, cut_off, 100)
-            .await
-            .unwrap(),
+        pruned(&store, Prunable::ProductViewers, cut_off, 100).await,
         4,
         "Monday's rows, not Tuesday's"
     );
@@ -2238,10 +2189,7 @@ pub async fn unique_viewers(store: Arc<dyn Store>) {
     );
     assert_eq!(store.viewer_salt(tuesday, "other").await.unwrap(), "other");
     assert_eq!(
-        store
-            .prune(Prunable::ViewerSalts, cut_off, 100)
-            .await
-            .unwrap(),
+        pruned(&store, Prunable::ViewerSalts, cut_off, 100).await,
         1,
         "Monday's salt"
     );
@@ -2328,10 +2276,13 @@ pub async fn fraud_orders(store: Arc<dyn Store>) {
         }
     );
     assert_eq!(
-        store
-            .prune(Prunable::FraudOrders, at("2026-03-01T10:05:00Z"), 100)
-            .await
-            .unwrap(),
+        pruned(
+            &store,
+            Prunable::FraudOrders,
+            at("2026-03-01T10:05:00Z"),
+            100
+        )
+        .await,
         2,
         "Ann's first two; Bob's is placed at the cut-off"
     );
@@ -2603,9 +2554,7 @@ pub async fn retention(store: Arc<dyn Store>) {
         assert!(tx.mark_processed("email", *mark).await.unwrap());
     }
     assert_eq!(
-        tx.claim_idempotency_key(user.id, "retained", "hash")
-            .await
-            .unwrap(),
+        claim(&mut tx, user.id, "retained", "hash").await,
         IdempotencyClaim::Claimed
     );
     let letter = dead_letter_of("email", 9, now());
@@ -2625,7 +2574,7 @@ pub async fn retention(store: Arc<dyn Store>) {
         Prunable::ReplayedDeadLetters,
     ] {
         assert_eq!(
-            store.prune(what, long_ago, 100).await.unwrap(),
+            pruned(&store, what, long_ago, 100).await,
             0,
             "{what:?} younger than the cut-off stay"
         );
@@ -2634,48 +2583,25 @@ pub async fn retention(store: Arc<dyn Store>) {
         store.is_processed("email", marks[0]).await.unwrap(),
         "a redelivered event is still recognised while its mark is kept"
     );
-    assert_eq!(
-        store
-            .prune(Prunable::ProcessedMarks, later, 2)
-            .await
-            .unwrap(),
-        2,
-        "a batch is at most its limit"
-    );
-    assert_eq!(
-        store
-            .prune(Prunable::ProcessedMarks, later, 2)
-            .await
-            .unwrap(),
-        1
-    );
-    assert_eq!(
-        store
-            .prune(Prunable::ProcessedMarks, later, 2)
-            .await
-            .unwrap(),
-        0
-    );
+    let mut batches = Vec::new();
+    for _ in 0..3 {
+        batches.push(pruned(&store, Prunable::ProcessedMarks, later, 2).await);
+    }
+    assert_eq!(batches, [2, 1, 0], "a batch is at most its limit");
     assert!(!store.is_processed("email", marks[0]).await.unwrap());
     assert_eq!(
-        store
-            .prune(Prunable::IdempotencyKeys, later, 100)
-            .await
-            .unwrap(),
+        pruned(&store, Prunable::IdempotencyKeys, later, 100).await,
         1
     );
     assert_eq!(
-        store
-            .prune(Prunable::ReplayedDeadLetters, later, 100)
-            .await
-            .unwrap(),
+        pruned(&store, Prunable::ReplayedDeadLetters, later, 100).await,
         1,
         "only the replayed one"
     );
     assert_eq!(store.dead_letter(letter.id).await.unwrap(), None);
     assert!(store.dead_letter(waiting.id).await.unwrap().is_some());
     assert_eq!(
-        store.prune(Prunable::SentOutbox, later, 100).await.unwrap(),
+        pruned(&store, Prunable::SentOutbox, later, 100).await,
         0,
         "nothing was sent through an outbox here"
     );

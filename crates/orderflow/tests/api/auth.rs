@@ -103,19 +103,9 @@ async fn refresh_rotates_and_a_reused_refresh_token_revokes_the_session() {
 
     // The old refresh token stops working, and replaying it is treated as theft:
     // the session is revoked, so the new refresh token dies too.
-    assert_problem(
-        app.refresh(&shopper.refresh_token).await,
-        401,
-        "unauthorized",
-    )
-    .await;
-    assert_problem(
-        app.refresh(&rotated.refresh_token).await,
-        401,
-        "unauthorized",
-    )
-    .await;
-    assert_problem(app.refresh("made-up-token").await, 401, "unauthorized").await;
+    app.assert_refresh_refused(&shopper.refresh_token).await;
+    app.assert_refresh_refused(&rotated.refresh_token).await;
+    app.assert_refresh_refused("made-up-token").await;
 }
 
 #[tokio::test]
@@ -138,12 +128,7 @@ async fn logout_revokes_the_access_token_and_the_session() {
         body["detail"].as_str().unwrap().contains("revoked"),
         "{body}"
     );
-    assert_problem(
-        app.refresh(&shopper.refresh_token).await,
-        401,
-        "unauthorized",
-    )
-    .await;
+    app.assert_refresh_refused(&shopper.refresh_token).await;
 
     // Only that device is logged out.
     assert_eq!(
@@ -188,7 +173,7 @@ async fn bad_tokens_are_401() {
     let app = spawn_app().await;
     let shopper = app.shopper("Gul").await;
     let path = "/api/v1/orders";
-    let no_token = app.http.get(app.url(path)).send().await.unwrap();
+    let no_token = app.get(path).await;
     let body = assert_problem(no_token, 401, "unauthorized").await;
     assert!(body["detail"].as_str().unwrap().contains("Bearer"));
     let mut tampered = shopper.token.clone();
@@ -199,25 +184,13 @@ async fn bad_tokens_are_401() {
         'A'
     });
     for token in [tampered.as_str(), "not.a.jwt", "garbage"] {
-        let response = app
-            .http
-            .get(app.url(path))
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap();
+        let response = app.get_as(token, path).await;
         assert_problem(response, 401, "unauthorized").await;
     }
     // alg: none with the same claims.
     let payload = shopper.token.split('.').nth(1).unwrap();
     let none = format!("eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.{payload}.");
-    let response = app
-        .http
-        .get(app.url(path))
-        .bearer_auth(none)
-        .send()
-        .await
-        .unwrap();
+    let response = app.get_as(&none, path).await;
     assert_problem(response, 401, "unauthorized").await;
 }
 

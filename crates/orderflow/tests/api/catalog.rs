@@ -25,12 +25,7 @@ async fn products_are_paged_with_a_cursor() {
     ids.dedup();
     assert_eq!(ids.len(), 5, "every product exactly once");
 
-    let bad = app
-        .http
-        .get(app.url("/api/v1/products?limit=abc"))
-        .send()
-        .await
-        .unwrap();
+    let bad = app.get("/api/v1/products?limit=abc").await;
     assert_problem(bad, 400, "malformed-query").await;
 }
 
@@ -71,12 +66,7 @@ async fn product_has_etag_and_answers_304() {
         "not-found",
     )
     .await;
-    let bad_id = app
-        .http
-        .get(app.url("/api/v1/products/not-a-uuid"))
-        .send()
-        .await
-        .unwrap();
+    let bad_id = app.get("/api/v1/products/not-a-uuid").await;
     assert_eq!(bad_id.status().as_u16() / 100, 4);
     assert_eq!(bad_id.headers()["content-type"], "application/problem+json");
 }
@@ -185,13 +175,7 @@ async fn trending_ranks_products_by_their_views_in_the_window() {
 
     let get = |query: &'static str| {
         let app = &app;
-        async move {
-            app.http
-                .get(app.url(&format!("/api/v1/products/trending{query}")))
-                .send()
-                .await
-                .unwrap()
-        }
+        async move { app.get(&format!("/api/v1/products/trending{query}")).await }
     };
     let trending = |query: &'static str| async move {
         let response = get(query).await;
@@ -276,12 +260,11 @@ async fn unique_viewers_count_each_reader_once_a_day() {
     let viewers = |id: uuid::Uuid, query: String| {
         let (app, admin) = (&app, admin.clone());
         async move {
-            app.http
-                .get(app.url(&format!("/api/v1/admin/products/{id}/viewers{query}")))
-                .bearer_auth(admin)
-                .send()
-                .await
-                .unwrap()
+            app.get_as(
+                &admin,
+                &format!("/api/v1/admin/products/{id}/viewers{query}"),
+            )
+            .await
         }
     };
     let today = chrono::Utc::now().date_naive();
@@ -319,12 +302,11 @@ async fn unique_viewers_count_each_reader_once_a_day() {
     .await;
     let shopper = app.shopper("Nosy").await;
     let refused = app
-        .http
-        .get(app.url(&format!("/api/v1/admin/products/{}/viewers", mug.id)))
-        .bearer_auth(&shopper.token)
-        .send()
-        .await
-        .unwrap();
+        .get_as(
+            &shopper.token,
+            &format!("/api/v1/admin/products/{}/viewers", mug.id),
+        )
+        .await;
     assert_eq!(refused.status(), StatusCode::FORBIDDEN);
 }
 
@@ -369,7 +351,7 @@ async fn products_are_searched_filtered_sorted_and_pictured() {
         let app = &app;
         let path = path.to_owned();
         async move {
-            let response = app.http.get(app.url(&path)).send().await.unwrap();
+            let response = app.get(&path).await;
             assert_eq!(response.status(), StatusCode::OK, "{path}");
             let page: serde_json::Value = response.json().await.unwrap();
             let names: Vec<String> = page["items"]
@@ -417,15 +399,7 @@ async fn products_are_searched_filtered_sorted_and_pictured() {
     let (found, _) = names("/api/v1/products/search?q=desk").await;
     assert!(found.is_empty());
 
-    let categories: serde_json::Value = app
-        .http
-        .get(app.url("/api/v1/categories"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let categories: serde_json::Value = app.get("/api/v1/categories").await.json().await.unwrap();
     assert_eq!(
         categories,
         json!({"items": [{"name": "Kitchen", "products": 3}]})
@@ -437,21 +411,11 @@ async fn products_are_searched_filtered_sorted_and_pictured() {
         ("min_price_cents=-1", "min_price_cents"),
         (&*format!("q={}", "a".repeat(201)), "q"),
     ] {
-        let response = app
-            .http
-            .get(app.url(&format!("/api/v1/products/search?{query}")))
-            .send()
-            .await
-            .unwrap();
+        let response = app.get(&format!("/api/v1/products/search?{query}")).await;
         let problem = assert_problem(response, 422, "validation").await;
         assert_eq!(problem["field"], field, "{problem}");
     }
-    let bad_sort = app
-        .http
-        .get(app.url("/api/v1/products/search?sort=cheapest"))
-        .send()
-        .await
-        .unwrap();
+    let bad_sort = app.get("/api/v1/products/search?sort=cheapest").await;
     assert_problem(bad_sort, 400, "malformed-query").await;
 
     // The picture: an SVG with the name escaped, revalidated by its ETag.
@@ -476,21 +440,13 @@ async fn products_are_searched_filtered_sorted_and_pictured() {
         .await
         .unwrap();
     assert_eq!(again.status(), StatusCode::NOT_MODIFIED);
-    let kettle_picture = app
-        .http
-        .get(app.url(kettle["image_url"].as_str().unwrap()))
-        .send()
-        .await
-        .unwrap();
+    let kettle_picture = app.get(kettle["image_url"].as_str().unwrap()).await;
     assert_ne!(kettle_picture.headers()["etag"].to_str().unwrap(), etag);
     let unknown = app
-        .http
-        .get(app.url(&format!(
+        .get(&format!(
             "/api/v1/products/{}/image.svg",
             uuid::Uuid::now_v7()
-        )))
-        .send()
-        .await
-        .unwrap();
+        ))
+        .await;
     assert_problem(unknown, 404, "not-found").await;
 }

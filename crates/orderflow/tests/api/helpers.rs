@@ -96,6 +96,21 @@ impl TestApp {
         format!("{}{}", self.address, path)
     }
 
+    /// `GET {path}` with no token, whatever the answer.
+    pub async fn get(&self, path: &str) -> Response {
+        self.http.get(self.url(path)).send().await.unwrap()
+    }
+
+    /// `GET {path}` as `token`, whatever the answer.
+    pub async fn get_as(&self, token: &str, path: &str) -> Response {
+        self.http
+            .get(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+    }
+
     /// Stops this app's member of every consumer group (on PostgreSQL their
     /// leases go), as `orderflow rebuild` wants; [`Self::rejoin`] starts new
     /// ones.
@@ -175,6 +190,16 @@ impl TestApp {
             .send()
             .await
             .unwrap()
+    }
+
+    /// A refresh with `refresh_token`, which must answer a token pair.
+    pub async fn refreshed(&self, refresh_token: &str) -> TokenPairView {
+        self.refresh(refresh_token).await.json().await.unwrap()
+    }
+
+    /// A refresh with `refresh_token` is refused: a 401 problem.
+    pub async fn assert_refresh_refused(&self, refresh_token: &str) {
+        assert_problem(self.refresh(refresh_token).await, 401, "unauthorized").await;
     }
 
     pub async fn logout(&self, token: &str) -> Response {
@@ -368,13 +393,7 @@ impl TestApp {
     // --- me, leaderboard, admin ---
 
     pub async fn get_json(&self, token: &str, path: &str) -> Value {
-        let response = self
-            .http
-            .get(self.url(path))
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap();
+        let response = self.get_as(token, path).await;
         assert_eq!(response.status(), StatusCode::OK, "GET {path}");
         response.json().await.unwrap()
     }
@@ -437,14 +456,7 @@ impl TestApp {
     }
 
     pub async fn metrics(&self) -> String {
-        self.http
-            .get(self.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        crate::support::metrics_of(&self.http, &self.address).await
     }
 }
 

@@ -7,12 +7,7 @@ use crate::helpers::{assert_problem, spawn_app};
 #[tokio::test]
 async fn unknown_routes_wrong_methods_and_big_bodies_are_problems() {
     let app = spawn_app().await;
-    assert_problem(
-        app.http.get(app.url("/nope")).send().await.unwrap(),
-        404,
-        "not-found",
-    )
-    .await;
+    assert_problem(app.get("/nope").await, 404, "not-found").await;
     let wrong_method = app
         .http
         .delete(app.url("/api/v1/products"))
@@ -52,17 +47,9 @@ async fn unknown_routes_wrong_methods_and_big_bodies_are_problems() {
 #[tokio::test]
 async fn health_readiness_metrics_and_docs_answer() {
     let app = spawn_app().await;
-    let health = app.http.get(app.url("/healthz")).send().await.unwrap();
+    let health = app.get("/healthz").await;
     assert_eq!(health.status(), StatusCode::OK);
-    let ready: serde_json::Value = app
-        .http
-        .get(app.url("/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ready: serde_json::Value = app.get("/readyz").await.json().await.unwrap();
     assert_eq!(ready["checks"]["database"], "ok");
     assert_eq!(ready["checks"]["event_log"], "ok");
 
@@ -86,15 +73,7 @@ async fn health_readiness_metrics_and_docs_answer() {
     );
     assert!(metrics.contains("orderflow_dead_letters "), "DLQ size");
 
-    let openapi: serde_json::Value = app
-        .http
-        .get(app.url("/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let openapi: serde_json::Value = app.get("/openapi.json").await.json().await.unwrap();
     assert!(openapi["openapi"].as_str().unwrap().starts_with("3."));
     for path in [
         "/api/v1/orders",
@@ -128,7 +107,7 @@ async fn health_readiness_metrics_and_docs_answer() {
             "{reference} does not resolve"
         );
     }
-    let docs = app.http.get(app.url("/docs/")).send().await.unwrap();
+    let docs = app.get("/docs/").await;
     assert_eq!(docs.status(), StatusCode::OK);
     assert!(
         docs.text().await.unwrap().contains("swagger"),
@@ -146,13 +125,7 @@ async fn admin_routes_need_the_admin_role() {
         "/api/v1/admin/sales",
         "/api/v1/admin/sales/products",
     ] {
-        let response = app
-            .http
-            .get(app.url(path))
-            .bearer_auth(&shopper.token)
-            .send()
-            .await
-            .unwrap();
+        let response = app.get_as(&shopper.token, path).await;
         assert_problem(response, 403, "forbidden").await;
     }
     let admin = app.admin_token().await;
@@ -172,7 +145,7 @@ async fn every_answer_carries_a_request_id_kept_from_the_caller_or_made() {
         .await
         .unwrap();
     assert_eq!(kept.headers()["x-request-id"], "from-the-proxy-42");
-    let made = app.http.get(app.url("/nowhere")).send().await.unwrap();
+    let made = app.get("/nowhere").await;
     let id = made.headers()["x-request-id"].to_str().unwrap().to_owned();
     assert!(uuid::Uuid::parse_str(&id).is_ok(), "a UUID, not {id:?}");
     assert_problem(made, 404, "not-found").await;

@@ -13,7 +13,9 @@ use futures::{Stream, StreamExt};
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::helpers::{TestApp, assert_problem, spawn_app};
+use orderflow_api::routes::products::ProductView;
+
+use crate::helpers::{Shopper, TestApp, assert_problem, spawn_app};
 
 type Events = Pin<Box<dyn Stream<Item = Result<Event, EventStreamError<reqwest::Error>>> + Send>>;
 
@@ -61,12 +63,47 @@ fn data(event: &Event) -> Value {
     serde_json::from_str(&event.data).expect("JSON data")
 }
 
+/// [`follow`] from `position` on `channel`, as `Last-Event-ID` names it.
+async fn follow_from(
+    app: &TestApp,
+    token: &str,
+    channel: &str,
+    position: impl std::fmt::Display,
+) -> Events {
+    follow(app, token, channel, Some(&format!("{channel}={position}"))).await
+}
+
+/// `shopper`'s own order channel.
+fn orders_of(shopper: &Shopper) -> String {
+    format!("orders:{}", shopper.id)
+}
+
+/// A fresh app and a shopper `name`, with the shopper's order channel.
+async fn app_and_shopper(name: &str) -> (TestApp, Shopper, String) {
+    let app = spawn_app().await;
+    let shopper = app.shopper(name).await;
+    let channel = orders_of(&shopper);
+    (app, shopper, channel)
+}
+
+/// A fresh app selling `stock` of `sku` at `price_cents`, then a shopper
+/// `name`, with the shopper's order channel.
+async fn shop(
+    sku: &str,
+    price_cents: i64,
+    stock: i64,
+    name: &str,
+) -> (TestApp, ProductView, Shopper, String) {
+    let app = spawn_app().await;
+    let product = app.create_product(sku, price_cents, stock).await;
+    let shopper = app.shopper(name).await;
+    let channel = orders_of(&shopper);
+    (app, product, shopper, channel)
+}
+
 #[tokio::test]
 async fn a_shopper_follows_an_order_from_pending_to_confirmed() {
-    let app = spawn_app().await;
-    let product = app.create_product("LIVE-1", 1200, 5).await;
-    let shopper = app.shopper("Live").await;
-    let channel = format!("orders:{}", shopper.id);
+    let (app, product, shopper, channel) = shop("LIVE-1", 1200, 5, "Live").await;
     let mut events = follow(&app, &shopper.token, &channel, None).await;
 
     let subscribed = next(&mut events).await;
@@ -105,10 +142,7 @@ async fn a_shopper_follows_an_order_from_pending_to_confirmed() {
 
 #[tokio::test]
 async fn a_client_that_reconnects_with_its_last_id_gets_exactly_what_it_missed() {
-    let app = spawn_app().await;
-    let product = app.create_product("LIVE-2", 1200, 5).await;
-    let shopper = app.shopper("Back").await;
-    let channel = format!("orders:{}", shopper.id);
+    let (app, product, shopper, channel) = shop("LIVE-2", 1200, 5, "Back").await;
     let mut events = follow(&app, &shopper.token, &channel, None).await;
     next(&mut events).await; // subscribed
     let order = app.order_one(&shopper, product.id, 1).await;
@@ -150,13 +184,7 @@ async fn a_client_that_reconnects_with_its_last_id_gets_exactly_what_it_missed()
     );
 
     // A position this server never gave: start from the present, and say so.
-    let mut events = follow(
-        &app,
-        &shopper.token,
-        &channel,
-        Some(&format!("{channel}=999999999")),
-    )
-    .await;
+    let mut events = follow_from(&app, &shopper.token, &channel, 999999999).await;
     let subscribed = data(&next(&mut events).await);
     assert_eq!(
         subscribed,
@@ -169,10 +197,7 @@ async fn a_client_that_reconnects_with_its_last_id_gets_exactly_what_it_missed()
 /// query resume the same way.
 #[tokio::test]
 async fn a_page_resumes_from_the_positions_it_was_drawn_at() {
-    let app = spawn_app().await;
-    let product = app.create_product("LIVE-Q", 900, 5).await;
-    let shopper = app.shopper("Drawn").await;
-    let channel = format!("orders:{}", shopper.id);
+    let (app, product, shopper, channel) = shop("LIVE-Q", 900, 5, "Drawn").await;
     let order = app.order_one(&shopper, product.id, 1).await;
     let drawn_at = app
         .app
@@ -273,9 +298,7 @@ async fn issue_ticket(app: &TestApp, token: Option<&str>) -> reqwest::Response {
 
 #[tokio::test]
 async fn a_ticket_opens_an_event_stream_once_without_the_token() {
-    let app = spawn_app().await;
-    let shopper = app.shopper("Ticket").await;
-    let channel = format!("orders:{}", shopper.id);
+    let (app, shopper, channel) = app_and_shopper("Ticket").await;
     let issued = issue_ticket(&app, Some(&shopper.token)).await;
     assert_eq!(issued.status(), StatusCode::CREATED);
     let issued: Value = issued.json().await.unwrap();
@@ -308,9 +331,7 @@ async fn a_ticket_opens_an_event_stream_once_without_the_token() {
 
 #[tokio::test]
 async fn logging_out_closes_the_stream_with_a_reason() {
-    let app = spawn_app().await;
-    let shopper = app.shopper("Leaving").await;
-    let channel = format!("orders:{}", shopper.id);
+    let (app, shopper, channel) = app_and_shopper("Leaving").await;
     let mut events = follow(&app, &shopper.token, &channel, None).await;
     assert_eq!(next(&mut events).await.event, "subscribed");
 
@@ -337,9 +358,7 @@ async fn logging_out_closes_the_stream_with_a_reason() {
 
 #[tokio::test]
 async fn anyone_follows_a_products_stock_and_price() {
-    let app = spawn_app().await;
-    let product = app.create_product("LIVE-P", 700, 5).await;
-    let watcher = app.shopper("Watcher").await;
+    let (app, product, watcher, _) = shop("LIVE-P", 700, 5, "Watcher").await;
     let buyer = app.shopper("Buyer").await;
     let channel = format!("product:{}", product.id);
     let mut events = follow(&app, &watcher.token, &channel, None).await;
@@ -440,15 +459,32 @@ async fn send(socket: &mut Socket, command: Value) {
         .unwrap();
 }
 
+/// Sends a `subscribe` command for `channel`.
+async fn subscribe(socket: &mut Socket, channel: &str) {
+    send(
+        socket,
+        serde_json::json!({"type": "subscribe", "channel": channel}),
+    )
+    .await;
+}
+
+/// The next message, within [`PATIENCE`] (`expected` says what was due).
+async fn next_message(
+    socket: &mut Socket,
+    expected: &str,
+) -> tokio_tungstenite::tungstenite::Message {
+    tokio::time::timeout(PATIENCE, socket.next())
+        .await
+        .expect(expected)
+        .expect("the socket is open")
+        .expect("a well-formed message")
+}
+
 /// The next JSON frame (pings and pongs are skipped).
 async fn frame(socket: &mut Socket) -> Value {
     use tokio_tungstenite::tungstenite::Message;
     loop {
-        let message = tokio::time::timeout(PATIENCE, socket.next())
-            .await
-            .expect("a frame within 10 s")
-            .expect("the socket is open")
-            .expect("a well-formed message");
+        let message = next_message(socket, "a frame within 10 s").await;
         match message {
             Message::Text(text) => return serde_json::from_str(&text).expect("JSON"),
             Message::Ping(_) | Message::Pong(_) => continue,
@@ -459,41 +495,22 @@ async fn frame(socket: &mut Socket) -> Value {
 
 #[tokio::test]
 async fn a_websocket_client_follows_its_orders_and_only_its_own() {
-    let app = spawn_app().await;
-    let product = app.create_product("LIVE-WS", 900, 5).await;
-    let ann = app.shopper("Ann").await;
+    let (app, product, ann, mine) = shop("LIVE-WS", 900, 5, "Ann").await;
     let bob = app.shopper("Bob").await;
-    let mine = format!("orders:{}", ann.id);
     let mut socket = open_socket(&app, Some(&ann.token), None).await;
 
-    send(
-        &mut socket,
-        serde_json::json!({"type": "subscribe", "channel": format!("orders:{}", bob.id)}),
-    )
-    .await;
+    subscribe(&mut socket, &orders_of(&bob)).await;
     let refused = frame(&mut socket).await;
     assert_eq!(refused["type"], "error");
     assert_eq!(refused["problem"]["status"], 403);
-    send(
-        &mut socket,
-        serde_json::json!({"type": "subscribe", "channel": "admin:orders"}),
-    )
-    .await;
+    subscribe(&mut socket, "admin:orders").await;
     assert_eq!(frame(&mut socket).await["problem"]["status"], 403);
-    send(
-        &mut socket,
-        serde_json::json!({"type": "subscribe", "channel": "admin:everything"}),
-    )
-    .await;
+    subscribe(&mut socket, "admin:everything").await;
     assert_eq!(frame(&mut socket).await["problem"]["status"], 422);
     send(&mut socket, serde_json::json!({"type": "dance"})).await;
     assert_eq!(frame(&mut socket).await["problem"]["status"], 422);
 
-    send(
-        &mut socket,
-        serde_json::json!({"type": "subscribe", "channel": mine}),
-    )
-    .await;
+    subscribe(&mut socket, &mine).await;
     assert_eq!(
         frame(&mut socket).await,
         serde_json::json!({"type": "subscribed", "channel": mine, "position": 0, "recovered": true})
@@ -566,11 +583,7 @@ async fn a_websocket_needs_a_token_or_a_ticket_and_closes_on_logout() {
         .unwrap();
     let mut socket = open_socket(&app, None, ticket["ticket"].as_str()).await;
     let channel = format!("orders:{}", shopper.id);
-    send(
-        &mut socket,
-        serde_json::json!({"type": "subscribe", "channel": channel}),
-    )
-    .await;
+    subscribe(&mut socket, &channel).await;
     assert_eq!(frame(&mut socket).await["type"], "subscribed");
 
     assert_eq!(
@@ -580,11 +593,7 @@ async fn a_websocket_needs_a_token_or_a_ticket_and_closes_on_logout() {
     let closing = frame(&mut socket).await;
     assert_eq!(closing["type"], "closing");
     assert_eq!(closing["reason"], "logged_out");
-    let close = tokio::time::timeout(PATIENCE, socket.next())
-        .await
-        .expect("a close frame")
-        .expect("the socket is open")
-        .expect("a well-formed message");
+    let close = next_message(&mut socket, "a close frame").await;
     match close {
         Message::Close(Some(close)) => {
             assert_eq!(u16::from(close.code), 4003);
@@ -600,17 +609,11 @@ async fn a_websocket_needs_a_token_or_a_ticket_and_closes_on_logout() {
 #[tokio::test]
 async fn a_stopping_server_closes_live_streams_with_restarting() {
     use tokio_tungstenite::tungstenite::Message;
-    let app = spawn_app().await;
-    let shopper = app.shopper("Restart").await;
-    let channel = format!("orders:{}", shopper.id);
+    let (app, shopper, channel) = app_and_shopper("Restart").await;
     let mut events = follow(&app, &shopper.token, &channel, None).await;
     assert_eq!(next(&mut events).await.event, "subscribed");
     let mut socket = open_socket(&app, Some(&shopper.token), None).await;
-    send(
-        &mut socket,
-        serde_json::json!({"type": "subscribe", "channel": channel}),
-    )
-    .await;
+    subscribe(&mut socket, &channel).await;
     assert_eq!(frame(&mut socket).await["type"], "subscribed");
 
     let stopped = tokio::spawn(app.stop());
@@ -638,10 +641,7 @@ async fn a_stopping_server_closes_live_streams_with_restarting() {
 #[tokio::test]
 async fn a_slow_connection_is_cut_off_and_a_fast_one_loses_nothing() {
     use orderflow_core::services::live::{CloseReason, ConnectionSettings, LiveCommand, LiveFrame};
-    let app = spawn_app().await;
-    let product = app.create_product("LIVE-SLOW", 500, 50).await;
-    let shopper = app.shopper("Slow").await;
-    let channel = format!("orders:{}", shopper.id);
+    let (app, product, shopper, channel) = shop("LIVE-SLOW", 500, 50, "Slow").await;
     let principal = app.app.auth.authenticate(&shopper.token).await.unwrap();
     let hub = &app.app.state.live;
     let subscribe = LiveCommand::Subscribe {
@@ -712,22 +712,14 @@ async fn admins_follow_the_pipeline_health_every_second() {
     let app = spawn_app().await;
     let shopper = app.shopper("Curious").await;
     let mut socket = open_socket(&app, Some(&shopper.token), None).await;
-    send(
-        &mut socket,
-        serde_json::json!({"type": "subscribe", "channel": "admin:health"}),
-    )
-    .await;
+    subscribe(&mut socket, "admin:health").await;
     let refused = frame(&mut socket).await;
     assert_eq!(refused["type"], "error");
     assert_eq!(refused["problem"]["status"], 403);
 
     let admin = app.admin_token().await;
     let mut socket = open_socket(&app, Some(&admin), None).await;
-    send(
-        &mut socket,
-        serde_json::json!({"type": "subscribe", "channel": "admin:health"}),
-    )
-    .await;
+    subscribe(&mut socket, "admin:health").await;
     let subscribed = frame(&mut socket).await;
     assert_eq!(subscribed["type"], "subscribed");
     let first = subscribed["position"].as_i64().unwrap();
@@ -770,9 +762,7 @@ async fn admins_follow_the_pipeline_health_every_second() {
 
 #[tokio::test]
 async fn notifications_and_every_order_are_channels_too() {
-    let app = spawn_app().await;
-    let product = app.create_product("LIVE-N", 1200, 5).await;
-    let shopper = app.shopper("Noted").await;
+    let (app, product, shopper, _) = shop("LIVE-N", 1200, 5, "Noted").await;
     // The welcome e-mail goes out before anyone follows.
     app.drain().await;
     let notes = format!("notifications:{}", shopper.id);
@@ -821,13 +811,7 @@ async fn notifications_and_every_order_are_channels_too() {
     assert_eq!(steps, app.history(&shopper.token, order.id).await);
 
     // Back after the welcome: exactly the three, from the database.
-    let mut again = follow(
-        &app,
-        &shopper.token,
-        &notes,
-        Some(&format!("{notes}={welcome}")),
-    )
-    .await;
+    let mut again = follow_from(&app, &shopper.token, &notes, welcome).await;
     let resumed = data(&next(&mut again).await);
     assert_eq!(resumed["recovered"], true, "{resumed}");
     let mut replayed = Vec::new();
@@ -840,11 +824,8 @@ async fn notifications_and_every_order_are_channels_too() {
 
 #[tokio::test]
 async fn a_snapshot_then_a_subscription_misses_nothing_and_repeats_nothing() {
-    let app = spawn_app().await;
-    let product = app.create_product("LIVE-S", 700, 50).await;
-    let shopper = app.shopper("Snap").await;
+    let (app, product, shopper, channel) = shop("LIVE-S", 700, 50, "Snap").await;
     let other = app.shopper("Other").await;
-    let channel = format!("orders:{}", shopper.id);
     let snapshot = |token: String, channel: String, limit: Option<&'static str>| {
         let request = app
             .http
@@ -890,13 +871,7 @@ async fn a_snapshot_then_a_subscription_misses_nothing_and_repeats_nothing() {
 
     // Subscribed after the snapshot's position: the next order's steps
     // only, none of the first's again.
-    let mut events = follow(
-        &app,
-        &shopper.token,
-        &channel,
-        Some(&format!("{channel}={position}")),
-    )
-    .await;
+    let mut events = follow_from(&app, &shopper.token, &channel, position).await;
     assert_eq!(data(&next(&mut events).await)["recovered"], true);
     let second = app.order_one(&shopper, product.id, 1).await;
     app.drain().await;
@@ -915,22 +890,12 @@ async fn a_snapshot_then_a_subscription_misses_nothing_and_repeats_nothing() {
     let state = &products["messages"][0];
     assert_eq!(state["data"]["stock"], 48, "{products}");
     assert_eq!(products["position"], state["position"]);
-    assert_problem(
-        snapshot(other.token.clone(), channel.clone(), None)
-            .await
-            .unwrap(),
-        403,
-        "forbidden",
-    )
-    .await;
-    assert_problem(
-        snapshot(other.token.clone(), "admin:orders".into(), None)
-            .await
-            .unwrap(),
-        403,
-        "forbidden",
-    )
-    .await;
+    let forbidden = |token: String, channel: String| {
+        let answer = snapshot(token, channel, None);
+        async move { assert_problem(answer.await.unwrap(), 403, "forbidden").await }
+    };
+    forbidden(other.token.clone(), channel.clone()).await;
+    forbidden(other.token.clone(), "admin:orders".into()).await;
     assert_problem(
         snapshot(shopper.token.clone(), channel.clone(), Some("0"))
             .await

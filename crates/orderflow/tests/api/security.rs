@@ -100,8 +100,34 @@ fn sign(app: &TestApp, claims: &Value) -> String {
 }
 
 async fn get_with(app: &TestApp, token: &str) -> reqwest::Response {
+    app.get_as(token, PROTECTED).await
+}
+
+/// The kid of the key the app signs JWTs with.
+fn jwt_signing_kid(app: &TestApp) -> String {
+    key_set(app)
+        .signing_key(TokenFormat::Jwt)
+        .unwrap()
+        .kid
+        .clone()
+}
+
+/// [`keys::rotate`] in the app's data dir: a new `alg` key signing JWTs,
+/// the old ones kept for 930 s; the new key and the kids dropped.
+fn rotate_jwt_key(app: &TestApp, alg: KeyAlgorithm) -> (SigningKey, Vec<String>) {
+    keys::rotate(
+        &app.app.settings.data_dir,
+        alg,
+        std::time::Duration::from_secs(930),
+        TokenFormat::Jwt,
+    )
+    .unwrap()
+}
+
+/// `DELETE /api/v1/me/sessions/{id}` as `token`.
+async fn delete_session(app: &TestApp, id: &str, token: &str) -> reqwest::Response {
     app.http
-        .get(app.url(PROTECTED))
+        .delete(app.url(&format!("/api/v1/me/sessions/{id}")))
         .bearer_auth(token)
         .send()
         .await
@@ -265,11 +291,7 @@ async fn crafted_pasetos_are_refused_and_a_well_signed_one_is_accepted() {
 async fn switching_the_token_format_logs_nobody_out_early() {
     let app = spawn_app_signing(TokenFormat::Jwt).await;
     let shopper = app.shopper("Sude").await;
-    let jwt_kid = key_set(&app)
-        .signing_key(TokenFormat::Jwt)
-        .unwrap()
-        .kid
-        .clone();
+    let jwt_kid = jwt_signing_kid(&app);
 
     let mut settings = app.app.settings.clone();
     settings.token_format = TokenFormat::Paseto;
@@ -344,13 +366,7 @@ async fn algorithm_confusion_between_hmac_and_eddsa_is_refused() {
     assert!(body["detail"].as_str().unwrap().contains("algorithm"));
 
     // The other way: an HMAC key in the set, a token claiming EdDSA under its kid.
-    let (hs_key, _) = keys::rotate(
-        &app.app.settings.data_dir,
-        KeyAlgorithm::HS256,
-        std::time::Duration::from_secs(930),
-        TokenFormat::Jwt,
-    )
-    .unwrap();
+    let (hs_key, _) = rotate_jwt_key(&app, KeyAlgorithm::HS256);
     let restarted = orderflow::App::build(app.app.settings.clone())
         .await
         .unwrap();
@@ -366,19 +382,9 @@ async fn algorithm_confusion_between_hmac_and_eddsa_is_refused() {
 async fn key_rotation_signs_with_the_new_key_and_old_tokens_keep_working() {
     let app = spawn_app().await;
     let shopper = app.shopper("Jale").await;
-    let old_kid = key_set(&app)
-        .signing_key(TokenFormat::Jwt)
-        .unwrap()
-        .kid
-        .clone();
+    let old_kid = jwt_signing_kid(&app);
 
-    let (new_key, dropped) = keys::rotate(
-        &app.app.settings.data_dir,
-        KeyAlgorithm::EdDSA,
-        std::time::Duration::from_secs(930),
-        TokenFormat::Jwt,
-    )
-    .unwrap();
+    let (new_key, dropped) = rotate_jwt_key(&app, KeyAlgorithm::EdDSA);
     assert!(dropped.is_empty(), "the old key still has live tokens");
     // A reload (what SIGHUP does) picks the new key up in the running app...
     assert_eq!(
@@ -466,21 +472,10 @@ async fn sessions_are_listed_per_device_and_one_can_be_logged_out() {
     // The phone logs the laptop out: its access token stops at once, its
     // refresh token dies, and the phone is unaffected.
     let laptop_id = laptop_session["id"].as_str().unwrap();
-    let response = app
-        .http
-        .delete(app.url(&format!("/api/v1/me/sessions/{laptop_id}")))
-        .bearer_auth(&phone.access_token)
-        .send()
-        .await
-        .unwrap();
+    let response = delete_session(&app, laptop_id, &phone.access_token).await;
     assert_eq!(response.status(), StatusCode::NO_CONTENT);
     assert_refused(&app, &shopper.token, "session deleted").await;
-    assert_problem(
-        app.refresh(&shopper.refresh_token).await,
-        401,
-        "unauthorized",
-    )
-    .await;
+    app.assert_refresh_refused(&shopper.refresh_token).await;
     assert_eq!(
         get_with(&app, &phone.access_token).await.status(),
         StatusCode::OK
@@ -488,23 +483,11 @@ async fn sessions_are_listed_per_device_and_one_can_be_logged_out() {
     assert_eq!(sessions(&app, &phone.access_token).await.len(), 1);
 
     // Deleting it again, or another shopper's session, is 404.
-    let again = app
-        .http
-        .delete(app.url(&format!("/api/v1/me/sessions/{laptop_id}")))
-        .bearer_auth(&phone.access_token)
-        .send()
-        .await
-        .unwrap();
+    let again = delete_session(&app, laptop_id, &phone.access_token).await;
     assert_problem(again, 404, "not-found").await;
     let other = app.shopper("Mert").await;
     let phone_id = phone_session["id"].as_str().unwrap();
-    let foreign = app
-        .http
-        .delete(app.url(&format!("/api/v1/me/sessions/{phone_id}")))
-        .bearer_auth(&other.token)
-        .send()
-        .await
-        .unwrap();
+    let foreign = delete_session(&app, phone_id, &other.token).await;
     assert_problem(foreign, 404, "not-found").await;
     assert_eq!(
         get_with(&app, &phone.access_token).await.status(),
@@ -518,12 +501,7 @@ async fn logout_all_ends_every_device_including_refreshed_tokens() {
     let shopper = app.shopper("Nur").await;
     let second = app.tokens(&shopper.email, PASSWORD).await;
     // A refreshed pair is still the same session: it must die too.
-    let refreshed: orderflow_api::routes::auth::TokenPairView = app
-        .refresh(&second.refresh_token)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let refreshed = app.refreshed(&second.refresh_token).await;
 
     let response = app
         .http
@@ -541,7 +519,7 @@ async fn logout_all_ends_every_device_including_refreshed_tokens() {
         assert_refused(&app, token, "logout-all").await;
     }
     for refresh in [&shopper.refresh_token, &refreshed.refresh_token] {
-        assert_problem(app.refresh(refresh).await, 401, "unauthorized").await;
+        app.assert_refresh_refused(refresh).await;
     }
     // Logging in again works and starts a fresh session.
     let fresh = app.tokens(&shopper.email, PASSWORD).await;
@@ -552,26 +530,11 @@ async fn logout_all_ends_every_device_including_refreshed_tokens() {
 async fn a_reused_refresh_token_revokes_the_family_and_its_access_tokens() {
     let app = spawn_app().await;
     let shopper = app.shopper("Oya").await;
-    let rotated: orderflow_api::routes::auth::TokenPairView = app
-        .refresh(&shopper.refresh_token)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let rotated = app.refreshed(&shopper.refresh_token).await;
     // The thief replays the first refresh token.
-    assert_problem(
-        app.refresh(&shopper.refresh_token).await,
-        401,
-        "unauthorized",
-    )
-    .await;
+    app.assert_refresh_refused(&shopper.refresh_token).await;
     // The whole family is dead: the rotated refresh token...
-    assert_problem(
-        app.refresh(&rotated.refresh_token).await,
-        401,
-        "unauthorized",
-    )
-    .await;
+    app.assert_refresh_refused(&rotated.refresh_token).await;
     // ...and every access token of the family, at once.
     assert_refused(&app, &rotated.access_token, "refresh reuse").await;
     assert_refused(&app, &shopper.token, "refresh reuse").await;
@@ -846,13 +809,7 @@ async fn a_leaky_bucket_on_orders_queues_per_user_and_refuses_only_a_full_queue(
         let app = &app;
         async move {
             let started = std::time::Instant::now();
-            let response = app
-                .http
-                .get(app.url("/api/v1/orders"))
-                .bearer_auth(token)
-                .send()
-                .await
-                .unwrap();
+            let response = app.get_as(&token, "/api/v1/orders").await;
             (response, started.elapsed())
         }
     };
@@ -932,34 +889,33 @@ async fn deep_json_and_long_strings_are_422_naming_the_limit() {
     );
 }
 
-/// Reads what the server sends until it closes the connection or `limit` passes.
-async fn read_until_closed(
-    stream: &mut tokio::net::TcpStream,
-    limit: std::time::Duration,
-) -> Option<String> {
-    use tokio::io::AsyncReadExt;
+/// Connects to the app and sends `bytes`, then reads what the server sends
+/// until it closes the connection (`None` if that takes over 5 s), and how
+/// long after the sending it closed.
+async fn send_raw_until_closed(
+    app: &TestApp,
+    bytes: &[u8],
+) -> (Option<String>, std::time::Duration) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let address = app.address.trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+    stream.write_all(bytes).await.unwrap();
+    let started = std::time::Instant::now();
     let mut answer = Vec::new();
+    let limit = std::time::Duration::from_secs(5);
     let read = tokio::time::timeout(limit, stream.read_to_end(&mut answer)).await;
-    read.ok()
-        .map(|_| String::from_utf8_lossy(&answer).into_owned())
+    let answer = read
+        .ok()
+        .map(|_| String::from_utf8_lossy(&answer).into_owned());
+    (answer, started.elapsed())
 }
 
 #[tokio::test]
 async fn a_client_that_never_finishes_its_headers_is_disconnected() {
-    use tokio::io::AsyncWriteExt;
     let app = spawn_app_with(&["--header-read-timeout-secs", "1"]).await;
-    let address = app.address.trim_start_matches("http://").to_owned();
-    let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
     // Half a request: the request line and one header, never the blank line.
-    stream
-        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
-        .await
-        .unwrap();
-    let started = std::time::Instant::now();
-    let answer = read_until_closed(&mut stream, std::time::Duration::from_secs(5))
-        .await
-        .expect("the server closed the connection");
-    let took = started.elapsed();
+    let (answer, took) = send_raw_until_closed(&app, b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await;
+    let answer = answer.expect("the server closed the connection");
     assert!(
         took >= std::time::Duration::from_millis(900) && took < std::time::Duration::from_secs(3),
         "closed after {took:?}"
@@ -969,27 +925,20 @@ async fn a_client_that_never_finishes_its_headers_is_disconnected() {
         "{answer:?}"
     );
     // The server is fine for everyone else.
-    let health = app.http.get(app.url("/healthz")).send().await.unwrap();
+    let health = app.get("/healthz").await;
     assert_eq!(health.status(), StatusCode::OK);
 }
 
 #[tokio::test]
 async fn a_body_that_never_arrives_is_answered_408_as_a_problem() {
-    use tokio::io::AsyncWriteExt;
     let app = spawn_app_with(&["--request-timeout-secs", "1"]).await;
-    let address = app.address.trim_start_matches("http://").to_owned();
-    let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
-    stream
-        .write_all(
-            b"POST /api/v1/auth/register HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\nconnection: close\r\n\r\n{\"email\":",
-        )
-        .await
-        .unwrap();
-    let started = std::time::Instant::now();
-    let answer = read_until_closed(&mut stream, std::time::Duration::from_secs(5))
-        .await
-        .expect("answered and closed");
-    assert!(started.elapsed() < std::time::Duration::from_secs(3));
+    let (answer, took) = send_raw_until_closed(
+        &app,
+        b"POST /api/v1/auth/register HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\nconnection: close\r\n\r\n{\"email\":",
+    )
+    .await;
+    let answer = answer.expect("answered and closed");
+    assert!(took < std::time::Duration::from_secs(3));
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains("application/problem+json"), "{answer}");
     assert!(answer.contains("request-timeout"), "{answer}");
@@ -1025,10 +974,8 @@ fn audit_line(lines: &[Value], event: &str) -> Value {
 /// in-process app: its log is exactly what an operator gets.)
 #[tokio::test]
 async fn security_events_are_audit_lines_with_ids_and_no_secret() {
-    use crate::support::process::{http_process, processes_environment};
-    let work = tempfile::tempdir().unwrap();
-    let logs = work.path().join("logs");
-    std::fs::create_dir_all(&logs).unwrap();
+    use crate::support::process::{http_process, processes_environment, work_dir};
+    let (work, logs) = work_dir();
     let env = processes_environment(
         &work.path().join("data"),
         &[("ORDERFLOW_LOG_FORMAT", "json")],

@@ -65,6 +65,31 @@ async fn post(app: &TestApp, jar: &mut Jar, path: &str, form: &[(&str, &str)]) -
     response
 }
 
+/// A browser that has loaded the home page (and got its CSRF cookie), then
+/// was given the cookie `name` holding `token`.
+async fn browser_holding(app: &TestApp, name: &str, token: &str) -> Jar {
+    let mut jar = Jar::default();
+    get(app, &mut jar, "/").await;
+    jar.0.push((name.into(), token.into()));
+    jar
+}
+
+/// The log-in form sent as the admin, with `csrf` and `next`.
+async fn admin_signs_in(app: &TestApp, jar: &mut Jar, csrf: &str, next: &str) -> Response {
+    post(
+        app,
+        jar,
+        "/login",
+        &[
+            ("email", ADMIN_EMAIL),
+            ("password", ADMIN_PASSWORD),
+            ("csrf", csrf),
+            ("next", next),
+        ],
+    )
+    .await
+}
+
 fn set_cookies(response: &Response) -> Vec<String> {
     response
         .headers()
@@ -179,18 +204,7 @@ async fn signing_in_and_out_is_the_apis_session_and_every_form_needs_its_token()
         "the form again, saying why"
     );
 
-    let signed_in = post(
-        &app,
-        &mut jar,
-        "/login",
-        &[
-            ("email", ADMIN_EMAIL),
-            ("password", ADMIN_PASSWORD),
-            ("csrf", &csrf),
-            ("next", "/console"),
-        ],
-    )
-    .await;
+    let signed_in = admin_signs_in(&app, &mut jar, &csrf, "/console").await;
     assert_eq!(signed_in.status(), StatusCode::SEE_OTHER);
     assert_eq!(signed_in.headers()["location"], "/console?done=signed-in");
     for cookie in set_cookies(&signed_in) {
@@ -205,28 +219,11 @@ async fn signing_in_and_out_is_the_apis_session_and_every_form_needs_its_token()
         StatusCode::OK
     );
     // The cookie holds an API token: the API takes it as it is.
-    let me = app
-        .http
-        .get(app.url("/api/v1/me/sessions"))
-        .bearer_auth(&access)
-        .send()
-        .await
-        .unwrap();
+    let me = app.get_as(&access, "/api/v1/me/sessions").await;
     assert_eq!(me.status(), StatusCode::OK);
 
     // A next page elsewhere is not followed.
-    let elsewhere = post(
-        &app,
-        &mut jar,
-        "/login",
-        &[
-            ("email", ADMIN_EMAIL),
-            ("password", ADMIN_PASSWORD),
-            ("csrf", &csrf),
-            ("next", "//evil.example/"),
-        ],
-    )
-    .await;
+    let elsewhere = admin_signs_in(&app, &mut jar, &csrf, "//evil.example/").await;
     assert_eq!(elsewhere.headers()["location"], "/?done=signed-in");
 
     let forged_add = post(
@@ -249,13 +246,7 @@ async fn signing_in_and_out_is_the_apis_session_and_every_form_needs_its_token()
         "cookies cleared"
     );
     // Logged out like the API's logout: the token is dead everywhere.
-    let after = app
-        .http
-        .get(app.url("/api/v1/me/sessions"))
-        .bearer_auth(&access)
-        .send()
-        .await
-        .unwrap();
+    let after = app.get_as(&access, "/api/v1/me/sessions").await;
     assert_eq!(after.status(), StatusCode::UNAUTHORIZED);
 }
 
@@ -263,11 +254,8 @@ async fn signing_in_and_out_is_the_apis_session_and_every_form_needs_its_token()
 async fn an_expired_access_cookie_is_renewed_from_the_refresh_cookie() {
     let app = spawn_app().await;
     let shopper = app.shopper("Renewed").await;
-    let mut jar = Jar::default();
-    get(&app, &mut jar, "/").await;
     // A browser whose access token is gone (expired) keeps its refresh one.
-    jar.0
-        .push(("of_refresh".into(), shopper.refresh_token.clone()));
+    let mut jar = browser_holding(&app, "of_refresh", &shopper.refresh_token).await;
     let account = get(&app, &mut jar, "/account").await;
     assert_eq!(
         account.status(),
@@ -282,11 +270,7 @@ async fn an_expired_access_cookie_is_renewed_from_the_refresh_cookie() {
     );
     // The old refresh token is spent: presenting it again is reuse, and
     // the browser holding it is signed out.
-    let mut stale = Jar::default();
-    get(&app, &mut stale, "/").await;
-    stale
-        .0
-        .push(("of_refresh".into(), shopper.refresh_token.clone()));
+    let mut stale = browser_holding(&app, "of_refresh", &shopper.refresh_token).await;
     let refused = get(&app, &mut stale, "/account").await;
     assert_eq!(refused.status(), StatusCode::SEE_OTHER);
     assert!(
@@ -299,9 +283,7 @@ async fn an_expired_access_cookie_is_renewed_from_the_refresh_cookie() {
 async fn the_console_is_for_admins_only() {
     let app = spawn_app().await;
     let shopper = app.shopper("Curious").await;
-    let mut jar = Jar::default();
-    get(&app, &mut jar, "/").await;
-    jar.0.push(("of_access".into(), shopper.token.clone()));
+    let mut jar = browser_holding(&app, "of_access", &shopper.token).await;
     let console = get(&app, &mut jar, "/console").await;
     assert_eq!(console.status(), StatusCode::FORBIDDEN);
     let csrf = jar.get("of_csrf").unwrap().to_owned();

@@ -43,8 +43,8 @@ use sqlx::Row;
 use tokio::task::JoinHandle;
 
 use super::{
-    Call, ONE_AT_A_TIME, Outage, Shop, Timeline, check_orders, examples, log_summary, metric,
-    report, under_outage,
+    Call, ONE_AT_A_TIME, Outage, Shop, check_orders, examples, log_summary, metric, report,
+    under_outage,
 };
 use crate::support::process::tail;
 use crate::support::{ADMIN_EMAIL, ADMIN_PASSWORD};
@@ -275,32 +275,19 @@ async fn broker_restarted_under_load() {
         }
     });
 
-    let (
-        broker,
-        Timeline {
-            outage,
-            stopped,
-            restarting,
-        },
-        answers,
-        shopped,
-    ) = under_outage(
+    let (broker, timeline, answers, shopped) = under_outage(
         &shop,
         broker,
-        KafkaBroker::stop,
-        KafkaBroker::start_again,
+        (KafkaBroker::stop, KafkaBroker::start_again),
         [BEFORE, DOWN, AFTER],
     )
     .await;
+    let (outage, stopped, restarting) = (timeline.outage, timeline.stopped, timeline.restarting);
     let load_ended = clock.elapsed();
     shop.serve.assert_running();
     eprintln!(
-        "[fault-matrix] {CASE}: broker stopping at {:.1}s, down at {:.1}s, starting again at {:.1}s, accepting connections at {:.1}s ({:.1}s away); load until {:.1}s, {} requests",
-        outage.from.as_secs_f64(),
-        stopped.as_secs_f64(),
-        restarting.as_secs_f64(),
-        outage.to.as_secs_f64(),
-        (outage.to - outage.from).as_secs_f64(),
+        "[fault-matrix] {CASE}: {}; load until {:.1}s, {} requests",
+        timeline.told("broker", "accepting connections", "away"),
         load_ended.as_secs_f64(),
         answers.len()
     );

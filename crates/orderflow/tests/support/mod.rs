@@ -107,6 +107,17 @@ impl std::ops::Deref for Server {
     }
 }
 
+/// The Prometheus exposition at `{base}/metrics`, read with `http`.
+pub async fn metrics_of(http: &reqwest::Client, base: &str) -> String {
+    http.get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 /// The few HTTP calls tests set things up with, against any orderflow (in
 /// process, or a process of its own).
 #[derive(Clone)]
@@ -150,14 +161,7 @@ impl Client {
 
     /// The Prometheus exposition at `/metrics`.
     pub async fn metrics(&self) -> String {
-        self.http
-            .get(format!("{}/metrics", self.base))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        metrics_of(&self.http, &self.base).await
     }
 
     /// Registers a shopper with [`PASSWORD`] and logs them in: a token.

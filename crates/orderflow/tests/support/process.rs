@@ -117,6 +117,15 @@ impl Process {
     }
 }
 
+/// A temporary working directory for a multi-process test and its `logs`
+/// folder, made.
+pub fn work_dir() -> (tempfile::TempDir, PathBuf) {
+    let work = tempfile::tempdir().unwrap();
+    let logs = work.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    (work, logs)
+}
+
 pub fn tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();

@@ -14,7 +14,8 @@ use orderflow_domain::events::{Envelope, EventData, topics};
 use orderflow_domain::money::Currency;
 use orderflow_domain::order::{Order, OrderStatus};
 use orderflow_workers::{
-    Applied, Consumer, ConsumerSettings, Effect, Handler, Prepared, RetryPolicy, WorkerError,
+    Applied, BatchReport, Consumer, ConsumerSettings, Effect, Handler, Prepared, RetryPolicy,
+    WorkerError,
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -22,6 +23,19 @@ use tokio_util::sync::CancellationToken;
 use crate::support::{Harness, tiny_retry};
 
 const GROUP: &str = "scripted";
+
+/// A test handler's `group` (`$group`) and `topics` (`user.events`).
+macro_rules! reads_user_events_as {
+    ($group:expr) => {
+        fn group(&self) -> &'static str {
+            $group
+        }
+
+        fn topics(&self) -> &'static [&'static str] {
+            &[topics::USER_EVENTS]
+        }
+    };
+}
 
 type MakeError = fn() -> WorkerError;
 
@@ -77,13 +91,7 @@ impl Scripted {
 
 #[async_trait]
 impl Handler for Scripted {
-    fn group(&self) -> &'static str {
-        GROUP
-    }
-
-    fn topics(&self) -> &'static [&'static str] {
-        &[topics::USER_EVENTS]
-    }
+    reads_user_events_as!(GROUP);
 
     async fn prepare(&self, delivery: &Delivery) -> Result<Prepared, WorkerError> {
         let id = delivery.envelope.id;
@@ -158,6 +166,25 @@ async fn next(
         .expect("handler alive")
 }
 
+/// What a batch polled, handled, retried and dead-lettered.
+fn attempts(report: &BatchReport) -> (usize, usize, usize, usize) {
+    (
+        report.polled,
+        report.handled,
+        report.retries,
+        report.dead_lettered,
+    )
+}
+
+/// Cancels `shutdown` and waits (10 s at most) for the consumer `running`.
+async fn stop<T>(shutdown: CancellationToken, running: tokio::task::JoinHandle<T>) -> T {
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(10), running)
+        .await
+        .expect("stops promptly")
+        .unwrap()
+}
+
 async fn consumer<H: Handler>(h: &Harness, handler: Arc<H>, retry: RetryPolicy) -> Consumer {
     Consumer::subscribe(handler, h.store.clone(), h.log.as_ref(), retry)
         .await
@@ -173,15 +200,7 @@ async fn a_flaky_handler_is_retried_until_it_succeeds() {
     h.append(std::slice::from_ref(&event)).await;
 
     let report = consumer.process_batch(Duration::ZERO).await.unwrap();
-    assert_eq!(
-        (
-            report.polled,
-            report.handled,
-            report.retries,
-            report.dead_lettered
-        ),
-        (1, 1, 2, 0)
-    );
+    assert_eq!(attempts(&report), (1, 1, 2, 0));
     assert_eq!(handler.calls_for(&event), 3);
     assert!(h.store.is_processed(GROUP, event.id).await.unwrap());
     assert_eq!(h.lag(GROUP).await, 0);
@@ -204,15 +223,7 @@ async fn a_handler_that_keeps_failing_is_dead_lettered_and_the_group_moves_on() 
     h.append(&[bad.clone(), good.clone()]).await;
 
     let report = consumer.process_batch(Duration::ZERO).await.unwrap();
-    assert_eq!(
-        (
-            report.polled,
-            report.handled,
-            report.retries,
-            report.dead_lettered
-        ),
-        (2, 1, 2, 1)
-    );
+    assert_eq!(attempts(&report), (2, 1, 2, 1));
     assert_eq!(handler.calls_for(&bad), 3, "max_attempts attempts in total");
     assert_eq!(
         handler.calls_for(&good),
@@ -346,11 +357,7 @@ async fn run_handles_events_as_they_come_and_stops_on_shutdown() {
     for event in &events {
         assert_eq!(next(&mut rx).await, Ok(event.id));
     }
-    shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(10), running)
-        .await
-        .expect("stops promptly")
-        .unwrap();
+    stop(shutdown, running).await;
     assert_eq!(
         h.lag(GROUP).await,
         0,
@@ -382,11 +389,7 @@ async fn shutdown_during_a_retry_wait_commits_the_finished_part_of_the_batch() {
     let mut expected = [Ok(good.id), Err(bad.id)];
     expected.sort();
     assert_eq!(seen, expected);
-    shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(10), running)
-        .await
-        .expect("stops promptly")
-        .unwrap();
+    stop(shutdown, running).await;
 
     assert_eq!(
         h.lag(GROUP).await,
@@ -422,13 +425,7 @@ impl Timed {
 
 #[async_trait]
 impl Handler for Timed {
-    fn group(&self) -> &'static str {
-        "timed"
-    }
-
-    fn topics(&self) -> &'static [&'static str] {
-        &[topics::USER_EVENTS]
-    }
+    reads_user_events_as!("timed");
 
     fn lane(&self, envelope: &Envelope) -> String {
         if self.lane_per_event {
@@ -542,13 +539,7 @@ impl FlakyApply {
 
 #[async_trait]
 impl Handler for FlakyApply {
-    fn group(&self) -> &'static str {
-        "flaky-apply"
-    }
-
-    fn topics(&self) -> &'static [&'static str] {
-        &[topics::USER_EVENTS]
-    }
+    reads_user_events_as!("flaky-apply");
 
     async fn prepare(&self, delivery: &Delivery) -> Result<Prepared, WorkerError> {
         let id = delivery.envelope.id;
@@ -621,6 +612,25 @@ impl Effect for FlakyEffect {
     }
 }
 
+/// [`FlakyApply`]'s group is done: `processed` are marked processed,
+/// `order.events` holds `order_events` events (`why`), and nothing is left.
+async fn assert_flaky_apply_done(
+    h: &Harness,
+    processed: &[EventId],
+    order_events: usize,
+    why: &str,
+) {
+    for id in processed {
+        assert!(h.store.is_processed("flaky-apply", *id).await.unwrap());
+    }
+    assert_eq!(
+        h.events_on(topics::ORDER_EVENTS).await.len(),
+        order_events,
+        "{why}"
+    );
+    assert_eq!(h.lag("flaky-apply").await, 0);
+}
+
 #[tokio::test]
 async fn a_failing_effect_is_undone_alone_and_its_key_waits_for_it() {
     let h = Harness::new(None, tiny_retry(3)).await;
@@ -633,9 +643,7 @@ async fn a_failing_effect_is_undone_alone_and_its_key_waits_for_it() {
         (Duration::ZERO, Duration::ZERO),
     );
     let committed = handler.committed.clone();
-    let mut consumer = Consumer::subscribe(handler, h.store.clone(), h.log.as_ref(), tiny_retry(3))
-        .await
-        .unwrap();
+    let mut consumer = consumer(&h, handler, tiny_retry(3)).await;
 
     let report = consumer.process_batch(Duration::ZERO).await.unwrap();
     assert_eq!((report.polled, report.handled, report.retries), (3, 3, 1));
@@ -645,15 +653,13 @@ async fn a_failing_effect_is_undone_alone_and_its_key_waits_for_it() {
         position(ann_first.id) < position(ann_second.id),
         "one key's effects commit in offset order, also across a failed effect: {committed:?}"
     );
-    for event in [&ann_first, &ann_second, &bob_only] {
-        assert!(h.store.is_processed("flaky-apply", event.id).await.unwrap());
-    }
-    assert_eq!(
-        h.events_on(topics::ORDER_EVENTS).await.len(),
+    assert_flaky_apply_done(
+        &h,
+        &[ann_first.id, ann_second.id, bob_only.id],
         3,
-        "the failed attempt's write was rolled back with its savepoint, the others kept"
-    );
-    assert_eq!(h.lag("flaky-apply").await, 0);
+        "the failed attempt's write was rolled back with its savepoint, the others kept",
+    )
+    .await;
 }
 
 /// A write the store queues and sends only with the flush, refused by the
@@ -673,14 +679,7 @@ async fn a_write_refused_at_commit_fails_only_its_own_delivery() {
         (Duration::ZERO, Duration::ZERO),
         HashSet::from([bad.id]),
     );
-    let mut consumer = Consumer::subscribe(
-        handler.clone(),
-        h.store.clone(),
-        h.log.as_ref(),
-        tiny_retry(2),
-    )
-    .await
-    .unwrap();
+    let mut consumer = consumer(&h, handler.clone(), tiny_retry(2)).await;
     let report = consumer.process_batch(Duration::ZERO).await.unwrap();
     assert_eq!(
         (report.handled, report.dead_lettered, report.retries),
@@ -688,14 +687,14 @@ async fn a_write_refused_at_commit_fails_only_its_own_delivery() {
         "{report:?}"
     );
     assert_eq!(*handler.committed.lock().unwrap(), vec![good.id]);
-    assert!(h.store.is_processed("flaky-apply", good.id).await.unwrap());
     assert_eq!(h.store.dead_letters(10, false).await.unwrap().len(), 1);
-    assert_eq!(
-        h.events_on(topics::ORDER_EVENTS).await.len(),
+    assert_flaky_apply_done(
+        &h,
+        &[good.id],
         1,
-        "the refused effect's other writes were rolled back with it"
-    );
-    assert_eq!(h.lag("flaky-apply").await, 0);
+        "the refused effect's other writes were rolled back with it",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -704,14 +703,7 @@ async fn effects_of_many_deliveries_share_group_commits() {
     let events: Vec<Envelope> = (0..100).map(|_| registered(uuid::Uuid::now_v7())).collect();
     h.append(&events).await;
     let handler = FlakyApply::new(HashMap::new(), (Duration::ZERO, Duration::ZERO));
-    let mut consumer = Consumer::subscribe(
-        handler.clone(),
-        h.store.clone(),
-        h.log.as_ref(),
-        tiny_retry(3),
-    )
-    .await
-    .unwrap();
+    let mut consumer = consumer(&h, handler.clone(), tiny_retry(3)).await;
     let report = consumer.process_batch(Duration::ZERO).await.unwrap();
     assert_eq!((report.polled, report.handled), (100, 100));
     assert!(
@@ -744,19 +736,13 @@ async fn run_commits_offsets_while_group_commits_hold_the_writer() {
         HashMap::new(),
         (Duration::from_millis(1), Duration::from_millis(2)),
     );
-    let consumer = Consumer::subscribe(
-        handler.clone(),
-        h.store.clone(),
-        h.log.as_ref(),
-        tiny_retry(3),
-    )
-    .await
-    .unwrap()
-    .with_settings(ConsumerSettings {
-        commit_interval: Duration::from_millis(1),
-        window: 128,
-        ..ConsumerSettings::default()
-    });
+    let consumer = consumer(&h, handler.clone(), tiny_retry(3))
+        .await
+        .with_settings(ConsumerSettings {
+            commit_interval: Duration::from_millis(1),
+            window: 128,
+            ..ConsumerSettings::default()
+        });
     let shutdown = CancellationToken::new();
     let running = tokio::spawn(consumer.run(shutdown.clone()));
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
