@@ -88,7 +88,14 @@ impl EventLog for SqliteEventLog {
             .iter()
             .flat_map(|topic| (0..partitions).map(move |partition| (topic.as_str(), partition, 0)))
             .collect();
-        write_offsets(&self.inner, "register_group", group, fresh.into_iter(), "DO NOTHING").await?;
+        write_offsets(
+            &self.inner,
+            "register_group",
+            group,
+            fresh.into_iter(),
+            "DO NOTHING",
+        )
+        .await?;
 
         let rows = self
             .inner
@@ -279,6 +286,45 @@ impl SqliteSubscription {
     }
 }
 
+/// Writes `group`'s offsets (topic, partition, next offset) in one
+/// statement of one background transaction; `on_conflict` says what an
+/// offset already there does (keep it when registering, the larger one when
+/// committing).
+async fn write_offsets<'a>(
+    inner: &SqliteEngine,
+    label: &'static str,
+    group: &str,
+    offsets: impl ExactSizeIterator<Item = (&'a str, i32, i64)>,
+    on_conflict: &str,
+) -> LogResult<()> {
+    let now = chrono::Utc::now();
+    let mut upsert = stmt(
+        label,
+        format!(
+            r#"INSERT INTO consumer_offsets (group_name, topic, "partition", next_offset,
+                updated_at)
+               VALUES {}
+               ON CONFLICT (group_name, topic, "partition") {on_conflict}"#,
+            values_list(offsets.len(), 5, 1)
+        ),
+        (),
+    );
+    for (topic, partition, next_offset) in offsets {
+        upsert = upsert
+            .bind(group)
+            .bind(topic)
+            .bind(partition)
+            .bind(next_offset)
+            .bind(now);
+    }
+    let mut w = inner
+        .begin_write(WritePriority::Background)
+        .await
+        .map_err(log_err)?;
+    w.exec(upsert).await.map_err(log_err)?;
+    w.commit().await.map_err(log_err)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -318,43 +364,4 @@ mod tests {
             "a bad count degrades to one partition"
         );
     }
-}
-
-/// Writes `group`'s offsets (topic, partition, next offset) in one
-/// statement of one background transaction; `on_conflict` says what an
-/// offset already there does (keep it when registering, the larger one when
-/// committing).
-async fn write_offsets<'a>(
-    inner: &SqliteEngine,
-    label: &'static str,
-    group: &str,
-    offsets: impl ExactSizeIterator<Item = (&'a str, i32, i64)>,
-    on_conflict: &str,
-) -> LogResult<()> {
-    let now = chrono::Utc::now();
-    let mut upsert = stmt(
-        label,
-        format!(
-            r#"INSERT INTO consumer_offsets (group_name, topic, "partition", next_offset,
-                updated_at)
-               VALUES {}
-               ON CONFLICT (group_name, topic, "partition") {on_conflict}"#,
-            values_list(offsets.len(), 5, 1)
-        ),
-        (),
-    );
-    for (topic, partition, next_offset) in offsets {
-        upsert = upsert
-            .bind(group)
-            .bind(topic)
-            .bind(partition)
-            .bind(next_offset)
-            .bind(now);
-    }
-    let mut w = inner
-        .begin_write(WritePriority::Background)
-        .await
-        .map_err(log_err)?;
-    w.exec(upsert).await.map_err(log_err)?;
-    w.commit().await.map_err(log_err)
 }

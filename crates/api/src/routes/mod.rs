@@ -29,28 +29,37 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/auth/refresh", post(auth::refresh))
         .route("/api/v1/auth/logout", post(auth::logout))
         .route("/api/v1/auth/logout-all", post(auth::logout_all))
-        .route("/api/v1/products", get(products::list).post(products::create))
+        .route(
+            "/api/v1/products",
+            get(products::list).post(products::create),
+        )
         .route("/api/v1/products/trending", get(products::trending))
         .route("/api/v1/products/search", get(products::search))
         .route("/api/v1/products/{id}/image.svg", get(products::image))
         .route("/api/v1/categories", get(products::categories))
-        .route("/api/v1/products/{id}",
+        .route(
+            "/api/v1/products/{id}",
             get(products::get_one).put(products::update),
         )
         .route("/api/v1/orders", get(orders::list).post(orders::place))
         .route("/api/v1/orders/{id}", get(orders::get_one))
         .route("/api/v1/orders/{id}/cancel", post(orders::cancel))
-        .route("/api/v1/cart",
+        .route(
+            "/api/v1/cart",
             get(cart::get).put(cart::replace).delete(cart::empty),
         )
-        .route("/api/v1/cart/items/{product_id}",
+        .route(
+            "/api/v1/cart/items/{product_id}",
             put(cart::set_item).delete(cart::remove_item),
         )
         .route("/api/v1/cart/checkout", post(cart::checkout))
         .route("/api/v1/me/notifications", get(me::notifications))
         .route("/api/v1/me/points", get(me::points))
         .route("/api/v1/me/sessions", get(me::sessions))
-        .route("/api/v1/me/sessions/{id}", axum::routing::delete(me::end_session))
+        .route(
+            "/api/v1/me/sessions/{id}",
+            axum::routing::delete(me::end_session),
+        )
         .route("/api/v1/leaderboard", get(me::leaderboard))
         .route("/api/v1/live", get(live::follow))
         .route("/api/v1/live/ws", get(live::websocket))
@@ -60,12 +69,21 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/admin/dlq", get(admin::dead_letters))
         .route("/api/v1/admin/sales", get(admin::sales))
         .route("/api/v1/admin/sales/products", get(admin::top_products))
-        .route("/api/v1/admin/products/{id}/viewers", get(admin::unique_viewers))
+        .route(
+            "/api/v1/admin/products/{id}/viewers",
+            get(admin::unique_viewers),
+        )
         .route("/api/v1/admin/dlq/{id}", get(admin::dead_letter))
         .route("/api/v1/admin/dlq/{id}/replay", post(admin::replay))
         .route("/api/v1/admin/orders/held", get(admin::held_orders))
-        .route("/api/v1/admin/orders/{id}/approve", post(admin::approve_order))
-        .route("/api/v1/admin/orders/{id}/reject", post(admin::reject_order));
+        .route(
+            "/api/v1/admin/orders/{id}/approve",
+            post(admin::approve_order),
+        )
+        .route(
+            "/api/v1/admin/orders/{id}/reject",
+            post(admin::reject_order),
+        );
 
     let limits = state.http_limits.clone();
     // The API's routes carry their whole path rather than being nested under
