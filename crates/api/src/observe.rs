@@ -35,7 +35,24 @@ use crate::problem::{ApiError, PROBLEM_JSON, problem_response, status_problem};
 ///   context, so what the handler writes into the order's events (the
 ///   `traceparent` of the envelope) makes every consumer's span a child of
 ///   this request: one trace from `POST /orders` through every group.
+/// - The request id: a proxy's `X-Request-Id` is kept (one id from nginx's
+///   access log to this process's trace), else one is made (a UUID); the
+///   answer carries it either way.
+/// - An error answer that is not a problem document yet becomes one
+///   (`problem_fallback`).
+///
+/// One middleware for all of it: each layer of the stack is a boxed service
+/// cloned and a boxed future made per request.
 pub async fn track_requests(mut request: Request, next: Next) -> Response {
+    let request_id = match request.headers().get(REQUEST_ID) {
+        Some(id) => id.clone(),
+        None => {
+            let made = HeaderValue::from_str(&uuid::Uuid::new_v4().to_string())
+                .expect("a UUID is a valid header value");
+            request.headers_mut().insert(REQUEST_ID, made.clone());
+            made
+        }
+    };
     let route = request
         .extensions()
         .get::<MatchedPath>()
@@ -54,11 +71,7 @@ pub async fn track_requests(mut request: Request, next: Next) -> Response {
         trace_id = tracing::field::Empty,
         http.request_id = tracing::field::Empty,
     );
-    if let Some(id) = request
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-    {
+    if let Ok(id) = request_id.to_str() {
         span.record("http.request_id", id);
     }
     let incoming = request
@@ -74,8 +87,9 @@ pub async fn track_requests(mut request: Request, next: Next) -> Response {
 
     let started = Instant::now();
     let in_flight = InFlight::enter();
-    let response = next.run(request).instrument(span.clone()).await;
+    let mut response = problem_fallback(next.run(request).instrument(span.clone()).await);
     drop(in_flight);
+    response.headers_mut().insert(REQUEST_ID, request_id);
     let status = response.status();
     span.record("http.response.status_code", status.as_u16());
     if status.is_server_error() {
@@ -209,10 +223,13 @@ pub mod trace {
     }
 }
 
+/// The header that names a request from the proxy's access log to this
+/// process's trace.
+const REQUEST_ID: &str = "x-request-id";
+
 /// Turns any error response that is not already a problem (axum's 404/405,
 /// tower-http's 413/408, a panic's 500) into one, so clients see one format.
-pub async fn problem_fallback(request: Request, next: Next) -> Response {
-    let response = next.run(request).await;
+fn problem_fallback(response: Response) -> Response {
     let status = response.status();
     if status.as_u16() < 400 {
         return response;

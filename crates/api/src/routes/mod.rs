@@ -13,13 +13,12 @@ use axum::Router;
 use axum::routing::{get, post, put};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::limit::RequestBodyLimitLayer;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::TimeoutLayer;
 use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::AppState;
-use crate::observe::{metrics_endpoint, problem_fallback, rate_limit, track_requests};
+use crate::observe::{metrics_endpoint, rate_limit, track_requests};
 use crate::openapi::ApiDoc;
 
 pub fn router(state: AppState) -> Router {
@@ -107,14 +106,10 @@ pub fn router(state: AppState) -> Router {
             axum::http::StatusCode::REQUEST_TIMEOUT,
             limits.request_timeout,
         ))
-        .layer(axum::middleware::from_fn(problem_fallback))
         .layer(CatchPanicLayer::new())
-        // Outermost, so every answer is measured and logged as sent: time-outs
-        // (408), the problem fallback's answers and a panic's 500 included.
+        // Outermost, so every answer is measured and logged as sent, time-outs
+        // (408) and a panic's 500 included; it also keeps or makes the
+        // request id and turns error answers into problem documents.
         .layer(axum::middleware::from_fn(track_requests))
-        // A proxy's `X-Request-Id` is kept (one id from nginx's access log
-        // to this process's trace), else one is made; the answer carries it.
-        .layer(PropagateRequestIdLayer::x_request_id())
-        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .with_state(state)
 }
