@@ -100,6 +100,15 @@ pub async fn track_requests(mut request: Request, next: Next) -> Response {
             latency_ms = started.elapsed().as_secs_f64() * 1e3,
             "request failed"
         );
+    } else if tracing::enabled!(tracing::Level::DEBUG) {
+        // Every answer, with `RUST_LOG=orderflow_api=debug`; the request
+        // span around it names the method, route and path.
+        let _inside = span.enter();
+        tracing::debug!(
+            status = status.as_u16(),
+            latency_ms = started.elapsed().as_secs_f64() * 1e3,
+            "request answered"
+        );
     }
     let handles = RouteMetrics::handles(&method, &route, status.as_u16());
     handles.requests.increment(1);
