@@ -12,11 +12,31 @@ use ipnet::IpNet;
 use orderflow_core::CoreError;
 use orderflow_core::audit::AuditEvent;
 use orderflow_core::services::auth::Principal;
+use orderflow_domain::events::TraceParent;
 use serde::de::DeserializeOwned;
 
 use crate::AppState;
 use crate::hostile::check_json;
 use crate::problem::ApiError;
+
+/// The request's W3C trace context: that of the span
+/// [`track_requests`](crate::observe::track_requests) made for it (which
+/// continues the caller's `traceparent`). The events a request causes carry
+/// it, so every consumer's span joins the request's trace. Behind a router
+/// without that middleware, a new root.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestTrace(pub TraceParent);
+
+impl<S: Send + Sync> FromRequestParts<S> for RequestTrace {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let context = parts.extensions.get::<TraceParent>().copied();
+        Ok(RequestTrace(context.unwrap_or_else(|| {
+            crate::observe::trace::continue_trace(&tracing::Span::none(), None)
+        })))
+    }
+}
 
 /// The authenticated caller (any role), from `Authorization: Bearer …`.
 #[derive(Debug, Clone)]

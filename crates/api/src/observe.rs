@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
@@ -31,10 +31,14 @@ use crate::problem::{ApiError, PROBLEM_JSON, problem_response, status_problem};
 /// - The `http.request` span, named `METHOD /route` for trace back ends. It
 ///   continues the caller's W3C `traceparent` when one came and is valid,
 ///   else it starts a trace.
-/// - The request's `traceparent` header is replaced by this span's own
-///   context, so what the handler writes into the order's events (the
-///   `traceparent` of the envelope) makes every consumer's span a child of
-///   this request: one trace from `POST /orders` through every group.
+/// - This span's own context goes into the request's extensions
+///   ([`RequestTrace`](crate::extract::RequestTrace)), so what the handler
+///   writes into the order's events (the `traceparent` of the envelope)
+///   makes every consumer's span a child of this request: one trace from
+///   `POST /orders` through every group.
+/// - Fields only a trace back end reads (`otel.*`, the status code) are
+///   recorded only when spans are exported; the log lines say the status
+///   themselves.
 /// - The request id: a proxy's `X-Request-Id` is kept (one id from nginx's
 ///   access log to this process's trace), else one is made (a UUID); the
 ///   answer carries it either way.
@@ -44,54 +48,74 @@ use crate::problem::{ApiError, PROBLEM_JSON, problem_response, status_problem};
 /// One middleware for all of it: each layer of the stack is a boxed service
 /// cloned and a boxed future made per request.
 pub async fn track_requests(mut request: Request, next: Next) -> Response {
-    let request_id = match request.headers().get(REQUEST_ID) {
+    let request_id = match request.headers().get(&REQUEST_ID) {
         Some(id) => id.clone(),
         None => {
-            let made = HeaderValue::from_str(&uuid::Uuid::new_v4().to_string())
-                .expect("a UUID is a valid header value");
-            request.headers_mut().insert(REQUEST_ID, made.clone());
+            let mut text = uuid::Uuid::encode_buffer();
+            let made =
+                HeaderValue::from_str(uuid::Uuid::new_v4().hyphenated().encode_lower(&mut text))
+                    .expect("a UUID is a valid header value");
+            request
+                .headers_mut()
+                .insert(REQUEST_ID.clone(), made.clone());
             made
         }
     };
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
-    let method = request.method().as_str().to_owned();
+    let matched = request.extensions().get::<MatchedPath>().cloned();
+    let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
+    let method = request.method().clone();
+    let incoming = request
+        .headers()
+        .get(&TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(TraceParent::parse);
+    let exporting = orderflow_core::trace::exporting();
+    // Without export the context does not depend on the span, so the trace
+    // id goes in with the other fields: a field recorded later is formatted
+    // and appended to the span's text once more.
+    let before_span = (!exporting).then(|| trace::continue_trace(&tracing::Span::none(), incoming));
+    // Text fields go in as `Display` (`%`): the log layer writes a `&str`
+    // through `Debug`, quoting and escaping it character by character.
     let span = tracing::info_span!(
         "http.request",
-        otel.name = format!("{method} {route}"),
-        otel.kind = "server",
+        otel.name = tracing::field::Empty,
+        otel.kind = tracing::field::Empty,
         otel.status_code = tracing::field::Empty,
         http.request.method = %method,
         http.route = %route,
         url.path = %request.uri().path(),
         http.response.status_code = tracing::field::Empty,
-        trace_id = tracing::field::Empty,
-        http.request_id = tracing::field::Empty,
+        trace_id = before_span.map(|c| tracing::field::display(TraceIdHex(c.trace_id))),
+        http.request_id = %String::from_utf8_lossy(request_id.as_bytes()),
     );
-    if let Ok(id) = request_id.to_str() {
-        span.record("http.request_id", id);
-    }
-    let incoming = request
-        .headers()
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .and_then(TraceParent::parse);
-    let context = trace::continue_trace(&span, incoming);
-    span.record("trace_id", context.trace_id_hex());
-    if let Ok(value) = HeaderValue::from_str(&context.to_string()) {
-        request.headers_mut().insert("traceparent", value);
-    }
+    let context = match before_span {
+        Some(context) => context,
+        None => {
+            span.record("otel.name", format!("{method} {route}"));
+            span.record("otel.kind", "server");
+            let context = trace::continue_trace(&span, incoming);
+            span.record(
+                "trace_id",
+                tracing::field::display(TraceIdHex(context.trace_id)),
+            );
+            context
+        }
+    };
+    // What the handler writes into the order's events (the `traceparent` of
+    // the envelope), read with `extract::RequestTrace`.
+    request.extensions_mut().insert(context);
 
     let started = Instant::now();
     let in_flight = InFlight::enter();
     let mut response = problem_fallback(next.run(request).instrument(span.clone()).await);
     drop(in_flight);
-    response.headers_mut().insert(REQUEST_ID, request_id);
+    response
+        .headers_mut()
+        .insert(REQUEST_ID.clone(), request_id);
     let status = response.status();
-    span.record("http.response.status_code", status.as_u16());
+    if exporting {
+        span.record("http.response.status_code", status.as_u16());
+    }
     if status.is_server_error() {
         span.record("otel.status_code", "ERROR");
         let _inside = span.enter();
@@ -110,16 +134,26 @@ pub async fn track_requests(mut request: Request, next: Next) -> Response {
             "request answered"
         );
     }
-    let handles = RouteMetrics::handles(&method, &route, status.as_u16());
+    let handles = RouteMetrics::handles(&method, route, status.as_u16());
     handles.requests.increment(1);
     handles.duration.record(started.elapsed().as_secs_f64());
     response
 }
 
+/// A trace id as log lines and trace back ends show it (32 lowercase hex
+/// digits), written where it goes rather than into a `String` first.
+struct TraceIdHex(u128);
+
+impl std::fmt::Display for TraceIdHex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
 /// The metric handles of one (method, route, status).
 #[derive(Clone)]
 struct RouteHandles {
-    method: String,
+    method: Method,
     status: u16,
     requests: metrics::Counter,
     duration: metrics::Histogram,
@@ -136,14 +170,14 @@ static ROUTE_METRICS: std::sync::LazyLock<
 > = std::sync::LazyLock::new(Default::default);
 
 impl RouteMetrics {
-    fn handles(method: &str, route: &str, status: u16) -> RouteHandles {
+    fn handles(method: &Method, route: &str, status: u16) -> RouteHandles {
         let known = ROUTE_METRICS
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(route)
             .and_then(|all| {
                 all.iter()
-                    .find(|h| h.status == status && h.method == method)
+                    .find(|h| h.status == status && h.method == *method)
                     .cloned()
             });
         if let Some(handles) = known {
@@ -157,10 +191,10 @@ impl RouteMetrics {
             _ => "5xx",
         };
         let handles = RouteHandles {
-            method: method.to_owned(),
+            method: method.clone(),
             status,
-            requests: metrics::counter!("orderflow_http_requests_total", "method" => method.to_owned(), "route" => route.to_owned(), "status" => status.to_string(), "status_class" => class),
-            duration: metrics::histogram!("orderflow_http_request_duration_seconds", "method" => method.to_owned(), "route" => route.to_owned()),
+            requests: metrics::counter!("orderflow_http_requests_total", "method" => method.to_string(), "route" => route.to_owned(), "status" => status.to_string(), "status_class" => class),
+            duration: metrics::histogram!("orderflow_http_request_duration_seconds", "method" => method.to_string(), "route" => route.to_owned()),
         };
         ROUTE_METRICS
             .write()
@@ -234,7 +268,15 @@ pub mod trace {
 
 /// The header that names a request from the proxy's access log to this
 /// process's trace.
-const REQUEST_ID: &str = "x-request-id";
+static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The caller's W3C trace context.
+static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+
+/// The rate-limit headers of the IETF draft (named once: a header named by
+/// a `&str` is parsed on every insert).
+static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
 /// Turns any error response that is not already a problem (axum's 404/405,
 /// tower-http's 413/408, a panic's 500) into one, so clients see one format.
@@ -374,8 +416,8 @@ pub async fn rate_limit(
         HeaderValue::try_from(policies),
         HeaderValue::try_from(states),
     ) {
-        response.headers_mut().insert("ratelimit-policy", p);
-        response.headers_mut().insert("ratelimit", s);
+        response.headers_mut().insert(RATELIMIT_POLICY.clone(), p);
+        response.headers_mut().insert(RATELIMIT.clone(), s);
     }
     response
 }

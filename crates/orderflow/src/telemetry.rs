@@ -87,7 +87,21 @@ pub fn init(format: LogFormat, role: &str) -> Telemetry {
             .boxed(),
         LogFormat::Text => {
             use std::io::IsTerminal;
+            use tracing_subscriber::field::MakeExt as _;
+            // `name=value`, the message bare, as the default writes them,
+            // but without styling each name (which the default does even
+            // with colours off): a span's fields are formatted when it is
+            // made, so this runs for every request, logged or not.
+            let fields = tracing_subscriber::fmt::format::debug_fn(|writer, field, value| {
+                if field.name() == "message" {
+                    write!(writer, "{value:?}")
+                } else {
+                    write!(writer, "{field}={value:?}")
+                }
+            })
+            .delimited(" ");
             tracing_subscriber::fmt::layer()
+                .fmt_fields(fields)
                 .with_target(false)
                 .with_ansi(std::io::stdout().is_terminal())
                 .with_filter(filter())
@@ -111,7 +125,10 @@ pub fn init(format: LogFormat, role: &str) -> Telemetry {
         .with(query_layer)
         .try_init();
     match installed {
-        Ok(()) => Telemetry { tracer_provider },
+        Ok(()) => {
+            orderflow_core::trace::set_exporting(tracer_provider.is_some());
+            Telemetry { tracer_provider }
+        }
         // Someone installed a subscriber first: our exporter would never see a span.
         Err(_) => {
             if let Some(provider) = tracer_provider {

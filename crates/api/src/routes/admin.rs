@@ -4,7 +4,6 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::HeaderMap;
 use orderflow_core::ports::store::{DeadLetter, ProductSales, SalesWindow};
 use orderflow_core::services::admin::Operations;
 use orderflow_domain::sales::{Granularity, WindowRange};
@@ -12,9 +11,9 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::AppState;
-use crate::extract::{AdminCaller, ApiQuery};
+use crate::extract::{AdminCaller, ApiQuery, RequestTrace};
 use crate::problem::ApiResult;
-use crate::routes::orders::{OrderView, order_page, request_traceparent};
+use crate::routes::orders::{OrderView, order_page};
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct PartitionLagView {
@@ -208,9 +207,9 @@ pub async fn approve_order(
     state: State<AppState>,
     admin: AdminCaller,
     id: Path<uuid::Uuid>,
-    headers: HeaderMap,
+    trace: RequestTrace,
 ) -> ApiResult<Json<OrderView>> {
-    review(state, admin, id, headers, true).await
+    review(state, admin, id, trace, true).await
 }
 
 /// Rejects an order the fraud check held: it ends `rejected`, nothing is
@@ -222,26 +221,21 @@ pub async fn reject_order(
     state: State<AppState>,
     admin: AdminCaller,
     id: Path<uuid::Uuid>,
-    headers: HeaderMap,
+    trace: RequestTrace,
 ) -> ApiResult<Json<OrderView>> {
-    review(state, admin, id, headers, false).await
+    review(state, admin, id, trace, false).await
 }
 
 async fn review(
     State(state): State<AppState>,
     AdminCaller(admin): AdminCaller,
     Path(id): Path<uuid::Uuid>,
-    headers: HeaderMap,
+    RequestTrace(trace): RequestTrace,
     approve: bool,
 ) -> ApiResult<Json<OrderView>> {
     let order = state
         .orders
-        .review(
-            admin.user_id,
-            id,
-            approve,
-            Some(request_traceparent(&headers)),
-        )
+        .review(admin.user_id, id, approve, Some(trace.to_string()))
         .await?;
     Ok(Json(OrderView::new(order, None)))
 }

@@ -10,11 +10,9 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::AppState;
-use crate::extract::{ApiJson, Caller};
+use crate::extract::{ApiJson, Caller, RequestTrace};
 use crate::problem::ApiResult;
-use crate::routes::orders::{
-    OrderLineInput, answer_response, idempotency_key, request_traceparent,
-};
+use crate::routes::orders::{OrderLineInput, answer_response, idempotency_key};
 use crate::schema;
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -173,6 +171,7 @@ pub async fn remove_item(
 pub async fn checkout(
     State(state): State<AppState>,
     Caller(principal): Caller,
+    RequestTrace(trace): RequestTrace,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let answer = state
@@ -180,7 +179,7 @@ pub async fn checkout(
         .checkout(
             principal.user_id,
             idempotency_key(&headers),
-            Some(request_traceparent(&headers)),
+            Some(trace.to_string()),
         )
         .await?;
     Ok(answer_response(answer))

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::AppState;
-use crate::extract::{ApiJson, ApiQuery, Caller};
+use crate::extract::{ApiJson, ApiQuery, Caller, RequestTrace};
 use crate::problem::{ApiResult, PROBLEM_JSON};
 use crate::schema;
 
@@ -129,10 +129,10 @@ pub struct ListParams {
 pub async fn place(
     State(state): State<AppState>,
     Caller(principal): Caller,
+    RequestTrace(trace): RequestTrace,
     headers: HeaderMap,
     ApiJson(body): ApiJson<PlaceOrderRequest>,
 ) -> ApiResult<Response> {
-    let traceparent = request_traceparent(&headers);
     let answer = state
         .orders
         .place(PlaceOrder {
@@ -146,7 +146,7 @@ pub async fn place(
                     quantity: l.quantity,
                 })
                 .collect(),
-            traceparent: Some(traceparent),
+            traceparent: Some(trace.to_string()),
             fingerprint: None,
             idempotency_scope: "",
         })
@@ -205,11 +205,11 @@ pub async fn cancel(
     State(state): State<AppState>,
     Caller(principal): Caller,
     Path(id): Path<uuid::Uuid>,
-    headers: HeaderMap,
+    RequestTrace(trace): RequestTrace,
 ) -> ApiResult<Json<OrderView>> {
     let order = state
         .orders
-        .cancel(principal.user_id, id, Some(request_traceparent(&headers)))
+        .cancel(principal.user_id, id, Some(trace.to_string()))
         .await?;
     Ok(Json(OrderView::new(order, None)))
 }
@@ -246,32 +246,4 @@ pub(crate) fn order_page(
         .map(|o| OrderView::new(o, None))
         .collect();
     (items, next_cursor)
-}
-
-/// `00-<32 hex>-<16 hex>-<2 hex>` (W3C Trace Context, version 00).
-/// The request's W3C trace context, or a new one: what the events it
-/// causes carry.
-pub(crate) fn request_traceparent(headers: &HeaderMap) -> String {
-    headers
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| is_traceparent(v))
-        .map(str::to_owned)
-        .unwrap_or_else(new_traceparent)
-}
-
-fn is_traceparent(value: &str) -> bool {
-    let parts: Vec<_> = value.split('-').collect();
-    parts.len() == 4
-        && [2usize, 32, 16, 2]
-            .iter()
-            .zip(&parts)
-            .all(|(len, part)| part.len() == *len && part.bytes().all(|b| b.is_ascii_hexdigit()))
-}
-
-/// A new root trace context for requests that did not bring one.
-fn new_traceparent() -> String {
-    let trace = uuid::Uuid::new_v4().simple().to_string();
-    let span = &uuid::Uuid::new_v4().simple().to_string()[..16];
-    format!("00-{trace}-{span}-01")
 }

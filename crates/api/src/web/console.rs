@@ -7,7 +7,6 @@
 
 use askama::Template;
 use axum::extract::{Path, Query, State};
-use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Extension, Form, Router};
@@ -22,6 +21,7 @@ use serde::Deserialize;
 use super::session::{Visitor, check_csrf};
 use super::{Chrome, PageError, PageResult, money, render};
 use crate::AppState;
+use crate::extract::RequestTrace;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -227,7 +227,7 @@ pub struct CsrfForm {
 pub async fn review(
     State(state): State<AppState>,
     Extension(visitor): Extension<Visitor>,
-    headers: HeaderMap,
+    RequestTrace(trace): RequestTrace,
     Path((id, verdict)): Path<(uuid::Uuid, String)>,
     Form(form): Form<CsrfForm>,
 ) -> PageResult {
@@ -240,12 +240,7 @@ pub async fn review(
     };
     state
         .orders
-        .review(
-            principal.user_id,
-            id,
-            approve,
-            Some(crate::routes::orders::request_traceparent(&headers)),
-        )
+        .review(principal.user_id, id, approve, Some(trace.to_string()))
         .await
         .map_err(fail)?;
     let done = if approve { "approved" } else { "rejected" };

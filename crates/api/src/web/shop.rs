@@ -22,7 +22,7 @@ use serde::Deserialize;
 use super::session::{CookieChanges, Visitor, check_csrf, signed_in, signed_out};
 use super::{Chrome, PageError, PageResult, live_positions, money, render};
 use crate::AppState;
-use crate::extract::ClientIp;
+use crate::extract::{ClientIp, RequestTrace};
 
 /// A product as a card or a page shows it.
 pub struct ProductCard {
@@ -410,7 +410,7 @@ pub struct CheckoutForm {
 pub async fn checkout(
     State(state): State<AppState>,
     Extension(visitor): Extension<Visitor>,
-    headers: HeaderMap,
+    RequestTrace(trace): RequestTrace,
     Form(form): Form<CheckoutForm>,
 ) -> PageResult {
     let principal = signed_in_form(&visitor, &form.csrf, "/cart")?;
@@ -418,11 +418,7 @@ pub async fn checkout(
     let key = Some(form.token).filter(|t| !t.is_empty());
     let answer = state
         .carts
-        .checkout(
-            principal.user_id,
-            key,
-            Some(crate::routes::orders::request_traceparent(&headers)),
-        )
+        .checkout(principal.user_id, key, Some(trace.to_string()))
         .await
         .map_err(fail)?;
     match answer.body["id"].as_str() {
@@ -553,7 +549,7 @@ pub struct CsrfForm {
 pub async fn cancel_order(
     State(state): State<AppState>,
     Extension(visitor): Extension<Visitor>,
-    headers: HeaderMap,
+    RequestTrace(trace): RequestTrace,
     Path(id): Path<uuid::Uuid>,
     Form(form): Form<CsrfForm>,
 ) -> PageResult {
@@ -561,11 +557,7 @@ pub async fn cancel_order(
     let fail = |e: CoreError| PageError::from_core(e, &visitor);
     state
         .orders
-        .cancel(
-            principal.user_id,
-            id,
-            Some(crate::routes::orders::request_traceparent(&headers)),
-        )
+        .cancel(principal.user_id, id, Some(trace.to_string()))
         .await
         .map_err(fail)?;
     Ok(see(&format!("/orders/{id}"), "cancelled"))
