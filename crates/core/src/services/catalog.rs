@@ -75,7 +75,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use moka::Expiry;
@@ -215,13 +215,28 @@ impl Slot {
     }
 }
 
-/// An L1 entry: the slot, when it expires, and what refresh-ahead needs.
+/// An L1 entry: the slot, when it expires, what refresh-ahead needs, and
+/// the bytes a caller rendered of its product
+/// ([`CatalogService::product_rendered`]).
 #[derive(Debug)]
 struct Cached {
     slot: Slot,
     expires_at: Instant,
     hits: AtomicU32,
     refreshing: AtomicBool,
+    rendered: OnceLock<Rendered>,
+}
+
+/// The bytes a caller made of a product: the API's JSON body of a product
+/// read. Shared, so an answer holds them without a copy.
+pub type Rendered = Arc<[u8]>;
+
+/// How a product read was answered.
+enum ProductRead {
+    /// By this L1 entry, with its answer (`None`: no such product).
+    Hit(Arc<Cached>, Option<Arc<Product>>),
+    /// By a load (a miss, or the cache off or bypassed).
+    Loaded(Option<Arc<Product>>),
 }
 
 /// Entry lifetimes, shared by L1 and L2.
@@ -257,6 +272,7 @@ impl Lifetimes {
             slot,
             hits: AtomicU32::new(0),
             refreshing: AtomicBool::new(false),
+            rendered: OnceLock::new(),
         })
     }
 }
@@ -709,6 +725,16 @@ enum Propagation {
     Floor,
 }
 
+/// `orderflow_cache_hits_total{layer="l1",kind="product"}`, made once: the
+/// macro builds the key and looks it up in the registry at every call, and
+/// this one counts every product read.
+fn l1_product_hits() -> &'static metrics::Counter {
+    static HITS: OnceLock<metrics::Counter> = OnceLock::new();
+    HITS.get_or_init(
+        || metrics::counter!("orderflow_cache_hits_total", "layer" => "l1", "kind" => "product"),
+    )
+}
+
 /// Who read a product, as far as unique viewers go: a digest of the
 /// reader's address and User-Agent. It never leaves the process: the flush
 /// turns it into the day's visitor id ([`visitor_id`]), salted.
@@ -964,21 +990,55 @@ impl CatalogService {
     }
 
     /// One product, from the cache when it is on.
+    pub async fn product(&self, id: ProductId) -> Result<Option<Product>, CoreError> {
+        Ok(match self.read_product(id).await? {
+            ProductRead::Hit(_, product) => product.map(|p| (*p).clone()),
+            ProductRead::Loaded(product) => product.map(Arc::unwrap_or_clone),
+        })
+    }
+
+    /// One product and what `render` makes of it (the API's JSON body).
+    ///
+    /// On an L1 hit the bytes are made once and kept in the entry: every
+    /// change of the product replaces its entry (a newer version, or the
+    /// invalidation), so bytes kept there never outlive the version they
+    /// were made from, and a product read answers with the same bytes, not
+    /// serialised again, until the product changes. On a miss, or with the
+    /// cache off or bypassed, `render` runs each time.
+    pub async fn product_rendered(
+        &self,
+        id: ProductId,
+        render: impl FnOnce(&Product) -> Vec<u8>,
+    ) -> Result<Option<(Arc<Product>, Rendered)>, CoreError> {
+        Ok(match self.read_product(id).await? {
+            ProductRead::Hit(entry, product) => product.map(|product| {
+                let rendered = entry.rendered.get_or_init(|| render(&product).into());
+                (Arc::clone(&product), Arc::clone(rendered))
+            }),
+            ProductRead::Loaded(product) => product.map(|product| {
+                let rendered = render(&product).into();
+                (product, rendered)
+            }),
+        })
+    }
+
+    /// A product read: the L1 entry that answered it, or the product loaded.
     ///
     /// A hit has no span of its own (a span costs more than the L1 lookup,
     /// on the hottest path of the API); a miss is a `cache.load` span with
     /// the load under it, so a trace shows where a slow read waited.
-    pub async fn product(&self, id: ProductId) -> Result<Option<Product>, CoreError> {
+    async fn read_product(&self, id: ProductId) -> Result<ProductRead, CoreError> {
         let Some(l1) = self.usable_l1() else {
-            return Ok(self.layers.store.product(id).await?);
+            return Ok(ProductRead::Loaded(
+                self.layers.store.product(id).await?.map(Arc::new),
+            ));
         };
         if let Some(entry) = l1.products.get(&id).await
             && let Some(answer) = entry.slot.answer()
         {
-            metrics::counter!("orderflow_cache_hits_total", "layer" => "l1", "kind" => "product")
-                .increment(1);
+            l1_product_hits().increment(1);
             self.layers.maybe_refresh_ahead(id, &entry);
-            return Ok(answer.map(|p| (*p).clone()));
+            return Ok(ProductRead::Hit(entry, answer));
         }
         metrics::counter!("orderflow_cache_misses_total", "layer" => "l1", "kind" => "product")
             .increment(1);
@@ -987,12 +1047,12 @@ impl CatalogService {
             .load_into_l1(l1, id)
             .instrument(tracing::info_span!("cache.load", cache.kind = "product", product.id = %id))
             .await?;
-        Ok(match slot {
-            Slot::Found(product) => Some((*product).clone()),
+        Ok(ProductRead::Loaded(match slot {
+            Slot::Found(product) => Some(product),
             Slot::Missing => None,
             // Loads never end in a floor; answered from the database if one did.
-            Slot::Floor(_) => self.layers.store.product(id).await?,
-        })
+            Slot::Floor(_) => self.layers.store.product(id).await?.map(Arc::new),
+        }))
     }
 
     /// Several products (for pricing an order); unknown ids are left out.

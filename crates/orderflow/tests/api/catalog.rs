@@ -60,6 +60,28 @@ async fn product_has_etag_and_answers_304() {
         StatusCode::OK
     );
 
+    // A change of the product (here its stock) makes the old ETag stale:
+    // the answer is the new body, under a new ETag, served from the cache.
+    let admin = app.admin_token().await;
+    let restock = json!({"sku": "ETAG-1", "name": "Product ETAG-1", "price_cents": 1299,
+        "currency": "EUR", "stock": 8});
+    assert_eq!(
+        app.put_product(&admin, product.id, &restock).await.status(),
+        StatusCode::OK
+    );
+    for _ in 0..2 {
+        let changed = app.get_product(product.id, Some(&etag)).await;
+        assert_eq!(changed.status(), StatusCode::OK);
+        let new_etag = changed.headers()["etag"].to_str().unwrap().to_owned();
+        assert_ne!(new_etag, etag);
+        let body: serde_json::Value = changed.json().await.unwrap();
+        assert_eq!((&body["stock"], &body["version"]), (&json!(8), &json!(2)));
+        assert_eq!(
+            app.get_product(product.id, Some(&new_etag)).await.status(),
+            StatusCode::NOT_MODIFIED
+        );
+    }
+
     assert_problem(
         app.get_product(uuid::Uuid::now_v7(), None).await,
         404,
