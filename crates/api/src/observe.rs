@@ -85,7 +85,7 @@ pub async fn track_requests(mut request: Request, next: Next) -> Response {
         http.route = %route,
         url.path = %request.uri().path(),
         http.response.status_code = tracing::field::Empty,
-        trace_id = before_span.map(|c| tracing::field::display(TraceIdHex(c.trace_id))),
+        trace_id = before_span.map(|c| tracing::field::display(c.trace_id_hex())),
         http.request_id = %String::from_utf8_lossy(request_id.as_bytes()),
     );
     let context = match before_span {
@@ -94,10 +94,7 @@ pub async fn track_requests(mut request: Request, next: Next) -> Response {
             span.record("otel.name", format!("{method} {route}"));
             span.record("otel.kind", "server");
             let context = trace::continue_trace(&span, incoming);
-            span.record(
-                "trace_id",
-                tracing::field::display(TraceIdHex(context.trace_id)),
-            );
+            span.record("trace_id", tracing::field::display(context.trace_id_hex()));
             context
         }
     };
@@ -138,16 +135,6 @@ pub async fn track_requests(mut request: Request, next: Next) -> Response {
     handles.requests.increment(1);
     handles.duration.record(started.elapsed().as_secs_f64());
     response
-}
-
-/// A trace id as log lines and trace back ends show it (32 lowercase hex
-/// digits), written where it goes rather than into a `String` first.
-struct TraceIdHex(u128);
-
-impl std::fmt::Display for TraceIdHex {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:032x}", self.0)
-    }
 }
 
 /// The metric handles of one (method, route, status).

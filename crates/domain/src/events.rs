@@ -613,8 +613,19 @@ impl TraceParent {
 
     /// The trace id as 32 lowercase hex digits (what log lines and trace
     /// back ends show).
-    pub fn trace_id_hex(&self) -> String {
-        format!("{:032x}", self.trace_id)
+    pub fn trace_id_hex(&self) -> TraceIdHex {
+        TraceIdHex(self.trace_id)
+    }
+}
+
+/// A trace id shown as 32 lowercase hex digits, written where it goes (a
+/// log line, a span's field) rather than into a `String` first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceIdHex(pub u128);
+
+impl std::fmt::Display for TraceIdHex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:032x}", self.0)
     }
 }
 
@@ -698,7 +709,10 @@ mod tests {
     fn traceparent_round_trips_and_rejects_invalid_ids() {
         let text = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         let parsed = TraceParent::parse(text).expect("valid");
-        assert_eq!(parsed.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(
+            parsed.trace_id_hex().to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
         assert_eq!(parsed.flags, 1);
         assert_eq!(parsed.to_string(), text);
         for bad in [

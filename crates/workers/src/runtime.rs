@@ -1455,7 +1455,7 @@ fn handling_span(group: &'static str, delivery: &Delivery) -> tracing::Span {
     if let Some(parent) = event.traceparent.as_deref().and_then(TraceParent::parse) {
         // The trace id is recorded for the log lines, with export off too.
         orderflow_core::trace::join_remote_parent(&span, &parent);
-        span.record("trace_id", parent.trace_id_hex());
+        span.record("trace_id", tracing::field::display(parent.trace_id_hex()));
     }
     span
 }
