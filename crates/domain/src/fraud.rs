@@ -60,6 +60,15 @@ impl FraudRules {
         (at - self.window, at + self.window)
     }
 
+    /// Whether a neighbourhood ([`neighbourhood`](Self::neighbourhood)) of
+    /// at most `orders` orders and `total_cents` (in `currency`), the new
+    /// order included, breaks no rule. Every window that holds the new order
+    /// lies inside its neighbourhood, so then none can, and
+    /// [`check`](Self::check) needs no orders but the new one.
+    pub fn cannot_flag(&self, orders: u64, total_cents: i64) -> bool {
+        orders <= self.max_orders as u64 && total_cents <= self.max_total_cents
+    }
+
     /// How long after the watermark a shopper's orders must be kept: an
     /// order judged later is at most `grace` older than the watermark, and
     /// looks back at most `window` from there.

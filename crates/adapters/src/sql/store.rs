@@ -11,12 +11,13 @@
 
 use async_trait::async_trait;
 use orderflow_core::ports::store::{
-    ChangesPage, DailySales, DeadLetter, FraudHistory, IdempotencyRecord, LeaderboardEntry,
-    NotificationChange, NotificationRecord, OrderChange, PointsStanding, ProductSales, Prunable,
-    Rebuildable, RefreshRotation, SalesWindow, SessionRecord, Since, Store, StoreError,
-    StoreResult, StoreTx, UserRecord,
+    ChangesPage, DailySales, DeadLetter, FraudHistory, FraudSummary, IdempotencyRecord,
+    LeaderboardEntry, NotificationChange, NotificationRecord, OrderChange, PointsStanding,
+    ProductSales, Prunable, Rebuildable, RefreshRotation, SalesWindow, SessionRecord, Since, Store,
+    StoreError, StoreResult, StoreTx, UserRecord,
 };
 use orderflow_domain::events::topics;
+use orderflow_domain::money::Currency;
 use orderflow_domain::order::{HistoryEntry, Order, OrderStatus};
 use orderflow_domain::product::{Product, ProductDraft, ProductSearch, ProductSort};
 use orderflow_domain::sales::WindowRange;
@@ -901,6 +902,38 @@ impl<E: Engine> Store for SqlStore<E> {
             watermark: rows.first().and_then(|(watermark, _)| *watermark),
             orders: rows.into_iter().filter_map(|(_, order)| order).collect(),
         })
+    }
+
+    async fn fraud_summary(
+        &self,
+        user_id: UserId,
+        from: Timestamp,
+        to: Timestamp,
+        currency: &Currency,
+    ) -> StoreResult<FraudSummary> {
+        // An aggregate always answers one row.
+        let summary = read_one(
+            &*self.engine,
+            stmt(
+                "fraud_summary",
+                "SELECT (SELECT MAX(placed_at) FROM fraud_orders WHERE user_id = $1) AS watermark,
+                        COUNT(*) AS orders,
+                        CAST(COALESCE(SUM(CASE WHEN currency = $4 THEN total_cents ELSE 0 END), 0)
+                             AS BIGINT) AS total_cents
+                 FROM fraud_orders
+                 WHERE user_id = $1 AND placed_at >= $2 AND placed_at <= $3",
+                (user_id, from, to, currency.as_str()),
+            ),
+            |row| {
+                Ok(FraudSummary {
+                    watermark: row.opt_time("watermark")?,
+                    orders: u64::try_from(row.int("orders")?).unwrap_or_default(),
+                    total_cents: row.int("total_cents")?,
+                })
+            },
+        )
+        .await?;
+        Ok(summary.unwrap_or_default())
     }
 
     async fn unique_viewers(&self, day: chrono::NaiveDate, product: ProductId) -> StoreResult<i64> {

@@ -2255,6 +2255,72 @@ pub async fn fraud_orders(store: Arc<dyn Store>) {
         },
         "both ends included, by event time, microseconds kept, once each; the rolled-back one is not there"
     );
+    let summary = |user, from: &str, to: &str, currency: &str| {
+        let store = store.clone();
+        let (from, to) = (at(from), at(to));
+        let currency = Currency::parse(currency).unwrap();
+        async move {
+            let summary = store
+                .fraud_summary(user, from, to, &currency)
+                .await
+                .unwrap();
+            (summary.watermark, summary.orders, summary.total_cents)
+        }
+    };
+    assert_eq!(
+        summary(
+            ann.id,
+            "2026-03-01T10:00:00Z",
+            "2026-03-01T10:10:00Z",
+            "EUR"
+        )
+        .await,
+        (Some(third.at), 3, 1_005),
+        "the same orders summed: three, and the euros of two of them"
+    );
+    assert_eq!(
+        summary(
+            ann.id,
+            "2026-03-01T10:00:00Z",
+            "2026-03-01T10:10:00Z",
+            "USD"
+        )
+        .await,
+        (Some(third.at), 3, 250_000)
+    );
+    assert_eq!(
+        summary(
+            ann.id,
+            "2026-03-01T10:00:00.000001Z",
+            "2026-03-01T10:09:59Z",
+            "EUR"
+        )
+        .await,
+        (Some(third.at), 1, 0),
+        "the watermark is the shopper's latest order, whatever the range"
+    );
+    assert_eq!(
+        summary(
+            bob.id,
+            "2026-03-01T09:00:00Z",
+            "2026-03-01T11:00:00Z",
+            "EUR"
+        )
+        .await,
+        (Some(bobs.at), 1, 7)
+    );
+    let carl = given_user(&store, "Carl").await;
+    assert_eq!(
+        summary(
+            carl.id,
+            "2026-03-01T09:00:00Z",
+            "2026-03-01T11:00:00Z",
+            "EUR"
+        )
+        .await,
+        (None, 0, 0),
+        "nothing remembered"
+    );
     assert_eq!(
         history(
             ann.id,

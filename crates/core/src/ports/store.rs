@@ -12,6 +12,7 @@
 use async_trait::async_trait;
 use orderflow_domain::events::Envelope;
 use orderflow_domain::fraud::WindowOrder;
+use orderflow_domain::money::Currency;
 use orderflow_domain::notification::{Channel, NotificationKind};
 use orderflow_domain::order::{HistoryEntry, Order, OrderStatus};
 use orderflow_domain::product::{Product, ProductDraft, ProductSearch};
@@ -206,6 +207,18 @@ pub struct FraudHistory {
     pub orders: Vec<WindowOrder>,
 }
 
+/// A shopper's remembered orders in a range, summed
+/// ([`Store::fraud_summary`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FraudSummary {
+    /// The latest event time of the shopper's remembered orders (any range).
+    pub watermark: Option<Timestamp>,
+    /// Their remembered orders in the range.
+    pub orders: u64,
+    /// The totals of those in the asked currency, in its cents.
+    pub total_cents: i64,
+}
+
 /// Revenue of one tumbling window of event time, in one currency, from
 /// confirmed orders.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -374,6 +387,18 @@ pub trait Store: Send + Sync + 'static {
         from: Timestamp,
         to: Timestamp,
     ) -> StoreResult<FraudHistory>;
+    /// What the fraud check learns of `user_id` without reading their
+    /// orders one by one: their watermark, and how many orders and how much
+    /// in `currency` they placed within `[from, to]`. Read outside any unit
+    /// of work, like [`fraud_history`](Self::fraud_history), which it spares
+    /// whenever these sums already break no rule.
+    async fn fraud_summary(
+        &self,
+        user_id: UserId,
+        from: Timestamp,
+        to: Timestamp,
+        currency: &Currency,
+    ) -> StoreResult<FraudSummary>;
     /// How many distinct visitors read `product` on `day` (exact: the
     /// visitor ids `trending` recorded; 0 for none).
     async fn unique_viewers(&self, day: chrono::NaiveDate, product: ProductId) -> StoreResult<i64>;
