@@ -1,6 +1,8 @@
 #!/bin/bash
 # The scaled stack for a sustained measurement: PostgreSQL, Redis, tansu (memory), one api, one relay,
 # WORKERS members of every group. $1 bin, $2 label, $3 rates, $4 workers per group
+# The fraud thresholds are raised as `orderflow bench` raises them for the servers it starts:
+# a followed shopper orders more than five times in five minutes, and a held order is never confirmed.
 BIN=$1; L=$2; RATES=$3; W=${4:-2}
 B=/tmp/s20/sc-$L; rm -rf $B; mkdir -p $B/pg; chown postgres:postgres $B/pg
 PGP=55432; RP=56379; KP=59092; API=18300
@@ -12,7 +14,7 @@ for i in $(seq 1 50); do pg_isready -h 127.0.0.1 -p $PGP >/dev/null 2>&1 && brea
 sleep 1
 su postgres -c "createdb -h 127.0.0.1 -p $PGP -U orderflow orderflow"
 export ORDERFLOW_DATABASE_URL=postgres://orderflow@127.0.0.1:$PGP/orderflow ORDERFLOW_KAFKA_BROKERS=127.0.0.1:$KP ORDERFLOW_REDIS_URL=redis://127.0.0.1:$RP/0 \
-  ORDERFLOW_DATA_DIR=$B ORDERFLOW_AUTH_RATE_PER_SEC=0 ORDERFLOW_RATE_PER_SEC=0 ORDERFLOW_RATE_LIMITS=off \
+  ORDERFLOW_DATA_DIR=$B ORDERFLOW_AUTH_RATE_PER_SEC=0 ORDERFLOW_RATE_PER_SEC=0 ORDERFLOW_RATE_LIMITS=off ORDERFLOW_FRAUD_MAX_ORDERS=1000000 ORDERFLOW_FRAUD_MAX_TOTAL_CENTS=1000000000000 \
   ORDERFLOW_ADMIN_EMAIL=admin@example.com ORDERFLOW_ADMIN_PASSWORD=admin-password-bench-2026 RUST_LOG=${RLOG:-warn} ORDERFLOW_KAFKA_CONFIG="${KCONF:-batch.num.messages=1}"
 $BIN migrate > $B/migrate.log 2>&1 || { echo migrate failed; cat $B/migrate.log; }
 $BIN seed > $B/seed.log 2>&1 || { echo seed failed; cat $B/seed.log; }
