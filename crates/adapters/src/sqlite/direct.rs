@@ -57,7 +57,7 @@ impl std::fmt::Debug for DirectConn {
 
 impl DirectConn {
     /// Opens the database file (created and switched to WAL by the pool
-    /// already) with the pool's settings. Two settings of its own, both for
+    /// already) with the pool's settings. Three settings of its own, all for
     /// a database that is written all the time:
     /// - no automatic checkpoints: a commit that crosses the WAL threshold
     ///   would copy pages and fsync on the async task that commits, stalling
@@ -65,7 +65,13 @@ impl DirectConn {
     /// - the database file memory-mapped (up to 256 MiB): a reader's page
     ///   cache is discarded whenever another connection committed, which
     ///   under load is always, so reads fetch pages from the OS; mapped,
-    ///   that is a memory access instead of a `pread` call.
+    ///   that is a memory access instead of a `pread` call;
+    /// - temporary storage in memory: a savepoint (each effect of a group
+    ///   commit that needs one, each transaction joined to a [`Chain`], each
+    ///   reservation) copies the pages it changes into a statement journal,
+    ///   which SQLite otherwise spills into a temporary file past 64 KiB.
+    ///   Under load those file writes were 5% of the process's CPU
+    ///   (docs/benchmarks.md); in memory they are a copy.
     pub(crate) fn open(path: &Path) -> StoreResult<Self> {
         let conn = rusqlite::Connection::open_with_flags(
             path,
@@ -77,7 +83,8 @@ impl DirectConn {
         conn.busy_timeout(BUSY_TIMEOUT).map_err(write_err)?;
         conn.execute_batch(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;
-             PRAGMA wal_autocheckpoint = 0; PRAGMA mmap_size = 268435456;",
+             PRAGMA wal_autocheckpoint = 0; PRAGMA mmap_size = 268435456;
+             PRAGMA temp_store = MEMORY;",
         )
         .map_err(write_err)?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
