@@ -231,7 +231,7 @@ pub struct Settings {
     #[arg(
         long,
         env = "ORDERFLOW_SQLITE_BACKGROUND_WAIT_MS",
-        default_value_t = 40,
+        default_value_t = orderflow_adapters::sqlite::writer::DEFAULT_BACKGROUND_WAIT.as_millis() as u64,
         global = true
     )]
     pub sqlite_background_wait_ms: u64,

@@ -149,7 +149,7 @@ impl Default for ConsumerSettings {
 pub const DEFAULT_WINDOW: usize = 4096;
 /// See [`ConsumerSettings::group_commit_max`]. A group flushes once per
 /// turn at SQLite's writer, and under a steady stream of requests a turn
-/// comes about every background wait (SQLite's, 20 ms by default), so a group can write at
+/// comes about every background wait (SQLite's, 10 ms by default), so a group can write at
 /// most this many effects per such interval. With 64 the `orders` group,
 /// which takes two events per order (stock and payment), wrote 56 per flush
 /// on average in the default bench, held each delivery 460 ms and put

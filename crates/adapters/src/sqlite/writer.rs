@@ -18,15 +18,18 @@
 //! confirmation fell seconds behind. An overdue background write goes next,
 //! one at a time: a request waits at most for the write holding the lock
 //! and one such background write, and the pipeline's share of the writer
-//! never drops to nothing. Why 20 ms (measured, docs/benchmarks.md): at
-//! 5 ms the group commits came in so often, and so small, that the writer
-//! could no longer take 1,000 orders a second in an open loop. Every hop of
-//! an order (fraud, inventory, payment, orders) waits up to this bound for
-//! its group commit, so it adds up along the flow. In the default bench
-//! (two runs each), with 40 ms and group commits of up to 128 effects an
-//! order was confirmed 616 and 694 ms p99 after it was accepted; with 20 ms
-//! and up to 256, 354 and 491 ms, and the group commits still held 24 to
-//! 47 effects on average.
+//! never drops to nothing. Why 10 ms (measured, docs/benchmarks.md, "The
+//! group commit's cap and the writer's bound"): every hop of an order
+//! (fraud, inventory, payment, orders) waits up to this bound for its group
+//! commit, so it adds up along the flow. In the default bench (closed loop,
+//! group commits of up to 256 effects), with 40 ms an order was confirmed
+//! 495 and 563 ms p99 after it was accepted, with 10 ms 267 and 292 ms,
+//! with 5 ms 222 and 294 ms but a slower order request (p99 88 against
+//! 77 ms). Open loop at 1,000 orders a second, with 10 ms the API answered
+//! 952 of them and they were confirmed 551 ms p99; with 20 ms it answered
+//! 828, confirmed 1,971 ms p99. (At 5 ms, long ago, before transactions
+//! chained, the group commits came in so often and so small that the writer
+//! could no longer take 1,000 orders a second.)
 //!
 //! Write transactions queued together commit together: the one holding the
 //! writer hands its open transaction to the next waiter instead of
@@ -53,7 +56,7 @@ pub use crate::sql::WritePriority;
 
 /// A background write that has waited this long goes ahead of requests,
 /// unless set otherwise.
-pub const DEFAULT_BACKGROUND_WAIT: Duration = Duration::from_millis(20);
+pub const DEFAULT_BACKGROUND_WAIT: Duration = Duration::from_millis(10);
 
 /// Histogram `{priority}`: how long a write waited for SQLite's writer.
 pub const WRITER_WAIT_SECONDS: &str = "orderflow_db_writer_wait_seconds";
