@@ -36,31 +36,49 @@ use orderflow_domain::{EventId, OrderId, ProductId, Timestamp, UserId};
 use crate::sqlite::partition_for;
 
 use super::log::OUTBOX_SIGNAL;
-use super::rows::product_columns;
+use super::rows::{self, product_columns};
 use super::store::load_order;
 use super::tail::TailEvent;
 use super::{
-    Appended, Engine, Exec, LogAppend, SavepointStep, ShopperWrites, SqlRow, Stmt, WriteTx, per,
-    stmt, values_list,
+    Appended, Engine, Exec, LogAppend, SavepointStep, ShopperWrites, Sql, SqlRow, Stmt, WriteTx,
+    per, stmt, values_list,
 };
 
 /// How often a claim retries when the row it lost to vanished before it
 /// could read it (only possible if keys are ever purged).
 const CLAIM_ATTEMPTS: usize = 3;
 
-/// [`LogAppend::OffsetReadBack`]'s first statement: takes the partition's
-/// next offset, `$1` topic and `$2` partition; answers `offset`.
-pub(crate) const TAKE_OFFSET: &str = r#"INSERT INTO log_partitions (topic, "partition", next_offset)
-       VALUES ($1, $2, 1)
-       ON CONFLICT (topic, "partition") DO UPDATE SET next_offset = log_partitions.next_offset + 1
-       RETURNING next_offset - 1 AS "offset""#;
+/// [`LogAppend::OffsetReadBack`]'s first statement: takes `$3` offsets of
+/// the partition at once (`$1` topic, `$2` partition; the row is created on
+/// first use); answers the first of them as `offset`.
+pub(crate) const TAKE_OFFSETS: &str = r#"INSERT INTO log_partitions (topic, "partition", next_offset)
+       VALUES ($1, $2, $3)
+       ON CONFLICT (topic, "partition") DO UPDATE SET next_offset = log_partitions.next_offset + $3
+       RETURNING next_offset - $3 AS "offset""#;
 
-/// [`LogAppend::OffsetReadBack`]'s second statement: the event at the
-/// offset taken, (topic, partition, offset, key, event id, payload, created
-/// at) as `$1` to `$7`.
-pub(crate) const INSERT_EVENT_AT: &str = r#"INSERT INTO event_log
-       (topic, "partition", "offset", key, event_id, payload, created_at)
-       VALUES ($1, $2, $3, $4, $5, $6, $7)"#;
+/// [`LogAppend::OffsetReadBack`]'s second statement, for this many rows of
+/// (topic, partition, offset, key, event id, payload, created at).
+fn insert_events_at(rows: usize) -> String {
+    format!(
+        r#"INSERT INTO event_log (topic, "partition", "offset", key, event_id, payload, created_at)
+           VALUES {}"#,
+        values_list(rows, 7, 1)
+    )
+}
+
+/// Row counts of the event inserts a flush is split into (largest first,
+/// as many of each as fit): a handful of statement texts for the
+/// connection's statement cache, whatever the number of events.
+const EVENT_INSERT_ROWS: [usize; 5] = [64, 16, 4, 2, 1];
+
+/// An event appended to the embedded log whose offset is taken when the
+/// unit of work next sends its writes ([`SqlTx::write_log_appends`]).
+struct PendingAppend {
+    topic: &'static str,
+    partition: i32,
+    payload: serde_json::Value,
+    envelope: Envelope,
+}
 
 /// A unit of work. Dropping it without [`StoreTx::commit`] rolls everything
 /// back, appended events included.
@@ -80,6 +98,9 @@ pub(crate) struct SqlTx<E: Engine> {
     deferred: Vec<Stmt>,
     /// Writes of shoppers' live messages, run at commit after the turns.
     shopper_writes: ShopperWrites,
+    /// Events for the embedded log, in append order, whose offsets are
+    /// taken with the next writes sent ([`LogAppend::OffsetReadBack`]).
+    log_appends: Vec<PendingAppend>,
 }
 
 impl<E: Engine> std::fmt::Debug for SqlTx<E> {
@@ -103,6 +124,7 @@ impl<E: Engine> SqlTx<E> {
             appended_to_outbox: false,
             deferred: Vec::new(),
             shopper_writes: ShopperWrites::default(),
+            log_appends: Vec::new(),
         }
     }
 
@@ -125,7 +147,80 @@ impl<E: Engine> SqlTx<E> {
             let batch = std::mem::take(&mut self.deferred);
             E::exec_batch(&mut self.write, batch).await?;
         }
+        if !self.log_appends.is_empty() {
+            self.write_log_appends().await?;
+        }
         Ok(&mut self.write)
+    }
+
+    /// Writes the events appended since the last writes were sent
+    /// ([`LogAppend::OffsetReadBack`]): one statement per partition takes
+    /// all of its offsets, and a few multi-row inserts write the events, in
+    /// append order (which `seq` keeps). Why batched: a group commit
+    /// appends an event per effect, and one offset statement and one insert
+    /// per event were a tenth of the writer's time under load
+    /// (docs/benchmarks.md, "Fewer statements under the writer").
+    async fn write_log_appends(&mut self) -> StoreResult<()> {
+        let appends = std::mem::take(&mut self.log_appends);
+        // Events per partition, in the order the partitions first appear.
+        let mut partitions: Vec<(&'static str, i32, i64)> = Vec::new();
+        for append in &appends {
+            match partitions.iter_mut().find(|(topic, partition, _)| {
+                *topic == append.topic && *partition == append.partition
+            }) {
+                Some((_, _, count)) => *count += 1,
+                None => partitions.push((append.topic, append.partition, 1)),
+            }
+        }
+        // The next offset of each partition, from its first one taken.
+        let mut next: Vec<(&'static str, i32, i64)> = Vec::with_capacity(partitions.len());
+        for (topic, partition, count) in partitions {
+            let first = self
+                .write
+                .query_one(stmt(
+                    "take_offsets",
+                    TAKE_OFFSETS,
+                    (topic, partition, count),
+                ))
+                .await?
+                .int("offset")?;
+            next.push((topic, partition, first));
+        }
+        let now = chrono::Utc::now();
+        let mut rest = appends.into_iter();
+        for rows in EVENT_INSERT_ROWS {
+            while rest.len() >= rows {
+                let mut insert = stmt("append_events", insert_events_at(rows), ());
+                for append in rest.by_ref().take(rows) {
+                    let (_, _, offset) = next
+                        .iter_mut()
+                        .find(|(topic, partition, _)| {
+                            *topic == append.topic && *partition == append.partition
+                        })
+                        .expect("every partition's offsets were taken");
+                    insert = insert
+                        .bind(append.topic)
+                        .bind(append.partition)
+                        .bind(*offset)
+                        .bind(&append.envelope.key)
+                        .bind(append.envelope.id)
+                        .bind(append.payload)
+                        .bind(now);
+                    self.appended.push(
+                        append.topic,
+                        Some(TailEvent {
+                            topic: append.topic,
+                            partition: append.partition,
+                            offset: *offset,
+                            envelope: Arc::new(append.envelope),
+                        }),
+                    );
+                    *offset += 1;
+                }
+                self.write.exec(insert).await?;
+            }
+        }
+        Ok(())
     }
 
     /// Runs a statement in this unit of work; how many rows it changed.
@@ -138,6 +233,7 @@ impl<E: Engine> SqlTx<E> {
             // Queued writes were issued after the savepoint (every step
             // sends what is queued): they are undone without being sent.
             self.deferred.clear();
+            self.log_appends.clear();
         }
         self.run(stmt(step.op(), step.sql(), ())).await?;
         self.appended.after(step);
@@ -177,7 +273,9 @@ impl<E: Engine> SqlTx<E> {
 
     /// Per event: take the partition's next offset (the row is created on
     /// first use; migrate pre-creates the known topics) and insert the event
-    /// at it. Inside the unit of work, so a rollback gives the offsets back
+    /// at it; with [`LogAppend::OffsetReadBack`] both happen when the unit
+    /// of work next sends its writes, for all events appended until then
+    /// ([`SqlTx::write_log_appends`]). Inside the unit of work, so a rollback gives the offsets back
     /// and offsets stay gap-free. On PostgreSQL the partition's row stays
     /// locked until the transaction ends, so appends to one partition commit
     /// in offset order and a reader never sees offset n+1 before n; SQLite's
@@ -200,34 +298,12 @@ impl<E: Engine> SqlTx<E> {
                     ));
                     self.appended.push(topic, None);
                 }
-                LogAppend::OffsetReadBack => {
-                    let offset = self
-                        .conn()
-                        .await?
-                        .query_one(stmt("take_offset", TAKE_OFFSET, (topic, partition)))
-                        .await?
-                        .int("offset")?;
-                    self.defer(stmt(
-                        "append_event",
-                        INSERT_EVENT_AT,
-                        (
-                            topic,
-                            partition,
-                            offset,
-                            &event.key,
-                            event.id,
-                            event.to_json(),
-                            now,
-                        ),
-                    ));
-                    let event = TailEvent {
-                        topic,
-                        partition,
-                        offset,
-                        envelope: Arc::new(event.clone()),
-                    };
-                    self.appended.push(topic, Some(event));
-                }
+                LogAppend::OffsetReadBack => self.log_appends.push(PendingAppend {
+                    topic,
+                    partition,
+                    payload: event.to_json(),
+                    envelope: event.clone(),
+                }),
             }
         }
         for notice in E::append_notices(&topics) {
@@ -425,6 +501,19 @@ impl<E: Engine> StoreTx for SqlTx<E> {
     /// holds the writer, so a plain read is as good.
     async fn order_for_update(&mut self, id: OrderId) -> StoreResult<Option<Order>> {
         load_order(self.conn().await?, id, true).await
+    }
+
+    async fn order_status_for_update(&mut self, id: OrderId) -> StoreResult<Option<OrderStatus>> {
+        let sql = Sql::Built(format!(
+            "SELECT status FROM orders WHERE id = $1{}",
+            E::DIALECT.for_update()
+        ));
+        self.conn()
+            .await?
+            .query_opt(stmt("order_status", sql, (id,)))
+            .await?
+            .map(|row| rows::status(&row, "status"))
+            .transpose()
     }
 
     async fn set_order_status(

@@ -158,23 +158,7 @@ pub async fn poll_order_commit_and_resume(log: Arc<dyn EventLog>, store: Arc<dyn
     want.sort();
     assert_eq!(got, want, "every appended event exactly once");
 
-    // Offsets per partition: 0, 1, 2, ... in delivery order.
-    let mut per_partition: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
-    let mut partition_of_key: HashMap<String, i32> = HashMap::new();
-    for d in &delivered {
-        per_partition.entry(d.partition).or_default().push(d.offset);
-        let p = *partition_of_key
-            .entry(d.envelope.key.clone())
-            .or_insert(d.partition);
-        assert_eq!(p, d.partition, "all events of one key go to one partition");
-    }
-    for (partition, offsets) in &per_partition {
-        let expected: Vec<i64> = (0..offsets.len() as i64).collect();
-        assert_eq!(
-            offsets, &expected,
-            "partition {partition} delivered out of order or with gaps"
-        );
-    }
+    assert_offsets_from_zero(&delivered);
     // Per key, delivery order is append order.
     assert_per_key_order(&users, &appended, &delivered);
 
@@ -241,6 +225,77 @@ pub fn assert_per_key_order(users: &[uuid::Uuid], appended: &[Envelope], deliver
             .collect();
         assert_eq!(seen, sent, "events of key {key} out of order");
     }
+}
+
+/// Each partition's offsets are 0, 1, 2, ... in delivery order, and all
+/// events of one key are in one partition.
+fn assert_offsets_from_zero(delivered: &[Delivery]) {
+    let mut per_partition: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
+    let mut partition_of_key: HashMap<String, i32> = HashMap::new();
+    for d in delivered {
+        per_partition.entry(d.partition).or_default().push(d.offset);
+        let p = *partition_of_key
+            .entry(d.envelope.key.clone())
+            .or_insert(d.partition);
+        assert_eq!(p, d.partition, "all events of one key go to one partition");
+    }
+    for (partition, offsets) in &per_partition {
+        let expected: Vec<i64> = (0..offsets.len() as i64).collect();
+        assert_eq!(
+            offsets, &expected,
+            "partition {partition} delivered out of order or with gaps"
+        );
+    }
+}
+
+/// One unit of work appending in the savepoints of a group commit, as the
+/// consumer runtime does when an effect fails: the events of the savepoint
+/// rolled back are never delivered and take no offset; the others are
+/// delivered once each, every partition's offsets from 0 without gaps,
+/// every key's events in append order. (The embedded log takes offsets
+/// for all events appended since the last statement at once: this is what
+/// keeps that batching honest.)
+pub async fn appends_follow_savepoints(log: Arc<dyn EventLog>, store: Arc<dyn Store>) {
+    let mut sub = log
+        .subscribe("savepoints", &[topics::USER_EVENTS])
+        .await
+        .expect("subscribe");
+    let users: Vec<uuid::Uuid> = (0..3).map(|_| uuid::Uuid::now_v7()).collect();
+    let first = [user_registered(users[0]), user_registered(users[1])];
+    let undone = [user_registered(users[0]), user_registered(users[2])];
+    let last = [
+        user_registered(users[2]),
+        user_registered(users[0]),
+        user_registered(users[0]),
+    ];
+    let mut tx = store.begin_group_commit("savepoints").await.unwrap();
+    for (events, kept) in [(&first[..], true), (&undone[..], false), (&last[..], true)] {
+        tx.savepoint().await.unwrap();
+        tx.append(events).await.unwrap();
+        if kept {
+            tx.release_savepoint().await.unwrap();
+        } else {
+            tx.rollback_to_savepoint().await.unwrap();
+        }
+    }
+    tx.commit().await.unwrap();
+
+    let kept: Vec<Envelope> = first.iter().chain(&last).cloned().collect();
+    let delivered = poll_exactly(sub.as_mut(), kept.len(), 10).await;
+    let mut got = ids(&delivered);
+    got.sort();
+    let mut want = ids_of(&kept);
+    want.sort();
+    assert_eq!(
+        got, want,
+        "the kept events once each, the undone ones never"
+    );
+    assert_offsets_from_zero(&delivered);
+    assert_per_key_order(&users, &kept, &delivered);
+    assert!(
+        sub.poll(10, SHORT).await.unwrap().is_empty(),
+        "nothing else"
+    );
 }
 
 fn ids_of(events: &[Envelope]) -> Vec<uuid::Uuid> {

@@ -146,6 +146,7 @@ macro_rules! log_scenarios {
         $test!($($($arg)* ;)?
             append_visible_only_after_commit,
             poll_order_commit_and_resume,
+            appends_follow_savepoints,
             groups_are_independent,
             rewind_replays_from_the_beginning,
             lag,

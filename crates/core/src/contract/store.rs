@@ -497,6 +497,16 @@ pub async fn orders(store: Arc<dyn Store>) {
             .unwrap()
             .is_none()
     );
+    assert_eq!(
+        tx.order_status_for_update(first.id).await.unwrap(),
+        Some(first.status)
+    );
+    assert_eq!(
+        tx.order_status_for_update(uuid::Uuid::now_v7())
+            .await
+            .unwrap(),
+        None
+    );
     let steps = [
         OrderStatus::Reserved,
         OrderStatus::Paid,

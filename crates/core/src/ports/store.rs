@@ -626,6 +626,12 @@ pub trait StoreTx: Send {
     async fn insert_order(&mut self, order: &Order) -> StoreResult<()>;
     /// Reads an order and locks it against concurrent transitions until commit.
     async fn order_for_update(&mut self, id: OrderId) -> StoreResult<Option<Order>>;
+    /// Reads an order's status and locks it as [`Self::order_for_update`]
+    /// does. For a transition that read the rest of the order before its
+    /// unit of work: only the status of an order ever changes, and one
+    /// short read under the writer costs far less than the order and its
+    /// lines (the `orders` group, under load).
+    async fn order_status_for_update(&mut self, id: OrderId) -> StoreResult<Option<OrderStatus>>;
     /// Moves the order through `steps` (the last is the new status), adding one
     /// history entry per step.
     async fn set_order_status(

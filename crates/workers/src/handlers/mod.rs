@@ -219,7 +219,7 @@ impl WorkerDeps {
             "inventory" => Arc::new(InventoryHandler::new().with_catalog(self.catalog.clone())),
             "payment" => Arc::new(PaymentHandler::new(self.payment.clone())),
             "orders" => Arc::new(
-                OrdersHandler::new()
+                OrdersHandler::new(store)
                     .with_read_models(read_models)
                     .with_live(self.live.clone())
                     .with_catalog(self.catalog.clone()),

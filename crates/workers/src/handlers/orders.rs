@@ -14,12 +14,12 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use orderflow_core::ports::log::Delivery;
 use orderflow_core::ports::read_models::ReadModels;
-use orderflow_core::ports::store::StoreTx;
+use orderflow_core::ports::store::{Store, StoreTx};
 use orderflow_core::services::catalog::CatalogService;
 use orderflow_core::services::live::{LiveChannel, LiveHub};
 use orderflow_domain::events::{Envelope, EventData};
 use orderflow_domain::money::Currency;
-use orderflow_domain::order::{OrderFact, OrderStatus, Transition};
+use orderflow_domain::order::{Order, OrderFact, OrderStatus, Transition};
 use orderflow_domain::{EventId, OrderId, ProductId, UserId};
 
 use super::mirror_failed;
@@ -27,6 +27,8 @@ use crate::error::WorkerError;
 use crate::runtime::{Applied, Effect, Handler, Prepared};
 
 pub struct OrdersHandler {
+    /// Where `prepare` reads the order (see [`Transit`]).
+    store: Arc<dyn Store>,
     read_models: Option<Arc<dyn ReadModels>>,
     /// Told of each committed status change's live message.
     live: Option<Arc<LiveHub>>,
@@ -35,8 +37,9 @@ pub struct OrdersHandler {
 }
 
 impl OrdersHandler {
-    pub fn new() -> Self {
+    pub fn new(store: Arc<dyn Store>) -> Self {
         Self {
+            store,
             read_models: None,
             live: None,
             catalog: None,
@@ -61,12 +64,6 @@ impl OrdersHandler {
     pub fn with_read_models(mut self, read_models: Option<Arc<dyn ReadModels>>) -> Self {
         self.read_models = read_models;
         self
-    }
-}
-
-impl Default for OrdersHandler {
-    fn default() -> Self {
-        Self::new()
     }
 }
 
@@ -99,7 +96,12 @@ impl Handler for OrdersHandler {
             } => (*order_id, OrderFact::PaymentFailed, Some(reason)),
             _ => return Ok(Prepared::Ignored),
         };
+        // Read here, off SQLite's writer; `apply` reads the status alone.
+        let Some((order, _history)) = self.store.order(order_id).await? else {
+            return Err(WorkerError::Missing(format!("order {order_id}")));
+        };
         Ok(Prepared::Effect(Box::new(Transit {
+            order,
             order_id,
             fact,
             reason: reason.cloned().unwrap_or_default(),
@@ -117,7 +119,15 @@ impl Handler for OrdersHandler {
 }
 
 /// Apply one fact to one order.
+///
+/// The order was read by `prepare`, outside the unit of work: its lines,
+/// owner and total never change, so `apply` reads only the status, locked.
+/// Why: reading the whole order (its head, then its lines) under SQLite's
+/// one writer was over half of this effect's time there, and the `orders`
+/// group applies two facts per order.
 struct Transit {
+    /// As `prepare` read it; the status is refreshed by `apply`.
+    order: Order,
     order_id: OrderId,
     fact: OrderFact,
     reason: String,
@@ -147,9 +157,11 @@ impl Effect for Transit {
         self.released.clear();
         // Locked until commit, so two members racing on one order's events
         // apply their facts one after the other.
-        let Some(order) = tx.order_for_update(order_id).await? else {
+        let Some(status) = tx.order_status_for_update(order_id).await? else {
             return Err(WorkerError::Missing(format!("order {order_id}")));
         };
+        self.order.status = status;
+        let order = &self.order;
         let steps = match order.status.on(self.fact) {
             Transition::Apply(steps) => steps,
             Transition::Ignored {
