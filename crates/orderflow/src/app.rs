@@ -172,6 +172,7 @@ impl App {
             .with_consumer_settings(ConsumerSettings {
                 window: settings.consumer_window,
                 group_commit_max: settings.group_commit_max,
+                group_commit_interval: Duration::from_millis(settings.group_commit_interval_ms),
                 ..ConsumerSettings::default()
             })
             .with_fraud_rules(settings.fraud_rules()?);

@@ -223,6 +223,18 @@ pub struct Settings {
     )]
     pub group_commit_max: usize,
 
+    /// Milliseconds between the moments a consumer-group member may start a
+    /// group commit (a grid shared by the process's members, so their
+    /// flushes commit together); 0: flush as soon as a delivery is ready.
+    /// Fewer, larger flushes for at most this much more latency per hop.
+    #[arg(
+        long,
+        env = "ORDERFLOW_GROUP_COMMIT_INTERVAL_MS",
+        default_value_t = orderflow_workers::runtime::DEFAULT_GROUP_COMMIT_INTERVAL.as_millis() as u64,
+        global = true
+    )]
+    pub group_commit_interval_ms: u64,
+
     /// SQLite: milliseconds a background write (a consumer group's commit)
     /// waits at most for the one writer while requests go first; then it
     /// goes ahead of one request. 0: requests always go first (more orders

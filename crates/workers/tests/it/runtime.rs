@@ -513,6 +513,9 @@ struct FlakyApply {
     /// with the rest of the flush.
     refused: HashSet<EventId>,
     committed: Arc<Mutex<Vec<EventId>>>,
+    /// The tasks that committed effects: a group commit runs on a task of
+    /// its own, so this counts the group commits of `run`.
+    committed_by: Arc<Mutex<HashSet<tokio::task::Id>>>,
     /// How long preparing takes, and how long each effect holds the group
     /// commit's transaction.
     delays: (Duration, Duration),
@@ -532,6 +535,7 @@ impl FlakyApply {
             fails: Mutex::new(fails),
             refused,
             committed: Arc::default(),
+            committed_by: Arc::default(),
             delays,
         })
     }
@@ -559,6 +563,7 @@ impl Handler for FlakyApply {
             fail,
             refused: self.refused.contains(&id),
             committed: self.committed.clone(),
+            committed_by: self.committed_by.clone(),
             hold: self.delays.1,
         })))
     }
@@ -569,6 +574,7 @@ struct FlakyEffect {
     fail: bool,
     refused: bool,
     committed: Arc<Mutex<Vec<EventId>>>,
+    committed_by: Arc<Mutex<HashSet<tokio::task::Id>>>,
     hold: Duration,
 }
 
@@ -609,6 +615,10 @@ impl Effect for FlakyEffect {
 
     async fn committed(self: Box<Self>) {
         self.committed.lock().unwrap().push(self.id);
+        self.committed_by
+            .lock()
+            .unwrap()
+            .extend(tokio::task::try_id());
     }
 }
 
@@ -721,6 +731,47 @@ async fn effects_of_many_deliveries_share_group_commits() {
         "at most 64 effects per group commit, as set"
     );
     assert_eq!(handler.committed.lock().unwrap().len(), 100);
+    assert_eq!(h.lag("flaky-apply").await, 0);
+}
+
+/// `run` with a group commit interval: deliveries prepared within one
+/// interval share a group commit. 20 events appended one by one, 2 ms
+/// apart (well under a second even on a busy machine), with an interval of
+/// a second: they cross at most one point of the grid, so at most two
+/// group commits write them all (without the interval each flush takes
+/// what is prepared the moment the last one ended).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_starts_group_commits_on_the_interval_grid() {
+    let h = Harness::new(None, tiny_retry(3)).await;
+    let handler = FlakyApply::new(HashMap::new(), (Duration::ZERO, Duration::ZERO));
+    let consumer = consumer(&h, handler.clone(), tiny_retry(3))
+        .await
+        .with_settings(ConsumerSettings {
+            group_commit_interval: Duration::from_secs(1),
+            ..ConsumerSettings::default()
+        });
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(consumer.run(shutdown.clone()));
+    for _ in 0..20 {
+        h.append(&[registered(uuid::Uuid::now_v7())]).await;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while handler.committed.lock().unwrap().len() < 20 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of 20 effects committed",
+            handler.committed.lock().unwrap().len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    shutdown.cancel();
+    running.await.unwrap();
+    let flushes = handler.committed_by.lock().unwrap().len();
+    assert!(
+        (1..=2).contains(&flushes),
+        "20 effects prepared within 40 ms took {flushes} group commits"
+    );
     assert_eq!(h.lag("flaky-apply").await, 0);
 }
 
