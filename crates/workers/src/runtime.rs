@@ -1220,14 +1220,6 @@ fn prepare(
     .boxed()
 }
 
-/// One group commit: every item in its own savepoint inside one background
-/// transaction, then, after the commit, each effect's `committed` step.
-///
-/// A failing effect is rolled back to its savepoint and reported as
-/// `Failed`; later items of the same lane are handed back unwritten, so a
-/// lane's effects are never applied out of order. A failure of the
-/// transaction itself (begin, a savepoint, commit; the database is gone)
-/// hands every item back.
 /// How long until the next point of a grid of `interval` that every member
 /// in this process shares (see [`DEFAULT_GROUP_COMMIT_INTERVAL`] for why
 /// shared).
@@ -1239,6 +1231,14 @@ fn until_grid_point(interval: Duration) -> Duration {
     Duration::from_nanos(u64::try_from(step - into).unwrap_or(u64::MAX))
 }
 
+/// One group commit: every item in its own savepoint inside one background
+/// transaction, then, after the commit, each effect's `committed` step.
+///
+/// A failing effect is rolled back to its savepoint and reported as
+/// `Failed`; later items of the same lane are handed back unwritten, so a
+/// lane's effects are never applied out of order. A failure of the
+/// transaction itself (begin, a savepoint, commit; the database is gone)
+/// hands every item back.
 async fn group_commit(
     group: &'static str,
     store: Arc<dyn Store>,

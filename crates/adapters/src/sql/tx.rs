@@ -276,11 +276,11 @@ impl<E: Engine> SqlTx<E> {
     /// first use; migrate pre-creates the known topics) and insert the event
     /// at it; with [`LogAppend::OffsetReadBack`] both happen when the unit
     /// of work next sends its writes, for all events appended until then
-    /// ([`SqlTx::write_log_appends`]). Inside the unit of work, so a rollback gives the offsets back
-    /// and offsets stay gap-free. On PostgreSQL the partition's row stays
-    /// locked until the transaction ends, so appends to one partition commit
-    /// in offset order and a reader never sees offset n+1 before n; SQLite's
-    /// one writer does the same.
+    /// ([`SqlTx::write_log_appends`]). Inside the unit of work, so a
+    /// rollback gives the offsets back and offsets stay gap-free. On
+    /// PostgreSQL the partition's row stays locked until the transaction
+    /// ends, so appends to one partition commit in offset order and a reader
+    /// never sees offset n+1 before n; SQLite's one writer does the same.
     async fn append_to_log(&mut self, events: &[Envelope]) -> StoreResult<()> {
         let now = chrono::Utc::now();
         let mut topics = Vec::new();
