@@ -617,22 +617,8 @@ impl Drop for PooledRead {
 ///   queue, so requests go first). With commits landing every millisecond a
 ///   checkpoint beside them never reaches the end of the WAL, and SQLite
 ///   only starts the WAL over, instead of growing it, after a checkpoint
-///   that did.
-///
-/// The held checkpoint stops every write of the process. In the default
-/// bench it held the writer 31 to 65 ms each time, every two seconds or so,
-/// and the order requests that arrived meanwhile were the order request p99
-/// (docs/benchmarks.md, "The checkpoint that stopped the writer"). Two
-/// things make it rarer and shorter:
-/// - it starts only past [`Checkpointer::RESTART_FRAMES`] (256 MiB of WAL):
-///   what it costs is mostly its two `fsync`s (the WAL's, then the database
-///   file's), whatever it copies, so fewer of them is what counts;
-/// - before it, checkpoints beside the commits run back to back until one
-///   finds fewer than [`Checkpointer::CATCH_UP_FRAMES`] new frames, so it
-///   copies only what landed since (measured: 50 to 220 frames left before
-///   the writer's turn, where a thousand or more had landed during the one
-///   checkpoint beside the commits before). It still took 16 to 65 ms:
-///   the `fsync`s dominate.
+///   that did; the ones beside the commits leave little for it to copy, so
+///   the pause is short.
 ///
 /// Stops when dropped (with the engine).
 pub(crate) struct Checkpointer {
@@ -641,24 +627,15 @@ pub(crate) struct Checkpointer {
 
 impl Checkpointer {
     const INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
-    /// 65,536 pages of 4 KiB: the WAL stays below about 256 MiB. With
-    /// 16,384 (64 MiB) the held checkpoint came every two seconds or so in the
-    /// default bench; readers' look-ups in the WAL index grow with its size,
-    /// which the bench's throughput did not show.
-    const RESTART_FRAMES: i64 = 65_536;
-    /// New frames since the last checkpoint beside the commits below which
-    /// the held checkpoint may start (a megabyte of pages).
-    const CATCH_UP_FRAMES: i64 = 256;
-    /// Checkpoints beside the commits at most before the held one, so a
-    /// commit rate the checkpoints cannot catch up with still ends in one.
-    const CATCH_UP_ROUNDS: usize = 8;
+    /// 16,384 pages of 4 KiB: the WAL stays below about 64 MiB.
+    const RESTART_FRAMES: i64 = 16_384;
 
     pub(crate) fn start(
         path: &Path,
         writer: WriterQueue,
         writer_conn: Arc<tokio::sync::Mutex<DirectConn>>,
     ) -> StoreResult<Self> {
-        let mut own = DirectConn::open(path)?;
+        let mut own = Some(DirectConn::open(path)?);
         let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
             loop {
@@ -666,53 +643,28 @@ impl Checkpointer {
                     _ = &mut stopped => return,
                     () = tokio::time::sleep(Self::INTERVAL) => {}
                 }
-                // `None`: the runtime is shutting down.
-                let Some((conn, frames)) = Self::beside(own).await else {
-                    return;
-                };
-                own = conn;
-                let Some(mut frames) = frames.filter(|&frames| frames > Self::RESTART_FRAMES)
+                let Some(conn) = own.take() else { return };
+                let Ok((conn, frames)) = tokio::task::spawn_blocking(move || {
+                    let frames = conn.checkpoint();
+                    (conn, frames)
+                })
+                .await
                 else {
-                    continue;
+                    return; // the runtime is shutting down
                 };
-                for _ in 0..Self::CATCH_UP_ROUNDS {
-                    let Some((conn, now)) = Self::beside(own).await else {
+                own = Some(conn);
+                if frames.is_some_and(|frames| frames > Self::RESTART_FRAMES) {
+                    let turn = writer.acquire(WritePriority::Background).await;
+                    let held = writer_conn.clone().lock_owned().await;
+                    let done = tokio::task::spawn_blocking(move || held.checkpoint()).await;
+                    drop(turn);
+                    if done.is_err() {
                         return;
-                    };
-                    own = conn;
-                    let Some(now) = now else { break };
-                    // Fewer frames than before: the WAL started over already.
-                    let landed = now - frames;
-                    frames = now;
-                    if landed < Self::CATCH_UP_FRAMES {
-                        break;
                     }
-                }
-                if frames <= Self::RESTART_FRAMES {
-                    continue;
-                }
-                let turn = writer.acquire(WritePriority::Background).await;
-                let held = writer_conn.clone().lock_owned().await;
-                let done = tokio::task::spawn_blocking(move || held.checkpoint()).await;
-                drop(turn);
-                if done.is_err() {
-                    return;
                 }
             }
         });
         Ok(Self { _stop: stop })
-    }
-
-    /// A passive checkpoint beside the commits, on the checkpointer's own
-    /// connection, on the blocking pool: the connection back and the frames
-    /// in the WAL; `None` if the runtime is shutting down.
-    async fn beside(conn: DirectConn) -> Option<(DirectConn, Option<i64>)> {
-        tokio::task::spawn_blocking(move || {
-            let frames = conn.checkpoint();
-            (conn, frames)
-        })
-        .await
-        .ok()
     }
 }
 
