@@ -168,7 +168,8 @@ pub const DEFAULT_GROUP_COMMIT_MAX: usize = 256;
 /// the processed marks' statement, the pages its `COMMIT` writes), and
 /// without an interval a group flushed whatever was prepared the moment its
 /// last flush ended: under a moderate, steady load that was three to five
-/// effects per flush, about five group commits per order across the groups.
+/// effects per flush, 2.7 to 5.6 group commits per order across the groups
+/// (measured at 600 orders/s, open loop).
 /// On a grid, deliveries prepared within one interval share a flush, and
 /// the groups of a process flush at the same moments, so on SQLite their
 /// transactions queue for the writer together and commit as one chain. At

@@ -1006,6 +1006,11 @@ impl<E: Engine> Store for SqlStore<E> {
         Ok(Some((order, history)))
     }
 
+    async fn order_without_history(&self, id: OrderId) -> StoreResult<Option<Order>> {
+        let mut conn = self.engine.read().await?;
+        load_order(&mut *conn, id, false).await
+    }
+
     async fn orders_of_user(
         &self,
         user_id: UserId,

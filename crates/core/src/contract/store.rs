@@ -478,6 +478,18 @@ pub async fn orders(store: Arc<dyn Store>) {
         "first history entry"
     );
     assert!(store.order(uuid::Uuid::now_v7()).await.unwrap().is_none());
+    assert_eq!(
+        store.order_without_history(first.id).await.unwrap(),
+        Some(first.clone()),
+        "the order and its lines, without the history"
+    );
+    assert!(
+        store
+            .order_without_history(uuid::Uuid::now_v7())
+            .await
+            .unwrap()
+            .is_none()
+    );
 
     // Walk the first order to confirmed in one transition of three steps.
     let at = t0 + secs(30);

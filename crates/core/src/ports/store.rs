@@ -408,6 +408,10 @@ pub trait Store: Send + Sync + 'static {
 
     // --- orders ---
     async fn order(&self, id: OrderId) -> StoreResult<Option<(Order, Vec<HistoryEntry>)>>;
+    /// The order and its lines without its history: one read fewer, for a
+    /// caller that only needs what was ordered (the `orders` group reads
+    /// this for every stock and payment outcome).
+    async fn order_without_history(&self, id: OrderId) -> StoreResult<Option<Order>>;
     /// The user's orders, newest first, created strictly before `before` when given.
     async fn orders_of_user(
         &self,

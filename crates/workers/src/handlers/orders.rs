@@ -97,7 +97,7 @@ impl Handler for OrdersHandler {
             _ => return Ok(Prepared::Ignored),
         };
         // Read here, off SQLite's writer; `apply` reads the status alone.
-        let Some((order, _history)) = self.store.order(order_id).await? else {
+        let Some(order) = self.store.order_without_history(order_id).await? else {
             return Err(WorkerError::Missing(format!("order {order_id}")));
         };
         Ok(Prepared::Effect(Box::new(Transit {
