@@ -617,8 +617,16 @@ impl Drop for PooledRead {
 ///   queue, so requests go first). With commits landing every millisecond a
 ///   checkpoint beside them never reaches the end of the WAL, and SQLite
 ///   only starts the WAL over, instead of growing it, after a checkpoint
-///   that did; the ones beside the commits leave little for it to copy, so
-///   the pause is short.
+///   that did.
+///
+/// The held checkpoint stops every write of the process for as long as it
+/// copies what landed since the last checkpoint and syncs the WAL and then
+/// the database file: about 45 to 65 ms on average in the default bench,
+/// however little it copied, and the order requests that arrive meanwhile queue
+/// behind it. So it must be rare, not short, for the order request's p99:
+/// see [`Checkpointer::RESTART_FRAMES`]. Under a lighter load, whenever a
+/// checkpoint beside the commits reaches the end of the WAL, the WAL starts
+/// over without any pause.
 ///
 /// Stops when dropped (with the engine).
 pub(crate) struct Checkpointer {
@@ -627,8 +635,24 @@ pub(crate) struct Checkpointer {
 
 impl Checkpointer {
     const INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
-    /// 16,384 pages of 4 KiB: the WAL stays below about 64 MiB.
-    const RESTART_FRAMES: i64 = 16_384;
+    /// 262,144 pages of 4 KiB: the WAL grows to about 1 GiB under a load
+    /// that never pauses, before one held checkpoint lets it start over.
+    ///
+    /// Why so large: the default bench writes about 18,000 WAL frames a
+    /// second (an order changes some twenty pages across its commits). With
+    /// 16,384 frames the held checkpoint came about once a second, about
+    /// 63 ms each: the writer stood still 7% of the time, and those pauses,
+    /// with the queue they left behind, were the order request's p99 (93 to
+    /// 96 ms on the server over 40 s, against 48 to 51 ms with this value,
+    /// where three pauses of about 200 ms came instead; with 65,536 it
+    /// still came every few seconds, and the p99 did not move;
+    /// docs/benchmarks.md, "The held checkpoint, made rare"). A reader's
+    /// look-up does not grow with the WAL: it searches only the frames
+    /// after the last checkpoint beside the commits (every 150 ms or so under
+    /// load; SQLite's WAL index skips the frames already copied). The
+    /// costs are disk (the WAL file keeps the size it reached) and, after a
+    /// crash, reading a longer WAL back at the next start.
+    const RESTART_FRAMES: i64 = 262_144;
 
     pub(crate) fn start(
         path: &Path,
