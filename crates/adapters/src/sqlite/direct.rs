@@ -621,12 +621,21 @@ impl Drop for PooledRead {
 ///
 /// The held checkpoint stops every write of the process for as long as it
 /// copies what landed since the last checkpoint and syncs the WAL and then
-/// the database file: about 45 to 65 ms on average in the default bench,
-/// however little it copied, and the order requests that arrive meanwhile queue
-/// behind it. So it must be rare, not short, for the order request's p99:
-/// see [`Checkpointer::RESTART_FRAMES`]. Under a lighter load, whenever a
-/// checkpoint beside the commits reaches the end of the WAL, the WAL starts
-/// over without any pause.
+/// the database file, and the order requests that arrive meanwhile queue
+/// behind it. So it must be short and rare:
+/// - short: SQLite syncs the database file only at the end of a checkpoint
+///   that reached the end of the WAL, which beside the commits almost never
+///   happens. Everything the checkpoints beside the commits copied stayed
+///   unsynced until the held checkpoint's `fsync` wrote it all out under
+///   the writer (one took 118 ms under `strace`; the held checkpoint took
+///   160 to 210 ms with the WAL started over every 1 GiB). So the
+///   checkpointer syncs the database file and the WAL itself, on the
+///   blocking pool, before it asks for the writer ([`sync_files`]): the
+///   held checkpoint then syncs only what landed since (36 to 52 ms);
+/// - rare: see [`Checkpointer::RESTART_FRAMES`].
+///
+/// Under a lighter load, whenever a checkpoint beside the commits reaches
+/// the end of the WAL, the WAL starts over without any pause.
 ///
 /// Stops when dropped (with the engine).
 pub(crate) struct Checkpointer {
@@ -644,8 +653,8 @@ impl Checkpointer {
     /// 63 ms each: the writer stood still 7% of the time, and those pauses,
     /// with the queue they left behind, were the order request's p99 (93 to
     /// 96 ms on the server over 40 s, against 48 to 51 ms with this value,
-    /// where three pauses of about 200 ms came instead; with 65,536 it
-    /// still came every few seconds, and the p99 did not move;
+    /// where three pauses came instead; with 65,536 it still came every few
+    /// seconds, and the p99 did not move;
     /// docs/benchmarks.md, "The held checkpoint, made rare"). A reader's
     /// look-up does not grow with the WAL: it searches only the frames
     /// after the last checkpoint beside the commits (every 150 ms or so under
@@ -660,6 +669,7 @@ impl Checkpointer {
         writer_conn: Arc<tokio::sync::Mutex<DirectConn>>,
     ) -> StoreResult<Self> {
         let mut own = Some(DirectConn::open(path)?);
+        let path = path.to_owned();
         let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
             loop {
@@ -678,6 +688,13 @@ impl Checkpointer {
                 };
                 own = Some(conn);
                 if frames.is_some_and(|frames| frames > Self::RESTART_FRAMES) {
+                    let files = path.clone();
+                    if tokio::task::spawn_blocking(move || sync_files(&files))
+                        .await
+                        .is_err()
+                    {
+                        return; // the runtime is shutting down
+                    }
                     let turn = writer.acquire(WritePriority::Background).await;
                     let held = writer_conn.clone().lock_owned().await;
                     let done = tokio::task::spawn_blocking(move || held.checkpoint()).await;
@@ -689,6 +706,22 @@ impl Checkpointer {
             }
         });
         Ok(Self { _stop: stop })
+    }
+}
+
+/// Syncs the database file at `path` and its WAL (see [`Checkpointer`] for
+/// why); a failure is logged, since the held checkpoint syncs both anyway.
+fn sync_files(path: &Path) {
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    for file in [path, Path::new(&wal)] {
+        let synced = std::fs::OpenOptions::new()
+            .write(true)
+            .open(file)
+            .and_then(|opened| opened.sync_data());
+        if let Err(error) = synced {
+            tracing::warn!(%error, file = %file.display(), "syncing before the held checkpoint failed");
+        }
     }
 }
 
