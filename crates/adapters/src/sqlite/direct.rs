@@ -630,7 +630,8 @@ impl Drop for PooledRead {
 ///   the writer (one took 118 ms under `strace`; the held checkpoint took
 ///   160 to 210 ms with the WAL started over every 1 GiB). So the
 ///   checkpointer syncs the database file and the WAL itself, on the
-///   blocking pool, before it asks for the writer ([`sync_files`]): the
+///   blocking pool, before it asks for the writer ([`sync_files`]; it
+///   cannot ask SQLite to sync its own descriptors without `unsafe`): the
 ///   held checkpoint then syncs only what landed since (36 to 52 ms);
 /// - rare: see [`Checkpointer::RESTART_FRAMES`].
 ///
@@ -714,15 +715,39 @@ impl Checkpointer {
 fn sync_files(path: &Path) {
     let mut wal = path.as_os_str().to_owned();
     wal.push("-wal");
-    for file in [path, Path::new(&wal)] {
-        let synced = std::fs::OpenOptions::new()
+    let synced = [
+        database_file(path).and_then(|file| file.sync_data()),
+        // SQLite takes no locks on the WAL file itself (they are on the
+        // `-shm` file), so this descriptor may be closed again.
+        std::fs::OpenOptions::new()
             .write(true)
-            .open(file)
-            .and_then(|opened| opened.sync_data());
-        if let Err(error) = synced {
-            tracing::warn!(%error, file = %file.display(), "syncing before the held checkpoint failed");
-        }
+            .open(&wal)
+            .and_then(|file| file.sync_data()),
+    ];
+    for error in synced.into_iter().filter_map(Result::err) {
+        tracing::warn!(%error, path = %path.display(), "syncing before the held checkpoint failed");
     }
+}
+
+/// A descriptor of the database file at `path` for [`sync_files`], opened
+/// once per path and never closed.
+///
+/// Why never closed: closing any descriptor of a file drops every POSIX
+/// lock the process holds on it, SQLite's included, and SQLite's shared
+/// lock on the database file is what tells another process closing its
+/// connection that it is not the last one (the last one checkpoints and
+/// deletes the WAL).
+fn database_file(path: &Path) -> std::io::Result<Arc<std::fs::File>> {
+    static OPEN: std::sync::LazyLock<
+        Mutex<std::collections::HashMap<PathBuf, Arc<std::fs::File>>>,
+    > = std::sync::LazyLock::new(Mutex::default);
+    let mut open = OPEN.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(file) = open.get(path) {
+        return Ok(file.clone());
+    }
+    let file = Arc::new(std::fs::OpenOptions::new().write(true).open(path)?);
+    open.insert(path.to_owned(), file.clone());
+    Ok(file)
 }
 
 impl DirectConn {
