@@ -333,7 +333,8 @@ impl BareListener {
     async fn start(binary: &Path, body: &Path) -> Result<Self, BenchError> {
         let port = crate::sut::free_port()?;
         let listen = format!("127.0.0.1:{port}");
-        let child = Command::new(binary)
+        let mut command = Command::new(binary);
+        command
             .arg("bench")
             .arg("--bare-listener")
             .arg(&listen)
@@ -342,8 +343,9 @@ impl BareListener {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
+            .kill_on_drop(true);
+        let child = crate::priority::at_server_priority(move || command.spawn())
+            .await?
             .map_err(|e| BenchError::Server(format!("starting the bare listener: {e}")))?;
         let url = format!("http://{listen}/");
         let deadline = Instant::now() + Duration::from_secs(10);

@@ -25,6 +25,9 @@
 //! - [`soak`]: `--soak DURATION`, a long mixed load with faults on a seeded
 //!   schedule (providers down, a worker SIGKILLed, Redis restarted): memory
 //!   and lag over time, and the exact accounting of every order.
+//! - [`priority`]: the load generator's threads run at a lower priority than
+//!   the servers they measure, which are started from a thread that was not
+//!   lowered.
 //! - [`stats`]: HdrHistogram latencies, throughput and ratio arithmetic (unit-tested).
 //! - [`report`]: the per-architecture report, the tables, the JSON.
 //! - [`plot`]: SVG and PNG plots.
@@ -35,6 +38,7 @@ pub mod follow;
 pub mod live;
 pub mod load;
 pub mod plot;
+pub mod priority;
 pub mod report;
 pub mod shop;
 pub mod soak;
@@ -200,6 +204,12 @@ pub struct BenchArgs {
     /// Seed of the workload's random choices (same seed, same requests).
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// The load generator's threads run this many nice steps below the
+    /// servers the bench starts, so that on a shared machine the servers get
+    /// the CPU first, as with load from other machines (see the `priority`
+    /// module); 0: the generator competes for the cores as an equal.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(i32).range(0..=19))]
+    pub generator_nice: i32,
 }
 
 /// Benchmarks of their own, with their own options.
@@ -222,6 +232,7 @@ pub async fn run(args: &BenchArgs, server_binary: PathBuf) -> Result<BenchReport
     };
     let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
     let mut notes = Vec::new();
+    notes.extend(priority_note().await);
     let mut reports = Vec::new();
     let mut sustained_runs = Vec::new();
     for architecture in &architectures {
@@ -284,6 +295,7 @@ pub async fn run(args: &BenchArgs, server_binary: PathBuf) -> Result<BenchReport
             "sustained_rates": sustained::ladder(args.sustained_start, args.sustained_factor, args.sustained_max, &args.sustained_rates),
             "seed": args.seed, "target": args.target, "read_ceiling": args.read_ceiling, "staleness": args.staleness,
             "soak_secs": args.soak.map(|d| d.as_secs_f64()),
+            "generator_nice": args.generator_nice,
         }),
         architectures: reports,
         sustained: sustained_runs,
@@ -331,6 +343,25 @@ fn selected_architectures(names: &[String]) -> Result<Vec<Architecture>, BenchEr
             ))),
         })
         .collect()
+}
+
+/// What the report says about the priorities: the generator's threads (a
+/// runtime worker's nice value) against the servers' (the launcher's, which
+/// is this thread's: `main` is never lowered).
+async fn priority_note() -> Option<String> {
+    let servers = priority::this_thread_nice()?;
+    let generator = tokio::spawn(async { priority::this_thread_nice() })
+        .await
+        .ok()
+        .flatten()?;
+    Some(if generator > servers {
+        format!(
+            "the load generator ran at nice {generator}, the servers it started at {servers}: \
+             they get the cores first, as with load from other machines (--generator-nice 0: equal)"
+        )
+    } else {
+        format!("the load generator and the servers it started shared the cores at nice {servers}")
+    })
 }
 
 /// The server for one phase, the client and the targets, set up.

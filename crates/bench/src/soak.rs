@@ -684,10 +684,7 @@ pub async fn run(
     }
 
     let bar = spinner("starting Redis, the providers, orderflow api and a worker");
-    let redis = tokio::task::spawn_blocking(orderflow_testkit::redis::RedisServer::start)
-        .await
-        .map_err(|e| BenchError::Server(e.to_string()))?
-        .map_err(|e| BenchError::Server(format!("redis-server: {e:#}")))?;
+    let redis = crate::sut::start_redis().await?;
     let redis = Arc::new(Mutex::new(redis));
     let providers = Providers::new();
     let mut env: Vec<(&str, String)> = providers.serve().await?;
@@ -703,7 +700,7 @@ pub async fn run(
     let server = Server::start_role(binary, Role::Api, &V2, &failures, &env).await?;
     let api_pid = server.pid().unwrap_or(0);
     let workers = server.worker_command(binary, &V2, &failures, &env)?;
-    let worker = workers.spawn()?;
+    let worker = workers.spawn().await?;
     let worker = Arc::new(tokio::sync::Mutex::new(WorkerSlot {
         pid: Arc::new(AtomicU32::new(worker.id().unwrap_or(0))),
         child: Some(worker),
@@ -959,7 +956,7 @@ async fn heal(
             providers.fail(provider, 0.0);
             None
         }
-        Fault::WorkerKilled => match workers.spawn() {
+        Fault::WorkerKilled => match workers.spawn().await {
             Ok(child) => {
                 let mut slot = worker.lock().await;
                 slot.pid.store(child.id().unwrap_or(0), Ordering::SeqCst);
@@ -970,8 +967,11 @@ async fn heal(
         },
         Fault::RedisRestarted => {
             let redis = redis.clone();
-            match tokio::task::spawn_blocking(move || redis.lock().expect("not poisoned").restart())
-                .await
+            // Redis is part of the system under test: restarted at its priority.
+            match crate::priority::at_server_priority(move || {
+                redis.lock().expect("not poisoned").restart()
+            })
+            .await
             {
                 Ok(Ok(())) => None,
                 Ok(Err(e)) => Some(format!("starting Redis again: {e:#}")),

@@ -202,10 +202,7 @@ pub async fn run(args: &BenchArgs, binary: &Path) -> Result<StalenessRun, BenchE
     scenarios.push(result?);
 
     println!("\n▶ staleness: two API processes on Redis (serve + api, one SQLite file)");
-    let redis = tokio::task::spawn_blocking(orderflow_testkit::redis::RedisServer::start)
-        .await
-        .map_err(|e| BenchError::Server(e.to_string()))?
-        .map_err(|e| BenchError::Server(format!("redis-server: {e:#}")))?;
+    let redis = crate::sut::start_redis().await?;
     let url = redis.url();
     let env = [DECLINES, ("ORDERFLOW_REDIS_URL", Some(url.as_str()))];
     let first = Server::start_with(binary, &V2, &[], &env).await?;

@@ -262,8 +262,8 @@ impl Server {
             &admin_password,
         )?;
         command.env("ORDERFLOW_LISTEN", format!("127.0.0.1:{port}"));
-        let child = command
-            .spawn()
+        let child = crate::priority::at_server_priority(move || command.spawn())
+            .await?
             .map_err(|e| BenchError::Server(format!("starting {}: {e}", binary.display())))?;
         let server = Self {
             base_url: format!("http://127.0.0.1:{port}"),
@@ -432,13 +432,13 @@ impl WorkerCommand {
     /// Starts one. Its output goes to `worker.log` in the data dir
     /// (appended across restarts). It serves no HTTP, so it is not waited
     /// for; it is killed when dropped.
-    pub fn spawn(&self) -> Result<Child, BenchError> {
+    pub async fn spawn(&self) -> Result<Child, BenchError> {
         let env: Vec<(&str, Option<&str>)> = self
             .env
             .iter()
             .map(|(name, value)| (name.as_str(), value.as_deref()))
             .collect();
-        Server::command(
+        let mut command = Server::command(
             &self.binary,
             &["worker"],
             &self.data_dir,
@@ -447,10 +447,19 @@ impl WorkerCommand {
             &self.failures,
             &env,
             &self.admin_password,
-        )?
-        .spawn()
-        .map_err(|e| BenchError::Server(format!("starting a worker: {e}")))
+        )?;
+        crate::priority::at_server_priority(move || command.spawn())
+            .await?
+            .map_err(|e| BenchError::Server(format!("starting a worker: {e}")))
     }
+}
+
+/// Starts a `redis-server` of its own for the servers (on a free port), at
+/// the servers' priority.
+pub async fn start_redis() -> Result<orderflow_testkit::redis::RedisServer, BenchError> {
+    crate::priority::at_server_priority(orderflow_testkit::redis::RedisServer::start)
+        .await?
+        .map_err(|e| BenchError::Server(format!("redis-server: {e:#}")))
 }
 
 /// Stops a child with SIGTERM (it drains and exits), SIGKILL after 10 s.

@@ -157,6 +157,18 @@ impl Command {
     }
 }
 
+/// The async runtime for `cli`: tokio's default, except for `orderflow
+/// bench` (not its bare listener, which is measured), whose load generator
+/// runs below the servers' priority (`orderflow_bench::priority`).
+pub fn runtime(cli: &Cli) -> std::io::Result<tokio::runtime::Runtime> {
+    match &cli.command {
+        Command::Bench(args) if args.bare_listener.is_none() => {
+            orderflow_bench::priority::runtime(args.generator_nice)
+        }
+        _ => orderflow_bench::priority::runtime(0),
+    }
+}
+
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     // The bench starts its own servers (this same binary) with fresh data dirs.
     if let Command::Bench(args) = &cli.command {

@@ -6,16 +6,24 @@ use clap::Parser;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
     let cli = orderflow::cli::Cli::parse();
-    // Kept until the end of main: dropping it flushes the spans still buffered.
-    let _telemetry = orderflow::telemetry::init(cli.settings.log_format, cli.command.role());
-    match orderflow::cli::run(cli).await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+    let runtime = match orderflow::cli::runtime(&cli) {
+        Ok(runtime) => runtime,
         Err(error) => {
-            eprintln!("error: {error:#}");
-            std::process::ExitCode::FAILURE
+            eprintln!("error: starting the async runtime: {error}");
+            return std::process::ExitCode::FAILURE;
         }
-    }
+    };
+    runtime.block_on(async {
+        // Kept until the end of main: dropping it flushes the spans still buffered.
+        let _telemetry = orderflow::telemetry::init(cli.settings.log_format, cli.command.role());
+        match orderflow::cli::run(cli).await {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("error: {error:#}");
+                std::process::ExitCode::FAILURE
+            }
+        }
+    })
 }
