@@ -4,14 +4,15 @@
 //! servers it starts. On a small machine (two cores here) the generator's
 //! threads preempt the server's, also while one of them holds SQLite's
 //! writer, and every order queued behind that one waits too. A deployment's
-//! load comes from other machines. Measured on the default bench (v2, one
-//! run each, docs/benchmarks.md, "The load generator yields the CPU"): with
-//! the generator at the servers' priority the server's own order p50 was
-//! 7.8–11.6 ms; with the generator at nice +10, 3.2–3.5 ms, at the same
-//! throughput.
+//! load comes from other machines. Measured with the default bench
+//! (docs/benchmarks.md, "The load generator yields the CPU"): v2's order
+//! request p99 was 35.0 and 44.1 ms with the generator at the servers'
+//! priority, 21.2 and 23.3 ms with it at nice +10; the closed loop then
+//! sent less (7,554 and 6,762 req/s against 9,453 and 8,170).
 //!
 //! So the bench's runtime threads run at a lower priority (`--generator-nice`,
-//! 10 by default; 0 shares the cores equally), and everything that belongs
+//! 10 by default; 0 shares the cores equally; not in the modes
+//! `BenchArgs::effective_generator_nice` names), and everything that belongs
 //! to the system under test (servers, workers, the bare listener, Redis) is
 //! started from the **launcher**, a thread made before any thread was
 //! lowered: a child process inherits the nice value of the thread that forks

@@ -158,15 +158,14 @@ impl Command {
 }
 
 /// The async runtime for `cli`: tokio's default, except for `orderflow
-/// bench` (not its bare listener, which is measured), whose load generator
-/// runs below the servers' priority (`orderflow_bench::priority`).
+/// bench`, whose load generator runs below the servers' priority
+/// (`orderflow_bench::priority`, `BenchArgs::effective_generator_nice`).
 pub fn runtime(cli: &Cli) -> std::io::Result<tokio::runtime::Runtime> {
-    match &cli.command {
-        Command::Bench(args) if args.bare_listener.is_none() => {
-            orderflow_bench::priority::runtime(args.generator_nice)
-        }
-        _ => orderflow_bench::priority::runtime(0),
-    }
+    let nice = match &cli.command {
+        Command::Bench(args) => args.effective_generator_nice(),
+        _ => 0,
+    };
+    orderflow_bench::priority::runtime(nice)
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
