@@ -109,3 +109,55 @@ pub fn this_thread_nice() -> Option<i32> {
     #[cfg(not(target_os = "linux"))]
     None
 }
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    /// The nice value of a `cat` started by `start` (read from its own
+    /// `/proc/self/stat`: it inherited it from the thread that forked it).
+    fn nice_of_child(spawned: std::io::Result<std::process::Output>) -> i32 {
+        let output = spawned.expect("cat runs");
+        let stat = String::from_utf8(output.stdout).expect("stat is text");
+        // Fields after the command name in parentheses; nice is field 19.
+        let after_name = &stat[stat.rfind(')').expect("stat names the command") + 2..];
+        after_name
+            .split(' ')
+            .nth(16)
+            .expect("stat has a nice field")
+            .parse()
+            .expect("nice is a number")
+    }
+
+    fn cat_stat() -> std::io::Result<std::process::Output> {
+        std::process::Command::new("cat")
+            .arg("/proc/self/stat")
+            .output()
+    }
+
+    #[test]
+    fn the_generator_runs_lowered_and_what_it_starts_does_not() {
+        let base = this_thread_nice().expect("Linux tells a thread's nice value");
+        let lowered = (base + 5).min(19);
+        let runtime = runtime(5).expect("a runtime");
+        let (generator, started_aside, started_by_generator) = runtime.block_on(async {
+            tokio::spawn(async {
+                let generator = this_thread_nice().expect("nice value");
+                let aside = nice_of_child(at_server_priority(cat_stat).await.expect("launched"));
+                let by_generator = nice_of_child(cat_stat());
+                (generator, aside, by_generator)
+            })
+            .await
+            .expect("the task ran")
+        });
+        assert_eq!(generator, lowered, "a runtime worker runs lowered");
+        assert_eq!(
+            started_aside, base,
+            "the launcher starts at the old priority"
+        );
+        assert_eq!(
+            started_by_generator, lowered,
+            "a child inherits its forking thread's nice value, which is why the launcher exists"
+        );
+    }
+}

@@ -79,6 +79,17 @@ fn a_short_bench_run_reports_every_field_and_writes_plots() {
         assert!(stdout.contains(metric), "the table has {metric}:\n{stdout}");
     }
 
+    // The generator yields the cores to the servers (the priority module).
+    assert_eq!(report["settings"]["generator_nice"], 10, "{report}");
+    assert!(
+        report["notes"].as_array().unwrap().iter().any(|n| n
+            .as_str()
+            .unwrap()
+            .starts_with("the load generator ran at nice")),
+        "the report says the generator ran lowered: {}",
+        report["notes"]
+    );
+
     let architectures = report["architectures"].as_array().unwrap();
     assert_eq!(architectures.len(), 2);
     let (v1, v2) = (&architectures[0], &architectures[1]);
@@ -221,6 +232,17 @@ fn a_short_read_ceiling_run_measures_three_servers() {
         "1",
     ]);
     assert!(stdout.contains("read ceiling: 4 connections"), "{stdout}");
+
+    // Not lowered here: the bare listener answers as fast as the clients send.
+    assert_eq!(report["settings"]["generator_nice"], 0, "{report}");
+    assert!(
+        report["notes"].as_array().unwrap().iter().any(|n| n
+            .as_str()
+            .unwrap()
+            .starts_with("the load generator and the servers it started shared the cores")),
+        "{}",
+        report["notes"]
+    );
 
     let ceiling = &report["ceiling"];
     let rows = ceiling["rows"].as_array().expect("a ceiling section");
