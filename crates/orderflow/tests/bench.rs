@@ -37,6 +37,15 @@ fn bench_run(args: &[&str]) -> (bool, String, serde_json::Value, tempfile::TempD
 }
 
 /// The plot `name` in `out` is a PNG with something drawn in it.
+/// Whether one of the report's notes starts with `prefix`.
+fn has_note(report: &serde_json::Value, prefix: &str) -> bool {
+    report["notes"]
+        .as_array()
+        .expect("the report has notes")
+        .iter()
+        .any(|note| note.as_str().is_some_and(|note| note.starts_with(prefix)))
+}
+
 fn assert_png(out: &Path, name: &str) {
     let bytes = std::fs::read(out.join(name)).unwrap();
     assert!(
@@ -82,10 +91,7 @@ fn a_short_bench_run_reports_every_field_and_writes_plots() {
     // The generator yields the cores to the servers (the priority module).
     assert_eq!(report["settings"]["generator_nice"], 10, "{report}");
     assert!(
-        report["notes"].as_array().unwrap().iter().any(|n| n
-            .as_str()
-            .unwrap()
-            .starts_with("the load generator ran at nice")),
+        has_note(&report, "the load generator ran at nice"),
         "the report says the generator ran lowered: {}",
         report["notes"]
     );
@@ -236,10 +242,10 @@ fn a_short_read_ceiling_run_measures_three_servers() {
     // Not lowered here: the bare listener answers as fast as the clients send.
     assert_eq!(report["settings"]["generator_nice"], 0, "{report}");
     assert!(
-        report["notes"].as_array().unwrap().iter().any(|n| n
-            .as_str()
-            .unwrap()
-            .starts_with("the load generator and the servers it started shared the cores")),
+        has_note(
+            &report,
+            "the load generator and the servers it started shared the cores"
+        ),
         "{}",
         report["notes"]
     );
