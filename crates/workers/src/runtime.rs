@@ -516,6 +516,74 @@ pub struct Consumer {
     report: BatchReport,
     /// Set by [`Consumer::run`]; cuts back-off waits short on shutdown.
     shutdown: CancellationToken,
+    /// Made at the first use ([`GroupMetrics::of`]).
+    metrics: Option<GroupMetrics>,
+}
+
+/// The metric handles of one member, made once: the `metrics` macros hash
+/// their key and look it up in the registry at every call, and this loop
+/// counted several times per delivery and once per turn. Made at the first
+/// use, not in [`Consumer::new`], so that the binary has installed its
+/// recorder by then (a handle made before stays a no-op).
+struct GroupMetrics {
+    in_flight: metrics::Gauge,
+    handling: metrics::Histogram,
+    end_to_end: metrics::Histogram,
+    transitions_ignored: metrics::Counter,
+    dead_letters: metrics::Counter,
+    flush: FlushMetrics,
+    /// `orderflow_events_consumed_total` per (topic, outcome): a handful.
+    consumed: Vec<(String, &'static str, metrics::Counter)>,
+}
+
+/// What a group commit counts, handed to its task.
+#[derive(Clone)]
+struct FlushMetrics {
+    commits: metrics::Counter,
+    effects: metrics::Counter,
+}
+
+impl GroupMetrics {
+    /// The member's handles, made now if this is the first use.
+    fn of<'a>(made: &'a mut Option<Self>, group: &'static str) -> &'a mut Self {
+        made.get_or_insert_with(|| Self {
+            in_flight: metrics::gauge!(metric::IN_FLIGHT, "group" => group),
+            handling: metrics::histogram!(metric::HANDLING_SECONDS, "group" => group),
+            end_to_end: metrics::histogram!(metric::END_TO_END_SECONDS, "group" => group),
+            transitions_ignored: metrics::counter!(metric::TRANSITIONS_IGNORED, "group" => group),
+            dead_letters: metrics::counter!(metric::DEAD_LETTERS, "group" => group),
+            flush: FlushMetrics {
+                commits: metrics::counter!(metric::GROUP_COMMITS, "group" => group),
+                effects: metrics::counter!(metric::GROUP_COMMIT_EFFECTS, "group" => group),
+            },
+            consumed: Vec::new(),
+        })
+    }
+
+    /// `orderflow_events_consumed_total{group, topic, outcome}`.
+    fn consumed(
+        &mut self,
+        group: &'static str,
+        topic: &str,
+        outcome: &'static str,
+    ) -> &metrics::Counter {
+        let index = match self
+            .consumed
+            .iter()
+            .position(|(t, o, _)| t == topic && *o == outcome)
+        {
+            Some(index) => index,
+            None => {
+                let counter = metrics::counter!(
+                    metric::EVENTS_CONSUMED,
+                    "group" => group, "topic" => topic.to_owned(), "outcome" => outcome
+                );
+                self.consumed.push((topic.to_owned(), outcome, counter));
+                self.consumed.len() - 1
+            }
+        };
+        &self.consumed[index].2
+    }
 }
 
 impl std::fmt::Debug for Consumer {
@@ -580,6 +648,7 @@ impl Consumer {
             stop: None,
             report: BatchReport::default(),
             shutdown: CancellationToken::new(),
+            metrics: None,
         }
     }
 
@@ -674,11 +743,13 @@ impl Consumer {
             let commit_waits = self.done_uncommitted > 0
                 && self.last_commit.elapsed() >= self.settings.commit_interval;
             let backing_off = self.flush_after.is_some_and(|at| at > Instant::now());
-            if stopping && quiet && self.polling.is_none() && (self.flushable() == 0 || backing_off)
-            {
+            if stopping && quiet && self.polling.is_none() && (!self.flushable() || backing_off) {
                 break;
             }
-            metrics::gauge!(metric::IN_FLIGHT, "group" => group).set(self.slots.len() as f64);
+            let in_hand = self.slots.len() as f64;
+            GroupMetrics::of(&mut self.metrics, group)
+                .in_flight
+                .set(in_hand);
             let room = self.settings.window.saturating_sub(self.slots.len());
             if !stopping
                 && room > 0
@@ -834,7 +905,7 @@ impl Consumer {
                 true
             }
             None => {
-                if self.flushing.is_none() && self.flushable() > 0 {
+                if self.flushing.is_none() && self.flushable() {
                     self.group_commit_at = Some(now + until_grid_point(interval));
                 }
                 false
@@ -842,9 +913,16 @@ impl Consumer {
         }
     }
 
-    /// How many prepared deliveries a flush could take now.
-    fn flushable(&self) -> usize {
-        self.flush_candidates().len()
+    /// Whether a flush could take a prepared delivery now (what
+    /// [`Self::flush_candidates`] would find, without collecting them: this
+    /// is asked on every turn of the loop).
+    fn flushable(&self) -> bool {
+        self.lanes.values().any(|lane| {
+            lane.iter()
+                .map(|seq| &self.slots[seq].state)
+                .find(|state| !matches!(state, State::Done))
+                .is_some_and(|state| matches!(state, State::Prepared(_)))
+        })
     }
 
     /// Per lane, the prefix that is prepared, in polling order.
@@ -891,10 +969,14 @@ impl Consumer {
                 }
             })
             .collect();
+        let counted = GroupMetrics::of(&mut self.metrics, self.handler.group())
+            .flush
+            .clone();
         let flush = tokio::spawn(group_commit(
             self.handler.group(),
             self.store.clone(),
             items,
+            counted,
         ));
         self.flushing = Some(flush.boxed());
     }
@@ -1038,20 +1120,14 @@ impl Consumer {
             Finished::Handled(handled) => handled.as_str(),
             Finished::DeadLettered => "dead_lettered",
         };
-        metrics::counter!(
-            metric::EVENTS_CONSUMED,
-            "group" => group, "topic" => delivery.topic.clone(), "outcome" => label
-        )
-        .increment(1);
-        metrics::histogram!(metric::HANDLING_SECONDS, "group" => group)
+        let counted = GroupMetrics::of(&mut self.metrics, group);
+        counted.consumed(group, &delivery.topic, label).increment(1);
+        counted
+            .handling
             .record(slot.started.elapsed().as_secs_f64());
         match finished {
-            Finished::Handled(Handled::Stale) => {
-                metrics::counter!(metric::TRANSITIONS_IGNORED, "group" => group).increment(1);
-            }
-            Finished::DeadLettered => {
-                metrics::counter!(metric::DEAD_LETTERS, "group" => group).increment(1);
-            }
+            Finished::Handled(Handled::Stale) => counted.transitions_ignored.increment(1),
+            Finished::DeadLettered => counted.dead_letters.increment(1),
             _ => {}
         }
         if matches!(
@@ -1060,7 +1136,7 @@ impl Consumer {
         ) {
             let age = chrono::Utc::now() - delivery.envelope.time;
             let seconds = age.to_std().unwrap_or_default().as_secs_f64();
-            metrics::histogram!(metric::END_TO_END_SECONDS, "group" => group).record(seconds);
+            counted.end_to_end.record(seconds);
         }
         // The span ends with the last handle: the slot's, dropped at commit.
         slot.span = tracing::Span::none();
@@ -1244,6 +1320,7 @@ async fn group_commit(
     group: &'static str,
     store: Arc<dyn Store>,
     items: Vec<FlushItem>,
+    counted: FlushMetrics,
 ) -> FlushDone {
     let span = tracing::info_span!("group.commit", group, effects = items.len());
     let mut items = items;
@@ -1252,9 +1329,8 @@ async fn group_commit(
         .await;
     match written {
         Ok(results) => {
-            metrics::counter!(metric::GROUP_COMMITS, "group" => group).increment(1);
-            metrics::counter!(metric::GROUP_COMMIT_EFFECTS, "group" => group)
-                .increment(items.len() as u64);
+            counted.commits.increment(1);
+            counted.effects.increment(items.len() as u64);
             let mut outcomes = Vec::with_capacity(items.len());
             for (item, result) in items.into_iter().zip(results) {
                 let outcome = match result {
