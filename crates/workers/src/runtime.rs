@@ -917,28 +917,30 @@ impl Consumer {
     /// [`Self::flush_candidates`] would find, without collecting them: this
     /// is asked on every turn of the loop).
     fn flushable(&self) -> bool {
-        self.lanes.values().any(|lane| {
-            lane.iter()
-                .map(|seq| &self.slots[seq].state)
-                .find(|state| !matches!(state, State::Done))
-                .is_some_and(|state| matches!(state, State::Prepared(_)))
-        })
+        self.lanes
+            .values()
+            .any(|lane| self.prepared_prefix(lane).next().is_some())
     }
 
     /// Per lane, the prefix that is prepared, in polling order.
     fn flush_candidates(&self) -> Vec<u64> {
-        let mut candidates = Vec::new();
-        for lane in self.lanes.values() {
-            for seq in lane {
-                match self.slots[seq].state {
-                    State::Prepared(_) => candidates.push(*seq),
-                    State::Done => continue,
-                    _ => break,
-                }
-            }
-        }
+        let mut candidates: Vec<u64> = self
+            .lanes
+            .values()
+            .flat_map(|lane| self.prepared_prefix(lane))
+            .collect();
         candidates.sort_unstable();
         candidates
+    }
+
+    /// The prepared deliveries of `lane` that a flush may take: those before
+    /// its first delivery that is neither prepared nor done.
+    fn prepared_prefix<'a>(&'a self, lane: &'a VecDeque<u64>) -> impl Iterator<Item = u64> + 'a {
+        lane.iter()
+            .map(|seq| (*seq, &self.slots[seq].state))
+            .filter(|(_, state)| !matches!(state, State::Done))
+            .take_while(|(_, state)| matches!(state, State::Prepared(_)))
+            .map(|(seq, _)| seq)
     }
 
     /// Starts a group commit of the prepared deliveries, unless one is
