@@ -547,14 +547,51 @@ pub struct TokenPair {
 pub struct AuthService {
     store: Arc<dyn Store>,
     revocations: Arc<dyn RevocationList>,
-    /// Newest first: the first key signs. Swapped whole by
+    /// The keys and the tokens they verified. Swapped whole by
     /// [`AuthService::reload_keys`]; a request clones the `Arc`, never waits.
-    keys: std::sync::RwLock<Arc<Vec<LoadedKey>>>,
+    keys: std::sync::RwLock<Arc<KeyRing>>,
     settings: AuthSettings,
     throttle: LoginThrottle,
     /// The users whose tokens or sessions were just revoked here, for
     /// whoever holds connections of theirs open ([`Self::revoked_users`]).
     revoked: tokio::sync::broadcast::Sender<UserId>,
+}
+
+/// A key set, newest first (the first key of the configured format signs),
+/// with the tokens its keys verified. A reload makes a new ring, so a
+/// token verified under a key that was retired is never taken from the
+/// cache again, even when its verification was still running at the swap.
+struct KeyRing {
+    keys: Vec<LoadedKey>,
+    /// Claims of tokens whose signature verified, by the token's exact text.
+    /// An Ed25519 check costs tens of microseconds, and the same token comes
+    /// back with every request of its session: at 1,000 orders/s the order
+    /// requests' checks were 3% of the server's CPU (docs/benchmarks.md).
+    /// Kept no longer than a token can be valid, and bounded in bytes.
+    verified: moka::sync::Cache<String, Claims>,
+}
+
+/// What [`KeyRing::verified`] holds at most, counted as the tokens' and
+/// their claims' bytes: some 20,000 sessions' tokens. A token that does not
+/// fit is verified at each use, as before.
+const VERIFIED_TOKENS_BYTES: u64 = 16 * 1024 * 1024;
+
+impl KeyRing {
+    fn new(keys: Vec<LoadedKey>, settings: &AuthSettings) -> Self {
+        let verified = moka::sync::Cache::builder()
+            .max_capacity(VERIFIED_TOKENS_BYTES)
+            .weigher(|token: &String, claims: &Claims| {
+                let bytes = token.len()
+                    + claims.jti.len()
+                    + claims.iss.len()
+                    + claims.aud.len()
+                    + std::mem::size_of::<(String, Claims)>();
+                u32::try_from(bytes).unwrap_or(u32::MAX)
+            })
+            .time_to_live(settings.key_retention())
+            .build();
+        Self { keys, verified }
+    }
 }
 
 /// Revocations waiting for a slow listener; past this it is told it lagged.
@@ -597,7 +634,10 @@ impl AuthService {
         Ok(Self {
             store,
             revocations,
-            keys: std::sync::RwLock::new(Arc::new(load_keys(key_set, settings.token_format)?)),
+            keys: std::sync::RwLock::new(Arc::new(KeyRing::new(
+                load_keys(key_set, settings.token_format)?,
+                &settings,
+            ))),
             throttle: LoginThrottle::new(settings.login_throttle.clone()),
             settings,
             revoked: tokio::sync::broadcast::channel(REVOKED_QUEUE).0,
@@ -621,7 +661,7 @@ impl AuthService {
 
     /// The kid of the key that signs new tokens.
     pub fn signing_kid(&self) -> String {
-        self.signer(&self.keys()).kid.clone()
+        self.signer(&self.keys().keys).kid.clone()
     }
 
     /// The newest key of the configured format (there is one: see
@@ -637,7 +677,10 @@ impl AuthService {
     /// only its keys verify. A set that does not load leaves the current one
     /// in place.
     pub fn reload_keys(&self, key_set: &KeySet) -> Result<(), CoreError> {
-        let keys = Arc::new(load_keys(key_set, self.settings.token_format)?);
+        let keys = Arc::new(KeyRing::new(
+            load_keys(key_set, self.settings.token_format)?,
+            &self.settings,
+        ));
         *self
             .keys
             .write()
@@ -645,7 +688,7 @@ impl AuthService {
         Ok(())
     }
 
-    fn keys(&self) -> Arc<Vec<LoadedKey>> {
+    fn keys(&self) -> Arc<KeyRing> {
         self.keys
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -973,12 +1016,23 @@ impl AuthService {
     /// header's `alg` must be that key's), then `iss`, `aud`, `exp`, `nbf`,
     /// `iat` (one check for both formats), then revocation of the token
     /// (`jti`) and of its session (`sid`), both answered from memory.
+    ///
+    /// A token whose signature this key ring verified before is not verified
+    /// again ([`KeyRing::verified`]); its claims and revocation are checked
+    /// on every request all the same.
     pub async fn authenticate(&self, token: &str) -> Result<Principal, CoreError> {
-        let keys = self.keys();
-        let claims = if token.starts_with(PublicToken::HEADER) {
-            self.verify_paseto(token, &keys)?
-        } else {
-            self.verify_jwt(token, &keys)?
+        let ring = self.keys();
+        let claims = match ring.verified.get(token) {
+            Some(claims) => claims,
+            None => {
+                let claims = if token.starts_with(PublicToken::HEADER) {
+                    self.verify_paseto(token, &ring.keys)?
+                } else {
+                    self.verify_jwt(token, &ring.keys)?
+                };
+                ring.verified.insert(token.to_owned(), claims.clone());
+                claims
+            }
         };
         let principal = self.check_claims(claims)?;
         self.still_valid(&principal).await?;
@@ -1120,8 +1174,8 @@ impl AuthService {
             iss: self.settings.issuer.clone(),
             aud: self.settings.audience.clone(),
         };
-        let keys = self.keys();
-        let signer = self.signer(&keys);
+        let ring = self.keys();
+        let signer = self.signer(&ring.keys);
         let signing_failed =
             |e: &dyn std::fmt::Display| CoreError::Internal(format!("signing a token failed: {e}"));
         let access_token = match &signer.material {

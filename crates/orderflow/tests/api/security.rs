@@ -437,6 +437,33 @@ async fn key_rotation_signs_with_the_new_key_and_old_tokens_keep_working() {
         .unwrap();
     assert!(pruned.auth.authenticate(&shopper.token).await.is_err());
     assert!(pruned.auth.authenticate(&pair.access_token).await.is_ok());
+    // The running app verified the old token above and holds it as
+    // verified; a reload without its key refuses it all the same.
+    keys::reload(&app.app.auth, &app.app.settings.data_dir).unwrap();
+    assert_refused(&app, &shopper.token, "its key was pruned and reloaded").await;
+    assert_eq!(
+        get_with(&app, &reloaded.access_token).await.status(),
+        StatusCode::OK
+    );
+}
+
+/// A token's signature is verified once per key ring, but its times are
+/// checked at every use: a token that expires after it was verified is
+/// refused from then on.
+#[tokio::test]
+async fn a_token_verified_before_is_refused_once_it_expires() {
+    let app = spawn_app().await;
+    let shopper = app.shopper("Sibel").await;
+    let mut claims = claims_of(&shopper.token);
+    // Past `exp`, but within the 30 s clock skew for one more second.
+    claims["exp"] = (chrono::Utc::now().timestamp() - 29).into();
+    let token = sign(&app, &claims);
+    for _ in 0..2 {
+        assert_eq!(get_with(&app, &token).await.status(), StatusCode::OK);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(2_100)).await;
+    let body = assert_refused(&app, &token, "expired after it was verified").await;
+    assert!(body["detail"].as_str().unwrap().contains("expired"));
 }
 
 async fn sessions(app: &TestApp, token: &str) -> Vec<Value> {
