@@ -47,7 +47,6 @@ pub mod web;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 use orderflow_core::ports::log::EventLog;
 use orderflow_core::ports::providers::ProviderControls;
@@ -62,6 +61,7 @@ use orderflow_core::services::orders::OrderService;
 use orderflow_core::services::queries::ShopperQueries;
 
 pub use problem::ApiError;
+pub use routes::HttpService;
 
 /// Rate-limit policies; `None` (or no entry) switches a limit off. A request
 /// must pass every policy that applies to it.
@@ -149,6 +149,6 @@ pub struct Services {
 }
 
 /// The whole API with its middleware.
-pub fn router(state: AppState) -> Router {
+pub fn router(state: AppState) -> impl HttpService {
     routes::router(state)
 }

@@ -30,7 +30,10 @@ use crate::problem::{ApiError, PROBLEM_JSON, problem_response, status_problem};
 ///   in-flight gauge.
 /// - The `http.request` span, named `METHOD /route` for trace back ends. It
 ///   continues the caller's W3C `traceparent` when one came and is valid,
-///   else it starts a trace.
+///   else it starts a trace. This layer runs outside the router, so the
+///   route template comes from inside it: `note_route`, the one layer on
+///   each route, records it in the span and hands it back here for the
+///   metrics.
 /// - This span's own context goes into the request's extensions
 ///   ([`RequestTrace`](crate::extract::RequestTrace)), so what the handler
 ///   writes into the order's events (the `traceparent` of the envelope)
@@ -45,8 +48,8 @@ use crate::problem::{ApiError, PROBLEM_JSON, problem_response, status_problem};
 /// - An error answer that is not a problem document yet becomes one
 ///   (`problem_fallback`).
 ///
-/// One middleware for all of it: each layer of the stack is a boxed service
-/// cloned and a boxed future made per request.
+/// One middleware for all of it: each `from_fn` layer makes a boxed future
+/// per request.
 pub async fn track_requests(mut request: Request, next: Next) -> Response {
     let request_id = match request.headers().get(&REQUEST_ID) {
         Some(id) => id.clone(),
@@ -61,8 +64,9 @@ pub async fn track_requests(mut request: Request, next: Next) -> Response {
             made
         }
     };
-    let matched = request.extensions().get::<MatchedPath>().cloned();
-    let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
+    // The router fills it in (`note_route`); this layer runs outside it.
+    let matched = MatchedRoute::default();
+    request.extensions_mut().insert(matched.clone());
     let method = request.method().clone();
     let incoming = request
         .headers()
@@ -78,11 +82,10 @@ pub async fn track_requests(mut request: Request, next: Next) -> Response {
     // through `Debug`, quoting and escaping it character by character.
     let span = tracing::info_span!(
         "http.request",
-        otel.name = tracing::field::Empty,
         otel.kind = tracing::field::Empty,
         otel.status_code = tracing::field::Empty,
         http.request.method = %method,
-        http.route = %route,
+        http.route = tracing::field::Empty,
         url.path = %request.uri().path(),
         http.response.status_code = tracing::field::Empty,
         trace_id = before_span.map(|c| tracing::field::display(c.trace_id_hex())),
@@ -91,7 +94,7 @@ pub async fn track_requests(mut request: Request, next: Next) -> Response {
     let context = match before_span {
         Some(context) => context,
         None => {
-            span.record("otel.name", format!("{method} {route}"));
+            // Named "METHOD /route" once the router matched a route.
             span.record("otel.kind", "server");
             let context = trace::continue_trace(&span, incoming);
             span.record("trace_id", tracing::field::display(context.trace_id_hex()));
@@ -110,6 +113,14 @@ pub async fn track_requests(mut request: Request, next: Next) -> Response {
         .headers_mut()
         .insert(REQUEST_ID.clone(), request_id);
     let status = response.status();
+    let route = match matched.0.get() {
+        Some(route) => route.as_str(),
+        None => {
+            span.record("http.route", tracing::field::display("unmatched"));
+            trace::name_exported_span(&span, &method, "unmatched");
+            "unmatched"
+        }
+    };
     if exporting {
         span.record("http.response.status_code", status.as_u16());
     }
@@ -135,6 +146,29 @@ pub async fn track_requests(mut request: Request, next: Next) -> Response {
     handles.requests.increment(1);
     handles.duration.record(started.elapsed().as_secs_f64());
     response
+}
+
+/// The route template the router matched for a request: a slot
+/// `track_requests` puts in the request, which `note_route` fills in inside
+/// the router.
+#[derive(Clone, Default)]
+struct MatchedRoute(std::sync::Arc<std::sync::OnceLock<MatchedPath>>);
+
+/// The one layer on every route (`Router::route_layer`): tells
+/// `track_requests`, which runs outside the router, which route template
+/// matched, and names the request's span after it (it is the current span
+/// here: the router is called inside it).
+pub fn note_route(request: Request) -> Request {
+    let Some(route) = request.extensions().get::<MatchedPath>() else {
+        return request;
+    };
+    let span = tracing::Span::current();
+    span.record("http.route", tracing::field::display(route.as_str()));
+    trace::name_exported_span(&span, request.method(), route.as_str());
+    if let Some(slot) = request.extensions().get::<MatchedRoute>() {
+        let _ = slot.0.set(route.clone());
+    }
+    request
 }
 
 /// The metric handles of one (method, route, status).
@@ -221,6 +255,18 @@ pub mod trace {
     use opentelemetry::trace::TraceContextExt as _;
     use orderflow_domain::events::TraceParent;
     use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+    /// Names the exported span of a request "METHOD /route" once the
+    /// router matched the route. That span is started already (its context
+    /// went into the request for the handler), so the name is set on it:
+    /// `otel.name` recorded now would be ignored. Nothing without export.
+    pub fn name_exported_span(span: &tracing::Span, method: &axum::http::Method, route: &str) {
+        if orderflow_core::trace::exporting() {
+            span.context()
+                .span()
+                .update_name(format!("{method} {route}"));
+        }
+    }
 
     /// Makes `span` continue `parent` (or start a trace) and returns the
     /// context to hand on: this span's trace id and span id.

@@ -52,6 +52,17 @@
 //!   64 (the default), against one transaction per delivery
 //!   (`ORDERFLOW_GROUP_COMMIT_MAX=1`, what every delivery cost before group
 //!   commit). Throughput is in deliveries.
+//! - `http/product_read`, `http/healthz` and `http/bare`: one request
+//!   through the router `orderflow serve` serves, every middleware layer
+//!   included, with the binary's tracing subscriber at its default level,
+//!   the Prometheus recorder and the read ceiling's generous catalog
+//!   rate-limit policy (looked up, never refusing): a product read served
+//!   from L1, and `/healthz`. `http/bare` is an axum router with one route
+//!   answering the same bytes and no middleware. No socket and no HTTP
+//!   parsing: what `orderflow bench --read-ceiling` measures with the
+//!   network, minus the kernel's and hyper's share, so a change to the
+//!   stack shows here without the noise of a load generator sharing the
+//!   cores. This group installs the global subscriber, so it runs last.
 
 use std::collections::HashMap;
 use std::hint::black_box;
@@ -70,6 +81,10 @@ use orderflow_domain::order::{self, OrderLine, RequestedLine};
 use orderflow_domain::product::{Product, ProductDraft};
 use tempfile::TempDir;
 use tokio::runtime::Runtime;
+
+/// The binary's allocator, so allocation costs what it costs in `serve`.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const PASSWORD: &str = "a long enough password for benches";
 /// Events in the topic the read benches consume: exactly one batch.
@@ -507,9 +522,97 @@ fn consumer(c: &mut Criterion) {
     rt.block_on(async move { drop((app, dir)) });
 }
 
+fn http(c: &mut Criterion) {
+    use axum::extract::ConnectInfo;
+    use tower::ServiceExt as _;
+
+    /// A GET from a loopback client, as `serve` hands it to the router.
+    fn request(path: &str) -> axum::http::Request<axum::body::Body> {
+        let mut request = axum::http::Request::get(path)
+            .header(axum::http::header::HOST, "127.0.0.1")
+            .body(axum::body::Body::empty())
+            .expect("request");
+        request
+            .extensions_mut()
+            .insert(ConnectInfo(std::net::SocketAddr::from((
+                [127, 0, 0, 1],
+                40_000,
+            ))));
+        request
+    }
+
+    /// One request of `path` through `service`, answered 200.
+    fn bench_answer<S: orderflow_api::HttpService>(
+        group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+        rt: &Runtime,
+        name: &str,
+        service: &S,
+        path: &str,
+    ) {
+        group.bench_function(name, |b| {
+            b.to_async(rt).iter(|| async {
+                let answer = service
+                    .clone()
+                    .oneshot(request(path))
+                    .await
+                    .expect("the service answers");
+                assert_eq!(answer.status(), axum::http::StatusCode::OK);
+                answer
+            })
+        });
+    }
+
+    let rt = runtime();
+    let _telemetry = orderflow::telemetry::init(orderflow::settings::LogFormat::Text, "api");
+    let (dir, app, id, body) = rt.block_on(async {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut settings = settings(dir.path());
+        settings.rate_limits = orderflow_bench::ceiling::GENEROUS_CATALOG_POLICY.to_owned();
+        let app = App::build(settings).await.expect("app builds");
+        let draft = ProductDraft::new("BENCH-1", "Bench product", 1_999, "EUR", 1_000)
+            .expect("valid draft");
+        let product = app.catalog.create(draft).await.expect("product created");
+        let answer = app
+            .router()
+            .oneshot(request(&format!("/api/v1/products/{}", product.id)))
+            .await
+            .expect("the router answers");
+        assert_eq!(answer.status(), axum::http::StatusCode::OK);
+        let body = axum::body::to_bytes(answer.into_body(), usize::MAX)
+            .await
+            .expect("body");
+        (dir, app, product.id, body)
+    });
+    let router = app.router();
+    let bare = axum::Router::new().route(
+        "/bare",
+        axum::routing::get(move || {
+            let body = body.clone();
+            async move {
+                (
+                    [(axum::http::header::CONTENT_TYPE, "application/json")],
+                    body,
+                )
+            }
+        }),
+    );
+
+    let mut group = c.benchmark_group("http");
+    group.throughput(Throughput::Elements(1));
+    group.sample_size(50);
+    group.measurement_time(Duration::from_secs(3));
+    let product_path = format!("/api/v1/products/{id}");
+    bench_answer(&mut group, &rt, "product_read", &router, &product_path);
+    bench_answer(&mut group, &rt, "healthz", &router, "/healthz");
+    bench_answer(&mut group, &rt, "bare", &bare, "/bare");
+    group.finish();
+
+    rt.block_on(async move { drop((router, app, dir)) });
+}
+
 criterion_group! {
     name = hot_paths;
     config = Criterion::default().warm_up_time(Duration::from_secs(1));
-    targets = catalog, auth, order_validation, envelope, event_log, consumer
+    targets = catalog, auth, order_validation, envelope, event_log, consumer, http
 }
 criterion_main!(hot_paths);

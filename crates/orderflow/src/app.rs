@@ -244,7 +244,7 @@ impl App {
     }
 
     /// The HTTP API.
-    pub fn router(&self) -> axum::Router {
+    pub fn router(&self) -> impl orderflow_api::HttpService {
         orderflow_api::router(self.state.clone())
     }
 
@@ -446,7 +446,7 @@ impl App {
 /// `TCP_NODELAY`.
 async fn serve_http(
     listener: TcpListener,
-    router: axum::Router,
+    router: impl orderflow_api::HttpService,
     header_read_timeout: Duration,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -481,7 +481,8 @@ async fn serve_http(
             tracing::debug!(%peer, %error, "TCP_NODELAY not set");
         }
         let service = router.clone().map_request(
-            move |mut request: axum::http::Request<hyper::body::Incoming>| {
+            move |request: axum::http::Request<hyper::body::Incoming>| {
+                let mut request = request.map(axum::body::Body::new);
                 request
                     .extensions_mut()
                     .insert(axum::extract::ConnectInfo(peer));

@@ -10,7 +10,10 @@ pub mod orders;
 pub mod products;
 
 use axum::Router;
+use axum::response::IntoResponse;
 use axum::routing::{get, post, put};
+use tower::ServiceBuilder;
+use tower::util::MapRequestLayer;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
@@ -18,10 +21,10 @@ use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::AppState;
-use crate::observe::{metrics_endpoint, rate_limit, track_requests};
+use crate::observe::{metrics_endpoint, note_route, rate_limit, track_requests};
 use crate::openapi::ApiDoc;
 
-pub fn router(state: AppState) -> Router {
+pub fn router(state: AppState) -> impl HttpService {
     let api = Router::new()
         .route("/api/v1/auth/register", post(auth::register))
         .route("/api/v1/auth/login", post(auth::login))
@@ -84,11 +87,11 @@ pub fn router(state: AppState) -> Router {
             post(admin::reject_order),
         );
 
-    let limits = state.http_limits.clone();
     // The API's routes carry their whole path rather than being nested under
     // `/api/v1`: a nested router is a second routing step on every request
     // (prefix stripped, a second match, a boxed service cloned).
-    api.route("/healthz", get(health::healthz))
+    let routes = api
+        .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics_endpoint))
         .route(
@@ -97,19 +100,61 @@ pub fn router(state: AppState) -> Router {
         )
         .merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
         .merge(crate::web::router(state.clone()))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            rate_limit,
-        ))
-        .layer(RequestBodyLimitLayer::new(limits.max_body_bytes))
+        // The one layer per route: the template the router matched, for
+        // the request's span and metrics outside it.
+        .route_layer(MapRequestLayer::new(note_route))
+        .with_state(state.clone());
+
+    // The middleware is wrapped once around the whole router, not around
+    // each route (`Router::layer`): there each layer is a boxed service
+    // cloned and a boxed future made on every request, six deep.
+    let limits = &state.http_limits;
+    ServiceBuilder::new()
+        // Outermost, so every answer is measured and logged as sent,
+        // time-outs (408) and a panic's 500 included; it also keeps or makes
+        // the request id and turns error answers into problem documents.
+        .layer(axum::middleware::from_fn(track_requests))
+        .layer(CatchPanicLayer::new())
         .layer(TimeoutLayer::with_status_code(
             axum::http::StatusCode::REQUEST_TIMEOUT,
             limits.request_timeout,
         ))
-        .layer(CatchPanicLayer::new())
-        // Outermost, so every answer is measured and logged as sent, time-outs
-        // (408) and a panic's 500 included; it also keeps or makes the
-        // request id and turns error answers into problem documents.
-        .layer(axum::middleware::from_fn(track_requests))
-        .with_state(state)
+        // The body limit wraps the request's body and the response's in its
+        // own types; axum's are what the layers around it take.
+        .map_response(IntoResponse::into_response)
+        .layer(RequestBodyLimitLayer::new(limits.max_body_bytes))
+        .map_request(|request: axum::http::Request<_>| request.map(axum::body::Body::new))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            rate_limit,
+        ))
+        .service(routes)
+}
+
+/// The whole API as one service: what [`router`] returns and `serve`
+/// serves. A trait, not a type: the stack's type names closures.
+pub trait HttpService:
+    tower::Service<
+        axum::extract::Request,
+        Response = axum::response::Response,
+        Error = std::convert::Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<S> HttpService for S where
+    S: tower::Service<
+            axum::extract::Request,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + Sync
+        + 'static
+{
 }

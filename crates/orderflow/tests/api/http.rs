@@ -54,7 +54,23 @@ async fn health_readiness_metrics_and_docs_answer() {
     assert_eq!(ready["checks"]["event_log"], "ok");
 
     app.products(None, None).await;
+    // A route with an id in its path, and a path no route matches: the
+    // middleware runs outside the router and learns the template from it.
+    let missing = app
+        .get(&format!("/api/v1/products/{}", uuid::Uuid::now_v7()))
+        .await;
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+    let nowhere = app.get("/no/such/route").await;
+    assert_eq!(nowhere.status(), StatusCode::NOT_FOUND);
     let metrics = app.metrics().await;
+    assert!(
+        metrics.contains("route=\"/api/v1/products/{id}\",status=\"404\""),
+        "labelled by the template the router matched, not the path: {metrics}"
+    );
+    assert!(
+        metrics.contains("route=\"unmatched\",status=\"404\""),
+        "a path no route matches is labelled `unmatched`"
+    );
     assert!(
         metrics.contains("orderflow_http_requests_total{"),
         "request counter"
