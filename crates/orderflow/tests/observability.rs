@@ -720,6 +720,8 @@ struct ReceivedSpan {
     trace_id: Vec<u8>,
     span_id: Vec<u8>,
     parent_span_id: Vec<u8>,
+    /// The `http.route` attribute, if the span has one.
+    route: Option<String>,
 }
 
 /// A minimal OTLP/HTTP trace receiver: `POST /v1/traces` with a protobuf
@@ -759,8 +761,15 @@ async fn start_collector() -> (String, Received) {
                         .unwrap_or_default();
                     for scope in resource.scope_spans {
                         for span in scope.spans {
+                            let route = span
+                                .attributes
+                                .iter()
+                                .find(|kv| kv.key == "http.route")
+                                .and_then(|kv| kv.value.as_ref())
+                                .map(|v| format!("{:?}", v.value));
                             spans.push(ReceivedSpan {
                                 service: service.clone(),
+                                route,
                                 name: span.name,
                                 trace_id: span.trace_id,
                                 span_id: span.span_id,
@@ -801,6 +810,14 @@ async fn one_orders_trace_spans_the_api_and_every_consumer_group() {
                 request.service.contains("orderflow-serve"),
                 "service.name: {}",
                 request.service
+            );
+            assert!(
+                request
+                    .route
+                    .as_deref()
+                    .is_some_and(|r| r.contains("\"/api/v1/orders\"")),
+                "http.route: {:?}",
+                request.route
             );
             let trace: Vec<&ReceivedSpan> = spans
                 .iter()
