@@ -2,7 +2,6 @@
 //! events carry on), the `/metrics` endpoint, the problem fallback and the
 //! rate-limit middleware.
 
-use std::fmt::Write as _;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
@@ -123,29 +122,33 @@ pub async fn track_requests(mut request: Request, next: Next) -> Response {
     if exporting {
         span.record("http.response.status_code", status.as_u16());
     }
+    let elapsed = started.elapsed().as_secs_f64();
+    // The request span is the lines' explicit parent: not entered again,
+    // and a line nobody logs (debug at the default level) costs nothing
+    // beyond its callsite's cached "never".
     if status.is_server_error() {
         span.record("otel.status_code", "ERROR");
-        let _inside = span.enter();
         tracing::error!(
+            parent: &span,
             http.route = route,
             status = status.as_u16(),
-            latency_ms = started.elapsed().as_secs_f64() * 1e3,
+            latency_ms = elapsed * 1e3,
             "request failed"
         );
-    } else if tracing::enabled!(tracing::Level::DEBUG) {
+    } else {
         // Every answer, with `RUST_LOG=orderflow_api=debug`; the request
-        // span around it names the method and path.
-        let _inside = span.enter();
+        // span names the method and path.
         tracing::debug!(
+            parent: &span,
             http.route = route,
             status = status.as_u16(),
-            latency_ms = started.elapsed().as_secs_f64() * 1e3,
+            latency_ms = elapsed * 1e3,
             "request answered"
         );
     }
     let handles = RouteMetrics::handles(&method, route, status.as_u16());
     handles.requests.increment(1);
-    handles.duration.record(started.elapsed().as_secs_f64());
+    handles.duration.record(elapsed);
     response
 }
 
@@ -409,19 +412,18 @@ pub async fn rate_limit(
     for (policy, key) in checks {
         let decision = state.limiter.check(policy, &key).await;
         let (limit, window) = policy.quota();
-        let separator = if policies.is_empty() { "" } else { ", " };
-        let _ = write!(
-            policies,
-            "{separator}\"{}\";q={limit};w={}",
-            policy.name,
-            window.as_secs().max(1)
+        push_list_item(
+            &mut policies,
+            &policy.name,
+            [("q", u64::from(limit)), ("w", window.as_secs().max(1))],
         );
-        let _ = write!(
-            states,
-            "{separator}\"{}\";r={};t={}",
-            policy.name,
-            decision.remaining,
-            decision.reset_after.as_secs_f64().ceil() as u64
+        push_list_item(
+            &mut states,
+            &policy.name,
+            [
+                ("r", u64::from(decision.remaining)),
+                ("t", decision.reset_after.as_secs_f64().ceil() as u64),
+            ],
         );
         if decision.allowed {
             delay = delay.max(decision.delay);
@@ -459,6 +461,25 @@ pub async fn rate_limit(
         response.headers_mut().insert(RATELIMIT.clone(), s);
     }
     response
+}
+
+/// Appends one item of a `RateLimit-Policy` or `RateLimit` list,
+/// `"name";q=10;w=60`, with `push_str` and `itoa`: `write!` went through
+/// `core::fmt` and cost a rate-limited read about 3% of its CPU.
+fn push_list_item(list: &mut String, name: &str, parameters: [(&str, u64); 2]) {
+    if !list.is_empty() {
+        list.push_str(", ");
+    }
+    list.push('"');
+    list.push_str(name);
+    list.push('"');
+    let mut digits = itoa::Buffer::new();
+    for (key, value) in parameters {
+        list.push(';');
+        list.push_str(key);
+        list.push('=');
+        list.push_str(digits.format(value));
+    }
 }
 
 /// The verified caller of a request, if it carries a valid bearer token.
