@@ -115,7 +115,9 @@ pub async fn track_requests(mut request: Request, next: Next) -> Response {
     let route = match matched.0.get() {
         Some(route) => route.as_str(),
         None => {
-            trace::route_exported_span(&span, &method, "unmatched");
+            if exporting {
+                trace::route_exported_span(&span, &method, "unmatched");
+            }
             "unmatched"
         }
     };
@@ -166,7 +168,10 @@ pub fn note_route(request: Request) -> Request {
     let Some(route) = request.extensions().get::<MatchedPath>() else {
         return request;
     };
-    trace::route_exported_span(&tracing::Span::current(), request.method(), route.as_str());
+    // Looked up only for export: without it the span needs nothing here.
+    if orderflow_core::trace::exporting() {
+        trace::route_exported_span(&tracing::Span::current(), request.method(), route.as_str());
+    }
     if let Some(slot) = request.extensions().get::<MatchedRoute>() {
         let _ = slot.0.set(route.clone());
     }
@@ -262,19 +267,17 @@ pub mod trace {
     /// matched it: the `http.route` attribute, and the name "METHOD /route".
     /// That span is started already (its context went into the request for
     /// the handler), so the name is set on it: `otel.name` recorded now
-    /// would be ignored.
+    /// would be ignored. Only for an exported span: its callers check.
     ///
-    /// Nothing without export: the log lines of a request name its method
+    /// The log span does not get the route: the log lines of a request name its method
     /// and path (the span's fields) and `track_requests` names the route in
     /// the lines it writes; recording the route into every request's log
     /// span cost a product read 4% of its CPU.
     pub fn route_exported_span(span: &tracing::Span, method: &axum::http::Method, route: &str) {
-        if orderflow_core::trace::exporting() {
-            span.record("http.route", route);
-            span.context()
-                .span()
-                .update_name(format!("{method} {route}"));
-        }
+        span.record("http.route", route);
+        span.context()
+            .span()
+            .update_name(format!("{method} {route}"));
     }
 
     /// Makes `span` continue `parent` (or start a trace) and returns the
