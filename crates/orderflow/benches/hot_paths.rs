@@ -62,7 +62,11 @@
 //!   parsing: what `orderflow bench --read-ceiling` measures with the
 //!   network, minus the kernel's and hyper's share, so a change to the
 //!   stack shows here without the noise of a load generator sharing the
-//!   cores. This group installs the global subscriber, so it runs last.
+//!   cores. `http/…/all_cores` sends the same requests from every worker
+//!   of the runtime at once: per request of the whole, so perfect scaling
+//!   reads one over the number of cores of the single-core figure, and what
+//!   it reads above that is what the cores' shared state costs. This group
+//!   installs the global subscriber, so it runs last.
 
 use std::collections::HashMap;
 use std::hint::black_box;
@@ -562,6 +566,52 @@ fn http(c: &mut Criterion) {
         });
     }
 
+    /// The same request from every worker of `rt` at once (one task per
+    /// worker, `iters` requests in all): on a machine's cores, what the
+    /// stack's shared state (locks, counters, reference counts that both
+    /// cores write) costs, which one core alone never pays. The time is per
+    /// request of the whole, so perfect scaling reads 1 / workers of the
+    /// one-core figure.
+    fn bench_parallel<S: orderflow_api::HttpService>(
+        group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+        rt: &Runtime,
+        name: &str,
+        service: &S,
+        path: &str,
+    ) {
+        let workers = rt.metrics().num_workers() as u64;
+        group.bench_function(name, |b| {
+            b.to_async(rt).iter_custom(|iters| {
+                let service = service.clone();
+                let path = path.to_owned();
+                async move {
+                    let started = Instant::now();
+                    let tasks: Vec<_> = (0..workers)
+                        .map(|worker| {
+                            let (service, path) = (service.clone(), path.clone());
+                            let share = iters / workers + u64::from(worker < iters % workers);
+                            tokio::spawn(async move {
+                                for _ in 0..share {
+                                    let answer = service
+                                        .clone()
+                                        .oneshot(request(&path))
+                                        .await
+                                        .expect("the service answers");
+                                    assert_eq!(answer.status(), axum::http::StatusCode::OK);
+                                    black_box(answer);
+                                }
+                            })
+                        })
+                        .collect();
+                    for task in tasks {
+                        task.await.expect("a bench task");
+                    }
+                    started.elapsed()
+                }
+            })
+        });
+    }
+
     let rt = runtime();
     let _telemetry = orderflow::telemetry::init(orderflow::settings::LogFormat::Text, "api");
     let (dir, app, id, body) = rt.block_on(async {
@@ -605,6 +655,15 @@ fn http(c: &mut Criterion) {
     bench_answer(&mut group, &rt, "product_read", &router, &product_path);
     bench_answer(&mut group, &rt, "healthz", &router, "/healthz");
     bench_answer(&mut group, &rt, "bare", &bare, "/bare");
+    bench_parallel(
+        &mut group,
+        &rt,
+        "product_read/all_cores",
+        &router,
+        &product_path,
+    );
+    bench_parallel(&mut group, &rt, "healthz/all_cores", &router, "/healthz");
+    bench_parallel(&mut group, &rt, "bare/all_cores", &bare, "/bare");
     group.finish();
 
     rt.block_on(async move { drop((router, app, dir)) });
