@@ -26,7 +26,10 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use orderflow_core::services::admin::Operations;
 use tokio_util::sync::CancellationToken;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::layer::Filter;
 use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
 
@@ -63,10 +66,7 @@ impl Drop for Telemetry {
 /// `RUST_LOG` overrides the default level. Installing twice (tests that
 /// build several apps in one process) keeps the first subscriber.
 pub fn init(format: LogFormat, role: &str) -> Telemetry {
-    let filter = || {
-        EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,hyper=warn"))
-    };
+    let directives = LogDirectives::from_env();
     let tracer_provider = match otlp_tracer_provider(role) {
         Ok(provider) => provider,
         Err(error) => {
@@ -83,7 +83,7 @@ pub fn init(format: LogFormat, role: &str) -> Telemetry {
             .with_current_span(true)
             .with_span_list(false)
             .with_target(true)
-            .with_filter(filter())
+            .with_filter(directives.filter())
             .boxed(),
         LogFormat::Text => {
             use std::io::IsTerminal;
@@ -104,7 +104,7 @@ pub fn init(format: LogFormat, role: &str) -> Telemetry {
                 .fmt_fields(fields)
                 .with_target(false)
                 .with_ansi(std::io::stdout().is_terminal())
-                .with_filter(filter())
+                .with_filter(directives.filter())
                 .boxed()
         }
     };
@@ -112,7 +112,7 @@ pub fn init(format: LogFormat, role: &str) -> Telemetry {
         tracing_opentelemetry::layer()
             .with_tracer(tracer)
             .with_tracked_inactivity(false)
-            .with_filter(filter())
+            .with_filter(directives.filter())
     });
     let query_layer = DbQueries { tracer }.with_filter(
         tracing_subscriber::filter::Targets::new()
@@ -137,6 +137,54 @@ pub fn init(format: LogFormat, role: &str) -> Telemetry {
             Telemetry {
                 tracer_provider: None,
             }
+        }
+    }
+}
+
+/// What `RUST_LOG` (or the default, `info,sqlx=warn,hyper=warn`) asks
+/// for, as the lightest filter that does it.
+///
+/// Directives on targets and levels alone are a [`Targets`] filter: a
+/// look-up by callsite, cached. Directives on spans or fields
+/// (`[span{field=value}]`) need [`EnvFilter`], which tracks every span it
+/// may care about and so takes a lock at every span's start, entry, exit
+/// and close, on every request, even when no directive names a span.
+#[derive(Clone)]
+enum LogDirectives {
+    Static(Box<Targets>),
+    Dynamic(String),
+}
+
+impl LogDirectives {
+    const DEFAULT: &'static str = "info,sqlx=warn,hyper=warn";
+
+    fn from_env() -> Self {
+        let directives = std::env::var(EnvFilter::DEFAULT_ENV)
+            .ok()
+            // What `EnvFilter` refuses falls back to the default, as it did.
+            .filter(|directives| EnvFilter::try_new(directives).is_ok())
+            .unwrap_or_else(|| Self::DEFAULT.to_owned());
+        Self::parse(&directives)
+    }
+
+    fn parse(directives: &str) -> Self {
+        let dynamic = directives.contains(['[', '{']);
+        match directives.parse::<Targets>() {
+            Ok(targets) if !dynamic && !directives.trim().is_empty() => {
+                Self::Static(Box::new(targets))
+            }
+            _ => Self::Dynamic(directives.to_owned()),
+        }
+    }
+
+    /// A per-layer filter of these directives.
+    fn filter<S>(&self) -> Box<dyn Filter<S> + Send + Sync>
+    where
+        S: tracing::Subscriber + for<'span> LookupSpan<'span>,
+    {
+        match self {
+            Self::Static(targets) => Box::new(Targets::clone(targets)),
+            Self::Dynamic(directives) => Box::new(EnvFilter::new(directives)),
         }
     }
 }
@@ -471,7 +519,43 @@ impl Gauges {
 
 #[cfg(test)]
 mod tests {
-    use super::operation_of;
+    use super::{LogDirectives, operation_of};
+    use tracing::Level;
+
+    #[test]
+    fn target_and_level_directives_are_a_static_filter() {
+        let LogDirectives::Static(targets) = LogDirectives::parse(LogDirectives::DEFAULT) else {
+            panic!("the default names targets and levels only");
+        };
+        assert!(targets.would_enable("orderflow_api::observe", &Level::INFO));
+        assert!(!targets.would_enable("orderflow_api::observe", &Level::DEBUG));
+        assert!(!targets.would_enable("sqlx::query", &Level::INFO));
+        assert!(targets.would_enable("sqlx::query", &Level::WARN));
+        assert!(targets.would_enable("hyper::proto", &Level::WARN));
+
+        let LogDirectives::Static(targets) = LogDirectives::parse("warn,orderflow_api=debug")
+        else {
+            panic!("targets and levels only");
+        };
+        assert!(targets.would_enable("orderflow_api::observe", &Level::DEBUG));
+        assert!(!targets.would_enable("orderflow_workers", &Level::INFO));
+    }
+
+    #[test]
+    fn span_and_field_directives_keep_the_env_filter() {
+        for directives in [
+            "info,[http.request]=debug",
+            "info,orderflow_api[http.request{url.path=/healthz}]=trace",
+            "[{order_id}]=debug",
+            // EnvFilter turns nothing into "errors only"; Targets into "nothing".
+            "",
+        ] {
+            assert!(
+                matches!(LogDirectives::parse(directives), LogDirectives::Dynamic(d) if d == directives),
+                "{directives:?} needs EnvFilter"
+            );
+        }
+    }
 
     #[test]
     fn a_statement_is_labelled_by_its_first_word() {
