@@ -49,17 +49,14 @@ use crate::problem::{ApiError, PROBLEM_JSON, problem_response, status_problem};
 /// One middleware for all of it: each `from_fn` layer makes a boxed future
 /// per request.
 pub async fn track_requests(mut request: Request, next: Next) -> Response {
+    // The client's, or a new one; it goes into the request's span and back
+    // in the answer (nothing downstream reads it from the request).
     let request_id = match request.headers().get(&REQUEST_ID) {
         Some(id) => id.clone(),
         None => {
             let mut text = uuid::Uuid::encode_buffer();
-            let made =
-                HeaderValue::from_str(uuid::Uuid::new_v4().hyphenated().encode_lower(&mut text))
-                    .expect("a UUID is a valid header value");
-            request
-                .headers_mut()
-                .insert(REQUEST_ID.clone(), made.clone());
-            made
+            HeaderValue::from_str(uuid::Uuid::new_v4().hyphenated().encode_lower(&mut text))
+                .expect("a UUID is a valid header value")
         }
     };
     // The router fills it in (`note_route`); this layer runs outside it.
@@ -391,7 +388,14 @@ pub async fn rate_limit(
     let Some(ip) = resolve_client_ip(&state, &mut request) else {
         return next.run(request).await;
     };
-    let ip_key = format!("ip:{ip}");
+    let ip_key = {
+        use std::fmt::Write as _;
+        // Sized for the longest IPv6 text: no growth on the way.
+        let mut key = String::with_capacity(48);
+        key.push_str("ip:");
+        let _ = write!(key, "{ip}");
+        key
+    };
     let group = group_of(request.method(), request.uri().path());
     let per_ip = if group == Some("login") || group == Some("auth") {
         state.rate_limits.auth.as_ref()
@@ -423,7 +427,7 @@ pub async fn rate_limit(
     }
 
     // The two headers' lists, written as the checks go (one buffer each).
-    let (mut policies, mut states) = (String::new(), String::new());
+    let (mut policies, mut states) = (String::with_capacity(64), String::with_capacity(64));
     let mut refused: Option<(String, std::time::Duration)> = None;
     let mut delay = std::time::Duration::ZERO;
     for (policy, key) in checks {

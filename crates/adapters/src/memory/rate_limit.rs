@@ -143,7 +143,10 @@ impl InProcessRateLimiter {
 
     /// The decision for `key` under `policy` at `now` (an offset from the epoch).
     fn decide(&self, policy: &RatePolicy, key: &str, now: Duration) -> RateDecision {
-        let id = format!("{}\u{1f}{key}", policy.name);
+        let mut id = String::with_capacity(policy.name.len() + 1 + key.len());
+        id.push_str(&policy.name);
+        id.push('\u{1f}');
+        id.push_str(key);
         let shard = &self.shards[self.hasher.hash_one(&id) as usize % self.shards.len()];
         let mut shard = lock(shard);
         shard.sweep_if_due(now);
