@@ -625,7 +625,12 @@ pub struct TraceIdHex(pub u128);
 
 impl std::fmt::Display for TraceIdHex {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:032x}", self.0)
+        // `{:032x}` of a u128 goes digit by digit through `core::fmt`;
+        // every request's span and every handled event show one.
+        let mut digits = [0u8; 32];
+        hex::encode_to_slice(self.0.to_be_bytes(), &mut digits)
+            .expect("16 bytes are 32 hex digits");
+        f.write_str(std::str::from_utf8(&digits).expect("hex digits are ASCII"))
     }
 }
 
@@ -712,6 +717,11 @@ mod tests {
         assert_eq!(
             parsed.trace_id_hex().to_string(),
             "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        assert_eq!(
+            super::TraceIdHex(0xab).to_string(),
+            "000000000000000000000000000000ab",
+            "zero-padded to 32 digits"
         );
         assert_eq!(parsed.flags, 1);
         assert_eq!(parsed.to_string(), text);

@@ -101,7 +101,7 @@ pub fn init(format: LogFormat, role: &str) -> Telemetry {
             })
             .delimited(" ");
             tracing_subscriber::fmt::layer()
-                .fmt_fields(fields)
+                .fmt_fields(BufferedFields(fields))
                 .with_target(false)
                 .with_ansi(std::io::stdout().is_terminal())
                 .with_filter(directives.filter())
@@ -138,6 +138,51 @@ pub fn init(format: LogFormat, role: &str) -> Telemetry {
                 tracer_provider: None,
             }
         }
+    }
+}
+
+/// Formats fields through a buffer kept per thread, then hands the writer
+/// the whole text at once.
+///
+/// A span's fields are formatted into a `String` of its own when the span
+/// is made (every request's span is); written into piece by piece, that
+/// string grew five or six times for a request span's 150-odd bytes (about
+/// 40% of formatting them). Written at once, it is allocated once, at its
+/// size.
+struct BufferedFields<F>(F);
+
+impl<'writer, F> tracing_subscriber::fmt::FormatFields<'writer> for BufferedFields<F>
+where
+    F: for<'any> tracing_subscriber::fmt::FormatFields<'any> + 'static,
+{
+    fn format_fields<R: tracing_subscriber::field::RecordFields>(
+        &self,
+        mut writer: tracing_subscriber::fmt::format::Writer<'writer>,
+        fields: R,
+    ) -> std::fmt::Result {
+        use std::cell::RefCell;
+        /// Larger than any span's fields; a huge event's may grow it, and
+        /// it is given back past [`KEEP`].
+        const KEEP: usize = 16 * 1024;
+        thread_local! {
+            static BUFFER: RefCell<String> = RefCell::new(String::with_capacity(512));
+        }
+        BUFFER.with(|buffer| {
+            // A field whose formatting logs comes back here: unbuffered.
+            let Ok(mut buffer) = buffer.try_borrow_mut() else {
+                return self.0.format_fields(writer, fields);
+            };
+            buffer.clear();
+            let formatted = self.0.format_fields(
+                tracing_subscriber::fmt::format::Writer::new(&mut *buffer),
+                fields,
+            );
+            let written = formatted.and_then(|()| writer.write_str(&buffer));
+            if buffer.capacity() > KEEP {
+                *buffer = String::with_capacity(512);
+            }
+            written
+        })
     }
 }
 
