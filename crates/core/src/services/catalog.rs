@@ -807,11 +807,74 @@ impl ViewTally {
     }
 }
 
+/// Views counted since the last flush, per minute and product, in one
+/// shard per thread (at most one per core, reused round robin).
+///
+/// Every product read counts a view: with one map behind one lock, the
+/// cores serving reads took turns at it, and the lock's memory moved from
+/// core to core at every read. A thread keeps to its shard, so its lock is
+/// uncontended; a flush takes every shard and merges them.
+struct ViewCounts {
+    shards: Box<[Mutex<Tallies>]>,
+}
+
+/// Views per (minute, product).
+type Tallies = HashMap<(Timestamp, ProductId), ViewTally>;
+
+impl ViewCounts {
+    fn new() -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        Self {
+            shards: (0..cores).map(|_| Mutex::default()).collect(),
+        }
+    }
+
+    /// The shard of the calling thread.
+    fn own_shard(&self) -> &Mutex<Tallies> {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        thread_local! {
+            static THREAD: usize = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        &self.shards[THREAD.with(|thread| *thread) % self.shards.len()]
+    }
+
+    fn add(
+        &self,
+        key: (Timestamp, ProductId),
+        views: u64,
+        last: Timestamp,
+        viewers: impl IntoIterator<Item = ViewerKey>,
+    ) {
+        lock(self.own_shard())
+            .entry(key)
+            .or_insert_with(|| ViewTally::new(last))
+            .add(views, last, viewers);
+    }
+
+    /// Everything counted so far, merged across shards; the counts start
+    /// again from nothing.
+    fn take(&self) -> Vec<((Timestamp, ProductId), ViewTally)> {
+        let mut merged = Tallies::new();
+        for shard in &self.shards {
+            for (key, tally) in std::mem::take(&mut *lock(shard)) {
+                match merged.entry(key) {
+                    std::collections::hash_map::Entry::Occupied(mut known) => {
+                        known.get_mut().add(tally.views, tally.last, tally.viewers);
+                    }
+                    std::collections::hash_map::Entry::Vacant(new) => {
+                        new.insert(tally);
+                    }
+                }
+            }
+        }
+        merged.into_iter().collect()
+    }
+}
+
 pub struct CatalogService {
     layers: Layers,
-    /// Views counted since the last flush (write-behind), per minute and
-    /// product.
-    views: Mutex<HashMap<(Timestamp, ProductId), ViewTally>>,
+    /// Views counted since the last flush (write-behind).
+    views: ViewCounts,
     /// The visitor-id salt of the day the flush last needed (one read of
     /// the database a day, see [`Store::viewer_salt`]).
     salt: Mutex<Option<(chrono::NaiveDate, String)>>,
@@ -910,7 +973,7 @@ impl CatalogService {
                 refresh_ahead: settings.refresh_ahead,
                 refresh_ahead_hits: settings.refresh_ahead_hits.max(1),
             },
-            views: Mutex::new(HashMap::new()),
+            views: ViewCounts::new(),
             salt: Mutex::new(None),
             sketches: None,
             live: None,
@@ -1368,10 +1431,7 @@ impl CatalogService {
     pub fn record_view(&self, id: ProductId, viewer: ViewerKey) {
         let now = chrono::Utc::now();
         let minute = Granularity::Minute.window_start(now);
-        lock(&self.views)
-            .entry((minute, id))
-            .or_insert_with(|| ViewTally::new(now))
-            .add(1, now, [viewer]);
+        self.views.add((minute, id), 1, now, [viewer]);
     }
 
     /// Appends the views counted since the last flush to the log, as
@@ -1380,22 +1440,15 @@ impl CatalogService {
     /// go first); when that fails they are kept for the next flush. How
     /// many events it appended.
     pub async fn flush_views(&self) -> Result<usize, CoreError> {
-        let batch: Vec<((Timestamp, ProductId), ViewTally)> =
-            std::mem::take(&mut *lock(&self.views))
-                .into_iter()
-                .collect();
+        let batch = self.views.take();
         if batch.is_empty() {
             return Ok(0);
         }
         let appended = self.append_views(&batch).await;
         let counted: u64 = batch.iter().map(|(_, tally)| tally.views).sum();
         if appended.is_err() {
-            let mut views = lock(&self.views);
             for (key, tally) in batch {
-                views
-                    .entry(key)
-                    .or_insert_with(|| ViewTally::new(tally.last))
-                    .add(tally.views, tally.last, tally.viewers);
+                self.views.add(key, tally.views, tally.last, tally.viewers);
             }
         }
         let appended = appended?;
