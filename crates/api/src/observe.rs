@@ -45,10 +45,16 @@ use crate::problem::{ApiError, PROBLEM_JSON, problem_response, status_problem};
 ///   answer carries it either way.
 /// - An error answer that is not a problem document yet becomes one
 ///   (`problem_fallback`).
+/// - The request time-out: a request not answered within `request_timeout`
+///   is dropped and answered 408 ([`within`]).
 ///
 /// One middleware for all of it: each `from_fn` layer makes a boxed future
 /// per request.
-pub async fn track_requests(mut request: Request, next: Next) -> Response {
+pub async fn track_requests(
+    State(request_timeout): State<std::time::Duration>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     // The client's, or a new one; it goes into the request's span and back
     // in the answer (nothing downstream reads it from the request).
     let request_id = match request.headers().get(&REQUEST_ID) {
@@ -102,7 +108,9 @@ pub async fn track_requests(mut request: Request, next: Next) -> Response {
 
     let started = Instant::now();
     let in_flight = InFlight::enter();
-    let mut response = problem_fallback(in_span(&span, next.run(request)).await);
+    let answered = in_span(&span, within(request_timeout, next.run(request))).await;
+    let mut response =
+        problem_fallback(answered.unwrap_or_else(|| StatusCode::REQUEST_TIMEOUT.into_response()));
     drop(in_flight);
     response
         .headers_mut()
@@ -161,6 +169,31 @@ async fn in_span<F: std::future::Future>(span: &tracing::Span, future: F) -> F::
         future.as_mut().poll(cx)
     })
     .await
+}
+
+/// `future`'s output, or `None` when it is not ready within `limit`.
+///
+/// Most answers are ready at their first poll (a read from the cache, a
+/// refusal): those never arm a timer. A time-out polling its timer first
+/// (tower-http's) registers one in the runtime's timer wheel and takes it
+/// out again on every request.
+async fn within<F: std::future::Future>(
+    limit: std::time::Duration,
+    future: F,
+) -> Option<F::Output> {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut future = std::pin::pin!(future);
+    let first = std::future::poll_fn(|cx| {
+        std::task::Poll::Ready(match future.as_mut().poll(cx) {
+            std::task::Poll::Ready(output) => Some(output),
+            std::task::Poll::Pending => None,
+        })
+    })
+    .await;
+    match first {
+        Some(output) => Some(output),
+        None => tokio::time::timeout_at(deadline, future).await.ok(),
+    }
 }
 
 /// The route template the router matched for a request: a slot
@@ -526,4 +559,31 @@ pub async fn metrics_endpoint(State(state): State<AppState>) -> Response {
         body,
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::within;
+
+    const LIMIT: Duration = Duration::from_secs(30);
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_ready_at_once_or_in_time_is_kept() {
+        assert_eq!(within(LIMIT, async { 7 }).await, Some(7));
+        let later = async {
+            tokio::time::sleep(LIMIT - Duration::from_millis(1)).await;
+            8
+        };
+        assert_eq!(within(LIMIT, later).await, Some(8));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_not_ready_within_the_limit_is_dropped() {
+        let started = tokio::time::Instant::now();
+        let never = std::future::pending::<()>();
+        assert_eq!(within(LIMIT, never).await, None);
+        assert_eq!(started.elapsed(), LIMIT, "given up at the limit, not later");
+    }
 }

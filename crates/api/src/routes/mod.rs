@@ -16,7 +16,6 @@ use tower::ServiceBuilder;
 use tower::util::MapRequestLayer;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::limit::RequestBodyLimitLayer;
-use tower_http::timeout::TimeoutLayer;
 use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
@@ -112,13 +111,13 @@ pub fn router(state: AppState) -> impl HttpService {
     ServiceBuilder::new()
         // Outermost, so every answer is measured and logged as sent,
         // time-outs (408) and a panic's 500 included; it also keeps or makes
-        // the request id and turns error answers into problem documents.
-        .layer(axum::middleware::from_fn(track_requests))
-        .layer(CatchPanicLayer::new())
-        .layer(TimeoutLayer::with_status_code(
-            axum::http::StatusCode::REQUEST_TIMEOUT,
+        // the request id, turns error answers into problem documents and
+        // answers 408 to a request not answered within the time-out.
+        .layer(axum::middleware::from_fn_with_state(
             limits.request_timeout,
+            track_requests,
         ))
+        .layer(CatchPanicLayer::new())
         // The body limit wraps the request's body and the response's in its
         // own types; axum's are what the layers around it take.
         .map_response(IntoResponse::into_response)
