@@ -553,17 +553,21 @@ fn http(c: &mut Criterion) {
         service: &S,
         path: &str,
     ) {
-        group.bench_function(name, |b| {
-            b.to_async(rt).iter(|| async {
-                let answer = service
-                    .clone()
-                    .oneshot(request(path))
-                    .await
-                    .expect("the service answers");
-                assert_eq!(answer.status(), axum::http::StatusCode::OK);
-                answer
-            })
-        });
+        group.bench_function(name, |b| b.to_async(rt).iter(|| answered(service, path)));
+    }
+
+    /// `service`'s answer to a GET of `path`, checked to be a 200.
+    async fn answered<S: orderflow_api::HttpService>(
+        service: &S,
+        path: &str,
+    ) -> axum::response::Response {
+        let answer = service
+            .clone()
+            .oneshot(request(path))
+            .await
+            .expect("the service answers");
+        assert_eq!(answer.status(), axum::http::StatusCode::OK);
+        answer
     }
 
     /// The same request from every worker of `rt` at once (one task per
@@ -592,13 +596,7 @@ fn http(c: &mut Criterion) {
                             let share = iters / workers + u64::from(worker < iters % workers);
                             tokio::spawn(async move {
                                 for _ in 0..share {
-                                    let answer = service
-                                        .clone()
-                                        .oneshot(request(&path))
-                                        .await
-                                        .expect("the service answers");
-                                    assert_eq!(answer.status(), axum::http::StatusCode::OK);
-                                    black_box(answer);
+                                    black_box(answered(&service, &path).await);
                                 }
                             })
                         })
