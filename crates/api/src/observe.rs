@@ -45,13 +45,15 @@ use crate::problem::{ApiError, PROBLEM_JSON, problem_response, status_problem};
 ///   answer carries it either way.
 /// - An error answer that is not a problem document yet becomes one
 ///   (`problem_fallback`).
-/// - The request time-out: a request not answered within `request_timeout`
-///   is dropped and answered 408 ([`within`]).
+/// - The rate limits ([`admit`]): a refused request is answered 429 here.
+/// - The request time-out: a request not answered within the limit
+///   (`HttpLimits::request_timeout`) is dropped and answered 408
+///   ([`within`]); a rate-limit queue's wait counts.
 ///
-/// One middleware for all of it: each `from_fn` layer makes a boxed future
-/// per request.
+/// One middleware for all of it: each `from_fn` layer clones the stack
+/// inside it and boxes two futures per request.
 pub async fn track_requests(
-    State(request_timeout): State<std::time::Duration>,
+    State(state): State<AppState>,
     mut request: Request,
     next: Next,
 ) -> Response {
@@ -108,7 +110,18 @@ pub async fn track_requests(
 
     let started = Instant::now();
     let in_flight = InFlight::enter();
-    let answered = in_span(&span, within(request_timeout, next.run(request))).await;
+    let shared = &state;
+    let admitted = async move {
+        match admit(shared, &mut request).await {
+            Admission::Refused(refusal) => refusal,
+            through => {
+                let mut response = next.run(request).await;
+                through.mark(&mut response);
+                response
+            }
+        }
+    };
+    let answered = in_span(&span, within(state.http_limits.request_timeout, admitted)).await;
     let mut response =
         problem_fallback(answered.unwrap_or_else(|| StatusCode::REQUEST_TIMEOUT.into_response()));
     drop(in_flight);
@@ -416,13 +429,12 @@ fn problem_fallback(response: Response) -> Response {
 /// any refusing policy asks for). An allowed request that a leaky bucket
 /// queued waits here for its turn before it reaches the handler; the queue
 /// is bounded by the policy, so the wait is too.
-pub async fn rate_limit(
-    State(state): State<AppState>,
-    mut request: Request,
-    next: Next,
-) -> Response {
-    let Some(ip) = resolve_client_ip(&state, &mut request) else {
-        return next.run(request).await;
+///
+/// Called by [`track_requests`], not a layer of its own: a `from_fn` layer
+/// clones the rest of the stack and boxes two more futures per request.
+async fn admit(state: &AppState, request: &mut Request) -> Admission {
+    let Some(ip) = resolve_client_ip(state, request) else {
+        return Admission::Through(None);
     };
     let ip_key = {
         use std::fmt::Write as _;
@@ -446,7 +458,7 @@ pub async fn rate_limit(
     {
         let key = match route.scope {
             Scope::Ip => ip_key,
-            Scope::User => match caller(&state, request.headers()).await {
+            Scope::User => match caller(state, request.headers()).await {
                 Some(principal) => {
                     let key = format!("user:{}", principal.user_id);
                     // The handler's `Caller` reuses it: one verification per request.
@@ -459,7 +471,7 @@ pub async fn rate_limit(
         checks.push((&route.policy, key));
     }
     if checks.is_empty() {
-        return next.run(request).await;
+        return Admission::Through(None);
     }
 
     // The two headers' lists, written as the checks go (one buffer each).
@@ -495,29 +507,49 @@ pub async fn rate_limit(
             }
         }
     }
-    let mut response = match refused {
-        Some((policy, retry_after)) => ApiError::RateLimited {
-            policy,
-            retry_after_secs: retry_after.as_secs_f64().ceil().max(1.0) as u64,
+    let headers = HeaderValue::try_from(policies)
+        .ok()
+        .zip(HeaderValue::try_from(states).ok());
+    match refused {
+        Some((policy, retry_after)) => {
+            let mut refusal = ApiError::RateLimited {
+                policy,
+                retry_after_secs: retry_after.as_secs_f64().ceil().max(1.0) as u64,
+            }
+            .into_response();
+            Admission::Through(headers).mark(&mut refusal);
+            Admission::Refused(refusal)
         }
-        .into_response(),
         None => {
             if !delay.is_zero() {
                 metrics::histogram!("orderflow_rate_limit_queue_wait_seconds")
                     .record(delay.as_secs_f64());
                 tokio::time::sleep(delay).await;
             }
-            next.run(request).await
+            Admission::Through(headers)
         }
-    };
-    if let (Ok(p), Ok(s)) = (
-        HeaderValue::try_from(policies),
-        HeaderValue::try_from(states),
-    ) {
-        response.headers_mut().insert(RATELIMIT_POLICY.clone(), p);
-        response.headers_mut().insert(RATELIMIT.clone(), s);
     }
-    response
+}
+
+/// What the rate limits decided for one request.
+enum Admission {
+    /// Let through; the `RateLimit-Policy` and `RateLimit` values its
+    /// answer carries, when a policy applied.
+    Through(Option<(HeaderValue, HeaderValue)>),
+    /// Refused: the 429 to send, its headers set.
+    Refused(Response),
+}
+
+impl Admission {
+    /// Sets the `RateLimit-*` headers of a request let through on its answer.
+    fn mark(self, response: &mut Response) {
+        if let Admission::Through(Some((policies, states))) = self {
+            response
+                .headers_mut()
+                .insert(RATELIMIT_POLICY.clone(), policies);
+            response.headers_mut().insert(RATELIMIT.clone(), states);
+        }
+    }
 }
 
 /// Appends one item of a `RateLimit-Policy` or `RateLimit` list,

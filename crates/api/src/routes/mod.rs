@@ -20,7 +20,7 @@ use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::AppState;
-use crate::observe::{metrics_endpoint, note_route, rate_limit, track_requests};
+use crate::observe::{metrics_endpoint, note_route, track_requests};
 use crate::openapi::ApiDoc;
 
 pub fn router(state: AppState) -> impl HttpService {
@@ -111,10 +111,11 @@ pub fn router(state: AppState) -> impl HttpService {
     ServiceBuilder::new()
         // Outermost, so every answer is measured and logged as sent,
         // time-outs (408) and a panic's 500 included; it also keeps or makes
-        // the request id, turns error answers into problem documents and
-        // answers 408 to a request not answered within the time-out.
+        // the request id, applies the rate limits, turns error answers into
+        // problem documents and answers 408 to a request not answered
+        // within the time-out.
         .layer(axum::middleware::from_fn_with_state(
-            limits.request_timeout,
+            state.clone(),
             track_requests,
         ))
         .layer(CatchPanicLayer::new())
@@ -123,10 +124,6 @@ pub fn router(state: AppState) -> impl HttpService {
         .map_response(IntoResponse::into_response)
         .layer(RequestBodyLimitLayer::new(limits.max_body_bytes))
         .map_request(|request: axum::http::Request<_>| request.map(axum::body::Body::new))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            rate_limit,
-        ))
         .service(routes)
 }
 

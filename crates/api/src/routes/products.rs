@@ -473,15 +473,22 @@ fn conditional(
                 candidate == "*" || candidate.trim_start_matches("W/") == etag
             })
         });
+    // Header values made without parsing or copying: this answers every
+    // product read.
     let mut response = if matches {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
-        ([(header::CONTENT_TYPE, content_type)], body.into()).into_response()
+        let mut response = Response::new(body.into());
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        response
     };
     let headers = response.headers_mut();
     headers.insert(
         header::ETAG,
-        HeaderValue::from_str(&etag).expect("hex is a valid header"),
+        HeaderValue::from_maybe_shared(axum::body::Bytes::from(etag))
+            .expect("a quoted version is a valid header value"),
     );
     headers.insert(
         header::CACHE_CONTROL,
