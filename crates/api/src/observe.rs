@@ -114,9 +114,9 @@ pub async fn track_requests(
     let admitted = async move {
         match admit(shared, &mut request).await {
             Admission::Refused(refusal) => refusal,
-            through => {
+            Admission::Through(headers) => {
                 let mut response = next.run(request).await;
-                through.mark(&mut response);
+                headers.mark(&mut response);
                 response
             }
         }
@@ -434,7 +434,7 @@ fn problem_fallback(response: Response) -> Response {
 /// clones the rest of the stack and boxes two more futures per request.
 async fn admit(state: &AppState, request: &mut Request) -> Admission {
     let Some(ip) = resolve_client_ip(state, request) else {
-        return Admission::Through(None);
+        return Admission::Through(RateHeaders(None));
     };
     let ip_key = {
         use std::fmt::Write as _;
@@ -471,7 +471,7 @@ async fn admit(state: &AppState, request: &mut Request) -> Admission {
         checks.push((&route.policy, key));
     }
     if checks.is_empty() {
-        return Admission::Through(None);
+        return Admission::Through(RateHeaders(None));
     }
 
     // The two headers' lists, written as the checks go (one buffer each).
@@ -507,9 +507,11 @@ async fn admit(state: &AppState, request: &mut Request) -> Admission {
             }
         }
     }
-    let headers = HeaderValue::try_from(policies)
-        .ok()
-        .zip(HeaderValue::try_from(states).ok());
+    let headers = RateHeaders(
+        HeaderValue::try_from(policies)
+            .ok()
+            .zip(HeaderValue::try_from(states).ok()),
+    );
     match refused {
         Some((policy, retry_after)) => {
             let mut refusal = ApiError::RateLimited {
@@ -517,7 +519,7 @@ async fn admit(state: &AppState, request: &mut Request) -> Admission {
                 retry_after_secs: retry_after.as_secs_f64().ceil().max(1.0) as u64,
             }
             .into_response();
-            Admission::Through(headers).mark(&mut refusal);
+            headers.mark(&mut refusal);
             Admission::Refused(refusal)
         }
         None => {
@@ -533,17 +535,20 @@ async fn admit(state: &AppState, request: &mut Request) -> Admission {
 
 /// What the rate limits decided for one request.
 enum Admission {
-    /// Let through; the `RateLimit-Policy` and `RateLimit` values its
-    /// answer carries, when a policy applied.
-    Through(Option<(HeaderValue, HeaderValue)>),
+    /// Let through, with the headers its answer carries.
+    Through(RateHeaders),
     /// Refused: the 429 to send, its headers set.
     Refused(Response),
 }
 
-impl Admission {
-    /// Sets the `RateLimit-*` headers of a request let through on its answer.
+/// The `RateLimit-Policy` and `RateLimit` values of a request, when a
+/// policy applied to it.
+struct RateHeaders(Option<(HeaderValue, HeaderValue)>);
+
+impl RateHeaders {
+    /// Sets them on the request's answer.
     fn mark(self, response: &mut Response) {
-        if let Admission::Through(Some((policies, states))) = self {
+        if let Some((policies, states)) = self.0 {
             response
                 .headers_mut()
                 .insert(RATELIMIT_POLICY.clone(), policies);

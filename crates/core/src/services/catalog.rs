@@ -845,10 +845,7 @@ impl ViewCounts {
         last: Timestamp,
         viewers: impl IntoIterator<Item = ViewerKey>,
     ) {
-        lock(self.own_shard())
-            .entry(key)
-            .or_insert_with(|| ViewTally::new(last))
-            .add(views, last, viewers);
+        count(&mut lock(self.own_shard()), key, views, last, viewers);
     }
 
     /// Everything counted so far, merged across shards; the counts start
@@ -857,18 +854,26 @@ impl ViewCounts {
         let mut merged = Tallies::new();
         for shard in &self.shards {
             for (key, tally) in std::mem::take(&mut *lock(shard)) {
-                match merged.entry(key) {
-                    std::collections::hash_map::Entry::Occupied(mut known) => {
-                        known.get_mut().add(tally.views, tally.last, tally.viewers);
-                    }
-                    std::collections::hash_map::Entry::Vacant(new) => {
-                        new.insert(tally);
-                    }
-                }
+                count(&mut merged, key, tally.views, tally.last, tally.viewers);
             }
         }
         merged.into_iter().collect()
     }
+}
+
+/// Adds `views`, the last of them at `last`, read by `viewers`, to what
+/// `tallies` counted for `key`.
+fn count(
+    tallies: &mut Tallies,
+    key: (Timestamp, ProductId),
+    views: u64,
+    last: Timestamp,
+    viewers: impl IntoIterator<Item = ViewerKey>,
+) {
+    tallies
+        .entry(key)
+        .or_insert_with(|| ViewTally::new(last))
+        .add(views, last, viewers);
 }
 
 pub struct CatalogService {
