@@ -33,6 +33,7 @@
 pub mod audit;
 pub mod contract;
 pub mod error;
+pub mod per_core;
 pub mod ports;
 pub mod services;
 pub mod trace;

@@ -453,7 +453,6 @@ async fn serve_http(
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     use hyper_util::server::conn::auto::Builder;
     use hyper_util::server::graceful::GracefulShutdown;
-    use tower::ServiceExt;
 
     let mut builder = Builder::new(TokioExecutor::new());
     builder
@@ -480,20 +479,12 @@ async fn serve_http(
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%peer, %error, "TCP_NODELAY not set");
         }
-        let service = router.clone().map_request(
-            move |request: axum::http::Request<hyper::body::Incoming>| {
-                let mut request = request.map(axum::body::Body::new);
-                request
-                    .extensions_mut()
-                    .insert(axum::extract::ConnectInfo(peer));
-                request
-            },
-        );
+        let service = ConnectionService {
+            api: router.clone(),
+            peer,
+        };
         let connection = builder
-            .serve_connection_with_upgrades(
-                TokioIo::new(stream),
-                hyper_util::service::TowerToHyperService::new(service),
-            )
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
             .into_owned();
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
@@ -505,6 +496,40 @@ async fn serve_http(
     drop(listener);
     graceful.shutdown().await;
     Ok(())
+}
+
+/// What hyper calls for each request of one connection: the API, with the
+/// peer's address in the request (`ConnectInfo`).
+///
+/// Written for hyper, not adapted from tower (`TowerToHyperService` over a
+/// `map_request`): that wraps every request's future in two more state
+/// machines and asks the stack whether it is ready, which it always is
+/// ([`orderflow_api::HttpService`]).
+struct ConnectionService<S> {
+    api: S,
+    peer: std::net::SocketAddr,
+}
+
+impl<S: orderflow_api::HttpService>
+    hyper::service::Service<axum::http::Request<hyper::body::Incoming>> for ConnectionService<S>
+{
+    type Response = axum::response::Response;
+    type Error = std::convert::Infallible;
+    type Future = S::Future;
+
+    fn call(&self, request: axum::http::Request<hyper::body::Incoming>) -> Self::Future {
+        let mut request = request.map(axum::body::Body::new);
+        request
+            .extensions_mut()
+            .insert(axum::extract::ConnectInfo(self.peer));
+        let mut api = self.api.clone();
+        debug_assert!(
+            api.poll_ready(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+                .is_ready(),
+            "the API's stack is always ready"
+        );
+        api.call(request)
+    }
 }
 
 fn simulated_providers(settings: &Settings) -> SimulatedProviders {

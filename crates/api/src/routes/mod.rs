@@ -20,7 +20,7 @@ use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::AppState;
-use crate::observe::{metrics_endpoint, note_route, track_requests};
+use crate::observe::{TrackRequestsLayer, metrics_endpoint, note_route};
 use crate::openapi::ApiDoc;
 
 pub fn router(state: AppState) -> impl HttpService {
@@ -114,10 +114,7 @@ pub fn router(state: AppState) -> impl HttpService {
         // the request id, applies the rate limits, turns error answers into
         // problem documents and answers 408 to a request not answered
         // within the time-out.
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            track_requests,
-        ))
+        .layer(TrackRequestsLayer(state.clone()))
         .layer(CatchPanicLayer::new())
         // The body limit wraps the request's body and the response's in its
         // own types; axum's are what the layers around it take.
@@ -129,6 +126,10 @@ pub fn router(state: AppState) -> impl HttpService {
 
 /// The whole API as one service: what [`router`] returns and `serve`
 /// serves. A trait, not a type: the stack's type names closures.
+///
+/// Always ready: its outermost layer ([`TrackRequestsLayer`]) asks the
+/// stack inside for readiness per request, so a server may `call` a clone
+/// without `poll_ready` first.
 pub trait HttpService:
     tower::Service<
         axum::extract::Request,

@@ -90,6 +90,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use crate::CoreError;
+use crate::per_core::PerCore;
 use crate::ports::cache::{CacheError, CacheEvent, SharedCache, Subscription, Versioned};
 use crate::ports::read_models::{HYPERLOGLOG_STANDARD_ERROR, ViewerSketches};
 use crate::ports::store::{Store, StoreError};
@@ -808,36 +809,19 @@ impl ViewTally {
 }
 
 /// Views counted since the last flush, per minute and product, in one
-/// shard per thread (at most one per core, reused round robin).
-///
-/// Every product read counts a view: with one map behind one lock, the
-/// cores serving reads took turns at it, and the lock's memory moved from
-/// core to core at every read. A thread keeps to its shard, so its lock is
-/// uncontended; a flush takes every shard and merges them.
+/// shard per core ([`PerCore`]): every product read counts a view, and with
+/// one map behind one lock the cores serving reads took turns at it. A
+/// thread keeps to its shard, so its lock is uncontended; a flush takes
+/// every shard and merges them.
+#[derive(Default)]
 struct ViewCounts {
-    shards: Box<[Mutex<Tallies>]>,
+    shards: PerCore<Mutex<Tallies>>,
 }
 
 /// Views per (minute, product).
 type Tallies = HashMap<(Timestamp, ProductId), ViewTally>;
 
 impl ViewCounts {
-    fn new() -> Self {
-        let cores = std::thread::available_parallelism().map_or(1, usize::from);
-        Self {
-            shards: (0..cores).map(|_| Mutex::default()).collect(),
-        }
-    }
-
-    /// The shard of the calling thread.
-    fn own_shard(&self) -> &Mutex<Tallies> {
-        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        thread_local! {
-            static THREAD: usize = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
-        &self.shards[THREAD.with(|thread| *thread) % self.shards.len()]
-    }
-
     fn add(
         &self,
         key: (Timestamp, ProductId),
@@ -845,14 +829,14 @@ impl ViewCounts {
         last: Timestamp,
         viewers: impl IntoIterator<Item = ViewerKey>,
     ) {
-        count(&mut lock(self.own_shard()), key, views, last, viewers);
+        count(&mut lock(self.shards.own()), key, views, last, viewers);
     }
 
     /// Everything counted so far, merged across shards; the counts start
     /// again from nothing.
     fn take(&self) -> Vec<((Timestamp, ProductId), ViewTally)> {
         let mut merged = Tallies::new();
-        for shard in &self.shards {
+        for shard in self.shards.shards() {
             for (key, tally) in std::mem::take(&mut *lock(shard)) {
                 count(&mut merged, key, tally.views, tally.last, tally.viewers);
             }
@@ -978,7 +962,7 @@ impl CatalogService {
                 refresh_ahead: settings.refresh_ahead,
                 refresh_ahead_hits: settings.refresh_ahead_hits.max(1),
             },
-            views: ViewCounts::new(),
+            views: ViewCounts::default(),
             salt: Mutex::new(None),
             sketches: None,
             live: None,
