@@ -14,6 +14,9 @@
 //!   leaky bucket's queued requests wait here).
 //! - [`limits`]: rate-limit policies per route group, parsed from the
 //!   compact `ORDERFLOW_RATE_LIMITS` spec.
+//! - [`header_deadline`]: hyper's timer for the deadline of a request's
+//!   line and headers, one alarm per connection rather than a timer per
+//!   request.
 //! - [`hostile`]: limits on hostile input that the body-size limit does not
 //!   cover: JSON nesting depth and string length.
 //! - [`routes`]: one module per resource: auth (incl. logout-all), products
@@ -35,6 +38,7 @@
 
 pub mod asyncapi;
 pub mod extract;
+pub mod header_deadline;
 pub mod hostile;
 pub mod limits;
 pub mod observe;

@@ -450,15 +450,12 @@ async fn serve_http(
     header_read_timeout: Duration,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
     use hyper_util::server::conn::auto::Builder;
     use hyper_util::server::graceful::GracefulShutdown;
 
     let mut builder = Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(header_read_timeout);
+    builder.http1().header_read_timeout(header_read_timeout);
     let graceful = GracefulShutdown::new();
     loop {
         let (stream, peer) = tokio::select! {
@@ -483,6 +480,11 @@ async fn serve_http(
             api: router.clone(),
             peer,
         };
+        // Each connection its own timer: one alarm for all its heads.
+        let mut builder = builder.clone();
+        builder
+            .http1()
+            .timer(orderflow_api::header_deadline::ConnectionTimer::new());
         let connection = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), service)
             .into_owned();

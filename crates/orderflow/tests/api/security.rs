@@ -956,6 +956,87 @@ async fn a_client_that_never_finishes_its_headers_is_disconnected() {
     assert_eq!(health.status(), StatusCode::OK);
 }
 
+/// Each request head on a keep-alive connection has its own deadline (one
+/// alarm per connection serves them all): heads sent in time are answered
+/// well past the first head's deadline, and a later head left unfinished
+/// is cut off a time-out after it began, not at an earlier head's deadline.
+#[tokio::test]
+async fn every_head_on_a_kept_alive_connection_has_its_own_deadline() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app_with(&["--header-read-timeout-secs", "1"]).await;
+    let address = app.address.trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let connected = std::time::Instant::now();
+    for _ in 0..3 {
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let answer = read_one_answer(&mut stream).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.ends_with("{\"status\":\"ok\"}"), "{answer}");
+        // Deliberate: two thirds of the time-out between heads, so the third
+        // comes after the first head's deadline.
+        tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    }
+    assert!(connected.elapsed() > std::time::Duration::from_millis(2000));
+    // Half a head, then nothing: cut off about one time-out later.
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        stream.read_to_end(&mut rest),
+    )
+    .await
+    .expect("the server closes the connection")
+    .unwrap();
+    let took = started.elapsed();
+    // The head began when the last answer was read, 0.7 s before.
+    assert!(
+        took >= std::time::Duration::from_millis(200) && took < std::time::Duration::from_secs(3),
+        "closed after {took:?}"
+    );
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(
+        rest.is_empty() || rest.starts_with("HTTP/1.1 408"),
+        "{rest:?}"
+    );
+}
+
+/// One answer read off a kept-alive connection: its head, and as many body
+/// bytes as its `content-length` says.
+async fn read_one_answer(stream: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut read = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&read).into_owned();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length = text[..end]
+                .lines()
+                .find_map(|line| {
+                    let (name, value) = line.split_once(':')?;
+                    name.eq_ignore_ascii_case("content-length")
+                        .then(|| value.trim().parse::<usize>().ok())?
+                })
+                .expect("the answer says its length");
+            if read.len() >= end + 4 + length {
+                return text;
+            }
+        }
+        let n = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut chunk))
+            .await
+            .expect("an answer within 5 s")
+            .unwrap();
+        assert!(n > 0, "the server closed the connection mid-answer");
+        read.extend_from_slice(&chunk[..n]);
+    }
+}
+
 #[tokio::test]
 async fn a_body_that_never_arrives_is_answered_408_as_a_problem() {
     let app = spawn_app_with(&["--request-timeout-secs", "1"]).await;
