@@ -77,13 +77,12 @@ pub fn init(format: LogFormat, role: &str) -> Telemetry {
     let tracer = tracer_provider
         .as_ref()
         .map(|provider| provider.tracer("orderflow"));
-    let log_layer: Box<dyn Layer<Registry> + Send + Sync> = match format {
+    let log_layer: Box<dyn Layer<Base> + Send + Sync> = match format {
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
             .with_current_span(true)
             .with_span_list(false)
             .with_target(true)
-            .with_filter(directives.filter())
             .boxed(),
         LogFormat::Text => {
             use std::io::IsTerminal;
@@ -104,7 +103,6 @@ pub fn init(format: LogFormat, role: &str) -> Telemetry {
                 .fmt_fields(BufferedFields(fields))
                 .with_target(false)
                 .with_ansi(std::io::stdout().is_terminal())
-                .with_filter(directives.filter())
                 .boxed()
         }
     };
@@ -112,17 +110,12 @@ pub fn init(format: LogFormat, role: &str) -> Telemetry {
         tracing_opentelemetry::layer()
             .with_tracer(tracer)
             .with_tracked_inactivity(false)
-            .with_filter(directives.filter())
+            .boxed()
     });
-    let query_layer = DbQueries { tracer }.with_filter(
-        tracing_subscriber::filter::Targets::new()
-            .with_target("sqlx::query", tracing::Level::DEBUG)
-            .with_target("orderflow::db", tracing::Level::DEBUG),
-    );
+    let (global, layers) = directives.layers(log_layer, otel_layer, DbQueries { tracer }.boxed());
     let installed = tracing_subscriber::registry()
-        .with(log_layer)
-        .with(otel_layer)
-        .with(query_layer)
+        .with(global)
+        .with(layers)
         .try_init();
     match installed {
         Ok(()) => {
@@ -231,6 +224,171 @@ impl LogDirectives {
             Self::Static(targets) => Box::new(Targets::clone(targets)),
             Self::Dynamic(directives) => Box::new(EnvFilter::new(directives)),
         }
+    }
+
+    /// The subscriber's global filter and its layers: the log layer and
+    /// the span exporter see what the directives let through, [`DbQueries`]
+    /// the statement events.
+    ///
+    /// Targets and levels alone (the default): one global filter lets
+    /// through what the directives ask for and the statement events, and
+    /// [`OnlyDirected`] keeps the statement events out of the log.
+    /// Per-layer filters (`with_filter`) did the same, and made every span's
+    /// entry, exit and close look the span up once per filtered layer (to
+    /// learn whether that layer had it): six look-ups per request.
+    ///
+    /// The span exporter keeps its per-layer filter: it is found by
+    /// downcasting the subscriber, which a wrapper could only pass on with
+    /// unsafe code. Directives on spans or fields keep per-layer filters
+    /// throughout: an `EnvFilter` cannot be merged with another.
+    fn layers(
+        &self,
+        log: Box<dyn Layer<Base> + Send + Sync>,
+        exporter: Option<Box<dyn Layer<Base> + Send + Sync>>,
+        db_queries: Box<dyn Layer<Base> + Send + Sync>,
+    ) -> (Option<Targets>, Vec<Box<dyn Layer<Base> + Send + Sync>>) {
+        let exporter = exporter.map(|layer| layer.with_filter(self.filter()).boxed());
+        match self {
+            Self::Static(targets) => {
+                let log = Box::new(OnlyDirected {
+                    inner: log,
+                    targets: Targets::clone(targets),
+                });
+                let mut global = Targets::clone(targets);
+                for (target, level) in DB_QUERY_TARGETS {
+                    if !global.would_enable(target, &level) {
+                        global = global.with_target(target, level);
+                    }
+                }
+                let layers = std::iter::once(log as Box<dyn Layer<Base> + Send + Sync>)
+                    .chain(exporter)
+                    .chain([db_queries])
+                    .collect();
+                (Some(global), layers)
+            }
+            Self::Dynamic(_) => {
+                let db_targets = Targets::new().with_targets(DB_QUERY_TARGETS);
+                let layers = std::iter::once(log.with_filter(self.filter()).boxed())
+                    .chain(exporter)
+                    .chain([db_queries.with_filter(db_targets).boxed()])
+                    .collect();
+                (None, layers)
+            }
+        }
+    }
+}
+
+/// The layers' subscriber: the registry under the global filter (none for
+/// directives on spans or fields).
+type Base = tracing_subscriber::layer::Layered<Option<Targets>, Registry>;
+
+/// The statement events [`DbQueries`] reads, whatever the log shows.
+const DB_QUERY_TARGETS: [(&str, tracing::Level); 2] = [
+    ("sqlx::query", tracing::Level::DEBUG),
+    ("orderflow::db", tracing::Level::DEBUG),
+];
+
+/// `inner`, told only of the events `targets` let through; spans and the
+/// rest as they come (the global filter let through nothing else that
+/// makes spans). Only for the log layer: `inner` cannot be found by
+/// downcasting through it.
+struct OnlyDirected<L> {
+    inner: L,
+    targets: Targets,
+}
+
+impl<S, L> Layer<S> for OnlyDirected<L>
+where
+    S: tracing::Subscriber,
+    L: Layer<S>,
+{
+    fn on_register_dispatch(&self, subscriber: &tracing::Dispatch) {
+        self.inner.on_register_dispatch(subscriber);
+    }
+
+    fn on_layer(&mut self, subscriber: &mut S) {
+        self.inner.on_layer(subscriber);
+    }
+
+    fn register_callsite(
+        &self,
+        metadata: &'static tracing::Metadata<'static>,
+    ) -> tracing::subscriber::Interest {
+        self.inner.register_callsite(metadata)
+    }
+
+    fn enabled(
+        &self,
+        metadata: &tracing::Metadata<'_>,
+        ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        self.inner.enabled(metadata, ctx)
+    }
+
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        id: &tracing::span::Id,
+        ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        self.inner.on_new_span(attrs, id, ctx);
+    }
+
+    fn on_record(
+        &self,
+        span: &tracing::span::Id,
+        values: &tracing::span::Record<'_>,
+        ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        self.inner.on_record(span, values, ctx);
+    }
+
+    fn on_follows_from(
+        &self,
+        span: &tracing::span::Id,
+        follows: &tracing::span::Id,
+        ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        self.inner.on_follows_from(span, follows, ctx);
+    }
+
+    fn event_enabled(
+        &self,
+        event: &tracing::Event<'_>,
+        ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        self.inner.event_enabled(event, ctx)
+    }
+
+    fn on_event(&self, event: &tracing::Event<'_>, ctx: tracing_subscriber::layer::Context<'_, S>) {
+        let metadata = event.metadata();
+        if self
+            .targets
+            .would_enable(metadata.target(), metadata.level())
+        {
+            self.inner.on_event(event, ctx);
+        }
+    }
+
+    fn on_enter(&self, id: &tracing::span::Id, ctx: tracing_subscriber::layer::Context<'_, S>) {
+        self.inner.on_enter(id, ctx);
+    }
+
+    fn on_exit(&self, id: &tracing::span::Id, ctx: tracing_subscriber::layer::Context<'_, S>) {
+        self.inner.on_exit(id, ctx);
+    }
+
+    fn on_close(&self, id: tracing::span::Id, ctx: tracing_subscriber::layer::Context<'_, S>) {
+        self.inner.on_close(id, ctx);
+    }
+
+    fn on_id_change(
+        &self,
+        old: &tracing::span::Id,
+        new: &tracing::span::Id,
+        ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        self.inner.on_id_change(old, new, ctx);
     }
 }
 
@@ -584,6 +742,85 @@ mod tests {
         };
         assert!(targets.would_enable("orderflow_api::observe", &Level::DEBUG));
         assert!(!targets.would_enable("orderflow_workers", &Level::INFO));
+    }
+
+    /// What one set of directives logs and hands the statement layer: the
+    /// log's text, and how many statement events that layer saw.
+    fn logged_and_counted(directives: &str) -> (String, usize) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::{Arc, Mutex};
+        use tracing_subscriber::Layer;
+        use tracing_subscriber::layer::SubscriberExt as _;
+
+        #[derive(Clone, Default)]
+        struct Written(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Written {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        /// Counts the statement events it is told of, as `DbQueries` reads them.
+        struct Statements(Arc<AtomicUsize>);
+        impl<S: tracing::Subscriber> Layer<S> for Statements {
+            fn on_event(
+                &self,
+                event: &tracing::Event<'_>,
+                _: tracing_subscriber::layer::Context<'_, S>,
+            ) {
+                if event.metadata().target() == "sqlx::query" {
+                    self.0.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+
+        let written = Written::default();
+        let statements = Arc::new(AtomicUsize::new(0));
+        let writer = written.clone();
+        let log = tracing_subscriber::fmt::layer()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .boxed();
+        let (global, layers) = LogDirectives::parse(directives).layers(
+            log,
+            None,
+            Statements(statements.clone()).boxed(),
+        );
+        let subscriber = tracing_subscriber::registry().with(global).with(layers);
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!("http.request", url.path = "/x");
+            let _entered = span.enter();
+            tracing::info!(target: "orderflow_api", "a line at info");
+            tracing::debug!(target: "orderflow_api", "a line at debug");
+            tracing::debug!(target: "sqlx::query", elapsed_secs = 0.001, "a statement");
+        });
+        let text = String::from_utf8(written.0.lock().unwrap().clone()).unwrap();
+        (text, statements.load(Ordering::Relaxed))
+    }
+
+    /// The statement layer gets every statement event; the log shows what
+    /// the directives ask for and nothing more, with its span, both with
+    /// one global filter (targets and levels) and with per-layer filters
+    /// (span directives).
+    #[test]
+    fn statements_reach_their_layer_and_the_log_only_when_asked_for() {
+        for directives in [LogDirectives::DEFAULT, "info,sqlx=warn,[other]=debug"] {
+            let (log, statements) = logged_and_counted(directives);
+            assert_eq!(statements, 1, "{directives}: {log}");
+            assert!(log.contains("a line at info"), "{directives}: {log}");
+            assert!(log.contains("url.path"), "{directives}: the span: {log}");
+            assert!(!log.contains("a line at debug"), "{directives}: {log}");
+            assert!(!log.contains("a statement"), "{directives}: {log}");
+        }
+        for directives in ["info,sqlx=trace", "info,sqlx=trace,[other]=debug"] {
+            let (log, statements) = logged_and_counted(directives);
+            assert_eq!(statements, 1, "{directives}: {log}");
+            assert!(log.contains("a statement"), "{directives}: {log}");
+            assert!(!log.contains("a line at debug"), "{directives}: {log}");
+        }
     }
 
     #[test]
