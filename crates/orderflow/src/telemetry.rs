@@ -361,7 +361,11 @@ where
     }
 
     fn on_event(&self, event: &tracing::Event<'_>, ctx: tracing_subscriber::layer::Context<'_, S>) {
-        let metadata = event.metadata();
+        use tracing_log::NormalizeEvent as _;
+        // A `log` record (librdkafka's lines come so) arrives on its
+        // level's callsite, target "log"; its own target is in a field.
+        let normalized = event.normalized_metadata();
+        let metadata = normalized.as_ref().unwrap_or_else(|| event.metadata());
         if self
             .targets
             .would_enable(metadata.target(), metadata.level())
@@ -796,6 +800,15 @@ mod tests {
             tracing::info!(target: "orderflow_api", "a line at info");
             tracing::debug!(target: "orderflow_api", "a line at debug");
             tracing::debug!(target: "sqlx::query", elapsed_secs = 0.001, "a statement");
+            // As `LogTracer` hands on a `log` record (librdkafka's lines).
+            tracing_log::format_trace(
+                &log::Record::builder()
+                    .target("librdkafka")
+                    .level(log::Level::Debug)
+                    .args(format_args!("a log record"))
+                    .build(),
+            )
+            .expect("the record is handed on");
         });
         let text = String::from_utf8(written.0.lock().unwrap().clone()).unwrap();
         (text, statements.load(Ordering::Relaxed))
@@ -819,6 +832,16 @@ mod tests {
             let (log, statements) = logged_and_counted(directives);
             assert_eq!(statements, 1, "{directives}: {log}");
             assert!(log.contains("a statement"), "{directives}: {log}");
+            assert!(!log.contains("a line at debug"), "{directives}: {log}");
+            assert!(!log.contains("a log record"), "{directives}: {log}");
+        }
+        // A `log` record is judged by its own target, not its callsite's.
+        for directives in [
+            "info,librdkafka=debug",
+            "info,librdkafka=debug,[other]=debug",
+        ] {
+            let (log, _) = logged_and_counted(directives);
+            assert!(log.contains("a log record"), "{directives}: {log}");
             assert!(!log.contains("a line at debug"), "{directives}: {log}");
         }
     }
