@@ -103,10 +103,7 @@ impl Future for HeaderDeadline {
             return Poll::Ready(());
         }
         alarm.as_mut().reset(deadline);
-        match alarm.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(()),
-            Poll::Pending => Poll::Pending,
-        }
+        alarm.as_mut().poll(cx)
     }
 }
 
