@@ -54,7 +54,7 @@ use std::time::Duration;
 use metrics_exporter_prometheus::PrometheusHandle;
 use orderflow_core::ports::log::EventLog;
 use orderflow_core::ports::providers::ProviderControls;
-use orderflow_core::ports::rate_limit::{RateLimiter, RatePolicy};
+use orderflow_core::ports::rate_limit::RateLimiter;
 use orderflow_core::ports::store::Store;
 use orderflow_core::services::admin::Operations;
 use orderflow_core::services::auth::AuthService;
@@ -67,18 +67,7 @@ use orderflow_core::services::queries::ShopperQueries;
 pub use problem::ApiError;
 pub use routes::HttpService;
 
-/// Rate-limit policies; `None` (or no entry) switches a limit off. A request
-/// must pass every policy that applies to it.
-#[derive(Debug, Clone, Default)]
-pub struct RateLimits {
-    /// Per client IP on login, register, refresh: the routes attackers guess
-    /// passwords on.
-    pub auth: Option<RatePolicy>,
-    /// Per client IP on everything else.
-    pub general: Option<RatePolicy>,
-    /// Per route group, per IP or per user ([`limits::parse_spec`]).
-    pub routes: Vec<limits::RoutePolicy>,
-}
+pub use limits::RateLimits;
 
 /// HTTP-level limits against oversized, deeply nested or slow requests.
 #[derive(Debug, Clone)]

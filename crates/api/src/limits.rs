@@ -28,7 +28,9 @@
 
 use std::time::Duration;
 
+use axum::http::HeaderValue;
 use orderflow_core::ports::rate_limit::{Algorithm, RatePolicy};
+use smallvec::SmallVec;
 
 /// The default group policies: strict on login, generous on the catalog,
 /// smoothing per user on orders.
@@ -52,6 +54,127 @@ pub struct RoutePolicy {
     pub scope: Scope,
     /// Named after the group, so headers and metrics say which limit it is.
     pub policy: RatePolicy,
+}
+
+/// Every rate limit of the process: the per-IP ones and the groups', with
+/// what applies to each group worked out once ([`GroupPlan`]), not per
+/// request. A request must pass every policy that applies to it.
+#[derive(Debug, Clone)]
+pub struct RateLimits {
+    /// One plan per entry of [`GROUPS`], then one for requests of no group.
+    plans: Vec<GroupPlan>,
+}
+
+/// What the rate limits ask of the requests of one route group.
+#[derive(Debug, Clone, Default)]
+pub struct GroupPlan {
+    /// The checks, in the order the `RateLimit` headers list them: the
+    /// per-IP policy (auth or general), then the group's own.
+    pub checks: Vec<PlannedCheck>,
+    /// The `RateLimit-Policy` value of these checks, the same on every
+    /// answer of the group (`None` when no policy applies).
+    pub policy_header: Option<HeaderValue>,
+}
+
+/// One policy a request is checked against, and whose budget it spends.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlannedCheck {
+    pub policy: RatePolicy,
+    pub scope: Scope,
+}
+
+impl Default for RateLimits {
+    /// No limits at all.
+    fn default() -> Self {
+        Self::new(None, None, Vec::new())
+    }
+}
+
+impl RateLimits {
+    /// `auth`: per client IP on the `login` and `auth` groups (the routes
+    /// passwords are guessed on); `general`: per client IP on every other
+    /// request; `routes`: per group ([`parse_spec`]). `None` switches a limit off.
+    pub fn new(
+        auth: Option<RatePolicy>,
+        general: Option<RatePolicy>,
+        routes: Vec<RoutePolicy>,
+    ) -> Self {
+        let plan = |group: Option<&str>| {
+            let per_ip = match group {
+                Some("login" | "auth") => auth.as_ref(),
+                _ => general.as_ref(),
+            };
+            let checks: Vec<PlannedCheck> = per_ip
+                .map(|policy| PlannedCheck {
+                    policy: policy.clone(),
+                    scope: Scope::Ip,
+                })
+                .into_iter()
+                .chain(
+                    routes
+                        .iter()
+                        .filter(|route| Some(route.group) == group)
+                        .map(|route| PlannedCheck {
+                            policy: route.policy.clone(),
+                            scope: route.scope,
+                        }),
+                )
+                .collect();
+            let mut policies = ListValue::new();
+            for check in &checks {
+                let (limit, window) = check.policy.quota();
+                push_list_item(
+                    &mut policies,
+                    &check.policy.name,
+                    [("q", u64::from(limit)), ("w", window.as_secs().max(1))],
+                );
+            }
+            let policy_header = (!checks.is_empty())
+                .then(|| HeaderValue::from_bytes(&policies).ok())
+                .flatten();
+            GroupPlan {
+                checks,
+                policy_header,
+            }
+        };
+        let plans = GROUPS
+            .iter()
+            .map(|group| plan(Some(group)))
+            .chain([plan(None)])
+            .collect();
+        Self { plans }
+    }
+
+    /// What applies to a request of `group` ([`group_of`]).
+    pub fn plan(&self, group: Option<&str>) -> &GroupPlan {
+        let index = group
+            .and_then(|group| GROUPS.iter().position(|g| *g == group))
+            .unwrap_or(GROUPS.len());
+        &self.plans[index]
+    }
+}
+
+/// A `RateLimit-Policy` or `RateLimit` value being written: on the stack
+/// for the one or two items a request has.
+pub type ListValue = SmallVec<[u8; 128]>;
+
+/// Appends one item of a `RateLimit-Policy` or `RateLimit` list,
+/// `"name";q=10;w=60`, with `itoa`: `write!` went through `core::fmt` and
+/// cost a rate-limited read about 3% of its CPU.
+pub fn push_list_item(list: &mut ListValue, name: &str, parameters: [(&str, u64); 2]) {
+    if !list.is_empty() {
+        list.extend_from_slice(b", ");
+    }
+    list.push(b'"');
+    list.extend_from_slice(name.as_bytes());
+    list.push(b'"');
+    let mut digits = itoa::Buffer::new();
+    for (key, value) in parameters {
+        list.push(b';');
+        list.extend_from_slice(key.as_bytes());
+        list.push(b'=');
+        list.extend_from_slice(digits.format(value).as_bytes());
+    }
 }
 
 /// The group of a request path, if it has one.
@@ -282,6 +405,58 @@ mod tests {
             let error = parse_spec(spec).unwrap_err();
             assert!(error.contains(hint), "{spec}: {error}");
         }
+    }
+
+    fn per_ip(name: &str, per_sec: f64) -> RatePolicy {
+        RatePolicy {
+            name: name.to_owned(),
+            algorithm: Algorithm::TokenBucket {
+                capacity: 10,
+                refill_per_second: per_sec,
+            },
+        }
+    }
+
+    #[test]
+    fn each_group_is_planned_with_its_per_ip_limit_first() {
+        let limits = RateLimits::new(
+            Some(per_ip("auth", 5.0)),
+            Some(per_ip("general", 1.0)),
+            parse_spec(DEFAULT_SPEC).unwrap(),
+        );
+        let names = |group: Option<&str>| -> Vec<String> {
+            limits
+                .plan(group)
+                .checks
+                .iter()
+                .map(|check| check.policy.name.clone())
+                .collect()
+        };
+        assert_eq!(names(Some("login")), ["auth", "login"]);
+        assert_eq!(names(Some("auth")), ["auth"]);
+        assert_eq!(names(Some("catalog")), ["general", "catalog"]);
+        assert_eq!(names(Some("orders")), ["general", "orders"]);
+        assert_eq!(names(Some("admin")), ["general"]);
+        assert_eq!(names(None), ["general"]);
+        assert_eq!(limits.plan(Some("orders")).checks[1].scope, Scope::User);
+        assert_eq!(
+            limits.plan(Some("catalog")).policy_header.as_ref().unwrap(),
+            "\"general\";q=10;w=10, \"catalog\";q=200;w=2"
+        );
+    }
+
+    #[test]
+    fn a_group_without_limits_has_no_checks_and_no_header() {
+        let limits = RateLimits::new(None, None, parse_spec("catalog=ip:fixed:5/1m").unwrap());
+        assert!(limits.plan(Some("orders")).checks.is_empty());
+        assert_eq!(limits.plan(Some("orders")).policy_header, None);
+        assert_eq!(
+            limits.plan(Some("catalog")).policy_header.as_ref().unwrap(),
+            "\"catalog\";q=5;w=60"
+        );
+        let none = RateLimits::default();
+        assert!(GROUPS.iter().all(|g| none.plan(Some(g)).checks.is_empty()));
+        assert!(none.plan(None).checks.is_empty());
     }
 
     #[test]

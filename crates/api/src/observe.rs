@@ -11,13 +11,12 @@ use axum::response::{IntoResponse, Response};
 use tower::ServiceExt as _;
 
 use orderflow_core::per_core::PerCore;
-use orderflow_core::ports::rate_limit::RatePolicy;
 use orderflow_core::services::auth::Principal;
 use orderflow_domain::events::TraceParent;
 
 use crate::AppState;
 use crate::extract::{bearer_token, resolve_client_ip};
-use crate::limits::{Scope, group_of};
+use crate::limits::{ListValue, Scope, group_of, push_list_item};
 use crate::problem::{ApiError, PROBLEM_JSON, problem_response, status_problem};
 
 /// The span, metrics and trace context of every request.
@@ -508,6 +507,12 @@ async fn admit(state: &AppState, request: &mut Request) -> Admission {
     let Some(ip) = resolve_client_ip(state, request) else {
         return Admission::Through(RateHeaders(None));
     };
+    let plan = state
+        .rate_limits
+        .plan(group_of(request.method(), request.uri().path()));
+    if plan.checks.is_empty() {
+        return Admission::Through(RateHeaders(None));
+    }
     let ip_key = {
         use std::fmt::Write as _;
         // Sized for the longest IPv6 text: no growth on the way.
@@ -516,48 +521,33 @@ async fn admit(state: &AppState, request: &mut Request) -> Admission {
         let _ = write!(key, "{ip}");
         key
     };
-    let group = group_of(request.method(), request.uri().path());
-    let per_ip = if group == Some("login") || group == Some("auth") {
-        state.rate_limits.auth.as_ref()
-    } else {
-        state.rate_limits.general.as_ref()
-    };
-    let mut checks: Vec<(&RatePolicy, String)> = Vec::new();
-    if let Some(policy) = per_ip {
-        checks.push((policy, ip_key.clone()));
-    }
-    if let Some(route) = group.and_then(|g| state.rate_limits.routes.iter().find(|r| r.group == g))
-    {
-        let key = match route.scope {
-            Scope::Ip => ip_key,
-            Scope::User => match caller(state, request.headers()).await {
+
+    // The `RateLimit` list, written as the checks go; `RateLimit-Policy`
+    // is the plan's, the same for every request of the group.
+    let mut states = ListValue::new();
+    let mut refused: Option<(&str, std::time::Duration)> = None;
+    let mut delay = std::time::Duration::ZERO;
+    for check in &plan.checks {
+        let key = match check.scope {
+            Scope::Ip => std::borrow::Cow::Borrowed(ip_key.as_str()),
+            // Boxed: verifying a token is a large future, and only
+            // per-user policies (orders) need it; inline, it made every
+            // request's future five times larger, copied whole per request.
+            Scope::User => match Box::pin(caller(state, request.headers())).await {
                 Some(principal) => {
                     let key = format!("user:{}", principal.user_id);
                     // The handler's `Caller` reuses it: one verification per request.
                     request.extensions_mut().insert(principal);
-                    key
+                    std::borrow::Cow::Owned(key)
                 }
-                None => ip_key,
+                None => std::borrow::Cow::Borrowed(ip_key.as_str()),
             },
         };
-        checks.push((&route.policy, key));
-    }
-    if checks.is_empty() {
-        return Admission::Through(RateHeaders(None));
-    }
-
-    // The two headers' lists, written as the checks go (one buffer each).
-    let (mut policies, mut states) = (String::with_capacity(64), String::with_capacity(64));
-    let mut refused: Option<(String, std::time::Duration)> = None;
-    let mut delay = std::time::Duration::ZERO;
-    for (policy, key) in checks {
-        let decision = state.limiter.check(policy, &key).await;
-        let (limit, window) = policy.quota();
-        push_list_item(
-            &mut policies,
-            &policy.name,
-            [("q", u64::from(limit)), ("w", window.as_secs().max(1))],
-        );
+        let policy = &check.policy;
+        let decision = match state.limiter.check_now(policy, &key) {
+            Some(decision) => decision,
+            None => state.limiter.check(policy, &key).await,
+        };
         push_list_item(
             &mut states,
             &policy.name,
@@ -571,23 +561,20 @@ async fn admit(state: &AppState, request: &mut Request) -> Admission {
         } else {
             metrics::counter!("orderflow_rate_limited_total", "policy" => policy.name.clone())
                 .increment(1);
-            if refused
-                .as_ref()
-                .is_none_or(|(_, wait)| decision.retry_after > *wait)
-            {
-                refused = Some((policy.name.clone(), decision.retry_after));
+            if refused.is_none_or(|(_, wait)| decision.retry_after > wait) {
+                refused = Some((&policy.name, decision.retry_after));
             }
         }
     }
     let headers = RateHeaders(
-        HeaderValue::try_from(policies)
-            .ok()
-            .zip(HeaderValue::try_from(states).ok()),
+        plan.policy_header
+            .clone()
+            .zip(HeaderValue::from_bytes(&states).ok()),
     );
     match refused {
         Some((policy, retry_after)) => {
             let mut refusal = ApiError::RateLimited {
-                policy,
+                policy: policy.to_owned(),
                 retry_after_secs: retry_after.as_secs_f64().ceil().max(1.0) as u64,
             }
             .into_response();
@@ -626,25 +613,6 @@ impl RateHeaders {
                 .insert(RATELIMIT_POLICY.clone(), policies);
             response.headers_mut().insert(RATELIMIT.clone(), states);
         }
-    }
-}
-
-/// Appends one item of a `RateLimit-Policy` or `RateLimit` list,
-/// `"name";q=10;w=60`, with `push_str` and `itoa`: `write!` went through
-/// `core::fmt` and cost a rate-limited read about 3% of its CPU.
-fn push_list_item(list: &mut String, name: &str, parameters: [(&str, u64); 2]) {
-    if !list.is_empty() {
-        list.push_str(", ");
-    }
-    list.push('"');
-    list.push_str(name);
-    list.push('"');
-    let mut digits = itoa::Buffer::new();
-    for (key, value) in parameters {
-        list.push(';');
-        list.push_str(key);
-        list.push('=');
-        list.push_str(digits.format(value));
     }
 }
 

@@ -653,10 +653,10 @@ fn rate_limits(settings: &Settings) -> anyhow::Result<RateLimits> {
             },
         })
     };
-    Ok(RateLimits {
-        auth: bucket("auth", settings.auth_rate_per_sec, 10.0),
-        general: bucket("general", settings.rate_per_sec, 2.0),
-        routes: orderflow_api::limits::parse_spec(&settings.rate_limits)
+    Ok(RateLimits::new(
+        bucket("auth", settings.auth_rate_per_sec, 10.0),
+        bucket("general", settings.rate_per_sec, 2.0),
+        orderflow_api::limits::parse_spec(&settings.rate_limits)
             .map_err(|e| anyhow::anyhow!("ORDERFLOW_RATE_LIMITS: {e}"))?,
-    })
+    ))
 }

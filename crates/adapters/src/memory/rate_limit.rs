@@ -31,8 +31,7 @@
 //!
 //! Time is `tokio::time::Instant`, so tests drive the limiter with paused time.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
+use std::hash::{BuildHasher, Hasher, RandomState};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -65,9 +64,29 @@ pub struct InProcessRateLimiter {
 
 #[derive(Debug, Default)]
 struct Shard {
-    /// `"{policy}\u{1f}{key}"` → state.
-    entries: HashMap<String, Entry>,
+    /// One slot per (policy, key), found by its hash and parts: a decision
+    /// hashes the parts once and allocates nothing for a key it has seen.
+    entries: hashbrown::HashTable<Slot>,
     last_sweep: Duration,
+}
+
+/// A tracked key: its hash (kept, so growing the table hashes nothing
+/// again), `"{policy}\u{1f}{key}"` and its state.
+#[derive(Debug)]
+struct Slot {
+    hash: u64,
+    id: Box<str>,
+    entry: Entry,
+}
+
+impl Slot {
+    /// True when this is the slot of `key` under policy `policy`.
+    fn is(&self, policy: &str, key: &str) -> bool {
+        self.id.len() == policy.len() + 1 + key.len()
+            && self.id.starts_with(policy)
+            && self.id[policy.len()..].starts_with('\u{1f}')
+            && self.id.ends_with(key)
+    }
 }
 
 #[derive(Debug)]
@@ -143,20 +162,42 @@ impl InProcessRateLimiter {
 
     /// The decision for `key` under `policy` at `now` (an offset from the epoch).
     fn decide(&self, policy: &RatePolicy, key: &str, now: Duration) -> RateDecision {
-        let mut id = String::with_capacity(policy.name.len() + 1 + key.len());
-        id.push_str(&policy.name);
-        id.push('\u{1f}');
-        id.push_str(key);
-        let shard = &self.shards[self.hasher.hash_one(&id) as usize % self.shards.len()];
+        // SipHash, keyed per limiter, as std's maps: the key is the client's
+        // address, which a client with an IPv6 block chooses freely.
+        let hash = {
+            let mut hasher = self.hasher.build_hasher();
+            hasher.write(policy.name.as_bytes());
+            hasher.write_u8(0x1f);
+            hasher.write(key.as_bytes());
+            hasher.finish()
+        };
+        // The table picks buckets by the hash's low bits; the shard by others.
+        let shard = &self.shards[(hash >> 32) as usize % self.shards.len()];
         let mut shard = lock(shard);
         shard.sweep_if_due(now);
-        if !shard.entries.contains_key(&id) && shard.entries.len() >= self.shard_capacity {
+        let name = policy.name.as_str();
+        let is_key = |slot: &Slot| slot.is(name, key);
+        if shard.entries.len() >= self.shard_capacity && shard.entries.find(hash, is_key).is_none()
+        {
             shard.make_room(now, self.shard_capacity);
         }
-        let entry = shard.entries.entry(id).or_insert(Entry {
-            state: fresh(&policy.algorithm, now),
-            last_seen: now,
-        });
+        let slot = match shard.entries.entry(hash, is_key, |slot| slot.hash) {
+            hashbrown::hash_table::Entry::Occupied(seen) => seen.into_mut(),
+            hashbrown::hash_table::Entry::Vacant(new) => {
+                let id = [name, "\u{1f}", key].concat().into_boxed_str();
+                let state = fresh(&policy.algorithm, now);
+                new.insert(Slot {
+                    hash,
+                    id,
+                    entry: Entry {
+                        state,
+                        last_seen: now,
+                    },
+                })
+                .into_mut()
+            }
+        };
+        let entry = &mut slot.entry;
         entry.last_seen = now;
         match &policy.algorithm {
             Algorithm::FixedWindow { limit, window } => {
@@ -179,6 +220,10 @@ impl RateLimiter for InProcessRateLimiter {
     async fn check(&self, policy: &RatePolicy, key: &str) -> RateDecision {
         self.decide(policy, key, self.now())
     }
+
+    fn check_now(&self, policy: &RatePolicy, key: &str) -> Option<RateDecision> {
+        Some(self.decide(policy, key, self.now()))
+    }
 }
 
 impl Shard {
@@ -191,7 +236,7 @@ impl Shard {
     /// Drops idle keys; lossless.
     fn sweep(&mut self, now: Duration) {
         self.last_sweep = now;
-        self.entries.retain(|_, entry| !entry.state.is_idle(now));
+        self.entries.retain(|slot| !slot.entry.state.is_idle(now));
     }
 
     /// Frees room for one more key: first the idle ones, then, if every key
@@ -205,15 +250,20 @@ impl Shard {
         let evict = (self.entries.len() + 1 - capacity)
             .max(capacity / 8)
             .min(self.entries.len());
-        let mut by_age: Vec<(Duration, String)> = self
-            .entries
-            .iter()
-            .map(|(id, entry)| (entry.last_seen, id.clone()))
-            .collect();
-        by_age.select_nth_unstable_by_key(evict - 1, |(last_seen, _)| *last_seen);
-        for (_, id) in by_age.into_iter().take(evict) {
-            self.entries.remove(&id);
-        }
+        // The `evict`-th oldest sighting: keys seen before it go, and of
+        // those seen at it exactly, as many as it takes.
+        let mut seen: Vec<Duration> = self.entries.iter().map(|s| s.entry.last_seen).collect();
+        let (_, &mut cutoff, _) = seen.select_nth_unstable(evict - 1);
+        let mut at_cutoff = evict - seen.iter().filter(|&&t| t < cutoff).count();
+        self.entries
+            .retain(|slot| match slot.entry.last_seen.cmp(&cutoff) {
+                std::cmp::Ordering::Less => false,
+                std::cmp::Ordering::Equal if at_cutoff > 0 => {
+                    at_cutoff -= 1;
+                    false
+                }
+                _ => true,
+            });
         metrics::counter!("orderflow_rate_limit_evictions_total").increment(evict as u64);
     }
 }
@@ -421,6 +471,30 @@ mod tests {
         let decision = limiter.decide(&bucket(5, 1.0), "k", Duration::ZERO);
         assert!(decision.allowed);
         assert_eq!(decision.remaining, 4);
+    }
+
+    #[test]
+    fn a_full_limiter_evicts_the_least_recently_seen() {
+        // One shard of 16 keys: room for a new key evicts an eighth, two.
+        let limiter = InProcessRateLimiter::with_max_keys(16);
+        let policy = RatePolicy {
+            name: "w".into(),
+            algorithm: Algorithm::FixedWindow {
+                limit: 5,
+                window: Duration::from_secs(60),
+            },
+        };
+        let ms = Duration::from_millis;
+        for i in 0..16 {
+            limiter.decide(&policy, &format!("k{i}"), ms(i));
+        }
+        limiter.decide(&policy, "k0", ms(100));
+        limiter.decide(&policy, "new", ms(200));
+        assert_eq!(limiter.len(), 15, "two evicted, one added");
+        let remaining = |key: &str| limiter.decide(&policy, key, ms(300)).remaining;
+        assert_eq!(remaining("k0"), 2, "seen last, kept with its count");
+        assert_eq!(remaining("k3"), 3, "kept");
+        assert_eq!(remaining("k1"), 4, "the oldest: evicted, a fresh window");
     }
 
     #[test]

@@ -135,6 +135,7 @@ macro_rules! rate_limit_scenarios {
             token_bucket,
             leaky_bucket,
             concurrent_checks_never_overspend,
+            deciding_at_once_spends_the_same_budget,
         );
     };
 }

@@ -181,3 +181,51 @@ pub async fn concurrent_checks_never_overspend(limiter: Arc<dyn RateLimiter>) {
     }
     assert_eq!(passed, 15, "exactly the window's limit passes");
 }
+
+/// A limiter that decides at once ([`RateLimiter::check_now`]) spends the
+/// same budget as its `check`: the two ways interleaved pass exactly the
+/// bucket's capacity, and the answers agree. A limiter that cannot decide
+/// at once says so with `None` every time, never with a made-up decision.
+pub async fn deciding_at_once_spends_the_same_budget(limiter: Arc<dyn RateLimiter>) {
+    let p = policy(
+        "at-once",
+        Algorithm::TokenBucket {
+            capacity: 4,
+            refill_per_second: 0.001,
+        },
+    );
+    let Some(first) = limiter.check_now(&p, "carol") else {
+        for _ in 0..3 {
+            assert_eq!(
+                limiter.check_now(&p, "carol"),
+                None,
+                "never decides at once"
+            );
+        }
+        let decision = limiter.check(&p, "carol").await;
+        assert!(decision.allowed, "check alone spends: {decision:?}");
+        assert_eq!(decision.remaining, 3, "the `None`s spent nothing");
+        return;
+    };
+    assert!(first.allowed, "{first:?}");
+    assert_eq!(first.remaining, 3);
+    let second = limiter.check(&p, "carol").await;
+    assert_eq!(second.remaining, 2, "check sees what check_now spent");
+    let third = limiter
+        .check_now(&p, "carol")
+        .expect("decides at once again");
+    assert_eq!(third.remaining, 1);
+    assert!(limiter.check(&p, "carol").await.allowed, "the last token");
+    let refused = limiter
+        .check_now(&p, "carol")
+        .expect("decides at once again");
+    assert!(!refused.allowed, "over the budget: {refused:?}");
+    assert!(
+        refused.retry_after > Duration::from_secs(900),
+        "{refused:?}"
+    );
+    assert!(
+        limiter.check_now(&p, "dave").expect("decides").allowed,
+        "another key has its own budget"
+    );
+}

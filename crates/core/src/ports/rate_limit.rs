@@ -87,4 +87,13 @@ pub struct RateDecision {
 #[async_trait]
 pub trait RateLimiter: Send + Sync + 'static {
     async fn check(&self, policy: &RatePolicy, key: &str) -> RateDecision;
+
+    /// The decision made at once, by a limiter whose counts live in this
+    /// process: no future to box, nothing to wait for. Same semantics as
+    /// [`check`](Self::check); `None` (the default) means "ask `check`".
+    /// The request path tries it first: it decides every rate-limited
+    /// request, and the boxed future of `check` cost each one an allocation.
+    fn check_now(&self, _policy: &RatePolicy, _key: &str) -> Option<RateDecision> {
+        None
+    }
 }
