@@ -3,7 +3,6 @@
 //! rate-limit middleware.
 
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
@@ -54,7 +53,11 @@ use crate::problem::{ApiError, PROBLEM_JSON, problem_response, status_problem};
 /// One middleware for all of it, written as a service ([`TrackRequests`]),
 /// not with `from_fn`: a `from_fn` layer boxes the stack inside it anew
 /// (a boxed clone of the service) and three futures per request.
-async fn track_requests<S>(state: AppState, mut request: Request, inner: S) -> Response
+async fn track_requests<S>(
+    state: AppState,
+    mut request: Request,
+    inner: S,
+) -> Result<Response, std::convert::Infallible>
 where
     S: tower::Service<Request, Error = std::convert::Infallible>,
     S::Response: IntoResponse,
@@ -110,7 +113,8 @@ where
     // the envelope), read with `extract::RequestTrace`.
     request.extensions_mut().insert(context);
 
-    let started = Instant::now();
+    // Tokio's clock: the time-out's deadline is counted from it too.
+    let started = tokio::time::Instant::now();
     let in_flight = InFlight::enter();
     let shared = &state;
     let admitted = async move {
@@ -124,7 +128,8 @@ where
             }
         }
     };
-    let answered = in_span(&span, within(state.http_limits.request_timeout, admitted)).await;
+    let deadline = started + state.http_limits.request_timeout;
+    let answered = InSpan::new(&span, Within::new(deadline, admitted)).await;
     let mut response =
         problem_fallback(answered.unwrap_or_else(|| StatusCode::REQUEST_TIMEOUT.into_response()));
     drop(in_flight);
@@ -169,7 +174,7 @@ where
         );
     }
     RouteMetrics::record(&method, route, status.as_u16(), elapsed);
-    response
+    Ok(response)
 }
 
 /// The layer that wraps the whole router in [`track_requests`]: the
@@ -218,47 +223,95 @@ where
 
     fn call(&mut self, request: Request) -> Self::Future {
         let (state, inner) = (self.state.clone(), self.inner.clone());
-        Box::pin(async move { Ok(track_requests(state, request, inner).await) })
+        Box::pin(track_requests(state, request, inner))
     }
 }
 
-/// `future`, polled inside `span`: what `tracing::Instrument` does, minus
-/// entering the span once more to drop the future. An answered request's
-/// future has nothing left to drop, and entering and leaving a span costs
-/// every layer's filter a look-up (two each, per request). A request the
-/// client abandons is dropped outside the span: its future's destructors
-/// log nothing.
-async fn in_span<F: std::future::Future>(span: &tracing::Span, future: F) -> F::Output {
-    let mut future = std::pin::pin!(future);
-    std::future::poll_fn(|cx| {
-        let _entered = span.enter();
-        future.as_mut().poll(cx)
-    })
-    .await
+pin_project_lite::pin_project! {
+    /// `future`, polled inside `span`: what `tracing::Instrument` does, minus
+    /// entering the span once more to drop the future. An answered request's
+    /// future has nothing left to drop, and entering and leaving a span costs
+    /// every layer's filter a look-up (two each, per request). A request the
+    /// client abandons is dropped outside the span: its future's destructors
+    /// log nothing.
+    ///
+    /// A struct, not an `async fn`: an `async fn` that pins the future it
+    /// was given keeps room for it twice (the argument and the pinned
+    /// local), and this wrapper and [`Within`] as `async fn`s made every
+    /// request's future four times the size of what they wrap, moved whole
+    /// into its box on every request.
+    struct InSpan<'a, F> {
+        span: &'a tracing::Span,
+        #[pin]
+        future: F,
+    }
 }
 
-/// `future`'s output, or `None` when it is not ready within `limit`.
-///
-/// Most answers are ready at their first poll (a read from the cache, a
-/// refusal): those never arm a timer. A time-out polling its timer first
-/// (tower-http's) registers one in the runtime's timer wheel and takes it
-/// out again on every request.
-async fn within<F: std::future::Future>(
-    limit: std::time::Duration,
-    future: F,
-) -> Option<F::Output> {
-    let deadline = tokio::time::Instant::now() + limit;
-    let mut future = std::pin::pin!(future);
-    let first = std::future::poll_fn(|cx| {
-        std::task::Poll::Ready(match future.as_mut().poll(cx) {
-            std::task::Poll::Ready(output) => Some(output),
-            std::task::Poll::Pending => None,
-        })
-    })
-    .await;
-    match first {
-        Some(output) => Some(output),
-        None => tokio::time::timeout_at(deadline, future).await.ok(),
+impl<'a, F: std::future::Future> InSpan<'a, F> {
+    fn new(span: &'a tracing::Span, future: F) -> Self {
+        Self { span, future }
+    }
+}
+
+impl<F: std::future::Future> std::future::Future for InSpan<'_, F> {
+    type Output = F::Output;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        let this = self.project();
+        let _entered = this.span.enter();
+        this.future.poll(cx)
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// `future`'s output, or `None` when it is not ready by `deadline`.
+    ///
+    /// Most answers are ready at their first poll (a read from the cache, a
+    /// refusal): those never arm a timer. A time-out polling its timer first
+    /// (tower-http's) registers one in the runtime's timer wheel and takes it
+    /// out again on every request. (A struct for the reason [`InSpan`] is.)
+    struct Within<F> {
+        #[pin]
+        future: F,
+        deadline: tokio::time::Instant,
+        // Armed when the first poll finds the answer not ready.
+        #[pin]
+        alarm: Option<tokio::time::Sleep>,
+    }
+}
+
+impl<F: std::future::Future> Within<F> {
+    fn new(deadline: tokio::time::Instant, future: F) -> Self {
+        Self {
+            future,
+            deadline,
+            alarm: None,
+        }
+    }
+}
+
+impl<F: std::future::Future> std::future::Future for Within<F> {
+    type Output = Option<F::Output>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<F::Output>> {
+        let mut this = self.project();
+        if let std::task::Poll::Ready(output) = this.future.poll(cx) {
+            return std::task::Poll::Ready(Some(output));
+        }
+        if this.alarm.is_none() {
+            this.alarm
+                .set(Some(tokio::time::sleep_until(*this.deadline)));
+        }
+        match this.alarm.as_pin_mut() {
+            Some(alarm) => alarm.poll(cx).map(|()| None),
+            None => std::task::Poll::Pending,
+        }
     }
 }
 
@@ -643,7 +696,7 @@ pub async fn metrics_endpoint(State(state): State<AppState>) -> Response {
 mod tests {
     use std::time::Duration;
 
-    use super::{InFlight, requests_in_flight_now, within};
+    use super::{InFlight, Within, requests_in_flight_now};
 
     /// A request counts from its start to its end, also when it ends on
     /// another thread than it began on (no test of this crate answers
@@ -661,6 +714,11 @@ mod tests {
 
     const LIMIT: Duration = Duration::from_secs(30);
 
+    /// `future`, given `LIMIT` from now.
+    fn within<F: std::future::Future>(limit: Duration, future: F) -> Within<F> {
+        Within::new(tokio::time::Instant::now() + limit, future)
+    }
+
     #[tokio::test(start_paused = true)]
     async fn an_answer_ready_at_once_or_in_time_is_kept() {
         assert_eq!(within(LIMIT, async { 7 }).await, Some(7));
@@ -677,5 +735,16 @@ mod tests {
         let never = std::future::pending::<()>();
         assert_eq!(within(LIMIT, never).await, None);
         assert_eq!(started.elapsed(), LIMIT, "given up at the limit, not later");
+    }
+
+    /// The deadline is the request's, counted from when it came in, not
+    /// from the first poll.
+    #[tokio::test(start_paused = true)]
+    async fn the_deadline_counts_from_the_start_not_the_first_poll() {
+        let started = tokio::time::Instant::now();
+        let never = within(LIMIT, std::future::pending::<()>());
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(never.await, None);
+        assert_eq!(started.elapsed(), LIMIT);
     }
 }

@@ -1094,11 +1094,13 @@ impl CatalogService {
         }
         metrics::counter!("orderflow_cache_misses_total", "layer" => "l1", "kind" => "product")
             .increment(1);
-        let slot = self
-            .layers
-            .load_into_l1(l1, id)
-            .instrument(tracing::info_span!("cache.load", cache.kind = "product", product.id = %id))
-            .await?;
+        // Boxed: the load is a large future, and a read's future has room
+        // for it inline even when it hits, which every product read then
+        // moved whole (into the handler's box, on every request).
+        let slot = Box::pin(self.layers.load_into_l1(l1, id).instrument(
+            tracing::info_span!("cache.load", cache.kind = "product", product.id = %id),
+        ))
+        .await?;
         Ok(ProductRead::Loaded(match slot {
             Slot::Found(product) => Some(product),
             Slot::Missing => None,
