@@ -9,7 +9,7 @@ use askama::Template;
 use axum::Extension;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use orderflow_core::CoreError;
 use orderflow_core::services::catalog::ViewerKey;
 use orderflow_domain::ValidationError;
