@@ -583,9 +583,9 @@ async fn admit(state: &AppState, request: &mut Request) -> Admission {
     for check in &plan.checks {
         let key = match check.scope {
             Scope::Ip => std::borrow::Cow::Borrowed(ip_key.as_str()),
-            // Boxed: verifying a token is a large future, and only
-            // per-user policies (orders) need it; inline, it made every
-            // request's future five times larger, copied whole per request.
+            // Boxed: verifying a token is a large future that only
+            // per-user policies (orders) need; inline, every request's
+            // future kept room for it.
             Scope::User => match Box::pin(caller(state, request.headers())).await {
                 Some(principal) => {
                     let key = format!("user:{}", principal.user_id);
