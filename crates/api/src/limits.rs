@@ -66,7 +66,7 @@ pub struct RateLimits {
 }
 
 /// What the rate limits ask of the requests of one route group.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct GroupPlan {
     /// The checks, in the order the `RateLimit` headers list them: the
     /// per-IP policy (auth or general), then the group's own.
@@ -77,7 +77,7 @@ pub struct GroupPlan {
 }
 
 /// One policy a request is checked against, and whose budget it spends.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct PlannedCheck {
     pub policy: RatePolicy,
     pub scope: Scope,
@@ -156,12 +156,12 @@ impl RateLimits {
 
 /// A `RateLimit-Policy` or `RateLimit` value being written: on the stack
 /// for the one or two items a request has.
-pub type ListValue = SmallVec<[u8; 128]>;
+pub(crate) type ListValue = SmallVec<[u8; 128]>;
 
 /// Appends one item of a `RateLimit-Policy` or `RateLimit` list,
 /// `"name";q=10;w=60`, with `itoa`: `write!` went through `core::fmt` and
 /// cost a rate-limited read about 3% of its CPU.
-pub fn push_list_item(list: &mut ListValue, name: &str, parameters: [(&str, u64); 2]) {
+pub(crate) fn push_list_item(list: &mut ListValue, name: &str, parameters: [(&str, u64); 2]) {
     if !list.is_empty() {
         list.extend_from_slice(b", ");
     }
