@@ -73,7 +73,7 @@
 //! With the cache switched off (`ORDERFLOW_CACHE=off`, the notes' version 1)
 //! every read goes to the database.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -83,7 +83,6 @@ use moka::future::Cache;
 use moka::ops::compute::{CompResult, Op};
 use orderflow_domain::events::{Envelope, EventData};
 use orderflow_domain::product::{Product, ProductDraft, ProductSearch};
-use orderflow_domain::sales::Granularity;
 use orderflow_domain::{ProductId, Timestamp, ValidationError};
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
@@ -782,26 +781,58 @@ pub struct UniqueViewers {
     pub standard_error: f64,
 }
 
+/// A time on the view counts' clock: milliseconds since the Unix epoch.
+///
+/// Every product read counts a view, so the read path keeps to integers:
+/// `chrono::Utc::now()` and a minute's start as a `Timestamp` each turn a
+/// day number into a calendar date, which cost a product read more than
+/// the rest of its count; the flush makes `Timestamp`s of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+struct ViewClock(i64);
+
+impl ViewClock {
+    const MINUTE_MILLIS: i64 = 60_000;
+
+    fn now() -> Self {
+        let since_epoch = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        Self(i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX))
+    }
+
+    /// The start of the minute this time falls in (the window of
+    /// [`Granularity::Minute`](orderflow_domain::sales::Granularity::Minute)).
+    fn minute(self) -> Self {
+        Self(self.0.div_euclid(Self::MINUTE_MILLIS) * Self::MINUTE_MILLIS)
+    }
+
+    fn timestamp(self) -> Timestamp {
+        chrono::DateTime::from_timestamp_millis(self.0).unwrap_or_default()
+    }
+}
+
 /// One product's views within one minute, not flushed yet.
 #[derive(Debug, Clone)]
 struct ViewTally {
     views: u64,
     /// When the last of them was counted: the event time of their event.
-    last: Timestamp,
-    viewers: HashSet<ViewerKey>,
+    last: ViewClock,
+    /// foldhash, not SipHash: the keys are SHA-256 digests already, which a
+    /// client cannot choose, and the map's seed is random.
+    viewers: foldhash::HashSet<ViewerKey>,
 }
 
 impl ViewTally {
-    fn new(last: Timestamp) -> Self {
+    fn new(last: ViewClock) -> Self {
         Self {
             views: 0,
             last,
-            viewers: HashSet::new(),
+            viewers: foldhash::HashSet::default(),
         }
     }
 
     /// `views` more, the last of them at `last`, read by `viewers`.
-    fn add(&mut self, views: u64, last: Timestamp, viewers: impl IntoIterator<Item = ViewerKey>) {
+    fn add(&mut self, views: u64, last: ViewClock, viewers: impl IntoIterator<Item = ViewerKey>) {
         self.views += views;
         self.last = self.last.max(last);
         self.viewers.extend(viewers);
@@ -818,15 +849,16 @@ struct ViewCounts {
     shards: PerCore<Mutex<Tallies>>,
 }
 
-/// Views per (minute, product).
-type Tallies = HashMap<(Timestamp, ProductId), ViewTally>;
+/// Views per (minute's start, product). The keys are the server's own
+/// minutes and the ids of products that exist, so foldhash will do.
+type Tallies = foldhash::HashMap<(ViewClock, ProductId), ViewTally>;
 
 impl ViewCounts {
     fn add(
         &self,
-        key: (Timestamp, ProductId),
+        key: (ViewClock, ProductId),
         views: u64,
-        last: Timestamp,
+        last: ViewClock,
         viewers: impl IntoIterator<Item = ViewerKey>,
     ) {
         count(&mut lock(self.shards.own()), key, views, last, viewers);
@@ -834,8 +866,8 @@ impl ViewCounts {
 
     /// Everything counted so far, merged across shards; the counts start
     /// again from nothing.
-    fn take(&self) -> Vec<((Timestamp, ProductId), ViewTally)> {
-        let mut merged = Tallies::new();
+    fn take(&self) -> Vec<((ViewClock, ProductId), ViewTally)> {
+        let mut merged = Tallies::default();
         for shard in self.shards.shards() {
             for (key, tally) in std::mem::take(&mut *lock(shard)) {
                 count(&mut merged, key, tally.views, tally.last, tally.viewers);
@@ -849,9 +881,9 @@ impl ViewCounts {
 /// `tallies` counted for `key`.
 fn count(
     tallies: &mut Tallies,
-    key: (Timestamp, ProductId),
+    key: (ViewClock, ProductId),
     views: u64,
-    last: Timestamp,
+    last: ViewClock,
     viewers: impl IntoIterator<Item = ViewerKey>,
 ) {
     tallies
@@ -1420,9 +1452,8 @@ impl CatalogService {
     /// Counts one view of a product by `viewer` (write-behind: in memory
     /// until the next [`flush_views`](Self::flush_views)).
     pub fn record_view(&self, id: ProductId, viewer: ViewerKey) {
-        let now = chrono::Utc::now();
-        let minute = Granularity::Minute.window_start(now);
-        self.views.add((minute, id), 1, now, [viewer]);
+        let now = ViewClock::now();
+        self.views.add((now.minute(), id), 1, now, [viewer]);
     }
 
     /// Appends the views counted since the last flush to the log, as
@@ -1450,11 +1481,11 @@ impl CatalogService {
     /// The events of `batch`, appended in one transaction.
     async fn append_views(
         &self,
-        batch: &[((Timestamp, ProductId), ViewTally)],
+        batch: &[((ViewClock, ProductId), ViewTally)],
     ) -> Result<usize, CoreError> {
         let mut events = Vec::with_capacity(batch.len());
         for ((minute, product_id), tally) in batch {
-            let salt = self.viewer_salt(minute.date_naive()).await?;
+            let salt = self.viewer_salt(minute.timestamp().date_naive()).await?;
             let mut viewers: Vec<String> = tally
                 .viewers
                 .iter()
@@ -1476,7 +1507,7 @@ impl CatalogService {
                     },
                     None,
                 );
-                event.time = tally.last;
+                event.time = tally.last.timestamp();
                 events.push(event);
             }
         }
@@ -1815,5 +1846,38 @@ mod tests {
         assert!(!product(1).replaces(&Slot::Floor(2)), "the stale-set race");
         assert!(Slot::Floor(3).replaces(&product(2)));
         assert!(product(1).replaces(&Slot::Missing), "created after a miss");
+    }
+
+    /// The view counts' integer minutes are the minute windows the sales
+    /// and trending read models use, also before 1970 (where truncating
+    /// division would round towards the epoch) and at a minute's first and
+    /// last millisecond.
+    #[test]
+    fn view_minutes_are_the_minute_windows() {
+        use orderflow_domain::sales::Granularity;
+        for millis in [
+            0,
+            59_999,
+            60_000,
+            1_796_561_031_516,
+            1_796_561_040_000,
+            -1,
+            -60_000,
+            -60_001,
+        ] {
+            let at = ViewClock(millis);
+            assert_eq!(at.timestamp().timestamp_millis(), millis);
+            assert_eq!(
+                at.minute().timestamp(),
+                Granularity::Minute.window_start(at.timestamp()),
+                "{millis}"
+            );
+        }
+        let now = ViewClock::now().timestamp();
+        let drift = chrono::Utc::now() - now;
+        assert!(
+            drift >= chrono::TimeDelta::zero() && drift < chrono::TimeDelta::seconds(5),
+            "the view clock reads the wall clock: {drift}"
+        );
     }
 }
