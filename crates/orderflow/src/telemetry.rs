@@ -86,21 +86,8 @@ pub fn init(format: LogFormat, role: &str) -> Telemetry {
             .boxed(),
         LogFormat::Text => {
             use std::io::IsTerminal;
-            use tracing_subscriber::field::MakeExt as _;
-            // `name=value`, the message bare, as the default writes them,
-            // but without styling each name (which the default does even
-            // with colours off): a span's fields are formatted when it is
-            // made, so this runs for every request, logged or not.
-            let fields = tracing_subscriber::fmt::format::debug_fn(|writer, field, value| {
-                if field.name() == "message" {
-                    write!(writer, "{value:?}")
-                } else {
-                    write!(writer, "{field}={value:?}")
-                }
-            })
-            .delimited(" ");
             tracing_subscriber::fmt::layer()
-                .fmt_fields(BufferedFields(fields))
+                .fmt_fields(text_fields())
                 .with_target(false)
                 .with_ansi(std::io::stdout().is_terminal())
                 .boxed()
@@ -132,6 +119,25 @@ pub fn init(format: LogFormat, role: &str) -> Telemetry {
             }
         }
     }
+}
+
+/// The text log's fields: `name=value`, the message bare, as the default
+/// writes them, but without styling each name (which the default does even
+/// with colours off). A span's fields are formatted when it is made, so
+/// this runs for every request, logged or not: the name and `=` go in as
+/// they are (one `write!` with both as arguments went through `core::fmt`
+/// for each), and the whole through [`BufferedFields`].
+fn text_fields() -> impl for<'writer> tracing_subscriber::fmt::FormatFields<'writer> + 'static {
+    use tracing_subscriber::field::MakeExt as _;
+    let fields = tracing_subscriber::fmt::format::debug_fn(|writer, field, value| {
+        if field.name() != "message" {
+            writer.write_str(field.name())?;
+            writer.write_char('=')?;
+        }
+        write!(writer, "{value:?}")
+    })
+    .delimited(" ");
+    BufferedFields(fields)
 }
 
 /// Formats fields through a buffer kept per thread, then hands the writer
@@ -726,8 +732,24 @@ impl Gauges {
 
 #[cfg(test)]
 mod tests {
-    use super::{LogDirectives, operation_of};
+    use std::sync::{Arc, Mutex};
+
+    use super::{LogDirectives, operation_of, text_fields};
     use tracing::Level;
+    use tracing_subscriber::layer::SubscriberExt as _;
+
+    /// A log writer whose text the test reads back.
+    #[derive(Clone, Default)]
+    struct Written(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Written {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
 
     #[test]
     fn target_and_level_directives_are_a_static_filter() {
@@ -751,22 +773,11 @@ mod tests {
     /// What one set of directives logs and hands the statement layer: the
     /// log's text, and how many statement events that layer saw.
     fn logged_and_counted(directives: &str) -> (String, usize) {
+        use std::sync::Arc;
         use std::sync::atomic::{AtomicUsize, Ordering};
-        use std::sync::{Arc, Mutex};
         use tracing_subscriber::Layer;
         use tracing_subscriber::layer::SubscriberExt as _;
 
-        #[derive(Clone, Default)]
-        struct Written(Arc<Mutex<Vec<u8>>>);
-        impl std::io::Write for Written {
-            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().unwrap().extend_from_slice(bytes);
-                Ok(bytes.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
         /// Counts the statement events it is told of, as `DbQueries` reads them.
         struct Statements(Arc<AtomicUsize>);
         impl<S: tracing::Subscriber> Layer<S> for Statements {
@@ -812,6 +823,41 @@ mod tests {
         });
         let text = String::from_utf8(written.0.lock().unwrap().clone()).unwrap();
         (text, statements.load(Ordering::Relaxed))
+    }
+
+    /// The text log writes a span's fields and an event's as `name=value`
+    /// (values as `Debug` writes them, `%` fields as `Display`), the
+    /// message bare, one space apart.
+    #[test]
+    fn the_text_log_writes_name_equals_value() {
+        let written = Written::default();
+        let writer = written.clone();
+        let subscriber = tracing_subscriber::registry().with(
+            tracing_subscriber::fmt::layer()
+                .fmt_fields(text_fields())
+                .with_target(false)
+                .with_ansi(false)
+                .with_writer(move || writer.clone()),
+        );
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!(
+                "http.request",
+                http.request.method = %"GET",
+                url.path = %"/api/v1/products/7",
+                http.response.status_code = tracing::field::Empty,
+            );
+            let _entered = span.enter();
+            span.record("http.response.status_code", 200);
+            tracing::warn!(reason = "a \"quoted\" word", tries = 3, "took long");
+        });
+        let text = String::from_utf8(written.0.lock().unwrap().clone()).unwrap();
+        assert!(
+            text.contains(
+                "http.request{http.request.method=GET url.path=/api/v1/products/7 \
+                 http.response.status_code=200}: took long reason=\"a \\\"quoted\\\" word\" tries=3"
+            ),
+            "{text}"
+        );
     }
 
     /// The statement layer gets every statement event; the log shows what

@@ -671,9 +671,14 @@ impl Layers {
         if self.refresh_ahead.is_zero() || matches!(entry.slot, Slot::Missing) {
             return;
         }
-        let hits = entry.hits.fetch_add(1, Ordering::Relaxed) + 1;
-        if hits < self.refresh_ahead_hits
-            || entry.expires_at.saturating_duration_since(Instant::now()) > self.refresh_ahead
+        // Counted only up to the bar: a hot entry is read by every core, and
+        // a write per read would move its counter between them each time.
+        if entry.hits.load(Ordering::Relaxed) < self.refresh_ahead_hits
+            && entry.hits.fetch_add(1, Ordering::Relaxed) + 1 < self.refresh_ahead_hits
+        {
+            return;
+        }
+        if entry.expires_at.saturating_duration_since(Instant::now()) > self.refresh_ahead
             || entry.refreshing.swap(true, Ordering::Relaxed)
         {
             return;
