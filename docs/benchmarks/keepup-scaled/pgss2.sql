@@ -1,0 +1,2 @@
+SELECT sum(calls) calls, round(sum(total_plan_time)::numeric) plan_ms, round(sum(total_exec_time)::numeric) exec_ms FROM pg_stat_statements;
+SELECT calls, round(total_plan_time::numeric,1) AS plan_ms, round(total_exec_time::numeric,1) AS exec_ms, round(mean_plan_time::numeric,3) mean_plan, left(regexp_replace(query, '\s+', ' ', 'g'), 100) AS q FROM pg_stat_statements ORDER BY total_plan_time DESC LIMIT 15;
