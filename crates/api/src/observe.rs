@@ -308,10 +308,8 @@ impl<F: std::future::Future> std::future::Future for Within<F> {
             this.alarm
                 .set(Some(tokio::time::sleep_until(*this.deadline)));
         }
-        match this.alarm.as_pin_mut() {
-            Some(alarm) => alarm.poll(cx).map(|()| None),
-            None => std::task::Poll::Pending,
-        }
+        let alarm = this.alarm.as_pin_mut().expect("armed above");
+        alarm.poll(cx).map(|()| None)
     }
 }
 

@@ -65,10 +65,16 @@ impl Granularity {
 
     /// The start of the window `at` falls in.
     pub fn window_start(self, at: Timestamp) -> Timestamp {
-        let width = self.width().num_milliseconds();
-        let millis = at.timestamp_millis().div_euclid(width) * width;
-        chrono::DateTime::from_timestamp_millis(millis)
+        chrono::DateTime::from_timestamp_millis(self.window_start_millis(at.timestamp_millis()))
             .expect("a window start within chrono's range")
+    }
+
+    /// [`Self::window_start`] in milliseconds since the Unix epoch, for a
+    /// caller that keeps time as integers (the view counts of every
+    /// product read).
+    pub fn window_start_millis(self, millis: i64) -> i64 {
+        let width = self.width().num_milliseconds();
+        millis.div_euclid(width) * width
     }
 }
 

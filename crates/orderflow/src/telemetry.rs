@@ -773,10 +773,8 @@ mod tests {
     /// What one set of directives logs and hands the statement layer: the
     /// log's text, and how many statement events that layer saw.
     fn logged_and_counted(directives: &str) -> (String, usize) {
-        use std::sync::Arc;
         use std::sync::atomic::{AtomicUsize, Ordering};
         use tracing_subscriber::Layer;
-        use tracing_subscriber::layer::SubscriberExt as _;
 
         /// Counts the statement events it is told of, as `DbQueries` reads them.
         struct Statements(Arc<AtomicUsize>);

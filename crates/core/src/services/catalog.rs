@@ -796,8 +796,6 @@ pub struct UniqueViewers {
 struct ViewClock(i64);
 
 impl ViewClock {
-    const MINUTE_MILLIS: i64 = 60_000;
-
     fn now() -> Self {
         let since_epoch = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -805,10 +803,9 @@ impl ViewClock {
         Self(i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX))
     }
 
-    /// The start of the minute this time falls in (the window of
-    /// [`Granularity::Minute`](orderflow_domain::sales::Granularity::Minute)).
+    /// The start of the minute this time falls in.
     fn minute(self) -> Self {
-        Self(self.0.div_euclid(Self::MINUTE_MILLIS) * Self::MINUTE_MILLIS)
+        Self(orderflow_domain::sales::Granularity::Minute.window_start_millis(self.0))
     }
 
     fn timestamp(self) -> Timestamp {
