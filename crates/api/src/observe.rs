@@ -46,6 +46,9 @@ use crate::problem::{ApiError, PROBLEM_JSON, problem_response, status_problem};
 /// - An error answer that is not a problem document yet becomes one
 ///   (`problem_fallback`).
 /// - The rate limits ([`admit`]): a refused request is answered 429 here.
+/// - The body-size limit (`HttpLimits::max_body_bytes`, 413,
+///   [`within_body_limit`]) and the panic guard (500, [`answer_of`]) around
+///   the router.
 /// - The request time-out: a request not answered within the limit
 ///   (`HttpLimits::request_timeout`) is dropped and answered 408
 ///   ([`within`]); a rate-limit queue's wait counts.
@@ -121,8 +124,11 @@ where
         match admit(shared, &mut request).await {
             Admission::Refused(refusal) => refusal,
             Admission::Through(headers) => {
-                let Ok(answer) = inner.oneshot(request).await;
-                let mut response = answer.into_response();
+                let mut response =
+                    match within_body_limit(request, shared.http_limits.max_body_bytes) {
+                        Ok(request) => answer_of(inner, request).await,
+                        Err(too_large) => too_large,
+                    };
                 headers.mark(&mut response);
                 response
             }
@@ -311,6 +317,61 @@ impl<F: std::future::Future> std::future::Future for Within<F> {
         let alarm = this.alarm.as_pin_mut().expect("armed above");
         alarm.poll(cx).map(|()| None)
     }
+}
+
+/// `request` with its body held to `max_bytes`, or the 413 to answer when
+/// its `Content-Length` says more: what tower-http's `RequestBodyLimit` did
+/// as a layer of its own. A body read past the limit fails with
+/// `LengthLimitError`, which axum's body extractors answer 413.
+///
+/// An empty body (every `GET`) is passed as it is: nothing to hold, and
+/// wrapping it cost every request an allocation (the limited body boxed
+/// back into axum's) and a layer's future.
+fn within_body_limit(request: Request, max_bytes: usize) -> Result<Request, Response> {
+    use axum::body::HttpBody as _;
+    if request.body().is_end_stream() {
+        return Ok(request);
+    }
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok()?.parse::<usize>().ok());
+    let limit = match declared {
+        Some(length) if length > max_bytes => {
+            return Err(StatusCode::PAYLOAD_TOO_LARGE.into_response());
+        }
+        Some(length) => length.min(max_bytes),
+        None => max_bytes,
+    };
+    Ok(request.map(|body| axum::body::Body::new(http_body_util::Limited::new(body, limit))))
+}
+
+/// `inner`'s answer to `request`; a panic on the way (in the router, an
+/// extractor, a handler) is logged and answered 500, not the connection
+/// dropped. What tower-http's `CatchPanic` did as a layer of its own.
+///
+/// A combinator, not an `async fn`: an `async fn` would keep room for
+/// `inner` and `request` beside the future they are moved into.
+fn answer_of<S>(inner: S, request: Request) -> impl std::future::Future<Output = Response>
+where
+    S: tower::Service<Request, Error = std::convert::Infallible>,
+    S::Response: IntoResponse,
+{
+    use futures::FutureExt as _;
+    std::panic::AssertUnwindSafe(inner.oneshot(request))
+        .catch_unwind()
+        .map(|answered| match answered {
+            Ok(Ok(answer)) => answer.into_response(),
+            Err(panic) => {
+                let message = panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("(a panic without a message)");
+                tracing::error!(panic = message, "the request's handler panicked");
+                StatusCode::INTERNAL_SERVER_ERROR.into_response()
+            }
+        })
 }
 
 /// The route template the router matched for a request: a slot
@@ -712,7 +773,72 @@ fn ip_key(ip: std::net::IpAddr) -> String {
 mod tests {
     use std::time::Duration;
 
-    use super::{InFlight, Within, ip_key, requests_in_flight_now};
+    use axum::body::Body;
+    use axum::extract::Request;
+    use axum::http::StatusCode;
+    use axum::response::Response;
+
+    use super::{InFlight, Within, answer_of, ip_key, requests_in_flight_now, within_body_limit};
+
+    const MAX_BODY: usize = 16;
+
+    fn post(body: &'static str, content_length: Option<usize>) -> Request {
+        let mut request = Request::post("/").body(Body::from(body)).unwrap();
+        if let Some(length) = content_length {
+            request
+                .headers_mut()
+                .insert(axum::http::header::CONTENT_LENGTH, length.into());
+        }
+        request
+    }
+
+    /// What a handler reading the whole body gets.
+    async fn read(request: Request) -> Result<axum::body::Bytes, StatusCode> {
+        use axum::extract::FromRequest as _;
+        axum::body::Bytes::from_request(request, &())
+            .await
+            .map_err(|rejection| axum::response::IntoResponse::into_response(rejection).status())
+    }
+
+    /// A declared length over the limit is refused before anything reads
+    /// the body; a body that says nothing and runs over fails its reader with
+    /// 413; a body within the limit, and an empty one, come through whole.
+    #[tokio::test]
+    async fn a_body_is_held_to_the_limit() {
+        let refused = within_body_limit(post("x", Some(MAX_BODY + 1)), MAX_BODY)
+            .expect_err("a declared length over the limit");
+        assert_eq!(refused.status(), StatusCode::PAYLOAD_TOO_LARGE);
+
+        let undeclared = within_body_limit(post("seventeen bytes!!", None), MAX_BODY)
+            .expect("nothing declared: read and held");
+        assert_eq!(read(undeclared).await, Err(StatusCode::PAYLOAD_TOO_LARGE));
+
+        let within = within_body_limit(post("sixteen bytes!!!", Some(16)), MAX_BODY).unwrap();
+        assert_eq!(read(within).await.unwrap(), "sixteen bytes!!!");
+        let empty = within_body_limit(post("", None), MAX_BODY).unwrap();
+        assert_eq!(read(empty).await.unwrap(), "");
+    }
+
+    /// A panicking service is answered 500; one that answers is passed on.
+    #[tokio::test]
+    async fn a_panic_is_answered_500() {
+        let panics = tower::service_fn(|_: Request| async {
+            if true {
+                panic!("a handler's bug");
+            }
+            Ok::<Response, std::convert::Infallible>(Response::new(Body::empty()))
+        });
+        let answer = answer_of(panics, post("", None)).await;
+        assert_eq!(answer.status(), StatusCode::INTERNAL_SERVER_ERROR);
+
+        let answers = tower::service_fn(|_: Request| async {
+            Ok::<_, std::convert::Infallible>(StatusCode::CREATED)
+        });
+        assert_eq!(
+            answer_of(answers, post("", None)).await.status(),
+            StatusCode::CREATED
+        );
+    }
 
     /// The key is the address as `Display` writes it, for both families.
     #[test]

@@ -10,8 +10,14 @@ use crate::problem::{problem_response, status_problem};
 
 /// The process is up and serving.
 #[utoipa::path(get, operation_id = "healthz", path = "/healthz", tag = "health", responses((status = 200, description = "alive")))]
-pub async fn healthz() -> Json<serde_json::Value> {
-    Json(json!({ "status": "ok" }))
+pub async fn healthz() -> Response {
+    // A fixed answer: building a JSON value and serialising it was a tenth
+    // of a liveness probe's cost.
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        r#"{"status":"ok"}"#,
+    )
+        .into_response()
 }
 
 /// Every dependency (database, event log) answers.

@@ -10,12 +10,9 @@ pub mod orders;
 pub mod products;
 
 use axum::Router;
-use axum::response::IntoResponse;
 use axum::routing::{get, post, put};
-use tower::ServiceBuilder;
+use tower::Layer as _;
 use tower::util::MapRequestLayer;
-use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::limit::RequestBodyLimitLayer;
 use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
@@ -104,24 +101,12 @@ pub fn router(state: AppState) -> impl HttpService {
         .route_layer(MapRequestLayer::new(note_route))
         .with_state(state.clone());
 
-    // The middleware is wrapped once around the whole router, not around
-    // each route (`Router::layer`): there each layer is a boxed service
-    // cloned and a boxed future made on every request, six deep.
-    let limits = &state.http_limits;
-    ServiceBuilder::new()
-        // Outermost, so every answer is measured and logged as sent,
-        // time-outs (408) and a panic's 500 included; it also keeps or makes
-        // the request id, applies the rate limits, turns error answers into
-        // problem documents and answers 408 to a request not answered
-        // within the time-out.
-        .layer(TrackRequestsLayer(state.clone()))
-        .layer(CatchPanicLayer::new())
-        // The body limit wraps the request's body and the response's in its
-        // own types; axum's are what the layers around it take.
-        .map_response(IntoResponse::into_response)
-        .layer(RequestBodyLimitLayer::new(limits.max_body_bytes))
-        .map_request(|request: axum::http::Request<_>| request.map(axum::body::Body::new))
-        .service(routes)
+    // The middleware is one service around the whole router, not layers
+    // around each route (`Router::layer`, where each layer is a boxed service
+    // cloned and a boxed future made on every request) nor a stack of layers
+    // (each one more future to move the request through): the body-size
+    // limit and the panic guard are part of it too.
+    TrackRequestsLayer(state).layer(routes)
 }
 
 /// The whole API as one service: what [`router`] returns and `serve`
