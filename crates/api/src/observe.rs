@@ -127,7 +127,7 @@ where
                 let mut response =
                     match within_body_limit(request, shared.http_limits.max_body_bytes) {
                         Ok(request) => answer_of(inner, request).await,
-                        Err(too_large) => too_large,
+                        Err(refused) => refused.into_response(),
                     };
                 headers.mark(&mut response);
                 response
@@ -319,7 +319,7 @@ impl<F: std::future::Future> std::future::Future for Within<F> {
     }
 }
 
-/// `request` with its body held to `max_bytes`, or the 413 to answer when
+/// `request` with its body held to `max_bytes`, or 413 to answer when
 /// its `Content-Length` says more: what tower-http's `RequestBodyLimit` did
 /// as a layer of its own. A body read past the limit fails with
 /// `LengthLimitError`, which axum's body extractors answer 413.
@@ -327,7 +327,7 @@ impl<F: std::future::Future> std::future::Future for Within<F> {
 /// An empty body (every `GET`) is passed as it is: nothing to hold, and
 /// wrapping it cost every request an allocation (the limited body boxed
 /// back into axum's) and a layer's future.
-fn within_body_limit(request: Request, max_bytes: usize) -> Result<Request, Response> {
+fn within_body_limit(request: Request, max_bytes: usize) -> Result<Request, StatusCode> {
     use axum::body::HttpBody as _;
     if request.body().is_end_stream() {
         return Ok(request);
@@ -338,7 +338,7 @@ fn within_body_limit(request: Request, max_bytes: usize) -> Result<Request, Resp
         .and_then(|value| value.to_str().ok()?.parse::<usize>().ok());
     let limit = match declared {
         Some(length) if length > max_bytes => {
-            return Err(StatusCode::PAYLOAD_TOO_LARGE.into_response());
+            return Err(StatusCode::PAYLOAD_TOO_LARGE);
         }
         Some(length) => length.min(max_bytes),
         None => max_bytes,
@@ -567,7 +567,8 @@ static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy"
 static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
 /// Turns any error response that is not already a problem (axum's 404/405,
-/// tower-http's 413/408, a panic's 500) into one, so clients see one format.
+/// the body limit's 413, the time-out's 408, a panic's 500) into one, so
+/// clients see one format.
 fn problem_fallback(response: Response) -> Response {
     let status = response.status();
     if status.as_u16() < 400 {
@@ -807,7 +808,7 @@ mod tests {
     async fn a_body_is_held_to_the_limit() {
         let refused = within_body_limit(post("x", Some(MAX_BODY + 1)), MAX_BODY)
             .expect_err("a declared length over the limit");
-        assert_eq!(refused.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(refused, StatusCode::PAYLOAD_TOO_LARGE);
 
         let undeclared = within_body_limit(post("seventeen bytes!!", None), MAX_BODY)
             .expect("nothing declared: read and held");
