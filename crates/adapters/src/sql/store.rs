@@ -1284,6 +1284,20 @@ impl<E: Engine> Store for SqlStore<E> {
         }))
     }
 
+    async fn point_balance(&self, user_id: UserId) -> StoreResult<i64> {
+        let points = read_one(
+            &*self.engine,
+            stmt(
+                "point_balance",
+                "SELECT points FROM loyalty_points WHERE user_id = $1",
+                (user_id,),
+            ),
+            |row| row.int("points"),
+        )
+        .await?;
+        Ok(points.unwrap_or(0))
+    }
+
     async fn leaderboard(&self, limit: u32) -> StoreResult<Vec<LeaderboardEntry>> {
         // The inner query takes the top `limit` from the points index; RANK()
         // over that prefix equals the global rank, because everyone with more

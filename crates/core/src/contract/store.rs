@@ -1474,6 +1474,11 @@ pub async fn read_models(store: Arc<dyn Store>) {
         store.points(uuid::Uuid::now_v7()).await.unwrap(),
         standing(0, None)
     );
+    // The balance alone: the standing's points, 0 for a stranger.
+    for (user, points) in [(&bob, 120), (&ann, 50), (&cid, 50), (&dee, 0)] {
+        assert_eq!(store.point_balance(user.id).await.unwrap(), points);
+    }
+    assert_eq!(store.point_balance(uuid::Uuid::now_v7()).await.unwrap(), 0);
 
     let board = store.leaderboard(10).await.unwrap();
     let (first_tied, second_tied) = if ann.id < cid.id {

@@ -431,7 +431,13 @@ pub trait Store: Send + Sync + 'static {
         user_id: UserId,
         limit: u32,
     ) -> StoreResult<Vec<NotificationRecord>>;
+    /// `user_id`'s points and rank. The rank counts every member with more
+    /// points: a range of the points index as long as the rank.
     async fn points(&self, user_id: UserId) -> StoreResult<PointsStanding>;
+    /// `user_id`'s points alone (0 without any): one row by its key, for
+    /// callers that do not show the rank (the loyalty consumer's mirror,
+    /// after every award).
+    async fn point_balance(&self, user_id: UserId) -> StoreResult<i64>;
     // --- live channels ---
     /// The steps of `user_id`'s orders (of every shopper's with `None`)
     /// on `page`, in position order, at most `limit`.

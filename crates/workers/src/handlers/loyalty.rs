@@ -102,17 +102,19 @@ impl Effect for AddPoints {
 }
 
 /// Publishes `user_id`'s total as committed in the database: an absolute
-/// value, so a replay or a late writer cannot inflate or lower it.
+/// value, so a replay or a late writer cannot inflate or lower it. The
+/// balance alone: the standing's rank counted every member ahead, on every
+/// award, to be thrown away.
 async fn mirror_points(store: &dyn Store, models: &dyn ReadModels, user_id: UserId) {
-    let standing = match store.points(user_id).await {
-        Ok(standing) => standing,
+    let points = match store.point_balance(user_id).await {
+        Ok(points) => points,
         Err(error) => return mirror_failed("publish_points", &error),
     };
     let name = match store.user_by_id(user_id).await {
         Ok(user) => user.map(|user| user.name).unwrap_or_default(),
         Err(error) => return mirror_failed("publish_points", &error),
     };
-    if let Err(error) = models.publish_points(user_id, &name, standing.points).await {
+    if let Err(error) = models.publish_points(user_id, &name, points).await {
         mirror_failed("publish_points", &error);
     }
 }
