@@ -122,6 +122,18 @@ async fn read_one<E: Engine, T>(
     conn.query_opt(stmt).await?.as_ref().map(map).transpose()
 }
 
+/// The integer column `column` of the row `stmt` reads, 0 when it reads
+/// none: a count, a balance, a tally not started yet.
+async fn read_int_or_zero<E: Engine>(
+    engine: &E,
+    stmt: Stmt,
+    column: &'static str,
+) -> StoreResult<i64> {
+    Ok(read_one(engine, stmt, |row| row.int(column))
+        .await?
+        .unwrap_or(0))
+}
+
 /// The statement that reads one idempotency record.
 pub(crate) fn idempotency_lookup(user_id: UserId, key: &str) -> Stmt {
     stmt(
@@ -716,13 +728,12 @@ impl<E: Engine> Store for SqlStore<E> {
     }
 
     async fn count_products(&self) -> StoreResult<i64> {
-        let n = read_one(
+        read_int_or_zero(
             &*self.engine,
             stmt("count_products", "SELECT COUNT(*) AS n FROM products", ()),
-            |row| row.int("n"),
+            "n",
         )
-        .await?;
-        Ok(n.unwrap_or(0))
+        .await
     }
 
     async fn insert_product(
@@ -937,17 +948,16 @@ impl<E: Engine> Store for SqlStore<E> {
     }
 
     async fn unique_viewers(&self, day: chrono::NaiveDate, product: ProductId) -> StoreResult<i64> {
-        let n = read_one(
+        read_int_or_zero(
             &*self.engine,
             stmt(
                 "unique_viewers",
                 "SELECT COUNT(*) AS n FROM product_viewers WHERE day = $1 AND product_id = $2",
                 (day, product),
             ),
-            |row| row.int("n"),
+            "n",
         )
-        .await?;
-        Ok(n.unwrap_or(0))
+        .await
     }
 
     async fn viewer_salt(&self, day: chrono::NaiveDate, candidate: &str) -> StoreResult<String> {
@@ -973,17 +983,16 @@ impl<E: Engine> Store for SqlStore<E> {
     }
 
     async fn product_views(&self, id: ProductId) -> StoreResult<i64> {
-        let views = read_one(
+        read_int_or_zero(
             &*self.engine,
             stmt(
                 "product_views",
                 "SELECT views FROM product_views WHERE product_id = $1",
                 (id,),
             ),
-            |row| row.int("views"),
+            "views",
         )
-        .await?;
-        Ok(views.unwrap_or(0))
+        .await
     }
 
     // --- orders ---
@@ -1285,17 +1294,16 @@ impl<E: Engine> Store for SqlStore<E> {
     }
 
     async fn point_balance(&self, user_id: UserId) -> StoreResult<i64> {
-        let points = read_one(
+        read_int_or_zero(
             &*self.engine,
             stmt(
                 "point_balance",
                 "SELECT points FROM loyalty_points WHERE user_id = $1",
                 (user_id,),
             ),
-            |row| row.int("points"),
+            "points",
         )
-        .await?;
-        Ok(points.unwrap_or(0))
+        .await
     }
 
     async fn leaderboard(&self, limit: u32) -> StoreResult<Vec<LeaderboardEntry>> {
@@ -1471,17 +1479,16 @@ impl<E: Engine> Store for SqlStore<E> {
     /// Dead letters still waiting (not replayed): the size of the queue an
     /// operator has to look at.
     async fn count_dead_letters(&self) -> StoreResult<i64> {
-        let n = read_one(
+        read_int_or_zero(
             &*self.engine,
             stmt(
                 "count_dead_letters",
                 "SELECT COUNT(*) AS n FROM dead_letters WHERE replayed_at IS NULL",
                 (),
             ),
-            |row| row.int("n"),
+            "n",
         )
-        .await?;
-        Ok(n.unwrap_or(0))
+        .await
     }
 
     async fn reset_state(&self, what: Rebuildable, since: Option<Since>) -> StoreResult<()> {
