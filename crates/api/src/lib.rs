@@ -11,7 +11,9 @@
 //! - [`observe`]: request metrics (per route template), `/metrics`, and the
 //!   rate-limit middleware (every policy that applies, per IP or per user;
 //!   429 with `Retry-After`, `RateLimit-Policy` and `RateLimit` headers; a
-//!   leaky bucket's queued requests wait here).
+//!   leaky bucket's queued requests wait here), all in the one middleware
+//!   around the router, with the request's time-out (408), body-size limit
+//!   (413) and panic guard (500).
 //! - [`limits`]: rate-limit policies per route group, parsed from the
 //!   compact `ORDERFLOW_RATE_LIMITS` spec.
 //! - [`header_deadline`]: hyper's timer for the deadline of a request's

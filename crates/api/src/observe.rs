@@ -1,6 +1,7 @@
 //! Request spans and metrics (with the W3C trace context that the order's
-//! events carry on), the `/metrics` endpoint, the problem fallback and the
-//! rate-limit middleware.
+//! events carry on), the `/metrics` endpoint, the problem fallback, the
+//! rate-limit middleware, and the request's time-out, body-size limit and
+//! panic guard: one middleware around the whole router.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 
