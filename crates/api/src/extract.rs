@@ -20,7 +20,7 @@ use crate::hostile::check_json;
 use crate::problem::ApiError;
 
 /// The request's W3C trace context: that of the span
-/// [`track_requests`](crate::observe::track_requests) made for it (which
+/// [`TrackRequests`](crate::observe::TrackRequests) made for it (which
 /// continues the caller's `traceparent`). The events a request causes carry
 /// it, so every consumer's span joins the request's trace. Behind a router
 /// without that middleware, a new root.
@@ -241,8 +241,9 @@ impl TrustedProxies {
 
 /// Puts the request's [`ClientIp`] in its extensions, for the rate limits,
 /// the login lock-outs and the sessions list, and returns it. The first step
-/// of [`crate::observe::rate_limit`] (one middleware, not two: each layer of
-/// `from_fn` boxes a future and clones the inner service per request).
+/// of the rate limits in [`TrackRequests`](crate::observe::TrackRequests)
+/// (one middleware, not two: each layer of `from_fn` boxes a future and
+/// clones the inner service per request).
 pub fn resolve_client_ip(state: &AppState, request: &mut Request) -> Option<IpAddr> {
     let peer = request
         .extensions()

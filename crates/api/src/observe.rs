@@ -184,7 +184,7 @@ where
     Ok(response)
 }
 
-/// The layer that wraps the whole router in [`track_requests`]: the
+/// The layer that wraps the whole router in [`TrackRequests`]: the
 /// outermost one, so it sees every answer as sent.
 #[derive(Clone)]
 pub struct TrackRequestsLayer(pub AppState);
@@ -200,7 +200,8 @@ impl<S> tower::Layer<S> for TrackRequestsLayer {
     }
 }
 
-/// [`track_requests`] around `inner`.
+/// `track_requests` around `inner`: every request's span, metrics, request
+/// id, rate limits, time-out, body limit and panic guard.
 #[derive(Clone)]
 pub struct TrackRequests<S> {
     state: AppState,
